@@ -1,0 +1,54 @@
+"""Validation of the names that become paths: run ids, stage names, file names.
+
+A name from a pipeline or from the wire must never let a path escape the home, so the
+rules are positive (what is allowed) rather than a list of what is forbidden.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+MAX_NAME_CHARS = 128
+
+
+def check_name(value: object, what: str) -> str:
+    """Return `value` if it is a safe single path component, else raise ValueError.
+
+    Allowed: letters, digits, '_', '-', '.', starting with a letter or digit, at most
+    128 characters. That excludes '/', '..', NUL, whitespace and absolute paths.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"expected {what} as str, got {type(value).__name__}")
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"expected {what} of letters, digits, '_', '-' or '.' (starting with a letter or "
+            f"digit, at most {MAX_NAME_CHARS} characters), got {value!r}"
+        )
+    return value
+
+
+def is_name(value: object) -> bool:
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+def check_run_id(value: object) -> str:
+    """Return `value` if it is a canonical UUID string (what `uuid.uuid4()` prints)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected run id as str, got {type(value).__name__}")
+    try:
+        canonical = str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError(f"expected run id as a UUID string, got {value!r}") from None
+    if canonical != value:
+        raise ValueError(f"expected run id in canonical lower-case form {canonical!r}, got {value!r}")
+    return value
+
+
+def artifact_relpath(run_id: str, stage: str, filename: str) -> str:
+    """The artifact's path relative to the home: runs/{run_id}/stages/{stage}/{file}."""
+    check_run_id(run_id)
+    check_name(stage, "stage name")
+    check_name(filename, "file name")
+    return f"runs/{run_id}/stages/{stage}/{filename}"

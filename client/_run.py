@@ -1,0 +1,437 @@
+"""Runs and stages: what a pipeline touches. The hot path stamps, measures and enqueues."""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import inspect
+import itertools
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from stagewatch._config import resolve_endpoint, resolve_home, spool_dir
+from stagewatch._memory import BYTES_PER_MB, GpuMemory, make_rss_tracker
+from stagewatch._names import artifact_relpath, check_name, check_run_id
+from stagewatch._saver import write_artifact
+from stagewatch._transport import Sender, SenderSettings, safe_close
+from stagewatch._wire import EVENT_VERSION
+
+_log = logging.getLogger("stagewatch")
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_TRACEBACK_CHARS = 32 * 1024
+DEFAULT_FLUSH_TIMEOUT_S = 5.0
+
+
+class _Process:
+    """Everything stagewatch holds per process; rebuilt in a forked child."""
+
+    def __init__(self, home: Path, endpoint: str, settings: SenderSettings) -> None:
+        self.home = home
+        self.endpoint = endpoint
+        self.client_id = uuid.uuid4().hex
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.spans = itertools.count(1)
+        self.rss = make_rss_tracker()
+        self.gpu = GpuMemory()
+        self.sender = Sender(self.client_id, endpoint, spool_dir(home), settings, self._heartbeat)
+
+    def _heartbeat(self) -> dict | None:
+        if not _runs:
+            return None
+        return {"v": EVENT_VERSION, "type": "heartbeat", "client_id": self.client_id,
+                "ts_ns": time.time_ns(), "run_id": _runs[-1].id}
+
+    def event(self, event_type: str, run_id: str, **fields: Any) -> dict:
+        return {"v": EVENT_VERSION, "type": event_type, "client_id": self.client_id,
+                "ts_ns": time.time_ns(), "run_id": run_id, **fields}
+
+
+_process: _Process | None = None
+_runs: list[Run] = []  # active runs; a forked child inherits the list
+_process_lock = threading.Lock()
+_current_stage: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("stagewatch_stage", default=None)
+
+
+def _process_for(home: Path, endpoint: str, settings: SenderSettings) -> _Process:
+    global _process
+    with _process_lock:
+        if _process is None or _process.pid != os.getpid():
+            _process = _Process(home, endpoint, settings)
+            _register_child_exit()
+        elif (_process.home, _process.endpoint) != (home, endpoint):
+            raise ValueError(
+                f"expected one stagewatch home per process ({_process.home}), got {home}; "
+                "call stagewatch.shutdown() first to switch"
+            )
+        return _process
+
+
+def _after_fork_in_child() -> None:
+    """The child keeps its runs (a copy of `_runs`) but must not touch the parent's sender:
+    the next event makes it a process state of its own (new client id, thread, socket)."""
+    global _process_lock, _process
+    _process_lock = threading.Lock()
+    if _process is not None:
+        _process.sender = _ForkedAway()  # the parent's thread does not exist here
+    _process = None
+
+
+def _register_child_exit() -> None:
+    """multiprocessing children end with os._exit, which skips atexit; it runs Finalize."""
+    if "multiprocessing" in sys.modules:
+        from multiprocessing import util
+
+        util.Finalize(None, shutdown, exitpriority=100)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Stage:
+    """One execution of a pipeline stage; a context manager that times and measures it.
+
+    A user exception inside the block is recorded as `stage_failed` and re-raised unchanged.
+    """
+
+    __slots__ = (
+        "_gpu",
+        "_parent",
+        "_rss",
+        "_t0",
+        "_token",
+        "_ts",
+        "input_path",
+        "name",
+        "outputs",
+        "run",
+        "sample_id",
+        "span",
+    )
+
+    def __init__(self, run: Run, name: str, input_path: str | None, sample_id: str | None) -> None:
+        self.run = run
+        self.name = name
+        self.input_path = input_path
+        self.sample_id = sample_id
+        self.outputs: list[str] = []
+        self.span = 0
+
+    def __enter__(self) -> Stage:
+        try:
+            self._begin()
+        except Exception as error:
+            _internal_error(error)
+        return self
+
+    def _begin(self) -> None:
+        process = _process_for_run(self.run)
+        self.span = next(process.spans)
+        parent = _current_stage.get()
+        self._parent = parent.span if parent is not None else None
+        self._token = _current_stage.set(self)
+        rss = process.rss
+        self._rss = rss[1].begin() if rss is not None else None
+        self._gpu = process.gpu.begin()
+        self._ts = time.time_ns()
+        process.sender.emit({
+            "v": EVENT_VERSION, "type": "stage_started", "client_id": process.client_id,
+            "ts_ns": self._ts, "run_id": self.run.id, "stage": self.name, "span": self.span,
+            "parent_span": self._parent, "sample_id": self.sample_id, "input_path": self.input_path,
+        })
+        self._t0 = time.monotonic_ns()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        elapsed_ns = time.monotonic_ns() - self._t0 if self.span else 0
+        try:
+            if self.span:
+                self._finish(elapsed_ns, error)
+        except Exception as internal:
+            _internal_error(internal)
+        return False  # never swallow the user's exception
+
+    def _finish(self, elapsed_ns: int, error: BaseException | None) -> None:
+        process = _process_for_run(self.run)
+        _current_stage.reset(self._token)
+        rss_start = rss_peak = rss_end = None
+        if process.rss is not None and self._rss is not None:
+            peak, end = process.rss[1].end(self._rss[0])
+            rss_start = self._rss[1] / BYTES_PER_MB
+            rss_end = end / BYTES_PER_MB
+            rss_peak = max(peak, end, self._rss[1]) / BYTES_PER_MB
+        event = {
+            "v": EVENT_VERSION, "type": "stage_finished", "client_id": process.client_id,
+            "ts_ns": time.time_ns(), "run_id": self.run.id, "stage": self.name, "span": self.span,
+            "parent_span": self._parent, "sample_id": self.sample_id, "input_path": self.input_path,
+            "output_paths": self.outputs, "start_ts_ns": self._ts, "duration_ms": elapsed_ns / 1e6,
+            "rss_start_mb": rss_start, "rss_peak_mb": rss_peak, "rss_end_mb": rss_end,
+            "gpu_peak_mb": process.gpu.end(self._gpu),
+        }
+        if error is not None:
+            event["type"] = "stage_failed"
+            event["error_type"] = type(error).__qualname__
+            event["error_message"] = str(error)[:4096]
+            event["traceback"] = "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:]
+            self.run._failed_stages += 1
+        process.sender.emit(event)
+
+    def save(self, filename: str, value: Any) -> str | None:
+        """Save a stage output under runs/{run_id}/stages/{stage}/{filename}.
+
+        The extension picks the format: .png (HxW or HxWx3/4 uint8/uint16 array), .ply (Nx3
+        points, a dict of per-point arrays such as {"points", "colors", "label"}, or an Open3D
+        point cloud), .npy (any array), .json (JSON data). Returns the path relative to the
+        home, or None if the disk refused the write (logged once, the pipeline goes on).
+        """
+        relpath = artifact_relpath(self.run.id, self.name, check_name(filename, "file name"))
+        process = _process_for_run(self.run)
+        try:
+            size = write_artifact(process.home / relpath, value)
+            self.outputs.append(relpath)
+            process.sender.emit(process.event(
+                "artifact_saved", self.run.id, stage=self.name, span=self.span, path=relpath,
+                kind=Path(filename).suffix.lower().lstrip("."), bytes=size, sample_id=self.sample_id,
+            ))
+        except OSError as error:  # a full or read-only disk: the pipeline goes on
+            _internal_error(error)
+            return None
+        return relpath
+
+
+def _process_for_run(run: Run) -> _Process:
+    # No getpid() here (a syscall on the hot path): the fork hook clears `_process`.
+    process = _process
+    if process is None:
+        process = _process_for(run.home, run.endpoint, run.settings)
+    return process
+
+
+class _ForkedAway:
+    """Stands in for the parent's sender in a forked child, which must not use it."""
+
+    def emit(self, event: dict) -> None:
+        return None
+
+    def close(self, timeout_s: float) -> None:
+        return None
+
+
+_internal_errors = 0
+_checked_stage_names: set[str] = set()
+
+
+def _internal_error(error: BaseException) -> None:
+    """Count a failure inside stagewatch; log the first one with its traceback."""
+    global _internal_errors
+    _internal_errors += 1
+    if _internal_errors == 1:
+        _log.warning("stagewatch internal error (the pipeline goes on): %r", error, exc_info=error)
+
+
+def _snapshot(config: Mapping[str, Any] | None) -> dict:
+    """A JSON-safe copy of the pipeline's config, truncated if it is huge."""
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"expected config as a mapping, got {type(config).__name__}")
+    text = json.dumps(config, default=repr, sort_keys=True)
+    if len(text) > MAX_CONFIG_BYTES:
+        return {"_truncated": text[:MAX_CONFIG_BYTES]}
+    return json.loads(text)
+
+
+class Run:
+    """One execution of a pipeline. Create with `stagewatch.init()`."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        dataset: str | os.PathLike[str] | None = None,
+        home: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        run_id: str | None = None,
+        settings: SenderSettings | None = None,
+    ) -> None:
+        self.pipeline = check_name(pipeline, "pipeline name")
+        self.id = check_run_id(run_id) if run_id is not None else str(uuid.uuid4())
+        self.home = resolve_home(home)
+        self.endpoint = resolve_endpoint(self.home, endpoint)
+        self.settings = settings or SenderSettings()
+        self.dataset = os.fspath(dataset) if dataset is not None else None
+        self.finished = False
+        self._failed_stages = 0
+        self._owner_pid = os.getpid()
+        self._t0 = time.monotonic_ns()
+        snapshot = _snapshot(config)
+        process = _process_for(self.home, self.endpoint, self.settings)
+        _runs.append(self)
+        process.sender.emit(process.event(
+            "run_started", self.id, pipeline=self.pipeline, config=snapshot, host=process.host,
+            pid=process.pid, dataset=self.dataset, argv=sys.argv[:64],
+        ))
+
+    def stage(self, name: str, *, input_path: str | os.PathLike[str] | None = None,
+              sample_id: str | None = None) -> Stage:
+        """A context manager that records one execution of stage `name`."""
+        if name not in _checked_stage_names:
+            _checked_stage_names.add(check_name(name, "stage name"))
+        if sample_id is not None and not isinstance(sample_id, str):
+            sample_id = str(sample_id)
+        return Stage(self, name, os.fspath(input_path) if input_path is not None else None, sample_id)
+
+    def instrument(self, target: Any, stages: Mapping[str, str] | Iterable[str]) -> Any:
+        """Wrap methods of an existing object as stages, without editing its class.
+
+        `stages` maps stage name -> method name, or lists method names used as stage names.
+        Returns `target`, whose listed methods now record a stage per call.
+        """
+        pairs = stages.items() if isinstance(stages, Mapping) else ((name, name) for name in stages)
+        for stage_name, method_name in pairs:
+            method = getattr(target, method_name, None)
+            if not callable(method):
+                raise ValueError(f"expected {type(target).__name__}.{method_name} to be a method, got {method!r}")
+            setattr(target, method_name, _wrap(method, lambda name=stage_name: self.stage(name)))
+        return target
+
+    def finish(self, status: str | None = None, error: BaseException | None = None) -> None:
+        """End the run (also done at interpreter exit). Status: "ok" or "failed"."""
+        if self.finished or os.getpid() != self._owner_pid:
+            return
+        self.finished = True
+        try:
+            process = _process_for_run(self)
+            if status is None:
+                status = "failed" if (error is not None or self._failed_stages) else "ok"
+            process.sender.emit(process.event(
+                "run_finished", self.id, status=status, duration_ms=(time.monotonic_ns() - self._t0) / 1e6,
+                stages_failed=self._failed_stages, dropped_events=process.sender.stats.dropped,
+                error_type=type(error).__qualname__ if error is not None else None,
+                error_message=str(error)[:4096] if error is not None else None,
+            ))
+            if self in _runs:
+                _runs.remove(self)
+        except Exception as internal:
+            _internal_error(internal)
+
+    def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
+        """Wait until the daemon has every event so far (or they are spooled to disk)."""
+        return _process_for_run(self).sender.flush(timeout_s)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        self.finish(error=error)
+        return False
+
+    def __repr__(self) -> str:
+        return f"Run(pipeline={self.pipeline!r}, id={self.id!r})"
+
+
+def _wrap(function: Callable[..., Any], make_stage: Callable[[], Any]) -> Callable[..., Any]:
+    """`function` with every call inside a stage; coroutine functions stay coroutines."""
+    if inspect.iscoroutinefunction(function):
+        @functools.wraps(function)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with make_stage():
+                return await function(*args, **kwargs)
+        return async_wrapper
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with make_stage():
+            return function(*args, **kwargs)
+    return wrapper
+
+
+class _NoStage:
+    """What `stagewatch.stage()` gives when no run is active: records nothing."""
+
+    outputs: list[str] = []
+
+    def __enter__(self) -> _NoStage:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def save(self, filename: str, value: Any) -> None:
+        return None
+
+
+_warned_no_run = False
+
+
+class StageSpec:
+    """`stagewatch.stage(name)`: a decorator or a context manager on the current run."""
+
+    def __init__(self, name: str, input_path: str | None = None, sample_id: str | None = None) -> None:
+        self.name = check_name(name, "stage name")
+        self.input_path = input_path
+        self.sample_id = sample_id
+        self._open: list[Stage | _NoStage] = []
+
+    def _make(self) -> Stage | _NoStage:
+        run = current_run()
+        if run is None:
+            global _warned_no_run
+            if not _warned_no_run:
+                _warned_no_run = True
+                _log.warning("stagewatch.stage(%r) used with no active run: call stagewatch.init()", self.name)
+            return _NoStage()
+        return run.stage(self.name, input_path=self.input_path, sample_id=self.sample_id)
+
+    def __call__(self, function: F) -> F:
+        return _wrap(function, self._make)  # type: ignore[return-value]
+
+    def __enter__(self) -> Stage | _NoStage:
+        stage = self._make()
+        self._open.append(stage)
+        return stage.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._open.pop().__exit__(*exc)
+
+
+def current_run() -> Run | None:
+    """The most recently started run of this process that has not finished."""
+    return _runs[-1] if _runs else None
+
+
+def current_stage() -> Stage | None:
+    """The innermost open stage in this thread or task."""
+    return _current_stage.get()
+
+
+def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
+    """Finish this process's runs and deliver (or spool) every event within `timeout_s`."""
+    global _process
+    process = _process
+    if process is None or process.pid != os.getpid():
+        return
+    for run in list(_runs):
+        run.finish()
+    with _process_lock:
+        _process = None
+    safe_close(process.sender, timeout_s)
+
+
+atexit.register(shutdown)

@@ -1,0 +1,299 @@
+"""The background sender: batches events to the daemon, keeps what is unacknowledged, spools.
+
+The pipeline's thread only appends to a deque (lock-free in CPython). One daemon thread
+per process owns the ZeroMQ socket: it numbers events (per-client sequence), packs them
+in batches, sends without blocking and keeps every batch until the daemon acknowledges
+it. When the daemon is unreachable (no peer, or no ack within `ack_timeout_s`), the
+unacknowledged batches and everything after them go to a spool file; the sender probes
+the daemon and, once it answers, resends the spool in order and deletes it. The daemon
+de-duplicates by (client_id, seq), so resending is always safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+from stagewatch._spool import SpoolFile
+from stagewatch._wire import pack_batch, pack_event, unpack_ack
+
+_log = logging.getLogger("stagewatch")
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    max_queue_events: int = 500_000  # beyond this the hot path drops and counts
+    batch_max_events: int = 1_000
+    window_batches: int = 32  # batches in flight before the sender waits for acks
+    ack_timeout_s: float = 3.0
+    probe_interval_s: float = 0.5
+    heartbeat_interval_s: float = 1.0
+    poll_interval_s: float = 0.01
+
+
+@dataclass
+class _Inflight:
+    sent_at: float
+    payloads: list[bytes]
+    spool_end: int | None  # offset in the spool just past this batch, if it came from there
+
+
+@dataclass
+class SenderStats:
+    emitted: int = 0
+    dropped: int = 0
+    acked_events: int = 0
+    spooled_events: int = 0
+    batches_sent: int = 0
+    internal_errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Sender:
+    """Delivers events from this process to the daemon; see the module docstring."""
+
+    def __init__(
+        self,
+        client_id: str,
+        endpoint: str,
+        spool_dir: Path,
+        settings: SenderSettings = SenderSettings(),
+        heartbeat: Callable[[], dict | None] = lambda: None,
+    ) -> None:
+        self.client_id = client_id
+        self.stats = SenderStats()
+        self._endpoint = endpoint
+        self._spool_dir = spool_dir
+        self._settings = settings
+        self._heartbeat = heartbeat
+        self._queue: collections.deque[dict] = collections.deque()
+        self._seq = 0
+        self._batch_numbers = itertools.count(1)
+        self._spool_numbers = itertools.count(1)
+        self._inflight: dict[int, _Inflight] = {}
+        self._spool: SpoolFile | None = None
+        self._read_offset = 0
+        self._acked_offset = 0
+        self._next_probe = 0.0
+        self._unreachable = False  # set when the daemon failed to answer, cleared by an ack
+        self._next_heartbeat = 0.0
+        self._closing = False
+        self._close_deadline = 0.0
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stagewatch-sender", daemon=True)
+        self._thread.start()
+
+    # -- the pipeline's side -------------------------------------------------------------
+    def emit(self, event: dict) -> None:
+        """Queue one event; never blocks, never raises."""
+        if len(self._queue) >= self._settings.max_queue_events:
+            self.stats.dropped += 1
+            return
+        self._queue.append(event)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued event is acknowledged or spooled; True if so in time."""
+        self._idle.clear()
+        return self._idle.wait(timeout_s) if self._thread.is_alive() else False
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is left (or spool it) and stop the thread within `timeout_s`."""
+        self._close_deadline = time.monotonic() + timeout_s
+        self._closing = True
+        self._thread.join(timeout_s + 1.0)
+
+    @property
+    def spooling(self) -> bool:
+        return self._spool is not None
+
+    # -- the sender thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.IMMEDIATE, 1)  # fail fast instead of queueing for no peer
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, self._settings.window_batches * 2)
+        socket.connect(self._endpoint)
+        self._socket = socket
+        try:
+            while not self._step():
+                pass
+        finally:
+            self._spill_inflight()
+            if self._spool is not None:
+                self._spool.release()  # the daemon ingests what is left
+                self._spool = None
+            socket.close(0)
+            context.term()
+            self._idle.set()
+
+    def _step(self) -> bool:
+        """One turn of the loop; True when the sender should stop."""
+        try:
+            self._receive_acks(self._settings.poll_interval_s)
+            now = time.monotonic()
+            self._maybe_heartbeat(now)
+            if self._spool is None:
+                self._send_queue(now)
+            else:
+                self._spool_queue()
+                self._drain_spool(now)
+            self._check_ack_timeout(now)
+            done = not self._queue and not self._inflight and self._spool is None
+            if done or (self._spool is not None and not self._queue and not self._inflight):
+                self._idle.set()
+            if self._closing:
+                # Everything is on disk and the daemon does not answer: no point waiting.
+                parked = self._spool is not None and self._unreachable and not self._queue
+                return done or parked or now >= self._close_deadline
+        except Exception as error:
+            self._count_internal_error(error)
+            time.sleep(self._settings.poll_interval_s)
+        return False
+
+    def _count_internal_error(self, error: BaseException) -> None:
+        self.stats.internal_errors += 1
+        if self.stats.internal_errors == 1:
+            _log.warning("stagewatch sender error (events are kept): %r", error, exc_info=error)
+
+    def _receive_acks(self, timeout_s: float) -> None:
+        if not self._socket.poll(int(timeout_s * 1000), zmq.POLLIN):
+            return
+        while True:
+            try:
+                frame = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            batch = self._inflight.pop(unpack_ack(frame), None)  # type: ignore[arg-type]
+            if batch is None:
+                continue
+            self._unreachable = False
+            self.stats.acked_events += len(batch.payloads)
+            if batch.spool_end is not None:
+                self._acked_offset = max(self._acked_offset, batch.spool_end)
+
+    def _maybe_heartbeat(self, now: float) -> None:
+        if now < self._next_heartbeat or self._closing:
+            return
+        self._next_heartbeat = now + self._settings.heartbeat_interval_s
+        if self._spool is None:  # while spooling, resent batches prove we are alive
+            event = self._heartbeat()
+            if event is not None:
+                self._queue.append(event)
+
+    def _take_batch(self) -> list[bytes]:
+        queue = self._queue
+        events = [queue.popleft() for _ in range(min(len(queue), self._settings.batch_max_events))]
+        payloads = []
+        for event in _without_redundant_starts(events):
+            event["seq"] = self._seq = self._seq + 1
+            payloads.append(pack_event(event))
+        self.stats.emitted += len(payloads)
+        return payloads
+
+    def _send(self, payloads: list[bytes], spool_end: int | None) -> bool:
+        batch_no = next(self._batch_numbers)
+        try:
+            self._socket.send(pack_batch(self.client_id, batch_no, payloads), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._inflight[batch_no] = _Inflight(time.monotonic(), payloads, spool_end)
+        self.stats.batches_sent += 1
+        return True
+
+    def _send_queue(self, now: float) -> None:
+        while self._queue and len(self._inflight) < self._settings.window_batches:
+            payloads = self._take_batch()
+            if not self._send(payloads, None):
+                self._start_spooling(payloads, now)
+                return
+
+    def _start_spooling(self, unsent: list[bytes], now: float) -> None:
+        self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+        self._read_offset = self._acked_offset = 0
+        self._unreachable = True
+        self._next_probe = now + self._settings.probe_interval_s
+        self._spill_inflight()
+        self._append_to_spool(unsent)
+
+    def _append_to_spool(self, payloads: list[bytes]) -> None:
+        if payloads and self._spool is not None:
+            self._spool.append(payloads)
+            self.stats.spooled_events += len(payloads)
+
+    def _spill_inflight(self) -> None:
+        """Move batches sent live but not acknowledged into the spool, in order."""
+        live = [batch for batch in self._inflight.values() if batch.spool_end is None]
+        if live and self._spool is None:
+            self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+        for batch in live:
+            self._append_to_spool(batch.payloads)
+        self._inflight.clear()
+
+    def _spool_queue(self) -> None:
+        while self._queue:
+            self._append_to_spool(self._take_batch())
+
+    def _drain_spool(self, now: float) -> None:
+        spool = self._spool
+        assert spool is not None
+        if not self._inflight and now < self._next_probe:
+            return
+        # One batch probes a daemon that has not answered yet; after an ack, a full window.
+        limit = self._settings.window_batches if self._acked_offset or self._inflight else 1
+        while len(self._inflight) < limit and self._read_offset < spool.size:
+            payloads, end = spool.read_from(self._read_offset, self._settings.batch_max_events)
+            if not payloads:
+                self._read_offset = spool.size  # an unreadable tail: the daemon will report it
+                break
+            if not self._send(payloads, end):
+                self._next_probe = now + self._settings.probe_interval_s
+                self._unreachable = True
+                return
+            self._read_offset = end
+        if self._read_offset >= spool.size and not self._inflight and self._acked_offset >= spool.size:
+            spool.delete()
+            self._spool = None
+
+    def _check_ack_timeout(self, now: float) -> None:
+        if not self._inflight:
+            return
+        oldest = next(iter(self._inflight.values()))
+        if now - oldest.sent_at < self._settings.ack_timeout_s:
+            return
+        if self._spool is None:
+            self._start_spooling([], now)
+        else:  # the daemon went away while we resent the spool: start over from the last ack
+            self._inflight.clear()
+            self._unreachable = True
+            self._read_offset = self._acked_offset
+            self._next_probe = now + self._settings.probe_interval_s
+
+
+_FINISHES = frozenset({"stage_finished", "stage_failed"})
+
+
+def _without_redundant_starts(events: list[dict]) -> list[dict]:
+    """Drop a stage_started whose stage_finished/failed is in the same batch.
+
+    The finish event carries everything the start did; the start only matters to the
+    daemon when no finish follows (a crash). Short stages thus cost one event, not two.
+    """
+    finished = {event["span"] for event in events if event["type"] in _FINISHES}
+    if not finished:
+        return events
+    return [e for e in events if e["type"] != "stage_started" or e["span"] not in finished]
+
+
+def safe_close(sender: Sender | None, timeout_s: float) -> None:
+    if sender is not None:
+        with contextlib.suppress(Exception):
+            sender.close(timeout_s)

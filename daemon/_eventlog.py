@@ -1,0 +1,156 @@
+"""The append-only event log: the daemon's only source of truth.
+
+Segment files `events/{base:020d}.seg` hold records (stagewatch._records). A record's
+log sequence number (lsn) is its global byte position: segment base + offset, so it
+stays the same whatever damage a reader skips. Appends go in groups and one fsync makes
+a group durable; a failed write is cut back so no torn record stays behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stagewatch._records import ScanStats, encode_record, scan_records
+
+SEGMENT_SUFFIX = ".seg"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class RecoveryReport:
+    segments: int = 0
+    truncated_bytes: int = 0  # torn or zero-filled tail cut from the last segment
+    corrupt_regions: int = 0
+    corrupt_bytes: int = 0
+    missing_ranges: list[tuple[int, int]] = field(default_factory=list)  # lsn gaps between segments
+
+    @property
+    def clean(self) -> bool:
+        return not (self.truncated_bytes or self.corrupt_regions or self.missing_ranges)
+
+
+class EventLog:
+    """Append, sync and read records; see the module docstring."""
+
+    def __init__(self, directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+        self._base = 0  # lsn of the open segment's first byte
+        self._size = 0  # bytes in the open segment
+        self.report = RecoveryReport()
+
+    # -- recovery ------------------------------------------------------------------------
+    def segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.directory.glob(f"*{SEGMENT_SUFFIX}"):
+            try:
+                found.append((int(path.stem), path))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def open(self) -> RecoveryReport:
+        """Cut a torn tail off the last segment and open it for appending."""
+        segments = self.segments()
+        report = RecoveryReport(segments=len(segments))
+        for (base, path), (next_base, _) in itertools.pairwise(segments):
+            if base + path.stat().st_size < next_base:
+                report.missing_ranges.append((base + path.stat().st_size, next_base))
+        if segments:
+            self._base, path = segments[-1]
+            stats = ScanStats()
+            for _ in scan_records(path.read_bytes(), stats):
+                pass
+            report.corrupt_regions += stats.corrupt_regions
+            report.corrupt_bytes += stats.corrupt_bytes
+            if stats.tail_bytes:
+                report.truncated_bytes = stats.tail_bytes
+                os.truncate(path, stats.valid_end)
+            self._open_segment(self._base)
+        else:
+            self._open_segment(0)
+        self.report = report
+        return report
+
+    def _open_segment(self, base: int) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        path = self.directory / f"{base:020d}{SEGMENT_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._base = base
+        self._size = os.fstat(self._fd).st_size
+        _fsync_directory(self.directory)
+
+    # -- writing -------------------------------------------------------------------------
+    @property
+    def end_lsn(self) -> int:
+        return self._base + self._size
+
+    def append(self, payloads: list[bytes]) -> list[int]:
+        """Write a group of records (not yet durable: call sync); returns their lsns.
+
+        On a failed write (a full disk, say) the segment is cut back to where it was and
+        the OSError propagates: nothing of the group stays in the log.
+        """
+        assert self._fd is not None, "open() the log first"
+        if self._size >= self.segment_bytes:
+            self._open_segment(self.end_lsn)
+        lsns, chunks, position = [], [], self.end_lsn
+        for payload in payloads:
+            record = encode_record(payload)
+            lsns.append(position)
+            chunks.append(record)
+            position += len(record)
+        data = b"".join(chunks)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(28, f"short write to the event log ({written} of {len(data)} bytes)")
+        except OSError:
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
+        return lsns
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, from_lsn: int = 0, stats: ScanStats | None = None) -> Iterator[tuple[int, bytes]]:
+        """Yield (lsn, payload) for every intact record at or after `from_lsn`."""
+        stats = stats if stats is not None else ScanStats()
+        segments = self.segments()
+        for index, (base, path) in enumerate(segments):
+            next_base = segments[index + 1][0] if index + 1 < len(segments) else None
+            if next_base is not None and next_base <= from_lsn:
+                continue
+            segment_stats = ScanStats()
+            start = max(0, from_lsn - base)  # from_lsn is always a record boundary
+            data = path.read_bytes()
+            for offset, payload in scan_records(memoryview(data)[start:], segment_stats):
+                yield base + start + offset, payload
+            stats.corrupt_regions += segment_stats.corrupt_regions
+            stats.corrupt_bytes += segment_stats.corrupt_bytes
+            stats.tail_bytes += segment_stats.tail_bytes
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,257 @@
+"""Projections: a fold over the event log into read models (audit trails and table rows).
+
+`Projector.apply(event, lsn)` is the only way state changes, and it depends on nothing
+but the events and their order, so replaying the log gives the same read models. It
+writes no files: the store (`_store.py`) persists what it produces. Events may arrive
+out of order (a spooled start after a live finish), so every handler merges into
+whatever the run already holds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+AUDIT_SCHEMA = "stagewatch.audit/1"
+MAX_CLOSED_RUNS = 100_000
+
+
+def iso(ns: int | None) -> str | None:
+    """UTC ISO 8601 with microseconds, or None."""
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
+
+
+def _new_run(run_id: str) -> dict[str, Any]:
+    return {
+        "schema": AUDIT_SCHEMA, "run_id": run_id, "pipeline": None, "status": "running",
+        "complete": False, "started_at": None, "finished_at": None, "duration_ms": None,
+        "host": None, "pid": None, "client_id": None, "argv": [], "config": {}, "dataset": None,
+        "error": None, "counts": {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "running": 0,
+                                  "artifacts": 0, "events": 0},
+        "stages": [], "errors": [], "start_ns": None, "end_ns": None, "last_lsn": -1,
+    }
+
+
+def _new_stage(event: Any) -> dict[str, Any]:
+    return {
+        "stage": event.stage, "span": event.span, "client_id": event.client_id,
+        "parent_span": getattr(event, "parent_span", None), "sample_id": event.sample_id,
+        "status": "running", "started_at": None, "finished_at": None, "duration_ms": None,
+        "input_path": getattr(event, "input_path", None), "output_paths": [],
+        "memory": {"rss_start_mb": None, "rss_peak_mb": None, "rss_end_mb": None, "gpu_peak_mb": None},
+        "error": None, "artifacts": [], "start_ns": None,
+    }
+
+
+class Projector:
+    """Folds events into audit trails (one dict per run) and rows for Parquet tables."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.spans: dict[str, dict[str, int]] = {}  # run -> "client:span" -> index in stages
+        self.open_spans: dict[str, set[str]] = {}  # run -> spans still running
+        self.closed: dict[str, str | None] = {}  # evicted finished runs -> pipeline
+        self.late_events = 0
+        self.stage_rows: list[dict[str, Any]] = []
+        self.run_rows: list[dict[str, Any]] = []
+        self.dirty: set[str] = set()
+
+    # -- state for the checkpoint --------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {"runs": self.runs, "spans": self.spans,
+                "open_spans": {r: sorted(s) for r, s in self.open_spans.items()},
+                "closed": self.closed, "late_events": self.late_events}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Projector:
+        projector = cls()
+        projector.runs = state.get("runs", {})
+        projector.spans = state.get("spans", {})
+        projector.open_spans = {r: set(s) for r, s in state.get("open_spans", {}).items()}
+        projector.closed = state.get("closed", {})
+        projector.late_events = state.get("late_events", 0)
+        return projector
+
+    # -- folding -------------------------------------------------------------------------
+    def apply(self, event: Any, lsn: int) -> None:
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is None or event.type == "heartbeat":
+            return
+        if event.run_id in self.closed:
+            self._on_late(event, lsn)
+            return
+        run = self.runs.get(event.run_id)
+        if run is None:
+            run = self.runs[event.run_id] = _new_run(event.run_id)
+            self.spans[event.run_id] = {}
+            self.open_spans[event.run_id] = set()
+        run["counts"]["events"] += 1
+        run["last_lsn"] = lsn
+        handler(run, event, lsn)
+        self.dirty.add(event.run_id)
+
+    def _on_run_started(self, run: dict, event: Any, lsn: int) -> None:
+        run.update(pipeline=event.pipeline, host=event.host, pid=event.pid, client_id=event.client_id,
+                   argv=list(event.argv), config=event.config, dataset=event.dataset,
+                   start_ns=event.ts_ns, started_at=iso(event.ts_ns))
+
+    def _stage_entry(self, run: dict, event: Any) -> dict[str, Any]:
+        key = f"{event.client_id}:{event.span}"
+        index = self.spans[run["run_id"]].get(key)
+        if index is None:
+            index = self.spans[run["run_id"]][key] = len(run["stages"])
+            run["stages"].append(_new_stage(event))
+            run["counts"]["stages"] += 1
+        return run["stages"][index]
+
+    def _on_stage_started(self, run: dict, event: Any, lsn: int) -> None:
+        entry = self._stage_entry(run, event)
+        if entry["status"] == "running" and entry["start_ns"] is None:
+            entry.update(start_ns=event.ts_ns, started_at=iso(event.ts_ns))
+            self.open_spans[run["run_id"]].add(f"{event.client_id}:{event.span}")
+            run["counts"]["running"] += 1
+
+    def _on_stage_finished(self, run: dict, event: Any, lsn: int) -> None:
+        entry = self._stage_entry(run, event)
+        if entry["status"] not in ("running",):
+            return  # already closed (a crash verdict that a late finish cannot undo)
+        key = f"{event.client_id}:{event.span}"
+        if key in self.open_spans[run["run_id"]]:
+            self.open_spans[run["run_id"]].discard(key)
+            run["counts"]["running"] -= 1
+        status = "failed" if event.type == "stage_failed" else "ok"
+        end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)
+        entry.update(
+            status=status, start_ns=event.start_ts_ns, started_at=iso(event.start_ts_ns),
+            finished_at=iso(end_ns), duration_ms=event.duration_ms, input_path=event.input_path,
+            sample_id=event.sample_id, parent_span=event.parent_span,
+            output_paths=list(event.output_paths),
+            memory={"rss_start_mb": event.rss_start_mb, "rss_peak_mb": event.rss_peak_mb,
+                    "rss_end_mb": event.rss_end_mb, "gpu_peak_mb": event.gpu_peak_mb},
+        )
+        run["counts"][status] += 1
+        if status == "failed":
+            entry["error"] = {"type": event.error_type, "message": event.error_message,
+                              "traceback": event.traceback}
+            run["errors"].append({"stage": event.stage, "span": event.span, "sample_id": event.sample_id,
+                                  "type": event.error_type, "message": event.error_message,
+                                  "at": iso(end_ns), "input_path": event.input_path})
+        self.stage_rows.append(self._stage_row(run, entry, end_ns, lsn))
+
+    _on_stage_failed = _on_stage_finished
+
+    def _stage_row(self, run: dict, entry: dict, end_ns: int, lsn: int) -> dict[str, Any]:
+        error = entry["error"] or {}
+        return {
+            "run_id": run["run_id"], "pipeline": run["pipeline"], "stage": entry["stage"],
+            "status": entry["status"], "sample_id": entry["sample_id"], "client_id": entry["client_id"],
+            "span": entry["span"], "parent_span": entry["parent_span"],
+            "start_time": entry["start_ns"], "end_time": end_ns, "duration_ms": entry["duration_ms"],
+            **entry["memory"], "input_path": entry["input_path"], "output_paths": entry["output_paths"],
+            "error_type": error.get("type"), "error_message": error.get("message"), "lsn": lsn,
+        }
+
+    def _on_artifact_saved(self, run: dict, event: Any, lsn: int) -> None:
+        entry = self._stage_entry(run, event)
+        entry["artifacts"].append({"path": event.path, "kind": event.kind, "bytes": event.bytes,
+                                   "sample_id": event.sample_id})
+        run["counts"]["artifacts"] += 1
+
+    def _on_run_finished(self, run: dict, event: Any, lsn: int) -> None:
+        if run["complete"]:
+            return
+        failed = event.status == "failed" or run["counts"]["failed"] > 0
+        error = None
+        if event.error_type:
+            error = {"type": event.error_type, "message": event.error_message}
+        self._close_run(run, "failed" if failed else "ok", event.ts_ns, lsn, error, event.duration_ms)
+
+    def _on_client_lost(self, run: dict, event: Any, lsn: int) -> None:
+        lost = event.lost_client_id
+        for key in sorted(self.open_spans[run["run_id"]]):
+            if key.startswith(f"{lost}:"):
+                self._crash_stage(run, run["stages"][self.spans[run["run_id"]][key]], event, lsn)
+                self.open_spans[run["run_id"]].discard(key)
+        if run["client_id"] in (lost, None) and not run["complete"]:
+            message = "the pipeline process stopped sending heartbeats (killed or crashed)"
+            self._close_run(run, "crashed", event.last_seen_ns, lsn,
+                            {"type": "ClientLost", "message": message})
+
+    def _crash_stage(self, run: dict, entry: dict, event: Any, lsn: int) -> None:
+        start = entry["start_ns"] or event.last_seen_ns
+        end = max(start, event.last_seen_ns)
+        entry.update(status="crashed", finished_at=iso(end), duration_ms=(end - start) / 1e6,
+                     error={"type": "ClientLost", "message": "the process died during this stage",
+                            "traceback": ""})
+        run["counts"]["running"] -= 1
+        run["counts"]["crashed"] += 1
+        run["errors"].append({"stage": entry["stage"], "span": entry["span"], "sample_id": entry["sample_id"],
+                              "type": "ClientLost", "message": entry["error"]["message"],
+                              "at": iso(end), "input_path": entry["input_path"]})
+        self.stage_rows.append(self._stage_row(run, entry, end, lsn))
+
+    def _close_run(self, run: dict, status: str, end_ns: int, lsn: int, error: dict | None,
+                   duration_ms: float | None = None) -> None:
+        if status == "ok" and run["counts"]["crashed"]:
+            status = "failed"
+        start = run["start_ns"] or end_ns
+        if duration_ms is None:  # no monotonic reading from the client: use wall clock
+            duration_ms = (end_ns - start) / 1e6
+        run.update(status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns),
+                   duration_ms=duration_ms, error=error)
+        self.run_rows.append(self._run_row(run, lsn))
+
+    def _run_row(self, run: dict, lsn: int) -> dict[str, Any]:
+        failed = [s for s in run["stages"] if s["status"] in ("failed", "crashed")]
+        error = run["error"] or (failed[0]["error"] if failed else None) or {}
+        return {
+            "run_id": run["run_id"], "pipeline": run["pipeline"], "status": run["status"],
+            "host": run["host"], "pid": run["pid"], "start_time": run["start_ns"], "end_time": run["end_ns"],
+            "duration_ms": run["duration_ms"], "stages": run["counts"]["stages"],
+            "stages_failed": run["counts"]["failed"], "stages_crashed": run["counts"]["crashed"],
+            "failed_stage": failed[0]["stage"] if failed else None,
+            "error_type": error.get("type"), "error_message": error.get("message"),
+            "dataset": run["dataset"], "lsn": lsn,
+        }
+
+    def _on_log(self, run: dict, event: Any, lsn: int) -> None:
+        run["counts"].setdefault("logs", 0)
+        run["counts"]["logs"] += 1
+
+    def _on_sample_result(self, run: dict, event: Any, lsn: int) -> None:
+        run["counts"].setdefault("sample_results", 0)
+        run["counts"]["sample_results"] += 1
+
+    def _on_heartbeat(self, run: dict, event: Any, lsn: int) -> None:
+        return None
+
+    def _on_late(self, event: Any, lsn: int) -> None:
+        """An event for a run already closed and evicted: counted, its audit is final."""
+        if event.type != "heartbeat":
+            self.late_events += 1
+
+    # -- what the daemon asks ------------------------------------------------------------
+    def open_work(self) -> dict[str, set[str]]:
+        """client id -> runs where it owns an unfinished run or has a running stage."""
+        work: dict[str, set[str]] = {}
+        for run_id, run in self.runs.items():
+            if not run["complete"] and run["client_id"]:
+                work.setdefault(run["client_id"], set()).add(run_id)
+            for key in self.open_spans[run_id]:
+                work.setdefault(key.split(":", 1)[0], set()).add(run_id)
+        return work
+
+    def take_rows(self) -> tuple[list[dict], list[dict]]:
+        rows = (self.stage_rows, self.run_rows)
+        self.stage_rows, self.run_rows = [], []
+        return rows
+
+    def evict_finished(self) -> None:
+        """Forget runs that are complete with nothing running (their audit is on disk)."""
+        for run_id in [r for r, run in self.runs.items() if run["complete"] and not self.open_spans[r]]:
+            self.closed[run_id] = self.runs.pop(run_id)["pipeline"]
+            del self.spans[run_id], self.open_spans[run_id]
+        while len(self.closed) > MAX_CLOSED_RUNS:
+            del self.closed[next(iter(self.closed))]

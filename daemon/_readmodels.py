@@ -1,0 +1,108 @@
+"""Reading the read models back: run listings and audit trails, for the CLI and the UI.
+
+Readers tolerate what a crash or a hand edit can leave behind: a missing table, a
+half-written or edited audit.json. They report what is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from stagewatch.daemon._store import RUNS, TABLES
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def read_table(home: Path, table: str) -> pa.Table:
+    """All rows of a metrics table (empty with the right schema if there are none)."""
+    folder = home / "metrics" / table
+    if not folder.is_dir():
+        return TABLES[table].empty_table()
+    dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=_with_date(TABLES[table]))
+    return dataset.to_table()
+
+
+def to_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as dicts; timestamps become datetimes (microseconds: what Python holds)."""
+    for index, column in enumerate(table.schema):
+        if pa.types.is_timestamp(column.type):
+            table = table.set_column(index, column.name, table[column.name].cast(
+                pa.timestamp("us", tz=column.type.tz), safe=False))
+    return table.to_pylist()
+
+
+def _with_date(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field("date", pa.string()))
+
+
+def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent runs, finished (from Parquet) and still running (from the daemon)."""
+    finished = to_rows(read_table(home, "runs").select(RUNS.names))
+    known = {row["run_id"] for row in finished}
+    runs = [_run_summary(row) for row in finished]
+    runs += [_active_summary(active) for active in _active_runs(home) if active["run_id"] not in known]
+    runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
+    return runs[:limit]
+
+
+def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
+    start = row["start_time"]
+    return {"run_id": row["run_id"], "pipeline": row["pipeline"],
+            "started_at": start.isoformat() if start is not None else None,
+            "duration_ms": row["duration_ms"], "status": row["status"],
+            "stages": row["stages"], "stages_failed": row["stages_failed"],
+            "failed_stage": row["failed_stage"], "error_message": row["error_message"]}
+
+
+def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": active["run_id"], "pipeline": active["pipeline"], "started_at": active["started_at"],
+            "duration_ms": None, "status": active["status"], "stages": None, "stages_failed": None,
+            "failed_stage": None, "error_message": None}
+
+
+def _active_runs(home: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads((home / "state" / "status.json").read_text())["active_runs"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def resolve_run_id(home: Path, prefix: str) -> str:
+    """The one run id that starts with `prefix`; RunNotFound if none or several do."""
+    prefix = prefix.strip().lower()
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise RunNotFound(f"expected a run id or a unique prefix of one, got {prefix!r}")
+    try:
+        names = [entry.name for entry in os.scandir(home / "runs") if entry.name.startswith(prefix)]
+    except FileNotFoundError:
+        names = []
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise RunNotFound(f"no run with id {prefix!r} under {home}; `stagewatch runs` lists recent runs")
+    shown = ", ".join(sorted(names)[:5])
+    raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
+
+
+def load_audit(home: Path, run_id: str) -> dict[str, Any]:
+    """The run's audit trail; `problems` lists what is missing or damaged, if anything."""
+    path = home / "runs" / run_id / "audit.json"
+    try:
+        audit = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [],
+                "problems": [f"{path} is missing (the daemon has not written it yet, or it was deleted)"]}
+    except (ValueError, UnicodeDecodeError) as error:
+        return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [],
+                "problems": [f"{path} is damaged ({error}); `stagewatch rebuild` regenerates it"]}
+    audit.setdefault("problems", [])
+    if not audit.get("complete"):
+        audit["problems"].append("the run has not finished (or its end was never recorded)")
+    return audit

@@ -1,0 +1,145 @@
+"""The event schema (version 1), validated with pydantic. docs/events.md describes it.
+
+Every event shares the envelope (v, type, client_id, seq, ts_ns, run_id); each type adds
+its fields. Strings are bounded, names that become paths are checked, and unknown
+fields are ignored (a newer client may add some), so validation is strict about what the
+daemon uses and tolerant of the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from stagewatch._names import check_name
+
+Text = Annotated[str, Field(max_length=4096)]
+LongText = Annotated[str, Field(max_length=65536)]
+# Patterns, not Python validators: pydantic checks them in Rust, which keeps validation
+# at about 2 us an event. They say the same as stagewatch._names.check_name/check_run_id.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
+RunId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Megabytes = Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+
+
+PathText = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1]
+    client_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    seq: Annotated[int, Field(ge=1)]
+    ts_ns: Annotated[int, Field(ge=0, lt=2**63)]
+    run_id: RunId
+
+
+class RunStarted(Envelope):
+    type: Literal["run_started"]
+    pipeline: Name
+    config: dict[str, Any] = {}
+    host: Text = ""
+    pid: int = 0
+    dataset: PathText | None = None
+    argv: list[Text] = []
+
+
+class StageStarted(Envelope):
+    type: Literal["stage_started"]
+    stage: Name
+    span: Annotated[int, Field(ge=1)]
+    parent_span: int | None = None
+    sample_id: Text | None = None
+    input_path: PathText | None = None
+
+
+class StageFinished(StageStarted):
+    type: Literal["stage_finished"]  # type: ignore[assignment]
+    start_ts_ns: Annotated[int, Field(ge=0, lt=2**63)]
+    duration_ms: NonNegative
+    output_paths: list[PathText] = []
+    rss_start_mb: Megabytes = None
+    rss_peak_mb: Megabytes = None
+    rss_end_mb: Megabytes = None
+    gpu_peak_mb: Megabytes = None
+
+
+class StageFailed(StageFinished):
+    type: Literal["stage_failed"]  # type: ignore[assignment]
+    error_type: Text
+    error_message: LongText = ""
+    traceback: LongText = ""
+
+
+class ArtifactSaved(Envelope):
+    type: Literal["artifact_saved"]
+    stage: Name
+    span: int
+    path: PathText
+    kind: Annotated[str, Field(max_length=16)]
+    bytes: Annotated[int, Field(ge=0)]
+    sample_id: Text | None = None
+
+    def model_post_init(self, context: Any) -> None:
+        expected = f"runs/{self.run_id}/stages/{self.stage}/"
+        name = self.path[len(expected) :]
+        if not self.path.startswith(expected):
+            raise ValueError(f"artifact path must start with {expected!r}")
+        check_name(name, "artifact file name")
+
+
+class SampleResult(Envelope):
+    type: Literal["sample_result"]
+    stage: Name
+    sample_id: Text
+    prediction: Any = None
+    path: PathText | None = None
+
+
+class Log(Envelope):
+    type: Literal["log"]
+    level: Annotated[str, Field(max_length=16)]
+    message: LongText
+    stage: Name | None = None
+    extra: dict[str, Any] = {}
+
+
+class Heartbeat(Envelope):
+    type: Literal["heartbeat"]
+
+
+class RunFinished(Envelope):
+    type: Literal["run_finished"]
+    status: Literal["ok", "failed"]
+    duration_ms: NonNegative
+    stages_failed: int = 0
+    dropped_events: int = 0
+    error_type: Text | None = None
+    error_message: LongText | None = None
+
+
+class ClientLost(Envelope):
+    """Written by the daemon when a client with open work stops sending."""
+
+    type: Literal["client_lost"]
+    lost_client_id: str
+    last_seen_ns: int
+
+
+Event = Annotated[
+    RunStarted | StageStarted | StageFinished | StageFailed | ArtifactSaved | SampleResult
+    | Log | Heartbeat | RunFinished | ClientLost,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+EVENT_TYPES = frozenset(
+    ["run_started", "stage_started", "stage_finished", "stage_failed", "artifact_saved",
+     "sample_result", "log", "heartbeat", "run_finished", "client_lost"]
+)
+
+
+def validate_event(event: object) -> Any:
+    """The typed event, or pydantic.ValidationError saying what is wrong."""
+    return EVENT_ADAPTER.validate_python(event)

@@ -1,0 +1,375 @@
+"""The daemon: receive, validate, de-duplicate, log durably, acknowledge, project.
+
+One thread, one loop. Each turn takes a group of batches from the ROUTER socket, appends
+every new valid event to the event log, fsyncs once (group commit), acknowledges the
+batches, then folds the events into the projections. Read models are flushed about once
+a second with a checkpoint, so a restart replays only what came after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import zmq
+from loguru import logger
+from stagewatch._config import check_endpoint, spool_dir
+from stagewatch._spool import claim_spool_files
+from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
+from stagewatch.daemon._dedup import Deduplicator
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._ingest import Rejected, decode_batch, decode_event
+from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._schema import validate_event
+from stagewatch.daemon._store import Store, atomic_write
+
+DAEMON_CLIENT_ID = "daemon"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    home: Path
+    endpoint: str
+    live_endpoint: str
+    client_timeout_s: float = 15.0  # no batch for this long with open work: client lost
+    flush_interval_s: float = 1.0
+    spool_scan_interval_s: float = 2.0
+    max_frame_bytes: int = 64 * 1024 * 1024  # larger frames are dropped before decoding
+    max_group_events: int = 50_000
+
+
+@dataclass
+class DaemonStats:
+    batches: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    spool_files: int = 0
+    spool_events: int = 0
+    clients_lost: int = 0
+    write_errors: int = 0
+    replayed: int = 0
+    recovery: dict[str, Any] = field(default_factory=dict)
+
+
+class DaemonAlreadyRunning(RuntimeError):
+    pass
+
+
+@dataclass
+class _Group:
+    """Events taken in one turn, before they are durable."""
+
+    payloads: list[bytes] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    acks: list[tuple[bytes, int]] = field(default_factory=list)
+    keys: set[tuple[str, int]] = field(default_factory=set)
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.stats = DaemonStats()
+        self.store = Store(self.home)
+        self.log = EventLog(self.home / "events")
+        self.projector = Projector()
+        self.dedup = Deduplicator()
+        self._daemon_seq = 0
+        self._last_seen: dict[str, float] = {}
+        self._stopping = False
+        self._lock_fd: int | None = None
+        self._context = zmq.Context()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def serve(self) -> None:
+        """Recover, bind, and run until SIGTERM/SIGINT; then flush and exit cleanly."""
+        self._take_lock()
+        try:
+            self.recover()
+            self._bind()
+            self._install_signal_handlers()
+            logger.info("stagewatch daemon ready: home={} endpoint={}", self.home, self.settings.endpoint)
+            self._loop()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
+
+    def _take_lock(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.home / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise DaemonAlreadyRunning(f"another stagewatch daemon is running on {self.home}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+
+    def _bind(self) -> None:
+        for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
+            check_endpoint(endpoint)
+            if endpoint.startswith("ipc://"):
+                folder = Path(endpoint[len("ipc://") :]).parent
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o700)  # only the owner may connect
+        self.router = self._context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes)
+        self.router.setsockopt(zmq.RCVHWM, 10_000)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.bind(self.settings.endpoint)
+        self.live = self._context.socket(zmq.PUB)
+        self.live.setsockopt(zmq.SNDHWM, 10_000)  # a stalled subscriber loses messages, not us
+        self.live.setsockopt(zmq.LINGER, 0)
+        self.live.bind(self.settings.live_endpoint)
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.flush()
+        self.log.close()
+        for name in ("router", "live"):
+            if hasattr(self, name):
+                getattr(self, name).close(0)
+        self._context.term()
+        for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
+            if endpoint.startswith("ipc://"):  # a stale socket file would look like a daemon
+                Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        logger.info("stagewatch daemon stopped: {}", self._stats_line())
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Open the log (cutting a torn tail), load the checkpoint, replay what follows it."""
+        report = self.log.open()
+        checkpoint = self.store.read_checkpoint() or {}
+        self.projector = Projector.from_state(checkpoint.get("projector", {}))
+        self.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
+        self._daemon_seq = checkpoint.get("daemon_seq", 0)
+        start_lsn = checkpoint.get("lsn", 0)
+        dropped_parts = self.store.drop_parts_from(start_lsn)
+        replayed, stats = self._replay(start_lsn)
+        self.stats.replayed = replayed
+        self.stats.recovery = {**asdict(report), "replay_corrupt_regions": stats.corrupt_regions,
+                               "replay_corrupt_bytes": stats.corrupt_bytes, "dropped_parts": dropped_parts,
+                               "from_lsn": start_lsn}
+        if not report.clean or stats.corrupt_regions:
+            logger.warning("event log recovery: {}", self.stats.recovery)
+        now = time.monotonic()
+        self._last_seen = {client: now for client in self.projector.open_work()}
+        self.flush()
+        self.ingest_spools()
+
+    def _replay(self, start_lsn: int) -> tuple[int, Any]:
+        from stagewatch._records import ScanStats
+
+        stats, replayed = ScanStats(), 0
+        for lsn, payload in self.log.read(start_lsn, stats):
+            event = decode_event(payload)
+            if isinstance(event, Rejected):
+                continue
+            self.dedup.mark(event.client_id, event.seq)
+            self.projector.apply(event, lsn)
+            replayed += 1
+        return replayed, stats
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        settings = self.settings
+        next_flush = next_liveness = time.monotonic()
+        next_spool_scan = next_flush + settings.spool_scan_interval_s
+        while not self._stopping:
+            if self.router.poll(100, zmq.POLLIN):
+                self._ingest_socket()
+            now = time.monotonic()
+            if now >= next_flush or len(self.projector.stage_rows) > 100_000:
+                self.flush()
+                next_flush = now + settings.flush_interval_s
+            if now >= next_liveness:
+                self.check_liveness(now)
+                next_liveness = now + 1.0
+            if now >= next_spool_scan:
+                self.ingest_spools()
+                next_spool_scan = now + settings.spool_scan_interval_s
+
+    def _ingest_socket(self) -> None:
+        group, now = _Group(), time.monotonic()
+        while len(group.payloads) < self.settings.max_group_events:
+            try:
+                identity, frame = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except ValueError:  # a frame count other than two: not one of ours
+                self._quarantine([Rejected("unexpected frame layout", b"")])
+                continue
+            batch = decode_batch(frame)
+            if isinstance(batch, Rejected):
+                self._quarantine([batch])
+                continue
+            self._last_seen[batch.client_id] = now
+            self.stats.batches += 1
+            self._take(group, batch.payloads)
+            group.acks.append((identity, batch.batch_no))
+        self._commit(group)
+
+    def _take(self, group: _Group, payloads: list[bytes]) -> None:
+        """Add the new valid events among `payloads` to `group`; quarantine the invalid."""
+        rejected = []
+        for payload in payloads:
+            event = decode_event(payload)
+            if isinstance(event, Rejected):
+                rejected.append(event)
+                continue
+            key = (event.client_id, event.seq)
+            if key in group.keys or self.dedup.seen(*key):
+                self.stats.duplicates += 1
+                continue
+            group.keys.add(key)
+            group.payloads.append(payload)
+            group.events.append(event)
+        self._quarantine(rejected)
+
+    def _commit(self, group: _Group) -> bool:
+        """Make the group durable, acknowledge it, project it. False if the disk refused."""
+        if group.payloads:
+            try:
+                lsns = self.log.append(group.payloads)
+                self.log.sync()
+            except OSError as error:
+                self.stats.write_errors += 1
+                logger.error("cannot write the event log ({}); batches stay unacknowledged", error)
+                return False
+            for event, lsn in zip(group.events, lsns, strict=True):
+                self.dedup.mark(event.client_id, event.seq)
+                self.projector.apply(event, lsn)
+            self.stats.accepted += len(group.payloads)
+        for identity, batch_no in group.acks:
+            with contextlib.suppress(zmq.ZMQError):
+                self.router.send_multipart([identity, pack_ack(batch_no)], zmq.NOBLOCK)
+        self._publish(group)
+        return True
+
+    def _publish(self, group: _Group) -> None:
+        """Forward events to live-feed subscribers; a slow subscriber just misses some."""
+        for payload, event in zip(group.payloads, group.events, strict=True):
+            if event.type != "heartbeat":
+                with contextlib.suppress(zmq.ZMQError):
+                    self.live.send_multipart([event.type.encode(), payload], zmq.NOBLOCK)
+
+    # -- spools, liveness, quarantine ----------------------------------------------------
+    def ingest_spools(self) -> None:
+        """Ingest spool files left by clients that have exited, then delete them."""
+        for path, payloads, scan in claim_spool_files(spool_dir(self.home)):
+            group = _Group()
+            self._take(group, payloads)
+            if not self._commit(group):
+                return
+            if scan.corrupt_regions or scan.tail_bytes:
+                logger.warning("spool {}: {} damaged region(s), {} tail bytes skipped",
+                               path.name, scan.corrupt_regions, scan.tail_bytes)
+            self.stats.spool_files += 1
+            self.stats.spool_events += len(group.payloads)
+            path.unlink(missing_ok=True)
+
+    def check_liveness(self, now: float) -> None:
+        """Write a client_lost event for each client that has open work but went silent."""
+        lost = []
+        for client_id, run_ids in self.projector.open_work().items():
+            last_seen = self._last_seen.setdefault(client_id, now)
+            if client_id != DAEMON_CLIENT_ID and now - last_seen > self.settings.client_timeout_s:
+                wall_last_seen = time.time_ns() - int((now - last_seen) * 1e9)
+                lost += [self._client_lost(client_id, run_id, wall_last_seen) for run_id in sorted(run_ids)]
+                self._last_seen.pop(client_id, None)
+                self.stats.clients_lost += 1
+                logger.warning("client {} lost (silent for {:.1f}s); runs {}",
+                               client_id, now - last_seen, sorted(run_ids))
+        if lost:
+            group = _Group(payloads=[pack_event(e) for e in lost], events=[validate_event(e) for e in lost])
+            self._commit(group)
+
+    def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
+        self._daemon_seq += 1
+        return {"v": EVENT_VERSION, "type": "client_lost", "client_id": DAEMON_CLIENT_ID,
+                "seq": self._daemon_seq, "ts_ns": time.time_ns(), "run_id": run_id,
+                "lost_client_id": client_id, "last_seen_ns": last_seen_ns}
+
+    def _quarantine(self, rejected: list[Rejected]) -> None:
+        if not rejected:
+            return
+        self.stats.invalid += len(rejected)
+        now = datetime.now(timezone.utc)
+        lines = [json.dumps({"received_at": now.isoformat(), "reason": r.reason, "client_id": r.client_id,
+                             "raw_base64": base64.b64encode(r.raw[:65536]).decode()}) for r in rejected]
+        path = self.home / "quarantine" / f"{now:%Y-%m-%d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "a") as handle:
+                handle.write("\n".join(lines) + "\n")
+        except OSError as error:
+            self.stats.write_errors += 1
+            logger.error("cannot write the quarantine file: {}", error)
+        logger.warning("quarantined {} invalid event(s); first: {}", len(rejected), rejected[0].reason)
+
+    # -- read models ---------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write new rows, changed audit trails, then the checkpoint that covers them."""
+        stage_rows, run_rows = self.projector.take_rows()
+        try:
+            if stage_rows:
+                self.store.write_rows("stage_executions", stage_rows)
+            if run_rows:
+                self.store.write_rows("runs", run_rows)
+            for run_id in sorted(self.projector.dirty):
+                if run_id in self.projector.runs:
+                    self.store.write_audit(self.projector.runs[run_id])
+            self.projector.dirty.clear()
+            self.projector.evict_finished()
+            self.store.write_checkpoint({
+                "lsn": self.log.end_lsn, "projector": self.projector.to_state(),
+                "dedup": self.dedup.to_state(), "daemon_seq": self._daemon_seq,
+            })
+            self._write_status()
+        except OSError as error:
+            self.stats.write_errors += 1
+            self.projector.stage_rows[:0], self.projector.run_rows[:0] = stage_rows, run_rows
+            logger.error("cannot write read models ({}); will retry", error)
+
+    def _write_status(self) -> None:
+        active = [{"run_id": r["run_id"], "pipeline": r["pipeline"], "started_at": r["started_at"],
+                   "status": r["status"]} for r in self.projector.runs.values() if not r["complete"]]
+        status = {"pid": os.getpid(), "endpoint": self.settings.endpoint, "updated_at": time.time(),
+                  "stats": asdict(self.stats), "active_runs": active,
+                  "late_events": self.projector.late_events}
+        atomic_write(self.home / "state" / "status.json", json.dumps(status, indent=1).encode())
+
+    def _stats_line(self) -> str:
+        s = self.stats
+        return (f"accepted={s.accepted} duplicates={s.duplicates} invalid={s.invalid} "
+                f"spool_events={s.spool_events} clients_lost={s.clients_lost} write_errors={s.write_errors}")
+
+
+def configure_logging(home: Path, level: str = "INFO") -> None:
+    """stderr for systemd's journal, plus a rotated JSON log under the home."""
+    import sys
+
+    logger.remove()
+    logger.add(sys.stderr, level=level, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
+    logger.add(home / "logs" / "daemon.jsonl", level=level, serialize=True, rotation="10 MB",
+               retention=10, compression="gz", enqueue=False)
+

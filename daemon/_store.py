@@ -1,0 +1,116 @@
+"""Persisting read models: Parquet tables, audit JSON files and the projection checkpoint.
+
+Everything here is written to a temporary name and renamed, so a reader (or a daemon
+restarted after kill -9) never sees half a file. Parquet parts are named by the lowest
+event-log position (lsn) of their rows: parts at or past the checkpoint are rewritten
+on recovery, so a crash between a part and its checkpoint cannot duplicate rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TIMESTAMP = pa.timestamp("ns", tz="UTC")
+MB = pa.float64()
+
+STAGE_EXECUTIONS = pa.schema([
+    ("run_id", pa.string()), ("pipeline", pa.string()), ("stage", pa.string()),
+    ("status", pa.string()), ("sample_id", pa.string()), ("client_id", pa.string()),
+    ("span", pa.int64()), ("parent_span", pa.int64()),
+    ("start_time", TIMESTAMP), ("end_time", TIMESTAMP), ("duration_ms", pa.float64()),
+    ("rss_start_mb", MB), ("rss_peak_mb", MB), ("rss_end_mb", MB), ("gpu_peak_mb", MB),
+    ("input_path", pa.string()), ("output_paths", pa.list_(pa.string())),
+    ("error_type", pa.string()), ("error_message", pa.string()), ("lsn", pa.int64()),
+])
+RUNS = pa.schema([
+    ("run_id", pa.string()), ("pipeline", pa.string()), ("status", pa.string()),
+    ("host", pa.string()), ("pid", pa.int64()),
+    ("start_time", TIMESTAMP), ("end_time", TIMESTAMP), ("duration_ms", pa.float64()),
+    ("stages", pa.int64()), ("stages_failed", pa.int64()), ("stages_crashed", pa.int64()),
+    ("failed_stage", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
+    ("dataset", pa.string()), ("lsn", pa.int64()),
+])
+TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS}
+PART_PREFIX = "part-"
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _date_of(ns: int | None) -> str:
+    return datetime.fromtimestamp((ns or 0) / 1e9, timezone.utc).strftime("%Y-%m-%d")
+
+
+class Store:
+    """Writes the read models under a stagewatch home."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.metrics = home / "metrics"
+        self.checkpoint_path = home / "state" / "checkpoint.msgpack"
+
+    # -- Parquet -------------------------------------------------------------------------
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> list[Path]:
+        """Append rows as new part files, one per date partition (by start_time)."""
+        by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_date[_date_of(row["start_time"] or row["end_time"])].append(row)
+        written = []
+        for date, date_rows in sorted(by_date.items()):
+            first_lsn = min(row["lsn"] for row in date_rows)
+            path = self.metrics / table / f"date={date}" / f"{PART_PREFIX}{first_lsn:020d}.parquet"
+            written.append(self._write_part(path, pa.Table.from_pylist(date_rows, TABLES[table])))
+        return written
+
+    def _write_part(self, path: Path, table: pa.Table) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, temporary, compression="zstd")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        return path
+
+    def drop_parts_from(self, lsn: int) -> int:
+        """Delete parts whose rows come from lsn onwards (written after the checkpoint)."""
+        dropped = 0
+        for path in self.metrics.glob(f"*/date=*/{PART_PREFIX}*.parquet"):
+            if int(path.stem[len(PART_PREFIX) :]) >= lsn:
+                path.unlink()
+                dropped += 1
+        return dropped
+
+    # -- audit trails --------------------------------------------------------------------
+    def audit_path(self, run_id: str) -> Path:
+        return self.home / "runs" / run_id / "audit.json"
+
+    def write_audit(self, run: dict[str, Any]) -> None:
+        atomic_write(self.audit_path(run["run_id"]), json.dumps(run, indent=1, default=str).encode())
+
+    # -- checkpoint ----------------------------------------------------------------------
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_write(self.checkpoint_path, msgpack.packb(state, use_bin_type=True), durable=True)
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        try:
+            data = self.checkpoint_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -1,0 +1,268 @@
+"""The `stagewatch` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stagewatch._config import resolve_endpoint, resolve_home
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ValueError as error:  # bad configuration or arguments found past argparse
+        print(f"stagewatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stagewatch", description="Monitor perception pipelines.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    daemon = commands.add_parser("daemon", help="run the daemon in the foreground")
+    _home_options(daemon)
+    daemon.add_argument("--client-timeout", type=_positive, default=15.0, metavar="S",
+                        help="seconds of silence after which a client's open stages are crashed (15)")
+    daemon.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    daemon.set_defaults(handler=cmd_daemon)
+
+    demo = commands.add_parser("demo", help="start a daemon, run the demo pipeline, show where results are")
+    _home_options(demo)
+    demo.add_argument("--frames", type=_frames, default=60, help="frames to process (48 or more; 60)")
+    demo.add_argument("--keep-daemon", action="store_true", help="leave the daemon running afterwards")
+    demo.set_defaults(handler=cmd_demo)
+
+    runs = commands.add_parser("runs", help="list recent runs")
+    _home_options(runs, endpoint=False)
+    runs.add_argument("--limit", type=_positive_int, default=20)
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.set_defaults(handler=cmd_runs)
+
+    show = commands.add_parser("show", help="show a run's audit trail")
+    _home_options(show, endpoint=False)
+    show.add_argument("run_id", help="a run id or a unique prefix of one")
+    show.add_argument("--json", action="store_true", help="print the full audit trail as JSON")
+    show.set_defaults(handler=cmd_show)
+    return parser
+
+
+def _home_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None:
+    parser.add_argument("--home", help="stagewatch home (default $STAGEWATCH_HOME or ./output)")
+    if endpoint:
+        parser.add_argument("--endpoint", help="ingest endpoint (default $STAGEWATCH_ENDPOINT or ipc in the home)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _frames(text: str) -> int:
+    value = _positive_int(text)
+    if value < 48:
+        raise argparse.ArgumentTypeError(f"expected at least 48 frames (frame 47 is the failing one), got {value}")
+    return value
+
+
+# -- daemon ---------------------------------------------------------------------------------
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._server import Daemon, DaemonAlreadyRunning, DaemonSettings, configure_logging
+
+    home = resolve_home(args.home)
+    endpoint = resolve_endpoint(home, args.endpoint)
+    home.mkdir(parents=True, exist_ok=True)
+    configure_logging(home, args.log_level)
+    settings = DaemonSettings(home=home, endpoint=endpoint, live_endpoint=f"ipc://{home / 'run' / 'live.sock'}",
+                              client_timeout_s=args.client_timeout)
+    try:
+        Daemon(settings).serve()
+    except DaemonAlreadyRunning as error:
+        print(f"stagewatch: {error}; stop it first or use another --home", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    return EXIT_OK
+
+
+# -- demo -----------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._demo import run_demo
+    from stagewatch.daemon._readmodels import load_audit
+
+    home = resolve_home(args.home)
+    endpoint = resolve_endpoint(home, args.endpoint)
+    daemon = start_daemon(home, endpoint)
+    try:
+        print(f"stagewatch demo: running the perception pipeline ({args.frames} frames) ...", flush=True)
+        run = run_demo(args.frames, home=str(home))
+        run.flush(30.0)
+        audit = wait_for_audit(home, run.id, timeout_s=60.0)
+    finally:
+        if daemon is not None and not args.keep_daemon:
+            stop_daemon(daemon)
+    _print_demo_summary(home, audit or load_audit(home, run.id))
+    return EXIT_OK
+
+
+def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:
+    """Start a daemon on `home` unless one already runs there; wait until it listens."""
+    if _daemon_running(home):
+        print(f"stagewatch: using the daemon already running on {home}")
+        return None
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "daemon-demo.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--endpoint", endpoint],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+    socket_path = Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        if socket_path is None or socket_path.exists():
+            return process
+        time.sleep(0.05)
+    raise RuntimeError(f"the daemon did not start; see {home / 'daemon-demo.log'}")
+
+
+def _daemon_running(home: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(home / "daemon.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def stop_daemon(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for_audit(home: Path, run_id: str, timeout_s: float) -> dict[str, Any] | None:
+    path = home / "runs" / run_id / "audit.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            audit = json.loads(path.read_text())
+            if audit.get("complete"):
+                return audit
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    return None
+
+
+def _print_demo_summary(home: Path, audit: dict[str, Any]) -> None:
+    print(f"\nrun {audit['run_id']}  pipeline={audit.get('pipeline')}  status={audit['status']}")
+    print(_stage_table(audit.get("stages", [])))
+    for error in audit.get("errors", [])[:3]:
+        print(f"\nerror in {error['stage']} on {error['sample_id']}: {error['type']}: {error['message']}")
+    print("\nresults:")
+    print(f"  audit trail     {home / 'runs' / audit['run_id'] / 'audit.json'}")
+    print(f"  stage outputs   {home / 'runs' / audit['run_id'] / 'stages'}/")
+    print(f"  metrics         {home / 'metrics'}/{{stage_executions,runs}}/date=*/*.parquet")
+    print(f"  event log       {home / 'events'}/")
+    print(f"\nnext: stagewatch show {audit['run_id'][:8]} --home {home}    stagewatch runs --home {home}")
+
+
+def _stage_table(stages: list[dict[str, Any]]) -> str:
+    import statistics
+
+    names = list(dict.fromkeys(s["stage"] for s in stages))
+    lines = [f"  {'stage':<16}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'peak RSS MB':>13}"]
+    for name in names:
+        rows = [s for s in stages if s["stage"] == name]
+        durations = [s["duration_ms"] for s in rows if s["duration_ms"] is not None] or [0.0]
+        peaks = [s["memory"]["rss_peak_mb"] or 0.0 for s in rows]
+        failed = sum(s["status"] != "ok" for s in rows)
+        lines.append(f"  {name:<16}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
+                     f"{max(durations):>10.2f}{max(peaks):>13.1f}")
+    return "\n".join(lines)
+
+
+# -- runs / show ----------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._readmodels import list_runs
+
+    runs = list_runs(resolve_home(args.home), args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=1))
+        return EXIT_OK
+    if not runs:
+        print("no runs yet: run a pipeline with stagewatch.init(), or `stagewatch demo`")
+        return EXIT_OK
+    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<9}failed stage")
+    for run in runs:
+        duration = f"{run['duration_ms'] / 1000:.2f}" if run["duration_ms"] is not None else "-"
+        started = (run["started_at"] or "-")[:19].replace("T", " ")
+        print(f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
+              f"{run['status']:<9}{run['failed_stage'] or ''}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._readmodels import RunNotFound, load_audit, resolve_run_id
+
+    home = resolve_home(args.home)
+    try:
+        run_id = resolve_run_id(home, args.run_id)
+    except RunNotFound as error:
+        print(f"stagewatch: {error}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    audit = load_audit(home, run_id)
+    if args.json:
+        print(json.dumps(audit, indent=1))
+        return EXIT_OK
+    _print_audit(audit)
+    return EXIT_OK
+
+
+def _print_audit(audit: dict[str, Any]) -> None:
+    print(f"{'run':<13}{audit['run_id']}")
+    for key in ("pipeline", "status", "started_at", "finished_at", "duration_ms", "host", "pid", "dataset"):
+        if audit.get(key) is not None:
+            print(f"{key:<13}{audit[key]}")
+    for problem in audit.get("problems", []):
+        print(f"INCOMPLETE: {problem}")
+    print(_stage_table(audit.get("stages", [])))
+    for error in audit.get("errors", []):
+        print(f"\n{error['stage']} failed on {error['sample_id']} at {error['at']}: {error['type']}: {error['message']}")
+        print(f"  input: {error.get('input_path')}")
+        stage = next((s for s in audit["stages"] if (s["span"], s["stage"]) == (error["span"], error["stage"])), None)
+        if stage and stage.get("error") and stage["error"].get("traceback"):
+            print("  " + stage["error"]["traceback"].rstrip().replace("\n", "\n  "))
+    artifacts = sum(len(s.get("artifacts", [])) for s in audit.get("stages", []))
+    print(f"\n{artifacts} saved outputs under runs/{audit['run_id']}/stages/; --json prints everything")

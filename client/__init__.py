@@ -48,7 +48,7 @@ def init(
 def stage(name: str, *, input_path: str | None = None, sample_id: str | None = None) -> StageSpec:
     """A stage of the current run, as a decorator or a context manager::
 
-        @stagewatch.stage("preprocessing")
-        def preprocess(frame): ...
+    @stagewatch.stage("preprocessing")
+    def preprocess(frame): ...
     """
     return StageSpec(name, input_path, sample_id)

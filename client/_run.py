@@ -52,12 +52,23 @@ class _Process:
     def _heartbeat(self) -> dict | None:
         if not _runs:
             return None
-        return {"v": EVENT_VERSION, "type": "heartbeat", "client_id": self.client_id,
-                "ts_ns": time.time_ns(), "run_id": _runs[-1].id}
+        return {
+            "v": EVENT_VERSION,
+            "type": "heartbeat",
+            "client_id": self.client_id,
+            "ts_ns": time.time_ns(),
+            "run_id": _runs[-1].id,
+        }
 
     def event(self, event_type: str, run_id: str, **fields: Any) -> dict:
-        return {"v": EVENT_VERSION, "type": event_type, "client_id": self.client_id,
-                "ts_ns": time.time_ns(), "run_id": run_id, **fields}
+        return {
+            "v": EVENT_VERSION,
+            "type": event_type,
+            "client_id": self.client_id,
+            "ts_ns": time.time_ns(),
+            "run_id": run_id,
+            **fields,
+        }
 
 
 _process: _Process | None = None
@@ -147,16 +158,23 @@ class Stage:
         self._rss = rss[1].begin() if rss is not None else None
         self._gpu = process.gpu.begin()
         self._ts = time.time_ns()
-        process.sender.emit({
-            "v": EVENT_VERSION, "type": "stage_started", "client_id": process.client_id,
-            "ts_ns": self._ts, "run_id": self.run.id, "stage": self.name, "span": self.span,
-            "parent_span": self._parent, "sample_id": self.sample_id, "input_path": self.input_path,
-        })
+        process.sender.emit(
+            {
+                "v": EVENT_VERSION,
+                "type": "stage_started",
+                "client_id": process.client_id,
+                "ts_ns": self._ts,
+                "run_id": self.run.id,
+                "stage": self.name,
+                "span": self.span,
+                "parent_span": self._parent,
+                "sample_id": self.sample_id,
+                "input_path": self.input_path,
+            }
+        )
         self._t0 = time.monotonic_ns()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
         elapsed_ns = time.monotonic_ns() - self._t0 if self.span else 0
         try:
             if self.span:
@@ -175,11 +193,22 @@ class Stage:
             rss_end = end / BYTES_PER_MB
             rss_peak = max(peak, end, self._rss[1]) / BYTES_PER_MB
         event = {
-            "v": EVENT_VERSION, "type": "stage_finished", "client_id": process.client_id,
-            "ts_ns": time.time_ns(), "run_id": self.run.id, "stage": self.name, "span": self.span,
-            "parent_span": self._parent, "sample_id": self.sample_id, "input_path": self.input_path,
-            "output_paths": self.outputs, "start_ts_ns": self._ts, "duration_ms": elapsed_ns / 1e6,
-            "rss_start_mb": rss_start, "rss_peak_mb": rss_peak, "rss_end_mb": rss_end,
+            "v": EVENT_VERSION,
+            "type": "stage_finished",
+            "client_id": process.client_id,
+            "ts_ns": time.time_ns(),
+            "run_id": self.run.id,
+            "stage": self.name,
+            "span": self.span,
+            "parent_span": self._parent,
+            "sample_id": self.sample_id,
+            "input_path": self.input_path,
+            "output_paths": self.outputs,
+            "start_ts_ns": self._ts,
+            "duration_ms": elapsed_ns / 1e6,
+            "rss_start_mb": rss_start,
+            "rss_peak_mb": rss_peak,
+            "rss_end_mb": rss_end,
             "gpu_peak_mb": process.gpu.end(self._gpu),
         }
         if error is not None:
@@ -203,10 +232,18 @@ class Stage:
         try:
             size = write_artifact(process.home / relpath, value)
             self.outputs.append(relpath)
-            process.sender.emit(process.event(
-                "artifact_saved", self.run.id, stage=self.name, span=self.span, path=relpath,
-                kind=Path(filename).suffix.lower().lstrip("."), bytes=size, sample_id=self.sample_id,
-            ))
+            process.sender.emit(
+                process.event(
+                    "artifact_saved",
+                    self.run.id,
+                    stage=self.name,
+                    span=self.span,
+                    path=relpath,
+                    kind=Path(filename).suffix.lower().lstrip("."),
+                    bytes=size,
+                    sample_id=self.sample_id,
+                )
+            )
         except OSError as error:  # a full or read-only disk: the pipeline goes on
             _internal_error(error)
             return None
@@ -282,13 +319,22 @@ class Run:
         snapshot = _snapshot(config)
         process = _process_for(self.home, self.endpoint, self.settings)
         _runs.append(self)
-        process.sender.emit(process.event(
-            "run_started", self.id, pipeline=self.pipeline, config=snapshot, host=process.host,
-            pid=process.pid, dataset=self.dataset, argv=sys.argv[:64],
-        ))
+        process.sender.emit(
+            process.event(
+                "run_started",
+                self.id,
+                pipeline=self.pipeline,
+                config=snapshot,
+                host=process.host,
+                pid=process.pid,
+                dataset=self.dataset,
+                argv=sys.argv[:64],
+            )
+        )
 
-    def stage(self, name: str, *, input_path: str | os.PathLike[str] | None = None,
-              sample_id: str | None = None) -> Stage:
+    def stage(
+        self, name: str, *, input_path: str | os.PathLike[str] | None = None, sample_id: str | None = None
+    ) -> Stage:
         """A context manager that records one execution of stage `name`."""
         if name not in _checked_stage_names:
             _checked_stage_names.add(check_name(name, "stage name"))
@@ -319,12 +365,18 @@ class Run:
             process = _process_for_run(self)
             if status is None:
                 status = "failed" if (error is not None or self._failed_stages) else "ok"
-            process.sender.emit(process.event(
-                "run_finished", self.id, status=status, duration_ms=(time.monotonic_ns() - self._t0) / 1e6,
-                stages_failed=self._failed_stages, dropped_events=process.sender.stats.dropped,
-                error_type=type(error).__qualname__ if error is not None else None,
-                error_message=str(error)[:4096] if error is not None else None,
-            ))
+            process.sender.emit(
+                process.event(
+                    "run_finished",
+                    self.id,
+                    status=status,
+                    duration_ms=(time.monotonic_ns() - self._t0) / 1e6,
+                    stages_failed=self._failed_stages,
+                    dropped_events=process.sender.stats.dropped,
+                    error_type=type(error).__qualname__ if error is not None else None,
+                    error_message=str(error)[:4096] if error is not None else None,
+                )
+            )
             if self in _runs:
                 _runs.remove(self)
         except Exception as internal:
@@ -337,8 +389,7 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
         self.finish(error=error)
         return False
 
@@ -349,16 +400,19 @@ class Run:
 def _wrap(function: Callable[..., Any], make_stage: Callable[[], Any]) -> Callable[..., Any]:
     """`function` with every call inside a stage; coroutine functions stay coroutines."""
     if inspect.iscoroutinefunction(function):
+
         @functools.wraps(function)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             with make_stage():
                 return await function(*args, **kwargs)
+
         return async_wrapper
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with make_stage():
             return function(*args, **kwargs)
+
     return wrapper
 
 

@@ -52,8 +52,16 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-_PLY_TYPES = {"f4": "float", "f8": "double", "i4": "int", "u4": "uint", "i2": "short", "u2": "ushort",
-              "i1": "char", "u1": "uchar"}
+_PLY_TYPES = {
+    "f4": "float",
+    "f8": "double",
+    "i4": "int",
+    "u4": "uint",
+    "i2": "short",
+    "u2": "ushort",
+    "i1": "char",
+    "u1": "uchar",
+}
 
 
 def _point_attributes(cloud: Any) -> dict[str, Any]:

@@ -36,8 +36,13 @@ def decode_batch(frame: bytes) -> Batch | Rejected:
     """The batch in a client's frame (see stagewatch._wire), or why it is not one."""
     try:
         message = msgpack.unpackb(
-            frame, raw=False, max_array_len=MAX_BATCH_EVENTS, max_map_len=0,
-            max_str_len=256, max_bin_len=MAX_EVENT_BYTES, max_ext_len=0,
+            frame,
+            raw=False,
+            max_array_len=MAX_BATCH_EVENTS,
+            max_map_len=0,
+            max_str_len=256,
+            max_bin_len=MAX_EVENT_BYTES,
+            max_ext_len=0,
         )
     except Exception as error:
         return Rejected(f"undecodable batch: {type(error).__name__}: {error}", frame)

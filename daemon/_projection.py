@@ -25,23 +25,47 @@ def iso(ns: int | None) -> str | None:
 
 def _new_run(run_id: str) -> dict[str, Any]:
     return {
-        "schema": AUDIT_SCHEMA, "run_id": run_id, "pipeline": None, "status": "running",
-        "complete": False, "started_at": None, "finished_at": None, "duration_ms": None,
-        "host": None, "pid": None, "client_id": None, "argv": [], "config": {}, "dataset": None,
-        "error": None, "counts": {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "running": 0,
-                                  "artifacts": 0, "events": 0},
-        "stages": [], "errors": [], "start_ns": None, "end_ns": None, "last_lsn": -1,
+        "schema": AUDIT_SCHEMA,
+        "run_id": run_id,
+        "pipeline": None,
+        "status": "running",
+        "complete": False,
+        "started_at": None,
+        "finished_at": None,
+        "duration_ms": None,
+        "host": None,
+        "pid": None,
+        "client_id": None,
+        "argv": [],
+        "config": {},
+        "dataset": None,
+        "error": None,
+        "counts": {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "running": 0, "artifacts": 0, "events": 0},
+        "stages": [],
+        "errors": [],
+        "start_ns": None,
+        "end_ns": None,
+        "last_lsn": -1,
     }
 
 
 def _new_stage(event: Any) -> dict[str, Any]:
     return {
-        "stage": event.stage, "span": event.span, "client_id": event.client_id,
-        "parent_span": getattr(event, "parent_span", None), "sample_id": event.sample_id,
-        "status": "running", "started_at": None, "finished_at": None, "duration_ms": None,
-        "input_path": getattr(event, "input_path", None), "output_paths": [],
+        "stage": event.stage,
+        "span": event.span,
+        "client_id": event.client_id,
+        "parent_span": getattr(event, "parent_span", None),
+        "sample_id": event.sample_id,
+        "status": "running",
+        "started_at": None,
+        "finished_at": None,
+        "duration_ms": None,
+        "input_path": getattr(event, "input_path", None),
+        "output_paths": [],
         "memory": {"rss_start_mb": None, "rss_peak_mb": None, "rss_end_mb": None, "gpu_peak_mb": None},
-        "error": None, "artifacts": [], "start_ns": None,
+        "error": None,
+        "artifacts": [],
+        "start_ns": None,
     }
 
 
@@ -60,9 +84,13 @@ class Projector:
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        return {"runs": self.runs, "spans": self.spans,
-                "open_spans": {r: sorted(s) for r, s in self.open_spans.items()},
-                "closed": self.closed, "late_events": self.late_events}
+        return {
+            "runs": self.runs,
+            "spans": self.spans,
+            "open_spans": {r: sorted(s) for r, s in self.open_spans.items()},
+            "closed": self.closed,
+            "late_events": self.late_events,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
@@ -93,9 +121,17 @@ class Projector:
         self.dirty.add(event.run_id)
 
     def _on_run_started(self, run: dict, event: Any, lsn: int) -> None:
-        run.update(pipeline=event.pipeline, host=event.host, pid=event.pid, client_id=event.client_id,
-                   argv=list(event.argv), config=event.config, dataset=event.dataset,
-                   start_ns=event.ts_ns, started_at=iso(event.ts_ns))
+        run.update(
+            pipeline=event.pipeline,
+            host=event.host,
+            pid=event.pid,
+            client_id=event.client_id,
+            argv=list(event.argv),
+            config=event.config,
+            dataset=event.dataset,
+            start_ns=event.ts_ns,
+            started_at=iso(event.ts_ns),
+        )
 
     def _stage_entry(self, run: dict, event: Any) -> dict[str, Any]:
         key = f"{event.client_id}:{event.span}"
@@ -124,20 +160,36 @@ class Projector:
         status = "failed" if event.type == "stage_failed" else "ok"
         end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)
         entry.update(
-            status=status, start_ns=event.start_ts_ns, started_at=iso(event.start_ts_ns),
-            finished_at=iso(end_ns), duration_ms=event.duration_ms, input_path=event.input_path,
-            sample_id=event.sample_id, parent_span=event.parent_span,
+            status=status,
+            start_ns=event.start_ts_ns,
+            started_at=iso(event.start_ts_ns),
+            finished_at=iso(end_ns),
+            duration_ms=event.duration_ms,
+            input_path=event.input_path,
+            sample_id=event.sample_id,
+            parent_span=event.parent_span,
             output_paths=list(event.output_paths),
-            memory={"rss_start_mb": event.rss_start_mb, "rss_peak_mb": event.rss_peak_mb,
-                    "rss_end_mb": event.rss_end_mb, "gpu_peak_mb": event.gpu_peak_mb},
+            memory={
+                "rss_start_mb": event.rss_start_mb,
+                "rss_peak_mb": event.rss_peak_mb,
+                "rss_end_mb": event.rss_end_mb,
+                "gpu_peak_mb": event.gpu_peak_mb,
+            },
         )
         run["counts"][status] += 1
         if status == "failed":
-            entry["error"] = {"type": event.error_type, "message": event.error_message,
-                              "traceback": event.traceback}
-            run["errors"].append({"stage": event.stage, "span": event.span, "sample_id": event.sample_id,
-                                  "type": event.error_type, "message": event.error_message,
-                                  "at": iso(end_ns), "input_path": event.input_path})
+            entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
+            run["errors"].append(
+                {
+                    "stage": event.stage,
+                    "span": event.span,
+                    "sample_id": event.sample_id,
+                    "type": event.error_type,
+                    "message": event.error_message,
+                    "at": iso(end_ns),
+                    "input_path": event.input_path,
+                }
+            )
         self.stage_rows.append(self._stage_row(run, entry, end_ns, lsn))
 
     _on_stage_failed = _on_stage_finished
@@ -145,18 +197,30 @@ class Projector:
     def _stage_row(self, run: dict, entry: dict, end_ns: int, lsn: int) -> dict[str, Any]:
         error = entry["error"] or {}
         return {
-            "run_id": run["run_id"], "pipeline": run["pipeline"], "stage": entry["stage"],
-            "status": entry["status"], "sample_id": entry["sample_id"], "client_id": entry["client_id"],
-            "span": entry["span"], "parent_span": entry["parent_span"],
-            "start_time": entry["start_ns"], "end_time": end_ns, "duration_ms": entry["duration_ms"],
-            **entry["memory"], "input_path": entry["input_path"], "output_paths": entry["output_paths"],
-            "error_type": error.get("type"), "error_message": error.get("message"), "lsn": lsn,
+            "run_id": run["run_id"],
+            "pipeline": run["pipeline"],
+            "stage": entry["stage"],
+            "status": entry["status"],
+            "sample_id": entry["sample_id"],
+            "client_id": entry["client_id"],
+            "span": entry["span"],
+            "parent_span": entry["parent_span"],
+            "start_time": entry["start_ns"],
+            "end_time": end_ns,
+            "duration_ms": entry["duration_ms"],
+            **entry["memory"],
+            "input_path": entry["input_path"],
+            "output_paths": entry["output_paths"],
+            "error_type": error.get("type"),
+            "error_message": error.get("message"),
+            "lsn": lsn,
         }
 
     def _on_artifact_saved(self, run: dict, event: Any, lsn: int) -> None:
         entry = self._stage_entry(run, event)
-        entry["artifacts"].append({"path": event.path, "kind": event.kind, "bytes": event.bytes,
-                                   "sample_id": event.sample_id})
+        entry["artifacts"].append(
+            {"path": event.path, "kind": event.kind, "bytes": event.bytes, "sample_id": event.sample_id}
+        )
         run["counts"]["artifacts"] += 1
 
     def _on_run_finished(self, run: dict, event: Any, lsn: int) -> None:
@@ -176,44 +240,65 @@ class Projector:
                 self.open_spans[run["run_id"]].discard(key)
         if run["client_id"] in (lost, None) and not run["complete"]:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
-            self._close_run(run, "crashed", event.last_seen_ns, lsn,
-                            {"type": "ClientLost", "message": message})
+            self._close_run(run, "crashed", event.last_seen_ns, lsn, {"type": "ClientLost", "message": message})
 
     def _crash_stage(self, run: dict, entry: dict, event: Any, lsn: int) -> None:
         start = entry["start_ns"] or event.last_seen_ns
         end = max(start, event.last_seen_ns)
-        entry.update(status="crashed", finished_at=iso(end), duration_ms=(end - start) / 1e6,
-                     error={"type": "ClientLost", "message": "the process died during this stage",
-                            "traceback": ""})
+        entry.update(
+            status="crashed",
+            finished_at=iso(end),
+            duration_ms=(end - start) / 1e6,
+            error={"type": "ClientLost", "message": "the process died during this stage", "traceback": ""},
+        )
         run["counts"]["running"] -= 1
         run["counts"]["crashed"] += 1
-        run["errors"].append({"stage": entry["stage"], "span": entry["span"], "sample_id": entry["sample_id"],
-                              "type": "ClientLost", "message": entry["error"]["message"],
-                              "at": iso(end), "input_path": entry["input_path"]})
+        run["errors"].append(
+            {
+                "stage": entry["stage"],
+                "span": entry["span"],
+                "sample_id": entry["sample_id"],
+                "type": "ClientLost",
+                "message": entry["error"]["message"],
+                "at": iso(end),
+                "input_path": entry["input_path"],
+            }
+        )
         self.stage_rows.append(self._stage_row(run, entry, end, lsn))
 
-    def _close_run(self, run: dict, status: str, end_ns: int, lsn: int, error: dict | None,
-                   duration_ms: float | None = None) -> None:
+    def _close_run(
+        self, run: dict, status: str, end_ns: int, lsn: int, error: dict | None, duration_ms: float | None = None
+    ) -> None:
         if status == "ok" and run["counts"]["crashed"]:
             status = "failed"
         start = run["start_ns"] or end_ns
         if duration_ms is None:  # no monotonic reading from the client: use wall clock
             duration_ms = (end_ns - start) / 1e6
-        run.update(status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns),
-                   duration_ms=duration_ms, error=error)
+        run.update(
+            status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns), duration_ms=duration_ms, error=error
+        )
         self.run_rows.append(self._run_row(run, lsn))
 
     def _run_row(self, run: dict, lsn: int) -> dict[str, Any]:
         failed = [s for s in run["stages"] if s["status"] in ("failed", "crashed")]
         error = run["error"] or (failed[0]["error"] if failed else None) or {}
         return {
-            "run_id": run["run_id"], "pipeline": run["pipeline"], "status": run["status"],
-            "host": run["host"], "pid": run["pid"], "start_time": run["start_ns"], "end_time": run["end_ns"],
-            "duration_ms": run["duration_ms"], "stages": run["counts"]["stages"],
-            "stages_failed": run["counts"]["failed"], "stages_crashed": run["counts"]["crashed"],
+            "run_id": run["run_id"],
+            "pipeline": run["pipeline"],
+            "status": run["status"],
+            "host": run["host"],
+            "pid": run["pid"],
+            "start_time": run["start_ns"],
+            "end_time": run["end_ns"],
+            "duration_ms": run["duration_ms"],
+            "stages": run["counts"]["stages"],
+            "stages_failed": run["counts"]["failed"],
+            "stages_crashed": run["counts"]["crashed"],
             "failed_stage": failed[0]["stage"] if failed else None,
-            "error_type": error.get("type"), "error_message": error.get("message"),
-            "dataset": run["dataset"], "lsn": lsn,
+            "error_type": error.get("type"),
+            "error_message": error.get("message"),
+            "dataset": run["dataset"],
+            "lsn": lsn,
         }
 
     def _on_log(self, run: dict, event: Any, lsn: int) -> None:

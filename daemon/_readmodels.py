@@ -33,8 +33,9 @@ def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as dicts; timestamps become datetimes (microseconds: what Python holds)."""
     for index, column in enumerate(table.schema):
         if pa.types.is_timestamp(column.type):
-            table = table.set_column(index, column.name, table[column.name].cast(
-                pa.timestamp("us", tz=column.type.tz), safe=False))
+            table = table.set_column(
+                index, column.name, table[column.name].cast(pa.timestamp("us", tz=column.type.tz), safe=False)
+            )
     return table.to_pylist()
 
 
@@ -54,17 +55,31 @@ def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
 
 def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
     start = row["start_time"]
-    return {"run_id": row["run_id"], "pipeline": row["pipeline"],
-            "started_at": start.isoformat() if start is not None else None,
-            "duration_ms": row["duration_ms"], "status": row["status"],
-            "stages": row["stages"], "stages_failed": row["stages_failed"],
-            "failed_stage": row["failed_stage"], "error_message": row["error_message"]}
+    return {
+        "run_id": row["run_id"],
+        "pipeline": row["pipeline"],
+        "started_at": start.isoformat() if start is not None else None,
+        "duration_ms": row["duration_ms"],
+        "status": row["status"],
+        "stages": row["stages"],
+        "stages_failed": row["stages_failed"],
+        "failed_stage": row["failed_stage"],
+        "error_message": row["error_message"],
+    }
 
 
 def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
-    return {"run_id": active["run_id"], "pipeline": active["pipeline"], "started_at": active["started_at"],
-            "duration_ms": None, "status": active["status"], "stages": None, "stages_failed": None,
-            "failed_stage": None, "error_message": None}
+    return {
+        "run_id": active["run_id"],
+        "pipeline": active["pipeline"],
+        "started_at": active["started_at"],
+        "duration_ms": None,
+        "status": active["status"],
+        "stages": None,
+        "stages_failed": None,
+        "failed_stage": None,
+        "error_message": None,
+    }
 
 
 def _active_runs(home: Path) -> list[dict[str, Any]]:
@@ -97,11 +112,23 @@ def load_audit(home: Path, run_id: str) -> dict[str, Any]:
     try:
         audit = json.loads(path.read_text())
     except FileNotFoundError:
-        return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [],
-                "problems": [f"{path} is missing (the daemon has not written it yet, or it was deleted)"]}
+        return {
+            "run_id": run_id,
+            "status": "unknown",
+            "complete": False,
+            "stages": [],
+            "errors": [],
+            "problems": [f"{path} is missing (the daemon has not written it yet, or it was deleted)"],
+        }
     except (ValueError, UnicodeDecodeError) as error:
-        return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [],
-                "problems": [f"{path} is damaged ({error}); `stagewatch rebuild` regenerates it"]}
+        return {
+            "run_id": run_id,
+            "status": "unknown",
+            "complete": False,
+            "stages": [],
+            "errors": [],
+            "problems": [f"{path} is damaged ({error}); `stagewatch rebuild` regenerates it"],
+        }
     audit.setdefault("problems", [])
     if not audit.get("complete"):
         audit["problems"].append("the run has not finished (or its end was never recorded)")

@@ -129,14 +129,32 @@ class ClientLost(Envelope):
 
 
 Event = Annotated[
-    RunStarted | StageStarted | StageFinished | StageFailed | ArtifactSaved | SampleResult
-    | Log | Heartbeat | RunFinished | ClientLost,
+    RunStarted
+    | StageStarted
+    | StageFinished
+    | StageFailed
+    | ArtifactSaved
+    | SampleResult
+    | Log
+    | Heartbeat
+    | RunFinished
+    | ClientLost,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 EVENT_TYPES = frozenset(
-    ["run_started", "stage_started", "stage_finished", "stage_failed", "artifact_saved",
-     "sample_result", "log", "heartbeat", "run_finished", "client_lost"]
+    [
+        "run_started",
+        "stage_started",
+        "stage_finished",
+        "stage_failed",
+        "artifact_saved",
+        "sample_result",
+        "log",
+        "heartbeat",
+        "run_finished",
+        "client_lost",
+    ]
 )
 
 

@@ -166,9 +166,13 @@ class Daemon:
         dropped_parts = self.store.drop_parts_from(start_lsn)
         replayed, stats = self._replay(start_lsn)
         self.stats.replayed = replayed
-        self.stats.recovery = {**asdict(report), "replay_corrupt_regions": stats.corrupt_regions,
-                               "replay_corrupt_bytes": stats.corrupt_bytes, "dropped_parts": dropped_parts,
-                               "from_lsn": start_lsn}
+        self.stats.recovery = {
+            **asdict(report),
+            "replay_corrupt_regions": stats.corrupt_regions,
+            "replay_corrupt_bytes": stats.corrupt_bytes,
+            "dropped_parts": dropped_parts,
+            "from_lsn": start_lsn,
+        }
         if not report.clean or stats.corrupt_regions:
             logger.warning("event log recovery: {}", self.stats.recovery)
         now = time.monotonic()
@@ -281,8 +285,12 @@ class Daemon:
             if not self._commit(group):
                 return
             if scan.corrupt_regions or scan.tail_bytes:
-                logger.warning("spool {}: {} damaged region(s), {} tail bytes skipped",
-                               path.name, scan.corrupt_regions, scan.tail_bytes)
+                logger.warning(
+                    "spool {}: {} damaged region(s), {} tail bytes skipped",
+                    path.name,
+                    scan.corrupt_regions,
+                    scan.tail_bytes,
+                )
             self.stats.spool_files += 1
             self.stats.spool_events += len(group.payloads)
             path.unlink(missing_ok=True)
@@ -297,25 +305,42 @@ class Daemon:
                 lost += [self._client_lost(client_id, run_id, wall_last_seen) for run_id in sorted(run_ids)]
                 self._last_seen.pop(client_id, None)
                 self.stats.clients_lost += 1
-                logger.warning("client {} lost (silent for {:.1f}s); runs {}",
-                               client_id, now - last_seen, sorted(run_ids))
+                logger.warning(
+                    "client {} lost (silent for {:.1f}s); runs {}", client_id, now - last_seen, sorted(run_ids)
+                )
         if lost:
             group = _Group(payloads=[pack_event(e) for e in lost], events=[validate_event(e) for e in lost])
             self._commit(group)
 
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
         self._daemon_seq += 1
-        return {"v": EVENT_VERSION, "type": "client_lost", "client_id": DAEMON_CLIENT_ID,
-                "seq": self._daemon_seq, "ts_ns": time.time_ns(), "run_id": run_id,
-                "lost_client_id": client_id, "last_seen_ns": last_seen_ns}
+        return {
+            "v": EVENT_VERSION,
+            "type": "client_lost",
+            "client_id": DAEMON_CLIENT_ID,
+            "seq": self._daemon_seq,
+            "ts_ns": time.time_ns(),
+            "run_id": run_id,
+            "lost_client_id": client_id,
+            "last_seen_ns": last_seen_ns,
+        }
 
     def _quarantine(self, rejected: list[Rejected]) -> None:
         if not rejected:
             return
         self.stats.invalid += len(rejected)
         now = datetime.now(timezone.utc)
-        lines = [json.dumps({"received_at": now.isoformat(), "reason": r.reason, "client_id": r.client_id,
-                             "raw_base64": base64.b64encode(r.raw[:65536]).decode()}) for r in rejected]
+        lines = [
+            json.dumps(
+                {
+                    "received_at": now.isoformat(),
+                    "reason": r.reason,
+                    "client_id": r.client_id,
+                    "raw_base64": base64.b64encode(r.raw[:65536]).decode(),
+                }
+            )
+            for r in rejected
+        ]
         path = self.home / "quarantine" / f"{now:%Y-%m-%d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -340,10 +365,14 @@ class Daemon:
                     self.store.write_audit(self.projector.runs[run_id])
             self.projector.dirty.clear()
             self.projector.evict_finished()
-            self.store.write_checkpoint({
-                "lsn": self.log.end_lsn, "projector": self.projector.to_state(),
-                "dedup": self.dedup.to_state(), "daemon_seq": self._daemon_seq,
-            })
+            self.store.write_checkpoint(
+                {
+                    "lsn": self.log.end_lsn,
+                    "projector": self.projector.to_state(),
+                    "dedup": self.dedup.to_state(),
+                    "daemon_seq": self._daemon_seq,
+                }
+            )
             self._write_status()
         except OSError as error:
             self.stats.write_errors += 1
@@ -351,17 +380,27 @@ class Daemon:
             logger.error("cannot write read models ({}); will retry", error)
 
     def _write_status(self) -> None:
-        active = [{"run_id": r["run_id"], "pipeline": r["pipeline"], "started_at": r["started_at"],
-                   "status": r["status"]} for r in self.projector.runs.values() if not r["complete"]]
-        status = {"pid": os.getpid(), "endpoint": self.settings.endpoint, "updated_at": time.time(),
-                  "stats": asdict(self.stats), "active_runs": active,
-                  "late_events": self.projector.late_events}
+        active = [
+            {"run_id": r["run_id"], "pipeline": r["pipeline"], "started_at": r["started_at"], "status": r["status"]}
+            for r in self.projector.runs.values()
+            if not r["complete"]
+        ]
+        status = {
+            "pid": os.getpid(),
+            "endpoint": self.settings.endpoint,
+            "updated_at": time.time(),
+            "stats": asdict(self.stats),
+            "active_runs": active,
+            "late_events": self.projector.late_events,
+        }
         atomic_write(self.home / "state" / "status.json", json.dumps(status, indent=1).encode())
 
     def _stats_line(self) -> str:
         s = self.stats
-        return (f"accepted={s.accepted} duplicates={s.duplicates} invalid={s.invalid} "
-                f"spool_events={s.spool_events} clients_lost={s.clients_lost} write_errors={s.write_errors}")
+        return (
+            f"accepted={s.accepted} duplicates={s.duplicates} invalid={s.invalid} "
+            f"spool_events={s.spool_events} clients_lost={s.clients_lost} write_errors={s.write_errors}"
+        )
 
 
 def configure_logging(home: Path, level: str = "INFO") -> None:
@@ -370,6 +409,12 @@ def configure_logging(home: Path, level: str = "INFO") -> None:
 
     logger.remove()
     logger.add(sys.stderr, level=level, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
-    logger.add(home / "logs" / "daemon.jsonl", level=level, serialize=True, rotation="10 MB",
-               retention=10, compression="gz", enqueue=False)
-
+    logger.add(
+        home / "logs" / "daemon.jsonl",
+        level=level,
+        serialize=True,
+        rotation="10 MB",
+        retention=10,
+        compression="gz",
+        enqueue=False,
+    )

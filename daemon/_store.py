@@ -22,23 +22,50 @@ import pyarrow.parquet as pq
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 MB = pa.float64()
 
-STAGE_EXECUTIONS = pa.schema([
-    ("run_id", pa.string()), ("pipeline", pa.string()), ("stage", pa.string()),
-    ("status", pa.string()), ("sample_id", pa.string()), ("client_id", pa.string()),
-    ("span", pa.int64()), ("parent_span", pa.int64()),
-    ("start_time", TIMESTAMP), ("end_time", TIMESTAMP), ("duration_ms", pa.float64()),
-    ("rss_start_mb", MB), ("rss_peak_mb", MB), ("rss_end_mb", MB), ("gpu_peak_mb", MB),
-    ("input_path", pa.string()), ("output_paths", pa.list_(pa.string())),
-    ("error_type", pa.string()), ("error_message", pa.string()), ("lsn", pa.int64()),
-])
-RUNS = pa.schema([
-    ("run_id", pa.string()), ("pipeline", pa.string()), ("status", pa.string()),
-    ("host", pa.string()), ("pid", pa.int64()),
-    ("start_time", TIMESTAMP), ("end_time", TIMESTAMP), ("duration_ms", pa.float64()),
-    ("stages", pa.int64()), ("stages_failed", pa.int64()), ("stages_crashed", pa.int64()),
-    ("failed_stage", pa.string()), ("error_type", pa.string()), ("error_message", pa.string()),
-    ("dataset", pa.string()), ("lsn", pa.int64()),
-])
+STAGE_EXECUTIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("stage", pa.string()),
+        ("status", pa.string()),
+        ("sample_id", pa.string()),
+        ("client_id", pa.string()),
+        ("span", pa.int64()),
+        ("parent_span", pa.int64()),
+        ("start_time", TIMESTAMP),
+        ("end_time", TIMESTAMP),
+        ("duration_ms", pa.float64()),
+        ("rss_start_mb", MB),
+        ("rss_peak_mb", MB),
+        ("rss_end_mb", MB),
+        ("gpu_peak_mb", MB),
+        ("input_path", pa.string()),
+        ("output_paths", pa.list_(pa.string())),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("lsn", pa.int64()),
+    ]
+)
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("status", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("start_time", TIMESTAMP),
+        ("end_time", TIMESTAMP),
+        ("duration_ms", pa.float64()),
+        ("stages", pa.int64()),
+        ("stages_failed", pa.int64()),
+        ("stages_crashed", pa.int64()),
+        ("failed_stage", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("dataset", pa.string()),
+        ("lsn", pa.int64()),
+    ]
+)
 TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS}
 PART_PREFIX = "part-"
 

@@ -35,8 +35,13 @@ def _parser() -> argparse.ArgumentParser:
 
     daemon = commands.add_parser("daemon", help="run the daemon in the foreground")
     _home_options(daemon)
-    daemon.add_argument("--client-timeout", type=_positive, default=15.0, metavar="S",
-                        help="seconds of silence after which a client's open stages are crashed (15)")
+    daemon.add_argument(
+        "--client-timeout",
+        type=_positive,
+        default=15.0,
+        metavar="S",
+        help="seconds of silence after which a client's open stages are crashed (15)",
+    )
     daemon.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     daemon.set_defaults(handler=cmd_daemon)
 
@@ -97,8 +102,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     endpoint = resolve_endpoint(home, args.endpoint)
     home.mkdir(parents=True, exist_ok=True)
     configure_logging(home, args.log_level)
-    settings = DaemonSettings(home=home, endpoint=endpoint, live_endpoint=f"ipc://{home / 'run' / 'live.sock'}",
-                              client_timeout_s=args.client_timeout)
+    settings = DaemonSettings(
+        home=home,
+        endpoint=endpoint,
+        live_endpoint=f"ipc://{home / 'run' / 'live.sock'}",
+        client_timeout_s=args.client_timeout,
+    )
     try:
         Daemon(settings).serve()
     except DaemonAlreadyRunning as error:
@@ -136,7 +145,9 @@ def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:
     with open(home / "daemon-demo.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--endpoint", endpoint],
-            stdout=log, stderr=log, start_new_session=True,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
     socket_path = Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
     deadline = time.monotonic() + 30
@@ -208,8 +219,10 @@ def _stage_table(stages: list[dict[str, Any]]) -> str:
         durations = [s["duration_ms"] for s in rows if s["duration_ms"] is not None] or [0.0]
         peaks = [s["memory"]["rss_peak_mb"] or 0.0 for s in rows]
         failed = sum(s["status"] != "ok" for s in rows)
-        lines.append(f"  {name:<16}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
-                     f"{max(durations):>10.2f}{max(peaks):>13.1f}")
+        lines.append(
+            f"  {name:<16}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
+            f"{max(durations):>10.2f}{max(peaks):>13.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -228,8 +241,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in runs:
         duration = f"{run['duration_ms'] / 1000:.2f}" if run["duration_ms"] is not None else "-"
         started = (run["started_at"] or "-")[:19].replace("T", " ")
-        print(f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
-              f"{run['status']:<9}{run['failed_stage'] or ''}")
+        print(
+            f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
+            f"{run['status']:<9}{run['failed_stage'] or ''}"
+        )
     return EXIT_OK
 
 
@@ -259,7 +274,8 @@ def _print_audit(audit: dict[str, Any]) -> None:
         print(f"INCOMPLETE: {problem}")
     print(_stage_table(audit.get("stages", [])))
     for error in audit.get("errors", []):
-        print(f"\n{error['stage']} failed on {error['sample_id']} at {error['at']}: {error['type']}: {error['message']}")
+        where = f"{error['stage']} failed on {error['sample_id']} at {error['at']}"
+        print(f"\n{where}: {error['type']}: {error['message']}")
         print(f"  input: {error.get('input_path')}")
         stage = next((s for s in audit["stages"] if (s["span"], s["stage"]) == (error["span"], error["stage"])), None)
         if stage and stage.get("error") and stage["error"].get("traceback"):

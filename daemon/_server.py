@@ -98,6 +98,7 @@ class Daemon:
             self.recover()
             self._bind()
             self._install_signal_handlers()
+            self.ingest_spools()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home, self.settings.endpoint)
             self._loop()
         finally:
@@ -178,7 +179,6 @@ class Daemon:
         now = time.monotonic()
         self._last_seen = {client: now for client in self.projector.open_work()}
         self.flush()
-        self.ingest_spools()
 
     def _replay(self, start_lsn: int) -> tuple[int, Any]:
         from stagewatch._records import ScanStats

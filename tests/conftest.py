@@ -1,0 +1,122 @@
+"""Shared fixtures: a real daemon process on a private home, and a clean client per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stagewatch
+
+CLIENT_TIMEOUT_S = 2.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {predicate}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # Short paths: an ipc socket path must fit in 107 bytes, pytest's tmp_path may not.
+    path = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_client() -> Iterator[None]:
+    """Each test starts with no client state and leaves none behind."""
+    yield
+    stagewatch.shutdown(timeout_s=2.0)
+
+
+class DaemonProcess:
+    """`stagewatch daemon` as a subprocess on a home; always stopped by the fixture."""
+
+    def __init__(self, home: Path, client_timeout_s: float = CLIENT_TIMEOUT_S) -> None:
+        self.home = home
+        self.client_timeout_s = client_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "daemon-test.log"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "run" / "ingest.sock"
+
+    def start(self) -> DaemonProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(self.home),
+                 "--client-timeout", str(self.client_timeout_s)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: self.socket_path.exists() or self.process.poll() is not None, 30)
+        assert self.process.poll() is None, self.log()
+        return self
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.home / "state" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def audit(self, run_id: str, complete: bool = True, timeout_s: float = 20.0) -> dict[str, Any]:
+        path = self.home / "runs" / run_id / "audit.json"
+
+        def ready() -> dict[str, Any] | None:
+            try:
+                audit = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            return audit if audit["complete"] or not complete else None
+
+        return wait_for(ready, timeout_s)
+
+
+@pytest.fixture
+def daemon(home: Path) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(home).start()
+    yield process
+    if process.process is not None:
+        process.process.kill()
+        process.process.wait(10)
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a snippet in a fresh interpreter (a separate pipeline process)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
+                          env={**os.environ, **(env or {})})

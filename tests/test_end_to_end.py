@@ -1,0 +1,201 @@
+"""The core event path through a real daemon process: what a pipeline author sees."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+import stagewatch
+from stagewatch.daemon._readmodels import read_table, to_rows
+from tests.conftest import DaemonProcess, run_python, wait_for
+
+
+def _busy(ms: float) -> None:
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+
+
+def _rows(home: Path, table: str, run_id: str, expected: int) -> list[dict]:
+    def ready():
+        data = read_table(home, table)
+        data = data.filter(pc.equal(data["run_id"], run_id))
+        return to_rows(data) if data.num_rows >= expected else None
+
+    return wait_for(ready)
+
+
+def test_stages_are_timed_measured_saved_and_projected(daemon: DaemonProcess) -> None:
+    run = stagewatch.init(pipeline="perception", config={"threshold": 0.5}, home=daemon.home)
+    with run.stage("preprocessing", input_path="/data/frame_000.png", sample_id="frame_000"):
+        _busy(50)
+    with run.stage("detection", sample_id="frame_000") as st:
+        big = np.ones(200 * 1024 * 1024 // 8)  # 200 MB, touched
+        del big
+        relpath = st.save("overlay.png", np.zeros((32, 48, 3), np.uint8))
+    run.finish()
+    assert run.flush(10)
+
+    audit = daemon.audit(run.id)
+    assert audit["status"] == "ok" and audit["pipeline"] == "perception"
+    assert audit["config"] == {"threshold": 0.5}
+    pre, det = audit["stages"]
+    assert pre["stage"] == "preprocessing" and pre["input_path"] == "/data/frame_000.png"
+    assert 49 <= pre["duration_ms"] < 80
+    assert det["memory"]["rss_peak_mb"] - det["memory"]["rss_start_mb"] >= 190
+    assert pre["memory"]["rss_peak_mb"] - pre["memory"]["rss_start_mb"] < 50
+    assert det["memory"]["gpu_peak_mb"] is None  # no GPU on this machine
+    assert relpath == f"runs/{run.id}/stages/detection/overlay.png"
+    assert det["artifacts"][0]["path"] == relpath and (daemon.home / relpath).stat().st_size > 0
+    assert det["output_paths"] == [relpath]
+
+    rows = _rows(daemon.home, "stage_executions", run.id, 2)
+    by_stage = {row["stage"]: row for row in rows}
+    assert by_stage["preprocessing"]["duration_ms"] == pre["duration_ms"]
+    assert by_stage["detection"]["rss_peak_mb"] == det["memory"]["rss_peak_mb"]
+    assert by_stage["detection"]["sample_id"] == "frame_000"
+    (run_row,) = _rows(daemon.home, "runs", run.id, 1)
+    assert run_row["status"] == "ok" and run_row["stages"] == 2
+
+
+def test_a_failing_stage_reraises_unchanged_and_is_audited(daemon: DaemonProcess) -> None:
+    run = stagewatch.init(pipeline="perception", home=daemon.home)
+    error = KeyError("missing calibration")
+    with pytest.raises(KeyError) as caught, run.stage("detection", input_path="/data/f47.png", sample_id="frame_047"):
+        raise error
+    assert caught.value is error
+    run.finish()
+    audit = daemon.audit(run.id)
+    assert audit["status"] == "failed"
+    (stage,) = audit["stages"]
+    assert stage["status"] == "failed" and stage["input_path"] == "/data/f47.png"
+    assert stage["error"]["type"] == "KeyError" and "missing calibration" in stage["error"]["message"]
+    assert "raise error" in stage["error"]["traceback"]
+    assert audit["errors"][0]["sample_id"] == "frame_047"
+    (run_row,) = _rows(daemon.home, "runs", run.id, 1)
+    assert run_row["failed_stage"] == "detection"
+
+
+def test_decorator_context_manager_and_instrument(daemon: DaemonProcess) -> None:
+    class Detector:
+        def detect(self, x: int) -> int:
+            return x * 2
+
+    @stagewatch.stage("preprocessing")
+    def preprocess(x: int) -> int:
+        return x + 1
+
+    with stagewatch.init(pipeline="perception", home=daemon.home) as run:
+        detector = run.instrument(Detector(), {"detection": "detect"})
+        assert detector.detect(preprocess(1)) == 4
+        with stagewatch.stage("postprocessing"):
+            pass
+    assert [s["stage"] for s in daemon.audit(run.id)["stages"]] == ["preprocessing", "detection", "postprocessing"]
+
+
+def test_events_from_a_child_process_are_counted_end_to_end(daemon: DaemonProcess) -> None:
+    code = f"""
+import stagewatch
+run = stagewatch.init(pipeline="worker", home={str(daemon.home)!r})
+for i in range(500):
+    with run.stage("detection", sample_id=f"s{{i}}"):
+        pass
+print(run.id)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip()
+    audit = daemon.audit(run_id)
+    assert audit["counts"]["stages"] == 500 and audit["counts"]["ok"] == 500
+    assert len(_rows(daemon.home, "stage_executions", run_id, 500)) == 500
+    assert daemon.status()["stats"]["duplicates"] == 0
+
+
+def test_no_daemon_then_daemon_starts_and_ingests_the_spool(home: Path) -> None:
+    code = f"""
+import time, stagewatch
+run = stagewatch.init(pipeline="offline", home={str(home)!r})
+for i in range(200):
+    with run.stage("detection", sample_id=f"s{{i}}"):
+        pass
+start = time.monotonic()
+stagewatch.shutdown()
+print(run.id, time.monotonic() - start)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    run_id, shutdown_s = result.stdout.split()
+    assert float(shutdown_s) < 2.0  # nobody waits for a daemon that is not there
+    assert list((home / "spool").glob("*.spool"))
+    daemon = DaemonProcess(home).start()
+    try:
+        audit = daemon.audit(run_id)
+        assert audit["counts"]["ok"] == 200 and audit["status"] == "ok"
+        wait_for(lambda: not list((home / "spool").glob("*.spool")))
+    finally:
+        daemon.stop()
+
+
+def test_a_process_killed_mid_stage_leaves_a_crashed_stage(daemon: DaemonProcess) -> None:
+    code = f"""
+import os, signal, stagewatch
+run = stagewatch.init(pipeline="doomed", home={str(daemon.home)!r})
+with run.stage("preprocessing"):
+    pass
+print(run.id, flush=True)
+run.flush(5)
+with run.stage("detection", sample_id="frame_047"):
+    run.flush(5)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = run_python(code)
+    assert result.returncode == -9
+    audit = daemon.audit(result.stdout.strip(), timeout_s=30)
+    assert audit["status"] == "crashed"
+    statuses = {s["stage"]: s["status"] for s in audit["stages"]}
+    assert statuses == {"preprocessing": "ok", "detection": "crashed"}
+    crashed = _rows(daemon.home, "stage_executions", audit["run_id"], 2)
+    assert {r["stage"]: r["status"] for r in crashed}["detection"] == "crashed"
+
+
+def test_redelivered_batches_are_stored_once(daemon: DaemonProcess) -> None:
+    import zmq
+
+    from stagewatch._wire import pack_batch, pack_event
+
+    run_id = "0b6c5f3e-6c41-4c32-9a43-1a4e2a3a1c11"
+    events = [pack_event({"v": 1, "type": "run_started", "client_id": "manual", "seq": 1, "ts_ns": time.time_ns(),
+                          "run_id": run_id, "pipeline": "manual"})]
+    events += [pack_event({"v": 1, "type": "stage_finished", "client_id": "manual", "seq": 2 + i,
+                           "ts_ns": time.time_ns(), "run_id": run_id, "stage": "detection", "span": i + 1,
+                           "start_ts_ns": time.time_ns(), "duration_ms": 1.0}) for i in range(10)]
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.connect(f"ipc://{daemon.socket_path}")
+    try:
+        for batch_no in (1, 2, 3):  # the same events three times
+            socket.send(pack_batch("manual", batch_no, events))
+            assert socket.poll(10_000)
+            socket.recv()
+    finally:
+        socket.close(0)
+        context.term()
+    status = wait_for(lambda: daemon.status() if daemon.status().get("stats", {}).get("duplicates") else None)
+    assert status["stats"]["duplicates"] == 22
+    assert len(_rows(daemon.home, "stage_executions", run_id, 10)) == 10
+
+
+def test_sigterm_flushes_and_exits_cleanly(daemon: DaemonProcess) -> None:
+    run = stagewatch.init(pipeline="perception", home=daemon.home)
+    with run.stage("detection"):
+        pass
+    assert run.flush(10)
+    assert daemon.stop() == 0
+    audit = json.loads((daemon.home / "runs" / run.id / "audit.json").read_text())
+    assert audit["counts"]["stages"] == 1
+    assert not (daemon.home / "run" / "ingest.sock").exists()

@@ -116,7 +116,9 @@ def daemon(home: Path) -> Iterator[DaemonProcess]:
         process.process.wait(10)
 
 
-def run_python(code: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, env: dict[str, str] | None = None, timeout_s: float = 60, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a snippet in a fresh interpreter (a separate pipeline process)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)

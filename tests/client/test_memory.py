@@ -1,0 +1,90 @@
+"""Per-stage memory peaks: nesting, the real kernel high-water mark, and the GPU edge."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import numpy as np
+
+import stagewatch
+from stagewatch import _run
+from stagewatch._memory import GpuMemory, PeakTracker, make_rss_tracker
+
+MB = 1024 * 1024
+
+
+class FakeMark:
+    """A resettable high-water mark driven by the test."""
+
+    def __init__(self) -> None:
+        self.current = self.peak = 100
+
+    def set(self, value: int) -> None:
+        self.current = value
+        self.peak = max(self.peak, value)
+
+    def reset(self) -> None:
+        self.peak = self.current
+
+
+def test_an_outer_stage_keeps_the_peak_seen_before_a_nested_stage_reset_it() -> None:
+    mark = FakeMark()
+    tracker = PeakTracker(lambda: mark.peak, mark.reset)
+    outer, _ = tracker.begin()
+    mark.set(900)
+    mark.set(200)
+    inner, start = tracker.begin()  # resets the mark to 200
+    assert start == 200
+    mark.set(300)
+    assert tracker.end(inner)[0] == 300
+    assert tracker.end(outer)[0] == 900
+
+
+def test_the_kernel_peak_sees_a_short_spike_between_start_and_end() -> None:
+    source, tracker = make_rss_tracker()
+    assert source.resettable  # Linux with /proc
+    token, start = tracker.begin()
+    spike = np.ones(150 * MB // 8)
+    del spike
+    peak, end = tracker.end(token)
+    assert peak - start >= 140 * MB
+    assert end - start < 50 * MB  # the memory is gone again at the end
+
+
+def test_without_a_gpu_readings_are_null_with_one_warning(caplog) -> None:
+    gpu = GpuMemory()
+    with caplog.at_level(logging.WARNING, logger="stagewatch"):
+        readings = [gpu.end(gpu.begin()) for _ in range(5)]
+    assert readings == [None] * 5
+    assert len([r for r in caplog.records if "no GPU memory readings" in r.message]) == 1
+
+
+def test_torch_allocator_peak_is_used_when_torch_drives_a_gpu(monkeypatch) -> None:
+    """The system edge (a CUDA device) is faked; the tracking logic is the real one."""
+    allocator = FakeMark()
+    cuda = types.SimpleNamespace(is_initialized=lambda: True, max_memory_allocated=lambda: allocator.peak,
+                                 reset_peak_memory_stats=allocator.reset)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    gpu = GpuMemory()
+    allocator.set(10 * MB)
+    started = gpu.begin()
+    allocator.set(522 * MB)
+    allocator.set(12 * MB)
+    assert gpu.end(started) == 522.0
+
+
+def test_a_stage_reports_its_own_peak_not_the_process_peak(home) -> None:
+    run = stagewatch.init(pipeline="p", home=home)
+    sent: list[dict] = []
+    process = _run._process_for_run(run)
+    process.sender.emit = sent.append  # look at the events the stage produces
+    with run.stage("big"):
+        big = np.ones(200 * MB // 8)
+        del big
+    with run.stage("small"):
+        pass
+    big_event, small_event = (e for e in sent if e["type"] == "stage_finished")
+    assert big_event["rss_peak_mb"] - big_event["rss_start_mb"] >= 190
+    assert small_event["rss_peak_mb"] - small_event["rss_start_mb"] < 20

@@ -119,7 +119,7 @@ def make_rss_tracker() -> tuple[RssSource | PsutilRssSource, PeakTracker] | None
     except OSError:
         try:
             source = PsutilRssSource()
-        except Exception:  # noqa: BLE001 - no way to read memory: record none
+        except Exception:  # no way to read memory here: record none
             return None
     if not source.resettable:
         return source, PeakTracker(source.current, _no_reset)

@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -72,6 +73,8 @@ class _Process:
 
 
 _process: _Process | None = None
+_forked = False  # this process is a fork of one that used stagewatch
+_closing: Sender | None = None  # the sender that shutdown() is delivering right now
 _runs: list[Run] = []  # active runs; a forked child inherits the list
 _process_lock = threading.Lock()
 _current_stage: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("stagewatch_stage", default=None)
@@ -94,19 +97,38 @@ def _process_for(home: Path, endpoint: str, settings: SenderSettings) -> _Proces
 def _after_fork_in_child() -> None:
     """The child keeps its runs (a copy of `_runs`) but must not touch the parent's sender:
     the next event makes it a process state of its own (new client id, thread, socket)."""
-    global _process_lock, _process
+    global _process_lock, _process, _forked
     _process_lock = threading.Lock()
+    _forked = True
     if _process is not None:
         _process.sender = _ForkedAway()  # the parent's thread does not exist here
     _process = None
 
 
 def _register_child_exit() -> None:
-    """multiprocessing children end with os._exit, which skips atexit; it runs Finalize."""
+    """Deliver a forked worker's events however it ends.
+
+    multiprocessing children end with os._exit, which skips atexit but runs Finalize
+    callbacks; and Pool.terminate() ends workers with SIGTERM, so a worker whose SIGTERM
+    is still the default one first flushes (for at most a second), then dies as it would have.
+    """
+    if not _forked:
+        return
     if "multiprocessing" in sys.modules:
         from multiprocessing import util
 
         util.Finalize(None, shutdown, exitpriority=100)
+    is_main = threading.current_thread() is threading.main_thread()
+    if is_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _flush_then_die)
+
+
+def _flush_then_die(signum: int, frame: object) -> None:
+    shutdown(timeout_s=1.0)
+    if _closing is not None:  # SIGTERM came while an exit handler was delivering: let it finish
+        safe_close(_closing, 1.0)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -485,7 +507,10 @@ def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
         run.finish()
     with _process_lock:
         _process = None
+    global _closing
+    _closing = process.sender
     safe_close(process.sender, timeout_s)
+    _closing = None
 
 
 atexit.register(shutdown)

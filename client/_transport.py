@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
+
 from stagewatch._spool import SpoolFile
 from stagewatch._wire import pack_batch, pack_event, unpack_ack
 
@@ -37,6 +38,7 @@ class SenderSettings:
     probe_interval_s: float = 0.5
     heartbeat_interval_s: float = 1.0
     poll_interval_s: float = 0.01
+    connect_grace_s: float = 0.5  # a new socket may take this long to connect before we spool
 
 
 @dataclass
@@ -123,6 +125,11 @@ class Sender:
         socket.setsockopt(zmq.SNDHWM, self._settings.window_batches * 2)
         socket.connect(self._endpoint)
         self._socket = socket
+        # While connecting, IMMEDIATE refuses sends as if no daemon were there. Wait a little
+        # for the connection, except when the daemon's ipc socket file does not even exist.
+        self._connect_deadline = time.monotonic() + self._settings.connect_grace_s
+        if self._endpoint.startswith("ipc://") and not Path(self._endpoint[len("ipc://") :]).exists():
+            self._connect_deadline = 0.0
         try:
             while not self._step():
                 pass
@@ -211,10 +218,16 @@ class Sender:
 
     def _send_queue(self, now: float) -> None:
         while self._queue and len(self._inflight) < self._settings.window_batches:
+            if now < self._connect_deadline and not self._connected():
+                return  # still connecting: the events wait in the queue
             payloads = self._take_batch()
             if not self._send(payloads, None):
                 self._start_spooling(payloads, now)
                 return
+
+    def _connected(self) -> bool:
+        """True once the socket has a peer (a send would not be refused)."""
+        return bool(self._socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
 
     def _start_spooling(self, unsent: list[bytes], now: float) -> None:
         self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")

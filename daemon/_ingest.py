@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 from pydantic import ValidationError
+
 from stagewatch._wire import PROTOCOL
 from stagewatch.daemon._schema import validate_event
 

@@ -333,9 +333,13 @@ class Projector:
         self.stage_rows, self.run_rows = [], []
         return rows
 
-    def evict_finished(self) -> None:
-        """Forget runs that are complete with nothing running (their audit is on disk)."""
-        for run_id in [r for r, run in self.runs.items() if run["complete"] and not self.open_spans[r]]:
+    def finished_runs(self) -> list[str]:
+        """Runs that are complete with nothing running."""
+        return [r for r, run in self.runs.items() if run["complete"] and not self.open_spans[r]]
+
+    def evict(self, run_ids: list[str]) -> None:
+        """Forget finished runs (their audit is on disk); later events for them are late."""
+        for run_id in run_ids:
             self.closed[run_id] = self.runs.pop(run_id)["pipeline"]
             del self.spans[run_id], self.open_spans[run_id]
         while len(self.closed) > MAX_CLOSED_RUNS:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+
 from stagewatch.daemon._store import RUNS, TABLES
 
 

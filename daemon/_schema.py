@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
 from stagewatch._names import check_name
 
 Text = Annotated[str, Field(max_length=4096)]

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 from loguru import logger
+
 from stagewatch._config import check_endpoint, spool_dir
 from stagewatch._spool import claim_spool_files
 from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
@@ -45,6 +46,9 @@ class DaemonSettings:
     spool_scan_interval_s: float = 2.0
     max_frame_bytes: int = 64 * 1024 * 1024  # larger frames are dropped before decoding
     max_group_events: int = 50_000
+    # A finished run stays in memory this long, so that events that come late (a worker's
+    # spool, say) still reach its audit trail.
+    finished_run_grace_s: float = 120.0
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Daemon:
         self.dedup = Deduplicator()
         self._daemon_seq = 0
         self._last_seen: dict[str, float] = {}
+        self._finished_at: dict[str, float] = {}
         self._stopping = False
         self._lock_fd: int | None = None
         self._context = zmq.Context()
@@ -364,7 +369,7 @@ class Daemon:
                 if run_id in self.projector.runs:
                     self.store.write_audit(self.projector.runs[run_id])
             self.projector.dirty.clear()
-            self.projector.evict_finished()
+            self._evict_finished_runs()
             self.store.write_checkpoint(
                 {
                     "lsn": self.log.end_lsn,
@@ -378,6 +383,15 @@ class Daemon:
             self.stats.write_errors += 1
             self.projector.stage_rows[:0], self.projector.run_rows[:0] = stage_rows, run_rows
             logger.error("cannot write read models ({}); will retry", error)
+
+    def _evict_finished_runs(self) -> None:
+        now = time.monotonic()
+        for run_id in self.projector.finished_runs():
+            self._finished_at.setdefault(run_id, now)
+        expired = [r for r, at in self._finished_at.items() if now - at >= self.settings.finished_run_grace_s]
+        self.projector.evict([r for r in expired if r in self.projector.runs])
+        for run_id in expired:
+            del self._finished_at[run_id]
 
     def _write_status(self) -> None:
         active = [

@@ -64,9 +64,18 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(self.home),
-                 "--client-timeout", str(self.client_timeout_s)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "stagewatch.daemon",
+                    "daemon",
+                    "--home",
+                    str(self.home),
+                    "--client-timeout",
+                    str(self.client_timeout_s),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for(lambda: self.socket_path.exists() or self.process.poll() is not None, 30)
         assert self.process.poll() is None, self.log()
@@ -120,5 +129,11 @@ def run_python(
     code: str, env: dict[str, str] | None = None, timeout_s: float = 60, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a snippet in a fresh interpreter (a separate pipeline process)."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )

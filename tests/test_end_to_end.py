@@ -169,11 +169,36 @@ def test_redelivered_batches_are_stored_once(daemon: DaemonProcess) -> None:
     from stagewatch._wire import pack_batch, pack_event
 
     run_id = "0b6c5f3e-6c41-4c32-9a43-1a4e2a3a1c11"
-    events = [pack_event({"v": 1, "type": "run_started", "client_id": "manual", "seq": 1, "ts_ns": time.time_ns(),
-                          "run_id": run_id, "pipeline": "manual"})]
-    events += [pack_event({"v": 1, "type": "stage_finished", "client_id": "manual", "seq": 2 + i,
-                           "ts_ns": time.time_ns(), "run_id": run_id, "stage": "detection", "span": i + 1,
-                           "start_ts_ns": time.time_ns(), "duration_ms": 1.0}) for i in range(10)]
+    events = [
+        pack_event(
+            {
+                "v": 1,
+                "type": "run_started",
+                "client_id": "manual",
+                "seq": 1,
+                "ts_ns": time.time_ns(),
+                "run_id": run_id,
+                "pipeline": "manual",
+            }
+        )
+    ]
+    events += [
+        pack_event(
+            {
+                "v": 1,
+                "type": "stage_finished",
+                "client_id": "manual",
+                "seq": 2 + i,
+                "ts_ns": time.time_ns(),
+                "run_id": run_id,
+                "stage": "detection",
+                "span": i + 1,
+                "start_ts_ns": time.time_ns(),
+                "duration_ms": 1.0,
+            }
+        )
+        for i in range(10)
+    ]
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.connect(f"ipc://{daemon.socket_path}")

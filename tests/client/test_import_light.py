@@ -21,6 +21,7 @@ def test_public_surface_is_small_and_typed() -> None:
 
 
 def test_no_generic_top_level_modules_are_installed() -> None:
-    result = run_python("import importlib.util as u; print([m for m in ('client', 'daemon', 'ui') if u.find_spec(m)])",
-                        cwd="/")  # outside the checkout: only what is installed
+    result = run_python(
+        "import importlib.util as u; print([m for m in ('client', 'daemon', 'ui') if u.find_spec(m)])", cwd="/"
+    )  # outside the checkout: only what is installed
     assert result.stdout.strip() == "[]"

@@ -64,8 +64,11 @@ def test_without_a_gpu_readings_are_null_with_one_warning(caplog) -> None:
 def test_torch_allocator_peak_is_used_when_torch_drives_a_gpu(monkeypatch) -> None:
     """The system edge (a CUDA device) is faked; the tracking logic is the real one."""
     allocator = FakeMark()
-    cuda = types.SimpleNamespace(is_initialized=lambda: True, max_memory_allocated=lambda: allocator.peak,
-                                 reset_peak_memory_stats=allocator.reset)
+    cuda = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        max_memory_allocated=lambda: allocator.peak,
+        reset_peak_memory_stats=allocator.reset,
+    )
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
     gpu = GpuMemory()
     allocator.set(10 * MB)

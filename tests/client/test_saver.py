@@ -14,11 +14,13 @@ import stagewatch
 from stagewatch._saver import write_artifact
 
 
-
 def test_png_round_trips_through_open3d(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    for image in (rng.integers(0, 255, (37, 53, 3), dtype=np.uint8), rng.integers(0, 255, (20, 30), dtype=np.uint8),
-                  rng.integers(0, 65535, (20, 30), dtype=np.uint16)):
+    for image in (
+        rng.integers(0, 255, (37, 53, 3), dtype=np.uint8),
+        rng.integers(0, 255, (20, 30), dtype=np.uint8),
+        rng.integers(0, 65535, (20, 30), dtype=np.uint16),
+    ):
         path = tmp_path / "image.png"
         write_artifact(path, image)
         np.testing.assert_array_equal(np.asarray(o3d.io.read_image(str(path))), image)
@@ -52,13 +54,16 @@ def test_npy_and_json(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b.json").read_text()) == {"boxes": [[1, 2, 3, 4]]}
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("x.bmp", np.zeros((2, 2)), "expected a file name ending in"),
-    ("x.png", np.zeros((2, 2), np.float32), "expected a uint8 or uint16 image"),
-    ("x.png", np.zeros((2, 2, 5), np.uint8), "expected an image of shape"),
-    ("x.ply", np.zeros((5, 2)), "expected points of shape Nx3"),
-    ("x.ply", {"points": np.zeros((5, 3)), "label": np.zeros(4)}, "expected 5 values"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("x.bmp", np.zeros((2, 2)), "expected a file name ending in"),
+        ("x.png", np.zeros((2, 2), np.float32), "expected a uint8 or uint16 image"),
+        ("x.png", np.zeros((2, 2, 5), np.uint8), "expected an image of shape"),
+        ("x.ply", np.zeros((5, 2)), "expected points of shape Nx3"),
+        ("x.ply", {"points": np.zeros((5, 3)), "label": np.zeros(4)}, "expected 5 values"),
+    ],
+)
 def test_bad_outputs_get_a_clear_error(tmp_path: Path, name: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         write_artifact(tmp_path / name, value)
@@ -76,7 +81,10 @@ def test_save_refuses_names_that_escape_the_home(home: Path) -> None:
 
 
 def test_a_disk_that_refuses_the_write_does_not_break_the_pipeline(home: Path) -> None:
-    run = stagewatch.init(pipeline="p", home=home, )
+    run = stagewatch.init(
+        pipeline="p",
+        home=home,
+    )
     (home / "runs").mkdir()
     (home / "runs" / run.id).write_text("not a folder")  # mkdir of the stage folder will fail
     with run.stage("detection") as st:

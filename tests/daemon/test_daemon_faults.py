@@ -1,0 +1,134 @@
+"""The daemon under bad input and kill -9: stays up, counts, quarantines, loses nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgpack
+import zmq
+
+import stagewatch
+from stagewatch._wire import pack_batch, pack_event
+from tests.conftest import DaemonProcess, run_python, wait_for
+
+RUN_ID = "5f0c7a52-4b8e-4d7e-9a57-0d7f6f8f3a10"
+
+
+def _send_raw(daemon: DaemonProcess, frames: list[bytes]) -> None:
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 1000)
+    socket.connect(f"ipc://{daemon.socket_path}")
+    for frame in frames:
+        socket.send(frame)
+    socket.close()
+    context.term()
+
+
+def test_garbage_and_hostile_events_are_quarantined_and_the_daemon_stays_up(daemon: DaemonProcess) -> None:
+    base = {
+        "v": 1,
+        "client_id": "evil",
+        "ts_ns": time.time_ns(),
+        "run_id": RUN_ID,
+        "type": "stage_finished",
+        "stage": "detection",
+        "span": 1,
+        "start_ts_ns": 1,
+        "duration_ms": 1.0,
+    }
+    hostile = [
+        {**base, "seq": 1, "run_id": "../../etc"},
+        {**base, "seq": 2, "stage": "../../../tmp/x"},
+        {**base, "seq": 3, "input_path": "a\x00b"},
+        {**base, "seq": 4, "type": "format_disk"},
+        {**base, "seq": 5, "duration_ms": float("nan")},
+        {
+            "v": 1,
+            "type": "artifact_saved",
+            "client_id": "evil",
+            "seq": 6,
+            "ts_ns": 1,
+            "run_id": RUN_ID,
+            "stage": "detection",
+            "span": 1,
+            "path": "/etc/passwd",
+            "kind": "png",
+            "bytes": 1,
+        },
+    ]
+    frames = [
+        b"\xc1\xff not msgpack",
+        msgpack.packb([1, "evil"]),
+        msgpack.packb({"a": 1}),
+        pack_batch("evil", 1, [pack_event(e) for e in hostile] + [b"\xc1", msgpack.packb([[[[[]]]]] * 3)]),
+    ]
+    _send_raw(daemon, frames)
+    wait_for(lambda: daemon.status().get("stats", {}).get("invalid", 0) >= 11)
+    assert daemon.process.poll() is None
+    lines = (daemon.home / "quarantine").glob("*.jsonl")
+    reasons = [json.loads(line)["reason"] for path in lines for line in path.read_text().splitlines()]
+    assert len(reasons) == 11 and any("run_id" in r for r in reasons) and any("artifact path" in r for r in reasons)
+    assert not (daemon.home / "runs" / RUN_ID).exists() or not list((daemon.home / "runs").rglob("passwd"))
+    # and it still serves honest clients
+    with stagewatch.init(pipeline="honest", home=daemon.home) as run, run.stage("s"):
+        pass
+    assert daemon.audit(run.id)["status"] == "ok"
+
+
+def test_kill_9_and_restart_keeps_every_acknowledged_event_once(daemon: DaemonProcess) -> None:
+    code = f"""
+import stagewatch
+run = stagewatch.init(pipeline="stream", home={str(daemon.home)!r})
+print(run.id, flush=True)
+for i in range(20000):
+    with run.stage("detection", sample_id=str(i)):
+        pass
+"""
+    import subprocess
+    import sys
+
+    pipeline = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    run_id = pipeline.stdout.readline().strip()
+    for _ in range(3):
+        time.sleep(0.4)
+        daemon.kill()
+        time.sleep(0.2)
+        daemon.start()
+    assert pipeline.wait(60) == 0
+    audit = daemon.audit(run_id, timeout_s=60)
+    assert audit["counts"]["ok"] == 20000 and audit["counts"]["stages"] == 20000
+    from stagewatch.daemon._readmodels import read_table
+
+    table = wait_for(lambda: (t := read_table(daemon.home, "stage_executions")).num_rows >= 20000 and t)
+    assert table.num_rows == 20000
+    assert len(set(table["sample_id"].to_pylist())) == 20000
+
+
+def test_forked_workers_are_attributed_to_the_run(daemon: DaemonProcess) -> None:
+    code = f"""
+import multiprocessing as mp, stagewatch
+def work(i):
+    with stagewatch.stage("detection", sample_id=f"w{{i}}"):
+        return i * i
+if __name__ == "__main__":
+    run = stagewatch.init(pipeline="forking", home={str(daemon.home)!r})
+    with mp.get_context("fork").Pool(3) as pool:
+        assert sum(pool.map(work, range(30))) == sum(i * i for i in range(30))
+    with run.stage("merge"):
+        pass
+    print(run.id)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+
+    def all_workers_arrived():  # a worker's spool may land after the run finished
+        audit = daemon.audit(result.stdout.strip())
+        detection = [s for s in audit["stages"] if s["stage"] == "detection"]
+        return detection if len(detection) == 30 else None
+
+    detection = wait_for(all_workers_arrived)
+    assert sorted(s["sample_id"] for s in detection) == sorted(f"w{i}" for i in range(30))
+    assert all(s["status"] == "ok" for s in detection)
+    assert len({s["client_id"] for s in detection}) >= 2  # worker clients, not the parent's

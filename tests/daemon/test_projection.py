@@ -1,0 +1,123 @@
+"""The projection is a fold over events: order-tolerant, deterministic, crash-aware."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagewatch.daemon._dedup import Deduplicator
+from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._schema import validate_event
+
+RUN = str(uuid.UUID(int=7))
+T0 = 1_790_000_000_000_000_000
+
+
+def ev(type_: str, seq: int, client: str = "c1", **fields) -> object:
+    return validate_event(
+        {"v": 1, "type": type_, "client_id": client, "seq": seq, "ts_ns": T0 + seq * 1_000_000, "run_id": RUN, **fields}
+    )
+
+
+def finished(seq: int, span: int, stage: str = "detection", client: str = "c1", failed: bool = False) -> object:
+    extra = {"error_type": "ValueError", "error_message": "bad"} if failed else {}
+    return ev(
+        "stage_failed" if failed else "stage_finished",
+        seq,
+        client,
+        stage=stage,
+        span=span,
+        start_ts_ns=T0 + seq * 1_000_000 - 2_000_000,
+        duration_ms=2.0,
+        rss_peak_mb=10.0,
+        **extra,
+    )
+
+
+def history() -> list:
+    return [
+        ev("run_started", 1, pipeline="perception", host="h", pid=1),
+        ev("stage_started", 2, stage="preprocessing", span=1),
+        finished(3, 1, "preprocessing"),
+        ev("stage_started", 4, stage="detection", span=2),
+        ev(
+            "artifact_saved",
+            5,
+            stage="detection",
+            span=2,
+            path=f"runs/{RUN}/stages/detection/a.png",
+            kind="png",
+            bytes=10,
+        ),
+        finished(6, 2, failed=True),
+        ev("run_finished", 7, status="ok", duration_ms=9.0),
+    ]
+
+
+def fold(events: list) -> Projector:
+    projector = Projector()
+    for lsn, event in enumerate(events):
+        projector.apply(event, lsn)
+    return projector
+
+
+def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
+    projector = fold(history())
+    run = projector.runs[RUN]
+    assert run["status"] == "failed" and run["complete"]
+    assert [s["status"] for s in run["stages"]] == ["ok", "failed"]
+    assert run["stages"][1]["artifacts"][0]["kind"] == "png"
+    stage_rows, run_rows = projector.take_rows()
+    assert [r["stage"] for r in stage_rows] == ["preprocessing", "detection"]
+    assert run_rows[0]["failed_stage"] == "detection" and run_rows[0]["error_message"] == "bad"
+
+
+def test_a_finish_that_arrives_before_its_start_is_not_undone() -> None:
+    events = history()
+    events[2], events[1] = events[1], events[2]
+    run = fold(events).runs[RUN]
+    assert run["stages"][0]["status"] == "ok" and run["counts"]["running"] == 0
+
+
+def test_a_lost_client_crashes_its_open_stages_and_its_run() -> None:
+    events = [*history()[:2], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
+    projector = fold(events)
+    run = projector.runs[RUN]
+    assert run["status"] == "crashed" and run["stages"][0]["status"] == "crashed"
+    assert run["stages"][0]["duration_ms"] == 3.0
+    assert projector.open_work() == {}
+
+
+def test_a_lost_worker_crashes_only_its_own_stages() -> None:
+    events = [
+        history()[0],
+        ev("stage_started", 1, client="worker", stage="detection", span=1),
+        ev("client_lost", 1, client="daemon", lost_client_id="worker", last_seen_ns=T0 + 9_000_000),
+    ]
+    run = fold(events).runs[RUN]
+    assert run["status"] == "running" and run["stages"][0]["status"] == "crashed"
+
+
+def test_state_round_trips_through_the_checkpoint() -> None:
+    projector = fold(history()[:4])
+    restored = Projector.from_state(copy.deepcopy(projector.to_state()))
+    for lsn, event in enumerate(history()[4:], start=4):
+        projector.apply(event, lsn)
+        restored.apply(event, lsn)
+    assert restored.runs == projector.runs
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=20))
+def test_redelivery_through_the_deduplicator_changes_nothing(redelivered: list[int]) -> None:
+    events = history()
+    delivered = events + [events[i] for i in redelivered]
+    dedup, projector = Deduplicator(), Projector()
+    for lsn, event in enumerate(delivered):
+        if not dedup.seen(event.client_id, event.seq):
+            dedup.mark(event.client_id, event.seq)
+            projector.apply(event, lsn)
+    assert projector.runs == fold(events).runs

@@ -1,0 +1,73 @@
+"""The `stagewatch` command as a user types it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import open3d as o3d
+
+import stagewatch
+from tests.conftest import DaemonProcess
+
+
+def sw(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stagewatch.daemon", *args], capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> None:
+    result = sw("demo", "--home", str(home), "--frames", "50")
+    assert result.returncode == 0, result.stderr
+    assert "frame_047" in result.stdout and "audit trail" in result.stdout
+    (run_dir,) = (home / "runs").iterdir()
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["complete"] and audit["status"] == "failed"
+    assert [(e["stage"], e["sample_id"]) for e in audit["errors"]] == [("preprocessing", "frame_047")]
+    assert audit["counts"]["stages"] == 50 + 49 + 49
+    cloud = o3d.t.io.read_point_cloud(str(run_dir / "stages" / "detection" / "frame_000_points.ply"))
+    assert cloud.point["label"].numpy().max() > 0  # the detector clustered some objects
+    assert not (home / "run" / "ingest.sock").exists()  # the demo's daemon was stopped
+
+    runs = json.loads(sw("runs", "--home", str(home), "--json").stdout)
+    assert runs[0]["run_id"] == run_dir.name and runs[0]["failed_stage"] == "preprocessing"
+    shown = sw("show", run_dir.name[:6], "--home", str(home))
+    assert shown.returncode == 0 and "frame_047" in shown.stdout and "Traceback" in shown.stdout
+    full = json.loads(sw("show", run_dir.name, "--home", str(home), "--json").stdout)
+    assert full["run_id"] == run_dir.name and len(full["stages"]) == 148
+
+
+def test_unknown_and_ambiguous_run_ids_exit_1_with_a_message(daemon: DaemonProcess) -> None:
+    for _ in range(20):  # 20 runs: some share a first hex digit
+        with stagewatch.init(pipeline="p", home=daemon.home) as run, run.stage("s"):
+            pass
+        assert run.flush(10)
+    daemon.audit(run.id)
+    unknown = sw("show", "zzzz", "--home", str(daemon.home))
+    assert unknown.returncode == 1 and "no run with id 'zzzz'" in unknown.stderr
+    first_digits = [p.name[0] for p in (daemon.home / "runs").iterdir()]
+    shared = next(d for d in first_digits if first_digits.count(d) > 1)
+    ambiguous = sw("show", shared, "--home", str(daemon.home))
+    assert ambiguous.returncode == 1 and "ambiguous" in ambiguous.stderr
+    hostile = sw("show", "../../etc", "--home", str(daemon.home))
+    assert hostile.returncode == 1
+
+
+def test_bad_arguments_exit_2(home: Path) -> None:
+    assert sw("runs", "--limit", "-3", "--home", str(home)).returncode == 2
+    assert sw("demo", "--frames", "10", "--home", str(home)).returncode == 2
+    bad = sw("daemon", "--home", str(home), "--endpoint", "http://example.com")
+    assert bad.returncode == 2 and "expected an endpoint like ipc://" in bad.stderr
+
+
+def test_runs_on_an_empty_home_says_so(home: Path) -> None:
+    result = sw("runs", "--home", str(home))
+    assert result.returncode == 0 and "no runs yet" in result.stdout
+
+
+def test_a_second_daemon_on_the_same_home_is_refused(daemon: DaemonProcess) -> None:
+    second = sw("daemon", "--home", str(daemon.home), timeout_s=30)
+    assert second.returncode == 1 and "another stagewatch daemon is running" in second.stderr

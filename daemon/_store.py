@@ -8,6 +8,7 @@ on recovery, so a crash between a part and its checkpoint cannot duplicate rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import defaultdict
@@ -68,6 +69,7 @@ RUNS = pa.schema(
 )
 TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS}
 PART_PREFIX = "part-"
+NS_PER_DAY = 86_400 * 1_000_000_000
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
@@ -82,7 +84,12 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
 
 
 def _date_of(ns: int | None) -> str:
-    return datetime.fromtimestamp((ns or 0) / 1e9, timezone.utc).strftime("%Y-%m-%d")
+    return _date_of_day((ns or 0) // NS_PER_DAY)
+
+
+@functools.lru_cache(maxsize=1024)
+def _date_of_day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y-%m-%d")
 
 
 class Store:
@@ -129,7 +136,8 @@ class Store:
         return self.home / "runs" / run_id / "audit.json"
 
     def write_audit(self, run: dict[str, Any]) -> None:
-        atomic_write(self.audit_path(run["run_id"]), json.dumps(run, indent=1, default=str).encode())
+        # Compact: json's C encoder only runs without indent (about 10x faster on big trails).
+        atomic_write(self.audit_path(run["run_id"]), json.dumps(run, separators=(",", ":"), default=str).encode())
 
     # -- checkpoint ----------------------------------------------------------------------
     def write_checkpoint(self, state: dict[str, Any]) -> None:

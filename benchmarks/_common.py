@@ -1,0 +1,42 @@
+"""Helpers shared by the benchmark scripts: a daemon subprocess and table printing."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def running_daemon(*extra: str) -> Iterator[Path]:
+    """A real `stagewatch daemon` on a fresh temporary home; stopped and removed after."""
+    home = Path(tempfile.mkdtemp(prefix="sw-bench-", dir="/tmp"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--log-level", "WARNING", *extra]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (home / "run" / "ingest.sock").exists():
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the daemon did not start")
+            time.sleep(0.05)
+        yield home
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")

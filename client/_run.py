@@ -140,10 +140,20 @@ class Stage:
     A user exception inside the block is recorded as `stage_failed` and re-raised unchanged.
     """
 
+    # The hot path only takes readings and enqueues two bound methods; the sender thread
+    # builds the events from them. A start whose stage has already ended by then is not
+    # sent at all: the end event carries everything it would have said.
     __slots__ = (
+        "_client",
+        "_elapsed_ns",
+        "_end_ts",
+        "_error",
         "_gpu",
+        "_gpu_peak",
         "_parent",
         "_rss",
+        "_rss_end",
+        "_rss_peak",
         "_t0",
         "_token",
         "_ts",
@@ -162,6 +172,7 @@ class Stage:
         self.sample_id = sample_id
         self.outputs: list[str] = []
         self.span = 0
+        self._end_ts = 0
 
     def __enter__(self) -> Stage:
         try:
@@ -172,6 +183,7 @@ class Stage:
 
     def _begin(self) -> None:
         process = _process_for_run(self.run)
+        self._client = process.client_id
         self.span = next(process.spans)
         parent = _current_stage.get()
         self._parent = parent.span if parent is not None else None
@@ -180,20 +192,7 @@ class Stage:
         self._rss = rss[1].begin() if rss is not None else None
         self._gpu = process.gpu.begin()
         self._ts = time.time_ns()
-        process.sender.emit(
-            {
-                "v": EVENT_VERSION,
-                "type": "stage_started",
-                "client_id": process.client_id,
-                "ts_ns": self._ts,
-                "run_id": self.run.id,
-                "stage": self.name,
-                "span": self.span,
-                "parent_span": self._parent,
-                "sample_id": self.sample_id,
-                "input_path": self.input_path,
-            }
-        )
+        process.sender.emit(self._start_event)
         self._t0 = time.monotonic_ns()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
@@ -208,17 +207,49 @@ class Stage:
     def _finish(self, elapsed_ns: int, error: BaseException | None) -> None:
         process = _process_for_run(self.run)
         _current_stage.reset(self._token)
-        rss_start = rss_peak = rss_end = None
+        self._rss_peak = self._rss_end = None
         if process.rss is not None and self._rss is not None:
-            peak, end = process.rss[1].end(self._rss[0])
-            rss_start = self._rss[1] / BYTES_PER_MB
-            rss_end = end / BYTES_PER_MB
-            rss_peak = max(peak, end, self._rss[1]) / BYTES_PER_MB
+            self._rss_peak, self._rss_end = process.rss[1].end(self._rss[0])
+        self._gpu_peak = process.gpu.end(self._gpu)
+        self._elapsed_ns = elapsed_ns
+        self._error = None
+        if error is not None:  # formatted now: keeping the exception would keep its frames alive
+            self._error = (
+                type(error).__qualname__,
+                str(error)[:4096],
+                "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:],
+            )
+            self.run._failed_stages += 1
+        self._end_ts = time.time_ns()
+        process.sender.emit(self._end_event)
+
+    def _start_event(self) -> dict | None:
+        if self._end_ts:
+            return None
+        return {
+            "v": EVENT_VERSION,
+            "type": "stage_started",
+            "client_id": self._client,
+            "ts_ns": self._ts,
+            "run_id": self.run.id,
+            "stage": self.name,
+            "span": self.span,
+            "parent_span": self._parent,
+            "sample_id": self.sample_id,
+            "input_path": self.input_path,
+        }
+
+    def _end_event(self) -> dict:
+        rss_start = rss_peak = rss_end = None
+        if self._rss is not None and self._rss_peak is not None:
+            start = self._rss[1]
+            rss_start, rss_end = start / BYTES_PER_MB, self._rss_end / BYTES_PER_MB
+            rss_peak = max(self._rss_peak, self._rss_end, start) / BYTES_PER_MB
         event = {
             "v": EVENT_VERSION,
             "type": "stage_finished",
-            "client_id": process.client_id,
-            "ts_ns": time.time_ns(),
+            "client_id": self._client,
+            "ts_ns": self._end_ts,
             "run_id": self.run.id,
             "stage": self.name,
             "span": self.span,
@@ -227,19 +258,16 @@ class Stage:
             "input_path": self.input_path,
             "output_paths": self.outputs,
             "start_ts_ns": self._ts,
-            "duration_ms": elapsed_ns / 1e6,
+            "duration_ms": self._elapsed_ns / 1e6,
             "rss_start_mb": rss_start,
             "rss_peak_mb": rss_peak,
             "rss_end_mb": rss_end,
-            "gpu_peak_mb": process.gpu.end(self._gpu),
+            "gpu_peak_mb": self._gpu_peak,
         }
-        if error is not None:
+        if self._error is not None:
             event["type"] = "stage_failed"
-            event["error_type"] = type(error).__qualname__
-            event["error_message"] = str(error)[:4096]
-            event["traceback"] = "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:]
-            self.run._failed_stages += 1
-        process.sender.emit(event)
+            event["error_type"], event["error_message"], event["traceback"] = self._error
+        return event
 
     def save(self, filename: str, value: Any) -> str | None:
         """Save a stage output under runs/{run_id}/stages/{stage}/{filename}.

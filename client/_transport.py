@@ -76,7 +76,7 @@ class Sender:
         self._spool_dir = spool_dir
         self._settings = settings
         self._heartbeat = heartbeat
-        self._queue: collections.deque[dict] = collections.deque()
+        self._queue: collections.deque[dict | Callable[[], dict | None]] = collections.deque()
         self._seq = 0
         self._batch_numbers = itertools.count(1)
         self._spool_numbers = itertools.count(1)
@@ -94,8 +94,8 @@ class Sender:
         self._thread.start()
 
     # -- the pipeline's side -------------------------------------------------------------
-    def emit(self, event: dict) -> None:
-        """Queue one event; never blocks, never raises."""
+    def emit(self, event: dict | Callable[[], dict | None]) -> None:
+        """Queue one event (or a callable that builds it); never blocks, never raises."""
         if len(self._queue) >= self._settings.max_queue_events:
             self.stats.dropped += 1
             return
@@ -197,10 +197,18 @@ class Sender:
                 self._queue.append(event)
 
     def _take_batch(self) -> list[bytes]:
+        """Number and pack up to a batch of queued events.
+
+        A queued item is an event dict, or a callable that builds one (None: nothing to send),
+        so the pipeline's thread does not pay for building events.
+        """
         queue = self._queue
-        events = [queue.popleft() for _ in range(min(len(queue), self._settings.batch_max_events))]
         payloads = []
-        for event in _without_redundant_starts(events):
+        for _ in range(min(len(queue), self._settings.batch_max_events)):
+            item = queue.popleft()
+            event = item() if callable(item) else item
+            if event is None:
+                continue
             event["seq"] = self._seq = self._seq + 1
             payloads.append(pack_event(event))
         self.stats.emitted += len(payloads)
@@ -289,21 +297,6 @@ class Sender:
             self._unreachable = True
             self._read_offset = self._acked_offset
             self._next_probe = now + self._settings.probe_interval_s
-
-
-_FINISHES = frozenset({"stage_finished", "stage_failed"})
-
-
-def _without_redundant_starts(events: list[dict]) -> list[dict]:
-    """Drop a stage_started whose stage_finished/failed is in the same batch.
-
-    The finish event carries everything the start did; the start only matters to the
-    daemon when no finish follows (a crash). Short stages thus cost one event, not two.
-    """
-    finished = {event["span"] for event in events if event["type"] in _FINISHES}
-    if not finished:
-        return events
-    return [e for e in events if e["type"] != "stage_started" or e["span"] not in finished]
 
 
 def safe_close(sender: Sender | None, timeout_s: float) -> None:

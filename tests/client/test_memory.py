@@ -88,6 +88,7 @@ def test_a_stage_reports_its_own_peak_not_the_process_peak(home) -> None:
         del big
     with run.stage("small"):
         pass
-    big_event, small_event = (e for e in sent if e["type"] == "stage_finished")
+    events = [item() if callable(item) else item for item in sent]
+    big_event, small_event = (e for e in events if e and e["type"] == "stage_finished")
     assert big_event["rss_peak_mb"] - big_event["rss_start_mb"] >= 190
     assert small_event["rss_peak_mb"] - small_event["rss_start_mb"] < 20

@@ -84,13 +84,17 @@ def measure_daemon(events: int) -> float:
         ready, go = context.Event(), context.Event()
         producer = context.Process(target=produce, args=(f"ipc://{home}/run/ingest.sock", events, ready, go))
         producer.start()
-        ready.wait()
+        if not ready.wait(300):
+            raise RuntimeError("the producer did not get ready")
         start = time.perf_counter()
         go.set()
         producer.join()
         acked = time.perf_counter()
         folder = home / "metrics" / "stage_executions"
+        deadline = time.monotonic() + 600
         while not folder.exists() or ds.dataset(folder, format="parquet").count_rows() < events:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not project every event within 600 s")
             time.sleep(0.02)
         projected = time.perf_counter()
         rows = ds.dataset(folder, format="parquet").count_rows()

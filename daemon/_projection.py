@@ -5,6 +5,10 @@ but the events and their order, so replaying the log gives the same read models.
 writes no files: the store (`_store.py`) persists what it produces. Events may arrive
 out of order (a spooled start after a live finish), so every handler merges into
 whatever the run already holds.
+
+Memory stays bounded by what is running, not by how long a run is: a run's state holds
+its summary, errors and *open* stages; a stage that ends leaves as an audit line
+(`stage_lines`, appended to the run's stages.jsonl) and a table row.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
+MAX_ERRORS_PER_RUN = 10_000
+RECENTLY_ENDED = 4_096  # per run: ended stages remembered, so a stray late start cannot reopen one
 
 
 def iso(ns: int | None) -> str | None:
@@ -33,297 +39,203 @@ def _iso_second(seconds: int) -> str:
 
 def _new_run(run_id: str) -> dict[str, Any]:
     return {
-        "schema": AUDIT_SCHEMA,
-        "run_id": run_id,
-        "pipeline": None,
-        "status": "running",
-        "complete": False,
-        "started_at": None,
-        "finished_at": None,
-        "duration_ms": None,
-        "host": None,
-        "pid": None,
-        "client_id": None,
-        "argv": [],
-        "config": {},
-        "dataset": None,
+        "schema": AUDIT_SCHEMA, "run_id": run_id, "pipeline": None, "status": "running",
+        "complete": False, "started_at": None, "finished_at": None, "duration_ms": None,
+        "host": None, "pid": None, "client_id": None, "argv": [], "config": {}, "dataset": None,
         "error": None,
-        "counts": {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "running": 0, "artifacts": 0, "events": 0},
-        "stages": [],
-        "errors": [],
-        "start_ns": None,
-        "end_ns": None,
-        "last_lsn": -1,
-    }
+        "counts": {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "artifacts": 0, "events": 0},
+        "errors": [], "errors_dropped": 0, "first_failed_stage": None,
+        "start_ns": None, "end_ns": None, "last_lsn": -1,
+        "open": {},  # "client:span" -> stage entry, for stages still running
+        "ended": {},  # "client:span" -> None for the most recently ended stages (an ordered set)
+        "stages_bytes": 0,  # how much of stages.jsonl this state accounts for
+    }  # fmt: skip
 
 
 def _new_stage(event: Any) -> dict[str, Any]:
     return {
-        "stage": event.stage,
-        "span": event.span,
-        "client_id": event.client_id,
-        "parent_span": getattr(event, "parent_span", None),
-        "sample_id": event.sample_id,
-        "status": "running",
-        "started_at": None,
-        "finished_at": None,
-        "duration_ms": None,
-        "input_path": getattr(event, "input_path", None),
-        "output_paths": [],
+        "stage": event.stage, "span": event.span, "client_id": event.client_id,
+        "parent_span": getattr(event, "parent_span", None), "sample_id": event.sample_id,
+        "status": "running", "started_at": None, "finished_at": None, "duration_ms": None,
+        "input_path": getattr(event, "input_path", None), "output_paths": [],
         "memory": {"rss_start_mb": None, "rss_peak_mb": None, "rss_end_mb": None, "gpu_peak_mb": None},
-        "error": None,
-        "artifacts": [],
-        "start_ns": None,
-    }
+        "error": None, "artifacts": [], "start_ns": None,
+    }  # fmt: skip
+
+
+def _span_key(event: Any) -> str:
+    return f"{event.client_id}:{event.span}"
 
 
 class Projector:
-    """Folds events into audit trails (one dict per run) and rows for Parquet tables."""
+    """Folds events into audit trails and rows for Parquet tables."""
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
-        self.spans: dict[str, dict[str, int]] = {}  # run -> "client:span" -> index in stages
-        self.open_spans: dict[str, set[str]] = {}  # run -> spans still running
         self.closed: dict[str, str | None] = {}  # evicted finished runs -> pipeline
         self.late_events = 0
         self.stage_rows: list[dict[str, Any]] = []
         self.run_rows: list[dict[str, Any]] = []
+        self.stage_lines: dict[str, list[dict[str, Any]]] = {}  # run -> ended stages to append
         self.dirty: set[str] = set()
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        return {
-            "runs": self.runs,
-            "spans": self.spans,
-            "open_spans": {r: sorted(s) for r, s in self.open_spans.items()},
-            "closed": self.closed,
-            "late_events": self.late_events,
-        }
+        return {"runs": self.runs, "closed": self.closed, "late_events": self.late_events}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
         projector = cls()
         projector.runs = state.get("runs", {})
-        projector.spans = state.get("spans", {})
-        projector.open_spans = {r: set(s) for r, s in state.get("open_spans", {}).items()}
         projector.closed = state.get("closed", {})
         projector.late_events = state.get("late_events", 0)
         return projector
 
     # -- folding -------------------------------------------------------------------------
     def apply(self, event: Any, lsn: int) -> None:
-        handler = getattr(self, f"_on_{event.type}", None)
-        if handler is None or event.type == "heartbeat":
+        if event.type == "heartbeat":
             return
         if event.run_id in self.closed:
-            self._on_late(event, lsn)
+            self.late_events += 1  # its audit trail is final; the event stays in the log
             return
         run = self.runs.get(event.run_id)
         if run is None:
             run = self.runs[event.run_id] = _new_run(event.run_id)
-            self.spans[event.run_id] = {}
-            self.open_spans[event.run_id] = set()
         run["counts"]["events"] += 1
         run["last_lsn"] = lsn
-        handler(run, event, lsn)
+        getattr(self, f"_on_{event.type}")(run, event, lsn)
         self.dirty.add(event.run_id)
 
     def _on_run_started(self, run: dict, event: Any, lsn: int) -> None:
-        run.update(
-            pipeline=event.pipeline,
-            host=event.host,
-            pid=event.pid,
-            client_id=event.client_id,
-            argv=list(event.argv),
-            config=event.config,
-            dataset=event.dataset,
-            start_ns=event.ts_ns,
-            started_at=iso(event.ts_ns),
-        )
+        run.update(pipeline=event.pipeline, host=event.host, pid=event.pid, client_id=event.client_id,
+                   argv=list(event.argv), config=event.config, dataset=event.dataset,
+                   start_ns=event.ts_ns, started_at=iso(event.ts_ns))  # fmt: skip
 
-    def _stage_entry(self, run: dict, event: Any) -> dict[str, Any]:
-        key = f"{event.client_id}:{event.span}"
-        index = self.spans[run["run_id"]].get(key)
-        if index is None:
-            index = self.spans[run["run_id"]][key] = len(run["stages"])
-            run["stages"].append(_new_stage(event))
+    def _open_entry(self, run: dict, event: Any) -> dict[str, Any]:
+        entry = run["open"].get(_span_key(event))
+        if entry is None:
+            entry = run["open"][_span_key(event)] = _new_stage(event)
             run["counts"]["stages"] += 1
-        return run["stages"][index]
+        return entry
 
     def _on_stage_started(self, run: dict, event: Any, lsn: int) -> None:
-        entry = self._stage_entry(run, event)
-        if entry["status"] == "running" and entry["start_ns"] is None:
+        if _span_key(event) in run["ended"]:
+            return  # a start that arrives after its end adds nothing
+        entry = self._open_entry(run, event)
+        if entry["start_ns"] is None:
             entry.update(start_ns=event.ts_ns, started_at=iso(event.ts_ns))
-            self.open_spans[run["run_id"]].add(f"{event.client_id}:{event.span}")
-            run["counts"]["running"] += 1
 
     def _on_stage_finished(self, run: dict, event: Any, lsn: int) -> None:
-        entry = self._stage_entry(run, event)
-        if entry["status"] not in ("running",):
-            return  # already closed (a crash verdict that a late finish cannot undo)
-        key = f"{event.client_id}:{event.span}"
-        if key in self.open_spans[run["run_id"]]:
-            self.open_spans[run["run_id"]].discard(key)
-            run["counts"]["running"] -= 1
+        if _span_key(event) in run["ended"]:
+            return  # already ended: a crash verdict that a late finish cannot undo
+        entry = self._open_entry(run, event)
         status = "failed" if event.type == "stage_failed" else "ok"
         end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)
         entry.update(
-            status=status,
-            start_ns=event.start_ts_ns,
-            started_at=iso(event.start_ts_ns),
-            finished_at=iso(end_ns),
-            duration_ms=event.duration_ms,
-            input_path=event.input_path,
-            sample_id=event.sample_id,
-            parent_span=event.parent_span,
-            output_paths=list(event.output_paths),
-            memory={
-                "rss_start_mb": event.rss_start_mb,
-                "rss_peak_mb": event.rss_peak_mb,
-                "rss_end_mb": event.rss_end_mb,
-                "gpu_peak_mb": event.gpu_peak_mb,
-            },
-        )
-        run["counts"][status] += 1
+            status=status, start_ns=event.start_ts_ns, started_at=iso(event.start_ts_ns),
+            finished_at=iso(end_ns), duration_ms=event.duration_ms, input_path=event.input_path,
+            sample_id=event.sample_id, parent_span=event.parent_span, output_paths=list(event.output_paths),
+            memory={"rss_start_mb": event.rss_start_mb, "rss_peak_mb": event.rss_peak_mb,
+                    "rss_end_mb": event.rss_end_mb, "gpu_peak_mb": event.gpu_peak_mb},
+        )  # fmt: skip
         if status == "failed":
             entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
-            run["errors"].append(
-                {
-                    "stage": event.stage,
-                    "span": event.span,
-                    "sample_id": event.sample_id,
-                    "type": event.error_type,
-                    "message": event.error_message,
-                    "at": iso(end_ns),
-                    "input_path": event.input_path,
-                }
-            )
-        self.stage_rows.append(self._stage_row(run, entry, end_ns, lsn))
+        self._end_stage(run, entry, end_ns, lsn)
 
     _on_stage_failed = _on_stage_finished
+
+    def _end_stage(self, run: dict, entry: dict, end_ns: int, lsn: int) -> None:
+        """Move an ended stage out of the run's state: into an audit line and a row."""
+        key = f"{entry['client_id']}:{entry['span']}"
+        del run["open"][key]
+        ended = run["ended"]
+        ended[key] = None
+        if len(ended) > RECENTLY_ENDED:
+            del ended[next(iter(ended))]
+        run["counts"][entry["status"]] += 1
+        if entry["error"] is not None:
+            self._record_error(run, entry, end_ns)
+        self.stage_lines.setdefault(run["run_id"], []).append(entry)
+        self.stage_rows.append(self._stage_row(run, entry, end_ns, lsn))
+
+    def _record_error(self, run: dict, entry: dict, end_ns: int) -> None:
+        run["first_failed_stage"] = run["first_failed_stage"] or entry["stage"]
+        if len(run["errors"]) >= MAX_ERRORS_PER_RUN:  # every error stays in stages.jsonl
+            run["errors_dropped"] += 1
+            return
+        run["errors"].append({
+            "stage": entry["stage"], "span": entry["span"], "client_id": entry["client_id"],
+            "sample_id": entry["sample_id"], "type": entry["error"]["type"],
+            "message": entry["error"]["message"], "at": iso(end_ns), "input_path": entry["input_path"],
+        })  # fmt: skip
 
     def _stage_row(self, run: dict, entry: dict, end_ns: int, lsn: int) -> dict[str, Any]:
         error = entry["error"] or {}
         return {
-            "run_id": run["run_id"],
-            "pipeline": run["pipeline"],
-            "stage": entry["stage"],
-            "status": entry["status"],
-            "sample_id": entry["sample_id"],
-            "client_id": entry["client_id"],
-            "span": entry["span"],
-            "parent_span": entry["parent_span"],
-            "start_time": entry["start_ns"],
-            "end_time": end_ns,
-            "duration_ms": entry["duration_ms"],
-            **entry["memory"],
-            "input_path": entry["input_path"],
-            "output_paths": entry["output_paths"],
-            "error_type": error.get("type"),
-            "error_message": error.get("message"),
-            "lsn": lsn,
-        }
+            "run_id": run["run_id"], "pipeline": run["pipeline"], "stage": entry["stage"],
+            "status": entry["status"], "sample_id": entry["sample_id"], "client_id": entry["client_id"],
+            "span": entry["span"], "parent_span": entry["parent_span"],
+            "start_time": entry["start_ns"], "end_time": end_ns, "duration_ms": entry["duration_ms"],
+            **entry["memory"], "input_path": entry["input_path"], "output_paths": entry["output_paths"],
+            "error_type": error.get("type"), "error_message": error.get("message"), "lsn": lsn,
+        }  # fmt: skip
 
     def _on_artifact_saved(self, run: dict, event: Any, lsn: int) -> None:
-        entry = self._stage_entry(run, event)
-        entry["artifacts"].append(
-            {"path": event.path, "kind": event.kind, "bytes": event.bytes, "sample_id": event.sample_id}
-        )
+        # Saved inside the stage, so it comes before the stage's end (per client order).
+        entry = self._open_entry(run, event)
+        entry["artifacts"].append({"path": event.path, "kind": event.kind, "bytes": event.bytes,
+                                   "sample_id": event.sample_id})  # fmt: skip
         run["counts"]["artifacts"] += 1
 
     def _on_run_finished(self, run: dict, event: Any, lsn: int) -> None:
         if run["complete"]:
             return
         failed = event.status == "failed" or run["counts"]["failed"] > 0
-        error = None
-        if event.error_type:
-            error = {"type": event.error_type, "message": event.error_message}
+        error = {"type": event.error_type, "message": event.error_message} if event.error_type else None
         self._close_run(run, "failed" if failed else "ok", event.ts_ns, lsn, error, event.duration_ms)
 
     def _on_client_lost(self, run: dict, event: Any, lsn: int) -> None:
         lost = event.lost_client_id
-        for key in sorted(self.open_spans[run["run_id"]]):
-            if key.startswith(f"{lost}:"):
-                self._crash_stage(run, run["stages"][self.spans[run["run_id"]][key]], event, lsn)
-                self.open_spans[run["run_id"]].discard(key)
+        for entry in [e for e in run["open"].values() if e["client_id"] == lost]:
+            start = entry["start_ns"] or event.last_seen_ns
+            end = max(start, event.last_seen_ns)
+            message = "the process died during this stage"
+            entry.update(status="crashed", start_ns=start, started_at=iso(start), finished_at=iso(end),
+                         duration_ms=(end - start) / 1e6,
+                         error={"type": "ClientLost", "message": message, "traceback": ""})  # fmt: skip
+            self._end_stage(run, entry, end, lsn)
         if run["client_id"] in (lost, None) and not run["complete"]:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
             self._close_run(run, "crashed", event.last_seen_ns, lsn, {"type": "ClientLost", "message": message})
 
-    def _crash_stage(self, run: dict, entry: dict, event: Any, lsn: int) -> None:
-        start = entry["start_ns"] or event.last_seen_ns
-        end = max(start, event.last_seen_ns)
-        entry.update(
-            status="crashed",
-            finished_at=iso(end),
-            duration_ms=(end - start) / 1e6,
-            error={"type": "ClientLost", "message": "the process died during this stage", "traceback": ""},
-        )
-        run["counts"]["running"] -= 1
-        run["counts"]["crashed"] += 1
-        run["errors"].append(
-            {
-                "stage": entry["stage"],
-                "span": entry["span"],
-                "sample_id": entry["sample_id"],
-                "type": "ClientLost",
-                "message": entry["error"]["message"],
-                "at": iso(end),
-                "input_path": entry["input_path"],
-            }
-        )
-        self.stage_rows.append(self._stage_row(run, entry, end, lsn))
-
-    def _close_run(
-        self, run: dict, status: str, end_ns: int, lsn: int, error: dict | None, duration_ms: float | None = None
-    ) -> None:
+    def _close_run(self, run: dict, status: str, end_ns: int, lsn: int, error: dict | None,
+                   duration_ms: float | None = None) -> None:  # fmt: skip
         if status == "ok" and run["counts"]["crashed"]:
             status = "failed"
         start = run["start_ns"] or end_ns
         if duration_ms is None:  # no monotonic reading from the client: use wall clock
             duration_ms = (end_ns - start) / 1e6
-        run.update(
-            status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns), duration_ms=duration_ms, error=error
-        )
+        run.update(status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns),
+                   duration_ms=duration_ms, error=error)  # fmt: skip
         self.run_rows.append(self._run_row(run, lsn))
 
     def _run_row(self, run: dict, lsn: int) -> dict[str, Any]:
-        failed = [s for s in run["stages"] if s["status"] in ("failed", "crashed")]
-        error = run["error"] or (failed[0]["error"] if failed else None) or {}
+        first_error = run["error"] or (run["errors"][0] if run["errors"] else {})
+        counts = run["counts"]
         return {
-            "run_id": run["run_id"],
-            "pipeline": run["pipeline"],
-            "status": run["status"],
-            "host": run["host"],
-            "pid": run["pid"],
-            "start_time": run["start_ns"],
-            "end_time": run["end_ns"],
-            "duration_ms": run["duration_ms"],
-            "stages": run["counts"]["stages"],
-            "stages_failed": run["counts"]["failed"],
-            "stages_crashed": run["counts"]["crashed"],
-            "failed_stage": failed[0]["stage"] if failed else None,
-            "error_type": error.get("type"),
-            "error_message": error.get("message"),
-            "dataset": run["dataset"],
-            "lsn": lsn,
-        }
+            "run_id": run["run_id"], "pipeline": run["pipeline"], "status": run["status"],
+            "host": run["host"], "pid": run["pid"], "start_time": run["start_ns"], "end_time": run["end_ns"],
+            "duration_ms": run["duration_ms"], "stages": counts["stages"], "stages_failed": counts["failed"],
+            "stages_crashed": counts["crashed"], "failed_stage": run["first_failed_stage"],
+            "error_type": first_error.get("type"), "error_message": first_error.get("message"),
+            "dataset": run["dataset"], "lsn": lsn,
+        }  # fmt: skip
 
     def _on_log(self, run: dict, event: Any, lsn: int) -> None:
-        run["counts"].setdefault("logs", 0)
-        run["counts"]["logs"] += 1
+        run["counts"]["logs"] = run["counts"].get("logs", 0) + 1
 
     def _on_sample_result(self, run: dict, event: Any, lsn: int) -> None:
-        run["counts"].setdefault("sample_results", 0)
-        run["counts"]["sample_results"] += 1
-
-    def _on_heartbeat(self, run: dict, event: Any, lsn: int) -> None:
-        return None
-
-    def _on_late(self, event: Any, lsn: int) -> None:
-        """An event for a run already closed and evicted: counted, its audit is final."""
-        if event.type != "heartbeat":
-            self.late_events += 1
+        run["counts"]["sample_results"] = run["counts"].get("sample_results", 0) + 1
 
     # -- what the daemon asks ------------------------------------------------------------
     def open_work(self) -> dict[str, set[str]]:
@@ -332,23 +244,23 @@ class Projector:
         for run_id, run in self.runs.items():
             if not run["complete"] and run["client_id"]:
                 work.setdefault(run["client_id"], set()).add(run_id)
-            for key in self.open_spans[run_id]:
-                work.setdefault(key.split(":", 1)[0], set()).add(run_id)
+            for entry in run["open"].values():
+                work.setdefault(entry["client_id"], set()).add(run_id)
         return work
 
-    def take_rows(self) -> tuple[list[dict], list[dict]]:
-        rows = (self.stage_rows, self.run_rows)
-        self.stage_rows, self.run_rows = [], []
-        return rows
+    def take_output(self) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+        """Rows for both tables and ended stages per run, produced since the last call."""
+        output = (self.stage_rows, self.run_rows, self.stage_lines)
+        self.stage_rows, self.run_rows, self.stage_lines = [], [], {}
+        return output
 
     def finished_runs(self) -> list[str]:
         """Runs that are complete with nothing running."""
-        return [r for r, run in self.runs.items() if run["complete"] and not self.open_spans[r]]
+        return [r for r, run in self.runs.items() if run["complete"] and not run["open"]]
 
     def evict(self, run_ids: list[str]) -> None:
         """Forget finished runs (their audit is on disk); later events for them are late."""
         for run_id in run_ids:
             self.closed[run_id] = self.runs.pop(run_id)["pipeline"]
-            del self.spans[run_id], self.open_spans[run_id]
         while len(self.closed) > MAX_CLOSED_RUNS:
             del self.closed[next(iter(self.closed))]

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 from loguru import logger
 
@@ -62,6 +63,7 @@ class DaemonStats:
     spool_events: int = 0
     clients_lost: int = 0
     write_errors: int = 0
+    internal_errors: int = 0
     replayed: int = 0
     recovery: dict[str, Any] = field(default_factory=dict)
 
@@ -229,22 +231,29 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
-        settings = self.settings
-        next_flush = next_liveness = time.monotonic()
-        next_spool_scan = next_flush + settings.spool_scan_interval_s
+        settings, now = self.settings, time.monotonic()
+        periodic = [  # (action, interval in s, next due time)
+            [self.flush, settings.flush_interval_s, now],
+            [lambda: self.check_liveness(time.monotonic()), 1.0, now],
+            [self.ingest_spools, settings.spool_scan_interval_s, now + settings.spool_scan_interval_s],
+        ]
         while not self._stopping:
-            if self.router.poll(100, zmq.POLLIN):
-                self._ingest_socket()
-            now = time.monotonic()
-            if now >= next_flush or len(self.projector.stage_rows) > 100_000:
-                self.flush()
-                next_flush = now + settings.flush_interval_s
-            if now >= next_liveness:
-                self.check_liveness(now)
-                next_liveness = now + 1.0
-            if now >= next_spool_scan:
-                self.ingest_spools()
-                next_spool_scan = now + settings.spool_scan_interval_s
+            try:
+                self._turn(periodic)
+            except Exception:  # a bug must not take the daemon down: log it, count it, go on
+                self.stats.internal_errors += 1
+                logger.exception("internal error in the daemon loop (it keeps running)")
+                time.sleep(0.1)
+
+    def _turn(self, periodic: list[list[Any]]) -> None:
+        if self.router.poll(100, zmq.POLLIN):
+            self._ingest_socket()
+        now = time.monotonic()
+        for task in periodic:
+            action, interval_s, due = task
+            if now >= due:
+                task[2] = now + interval_s  # first, so a failing action does not spin
+                action()
 
     def _ingest_socket(self) -> None:
         group, now = _Group(), time.monotonic()
@@ -304,11 +313,12 @@ class Daemon:
         return True
 
     def _publish(self, group: _Group) -> None:
-        """Forward events to live-feed subscribers; a slow subscriber just misses some."""
-        for payload, event in zip(group.payloads, group.events, strict=True):
-            if event.type != "heartbeat":
-                with contextlib.suppress(zmq.ZMQError):
-                    self.live.send_multipart([event.type.encode(), payload], zmq.NOBLOCK)
+        """Forward the group to live-feed subscribers as one message: [b"events", msgpack
+        list of packed events]. A slow subscriber misses messages; ingest never waits."""
+        payloads = [p for p, e in zip(group.payloads, group.events, strict=True) if e.type != "heartbeat"]
+        if payloads:
+            with contextlib.suppress(zmq.ZMQError):
+                self.live.send_multipart([b"events", msgpack.packb(payloads, use_bin_type=True)], zmq.NOBLOCK)
 
     # -- spools, liveness, quarantine ----------------------------------------------------
     def ingest_spools(self) -> None:
@@ -393,20 +403,33 @@ class Daemon:
         rewritten as often as their cost allows (CostThrottle); a finished run's audit trail
         is written at once, and everything is written on shutdown (`final`).
         """
-        stage_rows, run_rows = self.projector.take_rows()
         try:
-            if stage_rows:
-                self.store.write_rows("stage_executions", stage_rows)
-            if run_rows:
-                self.store.write_rows("runs", run_rows)
+            self._write_output()
             self._write_audits(final)
             self._evict_finished_runs()
             self._write_checkpoint(final)
             self._write_status()
         except OSError as error:
             self.stats.write_errors += 1
-            self.projector.stage_rows[:0], self.projector.run_rows[:0] = stage_rows, run_rows
             logger.error("cannot write read models ({}); will retry", error)
+
+    def _write_output(self) -> None:
+        """Append ended stages and table rows; what fails stays queued for the next flush."""
+        projector = self.projector
+        stage_rows, run_rows, stage_lines = projector.take_output()
+        try:
+            for run_id in list(stage_lines):
+                self.store.append_stage_lines(projector.runs[run_id], stage_lines[run_id])
+                del stage_lines[run_id]
+            for table, rows in (("stage_executions", stage_rows), ("runs", run_rows)):
+                if rows:
+                    self.store.write_rows(table, rows)
+                    rows.clear()
+        except OSError:
+            projector.stage_rows[:0], projector.run_rows[:0] = stage_rows, run_rows
+            for run_id, entries in stage_lines.items():
+                projector.stage_lines.setdefault(run_id, [])[:0] = entries
+            raise
 
     def _write_audits(self, final: bool) -> None:
         now = time.monotonic()

@@ -83,6 +83,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     os.replace(temporary, path)
 
 
+def _json(value: Any) -> bytes:
+    # Compact: json's C encoder only runs without indent (about 10x faster).
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
 def _date_of(ns: int | None) -> str:
     return _date_of_day((ns or 0) // NS_PER_DAY)
 
@@ -135,9 +140,38 @@ class Store:
     def audit_path(self, run_id: str) -> Path:
         return self.home / "runs" / run_id / "audit.json"
 
+    def stages_path(self, run_id: str) -> Path:
+        return self.home / "runs" / run_id / "stages.jsonl"
+
+    def append_stage_lines(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        """Append ended stages to the run's stages.jsonl, after what its state accounts for.
+
+        Cutting the file back to `stages_bytes` first drops lines a crashed daemon wrote
+        after its last checkpoint: replaying the log appends them again, exactly once.
+        """
+        path = self.stages_path(run["run_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(_json(entry) + b"\n" for entry in entries)
+        with open(path, "ab") as handle:
+            handle.truncate(run["stages_bytes"])
+            handle.write(data)
+        run["stages_bytes"] += len(data)
+
     def write_audit(self, run: dict[str, Any]) -> None:
-        # Compact: json's C encoder only runs without indent (about 10x faster on big trails).
-        atomic_write(self.audit_path(run["run_id"]), json.dumps(run, separators=(",", ":"), default=str).encode())
+        """audit.json: the run's summary with every stage, ended (from stages.jsonl) then running.
+
+        The ended stages are spliced in as bytes, so rewriting a long run's trail costs a
+        file copy, not a re-encoding of every stage.
+        """
+        summary = {key: value for key, value in run.items() if key not in ("open", "ended", "stages_bytes")}
+        summary["counts"] = {**run["counts"], "running": len(run["open"])}
+        with open(self.stages_path(run["run_id"]), "ab+") as handle:
+            handle.seek(0)
+            ended = handle.read(run["stages_bytes"])
+        stages = [ended.rstrip(b"\n").replace(b"\n", b",")] if ended else []
+        stages += [_json(entry) for entry in run["open"].values()]
+        document = _json(summary)[:-1] + b',"stages":[' + b",".join(stages) + b"]}"
+        atomic_write(self.audit_path(run["run_id"]), document)
 
     # -- checkpoint ----------------------------------------------------------------------
     def write_checkpoint(self, state: dict[str, Any]) -> None:

@@ -104,6 +104,39 @@ for i in range(20000):
     table = wait_for(lambda: (t := read_table(daemon.home, "stage_executions")).num_rows >= 20000 and t)
     assert table.num_rows == 20000
     assert len(set(table["sample_id"].to_pylist())) == 20000
+    assert len(audit["stages"]) == 20000  # stages.jsonl cut back and re-appended, never doubled
+    lines = (daemon.home / "runs" / run_id / "stages.jsonl").read_text().splitlines()
+    assert len(lines) == 20000
+
+
+def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
+    import threading
+
+    from stagewatch.daemon._server import Daemon, DaemonSettings
+
+    daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock",
+                                   live_endpoint=f"ipc://{home}/run/live.sock"))
+    daemon._take_lock()
+    daemon.recover()
+    daemon._bind()
+    turns = []
+
+    def flaky_flush(final: bool = False) -> None:
+        turns.append(final)
+        if len(turns) == 1:
+            raise RuntimeError("a bug")
+
+    daemon.flush = flaky_flush
+    daemon.settings = DaemonSettings(home=home, endpoint=daemon.settings.endpoint,
+                                     live_endpoint=daemon.settings.live_endpoint, flush_interval_s=0.05)
+    thread = threading.Thread(target=daemon._loop)
+    thread.start()
+    wait_for(lambda: len(turns) >= 3)
+    daemon.stop()
+    thread.join(10)
+    assert daemon.stats.internal_errors == 1
+    daemon.router.close(0)
+    daemon.live.close(0)
 
 
 def test_forked_workers_are_attributed_to_the_run(daemon: DaemonProcess) -> None:

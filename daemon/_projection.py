@@ -14,6 +14,7 @@ its summary, errors and *open* stages; a stage that ends leaves as an audit line
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,7 +48,7 @@ def _new_run(run_id: str) -> dict[str, Any]:
         "errors": [], "errors_dropped": 0, "first_failed_stage": None,
         "start_ns": None, "end_ns": None, "last_lsn": -1,
         "open": {},  # "client:span" -> stage entry, for stages still running
-        "ended": {},  # "client:span" -> None for the most recently ended stages (an ordered set)
+        "ended": OrderedDict(),  # "client:span" -> None: the most recently ended stages
         "stages_bytes": 0,  # how much of stages.jsonl this state accounts for
     }  # fmt: skip
 
@@ -72,7 +73,7 @@ class Projector:
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
-        self.closed: dict[str, str | None] = {}  # evicted finished runs -> pipeline
+        self.closed: OrderedDict[str, str | None] = OrderedDict()  # evicted finished runs -> pipeline
         self.late_events = 0
         self.stage_rows: list[dict[str, Any]] = []
         self.run_rows: list[dict[str, Any]] = []
@@ -87,7 +88,9 @@ class Projector:
     def from_state(cls, state: dict[str, Any]) -> Projector:
         projector = cls()
         projector.runs = state.get("runs", {})
-        projector.closed = state.get("closed", {})
+        for run in projector.runs.values():
+            run["ended"] = OrderedDict(run["ended"])
+        projector.closed = OrderedDict(state.get("closed", {}))
         projector.late_events = state.get("late_events", 0)
         return projector
 
@@ -151,7 +154,7 @@ class Projector:
         ended = run["ended"]
         ended[key] = None
         if len(ended) > RECENTLY_ENDED:
-            del ended[next(iter(ended))]
+            ended.popitem(last=False)  # O(1); next(iter(dict)) degrades as the front empties
         run["counts"][entry["status"]] += 1
         if entry["error"] is not None:
             self._record_error(run, entry, end_ns)
@@ -263,4 +266,4 @@ class Projector:
         for run_id in run_ids:
             self.closed[run_id] = self.runs.pop(run_id)["pipeline"]
         while len(self.closed) > MAX_CLOSED_RUNS:
-            del self.closed[next(iter(self.closed))]
+            self.closed.popitem(last=False)

@@ -224,20 +224,14 @@ class Stage:
         process.sender.emit(self._end_event)
 
     def _start_event(self) -> dict | None:
-        if self._end_ts:
-            return None
+        return None if self._end_ts else self._event("stage_started", self._ts)
+
+    def _event(self, event_type: str, ts_ns: int) -> dict:
         return {
-            "v": EVENT_VERSION,
-            "type": "stage_started",
-            "client_id": self._client,
-            "ts_ns": self._ts,
-            "run_id": self.run.id,
-            "stage": self.name,
-            "span": self.span,
-            "parent_span": self._parent,
-            "sample_id": self.sample_id,
-            "input_path": self.input_path,
-        }
+            "v": EVENT_VERSION, "type": event_type, "client_id": self._client, "ts_ns": ts_ns,
+            "run_id": self.run.id, "stage": self.name, "span": self.span, "parent_span": self._parent,
+            "sample_id": self.sample_id, "input_path": self.input_path,
+        }  # fmt: skip
 
     def _end_event(self) -> dict:
         rss_start = rss_peak = rss_end = None
@@ -245,25 +239,16 @@ class Stage:
             start = self._rss[1]
             rss_start, rss_end = start / BYTES_PER_MB, self._rss_end / BYTES_PER_MB
             rss_peak = max(self._rss_peak, self._rss_end, start) / BYTES_PER_MB
-        event = {
-            "v": EVENT_VERSION,
-            "type": "stage_finished",
-            "client_id": self._client,
-            "ts_ns": self._end_ts,
-            "run_id": self.run.id,
-            "stage": self.name,
-            "span": self.span,
-            "parent_span": self._parent,
-            "sample_id": self.sample_id,
-            "input_path": self.input_path,
-            "output_paths": self.outputs,
-            "start_ts_ns": self._ts,
-            "duration_ms": self._elapsed_ns / 1e6,
-            "rss_start_mb": rss_start,
-            "rss_peak_mb": rss_peak,
-            "rss_end_mb": rss_end,
-            "gpu_peak_mb": self._gpu_peak,
-        }
+        event = self._event("stage_finished", self._end_ts)
+        event.update(
+            output_paths=self.outputs,
+            start_ts_ns=self._ts,
+            duration_ms=self._elapsed_ns / 1e6,
+            rss_start_mb=rss_start,
+            rss_peak_mb=rss_peak,
+            rss_end_mb=rss_end,
+            gpu_peak_mb=self._gpu_peak,
+        )
         if self._error is not None:
             event["type"] = "stage_failed"
             event["error_type"], event["error_message"], event["traceback"] = self._error

@@ -108,29 +108,48 @@ def resolve_run_id(home: Path, prefix: str) -> str:
 
 
 def load_audit(home: Path, run_id: str) -> dict[str, Any]:
-    """The run's audit trail; `problems` lists what is missing or damaged, if anything."""
-    path = home / "runs" / run_id / "audit.json"
+    """The run's audit trail; `problems` lists what is missing or damaged, if anything.
+
+    If audit.json is missing or damaged, the ended stages still come from stages.jsonl
+    (whose damaged lines are skipped and counted).
+    """
+    folder = home / "runs" / run_id
     try:
-        audit = json.loads(path.read_text())
+        audit = json.loads((folder / "audit.json").read_text())
+        audit["problems"] = []
     except FileNotFoundError:
-        return {
-            "run_id": run_id,
-            "status": "unknown",
-            "complete": False,
-            "stages": [],
-            "errors": [],
-            "problems": [f"{path} is missing (the daemon has not written it yet, or it was deleted)"],
-        }
+        audit = _unreadable(run_id, f"{folder / 'audit.json'} is missing (not written yet, or deleted)")
     except (ValueError, UnicodeDecodeError) as error:
-        return {
-            "run_id": run_id,
-            "status": "unknown",
-            "complete": False,
-            "stages": [],
-            "errors": [],
-            "problems": [f"{path} is damaged ({error}); `stagewatch rebuild` regenerates it"],
-        }
-    audit.setdefault("problems", [])
+        audit = _unreadable(run_id, f"{folder / 'audit.json'} is damaged ({error})")
+    if audit["status"] == "unknown":
+        audit["stages"] = _read_stage_lines(folder / "stages.jsonl", audit["problems"])
+        audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
     if not audit.get("complete"):
         audit["problems"].append("the run has not finished (or its end was never recorded)")
     return audit
+
+
+def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
+    return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [],
+            "problems": [problem]}  # fmt: skip
+
+
+def _read_stage_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    stages, damaged = [], 0
+    for line in lines:
+        try:
+            stages.append(json.loads(line))
+        except ValueError:
+            damaged += 1
+    problems.append(f"stages recovered from {path}" + (f" ({damaged} damaged lines skipped)" if damaged else ""))
+    return stages
+
+
+def _error_of(stage: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": stage.get("stage"), "span": stage.get("span"), "sample_id": stage.get("sample_id"),
+            "type": stage["error"].get("type"), "message": stage["error"].get("message"),
+            "at": stage.get("finished_at"), "input_path": stage.get("input_path")}  # fmt: skip

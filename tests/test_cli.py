@@ -71,3 +71,19 @@ def test_runs_on_an_empty_home_says_so(home: Path) -> None:
 def test_a_second_daemon_on_the_same_home_is_refused(daemon: DaemonProcess) -> None:
     second = sw("daemon", "--home", str(daemon.home), timeout_s=30)
     assert second.returncode == 1 and "another stagewatch daemon is running" in second.stderr
+
+
+def test_show_survives_a_damaged_audit_and_marks_the_run_incomplete(daemon: DaemonProcess) -> None:
+    with stagewatch.init(pipeline="p", home=daemon.home) as run:
+        for i in range(3):
+            with run.stage("detection", sample_id=f"s{i}"):
+                pass
+    daemon.audit(run.id)
+    daemon.stop()
+    audit_path = daemon.home / "runs" / run.id / "audit.json"
+    audit_path.write_text(audit_path.read_text()[:100])  # truncated by hand
+    shown = sw("show", run.id, "--home", str(daemon.home))
+    assert shown.returncode == 0
+    assert "INCOMPLETE" in shown.stdout and "damaged" in shown.stdout
+    full = json.loads(sw("show", run.id, "--home", str(daemon.home), "--json").stdout)
+    assert [s["sample_id"] for s in full["stages"]] == ["s0", "s1", "s2"]

@@ -114,8 +114,9 @@ def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
 
     from stagewatch.daemon._server import Daemon, DaemonSettings
 
-    daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock",
-                                   live_endpoint=f"ipc://{home}/run/live.sock"))
+    daemon = Daemon(
+        DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock")
+    )
     daemon._take_lock()
     daemon.recover()
     daemon._bind()
@@ -127,8 +128,9 @@ def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
             raise RuntimeError("a bug")
 
     daemon.flush = flaky_flush
-    daemon.settings = DaemonSettings(home=home, endpoint=daemon.settings.endpoint,
-                                     live_endpoint=daemon.settings.live_endpoint, flush_interval_s=0.05)
+    daemon.settings = DaemonSettings(
+        home=home, endpoint=daemon.settings.endpoint, live_endpoint=daemon.settings.live_endpoint, flush_interval_s=0.05
+    )
     thread = threading.Thread(target=daemon._loop)
     thread.start()
     wait_for(lambda: len(turns) >= 3)

@@ -224,3 +224,24 @@ def test_sigterm_flushes_and_exits_cleanly(daemon: DaemonProcess) -> None:
     audit = json.loads((daemon.home / "runs" / run.id / "audit.json").read_text())
     assert audit["counts"]["stages"] == 1
     assert not (daemon.home / "run" / "ingest.sock").exists()
+
+
+def test_the_audit_trail_is_readable_mid_run(daemon: DaemonProcess) -> None:
+    run = stagewatch.init(pipeline="perception", home=daemon.home)
+    with run.stage("preprocessing", sample_id="f0"):
+        pass
+    stage = run.stage("detection", sample_id="f1")
+    stage.__enter__()  # a stage still running
+    assert run.flush(10)
+
+    def both_visible():
+        audit = daemon.audit(run.id, complete=False)
+        return audit if len(audit["stages"]) == 2 else None
+
+    audit = wait_for(both_visible)
+    assert audit["status"] == "running" and not audit["complete"]
+    assert [(s["stage"], s["status"]) for s in audit["stages"]] == [("preprocessing", "ok"), ("detection", "running")]
+    assert audit["counts"]["running"] == 1
+    stage.__exit__(None, None, None)
+    run.finish()
+    assert [s["status"] for s in daemon.audit(run.id)["stages"]] == ["ok", "ok"]

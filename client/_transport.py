@@ -56,6 +56,8 @@ class SenderStats:
     spooled_events: int = 0
     batches_sent: int = 0
     internal_errors: int = 0
+    spool_errors: int = 0
+    lost_at_exit: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -81,6 +83,7 @@ class Sender:
         self._batch_numbers = itertools.count(1)
         self._spool_numbers = itertools.count(1)
         self._inflight: dict[int, _Inflight] = {}
+        self._held: collections.deque[list[bytes]] = collections.deque()  # refused by the disk
         self._spool: SpoolFile | None = None
         self._read_offset = 0
         self._acked_offset = 0
@@ -154,12 +157,12 @@ class Sender:
                 self._spool_queue()
                 self._drain_spool(now)
             self._check_ack_timeout(now)
-            done = not self._queue and not self._inflight and self._spool is None
+            done = not self._queue and not self._inflight and not self._held and self._spool is None
             if done or (self._spool is not None and not self._queue and not self._inflight):
                 self._idle.set()
             if self._closing:
                 # Everything is on disk and the daemon does not answer: no point waiting.
-                parked = self._spool is not None and self._unreachable and not self._queue
+                parked = self._spool is not None and self._unreachable and not (self._queue or self._held)
                 return done or parked or now >= self._close_deadline
         except Exception as error:
             self._count_internal_error(error)
@@ -225,10 +228,12 @@ class Sender:
         return True
 
     def _send_queue(self, now: float) -> None:
-        while self._queue and len(self._inflight) < self._settings.window_batches:
+        if self._held and now < self._next_probe:
+            return  # the disk refused them a moment ago: retry at the next probe
+        while (self._held or self._queue) and len(self._inflight) < self._settings.window_batches:
             if now < self._connect_deadline and not self._connected():
                 return  # still connecting: the events wait in the queue
-            payloads = self._take_batch()
+            payloads = self._held.popleft() if self._held else self._take_batch()
             if not self._send(payloads, None):
                 self._start_spooling(payloads, now)
                 return
@@ -238,12 +243,36 @@ class Sender:
         return bool(self._socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
 
     def _start_spooling(self, unsent: list[bytes], now: float) -> None:
-        self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
-        self._read_offset = self._acked_offset = 0
+        """Move what is unacknowledged (in order) and `unsent` to a new spool file."""
+        batches = [batch.payloads for batch in self._inflight.values() if batch.spool_end is None]
+        batches += [*self._held, unsent] if unsent else list(self._held)
+        self._inflight = {n: b for n, b in self._inflight.items() if b.spool_end is not None}
+        self._held.clear()
         self._unreachable = True
         self._next_probe = now + self._settings.probe_interval_s
-        self._spill_inflight()
-        self._append_to_spool(unsent)
+        if self._spool is None:
+            try:
+                self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+            except OSError as error:
+                self._disk_refused(error, batches)
+                return
+            self._read_offset = self._acked_offset = 0
+        self._spool_batches(batches)
+
+    def _spool_batches(self, batches: list[list[bytes]]) -> None:
+        """Append batches to the spool; what the disk refuses stays in memory, in order."""
+        for index, payloads in enumerate(batches):
+            try:
+                self._append_to_spool(payloads)
+            except OSError as error:
+                self._disk_refused(error, batches[index:])
+                return
+
+    def _disk_refused(self, error: OSError, batches: list[list[bytes]]) -> None:
+        self.stats.spool_errors += 1
+        if self.stats.spool_errors == 1:
+            _log.warning("stagewatch cannot spool to %s (%s); events stay in memory", self._spool_dir, error)
+        self._held.extend(payloads for payloads in batches if payloads)
 
     def _append_to_spool(self, payloads: list[bytes]) -> None:
         if payloads and self._spool is not None:
@@ -251,17 +280,21 @@ class Sender:
             self.stats.spooled_events += len(payloads)
 
     def _spill_inflight(self) -> None:
-        """Move batches sent live but not acknowledged into the spool, in order."""
-        live = [batch for batch in self._inflight.values() if batch.spool_end is None]
-        if live and self._spool is None:
-            self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
-        for batch in live:
-            self._append_to_spool(batch.payloads)
+        """At the end: whatever is unacknowledged goes to the spool (or is counted as lost)."""
+        if any(batch.spool_end is None for batch in self._inflight.values()) or self._held:
+            self._start_spooling([], time.monotonic())
         self._inflight.clear()
+        if self._held:
+            self.stats.lost_at_exit += sum(len(payloads) for payloads in self._held)
+            _log.warning("stagewatch: %d events could not be delivered or spooled", self.stats.lost_at_exit)
 
     def _spool_queue(self) -> None:
-        while self._queue:
-            self._append_to_spool(self._take_batch())
+        if self._held:  # the disk refused these: they go first, or nothing goes
+            held = list(self._held)
+            self._held.clear()
+            self._spool_batches(held)
+        while self._queue and not self._held:
+            self._spool_batches([self._take_batch()])
 
     def _drain_spool(self, now: float) -> None:
         spool = self._spool

@@ -118,6 +118,7 @@ class Daemon:
         self._last_seen: dict[str, float] = {}
         self._finished_at: dict[str, float] = {}
         self._throttle = CostThrottle()
+        self._next_write_error_log = 0.0
         self._stopping = False
         self._lock_fd: int | None = None
         self._context = zmq.Context()
@@ -299,8 +300,7 @@ class Daemon:
                 lsns = self.log.append(group.payloads)
                 self.log.sync()
             except OSError as error:
-                self.stats.write_errors += 1
-                logger.error("cannot write the event log ({}); batches stay unacknowledged", error)
+                self._write_error("cannot write the event log ({}); batches stay unacknowledged", error)
                 return False
             for event, lsn in zip(group.events, lsns, strict=True):
                 self.dedup.mark(event.client_id, event.seq)
@@ -391,8 +391,7 @@ class Daemon:
             with open(path, "a") as handle:
                 handle.write("\n".join(lines) + "\n")
         except OSError as error:
-            self.stats.write_errors += 1
-            logger.error("cannot write the quarantine file: {}", error)
+            self._write_error("cannot write the quarantine file: {}", error)
         logger.warning("quarantined {} invalid event(s); first: {}", len(rejected), rejected[0].reason)
 
     # -- read models ---------------------------------------------------------------------
@@ -410,8 +409,7 @@ class Daemon:
             self._write_checkpoint(final)
             self._write_status()
         except OSError as error:
-            self.stats.write_errors += 1
-            logger.error("cannot write read models ({}); will retry", error)
+            self._write_error("cannot write read models ({}); will retry", error)
 
     def _write_output(self) -> None:
         """Append ended stages and table rows; what fails stays queued for the next flush."""
@@ -481,6 +479,15 @@ class Daemon:
             "late_events": self.projector.late_events,
         }
         atomic_write(self.home / "state" / "status.json", json.dumps(status, indent=1).encode())
+
+    def _write_error(self, message: str, error: OSError) -> None:
+        """Count a refused write; say so at once, then at most every 10 s (a full disk
+        refuses every retry, and the log file may be on that disk too)."""
+        self.stats.write_errors += 1
+        now = time.monotonic()
+        if now >= self._next_write_error_log:
+            self._next_write_error_log = now + 10.0
+            logger.error(message + " [{} refused writes so far]", error, self.stats.write_errors)
 
     def _stats_line(self) -> str:
         s = self.stats

@@ -62,6 +62,8 @@ class DaemonProcess:
         return self.home / "run" / "ingest.sock"
 
     def start(self) -> DaemonProcess:
+        """Start the daemon and wait until this process has recovered and listens."""
+        self.socket_path.unlink(missing_ok=True)  # a killed daemon leaves its socket file
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [

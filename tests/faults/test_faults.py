@@ -1,0 +1,187 @@
+"""The fault-injection suite: each scenario is bounded, uses loopback ipc only, and ends
+with exact counts (emitted, in the log, in the read models, duplicates, lost).
+
+Short by default (CI); STAGEWATCH_FAULTS_LONG=1 runs the long version from
+docs/reliability.md. Run alone with: python -m pytest tests/faults -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DaemonProcess, wait_for
+from tests.faults.tally import LONG, run_id_of, start_pipeline, tally
+
+
+def _finish(pipeline: subprocess.Popen[str], timeout_s: float = 300) -> dict:
+    assert pipeline.wait(timeout_s) == 0
+    return json.loads(pipeline.stdout.readline())
+
+
+def _all_projected(daemon: DaemonProcess, run_id: str, stages: int, timeout_s: float = 120) -> dict:
+    def done():
+        audit = daemon.audit(run_id, complete=False)
+        return audit if audit["counts"]["stages"] >= stages and audit["complete"] else None
+
+    return wait_for(done, timeout_s)
+
+
+def test_kill_9_of_the_daemon_during_a_stream_loses_and_duplicates_nothing(daemon: DaemonProcess) -> None:
+    stages, kills = (120_000, 10) if LONG else (20_000, 3)
+    pipeline = start_pipeline(daemon.home, stages, pause_every=50)
+    run_id = run_id_of(pipeline)
+    rng = random.Random(7)
+    recoveries = []
+    for _ in range(kills):
+        time.sleep(rng.uniform(0.2, 0.8))
+        daemon.kill()
+        started = time.monotonic()
+        daemon.start()
+        recoveries.append(time.monotonic() - started)
+    result = _finish(pipeline)
+    _all_projected(daemon, run_id, stages)
+    counts = tally("kill -9 daemon x%d" % kills, daemon.home, run_id, result["stages"])
+    counts.report(median_restart_s=round(sorted(recoveries)[len(recoveries) // 2], 2))
+    assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    assert counts.in_log == counts.in_read_model == stages
+
+
+def test_no_daemon_for_the_whole_run_then_a_daemon_starts(home: Path) -> None:
+    stages = 50_000 if LONG else 5_000
+    pipeline = start_pipeline(home, stages)
+    run_id = run_id_of(pipeline)
+    result = _finish(pipeline)
+    assert result["shutdown_s"] < 2.0  # nobody waits for an absent daemon
+    daemon = DaemonProcess(home).start()
+    try:
+        _all_projected(daemon, run_id, stages)
+        counts = tally("no daemon, started afterwards", home, run_id, result["stages"])
+        counts.report()
+        assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    finally:
+        daemon.stop()
+
+
+def test_daemon_stopped_halfway_and_started_after_the_run(home: Path) -> None:
+    stages = 60_000 if LONG else 10_000
+    daemon = DaemonProcess(home).start()
+    pipeline = start_pipeline(home, stages, pause_every=20)
+    run_id = run_id_of(pipeline)
+    wait_for(lambda: daemon.status().get("stats", {}).get("accepted", 0) > stages // 10)
+    assert daemon.stop() == 0
+    result = _finish(pipeline)
+    daemon.start()
+    try:
+        _all_projected(daemon, run_id, stages)
+        counts = tally("daemon stopped halfway", home, run_id, result["stages"])
+        counts.report()
+        assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    finally:
+        daemon.stop()
+
+
+def test_the_pipeline_killed_mid_run_keeps_what_it_recorded(daemon: DaemonProcess) -> None:
+    pipeline = start_pipeline(daemon.home, 10_000_000, pause_every=100)
+    run_id = run_id_of(pipeline)
+    wait_for(lambda: daemon.status().get("stats", {}).get("accepted", 0) > 2_000)
+    pipeline.kill()
+    pipeline.wait(30)
+    audit = wait_for(lambda: (a := daemon.audit(run_id, complete=False))["complete"] and a, 60)
+    assert audit["status"] == "crashed"
+    counts = tally("pipeline killed mid-run", daemon.home, run_id, emitted=audit["counts"]["ok"])
+    counts.report(run_status=audit["status"])
+    assert counts.in_log == counts.in_read_model == audit["counts"]["ok"]
+    assert (counts.log_duplicates, counts.read_model_duplicates) == (0, 0)
+
+
+@pytest.mark.parametrize("damage", ["torn_tail", "flipped_bytes", "zero_tail", "missing_segment"])
+def test_event_log_damage_is_recovered_counted_and_reported(home: Path, damage: str) -> None:
+    from stagewatch.daemon._eventlog import EventLog
+
+    # Small segments so a missing segment is one of several.
+    log = EventLog(home / "events", segment_bytes=4096)
+    log.open()
+    payloads = [json.dumps({"n": i}).encode() * 4 for i in range(400)]
+    for i in range(0, 400, 10):
+        log.append(payloads[i : i + 10])
+    log.close()
+    segments = log.segments()
+    last = segments[-1][1]
+    if damage == "torn_tail":
+        with open(last, "ab") as handle:
+            handle.write(b"\x40\x00\x00\x00\x01\x02")
+    elif damage == "zero_tail":
+        with open(last, "ab") as handle:
+            handle.write(b"\0" * 8192)
+    elif damage == "flipped_bytes":
+        middle = segments[len(segments) // 2][1]
+        data = bytearray(middle.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        middle.write_bytes(bytes(data))
+    else:
+        segments[len(segments) // 2][1].unlink()
+    daemon = DaemonProcess(home).start()
+    try:
+        recovery = wait_for(lambda: daemon.status().get("stats"), 30)["recovery"]
+        found = {"torn_tail": recovery["truncated_bytes"] == 6,
+                 "zero_tail": recovery["truncated_bytes"] == 8192,
+                 "flipped_bytes": recovery["replay_corrupt_regions"] == 1,
+                 "missing_segment": len(recovery["missing_ranges"]) == 1}  # fmt: skip
+        assert found[damage], recovery
+        intact = sum(1 for _ in EventLog(home / "events").read())
+        expected = {"torn_tail": 400, "zero_tail": 400, "flipped_bytes": 399}.get(damage)
+        assert expected is None or intact == expected
+        print(f"\nFAULTS {json.dumps({'scenario': f'event log: {damage}', 'intact_records': intact, **recovery})}")
+        assert "event log recovery" in daemon.log()  # said, not silent
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 24 MiB tmpfs as the home: a real full disk, not a simulated one."""
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full scenario mounts a tmpfs and needs root (CI runs as root)")
+    mount = Path(tempfile.mkdtemp(prefix="sw-full-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def test_a_full_disk_refuses_writes_keeps_events_and_delivers_after_space_is_freed(small_disk: Path) -> None:
+    stages = 3_000
+    daemon = DaemonProcess(small_disk).start()
+    filler = small_disk / "filler"
+    try:
+        with open(filler, "wb") as handle:  # fill the disk to the last byte
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+            except OSError:
+                pass
+        pipeline = start_pipeline(small_disk, stages, pause_every=10)
+        run_id = run_id_of(pipeline)
+        time.sleep(6)  # the daemon cannot log; the client cannot spool: events wait in memory
+        assert "cannot write the event log" in daemon.log()
+        filler.unlink()
+        result = _finish(pipeline, timeout_s=120)
+        _all_projected(daemon, run_id, stages)
+        counts = tally("disk full, then freed", small_disk, run_id, result["stages"])
+        counts.report()
+        assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    finally:
+        if daemon.process is not None:
+            daemon.stop()

@@ -118,7 +118,7 @@ class Daemon:
         self._last_seen: dict[str, float] = {}
         self._finished_at: dict[str, float] = {}
         self._throttle = CostThrottle()
-        self._next_write_error_log = 0.0
+        self._next_write_error_log: dict[str, float] = {}  # per message
         self._stopping = False
         self._lock_fd: int | None = None
         self._context = zmq.Context()
@@ -485,8 +485,8 @@ class Daemon:
         refuses every retry, and the log file may be on that disk too)."""
         self.stats.write_errors += 1
         now = time.monotonic()
-        if now >= self._next_write_error_log:
-            self._next_write_error_log = now + 10.0
+        if now >= self._next_write_error_log.get(message, 0.0):
+            self._next_write_error_log[message] = now + 10.0
             logger.error(message + " [{} refused writes so far]", error, self.stats.write_errors)
 
     def _stats_line(self) -> str:

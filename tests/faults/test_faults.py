@@ -50,7 +50,7 @@ def test_kill_9_of_the_daemon_during_a_stream_loses_and_duplicates_nothing(daemo
         recoveries.append(time.monotonic() - started)
     result = _finish(pipeline)
     _all_projected(daemon, run_id, stages)
-    counts = tally("kill -9 daemon x%d" % kills, daemon.home, run_id, result["stages"])
+    counts = tally(f"kill -9 daemon x{kills}", daemon.home, run_id, result["stages"])
     counts.report(median_restart_s=round(sorted(recoveries)[len(recoveries) // 2], 2))
     assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
     assert counts.in_log == counts.in_read_model == stages

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import zmq
 
+from stagewatch._curve import configure_client
 from stagewatch._spool import SpoolFile
 from stagewatch._wire import pack_batch, pack_event, unpack_ack
 
@@ -126,6 +127,15 @@ class Sender:
         socket.setsockopt(zmq.IMMEDIATE, 1)  # fail fast instead of queueing for no peer
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, self._settings.window_batches * 2)
+        try:
+            if not configure_client(socket, self._endpoint):
+                _log.warning(
+                    "stagewatch: %s needs CURVE keys (STAGEWATCH_CURVE_SERVER_KEY and "
+                    "STAGEWATCH_CURVE_CLIENT_KEY); events are spooled",
+                    self._endpoint,
+                )
+        except (OSError, ValueError) as error:
+            _log.warning("stagewatch: cannot load CURVE keys (%s); events are spooled", error)
         socket.connect(self._endpoint)
         self._socket = socket
         # While connecting, IMMEDIATE refuses sends as if no daemon were there. Wait a little

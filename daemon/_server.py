@@ -26,6 +26,7 @@ import zmq
 from loguru import logger
 
 from stagewatch._config import check_endpoint, spool_dir
+from stagewatch._curve import authorized_dir, server_secret_file
 from stagewatch._spool import claim_spool_files
 from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
 from stagewatch.daemon._dedup import Deduplicator
@@ -168,6 +169,8 @@ class Daemon:
                 folder.mkdir(parents=True, exist_ok=True)
                 folder.chmod(0o700)  # only the owner may connect
         self.router = self._context.socket(zmq.ROUTER)
+        if self.settings.endpoint.startswith("tcp://"):
+            self._require_curve(self.router)
         self.router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes)
         self.router.setsockopt(zmq.RCVHWM, 10_000)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -177,6 +180,22 @@ class Daemon:
         self.live.setsockopt(zmq.LINGER, 0)
         self.live.bind(self.settings.live_endpoint)
 
+    def _require_curve(self, router: zmq.Socket) -> None:
+        """TCP is served with CURVE only: clients whose public key is not authorized are refused."""
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        secret_file = server_secret_file(self.home)
+        if not secret_file.exists():
+            raise ValueError(f"a TCP endpoint needs CURVE keys: run `stagewatch keys init --home {self.home}`")
+        self._authenticator = ThreadAuthenticator(self._context)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=str(authorized_dir(self.home)))
+        public, secret = zmq.auth.load_certificate(str(secret_file))
+        router.curve_server = True
+        router.curve_publickey = public
+        router.curve_secretkey = secret
+
     def _close(self) -> None:
         with contextlib.suppress(Exception):
             self.flush(final=True)
@@ -184,6 +203,8 @@ class Daemon:
         for name in ("router", "live"):
             if hasattr(self, name):
                 getattr(self, name).close(0)
+        if getattr(self, "_authenticator", None) is not None:
+            self._authenticator.stop()
         self._context.term()
         for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
             if endpoint.startswith("ipc://"):  # a stale socket file would look like a daemon

@@ -57,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print JSON")
     runs.set_defaults(handler=cmd_runs)
 
+    keys = commands.add_parser("keys", help="CURVE keys for a TCP ingest endpoint")
+    common = argparse.ArgumentParser(add_help=False)
+    _home_options(common, endpoint=False)
+    common.add_argument("--json", action="store_true", help="print JSON")
+    keys_actions = keys.add_subparsers(dest="action", required=True)
+    keys_actions.add_parser("init", parents=[common], help="create the daemon's key pair")
+    add = keys_actions.add_parser("add", parents=[common], help="create and authorize a client key pair")
+    add.add_argument("name", help="a name for the client (letters, digits, '_', '-', '.')")
+    keys_actions.add_parser("list", parents=[common], help="list the daemon's public key and the authorized clients")
+    keys.set_defaults(handler=cmd_keys)
+
     show = commands.add_parser("show", help="show a run's audit trail")
     _home_options(show, endpoint=False)
     show.add_argument("run_id", help="a run id or a unique prefix of one")
@@ -224,6 +235,52 @@ def _stage_table(stages: list[dict[str, Any]]) -> str:
             f"{max(durations):>10.2f}{max(peaks):>13.1f}"
         )
     return "\n".join(lines)
+
+
+# -- keys -----------------------------------------------------------------------------------
+def cmd_keys(args: argparse.Namespace) -> int:
+    import shutil
+
+    import zmq.auth
+
+    from stagewatch._curve import authorized_dir, keys_dir, server_secret_file
+    from stagewatch._names import check_name
+
+    home = resolve_home(args.home)
+    folder = keys_dir(home)
+    if args.action == "init":
+        if server_secret_file(home).exists():
+            print(f"stagewatch: {server_secret_file(home)} exists already; keeping it", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        authorized_dir(home).mkdir(exist_ok=True)
+        zmq.auth.create_certificates(folder, "server")
+    elif args.action == "add":
+        name = check_name(args.name, "client name")
+        if not server_secret_file(home).exists():
+            print(f"stagewatch: run `stagewatch keys init --home {home}` first", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        clients = folder / "clients"
+        clients.mkdir(mode=0o700, exist_ok=True)
+        public, _ = zmq.auth.create_certificates(clients, name)
+        shutil.copy(public, authorized_dir(home) / f"{name}.key")
+        print(f"export STAGEWATCH_CURVE_SERVER_KEY={folder / 'server.key'}")
+        print(f"export STAGEWATCH_CURVE_CLIENT_KEY={clients / (name + '.key_secret')}")
+    listing = {"server_public_key": str(folder / "server.key"),
+               "authorized": sorted(p.stem for p in authorized_dir(home).glob("*.key"))}  # fmt: skip
+    if args.action == "list" or args.json:
+        print(
+            json.dumps(listing, indent=1)
+            if args.json
+            else "\n".join(
+                [
+                    f"server public key: {listing['server_public_key']}",
+                    *[f"authorized: {n}" for n in listing["authorized"]],
+                ]
+            )
+        )
+    return EXIT_OK
 
 
 # -- runs / show ----------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Bad input: the decoder, the validator and the projection never raise on anything."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgpack
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stagewatch._wire import pack_batch
+from stagewatch.daemon._ingest import Batch, Rejected, decode_batch, decode_event
+from stagewatch.daemon._projection import Projector
+from tests.conftest import DaemonProcess, wait_for
+
+RUN_ID = str(uuid.UUID(int=42))
+VALID = {"v": 1, "type": "stage_finished", "client_id": "fuzz", "seq": 1, "ts_ns": 1_790_000_000_000_000_000,
+         "run_id": RUN_ID, "stage": "detection", "span": 1, "start_ts_ns": 1_790_000_000_000_000_000,
+         "duration_ms": 1.0}  # fmt: skip
+HOSTILE_TEXT = st.sampled_from(["../../etc/passwd", "/abs", "a\x00b", "..", "", "x" * 5000, "é/ü", "\ud800"])
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary() | HOSTILE_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    assert isinstance(decode_batch(data), Batch | Rejected)
+    assert isinstance(decode_event(data), Rejected) or decode_event(data).type
+
+
+def _packable(value: object) -> bytes | None:
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except Exception:  # lone surrogates and the like cannot be packed: nothing to test
+        return None
+
+
+FIELDS = [*sorted(VALID), "output_paths", "error_type", "sample_id", "input_path", "parent_span", "rss_peak_mb"]
+TYPES = ["run_started", "stage_started", "stage_failed", "artifact_saved", "log", "run_finished", "sample_result",
+         "heartbeat", "client_lost", "nope"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(FIELDS), values, max_size=6))
+def test_mutated_events_are_rejected_or_projected_without_error(changes: dict) -> None:
+    payload = _packable({**VALID, **changes})
+    if payload is None:
+        return
+    event = decode_event(payload)
+    if isinstance(event, Rejected):
+        assert event.reason
+        return
+    Projector().apply(event, 0)  # anything that validates must project
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(TYPES), st.dictionaries(st.text(max_size=12), values, max_size=8))
+def test_every_event_type_with_random_fields(event_type: str, fields: dict) -> None:
+    payload = _packable({**VALID, **fields, "type": event_type})
+    if payload is None:
+        return
+    event = decode_event(payload)
+    if not isinstance(event, Rejected):
+        Projector().apply(event, 0)
+
+
+def test_deep_nesting_and_invalid_utf8_are_rejected() -> None:
+    deep = b"\x91" * 100_000 + b"\xc0"  # 100k nested one-element arrays
+    assert isinstance(decode_event(deep), Rejected)
+    assert isinstance(decode_batch(deep), Rejected)
+    bad_utf8 = msgpack.packb({"v": 1, "type": b"stage_started"}, use_bin_type=False).replace(b"stage", b"\xff\xfe")
+    assert isinstance(decode_event(bad_utf8), Rejected)
+
+
+def test_the_real_daemon_survives_a_fuzz_storm_and_writes_nothing_outside_its_home(home) -> None:
+    daemon = DaemonProcess(home / "inner").start()  # everything outside "inner" must stay empty
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(f"ipc://{daemon.socket_path}")
+    frames = [b"", b"\x00" * 64, msgpack.packb([1, "x" * 300, 1, []]), msgpack.packb([1, "c", "no", []]),
+              pack_batch("c", 1, [b"\x91" * 50_000 + b"\xc0"]), b"\xdd\xff\xff\xff\xff",  # a 4-billion-item array
+              pack_batch("c", 2, [msgpack.packb({**VALID, "stage": "../../../tmp/owned", "seq": 2})]),
+              pack_batch("c", 3, [msgpack.packb({**VALID, "run_id": "../../x", "seq": 3})])]  # fmt: skip
+    for frame in frames:
+        sock.send(frame)
+    sock.send_multipart([b"two", b"frames"])
+    sock.close()
+    context.term()
+    wait_for(lambda: daemon.status().get("stats", {}).get("invalid", 0) >= len(frames))
+    time.sleep(0.5)
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0
+    assert [p.name for p in home.iterdir()] == ["inner"]
+    assert not list(home.glob("**/owned")) and not list(home.glob("**/x"))

@@ -63,6 +63,7 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         """Start the daemon and wait until this process has recovered and listens."""
+        self.home.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)  # a killed daemon leaves its socket file
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -34,6 +34,7 @@ _log = logging.getLogger("stagewatch")
 class SenderSettings:
     max_queue_events: int = 500_000  # beyond this the hot path drops and counts
     batch_max_events: int = 1_000
+    batch_max_bytes: int = 4 * 1024 * 1024  # the daemon drops frames over 16 MiB
     window_batches: int = 32  # batches in flight before the sender waits for acks
     ack_timeout_s: float = 3.0
     probe_interval_s: float = 0.5
@@ -215,7 +216,7 @@ class Sender:
         A queued item is an event dict, or a callable that builds one (None: nothing to send),
         so the pipeline's thread does not pay for building events.
         """
-        queue = self._queue
+        queue, size = self._queue, 0
         payloads = []
         for _ in range(min(len(queue), self._settings.batch_max_events)):
             item = queue.popleft()
@@ -224,6 +225,9 @@ class Sender:
                 continue
             event["seq"] = self._seq = self._seq + 1
             payloads.append(pack_event(event))
+            size += len(payloads[-1])
+            if size >= self._settings.batch_max_bytes:
+                break
         self.stats.emitted += len(payloads)
         return payloads
 

@@ -47,8 +47,8 @@ class DaemonSettings:
     client_timeout_s: float = 15.0  # no batch for this long with open work: client lost
     flush_interval_s: float = 1.0
     spool_scan_interval_s: float = 2.0
-    max_frame_bytes: int = 64 * 1024 * 1024  # larger frames are dropped before decoding
-    max_group_events: int = 50_000
+    max_frame_bytes: int = 16 * 1024 * 1024  # larger frames are dropped before decoding
+    max_group_events: int = 10_000
     # A finished run stays in memory this long, so that events that come late (a worker's
     # spool, say) still reach its audit trail.
     finished_run_grace_s: float = 120.0
@@ -172,7 +172,9 @@ class Daemon:
         if self.settings.endpoint.startswith("tcp://"):
             self._require_curve(self.router)
         self.router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes)
-        self.router.setsockopt(zmq.RCVHWM, 10_000)
+        # Per client, at most this many frames wait in memory; a flooding client is slowed
+        # by its own send queue filling up, and the daemon's memory stays bounded.
+        self.router.setsockopt(zmq.RCVHWM, 64)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.bind(self.settings.endpoint)
         self.live = self._context.socket(zmq.PUB)

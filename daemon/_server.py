@@ -178,7 +178,9 @@ class Daemon:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.bind(self.settings.endpoint)
         self.live = self._context.socket(zmq.PUB)
-        self.live.setsockopt(zmq.SNDHWM, 10_000)  # a stalled subscriber loses messages, not us
+        # A message is a whole group (up to 10k events): a stalled subscriber may hold back
+        # 16 of them, then it misses messages; the daemon never waits and never grows.
+        self.live.setsockopt(zmq.SNDHWM, 16)
         self.live.setsockopt(zmq.LINGER, 0)
         self.live.bind(self.settings.live_endpoint)
 

@@ -37,6 +37,7 @@ from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._store import Store, atomic_write
 
 DAEMON_CLIENT_ID = "daemon"
+REPLAY_FLUSH_EVENTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -200,21 +201,26 @@ class Daemon:
         router.curve_publickey = public
         router.curve_secretkey = secret
 
+    def release(self) -> None:
+        """Close the log and the ZeroMQ context and give up the home's lock."""
+        self.log.close()
+        self._context.term()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _close(self) -> None:
         with contextlib.suppress(Exception):
             self.flush(final=True)
-        self.log.close()
         for name in ("router", "live"):
             if hasattr(self, name):
                 getattr(self, name).close(0)
         if getattr(self, "_authenticator", None) is not None:
             self._authenticator.stop()
-        self._context.term()
         for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
             if endpoint.startswith("ipc://"):  # a stale socket file would look like a daemon
                 Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
+        self.release()
         logger.info("stagewatch daemon stopped: {}", self._stats_line())
 
     # -- recovery ------------------------------------------------------------------------
@@ -253,7 +259,20 @@ class Daemon:
             self.dedup.mark(event.client_id, event.seq)
             self.projector.apply(event, lsn)
             replayed += 1
+            if replayed % REPLAY_FLUSH_EVENTS == 0:
+                self._flush_during_replay(event.ts_ns)
+                logger.info("replayed {:,} events (lsn {:,} of {:,})", replayed, lsn, self.log.end_lsn)
         return replayed, stats
+
+    def _flush_during_replay(self, event_ns: int) -> None:
+        """Bound memory while replaying a long log. A finished run is forgotten once the log
+        has moved `finished_run_grace_s` past its end (event time, so the result does not
+        depend on how fast the replay runs)."""
+        self._write_output()
+        self._write_audits(final=False)
+        grace_ns = int(self.settings.finished_run_grace_s * 1e9)
+        runs = self.projector.runs
+        self.projector.evict([r for r in self.projector.finished_runs() if runs[r]["end_ns"] < event_ns - grace_ns])
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:

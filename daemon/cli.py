@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_actions.add_parser("list", parents=[common], help="list the daemon's public key and the authorized clients")
     keys.set_defaults(handler=cmd_keys)
 
+    rebuild = commands.add_parser("rebuild", help="regenerate every read model from the event log")
+    _home_options(rebuild, endpoint=False)
+    rebuild.add_argument("--json", action="store_true", help="print JSON")
+    rebuild.set_defaults(handler=cmd_rebuild)
+
     show = commands.add_parser("show", help="show a run's audit trail")
     _home_options(show, endpoint=False)
     show.add_argument("run_id", help="a run id or a unique prefix of one")
@@ -235,6 +240,31 @@ def _stage_table(stages: list[dict[str, Any]]) -> str:
             f"{max(durations):>10.2f}{max(peaks):>13.1f}"
         )
     return "\n".join(lines)
+
+
+# -- rebuild ----------------------------------------------------------------------------------
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._rebuild import rebuild
+    from stagewatch.daemon._server import DaemonAlreadyRunning, configure_logging
+
+    home = resolve_home(args.home)
+    if not (home / "events").is_dir():
+        print(f"stagewatch: no event log under {home} (expected {home / 'events'})", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    configure_logging(home, "INFO")
+    try:
+        report = rebuild(home)
+    except DaemonAlreadyRunning as error:
+        print(f"stagewatch: {error}; stop it before a rebuild", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(
+            f"rebuilt from {report['events_replayed']:,} events; {report['read_model_files_removed']} "
+            f"read-model files replaced; {report['runs_open']} clients with open runs"
+        )
+    return EXIT_OK
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 import stagewatch
 from stagewatch.daemon._readmodels import read_table, to_rows
-from tests.conftest import DaemonProcess, run_python
+from tests.conftest import DaemonProcess, run_python, wait_for
 
 
 def _read_models(home: Path) -> dict:
@@ -41,7 +41,9 @@ with run.stage("detection"):
 """)
     assert crashed.returncode == -9
     daemon.audit(run.id)
-    crashed_run = next(p.parent.name for p in daemon.home.glob("runs/*/audit.json") if p.parent.name != run.id)
+    crashed_run = wait_for(
+        lambda: next((p.parent.name for p in daemon.home.glob("runs/*/audit.json") if p.parent.name != run.id), None)
+    )
     assert daemon.audit(crashed_run, timeout_s=30)["status"] == "crashed"
     assert daemon.stop() == 0
     live = _read_models(daemon.home)

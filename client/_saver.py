@@ -14,6 +14,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from stagewatch._shared import make_dirs
+
 PNG_COMPRESSION_LEVEL = 3  # level 3 is within 10% of level 9's size at a fraction of the time
 
 
@@ -157,7 +159,7 @@ def write_artifact(path: Path, value: Any) -> int:
     writer = WRITERS.get(path.suffix.lower())
     if writer is None:
         raise ValueError(f"expected a file name ending in {sorted(WRITERS)}, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     writer(path, value)
     return path.stat().st_size
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stagewatch._records import ScanStats, encode_records, scan_records
+from stagewatch._shared import file_mode, make_dirs
 
 SUFFIX = ".spool"
 
@@ -22,11 +23,11 @@ class SpoolFile:
     """A client's own spool: append at the end, read back from an offset, delete when drained."""
 
     def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         final = directory / f"{name}{SUFFIX}"
         temporary = directory / f".{name}{SUFFIX}.tmp"
         # Lock before the file gets its final name, so the daemon can never claim it early.
-        self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_APPEND, file_mode(directory))
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         os.replace(temporary, final)
         self.path = final

@@ -34,6 +34,7 @@ from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._ingest import Rejected, decode_batch, decode_event
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._schema import validate_event
+from stagewatch.daemon._sdnotify import SystemdNotifier
 from stagewatch.daemon._store import Store, atomic_write
 
 DAEMON_CLIENT_ID = "daemon"
@@ -53,6 +54,8 @@ class DaemonSettings:
     # A finished run stays in memory this long, so that events that come late (a worker's
     # spool, say) still reach its audit trail.
     finished_run_grace_s: float = 120.0
+    # Pipelines of other users in the home's group may connect and write (systemd service).
+    group_access: bool = False
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Daemon:
         self._stopping = False
         self._lock_fd: int | None = None
         self._context = zmq.Context()
+        self._systemd = SystemdNotifier()
 
     # -- lifecycle -----------------------------------------------------------------------
     def serve(self) -> None:
@@ -139,8 +143,10 @@ class Daemon:
             self._install_signal_handlers()
             self.ingest_spools()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home, self.settings.endpoint)
+            self._systemd.notify("READY=1", f"STATUS=ingesting on {self.settings.endpoint}")
             self._loop()
         finally:
+            self._systemd.notify("STOPPING=1")
             self._close()
 
     def stop(self) -> None:
@@ -163,12 +169,19 @@ class Daemon:
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
 
     def _bind(self) -> None:
+        # Only the owner may connect, or with group access the home's group too. The setgid
+        # bit makes what clients create inherit the group (and tells them to share it).
+        folder_mode = 0o2770 if self.settings.group_access else 0o700
+        if self.settings.group_access:
+            for name in ("spool", "runs"):
+                (self.home / name).mkdir(exist_ok=True)
+                (self.home / name).chmod(folder_mode)
         for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
             check_endpoint(endpoint)
             if endpoint.startswith("ipc://"):
                 folder = Path(endpoint[len("ipc://") :]).parent
                 folder.mkdir(parents=True, exist_ok=True)
-                folder.chmod(0o700)  # only the owner may connect
+                folder.chmod(folder_mode)
         self.router = self._context.socket(zmq.ROUTER)
         if self.settings.endpoint.startswith("tcp://"):
             self._require_curve(self.router)
@@ -184,6 +197,10 @@ class Daemon:
         self.live.setsockopt(zmq.SNDHWM, 16)
         self.live.setsockopt(zmq.LINGER, 0)
         self.live.bind(self.settings.live_endpoint)
+        if self.settings.group_access:
+            for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
+                if endpoint.startswith("ipc://"):
+                    Path(endpoint[len("ipc://") :]).chmod(0o660)
 
     def _require_curve(self, router: zmq.Socket) -> None:
         """TCP is served with CURVE only: clients whose public key is not authorized are refused."""
@@ -282,6 +299,8 @@ class Daemon:
             [lambda: self.check_liveness(time.monotonic()), 1.0, now],
             [self.ingest_spools, settings.spool_scan_interval_s, now + settings.spool_scan_interval_s],
         ]
+        if self._systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
+            periodic.append([lambda: self._systemd.notify("WATCHDOG=1"), self._systemd.watchdog_interval_s, now])
         while not self._stopping:
             try:
                 self._turn(periodic)

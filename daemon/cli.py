@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds of silence after which a client's open stages are crashed (15)",
     )
     daemon.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    daemon.add_argument(
+        "--group-access",
+        action="store_true",
+        help="let users in the home's group connect and write runs (for the systemd service)",
+    )
     daemon.set_defaults(handler=cmd_daemon)
 
     demo = commands.add_parser("demo", help="start a daemon, run the demo pipeline, show where results are")
@@ -123,6 +128,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         endpoint=endpoint,
         live_endpoint=f"ipc://{home / 'run' / 'live.sock'}",
         client_timeout_s=args.client_timeout,
+        group_access=args.group_access,
     )
     try:
         Daemon(settings).serve()

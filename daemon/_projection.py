@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
@@ -35,7 +35,7 @@ def iso(ns: int | None) -> str | None:
 @functools.lru_cache(maxsize=4096)
 def _iso_second(seconds: int) -> str:
     # Formatting a datetime costs about 1 us; events of one second share the prefix.
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _new_run(run_id: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,13 @@ from stagewatch._curve import authorized_dir, server_secret_file
 from stagewatch._spool import claim_spool_files
 from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
 from stagewatch.daemon._dedup import Deduplicator
+from stagewatch.daemon._disk import FLOOR, OK, disk_state, read_disk
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._ingest import Rejected, decode_batch, decode_event
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._sdnotify import SystemdNotifier
+from stagewatch.daemon._settings import DiskSection
 from stagewatch.daemon._store import Store, atomic_write
 
 DAEMON_CLIENT_ID = "daemon"
@@ -56,6 +58,7 @@ class DaemonSettings:
     finished_run_grace_s: float = 120.0
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
+    disk: DiskSection = field(default_factory=DiskSection)
 
 
 @dataclass
@@ -128,6 +131,8 @@ class Daemon:
         self._lock_fd: int | None = None
         self._context = zmq.Context()
         self._systemd = SystemdNotifier()
+        self.disk: dict[str, Any] = {"state": OK, "problems": []}
+        self._next_home_measure = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
     def serve(self) -> None:
@@ -299,6 +304,7 @@ class Daemon:
             [lambda: self.check_liveness(time.monotonic()), 1.0, now],
             [self.ingest_spools, settings.spool_scan_interval_s, now + settings.spool_scan_interval_s],
         ]
+        periodic.append([self.check_disk, settings.disk.check_interval_s, now])
         if self._systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
             periodic.append([lambda: self._systemd.notify("WATCHDOG=1"), self._systemd.watchdog_interval_s, now])
         while not self._stopping:
@@ -358,6 +364,10 @@ class Daemon:
 
     def _commit(self, group: _Group) -> bool:
         """Make the group durable, acknowledge it, project it. False if the disk refused."""
+        if group.payloads and self.disk["state"] == FLOOR:
+            # Below the floor nothing new is written: clients keep their events (unacked).
+            self._write_error("{}", OSError(28, self.disk["problems"][0]))
+            return False
         if group.payloads:
             try:
                 lsns = self.log.append(group.payloads)
@@ -419,6 +429,26 @@ class Daemon:
             group = _Group(payloads=[pack_event(e) for e in lost], events=[validate_event(e) for e in lost])
             self._commit(group)
 
+    def check_disk(self) -> None:
+        """Compare free space (and the home's size, every 5 min) with the thresholds; say
+        so when the state changes: in the log, in status.json and on the live feed."""
+        now = time.monotonic()
+        limits = self.settings.disk
+        measure_home = limits.max_home_bytes is not None and now >= self._next_home_measure
+        if measure_home:
+            self._next_home_measure = now + 300
+        reading = read_disk(self.home, measure_home)
+        if reading.home_bytes is None:
+            reading = type(reading)(reading.free_bytes, reading.total_bytes, self.disk.get("home_bytes"))
+        state, problems = disk_state(reading, limits)
+        changed = state != self.disk["state"]
+        self.disk = {"state": state, "problems": problems, "free_bytes": reading.free_bytes,
+                     "total_bytes": reading.total_bytes, "home_bytes": reading.home_bytes}  # fmt: skip
+        if changed:
+            (logger.info if state == OK else logger.warning)("disk {}: {}", state, "; ".join(problems) or "all clear")
+            with contextlib.suppress(zmq.ZMQError):
+                self.live.send_multipart([b"disk", msgpack.packb(self.disk)], zmq.NOBLOCK)
+
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
         self._daemon_seq += 1
         return {
@@ -436,7 +466,7 @@ class Daemon:
         if not rejected:
             return
         self.stats.invalid += len(rejected)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         lines = [
             json.dumps(
                 {
@@ -537,6 +567,7 @@ class Daemon:
             "pid": os.getpid(),
             "endpoint": self.settings.endpoint,
             "updated_at": time.time(),
+            "disk": self.disk,
             "stats": asdict(self.stats),
             "active_runs": active,
             "late_events": self.projector.late_events,

@@ -12,7 +12,7 @@ import functools
 import json
 import os
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ def _date_of(ns: int | None) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _date_of_day(day: int) -> str:
-    return datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 class Store:

@@ -34,21 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     daemon = commands.add_parser("daemon", help="run the daemon in the foreground")
-    _home_options(daemon)
-    daemon.add_argument(
-        "--client-timeout",
-        type=_positive,
-        default=15.0,
-        metavar="S",
-        help="seconds of silence after which a client's open stages are crashed (15)",
-    )
-    daemon.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    daemon.add_argument(
-        "--group-access",
-        action="store_true",
-        help="let users in the home's group connect and write runs (for the systemd service)",
-    )
+    _config_options(daemon)
     daemon.set_defaults(handler=cmd_daemon)
+
+    config = commands.add_parser("config", help="the effective configuration")
+    config_actions = config.add_subparsers(dest="action", required=True)
+    show_config = config_actions.add_parser("show", help="print every value and where it came from")
+    _config_options(show_config)
+    show_config.add_argument("--json", action="store_true", help="print JSON")
+    config.set_defaults(handler=cmd_config)
 
     demo = commands.add_parser("demo", help="start a daemon, run the demo pipeline, show where results are")
     _home_options(demo)
@@ -73,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_actions.add_parser("list", parents=[common], help="list the daemon's public key and the authorized clients")
     keys.set_defaults(handler=cmd_keys)
 
+    doctor = commands.add_parser("doctor", help="check the daemon, the disk and the data; exit 1 on problems")
+    _config_options(doctor)
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.set_defaults(handler=cmd_doctor)
+
     rebuild = commands.add_parser("rebuild", help="regenerate every read model from the event log")
     _home_options(rebuild, endpoint=False)
     rebuild.add_argument("--json", action="store_true", help="print JSON")
@@ -84,6 +83,33 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the full audit trail as JSON")
     show.set_defaults(handler=cmd_show)
     return parser
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the configuration file; all default to None (= not given)."""
+    parser.add_argument("--config", help="a TOML configuration file (default $STAGEWATCH_CONFIG)")
+    _home_options(parser)
+    parser.add_argument(
+        "--client-timeout",
+        type=_positive,
+        metavar="S",
+        help="seconds of silence after which a client's open stages are crashed (15)",
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--group-access",
+        action="store_true",
+        default=None,
+        help="let users in the home's group connect and write runs (for the systemd service)",
+    )
+
+
+def _load_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    from stagewatch.daemon._settings import load_config
+
+    flags = {"home": args.home, "endpoint": args.endpoint, "daemon.client_timeout_s": args.client_timeout,
+             "daemon.log_level": args.log_level, "daemon.group_access": args.group_access}  # fmt: skip
+    return load_config(args.config, flags=flags)
 
 
 def _home_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None:
@@ -119,22 +145,41 @@ def _frames(text: str) -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from stagewatch.daemon._server import Daemon, DaemonAlreadyRunning, DaemonSettings, configure_logging
 
-    home = resolve_home(args.home)
-    endpoint = resolve_endpoint(home, args.endpoint)
+    config, _ = _load_config(args)  # a bad value raises ConfigError: exit 2 before anything starts
+    home = resolve_home(config.home)
+    endpoint = resolve_endpoint(home, config.endpoint)
     home.mkdir(parents=True, exist_ok=True)
-    configure_logging(home, args.log_level)
+    configure_logging(home, config.daemon.log_level)
     settings = DaemonSettings(
         home=home,
         endpoint=endpoint,
         live_endpoint=f"ipc://{home / 'run' / 'live.sock'}",
-        client_timeout_s=args.client_timeout,
-        group_access=args.group_access,
+        client_timeout_s=config.daemon.client_timeout_s,
+        flush_interval_s=config.daemon.flush_interval_s,
+        group_access=config.daemon.group_access,
+        disk=config.disk,
     )
     try:
         Daemon(settings).serve()
     except DaemonAlreadyRunning as error:
         print(f"stagewatch: {error}; stop it first or use another --home", file=sys.stderr)
         return EXIT_NOT_FOUND
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config, sources = _load_config(args)
+    flat = {}
+    for section, values in config.model_dump().items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    if args.json:
+        print(json.dumps({key: {"value": value, "source": sources[key]} for key, value in flat.items()}, indent=1))
+    else:
+        for key, value in flat.items():
+            print(f"{key:<28} = {value!r:<24} # {sources[key]}")
     return EXIT_OK
 
 
@@ -246,6 +291,20 @@ def _stage_table(stages: list[dict[str, Any]]) -> str:
             f"{max(durations):>10.2f}{max(peaks):>13.1f}"
         )
     return "\n".join(lines)
+
+
+# -- doctor -----------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._doctor import examine
+
+    config, _ = _load_config(args)
+    report = examine(resolve_home(config.home), config)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for check in report["checks"]:
+            print(f"{'ok' if check['ok'] else 'PROBLEM':<8} {check['name']:<14} {check['detail']}")
+    return EXIT_OK if report["healthy"] else EXIT_NOT_FOUND
 
 
 # -- rebuild ----------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""`stagewatch doctor`: is the daemon up, is the disk fine, did anything go wrong?"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from stagewatch.daemon._disk import OK, disk_state, read_disk
+from stagewatch.daemon._settings import Config
+
+STALE_STATUS_S = 30.0
+
+
+def examine(home: Path, config: Config) -> dict[str, Any]:
+    status = _status(home)
+    checks = [_daemon_check(home, status), _disk_check(home, config), *_data_checks(home, status)]
+    return {"home": str(home), "healthy": all(c["ok"] for c in checks), "checks": checks}
+
+
+def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail}
+
+
+def _status(home: Path) -> dict[str, Any]:
+    try:
+        return json.loads((home / "state" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _daemon_running(home: Path) -> bool:
+    try:
+        fd = os.open(home / "daemon.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _daemon_check(home: Path, status: dict[str, Any]) -> dict[str, Any]:
+    if not _daemon_running(home):
+        return _check("daemon", False, f"no daemon runs on {home}; start one with `stagewatch daemon --home {home}`")
+    age = time.time() - status.get("updated_at", 0)
+    if age > STALE_STATUS_S:
+        return _check("daemon", False, f"running (pid {status.get('pid')}) but its status is {age:.0f}s old: stuck?")
+    return _check("daemon", True, f"running, pid {status.get('pid')}, endpoint {status.get('endpoint')}")
+
+
+def _disk_check(home: Path, config: Config) -> dict[str, Any]:
+    home.mkdir(parents=True, exist_ok=True)
+    reading = read_disk(home, measure_home=config.disk.max_home_bytes is not None)
+    state, problems = disk_state(reading, config.disk)
+    detail = "; ".join(problems) or f"{reading.free_bytes / 2**30:.1f} GiB free"
+    return _check("disk", state == OK, f"{state}: {detail}")
+
+
+def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
+    stats = status.get("stats", {})
+    recovery = stats.get("recovery", {})
+    damaged = recovery.get("corrupt_regions", 0) + recovery.get("replay_corrupt_regions", 0)
+    damaged += len(recovery.get("missing_ranges", [])) + (1 if recovery.get("truncated_bytes") else 0)
+    spools = list((home / "spool").glob("*.spool")) if (home / "spool").is_dir() else []
+    quarantined = (
+        sum(1 for p in (home / "quarantine").glob("*.jsonl") for _ in p.open()) if (home / "quarantine").is_dir() else 0
+    )
+    return [
+        _check("event log", damaged == 0, f"{damaged} damaged region(s) found at the last start" if damaged
+               else "intact at the last start"),
+        _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),
+        _check("internal", stats.get("internal_errors", 0) == 0, f"{stats.get('internal_errors', 0)} internal errors"),
+        _check("spool", True, f"{len(spools)} spool file(s) waiting (clients still running or daemon catching up)"),
+        _check("quarantine", True, f"{quarantined} rejected event(s) in {home / 'quarantine'}"),
+    ]  # fmt: skip

@@ -34,7 +34,7 @@ class DiskSection(_Section):
     warn_free_percent: float = Field(10.0, ge=0, le=100, description="warn below this much free space (percent)")
     warn_free_bytes: ByteSize = Field(ByteSize(5 * 1024**3), description="warn below this much free space")
     max_home_bytes: ByteSize | None = Field(None, description="warn when the home grows past this size")
-    floor_free_bytes: ByteSize = Field(ByteSize(256 * 1024**2), description="below this, stop accepting events")
+    floor_free_bytes: ByteSize = Field(ByteSize(64 * 1024**2), description="below this, stop accepting events")
     check_interval_s: float = Field(10.0, gt=0, le=3600, description="how often free space is checked")
 
 

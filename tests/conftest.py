@@ -51,8 +51,9 @@ def _fresh_client() -> Iterator[None]:
 class DaemonProcess:
     """`stagewatch daemon` as a subprocess on a home; always stopped by the fixture."""
 
-    def __init__(self, home: Path, client_timeout_s: float = CLIENT_TIMEOUT_S) -> None:
+    def __init__(self, home: Path, client_timeout_s: float = CLIENT_TIMEOUT_S, env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.env = {**os.environ, **(env or {})}
         self.client_timeout_s = client_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / "daemon-test.log"
@@ -79,6 +80,7 @@ class DaemonProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=self.env,
             )
         wait_for(lambda: self.socket_path.exists() or self.process.poll() is not None, 30)
         assert self.process.poll() is None, self.log()

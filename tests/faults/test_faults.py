@@ -163,7 +163,8 @@ def small_disk() -> Iterator[Path]:
 
 def test_a_full_disk_refuses_writes_keeps_events_and_delivers_after_space_is_freed(small_disk: Path) -> None:
     stages = 3_000
-    daemon = DaemonProcess(small_disk).start()
+    # The floor would stop the daemon before the disk is full; this scenario wants a real ENOSPC.
+    daemon = DaemonProcess(small_disk, env={"STAGEWATCH_DISK_FLOOR_FREE_BYTES": "0"}).start()
     filler = small_disk / "filler"
     try:
         with open(filler, "wb") as handle:  # fill the disk to the last byte

@@ -103,3 +103,11 @@ def test_doctor_on_a_healthy_home(daemon: DaemonProcess) -> None:
                                                             "STAGEWATCH_DISK_WARN_FREE_PERCENT": "0"})  # fmt: skip
     assert result.returncode == 0, result.stdout
     assert "running, pid" in result.stdout
+
+
+def test_every_key_is_documented() -> None:
+    from stagewatch.daemon._settings import describe_keys
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in doc]
+    assert missing == []

@@ -27,7 +27,17 @@ def read_table(home: Path, table: str) -> pa.Table:
     if not folder.is_dir():
         return TABLES[table].empty_table()
     dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=_with_date(TABLES[table]))
+    being_removed = _runs_being_removed(home)
+    if being_removed:  # a gc was interrupted: its runs are already gone for readers
+        return dataset.to_table(filter=~ds.field("run_id").isin(being_removed))
     return dataset.to_table()
+
+
+def _runs_being_removed(home: Path) -> list[str]:
+    try:
+        return json.loads((home / "state" / "gc-intent.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def to_rows(table: pa.Table) -> list[dict[str, Any]]:
@@ -99,6 +109,7 @@ def resolve_run_id(home: Path, prefix: str) -> str:
         names = [entry.name for entry in os.scandir(home / "runs") if entry.name.startswith(prefix)]
     except FileNotFoundError:
         names = []
+    names = [name for name in names if name not in _runs_being_removed(home)]
     if len(names) == 1:
         return names[0]
     if not names:

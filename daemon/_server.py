@@ -36,7 +36,7 @@ from stagewatch.daemon._ingest import Rejected, decode_batch, decode_event
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._sdnotify import SystemdNotifier
-from stagewatch.daemon._settings import DiskSection
+from stagewatch.daemon._settings import DiskSection, RetentionSection
 from stagewatch.daemon._store import Store, atomic_write
 
 DAEMON_CLIENT_ID = "daemon"
@@ -59,6 +59,7 @@ class DaemonSettings:
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
     disk: DiskSection = field(default_factory=DiskSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
 
 
 @dataclass
@@ -305,6 +306,7 @@ class Daemon:
             [self.ingest_spools, settings.spool_scan_interval_s, now + settings.spool_scan_interval_s],
         ]
         periodic.append([self.check_disk, settings.disk.check_interval_s, now])
+        periodic.append([self.apply_retention, settings.retention.check_interval_s, now])
         if self._systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
             periodic.append([lambda: self._systemd.notify("WATCHDOG=1"), self._systemd.watchdog_interval_s, now])
         while not self._stopping:
@@ -448,6 +450,16 @@ class Daemon:
             (logger.info if state == OK else logger.warning)("disk {}: {}", state, "; ".join(problems) or "all clear")
             with contextlib.suppress(zmq.ZMQError):
                 self.live.send_multipart([b"disk", msgpack.packb(self.disk)], zmq.NOBLOCK)
+
+    def apply_retention(self) -> None:
+        """Remove what has expired; a run the projection still holds waits for the next pass."""
+        from stagewatch.daemon._retention import apply_retention
+
+        freed = apply_retention(self.home, self.settings.retention, exclude=set(self.projector.runs))
+        if freed["runs"] or freed["segments"]:
+            logger.info("retention removed {} run(s) ({} bytes, {} rows) and {} segment(s) ({} bytes)",
+                        len(freed["runs"]), freed["run_bytes"], freed["parquet_rows"], len(freed["segments"]),
+                        freed["segment_bytes"])  # fmt: skip
 
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
         self._daemon_seq += 1

@@ -12,9 +12,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError
 
 
 class _Section(BaseModel):
@@ -38,11 +38,29 @@ class DiskSection(_Section):
     check_interval_s: float = Field(10.0, gt=0, le=3600, description="how often free space is checked")
 
 
+def _duration(value: object) -> object:
+    from stagewatch.daemon._retention import parse_duration
+
+    parse_duration(value)  # raises ValueError with what was expected
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class RetentionSection(_Section):
+    runs: Duration = Field("90d", description="finished runs: folder, audit trail, outputs and their table rows")
+    events: Duration = Field("30d", description="event-log segments (only once every read model has passed them)")
+    daemon_logs: Duration = Field("30d", description="the daemon's own rotated log files")
+    check_interval_s: float = Field(3600.0, gt=0, description="how often the daemon applies retention")
+
+
 class Config(_Section):
     home: str = Field("./output", description="the stagewatch home")
     endpoint: str | None = Field(None, description="ingest endpoint; default: the ipc socket in the home")
     daemon: DaemonSection = DaemonSection()
     disk: DiskSection = DiskSection()
+    retention: RetentionSection = RetentionSection()
 
 
 class ConfigError(ValueError):
@@ -85,7 +103,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     for key in ("home", "endpoint"):
         if environ.get(f"STAGEWATCH_{key.upper()}"):
             found[key] = environ[f"STAGEWATCH_{key.upper()}"]
-    for section, model in (("daemon", DaemonSection), ("disk", DiskSection)):
+    for section, model in (("daemon", DaemonSection), ("disk", DiskSection), ("retention", RetentionSection)):
         for field in model.model_fields:
             name = f"STAGEWATCH_{section.upper()}_{field.upper()}"
             if name in environ:
@@ -133,9 +151,10 @@ def _describe(error: ValidationError, sources: Mapping[str, str]) -> str:
 def describe_keys() -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every key: the source of docs/configuration.md."""
     rows = []
-    for section, model in (("", Config), ("daemon.", DaemonSection), ("disk.", DiskSection)):
+    sections = (("", Config), ("daemon.", DaemonSection), ("disk.", DiskSection), ("retention.", RetentionSection))
+    for section, model in sections:
         for name, field in model.model_fields.items():
-            if name in ("daemon", "disk"):
+            if name in ("daemon", "disk", "retention"):
                 continue
             rows.append((f"{section}{name}", repr(field.default), field.description or ""))
     return rows

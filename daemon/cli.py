@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(handler=cmd_doctor)
 
+    gc = commands.add_parser("gc", help="apply retention now: remove expired runs and event-log segments")
+    _config_options(gc)
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.add_argument("--json", action="store_true", help="print JSON")
+    gc.set_defaults(handler=cmd_gc)
+
     rebuild = commands.add_parser("rebuild", help="regenerate every read model from the event log")
     _home_options(rebuild, endpoint=False)
     rebuild.add_argument("--json", action="store_true", help="print JSON")
@@ -158,6 +164,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         flush_interval_s=config.daemon.flush_interval_s,
         group_access=config.daemon.group_access,
         disk=config.disk,
+        retention=config.retention,
     )
     try:
         Daemon(settings).serve()
@@ -305,6 +312,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for check in report["checks"]:
             print(f"{'ok' if check['ok'] else 'PROBLEM':<8} {check['name']:<14} {check['detail']}")
     return EXIT_OK if report["healthy"] else EXIT_NOT_FOUND
+
+
+# -- gc -------------------------------------------------------------------------------------
+def cmd_gc(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._retention import apply_retention
+
+    config, _ = _load_config(args)
+    home = resolve_home(config.home)
+    result = apply_retention(home, config.retention, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(result['runs'])} run(s), {result['run_bytes']:,} bytes "
+          f"(retention.runs = {config.retention.runs})")  # fmt: skip
+    for run_id in result["runs"][:20]:
+        print(f"  {run_id}")
+    print(f"{verb} {len(result['segments'])} event-log segment(s), {result['segment_bytes']:,} bytes "
+          f"(retention.events = {config.retention.events})")  # fmt: skip
+    return EXIT_OK
 
 
 # -- rebuild ----------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: 
 @pytest.fixture
 def home() -> Iterator[Path]:
     # Short paths: an ipc socket path must fit in 107 bytes, pytest's tmp_path may not.
-    path = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp"))
+    path = base / "home"
+    path.mkdir()
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +53,15 @@ def _fresh_client() -> Iterator[None]:
 class DaemonProcess:
     """`stagewatch daemon` as a subprocess on a home; always stopped by the fixture."""
 
-    def __init__(self, home: Path, client_timeout_s: float = CLIENT_TIMEOUT_S, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, client_timeout_s: float = CLIENT_TIMEOUT_S, env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.env = {**os.environ, **(env or {})}
         self.client_timeout_s = client_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = home / "daemon-test.log"
+        # Beside the home, not in it: a test that fills the home's disk still gets the log.
+        self.log_path = home.parent / f"{home.name}-daemon.log"
 
     @property
     def socket_path(self) -> Path:

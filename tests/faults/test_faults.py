@@ -152,13 +152,15 @@ def small_disk() -> Iterator[Path]:
     """A 24 MiB tmpfs as the home: a real full disk, not a simulated one."""
     if os.geteuid() != 0:
         pytest.fail("the disk-full scenario mounts a tmpfs and needs root (CI runs as root)")
-    mount = Path(tempfile.mkdtemp(prefix="sw-full-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sw-full-", dir="/tmp"))
+    mount = base / "disk"
+    mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_full_disk_refuses_writes_keeps_events_and_delivers_after_space_is_freed(small_disk: Path) -> None:

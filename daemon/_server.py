@@ -29,6 +29,7 @@ from stagewatch._config import check_endpoint, spool_dir
 from stagewatch._curve import authorized_dir, server_secret_file
 from stagewatch._spool import claim_spool_files
 from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
+from stagewatch.daemon._compaction import compact, finish_interrupted, utc_now
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._disk import FLOOR, OK, disk_state, read_disk
 from stagewatch.daemon._eventlog import EventLog
@@ -255,6 +256,7 @@ class Daemon:
         self.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
         self._daemon_seq = checkpoint.get("daemon_seq", 0)
         start_lsn = checkpoint.get("lsn", 0)
+        finish_interrupted(self.home / "metrics")
         dropped_parts = self.store.drop_parts_from(start_lsn)
         replayed, stats = self._replay(start_lsn)
         self.stats.replayed = replayed
@@ -452,10 +454,17 @@ class Daemon:
                 self.live.send_multipart([b"disk", msgpack.packb(self.disk)], zmq.NOBLOCK)
 
     def apply_retention(self) -> None:
-        """Remove what has expired; a run the projection still holds waits for the next pass."""
+        """Remove what has expired (a run the projection still holds waits for the next pass),
+        then compact aged partitions: both run here, in the only thread that writes."""
         from stagewatch.daemon._retention import apply_retention
 
         freed = apply_retention(self.home, self.settings.retention, exclude=set(self.projector.runs))
+        # Checkpoint first: then every row already written is older than the checkpoint, and
+        # recovery (which drops parts past it) can never meet a merged part it should not keep.
+        self.flush(final=True)
+        compacted = compact(self.home / "metrics", utc_now())
+        if compacted:
+            logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
         if freed["runs"] or freed["segments"]:
             logger.info("retention removed {} run(s) ({} bytes, {} rows) and {} segment(s) ({} bytes)",
                         len(freed["runs"]), freed["run_bytes"], freed["parquet_rows"], len(freed["segments"]),
@@ -603,9 +612,11 @@ class Daemon:
         )
 
 
-def configure_logging(home: Path, level: str = "INFO") -> None:
-    """stderr for systemd's journal, plus a rotated JSON log under the home."""
+def configure_logging(home: Path, level: str = "INFO", keep_s: float | None = 30 * 86400) -> None:
+    """stderr for systemd's journal, plus a JSON log under the home, rotated at 10 MB and
+    kept for `keep_s` seconds (retention.daemon_logs; None keeps the last 10 files)."""
     import sys
+    from datetime import timedelta
 
     logger.remove()
     logger.add(sys.stderr, level=level, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
@@ -614,7 +625,7 @@ def configure_logging(home: Path, level: str = "INFO") -> None:
         level=level,
         serialize=True,
         rotation="10 MB",
-        retention=10,
+        retention=timedelta(seconds=keep_s) if keep_s is not None else 10,
         compression="gz",
         enqueue=False,
     )

@@ -149,13 +149,14 @@ def _frames(text: str) -> int:
 
 # -- daemon ---------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._retention import parse_duration
     from stagewatch.daemon._server import Daemon, DaemonAlreadyRunning, DaemonSettings, configure_logging
 
     config, _ = _load_config(args)  # a bad value raises ConfigError: exit 2 before anything starts
     home = resolve_home(config.home)
     endpoint = resolve_endpoint(home, config.endpoint)
     home.mkdir(parents=True, exist_ok=True)
-    configure_logging(home, config.daemon.log_level)
+    configure_logging(home, config.daemon.log_level, parse_duration(config.retention.daemon_logs))
     settings = DaemonSettings(
         home=home,
         endpoint=endpoint,

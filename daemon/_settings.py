@@ -28,6 +28,9 @@ class DaemonSection(_Section):
     flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often rows and audit trails are written")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the daemon's own log level")
     group_access: bool = Field(False, description="let users in the home's group connect and write runs")
+    late_event_grace_s: float = Field(
+        120.0, ge=0, le=86400, description="a finished run stays in memory this long for late events (worker spools)"
+    )
 
 
 class DiskSection(_Section):

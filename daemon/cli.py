@@ -166,6 +166,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         group_access=config.daemon.group_access,
         disk=config.disk,
         retention=config.retention,
+        finished_run_grace_s=config.daemon.late_event_grace_s,
     )
     try:
         Daemon(settings).serve()

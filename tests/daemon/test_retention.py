@@ -114,3 +114,39 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
     assert sorted(freed["runs"]) == sorted(run_ids)
     assert list((home / "runs").iterdir()) == [] and read_table(home, "runs").num_rows == 0
     assert not intent_path(home).exists()
+
+
+def test_the_daemon_applies_retention_by_itself_and_finishes_an_interrupted_gc(home: Path) -> None:
+    env = {"STAGEWATCH_RETENTION_RUNS": "1s", "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
+           "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2"}  # fmt: skip
+    daemon = DaemonProcess(home, env=env).start()
+    try:
+        running = stagewatch.init(pipeline="ongoing", home=home)
+        with running.stage("detection"):
+            pass
+        finished = _finished_run(home, "short-lived")
+        daemon.audit(finished)
+        wait_for(lambda: not (home / "runs" / finished).exists(), timeout_s=30)
+        assert finished not in read_table(home, "stage_executions")["run_id"].to_pylist()
+        time.sleep(1.5)
+        assert (home / "runs" / running.id / "audit.json").exists()  # in progress: untouched
+        running.finish()
+    finally:
+        daemon.stop()
+    # As if a gc had been killed after writing its intent and hiding one folder:
+    victim = _finished_run_offline(home)
+    (home / "runs" / victim).rename(home / "runs" / f".expired-{victim}")
+    intent_path(home).write_text(json.dumps({"runs": [victim], "segments": []}))
+    daemon = DaemonProcess(home, env=env).start()
+    try:
+        wait_for(lambda: not intent_path(home).exists(), timeout_s=30)
+        assert not (home / "runs" / f".expired-{victim}").exists()
+    finally:
+        daemon.stop()
+
+
+def _finished_run_offline(home: Path) -> str:
+    run_id = "7e0b8c2a-1d7e-4a3e-9a8b-0c1d2e3f4a5b"
+    (home / "runs" / run_id).mkdir(parents=True)
+    (home / "runs" / run_id / "audit.json").write_text("{}")
+    return run_id

@@ -98,10 +98,11 @@ def test_the_pipeline_killed_mid_run_keeps_what_it_recorded(daemon: DaemonProces
     pipeline.wait(30)
     audit = wait_for(lambda: (a := daemon.audit(run_id, complete=False))["complete"] and a, 60)
     assert audit["status"] == "crashed"
-    counts = tally("pipeline killed mid-run", daemon.home, run_id, emitted=audit["counts"]["ok"])
-    counts.report(run_status=audit["status"])
-    assert counts.in_log == counts.in_read_model == audit["counts"]["ok"]
-    assert (counts.log_duplicates, counts.read_model_duplicates) == (0, 0)
+    ended, crashed = audit["counts"]["ok"], audit["counts"]["crashed"]  # crashed: 1 if killed mid-stage
+    counts = tally("pipeline killed mid-run", daemon.home, run_id, emitted=ended + crashed)
+    counts.report(run_status=audit["status"], crashed_stages=crashed)
+    assert counts.in_log == ended and counts.in_read_model == ended + crashed and crashed <= 1
+    assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("damage", ["torn_tail", "flipped_bytes", "zero_tail", "missing_segment"])

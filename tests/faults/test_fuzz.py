@@ -99,3 +99,23 @@ def test_the_real_daemon_survives_a_fuzz_storm_and_writes_nothing_outside_its_ho
     assert daemon.stop() == 0
     assert sorted(p.name for p in home.iterdir()) == ["inner", "inner-daemon.log"]
     assert not list(home.glob("**/owned")) and not list(home.glob("**/x"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=300)
+    | st.builds(
+        lambda k, v: f"[daemon]\n{k} = {v}\n",
+        st.sampled_from(["client_timeout_s", "log_level", "group_access", "flush_interval_s", "nope"]),
+        st.text(max_size=20),
+    )
+)
+def test_malformed_config_files_get_a_config_error_and_nothing_else(tmp_path_factory, text: str) -> None:
+    from stagewatch.daemon._settings import ConfigError, load_config
+
+    path = tmp_path_factory.mktemp("config") / "stagewatch.toml"
+    path.write_text(text, errors="surrogateescape") if "\ud800" not in text else path.write_bytes(b"\xff")
+    try:
+        load_config(path, environ={})
+    except ConfigError as error:
+        assert str(error)

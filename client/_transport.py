@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
@@ -60,7 +60,6 @@ class SenderStats:
     internal_errors: int = 0
     spool_errors: int = 0
     lost_at_exit: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Sender:

@@ -32,7 +32,8 @@ def _status(home: Path) -> dict[str, Any]:
         return {}
 
 
-def _daemon_running(home: Path) -> bool:
+def daemon_running(home: Path) -> bool:
+    """True while a daemon holds the home's lock."""
     try:
         fd = os.open(home / "daemon.lock", os.O_RDONLY)
     except FileNotFoundError:
@@ -47,7 +48,7 @@ def _daemon_running(home: Path) -> bool:
 
 
 def _daemon_check(home: Path, status: dict[str, Any]) -> dict[str, Any]:
-    if not _daemon_running(home):
+    if not daemon_running(home):
         return _check("daemon", False, f"no daemon runs on {home}; start one with `stagewatch daemon --home {home}`")
     age = time.time() - status.get("updated_at", 0)
     if age > STALE_STATUS_S:

@@ -143,20 +143,6 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
-EVENT_TYPES = frozenset(
-    [
-        "run_started",
-        "stage_started",
-        "stage_finished",
-        "stage_failed",
-        "artifact_saved",
-        "sample_result",
-        "log",
-        "heartbeat",
-        "run_finished",
-        "client_lost",
-    ]
-)
 
 
 def validate_event(event: object) -> Any:

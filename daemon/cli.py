@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -214,7 +213,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:
     """Start a daemon on `home` unless one already runs there; wait until it listens."""
-    if _daemon_running(home):
+    from stagewatch.daemon._doctor import daemon_running
+
+    if daemon_running(home):
         print(f"stagewatch: using the daemon already running on {home}")
         return None
     home.mkdir(parents=True, exist_ok=True)
@@ -232,22 +233,6 @@ def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:
             return process
         time.sleep(0.05)
     raise RuntimeError(f"the daemon did not start; see {home / 'daemon-demo.log'}")
-
-
-def _daemon_running(home: Path) -> bool:
-    import fcntl
-
-    try:
-        fd = os.open(home / "daemon.lock", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def stop_daemon(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:

@@ -20,10 +20,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from stagewatch._logging import LoggingHandler, loguru_sink
 from stagewatch._run import Run, Stage, StageSpec, current_run, current_stage, shutdown
 
 __version__ = "0.1.0"
-__all__ = ["Run", "Stage", "current_run", "current_stage", "init", "shutdown", "stage"]
+__all__ = [
+    "LoggingHandler", "Run", "Stage", "current_run", "current_stage", "init", "loguru_sink", "shutdown", "stage",
+]  # fmt: skip
 
 
 def init(

@@ -14,12 +14,14 @@ its summary, errors and *open* stages; a stage that ends leaves as an audit line
 from __future__ import annotations
 
 import functools
+import json
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
+TABLE_NAMES = ("stage_executions", "runs", "logs")
 MAX_ERRORS_PER_RUN = 10_000
 RECENTLY_ENDED = 4_096  # per run: ended stages remembered, so a stray late start cannot reopen one
 
@@ -75,8 +77,7 @@ class Projector:
         self.runs: dict[str, dict[str, Any]] = {}
         self.closed: OrderedDict[str, str | None] = OrderedDict()  # evicted finished runs -> pipeline
         self.late_events = 0
-        self.stage_rows: list[dict[str, Any]] = []
-        self.run_rows: list[dict[str, Any]] = []
+        self.rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLE_NAMES}
         self.stage_lines: dict[str, list[dict[str, Any]]] = {}  # run -> ended stages to append
         self.dirty: set[str] = set()
 
@@ -159,7 +160,7 @@ class Projector:
         if entry["error"] is not None:
             self._record_error(run, entry, end_ns)
         self.stage_lines.setdefault(run["run_id"], []).append(entry)
-        self.stage_rows.append(self._stage_row(run, entry, end_ns, lsn))
+        self.rows["stage_executions"].append(self._stage_row(run, entry, end_ns, lsn))
 
     def _record_error(self, run: dict, entry: dict, end_ns: int) -> None:
         run["first_failed_stage"] = run["first_failed_stage"] or entry["stage"]
@@ -220,7 +221,7 @@ class Projector:
             duration_ms = (end_ns - start) / 1e6
         run.update(status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns),
                    duration_ms=duration_ms, error=error)  # fmt: skip
-        self.run_rows.append(self._run_row(run, lsn))
+        self.rows["runs"].append(self._run_row(run, lsn))
 
     def _run_row(self, run: dict, lsn: int) -> dict[str, Any]:
         first_error = run["error"] or (run["errors"][0] if run["errors"] else {})
@@ -236,6 +237,12 @@ class Projector:
 
     def _on_log(self, run: dict, event: Any, lsn: int) -> None:
         run["counts"]["logs"] = run["counts"].get("logs", 0) + 1
+        self.rows["logs"].append({
+            "run_id": run["run_id"], "pipeline": run["pipeline"], "time": event.ts_ns, "level": event.level,
+            "stage": event.stage, "sample_id": event.sample_id, "logger": event.logger, "message": event.message,
+            "extra": json.dumps(event.extra, default=str, sort_keys=True) if event.extra else None,
+            "client_id": event.client_id, "lsn": lsn,
+        })  # fmt: skip
 
     def _on_sample_result(self, run: dict, event: Any, lsn: int) -> None:
         run["counts"]["sample_results"] = run["counts"].get("sample_results", 0) + 1
@@ -251,10 +258,10 @@ class Projector:
                 work.setdefault(entry["client_id"], set()).add(run_id)
         return work
 
-    def take_output(self) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
-        """Rows for both tables and ended stages per run, produced since the last call."""
-        output = (self.stage_rows, self.run_rows, self.stage_lines)
-        self.stage_rows, self.run_rows, self.stage_lines = [], [], {}
+    def take_output(self) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+        """Rows per table and ended stages per run, produced since the last call."""
+        output = (self.rows, self.stage_lines)
+        self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
         return output
 
     def finished_runs(self) -> list[str]:

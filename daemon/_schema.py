@@ -104,6 +104,8 @@ class Log(Envelope):
     level: Annotated[str, Field(max_length=16)]
     message: LongText
     stage: Name | None = None
+    sample_id: Text | None = None
+    logger: Annotated[str, Field(max_length=256)] | None = None
     extra: dict[str, Any] = {}
 
 

@@ -528,17 +528,18 @@ class Daemon:
     def _write_output(self) -> None:
         """Append ended stages and table rows; what fails stays queued for the next flush."""
         projector = self.projector
-        stage_rows, run_rows, stage_lines = projector.take_output()
+        rows, stage_lines = projector.take_output()
         try:
             for run_id in list(stage_lines):
                 self.store.append_stage_lines(projector.runs[run_id], stage_lines[run_id])
                 del stage_lines[run_id]
-            for table, rows in (("stage_executions", stage_rows), ("runs", run_rows)):
-                if rows:
-                    self.store.write_rows(table, rows)
-                    rows.clear()
+            for table, table_rows in rows.items():
+                if table_rows:
+                    self.store.write_rows(table, table_rows)
+                    table_rows.clear()
         except OSError:
-            projector.stage_rows[:0], projector.run_rows[:0] = stage_rows, run_rows
+            for table, table_rows in rows.items():
+                projector.rows[table][:0] = table_rows
             for run_id, entries in stage_lines.items():
                 projector.stage_lines.setdefault(run_id, [])[:0] = entries
             raise

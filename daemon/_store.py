@@ -67,7 +67,12 @@ RUNS = pa.schema(
         ("lsn", pa.int64()),
     ]
 )
-TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS}
+LOGS = pa.schema([
+    ("run_id", pa.string()), ("pipeline", pa.string()), ("time", TIMESTAMP), ("level", pa.string()),
+    ("stage", pa.string()), ("sample_id", pa.string()), ("logger", pa.string()), ("message", pa.string()),
+    ("extra", pa.string()), ("client_id", pa.string()), ("lsn", pa.int64()),
+])  # fmt: skip
+TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS}
 PART_PREFIX = "part-"
 NS_PER_DAY = 86_400 * 1_000_000_000
 
@@ -110,7 +115,7 @@ class Store:
         """Append rows as new part files, one per date partition (by start_time)."""
         by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_date[_date_of(row["start_time"] or row["end_time"])].append(row)
+            by_date[_date_of(row.get("start_time") or row.get("end_time") or row.get("time"))].append(row)
         written = []
         for date, date_rows in sorted(by_date.items()):
             first_lsn = min(row["lsn"] for row in date_rows)

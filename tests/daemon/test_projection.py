@@ -74,7 +74,8 @@ def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
     assert run["status"] == "failed" and run["complete"] and run["open"] == {}
     assert [s["status"] for s in ended(projector)] == ["ok", "failed"]
     assert ended(projector)[1]["artifacts"][0]["kind"] == "png"
-    stage_rows, run_rows, _ = projector.take_output()
+    rows, _ = projector.take_output()
+    stage_rows, run_rows = rows["stage_executions"], rows["runs"]
     assert [r["stage"] for r in stage_rows] == ["preprocessing", "detection"]
     assert run_rows[0]["failed_stage"] == "detection" and run_rows[0]["error_message"] == "bad"
 
@@ -114,7 +115,9 @@ def test_state_round_trips_through_the_checkpoint() -> None:
         projector.apply(event, lsn)
         restored.apply(event, lsn)
     assert restored.runs == projector.runs
-    assert [r["stage"] for r in restored.take_output()[0]] == ["detection"]  # the rows after the checkpoint
+    assert [r["stage"] for r in restored.take_output()[0]["stage_executions"]] == [
+        "detection"
+    ]  # the rows after the checkpoint
 
 
 @settings(max_examples=50, deadline=None)

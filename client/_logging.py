@@ -1,0 +1,70 @@
+"""Forwarding the pipeline's log records to the daemon, tagged with the current run and stage.
+
+Two doors to the same path: a Loguru sink (`logger.add(stagewatch.loguru_sink)`) and a
+stdlib `logging.Handler` (`logging.getLogger().addHandler(stagewatch.LoggingHandler())`).
+The run and the stage come from the context (the innermost open stage of this thread or
+task, else the current run); a record outside any run is not sent. Forwarding only
+enqueues: it never blocks and never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from stagewatch._run import _internal_error, _process_for_run, current_run, current_stage
+from stagewatch._wire import EVENT_VERSION
+
+MAX_MESSAGE_CHARS = 60_000
+MAX_EXTRA_CHARS = 16_000
+
+
+def forward(level: str, message: str, logger_name: str | None, extra: dict[str, Any], ts_ns: int | None = None) -> None:
+    """Send one log record as a `log` event of the current run (if there is one)."""
+    try:
+        stage = current_stage()
+        run = stage.run if stage is not None else current_run()
+        if run is None:
+            return
+        process = _process_for_run(run)
+        process.sender.emit({
+            "v": EVENT_VERSION, "type": "log", "client_id": process.client_id, "ts_ns": ts_ns or time.time_ns(),
+            "run_id": run.id, "level": level[:16], "message": message[:MAX_MESSAGE_CHARS],
+            "stage": stage.name if stage is not None else None,
+            "sample_id": stage.sample_id if stage is not None else None,
+            "logger": (logger_name or "")[:256] or None, "extra": _json_safe(extra),
+        })  # fmt: skip
+    except Exception as error:  # logging must never break the pipeline
+        _internal_error(error)
+
+
+def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:
+    if not extra:
+        return {}
+    text = json.dumps(extra, default=repr, sort_keys=True)
+    return json.loads(text) if len(text) <= MAX_EXTRA_CHARS else {"_truncated": text[:MAX_EXTRA_CHARS]}
+
+
+def loguru_sink(message: Any) -> None:
+    """A Loguru sink: `logger.add(stagewatch.loguru_sink)`."""
+    record = message.record
+    forward(record["level"].name, record["message"], record["name"], dict(record["extra"]),
+            int(record["time"].timestamp() * 1e9))  # fmt: skip
+
+
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class LoggingHandler(logging.Handler):
+    """A stdlib logging handler: `logging.getLogger().addHandler(stagewatch.LoggingHandler())`.
+
+    Attributes passed with `extra={...}` travel as the record's extra fields.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "stagewatch":  # our own warnings describe the transport; keep them local
+            return
+        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES}
+        forward(record.levelname, record.getMessage(), record.name, extra, int(record.created * 1e9))

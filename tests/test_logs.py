@@ -1,0 +1,49 @@
+"""Log records from Loguru and stdlib logging arrive with the right run and stage."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow.compute as pc
+from loguru import logger
+
+import stagewatch
+from stagewatch.daemon._readmodels import read_table, to_rows
+from tests.conftest import DaemonProcess, wait_for
+
+
+def test_loguru_and_stdlib_records_are_tagged_and_tabled(daemon: DaemonProcess) -> None:
+    sink_id = logger.add(stagewatch.loguru_sink, level="DEBUG")
+    handler = stagewatch.LoggingHandler()
+    std = logging.getLogger("pipeline.detector")
+    std.addHandler(handler)
+    std.setLevel(logging.INFO)
+    try:
+        logger.info("outside any run: not sent")
+        run = stagewatch.init(pipeline="perception", home=daemon.home)
+        logger.info("run started")
+        with run.stage("detection", sample_id="frame_047"):
+            logger.bind(boxes=3).warning("low confidence")
+            std.error("calibration missing", extra={"camera": "front"})
+        std.info("after the stage")
+        run.finish()
+    finally:
+        logger.remove(sink_id)
+        std.removeHandler(handler)
+
+    def logged():
+        table = read_table(daemon.home, "logs")
+        table = table.filter(pc.equal(table["run_id"], run.id))
+        return to_rows(table.sort_by("time")) if table.num_rows >= 4 else None
+
+    rows = wait_for(logged)
+    seen = [(r["level"], r["message"], r["stage"], r["sample_id"]) for r in rows]
+    assert seen == [
+        ("INFO", "run started", None, None),
+        ("WARNING", "low confidence", "detection", "frame_047"),
+        ("ERROR", "calibration missing", "detection", "frame_047"),
+        ("INFO", "after the stage", None, None),
+    ]
+    assert '"boxes": 3' in rows[1]["extra"] and '"camera": "front"' in rows[2]["extra"]
+    assert rows[2]["logger"] == "pipeline.detector" and rows[0]["pipeline"] == "perception"
+    assert daemon.audit(run.id)["counts"]["logs"] == 4

@@ -21,16 +21,18 @@ class RunNotFound(LookupError):
     pass
 
 
-def read_table(home: Path, table: str) -> pa.Table:
-    """All rows of a metrics table (empty with the right schema if there are none)."""
+def read_table(home: Path, table: str, expression: ds.Expression | None = None) -> pa.Table:
+    """The rows of a metrics table that match `expression` (all if None); an empty table
+    with the right schema if there are none."""
     folder = home / "metrics" / table
     if not folder.is_dir():
-        return TABLES[table].empty_table()
+        return _with_date(TABLES[table]).empty_table()
     dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=_with_date(TABLES[table]))
     being_removed = _runs_being_removed(home)
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
-        return dataset.to_table(filter=~ds.field("run_id").isin(being_removed))
-    return dataset.to_table()
+        hidden = ~ds.field("run_id").isin(being_removed)
+        expression = hidden if expression is None else expression & hidden
+    return dataset.to_table(filter=expression)
 
 
 def _runs_being_removed(home: Path) -> list[str]:

@@ -82,6 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--json", action="store_true", help="print JSON")
     rebuild.set_defaults(handler=cmd_rebuild)
 
+    query = commands.add_parser("query", help="runs, stage executions and log lines matching filters")
+    _filter_options(query)
+    query.add_argument("--limit", type=_positive_int, default=100, help="rows per table to print (100)")
+    query.add_argument("--json", action="store_true", help="print JSON")
+    query.set_defaults(handler=cmd_query)
+
+    stats = commands.add_parser("stats", help="per-stage count, mean, median, p95, p99, max, failure rate")
+    _filter_options(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=cmd_stats)
+
+    export = commands.add_parser("export", help="write the matching runs, stages and logs to a file")
+    _filter_options(export)
+    export.add_argument("--output", required=True, help="the file to write ('-' for stdout)")
+    export.add_argument("--format", choices=["json", "jsonl"], default="json", help="json (default) or JSON Lines")
+    export.set_defaults(handler=cmd_export)
+
     show = commands.add_parser("show", help="show a run's audit trail")
     _home_options(show, endpoint=False)
     show.add_argument("run_id", help="a run id or a unique prefix of one")
@@ -115,6 +132,56 @@ def _load_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     flags = {"home": args.home, "endpoint": args.endpoint, "daemon.client_timeout_s": args.client_timeout,
              "daemon.log_level": args.log_level, "daemon.group_access": args.group_access}  # fmt: skip
     return load_config(args.config, flags=flags)
+
+
+def _filter_options(parser: argparse.ArgumentParser) -> None:
+    _home_options(parser, endpoint=False)
+    parser.add_argument("--run", help="a run id or a unique prefix")
+    parser.add_argument("--since", help="ISO date/time or relative (7d, 24h, 30m)")
+    parser.add_argument("--until", help="ISO date/time or relative (7d, 24h, 30m)")
+    parser.add_argument("--stage", help="a stage name")
+    parser.add_argument("--status", help="ok, failed or crashed")
+    parser.add_argument("--level", help="lowest log level: DEBUG, INFO, WARNING, ERROR, ...")
+    parser.add_argument("--grep", help="text in error messages and log lines (case-insensitive)")
+
+
+def _filters(args: argparse.Namespace, home: Path) -> Any:
+    """Validated filters; ValueError (exit 2) for a malformed value, RunNotFound for an unknown run."""
+    from stagewatch.daemon._query import Filters, parse_time
+    from stagewatch.daemon._readmodels import resolve_run_id
+
+    run = resolve_run_id(home, args.run) if args.run else None
+    return Filters(run=run, since=parse_time(args.since) if args.since else None,
+                   until=parse_time(args.until) if args.until else None, stage=args.stage, status=args.status,
+                   level=args.level, grep=args.grep)  # fmt: skip
+
+
+def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | None:
+    """Rows of every table that match the filters, as JSON-ready dicts; None if the run is unknown."""
+    from dataclasses import replace
+
+    import pyarrow.compute as pc
+
+    from stagewatch.daemon._query import query_logs, query_runs, query_stages
+    from stagewatch.daemon._readmodels import RunNotFound, to_rows
+
+    home = resolve_home(args.home)
+    try:
+        filters = _filters(args, home)
+    except RunNotFound as error:
+        print(f"stagewatch: {error}", file=sys.stderr)
+        return None
+    stages = query_stages(home, filters)
+    runs = query_runs(home, filters)
+    if filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
+        runs = query_runs(home, replace(filters, status=None))
+        runs = runs.filter(pc.is_in(runs["run_id"], value_set=pc.unique(stages["run_id"])))
+    tables = {"runs": runs, "stages": stages, "logs": query_logs(home, filters)}
+    return {name: [_jsonable(row) for row in to_rows(table.drop(["date"]))] for name, table in tables.items()}
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in row.items()}
 
 
 def _home_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None:
@@ -411,6 +478,74 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
             f"{run['status']:<9}{run['failed_stage'] or ''}"
         )
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    matched = _matching(args)
+    if matched is None:
+        return EXIT_NOT_FOUND
+    if args.run:  # the run's complete execution history: audit trail and every log line
+        from stagewatch.daemon._readmodels import load_audit
+
+        matched["audit"] = (
+            load_audit(resolve_home(args.home), matched["runs"][0]["run_id"]) if matched["runs"] else None
+        )
+    if args.json:
+        print(json.dumps({name: rows[: args.limit] if isinstance(rows, list) else rows
+                          for name, rows in matched.items()}, indent=1, default=str))  # fmt: skip
+        return EXIT_OK
+    counts = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
+    print(f"{counts['runs']} run(s), {counts['stages']} stage execution(s), {counts['logs']} log line(s)")
+    for row in matched["stages"][: args.limit]:
+        if row["status"] != "ok" or args.stage or args.run:
+            print(f"  {row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} {row['status']:<8} "
+                  f"{row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  {row['error_message'] or ''}")  # fmt: skip
+    for row in matched["logs"][: args.limit]:
+        print(f"  {row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} {row['message']}")
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._query import query_stages, stage_stats
+    from stagewatch.daemon._readmodels import RunNotFound
+
+    home = resolve_home(args.home)
+    try:
+        stats = stage_stats(query_stages(home, _filters(args, home)))
+    except RunNotFound as error:
+        print(f"stagewatch: {error}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return EXIT_OK
+    print(f"{'stage':<18}{'count':>8}{'failed':>8}{'mean':>9}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}"
+          f"{'peak RSS':>10}{'time %':>8}")  # fmt: skip
+    for entry in stats:
+        d = entry["duration_ms"]
+        cells = [d[k] or 0.0 for k in ("mean", "median", "p95", "p99", "max")]
+        print(f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}"
+              + "".join(f"{c:>9.2f}" for c in cells)
+              + f"{entry['rss_peak_mb']['max'] or 0:>10.1f}{entry['share_of_time']:>8.1%}"
+              + ("  <- bottleneck" if entry.get("bottleneck") else ""))  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    matched = _matching(args)
+    if matched is None:
+        return EXIT_NOT_FOUND
+    if args.format == "json":
+        text = json.dumps(matched, default=str)
+    else:  # one object a line, tagged with its table: big exports stream and append
+        text = "".join(json.dumps({"table": name, "row": row}, default=str) + "\n"
+                       for name, rows in matched.items() for row in rows)  # fmt: skip
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        counts = ", ".join(f"{len(rows)} {name}" for name, rows in matched.items())
+        print(f"wrote {counts} to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,0 +1,148 @@
+"""Queries over the read models: by run, time range, stage, status, log level and text.
+
+Filters become pyarrow dataset expressions (date partitions are pruned by the time range),
+aggregates are Arrow compute kernels; Python only loops over the few stages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from stagewatch.daemon._readmodels import read_table
+
+STATUSES = ("ok", "failed", "crashed")
+LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+_RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An ISO date or date-time (UTC if no zone), or a relative age: '7d', '24h', '30m'."""
+    now = now or datetime.now(UTC)
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return now - timedelta(seconds=int(relative.group(1)) * _SECONDS[relative.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a time like 2026-11-20, 2026-11-20T08:00 or 7d/24h/30m, got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Filters:
+    run: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    stage: str | None = None
+    status: str | None = None
+    level: str | None = None
+    grep: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in STATUSES:
+            raise ValueError(f"expected --status one of {', '.join(STATUSES)}, got {self.status!r}")
+        if self.level is not None and self.level.upper() not in LEVELS:
+            raise ValueError(f"expected --level one of {', '.join(LEVELS)}, got {self.level!r}")
+        if self.since and self.until and self.since > self.until:
+            raise ValueError(
+                f"expected --since before --until, got {self.since.isoformat()} > {self.until.isoformat()}"
+            )
+
+
+def _time_filter(column: str, filters: Filters) -> ds.Expression | None:
+    expression = None
+    for bound, op in ((filters.since, "ge"), (filters.until, "le")):
+        if bound is not None:
+            scalar = pa.scalar(bound, pa.timestamp("ns", tz="UTC"))
+            term = getattr(pc, {"ge": "greater_equal", "le": "less_equal"}[op])(ds.field(column), scalar)
+            date = pa.scalar(bound.strftime("%Y-%m-%d"))
+            term = term & (ds.field("date") >= date if op == "ge" else ds.field("date") <= date)  # prunes files
+            expression = term if expression is None else expression & term
+    return expression
+
+
+def _and(*terms: ds.Expression | None) -> ds.Expression | None:
+    present = [t for t in terms if t is not None]
+    expression = present[0] if present else None
+    for term in present[1:]:
+        expression = expression & term
+    return expression
+
+
+def _contains(column: str, text: str | None) -> ds.Expression | None:
+    return pc.match_substring(ds.field(column), text, ignore_case=True) if text else None
+
+
+def query_runs(home: Path, filters: Filters) -> pa.Table:
+    expression = _and(
+        _time_filter("start_time", filters),
+        ds.field("run_id") == filters.run if filters.run else None,
+        ds.field("status") == filters.status if filters.status else None,
+        _contains("error_message", filters.grep),
+    )
+    return read_table(home, "runs", expression)
+
+
+def query_stages(home: Path, filters: Filters) -> pa.Table:
+    expression = _and(
+        _time_filter("start_time", filters),
+        ds.field("run_id") == filters.run if filters.run else None,
+        ds.field("stage") == filters.stage if filters.stage else None,
+        ds.field("status") == filters.status if filters.status else None,
+        _contains("error_message", filters.grep),
+    )
+    return read_table(home, "stage_executions", expression)
+
+
+def query_logs(home: Path, filters: Filters) -> pa.Table:
+    levels = LEVELS[LEVELS.index(filters.level.upper()) :] if filters.level else None
+    expression = _and(
+        _time_filter("time", filters),
+        ds.field("run_id") == filters.run if filters.run else None,
+        ds.field("stage") == filters.stage if filters.stage else None,
+        ds.field("level").isin(levels) if levels else None,
+        _contains("message", filters.grep),
+    )
+    return read_table(home, "logs", expression)
+
+
+PERCENTILES = (0.5, 0.95, 0.99)
+
+
+def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:
+    """Per stage: count, failure rate, mean/median/p95/p99/max of duration and memory peaks,
+    and each stage's share of the total time (the largest is the bottleneck)."""
+    total = pc.sum(stages["duration_ms"]).as_py() or 0.0
+    result = []
+    for stage in sorted(pc.unique(stages["stage"]).to_pylist()):
+        rows = stages.filter(pc.equal(stages["stage"], stage))
+        entry: dict[str, Any] = {
+            "stage": stage,
+            "count": rows.num_rows,
+            "failure_rate": pc.sum(pc.not_equal(rows["status"], "ok")).as_py() / rows.num_rows,
+        }
+        for column in ("duration_ms", "rss_peak_mb", "gpu_peak_mb"):
+            entry[column] = _distribution(rows[column])
+        entry["share_of_time"] = (pc.sum(rows["duration_ms"]).as_py() or 0.0) / total if total else 0.0
+        result.append(entry)
+    if result:
+        max(result, key=lambda e: e["share_of_time"])["bottleneck"] = True
+    return result
+
+
+def _distribution(column: pa.ChunkedArray) -> dict[str, float | None]:
+    values = pc.drop_null(column)
+    if len(values) == 0:
+        return {"mean": None, "median": None, "p95": None, "p99": None, "max": None}
+    quantiles = pc.quantile(values, q=list(PERCENTILES), interpolation="linear").to_pylist()  # numpy's default
+    return {"mean": pc.mean(values).as_py(), "median": quantiles[0], "p95": quantiles[1], "p99": quantiles[2],
+            "max": pc.max(values).as_py()}  # fmt: skip

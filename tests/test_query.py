@@ -1,0 +1,140 @@
+"""Queries, stats and export through the real daemon and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import stagewatch
+from tests.conftest import DaemonProcess, wait_for
+
+
+def sw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stagewatch.daemon", *args], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Two runs through a real daemon: one clean, one that fails at detection, with logs."""
+    home = tmp_path_factory.mktemp("q") / "home"
+    daemon = DaemonProcess(home).start()
+    handler = stagewatch.LoggingHandler()
+    log = logging.getLogger("pipeline")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    rng = np.random.default_rng(3)
+    ids = {}
+    try:
+        for name, failing in (("clean", False), ("broken", True)):
+            with stagewatch.init(pipeline=name, home=home) as run:
+                for i in range(40):
+                    for stage, scale in (("preprocessing", 1.0), ("detection", 3.0)):
+                        try:
+                            with run.stage(stage, sample_id=f"f{i}"):
+                                end = time.perf_counter() + rng.exponential(scale) / 1000
+                                while time.perf_counter() < end:  # real work of a known cost
+                                    pass
+                                if failing and stage == "detection" and i == 7:
+                                    log.error("calibration missing on f7")
+                                    raise RuntimeError("calibration missing")
+                                log.info("%s ok", stage)
+                        except RuntimeError:
+                            pass
+            ids[name] = run.id
+            daemon.audit(run.id)
+        stagewatch.shutdown()
+        wait_for(lambda: json.loads(sw("query", "--home", str(home), "--json").stdout)["logs"])
+    finally:
+        log.removeHandler(handler)
+        daemon.stop()
+    return home, ids
+
+
+def q(home: Path, *args: str) -> dict:
+    result = sw("query", "--home", str(home), "--json", "--limit", "1000", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_filters_and_their_combinations(history) -> None:
+    home, ids = history
+    everything = q(home)
+    assert len(everything["runs"]) == 2 and len(everything["stages"]) == 160
+    failed_detection = q(home, "--stage", "detection", "--status", "failed", "--since", "7d")
+    assert [r["run_id"] for r in failed_detection["runs"]] == [ids["broken"]]
+    assert [(s["stage"], s["sample_id"]) for s in failed_detection["stages"]] == [("detection", "f7")]
+    assert len(q(home, "--stage", "preprocessing")["stages"]) == 80
+    assert q(home, "--status", "failed", "--stage", "preprocessing")["stages"] == []
+    assert len(q(home, "--run", ids["clean"][:8])["stages"]) == 80
+    errors = q(home, "--level", "error")["logs"]
+    assert [(e["message"], e["stage"], e["sample_id"]) for e in errors] == [
+        ("calibration missing on f7", "detection", "f7")
+    ]
+    assert len(q(home, "--grep", "CALIBRATION")["stages"]) == 1
+    assert q(home, "--until", "7d")["stages"] == []  # everything is newer than a week
+    assert len(q(home, "--since", "2000-01-01", "--until", "2100-01-01")["runs"]) == 2
+
+
+def test_query_by_run_returns_the_complete_history(history) -> None:
+    home, ids = history
+    full = q(home, "--run", ids["broken"])
+    assert full["audit"]["run_id"] == ids["broken"] and len(full["audit"]["stages"]) == 80
+    assert full["audit"]["errors"][0]["message"] == "calibration missing"
+    assert len(full["logs"]) == 80 and all(line["run_id"] == ids["broken"] for line in full["logs"])
+
+
+@pytest.mark.parametrize("args", [["--status", "weird"], ["--since", "yesterday"], ["--level", "LOUD"],
+                                  ["--since", "2026-01-02", "--until", "2026-01-01"]])  # fmt: skip
+def test_malformed_filters_exit_2(history, args) -> None:
+    home, _ = history
+    result = sw("query", "--home", str(home), *args)
+    assert result.returncode == 2 and "expected" in result.stderr
+
+
+def test_unknown_run_exits_1(history) -> None:
+    home, _ = history
+    result = sw("query", "--home", str(home), "--run", "ffffffff")
+    assert result.returncode == 1 and "no run with id" in result.stderr
+
+
+def test_stats_equal_numpy_percentiles(history) -> None:
+    home, _ = history
+    stats = {s["stage"]: s for s in json.loads(sw("stats", "--home", str(home), "--json").stdout)}
+    stages = q(home)["stages"]
+    for stage in ("preprocessing", "detection"):
+        durations = np.array([s["duration_ms"] for s in stages if s["stage"] == stage])
+        expected = np.percentile(durations, [50, 95, 99])
+        got = stats[stage]["duration_ms"]
+        np.testing.assert_allclose([got["median"], got["p95"], got["p99"]], expected, rtol=1e-12)
+        assert got["mean"] == pytest.approx(durations.mean()) and got["max"] == durations.max()
+    assert stats["detection"]["failure_rate"] == pytest.approx(1 / 80)
+    assert stats["detection"].get("bottleneck") is True  # three times the work
+
+
+def test_export_round_trips(history, tmp_path: Path) -> None:
+    home, _ = history
+    for fmt in ("json", "jsonl"):
+        target = tmp_path / f"export.{fmt}"
+        assert (
+            sw(
+                "export", "--home", str(home), "--stage", "detection", "--output", str(target), "--format", fmt
+            ).returncode
+            == 0
+        )
+        if fmt == "json":
+            loaded = json.loads(target.read_text())
+        else:
+            loaded = {"runs": [], "stages": [], "logs": []}
+            for line in target.read_text().splitlines():
+                item = json.loads(line)
+                loaded[item["table"]].append(item["row"])
+        expected = q(home, "--stage", "detection")
+        assert loaded == expected

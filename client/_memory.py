@@ -19,6 +19,7 @@ import resource
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 _log = logging.getLogger("stagewatch")
 _getrusage = resource.getrusage
@@ -202,3 +203,41 @@ class GpuMemory:
             self._warned = True
             reason = getattr(self, "_nvml_reason", "no GPU device")
             _log.warning("stagewatch: no GPU memory readings (gpu_peak_mb is null): %s", reason)
+
+
+def memory_limit_bytes() -> tuple[int, str]:
+    """The memory this process may use: its cgroup's limit (v2, then v1), else physical RAM."""
+    for path in _cgroup_limit_files():
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for "no limit"
+            return int(text), f"cgroup {path}"
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical RAM"
+
+
+def _cgroup_limit_files() -> list[Path]:
+    files = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0":
+                files.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max")
+            elif "memory" in controllers.split(","):
+                files.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes")
+    except (OSError, ValueError):
+        pass
+    return files
+
+
+def memory_warn_fraction() -> float:
+    """$STAGEWATCH_MEMORY_WARN_FRACTION (default 0.9): warn when a stage's peak passes it."""
+    text = os.environ.get("STAGEWATCH_MEMORY_WARN_FRACTION", "0.9")
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction <= 1:
+        raise ValueError(f"expected STAGEWATCH_MEMORY_WARN_FRACTION between 0 and 1, got {text!r}")
+    return fraction

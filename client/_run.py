@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from stagewatch._config import resolve_endpoint, resolve_home, spool_dir
-from stagewatch._memory import BYTES_PER_MB, GpuMemory, make_rss_tracker
+from stagewatch._memory import BYTES_PER_MB, GpuMemory, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
 from stagewatch._names import artifact_relpath, check_name, check_run_id
 from stagewatch._saver import write_artifact
 from stagewatch._transport import Sender, SenderSettings, safe_close
@@ -48,6 +48,8 @@ class _Process:
         self.spans = itertools.count(1)
         self.rss = make_rss_tracker()
         self.gpu = GpuMemory()
+        self.memory_limit, self.memory_limit_source = memory_limit_bytes()
+        self.memory_warn_bytes = self.memory_limit * memory_warn_fraction()
         self.sender = Sender(self.client_id, endpoint, spool_dir(home), settings, self._heartbeat)
 
     def _heartbeat(self) -> dict | None:
@@ -59,6 +61,8 @@ class _Process:
             "client_id": self.client_id,
             "ts_ns": time.time_ns(),
             "run_id": _runs[-1].id,
+            # The last reading a crashed stage will be left with (an OOM kill gives no warning).
+            "rss_mb": self.rss[0].current() / BYTES_PER_MB if self.rss is not None else None,
         }
 
     def event(self, event_type: str, run_id: str, **fields: Any) -> dict:
@@ -222,6 +226,22 @@ class Stage:
             self.run._failed_stages += 1
         self._end_ts = time.time_ns()
         process.sender.emit(self._end_event)
+        if self._rss_peak is not None and self._rss_peak > process.memory_warn_bytes:
+            process.sender.emit(self._memory_warning)
+
+    def _memory_warning(self) -> dict:
+        process = _process_for_run(self.run)
+        peak_mb, limit_mb = self._rss_peak / BYTES_PER_MB, process.memory_limit / BYTES_PER_MB
+        event = self._event("log", self._end_ts)
+        event.update(
+            level="WARNING", logger="stagewatch.memory",
+            message=f"stage {self.name!r} peaked at {peak_mb:.0f} MB, {peak_mb / limit_mb:.0%} of the "
+                    f"{limit_mb:.0f} MB memory limit ({process.memory_limit_source})",
+            extra={"rss_peak_mb": peak_mb, "limit_mb": limit_mb, "limit_source": process.memory_limit_source},
+        )  # fmt: skip
+        for key in ("span", "parent_span", "input_path"):
+            del event[key]
+        return event
 
     def _start_event(self) -> dict | None:
         return None if self._end_ts else self._event("stage_started", self._ts)

@@ -1,7 +1,7 @@
 """stagewatch.daemon: the daemon, its read models, and the query API over them.
 
-    from stagewatch.daemon import Filters, parse_time, query_stages, stage_stats
-    table = query_stages(Path("output"), Filters(stage="detection", since=parse_time("7d")))
+from stagewatch.daemon import Filters, parse_time, query_stages, stage_stats
+table = query_stages(Path("output"), Filters(stage="detection", since=parse_time("7d")))
 """
 
 from stagewatch.daemon._query import Filters, parse_time, query_logs, query_runs, query_stages, stage_stats

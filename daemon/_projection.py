@@ -98,6 +98,7 @@ class Projector:
     # -- folding -------------------------------------------------------------------------
     def apply(self, event: Any, lsn: int) -> None:
         if event.type == "heartbeat":
+            self._on_heartbeat(event)
             return
         if event.run_id in self.closed:
             self.late_events += 1  # its audit trail is final; the event stays in the log
@@ -109,6 +110,12 @@ class Projector:
         run["last_lsn"] = lsn
         getattr(self, f"_on_{event.type}")(run, event, lsn)
         self.dirty.add(event.run_id)
+
+    def _on_heartbeat(self, event: Any) -> None:
+        """Keep each client's last RSS reading: what a stage killed without warning is left with."""
+        run = self.runs.get(event.run_id)
+        if run is not None and event.rss_mb is not None:
+            run.setdefault("last_rss_mb", {})[event.client_id] = event.rss_mb
 
     def _on_run_started(self, run: dict, event: Any, lsn: int) -> None:
         run.update(pipeline=event.pipeline, host=event.host, pid=event.pid, client_id=event.client_id,
@@ -203,7 +210,11 @@ class Projector:
         for entry in [e for e in run["open"].values() if e["client_id"] == lost]:
             start = entry["start_ns"] or event.last_seen_ns
             end = max(start, event.last_seen_ns)
-            message = "the process died during this stage"
+            last_rss = run.get("last_rss_mb", {}).get(lost)
+            message = "the process died during this stage" + (
+                f" (last RSS reading {last_rss:.0f} MB)" if last_rss is not None else ""
+            )
+            entry["memory"]["rss_end_mb"] = last_rss
             entry.update(status="crashed", start_ns=start, started_at=iso(start), finished_at=iso(end),
                          duration_ms=(end - start) / 1e6,
                          error={"type": "ClientLost", "message": message, "traceback": ""})  # fmt: skip

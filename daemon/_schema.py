@@ -111,6 +111,7 @@ class Log(Envelope):
 
 class Heartbeat(Envelope):
     type: Literal["heartbeat"]
+    rss_mb: Megabytes = None
 
 
 class RunFinished(Envelope):

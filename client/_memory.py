@@ -71,10 +71,22 @@ class RssSource:
     def __init__(self) -> None:
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        self._status = os.open("/proc/self/status", os.O_RDONLY)
         try:
             self._clear_refs: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY)
         except OSError:
             self._clear_refs = None  # no reset: peaks are then max(start, end)
+        self._exec_floor = self._measure_exec_floor()
+
+    def _measure_exec_floor(self) -> int:
+        """getrusage's peak never drops below the peak of the image this process exec'd from
+        (the kernel keeps it in signal->maxrss): a pipeline launched by a big parent would see
+        the parent's size. Readings at or below that floor come from VmHWM instead."""
+        if self._clear_refs is None:
+            return 0
+        self.reset()
+        reported = _getrusage(_RUSAGE_THREAD).ru_maxrss * 1024
+        return reported if reported > self._vm_hwm() + 1024 * 1024 else 0
 
     @property
     def resettable(self) -> bool:
@@ -86,14 +98,20 @@ class RssSource:
     def peak(self) -> int:
         # RUSAGE_THREAD reads the same per-process high-water mark (it lives in the mm) as
         # RUSAGE_SELF, without summing every thread's counters: 0.7 us instead of 1.1 us.
-        return _getrusage(_RUSAGE_THREAD).ru_maxrss * 1024
+        value = _getrusage(_RUSAGE_THREAD).ru_maxrss * 1024
+        return value if value > self._exec_floor else self._vm_hwm()
+
+    def _vm_hwm(self) -> int:
+        status = os.pread(self._status, 4096, 0)
+        start = status.find(b"VmHWM:")
+        return int(status[start + 6 : status.find(b"kB", start)]) * 1024 if start >= 0 else 0
 
     def reset(self) -> None:
         if self._clear_refs is not None:
             os.write(self._clear_refs, b"5")
 
     def close(self) -> None:
-        for fd in (self._statm, self._clear_refs):
+        for fd in (self._statm, self._status, self._clear_refs):
             if fd is not None:
                 os.close(fd)
 

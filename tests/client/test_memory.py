@@ -92,3 +92,27 @@ def test_a_stage_reports_its_own_peak_not_the_process_peak(home) -> None:
     big_event, small_event = (e for e in events if e and e["type"] == "stage_finished")
     assert big_event["rss_peak_mb"] - big_event["rss_start_mb"] >= 190
     assert small_event["rss_peak_mb"] - small_event["rss_start_mb"] < 20
+
+
+def test_a_pipeline_started_by_a_big_parent_reports_its_own_peaks() -> None:
+    """getrusage keeps the pre-exec image's peak (the parent's size after fork): it must not leak in."""
+    from tests.conftest import run_python
+
+    parent_ballast = np.ones(400 * MB // 8)  # this process is now > 400 MB; the child is forked from it
+    code = """
+import numpy as np
+from stagewatch._memory import make_rss_tracker
+source, tracker = make_rss_tracker()
+token, start = tracker.begin()
+small, _ = tracker.end(token)
+token, start = tracker.begin()
+block = np.ones(100 * 2**20 // 8)
+del block
+big, _ = tracker.end(token)
+print(small / 2**20, (big - start) / 2**20)
+"""
+    result = run_python(code)
+    del parent_ballast
+    small_mb, big_delta_mb = map(float, result.stdout.split())
+    assert small_mb < 150  # the child's own size, not the 400 MB parent's
+    assert 95 <= big_delta_mb < 150

@@ -170,9 +170,10 @@ class Store:
         """
         summary = {key: value for key, value in run.items() if key not in ("open", "ended", "stages_bytes")}
         summary["counts"] = {**run["counts"], "running": len(run["open"])}
-        with open(self.stages_path(run["run_id"]), "ab+") as handle:
-            handle.seek(0)
-            ended = handle.read(run["stages_bytes"])
+        ended = b""
+        if run["stages_bytes"]:  # a run with no ended stage yet has no stages.jsonl (nor folder)
+            with open(self.stages_path(run["run_id"]), "rb") as handle:
+                ended = handle.read(run["stages_bytes"])
         stages = [ended.rstrip(b"\n").replace(b"\n", b",")] if ended else []
         stages += [_json(entry) for entry in run["open"].values()]
         document = _json(summary)[:-1] + b',"stages":[' + b",".join(stages) + b"]}"

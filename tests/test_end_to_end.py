@@ -245,3 +245,13 @@ def test_the_audit_trail_is_readable_mid_run(daemon: DaemonProcess) -> None:
     stage.__exit__(None, None, None)
     run.finish()
     assert [s["status"] for s in daemon.audit(run.id)["stages"]] == ["ok", "ok"]
+
+
+def test_a_run_whose_first_flush_has_no_ended_stage_is_written_without_errors(daemon: DaemonProcess) -> None:
+    run = stagewatch.init(pipeline="perception", home=daemon.home)
+    assert run.flush(10)
+    audit = daemon.audit(run.id, complete=False)  # written before any stage exists
+    assert audit["stages"] == [] and audit["status"] == "running"
+    run.finish()
+    assert daemon.audit(run.id)["status"] == "ok"
+    assert daemon.status()["stats"]["write_errors"] == 0

@@ -1,0 +1,145 @@
+"""Queries over a long history: query by run id, a filter query, 30-day stats, storage size.
+
+    python benchmarks/history.py --runs 10000 100000      [1000000 takes a long while]
+
+The history is built by replaying generated events (4 stages a run, 3% failing at
+detection, one log line a run, starts spread over 30 days) through the daemon's own ingest
+path in-process (validation, event log, projection, Parquet, audit trails), then compacted
+as aged partitions are in production. Each timing is the median of 7. The reference for
+size is the same rows written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import print_table
+
+from stagewatch._wire import pack_event
+from stagewatch.daemon import Filters, parse_time, query_logs, query_runs, query_stages, stage_stats
+from stagewatch.daemon._compaction import compact
+from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
+from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
+
+STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("postprocessing", 6.0))
+
+
+def generated_runs(count: int, rng: np.random.Generator):
+    now = time.time_ns()
+    for index in range(count):
+        run_id = str(uuid.UUID(int=int(rng.integers(2**62)) * 4 + index % 4))
+        yield run_id, _run_events(run_id, index, now - int(rng.uniform(0, 30 * 86400) * 1e9), rng)
+
+
+def _run_events(run_id: str, index: int, t: int, rng: np.random.Generator) -> list[bytes]:
+    envelope = {"v": 1, "client_id": f"c{index}", "run_id": run_id}
+    events = [{"type": "run_started", "ts_ns": t, "pipeline": "perception", "host": "bench", "pid": index}]
+    for span, (stage, scale) in enumerate(STAGES, 1):
+        duration = float(rng.exponential(scale))
+        event = {"type": "stage_finished", "ts_ns": t, "stage": stage, "span": span,
+                 "sample_id": f"frame_{index % 1000:03d}", "start_ts_ns": t, "duration_ms": duration,
+                 "rss_start_mb": 500.0, "rss_peak_mb": 500 + duration, "rss_end_mb": 501.0}  # fmt: skip
+        if stage == "detection" and rng.random() < 0.03:
+            event.update(type="stage_failed", error_type="ValueError", error_message="NaN pixels")
+        events.append(event)
+        t += int(duration * 1e6)
+    events.append({"type": "log", "ts_ns": t, "level": "INFO", "message": "frame done", "stage": "postprocessing"})
+    events.append({"type": "run_finished", "ts_ns": t, "status": "ok", "duration_ms": 25.0})
+    return [pack_event({**envelope, **event, "seq": seq}) for seq, event in enumerate(events, 1)]
+
+
+def build(home: Path, runs: int) -> tuple[list[str], float]:
+    daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock",
+                                   finished_run_grace_s=0))  # fmt: skip
+    daemon._take_lock()
+    daemon.recover()
+    daemon._bind()
+    started, run_ids, group = time.perf_counter(), [], _Group()
+    for run_id, events in generated_runs(runs, np.random.default_rng(1)):
+        run_ids.append(run_id)
+        daemon._take(group, events)
+        if len(group.payloads) >= 10_000:
+            daemon._commit(group)
+            group = _Group()
+            if len(run_ids) % 20_000 < 2_000:
+                daemon.flush()
+    daemon._commit(group)
+    daemon.flush(final=True)
+    compact(home / "metrics", datetime.now(UTC) + timedelta(days=3))  # as the daemon does over time
+    elapsed = time.perf_counter() - started
+    daemon.router.close(0)
+    daemon.live.close(0)
+    daemon.release()
+    return run_ids, elapsed
+
+
+def median_ms(action, repeats: int = 7) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def measure(runs: int) -> list[list[str]]:
+    home = Path(tempfile.mkdtemp(prefix="sw-hist-", dir="/tmp")) / "home"
+    try:
+        run_ids, build_s = build(home, runs)
+        target = run_ids[len(run_ids) // 2]
+
+        def by_id():
+            filters = Filters(run=target)
+            return (
+                query_runs(home, filters),
+                query_stages(home, filters),
+                query_logs(home, filters),
+                load_audit(home, target),
+            )
+
+        def failed_detection():
+            return query_stages(home, Filters(stage="detection", status="failed", since=parse_time("7d")))
+
+        def stats():
+            return stage_stats(query_stages(home, Filters(since=parse_time("30d"))))
+
+        parquet = sum(p.stat().st_size for p in (home / "metrics").rglob("*.parquet"))
+        as_json = sum(len(json.dumps(to_rows(read_table(home, t).drop(["date"])), default=str))
+                      for t in ("runs", "stage_executions", "logs"))  # fmt: skip
+        rows = [
+            [f"{runs:,}", "build (events/s)", f"{runs * 7 / build_s:,.0f}", "-", "-"],
+            [f"{runs:,}", "query by run id (ms)", f"{median_ms(by_id):.1f}", "< 50", "-"],
+            [f"{runs:,}", "--stage detection --status failed --since 7d (ms)", f"{median_ms(failed_detection):.1f}",
+             "< 500", "-"],
+            [f"{runs:,}", "stats over 30 days (ms)", f"{median_ms(stats):.1f}", "< 1000", "-"],
+            [f"{runs:,}", "Parquet vs same rows as JSON (MB)", f"{parquet / 2**20:.1f}", "≥ 90% smaller",
+             f"{as_json / 2**20:.1f} JSON ({1 - parquet / as_json:.1%} smaller)"],
+        ]  # fmt: skip
+        return rows
+    finally:
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    rows = [row for runs in args.runs for row in measure(runs)]
+    print_table("History queries (median of 7)", ["runs", "measure", "ours", "target", "reference"], rows)
+
+
+if __name__ == "__main__":
+    main()

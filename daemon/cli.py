@@ -286,6 +286,9 @@ def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:
         print(f"stagewatch: using the daemon already running on {home}")
         return None
     home.mkdir(parents=True, exist_ok=True)
+    socket_path = Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+    if socket_path is not None:  # no daemon holds the lock: a socket file left by a killed one is stale
+        socket_path.unlink(missing_ok=True)
     with open(home / "daemon-demo.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--endpoint", endpoint],
@@ -293,7 +296,6 @@ def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:
             stderr=log,
             start_new_session=True,
         )
-    socket_path = Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:
         if socket_path is None or socket_path.exists():

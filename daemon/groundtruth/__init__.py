@@ -1,0 +1,1 @@
+"""Ground truth: golden datasets, their loaders, reference-exact metrics and live evaluation."""

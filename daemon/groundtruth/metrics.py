@@ -1,0 +1,151 @@
+"""Streaming accuracy metrics with update/compute, backed by pure functions.
+
+DetectionAccuracy: precision, recall and F1 at one IoU and score threshold, with each
+mistake named (false positive, missed, localization, class confusion, duplicate), plus the
+12 COCO numbers (CocoEvaluator). ConfusionAccuracy: per-class IoU, mIoU and accuracy of
+class-index masks or per-point labels, from a confusion matrix. Updating a sample again
+replaces its earlier contribution, so a re-sent result never counts twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stagewatch.daemon.groundtruth.coco import CocoEvaluator, Objects
+from stagewatch.daemon.groundtruth.iou import box_iou, confusion_matrix
+
+LOCALIZATION_MIN_IOU = 0.1  # below this a wrong box is background, not a badly placed one
+
+
+@dataclass
+class BoxOutcome:
+    true_positives: int = 0
+    false_positives: int = 0
+    missed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return precision_recall_f1(self.true_positives, self.false_positives, self.missed)
+
+
+def precision_recall_f1(true_positives: int, false_positives: int, missed: int) -> dict[str, float]:
+    """Nothing to find and nothing found is perfect (1.0), not undefined."""
+    found, actual = true_positives + false_positives, true_positives + missed
+    precision = true_positives / found if found else (1.0 if not actual else 0.0)
+    recall = true_positives / actual if actual else (1.0 if not found else 0.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def match_boxes(truth: Objects, predicted: Objects, iou_threshold: float = 0.5) -> BoxOutcome:
+    """Greedy matching in score order, one ground truth per prediction, same class only.
+
+    A prediction that finds no free same-class box at the threshold is a `duplicate` (its
+    box was taken), a `class_confusion` (another class's box is there), a `localization`
+    error (its class's box overlaps too little), or a `false_positive` (background).
+    Predictions inside crowd regions count for nothing; unmatched boxes are `missed`.
+    """
+    outcome = BoxOutcome()
+    ious = box_iou(predicted.boxes, truth.boxes, truth.crowd)
+    same_class = predicted.categories[:, None] == truth.categories[None, :]
+    taken = np.zeros(len(truth), bool)
+    for d in np.argsort(-predicted.scores, kind="mergesort"):
+        good = same_class[d] & (ious[d] >= iou_threshold)
+        free = good & ~taken & ~truth.crowd
+        if free.any():
+            taken[np.flatnonzero(free)[np.argmax(ious[d][free])]] = True
+            outcome.true_positives += 1
+            continue
+        if (good & truth.crowd).any():
+            continue
+        outcome.false_positives += 1
+        if good.any():
+            outcome.errors["duplicate"] += 1
+        elif ((ious[d] >= iou_threshold) & ~same_class[d]).any():
+            outcome.errors["class_confusion"] += 1
+        elif (same_class[d] & (ious[d] >= LOCALIZATION_MIN_IOU)).any():
+            outcome.errors["localization"] += 1
+        else:
+            outcome.errors["false_positive"] += 1
+    outcome.missed = int((~taken & ~truth.crowd).sum())
+    if outcome.missed:
+        outcome.errors["missed"] = outcome.missed
+    return outcome
+
+
+class DetectionAccuracy:
+    """Boxes of one stage across samples: counts at a threshold plus the COCO numbers."""
+
+    def __init__(self, categories: Sequence[int], iou_threshold: float = 0.5, score_threshold: float = 0.0,
+                 iou_type: str = "bbox") -> None:  # fmt: skip
+        self.iou_threshold = iou_threshold
+        self.score_threshold = score_threshold
+        self.coco = CocoEvaluator(categories, iou_type)
+        self._outcomes: dict[Any, BoxOutcome] = {}
+
+    def update(self, image_id: Any, truth: Objects, predicted: Objects) -> BoxOutcome:
+        self.coco.update(image_id, truth, predicted)  # COCO ranks every prediction, whatever its score
+        confident = predicted.take(np.flatnonzero(predicted.scores >= self.score_threshold))
+        self._outcomes[image_id] = outcome = match_boxes(truth, confident, self.iou_threshold)
+        return outcome
+
+    def forget(self, image_id: Any) -> None:
+        self.coco.forget(image_id)
+        self._outcomes.pop(image_id, None)
+
+    def compute(self, coco: bool = True) -> dict[str, Any]:
+        totals = [sum(getattr(o, key) for o in self._outcomes.values())
+                  for key in ("true_positives", "false_positives", "missed")]  # fmt: skip
+        errors = sum((o.errors for o in self._outcomes.values()), Counter())
+        found = {"samples": len(self._outcomes), **precision_recall_f1(*totals),
+                 "true_positives": totals[0], "false_positives": totals[1], "missed": totals[2],
+                 "errors": dict(errors)}  # fmt: skip
+        return found | ({"coco": self.coco.compute()} if coco else {})
+
+
+def scores_from_confusion(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-class IoU (None for a class absent from both truth and prediction), mIoU, accuracy."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    hits = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - hits
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, hits / union, np.nan)
+    total = confusion.sum()
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(hits))]
+    return {
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
+        "accuracy": float(hits.sum() / total) if total else None,
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou, strict=True)},
+        "labeled": int(total),
+    }
+
+
+class ConfusionAccuracy:
+    """Class-index masks or per-point labels of one stage across samples."""
+
+    def __init__(self, class_names: Sequence[str], ignore_index: int | None = None) -> None:
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self._total = np.zeros((len(class_names), len(class_names)), np.int64)
+        self._by_sample: dict[Any, np.ndarray] = {}
+
+    def update(self, sample: Any, truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+        confusion = confusion_matrix(truth, predicted, len(self.class_names), self.ignore_index)
+        self.forget(sample)
+        self._by_sample[sample] = confusion
+        self._total += confusion
+        return scores_from_confusion(confusion, self.class_names)
+
+    def forget(self, sample: Any) -> None:
+        previous = self._by_sample.pop(sample, None)
+        if previous is not None:
+            self._total -= previous
+
+    def compute(self) -> dict[str, Any]:
+        return {"samples": len(self._by_sample), **scores_from_confusion(self._total, self.class_names)}

@@ -1,0 +1,200 @@
+"""Judging one stage's prediction for one sample against a golden dataset.
+
+Each sample gets a status: `correct` or `wrong` by the stage's pass criterion, `invalid`
+when the prediction itself is malformed (NaN, negative size, wrong shape, unknown class,
+unreadable file), `unlabeled` when the dataset has no labels for it. Wrong samples carry
+their error types and a severity in [0, 1] (1 - the criterion's metric). RunAccuracy folds
+a run's sample_result events into per-stage metrics and `samples` table rows; the live
+worker and `stagewatch eval --run` both use it, so live and batch numbers are the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stagewatch.daemon.groundtruth.coco import Objects
+from stagewatch.daemon.groundtruth.formats import LabelError, PointLabels, check_mask, load_mask, load_point_labels
+from stagewatch.daemon.groundtruth.metrics import ConfusionAccuracy, DetectionAccuracy
+from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, StageLabels
+
+STATUSES = ("correct", "wrong", "invalid", "unlabeled")
+
+
+class InvalidPrediction(ValueError):
+    """The prediction cannot be judged; the message says why (it goes into the samples table)."""
+
+
+@dataclass
+class Verdict:
+    status: str
+    value: float | None = None  # the pass criterion's metric for this sample
+    errors: dict[str, int] = field(default_factory=dict)
+    severity: float = 0.0
+    reason: str = ""
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+# -- predictions --------------------------------------------------------------------------------
+def parse_boxes(prediction: Any, categories: dict[int, str]) -> Objects:
+    """{"boxes": [[x, y, w, h], ...], "scores": [...], "labels": [...]} or COCO-style result dicts.
+
+    Labels are category ids or names; boxes must be finite with non-negative size.
+    """
+    if isinstance(prediction, list):  # [{"bbox": ..., "score": ..., "category_id": ...}, ...]
+        try:
+            prediction = {"boxes": [p["bbox"] for p in prediction], "scores": [p.get("score", 1.0) for p in prediction],
+                          "labels": [p.get("category_id", p.get("label")) for p in prediction]}  # fmt: skip
+        except (TypeError, KeyError, AttributeError):
+            raise InvalidPrediction("expected a list of {bbox, score, category_id} objects") from None
+    if not isinstance(prediction, dict) or "boxes" not in prediction:
+        raise InvalidPrediction("expected {boxes: [[x, y, w, h], ...], scores: [...], labels: [...]}")
+    boxes = _numbers(prediction["boxes"], "boxes").reshape(-1, 4) if len(prediction["boxes"]) else np.zeros((0, 4))
+    if boxes.shape[0] != len(prediction["boxes"]):
+        raise InvalidPrediction("each box must be 4 numbers [x, y, width, height]")
+    count = len(boxes)
+    scores = _numbers(prediction.get("scores", [1.0] * count), "scores")
+    labels = prediction.get("labels", [])
+    if len(scores) != count or len(labels) != count:
+        raise InvalidPrediction(f"{count} boxes but {len(scores)} scores and {len(labels)} labels")
+    if (boxes[:, 2:] < 0).any():
+        raise InvalidPrediction("negative box width or height")
+    by_name = {name: category for category, name in categories.items()}
+    ids = []
+    for label in labels:
+        category = by_name.get(label, label) if isinstance(label, str) else label
+        if not isinstance(category, int) or category not in categories:
+            raise InvalidPrediction(f"unknown class {label!r}")
+        ids.append(category)
+    return Objects(np.array(ids, np.int64), boxes, boxes[:, 2] * boxes[:, 3], np.zeros(count, bool), scores)
+
+
+def _numbers(values: Any, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidPrediction(f"{what} must be numbers") from None
+    if not np.isfinite(array).all():
+        raise InvalidPrediction(f"{what} contain NaN or infinity")
+    return array
+
+
+def load_prediction_array(prediction: Any, path: Path | None, kind: str) -> np.ndarray | PointLabels:
+    """A mask or point labels, inline (nested lists) or from a saved artifact."""
+    try:
+        if path is not None:
+            if kind == "mask":
+                return load_mask(path)
+            if path.suffix.lower() == ".npy":
+                return _integer_labels(np.load(path, allow_pickle=False).reshape(-1), str(path))
+            return load_point_labels(path)
+        array = np.asarray(prediction)
+    except (LabelError, OSError, ValueError, TypeError) as error:
+        raise InvalidPrediction(str(error)) from None
+    if kind == "mask":
+        try:
+            return check_mask(array, "mask")
+        except LabelError as error:
+            raise InvalidPrediction(str(error)) from None
+    return _integer_labels(array.reshape(-1), "point labels")
+
+
+def _integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.isfinite(labels).all()
+                                               and (labels == np.round(labels)).all()):  # fmt: skip
+        raise InvalidPrediction(f"{where}: labels must be integers, got {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def labels_on_truth_points(truth: PointLabels, predicted: np.ndarray | PointLabels) -> np.ndarray:
+    """Predicted labels for each ground-truth point: the same order when counts agree, else the
+    label of the nearest predicted point (Open3D's KD-tree), for clouds that were resampled."""
+    if isinstance(predicted, np.ndarray):
+        if len(predicted) != len(truth.labels):
+            raise InvalidPrediction(f"{len(predicted)} labels for a cloud of {len(truth.labels)} points")
+        return predicted
+    if len(predicted.labels) == len(truth.labels) and np.allclose(predicted.positions, truth.positions):
+        return predicted.labels.astype(np.int64)
+    import open3d as o3d
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(predicted.positions))
+    tree = o3d.geometry.KDTreeFlann(cloud)
+    nearest = np.array([tree.search_knn_vector_3d(point, 1)[1][0] for point in truth.positions])
+    return predicted.labels[nearest].astype(np.int64)
+
+
+# -- one stage of one run -----------------------------------------------------------------------
+class StageAccuracy:
+    """One stage's running accuracy: status counts, the metric object, one verdict per sample."""
+
+    def __init__(self, dataset: GoldenDataset, stage: str) -> None:
+        self.dataset = dataset
+        self.stage = stage
+        self.labels: StageLabels = dataset.spec.stages[stage]
+        self.verdicts: dict[str, Verdict] = {}
+        if self.labels.kind == "boxes":
+            coco = dataset.coco(stage)
+            self.metric: DetectionAccuracy | ConfusionAccuracy = DetectionAccuracy(
+                list(coco.categories), self.labels.iou_threshold, self.labels.score_threshold, self.labels.iou_type
+            )
+        else:
+            self.metric = ConfusionAccuracy(self.labels.classes or [], self.labels.ignore_index)
+
+    def judge(self, sample_id: str, prediction: Any, path: Path | None) -> Verdict:
+        try:
+            truth = self.dataset.truth(self.stage, sample_id)
+        except (LabelError, DatasetError) as error:
+            verdict = Verdict("unlabeled", reason=f"labels unreadable: {error}")
+        else:
+            verdict = Verdict("unlabeled", reason="no labels for this sample") if truth is None else None
+        if verdict is None:
+            try:
+                verdict = self._judge_labeled(sample_id, truth, prediction, path)
+            except InvalidPrediction as error:  # excluded from the metrics, counted on its own
+                self.metric.forget(self._metric_key(sample_id))
+                verdict = Verdict("invalid", reason=str(error)[:500], severity=1.0)
+        self.verdicts[sample_id] = verdict
+        return verdict
+
+    def _metric_key(self, sample_id: str) -> Any:
+        return self.dataset.image_id(self.stage, sample_id) if self.labels.kind == "boxes" else sample_id
+
+    def _judge_labeled(self, sample_id: str, truth: Any, prediction: Any, path: Path | None) -> Verdict:
+        metric_name, minimum = self.labels.criterion
+        if isinstance(self.metric, DetectionAccuracy):
+            predicted = parse_boxes(prediction, self.dataset.coco(self.stage).categories)
+            outcome = self.metric.update(self.dataset.image_id(self.stage, sample_id), truth, predicted)
+            scores = outcome.scores
+            errors = dict(outcome.errors)
+        else:
+            predicted = load_prediction_array(prediction, path, self.labels.kind or "mask")
+            truth_labels = truth.labels if isinstance(truth, PointLabels) else truth
+            if isinstance(truth, PointLabels):
+                predicted = labels_on_truth_points(truth, predicted)
+            elif predicted.shape != truth.shape:
+                raise InvalidPrediction(f"mask shape {predicted.shape} differs from the labels' {truth.shape}")
+            unknown = np.setdiff1d(np.unique(predicted), np.arange(len(self.labels.classes or [])))
+            if len(unknown):
+                raise InvalidPrediction(
+                    f"unknown class index {int(unknown[0])} (classes: {len(self.labels.classes or [])})"
+                )
+            scores = self.metric.update(sample_id, truth_labels, predicted)
+            errors = {}
+        value = scores.get(metric_name)
+        value = 1.0 if value is None else float(value)  # nothing labeled in the sample: nothing to get wrong
+        if value >= minimum:
+            return Verdict("correct", value, scores=scores)
+        if not errors:
+            errors = {"mask_mismatch" if self.labels.kind == "mask" else "point_label_mismatch": 1}
+        return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), scores=scores)
+
+    def summary(self, coco: bool = True) -> dict[str, Any]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for verdict in self.verdicts.values():
+            counts[verdict.status] += 1
+        metrics = self.metric.compute(coco) if isinstance(self.metric, DetectionAccuracy) else self.metric.compute()
+        return {"kind": self.labels.kind, "counts": counts, "metrics": metrics,
+                "criterion": dict(zip(("metric", "min"), self.labels.criterion, strict=True))}  # fmt: skip

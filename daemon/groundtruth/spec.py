@@ -1,0 +1,246 @@
+"""Golden datasets: a YAML or JSON file naming samples and, per stage, the labels to check against.
+
+    name: street-golden
+    root: .                              # relative to this file; no label may leave it
+    samples: [frame_000, frame_001]      # optional: else found from the labels
+    stages:
+      detection:                         # a stage name the pipeline uses
+        labels: annotations.json         # COCO: samples are images, matched by file-name stem
+        iou_threshold: 0.5
+        score_threshold: 0.3
+        pass: {metric: f1, min: 1.0}     # when a sample counts as correct
+      segmentation:
+        labels: masks/{sample_id}.*      # PNG or NPY, chosen per sample by extension
+        classes: [background, road, car]
+        ignore_index: 255
+        pass: {metric: miou, min: 0.75}
+
+docs/ground-truth.md is the reference. Loading validates the file (pydantic, unknown keys
+refused); labels are read lazily and cached, and a sample without labels is "unlabeled".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stagewatch.daemon.groundtruth.coco import CocoGroundTruth, Objects
+from stagewatch.daemon.groundtruth.formats import (
+    KINDS,
+    LabelError,
+    PointLabels,
+    kind_of,
+    load_coco,
+    load_mask,
+    load_point_labels,
+)
+
+SampleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
+StageName = SampleId
+METRICS_BY_KIND = {"boxes": ("f1", "precision", "recall"), "mask": ("miou", "accuracy"),
+                   "point_labels": ("miou", "accuracy")}  # fmt: skip
+DEFAULT_PASS = {"boxes": ("f1", 1.0), "mask": ("miou", 0.75), "point_labels": ("accuracy", 0.9)}
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be used; the message names the file and the key."""
+
+
+class PassCriterion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Literal["f1", "precision", "recall", "miou", "accuracy"]
+    min: Fraction
+
+
+class StageLabels(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    labels: Annotated[str, Field(min_length=1, max_length=1024)]
+    kind: Literal["boxes", "mask", "point_labels"] | None = None
+    iou_type: Literal["bbox", "segm"] = "bbox"
+    iou_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    score_threshold: Fraction = 0.0
+    classes: list[Annotated[str, Field(max_length=128)]] | None = None
+    ignore_index: int | None = None
+    pass_: PassCriterion | None = Field(None, alias="pass")
+
+    @field_validator("labels")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if value.startswith(("/", "~")) or "\x00" in value or ".." in Path(value).parts:
+            raise ValueError("must be a path relative to the dataset root, without '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StageLabels:
+        self.kind = self.kind or _kind_of_template(self.labels)
+        if self.kind in ("mask", "point_labels") and not self.classes:
+            raise ValueError(f"a {self.kind} stage needs 'classes' (class names, index = label value)")
+        if self.kind == "boxes" and "{sample_id}" in self.labels:
+            raise ValueError("boxes come from one COCO file for all samples: no {sample_id} in 'labels'")
+        if self.pass_ is not None and self.pass_.metric not in METRICS_BY_KIND[self.kind]:
+            raise ValueError(f"pass.metric {self.pass_.metric!r} does not apply to {self.kind}; "
+                             f"use one of {', '.join(METRICS_BY_KIND[self.kind])}")  # fmt: skip
+        return self
+
+    @property
+    def criterion(self) -> tuple[str, float]:
+        return (self.pass_.metric, self.pass_.min) if self.pass_ else DEFAULT_PASS[self.kind or "boxes"]
+
+
+class SampleEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: SampleId
+    input: Annotated[str, Field(max_length=1024)] | None = None
+    labels: dict[StageName, Annotated[str, Field(max_length=1024)]] = {}  # per-stage override
+
+
+class DatasetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str = ""
+    root: str = "."
+    samples: list[SampleId | SampleEntry] | None = None
+    stages: dict[StageName, StageLabels] = Field(min_length=1)
+
+
+def _kind_of_template(labels: str) -> str:
+    if labels.endswith(".*"):
+        raise ValueError("labels ending in '.*' need an explicit kind (mask or point_labels)")
+    try:
+        return kind_of(labels)
+    except LabelError as error:
+        raise ValueError(str(error)) from None
+
+
+class GoldenDataset:
+    """A validated dataset file with its labels, loaded on first use and cached."""
+
+    def __init__(self, path: Path, spec: DatasetSpec) -> None:
+        self.path = path
+        self.spec = spec
+        self.root = (path.parent / spec.root).resolve()
+        self._entries = {e.id: e for e in (_entry(s) for s in spec.samples or [])}
+        self.samples = list(self._entries) if spec.samples is not None else self._discover_samples()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- paths ----------------------------------------------------------------------------------
+    def inside_root(self, relative: str) -> Path:
+        """`relative` under the root; DatasetError if it would leave it (also through symlinks)."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise DatasetError(f"{self.path}: {relative!r} leaves the dataset root {self.root}")
+        return path
+
+    def label_path(self, stage: str, sample_id: str) -> Path | None:
+        """The sample's label file for a stage, or None when it has none (unlabeled)."""
+        labels = self.spec.stages[stage]
+        entry = self._entries.get(sample_id)
+        template = entry.labels.get(stage, labels.labels) if entry else labels.labels
+        relative = template.replace("{sample_id}", sample_id)
+        if relative.endswith(".*"):
+            found = [self.inside_root(relative[:-1] + ext[1:]) for ext, kind in KINDS.items() if kind == labels.kind]
+            return next((path for path in found if path.is_file()), None)
+        path = self.inside_root(relative)
+        return path if path.is_file() else None
+
+    def _discover_samples(self) -> list[str]:
+        found: dict[str, None] = {}
+        for name, labels in self.spec.stages.items():
+            if labels.kind == "boxes":
+                coco = self.coco(name)
+                found.update(
+                    dict.fromkeys(_stem(image.get("file_name", image["id"])) for image in coco.images.values())
+                )
+            else:
+                pattern = labels.labels.replace("{sample_id}", "*")
+                found.update(dict.fromkeys(sorted(p.name.split(".")[0] for p in self.root.glob(pattern))))
+        return list(found)
+
+    # -- labels ---------------------------------------------------------------------------------
+    @functools.cache  # noqa: B019 - one dataset object per file, kept as long as its runs
+    def coco(self, stage: str) -> CocoGroundTruth:
+        labels = self.spec.stages[stage]
+        return load_coco(self.inside_root(labels.labels), labels.iou_type)
+
+    @functools.cache  # noqa: B019
+    def _coco_index(self, stage: str) -> dict[str, int]:
+        return self.coco(stage).image_by_name()
+
+    def image_id(self, stage: str, sample_id: str) -> int | None:
+        return self._coco_index(stage).get(sample_id)
+
+    def truth(self, stage: str, sample_id: str) -> Objects | np.ndarray | PointLabels | None:
+        """The sample's ground truth for a stage; None when unlabeled. LabelError when unreadable."""
+        labels = self.spec.stages[stage]
+        if labels.kind == "boxes":
+            image_id = self.image_id(stage, sample_id)
+            if image_id is None:
+                return None
+            return self.coco(stage).objects.get(image_id, Objects.empty())
+        path = self.label_path(stage, sample_id)
+        if path is None:
+            return None
+        return _load_cached(path, labels.kind)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_cached(path: Path, kind: str) -> np.ndarray | PointLabels:
+    return load_mask(path) if kind == "mask" else load_point_labels(path)
+
+
+def _entry(sample: str | SampleEntry) -> SampleEntry:
+    return sample if isinstance(sample, SampleEntry) else SampleEntry(id=sample)
+
+
+def _stem(name: Any) -> str:
+    return str(name).rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def load_dataset(path: str | Path) -> GoldenDataset:
+    """Read and validate a dataset file (YAML or JSON). DatasetError says what is wrong and where."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the dataset file ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a text file") from None
+    try:
+        document = _parse(path, text)
+    except ValueError as error:
+        raise DatasetError(f"{path}: {error}") from None
+    if not isinstance(document, dict):
+        raise DatasetError(f"{path}: expected a mapping with name, stages (and samples)")
+    try:
+        spec = DatasetSpec.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in error.errors()[:5])
+        raise DatasetError(f"{path}: {problems}") from None
+    try:
+        return GoldenDataset(path, spec)
+    except LabelError as error:
+        raise DatasetError(str(error)) from None
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON ({error})") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML ({' '.join(str(error).split())[:200]})") from None

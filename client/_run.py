@@ -304,6 +304,45 @@ class Stage:
             return None
         return relpath
 
+    def result(self, sample_id: str | None = None, prediction: Any = None) -> None:
+        """Report this stage's prediction for one sample, to be judged against the run's golden dataset.
+
+        Boxes travel inline: {"boxes": [[x, y, w, h], ...], "scores": [...], "labels": [...]}
+        (labels are class ids or names). A class-index mask or per-point labels (an array) is
+        saved as `{sample_id}.pred.npy`, and a point cloud with its labels (a dict with "points"
+        and "label") as `{sample_id}.pred.ply`; the event carries the path. `sample_id`
+        defaults to the stage's. Never raises into the pipeline.
+        """
+        try:
+            self._result(sample_id or self.sample_id, prediction)
+        except Exception as error:
+            _internal_error(error)
+
+    def _result(self, sample_id: str | None, prediction: Any) -> None:
+        if sample_id is None:
+            raise ValueError("stage.result() needs a sample id (or a stage started with sample_id=...)")
+        check_name(sample_id, "sample id")
+        path = None
+        if hasattr(prediction, "__array_interface__") or (isinstance(prediction, dict) and "points" in prediction):
+            suffix = "ply" if isinstance(prediction, dict) else "npy"
+            path = self.save(f"{sample_id}.pred.{suffix}", prediction)
+            if path is None:
+                return
+            prediction = None
+        process = _process_for_run(self.run)
+        event = process.event("sample_result", self.run.id, stage=self.name, sample_id=sample_id, path=path,
+                              prediction=_plain(prediction))  # fmt: skip
+        process.sender.emit(event)
+
+
+def _plain(value: Any) -> Any:
+    """Arrays and numpy numbers inside a prediction become lists and floats (msgpack takes those)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value.tolist() if hasattr(value, "tolist") else value
+
 
 def _process_for_run(run: Run) -> _Process:
     # No getpid() here (a syscall on the hot path): the fork hook clears `_process`.
@@ -366,7 +405,8 @@ class Run:
         self.home = resolve_home(home)
         self.endpoint = resolve_endpoint(self.home, endpoint)
         self.settings = settings or SenderSettings()
-        self.dataset = os.fspath(dataset) if dataset is not None else None
+        # Absolute: the daemon reads it, from its own working directory.
+        self.dataset = os.path.abspath(os.fspath(dataset)) if dataset is not None else None
         self.finished = False
         self._failed_stages = 0
         self._owner_pid = os.getpid()
@@ -483,6 +523,9 @@ class _NoStage:
         return False
 
     def save(self, filename: str, value: Any) -> None:
+        return None
+
+    def result(self, sample_id: str | None = None, prediction: Any = None) -> None:
         return None
 
 

@@ -140,8 +140,10 @@ class EventLog:
                 continue
             segment_stats = ScanStats()
             start = max(0, from_lsn - base)  # from_lsn is always a record boundary
-            data = path.read_bytes()
-            for offset, payload in scan_records(memoryview(data)[start:], segment_stats):
+            with open(path, "rb") as handle:  # from `start` only: a follower re-reads just the new tail
+                handle.seek(start)
+                data = handle.read()
+            for offset, payload in scan_records(memoryview(data), segment_stats):
                 yield base + start + offset, payload
             stats.corrupt_regions += segment_stats.corrupt_regions
             stats.corrupt_bytes += segment_stats.corrupt_bytes

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from stagewatch.daemon._accuracy import CHECKPOINT, AccuracyWorker
 from stagewatch.daemon._server import Daemon, DaemonSettings
 
 
@@ -22,6 +23,7 @@ def rebuild(home: Path) -> dict[str, Any]:
         removed = _remove_read_models(home)
         daemon.recover()
         daemon.flush(final=True)
+        AccuracyWorker(home).recover()  # from an empty checkpoint: judges every sample result again
         return {"events_replayed": daemon.stats.replayed, "read_model_files_removed": removed,
                 "recovery": daemon.stats.recovery, "runs_open": len(daemon.projector.open_work())}  # fmt: skip
     finally:
@@ -30,8 +32,8 @@ def rebuild(home: Path) -> dict[str, Any]:
 
 def _remove_read_models(home: Path) -> int:
     removed = 0
-    for path in [home / "state" / "checkpoint.msgpack", *home.glob("runs/*/audit.json"),
-                 *home.glob("runs/*/stages.jsonl")]:  # fmt: skip
+    for path in [home / "state" / "checkpoint.msgpack", home / "state" / CHECKPOINT, *home.glob("runs/*/audit.json"),
+                 *home.glob("runs/*/stages.jsonl"), *home.glob("runs/*/accuracy.json")]:  # fmt: skip
         path.unlink(missing_ok=True)
         removed += 1
     if (home / "metrics").exists():

@@ -27,6 +27,14 @@ Megabytes = Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
 PathText = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
 
 
+def check_artifact_path(run_id: str, stage: str, path: str) -> None:
+    """A saved output's path must be runs/{run_id}/stages/{stage}/{a plain file name}."""
+    expected = f"runs/{run_id}/stages/{stage}/"
+    if not path.startswith(expected):
+        raise ValueError(f"artifact path must start with {expected!r}")
+    check_name(path[len(expected) :], "artifact file name")
+
+
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -84,19 +92,19 @@ class ArtifactSaved(Envelope):
     sample_id: Text | None = None
 
     def model_post_init(self, context: Any) -> None:
-        expected = f"runs/{self.run_id}/stages/{self.stage}/"
-        name = self.path[len(expected) :]
-        if not self.path.startswith(expected):
-            raise ValueError(f"artifact path must start with {expected!r}")
-        check_name(name, "artifact file name")
+        check_artifact_path(self.run_id, self.stage, self.path)
 
 
 class SampleResult(Envelope):
     type: Literal["sample_result"]
     stage: Name
-    sample_id: Text
+    sample_id: Name
     prediction: Any = None
-    path: PathText | None = None
+    path: PathText | None = None  # a saved artifact of this run and stage
+
+    def model_post_init(self, context: Any) -> None:
+        if self.path is not None:
+            check_artifact_path(self.run_id, self.stage, self.path)
 
 
 class Log(Envelope):

@@ -15,6 +15,8 @@ import gc
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +61,9 @@ class DaemonSettings:
     finished_run_grace_s: float = 120.0
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
+    # The accuracy worker (stagewatch.daemon._accuracy) judges sample results in its own
+    # process and publishes live accuracy here; None: no worker (tests of ingest alone).
+    accuracy_endpoint: str | None = None
     disk: DiskSection = field(default_factory=DiskSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
 
@@ -105,6 +110,52 @@ class CostThrottle:
         self._next.pop(key, None)
 
 
+class WorkerProcess:
+    """The accuracy worker as a child process: started with the daemon, restarted when it
+    dies (at most every 5 s), stopped with it. Its crash never touches ingestion."""
+
+    RESTART_DELAY_S = 5.0
+
+    def __init__(self, home: Path, endpoint: str | None) -> None:
+        self.home = home
+        self.endpoint = endpoint
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._next_start = 0.0
+
+    def start(self) -> None:
+        if self.endpoint is None:
+            return
+        command = [
+            sys.executable,
+            "-m",
+            "stagewatch.daemon._accuracy",
+            "--home",
+            str(self.home),
+            "--live",
+            self.endpoint,
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        self._next_start = time.monotonic() + self.RESTART_DELAY_S
+
+    def watch(self) -> None:
+        if self.process is None or self.process.poll() is None or time.monotonic() < self._next_start:
+            return
+        logger.warning("accuracy worker exited with code {}; restarting it", self.process.returncode)
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @dataclass
 class _Group:
     """Events taken in one turn, before they are durable."""
@@ -135,6 +186,7 @@ class Daemon:
         self._systemd = SystemdNotifier()
         self.disk: dict[str, Any] = {"state": OK, "problems": []}
         self._next_home_measure = 0.0
+        self._worker = WorkerProcess(self.home, settings.accuracy_endpoint)
 
     # -- lifecycle -----------------------------------------------------------------------
     def serve(self) -> None:
@@ -149,6 +201,7 @@ class Daemon:
             self._bind()
             self._install_signal_handlers()
             self.ingest_spools()
+            self._worker.start()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home, self.settings.endpoint)
             self._systemd.notify("READY=1", f"STATUS=ingesting on {self.settings.endpoint}")
             self._loop()
@@ -183,7 +236,7 @@ class Daemon:
             for name in ("spool", "runs"):
                 (self.home / name).mkdir(exist_ok=True)
                 (self.home / name).chmod(folder_mode)
-        for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
+        for endpoint in self._endpoints():
             check_endpoint(endpoint)
             if endpoint.startswith("ipc://"):
                 folder = Path(endpoint[len("ipc://") :]).parent
@@ -208,6 +261,10 @@ class Daemon:
             for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
                 if endpoint.startswith("ipc://"):
                     Path(endpoint[len("ipc://") :]).chmod(0o660)
+
+    def _endpoints(self) -> list[str]:
+        settings = self.settings
+        return [e for e in (settings.endpoint, settings.live_endpoint, settings.accuracy_endpoint) if e]
 
     def _require_curve(self, router: zmq.Socket) -> None:
         """TCP is served with CURVE only: clients whose public key is not authorized are refused."""
@@ -236,12 +293,13 @@ class Daemon:
     def _close(self) -> None:
         with contextlib.suppress(Exception):
             self.flush(final=True)
+        self._worker.stop()
         for name in ("router", "live"):
             if hasattr(self, name):
                 getattr(self, name).close(0)
         if getattr(self, "_authenticator", None) is not None:
             self._authenticator.stop()
-        for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
+        for endpoint in self._endpoints():
             if endpoint.startswith("ipc://"):  # a stale socket file would look like a daemon
                 Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
         self.release()
@@ -307,6 +365,7 @@ class Daemon:
             [lambda: self.check_liveness(time.monotonic()), 1.0, now],
             [self.ingest_spools, settings.spool_scan_interval_s, now + settings.spool_scan_interval_s],
         ]
+        periodic.append([self._worker.watch, 1.0, now + 1.0])
         periodic.append([self.check_disk, settings.disk.check_interval_s, now])
         periodic.append([self.apply_retention, settings.retention.check_interval_s, now])
         if self._systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog

@@ -72,7 +72,15 @@ LOGS = pa.schema([
     ("stage", pa.string()), ("sample_id", pa.string()), ("logger", pa.string()), ("message", pa.string()),
     ("extra", pa.string()), ("client_id", pa.string()), ("lsn", pa.int64()),
 ])  # fmt: skip
-TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS}
+# One row per (run, stage, sample) judged against ground truth; written by the accuracy worker.
+SAMPLES = pa.schema([
+    ("run_id", pa.string()), ("pipeline", pa.string()), ("stage", pa.string()), ("sample_id", pa.string()),
+    ("time", TIMESTAMP), ("status", pa.string()), ("value", pa.float64()), ("severity", pa.float64()),
+    ("error_types", pa.list_(pa.string())), ("errors", pa.string()), ("reason", pa.string()),
+    ("scores", pa.string()), ("prediction_path", pa.string()), ("label_path", pa.string()), ("lsn", pa.int64()),
+])  # fmt: skip
+TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS, "samples": SAMPLES}
+DAEMON_TABLES = ("stage_executions", "runs", "logs")  # the daemon's own; samples are the accuracy worker's
 PART_PREFIX = "part-"
 NS_PER_DAY = 86_400 * 1_000_000_000
 
@@ -105,10 +113,10 @@ def _date_of_day(day: int) -> str:
 class Store:
     """Writes the read models under a stagewatch home."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, checkpoint: str = "checkpoint.msgpack") -> None:
         self.home = home
         self.metrics = home / "metrics"
-        self.checkpoint_path = home / "state" / "checkpoint.msgpack"
+        self.checkpoint_path = home / "state" / checkpoint
 
     # -- Parquet -------------------------------------------------------------------------
     def write_rows(self, table: str, rows: list[dict[str, Any]]) -> list[Path]:
@@ -132,10 +140,11 @@ class Store:
         os.replace(temporary, path)
         return path
 
-    def drop_parts_from(self, lsn: int) -> int:
-        """Delete parts whose rows come from lsn onwards (written after the checkpoint)."""
+    def drop_parts_from(self, lsn: int, tables: tuple[str, ...] = DAEMON_TABLES) -> int:
+        """Delete the tables' parts whose rows come from lsn onwards (written after the checkpoint)."""
         dropped = 0
-        for path in self.metrics.glob(f"*/date=*/{PART_PREFIX}*.parquet"):
+        paths = [path for table in tables for path in self.metrics.glob(f"{table}/date=*/{PART_PREFIX}*.parquet")]
+        for path in paths:
             if int(path.stem[len(PART_PREFIX) :]) >= lsn:
                 path.unlink()
                 dropped += 1

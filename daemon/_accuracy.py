@@ -1,0 +1,249 @@
+"""Live accuracy: a worker process that follows the event log and judges sample results.
+
+It runs beside the daemon (started and watched by it) so that evaluation never slows
+ingestion: it tails the log's segments, folds run_started / sample_result / run_finished
+into per-stage metrics (groundtruth.samples.StageAccuracy), and writes
+
+    metrics/samples/date=.../part-{lsn}.parquet   one row per judged sample
+    runs/{run_id}/accuracy.json                   per-stage counts and metrics, rewritten live
+    state/accuracy.msgpack                        its checkpoint
+
+and publishes [b"accuracy", json] on its own PUB socket (a UI subscriber connects to both
+feeds). On restart it replays the runs still open at its checkpoint without re-emitting the
+rows it already wrote. `stagewatch rebuild` and `stagewatch eval --run` use the same fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._ingest import Rejected, decode_event
+from stagewatch.daemon._store import Store, atomic_write
+from stagewatch.daemon.groundtruth.samples import StageAccuracy
+from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
+
+CHECKPOINT = "accuracy.msgpack"
+WANTED = (b"sample_result", b"run_started", b"run_finished")  # a byte test skips the other events cheaply
+SUMMARY_INTERVAL_S = 0.5  # how often a running run's accuracy.json and live numbers are refreshed
+
+
+class RunAccuracy:
+    def __init__(self, run_id: str, pipeline: str, dataset_path: str | None, dataset: GoldenDataset | str | None):
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.dataset_path = dataset_path
+        self.dataset = dataset if isinstance(dataset, GoldenDataset) else None
+        self.problem = dataset if isinstance(dataset, str) else None
+        self.stages: dict[str, StageAccuracy] = {}
+        self.not_in_dataset: dict[str, int] = {}  # results for stages the dataset does not check
+        self.finished = False
+
+    def judge(self, stage: str, sample_id: str, prediction: Any, path: Path | None) -> Any:
+        if self.dataset is None or stage not in self.dataset.spec.stages:
+            self.not_in_dataset[stage] = self.not_in_dataset.get(stage, 0) + 1
+            return None
+        if stage not in self.stages:
+            self.stages[stage] = StageAccuracy(self.dataset, stage)
+        return self.stages[stage].judge(sample_id, prediction, path)
+
+    def summary(self, coco: bool = True) -> dict[str, Any]:
+        return {"run_id": self.run_id, "pipeline": self.pipeline, "dataset": self.dataset_path,
+                "dataset_name": self.dataset.name if self.dataset else None, "dataset_problem": self.problem,
+                "finished": self.finished, "stages": {name: s.summary(coco) for name, s in sorted(self.stages.items())},
+                "results_without_ground_truth": self.not_in_dataset}  # fmt: skip
+
+
+class AccuracyProjection:
+    """The fold: events in log order → run accuracies and samples rows. Pure but for reading
+    the datasets and predictions it is pointed at."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.runs: dict[str, RunAccuracy] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.dirty: set[str] = set()
+        self._datasets: dict[str, GoldenDataset | str] = {}
+
+    def apply(self, event: Any, lsn: int, emit: bool = True) -> None:
+        if event.type == "run_started":
+            if event.dataset:
+                self.runs[event.run_id] = RunAccuracy(event.run_id, event.pipeline, event.dataset,
+                                                      self._dataset(event.dataset))  # fmt: skip
+                self.dirty.add(event.run_id)
+        elif event.type == "sample_result":
+            run = self.runs.get(event.run_id)
+            if run is not None:
+                self._judge(run, event, lsn, emit)
+        elif event.type == "run_finished" and event.run_id in self.runs:
+            self.runs[event.run_id].finished = True
+            self.dirty.add(event.run_id)
+
+    def _dataset(self, path: str) -> GoldenDataset | str:
+        if path not in self._datasets:
+            try:
+                self._datasets[path] = load_dataset(path)
+            except DatasetError as error:
+                logger.warning("golden dataset unusable: {}", error)
+                self._datasets[path] = str(error)
+        return self._datasets[path]
+
+    def _judge(self, run: RunAccuracy, event: Any, lsn: int, emit: bool) -> None:
+        path = self._artifact(event.path)
+        verdict = run.judge(event.stage, event.sample_id, event.prediction, path)
+        self.dirty.add(run.run_id)
+        if verdict is None or not emit:
+            return
+        label_path = None
+        if run.dataset is not None and run.dataset.spec.stages[event.stage].kind != "boxes":
+            found = _quietly(lambda: run.dataset.label_path(event.stage, event.sample_id))
+            label_path = str(found) if found else None
+        self.rows.append({
+            "run_id": run.run_id, "pipeline": run.pipeline, "stage": event.stage, "sample_id": event.sample_id,
+            "time": event.ts_ns, "status": verdict.status, "value": verdict.value, "severity": verdict.severity,
+            "error_types": sorted(verdict.errors), "errors": json.dumps(verdict.errors), "reason": verdict.reason,
+            "scores": json.dumps(_plain(verdict.scores)), "prediction_path": event.path, "label_path": label_path,
+            "lsn": lsn,
+        })  # fmt: skip
+
+    def _artifact(self, relative: str | None) -> Path | None:
+        """A saved prediction under the home; anything else is refused (None: judged invalid)."""
+        if not relative:
+            return None
+        path = (self.home / relative).resolve()
+        return path if path.is_relative_to(self.home.resolve()) else self.home / "nonexistent"
+
+
+def _quietly(function: Any) -> Any:
+    try:
+        return function()
+    except (DatasetError, OSError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
+def fold_log(home: Path, run_ids: set[str] | None = None) -> AccuracyProjection:
+    """Judge every sample result in the log from the start (rebuild, `eval --run`)."""
+    projection = AccuracyProjection(home)
+    for lsn, payload in EventLog(home / "events").read(0):
+        if any(marker in payload for marker in WANTED):
+            event = decode_event(payload)
+            if not isinstance(event, Rejected) and (run_ids is None or event.run_id in run_ids):
+                projection.apply(event, lsn)
+    return projection
+
+
+class AccuracyWorker:
+    def __init__(self, home: Path, live_endpoint: str | None = None) -> None:
+        self.home = home
+        self.store = Store(home, CHECKPOINT)
+        self.log = EventLog(home / "events")
+        self.projection = AccuracyProjection(home)
+        self.live_endpoint = live_endpoint
+        self._publisher: Any = None
+        self._stopping = False
+        self._started_at: dict[str, int] = {}  # open run → lsn of its run_started (replay from there)
+        self.lsn = 0
+
+    def recover(self) -> None:
+        """Rebuild the state of the runs open at the checkpoint; emit rows only past it."""
+        checkpoint = self.store.read_checkpoint() or {}
+        self.lsn = checkpoint.get("lsn", 0)
+        open_runs: dict[str, int] = checkpoint.get("open_runs", {})
+        self.store.drop_parts_from(self.lsn, ("samples",))
+        start = min([self.lsn, *open_runs.values()])
+        for lsn, payload in self.log.read(start):
+            if lsn < self.lsn and not any(run_id.encode() in payload for run_id in open_runs):
+                continue
+            self._apply(lsn, payload, emit=lsn >= self.lsn)
+        self.flush(final=True)
+
+    def _apply(self, lsn: int, payload: bytes, emit: bool = True) -> None:
+        self.lsn = max(self.lsn, lsn + 1)
+        if any(marker in payload for marker in WANTED):
+            event = decode_event(payload)
+            if not isinstance(event, Rejected):
+                if event.type == "run_started" and event.dataset:
+                    self._started_at[event.run_id] = lsn
+                self.projection.apply(event, lsn, emit)
+
+    def serve(self, poll_s: float = 0.1) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
+        self.recover()
+        self._bind()
+        parent, last_flush = os.getppid(), 0.0
+        while not self._stopping and os.getppid() == parent:  # a dead daemon takes its worker along
+            got = 0
+            for lsn, payload in self.log.read(self.lsn):
+                self._apply(lsn, payload)
+                got += 1
+                if got >= 5000:
+                    break
+            if time.monotonic() - last_flush >= SUMMARY_INTERVAL_S or got >= 5000:
+                self.flush()
+                last_flush = time.monotonic()
+            if not got:
+                time.sleep(poll_s)
+        self.flush(final=True)
+
+    def _bind(self) -> None:
+        if not self.live_endpoint:
+            return
+        import zmq
+
+        self._publisher = zmq.Context.instance().socket(zmq.PUB)
+        self._publisher.setsockopt(zmq.SNDHWM, 16)
+        self._publisher.setsockopt(zmq.LINGER, 0)
+        self._publisher.bind(self.live_endpoint)
+
+    def flush(self, final: bool = False) -> None:
+        """Rows, then summaries of changed runs, then the checkpoint (so a crash re-emits, never loses)."""
+        projection = self.projection
+        if projection.rows:
+            self.store.write_rows("samples", projection.rows)
+            projection.rows = []
+        for run_id in sorted(projection.dirty):
+            run = projection.runs[run_id]
+            summary = run.summary(coco=True)
+            atomic_write(self.home / "runs" / run_id / "accuracy.json", json.dumps(summary, indent=1).encode())
+            self._publish(summary)
+        projection.dirty.clear()
+        for run_id in [r for r, run in projection.runs.items() if run.finished]:
+            del projection.runs[run_id]
+            self._started_at.pop(run_id, None)
+        open_runs = {r: self._started_at.get(r, 0) for r in projection.runs}
+        self.store.write_checkpoint({"lsn": self.lsn, "open_runs": open_runs})
+
+    def _publish(self, summary: dict[str, Any]) -> None:
+        if self._publisher is not None:
+            import zmq
+
+            with contextlib.suppress(zmq.ZMQError):  # a slow subscriber misses an update, never blocks us
+                self._publisher.send_multipart([b"accuracy", json.dumps(summary).encode()], zmq.NOBLOCK)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stagewatch.daemon._accuracy")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--live", default=None)
+    args = parser.parse_args(argv)
+    worker = AccuracyWorker(args.home.absolute(), args.live)
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -59,7 +59,7 @@ class RunAccuracy:
     def summary(self, coco: bool = True) -> dict[str, Any]:
         return {"run_id": self.run_id, "pipeline": self.pipeline, "dataset": self.dataset_path,
                 "dataset_name": self.dataset.name if self.dataset else None, "dataset_problem": self.problem,
-                "finished": self.finished, "stages": {name: s.summary(coco) for name, s in sorted(self.stages.items())},
+                "finished": self.finished, "stages": {name: s.summary(coco) for name, s in self.stages.items()},
                 "results_without_ground_truth": self.not_in_dataset}  # fmt: skip
 
 
@@ -67,8 +67,9 @@ class AccuracyProjection:
     """The fold: events in log order → run accuracies and samples rows. Pure but for reading
     the datasets and predictions it is pointed at."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, dataset: str | None = None) -> None:
         self.home = home
+        self.dataset_override = dataset  # `eval --run --dataset`: judge against another dataset
         self.runs: dict[str, RunAccuracy] = {}
         self.rows: list[dict[str, Any]] = []
         self.dirty: set[str] = set()
@@ -76,9 +77,9 @@ class AccuracyProjection:
 
     def apply(self, event: Any, lsn: int, emit: bool = True) -> None:
         if event.type == "run_started":
-            if event.dataset:
-                self.runs[event.run_id] = RunAccuracy(event.run_id, event.pipeline, event.dataset,
-                                                      self._dataset(event.dataset))  # fmt: skip
+            dataset = self.dataset_override or event.dataset
+            if dataset:
+                self.runs[event.run_id] = RunAccuracy(event.run_id, event.pipeline, dataset, self._dataset(dataset))
                 self.dirty.add(event.run_id)
         elif event.type == "sample_result":
             run = self.runs.get(event.run_id)
@@ -136,9 +137,9 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | None) else str(value)
 
 
-def fold_log(home: Path, run_ids: set[str] | None = None) -> AccuracyProjection:
-    """Judge every sample result in the log from the start (rebuild, `eval --run`)."""
-    projection = AccuracyProjection(home)
+def fold_log(home: Path, run_ids: set[str] | None = None, dataset: str | None = None) -> AccuracyProjection:
+    """Judge every sample result in the log from the start (`eval --run`)."""
+    projection = AccuracyProjection(home, dataset)
     for lsn, payload in EventLog(home / "events").read(0):
         if any(marker in payload for marker in WANTED):
             event = decode_event(payload)

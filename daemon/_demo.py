@@ -1,20 +1,32 @@
-"""The demo pipeline: synthetic camera frames and lidar sweeps through three stages.
+"""The demo pipeline: synthetic camera frames and lidar sweeps through five stages, checked
+against a golden dataset that the demo writes first.
 
-preprocessing -> detection -> postprocessing, with real numpy work (filtering, blob
-detection, voxel clustering, NMS, drawing), outputs saved per frame, and frame 47 fed a
-corrupt image (NaN pixels) so the audit trail has an error to find.
+preprocessing → detection (boxes) → segmentation (class mask) → lidar_segmentation
+(per-point labels) → postprocessing, with real numpy work. The scene has cars (wide) and
+pedestrians (tall); the detector classifies blobs by shape and brightness, so it confuses
+squarish objects, merges neighbours, misses faint ones and fires on glare; the segmenter
+blurs edges; the lidar labeller loses low points to the ground and merges nearby
+objects. Frame 47 gets a corrupt image (NaN pixels), so the audit trail has an error to
+find. The golden dataset (`datasets/demo/golden.yaml` under the home) labels 50 frames in
+all three formats, mixing PNG/NPY masks and PLY/PCD clouds; later frames are unlabeled.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 import stagewatch
+from stagewatch._config import resolve_home
+from stagewatch._saver import write_ply, write_png
 
 FAILING_FRAME = 47
-HEIGHT, WIDTH, POINTS = 240, 320, 6000
+LABELED_FRAMES = 50
+HEIGHT, WIDTH, GROUND_POINTS = 240, 320, 3000
+CLASSES = ["background", "car", "pedestrian"]  # index = mask value = point label = COCO id
 
 
 @dataclass
@@ -22,32 +34,119 @@ class Frame:
     sample_id: str
     image: np.ndarray  # HxWx3 float32 in [0, 1]
     cloud: np.ndarray  # Nx3 float32, metres
+    boxes: list[tuple[int, list[float]]] = field(default_factory=list)  # (class, [x, y, w, h])
+    mask: np.ndarray = field(default_factory=lambda: np.zeros((HEIGHT, WIDTH), np.uint8))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 def synthetic_frame(index: int, rng: np.random.Generator) -> Frame:
-    """A noisy frame with a few bright boxes, and a lidar sweep with a few objects."""
+    """A noisy camera frame with cars and pedestrians, and a lidar sweep of the same kinds."""
     image = rng.normal(0.2, 0.05, (HEIGHT, WIDTH, 3)).astype(np.float32)
+    frame = Frame(f"frame_{index:03d}", image, np.zeros((0, 3), np.float32))
     for _ in range(rng.integers(2, 6)):
-        y, x = rng.integers(0, HEIGHT - 40), rng.integers(0, WIDTH - 60)
-        h, w = rng.integers(15, 40), rng.integers(20, 60)
-        image[y : y + h, x : x + w] += rng.uniform(0.5, 0.8)
-    ground = rng.uniform([-20, -20, -0.05], [20, 20, 0.05], (POINTS // 2, 3))
-    centers = rng.uniform([-15, -15, 0.5], [15, 15, 1.5], (4, 3))
-    objects = np.concatenate([c + rng.normal(0, 0.4, (POINTS // 8, 3)) for c in centers])
-    cloud = np.concatenate([ground, objects]).astype(np.float32)
+        kind = int(rng.integers(1, 3))
+        w, h = (
+            (rng.integers(36, 70), rng.integers(18, 34)) if kind == 1 else (rng.integers(10, 18), rng.integers(26, 46))
+        )
+        x, y = int(rng.integers(0, WIDTH - w)), int(rng.integers(0, HEIGHT - h))
+        faint = rng.random() < 0.08  # low contrast: the detector will likely miss it
+        image[y : y + h, x : x + w] += rng.uniform(0.12, 0.2) if faint else rng.uniform(0.5, 0.8)
+        frame.boxes.append((kind, [float(x), float(y), float(w), float(h)]))
+        frame.mask[y : y + h, x : x + w] = kind
+    if rng.random() < 0.25:  # glare: a bright spot that is no object
+        y, x = rng.integers(0, HEIGHT - 12), rng.integers(0, WIDTH - 12)
+        image[y : y + 10, x : x + 10] += 0.9
+    frame.cloud, frame.point_labels = _sweep(rng)
     if index == FAILING_FRAME:
         image[10:50, 10:50] = np.nan  # a corrupt readout from the camera
-    return Frame(f"frame_{index:03d}", np.clip(image, 0, None), cloud)
+    frame.image = np.clip(image, 0, None)
+    return frame
 
 
+def _sweep(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    parts = [rng.uniform([-20, -20, -0.05], [20, 20, 0.05], (GROUND_POINTS, 3))]
+    labels = [np.zeros(GROUND_POINTS, np.int32)]
+    for _ in range(rng.integers(2, 6)):
+        kind = int(rng.integers(1, 3))
+        center = rng.uniform([-15, -15, 0], [15, 15, 0])
+        spread, height, count = ([1.0, 0.5], (0.15, 1.6), 500) if kind == 1 else ([0.2, 0.2], (0.15, 1.8), 150)
+        points = np.column_stack([center[:2] + rng.normal(0, spread, (count, 2)), rng.uniform(*height, count)])
+        parts.append(points)
+        labels.append(np.full(count, kind, np.int32))
+    return np.concatenate(parts).astype(np.float32), np.concatenate(labels)
+
+
+# -- the golden dataset ---------------------------------------------------------------------------
+def write_golden_dataset(folder: Path, frames: list[Frame]) -> Path:
+    """COCO boxes, class masks (PNG for even frames, NPY for odd) and labelled clouds (PLY, and
+    PCD for every third frame) for `frames`, plus the golden.yaml that ties them together."""
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    (folder / "clouds").mkdir(parents=True, exist_ok=True)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(CLASSES) if i]}
+    for number, frame in enumerate(frames, start=1):
+        coco["images"].append({"id": number, "file_name": f"{frame.sample_id}.png", "width": WIDTH, "height": HEIGHT})
+        for kind, box in frame.boxes:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": number, "category_id": kind,
+                                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+        if number % 2:
+            write_png(folder / "masks" / f"{frame.sample_id}.png", frame.mask)
+        else:
+            np.save(folder / "masks" / f"{frame.sample_id}.npy", frame.mask.astype(np.int32))
+        _write_cloud(folder / "clouds" / frame.sample_id, frame, as_pcd=number % 3 == 0)
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    spec = folder / "golden.yaml"
+    spec.write_text(GOLDEN_YAML.format(count=len(frames)))
+    return spec
+
+
+GOLDEN_YAML = """\
+# The demo's golden dataset: {count} frames labelled in three formats.
+name: demo-golden
+description: synthetic street frames (cars, pedestrians) with boxes, class masks and lidar point labels
+root: .
+stages:
+  detection:
+    labels: annotations.json        # COCO boxes; samples are images, matched by file-name stem
+    iou_threshold: 0.5
+    score_threshold: 0.3
+    pass: {{metric: f1, min: 1.0}}     # a frame is correct when every object is found, nothing else
+  segmentation:
+    labels: masks/{{sample_id}}.*      # PNG or NPY, per frame
+    kind: mask
+    classes: [background, car, pedestrian]
+    pass: {{metric: miou, min: 0.8}}
+  lidar_segmentation:
+    labels: clouds/{{sample_id}}.*     # PLY or PCD with a per-point int32 label
+    kind: point_labels
+    classes: [ground, car, pedestrian]
+    pass: {{metric: accuracy, min: 0.95}}
+"""
+
+
+def _write_cloud(stem: Path, frame: Frame, as_pcd: bool) -> None:
+    attributes = {"points": frame.cloud, "label": frame.point_labels}
+    if as_pcd:
+        try:
+            import open3d as o3d
+
+            cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(frame.cloud))
+            cloud.point["label"] = o3d.core.Tensor(frame.point_labels.reshape(-1, 1))
+            o3d.t.io.write_point_cloud(str(stem.with_suffix(".pcd")), cloud)
+            return
+        except ImportError:  # without the [3d] extra every cloud is PLY
+            pass
+    write_ply(stem.with_suffix(".ply"), attributes)
+
+
+# -- the pipeline's stages -------------------------------------------------------------------------
 def preprocess(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     bad = int(np.isnan(frame.image).any(axis=2).sum())
     if bad:
         raise ValueError(f"{frame.sample_id}: input image has {bad} NaN pixels (corrupt readout)")
     grey = frame.image.mean(axis=2)
-    blurred = _box_blur(grey, 3)
+    blurred = _box_blur(grey, 2)
     normalized = (blurred - blurred.mean()) / (blurred.std() + 1e-6)
-    keep = np.linalg.norm(frame.cloud[:, :2], axis=1) < 25.0
+    keep = np.linalg.norm(frame.cloud[:, :2], axis=1) < 30.0  # the sweep's range: keeps every point
     return normalized.astype(np.float32), frame.cloud[keep]
 
 
@@ -60,61 +159,79 @@ def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
     return total / (k * k)
 
 
-def detect(image: np.ndarray, cloud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes [x0, y0, x1, y1, score] from bright blobs; a cluster label per lidar point."""
-    mask = image > 1.5
-    boxes = []
+def _blobs(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (x0, y0, x1, y1) of row bands by column runs of `mask`: a cheap labelling
+    that merges objects sharing rows, as a crude detector would."""
+    found = []
     rows = np.flatnonzero(mask.any(axis=1))
     for band in np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if rows.size else []:
         columns = np.flatnonzero(mask[band[0] : band[-1] + 1].any(axis=0))
         for run in np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1):
-            region = image[band[0] : band[-1] + 1, run[0] : run[-1] + 1]
-            boxes.append([run[0], band[0], run[-1] + 1, band[-1] + 1, float(region.mean())])
-    labels = _cluster(cloud)
-    return np.array(boxes, np.float32).reshape(-1, 5), labels
+            sub = mask[band[0] : band[-1] + 1, run[0] : run[-1] + 1]
+            used = np.flatnonzero(sub.any(axis=1))
+            found.append((int(run[0]), int(band[0] + used[0]), int(run[-1] + 1), int(band[0] + used[-1] + 1)))
+    return found
 
 
-def _cluster(cloud: np.ndarray, cell: float = 1.0) -> np.ndarray:
-    """0 for ground, else the id of the occupied 1 m cell the point falls in."""
-    cells = np.floor(cloud[:, :2] / cell).astype(np.int64)
-    keys = cells[:, 0] * 100_003 + cells[:, 1]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    above_ground = cloud[:, 2] > 0.25
-    return np.where(above_ground & (counts[inverse] >= 5), inverse + 1, 0).astype(np.int32)
+def _class_of(width: float, height: float) -> int:
+    return 1 if width >= 1.1 * height else 2  # wide: car; tall: pedestrian
 
 
-def postprocess(boxes: np.ndarray, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-    keep = _nms(boxes, 0.5)
+def detect(image: np.ndarray) -> dict[str, list]:
+    """Boxes (xywh), scores and class names from bright blobs."""
+    boxes, scores, labels = [], [], []
+    for x0, y0, x1, y1 in _blobs(image > 1.2):
+        w, h = x1 - x0, y1 - y0
+        if w * h < 30:
+            continue
+        contrast = float(image[y0:y1, x0:x1].mean())
+        boxes.append([x0, y0, w, h])
+        scores.append(round(float(np.clip(contrast / 4.0, 0.05, 0.99)), 3))
+        labels.append(CLASSES[_class_of(w, h)])
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
+def segment(image: np.ndarray) -> np.ndarray:
+    """A class-index mask: thresholded blobs, each coloured by its shape."""
+    foreground = image > 0.8
+    mask = np.zeros(image.shape, np.uint8)
+    for x0, y0, x1, y1 in _blobs(foreground):
+        region = foreground[y0:y1, x0:x1]
+        mask[y0:y1, x0:x1][region] = _class_of(x1 - x0, y1 - y0)
+    return mask
+
+
+def label_points(cloud: np.ndarray, cell: float = 1.5) -> np.ndarray:
+    """0 for ground; above it, 1.5 m cells grouped into objects, labelled car or pedestrian by extent."""
+    labels = np.zeros(len(cloud), np.int32)
+    above = np.flatnonzero(cloud[:, 2] > 0.25)
+    if not above.size:
+        return labels
+    cells = np.floor(cloud[above, :2] / cell).astype(np.int64)
+    _, group = np.unique(cells[:, 0] * 100_003 + cells[:, 1], return_inverse=True)
+    for g in np.unique(group):
+        members = above[group == g]
+        extent = np.ptp(cloud[members, :2], axis=0).max() if len(members) > 1 else 0.0
+        labels[members] = 1 if extent > 1.0 else 2
+    return labels
+
+
+def postprocess(detections: dict[str, list], frame: Frame) -> np.ndarray:
     overlay = (np.clip(frame.image, 0, 1) * 255).astype(np.uint8)
-    for x0, y0, x1, y1, _ in boxes[keep].astype(int):
-        overlay[y0:y1, [x0, max(x1 - 1, x0)]] = (255, 40, 40)
-        overlay[[y0, max(y1 - 1, y0)], x0:x1] = (255, 40, 40)
-    return boxes[keep], overlay
-
-
-def _nms(boxes: np.ndarray, threshold: float) -> np.ndarray:
-    order = np.argsort(-boxes[:, 4]) if len(boxes) else np.zeros(0, int)
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        x0 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        y0 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        x1 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        y1 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        order = rest[inter / (area[best] + area[rest] - inter + 1e-9) < threshold]
-    return np.array(keep, int)
+    for x, y, w, h in detections["boxes"]:
+        overlay[y : y + h, [x, max(x + w - 1, x)]] = (255, 40, 40)
+        overlay[[y, max(y + h - 1, y)], x : x + w] = (255, 40, 40)
+    return overlay
 
 
 def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagewatch.Run:
-    """Run the demo pipeline through stagewatch; returns the finished run."""
-    rng = np.random.default_rng(seed)
-    config = {"frames": frames, "seed": seed, "image": [HEIGHT, WIDTH], "points": POINTS, "nms_iou": 0.5}
-    with stagewatch.init(pipeline="perception", config=config, home=home) as run:
-        for index in range(frames):
-            frame = synthetic_frame(index, rng)
+    """Write the golden dataset, then run the pipeline checked against it; returns the run."""
+    home_path = resolve_home(home)
+    scenes = [synthetic_frame(index, np.random.default_rng([seed, index])) for index in range(frames)]
+    dataset = write_golden_dataset(home_path / "datasets" / "demo", scenes[:LABELED_FRAMES])
+    config = {"frames": frames, "seed": seed, "image": [HEIGHT, WIDTH], "classes": CLASSES}
+    with stagewatch.init(pipeline="perception", config=config, home=home, dataset=dataset) as run:
+        for frame in scenes:
             try:
                 process_frame(run, frame)
             except ValueError:
@@ -127,9 +244,15 @@ def process_frame(run: stagewatch.Run, frame: Frame) -> None:
     with run.stage("preprocessing", input_path=source, sample_id=frame.sample_id):
         image, cloud = preprocess(frame)
     with run.stage("detection", input_path=source, sample_id=frame.sample_id) as st:
-        boxes, labels = detect(image, cloud)
+        detections = detect(image)
+        st.result(frame.sample_id, detections)
+    with run.stage("segmentation", input_path=source, sample_id=frame.sample_id) as st:
+        st.result(frame.sample_id, segment(image))
+    with run.stage("lidar_segmentation", input_path=f"synthetic://lidar0/{frame.sample_id}",
+                   sample_id=frame.sample_id) as st:  # fmt: skip
+        labels = label_points(cloud)
         st.save(f"{frame.sample_id}_points.ply", {"points": cloud, "label": labels})
+        st.result(frame.sample_id, labels)
     with run.stage("postprocessing", input_path=source, sample_id=frame.sample_id) as st:
-        kept, overlay = postprocess(boxes, frame)
-        st.save(f"{frame.sample_id}_overlay.png", overlay)
-        st.save(f"{frame.sample_id}_boxes.json", {"boxes_xyxy_score": kept.round(3).tolist()})
+        st.save(f"{frame.sample_id}_overlay.png", postprocess(detections, frame))
+        st.save(f"{frame.sample_id}_boxes.json", detections)

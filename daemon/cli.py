@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", help="a run id or a unique prefix of one")
     show.add_argument("--json", action="store_true", help="print the full audit trail as JSON")
     show.set_defaults(handler=cmd_show)
+
+    from stagewatch.daemon._cli_groundtruth import add_commands
+
+    add_commands(commands, _home_options)
     return parser
 
 
@@ -272,10 +276,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run = run_demo(args.frames, home=str(home))
         run.flush(30.0)
         audit = wait_for_audit(home, run.id, timeout_s=60.0)
+        accuracy = _wait_for_document(home / "runs" / run.id / "accuracy.json", "finished", timeout_s=60.0)
     finally:
         if daemon is not None and not args.keep_daemon:
             stop_daemon(daemon)
     _print_demo_summary(home, audit or load_audit(home, run.id))
+    if accuracy:
+        print(f"\naccuracy against {accuracy['dataset']}:")
+        print(format_accuracy(accuracy))
     return EXIT_OK
 
 
@@ -314,13 +322,17 @@ def stop_daemon(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> No
 
 
 def wait_for_audit(home: Path, run_id: str, timeout_s: float) -> dict[str, Any] | None:
-    path = home / "runs" / run_id / "audit.json"
+    return _wait_for_document(home / "runs" / run_id / "audit.json", "complete", timeout_s)
+
+
+def _wait_for_document(path: Path, flag: str, timeout_s: float) -> dict[str, Any] | None:
+    """The JSON document at `path` once its `flag` is true (it is rewritten as work goes on)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            audit = json.loads(path.read_text())
-            if audit.get("complete"):
-                return audit
+            document = json.loads(path.read_text())
+            if document.get(flag):
+                return document
         except (OSError, ValueError):
             pass
         time.sleep(0.1)
@@ -335,16 +347,39 @@ def _print_demo_summary(home: Path, audit: dict[str, Any]) -> None:
     print("\nresults:")
     print(f"  audit trail     {home / 'runs' / audit['run_id'] / 'audit.json'}")
     print(f"  stage outputs   {home / 'runs' / audit['run_id'] / 'stages'}/")
-    print(f"  metrics         {home / 'metrics'}/{{stage_executions,runs}}/date=*/*.parquet")
+    print(f"  accuracy        {home / 'runs' / audit['run_id'] / 'accuracy.json'}")
+    print(f"  metrics         {home / 'metrics'}/{{stage_executions,runs,logs,samples}}/date=*/*.parquet")
     print(f"  event log       {home / 'events'}/")
     print(f"\nnext: stagewatch show {audit['run_id'][:8]} --home {home}    stagewatch runs --home {home}")
+
+
+def format_accuracy(summary: dict[str, Any]) -> str:
+    """Per stage: sample counts by status and the headline metrics (`demo`, `eval --run`)."""
+    lines = [f"  {'stage':<20}{'correct':>8}{'wrong':>7}{'invalid':>8}{'unlabeled':>10}  metrics"]
+    for name, stage in summary.get("stages", {}).items():
+        counts, metrics = stage["counts"], stage["metrics"]
+        if stage["kind"] == "boxes":
+            coco = metrics.get("coco", {})
+            shown = (f"P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  F1 {metrics['f1']:.3f}  "
+                     f"mAP {coco.get('AP', -1):.3f}  AP50 {coco.get('AP50', -1):.3f}")  # fmt: skip
+        else:
+            shown = f"mIoU {_number(metrics['miou'])}  accuracy {_number(metrics['accuracy'])}"
+        lines.append(f"  {name:<20}{counts['correct']:>8}{counts['wrong']:>7}{counts['invalid']:>8}"
+                     f"{counts['unlabeled']:>10}  {shown}")  # fmt: skip
+    if summary.get("dataset_problem"):
+        lines.append(f"  dataset unusable: {summary['dataset_problem']}")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _stage_table(stages: list[dict[str, Any]]) -> str:
     import statistics
 
     names = list(dict.fromkeys(s["stage"] for s in stages))
-    lines = [f"  {'stage':<16}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'peak RSS MB':>13}"]
+    lines = [f"  {'stage':<20}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'peak RSS MB':>13}"]
     for name in names:
         rows = [s for s in stages if s["stage"] == name]
         durations = [s["duration_ms"] for s in rows if s["duration_ms"] is not None] or [0.0]

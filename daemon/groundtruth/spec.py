@@ -244,3 +244,47 @@ def _parse(path: Path, text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ValueError(f"not valid YAML ({' '.join(str(error).split())[:200]})") from None
+
+
+def validate_dataset(dataset: GoldenDataset) -> dict[str, Any]:
+    """Read every label of every sample: counts per format, missing and invalid labels.
+
+    What `stagewatch gt validate` prints. A missing label is allowed (the sample is then
+    unlabeled for that stage); an invalid one is a problem to fix.
+    """
+    report: dict[str, Any] = {"dataset": dataset.name, "file": str(dataset.path), "root": str(dataset.root),
+                              "samples": len(dataset.samples), "stages": {}, "ok": True}  # fmt: skip
+    for stage, labels in dataset.spec.stages.items():
+        formats: dict[str, int] = {}
+        missing, invalid = [], []
+        for sample_id in dataset.samples:
+            try:
+                truth = dataset.truth(stage, sample_id)
+            except (LabelError, DatasetError) as error:
+                invalid.append({"sample_id": sample_id, "error": str(error)})
+                continue
+            if truth is None:
+                missing.append(sample_id)
+                continue
+            suffix = (
+                Path(labels.labels).suffix if labels.kind == "boxes" else dataset.label_path(stage, sample_id).suffix
+            )
+            formats[suffix.lower()] = formats.get(suffix.lower(), 0) + 1
+            problem = _check_classes(truth, labels)
+            if problem:
+                invalid.append({"sample_id": sample_id, "error": f"{dataset.label_path(stage, sample_id)}: {problem}"})
+        report["stages"][stage] = {"kind": labels.kind, "formats": formats, "labeled": sum(formats.values()),
+                                   "missing": missing, "invalid": invalid}  # fmt: skip
+        report["ok"] = report["ok"] and not invalid
+    return report
+
+
+def _check_classes(truth: Any, labels: StageLabels) -> str | None:
+    if labels.kind == "boxes" or labels.classes is None:
+        return None
+    values = truth.labels if isinstance(truth, PointLabels) else truth
+    known = len(labels.classes)
+    unknown = np.setdiff1d(np.unique(values), np.arange(known))
+    if labels.ignore_index is not None:
+        unknown = unknown[unknown != labels.ignore_index]
+    return f"label {int(unknown[0])} is not a class index (0..{known - 1})" if len(unknown) else None

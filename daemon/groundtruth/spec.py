@@ -257,6 +257,14 @@ def validate_dataset(dataset: GoldenDataset) -> dict[str, Any]:
     for stage, labels in dataset.spec.stages.items():
         formats: dict[str, int] = {}
         missing, invalid = [], []
+        if labels.kind == "boxes":
+            try:
+                dataset.coco(stage)
+            except LabelError as error:  # one broken COCO file: say it once, not per sample
+                report["stages"][stage] = {"kind": labels.kind, "formats": {}, "labeled": 0, "missing": [],
+                                           "invalid": [{"sample_id": None, "error": str(error)}]}  # fmt: skip
+                report["ok"] = False
+                continue
         for sample_id in dataset.samples:
             try:
                 truth = dataset.truth(stage, sample_id)

@@ -94,7 +94,8 @@ def test_crowd_regions_swallow_detections_and_ties_resolve_alike() -> None:
     ground_truth = {"images": [{"id": 1, "width": 200, "height": 200}, {"id": 2, "width": 200, "height": 200}],
                     "categories": [{"id": 1}],
                     "annotations": [
-                        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000, "iscrowd": 1},
+                        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000,
+                         "iscrowd": 1},
                         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
                         {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
                         {"id": 4, "image_id": 2, "category_id": 1, "bbox": [50, 50, 60, 60], "area": 3600,

@@ -300,13 +300,13 @@ def _columns(items: Any, where: str, keys: Sequence[str]) -> dict[str, np.ndarra
     try:
         columns = {key: np.array([item[key] for item in items]) for key in ("image_id", "category_id")}
         boxes = [item.get("bbox") for item in items]
-        columns["bbox"] = np.array([[0, 0, 0, 0] if box is None else box for box in boxes]).reshape(-1, 4)
+        columns["bbox"] = np.array([[0, 0, 0, 0] if box is None else box for box in boxes])
         if "score" in keys:
             columns["score"] = np.array([item["score"] for item in items])
         good = all(column.dtype.kind in "iuf" for column in columns.values())
         good = good and all(column.dtype.kind in "iu" for key, column in columns.items() if key.endswith("_id"))
         good = good and all(np.isfinite(column).all() for column in columns.values())
-        good = good and bool((columns["bbox"][:, 2:] >= 0).all())
+        good = good and columns["bbox"].shape == (len(items), 4) and bool((columns["bbox"][:, 2:] >= 0).all())
         if good and all(type(item) is dict and all(key in item for key in keys) for item in items):
             return columns
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -119,3 +120,72 @@ def test_malformed_config_files_get_a_config_error_and_nothing_else(tmp_path_fac
         load_config(path, environ={})
     except ConfigError as error:
         assert str(error)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+coco_keys = ["images", "annotations", "categories", "id", "image_id", "category_id", "bbox", "area", "iscrowd",
+             "score", "segmentation", "width", "height", "counts", "size"]  # fmt: skip
+coco_like = st.recursive(
+    st.none() | st.integers(-3, 5) | st.floats() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.sampled_from(coco_keys), children, max_size=6),
+    max_leaves=40,
+)
+
+
+small_id = st.integers(0, 20).flatmap(lambda n: st.integers(0, 3) if n else coco_like)  # mostly valid
+number = st.integers(0, 10).flatmap(lambda n: st.floats(0, 60) if n else st.floats() | st.integers(-5, 60))
+box = st.integers(0, 5).flatmap(
+    lambda n: st.lists(number, min_size=4, max_size=4) if n else st.lists(number, max_size=6) | coco_like
+)
+segmentation = st.lists(st.lists(number, min_size=4, max_size=8), max_size=2) | st.fixed_dictionaries(
+    {"size": st.lists(st.integers(-1, 40), max_size=3), "counts": st.lists(st.integers(-2, 50), max_size=6) | st.text()}
+) | coco_like  # fmt: skip
+near_valid_gt = st.fixed_dictionaries({
+    "images": st.lists(st.fixed_dictionaries({"id": small_id, "width": st.integers(1, 40) | coco_like,
+                                              "height": st.integers(1, 40) | coco_like}), max_size=4),
+    "categories": st.lists(st.fixed_dictionaries({"id": small_id}), max_size=3),
+    "annotations": st.lists(st.fixed_dictionaries({
+        "id": small_id, "image_id": small_id, "category_id": small_id, "bbox": box, "area": number,
+        "iscrowd": st.integers(0, 1) | coco_like, "segmentation": segmentation}), max_size=6),
+})  # fmt: skip
+near_valid_dt = st.lists(
+    st.fixed_dictionaries({"image_id": small_id, "category_id": small_id, "bbox": box, "score": number,
+                           "segmentation": segmentation}),
+    max_size=6,
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(near_valid_gt | coco_like, near_valid_dt | coco_like, st.sampled_from(["bbox", "segm"]))
+def test_malformed_coco_documents_get_a_named_error_and_nothing_else(ground_truth, detections, iou_type) -> None:
+    from stagewatch.daemon.groundtruth.coco import CocoFormatError, evaluate_coco, parse_coco_detections
+    from stagewatch.daemon.groundtruth.coco import parse_coco_ground_truth as parse
+
+    try:
+        parsed = parse(ground_truth, "gt.json", iou_type)
+        evaluate_coco(parsed, parse_coco_detections(detections, parsed, "dt.json", iou_type), iou_type)
+    except CocoFormatError as error:
+        assert "gt.json" in str(error) or "dt.json" in str(error)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.binary(max_size=200)
+    | st.text(max_size=200).map(str.encode)
+    | st.builds(lambda v: json.dumps({"name": "x", "stages": v}).encode(), json_values)
+    | st.builds(lambda v: json.dumps({"name": "x", "stages": {"det": v}}).encode(), json_values),
+    st.sampled_from(["golden.yaml", "golden.json"]),
+)
+def test_malformed_dataset_files_get_a_dataset_error_and_nothing_else(tmp_path_factory, data, name) -> None:
+    from stagewatch.daemon.groundtruth.spec import DatasetError, load_dataset, validate_dataset
+
+    path = tmp_path_factory.mktemp("dataset") / name
+    path.write_bytes(data)
+    try:
+        validate_dataset(load_dataset(path))  # a file that loads must also validate without raising
+    except DatasetError as error:
+        assert str(path) in str(error)

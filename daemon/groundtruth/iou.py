@@ -27,7 +27,10 @@ def box_iou(detections: np.ndarray, ground_truth: np.ndarray, crowd: np.ndarray 
     if crowd is not None and len(crowd):
         union = np.where(np.asarray(crowd, bool)[None, :], np.broadcast_to(dt_area, union.shape), union)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(intersection > 0, intersection / union, 0.0)
+        iou = np.where(intersection > 0, intersection / union, 0.0)
+    # Cancellation in `width` can push a near-degenerate box pair a hair above 1 (pycocotools
+    # reports that as is); clipping keeps IoU a fraction and changes no match at any threshold.
+    return np.minimum(iou, 1.0)
 
 
 def mask_iou(detections: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:

@@ -7,7 +7,10 @@ imperfect detector's results (stagewatch.daemon.groundtruth.synthetic). Every to
 from the same in-memory documents and does its whole job: index/parse, evaluate,
 accumulate, summarize. Medians of `--repeats` runs, in one process; the 12 numbers are
 checked equal before timing. The second table is the per-sample cost of live evaluation:
-one image's update of the streaming evaluators (COCO matching + P/R/F1 counts).
+one image's update of the COCO evaluator, and the accuracy worker's whole judgement of one
+detection result (parse the prediction, match, P/R/F1, COCO update, verdict). The third
+times `stagewatch gt validate` of a 1,000-sample golden dataset in three formats (the
+demo's generator: COCO boxes, PNG/NPY 240x320 masks, PLY/PCD clouds of ~4,000 points).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import os
 import statistics
 import sys
@@ -79,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=1000, help="golden dataset size for the validate timing")
     args = parser.parse_args()
     rng = np.random.default_rng(2026)
     ground_truth = coco_ground_truth(rng, args.images, categories=80, max_objects=15, crowd_rate=0.02)
@@ -100,6 +105,42 @@ def main() -> None:
                 ["tool", "ms", "max |stat - pycocotools|", "speed vs pycocotools", "speed vs faster-coco-eval"],
                 rows)  # fmt: skip
     print_streaming(ground_truth, detections)
+    print_dataset(args.samples)
+
+
+def print_dataset(samples: int) -> None:
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from stagewatch.daemon._demo import detect, preprocess, synthetic_frame, write_golden_dataset
+    from stagewatch.daemon.groundtruth.samples import StageAccuracy
+    from stagewatch.daemon.groundtruth.spec import load_dataset
+
+    with tempfile.TemporaryDirectory(prefix="sw-eval-") as folder:
+        frames = [synthetic_frame(i, np.random.default_rng([7, i])) for i in range(samples)]
+        spec = write_golden_dataset(Path(folder), frames)
+        started = time.perf_counter()
+        validated = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "gt", "validate", str(spec), "--json"],
+                                   capture_output=True, text=True, check=True)  # fmt: skip
+        validate_s = time.perf_counter() - started
+        report = json.loads(validated.stdout)
+        stage = StageAccuracy(load_dataset(spec), "detection")
+        results = [(f.sample_id, detect(preprocess(f)[0])) for f in frames if f.sample_id != "frame_047"]
+        stage.judge(*results[0], None)  # the first loads the COCO file
+        costs = []
+        for sample_id, prediction in results[1:]:
+            started = time.perf_counter()
+            stage.judge(sample_id, prediction, None)
+            costs.append(time.perf_counter() - started)
+    ordered = sorted(costs)
+    median_ms, p99_ms = statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
+    formats = {name: found["formats"] for name, found in report["stages"].items()}
+    print_table(f"Golden dataset of {samples} samples, three formats: {formats}",
+                ["what", "value"],
+                [["stagewatch gt validate (whole command, s)", f"{validate_s:.2f}"],
+                 ["judge one detection result, median ms", f"{median_ms:.3f}"],
+                 ["judge one detection result, p99 ms", f"{p99_ms:.3f}"]])  # fmt: skip
 
 
 def print_streaming(ground_truth: dict, detections: list) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -182,12 +183,15 @@ class AccuracyWorker:
                     self._started_at[event.run_id] = lsn
                 self.projection.apply(event, lsn, emit)
 
-    def serve(self, poll_s: float = 0.1) -> None:
+    def serve(self, parent: int, poll_s: float = 0.1) -> None:
+        """Follow the log until SIGTERM or until `parent` (the daemon) is gone."""
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
+        if not self._take_lock(parent):
+            return
         self.recover()
         self._bind()
-        parent, last_flush = os.getppid(), 0.0
-        while not self._stopping and os.getppid() == parent:  # a dead daemon takes its worker along
+        last_flush = 0.0
+        while not self._stopping and os.getppid() == parent:
             got = 0
             for lsn, payload in self.log.read(self.lsn):
                 self._apply(lsn, payload)
@@ -200,6 +204,20 @@ class AccuracyWorker:
             if not got:
                 time.sleep(poll_s)
         self.flush(final=True)
+
+    def _take_lock(self, parent: int, timeout_s: float = 60.0) -> bool:
+        """One worker per home: a worker left by a killed daemon may still be finishing."""
+        path = self.home / "state" / "accuracy.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(path, "a")  # noqa: SIM115 - held for the process's life
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and os.getppid() == parent and not self._stopping:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                time.sleep(0.2)
+        return False
 
     def _bind(self) -> None:
         if not self.live_endpoint:
@@ -241,9 +259,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stagewatch.daemon._accuracy")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--live", default=None)
+    parser.add_argument("--parent", type=int, default=None, help="the daemon's pid: exit when it is gone")
     args = parser.parse_args(argv)
-    worker = AccuracyWorker(args.home.absolute(), args.live)
-    worker.serve()
+    parent = args.parent if args.parent is not None else os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the daemon died before we could ask to die with it
+        return
+    AccuracyWorker(args.home.absolute(), args.live).serve(parent)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the daemon dies, even by kill -9 (prctl PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 if __name__ == "__main__":

@@ -386,7 +386,7 @@ def _stage_table(stages: list[dict[str, Any]]) -> str:
         peaks = [s["memory"]["rss_peak_mb"] or 0.0 for s in rows]
         failed = sum(s["status"] != "ok" for s in rows)
         lines.append(
-            f"  {name:<16}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
+            f"  {name:<20}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
             f"{max(durations):>10.2f}{max(peaks):>13.1f}"
         )
     return "\n".join(lines)

@@ -242,3 +242,20 @@ def _finished(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return document if document["finished"] else None
+
+
+def test_the_worker_goes_when_its_daemon_is_killed(daemon: DaemonProcess) -> None:
+    def worker() -> psutil.Process | None:
+        found = [p for p in psutil.Process(daemon.process.pid).children() if "_accuracy" in " ".join(p.cmdline())]
+        return found[0] if found else None
+
+    process = wait_for(worker, 20)
+    daemon.kill()  # SIGKILL: no chance to stop its worker
+
+    def gone() -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(gone, 10)  # else two workers could share a home after a restart

@@ -126,15 +126,8 @@ class WorkerProcess:
     def start(self) -> None:
         if self.endpoint is None:
             return
-        command = [
-            sys.executable,
-            "-m",
-            "stagewatch.daemon._accuracy",
-            "--home",
-            str(self.home),
-            "--live",
-            self.endpoint,
-        ]
+        module, parent = "stagewatch.daemon._accuracy", str(os.getpid())
+        command = [sys.executable, "-m", module, "--home", str(self.home), "--live", self.endpoint, "--parent", parent]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         self._next_start = time.monotonic() + self.RESTART_DELAY_S
 

@@ -163,3 +163,13 @@ def _read_ply_with_numpy(path: Path) -> PointLabels:
         raise LabelError(f"{path}: PLY body does not match its header ({error})") from None
     positions = np.stack([columns["x"], columns["y"], columns["z"]], axis=1).astype(np.float64)
     return PointLabels(positions, _labels(labels, path))
+
+
+def first_unknown_class(values: np.ndarray, classes: int, ignore_index: int | None = None) -> int | None:
+    """The smallest label outside [0, classes) (ignoring `ignore_index`), or None; labels are >= 0."""
+    if values.size == 0 or values.max() < classes:  # the common case, without sorting anything
+        return None
+    unknown = np.setdiff1d(np.unique(values), np.arange(classes))
+    if ignore_index is not None:
+        unknown = unknown[unknown != ignore_index]
+    return int(unknown[0]) if len(unknown) else None

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from stagewatch.daemon.groundtruth.coco import Objects
-from stagewatch.daemon.groundtruth.formats import LabelError, PointLabels, check_mask, load_mask, load_point_labels
+from stagewatch.daemon.groundtruth.formats import (
+    LabelError,
+    PointLabels,
+    check_mask,
+    first_unknown_class,
+    load_mask,
+    load_point_labels,
+)
 from stagewatch.daemon.groundtruth.metrics import ConfusionAccuracy, DetectionAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, StageLabels
 
@@ -106,6 +113,8 @@ def _integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
     if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.isfinite(labels).all()
                                                and (labels == np.round(labels)).all()):  # fmt: skip
         raise InvalidPrediction(f"{where}: labels must be integers, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise InvalidPrediction(f"{where}: negative label {int(labels.min())}")
     return labels.astype(np.int64)
 
 
@@ -176,11 +185,10 @@ class StageAccuracy:
                 predicted = labels_on_truth_points(truth, predicted)
             elif predicted.shape != truth.shape:
                 raise InvalidPrediction(f"mask shape {predicted.shape} differs from the labels' {truth.shape}")
-            unknown = np.setdiff1d(np.unique(predicted), np.arange(len(self.labels.classes or [])))
-            if len(unknown):
-                raise InvalidPrediction(
-                    f"unknown class index {int(unknown[0])} (classes: {len(self.labels.classes or [])})"
-                )
+            classes = len(self.labels.classes or [])
+            unknown = first_unknown_class(predicted, classes)
+            if unknown is not None:
+                raise InvalidPrediction(f"unknown class index {unknown} ({classes} classes)")
             scores = self.metric.update(sample_id, truth_labels, predicted)
             errors = {}
         value = scores.get(metric_name)

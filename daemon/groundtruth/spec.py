@@ -34,6 +34,7 @@ from stagewatch.daemon.groundtruth.formats import (
     KINDS,
     LabelError,
     PointLabels,
+    first_unknown_class,
     kind_of,
     load_coco,
     load_mask,
@@ -292,7 +293,5 @@ def _check_classes(truth: Any, labels: StageLabels) -> str | None:
         return None
     values = truth.labels if isinstance(truth, PointLabels) else truth
     known = len(labels.classes)
-    unknown = np.setdiff1d(np.unique(values), np.arange(known))
-    if labels.ignore_index is not None:
-        unknown = unknown[unknown != labels.ignore_index]
-    return f"label {int(unknown[0])} is not a class index (0..{known - 1})" if len(unknown) else None
+    unknown = first_unknown_class(values, known, labels.ignore_index)
+    return None if unknown is None else f"label {unknown} is not a class index (0..{known - 1})"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loguru import logger
 
 from stagewatch.daemon.groundtruth.coco import Objects
 from stagewatch.daemon.groundtruth.formats import (
@@ -59,8 +60,11 @@ def parse_boxes(prediction: Any, categories: dict[int, str]) -> Objects:
             raise InvalidPrediction("expected a list of {bbox, score, category_id} objects") from None
     if not isinstance(prediction, dict) or "boxes" not in prediction:
         raise InvalidPrediction("expected {boxes: [[x, y, w, h], ...], scores: [...], labels: [...]}")
-    boxes = _numbers(prediction["boxes"], "boxes").reshape(-1, 4) if len(prediction["boxes"]) else np.zeros((0, 4))
-    if boxes.shape[0] != len(prediction["boxes"]):
+    for key in ("boxes", "scores", "labels"):
+        if key in prediction and not isinstance(prediction[key], list | tuple):
+            raise InvalidPrediction(f"{key} must be a list, got {type(prediction[key]).__name__}")
+    boxes = _numbers(prediction["boxes"], "boxes") if len(prediction["boxes"]) else np.zeros((0, 4))
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise InvalidPrediction("each box must be 4 numbers [x, y, width, height]")
     count = len(boxes)
     scores = _numbers(prediction.get("scores", [1.0] * count), "scores")
@@ -162,9 +166,13 @@ class StageAccuracy:
         if verdict is None:
             try:
                 verdict = self._judge_labeled(sample_id, truth, prediction, path)
-            except InvalidPrediction as error:  # excluded from the metrics, counted on its own
+            except Exception as error:  # excluded from the metrics, counted on its own
+                # Beyond InvalidPrediction: a prediction of a shape nobody foresaw must not stop the
+                # worker (it would replay the same event and fail again); it is invalid, and logged.
+                if not isinstance(error, InvalidPrediction):
+                    logger.opt(exception=error).warning("unexpected prediction for {} {}", self.stage, sample_id)
                 self.metric.forget(self._metric_key(sample_id))
-                verdict = Verdict("invalid", reason=str(error)[:500], severity=1.0)
+                verdict = Verdict("invalid", reason=str(error)[:500] or type(error).__name__, severity=1.0)
         self.verdicts[sample_id] = verdict
         return verdict
 

@@ -189,3 +189,21 @@ def test_malformed_dataset_files_get_a_dataset_error_and_nothing_else(tmp_path_f
         validate_dataset(load_dataset(path))  # a file that loads must also validate without raising
     except DatasetError as error:
         assert str(path) in str(error)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(json_values | st.fixed_dictionaries({"boxes": json_values, "scores": json_values, "labels": json_values}))
+def test_any_prediction_is_judged_never_raises(tmp_path_factory, prediction) -> None:
+    from stagewatch.daemon.groundtruth.samples import StageAccuracy
+    from stagewatch.daemon.groundtruth.spec import load_dataset
+    from tests.groundtruth.builders import write_dataset
+
+    global _judging_dataset
+    if _judging_dataset is None:
+        _judging_dataset = load_dataset(write_dataset(tmp_path_factory.mktemp("golden"), 2))
+    for stage in ("detection", "segmentation", "lidar"):
+        verdict = StageAccuracy(_judging_dataset, stage).judge("s0001", prediction, None)
+        assert verdict.status in ("correct", "wrong", "invalid")
+
+
+_judging_dataset = None

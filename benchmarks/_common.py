@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -14,11 +15,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def running_daemon(*extra: str) -> Iterator[Path]:
+def running_daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[Path]:
     """A real `stagewatch daemon` on a fresh temporary home; stopped and removed after."""
     home = Path(tempfile.mkdtemp(prefix="sw-bench-", dir="/tmp"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--log-level", "WARNING", *extra]
+        [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--log-level", "WARNING", *extra],
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.monotonic() + 30

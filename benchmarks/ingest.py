@@ -8,6 +8,12 @@ fsync) to a `stagewatch daemon` subprocess; the clock stops when the daemon repo
 every event accepted and every one projected into the stage_executions Parquet table.
 Reference: raw PUSH/PULL with msgpack over ipc between two processes on the same
 machine, one event per message and 100 per message, with no validation or disk.
+
+The second table: the same stream with a run against the demo's golden dataset and one
+detection result (boxes inline) per 4 events, with the accuracy worker on and off
+(STAGEWATCH_DAEMON_ACCURACY_WORKER=false), to show what judging costs ingestion: the clock
+stops when every event is acknowledged, fsync'd and projected, whether or not the worker
+has caught up; its lag is printed.
 """
 
 from __future__ import annotations
@@ -58,9 +64,27 @@ def _event(run_id: str, seq: int) -> bytes:
     )
 
 
-def produce(endpoint: str, events: int, ready=None, go=None) -> None:
+def _result(run_id: str, seq: int, sample_id: str, prediction: dict) -> bytes:
+    event = {"v": 1, "type": "sample_result", "client_id": "bench", "seq": seq, "ts_ns": time.time_ns(),
+             "run_id": run_id, "stage": "detection", "sample_id": sample_id, "prediction": prediction}  # fmt: skip
+    return pack_event(event)
+
+
+def _stream(events: int, dataset: str | None, results: list | None) -> list[bytes]:
     run_id = str(uuid.uuid4())
-    payloads = [_event(run_id, seq) for seq in range(1, events + 1)]
+    if dataset is None:
+        return [_event(run_id, seq) for seq in range(1, events + 1)]
+    started = {"v": 1, "type": "run_started", "client_id": "bench", "seq": 1, "ts_ns": time.time_ns(),
+               "run_id": run_id, "pipeline": "bench", "dataset": dataset}  # fmt: skip
+    payloads = [pack_event(started)]
+    for seq in range(2, events + 1):
+        sample_id, prediction = results[seq % len(results)]
+        payloads.append(_result(run_id, seq, sample_id, prediction) if seq % 4 == 0 else _event(run_id, seq))
+    return payloads
+
+
+def produce(endpoint: str, events: int, ready=None, go=None, dataset: str | None = None, results=None) -> None:
+    payloads = _stream(events, dataset, results)
     batches = [pack_batch("bench", n, payloads[i : i + BATCH]) for n, i in enumerate(range(0, events, BATCH))]
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.connect(endpoint)
@@ -76,13 +100,15 @@ def produce(endpoint: str, events: int, ready=None, go=None) -> None:
         in_flight.discard(unpack_ack(socket.recv()))
 
 
-def measure_daemon(events: int) -> float:
+def measure_daemon(events: int, dataset: str | None = None, results: list | None = None, worker: bool = True) -> float:
     import pyarrow.dataset as ds
 
-    with running_daemon() as home:
+    env = {"STAGEWATCH_DAEMON_ACCURACY_WORKER": "true" if worker else "false"}
+    with running_daemon(env=env) as home:
         context = mp.get_context("spawn")
         ready, go = context.Event(), context.Event()
-        producer = context.Process(target=produce, args=(f"ipc://{home}/run/ingest.sock", events, ready, go))
+        arguments = (f"ipc://{home}/run/ingest.sock", events, ready, go, dataset, results)
+        producer = context.Process(target=produce, args=arguments)
         producer.start()
         if not ready.wait(300):
             raise RuntimeError("the producer did not get ready")
@@ -92,15 +118,29 @@ def measure_daemon(events: int) -> float:
         acked = time.perf_counter()
         folder = home / "metrics" / "stage_executions"
         deadline = time.monotonic() + 600
-        while not folder.exists() or ds.dataset(folder, format="parquet").count_rows() < events:
+        expected = events if dataset is None else events - 1 - events // 4  # minus run_started and results
+        while not folder.exists() or ds.dataset(folder, format="parquet").count_rows() < expected:
             if time.monotonic() > deadline:
                 raise RuntimeError("the daemon did not project every event within 600 s")
             time.sleep(0.02)
         projected = time.perf_counter()
         rows = ds.dataset(folder, format="parquet").count_rows()
-    assert rows == events, f"expected {events} rows, got {rows}"
+        if dataset is not None and worker:
+            _wait_for_samples(home, events // 4, start)
+    assert rows == expected, f"expected {expected} rows, got {rows}"
     print(f"  daemon: acked in {acked - start:.2f}s, projected in {projected - start:.2f}s", flush=True)
     return events / (projected - start)
+
+
+def _wait_for_samples(home, count: int, start: float) -> None:
+    import pyarrow.dataset as ds
+
+    folder, deadline = home / "metrics" / "samples", time.monotonic() + 900
+    while not folder.exists() or ds.dataset(folder, format="parquet", partitioning="hive").count_rows() < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the accuracy worker did not judge every result within 900 s")
+        time.sleep(0.1)
+    print(f"  accuracy worker: {count:,} results judged {time.perf_counter() - start:.2f}s after the start", flush=True)
 
 
 def _pull(endpoint: str, messages: int, ready) -> None:
@@ -155,6 +195,28 @@ def main() -> None:
         f"Ingest, {args.events:,} events, median of {args.repeats} (events/s; ratio = reference / ours)",
         ["path", "events/s", "ratio"],
         rows,
+    )
+    measure_with_results(args.events // 3, args.repeats)
+
+
+def measure_with_results(events: int, repeats: int) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from stagewatch.daemon._demo import detect, preprocess, synthetic_frame, write_golden_dataset
+
+    with tempfile.TemporaryDirectory(prefix="sw-ingest-") as folder:
+        frames = [synthetic_frame(i, np.random.default_rng([7, i])) for i in range(50) if i != 47]
+        dataset = str(write_golden_dataset(Path(folder), frames))
+        results = [(f.sample_id, detect(preprocess(f)[0])) for f in frames]
+        off = statistics.median(measure_daemon(events, dataset, results, worker=False) for _ in range(repeats))
+        on = statistics.median(measure_daemon(events, dataset, results, worker=True) for _ in range(repeats))
+    print_table(
+        f"Ingest with one detection result per 4 events, {events:,} events, median of {repeats} (events/s)",
+        ["accuracy worker", "events/s", "ratio to off"],
+        [["off", f"{off:,.0f}", "1.00"], ["on (judging in its own process)", f"{on:,.0f}", f"{on / off:.2f}"]],
     )
 
 

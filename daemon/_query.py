@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._runindex import run_dates
 
 STATUSES = ("ok", "failed", "crashed")
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -82,6 +83,11 @@ def _contains(column: str, text: str | None) -> ds.Expression | None:
     return pc.match_substring(ds.field(column), text, ignore_case=True) if text else None
 
 
+def _dates_of(home: Path, filters: Filters) -> list[str] | None:
+    """With --run, only the run's date partitions (from the run index) are read."""
+    return run_dates(home, filters.run) if filters.run else None
+
+
 def query_runs(home: Path, filters: Filters) -> pa.Table:
     expression = _and(
         _time_filter("start_time", filters),
@@ -89,7 +95,7 @@ def query_runs(home: Path, filters: Filters) -> pa.Table:
         ds.field("status") == filters.status if filters.status else None,
         _contains("error_message", filters.grep),
     )
-    return read_table(home, "runs", expression)
+    return read_table(home, "runs", expression, _dates_of(home, filters))
 
 
 def query_stages(home: Path, filters: Filters) -> pa.Table:
@@ -100,7 +106,7 @@ def query_stages(home: Path, filters: Filters) -> pa.Table:
         ds.field("status") == filters.status if filters.status else None,
         _contains("error_message", filters.grep),
     )
-    return read_table(home, "stage_executions", expression)
+    return read_table(home, "stage_executions", expression, _dates_of(home, filters))
 
 
 def query_logs(home: Path, filters: Filters) -> pa.Table:
@@ -112,7 +118,7 @@ def query_logs(home: Path, filters: Filters) -> pa.Table:
         ds.field("level").isin(levels) if levels else None,
         _contains("message", filters.grep),
     )
-    return read_table(home, "logs", expression)
+    return read_table(home, "logs", expression, _dates_of(home, filters))
 
 
 PERCENTILES = (0.5, 0.95, 0.99)

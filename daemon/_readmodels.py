@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._store import RUNS, TABLES
 
 
@@ -21,13 +22,24 @@ class RunNotFound(LookupError):
     pass
 
 
-def read_table(home: Path, table: str, expression: ds.Expression | None = None) -> pa.Table:
+def read_table(home: Path, table: str, expression: ds.Expression | None = None,
+               dates: list[str] | None = None) -> pa.Table:  # fmt: skip
     """The rows of a metrics table that match `expression` (all if None); an empty table
-    with the right schema if there are none."""
+    with the right schema if there are none. `dates` limits the read to those partitions
+    (the run index's answer for one run) without listing the others."""
     folder = home / "metrics" / table
+    schema = _with_date(TABLES[table])
     if not folder.is_dir():
-        return _with_date(TABLES[table]).empty_table()
-    dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=_with_date(TABLES[table]))
+        return schema.empty_table()
+    if dates is None:
+        dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=schema)
+    else:
+        files = sorted(str(path) for date in dates for path in (folder / f"date={date}").glob("*.parquet"))
+        if not files:
+            return schema.empty_table()
+        partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+        dataset = ds.dataset(files, format="parquet", partitioning=partitioning, schema=schema,
+                             partition_base_dir=str(folder))  # fmt: skip
     being_removed = _runs_being_removed(home)
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
         hidden = ~ds.field("run_id").isin(being_removed)
@@ -107,10 +119,14 @@ def resolve_run_id(home: Path, prefix: str) -> str:
     prefix = prefix.strip().lower()
     if not prefix or "/" in prefix or prefix.startswith("."):
         raise RunNotFound(f"expected a run id or a unique prefix of one, got {prefix!r}")
-    try:
-        names = [entry.name for entry in os.scandir(home / "runs") if entry.name.startswith(prefix)]
-    except FileNotFoundError:
-        names = []
+    # The run index answers from one small file; listing runs/ (a million entries) is the fallback.
+    indexed = runs_with_prefix(home, prefix) or []
+    names = [name for name in indexed if (home / "runs" / name).is_dir()]
+    if not names:
+        try:
+            names = [entry.name for entry in os.scandir(home / "runs") if entry.name.startswith(prefix)]
+        except FileNotFoundError:
+            names = []
     names = [name for name in names if name not in _runs_being_removed(home)]
     if len(names) == 1:
         return names[0]

@@ -36,6 +36,8 @@ def _remove_read_models(home: Path) -> int:
                  *home.glob("runs/*/stages.jsonl"), *home.glob("runs/*/accuracy.json")]:  # fmt: skip
         path.unlink(missing_ok=True)
         removed += 1
+    if (home / "index").exists():
+        shutil.rmtree(home / "index")
     if (home / "metrics").exists():
         removed += sum(1 for _ in (home / "metrics").rglob("*.parquet"))
         shutil.rmtree(home / "metrics")

@@ -309,6 +309,9 @@ class Daemon:
         start_lsn = checkpoint.get("lsn", 0)
         finish_interrupted(self.home / "metrics")
         dropped_parts = self.store.drop_parts_from(start_lsn)
+        if not self.store.run_index.complete:  # a new home, a rebuild, or data from before the index
+            logger.info("run index: {} (run, date) pairs from the existing tables",
+                        self.store.run_index.build_from_tables(self.home / "metrics"))  # fmt: skip
         replayed, stats = self._replay(start_lsn)
         self.stats.replayed = replayed
         self.stats.recovery = {

@@ -31,6 +31,9 @@ class DaemonSection(_Section):
     late_event_grace_s: float = Field(
         120.0, ge=0, le=86400, description="a finished run stays in memory this long for late events (worker spools)"
     )
+    accuracy_worker: bool = Field(
+        True, description="judge sample results against golden datasets in a worker process (docs/ground-truth.md)"
+    )
 
 
 class DiskSection(_Section):

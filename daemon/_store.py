@@ -20,6 +20,8 @@ import msgpack
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stagewatch.daemon._runindex import RunIndex
+
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 MB = pa.float64()
 
@@ -117,6 +119,7 @@ class Store:
         self.home = home
         self.metrics = home / "metrics"
         self.checkpoint_path = home / "state" / checkpoint
+        self.run_index = RunIndex(home)
 
     # -- Parquet -------------------------------------------------------------------------
     def write_rows(self, table: str, rows: list[dict[str, Any]]) -> list[Path]:
@@ -129,6 +132,7 @@ class Store:
             first_lsn = min(row["lsn"] for row in date_rows)
             path = self.metrics / table / f"date={date}" / f"{PART_PREFIX}{first_lsn:020d}.parquet"
             written.append(self._write_part(path, pa.Table.from_pylist(date_rows, TABLES[table])))
+        self.run_index.add({(row["run_id"], date) for date, date_rows in by_date.items() for row in date_rows})
         return written
 
     def _write_part(self, path: Path, table: pa.Table) -> Path:
@@ -187,6 +191,7 @@ class Store:
         stages += [_json(entry) for entry in run["open"].values()]
         document = _json(summary)[:-1] + b',"stages":[' + b",".join(stages) + b"]}"
         atomic_write(self.audit_path(run["run_id"]), document)
+        self.run_index.add([(run["run_id"], _date_of(run.get("start_ns")))])  # findable by prefix while it runs
 
     # -- checkpoint ----------------------------------------------------------------------
     def write_checkpoint(self, state: dict[str, Any]) -> None:

@@ -231,7 +231,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         home=home,
         endpoint=endpoint,
         live_endpoint=f"ipc://{home / 'run' / 'live.sock'}",
-        accuracy_endpoint=f"ipc://{home / 'run' / 'accuracy.sock'}",
+        accuracy_endpoint=f"ipc://{home / 'run' / 'accuracy.sock'}" if config.daemon.accuracy_worker else None,
         client_timeout_s=config.daemon.client_timeout_s,
         flush_interval_s=config.daemon.flush_interval_s,
         group_access=config.daemon.group_access,

@@ -106,7 +106,8 @@ def load_point_labels(path: Path) -> PointLabels:
 def _has_64_bit_integers(path: Path) -> bool:
     with open(path, "rb") as handle:
         header = handle.read(4096).split(b"end_header", 1)[0]
-    return any(line.split()[1:2] in ([b"int64"], [b"uint64"], [b"long"], [b"ulong"]) for line in header.splitlines())
+    wide = {b"int64", b"uint64", b"long", b"ulong"}
+    return any(line.startswith(b"property") and wide & set(line.split()[1:-1]) for line in header.splitlines())
 
 
 def _labels(values: np.ndarray, path: Path) -> np.ndarray:

@@ -126,3 +126,29 @@ def test_a_thousand_samples_in_three_formats_validate(tmp_path: Path) -> None:
     code, report = validate(spec)
     assert code == 0 and report["samples"] == 1000
     assert sum(report["stages"]["lidar"]["formats"].values()) == 1000 and len(CLASSES) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "message"),
+    [
+        ("element vertex 3\nproperty float x\nproperty float y\nproperty float z\nproperty int64 label\n", b"\x00" * 10,
+         "does not match its header"),
+        ("element vertex 1\nproperty float x\nproperty float y\nproperty int64 label\n", b"\x00" * 16,
+         "need x, y, z and label"),
+        ("element vertex 1\nproperty list uchar int64 label\n", b"", "unsupported PLY property"),
+        ("element vertex 1\nproperty float x\nproperty float y\nproperty float z\nproperty int64 label\n"
+         "element face 2\n", b"\x00" * 20, "other than vertex"),
+    ],
+)  # fmt: skip
+def test_the_int64_ply_reader_refuses_malformed_files(tmp_path: Path, header: str, body: bytes, message: str) -> None:
+    path = tmp_path / "bad.ply"
+    path.write_bytes(f"ply\nformat binary_little_endian 1.0\n{header}end_header\n".encode() + body)
+    with pytest.raises(LabelError, match=message):
+        load_point_labels(path)
+
+
+def test_the_int64_ply_reader_reads_ascii(tmp_path: Path) -> None:
+    path = tmp_path / "ascii.ply"
+    path.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+                    "property int64 label\nend_header\n0 0 0 4\n1 1 1 5\n")  # fmt: skip
+    assert load_point_labels(path).labels.tolist() == [4, 5]

@@ -39,6 +39,21 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     full = json.loads(sw("show", run_dir.name, "--home", str(home), "--json").stdout)
     assert full["run_id"] == run_dir.name and len(full["stages"]) == 50 + 4 * 49
 
+    # Accuracy against the demo's golden dataset: live numbers equal a batch recomputation.
+    assert "accuracy against" in result.stdout and "mAP" in result.stdout
+    live = json.loads((run_dir / "accuracy.json").read_text())
+    assert live["finished"] and live["dataset_name"] == "demo-golden"
+    detection = live["stages"]["detection"]
+    assert sum(detection["counts"].values()) == 49 and detection["counts"]["unlabeled"] == 0
+    assert 0 < detection["counts"]["wrong"] < 49 and 0.3 < detection["metrics"]["coco"]["AP50"] < 0.99  # mistakes
+    batch = json.loads(sw("eval", "--run", run_dir.name, "--home", str(home), "--json").stdout)
+    assert batch["stages"] == live["stages"]
+    validated = sw("gt", "validate", str(home / "datasets" / "demo" / "golden.yaml"), "--json")
+    assert validated.returncode == 0 and json.loads(validated.stdout)["stages"]["segmentation"]["formats"] == {
+        ".png": 25,
+        ".npy": 25,
+    }
+
 
 def test_unknown_and_ambiguous_run_ids_exit_1_with_a_message(daemon: DaemonProcess) -> None:
     for _ in range(20):  # 20 runs: some share a first hex digit

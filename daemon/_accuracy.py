@@ -30,6 +30,7 @@ from loguru import logger
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._ingest import Rejected, decode_event
 from stagewatch.daemon._store import Store, atomic_write
+from stagewatch.daemon._throttle import CostThrottle
 from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
@@ -159,6 +160,7 @@ class AccuracyWorker:
         self._publisher: Any = None
         self._stopping = False
         self._started_at: dict[str, int] = {}  # open run → lsn of its run_started (replay from there)
+        self._throttle = CostThrottle(min_interval_s=SUMMARY_INTERVAL_S)
         self.lsn = 0
 
     def recover(self) -> None:
@@ -237,13 +239,20 @@ class AccuracyWorker:
             projection.rows = []
         for run_id in sorted(projection.dirty):
             run = projection.runs[run_id]
-            summary = run.summary(coco=True)
+            started = time.monotonic()
+            # COCO accumulation grows with the run: recomputed at most as often as 10x its cost
+            # allows while the run goes on, always at its end (the numbers then equal a batch run).
+            coco = final or run.finished or self._throttle.due(run_id, started)
+            summary = run.summary(coco=coco)
+            if coco:
+                self._throttle.spent(run_id, started, time.monotonic())
             atomic_write(self.home / "runs" / run_id / "accuracy.json", json.dumps(summary, indent=1).encode())
             self._publish(summary)
         projection.dirty.clear()
         for run_id in [r for r, run in projection.runs.items() if run.finished]:
             del projection.runs[run_id]
             self._started_at.pop(run_id, None)
+            self._throttle.forget(run_id)
         open_runs = {r: self._started_at.get(r, 0) for r in projection.runs}
         self.store.write_checkpoint({"lsn": self.lsn, "open_runs": open_runs})
 

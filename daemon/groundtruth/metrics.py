@@ -88,6 +88,7 @@ class DetectionAccuracy:
         self.score_threshold = score_threshold
         self.coco = CocoEvaluator(categories, iou_type)
         self._outcomes: dict[Any, BoxOutcome] = {}
+        self._last_coco: tuple[dict[str, float], int] | None = None  # numbers, samples they cover
 
     def update(self, image_id: Any, truth: Objects, predicted: Objects) -> BoxOutcome:
         self.coco.update(image_id, truth, predicted)  # COCO ranks every prediction, whatever its score
@@ -100,13 +101,20 @@ class DetectionAccuracy:
         self._outcomes.pop(image_id, None)
 
     def compute(self, coco: bool = True) -> dict[str, Any]:
+        """Counts and scores; the COCO numbers are recomputed when `coco`, else the last ones are
+        repeated with `coco_samples` saying how many samples they cover (a live view may
+        refresh counts often and the costlier COCO accumulation less often)."""
+        if coco:
+            self._last_coco = (self.coco.compute(), len(self.coco))
         totals = [sum(getattr(o, key) for o in self._outcomes.values())
                   for key in ("true_positives", "false_positives", "missed")]  # fmt: skip
         errors = sum((o.errors for o in self._outcomes.values()), Counter())
         found = {"samples": len(self._outcomes), **precision_recall_f1(*totals),
                  "true_positives": totals[0], "false_positives": totals[1], "missed": totals[2],
                  "errors": dict(errors)}  # fmt: skip
-        return found | ({"coco": self.coco.compute()} if coco else {})
+        if self._last_coco is not None:
+            found |= {"coco": self._last_coco[0], "coco_samples": self._last_coco[1]}
+        return found
 
 
 def scores_from_confusion(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:

@@ -147,3 +147,17 @@ def test_streaming_equals_batch_on_a_thousand_samples_in_any_order() -> None:
     for image_id in order[:50]:
         streaming.update(int(image_id), ground_truth.objects.get(image_id, empty), detections.get(image_id, empty))
     assert streaming.compute() == batch
+
+
+def test_a_live_view_can_repeat_the_last_coco_numbers_and_says_how_old_they_are() -> None:
+    from stagewatch.daemon.groundtruth.metrics import DetectionAccuracy
+
+    metric = DetectionAccuracy([1])
+    metric.update(1, objects([(1, [0, 0, 10, 10])]), objects([(1, [0, 0, 10, 10])]))
+    first = metric.compute()
+    assert first["coco_samples"] == 1 and first["coco"]["AP"] == pytest.approx(1.0)
+    metric.update(2, objects([(1, [0, 0, 10, 10])]), objects([(1, [50, 50, 10, 10])]))
+    cheap = metric.compute(coco=False)
+    assert cheap["samples"] == 2 and cheap["coco_samples"] == 1 and cheap["coco"] == first["coco"]
+    fresh = metric.compute()
+    assert fresh["coco_samples"] == 2 and fresh["coco"]["AP"] < 1.0

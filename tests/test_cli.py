@@ -38,6 +38,7 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     assert shown.returncode == 0 and "frame_047" in shown.stdout and "Traceback" in shown.stdout
     full = json.loads(sw("show", run_dir.name, "--home", str(home), "--json").stdout)
     assert full["run_id"] == run_dir.name and len(full["stages"]) == 50 + 4 * 49
+    assert full["accuracy"]["stages"]["segmentation"]["kind"] == "mask"
 
     # Accuracy against the demo's golden dataset: live numbers equal a batch recomputation.
     assert "accuracy against" in result.stdout and "mAP" in result.stdout
@@ -48,6 +49,7 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     assert 0 < detection["counts"]["wrong"] < 49 and 0.3 < detection["metrics"]["coco"]["AP50"] < 0.99  # mistakes
     batch = json.loads(sw("eval", "--run", run_dir.name, "--home", str(home), "--json").stdout)
     assert batch["stages"] == live["stages"]
+    assert "accuracy against" in sw("show", run_dir.name[:8], "--home", str(home)).stdout
     validated = sw("gt", "validate", str(home / "datasets" / "demo" / "golden.yaml"), "--json")
     assert validated.returncode == 0 and json.loads(validated.stdout)["stages"]["segmentation"]["formats"] == {
         ".png": 25,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     _home_options(demo)
     demo.add_argument("--frames", type=_frames, default=60, help="frames to process (48 or more; 60)")
     demo.add_argument("--keep-daemon", action="store_true", help="leave the daemon running afterwards")
+    demo.add_argument("--no-ui", action="store_true", help="print the summary and exit; no dashboard")
+    demo.add_argument("--port", type=_port, default=5006, help="the dashboard's port on 127.0.0.1 (5006)")
     demo.set_defaults(handler=cmd_demo)
 
     runs = commands.add_parser("runs", help="list recent runs")
@@ -104,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", help="a run id or a unique prefix of one")
     show.add_argument("--json", action="store_true", help="print the full audit trail as JSON")
     show.set_defaults(handler=cmd_show)
+
+    ui = commands.add_parser("ui", help="the dashboard: panel serve on 127.0.0.1 (docs/ui.md)")
+    _home_options(ui, endpoint=False)
+    ui.add_argument("--port", type=_port, default=5006, help="port (5006)")
+    ui.add_argument("--address", default="127.0.0.1", help="IP to bind (127.0.0.1); others need --basic-auth")
+    ui.add_argument("--basic-auth", metavar="FILE", help="Panel basic auth: a JSON file mapping users to passwords")
+    ui.add_argument("--cookie-secret", help="secret for the login cookie (default: random at each start)")
+    ui.add_argument("--allow-origin", action="append", metavar="HOST:PORT", help="websocket origins to accept")
+    ui.set_defaults(handler=cmd_ui)
 
     from stagewatch.daemon._cli_groundtruth import add_commands
 
@@ -210,6 +222,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 1 and 65535, got {value}")
+    return value
+
+
 def _frames(text: str) -> int:
     value = _positive_int(text)
     if value < 48:
@@ -263,6 +282,29 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- ui -------------------------------------------------------------------------------------
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Replace this process with `panel serve` of the dashboard (signals reach Panel directly)."""
+    try:
+        from stagewatch.ui._serve import UiArgumentError, ui_command
+    except ImportError as error:
+        print(f"stagewatch: the dashboard needs the [ui] extra ({error})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        command = ui_command(args.address, args.port, args.basic_auth, args.cookie_secret, args.allow_origin)
+    except UiArgumentError as error:
+        print(f"stagewatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.basic_auth and not Path(args.basic_auth).is_file():
+        print(f"stagewatch: --basic-auth {args.basic_auth}: no such file (a JSON map of user to password)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    home = resolve_home(args.home)
+    print(f"stagewatch ui: http://{args.address}:{args.port}/app  (home {home})", flush=True)
+    os.execve(sys.executable, command, {**os.environ, "STAGEWATCH_HOME": str(home)})
+    return EXIT_OK  # not reached
+
+
 # -- demo -----------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from stagewatch.daemon._demo import run_demo
@@ -277,14 +319,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run.flush(30.0)
         audit = wait_for_audit(home, run.id, timeout_s=60.0)
         accuracy = _wait_for_document(home / "runs" / run.id / "accuracy.json", "finished", timeout_s=60.0)
+        _print_demo_summary(home, audit or load_audit(home, run.id))
+        if accuracy:
+            print(f"\naccuracy against {accuracy['dataset']}:")
+            print(format_accuracy(accuracy))
+        if not args.no_ui:
+            _serve_dashboard(home, args.port, run.id)
     finally:
         if daemon is not None and not args.keep_daemon:
             stop_daemon(daemon)
-    _print_demo_summary(home, audit or load_audit(home, run.id))
-    if accuracy:
-        print(f"\naccuracy against {accuracy['dataset']}:")
-        print(format_accuracy(accuracy))
     return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_dashboard(home: Path, port: int, run_id: str) -> None:
+    """The dashboard on 127.0.0.1 until Ctrl-C (or SIGTERM); the daemon keeps running meanwhile."""
+    try:
+        import panel  # noqa: F401 - the [ui] extra
+    except ImportError:
+        print("\n(no dashboard: install the [ui] extra, then run `stagewatch ui`)")
+        return
+    from stagewatch.ui._serve import ui_command
+
+    process = subprocess.Popen(ui_command(port=port), env={**os.environ, "STAGEWATCH_HOME": str(home)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    print(f"\ndashboard: http://127.0.0.1:{port}/app?run={run_id}   (Ctrl-C stops the dashboard and the daemon)",
+          flush=True)  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        process.terminate()
+        process.wait(30)
 
 
 def start_daemon(home: Path, endpoint: str) -> subprocess.Popen[bytes] | None:

@@ -312,6 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     home = resolve_home(args.home)
     endpoint = resolve_endpoint(home, args.endpoint)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM, like Ctrl-C, stops what the demo started
     daemon = start_daemon(home, endpoint)
     try:
         print(f"stagewatch demo: running the perception pipeline ({args.frames} frames) ...", flush=True)
@@ -325,6 +326,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(format_accuracy(accuracy))
         if not args.no_ui:
             _serve_dashboard(home, args.port, run.id)
+    except KeyboardInterrupt:
+        print("stagewatch demo: interrupted", file=sys.stderr)
     finally:
         if daemon is not None and not args.keep_daemon:
             stop_daemon(daemon)
@@ -348,13 +351,11 @@ def _serve_dashboard(home: Path, port: int, run_id: str) -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     print(f"\ndashboard: http://127.0.0.1:{port}/app?run={run_id}   (Ctrl-C stops the dashboard and the daemon)",
           flush=True)  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         process.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         process.terminate()
         process.wait(30)
 

@@ -20,7 +20,7 @@ def sw(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> None:
-    result = sw("demo", "--home", str(home), "--frames", "50")
+    result = sw("demo", "--home", str(home), "--frames", "50", "--no-ui")
     assert result.returncode == 0, result.stderr
     assert "frame_047" in result.stdout and "audit trail" in result.stdout
     (run_dir,) = (home / "runs").iterdir()

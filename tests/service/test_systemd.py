@@ -13,20 +13,29 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import stagewatch
 from tests.conftest import DaemonProcess, wait_for
 
-UNIT = Path(__file__).parents[2] / "systemd" / "stagewatch.service"
+UNITS = Path(__file__).parents[2] / "systemd"
+UNIT = UNITS / "stagewatch.service"
 
 
-def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["stagewatch.service", "stagewatch-ui.service"])
+def test_the_unit_files_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
     executable = shutil.which("stagewatch")
     assert executable, "the stagewatch command is installed"
-    unit = tmp_path / "stagewatch.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/stagewatch", executable))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    text = (UNITS / name).read_text()
+    for unit in ("stagewatch.service", "stagewatch-ui.service"):  # verify resolves the Wants= of the other
+        (tmp_path / unit).write_text((UNITS / unit).read_text().replace("/usr/local/bin/stagewatch", executable))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "Type=notify" in UNIT.read_text() and "WatchdogSec=" in UNIT.read_text()
+    if name == "stagewatch.service":
+        assert "Type=notify" in text and "WatchdogSec=" in text
+    else:
+        assert "--address 127.0.0.1" in text and "ProtectSystem=strict" in text
 
 
 def test_ready_watchdog_and_stopping_are_sent_to_notify_socket(home: Path) -> None:

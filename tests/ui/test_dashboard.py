@@ -31,6 +31,13 @@ def shown(page, text: str) -> bool:
     return page.get_by_text(text).count() > 0
 
 
+def answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=5).status == 200
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -173,3 +180,25 @@ def test_exposing_it_needs_basic_auth_and_basic_auth_works(served, browser) -> N
     finally:
         context.close()
         ui.stop()
+
+
+def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
+    """The README's first command: daemon, demo pipeline, then the dashboard until Ctrl-C/SIGTERM."""
+    home, port = tmp_path / "home", free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "stagewatch.daemon", "demo", "--home", str(home), "--frames", "50",
+                             "--port", str(port)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        lines = []
+        while not any("dashboard:" in line for line in lines):
+            lines.append(demo.stdout.readline())
+            assert demo.poll() is None, "".join(lines)
+        url = next(line for line in lines if "dashboard:" in line).split()[1]
+        assert url.startswith(f"http://127.0.0.1:{port}/app?run=")
+        wait_for(lambda: answers(url), 60, 0.5)
+        assert (home / "run" / "ingest.sock").exists()  # the daemon keeps running while the page is served
+    finally:
+        demo.terminate()
+        assert demo.wait(60) == 0
+    assert not (home / "run" / "ingest.sock").exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)

@@ -38,7 +38,7 @@ class Dashboard:
         self.home = home
         self.banner = pn.pane.Alert("", alert_type="warning", visible=False)
         self.runs = pn.widgets.Tabulator(_data.runs_frame(home), disabled=True, selectable=1, show_index=False,
-                                         height=240, pagination=None, name="runs")  # fmt: skip
+                                         pagination="local", page_size=10, name="runs")  # fmt: skip
         self.run_id = pn.widgets.TextInput(name="Run id (or a unique prefix)", placeholder="click a run above")
         self.run_panel = pn.Column(pn.pane.Markdown("Pick a run above."))
         self.artifact_choice = pn.widgets.Select(name="Saved outputs of this run", options=[""])

@@ -1,0 +1,52 @@
+"""The dashboard's artifact check, without a browser: only real artifacts inside the home."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stagewatch.ui._data import ArtifactRefused, resolve_artifact
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> tuple[Path, str]:
+    run_id = str(uuid.uuid4())
+    folder = tmp_path / "home" / "runs" / run_id / "stages" / "detection"
+    folder.mkdir(parents=True)
+    (folder / "boxes.json").write_text("[]")
+    return tmp_path / "home", f"runs/{run_id}/stages/detection/boxes.json"
+
+
+def test_a_real_artifact_resolves(artifact: tuple[Path, str]) -> None:
+    home, relative = artifact
+    assert resolve_artifact(home, relative) == (home / relative).resolve()
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda r: "/etc/passwd",
+        lambda r: r.replace("stages/detection", "stages/.."),
+        lambda r: r.replace("boxes.json", "../../../../../etc/passwd"),
+        lambda r: r.upper(),  # not the canonical run id
+        lambda r: r.replace("runs/", "logs/"),
+        lambda r: r + "/more",
+        lambda r: r.replace("boxes.json", "missing.json"),
+        lambda r: r.replace("boxes.json", "bo\x00xes.json"),
+    ],
+)
+def test_anything_else_is_refused(artifact: tuple[Path, str], transform) -> None:
+    home, relative = artifact
+    with pytest.raises(ArtifactRefused):
+        resolve_artifact(home, transform(relative))
+
+
+def test_a_symlink_out_of_the_home_is_refused(artifact: tuple[Path, str], tmp_path: Path) -> None:
+    home, relative = artifact
+    (tmp_path / "outside.json").write_text("{}")
+    link = (home / relative).with_name("link.json")
+    link.symlink_to(tmp_path / "outside.json")
+    with pytest.raises(ArtifactRefused, match="outside the home"):
+        resolve_artifact(home, relative.replace("boxes.json", "link.json"))

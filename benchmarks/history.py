@@ -42,7 +42,7 @@ STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("post
 def generated_runs(count: int, rng: np.random.Generator):
     now = time.time_ns()
     for index in range(count):
-        run_id = str(uuid.UUID(int=int(rng.integers(2**62)) * 4 + index % 4))
+        run_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))  # random, as uuid4() gives
         yield run_id, _run_events(run_id, index, now - int(rng.uniform(0, 30 * 86400) * 1e9), rng)
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 
 from stagewatch._wire import pack_event
-from stagewatch.daemon import Filters, parse_time, query_logs, query_runs, query_stages, stage_stats
+from stagewatch.daemon import STATS_COLUMNS, Filters, parse_time, query_logs, query_runs, query_stages, stage_stats
 from stagewatch.daemon._compaction import compact
 from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
 from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
@@ -125,7 +125,7 @@ def measure(runs: int) -> list[list[str]]:
             return query_stages(home, Filters(stage="detection", status="failed", since=parse_time("7d")))
 
         def stats():
-            return stage_stats(query_stages(home, Filters(since=parse_time("30d"))))
+            return stage_stats(query_stages(home, Filters(since=parse_time("30d")), STATS_COLUMNS))
 
         by_id_ms = median_ms(by_id)
         marker = home / "index" / "runs" / "complete"

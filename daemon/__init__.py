@@ -4,10 +4,18 @@ from stagewatch.daemon import Filters, parse_time, query_stages, stage_stats
 table = query_stages(Path("output"), Filters(stage="detection", since=parse_time("7d")))
 """
 
-from stagewatch.daemon._query import Filters, parse_time, query_logs, query_runs, query_stages, stage_stats
+from stagewatch.daemon._query import (
+    STATS_COLUMNS,
+    Filters,
+    parse_time,
+    query_logs,
+    query_runs,
+    query_stages,
+    stage_stats,
+)
 from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
 
 __all__ = [
-    "Filters", "RunNotFound", "list_runs", "load_audit", "parse_time", "query_logs", "query_runs", "query_stages",
-    "resolve_run_id", "stage_stats",
+    "STATS_COLUMNS", "Filters", "RunNotFound", "list_runs", "load_audit", "parse_time", "query_logs", "query_runs",
+    "query_stages", "resolve_run_id", "stage_stats",
 ]  # fmt: skip

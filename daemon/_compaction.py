@@ -3,7 +3,9 @@
 The daemon flushes a part every second, so a busy day leaves tens of thousands of small
 files, which makes every query open them all. Once a partition is `min_age_days` old the
 daemon (the only writer, in its own loop, so no part can arrive meanwhile) rewrites it as
-one file, sorted by lsn, through a folder swap:
+one file through a folder swap. The file is sorted by run id (then lsn) in row groups of
+8,192 rows, so a query by run id reads the one row group whose run-id range holds it
+(Parquet min/max statistics) instead of the whole day:
 
     .date=D.new/  written and fsync'd      (hidden: readers skip names starting with '.')
     date=D/       -> .date=D.old/          (rows briefly absent, never doubled)
@@ -25,6 +27,8 @@ import pyarrow.parquet as pq
 
 from stagewatch.daemon._store import PART_PREFIX, TABLES
 
+ROW_GROUP_ROWS = 8192
+
 
 def compact(metrics: Path, now: datetime, min_age_days: int = 2) -> int:
     """Compact every partition older than `min_age_days` holding more than one part."""
@@ -42,7 +46,7 @@ def compact(metrics: Path, now: datetime, min_age_days: int = 2) -> int:
 
 def _merged(parts: list[Path], schema: pa.Schema) -> tuple[pa.Table, str]:
     table = pa.concat_tables([pq.read_table(part, schema=schema) for part in parts])
-    table = table.sort_by("lsn")
+    table = table.sort_by([("run_id", "ascending"), ("lsn", "ascending")])
     return table, parts[0].name  # the lowest lsn names the merged part, as for any part
 
 
@@ -51,7 +55,7 @@ def _swap_in(partition: Path, merged: tuple[pa.Table, str]) -> None:
     new, old = partition.with_name(f".{partition.name}.new"), partition.with_name(f".{partition.name}.old")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir()
-    pq.write_table(table, new / name, compression="zstd")
+    pq.write_table(table, new / name, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     with open(new / name, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partition, old)

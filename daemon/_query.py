@@ -98,7 +98,7 @@ def query_runs(home: Path, filters: Filters) -> pa.Table:
     return read_table(home, "runs", expression, _dates_of(home, filters))
 
 
-def query_stages(home: Path, filters: Filters) -> pa.Table:
+def query_stages(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
     expression = _and(
         _time_filter("start_time", filters),
         ds.field("run_id") == filters.run if filters.run else None,
@@ -106,7 +106,7 @@ def query_stages(home: Path, filters: Filters) -> pa.Table:
         ds.field("status") == filters.status if filters.status else None,
         _contains("error_message", filters.grep),
     )
-    return read_table(home, "stage_executions", expression, _dates_of(home, filters))
+    return read_table(home, "stage_executions", expression, _dates_of(home, filters), columns)
 
 
 def query_logs(home: Path, filters: Filters) -> pa.Table:
@@ -122,6 +122,7 @@ def query_logs(home: Path, filters: Filters) -> pa.Table:
 
 
 PERCENTILES = (0.5, 0.95, 0.99)
+STATS_COLUMNS = ["stage", "status", "duration_ms", "rss_peak_mb", "gpu_peak_mb"]  # what stage_stats reads
 
 
 def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:

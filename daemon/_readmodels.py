@@ -23,20 +23,20 @@ class RunNotFound(LookupError):
 
 
 def read_table(home: Path, table: str, expression: ds.Expression | None = None,
-               dates: list[str] | None = None) -> pa.Table:  # fmt: skip
+               dates: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:  # fmt: skip
     """The rows of a metrics table that match `expression` (all if None); an empty table
     with the right schema if there are none. `dates` limits the read to those partitions
-    (the run index's answer for one run) without listing the others."""
+    (the run index's answer for one run) without listing the others; `columns` reads only those."""
     folder = home / "metrics" / table
     schema = _with_date(TABLES[table])
     if not folder.is_dir():
-        return schema.empty_table()
+        return _select(schema.empty_table(), columns)
     if dates is None:
         dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=schema)
     else:
         files = sorted(str(path) for date in dates for path in (folder / f"date={date}").glob("*.parquet"))
         if not files:
-            return schema.empty_table()
+            return _select(schema.empty_table(), columns)
         partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
         dataset = ds.dataset(files, format="parquet", partitioning=partitioning, schema=schema,
                              partition_base_dir=str(folder))  # fmt: skip
@@ -44,7 +44,11 @@ def read_table(home: Path, table: str, expression: ds.Expression | None = None,
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
         hidden = ~ds.field("run_id").isin(being_removed)
         expression = hidden if expression is None else expression & hidden
-    return dataset.to_table(filter=expression)
+    return dataset.to_table(filter=expression, columns=columns)
+
+
+def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    return table.select(columns) if columns is not None else table
 
 
 def _runs_being_removed(home: Path) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from stagewatch._names import artifact_relpath
-from stagewatch.daemon import Filters, query_stages, stage_stats
+from stagewatch.daemon import STATS_COLUMNS, Filters, query_stages, stage_stats
 from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
 
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -59,7 +59,7 @@ def executions_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
 
 def stats_frame(home: Path, run_id: str) -> pd.DataFrame:
     rows = []
-    for entry in stage_stats(query_stages(home, Filters(run=run_id))):
+    for entry in stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS)):
         duration, rss, gpu = entry["duration_ms"], entry["rss_peak_mb"], entry["gpu_peak_mb"]
         rows.append({"stage": entry["stage"], "count": entry["count"], "failure rate": entry["failure_rate"],
                      "median ms": duration["median"], "p95 ms": duration["p95"], "p99 ms": duration["p99"],

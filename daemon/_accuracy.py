@@ -2,7 +2,7 @@
 
 It runs beside the daemon (started and watched by it) so that evaluation never slows
 ingestion: it tails the log's segments, folds run_started / sample_result / run_finished
-into per-stage metrics (groundtruth.samples.StageAccuracy), and writes
+(and client_lost: a crashed run is finished too) into per-stage metrics (groundtruth.samples.StageAccuracy), and writes
 
     metrics/samples/date=.../part-{lsn}.parquet   one row per judged sample
     runs/{run_id}/accuracy.json                   per-stage counts and metrics, rewritten live
@@ -35,7 +35,8 @@ from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
 CHECKPOINT = "accuracy.msgpack"
-WANTED = (b"sample_result", b"run_started", b"run_finished")  # a byte test skips the other events cheaply
+# A byte test skips the other events cheaply.
+WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost")
 SUMMARY_INTERVAL_S = 0.5  # how often a running run's accuracy.json and live numbers are refreshed
 
 
@@ -48,7 +49,8 @@ class RunAccuracy:
         self.problem = dataset if isinstance(dataset, str) else None
         self.stages: dict[str, StageAccuracy] = {}
         self.not_in_dataset: dict[str, int] = {}  # results for stages the dataset does not check
-        self.finished = False
+        self.finished = False  # run_finished, or its owner was lost (the daemon's client_lost)
+        self.owner: str | None = None  # the client that started the run
 
     def judge(self, stage: str, sample_id: str, prediction: Any, path: Path | None) -> Any:
         if self.dataset is None or stage not in self.dataset.spec.stages:
@@ -81,15 +83,19 @@ class AccuracyProjection:
         if event.type == "run_started":
             dataset = self.dataset_override or event.dataset
             if dataset:
-                self.runs[event.run_id] = RunAccuracy(event.run_id, event.pipeline, dataset, self._dataset(dataset))
+                run = RunAccuracy(event.run_id, event.pipeline, dataset, self._dataset(dataset))
+                run.owner = event.client_id
+                self.runs[event.run_id] = run
                 self.dirty.add(event.run_id)
         elif event.type == "sample_result":
             run = self.runs.get(event.run_id)
             if run is not None:
                 self._judge(run, event, lsn, emit)
-        elif event.type == "run_finished" and event.run_id in self.runs:
-            self.runs[event.run_id].finished = True
-            self.dirty.add(event.run_id)
+        elif event.type in ("run_finished", "client_lost") and event.run_id in self.runs:
+            run = self.runs[event.run_id]
+            if event.type == "run_finished" or event.lost_client_id == run.owner:  # the run crashed
+                run.finished = True
+                self.dirty.add(event.run_id)
 
     def _dataset(self, path: str) -> GoldenDataset | str:
         if path not in self._datasets:

@@ -22,7 +22,7 @@ import zmq
 
 import stagewatch
 from stagewatch.daemon._readmodels import read_table
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.groundtruth.builders import scene, write_dataset
 
 NAMES = {1: "car", 2: "pedestrian"}
@@ -259,3 +259,20 @@ def test_the_worker_goes_when_its_daemon_is_killed(daemon: DaemonProcess) -> Non
             return True
 
     wait_for(gone, 10)  # else two workers could share a home after a restart
+
+
+def test_a_crashed_pipeline_s_accuracy_is_final_with_what_arrived(daemon: DaemonProcess, dataset: Path) -> None:
+    code = f"""
+import os, signal, stagewatch
+run = stagewatch.init(pipeline="crashes", home={str(daemon.home)!r}, dataset={str(dataset)!r})
+for index in range(3):
+    with run.stage("detection", sample_id=f"s{{index:04d}}") as st:
+        st.result(f"s{{index:04d}}", {{"boxes": [], "scores": [], "labels": []}})
+assert run.flush(10)
+print(run.id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = run_python(code)
+    run_id = result.stdout.split()[0]
+    accuracy = wait_for(lambda: _finished(daemon.home / "runs" / run_id / "accuracy.json"), 30)  # client_lost
+    assert accuracy["stages"]["detection"]["counts"] == {"correct": 0, "wrong": 3, "invalid": 0, "unlabeled": 0}

@@ -133,10 +133,11 @@ def labels_on_truth_points(truth: PointLabels, predicted: np.ndarray | PointLabe
         return predicted.labels.astype(np.int64)
     import open3d as o3d
 
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(predicted.positions))
-    tree = o3d.geometry.KDTreeFlann(cloud)
-    nearest = np.array([tree.search_knn_vector_3d(point, 1)[1][0] for point in truth.positions])
-    return predicted.labels[nearest].astype(np.int64)
+    # One batched k-NN query (Open3D's tensor nearest-neighbour search), not a loop over points.
+    search = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(predicted.positions.astype(np.float64)))
+    search.knn_index()
+    nearest, _ = search.knn_search(o3d.core.Tensor(truth.positions.astype(np.float64)), 1)
+    return predicted.labels[nearest.numpy().reshape(-1)].astype(np.int64)
 
 
 # -- one stage of one run -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stagewatch.daemon._store import PART_PREFIX, TABLES
+from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES
 
 ROW_GROUP_ROWS = 8192
 
@@ -35,7 +35,9 @@ def compact(metrics: Path, now: datetime, min_age_days: int = 2) -> int:
     finish_interrupted(metrics)
     cutoff = (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
     compacted = 0
-    for table in TABLES:
+    # Only the daemon's own tables: `samples` is written by the accuracy worker, another
+    # process, whose new part could land in a partition in the middle of a swap.
+    for table in DAEMON_TABLES:
         for partition in sorted((metrics / table).glob("date=*")):
             parts = sorted(partition.glob(f"{PART_PREFIX}*.parquet"))
             if partition.name[len("date=") :] < cutoff and len(parts) > 1:

@@ -114,11 +114,11 @@ def load_prediction_array(prediction: Any, path: Path | None, kind: str) -> np.n
 
 
 def _integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
-    if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.isfinite(labels).all()
-                                               and (labels == np.round(labels)).all()):  # fmt: skip
+    whole_floats = labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all()
+    if labels.dtype.kind not in "iub" and not whole_floats:
         raise InvalidPrediction(f"{where}: labels must be integers, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise InvalidPrediction(f"{where}: negative label {int(labels.min())}")
+    if labels.size and (labels.min() < 0 or labels.max() >= 2**31):
+        raise InvalidPrediction(f"{where}: labels must be in [0, 2**31), found {labels.min()}..{labels.max()}")
     return labels.astype(np.int64)
 
 

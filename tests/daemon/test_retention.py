@@ -25,6 +25,7 @@ from stagewatch.daemon._retention import (
 )
 from stagewatch.daemon._settings import RetentionSection
 from tests.conftest import DaemonProcess, wait_for
+from tests.groundtruth.builders import write_dataset
 
 NOW = 1_800_000_000 * NS
 DAY = 86_400
@@ -65,9 +66,15 @@ def _finished_run(home: Path, pipeline: str) -> str:
 
 
 def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: DaemonProcess) -> None:
-    expired = _finished_run(daemon.home, "old")
+    golden = write_dataset(daemon.home.parent / "golden", 2)
+    with stagewatch.init(pipeline="old", home=daemon.home, dataset=golden) as run, run.stage("detection") as st:
+        st.save("out.json", {"x": 1})
+        st.result("s0000", {"boxes": [], "scores": [], "labels": []})  # judged: a row in `samples`
+    expired = run.id
     daemon.audit(expired)
     wait_for(lambda: read_table(daemon.home, "runs").num_rows == 1)
+    wait_for(lambda: read_table(daemon.home, "samples").num_rows == 1)
+    assert (daemon.home / "runs" / expired / "accuracy.json").exists()
     running = stagewatch.init(pipeline="ongoing", home=daemon.home)
     with running.stage("detection"):
         pass
@@ -79,9 +86,9 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
     assert planned["runs"] == [expired] and planned["run_bytes"] > 0
     assert (daemon.home / "runs" / expired).exists()  # a dry run removes nothing
     done = json.loads(subprocess.run(gc, capture_output=True, text=True, env=env).stdout)
-    assert done["runs"] == [expired] and done["parquet_rows"] == 2  # one stage row, one run row
+    assert done["runs"] == [expired] and done["parquet_rows"] == 3  # a stage row, a run row, a samples row
     assert not (daemon.home / "runs" / expired).exists()
-    for table in ("runs", "stage_executions"):
+    for table in ("runs", "stage_executions", "samples"):
         assert expired not in read_table(daemon.home, table)["run_id"].to_pylist()
     assert (daemon.home / "runs" / running.id / "audit.json").exists()
     running.finish()

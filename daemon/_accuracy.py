@@ -35,7 +35,6 @@ from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
 CHECKPOINT = "accuracy.msgpack"
-# A byte test skips the other events cheaply.
 WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost")
 SUMMARY_INTERVAL_S = 0.5  # how often a running run's accuracy.json and live numbers are refreshed
 
@@ -149,11 +148,18 @@ def fold_log(home: Path, run_ids: set[str] | None = None, dataset: str | None = 
     """Judge every sample result in the log from the start (`eval --run`)."""
     projection = AccuracyProjection(home, dataset)
     for lsn, payload in EventLog(home / "events").read(0):
-        if any(marker in payload for marker in WANTED):
-            event = decode_event(payload)
-            if not isinstance(event, Rejected) and (run_ids is None or event.run_id in run_ids):
-                projection.apply(event, lsn)
+        event = accuracy_event(payload)
+        if event is not None and (run_ids is None or event.run_id in run_ids):
+            projection.apply(event, lsn)
     return projection
+
+
+def accuracy_event(payload: bytes) -> Any | None:
+    """The valid event in `payload` if the accuracy fold uses its type; a byte test skips the rest."""
+    if not any(marker in payload for marker in WANTED):
+        return None
+    event = decode_event(payload)
+    return None if isinstance(event, Rejected) else event
 
 
 class AccuracyWorker:
@@ -184,12 +190,11 @@ class AccuracyWorker:
 
     def _apply(self, lsn: int, payload: bytes, emit: bool = True) -> None:
         self.lsn = max(self.lsn, lsn + 1)
-        if any(marker in payload for marker in WANTED):
-            event = decode_event(payload)
-            if not isinstance(event, Rejected):
-                if event.type == "run_started" and event.dataset:
-                    self._started_at[event.run_id] = lsn
-                self.projection.apply(event, lsn, emit)
+        event = accuracy_event(payload)
+        if event is not None:
+            if event.type == "run_started" and event.dataset:
+                self._started_at[event.run_id] = lsn
+            self.projection.apply(event, lsn, emit)
 
     def serve(self, parent: int, poll_s: float = 0.1) -> None:
         """Follow the log until SIGTERM or until `parent` (the daemon) is gone."""

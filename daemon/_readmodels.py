@@ -58,6 +58,14 @@ def _runs_being_removed(home: Path) -> list[str]:
         return []
 
 
+def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
+    """The run's accuracy.json (written for runs with a golden dataset), or None."""
+    try:
+        return json.loads((home / "runs" / run_id / "accuracy.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as dicts; timestamps become datetimes (microseconds: what Python holds)."""
     for index, column in enumerate(table.schema):

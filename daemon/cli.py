@@ -661,7 +661,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from stagewatch.daemon._readmodels import RunNotFound, load_audit, resolve_run_id
+    from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, resolve_run_id
 
     home = resolve_home(args.home)
     try:
@@ -670,7 +670,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"stagewatch: {error}", file=sys.stderr)
         return EXIT_NOT_FOUND
     audit = load_audit(home, run_id)
-    accuracy = _read_accuracy(home, run_id)
+    accuracy = load_accuracy(home, run_id)
     if args.json:
         print(json.dumps(audit | ({"accuracy": accuracy} if accuracy else {}), indent=1))
         return EXIT_OK
@@ -679,14 +679,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"\naccuracy against {accuracy['dataset']}{'' if accuracy['finished'] else ' (so far)'}:")
         print(format_accuracy(accuracy))
     return EXIT_OK
-
-
-def _read_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
-    """The run's accuracy.json (a run with a golden dataset), or None."""
-    try:
-        return json.loads((home / "runs" / run_id / "accuracy.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _print_audit(audit: dict[str, Any]) -> None:

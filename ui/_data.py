@@ -16,7 +16,7 @@ import pandas as pd
 
 from stagewatch._names import artifact_relpath
 from stagewatch.daemon import STATS_COLUMNS, Filters, query_stages, stage_stats
-from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
+from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_accuracy, load_audit, resolve_run_id
 
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
 
@@ -44,7 +44,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "audit": audit,
         "stats": stats_frame(home, run_id),
         "executions": executions_frame(stages),
-        "accuracy": read_accuracy(home, run_id),
+        "accuracy": load_accuracy(home, run_id),
         "artifacts": [a["path"] for s in stages for a in s.get("artifacts", []) if isinstance(a, dict) and "path" in a],
     }
 
@@ -66,13 +66,6 @@ def stats_frame(home: Path, run_id: str) -> pd.DataFrame:
                      "max ms": duration["max"], "peak RSS MB": rss["max"], "peak GPU MB": gpu["max"],
                      "share of time": entry["share_of_time"], "bottleneck": bool(entry.get("bottleneck"))})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def read_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
-    try:
-        return json.loads((home / "runs" / run_id / "accuracy.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def accuracy_frame(accuracy: dict[str, Any] | None) -> pd.DataFrame:
@@ -155,4 +148,4 @@ def _array_summary(name: str, array: np.ndarray) -> dict[str, Any]:
 
 
 __all__ = ["ArtifactRefused", "RunNotFound", "accuracy_frame", "disk_problems", "find_run", "preview",
-           "read_accuracy", "resolve_artifact", "run_view", "runs_frame", "stats_frame"]  # fmt: skip
+           "resolve_artifact", "run_view", "runs_frame", "stats_frame"]  # fmt: skip

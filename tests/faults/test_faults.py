@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,16 @@ def _all_projected(daemon: DaemonProcess, run_id: str, stages: int, timeout_s: f
     return wait_for(done, timeout_s)
 
 
+def _exactly_once(daemon: DaemonProcess, home: Path, run_id: str, stages: int, result: dict, scenario: str,
+                  **report: object) -> Any:  # fmt: skip
+    """Wait until `stages` are projected, count, report, and assert none lost or doubled."""
+    _all_projected(daemon, run_id, stages)
+    counts = tally(scenario, home, run_id, result["stages"])
+    counts.report(**report)
+    assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    return counts
+
+
 def test_kill_9_of_the_daemon_during_a_stream_loses_and_duplicates_nothing(daemon: DaemonProcess) -> None:
     stages, kills = (120_000, 10) if LONG else (20_000, 3)
     pipeline = start_pipeline(daemon.home, stages, pause_every=50)
@@ -49,10 +60,9 @@ def test_kill_9_of_the_daemon_during_a_stream_loses_and_duplicates_nothing(daemo
         daemon.start()
         recoveries.append(time.monotonic() - started)
     result = _finish(pipeline)
-    _all_projected(daemon, run_id, stages)
-    counts = tally(f"kill -9 daemon x{kills}", daemon.home, run_id, result["stages"])
-    counts.report(median_restart_s=round(sorted(recoveries)[len(recoveries) // 2], 2))
-    assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    median_restart_s = round(sorted(recoveries)[len(recoveries) // 2], 2)
+    counts = _exactly_once(daemon, daemon.home, run_id, stages, result, f"kill -9 daemon x{kills}",
+                           median_restart_s=median_restart_s)  # fmt: skip
     assert counts.in_log == counts.in_read_model == stages
 
 
@@ -64,10 +74,7 @@ def test_no_daemon_for_the_whole_run_then_a_daemon_starts(home: Path) -> None:
     assert result["shutdown_s"] < 2.0  # nobody waits for an absent daemon
     daemon = DaemonProcess(home).start()
     try:
-        _all_projected(daemon, run_id, stages)
-        counts = tally("no daemon, started afterwards", home, run_id, result["stages"])
-        counts.report()
-        assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+        _exactly_once(daemon, home, run_id, stages, result, "no daemon, started afterwards")
     finally:
         daemon.stop()
 
@@ -82,10 +89,7 @@ def test_daemon_stopped_halfway_and_started_after_the_run(home: Path) -> None:
     result = _finish(pipeline)
     daemon.start()
     try:
-        _all_projected(daemon, run_id, stages)
-        counts = tally("daemon stopped halfway", home, run_id, result["stages"])
-        counts.report()
-        assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+        _exactly_once(daemon, home, run_id, stages, result, "daemon stopped halfway")
     finally:
         daemon.stop()
 
@@ -182,10 +186,7 @@ def test_a_full_disk_refuses_writes_keeps_events_and_delivers_after_space_is_fre
         assert "cannot write the event log" in daemon.log()
         filler.unlink()
         result = _finish(pipeline, timeout_s=120)
-        _all_projected(daemon, run_id, stages)
-        counts = tally("disk full, then freed", small_disk, run_id, result["stages"])
-        counts.report()
-        assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+        _exactly_once(daemon, small_disk, run_id, stages, result, "disk full, then freed")
     finally:
         if daemon.process is not None:
             daemon.stop()
@@ -215,8 +216,8 @@ def test_a_flood_and_a_stalled_subscriber_neither_lose_events_nor_grow_memory(da
         worker.join(seconds + 30)
     _all_projected(daemon, run_id, stages, timeout_s=300)
     peak_mb = rss.stop()
-    counts = tally("flood (2 producers, no acks awaited) + stalled subscriber", daemon.home, run_id, result["stages"])
-    counts.report(flood_events_sent=sent.value, daemon_peak_rss_mb=round(peak_mb))
-    assert (counts.lost, counts.log_duplicates, counts.read_model_duplicates) == (0, 0, 0)
+    scenario = "flood (2 producers, no acks awaited) + stalled subscriber"
+    _exactly_once(daemon, daemon.home, run_id, stages, result, scenario, flood_events_sent=sent.value,
+                  daemon_peak_rss_mb=round(peak_mb))  # fmt: skip
     assert daemon.status()["stats"]["accepted"] > accepted_before + 10_000  # it kept ingesting the flood too
     assert peak_mb < 1024  # bounded: ZeroMQ's per-client queue, not the daemon's heap, absorbs the flood

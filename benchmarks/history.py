@@ -1,6 +1,7 @@
 """Queries over a long history: query by run id, a filter query, 30-day stats, storage size.
 
     python benchmarks/history.py --runs 10000 100000      [1000000 takes a long while]
+    python benchmarks/history.py --runs 1000000 --keep /tmp/sw-hist   [built once, reused after]
 
 The history is built by replaying generated events (4 stages a run, 3% failing at
 detection, one log line a run, starts spread over 30 days) through the daemon's own ingest
@@ -32,18 +33,18 @@ from _common import print_table
 
 from stagewatch._wire import pack_event
 from stagewatch.daemon import STATS_COLUMNS, Filters, parse_time, query_logs, query_runs, query_stages, stage_stats
-from stagewatch.daemon._compaction import compact
+from stagewatch.daemon._compaction import carry_out, compact, tier_plan
 from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
 from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
 
 STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("postprocessing", 6.0))
 
 
-def generated_runs(count: int, rng: np.random.Generator):
+def generated_runs(count: int, rng: np.random.Generator, spread_s: float = 30 * 86400):
     now = time.time_ns()
     for index in range(count):
         run_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))  # random, as uuid4() gives
-        yield run_id, _run_events(run_id, index, now - int(rng.uniform(0, 30 * 86400) * 1e9), rng)
+        yield run_id, _run_events(run_id, index, now - int(rng.uniform(0, spread_s) * 1e9), rng)
 
 
 def _run_events(run_id: str, index: int, t: int, rng: np.random.Generator) -> list[bytes]:
@@ -63,12 +64,24 @@ def _run_events(run_id: str, index: int, t: int, rng: np.random.Generator) -> li
     return [pack_event({**envelope, **event, "seq": seq}) for seq, event in enumerate(events, 1)]
 
 
-def build(home: Path, runs: int) -> tuple[list[str], float]:
+def _opened(home: Path) -> Daemon:
     daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock",
                                    finished_run_grace_s=0))  # fmt: skip
     daemon._take_lock()
     daemon.recover()
     daemon._bind()
+    return daemon
+
+
+def _closed(daemon: Daemon) -> None:
+    daemon.flush(final=True)
+    daemon.router.close(0)
+    daemon.live.close(0)
+    daemon.release()
+
+
+def build(home: Path, runs: int) -> tuple[list[str], float]:
+    daemon = _opened(home)
     started, run_ids, group = time.perf_counter(), [], _Group()
     for run_id, events in generated_runs(runs, np.random.default_rng(1)):
         run_ids.append(run_id)
@@ -82,10 +95,47 @@ def build(home: Path, runs: int) -> tuple[list[str], float]:
     daemon.flush(final=True)
     compact(home / "metrics", datetime.now(UTC) + timedelta(days=3))  # as the daemon does over time
     elapsed = time.perf_counter() - started
-    daemon.router.close(0)
-    daemon.live.close(0)
-    daemon.release()
+    _closed(daemon)
     return run_ids, elapsed
+
+
+def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
+    """Today's partition after an hour of one flush a second: a part per flush and table,
+    as the daemon wrote them before tier merging (the reference), then merged by tier."""
+    home = Path(tempfile.mkdtemp(prefix="sw-busy-", dir="/tmp")) / "home"
+    try:
+        daemon, run_ids, group = _opened(home), [], _Group()
+        for run_id, events in generated_runs(runs, np.random.default_rng(2), spread_s=3600):
+            run_ids.append(run_id)
+            daemon._take(group, events)
+            if len(run_ids) % runs_per_flush == 0:  # a second's worth: one group, one flush
+                daemon._commit(group)
+                daemon.flush()
+                group = _Group()
+        daemon._commit(group)
+        _closed(daemon)
+        target = run_ids[len(run_ids) // 2]
+        parts_before = _parts(home)
+        unmerged_ms = median_ms(lambda: _by_id(home, target))
+        merges = 0
+        while plan := tier_plan(home / "metrics"):
+            merges += carry_out(home / "metrics", plan)
+        merged_ms = median_ms(lambda: _by_id(home, target))
+        return [
+            [f"{runs:,} in an hour", f"query by run id of today, {_parts(home)} parts (ms)", f"{merged_ms:.1f}",
+             "< 50", f"{unmerged_ms:.1f} with {parts_before:,} unmerged parts ({unmerged_ms / merged_ms:.1f}x)"],
+        ]  # fmt: skip
+    finally:
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def _parts(home: Path) -> int:
+    return sum(1 for _ in (home / "metrics").glob("*/date=*/*.parquet"))
+
+
+def _by_id(home: Path, run_id: str) -> tuple:
+    filters = Filters(run=run_id)
+    return query_runs(home, filters), query_stages(home, filters), query_logs(home, filters), load_audit(home, run_id)
 
 
 def median_ms(action, repeats: int = 7) -> float:
@@ -106,20 +156,28 @@ def json_size(table, sample_rows: int = 200_000) -> int:
     return int(len(json.dumps(to_rows(sample), default=str)) * table.num_rows / sample.num_rows)
 
 
-def measure(runs: int) -> list[list[str]]:
-    home = Path(tempfile.mkdtemp(prefix="sw-hist-", dir="/tmp")) / "home"
+def prepared_home(runs: int, keep: Path | None) -> tuple[Path, list[str], float | None]:
+    """A home holding `runs` generated runs: built now, or reused from `keep` (built there once)."""
+    if keep is None:
+        home = Path(tempfile.mkdtemp(prefix="sw-hist-", dir="/tmp")) / "home"
+    else:
+        home = keep / f"runs-{runs}"
+        ids = home.parent / f"runs-{runs}.ids"
+        if ids.exists():
+            return home, ids.read_text().split(), None
+    run_ids, build_s = build(home, runs)
+    if keep is not None:
+        ids.write_text("\n".join(run_ids))
+    return home, run_ids, build_s
+
+
+def measure(runs: int, keep: Path | None = None) -> list[list[str]]:
+    home, run_ids, build_s = prepared_home(runs, keep)
     try:
-        run_ids, build_s = build(home, runs)
         target = run_ids[len(run_ids) // 2]
 
         def by_id():
-            filters = Filters(run=target)
-            return (
-                query_runs(home, filters),
-                query_stages(home, filters),
-                query_logs(home, filters),
-                load_audit(home, target),
-            )
+            return _by_id(home, target)
 
         def failed_detection():
             return query_stages(home, Filters(stage="detection", status="failed", since=parse_time("7d")))
@@ -135,7 +193,7 @@ def measure(runs: int) -> list[list[str]]:
         parquet = sum(p.stat().st_size for p in (home / "metrics").rglob("*.parquet"))
         as_json = sum(json_size(read_table(home, t).drop(["date"])) for t in ("runs", "stage_executions", "logs"))
         rows = [
-            [f"{runs:,}", "build (events/s)", f"{runs * 7 / build_s:,.0f}", "-", "-"],
+            [f"{runs:,}", "build (events/s)", f"{runs * 7 / build_s:,.0f}" if build_s else "reused", "-", "-"],
             [f"{runs:,}", "query by run id (ms)", f"{by_id_ms:.1f}", "< 50",
              f"{scan_ms:.1f} without the run index ({scan_ms / by_id_ms:.1f}x)"],
             [f"{runs:,}", "--stage detection --status failed --since 7d (ms)", f"{median_ms(failed_detection):.1f}",
@@ -146,14 +204,20 @@ def measure(runs: int) -> list[list[str]]:
         ]  # fmt: skip
         return rows
     finally:
-        shutil.rmtree(home.parent, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--keep", type=Path, help="build each history once in this folder and reuse it afterwards")
+    parser.add_argument("--busy-hour", type=int, default=0, metavar="RUNS",
+                        help="also: today's partition after RUNS runs in an hour of 1 s flushes")  # fmt: skip
     args = parser.parse_args()
-    rows = [row for runs in args.runs for row in measure(runs)]
+    rows = [row for runs in args.runs for row in measure(runs, args.keep)]
+    if args.busy_hour:
+        rows += busy_hour(args.busy_hour, max(1, args.busy_hour // 3600))
     print_table("History queries (median of 7)", ["runs", "measure", "ours", "target", "reference"], rows)
 
 

@@ -1,82 +1,153 @@
-"""Compaction: an aged date partition's many small Parquet parts become one.
+"""Compaction: a partition's many small Parquet parts become few, then one.
 
 The daemon flushes a part every second, so a busy day leaves tens of thousands of small
-files, which makes every query open them all. Once a partition is `min_age_days` old the
-daemon (the only writer, in its own loop, so no part can arrive meanwhile) rewrites it as
-one file through a folder swap. The file is sorted by run id (then lsn) in row groups of
-8,192 rows, so a query by run id reads the one row group whose run-id range holds it
-(Parquet min/max statistics) instead of the whole day:
+files, and every query would open them all. Two passes keep that bounded:
 
-    .date=D.new/  written and fsync'd      (hidden: readers skip names starting with '.')
-    date=D/       -> .date=D.old/          (rows briefly absent, never doubled)
-    .date=D.new/  -> date=D/
-    .date=D.old/  deleted
+- **Tiers, for every partition (today's too).** A part's tier is the order of magnitude
+  of its size in base `FAN_IN` (16): whenever `FAN_IN` parts of one tier are present they
+  are merged into one part of a higher tier. A day of one part a second then stays at a
+  few dozen parts, and each row is rewritten once per tier (about five times a day).
+- **Aged partitions.** Once a partition is `min_age_days` old, all its parts become one.
 
-`finish_interrupted` completes a swap that a crash cut short.
+Merged rows are sorted by run id (then lsn) in row groups of 8,192 rows, so a query by run
+id reads the one row group whose run-id range holds it (Parquet min/max statistics).
+
+Readers never see a row twice or a partition missing. A merge is prepared beside the
+partition and then exchanged with it in one atomic rename (renameat2 RENAME_EXCHANGE):
+
+    .date=D.new/   hard links to the parts that stay, plus the merged parts (fsync'd)
+    date=D/  <->  .date=D.new/        (one atomic exchange; readers skip names with '.')
+    .date=D.new/   (now the old folder) deleted
+
+A merged part takes a name no part had before (`part-{first lsn}-{last lsn}.parquet`), so a
+reader that listed the old folder finds its files or gets FileNotFoundError (read_table then
+lists again), never new rows under an old name. Where the file system cannot exchange, the
+old folder is moved aside first (rows briefly absent, never doubled). `finish_interrupted`
+completes a swap that a crash cut short. Only the daemon's own tables are compacted, from its
+own loop after a checkpoint, so no part arrives meanwhile and no merged part holds rows that
+recovery would replay.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import math
 import os
 import shutil
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES
+from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn
 
 ROW_GROUP_ROWS = 8192
+FAN_IN = 16
+Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
 def compact(metrics: Path, now: datetime, min_age_days: int = 2) -> int:
     """Compact every partition older than `min_age_days` holding more than one part."""
-    finish_interrupted(metrics)
     cutoff = (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
-    compacted = 0
+    plan = {partition: [parts] for partition, parts in _partitions(metrics)
+            if partition.name[len("date=") :] < cutoff and len(parts) > 1}  # fmt: skip
+    return carry_out(metrics, plan)
+
+
+def tier_plan(metrics: Path, fan_in: int = FAN_IN) -> Plan:
+    """Every partition's groups of `fan_in` parts that share a size tier (oldest first)."""
+    plan = {}
+    for partition, parts in _partitions(metrics):
+        groups = tier_groups([(part, part.stat().st_size) for part in parts], fan_in)
+        if groups:
+            plan[partition] = groups
+    return plan
+
+
+def tier_groups(parts: list[tuple[Path, int]], fan_in: int = FAN_IN) -> list[list[Path]]:
+    """Pure: (part, size in bytes) -> groups of `fan_in` parts of the same tier, by lsn."""
+    by_tier: dict[int, list[Path]] = defaultdict(list)
+    for part, size in sorted(parts, key=lambda entry: first_lsn(entry[0])):
+        by_tier[int(math.log(max(size, 1), fan_in))].append(part)
+    return [names[i : i + fan_in] for names in by_tier.values() for i in range(0, len(names) - fan_in + 1, fan_in)]
+
+
+def carry_out(metrics: Path, plan: Plan) -> int:
+    """Merge each group of parts into one; returns how many groups were merged."""
+    finish_interrupted(metrics)
+    for partition, groups in plan.items():
+        schema = TABLES[partition.parent.name]
+        _swap_in(partition, groups, [_merged(group, schema) for group in groups])
+    return sum(len(groups) for groups in plan.values())
+
+
+def _partitions(metrics: Path) -> list[tuple[Path, list[Path]]]:
     # Only the daemon's own tables: `samples` is written by the accuracy worker, another
     # process, whose new part could land in a partition in the middle of a swap.
-    for table in DAEMON_TABLES:
-        for partition in sorted((metrics / table).glob("date=*")):
-            parts = sorted(partition.glob(f"{PART_PREFIX}*.parquet"))
-            if partition.name[len("date=") :] < cutoff and len(parts) > 1:
-                _swap_in(partition, _merged(parts, TABLES[table]))
-                compacted += 1
-    return compacted
+    return [(partition, sorted(partition.glob(f"{PART_PREFIX}*.parquet")))
+            for table in DAEMON_TABLES for partition in sorted((metrics / table).glob("date=*"))]  # fmt: skip
 
 
 def _merged(parts: list[Path], schema: pa.Schema) -> tuple[pa.Table, str]:
     table = pa.concat_tables([pq.read_table(part, schema=schema) for part in parts])
     table = table.sort_by([("run_id", "ascending"), ("lsn", "ascending")])
-    return table, parts[0].name  # the lowest lsn names the merged part, as for any part
+    first, last = min(map(first_lsn, parts)), pc.max(table["lsn"]).as_py()
+    return table, f"{PART_PREFIX}{first:020d}-{last:020d}.parquet"
 
 
-def _swap_in(partition: Path, merged: tuple[pa.Table, str]) -> None:
-    table, name = merged
-    new, old = partition.with_name(f".{partition.name}.new"), partition.with_name(f".{partition.name}.old")
+def _swap_in(partition: Path, groups: list[list[Path]], merged: list[tuple[pa.Table, str]]) -> None:
+    new = partition.with_name(f".{partition.name}.new")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir()
-    # Level 3: about 6% smaller than the default level 1 on these tables, and compaction runs
-    # once per partition, off the ingest path.
-    pq.write_table(table, new / name, compression="zstd", compression_level=3, row_group_size=ROW_GROUP_ROWS)
-    with open(new / name, "rb") as handle:
-        os.fsync(handle.fileno())
+    replaced = {part.name for group in groups for part in group}
+    for part in partition.glob(f"{PART_PREFIX}*.parquet"):
+        if part.name not in replaced:
+            os.link(part, new / part.name)
+    for table, name in merged:
+        # Level 3: about 6% smaller than the default level 1 on these tables, and compaction
+        # runs off the ingest path.
+        pq.write_table(table, new / name, compression="zstd", compression_level=3, row_group_size=ROW_GROUP_ROWS)
+        with open(new / name, "rb") as handle:
+            os.fsync(handle.fileno())
+    if _exchange(new, partition):  # `new` now holds the old parts
+        shutil.rmtree(new)
+        return
+    old = partition.with_name(f".{partition.name}.old")
     os.replace(partition, old)
     os.replace(new, partition)
     shutil.rmtree(old)
 
 
 def finish_interrupted(metrics: Path) -> None:
+    """After a crash: a prepared folder whose partition still exists was not swapped in (or,
+    after an exchange, holds the old parts); either way the partition is whole: drop it."""
     for table in TABLES:
         for new in (metrics / table).glob(".date=*.new"):
             partition = new.with_name(new.name[1 : -len(".new")])
-            if partition.exists():  # the swap had not started: the old partition is intact
+            if partition.exists():
                 shutil.rmtree(new)
             else:
                 os.replace(new, partition)
         for old in (metrics / table).glob(".date=*.old"):
             shutil.rmtree(old)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
 
 
 def utc_now() -> datetime:

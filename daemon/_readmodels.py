@@ -17,6 +17,8 @@ import pyarrow.dataset as ds
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._store import RUNS, TABLES
 
+READ_ATTEMPTS = 5
+
 
 class RunNotFound(LookupError):
     pass
@@ -26,7 +28,20 @@ def read_table(home: Path, table: str, expression: ds.Expression | None = None,
                dates: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:  # fmt: skip
     """The rows of a metrics table that match `expression` (all if None); an empty table
     with the right schema if there are none. `dates` limits the read to those partitions
-    (the run index's answer for one run) without listing the others; `columns` reads only those."""
+    (the run index's answer for one run) without listing the others; `columns` reads only those.
+
+    Compaction may swap a partition's files between listing and reading them: the read then
+    fails on a vanished file (never sees a row twice) and is tried again on a fresh listing."""
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return _read_once(home, table, expression, dates, columns)
+        except FileNotFoundError:
+            continue
+    return _read_once(home, table, expression, dates, columns)
+
+
+def _read_once(home: Path, table: str, expression: ds.Expression | None,
+               dates: list[str] | None, columns: list[str] | None) -> pa.Table:  # fmt: skip
     folder = home / "metrics" / table
     schema = _with_date(TABLES[table])
     if not folder.is_dir():

@@ -31,7 +31,7 @@ from stagewatch._config import check_endpoint, spool_dir
 from stagewatch._curve import authorized_dir, server_secret_file
 from stagewatch._spool import claim_spool_files
 from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
-from stagewatch.daemon._compaction import compact, finish_interrupted, utc_now
+from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_plan, utc_now
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._disk import FLOOR, OK, disk_state, read_disk
 from stagewatch.daemon._eventlog import EventLog
@@ -60,6 +60,8 @@ class DaemonSettings:
     # A finished run stays in memory this long, so that events that come late (a worker's
     # spool, say) still reach its audit trail.
     finished_run_grace_s: float = 120.0
+    # How often a partition's small parts are merged by size tier (stagewatch.daemon._compaction).
+    merge_interval_s: float = 30.0
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
     # The accuracy worker (stagewatch.daemon._accuracy) judges sample results in its own
@@ -147,6 +149,7 @@ class Daemon:
         self.projector = Projector()
         self.dedup = Deduplicator()
         self._daemon_seq = 0
+        self._checkpoint_lsn = -1  # the log position the last written checkpoint covers
         self._last_seen: dict[str, float] = {}
         self._finished_at: dict[str, float] = {}
         self._throttle = CostThrottle()
@@ -342,6 +345,7 @@ class Daemon:
         periodic.append([self._worker.watch, 1.0, now + 1.0])
         periodic.append([self.check_disk, settings.disk.check_interval_s, now])
         periodic.append([self.apply_retention, settings.retention.check_interval_s, now])
+        periodic.append([self.merge_small_parts, settings.merge_interval_s, now + settings.merge_interval_s])
         if self._systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
             periodic.append([lambda: self._systemd.notify("WATCHDOG=1"), self._systemd.watchdog_interval_s, now])
         while not self._stopping:
@@ -492,16 +496,30 @@ class Daemon:
         from stagewatch.daemon._retention import apply_retention
 
         freed = apply_retention(self.home, self.settings.retention, exclude=set(self.projector.runs))
-        # Checkpoint first: then every row already written is older than the checkpoint, and
-        # recovery (which drops parts past it) can never meet a merged part it should not keep.
-        self.flush(final=True)
-        compacted = compact(self.home / "metrics", utc_now())
+        compacted = compact(self.home / "metrics", utc_now()) if self._checkpoint_all() else 0
         if compacted:
             logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
         if freed["runs"] or freed["segments"]:
             logger.info("retention removed {} run(s) ({} bytes, {} rows) and {} segment(s) ({} bytes)",
                         len(freed["runs"]), freed["run_bytes"], freed["parquet_rows"], len(freed["segments"]),
                         freed["segment_bytes"])  # fmt: skip
+
+    def _checkpoint_all(self) -> bool:
+        """Flush with a checkpoint; True if it covers every row written. Compaction needs that:
+        recovery drops the parts past the checkpoint and replays their rows, so a merged part
+        (named by its lowest lsn) must never hold rows past it."""
+        self.flush(final=True)
+        return self._checkpoint_lsn == self.log.end_lsn
+
+    def merge_small_parts(self) -> None:
+        """Merge parts of the same size tier (today's partition too), so no query opens a
+        file per flush; a checkpoint first, as for the aged partitions."""
+        plan = tier_plan(self.home / "metrics")
+        if plan and self._checkpoint_all():
+            try:
+                logger.debug("merged {} group(s) of small Parquet parts", carry_out(self.home / "metrics", plan))
+            except OSError as error:  # a full disk: the partition is untouched, the next pass retries
+                self._write_error("cannot merge Parquet parts ({}); will retry", error)
 
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
         self._daemon_seq += 1
@@ -600,6 +618,7 @@ class Daemon:
             "daemon_seq": self._daemon_seq,
         }
         self.store.write_checkpoint(state)
+        self._checkpoint_lsn = state["lsn"]
         self._throttle.spent("checkpoint", started, time.monotonic())
 
     def _evict_finished_runs(self) -> None:

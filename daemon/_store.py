@@ -87,6 +87,12 @@ PART_PREFIX = "part-"
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 
+def first_lsn(part: Path) -> int:
+    """The lowest event-log position of a part's rows, from its name: `part-{lsn}.parquet`
+    as flushed, `part-{first lsn}-{last lsn}.parquet` as merged by compaction."""
+    return int(part.stem[len(PART_PREFIX) :].split("-")[0])
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -149,7 +155,7 @@ class Store:
         dropped = 0
         paths = [path for table in tables for path in self.metrics.glob(f"{table}/date=*/{PART_PREFIX}*.parquet")]
         for path in paths:
-            if int(path.stem[len(PART_PREFIX) :]) >= lsn:
+            if first_lsn(path) >= lsn:
                 path.unlink()
                 dropped += 1
         return dropped

@@ -253,6 +253,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         accuracy_endpoint=f"ipc://{home / 'run' / 'accuracy.sock'}" if config.daemon.accuracy_worker else None,
         client_timeout_s=config.daemon.client_timeout_s,
         flush_interval_s=config.daemon.flush_interval_s,
+        merge_interval_s=config.daemon.merge_interval_s,
         group_access=config.daemon.group_access,
         disk=config.disk,
         retention=config.retention,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,14 +12,19 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+import stagewatch
+from stagewatch._wire import pack_event
 from stagewatch.daemon import _compaction, _readmodels
 from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
 from stagewatch.daemon._query import Filters, query_stages
 from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
 from stagewatch.daemon._store import Store
+from tests.conftest import DaemonProcess, wait_for
 
 DAY_NS = 86_400 * 10**9
 T0 = 1_790_000_000 * 10**9  # 2026-09-21
+RUN_ID = "5f0c7a52-4b8e-4d7e-9a57-0d7f6f8f3a10"
 
 
 def _rows(first_lsn: int, count: int, start_ns: int) -> list[dict]:
@@ -154,3 +160,63 @@ def test_a_read_that_races_a_merge_lists_again_and_counts_each_row_once(home: Pa
     lsns = read_table(home, "stage_executions")["lsn"].to_pylist()
     assert sorted(lsns) == list(range(48))
     assert len(listings) == 2 and len(listings[0]) == 16 and len(listings[1]) == 1
+
+
+def test_the_daemon_merges_todays_parts_as_they_come(home: Path) -> None:
+    """The real daemon, flushing every 50 ms and merging every 0.3 s: a stream of 60 stages
+    leaves a few parts, not one per flush, and a restart keeps each row once."""
+    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "0.05",
+                                      "STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "0.3"}).start()  # fmt: skip
+    try:
+        with stagewatch.init(pipeline="stream", home=home) as run:
+            for index in range(60):
+                with run.stage("detection", sample_id=f"frame_{index:03d}"):
+                    time.sleep(0.06)  # about a flush a stage: a part each, before merging
+        wait_for(lambda: read_table(home, "stage_executions").num_rows == 60 and len(_listing(home)) < 16)
+        assert [name for name in _listing(home) if "-" in name[len("part-") :]], "merged parts"
+        daemon.kill()
+        daemon.start()
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        samples = read_table(home, "stage_executions")["sample_id"].to_pylist()
+        assert sorted(samples) == [f"frame_{index:03d}" for index in range(60)]
+    finally:
+        if daemon.process is not None:
+            daemon.kill()
+
+
+def _in_process_daemon(home: Path) -> Daemon:
+    daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock",
+                                   live_endpoint=f"ipc://{home}/run/live.sock"))  # fmt: skip
+    daemon._take_lock()
+    daemon.recover()
+    daemon._bind()
+    return daemon
+
+
+def _crash(daemon: Daemon) -> None:  # as kill -9: nothing flushed, nothing checkpointed
+    daemon.router.close(0)
+    daemon.live.close(0)
+    daemon.release()
+
+
+def _stage_event(seq: int) -> bytes:
+    return pack_event({"v": 1, "client_id": "c", "seq": seq, "run_id": RUN_ID, "type": "stage_finished", "ts_ns": T0,
+                       "start_ts_ns": T0, "stage": "detection", "span": seq, "duration_ms": 1.0})  # fmt: skip
+
+
+def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -> None:
+    """Recovery drops the parts past the checkpoint and replays them: a merged part that held
+    such rows under a lower name would be kept and replayed too (every such row twice)."""
+    daemon = _in_process_daemon(home)
+    checkpoints = iter([True] * 10 + [False] * 100)  # a checkpoint with the first 10 parts, none after
+    daemon._throttle.due = lambda key, now: key != "checkpoint" or next(checkpoints)
+    for seq in range(1, 21):  # 20 flushes, a part each
+        group = _Group()
+        daemon._take(group, [_stage_event(seq)])
+        daemon._commit(group)
+        daemon.flush()
+    daemon.merge_small_parts()  # 16 of the 20 parts, across the checkpoint
+    assert any("-" in name[len("part-") :] for name in _listing(home))
+    _crash(daemon)
+    _crash(_in_process_daemon(home))  # recovery, then its own flush
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))

@@ -1,7 +1,8 @@
 """stagewatch.daemon: the daemon, its read models, and the query API over them.
 
-from stagewatch.daemon import Filters, parse_time, query_stages, stage_stats
+from stagewatch.daemon import Filters, parse_time, query_stages, query_stats
 table = query_stages(Path("output"), Filters(stage="detection", since=parse_time("7d")))
+stats = query_stats(Path("output"), Filters(since=parse_time("30d")))   # per stage, as `stagewatch stats`
 """
 
 from stagewatch.daemon._query import (
@@ -11,11 +12,12 @@ from stagewatch.daemon._query import (
     query_logs,
     query_runs,
     query_stages,
+    query_stats,
     stage_stats,
 )
 from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
 
 __all__ = [
     "STATS_COLUMNS", "Filters", "RunNotFound", "list_runs", "load_audit", "parse_time", "query_logs", "query_runs",
-    "query_stages", "resolve_run_id", "stage_stats",
+    "query_stages", "query_stats", "resolve_run_id", "stage_stats",
 ]  # fmt: skip

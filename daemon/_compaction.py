@@ -47,12 +47,18 @@ from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_l
 
 ROW_GROUP_ROWS = 8192
 FAN_IN = 16
+MIN_AGE_DAYS = 2
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
-def compact(metrics: Path, now: datetime, min_age_days: int = 2) -> int:
+def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
+    """Partitions dated before this are aged: compacted into one part, then left alone."""
+    return (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
+
+
+def compact(metrics: Path, now: datetime, min_age_days: int = MIN_AGE_DAYS) -> int:
     """Compact every partition older than `min_age_days` holding more than one part."""
-    cutoff = (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
+    cutoff = aged_cutoff(now, min_age_days)
     plan = {partition: [parts] for partition, parts in _partitions(metrics)
             if partition.name[len("date=") :] < cutoff and len(parts) > 1}  # fmt: skip
     return carry_out(metrics, plan)

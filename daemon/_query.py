@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._readmodels import read_table, runs_being_removed
 from stagewatch.daemon._runindex import run_dates
+from stagewatch.daemon._stagestats import STATS_COLUMNS, current_summaries, stats_of, summarize
 
 STATUSES = ("ok", "failed", "crashed")
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -49,6 +50,11 @@ class Filters:
     grep: str | None = None
 
     def __post_init__(self) -> None:
+        for bound in ("since", "until"):  # partitions are UTC dates: compare in UTC
+            moment = getattr(self, bound)
+            if moment is not None:
+                utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+                object.__setattr__(self, bound, utc)
         if self.status is not None and self.status not in STATUSES:
             raise ValueError(f"expected --status one of {', '.join(STATUSES)}, got {self.status!r}")
         if self.level is not None and self.level.upper() not in LEVELS:
@@ -99,14 +105,17 @@ def query_runs(home: Path, filters: Filters) -> pa.Table:
 
 
 def query_stages(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
-    expression = _and(
+    return read_table(home, "stage_executions", _stage_expression(filters), _dates_of(home, filters), columns)
+
+
+def _stage_expression(filters: Filters) -> ds.Expression | None:
+    return _and(
         _time_filter("start_time", filters),
         ds.field("run_id") == filters.run if filters.run else None,
         ds.field("stage") == filters.stage if filters.stage else None,
         ds.field("status") == filters.status if filters.status else None,
         _contains("error_message", filters.grep),
     )
-    return read_table(home, "stage_executions", expression, _dates_of(home, filters), columns)
 
 
 def query_logs(home: Path, filters: Filters) -> pa.Table:
@@ -121,35 +130,40 @@ def query_logs(home: Path, filters: Filters) -> pa.Table:
     return read_table(home, "logs", expression, _dates_of(home, filters))
 
 
-PERCENTILES = (0.5, 0.95, 0.99)
-STATS_COLUMNS = ["stage", "status", "duration_ms", "rss_peak_mb", "gpu_peak_mb"]  # what stage_stats reads
-
-
 def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:
     """Per stage: count, failure rate, mean/median/p95/p99/max of duration and memory peaks,
     and each stage's share of the total time (the largest is the bottleneck)."""
-    total = pc.sum(stages["duration_ms"]).as_py() or 0.0
-    result = []
-    for stage in sorted(pc.unique(stages["stage"]).to_pylist()):
-        rows = stages.filter(pc.equal(stages["stage"], stage))
-        entry: dict[str, Any] = {
-            "stage": stage,
-            "count": rows.num_rows,
-            "failure_rate": pc.sum(pc.not_equal(rows["status"], "ok")).as_py() / rows.num_rows,
-        }
-        for column in ("duration_ms", "rss_peak_mb", "gpu_peak_mb"):
-            entry[column] = _distribution(rows[column])
-        entry["share_of_time"] = (pc.sum(rows["duration_ms"]).as_py() or 0.0) / total if total else 0.0
-        result.append(entry)
-    if result:
-        max(result, key=lambda e: e["share_of_time"])["bottleneck"] = True
-    return result
+    return stats_of(summarize(stages))
 
 
-def _distribution(column: pa.ChunkedArray) -> dict[str, float | None]:
-    values = pc.drop_null(column)
-    if len(values) == 0:
-        return {"mean": None, "median": None, "p95": None, "p99": None, "max": None}
-    quantiles = pc.quantile(values, q=list(PERCENTILES), interpolation="linear").to_pylist()  # numpy's default
-    return {"mean": pc.mean(values).as_py(), "median": quantiles[0], "p95": quantiles[1], "p99": quantiles[2],
-            "max": pc.max(values).as_py()}  # fmt: skip
+def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
+    """stage_stats of the stage executions that match `filters`. Whole days in the range come
+    from the summaries the daemon keeps of compacted partitions (docs/queries.md); the other
+    days, and any query by run or text, are read row by row."""
+    if filters.run is not None or filters.grep is not None or runs_being_removed(home):
+        return stage_stats(read_table(home, "stage_executions", _stage_expression(filters), _dates_of(home, filters),
+                                      STATS_COLUMNS, ("stage", "status")))  # fmt: skip
+    dates = [date for date in _partition_dates(home) if _overlaps(filters, date)]
+    summaries = current_summaries(home, [date for date in dates if _covers(filters, date)])
+    groups = [g for date_groups in summaries.values() for g in date_groups
+              if filters.stage in (None, g.stage) and filters.status in (None, g.status)]  # fmt: skip
+    rest = [date for date in dates if date not in summaries]
+    rows = read_table(home, "stage_executions", _stage_expression(filters), rest, STATS_COLUMNS, ("stage", "status"))
+    return stats_of([*groups, *summarize(rows)])
+
+
+def _partition_dates(home: Path) -> list[str]:
+    folder = home / "metrics" / "stage_executions"
+    return sorted(p.name[len("date=") :] for p in folder.glob("date=*")) if folder.is_dir() else []
+
+
+def _overlaps(filters: Filters, date: str) -> bool:
+    return (filters.since is None or filters.since.strftime("%Y-%m-%d") <= date) and (
+        filters.until is None or date <= filters.until.strftime("%Y-%m-%d"))  # fmt: skip
+
+
+def _covers(filters: Filters, date: str) -> bool:
+    """Whether the time range holds all of `date` (UTC), so its rows need no time filter."""
+    midnight = datetime.fromisoformat(date).replace(tzinfo=UTC)
+    return (filters.since is None or filters.since <= midnight) and (
+        filters.until is None or filters.until >= midnight + timedelta(days=1))  # fmt: skip

@@ -24,38 +24,44 @@ class RunNotFound(LookupError):
     pass
 
 
-def read_table(home: Path, table: str, expression: ds.Expression | None = None,
-               dates: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+def read_table(home: Path, table: str, expression: ds.Expression | None = None, dates: list[str] | None = None,
+               columns: list[str] | None = None, dictionary: tuple[str, ...] = ()) -> pa.Table:  # fmt: skip
     """The rows of a metrics table that match `expression` (all if None); an empty table
     with the right schema if there are none. `dates` limits the read to those partitions
-    (the run index's answer for one run) without listing the others; `columns` reads only those.
+    (the run index's answer for one run) without listing the others; `columns` reads only those,
+    and string columns named in `dictionary` come as dictionary arrays (no string per row).
 
     Compaction may swap a partition's files between listing and reading them: the read then
     fails on a vanished file (never sees a row twice) and is tried again on a fresh listing."""
     for _ in range(READ_ATTEMPTS - 1):
         try:
-            return _read_once(home, table, expression, dates, columns)
+            return _read_once(home, table, expression, dates, columns, dictionary)
         except FileNotFoundError:
             continue
-    return _read_once(home, table, expression, dates, columns)
+    return _read_once(home, table, expression, dates, columns, dictionary)
 
 
-def _read_once(home: Path, table: str, expression: ds.Expression | None,
-               dates: list[str] | None, columns: list[str] | None) -> pa.Table:  # fmt: skip
+def _read_once(home: Path, table: str, expression: ds.Expression | None, dates: list[str] | None,
+               columns: list[str] | None, dictionary: tuple[str, ...]) -> pa.Table:  # fmt: skip
     folder = home / "metrics" / table
     schema = _with_date(TABLES[table])
     if not folder.is_dir():
         return _select(schema.empty_table(), columns)
+    if dictionary:
+        schema = pa.schema(
+            [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f for f in schema]
+        )
+    file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
     if dates is None:
-        dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=schema)
+        dataset = ds.dataset(folder, format=file_format, partitioning="hive", schema=schema)
     else:
         files = sorted(str(path) for date in dates for path in (folder / f"date={date}").glob("*.parquet"))
         if not files:
             return _select(schema.empty_table(), columns)
         partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-        dataset = ds.dataset(files, format="parquet", partitioning=partitioning, schema=schema,
+        dataset = ds.dataset(files, format=file_format, partitioning=partitioning, schema=schema,
                              partition_base_dir=str(folder))  # fmt: skip
-    being_removed = _runs_being_removed(home)
+    being_removed = runs_being_removed(home)
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
         hidden = ~ds.field("run_id").isin(being_removed)
         expression = hidden if expression is None else expression & hidden
@@ -66,7 +72,7 @@ def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
     return table.select(columns) if columns is not None else table
 
 
-def _runs_being_removed(home: Path) -> list[str]:
+def runs_being_removed(home: Path) -> list[str]:
     try:
         return json.loads((home / "state" / "gc-intent.json").read_text())["runs"]
     except (OSError, ValueError, KeyError):
@@ -154,7 +160,7 @@ def resolve_run_id(home: Path, prefix: str) -> str:
             names = [entry.name for entry in os.scandir(home / "runs") if entry.name.startswith(prefix)]
         except FileNotFoundError:
             names = []
-    names = [name for name in names if name not in _runs_being_removed(home)]
+    names = [name for name in names if name not in runs_being_removed(home)]
     if len(names) == 1:
         return names[0]
     if not names:

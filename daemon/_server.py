@@ -31,7 +31,7 @@ from stagewatch._config import check_endpoint, spool_dir
 from stagewatch._curve import authorized_dir, server_secret_file
 from stagewatch._spool import claim_spool_files
 from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
-from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_plan, utc_now
+from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, finish_interrupted, tier_plan, utc_now
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._disk import FLOOR, OK, disk_state, read_disk
 from stagewatch.daemon._eventlog import EventLog
@@ -40,6 +40,7 @@ from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._sdnotify import SystemdNotifier
 from stagewatch.daemon._settings import DiskSection, RetentionSection
+from stagewatch.daemon._stagestats import refresh_summaries
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 
@@ -496,9 +497,17 @@ class Daemon:
         from stagewatch.daemon._retention import apply_retention
 
         freed = apply_retention(self.home, self.settings.retention, exclude=set(self.projector.runs))
-        compacted = compact(self.home / "metrics", utc_now()) if self._checkpoint_all() else 0
+        now = utc_now()
+        compacted = compact(self.home / "metrics", now) if self._checkpoint_all() else 0
         if compacted:
             logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
+        try:
+            summarized = refresh_summaries(self.home, aged_cutoff(now))
+        except OSError as error:
+            self._write_error("cannot write stage-stats summaries ({}); will retry", error)
+        else:
+            if summarized:
+                logger.info("summarized {} compacted partition(s) for stats", summarized)
         if freed["runs"] or freed["segments"]:
             logger.info("retention removed {} run(s) ({} bytes, {} rows) and {} segment(s) ({} bytes)",
                         len(freed["runs"]), freed["run_bytes"], freed["parquet_rows"], len(freed["segments"]),

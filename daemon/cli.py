@@ -619,12 +619,12 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from stagewatch.daemon._query import STATS_COLUMNS, query_stages, stage_stats
+    from stagewatch.daemon._query import query_stats
     from stagewatch.daemon._readmodels import RunNotFound
 
     home = resolve_home(args.home)
     try:
-        stats = stage_stats(query_stages(home, _filters(args, home), STATS_COLUMNS))
+        stats = query_stats(home, _filters(args, home))
     except RunNotFound as error:
         print(f"stagewatch: {error}", file=sys.stderr)
         return EXIT_NOT_FOUND

@@ -4,9 +4,12 @@ The daemon flushes a part every second, so a busy day leaves tens of thousands o
 files, and every query would open them all. Two passes keep that bounded:
 
 - **Tiers, for every partition (today's too).** A part's tier is the order of magnitude
-  of its size in base `FAN_IN` (16): whenever `FAN_IN` parts of one tier are present they
+  of its size in base `FAN_IN` (4): whenever `FAN_IN` parts of one tier are present they
   are merged into one part of a higher tier. A day of one part a second then stays at a
-  few dozen parts, and each row is rewritten once per tier (about five times a day).
+  few dozen parts at most (fewer than four per tier in use), and each row is rewritten once
+  per tier (about eight times a day). Why 4, not 16: a query of today opens every part, and
+  after a busy hour that is 30 parts instead of 75 (benchmarks/history.py --busy-hour), for
+  twice the rewriting, which is off the ingest path.
 - **Aged partitions.** Once a partition is `min_age_days` old, all its parts become one.
 
 Merged rows are sorted by run id (then lsn) in row groups of 8,192 rows, so a query by run
@@ -46,7 +49,7 @@ import pyarrow.parquet as pq
 from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn
 
 ROW_GROUP_ROWS = 8192
-FAN_IN = 16
+FAN_IN = 4
 MIN_AGE_DAYS = 2
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 

@@ -141,15 +141,18 @@ def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
     from the summaries the daemon keeps of compacted partitions (docs/queries.md); the other
     days, and any query by run or text, are read row by row."""
     if filters.run is not None or filters.grep is not None or runs_being_removed(home):
-        return stage_stats(read_table(home, "stage_executions", _stage_expression(filters), _dates_of(home, filters),
-                                      STATS_COLUMNS, ("stage", "status")))  # fmt: skip
+        return stage_stats(_stats_rows(home, filters, _dates_of(home, filters)))
     dates = [date for date in _partition_dates(home) if _overlaps(filters, date)]
     summaries = current_summaries(home, [date for date in dates if _covers(filters, date)])
     groups = [g for date_groups in summaries.values() for g in date_groups
               if filters.stage in (None, g.stage) and filters.status in (None, g.status)]  # fmt: skip
     rest = [date for date in dates if date not in summaries]
-    rows = read_table(home, "stage_executions", _stage_expression(filters), rest, STATS_COLUMNS, ("stage", "status"))
-    return stats_of([*groups, *summarize(rows)])
+    return stats_of([*groups, *summarize(_stats_rows(home, filters, rest))])
+
+
+def _stats_rows(home: Path, filters: Filters, dates: list[str] | None) -> pa.Table:
+    # Stage and status as dictionaries: no string per row, and summarize needs their codes.
+    return read_table(home, "stage_executions", _stage_expression(filters), dates, STATS_COLUMNS, ("stage", "status"))
 
 
 def _partition_dates(home: Path) -> list[str]:

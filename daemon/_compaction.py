@@ -8,8 +8,8 @@ files, and every query would open them all. Two passes keep that bounded:
   are merged into one part of a higher tier. A day of one part a second then stays at a
   few dozen parts at most (fewer than four per tier in use), and each row is rewritten once
   per tier (about eight times a day). Why 4, not 16: a query of today opens every part, and
-  after a busy hour that is 30 parts instead of 75 (benchmarks/history.py --busy-hour), for
-  twice the rewriting, which is off the ingest path.
+  after a busy hour that is 18 parts instead of 45 (benchmarks/history.py --busy-hour), for
+  about twice the rewriting.
 - **Aged partitions.** Once a partition is `min_age_days` old, all its parts become one.
 
 Merged rows are sorted by run id (then lsn) in row groups of 8,192 rows, so a query by run

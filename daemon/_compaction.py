@@ -38,7 +38,9 @@ import ctypes.util
 import math
 import os
 import shutil
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,6 +53,7 @@ from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_l
 ROW_GROUP_ROWS = 8192
 FAN_IN = 4
 MIN_AGE_DAYS = 2
+GROUPS_PER_SWAP = 64  # a backlog (a home from before tiers) is merged in steps, not in one long swap
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
@@ -59,12 +62,13 @@ def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
     return (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
 
 
-def compact(metrics: Path, now: datetime, min_age_days: int = MIN_AGE_DAYS) -> int:
+def compact(metrics: Path, now: datetime, min_age_days: int = MIN_AGE_DAYS,
+            progress: Callable[[], object] = lambda: None) -> int:  # fmt: skip
     """Compact every partition older than `min_age_days` holding more than one part."""
     cutoff = aged_cutoff(now, min_age_days)
     plan = {partition: [parts] for partition, parts in _partitions(metrics)
             if partition.name[len("date=") :] < cutoff and len(parts) > 1}  # fmt: skip
-    return carry_out(metrics, plan)
+    return carry_out(metrics, plan, progress)
 
 
 def tier_plan(metrics: Path, fan_in: int = FAN_IN) -> Plan:
@@ -85,13 +89,24 @@ def tier_groups(parts: list[tuple[Path, int]], fan_in: int = FAN_IN) -> list[lis
     return [names[i : i + fan_in] for names in by_tier.values() for i in range(0, len(names) - fan_in + 1, fan_in)]
 
 
-def carry_out(metrics: Path, plan: Plan) -> int:
-    """Merge each group of parts into one; returns how many groups were merged."""
+def carry_out(metrics: Path, plan: Plan, progress: Callable[[], object] = lambda: None,
+              deadline: float = math.inf) -> int:  # fmt: skip
+    """Merge each group of parts into one, at most `GROUPS_PER_SWAP` groups a swap; call
+    `progress` after each swap (the daemon pings systemd's watchdog: a long backlog is work,
+    not a hang) and stop once time.monotonic() passes `deadline` (the rest waits for the next
+    pass). Returns how many groups were merged."""
     finish_interrupted(metrics)
+    merged = 0
     for partition, groups in plan.items():
         schema = TABLES[partition.parent.name]
-        _swap_in(partition, groups, [_merged(group, schema) for group in groups])
-    return sum(len(groups) for groups in plan.values())
+        for start in range(0, len(groups), GROUPS_PER_SWAP):
+            if time.monotonic() > deadline:
+                return merged
+            chunk = groups[start : start + GROUPS_PER_SWAP]
+            _swap_in(partition, chunk, [_merged(group, schema) for group in chunk])
+            merged += len(chunk)
+            progress()
+    return merged
 
 
 def _partitions(metrics: Path) -> list[tuple[Path, list[Path]]]:

@@ -46,6 +46,7 @@ from stagewatch.daemon._throttle import CostThrottle
 
 DAEMON_CLIENT_ID = "daemon"
 REPLAY_FLUSH_EVENTS = 100_000
+MERGE_BUDGET_S = 2.0  # the most one pass of tier merging holds up the loop (but one partition)
 
 
 @dataclass(frozen=True)
@@ -498,7 +499,7 @@ class Daemon:
 
         freed = apply_retention(self.home, self.settings.retention, exclude=set(self.projector.runs))
         now = utc_now()
-        compacted = compact(self.home / "metrics", now) if self._checkpoint_all() else 0
+        compacted = compact(self.home / "metrics", now, progress=self._alive) if self._checkpoint_all() else 0
         if compacted:
             logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
         try:
@@ -513,6 +514,11 @@ class Daemon:
                         len(freed["runs"]), freed["run_bytes"], freed["parquet_rows"], len(freed["segments"]),
                         freed["segment_bytes"])  # fmt: skip
 
+    def _alive(self) -> None:
+        """Between steps of long maintenance: tell systemd's watchdog the daemon still works."""
+        if self._systemd.watchdog_interval_s:
+            self._systemd.notify("WATCHDOG=1")
+
     def _checkpoint_all(self) -> bool:
         """Flush with a checkpoint; True if it covers every row written. Compaction needs that:
         recovery drops the parts past the checkpoint and replays their rows, so a merged part
@@ -525,8 +531,11 @@ class Daemon:
         file per flush; a checkpoint first, as for the aged partitions."""
         plan = tier_plan(self.home / "metrics")
         if plan and self._checkpoint_all():
+            # A bounded pass: ingestion waits while it runs; what is left waits for the next one.
+            deadline = time.monotonic() + MERGE_BUDGET_S
             try:
-                logger.debug("merged {} group(s) of small Parquet parts", carry_out(self.home / "metrics", plan))
+                merged = carry_out(self.home / "metrics", plan, self._alive, deadline)
+                logger.debug("merged {} group(s) of small Parquet parts", merged)
             except OSError as error:  # a full disk: the partition is untouched, the next pass retries
                 self._write_error("cannot merge Parquet parts ({}); will retry", error)
 

@@ -221,3 +221,16 @@ def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -
     _crash(daemon)
     _crash(_in_process_daemon(home))  # recovery, then its own flush
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
+
+
+def test_a_merge_pass_stops_at_its_deadline_and_reports_progress_per_swap(home: Path) -> None:
+    store = Store(home)
+    for flush in range(40):  # two days of 20 parts
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0 + (flush % 2) * DAY_NS))
+    plan = tier_plan(home / "metrics")
+    assert carry_out(home / "metrics", plan, deadline=time.monotonic() - 1) == 0  # past it: nothing touched
+    assert len(_listing(home)) == 40
+    swaps = []
+    assert carry_out(home / "metrics", plan, progress=lambda: swaps.append(1)) == 10  # 5 groups of 4 a day
+    assert len(swaps) == 2 and len(_listing(home)) == 10
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(120))

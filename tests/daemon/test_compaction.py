@@ -234,3 +234,17 @@ def test_a_merge_pass_stops_at_its_deadline_and_reports_progress_per_swap(home: 
     assert carry_out(home / "metrics", plan, progress=lambda: swaps.append(1)) == 10  # 5 groups of 4 a day
     assert len(swaps) == 2 and len(_listing(home)) == 10
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(120))
+
+
+def test_parts_that_cannot_be_hard_linked_are_copied(home: Path, monkeypatch) -> None:
+    store = Store(home)
+    for flush in range(6):
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+
+    def refuse(source, target):  # as protected_hardlinks does for a part another user wrote
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_compaction.os, "link", refuse)
+    assert carry_out(home / "metrics", tier_plan(home / "metrics")) == 1
+    assert len(_listing(home)) == 3  # the merged part and the two it did not need, copied
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(18))

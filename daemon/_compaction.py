@@ -47,7 +47,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from loguru import logger
 
+from stagewatch.daemon._readmodels import damage_of
 from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn
 
 ROW_GROUP_ROWS = 8192
@@ -103,10 +105,34 @@ def carry_out(metrics: Path, plan: Plan, progress: Callable[[], object] = lambda
             if time.monotonic() > deadline:
                 return merged
             chunk = groups[start : start + GROUPS_PER_SWAP]
-            _swap_in(partition, chunk, [_merged(group, schema) for group in chunk])
+            try:
+                tables = [_merged(group, schema) for group in chunk]
+            except (pa.ArrowInvalid, OSError):  # a damaged part: out of the way; the next pass merges the rest
+                if not quarantine_damaged(metrics, [part for group in chunk for part in group]):
+                    raise
+                continue
+            _swap_in(partition, chunk, tables)
             merged += len(chunk)
             progress()
     return merged
+
+
+def quarantine_damaged(metrics: Path, parts: list[Path]) -> list[Path]:
+    """Move the parts that cannot be read to quarantine/parts/ (kept, for a look), so that
+    neither readers nor merges trip on them again; their rows are still in the event log."""
+    moved = []
+    for part in parts:
+        damage = damage_of(part)
+        if damage is None:
+            continue
+        target = metrics.parent / "quarantine" / "parts" / part.parent.parent.name / part.parent.name / part.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+        moved.append(target)
+        logger.error("damaged Parquet part {} ({}) moved to {}; its rows are missing from queries until "
+                     "`stagewatch rebuild` regenerates the tables from the event log",
+                     part, damage, target)  # fmt: skip
+    return moved
 
 
 def _partitions(metrics: Path) -> list[tuple[Path, list[Path]]]:

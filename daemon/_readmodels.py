@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._store import RUNS, TABLES
@@ -58,14 +60,51 @@ def _read_once(home: Path, table: str, expression: ds.Expression | None, dates: 
         files = sorted(str(path) for date in dates for path in (folder / f"date={date}").glob("*.parquet"))
         if not files:
             return _select(schema.empty_table(), columns)
-        partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-        dataset = ds.dataset(files, format=file_format, partitioning=partitioning, schema=schema,
-                             partition_base_dir=str(folder))  # fmt: skip
+        dataset = _files_dataset(files, folder, file_format, schema)
     being_removed = runs_being_removed(home)
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
         hidden = ~ds.field("run_id").isin(being_removed)
         expression = hidden if expression is None else expression & hidden
-    return dataset.to_table(filter=expression, columns=columns)
+    try:
+        return dataset.to_table(filter=expression, columns=columns)
+    except pa.ArrowInvalid:
+        readable = _without_damaged_parts(dataset.files)
+        if readable is None:
+            raise
+        return _files_dataset(readable, folder, file_format, schema).to_table(filter=expression, columns=columns)
+
+
+class DamagedPartWarning(UserWarning):
+    """A Parquet part that cannot be read: its rows are left out of the answer."""
+
+
+def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, schema: pa.Schema) -> ds.Dataset:
+    partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+    return ds.dataset(files, format=file_format, partitioning=partitioning, schema=schema,
+                      partition_base_dir=str(folder))  # fmt: skip
+
+
+def _without_damaged_parts(files: list[str]) -> list[str] | None:
+    """The files that read, warning of each that does not; None if all do (the error was
+    something else). The event log still holds their rows: `stagewatch rebuild`."""
+    damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
+    for path, damage in damaged.items():
+        warnings.warn(f"skipped the damaged Parquet part {path} ({damage}); its rows are missing from this "
+                      "answer until `stagewatch rebuild` regenerates the tables from the event log",
+                      DamagedPartWarning, stacklevel=4)  # fmt: skip
+    return [path for path in files if path not in damaged] if damaged else None
+
+
+def damage_of(part: Path) -> str | None:
+    """Why a Parquet part cannot be read, or None if it can (a whole read: this runs only
+    after a read failed)."""
+    try:
+        pq.read_table(part)
+    except FileNotFoundError:
+        return None  # gone (compaction): not damaged
+    except (pa.ArrowInvalid, OSError) as error:
+        return str(error)
+    return None
 
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:

@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from stagewatch.daemon._compaction import quarantine_damaged
 
 MEASURES = ("duration_ms", "rss_peak_mb", "gpu_peak_mb")
 STATS_COLUMNS = ["stage", "status", *MEASURES]  # what a summary is made from
@@ -237,8 +240,6 @@ def _group(described: dict[str, Any], values: np.ndarray) -> Group:
 def refresh_summaries(home: Path, cutoff: str) -> int:
     """Write the summary of every compacted partition dated before `cutoff` that lacks a current
     one, and drop those of partitions that are gone; returns how many were written."""
-    import pyarrow.parquet as pq
-
     folder, written = home / "metrics" / "stage_executions", 0
     dates = set()
     for partition in sorted(folder.glob("date=*")):
@@ -248,7 +249,13 @@ def refresh_summaries(home: Path, cutoff: str) -> int:
             continue
         source, path = source_of(parts[0]), summary_path(home, date)
         if read_summary(path, source) is None:
-            write_summary(path, summarize(pq.read_table(parts[0], columns=STATS_COLUMNS)), source)
+            try:
+                rows = pq.read_table(parts[0], columns=STATS_COLUMNS)
+            except (pa.ArrowInvalid, OSError):  # damaged: moved aside, and the rows are read no more
+                if not quarantine_damaged(home / "metrics", parts):
+                    raise
+                continue
+            write_summary(path, summarize(rows), source)
             written += 1
     for path in summary_path(home, "x").parent.glob("date=*.arrow"):
         if path.stem[len("date=") :] not in dates:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted
 from stagewatch.daemon._query import Filters, query_stages
 from stagewatch.daemon._readmodels import read_table, to_rows
 from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
-from stagewatch.daemon._store import Store
+from stagewatch.daemon._store import Store, first_lsn
 from tests.conftest import DaemonProcess, wait_for
 
 DAY_NS = 86_400 * 10**9
@@ -248,3 +252,55 @@ def test_parts_that_cannot_be_hard_linked_are_copied(home: Path, monkeypatch) ->
     assert carry_out(home / "metrics", tier_plan(home / "metrics")) == 1
     assert len(_listing(home)) == 3  # the merged part and the two it did not need, copied
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(18))
+
+
+def _damage(part: Path) -> None:
+    """A bad block: the same size, the footer's last bytes overwritten."""
+    data = part.read_bytes()
+    part.write_bytes(data[:-64] + b"\0" * 64)
+
+
+def test_a_damaged_part_is_skipped_with_a_warning_and_the_rest_answers(home: Path) -> None:
+    store = Store(home)
+    for flush in range(3):
+        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    _damage(sorted(_parts_of(home))[1])
+    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "stats", "--home", str(home), "--json"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["count"] == 20
+    assert "stagewatch: warning: skipped the damaged Parquet part" in result.stderr and "rebuild" in result.stderr
+
+
+def _parts_of(home: Path) -> list[Path]:
+    return list((home / "metrics" / "stage_executions").glob("date=*/part-*.parquet"))
+
+
+def test_the_daemon_moves_a_damaged_part_aside_merges_the_rest_and_rebuild_restores_its_rows(home: Path) -> None:
+    env = {"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "0.05", "STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "3600"}
+    daemon = DaemonProcess(home, env=env).start()
+    with stagewatch.init(pipeline="stream", home=home) as run:
+        for index in range(12):
+            with run.stage("detection", sample_id=f"frame_{index:02d}"):
+                time.sleep(0.06)
+    wait_for(lambda: read_table(home, "stage_executions").num_rows == 12)
+    daemon.stop()
+    damaged = sorted(_parts_of(home), key=first_lsn)[2]
+    _damage(damaged)
+    daemon = DaemonProcess(home, env={**env, "STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "0.3"}).start()
+    try:
+        quarantined = home / "quarantine" / "parts" / "stage_executions" / damaged.parent.name / damaged.name
+        wait_for(quarantined.exists)
+        wait_for(lambda: len(_parts_of(home)) < 4)  # the others merged all the same
+        assert "damaged Parquet part" in daemon.log()
+    finally:
+        daemon.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no damaged part left to warn of
+        rows = read_table(home, "stage_executions").num_rows
+    assert 0 < rows < 12
+    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "rebuild", "--home", str(home)],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    samples = read_table(home, "stage_executions")["sample_id"].to_pylist()
+    assert sorted(samples) == [f"frame_{index:02d}" for index in range(12)]

@@ -36,8 +36,9 @@ def _remove_read_models(home: Path) -> int:
                  *home.glob("runs/*/stages.jsonl"), *home.glob("runs/*/accuracy.json")]:  # fmt: skip
         path.unlink(missing_ok=True)
         removed += 1
-    if (home / "index").exists():
-        shutil.rmtree(home / "index")
+    for folder in (home / "index", home / "quarantine" / "parts"):  # damaged parts: regenerated like the rest
+        if folder.exists():
+            shutil.rmtree(folder)
     if (home / "metrics").exists():
         removed += sum(1 for _ in (home / "metrics").rglob("*.parquet"))
         shutil.rmtree(home / "metrics")

@@ -299,8 +299,16 @@ def test_the_daemon_moves_a_damaged_part_aside_merges_the_rest_and_rebuild_resto
         warnings.simplefilter("error")  # no damaged part left to warn of
         rows = read_table(home, "stage_executions").num_rows
     assert 0 < rows < 12
+    assert not _doctor_check(home, "tables")["ok"]
     result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "rebuild", "--home", str(home)],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     samples = read_table(home, "stage_executions")["sample_id"].to_pylist()
     assert sorted(samples) == [f"frame_{index:02d}" for index in range(12)]
+    assert _doctor_check(home, "tables")["ok"]
+
+
+def _doctor_check(home: Path, name: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "doctor", "--home", str(home), "--json"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    return {check["name"]: check for check in json.loads(result.stdout)["checks"]}[name]

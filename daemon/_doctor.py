@@ -77,7 +77,8 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         _check("tables", not set_aside, f"{len(set_aside)} damaged Parquet part(s) set aside in "
                f"{home / 'quarantine' / 'parts'}: their rows are missing from queries; `stagewatch rebuild` "
-               "(daemon stopped) regenerates them from the event log" if set_aside else "no damaged Parquet part set aside"),
+               "(daemon stopped) regenerates them from the event log" if set_aside
+               else "no damaged Parquet part set aside"),
         _check("event log", damaged == 0, f"{damaged} damaged region(s) found at the last start" if damaged
                else "intact at the last start"),
         _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),

@@ -312,3 +312,25 @@ def _doctor_check(home: Path, name: str) -> dict:
     result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "doctor", "--home", str(home), "--json"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     return {check["name"]: check for check in json.loads(result.stdout)["checks"]}[name]
+
+
+def test_merged_row_groups_hold_one_status_so_a_failure_query_reads_only_failures(home: Path) -> None:
+    store = Store(home)
+    for flush in range(8):
+        rows = _rows(flush * 3000, 3000, T0)
+        for row in rows[::50]:
+            row.update(status="failed", error_type="ValueError", error_message="bad frame")
+        store.write_rows("stage_executions", rows)
+    now = datetime.fromtimestamp((T0 + 3 * DAY_NS) / 1e9, UTC)
+    assert compact(home / "metrics", now) == 1
+    (part,) = _parts_of(home)
+    metadata = pq.ParquetFile(part).metadata
+    status = metadata.schema.names.index("status")
+    groups = [metadata.row_group(i).column(status).statistics for i in range(metadata.num_row_groups)]
+    assert all(g.min == g.max for g in groups)  # no row group spans two statuses
+    failed_groups = [i for i, g in enumerate(groups) if g.min == "failed"]
+    assert len(failed_groups) == 1 and metadata.row_group(failed_groups[0]).num_rows == 8 * 60
+    fragment = next(ds.dataset(part, format="parquet").get_fragments())
+    assert len(fragment.split_by_row_group(filter=ds.field("status") == "failed")) == 1  # statistics prune the rest
+    table = read_table(home, "stage_executions")
+    assert table.num_rows == 24_000 and sorted(table["lsn"].to_pylist()) == list(range(24_000))

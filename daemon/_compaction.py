@@ -18,7 +18,7 @@ aged partition is sorted by status (level for logs) first, each status in row gr
 own: a query for failures then reads only their row groups (`--stage detection --status
 failed --since 7d` at a million runs: 370 -> 24 ms, for 0.7% more bytes), and one by run id
 a row group per status. Not so for today's tier merges: a busy hour's parts came out more
-(21, not 18) and its query by run id slower (64 ms, not 46–55), for a filter over one day.
+(21, not 18) and its query by run id slower (64 ms, not 46 to 55), for a filter over one day.
 
 Readers never see a row twice or a partition missing. A merge is prepared beside the
 partition and then exchanged with it in one atomic rename (renameat2 RENAME_EXCHANGE):

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 
 from stagewatch.daemon._readmodels import read_table, runs_being_removed
 from stagewatch.daemon._runindex import run_dates
-from stagewatch.daemon._stagestats import STATS_COLUMNS, current_summaries, stats_of, summarize
+from stagewatch.daemon._stagestats import STATS_COLUMNS, current_summaries, partition_dates, stats_of, summarize
 
 STATUSES = ("ok", "failed", "crashed")
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -142,7 +142,7 @@ def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
     days, and any query by run or text, are read row by row."""
     if filters.run is not None or filters.grep is not None or runs_being_removed(home):
         return stage_stats(_stats_rows(home, filters, _dates_of(home, filters)))
-    dates = [date for date in _partition_dates(home) if _overlaps(filters, date)]
+    dates = [date for date in partition_dates(home) if _overlaps(filters, date)]
     summaries = current_summaries(home, [date for date in dates if _covers(filters, date)])
     groups = [g for date_groups in summaries.values() for g in date_groups
               if filters.stage in (None, g.stage) and filters.status in (None, g.status)]  # fmt: skip
@@ -153,11 +153,6 @@ def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
 def _stats_rows(home: Path, filters: Filters, dates: list[str] | None) -> pa.Table:
     # Stage and status as dictionaries: no string per row, and summarize needs their codes.
     return read_table(home, "stage_executions", _stage_expression(filters), dates, STATS_COLUMNS, ("stage", "status"))
-
-
-def _partition_dates(home: Path) -> list[str]:
-    folder = home / "metrics" / "stage_executions"
-    return sorted(p.name[len("date=") :] for p in folder.glob("date=*")) if folder.is_dir() else []
 
 
 def _overlaps(filters: Filters, date: str) -> bool:

@@ -349,7 +349,7 @@ class Daemon:
         periodic.append([self.apply_retention, settings.retention.check_interval_s, now])
         periodic.append([self.merge_small_parts, settings.merge_interval_s, now + settings.merge_interval_s])
         if self._systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
-            periodic.append([lambda: self._systemd.notify("WATCHDOG=1"), self._systemd.watchdog_interval_s, now])
+            periodic.append([self._alive, self._systemd.watchdog_interval_s, now])
         while not self._stopping:
             try:
                 self._turn(periodic)

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stagewatch.daemon._compaction import quarantine_damaged
+from stagewatch.daemon._store import PART_PREFIX
 
 MEASURES = ("duration_ms", "rss_peak_mb", "gpu_peak_mb")
 STATS_COLUMNS = ["stage", "status", *MEASURES]  # what a summary is made from
@@ -185,7 +186,11 @@ def _codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
 
 # -- summaries on disk ---------------------------------------------------------------------
 def summary_path(home: Path, date: str) -> Path:
-    return home / "index" / "stage-stats" / f"date={date}.arrow"
+    return _summaries_folder(home) / f"date={date}.arrow"
+
+
+def _summaries_folder(home: Path) -> Path:
+    return home / "index" / "stage-stats"
 
 
 def source_of(part: Path) -> dict[str, Any]:
@@ -240,24 +245,22 @@ def _group(described: dict[str, Any], values: np.ndarray) -> Group:
 def refresh_summaries(home: Path, cutoff: str) -> int:
     """Write the summary of every compacted partition dated before `cutoff` that lacks a current
     one, and drop those of partitions that are gone; returns how many were written."""
-    folder, written = home / "metrics" / "stage_executions", 0
-    dates = set()
-    for partition in sorted(folder.glob("date=*")):
-        parts, date = list(partition.glob("part-*.parquet")), partition.name[len("date=") :]
-        dates.add(date)
-        if date >= cutoff or len(parts) != 1:
+    dates = partition_dates(home)
+    aged = [date for date in dates if date < cutoff]
+    current, written = current_summaries(home, aged), 0
+    for date in aged:
+        parts = _parts(home, date)
+        if date in current or len(parts) != 1:
             continue
-        source, path = source_of(parts[0]), summary_path(home, date)
-        if read_summary(path, source) is None:
-            try:
-                rows = pq.read_table(parts[0], columns=STATS_COLUMNS)
-            except (pa.ArrowInvalid, OSError):  # damaged: moved aside, and the rows are read no more
-                if not quarantine_damaged(home / "metrics", parts):
-                    raise
-                continue
-            write_summary(path, summarize(rows), source)
-            written += 1
-    for path in summary_path(home, "x").parent.glob("date=*.arrow"):
+        try:
+            rows = pq.read_table(parts[0], columns=STATS_COLUMNS)
+        except (pa.ArrowInvalid, OSError):  # damaged: moved aside, and the rows are read no more
+            if not quarantine_damaged(home / "metrics", parts):
+                raise
+            continue
+        write_summary(summary_path(home, date), summarize(rows), source_of(parts[0]))
+        written += 1
+    for path in _summaries_folder(home).glob("date=*.arrow"):
         if path.stem[len("date=") :] not in dates:
             path.unlink(missing_ok=True)
     return written
@@ -267,7 +270,7 @@ def current_summaries(home: Path, dates: Iterable[str]) -> dict[str, list[Group]
     """The summaries of those `dates` whose partition still holds exactly the part summarized."""
     found = {}
     for date in dates:
-        parts = list((home / "metrics" / "stage_executions" / f"date={date}").glob("part-*.parquet"))
+        parts = _parts(home, date)
         if len(parts) == 1:
             try:
                 groups = read_summary(summary_path(home, date), source_of(parts[0]))
@@ -276,3 +279,12 @@ def current_summaries(home: Path, dates: Iterable[str]) -> dict[str, list[Group]
             if groups is not None:
                 found[date] = groups
     return found
+
+
+def partition_dates(home: Path) -> list[str]:
+    """The dates of the stage_executions partitions, ascending."""
+    return sorted(p.name[len("date=") :] for p in (home / "metrics" / "stage_executions").glob("date=*"))
+
+
+def _parts(home: Path, date: str) -> list[Path]:
+    return list((home / "metrics" / "stage_executions" / f"date={date}").glob(f"{PART_PREFIX}*.parquet"))

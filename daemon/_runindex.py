@@ -62,8 +62,9 @@ class RunIndex:
         """Index every row already in metrics/ (a home written before the index existed)."""
         pairs: set[tuple[str, str]] = set()
         for table in metrics.iterdir() if metrics.is_dir() else []:
-            if table.is_dir():
-                found = ds.dataset(table, format="parquet", partitioning="hive").to_table(columns=["run_id", "date"])
+            dataset = ds.dataset(table, format="parquet", partitioning="hive") if table.is_dir() else None
+            if dataset is not None and dataset.files:  # a table whose parts are all gone has no columns
+                found = dataset.to_table(columns=["run_id", "date"])
                 pairs.update(zip(found["run_id"].to_pylist(), found["date"].to_pylist(), strict=True))
         self.add(sorted(pairs))
         self.mark_complete()

@@ -334,3 +334,37 @@ def test_merged_row_groups_hold_one_status_so_a_failure_query_reads_only_failure
     assert len(fragment.split_by_row_group(filter=ds.field("status") == "failed")) == 1  # statistics prune the rest
     table = read_table(home, "stage_executions")
     assert table.num_rows == 24_000 and sorted(table["lsn"].to_pylist()) == list(range(24_000))
+
+
+def test_a_compaction_backlog_keeps_pinging_the_systemd_watchdog(home: Path, monkeypatch) -> None:
+    """A home with many days to compact is work, not a hang: one WATCHDOG=1 per partition, on a real
+    notify socket, so WatchdogSec does not kill the daemon in the middle of its backlog."""
+    import socket
+
+    address = home.parent / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(address))
+    receiver.settimeout(0.5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    daemon = _in_process_daemon(home)
+    for flush in range(8):  # four old days of two parts each (after recovery, which drops parts past the log)
+        daemon.store.write_rows("stage_executions", _rows(flush * 3, 3, T0 + (flush % 4) * DAY_NS))
+    try:
+        while True:  # what recovery's own flush may have sent
+            receiver.recv(4096)
+    except TimeoutError:
+        pass
+    daemon.apply_retention()
+    pings = []
+    try:
+        while True:
+            pings.append(receiver.recv(4096).decode())
+    except TimeoutError:
+        pass
+    _crash(daemon)
+    receiver.close()
+    assert [len(list(p.glob("part-*.parquet"))) for p in sorted((home / "metrics" / "stage_executions").iterdir())] == [
+        1
+    ] * 4
+    assert pings.count("WATCHDOG=1") >= 4

@@ -74,3 +74,15 @@ def test_a_home_without_an_index_gets_one_on_start_and_rebuild_makes_it_again(da
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert RunIndex(daemon.home).complete and all(run_dates(daemon.home, run_id) for run_id in ids)
     assert {run_id: answers(daemon.home, run_id) for run_id in ids} == before
+
+
+def test_an_index_is_built_when_a_table_has_no_part_left(home: Path) -> None:
+    """Retention can remove every part of a table, leaving its folders: building the index
+    on start must not trip on a table with no columns."""
+    (home / "metrics" / "logs" / "date=2026-09-21").mkdir(parents=True)
+    assert RunIndex(home).build_from_tables(home / "metrics") == 0
+    daemon = DaemonProcess(home).start()
+    try:
+        assert RunIndex(home).complete and daemon.process.poll() is None
+    finally:
+        daemon.stop()

@@ -26,7 +26,7 @@ import zmq
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table, running_daemon
 
-from stagewatch._wire import pack_batch, pack_event
+from stagewatch._protocol import pack_batch, pack_event
 
 
 def flood(endpoint: str, seconds: float, counter) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 
-from stagewatch._wire import pack_event
+from stagewatch._protocol import pack_event
 from stagewatch.daemon import Filters, parse_time, query_logs, query_runs, query_stages, query_stats
 from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan
 from stagewatch.daemon._readmodels import load_audit, read_table, to_rows

@@ -32,7 +32,7 @@ import zmq
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table, running_daemon
 
-from stagewatch._wire import pack_batch, pack_event, unpack_ack
+from stagewatch._protocol import pack_batch, pack_event, unpack_ack
 
 BATCH = 1_000
 WINDOW = 16

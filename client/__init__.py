@@ -16,17 +16,51 @@ delivered when one starts.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stagewatch._logging import LoggingHandler, loguru_sink
-from stagewatch._run import Run, Stage, StageSpec, current_run, current_stage, shutdown
+if TYPE_CHECKING:
+    from stagewatch._logging import LoggingHandler, loguru_sink
+    from stagewatch._run import Run, Stage, StageSpec, current_run, current_stage, shutdown
 
 __version__ = "0.1.0"
 __all__ = [
-    "LoggingHandler", "Run", "Stage", "current_run", "current_stage", "init", "loguru_sink", "shutdown", "stage",
-]  # fmt: skip
+    "LoggingHandler",
+    "Run",
+    "Stage",
+    "current_run",
+    "current_stage",
+    "init",
+    "loguru_sink",
+    "shutdown",
+    "stage",
+]
+# Loaded on first use: `import stagewatch.daemon` (or any other part) runs this file, and
+# must not load the client's sender machinery for it.
+_LAZY = {
+    "LoggingHandler": "stagewatch._logging",
+    "loguru_sink": "stagewatch._logging",
+    "Run": "stagewatch._run",
+    "Stage": "stagewatch._run",
+    "current_run": "stagewatch._run",
+    "current_stage": "stagewatch._run",
+    "shutdown": "stagewatch._run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stagewatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 def init(
@@ -45,6 +79,8 @@ def init(
     $STAGEWATCH_ENDPOINT (else the ipc socket inside the home).
     The run ends with `run.finish()`, when used as a context manager, or at exit.
     """
+    from stagewatch._run import Run
+
     return Run(pipeline, config=config, dataset=dataset, home=home, endpoint=endpoint)
 
 
@@ -54,4 +90,6 @@ def stage(name: str, *, input_path: str | None = None, sample_id: str | None = N
     @stagewatch.stage("preprocessing")
     def preprocess(frame): ...
     """
+    from stagewatch._run import StageSpec
+
     return StageSpec(name, input_path, sample_id)

@@ -14,8 +14,8 @@ import logging
 import time
 from typing import Any
 
+from stagewatch import _protocol as protocol
 from stagewatch._run import _internal_error, _process_for_run, current_run, current_stage
-from stagewatch._wire import EVENT_VERSION
 
 MAX_MESSAGE_CHARS = 60_000
 MAX_EXTRA_CHARS = 16_000
@@ -29,13 +29,18 @@ def forward(level: str, message: str, logger_name: str | None, extra: dict[str, 
         if run is None:
             return
         process = _process_for_run(run)
-        process.sender.emit({
-            "v": EVENT_VERSION, "type": "log", "client_id": process.client_id, "ts_ns": ts_ns or time.time_ns(),
-            "run_id": run.id, "level": level[:16], "message": message[:MAX_MESSAGE_CHARS],
-            "stage": stage.name if stage is not None else None,
-            "sample_id": stage.sample_id if stage is not None else None,
-            "logger": (logger_name or "")[:256] or None, "extra": _json_safe(extra),
-        })  # fmt: skip
+        event = protocol.log(
+            process.client_id,
+            run.id,
+            ts_ns or time.time_ns(),
+            level=level[:16],
+            message=message[:MAX_MESSAGE_CHARS],
+            stage=stage.name if stage is not None else None,
+            sample_id=stage.sample_id if stage is not None else None,
+            logger=(logger_name or "")[:256] or None,
+            extra=_json_safe(extra),
+        )
+        process.sender.emit(event)
     except Exception as error:  # logging must never break the pipeline
         _internal_error(error)
 

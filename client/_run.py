@@ -22,12 +22,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from stagewatch import _protocol as protocol
 from stagewatch._config import resolve_endpoint, resolve_home, spool_dir
 from stagewatch._memory import BYTES_PER_MB, GpuMemory, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
 from stagewatch._names import artifact_relpath, check_name, check_run_id
 from stagewatch._saver import write_artifact
 from stagewatch._transport import Sender, SenderSettings, safe_close
-from stagewatch._wire import EVENT_VERSION
 
 _log = logging.getLogger("stagewatch")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,25 +55,9 @@ class _Process:
     def _heartbeat(self) -> dict | None:
         if not _runs:
             return None
-        return {
-            "v": EVENT_VERSION,
-            "type": "heartbeat",
-            "client_id": self.client_id,
-            "ts_ns": time.time_ns(),
-            "run_id": _runs[-1].id,
-            # The last reading a crashed stage will be left with (an OOM kill gives no warning).
-            "rss_mb": self.rss[0].current() / BYTES_PER_MB if self.rss is not None else None,
-        }
-
-    def event(self, event_type: str, run_id: str, **fields: Any) -> dict:
-        return {
-            "v": EVENT_VERSION,
-            "type": event_type,
-            "client_id": self.client_id,
-            "ts_ns": time.time_ns(),
-            "run_id": run_id,
-            **fields,
-        }
+        # The last reading a crashed stage will be left with (an OOM kill gives no warning).
+        rss_mb = self.rss[0].current() / BYTES_PER_MB if self.rss is not None else None
+        return protocol.heartbeat(self.client_id, _runs[-1].id, time.time_ns(), rss_mb=rss_mb)
 
 
 _process: _Process | None = None
@@ -88,6 +72,7 @@ def _process_for(home: Path, endpoint: str, settings: SenderSettings) -> _Proces
     global _process
     with _process_lock:
         if _process is None or _process.pid != os.getpid():
+            _register_process_hooks()
             _process = _Process(home, endpoint, settings)
             _register_child_exit()
         elif (_process.home, _process.endpoint) != (home, endpoint):
@@ -135,7 +120,17 @@ def _flush_then_die(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signum)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_hooks_registered = False
+
+
+def _register_process_hooks() -> None:
+    """At the first run, not at import: a process that only imports stagewatch (the daemon,
+    the dashboard, a tool) gets no fork or exit hook. Called with `_process_lock` held."""
+    global _hooks_registered
+    if not _hooks_registered:
+        _hooks_registered = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        atexit.register(shutdown)
 
 
 class Stage:
@@ -232,26 +227,36 @@ class Stage:
     def _memory_warning(self) -> dict:
         process = _process_for_run(self.run)
         peak_mb, limit_mb = self._rss_peak / BYTES_PER_MB, process.memory_limit / BYTES_PER_MB
-        event = self._event("log", self._end_ts)
-        event.update(
-            level="WARNING", logger="stagewatch.memory",
-            message=f"stage {self.name!r} peaked at {peak_mb:.0f} MB, {peak_mb / limit_mb:.0%} of the "
-                    f"{limit_mb:.0f} MB memory limit ({process.memory_limit_source})",
-            extra={"rss_peak_mb": peak_mb, "limit_mb": limit_mb, "limit_source": process.memory_limit_source},
-        )  # fmt: skip
-        for key in ("span", "parent_span", "input_path"):
-            del event[key]
-        return event
+        message = (
+            f"stage {self.name!r} peaked at {peak_mb:.0f} MB, {peak_mb / limit_mb:.0%} of the "
+            f"{limit_mb:.0f} MB memory limit ({process.memory_limit_source})"
+        )
+        extra = {"rss_peak_mb": peak_mb, "limit_mb": limit_mb, "limit_source": process.memory_limit_source}
+        return protocol.log(
+            self._client,
+            self.run.id,
+            self._end_ts,
+            level="WARNING",
+            message=message,
+            stage=self.name,
+            sample_id=self.sample_id,
+            logger="stagewatch.memory",
+            extra=extra,
+        )
 
     def _start_event(self) -> dict | None:
-        return None if self._end_ts else self._event("stage_started", self._ts)
+        if self._end_ts:
+            return None
+        return protocol.stage_started(self._client, self.run.id, self._ts, **self._identity())
 
-    def _event(self, event_type: str, ts_ns: int) -> dict:
+    def _identity(self) -> dict[str, Any]:
         return {
-            "v": EVENT_VERSION, "type": event_type, "client_id": self._client, "ts_ns": ts_ns,
-            "run_id": self.run.id, "stage": self.name, "span": self.span, "parent_span": self._parent,
-            "sample_id": self.sample_id, "input_path": self.input_path,
-        }  # fmt: skip
+            "stage": self.name,
+            "span": self.span,
+            "parent_span": self._parent,
+            "sample_id": self.sample_id,
+            "input_path": self.input_path,
+        }
 
     def _end_event(self) -> dict:
         rss_start = rss_peak = rss_end = None
@@ -259,20 +264,20 @@ class Stage:
             start = self._rss[1]
             rss_start, rss_end = start / BYTES_PER_MB, self._rss_end / BYTES_PER_MB
             rss_peak = max(self._rss_peak, self._rss_end, start) / BYTES_PER_MB
-        event = self._event("stage_finished", self._end_ts)
-        event.update(
-            output_paths=self.outputs,
+        return protocol.stage_finished(
+            self._client,
+            self.run.id,
+            self._end_ts,
+            **self._identity(),
             start_ts_ns=self._ts,
             duration_ms=self._elapsed_ns / 1e6,
+            output_paths=self.outputs,
             rss_start_mb=rss_start,
             rss_peak_mb=rss_peak,
             rss_end_mb=rss_end,
             gpu_peak_mb=self._gpu_peak,
+            error=self._error,
         )
-        if self._error is not None:
-            event["type"] = "stage_failed"
-            event["error_type"], event["error_message"], event["traceback"] = self._error
-        return event
 
     def save(self, filename: str, value: Any) -> str | None:
         """Save a stage output under runs/{run_id}/stages/{stage}/{filename}.
@@ -287,18 +292,18 @@ class Stage:
         try:
             size = write_artifact(process.home / relpath, value)
             self.outputs.append(relpath)
-            process.sender.emit(
-                process.event(
-                    "artifact_saved",
-                    self.run.id,
-                    stage=self.name,
-                    span=self.span,
-                    path=relpath,
-                    kind=Path(filename).suffix.lower().lstrip("."),
-                    bytes=size,
-                    sample_id=self.sample_id,
-                )
+            event = protocol.artifact_saved(
+                process.client_id,
+                self.run.id,
+                time.time_ns(),
+                stage=self.name,
+                span=self.span,
+                path=relpath,
+                kind=Path(filename).suffix.lower().lstrip("."),
+                size_bytes=size,
+                sample_id=self.sample_id,
             )
+            process.sender.emit(event)
         except OSError as error:  # a full or read-only disk: the pipeline goes on
             _internal_error(error)
             return None
@@ -330,8 +335,15 @@ class Stage:
                 return
             prediction = None
         process = _process_for_run(self.run)
-        event = process.event("sample_result", self.run.id, stage=self.name, sample_id=sample_id, path=path,
-                              prediction=_plain(prediction))  # fmt: skip
+        event = protocol.sample_result(
+            process.client_id,
+            self.run.id,
+            time.time_ns(),
+            stage=self.name,
+            sample_id=sample_id,
+            path=path,
+            prediction=_plain(prediction),
+        )
         process.sender.emit(event)
 
 
@@ -415,9 +427,10 @@ class Run:
         process = _process_for(self.home, self.endpoint, self.settings)
         _runs.append(self)
         process.sender.emit(
-            process.event(
-                "run_started",
+            protocol.run_started(
+                process.client_id,
                 self.id,
+                time.time_ns(),
                 pipeline=self.pipeline,
                 config=snapshot,
                 host=process.host,
@@ -461,9 +474,10 @@ class Run:
             if status is None:
                 status = "failed" if (error is not None or self._failed_stages) else "ok"
             process.sender.emit(
-                process.event(
-                    "run_finished",
+                protocol.run_finished(
+                    process.client_id,
                     self.id,
+                    time.time_ns(),
                     status=status,
                     duration_ms=(time.monotonic_ns() - self._t0) / 1e6,
                     stages_failed=self._failed_stages,
@@ -588,5 +602,3 @@ def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
     safe_close(process.sender, timeout_s)
     _closing = None
 
-
-atexit.register(shutdown)

@@ -24,8 +24,8 @@ from pathlib import Path
 import zmq
 
 from stagewatch._curve import configure_client
+from stagewatch._protocol import pack_batch, pack_event, unpack_ack
 from stagewatch._spool import SpoolFile
-from stagewatch._wire import pack_batch, pack_event, unpack_ack
 
 _log = logging.getLogger("stagewatch")
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 from pydantic import ValidationError
 
-from stagewatch._wire import PROTOCOL
+from stagewatch._protocol import PROTOCOL
 from stagewatch.daemon._schema import validate_event
 
 MAX_EVENT_BYTES = 1024 * 1024
@@ -34,7 +34,7 @@ class Batch:
 
 
 def decode_batch(frame: bytes) -> Batch | Rejected:
-    """The batch in a client's frame (see stagewatch._wire), or why it is not one."""
+    """The batch in a client's frame (see stagewatch._protocol), or why it is not one."""
     try:
         message = msgpack.unpackb(
             frame,

@@ -27,10 +27,11 @@ import msgpack
 import zmq
 from loguru import logger
 
+from stagewatch import _protocol as protocol
 from stagewatch._config import check_endpoint, spool_dir
 from stagewatch._curve import authorized_dir, server_secret_file
+from stagewatch._protocol import DAEMON_CLIENT_ID, pack_ack, pack_event
 from stagewatch._spool import claim_spool_files
-from stagewatch._wire import EVENT_VERSION, pack_ack, pack_event
 from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, finish_interrupted, tier_plan, utc_now
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._disk import FLOOR, OK, disk_state, read_disk
@@ -44,7 +45,6 @@ from stagewatch.daemon._stagestats import refresh_summaries
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 
-DAEMON_CLIENT_ID = "daemon"
 REPLAY_FLUSH_EVENTS = 100_000
 MERGE_BUDGET_S = 2.0  # the most one pass of tier merging holds up the loop (but one partition)
 
@@ -541,16 +541,9 @@ class Daemon:
 
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
         self._daemon_seq += 1
-        return {
-            "v": EVENT_VERSION,
-            "type": "client_lost",
-            "client_id": DAEMON_CLIENT_ID,
-            "seq": self._daemon_seq,
-            "ts_ns": time.time_ns(),
-            "run_id": run_id,
-            "lost_client_id": client_id,
-            "last_seen_ns": last_seen_ns,
-        }
+        return protocol.client_lost(
+            self._daemon_seq, run_id, time.time_ns(), lost_client_id=client_id, last_seen_ns=last_seen_ns
+        )
 
     def _quarantine(self, rejected: list[Rejected]) -> None:
         if not rejected:

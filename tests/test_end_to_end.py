@@ -166,7 +166,7 @@ with run.stage("detection", sample_id="frame_047"):
 def test_redelivered_batches_are_stored_once(daemon: DaemonProcess) -> None:
     import zmq
 
-    from stagewatch._wire import pack_batch, pack_event
+    from stagewatch._protocol import pack_batch, pack_event
 
     run_id = "0b6c5f3e-6c41-4c32-9a43-1a4e2a3a1c11"
     events = [

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stagewatch._names import NAME_PATTERN
 from stagewatch.daemon.groundtruth.coco import CocoGroundTruth, Objects
 from stagewatch.daemon.groundtruth.formats import (
     KINDS,
@@ -41,7 +42,7 @@ from stagewatch.daemon.groundtruth.formats import (
     load_point_labels,
 )
 
-SampleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
+SampleId = Annotated[str, Field(pattern=NAME_PATTERN)]
 StageName = SampleId
 METRICS_BY_KIND = {"boxes": ("f1", "precision", "recall"), "mask": ("miou", "accuracy"),
                    "point_labels": ("miou", "accuracy")}  # fmt: skip

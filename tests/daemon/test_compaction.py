@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import stagewatch
-from stagewatch._wire import pack_event
+from stagewatch._protocol import pack_event
 from stagewatch.daemon import _compaction, _readmodels
 from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
 from stagewatch.daemon._query import Filters, query_stages

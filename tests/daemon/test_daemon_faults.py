@@ -9,7 +9,7 @@ import msgpack
 import zmq
 
 import stagewatch
-from stagewatch._wire import pack_batch, pack_event
+from stagewatch._protocol import pack_batch, pack_event
 from tests.conftest import DaemonProcess, run_python, wait_for
 
 RUN_ID = "5f0c7a52-4b8e-4d7e-9a57-0d7f6f8f3a10"

@@ -20,7 +20,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagewatch._wire import pack_batch, pack_event
+from stagewatch._protocol import pack_batch, pack_event
 from stagewatch.daemon import Filters, query_stats
 from stagewatch.daemon._readmodels import read_table, to_rows
 from stagewatch.daemon._stagestats import (

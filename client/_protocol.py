@@ -1,0 +1,235 @@
+"""The wire protocol between client and daemon: event types, the envelope, one builder per
+event type, and the frames that carry them. Every event anyone sends is built here (the
+client, its logging sink, the daemon's own `client_lost`); the daemon's pydantic models
+(stagewatch.daemon._schema) validate what these builders make, and a test holds the two,
+and docs/events.md, to the same fields.
+
+Frames (one ZeroMQ frame each way):
+
+    client -> daemon:  msgpack [PROTOCOL, client_id, batch_no, [event, ...]]
+                       each event is itself msgpack-packed bytes, so the daemon logs them as is
+    daemon -> client:  msgpack [PROTOCOL, batch_no]   once every event of the batch is durable
+                       (appended and fsync'd, or quarantined)
+
+The sender thread numbers each client event (`seq`) as it packs it; the daemon numbers its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+PROTOCOL = 1
+EVENT_VERSION = 1
+DAEMON_CLIENT_ID = "daemon"  # the client id of the events the daemon writes itself
+
+RUN_STARTED = "run_started"
+STAGE_STARTED = "stage_started"
+STAGE_FINISHED = "stage_finished"
+STAGE_FAILED = "stage_failed"
+ARTIFACT_SAVED = "artifact_saved"
+SAMPLE_RESULT = "sample_result"
+LOG = "log"
+HEARTBEAT = "heartbeat"
+RUN_FINISHED = "run_finished"
+CLIENT_LOST = "client_lost"
+EVENT_TYPES = (
+    RUN_STARTED,
+    STAGE_STARTED,
+    STAGE_FINISHED,
+    STAGE_FAILED,
+    ARTIFACT_SAVED,
+    SAMPLE_RESULT,
+    LOG,
+    HEARTBEAT,
+    RUN_FINISHED,
+    CLIENT_LOST,
+)
+ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
+
+
+def envelope(event_type: str, client_id: str, run_id: str, ts_ns: int) -> dict[str, Any]:
+    """The fields every event has but `seq`, which its sender assigns."""
+    return {"v": EVENT_VERSION, "type": event_type, "client_id": client_id, "ts_ns": ts_ns, "run_id": run_id}
+
+
+def run_started(
+    client_id: str,
+    run_id: str,
+    ts_ns: int,
+    *,
+    pipeline: str,
+    config: dict[str, Any],
+    host: str,
+    pid: int,
+    dataset: str | None,
+    argv: list[str],
+) -> dict[str, Any]:
+    event = envelope(RUN_STARTED, client_id, run_id, ts_ns)
+    event.update(pipeline=pipeline, config=config, host=host, pid=pid, dataset=dataset, argv=argv)
+    return event
+
+
+def stage_started(
+    client_id: str,
+    run_id: str,
+    ts_ns: int,
+    *,
+    stage: str,
+    span: int,
+    parent_span: int | None,
+    sample_id: str | None,
+    input_path: str | None,
+) -> dict[str, Any]:
+    event = envelope(STAGE_STARTED, client_id, run_id, ts_ns)
+    event.update(stage=stage, span=span, parent_span=parent_span, sample_id=sample_id, input_path=input_path)
+    return event
+
+
+def stage_finished(
+    client_id: str,
+    run_id: str,
+    ts_ns: int,
+    *,
+    stage: str,
+    span: int,
+    parent_span: int | None,
+    sample_id: str | None,
+    input_path: str | None,
+    start_ts_ns: int,
+    duration_ms: float,
+    output_paths: list[str],
+    rss_start_mb: float | None,
+    rss_peak_mb: float | None,
+    rss_end_mb: float | None,
+    gpu_peak_mb: float | None,
+    error: tuple[str, str, str] | None = None,
+) -> dict[str, Any]:
+    """`stage_finished`, or `stage_failed` when `error` = (type, message, traceback) is given."""
+    event = stage_started(
+        client_id,
+        run_id,
+        ts_ns,
+        stage=stage,
+        span=span,
+        parent_span=parent_span,
+        sample_id=sample_id,
+        input_path=input_path,
+    )
+    event.update(
+        type=STAGE_FINISHED,
+        start_ts_ns=start_ts_ns,
+        duration_ms=duration_ms,
+        output_paths=output_paths,
+        rss_start_mb=rss_start_mb,
+        rss_peak_mb=rss_peak_mb,
+        rss_end_mb=rss_end_mb,
+        gpu_peak_mb=gpu_peak_mb,
+    )
+    if error is not None:
+        event["type"] = STAGE_FAILED
+        event["error_type"], event["error_message"], event["traceback"] = error
+    return event
+
+
+def artifact_saved(
+    client_id: str,
+    run_id: str,
+    ts_ns: int,
+    *,
+    stage: str,
+    span: int,
+    path: str,
+    kind: str,
+    size_bytes: int,
+    sample_id: str | None,
+) -> dict[str, Any]:
+    event = envelope(ARTIFACT_SAVED, client_id, run_id, ts_ns)
+    event.update(stage=stage, span=span, path=path, kind=kind, bytes=size_bytes, sample_id=sample_id)
+    return event
+
+
+def sample_result(
+    client_id: str, run_id: str, ts_ns: int, *, stage: str, sample_id: str, path: str | None, prediction: Any
+) -> dict[str, Any]:
+    event = envelope(SAMPLE_RESULT, client_id, run_id, ts_ns)
+    event.update(stage=stage, sample_id=sample_id, path=path, prediction=prediction)
+    return event
+
+
+def log(
+    client_id: str,
+    run_id: str,
+    ts_ns: int,
+    *,
+    level: str,
+    message: str,
+    stage: str | None = None,
+    sample_id: str | None = None,
+    logger: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    event = envelope(LOG, client_id, run_id, ts_ns)
+    event.update(level=level, message=message, stage=stage, sample_id=sample_id, logger=logger, extra=extra or {})
+    return event
+
+
+def heartbeat(client_id: str, run_id: str, ts_ns: int, *, rss_mb: float | None) -> dict[str, Any]:
+    event = envelope(HEARTBEAT, client_id, run_id, ts_ns)
+    event["rss_mb"] = rss_mb
+    return event
+
+
+def run_finished(
+    client_id: str,
+    run_id: str,
+    ts_ns: int,
+    *,
+    status: str,
+    duration_ms: float,
+    stages_failed: int,
+    dropped_events: int,
+    error_type: str | None,
+    error_message: str | None,
+) -> dict[str, Any]:
+    event = envelope(RUN_FINISHED, client_id, run_id, ts_ns)
+    event.update(
+        status=status,
+        duration_ms=duration_ms,
+        stages_failed=stages_failed,
+        dropped_events=dropped_events,
+        error_type=error_type,
+        error_message=error_message,
+    )
+    return event
+
+
+def client_lost(seq: int, run_id: str, ts_ns: int, *, lost_client_id: str, last_seen_ns: int) -> dict[str, Any]:
+    """Written by the daemon (numbered by it) when a client with open work goes silent."""
+    event = envelope(CLIENT_LOST, DAEMON_CLIENT_ID, run_id, ts_ns)
+    event.update(seq=seq, lost_client_id=lost_client_id, last_seen_ns=last_seen_ns)
+    return event
+
+
+def pack_event(event: dict) -> bytes:
+    return msgpack.packb(event, use_bin_type=True)
+
+
+def pack_batch(client_id: str, batch_no: int, events: list[bytes]) -> bytes:
+    return msgpack.packb([PROTOCOL, client_id, batch_no, events], use_bin_type=True)
+
+
+def pack_ack(batch_no: int) -> bytes:
+    return msgpack.packb([PROTOCOL, batch_no])
+
+
+def unpack_ack(frame: bytes) -> int | None:
+    """The acknowledged batch number, or None for a frame that is not an ack."""
+    try:
+        message = msgpack.unpackb(frame, max_array_len=4, max_map_len=0, max_str_len=0, max_bin_len=0)
+    except Exception:
+        return None
+    if isinstance(message, list) and len(message) == 2 and message[0] == PROTOCOL:
+        return message[1] if isinstance(message[1], int) else None
+    return None

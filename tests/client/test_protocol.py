@@ -1,0 +1,80 @@
+"""One wire protocol: the builders in stagewatch._protocol make every event, the daemon's
+pydantic models accept exactly what they make, and docs/events.md lists those fields."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagewatch import _protocol as protocol
+from stagewatch.daemon._schema import EVENT_MODELS, validate_event
+
+RUN = str(uuid.uuid4())
+CLIENT = "c0ffee"
+STAGE = {"stage": "detection", "span": 3, "parent_span": 1, "sample_id": "frame_047", "input_path": "/data/47.png"}
+FINISH = {
+    "start_ts_ns": 1_700_000_000_000_000_000,
+    "duration_ms": 12.5,
+    "output_paths": ["/tmp/out.png"],
+    "rss_start_mb": 100.0,
+    "rss_peak_mb": 150.0,
+    "rss_end_mb": 120.0,
+    "gpu_peak_mb": None,
+}
+TS = 1_700_000_000_100_000_000
+
+
+def _examples() -> dict[str, dict[str, Any]]:
+    """One event of every type, each made by its builder."""
+    artifact = f"runs/{RUN}/stages/detection/overlay.png"
+    return {
+        "run_started": protocol.run_started(
+            CLIENT, RUN, TS, pipeline="perception", config={"a": 1}, host="h", pid=7, dataset=None, argv=["x"]
+        ),
+        "stage_started": protocol.stage_started(CLIENT, RUN, TS, **STAGE),
+        "stage_finished": protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **FINISH),
+        "stage_failed": protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **FINISH, error=("E", "m", "tb")),
+        "artifact_saved": protocol.artifact_saved(
+            CLIENT, RUN, TS, stage="detection", span=3, path=artifact, kind="png", size_bytes=10, sample_id=None
+        ),
+        "sample_result": protocol.sample_result(
+            CLIENT, RUN, TS, stage="detection", sample_id="frame_047", path=None, prediction={"boxes": []}
+        ),
+        "log": protocol.log(CLIENT, RUN, TS, level="INFO", message="hello", extra={"k": 1}),
+        "heartbeat": protocol.heartbeat(CLIENT, RUN, TS, rss_mb=12.0),
+        "run_finished": protocol.run_finished(
+            CLIENT, RUN, TS, status="ok", duration_ms=1.0, stages_failed=0, dropped_events=0, error_type=None,
+            error_message=None,
+        ),
+        "client_lost": protocol.client_lost(5, RUN, TS, lost_client_id=CLIENT, last_seen_ns=TS),
+    }  # fmt: skip
+
+
+def test_there_is_a_builder_for_every_event_type() -> None:
+    assert sorted(_examples()) == sorted(protocol.EVENT_TYPES) == sorted(EVENT_MODELS)
+
+
+@pytest.mark.parametrize("event_type", protocol.EVENT_TYPES)
+def test_every_builder_makes_an_event_the_daemon_accepts_with_the_same_fields(event_type: str) -> None:
+    event = _examples()[event_type]
+    assert event["type"] == event_type and event["v"] == protocol.EVENT_VERSION
+    typed = validate_event({"seq": 1, **event})
+    assert type(typed) is EVENT_MODELS[event_type]
+    assert set(event) | {"seq"} == set(EVENT_MODELS[event_type].model_fields)
+    assert typed.model_dump() == {"seq": 1, **event}  # nothing was dropped or coerced
+
+
+def test_docs_list_exactly_the_builders_fields() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    envelope = text[text.index("## Envelope") : text.index("## Types")]
+    types = text[text.index("## Types") : text.index("Names (`pipeline`")]
+    assert re.findall(r"^\| `(\w+)` \|", envelope, re.M) == list(protocol.ENVELOPE_FIELDS)
+    documented = {
+        row[0]: re.findall(r"`(\w+)`", row[1]) for row in re.findall(r"^\| `(\w+)` \| ([^|]*) \|", types, re.M)
+    }
+    expected = {t: [f for f in e if f not in protocol.ENVELOPE_FIELDS] for t, e in _examples().items()}
+    assert documented == expected

@@ -19,7 +19,7 @@ def running_daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[P
     """A real `stagewatch daemon` on a fresh temporary home; stopped and removed after."""
     home = Path(tempfile.mkdtemp(prefix="sw-bench-", dir="/tmp"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home), "--log-level", "WARNING", *extra],
+        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home), "--log-level", "WARNING", *extra],
         env={**os.environ, **(env or {})},
     )
     try:

@@ -121,7 +121,7 @@ def print_dataset(samples: int) -> None:
         frames = [synthetic_frame(i, np.random.default_rng([7, i])) for i in range(samples)]
         spec = write_golden_dataset(Path(folder), frames)
         started = time.perf_counter()
-        validated = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "gt", "validate", str(spec), "--json"],
+        validated = subprocess.run([sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
                                    capture_output=True, text=True, check=True)  # fmt: skip
         validate_s = time.perf_counter() - started
         report = json.loads(validated.stdout)

@@ -37,7 +37,8 @@ from stagewatch._protocol import pack_event
 from stagewatch.daemon import Filters, parse_time, query_logs, query_runs, query_stages, query_stats
 from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan
 from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
-from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
+from stagewatch.daemon import Daemon, DaemonSettings
+from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._stagestats import refresh_summaries
 
 STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("postprocessing", 6.0))
@@ -70,33 +71,31 @@ def _run_events(run_id: str, index: int, t: int, rng: np.random.Generator) -> li
 def _opened(home: Path) -> Daemon:
     daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock",
                                    finished_run_grace_s=0))  # fmt: skip
-    daemon._take_lock()
+    daemon.lock.take()
     daemon.recover()
-    daemon._bind()
+    daemon.ingest.bind()
     return daemon
 
 
 def _closed(daemon: Daemon) -> None:
     daemon.flush(final=True)
-    daemon.router.close(0)
-    daemon.live.close(0)
     daemon.release()
 
 
 def build(home: Path, runs: int) -> tuple[list[str], float]:
     daemon = _opened(home)
-    started, run_ids, group = time.perf_counter(), [], _Group()
+    started, run_ids, group = time.perf_counter(), [], Group()
     for run_id, events in generated_runs(runs, np.random.default_rng(1)):
         run_ids.append(run_id)
-        daemon._take(group, events)
+        daemon.ingest.take(group, events)
         if len(group.payloads) >= 10_000:
-            daemon._commit(group)
-            group = _Group()
+            daemon.ingest.commit(group)
+            group = Group()
             if len(run_ids) % 20_000 < 2_000:
                 daemon.flush()
-    daemon._commit(group)
+    daemon.ingest.commit(group)
     daemon.flush(final=True)
-    compact(home / "metrics", datetime.now(UTC) + timedelta(days=3))  # as the daemon does over time
+    compact(home, datetime.now(UTC) + timedelta(days=3))  # as the daemon does over time
     elapsed = time.perf_counter() - started
     _closed(daemon)
     return run_ids, elapsed
@@ -107,21 +106,21 @@ def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
     as the daemon wrote them before tier merging (the reference), then merged by tier."""
     home = Path(tempfile.mkdtemp(prefix="sw-busy-", dir="/tmp")) / "home"
     try:
-        daemon, run_ids, group = _opened(home), [], _Group()
+        daemon, run_ids, group = _opened(home), [], Group()
         for run_id, events in generated_runs(runs, np.random.default_rng(2), spread_s=3600):
             run_ids.append(run_id)
-            daemon._take(group, events)
+            daemon.ingest.take(group, events)
             if len(run_ids) % runs_per_flush == 0:  # a second's worth: one group, one flush
-                daemon._commit(group)
+                daemon.ingest.commit(group)
                 daemon.flush()
-                group = _Group()
-        daemon._commit(group)
+                group = Group()
+        daemon.ingest.commit(group)
         _closed(daemon)
         target = run_ids[len(run_ids) // 2]
         parts_before = _parts(home)
         unmerged_ms = median_ms(lambda: _by_id(home, target))
-        while plan := tier_plan(home / "metrics"):  # as the daemon's passes do, to the end
-            carry_out(home / "metrics", plan)
+        while plan := tier_plan(home):  # as the daemon's passes do, to the end
+            carry_out(home, plan)
         merged_ms = median_ms(lambda: _by_id(home, target))
         return [
             [f"{runs:,} in an hour", f"query by run id of today, {_parts(home)} parts (ms)", f"{merged_ms:.1f}",

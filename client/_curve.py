@@ -10,22 +10,9 @@ STAGEWATCH_CURVE_CLIENT_KEY.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import zmq
 import zmq.auth
-
-
-def keys_dir(home: Path) -> Path:
-    return home / "keys"
-
-
-def server_secret_file(home: Path) -> Path:
-    return keys_dir(home) / "server.key_secret"
-
-
-def authorized_dir(home: Path) -> Path:
-    return keys_dir(home) / "authorized"
 
 
 def configure_client(socket: zmq.Socket, endpoint: str) -> bool:

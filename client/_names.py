@@ -38,6 +38,14 @@ def is_name(value: object) -> bool:
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
+def is_run_id(value: object) -> bool:
+    try:
+        check_run_id(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def check_run_id(value: object) -> str:
     """Return `value` if it is a canonical UUID string (what `uuid.uuid4()` prints)."""
     if not isinstance(value, str):
@@ -49,11 +57,3 @@ def check_run_id(value: object) -> str:
     if canonical != value:
         raise ValueError(f"expected run id in canonical lower-case form {canonical!r}, got {value!r}")
     return value
-
-
-def artifact_relpath(run_id: str, stage: str, filename: str) -> str:
-    """The artifact's path relative to the home: runs/{run_id}/stages/{stage}/{file}."""
-    check_run_id(run_id)
-    check_name(stage, "stage name")
-    check_name(filename, "file name")
-    return f"runs/{run_id}/stages/{stage}/{filename}"

@@ -23,9 +23,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from stagewatch import _protocol as protocol
-from stagewatch._config import resolve_endpoint, resolve_home, spool_dir
+from stagewatch._home import Home, artifact_relpath, resolve_endpoint
 from stagewatch._memory import BYTES_PER_MB, GpuMemory, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
-from stagewatch._names import artifact_relpath, check_name, check_run_id
+from stagewatch._names import check_name, check_run_id
 from stagewatch._saver import write_artifact
 from stagewatch._transport import Sender, SenderSettings, safe_close
 
@@ -39,7 +39,7 @@ DEFAULT_FLUSH_TIMEOUT_S = 5.0
 class _Process:
     """Everything stagewatch holds per process; rebuilt in a forked child."""
 
-    def __init__(self, home: Path, endpoint: str, settings: SenderSettings) -> None:
+    def __init__(self, home: Home, endpoint: str, settings: SenderSettings) -> None:
         self.home = home
         self.endpoint = endpoint
         self.client_id = uuid.uuid4().hex
@@ -50,7 +50,7 @@ class _Process:
         self.gpu = GpuMemory()
         self.memory_limit, self.memory_limit_source = memory_limit_bytes()
         self.memory_warn_bytes = self.memory_limit * memory_warn_fraction()
-        self.sender = Sender(self.client_id, endpoint, spool_dir(home), settings, self._heartbeat)
+        self.sender = Sender(self.client_id, endpoint, home.spool, settings, self._heartbeat)
 
     def _heartbeat(self) -> dict | None:
         if not _runs:
@@ -68,7 +68,7 @@ _process_lock = threading.Lock()
 _current_stage: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("stagewatch_stage", default=None)
 
 
-def _process_for(home: Path, endpoint: str, settings: SenderSettings) -> _Process:
+def _process_for(home: Home, endpoint: str, settings: SenderSettings) -> _Process:
     global _process
     with _process_lock:
         if _process is None or _process.pid != os.getpid():
@@ -287,10 +287,10 @@ class Stage:
         point cloud), .npy (any array), .json (JSON data). Returns the path relative to the
         home, or None if the disk refused the write (logged once, the pipeline goes on).
         """
-        relpath = artifact_relpath(self.run.id, self.name, check_name(filename, "file name"))
+        relpath = artifact_relpath(self.run.id, self.name, filename)
         process = _process_for_run(self.run)
         try:
-            size = write_artifact(process.home / relpath, value)
+            size = write_artifact(process.home.root / relpath, value)
             self.outputs.append(relpath)
             event = protocol.artifact_saved(
                 process.client_id,
@@ -360,7 +360,7 @@ def _process_for_run(run: Run) -> _Process:
     # No getpid() here (a syscall on the hot path): the fork hook clears `_process`.
     process = _process
     if process is None:
-        process = _process_for(run.home, run.endpoint, run.settings)
+        process = _process_for(run._home, run.endpoint, run.settings)
     return process
 
 
@@ -414,8 +414,9 @@ class Run:
     ) -> None:
         self.pipeline = check_name(pipeline, "pipeline name")
         self.id = check_run_id(run_id) if run_id is not None else str(uuid.uuid4())
-        self.home = resolve_home(home)
-        self.endpoint = resolve_endpoint(self.home, endpoint)
+        self._home = Home.resolve(home)
+        self.home = self._home.root
+        self.endpoint = resolve_endpoint(self._home, endpoint)
         self.settings = settings or SenderSettings()
         # Absolute: the daemon reads it, from its own working directory.
         self.dataset = os.path.abspath(os.fspath(dataset)) if dataset is not None else None
@@ -424,7 +425,7 @@ class Run:
         self._owner_pid = os.getpid()
         self._t0 = time.monotonic_ns()
         snapshot = _snapshot(config)
-        process = _process_for(self.home, self.endpoint, self.settings)
+        process = _process_for(self._home, self.endpoint, self.settings)
         _runs.append(self)
         process.sender.emit(
             protocol.run_started(

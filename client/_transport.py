@@ -24,6 +24,7 @@ from pathlib import Path
 import zmq
 
 from stagewatch._curve import configure_client
+from stagewatch._home import ipc_path
 from stagewatch._protocol import pack_batch, pack_event, unpack_ack
 from stagewatch._spool import SpoolFile
 
@@ -141,7 +142,8 @@ class Sender:
         # While connecting, IMMEDIATE refuses sends as if no daemon were there. Wait a little
         # for the connection, except when the daemon's ipc socket file does not even exist.
         self._connect_deadline = time.monotonic() + self._settings.connect_grace_s
-        if self._endpoint.startswith("ipc://") and not Path(self._endpoint[len("ipc://") :]).exists():
+        socket_file = ipc_path(self._endpoint)
+        if socket_file is not None and not socket_file.exists():
             self._connect_deadline = 0.0
         try:
             while not self._step():

@@ -5,6 +5,9 @@ table = query_stages(Path("output"), Filters(stage="detection", since=parse_time
 stats = query_stats(Path("output"), Filters(since=parse_time("30d")))   # per stage, as `stagewatch stats`
 """
 
+from stagewatch.daemon._daemon import Daemon, DaemonSettings, serve
+from stagewatch.daemon._lock import DaemonAlreadyRunning
+from stagewatch.daemon._logging import configure_logging
 from stagewatch.daemon._query import (
     STATS_COLUMNS,
     Filters,
@@ -18,6 +21,21 @@ from stagewatch.daemon._query import (
 from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
 
 __all__ = [
-    "STATS_COLUMNS", "Filters", "RunNotFound", "list_runs", "load_audit", "parse_time", "query_logs", "query_runs",
-    "query_stages", "query_stats", "resolve_run_id", "stage_stats",
-]  # fmt: skip
+    "STATS_COLUMNS",
+    "Daemon",
+    "DaemonAlreadyRunning",
+    "DaemonSettings",
+    "Filters",
+    "RunNotFound",
+    "configure_logging",
+    "list_runs",
+    "load_audit",
+    "parse_time",
+    "query_logs",
+    "query_runs",
+    "query_stages",
+    "query_stats",
+    "resolve_run_id",
+    "serve",
+    "stage_stats",
+]

@@ -27,8 +27,9 @@ from typing import Any
 
 from loguru import logger
 
+from stagewatch._home import Home
+from stagewatch.daemon._decode import Rejected, decode_event
 from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._ingest import Rejected, decode_event
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 from stagewatch.daemon.groundtruth.samples import StageAccuracy
@@ -147,7 +148,7 @@ def _plain(value: Any) -> Any:
 def fold_log(home: Path, run_ids: set[str] | None = None, dataset: str | None = None) -> AccuracyProjection:
     """Judge every sample result in the log from the start (`eval --run`)."""
     projection = AccuracyProjection(home, dataset)
-    for lsn, payload in EventLog(home / "events").read(0):
+    for lsn, payload in EventLog(Home.of(home).events).read(0):
         event = accuracy_event(payload)
         if event is not None and (run_ids is None or event.run_id in run_ids):
             projection.apply(event, lsn)
@@ -166,7 +167,7 @@ class AccuracyWorker:
     def __init__(self, home: Path, live_endpoint: str | None = None) -> None:
         self.home = home
         self.store = Store(home, CHECKPOINT)
-        self.log = EventLog(home / "events")
+        self.log = EventLog(Home.of(home).events)
         self.projection = AccuracyProjection(home)
         self.live_endpoint = live_endpoint
         self._publisher: Any = None
@@ -220,7 +221,7 @@ class AccuracyWorker:
 
     def _take_lock(self, parent: int, timeout_s: float = 60.0) -> bool:
         """One worker per home: a worker left by a killed daemon may still be finishing."""
-        path = self.home / "state" / "accuracy.lock"
+        path = Home.of(self.home).accuracy_lock
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = open(path, "a")  # noqa: SIM115 - held for the process's life
         deadline = time.monotonic() + timeout_s
@@ -257,7 +258,7 @@ class AccuracyWorker:
             summary = run.summary(coco=coco)
             if coco:
                 self._throttle.spent(run_id, started, time.monotonic())
-            atomic_write(self.home / "runs" / run_id / "accuracy.json", json.dumps(summary, indent=1).encode())
+            atomic_write(Home.of(self.home).accuracy(run_id), json.dumps(summary, indent=1).encode())
             self._publish(summary)
         projection.dirty.clear()
         for run_id in [r for r, run in projection.runs.items() if run.finished]:

@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from loguru import logger
 
+from stagewatch._home import Home, partition_date
 from stagewatch.daemon._readmodels import damage_of
 from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn
 
@@ -70,19 +71,19 @@ def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
     return (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
 
 
-def compact(metrics: Path, now: datetime, min_age_days: int = MIN_AGE_DAYS,
+def compact(home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS,
             progress: Callable[[], object] = lambda: None) -> int:  # fmt: skip
     """Compact every partition older than `min_age_days` holding more than one part."""
     cutoff = aged_cutoff(now, min_age_days)
-    plan = {partition: [parts] for partition, parts in _partitions(metrics)
-            if partition.name[len("date=") :] < cutoff and len(parts) > 1}  # fmt: skip
-    return carry_out(metrics, plan, progress, by_status=True)
+    plan = {partition: [parts] for partition, parts in _partitions(home)
+            if partition_date(partition) < cutoff and len(parts) > 1}  # fmt: skip
+    return carry_out(home, plan, progress, by_status=True)
 
 
-def tier_plan(metrics: Path, fan_in: int = FAN_IN) -> Plan:
+def tier_plan(home: Path | Home, fan_in: int = FAN_IN) -> Plan:
     """Every partition's groups of `fan_in` parts that share a size tier (oldest first)."""
     plan = {}
-    for partition, parts in _partitions(metrics):
+    for partition, parts in _partitions(home):
         groups = tier_groups([(part, part.stat().st_size) for part in parts], fan_in)
         if groups:
             plan[partition] = groups
@@ -97,14 +98,15 @@ def tier_groups(parts: list[tuple[Path, int]], fan_in: int = FAN_IN) -> list[lis
     return [names[i : i + fan_in] for names in by_tier.values() for i in range(0, len(names) - fan_in + 1, fan_in)]
 
 
-def carry_out(metrics: Path, plan: Plan, progress: Callable[[], object] = lambda: None,
+def carry_out(home: Path | Home, plan: Plan, progress: Callable[[], object] = lambda: None,
               deadline: float = math.inf, by_status: bool = False) -> int:  # fmt: skip
     """Merge each group of parts into one, at most `GROUPS_PER_SWAP` groups a swap; call
     `progress` after each swap (the daemon pings systemd's watchdog: a long backlog is work,
     not a hang) and stop once time.monotonic() passes `deadline` (the rest waits for the next
     pass). `by_status`: the aged layout (row groups of one status each). Returns how many
     groups were merged."""
-    finish_interrupted(metrics)
+    home = Home.of(home)
+    finish_interrupted(home)
     merged = 0
     for partition, groups in plan.items():
         schema = TABLES[partition.parent.name]
@@ -115,7 +117,7 @@ def carry_out(metrics: Path, plan: Plan, progress: Callable[[], object] = lambda
             try:
                 tables = [_merged(group, schema, by_status) for group in chunk]
             except (pa.ArrowInvalid, OSError):  # a damaged part: out of the way; the next pass merges the rest
-                if not quarantine_damaged(metrics, [part for group in chunk for part in group]):
+                if not quarantine_damaged(home, [part for group in chunk for part in group]):
                     raise
                 continue
             _swap_in(partition, chunk, tables, by_status)
@@ -124,7 +126,7 @@ def carry_out(metrics: Path, plan: Plan, progress: Callable[[], object] = lambda
     return merged
 
 
-def quarantine_damaged(metrics: Path, parts: list[Path]) -> list[Path]:
+def quarantine_damaged(home: Home, parts: list[Path]) -> list[Path]:
     """Move the parts that cannot be read to quarantine/parts/ (kept, for a look), so that
     neither readers nor merges trip on them again; their rows are still in the event log."""
     moved = []
@@ -132,7 +134,7 @@ def quarantine_damaged(metrics: Path, parts: list[Path]) -> list[Path]:
         damage = damage_of(part)
         if damage is None:
             continue
-        target = metrics.parent / "quarantine" / "parts" / part.parent.parent.name / part.parent.name / part.name
+        target = home.quarantined_part(part)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
         moved.append(target)
@@ -142,11 +144,11 @@ def quarantine_damaged(metrics: Path, parts: list[Path]) -> list[Path]:
     return moved
 
 
-def _partitions(metrics: Path) -> list[tuple[Path, list[Path]]]:
+def _partitions(home: Path | Home) -> list[tuple[Path, list[Path]]]:
     # Only the daemon's own tables: `samples` is written by the accuracy worker, another
     # process, whose new part could land in a partition in the middle of a swap.
     return [(partition, sorted(partition.glob(f"{PART_PREFIX}*.parquet")))
-            for table in DAEMON_TABLES for partition in sorted((metrics / table).glob("date=*"))]  # fmt: skip
+            for table in DAEMON_TABLES for partition in Home.of(home).partitions(table)]  # fmt: skip
 
 
 def _merged(parts: list[Path], schema: pa.Schema, by_status: bool) -> tuple[pa.Table, str]:
@@ -201,17 +203,17 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)  # mtime kept: a stage-stats summary of the part stays current
 
 
-def finish_interrupted(metrics: Path) -> None:
+def finish_interrupted(home: Path | Home) -> None:
     """After a crash: a prepared folder whose partition still exists was not swapped in (or,
     after an exchange, holds the old parts); either way the partition is whole: drop it."""
-    for table in TABLES:
-        for new in (metrics / table).glob(".date=*.new"):
+    for table in map(Home.of(home).table, TABLES):
+        for new in table.glob(".*.new"):
             partition = new.with_name(new.name[1 : -len(".new")])
             if partition.exists():
                 shutil.rmtree(new)
             else:
                 os.replace(new, partition)
-        for old in (metrics / table).glob(".date=*.old"):
+        for old in table.glob(".*.old"):
             shutil.rmtree(old)
 
 

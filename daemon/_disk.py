@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stagewatch.daemon._settings import DiskSection
@@ -66,3 +66,19 @@ def _size(count: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     return f"{count} B"
+
+
+@dataclass
+class DiskStatus:
+    """The last reading and its verdict: maintenance updates it, ingest refuses new events
+    below the floor, the read-model writer puts it in status.json."""
+
+    state: str = OK
+    problems: list[str] = field(default_factory=list)
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+    home_bytes: int | None = None
+
+    @property
+    def below_floor(self) -> bool:
+        return self.state == FLOOR

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stagewatch._home import Home
 from stagewatch.daemon._disk import OK, disk_state, read_disk
 from stagewatch.daemon._settings import Config
 
@@ -27,7 +28,7 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
 
 def _status(home: Path) -> dict[str, Any]:
     try:
-        return json.loads((home / "state" / "status.json").read_text())
+        return json.loads(Home.of(home).status.read_text())
     except (OSError, ValueError):
         return {}
 
@@ -35,7 +36,7 @@ def _status(home: Path) -> dict[str, Any]:
 def daemon_running(home: Path) -> bool:
     """True while a daemon holds the home's lock."""
     try:
-        fd = os.open(home / "daemon.lock", os.O_RDONLY)
+        fd = os.open(Home.of(home).lock, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
@@ -69,14 +70,14 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     recovery = stats.get("recovery", {})
     damaged = recovery.get("corrupt_regions", 0) + recovery.get("replay_corrupt_regions", 0)
     damaged += len(recovery.get("missing_ranges", [])) + (1 if recovery.get("truncated_bytes") else 0)
-    spools = list((home / "spool").glob("*.spool")) if (home / "spool").is_dir() else []
-    quarantined = (
-        sum(1 for p in (home / "quarantine").glob("*.jsonl") for _ in p.open()) if (home / "quarantine").is_dir() else 0
-    )
-    set_aside = list((home / "quarantine" / "parts").rglob("*.parquet"))
+    layout = Home.of(home)
+    spools = list(layout.spool.glob("*.spool")) if layout.spool.is_dir() else []
+    quarantine = layout.quarantine
+    quarantined = sum(1 for p in quarantine.glob("*.jsonl") for _ in p.open()) if quarantine.is_dir() else 0
+    set_aside = list(layout.quarantined_parts.rglob("*.parquet"))
     return [
         _check("tables", not set_aside, f"{len(set_aside)} damaged Parquet part(s) set aside in "
-               f"{home / 'quarantine' / 'parts'}: their rows are missing from queries; `stagewatch rebuild` "
+               f"{layout.quarantined_parts}: their rows are missing from queries; `stagewatch rebuild` "
                "(daemon stopped) regenerates them from the event log" if set_aside
                else "no damaged Parquet part set aside"),
         _check("event log", damaged == 0, f"{damaged} damaged region(s) found at the last start" if damaged

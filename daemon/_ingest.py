@@ -1,88 +1,250 @@
-"""Decoding and validating what arrives: batches from sockets, records from spools and the log.
+"""Ingest: bind, then decode → de-duplicate → append to the event log → fsync → acknowledge.
 
-Bad input never raises out of here: each rejection comes back as a `Rejected` with the
-reason, for the daemon to count and quarantine.
+Each turn takes a group of batches from the ROUTER socket, appends every new valid event
+to the log, fsyncs once (group commit), acknowledges the batches, hands the events to the
+projection (`on_durable`) and forwards them to live-feed subscribers. Invalid events go to
+quarantine; nothing here raises on input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from pydantic import ValidationError
+import zmq
+from loguru import logger
 
-from stagewatch._protocol import PROTOCOL
-from stagewatch.daemon._schema import validate_event
+from stagewatch._home import Home, check_endpoint, ipc_path
+from stagewatch._protocol import HEARTBEAT, pack_ack
+from stagewatch._shared import SHARED_FOLDER_MODE
+from stagewatch._spool import claim_spool_files
+from stagewatch.daemon._decode import Rejected, decode_batch, decode_event
+from stagewatch.daemon._dedup import Deduplicator
+from stagewatch.daemon._disk import DiskStatus
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._quarantine import Quarantine
+from stagewatch.daemon._stats import DaemonStats, WriteErrors
 
-MAX_EVENT_BYTES = 1024 * 1024
-MAX_BATCH_EVENTS = 100_000
+RECEIVE_HWM_FRAMES = 64
+LIVE_HWM_MESSAGES = 16
+
+
+@dataclass
+class Group:
+    """Events taken in one turn, before they are durable."""
+
+    payloads: list[bytes] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    acks: list[tuple[bytes, int]] = field(default_factory=list)
+    keys: set[tuple[str, int]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
-class Rejected:
-    reason: str
-    raw: bytes
-    client_id: str | None = None
+class IngestSettings:
+    endpoint: str
+    live_endpoint: str
+    accuracy_endpoint: str | None
+    max_frame_bytes: int
+    max_group_events: int
+    group_access: bool
 
 
-@dataclass(frozen=True)
-class Batch:
-    client_id: str
-    batch_no: int
-    payloads: list[bytes]
+def _require_curve(context: zmq.Context, router: zmq.Socket, home: Home) -> Any:
+    """Serve with CURVE: clients whose public key is not authorized are refused."""
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
+    if not home.server_secret_key.exists():
+        raise ValueError(f"a TCP endpoint needs CURVE keys: run `stagewatch keys init --home {home.root}`")
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=str(home.authorized_keys))
+    public, secret = zmq.auth.load_certificate(str(home.server_secret_key))
+    router.curve_server = True
+    router.curve_publickey = public
+    router.curve_secretkey = secret
+    return authenticator
 
 
-def decode_batch(frame: bytes) -> Batch | Rejected:
-    """The batch in a client's frame (see stagewatch._protocol), or why it is not one."""
-    try:
-        message = msgpack.unpackb(
-            frame,
-            raw=False,
-            max_array_len=MAX_BATCH_EVENTS,
-            max_map_len=0,
-            max_str_len=256,
-            max_bin_len=MAX_EVENT_BYTES,
-            max_ext_len=0,
-        )
-    except Exception as error:
-        return Rejected(f"undecodable batch: {type(error).__name__}: {error}", frame)
-    if not (isinstance(message, list) and len(message) == 4 and message[0] == PROTOCOL):
-        return Rejected(f"expected [{PROTOCOL}, client_id, batch_no, events], got {_describe(message)}", frame)
-    _, client_id, batch_no, payloads = message
-    if not isinstance(client_id, str) or not isinstance(batch_no, int) or not isinstance(payloads, list):
-        return Rejected("batch fields have the wrong types", frame)
-    if not all(isinstance(payload, bytes) for payload in payloads):
-        return Rejected("batch events must be msgpack-packed bytes", frame, client_id)
-    return Batch(client_id, batch_no, payloads)
+class Ingest:
+    def __init__(
+        self,
+        home: Home,
+        settings: IngestSettings,
+        log: EventLog,
+        disk: DiskStatus,
+        stats: DaemonStats,
+        write_error: WriteErrors,
+        on_durable: Callable[[Any, int], None],
+    ) -> None:
+        self.home = home
+        self.settings = settings
+        self.log = log
+        self.disk = disk
+        self.stats = stats
+        self.write_error = write_error
+        self.on_durable = on_durable  # each event once it is in the log, with its position
+        self.dedup = Deduplicator()
+        self.quarantine = Quarantine(home, stats, write_error)
+        self.last_seen: dict[str, float] = {}  # client -> monotonic time of its last batch
+        self._context = zmq.Context()
+        self._authenticator: Any = None
+        self.router: zmq.Socket | None = None
+        self.live: zmq.Socket | None = None
 
+    # -- sockets -------------------------------------------------------------------------
+    def endpoints(self) -> list[str]:
+        settings = self.settings
+        return [e for e in (settings.endpoint, settings.live_endpoint, settings.accuracy_endpoint) if e]
 
-def decode_event(payload: bytes) -> Any | Rejected:
-    """The validated event in one packed payload, or why it was refused."""
-    if len(payload) > MAX_EVENT_BYTES:
-        return Rejected(f"event of {len(payload)} bytes exceeds {MAX_EVENT_BYTES}", payload[:4096])
-    try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_ext_len=0)
-    except Exception as error:
-        return Rejected(f"undecodable event: {type(error).__name__}: {error}", payload)
-    try:
-        return validate_event(raw)
-    except ValidationError as error:
-        client_id = raw.get("client_id") if isinstance(raw, dict) else None
-        return Rejected(_first_errors(error), payload, client_id if isinstance(client_id, str) else None)
-    except (RecursionError, ValueError, TypeError) as error:
-        return Rejected(f"invalid event: {type(error).__name__}: {error}", payload)
+    def bind(self) -> None:
+        # Only the owner may connect, or with group access the home's group too. The setgid
+        # bit makes what clients create inherit the group (and tells them to share it).
+        folder_mode = SHARED_FOLDER_MODE if self.settings.group_access else 0o700
+        if self.settings.group_access:
+            for folder in self.home.shared_folders():
+                folder.mkdir(exist_ok=True)
+                folder.chmod(folder_mode)
+        for endpoint in self.endpoints():
+            check_endpoint(endpoint)
+            socket_file = ipc_path(endpoint)
+            if socket_file is not None:
+                socket_file.parent.mkdir(parents=True, exist_ok=True)
+                socket_file.parent.chmod(folder_mode)
+        self.router = self._router()
+        self.live = self._context.socket(zmq.PUB)
+        # A message is a whole group (up to 10k events): a stalled subscriber may hold back
+        # 16 of them, then it misses messages; the daemon never waits and never grows.
+        self.live.setsockopt(zmq.SNDHWM, LIVE_HWM_MESSAGES)
+        self.live.setsockopt(zmq.LINGER, 0)
+        self.live.bind(self.settings.live_endpoint)
+        if self.settings.group_access:
+            for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
+                socket_file = ipc_path(endpoint)
+                if socket_file is not None:
+                    socket_file.chmod(0o660)
 
+    def _router(self) -> zmq.Socket:
+        router = self._context.socket(zmq.ROUTER)
+        if self.settings.endpoint.startswith("tcp://"):  # TCP is served with CURVE only
+            self._authenticator = _require_curve(self._context, router, self.home)
+        router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes)
+        # Per client, at most this many frames wait in memory; a flooding client is slowed
+        # by its own send queue filling up, and the daemon's memory stays bounded.
+        router.setsockopt(zmq.RCVHWM, RECEIVE_HWM_FRAMES)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(self.settings.endpoint)
+        return router
 
-def _first_errors(error: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for item in error.errors()[:limit]:
-        location = ".".join(str(part) for part in item["loc"])
-        parts.append(f"{location}: {item['msg']}")
-    more = f" (+{error.error_count() - limit} more)" if error.error_count() > limit else ""
-    return "invalid event: " + "; ".join(parts) + more
+    def close(self) -> None:
+        """Close the sockets and the context; remove the ipc socket files (a stale one would
+        look like a daemon)."""
+        for socket in (self.router, self.live):
+            if socket is not None:
+                socket.close(0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        if self.router is not None:
+            for endpoint in self.endpoints():
+                socket_file = ipc_path(endpoint)
+                if socket_file is not None:
+                    socket_file.unlink(missing_ok=True)
+        self._context.term()
 
+    def wait(self, timeout_ms: int) -> bool:
+        return bool(self.router.poll(timeout_ms, zmq.POLLIN))
 
-def _describe(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    # -- the path of an event ------------------------------------------------------------
+    def receive(self, now: float) -> None:
+        """Take what the socket holds (up to a group's worth) and commit it."""
+        group = Group()
+        while len(group.payloads) < self.settings.max_group_events:
+            try:
+                identity, frame = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except ValueError:  # a frame count other than two: not one of ours
+                self.quarantine.keep([Rejected("unexpected frame layout", b"")])
+                continue
+            batch = decode_batch(frame)
+            if isinstance(batch, Rejected):
+                self.quarantine.keep([batch])
+                continue
+            self.last_seen[batch.client_id] = now
+            self.stats.batches += 1
+            self.take(group, batch.payloads)
+            group.acks.append((identity, batch.batch_no))
+        self.commit(group)
+
+    def take(self, group: Group, payloads: list[bytes]) -> None:
+        """Add the new valid events among `payloads` to `group`; quarantine the invalid."""
+        rejected = []
+        for payload in payloads:
+            event = decode_event(payload)
+            if isinstance(event, Rejected):
+                rejected.append(event)
+                continue
+            key = (event.client_id, event.seq)
+            if key in group.keys or self.dedup.seen(*key):
+                self.stats.duplicates += 1
+                continue
+            group.keys.add(key)
+            group.payloads.append(payload)
+            group.events.append(event)
+        self.quarantine.keep(rejected)
+
+    def commit(self, group: Group) -> bool:
+        """Make the group durable, acknowledge it, project it. False if the disk refused."""
+        if group.payloads and self.disk.below_floor:
+            # Below the floor nothing new is written: clients keep their events (unacked).
+            self.write_error("{}", OSError(28, self.disk.problems[0]))
+            return False
+        if group.payloads:
+            try:
+                lsns = self.log.append(group.payloads)
+                self.log.sync()
+            except OSError as error:
+                self.write_error("cannot write the event log ({}); batches stay unacknowledged", error)
+                return False
+            for event, lsn in zip(group.events, lsns, strict=True):
+                self.dedup.mark(event.client_id, event.seq)
+                self.on_durable(event, lsn)
+            self.stats.accepted += len(group.payloads)
+        for identity, batch_no in group.acks:
+            with contextlib.suppress(zmq.ZMQError):
+                self.router.send_multipart([identity, pack_ack(batch_no)], zmq.NOBLOCK)
+        self._publish(group)
+        return True
+
+    def _publish(self, group: Group) -> None:
+        """Forward the group to live-feed subscribers as one message: [b"events", msgpack
+        list of packed events]. A slow subscriber misses messages; ingest never waits."""
+        payloads = [p for p, e in zip(group.payloads, group.events, strict=True) if e.type != HEARTBEAT]
+        if payloads:
+            self.publish(b"events", msgpack.packb(payloads, use_bin_type=True))
+
+    def publish(self, topic: bytes, body: bytes) -> None:
+        if self.live is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.live.send_multipart([topic, body], zmq.NOBLOCK)
+
+    def ingest_spools(self) -> None:
+        """Ingest spool files left by clients that have exited, then delete them."""
+        for path, payloads, scan in claim_spool_files(self.home.spool):
+            group = Group()
+            self.take(group, payloads)
+            if not self.commit(group):
+                return
+            if scan.corrupt_regions or scan.tail_bytes:
+                logger.warning(
+                    "spool {}: {} damaged region(s), {} tail bytes skipped",
+                    path.name,
+                    scan.corrupt_regions,
+                    scan.tail_bytes,
+                )
+            self.stats.spool_files += 1
+            self.stats.spool_events += len(group.payloads)
+            path.unlink(missing_ok=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,19 +42,60 @@ def _iso_second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _new_run(run_id: str) -> dict[str, Any]:
-    return {
-        "schema": AUDIT_SCHEMA, "run_id": run_id, "pipeline": None, "status": "running",
-        "complete": False, "started_at": None, "finished_at": None, "duration_ms": None,
-        "host": None, "pid": None, "client_id": None, "argv": [], "config": {}, "dataset": None,
-        "error": None,
-        "counts": {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "artifacts": 0, "events": 0},
-        "errors": [], "errors_dropped": 0, "first_failed_stage": None,
-        "start_ns": None, "end_ns": None, "last_lsn": -1,
-        "open": {},  # "client:span" -> stage entry, for stages still running
-        "ended": OrderedDict(),  # "client:span" -> None: the most recently ended stages
-        "stages_bytes": 0,  # how much of stages.jsonl this state accounts for
-    }  # fmt: skip
+def _new_counts() -> dict[str, int]:
+    return {"stages": 0, "ok": 0, "failed": 0, "crashed": 0, "artifacts": 0, "events": 0}
+
+
+@dataclass(slots=True)
+class RunState:
+    """What the projection holds of one run: the audit trail's summary, its errors and its
+    *open* stages (an ended stage leaves as an audit line and a table row)."""
+
+    run_id: str
+    pipeline: str | None = None
+    status: str = "running"
+    complete: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    client_id: str | None = None
+    argv: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    error: dict[str, Any] | None = None
+    counts: dict[str, int] = field(default_factory=_new_counts)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    errors_dropped: int = 0
+    first_failed_stage: str | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    last_lsn: int = -1
+    last_rss_mb: dict[str, float] = field(default_factory=dict)  # client -> its last heartbeat's RSS
+    open: dict[str, dict[str, Any]] = field(default_factory=dict)  # "client:span" -> running stage entry
+    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)  # "client:span": recently ended
+
+    def to_state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _RUN_FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunState:
+        known = {name: state[name] for name in _RUN_FIELDS if name in state}  # a checkpoint may hold older keys
+        run = cls(**known)
+        run.ended = OrderedDict(run.ended)
+        return run
+
+    def audit_summary(self) -> dict[str, Any]:
+        """The run's part of audit.json (its stages are added by the writer)."""
+        summary = {"schema": AUDIT_SCHEMA}
+        summary.update((name, getattr(self, name)) for name in _AUDIT_FIELDS)
+        summary["counts"] = {**self.counts, "running": len(self.open)}
+        return summary
+
+
+_RUN_FIELDS = [f.name for f in fields(RunState)]
+_AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended")]
 
 
 def _new_stage(event: Any) -> dict[str, Any]:
@@ -71,10 +114,13 @@ def _span_key(event: Any) -> str:
 
 
 class Projector:
-    """Folds events into audit trails and rows for Parquet tables."""
+    """Folds events into run states, ended-stage audit lines and rows for Parquet tables.
+
+    `apply` is the only way state changes; the read-model writer takes what it produced
+    (`take_output`, `take_dirty`) and never changes the state itself."""
 
     def __init__(self) -> None:
-        self.runs: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, RunState] = {}
         self.closed: OrderedDict[str, str | None] = OrderedDict()  # evicted finished runs -> pipeline
         self.late_events = 0
         self.rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLE_NAMES}
@@ -83,14 +129,13 @@ class Projector:
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        return {"runs": self.runs, "closed": self.closed, "late_events": self.late_events}
+        runs = {run_id: run.to_state() for run_id, run in self.runs.items()}
+        return {"runs": runs, "closed": self.closed, "late_events": self.late_events}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
         projector = cls()
-        projector.runs = state.get("runs", {})
-        for run in projector.runs.values():
-            run["ended"] = OrderedDict(run["ended"])
+        projector.runs = {run_id: RunState.from_state(run) for run_id, run in state.get("runs", {}).items()}
         projector.closed = OrderedDict(state.get("closed", {}))
         projector.late_events = state.get("late_events", 0)
         return projector
@@ -105,167 +150,174 @@ class Projector:
             return
         run = self.runs.get(event.run_id)
         if run is None:
-            run = self.runs[event.run_id] = _new_run(event.run_id)
-        run["counts"]["events"] += 1
-        run["last_lsn"] = lsn
-        getattr(self, f"_on_{event.type}")(run, event, lsn)
+            run = self.runs[event.run_id] = RunState(event.run_id)
+        run.counts["events"] += 1
+        run.last_lsn = lsn
+        HANDLERS[event.type](self, run, event, lsn)
         self.dirty.add(event.run_id)
 
     def _on_heartbeat(self, event: Any) -> None:
         """Keep each client's last RSS reading: what a stage killed without warning is left with."""
         run = self.runs.get(event.run_id)
         if run is not None and event.rss_mb is not None:
-            run.setdefault("last_rss_mb", {})[event.client_id] = event.rss_mb
+            run.last_rss_mb[event.client_id] = event.rss_mb
 
-    def _on_run_started(self, run: dict, event: Any, lsn: int) -> None:
-        run.update(pipeline=event.pipeline, host=event.host, pid=event.pid, client_id=event.client_id,
-                   argv=list(event.argv), config=event.config, dataset=event.dataset,
-                   start_ns=event.ts_ns, started_at=iso(event.ts_ns))  # fmt: skip
+    def _on_run_started(self, run: RunState, event: Any, lsn: int) -> None:
+        run.pipeline, run.host, run.pid, run.client_id = event.pipeline, event.host, event.pid, event.client_id
+        run.argv, run.config, run.dataset = list(event.argv), event.config, event.dataset
+        run.start_ns, run.started_at = event.ts_ns, iso(event.ts_ns)
 
-    def _open_entry(self, run: dict, event: Any) -> dict[str, Any]:
-        entry = run["open"].get(_span_key(event))
+    def _open_entry(self, run: RunState, event: Any) -> dict[str, Any]:
+        entry = run.open.get(_span_key(event))
         if entry is None:
-            entry = run["open"][_span_key(event)] = _new_stage(event)
-            run["counts"]["stages"] += 1
+            entry = run.open[_span_key(event)] = _new_stage(event)
+            run.counts["stages"] += 1
         return entry
 
-    def _on_stage_started(self, run: dict, event: Any, lsn: int) -> None:
-        if _span_key(event) in run["ended"]:
+    def _on_stage_started(self, run: RunState, event: Any, lsn: int) -> None:
+        if _span_key(event) in run.ended:
             return  # a start that arrives after its end adds nothing
         entry = self._open_entry(run, event)
         if entry["start_ns"] is None:
             entry.update(start_ns=event.ts_ns, started_at=iso(event.ts_ns))
 
-    def _on_stage_finished(self, run: dict, event: Any, lsn: int) -> None:
-        if _span_key(event) in run["ended"]:
+    def _on_stage_finished(self, run: RunState, event: Any, lsn: int) -> None:
+        if _span_key(event) in run.ended:
             return  # already ended: a crash verdict that a late finish cannot undo
         entry = self._open_entry(run, event)
         status = "failed" if event.type == "stage_failed" else "ok"
         end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)
         entry.update(
-            status=status, start_ns=event.start_ts_ns, started_at=iso(event.start_ts_ns),
-            finished_at=iso(end_ns), duration_ms=event.duration_ms, input_path=event.input_path,
-            sample_id=event.sample_id, parent_span=event.parent_span, output_paths=list(event.output_paths),
-            memory={"rss_start_mb": event.rss_start_mb, "rss_peak_mb": event.rss_peak_mb,
-                    "rss_end_mb": event.rss_end_mb, "gpu_peak_mb": event.gpu_peak_mb},
-        )  # fmt: skip
+            status=status,
+            start_ns=event.start_ts_ns,
+            started_at=iso(event.start_ts_ns),
+            finished_at=iso(end_ns),
+            duration_ms=event.duration_ms,
+            input_path=event.input_path,
+            sample_id=event.sample_id,
+            parent_span=event.parent_span,
+            output_paths=list(event.output_paths),
+            memory={
+                "rss_start_mb": event.rss_start_mb,
+                "rss_peak_mb": event.rss_peak_mb,
+                "rss_end_mb": event.rss_end_mb,
+                "gpu_peak_mb": event.gpu_peak_mb,
+            },
+        )
         if status == "failed":
             entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
         self._end_stage(run, entry, end_ns, lsn)
 
-    _on_stage_failed = _on_stage_finished
-
-    def _end_stage(self, run: dict, entry: dict, end_ns: int, lsn: int) -> None:
+    def _end_stage(self, run: RunState, entry: dict, end_ns: int, lsn: int) -> None:
         """Move an ended stage out of the run's state: into an audit line and a row."""
         key = f"{entry['client_id']}:{entry['span']}"
-        del run["open"][key]
-        ended = run["ended"]
-        ended[key] = None
-        if len(ended) > RECENTLY_ENDED:
-            ended.popitem(last=False)  # O(1); next(iter(dict)) degrades as the front empties
-        run["counts"][entry["status"]] += 1
+        del run.open[key]
+        run.ended[key] = None
+        if len(run.ended) > RECENTLY_ENDED:
+            run.ended.popitem(last=False)  # O(1); next(iter(dict)) degrades as the front empties
+        run.counts[entry["status"]] += 1
         if entry["error"] is not None:
             self._record_error(run, entry, end_ns)
-        self.stage_lines.setdefault(run["run_id"], []).append(entry)
-        self.rows["stage_executions"].append(self._stage_row(run, entry, end_ns, lsn))
+        self.stage_lines.setdefault(run.run_id, []).append(entry)
+        self.rows["stage_executions"].append(_stage_row(run, entry, end_ns, lsn))
 
-    def _record_error(self, run: dict, entry: dict, end_ns: int) -> None:
-        run["first_failed_stage"] = run["first_failed_stage"] or entry["stage"]
-        if len(run["errors"]) >= MAX_ERRORS_PER_RUN:  # every error stays in stages.jsonl
-            run["errors_dropped"] += 1
+    def _record_error(self, run: RunState, entry: dict, end_ns: int) -> None:
+        run.first_failed_stage = run.first_failed_stage or entry["stage"]
+        if len(run.errors) >= MAX_ERRORS_PER_RUN:  # every error stays in stages.jsonl
+            run.errors_dropped += 1
             return
-        run["errors"].append({
-            "stage": entry["stage"], "span": entry["span"], "client_id": entry["client_id"],
-            "sample_id": entry["sample_id"], "type": entry["error"]["type"],
-            "message": entry["error"]["message"], "at": iso(end_ns), "input_path": entry["input_path"],
-        })  # fmt: skip
+        run.errors.append(
+            {
+                "stage": entry["stage"],
+                "span": entry["span"],
+                "client_id": entry["client_id"],
+                "sample_id": entry["sample_id"],
+                "type": entry["error"]["type"],
+                "message": entry["error"]["message"],
+                "at": iso(end_ns),
+                "input_path": entry["input_path"],
+            }
+        )
 
-    def _stage_row(self, run: dict, entry: dict, end_ns: int, lsn: int) -> dict[str, Any]:
-        error = entry["error"] or {}
-        return {
-            "run_id": run["run_id"], "pipeline": run["pipeline"], "stage": entry["stage"],
-            "status": entry["status"], "sample_id": entry["sample_id"], "client_id": entry["client_id"],
-            "span": entry["span"], "parent_span": entry["parent_span"],
-            "start_time": entry["start_ns"], "end_time": end_ns, "duration_ms": entry["duration_ms"],
-            **entry["memory"], "input_path": entry["input_path"], "output_paths": entry["output_paths"],
-            "error_type": error.get("type"), "error_message": error.get("message"), "lsn": lsn,
-        }  # fmt: skip
-
-    def _on_artifact_saved(self, run: dict, event: Any, lsn: int) -> None:
+    def _on_artifact_saved(self, run: RunState, event: Any, lsn: int) -> None:
         # Saved inside the stage, so it comes before the stage's end (per client order).
         entry = self._open_entry(run, event)
-        entry["artifacts"].append({"path": event.path, "kind": event.kind, "bytes": event.bytes,
-                                   "sample_id": event.sample_id})  # fmt: skip
-        run["counts"]["artifacts"] += 1
+        artifact = {"path": event.path, "kind": event.kind, "bytes": event.bytes, "sample_id": event.sample_id}
+        entry["artifacts"].append(artifact)
+        run.counts["artifacts"] += 1
 
-    def _on_run_finished(self, run: dict, event: Any, lsn: int) -> None:
-        if run["complete"]:
+    def _on_run_finished(self, run: RunState, event: Any, lsn: int) -> None:
+        if run.complete:
             return
-        failed = event.status == "failed" or run["counts"]["failed"] > 0
+        failed = event.status == "failed" or run.counts["failed"] > 0
         error = {"type": event.error_type, "message": event.error_message} if event.error_type else None
         self._close_run(run, "failed" if failed else "ok", event.ts_ns, lsn, error, event.duration_ms)
 
-    def _on_client_lost(self, run: dict, event: Any, lsn: int) -> None:
+    def _on_client_lost(self, run: RunState, event: Any, lsn: int) -> None:
         lost = event.lost_client_id
-        for entry in [e for e in run["open"].values() if e["client_id"] == lost]:
+        for entry in [e for e in run.open.values() if e["client_id"] == lost]:
             start = entry["start_ns"] or event.last_seen_ns
             end = max(start, event.last_seen_ns)
-            last_rss = run.get("last_rss_mb", {}).get(lost)
+            last_rss = run.last_rss_mb.get(lost)
             message = "the process died during this stage" + (
                 f" (last RSS reading {last_rss:.0f} MB)" if last_rss is not None else ""
             )
             entry["memory"]["rss_end_mb"] = last_rss
-            entry.update(status="crashed", start_ns=start, started_at=iso(start), finished_at=iso(end),
-                         duration_ms=(end - start) / 1e6,
-                         error={"type": "ClientLost", "message": message, "traceback": ""})  # fmt: skip
+            entry.update(
+                status="crashed",
+                start_ns=start,
+                started_at=iso(start),
+                finished_at=iso(end),
+                duration_ms=(end - start) / 1e6,
+                error={"type": "ClientLost", "message": message, "traceback": ""},
+            )
             self._end_stage(run, entry, end, lsn)
-        if run["client_id"] in (lost, None) and not run["complete"]:
+        if run.client_id in (lost, None) and not run.complete:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
             self._close_run(run, "crashed", event.last_seen_ns, lsn, {"type": "ClientLost", "message": message})
 
-    def _close_run(self, run: dict, status: str, end_ns: int, lsn: int, error: dict | None,
-                   duration_ms: float | None = None) -> None:  # fmt: skip
-        if status == "ok" and run["counts"]["crashed"]:
+    def _close_run(
+        self, run: RunState, status: str, end_ns: int, lsn: int, error: dict | None, duration_ms: float | None = None
+    ) -> None:
+        if status == "ok" and run.counts["crashed"]:
             status = "failed"
-        start = run["start_ns"] or end_ns
+        start = run.start_ns or end_ns
         if duration_ms is None:  # no monotonic reading from the client: use wall clock
             duration_ms = (end_ns - start) / 1e6
-        run.update(status=status, complete=True, end_ns=end_ns, finished_at=iso(end_ns),
-                   duration_ms=duration_ms, error=error)  # fmt: skip
-        self.rows["runs"].append(self._run_row(run, lsn))
+        run.status, run.complete, run.error = status, True, error
+        run.end_ns, run.finished_at, run.duration_ms = end_ns, iso(end_ns), duration_ms
+        self.rows["runs"].append(_run_row(run, lsn))
 
-    def _run_row(self, run: dict, lsn: int) -> dict[str, Any]:
-        first_error = run["error"] or (run["errors"][0] if run["errors"] else {})
-        counts = run["counts"]
-        return {
-            "run_id": run["run_id"], "pipeline": run["pipeline"], "status": run["status"],
-            "host": run["host"], "pid": run["pid"], "start_time": run["start_ns"], "end_time": run["end_ns"],
-            "duration_ms": run["duration_ms"], "stages": counts["stages"], "stages_failed": counts["failed"],
-            "stages_crashed": counts["crashed"], "failed_stage": run["first_failed_stage"],
-            "error_type": first_error.get("type"), "error_message": first_error.get("message"),
-            "dataset": run["dataset"], "lsn": lsn,
-        }  # fmt: skip
+    def _on_log(self, run: RunState, event: Any, lsn: int) -> None:
+        run.counts["logs"] = run.counts.get("logs", 0) + 1
+        extra = json.dumps(event.extra, default=str, sort_keys=True) if event.extra else None
+        self.rows["logs"].append(
+            {
+                "run_id": run.run_id,
+                "pipeline": run.pipeline,
+                "time": event.ts_ns,
+                "level": event.level,
+                "stage": event.stage,
+                "sample_id": event.sample_id,
+                "logger": event.logger,
+                "message": event.message,
+                "extra": extra,
+                "client_id": event.client_id,
+                "lsn": lsn,
+            }
+        )
 
-    def _on_log(self, run: dict, event: Any, lsn: int) -> None:
-        run["counts"]["logs"] = run["counts"].get("logs", 0) + 1
-        self.rows["logs"].append({
-            "run_id": run["run_id"], "pipeline": run["pipeline"], "time": event.ts_ns, "level": event.level,
-            "stage": event.stage, "sample_id": event.sample_id, "logger": event.logger, "message": event.message,
-            "extra": json.dumps(event.extra, default=str, sort_keys=True) if event.extra else None,
-            "client_id": event.client_id, "lsn": lsn,
-        })  # fmt: skip
+    def _on_sample_result(self, run: RunState, event: Any, lsn: int) -> None:
+        run.counts["sample_results"] = run.counts.get("sample_results", 0) + 1
 
-    def _on_sample_result(self, run: dict, event: Any, lsn: int) -> None:
-        run["counts"]["sample_results"] = run["counts"].get("sample_results", 0) + 1
-
-    # -- what the daemon asks ------------------------------------------------------------
+    # -- what the others ask -------------------------------------------------------------
     def open_work(self) -> dict[str, set[str]]:
         """client id -> runs where it owns an unfinished run or has a running stage."""
         work: dict[str, set[str]] = {}
         for run_id, run in self.runs.items():
-            if not run["complete"] and run["client_id"]:
-                work.setdefault(run["client_id"], set()).add(run_id)
-            for entry in run["open"].values():
+            if not run.complete and run.client_id:
+                work.setdefault(run.client_id, set()).add(run_id)
+            for entry in run.open.values():
                 work.setdefault(entry["client_id"], set()).add(run_id)
         return work
 
@@ -275,13 +327,79 @@ class Projector:
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
         return output
 
+    def take_dirty(self) -> set[str]:
+        """The runs whose audit trail changed since the last call."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
     def finished_runs(self) -> list[str]:
         """Runs that are complete with nothing running."""
-        return [r for r, run in self.runs.items() if run["complete"] and not run["open"]]
+        return [r for r, run in self.runs.items() if run.complete and not run.open]
 
     def evict(self, run_ids: list[str]) -> None:
         """Forget finished runs (their audit is on disk); later events for them are late."""
         for run_id in run_ids:
-            self.closed[run_id] = self.runs.pop(run_id)["pipeline"]
+            self.closed[run_id] = self.runs.pop(run_id).pipeline
         while len(self.closed) > MAX_CLOSED_RUNS:
             self.closed.popitem(last=False)
+
+
+Handler = Callable[[Projector, RunState, Any, int], None]
+# Event type -> what folds it into its run (heartbeats carry no run state of their own).
+HANDLERS: dict[str, Handler] = {
+    "run_started": Projector._on_run_started,
+    "stage_started": Projector._on_stage_started,
+    "stage_finished": Projector._on_stage_finished,
+    "stage_failed": Projector._on_stage_finished,
+    "artifact_saved": Projector._on_artifact_saved,
+    "sample_result": Projector._on_sample_result,
+    "log": Projector._on_log,
+    "run_finished": Projector._on_run_finished,
+    "client_lost": Projector._on_client_lost,
+}
+
+
+def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> dict[str, Any]:
+    error = entry["error"] or {}
+    return {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "stage": entry["stage"],
+        "status": entry["status"],
+        "sample_id": entry["sample_id"],
+        "client_id": entry["client_id"],
+        "span": entry["span"],
+        "parent_span": entry["parent_span"],
+        "start_time": entry["start_ns"],
+        "end_time": end_ns,
+        "duration_ms": entry["duration_ms"],
+        **entry["memory"],
+        "input_path": entry["input_path"],
+        "output_paths": entry["output_paths"],
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+        "lsn": lsn,
+    }
+
+
+def _run_row(run: RunState, lsn: int) -> dict[str, Any]:
+    first_error = run.error or (run.errors[0] if run.errors else {})
+    counts = run.counts
+    return {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "status": run.status,
+        "host": run.host,
+        "pid": run.pid,
+        "start_time": run.start_ns,
+        "end_time": run.end_ns,
+        "duration_ms": run.duration_ms,
+        "stages": counts["stages"],
+        "stages_failed": counts["failed"],
+        "stages_crashed": counts["crashed"],
+        "failed_stage": run.first_failed_stage,
+        "error_type": first_error.get("type"),
+        "error_message": first_error.get("message"),
+        "dataset": run.dataset,
+        "lsn": lsn,
+    }

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from stagewatch._home import Home
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._store import RUNS, TABLES
 
@@ -45,7 +46,7 @@ def read_table(home: Path, table: str, expression: ds.Expression | None = None, 
 
 def _read_once(home: Path, table: str, expression: ds.Expression | None, dates: list[str] | None,
                columns: list[str] | None, dictionary: tuple[str, ...]) -> pa.Table:  # fmt: skip
-    folder = home / "metrics" / table
+    folder = Home.of(home).table(table)
     schema = _with_date(TABLES[table])
     if not folder.is_dir():
         return _select(schema.empty_table(), columns)
@@ -57,7 +58,8 @@ def _read_once(home: Path, table: str, expression: ds.Expression | None, dates: 
     if dates is None:
         dataset = ds.dataset(folder, format=file_format, partitioning="hive", schema=schema)
     else:
-        files = sorted(str(path) for date in dates for path in (folder / f"date={date}").glob("*.parquet"))
+        partitions = [Home.of(home).partition(table, date) for date in dates]
+        files = sorted(str(path) for partition in partitions for path in partition.glob("*.parquet"))
         if not files:
             return _select(schema.empty_table(), columns)
         dataset = _files_dataset(files, folder, file_format, schema)
@@ -113,7 +115,7 @@ def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
 
 def runs_being_removed(home: Path) -> list[str]:
     try:
-        return json.loads((home / "state" / "gc-intent.json").read_text())["runs"]
+        return json.loads(Home.of(home).gc_intent.read_text())["runs"]
     except (OSError, ValueError, KeyError):
         return []
 
@@ -121,7 +123,7 @@ def runs_being_removed(home: Path) -> list[str]:
 def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
     """The run's accuracy.json (written for runs with a golden dataset), or None."""
     try:
-        return json.loads((home / "runs" / run_id / "accuracy.json").read_text())
+        return json.loads(Home.of(home).accuracy(run_id).read_text())
     except (OSError, ValueError):
         return None
 
@@ -181,7 +183,7 @@ def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
 
 def _active_runs(home: Path) -> list[dict[str, Any]]:
     try:
-        return json.loads((home / "state" / "status.json").read_text())["active_runs"]
+        return json.loads(Home.of(home).status.read_text())["active_runs"]
     except (OSError, ValueError, KeyError):
         return []
 
@@ -193,10 +195,10 @@ def resolve_run_id(home: Path, prefix: str) -> str:
         raise RunNotFound(f"expected a run id or a unique prefix of one, got {prefix!r}")
     # The run index answers from one small file; listing runs/ (a million entries) is the fallback.
     indexed = runs_with_prefix(home, prefix) or []
-    names = [name for name in indexed if (home / "runs" / name).is_dir()]
+    names = [name for name in indexed if Home.of(home).run(name).is_dir()]
     if not names:
         try:
-            names = [entry.name for entry in os.scandir(home / "runs") if entry.name.startswith(prefix)]
+            names = [entry.name for entry in os.scandir(Home.of(home).runs) if entry.name.startswith(prefix)]
         except FileNotFoundError:
             names = []
     names = [name for name in names if name not in runs_being_removed(home)]
@@ -214,16 +216,16 @@ def load_audit(home: Path, run_id: str) -> dict[str, Any]:
     If audit.json is missing or damaged, the ended stages still come from stages.jsonl
     (whose damaged lines are skipped and counted).
     """
-    folder = home / "runs" / run_id
+    path = Home.of(home).audit(run_id)
     try:
-        audit = json.loads((folder / "audit.json").read_text())
+        audit = json.loads(path.read_text())
         audit["problems"] = []
     except FileNotFoundError:
-        audit = _unreadable(run_id, f"{folder / 'audit.json'} is missing (not written yet, or deleted)")
+        audit = _unreadable(run_id, f"{path} is missing (not written yet, or deleted)")
     except (ValueError, UnicodeDecodeError) as error:
-        audit = _unreadable(run_id, f"{folder / 'audit.json'} is damaged ({error})")
+        audit = _unreadable(run_id, f"{path} is damaged ({error})")
     if audit["status"] == "unknown":
-        audit["stages"] = _read_stage_lines(folder / "stages.jsonl", audit["problems"])
+        audit["stages"] = _read_stage_lines(Home.of(home).stage_lines(run_id), audit["problems"])
         audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
     if not audit.get("complete"):
         audit["problems"].append("the run has not finished (or its end was never recorded)")

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,14 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stagewatch._home import Home
 from stagewatch.daemon._store import PART_PREFIX, atomic_write
+
+Progress = Callable[[int, int], object]
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
 
 NS = 1_000_000_000
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -94,7 +101,7 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     table = read_table(home, "runs")
     ends = table["end_time"].cast("int64").to_pylist()
     runs = [FinishedRun(r, e or 0) for r, e in zip(table["run_id"].to_pylist(), ends, strict=True)]
-    listed = EventLog(home / "events").segments()
+    listed = EventLog(Home.of(home).events).segments()
     segments = [Segment(path, next_base, path.stat().st_mtime_ns)
                 for (_, path), (next_base, _) in itertools.pairwise(listed)]  # fmt: skip
     if listed:
@@ -104,9 +111,17 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     return runs, segments, checkpoint.get("lsn", 0)
 
 
-def apply_retention(home: Path, retention: Any, exclude: set[str] = frozenset(), dry_run: bool = False,
-                    now_ns: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Finish an interrupted removal, select what has expired, remove it (unless dry_run)."""
+def apply_retention(
+    home: Path,
+    retention: Any,
+    exclude: set[str] = frozenset(),
+    dry_run: bool = False,
+    now_ns: int | None = None,
+    progress: Progress = _no_progress,
+) -> dict[str, Any]:
+    """Finish an interrupted removal, select what has expired, remove it (unless dry_run).
+    `progress(steps done, steps)` is called as the removal goes (a part rewritten, a run
+    folder or a segment deleted)."""
     import time
 
     if not dry_run:
@@ -119,25 +134,25 @@ def apply_retention(home: Path, retention: Any, exclude: set[str] = frozenset(),
         return {
             "dry_run": True,
             "runs": plan.runs,
-            "run_bytes": sum(_size(home / "runs" / r) for r in plan.runs),
+            "run_bytes": sum(_size(Home.of(home).run(r)) for r in plan.runs),
             "segments": [p.name for p in plan.segments],
             "segment_bytes": sum(_size(p) for p in plan.segments),
         }
     if not (plan.runs or plan.segments):
         return {"dry_run": False, "runs": [], "run_bytes": 0, "parquet_rows": 0, "segments": [], "segment_bytes": 0}
-    return {"dry_run": False, **remove(home, plan)}
+    return {"dry_run": False, **remove(home, plan, progress)}
 
 
 # -- removal ---------------------------------------------------------------------------------
 def intent_path(home: Path) -> Path:
-    return home / "state" / "gc-intent.json"
+    return Home.of(home).gc_intent
 
 
-def remove(home: Path, plan: Plan) -> dict[str, Any]:
+def remove(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[str, Any]:
     """Carry out a plan: record the intent, then remove; returns what was freed."""
     intent = {"runs": plan.runs, "segments": [str(path) for path in plan.segments]}
     atomic_write(intent_path(home), json.dumps(intent).encode(), durable=True)
-    freed = _carry_out(home, plan)
+    freed = _carry_out(home, plan, progress)
     intent_path(home).unlink(missing_ok=True)
     return freed
 
@@ -153,22 +168,35 @@ def resume_interrupted(home: Path) -> dict[str, Any] | None:
     return freed
 
 
-def _carry_out(home: Path, plan: Plan) -> dict[str, Any]:
+def _carry_out(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[str, Any]:
     expired = set(plan.runs)
-    rows = _drop_rows(home, expired) if expired else 0
-    run_bytes = sum(_remove_run_folder(home, run_id) for run_id in plan.runs)
+    parts = _parts(home) if expired else []
+    steps = itertools.count(1)
+    total = len(parts) + len(plan.runs) + len(plan.segments)
+    rows = _drop_rows(parts, expired, lambda: progress(next(steps), total))
+    run_bytes = 0
+    for run_id in plan.runs:
+        run_bytes += _remove_run_folder(home, run_id)
+        progress(next(steps), total)
     segment_bytes = 0
     for path in plan.segments:
         segment_bytes += _size(path)
         path.unlink(missing_ok=True)
+        progress(next(steps), total)
     return {"runs": plan.runs, "run_bytes": run_bytes, "parquet_rows": rows,
             "segments": [p.name for p in plan.segments], "segment_bytes": segment_bytes}  # fmt: skip
 
 
-def _drop_rows(home: Path, expired: set[str]) -> int:
+def _parts(home: Path) -> list[Path]:
+    partitions = Home.of(home).all_partitions()
+    return sorted(part for partition in partitions for part in partition.glob(f"{PART_PREFIX}*.parquet"))
+
+
+def _drop_rows(parts: list[Path], expired: set[str], step: Callable[[], object]) -> int:
     """Rewrite every Parquet part that holds rows of expired runs, without them."""
     dropped = 0
-    for part in sorted((home / "metrics").glob(f"*/date=*/{PART_PREFIX}*.parquet")):
+    for part in parts:
+        step()
         table = pq.read_table(part)
         keep = pc.invert(pc.is_in(table["run_id"], value_set=_string_array(expired)))
         kept = table.filter(keep)
@@ -191,7 +219,7 @@ def _string_array(values: set[str]) -> Any:
 
 
 def _remove_run_folder(home: Path, run_id: str) -> int:
-    folder, hidden = home / "runs" / run_id, home / "runs" / f".expired-{run_id}"
+    folder, hidden = Home.of(home).run(run_id), Home.of(home).expired_run(run_id)
     if folder.exists():
         os.replace(folder, hidden)  # out of sight at once (run ids never start with '.')
     size = _size(hidden)

@@ -21,13 +21,16 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
+from stagewatch._home import Home
+
 BUCKET_DIGITS = 3
 REMEMBERED = 100_000  # (run, date) pairs already appended, so a long run is indexed once per date
 
 
 class RunIndex:
-    def __init__(self, home: Path) -> None:
-        self.folder = home / "index" / "runs"
+    def __init__(self, home: Path | Home) -> None:
+        self.home = Home.of(home)
+        self.folder = self.home.run_index
         self._appended: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def add(self, pairs: Iterable[tuple[str, str]]) -> None:
@@ -58,9 +61,10 @@ class RunIndex:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "complete").touch()
 
-    def build_from_tables(self, metrics: Path) -> int:
+    def build_from_tables(self) -> int:
         """Index every row already in metrics/ (a home written before the index existed)."""
         pairs: set[tuple[str, str]] = set()
+        metrics = self.home.metrics
         for table in metrics.iterdir() if metrics.is_dir() else []:
             dataset = ds.dataset(table, format="parquet", partitioning="hive") if table.is_dir() else None
             if dataset is not None and dataset.files:  # a table whose parts are all gone has no columns

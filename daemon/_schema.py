@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from stagewatch._home import artifact_prefix
 from stagewatch._names import CLIENT_ID_PATTERN, NAME_PATTERN, RUN_ID_PATTERN, check_name
 
 Text = Annotated[str, Field(max_length=4096)]
@@ -29,7 +30,7 @@ PathText = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
 
 def check_artifact_path(run_id: str, stage: str, path: str) -> None:
     """A saved output's path must be runs/{run_id}/stages/{stage}/{a plain file name}."""
-    expected = f"runs/{run_id}/stages/{stage}/"
+    expected = artifact_prefix(run_id, stage)
     if not path.startswith(expected):
         raise ValueError(f"artifact path must start with {expected!r}")
     check_name(path[len(expected) :], "artifact file name")

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stagewatch._home import Home, partition_date
 from stagewatch.daemon._compaction import quarantine_damaged
 from stagewatch.daemon._store import PART_PREFIX
 
@@ -185,12 +186,8 @@ def _codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
 
 
 # -- summaries on disk ---------------------------------------------------------------------
-def summary_path(home: Path, date: str) -> Path:
-    return _summaries_folder(home) / f"date={date}.arrow"
-
-
-def _summaries_folder(home: Path) -> Path:
-    return home / "index" / "stage-stats"
+def summary_path(home: Path | Home, date: str) -> Path:
+    return Home.of(home).stage_stats_summary(date)
 
 
 def source_of(part: Path) -> dict[str, Any]:
@@ -255,13 +252,13 @@ def refresh_summaries(home: Path, cutoff: str) -> int:
         try:
             rows = pq.read_table(parts[0], columns=STATS_COLUMNS)
         except (pa.ArrowInvalid, OSError):  # damaged: moved aside, and the rows are read no more
-            if not quarantine_damaged(home / "metrics", parts):
+            if not quarantine_damaged(Home.of(home), parts):
                 raise
             continue
         write_summary(summary_path(home, date), summarize(rows), source_of(parts[0]))
         written += 1
-    for path in _summaries_folder(home).glob("date=*.arrow"):
-        if path.stem[len("date=") :] not in dates:
+    for date, path in Home.of(home).stage_stats_summaries().items():
+        if date not in dates:
             path.unlink(missing_ok=True)
     return written
 
@@ -283,8 +280,8 @@ def current_summaries(home: Path, dates: Iterable[str]) -> dict[str, list[Group]
 
 def partition_dates(home: Path) -> list[str]:
     """The dates of the stage_executions partitions, ascending."""
-    return sorted(p.name[len("date=") :] for p in (home / "metrics" / "stage_executions").glob("date=*"))
+    return [partition_date(p) for p in Home.of(home).partitions("stage_executions")]
 
 
 def _parts(home: Path, date: str) -> list[Path]:
-    return list((home / "metrics" / "stage_executions" / f"date={date}").glob(f"{PART_PREFIX}*.parquet"))
+    return list(Home.of(home).partition("stage_executions", date).glob(f"{PART_PREFIX}*.parquet"))

@@ -20,6 +20,8 @@ import msgpack
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stagewatch._home import Home
+from stagewatch.daemon._projection import RunState
 from stagewatch.daemon._runindex import RunIndex
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -121,11 +123,10 @@ def _date_of_day(day: int) -> str:
 class Store:
     """Writes the read models under a stagewatch home."""
 
-    def __init__(self, home: Path, checkpoint: str = "checkpoint.msgpack") -> None:
-        self.home = home
-        self.metrics = home / "metrics"
-        self.checkpoint_path = home / "state" / checkpoint
-        self.run_index = RunIndex(home)
+    def __init__(self, home: Path | Home, checkpoint: str = "checkpoint.msgpack") -> None:
+        self.home = Home.of(home)
+        self.checkpoint_path = self.home.checkpoint(checkpoint)
+        self.run_index = RunIndex(self.home)
 
     # -- Parquet -------------------------------------------------------------------------
     def write_rows(self, table: str, rows: list[dict[str, Any]]) -> list[Path]:
@@ -136,7 +137,7 @@ class Store:
         written = []
         for date, date_rows in sorted(by_date.items()):
             first_lsn = min(row["lsn"] for row in date_rows)
-            path = self.metrics / table / f"date={date}" / f"{PART_PREFIX}{first_lsn:020d}.parquet"
+            path = self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet"
             written.append(self._write_part(path, pa.Table.from_pylist(date_rows, TABLES[table])))
         self.run_index.add({(row["run_id"], date) for date, date_rows in by_date.items() for row in date_rows})
         return written
@@ -153,7 +154,8 @@ class Store:
     def drop_parts_from(self, lsn: int, tables: tuple[str, ...] = DAEMON_TABLES) -> int:
         """Delete the tables' parts whose rows come from lsn onwards (written after the checkpoint)."""
         dropped = 0
-        paths = [path for table in tables for path in self.metrics.glob(f"{table}/date=*/{PART_PREFIX}*.parquet")]
+        partitions = [partition for table in tables for partition in self.home.partitions(table)]
+        paths = [path for partition in partitions for path in partition.glob(f"{PART_PREFIX}*.parquet")]
         for path in paths:
             if first_lsn(path) >= lsn:
                 path.unlink()
@@ -161,43 +163,37 @@ class Store:
         return dropped
 
     # -- audit trails --------------------------------------------------------------------
-    def audit_path(self, run_id: str) -> Path:
-        return self.home / "runs" / run_id / "audit.json"
+    def append_stage_lines(self, run_id: str, accounted_bytes: int, entries: list[dict[str, Any]]) -> int:
+        """Append ended stages to the run's stages.jsonl after its first `accounted_bytes`
+        (what the checkpointed state accounts for); returns the file's new size.
 
-    def stages_path(self, run_id: str) -> Path:
-        return self.home / "runs" / run_id / "stages.jsonl"
-
-    def append_stage_lines(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-        """Append ended stages to the run's stages.jsonl, after what its state accounts for.
-
-        Cutting the file back to `stages_bytes` first drops lines a crashed daemon wrote
-        after its last checkpoint: replaying the log appends them again, exactly once.
+        Cutting the file back first drops lines a crashed daemon wrote after its last
+        checkpoint: replaying the log appends them again, exactly once.
         """
-        path = self.stages_path(run["run_id"])
+        path = self.home.stage_lines(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(_json(entry) + b"\n" for entry in entries)
         with open(path, "ab") as handle:
-            handle.truncate(run["stages_bytes"])
+            handle.truncate(accounted_bytes)
             handle.write(data)
-        run["stages_bytes"] += len(data)
+        return accounted_bytes + len(data)
 
-    def write_audit(self, run: dict[str, Any]) -> None:
-        """audit.json: the run's summary with every stage, ended (from stages.jsonl) then running.
+    def write_audit(self, run: RunState, ended_bytes: int) -> None:
+        """audit.json: the run's summary with every stage, ended (the first `ended_bytes` of
+        stages.jsonl) then running.
 
         The ended stages are spliced in as bytes, so rewriting a long run's trail costs a
         file copy, not a re-encoding of every stage.
         """
-        summary = {key: value for key, value in run.items() if key not in ("open", "ended", "stages_bytes")}
-        summary["counts"] = {**run["counts"], "running": len(run["open"])}
         ended = b""
-        if run["stages_bytes"]:  # a run with no ended stage yet has no stages.jsonl (nor folder)
-            with open(self.stages_path(run["run_id"]), "rb") as handle:
-                ended = handle.read(run["stages_bytes"])
+        if ended_bytes:  # a run with no ended stage yet has no stages.jsonl (nor folder)
+            with open(self.home.stage_lines(run.run_id), "rb") as handle:
+                ended = handle.read(ended_bytes)
         stages = [ended.rstrip(b"\n").replace(b"\n", b",")] if ended else []
-        stages += [_json(entry) for entry in run["open"].values()]
-        document = _json(summary)[:-1] + b',"stages":[' + b",".join(stages) + b"]}"
-        atomic_write(self.audit_path(run["run_id"]), document)
-        self.run_index.add([(run["run_id"], _date_of(run.get("start_ns")))])  # findable by prefix while it runs
+        stages += [_json(entry) for entry in run.open.values()]
+        document = _json(run.audit_summary())[:-1] + b',"stages":[' + b",".join(stages) + b"]}"
+        atomic_write(self.home.audit(run.run_id), document)
+        self.run_index.add([(run.run_id, _date_of(run.start_ns))])  # findable by prefix while it runs
 
     # -- checkpoint ----------------------------------------------------------------------
     def write_checkpoint(self, state: dict[str, Any]) -> None:

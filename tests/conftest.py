@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import stagewatch
+from stagewatch._home import Home, ipc_path
 
 CLIENT_TIMEOUT_S = 2.0
 
@@ -65,7 +66,7 @@ class DaemonProcess:
 
     @property
     def socket_path(self) -> Path:
-        return self.home / "run" / "ingest.sock"
+        return ipc_path(Home(self.home).ingest_endpoint)
 
     def start(self) -> DaemonProcess:
         """Start the daemon and wait until this process has recovered and listens."""
@@ -76,7 +77,7 @@ class DaemonProcess:
                 [
                     sys.executable,
                     "-m",
-                    "stagewatch.daemon",
+                    "stagewatch.cli",
                     "daemon",
                     "--home",
                     str(self.home),
@@ -109,12 +110,12 @@ class DaemonProcess:
 
     def status(self) -> dict[str, Any]:
         try:
-            return json.loads((self.home / "state" / "status.json").read_text())
+            return json.loads(Home(self.home).status.read_text())
         except (OSError, ValueError):
             return {}
 
     def audit(self, run_id: str, complete: bool = True, timeout_s: float = 20.0) -> dict[str, Any]:
-        path = self.home / "runs" / run_id / "audit.json"
+        path = Home(self.home).audit(run_id)
 
         def ready() -> dict[str, Any] | None:
             try:

@@ -15,7 +15,7 @@ from tests.conftest import DaemonProcess
 
 def sw(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stagewatch.daemon", *args], capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=timeout_s
     )
 
 

@@ -17,7 +17,7 @@ from tests.conftest import DaemonProcess, wait_for
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.daemon", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stagewatch._names import artifact_relpath
+from stagewatch._home import Home, parse_artifact_relpath
 from stagewatch.daemon import STATS_COLUMNS, Filters, query_stages, stage_stats
 from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_accuracy, load_audit, resolve_run_id
 
@@ -86,7 +86,7 @@ def accuracy_frame(accuracy: dict[str, Any] | None) -> pd.DataFrame:
 def disk_problems(home: Path) -> list[str]:
     """The daemon's disk warnings (status.json), for the banner."""
     try:
-        disk = json.loads((home / "state" / "status.json").read_text()).get("disk", {})
+        disk = json.loads(Home.of(home).status.read_text()).get("disk", {})
     except (OSError, ValueError):
         return []
     return list(disk.get("problems") or []) if disk.get("state", "ok") != "ok" else []
@@ -94,15 +94,11 @@ def disk_problems(home: Path) -> list[str]:
 
 def resolve_artifact(home: Path, relative: str) -> Path:
     """The file behind an artifact link, or ArtifactRefused: nothing outside the home's runs/."""
-    parts = relative.split("/")
     try:
-        if len(parts) != 5 or parts[0] != "runs" or parts[2] != "stages":
-            raise ValueError("expected runs/{run_id}/stages/{stage}/{file}")
-        artifact_relpath(parts[1], parts[3], parts[4])  # each part a checked name
+        path = Home.of(home).artifact(*parse_artifact_relpath(relative)).resolve()
     except (ValueError, TypeError) as error:
         raise ArtifactRefused(f"refused {relative!r:.200}: {error}") from None
-    runs = (home / "runs").resolve()
-    path = (home / relative).resolve()
+    runs = Home.of(home).runs.resolve()
     if not path.is_relative_to(runs):
         raise ArtifactRefused(f"refused {relative!r}: it leads outside the home (a symlink?)")
     if not path.is_file():

@@ -12,13 +12,13 @@ shared; an artifact link is opened only inside the home (ui/_data.resolve_artifa
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import holoviews as hv
 import panel as pn
 
+from stagewatch._home import Home
 from stagewatch.ui import _data
 
 REFRESH_MS = 2000
@@ -28,7 +28,7 @@ hv.extension("bokeh")
 
 
 def configured_home() -> Path:
-    return Path(os.environ.get("STAGEWATCH_HOME") or "./output").absolute()
+    return Home.resolve().root
 
 
 class Dashboard:

@@ -15,7 +15,7 @@ all IoU thresholds and area ranges at once in numpy rather than one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,11 +420,20 @@ def _to_rle(segmentation: Any, image: dict[str, Any], source: str, index: int) -
         raise CocoFormatError(f"{source}[{index}].segmentation: cannot read it as a polygon or RLE ({error})") from None
 
 
-def evaluate_coco(ground_truth: CocoGroundTruth, detections: Mapping[int, Objects],
-                  iou_type: str = "bbox") -> dict[str, float]:  # fmt: skip
-    """The 12 COCO numbers of a whole result set: what `stagewatch eval coco` prints."""
+def evaluate_coco(
+    ground_truth: CocoGroundTruth,
+    detections: Mapping[int, Objects],
+    iou_type: str = "bbox",
+    progress: Callable[[int, int], object] = lambda done, total: None,
+) -> dict[str, float]:
+    """The 12 COCO numbers of a whole result set: what `stagewatch eval coco` prints.
+    `progress(images done, images)` is called every 256 images."""
     evaluator = CocoEvaluator(ground_truth.categories, iou_type)
     empty = Objects.empty()
-    for image_id in ground_truth.objects.keys() | detections.keys():
+    image_ids = ground_truth.objects.keys() | detections.keys()
+    for done, image_id in enumerate(image_ids, 1):
         evaluator.update(image_id, ground_truth.objects.get(image_id, empty), detections.get(image_id, empty))
+        if done % 256 == 0:
+            progress(done, len(image_ids))
+    progress(len(image_ids), len(image_ids))
     return evaluator.compute()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -248,12 +249,16 @@ def _parse(path: Path, text: str) -> Any:
         raise ValueError(f"not valid YAML ({' '.join(str(error).split())[:200]})") from None
 
 
-def validate_dataset(dataset: GoldenDataset) -> dict[str, Any]:
+def validate_dataset(
+    dataset: GoldenDataset, progress: Callable[[int, int], object] = lambda done, total: None
+) -> dict[str, Any]:
     """Read every label of every sample: counts per format, missing and invalid labels.
 
     What `stagewatch gt validate` prints. A missing label is allowed (the sample is then
-    unlabeled for that stage); an invalid one is a problem to fix.
+    unlabeled for that stage); an invalid one is a problem to fix. `progress(labels read,
+    labels)` is called as it goes.
     """
+    total, done = len(dataset.spec.stages) * len(dataset.samples), 0
     report: dict[str, Any] = {"dataset": dataset.name, "file": str(dataset.path), "root": str(dataset.root),
                               "samples": len(dataset.samples), "stages": {}, "ok": True}  # fmt: skip
     for stage, labels in dataset.spec.stages.items():
@@ -268,6 +273,8 @@ def validate_dataset(dataset: GoldenDataset) -> dict[str, Any]:
                 report["ok"] = False
                 continue
         for sample_id in dataset.samples:
+            done += 1
+            progress(done, total)
             try:
                 truth = dataset.truth(stage, sample_id)
             except (LabelError, DatasetError) as error:

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stagewatch._names import artifact_relpath, check_name, check_run_id, is_name
+from stagewatch._home import artifact_relpath
+from stagewatch._names import check_name, check_run_id, is_name
 
 HOSTILE = ["../../etc", "..", ".", "/etc/passwd", "a/b", "a\x00b", "", " x", "x" * 129, "-rf", "a\\b", "é"]
 

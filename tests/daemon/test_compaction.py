@@ -22,7 +22,8 @@ from stagewatch.daemon import _compaction, _readmodels
 from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
 from stagewatch.daemon._query import Filters, query_stages
 from stagewatch.daemon._readmodels import read_table, to_rows
-from stagewatch.daemon._server import Daemon, DaemonSettings, _Group
+from stagewatch.daemon import Daemon, DaemonSettings
+from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._store import Store, first_lsn
 from tests.conftest import DaemonProcess, wait_for
 
@@ -50,7 +51,7 @@ def test_old_partitions_become_one_file_and_keep_every_row(home: Path) -> None:
     _history(home)
     before = sorted(map(str, to_rows(read_table(home, "stage_executions").drop(["date"]))))
     now = datetime.fromtimestamp((T0 + 3 * DAY_NS) / 1e9, UTC)
-    assert compact(home / "metrics", now, min_age_days=2) == 1  # only the oldest day is 2 days old
+    assert compact(home, now, min_age_days=2) == 1  # only the oldest day is 2 days old
     partitions = sorted((home / "metrics" / "stage_executions").glob("date=*"))
     assert [len(list(p.glob("*.parquet"))) for p in partitions] == [1, 7, 6]
     after = sorted(map(str, to_rows(read_table(home, "stage_executions").drop(["date"]))))
@@ -86,14 +87,14 @@ def test_an_interrupted_swap_is_finished_without_loss_or_doubles(home: Path, cra
         monkeypatch.setattr(_compaction.os, "replace", fail_second_replace)
     now = datetime.fromtimestamp((T0 + 3 * DAY_NS) / 1e9, UTC)
     with pytest.raises(KeyboardInterrupt):
-        compact(home / "metrics", now)
+        compact(home, now)
     monkeypatch.undo()
     seen = _rows_seen(home)
     if crash == "fallback_after_moving_aside":
         assert set(seen) < set(before)  # the one window where rows are missing: never doubled
     else:
         assert seen == before  # the atomic exchange: whole before and after
-    finish_interrupted(home / "metrics")
+    finish_interrupted(home)
     assert _rows_seen(home) == before
     assert not [p for p in (home / "metrics" / "stage_executions").iterdir() if p.name.startswith(".")]
 
@@ -118,8 +119,8 @@ def test_a_busy_day_stays_at_a_few_parts_and_keeps_every_row_once(home: Path) ->
         store.write_rows("stage_executions", _rows(written, count, T0 + flush * 10**9))
         written += count
         if flush % 5 == 4:
-            carry_out(home / "metrics", tier_plan(home / "metrics"))
-    carry_out(home / "metrics", tier_plan(home / "metrics"))
+            carry_out(home, tier_plan(home))
+    carry_out(home, tier_plan(home))
     parts = list((home / "metrics" / "stage_executions").glob("date=*/part-*.parquet"))
     assert len(parts) < 25 and tier_groups([(p, p.stat().st_size) for p in parts]) == []  # no tier full
     table = read_table(home, "stage_executions")
@@ -142,7 +143,7 @@ def test_a_part_name_never_comes_back_with_other_rows(home: Path) -> None:
     store, seen = Store(home), {}
     for flush in range(120):
         store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
-        carry_out(home / "metrics", tier_plan(home / "metrics", fan_in=4))
+        carry_out(home, tier_plan(home, fan_in=4))
         for name, inode in _listing(home).items():
             assert seen.setdefault(name, inode) == inode, f"{name} was reused for other rows"
     assert read_table(home, "stage_executions").num_rows == 360
@@ -158,7 +159,7 @@ def test_a_read_that_races_a_merge_lists_again_and_counts_each_row_once(home: Pa
         listed = real_dataset(*args, **kwargs)
         listings.append(listed.files)
         if len(listings) == 1:
-            assert carry_out(home / "metrics", tier_plan(home / "metrics", fan_in=16)) == 1
+            assert carry_out(home, tier_plan(home, fan_in=16)) == 1
         return listed
 
     monkeypatch.setattr(_readmodels.ds, "dataset", dataset_then_merge)
@@ -192,15 +193,13 @@ def test_the_daemon_merges_todays_parts_as_they_come(home: Path) -> None:
 def _in_process_daemon(home: Path) -> Daemon:
     daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock",
                                    live_endpoint=f"ipc://{home}/run/live.sock"))  # fmt: skip
-    daemon._take_lock()
+    daemon.lock.take()
     daemon.recover()
-    daemon._bind()
+    daemon.ingest.bind()
     return daemon
 
 
 def _crash(daemon: Daemon) -> None:  # as kill -9: nothing flushed, nothing checkpointed
-    daemon.router.close(0)
-    daemon.live.close(0)
     daemon.release()
 
 
@@ -214,13 +213,13 @@ def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -
     such rows under a lower name would be kept and replayed too (every such row twice)."""
     daemon = _in_process_daemon(home)
     checkpoints = iter([True] * 10 + [False] * 100)  # a checkpoint with the first 10 parts, none after
-    daemon._throttle.due = lambda key, now: key != "checkpoint" or next(checkpoints)
+    daemon.writer._throttle.due = lambda key, now: key != "checkpoint" or next(checkpoints)
     for seq in range(1, 21):  # 20 flushes, a part each
-        group = _Group()
-        daemon._take(group, [_stage_event(seq)])
-        daemon._commit(group)
+        group = Group()
+        daemon.ingest.take(group, [_stage_event(seq)])
+        daemon.ingest.commit(group)
         daemon.flush()
-    daemon.merge_small_parts()  # groups of four parts: parts 9 to 12 across the checkpoint
+    daemon.maintenance.merge_small_parts()  # groups of four parts: parts 9 to 12 across the checkpoint
     assert any("-" in name[len("part-") :] for name in _listing(home))
     _crash(daemon)
     _crash(_in_process_daemon(home))  # recovery, then its own flush
@@ -231,11 +230,11 @@ def test_a_merge_pass_stops_at_its_deadline_and_reports_progress_per_swap(home: 
     store = Store(home)
     for flush in range(40):  # two days of 20 parts
         store.write_rows("stage_executions", _rows(flush * 3, 3, T0 + (flush % 2) * DAY_NS))
-    plan = tier_plan(home / "metrics")
-    assert carry_out(home / "metrics", plan, deadline=time.monotonic() - 1) == 0  # past it: nothing touched
+    plan = tier_plan(home)
+    assert carry_out(home, plan, deadline=time.monotonic() - 1) == 0  # past it: nothing touched
     assert len(_listing(home)) == 40
     swaps = []
-    assert carry_out(home / "metrics", plan, progress=lambda: swaps.append(1)) == 10  # 5 groups of 4 a day
+    assert carry_out(home, plan, progress=lambda: swaps.append(1)) == 10  # 5 groups of 4 a day
     assert len(swaps) == 2 and len(_listing(home)) == 10
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(120))
 
@@ -249,7 +248,7 @@ def test_parts_that_cannot_be_hard_linked_are_copied(home: Path, monkeypatch) ->
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(_compaction.os, "link", refuse)
-    assert carry_out(home / "metrics", tier_plan(home / "metrics")) == 1
+    assert carry_out(home, tier_plan(home)) == 1
     assert len(_listing(home)) == 3  # the merged part and the two it did not need, copied
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(18))
 
@@ -265,7 +264,7 @@ def test_a_damaged_part_is_skipped_with_a_warning_and_the_rest_answers(home: Pat
     for flush in range(3):
         store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
     _damage(sorted(_parts_of(home))[1])
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "stats", "--home", str(home), "--json"],
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["count"] == 20
@@ -300,7 +299,7 @@ def test_the_daemon_moves_a_damaged_part_aside_merges_the_rest_and_rebuild_resto
         rows = read_table(home, "stage_executions").num_rows
     assert 0 < rows < 12
     assert not _doctor_check(home, "tables")["ok"]
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "rebuild", "--home", str(home)],
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(home)],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     samples = read_table(home, "stage_executions")["sample_id"].to_pylist()
@@ -309,7 +308,7 @@ def test_the_daemon_moves_a_damaged_part_aside_merges_the_rest_and_rebuild_resto
 
 
 def _doctor_check(home: Path, name: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "doctor", "--home", str(home), "--json"],
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(home), "--json"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     return {check["name"]: check for check in json.loads(result.stdout)["checks"]}[name]
 
@@ -322,7 +321,7 @@ def test_merged_row_groups_hold_one_status_so_a_failure_query_reads_only_failure
             row.update(status="failed", error_type="ValueError", error_message="bad frame")
         store.write_rows("stage_executions", rows)
     now = datetime.fromtimestamp((T0 + 3 * DAY_NS) / 1e9, UTC)
-    assert compact(home / "metrics", now) == 1
+    assert compact(home, now) == 1
     (part,) = _parts_of(home)
     metadata = pq.ParquetFile(part).metadata
     status = metadata.schema.names.index("status")
@@ -349,13 +348,13 @@ def test_a_compaction_backlog_keeps_pinging_the_systemd_watchdog(home: Path, mon
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     daemon = _in_process_daemon(home)
     for flush in range(8):  # four old days of two parts each (after recovery, which drops parts past the log)
-        daemon.store.write_rows("stage_executions", _rows(flush * 3, 3, T0 + (flush % 4) * DAY_NS))
+        daemon.writer.store.write_rows("stage_executions", _rows(flush * 3, 3, T0 + (flush % 4) * DAY_NS))
     try:
         while True:  # what recovery's own flush may have sent
             receiver.recv(4096)
     except TimeoutError:
         pass
-    daemon.apply_retention()
+    daemon.maintenance.apply_retention()
     pings = []
     try:
         while True:

@@ -19,7 +19,7 @@ GIB = 1024**3
 
 
 def sw(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.daemon", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
                           timeout=timeout_s, env={**os.environ, **(env or {})})  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def test_disk_state_from_a_reading(free: int, home_bytes: int, state: str) -> No
 def test_below_the_floor_the_daemon_accepts_nothing_and_doctor_says_so(home: Path) -> None:
     env = {"STAGEWATCH_DISK_FLOOR_FREE_BYTES": str(2**60)}  # more than any disk has free
     daemon = DaemonProcess(home)
-    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home)],
+    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home)],
                                       env={**os.environ, **env}, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for(lambda: daemon.status().get("disk", {}).get("state") == FLOOR)

@@ -112,14 +112,14 @@ for i in range(20000):
 def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
     import threading
 
-    from stagewatch.daemon._server import Daemon, DaemonSettings
+    from stagewatch.daemon import Daemon, DaemonSettings
 
     daemon = Daemon(
         DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock")
     )
-    daemon._take_lock()
+    daemon.lock.take()
     daemon.recover()
-    daemon._bind()
+    daemon.ingest.bind()
     turns = []
 
     def flaky_flush(final: bool = False) -> None:
@@ -137,8 +137,7 @@ def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
     daemon.stop()
     thread.join(10)
     assert daemon.stats.internal_errors == 1
-    daemon.router.close(0)
-    daemon.live.close(0)
+    daemon.release()
 
 
 def test_forked_workers_are_attributed_to_the_run(daemon: DaemonProcess) -> None:

@@ -71,7 +71,7 @@ def ended(projector: Projector) -> list[dict]:
 def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
     projector = fold(history())
     run = projector.runs[RUN]
-    assert run["status"] == "failed" and run["complete"] and run["open"] == {}
+    assert run.status == "failed" and run.complete and run.open == {}
     assert [s["status"] for s in ended(projector)] == ["ok", "failed"]
     assert ended(projector)[1]["artifacts"][0]["kind"] == "png"
     rows, _ = projector.take_output()
@@ -85,13 +85,13 @@ def test_a_finish_that_arrives_before_its_start_is_not_undone() -> None:
     events[2], events[1] = events[1], events[2]
     projector = fold(events)
     assert [s["status"] for s in ended(projector)] == ["ok", "failed"]
-    assert projector.runs[RUN]["open"] == {}
+    assert projector.runs[RUN].open == {}
 
 
 def test_a_lost_client_crashes_its_open_stages_and_its_run() -> None:
     events = [*history()[:2], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
     projector = fold(events)
-    assert projector.runs[RUN]["status"] == "crashed"
+    assert projector.runs[RUN].status == "crashed"
     (crashed,) = ended(projector)
     assert crashed["status"] == "crashed" and crashed["duration_ms"] == 3.0
     assert projector.open_work() == {}
@@ -104,7 +104,7 @@ def test_a_lost_worker_crashes_only_its_own_stages() -> None:
         ev("client_lost", 1, client="daemon", lost_client_id="worker", last_seen_ns=T0 + 9_000_000),
     ]
     projector = fold(events)
-    assert projector.runs[RUN]["status"] == "running"
+    assert projector.runs[RUN].status == "running"
     assert [s["status"] for s in ended(projector)] == ["crashed"]
 
 

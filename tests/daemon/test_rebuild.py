@@ -48,7 +48,7 @@ with run.stage("detection"):
     assert daemon.stop() == 0
     live = _read_models(daemon.home)
 
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "rebuild", "--home", str(daemon.home),
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home),
                              "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -59,6 +59,6 @@ with run.stage("detection"):
 
 
 def test_rebuild_refuses_while_a_daemon_runs(daemon: DaemonProcess) -> None:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "rebuild", "--home", str(daemon.home)],
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 1 and "stop it before a rebuild" in result.stderr

@@ -81,7 +81,7 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
     running.flush(10)
     time.sleep(2.5)
     env = {**os.environ, "STAGEWATCH_RETENTION_RUNS": "2s"}
-    gc = [sys.executable, "-m", "stagewatch.daemon", "gc", "--home", str(daemon.home), "--json"]
+    gc = [sys.executable, "-m", "stagewatch.cli", "gc", "--home", str(daemon.home), "--json"]
     planned = json.loads(subprocess.run([*gc, "--dry-run"], capture_output=True, text=True, env=env).stdout)
     assert planned["runs"] == [expired] and planned["run_bytes"] > 0
     assert (daemon.home / "runs" / expired).exists()  # a dry run removes nothing
@@ -113,7 +113,7 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
     assert intent_path(home).exists()
     assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
     for run_id in run_ids:
-        shown = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "show", run_id, "--home", str(home)],
+        shown = subprocess.run([sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],
                                capture_output=True, text=True)  # fmt: skip
         assert shown.returncode == 1
     monkeypatch.undo()

@@ -69,7 +69,7 @@ def test_a_home_without_an_index_gets_one_on_start_and_rebuild_makes_it_again(da
     wait_for(lambda: RunIndex(daemon.home).complete, 20)
     assert {run_id: answers(daemon.home, run_id) for run_id in ids} == before
     assert daemon.stop() == 0
-    rebuilt = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "rebuild", "--home", str(daemon.home)],
+    rebuilt = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert RunIndex(daemon.home).complete and all(run_dates(daemon.home, run_id) for run_id in ids)
@@ -80,7 +80,7 @@ def test_an_index_is_built_when_a_table_has_no_part_left(home: Path) -> None:
     """Retention can remove every part of a table, leaving its folders: building the index
     on start must not trip on a table with no columns."""
     (home / "metrics" / "logs" / "date=2026-09-21").mkdir(parents=True)
-    assert RunIndex(home).build_from_tables(home / "metrics") == 0
+    assert RunIndex(home).build_from_tables() == 0
     daemon = DaemonProcess(home).start()
     try:
         assert RunIndex(home).complete and daemon.process.poll() is None

@@ -163,7 +163,7 @@ def aged_home(tmp_path_factory) -> Path:
 
 
 def _stats_cli(home: Path, *filters: str) -> dict[str, dict]:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "stats", "--home", str(home), "--json",
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json",
                              *filters], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return {entry["stage"]: entry for entry in json.loads(result.stdout)}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._ingest import Rejected, decode_event
+from stagewatch.daemon._decode import Rejected, decode_event
 from stagewatch.daemon._readmodels import read_table
 
 LONG = os.environ.get("STAGEWATCH_FAULTS_LONG") == "1"

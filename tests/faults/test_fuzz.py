@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagewatch._protocol import pack_batch
-from stagewatch.daemon._ingest import Batch, Rejected, decode_batch, decode_event
+from stagewatch.daemon._decode import Batch, Rejected, decode_batch, decode_event
 from stagewatch.daemon._projection import Projector
 from tests.conftest import DaemonProcess, wait_for
 

@@ -17,7 +17,7 @@ from tests.groundtruth.builders import CLASSES, ply_with_int64_labels, write_dat
 
 
 def validate(spec: Path) -> tuple[int, dict]:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "gt", "validate", str(spec), "--json"],
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     return result.returncode, json.loads(result.stdout) if result.stdout else {"stderr": result.stderr}
 

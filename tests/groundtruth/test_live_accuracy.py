@@ -29,7 +29,7 @@ NAMES = {1: "car", 2: "pedestrian"}
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.daemon", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
 
 

@@ -44,7 +44,7 @@ def test_ready_watchdog_and_stopping_are_sent_to_notify_socket(home: Path) -> No
     receiver.bind(str(address))
     receiver.settimeout(30)
     env = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "200000"}
-    process = subprocess.Popen([sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home)],
+    process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home)],
                                env=env, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         messages = [receiver.recv(4096).decode()]
@@ -66,7 +66,7 @@ def test_ready_watchdog_and_stopping_are_sent_to_notify_socket(home: Path) -> No
 
 def test_group_access_shares_the_socket_and_the_folders_pipelines_write(home: Path) -> None:
     daemon = DaemonProcess(home)
-    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.daemon", "daemon", "--home", str(home),
+    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home),
                                        "--group-access"], stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for(lambda: daemon.socket_path.exists())

@@ -48,7 +48,7 @@ class Ui:
     def __init__(self, home: Path, *extra: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stagewatch.daemon", "ui", "--home", str(home), "--port", str(self.port), *extra],
+            [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--port", str(self.port), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}/app"
         wait_for(self._answers, 60, 0.2)
@@ -71,7 +71,7 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, DaemonProcess, Ui, str]]:
     home = Path(str(tmp_path_factory.mktemp("ui"))) / "home"
     # A disk threshold nobody meets: the daemon reports a warning, the page must show it.
     daemon = DaemonProcess(home, env={"STAGEWATCH_DISK_WARN_FREE_BYTES": str(2**60)}).start()
-    demo = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "demo", "--home", str(home), "--frames", "50",
+    demo = subprocess.run([sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "50",
                            "--no-ui"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert demo.returncode == 0, demo.stderr
     (run_id,) = [p.name for p in (home / "runs").iterdir()]
@@ -153,7 +153,7 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 def test_exposing_it_needs_basic_auth_and_basic_auth_works(served, browser) -> None:
     home, *_ = served
-    refused = subprocess.run([sys.executable, "-m", "stagewatch.daemon", "ui", "--home", str(home), "--address",
+    refused = subprocess.run([sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--address",
                               "0.0.0.0"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert refused.returncode == 2 and "--basic-auth" in refused.stderr
     credentials = home.parent / "users.json"
@@ -185,7 +185,7 @@ def test_exposing_it_needs_basic_auth_and_basic_auth_works(served, browser) -> N
 def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
     """The README's first command: daemon, demo pipeline, then the dashboard until Ctrl-C/SIGTERM."""
     home, port = tmp_path / "home", free_port()
-    demo = subprocess.Popen([sys.executable, "-m", "stagewatch.daemon", "demo", "--home", str(home), "--frames", "50",
+    demo = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "50",
                              "--port", str(port)], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         lines = []

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from stagewatch._config import resolve_home
+from stagewatch.cli._options import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, fail, home_of, home_options, progress
+from stagewatch.cli._report import format_accuracy
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 
-
-def add_commands(commands: Any, home_options: Any) -> None:
+def add_commands(commands: Any) -> None:
     evaluate = commands.add_parser("eval", help="COCO evaluation of files, or a finished run's accuracy again")
     home_options(evaluate, endpoint=False)
     evaluate.add_argument("--run", help="a run id (or unique prefix) to judge again from the event log")
@@ -44,11 +42,6 @@ def add_commands(commands: Any, home_options: Any) -> None:
     validate.set_defaults(handler=cmd_gt_validate)
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"stagewatch: {message}", file=sys.stderr)
-    return code
-
-
 def cmd_eval_coco(args: argparse.Namespace) -> int:
     from stagewatch.daemon.groundtruth.coco import STAT_NAMES, CocoFormatError, evaluate_coco, parse_coco_detections
     from stagewatch.daemon.groundtruth.formats import LabelError, load_coco
@@ -58,8 +51,9 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
         detections = parse_coco_detections(_read_json(args.detections), ground_truth, str(args.detections),
                                            args.iou_type)  # fmt: skip
     except (LabelError, CocoFormatError, ValueError) as error:
-        return _fail(str(error), EXIT_USAGE)
-    stats = evaluate_coco(ground_truth, detections, args.iou_type)
+        return fail(str(error), EXIT_USAGE)
+    with progress(args, "evaluating", "images") as update:
+        stats = evaluate_coco(ground_truth, detections, args.iou_type, progress=update)
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
@@ -94,26 +88,25 @@ def _read_json(path: Path) -> Any:
 def cmd_eval_run(args: argparse.Namespace) -> int:
     from stagewatch.daemon._accuracy import fold_log
     from stagewatch.daemon._readmodels import RunNotFound, load_audit, resolve_run_id
-    from stagewatch.daemon.cli import format_accuracy
     from stagewatch.daemon.groundtruth.spec import DatasetError, load_dataset
 
     if not args.run:
-        return _fail("give --run RUN_ID (or: stagewatch eval coco GT.json DETECTIONS.json)", EXIT_USAGE)
-    home = resolve_home(args.home)
+        return fail("give --run RUN_ID (or: stagewatch eval coco GT.json DETECTIONS.json)", EXIT_USAGE)
+    home = home_of(args).root
     try:
         run_id = resolve_run_id(home, args.run)
     except RunNotFound as error:
-        return _fail(str(error), EXIT_NOT_FOUND)
+        return fail(str(error), EXIT_NOT_FOUND)
     dataset_path = args.dataset or load_audit(home, run_id).get("dataset")
     if not dataset_path:
-        return _fail(f"run {run_id} started without a golden dataset; give --dataset", EXIT_USAGE)
+        return fail(f"run {run_id} started without a golden dataset; give --dataset", EXIT_USAGE)
     try:
         load_dataset(dataset_path)
     except DatasetError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     run = fold_log(home, {run_id}, dataset=str(Path(dataset_path).absolute())).runs.get(run_id)
     if run is None:
-        return _fail(f"run {run_id} has no run_started event in the log (removed by retention?)", EXIT_NOT_FOUND)
+        return fail(f"run {run_id} has no run_started event in the log (removed by retention?)", EXIT_NOT_FOUND)
     summary = run.summary()
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -127,9 +120,10 @@ def cmd_gt_validate(args: argparse.Namespace) -> int:
     from stagewatch.daemon.groundtruth.spec import DatasetError, load_dataset, validate_dataset
 
     try:
-        report = validate_dataset(load_dataset(args.dataset))
+        with progress(args, "reading labels", "labels") as update:
+            report = validate_dataset(load_dataset(args.dataset), progress=update)
     except DatasetError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

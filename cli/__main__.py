@@ -1,0 +1,5 @@
+import sys
+
+from stagewatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""The `stagewatch` command: the parser, then one module per command group."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any
+
+from stagewatch.cli import dashboard, demo, groundtruth, history, service
+from stagewatch.cli._options import EXIT_USAGE, global_options
+
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE
+GROUPS = (service, demo, history, dashboard, groundtruth)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ValueError as error:  # bad configuration or arguments found past argparse
+        print(f"stagewatch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `stagewatch query | head`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="stagewatch", description="Monitor perception pipelines.")
+    global_options(root)
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.add_commands(commands)
+    return root
+
+
+def _silence_stdout() -> None:
+    """Python flushes stdout again at exit; point it at /dev/null so that raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"stagewatch: warning: {message}", file=sys.stderr)  # what a user reads, not where it came from

@@ -1,0 +1,158 @@
+"""What the commands share: exit codes, the home and config options, filters, progress."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from stagewatch._home import Home
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str, code: int) -> int:
+    print(f"stagewatch: {message}", file=sys.stderr)
+    return code
+
+
+def home_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None:
+    """--home (and --endpoint); also accepted before the command (`stagewatch --home H runs`),
+    so here they default to 'not given' and leave the global value alone."""
+    parser.add_argument(
+        "--home", default=argparse.SUPPRESS, help="stagewatch home (default $STAGEWATCH_HOME or ./output)"
+    )
+    if endpoint:
+        parser.add_argument(
+            "--endpoint",
+            default=argparse.SUPPRESS,
+            help="ingest endpoint (default $STAGEWATCH_ENDPOINT or ipc in the home)",
+        )
+
+
+def global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="stagewatch home (default $STAGEWATCH_HOME or ./output)")
+    parser.add_argument("--endpoint", help="ingest endpoint (default $STAGEWATCH_ENDPOINT or ipc in the home)")
+
+
+def home_of(args: argparse.Namespace) -> Home:
+    """The home the command works on; ValueError (exit 2) for a path that is not a folder."""
+    home = Home.resolve(args.home)
+    if home.root.exists() and not home.root.is_dir():
+        raise ValueError(f"expected --home to be a folder, got the file {home.root}")
+    return home
+
+
+def json_option(parser: argparse.ArgumentParser, text: str = "print JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=text)
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the configuration file; all default to None (= not given)."""
+    parser.add_argument("--config", help="a TOML configuration file (default $STAGEWATCH_CONFIG)")
+    home_options(parser)
+    parser.add_argument(
+        "--client-timeout",
+        type=positive,
+        metavar="S",
+        help="seconds of silence after which a client's open stages are crashed (15)",
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--group-access",
+        action="store_true",
+        default=None,
+        help="let users in the home's group connect and write runs (for the systemd service)",
+    )
+
+
+def load_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    from stagewatch.daemon._settings import load_config
+
+    flags = {
+        "home": args.home,
+        "endpoint": args.endpoint,
+        "daemon.client_timeout_s": args.client_timeout,
+        "daemon.log_level": args.log_level,
+        "daemon.group_access": args.group_access,
+    }
+    return load_config(args.config, flags=flags)
+
+
+def filter_options(parser: argparse.ArgumentParser) -> None:
+    home_options(parser, endpoint=False)
+    parser.add_argument("--run", help="a run id or a unique prefix")
+    parser.add_argument("--since", help="ISO date/time or relative (7d, 24h, 30m)")
+    parser.add_argument("--until", help="ISO date/time or relative (7d, 24h, 30m)")
+    parser.add_argument("--stage", help="a stage name")
+    parser.add_argument("--status", help="ok, failed or crashed")
+    parser.add_argument("--level", help="lowest log level: DEBUG, INFO, WARNING, ERROR, ...")
+    parser.add_argument("--grep", help="text in error messages and log lines (case-insensitive)")
+
+
+def filters_of(args: argparse.Namespace, home: Path) -> Any:
+    """Validated filters; ValueError (exit 2) for a malformed value, RunNotFound for an unknown run."""
+    from stagewatch.daemon._query import Filters, parse_time
+    from stagewatch.daemon._readmodels import resolve_run_id
+
+    run = resolve_run_id(home, args.run) if args.run else None
+    return Filters(
+        run=run,
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        stage=args.stage,
+        status=args.status,
+        level=args.level,
+        grep=args.grep,
+    )
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 1 and 65535, got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def progress(args: argparse.Namespace, description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on a terminal (stderr), silent under --json or when not a TTY. Yields
+    `update(done, total)`, which long jobs call as they go."""
+    if getattr(args, "json", False) or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(desc=description, unit=unit, unit_scale=True, file=sys.stderr, leave=False) as bar:
+        shown_at = 0.0
+
+        def update(done: int, total: int) -> None:
+            nonlocal shown_at
+            now = time.monotonic()
+            if now - shown_at >= 0.1 or done >= total:  # a terminal redraws ten times a second at most
+                shown_at = now
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+        yield update

@@ -1,0 +1,48 @@
+"""Tables printed by more than one command (`demo`, `show`, `eval --run`)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+def format_accuracy(summary: dict[str, Any]) -> str:
+    """Per stage: sample counts by status and the headline metrics."""
+    lines = [f"  {'stage':<20}{'correct':>8}{'wrong':>7}{'invalid':>8}{'unlabeled':>10}  metrics"]
+    for name, stage in summary.get("stages", {}).items():
+        counts, metrics = stage["counts"], stage["metrics"]
+        if stage["kind"] == "boxes":
+            coco = metrics.get("coco", {})
+            shown = (
+                f"P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  F1 {metrics['f1']:.3f}  "
+                f"mAP {coco.get('AP', -1):.3f}  AP50 {coco.get('AP50', -1):.3f}"
+            )
+        else:
+            shown = f"mIoU {_number(metrics['miou'])}  accuracy {_number(metrics['accuracy'])}"
+        lines.append(
+            f"  {name:<20}{counts['correct']:>8}{counts['wrong']:>7}{counts['invalid']:>8}"
+            f"{counts['unlabeled']:>10}  {shown}"
+        )
+    if summary.get("dataset_problem"):
+        lines.append(f"  dataset unusable: {summary['dataset_problem']}")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def stage_table(stages: list[dict[str, Any]]) -> str:
+    """Per stage, in the order stages first ran: runs, failures, median and max ms, peak RSS."""
+    names = list(dict.fromkeys(s["stage"] for s in stages))
+    lines = [f"  {'stage':<20}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'peak RSS MB':>13}"]
+    for name in names:
+        rows = [s for s in stages if s["stage"] == name]
+        durations = [s["duration_ms"] for s in rows if s["duration_ms"] is not None] or [0.0]
+        peaks = [s["memory"]["rss_peak_mb"] or 0.0 for s in rows]
+        failed = sum(s["status"] != "ok" for s in rows)
+        lines.append(
+            f"  {name:<20}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
+            f"{max(durations):>10.2f}{max(peaks):>13.1f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,283 @@
+"""The storage layout of a stagewatch home, and where client and daemon meet.
+
+`Home` is the one owner of the layout: every path under the home (folders, files, run
+folders, table partitions, sockets) comes from it, and no other module joins the layout's
+names. Both sides resolve the home and the endpoint the same way, so a pipeline and a
+daemon started in the same environment find each other with no configuration at all.
+
+    events/                                   event log segments
+    runs/{run_id}/audit.json                  the run's audit trail (+ stages.jsonl, accuracy.json)
+    runs/{run_id}/stages/{stage}/{file}       saved stage outputs
+    metrics/{table}/date=YYYY-MM-DD/*.parquet the tables
+    index/, state/, logs/, quarantine/, spool/, run/ (sockets), keys/, datasets/
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stagewatch._names import check_name, check_run_id
+
+DEFAULT_HOME = "./output"
+# Linux limits a unix socket path to 107 bytes (sun_path is 108 with the NUL).
+MAX_IPC_PATH_BYTES = 107
+IPC = "ipc://"
+PARTITION_PREFIX = "date="
+
+
+class Home:
+    """The paths of one home. Run ids, stage and file names are checked before they
+    become paths, so nothing built here escapes the root."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, home: str | os.PathLike[str] | Home) -> Home:
+        """`home` as a Home (a path is taken as it is, not resolved)."""
+        return home if isinstance(home, Home) else cls(home)
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | Home | None = None) -> Home:
+        """The argument, else $STAGEWATCH_HOME, else ./output; absolute."""
+        if isinstance(home, Home):
+            return home
+        chosen = home if home is not None else os.environ.get("STAGEWATCH_HOME") or DEFAULT_HOME
+        return cls(Path(chosen).expanduser().resolve())
+
+    def __repr__(self) -> str:
+        return f"Home({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Home) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # -- folders -------------------------------------------------------------------------
+    @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def quarantined_parts(self) -> Path:
+        """Damaged Parquet parts set aside, as quarantine/parts/{table}/date=D/{part}."""
+        return self.quarantine / "parts"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def sockets(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def server_secret_key(self) -> Path:
+        """The daemon's CURVE key pair (public and secret in one file)."""
+        return self.keys / "server.key_secret"
+
+    @property
+    def server_public_key(self) -> Path:
+        """What a client names in STAGEWATCH_CURVE_SERVER_KEY."""
+        return self.keys / "server.key"
+
+    @property
+    def client_keys(self) -> Path:
+        """Key pairs made by `stagewatch keys add`, one per client name."""
+        return self.keys / "clients"
+
+    @property
+    def authorized_keys(self) -> Path:
+        """The public keys of the clients a TCP endpoint accepts."""
+        return self.keys / "authorized"
+
+    def shared_folders(self) -> tuple[Path, ...]:
+        """What pipelines of the home's group write into (spool files, run folders)."""
+        return self.spool, self.runs
+
+    # -- files ---------------------------------------------------------------------------
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def status(self) -> Path:
+        return self.state / "status.json"
+
+    def checkpoint(self, name: str = "checkpoint.msgpack") -> Path:
+        return self.state / check_name(name, "checkpoint name")
+
+    @property
+    def gc_intent(self) -> Path:
+        return self.state / "gc-intent.json"
+
+    @property
+    def accuracy_lock(self) -> Path:
+        return self.state / "accuracy.lock"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.logs / "daemon.jsonl"
+
+    def quarantine_file(self, date: str) -> Path:
+        return self.quarantine / f"{check_name(date, 'date')}.jsonl"
+
+    @property
+    def run_index(self) -> Path:
+        return self.index / "runs"
+
+    @property
+    def stage_stats(self) -> Path:
+        return self.index / "stage-stats"
+
+    # -- runs ----------------------------------------------------------------------------
+    def run(self, run_id: str) -> Path:
+        return self.runs / check_run_id(run_id)
+
+    def expired_run(self, run_id: str) -> Path:
+        """Where retention moves a run folder before deleting it (invisible to readers)."""
+        return self.runs / f".expired-{check_run_id(run_id)}"
+
+    def audit(self, run_id: str) -> Path:
+        return self.run(run_id) / "audit.json"
+
+    def stage_lines(self, run_id: str) -> Path:
+        return self.run(run_id) / "stages.jsonl"
+
+    def accuracy(self, run_id: str) -> Path:
+        return self.run(run_id) / "accuracy.json"
+
+    def stage_outputs(self, run_id: str) -> Path:
+        """The folder of a run's saved outputs, one folder per stage inside."""
+        return self.run(run_id) / "stages"
+
+    def artifact(self, run_id: str, stage: str, filename: str) -> Path:
+        return self.root / artifact_relpath(run_id, stage, filename)
+
+    # -- tables --------------------------------------------------------------------------
+    def table(self, name: str) -> Path:
+        return self.metrics / check_name(name, "table name")
+
+    def partition(self, table: str, date: str) -> Path:
+        return self.table(table) / f"{PARTITION_PREFIX}{date}"
+
+    def partitions(self, table: str) -> list[Path]:
+        """The table's date partitions, oldest first (not the hidden folders of a merge)."""
+        return sorted(self.table(table).glob(f"{PARTITION_PREFIX}*"))
+
+    def all_partitions(self) -> list[Path]:
+        """Every table's partitions."""
+        return sorted(self.metrics.glob(f"*/{PARTITION_PREFIX}*"))
+
+    def quarantined_part(self, part: Path) -> Path:
+        """Where a damaged part `metrics/{table}/date=D/{part}` is set aside."""
+        return self.quarantined_parts / part.parent.parent.name / part.parent.name / part.name
+
+    def stage_stats_summary(self, date: str) -> Path:
+        return self.stage_stats / f"{PARTITION_PREFIX}{date}.arrow"
+
+    def stage_stats_summaries(self) -> dict[str, Path]:
+        """date -> its summary file, for the summaries there are."""
+        paths = self.stage_stats.glob(f"{PARTITION_PREFIX}*.arrow")
+        return {path.stem[len(PARTITION_PREFIX) :]: path for path in paths}
+
+    # -- endpoints -----------------------------------------------------------------------
+    @property
+    def ingest_endpoint(self) -> str:
+        """The ipc socket inside the home's private `run/` folder."""
+        return f"{IPC}{self.sockets / 'ingest.sock'}"
+
+    @property
+    def live_endpoint(self) -> str:
+        return f"{IPC}{self.sockets / 'live.sock'}"
+
+    @property
+    def accuracy_endpoint(self) -> str:
+        return f"{IPC}{self.sockets / 'accuracy.sock'}"
+
+
+def artifact_relpath(run_id: str, stage: str, filename: str) -> str:
+    """A saved output's path relative to the home: runs/{run_id}/stages/{stage}/{file}.
+    (Events carry this form; the daemon checks a path it is sent with `artifact_prefix`.)"""
+    return f"{artifact_prefix(run_id, stage)}{check_name(filename, 'file name')}"
+
+
+def artifact_prefix(run_id: str, stage: str) -> str:
+    return f"runs/{check_run_id(run_id)}/stages/{check_name(stage, 'stage name')}/"  # as Home.stage_outputs
+
+
+def parse_artifact_relpath(relative: str) -> tuple[str, str, str]:
+    """(run_id, stage, file) of a path in the form `artifact_relpath` makes; ValueError else."""
+    parts = relative.split("/")
+    if len(parts) != 5 or artifact_relpath(parts[1], parts[3], parts[4]) != relative:
+        raise ValueError("expected runs/{run_id}/stages/{stage}/{file}")
+    return parts[1], parts[3], parts[4]
+
+
+def partition_date(folder: Path) -> str | None:
+    """The date of a partition folder (`date=YYYY-MM-DD`), or None for another folder."""
+    return folder.name[len(PARTITION_PREFIX) :] if folder.name.startswith(PARTITION_PREFIX) else None
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ipc:// endpoint, None for another transport."""
+    return Path(endpoint[len(IPC) :]) if endpoint.startswith(IPC) else None
+
+
+def resolve_endpoint(home: Home, endpoint: str | None = None) -> str:
+    """The ingest endpoint: the argument, else $STAGEWATCH_ENDPOINT, else the home's socket."""
+    chosen = endpoint or os.environ.get("STAGEWATCH_ENDPOINT") or home.ingest_endpoint
+    check_endpoint(chosen)
+    return chosen
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Raise ValueError for an endpoint ZeroMQ could not use or that leaves the machine."""
+    path = ipc_path(endpoint)
+    if path is not None:
+        size = len(os.fsencode(path))
+        if size > MAX_IPC_PATH_BYTES:
+            raise ValueError(
+                f"expected an ipc socket path of at most {MAX_IPC_PATH_BYTES} bytes, got {size} ({str(path)!r}); "
+                "use a shorter STAGEWATCH_HOME or set STAGEWATCH_ENDPOINT"
+            )
+        return
+    if endpoint.startswith("tcp://"):
+        return
+    raise ValueError(f"expected an endpoint like ipc://PATH or tcp://HOST:PORT, got {endpoint!r}")

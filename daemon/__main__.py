@@ -1,5 +1,0 @@
-import sys
-
-from stagewatch.daemon.cli import main
-
-sys.exit(main())

@@ -1,0 +1,239 @@
+"""The daemon: wires its parts and runs the loop.
+
+    ingest       (_ingest.py)      bind; decode → de-duplicate → log → fsync → acknowledge
+    projection   (_projection.py)  the pure fold of events into run state and rows
+    writer       (_writer.py)      Parquet parts, audit trails, checkpoint, status.json
+    maintenance  (_maintenance.py) liveness, disk, retention, compaction, merges, watchdog
+    worker       (_worker.py)      the accuracy worker, a child process
+
+One thread, one loop: each turn ingests what the socket holds, then runs the periodic
+tasks that are due (a flush of the read models about once a second among them). On start
+the daemon recovers: the log's torn tail is cut, the checkpoint loaded, and what follows
+it replayed, so a restart costs only the events since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from stagewatch._home import Home
+from stagewatch._records import ScanStats
+from stagewatch.daemon._compaction import finish_interrupted
+from stagewatch.daemon._decode import Rejected, decode_event
+from stagewatch.daemon._dedup import Deduplicator
+from stagewatch.daemon._disk import DiskStatus
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._ingest import Ingest, IngestSettings
+from stagewatch.daemon._lock import HomeLock
+from stagewatch.daemon._maintenance import Maintenance, Scheduler
+from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._sdnotify import SystemdNotifier
+from stagewatch.daemon._settings import DiskSection, RetentionSection
+from stagewatch.daemon._stats import DaemonStats, WriteErrors
+from stagewatch.daemon._worker import WorkerProcess
+from stagewatch.daemon._writer import ReadModelWriter
+
+REPLAY_FLUSH_EVENTS = 100_000
+POLL_MS = 100
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    home: Path
+    endpoint: str
+    live_endpoint: str
+    client_timeout_s: float = 15.0  # no batch for this long with open work: client lost
+    flush_interval_s: float = 1.0
+    spool_scan_interval_s: float = 2.0
+    max_frame_bytes: int = 16 * 1024 * 1024  # larger frames are dropped before decoding
+    max_group_events: int = 10_000
+    # A finished run stays in memory this long, so that events that come late (a worker's
+    # spool, say) still reach its audit trail.
+    finished_run_grace_s: float = 120.0
+    # How often a partition's small parts are merged by size tier (stagewatch.daemon._compaction).
+    merge_interval_s: float = 30.0
+    # Pipelines of other users in the home's group may connect and write (systemd service).
+    group_access: bool = False
+    # The accuracy worker (stagewatch.daemon._accuracy) judges sample results in its own
+    # process and publishes live accuracy here; None: no worker (tests of ingest alone).
+    accuracy_endpoint: str | None = None
+    disk: DiskSection = field(default_factory=DiskSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.home = Home.of(settings.home)
+        self.stats = DaemonStats()
+        self.disk = DiskStatus()
+        self.log = EventLog(self.home.events)
+        self.projector = Projector()
+        self.lock = HomeLock(self.home)
+        self.systemd = SystemdNotifier()
+        write_error = WriteErrors(self.stats)
+        ingest_settings = IngestSettings(
+            settings.endpoint,
+            settings.live_endpoint,
+            settings.accuracy_endpoint,
+            settings.max_frame_bytes,
+            settings.max_group_events,
+            settings.group_access,
+        )
+        self.ingest = Ingest(self.home, ingest_settings, self.log, self.disk, self.stats, write_error, self._apply)
+        self.writer = ReadModelWriter(
+            self.home,
+            self.log,
+            self.stats,
+            self.disk,
+            write_error,
+            settings.finished_run_grace_s,
+            settings.endpoint,
+            self._checkpoint_extras,
+        )
+        self.maintenance = Maintenance(
+            self.home,
+            self.ingest,
+            lambda: self.projector,
+            lambda: self.writer.checkpoint_all(self.projector),
+            self.disk,
+            self.stats,
+            write_error,
+            self.systemd,
+            settings.client_timeout_s,
+            settings.disk,
+            settings.retention,
+        )
+        self.worker = WorkerProcess(self.home, settings.accuracy_endpoint)
+        self._stopping = False
+
+    def _apply(self, event: Any, lsn: int) -> None:
+        self.projector.apply(event, lsn)
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        return {"dedup": self.ingest.dedup.to_state(), "daemon_seq": self.maintenance.daemon_seq}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def serve(self) -> None:
+        """Recover, bind, and run until SIGTERM/SIGINT; then flush and exit cleanly."""
+        self.lock.take()
+        # The daemon holds many long-lived dicts (open runs' audit trails): collecting the
+        # old generations on the default schedule cost about 40% of ingest time.
+        gc.set_threshold(50_000, 20, 1_000)
+        try:
+            self.recover()
+            gc.freeze()
+            self.ingest.bind()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
+            self.ingest.ingest_spools()
+            self.worker.start()
+            logger.info("stagewatch daemon ready: home={} endpoint={}", self.home.root, self.settings.endpoint)
+            self.systemd.notify("READY=1", f"STATUS=ingesting on {self.settings.endpoint}")
+            self._loop()
+        finally:
+            self.systemd.notify("STOPPING=1")
+            self._close()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def flush(self, final: bool = False) -> None:
+        self.writer.flush(self.projector, final)
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.flush(final=True)
+        self.worker.stop()
+        self.release()
+        logger.info("stagewatch daemon stopped: {}", self.stats.line())
+
+    def release(self) -> None:
+        """Close the sockets and the log and give up the home's lock."""
+        self.ingest.close()
+        self.log.close()
+        self.lock.release()
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self, progress: Callable[[int, int], object] = lambda done, total: None) -> None:
+        """Open the log (cutting a torn tail), load the checkpoint, replay what follows it.
+        `progress(bytes replayed, bytes to replay)` is called as the replay goes."""
+        report = self.log.open()
+        checkpoint = self.writer.store.read_checkpoint() or {}
+        self.projector = Projector.from_state(checkpoint.get("projector", {}))
+        self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
+        self.maintenance.daemon_seq = checkpoint.get("daemon_seq", 0)
+        self.writer.load(checkpoint)
+        start_lsn = checkpoint.get("lsn", 0)
+        finish_interrupted(self.home)
+        dropped_parts = self.writer.store.drop_parts_from(start_lsn)
+        run_index = self.writer.store.run_index
+        if not run_index.complete:  # a new home, a rebuild, or data from before the index
+            logger.info("run index: {} (run, date) pairs from the existing tables", run_index.build_from_tables())
+        replayed, scan = self._replay(start_lsn, progress)
+        self.stats.replayed = replayed
+        self.stats.recovery = {
+            **asdict(report),
+            "replay_corrupt_regions": scan.corrupt_regions,
+            "replay_corrupt_bytes": scan.corrupt_bytes,
+            "dropped_parts": dropped_parts,
+            "from_lsn": start_lsn,
+        }
+        if not report.clean or scan.corrupt_regions:
+            logger.warning("event log recovery: {}", self.stats.recovery)
+        self.maintenance.track_open_clients()
+        self.flush()
+
+    def _replay(self, start_lsn: int, progress: Callable[[int, int], object]) -> tuple[int, ScanStats]:
+        scan, replayed, end_lsn = ScanStats(), 0, self.log.end_lsn
+        for lsn, payload in self.log.read(start_lsn, scan):
+            event = decode_event(payload)
+            if isinstance(event, Rejected):
+                continue
+            self.ingest.dedup.mark(event.client_id, event.seq)
+            self.projector.apply(event, lsn)
+            replayed += 1
+            if replayed % REPLAY_FLUSH_EVENTS == 0:
+                self.writer.flush_during_replay(self.projector, event.ts_ns)
+                logger.info("replayed {:,} events (lsn {:,} of {:,})", replayed, lsn, end_lsn)
+                progress(lsn - start_lsn, end_lsn - start_lsn)
+        progress(end_lsn - start_lsn, end_lsn - start_lsn)
+        return replayed, scan
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        settings, tasks, maintenance = self.settings, Scheduler(), self.maintenance
+        tasks.every(settings.flush_interval_s, self.flush)
+        tasks.every(1.0, maintenance.check_liveness)
+        tasks.every(
+            settings.spool_scan_interval_s, self.ingest.ingest_spools, first_in_s=settings.spool_scan_interval_s
+        )
+        tasks.every(1.0, self.worker.watch, first_in_s=1.0)
+        tasks.every(settings.disk.check_interval_s, maintenance.check_disk)
+        tasks.every(settings.retention.check_interval_s, maintenance.apply_retention)
+        tasks.every(settings.merge_interval_s, maintenance.merge_small_parts, first_in_s=settings.merge_interval_s)
+        if self.systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
+            tasks.every(self.systemd.watchdog_interval_s, maintenance.alive)
+        while not self._stopping:
+            try:
+                if self.ingest.wait(POLL_MS):
+                    self.ingest.receive(time.monotonic())
+                tasks.run_due(time.monotonic())
+            except Exception:  # a bug must not take the daemon down: log it, count it, go on
+                self.stats.internal_errors += 1
+                logger.exception("internal error in the daemon loop (it keeps running)")
+                time.sleep(0.1)
+
+
+def serve(settings: DaemonSettings) -> None:
+    """Run a daemon with these settings until SIGTERM/SIGINT (DaemonAlreadyRunning if one runs)."""
+    Daemon(settings).serve()

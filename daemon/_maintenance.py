@@ -1,0 +1,178 @@
+"""Maintenance beside the append path, as periodic tasks on one small scheduler: liveness
+(a silent client's open work is crashed), disk checks, retention with compaction and stage
+summaries, merging of small Parquet parts, the accuracy worker's health, systemd's watchdog."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgpack
+from loguru import logger
+
+from stagewatch import _protocol as protocol
+from stagewatch._home import Home
+from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
+from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan, utc_now
+from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
+from stagewatch.daemon._ingest import Group, Ingest
+from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._schema import validate_event
+from stagewatch.daemon._sdnotify import SystemdNotifier
+from stagewatch.daemon._settings import DiskSection, RetentionSection
+from stagewatch.daemon._stagestats import refresh_summaries
+from stagewatch.daemon._stats import DaemonStats, WriteErrors
+
+MERGE_BUDGET_S = 2.0  # the most one pass of tier merging holds up the loop (but one partition)
+HOME_MEASURE_INTERVAL_S = 300.0
+
+
+@dataclass
+class Task:
+    action: Callable[[], object]
+    interval_s: float
+    due: float
+
+
+class Scheduler:
+    """Periodic tasks run between ingest turns, on the daemon's one thread."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def every(self, interval_s: float, action: Callable[[], object], first_in_s: float = 0.0) -> None:
+        self.tasks.append(Task(action, interval_s, time.monotonic() + first_in_s))
+
+    def run_due(self, now: float) -> None:
+        for task in self.tasks:
+            if now >= task.due:
+                task.due = now + task.interval_s  # first, so a failing action does not spin
+                task.action()
+
+
+class Maintenance:
+    def __init__(
+        self,
+        home: Home,
+        ingest: Ingest,
+        projection: Callable[[], Projector],
+        checkpoint_all: Callable[[], bool],
+        disk: DiskStatus,
+        stats: DaemonStats,
+        write_error: WriteErrors,
+        systemd: SystemdNotifier,
+        client_timeout_s: float,
+        disk_limits: DiskSection,
+        retention: RetentionSection,
+    ) -> None:
+        self.home = home
+        self.ingest = ingest
+        self.projection = projection  # the current projector (recovery replaces it)
+        self.checkpoint_all = checkpoint_all
+        self.disk = disk
+        self.stats = stats
+        self.write_error = write_error
+        self.systemd = systemd
+        self.client_timeout_s = client_timeout_s
+        self.disk_limits = disk_limits
+        self.retention = retention
+        self.daemon_seq = 0  # numbers the daemon's own events (client_lost)
+        self._next_home_measure = 0.0
+
+    # -- liveness ------------------------------------------------------------------------
+    def track_open_clients(self) -> None:
+        """After recovery: every client with open work counts as seen now."""
+        now = time.monotonic()
+        self.ingest.last_seen = {client: now for client in self.projection().open_work()}
+
+    def check_liveness(self) -> None:
+        """Write a client_lost event for each client that has open work but went silent."""
+        now = time.monotonic()
+        last_seen_by_client = self.ingest.last_seen
+        lost = []
+        for client_id, run_ids in self.projection().open_work().items():
+            last_seen = last_seen_by_client.setdefault(client_id, now)
+            if client_id != DAEMON_CLIENT_ID and now - last_seen > self.client_timeout_s:
+                wall_last_seen = time.time_ns() - int((now - last_seen) * 1e9)
+                lost += [self._client_lost(client_id, run_id, wall_last_seen) for run_id in sorted(run_ids)]
+                last_seen_by_client.pop(client_id, None)
+                self.stats.clients_lost += 1
+                logger.warning(
+                    "client {} lost (silent for {:.1f}s); runs {}", client_id, now - last_seen, sorted(run_ids)
+                )
+        if lost:
+            self.ingest.commit(Group(payloads=[pack_event(e) for e in lost], events=[validate_event(e) for e in lost]))
+
+    def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
+        self.daemon_seq += 1
+        return protocol.client_lost(
+            self.daemon_seq, run_id, time.time_ns(), lost_client_id=client_id, last_seen_ns=last_seen_ns
+        )
+
+    # -- disk ----------------------------------------------------------------------------
+    def check_disk(self) -> None:
+        """Compare free space (and the home's size, every 5 min) with the thresholds; say
+        so when the state changes: in the log, in status.json and on the live feed."""
+        now = time.monotonic()
+        measure_home = self.disk_limits.max_home_bytes is not None and now >= self._next_home_measure
+        if measure_home:
+            self._next_home_measure = now + HOME_MEASURE_INTERVAL_S
+        reading = read_disk(self.home.root, measure_home)
+        if reading.home_bytes is None:
+            reading = type(reading)(reading.free_bytes, reading.total_bytes, self.disk.home_bytes)
+        state, problems = disk_state(reading, self.disk_limits)
+        changed = state != self.disk.state
+        disk = self.disk
+        disk.state, disk.problems = state, problems
+        disk.free_bytes, disk.total_bytes, disk.home_bytes = reading.free_bytes, reading.total_bytes, reading.home_bytes
+        if changed:
+            (logger.info if state == OK else logger.warning)("disk {}: {}", state, "; ".join(problems) or "all clear")
+            self.ingest.publish(b"disk", msgpack.packb(asdict(disk)))
+
+    # -- retention and compaction ------------------------------------------------------------
+    def apply_retention(self) -> None:
+        """Remove what has expired (a run the projection still holds waits for the next pass),
+        then compact aged partitions: both run here, in the only thread that writes."""
+        from stagewatch.daemon._retention import apply_retention
+
+        freed = apply_retention(self.home.root, self.retention, exclude=set(self.projection().runs))
+        now = utc_now()
+        compacted = compact(self.home, now, progress=self.alive) if self.checkpoint_all() else 0
+        if compacted:
+            logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
+        try:
+            summarized = refresh_summaries(self.home.root, aged_cutoff(now))
+        except OSError as error:
+            self.write_error("cannot write stage-stats summaries ({}); will retry", error)
+        else:
+            if summarized:
+                logger.info("summarized {} compacted partition(s) for stats", summarized)
+        if freed["runs"] or freed["segments"]:
+            logger.info(
+                "retention removed {} run(s) ({} bytes, {} rows) and {} segment(s) ({} bytes)",
+                len(freed["runs"]),
+                freed["run_bytes"],
+                freed["parquet_rows"],
+                len(freed["segments"]),
+                freed["segment_bytes"],
+            )
+
+    def merge_small_parts(self) -> None:
+        """Merge parts of the same size tier (today's partition too), so no query opens a
+        file per flush; a checkpoint first, as for the aged partitions."""
+        plan = tier_plan(self.home)
+        if plan and self.checkpoint_all():
+            # A bounded pass: ingestion waits while it runs; what is left waits for the next one.
+            deadline = time.monotonic() + MERGE_BUDGET_S
+            try:
+                merged = carry_out(self.home, plan, self.alive, deadline)
+                logger.debug("merged {} group(s) of small Parquet parts", merged)
+            except OSError as error:  # a full disk: the partition is untouched, the next pass retries
+                self.write_error("cannot merge Parquet parts ({}); will retry", error)
+
+    def alive(self) -> None:
+        """Between steps of long maintenance: tell systemd's watchdog the daemon still works."""
+        if self.systemd.watchdog_interval_s:
+            self.systemd.notify("WATCHDOG=1")

@@ -1,0 +1,48 @@
+"""What the daemon counts (status.json, doctor, the log at exit), and refused writes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+WRITE_ERROR_LOG_INTERVAL_S = 10.0
+
+
+@dataclass
+class DaemonStats:
+    batches: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    spool_files: int = 0
+    spool_events: int = 0
+    clients_lost: int = 0
+    write_errors: int = 0
+    internal_errors: int = 0
+    replayed: int = 0
+    recovery: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (
+            f"accepted={self.accepted} duplicates={self.duplicates} invalid={self.invalid} "
+            f"spool_events={self.spool_events} clients_lost={self.clients_lost} write_errors={self.write_errors}"
+        )
+
+
+class WriteErrors:
+    """Counts refused writes; says so at once, then at most every 10 s per message (a full
+    disk refuses every retry, and the log file may be on that disk too)."""
+
+    def __init__(self, stats: DaemonStats) -> None:
+        self.stats = stats
+        self._next_log: dict[str, float] = {}
+
+    def __call__(self, message: str, error: OSError) -> None:
+        self.stats.write_errors += 1
+        now = time.monotonic()
+        if now >= self._next_log.get(message, 0.0):
+            self._next_log[message] = now + WRITE_ERROR_LOG_INTERVAL_S
+            logger.error(message + " [{} refused writes so far]", error, self.stats.write_errors)

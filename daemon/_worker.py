@@ -1,0 +1,51 @@
+"""The accuracy worker as a child process of the daemon (stagewatch.daemon._accuracy)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from loguru import logger
+
+from stagewatch._home import Home
+
+RESTART_DELAY_S = 5.0
+
+
+class WorkerProcess:
+    """Started with the daemon, restarted when it dies (at most every 5 s), stopped with it.
+    Its crash never touches ingestion."""
+
+    def __init__(self, home: Home, endpoint: str | None) -> None:
+        self.home = home
+        self.endpoint = endpoint  # where it publishes live accuracy; None: no worker
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._next_start = 0.0
+
+    def start(self) -> None:
+        if self.endpoint is None:
+            return
+        module, parent = "stagewatch.daemon._accuracy", str(os.getpid())
+        command = [sys.executable, "-m", module, "--home", str(self.home.root), "--live", self.endpoint]
+        self.process = subprocess.Popen([*command, "--parent", parent], stdin=subprocess.DEVNULL)
+        self._next_start = time.monotonic() + RESTART_DELAY_S
+
+    def watch(self) -> None:
+        if self.process is None or self.process.poll() is None or time.monotonic() < self._next_start:
+            return
+        logger.warning("accuracy worker exited with code {}; restarting it", self.process.returncode)
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,173 @@
+"""Read-model writing: Parquet parts, audit trails, the checkpoint and status.json.
+
+The writer takes what the projection produced (rows, ended-stage lines, changed runs) and
+persists it. It owns the retries: what a refused write (a full disk) left unwritten stays
+here, in order, for the next flush; the projection's state is never touched. It also knows
+how much of each run's stages.jsonl the checkpoint accounts for (`stage_bytes`), so that
+lines a crashed daemon wrote past its checkpoint are cut before replay appends them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from stagewatch._home import Home
+from stagewatch.daemon._disk import DiskStatus
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._projection import TABLE_NAMES, Projector
+from stagewatch.daemon._stats import DaemonStats, WriteErrors
+from stagewatch.daemon._store import Store, atomic_write
+from stagewatch.daemon._throttle import CostThrottle
+
+
+class ReadModelWriter:
+    def __init__(
+        self,
+        home: Home,
+        log: EventLog,
+        stats: DaemonStats,
+        disk: DiskStatus,
+        write_error: WriteErrors,
+        finished_run_grace_s: float,
+        status_endpoint: str,
+        checkpoint_extras: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.home = home
+        self.store = Store(home)
+        self.log = log
+        self.stats = stats
+        self.disk = disk
+        self.write_error = write_error
+        self.finished_run_grace_s = finished_run_grace_s
+        self.status_endpoint = status_endpoint
+        self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
+        self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
+        self.stage_bytes: dict[str, int] = {}  # run -> bytes of stages.jsonl its state accounts for
+        self._rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLE_NAMES}
+        self._lines: dict[str, list[dict[str, Any]]] = {}
+        self._dirty: set[str] = set()
+        self._finished_at: dict[str, float] = {}
+        self._throttle = CostThrottle()
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's part of the writer's state (older checkpoints kept it per run)."""
+        runs = checkpoint.get("projector", {}).get("runs", {})
+        legacy = {run_id: run["stages_bytes"] for run_id, run in runs.items() if "stages_bytes" in run}
+        self.stage_bytes = dict(checkpoint.get("stage_bytes", legacy))
+
+    # -- flushing ------------------------------------------------------------------------
+    def flush(self, projector: Projector, final: bool = False) -> None:
+        """Write new rows, changed audit trails, then (when due) the checkpoint.
+
+        Rows are written every flush. A running run's audit trail and the checkpoint are
+        rewritten as often as their cost allows (CostThrottle); a finished run's audit trail
+        is written at once, and everything is written on shutdown (`final`).
+        """
+        try:
+            self._write_output(projector)
+            self._write_audits(projector, final)
+            self._evict_finished_runs(projector)
+            self._write_checkpoint(projector, final)
+            self._write_status(projector)
+        except OSError as error:
+            self.write_error("cannot write read models ({}); will retry", error)
+
+    def checkpoint_all(self, projector: Projector) -> bool:
+        """Flush with a checkpoint; True if it covers every row written. Compaction needs that:
+        recovery drops the parts past the checkpoint and replays their rows, so a merged part
+        (named by its lowest lsn) must never hold rows past it."""
+        self.flush(projector, final=True)
+        return self.checkpoint_lsn == self.log.end_lsn
+
+    def flush_during_replay(self, projector: Projector, event_ns: int) -> None:
+        """Bound memory while replaying a long log. A finished run is forgotten once the log
+        has moved `finished_run_grace_s` past its end (event time, so the result does not
+        depend on how fast the replay runs)."""
+        self._write_output(projector)
+        self._write_audits(projector, final=False)
+        grace_ns = int(self.finished_run_grace_s * 1e9)
+        runs = projector.runs
+        self._evict(projector, [r for r in projector.finished_runs() if runs[r].end_ns < event_ns - grace_ns])
+
+    def _write_output(self, projector: Projector) -> None:
+        """Append ended stages and table rows; what the disk refuses stays queued here."""
+        rows, lines = projector.take_output()
+        for table, table_rows in rows.items():
+            self._rows[table] += table_rows
+        for run_id, entries in lines.items():
+            self._lines.setdefault(run_id, []).extend(entries)
+        for run_id in list(self._lines):
+            start = self.stage_bytes.get(run_id, 0)
+            self.stage_bytes[run_id] = self.store.append_stage_lines(run_id, start, self._lines[run_id])
+            del self._lines[run_id]
+        for table, table_rows in self._rows.items():
+            if table_rows:
+                self.store.write_rows(table, table_rows)
+                self._rows[table] = []
+
+    def _write_audits(self, projector: Projector, final: bool) -> None:
+        self._dirty |= projector.take_dirty()
+        now = time.monotonic()
+        for run_id in sorted(self._dirty):
+            run = projector.runs.get(run_id)
+            if run is None:
+                self._dirty.discard(run_id)
+            elif final or run.complete or self._throttle.due(run_id, now):
+                started = time.monotonic()
+                self.store.write_audit(run, self.stage_bytes.get(run_id, 0))
+                self._throttle.spent(run_id, started, time.monotonic())
+                self._dirty.discard(run_id)
+
+    def _write_checkpoint(self, projector: Projector, final: bool) -> None:
+        if not (final or self._throttle.due("checkpoint", time.monotonic())):
+            return
+        started = time.monotonic()
+        state = {
+            "lsn": self.log.end_lsn,
+            "projector": projector.to_state(),
+            "stage_bytes": self.stage_bytes,
+            **self.checkpoint_extras(),
+        }
+        self.store.write_checkpoint(state)
+        self.checkpoint_lsn = state["lsn"]
+        self._throttle.spent("checkpoint", started, time.monotonic())
+
+    def _evict_finished_runs(self, projector: Projector) -> None:
+        """A finished run stays in memory `finished_run_grace_s` (events that come late, a
+        worker's spool say, still reach its audit trail), then only its audit trail remains."""
+        now = time.monotonic()
+        for run_id in projector.finished_runs():
+            self._finished_at.setdefault(run_id, now)
+        expired = [r for r, at in self._finished_at.items() if now - at >= self.finished_run_grace_s]
+        for run_id in expired:
+            del self._finished_at[run_id]
+        self._evict(projector, [r for r in expired if r in projector.runs])
+
+    def _evict(self, projector: Projector, run_ids: list[str]) -> None:
+        run_ids = [r for r in run_ids if r not in self._lines]  # their ended stages are not on disk yet
+        projector.evict(run_ids)
+        for run_id in run_ids:
+            self.stage_bytes.pop(run_id, None)
+            self._throttle.forget(run_id)
+
+    def _write_status(self, projector: Projector) -> None:
+        active = [
+            {"run_id": r.run_id, "pipeline": r.pipeline, "started_at": r.started_at, "status": r.status}
+            for r in projector.runs.values()
+            if not r.complete
+        ]
+        status = {
+            "pid": os.getpid(),
+            "endpoint": self.status_endpoint,
+            "updated_at": time.time(),
+            "disk": asdict(self.disk),
+            "stats": asdict(self.stats),
+            "active_runs": active,
+            "late_events": projector.late_events,
+        }
+        atomic_write(self.home.status, json.dumps(status, indent=1).encode())

@@ -67,8 +67,9 @@ def stagewatch_stats(ground_truth: dict, detections: list) -> list[float]:
     return [found[name] for name in STAT_NAMES]
 
 
-def median_seconds(function: Callable[[dict, list], object], ground_truth: dict, detections: list,
-                   repeats: int) -> float:  # fmt: skip
+def median_seconds(
+    function: Callable[[dict, list], object], ground_truth: dict, detections: list, repeats: int
+) -> float:
     """Each repeat on fresh copies (pycocotools annotates its inputs in place); copying is not timed."""
     times = []
     for _ in range(repeats):
@@ -90,8 +91,11 @@ def main() -> None:
     detections = noisy_detections(rng, ground_truth, false_positives=25)
     print(f"{args.images} images, {len(ground_truth['annotations'])} ground-truth boxes, {len(detections)} detections")
 
-    tools = {"pycocotools": pycocotools_stats, "faster-coco-eval": faster_coco_eval_stats,
-             "stagewatch": stagewatch_stats}  # fmt: skip
+    tools = {
+        "pycocotools": pycocotools_stats,
+        "faster-coco-eval": faster_coco_eval_stats,
+        "stagewatch": stagewatch_stats,
+    }
     reference = pycocotools_stats(*copy.deepcopy((ground_truth, detections)))
     rows, seconds = [], {}
     for name, function in tools.items():
@@ -101,9 +105,11 @@ def main() -> None:
         rows.append([name, f"{seconds[name] * 1000:.0f}", f"{difference:.1e}"])
     for row, name in zip(rows, tools, strict=True):
         row += [f"{seconds['pycocotools'] / seconds[name]:.1f}x", f"{seconds['faster-coco-eval'] / seconds[name]:.2f}x"]
-    print_table("COCO bbox evaluation, whole set (median of repeats)",
-                ["tool", "ms", "max |stat - pycocotools|", "speed vs pycocotools", "speed vs faster-coco-eval"],
-                rows)  # fmt: skip
+    print_table(
+        "COCO bbox evaluation, whole set (median of repeats)",
+        ["tool", "ms", "max |stat - pycocotools|", "speed vs pycocotools", "speed vs faster-coco-eval"],
+        rows,
+    )
     print_streaming(ground_truth, detections)
     print_dataset(args.samples)
 
@@ -121,8 +127,12 @@ def print_dataset(samples: int) -> None:
         frames = [synthetic_frame(i, np.random.default_rng([7, i])) for i in range(samples)]
         spec = write_golden_dataset(Path(folder), frames)
         started = time.perf_counter()
-        validated = subprocess.run([sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
-                                   capture_output=True, text=True, check=True)  # fmt: skip
+        validated = subprocess.run(
+            [sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         validate_s = time.perf_counter() - started
         report = json.loads(validated.stdout)
         stage = StageAccuracy(load_dataset(spec), "detection")
@@ -136,11 +146,15 @@ def print_dataset(samples: int) -> None:
     ordered = sorted(costs)
     median_ms, p99_ms = statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
     formats = {name: found["formats"] for name, found in report["stages"].items()}
-    print_table(f"Golden dataset of {samples} samples, three formats: {formats}",
-                ["what", "value"],
-                [["stagewatch gt validate (whole command, s)", f"{validate_s:.2f}"],
-                 ["judge one detection result, median ms", f"{median_ms:.3f}"],
-                 ["judge one detection result, p99 ms", f"{p99_ms:.3f}"]])  # fmt: skip
+    print_table(
+        f"Golden dataset of {samples} samples, three formats: {formats}",
+        ["what", "value"],
+        [
+            ["stagewatch gt validate (whole command, s)", f"{validate_s:.2f}"],
+            ["judge one detection result, median ms", f"{median_ms:.3f}"],
+            ["judge one detection result, p99 ms", f"{p99_ms:.3f}"],
+        ],
+    )
 
 
 def print_streaming(ground_truth: dict, detections: list) -> None:
@@ -159,11 +173,18 @@ def print_streaming(ground_truth: dict, detections: list) -> None:
     evaluator.compute()
     compute_ms = (time.perf_counter() - started) * 1000
     ordered = sorted(costs)
-    print_table("Streaming: per-sample update (one image's boxes, all categories)",
-                ["what", "median ms", "p99 ms"],
-                [["COCO matching update", f"{statistics.median(ordered) * 1000:.3f}",
-                  f"{ordered[int(len(ordered) * 0.99)] * 1000:.3f}"],
-                 ["compute() over the whole set", f"{compute_ms:.1f}", ""]])  # fmt: skip
+    print_table(
+        "Streaming: per-sample update (one image's boxes, all categories)",
+        ["what", "median ms", "p99 ms"],
+        [
+            [
+                "COCO matching update",
+                f"{statistics.median(ordered) * 1000:.3f}",
+                f"{ordered[int(len(ordered) * 0.99)] * 1000:.3f}",
+            ],
+            ["compute() over the whole set", f"{compute_ms:.1f}", ""],
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,22 @@ def flood(endpoint: str, seconds: float, counter) -> None:
         events = []
         for _ in range(1000):
             seq += 1
-            events.append(pack_event({"v": 1, "type": "stage_finished", "client_id": client, "seq": seq,
-                                      "ts_ns": now, "run_id": run_id, "stage": "flood", "span": seq,
-                                      "start_ts_ns": now, "duration_ms": 0.1}))  # fmt: skip
+            events.append(
+                pack_event(
+                    {
+                        "v": 1,
+                        "type": "stage_finished",
+                        "client_id": client,
+                        "seq": seq,
+                        "ts_ns": now,
+                        "run_id": run_id,
+                        "stage": "flood",
+                        "span": seq,
+                        "start_ts_ns": now,
+                        "duration_ms": 0.1,
+                    }
+                )
+            )
         batch_no += 1
         try:
             socket.send(pack_batch(client, batch_no, events), zmq.NOBLOCK)
@@ -110,8 +123,10 @@ def measure(stages: int, flooders: int, seconds: float) -> dict[str, float]:
         rss = PeakRss(daemon_process(home))
         context = mp.get_context("spawn")
         counter = context.Value("q", 0)
-        workers = [context.Process(target=flood, args=(f"ipc://{home}/run/ingest.sock", seconds, counter))
-                   for _ in range(flooders)]  # fmt: skip
+        workers = [
+            context.Process(target=flood, args=(f"ipc://{home}/run/ingest.sock", seconds, counter))
+            for _ in range(flooders)
+        ]
         workers.append(context.Process(target=stall_live_feed, args=(home, seconds)))
         for worker in workers:
             worker.start()
@@ -130,9 +145,17 @@ def main() -> None:
     args = parser.parse_args()
     idle = measure(args.stages, 0, 0.5)
     flooded = measure(args.stages, args.flooders, args.seconds)
-    rows = [[name, f"{r['median']:.2f}", f"{r['p99']:.2f}", f"{r['p99'] / idle['p99']:.2f}", f"{r['rss_mb']:.0f}",
-             f"{r['sent']:,}"] for name, r in (("idle daemon", idle), (f"{args.flooders} flooders + stalled subscriber",
-                                                                       flooded))]  # fmt: skip
+    rows = [
+        [
+            name,
+            f"{r['median']:.2f}",
+            f"{r['p99']:.2f}",
+            f"{r['p99'] / idle['p99']:.2f}",
+            f"{r['rss_mb']:.0f}",
+            f"{r['sent']:,}",
+        ]
+        for name, r in (("idle daemon", idle), (f"{args.flooders} flooders + stalled subscriber", flooded))
+    ]
     print_table(
         f"Pipeline overhead per stage under flood ({args.stages:,} stages; p99 ratio = flooded / idle)",
         ["daemon load", "median us", "p99 us", "p99 ratio", "daemon RSS MB", "flood events sent"],

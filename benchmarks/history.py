@@ -34,11 +34,19 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 
 from stagewatch._protocol import pack_event
-from stagewatch.daemon import Filters, parse_time, query_logs, query_runs, query_stages, query_stats
+from stagewatch.daemon import (
+    Daemon,
+    DaemonSettings,
+    Filters,
+    parse_time,
+    query_logs,
+    query_runs,
+    query_stages,
+    query_stats,
+)
 from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan
-from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
-from stagewatch.daemon import Daemon, DaemonSettings
 from stagewatch.daemon._ingest import Group
+from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
 from stagewatch.daemon._stagestats import refresh_summaries
 
 STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("postprocessing", 6.0))
@@ -56,9 +64,18 @@ def _run_events(run_id: str, index: int, t: int, rng: np.random.Generator) -> li
     events = [{"type": "run_started", "ts_ns": t, "pipeline": "perception", "host": "bench", "pid": index}]
     for span, (stage, scale) in enumerate(STAGES, 1):
         duration = float(rng.exponential(scale))
-        event = {"type": "stage_finished", "ts_ns": t, "stage": stage, "span": span,
-                 "sample_id": f"frame_{index % 1000:03d}", "start_ts_ns": t, "duration_ms": duration,
-                 "rss_start_mb": 500.0, "rss_peak_mb": 500 + duration, "rss_end_mb": 501.0}  # fmt: skip
+        event = {
+            "type": "stage_finished",
+            "ts_ns": t,
+            "stage": stage,
+            "span": span,
+            "sample_id": f"frame_{index % 1000:03d}",
+            "start_ts_ns": t,
+            "duration_ms": duration,
+            "rss_start_mb": 500.0,
+            "rss_peak_mb": 500 + duration,
+            "rss_end_mb": 501.0,
+        }
         if stage == "detection" and rng.random() < 0.03:
             event.update(type="stage_failed", error_type="ValueError", error_message="NaN pixels")
         events.append(event)
@@ -69,8 +86,14 @@ def _run_events(run_id: str, index: int, t: int, rng: np.random.Generator) -> li
 
 
 def _opened(home: Path) -> Daemon:
-    daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock",
-                                   finished_run_grace_s=0))  # fmt: skip
+    daemon = Daemon(
+        DaemonSettings(
+            home=home,
+            endpoint=f"ipc://{home}/run/in.sock",
+            live_endpoint=f"ipc://{home}/run/live.sock",
+            finished_run_grace_s=0,
+        )
+    )
     daemon.lock.take()
     daemon.recover()
     daemon.ingest.bind()
@@ -123,9 +146,14 @@ def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
             carry_out(home, plan)
         merged_ms = median_ms(lambda: _by_id(home, target))
         return [
-            [f"{runs:,} in an hour", f"query by run id of today, {_parts(home)} parts (ms)", f"{merged_ms:.1f}",
-             "< 50", f"{unmerged_ms:.1f} with {parts_before:,} unmerged parts ({unmerged_ms / merged_ms:.1f}x)"],
-        ]  # fmt: skip
+            [
+                f"{runs:,} in an hour",
+                f"query by run id of today, {_parts(home)} parts (ms)",
+                f"{merged_ms:.1f}",
+                "< 50",
+                f"{unmerged_ms:.1f} with {parts_before:,} unmerged parts ({unmerged_ms / merged_ms:.1f}x)",
+            ],
+        ]
     finally:
         shutil.rmtree(home.parent, ignore_errors=True)
 
@@ -205,17 +233,42 @@ def measure(runs: int, keep: Path | None = None) -> list[list[str]]:
         as_json = sum(json_size(read_table(home, t).drop(["date"])) for t in ("runs", "stage_executions", "logs"))
         rows = [
             [f"{runs:,}", "build (events/s)", f"{runs * 7 / build_s:,.0f}" if build_s else "reused", "-", "-"],
-            [f"{runs:,}", "query by run id (ms)", f"{by_id_ms:.1f}", "< 50",
-             f"{scan_ms:.1f} without the run index ({scan_ms / by_id_ms:.1f}x)"],
-            [f"{runs:,}", "--stage detection --status failed --since 7d (ms)", f"{median_ms(failed_detection):.1f}",
-             "< 500", "-"],
-            [f"{runs:,}", "stats over 30 days (ms)", f"{stats_ms:.1f}", "< 1000",
-             f"{raw_stats_ms:.1f} without the summaries ({raw_stats_ms / stats_ms:.1f}x)"],
-            [f"{runs:,}", "stage-stats summaries", f"{summary_mb:.1f} MB", "-",
-             f"{summarized} written in {summarize_s:.1f} s (once a partition is compacted)"],
-            [f"{runs:,}", "Parquet vs same rows as JSON (MB)", f"{parquet / 2**20:.1f}", "≥ 90% smaller",
-             f"{as_json / 2**20:.1f} JSON ({1 - parquet / as_json:.1%} smaller)"],
-        ]  # fmt: skip
+            [
+                f"{runs:,}",
+                "query by run id (ms)",
+                f"{by_id_ms:.1f}",
+                "< 50",
+                f"{scan_ms:.1f} without the run index ({scan_ms / by_id_ms:.1f}x)",
+            ],
+            [
+                f"{runs:,}",
+                "--stage detection --status failed --since 7d (ms)",
+                f"{median_ms(failed_detection):.1f}",
+                "< 500",
+                "-",
+            ],
+            [
+                f"{runs:,}",
+                "stats over 30 days (ms)",
+                f"{stats_ms:.1f}",
+                "< 1000",
+                f"{raw_stats_ms:.1f} without the summaries ({raw_stats_ms / stats_ms:.1f}x)",
+            ],
+            [
+                f"{runs:,}",
+                "stage-stats summaries",
+                f"{summary_mb:.1f} MB",
+                "-",
+                f"{summarized} written in {summarize_s:.1f} s (once a partition is compacted)",
+            ],
+            [
+                f"{runs:,}",
+                "Parquet vs same rows as JSON (MB)",
+                f"{parquet / 2**20:.1f}",
+                "≥ 90% smaller",
+                f"{as_json / 2**20:.1f} JSON ({1 - parquet / as_json:.1%} smaller)",
+            ],
+        ]
         return rows
     finally:
         if keep is None:
@@ -226,8 +279,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--keep", type=Path, help="build each history once in this folder and reuse it afterwards")
-    parser.add_argument("--busy-hour", type=int, default=0, metavar="RUNS",
-                        help="also: today's partition after RUNS runs in an hour of 1 s flushes")  # fmt: skip
+    parser.add_argument(
+        "--busy-hour",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="also: today's partition after RUNS runs in an hour of 1 s flushes",
+    )
     args = parser.parse_args()
     rows = [row for runs in args.runs for row in measure(runs, args.keep)]
     if args.busy_hour:

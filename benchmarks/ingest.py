@@ -65,8 +65,17 @@ def _event(run_id: str, seq: int) -> bytes:
 
 
 def _result(run_id: str, seq: int, sample_id: str, prediction: dict) -> bytes:
-    event = {"v": 1, "type": "sample_result", "client_id": "bench", "seq": seq, "ts_ns": time.time_ns(),
-             "run_id": run_id, "stage": "detection", "sample_id": sample_id, "prediction": prediction}  # fmt: skip
+    event = {
+        "v": 1,
+        "type": "sample_result",
+        "client_id": "bench",
+        "seq": seq,
+        "ts_ns": time.time_ns(),
+        "run_id": run_id,
+        "stage": "detection",
+        "sample_id": sample_id,
+        "prediction": prediction,
+    }
     return pack_event(event)
 
 
@@ -74,8 +83,16 @@ def _stream(events: int, dataset: str | None, results: list | None) -> list[byte
     run_id = str(uuid.uuid4())
     if dataset is None:
         return [_event(run_id, seq) for seq in range(1, events + 1)]
-    started = {"v": 1, "type": "run_started", "client_id": "bench", "seq": 1, "ts_ns": time.time_ns(),
-               "run_id": run_id, "pipeline": "bench", "dataset": dataset}  # fmt: skip
+    started = {
+        "v": 1,
+        "type": "run_started",
+        "client_id": "bench",
+        "seq": 1,
+        "ts_ns": time.time_ns(),
+        "run_id": run_id,
+        "pipeline": "bench",
+        "dataset": dataset,
+    }
     payloads = [pack_event(started)]
     for seq in range(2, events + 1):
         sample_id, prediction = results[seq % len(results)]

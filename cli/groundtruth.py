@@ -48,8 +48,9 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
 
     try:
         ground_truth = load_coco(args.ground_truth, args.iou_type)
-        detections = parse_coco_detections(_read_json(args.detections), ground_truth, str(args.detections),
-                                           args.iou_type)  # fmt: skip
+        detections = parse_coco_detections(
+            _read_json(args.detections), ground_truth, str(args.detections), args.iou_type
+        )
     except (LabelError, CocoFormatError, ValueError) as error:
         return fail(str(error), EXIT_USAGE)
     with progress(args, "evaluating", "images") as update:
@@ -66,14 +67,20 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
 _COCO_LINES = [
     f"Average {kind:<9} ({short}) @[ IoU={iou:<9} | area={area:>6s} | maxDets={dets:>3d} ]"
     for kind, short, iou, area, dets in [
-        ("Precision", "AP", "0.50:0.95", "all", 100), ("Precision", "AP", "0.50", "all", 100),
-        ("Precision", "AP", "0.75", "all", 100), ("Precision", "AP", "0.50:0.95", "small", 100),
-        ("Precision", "AP", "0.50:0.95", "medium", 100), ("Precision", "AP", "0.50:0.95", "large", 100),
-        ("Recall", "AR", "0.50:0.95", "all", 1), ("Recall", "AR", "0.50:0.95", "all", 10),
-        ("Recall", "AR", "0.50:0.95", "all", 100), ("Recall", "AR", "0.50:0.95", "small", 100),
-        ("Recall", "AR", "0.50:0.95", "medium", 100), ("Recall", "AR", "0.50:0.95", "large", 100),
+        ("Precision", "AP", "0.50:0.95", "all", 100),
+        ("Precision", "AP", "0.50", "all", 100),
+        ("Precision", "AP", "0.75", "all", 100),
+        ("Precision", "AP", "0.50:0.95", "small", 100),
+        ("Precision", "AP", "0.50:0.95", "medium", 100),
+        ("Precision", "AP", "0.50:0.95", "large", 100),
+        ("Recall", "AR", "0.50:0.95", "all", 1),
+        ("Recall", "AR", "0.50:0.95", "all", 10),
+        ("Recall", "AR", "0.50:0.95", "all", 100),
+        ("Recall", "AR", "0.50:0.95", "small", 100),
+        ("Recall", "AR", "0.50:0.95", "medium", 100),
+        ("Recall", "AR", "0.50:0.95", "large", 100),
     ]
-]  # fmt: skip
+]
 
 
 def _read_json(path: Path) -> Any:
@@ -135,8 +142,10 @@ def _print_validation(report: dict[str, Any]) -> None:
     print(f"dataset {report['dataset']}: {report['samples']} samples ({report['file']})")
     for stage, found in report["stages"].items():
         formats = ", ".join(f"{count} {suffix}" for suffix, count in sorted(found["formats"].items())) or "none"
-        print(f"  {stage:<20} {found['kind']:<13} labeled {found['labeled']:>5} ({formats}), "
-              f"missing {len(found['missing'])}, invalid {len(found['invalid'])}")  # fmt: skip
+        print(
+            f"  {stage:<20} {found['kind']:<13} labeled {found['labeled']:>5} ({formats}), "
+            f"missing {len(found['missing'])}, invalid {len(found['invalid'])}"
+        )
         for problem in found["invalid"][:10]:
             print(f"    invalid {problem['sample_id']}: {problem['error']}")
         if found["missing"]:

@@ -93,7 +93,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not runs:
         where = "" if home.root.is_dir() else " (it does not exist yet)"
-        print(f"no runs in {home.root}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
+        print(f"no runs yet in {home.root}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
         print("another home: --home PATH or STAGEWATCH_HOME")
         return EXIT_OK
     print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<9}failed stage")

@@ -24,6 +24,7 @@ DEFAULT_HOME = "./output"
 MAX_IPC_PATH_BYTES = 107
 IPC = "ipc://"
 PARTITION_PREFIX = "date="
+ARTIFACT_FORM = "runs/{run_id}/stages/{stage}/{file}"  # a saved output's path, relative to the home
 
 
 class Home:
@@ -246,7 +247,7 @@ def parse_artifact_relpath(relative: str) -> tuple[str, str, str]:
     """(run_id, stage, file) of a path in the form `artifact_relpath` makes; ValueError else."""
     parts = relative.split("/")
     if len(parts) != 5 or artifact_relpath(parts[1], parts[3], parts[4]) != relative:
-        raise ValueError("expected runs/{run_id}/stages/{stage}/{file}")
+        raise ValueError(f"expected {ARTIFACT_FORM}")
     return parts[1], parts[3], parts[4]
 
 

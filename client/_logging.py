@@ -55,8 +55,13 @@ def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:
 def loguru_sink(message: Any) -> None:
     """A Loguru sink: `logger.add(stagewatch.loguru_sink)`."""
     record = message.record
-    forward(record["level"].name, record["message"], record["name"], dict(record["extra"]),
-            int(record["time"].timestamp() * 1e9))  # fmt: skip
+    forward(
+        record["level"].name,
+        record["message"],
+        record["name"],
+        dict(record["extra"]),
+        int(record["time"].timestamp() * 1e9),
+    )
 
 
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -602,4 +602,3 @@ def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
     _closing = process.sender
     safe_close(process.sender, timeout_s)
     _closing = None
-

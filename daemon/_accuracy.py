@@ -61,10 +61,16 @@ class RunAccuracy:
         return self.stages[stage].judge(sample_id, prediction, path)
 
     def summary(self, coco: bool = True) -> dict[str, Any]:
-        return {"run_id": self.run_id, "pipeline": self.pipeline, "dataset": self.dataset_path,
-                "dataset_name": self.dataset.name if self.dataset else None, "dataset_problem": self.problem,
-                "finished": self.finished, "stages": {name: s.summary(coco) for name, s in self.stages.items()},
-                "results_without_ground_truth": self.not_in_dataset}  # fmt: skip
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "dataset": self.dataset_path,
+            "dataset_name": self.dataset.name if self.dataset else None,
+            "dataset_problem": self.problem,
+            "finished": self.finished,
+            "stages": {name: s.summary(coco) for name, s in self.stages.items()},
+            "results_without_ground_truth": self.not_in_dataset,
+        }
 
 
 class AccuracyProjection:
@@ -116,13 +122,25 @@ class AccuracyProjection:
         if run.dataset is not None and run.dataset.spec.stages[event.stage].kind != "boxes":
             found = _quietly(lambda: run.dataset.label_path(event.stage, event.sample_id))
             label_path = str(found) if found else None
-        self.rows.append({
-            "run_id": run.run_id, "pipeline": run.pipeline, "stage": event.stage, "sample_id": event.sample_id,
-            "time": event.ts_ns, "status": verdict.status, "value": verdict.value, "severity": verdict.severity,
-            "error_types": sorted(verdict.errors), "errors": json.dumps(verdict.errors), "reason": verdict.reason,
-            "scores": json.dumps(_plain(verdict.scores)), "prediction_path": event.path, "label_path": label_path,
-            "lsn": lsn,
-        })  # fmt: skip
+        self.rows.append(
+            {
+                "run_id": run.run_id,
+                "pipeline": run.pipeline,
+                "stage": event.stage,
+                "sample_id": event.sample_id,
+                "time": event.ts_ns,
+                "status": verdict.status,
+                "value": verdict.value,
+                "severity": verdict.severity,
+                "error_types": sorted(verdict.errors),
+                "errors": json.dumps(verdict.errors),
+                "reason": verdict.reason,
+                "scores": json.dumps(_plain(verdict.scores)),
+                "prediction_path": event.path,
+                "label_path": label_path,
+                "lsn": lsn,
+            }
+        )
 
     def _artifact(self, relative: str | None) -> Path | None:
         """A saved prediction under the home; anything else is refused (None: judged invalid)."""

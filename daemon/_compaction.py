@@ -71,12 +71,16 @@ def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
     return (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
 
 
-def compact(home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS,
-            progress: Callable[[], object] = lambda: None) -> int:  # fmt: skip
+def compact(
+    home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS, progress: Callable[[], object] = lambda: None
+) -> int:
     """Compact every partition older than `min_age_days` holding more than one part."""
     cutoff = aged_cutoff(now, min_age_days)
-    plan = {partition: [parts] for partition, parts in _partitions(home)
-            if partition_date(partition) < cutoff and len(parts) > 1}  # fmt: skip
+    plan = {
+        partition: [parts]
+        for partition, parts in _partitions(home)
+        if partition_date(partition) < cutoff and len(parts) > 1
+    }
     return carry_out(home, plan, progress, by_status=True)
 
 
@@ -98,8 +102,13 @@ def tier_groups(parts: list[tuple[Path, int]], fan_in: int = FAN_IN) -> list[lis
     return [names[i : i + fan_in] for names in by_tier.values() for i in range(0, len(names) - fan_in + 1, fan_in)]
 
 
-def carry_out(home: Path | Home, plan: Plan, progress: Callable[[], object] = lambda: None,
-              deadline: float = math.inf, by_status: bool = False) -> int:  # fmt: skip
+def carry_out(
+    home: Path | Home,
+    plan: Plan,
+    progress: Callable[[], object] = lambda: None,
+    deadline: float = math.inf,
+    by_status: bool = False,
+) -> int:
     """Merge each group of parts into one, at most `GROUPS_PER_SWAP` groups a swap; call
     `progress` after each swap (the daemon pings systemd's watchdog: a long backlog is work,
     not a hang) and stop once time.monotonic() passes `deadline` (the rest waits for the next
@@ -138,17 +147,24 @@ def quarantine_damaged(home: Home, parts: list[Path]) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
         moved.append(target)
-        logger.error("damaged Parquet part {} ({}) moved to {}; its rows are missing from queries until "
-                     "`stagewatch rebuild` regenerates the tables from the event log",
-                     part, damage, target)  # fmt: skip
+        logger.error(
+            "damaged Parquet part {} ({}) moved to {}; its rows are missing from queries until "
+            "`stagewatch rebuild` regenerates the tables from the event log",
+            part,
+            damage,
+            target,
+        )
     return moved
 
 
 def _partitions(home: Path | Home) -> list[tuple[Path, list[Path]]]:
     # Only the daemon's own tables: `samples` is written by the accuracy worker, another
     # process, whose new part could land in a partition in the middle of a swap.
-    return [(partition, sorted(partition.glob(f"{PART_PREFIX}*.parquet")))
-            for table in DAEMON_TABLES for partition in Home.of(home).partitions(table)]  # fmt: skip
+    return [
+        (partition, sorted(partition.glob(f"{PART_PREFIX}*.parquet")))
+        for table in DAEMON_TABLES
+        for partition in Home.of(home).partitions(table)
+    ]
 
 
 def _merged(parts: list[Path], schema: pa.Schema, by_status: bool) -> tuple[pa.Table, str]:

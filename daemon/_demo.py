@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import stagewatch
-from stagewatch._config import resolve_home
+from stagewatch._home import Home
 from stagewatch._saver import write_ply, write_png
 
 FAILING_FRAME = 47
@@ -86,8 +86,16 @@ def write_golden_dataset(folder: Path, frames: list[Frame]) -> Path:
     for number, frame in enumerate(frames, start=1):
         coco["images"].append({"id": number, "file_name": f"{frame.sample_id}.png", "width": WIDTH, "height": HEIGHT})
         for kind, box in frame.boxes:
-            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": number, "category_id": kind,
-                                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": number,
+                    "category_id": kind,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
         if number % 2:
             write_png(folder / "masks" / f"{frame.sample_id}.png", frame.mask)
         else:
@@ -226,9 +234,9 @@ def postprocess(detections: dict[str, list], frame: Frame) -> np.ndarray:
 
 def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagewatch.Run:
     """Write the golden dataset, then run the pipeline checked against it; returns the run."""
-    home_path = resolve_home(home)
+    home_path = Home.resolve(home).root
     scenes = [synthetic_frame(index, np.random.default_rng([seed, index])) for index in range(frames)]
-    dataset = write_golden_dataset(home_path / "datasets" / "demo", scenes[:LABELED_FRAMES])
+    dataset = write_golden_dataset(Home.of(home_path).datasets / "demo", scenes[:LABELED_FRAMES])
     config = {"frames": frames, "seed": seed, "image": [HEIGHT, WIDTH], "classes": CLASSES}
     with stagewatch.init(pipeline="perception", config=config, home=home, dataset=dataset) as run:
         for frame in scenes:
@@ -248,8 +256,9 @@ def process_frame(run: stagewatch.Run, frame: Frame) -> None:
         st.result(frame.sample_id, detections)
     with run.stage("segmentation", input_path=source, sample_id=frame.sample_id) as st:
         st.result(frame.sample_id, segment(image))
-    with run.stage("lidar_segmentation", input_path=f"synthetic://lidar0/{frame.sample_id}",
-                   sample_id=frame.sample_id) as st:  # fmt: skip
+    with run.stage(
+        "lidar_segmentation", input_path=f"synthetic://lidar0/{frame.sample_id}", sample_id=frame.sample_id
+    ) as st:
         labels = label_points(cloud)
         st.save(f"{frame.sample_id}_points.ply", {"points": cloud, "label": labels})
         st.result(frame.sample_id, labels)

@@ -44,8 +44,10 @@ def disk_state(reading: DiskReading, limits: DiskSection) -> tuple[str, list[str
     problems = []
     free_percent = 100.0 * reading.free_bytes / reading.total_bytes if reading.total_bytes else 0.0
     if reading.free_bytes < limits.floor_free_bytes:
-        return FLOOR, [f"free space {_size(reading.free_bytes)} is below the floor of {_size(limits.floor_free_bytes)}:"
-                       " the daemon accepts no events until space is freed"]  # fmt: skip
+        return FLOOR, [
+            f"free space {_size(reading.free_bytes)} is below the floor of {_size(limits.floor_free_bytes)}:"
+            " the daemon accepts no events until space is freed"
+        ]
     if free_percent < limits.warn_free_percent:
         problems.append(f"free space is {free_percent:.1f}% (warning below {limits.warn_free_percent:g}%)")
     if reading.free_bytes < limits.warn_free_bytes:

@@ -76,14 +76,22 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     quarantined = sum(1 for p in quarantine.glob("*.jsonl") for _ in p.open()) if quarantine.is_dir() else 0
     set_aside = list(layout.quarantined_parts.rglob("*.parquet"))
     return [
-        _check("tables", not set_aside, f"{len(set_aside)} damaged Parquet part(s) set aside in "
-               f"{layout.quarantined_parts}: their rows are missing from queries; `stagewatch rebuild` "
-               "(daemon stopped) regenerates them from the event log" if set_aside
-               else "no damaged Parquet part set aside"),
-        _check("event log", damaged == 0, f"{damaged} damaged region(s) found at the last start" if damaged
-               else "intact at the last start"),
+        _check(
+            "tables",
+            not set_aside,
+            f"{len(set_aside)} damaged Parquet part(s) set aside in "
+            f"{layout.quarantined_parts}: their rows are missing from queries; `stagewatch rebuild` "
+            "(daemon stopped) regenerates them from the event log"
+            if set_aside
+            else "no damaged Parquet part set aside",
+        ),
+        _check(
+            "event log",
+            damaged == 0,
+            f"{damaged} damaged region(s) found at the last start" if damaged else "intact at the last start",
+        ),
         _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),
         _check("internal", stats.get("internal_errors", 0) == 0, f"{stats.get('internal_errors', 0)} internal errors"),
         _check("spool", True, f"{len(spools)} spool file(s) waiting (clients still running or daemon catching up)"),
-        _check("quarantine", True, f"{quarantined} rejected event(s) in {home / 'quarantine'}"),
-    ]  # fmt: skip
+        _check("quarantine", True, f"{quarantined} rejected event(s) in {layout.quarantine}"),
+    ]

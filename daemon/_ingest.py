@@ -57,8 +57,6 @@ def _require_curve(context: zmq.Context, router: zmq.Socket, home: Home) -> Any:
     import zmq.auth
     from zmq.auth.thread import ThreadAuthenticator
 
-    if not home.server_secret_key.exists():
-        raise ValueError(f"a TCP endpoint needs CURVE keys: run `stagewatch keys init --home {home.root}`")
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve(domain="*", location=str(home.authorized_keys))
@@ -94,6 +92,7 @@ class Ingest:
         self._authenticator: Any = None
         self.router: zmq.Socket | None = None
         self.live: zmq.Socket | None = None
+        self._bound: list[str] = []  # endpoints this daemon bound (whose socket files it removes)
 
     # -- sockets -------------------------------------------------------------------------
     def endpoints(self) -> list[str]:
@@ -114,21 +113,24 @@ class Ingest:
             if socket_file is not None:
                 socket_file.parent.mkdir(parents=True, exist_ok=True)
                 socket_file.parent.chmod(folder_mode)
-        self.router = self._router()
+        self._bind_router()
         self.live = self._context.socket(zmq.PUB)
         # A message is a whole group (up to 10k events): a stalled subscriber may hold back
         # 16 of them, then it misses messages; the daemon never waits and never grows.
         self.live.setsockopt(zmq.SNDHWM, LIVE_HWM_MESSAGES)
         self.live.setsockopt(zmq.LINGER, 0)
         self.live.bind(self.settings.live_endpoint)
+        self._bound.append(self.settings.live_endpoint)
         if self.settings.group_access:
             for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
                 socket_file = ipc_path(endpoint)
                 if socket_file is not None:
                     socket_file.chmod(0o660)
 
-    def _router(self) -> zmq.Socket:
-        router = self._context.socket(zmq.ROUTER)
+    def _bind_router(self) -> None:
+        if self.settings.endpoint.startswith("tcp://") and not self.home.server_secret_key.exists():
+            raise ValueError(f"a TCP endpoint needs CURVE keys: run `stagewatch keys init --home {self.home.root}`")
+        router = self.router = self._context.socket(zmq.ROUTER)  # closed by close(), whatever fails next
         if self.settings.endpoint.startswith("tcp://"):  # TCP is served with CURVE only
             self._authenticator = _require_curve(self._context, router, self.home)
         router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes)
@@ -137,7 +139,7 @@ class Ingest:
         router.setsockopt(zmq.RCVHWM, RECEIVE_HWM_FRAMES)
         router.setsockopt(zmq.LINGER, 0)
         router.bind(self.settings.endpoint)
-        return router
+        self._bound.append(self.settings.endpoint)
 
     def close(self) -> None:
         """Close the sockets and the context; remove the ipc socket files (a stale one would
@@ -147,11 +149,10 @@ class Ingest:
                 socket.close(0)
         if self._authenticator is not None:
             self._authenticator.stop()
-        if self.router is not None:
-            for endpoint in self.endpoints():
-                socket_file = ipc_path(endpoint)
-                if socket_file is not None:
-                    socket_file.unlink(missing_ok=True)
+        for endpoint in self._bound:
+            socket_file = ipc_path(endpoint)
+            if socket_file is not None:
+                socket_file.unlink(missing_ok=True)
         self._context.term()
 
     def wait(self, timeout_ms: int) -> bool:

@@ -100,13 +100,22 @@ _AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended")]
 
 def _new_stage(event: Any) -> dict[str, Any]:
     return {
-        "stage": event.stage, "span": event.span, "client_id": event.client_id,
-        "parent_span": getattr(event, "parent_span", None), "sample_id": event.sample_id,
-        "status": "running", "started_at": None, "finished_at": None, "duration_ms": None,
-        "input_path": getattr(event, "input_path", None), "output_paths": [],
+        "stage": event.stage,
+        "span": event.span,
+        "client_id": event.client_id,
+        "parent_span": getattr(event, "parent_span", None),
+        "sample_id": event.sample_id,
+        "status": "running",
+        "started_at": None,
+        "finished_at": None,
+        "duration_ms": None,
+        "input_path": getattr(event, "input_path", None),
+        "output_paths": [],
         "memory": {"rss_start_mb": None, "rss_peak_mb": None, "rss_end_mb": None, "gpu_peak_mb": None},
-        "error": None, "artifacts": [], "start_ns": None,
-    }  # fmt: skip
+        "error": None,
+        "artifacts": [],
+        "start_ns": None,
+    }
 
 
 def _span_key(event: Any) -> str:

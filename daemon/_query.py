@@ -144,8 +144,12 @@ def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
         return stage_stats(_stats_rows(home, filters, _dates_of(home, filters)))
     dates = [date for date in partition_dates(home) if _overlaps(filters, date)]
     summaries = current_summaries(home, [date for date in dates if _covers(filters, date)])
-    groups = [g for date_groups in summaries.values() for g in date_groups
-              if filters.stage in (None, g.stage) and filters.status in (None, g.status)]  # fmt: skip
+    groups = [
+        g
+        for date_groups in summaries.values()
+        for g in date_groups
+        if filters.stage in (None, g.stage) and filters.status in (None, g.status)
+    ]
     rest = [date for date in dates if date not in summaries]
     return stats_of([*groups, *summarize(_stats_rows(home, filters, rest))])
 
@@ -157,11 +161,13 @@ def _stats_rows(home: Path, filters: Filters, dates: list[str] | None) -> pa.Tab
 
 def _overlaps(filters: Filters, date: str) -> bool:
     return (filters.since is None or filters.since.strftime("%Y-%m-%d") <= date) and (
-        filters.until is None or date <= filters.until.strftime("%Y-%m-%d"))  # fmt: skip
+        filters.until is None or date <= filters.until.strftime("%Y-%m-%d")
+    )
 
 
 def _covers(filters: Filters, date: str) -> bool:
     """Whether the time range holds all of `date` (UTC), so its rows need no time filter."""
     midnight = datetime.fromisoformat(date).replace(tzinfo=UTC)
     return (filters.since is None or filters.since <= midnight) and (
-        filters.until is None or filters.until >= midnight + timedelta(days=1))  # fmt: skip
+        filters.until is None or filters.until >= midnight + timedelta(days=1)
+    )

@@ -27,8 +27,14 @@ class RunNotFound(LookupError):
     pass
 
 
-def read_table(home: Path, table: str, expression: ds.Expression | None = None, dates: list[str] | None = None,
-               columns: list[str] | None = None, dictionary: tuple[str, ...] = ()) -> pa.Table:  # fmt: skip
+def read_table(
+    home: Path,
+    table: str,
+    expression: ds.Expression | None = None,
+    dates: list[str] | None = None,
+    columns: list[str] | None = None,
+    dictionary: tuple[str, ...] = (),
+) -> pa.Table:
     """The rows of a metrics table that match `expression` (all if None); an empty table
     with the right schema if there are none. `dates` limits the read to those partitions
     (the run index's answer for one run) without listing the others; `columns` reads only those,
@@ -44,8 +50,14 @@ def read_table(home: Path, table: str, expression: ds.Expression | None = None, 
     return _read_once(home, table, expression, dates, columns, dictionary)
 
 
-def _read_once(home: Path, table: str, expression: ds.Expression | None, dates: list[str] | None,
-               columns: list[str] | None, dictionary: tuple[str, ...]) -> pa.Table:  # fmt: skip
+def _read_once(
+    home: Path,
+    table: str,
+    expression: ds.Expression | None,
+    dates: list[str] | None,
+    columns: list[str] | None,
+    dictionary: tuple[str, ...],
+) -> pa.Table:
     folder = Home.of(home).table(table)
     schema = _with_date(TABLES[table])
     if not folder.is_dir():
@@ -82,8 +94,9 @@ class DamagedPartWarning(UserWarning):
 
 def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, schema: pa.Schema) -> ds.Dataset:
     partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-    return ds.dataset(files, format=file_format, partitioning=partitioning, schema=schema,
-                      partition_base_dir=str(folder))  # fmt: skip
+    return ds.dataset(
+        files, format=file_format, partitioning=partitioning, schema=schema, partition_base_dir=str(folder)
+    )
 
 
 def _without_damaged_parts(files: list[str]) -> list[str] | None:
@@ -91,9 +104,12 @@ def _without_damaged_parts(files: list[str]) -> list[str] | None:
     something else). The event log still holds their rows: `stagewatch rebuild`."""
     damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
     for path, damage in damaged.items():
-        warnings.warn(f"skipped the damaged Parquet part {path} ({damage}); its rows are missing from this "
-                      "answer until `stagewatch rebuild` regenerates the tables from the event log",
-                      DamagedPartWarning, stacklevel=4)  # fmt: skip
+        warnings.warn(
+            f"skipped the damaged Parquet part {path} ({damage}); its rows are missing from this "
+            "answer until `stagewatch rebuild` regenerates the tables from the event log",
+            DamagedPartWarning,
+            stacklevel=4,
+        )
     return [path for path in files if path not in damaged] if damaged else None
 
 
@@ -233,8 +249,7 @@ def load_audit(home: Path, run_id: str) -> dict[str, Any]:
 
 
 def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
-    return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [],
-            "problems": [problem]}  # fmt: skip
+    return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [], "problems": [problem]}
 
 
 def _read_stage_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
@@ -253,6 +268,12 @@ def _read_stage_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
 
 
 def _error_of(stage: dict[str, Any]) -> dict[str, Any]:
-    return {"stage": stage.get("stage"), "span": stage.get("span"), "sample_id": stage.get("sample_id"),
-            "type": stage["error"].get("type"), "message": stage["error"].get("message"),
-            "at": stage.get("finished_at"), "input_path": stage.get("input_path")}  # fmt: skip
+    return {
+        "stage": stage.get("stage"),
+        "span": stage.get("span"),
+        "sample_id": stage.get("sample_id"),
+        "type": stage["error"].get("type"),
+        "message": stage["error"].get("message"),
+        "at": stage.get("finished_at"),
+        "input_path": stage.get("input_path"),
+    }

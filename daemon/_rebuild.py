@@ -28,8 +28,12 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
         daemon.recover(progress)
         daemon.flush(final=True)
         AccuracyWorker(home).recover()  # from an empty checkpoint: judges every sample result again
-        return {"events_replayed": daemon.stats.replayed, "read_model_files_removed": removed,
-                "recovery": daemon.stats.recovery, "runs_open": len(daemon.projector.open_work())}  # fmt: skip
+        return {
+            "events_replayed": daemon.stats.replayed,
+            "read_model_files_removed": removed,
+            "recovery": daemon.stats.recovery,
+            "runs_open": len(daemon.projector.open_work()),
+        }
     finally:
         daemon.release()
 

@@ -32,6 +32,7 @@ Progress = Callable[[int, int], object]
 def _no_progress(done: int, total: int) -> None:
     return None
 
+
 NS = 1_000_000_000
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -73,9 +74,13 @@ class Plan:
 
 
 def select_expired(
-    runs: Iterable[FinishedRun], segments: list[Segment], now_ns: int, checkpoint_lsn: int,
-    runs_keep_s: float | None, events_keep_s: float | None,
-) -> Plan:  # fmt: skip
+    runs: Iterable[FinishedRun],
+    segments: list[Segment],
+    now_ns: int,
+    checkpoint_lsn: int,
+    runs_keep_s: float | None,
+    events_keep_s: float | None,
+) -> Plan:
     """What retention removes now. Only finished runs are candidates (a run in progress is
     not in the runs table). A segment goes only once every projection has passed it (its
     end is at or before the checkpoint) and never the last, open one."""
@@ -102,8 +107,9 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     ends = table["end_time"].cast("int64").to_pylist()
     runs = [FinishedRun(r, e or 0) for r, e in zip(table["run_id"].to_pylist(), ends, strict=True)]
     listed = EventLog(Home.of(home).events).segments()
-    segments = [Segment(path, next_base, path.stat().st_mtime_ns)
-                for (_, path), (next_base, _) in itertools.pairwise(listed)]  # fmt: skip
+    segments = [
+        Segment(path, next_base, path.stat().st_mtime_ns) for (_, path), (next_base, _) in itertools.pairwise(listed)
+    ]
     if listed:
         base, path = listed[-1]
         segments.append(Segment(path, base + path.stat().st_size, path.stat().st_mtime_ns))
@@ -127,9 +133,14 @@ def apply_retention(
     if not dry_run:
         resume_interrupted(home)
     runs, segments, checkpoint_lsn = gather(home)
-    plan = select_expired([r for r in runs if r.run_id not in exclude], segments,
-                          now_ns if now_ns is not None else time.time_ns(), checkpoint_lsn,
-                          parse_duration(retention.runs), parse_duration(retention.events))  # fmt: skip
+    plan = select_expired(
+        [r for r in runs if r.run_id not in exclude],
+        segments,
+        now_ns if now_ns is not None else time.time_ns(),
+        checkpoint_lsn,
+        parse_duration(retention.runs),
+        parse_duration(retention.events),
+    )
     if dry_run:
         return {
             "dry_run": True,
@@ -183,8 +194,13 @@ def _carry_out(home: Path, plan: Plan, progress: Progress = _no_progress) -> dic
         segment_bytes += _size(path)
         path.unlink(missing_ok=True)
         progress(next(steps), total)
-    return {"runs": plan.runs, "run_bytes": run_bytes, "parquet_rows": rows,
-            "segments": [p.name for p in plan.segments], "segment_bytes": segment_bytes}  # fmt: skip
+    return {
+        "runs": plan.runs,
+        "run_bytes": run_bytes,
+        "parquet_rows": rows,
+        "segments": [p.name for p in plan.segments],
+        "segment_bytes": segment_bytes,
+    }
 
 
 def _parts(home: Path) -> list[Path]:

@@ -131,8 +131,9 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _merge(values: dict[str, Any], sources: dict[str, str], new: Mapping[str, Any], source: str,
-           prefix: str = "") -> None:  # fmt: skip
+def _merge(
+    values: dict[str, Any], sources: dict[str, str], new: Mapping[str, Any], source: str, prefix: str = ""
+) -> None:
     for key, value in new.items():
         if isinstance(value, Mapping):
             _merge(values.setdefault(key, {}), sources, value, source, f"{prefix}{key}.")

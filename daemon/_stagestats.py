@@ -130,8 +130,13 @@ def distribution(measures: list[Measure]) -> dict[str, float | None]:
     ranks = sorted({rank for pair in neighbours for rank in pair})
     found = dict(zip(ranks, order_statistics(measures, ranks), strict=True))
     median, p95, p99 = (_lerp(found[lo], found[hi], h - lo) for h, (lo, hi) in zip(virtual, neighbours, strict=True))
-    return {"mean": sum(m.total for m in measures) / n, "median": median, "p95": p95, "p99": p99,
-            "max": max(float(m.values[-1]) for m in measures if len(m.values))}  # fmt: skip
+    return {
+        "mean": sum(m.total for m in measures) / n,
+        "median": median,
+        "p95": p95,
+        "p99": p99,
+        "max": max(float(m.values[-1]) for m in measures if len(m.values)),
+    }
 
 
 def order_statistics(measures: list[Measure], ranks: list[int]) -> list[float]:
@@ -156,8 +161,9 @@ def order_statistics(measures: list[Measure], ranks: list[int]) -> list[float]:
 def _bucket_values(measures: list[Measure], key: int) -> np.ndarray:
     low = _from_sortable(key << KEY_SHIFT)
     high = _from_sortable((key << KEY_SHIFT) | ((1 << KEY_SHIFT) - 1))
-    return np.concatenate([m.values[np.searchsorted(m.values, low, "left") : np.searchsorted(m.values, high, "right")]
-                           for m in measures])  # fmt: skip
+    return np.concatenate(
+        [m.values[np.searchsorted(m.values, low, "left") : np.searchsorted(m.values, high, "right")] for m in measures]
+    )
 
 
 def _sortable(values: np.ndarray) -> np.ndarray:
@@ -203,8 +209,13 @@ def write_summary(path: Path, groups: list[Group], source: dict[str, Any]) -> No
     for group in groups:
         measures = {}
         for name, measure in group.measures.items():
-            measures[name] = {"offset": offset, "count": len(measure.values), "total": measure.total,
-                              "keys": measure.keys.tolist(), "counts": measure.counts.tolist()}  # fmt: skip
+            measures[name] = {
+                "offset": offset,
+                "count": len(measure.values),
+                "total": measure.total,
+                "keys": measure.keys.tolist(),
+                "counts": measure.counts.tolist(),
+            }
             arrays.append(measure.values)
             offset += len(measure.values)
         described.append({"stage": group.stage, "status": group.status, "rows": group.rows, "measures": measures})
@@ -234,8 +245,12 @@ def read_summary(path: Path, source: dict[str, Any]) -> list[Group] | None:
 def _group(described: dict[str, Any], values: np.ndarray) -> Group:
     measures = {}
     for name, m in described["measures"].items():
-        measures[name] = Measure(values[m["offset"] : m["offset"] + m["count"]], m["total"],
-                                 np.array(m["keys"], np.int64), np.array(m["counts"], np.int64))  # fmt: skip
+        measures[name] = Measure(
+            values[m["offset"] : m["offset"] + m["count"]],
+            m["total"],
+            np.array(m["keys"], np.int64),
+            np.array(m["counts"], np.int64),
+        )
     return Group(described["stage"], described["status"], described["rows"], measures)
 
 

@@ -71,18 +71,41 @@ RUNS = pa.schema(
         ("lsn", pa.int64()),
     ]
 )
-LOGS = pa.schema([
-    ("run_id", pa.string()), ("pipeline", pa.string()), ("time", TIMESTAMP), ("level", pa.string()),
-    ("stage", pa.string()), ("sample_id", pa.string()), ("logger", pa.string()), ("message", pa.string()),
-    ("extra", pa.string()), ("client_id", pa.string()), ("lsn", pa.int64()),
-])  # fmt: skip
+LOGS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("time", TIMESTAMP),
+        ("level", pa.string()),
+        ("stage", pa.string()),
+        ("sample_id", pa.string()),
+        ("logger", pa.string()),
+        ("message", pa.string()),
+        ("extra", pa.string()),
+        ("client_id", pa.string()),
+        ("lsn", pa.int64()),
+    ]
+)
 # One row per (run, stage, sample) judged against ground truth; written by the accuracy worker.
-SAMPLES = pa.schema([
-    ("run_id", pa.string()), ("pipeline", pa.string()), ("stage", pa.string()), ("sample_id", pa.string()),
-    ("time", TIMESTAMP), ("status", pa.string()), ("value", pa.float64()), ("severity", pa.float64()),
-    ("error_types", pa.list_(pa.string())), ("errors", pa.string()), ("reason", pa.string()),
-    ("scores", pa.string()), ("prediction_path", pa.string()), ("label_path", pa.string()), ("lsn", pa.int64()),
-])  # fmt: skip
+SAMPLES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("stage", pa.string()),
+        ("sample_id", pa.string()),
+        ("time", TIMESTAMP),
+        ("status", pa.string()),
+        ("value", pa.float64()),
+        ("severity", pa.float64()),
+        ("error_types", pa.list_(pa.string())),
+        ("errors", pa.string()),
+        ("reason", pa.string()),
+        ("scores", pa.string()),
+        ("prediction_path", pa.string()),
+        ("label_path", pa.string()),
+        ("lsn", pa.int64()),
+    ]
+)
 TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS, "samples": SAMPLES}
 DAEMON_TABLES = ("stage_executions", "runs", "logs")  # the daemon's own; samples are the accuracy worker's
 PART_PREFIX = "part-"

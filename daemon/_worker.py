@@ -9,7 +9,7 @@ import time
 
 from loguru import logger
 
-from stagewatch._home import Home
+from stagewatch._home import Home, ipc_path
 
 RESTART_DELAY_S = 5.0
 
@@ -41,11 +41,15 @@ class WorkerProcess:
         self.start()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        socket_file = ipc_path(self.endpoint) if self.endpoint else None
+        if socket_file is not None:  # a stale socket file would look like a worker
+            socket_file.unlink(missing_ok=True)

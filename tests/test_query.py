@@ -17,8 +17,7 @@ from tests.conftest import DaemonProcess, wait_for
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +90,15 @@ def test_query_by_run_returns_the_complete_history(history) -> None:
     assert len(full["logs"]) == 80 and all(line["run_id"] == ids["broken"] for line in full["logs"])
 
 
-@pytest.mark.parametrize("args", [["--status", "weird"], ["--since", "yesterday"], ["--level", "LOUD"],
-                                  ["--since", "2026-01-02", "--until", "2026-01-01"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--status", "weird"],
+        ["--since", "yesterday"],
+        ["--level", "LOUD"],
+        ["--since", "2026-01-02", "--until", "2026-01-01"],
+    ],
+)
 def test_malformed_filters_exit_2(history, args) -> None:
     home, _ = history
     result = sw("query", "--home", str(home), *args)

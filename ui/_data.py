@@ -51,9 +51,17 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
 
 def executions_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per stage execution, in the order they ended (for the duration chart)."""
-    rows = [{"stage": s["stage"], "sample_id": s.get("sample_id"), "status": s.get("status"),
-             "duration_ms": s.get("duration_ms"), "rss_peak_mb": (s.get("memory") or {}).get("rss_peak_mb"),
-             "order": i} for i, s in enumerate(stages)]  # fmt: skip
+    rows = [
+        {
+            "stage": s["stage"],
+            "sample_id": s.get("sample_id"),
+            "status": s.get("status"),
+            "duration_ms": s.get("duration_ms"),
+            "rss_peak_mb": (s.get("memory") or {}).get("rss_peak_mb"),
+            "order": i,
+        }
+        for i, s in enumerate(stages)
+    ]
     return pd.DataFrame(rows, columns=["stage", "sample_id", "status", "duration_ms", "rss_peak_mb", "order"])
 
 
@@ -61,10 +69,21 @@ def stats_frame(home: Path, run_id: str) -> pd.DataFrame:
     rows = []
     for entry in stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS)):
         duration, rss, gpu = entry["duration_ms"], entry["rss_peak_mb"], entry["gpu_peak_mb"]
-        rows.append({"stage": entry["stage"], "count": entry["count"], "failure rate": entry["failure_rate"],
-                     "median ms": duration["median"], "p95 ms": duration["p95"], "p99 ms": duration["p99"],
-                     "max ms": duration["max"], "peak RSS MB": rss["max"], "peak GPU MB": gpu["max"],
-                     "share of time": entry["share_of_time"], "bottleneck": bool(entry.get("bottleneck"))})  # fmt: skip
+        rows.append(
+            {
+                "stage": entry["stage"],
+                "count": entry["count"],
+                "failure rate": entry["failure_rate"],
+                "median ms": duration["median"],
+                "p95 ms": duration["p95"],
+                "p99 ms": duration["p99"],
+                "max ms": duration["max"],
+                "peak RSS MB": rss["max"],
+                "peak GPU MB": gpu["max"],
+                "share of time": entry["share_of_time"],
+                "bottleneck": bool(entry.get("bottleneck")),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -75,8 +94,13 @@ def accuracy_frame(accuracy: dict[str, Any] | None) -> pd.DataFrame:
         row = {"stage": name, "kind": stage["kind"], **stage["counts"]}
         if stage["kind"] == "boxes":
             coco = metrics.get("coco", {})
-            row |= {"precision": metrics["precision"], "recall": metrics["recall"], "F1": metrics["f1"],
-                    "mAP": coco.get("AP"), "AP50": coco.get("AP50")}  # fmt: skip
+            row |= {
+                "precision": metrics["precision"],
+                "recall": metrics["recall"],
+                "F1": metrics["f1"],
+                "mAP": coco.get("AP"),
+                "AP50": coco.get("AP50"),
+            }
         else:
             row |= {"mIoU": metrics["miou"], "accuracy": metrics["accuracy"]}
         rows.append(row)
@@ -143,5 +167,15 @@ def _array_summary(name: str, array: np.ndarray) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["ArtifactRefused", "RunNotFound", "accuracy_frame", "disk_problems", "find_run", "preview",
-           "resolve_artifact", "run_view", "runs_frame", "stats_frame"]  # fmt: skip
+__all__ = [
+    "ArtifactRefused",
+    "RunNotFound",
+    "accuracy_frame",
+    "disk_problems",
+    "find_run",
+    "preview",
+    "resolve_artifact",
+    "run_view",
+    "runs_frame",
+    "stats_frame",
+]

@@ -20,8 +20,13 @@ class UiArgumentError(ValueError):
     """A bad address or auth option; the message says what to give instead."""
 
 
-def ui_command(address: str = "127.0.0.1", port: int = DEFAULT_PORT, basic_auth: str | None = None,
-               cookie_secret: str | None = None, origins: list[str] | None = None) -> list[str]:  # fmt: skip
+def ui_command(
+    address: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    basic_auth: str | None = None,
+    cookie_secret: str | None = None,
+    origins: list[str] | None = None,
+) -> list[str]:
     """The `panel serve` command line for these options (validated)."""
     try:
         ip = ipaddress.ip_address(address)
@@ -30,13 +35,26 @@ def ui_command(address: str = "127.0.0.1", port: int = DEFAULT_PORT, basic_auth:
             f"expected --address as an IP address (127.0.0.1, ::1, 0.0.0.0), got {address!r}"
         ) from None
     if not ip.is_loopback and not basic_auth:
-        raise UiArgumentError(f"serving on {address} exposes the dashboard beyond this machine: give --basic-auth "
-                              "FILE (a JSON map of user to password), or keep the default 127.0.0.1")  # fmt: skip
+        raise UiArgumentError(
+            f"serving on {address} exposes the dashboard beyond this machine: give --basic-auth "
+            "FILE (a JSON map of user to password), or keep the default 127.0.0.1"
+        )
     if not 1 <= port <= 65535:
         raise UiArgumentError(f"expected --port between 1 and 65535, got {port}")
     allowed = origins or ([f"127.0.0.1:{port}", f"localhost:{port}"] if ip.is_loopback else [f"{address}:{port}"])
-    command = [sys.executable, "-m", "panel", "serve", str(APP), "--address", address, "--port", str(port),
-               "--num-procs", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "panel",
+        "serve",
+        str(APP),
+        "--address",
+        address,
+        "--port",
+        str(port),
+        "--num-procs",
+        "1",
+    ]
     for origin in allowed:
         command += ["--allow-websocket-origin", origin]
     if basic_auth:

@@ -18,7 +18,7 @@ from typing import Any
 import holoviews as hv
 import panel as pn
 
-from stagewatch._home import Home
+from stagewatch._home import ARTIFACT_FORM, Home
 from stagewatch.ui import _data
 
 REFRESH_MS = 2000
@@ -37,12 +37,19 @@ class Dashboard:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.banner = pn.pane.Alert("", alert_type="warning", visible=False)
-        self.runs = pn.widgets.Tabulator(_data.runs_frame(home), disabled=True, selectable=1, show_index=False,
-                                         pagination="local", page_size=10, name="runs")  # fmt: skip
+        self.runs = pn.widgets.Tabulator(
+            _data.runs_frame(home),
+            disabled=True,
+            selectable=1,
+            show_index=False,
+            pagination="local",
+            page_size=10,
+            name="runs",
+        )
         self.run_id = pn.widgets.TextInput(name="Run id (or a unique prefix)", placeholder="click a run above")
         self.run_panel = pn.Column(pn.pane.Markdown("Pick a run above."))
         self.artifact_choice = pn.widgets.Select(name="Saved outputs of this run", options=[""])
-        self.artifact = pn.widgets.TextInput(name="Artifact path", placeholder="runs/{run_id}/stages/{stage}/{file}")
+        self.artifact = pn.widgets.TextInput(name="Artifact path", placeholder=ARTIFACT_FORM)
         self.preview_panel = pn.Column()
         self._showing_complete_run = True
         self.runs.param.watch(self._on_select, "selection")
@@ -53,11 +60,18 @@ class Dashboard:
 
     def layout(self) -> pn.Column:
         return pn.Column(
-            pn.pane.Markdown(f"# stagewatch\nhome: `{self.home}`"), self.banner,
-            pn.pane.Markdown("## Runs"), self.runs,
-            pn.pane.Markdown("## Run"), self.run_id, self.run_panel,
-            pn.pane.Markdown("## Saved outputs"), self.artifact_choice, self.artifact, self.preview_panel,
-        )  # fmt: skip
+            pn.pane.Markdown(f"# stagewatch\nhome: `{self.home}`"),
+            self.banner,
+            pn.pane.Markdown("## Runs"),
+            self.runs,
+            pn.pane.Markdown("## Run"),
+            self.run_id,
+            self.run_panel,
+            pn.pane.Markdown("## Saved outputs"),
+            self.artifact_choice,
+            self.artifact,
+            self.preview_panel,
+        )
 
     # -- updates ----------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -106,31 +120,45 @@ class Dashboard:
 def run_sections(view: dict[str, Any]) -> list[Any]:
     audit = view["audit"]
     duration = f"{audit['duration_ms'] / 1000:.1f} s" if audit.get("duration_ms") else "running"
-    sections: list[Any] = [pn.pane.Markdown(
-        f"**{audit['run_id']}** · pipeline `{audit.get('pipeline')}` · status **{audit.get('status')}** · "
-        f"{duration} · started {audit.get('started_at')} · {audit.get('counts', {}).get('stages', 0)} stage runs"
-    )]  # fmt: skip
+    sections: list[Any] = [
+        pn.pane.Markdown(
+            f"**{audit['run_id']}** · pipeline `{audit.get('pipeline')}` · status **{audit.get('status')}** · "
+            f"{duration} · started {audit.get('started_at')} · {audit.get('counts', {}).get('stages', 0)} stage runs"
+        )
+    ]
     for error in audit.get("errors", [])[:5]:
-        sections.append(pn.pane.Alert(f"**{error['stage']}** on `{error.get('sample_id')}`: {error['type']}: "
-                                      f"{error['message']}", alert_type="danger"))  # fmt: skip
+        sections.append(
+            pn.pane.Alert(
+                f"**{error['stage']}** on `{error.get('sample_id')}`: {error['type']}: {error['message']}",
+                alert_type="danger",
+            )
+        )
     if audit.get("problems"):
         sections.append(pn.pane.Alert("Incomplete record: " + "; ".join(audit["problems"]), alert_type="warning"))
     if not view["stats"].empty:
-        sections += [pn.pane.Markdown("### Stages (ms)"),
-                     pn.widgets.Tabulator(view["stats"], disabled=True, show_index=False, name="stages"),
-                     durations_chart(view["executions"])]  # fmt: skip
+        sections += [
+            pn.pane.Markdown("### Stages (ms)"),
+            pn.widgets.Tabulator(view["stats"], disabled=True, show_index=False, name="stages"),
+            durations_chart(view["executions"]),
+        ]
     accuracy = _data.accuracy_frame(view["accuracy"])
     if not accuracy.empty:
-        sections += [pn.pane.Markdown(f"### Accuracy against `{view['accuracy']['dataset']}`"),
-                     pn.widgets.Tabulator(accuracy, disabled=True, show_index=False, name="accuracy")]  # fmt: skip
+        sections += [
+            pn.pane.Markdown(f"### Accuracy against `{view['accuracy']['dataset']}`"),
+            pn.widgets.Tabulator(accuracy, disabled=True, show_index=False, name="accuracy"),
+        ]
     return sections
 
 
 def durations_chart(executions: Any) -> pn.pane.HoloViews:
     """Each stage execution's duration in the order they ended, one colour a stage."""
-    overlay = hv.NdOverlay({stage: hv.Scatter(rows, "order", "duration_ms").opts(size=4)
-                            for stage, rows in executions.dropna(subset=["duration_ms"]).groupby("stage")},
-                           kdims="stage")  # fmt: skip
+    overlay = hv.NdOverlay(
+        {
+            stage: hv.Scatter(rows, "order", "duration_ms").opts(size=4)
+            for stage, rows in executions.dropna(subset=["duration_ms"]).groupby("stage")
+        },
+        kdims="stage",
+    )
     chart = overlay.opts(height=260, responsive=True, xlabel="stage execution", ylabel="ms", legend_position="right")
     return pn.pane.HoloViews(chart, sizing_mode="stretch_width")
 

@@ -61,8 +61,9 @@ class Objects:
 
     def take(self, index: np.ndarray) -> Objects:
         masks = [self.masks[i] for i in index] if self.masks is not None else None
-        return Objects(self.categories[index], self.boxes[index], self.areas[index], self.crowd[index],
-                       self.scores[index], masks)  # fmt: skip
+        return Objects(
+            self.categories[index], self.boxes[index], self.areas[index], self.crowd[index], self.scores[index], masks
+        )
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,9 @@ def match_image(gt: Objects, dt: Objects, rank: np.ndarray, ious: np.ndarray | N
     ignored[rows, columns] = row_ignored[rows, match[rows, columns]]
     ignored |= ~matched & _outside_area_ranges(dt.areas)[_ROW_AREA]
     shape = (len(AREA_RANGES), len(IOU_THRESHOLDS), len(dt))
-    return ImageResult(dt.categories, dt.scores, rank, matched.reshape(shape), ignored.reshape(shape),
-                       gt.categories, ~gt_ignored)  # fmt: skip
+    return ImageResult(
+        dt.categories, dt.scores, rank, matched.reshape(shape), ignored.reshape(shape), gt.categories, ~gt_ignored
+    )
 
 
 def _outside_area_ranges(areas: np.ndarray) -> np.ndarray:
@@ -181,8 +183,12 @@ class CocoEvaluator:
         ignored = np.concatenate([r.ignored for r in results], axis=2)
         gt_category = np.searchsorted(self.categories, np.concatenate([r.gt_categories for r in results]))
         gt_counted = np.concatenate([r.gt_counted for r in results], axis=1)
-        ground_truth = np.stack([np.bincount(gt_category, weights=gt_counted[a], minlength=len(self.categories))
-                                 for a in range(len(AREA_RANGES))])  # fmt: skip
+        ground_truth = np.stack(
+            [
+                np.bincount(gt_category, weights=gt_counted[a], minlength=len(self.categories))
+                for a in range(len(AREA_RANGES))
+            ]
+        )
         for m, max_detections in enumerate(MAX_DETECTIONS):
             kept = np.flatnonzero(rank < max_detections)
             # Stable: within a category, equal scores keep image order, as COCOeval's mergesort does.
@@ -191,8 +197,9 @@ class CocoEvaluator:
             for k in np.flatnonzero(ground_truth.any(axis=0)):
                 segment = kept[bounds[k] : bounds[k + 1]]
                 areas = np.flatnonzero(ground_truth[:, k] > 0)
-                curves = _precision_recall(matched[areas][:, :, segment], ignored[areas][:, :, segment],
-                                           ground_truth[areas, k])  # fmt: skip
+                curves = _precision_recall(
+                    matched[areas][:, :, segment], ignored[areas][:, :, segment], ground_truth[areas, k]
+                )
                 precision[:, :, k, areas, m] = curves[0].transpose(1, 2, 0)
                 recall[:, k, areas, m] = curves[1].T
         return precision, recall
@@ -240,8 +247,20 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
     def ar(max_detections: int = 100, area: str = "all") -> float:
         return mean(recall[:, :, areas.index(area), MAX_DETECTIONS.index(max_detections)])
 
-    values = (ap(), ap(0.5), ap(0.75), ap(area="small"), ap(area="medium"), ap(area="large"),
-              ar(1), ar(10), ar(100), ar(area="small"), ar(area="medium"), ar(area="large"))  # fmt: skip
+    values = (
+        ap(),
+        ap(0.5),
+        ap(0.75),
+        ap(area="small"),
+        ap(area="medium"),
+        ap(area="large"),
+        ar(1),
+        ar(10),
+        ar(100),
+        ar(area="small"),
+        ar(area="medium"),
+        ar(area="large"),
+    )
     return dict(zip(STAT_NAMES, values, strict=True))
 
 
@@ -283,8 +302,10 @@ def _check_item(item: Any, where: str, keys: Sequence[str]) -> None:
     if bbox is not None:
         numbers = isinstance(bbox, list) and len(bbox) == 4 and all(type(v) in (int, float) for v in bbox)
         _require(numbers, f"{where}.bbox: expected 4 numbers [x, y, width, height], got {bbox!r:.80}")
-        _require(all(np.isfinite(bbox)) and bbox[2] >= 0 and bbox[3] >= 0,
-                 f"{where}.bbox: width and height must be finite and >= 0, got {bbox!r:.80}")  # fmt: skip
+        _require(
+            all(np.isfinite(bbox)) and bbox[2] >= 0 and bbox[3] >= 0,
+            f"{where}.bbox: width and height must be finite and >= 0, got {bbox!r:.80}",
+        )
 
 
 def _columns(items: Any, where: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -342,20 +363,30 @@ def parse_coco_ground_truth(document: Any, source: str = "ground truth", iou_typ
     annotations = document["annotations"]
     columns = _columns(annotations, where, needed)
     unknown = np.flatnonzero(~np.isin(columns["image_id"], list(images)))
-    _require(not len(unknown), f"{where}[{unknown[0] if len(unknown) else 0}] refers to image "
-             f"{columns['image_id'][unknown[0]] if len(unknown) else ''}, not in images")  # fmt: skip
+    _require(
+        not len(unknown),
+        f"{where}[{unknown[0] if len(unknown) else 0}] refers to image "
+        f"{columns['image_id'][unknown[0]] if len(unknown) else ''}, not in images",
+    )
     masks = None
     if iou_type == "segm":
         masks = [_to_rle(a["segmentation"], images[a["image_id"]], where, i) for i, a in enumerate(annotations)]
     areas = [a["area"] if "area" in a else _fallback_area(a, masks, i) for i, a in enumerate(annotations)]
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in annotations], bool)
-    objects = Objects(columns["category_id"].astype(np.int64), columns["bbox"].astype(float),
-                      np.array(areas, float), crowd, np.ones(len(annotations)), masks)  # fmt: skip
+    objects = Objects(
+        columns["category_id"].astype(np.int64),
+        columns["bbox"].astype(float),
+        np.array(areas, float),
+        crowd,
+        np.ones(len(annotations)),
+        masks,
+    )
     return CocoGroundTruth(images, categories, _by_image(columns["image_id"], objects))
 
 
-def parse_coco_detections(document: Any, ground_truth: CocoGroundTruth, source: str = "detections",
-                          iou_type: str = "bbox") -> dict[int, Objects]:  # fmt: skip
+def parse_coco_detections(
+    document: Any, ground_truth: CocoGroundTruth, source: str = "detections", iou_type: str = "bbox"
+) -> dict[int, Objects]:
     """Validate a COCO results list against its ground truth; detections per image.
 
     As pycocotools' loadRes: when the first result has a box, detection areas are box areas
@@ -370,19 +401,28 @@ def parse_coco_detections(document: Any, ground_truth: CocoGroundTruth, source: 
     )
     unknown = np.flatnonzero(~np.isin(columns["image_id"], list(ground_truth.images)))
     if len(unknown):
-        raise CocoFormatError(f"{source}[{unknown[0]}]: image {columns['image_id'][unknown[0]]} "
-                              "is not in the ground truth")  # fmt: skip
+        raise CocoFormatError(
+            f"{source}[{unknown[0]}]: image {columns['image_id'][unknown[0]]} is not in the ground truth"
+        )
     masks = None
     if iou_type == "segm":
-        masks = [_to_rle(_segmentation_of(item), ground_truth.images[item["image_id"]], source, index)
-                 for index, item in enumerate(document)]  # fmt: skip
+        masks = [
+            _to_rle(_segmentation_of(item), ground_truth.images[item["image_id"]], source, index)
+            for index, item in enumerate(document)
+        ]
     boxes = columns["bbox"].astype(float)
     if boxes_decide:
         areas = boxes[:, 2] * boxes[:, 3]
     else:
         areas = np.array([_fallback_area(item, masks, index) for index, item in enumerate(document)], float)
-    objects = Objects(columns["category_id"].astype(np.int64), boxes, areas, np.zeros(len(document), bool),
-                      columns["score"].astype(float), masks)  # fmt: skip
+    objects = Objects(
+        columns["category_id"].astype(np.int64),
+        boxes,
+        areas,
+        np.zeros(len(document), bool),
+        columns["score"].astype(float),
+        masks,
+    )
     return _by_image(columns["image_id"], objects)
 
 

@@ -118,10 +118,28 @@ def _labels(values: np.ndarray, path: Path) -> np.ndarray:
     return values.astype(np.int32)
 
 
-_PLY_TYPES = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",
-              "float": "f4", "double": "f8", "int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2",
-              "int32": "i4", "uint32": "u4", "float32": "f4", "float64": "f8", "int64": "i8", "uint64": "u8",
-              "long": "i8", "ulong": "u8"}  # fmt: skip
+_PLY_TYPES = {
+    "char": "i1",
+    "uchar": "u1",
+    "short": "i2",
+    "ushort": "u2",
+    "int": "i4",
+    "uint": "u4",
+    "float": "f4",
+    "double": "f8",
+    "int8": "i1",
+    "uint8": "u1",
+    "int16": "i2",
+    "uint16": "u2",
+    "int32": "i4",
+    "uint32": "u4",
+    "float32": "f4",
+    "float64": "f8",
+    "int64": "i8",
+    "uint64": "u8",
+    "long": "i8",
+    "ulong": "u8",
+}
 
 
 def _read_ply_with_numpy(path: Path) -> PointLabels:

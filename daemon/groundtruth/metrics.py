@@ -82,8 +82,13 @@ def match_boxes(truth: Objects, predicted: Objects, iou_threshold: float = 0.5) 
 class DetectionAccuracy:
     """Boxes of one stage across samples: counts at a threshold plus the COCO numbers."""
 
-    def __init__(self, categories: Sequence[int], iou_threshold: float = 0.5, score_threshold: float = 0.0,
-                 iou_type: str = "bbox") -> None:  # fmt: skip
+    def __init__(
+        self,
+        categories: Sequence[int],
+        iou_threshold: float = 0.5,
+        score_threshold: float = 0.0,
+        iou_type: str = "bbox",
+    ) -> None:
         self.iou_threshold = iou_threshold
         self.score_threshold = score_threshold
         self.coco = CocoEvaluator(categories, iou_type)
@@ -106,12 +111,19 @@ class DetectionAccuracy:
         refresh counts often and the costlier COCO accumulation less often)."""
         if coco:
             self._last_coco = (self.coco.compute(), len(self.coco))
-        totals = [sum(getattr(o, key) for o in self._outcomes.values())
-                  for key in ("true_positives", "false_positives", "missed")]  # fmt: skip
+        totals = [
+            sum(getattr(o, key) for o in self._outcomes.values())
+            for key in ("true_positives", "false_positives", "missed")
+        ]
         errors = sum((o.errors for o in self._outcomes.values()), Counter())
-        found = {"samples": len(self._outcomes), **precision_recall_f1(*totals),
-                 "true_positives": totals[0], "false_positives": totals[1], "missed": totals[2],
-                 "errors": dict(errors)}  # fmt: skip
+        found = {
+            "samples": len(self._outcomes),
+            **precision_recall_f1(*totals),
+            "true_positives": totals[0],
+            "false_positives": totals[1],
+            "missed": totals[2],
+            "errors": dict(errors),
+        }
         if self._last_coco is not None:
             found |= {"coco": self._last_coco[0], "coco_samples": self._last_coco[1]}
         return found

@@ -54,8 +54,11 @@ def parse_boxes(prediction: Any, categories: dict[int, str]) -> Objects:
     """
     if isinstance(prediction, list):  # [{"bbox": ..., "score": ..., "category_id": ...}, ...]
         try:
-            prediction = {"boxes": [p["bbox"] for p in prediction], "scores": [p.get("score", 1.0) for p in prediction],
-                          "labels": [p.get("category_id", p.get("label")) for p in prediction]}  # fmt: skip
+            prediction = {
+                "boxes": [p["bbox"] for p in prediction],
+                "scores": [p.get("score", 1.0) for p in prediction],
+                "labels": [p.get("category_id", p.get("label")) for p in prediction],
+            }
         except (TypeError, KeyError, AttributeError):
             raise InvalidPrediction("expected a list of {bbox, score, category_id} objects") from None
     if not isinstance(prediction, dict) or "boxes" not in prediction:
@@ -213,5 +216,9 @@ class StageAccuracy:
         for verdict in self.verdicts.values():
             counts[verdict.status] += 1
         metrics = self.metric.compute(coco) if isinstance(self.metric, DetectionAccuracy) else self.metric.compute()
-        return {"kind": self.labels.kind, "counts": counts, "metrics": metrics,
-                "criterion": dict(zip(("metric", "min"), self.labels.criterion, strict=True))}  # fmt: skip
+        return {
+            "kind": self.labels.kind,
+            "counts": counts,
+            "metrics": metrics,
+            "criterion": dict(zip(("metric", "min"), self.labels.criterion, strict=True)),
+        }

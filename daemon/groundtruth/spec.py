@@ -45,8 +45,11 @@ from stagewatch.daemon.groundtruth.formats import (
 
 SampleId = Annotated[str, Field(pattern=NAME_PATTERN)]
 StageName = SampleId
-METRICS_BY_KIND = {"boxes": ("f1", "precision", "recall"), "mask": ("miou", "accuracy"),
-                   "point_labels": ("miou", "accuracy")}  # fmt: skip
+METRICS_BY_KIND = {
+    "boxes": ("f1", "precision", "recall"),
+    "mask": ("miou", "accuracy"),
+    "point_labels": ("miou", "accuracy"),
+}
 DEFAULT_PASS = {"boxes": ("f1", 1.0), "mask": ("miou", 0.75), "point_labels": ("accuracy", 0.9)}
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -88,8 +91,10 @@ class StageLabels(BaseModel):
         if self.kind == "boxes" and "{sample_id}" in self.labels:
             raise ValueError("boxes come from one COCO file for all samples: no {sample_id} in 'labels'")
         if self.pass_ is not None and self.pass_.metric not in METRICS_BY_KIND[self.kind]:
-            raise ValueError(f"pass.metric {self.pass_.metric!r} does not apply to {self.kind}; "
-                             f"use one of {', '.join(METRICS_BY_KIND[self.kind])}")  # fmt: skip
+            raise ValueError(
+                f"pass.metric {self.pass_.metric!r} does not apply to {self.kind}; "
+                f"use one of {', '.join(METRICS_BY_KIND[self.kind])}"
+            )
         return self
 
     @property
@@ -259,8 +264,14 @@ def validate_dataset(
     labels)` is called as it goes.
     """
     total, done = len(dataset.spec.stages) * len(dataset.samples), 0
-    report: dict[str, Any] = {"dataset": dataset.name, "file": str(dataset.path), "root": str(dataset.root),
-                              "samples": len(dataset.samples), "stages": {}, "ok": True}  # fmt: skip
+    report: dict[str, Any] = {
+        "dataset": dataset.name,
+        "file": str(dataset.path),
+        "root": str(dataset.root),
+        "samples": len(dataset.samples),
+        "stages": {},
+        "ok": True,
+    }
     for stage, labels in dataset.spec.stages.items():
         formats: dict[str, int] = {}
         missing, invalid = [], []
@@ -268,8 +279,13 @@ def validate_dataset(
             try:
                 dataset.coco(stage)
             except LabelError as error:  # one broken COCO file: say it once, not per sample
-                report["stages"][stage] = {"kind": labels.kind, "formats": {}, "labeled": 0, "missing": [],
-                                           "invalid": [{"sample_id": None, "error": str(error)}]}  # fmt: skip
+                report["stages"][stage] = {
+                    "kind": labels.kind,
+                    "formats": {},
+                    "labeled": 0,
+                    "missing": [],
+                    "invalid": [{"sample_id": None, "error": str(error)}],
+                }
                 report["ok"] = False
                 continue
         for sample_id in dataset.samples:
@@ -290,8 +306,13 @@ def validate_dataset(
             problem = _check_classes(truth, labels)
             if problem:
                 invalid.append({"sample_id": sample_id, "error": f"{dataset.label_path(stage, sample_id)}: {problem}"})
-        report["stages"][stage] = {"kind": labels.kind, "formats": formats, "labeled": sum(formats.values()),
-                                   "missing": missing, "invalid": invalid}  # fmt: skip
+        report["stages"][stage] = {
+            "kind": labels.kind,
+            "formats": formats,
+            "labeled": sum(formats.values()),
+            "missing": missing,
+            "invalid": invalid,
+        }
         report["ok"] = report["ok"] and not invalid
     return report
 

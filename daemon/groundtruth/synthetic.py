@@ -12,8 +12,14 @@ from typing import Any
 import numpy as np
 
 
-def coco_ground_truth(rng: np.random.Generator, images: int, categories: int = 3, max_objects: int = 8,
-                      crowd_rate: float = 0.03, size: tuple[int, int] = (640, 480)) -> dict[str, Any]:  # fmt: skip
+def coco_ground_truth(
+    rng: np.random.Generator,
+    images: int,
+    categories: int = 3,
+    max_objects: int = 8,
+    crowd_rate: float = 0.03,
+    size: tuple[int, int] = (640, 480),
+) -> dict[str, Any]:
     """A COCO annotation document with boxes of every COCO size class."""
     width, height = size
     document: dict[str, Any] = {
@@ -29,18 +35,29 @@ def coco_ground_truth(rng: np.random.Generator, images: int, categories: int = 3
             w, h = side * rng.uniform(0.6, 1.4), side * rng.uniform(0.6, 1.4)
             x, y = rng.uniform(0, width - min(w, width - 1)), rng.uniform(0, height - min(h, height - 1))
             box = [round(x, 2), round(y, 2), round(min(w, width - x), 2), round(min(h, height - y), 2)]
-            document["annotations"].append({
-                "id": len(document["annotations"]) + 1, "image_id": image["id"],
-                "category_id": int(rng.integers(1, categories + 1)), "bbox": box,
-                "area": round(box[2] * box[3] * rng.uniform(0.7, 1.0), 2),  # a mask covers less than its box
-                "iscrowd": int(rng.random() < crowd_rate),
-            })  # fmt: skip
+            document["annotations"].append(
+                {
+                    "id": len(document["annotations"]) + 1,
+                    "image_id": image["id"],
+                    "category_id": int(rng.integers(1, categories + 1)),
+                    "bbox": box,
+                    "area": round(box[2] * box[3] * rng.uniform(0.7, 1.0), 2),  # a mask covers less than its box
+                    "iscrowd": int(rng.random() < crowd_rate),
+                }
+            )
     return document
 
 
-def noisy_detections(rng: np.random.Generator, ground_truth: dict[str, Any], *, miss_rate: float = 0.15,
-                     confusion_rate: float = 0.08, false_positives: float = 1.5, duplicate_rate: float = 0.05,
-                     jitter: float = 0.12) -> list[dict[str, Any]]:  # fmt: skip
+def noisy_detections(
+    rng: np.random.Generator,
+    ground_truth: dict[str, Any],
+    *,
+    miss_rate: float = 0.15,
+    confusion_rate: float = 0.08,
+    false_positives: float = 1.5,
+    duplicate_rate: float = 0.05,
+    jitter: float = 0.12,
+) -> list[dict[str, Any]]:
     """COCO results for `ground_truth` from a plausible, imperfect detector."""
     categories = [c["id"] for c in ground_truth["categories"]]
     sizes = {image["id"]: (image["width"], image["height"]) for image in ground_truth["images"]}
@@ -50,16 +67,21 @@ def noisy_detections(rng: np.random.Generator, ground_truth: dict[str, Any], *, 
         if rng.random() < miss_rate * (2.0 if w * h < 32**2 else 1.0):
             continue
         error = abs(rng.normal(0, jitter))
-        box = [x + rng.normal(0, error) * w, y + rng.normal(0, error) * h,
-               w * float(np.exp(rng.normal(0, error))), h * float(np.exp(rng.normal(0, error)))]  # fmt: skip
+        box = [
+            x + rng.normal(0, error) * w,
+            y + rng.normal(0, error) * h,
+            w * float(np.exp(rng.normal(0, error))),
+            h * float(np.exp(rng.normal(0, error))),
+        ]
         category = annotation["category_id"]
         if rng.random() < confusion_rate:
             category = int(rng.choice(categories))
         score = float(np.clip(0.95 - 2.0 * error + rng.normal(0, 0.1), 0.01, 1.0))
         results.append(_result(annotation["image_id"], category, box, score))
         if rng.random() < duplicate_rate:
-            results.append(_result(annotation["image_id"], category, [v * rng.uniform(0.97, 1.03) for v in box],
-                                   score * 0.6))  # fmt: skip
+            results.append(
+                _result(annotation["image_id"], category, [v * rng.uniform(0.97, 1.03) for v in box], score * 0.6)
+            )
     for image_id, (width, height) in sizes.items():
         for _ in range(rng.poisson(false_positives)):
             w, h = rng.uniform(10, width / 3), rng.uniform(10, height / 3)
@@ -69,5 +91,9 @@ def noisy_detections(rng: np.random.Generator, ground_truth: dict[str, Any], *, 
 
 
 def _result(image_id: int, category: int, box: list[float], score: float) -> dict[str, Any]:
-    return {"image_id": image_id, "category_id": category, "bbox": [round(float(v), 2) for v in box],
-            "score": round(score, 4)}  # fmt: skip
+    return {
+        "image_id": image_id,
+        "category_id": category,
+        "bbox": [round(float(v), 2) for v in box],
+        "score": round(score, 4),
+    }

@@ -14,8 +14,17 @@ def test_import_stagewatch_loads_no_heavy_module() -> None:
 def test_public_surface_is_small_and_typed() -> None:
     import stagewatch
 
-    assert set(stagewatch.__all__) == {"LoggingHandler", "Run", "Stage", "current_run", "current_stage", "init",
-                                       "loguru_sink", "shutdown", "stage"}  # fmt: skip
+    assert set(stagewatch.__all__) == {
+        "LoggingHandler",
+        "Run",
+        "Stage",
+        "current_run",
+        "current_stage",
+        "init",
+        "loguru_sink",
+        "shutdown",
+        "stage",
+    }
     from importlib.resources import files
 
     assert files("stagewatch").joinpath("py.typed").is_file()

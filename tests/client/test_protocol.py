@@ -47,11 +47,18 @@ def _examples() -> dict[str, dict[str, Any]]:
         "log": protocol.log(CLIENT, RUN, TS, level="INFO", message="hello", extra={"k": 1}),
         "heartbeat": protocol.heartbeat(CLIENT, RUN, TS, rss_mb=12.0),
         "run_finished": protocol.run_finished(
-            CLIENT, RUN, TS, status="ok", duration_ms=1.0, stages_failed=0, dropped_events=0, error_type=None,
+            CLIENT,
+            RUN,
+            TS,
+            status="ok",
+            duration_ms=1.0,
+            stages_failed=0,
+            dropped_events=0,
+            error_type=None,
             error_message=None,
         ),
         "client_lost": protocol.client_lost(5, RUN, TS, lost_client_id=CLIENT, last_seen_ns=TS),
-    }  # fmt: skip
+    }
 
 
 def test_there_is_a_builder_for_every_event_type() -> None:

@@ -18,12 +18,11 @@ import pytest
 
 import stagewatch
 from stagewatch._protocol import pack_event
-from stagewatch.daemon import _compaction, _readmodels
+from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _readmodels
 from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
+from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._query import Filters, query_stages
 from stagewatch.daemon._readmodels import read_table, to_rows
-from stagewatch.daemon import Daemon, DaemonSettings
-from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._store import Store, first_lsn
 from tests.conftest import DaemonProcess, wait_for
 
@@ -33,11 +32,31 @@ RUN_ID = "5f0c7a52-4b8e-4d7e-9a57-0d7f6f8f3a10"
 
 
 def _rows(first_lsn: int, count: int, start_ns: int) -> list[dict]:
-    return [{"run_id": f"r{first_lsn + i}", "pipeline": "p", "stage": "s", "status": "ok", "sample_id": None,
-             "client_id": "c", "span": first_lsn + i, "parent_span": None, "start_time": start_ns,
-             "end_time": start_ns + 1, "duration_ms": 1.0, "rss_start_mb": None, "rss_peak_mb": None,
-             "rss_end_mb": None, "gpu_peak_mb": None, "input_path": None, "output_paths": [],
-             "error_type": None, "error_message": None, "lsn": first_lsn + i} for i in range(count)]  # fmt: skip
+    return [
+        {
+            "run_id": f"r{first_lsn + i}",
+            "pipeline": "p",
+            "stage": "s",
+            "status": "ok",
+            "sample_id": None,
+            "client_id": "c",
+            "span": first_lsn + i,
+            "parent_span": None,
+            "start_time": start_ns,
+            "end_time": start_ns + 1,
+            "duration_ms": 1.0,
+            "rss_start_mb": None,
+            "rss_peak_mb": None,
+            "rss_end_mb": None,
+            "gpu_peak_mb": None,
+            "input_path": None,
+            "output_paths": [],
+            "error_type": None,
+            "error_message": None,
+            "lsn": first_lsn + i,
+        }
+        for i in range(count)
+    ]
 
 
 def _history(home: Path) -> Store:
@@ -80,8 +99,11 @@ def test_an_interrupted_swap_is_finished_without_loss_or_doubles(home: Path, cra
     if crash == "before_exchange":
         monkeypatch.setattr(_compaction, "_exchange", killed)
     elif crash == "after_exchange":
-        monkeypatch.setattr(_compaction.shutil, "rmtree", lambda path, **kw: killed() if ".new" in str(path)
-                            else real_rmtree(path, **kw))  # fmt: skip
+        monkeypatch.setattr(
+            _compaction.shutil,
+            "rmtree",
+            lambda path, **kw: killed() if ".new" in str(path) else real_rmtree(path, **kw),
+        )
     else:
         monkeypatch.setattr(_compaction, "_exchange", lambda a, b: False)
         monkeypatch.setattr(_compaction.os, "replace", fail_second_replace)
@@ -171,8 +193,9 @@ def test_a_read_that_races_a_merge_lists_again_and_counts_each_row_once(home: Pa
 def test_the_daemon_merges_todays_parts_as_they_come(home: Path) -> None:
     """The real daemon, flushing every 50 ms and merging every 0.3 s: a stream of 60 stages
     leaves a few parts, not one per flush, and a restart keeps each row once."""
-    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "0.05",
-                                      "STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "0.3"}).start()  # fmt: skip
+    daemon = DaemonProcess(
+        home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "0.05", "STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "0.3"}
+    ).start()
     try:
         with stagewatch.init(pipeline="stream", home=home) as run:
             for index in range(60):
@@ -191,8 +214,9 @@ def test_the_daemon_merges_todays_parts_as_they_come(home: Path) -> None:
 
 
 def _in_process_daemon(home: Path) -> Daemon:
-    daemon = Daemon(DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock",
-                                   live_endpoint=f"ipc://{home}/run/live.sock"))  # fmt: skip
+    daemon = Daemon(
+        DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock")
+    )
     daemon.lock.take()
     daemon.recover()
     daemon.ingest.bind()
@@ -204,8 +228,20 @@ def _crash(daemon: Daemon) -> None:  # as kill -9: nothing flushed, nothing chec
 
 
 def _stage_event(seq: int) -> bytes:
-    return pack_event({"v": 1, "client_id": "c", "seq": seq, "run_id": RUN_ID, "type": "stage_finished", "ts_ns": T0,
-                       "start_ts_ns": T0, "stage": "detection", "span": seq, "duration_ms": 1.0})  # fmt: skip
+    return pack_event(
+        {
+            "v": 1,
+            "client_id": "c",
+            "seq": seq,
+            "run_id": RUN_ID,
+            "type": "stage_finished",
+            "ts_ns": T0,
+            "start_ts_ns": T0,
+            "stage": "detection",
+            "span": seq,
+            "duration_ms": 1.0,
+        }
+    )
 
 
 def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -> None:
@@ -264,8 +300,12 @@ def test_a_damaged_part_is_skipped_with_a_warning_and_the_rest_answers(home: Pat
     for flush in range(3):
         store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
     _damage(sorted(_parts_of(home))[1])
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["count"] == 20
     assert "stagewatch: warning: skipped the damaged Parquet part" in result.stderr and "rebuild" in result.stderr
@@ -299,8 +339,12 @@ def test_the_daemon_moves_a_damaged_part_aside_merges_the_rest_and_rebuild_resto
         rows = read_table(home, "stage_executions").num_rows
     assert 0 < rows < 12
     assert not _doctor_check(home, "tables")["ok"]
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(home)],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     samples = read_table(home, "stage_executions")["sample_id"].to_pylist()
     assert sorted(samples) == [f"frame_{index:02d}" for index in range(12)]
@@ -308,8 +352,12 @@ def test_the_daemon_moves_a_damaged_part_aside_merges_the_rest_and_rebuild_resto
 
 
 def _doctor_check(home: Path, name: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(home), "--json"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return {check["name"]: check for check in json.loads(result.stdout)["checks"]}[name]
 
 

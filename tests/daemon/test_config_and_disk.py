@@ -19,8 +19,13 @@ GIB = 1024**3
 
 
 def sw(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
-                          timeout=timeout_s, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
@@ -28,20 +33,24 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
     file.write_text(
         'home = "/srv/sw"\n[daemon]\nclient_timeout_s = 30\nlog_level = "DEBUG"\n[disk]\nwarn_free_bytes = "2GB"\n'
     )
-    config, sources = load_config(file, environ={"STAGEWATCH_DAEMON_LOG_LEVEL": "WARNING"},
-                                  flags={"daemon.client_timeout_s": 5.0})  # fmt: skip
+    config, sources = load_config(
+        file, environ={"STAGEWATCH_DAEMON_LOG_LEVEL": "WARNING"}, flags={"daemon.client_timeout_s": 5.0}
+    )
     assert (config.home, config.daemon.client_timeout_s, config.daemon.log_level) == ("/srv/sw", 5.0, "WARNING")
     assert config.disk.warn_free_bytes == 2_000_000_000 and config.daemon.flush_interval_s == 1.0
     assert sources["home"] == f"file {file}" and sources["daemon.client_timeout_s"] == "flag"
     assert sources["daemon.log_level"] == "environment" and sources["daemon.flush_interval_s"] == "default"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[daemon]\nclient_timout_s = 3\n", "daemon.client_timout_s (from file"),
-    ("[daemon]\nclient_timeout_s = -1\n", "daemon.client_timeout_s (from file"),
-    ("[disk]\nwarn_free_bytes = \"lots\"\n", "disk.warn_free_bytes"),
-    ("[daemon\n", "not valid TOML"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[daemon]\nclient_timout_s = 3\n", "daemon.client_timout_s (from file"),
+        ("[daemon]\nclient_timeout_s = -1\n", "daemon.client_timeout_s (from file"),
+        ('[disk]\nwarn_free_bytes = "lots"\n', "disk.warn_free_bytes"),
+        ("[daemon\n", "not valid TOML"),
+    ],
+)
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str) -> None:
     file = tmp_path / "bad.toml"
     file.write_text(text)
@@ -65,12 +74,15 @@ def test_config_show_prints_values_and_sources(home: Path) -> None:
 LIMITS = DiskSection(warn_free_percent=10, warn_free_bytes=5 * GIB, floor_free_bytes=GIB // 4, max_home_bytes=50 * GIB)
 
 
-@pytest.mark.parametrize(("free", "home_bytes", "state"), [
-    (500 * GIB, 1 * GIB, OK),
-    (40 * GIB, 1 * GIB, WARNING),  # 4% free of 1 TiB
-    (500 * GIB, 60 * GIB, WARNING),  # the home is too big
-    (GIB // 8, 1 * GIB, FLOOR),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("free", "home_bytes", "state"),
+    [
+        (500 * GIB, 1 * GIB, OK),
+        (40 * GIB, 1 * GIB, WARNING),  # 4% free of 1 TiB
+        (500 * GIB, 60 * GIB, WARNING),  # the home is too big
+        (GIB // 8, 1 * GIB, FLOOR),
+    ],
+)
 def test_disk_state_from_a_reading(free: int, home_bytes: int, state: str) -> None:
     assert disk_state(DiskReading(free, 1024 * GIB, home_bytes), LIMITS)[0] == state
 
@@ -78,8 +90,11 @@ def test_disk_state_from_a_reading(free: int, home_bytes: int, state: str) -> No
 def test_below_the_floor_the_daemon_accepts_nothing_and_doctor_says_so(home: Path) -> None:
     env = {"STAGEWATCH_DISK_FLOOR_FREE_BYTES": str(2**60)}  # more than any disk has free
     daemon = DaemonProcess(home)
-    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home)],
-                                      env={**os.environ, **env}, stderr=subprocess.DEVNULL)  # fmt: skip
+    daemon.process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home)],
+        env={**os.environ, **env},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: daemon.status().get("disk", {}).get("state") == FLOOR)
         run = stagewatch.init(pipeline="p", home=home)
@@ -99,8 +114,12 @@ def test_below_the_floor_the_daemon_accepts_nothing_and_doctor_says_so(home: Pat
 
 def test_doctor_on_a_healthy_home(daemon: DaemonProcess) -> None:
     wait_for(lambda: daemon.status().get("disk"))
-    result = sw("doctor", "--home", str(daemon.home), env={"STAGEWATCH_DISK_WARN_FREE_BYTES": "1",
-                                                            "STAGEWATCH_DISK_WARN_FREE_PERCENT": "0"})  # fmt: skip
+    result = sw(
+        "doctor",
+        "--home",
+        str(daemon.home),
+        env={"STAGEWATCH_DISK_WARN_FREE_BYTES": "1", "STAGEWATCH_DISK_WARN_FREE_PERCENT": "0"},
+    )
     assert result.returncode == 0, result.stdout
     assert "running, pid" in result.stdout
 

@@ -48,8 +48,12 @@ with run.stage("detection"):
     assert daemon.stop() == 0
     live = _read_models(daemon.home)
 
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home),
-                             "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["events_replayed"] > 300
@@ -59,6 +63,10 @@ with run.stage("detection"):
 
 
 def test_rebuild_refuses_while_a_daemon_runs(daemon: DaemonProcess) -> None:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "stop it before a rebuild" in result.stderr

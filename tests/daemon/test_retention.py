@@ -113,8 +113,11 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
     assert intent_path(home).exists()
     assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
     for run_id in run_ids:
-        shown = subprocess.run([sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],
-                               capture_output=True, text=True)  # fmt: skip
+        shown = subprocess.run(
+            [sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],
+            capture_output=True,
+            text=True,
+        )
         assert shown.returncode == 1
     monkeypatch.undo()
     freed = resume_interrupted(home)
@@ -124,8 +127,11 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
 
 
 def test_the_daemon_applies_retention_by_itself_and_finishes_an_interrupted_gc(home: Path) -> None:
-    env = {"STAGEWATCH_RETENTION_RUNS": "1s", "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
-           "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2"}  # fmt: skip
+    env = {
+        "STAGEWATCH_RETENTION_RUNS": "1s",
+        "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
+        "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2",
+    }
     daemon = DaemonProcess(home, env=env).start()
     try:
         running = stagewatch.init(pipeline="ongoing", home=home)

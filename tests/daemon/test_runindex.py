@@ -31,8 +31,10 @@ def make_runs(daemon: DaemonProcess, count: int) -> list[str]:
 
 def answers(home: Path, run_id: str) -> list[list[dict]]:
     filters = Filters(run=run_id)
-    return [table.sort_by("lsn").to_pylist() for table in
-            (query_runs(home, filters), query_stages(home, filters), query_logs(home, filters))]  # fmt: skip
+    return [
+        table.sort_by("lsn").to_pylist()
+        for table in (query_runs(home, filters), query_stages(home, filters), query_logs(home, filters))
+    ]
 
 
 def test_query_by_run_id_through_the_index_equals_a_full_scan(daemon: DaemonProcess) -> None:
@@ -69,8 +71,12 @@ def test_a_home_without_an_index_gets_one_on_start_and_rebuild_makes_it_again(da
     wait_for(lambda: RunIndex(daemon.home).complete, 20)
     assert {run_id: answers(daemon.home, run_id) for run_id in ids} == before
     assert daemon.stop() == 0
-    rebuilt = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert RunIndex(daemon.home).complete and all(run_dates(daemon.home, run_id) for run_id in ids)
     assert {run_id: answers(daemon.home, run_id) for run_id in ids} == before

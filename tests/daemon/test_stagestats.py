@@ -64,17 +64,23 @@ def _table(rows: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     durations = rng.exponential(5.0, rows)
     gpu = pa.array(rng.uniform(0, 1000, rows), mask=rng.random(rows) < 0.5)
-    return pa.table({"stage": rng.choice(["detection", "tracking"], rows).tolist(),
-                     "status": rng.choice(["ok", "ok", "failed", "crashed"], rows).tolist(),
-                     "duration_ms": durations, "rss_peak_mb": pa.array(500 + durations, mask=rng.random(rows) < 0.1),
-                     "gpu_peak_mb": gpu})  # fmt: skip
+    return pa.table(
+        {
+            "stage": rng.choice(["detection", "tracking"], rows).tolist(),
+            "status": rng.choice(["ok", "ok", "failed", "crashed"], rows).tolist(),
+            "duration_ms": durations,
+            "rss_peak_mb": pa.array(500 + durations, mask=rng.random(rows) < 0.1),
+            "gpu_peak_mb": gpu,
+        }
+    )
 
 
 def test_summarize_groups_rows_by_stage_and_status_and_leaves_nulls_out() -> None:
     table = _table(1000, 1)
     groups = summarize(table)
     assert sorted((g.stage, g.status) for g in groups) == sorted(
-        {(s, t) for s, t in zip(table["stage"].to_pylist(), table["status"].to_pylist(), strict=True)})  # fmt: skip
+        {(s, t) for s, t in zip(table["stage"].to_pylist(), table["status"].to_pylist(), strict=True)}
+    )
     assert sum(g.rows for g in groups) == 1000
     gpu_values = sum(len(g.measures["gpu_peak_mb"].values) for g in groups)
     assert gpu_values == 1000 - table["gpu_peak_mb"].null_count
@@ -117,20 +123,32 @@ def _history_events(rng: np.random.Generator) -> list[bytes]:
                 continue
             base = {"v": 1, "client_id": "history", "run_id": run_id}
             seq += 1
-            events.append(pack_event({**base, "seq": seq, "type": "run_started", "ts_ns": t, "pipeline": "p",
-                                      "host": "h", "pid": 1}))  # fmt: skip
+            events.append(
+                pack_event(
+                    {**base, "seq": seq, "type": "run_started", "ts_ns": t, "pipeline": "p", "host": "h", "pid": 1}
+                )
+            )
             for span in range(1, 31):
                 stage, scale = (("detection", 8.0), ("tracking", 2.0))[span % 2]
                 seq += 1
-                event = {**base, "seq": seq, "type": "stage_finished", "ts_ns": t, "start_ts_ns": t,
-                         "stage": stage, "span": span, "duration_ms": float(rng.exponential(scale)),
-                         "rss_peak_mb": 100.0 + span}  # fmt: skip
+                event = {
+                    **base,
+                    "seq": seq,
+                    "type": "stage_finished",
+                    "ts_ns": t,
+                    "start_ts_ns": t,
+                    "stage": stage,
+                    "span": span,
+                    "duration_ms": float(rng.exponential(scale)),
+                    "rss_peak_mb": 100.0 + span,
+                }
                 if rng.random() < 0.1:
                     event.update(type="stage_failed", error_type="ValueError", error_message="bad frame")
                 events.append(pack_event(event))
             seq += 1
-            events.append(pack_event({**base, "seq": seq, "type": "run_finished", "ts_ns": t, "status": "ok",
-                                      "duration_ms": 1.0}))  # fmt: skip
+            events.append(
+                pack_event({**base, "seq": seq, "type": "run_finished", "ts_ns": t, "status": "ok", "duration_ms": 1.0})
+            )
     return events
 
 
@@ -163,20 +181,33 @@ def aged_home(tmp_path_factory) -> Path:
 
 
 def _stats_cli(home: Path, *filters: str) -> dict[str, dict]:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json",
-                             *filters], capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json", *filters],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return {entry["stage"]: entry for entry in json.loads(result.stdout)}
 
 
-def _expected(home: Path, since: datetime | None = None, until: datetime | None = None,
-              stage: str | None = None, status: str | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+def _expected(
+    home: Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    stage: str | None = None,
+    status: str | None = None,
+) -> dict[str, np.ndarray]:
     rows = to_rows(read_table(home, "stage_executions"))
     picked: dict[str, list[float]] = {}
     for row in rows:
         start = row["start_time"]
-        if (since and start < since) or (until and start > until) or stage not in (None, row["stage"]) or (
-                status not in (None, row["status"])):  # fmt: skip
+        if (
+            (since and start < since)
+            or (until and start > until)
+            or stage not in (None, row["stage"])
+            or (status not in (None, row["status"]))
+        ):
             continue
         picked.setdefault(row["stage"], []).append(row["duration_ms"])
     return {name: np.array(values) for name, values in picked.items()}
@@ -184,15 +215,25 @@ def _expected(home: Path, since: datetime | None = None, until: datetime | None 
 
 @pytest.mark.parametrize(
     "days_since, days_until, stage, status",
-    [(None, None, None, None), (4.5, None, None, None), (6, 2, "detection", None), (None, None, "detection", "failed"),
-     (DAYS, 0, None, "ok")],
-)  # fmt: skip
-def test_stats_equal_numpy_with_whole_partial_and_fresh_days(aged_home: Path, days_since, days_until, stage,
-                                                             status) -> None:  # fmt: skip
+    [
+        (None, None, None, None),
+        (4.5, None, None, None),
+        (6, 2, "detection", None),
+        (None, None, "detection", "failed"),
+        (DAYS, 0, None, "ok"),
+    ],
+)
+def test_stats_equal_numpy_with_whole_partial_and_fresh_days(
+    aged_home: Path, days_since, days_until, stage, status
+) -> None:
     since = NOW - timedelta(days=days_since) if days_since is not None else None
     until = NOW - timedelta(days=days_until) if days_until is not None else None
-    filters = [*(["--since", since.isoformat()] if since else []), *(["--until", until.isoformat()] if until else []),
-               *(["--stage", stage] if stage else []), *(["--status", status] if status else [])]  # fmt: skip
+    filters = [
+        *(["--since", since.isoformat()] if since else []),
+        *(["--until", until.isoformat()] if until else []),
+        *(["--stage", stage] if stage else []),
+        *(["--status", status] if status else []),
+    ]
     got = _stats_cli(aged_home, *filters)
     expected = _expected(aged_home, since, until, stage, status)
     assert sorted(got) == sorted(expected)
@@ -219,7 +260,8 @@ def test_stats_use_the_summaries_and_equal_the_row_by_row_answer(aged_home: Path
     monkeypatch.setattr(_query, "current_summaries", lambda home, dates: {})
     slow = query_stats(aged_home, Filters())
     assert [(e["stage"], e["count"], e["failure_rate"], e.get("bottleneck")) for e in fast] == [
-        (e["stage"], e["count"], e["failure_rate"], e.get("bottleneck")) for e in slow]  # fmt: skip
+        (e["stage"], e["count"], e["failure_rate"], e.get("bottleneck")) for e in slow
+    ]
     for mine, theirs in zip(fast, slow, strict=True):
         for name in ("duration_ms", "rss_peak_mb", "gpu_peak_mb"):
             exact = {k: v for k, v in mine[name].items() if k != "mean"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._decode import Rejected, decode_event
+from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._readmodels import read_table
 
 LONG = os.environ.get("STAGEWATCH_FAULTS_LONG") == "1"
@@ -36,8 +36,9 @@ print(json.dumps({"stages": stages, "shutdown_s": time.monotonic() - start}), fl
 
 
 def start_pipeline(home: Path, stages: int, pause_every: int = 0) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", PIPELINE, str(home), str(stages), str(pause_every)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", PIPELINE, str(home), str(stages), str(pause_every)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def run_id_of(pipeline: subprocess.Popen[str]) -> str:
@@ -77,5 +78,12 @@ def tally(scenario: str, home: Path, run_id: str, emitted: int) -> Tally:
     table = read_table(home, "stage_executions")
     table = table.filter(pc.equal(table["run_id"], run_id))
     rows = Counter(zip(table["client_id"].to_pylist(), table["span"].to_pylist(), strict=True))
-    return Tally(scenario, emitted, len(ends), sum(c - 1 for c in seqs.values() if c > 1), len(rows),
-                 sum(c - 1 for c in rows.values() if c > 1), emitted - len(rows))  # fmt: skip
+    return Tally(
+        scenario,
+        emitted,
+        len(ends),
+        sum(c - 1 for c in seqs.values() if c > 1),
+        len(rows),
+        sum(c - 1 for c in rows.values() if c > 1),
+        emitted - len(rows),
+    )

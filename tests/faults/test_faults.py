@@ -37,8 +37,9 @@ def _all_projected(daemon: DaemonProcess, run_id: str, stages: int, timeout_s: f
     return wait_for(done, timeout_s)
 
 
-def _exactly_once(daemon: DaemonProcess, home: Path, run_id: str, stages: int, result: dict, scenario: str,
-                  **report: object) -> Any:  # fmt: skip
+def _exactly_once(
+    daemon: DaemonProcess, home: Path, run_id: str, stages: int, result: dict, scenario: str, **report: object
+) -> Any:
     """Wait until `stages` are projected, count, report, and assert none lost or doubled."""
     _all_projected(daemon, run_id, stages)
     counts = tally(scenario, home, run_id, result["stages"])
@@ -61,8 +62,9 @@ def test_kill_9_of_the_daemon_during_a_stream_loses_and_duplicates_nothing(daemo
         recoveries.append(time.monotonic() - started)
     result = _finish(pipeline)
     median_restart_s = round(sorted(recoveries)[len(recoveries) // 2], 2)
-    counts = _exactly_once(daemon, daemon.home, run_id, stages, result, f"kill -9 daemon x{kills}",
-                           median_restart_s=median_restart_s)  # fmt: skip
+    counts = _exactly_once(
+        daemon, daemon.home, run_id, stages, result, f"kill -9 daemon x{kills}", median_restart_s=median_restart_s
+    )
     assert counts.in_log == counts.in_read_model == stages
 
 
@@ -138,10 +140,12 @@ def test_event_log_damage_is_recovered_counted_and_reported(home: Path, damage: 
     daemon = DaemonProcess(home).start()
     try:
         recovery = wait_for(lambda: daemon.status().get("stats"), 30)["recovery"]
-        found = {"torn_tail": recovery["truncated_bytes"] == 6,
-                 "zero_tail": recovery["truncated_bytes"] == 8192,
-                 "flipped_bytes": recovery["replay_corrupt_regions"] == 1,
-                 "missing_segment": len(recovery["missing_ranges"]) == 1}  # fmt: skip
+        found = {
+            "torn_tail": recovery["truncated_bytes"] == 6,
+            "zero_tail": recovery["truncated_bytes"] == 8192,
+            "flipped_bytes": recovery["replay_corrupt_regions"] == 1,
+            "missing_segment": len(recovery["missing_ranges"]) == 1,
+        }
         assert found[damage], recovery
         intact = sum(1 for _ in EventLog(home / "events").read())
         expected = {"torn_tail": 400, "zero_tail": 400, "flipped_bytes": 399}.get(damage)
@@ -217,7 +221,15 @@ def test_a_flood_and_a_stalled_subscriber_neither_lose_events_nor_grow_memory(da
     _all_projected(daemon, run_id, stages, timeout_s=300)
     peak_mb = rss.stop()
     scenario = "flood (2 producers, no acks awaited) + stalled subscriber"
-    _exactly_once(daemon, daemon.home, run_id, stages, result, scenario, flood_events_sent=sent.value,
-                  daemon_peak_rss_mb=round(peak_mb))  # fmt: skip
+    _exactly_once(
+        daemon,
+        daemon.home,
+        run_id,
+        stages,
+        result,
+        scenario,
+        flood_events_sent=sent.value,
+        daemon_peak_rss_mb=round(peak_mb),
+    )
     assert daemon.status()["stats"]["accepted"] > accepted_before + 10_000  # it kept ingesting the flood too
     assert peak_mb < 1024  # bounded: ZeroMQ's per-client queue, not the daemon's heap, absorbs the flood

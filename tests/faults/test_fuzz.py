@@ -17,9 +17,18 @@ from stagewatch.daemon._projection import Projector
 from tests.conftest import DaemonProcess, wait_for
 
 RUN_ID = str(uuid.UUID(int=42))
-VALID = {"v": 1, "type": "stage_finished", "client_id": "fuzz", "seq": 1, "ts_ns": 1_790_000_000_000_000_000,
-         "run_id": RUN_ID, "stage": "detection", "span": 1, "start_ts_ns": 1_790_000_000_000_000_000,
-         "duration_ms": 1.0}  # fmt: skip
+VALID = {
+    "v": 1,
+    "type": "stage_finished",
+    "client_id": "fuzz",
+    "seq": 1,
+    "ts_ns": 1_790_000_000_000_000_000,
+    "run_id": RUN_ID,
+    "stage": "detection",
+    "span": 1,
+    "start_ts_ns": 1_790_000_000_000_000_000,
+    "duration_ms": 1.0,
+}
 HOSTILE_TEXT = st.sampled_from(["../../etc/passwd", "/abs", "a\x00b", "..", "", "x" * 5000, "é/ü", "\ud800"])
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary() | HOSTILE_TEXT,
@@ -43,8 +52,18 @@ def _packable(value: object) -> bytes | None:
 
 
 FIELDS = [*sorted(VALID), "output_paths", "error_type", "sample_id", "input_path", "parent_span", "rss_peak_mb"]
-TYPES = ["run_started", "stage_started", "stage_failed", "artifact_saved", "log", "run_finished", "sample_result",
-         "heartbeat", "client_lost", "nope"]  # fmt: skip
+TYPES = [
+    "run_started",
+    "stage_started",
+    "stage_failed",
+    "artifact_saved",
+    "log",
+    "run_finished",
+    "sample_result",
+    "heartbeat",
+    "client_lost",
+    "nope",
+]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,10 +104,16 @@ def test_the_real_daemon_survives_a_fuzz_storm_and_writes_nothing_outside_its_ho
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(f"ipc://{daemon.socket_path}")
-    frames = [b"", b"\x00" * 64, msgpack.packb([1, "x" * 300, 1, []]), msgpack.packb([1, "c", "no", []]),
-              pack_batch("c", 1, [b"\x91" * 50_000 + b"\xc0"]), b"\xdd\xff\xff\xff\xff",  # a 4-billion-item array
-              pack_batch("c", 2, [msgpack.packb({**VALID, "stage": "../../../tmp/owned", "seq": 2})]),
-              pack_batch("c", 3, [msgpack.packb({**VALID, "run_id": "../../x", "seq": 3})])]  # fmt: skip
+    frames = [
+        b"",
+        b"\x00" * 64,
+        msgpack.packb([1, "x" * 300, 1, []]),
+        msgpack.packb([1, "c", "no", []]),
+        pack_batch("c", 1, [b"\x91" * 50_000 + b"\xc0"]),
+        b"\xdd\xff\xff\xff\xff",  # a 4-billion-item array
+        pack_batch("c", 2, [msgpack.packb({**VALID, "stage": "../../../tmp/owned", "seq": 2})]),
+        pack_batch("c", 3, [msgpack.packb({**VALID, "run_id": "../../x", "seq": 3})]),
+    ]
     for frame in frames:
         sock.send(frame)
     sock.send_multipart([b"two", b"frames"])
@@ -127,8 +152,23 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
-coco_keys = ["images", "annotations", "categories", "id", "image_id", "category_id", "bbox", "area", "iscrowd",
-             "score", "segmentation", "width", "height", "counts", "size"]  # fmt: skip
+coco_keys = [
+    "images",
+    "annotations",
+    "categories",
+    "id",
+    "image_id",
+    "category_id",
+    "bbox",
+    "area",
+    "iscrowd",
+    "score",
+    "segmentation",
+    "width",
+    "height",
+    "counts",
+    "size",
+]
 coco_like = st.recursive(
     st.none() | st.integers(-3, 5) | st.floats() | st.text(max_size=4),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.sampled_from(coco_keys), children, max_size=6),
@@ -141,22 +181,47 @@ number = st.integers(0, 10).flatmap(lambda n: st.floats(0, 60) if n else st.floa
 box = st.integers(0, 5).flatmap(
     lambda n: st.lists(number, min_size=4, max_size=4) if n else st.lists(number, max_size=6) | coco_like
 )
-segmentation = st.lists(st.lists(number, min_size=4, max_size=8), max_size=2) | st.fixed_dictionaries(
-    {"size": st.lists(st.integers(-1, 40), max_size=3), "counts": st.lists(st.integers(-2, 50), max_size=6) | st.text()}
-) | coco_like  # fmt: skip
-near_valid_gt = st.fixed_dictionaries({
-    "images": st.lists(st.fixed_dictionaries({"id": small_id, "width": st.integers(1, 40) | coco_like,
-                                              "height": st.integers(1, 40) | coco_like}), max_size=4),
-    "categories": st.lists(st.fixed_dictionaries({"id": small_id}), max_size=3),
-    "annotations": st.lists(st.fixed_dictionaries({
-        "id": small_id, "image_id": small_id, "category_id": small_id, "bbox": box, "area": number,
-        "iscrowd": st.integers(0, 1) | coco_like, "segmentation": segmentation}), max_size=6),
-})  # fmt: skip
+segmentation = (
+    st.lists(st.lists(number, min_size=4, max_size=8), max_size=2)
+    | st.fixed_dictionaries(
+        {
+            "size": st.lists(st.integers(-1, 40), max_size=3),
+            "counts": st.lists(st.integers(-2, 50), max_size=6) | st.text(),
+        }
+    )
+    | coco_like
+)
+near_valid_gt = st.fixed_dictionaries(
+    {
+        "images": st.lists(
+            st.fixed_dictionaries(
+                {"id": small_id, "width": st.integers(1, 40) | coco_like, "height": st.integers(1, 40) | coco_like}
+            ),
+            max_size=4,
+        ),
+        "categories": st.lists(st.fixed_dictionaries({"id": small_id}), max_size=3),
+        "annotations": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "id": small_id,
+                    "image_id": small_id,
+                    "category_id": small_id,
+                    "bbox": box,
+                    "area": number,
+                    "iscrowd": st.integers(0, 1) | coco_like,
+                    "segmentation": segmentation,
+                }
+            ),
+            max_size=6,
+        ),
+    }
+)
 near_valid_dt = st.lists(
-    st.fixed_dictionaries({"image_id": small_id, "category_id": small_id, "bbox": box, "score": number,
-                           "segmentation": segmentation}),
+    st.fixed_dictionaries(
+        {"image_id": small_id, "category_id": small_id, "bbox": box, "score": number, "segmentation": segmentation}
+    ),
     max_size=6,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

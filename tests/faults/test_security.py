@@ -13,8 +13,7 @@ from tests.conftest import DaemonProcess, run_python, wait_for
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def _free_port() -> int:
@@ -62,8 +61,10 @@ def test_tcp_serves_only_clients_with_an_authorized_curve_key(home: Path) -> Non
 
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     daemon = DaemonProcess(home)
-    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home),
-                                       "--endpoint", endpoint], stderr=subprocess.DEVNULL)  # fmt: skip
+    daemon.process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home), "--endpoint", endpoint],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: daemon.status().get("stats") is not None)
         trusted = _pipeline(home, endpoint, exports)

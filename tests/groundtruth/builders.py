@@ -32,15 +32,25 @@ def write_dataset(folder: Path, samples: int, *, extra: str = "", listed: list[s
 
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     (folder / "clouds").mkdir(parents=True, exist_ok=True)
-    coco: dict[str, Any] = {"images": [], "annotations": [],
-                            "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "pedestrian"}]}  # fmt: skip
+    coco: dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "pedestrian"}],
+    }
     for index in range(samples):
         name, labels = f"s{index:04d}", scene(index)
         coco["images"].append({"id": index + 1, "file_name": f"{name}.jpg", "width": WIDTH, "height": HEIGHT})
         for kind, box in labels["boxes"]:
-            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": index + 1,
-                                        "category_id": kind, "bbox": box, "area": box[2] * box[3],
-                                        "iscrowd": 0})  # fmt: skip
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": index + 1,
+                    "category_id": kind,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
         if index % 2:
             np.save(folder / "masks" / f"{name}.npy", labels["mask"].astype(np.int64))
         else:
@@ -73,8 +83,10 @@ def write_dataset(folder: Path, samples: int, *, extra: str = "", listed: list[s
 
 def ply_with_int64_labels(path: Path, labels: list[int]) -> None:
     """What some writers produce and Open3D's PLY parser refuses."""
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(labels)}\nproperty float x\n"
-              "property float y\nproperty float z\nproperty int64 label\nend_header\n").encode()  # fmt: skip
+    header = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {len(labels)}\nproperty float x\n"
+        "property float y\nproperty float z\nproperty int64 label\nend_header\n"
+    ).encode()
     records = np.zeros(len(labels), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("label", "<i8")])
     records["x"] = np.arange(len(labels))
     records["label"] = labels

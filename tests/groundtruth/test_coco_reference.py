@@ -29,8 +29,11 @@ def reference_stats(ground_truth: dict[str, Any], detections: list[dict[str, Any
         coco.createIndex()
         if not detections:  # loadRes cannot take an empty list; COCOeval of nothing is all zeros / -1
             results = COCO()
-            results.dataset = {"images": ground_truth["images"], "categories": ground_truth["categories"],
-                               "annotations": []}  # fmt: skip
+            results.dataset = {
+                "images": ground_truth["images"],
+                "categories": ground_truth["categories"],
+                "annotations": [],
+            }
             results.createIndex()
         else:
             results = coco.loadRes(copy.deepcopy(detections))
@@ -55,10 +58,16 @@ def assert_same(ground_truth: dict[str, Any], detections: list[dict[str, Any]], 
 @pytest.mark.parametrize("seed", range(25))
 def test_random_sets_match_pycocotools(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    ground_truth = coco_ground_truth(rng, images=int(rng.integers(1, 30)), categories=int(rng.integers(1, 6)),
-                                     max_objects=int(rng.integers(1, 12)), crowd_rate=0.1)  # fmt: skip
-    detections = noisy_detections(rng, ground_truth, false_positives=float(rng.uniform(0, 4)),
-                                  duplicate_rate=0.2, confusion_rate=0.2)  # fmt: skip
+    ground_truth = coco_ground_truth(
+        rng,
+        images=int(rng.integers(1, 30)),
+        categories=int(rng.integers(1, 6)),
+        max_objects=int(rng.integers(1, 12)),
+        crowd_rate=0.1,
+    )
+    detections = noisy_detections(
+        rng, ground_truth, false_positives=float(rng.uniform(0, 4)), duplicate_rate=0.2, confusion_rate=0.2
+    )
     assert_same(ground_truth, detections)
 
 
@@ -80,38 +89,45 @@ def test_empty_predictions_and_empty_ground_truth() -> None:
 
 
 def test_category_without_ground_truth_and_unknown_detection_category() -> None:
-    ground_truth = {"images": [{"id": 1, "width": 100, "height": 100}],
-                    "categories": [{"id": 1}, {"id": 2}, {"id": 5}],
-                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600,
-                                     "iscrowd": 0}]}  # fmt: skip
-    detections = [{"image_id": 1, "category_id": 1, "bbox": [12, 10, 40, 40], "score": 0.9},
-                  {"image_id": 1, "category_id": 2, "bbox": [60, 60, 10, 10], "score": 0.8},
-                  {"image_id": 1, "category_id": 9, "bbox": [10, 10, 40, 40], "score": 0.7}]  # fmt: skip
+    ground_truth = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 1}, {"id": 2}, {"id": 5}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0}
+        ],
+    }
+    detections = [
+        {"image_id": 1, "category_id": 1, "bbox": [12, 10, 40, 40], "score": 0.9},
+        {"image_id": 1, "category_id": 2, "bbox": [60, 60, 10, 10], "score": 0.8},
+        {"image_id": 1, "category_id": 9, "bbox": [10, 10, 40, 40], "score": 0.7},
+    ]
     assert_same(ground_truth, detections)
 
 
 def test_crowd_regions_swallow_detections_and_ties_resolve_alike() -> None:
-    ground_truth = {"images": [{"id": 1, "width": 200, "height": 200}, {"id": 2, "width": 200, "height": 200}],
-                    "categories": [{"id": 1}],
-                    "annotations": [
-                        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000,
-                         "iscrowd": 1},
-                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
-                        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
-                        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [50, 50, 60, 60], "area": 3600,
-                         "iscrowd": 0},
-                        # a detection equally close to two: pycocotools gives it the later one
-                        {"id": 5, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
-                        {"id": 6, "image_id": 2, "category_id": 1, "bbox": [2, 0, 10, 10], "area": 100,
-                         "iscrowd": 0}]}  # fmt: skip
-    detections = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
-                  {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
-                  {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
-                  {"image_id": 1, "category_id": 1, "bbox": [40, 40, 30, 30], "score": 0.5},
-                  {"image_id": 2, "category_id": 1, "bbox": [52, 50, 60, 60], "score": 0.9},
-                  {"image_id": 2, "category_id": 1, "bbox": [150, 150, 10, 10], "score": 0.9},
-                  {"image_id": 2, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.8},
-                  {"image_id": 2, "category_id": 1, "bbox": [2.5, 0, 10, 10], "score": 0.7}]  # fmt: skip
+    ground_truth = {
+        "images": [{"id": 1, "width": 200, "height": 200}, {"id": 2, "width": 200, "height": 200}],
+        "categories": [{"id": 1}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 10000, "iscrowd": 1},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [50, 50, 60, 60], "area": 3600, "iscrowd": 0},
+            # a detection equally close to two: pycocotools gives it the later one
+            {"id": 5, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 6, "image_id": 2, "category_id": 1, "bbox": [2, 0, 10, 10], "area": 100, "iscrowd": 0},
+        ],
+    }
+    detections = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [40, 40, 30, 30], "score": 0.5},
+        {"image_id": 2, "category_id": 1, "bbox": [52, 50, 60, 60], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [150, 150, 10, 10], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [1, 0, 10, 10], "score": 0.8},
+        {"image_id": 2, "category_id": 1, "bbox": [2.5, 0, 10, 10], "score": 0.7},
+    ]
     assert_same(ground_truth, detections)
 
 
@@ -155,14 +171,32 @@ def _uncompressed_counts(mask: np.ndarray) -> list[int]:
     [
         ([], "expected a COCO object"),
         ({"images": [], "categories": []}, "missing 'annotations'"),
-        ({"images": [{"id": 1}], "categories": [{"id": 1}],
-          "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1]}]}, "annotations[0].bbox"),
-        ({"images": [{"id": 1}], "categories": [{"id": 1}],
-          "annotations": [{"image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}]}, "image 2, not in images"),
-        ({"images": [{"id": 1}], "categories": [{"id": 1}],
-          "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 1]}]}, "must be finite and >= 0"),
+        (
+            {
+                "images": [{"id": 1}],
+                "categories": [{"id": 1}],
+                "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1]}],
+            },
+            "annotations[0].bbox",
+        ),
+        (
+            {
+                "images": [{"id": 1}],
+                "categories": [{"id": 1}],
+                "annotations": [{"image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+            },
+            "image 2, not in images",
+        ),
+        (
+            {
+                "images": [{"id": 1}],
+                "categories": [{"id": 1}],
+                "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 1]}],
+            },
+            "must be finite and >= 0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_ground_truth_is_named(document: Any, message: str) -> None:
     with pytest.raises(CocoFormatError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_coco_ground_truth(document, source="gt.json")

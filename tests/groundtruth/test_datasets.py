@@ -17,8 +17,12 @@ from tests.groundtruth.builders import CLASSES, ply_with_int64_labels, write_dat
 
 
 def validate(spec: Path) -> tuple[int, dict]:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return result.returncode, json.loads(result.stdout) if result.stdout else {"stderr": result.stderr}
 
 
@@ -87,7 +91,7 @@ def test_loaders_refuse_what_is_not_a_label_file(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("name: x\nstages: {}\n", "stages"),
-        ("name: x\nstages:\n  seg: {labels: \"m/{sample_id}.png\"}\n", "needs 'classes'"),
+        ('name: x\nstages:\n  seg: {labels: "m/{sample_id}.png"}\n', "needs 'classes'"),
         ("name: x\nstages:\n  det: {labels: coco.json, colour: red}\n", "colour"),
         ("name: x\nstages:\n  det: {labels: ../outside.json}\n", "without '..'"),
         ("name: x\nstages:\n  det: {labels: /etc/passwd.json}\n", "relative to the dataset root"),
@@ -96,7 +100,7 @@ def test_loaders_refuse_what_is_not_a_label_file(tmp_path: Path) -> None:
         ("name: [unclosed\n", "not valid YAML"),
         ("- just\n- a list\n", "expected a mapping"),
     ],
-)  # fmt: skip
+)
 def test_malformed_dataset_files_exit_2_naming_the_problem(tmp_path: Path, text: str, message: str) -> None:
     spec = tmp_path / "golden.yaml"
     spec.write_text(text)
@@ -131,15 +135,25 @@ def test_a_thousand_samples_in_three_formats_validate(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("header", "body", "message"),
     [
-        ("element vertex 3\nproperty float x\nproperty float y\nproperty float z\nproperty int64 label\n", b"\x00" * 10,
-         "does not match its header"),
-        ("element vertex 1\nproperty float x\nproperty float y\nproperty int64 label\n", b"\x00" * 16,
-         "need x, y, z and label"),
+        (
+            "element vertex 3\nproperty float x\nproperty float y\nproperty float z\nproperty int64 label\n",
+            b"\x00" * 10,
+            "does not match its header",
+        ),
+        (
+            "element vertex 1\nproperty float x\nproperty float y\nproperty int64 label\n",
+            b"\x00" * 16,
+            "need x, y, z and label",
+        ),
         ("element vertex 1\nproperty list uchar int64 label\n", b"", "unsupported PLY property"),
-        ("element vertex 1\nproperty float x\nproperty float y\nproperty float z\nproperty int64 label\n"
-         "element face 2\n", b"\x00" * 20, "other than vertex"),
+        (
+            "element vertex 1\nproperty float x\nproperty float y\nproperty float z\nproperty int64 label\n"
+            "element face 2\n",
+            b"\x00" * 20,
+            "other than vertex",
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_int64_ply_reader_refuses_malformed_files(tmp_path: Path, header: str, body: bytes, message: str) -> None:
     path = tmp_path / "bad.ply"
     path.write_bytes(f"ply\nformat binary_little_endian 1.0\n{header}end_header\n".encode() + body)
@@ -149,6 +163,8 @@ def test_the_int64_ply_reader_refuses_malformed_files(tmp_path: Path, header: st
 
 def test_the_int64_ply_reader_reads_ascii(tmp_path: Path) -> None:
     path = tmp_path / "ascii.ply"
-    path.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
-                    "property int64 label\nend_header\n0 0 0 4\n1 1 1 5\n")  # fmt: skip
+    path.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+        "property int64 label\nend_header\n0 0 0 4\n1 1 1 5\n"
+    )
     assert load_point_labels(path).labels.tolist() == [4, 5]

@@ -29,8 +29,7 @@ NAMES = {1: "car", 2: "pedestrian"}
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def detection(index: int) -> dict[str, Any]:
@@ -107,16 +106,27 @@ def reference_coco(run_indices: list[int]) -> list[float]:
     for index in run_indices:
         images.append({"id": index + 1, "width": 32, "height": 24})
         for kind, box in scene(index)["boxes"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": kind, "bbox": box,
-                                "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": kind,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
         found = detection(index)
         for box, score, name in zip(found["boxes"], found["scores"], found["labels"], strict=True):
             category = {v: k for k, v in NAMES.items()}[name]
             results.append({"image_id": index + 1, "category_id": category, "bbox": box, "score": score})
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = {"images": images, "annotations": annotations,
-                        "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "pedestrian"}]}  # fmt: skip
+        coco.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "pedestrian"}],
+        }
         coco.createIndex()
         evaluation = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
         evaluation.evaluate()

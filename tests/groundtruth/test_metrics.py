@@ -106,25 +106,46 @@ def test_confusion_matrix_rows_are_truth() -> None:
 def objects(rows: list[tuple[int, list[float]]], scores: list[float] | None = None, crowd: list[bool] | None = None):
     categories = np.array([c for c, _ in rows], np.int64)
     boxes = np.array([b for _, b in rows], float).reshape(-1, 4)
-    return Objects(categories, boxes, boxes[:, 2] * boxes[:, 3], np.array(crowd or [False] * len(rows)),
-                   np.array(scores or [1.0] * len(rows), float))  # fmt: skip
+    return Objects(
+        categories,
+        boxes,
+        boxes[:, 2] * boxes[:, 3],
+        np.array(crowd or [False] * len(rows)),
+        np.array(scores or [1.0] * len(rows), float),
+    )
 
 
 def test_each_mistake_gets_its_name() -> None:
-    truth = objects([(1, [0, 0, 10, 10]), (1, [50, 50, 10, 10]), (2, [100, 0, 20, 20]), (1, [200, 200, 10, 10]),
-                     (1, [300, 300, 40, 40])], crowd=[False, False, False, False, True])  # fmt: skip
+    truth = objects(
+        [
+            (1, [0, 0, 10, 10]),
+            (1, [50, 50, 10, 10]),
+            (2, [100, 0, 20, 20]),
+            (1, [200, 200, 10, 10]),
+            (1, [300, 300, 40, 40]),
+        ],
+        crowd=[False, False, False, False, True],
+    )
     predicted = objects(
-        [(1, [0, 0, 10, 10]),  # right
-         (1, [0.5, 0, 10, 10]),  # the same object again
-         (1, [100, 0, 20, 20]),  # right place, wrong class
-         (1, [205, 205, 10, 10]),  # right class, badly placed
-         (2, [400, 0, 10, 10]),  # nothing there
-         (1, [305, 305, 10, 10])],  # inside a crowd region: ignored
-        scores=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4])  # fmt: skip
+        [
+            (1, [0, 0, 10, 10]),  # right
+            (1, [0.5, 0, 10, 10]),  # the same object again
+            (1, [100, 0, 20, 20]),  # right place, wrong class
+            (1, [205, 205, 10, 10]),  # right class, badly placed
+            (2, [400, 0, 10, 10]),  # nothing there
+            (1, [305, 305, 10, 10]),
+        ],  # inside a crowd region: ignored
+        scores=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+    )
     outcome = match_boxes(truth, predicted, 0.5)
     assert outcome.true_positives == 1 and outcome.false_positives == 4 and outcome.missed == 3
-    assert dict(outcome.errors) == {"duplicate": 1, "class_confusion": 1, "localization": 1,
-                                    "false_positive": 1, "missed": 3}  # fmt: skip
+    assert dict(outcome.errors) == {
+        "duplicate": 1,
+        "class_confusion": 1,
+        "localization": 1,
+        "false_positive": 1,
+        "missed": 3,
+    }
 
 
 def test_precision_recall_f1_edges() -> None:

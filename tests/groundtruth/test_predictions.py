@@ -12,10 +12,16 @@ CATEGORIES = {1: "car", 2: "pedestrian"}
 
 
 def test_boxes_inline_with_names_or_ids_and_coco_style_lists() -> None:
-    inline = parse_boxes({"boxes": [[1, 2, 3, 4], [5, 6, 7, 8]], "scores": [0.9, 0.1], "labels": ["car", 2]},
-                         CATEGORIES)  # fmt: skip
-    coco = parse_boxes([{"bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 1},
-                        {"bbox": [5, 6, 7, 8], "score": 0.1, "category_id": 2}], CATEGORIES)  # fmt: skip
+    inline = parse_boxes(
+        {"boxes": [[1, 2, 3, 4], [5, 6, 7, 8]], "scores": [0.9, 0.1], "labels": ["car", 2]}, CATEGORIES
+    )
+    coco = parse_boxes(
+        [
+            {"bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 1},
+            {"bbox": [5, 6, 7, 8], "score": 0.1, "category_id": 2},
+        ],
+        CATEGORIES,
+    )
     for parsed in (inline, coco):
         assert parsed.categories.tolist() == [1, 2] and parsed.areas.tolist() == [12.0, 56.0]
     assert len(parse_boxes({"boxes": [], "scores": [], "labels": []}, CATEGORIES)) == 0

@@ -29,8 +29,9 @@ def test_the_unit_files_pass_systemd_analyze_verify(tmp_path: Path, name: str) -
     text = (UNITS / name).read_text()
     for unit in ("stagewatch.service", "stagewatch-ui.service"):  # verify resolves the Wants= of the other
         (tmp_path / unit).write_text((UNITS / unit).read_text().replace("/usr/local/bin/stagewatch", executable))
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     if name == "stagewatch.service":
         assert "Type=notify" in text and "WatchdogSec=" in text
@@ -44,8 +45,9 @@ def test_ready_watchdog_and_stopping_are_sent_to_notify_socket(home: Path) -> No
     receiver.bind(str(address))
     receiver.settimeout(30)
     env = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "200000"}
-    process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home)],
-                               env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home)], env=env, stderr=subprocess.DEVNULL
+    )
     try:
         messages = [receiver.recv(4096).decode()]
         assert messages[0].startswith("READY=1") and "STATUS=ingesting" in messages[0]
@@ -66,8 +68,10 @@ def test_ready_watchdog_and_stopping_are_sent_to_notify_socket(home: Path) -> No
 
 def test_group_access_shares_the_socket_and_the_folders_pipelines_write(home: Path) -> None:
     daemon = DaemonProcess(home)
-    daemon.process = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home),
-                                       "--group-access"], stderr=subprocess.DEVNULL)  # fmt: skip
+    daemon.process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home), "--group-access"],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: daemon.socket_path.exists())
         assert stat.S_IMODE(daemon.socket_path.stat().st_mode) == 0o660

@@ -21,8 +21,15 @@ from tests.conftest import DaemonProcess, wait_for
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
 
@@ -49,7 +56,9 @@ class Ui:
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--port", str(self.port), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}/app"
         wait_for(self._answers, 60, 0.2)
 
@@ -71,8 +80,12 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, DaemonProcess, Ui, str]]:
     home = Path(str(tmp_path_factory.mktemp("ui"))) / "home"
     # A disk threshold nobody meets: the daemon reports a warning, the page must show it.
     daemon = DaemonProcess(home, env={"STAGEWATCH_DISK_WARN_FREE_BYTES": str(2**60)}).start()
-    demo = subprocess.run([sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "50",
-                           "--no-ui"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    demo = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "50", "--no-ui"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert demo.returncode == 0, demo.stderr
     (run_id,) = [p.name for p in (home / "runs").iterdir()]
     ui = Ui(home)
@@ -122,8 +135,11 @@ def test_artifact_links_cannot_leave_the_home(served, page) -> None:
     secret.write_text('{"password": "root:x:0:0 do not show"}')
     evil = home / "runs" / run_id / "stages" / "postprocessing" / "evil.json"
     evil.symlink_to(secret)
-    for link, reason in [("runs/../../secret.json", "refused"), ("/etc/passwd", "refused"),
-                         (f"runs/{run_id}/stages/postprocessing/evil.json", "leads outside the home")]:  # fmt: skip
+    for link, reason in [
+        ("runs/../../secret.json", "refused"),
+        ("/etc/passwd", "refused"),
+        (f"runs/{run_id}/stages/postprocessing/evil.json", "leads outside the home"),
+    ]:
         page.goto(f"{ui.url}?artifact={link}")
         page.wait_for_selector(f"text={reason}")
         assert not shown(page, "root:x:0")
@@ -141,8 +157,12 @@ def test_new_runs_appear_without_reloading_and_the_disk_warning_shows(served, pa
 
 def test_the_dashboard_listens_on_the_loopback_only(served) -> None:
     _, _, ui, _ = served
-    listening = wait_for(lambda: [c.laddr for p in _tree(ui.process.pid) for c in p.net_connections("inet")
-                                  if c.status == psutil.CONN_LISTEN], 20)  # fmt: skip
+    listening = wait_for(
+        lambda: [
+            c.laddr for p in _tree(ui.process.pid) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN
+        ],
+        20,
+    )
     assert listening and all(address.ip in ("127.0.0.1", "::1") for address in listening)
 
 
@@ -153,8 +173,12 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 def test_exposing_it_needs_basic_auth_and_basic_auth_works(served, browser) -> None:
     home, *_ = served
-    refused = subprocess.run([sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--address",
-                              "0.0.0.0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--address", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "--basic-auth" in refused.stderr
     credentials = home.parent / "users.json"
     credentials.write_text(json.dumps({"alice": "correct horse"}))
@@ -185,8 +209,11 @@ def test_exposing_it_needs_basic_auth_and_basic_auth_works(served, browser) -> N
 def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
     """The README's first command: daemon, demo pipeline, then the dashboard until Ctrl-C/SIGTERM."""
     home, port = tmp_path / "home", free_port()
-    demo = subprocess.Popen([sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "50",
-                             "--port", str(port)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "50", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         while not any("dashboard:" in line for line in lines):

@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     args = parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is answered below
+        return code
     except ValueError as error:  # bad configuration or arguments found past argparse
         print(f"stagewatch: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,102 @@
+"""The command as people meet it in a shell: options before the command, a home that is not
+there, output piped into `head`, a progress bar on a terminal and none in a pipe."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from tests.groundtruth.builders import write_dataset
+from tests.test_cli import sw
+
+COMMAND = [sys.executable, "-m", "stagewatch.cli"]
+
+
+def test_global_options_may_come_before_the_command(home: Path) -> None:
+    before = sw("--home", str(home), "runs", "--json")
+    after = sw("runs", "--home", str(home), "--json")
+    assert before.returncode == after.returncode == 0, before.stderr
+    assert json.loads(before.stdout) == json.loads(after.stdout) == []
+    shown = sw("--home", str(home), "config", "show", "--json")
+    assert json.loads(shown.stdout)["home"] == {"value": str(home), "source": "flag"}
+
+
+def test_the_option_after_the_command_wins(home: Path, tmp_path: Path) -> None:
+    shown = sw("--home", str(tmp_path / "elsewhere"), "config", "show", "--home", str(home), "--json")
+    assert json.loads(shown.stdout)["home"]["value"] == str(home)
+
+
+def test_runs_on_a_missing_home_names_the_home_it_looked_in(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-home"
+    result = sw("runs", "--home", str(missing))
+    assert result.returncode == 0
+    assert str(missing) in result.stdout and "does not exist" in result.stdout
+    assert not missing.exists()  # looking creates nothing
+
+
+def test_a_home_that_is_a_file_is_refused_in_words(tmp_path: Path) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    result = sw("runs", "--home", str(file))
+    assert result.returncode == 2 and "expected --home to be a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`stagewatch config show | head -0`: the reader is gone before the first write."""
+    process = subprocess.Popen([*COMMAND, "config", "show"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(60) == 141
+    assert stderr == ""
+
+
+def _on_a_terminal(args: list[str], timeout_s: float = 120) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (stdout a pipe): (exit code, stdout, what the terminal showed)."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
+    process = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE, stderr=terminal, stdin=subprocess.DEVNULL)
+    os.close(terminal)
+    shown = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal's other end closed: the command is done
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    stdout = process.stdout.read().decode()
+    return process.wait(30), stdout, shown.decode(errors="replace")
+
+
+def test_a_long_job_shows_progress_on_a_terminal_and_not_under_json(tmp_path: Path) -> None:
+    spec = write_dataset(tmp_path, 40)
+    code, stdout, terminal = _on_a_terminal(["gt", "validate", str(spec)])
+    assert code == 0, terminal
+    assert "reading labels" in terminal and "labels" in terminal  # tqdm's bar: description, counts, unit
+    assert "ok" in stdout
+    code, stdout, terminal = _on_a_terminal(["gt", "validate", str(spec), "--json"])
+    assert code == 0 and json.loads(stdout)["ok"]
+    assert "reading labels" not in terminal
+
+
+def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
+    spec = write_dataset(tmp_path, 12)
+    result = sw("gt", "validate", str(spec))
+    assert result.returncode == 0 and "reading labels" not in result.stderr

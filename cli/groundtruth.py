@@ -148,6 +148,8 @@ def _print_validation(report: dict[str, Any]) -> None:
         )
         for problem in found["invalid"][:10]:
             print(f"    invalid {problem['sample_id']}: {problem['error']}")
+        for note, files in found["notes"].items():
+            print(f"    note: {note} in {files} file(s)")
         if found["missing"]:
             shown = ", ".join(found["missing"][:5]) + (" ..." if len(found["missing"]) > 5 else "")
             print(f"    missing (unlabeled): {shown}")

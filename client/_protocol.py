@@ -144,9 +144,12 @@ def artifact_saved(
     kind: str,
     size_bytes: int,
     sample_id: str | None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
+    """`warnings`: what the saver could not keep as given (an attribute left out, say)."""
     event = envelope(ARTIFACT_SAVED, client_id, run_id, ts_ns)
     event.update(stage=stage, span=span, path=path, kind=kind, bytes=size_bytes, sample_id=sample_id)
+    event["warnings"] = warnings or []
     return event
 
 

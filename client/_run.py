@@ -290,8 +290,10 @@ class Stage:
         relpath = artifact_relpath(self.run.id, self.name, filename)
         process = _process_for_run(self.run)
         try:
-            size = write_artifact(process.home.root / relpath, value)
+            written = write_artifact(process.home.root / relpath, value)
             self.outputs.append(relpath)
+            for warning in written.warnings:
+                _log.warning("stagewatch: %s: %s", relpath, warning)
             event = protocol.artifact_saved(
                 process.client_id,
                 self.run.id,
@@ -300,8 +302,9 @@ class Stage:
                 span=self.span,
                 path=relpath,
                 kind=Path(filename).suffix.lower().lstrip("."),
-                size_bytes=size,
+                size_bytes=written.bytes,
                 sample_id=self.sample_id,
+                warnings=written.warnings,
             )
             process.sender.emit(event)
         except OSError as error:  # a full or read-only disk: the pipeline goes on

@@ -2,7 +2,10 @@
 
 numpy is imported only when something is saved, so `import stagewatch` stays light. PNG
 and PLY are written here (zlib and numpy suffice); the PLY layout is the one Open3D's
-tensor I/O reads back, per-point attributes included (an int32 `label`, say).
+tensor I/O and plyfile read back, per-point attributes included: integer attributes are
+written as int32 when their values fit (Open3D drops char, short, ushort, uint and 64-bit
+properties), and one that does not fit is left out with a warning, recorded with the
+artifact in the audit trail.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from stagewatch._shared import make_dirs
 
 PNG_COMPRESSION_LEVEL = 3  # level 3 is within 10% of level 9's size at a fraction of the time
 
 
-def write_png(path: Path, image: Any) -> None:
+def write_png(path: Path, image: Any) -> list[str]:
     """Write an HxW (grey) or HxWx3/HxWx4 uint8 or uint16 array as PNG."""
     import numpy as np
 
@@ -48,22 +51,20 @@ def write_png(path: Path, image: Any) -> None:
         + _png_chunk(b"IDAT", zlib.compress(raw, PNG_COMPRESSION_LEVEL))
         + _png_chunk(b"IEND", b""),
     )
+    return []
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-_PLY_TYPES = {
-    "f4": "float",
-    "f8": "double",
-    "i4": "int",
-    "u4": "uint",
-    "i2": "short",
-    "u2": "ushort",
-    "i1": "char",
-    "u1": "uchar",
-}
+_PLY_TYPES = {"f4": "float", "f8": "double", "i4": "int", "u1": "uchar"}  # what Open3D's PLY reader keeps
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+class Written(NamedTuple):
+    bytes: int
+    warnings: list[str]  # what could not be kept as given (recorded with the artifact)
 
 
 def _point_attributes(cloud: Any) -> dict[str, Any]:
@@ -74,8 +75,8 @@ def _point_attributes(cloud: Any) -> dict[str, Any]:
     if isinstance(cloud, dict):
         attributes = {name: np.asarray(value) for name, value in cloud.items()}
     elif hasattr(cloud, "point"):  # open3d.t.geometry.PointCloud
-        attributes = {name: cloud.point[name].numpy() for name in cloud.point}
-        attributes["points"] = attributes.pop("positions")
+        others = {name: cloud.point[name].numpy() for name in cloud.point if name != "positions"}
+        attributes = {"points": cloud.point["positions"].numpy(), **others}
     elif hasattr(cloud, "points"):  # open3d.geometry.PointCloud
         attributes = {"points": np.asarray(cloud.points)}
         for name in ("colors", "normals"):
@@ -90,59 +91,80 @@ def _point_attributes(cloud: Any) -> dict[str, Any]:
     return attributes
 
 
-def _ply_columns(attributes: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(property name, 1-D column) pairs in the order Open3D writes them."""
+def _ply_column(name: str, value: Any) -> tuple[Any, str | None]:
+    """`value` as a type Open3D's PLY reader keeps (uchar, int, float, double), converted
+    without loss; (None, why) when that cannot be done."""
+    import numpy as np
+
+    kind = value.dtype.kind
+    if kind == "b":
+        return value.astype(np.uint8), None
+    if kind in "iu" and value.dtype.str[1:] not in _PLY_TYPES:
+        low, high = (int(value.min()), int(value.max())) if value.size else (0, 0)
+        if _INT32[0] <= low and high <= _INT32[1]:
+            return value.astype(np.int32), None  # char, short, ushort, uint, 64-bit: Open3D drops them
+        return None, f"point attribute {name!r} ({value.dtype}, values {low}..{high}) does not fit in int32: not saved"
+    if kind == "f" and value.dtype.itemsize < 4:
+        return value.astype(np.float32), None
+    if value.dtype.str[1:] not in _PLY_TYPES:
+        return None, f"point attribute {name!r} has dtype {value.dtype}, not a number PLY keeps: not saved"
+    return value, None
+
+
+def _ply_columns(attributes: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """(property name, 1-D column) pairs in the order Open3D writes them, and what was left out."""
     import numpy as np
 
     count = len(attributes["points"])
     columns: list[tuple[str, Any]] = []
+    warnings: list[str] = []
     triples = {"points": ("x", "y", "z"), "normals": ("nx", "ny", "nz"), "colors": ("red", "green", "blue")}
     for name, value in attributes.items():
         if len(value) != count:
             raise ValueError(f"expected {count} values for point attribute {name!r}, got {len(value)}")
+        if value.ndim == 2 and value.shape[1] == 1:
+            value = value[:, 0]  # an Open3D tensor attribute is (N, 1): keep its name
         if name == "colors" and value.dtype.kind == "f":
             value = np.clip(np.round(value * 255), 0, 255).astype(np.uint8)  # Open3D's convention
-        if value.dtype == np.int64:
-            # Open3D's PLY reader refuses int64 properties; labels fit in int32.
-            if value.size and (value.max() > np.iinfo(np.int32).max or value.min() < np.iinfo(np.int32).min):
-                raise ValueError(f"point attribute {name!r} does not fit in int32")
-            value = value.astype(np.int32)
-        elif value.dtype == np.float16:
-            value = value.astype(np.float32)
+        value, problem = _ply_column(name, value)
+        if problem is not None:
+            warnings.append(problem)
+            continue
         names = triples.get(name)
         if names is None:
             names = (name,) if value.ndim == 1 else tuple(f"{name}_{i}" for i in range(value.shape[1]))
         value = value.reshape(count, -1)
         columns.extend((prop, value[:, i]) for i, prop in enumerate(names))
-    return columns
+    return columns, warnings
 
 
-def write_ply(path: Path, cloud: Any) -> None:
-    """Write a point cloud as binary little-endian PLY with every per-point attribute."""
+def write_ply(path: Path, cloud: Any) -> list[str]:
+    """Write a point cloud as binary little-endian PLY with every per-point attribute that
+    Open3D and plyfile read back as given; returns what could not be kept."""
     import numpy as np
 
-    columns = _ply_columns(_point_attributes(cloud))
+    columns, warnings = _ply_columns(_point_attributes(cloud))
     dtype = np.dtype([(name, column.dtype.newbyteorder("<")) for name, column in columns])
-    unknown = [name for name, column in columns if dtype[name].str[1:] not in _PLY_TYPES]
-    if unknown:
-        raise ValueError(f"expected numeric point attributes, got unsupported dtypes for {unknown}")
     table = np.empty(len(columns[0][1]), dtype)
     for name, column in columns:
         table[name] = column
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(table)}"]
     header += [f"property {_PLY_TYPES[dtype[name].str[1:]]} {name}" for name, _ in columns]
     _write_bytes(path, ("\n".join([*header, "end_header"]) + "\n").encode() + table.tobytes())
+    return warnings
 
 
-def write_npy(path: Path, array: Any) -> None:
+def write_npy(path: Path, array: Any) -> list[str]:
     import numpy as np
 
     with _atomic(path) as handle:
         np.save(handle, np.asarray(array), allow_pickle=False)
+    return []
 
 
-def write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> list[str]:
     _write_bytes(path, json.dumps(value, indent=2, default=_json_default).encode())
+    return []
 
 
 def _json_default(value: Any) -> Any:
@@ -154,14 +176,15 @@ def _json_default(value: Any) -> Any:
 WRITERS = {".png": write_png, ".ply": write_ply, ".npy": write_npy, ".json": write_json}
 
 
-def write_artifact(path: Path, value: Any) -> int:
-    """Write `value` by the file's extension; returns the bytes written."""
+def write_artifact(path: Path, value: Any) -> Written:
+    """Write `value` by the file's extension; returns the bytes written and what could not
+    be kept as given."""
     writer = WRITERS.get(path.suffix.lower())
     if writer is None:
         raise ValueError(f"expected a file name ending in {sorted(WRITERS)}, got {path.name!r}")
     make_dirs(path.parent)
-    writer(path, value)
-    return path.stat().st_size
+    warnings = writer(path, value)
+    return Written(path.stat().st_size, warnings)
 
 
 class _atomic:

@@ -252,6 +252,8 @@ class Projector:
         # Saved inside the stage, so it comes before the stage's end (per client order).
         entry = self._open_entry(run, event)
         artifact = {"path": event.path, "kind": event.kind, "bytes": event.bytes, "sample_id": event.sample_id}
+        if event.warnings:
+            artifact["warnings"] = list(event.warnings)
         entry["artifacts"].append(artifact)
         run.counts["artifacts"] += 1
 

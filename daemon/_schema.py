@@ -91,6 +91,7 @@ class ArtifactSaved(Envelope):
     kind: Annotated[str, Field(max_length=16)]
     bytes: Annotated[int, Field(ge=0)]
     sample_id: Text | None = None
+    warnings: Annotated[list[Text], Field(max_length=64)] = []
 
     def model_post_init(self, context: Any) -> None:
         check_artifact_path(self.run_id, self.stage, self.path)

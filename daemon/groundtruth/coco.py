@@ -390,7 +390,9 @@ def parse_coco_detections(
     """Validate a COCO results list against its ground truth; detections per image.
 
     As pycocotools' loadRes: when the first result has a box, detection areas are box areas
-    (even for segm); otherwise they are mask areas.
+    (even for segm) and a result without a mask is scored as its box's polygon; otherwise
+    areas are mask areas, and a result without a box gets its mask's bounding box
+    (`toBbox`; polygons are rasterised first), so mask-only results can be scored as boxes.
     """
     _require(isinstance(document, list), f"{source}: expected a list of results")
     if not document:
@@ -405,7 +407,7 @@ def parse_coco_detections(
             f"{source}[{unknown[0]}]: image {columns['image_id'][unknown[0]]} is not in the ground truth"
         )
     masks = None
-    if iou_type == "segm":
+    if iou_type == "segm" or not boxes_decide:
         masks = [
             _to_rle(_segmentation_of(item), ground_truth.images[item["image_id"]], source, index)
             for index, item in enumerate(document)
@@ -415,6 +417,11 @@ def parse_coco_detections(
         areas = boxes[:, 2] * boxes[:, 3]
     else:
         areas = np.array([_fallback_area(item, masks, index) for index, item in enumerate(document)], float)
+        boxless = [index for index, item in enumerate(document) if item.get("bbox") is None]
+        if boxless:
+            boxes[boxless] = _mask_utils().toBbox([masks[index] for index in boxless])
+    if iou_type != "segm":
+        masks = None  # boxes are what is scored
     objects = Objects(
         columns["category_id"].astype(np.int64),
         boxes,

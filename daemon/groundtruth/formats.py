@@ -4,10 +4,9 @@
     .png .npy   class-index masks, one integer class per pixel        → kind "mask"
     .ply .pcd   point clouds with a per-point integer `label`         → kind "point_labels"
 
-Every loader raises LabelError naming the file and what is wrong. Point clouds go through
-Open3D's tensor I/O (it keeps an int32 `label`); PLY files whose label is int64, which
-Open3D's PLY parser refuses, are read by a small numpy reader and cast to int32 when the
-values fit (else the error says so).
+Every loader raises LabelError naming the file and what is wrong. PLY files are read by
+ply.py (every integer label type, ascii and binary, a mesh's faces ignored), PCD files by
+Open3D's tensor I/O; labels become int32 when their values fit (else the error says so).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stagewatch.daemon.groundtruth.coco import CocoFormatError, CocoGroundTruth, parse_coco_ground_truth
+from stagewatch.daemon.groundtruth.ply import PlyError, read_vertices
 
 KINDS = {".json": "boxes", ".png": "mask", ".npy": "mask", ".ply": "point_labels", ".pcd": "point_labels"}
 
@@ -38,6 +38,7 @@ def kind_of(path: str | Path) -> str:
 class PointLabels:
     positions: np.ndarray  # (N, 3) float64
     labels: np.ndarray  # (N,) int32
+    notes: tuple[str, ...] = ()  # what the loader left out (a mesh's faces, say)
 
 
 def load_coco(path: Path, iou_type: str = "bbox") -> CocoGroundTruth:
@@ -86,13 +87,15 @@ def check_mask(mask: np.ndarray, where: str) -> np.ndarray:
 
 
 def load_point_labels(path: Path) -> PointLabels:
+    """Points and their integer `label` from a PLY (any integer type, ascii or binary, other
+    elements ignored: see ply.py) or a PCD (Open3D's reader: ascii, binary, binary_compressed)."""
+    if not path.is_file():
+        raise LabelError(f"{path}: no such file")
+    if path.suffix.lower() == ".ply":
+        return _read_ply(path)
     import open3d as o3d
 
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    if not path.is_file():
-        raise LabelError(f"{path}: no such file")
-    if path.suffix.lower() == ".ply" and _has_64_bit_integers(path):
-        return _read_ply_with_numpy(path)  # Open3D's PLY parser refuses int64 properties
     cloud = o3d.t.io.read_point_cloud(str(path))
     if "positions" not in cloud.point or len(cloud.point["positions"]) == 0:
         raise LabelError(f"{path}: no points could be read (not a point cloud, or empty)")
@@ -103,85 +106,42 @@ def load_point_labels(path: Path) -> PointLabels:
     return PointLabels(positions, _labels(cloud.point["label"].numpy().reshape(-1), path))
 
 
-def _has_64_bit_integers(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        header = handle.read(4096).split(b"end_header", 1)[0]
-    wide = {b"int64", b"uint64", b"long", b"ulong"}
-    return any(line.startswith(b"property") and wide & set(line.split()[1:-1]) for line in header.splitlines())
+def _read_ply(path: Path) -> PointLabels:
+    try:
+        vertices, notes = read_vertices(path)
+    except (PlyError, OSError) as error:
+        raise LabelError(f"{path}: {error}") from None
+    names = vertices.dtype.names or ()
+    if not {"x", "y", "z", "label"} <= set(names):
+        raise LabelError(f"{path}: PLY vertices need x, y, z and label (found {', '.join(names) or 'none'})")
+    if not len(vertices):
+        raise LabelError(f"{path}: no points (the vertex element is empty)")
+    return PointLabels(_positions(vertices), _labels(vertices["label"], path), tuple(notes))
+
+
+def _positions(vertices: np.ndarray) -> np.ndarray:
+    """(N, 3) float64 from the x, y, z fields: one strided conversion when they sit side by
+    side with one type (as nearly every writer lays them out), else one pass per axis."""
+    fields = [vertices.dtype.fields[axis] for axis in "xyz"]
+    kind, offset = fields[0][0], fields[0][1]
+    if all(f[0] == kind and f[1] == offset + i * kind.itemsize for i, f in enumerate(fields)):
+        xyz = np.ndarray((len(vertices), 3), kind, vertices, offset, (vertices.dtype.itemsize, kind.itemsize))
+        return xyz.astype(np.float64)
+    positions = np.empty((len(vertices), 3), np.float64)
+    for column, axis in enumerate("xyz"):
+        positions[:, column] = vertices[axis]
+    return positions
 
 
 def _labels(values: np.ndarray, path: Path) -> np.ndarray:
     if values.dtype.kind not in "iu":
         raise LabelError(f"{path}: label is {values.dtype}; expected integer class indices")
-    if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
+    limits, int32 = np.iinfo(values.dtype), np.iinfo(np.int32)
+    if limits.min >= 0 and limits.max <= int32.max:  # uchar, ushort: every value fits, nothing to scan
+        return values.astype(np.int32)
+    if values.size and (values.min() < 0 or values.max() > int32.max):
         raise LabelError(f"{path}: labels must be in [0, 2**31); found {values.min()}..{values.max()}")
     return values.astype(np.int32)
-
-
-_PLY_TYPES = {
-    "char": "i1",
-    "uchar": "u1",
-    "short": "i2",
-    "ushort": "u2",
-    "int": "i4",
-    "uint": "u4",
-    "float": "f4",
-    "double": "f8",
-    "int8": "i1",
-    "uint8": "u1",
-    "int16": "i2",
-    "uint16": "u2",
-    "int32": "i4",
-    "uint32": "u4",
-    "float32": "f4",
-    "float64": "f8",
-    "int64": "i8",
-    "uint64": "u8",
-    "long": "i8",
-    "ulong": "u8",
-}
-
-
-def _read_ply_with_numpy(path: Path) -> PointLabels:
-    """Vertex-only PLY (ascii or binary) with any integer label width; what Open3D cannot parse."""
-    data = path.read_bytes()
-    end = data.find(b"end_header\n")
-    if not data.startswith(b"ply") or end < 0:
-        raise LabelError(f"{path}: not a PLY file (no 'ply' magic or no end_header)")
-    lines = data[:end].decode("ascii", "replace").splitlines()
-    layout = next((line.split()[1] for line in lines if line.startswith("format ")), "")
-    fields, count, in_vertex = [], 0, False
-    for line in lines:
-        words = line.split()
-        if words[:1] == ["element"]:
-            in_vertex = words[1] == "vertex"
-            count = int(words[2]) if in_vertex else count
-            if not in_vertex and int(words[2]):
-                raise LabelError(f"{path}: PLY elements other than vertex are not supported here")
-        elif words[:1] == ["property"] and in_vertex:
-            if words[1] == "list" or words[1] not in _PLY_TYPES:
-                raise LabelError(f"{path}: unsupported PLY property {' '.join(words[1:])!r}")
-            fields.append((words[2], _PLY_TYPES[words[1]]))
-    names = [name for name, _ in fields]
-    if not {"x", "y", "z", "label"} <= set(names):
-        raise LabelError(f"{path}: PLY vertices need x, y, z and label (found {', '.join(names)})")
-    body = data[end + len(b"end_header\n") :]
-    try:
-        if layout == "ascii":
-            table = np.loadtxt(body.decode().splitlines(), ndmin=2, max_rows=count)
-            columns = {name: table[:, i] for i, name in enumerate(names)}
-            labels = columns["label"]
-            if not np.all(labels == np.round(labels)):
-                raise LabelError(f"{path}: non-integer labels")
-            labels = labels.astype(np.int64)
-        else:
-            order = "<" if layout == "binary_little_endian" else ">"
-            records = np.frombuffer(body, dtype=np.dtype([(n, order + t) for n, t in fields]), count=count)
-            columns, labels = {name: records[name] for name in names}, records["label"]
-    except ValueError as error:
-        raise LabelError(f"{path}: PLY body does not match its header ({error})") from None
-    positions = np.stack([columns["x"], columns["y"], columns["z"]], axis=1).astype(np.float64)
-    return PointLabels(positions, _labels(labels, path))
 
 
 def first_unknown_class(values: np.ndarray, classes: int, ignore_index: int | None = None) -> int | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -170,8 +171,7 @@ class GoldenDataset:
                     dict.fromkeys(_stem(image.get("file_name", image["id"])) for image in coco.images.values())
                 )
             else:
-                pattern = labels.labels.replace("{sample_id}", "*")
-                found.update(dict.fromkeys(sorted(p.name.split(".")[0] for p in self.root.glob(pattern))))
+                found.update(dict.fromkeys(discover_ids(self.root, labels.labels)))
         return list(found)
 
     # -- labels ---------------------------------------------------------------------------------
@@ -204,6 +204,34 @@ class GoldenDataset:
 @functools.lru_cache(maxsize=256)
 def _load_cached(path: Path, kind: str) -> np.ndarray | PointLabels:
     return load_mask(path) if kind == "mask" else load_point_labels(path)
+
+
+def discover_ids(root: Path, template: str) -> list[str]:
+    """The sample ids of the label files a template names, in file order: what `{sample_id}`
+    matched (`masks/{sample_id}.*`, `{sample_id}_gtFine_labelTrainIds.png`,
+    `scans/{sample_id}/{sample_id}_vh_clean_2.labels.ply`). A trailing `.*` is one extension,
+    so an id keeps its own dots (`frame_20260101T120000.123456`)."""
+    if "{sample_id}" not in template:
+        return []
+    pattern = template_pattern(template)
+    ids = []
+    for path in sorted(root.glob(template.replace("{sample_id}", "*"))):
+        match = pattern.fullmatch(path.relative_to(root).as_posix())
+        if match and _SAMPLE_ID.fullmatch(match["id"]):
+            ids.append(match["id"])
+    return ids
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    extension = template.endswith(".*")
+    parts = (template[:-2] if extension else template).split("{sample_id}")
+    regex = re.escape(parts[0])
+    for index, part in enumerate(parts[1:]):
+        regex += ("(?P<id>[^/]+)" if index == 0 else "(?P=id)") + re.escape(part)
+    return re.compile(regex + (r"\.[^./]+" if extension else ""))
+
+
+_SAMPLE_ID = re.compile(NAME_PATTERN)
 
 
 def _entry(sample: str | SampleEntry) -> SampleEntry:
@@ -274,6 +302,7 @@ def validate_dataset(
     }
     for stage, labels in dataset.spec.stages.items():
         formats: dict[str, int] = {}
+        notes: dict[str, int] = {}  # what loaders left out (a mesh's faces), and in how many files
         missing, invalid = [], []
         if labels.kind == "boxes":
             try:
@@ -285,6 +314,7 @@ def validate_dataset(
                     "labeled": 0,
                     "missing": [],
                     "invalid": [{"sample_id": None, "error": str(error)}],
+                    "notes": {},
                 }
                 report["ok"] = False
                 continue
@@ -303,6 +333,8 @@ def validate_dataset(
                 Path(labels.labels).suffix if labels.kind == "boxes" else dataset.label_path(stage, sample_id).suffix
             )
             formats[suffix.lower()] = formats.get(suffix.lower(), 0) + 1
+            for note in getattr(truth, "notes", ()):
+                notes[note] = notes.get(note, 0) + 1
             problem = _check_classes(truth, labels)
             if problem:
                 invalid.append({"sample_id": sample_id, "error": f"{dataset.label_path(stage, sample_id)}: {problem}"})
@@ -312,6 +344,7 @@ def validate_dataset(
             "labeled": sum(formats.values()),
             "missing": missing,
             "invalid": invalid,
+            "notes": notes,
         }
         report["ok"] = report["ok"] and not invalid
     return report

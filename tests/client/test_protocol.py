@@ -39,7 +39,16 @@ def _examples() -> dict[str, dict[str, Any]]:
         "stage_finished": protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **FINISH),
         "stage_failed": protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **FINISH, error=("E", "m", "tb")),
         "artifact_saved": protocol.artifact_saved(
-            CLIENT, RUN, TS, stage="detection", span=3, path=artifact, kind="png", size_bytes=10, sample_id=None
+            CLIENT,
+            RUN,
+            TS,
+            stage="detection",
+            span=3,
+            path=artifact,
+            kind="png",
+            size_bytes=10,
+            sample_id=None,
+            warnings=["w"],
         ),
         "sample_result": protocol.sample_result(
             CLIENT, RUN, TS, stage="detection", sample_id="frame_047", path=None, prediction={"boxes": []}

@@ -9,7 +9,6 @@ enqueues: it never blocks and never raises.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -18,7 +17,6 @@ from stagewatch import _protocol as protocol
 from stagewatch._run import _internal_error, _process_for_run, current_run, current_stage
 
 MAX_MESSAGE_CHARS = 60_000
-MAX_EXTRA_CHARS = 16_000
 
 
 def forward(level: str, message: str, logger_name: str | None, extra: dict[str, Any], ts_ns: int | None = None) -> None:
@@ -46,10 +44,7 @@ def forward(level: str, message: str, logger_name: str | None, extra: dict[str, 
 
 
 def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:
-    if not extra:
-        return {}
-    text = json.dumps(extra, default=repr, sort_keys=True)
-    return json.loads(text) if len(text) <= MAX_EXTRA_CHARS else {"_truncated": text[:MAX_EXTRA_CHARS]}
+    return protocol.bounded_json(extra, protocol.MAX_EXTRA_CHARS) if extra else {}
 
 
 def loguru_sink(message: Any) -> None:

@@ -16,6 +16,7 @@ The sender thread numbers each client event (`seq`) as it packs it; the daemon n
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgpack
@@ -47,6 +48,20 @@ EVENT_TYPES = (
     CLIENT_LOST,
 )
 ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
+
+# The wire's value limits. A value within them can be stored and folded by every read model
+# (Parquet int64 and timestamp[ns], msgpack, JSON), so the daemon's models refuse what lies
+# outside and the client keeps its events inside (replacing what it cannot send with a note).
+MAX_INT = 2**63 - 1
+MAX_TS_NS = 7_258_118_400 * 10**9  # 2200-01-01: a stage's end (start + duration) stays in int64 ns
+MAX_DURATION_MS = 1e12  # 31 years
+MAX_MEGABYTES = 1e9  # a petabyte
+MAX_TEXT_CHARS = 4096  # names of things, paths, ids, error types
+MAX_LONG_TEXT_CHARS = 65_536  # messages, tracebacks
+MAX_JSON_DEPTH = 32  # nesting of config snapshots, log extras, inline predictions
+MAX_CONFIG_CHARS = 256 * 1024
+MAX_EXTRA_CHARS = 16_000
+MAX_PREDICTION_CHARS = 512 * 1024  # an inline prediction (boxes); arrays travel as saved files
 
 
 def envelope(event_type: str, client_id: str, run_id: str, ts_ns: int) -> dict[str, Any]:
@@ -213,6 +228,59 @@ def client_lost(seq: int, run_id: str, ts_ns: int, *, lost_client_id: str, last_
     event = envelope(CLIENT_LOST, DAEMON_CLIENT_ID, run_id, ts_ns)
     event.update(seq=seq, lost_client_id=lost_client_id, last_seen_ns=last_seen_ns)
     return event
+
+
+def json_problem(value: Any) -> str | None:
+    """What keeps a decoded JSON-like value from being stored (too deep, an integer outside
+    int64), or None. Iterative: a hostile depth cannot exhaust the stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            if isinstance(item, int) and not -MAX_INT - 1 <= item <= MAX_INT:
+                return f"an integer outside int64 ({str(item)[:40]})"
+            continue
+        if level > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        stack.extend((child, level + 1) for child in children)
+    return None
+
+
+def bounded_json(value: Any, max_chars: int) -> Any:
+    """A JSON-safe copy of `value` within the wire's limits. What cannot be sent as it is
+    (unserialisable, over `max_chars` of JSON, too deep, huge integers) is replaced by a map
+    that says so and keeps a prefix of the text: recorded, never raised, never dropped."""
+    try:
+        text = json.dumps(value, default=_plain, sort_keys=True)
+    except (RecursionError, ValueError, TypeError) as error:
+        return {"_unsendable": f"{type(error).__name__}: {error}"[:1000]}
+    if len(text) > max_chars:
+        return {"_truncated": text[:max_chars]}
+    try:
+        copy = json.loads(text)
+    except RecursionError:
+        return {"_unsendable": f"nested deeper than {MAX_JSON_DEPTH} levels", "_text": text[:1000]}
+    problem = json_problem(copy)
+    return copy if problem is None else {"_unsendable": problem, "_text": text[:1000]}
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and numbers become lists and numbers; anything else its repr."""
+    return value.tolist() if hasattr(value, "tolist") else repr(value)
+
+
+def bounded_text(value: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """`value` without NUL characters and cut to `max_chars` (saying how long it was)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\0")
+    if len(value) > max_chars:
+        note = f"…[{len(value):,} chars]"
+        value = value[: max_chars - len(note)] + note
+    return value
 
 
 def pack_event(event: dict) -> bytes:

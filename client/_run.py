@@ -7,7 +7,6 @@ import contextvars
 import functools
 import inspect
 import itertools
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,6 @@ from stagewatch._transport import Sender, SenderSettings, safe_close
 
 _log = logging.getLogger("stagewatch")
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_CONFIG_BYTES = 256 * 1024
 MAX_TRACEBACK_CHARS = 32 * 1024
 DEFAULT_FLUSH_TIMEOUT_S = 5.0
 
@@ -345,18 +343,9 @@ class Stage:
             stage=self.name,
             sample_id=sample_id,
             path=path,
-            prediction=_plain(prediction),
+            prediction=protocol.bounded_json(prediction, protocol.MAX_PREDICTION_CHARS),
         )
         process.sender.emit(event)
-
-
-def _plain(value: Any) -> Any:
-    """Arrays and numpy numbers inside a prediction become lists and floats (msgpack takes those)."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def _process_for_run(run: Run) -> _Process:
@@ -390,15 +379,13 @@ def _internal_error(error: BaseException) -> None:
 
 
 def _snapshot(config: Mapping[str, Any] | None) -> dict:
-    """A JSON-safe copy of the pipeline's config, truncated if it is huge."""
+    """A JSON-safe copy of the pipeline's config within the wire's limits (a huge, deep or
+    unserialisable one is replaced by a note saying so: the run still starts)."""
     if config is None:
         return {}
     if not isinstance(config, Mapping):
         raise TypeError(f"expected config as a mapping, got {type(config).__name__}")
-    text = json.dumps(config, default=repr, sort_keys=True)
-    if len(text) > MAX_CONFIG_BYTES:
-        return {"_truncated": text[:MAX_CONFIG_BYTES]}
-    return json.loads(text)
+    return protocol.bounded_json(dict(config), protocol.MAX_CONFIG_CHARS)
 
 
 class Run:
@@ -450,9 +437,11 @@ class Run:
         """A context manager that records one execution of stage `name`."""
         if name not in _checked_stage_names:
             _checked_stage_names.add(check_name(name, "stage name"))
-        if sample_id is not None and not isinstance(sample_id, str):
-            sample_id = str(sample_id)
-        return Stage(self, name, os.fspath(input_path) if input_path is not None else None, sample_id)
+        if sample_id is not None:  # within the wire's limits, so the stage is never refused
+            sample_id = protocol.bounded_text(sample_id if isinstance(sample_id, str) else str(sample_id))
+        if input_path is not None:
+            input_path = protocol.bounded_text(os.fspath(input_path))
+        return Stage(self, name, input_path, sample_id)
 
     def instrument(self, target: Any, stages: Mapping[str, str] | Iterable[str]) -> Any:
         """Wrap methods of an existing object as stages, without editing its class.

@@ -265,7 +265,8 @@ class AccuracyWorker:
         """Rows, then summaries of changed runs, then the checkpoint (so a crash re-emits, never loses)."""
         projection = self.projection
         if projection.rows:
-            self.store.write_rows("samples", projection.rows)
+            for row, reason in self.store.write_rows("samples", projection.rows):
+                logger.error("samples row of lsn {} not stored: {}", row["lsn"], reason)
             projection.rows = []
         for run_id in sorted(projection.dirty):
             run = projection.runs[run_id]

@@ -36,6 +36,7 @@ from stagewatch.daemon._ingest import Ingest, IngestSettings
 from stagewatch.daemon._lock import HomeLock
 from stagewatch.daemon._maintenance import Maintenance, Scheduler
 from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._sdnotify import SystemdNotifier
 from stagewatch.daemon._settings import DiskSection, RetentionSection
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
@@ -81,6 +82,7 @@ class Daemon:
         self.lock = HomeLock(self.home)
         self.systemd = SystemdNotifier()
         write_error = WriteErrors(self.stats)
+        self.quarantine = Quarantine(self.home, self.stats, write_error)
         ingest_settings = IngestSettings(
             settings.endpoint,
             settings.live_endpoint,
@@ -89,13 +91,16 @@ class Daemon:
             settings.max_group_events,
             settings.group_access,
         )
-        self.ingest = Ingest(self.home, ingest_settings, self.log, self.disk, self.stats, write_error, self._apply)
+        self.ingest = Ingest(
+            self.home, ingest_settings, self.log, self.disk, self.stats, write_error, self.quarantine, self._apply
+        )
         self.writer = ReadModelWriter(
             self.home,
             self.log,
             self.stats,
             self.disk,
             write_error,
+            self.quarantine,
             settings.finished_run_grace_s,
             settings.endpoint,
             self._checkpoint_extras,
@@ -117,7 +122,12 @@ class Daemon:
         self._stopping = False
 
     def _apply(self, event: Any, lsn: int) -> None:
-        self.projector.apply(event, lsn)
+        """Fold one logged event; one that still fails (a bug, a value no bound foresaw) is
+        set aside with its position, and every other event goes on."""
+        try:
+            self.projector.apply(event, lsn)
+        except Exception as error:
+            self.quarantine.keep_unprojectable("projection", lsn, event, f"{type(error).__name__}: {error}")
 
     def _checkpoint_extras(self) -> dict[str, Any]:
         return {"dedup": self.ingest.dedup.to_state(), "daemon_seq": self.maintenance.daemon_seq}
@@ -200,7 +210,7 @@ class Daemon:
             if isinstance(event, Rejected):
                 continue
             self.ingest.dedup.mark(event.client_id, event.seq)
-            self.projector.apply(event, lsn)
+            self._apply(event, lsn)
             replayed += 1
             if replayed % REPLAY_FLUSH_EVENTS == 0:
                 self.writer.flush_during_replay(self.projector, event.ts_ns)

@@ -76,6 +76,7 @@ class Ingest:
         disk: DiskStatus,
         stats: DaemonStats,
         write_error: WriteErrors,
+        quarantine: Quarantine,
         on_durable: Callable[[Any, int], None],
     ) -> None:
         self.home = home
@@ -86,7 +87,7 @@ class Ingest:
         self.write_error = write_error
         self.on_durable = on_durable  # each event once it is in the log, with its position
         self.dedup = Deduplicator()
-        self.quarantine = Quarantine(home, stats, write_error)
+        self.quarantine = quarantine
         self.last_seen: dict[str, float] = {}  # client -> monotonic time of its last batch
         self._context = zmq.Context()
         self._authenticator: Any = None

@@ -1,4 +1,6 @@
-"""Events that failed validation: kept, with the reason, in quarantine/{date}.jsonl."""
+"""What could not be taken in: events that failed validation, and the rare event or row
+that passed but still failed in projection or writing. Kept, with the reason (and the log
+position, for the latter), in quarantine/{date}.jsonl; each costs only itself."""
 
 from __future__ import annotations
 
@@ -27,7 +29,24 @@ class Quarantine:
             return
         self.stats.invalid += len(rejected)
         now = datetime.now(UTC)
-        lines = [json.dumps(_record(r, now)) for r in rejected]
+        self._append(now, [json.dumps(_record(r, now)) for r in rejected])
+        logger.warning("quarantined {} invalid event(s); first: {}", len(rejected), rejected[0].reason)
+
+    def keep_unprojectable(self, where: str, lsn: int, what: object, reason: str) -> None:
+        """An event (or its row) that passed validation but failed in `where` (projection,
+        writing): kept with its log position; the event itself stays in the log."""
+        self.stats.unprojectable += 1
+        now = datetime.now(UTC)
+        record = {
+            "received_at": now.isoformat(),
+            "reason": f"failed in {where}: {reason}"[:4096],
+            "lsn": lsn,
+            "what": _safe_repr(what),
+        }
+        self._append(now, [json.dumps(record)])
+        logger.error("event at lsn {} failed in {} and was set aside in quarantine: {}", lsn, where, reason[:300])
+
+    def _append(self, now: datetime, lines: list[str]) -> None:
         path = self.home.quarantine_file(f"{now:%Y-%m-%d}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +54,13 @@ class Quarantine:
                 handle.write("\n".join(lines) + "\n")
         except OSError as error:
             self.write_error("cannot write the quarantine file: {}", error)
-        logger.warning("quarantined {} invalid event(s); first: {}", len(rejected), rejected[0].reason)
+
+
+def _safe_repr(value: object, limit: int = MAX_KEPT_BYTES) -> str:
+    try:
+        return repr(value)[:limit]
+    except Exception as error:  # a repr that fails (too deep, a broken __repr__) must not
+        return f"<unrepresentable: {type(error).__name__}>"
 
 
 def _record(rejected: Rejected, now: datetime) -> dict[str, object]:

@@ -30,13 +30,17 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     """An ISO date or date-time (UTC if no zone), or a relative age: '7d', '24h', '30m'."""
     now = now or datetime.now(UTC)
     relative = _RELATIVE.match(text.strip())
-    if relative:
-        return now - timedelta(seconds=int(relative.group(1)) * _SECONDS[relative.group(2)])
     try:
+        if relative:
+            return now - timedelta(seconds=int(relative.group(1)) * _SECONDS[relative.group(2)])
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a time like 2026-11-20, 2026-11-20T08:00 or 7d/24h/30m, got {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)  # in range as UTC too: partitions are UTC dates
+    except (ValueError, OverflowError):
+        raise ValueError(
+            f"expected a time like 2026-11-20, 2026-11-20T08:00 or 7d/24h/30m between the years 1 and 9999, "
+            f"got {text!r:.80}"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -4,28 +4,55 @@ Every event shares the envelope (v, type, client_id, seq, ts_ns, run_id); each t
 its fields. Strings are bounded, names that become paths are checked, and unknown
 fields are ignored (a newer client may add some), so validation is strict about what the
 daemon uses and tolerant of the rest.
+
+Validation promises projectability: every bound comes from the protocol's limits
+(stagewatch._protocol), so an event that passes can be folded and stored by every read
+model: integers within int64, times before 2200 (a stage's end stays within int64
+nanoseconds), durations and memory within physical bounds, JSON values at most 32 deep.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from stagewatch._home import artifact_prefix
 from stagewatch._names import CLIENT_ID_PATTERN, NAME_PATTERN, RUN_ID_PATTERN, check_name
+from stagewatch._protocol import (
+    MAX_DURATION_MS,
+    MAX_INT,
+    MAX_LONG_TEXT_CHARS,
+    MAX_MEGABYTES,
+    MAX_TEXT_CHARS,
+    MAX_TS_NS,
+    json_problem,
+)
 
-Text = Annotated[str, Field(max_length=4096)]
-LongText = Annotated[str, Field(max_length=65536)]
+
+def _storable(value: Any) -> Any:
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+LongText = Annotated[str, Field(max_length=MAX_LONG_TEXT_CHARS)]
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+Position = Annotated[int, Field(ge=1, le=MAX_INT)]  # a span or a sequence number
+Nanoseconds = Annotated[int, Field(ge=0, lt=MAX_TS_NS)]
+JsonValue = Annotated[Any, AfterValidator(_storable)]
+JsonMap = Annotated[dict[str, Any], AfterValidator(_storable)]
 # Patterns, not Python validators: pydantic checks them in Rust, which keeps validation
 # at about 2 us an event. stagewatch._names owns them.
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Megabytes = Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+Milliseconds = Annotated[float, Field(ge=0, le=MAX_DURATION_MS, allow_inf_nan=False)]
+Megabytes = Annotated[float, Field(ge=0, le=MAX_MEGABYTES, allow_inf_nan=False)] | None
 
 
-PathText = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
+PathText = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"^[^\x00]*$")]
 
 
 def check_artifact_path(run_id: str, stage: str, path: str) -> None:
@@ -41,35 +68,35 @@ class Envelope(BaseModel):
 
     v: Literal[1]
     client_id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
-    seq: Annotated[int, Field(ge=1)]
-    ts_ns: Annotated[int, Field(ge=0, lt=2**63)]
+    seq: Position
+    ts_ns: Nanoseconds
     run_id: RunId
 
 
 class RunStarted(Envelope):
     type: Literal["run_started"]
     pipeline: Name
-    config: dict[str, Any] = {}
+    config: JsonMap = {}
     host: Text = ""
-    pid: int = 0
+    pid: Count = 0
     dataset: PathText | None = None
-    argv: list[Text] = []
+    argv: Annotated[list[Text], Field(max_length=1024)] = []
 
 
 class StageStarted(Envelope):
     type: Literal["stage_started"]
     stage: Name
-    span: Annotated[int, Field(ge=1)]
-    parent_span: int | None = None
+    span: Position
+    parent_span: Position | None = None
     sample_id: Text | None = None
     input_path: PathText | None = None
 
 
 class StageFinished(StageStarted):
     type: Literal["stage_finished"]  # type: ignore[assignment]
-    start_ts_ns: Annotated[int, Field(ge=0, lt=2**63)]
-    duration_ms: NonNegative
-    output_paths: list[PathText] = []
+    start_ts_ns: Nanoseconds
+    duration_ms: Milliseconds
+    output_paths: Annotated[list[PathText], Field(max_length=10_000)] = []
     rss_start_mb: Megabytes = None
     rss_peak_mb: Megabytes = None
     rss_end_mb: Megabytes = None
@@ -86,10 +113,10 @@ class StageFailed(StageFinished):
 class ArtifactSaved(Envelope):
     type: Literal["artifact_saved"]
     stage: Name
-    span: int
+    span: Position
     path: PathText
     kind: Annotated[str, Field(max_length=16)]
-    bytes: Annotated[int, Field(ge=0)]
+    bytes: Count
     sample_id: Text | None = None
     warnings: Annotated[list[Text], Field(max_length=64)] = []
 
@@ -101,7 +128,7 @@ class SampleResult(Envelope):
     type: Literal["sample_result"]
     stage: Name
     sample_id: Name
-    prediction: Any = None
+    prediction: JsonValue = None
     path: PathText | None = None  # a saved artifact of this run and stage
 
     def model_post_init(self, context: Any) -> None:
@@ -116,7 +143,7 @@ class Log(Envelope):
     stage: Name | None = None
     sample_id: Text | None = None
     logger: Annotated[str, Field(max_length=256)] | None = None
-    extra: dict[str, Any] = {}
+    extra: JsonMap = {}
 
 
 class Heartbeat(Envelope):
@@ -127,9 +154,9 @@ class Heartbeat(Envelope):
 class RunFinished(Envelope):
     type: Literal["run_finished"]
     status: Literal["ok", "failed"]
-    duration_ms: NonNegative
-    stages_failed: int = 0
-    dropped_events: int = 0
+    duration_ms: Milliseconds
+    stages_failed: Count = 0
+    dropped_events: Count = 0
     error_type: Text | None = None
     error_message: LongText | None = None
 
@@ -138,8 +165,8 @@ class ClientLost(Envelope):
     """Written by the daemon when a client with open work stops sending."""
 
     type: Literal["client_lost"]
-    lost_client_id: str
-    last_seen_ns: int
+    lost_client_id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+    last_seen_ns: Nanoseconds
 
 
 EVENT_MODELS: dict[str, type[Envelope]] = {

@@ -17,6 +17,7 @@ class DaemonStats:
     accepted: int = 0
     duplicates: int = 0
     invalid: int = 0
+    unprojectable: int = 0  # valid events (or rows) that still failed in projection or writing
     spool_files: int = 0
     spool_events: int = 0
     clients_lost: int = 0

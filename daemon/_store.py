@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stagewatch._home import Home
@@ -118,6 +119,26 @@ def first_lsn(part: Path) -> int:
     return int(part.stem[len(PART_PREFIX) :].split("-")[0])
 
 
+Refused = tuple[dict[str, Any], str]  # a row that could not be stored, and why
+
+
+def _arrow_table(rows: list[dict[str, Any]], schema: pa.Schema) -> tuple[pa.Table, list[Refused]]:
+    """The rows as an Arrow table; on a row its columns cannot hold, the table of the others
+    (found row by row: the slow path runs only when something is wrong)."""
+    try:
+        return pa.Table.from_pylist(rows, schema), []
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    good, refused = [], []
+    for row in rows:
+        try:
+            pa.Table.from_pylist([row], schema)
+            good.append(row)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as error:
+            refused.append((row, f"{type(error).__name__}: {error}"[:1000]))
+    return pa.Table.from_pylist(good, schema), refused
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -152,18 +173,26 @@ class Store:
         self.run_index = RunIndex(self.home)
 
     # -- Parquet -------------------------------------------------------------------------
-    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> list[Path]:
-        """Append rows as new part files, one per date partition (by start_time)."""
+    def write_rows(self, table: str, rows: list[dict[str, Any]]) -> list[Refused]:
+        """Append rows as new part files, one per date partition (by start_time).
+
+        A row that cannot be stored (a value its column cannot hold) costs only itself: it is
+        left out and returned with the reason; every other row is written."""
         by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        refused: list[Refused] = []
         for row in rows:
-            by_date[_date_of(row.get("start_time") or row.get("end_time") or row.get("time"))].append(row)
-        written = []
+            try:
+                by_date[_date_of(row.get("start_time") or row.get("end_time") or row.get("time"))].append(row)
+            except (OverflowError, ValueError, OSError) as error:
+                refused.append((row, f"no date partition for its time ({error})"))
         for date, date_rows in sorted(by_date.items()):
-            first_lsn = min(row["lsn"] for row in date_rows)
-            path = self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet"
-            written.append(self._write_part(path, pa.Table.from_pylist(date_rows, TABLES[table])))
-        self.run_index.add({(row["run_id"], date) for date, date_rows in by_date.items() for row in date_rows})
-        return written
+            arrow, bad = _arrow_table(date_rows, TABLES[table])
+            refused += bad
+            if arrow.num_rows:
+                first_lsn = pc.min(arrow["lsn"]).as_py()
+                self._write_part(self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet", arrow)
+                self.run_index.add({(run_id, date) for run_id in arrow["run_id"].unique().to_pylist()})
+        return refused
 
     def _write_part(self, path: Path, table: pa.Table) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

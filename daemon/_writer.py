@@ -20,6 +20,7 @@ from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import TABLE_NAMES, Projector
+from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
@@ -33,6 +34,7 @@ class ReadModelWriter:
         stats: DaemonStats,
         disk: DiskStatus,
         write_error: WriteErrors,
+        quarantine: Quarantine,
         finished_run_grace_s: float,
         status_endpoint: str,
         checkpoint_extras: Callable[[], dict[str, Any]],
@@ -43,6 +45,7 @@ class ReadModelWriter:
         self.stats = stats
         self.disk = disk
         self.write_error = write_error
+        self.quarantine = quarantine
         self.finished_run_grace_s = finished_run_grace_s
         self.status_endpoint = status_endpoint
         self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
@@ -107,7 +110,8 @@ class ReadModelWriter:
             del self._lines[run_id]
         for table, table_rows in self._rows.items():
             if table_rows:
-                self.store.write_rows(table, table_rows)
+                for row, reason in self.store.write_rows(table, table_rows):
+                    self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
                 self._rows[table] = []
 
     def _write_audits(self, projector: Projector, final: bool) -> None:

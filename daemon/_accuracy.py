@@ -182,11 +182,13 @@ def accuracy_event(payload: bytes) -> Any | None:
 
 
 class AccuracyWorker:
-    def __init__(self, home: Path, live_endpoint: str | None = None) -> None:
+    def __init__(self, home: Path, live_endpoint: str | None = None, artifacts: Path | None = None) -> None:
+        """`artifacts`: the home whose saved predictions are judged, when it is not `home`
+        (a rebuild writes its read models beside the home's)."""
         self.home = home
         self.store = Store(home, CHECKPOINT)
         self.log = EventLog(Home.of(home).events)
-        self.projection = AccuracyProjection(home)
+        self.projection = AccuracyProjection(artifacts or home)
         self.live_endpoint = live_endpoint
         self._publisher: Any = None
         self._stopping = False

@@ -192,7 +192,7 @@ def _swap_in(partition: Path, groups: list[list[Path]], merged: list[tuple[pa.Ta
                 writer.write_table(table.slice(start, length), row_group_size=ROW_GROUP_ROWS)
         with open(new / name, "rb") as handle:
             os.fsync(handle.fileno())
-    if _exchange(new, partition):  # `new` now holds the old parts
+    if exchange_paths(new, partition):  # `new` now holds the old parts
         shutil.rmtree(new)
         return
     old = partition.with_name(f".{partition.name}.old")
@@ -238,7 +238,7 @@ _AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange_paths(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2); False where the system cannot."""
     renameat2 = getattr(_libc, "renameat2", None)
     if renameat2 is None:

@@ -1,7 +1,15 @@
-"""`stagewatch rebuild`: regenerate every read model from the event log alone."""
+"""`stagewatch rebuild`: regenerate every read model from the event log alone, beside the
+old ones, and swap them in only once the new ones are whole.
+
+The new read models are written under `home/.rebuild/` (a staging home whose `events`
+links to the home's log; the same file system, so the swap is renames). A rebuild that
+fails, or is killed, leaves the old read models as they were and the daemon able to start;
+the staging folder is cleared by the next rebuild.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,27 +18,52 @@ from typing import Any
 from stagewatch._home import Home
 from stagewatch._names import is_run_id
 from stagewatch.daemon._accuracy import CHECKPOINT, AccuracyWorker
+from stagewatch.daemon._compaction import exchange_paths
 from stagewatch.daemon._daemon import Daemon, DaemonSettings
+from stagewatch.daemon._lock import HomeLock
+
+STAGING = ".rebuild"  # inside the home, hidden (a name no run id or table can have)
 
 
 def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, total: None) -> dict[str, Any]:
-    """Delete the read models and the checkpoint, then replay the whole log into new ones.
+    """Replay the whole log into new read models, then put them in place of the old ones.
 
     Takes the daemon's lock (DaemonAlreadyRunning if a daemon runs on `home`). Saved stage
-    outputs (runs/*/stages/) are evidence, not read models: they are kept. If the rebuild is
-    interrupted, run it again. `progress(bytes replayed, bytes)` is called as it goes.
+    outputs (runs/*/stages/) are evidence, not read models: they are kept. `progress(bytes
+    replayed, bytes)` is called as it goes.
     """
     layout = Home.of(home)
-    daemon = Daemon(DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint))
-    daemon.lock.take()
+    lock = HomeLock(layout)
+    lock.take()
     try:
-        removed = _remove_read_models(layout)
+        staging = _fresh_staging(layout)
+        report = _build(staging, layout, progress)
+        report["read_model_files_removed"] = _swap_in(staging, layout)
+        shutil.rmtree(staging.root, ignore_errors=True)
+        return report
+    finally:
+        lock.release()
+
+
+def _fresh_staging(home: Home) -> Home:
+    staging = Home(home.root / STAGING)
+    shutil.rmtree(staging.root, ignore_errors=True)  # what an interrupted rebuild left
+    staging.root.mkdir()
+    staging.events.symlink_to(home.events.resolve(), target_is_directory=True)
+    return staging
+
+
+def _build(staging: Home, home: Home, progress: Callable[[int, int], object]) -> dict[str, Any]:
+    settings = DaemonSettings(home=staging.root, endpoint=home.ingest_endpoint, live_endpoint=home.live_endpoint)
+    daemon = Daemon(settings)
+    try:
         daemon.recover(progress)
         daemon.flush(final=True)
-        AccuracyWorker(home).recover()  # from an empty checkpoint: judges every sample result again
+        # From an empty checkpoint it judges every sample result again; predictions are read
+        # from the home's saved outputs.
+        AccuracyWorker(staging.root, artifacts=home.root).recover()
         return {
             "events_replayed": daemon.stats.replayed,
-            "read_model_files_removed": removed,
             "recovery": daemon.stats.recovery,
             "runs_open": len(daemon.projector.open_work()),
         }
@@ -38,18 +71,48 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
         daemon.release()
 
 
-def _remove_read_models(home: Home) -> int:
-    removed = 0
-    run_ids = [entry.name for entry in home.runs.iterdir() if is_run_id(entry.name)] if home.runs.is_dir() else []
-    run_files = [path for r in run_ids for path in (home.audit(r), home.stage_lines(r), home.accuracy(r))]
-    for path in [home.checkpoint(), home.checkpoint(CHECKPOINT), *run_files]:
-        if path.exists():
-            path.unlink()
-            removed += 1
-    for folder in (home.index, home.quarantined_parts):  # damaged parts: regenerated like the rest
-        if folder.exists():
-            shutil.rmtree(folder)
-    if home.metrics.exists():
-        removed += sum(1 for _ in home.metrics.rglob("*.parquet"))
-        shutil.rmtree(home.metrics)
-    return removed
+def _swap_in(staging: Home, home: Home) -> int:
+    """Put the staged read models in place; returns how many old read-model files went."""
+    replaced = 0
+    for folder in (home.metrics, home.index, home.quarantined_parts):
+        replaced += sum(1 for _ in folder.rglob("*") if _.is_file()) if folder.is_dir() else 0
+        _replace_folder(_staged(staging, home, folder), folder)
+    for path in (home.checkpoint(), home.checkpoint(CHECKPOINT), home.status):
+        replaced += _replace_file(_staged(staging, home, path), path)
+    staged_runs = set(_run_ids(staging))
+    for run_id in set(_run_ids(home)) | staged_runs:
+        for path in (home.audit(run_id), home.stage_lines(run_id), home.accuracy(run_id)):
+            replaced += _replace_file(_staged(staging, home, path), path)
+    return replaced
+
+
+def _staged(staging: Home, home: Home, path: Path) -> Path:
+    return staging.root / path.relative_to(home.root)
+
+
+def _replace_folder(new: Path, old: Path) -> None:
+    """`new` in place of `old` (one atomic exchange where Linux offers it)."""
+    if not new.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    old.parent.mkdir(parents=True, exist_ok=True)
+    if old.exists() and exchange_paths(new, old):
+        shutil.rmtree(new)
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(new, old)
+
+
+def _replace_file(new: Path, old: Path) -> int:
+    """`new` in place of `old`, or `old` removed when the rebuild made none; 1 if `old` existed."""
+    existed = old.exists()
+    if new.exists():
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, old)
+    elif existed:
+        old.unlink()
+    return int(existed)
+
+
+def _run_ids(home: Home) -> list[str]:
+    return [entry.name for entry in os.scandir(home.runs) if is_run_id(entry.name)] if home.runs.is_dir() else []

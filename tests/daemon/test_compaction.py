@@ -97,7 +97,7 @@ def test_an_interrupted_swap_is_finished_without_loss_or_doubles(home: Path, cra
         raise KeyboardInterrupt("killed")
 
     if crash == "before_exchange":
-        monkeypatch.setattr(_compaction, "_exchange", killed)
+        monkeypatch.setattr(_compaction, "exchange_paths", killed)
     elif crash == "after_exchange":
         monkeypatch.setattr(
             _compaction.shutil,
@@ -105,7 +105,7 @@ def test_an_interrupted_swap_is_finished_without_loss_or_doubles(home: Path, cra
             lambda path, **kw: killed() if ".new" in str(path) else real_rmtree(path, **kw),
         )
     else:
-        monkeypatch.setattr(_compaction, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(_compaction, "exchange_paths", lambda a, b: False)
         monkeypatch.setattr(_compaction.os, "replace", fail_second_replace)
     now = datetime.fromtimestamp((T0 + 3 * DAY_NS) / 1e9, UTC)
     with pytest.raises(KeyboardInterrupt):

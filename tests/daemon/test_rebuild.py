@@ -70,3 +70,35 @@ def test_rebuild_refuses_while_a_daemon_runs(daemon: DaemonProcess) -> None:
         timeout=60,
     )
     assert result.returncode == 1 and "stop it before a rebuild" in result.stderr
+
+
+def test_a_failed_rebuild_leaves_the_old_read_models_and_the_daemon_starts(daemon: DaemonProcess, monkeypatch) -> None:
+    """The new read models are built beside the old ones and swapped in only when whole."""
+    from stagewatch.daemon import Daemon
+    from stagewatch.daemon._rebuild import STAGING, rebuild
+
+    with stagewatch.init(pipeline="perception", home=daemon.home) as run:
+        for i in range(50):
+            with run.stage("detection", sample_id=f"f{i}"):
+                pass
+    daemon.audit(run.id)
+    assert daemon.stop() == 0
+    live = _read_models(daemon.home)
+    checkpoint = (daemon.home / "state" / "checkpoint.msgpack").read_bytes()
+
+    def crash(self, final: bool = False) -> None:
+        raise RuntimeError("killed halfway")
+
+    monkeypatch.setattr(Daemon, "flush", crash)
+    with pytest.raises(RuntimeError, match="killed halfway"):
+        rebuild(daemon.home)
+    assert _read_models(daemon.home) == live  # nothing deleted first
+    assert (daemon.home / "state" / "checkpoint.msgpack").read_bytes() == checkpoint
+    assert (daemon.home / STAGING).is_dir()  # what it had built, left beside
+    monkeypatch.undo()
+    daemon.start()  # the home still opens
+    assert daemon.audit(run.id)["counts"]["ok"] == 50
+    assert daemon.stop() == 0
+    report = rebuild(daemon.home)
+    assert report["events_replayed"] >= 52 and not (daemon.home / STAGING).exists()  # 50 stages, start, end
+    assert _read_models(daemon.home) == live

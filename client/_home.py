@@ -84,6 +84,11 @@ class Home:
         return self.root / "quarantine"
 
     @property
+    def quarantined_segments(self) -> Path:
+        """Files found among the event log's segments that are no segment of it."""
+        return self.quarantine / "segments"
+
+    @property
     def quarantined_parts(self) -> Path:
         """Damaged Parquet parts set aside, as quarantine/parts/{table}/date=D/{part}."""
         return self.quarantine / "parts"

@@ -177,7 +177,7 @@ class Daemon:
     def recover(self, progress: Callable[[int, int], object] = lambda done, total: None) -> None:
         """Open the log (cutting a torn tail), load the checkpoint, replay what follows it.
         `progress(bytes replayed, bytes to replay)` is called as the replay goes."""
-        report = self.log.open()
+        report = self.log.open(set_aside=self.home.quarantined_segments)
         checkpoint = self.writer.store.read_checkpoint() or {}
         self.projector = Projector.from_state(checkpoint.get("projector", {}))
         self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
@@ -195,10 +195,11 @@ class Daemon:
             **asdict(report),
             "replay_corrupt_regions": scan.corrupt_regions,
             "replay_corrupt_bytes": scan.corrupt_bytes,
+            "replay_duplicates": self.stats.replay_duplicates,
             "dropped_parts": dropped_parts,
             "from_lsn": start_lsn,
         }
-        if not report.clean or scan.corrupt_regions:
+        if not report.clean or scan.corrupt_regions or self.stats.replay_duplicates:
             logger.warning("event log recovery: {}", self.stats.recovery)
         self.maintenance.track_open_clients()
         self.flush()
@@ -208,6 +209,10 @@ class Daemon:
         for lsn, payload in self.log.read(start_lsn, scan):
             event = decode_event(payload)
             if isinstance(event, Rejected):
+                continue
+            if self.ingest.dedup.seen(event.client_id, event.seq):
+                # Ingest never logs an event twice: a record seen again is a copied segment.
+                self.stats.replay_duplicates += 1
                 continue
             self.ingest.dedup.mark(event.client_id, event.seq)
             self._apply(event, lsn)

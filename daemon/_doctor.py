@@ -70,7 +70,9 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     recovery = stats.get("recovery", {})
     damaged = recovery.get("corrupt_regions", 0) + recovery.get("replay_corrupt_regions", 0)
     damaged += len(recovery.get("missing_ranges", [])) + (1 if recovery.get("truncated_bytes") else 0)
+    damaged += recovery.get("replay_duplicates", 0) and 1
     layout = Home.of(home)
+    strays = list(layout.quarantined_segments.glob("*"))  # remembered until someone looks
     spools = list(layout.spool.glob("*.spool")) if layout.spool.is_dir() else []
     quarantine = layout.quarantine
     quarantined = sum(1 for p in quarantine.glob("*.jsonl") for _ in p.open()) if quarantine.is_dir() else 0
@@ -89,6 +91,14 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
             "event log",
             damaged == 0,
             f"{damaged} damaged region(s) found at the last start" if damaged else "intact at the last start",
+        ),
+        _check(
+            "segments",
+            not strays,
+            f"{len(strays)} file(s) that were no segment of the log set aside in "
+            f"{layout.quarantined_segments}: look, then delete them"
+            if strays
+            else "every file in the log's folder is one of its segments",
         ),
         _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),
         _check("internal", stats.get("internal_errors", 0) == 0, f"{stats.get('internal_errors', 0)} internal errors"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from pathlib import Path
 from stagewatch._records import ScanStats, encode_record, scan_records
 
 SEGMENT_SUFFIX = ".seg"
+SEGMENT_NAME = re.compile(r"(\d{20})\.seg")  # what _open_segment names: the base lsn, 20 digits
+MAX_LSN = 2**63 - 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
@@ -27,10 +31,11 @@ class RecoveryReport:
     corrupt_regions: int = 0
     corrupt_bytes: int = 0
     missing_ranges: list[tuple[int, int]] = field(default_factory=list)  # lsn gaps between segments
+    set_aside: list[str] = field(default_factory=list)  # "file: why" of files that are no segment of this log
 
     @property
     def clean(self) -> bool:
-        return not (self.truncated_bytes or self.corrupt_regions or self.missing_ranges)
+        return not (self.truncated_bytes or self.corrupt_regions or self.missing_ranges or self.set_aside)
 
 
 class EventLog:
@@ -47,18 +52,47 @@ class EventLog:
 
     # -- recovery ------------------------------------------------------------------------
     def segments(self) -> list[tuple[int, Path]]:
-        found = []
-        for path in self.directory.glob(f"*{SEGMENT_SUFFIX}"):
-            try:
-                found.append((int(path.stem), path))
-            except ValueError:
-                continue
-        return sorted(found)
+        """(base lsn, path) of the log's segments, in order; what `strays` names is left out."""
+        return self._listing()[0]
 
-    def open(self) -> RecoveryReport:
-        """Cut a torn tail off the last segment and open it for appending."""
+    def strays(self) -> list[tuple[Path, str]]:
+        """Files in the log's folder that are no segment of it, and why: a name that is not a
+        20-digit base below 2**63, a symlink or other non-regular file (never followed), a
+        segment that overlaps the one before it (a copy under another name, say)."""
+        return self._listing()[1]
+
+    def _listing(self) -> tuple[list[tuple[int, Path]], list[tuple[Path, str]]]:
+        found, strays = [], []
+        for entry in os.scandir(self.directory):
+            path, match = Path(entry.path), SEGMENT_NAME.fullmatch(entry.name)
+            if entry.name.startswith("."):
+                continue  # temporary files of tools; never ours
+            if match is None or int(match[1]) > MAX_LSN:
+                strays.append((path, "not a segment name (20 digits, the base position below 2**63)"))
+            elif not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                strays.append((path, "not a regular file (a symlink is never followed)"))
+            else:
+                found.append((int(match[1]), path, entry.stat(follow_symlinks=False).st_size))
+        segments, end = [], 0
+        for base, path, size in sorted(found):
+            if base < end:
+                strays.append((path, f"overlaps the segment before it (which ends at {end})"))
+                continue
+            segments.append((base, path))
+            end = base + size
+        return segments, strays
+
+    def open(self, set_aside: Path | None = None) -> RecoveryReport:
+        """Move what is no segment to `set_aside` (kept, for a look), cut a torn tail off the
+        last segment and open it for appending."""
+        report = RecoveryReport()
+        for path, reason in self.strays():
+            if set_aside is not None:
+                set_aside.mkdir(parents=True, exist_ok=True)
+                os.replace(path, set_aside / path.name)
+            report.set_aside.append(f"{path.name}: {reason}")
         segments = self.segments()
-        report = RecoveryReport(segments=len(segments))
+        report.segments = len(segments)
         for (base, path), (next_base, _) in itertools.pairwise(segments):
             if base + path.stat().st_size < next_base:
                 report.missing_ranges.append((base + path.stat().st_size, next_base))

@@ -81,7 +81,9 @@ def _read_once(
         expression = hidden if expression is None else expression & hidden
     try:
         return dataset.to_table(filter=expression, columns=columns)
-    except pa.ArrowInvalid:
+    except FileNotFoundError:
+        raise  # a part swapped away by compaction as we read: the caller lists again
+    except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
         readable = _without_damaged_parts(dataset.files)
         if readable is None:
             raise

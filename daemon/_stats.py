@@ -24,6 +24,7 @@ class DaemonStats:
     write_errors: int = 0
     internal_errors: int = 0
     replayed: int = 0
+    replay_duplicates: int = 0  # records the log held twice (a copied segment): skipped
     recovery: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:

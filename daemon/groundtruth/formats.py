@@ -12,6 +12,8 @@ Open3D's tensor I/O; labels become int32 when their values fit (else the error s
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,25 @@ from stagewatch.daemon.groundtruth.coco import CocoFormatError, CocoGroundTruth,
 from stagewatch.daemon.groundtruth.ply import PlyError, read_vertices
 
 KINDS = {".json": "boxes", ".png": "mask", ".npy": "mask", ".ply": "point_labels", ".pcd": "point_labels"}
+MAX_LABEL_FILE_BYTES = 4 * 1024**3  # a COCO file of a big dataset (LVIS: ~1 GB) fits
 
 
 class LabelError(ValueError):
     """A label file that cannot be used; the message names the file."""
+
+
+def regular_file(path: Path, max_bytes: int = MAX_LABEL_FILE_BYTES) -> Path:
+    """`path` if it is a regular file of at most `max_bytes`, else LabelError. Checked before
+    anything opens it: a FIFO would block the reader forever, a device never end."""
+    try:
+        found = os.stat(path)
+    except OSError as error:
+        raise LabelError(f"{path}: cannot read ({error.strerror})") from None
+    if not stat.S_ISREG(found.st_mode):
+        raise LabelError(f"{path}: not a regular file (a FIFO, a device or a folder); expected a label file")
+    if found.st_size > max_bytes:
+        raise LabelError(f"{path}: {found.st_size:,} bytes, over the {max_bytes:,} a label file may have")
+    return path
 
 
 def kind_of(path: str | Path) -> str:
@@ -43,9 +60,11 @@ class PointLabels:
 
 def load_coco(path: Path, iou_type: str = "bbox") -> CocoGroundTruth:
     try:
-        document = json.loads(path.read_bytes())
+        document = json.loads(regular_file(path).read_bytes())
     except OSError as error:
         raise LabelError(f"{path}: cannot read ({error.strerror})") from None
+    except RecursionError:
+        raise LabelError(f"{path}: JSON nested too deep to be COCO annotations") from None
     except ValueError as error:
         raise LabelError(f"{path}: not valid JSON ({error})") from None
     try:
@@ -56,6 +75,7 @@ def load_coco(path: Path, iou_type: str = "bbox") -> CocoGroundTruth:
 
 def load_mask(path: Path) -> np.ndarray:
     """A (H, W) integer class-index mask from a single-channel PNG or a 2-D integer NPY."""
+    regular_file(path)
     if path.suffix.lower() == ".npy":
         try:
             mask = np.load(path, allow_pickle=False)
@@ -89,8 +109,7 @@ def check_mask(mask: np.ndarray, where: str) -> np.ndarray:
 def load_point_labels(path: Path) -> PointLabels:
     """Points and their integer `label` from a PLY (any integer type, ascii or binary, other
     elements ignored: see ply.py) or a PCD (Open3D's reader: ascii, binary, binary_compressed)."""
-    if not path.is_file():
-        raise LabelError(f"{path}: no such file")
+    regular_file(path)
     if path.suffix.lower() == ".ply":
         return _read_ply(path)
     import open3d as o3d

@@ -42,6 +42,7 @@ from stagewatch.daemon.groundtruth.formats import (
     load_coco,
     load_mask,
     load_point_labels,
+    regular_file,
 )
 
 SampleId = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -51,6 +52,7 @@ METRICS_BY_KIND = {
     "mask": ("miou", "accuracy"),
     "point_labels": ("miou", "accuracy"),
 }
+MAX_DATASET_FILE_BYTES = 16 * 1024**2
 DEFAULT_PASS = {"boxes": ("f1", 1.0), "mask": ("miou", 0.75), "point_labels": ("accuracy", 0.9)}
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -246,7 +248,9 @@ def load_dataset(path: str | Path) -> GoldenDataset:
     """Read and validate a dataset file (YAML or JSON). DatasetError says what is wrong and where."""
     path = Path(path).absolute()
     try:
-        text = path.read_text()
+        text = regular_file(path, MAX_DATASET_FILE_BYTES).read_text()
+    except LabelError as error:
+        raise DatasetError(f"{error}; expected the dataset file (YAML or JSON)") from None
     except OSError as error:
         raise DatasetError(f"{path}: cannot read the dataset file ({error.strerror})") from None
     except UnicodeDecodeError:
@@ -274,12 +278,18 @@ def _parse(path: Path, text: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"not valid JSON ({error})") from None
+        except RecursionError:
+            raise ValueError("nested too deep to be a dataset file") from None
     import yaml
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ValueError(f"not valid YAML ({' '.join(str(error).split())[:200]})") from None
+    except yaml.YAMLError as error:  # where, not what: the file may be anything (a secret, say)
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"not valid YAML{where}") from None
+    except RecursionError:
+        raise ValueError("nested too deep to be a dataset file") from None
 
 
 def validate_dataset(

@@ -9,7 +9,7 @@ import warnings
 from typing import Any
 
 from stagewatch.cli import dashboard, demo, groundtruth, history, service
-from stagewatch.cli._options import EXIT_USAGE, global_options
+from stagewatch.cli._options import EXIT_NOT_FOUND, EXIT_USAGE, global_options
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE
 GROUPS = (service, demo, history, dashboard, groundtruth)
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `stagewatch query | head`: the reader has what it wanted
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as error:  # a path given that cannot be used (too long, not permitted, a full disk)
+        where = f": {str(error.filename)[:200]}" if error.filename else ""
+        print(f"stagewatch: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_NOT_FOUND
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, ValidationError
 
+from stagewatch._files import NotARegularFile, regular_file
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -98,11 +100,16 @@ def load_config(
     return config, sources
 
 
+MAX_CONFIG_FILE_BYTES = 1024**2
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        return tomllib.loads(regular_file(path, MAX_CONFIG_FILE_BYTES).read_text())
+    except NotARegularFile as error:
+        raise ConfigError(f"config file {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)[:300]}: cannot read ({error.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 

@@ -12,13 +12,12 @@ Open3D's tensor I/O; labels become int32 when their values fit (else the error s
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from stagewatch import _files as files
 from stagewatch.daemon.groundtruth.coco import CocoFormatError, CocoGroundTruth, parse_coco_ground_truth
 from stagewatch.daemon.groundtruth.ply import PlyError, read_vertices
 
@@ -31,17 +30,11 @@ class LabelError(ValueError):
 
 
 def regular_file(path: Path, max_bytes: int = MAX_LABEL_FILE_BYTES) -> Path:
-    """`path` if it is a regular file of at most `max_bytes`, else LabelError. Checked before
-    anything opens it: a FIFO would block the reader forever, a device never end."""
+    """`path` if it is a regular file of at most `max_bytes`, else LabelError."""
     try:
-        found = os.stat(path)
-    except OSError as error:
-        raise LabelError(f"{path}: cannot read ({error.strerror})") from None
-    if not stat.S_ISREG(found.st_mode):
-        raise LabelError(f"{path}: not a regular file (a FIFO, a device or a folder); expected a label file")
-    if found.st_size > max_bytes:
-        raise LabelError(f"{path}: {found.st_size:,} bytes, over the {max_bytes:,} a label file may have")
-    return path
+        return files.regular_file(path, max_bytes)
+    except files.NotARegularFile as error:
+        raise LabelError(str(error)) from None
 
 
 def kind_of(path: str | Path) -> str:

@@ -108,9 +108,9 @@ def _closed(daemon: Daemon) -> None:
 def build(home: Path, runs: int) -> tuple[list[str], float]:
     daemon = _opened(home)
     started, run_ids, group = time.perf_counter(), [], Group()
-    for run_id, events in generated_runs(runs, np.random.default_rng(1)):
+    for index, (run_id, events) in enumerate(generated_runs(runs, np.random.default_rng(1))):
         run_ids.append(run_id)
-        daemon.ingest.take(group, events)
+        daemon.ingest.take(group, events, f"c{index}")
         if len(group.payloads) >= 10_000:
             daemon.ingest.commit(group)
             group = Group()
@@ -130,9 +130,9 @@ def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
     home = Path(tempfile.mkdtemp(prefix="sw-busy-", dir="/tmp")) / "home"
     try:
         daemon, run_ids, group = _opened(home), [], Group()
-        for run_id, events in generated_runs(runs, np.random.default_rng(2), spread_s=3600):
+        for index, (run_id, events) in enumerate(generated_runs(runs, np.random.default_rng(2), spread_s=3600)):
             run_ids.append(run_id)
-            daemon.ingest.take(group, events)
+            daemon.ingest.take(group, events, f"c{index}")
             if len(run_ids) % runs_per_flush == 0:  # a second's worth: one group, one flush
                 daemon.ingest.commit(group)
                 daemon.flush()

@@ -59,6 +59,11 @@ class SpoolFile:
         os.close(self._fd)
 
 
+def spool_owner(path: Path) -> str:
+    """The client id a spool file belongs to (its name: `{client_id}-{number}.spool`)."""
+    return path.name[: -len(SUFFIX)].rsplit("-", 1)[0]
+
+
 def claim_spool_files(directory: Path) -> Iterator[tuple[Path, list[bytes], ScanStats]]:
     """Yield (path, payloads, stats) for every spool file whose client has let it go.
 

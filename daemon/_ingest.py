@@ -9,6 +9,8 @@ quarantine; nothing here raises on input.
 from __future__ import annotations
 
 import contextlib
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,17 +20,19 @@ import zmq
 from loguru import logger
 
 from stagewatch._home import Home, check_endpoint, ipc_path
-from stagewatch._protocol import HEARTBEAT, pack_ack
+from stagewatch._protocol import CLIENT_LOST, DAEMON_CLIENT_ID, HEARTBEAT, pack_ack
 from stagewatch._shared import SHARED_FOLDER_MODE
-from stagewatch._spool import claim_spool_files
+from stagewatch._spool import claim_spool_files, spool_owner
 from stagewatch.daemon._decode import Rejected, decode_batch, decode_event
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._lock import DaemonAlreadyRunning, lock_endpoint
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 
 RECEIVE_HWM_FRAMES = 64
+MAX_BOUND_CLIENTS = 100_000
 LIVE_HWM_MESSAGES = 16
 
 
@@ -67,6 +71,22 @@ def _require_curve(context: zmq.Context, router: zmq.Socket, home: Home) -> Any:
     return authenticator
 
 
+def _principal(identity: bytes, frame: zmq.Frame) -> bytes:
+    """Who sent a frame: its CURVE public key over TCP (stable across reconnects), else the
+    connection's routing id (an ipc connection lasts as long as the daemon)."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        user = None
+    return user.encode() if user else identity
+
+
+def _impersonation(event: Any, sender: str) -> str:
+    if event.type == CLIENT_LOST or event.client_id == DAEMON_CLIENT_ID:
+        return "only the daemon writes client_lost and events as 'daemon'"
+    return f"an event of client {event.client_id!r} in a batch of client {sender!r}"
+
+
 class Ingest:
     def __init__(
         self,
@@ -89,11 +109,13 @@ class Ingest:
         self.dedup = Deduplicator()
         self.quarantine = quarantine
         self.last_seen: dict[str, float] = {}  # client -> monotonic time of its last batch
+        self.owners: OrderedDict[str, bytes] = OrderedDict()  # client id -> its connection (or CURVE key)
         self._context = zmq.Context()
         self._authenticator: Any = None
         self.router: zmq.Socket | None = None
         self.live: zmq.Socket | None = None
         self._bound: list[str] = []  # endpoints this daemon bound (whose socket files it removes)
+        self._endpoint_locks: list[int] = []
 
     # -- sockets -------------------------------------------------------------------------
     def endpoints(self) -> list[str]:
@@ -114,6 +136,8 @@ class Ingest:
             if socket_file is not None:
                 socket_file.parent.mkdir(parents=True, exist_ok=True)
                 socket_file.parent.chmod(folder_mode)
+                if endpoint != self.settings.accuracy_endpoint:  # the worker binds that one
+                    self._endpoint_locks.append(lock_endpoint(socket_file))
         self._bind_router()
         self.live = self._context.socket(zmq.PUB)
         # A message is a whole group (up to 10k events): a stalled subscriber may hold back
@@ -139,7 +163,12 @@ class Ingest:
         # by its own send queue filling up, and the daemon's memory stays bounded.
         router.setsockopt(zmq.RCVHWM, RECEIVE_HWM_FRAMES)
         router.setsockopt(zmq.LINGER, 0)
-        router.bind(self.settings.endpoint)
+        try:
+            router.bind(self.settings.endpoint)
+        except zmq.ZMQError as error:
+            if error.errno == zmq.EADDRINUSE:
+                raise DaemonAlreadyRunning(f"{self.settings.endpoint} is in use (another daemon?)") from None
+            raise
         self._bound.append(self.settings.endpoint)
 
     def close(self) -> None:
@@ -154,6 +183,9 @@ class Ingest:
             socket_file = ipc_path(endpoint)
             if socket_file is not None:
                 socket_file.unlink(missing_ok=True)
+        for fd in self._endpoint_locks:
+            os.close(fd)
+        self._endpoint_locks = []
         self._context.term()
 
     def wait(self, timeout_ms: int) -> bool:
@@ -165,27 +197,42 @@ class Ingest:
         group = Group()
         while len(group.payloads) < self.settings.max_group_events:
             try:
-                identity, frame = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            except ValueError:  # a frame count other than two: not one of ours
-                self.quarantine.keep([Rejected("unexpected frame layout", b"")])
+            if len(frames) != 2:  # not one of ours
+                self.quarantine.keep([Rejected(f"expected 2 frames, got {len(frames)}", b"")])
                 continue
-            batch = decode_batch(frame)
+            identity, frame = frames[0].bytes, frames[1]
+            batch = decode_batch(frame.bytes)
             if isinstance(batch, Rejected):
                 self.quarantine.keep([batch])
                 continue
+            if not self._owned_by(batch.client_id, _principal(identity, frame)):
+                reason = f"client id {batch.client_id!r} is bound to another connection: batch refused"
+                self.quarantine.keep([Rejected(reason, frame.bytes[:4096], batch.client_id)])
+                continue  # not acknowledged: a forger learns nothing and changes nothing
             self.last_seen[batch.client_id] = now
             self.stats.batches += 1
-            self.take(group, batch.payloads)
+            self.take(group, batch.payloads, batch.client_id)
             group.acks.append((identity, batch.batch_no))
         self.commit(group)
 
-    def take(self, group: Group, payloads: list[bytes]) -> None:
-        """Add the new valid events among `payloads` to `group`; quarantine the invalid."""
+    def _owned_by(self, client_id: str, principal: bytes) -> bool:
+        """Bind a client id to the first connection (over TCP: the CURVE key) that uses it."""
+        owner = self.owners.setdefault(client_id, principal)
+        if len(self.owners) > MAX_BOUND_CLIENTS:
+            self.owners.popitem(last=False)
+        return owner == principal
+
+    def take(self, group: Group, payloads: list[bytes], sender: str) -> None:
+        """Add the new valid events among `payloads` to `group`; quarantine the invalid, and
+        any that claims another client than its `sender` (or the daemon's own events)."""
         rejected = []
         for payload in payloads:
             event = decode_event(payload)
+            if not isinstance(event, Rejected) and (event.client_id != sender or event.type == CLIENT_LOST):
+                event = Rejected(_impersonation(event, sender), payload[:4096], sender)
             if isinstance(event, Rejected):
                 rejected.append(event)
                 continue
@@ -236,10 +283,15 @@ class Ingest:
     def ingest_spools(self) -> None:
         """Ingest spool files left by clients that have exited, then delete them."""
         for path, payloads, scan in claim_spool_files(self.home.spool):
-            group = Group()
-            self.take(group, payloads)
-            if not self.commit(group):
-                return
+            # In pieces: a big spool on a nearly full disk goes in as far as there is room;
+            # what went in is skipped as a duplicate when the rest is retried.
+            committed = 0
+            for start in range(0, len(payloads), self.settings.max_group_events):
+                group = Group()
+                self.take(group, payloads[start : start + self.settings.max_group_events], spool_owner(path))
+                if not self.commit(group):
+                    return
+                committed += len(group.payloads)
             if scan.corrupt_regions or scan.tail_bytes:
                 logger.warning(
                     "spool {}: {} damaged region(s), {} tail bytes skipped",
@@ -248,5 +300,5 @@ class Ingest:
                     scan.tail_bytes,
                 )
             self.stats.spool_files += 1
-            self.stats.spool_events += len(group.payloads)
+            self.stats.spool_events += committed
             path.unlink(missing_ok=True)

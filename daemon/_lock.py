@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import fcntl
 import os
+from pathlib import Path
 
 from stagewatch._home import Home
 
 
 class DaemonAlreadyRunning(RuntimeError):
     pass
+
+
+def lock_endpoint(endpoint_file: Path) -> int:
+    """Hold `{socket}.lock` beside an ipc socket for this process's life: a second daemon
+    (on another home, say) given the same endpoint is refused instead of taking the socket
+    over. Returns the descriptor to close at the end."""
+    fd = os.open(f"{endpoint_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonAlreadyRunning(f"another stagewatch daemon serves ipc://{endpoint_file}") from None
+    return fd
 
 
 class HomeLock:

@@ -132,6 +132,7 @@ class Projector:
         self.runs: dict[str, RunState] = {}
         self.closed: OrderedDict[str, str | None] = OrderedDict()  # evicted finished runs -> pipeline
         self.late_events = 0
+        self.foreign_events = 0  # run_started / run_finished sent by another client than the run's
         self.rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLE_NAMES}
         self.stage_lines: dict[str, list[dict[str, Any]]] = {}  # run -> ended stages to append
         self.dirty: set[str] = set()
@@ -139,7 +140,7 @@ class Projector:
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         runs = {run_id: run.to_state() for run_id, run in self.runs.items()}
-        return {"runs": runs, "closed": self.closed, "late_events": self.late_events}
+        return {"runs": runs, "closed": self.closed, "late_events": self.late_events, "foreign": self.foreign_events}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
@@ -147,6 +148,7 @@ class Projector:
         projector.runs = {run_id: RunState.from_state(run) for run_id, run in state.get("runs", {}).items()}
         projector.closed = OrderedDict(state.get("closed", {}))
         projector.late_events = state.get("late_events", 0)
+        projector.foreign_events = state.get("foreign", 0)
         return projector
 
     # -- folding -------------------------------------------------------------------------
@@ -172,6 +174,9 @@ class Projector:
             run.last_rss_mb[event.client_id] = event.rss_mb
 
     def _on_run_started(self, run: RunState, event: Any, lsn: int) -> None:
+        if run.client_id not in (None, event.client_id):
+            self.foreign_events += 1  # another client cannot take a run over
+            return
         run.pipeline, run.host, run.pid, run.client_id = event.pipeline, event.host, event.pid, event.client_id
         run.argv, run.config, run.dataset = list(event.argv), event.config, event.dataset
         run.start_ns, run.started_at = event.ts_ns, iso(event.ts_ns)
@@ -258,6 +263,9 @@ class Projector:
         run.counts["artifacts"] += 1
 
     def _on_run_finished(self, run: RunState, event: Any, lsn: int) -> None:
+        if run.client_id not in (None, event.client_id):
+            self.foreign_events += 1  # only the process that started a run finishes it
+            return
         if run.complete:
             return
         failed = event.status == "failed" or run.counts["failed"] > 0

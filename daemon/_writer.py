@@ -173,5 +173,6 @@ class ReadModelWriter:
             "stats": asdict(self.stats),
             "active_runs": active,
             "late_events": projector.late_events,
+            "foreign_events": projector.foreign_events,
         }
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())

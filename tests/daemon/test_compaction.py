@@ -252,7 +252,7 @@ def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -
     daemon.writer._throttle.due = lambda key, now: key != "checkpoint" or next(checkpoints)
     for seq in range(1, 21):  # 20 flushes, a part each
         group = Group()
-        daemon.ingest.take(group, [_stage_event(seq)])
+        daemon.ingest.take(group, [_stage_event(seq)], "c")
         daemon.ingest.commit(group)
         daemon.flush()
     daemon.maintenance.merge_small_parts()  # groups of four parts: parts 9 to 12 across the checkpoint

@@ -148,7 +148,7 @@ def test_an_event_that_fails_in_projection_is_set_aside_and_the_rest_fold(home, 
         _stage(run_id, 3),
     ]
     group = Group()
-    daemon.ingest.take(group, [pack_event(e) for e in events])
+    daemon.ingest.take(group, [pack_event(e) for e in events], "poisoner")
     assert daemon.ingest.commit(group)
     daemon.flush(final=True)
     assert sorted(to_rows(read_table(home, "stage_executions").select(["span"]))[i]["span"] for i in range(2)) == [1, 3]

@@ -33,6 +33,16 @@ def _status(home: Path) -> dict[str, Any]:
         return {}
 
 
+def _quarantine_check(layout: Home, quarantined: int, stats: dict[str, Any]) -> dict[str, Any]:
+    """Rejected events are data a client lost: a problem to look at, not a detail."""
+    dropped = stats.get("quarantine_dropped", 0)
+    size = sum(p.stat().st_size for p in layout.quarantine.glob("*.jsonl")) if layout.quarantine.is_dir() else 0
+    detail = f"{quarantined} rejected event(s), {size:,} bytes, in {layout.quarantine}"
+    if dropped:
+        detail += f"; {dropped} more counted but not kept (the quarantine was at its cap)"
+    return _check("quarantine", quarantined == 0 and not dropped, detail)
+
+
 def daemon_running(home: Path) -> bool:
     """True while a daemon holds the home's lock."""
     try:
@@ -103,5 +113,5 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
         _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),
         _check("internal", stats.get("internal_errors", 0) == 0, f"{stats.get('internal_errors', 0)} internal errors"),
         _check("spool", True, f"{len(spools)} spool file(s) waiting (clients still running or daemon catching up)"),
-        _check("quarantine", True, f"{quarantined} rejected event(s) in {layout.quarantine}"),
+        _quarantine_check(layout, quarantined, stats),
     ]

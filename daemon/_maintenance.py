@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -138,6 +139,7 @@ class Maintenance:
         from stagewatch.daemon._retention import apply_retention
 
         freed = apply_retention(self.home.root, self.retention, exclude=set(self.projection().runs))
+        self.ingest.quarantine.expire(datetime.now(UTC))
         now = utc_now()
         compacted = compact(self.home, now, progress=self.alive) if self.checkpoint_all() else 0
         if compacted:

@@ -18,6 +18,7 @@ class DaemonStats:
     duplicates: int = 0
     invalid: int = 0
     unprojectable: int = 0  # valid events (or rows) that still failed in projection or writing
+    quarantine_dropped: int = 0  # records counted but not kept: the quarantine was at its cap
     spool_files: int = 0
     spool_events: int = 0
     clients_lost: int = 0

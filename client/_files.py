@@ -17,6 +17,8 @@ def regular_file(path: Path, max_bytes: int) -> Path:
     """`path`, if it is a regular file (symlinks followed) of at most `max_bytes`."""
     try:
         found = os.stat(path)
+    except FileNotFoundError:
+        raise NotARegularFile(f"{str(path)[:300]}: no such file") from None
     except OSError as error:
         raise NotARegularFile(f"{str(path)[:300]}: cannot read ({error.strerror})") from None
     if not stat.S_ISREG(found.st_mode):

@@ -274,7 +274,13 @@ def _plain(value: Any) -> Any:
 
 
 def bounded_text(value: str, max_chars: int = MAX_TEXT_CHARS) -> str:
-    """`value` without NUL characters and cut to `max_chars` (saying how long it was)."""
+    """`value` without NUL characters or lone surrogates (what `os.fsdecode` makes of a path
+    that is not UTF-8: msgpack cannot carry them), cut to `max_chars` (saying how long it was)."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "backslashreplace").decode()
     if "\x00" in value:
         value = value.replace("\x00", "\\0")
     if len(value) > max_chars:

@@ -115,6 +115,19 @@ def test_the_client_keeps_a_hostile_config_and_hostile_names_inside_the_limits(d
     assert daemon.status()["stats"]["invalid"] == 0
 
 
+def test_a_path_that_is_not_utf8_is_kept_escaped(daemon: DaemonProcess) -> None:
+    """`os.fsdecode` gives lone surrogates for a Latin-1 file name; msgpack cannot carry them."""
+    import os
+
+    latin1 = os.fsdecode(b"/data/caf\xe9.png")
+    run = stagewatch.init(pipeline="p", home=daemon.home)
+    with run.stage("detection", input_path=latin1, sample_id=latin1):
+        pass
+    run.finish()
+    (stage,) = daemon.audit(run.id)["stages"]
+    assert stage["input_path"] == stage["sample_id"] == "/data/caf\\udce9.png"
+
+
 def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path) -> None:
     store = Store(Home(tmp_path))
     rows = [

@@ -16,6 +16,8 @@ from loguru import logger
 from stagewatch import _protocol as protocol
 from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
+from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
+from stagewatch._spool import spool_owner
 from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
 from stagewatch.daemon._ingest import Group, Ingest
@@ -89,11 +91,16 @@ class Maintenance:
         self.ingest.last_seen = {client: now for client in self.projection().open_work()}
 
     def check_liveness(self) -> None:
-        """Write a client_lost event for each client that has open work but went silent."""
+        """Write a client_lost event for each client that has open work but went silent, unless
+        its spool is still waiting to be ingested (a full disk, say): its events are on disk,
+        and its run ends as they say, not as crashed."""
         now = time.monotonic()
         last_seen_by_client = self.ingest.last_seen
+        spooled = self._spooled_clients()
         lost = []
         for client_id, run_ids in self.projection().open_work().items():
+            if client_id in spooled:
+                last_seen_by_client[client_id] = now
             last_seen = last_seen_by_client.setdefault(client_id, now)
             if client_id != DAEMON_CLIENT_ID and now - last_seen > self.client_timeout_s:
                 wall_last_seen = time.time_ns() - int((now - last_seen) * 1e9)
@@ -105,6 +112,10 @@ class Maintenance:
                 )
         if lost:
             self.ingest.commit(Group(payloads=[pack_event(e) for e in lost], events=[validate_event(e) for e in lost]))
+
+    def _spooled_clients(self) -> set[str]:
+        folder = self.home.spool
+        return {spool_owner(path) for path in folder.glob(f"*{SPOOL_SUFFIX}")} if folder.is_dir() else set()
 
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
         self.daemon_seq += 1

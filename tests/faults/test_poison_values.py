@@ -185,3 +185,32 @@ def test_times_out_of_range_are_refused_in_words(home, args: list[str]) -> None:
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "expected" in result.stderr
+
+
+def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
+    """A full disk keeps a finished client's spool out of the log; its run must end as its
+    events say once they go in, not as crashed because the client went quiet meanwhile."""
+    from stagewatch.daemon import Daemon, DaemonSettings
+    from stagewatch.daemon._ingest import Group
+
+    layout = Home(home)
+    settings = DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint,
+                              client_timeout_s=0.01)  # fmt: skip
+    daemon = Daemon(settings)
+    daemon.lock.take()
+    daemon.recover()
+    run_id, client = str(uuid.uuid4()), "spooler"
+    start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
+    group = Group()
+    daemon.ingest.take(group, [pack_event({**start, "seq": 1})], client)
+    assert daemon.ingest.commit(group)
+    layout.spool.mkdir()
+    (layout.spool / f"{client}-1.spool").write_bytes(b"")  # its events wait on disk
+    daemon.ingest.last_seen[client] = 0.0  # silent for a long time
+    daemon.maintenance.check_liveness()
+    assert daemon.stats.clients_lost == 0 and not daemon.projector.runs[run_id].complete
+    (layout.spool / f"{client}-1.spool").unlink()
+    time.sleep(0.05)
+    daemon.maintenance.check_liveness()
+    assert daemon.stats.clients_lost == 1 and daemon.projector.runs[run_id].status == "crashed"
+    daemon.release()

@@ -36,6 +36,7 @@ def add_commands(commands: Any) -> None:
 
     doctor = commands.add_parser("doctor", help="check the daemon, the disk and the data; exit 1 on problems")
     config_options(doctor)
+    doctor.add_argument("--scrub", action="store_true", help="first re-read every log segment and Parquet part")
     json_option(doctor)
     doctor.set_defaults(handler=cmd_doctor)
 
@@ -113,9 +114,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from stagewatch.daemon._doctor import examine
+    from stagewatch.daemon._scrub import scrub_all
 
     config, _ = load_config(args)
-    report = examine(_configured_home(config).root, config)
+    home = _configured_home(config)
+    with progress(args, "scrubbing", "files") as update:
+        report = examine(home.root, config, (lambda: scrub_all(home, update)) if args.scrub else None)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

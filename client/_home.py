@@ -150,6 +150,11 @@ class Home:
         return self.state / check_name(name, "checkpoint name")
 
     @property
+    def scrub(self) -> Path:
+        """What the last scrubs found damaged (remembered until a clean scrub)."""
+        return self.state / "scrub.json"
+
+    @property
     def gc_intent(self) -> Path:
         return self.state / "gc-intent.json"
 

@@ -34,7 +34,7 @@ from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._ingest import Ingest, IngestSettings
 from stagewatch.daemon._lock import HomeLock
-from stagewatch.daemon._maintenance import Maintenance, Scheduler
+from stagewatch.daemon._maintenance import SCRUB_INTERVAL_S, Maintenance, Scheduler
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._sdnotify import SystemdNotifier
@@ -236,6 +236,7 @@ class Daemon:
         tasks.every(settings.disk.check_interval_s, maintenance.check_disk)
         tasks.every(settings.retention.check_interval_s, maintenance.apply_retention)
         tasks.every(settings.merge_interval_s, maintenance.merge_small_parts, first_in_s=settings.merge_interval_s)
+        tasks.every(SCRUB_INTERVAL_S, maintenance.scrub, first_in_s=SCRUB_INTERVAL_S)
         if self.systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
             tasks.every(self.systemd.watchdog_interval_s, maintenance.alive)
         while not self._stopping:

@@ -6,19 +6,24 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stagewatch._home import Home
 from stagewatch.daemon._disk import OK, disk_state, read_disk
+from stagewatch.daemon._scrub import load as load_scrub
 from stagewatch.daemon._settings import Config
 
 STALE_STATUS_S = 30.0
 
 
-def examine(home: Path, config: Config) -> dict[str, Any]:
+def examine(home: Path, config: Config, scrub: Callable[[], object] | None = None) -> dict[str, Any]:
+    """Every check; `scrub` (doctor --scrub) re-reads every segment and part first."""
+    if scrub is not None:
+        scrub()
     status = _status(home)
-    checks = [_daemon_check(home, status), _disk_check(home, config), *_data_checks(home, status)]
+    checks = [_daemon_check(home, status), _disk_check(home, config), *_data_checks(home, status), _scrub_check(home)]
     return {"home": str(home), "healthy": all(c["ok"] for c in checks), "checks": checks}
 
 
@@ -31,6 +36,19 @@ def _status(home: Path) -> dict[str, Any]:
         return json.loads(Home.of(home).status.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _scrub_check(home: Path) -> dict[str, Any]:
+    found = load_scrub(Home.of(home))
+    damaged = [*found.get("segments", {}), *found.get("parts", {})]
+    if damaged:
+        shown = ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        detail = f"damage found by scrubbing, remembered until repaired: {shown}; `stagewatch rebuild` rewrites parts"
+        return _check("scrub", False, detail)
+    checked = found.get("checked")
+    if checked:
+        return _check("scrub", True, f"last full scrub: {checked['segments']} segment(s), {checked['parts']} part(s)")
+    return _check("scrub", True, "no damage found (the daemon checks a sealed segment a minute; doctor --scrub all)")
 
 
 def _quarantine_check(layout: Home, quarantined: int, stats: dict[str, Any]) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def _swap_in(staging: Home, home: Home) -> int:
     for folder in (home.metrics, home.index, home.quarantined_parts):
         replaced += sum(1 for _ in folder.rglob("*") if _.is_file()) if folder.is_dir() else 0
         _replace_folder(_staged(staging, home, folder), folder)
-    for path in (home.checkpoint(), home.checkpoint(CHECKPOINT), home.status):
+    for path in (home.checkpoint(), home.checkpoint(CHECKPOINT), home.status, home.scrub):  # parts are new
         replaced += _replace_file(_staged(staging, home, path), path)
     staged_runs = set(_run_ids(staging))
     for run_id in set(_run_ids(home)) | staged_runs:

@@ -1,0 +1,90 @@
+"""Scrubbing: re-reading what is already written, to find damage before a reader or a
+rebuild trips on it, and remembering it (state/scrub.json) until a clean scrub says so.
+
+The daemon scrubs one sealed segment of the event log per pass (round robin, a 64 MiB
+segment costs tens of milliseconds of CRC), so the whole log is checked over time without
+holding ingest up; `stagewatch doctor --scrub` checks every segment and every Parquet part
+at once, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stagewatch._home import Home
+from stagewatch._records import ScanStats, scan_records
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._readmodels import damage_of
+from stagewatch.daemon._store import atomic_write
+
+
+def segment_damage(path: Path) -> dict[str, Any] | None:
+    """What is wrong inside one sealed segment (CRC-failed regions), or None."""
+    stats = ScanStats()
+    for _ in scan_records(path.read_bytes(), stats):
+        pass
+    if not (stats.corrupt_regions or stats.tail_bytes):
+        return None
+    regions, damaged = stats.corrupt_regions + bool(stats.tail_bytes), stats.corrupt_bytes + stats.tail_bytes
+    return {"segment": path.name, "corrupt_regions": regions, "corrupt_bytes": damaged}
+
+
+def sealed_segments(home: Home) -> list[Path]:
+    """Every segment but the last, which the daemon is appending to."""
+    return [path for _, path in EventLog(home.events).segments()[:-1]]
+
+
+def load(home: Home) -> dict[str, Any]:
+    try:
+        return json.loads(home.scrub.read_text())
+    except (OSError, ValueError):
+        return {"segments": {}, "parts": {}}
+
+
+def save(home: Home, found: dict[str, Any]) -> None:
+    atomic_write(home.scrub, json.dumps(found, indent=1).encode())
+
+
+def scrub_next_segment(home: Home) -> dict[str, Any] | None:
+    """The daemon's periodic pass: check the sealed segment after the last one checked;
+    record damage found (and forget damage of a segment that reads clean again)."""
+    segments = sealed_segments(home)
+    if not segments:
+        return None
+    found = load(home)
+    names = [path.name for path in segments]
+    last = found.get("last_segment")
+    path = segments[(names.index(last) + 1) % len(names)] if last in names else segments[0]
+    damage = segment_damage(path)
+    found["segments"] = {
+        name: d for name, d in found.get("segments", {}).items() if name in names and name != path.name
+    }
+    if damage is not None:
+        found["segments"][path.name] = damage | {"found_at": time.time()}
+    found["last_segment"] = path.name
+    save(home, found)
+    return damage
+
+
+def scrub_all(home: Home, progress: Callable[[int, int], object] = lambda done, total: None) -> dict[str, Any]:
+    """Every sealed segment and every Parquet part, now (`doctor --scrub`)."""
+    segments = sealed_segments(home)
+    parts = sorted(path for partition in home.all_partitions() for path in partition.glob("*.parquet"))
+    total, found = len(segments) + len(parts), {"segments": {}, "parts": {}, "scrubbed_at": time.time()}
+    for done, path in enumerate(segments, 1):
+        damage = segment_damage(path)
+        if damage is not None:
+            found["segments"][path.name] = damage | {"found_at": time.time()}
+        progress(done, total)
+    for done, path in enumerate(parts, len(segments) + 1):
+        damage = damage_of(path)
+        if damage is not None:
+            found["parts"][str(path.relative_to(home.root))] = {"error": damage[:500], "found_at": time.time()}
+        progress(done, total)
+    found["checked"] = {"segments": len(segments), "parts": len(parts)}
+    save(home, found)
+    return found

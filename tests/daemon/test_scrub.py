@@ -1,0 +1,60 @@
+"""Scrubbing finds damage in sealed segments and Parquet parts before a reader trips on it,
+and remembers it (state/scrub.json) until repaired."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from stagewatch._home import Home
+from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon._scrub import load, scrub_next_segment
+
+
+def _log_of_segments(home: Path) -> list[Path]:
+    log = EventLog(Home(home).events, segment_bytes=4096)
+    log.open()
+    for index in range(200):
+        log.append([b"record %05d " % index + b"x" * 100])
+    log.close()
+    return [path for _, path in EventLog(Home(home).events).segments()]
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _doctor(home: Path, *flags: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(home), "--json", *flags],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
+def test_the_periodic_pass_checks_one_sealed_segment_at_a_time_and_remembers(tmp_path: Path) -> None:
+    segments = _log_of_segments(tmp_path)
+    assert len(segments) > 3
+    _flip(segments[1], 500)
+    home = Home(tmp_path)
+    found = [scrub_next_segment(home) for _ in range(len(segments) - 1)]  # every sealed one, once
+    assert [d["segment"] for d in found if d] == [segments[1].name]
+    assert segments[-1].name not in {d["segment"] for d in found if d}  # the open one is left alone
+    assert set(load(home)["segments"]) == {segments[1].name}
+    assert not _doctor(tmp_path)["scrub"]["ok"]  # remembered without scrubbing again
+    _flip(segments[1], 500)  # repaired
+    for _ in range(len(segments) - 1):
+        scrub_next_segment(home)
+    assert load(home)["segments"] == {} and _doctor(tmp_path)["scrub"]["ok"]
+
+
+def test_doctor_scrub_checks_every_segment_and_part(tmp_path: Path) -> None:
+    segments = _log_of_segments(tmp_path)
+    _flip(segments[2], 300)
+    part = Home(tmp_path).partition("stage_executions", "2026-12-01") / "part-00000000000000000001.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1" + b"\x00" * 100 + b"PAR1")
+    check = _doctor(tmp_path, "--scrub")["scrub"]
+    assert not check["ok"] and segments[2].name in check["detail"] and "part-00000000000000000001" in check["detail"]

@@ -7,12 +7,14 @@ checked name) and resolves, symlinks followed, inside the home's runs/ folder.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from stagewatch._home import Home, parse_artifact_relpath
 from stagewatch.daemon import STATS_COLUMNS, Filters, query_stages, stage_stats
@@ -131,13 +133,25 @@ def resolve_artifact(home: Path, relative: str) -> Path:
 
 
 def preview(path: Path) -> tuple[str, Any]:
-    """(kind, content) to show: png bytes, JSON data, or a summary of an array or a point cloud."""
+    """(kind, content) to show: png bytes, JSON data, or a summary of an array or a point cloud;
+    ("unreadable", what is wrong) for a file that cannot be read (damaged, truncated), so the
+    page says so instead of showing a blank."""
+    try:
+        return _preview(path)
+    except (OSError, ValueError, EOFError, SyntaxError) as error:  # PIL reports a bad PNG as SyntaxError
+        return "unreadable", f"{path.name} cannot be read: {type(error).__name__}: {str(error)[:300]}"
+
+
+def _preview(path: Path) -> tuple[str, Any]:
     size = path.stat().st_size
     if size > PREVIEW_BYTES:
         return "summary", {"file": path.name, "bytes": size, "note": "too large to preview"}
     suffix = path.suffix.lower()
     if suffix == ".png":
-        return "png", path.read_bytes()
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes every row: a truncated or damaged PNG fails here, not in the browser
+        return "png", data
     if suffix == ".json":
         try:
             return "json", json.loads(path.read_bytes())

@@ -113,6 +113,9 @@ class Dashboard:
             self.preview_panel.objects = [pn.pane.Alert(str(error), alert_type="danger")]
             return
         kind, content = _data.preview(path)
+        if kind == "unreadable":
+            self.preview_panel.objects = [pn.pane.Markdown(f"`{text}`"), pn.pane.Alert(content, alert_type="warning")]
+            return
         pane = pn.pane.PNG(io.BytesIO(content), sizing_mode="fixed") if kind == "png" else pn.pane.JSON(content)
         self.preview_panel.objects = [pn.pane.Markdown(f"`{text}`"), pane]
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from stagewatch._home import Home, resolve_endpoint
@@ -88,12 +89,23 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         disk=config.disk,
         retention=config.retention,
         finished_run_grace_s=config.daemon.late_event_grace_s,
+        dataset_roots=_dataset_roots(config, home),
     )
     try:
         serve(settings)
     except DaemonAlreadyRunning as error:
         return fail(f"{error}; stop it first or use another --home", EXIT_NOT_FOUND)
     return EXIT_OK
+
+
+def _dataset_roots(config: Any, home: Home) -> tuple[Path, ...] | None:
+    """Where the accuracy worker may read golden datasets: the configured folders; with
+    group access and none configured, only the home's datasets/ (a pipeline of another user
+    must not make the daemon read what only the daemon may)."""
+    roots = tuple(Path(root).expanduser().resolve() for root in config.daemon.dataset_roots.split(":") if root)
+    if roots:
+        return roots
+    return (home.datasets.resolve(),) if config.daemon.group_access else None
 
 
 def cmd_config(args: argparse.Namespace) -> int:

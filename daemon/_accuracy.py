@@ -77,9 +77,10 @@ class AccuracyProjection:
     """The fold: events in log order → run accuracies and samples rows. Pure but for reading
     the datasets and predictions it is pointed at."""
 
-    def __init__(self, home: Path, dataset: str | None = None) -> None:
+    def __init__(self, home: Path, dataset: str | None = None, dataset_roots: tuple[Path, ...] | None = None) -> None:
         self.home = home
         self.dataset_override = dataset  # `eval --run --dataset`: judge against another dataset
+        self.dataset_roots = dataset_roots  # None: anywhere (a home of one user)
         self.runs: dict[str, RunAccuracy] = {}
         self.rows: list[dict[str, Any]] = []
         self.dirty: set[str] = set()
@@ -106,11 +107,19 @@ class AccuracyProjection:
     def _dataset(self, path: str) -> GoldenDataset | str:
         if path not in self._datasets:
             try:
-                self._datasets[path] = load_dataset(path)
+                self._datasets[path] = load_dataset(self._allowed(path))
             except DatasetError as error:
                 logger.warning("golden dataset unusable: {}", error)
                 self._datasets[path] = str(error)
         return self._datasets[path]
+
+    def _allowed(self, path: str) -> Path:
+        """`path`, if it lies inside the allowed dataset roots (symlinks resolved)."""
+        resolved = Path(path).resolve()
+        if self.dataset_roots is not None and not any(resolved.is_relative_to(r) for r in self.dataset_roots):
+            raise DatasetError(f"{path}: golden datasets must be inside {', '.join(map(str, self.dataset_roots))} "
+                               "(daemon.dataset_roots)")  # fmt: skip
+        return resolved
 
     def _judge(self, run: RunAccuracy, event: Any, lsn: int, emit: bool) -> None:
         path = self._artifact(event.path)
@@ -182,13 +191,19 @@ def accuracy_event(payload: bytes) -> Any | None:
 
 
 class AccuracyWorker:
-    def __init__(self, home: Path, live_endpoint: str | None = None, artifacts: Path | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        live_endpoint: str | None = None,
+        artifacts: Path | None = None,
+        dataset_roots: tuple[Path, ...] | None = None,
+    ) -> None:
         """`artifacts`: the home whose saved predictions are judged, when it is not `home`
         (a rebuild writes its read models beside the home's)."""
         self.home = home
         self.store = Store(home, CHECKPOINT)
         self.log = EventLog(Home.of(home).events)
-        self.projection = AccuracyProjection(artifacts or home)
+        self.projection = AccuracyProjection(artifacts or home, dataset_roots=dataset_roots)
         self.live_endpoint = live_endpoint
         self._publisher: Any = None
         self._stopping = False
@@ -302,12 +317,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--live", default=None)
     parser.add_argument("--parent", type=int, default=None, help="the daemon's pid: exit when it is gone")
+    parser.add_argument("--dataset-root", type=Path, action="append", help="where datasets may be (repeatable)")
     args = parser.parse_args(argv)
     parent = args.parent if args.parent is not None else os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the daemon died before we could ask to die with it
         return
-    AccuracyWorker(args.home.absolute(), args.live).serve(parent)
+    roots = tuple(args.dataset_root) if args.dataset_root else None
+    AccuracyWorker(args.home.absolute(), args.live, dataset_roots=roots).serve(parent)
 
 
 def _die_with_parent() -> None:

@@ -67,6 +67,8 @@ class DaemonSettings:
     # The accuracy worker (stagewatch.daemon._accuracy) judges sample results in its own
     # process and publishes live accuracy here; None: no worker (tests of ingest alone).
     accuracy_endpoint: str | None = None
+    # Where golden datasets may be read from (the worker refuses others); None: anywhere.
+    dataset_roots: tuple[Path, ...] | None = None
     disk: DiskSection = field(default_factory=DiskSection)
     retention: RetentionSection = field(default_factory=RetentionSection)
 
@@ -118,7 +120,7 @@ class Daemon:
             settings.disk,
             settings.retention,
         )
-        self.worker = WorkerProcess(self.home, settings.accuracy_endpoint)
+        self.worker = WorkerProcess(self.home, settings.accuracy_endpoint, settings.dataset_roots)
         self._stopping = False
 
     def _apply(self, event: Any, lsn: int) -> None:

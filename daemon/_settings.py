@@ -39,6 +39,12 @@ class DaemonSection(_Section):
     accuracy_worker: bool = Field(
         True, description="judge sample results against golden datasets in a worker process (docs/ground-truth.md)"
     )
+    dataset_roots: str = Field(
+        "",
+        max_length=4096,
+        description="folders (':'-separated) golden datasets must be in; empty: anywhere, or only the home's "
+        "datasets/ with group_access",
+    )
 
 
 class DiskSection(_Section):

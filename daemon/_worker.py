@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from loguru import logger
 
@@ -18,9 +19,10 @@ class WorkerProcess:
     """Started with the daemon, restarted when it dies (at most every 5 s), stopped with it.
     Its crash never touches ingestion."""
 
-    def __init__(self, home: Home, endpoint: str | None) -> None:
+    def __init__(self, home: Home, endpoint: str | None, dataset_roots: tuple[Path, ...] | None = None) -> None:
         self.home = home
         self.endpoint = endpoint  # where it publishes live accuracy; None: no worker
+        self.dataset_roots = dataset_roots
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._next_start = 0.0
@@ -30,6 +32,8 @@ class WorkerProcess:
             return
         module, parent = "stagewatch.daemon._accuracy", str(os.getpid())
         command = [sys.executable, "-m", module, "--home", str(self.home.root), "--live", self.endpoint]
+        for root in self.dataset_roots or ():
+            command += ["--dataset-root", str(root)]
         self.process = subprocess.Popen([*command, "--parent", parent], stdin=subprocess.DEVNULL)
         self._next_start = time.monotonic() + RESTART_DELAY_S
 

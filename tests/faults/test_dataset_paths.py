@@ -82,3 +82,21 @@ def test_eval_coco_on_files_that_are_no_json_says_so(tmp_path: Path, kind: str) 
                              str(detections)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(detections) in result.stderr
+
+
+def test_a_shared_home_reads_datasets_only_inside_its_roots(home: Path, tmp_path: Path) -> None:
+    """`daemon.dataset_roots` (and, with group access, the home's datasets/ by default): a
+    pipeline cannot make the daemon read files elsewhere."""
+    allowed = write_dataset(tmp_path / "allowed", 12)
+    outside = write_dataset(tmp_path / "outside", 12)
+    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_DATASET_ROOTS": str(tmp_path / "allowed")}).start()
+    try:
+        inside_run = run_pipeline(daemon, allowed)
+        assert final_accuracy(daemon.home, inside_run.id)["finished"]
+        outside_run = run_pipeline(daemon, outside)
+        refused = wait_for(lambda: _accuracy(daemon.home, outside_run.id), 30)
+        assert (
+            "must be inside" in refused["dataset_problem"] and str(tmp_path / "allowed") in refused["dataset_problem"]
+        )
+    finally:
+        daemon.stop()

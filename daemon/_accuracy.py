@@ -117,8 +117,10 @@ class AccuracyProjection:
         """`path`, if it lies inside the allowed dataset roots (symlinks resolved)."""
         resolved = Path(path).resolve()
         if self.dataset_roots is not None and not any(resolved.is_relative_to(r) for r in self.dataset_roots):
-            raise DatasetError(f"{path}: golden datasets must be inside {', '.join(map(str, self.dataset_roots))} "
-                               "(daemon.dataset_roots)")  # fmt: skip
+            raise DatasetError(
+                f"{path}: golden datasets must be inside {', '.join(map(str, self.dataset_roots))} "
+                "(daemon.dataset_roots)"
+            )
         return resolved
 
     def _judge(self, run: RunAccuracy, event: Any, lsn: int, emit: bool) -> None:

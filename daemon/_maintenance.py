@@ -196,8 +196,12 @@ class Maintenance:
             self.write_error("cannot scrub the event log ({}); will retry", error)
             return
         if damage is not None:
-            logger.error("scrub: segment {} is damaged ({} region(s), {} bytes)", damage["segment"],
-                         damage["corrupt_regions"], damage["corrupt_bytes"])  # fmt: skip
+            logger.error(
+                "scrub: segment {} is damaged ({} region(s), {} bytes)",
+                damage["segment"],
+                damage["corrupt_regions"],
+                damage["corrupt_bytes"],
+            )
 
     def alive(self) -> None:
         """Between steps of long maintenance: tell systemd's watchdog the daemon still works."""

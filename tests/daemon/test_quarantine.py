@@ -54,8 +54,12 @@ def test_days_past_retention_are_removed(tmp_path: Path) -> None:
 def test_doctor_reports_rejected_events(daemon: DaemonProcess) -> None:
     _send_raw(daemon, [b"\xc1 not a batch"])
     wait_for(lambda: daemon.status()["stats"]["invalid"] == 1)
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(daemon.home), "--json"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(daemon.home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert result.returncode == 1 and not checks["quarantine"]["ok"]
     assert checks["quarantine"]["detail"].startswith("1 rejected event(s)")

@@ -29,8 +29,12 @@ def _flip(path: Path, offset: int) -> None:
 
 
 def _doctor(home: Path, *flags: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(home), "--json", *flags],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "doctor", "--home", str(home), "--json", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
 
 

@@ -15,17 +15,40 @@ from pathlib import Path
 from stagewatch.cli import main
 
 HOSTILE = [
-    "", "-", "..", "../../etc", "/", "/dev/null", "/dev/full", "/dev/zero", "-1", "0", "nan", "inf", "1e309",
-    "99999999d", "1000000w", "0001-01-01T00:00+14:00", "9999-12-31T23:59:59-14:00", "é✓", "x" * 5000,
-    "9" * 30, "%s%s%n", "--", "a\nb", "deadbeef",
-]  # fmt: skip
+    "",
+    "-",
+    "..",
+    "../../etc",
+    "/",
+    "/dev/null",
+    "/dev/full",
+    "/dev/zero",
+    "-1",
+    "0",
+    "nan",
+    "inf",
+    "1e309",
+    "99999999d",
+    "1000000w",
+    "0001-01-01T00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "é✓",
+    "x" * 5000,
+    "9" * 30,
+    "%s%s%n",
+    "--",
+    "a\nb",
+    "deadbeef",
+]
 # (command, option or None for a positional, values to try); commands that would start
 # something long-lived (daemon, demo, ui) get only values their checks refuse.
 SURFACE = [
     (["runs"], "--limit", HOSTILE),
     (["show"], None, HOSTILE),
-    *[(["query"], option, HOSTILE) for option in ("--run", "--since", "--until", "--stage", "--status", "--level",
-                                                   "--grep", "--limit")],
+    *[
+        (["query"], option, HOSTILE)
+        for option in ("--run", "--since", "--until", "--stage", "--status", "--level", "--grep", "--limit")
+    ],
     *[(["stats"], option, HOSTILE) for option in ("--run", "--since", "--until", "--status")],
     (["export", "--output", "-"], "--format", HOSTILE),
     *[(["export"], "--output", HOSTILE)],
@@ -43,7 +66,7 @@ SURFACE = [
     (["demo", "--no-ui"], "--frames", ["", "-1", "0", "47", "1e9", "abc"]),
     (["ui"], "--port", ["", "-1", "0", "65536", "9" * 30]),
     (["ui"], "--address", ["0.0.0.0", "::", "256.1.1.1", "", "example.com"]),
-]  # fmt: skip
+]
 
 
 def _cases() -> list[list[str]]:
@@ -92,8 +115,14 @@ def test_no_argument_ends_in_a_traceback(home: Path) -> None:
     device without end fails the test instead of the machine."""
     code = f"import json; from tests.faults.test_cli_fuzz import fuzz; print(json.dumps(fuzz(Path({str(home)!r}))))"
     cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (6 * 1024**3, 6 * 1024**3))  # noqa: E731
-    result = subprocess.run([sys.executable, "-c", "from pathlib import Path; " + code], capture_output=True,
-                            text=True, timeout=600, preexec_fn=cap, cwd=Path(__file__).parents[2])  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", "from pathlib import Path; " + code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=cap,
+        cwd=Path(__file__).parents[2],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[-1]) == []
     assert len(_cases()) > 500 and len(SURFACE) > 20

@@ -78,8 +78,12 @@ def test_eval_coco_on_files_that_are_no_json_says_so(tmp_path: Path, kind: str) 
         os.mkfifo(detections)
     if kind == "deep":
         detections.write_text("[" * 100_000 + "]" * 100_000)
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "eval", "coco", str(ground_truth),
-                             str(detections)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "eval", "coco", str(ground_truth), str(detections)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(detections) in result.stderr
 

@@ -50,21 +50,47 @@ def test_a_forger_cannot_speak_for_another_client(daemon: DaemonProcess) -> None
     victim_id = _client_id()
     now = time.time_ns()
     forged = [
-        {**protocol.stage_finished(victim_id, victim.id, now, stage="detection", span=span, parent_span=None,
-                                   sample_id=f"forged{span}", input_path=None, start_ts_ns=now, duration_ms=1.0,
-                                   output_paths=[], rss_start_mb=None, rss_peak_mb=None, rss_end_mb=None,
-                                   gpu_peak_mb=None), "seq": seq}
+        {
+            **protocol.stage_finished(
+                victim_id,
+                victim.id,
+                now,
+                stage="detection",
+                span=span,
+                parent_span=None,
+                sample_id=f"forged{span}",
+                input_path=None,
+                start_ts_ns=now,
+                duration_ms=1.0,
+                output_paths=[],
+                rss_start_mb=None,
+                rss_peak_mb=None,
+                rss_end_mb=None,
+                gpu_peak_mb=None,
+            ),
+            "seq": seq,
+        }
         for span, seq in zip(range(100, 110), range(2, 12), strict=True)
-    ]  # fmt: skip
+    ]
     context, socket = _connection(daemon)
     try:
         assert _send(socket, victim_id, 1, forged) is None  # not acknowledged: refused whole
         lost = {**protocol.client_lost(1, victim.id, now, lost_client_id=victim_id, last_seen_ns=now), "seq": 1}
         assert _send(socket, "mallory", 1, [{**lost, "client_id": "mallory"}]) == 1  # acked, but refused inside
-        finish = protocol.run_finished("mallory", victim.id, now, status="failed", duration_ms=1.0, stages_failed=9,
-                                       dropped_events=0, error_type="Forged", error_message="by mallory")  # fmt: skip
-        start = protocol.run_started("mallory", victim.id, now, pipeline="stolen", config={}, host="evil", pid=1,
-                                     dataset=None, argv=[])  # fmt: skip
+        finish = protocol.run_finished(
+            "mallory",
+            victim.id,
+            now,
+            status="failed",
+            duration_ms=1.0,
+            stages_failed=9,
+            dropped_events=0,
+            error_type="Forged",
+            error_message="by mallory",
+        )
+        start = protocol.run_started(
+            "mallory", victim.id, now, pipeline="stolen", config={}, host="evil", pid=1, dataset=None, argv=[]
+        )
         assert _send(socket, "mallory", 2, [{**start, "seq": 2}, {**finish, "seq": 3}]) == 2
     finally:
         socket.close(0)
@@ -84,10 +110,20 @@ def test_a_forger_cannot_speak_for_another_client(daemon: DaemonProcess) -> None
 def test_a_second_daemon_on_the_same_endpoint_is_refused(daemon: DaemonProcess, tmp_path) -> None:
     other_home = tmp_path / "other"
     result = subprocess.run(
-        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(other_home), "--endpoint",
-         f"ipc://{daemon.socket_path}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stagewatch.cli",
+            "daemon",
+            "--home",
+            str(other_home),
+            "--endpoint",
+            f"ipc://{daemon.socket_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "another stagewatch daemon serves" in result.stderr
     run = _victim(daemon)  # the first still serves
     run.finish()

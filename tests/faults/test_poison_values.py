@@ -35,10 +35,22 @@ def _nested(depth: int) -> dict:
 
 def _stage(run_id: str, seq: int, **changes) -> dict:
     event = protocol.stage_finished(
-        "poisoner", run_id, NOW, stage="detection", span=seq, parent_span=None, sample_id=f"f{seq}",
-        input_path=None, start_ts_ns=NOW - 10**6, duration_ms=1.0, output_paths=[], rss_start_mb=None,
-        rss_peak_mb=None, rss_end_mb=None, gpu_peak_mb=None,
-    )  # fmt: skip
+        "poisoner",
+        run_id,
+        NOW,
+        stage="detection",
+        span=seq,
+        parent_span=None,
+        sample_id=f"f{seq}",
+        input_path=None,
+        start_ts_ns=NOW - 10**6,
+        duration_ms=1.0,
+        output_paths=[],
+        rss_start_mb=None,
+        rss_peak_mb=None,
+        rss_end_mb=None,
+        gpu_peak_mb=None,
+    )
     return {**event, "seq": seq, **changes}
 
 
@@ -61,12 +73,14 @@ def test_a_value_no_read_model_can_hold_is_refused_by_validation(change: dict) -
 def test_json_values_deeper_than_the_limit_or_beyond_int64_are_refused(where: str) -> None:
     run_id = str(uuid.uuid4())
     events = {
-        "config": lambda v: protocol.run_started("c", run_id, NOW, pipeline="p", config=v, host="h", pid=1,
-                                                 dataset=None, argv=[]),
+        "config": lambda v: protocol.run_started(
+            "c", run_id, NOW, pipeline="p", config=v, host="h", pid=1, dataset=None, argv=[]
+        ),
         "extra": lambda v: protocol.log("c", run_id, NOW, level="INFO", message="m", extra=v),
-        "prediction": lambda v: protocol.sample_result("c", run_id, NOW, stage="s", sample_id="x", path=None,
-                                                       prediction=v),
-    }  # fmt: skip
+        "prediction": lambda v: protocol.sample_result(
+            "c", run_id, NOW, stage="s", sample_id="x", path=None, prediction=v
+        ),
+    }
     for value in ({"deep": _nested(995)}, {"big": 2**64}, {"ok": _nested(protocol.MAX_JSON_DEPTH - 2)}):
         event = {**events[where](value), "seq": 1}
         if "ok" in value:
@@ -79,8 +93,10 @@ def test_json_values_deeper_than_the_limit_or_beyond_int64_are_refused(where: st
 def test_poisoned_events_cost_only_themselves_through_the_real_daemon(daemon: DaemonProcess) -> None:
     victim = stagewatch.init(pipeline="victim", home=daemon.home)
     poisoner = str(uuid.uuid4())
-    frames = [pack_batch("poisoner", n, [pack_event(_stage(poisoner, n, **change))])
-              for n, change in enumerate(POISON.values(), 1)]  # fmt: skip
+    frames = [
+        pack_batch("poisoner", n, [pack_event(_stage(poisoner, n, **change))])
+        for n, change in enumerate(POISON.values(), 1)
+    ]
     deep_log = protocol.log("poisoner", poisoner, NOW, level="INFO", message="deep", extra=_nested(995))
     frames.append(pack_batch("poisoner", 99, [pack_event({**deep_log, "seq": 99})]))
     for index in range(20):
@@ -181,8 +197,9 @@ def test_an_event_that_fails_in_projection_is_set_aside_and_the_rest_fold(home, 
     ],
 )
 def test_times_out_of_range_are_refused_in_words(home, args: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", *args, "--home", str(home)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", *args, "--home", str(home)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "expected" in result.stderr
 
@@ -194,8 +211,9 @@ def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
     from stagewatch.daemon._ingest import Group
 
     layout = Home(home)
-    settings = DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint,
-                              client_timeout_s=0.01)  # fmt: skip
+    settings = DaemonSettings(
+        home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint, client_timeout_s=0.01
+    )
     daemon = Daemon(settings)
     daemon.lock.take()
     daemon.recover()

@@ -63,13 +63,23 @@ def stage_events(draw, run_id: str, client: str, spans: list[int]) -> list[dict]
     for seq, span in enumerate(spans, 2):
         failed = draw(st.booleans())
         event = protocol.stage_finished(
-            client, run_id, draw(times), stage=draw(names), span=span,
-            parent_span=draw(st.one_of(st.none(), ints)), sample_id=draw(st.one_of(st.none(), text)),
-            input_path=draw(st.one_of(st.none(), path_text)), start_ts_ns=draw(times), duration_ms=draw(millis),
-            output_paths=draw(st.lists(path_text, max_size=3)), rss_start_mb=draw(megabytes),
-            rss_peak_mb=draw(megabytes), rss_end_mb=draw(megabytes), gpu_peak_mb=draw(megabytes),
+            client,
+            run_id,
+            draw(times),
+            stage=draw(names),
+            span=span,
+            parent_span=draw(st.one_of(st.none(), ints)),
+            sample_id=draw(st.one_of(st.none(), text)),
+            input_path=draw(st.one_of(st.none(), path_text)),
+            start_ts_ns=draw(times),
+            duration_ms=draw(millis),
+            output_paths=draw(st.lists(path_text, max_size=3)),
+            rss_start_mb=draw(megabytes),
+            rss_peak_mb=draw(megabytes),
+            rss_end_mb=draw(megabytes),
+            gpu_peak_mb=draw(megabytes),
             error=(draw(text), draw(text), draw(text)) if failed else None,
-        )  # fmt: skip
+        )
         events.append({**event, "seq": seq})
     return events
 
@@ -78,16 +88,42 @@ def stage_events(draw, run_id: str, client: str, spans: list[int]) -> list[dict]
 def histories(draw) -> tuple[str, str, list[dict]]:
     run_id, client = str(uuid.uuid4()), uuid.uuid4().hex
     spans = draw(st.lists(ints, min_size=EVENTS - 3, max_size=EVENTS - 3, unique=True))
-    config = {"edges": [MAX_INT, -MAX_INT - 1, float("nan"), float("inf")], "deep": _deep(30, draw(json_leaves)),
-              "wide": draw(json_values)}  # fmt: skip
-    start = protocol.run_started(client, run_id, draw(times), pipeline=draw(names), config=config, host=draw(text),
-                                 pid=draw(ints), dataset=None, argv=draw(st.lists(text, max_size=5)))  # fmt: skip
-    log = protocol.log(client, run_id, draw(times), level="INFO", message=draw(text),
-                       stage=draw(st.one_of(st.none(), names)),
-                       extra={"x": _deep(30, draw(json_leaves)), "y": draw(json_values)})  # fmt: skip
-    end = protocol.run_finished(client, run_id, draw(times), status="failed", duration_ms=draw(millis),
-                                stages_failed=draw(ints), dropped_events=draw(ints), error_type=None,
-                                error_message=None)  # fmt: skip
+    config = {
+        "edges": [MAX_INT, -MAX_INT - 1, float("nan"), float("inf")],
+        "deep": _deep(30, draw(json_leaves)),
+        "wide": draw(json_values),
+    }
+    start = protocol.run_started(
+        client,
+        run_id,
+        draw(times),
+        pipeline=draw(names),
+        config=config,
+        host=draw(text),
+        pid=draw(ints),
+        dataset=None,
+        argv=draw(st.lists(text, max_size=5)),
+    )
+    log = protocol.log(
+        client,
+        run_id,
+        draw(times),
+        level="INFO",
+        message=draw(text),
+        stage=draw(st.one_of(st.none(), names)),
+        extra={"x": _deep(30, draw(json_leaves)), "y": draw(json_values)},
+    )
+    end = protocol.run_finished(
+        client,
+        run_id,
+        draw(times),
+        status="failed",
+        duration_ms=draw(millis),
+        stages_failed=draw(ints),
+        dropped_events=draw(ints),
+        error_type=None,
+        error_message=None,
+    )
     events = [{**start, "seq": 1}, *draw(stage_events(run_id, client, spans))]
     events += [{**log, "seq": len(events) + 1}, {**end, "seq": len(events) + 2}]
     return run_id, client, events
@@ -158,8 +194,12 @@ def test_extreme_valid_values_cost_nothing_and_rebuild_equals_live(home) -> None
         daemon.start()
         assert daemon.stop() == 0
         live = _read_models(home)
-        rebuilt = subprocess.run([sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(home), "--json"],
-                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+        rebuilt = subprocess.run(
+            [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(home), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert json.loads(rebuilt.stdout)["events_replayed"] >= total
         rebuilt_models = _read_models(home)

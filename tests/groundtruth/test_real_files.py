@@ -21,8 +21,11 @@ from stagewatch.daemon.groundtruth.spec import load_dataset
 from tests.groundtruth.test_coco_reference import assert_same, our_stats, reference_stats
 
 INTEGER_TYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8"]  # char … ulong
-PLY_LAYOUTS = {"ascii": dict(text=True), "binary_little_endian": dict(byte_order="<"),
-               "binary_big_endian": dict(byte_order=">")}  # fmt: skip
+PLY_LAYOUTS = {
+    "ascii": dict(text=True),
+    "binary_little_endian": dict(byte_order="<"),
+    "binary_big_endian": dict(byte_order=">"),
+}
 
 
 def _cloud(count: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +101,9 @@ def test_pcd_labels_of_every_integer_width_load(tmp_path: Path, mode: str, label
 def test_a_ply_header_that_lies_costs_an_error_not_memory(tmp_path: Path) -> None:
     path = tmp_path / "liar.ply"
     header = b"ply\nformat binary_little_endian 1.0\nelement vertex 1000000000\n"
-    path.write_bytes(header + b"property float x\nproperty float y\nproperty float z\nproperty uchar label\n"
-                     b"end_header\n" + bytes(26))  # fmt: skip
+    path.write_bytes(
+        header + b"property float x\nproperty float y\nproperty float z\nproperty uchar label\nend_header\n" + bytes(26)
+    )
     started = time.monotonic()
     with pytest.raises(LabelError, match="declares 1,000,000,000 vertices"):
         load_point_labels(path)
@@ -136,9 +140,11 @@ def test_dotted_grabber_names_keep_their_fraction(tmp_path: Path) -> None:
     [
         (
             "gtFine/val/{sample_id}_gtFine_labelTrainIds.png",  # Cityscapes
-            ["gtFine/val/frankfurt_000000_000294_gtFine_labelTrainIds.png",
-             "gtFine/val/frankfurt_000000_000576_gtFine_labelTrainIds.png",
-             "gtFine/val/frankfurt_000000_000576_gtFine_color.png"],  # another product beside it: not a label
+            [
+                "gtFine/val/frankfurt_000000_000294_gtFine_labelTrainIds.png",
+                "gtFine/val/frankfurt_000000_000576_gtFine_labelTrainIds.png",
+                "gtFine/val/frankfurt_000000_000576_gtFine_color.png",
+            ],  # another product beside it: not a label
             ["frankfurt_000000_000294", "frankfurt_000000_000576"],
         ),
         (
@@ -147,7 +153,7 @@ def test_dotted_grabber_names_keep_their_fraction(tmp_path: Path) -> None:
             ["2007_000032", "2007_000039"],
         ),
     ],
-)  # fmt: skip
+)
 def test_mask_templates_take_the_id_from_what_sample_id_matched(tmp_path: Path, template, files, ids) -> None:
     from PIL import Image
 
@@ -164,11 +170,14 @@ def test_scannet_layout_names_the_scene_twice(tmp_path: Path) -> None:
     scenes = ["scene0000_00", "scene0011_01"]
     for scene in scenes:
         (tmp_path / "scans" / scene).mkdir(parents=True)
-        write_plyfile(tmp_path / "scans" / scene / f"{scene}_vh_clean_2.labels.ply", "u2", "binary_little_endian",
-                      faces=True)  # fmt: skip
+        write_plyfile(
+            tmp_path / "scans" / scene / f"{scene}_vh_clean_2.labels.ply", "u2", "binary_little_endian", faces=True
+        )
     (tmp_path / "scans" / "scene0000_00" / "scene0011_01_vh_clean_2.labels.ply").write_bytes(b"")  # misplaced
-    stages = ("  lidar:\n    labels: scans/{sample_id}/{sample_id}_vh_clean_2.labels.ply\n    kind: point_labels\n"
-              "    classes: [wall, floor]\n")  # fmt: skip
+    stages = (
+        "  lidar:\n    labels: scans/{sample_id}/{sample_id}_vh_clean_2.labels.ply\n    kind: point_labels\n"
+        "    classes: [wall, floor]\n"
+    )
     dataset = load_dataset(_golden(tmp_path, stages))
     assert dataset.samples == scenes
 
@@ -197,8 +206,12 @@ def test_gt_validate_on_a_dataset_mixing_every_layout_finds_everything(tmp_path:
         + "\n  segmentation:\n    labels: masks/{sample_id}_labelIds.png\n    classes: [a, b, c]\n"
     )
     spec = _golden(tmp_path, stages)
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "gt", "validate", str(spec), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = json.loads(result.stdout)
     assert result.returncode == 0 and report["ok"], result.stderr
     assert report["samples"] == len(ids) == 25
@@ -262,12 +275,27 @@ def test_eval_coco_command_scores_mask_only_results_as_boxes(tmp_path: Path) -> 
     ground_truth, masks_only, _ = _segm_problem(1)
     (tmp_path / "gt.json").write_text(json.dumps(ground_truth))
     (tmp_path / "segm.json").write_text(json.dumps(masks_only))
-    result = subprocess.run([sys.executable, "-m", "stagewatch.cli", "eval", "coco", str(tmp_path / "gt.json"),
-                             str(tmp_path / "segm.json"), "--iou-type", "bbox", "--json"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stagewatch.cli",
+            "eval",
+            "coco",
+            str(tmp_path / "gt.json"),
+            str(tmp_path / "segm.json"),
+            "--iou-type",
+            "bbox",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    np.testing.assert_allclose(list(json.loads(result.stdout).values()), reference_stats(ground_truth, masks_only),
-                               atol=1e-9)  # fmt: skip
+    np.testing.assert_allclose(
+        list(json.loads(result.stdout).values()), reference_stats(ground_truth, masks_only), atol=1e-9
+    )
 
 
 # -- the saver: labels that read back, and never an exception --------------------------------

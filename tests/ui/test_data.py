@@ -54,17 +54,24 @@ def test_a_symlink_out_of_the_home_is_refused(artifact: tuple[Path, str], tmp_pa
 
 @pytest.mark.parametrize(
     ("name", "damage"),
-    [("overlay.png", lambda d: d[: len(d) // 2]), ("overlay.png", lambda d: d[:40] + bytes(len(d) - 40)),
-     ("mask.npy", lambda d: d[:60]), ("cloud.ply", lambda d: d.replace(b"element vertex 50", b"element vertex 9999"))],
-)  # fmt: skip
+    [
+        ("overlay.png", lambda d: d[: len(d) // 2]),
+        ("overlay.png", lambda d: d[:40] + bytes(len(d) - 40)),
+        ("mask.npy", lambda d: d[:60]),
+        ("cloud.ply", lambda d: d.replace(b"element vertex 50", b"element vertex 9999")),
+    ],
+)
 def test_a_damaged_artifact_is_said_to_be_unreadable(tmp_path: Path, name: str, damage) -> None:
     import numpy as np
 
     from stagewatch._saver import write_artifact
     from stagewatch.ui._data import preview
 
-    value = {"overlay.png": np.full((64, 64, 3), 200, np.uint8), "mask.npy": np.zeros((8, 8), np.int64),
-             "cloud.ply": {"points": np.zeros((50, 3)), "label": np.zeros(50, np.int32)}}[name]  # fmt: skip
+    value = {
+        "overlay.png": np.full((64, 64, 3), 200, np.uint8),
+        "mask.npy": np.zeros((8, 8), np.int64),
+        "cloud.ply": {"points": np.zeros((50, 3)), "label": np.zeros(50, np.int32)},
+    }[name]
     path = tmp_path / name
     write_artifact(path, value)
     assert preview(path)[0] != "unreadable"

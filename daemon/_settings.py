@@ -43,7 +43,7 @@ class DaemonSection(_Section):
         "",
         max_length=4096,
         description="folders (':'-separated) golden datasets must be in; empty: anywhere, or only the home's "
-        "datasets/ with group_access",
+        "datasets folder with group_access",
     )
 
 

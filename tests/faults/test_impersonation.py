@@ -15,6 +15,7 @@ from stagewatch import _protocol as protocol
 from stagewatch._protocol import pack_batch, pack_event, unpack_ack
 from stagewatch.daemon._readmodels import read_table
 from tests.conftest import DaemonProcess, wait_for
+from tests.faults.test_poison_values import _stage
 
 
 def _connection(daemon: DaemonProcess) -> tuple[zmq.Context, zmq.Socket]:
@@ -50,26 +51,7 @@ def test_a_forger_cannot_speak_for_another_client(daemon: DaemonProcess) -> None
     victim_id = _client_id()
     now = time.time_ns()
     forged = [
-        {
-            **protocol.stage_finished(
-                victim_id,
-                victim.id,
-                now,
-                stage="detection",
-                span=span,
-                parent_span=None,
-                sample_id=f"forged{span}",
-                input_path=None,
-                start_ts_ns=now,
-                duration_ms=1.0,
-                output_paths=[],
-                rss_start_mb=None,
-                rss_peak_mb=None,
-                rss_end_mb=None,
-                gpu_peak_mb=None,
-            ),
-            "seq": seq,
-        }
+        {**_stage(victim.id, seq, span=span, sample_id=f"forged{span}"), "client_id": victim_id}
         for span, seq in zip(range(100, 110), range(2, 12), strict=True)
     ]
     context, socket = _connection(daemon)

@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from stagewatch._home import Home
+from stagewatch._protocol import HEARTBEAT
 from stagewatch._records import ScanStats
 from stagewatch.daemon._compaction import finish_interrupted
 from stagewatch.daemon._decode import Rejected, decode_event
@@ -125,8 +126,11 @@ class Daemon:
 
     def _apply(self, event: Any, lsn: int) -> None:
         """Fold one logged event; one that still fails (a bug, a value no bound foresaw) is
-        set aside with its position, and every other event goes on."""
+        set aside with its position, and every other event goes on. An event for a run that
+        was closed and evicted (a worker's spool, say) reopens it from its audit trail."""
         try:
+            if event.type != HEARTBEAT and event.run_id in self.projector.closed:
+                self.writer.reopen(self.projector, event.run_id)
             self.projector.apply(event, lsn)
         except Exception as error:
             self.quarantine.keep_unprojectable("projection", lsn, event, f"{type(error).__name__}: {error}")

@@ -81,9 +81,12 @@ class RunState:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RunState:
+        """From a checkpoint's state, or from an audit trail's summary (a closed run reopened
+        for an event that came late: its running stages were none, its recent ends are gone)."""
         known = {name: state[name] for name in _RUN_FIELDS if name in state}  # a checkpoint may hold older keys
         run = cls(**known)
         run.ended = OrderedDict(run.ended)
+        run.counts = {key: value for key, value in run.counts.items() if key != "running"}
         return run
 
     def audit_summary(self) -> dict[str, Any]:
@@ -157,7 +160,7 @@ class Projector:
             self._on_heartbeat(event)
             return
         if event.run_id in self.closed:
-            self.late_events += 1  # its audit trail is final; the event stays in the log
+            self.late_events += 1  # the caller reopens the run (`reopen`) to apply it
             return
         run = self.runs.get(event.run_id)
         if run is None:
@@ -354,6 +357,11 @@ class Projector:
     def finished_runs(self) -> list[str]:
         """Runs that are complete with nothing running."""
         return [r for r, run in self.runs.items() if run.complete and not run.open]
+
+    def reopen(self, run: RunState) -> None:
+        """Take a closed run back (from its audit trail) so an event that came late applies."""
+        self.closed.pop(run.run_id, None)
+        self.runs[run.run_id] = run
 
     def evict(self, run_ids: list[str]) -> None:
         """Forget finished runs (their audit is on disk); later events for them are late."""

@@ -19,7 +19,7 @@ from typing import Any
 from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._projection import TABLE_NAMES, Projector
+from stagewatch.daemon._projection import TABLE_NAMES, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 from stagewatch.daemon._store import Store, atomic_write
@@ -62,6 +62,21 @@ class ReadModelWriter:
         runs = checkpoint.get("projector", {}).get("runs", {})
         legacy = {run_id: run["stages_bytes"] for run_id, run in runs.items() if "stages_bytes" in run}
         self.stage_bytes = dict(checkpoint.get("stage_bytes", legacy))
+
+    def reopen(self, projector: Projector, run_id: str) -> bool:
+        """Give a closed run back to the projection from its audit trail (written before it
+        was evicted), with its stages.jsonl accounted for; False if the trail is unreadable
+        (the event then stays counted as late)."""
+        lines = self.home.stage_lines(run_id)
+        try:
+            run = RunState.from_state(json.loads(self.home.audit(run_id).read_text()))
+            written = lines.stat().st_size if lines.exists() else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        projector.reopen(run)
+        self.stage_bytes[run_id] = written
+        self._finished_at.pop(run_id, None)
+        return True
 
     # -- flushing ------------------------------------------------------------------------
     def flush(self, projector: Projector, final: bool = False) -> None:

@@ -232,3 +232,39 @@ def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
     daemon.maintenance.check_liveness()
     assert daemon.stats.clients_lost == 1 and daemon.projector.runs[run_id].status == "crashed"
     daemon.release()
+
+
+def test_an_event_for_a_closed_and_evicted_run_is_applied_and_rebuild_agrees(home) -> None:
+    """A worker's spool, say, that arrives after its run was closed and forgotten: the run is
+    reopened from its audit trail, the stage counted and its row written, as a replay does."""
+    from stagewatch.daemon import Daemon, DaemonSettings
+    from stagewatch.daemon._ingest import Group
+    from stagewatch.daemon._rebuild import rebuild
+    from tests.daemon.test_rebuild import _read_models
+
+    layout = Home(home)
+    settings = DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint,
+                              finished_run_grace_s=0)  # fmt: skip
+    daemon = Daemon(settings)
+    daemon.lock.take()
+    daemon.recover()
+    run_id, client = str(uuid.uuid4()), "poisoner"
+    start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
+    end = protocol.run_finished(client, run_id, NOW, status="ok", duration_ms=5.0, stages_failed=0, dropped_events=0,
+                                error_type=None, error_message=None)  # fmt: skip
+    for batch in ([{**start, "seq": 1}, _stage(run_id, 2), {**end, "seq": 3}], [_stage(run_id, 4)]):
+        group = Group()
+        daemon.ingest.take(group, [pack_event(e) for e in batch], client)
+        assert daemon.ingest.commit(group)
+        daemon.flush()
+        daemon.flush()  # the second flush evicts the finished run (no grace)
+        assert run_id in daemon.projector.closed
+    assert daemon.projector.late_events == 0
+    daemon.flush(final=True)
+    daemon.release()
+    audit = json.loads(layout.audit(run_id).read_text())
+    assert audit["counts"]["ok"] == 2 and audit["status"] == "ok" and len(audit["stages"]) == 2
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == [2, 4]
+    live = _read_models(home)
+    rebuild(home)
+    assert _read_models(home) == live

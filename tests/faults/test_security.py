@@ -77,3 +77,56 @@ def test_tcp_serves_only_clients_with_an_authorized_curve_key(home: Path) -> Non
         assert daemon.status()["stats"]["accepted"] == accepted  # nothing from the refused clients
     finally:
         daemon.stop()
+
+
+def test_over_tcp_a_client_id_belongs_to_its_curve_key(home: Path) -> None:
+    """Two authorized key pairs: the second cannot speak under the first's client id, even
+    from a fresh connection (the binding is to the key, not to the connection)."""
+    import time
+    import uuid
+
+    import zmq
+    import zmq.auth
+
+    from stagewatch import _protocol as protocol
+    from stagewatch._protocol import pack_batch, pack_event, unpack_ack
+
+    assert sw("keys", "init", "--home", str(home)).returncode == 0
+    keys = {}
+    for name in ("camera-rig", "intruder"):
+        added = sw("keys", "add", name, "--home", str(home))
+        keys[name] = dict(line.removeprefix("export ").split("=", 1) for line in added.stdout.splitlines())
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    daemon = DaemonProcess(home)
+    daemon.process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "daemon", "--home", str(home), "--endpoint", endpoint],
+        stderr=subprocess.DEVNULL,
+    )
+    context = zmq.Context()
+
+    def send(key: str, client_id: str, batch_no: int, run_id: str) -> int | None:
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        server_public, _ = zmq.auth.load_certificate(keys[key]["STAGEWATCH_CURVE_SERVER_KEY"])
+        public, secret = zmq.auth.load_certificate(keys[key]["STAGEWATCH_CURVE_CLIENT_KEY"])
+        socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = server_public, public, secret
+        socket.connect(endpoint)
+        start = protocol.run_started(
+            client_id, run_id, time.time_ns(), pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[]
+        )
+        socket.send(pack_batch(client_id, batch_no, [pack_event({**start, "seq": batch_no})]))
+        answer = unpack_ack(socket.recv()) if socket.poll(3000) else None
+        socket.close(0)
+        return answer
+
+    try:
+        wait_for(lambda: daemon.status().get("stats") is not None)
+        rig = uuid.uuid4().hex
+        assert send("camera-rig", rig, 1, str(uuid.uuid4())) == 1
+        assert send("camera-rig", rig, 2, str(uuid.uuid4())) == 2  # its own key, a new connection: fine
+        assert send("intruder", rig, 3, str(uuid.uuid4())) is None  # another key: refused
+        assert send("intruder", uuid.uuid4().hex, 4, str(uuid.uuid4())) == 4  # its own ids: fine
+        wait_for(lambda: daemon.status()["stats"]["invalid"] == 1)
+    finally:
+        context.term()
+        daemon.stop()

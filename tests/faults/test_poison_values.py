@@ -243,15 +243,25 @@ def test_an_event_for_a_closed_and_evicted_run_is_applied_and_rebuild_agrees(hom
     from tests.daemon.test_rebuild import _read_models
 
     layout = Home(home)
-    settings = DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint,
-                              finished_run_grace_s=0)  # fmt: skip
+    settings = DaemonSettings(
+        home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint, finished_run_grace_s=0
+    )
     daemon = Daemon(settings)
     daemon.lock.take()
     daemon.recover()
     run_id, client = str(uuid.uuid4()), "poisoner"
     start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
-    end = protocol.run_finished(client, run_id, NOW, status="ok", duration_ms=5.0, stages_failed=0, dropped_events=0,
-                                error_type=None, error_message=None)  # fmt: skip
+    end = protocol.run_finished(
+        client,
+        run_id,
+        NOW,
+        status="ok",
+        duration_ms=5.0,
+        stages_failed=0,
+        dropped_events=0,
+        error_type=None,
+        error_message=None,
+    )
     for batch in ([{**start, "seq": 1}, _stage(run_id, 2), {**end, "seq": 3}], [_stage(run_id, 4)]):
         group = Group()
         daemon.ingest.take(group, [pack_event(e) for e in batch], client)

@@ -37,11 +37,14 @@ def _frames(text: str) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from loguru import logger
+
     from stagewatch.daemon import load_audit
     from stagewatch.daemon._demo import run_demo
 
     home = home_of(args)
     endpoint = resolve_endpoint(home, args.endpoint)
+    logger.remove()  # the pipeline's log lines go to stagewatch (the logs table), not over the summary
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM, like Ctrl-C, stops what the demo started
     daemon = start_daemon(home, endpoint)
     try:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from loguru import logger
 
 import stagewatch
 from stagewatch._home import Home
@@ -37,6 +39,7 @@ class Frame:
     boxes: list[tuple[int, list[float]]] = field(default_factory=list)  # (class, [x, y, w, h])
     mask: np.ndarray = field(default_factory=lambda: np.zeros((HEIGHT, WIDTH), np.uint8))
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    glare: bool = False  # a bright spot that is no object: the detector's false positives
 
 
 def synthetic_frame(index: int, rng: np.random.Generator) -> Frame:
@@ -56,6 +59,7 @@ def synthetic_frame(index: int, rng: np.random.Generator) -> Frame:
     if rng.random() < 0.25:  # glare: a bright spot that is no object
         y, x = rng.integers(0, HEIGHT - 12), rng.integers(0, WIDTH - 12)
         image[y : y + 10, x : x + 10] += 0.9
+        frame.glare = True
     frame.cloud, frame.point_labels = _sweep(rng)
     if index == FAILING_FRAME:
         image[10:50, 10:50] = np.nan  # a corrupt readout from the camera
@@ -238,22 +242,36 @@ def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagew
     scenes = [synthetic_frame(index, np.random.default_rng([seed, index])) for index in range(frames)]
     dataset = write_golden_dataset(Home.of(home_path).datasets / "demo", scenes[:LABELED_FRAMES])
     config = {"frames": frames, "seed": seed, "image": [HEIGHT, WIDTH], "classes": CLASSES}
-    with stagewatch.init(pipeline="perception", config=config, home=home, dataset=dataset) as run:
-        for frame in scenes:
-            try:
-                process_frame(run, frame)
-            except ValueError:
-                continue  # the audit trail records it; the pipeline moves on to the next frame
+    # The pipeline logs as a real one does, through stagewatch's Loguru sink: every record
+    # lands in the run's `logs` table, tagged with the stage and sample it came from.
+    sink = logger.add(stagewatch.loguru_sink, level="INFO", filter=lambda record: record["extra"].get("demo"))
+    log = logger.bind(demo=True)
+    try:
+        with stagewatch.init(pipeline="perception", config=config, home=home, dataset=dataset) as run:
+            log.info("perception pipeline: {} frames, golden dataset {}", frames, dataset)
+            for frame in scenes:
+                try:
+                    process_frame(run, frame, log)
+                except ValueError as error:  # the audit trail records it; the pipeline moves on
+                    log.error("{} skipped: {}", frame.sample_id, error)
+    finally:
+        logger.remove(sink)
     return run
 
 
-def process_frame(run: stagewatch.Run, frame: Frame) -> None:
+def process_frame(run: stagewatch.Run, frame: Frame, log: Any = None) -> None:
+    log = log or logger.bind(demo=True)
     source = f"synthetic://camera0/{frame.sample_id}"
     with run.stage("preprocessing", input_path=source, sample_id=frame.sample_id):
         image, cloud = preprocess(frame)
     with run.stage("detection", input_path=source, sample_id=frame.sample_id) as st:
         detections = detect(image)
         st.result(frame.sample_id, detections)
+        if frame.glare:
+            log.bind(boxes=len(detections["boxes"])).warning(
+                "{}: glare in the image; a bright spot may be reported as an object", frame.sample_id
+            )
+        log.info("{}: {} objects detected", frame.sample_id, len(detections["boxes"]))
     with run.stage("segmentation", input_path=source, sample_id=frame.sample_id) as st:
         st.result(frame.sample_id, segment(image))
     with run.stage(

@@ -50,6 +50,15 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     batch = json.loads(sw("eval", "--run", run_dir.name, "--home", str(home), "--json").stdout)
     assert batch["stages"] == live["stages"]
     assert "accuracy against" in sw("show", run_dir.name[:8], "--home", str(home)).stdout
+
+    # The demo logs like a pipeline: a line a frame, warnings on glare, the error on frame 47.
+    logs = json.loads(sw("query", "--home", str(home), "--json", "--limit", "1000").stdout)["logs"]
+    assert sum(line["level"] == "INFO" and line["stage"] == "detection" for line in logs) == 49
+    glare = [line for line in logs if line["level"] == "WARNING"]
+    assert glare and all("glare" in line["message"] and line["sample_id"] for line in glare)
+    errors = [line for line in logs if line["level"] == "ERROR"]
+    assert [e["message"][:19] for e in errors] == ["frame_047 skipped: "] and errors[0]["stage"] is None
+    assert "objects detected" not in result.stdout + result.stderr  # logged to stagewatch, not over the summary
     validated = sw("gt", "validate", str(home / "datasets" / "demo" / "golden.yaml"), "--json")
     assert validated.returncode == 0 and json.loads(validated.stdout)["stages"]["segmentation"]["formats"] == {
         ".png": 25,

@@ -84,18 +84,18 @@ _COCO_LINES = [
 
 
 def _read_json(path: Path) -> Any:
-    from stagewatch.daemon.groundtruth.formats import regular_file
+    from stagewatch.daemon.groundtruth.formats import LabelError, regular_file
 
     try:
         return json.loads(regular_file(path).read_bytes())
+    except LabelError as error:  # not a regular file, too big: the message names the path
+        raise ValueError(str(error)) from None
     except OSError as error:
         raise ValueError(f"{path}: cannot read ({error.strerror})") from None
     except RecursionError:
         raise ValueError(f"{path}: JSON nested too deep to be COCO results") from None
-    except ValueError as error:  # LabelError (not a regular file, too big) is one too
-        raise ValueError(
-            str(error) if str(error).startswith(str(path)) else f"{path}: not valid JSON ({error})"
-        ) from None
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:

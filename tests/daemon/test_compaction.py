@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import stagewatch
+from stagewatch._home import Home
 from stagewatch._protocol import pack_event
 from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _readmodels
 from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
@@ -213,13 +214,16 @@ def test_the_daemon_merges_todays_parts_as_they_come(home: Path) -> None:
             daemon.kill()
 
 
-def _in_process_daemon(home: Path) -> Daemon:
+def _in_process_daemon(home: Path, bind: bool = True, **settings: object) -> Daemon:
+    """A daemon in this process, recovered (and bound): its parts can be driven one by one."""
+    layout = Home(home)
     daemon = Daemon(
-        DaemonSettings(home=home, endpoint=f"ipc://{home}/run/in.sock", live_endpoint=f"ipc://{home}/run/live.sock")
+        DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint, **settings)
     )
     daemon.lock.take()
     daemon.recover()
-    daemon.ingest.bind()
+    if bind:
+        daemon.ingest.bind()
     return daemon
 
 

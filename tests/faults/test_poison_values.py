@@ -21,6 +21,7 @@ from stagewatch.daemon._readmodels import read_table, to_rows
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
+from tests.daemon.test_compaction import _in_process_daemon
 from tests.daemon.test_daemon_faults import _send_raw
 
 NOW = time.time_ns()
@@ -158,7 +159,6 @@ def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path) -> None:
 
 
 def test_an_event_that_fails_in_projection_is_set_aside_and_the_rest_fold(home, monkeypatch) -> None:
-    from stagewatch.daemon import Daemon, DaemonSettings
     from stagewatch.daemon._ingest import Group
     from stagewatch.daemon._projection import HANDLERS
 
@@ -167,9 +167,7 @@ def test_an_event_that_fails_in_projection_is_set_aside_and_the_rest_fold(home, 
 
     monkeypatch.setitem(HANDLERS, "log", broken)
     layout = Home(home)
-    daemon = Daemon(DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint))
-    daemon.lock.take()
-    daemon.recover()
+    daemon = _in_process_daemon(home, bind=False)
     run_id = str(uuid.uuid4())
     events = [
         _stage(run_id, 1),
@@ -207,16 +205,10 @@ def test_times_out_of_range_are_refused_in_words(home, args: list[str]) -> None:
 def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
     """A full disk keeps a finished client's spool out of the log; its run must end as its
     events say once they go in, not as crashed because the client went quiet meanwhile."""
-    from stagewatch.daemon import Daemon, DaemonSettings
     from stagewatch.daemon._ingest import Group
 
     layout = Home(home)
-    settings = DaemonSettings(
-        home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint, client_timeout_s=0.01
-    )
-    daemon = Daemon(settings)
-    daemon.lock.take()
-    daemon.recover()
+    daemon = _in_process_daemon(home, bind=False, client_timeout_s=0.01)
     run_id, client = str(uuid.uuid4()), "spooler"
     start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
     group = Group()
@@ -237,18 +229,12 @@ def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
 def test_an_event_for_a_closed_and_evicted_run_is_applied_and_rebuild_agrees(home) -> None:
     """A worker's spool, say, that arrives after its run was closed and forgotten: the run is
     reopened from its audit trail, the stage counted and its row written, as a replay does."""
-    from stagewatch.daemon import Daemon, DaemonSettings
     from stagewatch.daemon._ingest import Group
     from stagewatch.daemon._rebuild import rebuild
     from tests.daemon.test_rebuild import _read_models
 
     layout = Home(home)
-    settings = DaemonSettings(
-        home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint, finished_run_grace_s=0
-    )
-    daemon = Daemon(settings)
-    daemon.lock.take()
-    daemon.recover()
+    daemon = _in_process_daemon(home, bind=False, finished_run_grace_s=0)
     run_id, client = str(uuid.uuid4()), "poisoner"
     start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
     end = protocol.run_finished(

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -96,7 +97,7 @@ class Sender:
         self._close_deadline = 0.0
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stagewatch-sender", daemon=True)
-        self._thread.start()
+        _start_without_signals(self._thread)
 
     # -- the pipeline's side -------------------------------------------------------------
     def emit(self, event: dict | Callable[[], dict | None]) -> None:
@@ -351,3 +352,19 @@ def safe_close(sender: Sender | None, timeout_s: float) -> None:
     if sender is not None:
         with contextlib.suppress(Exception):
             sender.close(timeout_s)
+
+
+def _start_without_signals(thread: threading.Thread) -> None:
+    """Start `thread` with every signal blocked in it (a thread inherits its creator's mask).
+
+    The kernel may hand a process-wide signal (SIGTERM, SIGINT) to any thread that does not
+    block it. Taken by this thread, the signal only flags Python's handler for the main
+    thread, which, blocked in a lock (a Pool worker waiting for tasks), is never woken to
+    run it: Pool.terminate() then hung forever joining such a worker (1 run in ~3 here).
+    Blocked here, the signal goes to the main thread and interrupts its wait.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

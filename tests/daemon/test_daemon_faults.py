@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -138,6 +141,37 @@ def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
     thread.join(10)
     assert daemon.stats.internal_errors == 1
     daemon.release()
+
+
+def test_a_pipeline_blocked_in_a_lock_still_dies_on_sigterm(daemon: DaemonProcess) -> None:
+    """stagewatch's threads leave the pipeline's signals to its main thread: a process
+    blocked in a lock (a Pool worker waiting for tasks) must die on SIGTERM as it would
+    without stagewatch. Taken by the sender thread, the signal was never acted on and
+    Pool.terminate() hung joining the worker."""
+    code = f"""
+import multiprocessing, os, signal, stagewatch
+run = stagewatch.init(pipeline="blocked", home={str(daemon.home)!r})
+with run.stage("load"):
+    pass
+main = os.getpid()
+masks = {{}}
+for task in os.listdir(f"/proc/{{main}}/task"):
+    status = open(f"/proc/{{main}}/task/{{task}}/status").read()
+    masks[int(task)] = int(status.split("SigBlk:")[1].split()[0], 16)
+term = 1 << (signal.SIGTERM - 1)
+interrupt = 1 << (signal.SIGINT - 1)
+others = [mask for task, mask in masks.items() if task != main]
+assert others and all(mask & term and mask & interrupt for mask in others), masks
+assert not masks[main] & term
+lock = multiprocessing.Lock()
+lock.acquire()
+print("blocked", flush=True)
+lock.acquire()
+"""
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "blocked", process.communicate(timeout=10)[1]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == -signal.SIGTERM
 
 
 def test_forked_workers_are_attributed_to_the_run(daemon: DaemonProcess) -> None:

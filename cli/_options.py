@@ -91,6 +91,11 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", help="ok, failed or crashed")
     parser.add_argument("--level", help="lowest log level: DEBUG, INFO, WARNING, ERROR, ...")
     parser.add_argument("--grep", help="text in error messages and log lines (case-insensitive)")
+    parser.add_argument("--regex", action="store_true", help="--grep is a regular expression (RE2 syntax)")
+    parser.add_argument("--pipeline", help="a pipeline name")
+    parser.add_argument("--host", help="runs on this host")
+    parser.add_argument("--failed-stage", help="runs whose first failure was in this stage")
+    parser.add_argument("--logger", help="log lines of this logger (or, ending in '.', of its family)")
 
 
 def filters_of(args: argparse.Namespace, home: Path) -> Any:
@@ -107,6 +112,11 @@ def filters_of(args: argparse.Namespace, home: Path) -> Any:
         status=args.status,
         level=args.level,
         grep=args.grep,
+        regex=args.regex,
+        pipeline=args.pipeline,
+        host=args.host,
+        failed_stage=args.failed_stage,
+        logger=args.logger,
     )
 
 

@@ -57,30 +57,15 @@ def add_commands(commands: Any) -> None:
 
 def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | None:
     """Rows of every table that match the filters, as JSON-ready dicts; None if the run is unknown."""
-    from dataclasses import replace
-
-    import pyarrow.compute as pc
-
-    from stagewatch.daemon import RunNotFound, query_logs, query_runs, query_stages
-    from stagewatch.daemon._readmodels import to_rows
+    from stagewatch.daemon import RunNotFound
+    from stagewatch.daemon._export import matching
 
     home = home_of(args).root
     try:
-        filters = filters_of(args, home)
+        return matching(home, filters_of(args, home))
     except RunNotFound as error:
         fail(str(error), EXIT_NOT_FOUND)
         return None
-    stages = query_stages(home, filters)
-    runs = query_runs(home, filters)
-    if filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
-        runs = query_runs(home, replace(filters, status=None))
-        runs = runs.filter(pc.is_in(runs["run_id"], value_set=pc.unique(stages["run_id"])))
-    tables = {"runs": runs, "stages": stages, "logs": query_logs(home, filters)}
-    return {name: [_jsonable(row) for row in to_rows(table.drop(["date"]))] for name, table in tables.items()}
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in row.items()}
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -165,11 +150,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     matched = _matching(args)
     if matched is None:
         return EXIT_NOT_FOUND
-    if args.format == "json":
-        text = json.dumps(matched, default=str)
-    else:  # one object a line, tagged with its table: big exports stream and append
-        lines = (json.dumps({"table": name, "row": row}, default=str) for name, rows in matched.items() for row in rows)
-        text = "".join(line + "\n" for line in lines)
+    from stagewatch.daemon._export import export_chunks
+
+    text = "".join(export_chunks(matched, args.format))
     if args.output == "-":
         sys.stdout.write(text)
         return EXIT_OK

@@ -20,7 +20,7 @@ from stagewatch.daemon._readmodels import read_table, runs_being_removed
 from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._stagestats import STATS_COLUMNS, current_summaries, partition_dates, stats_of, summarize
 
-STATUSES = ("ok", "failed", "crashed")
+STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -52,6 +52,11 @@ class Filters:
     status: str | None = None
     level: str | None = None
     grep: str | None = None
+    regex: bool = False  # grep is an RE2 regular expression (case-insensitive), not a substring
+    pipeline: str | None = None
+    host: str | None = None
+    failed_stage: str | None = None  # runs: the stage that failed first
+    logger: str | None = None  # logs: the logger's name, or a prefix of it ending in "."
 
     def __post_init__(self) -> None:
         for bound in ("since", "until"):  # partitions are UTC dates: compare in UTC
@@ -63,6 +68,12 @@ class Filters:
             raise ValueError(f"expected --status one of {', '.join(STATUSES)}, got {self.status!r}")
         if self.level is not None and self.level.upper() not in LEVELS:
             raise ValueError(f"expected --level one of {', '.join(LEVELS)}, got {self.level!r}")
+        if self.regex and self.grep:
+            try:
+                pc.match_substring_regex(pa.array([""]), self.grep, ignore_case=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                problem = f"expected --grep as a regular expression (RE2 syntax), got {self.grep!r:.200}: {error}"
+                raise ValueError(problem) from None
         if self.since and self.until and self.since > self.until:
             raise ValueError(
                 f"expected --since before --until, got {self.since.isoformat()} > {self.until.isoformat()}"
@@ -89,8 +100,15 @@ def _and(*terms: ds.Expression | None) -> ds.Expression | None:
     return expression
 
 
-def _contains(column: str, text: str | None) -> ds.Expression | None:
-    return pc.match_substring(ds.field(column), text, ignore_case=True) if text else None
+def _contains(column: str, filters: Filters) -> ds.Expression | None:
+    if not filters.grep:
+        return None
+    match = pc.match_substring_regex if filters.regex else pc.match_substring
+    return match(ds.field(column), filters.grep, ignore_case=True)
+
+
+def _equals(column: str, value: str | None) -> ds.Expression | None:
+    return ds.field(column) == value if value else None
 
 
 def _dates_of(home: Path, filters: Filters) -> list[str] | None:
@@ -98,14 +116,17 @@ def _dates_of(home: Path, filters: Filters) -> list[str] | None:
     return run_dates(home, filters.run) if filters.run else None
 
 
-def query_runs(home: Path, filters: Filters) -> pa.Table:
+def query_runs(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
     expression = _and(
         _time_filter("start_time", filters),
-        ds.field("run_id") == filters.run if filters.run else None,
-        ds.field("status") == filters.status if filters.status else None,
-        _contains("error_message", filters.grep),
+        _equals("run_id", filters.run),
+        _equals("status", filters.status),
+        _equals("pipeline", filters.pipeline),
+        _equals("host", filters.host),
+        _equals("failed_stage", filters.failed_stage),
+        _contains("error_message", filters),
     )
-    return read_table(home, "runs", expression, _dates_of(home, filters))
+    return read_table(home, "runs", expression, _dates_of(home, filters), columns)
 
 
 def query_stages(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
@@ -115,23 +136,36 @@ def query_stages(home: Path, filters: Filters, columns: list[str] | None = None)
 def _stage_expression(filters: Filters) -> ds.Expression | None:
     return _and(
         _time_filter("start_time", filters),
-        ds.field("run_id") == filters.run if filters.run else None,
-        ds.field("stage") == filters.stage if filters.stage else None,
-        ds.field("status") == filters.status if filters.status else None,
-        _contains("error_message", filters.grep),
+        _equals("run_id", filters.run),
+        _equals("stage", filters.stage),
+        _equals("status", filters.status),
+        _equals("pipeline", filters.pipeline),
+        _contains("error_message", filters),
     )
 
 
-def query_logs(home: Path, filters: Filters) -> pa.Table:
+def query_logs(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
+    return read_table(home, "logs", _log_expression(filters), _dates_of(home, filters), columns)
+
+
+def _log_expression(filters: Filters) -> ds.Expression | None:
     levels = LEVELS[LEVELS.index(filters.level.upper()) :] if filters.level else None
-    expression = _and(
+    logger = None
+    if filters.logger:  # "app." names a family of loggers, "app" one logger
+        logger = (
+            pc.starts_with(ds.field("logger"), filters.logger)
+            if filters.logger.endswith(".")
+            else ds.field("logger") == filters.logger
+        )
+    return _and(
         _time_filter("time", filters),
-        ds.field("run_id") == filters.run if filters.run else None,
-        ds.field("stage") == filters.stage if filters.stage else None,
+        _equals("run_id", filters.run),
+        _equals("stage", filters.stage),
+        _equals("pipeline", filters.pipeline),
         ds.field("level").isin(levels) if levels else None,
-        _contains("message", filters.grep),
+        logger,
+        _contains("message", filters),
     )
-    return read_table(home, "logs", expression, _dates_of(home, filters))
 
 
 def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:

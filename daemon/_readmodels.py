@@ -165,7 +165,7 @@ def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
     finished = to_rows(read_table(home, "runs").select(RUNS.names))
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
-    runs += [_active_summary(active) for active in _active_runs(home) if active["run_id"] not in known]
+    runs += [_active_summary(active) for active in active_runs(home) if active["run_id"] not in known]
     runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
     return runs[:limit]
 
@@ -199,7 +199,8 @@ def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _active_runs(home: Path) -> list[dict[str, Any]]:
+def active_runs(home: Path) -> list[dict[str, Any]]:
+    """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
     try:
         return json.loads(Home.of(home).status.read_text())["active_runs"]
     except (OSError, ValueError, KeyError):

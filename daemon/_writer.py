@@ -176,7 +176,7 @@ class ReadModelWriter:
 
     def _write_status(self, projector: Projector) -> None:
         active = [
-            {"run_id": r.run_id, "pipeline": r.pipeline, "started_at": r.started_at, "status": r.status}
+            {"run_id": r.run_id, "pipeline": r.pipeline, "host": r.host, "started_at": r.started_at, "status": r.status}
             for r in projector.runs.values()
             if not r.complete
         ]

@@ -9,28 +9,168 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from stagewatch._home import Home, parse_artifact_relpath
-from stagewatch.daemon import STATS_COLUMNS, Filters, query_stages, stage_stats
-from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_accuracy, load_audit, resolve_run_id
+from stagewatch.daemon import STATS_COLUMNS, Filters, query_logs, query_runs, query_stages, stage_stats
+from stagewatch.daemon._export import export_chunks, matching
+from stagewatch.daemon._readmodels import (
+    RunNotFound,
+    active_runs,
+    load_accuracy,
+    load_audit,
+    resolve_run_id,
+)
+from stagewatch.daemon._store import RUNS
 
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
+PAGE_SIZES = (25, 50, 100)
+RUN_COLUMNS = [
+    "run_id",
+    "pipeline",
+    "status",
+    "host",
+    "start_time",
+    "duration_ms",
+    "stages",
+    "stages_failed",
+    "failed_stage",
+    "error_type",
+    "error_message",
+]
+_RUN_SCHEMA = pa.schema([RUNS.field(name) for name in RUN_COLUMNS])
+RUN_SORTS = ("start_time", "duration_ms", "pipeline", "status", "stages", "stages_failed", "host")
+LOG_COLUMNS = ["time", "level", "run_id", "stage", "sample_id", "logger", "message", "extra"]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a server-side query: its rows, and how many rows match in all."""
+
+    rows: pd.DataFrame
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def label(self) -> str:
+        if not self.total:
+            return "no rows match"
+        return f"{self.offset + 1:,}-{min(self.offset + self.limit, self.total):,} of {self.total:,}"
+
+
+def top_rows(table: pa.Table, sort: str, descending: bool, offset: int, limit: int) -> pa.Table:
+    """Rows offset..offset+limit of `table` in sort order, without sorting all of it:
+    select_k keeps the first offset+limit (linear), only those are sorted."""
+    order = "descending" if descending else "ascending"
+    keep = min(offset + limit, table.num_rows)
+    if keep <= 0 or offset >= table.num_rows:
+        return table.slice(0, 0)
+    keys = [(sort, order), *([("start_time", "descending")] if sort not in ("start_time", "time") else [])]
+    indices = pc.select_k_unstable(table, k=keep, sort_keys=keys)
+    chosen = table.take(indices)
+    return chosen.take(pc.sort_indices(chosen, sort_keys=keys)).slice(offset, limit)
+
+
+def runs_page(
+    home: Path, filters: Filters, sort: str = "start_time", descending: bool = True, offset: int = 0, limit: int = 25
+) -> Page:
+    """The runs that match `filters` (finished from Parquet, running from the daemon), one page of them.
+
+    Only the sort column and run ids are read for all matching runs; the page's full rows are
+    read for its run ids alone (from their date partitions)."""
+    if sort not in RUN_SORTS:
+        raise ValueError(f"expected a sort column of {', '.join(RUN_SORTS)}, got {sort!r}")
+    finished = query_runs(home, filters, RUN_COLUMNS)
+    running = _running_runs(home, filters)
+    table = pa.concat_tables([finished.select(RUN_COLUMNS), running]) if running.num_rows else finished
+    table = table.select(RUN_COLUMNS)
+    page = top_rows(table, sort, descending, offset, limit)
+    return Page(page.to_pandas(), table.num_rows, offset, limit)
+
+
+def _running_runs(home: Path, filters: Filters) -> pa.Table:
+    """Runs in progress (from the daemon's status.json) that `filters` let through."""
+    rows = []
+    if filters.status in (None, "running") and not (filters.failed_stage or filters.grep):
+        for run in active_runs(home):
+            started = _timestamp(run.get("started_at"))
+            wanted = {"run": run.get("run_id"), "pipeline": run.get("pipeline"), "host": run.get("host")}
+            if any(getattr(filters, key) not in (None, value) for key, value in wanted.items()):
+                continue
+            if _in_range(started, filters):
+                rows.append({**{k: run.get(k) for k in ("run_id", "pipeline", "host")}, "status": "running"})
+                rows[-1]["start_time"] = started
+    return pa.Table.from_pylist(rows, _RUN_SCHEMA)
+
+
+def _timestamp(text: str | None) -> Any:
+    try:
+        return pd.Timestamp(text).tz_convert("UTC") if text else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _in_range(moment: Any, filters: Filters) -> bool:
+    return moment is None or (
+        (filters.since is None or moment >= filters.since) and (filters.until is None or moment <= filters.until)
+    )
 
 
 class ArtifactRefused(ValueError):
     """A path the dashboard will not open; the message says why."""
 
 
-def runs_frame(home: Path, limit: int = 200) -> pd.DataFrame:
-    runs = list_runs(home, limit)
-    columns = ["run_id", "pipeline", "status", "started_at", "duration_ms", "stages", "failed_stage"]
-    return pd.DataFrame([{key: run.get(key) for key in columns} for run in runs], columns=columns)
+def facets(home: Path) -> dict[str, list[str]]:
+    """The values the filter menus offer: pipelines, hosts, stages that failed first, stages, loggers."""
+    runs = query_runs(home, Filters(), ["pipeline", "host", "failed_stage"])
+    logs = query_logs(home, Filters(), ["logger"])
+    stages = query_stages(home, Filters(), ["stage"])
+    found = {
+        "pipeline": runs["pipeline"],
+        "host": runs["host"],
+        "failed_stage": runs["failed_stage"],
+        "stage": stages["stage"],
+        "logger": logs["logger"],
+    }
+    return {name: sorted(v for v in pc.unique(column).to_pylist() if v) for name, column in found.items()}
+
+
+def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) -> Page:
+    """The log lines that match `filters`, newest first, one page of them."""
+    table = query_logs(home, filters, LOG_COLUMNS)
+    page = top_rows(table.select(LOG_COLUMNS), "time", True, offset, limit)
+    return Page(page.to_pandas(), table.num_rows, offset, limit)
+
+
+def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
+    """Log lines per time bin and level over the filtered range: columns time, level, count."""
+    table = query_logs(home, filters, ["time", "level"])
+    if table.num_rows == 0:
+        return pd.DataFrame({"time": pd.Series(dtype="datetime64[ns, UTC]"), "level": [], "count": []})
+    times = table["time"].cast(pa.int64()).to_numpy()
+    low, high = int(times.min()), int(times.max())
+    width = max((high - low) // bins + 1, 1_000_000)  # at least 1 ms a bin
+    starts = low + (times - low) // width * width
+    frame = pd.DataFrame({"start": starts, "level": table["level"].to_numpy(zero_copy_only=False)})
+    counts = frame.groupby(["start", "level"]).size().reset_index(name="count")
+    counts["time"] = pd.to_datetime(counts["start"], utc=True)
+    return counts[["time", "level", "count"]]
+
+
+def export_bytes(home: Path, filters: Filters, form: str) -> Iterator[bytes]:
+    """`stagewatch export` of the same filters, piece by piece."""
+    for chunk in export_chunks(matching(home, filters), form):
+        yield chunk.encode()
 
 
 def find_run(home: Path, text: str) -> str:
@@ -42,51 +182,124 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
     """Everything the run page needs, read once."""
     audit = load_audit(home, run_id)
     stages = audit.get("stages", [])
+    executions = executions_frame(stages)
+    order = pipeline_order(executions)
     return {
         "audit": audit,
-        "stats": stats_frame(home, run_id),
-        "executions": executions_frame(stages),
+        "order": order,
+        "stats": stats_frame(home, run_id, executions, order),
+        "executions": executions,
+        "errors": errors_of(stages, audit.get("errors", [])),
         "accuracy": load_accuracy(home, run_id),
-        "artifacts": [a["path"] for s in stages for a in s.get("artifacts", []) if isinstance(a, dict) and "path" in a],
+        "outputs": outputs_of(stages),
     }
 
 
 def executions_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per stage execution, in the order they ended (for the duration chart)."""
-    rows = [
-        {
-            "stage": s["stage"],
-            "sample_id": s.get("sample_id"),
-            "status": s.get("status"),
-            "duration_ms": s.get("duration_ms"),
-            "rss_peak_mb": (s.get("memory") or {}).get("rss_peak_mb"),
-            "order": i,
-        }
-        for i, s in enumerate(stages)
+    """One row per stage execution with its start and end in ms since the run's first stage."""
+    columns = [
+        "stage",
+        "sample_id",
+        "status",
+        "duration_ms",
+        "start_ms",
+        "end_ms",
+        "rss_start_mb",
+        "rss_peak_mb",
+        "gpu_peak_mb",
+        "input_path",
+        "span",
     ]
-    return pd.DataFrame(rows, columns=["stage", "sample_id", "status", "duration_ms", "rss_peak_mb", "order"])
+    if not stages:
+        return pd.DataFrame(columns=columns)
+    origin = min(s.get("start_ns") or 0 for s in stages)
+    rows = []
+    for s in stages:
+        memory = s.get("memory") or {}
+        start = ((s.get("start_ns") or origin) - origin) / 1e6
+        duration = s.get("duration_ms")
+        rows.append(
+            {
+                "stage": s["stage"],
+                "sample_id": s.get("sample_id"),
+                "status": s.get("status"),
+                "duration_ms": duration,
+                "start_ms": start,
+                "end_ms": start + (duration or 0.0),
+                "rss_start_mb": memory.get("rss_start_mb"),
+                "rss_peak_mb": memory.get("rss_peak_mb"),
+                "gpu_peak_mb": memory.get("gpu_peak_mb"),
+                "input_path": s.get("input_path"),
+                "span": s.get("span"),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns).sort_values("start_ms", kind="stable").reset_index(drop=True)
 
 
-def stats_frame(home: Path, run_id: str) -> pd.DataFrame:
+def pipeline_order(executions: pd.DataFrame) -> list[str]:
+    """Stages in the order they first ran (the pipeline's order, not the alphabet's)."""
+    if executions.empty:
+        return []
+    return list(executions.groupby("stage", sort=False)["start_ms"].min().sort_values(kind="stable").index)
+
+
+def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per stage, in pipeline order: counts, failure rate, duration percentiles, time share,
+    CPU peak and the stage's own memory (its peak above its start), GPU peak."""
+    own = (executions["rss_peak_mb"] - executions["rss_start_mb"]).groupby(executions["stage"]).max()
+    rank = {stage: i for i, stage in enumerate(order)}
     rows = []
     for entry in stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS)):
-        duration, rss, gpu = entry["duration_ms"], entry["rss_peak_mb"], entry["gpu_peak_mb"]
+        duration = entry["duration_ms"]
         rows.append(
             {
                 "stage": entry["stage"],
-                "count": entry["count"],
-                "failure rate": entry["failure_rate"],
-                "median ms": duration["median"],
-                "p95 ms": duration["p95"],
-                "p99 ms": duration["p99"],
-                "max ms": duration["max"],
-                "peak RSS MB": rss["max"],
-                "peak GPU MB": gpu["max"],
-                "share of time": entry["share_of_time"],
+                "runs": entry["count"],
+                "failure_rate": entry["failure_rate"],
+                "median_ms": duration["median"],
+                "p95_ms": duration["p95"],
+                "p99_ms": duration["p99"],
+                "max_ms": duration["max"],
+                "share": entry["share_of_time"],
+                "cpu_peak_mb": entry["rss_peak_mb"]["max"],
+                "own_mb": _finite(own.get(entry["stage"])),
+                "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
                 "bottleneck": bool(entry.get("bottleneck")),
             }
         )
+    rows.sort(key=lambda row: rank.get(row["stage"], len(rank)))
     return pd.DataFrame(rows)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def bottleneck_sentence(stats: pd.DataFrame) -> str | None:
+    """'postprocessing takes 49.2% of this run's stage time; p95 18.7 ms' (None without stages)."""
+    if stats.empty or not stats["share"].max() > 0:
+        return None
+    row = stats.loc[stats["share"].idxmax()]
+    from stagewatch.ui._format import ms, pct
+
+    return f"{row['stage']} takes {pct(row['share'])} of this run's stage time; p95 {ms(row['p95_ms'])}"
+
+
+def errors_of(stages: list[dict[str, Any]], errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every error with its stage, sample, input path, time, type, message and traceback."""
+    tracebacks = {(s.get("client_id"), s.get("span")): (s.get("error") or {}).get("traceback") for s in stages}
+    return [{**e, "traceback": tracebacks.get((e.get("client_id"), e.get("span")))} for e in errors]
+
+
+def outputs_of(stages: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Saved outputs grouped by stage (pipeline order of the audit) and sample."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for s in stages:
+        for artifact in s.get("artifacts") or []:
+            if isinstance(artifact, dict) and "path" in artifact:
+                sample = artifact.get("sample_id") or s.get("sample_id") or "-"
+                grouped.setdefault(s["stage"], {}).setdefault(sample, []).append(artifact)
+    return grouped
 
 
 def accuracy_frame(accuracy: dict[str, Any] | None) -> pd.DataFrame:
@@ -190,6 +403,6 @@ __all__ = [
     "preview",
     "resolve_artifact",
     "run_view",
-    "runs_frame",
+    "runs_page",
     "stats_frame",
 ]

@@ -1,0 +1,50 @@
+"""The rows that match filters, as JSON: what `stagewatch export` writes and the dashboard's
+download sends (one function, so both give the same bytes for the same filters)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stagewatch.daemon._query import Filters, query_logs, query_runs, query_stages
+from stagewatch.daemon._readmodels import to_rows
+
+FORMATS = ("json", "jsonl")
+
+
+def matching(home: Path, filters: Filters) -> dict[str, list[dict[str, Any]]]:
+    """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs."""
+    stages = query_stages(home, filters)
+    if filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
+        runs = query_runs(home, replace(filters, status=None))
+        runs = runs.filter(pc.is_in(runs["run_id"], value_set=pc.unique(stages["run_id"])))
+    else:
+        runs = query_runs(home, filters)
+    tables = {"runs": runs, "stages": stages, "logs": query_logs(home, filters)}
+    return {name: [_jsonable(row) for row in to_rows(_without_date(table))] for name, table in tables.items()}
+
+
+def _without_date(table: pa.Table) -> pa.Table:
+    return table.drop(["date"]) if "date" in table.column_names else table
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in row.items()}
+
+
+def export_chunks(matched: dict[str, list[dict[str, Any]]], form: str) -> Iterator[str]:
+    """The export as text pieces: one JSON object of tables, or JSON Lines tagged with their table."""
+    if form not in FORMATS:
+        raise ValueError(f"expected an export format of {', '.join(FORMATS)}, got {form!r}")
+    if form == "json":
+        yield json.dumps(matched, default=str)
+        return
+    for name, rows in matched.items():
+        for row in rows:
+            yield json.dumps({"table": name, "row": row}, default=str) + "\n"

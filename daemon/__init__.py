@@ -9,6 +9,7 @@ from stagewatch.daemon._daemon import Daemon, DaemonSettings, serve
 from stagewatch.daemon._lock import DaemonAlreadyRunning
 from stagewatch.daemon._logging import configure_logging
 from stagewatch.daemon._query import (
+    LEVELS,
     STATS_COLUMNS,
     Filters,
     parse_time,
@@ -21,6 +22,7 @@ from stagewatch.daemon._query import (
 from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
 
 __all__ = [
+    "LEVELS",
     "STATS_COLUMNS",
     "Daemon",
     "DaemonAlreadyRunning",

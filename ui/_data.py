@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from stagewatch.daemon._readmodels import (
     active_runs,
     load_accuracy,
     load_audit,
+    read_table,
     resolve_run_id,
 )
 from stagewatch.daemon._store import RUNS
@@ -130,11 +132,28 @@ class ArtifactRefused(ValueError):
     """A path the dashboard will not open; the message says why."""
 
 
+FACETS_TTL_S = 30.0
+_facets_cache: dict[Path, tuple[float, dict[str, list[str]]]] = {}
+
+
 def facets(home: Path) -> dict[str, list[str]]:
-    """The values the filter menus offer: pipelines, hosts, stages that failed first, stages, loggers."""
-    runs = query_runs(home, Filters(), ["pipeline", "host", "failed_stage"])
-    logs = query_logs(home, Filters(), ["logger"])
-    stages = query_stages(home, Filters(), ["stage"])
+    """The values the filter menus offer: pipelines, hosts, stages that failed first, stages,
+    loggers. Read at most every 30 s per server process: a scan of whole columns is too slow
+    for every page view of a big home."""
+    cached = _facets_cache.get(home)
+    if cached is not None and time.monotonic() - cached[0] < FACETS_TTL_S:
+        return cached[1]
+    found = _read_facets(home)
+    _facets_cache[home] = (time.monotonic(), found)
+    return found
+
+
+def _read_facets(home: Path) -> dict[str, list[str]]:
+    runs = read_table(
+        home, "runs", columns=["pipeline", "host", "failed_stage"], dictionary=("pipeline", "host", "failed_stage")
+    )
+    logs = read_table(home, "logs", columns=["logger"], dictionary=("logger",))
+    stages = read_table(home, "stage_executions", columns=["stage"], dictionary=("stage",))
     found = {
         "pipeline": runs["pipeline"],
         "host": runs["host"],
@@ -142,7 +161,10 @@ def facets(home: Path) -> dict[str, list[str]]:
         "stage": stages["stage"],
         "logger": logs["logger"],
     }
-    return {name: sorted(v for v in pc.unique(column).to_pylist() if v) for name, column in found.items()}
+    return {
+        name: sorted({v for chunk in column.chunks for v in chunk.dictionary.to_pylist() if v})
+        for name, column in found.items()
+    }
 
 
 def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) -> Page:
@@ -163,7 +185,7 @@ def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
     starts = low + (times - low) // width * width
     frame = pd.DataFrame({"start": starts, "level": table["level"].to_numpy(zero_copy_only=False)})
     counts = frame.groupby(["start", "level"]).size().reset_index(name="count")
-    counts["time"] = pd.to_datetime(counts["start"], utc=True)
+    counts["time"] = pd.to_datetime(counts["start"] // 1000 * 1000, utc=True)  # Bokeh's axes hold microseconds
     return counts[["time", "level", "count"]]
 
 
@@ -324,11 +346,32 @@ def accuracy_frame(accuracy: dict[str, Any] | None) -> pd.DataFrame:
 
 def disk_problems(home: Path) -> list[str]:
     """The daemon's disk warnings (status.json), for the banner."""
-    try:
-        disk = json.loads(Home.of(home).status.read_text()).get("disk", {})
-    except (OSError, ValueError):
-        return []
+    disk = _status(home).get("disk", {})
     return list(disk.get("problems") or []) if disk.get("state", "ok") != "ok" else []
+
+
+def daemon_problem(home: Path, stale_after_s: float = 30.0) -> str | None:
+    """Why nothing new will arrive, in words; None while the daemon writes its status."""
+    status = _status(home)
+    if not status:
+        return (
+            f"No daemon has run on {home} yet: start one with `stagewatch daemon --home {home}` (or `stagewatch demo`)."
+        )
+    age = time.time() - float(status.get("updated_at") or 0)
+    if age > stale_after_s:
+        return (
+            f"The daemon of {home} last reported {int(age)} s ago: it is stopped or stuck "
+            "(`stagewatch doctor`), so what you see is what was stored until then."
+        )
+    return None
+
+
+def _status(home: Path) -> dict[str, Any]:
+    try:
+        status = json.loads(Home.of(home).status.read_text())
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def resolve_artifact(home: Path, relative: str) -> Path:
@@ -343,6 +386,17 @@ def resolve_artifact(home: Path, relative: str) -> Path:
     if not path.is_file():
         raise ArtifactRefused(f"{relative} does not exist (removed by retention?)")
     return path
+
+
+def thumbnail_png(path: Path, size: int = 96) -> bytes:
+    """A small PNG of an image output, for the run page's list (the full image opens on click)."""
+    if path.stat().st_size > PREVIEW_BYTES:
+        raise ValueError(f"{path.name} is too large for a thumbnail")
+    with Image.open(path) as image:
+        image.thumbnail((size * 2, size))
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def preview(path: Path) -> tuple[str, Any]:

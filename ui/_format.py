@@ -25,10 +25,21 @@ PALETTE = (
 STATUS_COLOURS = {"ok": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "crashed": "#6a1b9a"}
 
 
-def stage_colour(stage: str) -> str:
-    """The same colour for a stage name on every page and in every session (a hash, not an order)."""
-    digest = hashlib.blake2s(stage.encode(), digest_size=2).digest()
-    return PALETTE[int.from_bytes(digest, "big") % len(PALETTE)]
+def stage_colours(stages: list[str]) -> dict[str, str]:
+    """A colour per stage, the same on every page and session: each stage takes the palette slot
+    its name hashes to, or the next free one (in name order), so a home's stages differ in colour
+    while it has no more stages than the palette has colours."""
+    taken: dict[int, str] = {}
+    colours = {}
+    for stage in sorted(set(stages)):
+        slot = int.from_bytes(hashlib.blake2s(stage.encode(), digest_size=2).digest(), "big") % len(PALETTE)
+        for step in range(len(PALETTE)):
+            if (slot + step) % len(PALETTE) not in taken:
+                slot = (slot + step) % len(PALETTE)
+                break
+        taken[slot] = stage
+        colours[stage] = PALETTE[slot]
+    return colours
 
 
 def ms(value: float | None) -> str:
@@ -103,3 +114,9 @@ def _utc(moment: datetime) -> datetime:
 
 def short_id(run_id: str) -> str:
     return run_id[:8]
+
+
+def relative_ns(ts_ns: int, now_ns: int) -> str:
+    """relative() of a nanosecond timestamp, with the exact time on hover."""
+    moment = datetime.fromtimestamp(ts_ns / 1e9, UTC)
+    return when_html(moment, datetime.fromtimestamp(now_ns / 1e9, UTC))

@@ -1,0 +1,113 @@
+"""Live: the runs in progress, each stage updating from the daemon's live feed (one subscriber
+per server process, ui/_live.py): executions done, running median and latest ms, CPU and GPU
+memory, failures as they happen, samples/s, accuracy counters."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import pandas as pd
+import panel as pn
+
+from stagewatch.ui import _format, _widgets
+from stagewatch.ui._live import LiveBoard, LiveFeed, LiveRun
+
+REDRAW_MS = 250  # a session looks at the board 4 times a second and redraws only when it moved
+
+
+class LivePage:
+    def __init__(self, home: Path) -> None:
+        self.feed = LiveFeed.of(home)
+        self.runs = pn.Column()
+        self.cards: dict[str, tuple[pn.Column, pn.pane.HTML, pn.widgets.Tabulator, pn.pane.HTML]] = {}
+        self.empty = pn.pane.Markdown(
+            "No run is in progress. Start a pipeline (`stagewatch demo` runs one) and it appears here as it runs; "
+            "finished runs are on the [Runs](?page=runs) page."
+        )
+        self.seen_version = -1
+        self.redraw()
+        _widgets.every(REDRAW_MS, self.redraw)
+
+    def layout(self) -> pn.Column:
+        return pn.Column(self.runs)
+
+    def redraw(self) -> None:
+        board = self.feed.board
+        if board.version == self.seen_version:
+            return
+        with board.lock:
+            self.seen_version = board.version
+            now_ns = time.time_ns()
+            shown = [(run, summary(run, now_ns), stage_frame(run), failures_html(run)) for run in board.visible()]
+        if not shown:
+            self.runs.objects = [self.empty]
+            return
+        for run, header, frame, failures in shown:
+            card = self.cards.get(run.run_id)
+            if card is None:
+                head, table, fails = pn.pane.HTML(header), _widgets.table(frame, "live-stages"), pn.pane.HTML(failures)
+                card = self.cards[run.run_id] = (pn.Column(head, table, fails, styles=_CARD), head, table, fails)
+            else:
+                card[1].object, card[3].object = header, failures
+                card[2].value = frame
+        self.runs.objects = [self.cards[run.run_id][0] for run, *_ in shown]
+
+
+_CARD = {"border": "1px solid #d0d7de", "border-radius": "6px", "padding": "8px", "margin-bottom": "10px"}
+
+
+def summary(run: LiveRun, now_ns: int) -> str:
+    colour = _format.STATUS_COLOURS.get(run.status, "#555")
+    started = f" · started {_format.relative_ns(run.started_ns, now_ns)}" if run.started_ns else ""
+    total = sum(s.done for s in run.stages.values())
+    failed = sum(s.failed for s in run.stages.values())
+    return (
+        f'<b style="color:{colour}">{html.escape(run.status)}</b> · {_widgets.run_link(run.run_id)} · pipeline '
+        f"<b>{html.escape(str(run.pipeline or '?'))}</b> on {html.escape(str(run.host or '?'))}{started} · "
+        f"<b>{total:,}</b> stage executions, <b>{failed:,}</b> failed · "
+        f"<b>{run.samples_per_s(now_ns):.1f}</b> samples/s"
+    )
+
+
+def stage_frame(run: LiveRun) -> pd.DataFrame:
+    order = sorted(run.stages, key=lambda name: run.stages[name].first_seen_ns)
+    rows = []
+    for name in order:
+        stage = run.stages[name]
+        counts = (run.accuracy.get(name) or {}).get("counts") or {}
+        rows.append(
+            {
+                "stage": name,
+                "done": f"{stage.done:,}",
+                "running": stage.running,
+                "failed": f"{stage.failed:,}",
+                "median": _format.ms(stage.median_ms),
+                "latest": _format.ms(stage.latest_ms),
+                "CPU peak": _format.mb(stage.rss_peak_mb),
+                "GPU peak": _format.mb(stage.gpu_peak_mb) if stage.gpu_peak_mb is not None else "no GPU readings",
+                "correct / wrong / invalid": " / ".join(str(counts.get(k, 0)) for k in ("correct", "wrong", "invalid"))
+                if counts
+                else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def failures_html(run: LiveRun) -> str:
+    if not run.failures:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(str(f['stage']))}</b> on <code>{html.escape(str(f['sample_id']))}</code>: "
+        f"{html.escape(str(f['error'])[:300])}</li>"
+        for f in list(run.failures)[:5]
+    )
+    return f'<div style="color:#c62828">Latest failures:<ul style="margin:2px 0">{items}</ul></div>'
+
+
+def view(home: Path) -> pn.viewable.Viewable:
+    return LivePage(home).layout()
+
+
+__all__ = ["LiveBoard", "LivePage", "view"]

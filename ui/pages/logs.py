@@ -1,0 +1,227 @@
+"""Logs: log lines with filters (time range, stage, level, run, logger, text or regex), a
+histogram by level that narrows the range when brushed, a live tail, server-side paging, and a
+download of exactly the filtered set, equal to `stagewatch export` with the same filters."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+
+from stagewatch.daemon import LEVELS, Filters, parse_time
+from stagewatch.ui import _data, _format, _widgets
+
+LEVEL_COLOURS = {
+    "TRACE": "#9e9e9e",
+    "DEBUG": "#78909c",
+    "INFO": "#1e88e5",
+    "SUCCESS": "#43a047",
+    "WARNING": "#fb8c00",
+    "ERROR": "#e53935",
+    "CRITICAL": "#6a1b9a",
+}
+TAIL_MS = 1000
+
+
+class LogsPage:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        facets = _data.facets(home)
+        self.since = pn.widgets.TextInput(name="Since", placeholder="7d or 2026-11-20T08:00")
+        self.until = pn.widgets.TextInput(name="Until", placeholder="2026-11-21")
+        self.stage = pn.widgets.Select(name="Stage", options=_widgets.choices(facets["stage"]))
+        self.level = pn.widgets.Select(name="Lowest level", options=_widgets.choices(list(LEVELS)))
+        self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
+        self.logger = pn.widgets.Select(name="Logger", options=_widgets.choices(facets["logger"]))
+        self.text = pn.widgets.TextInput(name="Search", placeholder="text in the message")
+        self.regex = pn.widgets.Checkbox(name="regular expression", width=160)
+        self.tail = pn.widgets.Checkbox(name="live tail (every second)", width=190)
+        self.size = pn.widgets.Select(name="Rows a page", options=list(_data.PAGE_SIZES), value=50)
+        self.page = pn.widgets.IntInput(name="Page", value=1, start=1, width=90)
+        self.previous = pn.widgets.Button(name="◀ newer", width=90)
+        self.next = pn.widgets.Button(name="older ▶", width=90)
+        self.count = pn.pane.Markdown("")
+        self.message = pn.Column()
+        self.histogram = pn.Column()
+        self.table = _widgets.table(pd.DataFrame(), "logs", html_columns=("time", "run"))
+        self.download_json = pn.widgets.FileDownload(
+            callback=lambda: self._export("json"),
+            filename="stagewatch-export.json",
+            label="Download JSON",
+            button_type="primary",
+            width=180,
+        )
+        self.download_jsonl = pn.widgets.FileDownload(
+            callback=lambda: self._export("jsonl"),
+            filename="stagewatch-export.jsonl",
+            label="Download JSON Lines",
+            width=200,
+        )
+        for widget in (
+            self.since,
+            self.until,
+            self.stage,
+            self.level,
+            self.run,
+            self.logger,
+            self.text,
+            self.regex,
+            self.size,
+        ):
+            widget.param.watch(self._filters_changed, "value")
+        self.page.param.watch(lambda _: self.refresh(), "value")
+        self.previous.on_click(lambda _: self._turn(-1))
+        self.next.on_click(lambda _: self._turn(1))
+        _widgets.sync_url(
+            {
+                "since": self.since,
+                "until": self.until,
+                "stage": self.stage,
+                "level": self.level,
+                "run": self.run,
+                "logger": self.logger,
+                "q": self.text,
+                "regex": self.regex,
+                "tail": self.tail,
+                "size": self.size,
+                "p": self.page,
+            }
+        )
+        self.refresh()
+        _widgets.every(TAIL_MS, self._tail)
+
+    def layout(self) -> pn.Column:
+        return pn.Column(
+            _widgets.filter_bar(
+                self.since,
+                self.until,
+                self.stage,
+                self.level,
+                self.run,
+                self.logger,
+                self.text,
+                self.size,
+            ),
+            pn.Row(self.regex, self.tail, self.download_json, self.download_jsonl, sizing_mode="stretch_width"),
+            self.message,
+            self.histogram,
+            _widgets.pager(self.previous, self.page, self.next, self.count),
+            self.table,
+        )
+
+    def filters(self) -> Filters:
+        run = _data.find_run(self.home, self.run.value) if self.run.value.strip() else None
+        return Filters(
+            run=run,
+            since=parse_time(self.since.value) if self.since.value.strip() else None,
+            until=parse_time(self.until.value) if self.until.value.strip() else None,
+            stage=self.stage.value or None,
+            level=self.level.value or None,
+            logger=self.logger.value or None,
+            grep=self.text.value or None,
+            regex=self.regex.value,
+        )
+
+    def _filters_changed(self, _: Any) -> None:
+        if self.page.value != 1:
+            self.page.value = 1
+        else:
+            self.refresh()
+
+    def _turn(self, step: int) -> None:
+        self.page.value = max(1, self.page.value + step)
+
+    def _tail(self) -> None:
+        if self.tail.value and self.page.value == 1:
+            self.refresh(histogram=False)
+
+    def refresh(self, histogram: bool = True) -> None:
+        try:
+            filters = self.filters()
+        except (ValueError, _data.RunNotFound) as error:
+            self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            return
+        self.message.objects = []
+        limit = int(self.size.value)
+        page = _data.logs_page(self.home, filters, (self.page.value - 1) * limit, limit)
+        self.count.object = f"log lines {page.label}"
+        if not page.total:
+            self.message.objects = [
+                pn.pane.Alert(
+                    "No log lines match these filters."
+                    if filters != Filters()
+                    else "No log lines yet: log through `logger.add(stagewatch.loguru_sink)` or the logging handler "
+                    "(see the README).",
+                    alert_type="info",
+                )
+            ]
+        self.table.value = display(page.rows)
+        if histogram:
+            self.histogram.objects = [self._histogram(filters)]
+
+    def _histogram(self, filters: Filters) -> Any:
+        counts = _data.log_histogram(self.home, filters)
+        if counts.empty:
+            return pn.pane.Markdown("")
+        bars = hv.Overlay(
+            [
+                hv.Spikes(counts[counts["level"] == level], "time", "count", label=level).opts(
+                    color=LEVEL_COLOURS.get(level, "#555"), line_width=6
+                )
+                for level in LEVELS
+                if (counts["level"] == level).any()
+            ]
+        ).opts(
+            height=160,
+            responsive=True,
+            xlabel="time (UTC)",
+            ylabel="lines",
+            legend_position="right",
+            tools=["xbox_select"],
+            active_tools=["xbox_select"],
+        )
+        bounds = hv.streams.BoundsX(source=bars, boundsx=None)
+        bounds.add_subscriber(self._brushed)
+        return pn.pane.HoloViews(bars, sizing_mode="stretch_width", name="histogram")
+
+    def _brushed(self, boundsx: tuple[Any, Any] | None) -> None:
+        """Brushing the histogram narrows the time range to the brushed span."""
+        if not boundsx or boundsx[0] is None:
+            return
+        low, high = (
+            pd.Timestamp(v, unit="ms", tz="UTC") if isinstance(v, int | float) else pd.Timestamp(v) for v in boundsx
+        )
+        self.until.value = _iso(high)
+        self.since.value = _iso(low)
+
+    def _export(self, form: str) -> io.BytesIO:
+        return io.BytesIO(b"".join(_data.export_bytes(self.home, self.filters(), form)))
+
+
+def _iso(moment: pd.Timestamp) -> str:
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    return moment.isoformat()
+
+
+def display(rows: pd.DataFrame) -> pd.DataFrame:
+    if rows.empty:
+        return pd.DataFrame(columns=["time", "level", "stage", "sample", "message", "logger", "run"])
+    return pd.DataFrame(
+        {
+            "time": [_format.when_html(t.to_pydatetime()) for t in rows["time"]],
+            "level": rows["level"],
+            "stage": rows["stage"].fillna(""),
+            "sample": rows["sample_id"].fillna(""),
+            "message": rows["message"],
+            "logger": rows["logger"],
+            "run": [_widgets.run_link(r) if isinstance(r, str) else "" for r in rows["run_id"]],
+        }
+    )
+
+
+def view(home: Path) -> pn.viewable.Viewable:
+    return LogsPage(home).layout()

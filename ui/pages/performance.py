@@ -1,0 +1,188 @@
+"""Performance: per-stage trends across runs (each run's median and p95 against its start),
+memory trends, median/p95/p99 per stage over the window (the numbers of `stagewatch stats`),
+regressions found from the data, and two runs compared stage by stage."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+from bokeh.models import OpenURL, TapTool
+
+from stagewatch.daemon import Filters, parse_time, query_stats
+from stagewatch.ui import _data, _format, _trends, _widgets
+
+WINDOWS = {"last 7 days": "7d", "last 30 days": "30d", "last 90 days": "90d", "last 24 hours": "24h", "all time": ""}
+
+
+class PerformancePage:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        facets = _data.facets(home)
+        self.window = pn.widgets.Select(name="Window", options=WINDOWS, value="30d")
+        self.pipeline = pn.widgets.Select(name="Pipeline", options=_widgets.choices(facets["pipeline"]))
+        self.measure = pn.widgets.Select(name="Trend of", options={"p95": "p95_ms", "median": "median_ms"})
+        self.first = pn.widgets.TextInput(name="Compare run", placeholder="run id or prefix")
+        self.second = pn.widgets.TextInput(name="with run", placeholder="run id or prefix")
+        self.callouts = pn.Column()
+        self.trend = pn.Column()
+        self.memory = pn.Column()
+        self.stats = pn.Column()
+        self.comparison = pn.Column()
+        for widget in (self.window, self.pipeline, self.measure):
+            widget.param.watch(lambda _: self.refresh(), "value")
+        for widget in (self.first, self.second):
+            widget.param.watch(lambda _: self.compare(), "value")
+        _widgets.sync_url(
+            {
+                "window": self.window,
+                "pipeline": self.pipeline,
+                "measure": self.measure,
+                "a": self.first,
+                "b": self.second,
+            }
+        )
+        self.refresh()
+        self.compare()
+
+    def layout(self) -> pn.Column:
+        return pn.Column(
+            _widgets.filter_bar(self.window, self.pipeline, self.measure),
+            self.callouts,
+            pn.pane.Markdown("### Stage durations per run"),
+            self.trend,
+            pn.pane.Markdown("### Memory per run (CPU peak of each stage)"),
+            self.memory,
+            pn.pane.Markdown("### Over the window"),
+            self.stats,
+            pn.pane.Markdown("### Compare two runs"),
+            _widgets.filter_bar(self.first, self.second, width=320),
+            self.comparison,
+        )
+
+    def filters(self) -> Filters:
+        return Filters(
+            since=parse_time(self.window.value) if self.window.value else None, pipeline=self.pipeline.value or None
+        )
+
+    def refresh(self) -> None:
+        filters = self.filters()
+        rows = _trends.stage_rows(self.home, filters)
+        points = _trends.run_points(rows)
+        if points.empty:
+            message = "No stage executions in this window." if rows.num_rows == 0 else "No timed stage executions."
+            for pane in (self.trend, self.memory, self.stats):
+                pane.objects = [pn.pane.Markdown(message)]
+            self.callouts.objects = []
+            return
+        order = stage_order(points)
+        colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
+        self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
+        self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
+        self.memory.objects = [trend_chart(points, order, colours, "rss_peak_mb", "MB", "memory")]
+        self.stats.objects = [_widgets.table(stats_display(query_stats(self.home, filters), order), "window-stats")]
+
+    def compare(self) -> None:
+        if not (self.first.value.strip() and self.second.value.strip()):
+            self.comparison.objects = [pn.pane.Markdown("Give two run ids (or prefixes) to see per-stage deltas.")]
+            return
+        try:
+            a, b = (_data.find_run(self.home, w.value) for w in (self.first, self.second))
+        except _data.RunNotFound as error:
+            self.comparison.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            return
+        frame = _trends.compare_runs(self.home, a, b)
+        self.comparison.objects = [
+            pn.pane.HTML(f"{_widgets.run_link(a)} → {_widgets.run_link(b)}"),
+            _widgets.table(comparison_display(frame), "comparison"),
+        ]
+
+
+def stage_order(points: pd.DataFrame) -> list[str]:
+    """Stages in the order they first appear in the window's first run that has them."""
+    return list(dict.fromkeys(points["stage"]))
+
+
+def trend_chart(
+    points: pd.DataFrame, order: list[str], colours: dict[str, str], measure: str, unit: str, name: str
+) -> pn.pane.HoloViews:
+    """One point per run and stage against the run's start; hover names the run, a click opens it."""
+    frame = points.assign(run=points["run_id"].str[:8])
+    overlay = hv.Overlay(
+        [
+            hv.Curve(
+                frame[frame["stage"] == stage], "run_start", [measure, "run_id", "run", "count"], label=stage
+            ).opts(color=colours.get(stage, "#555"), alpha=0.6)
+            * hv.Scatter(
+                frame[frame["stage"] == stage], "run_start", [measure, "run_id", "run", "count"], label=stage
+            ).opts(color=colours.get(stage, "#555"), size=6, tools=["hover"], hooks=[_open_run_on_tap])
+            for stage in order
+        ]
+    )
+    chart = overlay.opts(
+        height=320,
+        responsive=True,
+        xlabel="run start (UTC)",
+        ylabel=unit,
+        legend_position="right",
+        active_tools=["wheel_zoom"],
+    )
+    return pn.pane.HoloViews(chart, sizing_mode="stretch_width", name=name)
+
+
+def _open_run_on_tap(plot: Any, element: Any) -> None:
+    if not any(isinstance(tool, TapTool) for tool in plot.state.tools):
+        plot.state.add_tools(TapTool(callback=OpenURL(url="?page=run&run=@run_id", same_tab=True)))
+
+
+def regression_alert(regression: _trends.Regression) -> pn.pane.Alert:
+    return pn.pane.Alert(
+        f"**{html.escape(regression.stage)}** p95 **+{regression.change:.0%}** against the previous 7 days: "
+        f"{_format.ms(regression.before_ms)} → {_format.ms(regression.after_ms)}; first seen in run "
+        f"[{regression.first_run[:8]}](?page=run&run={regression.first_run})",
+        alert_type="warning",
+    )
+
+
+def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
+    rank = {stage: i for i, stage in enumerate(order)}
+    stats = sorted(stats, key=lambda e: rank.get(e["stage"], len(rank)))
+    return pd.DataFrame(
+        {
+            "stage": [e["stage"] for e in stats],
+            "executions": [f"{e['count']:,}" for e in stats],
+            "failed": [_format.pct(e["failure_rate"]) for e in stats],
+            "median": [_format.ms(e["duration_ms"]["median"]) for e in stats],
+            "p95": [_format.ms(e["duration_ms"]["p95"]) for e in stats],
+            "p99": [_format.ms(e["duration_ms"]["p99"]) for e in stats],
+            "max": [_format.ms(e["duration_ms"]["max"]) for e in stats],
+            "CPU peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
+            "share of time": [_format.pct(e["share_of_time"]) for e in stats],
+        }
+    )
+
+
+def comparison_display(frame: pd.DataFrame) -> pd.DataFrame:
+    def change(value: Any) -> str:
+        return f"{value:+.1%}" if value is not None and pd.notna(value) else "-"
+
+    return pd.DataFrame(
+        {
+            "stage": frame["stage"],
+            "executions": [f"{a:,} → {b:,}" for a, b in zip(frame["count_a"], frame["count_b"], strict=True)],
+            "median": [
+                f"{_format.ms(a)} → {_format.ms(b)}" for a, b in zip(frame["median_a"], frame["median_b"], strict=True)
+            ],
+            "median change": [change(v) for v in frame["median_change"]],
+            "p95": [f"{_format.ms(a)} → {_format.ms(b)}" for a, b in zip(frame["p95_a"], frame["p95_b"], strict=True)],
+            "p95 change": [change(v) for v in frame["p95_change"]],
+        }
+    )
+
+
+def view(home: Path) -> pn.viewable.Viewable:
+    return PerformancePage(home).layout()

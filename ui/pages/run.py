@@ -1,0 +1,279 @@
+"""Run: one run's whole story. Status and config; per stage (pipeline order) counts, failure
+rate, percentiles, time share, memory; the bottleneck in words; a sample's waterfall;
+durations over the run; every error with its traceback; saved outputs by stage and sample."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+
+from stagewatch._home import ARTIFACT_FORM
+from stagewatch.ui import _data, _format, _widgets
+
+THUMBNAILS = 12  # per stage and page view; the rest are listed
+LIVE_REFRESH_MS = 2000
+
+
+class RunPage:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.run_id = pn.widgets.TextInput(name="Run id (or a unique prefix)", placeholder="from the Runs page")
+        self.sample = pn.widgets.Select(name="Sample for the waterfall", options=[])
+        self.artifact = pn.widgets.TextInput(name="Saved output", placeholder=ARTIFACT_FORM)
+        self.body = pn.Column()
+        self.waterfall = pn.Column()
+        self.preview = pn.Column()
+        self.view_data: dict[str, Any] | None = None
+        self.run_id.param.watch(lambda _: self.show(), "value")
+        self.sample.param.watch(lambda _: self._draw_waterfall(), "value")
+        self.artifact.param.watch(lambda _: self.show_artifact(), "value")
+        _widgets.sync_url({"run": self.run_id, "sample": self.sample, "artifact": self.artifact})
+        self.show()
+        self.show_artifact()
+        _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
+
+    def layout(self) -> pn.Column:
+        return pn.Column(self.run_id, self.body, self.artifact, self.preview)
+
+    def _refresh_if_running(self) -> None:
+        if self.view_data is not None and not self.view_data["audit"].get("complete"):
+            self.show()
+
+    def show(self) -> None:
+        text = self.run_id.value.strip()
+        if not text:
+            self.body.objects = [pn.pane.Markdown("Pick a run on the [Runs](?page=runs) page.")]
+            return
+        try:
+            run_id = _data.find_run(self.home, text)
+            data = _data.run_view(self.home, run_id)
+        except _data.RunNotFound as error:
+            self.body.objects = [pn.pane.Alert(str(error), alert_type="danger")]
+            return
+        data["colours"] = _format.stage_colours([*_data.facets(self.home)["stage"], *data["order"]])
+        self.view_data = data
+        samples = list(dict.fromkeys(s for s in data["executions"]["sample_id"].dropna()))
+        failing = [e.get("sample_id") for e in data["errors"] if e.get("sample_id") in samples]
+        self.sample.options = samples
+        if self.sample.value not in samples and samples:
+            self.sample.value = failing[0] if failing else samples[0]
+        self._draw_waterfall()
+        self.body.objects = sections(self.home, data, self.sample, self.waterfall)
+
+    def _draw_waterfall(self) -> None:
+        if self.view_data is not None:
+            self.waterfall.objects = [
+                waterfall(self.view_data["executions"], self.sample.value, self.view_data["colours"])
+            ]
+
+    def show_artifact(self) -> None:
+        text = self.artifact.value.strip()
+        if not text:
+            self.preview.objects = []
+            return
+        try:
+            path = _data.resolve_artifact(self.home, text)
+        except _data.ArtifactRefused as error:
+            self.preview.objects = [pn.pane.Alert(str(error), alert_type="danger")]
+            return
+        kind, content = _data.preview(path)
+        title = pn.pane.Markdown(f"`{text}`")
+        if kind == "unreadable":
+            self.preview.objects = [title, pn.pane.Alert(content, alert_type="warning")]
+        elif kind == "png":
+            self.preview.objects = [title, pn.pane.PNG(io.BytesIO(content), sizing_mode="fixed")]
+        else:
+            self.preview.objects = [title, pn.pane.JSON(content, depth=3)]
+
+
+def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterfall_pane: pn.Column) -> list[Any]:
+    audit, stats, executions = data["audit"], data["stats"], data["executions"]
+    shown: list[Any] = [header(audit)]
+    for problem in audit.get("problems", []):
+        if "has not finished" not in problem or audit.get("status") != "running":
+            shown.append(pn.pane.Alert(f"Incomplete record: {problem}", alert_type="warning"))
+    shown += [error_card(error) for error in data["errors"]]
+    if audit.get("errors_dropped"):
+        shown.append(pn.pane.Markdown(f"… and {audit['errors_dropped']} more errors (only the first are kept)."))
+    if stats.empty:
+        shown.append(pn.pane.Markdown("No stage has ended in this run yet."))
+        return shown
+    sentence = _data.bottleneck_sentence(stats)
+    if sentence:
+        shown.append(pn.pane.Alert(f"**Bottleneck:** {sentence}", alert_type="info"))
+    shown += [
+        pn.pane.Markdown("### Stages"),
+        _widgets.table(
+            stage_display(stats, audit),
+            "stages",
+            formatters={
+                "share of time": {
+                    "type": "progress",
+                    "max": 100,
+                    "legend": True,
+                    "legendAlign": "center",
+                    "color": "#7aa6d6",
+                }
+            },
+        ),
+        pn.pane.Markdown("### Durations over the run"),
+        durations_chart(executions, data["order"], data["colours"]),
+        pn.pane.Markdown("### One sample through the pipeline"),
+        sample,
+        waterfall_pane,
+    ]
+    accuracy = _data.accuracy_frame(data["accuracy"])
+    if not accuracy.empty:
+        shown += [
+            pn.pane.Markdown(f"### Accuracy against `{data['accuracy']['dataset']}`"),
+            _widgets.table(accuracy.round(3), "accuracy"),
+        ]
+    shown += outputs(home, data["outputs"], data["order"], data["audit"]["run_id"])
+    return shown
+
+
+def header(audit: dict[str, Any]) -> pn.Column:
+    started = _format.parse_moment(audit.get("started_at"))
+    status = audit.get("status", "unknown")
+    colour = _format.STATUS_COLOURS.get(status, "#555")
+    facts = [
+        f'<b style="color:{colour};font-size:18px">{html.escape(status)}</b>',
+        f"pipeline <b>{html.escape(str(audit.get('pipeline')))}</b>",
+        f"took {_format.ms(audit.get('duration_ms'))}" if audit.get("duration_ms") else "running",
+        f"started {_format.when_html(started)}",
+        f"on host <b>{html.escape(str(audit.get('host') or '?'))}</b> (pid {audit.get('pid') or '?'})",
+        f"{audit.get('counts', {}).get('stages', 0):,} stage executions",
+    ]
+    config = audit.get("config") or {}
+    details = pn.Card(pn.pane.JSON(config, depth=2), title="Config snapshot", collapsed=True) if config else None
+    title = pn.pane.HTML(f"<h2 style='margin:4px 0'>Run <code>{html.escape(audit['run_id'])}</code></h2>")
+    return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))
+
+
+def error_card(error: dict[str, Any]) -> pn.Column:
+    at = _format.parse_moment(error.get("at"))
+    lines = [
+        f"**{error.get('type')}** in stage **{error.get('stage')}** on sample `{error.get('sample_id') or '-'}`",
+        f"{error.get('message')}",
+        f"input: `{error.get('input_path') or '-'}` · at {_format.exact(at)}",
+    ]
+    trace = error.get("traceback") or "(no traceback was recorded)"
+    return pn.Column(
+        pn.pane.Alert("\n\n".join(lines), alert_type="danger"),
+        pn.Card(
+            pn.pane.HTML(f"<pre style='font-size:12px'>{html.escape(trace)}</pre>"), title="Traceback", collapsed=True
+        ),
+    )
+
+
+def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
+    gpu_reason = f"no GPU readings on {audit.get('host') or 'this host'}"
+    return pd.DataFrame(
+        {
+            "stage": stats["stage"],
+            "runs": [f"{n:,}" for n in stats["runs"]],
+            "failed": [_format.pct(v) for v in stats["failure_rate"]],
+            "median": [_format.ms(v) for v in stats["median_ms"]],
+            "p95": [_format.ms(v) for v in stats["p95_ms"]],
+            "p99": [_format.ms(v) for v in stats["p99_ms"]],
+            "max": [_format.ms(v) for v in stats["max_ms"]],
+            "share of time": (stats["share"] * 100).round(1),
+            "CPU peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
+            "own memory": [_format.mb(v) for v in stats["own_mb"]],
+            "GPU peak": [_format.mb(v) if v is not None and pd.notna(v) else gpu_reason for v in stats["gpu_peak_mb"]],
+        }
+    )
+
+
+def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[str, str]) -> pn.pane.HoloViews:
+    """Each execution's duration against when it started in the run; hover names the sample."""
+    frame = executions.dropna(subset=["duration_ms"]).assign(sample=lambda f: f["sample_id"].fillna("-"))
+    overlay = hv.Overlay(
+        [
+            hv.Scatter(
+                frame[frame["stage"] == stage], "start_ms", ["duration_ms", "sample", "status"], label=stage
+            ).opts(color=colours.get(stage, "#555"), size=5, tools=["hover"])
+            for stage in order
+        ]
+    )
+    chart = overlay.opts(
+        height=280, responsive=True, xlabel="ms since the run's first stage", ylabel="ms", legend_position="right"
+    )
+    return pn.pane.HoloViews(chart, sizing_mode="stretch_width", name="durations")
+
+
+def waterfall(executions: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
+    """The sample's stage spans on one time axis, one colour a stage, failures outlined red."""
+    rows = executions[executions["sample_id"] == sample]
+    if rows.empty:
+        return pn.pane.Markdown("No stage of this sample has ended.")
+    rows = rows.assign(
+        offset=rows["start_ms"] - rows["start_ms"].min(),
+        end=lambda f: f["offset"] + f["duration_ms"].fillna(0.0),
+        colour=[colours.get(s, "#555") for s in rows["stage"]],
+        line=["#c62828" if s != "ok" else "#ffffff" for s in rows["status"]],
+    )
+    bars = hv.Segments(rows, ["offset", "stage", "end", "stage"], ["colour", "duration_ms", "status", "line"]).opts(
+        color="colour",
+        line_width=18,
+        tools=["hover"],
+        height=60 + 30 * rows["stage"].nunique(),
+        responsive=True,
+        xlabel=f"ms since {sample} entered the pipeline",
+        ylabel="",
+        invert_yaxis=True,
+    )
+    return pn.pane.HoloViews(bars, sizing_mode="stretch_width", name="waterfall")
+
+
+def outputs(
+    home: Path, grouped: dict[str, dict[str, list[dict[str, Any]]]], order: list[str], run_id: str
+) -> list[Any]:
+    """Saved outputs by stage and sample: images as thumbnails, other files as links to their summary."""
+    if not grouped:
+        return [pn.pane.Markdown("### Saved outputs\nThis run saved no outputs.")]
+    cards = []
+    for stage in [*[s for s in order if s in grouped], *[s for s in grouped if s not in order]]:
+        samples = grouped[stage]
+        items = []
+        for i, (sample, artifacts) in enumerate(samples.items()):
+            for artifact in artifacts:
+                items.append(_output_item(home, run_id, sample, artifact, thumbnail=i < THUMBNAILS))
+        cards.append(
+            pn.Card(pn.pane.HTML("".join(items)), title=f"{stage}: {len(samples)} samples", collapsed=len(cards) > 0)
+        )
+    return [pn.pane.Markdown("### Saved outputs"), *cards]
+
+
+def _output_item(home: Path, run_id: str, sample: str, artifact: dict[str, Any], thumbnail: bool) -> str:
+    path = str(artifact["path"])
+    link = f"?page=run&run={html.escape(run_id)}&artifact={html.escape(path, quote=True)}"
+    name = html.escape(path.rsplit("/", 1)[-1])
+    if thumbnail and path.lower().endswith(".png") and (data := _thumbnail(home, artifact)) is not None:
+        image = f'<img src="data:image/png;base64,{data}" style="height:72px;border:1px solid #ccc"/>'
+        return (
+            f'<a href="{link}" title="{name}" style="display:inline-block;margin:3px;text-align:center;'
+            f'font-size:11px">{image}<br>{html.escape(sample)}</a>'
+        )
+    return (
+        f'<a href="{link}" style="display:inline-block;margin:3px 8px;font-size:12px">{html.escape(sample)}: {name}</a>'
+    )
+
+
+def _thumbnail(home: Path, artifact: dict[str, Any]) -> str | None:
+    try:
+        path = _data.resolve_artifact(home, str(artifact["path"]))
+        return base64.b64encode(_data.thumbnail_png(path)).decode()
+    except (_data.ArtifactRefused, OSError, ValueError, SyntaxError):  # PIL says SyntaxError for a bad PNG
+        return None
+
+
+def view(home: Path) -> pn.viewable.Viewable:
+    return RunPage(home).layout()

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import msgpack
 import numpy as np
 
 from stagewatch._home import Home
+from stagewatch.daemon._readmodels import active_runs
 
 RECENT_DURATIONS = 512  # the running median is over a stage's last 512 executions
 RATE_WINDOW_S = 10.0  # samples/s over the last 10 s
@@ -76,8 +78,9 @@ class LiveBoard:
         self.events = 0
         self.lock = threading.Lock()
 
-    def take(self, event: dict[str, Any]) -> None:
-        """Fold one event (a dict as the client sent it). Unknown or odd events are ignored."""
+    def take(self, event: dict[str, Any], known: dict[str, dict[str, Any]] | None = None) -> None:
+        """Fold one event (a dict as the client sent it). Unknown or odd events are ignored.
+        `known`: the daemon's active runs by id, for a run whose start came before we listened."""
         run_id, kind = event.get("run_id"), event.get("type")
         if not isinstance(run_id, str) or not isinstance(kind, str):
             return
@@ -85,6 +88,8 @@ class LiveBoard:
         if run is None:
             run = self.runs[run_id] = LiveRun(run_id)
             self._forget_old()
+        if run.pipeline is None and known:
+            _describe(run, known.get(run_id))
         ts = event.get("ts_ns") if isinstance(event.get("ts_ns"), int) else 0
         run.last_event_ns = max(run.last_event_ns, ts)
         handler = _HANDLERS.get(kind)
@@ -111,6 +116,15 @@ class LiveBoard:
         ended = sorted((r for r in self.runs.values() if r.ended_at is not None), key=lambda r: r.ended_at)
         for run in (ended or sorted(self.runs.values(), key=lambda r: r.last_event_ns))[: len(self.runs) - MAX_RUNS]:
             del self.runs[run.run_id]
+
+
+def _describe(run: LiveRun, active: dict[str, Any] | None) -> None:
+    """Pipeline, host and start of a run joined mid-way, from the daemon's status.json."""
+    if not active:
+        return
+    run.pipeline, run.host = active.get("pipeline"), active.get("host")
+    with contextlib.suppress(ValueError, TypeError):
+        run.started_ns = int(datetime.fromisoformat(active["started_at"]).timestamp() * 1e9)
 
 
 def _number(value: Any) -> float | None:
@@ -141,6 +155,9 @@ def _on_stage_ended(run: LiveRun, event: dict[str, Any]) -> None:
     stage = _stage_of(run, event)
     if stage is None:
         return
+    started = event.get("start_ts_ns")
+    if isinstance(started, int) and started < stage.first_seen_ns:  # the pipeline's order, when joined mid-run
+        stage.first_seen_ns = started
     stage.running = max(stage.running - 1, 0)
     stage.done += 1
     duration = _number(event.get("duration_ms"))
@@ -194,6 +211,8 @@ class LiveFeed:
         self.home = Home.of(home)
         self.board = LiveBoard()
         self.connected = False
+        self._status_read_at = 0.0
+        self._known: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stagewatch-live", daemon=True)
         self._thread.start()
@@ -245,14 +264,27 @@ class LiveFeed:
             for payload in payloads if isinstance(payloads, list) else []:
                 event = _decoded(payload) if isinstance(payload, bytes) else None
                 if isinstance(event, dict):
+                    known = self._known_runs(event)
                     with self.board.lock:
-                        self.board.take(event)
+                        self.board.take(event, known)
         elif topic == b"accuracy":
             with contextlib.suppress(ValueError, RecursionError):
                 summary = json.loads(body)
                 if isinstance(summary, dict):
                     with self.board.lock:
                         self.board.take_accuracy(summary)
+
+    def _known_runs(self, event: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+        """The daemon's active runs, for a run whose start came before we listened: read at
+        most once a second (the daemon rewrites the file once a second)."""
+        run = self.board.runs.get(event.get("run_id"))
+        if event.get("type") == "run_started" or (run is not None and run.pipeline is not None):
+            return None
+        now = time.monotonic()
+        if now - self._status_read_at >= 1.0:
+            self._status_read_at = now
+            self._known = {r.get("run_id"): r for r in active_runs(self.home.root) if isinstance(r, dict)}
+        return self._known
 
 
 def _decoded(data: bytes) -> Any:

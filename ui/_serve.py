@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 APP = Path(__file__).with_name("app.py")
+STARTUP = Path(__file__).with_name("_startup.py")
 DEFAULT_PORT = 5006
 
 
@@ -54,6 +55,8 @@ def ui_command(
         str(port),
         "--num-procs",
         "1",
+        "--setup",
+        str(STARTUP),
     ]
     for origin in allowed:
         command += ["--allow-websocket-origin", origin]

@@ -73,6 +73,7 @@ def run_points(rows: pa.Table) -> pd.DataFrame:
     by_group = per_row.groupby("group", sort=True)
     frame["rss_peak_mb"] = by_group["rss"].max().to_numpy()
     frame["own_mb"] = by_group["own"].max().to_numpy()
+    frame["stage_start"] = by_group["start"].min().to_numpy()
     run_start = per_row.groupby("run")["start"].min()
     # Microseconds: what Bokeh's axes hold (nanoseconds are cut with a warning per chart).
     frame["run_start"] = pd.to_datetime(frame["run"].map(run_start) // 1000 * 1000, utc=True)
@@ -80,7 +81,8 @@ def run_points(rows: pa.Table) -> pd.DataFrame:
     frame["stage"] = np.asarray(stages.dictionary.to_pylist(), dtype=object)[frame["stage"]]
     pipelines = dict(zip(rows["run_id"].to_pylist(), rows["pipeline"].to_pylist(), strict=True))
     frame["pipeline"] = frame["run_id"].map(pipelines)
-    return frame[columns].sort_values(["run_start", "stage"], kind="stable").reset_index(drop=True)
+    # Within a run, stages in the order they first ran: the pipeline's order.
+    return frame.sort_values(["run_start", "stage_start"], kind="stable")[columns].reset_index(drop=True)
 
 
 def _quantile(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:

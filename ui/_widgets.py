@@ -39,8 +39,11 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
         disabled=True,
         show_index=False,
         name=name,
+        css_classes=[f"sw-table-{name}"],
         formatters=formatters,
         sizing_mode="stretch_width",
+        # Sorting happens on the server (a page sorted alone in the browser would mislead).
+        configuration={"columnDefaults": {"headerSort": False}},
         **options,
     )
 
@@ -48,15 +51,20 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
 def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
     """Filters side by side, wrapping on a narrow screen."""
     for widget in widgets:
-        widget.param.update(width=width, sizing_mode="fixed")
-    return pn.FlexBox(*widgets, flex_wrap="wrap", gap="4px 12px")
+        widget.param.update(width=width, sizing_mode=None, css_classes=[css_name(widget.name)])
+    return pn.FlexBox(*widgets, flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
+
+
+def css_name(label: str) -> str:
+    """`Failed stage` -> `sw-failed-stage`: a class to find a widget by in a browser (and in tests)."""
+    return "sw-" + "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
 
 
 def pager(previous: Any, number: Any, following: Any, count: Any) -> pn.Row:
     for widget in (previous, following):
-        widget.param.update(width=90, sizing_mode="fixed", align="end")
-    number.param.update(width=90, sizing_mode="fixed")
-    count.param.update(sizing_mode="fixed", width=300, align="end")
+        widget.param.update(width=90, sizing_mode=None, align="end")
+    number.param.update(width=90, sizing_mode=None)
+    count.param.update(width=300, sizing_mode=None, align="end")
     return pn.Row(previous, number, following, count)
 
 
@@ -82,12 +90,49 @@ def failure(what: str, error: BaseException) -> pn.pane.Alert:
     return pn.pane.Alert(f"**{what}:** {type(error).__name__}: {str(error)[:500]}", alert_type="danger")
 
 
-def sync_url(widgets: dict[str, Any]) -> None:
-    """Keep these widgets' values in the URL's query (parameter name -> widget)."""
-    if pn.state.location is None:
-        return
+def sync_url(widgets: dict[str, Any]) -> list[str]:
+    """The URL's query holds these widgets' values (parameter name -> widget): read once when
+    the session starts, written on every change. One way each, so a late echo of the URL from
+    the browser can never undo a choice just made. Returns the parameters it refused."""
+    refused = []
+    arguments = pn.state.session_args if pn.state.curdoc is not None else {}
     for parameter, widget in widgets.items():
-        pn.state.location.sync(widget, {"value": parameter})
+        if parameter in arguments:
+            text = arguments[parameter][0].decode(errors="replace")
+            if not _restore(widget, text):
+                refused.append(f"{parameter}={text[:80]}")
+        widget.param.watch(lambda event, name=parameter: _write_query(name, event.new), "value")
+    return refused
+
+
+def url_alert(refused: list[str]) -> pn.pane.Alert:
+    """Says which parts of the link were ignored (hidden when none were)."""
+    text = f"Ignored from the link (not a value this page takes): {', '.join(refused)}" if refused else ""
+    return pn.pane.Alert(text, alert_type="warning", visible=bool(refused))
+
+
+def _restore(widget: Any, text: str) -> bool:
+    """Set a widget from its URL text; False (and unchanged) if the text is not a value it takes."""
+    if isinstance(widget, pn.widgets.Checkbox):
+        value: Any = text.lower() in ("true", "1", "yes")
+    elif isinstance(widget, pn.widgets.IntInput):
+        if not text.isdigit() or len(text) > 9:
+            return False
+        value = int(text)
+    elif isinstance(widget, pn.widgets.Select):
+        options = widget.options.values() if isinstance(widget.options, dict) else widget.options
+        value = next((option for option in options if str(option) == text), None)
+        if value is None:
+            return False
+    else:
+        value = text
+    widget.value = value
+    return True
+
+
+def _write_query(parameter: str, value: Any) -> None:
+    if pn.state.location is not None:
+        pn.state.location.update_query(**{parameter: value if value is not None else ""})
 
 
 def every(period_ms: int, callback: Callable[[], None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 import stagewatch
+from stagewatch.ui._widgets import css_name
 from tests.conftest import DaemonProcess, wait_for
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -88,12 +90,30 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, DaemonProcess, Ui, str]]:
     )
     assert demo.returncode == 0, demo.stderr
     (run_id,) = [p.name for p in (home / "runs").iterdir()]
+    _other_runs(home)
     ui = Ui(home)
     try:
         yield home, daemon, ui, run_id
     finally:
         ui.stop()
         daemon.stop()
+
+
+def _other_runs(home: Path) -> None:
+    """Two more runs beside the demo's: one of another pipeline that went well, one that failed at detection."""
+    for pipeline, failing in (("batch", None), ("batch", "detection")):
+        run = stagewatch.init(pipeline=pipeline, home=home)
+        for frame in range(3):
+            for stage in ("preprocessing", "detection"):
+                try:
+                    with run.stage(stage, sample_id=f"f{frame}"):
+                        if stage == failing and frame == 2:
+                            raise RuntimeError("detector weights missing")
+                except RuntimeError:
+                    pass
+        run.finish(status="failed" if failing else "ok")
+        assert run.flush(10)
+    stagewatch.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -106,27 +126,185 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def page(browser) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1300, "height": 1600})
+    context = browser.new_context(viewport={"width": 1300, "height": 1600}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(45_000)
     yield page
     context.close()
 
 
-def test_runs_a_run_its_stages_accuracy_and_a_saved_image(served, page) -> None:
-    home, _, ui, run_id = served
-    page.goto(ui.url)
-    page.get_by_text(run_id).first.click()  # the runs table
+def _runs_shown(page) -> list[str]:
+    """The run ids in the runs table, as the links' titles say them."""
+    return page.locator(".sw-table-runs a").evaluate_all("links => links.map(link => link.title)")
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick `option` (as the menu shows it) in the menu labelled `label`."""
+    page.locator(f".{css_name(label)} select").select_option(label=option)
+
+
+def test_the_runs_table_narrows_to_the_detection_failures_and_the_url_keeps_it(served, page) -> None:
+    _home, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    assert len(_runs_shown(page)) == 3
+    _choose(page, "Failed stage", "detection")  # click one
+    page.wait_for_url(re.compile("failed_stage=detection"))  # (page.url moves only inside Playwright's calls)
+    _choose(page, "When", "last 7 days")  # click two
+    wait_for(lambda: len(_runs_shown(page)) == 1, 20)
+    (failed,) = _runs_shown(page)
+    assert failed != run_id and shown(page, "detector weights missing")
+    page.wait_for_url(re.compile("failed_stage=detection.*when=7d"))
+    page.reload()  # the URL restores the view
+    page.wait_for_selector(f".sw-table-runs a[title='{failed}']")
+    assert _runs_shown(page) == [failed]
+    page.goto(f"{ui.url}?page=runs&status=ok")
+    page.wait_for_selector("text=runs 1-1 of 1")
+
+
+def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, page) -> None:
+    _home, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.locator(f".sw-table-runs a[title='{run_id}']").click()
     page.wait_for_selector("text=Accuracy against")
     assert f"run={run_id}" in page.url  # the page state is in the URL
-    page.wait_for_selector("text=Stages (ms)")
-    for text in ("lidar_segmentation", "frame_047", "ValueError", "mAP", "bottleneck"):  # frame 47 failed
-        assert shown(page, text), text
-    overlay = f"runs/{run_id}/stages/postprocessing/frame_000_overlay.png"
-    page.goto(f"{ui.url}?run={run_id}&artifact={overlay}")
-    image = page.wait_for_selector("img[src^='data:image/png']")
+    cells = page.locator(".sw-table-stages .tabulator-cell[tabulator-field='stage']").all_inner_texts()
+    assert cells == ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]  # run order
+    medians = page.locator(".sw-table-stages .tabulator-cell[tabulator-field='median']").all_inner_texts()
+    assert all(re.fullmatch(r"\d+(\.\d{1,3})? (ms|s)", text) for text in medians), medians
+    assert shown(page, "no GPU readings on")  # the reason, not a blank
+    assert shown(page, "synthetic://camera0/frame_047")  # the failing frame's input path
+    assert shown(page, "Bottleneck:")
+    page.get_by_text("Traceback").first.click()
+    page.wait_for_selector("text=Traceback (most recent call last)")
+    assert shown(page, "raise ValueError")
+    assert page.locator(".sw-sample-for-the-waterfall select, select").count() > 0
+    page.get_by_text("postprocessing: 49 samples").click()  # outputs by stage, then sample
+    page.locator("a[href*='frame_000_overlay.png'] img").first.click()  # a thumbnail opens the image
+    image = page.wait_for_selector(".sw-preview img[src^='data:image/png']")
     assert image.bounding_box()["width"] > 100
-    page.screenshot(path=str(home.parent / "dashboard.png"), full_page=True)
+    assert "artifact=runs" in page.url
+
+
+SLOW_PIPELINE = """
+import sys, time, stagewatch
+run = stagewatch.init(pipeline="slow-live", home=sys.argv[1])
+print(run.id, flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+frame = 0
+while time.monotonic() < deadline:
+    with run.stage("decode", sample_id=f"f{frame}"):
+        time.sleep(0.02)
+    with run.stage("infer", sample_id=f"f{frame}"):
+        time.sleep(0.05)
+    frame += 1
+run.finish()
+"""
+
+
+def _done_of(page, stage: str) -> int | None:
+    """The Live page's count of `stage`'s executions, as shown."""
+    rows = page.locator(".sw-table-live-stages .tabulator-row").evaluate_all(
+        """rows => rows.map(row => [row.querySelector("[tabulator-field=stage]").innerText,
+                                    row.querySelector("[tabulator-field=done]").innerText])"""
+    )
+    done = dict(rows).get(stage)
+    return int(done.replace(",", "")) if done else None
+
+
+def test_live_shows_a_run_in_progress_and_its_counts_move(served, page) -> None:
+    home, _, ui, _ = served
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PIPELINE, str(home), "20"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        run_id = pipeline.stdout.readline().strip()
+        page.goto(f"{ui.url}?page=live")
+        page.wait_for_selector(f".sw-table-live-stages, a[title='{run_id}']")
+        first = wait_for(lambda: _done_of(page, "infer"), 20)
+        later = wait_for(lambda: (n := _done_of(page, "infer")) and n >= first + 5 and n, 20)  # no reload
+        assert later > first
+        assert page.locator(f"a[title='{run_id}']").count() == 1 and shown(page, "slow-live")
+        assert shown(page, "samples/s") and shown(page, "no GPU readings")
+    finally:
+        pipeline.kill()
+        pipeline.wait(10)
+
+
+def _chart_sources(page, column: str) -> list[dict]:
+    """The data of the Bokeh sources that have `column`, as the browser holds them."""
+    return page.evaluate(
+        """(column) => {
+            const found = [];
+            for (const doc of window.Bokeh.documents)
+                for (const model of doc.all_models)
+                    if (model.data instanceof Object && column in model.data && model.selected !== undefined)
+                        found.push(Object.fromEntries(Object.entries(model.data).map(([k, v]) => [k, Array.from(v)])));
+            return found;
+        }""",
+        column,
+    )
+
+
+def test_performance_draws_one_point_per_run_and_stage(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=performance&window=30d")
+    page.wait_for_selector("text=Over the window")
+    sources = wait_for(lambda: [s["run_id"] for s in _chart_sources(page, "run_id") if s["run_id"]], 30)
+    for points in sources:  # a source is one stage's line or dots: one point per run that ran it
+        assert len(points) == len(set(points)), points
+    runs = {run for points in sources for run in points}
+    assert run_id in runs and len(runs) >= 3, runs  # the demo's and the two batch runs (and a live one)
+    window = page.locator(".sw-table-window-stats .tabulator-cell[tabulator-field='stage']").all_inner_texts()
+    assert window[:2] == ["preprocessing", "detection"]
+
+
+def test_logs_filter_narrows_and_the_download_equals_the_cli_export(served, page) -> None:
+    home, _, ui, _ = served
+    page.goto(f"{ui.url}?page=logs")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    _choose(page, "Lowest level", "WARNING")
+    page.locator(".sw-search input").fill("glare")
+    page.locator(".sw-search input").press("Enter")
+    page.wait_for_url(re.compile("level=WARNING.*q=glare"))
+    levels = wait_for(
+        lambda: (
+            (texts := page.locator(".sw-table-logs .tabulator-cell[tabulator-field='level']").all_inner_texts())
+            and set(texts) == {"WARNING"}
+            and texts
+        ),
+        20,
+    )
+    messages = page.locator(".sw-table-logs .tabulator-cell[tabulator-field='message']").all_inner_texts()
+    assert all("glare" in m for m in messages) and len(messages) == len(levels)
+    with page.expect_download() as download:
+        page.get_by_text("Download JSON", exact=True).click()
+    downloaded = json.loads(Path(download.value.path()).read_text())
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stagewatch.cli",
+            "export",
+            "--home",
+            str(home),
+            "--level",
+            "WARNING",
+            "--grep",
+            "glare",
+            "--output",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert downloaded == json.loads(cli.stdout)
+    assert len(downloaded["logs"]) == len(messages) > 0
+    page.reload()  # the filters come back from the URL
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert page.locator(".sw-search input").input_value() == "glare"
 
 
 def test_artifact_links_cannot_leave_the_home(served, page) -> None:
@@ -152,7 +330,7 @@ def test_new_runs_appear_without_reloading_and_the_disk_warning_shows(served, pa
     with stagewatch.init(pipeline="arrives-live", home=home) as run, run.stage("a"):
         pass
     assert run.flush(10)
-    page.wait_for_selector(f"text={run.id}", timeout=30_000)
+    page.wait_for_selector(f".sw-table-runs a[title='{run.id}']", timeout=30_000)
 
 
 def test_the_dashboard_listens_on_the_loopback_only(served) -> None:
@@ -190,17 +368,17 @@ def test_exposing_it_needs_basic_auth_and_basic_auth_works(served, browser) -> N
         page.set_default_timeout(45_000)
         page.goto(ui.url)
         page.wait_for_selector("input[name='password']")
-        assert not shown(page, "Run id")
+        assert not shown(page, "Failed stage")
         page.fill("input[name='username']", "alice")
         page.fill("input[name='password']", "wrong")
         page.click("button[type='submit'], input[type='submit']")
         time.sleep(1)
-        assert not shown(page, "Run id") and page.locator("input[name='password']").count() == 1
+        assert not shown(page, "Failed stage") and page.locator("input[name='password']").count() == 1
         page.goto(ui.url)
         page.fill("input[name='username']", "alice")
         page.fill("input[name='password']", "correct horse")
         page.click("button[type='submit'], input[type='submit']")
-        page.wait_for_selector("text=Run id")
+        page.wait_for_selector("text=Failed stage")
     finally:
         context.close()
         ui.stop()

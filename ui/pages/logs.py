@@ -76,26 +76,29 @@ class LogsPage:
         self.page.param.watch(lambda _: self.refresh(), "value")
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(1))
-        _widgets.sync_url(
-            {
-                "since": self.since,
-                "until": self.until,
-                "stage": self.stage,
-                "level": self.level,
-                "run": self.run,
-                "logger": self.logger,
-                "q": self.text,
-                "regex": self.regex,
-                "tail": self.tail,
-                "size": self.size,
-                "p": self.page,
-            }
+        self.url_problems = _widgets.url_alert(
+            _widgets.sync_url(
+                {
+                    "since": self.since,
+                    "until": self.until,
+                    "stage": self.stage,
+                    "level": self.level,
+                    "run": self.run,
+                    "logger": self.logger,
+                    "q": self.text,
+                    "regex": self.regex,
+                    "tail": self.tail,
+                    "size": self.size,
+                    "p": self.page,
+                }
+            )
         )
         self.refresh()
         _widgets.every(TAIL_MS, self._tail)
 
     def layout(self) -> pn.Column:
         return pn.Column(
+            self.url_problems,
             _widgets.filter_bar(
                 self.since,
                 self.until,

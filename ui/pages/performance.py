@@ -37,20 +37,23 @@ class PerformancePage:
             widget.param.watch(lambda _: self.refresh(), "value")
         for widget in (self.first, self.second):
             widget.param.watch(lambda _: self.compare(), "value")
-        _widgets.sync_url(
-            {
-                "window": self.window,
-                "pipeline": self.pipeline,
-                "measure": self.measure,
-                "a": self.first,
-                "b": self.second,
-            }
+        self.url_problems = _widgets.url_alert(
+            _widgets.sync_url(
+                {
+                    "window": self.window,
+                    "pipeline": self.pipeline,
+                    "measure": self.measure,
+                    "a": self.first,
+                    "b": self.second,
+                }
+            )
         )
         self.refresh()
         self.compare()
 
     def layout(self) -> pn.Column:
         return pn.Column(
+            self.url_problems,
             _widgets.filter_bar(self.window, self.pipeline, self.measure),
             self.callouts,
             pn.pane.Markdown("### Stage durations per run"),

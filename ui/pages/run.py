@@ -34,13 +34,15 @@ class RunPage:
         self.run_id.param.watch(lambda _: self.show(), "value")
         self.sample.param.watch(lambda _: self._draw_waterfall(), "value")
         self.artifact.param.watch(lambda _: self.show_artifact(), "value")
-        _widgets.sync_url({"run": self.run_id, "sample": self.sample, "artifact": self.artifact})
+        refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact})
         self.show()
         self.show_artifact()
+        refused += _widgets.sync_url({"sample": self.sample})  # its options are the run's samples
+        self.url_problems = _widgets.url_alert(refused)
         _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
 
     def layout(self) -> pn.Column:
-        return pn.Column(self.run_id, self.body, self.artifact, self.preview)
+        return pn.Column(self.url_problems, self.run_id, self.body, self.artifact, self.preview)
 
     def _refresh_if_running(self) -> None:
         if self.view_data is not None and not self.view_data["audit"].get("complete"):
@@ -88,7 +90,10 @@ class RunPage:
         if kind == "unreadable":
             self.preview.objects = [title, pn.pane.Alert(content, alert_type="warning")]
         elif kind == "png":
-            self.preview.objects = [title, pn.pane.PNG(io.BytesIO(content), sizing_mode="fixed")]
+            self.preview.objects = [
+                title,
+                pn.pane.PNG(io.BytesIO(content), sizing_mode="fixed", css_classes=["sw-preview"]),
+            ]
         else:
             self.preview.objects = [title, pn.pane.JSON(content, depth=3)]
 

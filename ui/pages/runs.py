@@ -25,6 +25,9 @@ SORTS = {
 }
 
 
+REFRESH_MS = 3000
+
+
 class RunsPage:
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -62,25 +65,34 @@ class RunsPage:
         self.page.param.watch(lambda _: self.refresh(), "value")
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(1))
-        _widgets.sync_url(
-            {
-                "pipeline": self.pipeline,
-                "status": self.status,
-                "failed_stage": self.failed_stage,
-                "when": self.when,
-                "since": self.since,
-                "until": self.until,
-                "host": self.host,
-                "text": self.text,
-                "sort": self.sort,
-                "size": self.size,
-                "p": self.page,
-            }
+        self.url_problems = _widgets.url_alert(
+            _widgets.sync_url(
+                {
+                    "pipeline": self.pipeline,
+                    "status": self.status,
+                    "failed_stage": self.failed_stage,
+                    "when": self.when,
+                    "since": self.since,
+                    "until": self.until,
+                    "host": self.host,
+                    "text": self.text,
+                    "sort": self.sort,
+                    "size": self.size,
+                    "p": self.page,
+                }
+            )
         )
         self.refresh()
+        _widgets.every(REFRESH_MS, self._refresh_first_page)
+
+    def _refresh_first_page(self) -> None:
+        """New runs appear without a reload; a later page stays as the person left it."""
+        if self.page.value == 1:
+            self.refresh()
 
     def layout(self) -> pn.Column:
         return pn.Column(
+            self.url_problems,
             _widgets.filter_bar(
                 self.pipeline,
                 self.status,

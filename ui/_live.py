@@ -87,7 +87,7 @@ class LiveBoard:
         run = self.runs.get(run_id)
         if run is None:
             run = self.runs[run_id] = LiveRun(run_id)
-            self._forget_old()
+            self._forget_old(keep=run_id)
         if run.pipeline is None and known:
             _describe(run, known.get(run_id))
         ts = event.get("ts_ns") if isinstance(event.get("ts_ns"), int) else 0
@@ -110,11 +110,14 @@ class LiveBoard:
         shown = [r for r in self.runs.values() if r.ended_at is None or now - r.ended_at < FINISHED_KEPT_S]
         return sorted(shown, key=lambda r: (r.ended_at is not None, -(r.started_ns or r.last_event_ns)))
 
-    def _forget_old(self) -> None:
-        if len(self.runs) <= MAX_RUNS:
+    def _forget_old(self, keep: str) -> None:
+        """Past MAX_RUNS, forget the runs that ended first, then the longest silent ones."""
+        excess = len(self.runs) - MAX_RUNS
+        if excess <= 0:
             return
-        ended = sorted((r for r in self.runs.values() if r.ended_at is not None), key=lambda r: r.ended_at)
-        for run in (ended or sorted(self.runs.values(), key=lambda r: r.last_event_ns))[: len(self.runs) - MAX_RUNS]:
+        others = [r for r in self.runs.values() if r.run_id != keep]
+        others.sort(key=lambda r: (r.ended_at is None, r.ended_at or 0.0, r.last_event_ns))
+        for run in others[:excess]:
             del self.runs[run.run_id]
 
 

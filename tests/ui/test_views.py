@@ -1,0 +1,188 @@
+"""The dashboard's pure parts: formatting, colours, server-side paging, per-run points,
+regressions, the live board's fold and the URL's state, checked against references."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from stagewatch.daemon import Filters, query_logs
+from stagewatch.ui import _format, _trends
+from stagewatch.ui._data import top_rows
+from stagewatch.ui._live import MAX_RUNS, LiveBoard
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.0423, "0.042 ms"),
+        (4.0876, "4.09 ms"),
+        (41.349, "41.3 ms"),
+        (1250.0, "1.25 s"),
+        (200_000.0, "3 min 20 s"),
+        (7_500_000.0, "2 h 5 min"),
+        (None, "-"),
+        (math.nan, "-"),
+        (math.inf, "-"),
+    ],
+)
+def test_milliseconds_read_as_people_compare_them(value, text) -> None:
+    assert _format.ms(value) == text
+
+
+def test_megabytes_percent_and_relative_times() -> None:
+    assert (_format.mb(274.347656), _format.mb(2048.0), _format.mb(3.14159)) == ("274.3 MB", "2.00 GB", "3.14 MB")
+    assert (_format.pct(0.016667), _format.pct(1.0), _format.pct(0.9975)) == ("1.7%", "100.0%", "99.75%")
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    assert _format.relative(now - timedelta(seconds=12), now) == "12 s ago"
+    assert _format.relative(now - timedelta(hours=3, minutes=5), now) == "3 h ago"
+    assert _format.relative(now + timedelta(minutes=2), now) == "in 2 min"
+    assert 'title="2026-12-02 11:55:00.000 UTC"' in _format.when_html(now - timedelta(minutes=5), now)
+
+
+def test_each_stage_keeps_one_colour_and_a_home_s_stages_differ() -> None:
+    stages = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing", "tracking"]
+    colours = _format.stage_colours(stages)
+    assert len(set(colours.values())) == len(stages)  # no two stages alike while the palette lasts
+    assert _format.stage_colours(list(reversed(stages))) == colours  # the order they are given in does not matter
+    many = [f"stage{i}" for i in range(40)]
+    assert set(_format.stage_colours(many).values()) == set(_format.PALETTE)  # beyond the palette: reused, not lost
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_a_page_equals_the_same_slice_of_a_full_sort(descending) -> None:
+    rng = np.random.default_rng(3)
+    n = 5000
+    table = pa.table(
+        {
+            "start_time": pa.array(rng.integers(0, 10**12, n) * 1000, pa.timestamp("ns", tz="UTC")),
+            "duration_ms": rng.choice([1.0, 2.5, 9.0, 40.0], n),  # ties, broken by start_time
+        }
+    )
+    frame = table.to_pandas()
+    reference = frame.sort_values(
+        ["duration_ms", "start_time"], ascending=[not descending, False], kind="stable"
+    ).reset_index(drop=True)
+    for offset in (0, 25, 4990, 5000, 7000):
+        page = top_rows(table, "duration_ms", descending, offset, 25).to_pandas()
+        expected = reference.iloc[offset : offset + 25].reset_index(drop=True)
+        pd.testing.assert_frame_equal(page, expected)
+
+
+def _stage_table(rows: list[tuple[str, str, datetime, float]]) -> pa.Table:
+    return pa.table(
+        {
+            "run_id": [r[0] for r in rows],
+            "pipeline": ["p"] * len(rows),
+            "stage": [r[1] for r in rows],
+            "start_time": pa.array([r[2] for r in rows], pa.timestamp("ns", tz="UTC")),
+            "duration_ms": [r[3] for r in rows],
+            "rss_peak_mb": [100.0 + i for i in range(len(rows))],
+            "rss_start_mb": [100.0] * len(rows),
+        }
+    )
+
+
+def test_per_run_points_equal_numpy_percentiles() -> None:
+    rng = np.random.default_rng(5)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = []
+    for run in range(7):
+        for stage in ("decode", "infer"):
+            for i in range(int(rng.integers(1, 40))):
+                rows.append((f"run{run}", stage, start + timedelta(hours=run, seconds=i), float(rng.gamma(2, 10))))
+    points = _trends.run_points(_stage_table(rows))
+    frame = pd.DataFrame(rows, columns=["run_id", "stage", "start", "ms"])
+    assert len(points) == frame.groupby(["run_id", "stage"]).ngroups  # one point per run and stage
+    for point in points.itertuples():
+        values = frame[(frame["run_id"] == point.run_id) & (frame["stage"] == point.stage)]["ms"]
+        assert point.median_ms == pytest.approx(np.percentile(values, 50))
+        assert point.p95_ms == pytest.approx(np.percentile(values, 95))
+        assert point.count == len(values)
+    assert list(points["run_start"]) == sorted(points["run_start"])
+
+
+def test_a_slower_last_day_is_called_out_with_the_run_it_began_in() -> None:
+    newest = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    rows = []
+    for day in range(8, 1, -1):  # a week at about 40 ms
+        for i in range(20):
+            rows.append((f"old{day}", "detection", newest - timedelta(days=day, seconds=i), 40.0 + i % 3))
+    for hour, run in ((10, "fast"), (6, "slow1"), (2, "slow2")):
+        for i in range(20):
+            ms = 41.0 if run == "fast" else 48.0 + i % 2
+            rows.append((run, "detection", newest - timedelta(hours=hour, seconds=i), ms))
+    rows.append(("slow2", "detection", newest, 49.0))
+    (found,) = _trends.regressions(_stage_table(rows))
+    assert found.stage == "detection" and found.first_run == "slow1"
+    assert found.before_ms == pytest.approx(np.percentile([40.0 + i % 3 for i in range(20)] * 7, 95))
+    assert found.change > 0.10
+    steady = [r for r in rows if not r[0].startswith("slow")]
+    assert _trends.regressions(_stage_table(steady)) == []
+
+
+def _event(kind: str, run: str = "r1", **fields) -> dict:
+    return {"type": kind, "run_id": run, "ts_ns": time.time_ns(), **fields}
+
+
+def test_the_live_board_folds_events_and_ignores_odd_ones() -> None:
+    board = LiveBoard()
+    board.take(_event("run_started", pipeline="perception", host="vm"))
+    for i, ms in enumerate([5.0, 7.0, 6.0, 100.0]):
+        board.take(_event("stage_started", stage="detect", sample_id=f"f{i}"))
+        board.take(_event("stage_finished", stage="detect", sample_id=f"f{i}", duration_ms=ms, rss_peak_mb=10.0 + i))
+    board.take(
+        _event("stage_failed", stage="detect", sample_id="f9", duration_ms=1.0, error_type="E", error_message="bad")
+    )
+    for odd in [
+        {"type": "stage_finished"},
+        {"type": 3, "run_id": "r1"},
+        _event("stage_finished", stage=["x"]),
+        _event("stage_finished", stage="detect", duration_ms="fast"),
+        _event("nonsense"),
+    ]:
+        board.take(odd)
+    (run,) = board.visible()
+    stage = run.stages["detect"]
+    assert (run.pipeline, stage.done, stage.failed, stage.running) == ("perception", 6, 1, 0)
+    assert stage.median_ms == pytest.approx(np.median([5.0, 7.0, 6.0, 100.0, 1.0]))
+    assert stage.latest_ms == 1.0 and stage.rss_peak_mb == 13.0
+    assert run.failures[0]["sample_id"] == "f9" and "bad" in run.failures[0]["error"]
+    board.take(_event("run_finished", status="failed"))
+    assert board.visible()[0].status == "failed"
+    assert board.visible(now=time.monotonic() + 3600) == []  # an ended run leaves the page after a while
+
+
+def test_the_live_board_stays_bounded() -> None:
+    board = LiveBoard()
+    for i in range(MAX_RUNS * 3):
+        board.take(_event("run_started", run=f"run{i}"))
+        if i % 2:
+            board.take(_event("run_finished", run=f"run{i}"))
+    assert len(board.runs) == MAX_RUNS
+    assert f"run{MAX_RUNS * 3 - 1}" in board.runs
+
+
+def test_a_bad_regular_expression_is_refused_in_words(tmp_path) -> None:
+    with pytest.raises(ValueError, match="regular expression"):
+        Filters(grep="(unclosed", regex=True)
+    assert query_logs(tmp_path, Filters(grep="frame_0[0-4]", regex=True)).num_rows == 0  # valid: no rows here
+
+
+def test_the_url_restores_only_values_a_widget_takes() -> None:
+    import panel as pn
+
+    from stagewatch.ui._widgets import _restore
+
+    status = pn.widgets.Select(options={"any": "", "failed": "failed"})
+    assert _restore(status, "failed") and status.value == "failed"
+    assert not _restore(status, "<script>") and status.value == "failed"
+    page = pn.widgets.IntInput(value=1, start=1)
+    assert not _restore(page, "-5") and not _restore(page, "9" * 30) and page.value == 1
+    assert _restore(page, "3") and page.value == 3

@@ -51,6 +51,8 @@ def page() -> pn.template.FastListTemplate:
         sidebar=[_widgets.navigation(name), pn.pane.Markdown(f"home: `{home}`", styles={"font-size": "12px"})],
         main=[pn.Column(*_widgets.banners(home), content, sizing_mode="stretch_width")],
         sidebar_width=200,
+        font_url="",  # no web font: the dashboard must load fast with no internet (system fonts)
+        font="system-ui, -apple-system, Segoe UI, Roboto, sans-serif",
         header_background="#1f3a5f",
         accent_base_color="#1f3a5f",
     )

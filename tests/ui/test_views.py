@@ -186,3 +186,24 @@ def test_the_url_restores_only_values_a_widget_takes() -> None:
     page = pn.widgets.IntInput(value=1, start=1)
     assert not _restore(page, "-5") and not _restore(page, "9" * 30) and page.value == 1
     assert _restore(page, "3") and page.value == 3
+
+
+def test_thinning_keeps_real_runs_and_every_spike() -> None:
+    rng = np.random.default_rng(9)
+    n = 5000
+    points = pd.DataFrame(
+        {
+            "run_start": pd.to_datetime(np.sort(rng.integers(0, 30 * 86400, n)) * 10**9, utc=True),
+            "stage": "detect",
+            "p95_ms": rng.gamma(2, 10, n),
+            "run_id": [f"run{i}" for i in range(n)],
+        }
+    )
+    points.loc[1234, "p95_ms"] = 10_000.0  # one spike
+    thin = _trends.thin(points, "p95_ms", 300)
+    assert 0 < len(thin) <= 300
+    assert "run1234" in set(thin["run_id"])
+    merged = thin.merge(points, on=["run_id"], suffixes=("", "_all"))
+    assert (merged["p95_ms"] == merged["p95_ms_all"]).all()  # every point drawn is a real run's
+    small = points.head(200)
+    pd.testing.assert_frame_equal(_trends.thin(small, "p95_ms", 300), small)

@@ -8,14 +8,15 @@ import html
 from pathlib import Path
 from typing import Any
 
-import holoviews as hv
 import pandas as pd
 import panel as pn
-from bokeh.models import OpenURL, TapTool
+from bokeh.models import ColumnDataSource, HoverTool, OpenURL, TapTool
+from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
 from stagewatch.ui import _data, _format, _trends, _widgets
 
+MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 WINDOWS = {"last 7 days": "7d", "last 30 days": "30d", "last 90 days": "90d", "last 24 hours": "24h", "all time": ""}
 
 
@@ -112,34 +113,55 @@ def stage_order(points: pd.DataFrame) -> list[str]:
 
 def trend_chart(
     points: pd.DataFrame, order: list[str], colours: dict[str, str], measure: str, unit: str, name: str
-) -> pn.pane.HoloViews:
-    """One point per run and stage against the run's start; hover names the run, a click opens it."""
-    frame = points.assign(run=points["run_id"].str[:8])
-    overlay = hv.Overlay(
-        [
-            hv.Curve(
-                frame[frame["stage"] == stage], "run_start", [measure, "run_id", "run", "count"], label=stage
-            ).opts(color=colours.get(stage, "#555"), alpha=0.6)
-            * hv.Scatter(
-                frame[frame["stage"] == stage], "run_start", [measure, "run_id", "run", "count"], label=stage
-            ).opts(color=colours.get(stage, "#555"), size=6, tools=["hover"], hooks=[_open_run_on_tap])
-            for stage in order
-        ]
+) -> pn.pane.Bokeh:
+    """One point per run and stage against the run's start (past MAX_POINTS runs, the slowest
+    run of each time slice); hover names the run, a click opens it.
+
+    Plain Bokeh rather than HoloViews here: this page draws two charts of up to thousands of
+    points on every open, and building them through HoloViews cost 0.26 s each (10x)."""
+    frame = _trends.thin(points[["run_start", "stage", measure, "run_id", "count"]], measure, MAX_POINTS)
+    runs, shown = points["run_id"].nunique(), frame["run_id"].nunique()
+    label = "run start (UTC)" + (
+        f": the slowest of {runs:,} runs in each of {MAX_POINTS} slices" if shown < runs else ""
     )
-    chart = overlay.opts(
+    figure = bokeh_figure(
         height=320,
-        responsive=True,
-        xlabel="run start (UTC)",
-        ylabel=unit,
-        legend_position="right",
-        active_tools=["wheel_zoom"],
+        sizing_mode="stretch_width",
+        x_axis_type="datetime",
+        x_axis_label=label,
+        y_axis_label=unit,
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        active_scroll="wheel_zoom",
     )
-    return pn.pane.HoloViews(chart, sizing_mode="stretch_width", name=name)
-
-
-def _open_run_on_tap(plot: Any, element: Any) -> None:
-    if not any(isinstance(tool, TapTool) for tool in plot.state.tools):
-        plot.state.add_tools(TapTool(callback=OpenURL(url="?page=run&run=@run_id", same_tab=True)))
+    for stage in order:
+        rows = frame[frame["stage"] == stage]
+        source = ColumnDataSource(
+            {
+                "run_start": rows["run_start"].dt.tz_localize(None),
+                "value": rows[measure],
+                "run_id": rows["run_id"],
+                "count": rows["count"],
+            }
+        )
+        figure.scatter(
+            "run_start", "value", source=source, size=6, color=colours.get(stage, "#555"), legend_label=stage
+        )
+    figure.add_tools(
+        HoverTool(
+            tooltips=[
+                ("run", "@run_id"),
+                ("started", "@run_start{%F %T}"),
+                (unit, "@value{0.00}"),
+                ("executions", "@count"),
+            ],
+            formatters={"@run_start": "datetime"},
+        ),
+        TapTool(callback=OpenURL(url="?page=run&run=@run_id", same_tab=True)),
+    )
+    figure.legend.location = "top_left"
+    figure.legend.click_policy = "hide"
+    figure.add_layout(figure.legend[0], "right")
+    return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name=name)
 
 
 def regression_alert(regression: _trends.Regression) -> pn.pane.Alert:

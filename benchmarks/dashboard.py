@@ -1,0 +1,303 @@
+"""The dashboard: query answers at a million runs, the Performance page rendered in Chromium,
+live latency (stage end -> the page's DOM), and the server's memory over many sessions.
+
+    python benchmarks/dashboard.py --keep /tmp/sw-hist          [homes built once by history.py's builder]
+    python benchmarks/dashboard.py --keep /tmp/sw-hist --only queries|render|live|memory
+
+Homes: generated runs replayed through the daemon's own ingest (benchmarks/history.py: 4
+stages a run, 3% failing at detection, one log line a run, starts over 30 days), 100, 10k
+and 1M runs. References, in the same run: for queries, the obvious way (the whole table read
+into pandas, filtered, sorted, the first page taken); for rendering and latency, the issue's
+targets; for memory, the server's RSS after 20 sessions against after 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import print_table, running_daemon
+from history import prepared_home
+
+from stagewatch.daemon import Filters, parse_time
+from stagewatch.daemon._readmodels import read_table
+from stagewatch.ui import _data
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def median_ms(action: Callable[[], object], repeats: int = 7) -> float:
+    action()  # warm: the first read also pays for imports and the page cache
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def naive_runs(home: Path, keep: Callable) -> object:
+    frame = read_table(home, "runs").to_pandas()
+    return frame[keep(frame)].sort_values("start_time", ascending=False).head(25)
+
+
+def naive_logs(home: Path, keep: Callable) -> object:
+    frame = read_table(home, "logs").to_pandas()
+    return frame[keep(frame)].sort_values("time", ascending=False).head(50)
+
+
+def queries(home: Path, runs: int) -> list[list[object]]:
+    week = parse_time("7d")
+    cases = [
+        (
+            "runs: first page, no filter",
+            lambda: _data.runs_page(home, Filters()),
+            lambda: naive_runs(home, lambda f: f["run_id"].notna()),
+        ),
+        (
+            "runs: failed at detection, last 7 days",
+            lambda: _data.runs_page(home, Filters(failed_stage="detection", since=week)),
+            lambda: naive_runs(home, lambda f: (f["failed_stage"] == "detection") & (f["start_time"] >= week)),
+        ),
+        (
+            "runs: error text 'nan pixels'",
+            lambda: _data.runs_page(home, Filters(grep="nan pixels")),
+            lambda: naive_runs(home, lambda f: f["error_message"].str.contains("nan pixels", case=False, na=False)),
+        ),
+        (
+            "logs: first page, no filter",
+            lambda: _data.logs_page(home, Filters()),
+            lambda: naive_logs(home, lambda f: f["message"].notna()),
+        ),
+        (
+            "logs: INFO+, text 'done', last 7 days",
+            lambda: _data.logs_page(home, Filters(level="INFO", grep="done", since=week)),
+            lambda: naive_logs(home, lambda f: f["message"].str.contains("done", case=False) & (f["time"] >= week)),
+        ),
+    ]
+    rows = []
+    for name, ours, reference in cases:
+        mine, theirs = median_ms(ours), median_ms(reference, 3)
+        rows.append([f"{runs:,}", name, f"{mine:.0f}", f"{theirs:.0f}", f"{theirs / mine:.1f}x"])
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dashboard(home: Path) -> Iterator[tuple[str, psutil.Process]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/app"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        server = next(
+            p
+            for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
+            if "panel" in " ".join(p.cmdline())
+        )
+        yield url, server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def performance_render_s(browser: object, url: str) -> float:
+    """Navigation start until the window's stats table and both trend charts are drawn."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    started = time.perf_counter()
+    page.goto(f"{url}?page=performance&window=30d")
+    page.wait_for_selector(".sw-table-window-stats .tabulator-row")
+    page.wait_for_function("() => window.Bokeh && window.Bokeh.documents.length && window.Bokeh.documents[0].is_idle")
+    elapsed = time.perf_counter() - started
+    context.close()
+    return elapsed
+
+
+def render(homes: dict[int, Path]) -> list[list[object]]:
+    targets = {100: 5.0, 10_000: 2.0}
+    rows = []
+    with chromium() as browser:
+        for runs, target in targets.items():
+            with dashboard(homes[runs]) as (url, _):
+                performance_render_s(browser, url)  # the server's first session pays for imports
+                seconds = statistics.median(performance_render_s(browser, url) for _ in range(5))
+            rows.append([f"{runs:,} runs over 30 days", f"{seconds:.2f}", f"{target:.1f}", f"{seconds / target:.2f}"])
+    return rows
+
+
+TICKER = """
+import sys, time, stagewatch
+run = stagewatch.init(pipeline="ticker", home=sys.argv[1])
+print(run.id, flush=True)
+with open(sys.argv[2], "w") as ends:
+    for i in range(int(sys.argv[3])):
+        with run.stage("tick", sample_id=f"t{i}"):
+            time.sleep(0.005)
+        ends.write(f"{time.time_ns()}\\n")
+        ends.flush()
+        time.sleep(0.2)
+run.finish()
+run.flush(10)
+"""
+
+LOAD = """
+import sys, time, stagewatch
+run = stagewatch.init(pipeline="load", home=sys.argv[1])
+deadline, n = time.monotonic() + float(sys.argv[2]), 0
+while time.monotonic() < deadline:
+    started = time.monotonic()
+    for _ in range(100):  # 100 stages = 200 events every 100 ms: 2,000 events/s
+        with run.stage("busy", sample_id=f"s{n}"):
+            n += 1
+    time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
+run.finish()
+"""
+
+
+def live_latency(load: bool, ticks: int = 60) -> list[object]:
+    """Stage end in the pipeline -> the new count in the Live page's DOM, per execution."""
+    with running_daemon() as home, dashboard(home) as (url, _), chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}?page=live")
+        page.wait_for_selector("text=No run is in progress")
+        loader = None
+        if load:
+            loader = subprocess.Popen([sys.executable, "-c", LOAD, str(home), str(ticks * 0.21 + 15)])
+            time.sleep(3)
+        ends_file = home.parent / f"{home.name}-ends"
+        ticker = subprocess.Popen(
+            [sys.executable, "-c", TICKER, str(home), str(ends_file), str(ticks)], stdout=subprocess.PIPE, text=True
+        )
+        ticker.stdout.readline()
+        seen: dict[int, int] = {}  # count -> when the page first showed it (ns)
+        deadline = time.monotonic() + ticks * 0.25 + 30
+        while time.monotonic() < deadline and len(seen) < ticks:
+            count = _shown_count(page, "tick")
+            now = time.time_ns()
+            if count:
+                for k in range(1, count + 1):
+                    seen.setdefault(k, now)
+        ticker.wait(60)
+        if loader is not None:
+            loader.kill()
+            loader.wait()
+        ends = [int(line) for line in ends_file.read_text().split()]
+        latencies = sorted((seen[k + 1] - end) / 1e6 for k, end in enumerate(ends) if k + 1 in seen)
+        ends_file.unlink()
+    p50 = statistics.median(latencies)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    name = "with 2,000 events/s from another pipeline" if load else "one pipeline"
+    return [name, len(latencies), f"{p50:.0f}", f"{p95:.0f}", "1000", f"{p95 / 1000:.2f}"]
+
+
+def _shown_count(page: object, stage: str) -> int | None:
+    rows = page.locator(".sw-table-live-stages .tabulator-row").evaluate_all(
+        """rows => rows.map(row => [row.querySelector("[tabulator-field=stage]").innerText,
+                                    row.querySelector("[tabulator-field=done]").innerText])"""
+    )
+    done = dict(rows).get(stage)
+    return int(done.replace(",", "")) if done else None
+
+
+def memory(home: Path, sessions: int = 200) -> list[list[object]]:
+    """The server's RSS after 20 sessions opened and closed, against after `sessions`."""
+    readings = {}
+    with dashboard(home) as (url, server), chromium() as browser:
+        for i in range(1, sessions + 1):
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}?page={('runs', 'run', 'performance', 'logs', 'live')[i % 5]}")
+            page.wait_for_function(
+                "() => window.Bokeh && window.Bokeh.documents.length && window.Bokeh.documents[0].is_idle"
+            )
+            context.close()
+            if i in (20, sessions):
+                time.sleep(40)  # Bokeh drops a closed session's document after it has been unused 15 s
+                readings[i] = server.memory_info().rss / 2**20
+    ratio = readings[sessions] / readings[20]
+    return [
+        ["after 20 sessions", f"{readings[20]:.0f}", ""],
+        [f"after {sessions}", f"{readings[sessions]:.0f}", f"{ratio:.3f}"],
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", type=Path, help="build the homes there once and reuse them")
+    parser.add_argument("--large", type=int, default=1_000_000, help="runs in the large home (1,000,000)")
+    parser.add_argument("--only", choices=["queries", "render", "live", "memory"])
+    args = parser.parse_args()
+    sizes = {"queries": [args.large], "render": [100, 10_000], "memory": [10_000], "live": []}
+    wanted = [args.only] if args.only else list(sizes)
+    homes = {n: prepared_home(n, args.keep)[0] for part in wanted for n in sizes[part]}
+    if "queries" in wanted:
+        print_table(
+            "Runs and logs pages: first page answered on the server (median of 7, ms)",
+            ["runs", "query", "stagewatch", "pandas: read all, filter, sort", "ratio"],
+            queries(homes[args.large], args.large),
+        )
+    if "render" in wanted:
+        print_table(
+            "Performance page fully rendered in Chromium (median of 5, s)",
+            ["home", "stagewatch", "target", "ratio"],
+            render(homes),
+        )
+    if "live" in wanted:
+        print_table(
+            "Live page: stage end -> count in the DOM (ms)",
+            ["load", "executions", "p50", "p95", "target p95", "ratio"],
+            [live_latency(False), live_latency(True)],
+        )
+    if "memory" in wanted:
+        print_table("Dashboard server memory over sessions (RSS, MB)", ["", "RSS MB", "ratio"], memory(homes[10_000]))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,20 +7,18 @@ import html
 import math
 from datetime import UTC, datetime
 
-# Okabe-Ito and Tableau hues: tell apart for most colour-blind readers, on white and on dark.
+# Tableau 10: ten hues people tell apart at a glance, on white as in a legend.
 PALETTE = (
-    "#0072B2",
-    "#E69F00",
-    "#009E73",
-    "#CC79A7",
-    "#56B4E9",
-    "#D55E00",
-    "#F0E442",
-    "#7F3C8D",
-    "#11A579",
-    "#3969AC",
-    "#F2B701",
-    "#E73F74",
+    "#4E79A7",
+    "#F28E2B",
+    "#59A14F",
+    "#B07AA1",
+    "#EDC948",
+    "#76B7B2",
+    "#E15759",
+    "#9C755F",
+    "#FF9DA7",
+    "#BAB0AC",
 )
 STATUS_COLOURS = {"ok": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "crashed": "#6a1b9a"}
 

@@ -407,3 +407,23 @@ def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
     assert not (home / "run" / "ingest.sock").exists()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def _total_lines(page) -> int:
+    label = page.get_by_text(re.compile(r"log lines \d")).first.inner_text()
+    return int(label.rsplit(" of ", 1)[1].replace(",", ""))
+
+
+def test_brushing_the_log_histogram_narrows_the_time_range(served, page) -> None:
+    _, _, ui, _ = served
+    page.goto(f"{ui.url}?page=logs")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    before = _total_lines(page)
+    box = page.locator("canvas").first.bounding_box()
+    y = box["y"] + box["height"] * 0.4
+    page.mouse.move(box["x"] + box["width"] * 0.25, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.45, y, steps=8)
+    page.mouse.up()
+    page.wait_for_url(re.compile("since=.*until="))
+    wait_for(lambda: 0 < _total_lines(page) < before, 20)

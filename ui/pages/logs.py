@@ -8,9 +8,11 @@ import io
 from pathlib import Path
 from typing import Any
 
-import holoviews as hv
 import pandas as pd
 import panel as pn
+from bokeh.events import SelectionGeometry
+from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import LEVELS, Filters, parse_time
 from stagewatch.ui import _data, _format, _widgets
@@ -167,47 +169,53 @@ class LogsPage:
             self.histogram.objects = [self._histogram(filters)]
 
     def _histogram(self, filters: Filters) -> Any:
+        """Lines per time bin, stacked by level; a drag across it (box select) narrows the range."""
         counts = _data.log_histogram(self.home, filters)
         if counts.empty:
             return pn.pane.Markdown("")
-        bars = hv.Overlay(
-            [
-                hv.Spikes(counts[counts["level"] == level], "time", "count", label=level).opts(
-                    color=LEVEL_COLOURS.get(level, "#555"), line_width=6
-                )
-                for level in LEVELS
-                if (counts["level"] == level).any()
-            ]
-        ).opts(
-            height=160,
-            responsive=True,
-            xlabel="time (UTC)",
-            ylabel="lines",
-            legend_position="right",
-            tools=["xbox_select"],
-            active_tools=["xbox_select"],
+        wide = counts.pivot_table(index="time", columns="level", values="count", fill_value=0)
+        levels = [level for level in LEVELS if level in wide.columns]
+        times = wide.index.tz_localize(None)
+        width_ms = (times[1] - times[0]).total_seconds() * 1000 * 0.9 if len(times) > 1 else 1000.0
+        source = ColumnDataSource({"time": times, **{level: wide[level].to_numpy() for level in levels}})
+        figure = bokeh_figure(
+            height=170,
+            sizing_mode="stretch_width",
+            x_axis_type="datetime",
+            y_axis_label="lines",
+            tools="xbox_select,xwheel_zoom,reset",
+            active_drag="xbox_select",
         )
-        bounds = hv.streams.BoundsX(source=bars, boundsx=None)
-        bounds.add_subscriber(self._brushed)
-        return pn.pane.HoloViews(bars, sizing_mode="stretch_width", name="histogram")
+        figure.vbar_stack(
+            levels,
+            x="time",
+            width=width_ms,
+            source=source,
+            legend_label=levels,
+            color=[LEVEL_COLOURS.get(level, "#555") for level in levels],
+        )
+        figure.add_tools(
+            HoverTool(
+                tooltips=[("from", "@time{%F %T}"), *((lv, f"@{lv}") for lv in levels)],
+                formatters={"@time": "datetime"},
+            )
+        )
+        figure.add_layout(figure.legend[0], "right")
+        figure.on_event(SelectionGeometry, self._brushed)
+        return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="histogram")
 
-    def _brushed(self, boundsx: tuple[Any, Any] | None) -> None:
-        """Brushing the histogram narrows the time range to the brushed span."""
-        if not boundsx or boundsx[0] is None:
+    def _brushed(self, event: SelectionGeometry) -> None:
+        """A final box selection narrows since/until to the brushed span (times in UTC ms)."""
+        geometry = event.geometry or {}
+        if not event.final or geometry.get("x0") is None or geometry.get("x1") is None:
             return
-        low, high = (
-            pd.Timestamp(v, unit="ms", tz="UTC") if isinstance(v, int | float) else pd.Timestamp(v) for v in boundsx
-        )
-        self.until.value = _iso(high)
-        self.since.value = _iso(low)
+        low, high = sorted((geometry["x0"], geometry["x1"]))
+        until = pd.Timestamp(high, unit="ms", tz="UTC")
+        self.since.value = pd.Timestamp(low, unit="ms", tz="UTC").isoformat()
+        self.until.value = until.isoformat()
 
     def _export(self, form: str) -> io.BytesIO:
         return io.BytesIO(b"".join(_data.export_bytes(self.home, self.filters(), form)))
-
-
-def _iso(moment: pd.Timestamp) -> str:
-    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
-    return moment.isoformat()
 
 
 def display(rows: pd.DataFrame) -> pd.DataFrame:

@@ -135,7 +135,16 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
         waterfall_pane,
     ]
     accuracy = _data.accuracy_frame(data["accuracy"])
-    if not accuracy.empty:
+    if accuracy.empty:
+        shown.append(
+            pn.pane.Markdown(
+                "### Accuracy\nThis run named no golden dataset, so nothing was judged "
+                '(`stagewatch.init(..., dataset="golden.yaml")`, see docs/ground-truth.md).'
+                if not audit.get("dataset")
+                else f"### Accuracy\nNo sample of this run has been judged against `{audit['dataset']}` yet."
+            )
+        )
+    else:
         shown += [
             pn.pane.Markdown(f"### Accuracy against `{data['accuracy']['dataset']}`"),
             _widgets.table(accuracy.round(3), "accuracy"),
@@ -158,7 +167,12 @@ def header(audit: dict[str, Any]) -> pn.Column:
     ]
     config = audit.get("config") or {}
     details = pn.Card(pn.pane.JSON(config, depth=2), title="Config snapshot", collapsed=True) if config else None
-    title = pn.pane.HTML(f"<h2 style='margin:4px 0'>Run <code>{html.escape(audit['run_id'])}</code></h2>")
+    run_id = html.escape(audit["run_id"])
+    title = pn.pane.HTML(
+        f"<h2 style='margin:4px 0'>Run <code>{run_id}</code></h2>"
+        f'<a href="?page=logs&run={run_id}">its log lines</a> · '
+        f'<a href="?page=performance&a={run_id}">compare it with another run</a>'
+    )
     return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))
 
 

@@ -238,8 +238,8 @@ def live_latency(load: bool, ticks: int = 60) -> list[object]:
 
 def _shown_count(page: object, stage: str) -> int | None:
     rows = page.locator(".sw-table-live-stages .tabulator-row").evaluate_all(
-        """rows => rows.map(row => [row.querySelector("[tabulator-field=stage]").innerText,
-                                    row.querySelector("[tabulator-field=done]").innerText])"""
+        """rows => rows.map(row => [row.querySelector("[tabulator-field=stage]")?.innerText,
+                                    row.querySelector("[tabulator-field=done]")?.innerText])"""
     )
     done = dict(rows).get(stage)
     return int(done.replace(",", "")) if done else None

@@ -205,8 +205,8 @@ run.finish()
 def _done_of(page, stage: str) -> int | None:
     """The Live page's count of `stage`'s executions, as shown."""
     rows = page.locator(".sw-table-live-stages .tabulator-row").evaluate_all(
-        """rows => rows.map(row => [row.querySelector("[tabulator-field=stage]").innerText,
-                                    row.querySelector("[tabulator-field=done]").innerText])"""
+        """rows => rows.map(row => [row.querySelector("[tabulator-field=stage]")?.innerText,
+                                    row.querySelector("[tabulator-field=done]")?.innerText])"""
     )
     done = dict(rows).get(stage)
     return int(done.replace(",", "")) if done else None

@@ -145,3 +145,17 @@ def test_the_layout_check_finds_a_join() -> None:
     assert _layout_joins('path = f"runs/{run_id}/stages/"')
     assert _layout_joins('folder.glob("date=*")')
     assert not _layout_joins("path = home.audit(run_id)")
+
+
+def test_every_package_folder_is_installed() -> None:
+    """A folder with an __init__.py that pyproject's `packages` forgets is missing from a
+    non-editable install (the systemd one): the dashboard's pages once were."""
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {folder: package for package, folder in setuptools["package-dir"].items()}
+    found = set()
+    for folder, package in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join([package, *relative]))
+    assert found == set(setuptools["packages"])

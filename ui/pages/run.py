@@ -45,7 +45,14 @@ class RunPage:
         return pn.Column(self.url_problems, self.run_id, self.body, self.artifact, self.preview)
 
     def _refresh_if_running(self) -> None:
-        if self.view_data is not None and not self.view_data["audit"].get("complete"):
+        """Redraw a run in progress when its audit trail moved (a redraw resets zoom and cards)."""
+        if self.view_data is None or self.view_data["audit"].get("complete"):
+            return
+        audit = _data.load_audit(self.home, self.view_data["audit"]["run_id"])
+        if (audit.get("last_lsn"), audit.get("complete")) != (
+            self.view_data["audit"].get("last_lsn"),
+            self.view_data["audit"].get("complete"),
+        ):
             self.show()
 
     def show(self) -> None:

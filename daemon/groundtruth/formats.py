@@ -118,6 +118,42 @@ def load_point_labels(path: Path) -> PointLabels:
     return PointLabels(positions, _labels(cloud.point["label"].numpy().reshape(-1), path))
 
 
+def load_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, 3) positions and, when the file has them, per-point labels: from a PLY, a PCD, or an
+    NPY of N x 3 coordinates (N x 4: the fourth column is the label)."""
+    regular_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise LabelError(f"{path}: not a readable .npy array ({error})") from None
+        if array.ndim != 2 or array.shape[1] not in (3, 4) or array.dtype.kind not in "fiu":
+            raise LabelError(f"{path}: expected N x 3 (or N x 4 with labels) numbers, got {array.shape} {array.dtype}")
+        labels = array[:, 3].astype(np.int64) if array.shape[1] == 4 else None
+        return array[:, :3].astype(np.float64), labels
+    if suffix == ".ply":
+        try:
+            vertices, _ = read_vertices(path)
+        except (PlyError, OSError) as error:
+            raise LabelError(f"{path}: {error}") from None
+        names = set(vertices.dtype.names or ())
+        if not {"x", "y", "z"} <= names:
+            raise LabelError(f"{path}: PLY vertices need x, y, z (found {', '.join(sorted(names)) or 'none'})")
+        labels = _labels(vertices["label"], path) if "label" in names and len(vertices) else None
+        return _positions(vertices), labels
+    if suffix == ".pcd":
+        import open3d as o3d
+
+        o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+        cloud = o3d.t.io.read_point_cloud(str(path))
+        if "positions" not in cloud.point:
+            raise LabelError(f"{path}: no points could be read (not a point cloud?)")
+        labels = cloud.point["label"].numpy().reshape(-1).astype(np.int64) if "label" in cloud.point else None
+        return cloud.point["positions"].numpy().astype(np.float64), labels
+    raise LabelError(f"{path}: expected a point cloud as .ply, .pcd or .npy, got {suffix or 'no suffix'!r}")
+
+
 def _read_ply(path: Path) -> PointLabels:
     try:
         vertices, notes = read_vertices(path)

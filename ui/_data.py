@@ -70,14 +70,16 @@ class Page:
         return f"{self.offset + 1:,}-{min(self.offset + self.limit, self.total):,} of {self.total:,}"
 
 
-def top_rows(table: pa.Table, sort: str, descending: bool, offset: int, limit: int) -> pa.Table:
+def top_rows(
+    table: pa.Table, sort: str, descending: bool, offset: int, limit: int, newest: str = "start_time"
+) -> pa.Table:
     """Rows offset..offset+limit of `table` in sort order, without sorting all of it:
     select_k keeps the first offset+limit (linear), only those are sorted."""
     order = "descending" if descending else "ascending"
     keep = min(offset + limit, table.num_rows)
     if keep <= 0 or offset >= table.num_rows:
         return table.slice(0, 0)
-    keys = [(sort, order), *([("start_time", "descending")] if sort not in ("start_time", "time") else [])]
+    keys = [(sort, order), *([(newest, "descending")] if sort != newest else [])]  # ties: newest first
     indices = pc.select_k_unstable(table, k=keep, sort_keys=keys)
     chosen = table.take(indices)
     return chosen.take(pc.sort_indices(chosen, sort_keys=keys)).slice(offset, limit)
@@ -172,7 +174,7 @@ def _read_facets(home: Path) -> dict[str, list[str]]:
 def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) -> Page:
     """The log lines that match `filters`, newest first, one page of them."""
     table = query_logs(home, filters, LOG_COLUMNS)
-    page = top_rows(table.select(LOG_COLUMNS), "time", True, offset, limit)
+    page = top_rows(table.select(LOG_COLUMNS), "time", True, offset, limit, newest="time")
     return Page(page.to_pandas(), table.num_rows, offset, limit)
 
 

@@ -12,8 +12,17 @@ import panel as pn
 
 from stagewatch.ui import _data
 
-PAGES = {"live": "Live", "runs": "Runs", "performance": "Performance", "logs": "Logs", "run": "Run"}
-NAVIGATION = ("live", "runs", "performance", "logs")  # "run" is reached from a run's link
+PAGES = {
+    "live": "Live",
+    "runs": "Runs",
+    "performance": "Performance",
+    "logs": "Logs",
+    "accuracy": "Accuracy",
+    "failures": "Failures",
+    "run": "Run",
+    "case": "Case",
+}
+NAVIGATION = ("live", "runs", "performance", "logs", "accuracy", "failures")  # run and case: from links
 
 
 def navigation(current: str) -> pn.pane.HTML:

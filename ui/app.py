@@ -18,12 +18,21 @@ import panel as pn
 
 from stagewatch._home import Home
 from stagewatch.ui import _widgets
-from stagewatch.ui.pages import live, logs, performance, run, runs
+from stagewatch.ui.pages import accuracy, case, failures, live, logs, performance, run, runs
 
 pn.extension("tabulator", sizing_mode="stretch_width", notifications=False)
 hv.extension("bokeh")
 
-VIEWS = {"live": live.view, "runs": runs.view, "run": run.view, "performance": performance.view, "logs": logs.view}
+VIEWS = {
+    "live": live.view,
+    "runs": runs.view,
+    "run": run.view,
+    "performance": performance.view,
+    "logs": logs.view,
+    "accuracy": accuracy.view,
+    "failures": failures.view,
+    "case": case.view,
+}
 
 
 def configured_home() -> Path:

@@ -217,9 +217,9 @@ def label_mismatch(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return predicted != truth
 
 
-def top_view(points: np.ndarray, colours: np.ndarray, size: int = 512) -> np.ndarray:
-    """A bird's-eye PNG-ready picture of a cloud (x right, y up), each point a pixel coloured
-    `colours`, nearer-to-the-sky points drawn last: the heatmap's still view for reports."""
+def top_view(points: np.ndarray, colours: np.ndarray, size: int = 512, radius: int = 1) -> np.ndarray:
+    """A bird's-eye PNG-ready picture of a cloud (x right, y up), each point a square of
+    2 * radius + 1 pixels coloured `colours`, higher points drawn last: a still view for reports."""
     picture = np.full((size, size, 3), 255, np.uint8)
     finite = np.isfinite(points).all(axis=1)
     points, colours = points[finite], colours[finite]
@@ -230,5 +230,7 @@ def top_view(points: np.ndarray, colours: np.ndarray, size: int = 512) -> np.nda
     columns = ((points[:, 0] - low[0]) * scale).astype(int)
     rows = (size - 1 - (points[:, 1] - low[1]) * scale).astype(int)
     order = np.argsort(points[:, 2], kind="stable")
-    picture[rows[order], columns[order]] = colours[order]
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            picture[np.clip(rows[order] + dy, 0, size - 1), np.clip(columns[order] + dx, 0, size - 1)] = colours[order]
     return picture

@@ -146,6 +146,9 @@ def scores_from_confusion(confusion: np.ndarray, class_names: Sequence[str] | No
     }
 
 
+MAX_CONFUSION_CLASSES = 64  # beyond, the matrix (classes^2 numbers) is left out of accuracy.json
+
+
 class ConfusionAccuracy:
     """Class-index masks or per-point labels of one stage across samples."""
 
@@ -168,4 +171,7 @@ class ConfusionAccuracy:
             self._total -= previous
 
     def compute(self) -> dict[str, Any]:
-        return {"samples": len(self._by_sample), **scores_from_confusion(self._total, self.class_names)}
+        result = {"samples": len(self._by_sample), **scores_from_confusion(self._total, self.class_names)}
+        if len(self.class_names) <= MAX_CONFUSION_CLASSES:  # rows: ground truth, columns: prediction
+            result["confusion"] = {"classes": self.class_names, "counts": self._total.tolist()}
+        return result

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 import stagewatch
+from stagewatch.daemon._readmodels import read_table
 from stagewatch.ui._widgets import css_name
 from tests.conftest import DaemonProcess, wait_for
 
@@ -427,3 +428,44 @@ def test_brushing_the_log_histogram_narrows_the_time_range(served, page) -> None
     page.mouse.up()
     page.wait_for_url(re.compile("since=.*until="))
     wait_for(lambda: 0 < _total_lines(page) < before, 20)
+
+
+def _failure_count(page) -> int:
+    label = page.get_by_text(re.compile(r"failure cases (\d|no)")).first.inner_text()
+    return 0 if "no rows" in label else int(label.rsplit(" of ", 1)[1].replace(",", ""))
+
+
+def test_the_failure_browser_narrows_to_missed_detections_and_opens_a_case(served, page) -> None:
+    home, _, ui, run_id = served
+    samples = read_table(home, "samples", None, None, ["stage", "status", "error_types"]).to_pylist()
+    missed = [s for s in samples if s["stage"] == "detection" and "missed" in (s["error_types"] or [])]
+    failing = [s for s in samples if s["status"] in ("wrong", "invalid")]
+    assert len(missed) > 0
+    page.goto(f"{ui.url}?page=failures")
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    assert _failure_count(page) >= len(failing) + 1  # and frame 47, crashed in preprocessing
+    _choose(page, "Stage", "detection")
+    page.wait_for_url(re.compile("stage=detection"))
+    _choose(page, "Error kind", "missed")
+    wait_for(lambda: _failure_count(page) == len(missed), 20)
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
+    pictures = page.locator(".sw-case-picture img")
+    wait_for(lambda: pictures.count() == 3, 30)  # prediction, ground truth, difference
+    assert all(box["width"] > 100 for box in (p.bounding_box() for p in pictures.all()))
+    for text in ("true positive", "false positive", "false negative", "pedestrian"):
+        assert shown(page, text), text
+
+
+def test_accuracy_shows_counts_error_kinds_and_a_confusion_matrix(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=accuracy&run={run_id}")
+    page.wait_for_selector(".sw-table-accuracy-stages .tabulator-row")
+    stages = page.locator(".sw-table-accuracy-stages .tabulator-cell[tabulator-field='stage']").all_inner_texts()
+    assert stages == ["detection", "segmentation", "lidar_segmentation"]
+    accuracy = json.loads((Path(served[0]) / "runs" / run_id / "accuracy.json").read_text())
+    correct = page.locator(".sw-table-accuracy-stages .tabulator-cell[tabulator-field='correct']").all_inner_texts()
+    assert correct == [str(accuracy["stages"][s]["counts"]["correct"]) for s in stages]
+    assert shown(page, "confusion matrix") and shown(page, "list them")
+    page.get_by_text("list them").first.click()  # an error kind opens its failure cases
+    page.wait_for_url(re.compile("page=failures.*kind=missed"))
+    page.wait_for_selector(".sw-table-failures .tabulator-row")

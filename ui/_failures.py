@@ -1,0 +1,322 @@
+"""Failure cases and accuracy, as pure functions of a home: the failure browser's server-side
+query over `samples` (wrong, invalid) and `stage_executions` (crashed), one case's pictures
+(prediction beside ground truth, the difference map), and accuracy across runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from stagewatch._home import Home
+from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, read_table
+from stagewatch.daemon.groundtruth.diff import DiffError, label_mismatch, mask_difference, top_view
+from stagewatch.daemon.groundtruth.formats import LabelError, load_mask, load_point_labels
+from stagewatch.ui._data import Page, top_rows
+
+FAILURE_STATUSES = ("wrong", "invalid", "crashed")
+CASE_COLUMNS = ["time", "run_id", "stage", "sample_id", "status", "severity", "error_types", "reason", "errors"]
+CASE_SORTS = ("severity", "time", "stage", "sample_id")
+# One colour per class index in the side-by-side pictures (class 0, background, light grey).
+CLASS_COLOURS = np.array(
+    [
+        (230, 230, 230),
+        (78, 121, 167),
+        (242, 142, 43),
+        (89, 161, 79),
+        (176, 122, 161),
+        (237, 201, 72),
+        (118, 183, 178),
+        (225, 87, 89),
+        (156, 117, 95),
+        (255, 157, 167),
+        (186, 176, 172),
+    ],
+    np.uint8,
+)
+
+
+@dataclass(frozen=True)
+class CaseFilters:
+    stage: str | None = None
+    status: str | None = None  # wrong, invalid or crashed; None: all three
+    kind: str | None = None  # an error kind: missed, false_positive, mask_mismatch, ..., crashed
+    run: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    min_severity: float = 0.0
+    max_severity: float = 1.0
+    text: str | None = None  # in the sample id, the reason or the errors
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in FAILURE_STATUSES:
+            raise ValueError(f"expected a status of {', '.join(FAILURE_STATUSES)}, got {self.status!r}")
+        if not 0.0 <= self.min_severity <= self.max_severity <= 1.0:
+            raise ValueError(
+                f"expected 0 <= min severity <= max severity <= 1, got {self.min_severity} and {self.max_severity}"
+            )
+
+
+def failures_page(
+    home: Path,
+    filters: CaseFilters,
+    sort: str = "severity",
+    descending: bool = True,
+    offset: int = 0,
+    limit: int = 25,
+) -> Page:
+    """Every failure case that matches, one page of them: judged samples that were wrong or
+    invalid, and stage executions that failed or crashed (severity 1: nothing was produced)."""
+    if sort not in CASE_SORTS:
+        raise ValueError(f"expected a sort column of {', '.join(CASE_SORTS)}, got {sort!r}")
+    cases = pa.concat_tables([_judged(home, filters), _crashed(home, filters)])
+    if filters.kind:
+        cases = cases.filter(_has_kind(cases["error_types"], filters.kind))
+    if filters.text:
+        needle = filters.text
+        found = pc.or_(
+            pc.match_substring(cases["sample_id"].fill_null(""), needle, ignore_case=True),
+            pc.or_(
+                pc.match_substring(cases["reason"].fill_null(""), needle, ignore_case=True),
+                pc.match_substring(cases["errors"].fill_null(""), needle, ignore_case=True),
+            ),
+        )
+        cases = cases.filter(found)
+    page = top_rows(cases, sort, descending, offset, limit, newest="time")
+    return Page(page.to_pandas(), cases.num_rows, offset, limit)
+
+
+_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("ns", tz="UTC")),
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("sample_id", pa.string()),
+        ("status", pa.string()),
+        ("severity", pa.float64()),
+        ("error_types", pa.list_(pa.string())),
+        ("reason", pa.string()),
+        ("errors", pa.string()),
+    ]
+)
+
+
+def _common(filters: CaseFilters, time_column: str) -> ds.Expression | None:
+    terms = []
+    if filters.stage:
+        terms.append(ds.field("stage") == filters.stage)
+    if filters.run:
+        terms.append(ds.field("run_id") == filters.run)
+    for bound, keep in ((filters.since, "ge"), (filters.until, "le")):
+        if bound is not None:
+            scalar = pa.scalar(bound, pa.timestamp("ns", tz="UTC"))
+            date = pa.scalar(bound.strftime("%Y-%m-%d"))
+            if keep == "ge":
+                terms += [ds.field(time_column) >= scalar, ds.field("date") >= date]
+            else:
+                terms += [ds.field(time_column) <= scalar, ds.field("date") <= date]
+    expression = None
+    for term in terms:
+        expression = term if expression is None else expression & term
+    return expression
+
+
+def _and(first: ds.Expression | None, second: ds.Expression) -> ds.Expression:
+    return second if first is None else first & second
+
+
+def _judged(home: Path, filters: CaseFilters) -> pa.Table:
+    if filters.status == "crashed" or (filters.kind == "crashed"):
+        return _SCHEMA.empty_table()
+    statuses = [filters.status] if filters.status else ["wrong", "invalid"]
+    expression = _and(_common(filters, "time"), ds.field("status").isin(statuses))
+    expression = (
+        expression & (ds.field("severity") >= filters.min_severity) & (ds.field("severity") <= filters.max_severity)
+    )
+    table = read_table(home, "samples", expression, None, [n for n in _SCHEMA.names])
+    return table.select(_SCHEMA.names).cast(_SCHEMA)
+
+
+def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
+    if filters.status not in (None, "crashed") or filters.kind not in (None, "crashed") or filters.max_severity < 1:
+        return _SCHEMA.empty_table()
+    expression = _and(_common(filters, "start_time"), ds.field("status") != "ok")
+    columns = ["start_time", "run_id", "stage", "sample_id", "error_type", "error_message"]
+    rows = read_table(home, "stage_executions", expression, None, columns)
+    n = rows.num_rows
+    return pa.table(
+        {
+            "time": rows["start_time"],
+            "run_id": rows["run_id"],
+            "stage": rows["stage"],
+            "sample_id": rows["sample_id"],
+            "status": pa.array(["crashed"] * n, pa.string()),
+            "severity": pa.array(np.ones(n)),
+            "error_types": pa.array([["crashed"]] * n, pa.list_(pa.string())),
+            "reason": pc.binary_join_element_wise(
+                rows["error_type"].fill_null(""), rows["error_message"].fill_null(""), ": "
+            ),
+            "errors": pa.array([None] * n, pa.string()),
+        },
+        schema=_SCHEMA,
+    )
+
+
+def _has_kind(error_types: pa.ChunkedArray, kind: str) -> pa.Array:
+    """Rows whose list of error kinds holds `kind`."""
+    lists = error_types.combine_chunks()
+    hits = pc.equal(pc.list_flatten(lists), kind)
+    parents = pc.list_parent_indices(lists).filter(hits)
+    mask = np.zeros(len(lists), bool)
+    mask[np.asarray(parents)] = True
+    return pa.array(mask)
+
+
+def error_kinds(home: Path) -> list[str]:
+    """Every error kind in the home's judged samples, and 'crashed'."""
+    table = read_table(home, "samples", ds.field("status").isin(["wrong", "invalid"]), None, ["error_types"])
+    kinds = (
+        set(pc.unique(pc.list_flatten(table["error_types"].combine_chunks())).to_pylist()) if table.num_rows else set()
+    )
+    return [*sorted(k for k in kinds if k), "crashed"]
+
+
+# -- one case ---------------------------------------------------------------------------------------
+
+
+def case_rows(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, Any] | None:
+    """The judged sample (or the crashed execution) behind one case."""
+    expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
+    rows = read_table(home, "samples", expression).to_pylist()
+    if rows:
+        return rows[-1]
+    crashed = read_table(home, "stage_executions", expression & (ds.field("status") != "ok")).to_pylist()
+    return crashed[-1] if crashed else None
+
+
+def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:
+    """Prediction beside ground truth and their difference, for masks and point labels:
+    {"kind", "pictures": [(title, HxWx3 uint8)], "numbers": {...}} or {"kind", "problem"}."""
+    try:
+        prediction = _prediction_file(home, case)
+        truth = _label_file(home, case)
+    except (ValueError, RunNotFound) as error:
+        return {"kind": "none", "problem": str(error)}
+    try:
+        if truth.suffix.lower() in (".png", ".npy") and prediction.suffix.lower() == ".npy":
+            predicted, actual = np.load(prediction, allow_pickle=False), load_mask(truth)
+            if predicted.ndim == 2:
+                return _mask_case(predicted, actual)
+        if truth.suffix.lower() in (".ply", ".pcd"):
+            return _cloud_case(np.load(prediction, allow_pickle=False), load_point_labels(truth))
+    except (DiffError, LabelError, OSError, ValueError) as error:
+        return {"kind": "none", "problem": f"cannot compare {prediction.name} with {truth.name}: {error}"}
+    return {"kind": "none", "problem": f"no picture for {prediction.name} against {truth.name}"}
+
+
+def _mask_case(predicted: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
+    found = mask_difference(predicted.astype(np.int64), actual, ignore_index=255)
+    return {
+        "kind": "mask",
+        "pictures": [
+            ("prediction", _classes(predicted)),
+            ("ground truth", _classes(actual)),
+            ("difference", found.picture),
+        ],
+        "numbers": {"agreement": found.agreement, "ignored": found.ignored, "per_class": found.per_class},
+    }
+
+
+def _cloud_case(predicted_labels: np.ndarray, truth: Any) -> dict[str, Any]:
+    predicted_labels = predicted_labels.reshape(-1)
+    wrong = label_mismatch(predicted_labels, truth.labels)
+    mismatch = np.where(wrong[:, None], np.array([(214, 39, 40)], np.uint8), np.array([(200, 200, 200)], np.uint8))
+    return {
+        "kind": "points",
+        "pictures": [
+            ("prediction (labels, seen from above)", top_view(truth.positions, _classes(predicted_labels))),
+            ("ground truth", top_view(truth.positions, _classes(truth.labels))),
+            ("label mismatch (red)", top_view(truth.positions, mismatch)),
+        ],
+        "numbers": {"points": len(wrong), "mismatched": int(wrong.sum()), "agreement": float(1 - wrong.mean())},
+    }
+
+
+def _classes(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels).astype(np.int64)
+    return CLASS_COLOURS[np.where(labels >= 0, labels % len(CLASS_COLOURS), 0)]
+
+
+def _prediction_file(home: Path, case: dict[str, Any]) -> Path:
+    from stagewatch.ui._data import ArtifactRefused, resolve_artifact
+
+    relative = case.get("prediction_path")
+    if not relative:
+        raise ValueError("the prediction of this case was inline (boxes), not a saved file")
+    try:
+        return resolve_artifact(home, relative)
+    except ArtifactRefused as error:
+        raise ValueError(str(error)) from None
+
+
+def _label_file(home: Path, case: dict[str, Any]) -> Path:
+    """The ground-truth file, only if it lies in the folder of the run's dataset file."""
+    label = case.get("label_path")
+    dataset = load_audit(home, case["run_id"]).get("dataset")
+    if not label or not dataset:
+        raise ValueError("this case has no ground-truth file")
+    path, root = Path(label).resolve(), Path(dataset).resolve().parent
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ValueError(f"refused {label}: not a file in the dataset's folder {root}")
+    return path
+
+
+# -- accuracy ---------------------------------------------------------------------------------------
+
+
+def accuracy_trend(home: Path, run_ids: list[str]) -> pd.DataFrame:
+    """Per run and stage, the headline metric (F1 for boxes, mIoU otherwise) and the share of
+    correct samples, from each run's accuracy.json."""
+    rows = []
+    for run_id in run_ids:
+        summary = load_accuracy(home, run_id)
+        if not summary:
+            continue
+        audit = load_audit(home, run_id)
+        for stage, entry in (summary.get("stages") or {}).items():
+            metrics, counts = entry.get("metrics") or {}, entry.get("counts") or {}
+            judged = sum(counts.get(k, 0) for k in ("correct", "wrong", "invalid"))
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "run_start": pd.Timestamp(audit.get("started_at")) if audit.get("started_at") else pd.NaT,
+                    "stage": stage,
+                    "metric": "F1" if entry.get("kind") == "boxes" else "mIoU",
+                    "value": metrics.get("f1") if entry.get("kind") == "boxes" else metrics.get("miou"),
+                    "correct": counts.get("correct", 0) / judged if judged else None,
+                }
+            )
+    return pd.DataFrame(rows, columns=["run_id", "run_start", "stage", "metric", "value", "correct"])
+
+
+def runs_with_accuracy(home: Path, limit: int = 200) -> list[str]:
+    """The most recent runs that named a golden dataset, newest first."""
+    runs = read_table(home, "runs", ds.field("dataset").is_valid(), None, ["run_id", "start_time"])
+    order = pc.sort_indices(runs, sort_keys=[("start_time", "descending")])
+    ids = runs.take(order)["run_id"].to_pylist()[:limit]
+    return [run_id for run_id in ids if Home.of(home).accuracy(run_id).exists()]
+
+
+def errors_of(case: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(case.get("errors") or "{}")
+    except ValueError:
+        return {}

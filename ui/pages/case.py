@@ -1,0 +1,149 @@
+"""Case: one failure case, prediction beside ground truth with the difference map and its
+legend (masks: true positive / false positive / false negative pixels; point labels: the
+cloud from above, coloured by label and by mismatch), its error kinds and numbers."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import panel as pn
+from PIL import Image
+
+from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS
+from stagewatch.ui import _data, _failures, _widgets
+
+PICTURE_WIDTH = 320
+
+
+class CasePage:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.run = pn.widgets.TextInput(name="Run")
+        self.stage = pn.widgets.TextInput(name="Stage")
+        self.sample = pn.widgets.TextInput(name="Sample")
+        self.body = pn.Column()
+        refused = _widgets.sync_url({"run": self.run, "stage": self.stage, "sample": self.sample})
+        self.url_problems = _widgets.url_alert(refused)
+        for widget in (self.run, self.stage, self.sample):
+            widget.param.watch(lambda _: self.show(), "value")
+        self.show()
+
+    def layout(self) -> pn.Column:
+        return pn.Column(
+            self.url_problems, _widgets.filter_bar(self.run, self.stage, self.sample, width=300), self.body
+        )
+
+    def show(self) -> None:
+        if not (self.run.value and self.stage.value):
+            self.body.objects = [pn.pane.Markdown("Open a case from the [Failures](?page=failures) page.")]
+            return
+        try:
+            run_id = _data.find_run(self.home, self.run.value)
+        except _data.RunNotFound as error:
+            self.body.objects = [pn.pane.Alert(str(error), alert_type="danger")]
+            return
+        case = _failures.case_rows(self.home, run_id, self.stage.value, self.sample.value)
+        if case is None:
+            self.body.objects = [
+                pn.pane.Alert(
+                    f"No judged sample or failed stage {self.stage.value!r} on {self.sample.value!r} "
+                    f"in run {run_id[:8]}.",
+                    alert_type="warning",
+                )
+            ]
+            return
+        self.body.objects = case_sections(self.home, run_id, case)
+
+
+def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
+    status = case.get("status")
+    kinds = ", ".join(case.get("error_types") or []) or ("crashed" if "error_type" in case else "")
+    reason = case.get("reason") or (
+        f"{case.get('error_type')}: {case.get('error_message')}" if "error_type" in case else ""
+    )
+    head = (
+        f"<h3 style='margin:4px 0'>{html.escape(str(case.get('stage')))} on "
+        f"<code>{html.escape(str(case.get('sample_id')))}</code>: {html.escape(str(status))}</h3>"
+        f"run {_widgets.run_link(run_id)} · error kinds <b>{html.escape(kinds or '-')}</b>"
+        + (f" · severity <b>{case['severity']:.2f}</b>" if case.get("severity") is not None else "")
+        + (f"<br>{html.escape(reason[:500])}" if reason else "")
+    )
+    shown: list[Any] = [pn.pane.HTML(head)]
+    errors = _failures.errors_of(case)
+    if errors:
+        shown.append(
+            pn.pane.HTML("errors: " + ", ".join(f"<b>{html.escape(str(k))}</b> {v}" for k, v in errors.items()))
+        )
+    if "error_type" in case:  # a crashed stage: nothing was produced to compare
+        shown.append(pn.pane.Markdown(f"[The run's page]({_run_url(run_id, case)}) has this error's traceback."))
+        return shown
+    found = _failures.case_pictures(home, case)
+    if found["kind"] == "none":
+        shown.append(pn.pane.Alert(found["problem"], alert_type="info"))
+    else:
+        shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
+        shown += legend_and_numbers(found, class_names(case))
+    scores = case.get("scores")
+    if scores:
+        shown.append(pn.Card(pn.pane.JSON(json.loads(scores), depth=2), title="Scores", collapsed=True))
+    shown.append(pn.pane.Markdown(f"[This sample in the run]({_run_url(run_id, case)})"))
+    return shown
+
+
+def _run_url(run_id: str, case: dict[str, Any]) -> str:
+    return f"?page=run&run={run_id}&sample={case.get('sample_id') or ''}"
+
+
+def _picture(title: str, picture: Any) -> pn.Column:
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, format="PNG")
+    return pn.Column(
+        pn.pane.Markdown(f"**{title}**"),
+        pn.pane.PNG(out, width=PICTURE_WIDTH, sizing_mode="fixed", css_classes=["sw-case-picture"]),
+        sizing_mode="fixed",
+        width=PICTURE_WIDTH + 20,
+    )
+
+
+def class_names(case: dict[str, Any]) -> list[str]:
+    """Class names in index order, as the judge listed them in the case's scores."""
+    try:
+        return list((json.loads(case.get("scores") or "{}").get("per_class_iou") or {}).keys())
+    except (ValueError, AttributeError):
+        return []
+
+
+def legend_and_numbers(found: dict[str, Any], names: list[str]) -> list[Any]:
+    numbers = found["numbers"]
+    if found["kind"] == "mask":
+        swatches = "".join(
+            f'<span style="display:inline-block;width:14px;height:14px;background:rgb{colour};'
+            f'border:1px solid #999;margin:0 4px -2px 12px"></span>{name.replace("_", " ")}'
+            for name, colour in OUTCOME_COLOURS.items()
+        )
+        per_class = pd.DataFrame(
+            [
+                {"class": c, **{k.replace("_", " "): f"{v:,}" for k, v in counts.items()}}
+                for c, counts in numbers["per_class"].items()
+            ]
+        )
+        return [
+            pn.pane.HTML(f"<div class='sw-legend'>difference: {swatches}</div>"),
+            pn.pane.Markdown(f"pixels agreeing: **{numbers['agreement']:.2%}**; ignored: {numbers['ignored']:,}"),
+            _widgets.table(per_class, "case-classes"),
+        ]
+    return [
+        pn.pane.Markdown(
+            f"points: **{numbers['points']:,}**, labelled differently: **{numbers['mismatched']:,}** "
+            f"(agreement {numbers['agreement']:.2%}); the clouds are seen from above, one pixel a point"
+        )
+    ]
+
+
+def view(home: Path) -> pn.viewable.Viewable:
+    return CasePage(home).layout()

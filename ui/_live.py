@@ -59,6 +59,7 @@ class LiveRun:
     stages: dict[str, LiveStage] = field(default_factory=dict)
     failures: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     sample_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
+    samples_seen: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     accuracy: dict[str, Any] = field(default_factory=dict)
     last_event_ns: int = 0
 
@@ -181,7 +182,11 @@ def _on_stage_ended(run: LiveRun, event: dict[str, Any]) -> None:
                 "ts_ns": event.get("ts_ns"),
             }
         )
-    if event.get("sample_id") is not None and isinstance(event.get("ts_ns"), int):
+    sample = event.get("sample_id")
+    if isinstance(sample, str) and isinstance(event.get("ts_ns"), int) and sample not in run.samples_seen:
+        run.samples_seen[sample] = None  # a sample counts once, whichever stages it passes
+        if len(run.samples_seen) > run.sample_times.maxlen:
+            run.samples_seen.popitem(last=False)
         run.sample_times.append(event["ts_ns"])
 
 

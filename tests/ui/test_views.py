@@ -154,6 +154,8 @@ def test_the_live_board_folds_events_and_ignores_odd_ones() -> None:
     assert stage.median_ms == pytest.approx(np.median([5.0, 7.0, 6.0, 100.0, 1.0]))
     assert stage.latest_ms == 1.0 and stage.rss_peak_mb == 13.0
     assert run.failures[0]["sample_id"] == "f9" and "bad" in run.failures[0]["error"]
+    assert run.samples_per_s(time.time_ns()) > 0
+    assert len(run.sample_times) == 5  # f0..f3 and f9: a sample counts once, not per stage event
     board.take(_event("run_finished", status="failed"))
     assert board.visible()[0].status == "failed"
     assert board.visible(now=time.monotonic() + 3600) == []  # an ended run leaves the page after a while

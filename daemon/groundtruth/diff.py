@@ -39,18 +39,28 @@ class DiffError(ValueError):
     """Two things that cannot be compared; the message says why."""
 
 
+def _viridis_table() -> np.ndarray:
+    t = np.linspace(0.0, 1.0, 256)
+    rgb = np.zeros((256, 3))
+    for coefficients in _VIRIDIS[::-1]:  # Horner
+        rgb = rgb * t[:, None] + coefficients
+    return (np.clip(rgb, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+_VIRIDIS_TABLE = _viridis_table()  # 256 colours: a picture is one table lookup per pixel
+
+
 def viridis(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
     """uint8 RGB of `values` scaled from low..high (their min..max by default); NaN is grey."""
     values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    low = float(finite.min()) if low is None and finite.size else (low or 0.0)
-    high = float(finite.max()) if high is None and finite.size else (high if high is not None else 1.0)
-    t = np.clip(np.nan_to_num((values - low) / (high - low if high > low else 1.0)), 0.0, 1.0)
-    rgb = np.zeros((*values.shape, 3))
-    for coefficients in _VIRIDIS[::-1]:  # Horner
-        rgb = rgb * t[..., None] + coefficients
-    out = (np.clip(rgb, 0.0, 1.0) * 255).round().astype(np.uint8)
-    out[~np.isfinite(values)] = (128, 128, 128)
+    finite = np.isfinite(values)
+    present = values[finite] if not finite.all() else values
+    low = float(present.min()) if low is None and present.size else (low or 0.0)
+    high = float(present.max()) if high is None and present.size else (high if high is not None else 1.0)
+    scale = 255.0 / (high - low if high > low else 1.0)
+    index = np.clip(np.nan_to_num((values - low) * scale), 0, 255).astype(np.uint8)
+    out = _VIRIDIS_TABLE[index]
+    out[~finite] = (128, 128, 128)
     return out
 
 

@@ -1,0 +1,192 @@
+"""The error browser: failure cases filtered at 500 / 100k / 1M, image and mask differences at
+4K, cloud distances at 100k and 1M points.
+
+    python benchmarks/error_browser.py [--cases 500 100000 1000000] [--points 100000 1000000]
+
+Cases: a home whose `samples` table holds N judged failures (Parquet in the daemon's schema,
+spread over 30 days; 3 stages, 6 error kinds). Reference, in the same run: the whole table
+read into pandas, filtered, sorted, the first page taken. Differences: against plain numpy
+(image) and against SciPy's cKDTree (cloud distances, both ways, all cores as ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import print_table
+
+from stagewatch._home import Home
+from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._store import SAMPLES
+from stagewatch.daemon.groundtruth.diff import cloud_distances, image_difference, mask_difference
+from stagewatch.ui._failures import CaseFilters, failures_page
+
+KINDS = ["missed", "localization", "false_positive", "class_confusion", "mask_mismatch", "point_label_mismatch"]
+STAGES = ["detection", "segmentation", "lidar_segmentation"]
+
+
+def median_ms(action: Callable[[], object], repeats: int = 7) -> float:
+    action()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def case_home(cases: int) -> Path:
+    home = Path(tempfile.mkdtemp(prefix="sw-cases-", dir="/tmp")) / "home"
+    rng = np.random.default_rng(7)
+    now = datetime.now(UTC)
+    days = 30
+    for day in range(days):
+        n = cases // days + (1 if day < cases % days else 0)
+        if n == 0:
+            continue
+        date = (now - timedelta(days=day)).strftime("%Y-%m-%d")
+        start = int((now - timedelta(days=day)).timestamp() * 1e9)
+        stage = rng.integers(0, 3, n)
+        kinds = rng.integers(0, 4, n)
+        table = pa.table(
+            {
+                "run_id": [f"{i % 997:08x}-0000-4000-8000-000000000000" for i in range(n)],
+                "pipeline": ["perception"] * n,
+                "stage": [STAGES[s] for s in stage],
+                "sample_id": [f"frame_{i:07d}" for i in range(n)],
+                "time": pa.array(start - rng.integers(0, 86_400 * 10**9, n), pa.timestamp("ns", tz="UTC")),
+                "status": np.where(rng.random(n) < 0.97, "wrong", "invalid"),
+                "value": rng.random(n),
+                "severity": rng.random(n).round(6),
+                "error_types": [
+                    [KINDS[k]] if s == 0 else [KINDS[4 if s == 1 else 5]] for s, k in zip(stage, kinds, strict=True)
+                ],
+                "errors": ["{}"] * n,
+                "reason": [""] * n,
+                "scores": ["{}"] * n,
+                "prediction_path": [None] * n,
+                "label_path": [None] * n,
+                "lsn": np.arange(n, dtype=np.int64),
+            },
+            schema=SAMPLES,
+        )
+        folder = Home.of(home).partition("samples", date)
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / "part-0.parquet")
+    return home
+
+
+def naive(home: Path, keep: Callable) -> object:
+    frame = read_table(home, "samples").to_pandas()
+    return frame[keep(frame)].sort_values("severity", ascending=False).head(25)
+
+
+def filters(cases: int) -> list[list[object]]:
+    home = case_home(cases)
+    try:
+        rows = []
+        for name, ours, reference in [
+            (
+                "all failures, most severe first",
+                lambda: failures_page(home, CaseFilters()),
+                lambda: naive(home, lambda f: f["status"].isin(["wrong", "invalid"])),
+            ),
+            (
+                "detection, missed",
+                lambda: failures_page(home, CaseFilters(stage="detection", kind="missed")),
+                lambda: naive(
+                    home, lambda f: (f["stage"] == "detection") & f["error_types"].map(lambda k: "missed" in k)
+                ),
+            ),
+            (
+                "severity >= 0.9, text 'frame_00012'",
+                lambda: failures_page(home, CaseFilters(min_severity=0.9, text="frame_00012")),
+                lambda: naive(home, lambda f: (f["severity"] >= 0.9) & f["sample_id"].str.contains("frame_00012")),
+            ),
+        ]:
+            mine, theirs = median_ms(ours), median_ms(reference, 3)
+            rows.append([f"{cases:,}", name, f"{mine:.0f}", f"{theirs:.0f}", f"{theirs / mine:.1f}x"])
+        return rows
+    finally:
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def images() -> list[list[object]]:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (2160, 3840, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (2160, 3840, 3), dtype=np.uint8)
+    truth = rng.integers(0, 5, (2160, 3840)).astype(np.uint8)
+    predicted = np.where(rng.random(truth.shape) < 0.9, truth, rng.integers(0, 5, truth.shape)).astype(np.uint8)
+    ours = median_ms(lambda: image_difference(a, b), 5)
+    plain = median_ms(lambda: np.abs(a.astype(np.float64) / 255 - b.astype(np.float64) / 255).mean(axis=2), 5)
+    mask = median_ms(lambda: mask_difference(predicted, truth), 5)
+    plain_mask = median_ms(lambda: [(predicted == c) & (truth == c) for c in range(5)], 5)
+    return [
+        ["image |A-B| heatmap, 3840x2160x3", f"{ours:.0f}", "numpy |A-B| alone", f"{plain:.0f}", f"{ours / plain:.2f}"],
+        [
+            "mask TP/FP/FN map + per-class counts, 3840x2160, 5 classes",
+            f"{mask:.0f}",
+            "numpy per-class TP masks alone",
+            f"{plain_mask:.0f}",
+            f"{mask / plain_mask:.2f}",
+        ],
+    ]
+
+
+def clouds(sizes: list[int]) -> list[list[object]]:
+    from scipy.spatial import cKDTree
+
+    rows = []
+    rng = np.random.default_rng(2)
+    for n in sizes:
+        truth = rng.uniform(-50, 50, (n, 3))
+        prediction = truth[rng.permutation(n)[: int(n * 0.9)]] + rng.normal(0, 0.05, (int(n * 0.9), 3))
+
+        def reference(prediction=prediction, truth=truth):
+            return cKDTree(truth).query(prediction, workers=-1)[0], cKDTree(prediction).query(truth, workers=-1)[0]
+
+        found = cloud_distances(prediction, truth)
+        there, back = reference()
+        assert np.allclose(found.to_truth, there) and np.allclose(found.to_prediction, back)  # the same numbers
+        ours = median_ms(lambda prediction=prediction, truth=truth: cloud_distances(prediction, truth), 3)
+        theirs = median_ms(reference, 3)
+        rows.append([f"{len(prediction):,} vs {n:,}", f"{ours:.0f}", f"{theirs:.0f}", f"{theirs / ours:.2f}"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, nargs="+", default=[500, 100_000, 1_000_000])
+    parser.add_argument("--points", type=int, nargs="+", default=[100_000, 1_000_000])
+    args = parser.parse_args()
+    print_table(
+        "Failure browser: first page answered on the server (median of 7, ms)",
+        ["cases", "query", "stagewatch", "pandas: read all, filter, sort", "ratio"],
+        [row for cases in args.cases for row in filters(cases)],
+    )
+    print_table(
+        "Differences at 4K (median of 5, ms)", ["what", "stagewatch", "reference", "ms", "ours / ref"], images()
+    )
+    print_table(
+        "Cloud distances both ways, the same numbers as the reference (median of 3, ms)",
+        ["points (prediction vs truth)", "stagewatch (Open3D KD-tree)", "SciPy cKDTree", "ratio"],
+        clouds(args.points),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -247,6 +247,7 @@ def _cloud_case(predicted_labels: np.ndarray, truth: Any) -> dict[str, Any]:
             ("label mismatch (red)", top_view(truth.positions, mismatch)),
         ],
         "numbers": {"points": len(wrong), "mismatched": int(wrong.sum()), "agreement": float(1 - wrong.mean())},
+        "arrays": {"positions": truth.positions, "predicted": predicted_labels, "truth": truth.labels},
     }
 
 

@@ -73,7 +73,7 @@ def pager(previous: Any, number: Any, following: Any, count: Any) -> pn.Row:
     for widget in (previous, following):
         widget.param.update(width=90, sizing_mode=None, align="end")
     number.param.update(width=90, sizing_mode=None)
-    count.param.update(width=300, sizing_mode=None, align="end")
+    count.param.update(width=300, sizing_mode=None, align="end", css_classes=["sw-count"])
     return pn.Row(previous, number, following, count)
 
 

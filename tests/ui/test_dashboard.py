@@ -14,11 +14,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 import stagewatch
 from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.groundtruth.formats import load_point_labels
 from stagewatch.ui._widgets import css_name
 from tests.conftest import DaemonProcess, wait_for
 
@@ -142,6 +144,15 @@ def _runs_shown(page) -> list[str]:
 def _choose(page, label: str, option: str) -> None:
     """Pick `option` (as the menu shows it) in the menu labelled `label`."""
     page.locator(f".{css_name(label)} select").select_option(label=option)
+
+
+def _pager_total(page) -> int | None:
+    """How many cases the pager says match (None while it says nothing yet)."""
+    label = page.locator(".sw-count p").first.inner_text()  # inside the pane's shadow root
+    if "no rows" in label:
+        return 0
+    found = re.search(r" of ([\d,]+)", label)
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 def test_the_runs_table_narrows_to_the_detection_failures_and_the_url_keeps_it(served, page) -> None:
@@ -410,16 +421,11 @@ def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
         urllib.request.urlopen(url, timeout=2)
 
 
-def _total_lines(page) -> int:
-    label = page.get_by_text(re.compile(r"log lines \d")).first.inner_text()
-    return int(label.rsplit(" of ", 1)[1].replace(",", ""))
-
-
 def test_brushing_the_log_histogram_narrows_the_time_range(served, page) -> None:
     _, _, ui, _ = served
     page.goto(f"{ui.url}?page=logs")
     page.wait_for_selector(".sw-table-logs .tabulator-row")
-    before = _total_lines(page)
+    before = _pager_total(page)
     box = page.locator("canvas").first.bounding_box()
     y = box["y"] + box["height"] * 0.4
     page.mouse.move(box["x"] + box["width"] * 0.25, y)
@@ -427,12 +433,7 @@ def test_brushing_the_log_histogram_narrows_the_time_range(served, page) -> None
     page.mouse.move(box["x"] + box["width"] * 0.45, y, steps=8)
     page.mouse.up()
     page.wait_for_url(re.compile("since=.*until="))
-    wait_for(lambda: 0 < _total_lines(page) < before, 20)
-
-
-def _failure_count(page) -> int:
-    label = page.get_by_text(re.compile(r"failure cases (\d|no)")).first.inner_text()
-    return 0 if "no rows" in label else int(label.rsplit(" of ", 1)[1].replace(",", ""))
+    wait_for(lambda: 0 < _pager_total(page) < before, 20)
 
 
 def test_the_failure_browser_narrows_to_missed_detections_and_opens_a_case(served, page) -> None:
@@ -443,11 +444,11 @@ def test_the_failure_browser_narrows_to_missed_detections_and_opens_a_case(serve
     assert len(missed) > 0
     page.goto(f"{ui.url}?page=failures")
     page.wait_for_selector(".sw-table-failures .tabulator-row")
-    assert _failure_count(page) >= len(failing) + 1  # and frame 47, crashed in preprocessing
+    assert wait_for(lambda: _pager_total(page)) >= len(failing) + 1  # and frame 47, crashed in preprocessing
     _choose(page, "Stage", "detection")
     page.wait_for_url(re.compile("stage=detection"))
     _choose(page, "Error kind", "missed")
-    wait_for(lambda: _failure_count(page) == len(missed), 20)
+    wait_for(lambda: _pager_total(page) == len(missed), 20)
     page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
     pictures = page.locator(".sw-case-picture img")
     wait_for(lambda: pictures.count() == 3, 30)  # prediction, ground truth, difference
@@ -469,3 +470,33 @@ def test_accuracy_shows_counts_error_kinds_and_a_confusion_matrix(served, page) 
     page.get_by_text("list them").first.click()  # an error kind opens its failure cases
     page.wait_for_url(re.compile("page=failures.*kind=missed"))
     page.wait_for_selector(".sw-table-failures .tabulator-row")
+
+
+def test_a_point_cloud_case_opens_in_two_locked_3d_views(served, page) -> None:
+    home, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=lidar_segmentation&sample=frame_000")
+    truth = load_point_labels(next((home / "datasets").rglob("frame_000.ply")))
+    page.wait_for_selector(f"text=showing all {len(truth.labels):,} predicted")
+    views = page.frame_locator(".sw-cloud-3d iframe")
+    views.locator("#left canvas").first.wait_for()
+
+    def plot(side: str, expression: str):
+        return views.locator(f"#{side}").evaluate(f"view => {{ const plot = view; return {expression}; }}")
+
+    assert wait_for(lambda: plot("left", "plot.data && plot.data[0].x.length")) == len(truth.labels)
+    assert plot("left", "plot.data[0].x instanceof Float32Array")  # binary, not JSON lists
+    views.locator("#mode").select_option("correctness")  # colour by correctness, without reloading the cloud
+    wrong = wait_for(lambda: (v := plot("left", "Array.from(plot.data[0].marker.color)")) and set(v) <= {0, 1} and v)
+    predicted = np.load(next((home / "runs" / run_id).rglob("lidar_segmentation/frame_000.pred.npy")))
+    assert sum(wrong) == int((predicted.reshape(-1) != truth.labels).sum())
+    views.locator("#left").scroll_into_view_if_needed()
+    for turn in range(2):  # turning the left view turns the right one, every time
+        before = plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)")
+        box = views.locator("#left").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * (0.5 + 0.1 * turn), box["y"] + box["height"] * 0.4, steps=10)
+        page.mouse.up()
+        wait_for(lambda before=before: plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)") != before, 20)
+        left = plot("left", "JSON.stringify(plot._fullLayout.scene.camera.eye)")
+        assert plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)") == left

@@ -16,6 +16,7 @@ from PIL import Image
 
 from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS
 from stagewatch.ui import _data, _failures, _widgets
+from stagewatch.ui._cloud3d import cloud_views, pair
 
 PICTURE_WIDTH = 320
 
@@ -88,6 +89,10 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
     else:
         shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
         shown += legend_and_numbers(found, class_names(case))
+        if found["kind"] == "points":
+            arrays = found["arrays"]
+            cloud = pair(arrays["positions"], arrays["positions"], arrays["predicted"], arrays["truth"], None)
+            shown += [pn.pane.Markdown("### In 3D (drag to turn: both views follow)"), cloud_views(cloud)]
     scores = case.get("scores")
     if scores:
         shown.append(pn.Card(pn.pane.JSON(json.loads(scores), depth=2), title="Scores", collapsed=True))
@@ -140,7 +145,7 @@ def legend_and_numbers(found: dict[str, Any], names: list[str]) -> list[Any]:
     return [
         pn.pane.Markdown(
             f"points: **{numbers['points']:,}**, labelled differently: **{numbers['mismatched']:,}** "
-            f"(agreement {numbers['agreement']:.2%}); the clouds are seen from above, one pixel a point"
+            f"(agreement {numbers['agreement']:.2%}); the clouds are seen from above"
         )
     ]
 

@@ -500,3 +500,34 @@ def test_a_point_cloud_case_opens_in_two_locked_3d_views(served, page) -> None:
         wait_for(lambda before=before: plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)") != before, 20)
         left = plot("left", "JSON.stringify(plot._fullLayout.scene.camera.eye)")
         assert plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)") == left
+
+
+def test_accuracy_counters_move_while_a_run_streams(served, page) -> None:
+    home, _, ui, _ = served
+    page.goto(f"{ui.url}?page=accuracy")  # no run given: the newest judged, a running one first
+    page.wait_for_selector(".sw-table-accuracy-stages .tabulator-row")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "1500", "--no-ui"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def judged() -> int | None:
+        """Samples of the detection stage counted so far (correct + wrong + invalid + unlabeled)."""
+        total = 0
+        for field in ("correct", "wrong", "invalid", "unlabeled"):
+            cells = page.locator(f".sw-table-accuracy-stages .tabulator-cell[tabulator-field='{field}']")
+            texts = cells.all_inner_texts()
+            if not texts:
+                return None
+            total += int(texts[0].replace(",", ""))
+        return total
+
+    try:
+        # the demo's golden dataset labels its first 50 frames; the rest count as unlabeled, live
+        first = wait_for(lambda: demo.poll() is None and (n := judged()) is not None and 0 < n < 1400 and n, 60)
+        later = wait_for(lambda: (n := judged()) is not None and n > first and n, 30)  # no reload
+        assert later > first and demo.poll() is None  # seen while the run was still streaming
+    finally:
+        demo.kill()
+        demo.wait(30)

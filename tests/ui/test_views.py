@@ -209,3 +209,28 @@ def test_thinning_keeps_real_runs_and_every_spike() -> None:
     assert (merged["p95_ms"] == merged["p95_ms_all"]).all()  # every point drawn is a real run's
     small = points.head(200)
     pd.testing.assert_frame_equal(_trends.thin(small, "p95_ms", 300), small)
+
+
+def test_a_big_cloud_pair_is_thinned_alike_and_sent_as_binary() -> None:
+    import base64
+    import json
+
+    from stagewatch.ui._cloud3d import MAX_DRAWN, available_modes, page_data, pair
+
+    rng = np.random.default_rng(11)
+    points = rng.normal(size=(250_000, 3))
+    predicted, truth = rng.integers(0, 3, len(points)), rng.integers(0, 3, len(points))
+    distance = rng.random(len(points))
+    cloud = pair(points, points, predicted, truth, distance)
+    assert len(cloud.prediction) == len(cloud.truth) == MAX_DRAWN
+    assert "showing 100,000 of 250,000 predicted" in cloud.shown
+    np.testing.assert_array_equal(cloud.prediction, cloud.truth)  # the same points on both sides
+    assert available_modes(cloud) == ["label", "correctness", "distance error", "height"]
+    data = page_data(cloud)
+    x = np.frombuffer(base64.b64decode(data["sides"]["left"]["x"]), np.float32)
+    np.testing.assert_array_equal(x, cloud.prediction[:, 0])
+    wrong = np.frombuffer(base64.b64decode(data["modes"]["correctness"]["left"]), np.float32)
+    np.testing.assert_array_equal(wrong, (cloud.predicted_labels != cloud.truth_labels).astype(np.float32))
+    assert "[" not in json.dumps(data["sides"])  # coordinates as base64 strings, never JSON lists
+    alone = pair(points[:10], points[:20], None, None, None)
+    assert available_modes(alone) == ["height"] and "showing all 10 predicted and 20" in alone.shown

@@ -6,11 +6,12 @@ import contextlib
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -33,6 +34,18 @@ def running_daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[P
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def median_ms(action: Callable[[], object], repeats: int = 7, warm: bool = False) -> float:
+    """The median wall time of `action` in ms over `repeats` calls (after one unmeasured call if `warm`)."""
+    if warm:
+        action()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table, running_daemon
+from _common import median_ms, print_table, running_daemon
 from history import prepared_home
 
 from stagewatch.daemon import Filters, parse_time
@@ -38,16 +38,6 @@ from stagewatch.ui import _data
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-
-
-def median_ms(action: Callable[[], object], repeats: int = 7) -> float:
-    action()  # warm: the first read also pays for imports and the page cache
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def naive_runs(home: Path, keep: Callable) -> object:
@@ -91,7 +81,7 @@ def queries(home: Path, runs: int) -> list[list[object]]:
     ]
     rows = []
     for name, ours, reference in cases:
-        mine, theirs = median_ms(ours), median_ms(reference, 3)
+        mine, theirs = median_ms(ours, warm=True), median_ms(reference, 3, warm=True)
         rows.append([f"{runs:,}", name, f"{mine:.0f}", f"{theirs:.0f}", f"{theirs / mine:.1f}x"])
     return rows
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table
+from _common import median_ms, print_table
 
 from stagewatch._home import Home
 from stagewatch.daemon._readmodels import read_table
@@ -37,16 +35,6 @@ from stagewatch.ui._failures import CaseFilters, failures_page
 
 KINDS = ["missed", "localization", "false_positive", "class_confusion", "mask_mismatch", "point_label_mismatch"]
 STAGES = ["detection", "segmentation", "lidar_segmentation"]
-
-
-def median_ms(action: Callable[[], object], repeats: int = 7) -> float:
-    action()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def case_home(cases: int) -> Path:
@@ -118,7 +106,7 @@ def filters(cases: int) -> list[list[object]]:
                 lambda: naive(home, lambda f: (f["severity"] >= 0.9) & f["sample_id"].str.contains("frame_00012")),
             ),
         ]:
-            mine, theirs = median_ms(ours), median_ms(reference, 3)
+            mine, theirs = median_ms(ours, warm=True), median_ms(reference, 3, warm=True)
             rows.append([f"{cases:,}", name, f"{mine:.0f}", f"{theirs:.0f}", f"{theirs / mine:.1f}x"])
         return rows
     finally:
@@ -131,10 +119,12 @@ def images() -> list[list[object]]:
     b = rng.integers(0, 256, (2160, 3840, 3), dtype=np.uint8)
     truth = rng.integers(0, 5, (2160, 3840)).astype(np.uint8)
     predicted = np.where(rng.random(truth.shape) < 0.9, truth, rng.integers(0, 5, truth.shape)).astype(np.uint8)
-    ours = median_ms(lambda: image_difference(a, b), 5)
-    plain = median_ms(lambda: np.abs(a.astype(np.float64) / 255 - b.astype(np.float64) / 255).mean(axis=2), 5)
-    mask = median_ms(lambda: mask_difference(predicted, truth), 5)
-    plain_mask = median_ms(lambda: [(predicted == c) & (truth == c) for c in range(5)], 5)
+    ours = median_ms(lambda: image_difference(a, b), 5, warm=True)
+    plain = median_ms(
+        lambda: np.abs(a.astype(np.float64) / 255 - b.astype(np.float64) / 255).mean(axis=2), 5, warm=True
+    )
+    mask = median_ms(lambda: mask_difference(predicted, truth), 5, warm=True)
+    plain_mask = median_ms(lambda: [(predicted == c) & (truth == c) for c in range(5)], 5, warm=True)
     return [
         ["image |A-B| heatmap, 3840x2160x3", f"{ours:.0f}", "numpy |A-B| alone", f"{plain:.0f}", f"{ours / plain:.2f}"],
         [
@@ -162,8 +152,8 @@ def clouds(sizes: list[int]) -> list[list[object]]:
         found = cloud_distances(prediction, truth)
         there, back = reference()
         assert np.allclose(found.to_truth, there) and np.allclose(found.to_prediction, back)  # the same numbers
-        ours = median_ms(lambda prediction=prediction, truth=truth: cloud_distances(prediction, truth), 3)
-        theirs = median_ms(reference, 3)
+        ours = median_ms(lambda prediction=prediction, truth=truth: cloud_distances(prediction, truth), 3, warm=True)
+        theirs = median_ms(reference, 3, warm=True)
         rows.append([f"{len(prediction):,} vs {n:,}", f"{ours:.0f}", f"{theirs:.0f}", f"{theirs / ours:.2f}"])
     return rows
 

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table
+from _common import median_ms, print_table
 
 from stagewatch._protocol import pack_event
 from stagewatch.daemon import (
@@ -165,15 +164,6 @@ def _parts(home: Path) -> int:
 def _by_id(home: Path, run_id: str) -> tuple:
     filters = Filters(run=run_id)
     return query_runs(home, filters), query_stages(home, filters), query_logs(home, filters), load_audit(home, run_id)
-
-
-def median_ms(action, repeats: int = 7) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def json_size(table, sample_rows: int = 200_000) -> int:

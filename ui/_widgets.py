@@ -64,6 +64,76 @@ def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
     return pn.FlexBox(*widgets, flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
 
 
+class PagedQuery:
+    """Filters above a table answered a page at a time on the server, with a pager: the shape
+    of the Runs, Logs and Failures pages. A changed filter goes back to page 1; the filters,
+    the page size and the page are in the URL.
+
+    `query(offset, limit)` returns a `_data.Page` or raises ValueError / RunNotFound (said in
+    words above the table); `display` turns its rows into what people read; `empty()` says
+    what to do when nothing matches; `changed()` runs after each filter change."""
+
+    def __init__(
+        self,
+        noun: str,
+        filters: dict[str, Any],
+        query: Callable[[int, int], Any],
+        display: Callable[[pd.DataFrame], pd.DataFrame],
+        empty: Callable[[], str],
+        html_columns: tuple[str, ...] = (),
+        page_size: int = 25,
+        turns: tuple[str, str] = ("◀ newer", "older ▶"),
+        changed: Callable[[], None] | None = None,
+    ) -> None:
+        self.noun, self.filters, self.query, self.display, self.empty = noun, filters, query, display, empty
+        self.changed = changed
+        self.size = pn.widgets.Select(name="Rows a page", options=list(_data.PAGE_SIZES), value=page_size)
+        self.page = pn.widgets.IntInput(name="Page", value=1, start=1)
+        self.previous, self.next = pn.widgets.Button(name=turns[0]), pn.widgets.Button(name=turns[1])
+        self.count = pn.pane.Markdown("")
+        self.message = pn.Column()
+        self.table = table(pd.DataFrame(), noun.replace(" ", "-"), html_columns=html_columns)
+        for widget in [*filters.values(), self.size]:
+            widget.param.watch(self._filters_changed, "value")
+        self.page.param.watch(lambda _: self.refresh(), "value")
+        self.previous.on_click(lambda _: self._turn(-1))
+        self.next.on_click(lambda _: self._turn(1))
+        self.url_problems = url_alert(sync_url({**filters, "size": self.size, "p": self.page}))
+
+    def layout(self, shown: list[Any], *between: Any) -> pn.Column:
+        """The filter widgets in `shown` order, anything `between` them and the table, the pager."""
+        return pn.Column(
+            self.url_problems,
+            filter_bar(*shown, self.size),
+            *between,
+            self.message,
+            pager(self.previous, self.page, self.next, self.count),
+            self.table,
+        )
+
+    def refresh(self) -> None:
+        limit = int(self.size.value)
+        try:
+            found = self.query((self.page.value - 1) * limit, limit)
+        except (ValueError, _data.RunNotFound) as error:
+            self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            return
+        self.count.object = f"{self.noun} {found.label}"
+        self.message.objects = [] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]
+        self.table.value = self.display(found.rows)
+
+    def _filters_changed(self, _: Any) -> None:
+        if self.page.value != 1:
+            self.page.value = 1  # which refreshes
+        else:
+            self.refresh()
+        if self.changed is not None:
+            self.changed()
+
+    def _turn(self, step: int) -> None:
+        self.page.value = max(1, self.page.value + step)
+
+
 def css_name(label: str) -> str:
     """`Failed stage` -> `sw-failed-stage`: a class to find a widget by in a browser (and in tests)."""
     return "sw-" + "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import panel as pn
@@ -38,57 +37,28 @@ class FailuresPage:
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
         self.text = pn.widgets.TextInput(name="Search", placeholder="sample id, reason")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
-        self.size = pn.widgets.Select(name="Rows a page", options=list(_data.PAGE_SIZES))
-        self.page = pn.widgets.IntInput(name="Page", value=1, start=1)
-        self.previous = pn.widgets.Button(name="◀ previous")
-        self.next = pn.widgets.Button(name="next ▶")
-        self.count = pn.pane.Markdown("")
-        self.message = pn.Column()
-        self.table = _widgets.table(pd.DataFrame(), "failures", html_columns=("case", "run", "when"))
-        filters = [
-            self.stage,
-            self.status,
-            self.kind,
-            self.severity,
-            self.when,
-            self.run,
-            self.text,
-            self.sort,
-            self.size,
-        ]
-        for widget in filters:
-            widget.param.watch(self._filters_changed, "value")
-        self.page.param.watch(lambda _: self.refresh(), "value")
-        self.previous.on_click(lambda _: setattr(self.page, "value", max(1, self.page.value - 1)))
-        self.next.on_click(lambda _: setattr(self.page, "value", self.page.value + 1))
-        self.url_problems = _widgets.url_alert(
-            _widgets.sync_url(
-                {
-                    "stage": self.stage,
-                    "status": self.status,
-                    "kind": self.kind,
-                    "severity": self.severity,
-                    "when": self.when,
-                    "run": self.run,
-                    "q": self.text,
-                    "sort": self.sort,
-                    "size": self.size,
-                    "p": self.page,
-                }
-            )
+        self.query = _widgets.PagedQuery(
+            "failure cases",
+            {
+                "stage": self.stage,
+                "status": self.status,
+                "kind": self.kind,
+                "severity": self.severity,
+                "when": self.when,
+                "run": self.run,
+                "q": self.text,
+                "sort": self.sort,
+            },
+            self._page,
+            display,
+            lambda: "No failure case matches these filters." if self.filters() != _failures.CaseFilters() else EMPTY,
+            html_columns=("case", "run", "when"),
+            turns=("◀ previous", "next ▶"),
         )
-        self.refresh()
+        self.query.refresh()
 
     def layout(self) -> pn.Column:
-        return pn.Column(
-            self.url_problems,
-            _widgets.filter_bar(
-                self.stage, self.status, self.kind, self.severity, self.when, self.run, self.text, self.sort, self.size
-            ),
-            self.message,
-            _widgets.pager(self.previous, self.page, self.next, self.count),
-            self.table,
-        )
+        return self.query.layout(list(self.query.filters.values()))
 
     def filters(self) -> _failures.CaseFilters:
         run = _data.find_run(self.home, self.run.value) if self.run.value.strip() else None
@@ -102,31 +72,9 @@ class FailuresPage:
             text=self.text.value.strip() or None,
         )
 
-    def _filters_changed(self, _: Any) -> None:
-        if self.page.value != 1:
-            self.page.value = 1
-        else:
-            self.refresh()
-
-    def refresh(self) -> None:
-        try:
-            filters = self.filters()
-        except (ValueError, _data.RunNotFound) as error:
-            self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
-            return
-        self.message.objects = []
-        limit = int(self.size.value)
+    def _page(self, offset: int, limit: int) -> _data.Page:
         sort, descending = SORTS[self.sort.value]
-        page = _failures.failures_page(self.home, filters, sort, descending, (self.page.value - 1) * limit, limit)
-        self.count.object = f"failure cases {page.label}"
-        if not page.total:
-            self.message.objects = [
-                pn.pane.Alert(
-                    "No failure case matches these filters." if filters != _failures.CaseFilters() else EMPTY,
-                    alert_type="info",
-                )
-            ]
-        self.table.value = display(page.rows)
+        return _failures.failures_page(self.home, self.filters(), sort, descending, offset, limit)
 
 
 def case_link(run_id: str, stage: str, sample: str | None, text: str) -> str:

@@ -27,6 +27,7 @@ LEVEL_COLOURS = {
     "CRITICAL": "#6a1b9a",
 }
 TAIL_MS = 1000
+EMPTY = "No log lines yet: log through `logger.add(stagewatch.loguru_sink)` or the logging handler (see the README)."
 
 
 class LogsPage:
@@ -42,14 +43,7 @@ class LogsPage:
         self.text = pn.widgets.TextInput(name="Search", placeholder="text in the message")
         self.regex = pn.widgets.Checkbox(name="regular expression", width=160)
         self.tail = pn.widgets.Checkbox(name="live tail (every second)", width=190)
-        self.size = pn.widgets.Select(name="Rows a page", options=list(_data.PAGE_SIZES), value=50)
-        self.page = pn.widgets.IntInput(name="Page", value=1, start=1, width=90)
-        self.previous = pn.widgets.Button(name="◀ newer", width=90)
-        self.next = pn.widgets.Button(name="older ▶", width=90)
-        self.count = pn.pane.Markdown("")
-        self.message = pn.Column()
         self.histogram = pn.Column()
-        self.table = _widgets.table(pd.DataFrame(), "logs", html_columns=("time", "run"))
         self.download_json = pn.widgets.FileDownload(
             callback=lambda: self._export("json"),
             filename="stagewatch-export.json",
@@ -63,60 +57,34 @@ class LogsPage:
             label="Download JSON Lines",
             width=200,
         )
-        for widget in (
-            self.since,
-            self.until,
-            self.stage,
-            self.level,
-            self.run,
-            self.logger,
-            self.text,
-            self.regex,
-            self.size,
-        ):
-            widget.param.watch(self._filters_changed, "value")
-        self.page.param.watch(lambda _: self.refresh(), "value")
-        self.previous.on_click(lambda _: self._turn(-1))
-        self.next.on_click(lambda _: self._turn(1))
-        self.url_problems = _widgets.url_alert(
-            _widgets.sync_url(
-                {
-                    "since": self.since,
-                    "until": self.until,
-                    "stage": self.stage,
-                    "level": self.level,
-                    "run": self.run,
-                    "logger": self.logger,
-                    "q": self.text,
-                    "regex": self.regex,
-                    "tail": self.tail,
-                    "size": self.size,
-                    "p": self.page,
-                }
-            )
+        self.query = _widgets.PagedQuery(
+            "log lines",
+            {
+                "since": self.since,
+                "until": self.until,
+                "stage": self.stage,
+                "level": self.level,
+                "run": self.run,
+                "logger": self.logger,
+                "q": self.text,
+                "regex": self.regex,
+                "tail": self.tail,
+            },
+            lambda offset, limit: _data.logs_page(self.home, self.filters(), offset, limit),
+            display,
+            lambda: "No log lines match these filters." if self.filters() != Filters() else EMPTY,
+            html_columns=("time", "run"),
+            page_size=50,
+            changed=self._draw_histogram,
         )
-        self.refresh()
+        self.query.refresh()
+        self._draw_histogram()
         _widgets.every(TAIL_MS, self._tail)
 
     def layout(self) -> pn.Column:
-        return pn.Column(
-            self.url_problems,
-            _widgets.filter_bar(
-                self.since,
-                self.until,
-                self.stage,
-                self.level,
-                self.run,
-                self.logger,
-                self.text,
-                self.size,
-            ),
-            pn.Row(self.regex, self.tail, self.download_json, self.download_jsonl, sizing_mode="stretch_width"),
-            self.message,
-            self.histogram,
-            _widgets.pager(self.previous, self.page, self.next, self.count),
-            self.table,
-        )
+        shown = [self.since, self.until, self.stage, self.level, self.run, self.logger, self.text]
+        downloads = pn.Row(self.regex, self.tail, self.download_json, self.download_jsonl, sizing_mode="stretch_width")
+        return self.query.layout(shown, downloads, self.histogram)
 
     def filters(self) -> Filters:
         run = _data.find_run(self.home, self.run.value) if self.run.value.strip() else None
@@ -131,42 +99,16 @@ class LogsPage:
             regex=self.regex.value,
         )
 
-    def _filters_changed(self, _: Any) -> None:
-        if self.page.value != 1:
-            self.page.value = 1
-        else:
-            self.refresh()
-
-    def _turn(self, step: int) -> None:
-        self.page.value = max(1, self.page.value + step)
-
     def _tail(self) -> None:
-        if self.tail.value and self.page.value == 1:
-            self.refresh(histogram=False)
+        if self.tail.value and self.query.page.value == 1:
+            self.query.refresh()
 
-    def refresh(self, histogram: bool = True) -> None:
+    def _draw_histogram(self) -> None:
         try:
             filters = self.filters()
-        except (ValueError, _data.RunNotFound) as error:
-            self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
-            return
-        self.message.objects = []
-        limit = int(self.size.value)
-        page = _data.logs_page(self.home, filters, (self.page.value - 1) * limit, limit)
-        self.count.object = f"log lines {page.label}"
-        if not page.total:
-            self.message.objects = [
-                pn.pane.Alert(
-                    "No log lines match these filters."
-                    if filters != Filters()
-                    else "No log lines yet: log through `logger.add(stagewatch.loguru_sink)` or the logging handler "
-                    "(see the README).",
-                    alert_type="info",
-                )
-            ]
-        self.table.value = display(page.rows)
-        if histogram:
-            self.histogram.objects = [self._histogram(filters)]
+        except (ValueError, _data.RunNotFound):
+            return  # the table above says why
+        self.histogram.objects = [self._histogram(filters)]
 
     def _histogram(self, filters: Filters) -> Any:
         """Lines per time bin, stacked by level; a drag across it (box select) narrows the range."""

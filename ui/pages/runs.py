@@ -41,74 +41,45 @@ class RunsPage:
         self.host = pn.widgets.Select(name="Host", options=_widgets.choices(facets["host"]))
         self.text = pn.widgets.TextInput(name="Error text", placeholder="NaN pixels")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
-        self.size = pn.widgets.Select(name="Rows a page", options=list(_data.PAGE_SIZES))
-        self.page = pn.widgets.IntInput(name="Page", value=1, start=1, width=90)
-        self.previous = pn.widgets.Button(name="◀ newer", width=90)
-        self.next = pn.widgets.Button(name="older ▶", width=90)
-        self.count = pn.pane.Markdown("")
-        self.message = pn.Column()
-        self.table = _widgets.table(pd.DataFrame(), "runs", html_columns=("run", "started"))
-        filters = [
-            self.pipeline,
-            self.status,
-            self.failed_stage,
-            self.when,
-            self.since,
-            self.until,
-            self.host,
-            self.text,
-            self.sort,
-            self.size,
-        ]
-        for widget in filters:
-            widget.param.watch(self._filters_changed, "value")
-        self.page.param.watch(lambda _: self.refresh(), "value")
-        self.previous.on_click(lambda _: self._turn(-1))
-        self.next.on_click(lambda _: self._turn(1))
-        self.url_problems = _widgets.url_alert(
-            _widgets.sync_url(
-                {
-                    "pipeline": self.pipeline,
-                    "status": self.status,
-                    "failed_stage": self.failed_stage,
-                    "when": self.when,
-                    "since": self.since,
-                    "until": self.until,
-                    "host": self.host,
-                    "text": self.text,
-                    "sort": self.sort,
-                    "size": self.size,
-                    "p": self.page,
-                }
-            )
+        self.query = _widgets.PagedQuery(
+            "runs",
+            {
+                "pipeline": self.pipeline,
+                "status": self.status,
+                "failed_stage": self.failed_stage,
+                "when": self.when,
+                "since": self.since,
+                "until": self.until,
+                "host": self.host,
+                "text": self.text,
+                "sort": self.sort,
+            },
+            self._page,
+            display,
+            lambda: _empty_message(self.home, self.filters()),
+            html_columns=("run", "started"),
         )
-        self.refresh()
+        self.query.refresh()
         _widgets.every(REFRESH_MS, self._refresh_first_page)
 
     def _refresh_first_page(self) -> None:
         """New runs appear without a reload; a later page stays as the person left it."""
-        if self.page.value == 1:
-            self.refresh()
+        if self.query.page.value == 1:
+            self.query.refresh()
 
     def layout(self) -> pn.Column:
-        return pn.Column(
-            self.url_problems,
-            _widgets.filter_bar(
-                self.pipeline,
-                self.status,
-                self.failed_stage,
-                self.when,
-                self.host,
-                self.text,
-                self.since,
-                self.until,
-                self.sort,
-                self.size,
-            ),
-            self.message,
-            _widgets.pager(self.previous, self.page, self.next, self.count),
-            self.table,
-        )
+        shown = [
+            self.pipeline,
+            self.status,
+            self.failed_stage,
+            self.when,
+            self.host,
+            self.text,
+            self.since,
+            self.until,
+            self.sort,
+        ]
+        return self.query.layout(shown)
 
     def filters(self) -> Filters:
         since = self.since.value.strip() or self.when.value
@@ -122,29 +93,9 @@ class RunsPage:
             grep=self.text.value.strip() or None,
         )
 
-    def _filters_changed(self, _: Any) -> None:
-        if self.page.value != 1:
-            self.page.value = 1  # refreshes
-        else:
-            self.refresh()
-
-    def _turn(self, step: int) -> None:
-        self.page.value = max(1, self.page.value + step)
-
-    def refresh(self) -> None:
-        try:
-            filters = self.filters()
-        except ValueError as error:
-            self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
-            return
-        self.message.objects = []
-        limit = int(self.size.value)
+    def _page(self, offset: int, limit: int) -> _data.Page:
         sort, descending = SORTS[self.sort.value]
-        page = _data.runs_page(self.home, filters, sort, descending, (self.page.value - 1) * limit, limit)
-        self.count.object = f"runs {page.label}"
-        if not page.total:
-            self.message.objects = [pn.pane.Alert(_empty_message(self.home, filters), alert_type="info")]
-        self.table.value = display(page.rows)
+        return _data.runs_page(self.home, self.filters(), sort, descending, offset, limit)
 
 
 def _empty_message(home: Path, filters: Filters) -> str:

@@ -36,6 +36,7 @@ class CloudPair:
     truth_labels: np.ndarray | None
     distance: np.ndarray | None  # per drawn predicted point: to the nearest ground-truth point (full clouds)
     total: tuple[int, int]  # points before subsampling
+    truth_distance: np.ndarray | None = None  # per drawn ground-truth point: to the nearest predicted point
 
     @property
     def shown(self) -> str:
@@ -61,6 +62,7 @@ def pair(
     predicted_labels: np.ndarray | None,
     truth_labels: np.ndarray | None,
     distance: np.ndarray | None,
+    truth_distance: np.ndarray | None = None,
 ) -> CloudPair:
     """The drawn subsample; when prediction and truth are the same points (labels only), the
     same indices on both sides so the views compare point for point."""
@@ -74,6 +76,7 @@ def pair(
         truth_labels[keep_t] if truth_labels is not None else None,
         distance[keep_p] if distance is not None else None,
         (len(prediction), len(truth)),
+        truth_distance[keep_t] if truth_distance is not None else None,
     )
 
 
@@ -95,7 +98,9 @@ def colours(cloud: CloudPair, mode: str) -> tuple[Any, Any, dict[str, Any]]:
         high = float(np.percentile(cloud.distance, 99)) or 1.0
         return (
             cloud.distance.astype(np.float32),
-            np.zeros(len(cloud.truth), np.float32),
+            (cloud.truth_distance if cloud.truth_distance is not None else np.zeros(len(cloud.truth))).astype(
+                np.float32
+            ),
             {
                 "colorscale": "Viridis",
                 "cmin": 0,

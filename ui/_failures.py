@@ -18,8 +18,15 @@ import pyarrow.dataset as ds
 
 from stagewatch._home import Home
 from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, read_table
-from stagewatch.daemon.groundtruth.diff import DiffError, label_mismatch, mask_difference, top_view
-from stagewatch.daemon.groundtruth.formats import LabelError, load_mask, load_point_labels
+from stagewatch.daemon.groundtruth.diff import (
+    DiffError,
+    cloud_distances,
+    label_mismatch,
+    mask_difference,
+    top_view,
+    viridis,
+)
+from stagewatch.daemon.groundtruth.formats import LabelError, load_mask, load_point_labels, load_points
 from stagewatch.ui._data import Page, top_rows
 
 FAILURE_STATUSES = ("wrong", "invalid", "crashed")
@@ -215,6 +222,9 @@ def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:
             predicted, actual = np.load(prediction, allow_pickle=False), load_mask(truth)
             if predicted.ndim == 2:
                 return _mask_case(predicted, actual)
+        if truth.suffix.lower() in (".ply", ".pcd") and prediction.suffix.lower() in (".ply", ".pcd"):
+            positions, labels = load_points(prediction)  # a predicted cloud of its own: distances
+            return cloud_distance_case(positions, labels, load_point_labels(truth))
         if truth.suffix.lower() in (".ply", ".pcd"):
             return _cloud_case(np.load(prediction, allow_pickle=False), load_point_labels(truth))
     except (DiffError, LabelError, OSError, ValueError) as error:
@@ -248,6 +258,34 @@ def _cloud_case(predicted_labels: np.ndarray, truth: Any) -> dict[str, Any]:
         ],
         "numbers": {"points": len(wrong), "mismatched": int(wrong.sum()), "agreement": float(1 - wrong.mean())},
         "arrays": {"positions": truth.positions, "predicted": predicted_labels, "truth": truth.labels},
+    }
+
+
+def cloud_distance_case(positions: np.ndarray, labels: np.ndarray | None, truth: Any) -> dict[str, Any]:
+    """A predicted cloud against the ground-truth cloud: per-point distances both ways (the
+    full clouds), a heatmap seen from above, and both clouds in 3D coloured by distance error."""
+    found = cloud_distances(positions, truth.positions)
+    kept = positions[np.isfinite(positions).all(axis=1)]
+    kept_labels = labels[np.isfinite(positions).all(axis=1)] if labels is not None else None
+    high = float(np.percentile(found.to_truth, 99)) or 1.0
+    return {
+        "kind": "distances",
+        "pictures": [
+            ("prediction: distance to the ground truth, from above", top_view(kept, viridis(found.to_truth, 0, high))),
+            (
+                "ground truth: distance to the prediction",
+                top_view(truth.positions, viridis(found.to_prediction, 0, high)),
+            ),
+        ],
+        "numbers": {**found.summary, "dropped": found.dropped, "scale": [0.0, high]},
+        "arrays": {
+            "positions": kept,
+            "predicted": kept_labels,
+            "truth_positions": truth.positions,
+            "truth": truth.labels,
+            "distance": found.to_truth,
+            "truth_distance": found.to_prediction,
+        },
     }
 
 

@@ -234,3 +234,31 @@ def test_a_big_cloud_pair_is_thinned_alike_and_sent_as_binary() -> None:
     assert "[" not in json.dumps(data["sides"])  # coordinates as base64 strings, never JSON lists
     alone = pair(points[:10], points[:20], None, None, None)
     assert available_modes(alone) == ["height"] and "showing all 10 predicted and 20" in alone.shown
+
+
+def test_a_predicted_cloud_against_its_ground_truth_gives_distances_both_ways() -> None:
+    from stagewatch.daemon.groundtruth.formats import PointLabels
+    from stagewatch.ui._cloud3d import available_modes, colours, pair
+    from stagewatch.ui._failures import cloud_distance_case
+
+    rng = np.random.default_rng(12)
+    truth = PointLabels(rng.normal(size=(300, 3)), rng.integers(0, 3, 300))
+    predicted = np.vstack([truth.positions[:200] + 0.1, [[np.nan, 0.0, 0.0]]])
+    found = cloud_distance_case(predicted, None, truth)
+    assert found["kind"] == "distances" and found["numbers"]["dropped"] == {"prediction": 1}
+    brute = np.sqrt(((predicted[:200, None, :] - truth.positions[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    np.testing.assert_allclose(found["arrays"]["distance"], brute, rtol=1e-9)
+    assert found["pictures"][0][0].startswith("prediction: distance")
+    arrays = found["arrays"]
+    cloud = pair(
+        arrays["positions"],
+        arrays["truth_positions"],
+        None,
+        arrays["truth"],
+        arrays["distance"],
+        arrays["truth_distance"],
+    )
+    assert available_modes(cloud) == ["distance error", "height"]
+    left, right, marker = colours(cloud, "distance error")
+    np.testing.assert_allclose(left, brute, rtol=1e-6)
+    assert right.shape == (300,) and right.max() > 0 and marker["showscale"]

@@ -89,9 +89,11 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
     else:
         shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
         shown += legend_and_numbers(found, class_names(case))
-        if found["kind"] == "points":
+        if found["kind"] in ("points", "distances"):
             arrays = found["arrays"]
-            cloud = pair(arrays["positions"], arrays["positions"], arrays["predicted"], arrays["truth"], None)
+            truth_positions = arrays.get("truth_positions", arrays["positions"])
+            distances = (arrays.get("distance"), arrays.get("truth_distance"))
+            cloud = pair(arrays["positions"], truth_positions, arrays["predicted"], arrays["truth"], *distances)
             shown += [pn.pane.Markdown("### In 3D (drag to turn: both views follow)"), cloud_views(cloud)]
     scores = case.get("scores")
     if scores:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,11 +160,87 @@ def clouds(sizes: list[int]) -> list[list[object]]:
     return rows
 
 
+DRAWN = "() => window.views && ['left', 'right'].every(s => views[s]._fullLayout && views[s].querySelector('canvas'))"
+
+
+def cloud_render(sizes: list[int]) -> list[list[object]]:
+    """A predicted cloud and its ground truth of n points each, opened in Chromium: the Case
+    page's 3D views (thinned past 100k points) until both are drawn. Served as the dashboard
+    serves them (the same HTML, plotly.js from Panel's bundle) by a plain HTTP server."""
+    import functools
+    import http.server
+    import threading
+
+    import panel
+    from playwright.sync_api import sync_playwright
+
+    from stagewatch.ui._cloud3d import _plotly_url, cloud_page, pair
+
+    root = Path(tempfile.mkdtemp(prefix="sw-cloud-"))
+    plotly = root / _plotly_url().lstrip("/")
+    plotly.parent.mkdir(parents=True)
+    shutil.copy(Path(panel.__file__).parent / "dist" / "bundled" / "plotlyplot" / plotly.name, plotly)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = []
+    rng = np.random.default_rng(3)
+    try:
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            for n in sizes:
+                truth = rng.uniform(-50, 50, (n, 3))
+                labels = rng.integers(0, 5, n)
+                started = time.perf_counter()
+                cloud = pair(truth, truth, labels, np.where(rng.random(n) < 0.9, labels, 0), None)
+                (root / f"cloud-{n}.html").write_text(cloud_page(cloud))
+                build = time.perf_counter() - started
+                times = []
+                for _ in range(3):
+                    page = browser.new_page(viewport={"width": 1400, "height": 700})
+                    started = time.perf_counter()
+                    page.goto(f"http://127.0.0.1:{server.server_address[1]}/cloud-{n}.html")
+                    page.wait_for_function(
+                        DRAWN,
+                        timeout=120_000,
+                    )
+                    times.append(time.perf_counter() - started)
+                    page.close()
+                render = statistics.median(times)
+                rows.append(
+                    [
+                        f"{n:,} + {n:,}",
+                        f"{len(cloud.prediction):,}",
+                        f"{build:.2f}",
+                        f"{render:.2f}",
+                        f"{build + render:.2f}",
+                        "2.0",
+                        f"{(build + render) / 2:.2f}",
+                    ]
+                )
+            browser.close()
+    finally:
+        server.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, nargs="+", default=[500, 100_000, 1_000_000])
     parser.add_argument("--points", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--render", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--only", choices=["cases", "images", "clouds", "render"])
     args = parser.parse_args()
+    if args.only in (None, "render"):
+        print_table(
+            "A cloud pair opened in Chromium (software WebGL): page built on the server, then drawn (median of 3, s)",
+            ["points", "drawn per view", "build s", "draw s", "total s", "target s", "ratio"],
+            cloud_render(args.render),
+        )
+    if args.only == "render":
+        return
     print_table(
         "Failure browser: first page answered on the server (median of 7, ms)",
         ["cases", "query", "stagewatch", "pandas: read all, filter, sort", "ratio"],

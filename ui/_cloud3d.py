@@ -21,7 +21,11 @@ from typing import Any
 import numpy as np
 import panel as pn
 
-MAX_DRAWN = 100_000  # points per view sent to the browser; the numbers use every point
+# Points per view sent to the browser (the numbers use every point). In Chromium's software
+# WebGL here a pair opens in ~2.6 s with 1k points a view, ~6.6 s with 20k, ~9 s with 50k,
+# ~14 s with 100k (benchmarks/error_browser.py --only render): plotly's scatter3d costs about
+# 57 us a point without a GPU. 50k keeps the picture faithful; a GPU draws it far faster.
+MAX_DRAWN = 50_000
 LABEL_COLOURS = ["#e6e6e6", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
 MODES = ("label", "correctness", "distance error", "height")
 

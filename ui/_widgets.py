@@ -75,6 +75,7 @@ class PagedQuery:
 
     def __init__(
         self,
+        name: str,
         noun: str,
         filters: dict[str, Any],
         query: Callable[[int, int], Any],
@@ -92,7 +93,7 @@ class PagedQuery:
         self.previous, self.next = pn.widgets.Button(name=turns[0]), pn.widgets.Button(name=turns[1])
         self.count = pn.pane.Markdown("")
         self.message = pn.Column()
-        self.table = table(pd.DataFrame(), noun.replace(" ", "-"), html_columns=html_columns)
+        self.table = table(pd.DataFrame(), name, html_columns=html_columns)
         for widget in [*filters.values(), self.size]:
             widget.param.watch(self._filters_changed, "value")
         self.page.param.watch(lambda _: self.refresh(), "value")

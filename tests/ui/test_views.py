@@ -223,7 +223,7 @@ def test_a_big_cloud_pair_is_thinned_alike_and_sent_as_binary() -> None:
     distance = rng.random(len(points))
     cloud = pair(points, points, predicted, truth, distance)
     assert len(cloud.prediction) == len(cloud.truth) == MAX_DRAWN
-    assert "showing 100,000 of 250,000 predicted" in cloud.shown
+    assert f"showing {MAX_DRAWN:,} of 250,000 predicted" in cloud.shown
     np.testing.assert_array_equal(cloud.prediction, cloud.truth)  # the same points on both sides
     assert available_modes(cloud) == ["label", "correctness", "distance error", "height"]
     data = page_data(cloud)

@@ -38,6 +38,7 @@ class FailuresPage:
         self.text = pn.widgets.TextInput(name="Search", placeholder="sample id, reason")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
         self.query = _widgets.PagedQuery(
+            "failures",
             "failure cases",
             {
                 "stage": self.stage,

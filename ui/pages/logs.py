@@ -58,6 +58,7 @@ class LogsPage:
             width=200,
         )
         self.query = _widgets.PagedQuery(
+            "logs",
             "log lines",
             {
                 "since": self.since,

@@ -43,6 +43,7 @@ class RunsPage:
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
         self.query = _widgets.PagedQuery(
             "runs",
+            "runs",
             {
                 "pipeline": self.pipeline,
                 "status": self.status,

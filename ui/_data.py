@@ -67,6 +67,8 @@ class Page:
     def label(self) -> str:
         if not self.total:
             return "no rows match"
+        if self.offset >= self.total:  # a page number from an old link, past what matches now
+            return f"past the last page ({self.total:,} match: go back to page 1)"
         return f"{self.offset + 1:,}-{min(self.offset + self.limit, self.total):,} of {self.total:,}"
 
 

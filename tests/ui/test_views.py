@@ -262,3 +262,12 @@ def test_a_predicted_cloud_against_its_ground_truth_gives_distances_both_ways() 
     left, right, marker = colours(cloud, "distance error")
     np.testing.assert_allclose(left, brute, rtol=1e-6)
     assert right.shape == (300,) and right.max() > 0 and marker["showscale"]
+
+
+def test_a_page_past_the_end_says_so() -> None:
+    from stagewatch.ui._data import Page
+
+    assert Page(pd.DataFrame(), 30, 0, 25).label == "1-25 of 30"
+    assert Page(pd.DataFrame(), 30, 25, 25).label == "26-30 of 30"
+    assert Page(pd.DataFrame(), 30, 2500, 25).label.startswith("past the last page (30 match")
+    assert Page(pd.DataFrame(), 0, 0, 25).label == "no rows match"

@@ -102,6 +102,9 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, DaemonProcess, Ui, str]]:
         daemon.stop()
 
 
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
+
+
 def _other_runs(home: Path) -> None:
     """Two more runs beside the demo's: one of another pipeline that went well, one that failed at detection."""
     for pipeline, failing in (("batch", None), ("batch", "detection")):
@@ -111,7 +114,8 @@ def _other_runs(home: Path) -> None:
                 try:
                     with run.stage(stage, sample_id=f"f{frame}"):
                         if stage == failing and frame == 2:
-                            raise RuntimeError("detector weights missing")
+                            # markup in an error must show as text, never run (see the runs test)
+                            raise RuntimeError(f"detector weights missing {HOSTILE}")
                 except RuntimeError:
                     pass
         run.finish(status="failed" if failing else "ok")
@@ -166,12 +170,17 @@ def test_the_runs_table_narrows_to_the_detection_failures_and_the_url_keeps_it(s
     wait_for(lambda: len(_runs_shown(page)) == 1, 20)
     (failed,) = _runs_shown(page)
     assert failed != run_id and shown(page, "detector weights missing")
+    assert shown(page, HOSTILE) and page.evaluate("() => window.__pwned") is None  # text, not markup
     page.wait_for_url(re.compile("failed_stage=detection.*when=7d"))
     page.reload()  # the URL restores the view
     page.wait_for_selector(f".sw-table-runs a[title='{failed}']")
     assert _runs_shown(page) == [failed]
     page.goto(f"{ui.url}?page=runs&status=ok")
     page.wait_for_selector("text=runs 1-1 of 1")
+    page.goto(f"{ui.url}?page=run&run={failed}")  # its error card and traceback: text too
+    page.wait_for_selector("text=Traceback")
+    page.get_by_text("Traceback").first.click()
+    assert shown(page, "detector weights missing") and page.evaluate("() => window.__pwned") is None
 
 
 def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, page) -> None:

@@ -405,6 +405,21 @@ def thumbnail_png(path: Path, size: int = 96) -> bytes:
     return out.getvalue()
 
 
+def image_pair_difference(first: Path, second: Path) -> Any:
+    """`diff.image_difference` of two saved images (PNG), both read inside the size limit."""
+    from stagewatch.daemon.groundtruth.diff import image_difference
+
+    images = []
+    for path in (first, second):
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"{path.name} is not a PNG image")
+        if path.stat().st_size > PREVIEW_BYTES:
+            raise ValueError(f"{path.name} is too large to compare here (use `stagewatch diff image`)")
+        with Image.open(path) as image:
+            images.append(np.asarray(image))
+    return image_difference(*images)
+
+
 def preview(path: Path) -> tuple[str, Any]:
     """(kind, content) to show: png bytes, JSON data, or a summary of an array or a point cloud;
     ("unreadable", what is wrong) for a file that cannot be read (damaged, truncated), so the

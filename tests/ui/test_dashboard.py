@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 import stagewatch
 from stagewatch.daemon._readmodels import read_table
@@ -184,7 +185,7 @@ def test_the_runs_table_narrows_to_the_detection_failures_and_the_url_keeps_it(s
 
 
 def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, page) -> None:
-    _home, _, ui, run_id = served
+    home, _, ui, run_id = served
     page.goto(f"{ui.url}?page=runs")
     page.locator(f".sw-table-runs a[title='{run_id}']").click()
     page.wait_for_selector("text=Accuracy against")
@@ -201,10 +202,20 @@ def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, pag
     assert shown(page, "raise ValueError")
     assert page.locator(".sw-sample-for-the-waterfall select, select").count() > 0
     page.get_by_text("postprocessing: 49 samples").click()  # outputs by stage, then sample
+    overlay = f"runs/{run_id}/stages/postprocessing/frame_000_overlay.png"
     page.locator("a[href*='frame_000_overlay.png'] img").first.click()  # a thumbnail opens the image
     image = page.wait_for_selector(".sw-preview img[src^='data:image/png']")
     assert image.bounding_box()["width"] > 100
     assert "artifact=runs" in page.url
+    other = overlay.replace("frame_000", "frame_001")
+    page.goto(f"{ui.url}?page=run&run={run_id}&artifact={overlay}&compare={other}")  # two outputs, their difference
+    page.wait_for_selector(".sw-difference img[src^='data:image/png']")
+    first, second = (np.asarray(Image.open(home / p)).astype(float) / 255 for p in (overlay, other))
+    expected = np.abs(first - second).mean(axis=2).mean()
+    assert shown(page, f"mean |difference| {expected:.4f}")
+    mask = f"runs/{run_id}/stages/segmentation/frame_000.pred.npy"
+    page.goto(f"{ui.url}?page=run&run={run_id}&artifact={overlay}&compare={mask}")
+    page.wait_for_selector("text=is not a PNG image")
 
 
 SLOW_PIPELINE = """

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import holoviews as hv
+import numpy as np
 import pandas as pd
 import panel as pn
 
 from stagewatch._home import ARTIFACT_FORM
+from stagewatch.daemon.groundtruth.diff import viridis
 from stagewatch.ui import _data, _format, _widgets
 
 THUMBNAILS = 12  # per stage and page view; the rest are listed
@@ -27,6 +29,9 @@ class RunPage:
         self.run_id = pn.widgets.TextInput(name="Run id (or a unique prefix)", placeholder="from the Runs page")
         self.sample = pn.widgets.Select(name="Sample for the waterfall", options=[])
         self.artifact = pn.widgets.TextInput(name="Saved output", placeholder=ARTIFACT_FORM)
+        self.compare = pn.widgets.TextInput(
+            name="Compare it with (an image of another run, say)", placeholder=ARTIFACT_FORM
+        )
         self.body = pn.Column()
         self.waterfall = pn.Column()
         self.preview = pn.Column()
@@ -34,7 +39,8 @@ class RunPage:
         self.run_id.param.watch(lambda _: self.show(), "value")
         self.sample.param.watch(lambda _: self._draw_waterfall(), "value")
         self.artifact.param.watch(lambda _: self.show_artifact(), "value")
-        refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact})
+        self.compare.param.watch(lambda _: self.show_artifact(), "value")
+        refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
         self.show()
         self.show_artifact()
         refused += _widgets.sync_url({"sample": self.sample})  # its options are the run's samples
@@ -42,7 +48,7 @@ class RunPage:
         _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
 
     def layout(self) -> pn.Column:
-        return pn.Column(self.url_problems, self.run_id, self.body, self.artifact, self.preview)
+        return pn.Column(self.url_problems, self.run_id, self.body, self.artifact, self.compare, self.preview)
 
     def _refresh_if_running(self) -> None:
         """Redraw a run in progress when its audit trail moved (a redraw resets zoom and cards)."""
@@ -103,6 +109,39 @@ class RunPage:
             ]
         else:
             self.preview.objects = [title, pn.pane.JSON(content, depth=3)]
+        if self.compare.value.strip():
+            self.preview.objects = [*self.preview.objects, *self._difference(path)]
+
+    def _difference(self, path: Path) -> list[Any]:
+        """The saved image against another: |difference| heatmap, colour bar and numbers."""
+        other = self.compare.value.strip()
+        try:
+            found = _data.image_pair_difference(path, _data.resolve_artifact(self.home, other))
+        except (_data.ArtifactRefused, ValueError, OSError, SyntaxError) as error:  # PIL: SyntaxError too
+            return [pn.pane.Alert(f"Cannot compare with `{other}`: {error}", alert_type="warning")]
+        low, high = found.scale
+        bar = "".join(
+            f'<span style="display:inline-block;width:3px;height:12px;background:rgb{tuple(c)}"></span>'
+            for c in viridis(np.linspace(0, 1, 64), 0.0, 1.0)
+        )
+        return [
+            pn.pane.Markdown(f"### Difference with `{other}`"),
+            pn.pane.PNG(_png(found.picture), sizing_mode="fixed", css_classes=["sw-difference"]),
+            pn.pane.HTML(f"<div class='sw-colour-bar'>{low:.3g} {bar} {high:.3g} (|difference|, 1 = full range)</div>"),
+            pn.pane.Markdown(
+                f"mean |difference| **{found.mean_absolute:.4f}**; **{found.over_threshold:.2%}** of pixels differ "
+                f"by more than {found.threshold}"
+            ),
+        ]
+
+
+def _png(picture: np.ndarray) -> io.BytesIO:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, format="PNG")
+    out.seek(0)
+    return out
 
 
 def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterfall_pane: pn.Column) -> list[Any]:

@@ -171,15 +171,11 @@ def cloud_render(sizes: list[int]) -> list[list[object]]:
     import http.server
     import threading
 
-    import panel
     from playwright.sync_api import sync_playwright
 
-    from stagewatch.ui._cloud3d import _plotly_url, cloud_page, pair
+    from stagewatch.ui._cloud3d import pair, write_standalone
 
     root = Path(tempfile.mkdtemp(prefix="sw-cloud-"))
-    plotly = root / _plotly_url().lstrip("/")
-    plotly.parent.mkdir(parents=True)
-    shutil.copy(Path(panel.__file__).parent / "dist" / "bundled" / "plotlyplot" / plotly.name, plotly)
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     )
@@ -194,7 +190,7 @@ def cloud_render(sizes: list[int]) -> list[list[object]]:
                 labels = rng.integers(0, 5, n)
                 started = time.perf_counter()
                 cloud = pair(truth, truth, labels, np.where(rng.random(n) < 0.9, labels, 0), None)
-                (root / f"cloud-{n}.html").write_text(cloud_page(cloud))
+                write_standalone(cloud, root, f"cloud-{n}.html")
                 build = time.perf_counter() - started
                 times = []
                 for _ in range(3):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,14 +145,30 @@ def available_modes(cloud: CloudPair) -> list[str]:
     return [*modes, "height"]
 
 
-def _plotly_url() -> str:
-    """plotly.js as Panel serves it from its own bundle (no CDN: the dashboard works offline)."""
+def _bundled_plotly() -> Path:
     import panel
 
     bundled = sorted((Path(panel.__file__).parent / "dist" / "bundled" / "plotlyplot").glob("plotly-*.min.js"))
     if not bundled:
         raise FileNotFoundError("Panel's bundled plotly.js is missing")
-    return f"/static/extensions/panel/bundled/plotlyplot/{bundled[-1].name}"
+    return bundled[-1]
+
+
+def _plotly_url() -> str:
+    """plotly.js as Panel serves it from its own bundle (no CDN: the dashboard works offline)."""
+    return f"/static/extensions/panel/bundled/plotlyplot/{_bundled_plotly().name}"
+
+
+def write_standalone(cloud: CloudPair, folder: Path, name: str = "cloud.html") -> Path:
+    """The views as a file beside plotly.js at the path the dashboard serves it from, for a
+    plain HTTP server (benchmarks, tests): the same page the Case page puts in its iframe."""
+    plotly = folder / _plotly_url().lstrip("/")
+    plotly.parent.mkdir(parents=True, exist_ok=True)
+    if not plotly.exists():
+        shutil.copy(_bundled_plotly(), plotly)
+    page = folder / name
+    page.write_text(cloud_page(cloud))
+    return page
 
 
 def _b64(values: np.ndarray) -> str:
@@ -174,7 +191,9 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <style>body{margin:0;font:13px system-ui,sans-serif}#bar{padding:4px 0 6px}
 .view{display:inline-block;width:49.5%;height:460px}</style>
 </head><body><div id="bar">colour by <select id="mode">__OPTIONS__</select>
-&nbsp; point size <input id="size" type="range" min="1" max="8" value="2"></div>
+&nbsp; point size <input id="size" type="range" min="1" max="8" value="2">
+<span id="scale" hidden>&nbsp; colours from <input id="low" type="number" step="any" style="width:6em">
+to <input id="high" type="number" step="any" style="width:6em"></span></div>
 <div id="left" class="view"></div><div id="right" class="view"></div>
 <script src="__PLOTLY__"></script>
 <script>
@@ -183,12 +202,24 @@ const floats = s => new Float32Array(Uint8Array.from(atob(s), c => c.charCodeAt(
 const views = {left: document.getElementById("left"), right: document.getElementById("right")};
 window.views = views;
 const titles = {left: "prediction", right: "ground truth"};
+const scale = {low: document.getElementById("low"), high: document.getElementById("high")};
 function marker(side, mode) {
   const m = DATA.modes[mode];
   return Object.assign({size: +document.getElementById("size").value, color: floats(m[side])}, m.marker,
                        side === "right" ? {showscale: false} : {});
 }
+function showScale(mode) {  // the distance colouring's ends can be set (min/max adjustable)
+  const m = DATA.modes[mode].marker;
+  document.getElementById("scale").hidden = mode !== "distance error";
+  scale.low.value = m.cmin; scale.high.value = m.cmax;
+}
+for (const input of [scale.low, scale.high]) input.addEventListener("change", () => {
+  const low = +scale.low.value, high = +scale.high.value;
+  if (!(high > low)) return;  // an empty or reversed range changes nothing
+  for (const side of ["left", "right"]) Plotly.restyle(views[side], {"marker.cmin": low, "marker.cmax": high});
+});
 const mode0 = document.getElementById("mode").value;
+showScale(mode0);
 for (const side of ["left", "right"]) {
   const d = DATA.sides[side];
   Plotly.newPlot(views[side], [{type: "scatter3d", mode: "markers", x: floats(d.x), y: floats(d.y), z: floats(d.z),
@@ -207,6 +238,7 @@ for (const [from, to] of [["left", "right"], ["right", "left"]]) {
 }
 document.getElementById("mode").addEventListener("change", event => {
   for (const side of ["left", "right"]) Plotly.restyle(views[side], {marker: marker(side, event.target.value)});
+  showScale(event.target.value);
 });
 document.getElementById("size").addEventListener("input", event => {
   for (const side of ["left", "right"]) Plotly.restyle(views[side], {"marker.size": +event.target.value});

@@ -271,3 +271,21 @@ def test_a_page_past_the_end_says_so() -> None:
     assert Page(pd.DataFrame(), 30, 25, 25).label == "26-30 of 30"
     assert Page(pd.DataFrame(), 30, 2500, 25).label.startswith("past the last page (30 match")
     assert Page(pd.DataFrame(), 0, 0, 25).label == "no rows match"
+
+
+def test_the_runs_signature_moves_with_a_new_part_and_only_then(tmp_path) -> None:
+    import os
+
+    from stagewatch._home import Home
+    from stagewatch.ui._data import runs_signature
+
+    home = Home.of(tmp_path)
+    before = runs_signature(tmp_path)
+    assert runs_signature(tmp_path) == before  # nothing happened
+    folder = home.partition("runs", "2026-12-01")
+    folder.mkdir(parents=True)
+    (folder / "part-1.parquet").write_bytes(b"")
+    after = runs_signature(tmp_path)
+    assert after != before and runs_signature(tmp_path) == after
+    os.utime(folder, ns=(1, 1))  # stand-in for a part removed later: the folder's mtime moves
+    assert runs_signature(tmp_path) != after

@@ -60,12 +60,16 @@ class RunsPage:
             lambda: _empty_message(self.home, self.filters()),
             html_columns=("run", "started"),
         )
+        self.seen = _data.runs_signature(home)
         self.query.refresh()
         _widgets.every(REFRESH_MS, self._refresh_first_page)
 
     def _refresh_first_page(self) -> None:
-        """New runs appear without a reload; a later page stays as the person left it."""
-        if self.query.page.value == 1:
+        """New runs appear without a reload (the table is read again only when the runs
+        changed); a later page stays as the person left it."""
+        signature = _data.runs_signature(self.home)
+        if self.query.page.value == 1 and signature != self.seen:
+            self.seen = signature
             self.query.refresh()
 
     def layout(self) -> pn.Column:

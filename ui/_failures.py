@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from stagewatch._home import Home
+from stagewatch.daemon._query import _and, _equals, _time_filter
 from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, read_table
 from stagewatch.daemon.groundtruth.diff import (
     DiffError,
@@ -117,27 +118,12 @@ _SCHEMA = pa.schema(
 
 
 def _common(filters: CaseFilters, time_column: str) -> ds.Expression | None:
-    terms = []
-    if filters.stage:
-        terms.append(ds.field("stage") == filters.stage)
-    if filters.run:
-        terms.append(ds.field("run_id") == filters.run)
-    for bound, keep in ((filters.since, "ge"), (filters.until, "le")):
-        if bound is not None:
-            scalar = pa.scalar(bound, pa.timestamp("ns", tz="UTC"))
-            date = pa.scalar(bound.strftime("%Y-%m-%d"))
-            if keep == "ge":
-                terms += [ds.field(time_column) >= scalar, ds.field("date") >= date]
-            else:
-                terms += [ds.field(time_column) <= scalar, ds.field("date") <= date]
-    expression = None
-    for term in terms:
-        expression = term if expression is None else expression & term
-    return expression
-
-
-def _and(first: ds.Expression | None, second: ds.Expression) -> ds.Expression:
-    return second if first is None else first & second
+    """Stage, run and the time range (date partitions pruned), as the query API builds them."""
+    return _and(
+        _time_filter(time_column, filters),
+        _equals("stage", filters.stage),
+        _equals("run_id", filters.run),
+    )
 
 
 def _judged(home: Path, filters: CaseFilters) -> pa.Table:
@@ -148,7 +134,7 @@ def _judged(home: Path, filters: CaseFilters) -> pa.Table:
     expression = (
         expression & (ds.field("severity") >= filters.min_severity) & (ds.field("severity") <= filters.max_severity)
     )
-    table = read_table(home, "samples", expression, None, [n for n in _SCHEMA.names])
+    table = read_table(home, "samples", expression, None, _SCHEMA.names)
     return table.select(_SCHEMA.names).cast(_SCHEMA)
 
 
@@ -321,22 +307,21 @@ def _label_file(home: Path, case: dict[str, Any]) -> Path:
 # -- accuracy ---------------------------------------------------------------------------------------
 
 
-def accuracy_trend(home: Path, run_ids: list[str]) -> pd.DataFrame:
-    """Per run and stage, the headline metric (F1 for boxes, mIoU otherwise) and the share of
-    correct samples, from each run's accuracy.json."""
+def accuracy_trend(home: Path, runs: dict[str, Any]) -> pd.DataFrame:
+    """Per run (id -> its start) and stage, the headline metric (F1 for boxes, mIoU otherwise)
+    and the share of correct samples, from each run's accuracy.json."""
     rows = []
-    for run_id in run_ids:
+    for run_id, start in runs.items():
         summary = load_accuracy(home, run_id)
         if not summary:
             continue
-        audit = load_audit(home, run_id)
         for stage, entry in (summary.get("stages") or {}).items():
             metrics, counts = entry.get("metrics") or {}, entry.get("counts") or {}
             judged = sum(counts.get(k, 0) for k in ("correct", "wrong", "invalid"))
             rows.append(
                 {
                     "run_id": run_id,
-                    "run_start": pd.Timestamp(audit.get("started_at")) if audit.get("started_at") else pd.NaT,
+                    "run_start": pd.Timestamp(start) if start is not None else pd.NaT,
                     "stage": stage,
                     "metric": "F1" if entry.get("kind") == "boxes" else "mIoU",
                     "value": metrics.get("f1") if entry.get("kind") == "boxes" else metrics.get("miou"),
@@ -346,12 +331,12 @@ def accuracy_trend(home: Path, run_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "run_start", "stage", "metric", "value", "correct"])
 
 
-def runs_with_accuracy(home: Path, limit: int = 200) -> list[str]:
-    """The most recent runs that named a golden dataset, newest first."""
+def runs_with_accuracy(home: Path, limit: int = 200) -> dict[str, Any]:
+    """The most recent runs that named a golden dataset, newest first: run id -> its start."""
     runs = read_table(home, "runs", ds.field("dataset").is_valid(), None, ["run_id", "start_time"])
-    order = pc.sort_indices(runs, sort_keys=[("start_time", "descending")])
-    ids = runs.take(order)["run_id"].to_pylist()[:limit]
-    return [run_id for run_id in ids if Home.of(home).accuracy(run_id).exists()]
+    newest = runs.take(pc.sort_indices(runs, sort_keys=[("start_time", "descending")])).slice(0, limit)
+    starts = zip(newest["run_id"].to_pylist(), newest["start_time"].to_pylist(), strict=True)
+    return {run_id: start for run_id, start in starts if Home.of(home).accuracy(run_id).exists()}
 
 
 def errors_of(case: dict[str, Any]) -> dict[str, Any]:

@@ -289,3 +289,43 @@ def test_the_runs_signature_moves_with_a_new_part_and_only_then(tmp_path) -> Non
     assert after != before and runs_signature(tmp_path) == after
     os.utime(folder, ns=(1, 1))  # stand-in for a part removed later: the folder's mtime moves
     assert runs_signature(tmp_path) != after
+
+
+def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from stagewatch._home import Home
+    from stagewatch.daemon._store import SAMPLES
+    from stagewatch.ui._failures import CaseFilters, failures_page
+
+    now = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    for day, kinds in ((0, ["missed", "localization"]), (5, ["missed"])):
+        moment = now - timedelta(days=day)
+        rows = [
+            {
+                "run_id": "r",
+                "pipeline": "p",
+                "stage": "detection",
+                "sample_id": f"d{day}s{i}",
+                "time": moment,
+                "status": "wrong",
+                "value": 0.5,
+                "severity": 0.2 + 0.3 * i,
+                "error_types": [kind],
+                "errors": "{}",
+                "reason": "",
+                "scores": "{}",
+                "prediction_path": None,
+                "label_path": None,
+                "lsn": i,
+            }
+            for i, kind in enumerate(kinds)
+        ]
+        folder = Home.of(tmp_path).partition("samples", moment.strftime("%Y-%m-%d"))
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, SAMPLES), folder / "part-0.parquet")
+    assert failures_page(tmp_path, CaseFilters()).total == 3
+    assert failures_page(tmp_path, CaseFilters(since=now - timedelta(days=1))).total == 2
+    assert failures_page(tmp_path, CaseFilters(until=now - timedelta(days=1))).total == 1
+    assert failures_page(tmp_path, CaseFilters(kind="missed")).total == 2
+    assert list(failures_page(tmp_path, CaseFilters(min_severity=0.4)).rows["sample_id"]) == ["d0s1"]

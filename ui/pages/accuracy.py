@@ -68,7 +68,7 @@ class AccuracyPage:
 
     def _newest(self) -> str | None:
         running = [r for r in self.feed.board.visible() if r.accuracy and r.ended_at is None]
-        return running[0].run_id if running else (self.runs[0] if self.runs else None)
+        return running[0].run_id if running else next(iter(self.runs), None)
 
 
 def sections(run_id: str, summary: dict[str, Any]) -> list[Any]:

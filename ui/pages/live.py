@@ -12,7 +12,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch.ui import _format, _widgets
-from stagewatch.ui._live import LiveBoard, LiveFeed, LiveRun
+from stagewatch.ui._live import LiveFeed, LiveRun
 
 REDRAW_MS = 250  # a session looks at the board 4 times a second and redraws only when it moved
 
@@ -108,6 +108,3 @@ def failures_html(run: LiveRun) -> str:
 
 def view(home: Path) -> pn.viewable.Viewable:
     return LivePage(home).layout()
-
-
-__all__ = ["LiveBoard", "LivePage", "view"]

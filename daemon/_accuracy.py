@@ -129,10 +129,13 @@ class AccuracyProjection:
         self.dirty.add(run.run_id)
         if verdict is None or not emit:
             return
-        label_path = None
-        if run.dataset is not None and run.dataset.spec.stages[event.stage].kind != "boxes":
-            found = _quietly(lambda: run.dataset.label_path(event.stage, event.sample_id))
-            label_path = str(found) if found else None
+        label_path = input_path = None
+        if run.dataset is not None:
+            if run.dataset.spec.stages[event.stage].kind != "boxes":
+                found = _quietly(lambda: run.dataset.label_path(event.stage, event.sample_id))
+                label_path = str(found) if found else None
+            found = _quietly(lambda: run.dataset.input_path(event.sample_id))
+            input_path = str(found) if found else None
         self.rows.append(
             {
                 "run_id": run.run_id,
@@ -150,6 +153,10 @@ class AccuracyProjection:
                 "prediction_path": event.path,
                 "label_path": label_path,
                 "lsn": lsn,
+                "classes": verdict.classes,
+                "confidence": verdict.confidence,
+                "boxes": json.dumps(verdict.boxes) if verdict.boxes else None,
+                "input_path": input_path,
             }
         )
 

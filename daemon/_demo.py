@@ -82,10 +82,11 @@ def _sweep(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 # -- the golden dataset ---------------------------------------------------------------------------
 def write_golden_dataset(folder: Path, frames: list[Frame]) -> Path:
-    """COCO boxes, class masks (PNG for even frames, NPY for odd) and labelled clouds (PLY, and
-    PCD for every third frame) for `frames`, plus the golden.yaml that ties them together."""
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    (folder / "clouds").mkdir(parents=True, exist_ok=True)
+    """COCO boxes, class masks (PNG for even frames, NPY for odd), labelled clouds (PLY, and
+    PCD for every third frame) and the camera images for `frames`, plus the golden.yaml that
+    ties them together."""
+    for kind in ("masks", "clouds", "images"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
     coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(CLASSES) if i]}
     for number, frame in enumerate(frames, start=1):
         coco["images"].append({"id": number, "file_name": f"{frame.sample_id}.png", "width": WIDTH, "height": HEIGHT})
@@ -100,6 +101,8 @@ def write_golden_dataset(folder: Path, frames: list[Frame]) -> Path:
                     "iscrowd": 0,
                 }
             )
+        camera = np.nan_to_num(np.clip(frame.image, 0, 1) * 255, nan=255).astype(np.uint8)
+        write_png(folder / "images" / f"{frame.sample_id}.png", camera)  # what boxes and masks are drawn on
         if number % 2:
             write_png(folder / "masks" / f"{frame.sample_id}.png", frame.mask)
         else:
@@ -116,6 +119,7 @@ GOLDEN_YAML = """\
 name: demo-golden
 description: synthetic street frames (cars, pedestrians) with boxes, class masks and lidar point labels
 root: .
+inputs: images/{{sample_id}}.png    # the camera frames, to draw boxes and masks on
 stages:
   detection:
     labels: annotations.json        # COCO boxes; samples are images, matched by file-name stem

@@ -105,6 +105,11 @@ SAMPLES = pa.schema(
         ("prediction_path", pa.string()),
         ("label_path", pa.string()),
         ("lsn", pa.int64()),
+        # Added later; parts written before read them as nulls.
+        ("classes", pa.list_(pa.string())),
+        ("confidence", pa.float64()),
+        ("boxes", pa.string()),  # JSON {"predicted": [[x, y, w, h, class, score, outcome]], "truth": [...]}
+        ("input_path", pa.string()),  # the sample's input image in the golden dataset
     ]
 )
 TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS, "samples": SAMPLES}

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from PIL import Image
 
 from stagewatch._home import Home
 from stagewatch.daemon._query import _and, _equals, _time_filter
@@ -28,10 +29,10 @@ from stagewatch.daemon.groundtruth.diff import (
     viridis,
 )
 from stagewatch.daemon.groundtruth.formats import LabelError, load_mask, load_point_labels, load_points
-from stagewatch.ui._data import Page, top_rows
+from stagewatch.ui._data import PREVIEW_BYTES, Page, top_rows
+from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
 FAILURE_STATUSES = ("wrong", "invalid", "crashed")
-CASE_COLUMNS = ["time", "run_id", "stage", "sample_id", "status", "severity", "error_types", "reason", "errors"]
 CASE_SORTS = ("severity", "time", "stage", "sample_id")
 # One colour per class index in the side-by-side pictures (class 0, background, light grey).
 CLASS_COLOURS = np.array(
@@ -63,6 +64,15 @@ class CaseFilters:
     min_severity: float = 0.0
     max_severity: float = 1.0
     text: str | None = None  # in the sample id, the reason or the errors
+    class_name: str | None = None  # a class the case's mistakes involve
+    # Confidence of the most confident wrong box; a narrowed range leaves out cases without one
+    # (masks, point labels, crashes).
+    min_confidence: float = 0.0
+    max_confidence: float = 1.0
+
+    @property
+    def confidence_narrowed(self) -> bool:
+        return (self.min_confidence, self.max_confidence) != (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in FAILURE_STATUSES:
@@ -70,6 +80,11 @@ class CaseFilters:
         if not 0.0 <= self.min_severity <= self.max_severity <= 1.0:
             raise ValueError(
                 f"expected 0 <= min severity <= max severity <= 1, got {self.min_severity} and {self.max_severity}"
+            )
+        if not 0.0 <= self.min_confidence <= self.max_confidence <= 1.0:
+            raise ValueError(
+                f"expected 0 <= min confidence <= max confidence <= 1, "
+                f"got {self.min_confidence} and {self.max_confidence}"
             )
 
 
@@ -87,7 +102,9 @@ def failures_page(
         raise ValueError(f"expected a sort column of {', '.join(CASE_SORTS)}, got {sort!r}")
     cases = pa.concat_tables([_judged(home, filters), _crashed(home, filters)])
     if filters.kind:
-        cases = cases.filter(_has_kind(cases["error_types"], filters.kind))
+        cases = cases.filter(_holds(cases["error_types"], filters.kind))
+    if filters.class_name:
+        cases = cases.filter(_holds(cases["classes"], filters.class_name))
     if filters.text:
         needle = filters.text
         found = pc.or_(
@@ -113,6 +130,8 @@ _SCHEMA = pa.schema(
         ("error_types", pa.list_(pa.string())),
         ("reason", pa.string()),
         ("errors", pa.string()),
+        ("classes", pa.list_(pa.string())),
+        ("confidence", pa.float64()),
     ]
 )
 
@@ -134,13 +153,22 @@ def _judged(home: Path, filters: CaseFilters) -> pa.Table:
     expression = (
         expression & (ds.field("severity") >= filters.min_severity) & (ds.field("severity") <= filters.max_severity)
     )
+    if filters.confidence_narrowed:
+        confidence = ds.field("confidence")
+        expression = expression & (confidence >= filters.min_confidence) & (confidence <= filters.max_confidence)
     table = read_table(home, "samples", expression, None, _SCHEMA.names)
     return table.select(_SCHEMA.names).cast(_SCHEMA)
 
 
 def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
-    if filters.status not in (None, "crashed") or filters.kind not in (None, "crashed") or filters.max_severity < 1:
-        return _SCHEMA.empty_table()
+    if (
+        filters.status not in (None, "crashed")
+        or filters.kind not in (None, "crashed")
+        or filters.max_severity < 1
+        or filters.class_name
+        or filters.confidence_narrowed
+    ):
+        return _SCHEMA.empty_table()  # a crash has no class or confidence
     expression = _and(_common(filters, "start_time"), ds.field("status") != "ok")
     columns = ["start_time", "run_id", "stage", "sample_id", "error_type", "error_message"]
     rows = read_table(home, "stage_executions", expression, None, columns)
@@ -158,15 +186,17 @@ def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
                 rows["error_type"].fill_null(""), rows["error_message"].fill_null(""), ": "
             ),
             "errors": pa.array([None] * n, pa.string()),
+            "classes": pa.nulls(n, pa.list_(pa.string())),
+            "confidence": pa.nulls(n, pa.float64()),
         },
         schema=_SCHEMA,
     )
 
 
-def _has_kind(error_types: pa.ChunkedArray, kind: str) -> pa.Array:
-    """Rows whose list of error kinds holds `kind`."""
-    lists = error_types.combine_chunks()
-    hits = pc.equal(pc.list_flatten(lists), kind)
+def _holds(lists: pa.ChunkedArray, value: str) -> pa.Array:
+    """Rows whose list (of error kinds, of classes) holds `value`."""
+    lists = lists.combine_chunks()
+    hits = pc.equal(pc.list_flatten(lists), value)
     parents = pc.list_parent_indices(lists).filter(hits)
     mask = np.zeros(len(lists), bool)
     mask[np.asarray(parents)] = True
@@ -175,11 +205,18 @@ def _has_kind(error_types: pa.ChunkedArray, kind: str) -> pa.Array:
 
 def error_kinds(home: Path) -> list[str]:
     """Every error kind in the home's judged samples, and 'crashed'."""
-    table = read_table(home, "samples", ds.field("status").isin(["wrong", "invalid"]), None, ["error_types"])
-    kinds = (
-        set(pc.unique(pc.list_flatten(table["error_types"].combine_chunks())).to_pylist()) if table.num_rows else set()
-    )
-    return [*sorted(k for k in kinds if k), "crashed"]
+    return [*_listed(home, "error_types"), "crashed"]
+
+
+def case_classes(home: Path) -> list[str]:
+    """Every class named by a failure case's mistakes."""
+    return _listed(home, "classes")
+
+
+def _listed(home: Path, column: str) -> list[str]:
+    table = read_table(home, "samples", ds.field("status").isin(["wrong", "invalid"]), None, [column])
+    values = set(pc.unique(pc.list_flatten(table[column].combine_chunks())).to_pylist()) if table.num_rows else set()
+    return sorted(v for v in values if v)
 
 
 # -- one case ---------------------------------------------------------------------------------------
@@ -197,7 +234,11 @@ def case_rows(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, 
 
 def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:
     """Prediction beside ground truth and their difference, for masks and point labels:
-    {"kind", "pictures": [(title, HxWx3 uint8)], "numbers": {...}} or {"kind", "problem"}."""
+    {"kind", "pictures": [(title, HxWx3 uint8)], "numbers": {...}} or {"kind", "problem"}; boxes:
+    {"kind": "boxes", "boxes", "image" (the input, or None), "problem"}. A mask case carries the
+    input image too ("image"), to overlay the masks on."""
+    if case.get("boxes"):
+        return _box_case(home, case)
     try:
         prediction = _prediction_file(home, case)
         truth = _label_file(home, case)
@@ -207,7 +248,7 @@ def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:
         if truth.suffix.lower() in (".png", ".npy") and prediction.suffix.lower() == ".npy":
             predicted, actual = np.load(prediction, allow_pickle=False), load_mask(truth)
             if predicted.ndim == 2:
-                return _mask_case(predicted, actual)
+                return {**_mask_case(predicted, actual), **_input_of(home, case)}
         if truth.suffix.lower() in (".ply", ".pcd") and prediction.suffix.lower() in (".ply", ".pcd"):
             positions, labels = load_points(prediction)  # a predicted cloud of its own: distances
             return cloud_distance_case(positions, labels, load_point_labels(truth))
@@ -216,6 +257,22 @@ def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:
     except (DiffError, LabelError, OSError, ValueError) as error:
         return {"kind": "none", "problem": f"cannot compare {prediction.name} with {truth.name}: {error}"}
     return {"kind": "none", "problem": f"no picture for {prediction.name} against {truth.name}"}
+
+
+def _box_case(home: Path, case: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "boxes", "boxes": parse_boxes_column(case.get("boxes")), **_input_of(home, case)}
+
+
+def _input_of(home: Path, case: dict[str, Any]) -> dict[str, Any]:
+    """{"image": the sample's input image (HxWx3) or None, "problem": why there is none}."""
+    try:
+        path = _dataset_file(home, case, "input_path", "input image (`inputs:` in the dataset file)")
+        if path.stat().st_size > PREVIEW_BYTES:
+            raise ValueError(f"{path.name} is over {PREVIEW_BYTES // 2**20} MiB")
+        with Image.open(path) as image:
+            return {"image": rgb(image), "problem": ""}
+    except (ValueError, RunNotFound, OSError, Image.DecompressionBombError) as error:
+        return {"image": None, "problem": f"drawn without the input image: {error}"}
 
 
 def _mask_case(predicted: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
@@ -228,7 +285,14 @@ def _mask_case(predicted: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
             ("difference", found.picture),
         ],
         "numbers": {"agreement": found.agreement, "ignored": found.ignored, "per_class": found.per_class},
+        "arrays": {"predicted": predicted, "truth": actual},
     }
+
+
+def mask_overlay(image: np.ndarray, labels: np.ndarray, opacity: float, ignore_index: int = 255) -> np.ndarray:
+    """A class mask's colours over the input image; background (0) and ignored pixels stay clear."""
+    labels = np.asarray(labels)
+    return blend(image, _classes(labels), opacity, keep=(labels != 0) & (labels != ignore_index))
 
 
 def _cloud_case(predicted_labels: np.ndarray, truth: Any) -> dict[str, Any]:
@@ -293,14 +357,18 @@ def _prediction_file(home: Path, case: dict[str, Any]) -> Path:
 
 
 def _label_file(home: Path, case: dict[str, Any]) -> Path:
-    """The ground-truth file, only if it lies in the folder of the run's dataset file."""
-    label = case.get("label_path")
+    return _dataset_file(home, case, "label_path", "ground-truth file")
+
+
+def _dataset_file(home: Path, case: dict[str, Any], column: str, what: str) -> Path:
+    """A file the case names, only if it lies in the folder of the run's dataset file."""
+    named = case.get(column)
     dataset = load_audit(home, case["run_id"]).get("dataset")
-    if not label or not dataset:
-        raise ValueError("this case has no ground-truth file")
-    path, root = Path(label).resolve(), Path(dataset).resolve().parent
+    if not named or not dataset:
+        raise ValueError(f"this case has no {what}")
+    path, root = Path(named).resolve(), Path(dataset).resolve().parent
     if not path.is_relative_to(root) or not path.is_file():
-        raise ValueError(f"refused {label}: not a file in the dataset's folder {root}")
+        raise ValueError(f"refused {named}: not a file in the dataset's folder {root}")
     return path
 
 

@@ -199,6 +199,10 @@ def _restore(widget: Any, text: str) -> bool:
         if not text.isdigit() or len(text) > 9:
             return False
         value = int(text)
+    elif isinstance(widget, pn.widgets.RangeSlider):
+        value = _range(text, widget.start, widget.end)
+        if value is None:
+            return False
     elif isinstance(widget, pn.widgets.Select):
         options = widget.options.values() if isinstance(widget.options, dict) else widget.options
         value = next((option for option in options if str(option) == text), None)
@@ -210,7 +214,18 @@ def _restore(widget: Any, text: str) -> bool:
     return True
 
 
+def _range(text: str, start: float, end: float) -> tuple[float, float] | None:
+    """'low,high' within [start, end], low <= high; None if it is not that."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return (low, high) if start <= low <= high <= end else None
+
+
 def _write_query(parameter: str, value: Any) -> None:
+    if isinstance(value, tuple):
+        value = ",".join(f"{part:g}" for part in value)
     if pn.state.location is not None:
         pn.state.location.update_query(**{parameter: value if value is not None else ""})
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,11 @@ class BoxOutcome:
     false_positives: int = 0
     missed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    # Per box, for drawing: each prediction's outcome ("matched" or its error kind, "crowd" when
+    # it fell in a crowd region) in the order given, and each ground-truth box's ("matched",
+    # "missed" or "crowd").
+    predicted: list[str] = field(default_factory=list)
+    truth: list[str] = field(default_factory=list)
 
     @property
     def scores(self) -> dict[str, float]:
@@ -51,7 +56,7 @@ def match_boxes(truth: Objects, predicted: Objects, iou_threshold: float = 0.5) 
     error (its class's box overlaps too little), or a `false_positive` (background).
     Predictions inside crowd regions count for nothing; unmatched boxes are `missed`.
     """
-    outcome = BoxOutcome()
+    outcome = BoxOutcome(predicted=[""] * len(predicted))
     ious = box_iou(predicted.boxes, truth.boxes, truth.crowd)
     same_class = predicted.categories[:, None] == truth.categories[None, :]
     taken = np.zeros(len(truth), bool)
@@ -61,18 +66,23 @@ def match_boxes(truth: Objects, predicted: Objects, iou_threshold: float = 0.5) 
         if free.any():
             taken[np.flatnonzero(free)[np.argmax(ious[d][free])]] = True
             outcome.true_positives += 1
+            outcome.predicted[d] = "matched"
             continue
         if (good & truth.crowd).any():
+            outcome.predicted[d] = "crowd"
             continue
         outcome.false_positives += 1
         if good.any():
-            outcome.errors["duplicate"] += 1
+            kind = "duplicate"
         elif ((ious[d] >= iou_threshold) & ~same_class[d]).any():
-            outcome.errors["class_confusion"] += 1
+            kind = "class_confusion"
         elif (same_class[d] & (ious[d] >= LOCALIZATION_MIN_IOU)).any():
-            outcome.errors["localization"] += 1
+            kind = "localization"
         else:
-            outcome.errors["false_positive"] += 1
+            kind = "false_positive"
+        outcome.errors[kind] += 1
+        outcome.predicted[d] = kind
+    outcome.truth = np.where(truth.crowd, "crowd", np.where(taken, "matched", "missed")).tolist()
     outcome.missed = int((~taken & ~truth.crowd).sum())
     if outcome.missed:
         outcome.errors["missed"] = outcome.missed
@@ -97,9 +107,13 @@ class DetectionAccuracy:
 
     def update(self, image_id: Any, truth: Objects, predicted: Objects) -> BoxOutcome:
         self.coco.update(image_id, truth, predicted)  # COCO ranks every prediction, whatever its score
-        confident = predicted.take(np.flatnonzero(predicted.scores >= self.score_threshold))
-        self._outcomes[image_id] = outcome = match_boxes(truth, confident, self.iou_threshold)
-        return outcome
+        confident = np.flatnonzero(predicted.scores >= self.score_threshold)
+        outcome = match_boxes(truth, predicted.take(confident), self.iou_threshold)
+        self._outcomes[image_id] = replace(outcome, predicted=[], truth=[])  # counts are all it keeps
+        per_box = ["below_threshold"] * len(predicted)
+        for index, kind in zip(confident.tolist(), outcome.predicted, strict=True):
+            per_box[index] = kind
+        return replace(outcome, predicted=per_box)
 
     def forget(self, image_id: Any) -> None:
         self.coco.forget(image_id)

@@ -44,6 +44,12 @@ class Verdict:
     severity: float = 0.0
     reason: str = ""
     scores: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)  # the classes its mistakes involve
+    confidence: float | None = None  # boxes: the highest score among its wrong predictions
+    boxes: dict[str, list[list[Any]]] | None = None  # boxes: each box with its outcome, for drawing
+
+
+MAX_DRAWN_BOXES = 1000  # per side of a sample kept for drawing; the counts cover them all
 
 
 # -- predictions --------------------------------------------------------------------------------
@@ -143,6 +149,32 @@ def labels_on_truth_points(truth: PointLabels, predicted: np.ndarray | PointLabe
     return predicted.labels[nearest.numpy().reshape(-1)].astype(np.int64)
 
 
+def box_details(predicted: Objects, truth: Objects, outcome: Any, categories: dict[int, str]) -> dict[str, Any]:
+    """Every box with its class name and outcome ([x, y, w, h, class, score, outcome] predicted,
+    [x, y, w, h, class, outcome] truth), the classes the mistakes involve, and the confidence
+    of the most confident wrong prediction (of any prediction when none is wrong)."""
+
+    def name(category: Any) -> str:
+        return str(categories.get(int(category), category))
+
+    wrong = [i for i, kind in enumerate(outcome.predicted) if kind not in ("matched", "crowd", "below_threshold")]
+    missed = [i for i, kind in enumerate(outcome.truth) if kind == "missed"]
+    considered = wrong or range(len(predicted))
+    confidence = max((float(predicted.scores[i]) for i in considered), default=None)
+    boxes = {
+        "predicted": [
+            [*map(float, predicted.boxes[i]), name(predicted.categories[i]), float(predicted.scores[i]), kind]
+            for i, kind in enumerate(outcome.predicted[:MAX_DRAWN_BOXES])
+        ],
+        "truth": [
+            [*map(float, truth.boxes[i]), name(truth.categories[i]), kind]
+            for i, kind in enumerate(outcome.truth[:MAX_DRAWN_BOXES])
+        ],
+    }
+    classes = sorted({name(predicted.categories[i]) for i in wrong} | {name(truth.categories[i]) for i in missed})
+    return {"boxes": boxes, "classes": classes, "confidence": confidence}
+
+
 # -- one stage of one run -----------------------------------------------------------------------
 class StageAccuracy:
     """One stage's running accuracy: status counts, the metric object, one verdict per sample."""
@@ -185,11 +217,14 @@ class StageAccuracy:
 
     def _judge_labeled(self, sample_id: str, truth: Any, prediction: Any, path: Path | None) -> Verdict:
         metric_name, minimum = self.labels.criterion
+        drawn: dict[str, Any] = {}
         if isinstance(self.metric, DetectionAccuracy):
-            predicted = parse_boxes(prediction, self.dataset.coco(self.stage).categories)
+            categories = self.dataset.coco(self.stage).categories
+            predicted = parse_boxes(prediction, categories)
             outcome = self.metric.update(self.dataset.image_id(self.stage, sample_id), truth, predicted)
             scores = outcome.scores
             errors = dict(outcome.errors)
+            drawn = box_details(predicted, truth, outcome, categories)
         else:
             predicted = load_prediction_array(prediction, path, self.labels.kind or "mask")
             truth_labels = truth.labels if isinstance(truth, PointLabels) else truth
@@ -203,13 +238,16 @@ class StageAccuracy:
                 raise InvalidPrediction(f"unknown class index {unknown} ({classes} classes)")
             scores = self.metric.update(sample_id, truth_labels, predicted)
             errors = {}
+            # The classes that fall short: their own IoU is below the bar the whole sample had to clear.
+            short = [name for name, iou in scores["per_class_iou"].items() if iou is not None and iou < minimum]
+            drawn = {"classes": short}
         value = scores.get(metric_name)
         value = 1.0 if value is None else float(value)  # nothing labeled in the sample: nothing to get wrong
         if value >= minimum:
             return Verdict("correct", value, scores=scores)
         if not errors:
             errors = {"mask_mismatch" if self.labels.kind == "mask" else "point_label_mismatch": 1}
-        return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), scores=scores)
+        return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), scores=scores, **drawn)
 
     def summary(self, coco: bool = True) -> dict[str, Any]:
         counts = dict.fromkeys(STATUSES, 0)

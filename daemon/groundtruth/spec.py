@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stagewatch._names import NAME_PATTERN
 from stagewatch.daemon.groundtruth.coco import CocoGroundTruth, Objects
@@ -61,6 +61,15 @@ class DatasetError(ValueError):
     """A dataset file that cannot be used; the message names the file and the key."""
 
 
+def _relative_path(value: str) -> str:
+    if value.startswith(("/", "~")) or "\x00" in value or ".." in Path(value).parts:
+        raise ValueError("must be a path relative to the dataset root, without '..'")
+    return value
+
+
+RelativePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_relative_path)]
+
+
 class PassCriterion(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Literal["f1", "precision", "recall", "miou", "accuracy"]
@@ -70,7 +79,7 @@ class PassCriterion(BaseModel):
 class StageLabels(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    labels: Annotated[str, Field(min_length=1, max_length=1024)]
+    labels: RelativePath
     kind: Literal["boxes", "mask", "point_labels"] | None = None
     iou_type: Literal["bbox", "segm"] = "bbox"
     iou_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -78,13 +87,6 @@ class StageLabels(BaseModel):
     classes: list[Annotated[str, Field(max_length=128)]] | None = None
     ignore_index: int | None = None
     pass_: PassCriterion | None = Field(None, alias="pass")
-
-    @field_validator("labels")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        if value.startswith(("/", "~")) or "\x00" in value or ".." in Path(value).parts:
-            raise ValueError("must be a path relative to the dataset root, without '..'")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> StageLabels:
@@ -108,7 +110,7 @@ class StageLabels(BaseModel):
 class SampleEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: SampleId
-    input: Annotated[str, Field(max_length=1024)] | None = None
+    input: RelativePath | None = None
     labels: dict[StageName, Annotated[str, Field(max_length=1024)]] = {}  # per-stage override
 
 
@@ -117,6 +119,8 @@ class DatasetSpec(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     description: str = ""
     root: str = "."
+    # Where each sample's input image lies ({sample_id} replaced), for drawing boxes and masks on it.
+    inputs: RelativePath | None = None
     samples: list[SampleId | SampleEntry] | None = None
     stages: dict[StageName, StageLabels] = Field(min_length=1)
 
@@ -162,6 +166,15 @@ class GoldenDataset:
             found = [self.inside_root(relative[:-1] + ext[1:]) for ext, kind in KINDS.items() if kind == labels.kind]
             return next((path for path in found if path.is_file()), None)
         path = self.inside_root(relative)
+        return path if path.is_file() else None
+
+    def input_path(self, sample_id: str) -> Path | None:
+        """The sample's input image (its entry's `input`, else the `inputs` template), if it exists."""
+        entry = self._entries.get(sample_id)
+        relative = entry.input if entry and entry.input else self.spec.inputs
+        if not relative:
+            return None
+        path = self.inside_root(relative.replace("{sample_id}", sample_id))
         return path if path.is_file() else None
 
     def _discover_samples(self) -> list[str]:

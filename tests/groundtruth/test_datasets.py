@@ -95,6 +95,7 @@ def test_loaders_refuse_what_is_not_a_label_file(tmp_path: Path) -> None:
         ("name: x\nstages:\n  det: {labels: coco.json, colour: red}\n", "colour"),
         ("name: x\nstages:\n  det: {labels: ../outside.json}\n", "without '..'"),
         ("name: x\nstages:\n  det: {labels: /etc/passwd.json}\n", "relative to the dataset root"),
+        ("name: x\ninputs: ../images/{sample_id}.png\nstages:\n  det: {labels: coco.json}\n", "without '..'"),
         ("name: x\nstages:\n  det: {labels: coco.json, pass: {metric: miou, min: 0.5}}\n", "does not apply to boxes"),
         ("name: x\nstages:\n  det: {labels: coco.txt}\n", "unknown label format"),
         ("name: [unclosed\n", "not valid YAML"),
@@ -163,3 +164,20 @@ def test_the_ply_reader_reads_ascii(tmp_path: Path) -> None:
         "property int64 label\nend_header\n0 0 0 4\n1 1 1 5\n"
     )
     assert load_point_labels(path).labels.tolist() == [4, 5]
+
+
+def test_input_images_come_from_the_template_or_the_sample_entry_and_stay_inside(tmp_path: Path) -> None:
+    spec = write_dataset(tmp_path / "data", 3)
+    (tmp_path / "data" / "images").mkdir()
+    for name in ("s0000", "other"):
+        (tmp_path / "data" / "images" / f"{name}.png").write_bytes(b"png")
+    text = spec.read_text()
+    spec.write_text(text + "inputs: images/{sample_id}.png\n")
+    dataset = load_dataset(spec)
+    assert dataset.input_path("s0000") == (tmp_path / "data" / "images" / "s0000.png").resolve()
+    assert dataset.input_path("s0001") is None  # no such file: drawn without it
+    os.symlink(tmp_path / "secret.png", tmp_path / "data" / "images" / "s0002.png")
+    with pytest.raises(DatasetError, match="leaves the dataset root"):
+        dataset.input_path("s0002")
+    spec.write_text(text + "samples:\n  - {id: s0001, input: images/other.png}\n")
+    assert load_dataset(spec).input_path("s0001").name == "other.png"

@@ -146,6 +146,19 @@ def test_each_mistake_gets_its_name() -> None:
         "false_positive": 1,
         "missed": 3,
     }
+    # Each box carries its own outcome, in the order given: what the Case page draws.
+    assert outcome.predicted == ["matched", "duplicate", "class_confusion", "localization", "false_positive", "crowd"]
+    assert outcome.truth == ["matched", "missed", "missed", "missed", "crowd"]
+
+
+def test_boxes_under_the_score_threshold_are_drawn_but_not_judged() -> None:
+    from stagewatch.daemon.groundtruth.metrics import DetectionAccuracy
+
+    truth = objects([(1, [0, 0, 10, 10]), (1, [50, 50, 10, 10])])
+    predicted = objects([(1, [50, 50, 10, 10]), (1, [0, 0, 10, 10])], scores=[0.1, 0.9])
+    outcome = DetectionAccuracy([1, 2], 0.5, score_threshold=0.3).update(1, truth, predicted)
+    assert outcome.predicted == ["below_threshold", "matched"]
+    assert outcome.truth == ["matched", "missed"] and outcome.missed == 1
 
 
 def test_precision_recall_f1_edges() -> None:

@@ -471,10 +471,58 @@ def test_the_failure_browser_narrows_to_missed_detections_and_opens_a_case(serve
     wait_for(lambda: _pager_total(page) == len(missed), 20)
     page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
     pictures = page.locator(".sw-case-picture img")
-    wait_for(lambda: pictures.count() == 3, 30)  # prediction, ground truth, difference
+    wait_for(lambda: pictures.count() == 5, 30)  # prediction, ground truth, difference; both over the input
     assert all(box["width"] > 100 for box in (p.bounding_box() for p in pictures.all()))
     for text in ("true positive", "false positive", "false negative", "pedestrian"):
         assert shown(page, text), text
+
+
+def test_a_detection_case_draws_truth_and_predictions_on_the_input_by_outcome(served, page) -> None:
+    home, _, ui, run_id = served
+    columns = ["stage", "sample_id", "status", "errors", "classes", "confidence"]
+    samples = read_table(home, "samples", None, None, columns).to_pylist()
+    case = next(s for s in samples if s["stage"] == "detection" and "missed" in json.loads(s["errors"] or "{}"))
+    sample = case["sample_id"]
+    # What to expect, from the dataset's COCO file and the boxes the pipeline saved, not from the judge.
+    dataset = home / "datasets" / "demo"
+    coco = json.loads((dataset / "annotations.json").read_text())
+    image_id = next(i["id"] for i in coco["images"] if i["file_name"] == f"{sample}.png")
+    truth = [a for a in coco["annotations"] if a["image_id"] == image_id]
+    saved = json.loads(next((home / "runs" / run_id).rglob(f"postprocessing/{sample}_boxes.json")).read_text())
+    confident = [s for s in saved["scores"] if s >= 0.3]  # the golden file's score_threshold
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=detection&sample={sample}")
+    boxes = page.locator(".sw-case-boxes .sw-box")
+    wait_for(lambda: boxes.count() == len(truth) + len(confident), 30)
+    assert page.locator(".sw-case-boxes svg image").count() == 1  # drawn on the camera frame
+    assert page.locator(".sw-box-missed").count() == json.loads(case["errors"])["missed"]
+    hover = page.locator(".sw-box-missed title").first.text_content()
+    assert hover.startswith("ground truth: ") and hover.split()[2] in {"car", "pedestrian"}
+    page.get_by_role("button", name="ground truth").click()  # that layer off: predictions only
+    wait_for(lambda: boxes.count() == len(confident), 20)
+    assert page.locator(".sw-case-boxes .sw-box[stroke-dasharray]").count() == 0
+    # The failure browser narrows by class and by confidence as the samples table says.
+    failing = [s for s in samples if s["status"] in ("wrong", "invalid")]
+    pedestrian = [s for s in failing if "pedestrian" in (s["classes"] or [])]
+    sure = [s for s in pedestrian if s["confidence"] is not None and s["confidence"] >= 0.9]
+    assert 0 < len(sure) < len(pedestrian) < len(failing)
+    page.goto(f"{ui.url}?page=failures&class=pedestrian")
+    wait_for(lambda: _pager_total(page) == len(pedestrian), 30)
+    page.goto(f"{ui.url}?page=failures&class=pedestrian&confidence=0.9,1")
+    wait_for(lambda: _pager_total(page) == len(sure), 30)
+
+
+def test_a_mask_case_overlays_both_masks_on_the_input_at_a_chosen_opacity(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
+    pictures = page.locator(".sw-case-picture img")
+    wait_for(lambda: pictures.count() == 5, 30)  # prediction, truth, difference; both over the input
+    before = pictures.nth(3).get_attribute("src")
+    handle = page.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    wait_for(lambda: pictures.nth(3).get_attribute("src") != before, 20)
+    assert shown(page, "Mask opacity: 0.75")
 
 
 def test_accuracy_shows_counts_error_kinds_and_a_confusion_matrix(served, page) -> None:

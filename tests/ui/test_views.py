@@ -188,6 +188,10 @@ def test_the_url_restores_only_values_a_widget_takes() -> None:
     page = pn.widgets.IntInput(value=1, start=1)
     assert not _restore(page, "-5") and not _restore(page, "9" * 30) and page.value == 1
     assert _restore(page, "3") and page.value == 3
+    confidence = pn.widgets.RangeSlider(start=0.0, end=1.0, value=(0.0, 1.0))
+    assert _restore(confidence, "0.5,0.9") and confidence.value == (0.5, 0.9)
+    for refused in ("0.9,0.5", "nan,1", "0,2", "x", "0.1,0.2,0.3"):
+        assert not _restore(confidence, refused) and confidence.value == (0.5, 0.9), refused
 
 
 def test_thinning_keeps_real_runs_and_every_spike() -> None:
@@ -318,14 +322,73 @@ def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
                 "prediction_path": None,
                 "label_path": None,
                 "lsn": i,
+                "classes": [["car"], ["car", "pedestrian"]][i],
+                "confidence": [0.95, 0.4][i],
             }
             for i, kind in enumerate(kinds)
         ]
         folder = Home.of(tmp_path).partition("samples", moment.strftime("%Y-%m-%d"))
         folder.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows, SAMPLES), folder / "part-0.parquet")
+        # The older day's part was written before classes and confidence were columns.
+        schema = SAMPLES if day == 0 else pa.schema([f for f in SAMPLES if f.name in OLD_SAMPLE_COLUMNS])
+        pq.write_table(pa.Table.from_pylist(rows, schema), folder / "part-0.parquet")
     assert failures_page(tmp_path, CaseFilters()).total == 3
     assert failures_page(tmp_path, CaseFilters(since=now - timedelta(days=1))).total == 2
     assert failures_page(tmp_path, CaseFilters(until=now - timedelta(days=1))).total == 1
     assert failures_page(tmp_path, CaseFilters(kind="missed")).total == 2
     assert list(failures_page(tmp_path, CaseFilters(min_severity=0.4)).rows["sample_id"]) == ["d0s1"]
+    assert list(failures_page(tmp_path, CaseFilters(class_name="pedestrian")).rows["sample_id"]) == ["d0s1"]
+    assert failures_page(tmp_path, CaseFilters(class_name="car")).total == 2  # not the old part: no classes
+    narrowed = failures_page(tmp_path, CaseFilters(min_confidence=0.9, max_confidence=1.0))
+    assert list(narrowed.rows["sample_id"]) == ["d0s0"] and narrowed.rows["confidence"].tolist() == [0.95]
+    with pytest.raises(ValueError, match="confidence"):
+        CaseFilters(min_confidence=0.8, max_confidence=0.2)
+
+
+OLD_SAMPLE_COLUMNS = {
+    *("run_id", "pipeline", "stage", "sample_id", "time", "status", "value", "severity", "error_types"),
+    *("errors", "reason", "scores", "prediction_path", "label_path", "lsn"),
+}
+
+
+def test_boxes_are_drawn_by_outcome_with_escaped_hover_text_and_switchable_layers() -> None:
+    import json
+    import re
+
+    from stagewatch.ui._overlay import boxes_svg, parse_boxes_column
+
+    boxes = parse_boxes_column(
+        json.dumps(
+            {
+                "predicted": [
+                    [10, 10, 20, 20, "car", 0.9, "matched"],
+                    [60, 5, 8, 8, "<img src=x>", 0.2, "below_threshold"],
+                ],
+                "truth": [[11, 10, 20, 20, "car", "matched"], [40, 40, 5, 9, "pedestrian", "missed"]],
+            }
+        )
+    )
+    image = np.zeros((50, 80, 3), np.uint8)
+    svg = boxes_svg(image, boxes, ("ground truth", "predictions", "below threshold"))
+    assert 'viewBox="0 0 80 50"' in svg and "data:image/png;base64," in svg
+    assert re.findall(r'class="sw-box sw-box-(\w+)"', svg) == ["matched", "missed", "matched", "below_threshold"]
+    assert "<img" not in svg and "&lt;img src=x&gt;" in svg  # a class name is text, never markup
+    assert svg.count("stroke-dasharray") == 2  # ground truth dashed
+    predictions_only = boxes_svg(None, boxes, ("predictions",))
+    assert re.findall(r"sw-box-(\w+)", predictions_only) == ["matched"] and "<image" not in predictions_only
+    assert 'viewBox="0 0 68 49"' in predictions_only  # no image: a canvas as large as the boxes reach
+    assert parse_boxes_column("not json") == {"predicted": [], "truth": []}
+
+
+def test_a_mask_over_its_image_blends_classes_and_leaves_background_clear() -> None:
+    from stagewatch.ui._failures import mask_overlay
+
+    image = np.full((4, 6, 3), 100, np.uint8)
+    labels = np.zeros((4, 6), np.int64)
+    labels[1, 2], labels[2, 3] = 1, 255
+    half = mask_overlay(image, labels, 0.5)
+    assert (half[0, 0] == 100).all() and (half[2, 3] == 100).all()  # background and ignored stay the image
+    assert (mask_overlay(image, labels, 1.0)[1, 2] == (78, 121, 167)).all()  # class 1's colour at full opacity
+    assert half[1, 2].tolist() == [89, 111, 134]  # (100 + colour) / 2, rounded
+    with pytest.raises(ValueError, match="the mask is 6x4, the image 5x4"):
+        mask_overlay(image[:, :5], labels, 0.5)

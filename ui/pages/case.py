@@ -1,6 +1,7 @@
 """Case: one failure case, prediction beside ground truth with the difference map and its
-legend (masks: true positive / false positive / false negative pixels; point labels: the
-cloud from above, coloured by label and by mismatch), its error kinds and numbers."""
+legend (boxes: drawn on the input image by outcome; masks: true positive / false positive /
+false negative pixels, and both masks over the input at a chosen opacity; point labels: the
+cloud from above and in 3D, coloured by label and by mismatch), its error kinds and numbers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image
 from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS
 from stagewatch.ui import _data, _failures, _widgets
 from stagewatch.ui._cloud3d import cloud_views, pair
+from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
 
 PICTURE_WIDTH = 320
 
@@ -86,9 +88,13 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
     found = _failures.case_pictures(home, case)
     if found["kind"] == "none":
         shown.append(pn.pane.Alert(found["problem"], alert_type="info"))
+    elif found["kind"] == "boxes":
+        shown += boxes_view(found)
     else:
         shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
         shown += legend_and_numbers(found, class_names(case))
+        if found["kind"] == "mask" and found.get("image") is not None:
+            shown += mask_overlays(found["image"], found["arrays"])
         if found["kind"] in ("points", "distances"):
             arrays = found["arrays"]
             truth_positions = arrays.get("truth_positions", arrays["positions"])
@@ -100,6 +106,46 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
         shown.append(pn.Card(pn.pane.JSON(json.loads(scores), depth=2), title="Scores", collapsed=True))
     shown.append(pn.pane.Markdown(f"[This sample in the run]({_run_url(run_id, case)})"))
     return shown
+
+
+def boxes_view(found: dict[str, Any]) -> list[Any]:
+    """The input image with ground-truth and predicted boxes by outcome (hover: class, score,
+    outcome), layers switched on and off, and every box in a table, mistakes first."""
+    boxes, image = found["boxes"], found["image"]
+    layers = pn.widgets.CheckButtonGroup(name="Show", options=list(LAYERS), value=list(LAYERS[:2]))
+    picture = pn.pane.HTML(boxes_svg(image, boxes, tuple(layers.value)), css_classes=["sw-case-boxes"])
+    layers.param.watch(lambda event: setattr(picture, "object", boxes_svg(image, boxes, tuple(event.new))), "value")
+    rows = pd.DataFrame(
+        [
+            {
+                "box": row["side"],
+                "class": row["class"],
+                "score": "" if row["score"] is None else f"{float(row['score']):.2f}",
+                "outcome": row["outcome"].replace("_", " "),
+                "x, y, w, h": ", ".join(f"{float(v):g}" for v in row["box"]),
+            }
+            for row in box_rows(boxes)
+        ]
+    )
+    shown: list[Any] = [layers, picture, pn.pane.HTML(legend_html(boxes))]
+    if found.get("problem"):
+        shown.append(pn.pane.Markdown(f"*{html.escape(found['problem'])}*"))
+    return [*shown, _widgets.table(rows, "case-boxes")]
+
+
+def mask_overlays(image: Any, arrays: dict[str, Any]) -> list[Any]:
+    """Prediction and ground truth over the input image, their opacity on one slider."""
+    opacity = pn.widgets.FloatSlider(name="Mask opacity", start=0.0, end=1.0, step=0.05, value=0.5, width=240)
+
+    def panes(alpha: float) -> list[Any]:
+        return [
+            _picture(title, _failures.mask_overlay(image, arrays[key], alpha))
+            for title, key in (("prediction over the input", "predicted"), ("ground truth over the input", "truth"))
+        ]
+
+    row = pn.Row(*panes(opacity.value))
+    opacity.param.watch(lambda event: setattr(row, "objects", panes(event.new)), "value_throttled")
+    return [pn.pane.Markdown("### Over the input image"), opacity, row]
 
 
 def _run_url(run_id: str, case: dict[str, Any]) -> str:
@@ -135,7 +181,10 @@ def legend_and_numbers(found: dict[str, Any], names: list[str]) -> list[Any]:
         )
         per_class = pd.DataFrame(
             [
-                {"class": c, **{k.replace("_", " "): f"{v:,}" for k, v in counts.items()}}
+                {
+                    "class": names[c] if 0 <= c < len(names) else c,
+                    **{k.replace("_", " "): f"{v:,}" for k, v in counts.items()},
+                }
                 for c, counts in numbers["per_class"].items()
             ]
         )

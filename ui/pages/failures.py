@@ -32,7 +32,11 @@ class FailuresPage:
         self.stage = pn.widgets.Select(name="Stage", options=_widgets.choices(_data.facets(home)["stage"]))
         self.status = pn.widgets.Select(name="Outcome", options=_widgets.choices(list(_failures.FAILURE_STATUSES)))
         self.kind = pn.widgets.Select(name="Error kind", options=_widgets.choices(_failures.error_kinds(home)))
+        self.class_name = pn.widgets.Select(name="Class", options=_widgets.choices(_failures.case_classes(home)))
         self.severity = pn.widgets.Select(name="Severity at least", options=SEVERITIES, value=0.0)
+        self.confidence = pn.widgets.RangeSlider(
+            name="Confidence (boxes)", start=0.0, end=1.0, step=0.05, value=(0.0, 1.0), width=180
+        )
         self.when = pn.widgets.Select(name="When", options=WHEN)
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
         self.text = pn.widgets.TextInput(name="Search", placeholder="sample id, reason")
@@ -44,7 +48,9 @@ class FailuresPage:
                 "stage": self.stage,
                 "status": self.status,
                 "kind": self.kind,
+                "class": self.class_name,
                 "severity": self.severity,
+                "confidence": self.confidence,
                 "when": self.when,
                 "run": self.run,
                 "q": self.text,
@@ -71,6 +77,9 @@ class FailuresPage:
             since=parse_time(self.when.value) if self.when.value else None,
             min_severity=float(self.severity.value),
             text=self.text.value.strip() or None,
+            class_name=self.class_name.value or None,
+            min_confidence=self.confidence.value[0],
+            max_confidence=self.confidence.value[1],
         )
 
     def _page(self, offset: int, limit: int) -> _data.Page:
@@ -87,7 +96,7 @@ def case_link(run_id: str, stage: str, sample: str | None, text: str) -> str:
 
 
 def display(rows: pd.DataFrame) -> pd.DataFrame:
-    columns = ["case", "stage", "outcome", "error kinds", "severity", "reason", "run", "when"]
+    columns = ["case", "stage", "outcome", "error kinds", "classes", "confidence", "severity", "reason", "run", "when"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(
@@ -99,6 +108,8 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             "stage": rows["stage"],
             "outcome": rows["status"],
             "error kinds": [", ".join(kinds) if kinds is not None else "" for kinds in rows["error_types"]],
+            "classes": [", ".join(names) if names is not None else "" for names in rows["classes"]],
+            "confidence": ["" if pd.isna(v) else f"{v:.2f}" for v in rows["confidence"]],
             "severity": [f"{v:.2f}" for v in rows["severity"]],
             "reason": [(r or "")[:200] for r in rows["reason"]],
             "run": [_widgets.run_link(r) for r in rows["run_id"]],

@@ -160,13 +160,13 @@ def clouds(sizes: list[int]) -> list[list[object]]:
     return rows
 
 
-DRAWN = "() => window.views && ['left', 'right'].every(s => views[s]._fullLayout && views[s].querySelector('canvas'))"
+DRAWN = "() => window.views && ['left', 'right'].every(s => views[s] && views[s].frames > 0)"
 
 
 def cloud_render(sizes: list[int]) -> list[list[object]]:
     """A predicted cloud and its ground truth of n points each, opened in Chromium: the Case
     page's 3D views (thinned past 100k points) until both are drawn. Served as the dashboard
-    serves them (the same HTML, plotly.js from Panel's bundle) by a plain HTTP server."""
+    serves them (the same HTML, renderer inline) by a plain HTTP server."""
     import functools
     import http.server
     import threading

@@ -1,7 +1,7 @@
 """Screenshots of every dashboard page for the README, made from a real daemon, three demo
 runs and a pipeline still running (so the Live page has something to show).
 
-    python scripts/screenshots.py   # writes docs/images/{live,runs,run,performance,logs,accuracy,failures,case}.png
+    python scripts/screenshots.py   # writes docs/images/{live,runs,run,performance,logs,accuracy,failures,case-boxes,case}.png
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def shoot(url: str, run_id: str) -> None:
         "performance": "?page=performance&window=30d",
         "logs": "?page=logs&level=WARNING",
         "accuracy": f"?page=accuracy&run={run_id}",
-        "failures": "?page=failures&stage=detection&kind=missed",
+        "failures": "?page=failures&stage=detection&kind=missed&class=pedestrian",
+        "case-boxes": f"?page=case&run={run_id}&stage=detection&sample=frame_003",
         "case": f"?page=case&run={run_id}&stage=segmentation&sample=frame_000",
     }
     with sync_playwright() as driver:

@@ -2,11 +2,13 @@
 together, coloured by label, by correctness, by distance error or by height, a point size
 control; computed on the full clouds, drawn from a faithful subsample.
 
-plotly.js's scatter3d (WebGL, from Panel's own bundle) in an iframe the page fills once:
-coordinates and every colouring travel as base64 float32 arrays, never JSON lists; colour
-mode, point size and the locked cameras work in the browser alone. (Panel's Plotly pane was
-tried first: every update from the server re-rendered the 3D scenes, after which they took
-no more mouse input in Chromium.)
+A small WebGL point renderer of our own (one draw call of GL_POINTS a view, colours from a
+palette or the viridis table) in an iframe the page fills once: coordinates and every colouring
+travel as base64 float32 arrays, never JSON lists; colour mode, point size, the colour range
+and the one camera both views share work in the browser alone. (plotly.js's scatter3d came
+first: about 57 us a point in Chromium's software WebGL, 6.7 s to open a 50k-point pair; and
+Panel's Plotly pane re-rendered the scenes on every server update, after which they took no
+more mouse input.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ from typing import Any
 import numpy as np
 import panel as pn
 
-# Points per view sent to the browser (the numbers use every point). In Chromium's software
-# WebGL here a pair opens in ~2.6 s with 1k points a view, ~6.6 s with 20k, ~9 s with 50k,
-# ~14 s with 100k (benchmarks/error_browser.py --only render): plotly's scatter3d costs about
-# 57 us a point without a GPU. 50k keeps the picture faithful; a GPU draws it far faster.
-MAX_DRAWN = 50_000
+from stagewatch.daemon.groundtruth.diff import viridis
+
+# Points per view sent to the browser (the numbers use every point): see docs/benchmarks.md
+# (benchmarks/error_browser.py --only render) for what a pair costs to open here.
+MAX_DRAWN = 100_000
 LABEL_COLOURS = ["#e6e6e6", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
 MODES = ("label", "correctness", "distance error", "height")
 
@@ -85,53 +86,21 @@ def pair(
     )
 
 
-def colours(cloud: CloudPair, mode: str) -> tuple[Any, Any, dict[str, Any]]:
-    """Marker colours of the two views for `mode`, and the marker options that go with them."""
+def colours(cloud: CloudPair, mode: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The values each view is coloured by for `mode`, and their scale: {"palette": [hex, ...]}
+    (value i takes colour i mod its length) or {"ramp": "viridis", "low", "high", "bar"}."""
     if mode == "label" and cloud.predicted_labels is not None and cloud.truth_labels is not None:
-        scale = _discrete(LABEL_COLOURS)
-        high = len(LABEL_COLOURS) - 1
-        return (
-            cloud.predicted_labels % len(LABEL_COLOURS),
-            cloud.truth_labels % len(LABEL_COLOURS),
-            {"colorscale": scale, "cmin": 0, "cmax": high, "showscale": False},
-        )
+        return cloud.predicted_labels, cloud.truth_labels, {"palette": LABEL_COLOURS}
     if mode == "correctness" and "correctness" in available_modes(cloud):
         wrong = (cloud.predicted_labels != cloud.truth_labels).astype(np.float32)
-        scale = [[0, "#c8c8c8"], [0.5, "#c8c8c8"], [0.5, "#d62728"], [1, "#d62728"]]
-        return wrong, wrong, {"colorscale": scale, "cmin": 0, "cmax": 1, "showscale": False}
+        return wrong, wrong, {"palette": ["#c8c8c8", "#d62728"]}
     if mode == "distance error" and cloud.distance is not None:
-        high = float(np.percentile(cloud.distance, 99)) or 1.0
-        return (
-            cloud.distance.astype(np.float32),
-            (cloud.truth_distance if cloud.truth_distance is not None else np.zeros(len(cloud.truth))).astype(
-                np.float32
-            ),
-            {
-                "colorscale": "Viridis",
-                "cmin": 0,
-                "cmax": high,
-                "showscale": True,
-                "colorbar": {"title": {"text": "distance"}, "x": 0.47},
-            },
-        )
-    return (
-        cloud.prediction[:, 2],
-        cloud.truth[:, 2],
-        {
-            "colorscale": "Viridis",
-            "showscale": False,
-            "cmin": float(cloud.truth[:, 2].min()),
-            "cmax": float(cloud.truth[:, 2].max()),
-        },
-    )
-
-
-def _discrete(palette: list[str]) -> list[list[Any]]:
-    steps = len(palette)
-    scale = []
-    for i, colour in enumerate(palette):
-        scale += [[i / steps, colour], [(i + 1) / steps, colour]]
-    return scale
+        high = float(np.percentile(cloud.distance, 99)) if len(cloud.distance) else 1.0
+        truth = cloud.truth_distance if cloud.truth_distance is not None else np.zeros(len(cloud.truth))
+        return cloud.distance, truth, {"ramp": "viridis", "low": 0.0, "high": high or 1.0, "bar": True}
+    heights = np.concatenate([cloud.prediction[:, 2], cloud.truth[:, 2]])
+    low, high = (float(heights.min()), float(heights.max())) if len(heights) else (0.0, 1.0)
+    return cloud.prediction[:, 2], cloud.truth[:, 2], {"ramp": "viridis", "low": low, "high": high, "bar": False}
 
 
 def available_modes(cloud: CloudPair) -> list[str]:
@@ -145,116 +114,216 @@ def available_modes(cloud: CloudPair) -> list[str]:
     return [*modes, "height"]
 
 
-def _bundled_plotly() -> Path:
-    import panel
-
-    bundled = sorted((Path(panel.__file__).parent / "dist" / "bundled" / "plotlyplot").glob("plotly-*.min.js"))
-    if not bundled:
-        raise FileNotFoundError("Panel's bundled plotly.js is missing")
-    return bundled[-1]
-
-
-def _plotly_url() -> str:
-    """plotly.js as Panel serves it from its own bundle (no CDN: the dashboard works offline)."""
-    return f"/static/extensions/panel/bundled/plotlyplot/{_bundled_plotly().name}"
-
-
 def write_standalone(cloud: CloudPair, folder: Path, name: str = "cloud.html") -> Path:
-    """The views as a file beside plotly.js at the path the dashboard serves it from, for a
-    plain HTTP server (benchmarks, tests): the same page the Case page puts in its iframe."""
-    plotly = folder / _plotly_url().lstrip("/")
-    plotly.parent.mkdir(parents=True, exist_ok=True)
-    if not plotly.exists():
-        shutil.copy(_bundled_plotly(), plotly)
+    """The views as a file, for a plain HTTP server (benchmarks, tests): the same page the Case
+    page puts in its iframe (it needs nothing else: the renderer is inline)."""
+    folder.mkdir(parents=True, exist_ok=True)
     page = folder / name
     page.write_text(cloud_page(cloud))
     return page
 
 
-def _b64(values: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(values, dtype=np.float32).tobytes()).decode()
+def _b64(values: np.ndarray, dtype: Any = np.float32) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode()
 
 
 def page_data(cloud: CloudPair) -> dict[str, Any]:
-    """What the browser gets: coordinates and every colouring as base64 float32 arrays."""
-    sides = {}
-    for side, points in (("left", cloud.prediction), ("right", cloud.truth)):
-        sides[side] = {axis: _b64(points[:, i]) for i, axis in enumerate("xyz")}
+    """What the browser gets: coordinates (x, y, z interleaved) and every colouring as base64
+    float32 arrays, the viridis table, and the centre and size the camera orbits."""
+    both = np.concatenate([cloud.prediction, cloud.truth])
+    low, high = (both.min(axis=0), both.max(axis=0)) if len(both) else (np.zeros(3), np.ones(3))
     modes = {}
     for mode in available_modes(cloud):
-        left, right, marker = colours(cloud, mode)
-        modes[mode] = {"left": _b64(left), "right": _b64(right), "marker": marker}
-    return {"sides": sides, "modes": modes}
+        left, right, scale = colours(cloud, mode)
+        modes[mode] = {"left": _b64(left), "right": _b64(right), "scale": scale}
+    return {
+        "sides": {side: _b64(points) for side, points in (("left", cloud.prediction), ("right", cloud.truth))},
+        "modes": modes,
+        "viridis": _b64(viridis(np.linspace(0.0, 1.0, 256), 0.0, 1.0), np.uint8),
+        "centre": ((low + high) / 2).tolist(),
+        "radius": float(np.linalg.norm(high - low) / 2) or 1.0,
+    }
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <style>body{margin:0;font:13px system-ui,sans-serif}#bar{padding:4px 0 6px}
-.view{display:inline-block;width:49.5%;height:460px}</style>
+.view{display:inline-block;width:49.5%;vertical-align:top}.view canvas{width:100%;height:440px;cursor:grab}
+.title{text-align:center;padding:2px}#ramp{display:inline-block;width:140px;height:10px;vertical-align:middle}</style>
 </head><body><div id="bar">colour by <select id="mode">__OPTIONS__</select>
 &nbsp; point size <input id="size" type="range" min="1" max="8" value="2">
 <span id="scale" hidden>&nbsp; colours from <input id="low" type="number" step="any" style="width:6em">
-to <input id="high" type="number" step="any" style="width:6em"></span></div>
-<div id="left" class="view"></div><div id="right" class="view"></div>
-<script src="__PLOTLY__"></script>
+<span id="ramp"></span> to <input id="high" type="number" step="any" style="width:6em"></span>
+&nbsp; <span style="color:#666">drag to turn, wheel to zoom: both views follow</span></div>
+<div class="view"><div class="title">prediction</div><canvas id="left"></canvas></div>
+<div class="view"><div class="title">ground truth</div><canvas id="right"></canvas></div>
 <script>
+"use strict";
 const DATA = __DATA__;
-const floats = s => new Float32Array(Uint8Array.from(atob(s), c => c.charCodeAt(0)).buffer);
-const views = {left: document.getElementById("left"), right: document.getElementById("right")};
-window.views = views;
-const titles = {left: "prediction", right: "ground truth"};
-const scale = {low: document.getElementById("low"), high: document.getElementById("high")};
-function marker(side, mode) {
-  const m = DATA.modes[mode];
-  return Object.assign({size: +document.getElementById("size").value, color: floats(m[side])}, m.marker,
-                       side === "right" ? {showscale: false} : {});
+const bytes = s => Uint8Array.from(atob(s), c => c.charCodeAt(0));
+const floats = s => new Float32Array(bytes(s).buffer);
+const VIRIDIS = bytes(DATA.viridis);  // 256 colours, RGB
+const $ = id => document.getElementById(id);
+const camera = {yaw: -0.9, pitch: 0.55, zoom: 1};  // one camera, both views: they are locked
+const range = {low: 0, high: 1};
+const views = {};
+window.camera = camera; window.range = range; window.views = views;
+
+const VERTEX = `attribute vec3 position; attribute vec3 colour; uniform mat4 matrix; uniform float size;
+  varying vec3 shade; void main() { gl_Position = matrix * vec4(position, 1.0); gl_PointSize = size; shade = colour; }`;
+const FRAGMENT = `precision mediump float; varying vec3 shade; void main() { gl_FragColor = vec4(shade, 1.0); }`;
+
+function compile(gl, type, source) {
+  const shader = gl.createShader(type);
+  gl.shaderSource(shader, source); gl.compileShader(shader);
+  return shader;
 }
-function showScale(mode) {  // the distance colouring's ends can be set (min/max adjustable)
-  const m = DATA.modes[mode].marker;
-  document.getElementById("scale").hidden = mode !== "distance error";
-  scale.low.value = m.cmin; scale.high.value = m.cmax;
+
+function makeView(side) {
+  const canvas = $(side);
+  const gl = canvas.getContext("webgl", {antialias: false, preserveDrawingBuffer: true});
+  if (!gl) {
+    canvas.outerHTML = "<p>This browser has WebGL switched off: the 3D views cannot be drawn.</p>";
+    return null;
+  }
+  const program = gl.createProgram();
+  gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
+  gl.attachShader(program, compile(gl, gl.FRAGMENT_SHADER, FRAGMENT));
+  gl.linkProgram(program);
+  const xyz = floats(DATA.sides[side]);
+  const position = gl.createBuffer();
+  gl.bindBuffer(gl.ARRAY_BUFFER, position);
+  gl.bufferData(gl.ARRAY_BUFFER, xyz, gl.STATIC_DRAW);
+  return {side, canvas, gl, program, position, colour: gl.createBuffer(), count: xyz.length / 3, frames: 0};
 }
-for (const input of [scale.low, scale.high]) input.addEventListener("change", () => {
-  const low = +scale.low.value, high = +scale.high.value;
+
+function paint(view, mode) {  // colours per point from the mode's values: a palette or the viridis table
+  const m = DATA.modes[mode], values = floats(m[view.side]), rgb = new Uint8Array(values.length * 3);
+  if (m.scale.palette) {
+    const palette = m.scale.palette.map(c => [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16)));
+    for (let i = 0; i < values.length; i++) {
+      const c = palette[((Math.trunc(values[i]) % palette.length) + palette.length) % palette.length];
+      rgb[3 * i] = c[0]; rgb[3 * i + 1] = c[1]; rgb[3 * i + 2] = c[2];
+    }
+  } else {
+    const scale = 255 / ((range.high - range.low) || 1);
+    for (let i = 0; i < values.length; i++) {
+      const k = 3 * Math.min(255, Math.max(0, Math.round((values[i] - range.low) * scale)));
+      rgb[3 * i] = VIRIDIS[k]; rgb[3 * i + 1] = VIRIDIS[k + 1]; rgb[3 * i + 2] = VIRIDIS[k + 2];
+    }
+  }
+  view.values = values;
+  view.gl.bindBuffer(view.gl.ARRAY_BUFFER, view.colour);
+  view.gl.bufferData(view.gl.ARRAY_BUFFER, rgb, view.gl.STATIC_DRAW);
+}
+
+const sub = (a, b) => a.map((v, i) => v - b[i]);
+const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+const cross = (a, b) => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+const unit = a => { const n = Math.hypot(...a) || 1; return a.map(v => v / n); };
+function multiply(a, b) {  // column-major 4x4
+  const out = new Float32Array(16);
+  for (let c = 0; c < 4; c++) for (let r = 0; r < 4; r++) {
+    let sum = 0; for (let k = 0; k < 4; k++) sum += a[k * 4 + r] * b[c * 4 + k]; out[c * 4 + r] = sum;
+  }
+  return out;
+}
+function eye() {
+  const distance = DATA.radius * 2.6 / camera.zoom, c = Math.cos(camera.pitch);
+  return [Math.cos(camera.yaw) * c, Math.sin(camera.yaw) * c, Math.sin(camera.pitch)].map(
+    (v, i) => DATA.centre[i] + distance * v);
+}
+function matrix(aspect) {
+  const from = eye(), distance = DATA.radius * 2.6 / camera.zoom;
+  const f = unit(sub(DATA.centre, from)), s = unit(cross(f, [0, 0, 1])), u = cross(s, f);
+  const look = [s[0], u[0], -f[0], 0, s[1], u[1], -f[1], 0, s[2], u[2], -f[2], 0,
+                -dot(s, from), -dot(u, from), dot(f, from), 1];
+  const near = distance / 100, far = distance * 10, t = 1 / Math.tan(0.35);
+  const projection = [t / aspect, 0, 0, 0, 0, t, 0, 0, 0, 0, (far + near) / (near - far), -1,
+                      0, 0, 2 * far * near / (near - far), 0];
+  return multiply(projection, look);
+}
+
+function draw(view) {
+  const {gl, canvas, program} = view;
+  canvas.width = canvas.clientWidth; canvas.height = canvas.clientHeight;
+  gl.viewport(0, 0, canvas.width, canvas.height);
+  gl.clearColor(1, 1, 1, 1); gl.enable(gl.DEPTH_TEST);
+  gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
+  gl.useProgram(program);
+  for (const [name, buffer] of [["position", view.position], ["colour", view.colour]]) {
+    const at = gl.getAttribLocation(program, name);
+    gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
+    gl.enableVertexAttribArray(at);
+    if (name === "colour") gl.vertexAttribPointer(at, 3, gl.UNSIGNED_BYTE, true, 0, 0);
+    else gl.vertexAttribPointer(at, 3, gl.FLOAT, false, 0, 0);
+  }
+  gl.uniformMatrix4fv(gl.getUniformLocation(program, "matrix"), false, matrix(canvas.width / canvas.height));
+  gl.uniform1f(gl.getUniformLocation(program, "size"), +$("size").value);
+  gl.drawArrays(gl.POINTS, 0, view.count);
+  view.frames += 1; view.eye = eye();
+}
+
+let pending = false;
+function redraw() {  // at most once a frame, both views from the one camera
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => { pending = false; for (const view of Object.values(views)) draw(view); });
+}
+
+function showMode(mode) {
+  const scale = DATA.modes[mode].scale;
+  if (scale.ramp) {
+    range.low = scale.low; range.high = scale.high;
+    $("low").value = scale.low; $("high").value = scale.high;
+  }
+  $("scale").hidden = !scale.bar;
+  for (const view of Object.values(views)) paint(view, mode);
+  redraw();
+}
+
+for (const side of ["left", "right"]) { const view = makeView(side); if (view) views[side] = view; }
+const stops = [0, 64, 128, 192, 255].map(k => `rgb(${VIRIDIS[3 * k]},${VIRIDIS[3 * k + 1]},${VIRIDIS[3 * k + 2]})`);
+$("ramp").style.background = `linear-gradient(to right, ${stops.join(",")})`;
+for (const input of [$("low"), $("high")]) input.addEventListener("change", () => {
+  const low = +$("low").value, high = +$("high").value;
   if (!(high > low)) return;  // an empty or reversed range changes nothing
-  for (const side of ["left", "right"]) Plotly.restyle(views[side], {"marker.cmin": low, "marker.cmax": high});
+  range.low = low; range.high = high;
+  for (const view of Object.values(views)) paint(view, $("mode").value);
+  redraw();
 });
-const mode0 = document.getElementById("mode").value;
-showScale(mode0);
-for (const side of ["left", "right"]) {
-  const d = DATA.sides[side];
-  Plotly.newPlot(views[side], [{type: "scatter3d", mode: "markers", x: floats(d.x), y: floats(d.y), z: floats(d.z),
-      hoverinfo: "skip", marker: marker(side, mode0)}],
-    {title: {text: titles[side], font: {size: 13}}, margin: {l: 0, r: 0, t: 28, b: 0},
-     scene: {aspectmode: "data"}, showlegend: false}, {displaylogo: false, responsive: true});
-}
-let following = false;  // the cameras are locked: moving one moves the other
-for (const [from, to] of [["left", "right"], ["right", "left"]]) {
-  views[from].on("plotly_relayout", event => {
-    const camera = event["scene.camera"];
-    if (!camera || following) return;
-    following = true;
-    Plotly.relayout(views[to], {"scene.camera": camera}).then(() => { following = false; });
+$("mode").addEventListener("change", event => showMode(event.target.value));
+$("size").addEventListener("input", redraw);
+for (const view of Object.values(views)) {
+  let last = null;
+  view.canvas.addEventListener("pointerdown", e => {
+    last = [e.clientX, e.clientY];
+    view.canvas.setPointerCapture(e.pointerId);
   });
+  view.canvas.addEventListener("pointerup", () => { last = null; });
+  view.canvas.addEventListener("pointermove", e => {
+    if (!last) return;
+    camera.yaw -= (e.clientX - last[0]) * 0.01;
+    camera.pitch = Math.max(-1.5, Math.min(1.5, camera.pitch + (e.clientY - last[1]) * 0.01));
+    last = [e.clientX, e.clientY];
+    redraw();
+  });
+  view.canvas.addEventListener("wheel", e => {
+    e.preventDefault();
+    camera.zoom = Math.max(0.2, Math.min(50, camera.zoom * Math.exp(-e.deltaY * 0.001)));
+    redraw();
+  }, {passive: false});
 }
-document.getElementById("mode").addEventListener("change", event => {
-  for (const side of ["left", "right"]) Plotly.restyle(views[side], {marker: marker(side, event.target.value)});
-  showScale(event.target.value);
-});
-document.getElementById("size").addEventListener("input", event => {
-  for (const side of ["left", "right"]) Plotly.restyle(views[side], {"marker.size": +event.target.value});
-});
+window.addEventListener("resize", redraw);
+showMode($("mode").value);
 </script></body></html>"""
 
 
 def cloud_page(cloud: CloudPair) -> str:
-    """The two views as one HTML document (for an iframe): plotly.js draws them, the colour
-    modes switch and the cameras follow each other in the browser, with no trip to the server."""
+    """The two views as one HTML document (for an iframe): the colour modes switch and the
+    cameras follow each other in the browser, with no trip to the server."""
     options = "".join(f'<option value="{html.escape(m)}">{html.escape(m)}</option>' for m in available_modes(cloud))
-    return (
-        _PAGE.replace("__OPTIONS__", options)
-        .replace("__PLOTLY__", _plotly_url())
-        .replace("__DATA__", json.dumps(page_data(cloud)))
-    )
+    # "</" inside the data would end the script element early; JSON allows "<\/".
+    return _PAGE.replace("__OPTIONS__", options).replace("__DATA__", json.dumps(page_data(cloud)).replace("</", "<\\/"))
 
 
 def cloud_views(cloud: CloudPair) -> pn.Column:

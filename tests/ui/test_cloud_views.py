@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +45,18 @@ def page() -> Iterator[object]:
 
 def _opened(page, url: str) -> None:
     page.goto(url)
-    page.wait_for_function("() => window.views && ['left', 'right'].every(s => views[s]._fullLayout)")
+    page.wait_for_function("() => window.views && ['left', 'right'].every(s => views[s] && views[s].frames > 0)")
+
+
+def _painted(page, side: str) -> int:
+    """Pixels of the view's canvas that are not the white background: points were drawn."""
+    return page.evaluate(
+        """side => { const gl = views[side].gl, w = gl.drawingBufferWidth, h = gl.drawingBufferHeight;
+        const pixels = new Uint8Array(w * h * 4); gl.readPixels(0, 0, w, h, gl.RGBA, gl.UNSIGNED_BYTE, pixels);
+        let n = 0; for (let i = 0; i < pixels.length; i += 4) if (pixels[i] + pixels[i + 1] + pixels[i + 2] < 750) n++;
+        return n; }""",
+        side,
+    )
 
 
 def test_distance_colouring_has_adjustable_ends_and_the_cameras_follow(served, page) -> None:
@@ -58,25 +68,27 @@ def test_distance_colouring_has_adjustable_ends_and_the_cameras_follow(served, p
     cloud = pair(predicted, truth, None, None, found.to_truth, found.to_prediction)
     write_standalone(cloud, folder, "distance.html")
     _opened(page, f"{base}/distance.html")
-    assert page.evaluate("() => views.left.data[0].x.length") == 2000
+    assert page.evaluate("() => [views.left.count, views.right.count]") == [2000, 3000]
+    assert _painted(page, "left") > 500 and _painted(page, "right") > 500
     page.select_option("#mode", "distance error")
-    colours = wait_for(lambda: (c := page.evaluate("() => Array.from(views.left.data[0].marker.color)")) and c)
+    colours = wait_for(lambda: (c := page.evaluate("() => Array.from(views.left.values)")) and c)
     np.testing.assert_allclose(colours, found.to_truth, rtol=1e-6)  # the full clouds' distances, as float32
     assert page.is_visible("#scale")
     page.fill("#high", "0.25")
     page.press("#high", "Enter")
-    wait_for(lambda: page.evaluate("() => views.left.data[0].marker.cmax") == 0.25)
-    assert page.evaluate("() => views.right.data[0].marker.cmax") == 0.25
+    wait_for(lambda: page.evaluate("() => range.high") == 0.25)
     page.select_option("#mode", "height")
     assert not page.is_visible("#scale")
+    frames = page.evaluate("() => [views.left.frames, views.right.frames]")
     box = page.locator("#right").bounding_box()  # turning the right view turns the left one
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6, steps=10)
     page.mouse.up()
-    eye = "() => JSON.stringify([views.left._fullLayout.scene.camera.eye, views.right._fullLayout.scene.camera.eye])"
-    left, _ = wait_for(lambda: (e := json.loads(page.evaluate(eye))) and e[0] == e[1] and e, 20)
-    assert left != {"x": 1.25, "y": 1.25, "z": 1.25}  # turned, and both alike
+    eyes = "() => [views.left.eye, views.right.eye, views.left.frames, views.right.frames]"
+    left, right, *drawn = wait_for(lambda: (e := page.evaluate(eyes)) and e[2] > frames[0] + 2 and e, 20)
+    assert left == right and drawn[0] == drawn[1]  # both redrawn from the one camera
+    assert page.evaluate("() => camera.yaw") != -0.9  # turned
 
 
 def test_a_big_pair_opens_thinned(served, page) -> None:
@@ -87,4 +99,5 @@ def test_a_big_pair_opens_thinned(served, page) -> None:
     cloud = pair(points, points, labels, labels, None)
     write_standalone(cloud, folder, "big.html")
     _opened(page, f"{base}/big.html")
-    assert page.evaluate("() => [views.left.data[0].x.length, views.right.data[0].x.length]") == [MAX_DRAWN] * 2
+    assert page.evaluate("() => [views.left.count, views.right.count]") == [MAX_DRAWN] * 2
+    assert _painted(page, "left") > 10_000

@@ -546,28 +546,95 @@ def test_a_point_cloud_case_opens_in_two_locked_3d_views(served, page) -> None:
     truth = load_point_labels(next((home / "datasets").rglob("frame_000.ply")))
     page.wait_for_selector(f"text=showing all {len(truth.labels):,} predicted")
     views = page.frame_locator(".sw-cloud-3d iframe")
-    views.locator("#left canvas").first.wait_for()
+    views.locator("#left").wait_for()
 
-    def plot(side: str, expression: str):
-        return views.locator(f"#{side}").evaluate(f"view => {{ const plot = view; return {expression}; }}")
+    def plot(expression: str):
+        return views.locator("body").evaluate(f"() => {expression}")
 
-    assert wait_for(lambda: plot("left", "plot.data && plot.data[0].x.length")) == len(truth.labels)
-    assert plot("left", "plot.data[0].x instanceof Float32Array")  # binary, not JSON lists
+    assert wait_for(lambda: plot("window.views && views.left && views.left.frames > 0 && views.left.count")) == len(
+        truth.labels
+    )
     views.locator("#mode").select_option("correctness")  # colour by correctness, without reloading the cloud
-    wrong = wait_for(lambda: (v := plot("left", "Array.from(plot.data[0].marker.color)")) and set(v) <= {0, 1} and v)
+    wrong = wait_for(
+        lambda: (v := plot("views.left.values && Array.from(views.left.values)")) and set(v) <= {0, 1} and v
+    )
     predicted = np.load(next((home / "runs" / run_id).rglob("lidar_segmentation/frame_000.pred.npy")))
     assert sum(wrong) == int((predicted.reshape(-1) != truth.labels).sum())
     views.locator("#left").scroll_into_view_if_needed()
     for turn in range(2):  # turning the left view turns the right one, every time
-        before = plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)")
+        before = plot("JSON.stringify(views.right.eye)")
         box = views.locator("#left").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
         page.mouse.down()
         page.mouse.move(box["x"] + box["width"] * (0.5 + 0.1 * turn), box["y"] + box["height"] * 0.4, steps=10)
         page.mouse.up()
-        wait_for(lambda before=before: plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)") != before, 20)
-        left = plot("left", "JSON.stringify(plot._fullLayout.scene.camera.eye)")
-        assert plot("right", "JSON.stringify(plot._fullLayout.scene.camera.eye)") == left
+        wait_for(lambda before=before: plot("JSON.stringify(views.right.eye)") != before, 20)
+        assert plot("JSON.stringify(views.right.eye)") == plot("JSON.stringify(views.left.eye)")
+
+
+LIDAR_GOLDEN = """\
+name: lidar-golden
+stages:
+  registration:
+    labels: clouds/{sample_id}.ply
+    kind: point_labels
+    classes: [ground, object]
+    pass: {metric: accuracy, min: 0.99}
+"""
+
+
+def test_a_predicted_cloud_of_its_own_opens_with_distances_both_ways(tmp_path, page) -> None:
+    """End to end: a stage reports a cloud of its own points (resampled, moved); the daemon judges
+    it; its case shows the distances both ways, their numbers and the 3D distance colouring."""
+    from stagewatch._saver import write_ply
+    from stagewatch.daemon.groundtruth.diff import cloud_distances
+
+    home = tmp_path / "home"
+    dataset = home / "datasets" / "lidar"
+    (dataset / "clouds").mkdir(parents=True)
+    rng = np.random.default_rng(21)
+    truth = rng.uniform(-20, 20, (4000, 3)).astype(np.float32)
+    labels = (truth[:, 2] > 0).astype(np.int32)
+    write_ply(dataset / "clouds" / "scan_000.ply", {"points": truth, "label": labels})
+    (dataset / "golden.yaml").write_text(LIDAR_GOLDEN)
+    predicted = (truth[::2] + rng.normal(0, 0.3, (2000, 3))).astype(np.float32)
+    predicted_labels = np.where(rng.random(2000) < 0.2, 1 - labels[::2], labels[::2]).astype(np.int32)
+    daemon = DaemonProcess(home).start()
+    ui = None
+    try:
+        run = stagewatch.init(pipeline="lidar", home=home, dataset=dataset / "golden.yaml")
+        with run.stage("registration", sample_id="scan_000") as stage:
+            stage.result("scan_000", {"points": predicted, "label": predicted_labels})
+        run.finish()
+        assert run.flush(10)
+        stagewatch.shutdown()
+        wait_for(lambda: read_table(home, "samples").num_rows == 1, 30)
+        ui = Ui(home)
+        page.goto(f"{ui.url}?page=case&run={run.id}&stage=registration&sample=scan_000")
+        page.wait_for_selector(".sw-distances")
+        expected = cloud_distances(predicted, truth).summary  # the computation's own unit tests check it
+        text = page.locator(".sw-distances").first.inner_text()
+        assert f"{expected['mean_to_truth']:.4g}" in text and f"{expected['max_to_prediction']:.4g}" in text
+        assert shown(page, f"Chamfer {expected['chamfer']:.4g}")
+        views = page.frame_locator(".sw-cloud-3d iframe")
+        views.locator("#left").wait_for()
+        counts = wait_for(
+            lambda: views.locator("body").evaluate(
+                "() => window.views?.right?.frames && [views.left.count, views.right.count]"
+            ),
+            30,
+        )
+        assert counts == [2000, 4000]  # each cloud its own points
+        views.locator("#mode").select_option("distance error")
+        colours = wait_for(
+            lambda: views.locator("body").evaluate("() => views.left.values && Array.from(views.left.values)")
+        )
+        np.testing.assert_allclose(colours, cloud_distances(predicted, truth).to_truth, rtol=1e-5)
+        assert views.locator("#scale").is_visible()
+    finally:
+        if ui is not None:
+            ui.stop()
+        daemon.stop()
 
 
 def test_accuracy_counters_move_while_a_run_streams(served, page) -> None:

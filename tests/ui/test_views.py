@@ -231,8 +231,8 @@ def test_a_big_cloud_pair_is_thinned_alike_and_sent_as_binary() -> None:
     np.testing.assert_array_equal(cloud.prediction, cloud.truth)  # the same points on both sides
     assert available_modes(cloud) == ["label", "correctness", "distance error", "height"]
     data = page_data(cloud)
-    x = np.frombuffer(base64.b64decode(data["sides"]["left"]["x"]), np.float32)
-    np.testing.assert_array_equal(x, cloud.prediction[:, 0])
+    xyz = np.frombuffer(base64.b64decode(data["sides"]["left"]), np.float32).reshape(-1, 3)
+    np.testing.assert_array_equal(xyz, cloud.prediction)
     wrong = np.frombuffer(base64.b64decode(data["modes"]["correctness"]["left"]), np.float32)
     np.testing.assert_array_equal(wrong, (cloud.predicted_labels != cloud.truth_labels).astype(np.float32))
     assert "[" not in json.dumps(data["sides"])  # coordinates as base64 strings, never JSON lists
@@ -263,9 +263,9 @@ def test_a_predicted_cloud_against_its_ground_truth_gives_distances_both_ways() 
         arrays["truth_distance"],
     )
     assert available_modes(cloud) == ["distance error", "height"]
-    left, right, marker = colours(cloud, "distance error")
+    left, right, scale = colours(cloud, "distance error")
     np.testing.assert_allclose(left, brute, rtol=1e-6)
-    assert right.shape == (300,) and right.max() > 0 and marker["showscale"]
+    assert right.shape == (300,) and right.max() > 0 and scale["bar"] and scale["high"] > scale["low"] == 0
 
 
 def test_a_page_past_the_end_says_so() -> None:

@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import panel as pn
 from PIL import Image
 
-from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS
+from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS, viridis
 from stagewatch.ui import _data, _failures, _widgets
 from stagewatch.ui._cloud3d import cloud_views, pair
 from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
@@ -193,12 +194,37 @@ def legend_and_numbers(found: dict[str, Any], names: list[str]) -> list[Any]:
             pn.pane.Markdown(f"pixels agreeing: **{numbers['agreement']:.2%}**; ignored: {numbers['ignored']:,}"),
             _widgets.table(per_class, "case-classes"),
         ]
+    if found["kind"] == "distances":
+        return [distance_numbers(numbers)]
     return [
         pn.pane.Markdown(
             f"points: **{numbers['points']:,}**, labelled differently: **{numbers['mismatched']:,}** "
             f"(agreement {numbers['agreement']:.2%}); the clouds are seen from above"
         )
     ]
+
+
+def distance_numbers(numbers: dict[str, Any]) -> pn.pane.HTML:
+    """The colour bar of the heatmaps from above, and the distances both ways."""
+    low, high = numbers["scale"]
+    stops = ",".join(f"rgb{tuple(int(c) for c in colour)}" for colour in viridis(np.linspace(0, 1, 5), 0, 1))
+    dropped = numbers.get("dropped") or {}
+    left_out = "; ".join(
+        f"{count:,} {side} points with NaN or infinite coordinates left out" for side, count in dropped.items()
+    )
+    rows = "".join(
+        f"<tr><td>{way}</td><td>{numbers[f'mean_{key}']:.4g}</td><td>{numbers[f'p95_{key}']:.4g}</td>"
+        f"<td>{numbers[f'max_{key}']:.4g}</td></tr>"
+        for way, key in (("prediction → ground truth", "to_truth"), ("ground truth → prediction", "to_prediction"))
+    )
+    return pn.pane.HTML(
+        f"<div class='sw-legend'>distance {low:.3g} <span style='display:inline-block;width:160px;height:10px;"
+        f"background:linear-gradient(to right,{stops})'></span> {high:.3g} (p99; beyond: yellow)</div>"
+        f"<table class='sw-distances'><tr><th>nearest-neighbour distance</th><th>mean</th><th>p95</th><th>max</th></tr>"
+        f"{rows}</table>Chamfer <b>{numbers['chamfer']:.4g}</b> · Hausdorff <b>{numbers['hausdorff']:.4g}</b> · "
+        f"{numbers['prediction_points']:,} predicted and {numbers['truth_points']:,} ground-truth points"
+        + (f"<br>{html.escape(left_out)}" if left_out else "")
+    )
 
 
 def view(home: Path) -> pn.viewable.Viewable:

@@ -1,4 +1,4 @@
-"""Per-stage memory peaks: CPU RSS from the kernel's high-water mark, GPU from torch or NVML.
+"""Per-stage memory peaks: CPU RSS from the kernel's high-water mark (GPU: _gpu.py).
 
 Why the kernel's high-water mark: writing "5" to /proc/self/clear_refs resets the
 process's peak RSS (about 0.9 us here) and getrusage() reads it back (about 0.9 us), so
@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import resource
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -147,80 +146,6 @@ def make_rss_tracker() -> tuple[RssSource | PsutilRssSource, PeakTracker] | None
 
 def _no_reset() -> None:
     return None
-
-
-class GpuMemory:
-    """GPU memory peak per stage: PyTorch's allocator when torch uses CUDA, else NVML.
-
-    With no GPU every reading is None and one warning says why, once per process.
-    """
-
-    def __init__(self) -> None:
-        self._torch_tracker: PeakTracker | None = None
-        self._nvml_handles: list[object] = []
-        self._nvml = None
-        self._warned = False
-        self._init_nvml()
-
-    def _init_nvml(self) -> None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            count = pynvml.nvmlDeviceGetCount()
-            self._nvml_handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-            self._nvml = pynvml
-        except Exception as error:
-            self._nvml_reason = f"{type(error).__name__}: {error}"
-
-    def _torch_cuda(self) -> object | None:
-        torch = sys.modules.get("torch")
-        if torch is None:
-            return None
-        try:
-            return torch.cuda if torch.cuda.is_initialized() else None
-        except Exception:
-            return None
-
-    def begin(self) -> tuple[str, int | None, int | None]:
-        """Start a stage: ("torch", token, _) or ("nvml", _, used bytes) or ("none", ...)."""
-        cuda = self._torch_cuda()
-        if cuda is not None:
-            if self._torch_tracker is None:
-                self._torch_tracker = PeakTracker(cuda.max_memory_allocated, cuda.reset_peak_memory_stats)
-            token, _ = self._torch_tracker.begin()
-            return "torch", token, None
-        if self._nvml is not None:
-            return "nvml", None, self._nvml_process_bytes()
-        self._warn_once()
-        return "none", None, None
-
-    def end(self, started: tuple[str, int | None, int | None]) -> float | None:
-        """The stage's GPU peak in MB, or None without a GPU."""
-        kind, token, used_at_start = started
-        if kind == "torch" and self._torch_tracker is not None and token is not None:
-            return self._torch_tracker.end(token)[0] / BYTES_PER_MB
-        if kind == "nvml" and used_at_start is not None:
-            # NVML has no per-process peak: the larger of the two readings is the best bound.
-            return max(used_at_start, self._nvml_process_bytes()) / BYTES_PER_MB
-        return None
-
-    def _nvml_process_bytes(self) -> int:
-        pid = os.getpid()
-        total = 0
-        for handle in self._nvml_handles:
-            try:
-                processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            except Exception:
-                continue
-            total += sum(p.usedGpuMemory or 0 for p in processes if p.pid == pid)
-        return total
-
-    def _warn_once(self) -> None:
-        if not self._warned:
-            self._warned = True
-            reason = getattr(self, "_nvml_reason", "no GPU device")
-            _log.warning("stagewatch: no GPU memory readings (gpu_peak_mb is null): %s", reason)
 
 
 def memory_limit_bytes() -> tuple[int, str]:

@@ -119,9 +119,12 @@ def stage_finished(
     rss_peak_mb: float | None,
     rss_end_mb: float | None,
     gpu_peak_mb: float | None,
+    gpu_source: str | None = None,
+    gpu_devices: dict[str, float] | None = None,
     error: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
-    """`stage_finished`, or `stage_failed` when `error` = (type, message, traceback) is given."""
+    """`stage_finished`, or `stage_failed` when `error` = (type, message, traceback) is given.
+    `gpu_source` and `gpu_devices` (device index -> peak MB) go only with a GPU reading."""
     event = stage_started(
         client_id,
         run_id,
@@ -142,6 +145,8 @@ def stage_finished(
         rss_end_mb=rss_end_mb,
         gpu_peak_mb=gpu_peak_mb,
     )
+    if gpu_source is not None:
+        event.update(gpu_source=gpu_source, gpu_devices=gpu_devices or {})
     if error is not None:
         event["type"] = STAGE_FAILED
         event["error_type"], event["error_message"], event["traceback"] = error

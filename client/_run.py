@@ -22,8 +22,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from stagewatch import _protocol as protocol
+from stagewatch._gpu import GpuMemory, gpu_fields
 from stagewatch._home import Home, artifact_relpath, resolve_endpoint
-from stagewatch._memory import BYTES_PER_MB, GpuMemory, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
+from stagewatch._memory import BYTES_PER_MB, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
 from stagewatch._names import check_name, check_run_id
 from stagewatch._saver import write_artifact
 from stagewatch._transport import Sender, SenderSettings, safe_close
@@ -273,7 +274,7 @@ class Stage:
             rss_start_mb=rss_start,
             rss_peak_mb=rss_peak,
             rss_end_mb=rss_end,
-            gpu_peak_mb=self._gpu_peak,
+            **gpu_fields(self._gpu_peak),
             error=self._error,
         )
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from stagewatch._gpu import SOURCE_NOTES
+
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
 TABLE_NAMES = ("stage_executions", "runs", "logs")
@@ -73,6 +75,7 @@ class RunState:
     end_ns: int | None = None
     last_lsn: int = -1
     last_rss_mb: dict[str, float] = field(default_factory=dict)  # client -> its last heartbeat's RSS
+    gpu_sources: dict[str, str] = field(default_factory=dict)  # each GPU source its stages used -> what it sees
     open: dict[str, dict[str, Any]] = field(default_factory=dict)  # "client:span" -> running stage entry
     ended: OrderedDict[str, None] = field(default_factory=OrderedDict)  # "client:span": recently ended
 
@@ -98,6 +101,7 @@ class RunState:
 
 
 _RUN_FIELDS = [f.name for f in fields(RunState)]
+MEMORY_FIELDS = ("rss_start_mb", "rss_peak_mb", "rss_end_mb", "gpu_peak_mb", "gpu_source", "gpu_devices")
 _AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended")]
 
 
@@ -114,7 +118,7 @@ def _new_stage(event: Any) -> dict[str, Any]:
         "duration_ms": None,
         "input_path": getattr(event, "input_path", None),
         "output_paths": [],
-        "memory": {"rss_start_mb": None, "rss_peak_mb": None, "rss_end_mb": None, "gpu_peak_mb": None},
+        "memory": dict.fromkeys(MEMORY_FIELDS),
         "error": None,
         "artifacts": [],
         "start_ns": None,
@@ -214,13 +218,11 @@ class Projector:
             sample_id=event.sample_id,
             parent_span=event.parent_span,
             output_paths=list(event.output_paths),
-            memory={
-                "rss_start_mb": event.rss_start_mb,
-                "rss_peak_mb": event.rss_peak_mb,
-                "rss_end_mb": event.rss_end_mb,
-                "gpu_peak_mb": event.gpu_peak_mb,
-            },
+            memory={name: getattr(event, name) for name in MEMORY_FIELDS},
         )
+        if event.gpu_source and event.gpu_source not in run.gpu_sources:
+            names = event.gpu_source.split("+")
+            run.gpu_sources[event.gpu_source] = "; ".join(f"{name}: {SOURCE_NOTES[name]}" for name in names)
         if status == "failed":
             entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
         self._end_stage(run, entry, end_ns, lsn)

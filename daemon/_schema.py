@@ -50,6 +50,10 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
 Milliseconds = Annotated[float, Field(ge=0, le=MAX_DURATION_MS, allow_inf_nan=False)]
 Megabytes = Annotated[float, Field(ge=0, le=MAX_MEGABYTES, allow_inf_nan=False)] | None
+MAX_GPU_DEVICES = 64
+DeviceIndex = Annotated[str, Field(pattern=r"^(?:[0-9]|[1-5][0-9]|6[0-3])$")]  # "0" .. "63"
+# One source, or allocators added up: "torch", "torch+cupy", "nvml" (client/_gpu.py).
+GpuSource = Annotated[str, Field(pattern=r"^(?:nvml|(?:torch|cupy|jax)(?:\+(?:torch|cupy|jax)){0,2})$")]
 
 
 PathText = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"^[^\x00]*$")]
@@ -101,6 +105,8 @@ class StageFinished(StageStarted):
     rss_peak_mb: Megabytes = None
     rss_end_mb: Megabytes = None
     gpu_peak_mb: Megabytes = None
+    gpu_source: GpuSource | None = None
+    gpu_devices: Annotated[dict[DeviceIndex, Megabytes], Field(max_length=MAX_GPU_DEVICES)] | None = None
 
 
 class StageFailed(StageFinished):

@@ -50,6 +50,9 @@ STAGE_EXECUTIONS = pa.schema(
         ("error_type", pa.string()),
         ("error_message", pa.string()),
         ("lsn", pa.int64()),
+        # Added later (older parts read them as nulls): where gpu_peak_mb came from, and per device.
+        ("gpu_source", pa.string()),
+        ("gpu_devices", pa.map_(pa.string(), MB)),
     ]
 )
 RUNS = pa.schema(

@@ -1,16 +1,12 @@
-"""Per-stage memory peaks: nesting, the real kernel high-water mark, and the GPU edge."""
+"""Per-stage memory peaks: nesting and the real kernel high-water mark (GPU: test_gpu.py)."""
 
 from __future__ import annotations
-
-import logging
-import sys
-import types
 
 import numpy as np
 
 import stagewatch
 from stagewatch import _run
-from stagewatch._memory import GpuMemory, PeakTracker, make_rss_tracker
+from stagewatch._memory import PeakTracker, make_rss_tracker
 
 MB = 1024 * 1024
 
@@ -51,31 +47,6 @@ def test_the_kernel_peak_sees_a_short_spike_between_start_and_end() -> None:
     peak, end = tracker.end(token)
     assert peak - start >= 140 * MB
     assert end - start < 50 * MB  # the memory is gone again at the end
-
-
-def test_without_a_gpu_readings_are_null_with_one_warning(caplog) -> None:
-    gpu = GpuMemory()
-    with caplog.at_level(logging.WARNING, logger="stagewatch"):
-        readings = [gpu.end(gpu.begin()) for _ in range(5)]
-    assert readings == [None] * 5
-    assert len([r for r in caplog.records if "no GPU memory readings" in r.message]) == 1
-
-
-def test_torch_allocator_peak_is_used_when_torch_drives_a_gpu(monkeypatch) -> None:
-    """The system edge (a CUDA device) is faked; the tracking logic is the real one."""
-    allocator = FakeMark()
-    cuda = types.SimpleNamespace(
-        is_initialized=lambda: True,
-        max_memory_allocated=lambda: allocator.peak,
-        reset_peak_memory_stats=allocator.reset,
-    )
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
-    gpu = GpuMemory()
-    allocator.set(10 * MB)
-    started = gpu.begin()
-    allocator.set(522 * MB)
-    allocator.set(12 * MB)
-    assert gpu.end(started) == 522.0
 
 
 def test_a_stage_reports_its_own_peak_not_the_process_peak(home) -> None:

@@ -23,7 +23,9 @@ FINISH = {
     "rss_start_mb": 100.0,
     "rss_peak_mb": 150.0,
     "rss_end_mb": 120.0,
-    "gpu_peak_mb": None,
+    "gpu_peak_mb": 1280.0,
+    "gpu_source": "torch",
+    "gpu_devices": {"0": 1024.0, "1": 256.0},
 }
 TS = 1_700_000_000_100_000_000
 

@@ -119,29 +119,47 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from stagewatch.daemon import RunNotFound, query_stats
+    from stagewatch.daemon import RunNotFound, query_gpu_devices, query_stats
 
     home = home_of(args).root
     try:
-        stats = query_stats(home, filters_of(args, home))
+        filters = filters_of(args, home)
+        stats = query_stats(home, filters)
+        gpu = query_gpu_devices(home, filters)
     except RunNotFound as error:
         return fail(str(error), EXIT_NOT_FOUND)
+    for entry in stats:  # per device beside the totals: {"sources": [...], "devices": {"0": {...}}}
+        entry["gpu"] = gpu.get(entry["stage"])
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
     print(
         f"{'stage':<18}{'count':>8}{'failed':>8}{'mean':>9}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}"
-        f"{'peak RSS':>10}{'time %':>8}"
+        f"{'peak RSS':>10}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
     )
     for entry in stats:
         d = entry["duration_ms"]
         cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
+        gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
             f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{cells}"
             f"{entry['rss_peak_mb']['max'] or 0:>10.1f}{entry['share_of_time']:>8.1%}"
+            + ((f"{gpu_peak:>10.1f}" if gpu_peak is not None else f"{'-':>10}") if gpu else "")
             + ("  <- bottleneck" if entry.get("bottleneck") else "")
         )
+        if entry["gpu"]:
+            print("  " + gpu_line(entry["gpu"]))
+    if not gpu:
+        print("no GPU readings in these stages (a host without a GPU, or no framework on one: docs/gpu.md)")
     return EXIT_OK
+
+
+def gpu_line(gpu: dict[str, Any]) -> str:
+    """'GPU (torch) by device: 0 max 1024.0 MB, median 1000.0 · 1 max 256.0 MB, median 250.0'."""
+    devices = " · ".join(
+        f"{device} max {d['max']:.1f} MB, median {d['median']:.1f}" for device, d in gpu["devices"].items()
+    )
+    return f"GPU ({', '.join(gpu['sources'])}) by device: {devices or 'none allocated'}"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -193,7 +211,9 @@ def _print_audit(audit: dict[str, Any], home: Home) -> None:
             print(f"{key:<13}{audit[key]}")
     for problem in audit.get("problems", []):
         print(f"INCOMPLETE: {problem}")
-    print(stage_table(audit.get("stages", [])))
+    print(stage_table(audit.get("stages", []), audit.get("host")))
+    for source, sees in (audit.get("gpu_sources") or {}).items():
+        print(f"GPU readings from {source}: {sees}")
     for error in audit.get("errors", []):
         where = f"{error['stage']} failed on {error['sample_id']} at {error['at']}"
         print(f"\n{where}: {error['type']}: {error['message']}")

@@ -25,6 +25,7 @@ from typing import Any
 
 from loguru import logger
 
+from stagewatch._gpu import host_gpu_problem
 from stagewatch._home import Home
 from stagewatch._protocol import HEARTBEAT
 from stagewatch._records import ScanStats
@@ -154,6 +155,9 @@ class Daemon:
             self.ingest.ingest_spools()
             self.worker.start()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home.root, self.settings.endpoint)
+            no_gpu = host_gpu_problem()
+            if no_gpu:  # said once here, not on every pipeline's stderr
+                logger.info("no GPU on this host ({}): stages report no GPU memory", no_gpu)
             self.systemd.notify("READY=1", f"STATUS=ingesting on {self.settings.endpoint}")
             self._loop()
         finally:

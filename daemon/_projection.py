@@ -222,7 +222,7 @@ class Projector:
         )
         if event.gpu_source and event.gpu_source not in run.gpu_sources:
             names = event.gpu_source.split("+")
-            run.gpu_sources[event.gpu_source] = "; ".join(f"{name}: {SOURCE_NOTES[name]}" for name in names)
+            run.gpu_sources[event.gpu_source] = "; ".join(SOURCE_NOTES[name] for name in names)
         if status == "failed":
             entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
         self._end_stage(run, entry, end_ns, lsn)

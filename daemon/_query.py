@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -209,3 +210,37 @@ def _covers(filters: Filters, date: str) -> bool:
     return (filters.since is None or filters.since <= midnight) and (
         filters.until is None or filters.until >= midnight + timedelta(days=1)
     )
+
+
+def query_gpu_devices(home: Path, filters: Filters) -> dict[str, dict[str, Any]]:
+    """Per stage with GPU readings: the sources they came from and, per device, the count, median
+    and max of the stages' peaks (MB); the per-device view beside `query_stats`'s totals."""
+    expression = _and(_stage_expression(filters), ds.field("gpu_devices").is_valid())
+    rows = read_table(
+        home, "stage_executions", expression, _dates_of(home, filters), ["stage", "gpu_source", "gpu_devices"]
+    )
+    found: dict[str, dict[str, Any]] = {}
+    if not rows.num_rows:
+        return found
+    devices = rows["gpu_devices"].combine_chunks()
+    # Map arrays: offsets index their key and item children (list_parent_indices takes no maps).
+    offsets = devices.offsets.to_numpy()
+    first, last = int(offsets[0]), int(offsets[-1])
+    parents = np.repeat(np.arange(len(devices)), np.diff(offsets))
+    stages = np.asarray(rows["stage"].to_pylist(), dtype=object)[parents]
+    names = np.asarray(devices.keys[first:last].to_pylist(), dtype=object)
+    peaks = devices.items[first:last].to_numpy(zero_copy_only=False).astype(np.float64)
+    for stage, source in {(r["stage"], r["gpu_source"]) for r in rows.select(["stage", "gpu_source"]).to_pylist()}:
+        found.setdefault(stage, {"sources": [], "devices": {}})["sources"].append(source)
+    for stage, device in sorted({*zip(stages, names, strict=True)}):
+        values = peaks[(stages == stage) & (names == device)]
+        values = values[~np.isnan(values)]
+        found[stage]["devices"][device] = {
+            "count": int(values.size),
+            "median": float(np.median(values)) if values.size else None,
+            "max": float(values.max()) if values.size else None,
+        }
+    for entry in found.values():
+        entry["sources"].sort()
+        entry["devices"] = dict(sorted(entry["devices"].items(), key=lambda item: int(item[0])))
+    return found

@@ -22,7 +22,15 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from stagewatch._home import Home, parse_artifact_relpath
-from stagewatch.daemon import STATS_COLUMNS, Filters, query_logs, query_runs, query_stages, stage_stats
+from stagewatch.daemon import (
+    STATS_COLUMNS,
+    Filters,
+    query_gpu_devices,
+    query_logs,
+    query_runs,
+    query_stages,
+    stage_stats,
+)
 from stagewatch.daemon._export import export_chunks, matching
 from stagewatch.daemon._readmodels import (
     RunNotFound,
@@ -291,6 +299,7 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
     CPU peak and the stage's own memory (its peak above its start), GPU peak."""
     own = (executions["rss_peak_mb"] - executions["rss_start_mb"]).groupby(executions["stage"]).max()
     rank = {stage: i for i, stage in enumerate(order)}
+    gpu = query_gpu_devices(home, Filters(run=run_id))
     rows = []
     for entry in stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS)):
         duration = entry["duration_ms"]
@@ -307,6 +316,7 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
                 "cpu_peak_mb": entry["rss_peak_mb"]["max"],
                 "own_mb": _finite(own.get(entry["stage"])),
                 "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
+                "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
             }
         )

@@ -252,9 +252,21 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
             "share of time": (stats["share"] * 100).round(1),
             "CPU peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "own memory": [_format.mb(v) for v in stats["own_mb"]],
-            "GPU peak": [_format.mb(v) if v is not None and pd.notna(v) else gpu_reason for v in stats["gpu_peak_mb"]],
+            "GPU peak": [
+                gpu_cell(peak, gpu) if peak is not None and pd.notna(peak) else gpu_reason
+                for peak, gpu in zip(stats["gpu_peak_mb"], stats["gpu"], strict=True)
+            ],
         }
     )
+
+
+def gpu_cell(peak: float, gpu: dict[str, Any] | None) -> str:
+    """'1.25 GB · torch' for one device; '1.25 GB (0: 1 GB · 1: 256 MB) · torch' for several."""
+    if not gpu:
+        return _format.mb(peak)
+    devices = gpu["devices"]
+    split = " · ".join(f"{d}: {_format.mb(v['max'])}" for d, v in devices.items()) if len(devices) > 1 else ""
+    return f"{_format.mb(peak)}{f' ({split})' if split else ''} · {', '.join(gpu['sources'])}"
 
 
 def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[str, str]) -> pn.pane.HoloViews:

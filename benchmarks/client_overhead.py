@@ -118,6 +118,52 @@ def memory_readings(n: int) -> None:
         median, p99 = summary(per_call_ns(call, n))
         rows.append([name, f"{median:.2f}", f"{p99:.2f}"])
     print_table("What a memory reading costs (us)", ["reading", "median us", "p99 us"], rows)
+    gpu_readings(n)
+
+
+def gpu_readings(n: int) -> None:
+    """GPU tracking per stage (begin + end) beside none: with a framework on a real GPU when this
+    machine has one, else only the bookkeeping over allocators that answer at once (two devices),
+    which is what stagewatch adds to the frameworks' own calls."""
+    import types
+
+    from stagewatch._gpu import GpuMemory
+
+    rows = []
+    choices = {"off (CPU only)": GpuMemory("off")}
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+        choices["torch on this GPU"] = GpuMemory("torch")
+        choices["nvml on this GPU"] = GpuMemory("nvml")
+    else:  # no GPU here: the frameworks' calls made free, to show what stagewatch itself costs
+        choices["auto, on this machine without a GPU (every CPU-only pipeline)"] = GpuMemory("auto")
+        peaks = [0, 0]
+        cuda = types.SimpleNamespace(
+            is_initialized=lambda: True,
+            device_count=lambda: 2,
+            max_memory_allocated=peaks.__getitem__,
+            reset_peak_memory_stats=lambda d: None,
+        )
+        choices["torch bookkeeping, 2 devices, allocator calls free (no GPU here)"] = GpuMemory("torch")
+    for name, gpu in choices.items():
+        if name.startswith("torch bookkeeping"):
+            sys.modules["torch"] = types.SimpleNamespace(cuda=cuda)
+        per_call_ns(lambda gpu=gpu: gpu.end(gpu.begin()), n // 10)
+        median, p99 = summary(per_call_ns(lambda gpu=gpu: gpu.end(gpu.begin()), n))
+        rows.append([name, f"{median:.2f}", f"{p99:.2f}"])
+    if torch is None:
+        sys.modules.pop("torch", None)
+    else:
+        sys.modules["torch"] = torch
+    print_table(
+        "What GPU tracking costs a stage (us; on a GPU: benchmarks/gpu_check.py)",
+        ["source", "median us", "p99 us"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

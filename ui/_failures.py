@@ -33,6 +33,7 @@ from stagewatch.ui._data import PREVIEW_BYTES, Page, top_rows
 from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
 FAILURE_STATUSES = ("wrong", "invalid", "crashed")
+MAX_INPUT_SIDE = 1600  # an input image is scaled down to this for the page
 CASE_SORTS = ("severity", "time", "stage", "sample_id")
 # One colour per class index in the side-by-side pictures (class 0, background, light grey).
 CLASS_COLOURS = np.array(
@@ -270,9 +271,12 @@ def _input_of(home: Path, case: dict[str, Any]) -> dict[str, Any]:
         if path.stat().st_size > PREVIEW_BYTES:
             raise ValueError(f"{path.name} is over {PREVIEW_BYTES // 2**20} MiB")
         with Image.open(path) as image:
-            return {"image": rgb(image), "problem": ""}
+            width, height = image.size
+            image.draft("RGB", (MAX_INPUT_SIDE, MAX_INPUT_SIDE))  # JPEG: decoded at a smaller scale
+            image.thumbnail((MAX_INPUT_SIDE, MAX_INPUT_SIDE))  # what a page shows; boxes keep full-size coordinates
+            return {"image": rgb(image), "size": (height, width), "problem": ""}
     except (ValueError, RunNotFound, OSError, Image.DecompressionBombError) as error:
-        return {"image": None, "problem": f"drawn without the input image: {error}"}
+        return {"image": None, "size": None, "problem": f"drawn without the input image: {error}"}
 
 
 def _mask_case(predicted: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
@@ -290,8 +294,12 @@ def _mask_case(predicted: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
 
 
 def mask_overlay(image: np.ndarray, labels: np.ndarray, opacity: float, ignore_index: int = 255) -> np.ndarray:
-    """A class mask's colours over the input image; background (0) and ignored pixels stay clear."""
+    """A class mask's colours over the input image; background (0) and ignored pixels stay clear.
+    A mask of another size than the (shown, maybe scaled down) image is resampled to it, nearest."""
     labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        resized = Image.fromarray(labels.astype(np.int32)).resize((image.shape[1], image.shape[0]), Image.NEAREST)
+        labels = np.asarray(resized)
     return blend(image, _classes(labels), opacity, keep=(labels != 0) & (labels != ignore_index))
 
 

@@ -55,9 +55,10 @@ def boxes_svg(
     layers: tuple[str, ...] = LAYERS[:2],
     size: tuple[int, int] | None = None,
 ) -> str:
-    """An SVG of the input image (or a grey canvas of `size`, or of the boxes' extent) with the
-    chosen layers of boxes; each box has a hover title. Coordinates are image pixels."""
-    height, width = image.shape[:2] if image is not None else (size or _extent(boxes))
+    """An SVG of the input image (or a grey canvas) with the chosen layers of boxes; each box has a
+    hover title. Coordinates are the full image's pixels: `size` (height, width) when the image
+    was scaled down to be shown, else the image's own, else as far as the boxes reach."""
+    height, width = size or (image.shape[:2] if image is not None else _extent(boxes))
     shown = []
     if "ground truth" in layers:
         shown += [(b[:4], b[5], f"ground truth: {b[4]} — {b[5]}", True) for b in boxes["truth"]]

@@ -3,6 +3,7 @@ regressions, the live board's fold and the URL's state, checked against referenc
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -390,5 +391,31 @@ def test_a_mask_over_its_image_blends_classes_and_leaves_background_clear() -> N
     assert (half[0, 0] == 100).all() and (half[2, 3] == 100).all()  # background and ignored stay the image
     assert (mask_overlay(image, labels, 1.0)[1, 2] == (78, 121, 167)).all()  # class 1's colour at full opacity
     assert half[1, 2].tolist() == [89, 111, 134]  # (100 + colour) / 2, rounded
-    with pytest.raises(ValueError, match="the mask is 6x4, the image 5x4"):
-        mask_overlay(image[:, :5], labels, 0.5)
+    labels[0:2, 2:4] = 1
+    scaled = mask_overlay(image[::2, ::2], labels, 1.0)  # an image shown scaled down: the mask follows
+    assert scaled.shape == (2, 3, 3) and (scaled[0, 1] == (78, 121, 167)).all()
+
+
+def test_a_big_input_image_is_sent_scaled_down_with_boxes_in_its_own_coordinates(tmp_path) -> None:
+    from PIL import Image
+
+    from stagewatch.ui._failures import MAX_INPUT_SIDE, _input_of
+    from stagewatch.ui._overlay import boxes_svg
+
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "golden.yaml").write_text("name: x\nstages:\n  d: {labels: a.json}\n")
+    Image.new("RGB", (6000, 3000), (10, 20, 30)).save(dataset / "big.png")
+    run_id = "0b6e3c7e-1c1a-4f57-9a8e-3f0d2c1b5a44"
+    run = tmp_path / "home" / "runs" / run_id
+    run.mkdir(parents=True)
+    audit = {"run_id": run_id, "status": "ok", "complete": True, "dataset": str(dataset / "golden.yaml")}
+    (run / "audit.json").write_text(json.dumps(audit))
+    found = _input_of(tmp_path / "home", {"run_id": run_id, "input_path": str(dataset / "big.png")})
+    assert found["size"] == (3000, 6000), found["problem"]
+    assert found["image"].shape == (MAX_INPUT_SIDE // 2, MAX_INPUT_SIDE, 3)
+    boxes = {"predicted": [], "truth": [[5000, 2000, 500, 500, "car", "missed"]]}
+    svg = boxes_svg(found["image"], boxes, ("ground truth",), found["size"])
+    assert 'viewBox="0 0 6000 3000"' in svg and 'width="6000" height="3000"/>' in svg
+    outside = _input_of(tmp_path / "home", {"run_id": run_id, "input_path": "/etc/hostname"})
+    assert outside["image"] is None and "not a file in the dataset's folder" in outside["problem"]

@@ -95,7 +95,7 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
         shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
         shown += legend_and_numbers(found, class_names(case))
         if found["kind"] == "mask" and found.get("image") is not None:
-            shown += mask_overlays(found["image"], found["arrays"])
+            shown += mask_overlays(found["image"], found["size"], found["arrays"])
         if found["kind"] in ("points", "distances"):
             arrays = found["arrays"]
             truth_positions = arrays.get("truth_positions", arrays["positions"])
@@ -114,8 +114,13 @@ def boxes_view(found: dict[str, Any]) -> list[Any]:
     outcome), layers switched on and off, and every box in a table, mistakes first."""
     boxes, image = found["boxes"], found["image"]
     layers = pn.widgets.CheckButtonGroup(name="Show", options=list(LAYERS), value=list(LAYERS[:2]))
-    picture = pn.pane.HTML(boxes_svg(image, boxes, tuple(layers.value)), css_classes=["sw-case-boxes"])
-    layers.param.watch(lambda event: setattr(picture, "object", boxes_svg(image, boxes, tuple(event.new))), "value")
+    size = found.get("size")
+
+    def draw(shown: tuple[str, ...]) -> str:
+        return boxes_svg(image, boxes, shown, size)
+
+    picture = pn.pane.HTML(draw(tuple(layers.value)), css_classes=["sw-case-boxes"])
+    layers.param.watch(lambda event: setattr(picture, "object", draw(tuple(event.new))), "value")
     rows = pd.DataFrame(
         [
             {
@@ -134,8 +139,16 @@ def boxes_view(found: dict[str, Any]) -> list[Any]:
     return [*shown, _widgets.table(rows, "case-boxes")]
 
 
-def mask_overlays(image: Any, arrays: dict[str, Any]) -> list[Any]:
+def mask_overlays(image: Any, size: tuple[int, int], arrays: dict[str, Any]) -> list[Any]:
     """Prediction and ground truth over the input image, their opacity on one slider."""
+    if tuple(size) != arrays["truth"].shape[:2]:
+        (height, width), (mask_height, mask_width) = size, arrays["truth"].shape[:2]
+        return [
+            pn.pane.Alert(
+                f"Not overlaid: the input image is {width}x{height}, the masks {mask_width}x{mask_height}.",
+                alert_type="info",
+            )
+        ]
     opacity = pn.widgets.FloatSlider(name="Mask opacity", start=0.0, end=1.0, step=0.05, value=0.5, width=240)
 
     def panes(alpha: float) -> list[Any]:

@@ -511,6 +511,16 @@ def test_a_detection_case_draws_truth_and_predictions_on_the_input_by_outcome(se
     wait_for(lambda: _pager_total(page) == len(sure), 30)
 
 
+def test_a_run_leads_to_its_failure_cases_stage_by_stage(served, page) -> None:
+    home, _, ui, run_id = served
+    samples = read_table(home, "samples", None, None, ["run_id", "stage", "status"]).to_pylist()
+    wrong = [s for s in samples if s["run_id"] == run_id and s["stage"] == "segmentation" and s["status"] == "wrong"]
+    page.goto(f"{ui.url}?page=run&run={run_id}")
+    page.locator(".sw-run-cases a", has_text=re.compile("^segmentation$")).click()
+    page.wait_for_url(re.compile(f"page=failures.*run={run_id}.*stage=segmentation"))
+    wait_for(lambda: _pager_total(page) == len(wrong), 30)
+
+
 def test_a_mask_case_overlays_both_masks_on_the_input_at_a_chosen_opacity(served, page) -> None:
     _, _, ui, run_id = served
     page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")

@@ -191,9 +191,15 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
             )
         )
     else:
+        run_id = html.escape(audit["run_id"])
+        cases = " · ".join(
+            f'<a href="?page=failures&run={run_id}&stage={html.escape(stage, quote=True)}">{html.escape(stage)}</a>'
+            for stage in accuracy["stage"]
+        )
         shown += [
             pn.pane.Markdown(f"### Accuracy against `{data['accuracy']['dataset']}`"),
             _widgets.table(accuracy.round(3), "accuracy"),
+            pn.pane.HTML(f"failure cases, each beside its ground truth: {cases}", css_classes=["sw-run-cases"]),
         ]
     shown += outputs(home, data["outputs"], data["order"], data["audit"]["run_id"])
     return shown
@@ -217,6 +223,7 @@ def header(audit: dict[str, Any]) -> pn.Column:
     title = pn.pane.HTML(
         f"<h2 style='margin:4px 0'>Run <code>{run_id}</code></h2>"
         f'<a href="?page=logs&run={run_id}">its log lines</a> · '
+        f'<a href="?page=failures&run={run_id}">its failure cases</a> · '
         f'<a href="?page=performance&a={run_id}">compare it with another run</a>'
     )
     return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))

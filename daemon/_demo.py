@@ -140,13 +140,17 @@ stages:
 
 
 def _write_cloud(stem: Path, frame: Frame, as_pcd: bool) -> None:
-    attributes = {"points": frame.cloud, "label": frame.point_labels}
+    # A lidar's return intensity: objects reflect more than the road, far points less.
+    reach = np.linalg.norm(frame.cloud[:, :2], axis=1)
+    intensity = ((0.25 + 0.5 * (frame.point_labels > 0)) * np.exp(-reach / 40.0)).astype(np.float32)
+    attributes = {"points": frame.cloud, "label": frame.point_labels, "intensity": intensity}
     if as_pcd:
         try:
             import open3d as o3d
 
             cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(frame.cloud))
             cloud.point["label"] = o3d.core.Tensor(frame.point_labels.reshape(-1, 1))
+            cloud.point["intensity"] = o3d.core.Tensor(intensity.reshape(-1, 1))
             o3d.t.io.write_point_cloud(str(stem.with_suffix(".pcd")), cloud)
             return
         except ImportError:  # without the [3d] extra every cloud is PLY

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from stagewatch.daemon.groundtruth.diff import viridis
 # (benchmarks/error_browser.py --only render) for what a pair costs to open here.
 MAX_DRAWN = 100_000
 LABEL_COLOURS = ["#e6e6e6", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
-MODES = ("label", "correctness", "distance error", "height")
+MODES = ("label", "correctness", "distance error", "height")  # and "attribute: NAME" for each the files carry
+ATTRIBUTE = "attribute: "
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class CloudPair:
     distance: np.ndarray | None  # per drawn predicted point: to the nearest ground-truth point (full clouds)
     total: tuple[int, int]  # points before subsampling
     truth_distance: np.ndarray | None = None  # per drawn ground-truth point: to the nearest predicted point
+    # Per-point numbers the files carry (intensity ...): name -> (drawn predicted, drawn truth),
+    # None for a side that lacks it.
+    attributes: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = field(default_factory=dict)
 
     @property
     def shown(self) -> str:
@@ -69,12 +73,22 @@ def pair(
     truth_labels: np.ndarray | None,
     distance: np.ndarray | None,
     truth_distance: np.ndarray | None = None,
+    attributes: dict[str, tuple[np.ndarray | None, np.ndarray | None]] | None = None,
 ) -> CloudPair:
     """The drawn subsample; when prediction and truth are the same points (labels only), the
-    same indices on both sides so the views compare point for point."""
+    same indices on both sides so the views compare point for point. An attribute whose length
+    is not its cloud's is left out."""
     same_points = prediction is truth
     keep_p = subsample(len(prediction))
     keep_t = keep_p if same_points else subsample(len(truth), seed=1)
+
+    def drawn(values: np.ndarray | None, keep: np.ndarray, count: int) -> np.ndarray | None:
+        return np.asarray(values, np.float64)[keep] if values is not None and len(values) == count else None
+
+    kept = {
+        name: (drawn(left, keep_p, len(prediction)), drawn(right, keep_t, len(truth)))
+        for name, (left, right) in (attributes or {}).items()
+    }
     return CloudPair(
         prediction[keep_p].astype(np.float32),
         truth[keep_t].astype(np.float32),
@@ -83,6 +97,7 @@ def pair(
         distance[keep_p] if distance is not None else None,
         (len(prediction), len(truth)),
         truth_distance[keep_t] if truth_distance is not None else None,
+        {name: sides for name, sides in kept.items() if any(side is not None for side in sides)},
     )
 
 
@@ -98,6 +113,13 @@ def colours(cloud: CloudPair, mode: str) -> tuple[np.ndarray, np.ndarray, dict[s
         high = float(np.percentile(cloud.distance, 99)) if len(cloud.distance) else 1.0
         truth = cloud.truth_distance if cloud.truth_distance is not None else np.zeros(len(cloud.truth))
         return cloud.distance, truth, {"ramp": "viridis", "low": 0.0, "high": high or 1.0, "bar": True}
+    if mode.startswith(ATTRIBUTE) and mode[len(ATTRIBUTE) :] in cloud.attributes:
+        sides = zip(cloud.attributes[mode[len(ATTRIBUTE) :]], (cloud.prediction, cloud.truth), strict=True)
+        left, right = (values if values is not None else np.full(len(points), np.nan) for values, points in sides)
+        both = np.concatenate([left, right])
+        finite = both[np.isfinite(both)]
+        low, high = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
+        return left, right, {"ramp": "viridis", "low": low, "high": high if high > low else low + 1.0, "bar": True}
     heights = np.concatenate([cloud.prediction[:, 2], cloud.truth[:, 2]])
     low, high = (float(heights.min()), float(heights.max())) if len(heights) else (0.0, 1.0)
     return cloud.prediction[:, 2], cloud.truth[:, 2], {"ramp": "viridis", "low": low, "high": high, "bar": False}
@@ -111,7 +133,7 @@ def available_modes(cloud: CloudPair) -> list[str]:
             modes.append("correctness")
     if cloud.distance is not None:
         modes.append("distance error")
-    return [*modes, "height"]
+    return [*modes, "height", *(ATTRIBUTE + name for name in cloud.attributes)]
 
 
 def write_standalone(cloud: CloudPair, folder: Path, name: str = "cloud.html") -> Path:
@@ -207,6 +229,7 @@ function paint(view, mode) {  // colours per point from the mode's values: a pal
   } else {
     const scale = 255 / ((range.high - range.low) || 1);
     for (let i = 0; i < values.length; i++) {
+      if (values[i] !== values[i]) { rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = 170; continue; }  // NaN: grey
       const k = 3 * Math.min(255, Math.max(0, Math.round((values[i] - range.low) * scale)));
       rgb[3 * i] = VIRIDIS[k]; rgb[3 * i + 1] = VIRIDIS[k + 1]; rgb[3 * i + 2] = VIRIDIS[k + 2];
     }

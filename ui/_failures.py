@@ -28,7 +28,13 @@ from stagewatch.daemon.groundtruth.diff import (
     top_view,
     viridis,
 )
-from stagewatch.daemon.groundtruth.formats import LabelError, load_mask, load_point_labels, load_points
+from stagewatch.daemon.groundtruth.formats import (
+    LabelError,
+    load_mask,
+    load_point_attributes,
+    load_point_labels,
+    load_points,
+)
 from stagewatch.ui._data import PREVIEW_BYTES, Page, top_rows
 from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
@@ -252,12 +258,34 @@ def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:
                 return {**_mask_case(predicted, actual), **_input_of(home, case)}
         if truth.suffix.lower() in (".ply", ".pcd") and prediction.suffix.lower() in (".ply", ".pcd"):
             positions, labels = load_points(prediction)  # a predicted cloud of its own: distances
-            return cloud_distance_case(positions, labels, load_point_labels(truth))
+            found = cloud_distance_case(positions, labels, load_point_labels(truth))
+            finite = np.isfinite(positions).all(axis=1)  # the points it kept
+            return _with_attributes(found, load_point_attributes(prediction), load_point_attributes(truth), finite)
         if truth.suffix.lower() in (".ply", ".pcd"):
-            return _cloud_case(np.load(prediction, allow_pickle=False), load_point_labels(truth))
+            found = _cloud_case(np.load(prediction, allow_pickle=False), load_point_labels(truth))
+            attributes = load_point_attributes(truth)  # one cloud, its labels predicted: the same points
+            return _with_attributes(found, attributes, attributes)
     except (DiffError, LabelError, OSError, ValueError) as error:
         return {"kind": "none", "problem": f"cannot compare {prediction.name} with {truth.name}: {error}"}
     return {"kind": "none", "problem": f"no picture for {prediction.name} against {truth.name}"}
+
+
+def _with_attributes(
+    found: dict[str, Any],
+    predicted: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    kept: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The per-point numbers of both files (intensity ...), for colouring the 3D views by them."""
+    names = list(dict.fromkeys([*predicted, *truth]))
+    found["arrays"]["attributes"] = {
+        name: (
+            predicted[name][kept] if kept is not None and name in predicted else predicted.get(name),
+            truth.get(name),
+        )
+        for name in names
+    }
+    return found
 
 
 def _box_case(home: Path, case: dict[str, Any]) -> dict[str, Any]:

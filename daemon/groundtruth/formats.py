@@ -154,6 +154,35 @@ def load_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     raise LabelError(f"{path}: expected a point cloud as .ply, .pcd or .npy, got {suffix or 'no suffix'!r}")
 
 
+MAX_ATTRIBUTES = 16  # per-point scalars offered as colourings; more are left out
+
+
+def load_point_attributes(path: Path) -> dict[str, np.ndarray]:
+    """Each per-point number a PLY or PCD carries besides x, y, z and label (intensity,
+    reflectance, ring, time ...), as float64 in point order; nothing for other files or when
+    unreadable (the cloud itself is read, and its errors said, by load_points)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".ply":
+            vertices, _ = read_vertices(path)
+            names = [n for n in vertices.dtype.names or () if n not in ("x", "y", "z", "label")]
+            return {name: vertices[name].astype(np.float64) for name in names[:MAX_ATTRIBUTES]}
+        if suffix == ".pcd":
+            import open3d as o3d
+
+            o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+            cloud = o3d.t.io.read_point_cloud(str(path))
+            found = {}
+            for name in cloud.point:
+                values = cloud.point[name].numpy()
+                if name not in ("positions", "label") and values.ndim == 2 and values.shape[1] == 1:
+                    found[name] = values.reshape(-1).astype(np.float64)
+            return dict(list(found.items())[:MAX_ATTRIBUTES])
+    except (PlyError, OSError, ValueError, RuntimeError):
+        return {}
+    return {}
+
+
 def _read_ply(path: Path) -> PointLabels:
     try:
         vertices, notes = read_vertices(path)

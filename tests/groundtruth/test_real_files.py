@@ -343,3 +343,28 @@ def test_labels_that_cannot_be_kept_are_left_out_with_a_warning_not_an_exception
         f"point attribute 'label' (uint64, values {int(huge.min())}..{int(huge.max())}) does not fit in int32: "
         "not saved"
     ]
+
+
+def test_per_point_attributes_come_from_plyfile_and_open3d_files(tmp_path: Path) -> None:
+    import open3d as o3d
+
+    from stagewatch.daemon.groundtruth.formats import load_point_attributes
+
+    points, labels = _cloud(40)
+    intensity = np.linspace(0, 1, 40).astype(np.float32)
+    ring = np.arange(40, dtype=np.uint16)
+    vertex = np.empty(40, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("intensity", "f4"), ("ring", "u2"), ("label", "i4")])
+    for axis, column in zip("xyz", points.T, strict=True):
+        vertex[axis] = column
+    vertex["intensity"], vertex["ring"], vertex["label"] = intensity, ring, labels
+    PlyData([PlyElement.describe(vertex, "vertex")], byte_order=">").write(str(tmp_path / "scan.ply"))
+    found = load_point_attributes(tmp_path / "scan.ply")
+    assert list(found) == ["intensity", "ring"]  # x, y, z and label are the cloud itself
+    np.testing.assert_allclose(found["intensity"], intensity)
+    np.testing.assert_array_equal(found["ring"], ring)
+    cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(points))
+    cloud.point["intensity"] = o3d.core.Tensor(intensity.reshape(-1, 1))
+    o3d.t.io.write_point_cloud(str(tmp_path / "scan.pcd"), cloud)
+    np.testing.assert_allclose(load_point_attributes(tmp_path / "scan.pcd")["intensity"], intensity)
+    (tmp_path / "broken.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 3\n")
+    assert load_point_attributes(tmp_path / "broken.ply") == {}  # load_points says what is wrong

@@ -101,3 +101,22 @@ def test_a_big_pair_opens_thinned(served, page) -> None:
     _opened(page, f"{base}/big.html")
     assert page.evaluate("() => [views.left.count, views.right.count]") == [MAX_DRAWN] * 2
     assert _painted(page, "left") > 10_000
+
+
+def test_any_per_point_attribute_colours_both_views_and_a_missing_side_is_grey(served, page) -> None:
+    folder, base = served
+    rng = np.random.default_rng(7)
+    truth = rng.uniform(-10, 10, (1500, 3))
+    predicted = truth[:1000] + 0.05
+    intensity = rng.random(1500)
+    cloud = pair(predicted, truth, None, None, None, attributes={"intensity": (None, intensity), "bad": (None, [1.0])})
+    write_standalone(cloud, folder, "attributes.html")
+    _opened(page, f"{base}/attributes.html")
+    options = page.locator("#mode option").all_inner_texts()
+    assert options == ["height", "attribute: intensity"]  # an attribute of the wrong length is left out
+    page.select_option("#mode", "attribute: intensity")
+    right = wait_for(lambda: (v := page.evaluate("() => Array.from(views.right.values)")) and v)
+    np.testing.assert_allclose(right, intensity, rtol=1e-6)
+    assert page.is_visible("#scale")  # its colour range can be set
+    assert all(v != v for v in page.evaluate("() => Array.from(views.left.values).slice(0, 50)"))  # NaN: drawn grey
+    assert _painted(page, "left") > 200

@@ -21,7 +21,7 @@ from PIL import Image
 
 import stagewatch
 from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon.groundtruth.formats import load_point_labels
+from stagewatch.daemon.groundtruth.formats import load_point_attributes, load_point_labels
 from stagewatch.ui._widgets import css_name
 from tests.conftest import DaemonProcess, wait_for
 
@@ -570,6 +570,10 @@ def test_a_point_cloud_case_opens_in_two_locked_3d_views(served, page) -> None:
     )
     predicted = np.load(next((home / "runs" / run_id).rglob("lidar_segmentation/frame_000.pred.npy")))
     assert sum(wrong) == int((predicted.reshape(-1) != truth.labels).sum())
+    views.locator("#mode").select_option("attribute: intensity")  # the ground-truth file's own per-point numbers
+    cloud = next((home / "datasets").rglob("frame_000.ply"))
+    intensity = plot("Array.from(views.right.values)")  # painted in the change handler, before it returns
+    np.testing.assert_allclose(intensity, load_point_attributes(cloud)["intensity"], rtol=1e-6)
     views.locator("#left").scroll_into_view_if_needed()
     for turn in range(2):  # turning the left view turns the right one, every time
         before = plot("JSON.stringify(views.right.eye)")

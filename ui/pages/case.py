@@ -100,7 +100,14 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
             arrays = found["arrays"]
             truth_positions = arrays.get("truth_positions", arrays["positions"])
             distances = (arrays.get("distance"), arrays.get("truth_distance"))
-            cloud = pair(arrays["positions"], truth_positions, arrays["predicted"], arrays["truth"], *distances)
+            cloud = pair(
+                arrays["positions"],
+                truth_positions,
+                arrays["predicted"],
+                arrays["truth"],
+                *distances,
+                attributes=arrays.get("attributes"),
+            )
             shown += [pn.pane.Markdown("### In 3D (drag to turn: both views follow)"), cloud_views(cloud)]
     scores = case.get("scores")
     if scores:

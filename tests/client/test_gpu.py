@@ -14,26 +14,14 @@ import pytest
 import stagewatch
 from stagewatch import _run
 from stagewatch._gpu import GpuMemory, GpuReading, gpu_fields
+from tests.client.test_memory import FakeMark
 
 MB = 1024 * 1024
 
 
-class FakeDevice:
-    """One device's caching allocator: allocated bytes and a resettable peak."""
-
-    def __init__(self) -> None:
-        self.allocated = self.peak = 0
-
-    def set(self, value: int) -> None:
-        self.allocated = value
-        self.peak = max(self.peak, value)
-
-    def reset(self) -> None:
-        self.peak = self.allocated
-
-
-def fake_torch(monkeypatch, devices: int = 1) -> list[FakeDevice]:
-    allocators = [FakeDevice() for _ in range(devices)]
+def fake_torch(monkeypatch, devices: int = 1) -> list[FakeMark]:
+    """Each device's caching allocator: allocated bytes (`set`) and a resettable peak."""
+    allocators = [FakeMark(0) for _ in range(devices)]
     cuda = types.SimpleNamespace(
         is_initialized=lambda: True,
         device_count=lambda: devices,

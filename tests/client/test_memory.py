@@ -14,8 +14,8 @@ MB = 1024 * 1024
 class FakeMark:
     """A resettable high-water mark driven by the test."""
 
-    def __init__(self) -> None:
-        self.current = self.peak = 100
+    def __init__(self, start: int = 100) -> None:
+        self.current = self.peak = start
 
     def set(self, value: int) -> None:
         self.current = value

@@ -36,6 +36,7 @@ from stagewatch.daemon.groundtruth.diff import cloud_distances, image_difference
 from stagewatch.ui._failures import CaseFilters, failures_page
 
 KINDS = ["missed", "localization", "false_positive", "class_confusion", "mask_mismatch", "point_label_mismatch"]
+CLASSES = ["car", "pedestrian", "cyclist"]
 STAGES = ["detection", "segmentation", "lidar_segmentation"]
 
 
@@ -71,6 +72,10 @@ def case_home(cases: int) -> Path:
                 "prediction_path": [None] * n,
                 "label_path": [None] * n,
                 "lsn": np.arange(n, dtype=np.int64),
+                "classes": [CLASSES[c : c + 1 + (c == 0)] for c in rng.integers(0, 3, n)],
+                "confidence": np.where(stage == 0, rng.random(n).round(3), np.nan),
+                "boxes": [None] * n,
+                "input_path": [None] * n,
             },
             schema=SAMPLES,
         )
@@ -101,6 +106,11 @@ def filters(cases: int) -> list[list[object]]:
                 lambda: naive(
                     home, lambda f: (f["stage"] == "detection") & f["error_types"].map(lambda k: "missed" in k)
                 ),
+            ),
+            (
+                "class pedestrian, confidence >= 0.9",
+                lambda: failures_page(home, CaseFilters(class_name="pedestrian", min_confidence=0.9)),
+                lambda: naive(home, lambda f: f["classes"].map(lambda c: "pedestrian" in c) & (f["confidence"] >= 0.9)),
             ),
             (
                 "severity >= 0.9, text 'frame_00012'",

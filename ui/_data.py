@@ -299,9 +299,11 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
     CPU peak and the stage's own memory (its peak above its start), GPU peak."""
     own = (executions["rss_peak_mb"] - executions["rss_start_mb"]).groupby(executions["stage"]).max()
     rank = {stage: i for i, stage in enumerate(order)}
-    gpu = query_gpu_devices(home, Filters(run=run_id))
+    entries = stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS))
+    with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in entries)
+    gpu = query_gpu_devices(home, Filters(run=run_id)) if with_gpu else {}
     rows = []
-    for entry in stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS)):
+    for entry in entries:
         duration = entry["duration_ms"]
         rows.append(
             {

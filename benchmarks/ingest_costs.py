@@ -1,0 +1,206 @@
+"""What ingest costs beyond raw throughput (benchmarks/ingest.py): the measures a faster ingest
+path must improve, against the real daemon as a subprocess.
+
+    python benchmarks/ingest_costs.py [--rate 2000] [--seconds 20] [--events 300000] [--stages 100000]
+
+1. Daemon CPU per event at a realistic rate: a producer paces stage_finished events at --rate
+   a second (batches every 50 ms) for --seconds; the daemon process's user + system CPU (all
+   its threads, from /proc) over the window, divided by the events, and the same window idle.
+2. Acknowledgement latency under full load: every batch's send → ack time while a producer
+   keeps 16 batches of 1,000 in flight (--events), p50 / p99 / max.
+3. Event → visible in Parquet: during (2), how long after its batch was acknowledged the last
+   event of each second's batches is in the stage_executions table (polled every 20 ms).
+4. End to end through the real client: one process emitting --stages empty stages with
+   `run.stage()` until every row is in Parquet, stages/s.
+5. `stagewatch rebuild` of the event log that (2) left: events replayed a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import zmq
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import print_table, running_daemon
+from ingest import BATCH, WINDOW, _event
+
+from stagewatch._protocol import pack_batch, unpack_ack
+
+
+def daemon_process(home: Path) -> psutil.Process:
+    for child in psutil.Process().children():
+        if "daemon" in child.cmdline() and str(home) in child.cmdline():
+            return child
+    raise RuntimeError("no daemon process found")
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def parquet_rows(home: Path) -> int:
+    import pyarrow.dataset as ds
+
+    folder = home / "metrics" / "stage_executions"
+    return ds.dataset(folder, format="parquet").count_rows() if folder.exists() else 0
+
+
+def paced(endpoint: str, rate: int, seconds: float, go) -> None:
+    """`rate` events a second in batches every 50 ms, each batch waited for (as a client does)."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.connect(endpoint)
+    run_id, per_batch, seq = str(uuid.uuid4()), max(1, rate // 20), 0
+    go.wait()
+    start = time.monotonic()
+    for number in range(int(seconds * 20)):
+        payloads = [_event(run_id, seq + i + 1) for i in range(per_batch)]
+        seq += per_batch
+        socket.send(pack_batch("bench", number, payloads))
+        unpack_ack(socket.recv())
+        time.sleep(max(0.0, start + (number + 1) * 0.05 - time.monotonic()))
+
+
+def cpu_per_event(rate: int, seconds: float) -> list[list[str]]:
+    with running_daemon(env={"STAGEWATCH_DAEMON_ACCURACY_WORKER": "false"}) as home:
+        process = daemon_process(home)
+        time.sleep(2)
+        idle_start = cpu_seconds(process)
+        time.sleep(seconds)
+        idle = cpu_seconds(process) - idle_start
+        context = mp.get_context("spawn")
+        go = context.Event()
+        producer = context.Process(target=paced, args=(f"ipc://{home}/run/ingest.sock", rate, seconds, go))
+        producer.start()
+        time.sleep(1)
+        busy_start = cpu_seconds(process)
+        go.set()
+        producer.join()
+        events = rate // 20 * int(seconds * 20)
+        while parquet_rows(home) < events:
+            time.sleep(0.05)
+        busy = cpu_seconds(process) - busy_start
+    return [
+        [f"{rate:,} events/s for {seconds:.0f} s", f"{busy / events * 1e6:.1f}", f"{(busy - idle) / events * 1e6:.1f}"],
+    ]
+
+
+def flood(endpoint: str, events: int, go, latencies) -> None:
+    run_id = str(uuid.uuid4())
+    payloads = [_event(run_id, seq) for seq in range(1, events + 1)]
+    batches = [pack_batch("bench", n, payloads[i : i + BATCH]) for n, i in enumerate(range(0, events, BATCH))]
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.connect(endpoint)
+    go.wait()
+    sent_at, acked_at, sent = {}, {}, 0
+    while sent < len(batches) or len(acked_at) < len(batches):
+        while sent < len(batches) and sent - len(acked_at) < WINDOW:
+            sent_at[sent] = time.time()
+            socket.send(batches[sent])
+            sent += 1
+        acked_at[unpack_ack(socket.recv())] = time.time()
+    latencies.extend([(sent_at[n], acked_at[n]) for n in sorted(acked_at)])
+
+
+def ack_and_visibility(events: int) -> tuple[list[list[str]], list[list[str]], float]:
+    with running_daemon(env={"STAGEWATCH_DAEMON_ACCURACY_WORKER": "false"}) as home:
+        context = mp.get_context("spawn")
+        manager = context.Manager()
+        latencies, go = manager.list(), context.Event()
+        producer = context.Process(target=flood, args=(f"ipc://{home}/run/ingest.sock", events, go, latencies))
+        producer.start()
+        time.sleep(2)
+        go.set()
+        visible: list[tuple[float, int]] = []  # (when, rows in Parquet)
+        while producer.is_alive() or parquet_rows(home) < events:
+            visible.append((time.time(), parquet_rows(home)))
+            time.sleep(0.02)
+        visible.append((time.time(), parquet_rows(home)))
+        pairs = list(latencies)
+        ack_ms = sorted((acked - sent) * 1000 for sent, acked in pairs)
+        # Batch n's events are in Parquet once the row count reaches (n + 1) * BATCH.
+        delays = []
+        for number, (_, acked) in enumerate(pairs):
+            needed = (number + 1) * BATCH
+            seen = next((when for when, rows in visible if rows >= needed), visible[-1][0])
+            delays.append(max(0.0, seen - acked))
+        delays.sort()
+        daemon = daemon_process(home)  # a rebuild needs the daemon stopped
+        daemon.terminate()
+        daemon.wait(60)
+        started = time.perf_counter()
+        rebuilt = subprocess.run(
+            [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(home)], capture_output=True, text=True
+        )
+        rebuild_s = time.perf_counter() - started
+        if rebuilt.returncode != 0:
+            raise RuntimeError(rebuilt.stderr)
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(len(values) * q))]
+
+    ack = [
+        [f"{events:,} events, {WINDOW} batches of {BATCH:,} in flight"]
+        + [f"{pct(ack_ms, q):.1f}" for q in (0.5, 0.99)]
+        + [f"{ack_ms[-1]:.1f}"]
+    ]
+    visibility = [[f"{events:,} events"] + [f"{pct(delays, q) * 1000:.0f}" for q in (0.5, 0.99)]]
+    return ack, visibility, events / rebuild_s
+
+
+def through_the_client(stages: int) -> float:
+    code = f"""
+import stagewatch, sys
+run = stagewatch.init(pipeline="e2e", home=sys.argv[1])
+for _ in range({stages}):
+    with run.stage("s"):
+        pass
+run.finish()
+assert run.flush(120)
+"""
+    with running_daemon(env={"STAGEWATCH_DAEMON_ACCURACY_WORKER": "false"}) as home:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, str(home)], check=True)
+        while parquet_rows(home) < stages:
+            time.sleep(0.02)
+        return stages / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--stages", type=int, default=100_000)
+    args = parser.parse_args()
+    print_table(
+        "Daemon CPU per event (user + system, all threads, µs)",
+        ["load", "µs / event", "minus the idle daemon's"],
+        cpu_per_event(args.rate, args.seconds),
+    )
+    ack, visibility, rebuild_rate = ack_and_visibility(args.events)
+    print_table("Acknowledgement latency under full load (ms)", ["load", "p50", "p99", "max"], ack)
+    print_table("Acknowledged → visible in Parquet (ms)", ["load", "p50", "p99"], visibility)
+    print_table(
+        "stagewatch rebuild of that log", ["events", "events/s"], [[f"{args.events:,}", f"{rebuild_rate:,.0f}"]]
+    )
+    runs = [through_the_client(args.stages) for _ in range(3)]
+    print_table(
+        "End to end through the real client (median of 3)",
+        ["empty stages", "stages/s"],
+        [[f"{args.stages:,}", f"{statistics.median(runs):,.0f}"]],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
 FAILURE_STATUSES = ("wrong", "invalid", "crashed")
 MAX_INPUT_SIDE = 1600  # an input image is scaled down to this for the page
-CASE_SORTS = ("severity", "time", "stage", "sample_id")
+CASE_SORTS = ("severity", "time", "confidence", "stage", "sample_id")
 # One colour per class index in the side-by-side pictures (class 0, background, light grey).
 CLASS_COLOURS = np.array(
     [

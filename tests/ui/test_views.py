@@ -344,6 +344,8 @@ def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
     assert list(narrowed.rows["sample_id"]) == ["d0s0"] and narrowed.rows["confidence"].tolist() == [0.95]
     with pytest.raises(ValueError, match="confidence"):
         CaseFilters(min_confidence=0.8, max_confidence=0.2)
+    confident = failures_page(tmp_path, CaseFilters(), sort="confidence").rows
+    assert list(confident["sample_id"]) == ["d0s0", "d0s1", "d5s0"]  # no confidence (an older part): last
 
 
 OLD_SAMPLE_COLUMNS = {

@@ -16,6 +16,7 @@ WHEN = {"any time": "", "last 24 hours": "24h", "last 7 days": "7d", "last 30 da
 SORTS = {
     "most severe first": ("severity", True),
     "newest first": ("time", True),
+    "most confident first (boxes)": ("confidence", True),
     "stage": ("stage", False),
     "sample": ("sample_id", False),
 }

@@ -28,7 +28,7 @@ from stagewatch.daemon.groundtruth.diff import viridis
 # Points per view sent to the browser (the numbers use every point): see docs/benchmarks.md
 # (benchmarks/error_browser.py --only render) for what a pair costs to open here.
 MAX_DRAWN = 100_000
-LABEL_COLOURS = ["#e6e6e6", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
+LABEL_COLOURS = ["#b4b4b4", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
 MODES = ("label", "correctness", "distance error", "height")  # and "attribute: NAME" for each the files carry
 ATTRIBUTE = "attribute: "
 
@@ -297,7 +297,7 @@ function showMode(mode) {
   const scale = DATA.modes[mode].scale;
   if (scale.ramp) {
     range.low = scale.low; range.high = scale.high;
-    $("low").value = scale.low; $("high").value = scale.high;
+    $("low").value = +scale.low.toPrecision(4); $("high").value = +scale.high.toPrecision(4);
   }
   $("scale").hidden = !scale.bar;
   for (const view of Object.values(views)) paint(view, mode);

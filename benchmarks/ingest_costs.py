@@ -11,13 +11,15 @@ path must improve, against the real daemon as a subprocess.
 3. Event → visible in Parquet: during (2), how long after its batch was acknowledged the last
    event of each second's batches is in the stage_executions table (polled every 20 ms).
 4. End to end through the real client: one process emitting --stages empty stages with
-   `run.stage()` until every row is in Parquet, stages/s.
+   `run.stage()` until every row is in Parquet, stages/s; beside it the same client into a
+   ROUTER that only acknowledges, the ceiling the client itself sets.
 5. `stagewatch rebuild` of the event log that (2) left: events replayed a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -176,6 +178,51 @@ assert run.flush(120)
         return stages / (time.perf_counter() - started)
 
 
+def client_alone(stages: int) -> float:
+    """The same client against a ROUTER that only acknowledges (no decode, no disk): what the
+    client's own sender can do, the ceiling for the end-to-end figure."""
+    import tempfile
+    import threading
+
+    import msgpack
+
+    from stagewatch._protocol import pack_ack
+
+    home = Path(tempfile.mkdtemp(prefix="sw-null-", dir="/tmp"))
+    (home / "run").mkdir()
+    endpoint = f"ipc://{home}/run/ingest.sock"
+    context, bound = zmq.Context(), threading.Event()
+
+    def acknowledge() -> None:  # owns its socket; ends when the context is terminated
+        router = context.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        bound.set()
+        with contextlib.suppress(zmq.ZMQError):
+            while True:
+                identity, frame = router.recv_multipart()
+                router.send_multipart([identity, pack_ack(msgpack.unpackb(frame)[2])])
+        router.close(0)
+
+    threading.Thread(target=acknowledge, daemon=True).start()
+    bound.wait()
+    code = f"""
+import stagewatch, sys
+run = stagewatch.init(pipeline="e2e", home=sys.argv[1])
+for _ in range({stages}):
+    with run.stage("s"):
+        pass
+run.finish()
+assert run.flush(120)
+"""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", code, str(home)], check=True, env={**os.environ, "STAGEWATCH_ENDPOINT": endpoint}
+    )
+    elapsed = time.perf_counter() - started
+    context.term()
+    return stages / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=2000)
@@ -195,10 +242,11 @@ def main() -> None:
         "stagewatch rebuild of that log", ["events", "events/s"], [[f"{args.events:,}", f"{rebuild_rate:,.0f}"]]
     )
     runs = [through_the_client(args.stages) for _ in range(3)]
+    alone = [client_alone(args.stages) for _ in range(3)]
     print_table(
-        "End to end through the real client (median of 3)",
-        ["empty stages", "stages/s"],
-        [[f"{args.stages:,}", f"{statistics.median(runs):,.0f}"]],
+        "End to end through the real client (median of 3, stages/s; process start included)",
+        ["empty stages", "into the daemon, until all in Parquet", "into a ROUTER that only acknowledges"],
+        [[f"{args.stages:,}", f"{statistics.median(runs):,.0f}", f"{statistics.median(alone):,.0f}"]],
     )
 
 

@@ -25,6 +25,13 @@ from stagewatch.daemon._stats import DaemonStats, WriteErrors
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 
+# A running run's audit trail and the checkpoint are rewritten at most this often (and no more
+# than 10x their cost allows): at a steady 2,000 events/s into one long run, rewriting them
+# whenever the cost allowed took about a third of the daemon's CPU (benchmarks/ingest_costs.py).
+# The price: a running run's audit.json is up to this much behind (finished runs are written at
+# once), and recovery replays up to this much more of the log.
+REWRITE_INTERVAL_S = 5.0
+
 
 class ReadModelWriter:
     def __init__(
@@ -55,7 +62,7 @@ class ReadModelWriter:
         self._lines: dict[str, list[dict[str, Any]]] = {}
         self._dirty: set[str] = set()
         self._finished_at: dict[str, float] = {}
-        self._throttle = CostThrottle()
+        self._throttle = CostThrottle(min_interval_s=REWRITE_INTERVAL_S)
 
     def load(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's part of the writer's state (older checkpoints kept it per run)."""

@@ -159,4 +159,9 @@ def _print_validation(report: dict[str, Any]) -> None:
         if found["missing"]:
             shown = ", ".join(found["missing"][:5]) + (" ..." if len(found["missing"]) > 5 else "")
             print(f"    missing (unlabeled): {shown}")
+    inputs = report.get("inputs")
+    if inputs is not None:
+        print(f"  input images: {inputs['found']} found, {len(inputs['missing'])} missing")
+        for problem in inputs["refused"][:10]:
+            print(f"    refused {problem['sample_id']}: {problem['error']}")
     print("ok" if report["ok"] else "invalid labels found")

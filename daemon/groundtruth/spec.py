@@ -370,7 +370,28 @@ def validate_dataset(
             "notes": notes,
         }
         report["ok"] = report["ok"] and not invalid
+    report["inputs"] = inputs = _input_images(dataset)
+    report["ok"] = report["ok"] and not (inputs and inputs["refused"])
     return report
+
+
+def _input_images(dataset: GoldenDataset) -> dict[str, Any] | None:
+    """How many samples have the input image the dataset names (None when it names none): a
+    missing one is allowed (its boxes are drawn on a grey canvas), one outside the root is not."""
+    if dataset.spec.inputs is None and not any(e.input for e in dataset._entries.values()):
+        return None
+    found, missing, refused = 0, [], []
+    for sample_id in dataset.samples:
+        try:
+            path = dataset.input_path(sample_id)
+        except DatasetError as error:
+            refused.append({"sample_id": sample_id, "error": str(error)})
+            continue
+        if path is None:
+            missing.append(sample_id)
+        else:
+            found += 1
+    return {"found": found, "missing": missing, "refused": refused}
 
 
 def _check_classes(truth: Any, labels: StageLabels) -> str | None:

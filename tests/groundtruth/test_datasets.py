@@ -179,5 +179,9 @@ def test_input_images_come_from_the_template_or_the_sample_entry_and_stay_inside
     os.symlink(tmp_path / "secret.png", tmp_path / "data" / "images" / "s0002.png")
     with pytest.raises(DatasetError, match="leaves the dataset root"):
         dataset.input_path("s0002")
+    code, found = validate(spec)  # `stagewatch gt validate` counts them and refuses the escape
+    assert code != 0 and not found["ok"]
+    assert found["inputs"]["found"] == 1 and found["inputs"]["missing"] == ["s0001"]
+    assert [r["sample_id"] for r in found["inputs"]["refused"]] == ["s0002"]
     spec.write_text(text + "samples:\n  - {id: s0001, input: images/other.png}\n")
     assert load_dataset(spec).input_path("s0001").name == "other.png"

@@ -9,6 +9,9 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
+from stagewatch._gpu import host_gpu_problem
 from stagewatch.daemon._readmodels import read_table
 from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.test_cli import sw
@@ -81,6 +84,7 @@ def test_peaks_per_device_reach_parquet_the_audit_trail_stats_and_show(home: Pat
         daemon.stop()
 
 
+@pytest.mark.skipif(host_gpu_problem() is None, reason="this host has a GPU NVML can see")
 def test_a_cpu_only_pipeline_is_not_warned_and_the_daemon_says_it_once(home: Path) -> None:
     daemon = DaemonProcess(home).start()
     try:

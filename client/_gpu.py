@@ -29,6 +29,7 @@ import itertools
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from stagewatch._memory import BYTES_PER_MB, PeakTracker
 
 _log = logging.getLogger("stagewatch")
 SOURCES = ("torch", "cupy", "jax", "nvml")
+NVML_IDLE_RECHECK_S = 1.0
 # What each source cannot see: in the docs and in each run's audit trail.
 SOURCE_NOTES = {
     "torch": "PyTorch's caching allocator: peak of allocated bytes; memory it caches but has not "
@@ -192,6 +194,7 @@ class NvmlSource:
     def __init__(self) -> None:
         self._handles: list[Any] | None = None
         self.problem: str | None = None
+        self._idle_until = 0.0  # monotonic time before which this process is taken to hold no GPU memory
 
     def _start(self) -> None:
         if self._handles is not None or self.problem is not None:
@@ -214,8 +217,16 @@ class NvmlSource:
             self.problem = f"{type(error).__name__}: {error}"
 
     def begin(self) -> dict[int, int] | None:
+        """The memory NVML sees this process hold, or None when it holds none: a process on a GPU
+        host that does not use the GPU asks NVML (tens of µs a call) at most once a second."""
         self._start()
-        return self._used() if self._handles else None
+        if not self._handles or time.monotonic() < self._idle_until:
+            return None
+        used = self._used()
+        if not any(used.values()):
+            self._idle_until = time.monotonic() + NVML_IDLE_RECHECK_S
+            return None
+        return used
 
     def end(self, started: dict[int, int]) -> dict[int, int]:
         now = self._used()

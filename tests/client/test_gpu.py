@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -215,3 +216,37 @@ def test_every_source_says_what_it_cannot_see(source) -> None:
     from stagewatch._gpu import SOURCE_NOTES
 
     assert len(SOURCE_NOTES[source]) > 40
+
+
+def test_nvml_reads_this_process_per_device_and_spares_a_process_that_holds_none(monkeypatch) -> None:
+    import os
+
+    from stagewatch import _gpu
+
+    used = {0: 0, 1: 0}  # bytes this process holds per device, as the driver reports them
+    calls = []
+
+    def processes(handle: int) -> list:
+        calls.append(handle)
+        return [
+            types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=used[handle]),
+            types.SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=7 * MB),  # another process: not ours
+        ]
+
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetComputeRunningProcesses=processes,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(_gpu, "_own_pid_namespace", lambda: False)
+    monkeypatch.setattr(_gpu, "NVML_IDLE_RECHECK_S", 0.2)
+    gpu = GpuMemory("nvml")
+    assert [gpu.end(gpu.begin()) for _ in range(50)] == [None] * 50
+    assert len(calls) == 2  # one look at both devices, then none until the recheck is due
+    used[1] = 300 * MB  # the process starts using the second GPU
+    time.sleep(0.25)
+    started = gpu.begin()
+    used[1] = 200 * MB
+    assert gpu.end(started) == GpuReading("nvml", {1: 300 * MB})  # the larger of start and end, its device only

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -160,19 +161,27 @@ def ack_and_visibility(events: int) -> tuple[list[list[str]], list[list[str]], f
     return ack, visibility, events / rebuild_s
 
 
-def through_the_client(stages: int) -> float:
-    code = f"""
+EMPTY_STAGES = """
 import stagewatch, sys
 run = stagewatch.init(pipeline="e2e", home=sys.argv[1])
-for _ in range({stages}):
+for _ in range(int(sys.argv[2])):
     with run.stage("s"):
         pass
 run.finish()
 assert run.flush(120)
 """
+
+
+def emit_empty_stages(home: Path, stages: int, env: dict[str, str] | None = None) -> None:
+    """A pipeline process of `stages` empty stages, until every event is acknowledged."""
+    command = [sys.executable, "-c", EMPTY_STAGES, str(home), str(stages)]
+    subprocess.run(command, check=True, env={**os.environ, **(env or {})})
+
+
+def through_the_client(stages: int) -> float:
     with running_daemon(env={"STAGEWATCH_DAEMON_ACCURACY_WORKER": "false"}) as home:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code, str(home)], check=True)
+        emit_empty_stages(home, stages)
         while parquet_rows(home) < stages:
             time.sleep(0.02)
         return stages / (time.perf_counter() - started)
@@ -205,22 +214,13 @@ def client_alone(stages: int) -> float:
 
     threading.Thread(target=acknowledge, daemon=True).start()
     bound.wait()
-    code = f"""
-import stagewatch, sys
-run = stagewatch.init(pipeline="e2e", home=sys.argv[1])
-for _ in range({stages}):
-    with run.stage("s"):
-        pass
-run.finish()
-assert run.flush(120)
-"""
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c", code, str(home)], check=True, env={**os.environ, "STAGEWATCH_ENDPOINT": endpoint}
-    )
-    elapsed = time.perf_counter() - started
-    context.term()
-    return stages / elapsed
+    try:
+        started = time.perf_counter()
+        emit_empty_stages(home, stages, {"STAGEWATCH_ENDPOINT": endpoint})
+        return stages / (time.perf_counter() - started)
+    finally:
+        context.term()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:

@@ -210,20 +210,18 @@ def _holds(lists: pa.ChunkedArray, value: str) -> pa.Array:
     return pa.array(mask)
 
 
-def error_kinds(home: Path) -> list[str]:
-    """Every error kind in the home's judged samples, and 'crashed'."""
-    return [*_listed(home, "error_types"), "crashed"]
+def case_choices(home: Path) -> dict[str, list[str]]:
+    """The failure browser's menus, from one read of the judged failures: every error kind (and
+    'crashed') and every class a mistake involves."""
+    columns = ["error_types", "classes"]
+    table = read_table(home, "samples", ds.field("status").isin(["wrong", "invalid"]), None, columns)
 
+    def listed(column: str) -> list[str]:
+        if not table.num_rows:
+            return []
+        return sorted(v for v in pc.unique(pc.list_flatten(table[column].combine_chunks())).to_pylist() if v)
 
-def case_classes(home: Path) -> list[str]:
-    """Every class named by a failure case's mistakes."""
-    return _listed(home, "classes")
-
-
-def _listed(home: Path, column: str) -> list[str]:
-    table = read_table(home, "samples", ds.field("status").isin(["wrong", "invalid"]), None, [column])
-    values = set(pc.unique(pc.list_flatten(table[column].combine_chunks())).to_pylist()) if table.num_rows else set()
-    return sorted(v for v in values if v)
+    return {"kind": [*listed("error_types"), "crashed"], "class": listed("classes")}
 
 
 # -- one case ---------------------------------------------------------------------------------------

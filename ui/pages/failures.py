@@ -32,8 +32,9 @@ class FailuresPage:
         self.home = home
         self.stage = pn.widgets.Select(name="Stage", options=_widgets.choices(_data.facets(home)["stage"]))
         self.status = pn.widgets.Select(name="Outcome", options=_widgets.choices(list(_failures.FAILURE_STATUSES)))
-        self.kind = pn.widgets.Select(name="Error kind", options=_widgets.choices(_failures.error_kinds(home)))
-        self.class_name = pn.widgets.Select(name="Class", options=_widgets.choices(_failures.case_classes(home)))
+        choices = _failures.case_choices(home)
+        self.kind = pn.widgets.Select(name="Error kind", options=_widgets.choices(choices["kind"]))
+        self.class_name = pn.widgets.Select(name="Class", options=_widgets.choices(choices["class"]))
         self.severity = pn.widgets.Select(name="Severity at least", options=SEVERITIES, value=0.0)
         self.confidence = pn.widgets.RangeSlider(
             name="Confidence (boxes)", start=0.0, end=1.0, step=0.05, value=(0.0, 1.0), width=180

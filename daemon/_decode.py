@@ -7,13 +7,11 @@ reason, for the daemon to count and quarantine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import msgpack
-from pydantic import ValidationError
 
 from stagewatch._protocol import PROTOCOL
-from stagewatch.daemon._schema import validate_event
+from stagewatch.daemon._schema import Envelope, InvalidEvent, decode_packed
 
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 100_000
@@ -57,30 +55,24 @@ def decode_batch(frame: bytes) -> Batch | Rejected:
     return Batch(client_id, batch_no, payloads)
 
 
-def decode_event(payload: bytes) -> Any | Rejected:
+def decode_event(payload: bytes) -> Envelope | Rejected:
     """The validated event in one packed payload, or why it was refused."""
     if len(payload) > MAX_EVENT_BYTES:
         return Rejected(f"event of {len(payload)} bytes exceeds {MAX_EVENT_BYTES}", payload[:4096])
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_ext_len=0)
-    except Exception as error:
-        return Rejected(f"undecodable event: {type(error).__name__}: {error}", payload)
+        return decode_packed(payload)
+    except InvalidEvent as error:
+        return _refusal(payload, str(error))
+
+
+def _refusal(payload: bytes, problem: str) -> Rejected:
+    """Why an event was refused, with its client if the payload says (the slow path only)."""
     try:
-        return validate_event(raw)
-    except ValidationError as error:
-        client_id = raw.get("client_id") if isinstance(raw, dict) else None
-        return Rejected(_first_errors(error), payload, client_id if isinstance(client_id, str) else None)
-    except (RecursionError, ValueError, TypeError) as error:
-        return Rejected(f"invalid event: {type(error).__name__}: {error}", payload)
-
-
-def _first_errors(error: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for item in error.errors()[:limit]:
-        location = ".".join(str(part) for part in item["loc"])
-        parts.append(f"{location}: {item['msg']}")
-    more = f" (+{error.error_count() - limit} more)" if error.error_count() > limit else ""
-    return "invalid event: " + "; ".join(parts) + more
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception:
+        return Rejected(f"undecodable event: {problem}", payload)
+    client_id = raw.get("client_id") if isinstance(raw, dict) else None
+    return Rejected(f"invalid event: {problem}", payload, client_id if isinstance(client_id, str) else None)
 
 
 def _describe(value: object) -> str:

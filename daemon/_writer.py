@@ -19,7 +19,7 @@ from typing import Any
 from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._projection import TABLE_NAMES, Projector, RunState
+from stagewatch.daemon._projection import ROW_FIELDS, TABLE_NAMES, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 from stagewatch.daemon._store import Store, atomic_write
@@ -58,7 +58,7 @@ class ReadModelWriter:
         self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
         self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
         self.stage_bytes: dict[str, int] = {}  # run -> bytes of stages.jsonl its state accounts for
-        self._rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLE_NAMES}
+        self._rows: dict[str, list[Any]] = {table: [] for table in TABLE_NAMES}
         self._lines: dict[str, list[dict[str, Any]]] = {}
         self._dirty: set[str] = set()
         self._finished_at: dict[str, float] = {}
@@ -132,7 +132,7 @@ class ReadModelWriter:
             del self._lines[run_id]
         for table, table_rows in self._rows.items():
             if table_rows:
-                for row, reason in self.store.write_rows(table, table_rows):
+                for row, reason in self.store.write_rows(table, table_rows, ROW_FIELDS.get(table)):
                     self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
                 self._rows[table] = []
 

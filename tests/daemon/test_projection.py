@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagewatch.daemon._dedup import Deduplicator
-from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector
 from stagewatch.daemon._schema import validate_event
+from stagewatch.daemon._store import STAGE_EXECUTIONS
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -68,6 +69,14 @@ def ended(projector: Projector) -> list[dict]:
     return projector.stage_lines.get(RUN, [])
 
 
+def stage_rows(rows: dict[str, list]) -> list[dict]:
+    return [dict(zip(STAGE_ROW_FIELDS, row, strict=True)) for row in rows["stage_executions"]]
+
+
+def test_stage_rows_are_tuples_of_the_tables_columns_in_order() -> None:
+    assert tuple(STAGE_EXECUTIONS.names) == STAGE_ROW_FIELDS
+
+
 def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
     projector = fold(history())
     run = projector.runs[RUN]
@@ -75,8 +84,8 @@ def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
     assert [s["status"] for s in ended(projector)] == ["ok", "failed"]
     assert ended(projector)[1]["artifacts"][0]["kind"] == "png"
     rows, _ = projector.take_output()
-    stage_rows, run_rows = rows["stage_executions"], rows["runs"]
-    assert [r["stage"] for r in stage_rows] == ["preprocessing", "detection"]
+    assert [r["stage"] for r in stage_rows(rows)] == ["preprocessing", "detection"]
+    run_rows = rows["runs"]
     assert run_rows[0]["failed_stage"] == "detection" and run_rows[0]["error_message"] == "bad"
 
 
@@ -115,9 +124,7 @@ def test_state_round_trips_through_the_checkpoint() -> None:
         projector.apply(event, lsn)
         restored.apply(event, lsn)
     assert restored.runs == projector.runs
-    assert [r["stage"] for r in restored.take_output()[0]["stage_executions"]] == [
-        "detection"
-    ]  # the rows after the checkpoint
+    assert [r["stage"] for r in stage_rows(restored.take_output()[0])] == ["detection"]  # the rows after it
 
 
 @settings(max_examples=50, deadline=None)

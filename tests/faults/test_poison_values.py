@@ -17,6 +17,7 @@ import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._home import Home
 from stagewatch._protocol import pack_batch, pack_event
+from stagewatch.daemon._projection import STAGE_ROW_FIELDS
 from stagewatch.daemon._readmodels import read_table, to_rows
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._store import Store
@@ -145,13 +146,18 @@ def test_a_path_that_is_not_utf8_is_kept_escaped(daemon: DaemonProcess) -> None:
     assert stage["input_path"] == stage["sample_id"] == "/data/caf\\udce9.png"
 
 
-def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path) -> None:
+@pytest.mark.parametrize("as_tuples", [False, True], ids=["dict rows", "tuple rows (the fold's)"])
+def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path, as_tuples: bool) -> None:
     store = Store(Home(tmp_path))
     rows = [
         {"run_id": "r", "stage": "s", "status": "ok", "span": span, "start_time": NOW, "end_time": NOW, "lsn": lsn}
         for lsn, span in enumerate([1, 2**64, 3])
     ]
-    refused = store.write_rows("stage_executions", rows)
+    if as_tuples:
+        tuples = [tuple(row.get(name) for name in STAGE_ROW_FIELDS) for row in rows]
+        refused = store.write_rows("stage_executions", tuples, STAGE_ROW_FIELDS)
+    else:
+        refused = store.write_rows("stage_executions", rows)
     assert [(row["span"], "int64" in reason or "Overflow" in reason) for row, reason in refused] == [(2**64, True)]
     written = read_table(tmp_path, "stage_executions")
     assert sorted(written["span"].to_pylist()) == [1, 3]

@@ -247,6 +247,7 @@ class Ingest:
 
     def commit(self, group: Group) -> bool:
         """Make the group durable, acknowledge it, project it. False if the disk refused."""
+        lsns: list[int] = []
         if group.payloads and self.disk.below_floor:
             # Below the floor nothing new is written: clients keep their events (unacked).
             self.write_error("{}", OSError(28, self.disk.problems[0]))
@@ -258,13 +259,17 @@ class Ingest:
             except OSError as error:
                 self.write_error("cannot write the event log ({}); batches stay unacknowledged", error)
                 return False
-            for event, lsn in zip(group.events, lsns, strict=True):
+            for event in group.events:
                 self.dedup.mark(event.client_id, event.seq)
-                self.on_durable(event, lsn)
             self.stats.accepted += len(group.payloads)
+        # Durable now: acknowledge before folding, so a client waits for the fsync, not for
+        # the projection of the whole group.
         for identity, batch_no in group.acks:
             with contextlib.suppress(zmq.ZMQError):
                 self.router.send_multipart([identity, pack_ack(batch_no)], zmq.NOBLOCK)
+        if group.payloads:
+            for event, lsn in zip(group.events, lsns, strict=True):
+                self.on_durable(event, lsn)
         self._publish(group)
         return True
 

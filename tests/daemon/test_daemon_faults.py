@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import msgpack
 import zmq
 
 import stagewatch
+from stagewatch import _protocol as protocol
 from stagewatch._protocol import pack_batch, pack_event
 from tests.conftest import DaemonProcess, run_python, wait_for
 
@@ -200,3 +202,64 @@ if __name__ == "__main__":
     assert sorted(s["sample_id"] for s in detection) == sorted(f"w{i}" for i in range(30))
     assert all(s["status"] == "ok" for s in detection)
     assert len({s["client_id"] for s in detection}) >= 2  # worker clients, not the parent's
+
+
+def _burst_batch(run_id: str, number: int, size: int) -> bytes:
+    now = time.time_ns()
+    events = []
+    for span in range(number * size + 1, (number + 1) * size + 1):
+        event = protocol.stage_finished(
+            "burst", run_id, now, stage="detection", span=span, parent_span=None, sample_id=str(span),
+            input_path=None, start_ts_ns=now - 1_000_000, duration_ms=1.0, output_paths=[],
+            rss_start_mb=None, rss_peak_mb=None, rss_end_mb=None, gpu_peak_mb=None,
+        )  # fmt: skip
+        events.append(pack_event({**event, "seq": span}))
+    return pack_batch("burst", number, events)
+
+
+def test_a_burst_at_full_rate_then_kill_9_loses_nothing_acknowledged(daemon: DaemonProcess) -> None:
+    """benchmarks/ingest.py's load (16 batches of 1,000 in flight, each acknowledged only after
+    its fsync) with the daemon killed -9 in the middle of it: every acknowledged event is in the
+    log once; the batches never acknowledged, resent to the restarted daemon as a client would,
+    go in once too, and the read model ends with every event exactly once."""
+    from stagewatch._home import Home
+    from stagewatch.daemon._decode import decode_event
+    from stagewatch.daemon._eventlog import EventLog
+    from stagewatch.daemon._readmodels import read_table
+
+    run_id, size, window, batches = str(uuid.uuid4()), 1_000, 16, 60
+    frames = [_burst_batch(run_id, number, size) for number in range(batches)]
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(f"ipc://{daemon.socket_path}")
+    acked: set[int] = set()
+    for number in range(window):
+        socket.send(frames[number])
+    sent = window
+    while len(acked) < 30:  # kill -9 with 16 batches in flight, half-way through the burst
+        assert socket.poll(20_000), "the daemon stopped acknowledging"
+        acked.add(protocol.unpack_ack(socket.recv()))
+        if sent < batches:
+            socket.send(frames[sent])
+            sent += 1
+    daemon.kill()
+    while socket.poll(0):  # acknowledgements already delivered count as acknowledged
+        acked.add(protocol.unpack_ack(socket.recv()))
+    socket.close()
+    context.term()
+
+    logged = [decode_event(payload) for _, payload in EventLog(Home(daemon.home).events).read()]
+    seqs = [event.seq for event in logged if event.client_id == "burst"]
+    assert len(seqs) == len(set(seqs)), "an event was logged twice"
+    acked_seqs = {span for number in acked for span in range(number * size + 1, (number + 1) * size + 1)}
+    assert acked_seqs <= set(seqs), f"{len(acked_seqs - set(seqs))} acknowledged events are not in the log"
+
+    daemon.start()
+    _send_raw(daemon, [frame for number, frame in enumerate(frames) if number not in acked])
+    total = batches * size
+    table = wait_for(lambda: (t := read_table(daemon.home, "stage_executions")).num_rows >= total and t, 60)
+    spans = table["span"].to_pylist()
+    assert len(spans) == total and set(spans) == set(range(1, total + 1))  # each once, none lost
+    logged = [decode_event(payload) for _, payload in EventLog(Home(daemon.home).events).read()]
+    assert sorted(event.seq for event in logged if event.client_id == "burst") == list(range(1, total + 1))

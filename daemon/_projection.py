@@ -391,6 +391,10 @@ class Projector:
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
         return output
 
+    def pending_rows(self) -> int:
+        """Rows produced since the last `take_output`."""
+        return sum(len(rows) for rows in self.rows.values())
+
     def take_dirty(self) -> set[str]:
         """The runs whose audit trail changed since the last call."""
         dirty, self.dirty = self.dirty, set()

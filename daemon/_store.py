@@ -8,12 +8,14 @@ on recovery, so a crash between a part and its checkpoint cannot duplicate rows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import msgspec
@@ -148,10 +150,17 @@ def _arrow_table(rows: list[dict[str, Any]], schema: pa.Schema) -> tuple[pa.Tabl
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    with replacing(path, durable=durable) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A file handle whose content replaces `path` when the block ends without an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
-        handle.write(data)
+        yield handle
         if durable:
             handle.flush()
             os.fsync(handle.fileno())
@@ -174,6 +183,17 @@ def _date_of(ns: int | None) -> str:
 @functools.lru_cache(maxsize=1024)
 def _date_of_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+def _copy_lines_as_items(lines: BinaryIO, size: int, document: BinaryIO, chunk: int = 1 << 20) -> bool:
+    """Copy the first `size` bytes of a JSON-lines file as array items, a chunk at a time
+    (each line's newline becomes a comma); True if what was written ends with a comma."""
+    last = b""
+    while size > 0 and (data := lines.read(min(chunk, size))):
+        size -= len(data)
+        document.write(data.replace(b"\n", b","))
+        last = data[-1:]
+    return last == b"\n"
 
 
 class Store:
@@ -279,17 +299,20 @@ class Store:
         """audit.json: the run's summary with every stage, ended (the first `ended_bytes` of
         stages.jsonl) then running.
 
-        The ended stages are spliced in as bytes, so rewriting a long run's trail costs a
-        file copy, not a re-encoding of every stage.
+        The ended stages are copied in as bytes, a chunk at a time, so rewriting a long run's
+        trail costs a file copy, not a re-encoding of every stage, and its memory stays
+        that of one chunk (a run of a million stages has a 450 MB trail).
         """
-        ended = b""
-        if ended_bytes:  # a run with no ended stage yet has no stages.jsonl (nor folder)
-            with open(self.home.stage_lines(run.run_id), "rb") as handle:
-                ended = handle.read(ended_bytes)
-        stages = [ended.rstrip(b"\n").replace(b"\n", b",")] if ended else []
-        stages += [_json(entry) for entry in run.open.values()]
-        document = _json(run.audit_summary())[:-1] + b',"stages":[' + b",".join(stages) + b"]}"
-        atomic_write(self.home.audit(run.run_id), document)
+        with replacing(self.home.audit(run.run_id)) as document:
+            document.write(_json(run.audit_summary())[:-1] + b',"stages":[')
+            if ended_bytes:  # a run with no ended stage yet has no stages.jsonl (nor folder)
+                with open(self.home.stage_lines(run.run_id), "rb") as lines:
+                    comma = _copy_lines_as_items(lines, ended_bytes, document)
+                if comma and not run.open:  # the last item's comma, with no item after it
+                    document.seek(-1, os.SEEK_CUR)
+                    document.truncate()
+            document.write(b",".join(_json(entry) for entry in run.open.values()))
+            document.write(b"]}")
         self.run_index.add([(run.run_id, _date_of(run.start_ns))])  # findable by prefix while it runs
 
     # -- checkpoint ----------------------------------------------------------------------

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import io
+import json
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stagewatch._home import Home
 from stagewatch.daemon._dedup import Deduplicator
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector
+from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import STAGE_EXECUTIONS
+from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -138,3 +142,23 @@ def test_redelivery_through_the_deduplicator_changes_nothing(redelivered: list[i
             dedup.mark(event.client_id, event.seq)
             projector.apply(event, lsn)
     assert projector.runs == fold(events).runs
+
+
+@pytest.mark.parametrize("running", [0, 1, 2])
+@pytest.mark.parametrize("ended", [0, 1, 3])
+def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, ended: int, running: int) -> None:
+    """audit.json is spliced from stages.jsonl a chunk at a time: valid JSON whatever is ended or running."""
+    store, run = Store(Home(tmp_path)), RunState(RUN)
+    entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(ended)]
+    written = store.append_stage_lines(RUN, 0, entries)
+    run.open = {f"c:{span}": {"stage": "open", "span": span} for span in range(running)}
+    store.write_audit(run, written)
+    stages = json.loads(Home(tmp_path).audit(RUN).read_text())["stages"]
+    assert stages == entries + list(run.open.values())
+
+
+def test_lines_are_copied_as_items_across_chunk_boundaries() -> None:
+    lines = b"".join(b'{"n":%d}\n' % n for n in range(50))
+    document = io.BytesIO()
+    assert _copy_lines_as_items(io.BytesIO(lines), len(lines), document, chunk=7)
+    assert json.loads(b"[" + document.getvalue()[:-1] + b"]") == [{"n": n} for n in range(50)]

@@ -110,41 +110,48 @@ def _new_stage(event: Any) -> dict[str, Any]:
         "stage": event.stage,
         "span": event.span,
         "client_id": event.client_id,
-        "parent_span": getattr(event, "parent_span", None),
-        "sample_id": event.sample_id,
         "status": "running",
+        "start_ns": None,
         "started_at": None,
         "finished_at": None,
         "duration_ms": None,
         "input_path": getattr(event, "input_path", None),
+        "sample_id": event.sample_id,
+        "parent_span": getattr(event, "parent_span", None),
         "output_paths": [],
         "memory": dict.fromkeys(MEMORY_FIELDS),
         "error": None,
         "artifacts": [],
-        "start_ns": None,
     }
 
 
 def _ended_stage(event: Any, status: str, end_ns: int) -> dict[str, Any]:
     """The entry of a stage whose end came first (the common case: a short stage sends only
-    its end), built in one go; the same keys, in the same order, as `_new_stage` updated by
-    `_on_stage_finished`."""
+    its end), built in one go: `_new_stage` with `_finish` applied, the same keys in the same
+    order, without building the first only to overwrite most of it."""
     return {
         "stage": event.stage,
         "span": event.span,
         "client_id": event.client_id,
-        "parent_span": event.parent_span,
-        "sample_id": event.sample_id,
+        **_finish(event, status, end_ns),
+        "error": None,
+        "artifacts": [],
+    }
+
+
+def _finish(event: Any, status: str, end_ns: int) -> dict[str, Any]:
+    """What a stage's end sets in its entry: `_new_stage`'s keys from "status" to "memory"."""
+    return {
         "status": status,
+        "start_ns": event.start_ts_ns,
         "started_at": iso(event.start_ts_ns),
         "finished_at": iso(end_ns),
         "duration_ms": event.duration_ms,
         "input_path": event.input_path,
+        "sample_id": event.sample_id,
+        "parent_span": event.parent_span,
         "output_paths": list(event.output_paths),
         "memory": _memory(event),
-        "error": None,
-        "artifacts": [],
-        "start_ns": event.start_ts_ns,
     }
 
 
@@ -248,18 +255,7 @@ class Projector:
             entry = run.open[key] = _ended_stage(event, status, end_ns)
             run.counts["stages"] += 1
         else:
-            entry.update(
-                status=status,
-                start_ns=event.start_ts_ns,
-                started_at=iso(event.start_ts_ns),
-                finished_at=iso(end_ns),
-                duration_ms=event.duration_ms,
-                input_path=event.input_path,
-                sample_id=event.sample_id,
-                parent_span=event.parent_span,
-                output_paths=list(event.output_paths),
-                memory=_memory(event),
-            )
+            entry.update(_finish(event, status, end_ns))
         if event.gpu_source and event.gpu_source not in run.gpu_sources:
             names = event.gpu_source.split("+")
             run.gpu_sources[event.gpu_source] = "; ".join(SOURCE_NOTES[name] for name in names)

@@ -263,3 +263,21 @@ def test_a_burst_at_full_rate_then_kill_9_loses_nothing_acknowledged(daemon: Dae
     assert len(spans) == total and set(spans) == set(range(1, total + 1))  # each once, none lost
     logged = [decode_event(payload) for _, payload in EventLog(Home(daemon.home).events).read()]
     assert sorted(event.seq for event in logged if event.client_id == "burst") == list(range(1, total + 1))
+
+
+def test_a_flood_between_two_flushes_is_written_once_enough_rows_wait(home) -> None:
+    """With a flush a minute away, 25,000 stage ends still reach Parquet at once: past
+    MAX_PENDING_ROWS the daemon writes what waits instead of holding it (memory under a flood)."""
+    from stagewatch.daemon._daemon import MAX_PENDING_ROWS
+    from stagewatch.daemon._readmodels import read_table
+
+    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "60"}).start()
+    try:
+        time.sleep(0.5)  # past the flush the daemon does on starting
+        run_id, size = str(uuid.uuid4()), 1_000
+        _send_raw(daemon, [_burst_batch(run_id, number, size) for number in range(25)])
+        rows = wait_for(lambda: read_table(home, "stage_executions").num_rows, 30)
+        assert rows >= MAX_PENDING_ROWS
+    finally:
+        daemon.process.kill()
+        daemon.process.wait(10)

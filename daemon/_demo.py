@@ -13,6 +13,7 @@ all three formats, mixing PNG/NPY masks and PLY/PCD clouds; later frames are unl
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,8 +248,8 @@ def postprocess(detections: dict[str, list], frame: Frame) -> np.ndarray:
 def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagewatch.Run:
     """Write the golden dataset, then run the pipeline checked against it; returns the run."""
     home_path = Home.resolve(home).root
-    scenes = [synthetic_frame(index, np.random.default_rng([seed, index])) for index in range(frames)]
-    dataset = write_golden_dataset(Home.of(home_path).datasets / "demo", scenes[:LABELED_FRAMES])
+    labeled = [_scene(index, seed) for index in range(min(frames, LABELED_FRAMES))]
+    dataset = write_golden_dataset(Home.of(home_path).datasets / "demo", labeled)
     config = {"frames": frames, "seed": seed, "image": [HEIGHT, WIDTH], "classes": CLASSES}
     # The pipeline logs as a real one does, through stagewatch's Loguru sink: every record
     # lands in the run's `logs` table, tagged with the stage and sample it came from.
@@ -257,7 +258,8 @@ def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagew
     try:
         with stagewatch.init(pipeline="perception", config=config, home=home, dataset=dataset) as run:
             log.info("perception pipeline: {} frames, golden dataset {}", frames, dataset)
-            for frame in scenes:
+            # the rest made as they are processed: a long demo streams from its first second
+            for frame in itertools.chain(labeled, (_scene(i, seed) for i in range(len(labeled), frames))):
                 try:
                     process_frame(run, frame, log)
                 except ValueError as error:  # the audit trail records it; the pipeline moves on
@@ -265,6 +267,10 @@ def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagew
     finally:
         logger.remove(sink)
     return run
+
+
+def _scene(index: int, seed: int) -> Frame:
+    return synthetic_frame(index, np.random.default_rng([seed, index]))
 
 
 def process_frame(run: stagewatch.Run, frame: Frame, log: Any = None) -> None:

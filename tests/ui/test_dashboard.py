@@ -672,10 +672,17 @@ def test_accuracy_counters_move_while_a_run_streams(served, page) -> None:
             total += int(texts[0].replace(",", ""))
         return total
 
+    def shown_run() -> str | None:
+        link = page.locator("a[href^='?page=run&run=']").first
+        return link.get_attribute("title") if link.count() else None
+
     try:
-        # the demo's golden dataset labels its first 50 frames; the rest count as unlabeled, live
-        first = wait_for(lambda: demo.poll() is None and (n := judged()) is not None and 0 < n < 1400 and n, 60)
-        later = wait_for(lambda: (n := judged()) is not None and n > first and n, 30)  # no reload
+        finished = shown_run()  # nothing runs yet: the newest judged
+        assert finished is not None
+        # without a reload the page turns to the run that streams, and its counters move
+        streaming = wait_for(lambda: demo.poll() is None and (r := shown_run()) != finished and r, 90)
+        first = wait_for(lambda: (n := judged()) is not None and shown_run() == streaming and 0 < n < 1400 and n, 30)
+        later = wait_for(lambda: (n := judged()) is not None and shown_run() == streaming and n > first and n, 30)
         assert later > first and demo.poll() is None  # seen while the run was still streaming
     finally:
         demo.kill()

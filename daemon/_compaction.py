@@ -57,7 +57,7 @@ from loguru import logger
 
 from stagewatch._home import Home, partition_date
 from stagewatch.daemon._readmodels import damage_of
-from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn
+from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn, parquet_options
 
 ROW_GROUP_ROWS = 8192
 FAN_IN = 4
@@ -187,7 +187,7 @@ def _swap_in(partition: Path, groups: list[list[Path]], merged: list[tuple[pa.Ta
         # Level 3: about 6% smaller than the default level 1 on these tables, and compaction
         # runs off the ingest path.
         regions = _regions(table[_region_column(table.schema)]) if by_status else [(0, table.num_rows)]
-        with pq.ParquetWriter(new / name, table.schema, compression="zstd", compression_level=3) as writer:
+        with pq.ParquetWriter(new / name, table.schema, **parquet_options(table.schema), compression_level=3) as writer:
             for start, length in regions:
                 writer.write_table(table.slice(start, length), row_group_size=ROW_GROUP_ROWS)
         with open(new / name, "rb") as handle:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stagewatch._home import Home
-from stagewatch.daemon._store import PART_PREFIX, atomic_write
+from stagewatch.daemon._store import PART_PREFIX, atomic_write, parquet_options
 
 Progress = Callable[[int, int], object]
 
@@ -223,7 +223,7 @@ def _drop_rows(parts: list[Path], expired: set[str], step: Callable[[], object])
             part.unlink()
             continue
         temporary = part.with_name(f".{part.name}.gc")
-        pq.write_table(kept, temporary, compression="zstd")
+        pq.write_table(kept, temporary, **parquet_options(kept.schema))
         os.replace(temporary, part)  # readers see the old part or the new one, never half
     return dropped
 

@@ -118,6 +118,33 @@ SAMPLES = pa.schema(
     ]
 )
 TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS, "samples": SAMPLES}
+# Columns of few distinct values, which queries filter on or read as dictionaries (facets):
+# dictionary-encoded in Parquet. Every other column is written plain: dictionary encoding of
+# sample ids, paths, messages and measurements cost a part 28% more CPU (200k rows; 19% at
+# 2,000) and made it 30% bigger under zstd, for reads no faster (benchmarks.md, issue 15).
+DICTIONARY_COLUMNS = frozenset(
+    {
+        "run_id",
+        "pipeline",
+        "stage",
+        "status",
+        "client_id",
+        "host",
+        "failed_stage",
+        "error_type",
+        "level",
+        "logger",
+        "gpu_source",
+        "dataset",
+    }
+)
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How every Parquet part of a metrics table is written (new parts, merges, compaction, gc)."""
+    return {"compression": "zstd", "use_dictionary": [name for name in schema.names if name in DICTIONARY_COLUMNS]}
+
+
 DAEMON_TABLES = ("stage_executions", "runs", "logs")  # the daemon's own; samples are the accuracy worker's
 PART_PREFIX = "part-"
 NS_PER_DAY = 86_400 * 1_000_000_000
@@ -263,7 +290,7 @@ class Store:
     def _write_part(self, path: Path, table: pa.Table) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(table, temporary, **parquet_options(table.schema))
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -1,0 +1,52 @@
+"""How metrics parts are encoded: dictionaries only for the columns of few values, and parts
+written the old way (every column a dictionary) read together with new ones."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stagewatch._home import Home
+from stagewatch.daemon._projection import STAGE_ROW_FIELDS
+from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._store import DICTIONARY_COLUMNS, STAGE_EXECUTIONS, Store, parquet_options
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from parquet_parts import rows_of
+
+
+def _dictionary_encoded(path: Path) -> dict[str, bool]:
+    """Column name -> whether its chunk in the first row group has dictionary pages."""
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    columns = (group.column(i) for i in range(group.num_columns))
+    return {c.path_in_schema: c.dictionary_page_offset is not None for c in columns}
+
+
+def test_a_new_part_dictionary_encodes_only_the_columns_of_few_values(home: Path) -> None:
+    rows = rows_of(2_000)
+    columns = [rows[name].cast(pa.int64()) if name.endswith("_time") else rows[name] for name in STAGE_ROW_FIELDS]
+    Store(home).write_rows(
+        "stage_executions", list(zip(*(c.to_pylist() for c in columns), strict=True)), STAGE_ROW_FIELDS
+    )
+    (part,) = Home(home).table("stage_executions").rglob("part-*.parquet")
+    encoded = _dictionary_encoded(part)
+    assert encoded["stage"] and encoded["run_id"] and encoded["status"]
+    assert not encoded["sample_id"] and not encoded["input_path"] and not encoded["duration_ms"]
+    assert {name for name, yes in encoded.items() if yes} <= DICTIONARY_COLUMNS
+
+
+def test_parts_written_the_old_way_and_the_new_read_as_one_table(home: Path) -> None:
+    rows = rows_of(3_000)
+    partition = Home(home).partition("stage_executions", "2026-12-02")
+    partition.mkdir(parents=True)
+    pq.write_table(rows.slice(0, 1_500), partition / "part-00000000000000000000.parquet", compression="zstd")
+    new = partition / "part-00000000000000300000.parquet"
+    pq.write_table(rows.slice(1_500), new, **parquet_options(STAGE_EXECUTIONS))
+    assert not _dictionary_encoded(new)["sample_id"]
+    table = read_table(home, "stage_executions").sort_by("span")
+    assert table["sample_id"].to_pylist() == rows["sample_id"].to_pylist()
+    facet = read_table(home, "stage_executions", columns=["stage"], dictionary=("stage",))
+    assert sorted(facet["stage"].unique().to_pylist()) == sorted(set(rows["stage"].to_pylist()))

@@ -119,9 +119,9 @@ SAMPLES = pa.schema(
 )
 TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS, "samples": SAMPLES}
 # Columns of few distinct values, which queries filter on or read as dictionaries (facets):
-# dictionary-encoded in Parquet. Every other column is written plain: dictionary encoding of
-# sample ids, paths, messages and measurements cost a part 28% more CPU (200k rows; 19% at
-# 2,000) and made it 30% bigger under zstd, for reads no faster (benchmarks.md, issue 15).
+# dictionary-encoded in Parquet. Every other column is written plain: against pyarrow's
+# dictionary-everything default a part takes 0.44-0.70x the CPU to write and is 0.76-0.78x
+# the size, and reads no slower (benchmarks/parquet_parts.py, docs/benchmarks.md).
 DICTIONARY_COLUMNS = frozenset(
     {
         "run_id",

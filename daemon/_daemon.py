@@ -3,11 +3,13 @@
     ingest       (_ingest.py)      bind; decode → de-duplicate → log → fsync → acknowledge
     projection   (_projection.py)  the pure fold of events into run state and rows
     writer       (_writer.py)      Parquet parts, audit trails, checkpoint, status.json
+    disk thread  (_diskjobs.py)    the writer's writes, in order, beside the loop
     maintenance  (_maintenance.py) liveness, disk, retention, compaction, merges, watchdog
     worker       (_worker.py)      the accuracy worker, a child process
 
-One thread, one loop: each turn ingests what the socket holds, then runs the periodic
-tasks that are due (a flush of the read models about once a second among them). On start
+One loop: each turn ingests what the socket holds, then runs the periodic tasks that are
+due (a flush of the read models about once a second among them, whose writes one disk
+thread carries out in order while the loop goes on acknowledging). On start
 the daemon recovers: the log's torn tail is cut, the checkpoint loaded, and what follows
 it replayed, so a restart costs only the events since the last checkpoint.
 """
@@ -171,11 +173,18 @@ class Daemon:
         self._stopping = True
 
     def flush(self, final: bool = False) -> None:
+        """Write the read models and wait until they are on disk."""
         self.writer.flush(self.projector, final)
+        self.writer.drain()
+
+    def _flush_in_background(self) -> None:
+        """The loop's periodic flush: the disk thread writes while ingest goes on."""
+        self.writer.flush(self.projector)
 
     def _close(self) -> None:
         with contextlib.suppress(Exception):
             self.flush(final=True)
+        self.writer.close()
         self.worker.stop()
         self.release()
         logger.info("stagewatch daemon stopped: {}", self.stats.line())
@@ -240,7 +249,7 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
         settings, tasks, maintenance = self.settings, Scheduler(), self.maintenance
-        tasks.every(settings.flush_interval_s, self.flush)
+        tasks.every(settings.flush_interval_s, self._flush_in_background)
         tasks.every(1.0, maintenance.check_liveness)
         tasks.every(
             settings.spool_scan_interval_s, self.ingest.ingest_spools, first_in_s=settings.spool_scan_interval_s

@@ -148,13 +148,16 @@ class Maintenance:
     # -- retention and compaction ------------------------------------------------------------
     def apply_retention(self) -> None:
         """Remove what has expired (a run the projection still holds waits for the next pass),
-        then compact aged partitions: both run here, in the only thread that writes."""
+        then compact aged partitions: both run here, with the disk thread idle (the checkpoint
+        waits for it; a halted one retries only from the next flush on)."""
         from stagewatch.daemon._retention import apply_retention
 
+        # A checkpoint first: it waits for the disk thread, so nothing else writes parts meanwhile.
+        covered = self.checkpoint_all()
         freed = apply_retention(self.home.root, self.retention, exclude=set(self.projection().runs))
         self.ingest.quarantine.expire(datetime.now(UTC))
         now = utc_now()
-        compacted = compact(self.home, now, progress=self.alive) if self.checkpoint_all() else 0
+        compacted = compact(self.home, now, progress=self.alive) if covered else 0
         if compacted:
             logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
         try:

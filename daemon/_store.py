@@ -13,6 +13,7 @@ import functools
 import os
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -223,6 +224,28 @@ def _copy_lines_as_items(lines: BinaryIO, size: int, document: BinaryIO, chunk: 
     return last == b"\n"
 
 
+def stage_lines_bytes(entries: list[dict[str, Any]]) -> bytes:
+    """Ended stages as stages.jsonl lines."""
+    return _JSON_ENCODER.encode_lines(entries)
+
+
+@dataclass(frozen=True)
+class AuditDocument:
+    """A run's audit.json but for its ended stages (copied from stages.jsonl when written),
+    encoded from the run's state as it is now: its summary, and its running stages."""
+
+    run_id: str
+    date: str  # the partition that finds the run by prefix while it runs
+    head: bytes  # the summary, open for the stages: {..., "stages":[
+    running: bytes  # the running stages, as array items
+
+    @classmethod
+    def of(cls, run: RunState) -> AuditDocument:
+        head = _json(run.audit_summary())[:-1] + b',"stages":['
+        running = b",".join(_json(entry) for entry in run.open.values())
+        return cls(run.run_id, _date_of(run.start_ns), head, running)
+
+
 class Store:
     """Writes the read models under a stagewatch home."""
 
@@ -310,20 +333,26 @@ class Store:
     # -- audit trails --------------------------------------------------------------------
     def append_stage_lines(self, run_id: str, accounted_bytes: int, entries: list[dict[str, Any]]) -> int:
         """Append ended stages to the run's stages.jsonl after its first `accounted_bytes`
-        (what the checkpointed state accounts for); returns the file's new size.
+        (what the checkpointed state accounts for); returns the file's new size."""
+        return self.write_stage_lines(run_id, accounted_bytes, stage_lines_bytes(entries))
+
+    def write_stage_lines(self, run_id: str, accounted_bytes: int, data: bytes) -> int:
+        """Write encoded stage lines (`stage_lines_bytes`) at `accounted_bytes`; the new size.
 
         Cutting the file back first drops lines a crashed daemon wrote after its last
         checkpoint: replaying the log appends them again, exactly once.
         """
         path = self.home.stage_lines(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _JSON_ENCODER.encode_lines(entries)
         with open(path, "ab") as handle:
             handle.truncate(accounted_bytes)
             handle.write(data)
         return accounted_bytes + len(data)
 
     def write_audit(self, run: RunState, ended_bytes: int) -> None:
+        self.write_audit_document(AuditDocument.of(run), ended_bytes)
+
+    def write_audit_document(self, document: AuditDocument, ended_bytes: int) -> None:
         """audit.json: the run's summary with every stage, ended (the first `ended_bytes` of
         stages.jsonl) then running.
 
@@ -331,21 +360,24 @@ class Store:
         trail costs a file copy, not a re-encoding of every stage, and its memory stays
         that of one chunk (a run of a million stages has a 450 MB trail).
         """
-        with replacing(self.home.audit(run.run_id)) as document:
-            document.write(_json(run.audit_summary())[:-1] + b',"stages":[')
+        with replacing(self.home.audit(document.run_id)) as out:
+            out.write(document.head)
             if ended_bytes:  # a run with no ended stage yet has no stages.jsonl (nor folder)
-                with open(self.home.stage_lines(run.run_id), "rb") as lines:
-                    comma = _copy_lines_as_items(lines, ended_bytes, document)
-                if comma and not run.open:  # the last item's comma, with no item after it
-                    document.seek(-1, os.SEEK_CUR)
-                    document.truncate()
-            document.write(b",".join(_json(entry) for entry in run.open.values()))
-            document.write(b"]}")
-        self.run_index.add([(run.run_id, _date_of(run.start_ns))])  # findable by prefix while it runs
+                with open(self.home.stage_lines(document.run_id), "rb") as lines:
+                    comma = _copy_lines_as_items(lines, ended_bytes, out)
+                if comma and not document.running:  # the last item's comma, with no item after it
+                    out.seek(-1, os.SEEK_CUR)
+                    out.truncate()
+            out.write(document.running)
+            out.write(b"]}")
+        self.run_index.add([(document.run_id, document.date)])  # findable by prefix while it runs
 
     # -- checkpoint ----------------------------------------------------------------------
     def write_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.checkpoint_path, msgpack.packb(state, use_bin_type=True), durable=True)
+        self.write_checkpoint_bytes(msgpack.packb(state, use_bin_type=True))
+
+    def write_checkpoint_bytes(self, data: bytes) -> None:
+        atomic_write(self.checkpoint_path, data, durable=True)
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         try:

@@ -1,28 +1,35 @@
 """Read-model writing: Parquet parts, audit trails, the checkpoint and status.json.
 
-The writer takes what the projection produced (rows, ended-stage lines, changed runs) and
-persists it. It owns the retries: what a refused write (a full disk) left unwritten stays
-here, in order, for the next flush; the projection's state is never touched. It also knows
-how much of each run's stages.jsonl the checkpoint accounts for (`stage_bytes`), so that
-lines a crashed daemon wrote past its checkpoint are cut before replay appends them again.
+The writer takes what the projection produced (rows, ended-stage lines, changed runs),
+encodes it on the loop's thread (the state it reads is the loop's) and hands the writes to
+one disk thread (`_diskjobs.DiskJobs`), in order, so that ingest keeps acknowledging while
+parts are compressed and fsync'd and long audit trails are copied. What the disk refuses
+stays queued, in order, and is retried; the projection's state is never touched. It also
+knows how much of each run's stages.jsonl the checkpoint accounts for (`stage_bytes`), so
+that lines a crashed daemon wrote past its checkpoint are cut before replay appends them again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import msgpack
+
 from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
+from stagewatch.daemon._diskjobs import DiskJobs
 from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._projection import ROW_FIELDS, TABLE_NAMES, Projector, RunState
+from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
-from stagewatch.daemon._store import Store, atomic_write
+from stagewatch.daemon._store import AuditDocument, Store, atomic_write, stage_lines_bytes
 from stagewatch.daemon._throttle import CostThrottle
 
 # A running run's audit trail and the checkpoint are rewritten at most this often (and no more
@@ -31,6 +38,9 @@ from stagewatch.daemon._throttle import CostThrottle
 # The price: a running run's audit.json is up to this much behind (finished runs are written at
 # once), and recovery replays up to this much more of the log.
 REWRITE_INTERVAL_S = 5.0
+# Rows queued for the disk thread before the loop waits for it: two flushes' worth under a
+# flood (the loop writes past 20,000 pending rows), about 70 MB of tuples.
+MAX_QUEUED_ROWS = 40_000
 
 
 class ReadModelWriter:
@@ -58,8 +68,12 @@ class ReadModelWriter:
         self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
         self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
         self.stage_bytes: dict[str, int] = {}  # run -> bytes of stages.jsonl its state accounts for
-        self._rows: dict[str, list[Any]] = {table: [] for table in TABLE_NAMES}
-        self._lines: dict[str, list[dict[str, Any]]] = {}
+        self.jobs = DiskJobs(MAX_QUEUED_ROWS)
+        # What the disk thread leaves for the loop's thread (quarantining refused rows, costs):
+        # deque appends and pops are atomic.
+        self._done: deque[Callable[[], None]] = deque()
+        self._audits_queued: set[str] = set()
+        self._checkpoint_queued = False
         self._dirty: set[str] = set()
         self._finished_at: dict[str, float] = {}
         self._throttle = CostThrottle(min_interval_s=REWRITE_INTERVAL_S)
@@ -73,7 +87,9 @@ class ReadModelWriter:
     def reopen(self, projector: Projector, run_id: str) -> bool:
         """Give a closed run back to the projection from its audit trail (written before it
         was evicted), with its stages.jsonl accounted for; False if the trail is unreadable
-        (the event then stays counted as late)."""
+        or not yet written (the event then stays counted as late)."""
+        if not self.drain():
+            return False
         lines = self.home.stage_lines(run_id)
         try:
             run = RunState.from_state(json.loads(self.home.audit(run_id).read_text()))
@@ -87,13 +103,15 @@ class ReadModelWriter:
 
     # -- flushing ------------------------------------------------------------------------
     def flush(self, projector: Projector, final: bool = False) -> None:
-        """Write new rows, changed audit trails, then (when due) the checkpoint.
+        """Queue new rows, changed audit trails, then (when due) the checkpoint.
 
         Rows are written every flush. A running run's audit trail and the checkpoint are
         rewritten as often as their cost allows (CostThrottle); a finished run's audit trail
-        is written at once, and everything is written on shutdown (`final`).
+        is written at once, and everything is written on shutdown (`final`). The writes
+        happen on the disk thread: `drain` waits for them.
         """
         try:
+            self._collect()
             self._write_output(projector)
             self._write_audits(projector, final)
             self._evict_finished_runs(projector)
@@ -102,20 +120,27 @@ class ReadModelWriter:
         except OSError as error:
             self.write_error("cannot write read models ({}); will retry", error)
 
+    def drain(self) -> bool:
+        """Wait for every queued write; False if one failed (the queue stays halted on it until
+        the next flush reports the error and retries)."""
+        drained = self.jobs.drain()
+        self._take_done()
+        return drained
+
+    def close(self) -> None:
+        self.jobs.close()
+
     def flush_output(self, projector: Projector) -> None:
-        """Write only the ended stages and rows: between two flushes under a flood, this is
+        """Queue only the ended stages and rows: between two flushes under a flood, this is
         what keeps the projection's pending output (about 1.7 KB a stage) bounded."""
-        try:
-            self._write_output(projector)
-        except OSError as error:
-            self.write_error("cannot write read models ({}); will retry", error)
+        self._write_output(projector)
 
     def checkpoint_all(self, projector: Projector) -> bool:
         """Flush with a checkpoint; True if it covers every row written. Compaction needs that:
         recovery drops the parts past the checkpoint and replays their rows, so a merged part
         (named by its lowest lsn) must never hold rows past it."""
         self.flush(projector, final=True)
-        return self.checkpoint_lsn == self.log.end_lsn
+        return self.drain() and self.checkpoint_lsn == self.log.end_lsn
 
     def flush_during_replay(self, projector: Projector, event_ns: int) -> None:
         """Bound memory while replaying a long log. A finished run is forgotten once the log
@@ -127,22 +152,36 @@ class ReadModelWriter:
         runs = projector.runs
         self._evict(projector, [r for r in projector.finished_runs() if runs[r].end_ns < event_ns - grace_ns])
 
+    def _collect(self) -> None:
+        """Take in what the disk thread finished; raise the error it halted on (it retries
+        that write from now on)."""
+        self._take_done()
+        error = self.jobs.take_error()
+        if error is not None:
+            raise error
+
+    def _take_done(self) -> None:
+        while self._done:
+            self._done.popleft()()
+
     def _write_output(self, projector: Projector) -> None:
-        """Append ended stages and table rows; what the disk refuses stays queued here."""
+        """Queue ended stages and table rows; the stages first, as the rows point at them."""
         rows, lines = projector.take_output()
-        for table, table_rows in rows.items():
-            self._rows[table] += table_rows
         for run_id, entries in lines.items():
-            self._lines.setdefault(run_id, []).extend(entries)
-        for run_id in list(self._lines):
             start = self.stage_bytes.get(run_id, 0)
-            self.stage_bytes[run_id] = self.store.append_stage_lines(run_id, start, self._lines[run_id])
-            del self._lines[run_id]
-        for table, table_rows in self._rows.items():
+            data = stage_lines_bytes(entries)
+            self.stage_bytes[run_id] = start + len(data)
+            self.jobs.submit(functools.partial(self.store.write_stage_lines, run_id, start, data))
+        for table, table_rows in rows.items():
             if table_rows:
-                for row, reason in self.store.write_rows(table, table_rows, ROW_FIELDS.get(table)):
-                    self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
-                self._rows[table] = []
+                self.jobs.submit(functools.partial(self._write_rows, table, table_rows), weight=len(table_rows))
+
+    def _write_rows(self, table: str, rows: list[Any]) -> None:  # on the disk thread
+        for row, reason in self.store.write_rows(table, rows, ROW_FIELDS.get(table)):
+            lsn = row["lsn"]
+            self._done.append(
+                functools.partial(self.quarantine.keep_unprojectable, f"writing the {table} table", lsn, row, reason)
+            )
 
     def _write_audits(self, projector: Projector, final: bool) -> None:
         self._dirty |= projector.take_dirty()
@@ -151,14 +190,30 @@ class ReadModelWriter:
             run = projector.runs.get(run_id)
             if run is None:
                 self._dirty.discard(run_id)
+            elif run_id in self._audits_queued and not (final or run.complete):
+                continue  # rewritten once the queued rewrite is done: a long trail is not copied twice
             elif final or run.complete or self._throttle.due(run_id, now):
                 started = time.monotonic()
-                self.store.write_audit(run, self.stage_bytes.get(run_id, 0))
-                self._throttle.spent(run_id, started, time.monotonic())
+                document = AuditDocument.of(run)
+                encoded_s = time.monotonic() - started
+                self._audits_queued.add(run_id)
+                job = functools.partial(self._write_audit, document, self.stage_bytes.get(run_id, 0), encoded_s)
+                self.jobs.submit(job)
                 self._dirty.discard(run_id)
 
+    def _write_audit(self, document: AuditDocument, ended_bytes: int, encoded_s: float) -> None:  # disk thread
+        started = time.monotonic()
+        self.store.write_audit_document(document, ended_bytes)
+        cost_s = encoded_s + time.monotonic() - started
+        self._done.append(functools.partial(self._audit_written, document.run_id, cost_s))
+
+    def _audit_written(self, run_id: str, cost_s: float) -> None:
+        self._audits_queued.discard(run_id)
+        now = time.monotonic()
+        self._throttle.spent(run_id, now - cost_s, now)
+
     def _write_checkpoint(self, projector: Projector, final: bool) -> None:
-        if not (final or self._throttle.due("checkpoint", time.monotonic())):
+        if not final and (self._checkpoint_queued or not self._throttle.due("checkpoint", time.monotonic())):
             return
         started = time.monotonic()
         state = {
@@ -167,9 +222,21 @@ class ReadModelWriter:
             "stage_bytes": self.stage_bytes,
             **self.checkpoint_extras(),
         }
-        self.store.write_checkpoint(state)
-        self.checkpoint_lsn = state["lsn"]
-        self._throttle.spent("checkpoint", started, time.monotonic())
+        data = msgpack.packb(state, use_bin_type=True)
+        self._checkpoint_queued = True
+        encoded_s = time.monotonic() - started
+        self.jobs.submit(functools.partial(self._write_checkpoint_bytes, data, state["lsn"], encoded_s))
+
+    def _write_checkpoint_bytes(self, data: bytes, lsn: int, encoded_s: float) -> None:  # disk thread
+        started = time.monotonic()
+        self.store.write_checkpoint_bytes(data)
+        self._done.append(functools.partial(self._checkpoint_written, lsn, encoded_s + time.monotonic() - started))
+
+    def _checkpoint_written(self, lsn: int, cost_s: float) -> None:
+        self.checkpoint_lsn = lsn
+        self._checkpoint_queued = False
+        now = time.monotonic()
+        self._throttle.spent("checkpoint", now - cost_s, now)
 
     def _evict_finished_runs(self, projector: Projector) -> None:
         """A finished run stays in memory `finished_run_grace_s` (events that come late, a
@@ -183,7 +250,7 @@ class ReadModelWriter:
         self._evict(projector, [r for r in expired if r in projector.runs])
 
     def _evict(self, projector: Projector, run_ids: list[str]) -> None:
-        run_ids = [r for r in run_ids if r not in self._lines]  # their ended stages are not on disk yet
+        # An evicted run's queued writes stay queued: a run reopened later waits for them (reopen).
         projector.evict(run_ids)
         for run_id in run_ids:
             self.stage_bytes.pop(run_id, None)

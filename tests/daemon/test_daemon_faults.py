@@ -127,12 +127,12 @@ def test_an_internal_error_in_one_turn_does_not_stop_the_daemon(home) -> None:
     daemon.ingest.bind()
     turns = []
 
-    def flaky_flush(final: bool = False) -> None:
-        turns.append(final)
+    def flaky_flush() -> None:
+        turns.append(True)
         if len(turns) == 1:
             raise RuntimeError("a bug")
 
-    daemon.flush = flaky_flush
+    daemon._flush_in_background = flaky_flush  # the loop's periodic flush
     daemon.settings = DaemonSettings(
         home=home, endpoint=daemon.settings.endpoint, live_endpoint=daemon.settings.live_endpoint, flush_interval_s=0.05
     )

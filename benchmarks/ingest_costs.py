@@ -6,8 +6,9 @@ path must improve, against the real daemon as a subprocess.
 1. Daemon CPU per event at a realistic rate: a producer paces stage_finished events at --rate
    a second (batches every 50 ms) for --seconds; the daemon process's user + system CPU (all
    its threads, from /proc) over the window, divided by the events, and the same window idle.
-2. Acknowledgement latency under full load: every batch's send → ack time while a producer
-   keeps 16 batches of 1,000 in flight (--events), p50 / p99 / max.
+2. Acknowledgement latency, each batch's send → ack: at a steady rate (--rate and ten times it
+   into a new run, --rate into a run that already holds --long-run stages), p50 / p90 / p99 /
+   max; and under full load, a producer keeping 16 batches of 1,000 in flight (--events).
 3. Event → visible in Parquet: during (2), how long after its batch was acknowledged the last
    event of each second's batches is in the stage_executions table (polled every 20 ms).
 4. End to end through the real client: one process emitting --stages empty stages with
@@ -59,19 +60,44 @@ def parquet_rows(home: Path) -> int:
     return ds.dataset(folder, format="parquet").count_rows() if folder.exists() else 0
 
 
-def paced(endpoint: str, rate: int, seconds: float, go) -> None:
-    """`rate` events a second in batches every 50 ms, each batch waited for (as a client does)."""
+def paced(endpoint: str, rate: int, seconds: float, go, latencies=None, prefill: int = 0) -> None:
+    """`rate` events a second in batches every 50 ms, each batch waited for (as a client does);
+    each batch's send → ack time in ms into `latencies` if given. With `prefill`, the run gets
+    that many stages first, at full speed."""
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.connect(endpoint)
-    run_id, per_batch, seq = str(uuid.uuid4()), max(1, rate // 20), 0
+    run_id, per_batch, waited = str(uuid.uuid4()), max(1, rate // 20), []
+    _send_window(socket, _batches(run_id, 1, prefill))
+    seq = prefill
     go.wait()
     start = time.monotonic()
     for number in range(int(seconds * 20)):
         payloads = [_event(run_id, seq + i + 1) for i in range(per_batch)]
         seq += per_batch
+        sent = time.perf_counter()
         socket.send(pack_batch("bench", number, payloads))
         unpack_ack(socket.recv())
+        waited.append((time.perf_counter() - sent) * 1000)
         time.sleep(max(0.0, start + (number + 1) * 0.05 - time.monotonic()))
+    if latencies is not None:
+        latencies.extend(waited)
+
+
+def _batches(run_id: str, first_seq: int, events: int) -> list[bytes]:
+    payloads = [_event(run_id, seq) for seq in range(first_seq, first_seq + events)]
+    return [pack_batch("bench", n, payloads[i : i + BATCH]) for n, i in enumerate(range(0, events, BATCH))]
+
+
+def _send_window(socket: zmq.Socket, batches: list[bytes]) -> list[tuple[float, float]]:
+    """Send every batch keeping WINDOW of them in flight; (sent, acked) times of each."""
+    sent_at, acked_at, sent = {}, {}, 0
+    while sent < len(batches) or len(acked_at) < len(batches):
+        while sent < len(batches) and sent - len(acked_at) < WINDOW:
+            sent_at[sent] = time.time()
+            socket.send(batches[sent])
+            sent += 1
+        acked_at[unpack_ack(socket.recv())] = time.time()
+    return [(sent_at[n], acked_at[n]) for n in sorted(acked_at)]
 
 
 def cpu_per_event(rate: int, seconds: float) -> list[list[str]]:
@@ -99,20 +125,33 @@ def cpu_per_event(rate: int, seconds: float) -> list[list[str]]:
 
 
 def flood(endpoint: str, events: int, go, latencies) -> None:
-    run_id = str(uuid.uuid4())
-    payloads = [_event(run_id, seq) for seq in range(1, events + 1)]
-    batches = [pack_batch("bench", n, payloads[i : i + BATCH]) for n, i in enumerate(range(0, events, BATCH))]
+    batches = _batches(str(uuid.uuid4()), 1, events)
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.connect(endpoint)
     go.wait()
-    sent_at, acked_at, sent = {}, {}, 0
-    while sent < len(batches) or len(acked_at) < len(batches):
-        while sent < len(batches) and sent - len(acked_at) < WINDOW:
-            sent_at[sent] = time.time()
-            socket.send(batches[sent])
-            sent += 1
-        acked_at[unpack_ack(socket.recv())] = time.time()
-    latencies.extend([(sent_at[n], acked_at[n]) for n in sorted(acked_at)])
+    latencies.extend(_send_window(socket, batches))
+
+
+def steady_acks(rate: int, seconds: float, long_run: int) -> list[str]:
+    """Send → ack of each batch at a steady `rate`, into a run that already holds `long_run`
+    stages (0: a new run). A long run's audit trail is rewritten as it grows (every 5 s at
+    most): what that costs the loop shows here."""
+    with running_daemon(env={"STAGEWATCH_DAEMON_ACCURACY_WORKER": "false"}) as home:
+        context = mp.get_context("spawn")
+        manager = context.Manager()
+        latencies, go = manager.list(), context.Event()
+        go.set()
+        endpoint = f"ipc://{home}/run/ingest.sock"
+        producer = context.Process(target=paced, args=(endpoint, rate, seconds, go, latencies, long_run))
+        producer.start()
+        producer.join()
+        waited = sorted(latencies)
+    load = f"{rate:,} events/s for {seconds:.0f} s, " + (f"a run of {long_run:,} stages" if long_run else "a new run")
+    return [load] + [f"{_pct(waited, q):.1f}" for q in (0.5, 0.9, 0.99)] + [f"{waited[-1]:.1f}"]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))]
 
 
 def ack_and_visibility(events: int) -> tuple[list[list[str]], list[list[str]], float]:
@@ -149,15 +188,12 @@ def ack_and_visibility(events: int) -> tuple[list[list[str]], list[list[str]], f
         if rebuilt.returncode != 0:
             raise RuntimeError(rebuilt.stderr)
 
-    def pct(values: list[float], q: float) -> float:
-        return values[min(len(values) - 1, int(len(values) * q))]
-
     ack = [
         [f"{events:,} events, {WINDOW} batches of {BATCH:,} in flight"]
-        + [f"{pct(ack_ms, q):.1f}" for q in (0.5, 0.99)]
+        + [f"{_pct(ack_ms, q):.1f}" for q in (0.5, 0.99)]
         + [f"{ack_ms[-1]:.1f}"]
     ]
-    visibility = [[f"{events:,} events"] + [f"{pct(delays, q) * 1000:.0f}" for q in (0.5, 0.99)]]
+    visibility = [[f"{events:,} events"] + [f"{_pct(delays, q) * 1000:.0f}" for q in (0.5, 0.99)]]
     return ack, visibility, events / rebuild_s
 
 
@@ -229,6 +265,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--stages", type=int, default=100_000)
+    parser.add_argument("--long-run", type=int, default=300_000, help="stages already in the run (steady acks)")
     args = parser.parse_args()
     alone = [client_alone(args.stages) for _ in range(3)]  # first: nothing else has run in this process yet
     print_table(
@@ -236,6 +273,11 @@ def main() -> None:
         ["load", "µs / event", "minus the idle daemon's"],
         cpu_per_event(args.rate, args.seconds),
     )
+    steady = [
+        steady_acks(rate, args.seconds, stages)
+        for rate, stages in ((args.rate, 0), (10 * args.rate, 0), (args.rate, args.long_run))
+    ]
+    print_table("Acknowledgement latency at a steady rate (ms)", ["load", "p50", "p90", "p99", "max"], steady)
     ack, visibility, rebuild_rate = ack_and_visibility(args.events)
     print_table("Acknowledgement latency under full load (ms)", ["load", "p50", "p99", "max"], ack)
     print_table("Acknowledged → visible in Parquet (ms)", ["load", "p50", "p99"], visibility)

@@ -158,6 +158,7 @@ def first_lsn(part: Path) -> int:
 
 
 Refused = tuple[dict[str, Any], str]  # a row that could not be stored, and why
+ArrowParts = tuple[list[tuple[str, pa.Table]], list[Refused]]  # (date, rows) per partition; the refused
 
 
 def _arrow_table(rows: list[dict[str, Any]], schema: pa.Schema) -> tuple[pa.Table, list[Refused]]:
@@ -258,7 +259,16 @@ class Store:
     def write_rows(
         self, table: str, rows: list[dict[str, Any]] | list[tuple], fields: tuple[str, ...] | None = None
     ) -> list[Refused]:
-        """Append rows as new part files, one per date partition (by start_time).
+        """Append rows as new part files, one per date partition (by start_time); returns the
+        rows that cannot be stored, with the reason (`arrow_parts`)."""
+        parts, refused = self.arrow_parts(table, rows, fields)
+        self.write_parts(table, parts)
+        return refused
+
+    def arrow_parts(
+        self, table: str, rows: list[dict[str, Any]] | list[tuple], fields: tuple[str, ...] | None = None
+    ) -> ArrowParts:
+        """Rows as one Arrow table per date partition (by start_time), for `write_parts`.
 
         Rows are dicts, or with `fields` tuples of those columns: the fold's hot table, whose
         tuples are transposed into one Arrow array per column (building the table took 2.6 us
@@ -266,9 +276,9 @@ class Store:
         benchmarks/ingest_phases.py).
 
         A row that cannot be stored (a value its column cannot hold) costs only itself: it is
-        left out and returned with the reason; every other row is written."""
+        left out and returned with the reason; every other row is kept."""
         if fields is not None:
-            return self._write_tuples(table, rows, fields)
+            return self._tuple_parts(table, rows, fields)
         by_date: dict[str, list[dict[str, Any]]] = defaultdict(list)
         refused: list[Refused] = []
         for row in rows:
@@ -276,13 +286,14 @@ class Store:
                 by_date[_date_of(row.get("start_time") or row.get("end_time") or row.get("time"))].append(row)
             except (OverflowError, ValueError, OSError) as error:
                 refused.append((row, f"no date partition for its time ({error})"))
+        parts = []
         for date, date_rows in sorted(by_date.items()):
             arrow, bad = _arrow_table(date_rows, TABLES[table])
             refused += bad
-            self._write_partition(table, date, arrow)
-        return refused
+            parts.append((date, arrow))
+        return parts, refused
 
-    def _write_tuples(self, table: str, rows: list[tuple], fields: tuple[str, ...]) -> list[Refused]:
+    def _tuple_parts(self, table: str, rows: list[tuple], fields: tuple[str, ...]) -> ArrowParts:
         schema = TABLES[table]
         start, end = fields.index("start_time"), fields.index("end_time")
         by_day: dict[int, list[tuple]] = defaultdict(list)
@@ -291,8 +302,8 @@ class Store:
                 by_day[(row[start] or row[end] or 0) // NS_PER_DAY].append(row)
             dates = {day: _date_of_day(day) for day in by_day}
         except (OverflowError, ValueError, OSError, TypeError):  # a time no partition holds
-            return self.write_rows(table, [dict(zip(fields, row, strict=True)) for row in rows])
-        refused: list[Refused] = []
+            return self.arrow_parts(table, [dict(zip(fields, row, strict=True)) for row in rows])
+        parts, refused = [], []
         for day, day_rows in sorted(by_day.items()):
             try:
                 columns = zip(fields, zip(*day_rows, strict=True), strict=True)
@@ -301,8 +312,13 @@ class Store:
             except (pa.ArrowException, OverflowError, TypeError, ValueError):  # find the row, keep the others
                 arrow, refused_here = _arrow_table([dict(zip(fields, row, strict=True)) for row in day_rows], schema)
                 refused += refused_here
-            self._write_partition(table, dates[day], arrow)
-        return refused
+            parts.append((dates[day], arrow))
+        return parts, refused
+
+    def write_parts(self, table: str, parts: list[tuple[str, pa.Table]]) -> None:
+        """Write `arrow_parts`' tables, a part file each (pyarrow's writing releases the GIL)."""
+        for date, arrow in parts:
+            self._write_partition(table, date, arrow)
 
     def _write_partition(self, table: str, date: str, arrow: pa.Table) -> None:
         if arrow.num_rows:

@@ -174,14 +174,12 @@ class ReadModelWriter:
             self.jobs.submit(functools.partial(self.store.write_stage_lines, run_id, start, data))
         for table, table_rows in rows.items():
             if table_rows:
-                self.jobs.submit(functools.partial(self._write_rows, table, table_rows), weight=len(table_rows))
-
-    def _write_rows(self, table: str, rows: list[Any]) -> None:  # on the disk thread
-        for row, reason in self.store.write_rows(table, rows, ROW_FIELDS.get(table)):
-            lsn = row["lsn"]
-            self._done.append(
-                functools.partial(self.quarantine.keep_unprojectable, f"writing the {table} table", lsn, row, reason)
-            )
+                # Arrow columns here: building them holds the GIL, which the disk thread should not.
+                parts, refused = self.store.arrow_parts(table, table_rows, ROW_FIELDS.get(table))
+                for row, reason in refused:
+                    self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
+                job = functools.partial(self.store.write_parts, table, parts)
+                self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts))
 
     def _write_audits(self, projector: Projector, final: bool) -> None:
         self._dirty |= projector.take_dirty()

@@ -43,6 +43,11 @@ class DiskJobs:
             self._thread.start()
 
     @property
+    def queued(self) -> int:
+        """Jobs not yet done (the one running included)."""
+        return len(self._jobs)
+
+    @property
     def halted(self) -> bool:
         return self._error is not None
 

@@ -267,6 +267,7 @@ class ReadModelWriter:
             "disk": asdict(self.disk),
             "stats": asdict(self.stats),
             "active_runs": active,
+            "disk_writes_queued": self.jobs.queued,  # grows while the disk is slow or refuses writes
             "late_events": projector.late_events,
             "foreign_events": projector.foreign_events,
         }

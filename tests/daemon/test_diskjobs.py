@@ -10,14 +10,11 @@ from pathlib import Path
 import msgpack
 
 from stagewatch._home import Home
-from stagewatch._protocol import pack_event
-from stagewatch.daemon import Daemon, DaemonSettings
+from stagewatch.daemon import Daemon
 from stagewatch.daemon._diskjobs import DiskJobs
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._readmodels import read_table
-
-RUN_ID = "8c5e4f7a-0000-4000-8000-000000000001"
-T0 = 1_780_000_000_000_000_000
+from tests.daemon.test_compaction import _in_process_daemon, _stage_event
 
 
 def test_jobs_run_in_the_order_submitted() -> None:
@@ -68,29 +65,8 @@ def test_submit_waits_while_the_queue_is_full() -> None:
     jobs.close()
 
 
-def _stage_event(seq: int) -> bytes:
-    return pack_event(
-        {
-            "v": 1,
-            "client_id": "c",
-            "seq": seq,
-            "run_id": RUN_ID,
-            "type": "stage_finished",
-            "ts_ns": T0,
-            "start_ts_ns": T0,
-            "stage": "detection",
-            "span": seq,
-            "duration_ms": 1.0,
-        }
-    )
-
-
 def _daemon(home: Path) -> Daemon:
-    layout = Home(home)
-    daemon = Daemon(DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint))
-    daemon.lock.take()
-    daemon.recover()
-    return daemon
+    return _in_process_daemon(home, bind=False)
 
 
 def _ingest(daemon: Daemon, seqs: range) -> None:

@@ -145,7 +145,9 @@ class ReadModelWriter:
     def flush_during_replay(self, projector: Projector, event_ns: int) -> None:
         """Bound memory while replaying a long log. A finished run is forgotten once the log
         has moved `finished_run_grace_s` past its end (event time, so the result does not
-        depend on how fast the replay runs)."""
+        depend on how fast the replay runs). A refused write stops the replay (raised here),
+        rather than the rest of the log queueing up in memory behind it."""
+        self._collect()
         self._write_output(projector)
         self._write_audits(projector, final=False)
         grace_ns = int(self.finished_run_grace_s * 1e9)
@@ -195,20 +197,13 @@ class ReadModelWriter:
                 document = AuditDocument.of(run)
                 encoded_s = time.monotonic() - started
                 self._audits_queued.add(run_id)
-                job = functools.partial(self._write_audit, document, self.stage_bytes.get(run_id, 0), encoded_s)
-                self.jobs.submit(job)
+                write = functools.partial(self.store.write_audit_document, document, self.stage_bytes.get(run_id, 0))
+                self._submit_timed(write, functools.partial(self._audit_written, run_id), encoded_s)
                 self._dirty.discard(run_id)
-
-    def _write_audit(self, document: AuditDocument, ended_bytes: int, encoded_s: float) -> None:  # disk thread
-        started = time.monotonic()
-        self.store.write_audit_document(document, ended_bytes)
-        cost_s = encoded_s + time.monotonic() - started
-        self._done.append(functools.partial(self._audit_written, document.run_id, cost_s))
 
     def _audit_written(self, run_id: str, cost_s: float) -> None:
         self._audits_queued.discard(run_id)
-        now = time.monotonic()
-        self._throttle.spent(run_id, now - cost_s, now)
+        self._spent(run_id, cost_s)
 
     def _write_checkpoint(self, projector: Projector, final: bool) -> None:
         if not final and (self._checkpoint_queued or not self._throttle.due("checkpoint", time.monotonic())):
@@ -223,18 +218,28 @@ class ReadModelWriter:
         data = msgpack.packb(state, use_bin_type=True)
         self._checkpoint_queued = True
         encoded_s = time.monotonic() - started
-        self.jobs.submit(functools.partial(self._write_checkpoint_bytes, data, state["lsn"], encoded_s))
-
-    def _write_checkpoint_bytes(self, data: bytes, lsn: int, encoded_s: float) -> None:  # disk thread
-        started = time.monotonic()
-        self.store.write_checkpoint_bytes(data)
-        self._done.append(functools.partial(self._checkpoint_written, lsn, encoded_s + time.monotonic() - started))
+        write = functools.partial(self.store.write_checkpoint_bytes, data)
+        self._submit_timed(write, functools.partial(self._checkpoint_written, state["lsn"]), encoded_s)
 
     def _checkpoint_written(self, lsn: int, cost_s: float) -> None:
         self.checkpoint_lsn = lsn
         self._checkpoint_queued = False
+        self._spent("checkpoint", cost_s)
+
+    def _submit_timed(self, write: Callable[[], object], done: Callable[[float], None], encoded_s: float) -> None:
+        """Queue a throttled rewrite; `done(its cost: encoding here + writing there)` then runs
+        on the loop's thread."""
+
+        def job() -> None:  # on the disk thread
+            started = time.monotonic()
+            write()
+            self._done.append(functools.partial(done, encoded_s + time.monotonic() - started))
+
+        self.jobs.submit(job)
+
+    def _spent(self, key: str, cost_s: float) -> None:
         now = time.monotonic()
-        self._throttle.spent("checkpoint", now - cost_s, now)
+        self._throttle.spent(key, now - cost_s, now)
 
     def _evict_finished_runs(self, projector: Projector) -> None:
         """A finished run stays in memory `finished_run_grace_s` (events that come late, a

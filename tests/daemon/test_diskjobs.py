@@ -3,6 +3,7 @@ retried from it, and a checkpoint never on disk ahead of a write it accounts for
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -92,6 +93,8 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)  # rows, audit trail, checkpoint: queued behind the refused part
     assert daemon.writer.jobs.halted
+    # status.json says what waits: the refused part, the audit trail and the checkpoint behind it
+    assert json.loads(Home(home).status.read_text())["disk_writes_queued"] >= 3
     assert _checkpoint_lsn(home) == covered  # not past rows that are not on disk
     table.unlink()
     shutil.move(home / "moved-away", table)

@@ -100,14 +100,40 @@ def test_docs_list_exactly_the_builders_fields() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("stage", "detection\n"), ("client_id", "c0ffee\n"), ("run_id", RUN + "\n"), ("seq", True), ("span", 3.0)],
+    [
+        ("stage", "detection\n"),
+        ("client_id", "c0ffee\n"),
+        ("run_id", RUN + "\n"),
+        ("run_id", RUN.upper()),
+        ("seq", True),
+        ("span", 3.0),
+        ("input_path", "/data/4\x007.png"),
+        ("output_paths", ["/tmp/a.png", "/tmp/b\x00.png"]),
+        ("gpu_source", "torch+"),
+    ],
 )
 def test_the_daemon_refuses_what_the_client_never_makes(field: str, value: object) -> None:
-    """A name with a trailing newline (a regex `$` lets it through), a bool or a float where
-    an integer belongs: refused with the field's name, never stored."""
+    """A name with a trailing newline (a regex `$` lets it through), a NUL in a path, a bool
+    or a float where an integer belongs: refused with the field's name, never stored; also
+    after the valid value of the field was accepted (and remembered)."""
+    validate_event({"seq": 1, **_examples()["stage_finished"]})
     event = {"seq": 1, **_examples()["stage_finished"], field: value}
-    with pytest.raises(ValueError, match=field):
-        validate_event(event)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=field):
+            validate_event(event)
+
+
+def test_remembered_names_stay_bounded_and_still_checked() -> None:
+    """Names that passed are remembered so their regex runs once; past the bound the memory
+    starts over, and every name is still checked."""
+    from stagewatch.daemon._schema import MAX_KNOWN_STRINGS, StageFinished
+
+    rule = dict(StageFinished.checked_fields)["stage"]
+    for number in range(MAX_KNOWN_STRINGS + 10):
+        validate_event({"seq": 1, **_examples()["stage_finished"], "stage": f"s{number}"})
+    assert 0 < len(rule.known) <= MAX_KNOWN_STRINGS
+    with pytest.raises(ValueError, match="stage"):
+        validate_event({"seq": 1, **_examples()["stage_finished"], "stage": "../escape"})
 
 
 def test_msgpack_extension_types_are_refused() -> None:

@@ -38,7 +38,7 @@ from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._ingest import Ingest, IngestSettings
 from stagewatch.daemon._lock import HomeLock
-from stagewatch.daemon._maintenance import SCRUB_INTERVAL_S, Maintenance, Scheduler
+from stagewatch.daemon._maintenance import SCRUB_INTERVAL_S, Background, Maintenance, Scheduler
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._sdnotify import SystemdNotifier
@@ -119,6 +119,10 @@ class Daemon:
             self.ingest,
             lambda: self.projector,
             lambda: self.writer.checkpoint_all(self.projector),
+            Background(
+                self.writer.in_background,
+                lambda job, what: self.writer.after_checkpoint(self.projector, job, what),
+            ),
             self.disk,
             self.stats,
             write_error,

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from typing import Any
 
 import msgpack
+from loguru import logger
 
 from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
@@ -102,23 +103,26 @@ class ReadModelWriter:
         return True
 
     # -- flushing ------------------------------------------------------------------------
-    def flush(self, projector: Projector, final: bool = False) -> None:
-        """Queue new rows, changed audit trails, then (when due) the checkpoint.
+    def flush(self, projector: Projector, final: bool = False, checkpoint: bool = False) -> bool:
+        """Queue new rows, changed audit trails, then (when due, or asked for) the checkpoint.
 
         Rows are written every flush. A running run's audit trail and the checkpoint are
         rewritten as often as their cost allows (CostThrottle); a finished run's audit trail
         is written at once, and everything is written on shutdown (`final`). The writes
-        happen on the disk thread: `drain` waits for them.
+        happen on the disk thread: `drain` waits for them. False if the disk refused a write
+        (reported; the queue retries it from now on) and this flush queued nothing after it.
         """
         try:
             self._collect()
             self._write_output(projector)
             self._write_audits(projector, final)
             self._evict_finished_runs(projector)
-            self._write_checkpoint(projector, final)
+            self._write_checkpoint(projector, final or checkpoint)
             self._write_status(projector)
         except OSError as error:
             self.write_error("cannot write read models ({}); will retry", error)
+            return False
+        return True
 
     def drain(self) -> bool:
         """Wait for every queued write; False if one failed (the queue stays halted on it until
@@ -141,6 +145,31 @@ class ReadModelWriter:
         (named by its lowest lsn) must never hold rows past it."""
         self.flush(projector, final=True)
         return self.drain() and self.checkpoint_lsn == self.log.end_lsn
+
+    def after_checkpoint(self, projector: Projector, job: Callable[[], object], what: str) -> None:
+        """Run `job` on the disk thread behind a checkpoint of everything so far, without the
+        loop waiting: merging parts needs that (see `checkpoint_all`), and the queue halts at a
+        refused write, so `job` never runs before its checkpoint is on disk."""
+        if self.flush(projector, checkpoint=True):
+            self.in_background(job, what)
+
+    def in_background(self, job: Callable[[], object], what: str) -> None:
+        """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
+        raises is reported from the loop and never halts the writes queued behind it."""
+
+        def guarded() -> None:  # on the disk thread
+            try:
+                job()
+            except OSError as error:  # a full disk, say: the next pass tries again
+                self._done.append(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
+            except Exception:  # a bug: logged and counted, and the writes behind it go on
+                logger.exception("internal error in the disk thread's {} (the daemon keeps running)", what)
+                self._done.append(self._count_internal_error)
+
+        self.jobs.submit(guarded)
+
+    def _count_internal_error(self) -> None:
+        self.stats.internal_errors += 1
 
     def flush_during_replay(self, projector: Projector, event_ns: int) -> None:
         """Bound memory while replaying a long log. A finished run is forgotten once the log

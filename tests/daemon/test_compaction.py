@@ -19,7 +19,7 @@ import pytest
 import stagewatch
 from stagewatch._home import Home
 from stagewatch._protocol import pack_event
-from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _readmodels
+from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _maintenance, _readmodels
 from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._query import Filters, query_stages
@@ -250,7 +250,8 @@ def _stage_event(seq: int) -> bytes:
 
 def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -> None:
     """Recovery drops the parts past the checkpoint and replays them: a merged part that held
-    such rows under a lower name would be kept and replayed too (every such row twice)."""
+    such rows under a lower name would be kept and replayed too (every such row twice). The
+    merge runs on the disk thread behind a checkpoint of its own."""
     daemon = _in_process_daemon(home)
     checkpoints = iter([True] * 10 + [False] * 100)  # a checkpoint with the first 10 parts, none after
     daemon.writer._throttle.due = lambda key, now: key != "checkpoint" or next(checkpoints)
@@ -260,10 +261,44 @@ def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -
         daemon.ingest.commit(group)
         daemon.flush()
     daemon.maintenance.merge_small_parts()  # groups of four parts: parts 9 to 12 across the checkpoint
+    assert daemon.writer.drain()
+    assert daemon.writer.checkpoint_lsn == daemon.log.end_lsn
     assert any("-" in name[len("part-") :] for name in _listing(home))
     _crash(daemon)
     _crash(_in_process_daemon(home))  # recovery, then its own flush
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), ValueError("a bug")])
+def test_a_merge_that_fails_on_the_disk_thread_is_reported_and_the_writes_behind_it_go_on(
+    home: Path, failure: Exception, monkeypatch
+) -> None:
+    """Merges run on the disk thread, in the writes' queue: one that raises is reported (a
+    refused write, or an internal error) and never halts the parts queued after it."""
+    daemon = _in_process_daemon(home)
+
+    def commit_and_flush(seq: int) -> None:
+        group = Group()
+        daemon.ingest.take(group, [_stage_event(seq)], "c")
+        daemon.ingest.commit(group)
+        daemon.flush()
+
+    for seq in range(1, 9):
+        commit_and_flush(seq)
+
+    def fail(*args: object, **kwargs: object) -> int:
+        raise failure
+
+    monkeypatch.setattr(_maintenance, "carry_out", fail)
+    errors = (daemon.stats.write_errors, daemon.stats.internal_errors)
+    daemon.maintenance.merge_small_parts()
+    commit_and_flush(9)  # queued behind the failed merge
+    assert not daemon.writer.jobs.halted
+    counted = (daemon.stats.write_errors - errors[0], daemon.stats.internal_errors - errors[1])
+    assert counted == ((1, 0) if isinstance(failure, OSError) else (0, 1))
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 10))
+    daemon.flush(final=True)
+    _crash(daemon)
 
 
 def test_a_merge_pass_stops_at_its_deadline_and_reports_progress_per_swap(home: Path) -> None:

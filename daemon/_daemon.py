@@ -49,9 +49,12 @@ from stagewatch.daemon._writer import ReadModelWriter
 
 REPLAY_FLUSH_EVENTS = 100_000
 POLL_MS = 100
-# Rows waiting for the next flush are written at once past this many: at 50k events/s a
-# second of ended stages held about 90 MB (benchmarks/flood.py's RSS).
-MAX_PENDING_ROWS = 20_000
+# Rows waiting for the next flush are queued for writing at once past this many. Memory: at
+# 50k events/s a second of ended stages held about 90 MB (benchmarks/flood.py's RSS). Latency:
+# encoding them holds the loop 4-7 us a row, so at 10,000 events/s a flush a second held it
+# 30-50 ms and ack p99 was 30-37 ms; in steps of 2,500 rows it is 11-12 ms (the parts this
+# adds are merged by size tier on the disk thread; benchmarks/ingest_costs.py).
+MAX_PENDING_ROWS = 2_500
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from stagewatch.daemon._throttle import CostThrottle
 # The price: a running run's audit.json is up to this much behind (finished runs are written at
 # once), and recovery replays up to this much more of the log.
 REWRITE_INTERVAL_S = 5.0
-# Rows queued for the disk thread before the loop waits for it: two flushes' worth under a
-# flood (the loop writes past 20,000 pending rows), about 70 MB of tuples.
+# Rows queued for the disk thread before the loop waits for it: four groups' worth under a
+# flood (a turn takes up to 10,000 events), about 70 MB of tuples.
 MAX_QUEUED_ROWS = 40_000
 
 

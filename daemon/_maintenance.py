@@ -18,7 +18,7 @@ from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
 from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
 from stagewatch._spool import spool_owner
-from stagewatch.daemon._compaction import Plan, aged_cutoff, carry_out, compact, tier_plan, utc_now
+from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
 from stagewatch.daemon._ingest import Group, Ingest
 from stagewatch.daemon._projection import Projector
@@ -193,13 +193,13 @@ class Maintenance:
         """Merge parts of the same size tier (today's partition too), so no query opens a
         file per flush: on the disk thread, behind a checkpoint, as for the aged partitions
         (a pass took up to a second on the loop at 10,000 events/s, and every ack waited)."""
-        plan = tier_plan(self.home)
-        if plan:
-            self.background.after_checkpoint(lambda: self._merge(plan), "merge Parquet parts")
+        if tier_plan(self.home):
+            self.background.after_checkpoint(self._merge, "merge Parquet parts")
 
-    def _merge(self, plan: Plan) -> None:  # on the disk thread
+    def _merge(self) -> None:  # on the disk thread
+        # Planned again here: a pass queued earlier (behind a slow disk) may have merged some.
         # A bounded pass: the writes queued behind it wait; what is left waits for the next one.
-        merged = carry_out(self.home, plan, deadline=time.monotonic() + MERGE_BUDGET_S)
+        merged = carry_out(self.home, tier_plan(self.home), deadline=time.monotonic() + MERGE_BUDGET_S)
         logger.debug("merged {} group(s) of small Parquet parts", merged)
 
     def scrub(self) -> None:

@@ -42,7 +42,7 @@ class InvalidEvent(ValueError):
     """What is wrong with an event, in msgspec's words ("Expected `int` >= 1 - at `$.seq`")."""
 
 
-MAX_KNOWN_STRINGS = 65_536  # per rule; a cache of valid values, emptied when full
+MAX_KNOWN_STRINGS = 16_384  # per rule (a few MB at most): valid values remembered, forgotten when full
 
 
 class Checked:

@@ -79,11 +79,12 @@ small, _ = tracker.end(token)
 token, start = tracker.begin()
 block = np.ones(100 * 2**20 // 8)
 del block
-big, _ = tracker.end(token)
-print(small / 2**20, (big - start) / 2**20)
+big, end = tracker.end(token)
+print(small / 2**20, (big - start) / 2**20, start / 2**20, end / 2**20)
 """
     result = run_python(code)
     del parent_ballast
-    small_mb, big_delta_mb = map(float, result.stdout.split())
+    small_mb, big_delta_mb, start_mb, end_mb = map(float, result.stdout.split())
     assert small_mb < 150  # the child's own size, not the 400 MB parent's
     assert 95 <= big_delta_mb < 150
+    assert 0 < start_mb < 150 and 0 < end_mb < 150  # the values after a reset too

@@ -71,7 +71,9 @@ class DaemonSettings:
     # spool, say) still reach its audit trail.
     finished_run_grace_s: float = 120.0
     # How often a partition's small parts are merged by size tier (stagewatch.daemon._compaction).
-    merge_interval_s: float = 30.0
+    # Merges run on the disk thread (the loop does not wait), so they can run often: at a steady
+    # 10,000 events/s for 90 s a partition held 100-173 parts with 30 s passes, 35-66 with 10 s ones.
+    merge_interval_s: float = 10.0
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
     # The accuracy worker (stagewatch.daemon._accuracy) judges sample results in its own

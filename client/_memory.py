@@ -103,17 +103,20 @@ class RssSource:
         return int(os.pread(self._statm, 64, 0).split()[1]) * self._page_size
 
     def peak(self) -> int:
-        # RUSAGE_THREAD reads the same per-process high-water mark (it lives in the mm) as
-        # RUSAGE_SELF, without summing every thread's counters: 0.7 us instead of 1.1 us.
-        value = _getrusage(_RUSAGE_THREAD).ru_maxrss * 1024
-        return value if value > self._exec_floor else self._vm_hwm()
+        return self._above_floor() or self._vm_hwm()
 
     def after_reset(self) -> int:
         """The peak right after a reset, which is the current RSS: from getrusage above the
         exec floor, else from statm (1.6 us, where VmHWM costs 8.5: a pipeline launched by a
         bigger process paid that three times a stage, and ran 2.5x slower)."""
+        return self._above_floor() or self.current()
+
+    def _above_floor(self) -> int:
+        """getrusage's peak in bytes, or 0 where it is held at the exec floor."""
+        # RUSAGE_THREAD reads the same per-process high-water mark (it lives in the mm) as
+        # RUSAGE_SELF, without summing every thread's counters: 0.7 us instead of 1.1 us.
         value = _getrusage(_RUSAGE_THREAD).ru_maxrss * 1024
-        return value if value > self._exec_floor else self.current()
+        return value if value > self._exec_floor else 0
 
     def _vm_hwm(self) -> int:
         status = os.pread(self._status, 4096, 0)

@@ -71,12 +71,9 @@ def _require_curve(context: zmq.Context, router: zmq.Socket, home: Home) -> Any:
     return authenticator
 
 
-def _principal(identity: bytes, frame: zmq.Frame, authenticated: bool) -> bytes:
-    """Who sent a frame: its CURVE public key over TCP (stable across reconnects), else the
-    connection's routing id (an ipc connection lasts as long as the daemon). Only a socket
-    with an authenticator has a User-Id: asking another raises, a cost every batch."""
-    if not authenticated:
-        return identity
+def _principal(identity: bytes, frame: zmq.Frame) -> bytes:
+    """Who sent a frame over an authenticated (CURVE) socket: its public key, stable across
+    reconnects; else its connection's routing id."""
     try:
         user = frame.get("User-Id")
     except zmq.ZMQError:
@@ -211,7 +208,9 @@ class Ingest:
             if isinstance(batch, Rejected):
                 self.quarantine.keep([batch])
                 continue
-            if not self._owned_by(batch.client_id, _principal(identity, frame, self._authenticator is not None)):
+            # Only an authenticated socket has a User-Id; asking another raises, every batch.
+            principal = identity if self._authenticator is None else _principal(identity, frame)
+            if not self._owned_by(batch.client_id, principal):
                 reason = f"client id {batch.client_id!r} is bound to another connection: batch refused"
                 self.quarantine.keep([Rejected(reason, frame.bytes[:4096], batch.client_id)])
                 continue  # not acknowledged: a forger learns nothing and changes nothing

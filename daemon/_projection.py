@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from stagewatch._gpu import SOURCE_NOTES
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
@@ -35,13 +37,19 @@ def iso(ns: int | None) -> str | None:
     if ns is None:
         return None
     seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{_iso_second(seconds)}.{rest // 1000:06d}+00:00"
+    millis, micros = divmod(rest // 1000, 1000)
+    return _iso_second(seconds) + _THREE_DIGITS[millis] + _THREE_DIGITS_UTC[micros]
 
 
 @functools.lru_cache(maxsize=4096)
 def _iso_second(seconds: int) -> str:
     # Formatting a datetime costs about 1 us; events of one second share the prefix.
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
+# Two calls a stage: concatenating looked-up digits costs 0.3 us, formatting "{:06d}" 0.5.
+_THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))
+_THREE_DIGITS_UTC = tuple(f"{n:03d}+00:00" for n in range(1000))
 
 
 def _new_counts() -> dict[str, int]:
@@ -125,18 +133,60 @@ def _new_stage(event: Any) -> dict[str, Any]:
     }
 
 
-def _ended_stage(event: Any, status: str, end_ns: int) -> dict[str, Any]:
-    """The entry of a stage whose end came first (the common case: a short stage sends only
-    its end), built in one go: `_new_stage` with `_finish` applied, the same keys in the same
-    order, without building the first only to overwrite most of it."""
-    return {
-        "stage": event.stage,
-        "span": event.span,
-        "client_id": event.client_id,
-        **_finish(event, status, end_ns),
-        "error": None,
-        "artifacts": [],
-    }
+class StageMemory(msgspec.Struct, gc=False):
+    """An ended stage's "memory" in its audit line (the keys of MEMORY_FIELDS, in order)."""
+
+    rss_start_mb: float | None
+    rss_peak_mb: float | None
+    rss_end_mb: float | None
+    gpu_peak_mb: float | None
+    gpu_source: str | None
+    gpu_devices: dict[str, float] | None
+
+
+class EndedStage(msgspec.Struct, gc=False):
+    """The audit line of a stage whose end came first (the common case: a short stage sends
+    only its end): the same JSON as `_new_stage`'s entry with `_finish` applied, key for key,
+    built in one call (a struct costs a third of the two dicts and encodes faster)."""
+
+    stage: str
+    span: int
+    client_id: str
+    status: str
+    start_ns: int
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: float
+    input_path: str | None
+    sample_id: str | None
+    parent_span: int | None
+    output_paths: list[str]
+    memory: StageMemory
+    error: None
+    artifacts: list[Any]
+
+
+def _ended_line(event: Any, end_ns: int) -> EndedStage:
+    memory = StageMemory(
+        event.rss_start_mb, event.rss_peak_mb, event.rss_end_mb, event.gpu_peak_mb, event.gpu_source, event.gpu_devices
+    )
+    return EndedStage(
+        event.stage,
+        event.span,
+        event.client_id,
+        "ok",
+        event.start_ts_ns,
+        iso(event.start_ts_ns),
+        iso(end_ns),
+        event.duration_ms,
+        event.input_path,
+        event.sample_id,
+        event.parent_span,
+        event.output_paths,  # read-only here and in the row: no copy
+        memory,
+        None,
+        [],
+    )
 
 
 def _finish(event: Any, status: str, end_ns: int) -> dict[str, Any]:
@@ -245,35 +295,43 @@ class Projector:
             entry.update(start_ns=event.ts_ns, started_at=iso(event.ts_ns))
 
     def _on_stage_finished(self, run: RunState, event: Any, lsn: int) -> None:
-        key = _span_key(event)
+        key = f"{event.client_id}:{event.span}"
         if key in run.ended:
             return  # already ended: a crash verdict that a late finish cannot undo
-        status = "failed" if event.type == "stage_failed" else "ok"
         end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)
-        entry = run.open.get(key)
-        if entry is None:
-            entry = run.open[key] = _ended_stage(event, status, end_ns)
-            run.counts["stages"] += 1
-        else:
-            entry.update(_finish(event, status, end_ns))
         if event.gpu_source and event.gpu_source not in run.gpu_sources:
             names = event.gpu_source.split("+")
             run.gpu_sources[event.gpu_source] = "; ".join(SOURCE_NOTES[name] for name in names)
+        entry = run.open.pop(key, None)
+        if entry is None and event.type == "stage_finished":  # the common case: a short stage sends only its end
+            run.counts["stages"] += 1
+            self._ended(run, key, "ok", _ended_line(event, end_ns), _row_of_end(run, event, end_ns, lsn))
+            return
+        status = "failed" if event.type == "stage_failed" else "ok"
+        if entry is None:
+            entry = _new_stage(event)
+            run.counts["stages"] += 1
+        entry.update(_finish(event, status, end_ns))
         if status == "failed":
             entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
         self._end_stage(run, entry, key, end_ns, lsn)
 
     def _end_stage(self, run: RunState, entry: dict, key: str, end_ns: int, lsn: int) -> None:
-        """Move an ended stage out of the run's state: into an audit line and a row."""
-        del run.open[key]
+        """Move an ended stage (its entry, out of `run.open`) into an audit line and a row."""
+        if entry["error"] is not None:
+            self._record_error(run, entry, end_ns)
+        self._ended(run, key, entry["status"], entry, _stage_row(run, entry, end_ns, lsn))
+
+    def _ended(self, run: RunState, key: str, status: str, line: Any, row: tuple) -> None:
         run.ended[key] = None
         if len(run.ended) > RECENTLY_ENDED:
             run.ended.popitem(last=False)  # O(1); next(iter(dict)) degrades as the front empties
-        run.counts[entry["status"]] += 1
-        if entry["error"] is not None:
-            self._record_error(run, entry, end_ns)
-        self.stage_lines.setdefault(run.run_id, []).append(entry)
-        self.rows["stage_executions"].append(_stage_row(run, entry, end_ns, lsn))
+        run.counts[status] += 1
+        lines = self.stage_lines.get(run.run_id)
+        if lines is None:
+            lines = self.stage_lines[run.run_id] = []
+        lines.append(line)
+        self.rows["stage_executions"].append(row)
 
     def _record_error(self, run: RunState, entry: dict, end_ns: int) -> None:
         run.first_failed_stage = run.first_failed_stage or entry["stage"]
@@ -330,6 +388,7 @@ class Projector:
                 duration_ms=(end - start) / 1e6,
                 error={"type": "ClientLost", "message": message, "traceback": ""},
             )
+            del run.open[key]
             self._end_stage(run, entry, key, end, lsn)
         if run.client_id in (lost, None) and not run.complete:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
@@ -484,6 +543,34 @@ def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> tuple:
         lsn,
         memory["gpu_source"],
         memory["gpu_devices"],
+    )
+
+
+def _row_of_end(run: RunState, event: Any, end_ns: int, lsn: int) -> tuple:
+    """`_stage_row` of an `EndedStage`, from its event (no entry to read it from)."""
+    return (
+        run.run_id,
+        run.pipeline,
+        event.stage,
+        "ok",
+        event.sample_id,
+        event.client_id,
+        event.span,
+        event.parent_span,
+        event.start_ts_ns,
+        end_ns,
+        event.duration_ms,
+        event.rss_start_mb,
+        event.rss_peak_mb,
+        event.rss_end_mb,
+        event.gpu_peak_mb,
+        event.input_path,
+        event.output_paths,
+        None,
+        None,
+        lsn,
+        event.gpu_source,
+        event.gpu_devices,
     )
 
 

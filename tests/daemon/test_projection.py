@@ -15,7 +15,7 @@ from stagewatch._home import Home
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items
+from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items, stage_lines_bytes
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -70,7 +70,8 @@ def fold(events: list) -> Projector:
 
 
 def ended(projector: Projector) -> list[dict]:
-    return projector.stage_lines.get(RUN, [])
+    """The ended stages as their stages.jsonl lines hold them."""
+    return [json.loads(line) for line in stage_lines_bytes(projector.stage_lines.get(RUN, [])).splitlines()]
 
 
 def stage_rows(rows: dict[str, list]) -> list[dict]:
@@ -129,6 +130,44 @@ def test_state_round_trips_through_the_checkpoint() -> None:
         restored.apply(event, lsn)
     assert restored.runs == projector.runs
     assert [r["stage"] for r in stage_rows(restored.take_output()[0])] == ["detection"]  # the rows after it
+
+
+_MEGABYTES = st.none() | st.floats(0, 1e6, allow_nan=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "input_path": st.text(st.characters(blacklist_characters="\x00"), max_size=20),
+            "sample_id": st.text(max_size=10),
+            "parent_span": st.integers(1, 2**63 - 1),
+            "output_paths": st.lists(st.just("/out/a,b\n.png"), max_size=3),
+            "rss_start_mb": _MEGABYTES,
+            "rss_peak_mb": _MEGABYTES,
+            "rss_end_mb": _MEGABYTES,
+            "gpu_peak_mb": _MEGABYTES,
+            "gpu_source": st.sampled_from(["torch", "nvml", "cupy+torch"]),
+            "gpu_devices": st.dictionaries(st.sampled_from(["0", "1", "7"]), st.floats(0, 1e5), max_size=2),
+        },
+    )
+)
+def test_a_stage_that_sends_only_its_end_is_recorded_as_one_that_sent_both(fields: dict) -> None:
+    """The end-first stage (the common case) takes a shorter path: the same line and row."""
+    start = ev("stage_started", 2, stage="detection", span=1)
+    end = ev("stage_finished", 3, stage="detection", span=1, start_ts_ns=T0 + 1_000_000, duration_ms=2.5, **fields)
+    both, alone = fold([history()[0], start, end]), fold([history()[0], end])
+    assert ended(alone) == ended(both) and len(ended(alone)) == 1
+    assert stage_bytes(alone) == stage_bytes(both)
+    (row_alone,), (row_both,) = stage_rows(alone.take_output()[0]), stage_rows(both.take_output()[0])
+    assert (row_alone.pop("lsn"), row_both.pop("lsn")) == (1, 2)  # the positions of the ends
+    assert row_alone == row_both
+    assert alone.runs[RUN].counts == {**both.runs[RUN].counts, "events": 2}
+
+
+def stage_bytes(projector: Projector) -> bytes:
+    return stage_lines_bytes(projector.stage_lines[RUN])
 
 
 @settings(max_examples=50, deadline=None)

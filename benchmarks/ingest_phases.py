@@ -9,7 +9,8 @@ thresholds; the table gives the median µs per event over the repeats:
 - decode + validate: `_decode.decode_event` (msgspec, typed structs) against msgpack's own
   `unpackb` into dicts with no validation at all (the floor of any Python decoder);
 - fold: `Projector.apply` (no reference: it is ours alone);
-- audit lines: the store's stages.jsonl encoding against `json.dumps` (compact, the stdlib);
+- audit lines: the store's stages.jsonl encoding against `json.dumps` (compact, the stdlib)
+  of the same lines as dicts;
 - Parquet rows: `Store.write_rows` of the fold's tuple rows (one Arrow array per column, zstd,
   fsync'd part) against `Table.from_pylist` of the same rows as dicts, written the same way.
 """
@@ -85,10 +86,11 @@ def main() -> None:
 
     folding = _us_per_event(fold, count, repeats)
     rows, lines = fold().take_output()
-    entries = next(iter(lines.values()))
+    entries = next(iter(lines.values()))  # structs (a stage that sent only its end)
     ours_lines = _us_per_event(lambda: _JSON_ENCODER.encode_lines(entries), count, repeats)
+    as_dicts = [json.loads(line) for line in _JSON_ENCODER.encode_lines(entries).splitlines()]
     stdlib_lines = _us_per_event(
-        lambda: b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in entries), count, repeats
+        lambda: b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in as_dicts), count, repeats
     )
     tuples = rows["stage_executions"]
     dicts = [dict(zip(STAGE_ROW_FIELDS, row, strict=True)) for row in tuples]

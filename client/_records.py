@@ -9,6 +9,7 @@ reported as the tail to truncate.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Iterator
@@ -23,7 +24,16 @@ def encode_record(payload: bytes) -> bytes:
 
 
 def encode_records(payloads: list[bytes]) -> bytes:
-    return b"".join([encode_record(p) for p in payloads])
+    """Records back to back: the same bytes as joining `encode_record`s, without copying
+    each payload twice (the daemon frames 10,000 a group)."""
+    pack, crc32 = HEADER.pack, zlib.crc32
+    return b"".join([part for payload in payloads for part in (pack(len(payload), crc32(payload)), payload)])
+
+
+def record_offsets(start: int, payloads: list[bytes]) -> list[int]:
+    """Where each of `payloads`' records begins, the first at `start`."""
+    ends = itertools.accumulate([HEADER.size + len(payload) for payload in payloads], initial=start)
+    return list(itertools.islice(ends, len(payloads)))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,16 +139,19 @@ class Daemon:
         self.worker = WorkerProcess(self.home, settings.accuracy_endpoint, settings.dataset_roots)
         self._stopping = False
 
-    def _apply(self, event: Any, lsn: int) -> None:
-        """Fold one logged event; one that still fails (a bug, a value no bound foresaw) is
-        set aside with its position, and every other event goes on. An event for a run that
-        was closed and evicted (a worker's spool, say) reopens it from its audit trail."""
-        try:
-            if event.type != HEARTBEAT and event.run_id in self.projector.closed:
-                self.writer.reopen(self.projector, event.run_id)
-            self.projector.apply(event, lsn)
-        except Exception as error:
-            self.quarantine.keep_unprojectable("projection", lsn, event, f"{type(error).__name__}: {error}")
+    def _apply(self, events: Sequence[Any], lsns: Sequence[int]) -> None:
+        """Fold logged events (a committed group, or one replayed record) in order; one that
+        still fails (a bug, a value no bound foresaw) is set aside with its position, and
+        every other event goes on. An event for a run that was closed and evicted (a worker's
+        spool, say) reopens it from its audit trail."""
+        projector = self.projector
+        for event, lsn in zip(events, lsns, strict=True):
+            try:
+                if event.type != HEARTBEAT and event.run_id in projector.closed:
+                    self.writer.reopen(projector, event.run_id)
+                projector.apply(event, lsn)
+            except Exception as error:
+                self.quarantine.keep_unprojectable("projection", lsn, event, f"{type(error).__name__}: {error}")
 
     def _checkpoint_extras(self) -> dict[str, Any]:
         return {"dedup": self.ingest.dedup.to_state(), "daemon_seq": self.maintenance.daemon_seq}
@@ -246,7 +249,7 @@ class Daemon:
                 self.stats.replay_duplicates += 1
                 continue
             self.ingest.dedup.mark(event.client_id, event.seq)
-            self._apply(event, lsn)
+            self._apply((event,), (lsn,))
             replayed += 1
             if replayed % REPLAY_FLUSH_EVENTS == 0:
                 self.writer.flush_during_replay(self.projector, event.ts_ns)

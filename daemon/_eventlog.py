@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagewatch._records import ScanStats, encode_record, scan_records
+from stagewatch._records import ScanStats, encode_records, record_offsets, scan_records
 
 SEGMENT_SUFFIX = ".seg"
 SEGMENT_NAME = re.compile(r"(\d{20})\.seg")  # what _open_segment names: the base lsn, 20 digits
@@ -136,13 +136,7 @@ class EventLog:
         assert self._fd is not None, "open() the log first"
         if self._size >= self.segment_bytes:
             self._open_segment(self.end_lsn)
-        lsns, chunks, position = [], [], self.end_lsn
-        for payload in payloads:
-            record = encode_record(payload)
-            lsns.append(position)
-            chunks.append(record)
-            position += len(record)
-        data = b"".join(chunks)
+        lsns, data = record_offsets(self.end_lsn, payloads), encode_records(payloads)
         try:
             written = os.write(self._fd, data)
             if written != len(data):

@@ -97,7 +97,7 @@ class Ingest:
         stats: DaemonStats,
         write_error: WriteErrors,
         quarantine: Quarantine,
-        on_durable: Callable[[Any, int], None],
+        on_durable: Callable[[list[Any], list[int]], None],
     ) -> None:
         self.home = home
         self.settings = settings
@@ -105,7 +105,7 @@ class Ingest:
         self.disk = disk
         self.stats = stats
         self.write_error = write_error
-        self.on_durable = on_durable  # each event once it is in the log, with its position
+        self.on_durable = on_durable  # each group's events once they are in the log, with their positions
         self.dedup = Deduplicator()
         self.quarantine = quarantine
         self.last_seen: dict[str, float] = {}  # client -> monotonic time of its last batch
@@ -270,8 +270,7 @@ class Ingest:
             with contextlib.suppress(zmq.ZMQError):
                 self.router.send_multipart([identity, pack_ack(batch_no)], zmq.NOBLOCK)
         if group.payloads:
-            for event, lsn in zip(group.events, lsns, strict=True):
-                self.on_durable(event, lsn)
+            self.on_durable(group.events, lsns)
         self._publish(group)
         return True
 

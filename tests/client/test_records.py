@@ -1,6 +1,6 @@
 """The record format shared by the event log and spool files survives damage."""
 
-from stagewatch._records import HEADER, ScanStats, encode_records, scan_records
+from stagewatch._records import HEADER, ScanStats, encode_record, encode_records, record_offsets, scan_records
 
 PAYLOADS = [f"event-{i}".encode() * (1 + i % 7) for i in range(50)]
 
@@ -13,6 +13,15 @@ def _scan(data: bytes) -> tuple[list[bytes], ScanStats]:
 def test_intact_records_round_trip() -> None:
     payloads, stats = _scan(encode_records(PAYLOADS))
     assert payloads == PAYLOADS and stats.corrupt_regions == 0 and stats.tail_bytes == 0
+
+
+def test_records_are_framed_one_way_whether_one_or_many() -> None:
+    """The log frames a group at once and names each record by its offset: the same bytes as
+    one record at a time, and the offsets a reader finds them at."""
+    data = encode_records(PAYLOADS)
+    assert data == b"".join(encode_record(payload) for payload in PAYLOADS)
+    assert record_offsets(1000, PAYLOADS) == [1000 + offset for offset, _ in scan_records(data)]
+    assert record_offsets(7, []) == [] and encode_records([]) == b""
 
 
 def test_torn_tail_keeps_every_complete_record() -> None:

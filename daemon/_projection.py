@@ -251,19 +251,20 @@ class Projector:
 
     # -- folding -------------------------------------------------------------------------
     def apply(self, event: Any, lsn: int) -> None:
-        if event.type == "heartbeat":
+        kind, run_id = event.type, event.run_id  # a class attribute: looked up once
+        if kind == "heartbeat":
             self._on_heartbeat(event)
             return
-        if event.run_id in self.closed:
+        if run_id in self.closed:
             self.late_events += 1  # the caller reopens the run (`reopen`) to apply it
             return
-        run = self.runs.get(event.run_id)
+        run = self.runs.get(run_id)
         if run is None:
-            run = self.runs[event.run_id] = RunState(event.run_id)
+            run = self.runs[run_id] = RunState(run_id)
         run.counts["events"] += 1
         run.last_lsn = lsn
-        HANDLERS[event.type](self, run, event, lsn)
-        self.dirty.add(event.run_id)
+        HANDLERS[kind](self, run, event, lsn)
+        self.dirty.add(run_id)
 
     def _on_heartbeat(self, event: Any) -> None:
         """Keep each client's last RSS reading: what a stage killed without warning is left with."""

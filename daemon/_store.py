@@ -225,6 +225,16 @@ def _copy_lines_as_items(lines: BinaryIO, size: int, document: BinaryIO, chunk: 
     return last == b"\n"
 
 
+def _grouped(rows: list[tuple], keys: list[int]) -> dict[int, list[tuple]]:
+    """Rows by key, in order; a flush's rows nearly always share one day, kept as they are."""
+    if keys and keys.count(keys[0]) == len(keys):
+        return {keys[0]: rows}
+    groups: dict[int, list[tuple]] = defaultdict(list)
+    for key, row in zip(keys, rows, strict=True):
+        groups[key].append(row)
+    return groups
+
+
 def stage_lines_bytes(entries: list[dict[str, Any]]) -> bytes:
     """Ended stages as stages.jsonl lines."""
     return _JSON_ENCODER.encode_lines(entries)
@@ -296,10 +306,9 @@ class Store:
     def _tuple_parts(self, table: str, rows: list[tuple], fields: tuple[str, ...]) -> ArrowParts:
         schema = TABLES[table]
         start, end = fields.index("start_time"), fields.index("end_time")
-        by_day: dict[int, list[tuple]] = defaultdict(list)
         try:
-            for row in rows:
-                by_day[(row[start] or row[end] or 0) // NS_PER_DAY].append(row)
+            days = [(row[start] or row[end] or 0) // NS_PER_DAY for row in rows]
+            by_day = _grouped(rows, days)
             dates = {day: _date_of_day(day) for day in by_day}
         except (OverflowError, ValueError, OSError, TypeError):  # a time no partition holds
             return self.arrow_parts(table, [dict(zip(fields, row, strict=True)) for row in rows])

@@ -4,6 +4,7 @@ written the old way (every column a dictionary) read together with new ones."""
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,3 +51,26 @@ def test_parts_written_the_old_way_and_the_new_read_as_one_table(home: Path) -> 
     assert table["sample_id"].to_pylist() == rows["sample_id"].to_pylist()
     facet = read_table(home, "stage_executions", columns=["stage"], dictionary=("stage",))
     assert sorted(facet["stage"].unique().to_pylist()) == sorted(set(rows["stage"].to_pylist()))
+
+
+def test_a_flush_across_midnight_splits_by_day_and_an_unplaceable_row_costs_only_itself(home: Path) -> None:
+    """Tuple rows go to their start's date (their end's when the start is missing), in order;
+    a time no date holds sends the rows the slow way, which refuses just that row."""
+    midnight = int(datetime(2026, 9, 21, tzinfo=UTC).timestamp()) * 10**9
+    template = dict.fromkeys(STAGE_ROW_FIELDS)
+    template.update(run_id="r", stage="s", status="ok", client_id="c", output_paths=[])
+
+    def row(lsn: int, start: int | None, end: int | None) -> tuple:
+        values = {**template, "span": lsn, "lsn": lsn, "start_time": start, "end_time": end}
+        return tuple(values[name] for name in STAGE_ROW_FIELDS)
+
+    rows = [row(1, midnight - 5, midnight), row(2, midnight + 5, midnight + 9), row(3, None, midnight - 1)]
+    parts, refused = Store(home).arrow_parts("stage_executions", rows, STAGE_ROW_FIELDS)
+    assert refused == []
+    assert [(date, table["lsn"].to_pylist()) for date, table in parts] == [("2026-09-20", [1, 3]), ("2026-09-21", [2])]
+    ((date, table),) = Store(home).arrow_parts("stage_executions", rows[1:2], STAGE_ROW_FIELDS)[0]
+    assert date == "2026-09-21" and table["lsn"].to_pylist() == [2]
+
+    parts, refused = Store(home).arrow_parts("stage_executions", [*rows, row(4, 2**70, None)], STAGE_ROW_FIELDS)
+    assert [lsn for part in parts for lsn in part[1]["lsn"].to_pylist()] == [1, 3, 2]
+    assert [bad["lsn"] for bad, _ in refused] == [4]

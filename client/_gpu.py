@@ -297,11 +297,11 @@ class GpuMemory:
         return GpuReading("+".join(source.name for source, _ in started), devices)
 
 
-def gpu_fields(reading: GpuReading | None) -> dict[str, Any]:
+def gpu_values(reading: GpuReading | None) -> tuple[float | None, str | None, dict[str, float] | None]:
     """The stage event's GPU fields: the total peak, its source and the peak per device."""
     if reading is None:
-        return {"gpu_peak_mb": None}
-    return {"gpu_peak_mb": reading.total_mb, "gpu_source": reading.source, "gpu_devices": reading.devices_mb}
+        return None, None, None
+    return reading.total_mb, reading.source, reading.devices_mb
 
 
 def host_gpu_problem() -> str | None:

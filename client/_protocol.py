@@ -17,6 +17,7 @@ The sender thread numbers each client event (`seq`) as it packs it; the daemon n
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import msgpack
@@ -124,31 +125,33 @@ def stage_finished(
     error: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """`stage_finished`, or `stage_failed` when `error` = (type, message, traceback) is given.
-    `gpu_source` and `gpu_devices` (device index -> peak MB) go only with a GPU reading."""
-    event = stage_started(
-        client_id,
-        run_id,
-        ts_ns,
-        stage=stage,
-        span=span,
-        parent_span=parent_span,
-        sample_id=sample_id,
-        input_path=input_path,
-    )
-    event.update(
-        type=STAGE_FINISHED,
-        start_ts_ns=start_ts_ns,
-        duration_ms=duration_ms,
-        output_paths=output_paths,
-        rss_start_mb=rss_start_mb,
-        rss_peak_mb=rss_peak_mb,
-        rss_end_mb=rss_end_mb,
-        gpu_peak_mb=gpu_peak_mb,
-    )
+    `gpu_source` and `gpu_devices` (device index -> peak MB) go only with a GPU reading.
+
+    One literal, in `stage_started`'s order with the end's fields after: the sender builds
+    one for nearly every stage, and composing it from `stage_started` and updates cost
+    three times as much."""
+    event = {
+        "v": EVENT_VERSION,
+        "type": STAGE_FINISHED if error is None else STAGE_FAILED,
+        "client_id": client_id,
+        "ts_ns": ts_ns,
+        "run_id": run_id,
+        "stage": stage,
+        "span": span,
+        "parent_span": parent_span,
+        "sample_id": sample_id,
+        "input_path": input_path,
+        "start_ts_ns": start_ts_ns,
+        "duration_ms": duration_ms,
+        "output_paths": output_paths,
+        "rss_start_mb": rss_start_mb,
+        "rss_peak_mb": rss_peak_mb,
+        "rss_end_mb": rss_end_mb,
+        "gpu_peak_mb": gpu_peak_mb,
+    }
     if gpu_source is not None:
-        event.update(gpu_source=gpu_source, gpu_devices=gpu_devices or {})
+        event["gpu_source"], event["gpu_devices"] = gpu_source, gpu_devices or {}
     if error is not None:
-        event["type"] = STAGE_FAILED
         event["error_type"], event["error_message"], event["traceback"] = error
     return event
 
@@ -294,12 +297,24 @@ def bounded_text(value: str, max_chars: int = MAX_TEXT_CHARS) -> str:
     return value
 
 
+_packers = threading.local()  # msgpack.packb makes a Packer a call; one per thread (it has a buffer)
+
+
+def _packer() -> msgpack.Packer:
+    try:
+        return _packers.packer
+    except AttributeError:
+        _packers.packer = packer = msgpack.Packer(use_bin_type=True)
+        return packer
+
+
 def pack_event(event: dict) -> bytes:
-    return msgpack.packb(event, use_bin_type=True)
+    """An event's payload (the sender packs one per event: a kept Packer costs 0.9 us, packb 1.3)."""
+    return _packer().pack(event)
 
 
 def pack_batch(client_id: str, batch_no: int, events: list[bytes]) -> bytes:
-    return msgpack.packb([PROTOCOL, client_id, batch_no, events], use_bin_type=True)
+    return _packer().pack([PROTOCOL, client_id, batch_no, events])
 
 
 def pack_ack(batch_no: int) -> bytes:

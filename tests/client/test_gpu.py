@@ -14,7 +14,7 @@ import pytest
 
 import stagewatch
 from stagewatch import _run
-from stagewatch._gpu import GpuMemory, GpuReading, gpu_fields, host_gpu_problem
+from stagewatch._gpu import GpuMemory, GpuReading, gpu_values, host_gpu_problem
 from tests.client.test_memory import FakeMark
 
 MB = 1024 * 1024
@@ -92,7 +92,7 @@ def test_without_a_gpu_readings_are_null_and_nothing_is_said_on_stderr(caplog, m
     assert readings == [None] * 5
     assert not caplog.records  # a CPU-only machine is normal: no warning on every pipeline's stderr
     assert gpu.problem.startswith("no GPU readings: ")
-    assert gpu_fields(None) == {"gpu_peak_mb": None}
+    assert gpu_values(None) == (None, None, None)
 
 
 def test_torch_peaks_per_device_and_their_total(monkeypatch) -> None:
@@ -105,11 +105,7 @@ def test_torch_peaks_per_device_and_their_total(monkeypatch) -> None:
     second.set(256 * MB)
     reading = gpu.end(started)
     assert reading == GpuReading("torch", {0: 522 * MB, 1: 256 * MB})
-    assert gpu_fields(reading) == {
-        "gpu_peak_mb": 778.0,
-        "gpu_source": "torch",
-        "gpu_devices": {"0": 522.0, "1": 256.0},
-    }
+    assert gpu_values(reading) == (778.0, "torch", {"0": 522.0, "1": 256.0})
 
 
 def test_nested_torch_stages_keep_their_own_peaks(monkeypatch) -> None:

@@ -4,10 +4,12 @@ msgspec structs accept exactly what they make, and docs/events.md lists those fi
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from stagewatch import _protocol as protocol
@@ -70,6 +72,23 @@ def _examples() -> dict[str, dict[str, Any]]:
         ),
         "client_lost": protocol.client_lost(5, RUN, TS, lost_client_id=CLIENT, last_seen_ns=TS),
     }
+
+
+def test_a_stage_end_is_its_start_and_then_the_end_s_fields_gpu_fields_only_with_a_reading() -> None:
+    started = protocol.stage_started(CLIENT, RUN, TS, **STAGE)
+    without_gpu = {**FINISH, "gpu_peak_mb": None, "gpu_source": None, "gpu_devices": None}
+    for error in (None, ("E", "m", "tb")):
+        finished = protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **without_gpu, error=error)
+        assert list(finished)[: len(started)] == list(started)
+        assert {k: v for k, v in finished.items() if k != "type"} | {"type": "stage_started"} == {
+            **started,
+            **{k: v for k, v in without_gpu.items() if not k.startswith("gpu_")},
+            "gpu_peak_mb": None,
+            **({} if error is None else {"error_type": "E", "error_message": "m", "traceback": "tb"}),
+        }
+        assert finished["type"] == ("stage_finished" if error is None else "stage_failed")
+    with_gpu = protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **{**FINISH, "gpu_devices": None})
+    assert with_gpu["gpu_source"] == "torch" and with_gpu["gpu_devices"] == {}
 
 
 def test_there_is_a_builder_for_every_event_type() -> None:
@@ -144,3 +163,22 @@ def test_msgpack_extension_types_are_refused() -> None:
     event = {"seq": 1, **_examples()["log"], "extra": {"k": msgpack.ExtType(5, b"x")}}
     rejected = decode_event(msgpack.packb(event))
     assert isinstance(rejected, Rejected) and "extension" in rejected.reason and rejected.client_id == CLIENT
+
+
+def test_packing_after_a_refused_value_is_unharmed_in_every_thread() -> None:
+    """pack_event keeps one Packer a thread: a value it cannot pack leaves nothing behind."""
+    event = protocol.heartbeat(CLIENT, RUN, TS, rss_mb=1.0)
+    results: list[bytes] = []
+
+    def pack_twice() -> None:
+        with pytest.raises((TypeError, OverflowError)):
+            protocol.pack_event({**event, "bad": 2**70})
+        results.append(protocol.pack_event(event))
+
+    threads = [threading.Thread(target=pack_twice) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    pack_twice()
+    for thread in threads:
+        thread.join()
+    assert results == [msgpack.packb(event, use_bin_type=True)] * 4

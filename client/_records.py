@@ -19,13 +19,8 @@ HEADER = struct.Struct("<II")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
-def encode_record(payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
 def encode_records(payloads: list[bytes]) -> bytes:
-    """Records back to back: the same bytes as joining `encode_record`s, without copying
-    each payload twice (the daemon frames 10,000 a group)."""
+    """Records back to back, each payload copied once (the daemon frames 10,000 a group)."""
     pack, crc32 = HEADER.pack, zlib.crc32
     return b"".join([part for payload in payloads for part in (pack(len(payload), crc32(payload)), payload)])
 

@@ -296,7 +296,7 @@ class Projector:
             entry.update(start_ns=event.ts_ns, started_at=iso(event.ts_ns))
 
     def _on_stage_finished(self, run: RunState, event: Any, lsn: int) -> None:
-        key = f"{event.client_id}:{event.span}"
+        key = _span_key(event)
         if key in run.ended:
             return  # already ended: a crash verdict that a late finish cannot undo
         end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)

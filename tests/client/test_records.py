@@ -1,6 +1,9 @@
 """The record format shared by the event log and spool files survives damage."""
 
-from stagewatch._records import HEADER, ScanStats, encode_record, encode_records, record_offsets, scan_records
+import struct
+import zlib
+
+from stagewatch._records import HEADER, ScanStats, encode_records, record_offsets, scan_records
 
 PAYLOADS = [f"event-{i}".encode() * (1 + i % 7) for i in range(50)]
 
@@ -16,10 +19,10 @@ def test_intact_records_round_trip() -> None:
 
 
 def test_records_are_framed_one_way_whether_one_or_many() -> None:
-    """The log frames a group at once and names each record by its offset: the same bytes as
-    one record at a time, and the offsets a reader finds them at."""
+    """The log frames a group at once and names each record by its offset: the documented
+    format (u32 length | u32 crc32 | payload, little endian), at the offsets a reader finds."""
     data = encode_records(PAYLOADS)
-    assert data == b"".join(encode_record(payload) for payload in PAYLOADS)
+    assert data == b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in PAYLOADS)
     assert record_offsets(1000, PAYLOADS) == [1000 + offset for offset, _ in scan_records(data)]
     assert record_offsets(7, []) == [] and encode_records([]) == b""
 

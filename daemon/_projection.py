@@ -216,6 +216,17 @@ def _memory(event: Any) -> dict[str, Any]:
     }
 
 
+# The one encoder of stages.jsonl lines: msgspec writes the same compact JSON as
+# json.dumps(separators=(",", ":")) (UTF-8 instead of \u escapes) about 5x faster.
+_LINE_ENCODER = msgspec.json.Encoder(enc_hook=str)
+_encode_line_into = _LINE_ENCODER.encode_into
+
+
+def stage_lines_bytes(entries: list[Any]) -> bytes:
+    """Ended stages (dicts or `EndedStage`s) as stages.jsonl lines."""
+    return _LINE_ENCODER.encode_lines(entries)
+
+
 def _span_key(event: Any) -> str:
     return f"{event.client_id}:{event.span}"
 
@@ -232,7 +243,7 @@ class Projector:
         self.late_events = 0
         self.foreign_events = 0  # run_started / run_finished sent by another client than the run's
         self.rows: dict[str, list[Any]] = {table: [] for table in TABLE_NAMES}  # see ROW_FIELDS
-        self.stage_lines: dict[str, list[dict[str, Any]]] = {}  # run -> ended stages to append
+        self.stage_lines: dict[str, bytearray] = {}  # run -> ended stages to append, as stages.jsonl lines
         self.dirty: set[str] = set()
 
     # -- state for the checkpoint --------------------------------------------------------
@@ -330,8 +341,11 @@ class Projector:
         run.counts[status] += 1
         lines = self.stage_lines.get(run.run_id)
         if lines is None:
-            lines = self.stage_lines[run.run_id] = []
-        lines.append(line)
+            lines = self.stage_lines[run.run_id] = bytearray()
+        # Encoded now, into the run's pending bytes: the line's objects are freed while hot
+        # instead of kept (about 1.7 KB a stage) until the next flush.
+        _encode_line_into(line, lines, -1)
+        lines.append(10)  # b"\n"
         self.rows["stage_executions"].append(row)
 
     def _record_error(self, run: RunState, entry: dict, end_ns: int) -> None:
@@ -440,9 +454,9 @@ class Projector:
                 work.setdefault(entry["client_id"], set()).add(run_id)
         return work
 
-    def take_output(self) -> tuple[dict[str, list[Any]], dict[str, list[dict]]]:
+    def take_output(self) -> tuple[dict[str, list[Any]], dict[str, bytearray]]:
         """Rows per table (tuples of ROW_FIELDS[table] where it names one, else dicts) and
-        ended stages per run, produced since the last call."""
+        ended stages per run (stages.jsonl lines), produced since the last call."""
         output = (self.rows, self.stage_lines)
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
         return output

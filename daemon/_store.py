@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stagewatch._home import Home
-from stagewatch.daemon._projection import RunState
+from stagewatch.daemon._projection import RunState, stage_lines_bytes
 from stagewatch.daemon._runindex import RunIndex
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -235,11 +235,6 @@ def _grouped(rows: list[tuple], keys: list[int]) -> dict[int, list[tuple]]:
     return groups
 
 
-def stage_lines_bytes(entries: list[dict[str, Any]]) -> bytes:
-    """Ended stages as stages.jsonl lines."""
-    return _JSON_ENCODER.encode_lines(entries)
-
-
 @dataclass(frozen=True)
 class AuditDocument:
     """A run's audit.json but for its ended stages (copied from stages.jsonl when written),
@@ -361,7 +356,7 @@ class Store:
         (what the checkpointed state accounts for); returns the file's new size."""
         return self.write_stage_lines(run_id, accounted_bytes, stage_lines_bytes(entries))
 
-    def write_stage_lines(self, run_id: str, accounted_bytes: int, data: bytes) -> int:
+    def write_stage_lines(self, run_id: str, accounted_bytes: int, data: bytes | bytearray) -> int:
         """Write encoded stage lines (`stage_lines_bytes`) at `accounted_bytes`; the new size.
 
         Cutting the file back first drops lines a crashed daemon wrote after its last

@@ -30,7 +30,7 @@ from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
-from stagewatch.daemon._store import AuditDocument, Store, atomic_write, stage_lines_bytes
+from stagewatch.daemon._store import AuditDocument, Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 
 # A running run's audit trail and the checkpoint are rewritten at most this often (and no more
@@ -198,9 +198,8 @@ class ReadModelWriter:
     def _write_output(self, projector: Projector) -> None:
         """Queue ended stages and table rows; the stages first, as the rows point at them."""
         rows, lines = projector.take_output()
-        for run_id, entries in lines.items():
+        for run_id, data in lines.items():
             start = self.stage_bytes.get(run_id, 0)
-            data = stage_lines_bytes(entries)
             self.stage_bytes[run_id] = start + len(data)
             self.jobs.submit(functools.partial(self.store.write_stage_lines, run_id, start, data))
         for table, table_rows in rows.items():

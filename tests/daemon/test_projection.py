@@ -15,7 +15,7 @@ from stagewatch._home import Home
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items, stage_lines_bytes
+from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -71,7 +71,7 @@ def fold(events: list) -> Projector:
 
 def ended(projector: Projector) -> list[dict]:
     """The ended stages as their stages.jsonl lines hold them."""
-    return [json.loads(line) for line in stage_lines_bytes(projector.stage_lines.get(RUN, [])).splitlines()]
+    return [json.loads(line) for line in projector.stage_lines.get(RUN, b"").splitlines()]
 
 
 def stage_rows(rows: dict[str, list]) -> list[dict]:
@@ -167,7 +167,7 @@ def test_a_stage_that_sends_only_its_end_is_recorded_as_one_that_sent_both(field
 
 
 def stage_bytes(projector: Projector) -> bytes:
-    return stage_lines_bytes(projector.stage_lines[RUN])
+    return bytes(projector.stage_lines[RUN])
 
 
 @settings(max_examples=50, deadline=None)

@@ -55,6 +55,11 @@ POLL_MS = 100
 # 30-50 ms and ack p99 was 30-37 ms; in steps of 2,500 rows it is 11-12 ms (the parts this
 # adds are merged by size tier on the disk thread; benchmarks/ingest_costs.py).
 MAX_PENDING_ROWS = 2_500
+# After a burst, the rows left pending are queued for writing once the loop has waited a poll
+# (POLL_MS) with nothing to do, rather than at the next periodic flush (up to a second later).
+# A trickle below this many rows waits for the periodic flush: a part file per quiet poll
+# would only make more small parts to merge.
+IDLE_FLUSH_ROWS = 500
 
 
 @dataclass(frozen=True)
@@ -279,6 +284,8 @@ class Daemon:
                     self.ingest.receive(time.monotonic())
                     if self.projector.pending_rows() >= MAX_PENDING_ROWS:
                         self.writer.flush_output(self.projector)
+                elif self.projector.pending_rows() >= IDLE_FLUSH_ROWS:
+                    self.writer.flush_output(self.projector)
                 tasks.run_due(time.monotonic())
             except Exception:  # a bug must not take the daemon down: log it, count it, go on
                 self.stats.internal_errors += 1

@@ -127,8 +127,9 @@ class EventLog:
     def end_lsn(self) -> int:
         return self._base + self._size
 
-    def append(self, payloads: list[bytes]) -> list[int]:
+    def append(self, payloads: list[bytes], records: bytes | None = None) -> list[int]:
         """Write a group of records (not yet durable: call sync); returns their lsns.
+        `records`: the payloads already framed (`encode_records`), where the caller has them.
 
         On a failed write (a full disk, say) the segment is cut back to where it was and
         the OSError propagates: nothing of the group stays in the log.
@@ -136,7 +137,8 @@ class EventLog:
         assert self._fd is not None, "open() the log first"
         if self._size >= self.segment_bytes:
             self._open_segment(self.end_lsn)
-        lsns, data = record_offsets(self.end_lsn, payloads), encode_records(payloads)
+        lsns = record_offsets(self.end_lsn, payloads)
+        data = encode_records(payloads) if records is None else records
         try:
             written = os.write(self._fd, data)
             if written != len(data):

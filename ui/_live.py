@@ -1,8 +1,8 @@
 """The live feed: one subscriber per dashboard server process, folded into a board that every
 browser session reads (never a poll of Parquet).
 
-The daemon publishes each committed group of events on `run/live.sock` ([b"events", msgpack
-list of packed events]) and the accuracy worker each run's summary on `run/accuracy.sock`.
+The daemon publishes each committed group of events on `run/live.sock` ([b"events", the
+group's event-log records: stagewatch._records]) and the accuracy worker each run's summary on `run/accuracy.sock`.
 A thread here receives both and folds them with `LiveBoard.take`; sessions redraw from the
 board when its version moved. Folding is O(1) an event, so a pipeline at thousands of events
 a second costs the page nothing: it redraws at most twice a second whatever the rate.
@@ -24,6 +24,8 @@ import msgpack
 import numpy as np
 
 from stagewatch._home import Home
+from stagewatch._protocol import HEARTBEAT
+from stagewatch._records import scan_records
 from stagewatch.daemon._readmodels import active_runs
 
 RECENT_DURATIONS = 512  # the running median is over a stage's last 512 executions
@@ -268,10 +270,9 @@ class LiveFeed:
             return
         topic, body = frames
         if topic == b"events":
-            payloads = _decoded(body)
-            for payload in payloads if isinstance(payloads, list) else []:
-                event = _decoded(payload) if isinstance(payload, bytes) else None
-                if isinstance(event, dict):
+            for _, payload in scan_records(body):
+                event = _decoded(payload)
+                if isinstance(event, dict) and event.get("type") != HEARTBEAT:
                     known = self._known_runs(event)
                     with self.board.lock:
                         self.board.take(event, known)

@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -201,3 +202,17 @@ def test_lines_are_copied_as_items_across_chunk_boundaries() -> None:
     document = io.BytesIO()
     assert _copy_lines_as_items(io.BytesIO(lines), len(lines), document, chunk=7)
     assert json.loads(b"[" + document.getvalue()[:-1] + b"]") == [{"n": n} for n in range(50)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 12)), max_size=40))
+def test_marking_a_group_at_once_marks_what_marking_each_event_does(keys: list[tuple[str, int]]) -> None:
+    """The group path (`mark_events`, with its fast path past the watermark) against `mark`:
+    in order, out of order, repeated, and after a gap."""
+    events = [SimpleNamespace(client_id=client, seq=seq) for client, seq in keys]
+    one_by_one, at_once = Deduplicator(), Deduplicator()
+    for event in events:
+        one_by_one.mark(event.client_id, event.seq)
+    at_once.mark_events(events)
+    assert at_once.to_state() == one_by_one.to_state()
+    assert all(at_once.seen(client, seq) for client, seq in keys)

@@ -100,7 +100,11 @@ def _stream(events: int, dataset: str | None, results: list | None) -> list[byte
     return payloads
 
 
-def produce(endpoint: str, events: int, ready=None, go=None, dataset: str | None = None, results=None) -> None:
+def produce(
+    endpoint: str, events: int, ready=None, go=None, dataset: str | None = None, results=None, acked=None
+) -> None:
+    """Send `events` in batches, WINDOW in flight; `acked` (a shared counter), if given, counts
+    the batches acknowledged."""
     payloads = _stream(events, dataset, results)
     batches = [pack_batch("bench", n, payloads[i : i + BATCH]) for n, i in enumerate(range(0, events, BATCH))]
     socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -115,6 +119,8 @@ def produce(endpoint: str, events: int, ready=None, go=None, dataset: str | None
             in_flight.add(sent)
             sent += 1
         in_flight.discard(unpack_ack(socket.recv()))
+        if acked is not None:
+            acked.value += 1
 
 
 def measure_daemon(events: int, dataset: str | None = None, results: list | None = None, worker: bool = True) -> float:

@@ -168,11 +168,19 @@ def _partitions(home: Path | Home) -> list[tuple[Path, list[Path]]]:
 
 
 def _merged(parts: list[Path], schema: pa.Schema, by_status: bool) -> tuple[pa.Table, str]:
-    table = pa.concat_tables([pq.read_table(part, schema=schema) for part in parts])
+    table = pa.concat_tables([_read_part(part, schema) for part in parts])
     first_keys = [(_region_column(schema), "ascending")] if by_status else []
     table = table.sort_by([*first_keys, ("run_id", "ascending"), ("lsn", "ascending")])
     first, last = min(map(first_lsn, parts)), pc.max(table["lsn"]).as_py()
     return table, f"{PART_PREFIX}{first:020d}-{last:020d}.parquet"
+
+
+def _read_part(part: Path, schema: pa.Schema) -> pa.Table:
+    """A part as `schema`. Read as the one file it is: the dataset reader that can also
+    fill in the columns an older part lacks costs twice as much (1.55 against 0.75 us a
+    row for parts of 2,500 rows), so it is kept for those parts."""
+    table = pq.ParquetFile(part).read()
+    return table if table.schema.equals(schema) else pq.read_table(part, schema=schema)
 
 
 def _swap_in(partition: Path, groups: list[list[Path]], merged: list[tuple[pa.Table, str]], by_status: bool) -> None:
@@ -184,10 +192,14 @@ def _swap_in(partition: Path, groups: list[list[Path]], merged: list[tuple[pa.Ta
         if part.name not in replaced:
             _link_or_copy(part, new / part.name)
     for table, name in merged:
-        # Level 3: about 6% smaller than the default level 1 on these tables, and compaction
-        # runs off the ingest path.
+        # An aged partition is written once more, for good: zstd level 3, about 6% smaller than
+        # the default level 1 on these tables. Today's tier merges are rewritten at the next
+        # tier anyway: level 1 writes them in half the time (0.42 against 0.84 us a row,
+        # 1% bigger), and on two cores merging takes its CPU from ingest.
+        level = 3 if by_status else None
         regions = _regions(table[_region_column(table.schema)]) if by_status else [(0, table.num_rows)]
-        with pq.ParquetWriter(new / name, table.schema, **parquet_options(table.schema), compression_level=3) as writer:
+        options = parquet_options(table.schema)
+        with pq.ParquetWriter(new / name, table.schema, **options, compression_level=level) as writer:
             for start, length in regions:
                 writer.write_table(table.slice(start, length), row_group_size=ROW_GROUP_ROWS)
         with open(new / name, "rb") as handle:

@@ -454,3 +454,20 @@ def test_a_compaction_backlog_keeps_pinging_the_systemd_watchdog(home: Path, mon
         1
     ] * 4
     assert pings.count("WATCHDOG=1") >= 4
+
+
+def test_parts_written_before_a_column_existed_merge_with_it_empty(home: Path) -> None:
+    """A merge reads each part as its own file (the fast way), but a part from an older
+    release lacks the GPU columns: it is read into today's schema, the columns null."""
+    store = Store(home)
+    for flush in range(4):
+        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    (partition,) = (home / "metrics" / "stage_executions").glob("date=*")
+    older = sorted(partition.glob("part-*.parquet"))[:2]
+    for part in older:
+        pq.write_table(pq.read_table(part).drop(["gpu_source", "gpu_devices"]), part)
+    assert carry_out(home, tier_plan(home)) == 1
+    (merged,) = partition.glob("part-*.parquet")
+    table = pq.read_table(merged)
+    assert sorted(table["span"].to_pylist()) == list(range(40))
+    assert table["gpu_source"].null_count == 40 and "gpu_devices" in table.schema.names

@@ -471,3 +471,30 @@ def test_parts_written_before_a_column_existed_merge_with_it_empty(home: Path) -
     table = pq.read_table(merged)
     assert sorted(table["span"].to_pylist()) == list(range(40))
     assert table["gpu_source"].null_count == 40 and "gpu_devices" in table.schema.names
+
+
+def test_a_merge_that_fails_halfway_leaves_the_partition_as_it_was(home: Path, monkeypatch) -> None:
+    """Groups are merged and written one at a time into the prepared folder: a write refused
+    after the first (a full disk) drops that folder, and the partition keeps every part."""
+    store = Store(home)
+    for flush in range(8):  # two groups of four
+        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    (partition,) = (home / "metrics" / "stage_executions").glob("date=*")
+    before = sorted(part.name for part in partition.iterdir())
+    written = []
+    write_merged = _compaction._write_merged
+
+    def second_refused(folder: Path, *args: object) -> None:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(write_merged(folder, *args))
+
+    monkeypatch.setattr(_compaction, "_write_merged", second_refused)
+    with pytest.raises(OSError):
+        carry_out(home, tier_plan(home))
+    assert len(written) == 1
+    assert sorted(part.name for part in partition.iterdir()) == before
+    assert not list(partition.parent.glob(".*"))  # no prepared folder left behind
+    monkeypatch.setattr(_compaction, "_write_merged", write_merged)
+    assert carry_out(home, tier_plan(home)) == 2
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(80))

@@ -2,10 +2,12 @@
 browser session reads (never a poll of Parquet).
 
 The daemon publishes each committed group of events on `run/live.sock` ([b"events", the
-group's event-log records: stagewatch._records]) and the accuracy worker each run's summary on `run/accuracy.sock`.
-A thread here receives both and folds them with `LiveBoard.take`; sessions redraw from the
-board when its version moved. Folding is O(1) an event, so a pipeline at thousands of events
-a second costs the page nothing: it redraws at most twice a second whatever the rate.
+group's event-log records, `stagewatch._records`, heartbeats included]) and the accuracy
+worker each run's summary on `run/accuracy.sock`. A thread here receives both and folds
+them with `LiveBoard.take`; sessions redraw from the board when its version moved. Folding
+is O(1) an event, so a pipeline at thousands of events a second costs the page nothing: it
+redraws at most twice a second whatever the rate. A dashboard older than its daemon (the
+feed was a msgpack list before) shows no live events until it is restarted.
 """
 
 from __future__ import annotations

@@ -163,10 +163,51 @@ with run.stage("detection", sample_id="frame_047"):
     assert {r["stage"]: r["status"] for r in crashed}["detection"] == "crashed"
 
 
-def test_redelivered_batches_are_stored_once(daemon: DaemonProcess) -> None:
+def _stage_ends(client_id: str, run_id: str, seqs: range) -> list[bytes]:
+    """Packed stage_finished events of one run, a span and a seq each."""
+    from stagewatch._protocol import pack_event
+
+    now = time.time_ns()
+    return [
+        pack_event(
+            {
+                "v": 1,
+                "type": "stage_finished",
+                "client_id": client_id,
+                "seq": seq,
+                "ts_ns": now,
+                "run_id": run_id,
+                "stage": "detection",
+                "span": seq,
+                "start_ts_ns": now,
+                "duration_ms": 1.0,
+            }
+        )
+        for seq in seqs
+    ]
+
+
+def _send_batches(daemon: DaemonProcess, client_id: str, batches: list[list[bytes]]) -> None:
+    """Each batch over a real DEALER socket, each acknowledged before the next."""
     import zmq
 
-    from stagewatch._protocol import pack_batch, pack_event
+    from stagewatch._protocol import pack_batch
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.connect(f"ipc://{daemon.socket_path}")
+    try:
+        for batch_no, events in enumerate(batches, start=1):
+            socket.send(pack_batch(client_id, batch_no, events))
+            assert socket.poll(10_000)
+            socket.recv()
+    finally:
+        socket.close(0)
+        context.term()
+
+
+def test_redelivered_batches_are_stored_once(daemon: DaemonProcess) -> None:
+    from stagewatch._protocol import pack_event
 
     run_id = "0b6c5f3e-6c41-4c32-9a43-1a4e2a3a1c11"
     events = [
@@ -182,34 +223,8 @@ def test_redelivered_batches_are_stored_once(daemon: DaemonProcess) -> None:
             }
         )
     ]
-    events += [
-        pack_event(
-            {
-                "v": 1,
-                "type": "stage_finished",
-                "client_id": "manual",
-                "seq": 2 + i,
-                "ts_ns": time.time_ns(),
-                "run_id": run_id,
-                "stage": "detection",
-                "span": i + 1,
-                "start_ts_ns": time.time_ns(),
-                "duration_ms": 1.0,
-            }
-        )
-        for i in range(10)
-    ]
-    context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.connect(f"ipc://{daemon.socket_path}")
-    try:
-        for batch_no in (1, 2, 3):  # the same events three times
-            socket.send(pack_batch("manual", batch_no, events))
-            assert socket.poll(10_000)
-            socket.recv()
-    finally:
-        socket.close(0)
-        context.term()
+    events += _stage_ends("manual", run_id, range(2, 12))
+    _send_batches(daemon, "manual", [events] * 3)  # the same events three times
     status = wait_for(lambda: daemon.status() if daemon.status().get("stats", {}).get("duplicates") else None)
     assert status["stats"]["duplicates"] == 22
     assert len(_rows(daemon.home, "stage_executions", run_id, 10)) == 10
@@ -255,3 +270,23 @@ def test_a_run_whose_first_flush_has_no_ended_stage_is_written_without_errors(da
     run.finish()
     assert daemon.audit(run.id)["status"] == "ok"
     assert daemon.status()["stats"]["write_errors"] == 0
+
+
+def test_rows_left_after_a_burst_are_written_once_the_daemon_idles(home: Path) -> None:
+    """With the periodic flush a minute away, a burst's rows (500 or more left pending) reach
+    Parquet once the daemon has waited a poll with nothing to do; a trickle below that waits."""
+    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "60"}).start()
+    burst, trickle = "6a1f8e1e-0d0c-4f55-8d5e-3c1f6a0b7e01", "6a1f8e1e-0d0c-4f55-8d5e-3c1f6a0b7e02"
+    try:
+        # status.json is written once by recovery, then by the loop's first periodic flush:
+        # once that is behind us, the next is a minute away.
+        first = wait_for(daemon.status)["updated_at"]
+        wait_for(lambda: daemon.status().get("updated_at", first) > first)
+        _send_batches(daemon, "burst", [_stage_ends("burst", burst, range(1, 601))])
+        assert len(_rows(home, "stage_executions", burst, 600)) == 600  # waits up to 20 s
+        _send_batches(daemon, "trickle", [_stage_ends("trickle", trickle, range(1, 11))])
+        time.sleep(1.0)
+        data = read_table(home, "stage_executions")
+        assert pc.sum(pc.equal(data["run_id"], trickle)).as_py() in (0, None)
+    finally:
+        daemon.stop()

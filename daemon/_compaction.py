@@ -45,7 +45,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,6 +63,9 @@ ROW_GROUP_ROWS = 8192
 FAN_IN = 4
 MIN_AGE_DAYS = 2
 GROUPS_PER_SWAP = 64  # a backlog (a home from before tiers) is merged in steps, not in one long swap
+# The parts one swap merges at most (but one group): a swap is one step of the disk thread,
+# which the row writes queued behind it wait for; 8 MB of parts is about 0.1 s on this machine.
+SWAP_BYTES = 8 << 20
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
@@ -109,29 +112,58 @@ def carry_out(
     deadline: float = math.inf,
     by_status: bool = False,
 ) -> int:
-    """Merge each group of parts into one, at most `GROUPS_PER_SWAP` groups a swap; call
-    `progress` after each swap (the daemon pings systemd's watchdog: a long backlog is work,
-    not a hang) and stop once time.monotonic() passes `deadline` (the rest waits for the next
-    pass). `by_status`: the aged layout (row groups of one status each). Returns how many
-    groups were merged."""
+    """Merge each group of parts into one (`merge_steps`), calling `progress` after each swap
+    (the daemon pings systemd's watchdog: a long backlog is work, not a hang). Returns how
+    many groups were merged."""
+    merged = 0
+    for groups in merge_steps(home, plan, deadline, by_status):
+        merged += groups
+        progress()
+    return merged
+
+
+def merge_steps(home: Path | Home, plan: Plan, deadline: float = math.inf, by_status: bool = False) -> Iterator[int]:
+    """Merge each group of parts into one, a swap at a time: groups of at most `SWAP_BYTES`
+    of parts together (one group at least) and `GROUPS_PER_SWAP`; yields how many groups each
+    swap merged, and stops once time.monotonic() passes `deadline` (the rest waits for the
+    next pass). `by_status`: the aged layout (row groups of one status each).
+
+    Parts written between two swaps are not in `plan` and are left as they are: on the disk
+    thread, row writes run between the swaps of a pass (DiskJobs)."""
     home = Home.of(home)
     finish_interrupted(home)
-    merged = 0
     for partition, groups in plan.items():
         schema = TABLES[partition.parent.name]
-        for start in range(0, len(groups), GROUPS_PER_SWAP):
+        for swap in _swaps(groups):
             if time.monotonic() > deadline:
-                return merged
-            chunk = groups[start : start + GROUPS_PER_SWAP]
+                return
             try:
-                _swap_in(partition, chunk, schema, by_status)
+                _swap_in(partition, swap, schema, by_status)
             except (pa.ArrowInvalid, OSError):  # a damaged part: out of the way; the next pass merges the rest
-                if not quarantine_damaged(home, [part for group in chunk for part in group]):
+                if not quarantine_damaged(home, [part for group in swap for part in group]):
                     raise  # not a damaged part (a full disk, say): reported, and the next pass tries again
                 continue
-            merged += len(chunk)
-            progress()
-    return merged
+            yield len(swap)
+
+
+def _swaps(groups: list[list[Path]]) -> Iterator[list[list[Path]]]:
+    swap: list[list[Path]] = []
+    size = 0
+    for group in groups:
+        swap.append(group)
+        size += sum(_size(part) for part in group)
+        if size >= SWAP_BYTES or len(swap) == GROUPS_PER_SWAP:
+            yield swap
+            swap, size = [], 0
+    if swap:
+        yield swap
+
+
+def _size(part: Path) -> int:
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:  # merged away meanwhile: the swap finds it missing and says so
+        return 0
 
 
 def quarantine_damaged(home: Home, parts: list[Path]) -> list[Path]:

@@ -219,6 +219,9 @@ class Daemon:
         report = self.log.open(set_aside=self.home.quarantined_segments)
         checkpoint = self.writer.store.read_checkpoint() or {}
         self.projector = Projector.from_state(checkpoint.get("projector", {}))
+        # A checkpoint may be on disk ahead of a running run's audit trail (a long trail's copy
+        # lets it pass, DiskJobs): every run it holds has its trail written again.
+        self.projector.dirty.update(self.projector.runs)
         self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
         self.maintenance.daemon_seq = checkpoint.get("daemon_seq", 0)
         self.writer.load(checkpoint)

@@ -11,32 +11,66 @@ on disk only after every row and line it accounts for. The first job that fails 
 disk) halts the queue at that job: nothing after it runs, and the writer retries from it
 once it has reported the error (`take_error`). Memory stays bounded: `submit` waits while
 the queued jobs weigh more than `max_weight` (rows, for row jobs).
+
+Long jobs give way. A running run's audit trail copied whole (300 MB for a million stages)
+or a pass of Parquet merges held the thread for up to a second; the row writes queued behind
+them reached `max_weight` and the loop stopped acknowledging. Such a job is queued as steps
+(`submit_steps`: a generator, each `next` a short step) and, once it has started, the jobs
+queued right behind it that were submitted with `passes=True` (row parts, stage lines, the
+checkpoint: none of them reads what a long job writes) run between its steps. A job that
+may not pass it (another long job, an audit trail written at once) stops the passing: what
+is behind that waits, as before, so order holds wherever it matters.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+# A long job that is being passed still gets a step this often, so a flood of row writes
+# cannot starve it (a step is about 16 MB of copying or one small swap of merged parts).
+STEP_AT_LEAST_EVERY_S = 0.25
+
+
+@dataclass
+class _Job:
+    run: Callable[[], object] | None  # a job done in one go, or
+    make_steps: Callable[[], Iterator[object]] | None  # a long one, in steps
+    weight: int
+    passes: bool  # may run between the steps of a long job queued before it
+    steps: Iterator[object] | None = None  # the long job under way
 
 
 class DiskJobs:
     def __init__(self, max_weight: int) -> None:
         self.max_weight = max_weight
-        self._jobs: deque[tuple[Callable[[], object], int]] = deque()
+        self._jobs: deque[_Job] = deque()
         self._weight = 0
         self._error: Exception | None = None  # the queue is halted on its first job
         self._closed = False
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def submit(self, job: Callable[[], object], weight: int = 1) -> None:
-        """Queue `job` after every job submitted before it (waits while the queue is full)."""
+    def submit(self, job: Callable[[], object], weight: int = 1, *, passes: bool = False) -> None:
+        """Queue `job` after every job submitted before it (waits while the queue is full).
+        `passes`: it may run between the steps of a long job queued before it."""
+        self._queue(_Job(job, None, weight, passes))
+
+    def submit_steps(self, make_steps: Callable[[], Iterator[object]]) -> None:
+        """Queue a long job as steps: `make_steps()` is called when its turn comes and each
+        `next` on what it returns is one step. If a step raises, the queue halts on the job
+        and the retry starts it over with a new `make_steps()`."""
+        self._queue(_Job(None, make_steps, 1, False))
+
+    def _queue(self, job: _Job) -> None:
         with self._changed:
             while self._weight >= self.max_weight and self._error is None and self._jobs:
                 self._changed.wait()
-            self._jobs.append((job, weight))
-            self._weight += weight
+            self._jobs.append(job)
+            self._weight += job.weight
             self._changed.notify_all()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="stagewatch-disk-writer", daemon=True)
@@ -75,22 +109,52 @@ class DiskJobs:
             self._thread = None
 
     def _run(self) -> None:
+        last_step = time.monotonic()
         while True:
             with self._changed:
                 while not self._closed and (not self._jobs or self._error is not None):
                     self._changed.wait()
                 if not self._jobs or self._error is not None:
                     return  # closed
-                job, weight = self._jobs[0]
+                index = self._next_index(last_step)
+                job = self._jobs[index]
             try:
-                job()
+                done = self._work(job)
                 failed = None
             except Exception as error:  # halt: the writer reports it and retries from here
-                failed = error
+                done, failed = False, error
+                job.steps = None  # a long job starts over
+            if job.steps is not None:
+                last_step = time.monotonic()
             with self._changed:
-                if failed is None:
-                    self._jobs.popleft()
-                    self._weight -= weight
-                else:
+                if failed is not None:
                     self._error = failed
+                elif done:
+                    del self._jobs[index]
+                    self._weight -= job.weight
                 self._changed.notify_all()
+
+    def _next_index(self, last_step: float) -> int:
+        """The head, or the job right behind a long job under way that may pass it (unless
+        the long job has waited for a step long enough)."""
+        head = self._jobs[0]
+        if head.steps is None or len(self._jobs) < 2 or not self._jobs[1].passes:
+            return 0
+        return 0 if time.monotonic() - last_step >= STEP_AT_LEAST_EVERY_S else 1
+
+    @staticmethod
+    def _work(job: _Job) -> bool:
+        """Do `job`, or one step of it; True once it is done."""
+        if job.run is not None:
+            job.run()
+            return True
+        if job.steps is None:
+            assert job.make_steps is not None
+            job.steps = job.make_steps()
+        if next(job.steps, _DONE) is _DONE:
+            job.steps = None
+            return True
+        return False
+
+
+_DONE = object()

@@ -5,7 +5,7 @@ summaries, merging of small Parquet parts, the accuracy worker's health, systemd
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +18,7 @@ from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
 from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
 from stagewatch._spool import spool_owner
-from stagewatch.daemon._compaction import aged_cutoff, carry_out, compact, tier_plan, utc_now
+from stagewatch.daemon._compaction import aged_cutoff, compact, merge_steps, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
 from stagewatch.daemon._ingest import Group, Ingest
 from stagewatch.daemon._projection import Projector
@@ -29,7 +29,7 @@ from stagewatch.daemon._settings import DiskSection, RetentionSection
 from stagewatch.daemon._stagestats import refresh_summaries
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 
-MERGE_BUDGET_S = 2.0  # the most one pass of tier merging holds up the disk thread (but one partition)
+MERGE_BUDGET_S = 2.0  # how long one pass of tier merging goes on (its swaps and the row writes between them)
 HOME_MEASURE_INTERVAL_S = 300.0
 SCRUB_INTERVAL_S = 60.0  # one sealed segment a minute: a 100-segment log is checked in under 2 hours
 
@@ -60,11 +60,12 @@ class Scheduler:
 @dataclass(frozen=True)
 class Background:
     """Where maintenance that reads or rewrites files runs: on the writer's disk thread, after
-    the writes queued before it (`ReadModelWriter.in_background`), or behind a checkpoint of
-    everything so far (`after_checkpoint`), so that the loop goes on acknowledging."""
+    the writes queued before it (`ReadModelWriter.in_background`), or in steps behind a
+    checkpoint of everything so far (`after_checkpoint`), so that the loop goes on
+    acknowledging."""
 
     after_writes: Callable[[Callable[[], object], str], None]
-    after_checkpoint: Callable[[Callable[[], object], str], None]
+    after_checkpoint: Callable[[Callable[[], Iterator[object]], str], None]
 
 
 class Maintenance:
@@ -196,10 +197,13 @@ class Maintenance:
         if tier_plan(self.home):
             self.background.after_checkpoint(self._merge, "merge Parquet parts")
 
-    def _merge(self) -> None:  # on the disk thread
-        # Planned again here: a pass queued earlier (behind a slow disk) may have merged some.
-        # A bounded pass: the writes queued behind it wait; what is left waits for the next one.
-        merged = carry_out(self.home, tier_plan(self.home), deadline=time.monotonic() + MERGE_BUDGET_S)
+    def _merge(self) -> Iterator[int]:  # steps on the disk thread; row writes run between them
+        # Planned at its first step: a pass queued earlier (behind a slow disk) may have merged
+        # some. A bounded pass: what is left waits for the next one.
+        merged = 0
+        for groups in merge_steps(self.home, tier_plan(self.home), deadline=time.monotonic() + MERGE_BUDGET_S):
+            merged += groups
+            yield groups
         logger.debug("merged {} group(s) of small Parquet parts", merged)
 
     def scrub(self) -> None:

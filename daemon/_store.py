@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,9 @@ from stagewatch.daemon._projection import RunState, audit_json, stage_lines_byte
 from stagewatch.daemon._runindex import RunIndex
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
+# An audit trail's copy pauses this often for the row writes queued behind it (DiskJobs):
+# about 10-30 ms of copying on this machine.
+COPY_STEP_BYTES = 16 << 20
 MB = pa.float64()
 
 STAGE_EXECUTIONS = pa.schema(
@@ -204,14 +207,22 @@ def _date_of_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
-def _copy_lines_as_items(lines: BinaryIO, size: int, document: BinaryIO, chunk: int = 1 << 20) -> bool:
+def _copy_lines_as_items(
+    lines: BinaryIO, size: int, document: BinaryIO, chunk: int = 1 << 20, step: int | None = None
+) -> Generator[None, None, bool]:
     """Copy the first `size` bytes of a JSON-lines file as array items, a chunk at a time
-    (each line's newline becomes a comma); True if what was written ends with a comma."""
-    last = b""
-    while size > 0 and (data := lines.read(min(chunk, size))):
+    (each line's newline becomes a comma), pausing (a `yield`) after every `step` bytes
+    (`COPY_STEP_BYTES`); returns True if what was written ends with a comma."""
+    step = step or COPY_STEP_BYTES
+    last, since_pause = b"", 0
+    while size > 0 and (data := lines.read(min(chunk, step, size))):
         size -= len(data)
         document.write(data.replace(b"\n", b","))
         last = data[-1:]
+        since_pause += len(data)
+        if since_pause >= step and size > 0:
+            since_pause = 0
+            yield
     return last == b"\n"
 
 
@@ -363,18 +374,23 @@ class Store:
         self.write_audit_document(AuditDocument.of(run), ended_bytes)
 
     def write_audit_document(self, document: AuditDocument, ended_bytes: int) -> None:
+        deque(self.audit_document_steps(document, ended_bytes), maxlen=0)
+
+    def audit_document_steps(self, document: AuditDocument, ended_bytes: int) -> Iterator[None]:
         """audit.json: the run's summary with every stage, ended (the first `ended_bytes` of
-        stages.jsonl) then running.
+        stages.jsonl) then running; in steps (`DiskJobs.submit_steps`), the file replaced
+        after the last.
 
         The ended stages are copied in as bytes, a chunk at a time, so rewriting a long run's
         trail costs a file copy, not a re-encoding of every stage, and its memory stays
-        that of one chunk (a run of a million stages has a 450 MB trail).
+        that of one chunk (a run of a million stages has a 450 MB trail). Lines appended to
+        stages.jsonl between two steps lie past `ended_bytes`: the copy never reads them.
         """
         with replacing(self.home.audit(document.run_id)) as out:
             out.write(document.head)
             if ended_bytes:  # a run with no ended stage yet has no stages.jsonl (nor folder)
                 with open(self.home.stage_lines(document.run_id), "rb") as lines:
-                    comma = _copy_lines_as_items(lines, ended_bytes, out)
+                    comma = yield from _copy_lines_as_items(lines, ended_bytes, out)
                 if comma and not document.running:  # the last item's comma, with no item after it
                     out.seek(-1, os.SEEK_CUR)
                     out.truncate()

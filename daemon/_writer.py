@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -146,27 +146,32 @@ class ReadModelWriter:
         self.flush(projector, final=True)
         return self.drain() and self.checkpoint_lsn == self.log.end_lsn
 
-    def after_checkpoint(self, projector: Projector, job: Callable[[], object], what: str) -> None:
-        """Run `job` on the disk thread behind a checkpoint of everything so far, without the
-        loop waiting: merging parts needs that (see `checkpoint_all`), and the queue halts at a
-        refused write, so `job` never runs before its checkpoint is on disk."""
+    def after_checkpoint(self, projector: Projector, steps: Callable[[], Iterator[object]], what: str) -> None:
+        """Run `steps` (maintenance in steps: DiskJobs.submit_steps) on the disk thread behind a
+        checkpoint of everything so far, without the loop waiting: merging parts needs that (see
+        `checkpoint_all`), and the queue halts at a refused write, so no step runs before its
+        checkpoint is on disk. Row writes queued later run between its steps."""
         if self.flush(projector, checkpoint=True):
-            self.in_background(job, what)
+            self.jobs.submit_steps(lambda: self._guarded(steps(), what))
 
     def in_background(self, job: Callable[[], object], what: str) -> None:
         """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
         raises is reported from the loop and never halts the writes queued behind it."""
 
-        def guarded() -> None:  # on the disk thread
-            try:
-                job()
-            except OSError as error:  # a full disk, say: the next pass tries again
-                self._done.append(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
-            except Exception:  # a bug: logged and counted, and the writes behind it go on
-                logger.exception("internal error in the disk thread's {} (the daemon keeps running)", what)
-                self._done.append(self._count_internal_error)
+        def once() -> Iterator[object]:
+            job()
+            yield from ()
 
-        self.jobs.submit(guarded)
+        self.jobs.submit(lambda: deque(self._guarded(once(), what), maxlen=0))
+
+    def _guarded(self, steps: Iterator[object], what: str) -> Iterator[object]:  # on the disk thread
+        try:
+            yield from steps
+        except OSError as error:  # a full disk, say: the next pass tries again
+            self._done.append(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
+        except Exception:  # a bug: logged and counted, and the writes behind it go on
+            logger.exception("internal error in the disk thread's {} (the daemon keeps running)", what)
+            self._done.append(self._count_internal_error)
 
     def _count_internal_error(self) -> None:
         self.stats.internal_errors += 1
@@ -201,7 +206,7 @@ class ReadModelWriter:
         for run_id, data in lines.items():
             start = self.stage_bytes.get(run_id, 0)
             self.stage_bytes[run_id] = start + len(data)
-            self.jobs.submit(functools.partial(self.store.write_stage_lines, run_id, start, data))
+            self.jobs.submit(functools.partial(self.store.write_stage_lines, run_id, start, data), passes=True)
         for table, table_rows in rows.items():
             if table_rows:
                 # Arrow columns here: building them holds the GIL, which the disk thread should not.
@@ -209,7 +214,7 @@ class ReadModelWriter:
                 for row, reason in refused:
                     self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
                 job = functools.partial(self.store.write_parts, table, parts)
-                self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts))
+                self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts), passes=True)
 
     def _write_audits(self, projector: Projector, final: bool) -> None:
         self._dirty |= projector.take_dirty()
@@ -221,13 +226,29 @@ class ReadModelWriter:
             elif run_id in self._audits_queued and not (final or run.complete):
                 continue  # rewritten once the queued rewrite is done: a long trail is not copied twice
             elif final or run.complete or self._throttle.due(run_id, now):
-                started = time.monotonic()
-                document = AuditDocument.of(run)
-                encoded_s = time.monotonic() - started
-                self._audits_queued.add(run_id)
-                write = functools.partial(self.store.write_audit_document, document, self.stage_bytes.get(run_id, 0))
-                self._submit_timed(write, functools.partial(self._audit_written, run_id), encoded_s)
+                self._queue_audit(run, at_once=final or run.complete)
                 self._dirty.discard(run_id)
+
+    def _queue_audit(self, run: RunState, at_once: bool) -> None:
+        """Queue the rewrite of a run's audit trail. A running run's is copied in steps that
+        the row writes and the checkpoint may run between (recovery rewrites the trails of the
+        runs it finds running, so a checkpoint ahead of one loses nothing); a finished run's,
+        at once and before the checkpoint that may forget the run."""
+        started = time.monotonic()
+        document = AuditDocument.of(run)
+        encoded_s = time.monotonic() - started
+        ended_bytes = self.stage_bytes.get(run.run_id, 0)
+        self._audits_queued.add(run.run_id)
+
+        def steps() -> Iterator[object]:  # on the disk thread; its cost: its own steps, not those between
+            costs = [encoded_s]
+            yield from _timed(self.store.audit_document_steps(document, ended_bytes), costs)
+            self._done.append(functools.partial(self._audit_written, run.run_id, sum(costs)))
+
+        if at_once:
+            self.jobs.submit(lambda: deque(steps(), maxlen=0))
+        else:
+            self.jobs.submit_steps(steps)
 
     def _audit_written(self, run_id: str, cost_s: float) -> None:
         self._audits_queued.discard(run_id)
@@ -246,24 +267,19 @@ class ReadModelWriter:
         data = msgpack.packb(state, use_bin_type=True)
         self._checkpoint_queued = True
         encoded_s = time.monotonic() - started
-        write = functools.partial(self.store.write_checkpoint_bytes, data)
-        self._submit_timed(write, functools.partial(self._checkpoint_written, state["lsn"]), encoded_s)
+        lsn = state["lsn"]
+
+        def job() -> None:  # on the disk thread
+            started = time.monotonic()
+            self.store.write_checkpoint_bytes(data)
+            self._done.append(functools.partial(self._checkpoint_written, lsn, encoded_s + time.monotonic() - started))
+
+        self.jobs.submit(job, passes=True)
 
     def _checkpoint_written(self, lsn: int, cost_s: float) -> None:
         self.checkpoint_lsn = lsn
         self._checkpoint_queued = False
         self._spent("checkpoint", cost_s)
-
-    def _submit_timed(self, write: Callable[[], object], done: Callable[[float], None], encoded_s: float) -> None:
-        """Queue a throttled rewrite; `done(its cost: encoding here + writing there)` then runs
-        on the loop's thread."""
-
-        def job() -> None:  # on the disk thread
-            started = time.monotonic()
-            write()
-            self._done.append(functools.partial(done, encoded_s + time.monotonic() - started))
-
-        self.jobs.submit(job)
 
     def _spent(self, key: str, cost_s: float) -> None:
         now = time.monotonic()
@@ -305,3 +321,17 @@ class ReadModelWriter:
             "foreign_events": projector.foreign_events,
         }
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())
+
+
+def _timed(steps: Iterator[object], into: list[float]) -> Iterator[object]:
+    """`steps`, with the time each took appended to `into` (not the time between them)."""
+    while True:
+        started = time.monotonic()
+        step = next(steps, _END)
+        into.append(time.monotonic() - started)
+        if step is _END:
+            return
+        yield step
+
+
+_END = object()

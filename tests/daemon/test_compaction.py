@@ -20,7 +20,14 @@ import stagewatch
 from stagewatch._home import Home
 from stagewatch._protocol import pack_event
 from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _maintenance, _readmodels
-from stagewatch.daemon._compaction import carry_out, compact, finish_interrupted, tier_groups, tier_plan
+from stagewatch.daemon._compaction import (
+    carry_out,
+    compact,
+    finish_interrupted,
+    merge_steps,
+    tier_groups,
+    tier_plan,
+)
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._query import Filters, query_stages
 from stagewatch.daemon._readmodels import read_table, to_rows
@@ -289,7 +296,7 @@ def test_a_merge_that_fails_on_the_disk_thread_is_reported_and_the_writes_behind
     def fail(*args: object, **kwargs: object) -> int:
         raise failure
 
-    monkeypatch.setattr(_maintenance, "carry_out", fail)
+    monkeypatch.setattr(_maintenance, "merge_steps", fail)
     errors = (daemon.stats.write_errors, daemon.stats.internal_errors)
     daemon.maintenance.merge_small_parts()
     commit_and_flush(9)  # queued behind the failed merge
@@ -312,6 +319,27 @@ def test_a_merge_pass_stops_at_its_deadline_and_reports_progress_per_swap(home: 
     assert carry_out(home, plan, progress=lambda: swaps.append(1)) == 10  # 5 groups of 4 a day
     assert len(swaps) == 2 and len(_listing(home)) == 10
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(120))
+
+
+def test_a_part_written_between_the_swaps_of_a_pass_is_kept_as_it_is(home: Path, monkeypatch) -> None:
+    """On the disk thread, row writes run between a merge pass's swaps (DiskJobs): the plan
+    made at its start stands, and a part that arrives meanwhile is neither merged nor lost."""
+    monkeypatch.setattr(_compaction, "SWAP_BYTES", 1)  # a swap for each group of four
+    store = Store(home)
+    for flush in range(8):
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    swaps = merge_steps(home, tier_plan(home))
+    assert next(swaps) == 1
+    store.write_rows("stage_executions", _rows(24, 3, T0))
+    assert list(swaps) == [1]
+    assert sorted(_listing(home)) == sorted(
+        [
+            f"part-{0:020d}-{11:020d}.parquet",
+            f"part-{12:020d}-{23:020d}.parquet",
+            f"part-{24:020d}.parquet",
+        ]
+    )
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(27))
 
 
 def test_parts_that_cannot_be_hard_linked_are_copied(home: Path, monkeypatch) -> None:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from stagewatch._home import Home
-from stagewatch.daemon import Daemon
+from stagewatch.daemon import Daemon, _store
 from stagewatch.daemon._diskjobs import DiskJobs
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._readmodels import read_table
-from tests.daemon.test_compaction import _in_process_daemon, _stage_event
+from stagewatch.daemon._store import Store
+from tests.daemon.test_compaction import RUN_ID, _crash, _in_process_daemon, _stage_event
 
 
 def test_jobs_run_in_the_order_submitted() -> None:
@@ -105,4 +108,113 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     daemon.release()  # as kill -9: a recovery replays nothing twice
     recovered = _daemon(home)
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
+    recovered.release()
+
+
+def _steps(name: str, count: int, done: list[str], first_step_waits: threading.Event | None = None):
+    def make_steps():
+        for step in range(count):
+            if step == 0 and first_step_waits is not None:
+                first_step_waits.wait(10)
+            done.append(f"{name}{step}")
+            yield
+
+    return make_steps
+
+
+def test_jobs_that_may_pass_run_between_the_steps_of_a_long_job_and_the_rest_wait_for_it() -> None:
+    jobs, done, go = DiskJobs(max_weight=10), [], threading.Event()
+    jobs.submit_steps(_steps("long", 4, done, first_step_waits=go))
+    jobs.submit(lambda: done.append("rows"), passes=True)
+    jobs.submit(lambda: done.append("audit"))  # may not pass: it, and what is behind it, wait
+    jobs.submit(lambda: done.append("more rows"), passes=True)
+    go.set()
+    assert jobs.drain()
+    assert done == ["long0", "rows", "long1", "long2", "long3", "audit", "more rows"]
+    jobs.close()
+
+
+def test_a_long_job_still_gets_its_steps_while_jobs_that_may_pass_keep_coming() -> None:
+    jobs, done, go = DiskJobs(max_weight=1000), [], threading.Event()
+    jobs.submit_steps(_steps("long", 3, done, first_step_waits=go))
+    for number in range(40):  # 2 s of row writes, queued behind it at once
+        jobs.submit(lambda number=number: (time.sleep(0.05), done.append(f"rows{number}")), passes=True)
+    go.set()
+    assert jobs.drain()
+    # A step at least every STEP_AT_LEAST_EVERY_S (0.25 s): the long job is done within about
+    # 0.5 s, long before the last row write, not starved until they are all done.
+    assert done.index("long2") < done.index("rows29")
+    assert done.index("long1") > done.index("rows0")  # and the row writes did pass it
+    jobs.close()
+
+
+def test_a_long_job_whose_step_fails_halts_the_queue_and_starts_over_on_retry() -> None:
+    jobs, done, starts = DiskJobs(max_weight=10), [], []
+
+    def make_steps():
+        starts.append(1)
+        done.append("step0")
+        yield
+        if len(starts) == 1:
+            raise OSError(28, "No space left on device")
+        done.append("step1")
+
+    jobs.submit_steps(make_steps)
+    jobs.submit(lambda: done.append("behind"))
+    assert not jobs.drain() and jobs.halted
+    assert done == ["step0"]
+    assert isinstance(jobs.take_error(), OSError)
+    assert jobs.drain()
+    assert done == ["step0", "step0", "step1", "behind"] and len(starts) == 2
+    jobs.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the "kill -9"
+def test_rows_and_the_checkpoint_pass_a_long_audit_copy_and_recovery_rewrites_the_trail(
+    home: Path, monkeypatch
+) -> None:
+    """A running run's audit trail is copied in steps; the rows and the checkpoint queued
+    behind it are written between them. Killed mid-copy, the checkpoint is ahead of the trail:
+    recovery writes the trail again, with every stage."""
+    daemon = _daemon(home)
+    _ingest(daemon, range(1, 201))
+    daemon.flush(final=True)
+    assert daemon.writer.drain()
+    copying, copied, killed = threading.Event(), threading.Event(), threading.Event()
+    original = Store.audit_document_steps
+
+    def slow_copy(store, document, ended_bytes):  # 1 KB steps of 50 ms: about 8 s for 400 stages
+        for step in original(store, document, ended_bytes):
+            if killed.is_set():
+                raise SystemExit("kill -9")  # the disk thread ends here, mid-copy
+            copying.set()
+            time.sleep(0.05)
+            yield step
+        copied.set()
+
+    monkeypatch.setattr(_store, "COPY_STEP_BYTES", 1024)
+    monkeypatch.setattr(Store, "audit_document_steps", slow_copy)
+    monkeypatch.setattr(daemon.writer._throttle, "due", lambda key, now: True)
+    _ingest(daemon, range(201, 401))
+    daemon.writer.flush(daemon.projector, checkpoint=True)
+    assert copying.wait(10)
+    _ingest(daemon, range(401, 601))
+    daemon.writer.flush(daemon.projector, checkpoint=True)  # lines, rows, a checkpoint: they pass it
+
+    deadline = time.monotonic() + 5
+    while _checkpoint_lsn(home) < daemon.log.end_lsn and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _checkpoint_lsn(home) == daemon.log.end_lsn
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 601))
+    assert not copied.is_set()  # all that while the copy went on
+    assert len(json.loads(Home(home).audit(RUN_ID).read_text())["stages"]) == 200
+    killed.set()
+    daemon.writer.jobs._thread.join(10)
+    _crash(daemon)
+    monkeypatch.undo()
+    recovered = _daemon(home)  # nothing to replay: the checkpoint covers the whole log
+    assert recovered.stats.replayed == 0
+    assert recovered.writer.drain()
+    audit = json.loads(Home(home).audit(RUN_ID).read_text())
+    assert sorted(stage["span"] for stage in audit["stages"]) == list(range(1, 601))
     recovered.release()

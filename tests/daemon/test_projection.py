@@ -197,10 +197,17 @@ def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, 
     assert stages == entries + list(run.open.values())
 
 
-def test_lines_are_copied_as_items_across_chunk_boundaries() -> None:
+def test_lines_are_copied_as_items_across_chunk_boundaries_pausing_between_steps() -> None:
     lines = b"".join(b'{"n":%d}\n' % n for n in range(50))
     document = io.BytesIO()
-    assert _copy_lines_as_items(io.BytesIO(lines), len(lines), document, chunk=7)
+    copy = _copy_lines_as_items(io.BytesIO(lines), len(lines), document, chunk=7, step=70)
+    pauses = 0
+    with pytest.raises(StopIteration) as done:
+        while True:
+            next(copy)
+            pauses += 1
+    assert done.value.value is True  # it ends with a comma
+    assert pauses == (len(lines) - 1) // 70  # a pause per 70 bytes copied, none after the last
     assert json.loads(b"[" + document.getvalue()[:-1] + b"]") == [{"n": n} for n in range(50)]
 
 

@@ -31,9 +31,10 @@ A merged part takes a name no part had before (`part-{first lsn}-{last lsn}.parq
 reader that listed the old folder finds its files or gets FileNotFoundError (read_table then
 lists again), never new rows under an old name. Where the file system cannot exchange, the
 old folder is moved aside first (rows briefly absent, never doubled). `finish_interrupted`
-completes a swap that a crash cut short. Only the daemon's own tables are compacted, from its
-own loop after a checkpoint, so no part arrives meanwhile and no merged part holds rows that
-recovery would replay.
+completes a swap that a crash cut short. Only the daemon's own tables are compacted, on its
+disk thread behind a checkpoint and over the parts that checkpoint covers, so no merged part
+holds rows that recovery would replay; parts written between two swaps are not in the plan
+and are carried over as they are.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ FAN_IN = 4
 MIN_AGE_DAYS = 2
 GROUPS_PER_SWAP = 64  # a backlog (a home from before tiers) is merged in steps, not in one long swap
 # The parts one swap merges at most (but one group): a swap is one step of the disk thread,
-# which the row writes queued behind it wait for; 8 MB of parts is about 0.1 s on this machine.
-SWAP_BYTES = 8 << 20
+# which the row writes queued behind it may wait for. Under a flood on this machine a swap of
+# one group of four parts of 2,500 rows (about 400 KB) took 0.17-0.46 s, of three 0.36-0.67 s:
+# most of it the thread waiting for a core, and part of it per swap (a link per part).
+SWAP_BYTES = 1 << 20
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
@@ -87,11 +90,14 @@ def compact(
     return carry_out(home, plan, progress, by_status=True)
 
 
-def tier_plan(home: Path | Home, fan_in: int = FAN_IN) -> Plan:
-    """Every partition's groups of `fan_in` parts that share a size tier (oldest first)."""
+def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.inf) -> Plan:
+    """Every partition's groups of `fan_in` parts that share a size tier (oldest first), of
+    the parts whose first row is before `before_lsn` (those a checkpoint covers: parts are
+    written in log order and a checkpoint's lsn falls between two of them)."""
     plan = {}
     for partition, parts in _partitions(home):
-        groups = tier_groups([(part, part.stat().st_size) for part in parts], fan_in)
+        covered = [part for part in parts if first_lsn(part) < before_lsn]
+        groups = tier_groups([(part, part.stat().st_size) for part in covered], fan_in)
         if groups:
             plan[partition] = groups
     return plan

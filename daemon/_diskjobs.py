@@ -15,11 +15,12 @@ the queued jobs weigh more than `max_weight` (rows, for row jobs).
 Long jobs give way. A running run's audit trail copied whole (300 MB for a million stages)
 or a pass of Parquet merges held the thread for up to a second; the row writes queued behind
 them reached `max_weight` and the loop stopped acknowledging. Such a job is queued as steps
-(`submit_steps`: a generator, each `next` a short step) and, once it has started, the jobs
-queued right behind it that were submitted with `passes=True` (row parts, stage lines, the
-checkpoint: none of them reads what a long job writes) run between its steps. A job that
-may not pass it (another long job, an audit trail written at once) stops the passing: what
-is behind that waits, as before, so order holds wherever it matters.
+(`submit_steps`: a generator, each `next` a short step), and a job submitted with
+`passes=True` (row parts, stage lines, the checkpoint: none of them reads what a long job
+writes, and a long job reads nothing they write: see its submitter) runs before the long
+jobs queued ahead of it, between their steps. A job that may not pass (one written at once,
+like a finished run's audit trail) stops the passing: it and what is behind it wait for
+everything ahead of it, as before, so order holds wherever it matters.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class _Job:
     run: Callable[[], object] | None  # a job done in one go, or
     make_steps: Callable[[], Iterator[object]] | None  # a long one, in steps
     weight: int
-    passes: bool  # may run between the steps of a long job queued before it
+    passes: bool  # may run before the long jobs queued before it
     steps: Iterator[object] | None = None  # the long job under way
 
 
@@ -56,7 +57,7 @@ class DiskJobs:
 
     def submit(self, job: Callable[[], object], weight: int = 1, *, passes: bool = False) -> None:
         """Queue `job` after every job submitted before it (waits while the queue is full).
-        `passes`: it may run between the steps of a long job queued before it."""
+        `passes`: it may run before the long jobs (`submit_steps`) queued before it."""
         self._queue(_Job(job, None, weight, passes))
 
     def submit_steps(self, make_steps: Callable[[], Iterator[object]]) -> None:
@@ -124,7 +125,7 @@ class DiskJobs:
             except Exception as error:  # halt: the writer reports it and retries from here
                 done, failed = False, error
                 job.steps = None  # a long job starts over
-            if job.steps is not None:
+            if job.make_steps is not None:
                 last_step = time.monotonic()
             with self._changed:
                 if failed is not None:
@@ -135,12 +136,12 @@ class DiskJobs:
                 self._changed.notify_all()
 
     def _next_index(self, last_step: float) -> int:
-        """The head, or the job right behind a long job under way that may pass it (unless
-        the long job has waited for a step long enough)."""
-        head = self._jobs[0]
-        if head.steps is None or len(self._jobs) < 2 or not self._jobs[1].passes:
+        """The first job that may pass, if only long jobs are ahead of it and none of them has
+        waited for a step for `STEP_AT_LEAST_EVERY_S`; else the head."""
+        index = next((i for i, job in enumerate(self._jobs) if job.make_steps is None), 0)
+        if index == 0 or not self._jobs[index].passes or time.monotonic() - last_step >= STEP_AT_LEAST_EVERY_S:
             return 0
-        return 0 if time.monotonic() - last_step >= STEP_AT_LEAST_EVERY_S else 1
+        return index
 
     @staticmethod
     def _work(job: _Job) -> bool:

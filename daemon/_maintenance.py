@@ -29,7 +29,7 @@ from stagewatch.daemon._settings import DiskSection, RetentionSection
 from stagewatch.daemon._stagestats import refresh_summaries
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 
-MERGE_BUDGET_S = 2.0  # how long one pass of tier merging goes on (its swaps and the row writes between them)
+MERGE_BUDGET_S = 2.0  # the time one pass of tier merging spends in its swaps (row writes run between them)
 HOME_MEASURE_INTERVAL_S = 300.0
 SCRUB_INTERVAL_S = 60.0  # one sealed segment a minute: a 100-segment log is checked in under 2 hours
 
@@ -65,7 +65,7 @@ class Background:
     acknowledging."""
 
     after_writes: Callable[[Callable[[], object], str], None]
-    after_checkpoint: Callable[[Callable[[], Iterator[object]], str], None]
+    after_checkpoint: Callable[[Callable[[int], Iterator[object]], str], None]
 
 
 class Maintenance:
@@ -197,11 +197,19 @@ class Maintenance:
         if tier_plan(self.home):
             self.background.after_checkpoint(self._merge, "merge Parquet parts")
 
-    def _merge(self) -> Iterator[int]:  # steps on the disk thread; row writes run between them
-        # Planned at its first step: a pass queued earlier (behind a slow disk) may have merged
-        # some. A bounded pass: what is left waits for the next one.
-        merged = 0
-        for groups in merge_steps(self.home, tier_plan(self.home), deadline=time.monotonic() + MERGE_BUDGET_S):
+    def _merge(self, covered_lsn: int) -> Iterator[int]:  # steps on the disk thread
+        # Planned at its first step (a pass queued earlier, behind a slow disk, may have merged
+        # some), over the parts its checkpoint covers: row writes queued after the checkpoint
+        # run before and between the steps, and their parts hold rows past it. A bounded pass
+        # (its own steps' time, not the writes' between them): the rest waits for the next one.
+        swaps = merge_steps(self.home, tier_plan(self.home, before_lsn=covered_lsn))
+        merged, spent = 0, 0.0
+        while spent < MERGE_BUDGET_S:
+            started = time.monotonic()
+            groups = next(swaps, None)
+            spent += time.monotonic() - started
+            if groups is None:
+                break
             merged += groups
             yield groups
         logger.debug("merged {} group(s) of small Parquet parts", merged)

@@ -29,8 +29,8 @@ from stagewatch.daemon._runindex import RunIndex
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 # An audit trail's copy pauses this often for the row writes queued behind it (DiskJobs):
-# about 10-30 ms of copying on this machine.
-COPY_STEP_BYTES = 16 << 20
+# 10-40 ms of copying on this machine under a flood (16 MB steps took 170 ms).
+COPY_STEP_BYTES = 4 << 20
 MB = pa.float64()
 
 STAGE_EXECUTIONS = pa.schema(

@@ -146,13 +146,15 @@ class ReadModelWriter:
         self.flush(projector, final=True)
         return self.drain() and self.checkpoint_lsn == self.log.end_lsn
 
-    def after_checkpoint(self, projector: Projector, steps: Callable[[], Iterator[object]], what: str) -> None:
-        """Run `steps` (maintenance in steps: DiskJobs.submit_steps) on the disk thread behind a
-        checkpoint of everything so far, without the loop waiting: merging parts needs that (see
-        `checkpoint_all`), and the queue halts at a refused write, so no step runs before its
-        checkpoint is on disk. Row writes queued later run between its steps."""
+    def after_checkpoint(self, projector: Projector, steps: Callable[[int], Iterator[object]], what: str) -> None:
+        """Run `steps(lsn)` (maintenance in steps, DiskJobs.submit_steps) on the disk thread
+        behind a checkpoint of everything before `lsn`, without the loop waiting: merging parts
+        needs that (see `checkpoint_all`), and the queue halts at a refused write, so no step
+        runs before its checkpoint is on disk. Row parts queued later may be written before
+        or between its steps: they all hold rows from `lsn` on."""
         if self.flush(projector, checkpoint=True):
-            self.jobs.submit_steps(lambda: self._guarded(steps(), what))
+            covered = self.log.end_lsn
+            self.jobs.submit_steps(lambda: self._guarded(steps(covered), what))
 
     def in_background(self, job: Callable[[], object], what: str) -> None:
         """Run maintenance (`job`) on the disk thread after the writes queued so far. What it

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from datetime import UTC, datetime
@@ -274,6 +275,43 @@ def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -
     _crash(daemon)
     _crash(_in_process_daemon(home))  # recovery, then its own flush
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
+
+
+def test_parts_written_past_a_merge_passes_checkpoint_stay_out_of_its_plan(home: Path) -> None:
+    """Row writes queued after a merge pass's checkpoint may be written before the pass starts
+    (they pass long jobs on the disk thread): the pass plans over the parts its checkpoint
+    covers only, or a group across the checkpoint would hold rows that recovery replays."""
+    daemon = _in_process_daemon(home)
+    checkpoints = [True]
+    daemon.writer._throttle.due = lambda key, now: key != "checkpoint" or checkpoints[0]
+
+    def commit(seq: int) -> None:
+        group = Group()
+        daemon.ingest.take(group, [_stage_event(seq)], "c")
+        daemon.ingest.commit(group)
+
+    for seq in range(1, 7):
+        commit(seq)
+        daemon.flush()
+    go = threading.Event()
+
+    def long_job_ahead():  # keeps the merge pass from starting while the parts below pass it
+        go.wait(10)
+        yield
+
+    daemon.writer.jobs.submit_steps(long_job_ahead)
+    daemon.maintenance.merge_small_parts()  # a checkpoint with parts 1 to 6, then the pass
+    checkpoints[0] = False
+    for seq in range(7, 13):
+        commit(seq)
+        daemon.writer.flush(daemon.projector)  # a part each, queued without waiting
+    go.set()
+    assert daemon.writer.drain()
+    merged = [name for name in _listing(home) if "-" in name[len("part-") :]]
+    assert len(merged) == 1  # parts 1 to 4; not 5 to 8, across the checkpoint
+    _crash(daemon)
+    _crash(_in_process_daemon(home))  # recovery drops the parts past the checkpoint and replays them
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 13))
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), ValueError("a bug")])

@@ -122,15 +122,17 @@ def _steps(name: str, count: int, done: list[str], first_step_waits: threading.E
     return make_steps
 
 
-def test_jobs_that_may_pass_run_between_the_steps_of_a_long_job_and_the_rest_wait_for_it() -> None:
+def test_jobs_that_may_pass_run_before_long_jobs_and_the_rest_wait_for_them() -> None:
     jobs, done, go = DiskJobs(max_weight=10), [], threading.Event()
-    jobs.submit_steps(_steps("long", 4, done, first_step_waits=go))
+    jobs.submit(go.wait)  # the thread busy while the queue below is built
+    jobs.submit_steps(_steps("a", 2, done))
+    jobs.submit_steps(_steps("b", 2, done))
     jobs.submit(lambda: done.append("rows"), passes=True)
     jobs.submit(lambda: done.append("audit"))  # may not pass: it, and what is behind it, wait
     jobs.submit(lambda: done.append("more rows"), passes=True)
     go.set()
     assert jobs.drain()
-    assert done == ["long0", "rows", "long1", "long2", "long3", "audit", "more rows"]
+    assert done == ["rows", "a0", "a1", "b0", "b1", "audit", "more rows"]
     jobs.close()
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 # A long job that is being passed still gets a step this often, so a flood of row writes
-# cannot starve it (a step is about 16 MB of copying or one small swap of merged parts).
+# cannot starve it (a step: 4 MB of an audit trail copied, or a swap of 1 MB of merged parts).
 STEP_AT_LEAST_EVERY_S = 0.25
 
 

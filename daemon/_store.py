@@ -22,6 +22,7 @@ import msgpack
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from loguru import logger
 
 from stagewatch._home import Home
 from stagewatch.daemon._projection import RunState, audit_json, stage_lines_bytes
@@ -226,6 +227,16 @@ def _copy_lines_as_items(
     return last == b"\n"
 
 
+def _pad_lost_lines(handle: BinaryIO, path: Path, missing: int, chunk: int = 1 << 20) -> None:
+    """Lines the checkpoint accounts for are gone (stages.jsonl deleted or cut short by hand):
+    spaces keep the offsets that the checkpoint and the audit trail count in, and keep both
+    files valid (JSON allows whitespace before a value; zeros, which extending the file would
+    leave, are not). The stages lost are still in the event log and the Parquet rows."""
+    logger.warning("{}: {} bytes of ended stages are gone (removed by hand?); going on without them", path, missing)
+    while missing > 0:
+        missing -= handle.write(b" " * min(chunk, missing))
+
+
 def _grouped(rows: list[tuple], keys: list[int]) -> dict[int, list[tuple]]:
     """Rows by key, in order; a flush's rows nearly always share one day, kept as they are."""
     if keys and keys.count(keys[0]) == len(keys):
@@ -366,6 +377,9 @@ class Store:
         path = self.home.stage_lines(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size < accounted_bytes:
+                _pad_lost_lines(handle, path, accounted_bytes - size)
             handle.truncate(accounted_bytes)
             handle.write(data)
         return accounted_bytes + len(data)

@@ -11,6 +11,7 @@ that lines a crashed daemon wrote past its checkpoint are cut before replay appe
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -39,6 +40,10 @@ from stagewatch.daemon._throttle import CostThrottle
 # The price: a running run's audit.json is up to this much behind (finished runs are written at
 # once), and recovery replays up to this much more of the log.
 REWRITE_INTERVAL_S = 5.0
+# Errors by which the disk itself refuses a write (full, read-only, failing): the queue halts
+# on them and retries, as every write behind would fail too. Any other error writing one
+# run's audit trail or stage lines is that run's file: reported, and the writes behind it go on.
+DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 # Rows queued for the disk thread before the loop waits for it: four groups' worth under a
 # flood (a turn takes up to 10,000 events), about 70 MB of tuples.
 MAX_QUEUED_ROWS = 40_000
@@ -208,7 +213,8 @@ class ReadModelWriter:
         for run_id, data in lines.items():
             start = self.stage_bytes.get(run_id, 0)
             self.stage_bytes[run_id] = start + len(data)
-            self.jobs.submit(functools.partial(self.store.write_stage_lines, run_id, start, data), passes=True)
+            write = functools.partial(self.store.write_stage_lines, run_id, start, data)
+            self.jobs.submit(functools.partial(self._run_file_write, run_id, "stage lines", write), passes=True)
         for table, table_rows in rows.items():
             if table_rows:
                 # Arrow columns here: building them holds the GIL, which the disk thread should not.
@@ -244,7 +250,12 @@ class ReadModelWriter:
 
         def steps() -> Iterator[object]:  # on the disk thread; its cost: its own steps, not those between
             costs = [encoded_s]
-            yield from _timed(self.store.audit_document_steps(document, ended_bytes), costs)
+            try:
+                yield from _timed(self.store.audit_document_steps(document, ended_bytes), costs)
+            except OSError as error:
+                self._refused_run_file(run.run_id, "audit trail", error)  # rewritten at the run's next change
+                self._done.append(functools.partial(self._audits_queued.discard, run.run_id))
+                return
             self._done.append(functools.partial(self._audit_written, run.run_id, sum(costs)))
 
         if at_once:
@@ -255,6 +266,22 @@ class ReadModelWriter:
     def _audit_written(self, run_id: str, cost_s: float) -> None:
         self._audits_queued.discard(run_id)
         self._spent(run_id, cost_s)
+
+    def _run_file_write(self, run_id: str, what: str, write: Callable[[], object]) -> None:  # on the disk thread
+        try:
+            write()
+        except OSError as error:
+            self._refused_run_file(run_id, what, error)
+
+    def _refused_run_file(self, run_id: str, what: str, error: OSError) -> None:  # on the disk thread
+        """A write to one run's files failed. If the disk refused it, raise: the queue halts
+        and retries, as every write behind it would fail too. Otherwise it is that run's file
+        (a directory where its audit.json goes, its stages.jsonl deleted by hand): reported,
+        and the writes behind it go on (stages.jsonl keeps its offsets: `write_stage_lines`)."""
+        if error.errno in DISK_REFUSALS:
+            raise error
+        message = f"cannot write the {what} of run {run_id} ({{}}); its stages are in the event log and the tables"
+        self._done.append(functools.partial(self.write_error, message, error))
 
     def _write_checkpoint(self, projector: Projector, final: bool) -> None:
         if not final and (self._checkpoint_queued or not self._throttle.due("checkpoint", time.monotonic())):

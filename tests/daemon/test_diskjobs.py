@@ -220,3 +220,66 @@ def test_rows_and_the_checkpoint_pass_a_long_audit_copy_and_recovery_rewrites_th
     audit = json.loads(Home(home).audit(RUN_ID).read_text())
     assert sorted(stage["span"] for stage in audit["stages"]) == list(range(1, 601))
     recovered.release()
+
+
+def test_a_run_whose_audit_trail_cannot_be_written_costs_only_its_trail(home: Path) -> None:
+    """A directory where a run's audit.json goes (or its stages.jsonl deleted by hand) is that
+    run's problem: reported and counted, while every other write goes on. It halted the whole
+    queue, retrying the trail forever, and no row of any run reached Parquet again."""
+    daemon = _daemon(home)
+    _ingest(daemon, range(1, 11))
+    daemon.flush(final=True)
+    audit = Home(home).audit(RUN_ID)
+    audit.unlink()
+    audit.mkdir()
+    _ingest(daemon, range(11, 21))
+    daemon.flush(final=True)
+    _ingest(daemon, range(21, 31))
+    daemon.flush(final=True)
+    assert not daemon.writer.jobs.halted
+    assert daemon.stats.write_errors == 2  # the trail, at each flush that rewrote it
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 31))
+    assert _checkpoint_lsn(home) == daemon.log.end_lsn
+    audit.rmdir()  # put right: the run's next change writes its trail again
+    _ingest(daemon, range(31, 41))
+    daemon.flush(final=True)
+    assert sorted(stage["span"] for stage in json.loads(audit.read_text())["stages"]) == list(range(1, 41))
+    daemon.release()
+
+
+def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(home: Path) -> None:
+    """The lines the checkpoint counts are gone: the file goes on from the same offsets, padded
+    with spaces (valid JSON lines, and a valid audit trail; extending it left zeros, and every
+    later audit.json was invalid JSON). The lost stages are still in the rows and the log."""
+    daemon = _daemon(home)
+    _ingest(daemon, range(1, 11))
+    daemon.flush(final=True)
+    Home(home).stage_lines(RUN_ID).unlink()
+    _ingest(daemon, range(11, 21))
+    daemon.flush(final=True)
+    assert not daemon.writer.jobs.halted
+    audit = json.loads(Home(home).audit(RUN_ID).read_text())
+    assert [stage["span"] for stage in audit["stages"]] == list(range(11, 21))
+    lines = Home(home).stage_lines(RUN_ID).read_text().splitlines()
+    assert [json.loads(line)["span"] for line in lines] == list(range(11, 21))
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
+    daemon.release()
+
+
+def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Path) -> None:
+    daemon = _daemon(home)
+    _ingest(daemon, range(1, 11))
+    daemon.flush(final=True)
+    lines = Home(home).stage_lines(RUN_ID)
+    lines.unlink()
+    lines.mkdir()
+    _ingest(daemon, range(11, 21))
+    daemon.flush(final=True)
+    assert not daemon.writer.jobs.halted and daemon.stats.write_errors >= 1
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
+    lines.rmdir()  # put right: the file goes on at its offsets, the lost stages as spaces
+    _ingest(daemon, range(21, 31))
+    daemon.flush(final=True)
+    audit = json.loads(Home(home).audit(RUN_ID).read_text())
+    assert [stage["span"] for stage in audit["stages"]] == list(range(21, 31))
+    daemon.release()

@@ -222,18 +222,25 @@ def test_rows_and_the_checkpoint_pass_a_long_audit_copy_and_recovery_rewrites_th
     recovered.release()
 
 
+def _with_a_directory_in_place_of(home: Path, run_file: Path) -> Daemon:
+    """A daemon whose run has 10 stages written, then a directory where `run_file` was, then
+    10 more stages flushed."""
+    daemon = _daemon(home)
+    _ingest(daemon, range(1, 11))
+    daemon.flush(final=True)
+    run_file.unlink()
+    run_file.mkdir()
+    _ingest(daemon, range(11, 21))
+    daemon.flush(final=True)
+    return daemon
+
+
 def test_a_run_whose_audit_trail_cannot_be_written_costs_only_its_trail(home: Path) -> None:
     """A directory where a run's audit.json goes (or its stages.jsonl deleted by hand) is that
     run's problem: reported and counted, while every other write goes on. It halted the whole
     queue, retrying the trail forever, and no row of any run reached Parquet again."""
-    daemon = _daemon(home)
-    _ingest(daemon, range(1, 11))
-    daemon.flush(final=True)
     audit = Home(home).audit(RUN_ID)
-    audit.unlink()
-    audit.mkdir()
-    _ingest(daemon, range(11, 21))
-    daemon.flush(final=True)
+    daemon = _with_a_directory_in_place_of(home, audit)
     _ingest(daemon, range(21, 31))
     daemon.flush(final=True)
     assert not daemon.writer.jobs.halted
@@ -267,14 +274,8 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
 
 
 def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Path) -> None:
-    daemon = _daemon(home)
-    _ingest(daemon, range(1, 11))
-    daemon.flush(final=True)
     lines = Home(home).stage_lines(RUN_ID)
-    lines.unlink()
-    lines.mkdir()
-    _ingest(daemon, range(11, 21))
-    daemon.flush(final=True)
+    daemon = _with_a_directory_in_place_of(home, lines)
     assert not daemon.writer.jobs.halted and daemon.stats.write_errors >= 1
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
     lines.rmdir()  # put right: the file goes on at its offsets, the lost stages as spaces

@@ -159,3 +159,15 @@ class DiskJobs:
 
 
 _DONE = object()
+
+
+def timed(steps: Iterator[object], into: list[float]) -> Iterator[object]:
+    """`steps`, with the time each took appended to `into` (not the time between them, when
+    other jobs may pass): what a long job's own cost is."""
+    while True:
+        started = time.monotonic()
+        step = next(steps, _DONE)
+        into.append(time.monotonic() - started)
+        if step is _DONE:
+            return
+        yield step

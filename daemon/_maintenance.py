@@ -20,6 +20,7 @@ from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
 from stagewatch._spool import spool_owner
 from stagewatch.daemon._compaction import aged_cutoff, compact, merge_steps, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
+from stagewatch.daemon._diskjobs import timed
 from stagewatch.daemon._ingest import Group, Ingest
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._schema import validate_event
@@ -202,16 +203,13 @@ class Maintenance:
         # some), over the parts its checkpoint covers: row writes queued after the checkpoint
         # run before and between the steps, and their parts hold rows past it. A bounded pass
         # (its own steps' time, not the writes' between them): the rest waits for the next one.
-        swaps = merge_steps(self.home, tier_plan(self.home, before_lsn=covered_lsn))
-        merged, spent = 0, 0.0
-        while spent < MERGE_BUDGET_S:
-            started = time.monotonic()
-            groups = next(swaps, None)
-            spent += time.monotonic() - started
-            if groups is None:
-                break
+        spent: list[float] = []
+        merged = 0
+        for groups in timed(merge_steps(self.home, tier_plan(self.home, before_lsn=covered_lsn)), spent):
             merged += groups
             yield groups
+            if sum(spent) >= MERGE_BUDGET_S:
+                break
         logger.debug("merged {} group(s) of small Parquet parts", merged)
 
     def scrub(self) -> None:

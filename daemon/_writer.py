@@ -11,6 +11,7 @@ that lines a crashed daemon wrote past its checkpoint are cut before replay appe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -26,7 +27,7 @@ from loguru import logger
 
 from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
-from stagewatch.daemon._diskjobs import DiskJobs
+from stagewatch.daemon._diskjobs import DiskJobs, timed
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
@@ -159,21 +160,27 @@ class ReadModelWriter:
         or between its steps: they all hold rows from `lsn` on."""
         if self.flush(projector, checkpoint=True):
             covered = self.log.end_lsn
-            self.jobs.submit_steps(lambda: self._guarded(steps(covered), what))
+
+            def guarded_steps() -> Iterator[object]:
+                with self._reported(what):
+                    yield from steps(covered)
+
+            self.jobs.submit_steps(guarded_steps)
 
     def in_background(self, job: Callable[[], object], what: str) -> None:
         """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
         raises is reported from the loop and never halts the writes queued behind it."""
 
-        def once() -> Iterator[object]:
-            job()
-            yield from ()
+        def guarded() -> None:
+            with self._reported(what):
+                job()
 
-        self.jobs.submit(lambda: deque(self._guarded(once(), what), maxlen=0))
+        self.jobs.submit(guarded)
 
-    def _guarded(self, steps: Iterator[object], what: str) -> Iterator[object]:  # on the disk thread
+    @contextlib.contextmanager
+    def _reported(self, what: str) -> Iterator[None]:  # on the disk thread
         try:
-            yield from steps
+            yield
         except OSError as error:  # a full disk, say: the next pass tries again
             self._done.append(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
         except Exception:  # a bug: logged and counted, and the writes behind it go on
@@ -251,7 +258,7 @@ class ReadModelWriter:
         def steps() -> Iterator[object]:  # on the disk thread; its cost: its own steps, not those between
             costs = [encoded_s]
             try:
-                yield from _timed(self.store.audit_document_steps(document, ended_bytes), costs)
+                yield from timed(self.store.audit_document_steps(document, ended_bytes), costs)
             except OSError as error:
                 self._refused_run_file(run.run_id, "audit trail", error)  # rewritten at the run's next change
                 self._done.append(functools.partial(self._audits_queued.discard, run.run_id))
@@ -350,17 +357,3 @@ class ReadModelWriter:
             "foreign_events": projector.foreign_events,
         }
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())
-
-
-def _timed(steps: Iterator[object], into: list[float]) -> Iterator[object]:
-    """`steps`, with the time each took appended to `into` (not the time between them)."""
-    while True:
-        started = time.monotonic()
-        step = next(steps, _END)
-        into.append(time.monotonic() - started)
-        if step is _END:
-            return
-        yield step
-
-
-_END = object()

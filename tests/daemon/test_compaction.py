@@ -359,6 +359,27 @@ def test_a_merge_pass_stops_at_its_deadline_and_reports_progress_per_swap(home: 
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(120))
 
 
+def test_a_merge_pass_budget_counts_its_own_swaps_not_the_writes_between_them(home: Path, monkeypatch) -> None:
+    """Row writes run between a pass's swaps on the disk thread: a budget in wall time would
+    end the pass after a few swaps under a flood (4 groups merged while 60 parts came)."""
+    monkeypatch.setattr(_compaction, "SWAP_BYTES", 1)  # a swap for each group of four
+    daemon = _in_process_daemon(home, bind=False)  # first: recovery drops parts past its checkpoint
+    store = Store(home)
+    for flush in range(16):  # four groups of four
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    monkeypatch.setattr(_maintenance, "MERGE_BUDGET_S", 0.5)
+    swaps = []
+    for groups in daemon.maintenance._merge(covered_lsn=48):
+        swaps.append(groups)
+        time.sleep(0.3)  # what the jobs that pass it take, not the pass
+    assert swaps == [1, 1, 1, 1]
+    monkeypatch.setattr(_maintenance, "MERGE_BUDGET_S", 0.0)
+    for flush in range(16, 32):
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    assert list(daemon.maintenance._merge(covered_lsn=96)) == [1]  # spent, after its first swap
+    _crash(daemon)
+
+
 def test_a_part_written_between_the_swaps_of_a_pass_is_kept_as_it_is(home: Path, monkeypatch) -> None:
     """On the disk thread, row writes run between a merge pass's swaps (DiskJobs): the plan
     made at its start stands, and a part that arrives meanwhile is neither merged nor lost."""

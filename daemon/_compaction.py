@@ -23,7 +23,7 @@ a row group per status. Not so for today's tier merges: a busy hour's parts came
 Readers never see a row twice or a partition missing. A merge is prepared beside the
 partition and then exchanged with it in one atomic rename (renameat2 RENAME_EXCHANGE):
 
-    .date=D.new/   hard links to the parts that stay, plus the merged parts (fsync'd)
+    .date=D.new/   the merged parts (fsync'd), then hard links to the parts that stay
     date=D/  <->  .date=D.new/        (one atomic exchange; readers skip names with '.')
     .date=D.new/   (now the old folder) deleted
 
@@ -31,14 +31,16 @@ A merged part takes a name no part had before (`part-{first lsn}-{last lsn}.parq
 reader that listed the old folder finds its files or gets FileNotFoundError (read_table then
 lists again), never new rows under an old name. Where the file system cannot exchange, the
 old folder is moved aside first (rows briefly absent, never doubled). `finish_interrupted`
-completes a swap that a crash cut short. Only the daemon's own tables are compacted, on its
-disk thread behind a checkpoint and over the parts that checkpoint covers, so no merged part
-holds rows that recovery would replay; parts written between two swaps are not in the plan
-and are carried over as they are.
+completes a swap that a crash cut short. Only the daemon's own tables are compacted, on a
+thread of their own started behind a checkpoint and over the parts that checkpoint covers,
+so no merged part holds rows that recovery would replay. The daemon's disk thread writes new
+parts meanwhile: they are not in the plan, and are linked into the prepared folder with the
+rest just before the exchange, under the lock that each part's write takes (`exchange_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -47,6 +49,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -96,8 +99,9 @@ def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.
     written in log order and a checkpoint's lsn falls between two of them)."""
     plan = {}
     for partition, parts in _partitions(home):
-        covered = [part for part in parts if first_lsn(part) < before_lsn]
-        groups = tier_groups([(part, part.stat().st_size) for part in covered], fan_in)
+        sizes = [(part, _size(part)) for part in parts if first_lsn(part) < before_lsn]
+        # A part merged away since the listing (a pass on the merge thread) is not planned.
+        groups = tier_groups([(part, size) for part, size in sizes if size is not None], fan_in)
         if groups:
             plan[partition] = groups
     return plan
@@ -128,14 +132,21 @@ def carry_out(
     return merged
 
 
-def merge_steps(home: Path | Home, plan: Plan, deadline: float = math.inf, by_status: bool = False) -> Iterator[int]:
+def merge_steps(
+    home: Path | Home,
+    plan: Plan,
+    deadline: float = math.inf,
+    by_status: bool = False,
+    exchange_lock: AbstractContextManager[object] | None = None,
+) -> Iterator[int]:
     """Merge each group of parts into one, a swap at a time: groups of at most `SWAP_BYTES`
     of parts together (one group at least) and `GROUPS_PER_SWAP`; yields how many groups each
     swap merged, and stops once time.monotonic() passes `deadline` (the rest waits for the
     next pass). `by_status`: the aged layout (row groups of one status each).
 
-    Parts written between two swaps are not in `plan` and are left as they are: on the disk
-    thread, row writes run between the swaps of a pass (DiskJobs)."""
+    Parts written meanwhile are not in `plan` and are kept as they are. Where they are written
+    by another thread, `exchange_lock` is the lock each part's write holds (Store.parts_lock):
+    a swap holds it while it links the partition's other parts and exchanges the folders."""
     home = Home.of(home)
     finish_interrupted(home)
     for partition, groups in plan.items():
@@ -144,7 +155,7 @@ def merge_steps(home: Path | Home, plan: Plan, deadline: float = math.inf, by_st
             if time.monotonic() > deadline:
                 return
             try:
-                _swap_in(partition, swap, schema, by_status)
+                _swap_in(partition, swap, schema, by_status, exchange_lock or contextlib.nullcontext())
             except (pa.ArrowInvalid, OSError):  # a damaged part: out of the way; the next pass merges the rest
                 if not quarantine_damaged(home, [part for group in swap for part in group]):
                     raise  # not a damaged part (a full disk, say): reported, and the next pass tries again
@@ -157,7 +168,7 @@ def _swaps(groups: list[list[Path]]) -> Iterator[list[list[Path]]]:
     size = 0
     for group in groups:
         swap.append(group)
-        size += sum(_size(part) for part in group)
+        size += sum(_size(part) or 0 for part in group)
         if size >= SWAP_BYTES or len(swap) == GROUPS_PER_SWAP:
             yield swap
             swap, size = [], 0
@@ -165,11 +176,11 @@ def _swaps(groups: list[list[Path]]) -> Iterator[list[list[Path]]]:
         yield swap
 
 
-def _size(part: Path) -> int:
+def _size(part: Path) -> int | None:
     try:
         return part.stat().st_size
     except FileNotFoundError:  # merged away meanwhile: the swap finds it missing and says so
-        return 0
+        return None
 
 
 def quarantine_damaged(home: Home, parts: list[Path]) -> list[Path]:
@@ -220,30 +231,46 @@ def _read_part(part: Path, schema: pa.Schema) -> pa.Table:
     return table if table.schema.equals(schema) else pq.read_table(part, schema=schema)
 
 
-def _swap_in(partition: Path, groups: list[list[Path]], schema: pa.Schema, by_status: bool) -> None:
+def _swap_in(
+    partition: Path, groups: list[list[Path]], schema: pa.Schema, by_status: bool, lock: AbstractContextManager[object]
+) -> None:
     """Merge each group into a part of the folder prepared beside `partition`, one group's
     table in memory at a time (a pass that held them all added 130-250 MB to the daemon under
-    a flood), then swap the folder in."""
+    a flood), then, holding `lock`, link the partition's other parts in (those written while
+    the groups merged too) and swap the folder in."""
     new = partition.with_name(f".{partition.name}.new")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir()
     replaced = {part.name for group in groups for part in group}
-    for part in partition.glob(f"{PART_PREFIX}*.parquet"):
-        if part.name not in replaced:
-            _link_or_copy(part, new / part.name)
-    try:
+    with _dropped_on_error(new):  # the partition stays as it was
         for group in groups:
             _write_merged(new, *_merged(group, schema, by_status), by_status)
+    with lock:
+        with _dropped_on_error(new):
+            for part in partition.glob(f"{PART_PREFIX}*.parquet"):
+                if part.name not in replaced:
+                    _link_or_copy(part, new / part.name)
+        old = _exchange(new, partition)  # cut short by a crash: `finish_interrupted`
+    shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def _dropped_on_error(folder: Path) -> Iterator[None]:
+    try:
+        yield
     except BaseException:
-        shutil.rmtree(new, ignore_errors=True)  # the partition stays as it was
+        shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _exchange(new: Path, partition: Path) -> Path:
+    """Put the prepared folder in the partition's place; returns where the old parts now are."""
     if exchange_paths(new, partition):  # `new` now holds the old parts
-        shutil.rmtree(new)
-        return
+        return new
     old = partition.with_name(f".{partition.name}.old")
     os.replace(partition, old)
     os.replace(new, partition)
-    shutil.rmtree(old)
+    return old
 
 
 def _write_merged(folder: Path, table: pa.Table, name: str, by_status: bool) -> None:

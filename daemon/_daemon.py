@@ -132,6 +132,7 @@ class Daemon:
             Background(
                 self.writer.in_background,
                 lambda job, what: self.writer.after_checkpoint(self.projector, job, what),
+                self.writer.store.parts_lock,
             ),
             self.disk,
             self.stats,
@@ -199,6 +200,7 @@ class Daemon:
         self.writer.flush(self.projector)
 
     def _close(self) -> None:
+        self.writer.stop_passes()  # a merge pass ends after its current swap: the next daemon merges the rest
         with contextlib.suppress(Exception):
             self.flush(final=True)
         self.writer.close()

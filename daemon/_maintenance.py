@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,12 +62,13 @@ class Scheduler:
 @dataclass(frozen=True)
 class Background:
     """Where maintenance that reads or rewrites files runs: on the writer's disk thread, after
-    the writes queued before it (`ReadModelWriter.in_background`), or in steps behind a
-    checkpoint of everything so far (`after_checkpoint`), so that the loop goes on
-    acknowledging."""
+    the writes queued before it (`ReadModelWriter.in_background`), or on a thread of its own
+    behind a checkpoint of everything so far (`after_checkpoint`), so that the loop goes on
+    acknowledging; there, `parts_lock` is what each Parquet part's write holds."""
 
     after_writes: Callable[[Callable[[], object], str], None]
     after_checkpoint: Callable[[Callable[[int], Iterator[object]], str], None]
+    parts_lock: AbstractContextManager[object]
 
 
 class Maintenance:
@@ -193,19 +195,20 @@ class Maintenance:
 
     def merge_small_parts(self) -> None:
         """Merge parts of the same size tier (today's partition too), so no query opens a
-        file per flush: on the disk thread, behind a checkpoint, as for the aged partitions
-        (a pass took up to a second on the loop at 10,000 events/s, and every ack waited)."""
+        file per flush: on a thread of its own, behind a checkpoint (a pass took up to a second
+        on the loop at 10,000 events/s, and every ack waited; on the disk thread, the row
+        writes queued behind one swap did)."""
         if tier_plan(self.home):
             self.background.after_checkpoint(self._merge, "merge Parquet parts")
 
-    def _merge(self, covered_lsn: int) -> Iterator[int]:  # steps on the disk thread
-        # Planned at its first step (a pass queued earlier, behind a slow disk, may have merged
-        # some), over the parts its checkpoint covers: row writes queued after the checkpoint
-        # run before and between the steps, and their parts hold rows past it. A bounded pass
-        # (its own steps' time, not the writes' between them): the rest waits for the next one.
+    def _merge(self, covered_lsn: int) -> Iterator[int]:  # steps on the pass's thread
+        # Planned at its first step, over the parts its checkpoint covers: row parts written
+        # after the checkpoint hold rows past it. A bounded pass (its own steps' time, not the
+        # waits between them): the rest waits for the next one.
         spent: list[float] = []
         merged = 0
-        for groups in timed(merge_steps(self.home, tier_plan(self.home, before_lsn=covered_lsn)), spent):
+        plan = tier_plan(self.home, before_lsn=covered_lsn)
+        for groups in timed(merge_steps(self.home, plan, exchange_lock=self.background.parts_lock), spent):
             merged += groups
             yield groups
             if sum(spent) >= MERGE_BUDGET_S:

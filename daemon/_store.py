@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections import defaultdict, deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -276,6 +277,9 @@ class Store:
         self.home = Home.of(home)
         self.checkpoint_path = self.home.checkpoint(checkpoint)
         self.run_index = RunIndex(self.home)
+        # Held while a part is written into a partition: a merge (on a thread of its own) holds
+        # it while it links a partition's parts into the folder it swaps in (_compaction).
+        self.parts_lock = threading.Lock()
 
     # -- Parquet -------------------------------------------------------------------------
     def write_rows(
@@ -344,7 +348,8 @@ class Store:
     def _write_partition(self, table: str, date: str, arrow: pa.Table) -> None:
         if arrow.num_rows:
             first_lsn = pc.min(arrow["lsn"]).as_py()
-            self._write_part(self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet", arrow)
+            with self.parts_lock:
+                self._write_part(self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet", arrow)
             self.run_index.add({(run_id, date) for run_id in arrow["run_id"].unique().to_pylist()})
 
     def _write_part(self, path: Path, table: pa.Table) -> Path:

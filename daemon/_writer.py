@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -27,7 +27,7 @@ from loguru import logger
 
 from stagewatch._home import Home
 from stagewatch.daemon._disk import DiskStatus
-from stagewatch.daemon._diskjobs import DiskJobs, timed
+from stagewatch.daemon._diskjobs import DiskJobs, PassThread, timed
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
@@ -76,6 +76,7 @@ class ReadModelWriter:
         self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
         self.stage_bytes: dict[str, int] = {}  # run -> bytes of stages.jsonl its state accounts for
         self.jobs = DiskJobs(MAX_QUEUED_ROWS)
+        self.passes = PassThread("stagewatch-merges")  # maintenance passes behind a checkpoint
         # What the disk thread leaves for the loop's thread (quarantining refused rows, costs):
         # deque appends and pops are atomic.
         self._done: deque[Callable[[], None]] = deque()
@@ -95,7 +96,7 @@ class ReadModelWriter:
         """Give a closed run back to the projection from its audit trail (written before it
         was evicted), with its stages.jsonl accounted for; False if the trail is unreadable
         or not yet written (the event then stays counted as late)."""
-        if not self.drain():
+        if not self.drain(passes=False):
             return False
         lines = self.home.stage_lines(run_id)
         try:
@@ -130,14 +131,23 @@ class ReadModelWriter:
             return False
         return True
 
-    def drain(self) -> bool:
-        """Wait for every queued write; False if one failed (the queue stays halted on it until
-        the next flush reports the error and retries)."""
+    def drain(self, passes: bool = True) -> bool:
+        """Wait for every queued write, and with `passes` for the maintenance pass under way
+        (`after_checkpoint`); False if a write failed (the queue stays halted on it until the
+        next flush reports the error and retries)."""
         drained = self.jobs.drain()
+        if passes:
+            self.passes.wait()
         self._take_done()
         return drained
 
+    def stop_passes(self) -> None:
+        """End the maintenance pass under way after its current step, and start no other."""
+        self.passes.stop()
+        self._take_done()
+
     def close(self) -> None:
+        self.passes.stop()
         self.jobs.close()
 
     def flush_output(self, projector: Projector) -> None:
@@ -146,26 +156,27 @@ class ReadModelWriter:
         self._write_output(projector)
 
     def checkpoint_all(self, projector: Projector) -> bool:
-        """Flush with a checkpoint; True if it covers every row written. Compaction needs that:
-        recovery drops the parts past the checkpoint and replays their rows, so a merged part
-        (named by its lowest lsn) must never hold rows past it."""
+        """Flush with a checkpoint, and wait for the maintenance pass under way; True if the
+        checkpoint covers every row written. Compaction needs that: recovery drops the parts
+        past the checkpoint and replays their rows, so a merged part (named by its lowest lsn)
+        must never hold rows past it."""
         self.flush(projector, final=True)
         return self.drain() and self.checkpoint_lsn == self.log.end_lsn
 
     def after_checkpoint(self, projector: Projector, steps: Callable[[int], Iterator[object]], what: str) -> None:
-        """Run `steps(lsn)` (maintenance in steps, DiskJobs.submit_steps) on the disk thread
-        behind a checkpoint of everything before `lsn`, without the loop waiting: merging parts
-        needs that (see `checkpoint_all`), and the queue halts at a refused write, so no step
-        runs before its checkpoint is on disk. Row parts queued later may be written before
-        or between its steps: they all hold rows from `lsn` on."""
+        """Run `steps(lsn)` (a maintenance pass) on a thread of its own (`PassThread`), started
+        by the disk thread once a checkpoint of everything before `lsn` is on disk, without the
+        loop waiting: merging parts needs that (see `checkpoint_all`), and the queue halts at a
+        refused write, so no pass starts before its checkpoint is on disk. Row parts written
+        meanwhile hold rows from `lsn` on. While a pass runs, the next one is not started."""
         if self.flush(projector, checkpoint=True):
             covered = self.log.end_lsn
 
-            def guarded_steps() -> Iterator[object]:
+            def guarded_steps() -> Generator[object, None, None]:
                 with self._reported(what):
                     yield from steps(covered)
 
-            self.jobs.submit_steps(guarded_steps)
+            self.jobs.submit(functools.partial(self.passes.start, guarded_steps), passes=True)
 
     def in_background(self, job: Callable[[], object], what: str) -> None:
         """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
@@ -178,7 +189,7 @@ class ReadModelWriter:
         self.jobs.submit(guarded)
 
     @contextlib.contextmanager
-    def _reported(self, what: str) -> Iterator[None]:  # on the disk thread
+    def _reported(self, what: str) -> Iterator[None]:  # on the disk thread, or a pass's
         try:
             yield
         except OSError as error:  # a full disk, say: the next pass tries again

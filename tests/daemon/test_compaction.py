@@ -315,11 +315,11 @@ def test_parts_written_past_a_merge_passes_checkpoint_stay_out_of_its_plan(home:
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), ValueError("a bug")])
-def test_a_merge_that_fails_on_the_disk_thread_is_reported_and_the_writes_behind_it_go_on(
+def test_a_merge_that_fails_is_reported_and_the_writes_behind_it_go_on(
     home: Path, failure: Exception, monkeypatch
 ) -> None:
-    """Merges run on the disk thread, in the writes' queue: one that raises is reported (a
-    refused write, or an internal error) and never halts the parts queued after it."""
+    """A merge pass (started by the disk thread, on a thread of its own) that raises is
+    reported (a refused write, or an internal error) and never halts the parts queued after it."""
     daemon = _in_process_daemon(home)
 
     def commit_and_flush(seq: int) -> None:
@@ -585,3 +585,131 @@ def test_a_merge_that_fails_halfway_leaves_the_partition_as_it_was(home: Path, m
     monkeypatch.setattr(_compaction, "_write_merged", write_merged)
     assert carry_out(home, tier_plan(home)) == 2
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(80))
+
+
+def test_a_part_written_while_a_swap_merges_is_in_the_folder_swapped_in(home: Path, monkeypatch) -> None:
+    """Merges run on a thread of their own while the disk thread writes parts: the partition's
+    other parts are linked into the prepared folder just before the exchange, so a part that
+    arrived while the groups merged is neither lost nor merged."""
+    store = Store(home)
+    for flush in range(4):
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    merging, go = threading.Event(), threading.Event()
+    merged = _compaction._merged
+
+    def slow_merge(*args: object):
+        merging.set()
+        assert go.wait(10)
+        return merged(*args)
+
+    monkeypatch.setattr(_compaction, "_merged", slow_merge)
+    plan = tier_plan(home)
+    merger = threading.Thread(target=lambda: list(merge_steps(home, plan, exchange_lock=store.parts_lock)))
+    merger.start()
+    assert merging.wait(10)
+    store.write_rows("stage_executions", _rows(12, 3, T0))  # the disk thread's next part
+    go.set()
+    merger.join(10)
+    assert sorted(_listing(home)) == [f"part-{0:020d}-{11:020d}.parquet", f"part-{12:020d}.parquet"]
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(15))
+
+
+def test_a_part_write_waits_while_a_swap_exchanges_the_partition(home: Path, monkeypatch) -> None:
+    """A part written during the exchange would land in the folder being swapped out and be
+    deleted with it: each part's write holds the lock that the swap holds from linking the
+    partition's parts to the exchange."""
+    store = Store(home)
+    for flush in range(4):
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    exchanging, go = threading.Event(), threading.Event()
+    exchange = _compaction.exchange_paths
+
+    def slow_exchange(a: Path, b: Path) -> bool:
+        exchanging.set()
+        assert go.wait(10)
+        return exchange(a, b)
+
+    monkeypatch.setattr(_compaction, "exchange_paths", slow_exchange)
+    plan = tier_plan(home)
+    merger = threading.Thread(target=lambda: list(merge_steps(home, plan, exchange_lock=store.parts_lock)))
+    merger.start()
+    assert exchanging.wait(10)
+    writer = threading.Thread(target=store.write_rows, args=("stage_executions", _rows(12, 3, T0)))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive(), "the part's write waits for the exchange"
+    go.set()
+    merger.join(10)
+    writer.join(10)
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(15))
+
+
+def test_row_parts_are_written_while_a_merge_pass_runs_and_recovery_keeps_each_row_once(
+    home: Path, monkeypatch
+) -> None:
+    """A pass of merges is started behind its checkpoint on a thread of its own: the disk
+    queue goes on writing the parts flushed meanwhile (before, one swap held them all)."""
+    daemon = _in_process_daemon(home)
+
+    def commit_and_flush(seq: int) -> None:
+        group = Group()
+        daemon.ingest.take(group, [_stage_event(seq)], "c")
+        daemon.ingest.commit(group)
+        daemon.writer.flush(daemon.projector)
+
+    for seq in range(1, 9):
+        commit_and_flush(seq)
+    assert daemon.writer.drain()
+    merging, go = threading.Event(), threading.Event()
+    merged = _compaction._merged
+
+    def slow_merge(*args: object):
+        merging.set()
+        assert go.wait(10)
+        return merged(*args)
+
+    monkeypatch.setattr(_compaction, "_merged", slow_merge)
+    daemon.maintenance.merge_small_parts()
+    assert merging.wait(10)
+    for seq in range(9, 13):
+        commit_and_flush(seq)
+    assert daemon.writer.drain(passes=False)  # written while the pass is held
+    assert daemon.writer.passes.running
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 13))
+    go.set()
+    assert daemon.writer.drain()
+    assert [name for name in _listing(home) if "-" in name[len("part-") :]]
+    _crash(daemon)
+    _crash(_in_process_daemon(home))  # recovery drops the parts past the checkpoint and replays them
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 13))
+
+
+def test_stopping_the_daemon_ends_a_merge_pass_after_its_current_swap(home: Path, monkeypatch) -> None:
+    """Shutdown does not wait for a pass to merge its whole plan: it stops after the swap under
+    way, every part stays readable, and the next pass merges the rest."""
+    monkeypatch.setattr(_compaction, "SWAP_BYTES", 1)  # a swap for each group of four
+    daemon = _in_process_daemon(home, bind=False)
+    store = Store(home)
+    for flush in range(16):  # four groups of four
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    swapped, go = threading.Event(), threading.Event()
+    merged = _compaction._merged
+
+    def held_merge(*args: object):
+        swapped.set()
+        assert go.wait(10)
+        return merged(*args)
+
+    monkeypatch.setattr(_compaction, "_merged", held_merge)
+    assert daemon.writer.passes.start(lambda: daemon.maintenance._merge(covered_lsn=48))
+    assert swapped.wait(10)
+    stopper = threading.Thread(target=daemon.writer.stop_passes)
+    stopper.start()
+    go.set()
+    stopper.join(10)
+    assert not daemon.writer.passes.running
+    names = _listing(home)
+    assert len([name for name in names if "-" in name[len("part-") :]]) == 1 and len(names) == 13
+    assert not daemon.writer.passes.start(lambda: daemon.maintenance._merge(covered_lsn=48))  # none after
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(48))
+    _crash(daemon)

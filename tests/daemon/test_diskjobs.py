@@ -14,7 +14,7 @@ import pytest
 
 from stagewatch._home import Home
 from stagewatch.daemon import Daemon, _store
-from stagewatch.daemon._diskjobs import DiskJobs
+from stagewatch.daemon._diskjobs import DiskJobs, PassThread
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon._store import Store
@@ -284,3 +284,25 @@ def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Pat
     audit = json.loads(Home(home).audit(RUN_ID).read_text())
     assert [stage["span"] for stage in audit["stages"]] == list(range(21, 31))
     daemon.release()
+
+
+def test_one_pass_runs_at_a_time_and_a_stopped_thread_starts_none() -> None:
+    passes, steps_done, go = PassThread("test-passes"), [], threading.Event()
+
+    def held_pass():
+        steps_done.append("first")
+        go.wait(10)
+        yield
+        steps_done.append("second")
+        yield
+
+    assert passes.start(held_pass)
+    assert not passes.start(held_pass)  # two merge passes would plan the same parts
+    go.set()
+    passes.wait()
+    assert steps_done == ["first", "second"] and not passes.running
+    assert passes.start(held_pass)
+    passes.wait()
+    passes.stop()
+    assert not passes.start(held_pass)
+    assert steps_done == ["first", "second", "first", "second"]

@@ -1,4 +1,4 @@
-"""Compaction: a partition's many small Parquet parts become few, then one.
+"""Compaction: a partition's many small Parquet parts become few, then (where they fit one merge) one.
 
 The daemon flushes a part every second, so a busy day leaves tens of thousands of small
 files, and every query would open them all. Two passes keep that bounded:
@@ -9,8 +9,10 @@ files, and every query would open them all. Two passes keep that bounded:
   few dozen parts at most (fewer than four per tier in use), and each row is rewritten once
   per tier (about eight times a day). Why 4, not 16: a query of today opens every part, and
   after a busy hour that is 18 parts instead of 45 (benchmarks/history.py --busy-hour), for
-  about twice the rewriting.
-- **Aged partitions.** Once a partition is `min_age_days` old, all its parts become one.
+  about twice the rewriting. A part of `FULL_PART_ROWS` rows (or `FULL_PART_BYTES`) is full
+  and merged no further: a merge holds its group's rows in memory.
+- **Aged partitions.** Once a partition is `min_age_days` old, all its parts become one, if
+  they hold fewer rows than `FAN_IN` full parts (a bigger day keeps its capped parts).
 
 Merged rows are sorted by run id (then lsn) in row groups of 8,192 rows, so that a query by
 run id reads the one row group whose run-id range holds it (Parquet min/max statistics). An
@@ -43,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 import shutil
@@ -72,25 +75,44 @@ GROUPS_PER_SWAP = 64  # a backlog (a home from before tiers) is merged in steps,
 # one group of four parts of 2,500 rows (about 400 KB) took 0.17-0.46 s, of three 0.36-0.67 s:
 # most of it the thread waiting for a core, and part of it per swap (a link per part).
 SWAP_BYTES = 1 << 20
+# A merge holds its group's rows in memory (about 500 bytes a stage_executions row: merging
+# 1M rows added 526 MB to the process), so a part this big is full: tier merges leave it as it
+# is, and an aged partition holding more than `fan_in` full parts' worth is not made one part
+# (its capped parts stay; stage stats read its rows). Unbounded, a busy day's highest tiers
+# and its compaction into one part held the whole day in memory: gigabytes, on a day of
+# 13M stages (150 events/s), and the compaction held the loop for as long.
+FULL_PART_ROWS = 1 << 17  # a group of FAN_IN smaller parts: < 512k rows, about 260 MB at most
+FULL_PART_BYTES = 32 << 20
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
 def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
-    """Partitions dated before this are aged: compacted into one part, then left alone."""
+    """Partitions dated before this are aged: compacted into one part (where they fit one merge)."""
     return (now - timedelta(days=min_age_days)).strftime("%Y-%m-%d")
 
 
 def compact(
     home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS, progress: Callable[[], object] = lambda: None
 ) -> int:
-    """Compact every partition older than `min_age_days` holding more than one part."""
+    """Compact every partition older than `min_age_days` holding more than one part and at
+    most `FAN_IN` full parts' worth of rows and bytes (`FULL_PART_ROWS`)."""
     cutoff = aged_cutoff(now, min_age_days)
     plan = {
         partition: [parts]
         for partition, parts in _partitions(home)
-        if partition_date(partition) < cutoff and len(parts) > 1
+        if partition_date(partition) < cutoff and len(parts) > 1 and _fits_one_merge(parts)
     }
     return carry_out(home, plan, progress, by_status=True)
+
+
+def _fits_one_merge(parts: list[Path]) -> bool:
+    rows = size = 0
+    for part in parts:
+        stat = _stat(part)
+        if stat is None:
+            return False  # merged or removed meanwhile: the next pass looks again
+        rows, size = rows + _rows(part, stat), size + stat.st_size
+    return rows < FAN_IN * FULL_PART_ROWS and size < FAN_IN * FULL_PART_BYTES
 
 
 def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.inf) -> Plan:
@@ -99,12 +121,36 @@ def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.
     written in log order and a checkpoint's lsn falls between two of them)."""
     plan = {}
     for partition, parts in _partitions(home):
-        sizes = [(part, _size(part)) for part in parts if first_lsn(part) < before_lsn]
-        # A part merged away since the listing (a pass on the merge thread) is not planned.
-        groups = tier_groups([(part, size) for part, size in sizes if size is not None], fan_in)
+        stats = [(part, _stat(part)) for part in parts if first_lsn(part) < before_lsn]
+        # Not planned: a part merged away since the listing (a pass on the merge thread), a full one.
+        sizes = [(part, stat.st_size) for part, stat in stats if stat is not None and not _full(part, stat)]
+        groups = tier_groups(sizes, fan_in)
         if groups:
             plan[partition] = groups
     return plan
+
+
+def _full(part: Path, stat: os.stat_result) -> bool:
+    return stat.st_size >= FULL_PART_BYTES or _rows(part, stat) >= FULL_PART_ROWS
+
+
+def _rows(part: Path, stat: os.stat_result) -> int:
+    return _rows_in_footer(str(part), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16_384)  # parts never change under a name (retention replaces: a new mtime)
+def _rows_in_footer(path: str, size: int, mtime_ns: int) -> int:
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowInvalid):  # damaged (a merge sets it aside) or gone: planned as small
+        return 0
+
+
+def _stat(part: Path) -> os.stat_result | None:
+    try:
+        return part.stat()
+    except FileNotFoundError:  # merged away meanwhile: the swap finds it missing and says so
+        return None
 
 
 def tier_groups(parts: list[tuple[Path, int]], fan_in: int = FAN_IN) -> list[list[Path]]:
@@ -168,19 +214,12 @@ def _swaps(groups: list[list[Path]]) -> Iterator[list[list[Path]]]:
     size = 0
     for group in groups:
         swap.append(group)
-        size += sum(_size(part) or 0 for part in group)
+        size += sum(stat.st_size for stat in map(_stat, group) if stat is not None)
         if size >= SWAP_BYTES or len(swap) == GROUPS_PER_SWAP:
             yield swap
             swap, size = [], 0
     if swap:
         yield swap
-
-
-def _size(part: Path) -> int | None:
-    try:
-        return part.stat().st_size
-    except FileNotFoundError:  # merged away meanwhile: the swap finds it missing and says so
-        return None
 
 
 def quarantine_damaged(home: Home, parts: list[Path]) -> list[Path]:

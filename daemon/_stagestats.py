@@ -12,7 +12,8 @@ gathered and partitioned. Quantiles interpolate as numpy.percentile's default (l
 Aged, compacted partitions do not change, so the daemon writes each one's summary once
 (`index/stage-stats/date=D.arrow`: Arrow IPC, memory-mapped when read). `stats` over a
 month then reads thirty small files, and of their values only the pages its binary searches
-touch; the days not compacted yet are summarized from their rows on the fly. A summary
+touch; the days not compacted yet, and the days too big to be one part (more rows than a
+merge may hold: `_compaction.FULL_PART_ROWS`), are summarized from their rows on the fly. A summary
 names the part file it was made from (name, size, mtime): when retention rewrites the part
 or a late part arrives, it no longer matches and the rows are read instead, until the daemon
 writes it again.

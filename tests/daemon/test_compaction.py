@@ -713,3 +713,36 @@ def test_stopping_the_daemon_ends_a_merge_pass_after_its_current_swap(home: Path
     assert not daemon.writer.passes.start(lambda: daemon.maintenance._merge(covered_lsn=48))  # none after
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(48))
     _crash(daemon)
+
+
+def test_a_merge_never_holds_more_than_four_full_parts_of_rows_and_a_big_aged_day_keeps_its_parts(
+    home: Path, monkeypatch
+) -> None:
+    """A merge holds its group's rows in memory: tiers stop at full parts and an aged day of
+    more rows than a merge may hold is not made one part, so memory stays bounded whatever a
+    day holds (a 4.2M-row day merged into one part added 2.2 GB to the daemon; capped, 0.2)."""
+    monkeypatch.setattr(_compaction, "FULL_PART_ROWS", 40)
+    merged_rows = []
+    merged = _compaction._merged
+
+    def counted(parts: list[Path], *args: object):
+        table, name = merged(parts, *args)
+        merged_rows.append(table.num_rows)
+        return table, name
+
+    monkeypatch.setattr(_compaction, "_merged", counted)
+    store = Store(home)
+    for flush in range(64):  # 640 rows in parts of 10: a merge of all would hold 640
+        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    while plan := tier_plan(home):
+        carry_out(home, plan)
+    assert merged_rows and max(merged_rows) < 4 * 40
+    parts = _listing(home)
+    assert len(parts) == 16  # 40-row parts, full: left as they are
+    assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 0  # aged: more than one merge may hold
+    assert _listing(home) == parts
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(640))
+    monkeypatch.setattr(_compaction, "FULL_PART_ROWS", 200)  # now the day fits one merge (640 < 4 x 200)
+    assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 1
+    assert len(_listing(home)) == 1
+    assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(640))

@@ -12,11 +12,12 @@ gathered and partitioned. Quantiles interpolate as numpy.percentile's default (l
 Aged, compacted partitions do not change, so the daemon writes each one's summary once
 (`index/stage-stats/date=D.arrow`: Arrow IPC, memory-mapped when read). `stats` over a
 month then reads thirty small files, and of their values only the pages its binary searches
-touch; the days not compacted yet, and the days too big to be one part (more rows than a
-merge may hold: `_compaction.FULL_PART_ROWS`), are summarized from their rows on the fly. A summary
-names the part file it was made from (name, size, mtime): when retention rewrites the part
-or a late part arrives, it no longer matches and the rows are read instead, until the daemon
-writes it again.
+touch; the days not aged yet are summarized from their rows on the fly. A summary holds a
+record batch per part of its day (a day too big to be one part keeps its capped parts:
+`_compaction.FULL_PART_ROWS`), each naming the part it was made from (name, size, mtime) and
+written one at a time, so that neither the daemon nor a reader holds a whole busy day's rows:
+when retention rewrites a part or a late part arrives, the summary no longer matches and the
+rows are read instead, until the daemon writes it again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ MEASURES = ("duration_ms", "rss_peak_mb", "gpu_peak_mb")
 STATS_COLUMNS = ["stage", "status", *MEASURES]  # what a summary is made from
 PERCENTILES = (0.5, 0.95, 0.99)
 KEY_SHIFT = 48  # a bucket is the top 64 - 48 = 16 bits of a value's order-preserving integer
-FORMAT = "stagewatch.stage-stats/1"
+FORMAT = "stagewatch.stage-stats/2"  # /1 described one part in the schema: read as stale, rewritten
 
 
 @dataclass(frozen=True)
@@ -203,9 +204,28 @@ def source_of(part: Path) -> dict[str, Any]:
     return {"part": part.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def write_summary(path: Path, groups: list[Group], source: dict[str, Any]) -> None:
-    """One Arrow IPC file: every measure's sorted values in one column; what is where (and the
-    histograms, sums and row counts) in its metadata. Written under a temporary name, renamed."""
+def write_summary(path: Path, parts: Iterable[tuple[dict[str, Any], list[Group]]]) -> None:
+    """One Arrow IPC file, a record batch per part (`source_of` it, and its groups): the part's
+    measures' sorted values in one column, what is where (histograms, sums, row counts, the
+    source) in the batch's metadata. Parts are taken one at a time; written under a temporary
+    name, renamed (a part that fails to read leaves no file)."""
+    schema = pa.schema([("values", pa.float64())], metadata={"stagewatch": json.dumps({"format": FORMAT})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for source, groups in parts:
+                described, values = _described(groups)
+                metadata = {"stagewatch": json.dumps({"source": source, "groups": described})}
+                writer.write_batch(pa.record_batch([pa.array(values)], schema=schema), custom_metadata=metadata)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+
+
+def _described(groups: list[Group]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """A part's groups as metadata, and their values in one array (where each measure's are)."""
     described, arrays, offset = [], [], 0
     for group in groups:
         measures = {}
@@ -220,25 +240,24 @@ def write_summary(path: Path, groups: list[Group], source: dict[str, Any]) -> No
             arrays.append(measure.values)
             offset += len(measure.values)
         described.append({"stage": group.stage, "status": group.status, "rows": group.rows, "measures": measures})
-    metadata = {"format": FORMAT, "source": source, "groups": described}
-    schema = pa.schema([("values", pa.float64())], metadata={"stagewatch": json.dumps(metadata)})
-    values = np.concatenate(arrays) if arrays else np.zeros(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        writer.write_table(pa.table({"values": values}, schema=schema))
-    os.replace(temporary, path)
+    return described, np.concatenate(arrays) if arrays else np.zeros(0)
 
 
-def read_summary(path: Path, source: dict[str, Any]) -> list[Group] | None:
-    """The summary at `path` if it was made from `source`; None if missing, stale or damaged."""
+def read_summary(path: Path, sources: list[dict[str, Any]]) -> list[Group] | None:
+    """The groups of the summary at `path` if it was made from exactly `sources` (in order);
+    None if missing, stale or damaged. Values stay memory-mapped."""
     try:
         reader = pa.ipc.open_file(pa.memory_map(str(path)))
-        metadata = json.loads(reader.schema.metadata[b"stagewatch"])
-        if metadata.get("format") != FORMAT or metadata.get("source") != source:
+        if json.loads(reader.schema.metadata[b"stagewatch"]).get("format") != FORMAT:
             return None
-        values = reader.read_all()["values"].chunk(0).to_numpy() if reader.num_record_batches else np.zeros(0)
-        return [_group(described, values) for described in metadata["groups"]]
+        groups, made_from = [], []
+        for index in range(reader.num_record_batches):
+            batch, metadata = reader.get_batch_with_custom_metadata(index)
+            described = json.loads(metadata[b"stagewatch"])
+            made_from.append(described["source"])
+            values = batch.column(0).to_numpy()
+            groups += [_group(group, values) for group in described["groups"]]
+        return groups if made_from == sources else None
     except (OSError, ValueError, KeyError, TypeError, IndexError, pa.ArrowException):
         return None
 
@@ -256,22 +275,21 @@ def _group(described: dict[str, Any], values: np.ndarray) -> Group:
 
 
 def refresh_summaries(home: Path, cutoff: str) -> int:
-    """Write the summary of every compacted partition dated before `cutoff` that lacks a current
-    one, and drop those of partitions that are gone; returns how many were written."""
+    """Write the summary of every partition dated before `cutoff` that lacks a current one, a
+    part at a time, and drop those of partitions that are gone; returns how many were written."""
     dates = partition_dates(home)
     aged = [date for date in dates if date < cutoff]
     current, written = current_summaries(home, aged), 0
     for date in aged:
         parts = _parts(home, date)
-        if date in current or len(parts) != 1:
+        if date in current or not parts:
             continue
         try:
-            rows = pq.read_table(parts[0], columns=STATS_COLUMNS)
+            write_summary(summary_path(home, date), _part_summaries(parts))
         except (pa.ArrowInvalid, OSError):  # damaged: moved aside, and the rows are read no more
             if not quarantine_damaged(Home.of(home), parts):
                 raise
             continue
-        write_summary(summary_path(home, date), summarize(rows), source_of(parts[0]))
         written += 1
     for date, path in Home.of(home).stage_stats_summaries().items():
         if date not in dates:
@@ -279,18 +297,25 @@ def refresh_summaries(home: Path, cutoff: str) -> int:
     return written
 
 
+def _part_summaries(parts: list[Path]) -> Iterator[tuple[dict[str, Any], list[Group]]]:
+    for part in parts:
+        source = source_of(part)  # before reading: a part replaced meanwhile makes the summary stale
+        yield source, summarize(pq.read_table(part, columns=STATS_COLUMNS))
+
+
 def current_summaries(home: Path, dates: Iterable[str]) -> dict[str, list[Group]]:
-    """The summaries of those `dates` whose partition still holds exactly the part summarized."""
+    """The summaries of those `dates` whose partition still holds exactly the parts summarized."""
     found = {}
     for date in dates:
         parts = _parts(home, date)
-        if len(parts) == 1:
-            try:
-                groups = read_summary(summary_path(home, date), source_of(parts[0]))
-            except FileNotFoundError:  # the part went (retention, compaction) as we looked
-                groups = None
-            if groups is not None:
-                found[date] = groups
+        if not parts:
+            continue
+        try:
+            groups = read_summary(summary_path(home, date), [source_of(part) for part in parts])
+        except FileNotFoundError:  # a part went (retention, compaction) as we looked
+            groups = None
+        if groups is not None:
+            found[date] = groups
     return found
 
 
@@ -300,4 +325,4 @@ def partition_dates(home: Path) -> list[str]:
 
 
 def _parts(home: Path, date: str) -> list[Path]:
-    return list(Home.of(home).partition("stage_executions", date).glob(f"{PART_PREFIX}*.parquet"))
+    return sorted(Home.of(home).partition("stage_executions", date).glob(f"{PART_PREFIX}*.parquet"))

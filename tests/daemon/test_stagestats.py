@@ -29,6 +29,7 @@ from stagewatch.daemon._stagestats import (
     distribution,
     read_summary,
     source_of,
+    stats_of,
     summarize,
     summary_path,
     write_summary,
@@ -94,18 +95,38 @@ def test_a_summary_round_trips_and_a_stale_or_damaged_one_is_not_used(tmp_path: 
     part = tmp_path / "part-00000000000000000001.parquet"
     pq.write_table(_table(500, 2), part)
     path, groups = tmp_path / "date=2026-11-01.arrow", summarize(_table(500, 2))
-    write_summary(path, groups, source_of(part))
-    back = read_summary(path, source_of(part))
+    write_summary(path, [(source_of(part), groups)])
+    back = read_summary(path, [source_of(part)])
     assert [(g.stage, g.status, g.rows) for g in back] == [(g.stage, g.status, g.rows) for g in groups]
     for mine, theirs in zip(groups, back, strict=True):
         for name, measure in mine.measures.items():
             np.testing.assert_array_equal(theirs.measures[name].values, measure.values)
             np.testing.assert_array_equal(theirs.measures[name].counts, measure.counts)
     pq.write_table(_table(400, 3), part)  # rewritten (as retention does): another size/mtime
-    assert read_summary(path, source_of(part)) is None
+    assert read_summary(path, [source_of(part)]) is None
     path.write_bytes(path.read_bytes()[:100])
-    assert read_summary(path, {"part": part.name}) is None
-    assert read_summary(tmp_path / "missing.arrow", {}) is None
+    assert read_summary(path, [{"part": part.name}]) is None
+    assert read_summary(tmp_path / "missing.arrow", []) is None
+
+
+def test_a_day_of_several_parts_is_summarized_part_by_part_and_answers_as_its_rows_do(tmp_path: Path) -> None:
+    """A day too big to be one part keeps its capped parts: its summary holds a batch per part
+    (neither the daemon nor a reader holds the day's rows at once) and is stale once any part
+    changes or another arrives."""
+    tables = [_table(300 + 100 * n, n + 1) for n in range(3)]
+    parts = [tmp_path / f"part-{n:020d}.parquet" for n in range(3)]
+    for part, table in zip(parts, tables, strict=True):
+        pq.write_table(table, part)
+    path = tmp_path / "date=2026-11-01.arrow"
+    write_summary(path, [(source_of(part), summarize(table)) for part, table in zip(parts, tables, strict=True)])
+    sources = [source_of(part) for part in parts]
+    by_parts = read_summary(path, sources)
+    assert by_parts is not None and len({(g.stage, g.status) for g in by_parts}) < len(by_parts)
+    assert stats_of(by_parts) == stats_of(summarize(pa.concat_tables(tables)))
+    assert read_summary(path, sources[:2]) is None  # a part gone
+    late = tmp_path / f"part-{3:020d}.parquet"
+    pq.write_table(_table(100, 9), late)
+    assert read_summary(path, [*sources, source_of(late)]) is None  # a late part
 
 
 # -- through the real daemon -------------------------------------------------------------------

@@ -12,7 +12,8 @@ files, and every query would open them all. Two passes keep that bounded:
   about twice the rewriting. A part of `FULL_PART_ROWS` rows (or `FULL_PART_BYTES`) is full
   and merged no further: a merge holds its group's rows in memory.
 - **Aged partitions.** Once a partition is `min_age_days` old, all its parts become one, if
-  they hold fewer rows than `FAN_IN` full parts (a bigger day keeps its capped parts).
+  they hold fewer rows than `FAN_IN` full parts; a bigger day keeps its capped parts, each
+  sorted into the aged layout alone, once (marked in its footer: `LAYOUT_KEY`).
 
 Merged rows are sorted by run id (then lsn) in row groups of 8,192 rows, so that a query by
 run id reads the one row group whose run-id range holds it (Parquet min/max statistics). An
@@ -29,7 +30,8 @@ partition and then exchanged with it in one atomic rename (renameat2 RENAME_EXCH
     date=D/  <->  .date=D.new/        (one atomic exchange; readers skip names with '.')
     .date=D.new/   (now the old folder) deleted
 
-A merged part takes a name no part had before (`part-{first lsn}-{last lsn}.parquet`), so a
+A merged part takes a name no part had before (`part-{first lsn}-{last lsn}.parquet`; but a
+merged part sorted alone into the aged layout keeps its name, with the same rows), so a
 reader that listed the old folder finds its files or gets FileNotFoundError (read_table then
 lists again), never new rows under an old name. Where the file system cannot exchange, the
 old folder is moved aside first (rows briefly absent, never doubled). `finish_interrupted`
@@ -83,6 +85,9 @@ SWAP_BYTES = 1 << 20
 # 13M stages (150 events/s), and the compaction held the loop for as long.
 FULL_PART_ROWS = 1 << 17  # a group of FAN_IN smaller parts: < 512k rows, about 260 MB at most
 FULL_PART_BYTES = 32 << 20
+# Marks a part written in the aged layout (by status first) in its Parquet footer, so that an
+# aged day too big to be one part has each part sorted once, not again at every pass.
+LAYOUT_KEY, BY_STATUS = b"stagewatch.layout", b"by-status"
 Plan = dict[Path, list[list[Path]]]  # partition -> groups of parts, each merged into one part
 
 
@@ -94,14 +99,20 @@ def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
 def compact(
     home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS, progress: Callable[[], object] = lambda: None
 ) -> int:
-    """Compact every partition older than `min_age_days` holding more than one part and at
-    most `FAN_IN` full parts' worth of rows and bytes (`FULL_PART_ROWS`)."""
+    """Compact every partition older than `min_age_days`: its parts into one where they hold
+    fewer rows (and bytes) than `FAN_IN` full parts (`FULL_PART_ROWS`); in a bigger one, each
+    part that is not in the aged layout yet (and fits a merge) is sorted into it alone."""
     cutoff = aged_cutoff(now, min_age_days)
-    plan = {
-        partition: [parts]
-        for partition, parts in _partitions(home)
-        if partition_date(partition) < cutoff and len(parts) > 1 and _fits_one_merge(parts)
-    }
+    plan = {}
+    for partition, parts in _partitions(home):
+        if partition_date(partition) >= cutoff:
+            continue
+        if _fits_one_merge(parts):
+            groups = [parts] if len(parts) > 1 else []
+        else:
+            groups = [[part] for part in parts if _fits_one_merge([part]) and not _in_aged_layout(part)]
+        if groups:
+            plan[partition] = groups
     return carry_out(home, plan, progress, by_status=True)
 
 
@@ -111,8 +122,13 @@ def _fits_one_merge(parts: list[Path]) -> bool:
         stat = _stat(part)
         if stat is None:
             return False  # merged or removed meanwhile: the next pass looks again
-        rows, size = rows + _rows(part, stat), size + stat.st_size
+        rows, size = rows + _footer(part, stat)[0], size + stat.st_size
     return rows < FAN_IN * FULL_PART_ROWS and size < FAN_IN * FULL_PART_BYTES
+
+
+def _in_aged_layout(part: Path) -> bool:
+    stat = _stat(part)
+    return stat is not None and _footer(part, stat)[1]
 
 
 def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.inf) -> Plan:
@@ -131,19 +147,21 @@ def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.
 
 
 def _full(part: Path, stat: os.stat_result) -> bool:
-    return stat.st_size >= FULL_PART_BYTES or _rows(part, stat) >= FULL_PART_ROWS
+    return stat.st_size >= FULL_PART_BYTES or _footer(part, stat)[0] >= FULL_PART_ROWS
 
 
-def _rows(part: Path, stat: os.stat_result) -> int:
-    return _rows_in_footer(str(part), stat.st_size, stat.st_mtime_ns)
+def _footer(part: Path, stat: os.stat_result) -> tuple[int, bool]:
+    """A part's rows, and whether it is in the aged layout (read from its footer once)."""
+    return _read_footer(str(part), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=16_384)  # parts never change under a name (retention replaces: a new mtime)
-def _rows_in_footer(path: str, size: int, mtime_ns: int) -> int:
+@functools.lru_cache(maxsize=16_384)  # a part never changes under a name (retention replaces: a new mtime)
+def _read_footer(path: str, size: int, mtime_ns: int) -> tuple[int, bool]:
     try:
-        return pq.read_metadata(path).num_rows
+        metadata = pq.read_metadata(path)
     except (OSError, pa.ArrowInvalid):  # damaged (a merge sets it aside) or gone: planned as small
-        return 0
+        return 0, False
+    return metadata.num_rows, (metadata.metadata or {}).get(LAYOUT_KEY) == BY_STATUS
 
 
 def _stat(part: Path) -> os.stat_result | None:
@@ -319,6 +337,8 @@ def _write_merged(folder: Path, table: pa.Table, name: str, by_status: bool) -> 
     # 1% bigger), and on two cores merging takes its CPU from ingest.
     level = 3 if by_status else None
     regions = _regions(table[_region_column(table.schema)]) if by_status else [(0, table.num_rows)]
+    layout = {key: value for key, value in (table.schema.metadata or {}).items() if key != LAYOUT_KEY}
+    table = table.replace_schema_metadata({**layout, LAYOUT_KEY: BY_STATUS} if by_status else layout)
     options = parquet_options(table.schema)
     with pq.ParquetWriter(folder / name, table.schema, **options, compression_level=level) as writer:
         for start, length in regions:

@@ -718,9 +718,10 @@ def test_stopping_the_daemon_ends_a_merge_pass_after_its_current_swap(home: Path
 def test_a_merge_never_holds_more_than_four_full_parts_of_rows_and_a_big_aged_day_keeps_its_parts(
     home: Path, monkeypatch
 ) -> None:
-    """A merge holds its group's rows in memory: tiers stop at full parts and an aged day of
-    more rows than a merge may hold is not made one part, so memory stays bounded whatever a
-    day holds (a 4.2M-row day merged into one part added 2.2 GB to the daemon; capped, 0.2)."""
+    """A merge holds its group's rows in memory: tiers stop at full parts, and an aged day of
+    more rows than a merge may hold is not made one part but has each part sorted by status
+    alone, once, so memory stays bounded whatever a day holds (a 4.2M-row day merged into one
+    part added 2.2 GB to the daemon; capped, 0.2)."""
     monkeypatch.setattr(_compaction, "FULL_PART_ROWS", 40)
     merged_rows = []
     merged = _compaction._merged
@@ -732,17 +733,43 @@ def test_a_merge_never_holds_more_than_four_full_parts_of_rows_and_a_big_aged_da
 
     monkeypatch.setattr(_compaction, "_merged", counted)
     store = Store(home)
-    for flush in range(64):  # 640 rows in parts of 10: a merge of all would hold 640
-        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    for flush in range(64):  # 640 rows in parts of 10, 2% failed: a merge of all would hold 640
+        rows = _rows(flush * 10, 10, T0)
+        rows[flush % 10]["status"] = "failed" if flush % 3 == 0 else "ok"
+        store.write_rows("stage_executions", rows)
     while plan := tier_plan(home):
         carry_out(home, plan)
     assert merged_rows and max(merged_rows) < 4 * 40
-    parts = _listing(home)
-    assert len(parts) == 16  # 40-row parts, full: left as they are
-    assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 0  # aged: more than one merge may hold
-    assert _listing(home) == parts
+    assert len(_listing(home)) == 16  # 40-row parts, full: left as they are
+    merged_rows.clear()
+    assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 16  # aged: each part sorted alone
+    assert merged_rows == [40] * 16
+    parts = sorted((home / "metrics" / "stage_executions").glob("date=*/part-*.parquet"))
+    for part in parts:
+        assert pq.read_metadata(part).metadata[b"stagewatch.layout"] == b"by-status"
+        statuses = pq.read_table(part, columns=["status"])["status"].to_pylist()
+        assert statuses == sorted(statuses)
+    assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 0  # once
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(640))
     monkeypatch.setattr(_compaction, "FULL_PART_ROWS", 200)  # now the day fits one merge (640 < 4 x 200)
     assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 1
     assert len(_listing(home)) == 1
     assert sorted(read_table(home, "stage_executions")["lsn"].to_pylist()) == list(range(640))
+    (part,) = (home / "metrics" / "stage_executions").glob("date=*/part-*.parquet")
+    assert pq.read_metadata(part).metadata[b"stagewatch.layout"] == b"by-status"
+
+
+def test_a_tier_merge_of_parts_in_the_aged_layout_is_not_marked_as_in_it(home: Path) -> None:
+    """A merged table keeps the first part's schema metadata: a tier merge must not carry the
+    aged layout's mark to rows it sorted by run id, or the day would never be sorted again."""
+    store = Store(home)
+    for flush in range(2):
+        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    assert compact(home, datetime(2026, 9, 26, tzinfo=UTC)) == 1  # one part, in the aged layout
+    for flush in range(2, 5):  # three late parts of the same tier
+        store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
+    (aged,) = [p for p in (home / "metrics" / "stage_executions").glob("date=*/part-*-*.parquet")]
+    groups = [[aged, *sorted(p for p in aged.parent.glob("part-*.parquet") if p != aged)]]
+    assert carry_out(home, {aged.parent: groups}) == 1  # as a tier merge would
+    (part,) = aged.parent.glob("part-*.parquet")
+    assert b"stagewatch.layout" not in (pq.read_metadata(part).metadata or {})

@@ -99,12 +99,19 @@ def aged_cutoff(now: datetime, min_age_days: int = MIN_AGE_DAYS) -> str:
 def compact(
     home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS, progress: Callable[[], object] = lambda: None
 ) -> int:
-    """Compact every partition older than `min_age_days`: its parts into one where they hold
-    fewer rows (and bytes) than `FAN_IN` full parts (`FULL_PART_ROWS`); in a bigger one, each
-    part that is not in the aged layout yet (and fits a merge) is sorted into it alone."""
+    """Compact the partitions older than `min_age_days` (`aged_plan`); returns the groups merged."""
+    return carry_out(home, aged_plan(home, now, min_age_days), progress, by_status=True)
+
+
+def aged_plan(home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS, before_lsn: float = math.inf) -> Plan:
+    """For each partition older than `min_age_days`, of its parts whose first row is before
+    `before_lsn` (those a checkpoint covers): all of them as one group where they hold fewer
+    rows (and bytes) than `FAN_IN` full parts (`FULL_PART_ROWS`); in a bigger one, each part
+    that is not in the aged layout yet (and fits a merge) alone, to be sorted into it."""
     cutoff = aged_cutoff(now, min_age_days)
     plan = {}
-    for partition, parts in _partitions(home):
+    for partition, listed in _partitions(home):
+        parts = [part for part in listed if first_lsn(part) < before_lsn]
         if partition_date(partition) >= cutoff:
             continue
         if _fits_one_merge(parts):
@@ -113,7 +120,7 @@ def compact(
             groups = [[part] for part in parts if _fits_one_merge([part]) and not _in_aged_layout(part)]
         if groups:
             plan[partition] = groups
-    return carry_out(home, plan, progress, by_status=True)
+    return plan
 
 
 def _fits_one_merge(parts: list[Path]) -> bool:
@@ -186,9 +193,8 @@ def carry_out(
     deadline: float = math.inf,
     by_status: bool = False,
 ) -> int:
-    """Merge each group of parts into one (`merge_steps`), calling `progress` after each swap
-    (the daemon pings systemd's watchdog: a long backlog is work, not a hang). Returns how
-    many groups were merged."""
+    """Merge each group of parts into one (`merge_steps`), calling `progress` after each swap.
+    Returns how many groups were merged."""
     merged = 0
     for groups in merge_steps(home, plan, deadline, by_status):
         merged += groups

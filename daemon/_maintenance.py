@@ -19,7 +19,7 @@ from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
 from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
 from stagewatch._spool import spool_owner
-from stagewatch.daemon._compaction import aged_cutoff, compact, merge_steps, tier_plan, utc_now
+from stagewatch.daemon._compaction import aged_cutoff, aged_plan, merge_steps, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
 from stagewatch.daemon._diskjobs import timed
 from stagewatch.daemon._ingest import Group, Ingest
@@ -164,25 +164,15 @@ class Maintenance:
     # -- retention and compaction ------------------------------------------------------------
     def apply_retention(self) -> None:
         """Remove what has expired (a run the projection still holds waits for the next pass),
-        then compact aged partitions: both run here, with the disk thread idle (the checkpoint
-        waits for it; a halted one retries only from the next flush on)."""
+        here, with the disk thread and any merge pass idle (the checkpoint waits for them; a
+        halted queue retries only from the next flush on); then compact aged partitions and
+        summarize them for stats on the passes' thread, behind a checkpoint (a busy day's
+        compaction held the loop, and every acknowledgement, for seconds)."""
         from stagewatch.daemon._retention import apply_retention
 
-        # A checkpoint first: it waits for the disk thread, so nothing else writes parts meanwhile.
-        covered = self.checkpoint_all()
+        self.checkpoint_all()  # nothing else writes parts while retention rewrites them
         freed = apply_retention(self.home.root, self.retention, exclude=set(self.projection().runs))
         self.ingest.quarantine.expire(datetime.now(UTC))
-        now = utc_now()
-        compacted = compact(self.home, now, progress=self.alive) if covered else 0
-        if compacted:
-            logger.info("compacted {} aged Parquet partition(s) into one file each", compacted)
-        try:
-            summarized = refresh_summaries(self.home.root, aged_cutoff(now))
-        except OSError as error:
-            self.write_error("cannot write stage-stats summaries ({}); will retry", error)
-        else:
-            if summarized:
-                logger.info("summarized {} compacted partition(s) for stats", summarized)
         if freed["runs"] or freed["segments"]:
             logger.info(
                 "retention removed {} run(s) ({} bytes, {} rows) and {} segment(s) ({} bytes)",
@@ -192,6 +182,20 @@ class Maintenance:
                 len(freed["segments"]),
                 freed["segment_bytes"],
             )
+        self.background.after_checkpoint(self._compact_aged, "compact aged partitions or summarize them")
+
+    def _compact_aged(self, covered_lsn: int) -> Iterator[int]:  # steps on the pass's thread
+        now = utc_now()
+        plan = aged_plan(self.home, now, before_lsn=covered_lsn)
+        compacted = 0
+        for groups in merge_steps(self.home, plan, by_status=True, exchange_lock=self.background.parts_lock):
+            compacted += groups
+            yield groups
+        if compacted:
+            logger.info("compacted {} group(s) of aged Parquet parts", compacted)
+        summarized = refresh_summaries(self.home.root, aged_cutoff(now))  # an OSError: reported, retried next hour
+        if summarized:
+            logger.info("summarized {} aged partition(s) for stats", summarized)
 
     def merge_small_parts(self) -> None:
         """Merge parts of the same size tier (today's partition too), so no query opens a

@@ -13,6 +13,7 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgpack
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -32,6 +33,7 @@ from stagewatch.daemon._compaction import (
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._query import Filters, query_stages
 from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon._stagestats import current_summaries, partition_dates
 from stagewatch.daemon._store import Store, first_lsn
 from tests.conftest import DaemonProcess, wait_for
 
@@ -509,38 +511,49 @@ def test_merged_row_groups_hold_one_status_so_a_failure_query_reads_only_failure
     assert table.num_rows == 24_000 and sorted(table["lsn"].to_pylist()) == list(range(24_000))
 
 
-def test_a_compaction_backlog_keeps_pinging_the_systemd_watchdog(home: Path, monkeypatch) -> None:
-    """A home with many days to compact is work, not a hang: one WATCHDOG=1 per partition, on a real
-    notify socket, so WatchdogSec does not kill the daemon in the middle of its backlog."""
-    import socket
-
-    address = home.parent / "notify.sock"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(address))
-    receiver.settimeout(0.5)
-    monkeypatch.setenv("NOTIFY_SOCKET", str(address))
-    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+def test_aged_days_are_compacted_beside_the_loop_behind_a_checkpoint(home: Path, monkeypatch) -> None:
+    """A busy day's compaction held the loop (and every acknowledgement) for seconds: it runs
+    on the passes' thread behind a checkpoint, while the loop commits and flushes; every aged
+    day then holds one part, summarized for stats, and recovery keeps each row once."""
     daemon = _in_process_daemon(home)
-    for flush in range(8):  # four old days of two parts each (after recovery, which drops parts past the log)
-        daemon.writer.store.write_rows("stage_executions", _rows(flush * 3, 3, T0 + (flush % 4) * DAY_NS))
-    try:
-        while True:  # what recovery's own flush may have sent
-            receiver.recv(4096)
-    except TimeoutError:
-        pass
-    daemon.maintenance.apply_retention()
-    pings = []
-    try:
-        while True:
-            pings.append(receiver.recv(4096).decode())
-    except TimeoutError:
-        pass
+    seq = 0
+
+    def commit_and_flush(day: int) -> None:
+        nonlocal seq
+        seq += 1
+        event = msgpack.unpackb(_stage_event(seq))
+        event["start_ts_ns"] = event["ts_ns"] = T0 + day * DAY_NS
+        group = Group()
+        daemon.ingest.take(group, [pack_event(event)], "c")
+        daemon.ingest.commit(group)
+        daemon.writer.flush(daemon.projector)
+
+    for flush in range(8):  # four old days of two parts each
+        commit_and_flush(flush % 4)
+    assert daemon.writer.drain()
+    merging, go = threading.Event(), threading.Event()
+    merged = _compaction._merged
+
+    def held_merge(*args: object):
+        merging.set()
+        assert go.wait(10)
+        return merged(*args)
+
+    monkeypatch.setattr(_compaction, "_merged", held_merge)
+    daemon.maintenance.apply_retention()  # returns with the compaction under way
+    assert merging.wait(10)
+    commit_and_flush(0)  # a late part of an aged day, written while the pass merges
+    assert daemon.writer.drain(passes=False)
+    go.set()
+    assert daemon.writer.drain()
+    parts = [sorted(p.glob("part-*.parquet")) for p in sorted((home / "metrics" / "stage_executions").glob("date=*"))]
+    assert [len(day) for day in parts] == [2, 1, 1, 1]  # the late part stays beside its day's one
+    assert all("-" in part.name[len("part-") :] for day in parts for part in day[:1])
+    summaries = current_summaries(home, partition_dates(home))  # written after the merges: the late part in
+    assert [sum(group.rows for group in summaries[date]) for date in sorted(summaries)] == [3, 2, 2, 2]
     _crash(daemon)
-    receiver.close()
-    assert [len(list(p.glob("part-*.parquet"))) for p in sorted((home / "metrics" / "stage_executions").iterdir())] == [
-        1
-    ] * 4
-    assert pings.count("WATCHDOG=1") >= 4
+    _crash(_in_process_daemon(home))
+    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 10))
 
 
 def test_parts_written_before_a_column_existed_merge_with_it_empty(home: Path) -> None:

@@ -237,6 +237,31 @@ def _in_process_daemon(home: Path, bind: bool = True, **settings: object) -> Dae
     return daemon
 
 
+def _hold_merges(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Each merge of a group sets the first event, then waits for the second: a pass held
+    in the middle, while the test writes beside it."""
+    merging, go = threading.Event(), threading.Event()
+    merged = _compaction._merged
+
+    def held(*args: object):
+        merging.set()
+        assert go.wait(10)
+        return merged(*args)
+
+    monkeypatch.setattr(_compaction, "_merged", held)
+    return merging, go
+
+
+def _commit_and_flush(daemon: Daemon, seq: int, day: int = 0) -> None:
+    """A stage event of `day` days after T0 through ingest, its part queued (not waited for)."""
+    event = msgpack.unpackb(_stage_event(seq))
+    event["start_ts_ns"] = event["ts_ns"] = T0 + day * DAY_NS
+    group = Group()
+    daemon.ingest.take(group, [pack_event(event)], "c")
+    daemon.ingest.commit(group)
+    daemon.writer.flush(daemon.projector)
+
+
 def _crash(daemon: Daemon) -> None:  # as kill -9: nothing flushed, nothing checkpointed
     daemon.release()
 
@@ -516,33 +541,13 @@ def test_aged_days_are_compacted_beside_the_loop_behind_a_checkpoint(home: Path,
     on the passes' thread behind a checkpoint, while the loop commits and flushes; every aged
     day then holds one part, summarized for stats, and recovery keeps each row once."""
     daemon = _in_process_daemon(home)
-    seq = 0
-
-    def commit_and_flush(day: int) -> None:
-        nonlocal seq
-        seq += 1
-        event = msgpack.unpackb(_stage_event(seq))
-        event["start_ts_ns"] = event["ts_ns"] = T0 + day * DAY_NS
-        group = Group()
-        daemon.ingest.take(group, [pack_event(event)], "c")
-        daemon.ingest.commit(group)
-        daemon.writer.flush(daemon.projector)
-
-    for flush in range(8):  # four old days of two parts each
-        commit_and_flush(flush % 4)
+    for seq in range(1, 9):  # four old days of two parts each
+        _commit_and_flush(daemon, seq, day=seq % 4)
     assert daemon.writer.drain()
-    merging, go = threading.Event(), threading.Event()
-    merged = _compaction._merged
-
-    def held_merge(*args: object):
-        merging.set()
-        assert go.wait(10)
-        return merged(*args)
-
-    monkeypatch.setattr(_compaction, "_merged", held_merge)
+    merging, go = _hold_merges(monkeypatch)
     daemon.maintenance.apply_retention()  # returns with the compaction under way
     assert merging.wait(10)
-    commit_and_flush(0)  # a late part of an aged day, written while the pass merges
+    _commit_and_flush(daemon, 9, day=0)  # a late part of an aged day, written while the pass merges
     assert daemon.writer.drain(passes=False)
     go.set()
     assert daemon.writer.drain()
@@ -607,15 +612,7 @@ def test_a_part_written_while_a_swap_merges_is_in_the_folder_swapped_in(home: Pa
     store = Store(home)
     for flush in range(4):
         store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
-    merging, go = threading.Event(), threading.Event()
-    merged = _compaction._merged
-
-    def slow_merge(*args: object):
-        merging.set()
-        assert go.wait(10)
-        return merged(*args)
-
-    monkeypatch.setattr(_compaction, "_merged", slow_merge)
+    merging, go = _hold_merges(monkeypatch)
     plan = tier_plan(home)
     merger = threading.Thread(target=lambda: list(merge_steps(home, plan, exchange_lock=store.parts_lock)))
     merger.start()
@@ -663,29 +660,14 @@ def test_row_parts_are_written_while_a_merge_pass_runs_and_recovery_keeps_each_r
     """A pass of merges is started behind its checkpoint on a thread of its own: the disk
     queue goes on writing the parts flushed meanwhile (before, one swap held them all)."""
     daemon = _in_process_daemon(home)
-
-    def commit_and_flush(seq: int) -> None:
-        group = Group()
-        daemon.ingest.take(group, [_stage_event(seq)], "c")
-        daemon.ingest.commit(group)
-        daemon.writer.flush(daemon.projector)
-
     for seq in range(1, 9):
-        commit_and_flush(seq)
+        _commit_and_flush(daemon, seq)
     assert daemon.writer.drain()
-    merging, go = threading.Event(), threading.Event()
-    merged = _compaction._merged
-
-    def slow_merge(*args: object):
-        merging.set()
-        assert go.wait(10)
-        return merged(*args)
-
-    monkeypatch.setattr(_compaction, "_merged", slow_merge)
+    merging, go = _hold_merges(monkeypatch)
     daemon.maintenance.merge_small_parts()
     assert merging.wait(10)
     for seq in range(9, 13):
-        commit_and_flush(seq)
+        _commit_and_flush(daemon, seq)
     assert daemon.writer.drain(passes=False)  # written while the pass is held
     assert daemon.writer.passes.running
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 13))
@@ -705,15 +687,7 @@ def test_stopping_the_daemon_ends_a_merge_pass_after_its_current_swap(home: Path
     store = Store(home)
     for flush in range(16):  # four groups of four
         store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
-    swapped, go = threading.Event(), threading.Event()
-    merged = _compaction._merged
-
-    def held_merge(*args: object):
-        swapped.set()
-        assert go.wait(10)
-        return merged(*args)
-
-    monkeypatch.setattr(_compaction, "_merged", held_merge)
+    swapped, go = _hold_merges(monkeypatch)
     assert daemon.writer.passes.start(lambda: daemon.maintenance._merge(covered_lsn=48))
     assert swapped.wait(10)
     stopper = threading.Thread(target=daemon.writer.stop_passes)

@@ -205,10 +205,10 @@ def source_of(part: Path) -> dict[str, Any]:
 
 
 def write_summary(path: Path, parts: Iterable[tuple[dict[str, Any], list[Group]]]) -> None:
-    """One Arrow IPC file, a record batch per part (`source_of` it, and its groups): the part's
-    measures' sorted values in one column, what is where (histograms, sums, row counts, the
-    source) in the batch's metadata. Parts are taken one at a time; written under a temporary
-    name, renamed (a part that fails to read leaves no file)."""
+    """One Arrow IPC file, a record batch per part or chunk of one (`source_of` the part, and its
+    groups): the measures' sorted values in one column, what is where (histograms, sums, row
+    counts, the source) in the batch's metadata. Taken one at a time; written under a
+    temporary name, renamed (a part that fails to read leaves no file)."""
     schema = pa.schema([("values", pa.float64())], metadata={"stagewatch": json.dumps({"format": FORMAT})})
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -254,7 +254,8 @@ def read_summary(path: Path, sources: list[dict[str, Any]]) -> list[Group] | Non
         for index in range(reader.num_record_batches):
             batch, metadata = reader.get_batch_with_custom_metadata(index)
             described = json.loads(metadata[b"stagewatch"])
-            made_from.append(described["source"])
+            if not made_from or made_from[-1] != described["source"]:  # a part's chunks share it
+                made_from.append(described["source"])
             values = batch.column(0).to_numpy()
             groups += [_group(group, values) for group in described["groups"]]
         return groups if made_from == sources else None
@@ -297,10 +298,17 @@ def refresh_summaries(home: Path, cutoff: str) -> int:
     return written
 
 
+# A part is summarized this many rows at a time: a part written before parts were capped
+# (`_compaction.FULL_PART_ROWS`) may hold a whole busy day.
+SUMMARY_CHUNK_ROWS = 1 << 17
+
+
 def _part_summaries(parts: list[Path]) -> Iterator[tuple[dict[str, Any], list[Group]]]:
+    """(source, groups) of each chunk of each part, in order (a part's chunks share its source)."""
     for part in parts:
         source = source_of(part)  # before reading: a part replaced meanwhile makes the summary stale
-        yield source, summarize(pq.read_table(part, columns=STATS_COLUMNS))
+        for batch in pq.ParquetFile(part).iter_batches(SUMMARY_CHUNK_ROWS, columns=STATS_COLUMNS):
+            yield source, summarize(pa.Table.from_batches([batch]))
 
 
 def current_summaries(home: Path, dates: Iterable[str]) -> dict[str, list[Group]]:

@@ -13,6 +13,7 @@ its summary, errors and *open* stages; a stage that ends leaves as an audit line
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 from collections import OrderedDict
@@ -29,7 +30,12 @@ AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
 TABLE_NAMES = ("stage_executions", "runs", "logs")
 MAX_ERRORS_PER_RUN = 10_000
-RECENTLY_ENDED = 4_096  # per run: ended stages remembered, so a stray late start cannot reopen one
+# Per client of a run: ranges of ended spans kept, so that a start that comes after its end
+# never reopens the stage (the span is crashed at the run's end: its row twice). Spans end
+# about in order, so the ranges merge as they come; a client whose ends leave more gaps than
+# this forgets its oldest first. (The last 4,096 ended stages were kept: a start that a
+# pipeline spooled while the daemon was down came 60,000 ends after its own end.)
+MAX_ENDED_RANGES = 4_096
 
 
 def iso(ns: int | None) -> str | None:
@@ -85,7 +91,7 @@ class RunState:
     last_rss_mb: dict[str, float] = field(default_factory=dict)  # client -> its last heartbeat's RSS
     gpu_sources: dict[str, str] = field(default_factory=dict)  # each GPU source its stages used -> what it sees
     open: dict[str, dict[str, Any]] = field(default_factory=dict)  # "client:span" -> running stage entry
-    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)  # "client:span": recently ended
+    ended: dict[str, list[int]] = field(default_factory=dict)  # client -> ended spans (`ended_add`)
 
     def to_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _RUN_FIELDS}
@@ -96,7 +102,11 @@ class RunState:
         for an event that came late: its running stages were none, its recent ends are gone)."""
         known = {name: state[name] for name in _RUN_FIELDS if name in state}  # a checkpoint may hold older keys
         run = cls(**known)
-        run.ended = OrderedDict(run.ended)
+        if any(value is None for value in run.ended.values()):  # a checkpoint's "client:span" keys (before ranges)
+            keys, run.ended = list(run.ended), {}
+            for key in keys:
+                client_id, _, span = key.rpartition(":")
+                ended_add(run.ended, client_id, int(span))
         run.counts = {key: value for key, value in run.counts.items() if key != "running"}
         return run
 
@@ -234,6 +244,39 @@ def _span_key(event: Any) -> str:
     return f"{event.client_id}:{event.span}"
 
 
+def ended_has(ended: dict[str, list[int]], client_id: str, span: int) -> bool:
+    """Whether `span` of `client_id` has ended. `ended` holds, per client, the bounds of
+    half-open ranges [lo, hi) in order: a span is in one when an odd number of bounds are <= it."""
+    bounds = ended.get(client_id)
+    return bounds is not None and bisect.bisect_right(bounds, span) % 2 == 1
+
+
+def ended_add(ended: dict[str, list[int]], client_id: str, span: int) -> None:
+    """Record that `span` of `client_id` ended (ranges merge; at most `MAX_ENDED_RANGES`)."""
+    bounds = ended.get(client_id)
+    if bounds is None:
+        ended[client_id] = [span, span + 1]
+        return
+    if bounds[-1] == span:  # the common case: the span after the last range
+        bounds[-1] = span + 1
+        return
+    index = bisect.bisect_right(bounds, span)
+    if index % 2:
+        return  # ended already
+    joins_before = index > 0 and bounds[index - 1] == span
+    joins_after = index < len(bounds) and bounds[index] == span + 1
+    if joins_before and joins_after:
+        del bounds[index - 1 : index + 1]
+    elif joins_before:
+        bounds[index - 1] = span + 1
+    elif joins_after:
+        bounds[index] = span
+    else:
+        bounds[index:index] = [span, span + 1]
+        if len(bounds) > 2 * MAX_ENDED_RANGES:
+            del bounds[:2]
+
+
 class Projector:
     """Folds events into run states, ended-stage audit lines and rows for Parquet tables.
 
@@ -302,17 +345,17 @@ class Projector:
         return entry
 
     def _on_stage_started(self, run: RunState, event: Any, lsn: int) -> None:
-        key = _span_key(event)
-        if key in run.ended:
+        if ended_has(run.ended, event.client_id, event.span):
             return  # a start that arrives after its end adds nothing
+        key = _span_key(event)
         entry = self._open_entry(run, event, key)
         if entry["start_ns"] is None:
             entry.update(start_ns=event.ts_ns, started_at=iso(event.ts_ns))
 
     def _on_stage_finished(self, run: RunState, event: Any, lsn: int) -> None:
-        key = _span_key(event)
-        if key in run.ended:
+        if ended_has(run.ended, event.client_id, event.span):
             return  # already ended: a crash verdict that a late finish cannot undo
+        key = _span_key(event)
         end_ns = event.start_ts_ns + int(event.duration_ms * 1e6)
         if event.gpu_source and event.gpu_source not in run.gpu_sources:
             names = event.gpu_source.split("+")
@@ -320,7 +363,8 @@ class Projector:
         entry = run.open.pop(key, None)
         if entry is None and event.type == "stage_finished":  # the common case: a short stage sends only its end
             run.counts["stages"] += 1
-            self._ended(run, key, "ok", _ended_line(event, end_ns), _row_of_end(run, event, end_ns, lsn))
+            line, row = _ended_line(event, end_ns), _row_of_end(run, event, end_ns, lsn)
+            self._ended(run, event.client_id, event.span, "ok", line, row)
             return
         status = "failed" if event.type == "stage_failed" else "ok"
         if entry is None:
@@ -329,18 +373,16 @@ class Projector:
         entry.update(_finish(event, status, end_ns))
         if status == "failed":
             entry["error"] = {"type": event.error_type, "message": event.error_message, "traceback": event.traceback}
-        self._end_stage(run, entry, key, end_ns, lsn)
+        self._end_stage(run, entry, end_ns, lsn)
 
-    def _end_stage(self, run: RunState, entry: dict, key: str, end_ns: int, lsn: int) -> None:
+    def _end_stage(self, run: RunState, entry: dict, end_ns: int, lsn: int) -> None:
         """Move an ended stage (its entry, out of `run.open`) into an audit line and a row."""
         if entry["error"] is not None:
             self._record_error(run, entry, end_ns)
-        self._ended(run, key, entry["status"], entry, _stage_row(run, entry, end_ns, lsn))
+        self._ended(run, entry["client_id"], entry["span"], entry["status"], entry, _stage_row(run, entry, end_ns, lsn))
 
-    def _ended(self, run: RunState, key: str, status: str, line: Any, row: tuple) -> None:
-        run.ended[key] = None
-        if len(run.ended) > RECENTLY_ENDED:
-            run.ended.popitem(last=False)  # O(1); next(iter(dict)) degrades as the front empties
+    def _ended(self, run: RunState, client_id: str, span: int, status: str, line: Any, row: tuple) -> None:
+        ended_add(run.ended, client_id, span)
         run.counts[status] += 1
         lines = self.stage_lines.get(run.run_id)
         if lines is None:
@@ -407,7 +449,7 @@ class Projector:
                 error={"type": "ClientLost", "message": message, "traceback": ""},
             )
             del run.open[key]
-            self._end_stage(run, entry, key, end, lsn)
+            self._end_stage(run, entry, end, lsn)
         if run.client_id in (lost, None) and not run.complete:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
             self._close_run(run, "crashed", event.last_seen_ns, lsn, {"type": "ClientLost", "message": message})

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from stagewatch._home import Home
 from stagewatch.daemon._dedup import Deduplicator
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState
+from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, ended_add, ended_has
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items
 
@@ -223,3 +223,39 @@ def test_marking_a_group_at_once_marks_what_marking_each_event_does(keys: list[t
     at_once.mark_events(events)
     assert at_once.to_state() == one_by_one.to_state()
     assert all(at_once.seen(client, seq) for client, seq in keys)
+
+
+def test_a_start_that_comes_long_after_its_end_never_reopens_the_stage() -> None:
+    """A pipeline spools a batch while the daemon is down; its events may be logged after
+    60,000 later ones (found by the kill -9 fault run): a start logged after its own end, once
+    4,096 other stages had ended, reopened the stage, and the run's end crashed it: its row twice."""
+    events = [ev("run_started", 1, pipeline="perception", host="h", pid=1)]
+    events += [finished(1 + span, span) for span in range(1, 10_002)]  # 10,001 stages end in order
+    events.append(ev("stage_started", 20_000, stage="detection", span=5))  # span 5's start, late
+    events.append(ev("run_finished", 20_001, status="ok", duration_ms=9.0))
+    events.append(ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 30_000_000_000))
+    projector = fold(events)
+    rows = projector.take_output()[0]["stage_executions"]
+    assert len(rows) == 10_001 and projector.runs[RUN].open == {}  # the lost client crashed nothing
+    assert projector.runs[RUN].status == "ok"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=60), unique=True))
+def test_ended_spans_are_kept_as_ranges_that_answer_as_a_set_would(spans: list[int]) -> None:
+    ended: dict[str, list[int]] = {}
+    for span in spans:
+        ended_add(ended, "c", span)
+        ended_add(ended, "c", span)  # twice: no change
+    bounds = ended.get("c", [])
+    assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds)  # disjoint, merged ranges
+    assert all(bounds[i] < bounds[i + 1] for i in range(0, len(bounds) - 1, 2))
+    for span in range(0, 62):
+        assert ended_has(ended, "c", span) == (span in spans)
+    assert not ended_has(ended, "other", spans[0] if spans else 1)
+
+
+def test_a_checkpoint_from_before_ranges_is_read_into_them() -> None:
+    run = RunState.from_state({"run_id": RUN, "ended": {"c1:3": None, "c1:4": None, "c2:9": None}})
+    assert run.ended == {"c1": [3, 5], "c2": [9, 10]}
+    assert RunState.from_state(run.to_state()).ended == run.ended

@@ -27,6 +27,10 @@ from stagewatch.daemon.groundtruth.iou import box_iou
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 MAX_DETECTIONS = (1, 10, 100)
+# A segmentation is rasterized within its image, and pycocotools allocates along a polygon's
+# outline: an image of 1e300 pixels or a vertex at 1e300 took the whole machine's memory
+# (found by the fuzz suite, which the OOM killer ended). Bigger or farther is refused.
+MAX_IMAGE_SIDE = 1 << 16  # pixels
 AREA_RANGES = {"all": (0.0, 1e5**2), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e5**2)}
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -457,14 +461,35 @@ def _to_rle(segmentation: Any, image: dict[str, Any], source: str, index: int) -
     """Polygons, uncompressed or compressed RLE → compressed RLE (pycocotools' annToRLE)."""
     mask_utils = _mask_utils()
     try:
-        height, width = int(image["height"]), int(image["width"])
+        height, width = _image_size(image, source, index)
         if isinstance(segmentation, list):
+            _check_polygons(segmentation, 2 * max(height, width), source, index)
             return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
         if isinstance(segmentation.get("counts"), list):
             return mask_utils.frPyObjects(segmentation, height, width)
         return {"size": segmentation["size"], "counts": segmentation["counts"]}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise CocoFormatError(f"{source}[{index}].segmentation: cannot read it as a polygon or RLE ({error})") from None
+
+
+def _image_size(image: dict[str, Any], source: str, index: int) -> tuple[int, int]:
+    sides = image["height"], image["width"]
+    if not all(isinstance(side, int | float) and 1 <= side <= MAX_IMAGE_SIDE for side in sides):
+        raise CocoFormatError(
+            f"{source}[{index}].segmentation: its image's height and width must be 1 to {MAX_IMAGE_SIDE} "
+            f"pixels, got {sides[0]!r:.40} x {sides[1]!r:.40}"
+        )
+    return int(sides[0]), int(sides[1])
+
+
+def _check_polygons(polygons: list[Any], limit: int, source: str, index: int) -> None:
+    """Every vertex a number within `limit` pixels of the image's origin (NaN is not)."""
+    for polygon in polygons:
+        if isinstance(polygon, list) and not all(isinstance(v, int | float) and -limit <= v <= limit for v in polygon):
+            raise CocoFormatError(
+                f"{source}[{index}].segmentation: polygon vertices must be numbers within {limit} pixels "
+                f"of the image, got {polygon!r:.80}"
+            )
 
 
 def evaluate_coco(

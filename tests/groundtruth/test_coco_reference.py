@@ -208,3 +208,24 @@ def test_detection_on_an_unknown_image_is_refused() -> None:
         parse_coco_detections([{"image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}], parsed, "dt.json")
     with pytest.raises(CocoFormatError, match="score: expected a finite number"):
         parse_coco_detections([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": float("nan")}], parsed)
+
+
+@pytest.mark.parametrize(
+    ("image", "polygon", "message"),
+    [
+        ({"id": 1, "height": 1e300, "width": 10}, [0, 0, 5, 0, 5, 5], "height and width must be 1 to 65536"),
+        ({"id": 1, "height": 10, "width": float("nan")}, [0, 0, 5, 0, 5, 5], "height and width must be 1 to 65536"),
+        ({"id": 1, "height": 10, "width": 10}, [0, 0, 1e12, 0, 5, 5], "within 20 pixels"),
+        ({"id": 1, "height": 10, "width": 10}, [0, 0, float("inf"), 0, 5, 5], "within 20 pixels"),
+    ],
+)
+def test_a_segmentation_too_big_to_rasterize_is_refused_not_allocated(image: dict, polygon: list, message: str) -> None:
+    """Found by the fuzz suite: pycocotools allocates along a polygon's outline within its
+    image, and an image of 1e300 pixels or a vertex at 1e12 took all the machine's memory."""
+    document = {
+        "images": [image],
+        "categories": [{"id": 1}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "segmentation": [polygon]}],
+    }
+    with pytest.raises(CocoFormatError, match=message):
+        parse_coco_ground_truth(document, source="gt.json", iou_type="segm")

@@ -111,31 +111,25 @@ def aged_plan(home: Path | Home, now: datetime, min_age_days: int = MIN_AGE_DAYS
     cutoff = aged_cutoff(now, min_age_days)
     plan = {}
     for partition, listed in _partitions(home):
-        parts = [part for part in listed if first_lsn(part) < before_lsn]
         if partition_date(partition) >= cutoff:
             continue
-        if _fits_one_merge(parts):
-            groups = [parts] if len(parts) > 1 else []
+        # (part, bytes, rows, in the aged layout); a part merged or removed meanwhile is left out
+        parts = [
+            (part, stat.st_size, *_footer(part, stat))
+            for part in listed
+            if first_lsn(part) < before_lsn and (stat := _stat(part)) is not None
+        ]
+        if _fits_one_merge(sum(p[1] for p in parts), sum(p[2] for p in parts)):
+            groups = [[p[0] for p in parts]] if len(parts) > 1 else []
         else:
-            groups = [[part] for part in parts if _fits_one_merge([part]) and not _in_aged_layout(part)]
+            groups = [[part] for part, size, rows, aged in parts if _fits_one_merge(size, rows) and not aged]
         if groups:
             plan[partition] = groups
     return plan
 
 
-def _fits_one_merge(parts: list[Path]) -> bool:
-    rows = size = 0
-    for part in parts:
-        stat = _stat(part)
-        if stat is None:
-            return False  # merged or removed meanwhile: the next pass looks again
-        rows, size = rows + _footer(part, stat)[0], size + stat.st_size
+def _fits_one_merge(size: int, rows: int) -> bool:
     return rows < FAN_IN * FULL_PART_ROWS and size < FAN_IN * FULL_PART_BYTES
-
-
-def _in_aged_layout(part: Path) -> bool:
-    stat = _stat(part)
-    return stat is not None and _footer(part, stat)[1]
 
 
 def tier_plan(home: Path | Home, fan_in: int = FAN_IN, before_lsn: float = math.inf) -> Plan:

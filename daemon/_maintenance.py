@@ -77,7 +77,7 @@ class Maintenance:
         home: Home,
         ingest: Ingest,
         projection: Callable[[], Projector],
-        checkpoint_all: Callable[[], bool],
+        checkpoint_all: Callable[[], None],
         background: Background,
         disk: DiskStatus,
         stats: DaemonStats,

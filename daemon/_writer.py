@@ -155,20 +155,20 @@ class ReadModelWriter:
         what keeps the projection's pending output (about 1.7 KB a stage) bounded."""
         self._write_output(projector)
 
-    def checkpoint_all(self, projector: Projector) -> bool:
-        """Flush with a checkpoint, and wait for the maintenance pass under way; True if the
-        checkpoint covers every row written. Compaction needs that: recovery drops the parts
-        past the checkpoint and replays their rows, so a merged part (named by its lowest lsn)
-        must never hold rows past it."""
+    def checkpoint_all(self, projector: Projector) -> None:
+        """Flush everything with a checkpoint and wait for it and for the maintenance pass under
+        way: until the loop queues more, nothing else writes parts (retention rewrites them)."""
         self.flush(projector, final=True)
-        return self.drain() and self.checkpoint_lsn == self.log.end_lsn
+        self.drain()
 
     def after_checkpoint(self, projector: Projector, steps: Callable[[int], Iterator[object]], what: str) -> None:
         """Run `steps(lsn)` (a maintenance pass) on a thread of its own (`PassThread`), started
         by the disk thread once a checkpoint of everything before `lsn` is on disk, without the
-        loop waiting: merging parts needs that (see `checkpoint_all`), and the queue halts at a
-        refused write, so no pass starts before its checkpoint is on disk. Row parts written
-        meanwhile hold rows from `lsn` on. While a pass runs, the next one is not started."""
+        loop waiting. Merging parts needs that: recovery drops the parts past its checkpoint and
+        replays their rows, so a merged part (named by its lowest lsn) must never hold rows past
+        it; and the queue halts at a refused write, so no pass starts before its checkpoint is
+        on disk. Row parts written meanwhile hold rows from `lsn` on. While a pass runs, the
+        next one is not started."""
         if self.flush(projector, checkpoint=True):
             covered = self.log.end_lsn
 

@@ -11,6 +11,7 @@ artifact in the audit trail.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -133,7 +134,7 @@ def _ply_columns(attributes: dict[str, Any]) -> tuple[list[tuple[str, Any]], lis
         names = triples.get(name)
         if names is None:
             names = (name,) if value.ndim == 1 else tuple(f"{name}_{i}" for i in range(value.shape[1]))
-        value = value.reshape(count, -1)
+        value = value.reshape(count, math.prod(value.shape[1:]))  # not (count, -1): ambiguous for 0 points
         columns.extend((prop, value[:, i]) for i, prop in enumerate(names))
     return columns, warnings
 
@@ -145,7 +146,7 @@ def write_ply(path: Path, cloud: Any) -> list[str]:
 
     columns, warnings = _ply_columns(_point_attributes(cloud))
     dtype = np.dtype([(name, column.dtype.newbyteorder("<")) for name, column in columns])
-    table = np.empty(len(columns[0][1]), dtype)
+    table = np.empty(len(columns[0][1]), dtype)  # 0 rows is a valid PLY: a frame whose points were all filtered out
     for name, column in columns:
         table[name] = column
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(table)}"]
@@ -163,14 +164,59 @@ def write_npy(path: Path, array: Any) -> list[str]:
 
 
 def write_json(path: Path, value: Any) -> list[str]:
-    _write_bytes(path, json.dumps(value, indent=2, default=_json_default).encode())
-    return []
+    """Strict JSON (RFC 8259 has no NaN or Infinity, and most parsers refuse Python's bare
+    `NaN`): each non-finite number is written as null, and the warning says how many and where."""
+    replaced: list[str] = []
+    try:
+        finite = _finite_json(value, "$", replaced)
+    except RecursionError:
+        raise ValueError("expected JSON data without cycles and nested less than Python's recursion limit") from None
+    _write_bytes(path, json.dumps(finite, indent=2, allow_nan=False).encode())
+    if not replaced:
+        return []
+    shown = ", ".join(replaced[:MAX_NULLED_SHOWN]) + (", ..." if len(replaced) > MAX_NULLED_SHOWN else "")
+    return [f"{len(replaced)} non-finite number(s) (NaN, inf) written as null, at {shown}"]
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
+MAX_NULLED_SHOWN = 5  # places named in the warning; the count covers them all
+
+
+def _finite_json(value: Any, where: str, replaced: list[str]) -> Any:
+    """`value` as plain JSON data (numpy arrays and scalars as lists and numbers), with every
+    NaN and infinity as None and its place (`$.boxes[2][0]`) appended to `replaced`."""
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy arrays and scalars
+        if _all_finite(value):
+            return value.tolist()  # a big array needs no walk through its items
+        value = value.tolist()
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        replaced.append(where)
+        return None
+    if isinstance(value, dict):
+        return {_json_key(key): _finite_json(item, f"{where}.{key}", replaced) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(item, f"{where}[{index}]", replaced) for index, item in enumerate(value)]
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
     raise TypeError(f"expected JSON-serialisable data, got {type(value).__name__}")
+
+
+def _all_finite(array: Any) -> bool:
+    """Whether a numpy array or scalar holds only integers, booleans or finite floats."""
+    kind = getattr(getattr(array, "dtype", None), "kind", None)
+    if kind in ("b", "i", "u"):
+        return True
+    if kind == "f":
+        import numpy as np
+
+        return bool(np.isfinite(array).all())
+    return False
+
+
+def _json_key(key: Any) -> Any:
+    """A NaN or infinite float key as its name ("nan", "inf"): JSON keys are strings anyway."""
+    return str(key) if isinstance(key, float) and not math.isfinite(key) else key
 
 
 WRITERS = {".png": write_png, ".ply": write_ply, ".npy": write_npy, ".json": write_json}

@@ -105,17 +105,13 @@ def load_point_labels(path: Path) -> PointLabels:
     regular_file(path)
     if path.suffix.lower() == ".ply":
         return _read_ply(path)
-    import open3d as o3d
-
-    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    cloud = o3d.t.io.read_point_cloud(str(path))
-    if "positions" not in cloud.point or len(cloud.point["positions"]) == 0:
-        raise LabelError(f"{path}: no points could be read (not a point cloud, or empty)")
-    if "label" not in cloud.point:
-        names = ", ".join(sorted(key for key in cloud.point if key != "positions")) or "none"
+    cloud = _read_pcd(path)
+    if "positions" not in cloud:
+        raise LabelError(f"{path}: no points could be read (not a point cloud?)")
+    if "label" not in cloud:
+        names = ", ".join(sorted(key for key in cloud if key != "positions")) or "none"
         raise LabelError(f"{path}: no per-point 'label' attribute (attributes: {names})")
-    positions = cloud.point["positions"].numpy().astype(np.float64)
-    return PointLabels(positions, _labels(cloud.point["label"].numpy().reshape(-1), path))
+    return PointLabels(cloud["positions"].astype(np.float64), _labels(cloud["label"].reshape(-1), path))
 
 
 def load_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -140,17 +136,14 @@ def load_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         names = set(vertices.dtype.names or ())
         if not {"x", "y", "z"} <= names:
             raise LabelError(f"{path}: PLY vertices need x, y, z (found {', '.join(sorted(names)) or 'none'})")
-        labels = _labels(vertices["label"], path) if "label" in names and len(vertices) else None
+        labels = _labels(vertices["label"], path) if "label" in names else None
         return _positions(vertices), labels
     if suffix == ".pcd":
-        import open3d as o3d
-
-        o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-        cloud = o3d.t.io.read_point_cloud(str(path))
-        if "positions" not in cloud.point:
+        cloud = _read_pcd(path)
+        if "positions" not in cloud:
             raise LabelError(f"{path}: no points could be read (not a point cloud?)")
-        labels = cloud.point["label"].numpy().reshape(-1).astype(np.int64) if "label" in cloud.point else None
-        return cloud.point["positions"].numpy().astype(np.float64), labels
+        labels = cloud["label"].reshape(-1).astype(np.int64) if "label" in cloud else None
+        return cloud["positions"].astype(np.float64), labels
     raise LabelError(f"{path}: expected a point cloud as .ply, .pcd or .npy, got {suffix or 'no suffix'!r}")
 
 
@@ -168,15 +161,11 @@ def load_point_attributes(path: Path) -> dict[str, np.ndarray]:
             names = [n for n in vertices.dtype.names or () if n not in ("x", "y", "z", "label")]
             return {name: vertices[name].astype(np.float64) for name in names[:MAX_ATTRIBUTES]}
         if suffix == ".pcd":
-            import open3d as o3d
-
-            o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-            cloud = o3d.t.io.read_point_cloud(str(path))
-            found = {}
-            for name in cloud.point:
-                values = cloud.point[name].numpy()
-                if name not in ("positions", "label") and values.ndim == 2 and values.shape[1] == 1:
-                    found[name] = values.reshape(-1).astype(np.float64)
+            found = {
+                name: values.reshape(-1).astype(np.float64)
+                for name, values in _read_pcd(path).items()
+                if name not in ("positions", "label") and values.ndim == 2 and values.shape[1] == 1
+            }
             return dict(list(found.items())[:MAX_ATTRIBUTES])
     except (PlyError, OSError, ValueError, RuntimeError):
         return {}
@@ -191,9 +180,47 @@ def _read_ply(path: Path) -> PointLabels:
     names = vertices.dtype.names or ()
     if not {"x", "y", "z", "label"} <= set(names):
         raise LabelError(f"{path}: PLY vertices need x, y, z and label (found {', '.join(names) or 'none'})")
-    if not len(vertices):
-        raise LabelError(f"{path}: no points (the vertex element is empty)")
     return PointLabels(_positions(vertices), _labels(vertices["label"], path), tuple(notes))
+
+
+MAX_PCD_HEADER_BYTES = 64 * 1024
+
+
+def _read_pcd(path: Path) -> dict[str, np.ndarray]:
+    """A PCD's per-point arrays by Open3D's name ("positions" (N, 3), "label" (N, 1) ...), by
+    Open3D's tensor reader (ascii, binary, binary_compressed); nothing when it reads no points.
+    A header that declares 0 points (a frame with every point filtered out) is an empty cloud:
+    Open3D refuses to read one."""
+    fields = _fields_of_empty_pcd(path)
+    if fields is not None:
+        empty = {"positions": np.zeros((0, 3))}
+        return empty | {name: np.zeros((0, 1), np.int32) for name in fields if name not in ("x", "y", "z")}
+    import open3d as o3d
+
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    cloud = o3d.t.io.read_point_cloud(str(path))
+    if "positions" not in cloud.point or len(cloud.point["positions"]) == 0:
+        return {}  # not a point cloud: Open3D reads garbage as an empty cloud
+    return {name: cloud.point[name].numpy() for name in cloud.point}
+
+
+def _fields_of_empty_pcd(path: Path) -> list[str] | None:
+    """The FIELDS of a PCD whose header (up to its DATA line) declares `POINTS 0` and has x, y
+    and z; None for any other file."""
+    with open(path, "rb") as handle:
+        head = handle.read(MAX_PCD_HEADER_BYTES)
+    fields, points = [], None
+    for line in head.split(b"\n"):
+        words = line.decode("ascii", "replace").split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].upper() == "FIELDS":
+            fields = words[1:]
+        elif words[0].upper() == "POINTS" and len(words) == 2 and words[1].isdigit():
+            points = int(words[1])
+        elif words[0].upper() == "DATA":
+            return fields if points == 0 and {"x", "y", "z"} <= set(fields) else None
+    return None
 
 
 def _positions(vertices: np.ndarray) -> np.ndarray:

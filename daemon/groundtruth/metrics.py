@@ -143,14 +143,21 @@ class DetectionAccuracy:
         return found
 
 
-def scores_from_confusion(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Per-class IoU (None for a class absent from both truth and prediction), mIoU, accuracy."""
+def scores_from_confusion(
+    confusion: np.ndarray, class_names: Sequence[str] | None = None, unmatched: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Per-class IoU (None for a class absent from both truth and prediction), mIoU, accuracy.
+
+    `unmatched`: per class, points of one cloud with no counterpart in the other (every point of
+    a labelled cloud whose prediction is empty, every predicted point of an empty one): each is
+    wrong, so it counts in its class's union and in the accuracy's total, never in a hit."""
     confusion = np.asarray(confusion, dtype=np.float64)
+    extra = np.zeros(len(confusion)) if unmatched is None else np.asarray(unmatched, dtype=np.float64)
     hits = np.diag(confusion)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - hits
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - hits + extra
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, hits / union, np.nan)
-    total = confusion.sum()
+    total = confusion.sum() + extra.sum()
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(hits))]
     return {
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
@@ -169,23 +176,45 @@ class ConfusionAccuracy:
     def __init__(self, class_names: Sequence[str], ignore_index: int | None = None) -> None:
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
-        self._total = np.zeros((len(class_names), len(class_names)), np.int64)
-        self._by_sample: dict[Any, np.ndarray] = {}
+        classes = len(class_names)
+        self._total = np.zeros((classes, classes), np.int64)
+        self._unmatched = np.zeros(classes, np.int64)
+        self._by_sample: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
 
     def update(self, sample: Any, truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
         confusion = confusion_matrix(truth, predicted, len(self.class_names), self.ignore_index)
+        return self._replace(sample, confusion, np.zeros(len(self.class_names), np.int64))
+
+    def update_unmatched(self, sample: Any, labels: np.ndarray) -> dict[str, Any]:
+        """A sample whose points have no counterpart on the other side (an empty prediction of a
+        labelled cloud, or points predicted where the ground truth has none): `labels` are those
+        points' classes, each point a mistake of its class."""
+        classes = len(self.class_names)
+        labels = np.asarray(labels).ravel().astype(np.int64)
+        keep = (labels >= 0) & (labels < classes)
+        if self.ignore_index is not None:
+            keep &= labels != self.ignore_index
+        unmatched = np.bincount(labels[keep], minlength=classes)
+        return self._replace(sample, np.zeros((classes, classes), np.int64), unmatched)
+
+    def _replace(self, sample: Any, confusion: np.ndarray, unmatched: np.ndarray) -> dict[str, Any]:
         self.forget(sample)
-        self._by_sample[sample] = confusion
+        self._by_sample[sample] = (confusion, unmatched)
         self._total += confusion
-        return scores_from_confusion(confusion, self.class_names)
+        self._unmatched += unmatched
+        return scores_from_confusion(confusion, self.class_names, unmatched)
 
     def forget(self, sample: Any) -> None:
         previous = self._by_sample.pop(sample, None)
         if previous is not None:
-            self._total -= previous
+            self._total -= previous[0]
+            self._unmatched -= previous[1]
 
     def compute(self) -> dict[str, Any]:
-        result = {"samples": len(self._by_sample), **scores_from_confusion(self._total, self.class_names)}
+        scores = scores_from_confusion(self._total, self.class_names, self._unmatched)
+        result = {"samples": len(self._by_sample), **scores}
         if len(self.class_names) <= MAX_CONFUSION_CLASSES:  # rows: ground truth, columns: prediction
             result["confusion"] = {"classes": self.class_names, "counts": self._total.tolist()}
+            if self._unmatched.any():  # points without a counterpart: not in any cell
+                result["confusion"]["unmatched"] = self._unmatched.tolist()
         return result

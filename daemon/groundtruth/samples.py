@@ -149,6 +149,21 @@ def labels_on_truth_points(truth: PointLabels, predicted: np.ndarray | PointLabe
     return predicted.labels[nearest.numpy().reshape(-1)].astype(np.int64)
 
 
+def unmatched_points(truth: PointLabels, predicted: np.ndarray | PointLabels) -> np.ndarray | None:
+    """When exactly one side is an empty cloud, the labels of the other side's points (none of
+    them has a counterpart to agree with); None otherwise. A frame whose points were all
+    filtered out is routine: an empty prediction of a labelled cloud misses every point."""
+    if len(truth.labels) and len(_labels_of(predicted)) == 0:
+        return truth.labels
+    if not len(truth.labels) and isinstance(predicted, PointLabels) and len(predicted.labels):
+        return predicted.labels  # labels alone (no points) for an empty cloud are a count mismatch
+    return None
+
+
+def _labels_of(predicted: np.ndarray | PointLabels) -> np.ndarray:
+    return predicted.labels if isinstance(predicted, PointLabels) else predicted
+
+
 def box_details(predicted: Objects, truth: Objects, outcome: Any, categories: dict[int, str]) -> dict[str, Any]:
     """Every box with its class name and outcome ([x, y, w, h, class, score, outcome] predicted,
     [x, y, w, h, class, outcome] truth), the classes the mistakes involve, and the confidence
@@ -227,16 +242,7 @@ class StageAccuracy:
             drawn = box_details(predicted, truth, outcome, categories)
         else:
             predicted = load_prediction_array(prediction, path, self.labels.kind or "mask")
-            truth_labels = truth.labels if isinstance(truth, PointLabels) else truth
-            if isinstance(truth, PointLabels):
-                predicted = labels_on_truth_points(truth, predicted)
-            elif predicted.shape != truth.shape:
-                raise InvalidPrediction(f"mask shape {predicted.shape} differs from the labels' {truth.shape}")
-            classes = len(self.labels.classes or [])
-            unknown = first_unknown_class(predicted, classes)
-            if unknown is not None:
-                raise InvalidPrediction(f"unknown class index {unknown} ({classes} classes)")
-            scores = self.metric.update(sample_id, truth_labels, predicted)
+            scores = self._update_labels(sample_id, truth, predicted)
             errors = {}
             # The classes that fall short: their own IoU is below the bar the whole sample had to clear.
             short = [name for name, iou in scores["per_class_iou"].items() if iou is not None and iou < minimum]
@@ -248,6 +254,29 @@ class StageAccuracy:
         if not errors:
             errors = {"mask_mismatch" if self.labels.kind == "mask" else "point_label_mismatch": 1}
         return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), scores=scores, **drawn)
+
+    def _update_labels(self, sample_id: str, truth: Any, predicted: np.ndarray | PointLabels) -> dict[str, Any]:
+        """The metric's scores of one mask or labelled cloud; InvalidPrediction for a wrong shape
+        or an unknown class."""
+        metric = self.metric
+        if not isinstance(metric, ConfusionAccuracy):
+            raise TypeError(f"expected a stage judged by labels, got {self.labels.kind!r}")
+        classes = len(self.labels.classes or [])
+        unmatched = unmatched_points(truth, predicted) if isinstance(truth, PointLabels) else None
+        if unmatched is not None:  # one cloud empty, the other not: its points have no counterpart
+            labels, truth_labels = unmatched, None
+        elif isinstance(truth, PointLabels):
+            labels, truth_labels = labels_on_truth_points(truth, predicted), truth.labels
+        elif predicted.shape != truth.shape:
+            raise InvalidPrediction(f"mask shape {predicted.shape} differs from the labels' {truth.shape}")
+        else:
+            labels, truth_labels = predicted, truth
+        unknown = first_unknown_class(labels, classes)
+        if unknown is not None:
+            raise InvalidPrediction(f"unknown class index {unknown} ({classes} classes)")
+        if truth_labels is None:
+            return metric.update_unmatched(sample_id, labels)
+        return metric.update(sample_id, truth_labels, labels)
 
     def summary(self, coco: bool = True) -> dict[str, Any]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -90,3 +90,95 @@ def test_a_disk_that_refuses_the_write_does_not_break_the_pipeline(home: Path) -
     with run.stage("detection") as st:
         assert st.save("x.png", np.zeros((2, 2), np.uint8)) is None
     assert str(uuid.UUID(run.id)) == run.id
+
+
+# -- empty clouds: a frame whose points were all filtered out ------------------------------------
+EMPTY_CLOUDS = {
+    "Nx3": np.zeros((0, 3)),
+    "points": {"points": np.zeros((0, 3), np.float32)},
+    "points+label": {"points": np.zeros((0, 3)), "label": np.zeros(0, np.int64)},
+    "points+label+colors": {"points": np.zeros((0, 3)), "label": np.zeros(0, np.uint8), "colors": np.zeros((0, 3))},
+}
+
+
+@pytest.mark.parametrize("form", list(EMPTY_CLOUDS))
+def test_an_empty_cloud_is_saved_as_a_ply_of_0_vertices(daemon, form: str) -> None:
+    """Through the public API with a real daemon: no exception, the file is written, and
+    plyfile, Open3D and our reader all read 0 points (with the label property when given)."""
+    from plyfile import PlyData
+
+    from stagewatch.daemon.groundtruth.formats import load_point_labels, load_points
+
+    run = stagewatch.init(pipeline="empty", home=daemon.home)
+    with run.stage("filter", sample_id="s1") as st:
+        relpath = st.save("empty.ply", EMPTY_CLOUDS[form])
+    run.finish()
+    assert relpath is not None
+    path = daemon.home / relpath
+    vertex = PlyData.read(str(path))["vertex"]
+    assert vertex.count == 0
+    assert o3d.t.io.read_point_cloud(str(path)).point["positions"].shape[0] == 0
+    assert len(o3d.io.read_point_cloud(str(path)).points) == 0
+    positions, labels = load_points(path)
+    assert positions.shape == (0, 3)
+    if "label" in form:
+        assert "label" in [p.name for p in vertex.properties]
+        assert len(load_point_labels(path).labels) == 0
+        assert labels is not None and len(labels) == 0
+    (stage,) = daemon.audit(run.id)["stages"]
+    (artifact,) = stage["artifacts"]
+    assert artifact.get("warnings", []) == []
+    assert stage["status"] == "ok"
+
+
+# -- JSON: always valid, NaN and infinity as null with a warning ---------------------------------
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_with_nan_and_infinity_is_strict_json_with_nulls(tmp_path: Path) -> None:
+    value = {
+        "score": float("nan"),
+        "boxes": [[1.0, float("inf"), 3, 4], {"deep": [np.float32("nan")]}],
+        "array": np.array([[0.5, np.nan], [-np.inf, 2.0]]),
+        "scalar": np.float64("-inf"),
+        "fine": np.arange(3),
+        "flag": np.bool_(True),
+    }
+    written = write_artifact(tmp_path / "x.json", value)
+    assert _strict_json((tmp_path / "x.json").read_text()) == {
+        "score": None,
+        "boxes": [[1.0, None, 3, 4], {"deep": [None]}],
+        "array": [[0.5, None], [None, 2.0]],
+        "scalar": None,
+        "fine": [0, 1, 2],
+        "flag": True,
+    }
+    assert written.warnings == [
+        "6 non-finite number(s) (NaN, inf) written as null, at $.score, $.boxes[0][1], $.boxes[1].deep[0], "
+        "$.array[0][1], $.array[1][0], ..."
+    ]
+    assert write_artifact(tmp_path / "ok.json", {"a": [1.5]}).warnings == []
+
+
+def test_json_that_cannot_be_written_gets_a_clear_error(tmp_path: Path) -> None:
+    cycle: list = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="without cycles"):
+        write_artifact(tmp_path / "c.json", cycle)
+    with pytest.raises(TypeError, match="expected JSON-serialisable data, got object"):
+        write_artifact(tmp_path / "o.json", {"a": object()})
+    assert not list(tmp_path.iterdir())
+
+
+def test_json_nan_is_noted_in_the_audit_trail(daemon) -> None:
+    run = stagewatch.init(pipeline="json", home=daemon.home)
+    with run.stage("detection", sample_id="s1") as st:
+        relpath = st.save("scores.json", {"scores": np.array([0.9, np.nan])})
+    run.finish()
+    assert _strict_json((daemon.home / relpath).read_text()) == {"scores": [0.9, None]}
+    (artifact,) = daemon.audit(run.id)["stages"][0]["artifacts"]
+    assert artifact["warnings"] == ["1 non-finite number(s) (NaN, inf) written as null, at $.scores[1]"]

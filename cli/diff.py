@@ -90,7 +90,7 @@ def cmd_diff_image(args: argparse.Namespace) -> int:
 
 
 def cmd_diff_cloud(args: argparse.Namespace) -> int:
-    from stagewatch.daemon.groundtruth.diff import DiffError, cloud_distances, top_view, viridis
+    from stagewatch.daemon.groundtruth.diff import DiffError, cloud_distances, empty_clouds_line, top_view, viridis
     from stagewatch.daemon.groundtruth.formats import LabelError, load_points
 
     if args.max is not None and not args.max > 0:
@@ -107,6 +107,8 @@ def cmd_diff_cloud(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
     numbers = {**found.summary, "dropped_points": found.dropped}
     s = found.summary
+    if s.get("empty"):  # a frame with every point filtered out: a result, with nothing to measure
+        return _report(args, numbers, empty_clouds_line(found))
     return _report(
         args,
         numbers,
@@ -147,7 +149,8 @@ def _write_png(path: Path, picture: np.ndarray) -> None:
 
 
 def _write_distance_ply(path: Path, points: np.ndarray, distances: np.ndarray) -> None:
-    """Binary PLY of the predicted points with a float `distance` per point (to the ground truth)."""
+    """Binary PLY of the predicted points with a float `distance` per point (to the ground truth;
+    NaN when the ground truth is empty)."""
     vertices = np.empty(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("distance", "<f4")])
     vertices["x"], vertices["y"], vertices["z"] = points[:, 0], points[:, 1], points[:, 2]
     vertices["distance"] = distances

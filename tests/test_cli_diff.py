@@ -94,3 +94,43 @@ def test_a_cloud_difference_writes_distances_per_point(tmp_path: Path) -> None:
         str(tmp_path / "e.ply"),
     )
     assert empty.returncode == 2 and "nothing.npy" in empty.stderr
+
+
+@pytest.mark.parametrize(
+    ("prediction_points", "truth_points", "said"),
+    [
+        (0, 40, "the prediction cloud is empty"),
+        (40, 0, "the ground truth cloud is empty"),
+        (0, 0, "the prediction cloud is empty and the ground truth cloud is empty"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".ply", ".pcd"])
+def test_a_cloud_difference_of_empty_clouds_is_a_clear_result(
+    tmp_path: Path, prediction_points: int, truth_points: int, said: str, suffix: str
+) -> None:
+    """Empty clouds as the saver writes them (PLY) or as a PCD header of POINTS 0: exit 0, the
+    distance file written (0 vertices, or NaN distances), every distance null, no traceback."""
+    from stagewatch._saver import write_ply
+    from tests.groundtruth.test_empty_clouds import write_empty_pcd
+
+    rng = np.random.default_rng(5)
+    paths = {}
+    for side, count in (("prediction", prediction_points), ("truth", truth_points)):
+        paths[side] = tmp_path / f"{side}{suffix if count == 0 else '.ply'}"
+        if count == 0 and suffix == ".pcd":
+            write_empty_pcd(paths[side], "binary")
+        else:
+            write_ply(paths[side], {"points": rng.normal(size=(count, 3)), "label": np.zeros(count, np.int32)})
+    out = tmp_path / "d.ply"
+    common = ["diff", "cloud", str(paths["prediction"]), str(paths["truth"]), "--out", str(out)]
+    done = stagewatch(*common, "--png", str(tmp_path / "d.png"), "--json")
+    assert done.returncode == 0, done.stderr
+    numbers = json.loads(done.stdout)
+    assert (numbers["prediction_points"], numbers["truth_points"]) == (prediction_points, truth_points)
+    assert numbers["chamfer"] is None and numbers["hausdorff"] is None and numbers["empty"]
+    vertices, _ = read_vertices(out)
+    assert len(vertices) == prediction_points and np.isnan(vertices["distance"]).all()
+    assert Image.open(tmp_path / "d.png").size == (512, 512)
+    plain = stagewatch(*common)
+    assert plain.returncode == 0 and said in plain.stdout and "no distance can be measured" in plain.stdout
+    assert "Traceback" not in plain.stderr + done.stderr

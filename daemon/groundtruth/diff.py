@@ -3,13 +3,14 @@ mask outcome maps (true positive / false positive / false negative pixels), imag
 heatmaps, and per-point cloud distances both ways with Chamfer and Hausdorff distances.
 
 Pure functions over numpy arrays (the dashboard and `stagewatch diff` both call them); every
-input that cannot be compared (different sizes, empty clouds, NaN points) gives a clear
-`DiffError` or is counted and said, never a crash.
+input that cannot be compared (different sizes, NaN points) gives a clear `DiffError` or is
+counted and said, never a crash; an empty cloud is a result (no distance), not an error.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -174,14 +175,16 @@ class CloudDiff:
 
     to_truth: np.ndarray  # per predicted point: distance to the nearest ground-truth point
     to_prediction: np.ndarray  # per ground-truth point: distance to the nearest predicted point
-    summary: dict[str, float | int]
+    summary: dict[str, Any]  # numbers; None where a cloud is empty
     dropped: dict[str, int] = field(default_factory=dict)  # non-finite points left out, per side
 
 
 def cloud_distances(prediction: np.ndarray, truth: np.ndarray) -> CloudDiff:
     """Both ways, with Open3D's KD-tree over the full clouds: mean, p95 and max of each way,
     the Chamfer distance (mean of both means) and the Hausdorff distance (max of both maxes).
-    Points with NaN or infinite coordinates are left out and counted; empty clouds are refused."""
+    Points with NaN or infinite coordinates are left out and counted. When a cloud is empty (a
+    frame with every point filtered out), no distance exists: each point of the other cloud
+    gets NaN, every distance number is None, and `summary["empty"]` names the empty side(s)."""
     sides = {"prediction": prediction, "ground truth": truth}
     clean, dropped = {}, {}
     for name, points in sides.items():
@@ -190,28 +193,45 @@ def cloud_distances(prediction: np.ndarray, truth: np.ndarray) -> CloudDiff:
             raise DiffError(f"expected the {name} cloud as N x 3 coordinates, got shape {points.shape}")
         finite = np.isfinite(points).all(axis=1)
         clean[name], dropped[name] = points[finite], int(np.count_nonzero(~finite))
-        if not finite.any():
-            what = "is empty" if len(points) == 0 else f"has no finite point ({len(points)} with NaN or inf)"
-            raise DiffError(f"the {name} cloud {what}: no distance can be measured")
+    empty = [name for name, points in clean.items() if len(points) == 0]
     to_truth = _nearest(clean["prediction"], clean["ground truth"])
     to_prediction = _nearest(clean["ground truth"], clean["prediction"])
-    summary: dict[str, float | int] = {
-        "prediction_points": len(to_truth),
-        "truth_points": len(to_prediction),
-        "mean_to_truth": float(to_truth.mean()),
-        "p95_to_truth": float(np.percentile(to_truth, 95)),
-        "max_to_truth": float(to_truth.max()),
-        "mean_to_prediction": float(to_prediction.mean()),
-        "p95_to_prediction": float(np.percentile(to_prediction, 95)),
-        "max_to_prediction": float(to_prediction.max()),
-    }
-    summary["chamfer"] = (summary["mean_to_truth"] + summary["mean_to_prediction"]) / 2
-    summary["hausdorff"] = max(summary["max_to_truth"], summary["max_to_prediction"])
+    summary: dict[str, Any] = {"prediction_points": len(to_truth), "truth_points": len(to_prediction)}
+    for way, distances in (("to_truth", to_truth), ("to_prediction", to_prediction)):
+        measured = not empty
+        summary[f"mean_{way}"] = float(distances.mean()) if measured else None
+        summary[f"p95_{way}"] = float(np.percentile(distances, 95)) if measured else None
+        summary[f"max_{way}"] = float(distances.max()) if measured else None
+    summary["chamfer"] = (summary["mean_to_truth"] + summary["mean_to_prediction"]) / 2 if not empty else None
+    summary["hausdorff"] = max(summary["max_to_truth"], summary["max_to_prediction"]) if not empty else None
+    if empty:
+        summary["empty"] = empty
     return CloudDiff(to_truth, to_prediction, summary, {k: v for k, v in dropped.items() if v})
 
 
+def empty_clouds_line(found: CloudDiff) -> str:
+    """Why no distance was measured ("" when one was): which cloud is empty, and whether it
+    had points with NaN or infinite coordinates only."""
+    empty = found.summary.get("empty") or []
+    said = [
+        f"the {side} cloud has no finite point ({found.dropped[side]:,} with NaN or inf)"
+        if found.dropped.get(side)
+        else f"the {side} cloud is empty"
+        for side in empty
+    ]
+    if not said:
+        return ""
+    return " and ".join(said) + (
+        f": no distance can be measured ({found.summary['prediction_points']:,} predicted and "
+        f"{found.summary['truth_points']:,} ground-truth points)"
+    )
+
+
 def _nearest(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """For each point, the distance to the nearest target (Open3D's KD-tree, in C++)."""
+    """For each point, the distance to the nearest target (Open3D's KD-tree, in C++); NaN for
+    every point when there is no target."""
+    if len(targets) == 0 or len(points) == 0:
+        return np.full(len(points), np.nan)
     import open3d as o3d
 
     source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))

@@ -9,6 +9,7 @@ from stagewatch.daemon.groundtruth.diff import (
     OUTCOME_COLOURS,
     DiffError,
     cloud_distances,
+    empty_clouds_line,
     image_difference,
     label_mismatch,
     mask_difference,
@@ -94,7 +95,7 @@ def test_cloud_distances_equal_brute_force_on_clouds_of_different_sizes() -> Non
     assert found.dropped == {}
 
 
-def test_nan_points_are_left_out_and_counted_and_empty_clouds_refused() -> None:
+def test_nan_points_are_left_out_and_counted() -> None:
     rng = np.random.default_rng(3)
     prediction, truth = rng.normal(size=(20, 3)), rng.normal(size=(15, 3))
     prediction[[2, 7]] = np.nan
@@ -103,12 +104,34 @@ def test_nan_points_are_left_out_and_counted_and_empty_clouds_refused() -> None:
     assert found.dropped == {"prediction": 2, "ground truth": 1}
     keep_p, keep_t = np.isfinite(prediction).all(1), np.isfinite(truth).all(1)
     np.testing.assert_allclose(found.to_truth, _brute_nearest(prediction[keep_p], truth[keep_t]), rtol=1e-9)
-    with pytest.raises(DiffError, match="empty"):
-        cloud_distances(np.zeros((0, 3)), truth)
-    with pytest.raises(DiffError, match="no finite point"):
-        cloud_distances(np.full((4, 3), np.nan), truth)
     with pytest.raises(DiffError, match="N x 3"):
         cloud_distances(np.zeros((4, 2)), truth)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "truth", "empty", "line"),
+    [
+        (np.zeros((0, 3)), np.ones((5, 3)), ["prediction"], "the prediction cloud is empty"),
+        (np.ones((5, 3)), np.zeros((0, 3)), ["ground truth"], "the ground truth cloud is empty"),
+        (np.zeros((0, 3)), np.zeros((0, 3)), ["prediction", "ground truth"], "and the ground truth cloud is empty"),
+        (np.full((4, 3), np.nan), np.ones((5, 3)), ["prediction"], "has no finite point (4 with NaN or inf)"),
+    ],
+)
+def test_an_empty_cloud_is_a_result_without_distances(
+    prediction: np.ndarray, truth: np.ndarray, empty: list[str], line: str
+) -> None:
+    """A frame with every point filtered out: no distance exists, so none is made up (no 0,
+    no infinity); the other cloud's points get NaN, and the line says which side is empty."""
+    found = cloud_distances(prediction, truth)
+    assert found.summary["empty"] == empty
+    assert found.summary["chamfer"] is None and found.summary["hausdorff"] is None
+    assert found.summary["mean_to_truth"] is None and found.summary["max_to_prediction"] is None
+    finite = {"prediction": np.isfinite(prediction).all(1).sum(), "truth": np.isfinite(truth).all(1).sum()}
+    assert found.summary["prediction_points"] == finite["prediction"]
+    assert found.summary["truth_points"] == finite["truth"]
+    assert len(found.to_truth) == finite["prediction"] and np.isnan(found.to_truth).all()
+    assert len(found.to_prediction) == finite["truth"] and np.isnan(found.to_prediction).all()
+    assert line in empty_clouds_line(found) and "no distance can be measured" in empty_clouds_line(found)
 
 
 def test_label_mismatch_and_the_colour_map() -> None:

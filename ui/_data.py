@@ -476,15 +476,23 @@ def _preview(path: Path) -> tuple[str, Any]:
         array = np.load(path, allow_pickle=False)
         return "summary", _array_summary(path.name, array)
     if suffix in (".ply", ".pcd"):
-        from stagewatch.daemon.groundtruth.formats import LabelError, load_point_labels
-
-        try:
-            cloud = load_point_labels(path)
-        except LabelError as error:
-            return "summary", {"file": path.name, "bytes": size, "note": str(error)}
-        bounds = [cloud.positions.min(0).round(2).tolist(), cloud.positions.max(0).round(2).tolist()]
-        return "summary", {**_array_summary(path.name, cloud.labels), "points": len(cloud.labels), "bounds": bounds}
+        return "summary", _cloud_summary(path, size)
     return "summary", {"file": path.name, "bytes": size}
+
+
+def _cloud_summary(path: Path, size: int) -> dict[str, Any]:
+    """Points, their bounds (None when there is no finite point: an empty cloud is routine) and
+    the labels' counts when the cloud has labels."""
+    from stagewatch.daemon.groundtruth.formats import LabelError, load_points
+
+    try:
+        positions, labels = load_points(path)
+    except LabelError as error:
+        return {"file": path.name, "bytes": size, "note": str(error)}
+    summary = _array_summary(path.name, positions if labels is None else labels)
+    finite = positions[np.isfinite(positions).all(axis=1)]
+    bounds = [finite.min(0).round(2).tolist(), finite.max(0).round(2).tolist()] if len(finite) else None
+    return {**summary, "points": len(positions), "bounds": bounds}
 
 
 def _array_summary(name: str, array: np.ndarray) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit
 from stagewatch.daemon.groundtruth.diff import (
     DiffError,
     cloud_distances,
+    empty_clouds_line,
     label_mismatch,
     mask_difference,
     top_view,
@@ -331,17 +332,28 @@ def mask_overlay(image: np.ndarray, labels: np.ndarray, opacity: float, ignore_i
 
 def _cloud_case(predicted_labels: np.ndarray, truth: Any) -> dict[str, Any]:
     predicted_labels = predicted_labels.reshape(-1)
-    wrong = label_mismatch(predicted_labels, truth.labels)
+    missing = len(predicted_labels) == 0 and len(truth.labels) > 0  # an empty prediction misses every point
+    wrong = np.ones(len(truth.labels), bool) if missing else label_mismatch(predicted_labels, truth.labels)
     mismatch = np.where(wrong[:, None], np.array([(214, 39, 40)], np.uint8), np.array([(200, 200, 200)], np.uint8))
+    predicted_positions = truth.positions[:0] if missing else truth.positions
     return {
         "kind": "points",
         "pictures": [
-            ("prediction (labels, seen from above)", top_view(truth.positions, _classes(predicted_labels))),
+            ("prediction (labels, seen from above)", top_view(predicted_positions, _classes(predicted_labels))),
             ("ground truth", top_view(truth.positions, _classes(truth.labels))),
             ("label mismatch (red)", top_view(truth.positions, mismatch)),
         ],
-        "numbers": {"points": len(wrong), "mismatched": int(wrong.sum()), "agreement": float(1 - wrong.mean())},
-        "arrays": {"positions": truth.positions, "predicted": predicted_labels, "truth": truth.labels},
+        "numbers": {
+            "points": len(wrong),
+            "mismatched": int(wrong.sum()),
+            "agreement": float(1 - wrong.mean()) if len(wrong) else None,  # no points: nothing to agree on
+        },
+        "arrays": {
+            "positions": predicted_positions,
+            "truth_positions": truth.positions,
+            "predicted": predicted_labels,
+            "truth": truth.labels,
+        },
     }
 
 
@@ -351,7 +363,8 @@ def cloud_distance_case(positions: np.ndarray, labels: np.ndarray | None, truth:
     found = cloud_distances(positions, truth.positions)
     kept = positions[np.isfinite(positions).all(axis=1)]
     kept_labels = labels[np.isfinite(positions).all(axis=1)] if labels is not None else None
-    high = float(np.percentile(found.to_truth, 99)) or 1.0
+    measured = not found.summary.get("empty")  # an empty cloud: no distance exists, none is coloured
+    high = (float(np.percentile(found.to_truth, 99)) if measured else 0.0) or 1.0
     return {
         "kind": "distances",
         "pictures": [
@@ -361,14 +374,19 @@ def cloud_distance_case(positions: np.ndarray, labels: np.ndarray | None, truth:
                 top_view(truth.positions, viridis(found.to_prediction, 0, high)),
             ),
         ],
-        "numbers": {**found.summary, "dropped": found.dropped, "scale": [0.0, high]},
+        "numbers": {
+            **found.summary,
+            "dropped": found.dropped,
+            "scale": [0.0, high],
+            "empty_line": empty_clouds_line(found),
+        },
         "arrays": {
             "positions": kept,
             "predicted": kept_labels,
             "truth_positions": truth.positions,
             "truth": truth.labels,
-            "distance": found.to_truth,
-            "truth_distance": found.to_prediction,
+            "distance": found.to_truth if measured else None,
+            "truth_distance": found.to_prediction if measured else None,
         },
     }
 

@@ -651,6 +651,77 @@ def test_a_predicted_cloud_of_its_own_opens_with_distances_both_ways(tmp_path, p
         daemon.stop()
 
 
+def test_empty_clouds_open_as_cases_and_as_saved_outputs(tmp_path, page) -> None:
+    """A frame whose points were all filtered out, on either side: the Case page says which cloud
+    is empty (no distance is made up) and still shows the other one in 3D; the Run page's output
+    viewer summarises a saved 0-point cloud instead of calling it unreadable."""
+    from stagewatch._saver import write_ply
+
+    home = tmp_path / "home"
+    dataset = home / "datasets" / "lidar"
+    (dataset / "clouds").mkdir(parents=True)
+    rng = np.random.default_rng(8)
+    truth = rng.uniform(-20, 20, (400, 3)).astype(np.float32)
+    labels = (truth[:, 2] > 0).astype(np.int32)
+    empty = {"points": np.zeros((0, 3), np.float32), "label": np.zeros(0, np.int32)}
+    for sample in ("full_a", "full_d"):
+        write_ply(dataset / "clouds" / f"{sample}.ply", {"points": truth, "label": labels})
+    for sample in ("empty_b", "empty_c"):
+        write_ply(dataset / "clouds" / f"{sample}.ply", empty)
+    (dataset / "golden.yaml").write_text(LIDAR_GOLDEN)
+    predictions = {
+        "full_a": empty,  # an empty predicted cloud of a labelled one
+        "empty_b": {"points": truth, "label": labels},  # points predicted on an empty cloud
+        "empty_c": empty,  # both empty
+        "full_d": np.zeros(0, np.int32),  # labels alone, none
+    }
+    daemon = DaemonProcess(home).start()
+    ui = None
+    try:
+        run = stagewatch.init(pipeline="lidar", home=home, dataset=dataset / "golden.yaml")
+        for sample, prediction in predictions.items():
+            with run.stage("registration", sample_id=sample) as stage:
+                stage.result(sample, prediction)
+                saved = stage.save(f"{sample}.ply", np.zeros((0, 3)))
+        run.finish()
+        assert run.flush(10)
+        stagewatch.shutdown()
+        wait_for(lambda: read_table(home, "samples").num_rows == 4, 30)
+        ui = Ui(home)
+
+        def case(sample: str) -> None:
+            page.goto(f"{ui.url}?page=case&run={run.id}&stage=registration&sample={sample}")
+            page.wait_for_selector("text=registration on")
+
+        case("full_a")
+        page.wait_for_selector("text=the prediction cloud is empty: no distance can be measured")
+        assert shown(page, "0 predicted and 400 ground-truth points")
+        views = page.frame_locator(".sw-cloud-3d iframe")
+        views.locator("#left").wait_for()
+        counts = "() => window.views?.right?.frames && [views.left.count, views.right.count]"
+        assert wait_for(lambda: views.locator("body").evaluate(counts), 30) == [0, 400]
+        case("empty_b")
+        page.wait_for_selector("text=the ground truth cloud is empty: no distance can be measured")
+        assert wait_for(lambda: views.locator("body").evaluate(counts), 30) == [400, 0]
+        case("empty_c")
+        page.wait_for_selector("text=the prediction cloud is empty and the ground truth cloud is empty")
+        assert shown(page, "correct")
+        case("full_d")
+        page.wait_for_selector("text=labelled differently")
+        assert shown(page, "points: 400, labelled differently: 400")
+        for sample in predictions:  # nothing on these pages failed to compare or to draw
+            case(sample)
+            assert not shown(page, "cannot compare") and not shown(page, "Traceback")
+        page.goto(f"{ui.url}?page=run&run={run.id}&artifact={saved}")
+        page.wait_for_selector("text=full_d.ply")  # a run that logged nothing: the page once failed here
+        assert not shown(page, "cannot be read")
+        assert shown(page, "full_d.ply") and shown(page, "points")
+    finally:
+        if ui is not None:
+            ui.stop()
+        daemon.stop()
+
+
 def test_accuracy_counters_move_while_a_run_streams(served, page) -> None:
     home, _, ui, _ = served
     page.goto(f"{ui.url}?page=accuracy")  # no run given: the newest judged, a running one first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stagewatch.ui._data import ArtifactRefused, resolve_artifact
@@ -80,3 +81,27 @@ def test_a_damaged_artifact_is_said_to_be_unreadable(tmp_path: Path, name: str, 
     assert (kind == "unreadable" and content.startswith(f"{name} cannot be read")) or (
         kind == "summary" and "declares" in content.get("note", "")
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.zeros((0, 3)), {"points": np.zeros((0, 3)), "label": np.zeros(0, np.int32)}],
+    ids=["Nx3", "labelled"],
+)
+def test_a_saved_empty_cloud_is_summarised_not_unreadable(tmp_path: Path, value: object) -> None:
+    from stagewatch._saver import write_artifact
+    from stagewatch.ui._data import preview
+
+    write_artifact(tmp_path / "empty.ply", value)
+    kind, content = preview(tmp_path / "empty.ply")
+    assert kind == "summary" and content["points"] == 0 and content["bounds"] is None
+
+
+def test_a_cloud_without_labels_is_summarised_with_its_bounds(tmp_path: Path) -> None:
+    from stagewatch._saver import write_artifact
+    from stagewatch.ui._data import preview
+
+    write_artifact(tmp_path / "c.ply", np.array([[0.0, 1.0, 2.0], [3.0, -1.0, np.nan], [1.0, 0.0, 0.0]]))
+    kind, content = preview(tmp_path / "c.ply")
+    assert kind == "summary" and content["points"] == 3
+    assert content["bounds"] == [[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]]  # the finite points

@@ -216,16 +216,20 @@ def legend_and_numbers(found: dict[str, Any], names: list[str]) -> list[Any]:
         ]
     if found["kind"] == "distances":
         return [distance_numbers(numbers)]
+    agreement = "no points to agree on" if numbers["agreement"] is None else f"agreement {numbers['agreement']:.2%}"
     return [
         pn.pane.Markdown(
             f"points: **{numbers['points']:,}**, labelled differently: **{numbers['mismatched']:,}** "
-            f"(agreement {numbers['agreement']:.2%}); the clouds are seen from above"
+            f"({agreement}); the clouds are seen from above"
         )
     ]
 
 
 def distance_numbers(numbers: dict[str, Any]) -> pn.pane.HTML:
-    """The colour bar of the heatmaps from above, and the distances both ways."""
+    """The colour bar of the heatmaps from above, and the distances both ways; where a cloud is
+    empty, which one (no distance exists to show)."""
+    if numbers.get("empty"):
+        return pn.pane.HTML(f"<div class='sw-distances-empty'>{html.escape(numbers['empty_line'])}</div>")
     low, high = numbers["scale"]
     stops = ",".join(f"rgb{tuple(int(c) for c in colour)}" for colour in viridis(np.linspace(0, 1, 5), 0, 1))
     dropped = numbers.get("dropped") or {}

@@ -351,6 +351,52 @@ def _by_image(image_ids: np.ndarray, objects: Objects) -> dict[int, Objects]:
     return {int(sorted_ids[a]): objects.take(order[a:b]) for a, b in zip(starts, ends, strict=True)}
 
 
+# What pycocotools does with an id used twice, said in the refusal: each leaves wrong numbers, silently.
+_DUPLICATE_EFFECT = {
+    "categories": ("category", "pycocotools would keep only the last one's name, silently"),
+    "images": ("image", "pycocotools would keep only the last one and pool both images' annotations under it"),
+    "annotations": ("annotation", "pycocotools would evaluate the last of them in place of both"),
+}
+
+
+def _category_name(category: dict[str, Any]) -> str:
+    return repr(category.get("name"))
+
+
+def _image_name(image: dict[str, Any]) -> str:
+    return repr(image.get("file_name"))
+
+
+def _require_unique_ids(
+    items: list[Any], source: str, key: str, describe: Callable[[dict[str, Any]], str] | None
+) -> None:
+    """CocoFormatError naming the first id used twice among `document[key]`, and both entries
+    (by position, and by `describe`: a name)."""
+    ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
+    try:
+        if len(set(ids)) == len(ids):  # the common case: one set, no per-entry work
+            return
+    except TypeError:  # an unhashable id: said below
+        pass
+    kind, effect = _DUPLICATE_EFFECT[key]
+    seen: dict[Any, int] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "id" not in item:
+            continue
+        try:
+            earlier = seen.setdefault(item["id"], index)
+        except TypeError:
+            raise CocoFormatError(f"{source}: {key}[{index}].id: expected an integer, got {item['id']!r:.40}") from None
+        if earlier != index:
+            first, second = f"{key}[{earlier}]", f"{key}[{index}]"
+            if describe is not None:
+                first, second = f"{describe(items[earlier])} ({first})", f"{describe(item)} ({second})"
+            raise CocoFormatError(
+                f"{source}: {kind} id {item['id']} is used twice: {first} and {second}; {effect}. "
+                f"Give each {kind} its own id."
+            )
+
+
 def parse_coco_ground_truth(document: Any, source: str = "ground truth", iou_type: str = "bbox") -> CocoGroundTruth:
     """Validate a COCO annotation document; CocoFormatError names the file and the entry at fault."""
     _require(isinstance(document, dict), f"{source}: expected a COCO object with images, annotations, categories")
@@ -360,12 +406,15 @@ def parse_coco_ground_truth(document: Any, source: str = "ground truth", iou_typ
         _require(isinstance(document[key], list), f"{source}: {key}: expected a list")
         for index, item in enumerate(document[key]):
             _check_item(item, f"{source}: {key}[{index}]", ["id"])
+    _require_unique_ids(document["categories"], source, "categories", _category_name)
+    _require_unique_ids(document["images"], source, "images", _image_name)
     images = {image["id"]: image for image in document["images"]}
     categories = {category["id"]: str(category.get("name", category["id"])) for category in document["categories"]}
     needed = ["image_id", "category_id", "bbox" if iou_type == "bbox" else "segmentation"]
     where = f"{source}: annotations"
     annotations = document["annotations"]
     columns = _columns(annotations, where, needed)
+    _require_unique_ids(annotations, source, "annotations", None)
     unknown = np.flatnonzero(~np.isin(columns["image_id"], list(images)))
     _require(
         not len(unknown),

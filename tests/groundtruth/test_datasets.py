@@ -66,6 +66,83 @@ def test_a_broken_coco_file_is_reported_once(tmp_path: Path) -> None:
     assert code == 1 and "coco.json" in problem["error"] and "annotations[0]" in problem["error"]
 
 
+DUPLICATES = {
+    # what is used twice -> (how the file is changed, what the refusal names)
+    "category": (
+        lambda coco: coco["categories"].append({"id": 2, "name": "bicycle"}),
+        ["category id 2 is used twice", "'pedestrian' (categories[1])", "'bicycle' (categories[2])"],
+    ),
+    "image": (
+        lambda coco: coco["images"].append({"id": 2, "file_name": "extra.jpg", "width": 32, "height": 24}),
+        ["image id 2 is used twice", "'s0001.jpg' (images[1])", "'extra.jpg' (images[4])"],
+    ),
+    "annotation": (
+        lambda coco: coco["annotations"].append({**coco["annotations"][0], "bbox": [1, 1, 2, 2]}),
+        ["annotation id 1 is used twice", "annotations[0] and annotations[8]"],
+    ),
+}
+
+
+@pytest.mark.parametrize("duplicated", list(DUPLICATES))
+def test_an_id_used_twice_in_a_coco_file_is_refused_naming_both(tmp_path: Path, duplicated: str) -> None:
+    """pycocotools keeps the last of two entries with one id and says nothing; `gt validate` and
+    `eval coco` refuse the file, naming the id and both entries."""
+    spec = write_dataset(tmp_path, 4)
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    change, said = DUPLICATES[duplicated]
+    change(coco)
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    code, report = validate(spec)  # the samples come from the COCO file: the dataset cannot be read
+    assert code == 2 and "coco.json" in report["stderr"] and "Traceback" not in report["stderr"]
+    assert all(part in report["stderr"] for part in said), report["stderr"]
+    (tmp_path / "detections.json").write_text("[]")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stagewatch.cli",
+            "eval",
+            "coco",
+            str(tmp_path / "coco.json"),
+            str(tmp_path / "detections.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert all(part in result.stderr for part in said), result.stderr
+
+
+def test_coco_ids_that_are_unique_or_absent_pass(tmp_path: Path) -> None:
+    """Annotations without ids (pycocotools' loadRes numbers results itself) and detections whose
+    ids repeat are not refused: nothing is lost with them."""
+    spec = write_dataset(tmp_path, 4)
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    for annotation in coco["annotations"]:
+        del annotation["id"]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    code, report = validate(spec)
+    assert code == 0 and report["ok"], report
+    detections = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}] * 2
+    (tmp_path / "detections.json").write_text(json.dumps(detections))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stagewatch.cli",
+            "eval",
+            "coco",
+            str(tmp_path / "coco.json"),
+            str(tmp_path / "detections.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_int64_labels_in_ply_are_cast_when_they_fit_and_explained_when_not(tmp_path: Path) -> None:
     ply_with_int64_labels(tmp_path / "fits.ply", [0, 1, 2, 1])
     cloud = load_point_labels(tmp_path / "fits.ply")

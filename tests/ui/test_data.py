@@ -105,3 +105,11 @@ def test_a_cloud_without_labels_is_summarised_with_its_bounds(tmp_path: Path) ->
     kind, content = preview(tmp_path / "c.ply")
     assert kind == "summary" and content["points"] == 3
     assert content["bounds"] == [[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]]  # the finite points
+
+
+def test_menus_of_a_home_whose_tables_are_not_written_yet(tmp_path: Path) -> None:
+    """A run that logged nothing has no logs table: its menus are empty, not an error (the Run
+    page of such a run once said 'could not be shown')."""
+    from stagewatch.ui._data import facets
+
+    assert facets(tmp_path) == {"pipeline": [], "host": [], "failed_stage": [], "stage": [], "logger": []}

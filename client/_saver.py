@@ -166,24 +166,37 @@ def write_npy(path: Path, array: Any) -> list[str]:
 def write_json(path: Path, value: Any) -> list[str]:
     """Strict JSON (RFC 8259 has no NaN or Infinity, and most parsers refuse Python's bare
     `NaN`): each non-finite number is written as null, and the warning says how many and where."""
-    replaced: list[str] = []
+    nulled = _Nulled()
     try:
-        finite = _finite_json(value, "$", replaced)
+        finite = _finite_json(value, "$", nulled)
     except RecursionError:
         raise ValueError("expected JSON data without cycles and nested less than Python's recursion limit") from None
     _write_bytes(path, json.dumps(finite, indent=2, allow_nan=False).encode())
-    if not replaced:
+    if not nulled.count:
         return []
-    shown = ", ".join(replaced[:MAX_NULLED_SHOWN]) + (", ..." if len(replaced) > MAX_NULLED_SHOWN else "")
-    return [f"{len(replaced)} non-finite number(s) (NaN, inf) written as null, at {shown}"]
+    shown = ", ".join(nulled.places) + (", ..." if nulled.count > len(nulled.places) else "")
+    return [f"{nulled.count} non-finite number(s) (NaN, inf) written as null, at {shown}"]
 
 
 MAX_NULLED_SHOWN = 5  # places named in the warning; the count covers them all
 
 
-def _finite_json(value: Any, where: str, replaced: list[str]) -> Any:
+class _Nulled:
+    """How many non-finite numbers became null, and where the first few were."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.places: list[str] = []
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        if len(self.places) < MAX_NULLED_SHOWN:
+            self.places.append(where)
+
+
+def _finite_json(value: Any, where: str, nulled: _Nulled) -> Any:
     """`value` as plain JSON data (numpy arrays and scalars as lists and numbers), with every
-    NaN and infinity as None and its place (`$.boxes[2][0]`) appended to `replaced`."""
+    NaN and infinity as None, counted in `nulled` with its place (`$.boxes[2][0]`)."""
     if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy arrays and scalars
         if _all_finite(value):
             return value.tolist()  # a big array needs no walk through its items
@@ -191,12 +204,12 @@ def _finite_json(value: Any, where: str, replaced: list[str]) -> Any:
     if isinstance(value, float):
         if math.isfinite(value):
             return value
-        replaced.append(where)
+        nulled.add(where)
         return None
     if isinstance(value, dict):
-        return {_json_key(key): _finite_json(item, f"{where}.{key}", replaced) for key, item in value.items()}
+        return {_json_key(key): _finite_json(item, f"{where}.{key}", nulled) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite_json(item, f"{where}[{index}]", replaced) for index, item in enumerate(value)]
+        return [_finite_json(item, f"{where}[{index}]", nulled) for index, item in enumerate(value)]
     if value is None or isinstance(value, str | int):  # bool is an int
         return value
     raise TypeError(f"expected JSON-serialisable data, got {type(value).__name__}")

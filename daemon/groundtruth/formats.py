@@ -205,21 +205,24 @@ def _read_pcd(path: Path) -> dict[str, np.ndarray]:
 
 
 def _fields_of_empty_pcd(path: Path) -> list[str] | None:
-    """The FIELDS of a PCD whose header (up to its DATA line) declares `POINTS 0` and has x, y
-    and z; None for any other file."""
+    """The FIELDS of a PCD whose header (up to its DATA line) declares `POINTS 0` (and WIDTH x
+    HEIGHT 0, when given) and has x, y and z; None for any other file."""
     with open(path, "rb") as handle:
         head = handle.read(MAX_PCD_HEADER_BYTES)
-    fields, points = [], None
+    fields: list[str] = []
+    counts: dict[str, int] = {}
     for line in head.split(b"\n"):
         words = line.decode("ascii", "replace").split()
         if not words or words[0].startswith("#"):
             continue
-        if words[0].upper() == "FIELDS":
+        key = words[0].upper()
+        if key == "FIELDS":
             fields = words[1:]
-        elif words[0].upper() == "POINTS" and len(words) == 2 and words[1].isdigit():
-            points = int(words[1])
-        elif words[0].upper() == "DATA":
-            return fields if points == 0 and {"x", "y", "z"} <= set(fields) else None
+        elif key in ("POINTS", "WIDTH", "HEIGHT") and len(words) == 2 and words[1].isdigit():
+            counts[key] = int(words[1])
+        elif key == "DATA":
+            declared_empty = counts.get("POINTS") == 0 and counts.get("WIDTH", 0) * counts.get("HEIGHT", 0) == 0
+            return fields if declared_empty and {"x", "y", "z"} <= set(fields) else None
     return None
 
 

@@ -41,9 +41,13 @@ def test_a_pcd_of_0_points_is_an_empty_cloud(tmp_path: Path, data: str) -> None:
     assert positions.shape == (0, 3) and labels is not None and len(labels) == 0
     assert load_point_attributes(path) == {}
     garbage = tmp_path / "garbage.pcd"
-    garbage.write_bytes(b"POINTS 0\nnot a pcd\n")  # no DATA line: not a header
-    with pytest.raises(ValueError, match="no points could be read"):
-        load_points(garbage)
+    for text in (
+        b"POINTS 0\nnot a pcd\n",  # no DATA line: not a header
+        path.read_bytes().replace(b"WIDTH 0", b"WIDTH 5"),  # a header that contradicts itself
+    ):
+        garbage.write_bytes(text)
+        with pytest.raises(ValueError, match="no points could be read"):
+            load_points(garbage)
 
 
 def test_a_dataset_with_empty_label_clouds_validates(tmp_path: Path) -> None:

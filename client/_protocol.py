@@ -62,6 +62,7 @@ MAX_LONG_TEXT_CHARS = 65_536  # messages, tracebacks
 MAX_JSON_DEPTH = 32  # nesting of config snapshots, log extras, inline predictions
 MAX_CONFIG_CHARS = 256 * 1024
 MAX_EXTRA_CHARS = 16_000
+MAX_ARTIFACT_WARNINGS = 64  # per saved file
 MAX_PREDICTION_CHARS = 512 * 1024  # an inline prediction (boxes); arrays travel as saved files
 
 
@@ -169,10 +170,11 @@ def artifact_saved(
     sample_id: str | None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    """`warnings`: what the saver could not keep as given (an attribute left out, say)."""
+    """`warnings`: what the saver could not keep as given (an attribute left out, say); they
+    quote the user's names (a 10,000-character key): bounded here as the daemon's schema is."""
     event = envelope(ARTIFACT_SAVED, client_id, run_id, ts_ns)
     event.update(stage=stage, span=span, path=path, kind=kind, bytes=size_bytes, sample_id=sample_id)
-    event["warnings"] = warnings or []
+    event["warnings"] = [bounded_text(warning) for warning in (warnings or [])[:MAX_ARTIFACT_WARNINGS]]
     return event
 
 

@@ -28,6 +28,7 @@ from msgspec import Meta, Struct
 from stagewatch._home import artifact_prefix
 from stagewatch._names import CLIENT_ID_PATTERN, NAME_PATTERN, RUN_ID_PATTERN, check_name
 from stagewatch._protocol import (
+    MAX_ARTIFACT_WARNINGS,
     MAX_DURATION_MS,
     MAX_INT,
     MAX_LONG_TEXT_CHARS,
@@ -172,7 +173,7 @@ class ArtifactSaved(Envelope, tag="artifact_saved", kw_only=True):
     kind: Annotated[str, Meta(max_length=16)]
     bytes: Count
     sample_id: Text | None = None
-    warnings: Annotated[list[Text], Meta(max_length=64)] = []
+    warnings: Annotated[list[Text], Meta(max_length=MAX_ARTIFACT_WARNINGS)] = []
 
     def __post_init__(self) -> None:
         super().__post_init__()

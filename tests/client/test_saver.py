@@ -182,3 +182,19 @@ def test_json_nan_is_noted_in_the_audit_trail(daemon) -> None:
     assert _strict_json((daemon.home / relpath).read_text()) == {"scores": [0.9, None]}
     (artifact,) = daemon.audit(run.id)["stages"][0]["artifacts"]
     assert artifact["warnings"] == ["1 non-finite number(s) (NaN, inf) written as null, at $.scores[1]"]
+
+
+def test_a_warning_quoting_a_huge_key_still_reaches_the_audit_trail(daemon) -> None:
+    """The warning names the place of each NaN, keys included: a 10,000-character key is cut to
+    what an event may carry, so the artifact is not refused (and lost from the trail)."""
+    key = "k" * 10_000
+    run = stagewatch.init(pipeline="json", home=daemon.home)
+    with run.stage("detection", sample_id="s1") as st:
+        relpath = st.save("scores.json", {key: float("nan")})
+    run.finish()
+    assert _strict_json((daemon.home / relpath).read_text()) == {key: None}
+    (artifact,) = daemon.audit(run.id)["stages"][0]["artifacts"]
+    (warning,) = artifact["warnings"]
+    assert warning.startswith("1 non-finite number(s) (NaN, inf) written as null, at $.kkk")
+    assert len(warning) <= 4096
+    assert daemon.status()["stats"]["invalid"] == 0

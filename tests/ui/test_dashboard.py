@@ -716,6 +716,12 @@ def test_empty_clouds_open_as_cases_and_as_saved_outputs(tmp_path, page) -> None
         page.wait_for_selector("text=full_d.ply")  # a run that logged nothing: the page once failed here
         assert not shown(page, "cannot be read")
         assert shown(page, "full_d.ply") and shown(page, "points")
+        page.goto(f"{ui.url}?page=accuracy&run={run.id}")  # the points in no cell of the matrix are said
+        page.wait_for_selector(".sw-unmatched")
+        # full_a's and full_d's ground truth, empty_b's prediction: 3 x 400 points, by class
+        by_class = np.bincount(labels, minlength=2) * 3
+        assert shown(page, f"points with no counterpart (the other cloud was empty): ground {by_class[0]:,}")
+        assert shown(page, f"object {by_class[1]:,}")
     finally:
         if ui is not None:
             ui.stop()

@@ -167,8 +167,17 @@ def confusion_html(stage: str, confusion: dict[str, Any]) -> str:
         body += f"<tr><th style='padding:2px 8px;text-align:left'>{html.escape(str(name))}</th>{cells}</tr>"
     return (
         f"<div class='sw-confusion'><b>{html.escape(stage)}: confusion matrix</b> (rows: ground truth, "
-        f"columns: prediction)<table style='border-collapse:collapse'><tr><th></th>{head}</tr>{body}</table></div>"
+        f"columns: prediction)<table style='border-collapse:collapse'><tr><th></th>{head}</tr>{body}</table>"
+        f"{_unmatched_line(names, confusion.get('unmatched'))}</div>"
     )
+
+
+def _unmatched_line(names: list[str], unmatched: list[int] | None) -> str:
+    """Points in no cell: those of a cloud whose other side was empty (each counted as wrong)."""
+    if not unmatched or not any(unmatched):
+        return ""
+    per_class = ", ".join(f"{html.escape(str(n))} {c:,}" for n, c in zip(names, unmatched, strict=False) if c)
+    return f"<div class='sw-unmatched'>points with no counterpart (the other cloud was empty): {per_class}</div>"
 
 
 def trend_chart(trend: pd.DataFrame) -> Any:

@@ -149,6 +149,7 @@ class Stage:
         "_gpu",
         "_gpu_peak",
         "_parent",
+        "_parent_stage",
         "_rss",
         "_rss_end",
         "_rss_peak",
@@ -183,7 +184,8 @@ class Stage:
         process = _process_for_run(self.run)
         self._client = process.client_id
         self.span = next(process.spans)
-        parent = _current_stage.get()
+        parent = current_stage()
+        self._parent_stage = parent
         self._parent = parent.span if parent is not None else None
         self._token = _current_stage.set(self)
         rss = process.rss
@@ -195,6 +197,8 @@ class Stage:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
         elapsed_ns = time.monotonic_ns() - self._t0 if self.span else 0
+        if isinstance(error, GeneratorExit):  # its generator was closed (a `break` in the consumer): no failure
+            error = None
         try:
             if self.span:
                 self._finish(elapsed_ns, error)
@@ -204,7 +208,6 @@ class Stage:
 
     def _finish(self, elapsed_ns: int, error: BaseException | None) -> None:
         process = _process_for_run(self.run)
-        _current_stage.reset(self._token)
         self._rss_peak = self._rss_end = None
         if process.rss is not None and self._rss is not None:
             self._rss_peak, self._rss_end = process.rss[1].end(self._rss[0])
@@ -218,10 +221,28 @@ class Stage:
                 "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:],
             )
             self.run._failed_stages += 1
-        self._end_ts = time.time_ns()
+        self._end_ts = time.time_ns()  # from here on `current_stage()` passes over this stage
         process.sender.emit(self._end_event)
         if self._rss_peak is not None and self._rss_peak > process.memory_warn_bytes:
             process.sender.emit(self._memory_warning)
+        self._leave_context()
+
+    def _leave_context(self) -> None:
+        """Make the enclosing stage current again, in whatever context this stage ends.
+
+        A stage inside a generator may end in another context than the one it began in: an
+        async generator left with `break` is closed by the event loop in a task of its own,
+        a generator closed (or collected) in another thread runs its `finally` there. The
+        token belongs to the context that set it and can be reset only there. Elsewhere,
+        where this stage is current, its nearest open ancestor becomes current; the context
+        it began in (out of reach from here) still names it, and `current_stage()` passes
+        over it there because it has ended.
+        """
+        try:
+            _current_stage.reset(self._token)
+        except ValueError:  # "created in a different Context"
+            if _current_stage.get() is self:
+                _current_stage.set(_open_stage(self._parent_stage))
 
     def _memory_warning(self) -> dict:
         process = _process_for_run(self.run)
@@ -585,7 +606,15 @@ def current_run() -> Run | None:
 
 def current_stage() -> Stage | None:
     """The innermost open stage in this thread or task."""
-    return _current_stage.get()
+    return _open_stage(_current_stage.get())
+
+
+def _open_stage(stage: Stage | None) -> Stage | None:
+    """`stage`, or its nearest ancestor that has not ended (a context may still name a stage
+    that ended elsewhere: see `Stage._leave_context`)."""
+    while stage is not None and stage._end_ts:
+        stage = stage._parent_stage
+    return stage
 
 
 def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:

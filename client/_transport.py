@@ -18,18 +18,22 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
 from stagewatch._curve import configure_client
 from stagewatch._home import ipc_path
-from stagewatch._protocol import pack_batch, pack_event, unpack_ack
+from stagewatch._protocol import RUN_FINISHED, event_type_and_run, events_lost, pack_batch, pack_event, unpack_ack
+from stagewatch._records import encode_records
 from stagewatch._spool import SpoolFile
 
 _log = logging.getLogger("stagewatch")
+# After the close deadline, the longest that spooling what is left may take (it is bounded by
+# the queue's size; only a disk that hangs reaches this).
+SPILL_LIMIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,29 @@ class SenderStats:
     batches_sent: int = 0
     internal_errors: int = 0
     spool_errors: int = 0
-    lost_at_exit: int = 0
+    lost_at_exit: int = 0  # numbered events neither acknowledged nor spooled when the sender stopped
+
+
+@dataclass
+class _Loss:
+    """What the end of the sender could not spool: counted per run, and why."""
+
+    reason: str | None = None
+    by_run: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Refused run_finished events: written with the loss report, so a run still ends as it said.
+    run_ends: list[bytes] = field(default_factory=list)
+
+    def add(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            kind, run_id = event_type_and_run(payload)
+            if kind == RUN_FINISHED:
+                self.run_ends.append(payload)
+            else:
+                self.by_run[run_id] += 1
+
+    @property
+    def events(self) -> int:
+        return sum(self.by_run.values())
 
 
 class Sender:
@@ -88,6 +114,7 @@ class Sender:
         self._inflight: dict[int, _Inflight] = {}
         self._held: collections.deque[list[bytes]] = collections.deque()  # refused by the disk
         self._spool: SpoolFile | None = None
+        self._last_spooled: tuple[int, list[bytes]] | None = None  # (offset, payloads) of the spill's last append
         self._read_offset = 0
         self._acked_offset = 0
         self._next_probe = 0.0
@@ -113,10 +140,11 @@ class Sender:
         return self._idle.wait(timeout_s) if self._thread.is_alive() else False
 
     def close(self, timeout_s: float) -> None:
-        """Deliver what is left (or spool it) and stop the thread within `timeout_s`."""
+        """Deliver what is left within `timeout_s`, then spool what is still unacknowledged
+        (which takes as long as the backlog needs, at most `SPILL_LIMIT_S`) and stop the thread."""
         self._close_deadline = time.monotonic() + timeout_s
         self._closing = True
-        self._thread.join(timeout_s + 1.0)
+        self._thread.join(timeout_s + SPILL_LIMIT_S + 1.0)
 
     @property
     def spooling(self) -> bool:
@@ -150,7 +178,10 @@ class Sender:
             while not self._step():
                 pass
         finally:
-            self._spill_inflight()
+            try:
+                self._spool_what_is_left()
+            except Exception as error:
+                self._count_internal_error(error)
             if self._spool is not None:
                 self._spool.release()  # the daemon ingests what is left
                 self._spool = None
@@ -295,14 +326,110 @@ class Sender:
             self._spool.append(payloads)
             self.stats.spooled_events += len(payloads)
 
-    def _spill_inflight(self) -> None:
-        """At the end: whatever is unacknowledged goes to the spool (or is counted as lost)."""
-        if any(batch.spool_end is None for batch in self._inflight.values()) or self._held:
-            self._start_spooling([], time.monotonic())
-        self._inflight.clear()
-        if self._held:
-            self.stats.lost_at_exit += sum(len(payloads) for payloads in self._held)
-            _log.warning("stagewatch: %d events could not be delivered or spooled", self.stats.lost_at_exit)
+    def _spool_what_is_left(self) -> None:
+        """At the end (the deadline, or nothing left): every event not acknowledged goes to the
+        spool, the queue included, in order. What the disk refuses is counted exactly
+        (`stats.lost_at_exit`), said once, and told to each run it belonged to by an
+        `events_lost` event in the spool (the daemon puts it in the run's audit trail)."""
+        loss = _Loss()
+        spill_deadline = time.monotonic() + SPILL_LIMIT_S
+        for payloads in self._unacknowledged():
+            if loss.reason is None and time.monotonic() > spill_deadline:
+                loss.reason = f"spooling them took over {SPILL_LIMIT_S:.0f} s"
+            if loss.reason is None:
+                loss.reason = self._try_spool(payloads)
+            if loss.reason is not None:
+                loss.add(payloads)
+        if loss.reason is not None:
+            self._report_loss(loss)
+
+    def _unacknowledged(self) -> Iterator[list[bytes]]:
+        """In order: batches sent but not acknowledged, batches the disk refused, the queue."""
+        inflight = [batch.payloads for batch in self._inflight.values() if batch.spool_end is None]
+        self._inflight.clear()  # the spooled ones are on disk already
+        yield from inflight
+        while self._held:
+            yield self._held.popleft()
+        while self._queue:
+            payloads = self._take_batch()
+            if payloads:
+                yield payloads
+
+    def _try_spool(self, payloads: list[bytes]) -> str | None:
+        """Append to the spool (made if need be); None, or why the disk refused."""
+        try:
+            if self._spool is None:
+                self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+                self._read_offset = self._acked_offset = 0
+            offset = self._spool.size
+            self._append_to_spool(payloads)
+        except OSError as error:
+            return f"the spool in {self._spool_dir} refused them: {error}"
+        self._last_spooled = (offset, payloads)
+        return None
+
+    def _report_loss(self, loss: _Loss) -> None:
+        recorded = self._write_loss_events(loss)
+        self.stats.lost_at_exit = loss.events
+        if loss.events:
+            where = (
+                "counted in the run's audit trail (events_lost)" if recorded else "the run's trail could not be told"
+            )
+            _log.warning(
+                "stagewatch: %d events could be neither delivered nor spooled at shutdown (%s); %s",
+                loss.events,
+                loss.reason,
+                where,
+            )
+
+    def _write_loss_events(self, loss: _Loss) -> bool:
+        """Spool the refused run ends and one `events_lost` per run; when the disk refuses
+        those too, give up the spill's last records to make room (counted as lost as well)."""
+        first_seq = self._seq + 1
+        for attempt in range(2):
+            words = [*loss.run_ends, *self._loss_events(loss, first_seq)]
+            if self._try_spool(words) is None:
+                self._seq = first_seq + len(loss.by_run) - 1
+                self.stats.emitted += len(loss.by_run)
+                return True
+            if attempt or not self._make_room(loss, len(encode_records(words)) + 64):
+                break
+        for payload in loss.run_ends:  # lost after all
+            loss.by_run[event_type_and_run(payload)[1]] += 1
+        return False
+
+    def _loss_events(self, loss: _Loss, first_seq: int) -> list[bytes]:
+        now, payloads = time.time_ns(), []
+        for seq, (run_id, count) in enumerate(sorted(loss.by_run.items()), first_seq):
+            event = events_lost(self.client_id, run_id, now, events=count, reason=loss.reason or "")
+            event["seq"] = seq
+            payloads.append(pack_event(event))
+        return payloads
+
+    def _make_room(self, loss: _Loss, needed: int) -> bool:
+        """Cut records (never a run's end) off the spill's last append until `needed` bytes
+        are free; they join the loss. False when that append cannot free enough."""
+        if self._last_spooled is None or self._spool is None:
+            return False
+        offset, payloads = self._last_spooled
+        given_up: set[int] = set()
+        freed = 0
+        for index in reversed(range(len(payloads))):
+            if freed >= needed:
+                break
+            if event_type_and_run(payloads[index])[0] != RUN_FINISHED:
+                given_up.add(index)
+                freed += len(encode_records([payloads[index]]))
+        if freed < needed:
+            return False
+        self._spool.truncate(offset)
+        self._last_spooled = None
+        self.stats.spooled_events -= len(payloads)
+        loss.add([payloads[index] for index in sorted(given_up)])
+        kept = [payload for index, payload in enumerate(payloads) if index not in given_up]
+        if kept and self._try_spool(kept) is not None:
+            loss.add(kept)
+        return True
 
     def _spool_queue(self) -> None:
         if self._held:  # the disk refused these: they go first, or nothing goes

@@ -596,7 +596,18 @@ class StageSpec:
         return stage.__enter__()
 
     def __exit__(self, *exc: Any) -> bool:
-        return self._open.pop().__exit__(*exc)
+        return self._take_open().__exit__(*exc)
+
+    def _take_open(self) -> Stage | _NoStage:
+        """The stage this `with` opened: the one current in this thread or task (a spec shared
+        by threads or tasks has several open at once, and they need not end in order), else
+        the latest."""
+        current = _current_stage.get()
+        try:
+            self._open.remove(current)  # one C call: atomic against the other threads
+        except ValueError:
+            return self._open.pop()
+        return current
 
 
 def current_run() -> Run | None:

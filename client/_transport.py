@@ -33,7 +33,7 @@ from stagewatch._spool import SpoolFile
 _log = logging.getLogger("stagewatch")
 # After the close deadline, the longest that spooling what is left may take (it is bounded by
 # the queue's size; only a disk that hangs reaches this).
-SPILL_LIMIT_S = 10.0
+SPILL_LIMIT_S = 30.0
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,36 @@ def test_a_stage_started_after_an_abandoned_generator_stage_ended_has_the_right_
         assert stagewatch.current_stage() is after
     assert after._parent is None  # not the span of the stage that ended elsewhere
     _assert_ended(daemon, run, "streamed")
+
+
+def test_a_stage_spec_shared_by_threads_ends_each_thread_s_own_stage(daemon: DaemonProcess) -> None:
+    run = stagewatch.init(pipeline="contexts", home=daemon.home)
+    shared = stagewatch.stage("shared")
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    spans = {}
+
+    def first() -> None:
+        with shared as stage:
+            spans["first"] = stage.span
+            first_in.set()
+            second_in.wait()
+        first_out.set()  # the first thread's stage ends while the second's is still open
+
+    def second() -> None:
+        first_in.wait()
+        with shared as stage:
+            spans["second"] = stage.span
+            second_in.set()
+            first_out.wait()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.finish()
+    assert run.flush(10)
+    rows = {row["span"]: row for row in _rows(daemon.home, "stage_executions", run.id, 2)}
+    first_row, second_row = rows[spans["first"]], rows[spans["second"]]
+    assert first_row["start_time"] < second_row["start_time"]
+    assert first_row["end_time"] < second_row["end_time"]  # each thread ended its own stage

@@ -71,6 +71,10 @@ def _process_for(home: Home, endpoint: str, settings: SenderSettings) -> _Proces
     global _process
     with _process_lock:
         if _process is None or _process.pid != os.getpid():
+            if sys.is_finalizing():
+                # A thread started now never runs, and its start waited forever with every
+                # signal blocked: an unkillable hang, for a generator left open at exit.
+                raise RuntimeError("the interpreter is exiting: this event comes after stagewatch.shutdown()")
             _register_process_hooks()
             _process = _Process(home, endpoint, settings)
             _register_child_exit()

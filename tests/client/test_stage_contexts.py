@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import stagewatch
 from stagewatch import Run
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_python
 from tests.test_end_to_end import _rows
 
 
@@ -130,3 +131,27 @@ def test_a_stage_spec_shared_by_threads_ends_each_thread_s_own_stage(daemon: Dae
     first_row, second_row = rows[spans["first"]], rows[spans["second"]]
     assert first_row["start_time"] < second_row["start_time"]
     assert first_row["end_time"] < second_row["end_time"]  # each thread ended its own stage
+
+
+def test_a_generator_left_open_at_exit_neither_hangs_the_exit_nor_loses_what_came_before(
+    daemon: DaemonProcess,
+) -> None:
+    # The interpreter closes the generator after stagewatch's exit hook delivered everything:
+    # its stage's end has no sender left, and must not start one.
+    code = f"""
+import json, stagewatch
+run = stagewatch.init(pipeline="contexts", home={str(daemon.home)!r})
+def stream():
+    for i in range(3):
+        with run.stage("streamed", sample_id=str(i)):
+            yield i
+with run.stage("before"):
+    pass
+frames = stream()
+next(frames)
+print(json.dumps(run.id))
+"""
+    done = run_python(code, timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    audit = daemon.audit(json.loads(done.stdout))
+    assert audit["status"] == "ok" and audit["counts"]["ok"] == 1

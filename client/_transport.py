@@ -114,7 +114,8 @@ class Sender:
         self._inflight: dict[int, _Inflight] = {}
         self._held: collections.deque[list[bytes]] = collections.deque()  # refused by the disk
         self._spool: SpoolFile | None = None
-        self._last_spooled: tuple[int, list[bytes]] | None = None  # (offset, payloads) of the spill's last append
+        # (offset, payloads) of the spill's latest appends: room for the loss report is made there
+        self._spill_appends: collections.deque[tuple[int, list[bytes]]] = collections.deque(maxlen=64)
         self._read_offset = 0
         self._acked_offset = 0
         self._next_probe = 0.0
@@ -211,6 +212,8 @@ class Sender:
         except Exception as error:
             self._count_internal_error(error)
             time.sleep(self._settings.poll_interval_s)
+            # A step that fails every time must not hold the close past its deadline.
+            return self._closing and time.monotonic() >= self._close_deadline
         return False
 
     def _count_internal_error(self, error: BaseException) -> None:
@@ -337,7 +340,7 @@ class Sender:
             if loss.reason is None and time.monotonic() > spill_deadline:
                 loss.reason = f"spooling them took over {SPILL_LIMIT_S:.0f} s"
             if loss.reason is None:
-                loss.reason = self._try_spool(payloads)
+                payloads, loss.reason = self._spool_what_fits(payloads)
             if loss.reason is not None:
                 loss.add(payloads)
         if loss.reason is not None:
@@ -355,6 +358,18 @@ class Sender:
             if payloads:
                 yield payloads
 
+    def _spool_what_fits(self, payloads: list[bytes]) -> tuple[list[bytes], str | None]:
+        """Spool the longest prefix of `payloads` that the disk takes (halving a refused batch);
+        the rest, and why it was refused (None when all went)."""
+        reason = self._try_spool(payloads)
+        if reason is None or len(payloads) == 1:
+            return ([] if reason is None else payloads), reason
+        half = len(payloads) // 2
+        refused, reason = self._spool_what_fits(payloads[:half])
+        if reason is not None:
+            return refused + payloads[half:], reason
+        return self._spool_what_fits(payloads[half:])
+
     def _try_spool(self, payloads: list[bytes]) -> str | None:
         """Append to the spool (made if need be); None, or why the disk refused."""
         try:
@@ -365,7 +380,7 @@ class Sender:
             self._append_to_spool(payloads)
         except OSError as error:
             return f"the spool in {self._spool_dir} refused them: {error}"
-        self._last_spooled = (offset, payloads)
+        self._spill_appends.append((offset, payloads))
         return None
 
     def _report_loss(self, loss: _Loss) -> None:
@@ -407,26 +422,31 @@ class Sender:
         return payloads
 
     def _make_room(self, loss: _Loss, needed: int) -> bool:
-        """Cut records (never a run's end) off the spill's last append until `needed` bytes
-        are free; they join the loss. False when that append cannot free enough."""
-        if self._last_spooled is None or self._spool is None:
+        """Cut records (never a run's end) off the spill's latest appends until `needed` bytes
+        are free; they join the loss. False when those appends cannot free enough."""
+        if self._spool is None:
             return False
-        offset, payloads = self._last_spooled
-        given_up: set[int] = set()
+        picked: list[tuple[int, list[bytes]]] = []
+        given_up: list[bytes] = []
         freed = 0
-        for index in reversed(range(len(payloads))):
-            if freed >= needed:
-                break
-            if event_type_and_run(payloads[index])[0] != RUN_FINISHED:
-                given_up.add(index)
-                freed += len(encode_records([payloads[index]]))
+        while freed < needed and self._spill_appends:
+            offset, payloads = self._spill_appends.pop()
+            picked.append((offset, payloads))
+            for payload in reversed(payloads):
+                if freed >= needed:
+                    break
+                if event_type_and_run(payload)[0] != RUN_FINISHED:
+                    given_up.append(payload)
+                    freed += len(encode_records([payload]))
         if freed < needed:
+            self._spill_appends.extend(reversed(picked))
             return False
-        self._spool.truncate(offset)
-        self._last_spooled = None
-        self.stats.spooled_events -= len(payloads)
-        loss.add([payloads[index] for index in sorted(given_up)])
-        kept = [payload for index, payload in enumerate(payloads) if index not in given_up]
+        self._spool.truncate(picked[-1][0])
+        tail = [payload for _, payloads in reversed(picked) for payload in payloads]
+        self.stats.spooled_events -= len(tail)
+        cut = {id(payload) for payload in given_up}
+        loss.add([payload for payload in tail if id(payload) in cut])
+        kept = [payload for payload in tail if id(payload) not in cut]
         if kept and self._try_spool(kept) is not None:
             loss.add(kept)
         return True

@@ -27,7 +27,7 @@ from stagewatch._home import Home, artifact_relpath, resolve_endpoint
 from stagewatch._memory import BYTES_PER_MB, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
 from stagewatch._names import check_name, check_run_id
 from stagewatch._saver import write_artifact
-from stagewatch._transport import Sender, SenderSettings, safe_close
+from stagewatch._transport import Sender, SenderSettings, check_timeout, safe_close
 
 _log = logging.getLogger("stagewatch")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -519,7 +519,7 @@ class Run:
 
     def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Wait until the daemon has every event so far (or they are spooled to disk)."""
-        return _process_for_run(self).sender.flush(timeout_s)
+        return _process_for_run(self).sender.flush(check_timeout(timeout_s))
 
     def __enter__(self) -> Run:
         return self
@@ -633,7 +633,10 @@ def _open_stage(stage: Stage | None) -> Stage | None:
 
 
 def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
-    """Finish this process's runs and deliver (or spool) every event within `timeout_s`."""
+    """Finish this process's runs and deliver every event within `timeout_s` (math.inf: as
+    long as it takes); what is unacknowledged then is spooled, which takes as long as the
+    backlog needs (at most 30 s more)."""
+    check_timeout(timeout_s)
     global _process
     process = _process
     if process is None or process.pid != os.getpid():

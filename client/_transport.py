@@ -15,6 +15,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import signal
 import threading
 import time
@@ -138,14 +139,14 @@ class Sender:
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued event is acknowledged or spooled; True if so in time."""
         self._idle.clear()
-        return self._idle.wait(timeout_s) if self._thread.is_alive() else False
+        return self._idle.wait(_wait_limit(timeout_s)) if self._thread.is_alive() else False
 
     def close(self, timeout_s: float) -> None:
         """Deliver what is left within `timeout_s`, then spool what is still unacknowledged
         (which takes as long as the backlog needs, at most `SPILL_LIMIT_S`) and stop the thread."""
-        self._close_deadline = time.monotonic() + timeout_s
+        self._close_deadline = time.monotonic() + check_timeout(timeout_s)
         self._closing = True
-        self._thread.join(timeout_s + SPILL_LIMIT_S + 1.0)
+        self._thread.join(_wait_limit(timeout_s + SPILL_LIMIT_S + 1.0))
 
     @property
     def spooling(self) -> bool:
@@ -493,6 +494,20 @@ class Sender:
             self._unreachable = True
             self._read_offset = self._acked_offset
             self._next_probe = now + self._settings.probe_interval_s
+
+
+def check_timeout(timeout_s: float) -> float:
+    """`timeout_s` if it is a number of seconds >= 0 (math.inf: as long as it takes)."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise TypeError(f"expected timeout_s as a number of seconds, got {type(timeout_s).__name__}")
+    if not timeout_s >= 0:  # NaN too
+        raise ValueError(f"expected timeout_s >= 0 seconds, got {timeout_s!r}")
+    return timeout_s
+
+
+def _wait_limit(timeout_s: float) -> float | None:
+    # A wait longer than the platform's time_t raised OverflowError: infinity means no limit.
+    return None if timeout_s == math.inf else timeout_s
 
 
 def safe_close(sender: Sender | None, timeout_s: float) -> None:

@@ -36,6 +36,7 @@ LOG = "log"
 HEARTBEAT = "heartbeat"
 RUN_FINISHED = "run_finished"
 CLIENT_LOST = "client_lost"
+EVENTS_LOST = "events_lost"
 EVENT_TYPES = (
     RUN_STARTED,
     STAGE_STARTED,
@@ -47,6 +48,7 @@ EVENT_TYPES = (
     HEARTBEAT,
     RUN_FINISHED,
     CLIENT_LOST,
+    EVENTS_LOST,
 )
 ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
 
@@ -233,6 +235,14 @@ def run_finished(
     return event
 
 
+def events_lost(client_id: str, run_id: str, ts_ns: int, *, events: int, reason: str) -> dict[str, Any]:
+    """The client's last word on a run: `events` of its events that it numbered but could
+    neither have acknowledged nor spool when it stopped (`reason` says why)."""
+    event = envelope(EVENTS_LOST, client_id, run_id, ts_ns)
+    event.update(events=events, reason=bounded_text(reason))
+    return event
+
+
 def client_lost(seq: int, run_id: str, ts_ns: int, *, lost_client_id: str, last_seen_ns: int) -> dict[str, Any]:
     """Written by the daemon (numbered by it) when a client with open work goes silent."""
     event = envelope(CLIENT_LOST, DAEMON_CLIENT_ID, run_id, ts_ns)
@@ -314,6 +324,12 @@ def pack_event(event: dict) -> bytes:
     """An event's payload (the sender packs one per event: a kept Packer costs 0.9 us, packb 1.3;
     its buffer stays the size of the largest event, bounded by the event size limits)."""
     return _packer().pack(event)
+
+
+def event_type_and_run(payload: bytes) -> tuple[str, str]:
+    """The type and the run id of an event that this client packed."""
+    event = msgpack.unpackb(payload, raw=False)
+    return event["type"], event["run_id"]
 
 
 def pack_batch(client_id: str, batch_no: int, events: list[bytes]) -> bytes:

@@ -27,7 +27,7 @@ from stagewatch._home import Home, artifact_relpath, resolve_endpoint
 from stagewatch._memory import BYTES_PER_MB, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
 from stagewatch._names import check_name, check_run_id
 from stagewatch._saver import write_artifact
-from stagewatch._transport import Sender, SenderSettings, safe_close
+from stagewatch._transport import Sender, SenderSettings, check_timeout, safe_close
 
 _log = logging.getLogger("stagewatch")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +71,10 @@ def _process_for(home: Home, endpoint: str, settings: SenderSettings) -> _Proces
     global _process
     with _process_lock:
         if _process is None or _process.pid != os.getpid():
+            if sys.is_finalizing():
+                # A thread started now never runs, and its start waited forever with every
+                # signal blocked: an unkillable hang, for a generator left open at exit.
+                raise RuntimeError("the interpreter is exiting: this event comes after stagewatch.shutdown()")
             _register_process_hooks()
             _process = _Process(home, endpoint, settings)
             _register_child_exit()
@@ -149,6 +153,7 @@ class Stage:
         "_gpu",
         "_gpu_peak",
         "_parent",
+        "_parent_stage",
         "_rss",
         "_rss_end",
         "_rss_peak",
@@ -183,7 +188,8 @@ class Stage:
         process = _process_for_run(self.run)
         self._client = process.client_id
         self.span = next(process.spans)
-        parent = _current_stage.get()
+        parent = current_stage()
+        self._parent_stage = parent
         self._parent = parent.span if parent is not None else None
         self._token = _current_stage.set(self)
         rss = process.rss
@@ -195,6 +201,8 @@ class Stage:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
         elapsed_ns = time.monotonic_ns() - self._t0 if self.span else 0
+        if isinstance(error, GeneratorExit):  # its generator was closed (a `break` in the consumer): no failure
+            error = None
         try:
             if self.span:
                 self._finish(elapsed_ns, error)
@@ -204,7 +212,6 @@ class Stage:
 
     def _finish(self, elapsed_ns: int, error: BaseException | None) -> None:
         process = _process_for_run(self.run)
-        _current_stage.reset(self._token)
         self._rss_peak = self._rss_end = None
         if process.rss is not None and self._rss is not None:
             self._rss_peak, self._rss_end = process.rss[1].end(self._rss[0])
@@ -218,10 +225,28 @@ class Stage:
                 "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:],
             )
             self.run._failed_stages += 1
-        self._end_ts = time.time_ns()
+        self._end_ts = time.time_ns()  # from here on `current_stage()` passes over this stage
         process.sender.emit(self._end_event)
         if self._rss_peak is not None and self._rss_peak > process.memory_warn_bytes:
             process.sender.emit(self._memory_warning)
+        self._leave_context()
+
+    def _leave_context(self) -> None:
+        """Make the enclosing stage current again, in whatever context this stage ends.
+
+        A stage inside a generator may end in another context than the one it began in: an
+        async generator left with `break` is closed by the event loop in a task of its own,
+        a generator closed (or collected) in another thread runs its `finally` there. The
+        token belongs to the context that set it and can be reset only there. Elsewhere,
+        where this stage is current, its nearest open ancestor becomes current; the context
+        it began in (out of reach from here) still names it, and `current_stage()` passes
+        over it there because it has ended.
+        """
+        try:
+            _current_stage.reset(self._token)
+        except ValueError:  # "created in a different Context"
+            if _current_stage.get() is self:
+                _current_stage.set(_open_stage(self._parent_stage))
 
     def _memory_warning(self) -> dict:
         process = _process_for_run(self.run)
@@ -494,7 +519,7 @@ class Run:
 
     def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> bool:
         """Wait until the daemon has every event so far (or they are spooled to disk)."""
-        return _process_for_run(self).sender.flush(timeout_s)
+        return _process_for_run(self).sender.flush(check_timeout(timeout_s))
 
     def __enter__(self) -> Run:
         return self
@@ -575,7 +600,18 @@ class StageSpec:
         return stage.__enter__()
 
     def __exit__(self, *exc: Any) -> bool:
-        return self._open.pop().__exit__(*exc)
+        return self._take_open().__exit__(*exc)
+
+    def _take_open(self) -> Stage | _NoStage:
+        """The stage this `with` opened: the one current in this thread or task (a spec shared
+        by threads or tasks has several open at once, and they need not end in order), else
+        the latest."""
+        current = _current_stage.get()
+        try:
+            self._open.remove(current)  # one C call: atomic against the other threads
+        except ValueError:
+            return self._open.pop()
+        return current
 
 
 def current_run() -> Run | None:
@@ -585,11 +621,22 @@ def current_run() -> Run | None:
 
 def current_stage() -> Stage | None:
     """The innermost open stage in this thread or task."""
-    return _current_stage.get()
+    return _open_stage(_current_stage.get())
+
+
+def _open_stage(stage: Stage | None) -> Stage | None:
+    """`stage`, or its nearest ancestor that has not ended (a context may still name a stage
+    that ended elsewhere: see `Stage._leave_context`)."""
+    while stage is not None and stage._end_ts:
+        stage = stage._parent_stage
+    return stage
 
 
 def shutdown(timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
-    """Finish this process's runs and deliver (or spool) every event within `timeout_s`."""
+    """Finish this process's runs and deliver every event within `timeout_s` (math.inf: as
+    long as it takes); what is unacknowledged then is spooled, which takes as long as the
+    backlog needs (at most 30 s more)."""
+    check_timeout(timeout_s)
     global _process
     process = _process
     if process is None or process.pid != os.getpid():

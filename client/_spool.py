@@ -34,9 +34,23 @@ class SpoolFile:
         self.size = 0
 
     def append(self, payloads: list[bytes]) -> None:
-        data = encode_records(payloads)
-        os.write(self._fd, data)
+        """Append the records whole or not at all: a disk that takes only part of them (a
+        short write, then ENOSPC) is cut back, so no torn record is left behind them."""
+        data = memoryview(encode_records(payloads))
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            if written:
+                self.truncate(self.size)
+            raise
         self.size += len(data)
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to `size` bytes (a record boundary)."""
+        os.ftruncate(self._fd, size)
+        self.size = size
 
     def read_from(self, offset: int, max_records: int) -> tuple[list[bytes], int]:
         """Up to `max_records` payloads starting at `offset`, and the offset after them."""

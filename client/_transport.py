@@ -15,21 +15,26 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
 from stagewatch._curve import configure_client
 from stagewatch._home import ipc_path
-from stagewatch._protocol import pack_batch, pack_event, unpack_ack
+from stagewatch._protocol import RUN_FINISHED, event_type_and_run, events_lost, pack_batch, pack_event, unpack_ack
+from stagewatch._records import encode_records
 from stagewatch._spool import SpoolFile
 
 _log = logging.getLogger("stagewatch")
+# After the close deadline, the longest that spooling what is left may take (it is bounded by
+# the queue's size; only a disk that hangs reaches this).
+SPILL_LIMIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,29 @@ class SenderStats:
     batches_sent: int = 0
     internal_errors: int = 0
     spool_errors: int = 0
-    lost_at_exit: int = 0
+    lost_at_exit: int = 0  # numbered events neither acknowledged nor spooled when the sender stopped
+
+
+@dataclass
+class _Loss:
+    """What the end of the sender could not spool: counted per run, and why."""
+
+    reason: str | None = None
+    by_run: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Refused run_finished events: written with the loss report, so a run still ends as it said.
+    run_ends: list[bytes] = field(default_factory=list)
+
+    def add(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            kind, run_id = event_type_and_run(payload)
+            if kind == RUN_FINISHED:
+                self.run_ends.append(payload)
+            else:
+                self.by_run[run_id] += 1
+
+    @property
+    def events(self) -> int:
+        return sum(self.by_run.values())
 
 
 class Sender:
@@ -88,6 +115,8 @@ class Sender:
         self._inflight: dict[int, _Inflight] = {}
         self._held: collections.deque[list[bytes]] = collections.deque()  # refused by the disk
         self._spool: SpoolFile | None = None
+        # (offset, payloads) of the spill's latest appends: room for the loss report is made there
+        self._spill_appends: collections.deque[tuple[int, list[bytes]]] = collections.deque(maxlen=64)
         self._read_offset = 0
         self._acked_offset = 0
         self._next_probe = 0.0
@@ -110,13 +139,14 @@ class Sender:
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued event is acknowledged or spooled; True if so in time."""
         self._idle.clear()
-        return self._idle.wait(timeout_s) if self._thread.is_alive() else False
+        return self._idle.wait(_wait_limit(timeout_s)) if self._thread.is_alive() else False
 
     def close(self, timeout_s: float) -> None:
-        """Deliver what is left (or spool it) and stop the thread within `timeout_s`."""
-        self._close_deadline = time.monotonic() + timeout_s
+        """Deliver what is left within `timeout_s`, then spool what is still unacknowledged
+        (which takes as long as the backlog needs, at most `SPILL_LIMIT_S`) and stop the thread."""
+        self._close_deadline = time.monotonic() + check_timeout(timeout_s)
         self._closing = True
-        self._thread.join(timeout_s + 1.0)
+        self._thread.join(_wait_limit(timeout_s + SPILL_LIMIT_S + 1.0))
 
     @property
     def spooling(self) -> bool:
@@ -150,7 +180,10 @@ class Sender:
             while not self._step():
                 pass
         finally:
-            self._spill_inflight()
+            try:
+                self._spool_what_is_left()
+            except Exception as error:
+                self._count_internal_error(error)
             if self._spool is not None:
                 self._spool.release()  # the daemon ingests what is left
                 self._spool = None
@@ -180,6 +213,8 @@ class Sender:
         except Exception as error:
             self._count_internal_error(error)
             time.sleep(self._settings.poll_interval_s)
+            # A step that fails every time must not hold the close past its deadline.
+            return self._closing and time.monotonic() >= self._close_deadline
         return False
 
     def _count_internal_error(self, error: BaseException) -> None:
@@ -295,14 +330,127 @@ class Sender:
             self._spool.append(payloads)
             self.stats.spooled_events += len(payloads)
 
-    def _spill_inflight(self) -> None:
-        """At the end: whatever is unacknowledged goes to the spool (or is counted as lost)."""
-        if any(batch.spool_end is None for batch in self._inflight.values()) or self._held:
-            self._start_spooling([], time.monotonic())
-        self._inflight.clear()
-        if self._held:
-            self.stats.lost_at_exit += sum(len(payloads) for payloads in self._held)
-            _log.warning("stagewatch: %d events could not be delivered or spooled", self.stats.lost_at_exit)
+    def _spool_what_is_left(self) -> None:
+        """At the end (the deadline, or nothing left): every event not acknowledged goes to the
+        spool, the queue included, in order. What the disk refuses is counted exactly
+        (`stats.lost_at_exit`), said once, and told to each run it belonged to by an
+        `events_lost` event in the spool (the daemon puts it in the run's audit trail)."""
+        loss = _Loss()
+        spill_deadline = time.monotonic() + SPILL_LIMIT_S
+        for payloads in self._unacknowledged():
+            if loss.reason is None and time.monotonic() > spill_deadline:
+                loss.reason = f"spooling them took over {SPILL_LIMIT_S:.0f} s"
+            if loss.reason is None:
+                payloads, loss.reason = self._spool_what_fits(payloads)
+            if loss.reason is not None:
+                loss.add(payloads)
+        if loss.reason is not None:
+            self._report_loss(loss)
+
+    def _unacknowledged(self) -> Iterator[list[bytes]]:
+        """In order: batches sent but not acknowledged, batches the disk refused, the queue."""
+        inflight = [batch.payloads for batch in self._inflight.values() if batch.spool_end is None]
+        self._inflight.clear()  # the spooled ones are on disk already
+        yield from inflight
+        while self._held:
+            yield self._held.popleft()
+        while self._queue:
+            payloads = self._take_batch()
+            if payloads:
+                yield payloads
+
+    def _spool_what_fits(self, payloads: list[bytes]) -> tuple[list[bytes], str | None]:
+        """Spool the longest prefix of `payloads` that the disk takes (halving a refused batch);
+        the rest, and why it was refused (None when all went)."""
+        reason = self._try_spool(payloads)
+        if reason is None or len(payloads) == 1:
+            return ([] if reason is None else payloads), reason
+        half = len(payloads) // 2
+        refused, reason = self._spool_what_fits(payloads[:half])
+        if reason is not None:
+            return refused + payloads[half:], reason
+        return self._spool_what_fits(payloads[half:])
+
+    def _try_spool(self, payloads: list[bytes]) -> str | None:
+        """Append to the spool (made if need be); None, or why the disk refused."""
+        try:
+            if self._spool is None:
+                self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+                self._read_offset = self._acked_offset = 0
+            offset = self._spool.size
+            self._append_to_spool(payloads)
+        except OSError as error:
+            return f"the spool in {self._spool_dir} refused them: {error}"
+        self._spill_appends.append((offset, payloads))
+        return None
+
+    def _report_loss(self, loss: _Loss) -> None:
+        recorded = self._write_loss_events(loss)
+        self.stats.lost_at_exit = loss.events
+        if loss.events:
+            where = (
+                "counted in the run's audit trail (events_lost)" if recorded else "the run's trail could not be told"
+            )
+            _log.warning(
+                "stagewatch: %d events could be neither delivered nor spooled at shutdown (%s); %s",
+                loss.events,
+                loss.reason,
+                where,
+            )
+
+    def _write_loss_events(self, loss: _Loss) -> bool:
+        """Spool the refused run ends and one `events_lost` per run; when the disk refuses
+        those too, give up the spill's last records to make room (counted as lost as well)."""
+        first_seq = self._seq + 1
+        for attempt in range(2):
+            words = [*loss.run_ends, *self._loss_events(loss, first_seq)]
+            if self._try_spool(words) is None:
+                self._seq = first_seq + len(loss.by_run) - 1
+                self.stats.emitted += len(loss.by_run)
+                return True
+            if attempt or not self._make_room(loss, len(encode_records(words)) + 64):
+                break
+        for payload in loss.run_ends:  # lost after all
+            loss.by_run[event_type_and_run(payload)[1]] += 1
+        return False
+
+    def _loss_events(self, loss: _Loss, first_seq: int) -> list[bytes]:
+        now, payloads = time.time_ns(), []
+        for seq, (run_id, count) in enumerate(sorted(loss.by_run.items()), first_seq):
+            event = events_lost(self.client_id, run_id, now, events=count, reason=loss.reason or "")
+            event["seq"] = seq
+            payloads.append(pack_event(event))
+        return payloads
+
+    def _make_room(self, loss: _Loss, needed: int) -> bool:
+        """Cut records (never a run's end) off the spill's latest appends until `needed` bytes
+        are free; they join the loss. False when those appends cannot free enough."""
+        if self._spool is None:
+            return False
+        picked: list[tuple[int, list[bytes]]] = []
+        given_up: list[bytes] = []
+        freed = 0
+        while freed < needed and self._spill_appends:
+            offset, payloads = self._spill_appends.pop()
+            picked.append((offset, payloads))
+            for payload in reversed(payloads):
+                if freed >= needed:
+                    break
+                if event_type_and_run(payload)[0] != RUN_FINISHED:
+                    given_up.append(payload)
+                    freed += len(encode_records([payload]))
+        if freed < needed:
+            self._spill_appends.extend(reversed(picked))
+            return False
+        self._spool.truncate(picked[-1][0])
+        tail = [payload for _, payloads in reversed(picked) for payload in payloads]
+        self.stats.spooled_events -= len(tail)
+        cut = {id(payload) for payload in given_up}
+        loss.add([payload for payload in tail if id(payload) in cut])
+        kept = [payload for payload in tail if id(payload) not in cut]
+        if kept and self._try_spool(kept) is not None:
+            loss.add(kept)
+        return True
 
     def _spool_queue(self) -> None:
         if self._held:  # the disk refused these: they go first, or nothing goes
@@ -346,6 +494,20 @@ class Sender:
             self._unreachable = True
             self._read_offset = self._acked_offset
             self._next_probe = now + self._settings.probe_interval_s
+
+
+def check_timeout(timeout_s: float) -> float:
+    """`timeout_s` if it is a number of seconds >= 0 (math.inf: as long as it takes)."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise TypeError(f"expected timeout_s as a number of seconds, got {type(timeout_s).__name__}")
+    if not timeout_s >= 0:  # NaN too
+        raise ValueError(f"expected timeout_s >= 0 seconds, got {timeout_s!r}")
+    return timeout_s
+
+
+def _wait_limit(timeout_s: float) -> float | None:
+    # A wait longer than the platform's time_t raised OverflowError: infinity means no limit.
+    return None if timeout_s == math.inf else timeout_s
 
 
 def safe_close(sender: Sender | None, timeout_s: float) -> None:

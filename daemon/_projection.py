@@ -84,6 +84,8 @@ class RunState:
     counts: dict[str, int] = field(default_factory=_new_counts)
     errors: list[dict[str, Any]] = field(default_factory=list)
     errors_dropped: int = 0
+    events_lost: int = 0  # events its clients numbered but could neither deliver nor spool (`events_lost`)
+    events_lost_reason: str | None = None
     first_failed_stage: str | None = None
     start_ns: int | None = None
     end_ns: int | None = None
@@ -430,6 +432,11 @@ class Projector:
         error = {"type": event.error_type, "message": event.error_message} if event.error_type else None
         self._close_run(run, "failed" if failed else "ok", event.ts_ns, lsn, error, event.duration_ms)
 
+    def _on_events_lost(self, run: RunState, event: Any, lsn: int) -> None:
+        # From any client of the run: a forked worker's events are lost on its own account.
+        run.events_lost += event.events
+        run.events_lost_reason = event.reason
+
     def _on_client_lost(self, run: RunState, event: Any, lsn: int) -> None:
         lost = event.lost_client_id
         for key, entry in [(k, e) for k, e in run.open.items() if e["client_id"] == lost]:
@@ -544,6 +551,7 @@ HANDLERS: dict[str, Handler] = {
     "log": Projector._on_log,
     "run_finished": Projector._on_run_finished,
     "client_lost": Projector._on_client_lost,
+    "events_lost": Projector._on_events_lost,
 }
 
 

@@ -223,6 +223,14 @@ class RunFinished(Envelope, tag="run_finished", kw_only=True):
     error_message: LongText | None = None
 
 
+class EventsLost(Envelope, tag="events_lost", kw_only=True):
+    """Written by a client that stopped with events it could neither deliver nor spool."""
+
+    type: ClassVar[str] = "events_lost"
+    events: Count
+    reason: Text
+
+
 class ClientLost(Envelope, tag="client_lost", kw_only=True):
     """Written by the daemon when a client with open work stops sending."""
 
@@ -244,6 +252,7 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
         Heartbeat,
         RunFinished,
         ClientLost,
+        EventsLost,
     )
 }
 Event = Union[tuple(EVENT_MODELS.values())]  # noqa: UP007  (tagged by "type")

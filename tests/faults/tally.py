@@ -65,13 +65,16 @@ class Tally:
         return line
 
 
+def logged_events(home: Path, run_id: str) -> list:
+    """The run's events in the event log, in log order (a redelivered one as often as logged)."""
+    events = (decode_event(payload) for _, payload in EventLog(home / "events").read())
+    return [event for event in events if not isinstance(event, Rejected) and event.run_id == run_id]
+
+
 def tally(scenario: str, home: Path, run_id: str, emitted: int) -> Tally:
     seqs: Counter[tuple[str, int]] = Counter()
     ends: set[tuple[str, int]] = set()
-    for _, payload in EventLog(home / "events").read():
-        event = decode_event(payload)
-        if isinstance(event, Rejected) or event.run_id != run_id:
-            continue
+    for event in logged_events(home, run_id):
         seqs[(event.client_id, event.seq)] += 1
         if event.type in ("stage_finished", "stage_failed"):
             ends.add((event.client_id, event.span))

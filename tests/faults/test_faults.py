@@ -8,19 +8,16 @@ docs/reliability.md. Run alone with: python -m pytest tests/faults -s
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import DaemonProcess, wait_for
+from tests.faults.conftest import fill_disk
 from tests.faults.tally import LONG, run_id_of, start_pipeline, tally
 
 
@@ -156,34 +153,12 @@ def test_event_log_damage_is_recovered_counted_and_reported(home: Path, damage: 
         daemon.stop()
 
 
-@pytest.fixture
-def small_disk() -> Iterator[Path]:
-    """A 24 MiB tmpfs as the home: a real full disk, not a simulated one."""
-    if os.geteuid() != 0:
-        pytest.fail("the disk-full scenario mounts a tmpfs and needs root (CI runs as root)")
-    base = Path(tempfile.mkdtemp(prefix="sw-full-", dir="/tmp"))
-    mount = base / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def test_a_full_disk_refuses_writes_keeps_events_and_delivers_after_space_is_freed(small_disk: Path) -> None:
     stages = 3_000
     # The floor would stop the daemon before the disk is full; this scenario wants a real ENOSPC.
     daemon = DaemonProcess(small_disk, env={"STAGEWATCH_DISK_FLOOR_FREE_BYTES": "0"}).start()
-    filler = small_disk / "filler"
     try:
-        with open(filler, "wb") as handle:  # fill the disk to the last byte
-            try:
-                while True:
-                    handle.write(b"\0" * 65536)
-            except OSError:
-                pass
+        filler = fill_disk(small_disk)
         pipeline = start_pipeline(small_disk, stages, pause_every=10)
         run_id = run_id_of(pipeline)
         time.sleep(6)  # the daemon cannot log; the client cannot spool: events wait in memory

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from stagewatch._gpu import SOURCE_NOTES
+from stagewatch._protocol import DAEMON_CLIENT_ID
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
@@ -36,6 +37,10 @@ MAX_ERRORS_PER_RUN = 10_000
 # this forgets its oldest first. (The last 4,096 ended stages were kept: a start that a
 # pipeline spooled while the daemon was down came 60,000 ends after its own end.)
 MAX_ENDED_RANGES = 4_096
+# A pipeline clock this far from the daemon's is reported (audit trail, Run page). The estimate
+# (`RunState.clock_offset_ns`) is good to about a second (`received` markers come at most once a
+# second) plus the fastest delivery; NTP keeps a healthy host within well under a second.
+CLOCK_SKEW_REPORT_NS = 60 * 1_000_000_000
 
 
 def iso(ns: int | None) -> str | None:
@@ -88,6 +93,16 @@ class RunState:
     start_ns: int | None = None
     end_ns: int | None = None
     last_lsn: int = -1
+    # The daemon's clock when its first and its last event arrived (None before the log had
+    # `received` markers): retention counts a run's age from `received_last_ns`, so a pipeline
+    # clock in 1970 or 2100 neither deletes it at once nor keeps it for ever.
+    received_first_ns: int | None = None
+    received_last_ns: int | None = None
+    # The pipeline's clock minus the daemon's: the largest (emitted - received) of the run's
+    # events that came live (not from a spool). A delivery delay only lowers (emitted -
+    # received), so the fastest event bounds the true offset best; spooled events, held back
+    # while no daemon ran, say nothing about the clock. None: nothing came live.
+    clock_offset_ns: int | None = None
     last_rss_mb: dict[str, float] = field(default_factory=dict)  # client -> its last heartbeat's RSS
     gpu_sources: dict[str, str] = field(default_factory=dict)  # each GPU source its stages used -> what it sees
     open: dict[str, dict[str, Any]] = field(default_factory=dict)  # "client:span" -> running stage entry
@@ -115,7 +130,31 @@ class RunState:
         summary = {"schema": AUDIT_SCHEMA}
         summary.update((name, getattr(self, name)) for name in _AUDIT_FIELDS)
         summary["counts"] = {**self.counts, "running": len(self.open)}
+        summary["clock_skew"] = clock_skew(self.clock_offset_ns)
         return summary
+
+
+def clock_skew(offset_ns: int | None) -> dict[str, Any] | None:
+    """What the audit trail says of a pipeline clock off by `offset_ns` (None within
+    `CLOCK_SKEW_REPORT_NS`, or unmeasured)."""
+    if offset_ns is None or abs(offset_ns) < CLOCK_SKEW_REPORT_NS:
+        return None
+    direction = "ahead of" if offset_ns > 0 else "behind"
+    return {
+        "offset_s": round(offset_ns / 1e9, 3),
+        "message": (
+            f"the pipeline's clock was {_span_words(abs(offset_ns) / 1e9)} {direction} the daemon's: its times "
+            "(started, finished) are as the pipeline stamped them; retention counts the run's age from when "
+            "the daemon received it"
+        ),
+    }
+
+
+def _span_words(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.0f} seconds"
 
 
 _RUN_FIELDS = [f.name for f in fields(RunState)]
@@ -291,11 +330,19 @@ class Projector:
         self.rows: dict[str, list[Any]] = {table: [] for table in TABLE_NAMES}  # see ROW_FIELDS
         self.stage_lines: dict[str, bytearray] = {}  # run -> ended stages to append, as stages.jsonl lines
         self.dirty: set[str] = set()
+        # The last `received` marker folded: (the daemon's clock then, whether from a spool).
+        self.received: tuple[int, bool] | None = None
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         runs = {run_id: run.to_state() for run_id, run in self.runs.items()}
-        return {"runs": runs, "closed": self.closed, "late_events": self.late_events, "foreign": self.foreign_events}
+        return {
+            "runs": runs,
+            "closed": self.closed,
+            "late_events": self.late_events,
+            "foreign": self.foreign_events,
+            "received": self.received,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
@@ -304,6 +351,8 @@ class Projector:
         projector.closed = OrderedDict(state.get("closed", {}))
         projector.late_events = state.get("late_events", 0)
         projector.foreign_events = state.get("foreign", 0)
+        received = state.get("received")
+        projector.received = (received[0], received[1]) if received else None
         return projector
 
     # -- folding -------------------------------------------------------------------------
@@ -311,6 +360,9 @@ class Projector:
         kind, run_id = event.type, event.run_id  # a class attribute: looked up once
         if kind == "heartbeat":
             self._on_heartbeat(event)
+            return
+        if kind == "received":
+            self.received = (event.ts_ns, event.spooled)
             return
         if run_id in self.closed:
             self.late_events += 1  # the caller reopens the run (`reopen`) to apply it
@@ -320,14 +372,29 @@ class Projector:
             run = self.runs[run_id] = RunState(run_id)
         run.counts["events"] += 1
         run.last_lsn = lsn
+        if self.received is not None:
+            self._received(run, event, self.received)
         HANDLERS[kind](self, run, event, lsn)
         self.dirty.add(run_id)
 
     def _on_heartbeat(self, event: Any) -> None:
-        """Keep each client's last RSS reading: what a stage killed without warning is left with."""
+        """Keep each client's last RSS reading: what a stage killed without warning is left with;
+        a running run's heartbeats measure its clock too (they come live, every few seconds)."""
         run = self.runs.get(event.run_id)
-        if run is not None and event.rss_mb is not None:
+        if run is None:
+            return
+        if event.rss_mb is not None:
             run.last_rss_mb[event.client_id] = event.rss_mb
+        if self.received is not None and not run.complete:
+            _measure_clock(run, event, self.received)
+
+    @staticmethod
+    def _received(run: RunState, event: Any, received: tuple[int, bool]) -> None:
+        """When the daemon received this event of `run` (the last marker's time)."""
+        if run.received_first_ns is None:
+            run.received_first_ns = received[0]
+        run.received_last_ns = received[0]
+        _measure_clock(run, event, received)
 
     def _on_run_started(self, run: RunState, event: Any, lsn: int) -> None:
         if run.client_id not in (None, event.client_id):
@@ -532,6 +599,16 @@ class Projector:
             self.closed.popitem(last=False)
 
 
+def _measure_clock(run: RunState, event: Any, received: tuple[int, bool]) -> None:
+    """Fold one event into the run's clock offset (see `RunState.clock_offset_ns`)."""
+    received_ns, spooled = received
+    if spooled or event.client_id == DAEMON_CLIENT_ID:
+        return
+    offset = event.ts_ns - received_ns
+    if run.clock_offset_ns is None or offset > run.clock_offset_ns:
+        run.clock_offset_ns = offset
+
+
 Handler = Callable[[Projector, RunState, Any, int], None]
 # Event type -> what folds it into its run (heartbeats carry no run state of their own).
 HANDLERS: dict[str, Handler] = {
@@ -654,4 +731,5 @@ def _run_row(run: RunState, lsn: int) -> dict[str, Any]:
         "error_message": first_error.get("message"),
         "dataset": run.dataset,
         "lsn": lsn,
+        "received_time": run.received_last_ns,
     }

@@ -80,6 +80,9 @@ RUNS = pa.schema(
         ("error_message", pa.string()),
         ("dataset", pa.string()),
         ("lsn", pa.int64()),
+        # Added later (older parts read it as null): the daemon's clock when the run's last event
+        # arrived, from which retention counts the run's age (a pipeline's clock may be wrong).
+        ("received_time", TIMESTAMP),
     ]
 )
 LOGS = pa.schema(

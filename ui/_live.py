@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 
 from stagewatch._home import Home
-from stagewatch._protocol import HEARTBEAT
+from stagewatch._protocol import HEARTBEAT, RECEIVED
 from stagewatch._records import scan_records
 from stagewatch.daemon._readmodels import active_runs
 
@@ -274,7 +274,7 @@ class LiveFeed:
         if topic == b"events":
             for _, payload in scan_records(body):
                 event = _decoded(payload)
-                if isinstance(event, dict) and event.get("type") != HEARTBEAT:
+                if isinstance(event, dict) and event.get("type") not in (HEARTBEAT, RECEIVED):
                     known = self._known_runs(event)
                     with self.board.lock:
                         self.board.take(event, known)

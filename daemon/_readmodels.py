@@ -60,12 +60,12 @@ def _read_once(
 ) -> pa.Table:
     folder = Home.of(home).table(table)
     schema = _with_date(TABLES[table])
-    if not folder.is_dir():
-        return _select(schema.empty_table(), columns)
-    if dictionary:
+    if dictionary:  # before the empty answer too: a table never written (no log lines yet) has the same types
         schema = pa.schema(
             [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f for f in schema]
         )
+    if not folder.is_dir():
+        return _select(schema.empty_table(), columns)
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
     if dates is None:
         dataset = ds.dataset(folder, format=file_format, partitioning="hive", schema=schema)

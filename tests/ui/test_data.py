@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewatch.ui._data import ArtifactRefused, resolve_artifact
+from stagewatch.ui._data import ArtifactRefused, facets, resolve_artifact
 
 
 @pytest.fixture
@@ -80,3 +80,9 @@ def test_a_damaged_artifact_is_said_to_be_unreadable(tmp_path: Path, name: str, 
     assert (kind == "unreadable" and content.startswith(f"{name} cannot be read")) or (
         kind == "summary" and "declares" in content.get("note", "")
     )
+
+
+def test_the_filter_menus_of_a_home_whose_pipelines_never_logged_are_empty(tmp_path: Path) -> None:
+    """The logs table is never written until a pipeline logs: its (empty) answer must have the
+    dictionary column the menus read, as a written table's has (the Run page failed on it)."""
+    assert facets(tmp_path) == {"pipeline": [], "host": [], "failed_stage": [], "stage": [], "logger": []}

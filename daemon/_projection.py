@@ -105,8 +105,16 @@ class RunState:
     clock_offset_ns: int | None = None
     last_rss_mb: dict[str, float] = field(default_factory=dict)  # client -> its last heartbeat's RSS
     gpu_sources: dict[str, str] = field(default_factory=dict)  # each GPU source its stages used -> what it sees
+    # Clients the daemon declared lost (silent past the client timeout) and that have not sent
+    # since: client -> {"last_seen_ns", "declared_ns", "lsn" of the client_lost, "closed_run"}.
+    # A loss is provisional: the client's next event withdraws it (`Projector._resume`).
+    lost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # losses withdrawn: how long each client was silent
     open: dict[str, dict[str, Any]] = field(default_factory=dict)  # "client:span" -> running stage entry
     ended: dict[str, list[int]] = field(default_factory=dict)  # client -> ended spans (`ended_add`)
+    # "client:span" -> the entry of a stage crashed by a loss: in the audit's stages and a row,
+    # never a stages.jsonl line, so that the real end can take its place.
+    provisional: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _RUN_FIELDS}
@@ -123,6 +131,12 @@ class RunState:
                 client_id, _, span = key.rpartition(":")
                 ended_add(run.ended, client_id, int(span))
         run.counts = {key: value for key, value in run.counts.items() if key != "running"}
+        if "provisional" not in state:  # an audit trail: its crashed stages of clients still lost
+            run.provisional = {
+                f"{stage['client_id']}:{stage['span']}": stage
+                for stage in state.get("stages", [])
+                if stage.get("status") == "crashed" and stage.get("client_id") in run.lost
+            }
         return run
 
     def audit_summary(self) -> dict[str, Any]:
@@ -159,7 +173,7 @@ def _span_words(seconds: float) -> str:
 
 _RUN_FIELDS = [f.name for f in fields(RunState)]
 MEMORY_FIELDS = ("rss_start_mb", "rss_peak_mb", "rss_end_mb", "gpu_peak_mb", "gpu_source", "gpu_devices")
-_AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended")]
+_AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended", "provisional")]
 
 
 def _new_stage(event: Any) -> dict[str, Any]:
@@ -316,6 +330,16 @@ def ended_add(ended: dict[str, list[int]], client_id: str, span: int) -> None:
             del bounds[:2]
 
 
+def ended_remove(ended: dict[str, list[int]], client_id: str, span: int) -> None:
+    """Forget that `span` of `client_id` ended (a crash verdict withdrawn): its range splits."""
+    bounds = ended.get(client_id)
+    index = bisect.bisect_right(bounds, span) if bounds is not None else 0
+    if index % 2 == 0:
+        return  # not ended
+    low, high = bounds[index - 1], bounds[index]
+    bounds[index - 1 : index + 1] = [b for pair in ((low, span), (span + 1, high)) if pair[0] < pair[1] for b in pair]
+
+
 class Projector:
     """Folds events into run states, ended-stage audit lines and rows for Parquet tables.
 
@@ -332,6 +356,9 @@ class Projector:
         self.dirty: set[str] = set()
         # The last `received` marker folded: (the daemon's clock then, whether from a spool).
         self.received: tuple[int, bool] | None = None
+        # (run, lsn of a client_lost) whose rows a withdrawn loss takes back, for the writer to
+        # delete from the parts already written (`take_withdrawn`).
+        self.withdrawn: list[tuple[str, int]] = []
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -374,6 +401,8 @@ class Projector:
         run.last_lsn = lsn
         if self.received is not None:
             self._received(run, event, self.received)
+        if run.lost and event.client_id in run.lost:
+            self._resume(run, event.client_id, event.ts_ns)
         HANDLERS[kind](self, run, event, lsn)
         self.dirty.add(run_id)
 
@@ -385,6 +414,9 @@ class Projector:
             return
         if event.rss_mb is not None:
             run.last_rss_mb[event.client_id] = event.rss_mb
+        if run.lost and event.client_id in run.lost:
+            self._resume(run, event.client_id, event.ts_ns)
+            self.dirty.add(run.run_id)
         if self.received is not None and not run.complete:
             _measure_clock(run, event, self.received)
 
@@ -498,7 +530,17 @@ class Projector:
         self._close_run(run, "failed" if failed else "ok", event.ts_ns, lsn, error, event.duration_ms)
 
     def _on_client_lost(self, run: RunState, event: Any, lsn: int) -> None:
+        """Crash the lost client's open stages and, if it owns the run, the run: rows and the
+        audit trail say so at once. Provisionally: the client's next event withdraws it all."""
         lost = event.lost_client_id
+        closes_run = run.client_id in (lost, None) and not run.complete
+        if closes_run or any(entry["client_id"] == lost for entry in run.open.values()):
+            run.lost[lost] = {
+                "last_seen_ns": event.last_seen_ns,
+                "declared_ns": event.ts_ns,
+                "lsn": lsn,
+                "closed_run": closes_run,
+            }
         for key, entry in [(k, e) for k, e in run.open.items() if e["client_id"] == lost]:
             start = entry["start_ns"] or event.last_seen_ns
             end = max(start, event.last_seen_ns)
@@ -516,10 +558,58 @@ class Projector:
                 error={"type": "ClientLost", "message": message, "traceback": ""},
             )
             del run.open[key]
-            self._end_stage(run, entry, end, lsn)
-        if run.client_id in (lost, None) and not run.complete:
+            self._record_error(run, entry, end)
+            ended_add(run.ended, lost, entry["span"])
+            run.counts["crashed"] += 1
+            run.provisional[key] = entry
+            self.rows["stage_executions"].append(_stage_row(run, entry, end, lsn))
+        if closes_run:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
             self._close_run(run, "crashed", event.last_seen_ns, lsn, {"type": "ClientLost", "message": message})
+
+    def _resume(self, run: RunState, client_id: str, event_ns: int) -> None:
+        """A client declared lost sent again (it was stopped, suspended, or held the GIL, not
+        dead): its crashed stages run again until their real ends come, the run too if the loss
+        closed it, their crash rows are taken back, and the trail notes the gap."""
+        loss = run.lost.pop(client_id)
+        reopened = [key for key, entry in run.provisional.items() if entry["client_id"] == client_id]
+        for key in reopened:
+            entry = run.provisional.pop(key)
+            ended_remove(run.ended, client_id, entry["span"])
+            run.counts["crashed"] -= 1
+            entry.update(status="running", finished_at=None, duration_ms=None, error=None)
+            entry["memory"]["rss_end_mb"] = None
+            run.open[key] = entry
+        kept = [e for e in run.errors if not (e["client_id"] == client_id and e["type"] == "ClientLost")]
+        if len(kept) != len(run.errors):
+            run.errors = kept
+            run.first_failed_stage = kept[0]["stage"] if kept else None
+        if loss["closed_run"] and run.complete:
+            run.status, run.complete, run.error = "running", False, None
+            run.end_ns = run.finished_at = run.duration_ms = None
+        resumed_ns = self.received[0] if self.received is not None else event_ns
+        run.gaps.append(
+            {
+                "client_id": client_id,
+                "silent_from": iso(loss["last_seen_ns"]),
+                "declared_lost_at": iso(loss["declared_ns"]),
+                "resumed_at": iso(resumed_ns),
+                "silent_s": round(max(0, resumed_ns - loss["last_seen_ns"]) / 1e9, 3),
+                "stages_resumed": len(reopened),
+                "note": "the client was declared lost after this silence and sent again (stopped, suspended "
+                "or busy, not dead): the crash verdict was withdrawn",
+            }
+        )
+        self._withdraw_rows(run.run_id, loss["lsn"])
+
+    def _withdraw_rows(self, run_id: str, lsn: int) -> None:
+        """Take back the rows a loss (the client_lost at `lsn`) wrote: those still pending here,
+        and, through the writer, those already in parts."""
+        stage_rows = self.rows["stage_executions"]
+        stage_rows[:] = [row for row in stage_rows if not (row[_STAGE_LSN] == lsn and row[0] == run_id)]
+        run_rows = self.rows["runs"]
+        run_rows[:] = [row for row in run_rows if not (row["lsn"] == lsn and row["run_id"] == run_id)]
+        self.withdrawn.append((run_id, lsn))
 
     def _close_run(
         self, run: RunState, status: str, end_ns: int, lsn: int, error: dict | None, duration_ms: float | None = None
@@ -572,6 +662,12 @@ class Projector:
         output = (self.rows, self.stage_lines)
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
         return output
+
+    def take_withdrawn(self) -> list[tuple[str, int]]:
+        """(run, lsn of a client_lost) whose rows in parts are taken back, since the last call:
+        the writer deletes them after writing the rows `take_output` gave it before."""
+        withdrawn, self.withdrawn = self.withdrawn, []
+        return withdrawn
 
     def pending_rows(self) -> int:
         """Rows produced since the last `take_output`."""
@@ -652,6 +748,7 @@ STAGE_ROW_FIELDS = (
     "gpu_devices",
 )
 ROW_FIELDS: dict[str, tuple[str, ...]] = {"stage_executions": STAGE_ROW_FIELDS}  # tables of tuple rows
+_STAGE_LSN = STAGE_ROW_FIELDS.index("lsn")
 
 
 def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> tuple:

@@ -381,7 +381,11 @@ class Store:
         return deleted
 
     def _drop_from_part(self, part: Path, run_id: str, lsns: set[int]) -> int:
-        table = pq.read_table(part)
+        try:
+            table = pq.read_table(part)
+        except pa.ArrowInvalid as error:  # a damaged part: its rows are unreadable anyway (doctor names it)
+            logger.warning("cannot read {} to delete withdrawn crash rows ({})", part, error)
+            return 0
         doomed = pc.and_(pc.equal(table["run_id"], run_id), pc.is_in(table["lsn"], pa.array(sorted(lsns), pa.int64())))
         doomed = pc.fill_null(doomed, False)
         count = pc.sum(doomed).as_py() or 0

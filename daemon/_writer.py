@@ -256,7 +256,11 @@ class ReadModelWriter:
         if not self.drain():
             return  # the disk refused a write: the next flush retries
         for run_id in sorted(self._withdrawn):
-            self.store.drop_rows_of(run_id, self._withdrawn[run_id], run_dates(self.home.root, run_id))
+            try:
+                self.store.drop_rows_of(run_id, self._withdrawn[run_id], run_dates(self.home.root, run_id))
+            except OSError as error:  # a full disk, say: retried at the next flush, no checkpoint meanwhile
+                self.write_error(f"cannot delete the withdrawn crash rows of run {run_id} ({{}}); will retry", error)
+                return
             del self._withdrawn[run_id]
 
     def _write_audits(self, projector: Projector, final: bool) -> None:

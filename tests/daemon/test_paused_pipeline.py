@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_rebuild import _read_models
 
@@ -48,8 +49,31 @@ def _stopped(process: subprocess.Popen) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
-@pytest.mark.parametrize("inside", [True, False], ids=["stopped-inside-a-stage", "stopped-with-its-end-queued"])
-def test_a_pipeline_stopped_past_the_client_timeout_ends_as_it_really_did(daemon: DaemonProcess, inside: bool) -> None:
+@pytest.mark.parametrize(
+    ("inside", "forgotten"),
+    [(True, False), (False, False), (True, True)],
+    ids=["stopped-inside-a-stage", "stopped-with-its-end-queued", "stopped-until-the-crashed-run-was-forgotten"],
+)
+def test_a_pipeline_stopped_past_the_client_timeout_ends_as_it_really_did(
+    home: Path, inside: bool, forgotten: bool
+) -> None:
+    """`forgotten`: the daemon keeps a finished run in memory for no time, so the crashed run
+    is reopened from its audit trail when the pipeline sends again (as after a pause of minutes)."""
+    env = {"STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0"} if forgotten else {}
+    daemon = DaemonProcess(home, env=env).start()
+    try:
+        _pause_and_resume(daemon, inside, forgotten)
+    finally:
+        if daemon.process is not None:
+            daemon.kill()
+
+
+def _forgotten(home: Path, run_id: str) -> bool:
+    """Has the daemon forgotten the run but for its audit trail (its checkpoint says so)?"""
+    return run_id in ((Store(home).read_checkpoint() or {}).get("projector", {}).get("closed") or {})
+
+
+def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool) -> None:
     code = PIPELINE.format(home=str(daemon.home), inside=inside)
     pipeline = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -62,6 +86,8 @@ def test_a_pipeline_stopped_past_the_client_timeout_ends_as_it_really_did(daemon
             ("detection", "crashed"),
         ]
         wait_for(lambda: "crashed" in read_table(daemon.home, "stage_executions")["status"].to_pylist())
+        if forgotten:
+            wait_for(lambda: _forgotten(daemon.home, run_id), 30)
         os.kill(pipeline.pid, signal.SIGCONT)  # `fg`
         assert pipeline.wait(60) == 0, pipeline.stderr.read()
     finally:

@@ -50,19 +50,25 @@ def _stopped(process: subprocess.Popen) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("inside", "forgotten"),
-    [(True, False), (False, False), (True, True)],
-    ids=["stopped-inside-a-stage", "stopped-with-its-end-queued", "stopped-until-the-crashed-run-was-forgotten"],
+    ("inside", "forgotten", "restarted"),
+    [(True, False, False), (False, False, False), (True, True, False), (True, False, True)],
+    ids=[
+        "stopped-inside-a-stage",
+        "stopped-with-its-end-queued",
+        "stopped-until-the-crashed-run-was-forgotten",
+        "stopped-while-the-daemon-was-killed-and-restarted",
+    ],
 )
 def test_a_pipeline_stopped_past_the_client_timeout_ends_as_it_really_did(
-    home: Path, inside: bool, forgotten: bool
+    home: Path, inside: bool, forgotten: bool, restarted: bool
 ) -> None:
     """`forgotten`: the daemon keeps a finished run in memory for no time, so the crashed run
-    is reopened from its audit trail when the pipeline sends again (as after a pause of minutes)."""
+    is reopened from its audit trail when the pipeline sends again (as after a pause of minutes).
+    `restarted`: the daemon is killed (-9) and started again while the pipeline is stopped."""
     env = {"STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0"} if forgotten else {}
     daemon = DaemonProcess(home, env=env).start()
     try:
-        _pause_and_resume(daemon, inside, forgotten)
+        _pause_and_resume(daemon, inside, forgotten, restarted)
     finally:
         if daemon.process is not None:
             daemon.kill()
@@ -73,7 +79,7 @@ def _forgotten(home: Path, run_id: str) -> bool:
     return run_id in ((Store(home).read_checkpoint() or {}).get("projector", {}).get("closed") or {})
 
 
-def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool) -> None:
+def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool, restarted: bool) -> None:
     code = PIPELINE.format(home=str(daemon.home), inside=inside)
     pipeline = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -88,6 +94,9 @@ def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool) -> N
         wait_for(lambda: "crashed" in read_table(daemon.home, "stage_executions")["status"].to_pylist())
         if forgotten:
             wait_for(lambda: _forgotten(daemon.home, run_id), 30)
+        if restarted:
+            daemon.kill()
+            daemon.start()
         os.kill(pipeline.pid, signal.SIGCONT)  # `fg`
         assert pipeline.wait(60) == 0, pipeline.stderr.read()
     finally:

@@ -89,3 +89,20 @@ def test_a_clock_a_few_seconds_off_is_not_reported(daemon: DaemonProcess) -> Non
     audit = daemon.audit(run_id)
     assert audit["clock_skew"] is None
     assert -60 * NS < audit["clock_offset_ns"] < 0  # measured, and within what is reported
+
+
+def test_receive_times_survive_a_kill_9_and_a_rebuild_reads_the_same(daemon: DaemonProcess) -> None:
+    """The daemon numbers its markers; after a kill -9 it must number past those the log holds
+    beyond its checkpoint, or a replay takes the new ones for copies and skips them."""
+    run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970)
+    daemon.kill()  # the checkpoint (every 5 s at most) is behind the markers just written
+    daemon.start()
+    time.sleep(1.1)  # the next group gets a marker of its own (at most one a second)
+    daemon.audit(run_pipeline(daemon.home, clock_ns=SET_TO_2100))
+    assert daemon.stop() == 0
+    live = _read_models(daemon.home)
+    rebuild = [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home), "--json"]
+    result = subprocess.run(rebuild, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["events_replayed"] > 0
+    assert _read_models(daemon.home) == live

@@ -1,6 +1,6 @@
 """The wire protocol between client and daemon: event types, the envelope, one builder per
 event type, and the frames that carry them. Every event anyone sends is built here (the
-client, its logging sink, the daemon's own `client_lost`); the daemon's pydantic models
+client, its logging sink, the daemon's own `client_lost` and `received`); the daemon's pydantic models
 (stagewatch.daemon._schema) validate what these builders make, and a test holds the two,
 and docs/events.md, to the same fields.
 
@@ -37,6 +37,7 @@ HEARTBEAT = "heartbeat"
 RUN_FINISHED = "run_finished"
 CLIENT_LOST = "client_lost"
 EVENTS_LOST = "events_lost"
+RECEIVED = "received"
 EVENT_TYPES = (
     RUN_STARTED,
     STAGE_STARTED,
@@ -49,7 +50,9 @@ EVENT_TYPES = (
     RUN_FINISHED,
     CLIENT_LOST,
     EVENTS_LOST,
+    RECEIVED,
 )
+DAEMON_EVENT_TYPES = frozenset({CLIENT_LOST, RECEIVED})  # only the daemon writes these
 ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
 
 # The wire's value limits. A value within them can be stored and folded by every read model
@@ -247,6 +250,20 @@ def client_lost(seq: int, run_id: str, ts_ns: int, *, lost_client_id: str, last_
     """Written by the daemon (numbered by it) when a client with open work goes silent."""
     event = envelope(CLIENT_LOST, DAEMON_CLIENT_ID, run_id, ts_ns)
     event.update(seq=seq, lost_client_id=lost_client_id, last_seen_ns=last_seen_ns)
+    return event
+
+
+# The run id of the daemon's `received` markers, which belong to no run.
+NO_RUN_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def received(seq: int, ts_ns: int, *, spooled: bool) -> dict[str, Any]:
+    """Written by the daemon (numbered by it) into the event log before the events it takes in,
+    at most about once a second: `ts_ns` is the daemon's clock when it received them, which
+    holds for every event after it in the log up to the next marker. `spooled`: they came from
+    a spool file (held back while no daemon ran), not live from a connected client."""
+    event = envelope(RECEIVED, DAEMON_CLIENT_ID, NO_RUN_ID, ts_ns)
+    event.update(seq=seq, spooled=spooled)
     return event
 
 

@@ -29,7 +29,7 @@ from loguru import logger
 
 from stagewatch._gpu import host_gpu_problem
 from stagewatch._home import Home
-from stagewatch._protocol import HEARTBEAT
+from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT
 from stagewatch._records import ScanStats
 from stagewatch.daemon._compaction import finish_interrupted
 from stagewatch.daemon._decode import Rejected, decode_event
@@ -160,7 +160,7 @@ class Daemon:
                 self.quarantine.keep_unprojectable("projection", lsn, event, f"{type(error).__name__}: {error}")
 
     def _checkpoint_extras(self) -> dict[str, Any]:
-        return {"dedup": self.ingest.dedup.to_state(), "daemon_seq": self.maintenance.daemon_seq}
+        return {"dedup": self.ingest.dedup.to_state(), "daemon_seq": self.ingest.daemon_seq}
 
     # -- lifecycle -----------------------------------------------------------------------
     def serve(self) -> None:
@@ -225,7 +225,7 @@ class Daemon:
         # lets it pass, DiskJobs): every run it holds has its trail written again.
         self.projector.dirty.update(self.projector.runs)
         self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
-        self.maintenance.daemon_seq = checkpoint.get("daemon_seq", 0)
+        self.ingest.daemon_seq = checkpoint.get("daemon_seq", 0)
         self.writer.load(checkpoint)
         start_lsn = checkpoint.get("lsn", 0)
         finish_interrupted(self.home)
@@ -259,6 +259,8 @@ class Daemon:
                 self.stats.replay_duplicates += 1
                 continue
             self.ingest.dedup.mark(event.client_id, event.seq)
+            if event.client_id == DAEMON_CLIENT_ID:  # written after the checkpoint: numbered past it
+                self.ingest.daemon_seq = max(self.ingest.daemon_seq, event.seq)
             self._apply((event,), (lsn,))
             replayed += 1
             if replayed % REPLAY_FLUSH_EVENTS == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ from typing import Any
 import zmq
 from loguru import logger
 
+from stagewatch import _protocol as protocol
 from stagewatch._home import Home, check_endpoint, ipc_path
-from stagewatch._protocol import CLIENT_LOST, DAEMON_CLIENT_ID, pack_ack
+from stagewatch._protocol import DAEMON_CLIENT_ID, DAEMON_EVENT_TYPES, pack_ack, pack_event
 from stagewatch._records import encode_records
 from stagewatch._shared import SHARED_FOLDER_MODE
 from stagewatch._spool import claim_spool_files, spool_owner
@@ -29,11 +31,16 @@ from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._lock import DaemonAlreadyRunning, lock_endpoint
 from stagewatch.daemon._quarantine import Quarantine
+from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 
 RECEIVE_HWM_FRAMES = 64
 MAX_BOUND_CLIENTS = 100_000
 LIVE_HWM_MESSAGES = 16
+# A `received` marker goes into the log before a group when the last one is this old: receive
+# times are known to a second (retention and clock skew need minutes), at most one small
+# record a second.
+RECEIVED_MARK_INTERVAL_NS = 1_000_000_000
 
 
 @dataclass
@@ -82,8 +89,8 @@ def _principal(identity: bytes, frame: zmq.Frame) -> bytes:
 
 
 def _impersonation(event: Any, sender: str) -> str:
-    if event.type == CLIENT_LOST or event.client_id == DAEMON_CLIENT_ID:
-        return "only the daemon writes client_lost and events as 'daemon'"
+    if event.type in DAEMON_EVENT_TYPES or event.client_id == DAEMON_CLIENT_ID:
+        return "only the daemon writes client_lost, received and events as 'daemon'"
     return f"an event of client {event.client_id!r} in a batch of client {sender!r}"
 
 
@@ -109,6 +116,8 @@ class Ingest:
         self.dedup = Deduplicator()
         self.quarantine = quarantine
         self.last_seen: dict[str, float] = {}  # client -> monotonic time of its last batch
+        self.daemon_seq = 0  # numbers the daemon's own events (client_lost, received)
+        self._marked: tuple[int, bool] | None = None  # the last `received` marker: (its time, spooled)
         self.owners: OrderedDict[str, bytes] = OrderedDict()  # client id -> its connection (or CURVE key)
         self._context = zmq.Context()
         self._authenticator: Any = None
@@ -233,7 +242,7 @@ class Ingest:
         rejected = []
         for payload in payloads:
             event = decode_event(payload)
-            if not isinstance(event, Rejected) and (event.client_id != sender or event.type == CLIENT_LOST):
+            if not isinstance(event, Rejected) and (event.client_id != sender or event.type in DAEMON_EVENT_TYPES):
                 event = Rejected(_impersonation(event, sender), payload[:4096], sender)
             if isinstance(event, Rejected):
                 rejected.append(event)
@@ -247,8 +256,26 @@ class Ingest:
             group.events.append(event)
         self.quarantine.keep(rejected)
 
-    def commit(self, group: Group) -> bool:
-        """Make the group durable, acknowledge it, project it. False if the disk refused."""
+    def next_daemon_seq(self) -> int:
+        self.daemon_seq += 1
+        return self.daemon_seq
+
+    def _mark_received(self, group: Group, spooled: bool) -> None:
+        """Put a `received` marker (the daemon's clock now) before the group's events, unless the
+        last one is recent and of the same kind: the log then says when each event arrived, and
+        a rebuild reads the same receive times as the live fold did."""
+        now_ns = time.time_ns()
+        last = self._marked
+        if last is not None and last[1] == spooled and 0 <= now_ns - last[0] < RECEIVED_MARK_INTERVAL_NS:
+            return
+        marker = protocol.received(self.next_daemon_seq(), now_ns, spooled=spooled)
+        group.payloads.insert(0, pack_event(marker))
+        group.events.insert(0, validate_event(marker))
+        self._marked = (now_ns, spooled)
+
+    def commit(self, group: Group, spooled: bool = False) -> bool:
+        """Make the group durable, acknowledge it, project it. False if the disk refused.
+        `spooled`: its events come from a spool file, not live from a client."""
         lsns: list[int] = []
         if group.payloads and self.disk.below_floor:
             # Below the floor nothing new is written: clients keep their events (unacked).
@@ -256,12 +283,17 @@ class Ingest:
             return False
         records = b""  # the log's framing of the group, and the live feed's message
         if group.payloads:
+            marked = self._marked
+            self._mark_received(group, spooled)
             records = encode_records(group.payloads)
             try:
                 lsns = self.log.append(group.payloads, records)
                 self.log.sync()
             except OSError as error:
                 self.write_error("cannot write the event log ({}); batches stay unacknowledged", error)
+                if self._marked is not marked:  # the marker went nowhere: the retry writes its own
+                    del group.payloads[0], group.events[0]
+                    self._marked = marked
                 return False
             self.dedup.mark_events(group.events)
             self.stats.accepted += len(group.payloads)
@@ -292,7 +324,7 @@ class Ingest:
             for start in range(0, len(payloads), self.settings.max_group_events):
                 group = Group()
                 self.take(group, payloads[start : start + self.settings.max_group_events], spool_owner(path))
-                if not self.commit(group):
+                if not self.commit(group, spooled=True):
                     return
                 committed += len(group.payloads)
             if scan.corrupt_regions or scan.tail_bytes:

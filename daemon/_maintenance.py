@@ -99,7 +99,6 @@ class Maintenance:
         self.client_timeout_s = client_timeout_s
         self.disk_limits = disk_limits
         self.retention = retention
-        self.daemon_seq = 0  # numbers the daemon's own events (client_lost)
         self._next_home_measure = 0.0
 
     # -- liveness ------------------------------------------------------------------------
@@ -136,9 +135,8 @@ class Maintenance:
         return {spool_owner(path) for path in folder.glob(f"*{SPOOL_SUFFIX}")} if folder.is_dir() else set()
 
     def _client_lost(self, client_id: str, run_id: str, last_seen_ns: int) -> dict[str, Any]:
-        self.daemon_seq += 1
         return protocol.client_lost(
-            self.daemon_seq, run_id, time.time_ns(), lost_client_id=client_id, last_seen_ns=last_seen_ns
+            self.ingest.next_daemon_seq(), run_id, time.time_ns(), lost_client_id=client_id, last_seen_ns=last_seen_ns
         )
 
     # -- disk ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from stagewatch._gpu import SOURCE_NOTES
+from stagewatch._protocol import DAEMON_CLIENT_ID
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
@@ -36,6 +37,10 @@ MAX_ERRORS_PER_RUN = 10_000
 # this forgets its oldest first. (The last 4,096 ended stages were kept: a start that a
 # pipeline spooled while the daemon was down came 60,000 ends after its own end.)
 MAX_ENDED_RANGES = 4_096
+# A pipeline clock this far from the daemon's is reported (audit trail, Run page). The estimate
+# (`RunState.clock_offset_ns`) is good to about a second (`received` markers come at most once a
+# second) plus the fastest delivery; NTP keeps a healthy host within well under a second.
+CLOCK_SKEW_REPORT_NS = 60 * 1_000_000_000
 
 
 def iso(ns: int | None) -> str | None:
@@ -90,10 +95,28 @@ class RunState:
     start_ns: int | None = None
     end_ns: int | None = None
     last_lsn: int = -1
+    # The daemon's clock when its first and its last event arrived (None before the log had
+    # `received` markers): retention counts a run's age from `received_last_ns`, so a pipeline
+    # clock in 1970 or 2100 neither deletes it at once nor keeps it for ever.
+    received_first_ns: int | None = None
+    received_last_ns: int | None = None
+    # The pipeline's clock minus the daemon's: the largest (emitted - received) of the run's
+    # events that came live (not from a spool). A delivery delay only lowers (emitted -
+    # received), so the fastest event bounds the true offset best; spooled events, held back
+    # while no daemon ran, say nothing about the clock. None: nothing came live.
+    clock_offset_ns: int | None = None
     last_rss_mb: dict[str, float] = field(default_factory=dict)  # client -> its last heartbeat's RSS
     gpu_sources: dict[str, str] = field(default_factory=dict)  # each GPU source its stages used -> what it sees
+    # Clients the daemon declared lost (silent past the client timeout) and that have not sent
+    # since: client -> {"last_seen_ns", "declared_ns", "lsn" of the client_lost, "closed_run"}.
+    # A loss is provisional: the client's next event withdraws it (`Projector._resume`).
+    lost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # losses withdrawn: how long each client was silent
     open: dict[str, dict[str, Any]] = field(default_factory=dict)  # "client:span" -> running stage entry
     ended: dict[str, list[int]] = field(default_factory=dict)  # client -> ended spans (`ended_add`)
+    # "client:span" -> the entry of a stage crashed by a loss: in the audit's stages and a row,
+    # never a stages.jsonl line, so that the real end can take its place.
+    provisional: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _RUN_FIELDS}
@@ -110,6 +133,12 @@ class RunState:
                 client_id, _, span = key.rpartition(":")
                 ended_add(run.ended, client_id, int(span))
         run.counts = {key: value for key, value in run.counts.items() if key != "running"}
+        if "provisional" not in state:  # an audit trail: its crashed stages of clients still lost
+            run.provisional = {
+                f"{stage['client_id']}:{stage['span']}": stage
+                for stage in state.get("stages", [])
+                if stage.get("status") == "crashed" and stage.get("client_id") in run.lost
+            }
         return run
 
     def audit_summary(self) -> dict[str, Any]:
@@ -117,12 +146,36 @@ class RunState:
         summary = {"schema": AUDIT_SCHEMA}
         summary.update((name, getattr(self, name)) for name in _AUDIT_FIELDS)
         summary["counts"] = {**self.counts, "running": len(self.open)}
+        summary["clock_skew"] = clock_skew(self.clock_offset_ns)
         return summary
+
+
+def clock_skew(offset_ns: int | None) -> dict[str, Any] | None:
+    """What the audit trail says of a pipeline clock off by `offset_ns` (None within
+    `CLOCK_SKEW_REPORT_NS`, or unmeasured)."""
+    if offset_ns is None or abs(offset_ns) < CLOCK_SKEW_REPORT_NS:
+        return None
+    direction = "ahead of" if offset_ns > 0 else "behind"
+    return {
+        "offset_s": round(offset_ns / 1e9, 3),
+        "message": (
+            f"the pipeline's clock was {_span_words(abs(offset_ns) / 1e9)} {direction} the daemon's: its times "
+            "(started, finished) are as the pipeline stamped them; retention counts the run's age from when "
+            "the daemon received it"
+        ),
+    }
+
+
+def _span_words(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.0f} seconds"
 
 
 _RUN_FIELDS = [f.name for f in fields(RunState)]
 MEMORY_FIELDS = ("rss_start_mb", "rss_peak_mb", "rss_end_mb", "gpu_peak_mb", "gpu_source", "gpu_devices")
-_AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended")]
+_AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended", "provisional")]
 
 
 def _new_stage(event: Any) -> dict[str, Any]:
@@ -279,6 +332,16 @@ def ended_add(ended: dict[str, list[int]], client_id: str, span: int) -> None:
             del bounds[:2]
 
 
+def ended_remove(ended: dict[str, list[int]], client_id: str, span: int) -> None:
+    """Forget that `span` of `client_id` ended (a crash verdict withdrawn): its range splits."""
+    bounds = ended.get(client_id)
+    index = bisect.bisect_right(bounds, span) if bounds is not None else 0
+    if index % 2 == 0:
+        return  # not ended
+    low, high = bounds[index - 1], bounds[index]
+    bounds[index - 1 : index + 1] = [b for pair in ((low, span), (span + 1, high)) if pair[0] < pair[1] for b in pair]
+
+
 class Projector:
     """Folds events into run states, ended-stage audit lines and rows for Parquet tables.
 
@@ -293,11 +356,22 @@ class Projector:
         self.rows: dict[str, list[Any]] = {table: [] for table in TABLE_NAMES}  # see ROW_FIELDS
         self.stage_lines: dict[str, bytearray] = {}  # run -> ended stages to append, as stages.jsonl lines
         self.dirty: set[str] = set()
+        # The last `received` marker folded: (the daemon's clock then, whether from a spool).
+        self.received: tuple[int, bool] | None = None
+        # (run, lsn of a client_lost) whose rows a withdrawn loss takes back, for the writer to
+        # delete from the parts already written (`take_withdrawn`).
+        self.withdrawn: list[tuple[str, int]] = []
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         runs = {run_id: run.to_state() for run_id, run in self.runs.items()}
-        return {"runs": runs, "closed": self.closed, "late_events": self.late_events, "foreign": self.foreign_events}
+        return {
+            "runs": runs,
+            "closed": self.closed,
+            "late_events": self.late_events,
+            "foreign": self.foreign_events,
+            "received": self.received,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
@@ -306,6 +380,8 @@ class Projector:
         projector.closed = OrderedDict(state.get("closed", {}))
         projector.late_events = state.get("late_events", 0)
         projector.foreign_events = state.get("foreign", 0)
+        received = state.get("received")
+        projector.received = (received[0], received[1]) if received else None
         return projector
 
     # -- folding -------------------------------------------------------------------------
@@ -313,6 +389,9 @@ class Projector:
         kind, run_id = event.type, event.run_id  # a class attribute: looked up once
         if kind == "heartbeat":
             self._on_heartbeat(event)
+            return
+        if kind == "received":
+            self.received = (event.ts_ns, event.spooled)
             return
         if run_id in self.closed:
             self.late_events += 1  # the caller reopens the run (`reopen`) to apply it
@@ -322,14 +401,39 @@ class Projector:
             run = self.runs[run_id] = RunState(run_id)
         run.counts["events"] += 1
         run.last_lsn = lsn
+        if self.received is not None:
+            self._received(run, event, self.received)
+        if run.lost and event.client_id in run.lost:
+            self._resume(run, event.client_id, event.ts_ns)
         HANDLERS[kind](self, run, event, lsn)
         self.dirty.add(run_id)
 
     def _on_heartbeat(self, event: Any) -> None:
-        """Keep each client's last RSS reading: what a stage killed without warning is left with."""
+        """Keep each client's last RSS reading: what a stage killed without warning is left with;
+        a running run's heartbeats measure its clock too (they come live, every few seconds)."""
         run = self.runs.get(event.run_id)
-        if run is not None and event.rss_mb is not None:
+        if run is None:
+            return
+        if event.rss_mb is not None:
             run.last_rss_mb[event.client_id] = event.rss_mb
+        if run.lost and event.client_id in run.lost:
+            self._resume(run, event.client_id, event.ts_ns)
+            self.dirty.add(run.run_id)
+        if self.received is not None and not run.complete:
+            _measure_clock(run, event, self.received)
+
+    @staticmethod
+    def _received(run: RunState, event: Any, received: tuple[int, bool]) -> None:
+        """When the daemon received this event of `run` (the last marker's time), and what it
+        says of the pipeline's clock (`_measure_clock`, inlined: this runs for every event)."""
+        received_ns, spooled = received
+        if run.received_first_ns is None:
+            run.received_first_ns = received_ns
+        run.received_last_ns = received_ns
+        if not spooled and event.client_id != DAEMON_CLIENT_ID:
+            offset = event.ts_ns - received_ns
+            if run.clock_offset_ns is None or offset > run.clock_offset_ns:
+                run.clock_offset_ns = offset
 
     def _on_run_started(self, run: RunState, event: Any, lsn: int) -> None:
         if run.client_id not in (None, event.client_id):
@@ -438,7 +542,17 @@ class Projector:
         run.events_lost_reason = event.reason
 
     def _on_client_lost(self, run: RunState, event: Any, lsn: int) -> None:
+        """Crash the lost client's open stages and, if it owns the run, the run: rows and the
+        audit trail say so at once. Provisionally: the client's next event withdraws it all."""
         lost = event.lost_client_id
+        closes_run = run.client_id in (lost, None) and not run.complete
+        if closes_run or any(entry["client_id"] == lost for entry in run.open.values()):
+            run.lost[lost] = {
+                "last_seen_ns": event.last_seen_ns,
+                "declared_ns": event.ts_ns,
+                "lsn": lsn,
+                "closed_run": closes_run,
+            }
         for key, entry in [(k, e) for k, e in run.open.items() if e["client_id"] == lost]:
             start = entry["start_ns"] or event.last_seen_ns
             end = max(start, event.last_seen_ns)
@@ -456,10 +570,58 @@ class Projector:
                 error={"type": "ClientLost", "message": message, "traceback": ""},
             )
             del run.open[key]
-            self._end_stage(run, entry, end, lsn)
-        if run.client_id in (lost, None) and not run.complete:
+            self._record_error(run, entry, end)
+            ended_add(run.ended, lost, entry["span"])
+            run.counts["crashed"] += 1
+            run.provisional[key] = entry
+            self.rows["stage_executions"].append(_stage_row(run, entry, end, lsn))
+        if closes_run:
             message = "the pipeline process stopped sending heartbeats (killed or crashed)"
             self._close_run(run, "crashed", event.last_seen_ns, lsn, {"type": "ClientLost", "message": message})
+
+    def _resume(self, run: RunState, client_id: str, event_ns: int) -> None:
+        """A client declared lost sent again (it was stopped, suspended, or held the GIL, not
+        dead): its crashed stages run again until their real ends come, the run too if the loss
+        closed it, their crash rows are taken back, and the trail notes the gap."""
+        loss = run.lost.pop(client_id)
+        reopened = [key for key, entry in run.provisional.items() if entry["client_id"] == client_id]
+        for key in reopened:
+            entry = run.provisional.pop(key)
+            ended_remove(run.ended, client_id, entry["span"])
+            run.counts["crashed"] -= 1
+            entry.update(status="running", finished_at=None, duration_ms=None, error=None)
+            entry["memory"]["rss_end_mb"] = None
+            run.open[key] = entry
+        kept = [e for e in run.errors if not (e["client_id"] == client_id and e["type"] == "ClientLost")]
+        if len(kept) != len(run.errors):
+            run.errors = kept
+            run.first_failed_stage = kept[0]["stage"] if kept else None
+        if loss["closed_run"] and run.complete:
+            run.status, run.complete, run.error = "running", False, None
+            run.end_ns = run.finished_at = run.duration_ms = None
+        resumed_ns = self.received[0] if self.received is not None else event_ns
+        run.gaps.append(
+            {
+                "client_id": client_id,
+                "silent_from": iso(loss["last_seen_ns"]),
+                "declared_lost_at": iso(loss["declared_ns"]),
+                "resumed_at": iso(resumed_ns),
+                "silent_s": round(max(0, resumed_ns - loss["last_seen_ns"]) / 1e9, 3),
+                "stages_resumed": len(reopened),
+                "note": "the client was declared lost after this silence and sent again (stopped, suspended "
+                "or busy, not dead): the crash verdict was withdrawn",
+            }
+        )
+        self._withdraw_rows(run.run_id, loss["lsn"])
+
+    def _withdraw_rows(self, run_id: str, lsn: int) -> None:
+        """Take back the rows a loss (the client_lost at `lsn`) wrote: those still pending here,
+        and, through the writer, those already in parts."""
+        stage_rows = self.rows["stage_executions"]
+        stage_rows[:] = [row for row in stage_rows if not (row[_STAGE_LSN] == lsn and row[0] == run_id)]
+        run_rows = self.rows["runs"]
+        run_rows[:] = [row for row in run_rows if not (row["lsn"] == lsn and row["run_id"] == run_id)]
+        self.withdrawn.append((run_id, lsn))
 
     def _close_run(
         self, run: RunState, status: str, end_ns: int, lsn: int, error: dict | None, duration_ms: float | None = None
@@ -513,6 +675,12 @@ class Projector:
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
         return output
 
+    def take_withdrawn(self) -> list[tuple[str, int]]:
+        """(run, lsn of a client_lost) whose rows in parts are taken back, since the last call:
+        the writer deletes them after writing the rows `take_output` gave it before."""
+        withdrawn, self.withdrawn = self.withdrawn, []
+        return withdrawn
+
     def pending_rows(self) -> int:
         """Rows produced since the last `take_output`."""
         return sum(len(rows) for rows in self.rows.values())
@@ -537,6 +705,16 @@ class Projector:
             self.closed[run_id] = self.runs.pop(run_id).pipeline
         while len(self.closed) > MAX_CLOSED_RUNS:
             self.closed.popitem(last=False)
+
+
+def _measure_clock(run: RunState, event: Any, received: tuple[int, bool]) -> None:
+    """Fold one event into the run's clock offset (see `RunState.clock_offset_ns`)."""
+    received_ns, spooled = received
+    if spooled or event.client_id == DAEMON_CLIENT_ID:
+        return
+    offset = event.ts_ns - received_ns
+    if run.clock_offset_ns is None or offset > run.clock_offset_ns:
+        run.clock_offset_ns = offset
 
 
 Handler = Callable[[Projector, RunState, Any, int], None]
@@ -583,6 +761,7 @@ STAGE_ROW_FIELDS = (
     "gpu_devices",
 )
 ROW_FIELDS: dict[str, tuple[str, ...]] = {"stage_executions": STAGE_ROW_FIELDS}  # tables of tuple rows
+_STAGE_LSN = STAGE_ROW_FIELDS.index("lsn")
 
 
 def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> tuple:
@@ -662,4 +841,5 @@ def _run_row(run: RunState, lsn: int) -> dict[str, Any]:
         "error_message": first_error.get("message"),
         "dataset": run.dataset,
         "lsn": lsn,
+        "received_time": run.received_last_ns,
     }

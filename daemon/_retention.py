@@ -104,7 +104,11 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     from stagewatch.daemon._store import Store
 
     table = read_table(home, "runs")
-    ends = table["end_time"].cast("int64").to_pylist()
+    # A run's age counts from when the daemon received its last event, by the daemon's clock
+    # (retention's clock), never by the pipeline's (a board without a real-time clock says
+    # 1970); the pipeline's end only for rows from before the daemon recorded receive times.
+    received = table["received_time"].cast("int64")
+    ends = pc.if_else(received.is_valid(), received, table["end_time"].cast("int64")).to_pylist()
     runs = [FinishedRun(r, e or 0) for r, e in zip(table["run_id"].to_pylist(), ends, strict=True)]
     listed = EventLog(Home.of(home).events).segments()
     segments = [

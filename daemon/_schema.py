@@ -239,6 +239,14 @@ class ClientLost(Envelope, tag="client_lost", kw_only=True):
     last_seen_ns: Nanoseconds
 
 
+class Received(Envelope, tag="received", kw_only=True):
+    """Written by the daemon into the log before the events it receives (at most about once a
+    second): its own clock then, for those events and the ones after them up to the next marker."""
+
+    type: ClassVar[str] = "received"
+    spooled: bool = False
+
+
 EVENT_MODELS: dict[str, type[Envelope]] = {
     model.type: model
     for model in (
@@ -253,6 +261,7 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
         RunFinished,
         ClientLost,
         EventsLost,
+        Received,
     )
 }
 Event = Union[tuple(EVENT_MODELS.values())]  # noqa: UP007  (tagged by "type")

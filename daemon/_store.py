@@ -80,6 +80,9 @@ RUNS = pa.schema(
         ("error_message", pa.string()),
         ("dataset", pa.string()),
         ("lsn", pa.int64()),
+        # Added later (older parts read it as null): the daemon's clock when the run's last event
+        # arrived, from which retention counts the run's age (a pipeline's clock may be wrong).
+        ("received_time", TIMESTAMP),
     ]
 )
 LOGS = pa.schema(
@@ -266,7 +269,9 @@ class AuditDocument:
     @classmethod
     def of(cls, run: RunState) -> AuditDocument:
         head = audit_json(run.audit_summary())[:-1] + b',"stages":['
-        running = b",".join(audit_json(entry) for entry in run.open.values())
+        # Running stages, and those a lost client's crash ended provisionally (never a stages.jsonl
+        # line: the real end takes their place if the client comes back).
+        running = b",".join(audit_json(entry) for entry in [*run.open.values(), *run.provisional.values()])
         return cls(run.run_id, _date_of(run.start_ns), head, running)
 
 
@@ -360,6 +365,38 @@ class Store:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         return path
+
+    def drop_rows_of(self, run_id: str, lsns: set[int], dates: list[str] | None) -> int:
+        """Delete the rows of `run_id` whose lsn is in `lsns` from the daemon's tables (a loss's
+        crash rows, withdrawn): each part that holds some is replaced, whole, without them.
+        `dates`: the run's partitions (the run index's answer), None for all. Returns the rows
+        deleted. The caller keeps merges away (they swap parts in under `parts_lock`)."""
+        deleted = 0
+        for table in ("stage_executions", "runs"):
+            home = self.home
+            partitions = home.partitions(table) if dates is None else [home.partition(table, d) for d in dates]
+            for part in sorted(p for partition in partitions for p in partition.glob(f"{PART_PREFIX}*.parquet")):
+                if first_lsn(part) <= max(lsns):  # a part holds no row below its name's lsn
+                    deleted += self._drop_from_part(part, run_id, lsns)
+        return deleted
+
+    def _drop_from_part(self, part: Path, run_id: str, lsns: set[int]) -> int:
+        try:
+            table = pq.read_table(part)
+        except pa.ArrowInvalid as error:  # a damaged part: its rows are unreadable anyway (doctor names it)
+            logger.warning("cannot read {} to delete withdrawn crash rows ({})", part, error)
+            return 0
+        doomed = pc.and_(pc.equal(table["run_id"], run_id), pc.is_in(table["lsn"], pa.array(sorted(lsns), pa.int64())))
+        doomed = pc.fill_null(doomed, False)
+        count = pc.sum(doomed).as_py() or 0
+        if count:
+            kept = table.filter(pc.invert(doomed))
+            with self.parts_lock:
+                if kept.num_rows:
+                    self._write_part(part, kept)
+                else:
+                    part.unlink()
+        return count
 
     def drop_parts_from(self, lsn: int, tables: tuple[str, ...] = DAEMON_TABLES) -> int:
         """Delete the tables' parts whose rows come from lsn onwards (written after the checkpoint)."""

@@ -31,6 +31,7 @@ from stagewatch.daemon._diskjobs import DiskJobs, PassThread, timed
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
+from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 from stagewatch.daemon._store import AuditDocument, Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
@@ -85,6 +86,7 @@ class ReadModelWriter:
         self._dirty: set[str] = set()
         self._finished_at: dict[str, float] = {}
         self._throttle = CostThrottle(min_interval_s=REWRITE_INTERVAL_S)
+        self._withdrawn: dict[str, set[int]] = {}  # run -> lsns of losses whose rows are still to delete
 
     def load(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's part of the writer's state (older checkpoints kept it per run)."""
@@ -241,6 +243,25 @@ class ReadModelWriter:
                     self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
                 job = functools.partial(self.store.write_parts, table, parts)
                 self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts), passes=True)
+        for run_id, lsn in projector.take_withdrawn():
+            self._withdrawn.setdefault(run_id, set()).add(lsn)
+        if self._withdrawn:
+            self._delete_withdrawn_rows()
+
+    def _delete_withdrawn_rows(self) -> None:
+        """Delete the crash rows of losses withdrawn (a client declared lost sent again), once
+        the rows queued before are written and no merge runs: here, on the loop (it is rare: a
+        pipeline that was stopped or suspended past the client timeout). Until they are gone no
+        checkpoint is written, so a restart replays the withdrawal and deletes them then."""
+        if not self.drain():
+            return  # the disk refused a write: the next flush retries
+        for run_id in sorted(self._withdrawn):
+            try:
+                self.store.drop_rows_of(run_id, self._withdrawn[run_id], run_dates(self.home.root, run_id))
+            except OSError as error:  # a full disk, say: retried at the next flush, no checkpoint meanwhile
+                self.write_error(f"cannot delete the withdrawn crash rows of run {run_id} ({{}}); will retry", error)
+                return
+            del self._withdrawn[run_id]
 
     def _write_audits(self, projector: Projector, final: bool) -> None:
         self._dirty |= projector.take_dirty()
@@ -302,6 +323,8 @@ class ReadModelWriter:
         self._done.append(functools.partial(self.write_error, message, error))
 
     def _write_checkpoint(self, projector: Projector, final: bool) -> None:
+        if self._withdrawn:
+            return  # a checkpoint past a withdrawal whose rows are not yet deleted would keep them for good
         if not final and (self._checkpoint_queued or not self._throttle.due("checkpoint", time.monotonic())):
             return
         started = time.monotonic()

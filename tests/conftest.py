@@ -148,3 +148,37 @@ def run_python(
         env={**os.environ, **(env or {})},
         cwd=cwd,
     )
+
+
+# The pipeline's wall clock, patched at the system edge in the pipeline's own process: it reads
+# `clock_ns` when the snippet starts and runs on at the real pace (a board without a real-time
+# clock boots in 1970; a bad RTC battery or a typo'd `date -s` says 2100).
+FAKE_CLOCK = """
+import time
+_real_monotonic_ns = time.monotonic_ns
+_booted = _real_monotonic_ns()
+time.time_ns = lambda: {clock_ns} + (_real_monotonic_ns() - _booted)
+time.time = lambda: time.time_ns() / 1e9
+"""
+
+
+def run_pipeline(home: Path, clock_ns: int | None = None, frames: int = 3, wait_for_daemon: bool = True) -> str:
+    """Run a small pipeline in a process of its own (its clock reading `clock_ns` if given);
+    returns its run id. Without a daemon (`wait_for_daemon=False`) its events are spooled."""
+    code = (
+        (FAKE_CLOCK.format(clock_ns=clock_ns) if clock_ns is not None else "")
+        + f"""
+import stagewatch
+run = stagewatch.init(pipeline="board", home={str(home)!r})
+for frame in range({frames}):
+    with run.stage("detection", sample_id=f"f{{frame}}"):
+        pass
+run.finish()
+delivered = run.flush(10)
+assert delivered or not {wait_for_daemon!r}, "the daemon did not acknowledge the run"
+print(run.id)
+"""
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[-1]

@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 
 from stagewatch._home import Home
-from stagewatch._protocol import HEARTBEAT
+from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT, RECEIVED
 from stagewatch._records import scan_records
 from stagewatch.daemon._readmodels import active_runs
 
@@ -97,6 +97,8 @@ class LiveBoard:
             _describe(run, known.get(run_id))
         ts = event.get("ts_ns") if isinstance(event.get("ts_ns"), int) else 0
         run.last_event_ns = max(run.last_event_ns, ts)
+        if run.status == "crashed" and kind != "client_lost" and event.get("client_id") != DAEMON_CLIENT_ID:
+            run.status, run.ended_at = "running", None  # a client declared lost sent again: it was paused
         handler = _HANDLERS.get(kind)
         if handler is not None:
             handler(run, event)
@@ -274,7 +276,7 @@ class LiveFeed:
         if topic == b"events":
             for _, payload in scan_records(body):
                 event = _decoded(payload)
-                if isinstance(event, dict) and event.get("type") != HEARTBEAT:
+                if isinstance(event, dict) and event.get("type") not in (HEARTBEAT, RECEIVED):
                     known = self._known_runs(event)
                     with self.board.lock:
                         self.board.take(event, known)

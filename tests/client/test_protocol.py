@@ -72,6 +72,7 @@ def _examples() -> dict[str, dict[str, Any]]:
         ),
         "client_lost": protocol.client_lost(5, RUN, TS, lost_client_id=CLIENT, last_seen_ns=TS),
         "events_lost": protocol.events_lost(CLIENT, RUN, TS, events=3, reason="the disk is full"),
+        "received": protocol.received(6, TS, spooled=True),
     }
 
 

@@ -16,7 +16,7 @@ from stagewatch._home import Home
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, ended_add, ended_has
 from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import STAGE_EXECUTIONS, Store, _copy_lines_as_items
+from stagewatch.daemon._store import STAGE_EXECUTIONS, AuditDocument, Store, _copy_lines_as_items
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -107,9 +107,60 @@ def test_a_lost_client_crashes_its_open_stages_and_its_run() -> None:
     events = [*history()[:2], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
     projector = fold(events)
     assert projector.runs[RUN].status == "crashed"
-    (crashed,) = ended(projector)
+    assert ended(projector) == []  # no stages.jsonl line: the crash is provisional (`_resume`)
+    (crashed,) = projector.runs[RUN].provisional.values()
     assert crashed["status"] == "crashed" and crashed["duration_ms"] == 3.0
+    assert [row["status"] for row in stage_rows(projector.take_output()[0])] == ["crashed"]
     assert projector.open_work() == {}
+
+
+def _paused(take_between: bool) -> tuple[Projector, list[dict], list[dict]]:
+    """A run whose client was declared lost during its detection stage, then sent again: the
+    stage's real end and the run's end. `take_between`: the writer took the crash rows first."""
+    events = [*history()[:4], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
+    projector = fold(events)
+    taken = projector.take_output()[0] if take_between else {"stage_executions": [], "runs": []}
+    for lsn, event in enumerate([finished(9, 2), ev("run_finished", 10, status="ok", duration_ms=9.0)], start=10):
+        projector.apply(event, lsn)
+    rows = projector.take_output()[0]
+    return projector, stage_rows(taken) + stage_rows(rows), taken["runs"] + rows["runs"]
+
+
+def test_a_lost_client_that_sends_again_gets_its_real_ends_and_the_gap_noted() -> None:
+    projector, stages, runs = _paused(take_between=False)
+    run = projector.runs[RUN]
+    assert [(row["stage"], row["status"]) for row in stages] == [("preprocessing", "ok"), ("detection", "ok")]
+    assert [row["status"] for row in runs] == ["ok"]  # the crashed run row never left the projection
+    assert projector.take_withdrawn() == [(RUN, 4)]
+    assert run.status == "ok" and run.counts["crashed"] == 0 and run.errors == [] and run.lost == {}
+    assert run.provisional == {} and not run.open
+    (gap,) = run.gaps
+    assert gap["client_id"] == "c1" and gap["stages_resumed"] == 1 and gap["silent_s"] >= 0
+
+
+def test_crash_rows_already_written_are_withdrawn_by_the_loss_s_position() -> None:
+    projector, stages, runs = _paused(take_between=True)
+    assert [(row["stage"], row["status"], row["lsn"]) for row in stages] == [
+        ("preprocessing", "ok", 2),
+        ("detection", "crashed", 4),  # written before the client came back: the writer deletes it
+        ("detection", "ok", 10),
+    ]
+    assert [(row["status"], row["lsn"]) for row in runs] == [("crashed", 4), ("ok", 11)]
+    assert projector.take_withdrawn() == [(RUN, 4)] and projector.take_withdrawn() == []
+
+
+def test_a_loss_is_withdrawn_also_for_a_run_reopened_from_its_audit_trail() -> None:
+    """Past the grace period a crashed run is forgotten but for its audit trail; the client's
+    next event reopens it from there (`ReadModelWriter.reopen`), and the crash is still provisional."""
+    events = [*history()[:4], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
+    document = AuditDocument.of(fold(events).runs[RUN])
+    audit = json.loads(document.head + document.running + b"]}")
+    projector = Projector()
+    projector.reopen(RunState.from_state(audit))
+    projector.apply(finished(9, 2), 10)
+    projector.apply(ev("run_finished", 10, status="ok", duration_ms=9.0), 11)
+    assert [s["status"] for s in ended(projector)] == ["ok"] and projector.runs[RUN].status == "ok"
+    assert projector.take_withdrawn() == [(RUN, 4)]
 
 
 def test_a_lost_worker_crashes_only_its_own_stages() -> None:
@@ -120,7 +171,7 @@ def test_a_lost_worker_crashes_only_its_own_stages() -> None:
     ]
     projector = fold(events)
     assert projector.runs[RUN].status == "running"
-    assert [s["status"] for s in ended(projector)] == ["crashed"]
+    assert [s["status"] for s in projector.runs[RUN].provisional.values()] == ["crashed"]
 
 
 def test_state_round_trips_through_the_checkpoint() -> None:

@@ -59,6 +59,8 @@ def test_a_forger_cannot_speak_for_another_client(daemon: DaemonProcess) -> None
         assert _send(socket, victim_id, 1, forged) is None  # not acknowledged: refused whole
         lost = {**protocol.client_lost(1, victim.id, now, lost_client_id=victim_id, last_seen_ns=now), "seq": 1}
         assert _send(socket, "mallory", 1, [{**lost, "client_id": "mallory"}]) == 1  # acked, but refused inside
+        received = {**protocol.received(1, 0, spooled=False), "client_id": "mallory"}  # receive times: the daemon's
+        assert _send(socket, "mallory", 4, [received]) == 4
         finish = protocol.run_finished(
             "mallory",
             victim.id,
@@ -86,7 +88,7 @@ def test_a_forger_cannot_speak_for_another_client(daemon: DaemonProcess) -> None
     samples = read_table(daemon.home, "stage_executions")["sample_id"].to_pylist()
     assert sorted(samples) == sorted(f"v{i}" for i in range(20))
     status = daemon.status()
-    assert status["stats"]["invalid"] >= 2 and status["foreign_events"] == 2
+    assert status["stats"]["invalid"] >= 3 and status["foreign_events"] == 2
 
 
 def test_a_second_daemon_on_the_same_endpoint_is_refused(daemon: DaemonProcess, tmp_path) -> None:

@@ -286,3 +286,28 @@ os.kill(os.getpid(), signal.SIGKILL)
     run_id = result.stdout.split()[0]
     accuracy = wait_for(lambda: _finished(daemon.home / "runs" / run_id / "accuracy.json"), 30)  # client_lost
     assert accuracy["stages"]["detection"]["counts"] == {"correct": 0, "wrong": 3, "invalid": 0, "unlabeled": 0}
+
+
+def test_samples_after_a_paused_owner_s_loss_are_still_judged(tmp_path: Path) -> None:
+    """A pipeline stopped past the client timeout is declared lost, which ends its run for the
+    accuracy fold too; when it sends again (the daemon withdraws the loss) its samples count."""
+    from stagewatch.daemon._accuracy import AccuracyProjection
+    from stagewatch.daemon._schema import validate_event
+
+    golden = write_dataset(tmp_path / "golden", 2)
+    run_id = "00000000-0000-0000-0000-00000000002a"
+    empty = {"boxes": [], "scores": [], "labels": []}
+
+    def event(kind: str, seq: int, client: str = "c1", **fields: Any) -> Any:
+        envelope = {"v": 1, "type": kind, "client_id": client, "seq": seq, "ts_ns": 1, "run_id": run_id}
+        return validate_event({**envelope, **fields})
+
+    projection = AccuracyProjection(tmp_path)
+    projection.apply(event("run_started", 1, pipeline="paused", dataset=str(golden)), 0)
+    projection.apply(event("sample_result", 2, stage="detection", sample_id="s0000", prediction=empty), 1)
+    projection.apply(event("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=1), 2)
+    assert projection.release_finished() == [run_id]  # its accuracy.json is final as far as it goes
+    projection.apply(event("sample_result", 3, stage="detection", sample_id="s0001", prediction=empty), 3)
+    projection.apply(event("run_finished", 4, status="ok", duration_ms=1.0), 4)
+    summary = projection.runs[run_id].summary(coco=False)
+    assert summary["finished"] and sum(summary["stages"]["detection"]["counts"].values()) == 2

@@ -23,7 +23,7 @@ import stagewatch
 from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon.groundtruth.formats import load_point_attributes, load_point_labels
 from stagewatch.ui._widgets import css_name
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, wait_for
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -722,6 +722,24 @@ def test_empty_clouds_open_as_cases_and_as_saved_outputs(tmp_path, page) -> None
         by_class = np.bincount(labels, minlength=2) * 3
         assert shown(page, f"points with no counterpart (the other cloud was empty): ground {by_class[0]:,}")
         assert shown(page, f"object {by_class[1]:,}")
+    finally:
+        if ui is not None:
+            ui.stop()
+        daemon.stop()
+
+
+def test_a_run_from_a_board_whose_clock_says_1970_shows_the_skew(tmp_path, page) -> None:
+    home = tmp_path / "home"
+    daemon = DaemonProcess(home).start()
+    ui = None
+    try:
+        run_id = run_pipeline(home, clock_ns=12 * 3600 * 10**9)  # 1970-01-01T12:00Z: no real-time clock
+        daemon.audit(run_id)
+        ui = Ui(home)
+        page.goto(f"{ui.url}?page=run&run={run_id}")
+        page.get_by_text("Clock skew:").wait_for()
+        assert shown(page, "years behind the daemon's")
+        assert shown(page, "3 stage executions")  # the run itself is there, as the pipeline stamped it
     finally:
         if ui is not None:
             ui.stop()

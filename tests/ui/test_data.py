@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stagewatch.ui._data import ArtifactRefused, resolve_artifact
+from stagewatch.ui._data import ArtifactRefused, facets, resolve_artifact
 
 
 @pytest.fixture
@@ -107,9 +107,7 @@ def test_a_cloud_without_labels_is_summarised_with_its_bounds(tmp_path: Path) ->
     assert content["bounds"] == [[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]]  # the finite points
 
 
-def test_menus_of_a_home_whose_tables_are_not_written_yet(tmp_path: Path) -> None:
-    """A run that logged nothing has no logs table: its menus are empty, not an error (the Run
-    page of such a run once said 'could not be shown')."""
-    from stagewatch.ui._data import facets
-
+def test_the_filter_menus_of_a_home_whose_pipelines_never_logged_are_empty(tmp_path: Path) -> None:
+    """The logs table is never written until a pipeline logs: its (empty) answer must have the
+    dictionary column the menus read, as a written table's has (the Run page failed on it)."""
     assert facets(tmp_path) == {"pipeline": [], "host": [], "failed_stage": [], "stage": [], "logger": []}

@@ -162,6 +162,17 @@ def test_the_live_board_folds_events_and_ignores_odd_ones() -> None:
     assert board.visible(now=time.monotonic() + 3600) == []  # an ended run leaves the page after a while
 
 
+def test_a_run_crashed_by_a_lost_client_runs_again_when_the_client_sends_again() -> None:
+    board = LiveBoard()
+    board.take(_event("run_started", pipeline="perception", client_id="c1"))
+    board.take(_event("client_lost", client_id="daemon", lost_client_id="c1"))
+    assert board.visible()[0].status == "crashed"
+    board.take(_event("stage_finished", stage="detect", sample_id="f0", duration_ms=5.0, client_id="c1"))
+    assert board.visible()[0].status == "running" and board.visible()[0].ended_at is None
+    board.take(_event("run_finished", status="ok", client_id="c1"))
+    assert board.visible()[0].status == "ok"
+
+
 def test_the_live_board_stays_bounded() -> None:
     board = LiveBoard()
     for i in range(MAX_RUNS * 3):

@@ -147,6 +147,9 @@ def _png(picture: np.ndarray) -> io.BytesIO:
 def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterfall_pane: pn.Column) -> list[Any]:
     audit, stats, executions = data["audit"], data["stats"], data["executions"]
     shown: list[Any] = [header(audit)]
+    skew = audit.get("clock_skew")
+    if isinstance(skew, dict) and skew.get("message"):
+        shown.append(pn.pane.Alert(f"**Clock skew:** {html.escape(str(skew['message']))}", alert_type="warning"))
     for problem in audit.get("problems", []):
         if "has not finished" not in problem or audit.get("status") != "running":
             shown.append(pn.pane.Alert(f"Incomplete record: {problem}", alert_type="warning"))

@@ -1,0 +1,108 @@
+"""A pipeline whose clock is wrong (1970, 2100, an hour behind): retention judges a run's age by
+the daemon's clock when it received the run, and the audit trail says how far off the pipeline's
+clock was; a run spooled while no daemon ran is late, not skewed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stagewatch.daemon._readmodels import read_table
+from tests.conftest import DaemonProcess, run_pipeline
+from tests.daemon.test_rebuild import _read_models
+
+NS = 1_000_000_000
+YEAR_NS = int(365.25 * 86_400 * NS)
+BOOTED_IN_1970 = 12 * 3600 * NS  # 1970-01-01T12:00Z: a board without a real-time clock, before NTP
+SET_TO_2100 = 4_102_444_800 * NS  # 2100-01-01T00:00Z
+
+
+def _gc(home: Path, keep_runs: str) -> dict[str, Any]:
+    env = {**os.environ, "STAGEWATCH_RETENTION_RUNS": keep_runs}
+    command = [sys.executable, "-m", "stagewatch.cli", "gc", "--home", str(home), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_run_stamped_in_1970_is_kept_and_its_skew_is_in_the_audit_trail(daemon: DaemonProcess) -> None:
+    run_id = run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970)
+    audit = daemon.audit(run_id)
+    assert audit["started_at"].startswith("1970-01-01")  # as the pipeline stamped it
+    freed = _gc(daemon.home, keep_runs="1h")
+    assert freed["runs"] == []
+    assert (daemon.home / "runs" / run_id / "audit.json").exists()
+    assert read_table(daemon.home, "stage_executions")["run_id"].to_pylist() == [run_id] * 3
+
+    skew = daemon.audit(run_id)["clock_skew"]
+    offset_ns = BOOTED_IN_1970 - time.time_ns()
+    assert abs(skew["offset_s"] * NS - offset_ns) < 60 * NS
+    assert "years behind the daemon's" in skew["message"]
+    received = read_table(daemon.home, "runs")["received_time"].cast("int64").to_pylist()
+    assert len(received) == 1 and abs(received[0] - time.time_ns()) < 3600 * NS  # the daemon's clock
+
+    assert daemon.stop() == 0  # the receive times come from the event log: a rebuild reads the same
+    live = _read_models(daemon.home)
+    rebuild = [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home), "--json"]
+    result = subprocess.run(rebuild, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert _read_models(daemon.home) == live
+
+
+def test_a_run_stamped_in_2100_ages_by_the_daemon_s_clock(daemon: DaemonProcess) -> None:
+    run_id = run_pipeline(daemon.home, clock_ns=SET_TO_2100)
+    daemon.audit(run_id)
+    assert _gc(daemon.home, keep_runs="1h")["runs"] == []
+    time.sleep(2.5)  # older than 2 s by the daemon's clock; 75 years younger by its own
+    assert _gc(daemon.home, keep_runs="2s")["runs"] == [run_id]
+    assert not (daemon.home / "runs" / run_id).exists()
+
+
+def test_the_audit_trail_says_a_clock_in_2100_is_ahead(daemon: DaemonProcess) -> None:
+    audit = daemon.audit(run_pipeline(daemon.home, clock_ns=SET_TO_2100))
+    assert audit["clock_skew"]["offset_s"] > 70 * YEAR_NS / NS
+    assert "years ahead of the daemon's" in audit["clock_skew"]["message"]
+
+
+def test_a_run_spooled_while_no_daemon_ran_is_late_not_skewed(home: Path) -> None:
+    an_hour_ago = time.time_ns() - 3600 * NS  # as if it ran an hour before a daemon started
+    run_id = run_pipeline(home, clock_ns=an_hour_ago, wait_for_daemon=False)
+    assert list((home / "spool").glob("*.spool"))
+    daemon = DaemonProcess(home).start()
+    try:
+        audit = daemon.audit(run_id)
+        assert audit["clock_skew"] is None  # received an hour after it was emitted: late, not skewed
+        assert audit["clock_offset_ns"] is None  # nothing came live
+        assert audit["received_first_ns"] > an_hour_ago + 3500 * NS
+        assert _gc(home, keep_runs="30m")["runs"] == []  # its age counts from when it arrived
+    finally:
+        daemon.stop()
+
+
+def test_a_clock_a_few_seconds_off_is_not_reported(daemon: DaemonProcess) -> None:
+    run_id = run_pipeline(daemon.home, clock_ns=time.time_ns() - 5 * NS)
+    audit = daemon.audit(run_id)
+    assert audit["clock_skew"] is None
+    assert -60 * NS < audit["clock_offset_ns"] < 0  # measured, and within what is reported
+
+
+def test_receive_times_survive_a_kill_9_and_a_rebuild_reads_the_same(daemon: DaemonProcess) -> None:
+    """The daemon numbers its markers; after a kill -9 it must number past those the log holds
+    beyond its checkpoint, or a replay takes the new ones for copies and skips them."""
+    run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970)
+    daemon.kill()  # the checkpoint (every 5 s at most) is behind the markers just written
+    daemon.start()
+    time.sleep(1.1)  # the next group gets a marker of its own (at most one a second)
+    daemon.audit(run_pipeline(daemon.home, clock_ns=SET_TO_2100))
+    assert daemon.stop() == 0
+    live = _read_models(daemon.home)
+    rebuild = [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home), "--json"]
+    result = subprocess.run(rebuild, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["events_replayed"] > 0
+    assert _read_models(daemon.home) == live

@@ -36,6 +36,7 @@ LOG = "log"
 HEARTBEAT = "heartbeat"
 RUN_FINISHED = "run_finished"
 CLIENT_LOST = "client_lost"
+RUN_EXPIRED = "run_expired"
 EVENT_TYPES = (
     RUN_STARTED,
     STAGE_STARTED,
@@ -47,7 +48,10 @@ EVENT_TYPES = (
     HEARTBEAT,
     RUN_FINISHED,
     CLIENT_LOST,
+    RUN_EXPIRED,
 )
+# Written only by the daemon or by `stagewatch gc` into the log itself: refused from any sender.
+DAEMON_ONLY_TYPES = frozenset({CLIENT_LOST, RUN_EXPIRED})
 ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
 
 # The wire's value limits. A value within them can be stored and folded by every read model
@@ -235,6 +239,15 @@ def client_lost(seq: int, run_id: str, ts_ns: int, *, lost_client_id: str, last_
     """Written by the daemon (numbered by it) when a client with open work goes silent."""
     event = envelope(CLIENT_LOST, DAEMON_CLIENT_ID, run_id, ts_ns)
     event.update(seq=seq, lost_client_id=lost_client_id, last_seen_ns=last_seen_ns)
+    return event
+
+
+def run_expired(client_id: str, seq: int, run_id: str, ts_ns: int, *, ended_ns: int) -> dict[str, Any]:
+    """Retention's decision, written to the log before it removes a finished run (by the daemon,
+    or by `stagewatch gc` holding the home's lock): a replay of the log drops the run there, so
+    a rebuild or a recovery gives what retention left."""
+    event = envelope(RUN_EXPIRED, client_id, run_id, ts_ns)
+    event.update(seq=seq, ended_ns=ended_ns)
     return event
 
 

@@ -46,6 +46,10 @@ class Deduplicator:
             else:
                 self.mark(client_id, seq)
 
+    def last_seq(self, client_id: str) -> int:
+        """The highest seq of `client_id` seen (0 if none)."""
+        return max(self._above.get(client_id) or (), default=self._watermark.get(client_id, 0))
+
     def forget(self, client_ids: list[str]) -> None:
         for client_id in client_ids:
             self._watermark.pop(client_id, None)

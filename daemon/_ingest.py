@@ -19,7 +19,7 @@ import zmq
 from loguru import logger
 
 from stagewatch._home import Home, check_endpoint, ipc_path
-from stagewatch._protocol import CLIENT_LOST, DAEMON_CLIENT_ID, pack_ack
+from stagewatch._protocol import DAEMON_CLIENT_ID, DAEMON_ONLY_TYPES, pack_ack
 from stagewatch._records import encode_records
 from stagewatch._shared import SHARED_FOLDER_MODE
 from stagewatch._spool import claim_spool_files, spool_owner
@@ -82,8 +82,8 @@ def _principal(identity: bytes, frame: zmq.Frame) -> bytes:
 
 
 def _impersonation(event: Any, sender: str) -> str:
-    if event.type == CLIENT_LOST or event.client_id == DAEMON_CLIENT_ID:
-        return "only the daemon writes client_lost and events as 'daemon'"
+    if event.type in DAEMON_ONLY_TYPES or event.client_id == DAEMON_CLIENT_ID:
+        return f"only the daemon writes {event.type} and events as 'daemon'"
     return f"an event of client {event.client_id!r} in a batch of client {sender!r}"
 
 
@@ -233,7 +233,7 @@ class Ingest:
         rejected = []
         for payload in payloads:
             event = decode_event(payload)
-            if not isinstance(event, Rejected) and (event.client_id != sender or event.type == CLIENT_LOST):
+            if not isinstance(event, Rejected) and (event.client_id != sender or event.type in DAEMON_ONLY_TYPES):
                 event = Rejected(_impersonation(event, sender), payload[:4096], sender)
             if isinstance(event, Rejected):
                 rejected.append(event)
@@ -247,10 +247,12 @@ class Ingest:
             group.events.append(event)
         self.quarantine.keep(rejected)
 
-    def commit(self, group: Group) -> bool:
-        """Make the group durable, acknowledge it, project it. False if the disk refused."""
+    def commit(self, group: Group, below_floor: bool = False) -> bool:
+        """Make the group durable, acknowledge it, project it. False if the disk refused.
+        `below_floor`: written even below the free-space floor (retention's few records,
+        which come before the removal that frees space)."""
         lsns: list[int] = []
-        if group.payloads and self.disk.below_floor:
+        if group.payloads and self.disk.below_floor and not below_floor:
             # Below the floor nothing new is written: clients keep their events (unacked).
             self.write_error("{}", OSError(28, self.disk.problems[0]))
             return False

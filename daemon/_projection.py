@@ -291,17 +291,29 @@ class Projector:
         self.rows: dict[str, list[Any]] = {table: [] for table in TABLE_NAMES}  # see ROW_FIELDS
         self.stage_lines: dict[str, bytearray] = {}  # run -> ended stages to append, as stages.jsonl lines
         self.dirty: set[str] = set()
+        # Runs that retention removed (their run_expired event): a later event of one is late,
+        # never a new run. The retention pass removes what a replay wrote of them again.
+        self.expired: OrderedDict[str, None] = OrderedDict()
+        self._expired_now: list[str] = []  # since the last `take_expired`
+        self._dropped: set[str] = set()  # expired runs whose pending output `take_output` drops
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         runs = {run_id: run.to_state() for run_id, run in self.runs.items()}
-        return {"runs": runs, "closed": self.closed, "late_events": self.late_events, "foreign": self.foreign_events}
+        return {
+            "runs": runs,
+            "closed": self.closed,
+            "expired": list(self.expired),
+            "late_events": self.late_events,
+            "foreign": self.foreign_events,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Projector:
         projector = cls()
         projector.runs = {run_id: RunState.from_state(run) for run_id, run in state.get("runs", {}).items()}
         projector.closed = OrderedDict(state.get("closed", {}))
+        projector.expired = OrderedDict.fromkeys(state.get("expired", []))
         projector.late_events = state.get("late_events", 0)
         projector.foreign_events = state.get("foreign", 0)
         return projector
@@ -312,16 +324,34 @@ class Projector:
         if kind == "heartbeat":
             self._on_heartbeat(event)
             return
+        if kind == "run_expired":  # retention's decision: the run goes, wherever it is
+            self._expire(run_id)
+            return
         if run_id in self.closed:
             self.late_events += 1  # the caller reopens the run (`reopen`) to apply it
             return
         run = self.runs.get(run_id)
         if run is None:
+            if run_id in self.expired:
+                self.late_events += 1  # retention removed it: an event that comes later cannot revive it
+                return
             run = self.runs[run_id] = RunState(run_id)
         run.counts["events"] += 1
         run.last_lsn = lsn
         HANDLERS[kind](self, run, event, lsn)
         self.dirty.add(run_id)
+
+    def _expire(self, run_id: str) -> None:
+        """Retention removed the run: forget it, and drop what of it waits to be written."""
+        self.runs.pop(run_id, None)
+        self.closed.pop(run_id, None)
+        self.dirty.discard(run_id)
+        self.stage_lines.pop(run_id, None)
+        self._dropped.add(run_id)
+        self.expired[run_id] = None
+        self._expired_now.append(run_id)
+        while len(self.expired) > MAX_CLOSED_RUNS:
+            self.expired.popitem(last=False)
 
     def _on_heartbeat(self, event: Any) -> None:
         """Keep each client's last RSS reading: what a stage killed without warning is left with."""
@@ -502,9 +532,21 @@ class Projector:
     def take_output(self) -> tuple[dict[str, list[Any]], dict[str, bytearray]]:
         """Rows per table (tuples of ROW_FIELDS[table] where it names one, else dicts) and
         ended stages per run (stages.jsonl lines), produced since the last call."""
-        output = (self.rows, self.stage_lines)
+        rows, lines = self.rows, self.stage_lines
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
-        return output
+        if self._dropped:  # rows of runs expired since they were produced (a replay)
+            rows = {
+                table: [row for row in table_rows if _run_of(row) not in self._dropped]
+                for table, table_rows in rows.items()
+            }
+            lines = {run_id: data for run_id, data in lines.items() if run_id not in self._dropped}
+            self._dropped = set()
+        return rows, lines
+
+    def take_expired(self) -> list[str]:
+        """The runs expired (run_expired folded) since the last call."""
+        expired, self._expired_now = self._expired_now, []
+        return expired
 
     def pending_rows(self) -> int:
         """Rows produced since the last `take_output`."""
@@ -575,6 +617,11 @@ STAGE_ROW_FIELDS = (
     "gpu_devices",
 )
 ROW_FIELDS: dict[str, tuple[str, ...]] = {"stage_executions": STAGE_ROW_FIELDS}  # tables of tuple rows
+
+
+def _run_of(row: tuple | dict[str, Any]) -> str:
+    """A pending row's run id (a stage_executions tuple holds it first)."""
+    return row[0] if isinstance(row, tuple) else row["run_id"]
 
 
 def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> tuple:

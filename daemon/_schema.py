@@ -230,6 +230,13 @@ class ClientLost(Envelope, tag="client_lost", kw_only=True):
     last_seen_ns: Nanoseconds
 
 
+class RunExpired(Envelope, tag="run_expired", kw_only=True):
+    """Retention removed this finished run (written by the daemon or by `stagewatch gc`)."""
+
+    type: ClassVar[str] = "run_expired"
+    ended_ns: Nanoseconds
+
+
 EVENT_MODELS: dict[str, type[Envelope]] = {
     model.type: model
     for model in (
@@ -243,6 +250,7 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
         Heartbeat,
         RunFinished,
         ClientLost,
+        RunExpired,
     )
 }
 Event = Union[tuple(EVENT_MODELS.values())]  # noqa: UP007  (tagged by "type")

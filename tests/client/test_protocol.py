@@ -71,6 +71,7 @@ def _examples() -> dict[str, dict[str, Any]]:
             error_message=None,
         ),
         "client_lost": protocol.client_lost(5, RUN, TS, lost_client_id=CLIENT, last_seen_ns=TS),
+        "run_expired": protocol.run_expired(protocol.DAEMON_CLIENT_ID, 6, RUN, TS, ended_ns=TS),
     }
 
 

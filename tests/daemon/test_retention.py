@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,14 +18,16 @@ from stagewatch.daemon._retention import (
     NS,
     FinishedRun,
     Segment,
-    apply_retention,
+    collect_garbage,
     intent_path,
     parse_duration,
     resume_interrupted,
     select_expired,
 )
 from stagewatch.daemon._settings import RetentionSection
+from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
+from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
 
 NOW = 1_800_000_000 * NS
@@ -85,6 +88,10 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
     planned = json.loads(subprocess.run([*gc, "--dry-run"], capture_output=True, text=True, env=env).stdout)
     assert planned["runs"] == [expired] and planned["run_bytes"] > 0
     assert (daemon.home / "runs" / expired).exists()  # a dry run removes nothing
+    refused = subprocess.run(gc, capture_output=True, text=True, env=env)
+    assert refused.returncode == 1 and "it applies retention itself" in refused.stderr  # one remover per home
+    assert (daemon.home / "runs" / expired).exists()
+    assert daemon.stop() == 0
     done = json.loads(subprocess.run(gc, capture_output=True, text=True, env=env).stdout)
     assert done["runs"] == [expired] and done["parquet_rows"] == 3  # a stage row, a run row, a samples row
     assert not (daemon.home / "runs" / expired).exists()
@@ -109,7 +116,7 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
 
     monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        apply_retention(home, RetentionSection(runs="1s"))
+        collect_garbage(home, RetentionSection(runs="1s"))
     assert intent_path(home).exists()
     assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
     for run_id in run_ids:
@@ -163,3 +170,101 @@ def _finished_run_offline(home: Path) -> str:
     (home / "runs" / run_id).mkdir(parents=True)
     (home / "runs" / run_id / "audit.json").write_text("{}")
     return run_id
+
+
+def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _judged_run(home: Path, golden: Path, pipeline: str) -> str:
+    """A finished run with a saved output, a log line and a judged sample result."""
+    log = logging.getLogger("pipeline")
+    log.setLevel(logging.INFO)
+    handler = stagewatch.LoggingHandler()
+    log.addHandler(handler)
+    try:
+        with stagewatch.init(pipeline=pipeline, home=home, dataset=golden) as run, run.stage("detection") as st:
+            st.save("out.json", {"x": 1})
+            log.info("%s ran", pipeline)
+            st.result("s0000", {"boxes": [], "scores": [], "labels": []})
+    finally:
+        log.removeHandler(handler)
+    return run.id
+
+
+def _what_users_see(home: Path) -> dict:
+    """The runs listing, stats, run folders and every table's rows, as the CLI and files show them."""
+    listing = _cli(home, "runs", "--json", "--limit", "100")
+    stats = _cli(home, "stats", "--json")
+    assert listing.returncode == 0 and stats.returncode == 0, listing.stderr + stats.stderr
+    return {
+        "runs": json.loads(listing.stdout),
+        "stats": json.loads(stats.stdout),
+        "folders": sorted(path.name for path in (home / "runs").iterdir()),
+        "samples": sorted(read_table(home, "samples")["run_id"].to_pylist()),
+        "logs": sorted(read_table(home, "logs")["run_id"].to_pylist()),
+        **_read_models(home),
+    }
+
+
+def test_rebuild_and_restart_leave_out_the_runs_that_retention_removed(home: Path) -> None:
+    golden = write_dataset(home.parent / "golden", 2)
+    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0"}).start()  # runs leave memory
+    try:
+        expiring = [_judged_run(home, golden, f"old{i}") for i in range(3)]
+        boundary_ns = time.time_ns()  # a frozen clock one hour on: the runs before it have expired
+        kept = [_judged_run(home, golden, f"new{i}") for i in range(2)]
+        for run_id in expiring + kept:
+            daemon.audit(run_id)
+        wait_for(lambda: read_table(home, "samples").num_rows == 5)
+    finally:
+        assert daemon.stop() == 0
+    now_ns = boundary_ns + 3600 * NS
+    freed = collect_garbage(home, RetentionSection(runs="1h"), now_ns=now_ns)
+    assert sorted(freed["runs"]) == sorted(expiring)
+    left = _what_users_see(home)
+    assert sorted(run["run_id"] for run in left["runs"]) == sorted(kept) == left["folders"]
+
+    rebuilt = _cli(home, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert _what_users_see(home) == left
+    assert collect_garbage(home, RetentionSection(runs="1h"), dry_run=True, now_ns=now_ns)["runs"] == []
+    daemon.start()
+    assert daemon.stop() == 0
+    assert _what_users_see(home) == left
+    assert "cannot write" not in daemon.log()
+
+
+def test_gc_while_the_daemon_is_stopped_leaves_no_ghost_of_a_run_it_still_held(home: Path) -> None:
+    """The demo's case: the daemon stops less than late_event_grace_s after the run ended, so its
+    checkpoint still holds the run; gc removes it; the next start must not bring it back."""
+    daemon = DaemonProcess(home).start()
+    run_id = _finished_run(home, "demo")
+    daemon.audit(run_id)
+    wait_for(lambda: read_table(home, "runs").num_rows == 1)
+    assert daemon.stop() == 0
+    assert run_id in Store(home).read_checkpoint()["projector"]["runs"]
+    time.sleep(1.1)  # older than retention.runs = 1s
+    gc = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["runs"] == [run_id]
+
+    daemon.start()
+    recovered = wait_for(lambda: daemon.status().get("updated_at"))
+    wait_for(lambda: daemon.status().get("updated_at", 0) > recovered)  # a flush after recovery's reports its writes
+    doctor = _cli(home, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert _cli(home, "runs", "--json").stdout.strip() == "[]"
+    assert daemon.stop() == 0
+    assert "cannot write" not in daemon.log()
+    shown = _cli(home, "show", run_id)
+    assert shown.returncode == 1 and "no run with id" in shown.stderr
+    assert list((home / "runs").iterdir()) == []
+    again = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
+    assert json.loads(again.stdout)["runs"] == []

@@ -166,6 +166,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"{verb} {len(result['runs'])} run(s), {result['run_bytes']:,} bytes (retention.runs = {retention.runs})")
     for run_id in result["runs"][:20]:
         print(f"  {run_id}")
+    if result["debris_folders"]:
+        print(f"{verb} {len(result['debris_folders'])} run folder(s) holding only a failed write's temporary file")
     print(
         f"{verb} {len(result['segments'])} event-log segment(s), {result['segment_bytes']:,} bytes "
         f"(retention.events = {retention.events})"

@@ -240,17 +240,40 @@ def collect_garbage(
     while a daemon runs: it applies retention itself, and two removers of one home's parts
     and a daemon holding a run that gc removed is how runs came back). A dry run takes no lock."""
     if dry_run:
-        return apply_retention(home, retention, None, dry_run=True, now_ns=now_ns)
+        return {
+            **apply_retention(home, retention, None, dry_run=True, now_ns=now_ns),
+            "debris_folders": debris_folders(home),
+        }
     from stagewatch.daemon._lock import HomeLock
 
     lock = HomeLock(Home.of(home))
     lock.take()
     recorder = LogRecorder(home)
     try:
-        return apply_retention(home, retention, recorder, now_ns=now_ns, progress=progress)
+        freed = apply_retention(home, retention, recorder, now_ns=now_ns, progress=progress)
+        debris = debris_folders(home)
+        for run_id in debris:
+            freed["run_bytes"] += _remove_run_folder(home, run_id)
+        return {**freed, "debris_folders": debris}
     finally:
         recorder.close()
         lock.release()
+
+
+def debris_folders(home: Path) -> list[str]:
+    """Run folders that hold nothing but the temporary file of a write that failed: what a
+    daemon left when it rewrote the audit trail of a run that gc had removed (before gc recorded
+    run_expired in the log). No run's data; only `stagewatch gc`, with no daemon writing, looks."""
+    from stagewatch._names import is_run_id
+
+    runs = Home.of(home).runs
+    found = []
+    for entry in os.scandir(runs) if runs.is_dir() else ():
+        if is_run_id(entry.name) and entry.is_dir(follow_symlinks=False):
+            names = os.listdir(entry.path)
+            if names and all(name.startswith(".") and name.endswith(".tmp") for name in names):
+                found.append(entry.name)
+    return sorted(found)
 
 
 # -- removal ---------------------------------------------------------------------------------

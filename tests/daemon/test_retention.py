@@ -268,3 +268,20 @@ def test_gc_while_the_daemon_is_stopped_leaves_no_ghost_of_a_run_it_still_held(h
     assert list((home / "runs").iterdir()) == []
     again = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
     assert json.loads(again.stdout)["runs"] == []
+
+
+def test_gc_clears_the_ghost_folders_an_older_daemon_left(home: Path) -> None:
+    """A daemon before run_expired rewrote the audit trail of a run gc had removed, failed, and
+    left runs/<id>/.audit.json.tmp: `show` said status unknown and no gc removed it."""
+    ghost = "5b0c3f5e-8a51-4c2b-9d0e-6f1a2b3c4d5e"
+    (home / "runs" / ghost).mkdir(parents=True)
+    (home / "runs" / ghost / ".audit.json.tmp").write_text('{"schema": "stagewatch.audit/1", "run_id"')
+    pipeline_output = home / "runs" / "0d7f1c2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f" / "stages" / "detection"
+    pipeline_output.mkdir(parents=True)  # a pipeline saving outputs while no daemon runs
+    (pipeline_output / ".out.json.123.tmp").write_text("{")
+    planned = _cli(home, "gc", "--dry-run", "--json")
+    assert json.loads(planned.stdout)["debris_folders"] == [ghost] and (home / "runs" / ghost).exists()
+    done = _cli(home, "gc")
+    assert done.returncode == 0 and "1 run folder(s) holding only a failed write's temporary file" in done.stdout
+    assert not (home / "runs" / ghost).exists() and pipeline_output.exists()
+    assert _cli(home, "show", ghost).returncode == 1

@@ -285,3 +285,25 @@ def test_gc_clears_the_ghost_folders_an_older_daemon_left(home: Path) -> None:
     assert done.returncode == 0 and "1 run folder(s) holding only a failed write's temporary file" in done.stdout
     assert not (home / "runs" / ghost).exists() and pipeline_output.exists()
     assert _cli(home, "show", ghost).returncode == 1
+
+
+def test_a_run_the_daemon_removed_stays_removed_after_a_kill_and_a_rebuild(home: Path) -> None:
+    env = {
+        "STAGEWATCH_RETENTION_RUNS": "1s",
+        "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
+        "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2",
+    }
+    daemon = DaemonProcess(home, env=env).start()
+    kept = _finished_run(home, "kept")  # before the policy is a day: stays
+    removed = _finished_run(home, "short-lived")
+    daemon.audit(removed)
+    wait_for(lambda: not (home / "runs" / removed).exists(), timeout_s=30)
+    daemon.kill()  # its checkpoint may not hold the run_expired yet: the restart replays it
+    assert not (home / "runs" / kept).exists()  # the same policy took it too
+    daemon = DaemonProcess(home).start()  # the default policy now: 90 days
+    assert json.loads(_cli(home, "runs", "--json").stdout) == []
+    assert daemon.stop() == 0
+    rebuilt = _cli(home, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(_cli(home, "runs", "--json").stdout) == [] and list((home / "runs").iterdir()) == []
+    assert read_table(home, "stage_executions").num_rows == 0

@@ -27,6 +27,7 @@ from stagewatch.daemon._retention import (
 from stagewatch.daemon._settings import RetentionSection
 from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
+from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
 from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
 
@@ -307,3 +308,21 @@ def test_a_run_the_daemon_removed_stays_removed_after_a_kill_and_a_rebuild(home:
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads(_cli(home, "runs", "--json").stdout) == [] and list((home / "runs").iterdir()) == []
     assert read_table(home, "stage_executions").num_rows == 0
+
+
+def test_the_daemon_numbers_its_events_after_those_a_crash_left_past_its_checkpoint(home: Path) -> None:
+    """A run_expired committed, then kill -9 before a checkpoint: the next daemon must not give its
+    own next event the same (client, seq), or every later replay drops that one as seen."""
+    other = "0d7f1c2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"
+    daemon = _in_process_daemon(home, bind=False)
+    assert daemon.maintenance._record_expiry([FinishedRun(RUN_ID, T0)])
+    _crash(daemon)
+    daemon = _in_process_daemon(home, bind=False)
+    assert daemon.maintenance._record_expiry([FinishedRun(other, T0)])
+    _crash(daemon)
+    daemon = _in_process_daemon(home, bind=False)
+    try:
+        assert daemon.stats.recovery["replay_duplicates"] == 0
+        assert sorted(daemon.projector.expired) == sorted([RUN_ID, other])
+    finally:
+        _crash(daemon)

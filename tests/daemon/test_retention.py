@@ -326,3 +326,22 @@ def test_the_daemon_numbers_its_events_after_those_a_crash_left_past_its_checkpo
         assert sorted(daemon.projector.expired) == sorted([RUN_ID, other])
     finally:
         _crash(daemon)
+
+
+def test_the_accuracy_fold_forgets_an_expired_run(tmp_path: Path) -> None:
+    """A worker behind its log replays a run's results, then its run_expired: nothing of the run
+    is written (no samples rows, no accuracy.json bringing its folder back)."""
+    from stagewatch.daemon._accuracy import AccuracyProjection
+    from stagewatch.daemon._schema import validate_event
+
+    def event(kind: str, seq: int, client: str = "c1", **fields: object) -> object:
+        envelope = {"v": 1, "type": kind, "client_id": client, "seq": seq, "ts_ns": T0 + seq, "run_id": RUN_ID}
+        return validate_event({**envelope, **fields})
+
+    projection = AccuracyProjection(tmp_path)
+    projection.apply(event("run_started", 1, pipeline="p", dataset=str(write_dataset(tmp_path / "golden", 2))), 0)
+    prediction = {"boxes": [], "scores": [], "labels": []}
+    projection.apply(event("sample_result", 2, stage="detection", sample_id="s0000", prediction=prediction), 1)
+    assert projection.rows and RUN_ID in projection.dirty
+    projection.apply(event("run_expired", 1, client="daemon", ended_ns=T0), 2)
+    assert (projection.runs, projection.rows, projection.dirty) == ({}, [], set())

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,7 @@ from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
 CHECKPOINT = "accuracy.msgpack"
-WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost")
-# Runs ended by their owner's loss kept in memory for the owner's return (a pause): each holds
-# its stages' accumulated verdicts. A worker restarted meanwhile has forgotten them.
-MAX_PARKED_RUNS = 100
+WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost", b"run_expired")
 SUMMARY_INTERVAL_S = 0.5  # how often a running run's accuracy.json and live numbers are refreshed
 
 
@@ -54,7 +50,6 @@ class RunAccuracy:
         self.stages: dict[str, StageAccuracy] = {}
         self.not_in_dataset: dict[str, int] = {}  # results for stages the dataset does not check
         self.finished = False  # run_finished, or its owner was lost (the daemon's client_lost)
-        self.owner_lost = False  # finished by its owner's loss: the owner may have been paused, not dead
         self.owner: str | None = None  # the client that started the run
 
     def judge(self, stage: str, sample_id: str, prediction: Any, path: Path | None) -> Any:
@@ -87,15 +82,11 @@ class AccuracyProjection:
         self.dataset_override = dataset  # `eval --run --dataset`: judge against another dataset
         self.dataset_roots = dataset_roots  # None: anywhere (a home of one user)
         self.runs: dict[str, RunAccuracy] = {}
-        self.parked: OrderedDict[str, RunAccuracy] = OrderedDict()  # runs ended by their owner's loss
         self.rows: list[dict[str, Any]] = []
         self.dirty: set[str] = set()
         self._datasets: dict[str, GoldenDataset | str] = {}
 
     def apply(self, event: Any, lsn: int, emit: bool = True) -> None:
-        if event.run_id in self.parked and event.type in ("sample_result", "run_finished"):
-            run = self.runs[event.run_id] = self.parked.pop(event.run_id)  # its owner was paused: it goes on
-            run.finished = run.owner_lost = False
         if event.type == "run_started":
             dataset = self.dataset_override or event.dataset
             if dataset:
@@ -111,21 +102,15 @@ class AccuracyProjection:
             run = self.runs[event.run_id]
             if event.type == "run_finished" or event.lost_client_id == run.owner:  # the run crashed
                 run.finished = True
-                run.owner_lost = event.type == "client_lost"
                 self.dirty.add(event.run_id)
+        elif event.type == "run_expired":
+            self._forget(event.run_id)
 
-    def release_finished(self) -> list[str]:
-        """Forget the finished runs (their accuracy.json is written); returns them. A run ended by
-        its owner's loss is parked instead (the last `MAX_PARKED_RUNS`): the daemon withdraws a
-        loss when the owner sends again, and so does this fold, with the samples judged so far."""
-        finished = [run_id for run_id, run in self.runs.items() if run.finished]
-        for run_id in finished:
-            run = self.runs.pop(run_id)
-            if run.owner_lost:
-                self.parked[run_id] = run
-                if len(self.parked) > MAX_PARKED_RUNS:
-                    self.parked.popitem(last=False)
-        return finished
+    def _forget(self, run_id: str) -> None:
+        """Retention removed the run (a replay reached its run_expired): write nothing more of it."""
+        if self.runs.pop(run_id, None) is not None:
+            self.dirty.discard(run_id)
+            self.rows = [row for row in self.rows if row["run_id"] != run_id]
 
     def _dataset(self, path: str) -> GoldenDataset | str:
         if path not in self._datasets:
@@ -329,7 +314,8 @@ class AccuracyWorker:
             atomic_write(Home.of(self.home).accuracy(run_id), json.dumps(summary, indent=1).encode())
             self._publish(summary)
         projection.dirty.clear()
-        for run_id in projection.release_finished():
+        for run_id in [r for r, run in projection.runs.items() if run.finished]:
+            del projection.runs[run_id]
             self._started_at.pop(run_id, None)
             self._throttle.forget(run_id)
         open_runs = {r: self._started_at.get(r, 0) for r in projection.runs}

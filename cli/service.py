@@ -141,12 +141,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from stagewatch.daemon._retention import apply_retention
+    from stagewatch.daemon import DaemonAlreadyRunning
+    from stagewatch.daemon._retention import collect_garbage
 
     config, _ = load_config(args)
     home = _configured_home(config)
-    with progress(args, "removing expired runs", "runs") as update:
-        result = apply_retention(home.root, config.retention, dry_run=args.dry_run, progress=update)
+    try:
+        with progress(args, "removing expired runs", "runs") as update:
+            result = collect_garbage(home.root, config.retention, dry_run=args.dry_run, progress=update)
+    except DaemonAlreadyRunning as error:
+        interval = config.retention.check_interval_s
+        return fail(
+            f"{error}: it applies retention itself, at start and every {interval:g} s "
+            "(retention.check_interval_s); stop it to gc now, or `stagewatch gc --dry-run` to list what has expired",
+            EXIT_NOT_FOUND,
+        )
+    except OSError as error:
+        return fail(f"cannot record the expired runs in the event log ({error}); nothing was removed", EXIT_NOT_FOUND)
     if args.json:
         print(json.dumps(result, indent=1))
         return EXIT_OK
@@ -155,6 +166,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"{verb} {len(result['runs'])} run(s), {result['run_bytes']:,} bytes (retention.runs = {retention.runs})")
     for run_id in result["runs"][:20]:
         print(f"  {run_id}")
+    if result["debris_folders"]:
+        print(f"{verb} {len(result['debris_folders'])} run folder(s) holding only a failed write's temporary file")
     print(
         f"{verb} {len(result['segments'])} event-log segment(s), {result['segment_bytes']:,} bytes "
         f"(retention.events = {retention.events})"

@@ -38,6 +38,7 @@ RUN_FINISHED = "run_finished"
 CLIENT_LOST = "client_lost"
 EVENTS_LOST = "events_lost"
 RECEIVED = "received"
+RUN_EXPIRED = "run_expired"
 EVENT_TYPES = (
     RUN_STARTED,
     STAGE_STARTED,
@@ -51,8 +52,10 @@ EVENT_TYPES = (
     CLIENT_LOST,
     EVENTS_LOST,
     RECEIVED,
+    RUN_EXPIRED,
 )
-DAEMON_EVENT_TYPES = frozenset({CLIENT_LOST, RECEIVED})  # only the daemon writes these
+# Written only by the daemon or by `stagewatch gc` into the log itself: refused from any sender.
+DAEMON_EVENT_TYPES = frozenset({CLIENT_LOST, RECEIVED, RUN_EXPIRED})
 ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
 
 # The wire's value limits. A value within them can be stored and folded by every read model
@@ -264,6 +267,15 @@ def received(seq: int, ts_ns: int, *, spooled: bool) -> dict[str, Any]:
     a spool file (held back while no daemon ran), not live from a connected client."""
     event = envelope(RECEIVED, DAEMON_CLIENT_ID, NO_RUN_ID, ts_ns)
     event.update(seq=seq, spooled=spooled)
+    return event
+
+
+def run_expired(client_id: str, seq: int, run_id: str, ts_ns: int, *, ended_ns: int) -> dict[str, Any]:
+    """Retention's decision, written to the log before it removes a finished run (by the daemon,
+    or by `stagewatch gc` holding the home's lock): a replay of the log drops the run there, so
+    a rebuild or a recovery gives what retention left."""
+    event = envelope(RUN_EXPIRED, client_id, run_id, ts_ns)
+    event.update(seq=seq, ended_ns=ended_ns)
     return event
 
 

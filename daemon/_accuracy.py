@@ -37,7 +37,7 @@ from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
 CHECKPOINT = "accuracy.msgpack"
-WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost")
+WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost", b"run_expired")
 # Runs ended by their owner's loss kept in memory for the owner's return (a pause): each holds
 # its stages' accumulated verdicts. A worker restarted meanwhile has forgotten them.
 MAX_PARKED_RUNS = 100
@@ -113,6 +113,15 @@ class AccuracyProjection:
                 run.finished = True
                 run.owner_lost = event.type == "client_lost"
                 self.dirty.add(event.run_id)
+        elif event.type == "run_expired":
+            self._forget(event.run_id)
+
+    def _forget(self, run_id: str) -> None:
+        """Retention removed the run (a replay reached its run_expired): write nothing more of it."""
+        self.parked.pop(run_id, None)
+        if self.runs.pop(run_id, None) is not None:
+            self.dirty.discard(run_id)
+            self.rows = [row for row in self.rows if row["run_id"] != run_id]
 
     def release_finished(self) -> list[str]:
         """Forget the finished runs (their accuracy.json is written); returns them. A run ended by

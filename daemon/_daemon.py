@@ -29,7 +29,7 @@ from loguru import logger
 
 from stagewatch._gpu import host_gpu_problem
 from stagewatch._home import Home
-from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT
+from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT, RUN_EXPIRED
 from stagewatch._records import ScanStats
 from stagewatch.daemon._compaction import finish_interrupted
 from stagewatch.daemon._decode import Rejected, decode_event
@@ -60,6 +60,11 @@ MAX_PENDING_ROWS = 2_500
 # A trickle below this many rows waits for the periodic flush: a part file per quiet poll
 # would only make more small parts to merge.
 IDLE_FLUSH_ROWS = 500
+
+
+# Events that do not give a closed run back to the projection: a heartbeat holds no run state,
+# and retention's run_expired forgets the run (reopening it would read its trail for nothing).
+NOT_REOPENING = frozenset({HEARTBEAT, RUN_EXPIRED})
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class Daemon:
         projector = self.projector
         for event, lsn in zip(events, lsns, strict=True):
             try:
-                if event.type != HEARTBEAT and event.run_id in projector.closed:
+                if event.run_id in projector.closed and event.type not in NOT_REOPENING:
                     self.writer.reopen(projector, event.run_id)
                 projector.apply(event, lsn)
             except Exception as error:

@@ -90,7 +90,7 @@ def _principal(identity: bytes, frame: zmq.Frame) -> bytes:
 
 def _impersonation(event: Any, sender: str) -> str:
     if event.type in DAEMON_EVENT_TYPES or event.client_id == DAEMON_CLIENT_ID:
-        return "only the daemon writes client_lost, received and events as 'daemon'"
+        return f"only the daemon writes {event.type} and events as 'daemon'"
     return f"an event of client {event.client_id!r} in a batch of client {sender!r}"
 
 
@@ -273,11 +273,13 @@ class Ingest:
         group.events.insert(0, validate_event(marker))
         self._marked = (now_ns, spooled)
 
-    def commit(self, group: Group, spooled: bool = False) -> bool:
+    def commit(self, group: Group, spooled: bool = False, below_floor: bool = False) -> bool:
         """Make the group durable, acknowledge it, project it. False if the disk refused.
-        `spooled`: its events come from a spool file, not live from a client."""
+        `spooled`: its events come from a spool file, not live from a client. `below_floor`:
+        written even below the free-space floor (retention's few records, which come before
+        the removal that frees space)."""
         lsns: list[int] = []
-        if group.payloads and self.disk.below_floor:
+        if group.payloads and self.disk.below_floor and not below_floor:
             # Below the floor nothing new is written: clients keep their events (unacked).
             self.write_error("{}", OSError(28, self.disk.problems[0]))
             return False

@@ -24,6 +24,7 @@ from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
 from stagewatch.daemon._diskjobs import timed
 from stagewatch.daemon._ingest import Group, Ingest
 from stagewatch.daemon._projection import Projector
+from stagewatch.daemon._retention import FinishedRun, apply_retention
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._scrub import scrub_next_segment
 from stagewatch.daemon._sdnotify import SystemdNotifier
@@ -166,10 +167,10 @@ class Maintenance:
         halted queue retries only from the next flush on); then compact aged partitions and
         summarize them for stats on the passes' thread, behind a checkpoint (a busy day's
         compaction held the loop, and every acknowledgement, for seconds)."""
-        from stagewatch.daemon._retention import apply_retention
-
         self.checkpoint_all()  # nothing else writes parts while retention rewrites them
-        freed = apply_retention(self.home.root, self.retention, exclude=set(self.projection().runs))
+        freed = apply_retention(
+            self.home.root, self.retention, self._record_expiry, exclude=set(self.projection().runs)
+        )
         self.ingest.quarantine.expire(datetime.now(UTC))
         if freed["runs"] or freed["segments"]:
             logger.info(
@@ -181,6 +182,16 @@ class Maintenance:
                 freed["segment_bytes"],
             )
         self.background.after_checkpoint(self._compact_aged, "compact aged partitions or summarize them")
+
+    def _record_expiry(self, runs: list[FinishedRun]) -> bool:
+        """Commit a run_expired event per run before retention removes it (even below the
+        disk's floor: the removal frees space); the fold forgets the runs as it applies them."""
+        events = []
+        for run in runs:
+            seq = self.ingest.next_daemon_seq()
+            events.append(protocol.run_expired(DAEMON_CLIENT_ID, seq, run.run_id, time.time_ns(), ended_ns=run.end_ns))
+        group = Group(payloads=[pack_event(e) for e in events], events=[validate_event(e) for e in events])
+        return self.ingest.commit(group, below_floor=True)
 
     def _compact_aged(self, covered_lsn: int) -> Iterator[int]:  # steps on the pass's thread
         now = utc_now()

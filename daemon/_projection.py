@@ -361,6 +361,11 @@ class Projector:
         # (run, lsn of a client_lost) whose rows a withdrawn loss takes back, for the writer to
         # delete from the parts already written (`take_withdrawn`).
         self.withdrawn: list[tuple[str, int]] = []
+        # Runs that retention removed (their run_expired event): a later event of one is late,
+        # never a new run. The retention pass removes what a replay wrote of them again.
+        self.expired: OrderedDict[str, None] = OrderedDict()
+        self._expired_now: list[str] = []  # since the last `take_expired`
+        self._dropped: set[str] = set()  # expired runs whose pending output `take_output` drops
 
     # -- state for the checkpoint --------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -368,6 +373,7 @@ class Projector:
         return {
             "runs": runs,
             "closed": self.closed,
+            "expired": list(self.expired),
             "late_events": self.late_events,
             "foreign": self.foreign_events,
             "received": self.received,
@@ -378,6 +384,7 @@ class Projector:
         projector = cls()
         projector.runs = {run_id: RunState.from_state(run) for run_id, run in state.get("runs", {}).items()}
         projector.closed = OrderedDict(state.get("closed", {}))
+        projector.expired = OrderedDict.fromkeys(state.get("expired", []))
         projector.late_events = state.get("late_events", 0)
         projector.foreign_events = state.get("foreign", 0)
         received = state.get("received")
@@ -393,11 +400,17 @@ class Projector:
         if kind == "received":
             self.received = (event.ts_ns, event.spooled)
             return
+        if kind == "run_expired":  # retention's decision: the run goes, wherever it is
+            self._expire(run_id)
+            return
         if run_id in self.closed:
             self.late_events += 1  # the caller reopens the run (`reopen`) to apply it
             return
         run = self.runs.get(run_id)
         if run is None:
+            if run_id in self.expired:
+                self.late_events += 1  # retention removed it: an event that comes later cannot revive it
+                return
             run = self.runs[run_id] = RunState(run_id)
         run.counts["events"] += 1
         run.last_lsn = lsn
@@ -407,6 +420,18 @@ class Projector:
             self._resume(run, event.client_id, event.ts_ns)
         HANDLERS[kind](self, run, event, lsn)
         self.dirty.add(run_id)
+
+    def _expire(self, run_id: str) -> None:
+        """Retention removed the run: forget it, and drop what of it waits to be written."""
+        self.runs.pop(run_id, None)
+        self.closed.pop(run_id, None)
+        self.dirty.discard(run_id)
+        self.stage_lines.pop(run_id, None)
+        self._dropped.add(run_id)
+        self.expired[run_id] = None
+        self._expired_now.append(run_id)
+        while len(self.expired) > MAX_CLOSED_RUNS:
+            self.expired.popitem(last=False)
 
     def _on_heartbeat(self, event: Any) -> None:
         """Keep each client's last RSS reading: what a stage killed without warning is left with;
@@ -671,9 +696,21 @@ class Projector:
     def take_output(self) -> tuple[dict[str, list[Any]], dict[str, bytearray]]:
         """Rows per table (tuples of ROW_FIELDS[table] where it names one, else dicts) and
         ended stages per run (stages.jsonl lines), produced since the last call."""
-        output = (self.rows, self.stage_lines)
+        rows, lines = self.rows, self.stage_lines
         self.rows, self.stage_lines = {table: [] for table in TABLE_NAMES}, {}
-        return output
+        if self._dropped:  # rows of runs expired since they were produced (a replay)
+            rows = {
+                table: [row for row in table_rows if _run_of(row) not in self._dropped]
+                for table, table_rows in rows.items()
+            }
+            lines = {run_id: data for run_id, data in lines.items() if run_id not in self._dropped}
+            self._dropped = set()
+        return rows, lines
+
+    def take_expired(self) -> list[str]:
+        """The runs expired (run_expired folded) since the last call."""
+        expired, self._expired_now = self._expired_now, []
+        return expired
 
     def take_withdrawn(self) -> list[tuple[str, int]]:
         """(run, lsn of a client_lost) whose rows in parts are taken back, since the last call:
@@ -762,6 +799,11 @@ STAGE_ROW_FIELDS = (
 )
 ROW_FIELDS: dict[str, tuple[str, ...]] = {"stage_executions": STAGE_ROW_FIELDS}  # tables of tuple rows
 _STAGE_LSN = STAGE_ROW_FIELDS.index("lsn")
+
+
+def _run_of(row: tuple | dict[str, Any]) -> str:
+    """A pending row's run id (a stage_executions tuple holds it first)."""
+    return row[0] if isinstance(row, tuple) else row["run_id"]
 
 
 def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> tuple:

@@ -21,6 +21,7 @@ from stagewatch.daemon._accuracy import CHECKPOINT, AccuracyWorker
 from stagewatch.daemon._compaction import exchange_paths
 from stagewatch.daemon._daemon import Daemon, DaemonSettings
 from stagewatch.daemon._lock import HomeLock
+from stagewatch.daemon._retention import remove_recorded
 
 STAGING = ".rebuild"  # inside the home, hidden (a name no run id or table can have)
 
@@ -62,10 +63,14 @@ def _build(staging: Home, home: Home, progress: Callable[[int, int], object]) ->
         # From an empty checkpoint it judges every sample result again; predictions are read
         # from the home's saved outputs.
         AccuracyWorker(staging.root, artifacts=home.root).recover()
+        # The replay wrote runs that retention removed before their run_expired came (their
+        # rows, audit trails, the worker's samples): the read models become what retention left.
+        expired = remove_recorded(staging.root)["runs"]
         return {
             "events_replayed": daemon.stats.replayed,
             "recovery": daemon.stats.recovery,
             "runs_open": len(daemon.projector.open_work()),
+            "expired_runs_left_out": len(expired),
         }
     finally:
         daemon.release()

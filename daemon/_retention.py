@@ -1,11 +1,15 @@
-"""Retention: which runs and event-log segments have expired (pure), and removing them
-(crash-safe).
+"""Retention: which runs and event-log segments have expired (pure), recording that decision
+in the event log, and removing them (crash-safe).
 
 Selection is a pure function of what exists, the checkpoint and a clock, so it is tested
-with a frozen clock. Removal writes an intent file first and every step is idempotent:
-a kill at any point leaves nothing half-visible (a run folder is renamed out of sight
-before it is deleted; Parquet parts are replaced atomically), and the next gc finishes
-the job.
+with a frozen clock. Before a run is removed, a `run_expired` event goes into the log (the
+daemon commits it; `stagewatch gc` appends it holding the home's lock): the log stays the
+truth, and every replay of it (a rebuild, a restart past the checkpoint) drops the run where
+retention did, whatever the clock or the policy is then. What a replay wrote of a recorded run
+again (rows, a folder) is removed by the next pass or by the rebuild itself (`remove_recorded`).
+Removal writes an intent file first and every step is idempotent: a kill at any point leaves
+nothing half-visible (a run folder is renamed out of sight before it is deleted; Parquet parts
+are replaced atomically), and the next gc finishes the job.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import os
 import re
 import shutil
+import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +29,9 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stagewatch import _protocol as protocol
 from stagewatch._home import Home
-from stagewatch.daemon._store import PART_PREFIX, atomic_write, parquet_options
+from stagewatch.daemon._store import PART_PREFIX, Store, atomic_write, parquet_options
 
 Progress = Callable[[int, int], object]
 
@@ -121,19 +128,24 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     return runs, segments, checkpoint.get("lsn", 0)
 
 
+# Writes `run_expired` events for these runs into the log; False (or an OSError) if it could
+# not: then they are not removed (a removal the log does not hold comes back with a replay).
+Recorder = Callable[[list[FinishedRun]], bool]
+
+
 def apply_retention(
     home: Path,
     retention: Any,
+    record: Recorder | None,
     exclude: set[str] = frozenset(),
     dry_run: bool = False,
     now_ns: int | None = None,
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
-    """Finish an interrupted removal, select what has expired, remove it (unless dry_run).
-    `progress(steps done, steps)` is called as the removal goes (a part rewritten, a run
-    folder or a segment deleted)."""
-    import time
-
+    """Finish an interrupted removal, select what has expired, record it in the log (`record`;
+    None only for a dry run) and remove it, with what a replay left of runs recorded before
+    (unless dry_run). `progress(steps done, steps)` is called as the removal goes (a part
+    rewritten, a run folder or a segment deleted)."""
     if not dry_run:
         resume_interrupted(home)
     runs, segments, checkpoint_lsn = gather(home)
@@ -145,6 +157,13 @@ def apply_retention(
         parse_duration(retention.runs),
         parse_duration(retention.events),
     )
+    recorded = set(recorded_expiries(home))
+    leftovers = left_by_replay(home, recorded, {run.run_id for run in runs})
+    selected = set(plan.runs)
+    unrecorded = [run for run in runs if run.run_id in selected and run.run_id not in recorded]
+    if not dry_run and unrecorded and (record is None or not record(unrecorded)):
+        selected -= {run.run_id for run in unrecorded}
+    plan.runs = sorted(selected | leftovers)
     if dry_run:
         return {
             "dry_run": True,
@@ -156,6 +175,109 @@ def apply_retention(
     if not (plan.runs or plan.segments):
         return {"dry_run": False, "runs": [], "run_bytes": 0, "parquet_rows": 0, "segments": [], "segment_bytes": 0}
     return {"dry_run": False, **remove(home, plan, progress)}
+
+
+# -- the decision in the log ------------------------------------------------------------------
+def recorded_expiries(home: Path) -> list[str]:
+    """The runs whose run_expired event the checkpoint's fold holds (oldest first)."""
+    checkpoint = Store(home).read_checkpoint() or {}
+    return list(checkpoint.get("projector", {}).get("expired", []))
+
+
+def left_by_replay(home: Path, recorded: set[str], finished: set[str]) -> set[str]:
+    """Recorded runs of which something is back: a row in the runs table, or a folder (a
+    replay wrote them before it reached their run_expired; an accuracy worker behind its log)."""
+    layout = Home.of(home)
+    return {run_id for run_id in recorded if run_id in finished or layout.run(run_id).exists()}
+
+
+def remove_recorded(home: Path) -> dict[str, Any]:
+    """Remove what is left of runs the log says retention removed (`stagewatch rebuild`, after
+    its replay): no policy, no clock, only the log's decisions."""
+    runs, _, _ = gather(home)
+    leftovers = left_by_replay(home, set(recorded_expiries(home)), {run.run_id for run in runs})
+    return remove(home, Plan(runs=sorted(leftovers))) if leftovers else {"runs": []}
+
+
+class LogRecorder:
+    """Records retention's decisions by appending `run_expired` events to the log itself: for
+    `stagewatch gc`, which holds the home's lock (no daemon writes the log meanwhile). Its
+    events carry a client id of their own, numbered from 1, so no seq of the daemon's is taken."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Home.of(home)
+        self.client_id = f"gc-{uuid.uuid4().hex}"
+        self.seq = 0
+        self.log: Any = None
+
+    def __call__(self, runs: list[FinishedRun]) -> bool:
+        from stagewatch.daemon._schema import validate_event
+
+        payloads = []
+        for run in runs:
+            self.seq += 1
+            event = protocol.run_expired(self.client_id, self.seq, run.run_id, time.time_ns(), ended_ns=run.end_ns)
+            validate_event(event)  # a replay reads it back: it must pass as any event does
+            payloads.append(protocol.pack_event(event))
+        log = self._opened()
+        log.append(payloads)
+        log.sync()
+        return True
+
+    def _opened(self) -> Any:
+        from stagewatch.daemon._eventlog import EventLog
+
+        if self.log is None:
+            self.log = EventLog(self.home.events)
+            self.log.open(set_aside=self.home.quarantined_segments)  # what a daemon's start does first
+        return self.log
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def collect_garbage(
+    home: Path, retention: Any, dry_run: bool = False, now_ns: int | None = None, progress: Progress = _no_progress
+) -> dict[str, Any]:
+    """`stagewatch gc`: apply retention now, holding the home's lock (DaemonAlreadyRunning
+    while a daemon runs: it applies retention itself, and two removers of one home's parts
+    and a daemon holding a run that gc removed is how runs came back). A dry run takes no lock."""
+    if dry_run:
+        return {
+            **apply_retention(home, retention, None, dry_run=True, now_ns=now_ns),
+            "debris_folders": debris_folders(home),
+        }
+    from stagewatch.daemon._lock import HomeLock
+
+    lock = HomeLock(Home.of(home))
+    lock.take()
+    recorder = LogRecorder(home)
+    try:
+        freed = apply_retention(home, retention, recorder, now_ns=now_ns, progress=progress)
+        debris = debris_folders(home)
+        for run_id in debris:
+            freed["run_bytes"] += _remove_run_folder(home, run_id)
+        return {**freed, "debris_folders": debris}
+    finally:
+        recorder.close()
+        lock.release()
+
+
+def debris_folders(home: Path) -> list[str]:
+    """Run folders that hold nothing but the temporary file of a write that failed: what a
+    daemon left when it rewrote the audit trail of a run that gc had removed (before gc recorded
+    run_expired in the log). No run's data; only `stagewatch gc`, with no daemon writing, looks."""
+    from stagewatch._names import is_run_id
+
+    runs = Home.of(home).runs
+    found = []
+    for entry in os.scandir(runs) if runs.is_dir() else ():
+        if is_run_id(entry.name) and entry.is_dir(follow_symlinks=False):
+            names = os.listdir(entry.path)
+            if names and all(name.startswith(".") and name.endswith(".tmp") for name in names):
+                found.append(entry.name)
+    return sorted(found)
 
 
 # -- removal ---------------------------------------------------------------------------------

@@ -247,6 +247,13 @@ class Received(Envelope, tag="received", kw_only=True):
     spooled: bool = False
 
 
+class RunExpired(Envelope, tag="run_expired", kw_only=True):
+    """Retention removed this finished run (written by the daemon or by `stagewatch gc`)."""
+
+    type: ClassVar[str] = "run_expired"
+    ended_ns: Nanoseconds
+
+
 EVENT_MODELS: dict[str, type[Envelope]] = {
     model.type: model
     for model in (
@@ -262,6 +269,7 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
         ClientLost,
         EventsLost,
         Received,
+        RunExpired,
     )
 }
 Event = Union[tuple(EVENT_MODELS.values())]  # noqa: UP007  (tagged by "type")

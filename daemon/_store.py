@@ -192,14 +192,19 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
 
 @contextlib.contextmanager
 def replacing(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
-    """A file handle whose content replaces `path` when the block ends without an error."""
+    """A file handle whose content replaces `path` when the block ends without an error; on
+    an error the temporary file goes (nothing else would ever remove it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        yield handle
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
+    try:
+        with open(temporary, "wb") as handle:
+            yield handle
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 

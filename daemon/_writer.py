@@ -230,6 +230,8 @@ class ReadModelWriter:
     def _write_output(self, projector: Projector) -> None:
         """Queue ended stages and table rows; the stages first, as the rows point at them."""
         rows, lines = projector.take_output()
+        for run_id in projector.take_expired():
+            self._forget(run_id)
         for run_id, data in lines.items():
             start = self.stage_bytes.get(run_id, 0)
             self.stage_bytes[run_id] = start + len(data)
@@ -372,6 +374,13 @@ class ReadModelWriter:
         for run_id in run_ids:
             self.stage_bytes.pop(run_id, None)
             self._throttle.forget(run_id)
+
+    def _forget(self, run_id: str) -> None:
+        """Retention removed the run: nothing of it is written again."""
+        self.stage_bytes.pop(run_id, None)
+        self._finished_at.pop(run_id, None)
+        self._dirty.discard(run_id)
+        self._throttle.forget(run_id)
 
     def _write_status(self, projector: Projector) -> None:
         active = [

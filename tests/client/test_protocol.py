@@ -73,6 +73,7 @@ def _examples() -> dict[str, dict[str, Any]]:
         "client_lost": protocol.client_lost(5, RUN, TS, lost_client_id=CLIENT, last_seen_ns=TS),
         "events_lost": protocol.events_lost(CLIENT, RUN, TS, events=3, reason="the disk is full"),
         "received": protocol.received(6, TS, spooled=True),
+        "run_expired": protocol.run_expired(protocol.DAEMON_CLIENT_ID, 6, RUN, TS, ended_ns=TS),
     }
 
 

@@ -17,7 +17,7 @@ from stagewatch.daemon import Daemon, _store
 from stagewatch.daemon._diskjobs import DiskJobs, PassThread
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._store import Store
+from stagewatch.daemon._store import Store, replacing
 from tests.daemon.test_compaction import RUN_ID, _crash, _in_process_daemon, _stage_event
 
 
@@ -306,3 +306,13 @@ def test_one_pass_runs_at_a_time_and_a_stopped_thread_starts_none() -> None:
     passes.stop()
     assert not passes.start(held_pass)
     assert steps_done == ["first", "second", "first", "second"]
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(home: Path) -> None:
+    """An audit trail whose stages.jsonl is gone (its run removed meanwhile) is not written, and
+    its .audit.json.tmp does not stay behind (nothing would ever remove it)."""
+    target = Home(home).audit("5b0c3f5e-8a51-4c2b-9d0e-6f1a2b3c4d5e")
+    with pytest.raises(FileNotFoundError), replacing(target) as out:
+        out.write(b"{")
+        target.with_name("stages.jsonl").read_bytes()
+    assert list(target.parent.iterdir()) == []

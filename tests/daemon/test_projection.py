@@ -174,6 +174,23 @@ def test_a_lost_worker_crashes_only_its_own_stages() -> None:
     assert [s["status"] for s in projector.runs[RUN].provisional.values()] == ["crashed"]
 
 
+def test_an_expired_run_is_forgotten_with_its_pending_output_and_never_comes_back() -> None:
+    other = str(uuid.UUID(int=8))
+    another = [
+        ev("log", 8, run_id=other, level="INFO", message="kept"),
+        ev("run_finished", 9, run_id=other, status="ok", duration_ms=1.0),
+    ]
+    projector = fold([*history(), *another, ev("run_expired", 1, client="daemon", ended_ns=T0)])
+    assert RUN not in projector.runs and other in projector.runs and projector.take_expired() == [RUN]
+    rows, lines = projector.take_output()  # what the replay had not written yet of it is dropped
+    assert {row["run_id"] for row in rows["runs"]} == {other} and rows["stage_executions"] == [] and RUN not in lines
+    assert [row["message"] for row in rows["logs"]] == ["kept"]
+    restored = Projector.from_state(copy.deepcopy(projector.to_state()))
+    for later in (projector, restored):  # a worker's spool that comes after the removal, say
+        later.apply(finished(20, 9), 20)
+        assert RUN not in later.runs and later.late_events == 1 and later.take_output()[0]["stage_executions"] == []
+
+
 def test_state_round_trips_through_the_checkpoint() -> None:
     projector = fold(history()[:4])
     restored = Projector.from_state(copy.deepcopy(projector.to_state()))

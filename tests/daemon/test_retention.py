@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,14 +18,17 @@ from stagewatch.daemon._retention import (
     NS,
     FinishedRun,
     Segment,
-    apply_retention,
+    collect_garbage,
     intent_path,
     parse_duration,
     resume_interrupted,
     select_expired,
 )
 from stagewatch.daemon._settings import RetentionSection
+from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
+from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
+from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
 
 NOW = 1_800_000_000 * NS
@@ -85,6 +89,10 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
     planned = json.loads(subprocess.run([*gc, "--dry-run"], capture_output=True, text=True, env=env).stdout)
     assert planned["runs"] == [expired] and planned["run_bytes"] > 0
     assert (daemon.home / "runs" / expired).exists()  # a dry run removes nothing
+    refused = subprocess.run(gc, capture_output=True, text=True, env=env)
+    assert refused.returncode == 1 and "it applies retention itself" in refused.stderr  # one remover per home
+    assert (daemon.home / "runs" / expired).exists()
+    assert daemon.stop() == 0
     done = json.loads(subprocess.run(gc, capture_output=True, text=True, env=env).stdout)
     assert done["runs"] == [expired] and done["parquet_rows"] == 3  # a stage row, a run row, a samples row
     assert not (daemon.home / "runs" / expired).exists()
@@ -109,7 +117,7 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
 
     monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        apply_retention(home, RetentionSection(runs="1s"))
+        collect_garbage(home, RetentionSection(runs="1s"))
     assert intent_path(home).exists()
     assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
     for run_id in run_ids:
@@ -163,3 +171,177 @@ def _finished_run_offline(home: Path) -> str:
     (home / "runs" / run_id).mkdir(parents=True)
     (home / "runs" / run_id / "audit.json").write_text("{}")
     return run_id
+
+
+def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _judged_run(home: Path, golden: Path, pipeline: str) -> str:
+    """A finished run with a saved output, a log line and a judged sample result."""
+    log = logging.getLogger("pipeline")
+    log.setLevel(logging.INFO)
+    handler = stagewatch.LoggingHandler()
+    log.addHandler(handler)
+    try:
+        with stagewatch.init(pipeline=pipeline, home=home, dataset=golden) as run, run.stage("detection") as st:
+            st.save("out.json", {"x": 1})
+            log.info("%s ran", pipeline)
+            st.result("s0000", {"boxes": [], "scores": [], "labels": []})
+    finally:
+        log.removeHandler(handler)
+    return run.id
+
+
+def _what_users_see(home: Path) -> dict:
+    """The runs listing, stats, run folders and every table's rows, as the CLI and files show them."""
+    listing = _cli(home, "runs", "--json", "--limit", "100")
+    stats = _cli(home, "stats", "--json")
+    assert listing.returncode == 0 and stats.returncode == 0, listing.stderr + stats.stderr
+    return {
+        "runs": json.loads(listing.stdout),
+        "stats": json.loads(stats.stdout),
+        "folders": sorted(path.name for path in (home / "runs").iterdir()),
+        "samples": sorted(read_table(home, "samples")["run_id"].to_pylist()),
+        "logs": sorted(read_table(home, "logs")["run_id"].to_pylist()),
+        **_read_models(home),
+    }
+
+
+def test_rebuild_and_restart_leave_out_the_runs_that_retention_removed(home: Path) -> None:
+    golden = write_dataset(home.parent / "golden", 2)
+    daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0"}).start()  # runs leave memory
+    try:
+        expiring = [_judged_run(home, golden, f"old{i}") for i in range(3)]
+        boundary_ns = time.time_ns()  # a frozen clock one hour on: the runs before it have expired
+        kept = [_judged_run(home, golden, f"new{i}") for i in range(2)]
+        for run_id in expiring + kept:
+            daemon.audit(run_id)
+        wait_for(lambda: read_table(home, "samples").num_rows == 5)
+    finally:
+        assert daemon.stop() == 0
+    now_ns = boundary_ns + 3600 * NS
+    freed = collect_garbage(home, RetentionSection(runs="1h"), now_ns=now_ns)
+    assert sorted(freed["runs"]) == sorted(expiring)
+    left = _what_users_see(home)
+    assert sorted(run["run_id"] for run in left["runs"]) == sorted(kept) == left["folders"]
+
+    rebuilt = _cli(home, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert _what_users_see(home) == left
+    assert collect_garbage(home, RetentionSection(runs="1h"), dry_run=True, now_ns=now_ns)["runs"] == []
+    daemon.start()
+    assert daemon.stop() == 0
+    assert _what_users_see(home) == left
+    assert "cannot write" not in daemon.log()
+
+
+def test_gc_while_the_daemon_is_stopped_leaves_no_ghost_of_a_run_it_still_held(home: Path) -> None:
+    """The demo's case: the daemon stops less than late_event_grace_s after the run ended, so its
+    checkpoint still holds the run; gc removes it; the next start must not bring it back."""
+    daemon = DaemonProcess(home).start()
+    run_id = _finished_run(home, "demo")
+    daemon.audit(run_id)
+    wait_for(lambda: read_table(home, "runs").num_rows == 1)
+    assert daemon.stop() == 0
+    assert run_id in Store(home).read_checkpoint()["projector"]["runs"]
+    time.sleep(1.1)  # older than retention.runs = 1s
+    gc = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["runs"] == [run_id]
+
+    daemon.start()
+    recovered = wait_for(lambda: daemon.status().get("updated_at"))
+    wait_for(lambda: daemon.status().get("updated_at", 0) > recovered)  # a flush after recovery's reports its writes
+    doctor = _cli(home, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert _cli(home, "runs", "--json").stdout.strip() == "[]"
+    assert daemon.stop() == 0
+    assert "cannot write" not in daemon.log()
+    shown = _cli(home, "show", run_id)
+    assert shown.returncode == 1 and "no run with id" in shown.stderr
+    assert list((home / "runs").iterdir()) == []
+    again = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
+    assert json.loads(again.stdout)["runs"] == []
+
+
+def test_gc_clears_the_ghost_folders_an_older_daemon_left(home: Path) -> None:
+    """A daemon before run_expired rewrote the audit trail of a run gc had removed, failed, and
+    left runs/<id>/.audit.json.tmp: `show` said status unknown and no gc removed it."""
+    ghost = "5b0c3f5e-8a51-4c2b-9d0e-6f1a2b3c4d5e"
+    (home / "runs" / ghost).mkdir(parents=True)
+    (home / "runs" / ghost / ".audit.json.tmp").write_text('{"schema": "stagewatch.audit/1", "run_id"')
+    pipeline_output = home / "runs" / "0d7f1c2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f" / "stages" / "detection"
+    pipeline_output.mkdir(parents=True)  # a pipeline saving outputs while no daemon runs
+    (pipeline_output / ".out.json.123.tmp").write_text("{")
+    planned = _cli(home, "gc", "--dry-run", "--json")
+    assert json.loads(planned.stdout)["debris_folders"] == [ghost] and (home / "runs" / ghost).exists()
+    done = _cli(home, "gc")
+    assert done.returncode == 0 and "1 run folder(s) holding only a failed write's temporary file" in done.stdout
+    assert not (home / "runs" / ghost).exists() and pipeline_output.exists()
+    assert _cli(home, "show", ghost).returncode == 1
+
+
+def test_a_run_the_daemon_removed_stays_removed_after_a_kill_and_a_rebuild(home: Path) -> None:
+    env = {
+        "STAGEWATCH_RETENTION_RUNS": "1s",
+        "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
+        "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2",
+    }
+    daemon = DaemonProcess(home, env=env).start()
+    kept = _finished_run(home, "kept")  # before the policy is a day: stays
+    removed = _finished_run(home, "short-lived")
+    daemon.audit(removed)
+    wait_for(lambda: not (home / "runs" / removed).exists(), timeout_s=30)
+    daemon.kill()  # its checkpoint may not hold the run_expired yet: the restart replays it
+    assert not (home / "runs" / kept).exists()  # the same policy took it too
+    daemon = DaemonProcess(home).start()  # the default policy now: 90 days
+    assert json.loads(_cli(home, "runs", "--json").stdout) == []
+    assert daemon.stop() == 0
+    rebuilt = _cli(home, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(_cli(home, "runs", "--json").stdout) == [] and list((home / "runs").iterdir()) == []
+    assert read_table(home, "stage_executions").num_rows == 0
+
+
+def test_the_daemon_numbers_its_events_after_those_a_crash_left_past_its_checkpoint(home: Path) -> None:
+    """A run_expired committed, then kill -9 before a checkpoint: the next daemon must not give its
+    own next event the same (client, seq), or every later replay drops that one as seen."""
+    other = "0d7f1c2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"
+    daemon = _in_process_daemon(home, bind=False)
+    assert daemon.maintenance._record_expiry([FinishedRun(RUN_ID, T0)])
+    _crash(daemon)
+    daemon = _in_process_daemon(home, bind=False)
+    assert daemon.maintenance._record_expiry([FinishedRun(other, T0)])
+    _crash(daemon)
+    daemon = _in_process_daemon(home, bind=False)
+    try:
+        assert daemon.stats.recovery["replay_duplicates"] == 0
+        assert sorted(daemon.projector.expired) == sorted([RUN_ID, other])
+    finally:
+        _crash(daemon)
+
+
+def test_the_accuracy_fold_forgets_an_expired_run(tmp_path: Path) -> None:
+    """A worker behind its log replays a run's results, then its run_expired: nothing of the run
+    is written (no samples rows, no accuracy.json bringing its folder back)."""
+    from stagewatch.daemon._accuracy import AccuracyProjection
+    from stagewatch.daemon._schema import validate_event
+
+    def event(kind: str, seq: int, client: str = "c1", **fields: object) -> object:
+        envelope = {"v": 1, "type": kind, "client_id": client, "seq": seq, "ts_ns": T0 + seq, "run_id": RUN_ID}
+        return validate_event({**envelope, **fields})
+
+    projection = AccuracyProjection(tmp_path)
+    projection.apply(event("run_started", 1, pipeline="p", dataset=str(write_dataset(tmp_path / "golden", 2))), 0)
+    prediction = {"boxes": [], "scores": [], "labels": []}
+    projection.apply(event("sample_result", 2, stage="detection", sample_id="s0000", prediction=prediction), 1)
+    assert projection.rows and RUN_ID in projection.dirty
+    projection.apply(event("run_expired", 1, client="daemon", ended_ns=T0), 2)
+    assert (projection.runs, projection.rows, projection.dirty) == ({}, [], set())

@@ -62,6 +62,7 @@ TYPES = [
     "sample_result",
     "heartbeat",
     "client_lost",
+    "run_expired",
     "nope",
 ]
 

@@ -1,5 +1,5 @@
 """Who may say what (issue 12): a client id is bound to the connection that first used it,
-`client_lost` comes from the daemon alone, a run is started and finished by its owner, and
+`client_lost` and `run_expired` come from the daemon alone, a run is started and finished by its owner, and
 one endpoint has one daemon."""
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def test_a_forger_cannot_speak_for_another_client(daemon: DaemonProcess) -> None
             "mallory", victim.id, now, pipeline="stolen", config={}, host="evil", pid=1, dataset=None, argv=[]
         )
         assert _send(socket, "mallory", 2, [{**start, "seq": 2}, {**finish, "seq": 3}]) == 2
+        expired = protocol.run_expired("mallory", 4, victim.id, now, ended_ns=now)  # retention's decision
+        assert _send(socket, "mallory", 3, [expired]) == 3  # acked, but refused inside: the run goes on
     finally:
         socket.close(0)
         context.term()

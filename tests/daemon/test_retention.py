@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import stagewatch
+from stagewatch.daemon._ingest import RECEIVED_MARK_INTERVAL_NS
 from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon._retention import (
     NS,
@@ -220,6 +221,9 @@ def test_rebuild_and_restart_leave_out_the_runs_that_retention_removed(home: Pat
     try:
         expiring = [_judged_run(home, golden, f"old{i}") for i in range(3)]
         boundary_ns = time.time_ns()  # a frozen clock one hour on: the runs before it have expired
+        # Age counts from the daemon's `received` markers, written at most once a marker interval:
+        # the kept runs must arrive under a marker of their own, after the boundary.
+        time.sleep(RECEIVED_MARK_INTERVAL_NS / NS + 0.1)
         kept = [_judged_run(home, golden, f"new{i}") for i in range(2)]
         for run_id in expiring + kept:
             daemon.audit(run_id)

@@ -140,6 +140,8 @@ def _run(page, lived: Lived) -> None:
     page.wait_for_selector(".sw-table-stages .tabulator-row")
     assert _stage_cells(page, "stages", "stage") == list(STAGES)
     assert shown(page, f"no detections in s{FAILING_EVERY + 7}")
+    # Not a point per execution: the browser would stall on the run's 100,000.
+    assert shown(page, f"of {SAMPLES * len(STAGES):,} executions drawn")
 
 
 def _performance(page, lived: Lived) -> None:

@@ -407,7 +407,7 @@ class LiveFeed:
             try:
                 complete = ended and run_stored(self.home.root, run_id)  # before the rows: they are written first
                 rows = stored_ends(self.home.root, run_id, after_lsn)
-            except (OSError, pa.ArrowException):
+            except (OSError, ValueError, pa.ArrowException):  # ValueError: ArrowInvalid, an odd name
                 continue
             with self.board.lock:
                 self.board.take_stored(run_id, rows, complete)

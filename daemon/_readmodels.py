@@ -59,11 +59,9 @@ def _read_once(
     dictionary: tuple[str, ...],
 ) -> pa.Table:
     folder = Home.of(home).table(table)
-    schema = _with_date(TABLES[table])
-    if dictionary:  # before the empty answer too: a table not written yet (no logs) has the same types
-        schema = pa.schema(
-            [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f for f in schema]
-        )
+    # Settled before any early return: a table not written yet (a pipeline that never logs
+    # has no logs table) answers with the same types as one that holds rows.
+    schema = _as_dictionaries(_with_date(TABLES[table]), dictionary)
     if not folder.is_dir():
         return _select(schema.empty_table(), columns)
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
@@ -92,6 +90,10 @@ def _read_once(
 
 class DamagedPartWarning(UserWarning):
     """A Parquet part that cannot be read: its rows are left out of the answer."""
+
+
+def _as_dictionaries(schema: pa.Schema, dictionary: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f for f in schema])
 
 
 def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, schema: pa.Schema) -> ds.Dataset:

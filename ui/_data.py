@@ -190,10 +190,17 @@ def _read_facets(home: Path) -> dict[str, list[str]]:
         "stage": stages["stage"],
         "logger": logs["logger"],
     }
-    return {
-        name: sorted({v for chunk in column.chunks for v in chunk.dictionary.to_pylist() if v})
-        for name, column in found.items()
-    }
+    return {name: sorted(v for v in distinct_strings(column) if v) for name, column in found.items()}
+
+
+def distinct_strings(column: pa.ChunkedArray) -> set[str | None]:
+    """The values of a string column, read as dictionaries (each chunk's dictionary, no pass
+    over the rows) or plain (a chunk's unique values): a reader must not assume either."""
+    found: set[str | None] = set()
+    for chunk in column.chunks:
+        values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else pc.unique(chunk)
+        found.update(values.to_pylist())
+    return found
 
 
 def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) -> Page:

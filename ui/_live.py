@@ -8,6 +8,13 @@ them with `LiveBoard.take`; sessions redraw from the board when its version move
 is O(1) an event, so a pipeline at thousands of events a second costs the page nothing: it
 redraws at most twice a second whatever the rate. A dashboard older than its daemon (the
 feed was a msgpack list before) shows no live events until it is restarted.
+
+A run the feed joins mid-way (the dashboard started or restarted during it) has a past the
+feed never carried: its stored stage rows are folded in (`LiveBoard.take_stored`), first when
+the run is met, then each second until the run has ended and its row is in the runs table.
+A stage end is counted once whichever way it came: the joined run keeps the identities
+(client, span) of what it counted until then. Events published before the feed subscribed
+and stored after the first read are what the later reads add.
 """
 
 from __future__ import annotations
@@ -24,16 +31,36 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT, RECEIVED
 from stagewatch._records import scan_records
-from stagewatch.daemon._readmodels import active_runs
+from stagewatch.daemon._readmodels import active_runs, read_table
+from stagewatch.daemon._runindex import run_dates
 
 RECENT_DURATIONS = 512  # the running median is over a stage's last 512 executions
 RATE_WINDOW_S = 10.0  # samples/s over the last 10 s
 FINISHED_KEPT_S = 600.0  # a run that ended stays on the Live page for 10 min
 MAX_RUNS = 200  # beyond this many runs the oldest ended ones are forgotten first
+RECONCILE_S = 1.0  # a joined run's new stored rows are read once a second
+STORED_COLUMNS = [
+    "stage",
+    "status",
+    "sample_id",
+    "client_id",
+    "span",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "rss_peak_mb",
+    "gpu_peak_mb",
+    "error_type",
+    "error_message",
+    "lsn",
+]
+StageIdentity = tuple[Any, Any]  # (client_id, span): one stage execution, however it reached us
 
 
 @dataclass
@@ -66,6 +93,10 @@ class LiveRun:
     samples_seen: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     accuracy: dict[str, Any] = field(default_factory=dict)
     last_event_ns: int = 0
+    # A run joined mid-way: the stage ends counted so far (feed and stored rows), until its
+    # stored rows are complete; None for a run seen from its start (the feed carries it all).
+    counted: set[StageIdentity] | None = None
+    stored_lsn: int = -1  # the highest event-log position of the stored rows folded in
 
     def samples_per_s(self, now_ns: int) -> float:
         recent = [t for t in self.sample_times if t > now_ns - RATE_WINDOW_S * 1e9]
@@ -91,8 +122,7 @@ class LiveBoard:
             return
         run = self.runs.get(run_id)
         if run is None:
-            run = self.runs[run_id] = LiveRun(run_id)
-            self._forget_old(keep=run_id)
+            run = self.join(run_id) if kind != RUN_STARTED else self._add(run_id)
         if run.pipeline is None and known:
             _describe(run, known.get(run_id))
         ts = event.get("ts_ns") if isinstance(event.get("ts_ns"), int) else 0
@@ -100,10 +130,43 @@ class LiveBoard:
         if run.status == "crashed" and kind != "client_lost" and event.get("client_id") != DAEMON_CLIENT_ID:
             run.status, run.ended_at = "running", None  # a client declared lost sent again: it was paused
         handler = _HANDLERS.get(kind)
-        if handler is not None:
+        if handler is not None and _first_count(run, event):
             handler(run, event)
         self.events += 1
         self.version += 1
+
+    def join(self, run_id: str) -> LiveRun:
+        """A run met mid-way: its past is to come from its stored rows (`take_stored`)."""
+        run = self.runs.get(run_id)
+        if run is None:
+            run = self._add(run_id)
+            run.counted = set()
+        return run
+
+    def joined(self) -> list[LiveRun]:
+        """The runs whose stored rows are still to be folded in."""
+        return [run for run in self.runs.values() if run.counted is not None]
+
+    def take_stored(self, run_id: str, rows: list[dict[str, Any]], complete: bool) -> None:
+        """Fold a joined run's stored stage rows (in event-log order) that the feed did not
+        bring; `complete`: every row of the run is among those stored (it has ended), so what
+        it counted need not be kept any longer."""
+        run = self.runs.get(run_id)
+        if run is None or run.counted is None:
+            return
+        for row in rows:
+            event = _stored_end(run_id, row)
+            if _first_count(run, event):
+                _on_stage_ended(run, event)
+            run.stored_lsn = max(run.stored_lsn, row["lsn"])
+        if complete:
+            run.counted = None
+        self.version += 1
+
+    def _add(self, run_id: str) -> LiveRun:
+        run = self.runs[run_id] = LiveRun(run_id)
+        self._forget_old(keep=run_id)
+        return run
 
     def take_accuracy(self, summary: dict[str, Any]) -> None:
         run_id = summary.get("run_id")
@@ -126,6 +189,47 @@ class LiveBoard:
         others.sort(key=lambda r: (r.ended_at is None, r.ended_at or 0.0, r.last_event_ns))
         for run in others[:excess]:
             del self.runs[run.run_id]
+
+
+def _first_count(run: LiveRun, event: dict[str, Any]) -> bool:
+    """False for a stage end a joined run has counted already (from its stored rows or the
+    feed); every other event is new."""
+    if run.counted is None or event.get("type") not in STAGE_ENDS:
+        return True
+    identity = (event.get("client_id"), event.get("span"))
+    if identity in run.counted:
+        return False
+    run.counted.add(identity)
+    return True
+
+
+def _stored_end(run_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A stored stage row as the stage end event it was (a crashed stage counts as failed)."""
+    return {
+        **row,
+        "type": STAGE_FINISHED if row["status"] == "ok" else STAGE_FAILED,
+        "run_id": run_id,
+        "ts_ns": row["end_time"],
+        "start_ts_ns": row["start_time"],
+    }
+
+
+def stored_ends(home: Path, run_id: str, after_lsn: int) -> list[dict[str, Any]]:
+    """A run's stored stage rows past event-log position `after_lsn`, in log order (start and
+    end as ns): only the run's date partitions are read."""
+    expression = (ds.field("run_id") == run_id) & (ds.field("lsn") > after_lsn)
+    rows = read_table(home, "stage_executions", expression, run_dates(home, run_id), STORED_COLUMNS)
+    rows = rows.sort_by("lsn")
+    for name in ("start_time", "end_time"):
+        rows = rows.set_column(rows.schema.get_field_index(name), name, rows[name].cast(pa.int64()))
+    return rows.to_pylist()
+
+
+def run_stored(home: Path, run_id: str) -> bool:
+    """Is the run's row in the runs table (it has ended and its stage rows are written: the
+    daemon writes them first)?"""
+    expression = ds.field("run_id") == run_id
+    return read_table(home, "runs", expression, run_dates(home, run_id), ["run_id"]).num_rows > 0
 
 
 def _describe(run: LiveRun, active: dict[str, Any] | None) -> None:
@@ -180,13 +284,14 @@ def _on_stage_ended(run: LiveRun, event: dict[str, Any]) -> None:
             setattr(stage, name, max(getattr(stage, name) or 0.0, value))
     if event.get("type") == "stage_failed":
         stage.failed += 1
-        run.failures.appendleft(
+        _keep_failure(
+            run,
             {
                 "stage": event.get("stage"),
                 "sample_id": event.get("sample_id"),
                 "error": f"{event.get('error_type')}: {event.get('error_message')}",
                 "ts_ns": event.get("ts_ns"),
-            }
+            },
         )
     sample = event.get("sample_id")
     if isinstance(sample, str) and isinstance(event.get("ts_ns"), int) and sample not in run.samples_seen:
@@ -194,6 +299,17 @@ def _on_stage_ended(run: LiveRun, event: dict[str, Any]) -> None:
         if len(run.samples_seen) > run.sample_times.maxlen:
             run.samples_seen.popitem(last=False)
         run.sample_times.append(event["ts_ns"])
+
+
+def _keep_failure(run: LiveRun, failure: dict[str, Any]) -> None:
+    """Keep the newest failures, newest first, whatever order they come in (a joined run's
+    stored rows come after the feed's newer ones)."""
+    newest = _number(failure["ts_ns"]) or 0.0
+    if not run.failures or newest >= (_number(run.failures[0]["ts_ns"]) or 0.0):
+        run.failures.appendleft(failure)  # the feed's order: O(1)
+        return
+    kept = sorted([*run.failures, failure], key=lambda f: _number(f["ts_ns"]) or 0.0, reverse=True)
+    run.failures = collections.deque(kept[: run.failures.maxlen], maxlen=run.failures.maxlen)
 
 
 def _on_run_finished(run: LiveRun, event: dict[str, Any]) -> None:
@@ -205,11 +321,13 @@ def _on_client_lost(run: LiveRun, event: dict[str, Any]) -> None:
     run.status, run.ended_at = "crashed", time.monotonic()
 
 
+RUN_STARTED, STAGE_FINISHED, STAGE_FAILED = "run_started", "stage_finished", "stage_failed"
+STAGE_ENDS = (STAGE_FINISHED, STAGE_FAILED)
 _HANDLERS = {
-    "run_started": _on_run_started,
+    RUN_STARTED: _on_run_started,
     "stage_started": _on_stage_started,
-    "stage_finished": _on_stage_ended,
-    "stage_failed": _on_stage_ended,
+    STAGE_FINISHED: _on_stage_ended,
+    STAGE_FAILED: _on_stage_ended,
     "run_finished": _on_run_finished,
     "client_lost": _on_client_lost,
 }
@@ -253,9 +371,14 @@ class LiveFeed:
         for endpoint in (self.home.live_endpoint, self.home.accuracy_endpoint):
             socket.connect(endpoint)  # ipc connects succeed before the daemon binds; ZeroMQ reconnects
         socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._join_active()  # after subscribing: what the first read misses, the feed or a later read brings
         self.connected = True
+        reconciled = time.monotonic()
         try:
             while not self._stop.is_set():
+                if time.monotonic() - reconciled >= RECONCILE_S:
+                    self._reconcile()
+                    reconciled = time.monotonic()
                 if not socket.poll(200):
                     continue
                 while True:
@@ -268,6 +391,29 @@ class LiveFeed:
             socket.close()
             context.term()
 
+    def _join_active(self) -> None:
+        """The runs in progress as this feed starts, joined with what is stored of them."""
+        for active in active_runs(self.home.root):
+            if isinstance(active, dict) and isinstance(active.get("run_id"), str):
+                with self.board.lock:
+                    _describe(self.board.join(active["run_id"]), active)
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Fold the joined runs' stage rows stored since the last read. A run that has ended
+        and whose row is stored is complete after this read: its identities are let go.
+        A read that fails (a damaged part, a file swapped away) is tried again next time."""
+        with self.board.lock:
+            joined = [(run.run_id, run.stored_lsn, run.ended_at is not None) for run in self.board.joined()]
+        for run_id, after_lsn, ended in joined:
+            try:
+                complete = ended and run_stored(self.home.root, run_id)  # before the rows: they are written first
+                rows = stored_ends(self.home.root, run_id, after_lsn)
+            except (OSError, ValueError, pa.ArrowException):  # ValueError: ArrowInvalid, an odd name
+                continue
+            with self.board.lock:
+                self.board.take_stored(run_id, rows, complete)
+
     def _take(self, frames: list[bytes]) -> None:
         """Fold one message; anything undecodable costs only itself."""
         if len(frames) != 2:
@@ -279,7 +425,10 @@ class LiveFeed:
                 if isinstance(event, dict) and event.get("type") not in (HEARTBEAT, RECEIVED):
                     known = self._known_runs(event)
                     with self.board.lock:
+                        met = event.get("run_id") not in self.board.runs
                         self.board.take(event, known)
+                    if met and event.get("type") != RUN_STARTED:
+                        self._reconcile()  # a run joined mid-way: its stored past at once
         elif topic == b"accuracy":
             with contextlib.suppress(ValueError, RecursionError):
                 summary = json.loads(body)

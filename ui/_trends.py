@@ -85,23 +85,24 @@ def run_points(rows: pa.Table) -> pd.DataFrame:
     return frame.sort_values(["run_start", "stage_start"], kind="stable")[columns].reset_index(drop=True)
 
 
-def thin(points: pd.DataFrame, measure: str, max_points: int) -> pd.DataFrame:
-    """At most `max_points` points per stage for a chart: past that, the runs' time span is cut
-    into max_points slices and each slice keeps its run with the largest `measure`. Every point
-    drawn is still a real run (hover names it, a click opens it) and no spike is smoothed away."""
+def thin(points: pd.DataFrame, measure: str, max_points: int, time: str = "run_start") -> pd.DataFrame:
+    """At most `max_points` points per stage for a chart: past that, the span of `time` (runs'
+    starts, or executions' within a run) is cut into max_points slices and each slice keeps its
+    point with the largest `measure`. Every point drawn is still a real run or execution (hover
+    names it, a click opens it) and no spike is smoothed away."""
     kept = []
     for _, rows in points.groupby("stage", sort=False):
         if len(rows) <= max_points:
             kept.append(rows)
             continue
-        starts = rows["run_start"].astype("int64")
+        starts = rows[time].astype("int64")
         low, high = int(starts.min()), int(starts.max())
         slices = (starts - low) * max_points // max(high - low + 1, 1)
         largest = rows[measure].fillna(-np.inf).groupby(slices.to_numpy()).idxmax()
         kept.append(rows.loc[largest.to_numpy()])
     if not kept:
         return points
-    return pd.concat(kept).sort_values(["run_start"], kind="stable")
+    return pd.concat(kept).sort_values([time], kind="stable")
 
 
 def _quantile(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:

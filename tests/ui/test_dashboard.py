@@ -24,18 +24,9 @@ from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon.groundtruth.formats import load_point_attributes, load_point_labels
 from stagewatch.ui._widgets import css_name
 from tests.conftest import DaemonProcess, run_pipeline, wait_for
+from tests.ui.conftest import CHROMIUM
 
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
 
@@ -122,23 +113,6 @@ def _other_runs(home: Path) -> None:
         run.finish(status="failed" if failing else "ok")
         assert run.flush(10)
     stagewatch.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1300, "height": 1600}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(45_000)
-    yield page
-    context.close()
 
 
 def _runs_shown(page) -> list[str]:

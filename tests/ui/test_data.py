@@ -6,9 +6,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from stagewatch.ui._data import ArtifactRefused, facets, resolve_artifact
+from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._store import Store
+from stagewatch.ui._data import ArtifactRefused, distinct_strings, facets, resolve_artifact
+from tests.daemon.test_compaction import T0, _rows
 
 
 @pytest.fixture
@@ -107,7 +111,24 @@ def test_a_cloud_without_labels_is_summarised_with_its_bounds(tmp_path: Path) ->
     assert content["bounds"] == [[0.0, 0.0, 0.0], [1.0, 1.0, 2.0]]  # the finite points
 
 
-def test_the_filter_menus_of_a_home_whose_pipelines_never_logged_are_empty(tmp_path: Path) -> None:
-    """The logs table is never written until a pipeline logs: its (empty) answer must have the
-    dictionary column the menus read, as a written table's has (the Run page failed on it)."""
-    assert facets(tmp_path) == {"pipeline": [], "host": [], "failed_stage": [], "stage": [], "logger": []}
+def test_the_filter_menus_of_a_home_whose_pipeline_never_logged(tmp_path: Path) -> None:
+    """Stage rows and no logs table (nor a finished run yet): the menus offer the stages,
+    where every page that has filter menus said 'could not be shown' (issue 29, item 0)."""
+    home = tmp_path / "home"
+    Store(home).write_rows("stage_executions", _rows(0, 10, T0))
+    found = facets(home)
+    assert found["stage"] == ["s"] and found["logger"] == [] and found["pipeline"] == []
+
+
+@pytest.mark.parametrize("table", ["logs", "runs", "stage_executions"])
+def test_a_table_not_written_yet_reads_as_dictionaries_when_asked(tmp_path: Path, table: str) -> None:
+    column = {"logs": "logger", "runs": "pipeline", "stage_executions": "stage"}[table]
+    read = read_table(tmp_path / "home", table, columns=[column], dictionary=(column,))
+    assert read.num_rows == 0 and pa.types.is_dictionary(read.schema.field(column).type)
+
+
+def test_distinct_strings_of_dictionary_and_plain_chunks_alike() -> None:
+    plain = pa.chunked_array([pa.array(["a", None, "b", "a"]), pa.array(["c"])])
+    assert distinct_strings(plain) == {"a", "b", "c", None}
+    encoded = pa.chunked_array([pa.array(["a", "b"]).dictionary_encode(), pa.array(["c", "a"]).dictionary_encode()])
+    assert distinct_strings(encoded) == {"a", "b", "c"}

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+
+import pyarrow.dataset as ds
+
 import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._records import encode_records
+from stagewatch.daemon._readmodels import read_table
 from stagewatch.ui._live import LiveFeed
 from tests.conftest import DaemonProcess, wait_for
 
@@ -50,3 +57,72 @@ def test_the_feed_reads_a_group_as_log_records_and_leaves_heartbeats_out(home) -
         assert feed.board.runs[run_id].stages["s"].done == 1
     finally:
         feed.stop()
+
+
+JOINED_PIPELINE = """
+import pathlib, sys, stagewatch
+home, go = sys.argv[1], pathlib.Path(sys.argv[2])
+run = stagewatch.init(pipeline="joined", home=home)
+print(run.id, flush=True)
+sample = 0
+
+def one():
+    global sample
+    for stage in ("decode", "detect"):
+        try:
+            with run.stage(stage, sample_id=f"s{sample}"):
+                if stage == "detect" and sample % 97 == 5:
+                    raise ValueError(f"no detections in s{sample}")
+        except ValueError:
+            pass
+    sample += 1
+
+while not go.exists() and sample < 200_000:  # until the dashboard has joined (bounded)
+    one()
+for _ in range(3_000):  # and on past the join
+    one()
+run.finish()
+assert run.flush(120)
+print(sample, flush=True)
+"""
+
+
+def _counts(live) -> dict[str, tuple[int, int]]:
+    return {name: (stage.done, stage.failed) for name, stage in live.stages.items()}
+
+
+def _stored_count(home, run_id: str) -> int:
+    return read_table(home, "stage_executions", ds.field("run_id") == run_id, None, ["run_id"]).num_rows
+
+
+def test_a_board_that_joins_a_run_mid_way_shows_its_whole_count_and_failures(daemon: DaemonProcess) -> None:
+    """A dashboard (re)started during a long run: what the feed carried before it listened comes
+    from the stored rows, and nothing is counted twice where the two overlap (issue 29, item 11)."""
+    go = daemon.home.parent / "joined"
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", JOINED_PIPELINE, str(daemon.home), str(go)], stdout=subprocess.PIPE, text=True
+    )
+    feed = None
+    try:
+        run_id = pipeline.stdout.readline().strip()
+        wait_for(lambda: _stored_count(daemon.home, run_id) > 2_000, 60)  # stored, and still sending
+        feed = LiveFeed(daemon.home)
+        wait_for(lambda: feed.connected, 10)
+        go.touch()
+        samples = int(pipeline.stdout.readline())
+        assert pipeline.wait(120) == 0
+        failed = sum(1 for sample in range(samples) if sample % 97 == 5)
+        expected = {"decode": (samples, 0), "detect": (samples, failed)}
+        live = wait_for(lambda: (r := feed.board.runs.get(run_id)) and r.ended_at and r, 60)
+        with contextlib.suppress(AssertionError):  # the stored rows' last read follows the run's end
+            wait_for(lambda: _counts(live) == expected, 30)
+        assert _counts(live) == expected
+        assert _stored_count(daemon.home, run_id) == 2 * samples
+        (stored,) = read_table(daemon.home, "runs", ds.field("run_id") == run_id, None, ["status"]).to_pylist()
+        assert live.status == stored["status"] and live.pipeline == "joined"
+        assert live.failures[0]["sample_id"] == f"s{max(s for s in range(samples) if s % 97 == 5)}"
+    finally:
+        if feed is not None:
+            feed.stop()
+        pipeline.kill()
+        pipeline.wait(10)

@@ -17,9 +17,10 @@ import panel as pn
 
 from stagewatch._home import ARTIFACT_FORM
 from stagewatch.daemon.groundtruth.diff import viridis
-from stagewatch.ui import _data, _format, _widgets
+from stagewatch.ui import _data, _format, _trends, _widgets
 
 THUMBNAILS = 12  # per stage and page view; the rest are listed
+DURATION_POINTS = 2_000  # per stage in the durations chart: past that, the slowest of each slice
 LIVE_REFRESH_MS = 2000
 
 
@@ -279,9 +280,16 @@ def gpu_cell(peak: float, gpu: dict[str, Any] | None) -> str:
     return f"{_format.mb(peak)}{f' ({split})' if split else ''} · {', '.join(gpu['sources'])}"
 
 
-def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[str, str]) -> pn.pane.HoloViews:
-    """Each execution's duration against when it started in the run; hover names the sample."""
+def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[str, str]) -> pn.Column:
+    """Each execution's duration against when it started in the run; hover names the sample.
+    A run of many executions draws, per stage, the slowest of each slice of the run and every
+    one that did not end ok (a browser given a point per execution of a long run stalls)."""
     frame = executions.dropna(subset=["duration_ms"]).assign(sample=lambda f: f["sample_id"].fillna("-"))
+    total = len(frame)
+    ended_ok = frame["status"] == "ok"
+    frame = pd.concat(
+        [_trends.thin(frame[ended_ok], "duration_ms", DURATION_POINTS, time="start_ms"), frame[~ended_ok]]
+    )
     overlay = hv.Overlay(
         [
             hv.Scatter(
@@ -293,7 +301,18 @@ def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[st
     chart = overlay.opts(
         height=280, responsive=True, xlabel="ms since the run's first stage", ylabel="ms", legend_position="right"
     )
-    return pn.pane.HoloViews(chart, sizing_mode="stretch_width", name="durations")
+    drawn = (
+        []
+        if len(frame) == total
+        else [
+            pn.pane.Markdown(
+                f"{len(frame):,} of {total:,} executions drawn: per stage, the slowest of each "
+                f"{DURATION_POINTS:,}th of the run and every one that did not end ok.",
+                css_classes=["sw-durations-thinned"],
+            )
+        ]
+    )
+    return pn.Column(*drawn, pn.pane.HoloViews(chart, sizing_mode="stretch_width", name="durations"))
 
 
 def waterfall(executions: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:

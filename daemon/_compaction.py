@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 from loguru import logger
 
 from stagewatch._home import Home, partition_date
-from stagewatch.daemon._readmodels import damage_of
+from stagewatch.daemon._sql import damage_of
 from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn, parquet_options
 
 ROW_GROUP_ROWS = 8192

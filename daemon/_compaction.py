@@ -362,7 +362,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:  # a file system without hard links, or a part another user wrote (protected_hardlinks)
-        shutil.copy2(source, target)  # mtime kept: a stage-stats summary of the part stays current
+        shutil.copy2(source, target)
 
 
 def finish_interrupted(home: Path | Home) -> None:

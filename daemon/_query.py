@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._sql import over_arrow, quoted, schema_of, select
 
 STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
@@ -80,12 +81,17 @@ class Filters:
             )
 
 
+# What timestamp[ns] can hold (a day inside its limits): every stored time is in this range.
+STORED_TIMES = (datetime(1677, 9, 22, tzinfo=UTC), datetime(2262, 4, 10, tzinfo=UTC))
+
+
 @dataclass
 class Where:
     """SQL terms joined by AND, and the values bound to their placeholders in order."""
 
     terms: list[str] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
+    dates: list[str] | None = None  # the only date partitions that can hold a match (None: any)
 
     def add(self, term: str, *params: Any) -> Where:
         self.terms.append(term)
@@ -102,10 +108,17 @@ class Where:
 
 def _common(where: Where, home: Path, time_column: str, filters: Filters) -> Where:
     """The time range (and the date partitions it spans, so other days' files stay closed),
-    the run and the pipeline."""
+    the run (and the partitions the run index says hold its rows: a random run id says
+    nothing to Parquet's statistics until a file is opened) and the pipeline."""
     for bound, op in ((filters.since, ">="), (filters.until, "<=")):
-        if bound is not None:
-            where.add(f'"{time_column}" {op} ?', bound).add(f"date {op} ?", bound.strftime("%Y-%m-%d"))
+        if bound is None or (bound < STORED_TIMES[0] if op == ">=" else bound > STORED_TIMES[1]):
+            continue  # every stored time is inside: no term (the bound has no nanosecond form)
+        if bound > STORED_TIMES[1] if op == ">=" else bound < STORED_TIMES[0]:
+            where.add("false")  # no stored time is inside
+            continue
+        where.add(f'"{time_column}" {op} ?', bound).add(f"date {op} ?", bound.strftime("%Y-%m-%d"))
+    if filters.run:
+        where.dates = run_dates(home, filters.run)
     return where.equals("run_id", filters.run).equals("pipeline", filters.pipeline)
 
 
@@ -145,7 +158,7 @@ def rows_of(home: Path, table: str, where: Where, columns: Sequence[str] | None 
     schema = schema_of(table)
     names = list(columns) if columns is not None else schema.names
     sql = f"SELECT {quoted(names)} FROM rows{where.sql} ORDER BY {order}"
-    return select(home, table, sql, where.params, pa.schema([schema.field(name) for name in names]))
+    return select(home, table, sql, where.params, pa.schema([schema.field(name) for name in names]), where.dates)
 
 
 MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit: a larger page is refused with words, not by DuckDB
@@ -160,9 +173,10 @@ def page_of(
         raise ValueError(f"expected a page offset >= 0 and a page size > 0 below 2**62, got {offset} and {limit}")
     schema = schema_of(table)
     sql = f"SELECT {quoted(columns)} FROM rows{where.sql} ORDER BY {order} LIMIT ? OFFSET ?"
-    page = select(home, table, sql, [*where.params, limit, offset], pa.schema([schema.field(c) for c in columns]))
-    total = select(home, table, f"SELECT count(*) AS n FROM rows{where.sql}", where.params)["n"][0].as_py()
-    return page, total
+    page_schema = pa.schema([schema.field(c) for c in columns])
+    page = select(home, table, sql, [*where.params, limit, offset], page_schema, where.dates)
+    total = select(home, table, f"SELECT count(*) AS n FROM rows{where.sql}", where.params, None, where.dates)
+    return page, total["n"][0].as_py()
 
 
 def distinct_values(home: Path, table: str, column: str) -> list[str]:
@@ -189,17 +203,11 @@ PERCENTILES = (0.5, 0.95, 0.99)
 
 
 def _stats_sql(where: str) -> str:
-    """Per stage: rows, failures, and per measure its non-NaN values' count, sum, exact
-    quantiles (linear interpolation, as numpy.percentile's default) and maximum."""
+    """Per stage: rows, failures, and per measure its values' count, sum, exact quantiles
+    (linear interpolation, as numpy.percentile's default) and maximum (NULL is no reading)."""
     measures = []
     for name in MEASURES:
-        present = f"FILTER (WHERE NOT isnan({name}))"  # NaN is no reading; NULL is left out anyway
-        measures += [
-            f"count({name}) {present}",
-            f"sum({name}) {present}",
-            f"quantile_cont({name}, {list(PERCENTILES)}) {present}",
-            f"max({name}) {present}",
-        ]
+        measures += [f"count({name})", f"sum({name})", f"quantile_cont({name}, {list(PERCENTILES)})", f"max({name})"]
     return (
         f"SELECT stage, count(*), count(*) FILTER (WHERE status IS DISTINCT FROM 'ok'), {', '.join(measures)} "
         f"FROM rows{where} GROUP BY stage ORDER BY stage"
@@ -208,14 +216,19 @@ def _stats_sql(where: str) -> str:
 
 def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:
     """Per stage: count, failure rate, mean/median/p95/p99/max of duration and memory peaks,
-    and each stage's share of the total time (the largest is the bottleneck)."""
-    return _stats_of(over_arrow(stages.select(STATS_COLUMNS), _stats_sql("")))
+    and each stage's share of the total time (the largest is the bottleneck). The daemon
+    never stores NaN (validation refuses it); in rows in hand it counts as no reading."""
+    rows = stages.select(STATS_COLUMNS)
+    for name in MEASURES:
+        column = rows[name]
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(pc.is_nan(column), None, column))
+    return _stats_of(over_arrow(rows, _stats_sql("")))
 
 
 def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
     """stage_stats of the stage executions that match `filters`, in one aggregate query."""
     where = stage_where(home, filters)
-    return _stats_of(select(home, "stage_executions", _stats_sql(where.sql), where.params))
+    return _stats_of(select(home, "stage_executions", _stats_sql(where.sql), where.params, None, where.dates))
 
 
 def _stats_of(aggregates: pa.Table) -> list[dict[str, Any]]:

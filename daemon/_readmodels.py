@@ -66,10 +66,7 @@ def _read_once(
 ) -> pa.Table:
     folder = Home.of(home).table(table)
     schema = schema_of(table)
-    files = snapshot_files(home, table)
-    if dates is not None:
-        wanted = {str(Home.of(home).partition(table, date)) for date in dates}
-        files = [path for path in files if str(Path(path).parent) in wanted]
+    files = snapshot_files(home, table, dates)
     if not files:
         return _select(schema.empty_table(), columns)
     if dictionary:

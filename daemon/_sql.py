@@ -53,20 +53,27 @@ def cursor() -> duckdb.DuckDBPyConnection:
     with _connection_lock:
         if _connection is None:
             connection = duckdb.connect(":memory:")
-            connection.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, as written
+            # GLOBAL: the cursors (sessions of their own) see these too.
+            connection.execute("SET GLOBAL TimeZone = 'UTC'")  # timestamps come back as UTC, as written
             # Footers of parts already read are kept: a part never changes under its name.
-            connection.execute("SET parquet_metadata_cache = true")
+            connection.execute("SET GLOBAL parquet_metadata_cache = true")
+            # Parquet and ICU are built in; nothing is fetched from the network (offline hosts).
+            connection.execute("SET GLOBAL autoinstall_known_extensions = false")
             _connection = connection
         _local.cursor = _connection.cursor()
     return _local.cursor
 
 
-def snapshot_files(home: Path, table: str) -> list[str]:
-    """The Parquet files that make up `table` now, sorted: the parts in its date partitions.
-    The only function that knows how a table's files are found. A folder being prepared by a
-    merge (`.date=D.new`) is not a partition: its name does not start with `date=`."""
+def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -> list[str]:
+    """The Parquet files that make up `table` now, sorted: the parts in its date partitions
+    (only those of `dates`, if given: the run index's answer for one run). The only function
+    that knows how a table's files are found. A folder being prepared by a merge
+    (`.date=D.new`) is not a partition: its name does not start with `date=`."""
     folder = Home.of(home).table(table)
-    return sorted(str(path) for path in folder.glob("date=*/*.parquet"))
+    if dates is None:
+        return sorted(str(path) for path in folder.glob("date=*/*.parquet"))
+    partitions = [Home.of(home).partition(table, date) for date in dates]
+    return sorted(str(path) for partition in partitions for path in partition.glob("*.parquet"))
 
 
 def runs_being_removed(home: Path) -> list[str]:
@@ -89,15 +96,17 @@ def select(
     sql: str,
     params: Sequence[Any] = (),
     schema: pa.Schema | None = None,
+    dates: Sequence[str] | None = None,
 ) -> pa.Table:
     """The answer of `sql`, a query over the view `rows` (every column of `table`, the
-    partition date included, no matter which parts lack a column); with `schema`, cast to it.
+    partition date included, no matter which parts lack a column); with `schema`, cast to it;
+    with `dates`, over those date partitions only.
 
     The snapshot's file list is taken, DuckDB reads it; if a part vanished in between (a merge
     swapped its folder, retention rewrote it) the read is tried again on a fresh list, never
     seeing a row twice. A part that cannot be read is left out with a warning."""
     for attempt in range(READ_ATTEMPTS):
-        files = snapshot_files(home, table)
+        files = snapshot_files(home, table, dates)
         try:
             result = _run(home, files, table, sql, params)
         except (duckdb.IOException, duckdb.InvalidInputException) as error:

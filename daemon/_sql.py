@@ -14,6 +14,7 @@ is threaded).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -28,7 +29,8 @@ from stagewatch._home import Home
 from stagewatch.daemon._store import TABLES
 
 READ_ATTEMPTS = 5
-PARTITION_COLUMN = "date"  # the partition's UTC date (YYYY-MM-DD), from the folder's name
+PARTITION_COLUMN = "date"
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # the partition's UTC date (YYYY-MM-DD), from the folder's name
 
 _connection: duckdb.DuckDBPyConnection | None = None
 _connection_lock = threading.Lock()
@@ -55,7 +57,7 @@ def cursor() -> duckdb.DuckDBPyConnection:
             connection = duckdb.connect(":memory:")
             # GLOBAL: the cursors (sessions of their own) see these too.
             connection.execute("SET GLOBAL TimeZone = 'UTC'")  # timestamps come back as UTC, as written
-            # Footers of parts already read are kept: a part never changes under its name.
+            # Footers of parts already read are kept (DuckDB reads one again when its file changed).
             connection.execute("SET GLOBAL parquet_metadata_cache = true")
             # Parquet and ICU are built in; nothing is fetched from the network (offline hosts).
             connection.execute("SET GLOBAL autoinstall_known_extensions = false")
@@ -69,10 +71,11 @@ def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -
     (only those of `dates`, if given: the run index's answer for one run). The only function
     that knows how a table's files are found. A folder being prepared by a merge
     (`.date=D.new`) is not a partition: its name does not start with `date=`."""
-    folder = Home.of(home).table(table)
+    layout = Home.of(home)
     if dates is None:
-        return sorted(str(path) for path in folder.glob("date=*/*.parquet"))
-    partitions = [Home.of(home).partition(table, date) for date in dates]
+        partitions = layout.partitions(table)
+    else:  # dates from the run index, a file anyone can edit: only dates name a partition
+        partitions = [layout.partition(table, date) for date in dates if DATE.fullmatch(date)]
     return sorted(str(path) for partition in partitions for path in partition.glob("*.parquet"))
 
 

@@ -1,13 +1,16 @@
-"""The dashboard's artifact check, without a browser: only real artifacts inside the home."""
+"""The dashboard's data, without a browser: only real artifacts inside the home; the filter menus' values."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from stagewatch.ui._data import ArtifactRefused, resolve_artifact
+from stagewatch.daemon._store import TABLES
+from stagewatch.ui._data import ArtifactRefused, _read_facets, resolve_artifact
 
 
 @pytest.fixture
@@ -80,3 +83,33 @@ def test_a_damaged_artifact_is_said_to_be_unreadable(tmp_path: Path, name: str, 
     assert (kind == "unreadable" and content.startswith(f"{name} cannot be read")) or (
         kind == "summary" and "declares" in content.get("note", "")
     )
+
+
+def _part(home: Path, table: str, date: str, columns: dict[str, list], dictionary: bool) -> None:
+    schema = pa.schema([TABLES[table].field(name) for name in columns])
+    folder = home / "metrics" / table / f"date={date}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(columns, schema),
+        folder / f"part-{len(list(folder.iterdir())):020d}.parquet",
+        use_dictionary=dictionary,
+    )
+
+
+def test_the_filter_menus_read_parts_of_any_encoding_and_an_empty_home(tmp_path: Path) -> None:
+    """Merged parts write their strings plain: the menus' values never assume a dictionary
+    (issue 29: AttributeError 'StringArray' object has no attribute 'dictionary')."""
+    home = tmp_path / "home"
+    assert _read_facets(home) == {"pipeline": [], "host": [], "failed_stage": [], "stage": [], "logger": []}
+    for dictionary, day in ((False, "2026-11-01"), (True, "2026-11-02")):
+        runs = {"pipeline": [f"p-{day}", None], "host": ["h", ""], "failed_stage": [None, "detection"]}
+        _part(home, "runs", day, runs, dictionary)
+        _part(home, "stage_executions", day, {"stage": ["detection", "tracking"]}, dictionary)
+    _part(home, "logs", "2026-11-02", {"logger": ["app.io", None]}, False)  # logs of one day only
+    assert _read_facets(home) == {
+        "pipeline": ["p-2026-11-01", "p-2026-11-02"],
+        "host": ["h"],
+        "failed_stage": ["detection"],
+        "stage": ["detection", "tracking"],
+        "logger": ["app.io"],
+    }

@@ -21,7 +21,7 @@ import pytest
 import stagewatch
 from stagewatch._home import Home
 from stagewatch._protocol import pack_event
-from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _maintenance, _readmodels
+from stagewatch.daemon import Daemon, DaemonSettings, _compaction, _maintenance, _readmodels, _sql
 from stagewatch.daemon._compaction import (
     carry_out,
     compact,
@@ -198,6 +198,25 @@ def test_a_read_that_races_a_merge_lists_again_and_counts_each_row_once(home: Pa
     lsns = read_table(home, "stage_executions")["lsn"].to_pylist()
     assert sorted(lsns) == list(range(48))
     assert len(listings) == 2 and len(listings[0]) == 16 and len(listings[1]) == 1
+
+
+def test_a_query_that_races_a_merge_lists_again_and_counts_each_row_once(home: Path, monkeypatch) -> None:
+    """The same race for the query layer: DuckDB is handed a list whose parts a swap then
+    removed; it reads again on a fresh list."""
+    store = Store(home)
+    for flush in range(16):
+        store.write_rows("stage_executions", _rows(flush * 3, 3, T0))
+    real_listing, listings = _sql.snapshot_files, []
+
+    def listing_then_merge(*args, **kwargs):  # the merge lands between listing the files and reading them
+        listings.append(real_listing(*args, **kwargs))
+        if len(listings) == 1:
+            assert carry_out(home, tier_plan(home, fan_in=16)) == 1
+        return listings[-1]
+
+    monkeypatch.setattr(_sql, "snapshot_files", listing_then_merge)
+    assert sorted(query_stages(home, Filters())["lsn"].to_pylist()) == list(range(48))
+    assert [len(listed) for listed in listings] == [16, 1]
 
 
 def test_the_daemon_merges_todays_parts_as_they_come(home: Path) -> None:

@@ -17,12 +17,12 @@ import pyarrow.dataset as ds
 from stagewatch._home import Home
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
+    damaged_parts,
     quoted,
     runs_being_removed,
     schema_of,
     select,
     snapshot_files,
-    without_damaged_parts,
 )
 from stagewatch.daemon._store import RUNS
 
@@ -84,9 +84,10 @@ def _read_once(
     except FileNotFoundError:
         raise  # a part swapped away by compaction as we read: the caller lists again
     except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
-        readable = without_damaged_parts(files)
-        if readable is None:
+        damaged = damaged_parts(files)
+        if not damaged:
             raise
+        readable = [path for path in files if path not in damaged]
         return _files_dataset(readable, folder, file_format, schema).to_table(filter=expression, columns=columns)
 
 

@@ -108,25 +108,31 @@ def select(
     The snapshot's file list is taken, DuckDB reads it; if a part vanished in between (a merge
     swapped its folder, retention rewrote it) the read is tried again on a fresh list, never
     seeing a row twice. A part that cannot be read is left out with a warning."""
+    skipped: set[str] = set()  # damaged parts, warned of
     for attempt in range(READ_ATTEMPTS):
-        files = snapshot_files(home, table, dates)
+        files = [path for path in snapshot_files(home, table, dates) if path not in skipped]
         try:
             result = _run(home, files, table, sql, params)
-        except (duckdb.IOException, duckdb.InvalidInputException) as error:
-            if attempt < READ_ATTEMPTS - 1 and _some_vanished(files):
+        except duckdb.Error as error:
+            last = attempt == READ_ATTEMPTS - 1
+            if not last and _some_vanished(files):
                 continue
-            readable = without_damaged_parts(files)
-            if readable is None:
+            damaged = damaged_parts(files) if not last and _about_files(error) else []
+            if not damaged:
                 raise QueryError(_first_line(error)) from None
-            result = _run(home, readable, table, sql, params)
+            skipped.update(damaged)
+            continue
         return result.cast(schema) if schema is not None else result
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table:
     """The answer of `sql` over `rows` (rows in hand) as the view `rows`: the same SQL that
     `select` runs over a table's files."""
-    return _execute(cursor(), "rows", rows, sql, params)
+    try:
+        return _execute(cursor(), "rows", rows, sql, params)
+    except duckdb.Error as error:
+        raise QueryError(_first_line(error)) from None
 
 
 def _run(home: Path, files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
@@ -162,17 +168,14 @@ def _execute(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table, query: 
     try:
         relation = con.sql(query, params=list(params)) if params else con.sql(query)
         return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
-    except (duckdb.InvalidInputException, duckdb.OutOfRangeException, duckdb.ConversionException) as error:
-        if isinstance(error, duckdb.InvalidInputException) and _is_file_error(error):
-            raise
-        raise QueryError(_first_line(error)) from None
     finally:
         con.unregister(name)
 
 
-def _is_file_error(error: Exception) -> bool:
-    text = str(error)
-    return "parquet" in text.lower() or "No such file" in text or "file" in text.lower()
+def _about_files(error: duckdb.Error) -> bool:
+    """Whether reading a file failed (not the query: a regular expression RE2 refused, a value
+    out of range), so that finding the damaged part is worth reading each one."""
+    return isinstance(error, duckdb.IOException) or "parquet" in str(error).lower()
 
 
 def _first_line(error: Exception) -> str:
@@ -183,18 +186,18 @@ def _some_vanished(files: list[str]) -> bool:
     return any(not Path(path).exists() for path in files)
 
 
-def without_damaged_parts(files: list[str]) -> list[str] | None:
-    """The files that read, warning of each that does not; None if all do (the error was
-    something else). The event log still holds their rows: `stagewatch rebuild`."""
+def damaged_parts(files: list[str]) -> list[str]:
+    """The files that do not read, warning of each (this reads every file whole: only after a
+    read failed). The event log still holds their rows: `stagewatch rebuild`."""
     damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
     for path, damage in damaged.items():
         warnings.warn(
             f"skipped the damaged Parquet part {path} ({damage}); its rows are missing from this "
             "answer until `stagewatch rebuild` regenerates the tables from the event log",
             DamagedPartWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
-    return [path for path in files if path not in damaged] if damaged else None
+    return list(damaged)
 
 
 def damage_of(part: Path) -> str | None:

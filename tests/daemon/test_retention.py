@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import stagewatch
+from stagewatch.daemon import Filters, query_runs, query_stats
 from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon._retention import (
     NS,
@@ -112,6 +113,7 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
         apply_retention(home, RetentionSection(runs="1s"))
     assert intent_path(home).exists()
     assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
+    assert query_runs(home, Filters()).num_rows == 0 and query_stats(home, Filters()) == []  # the SQL layer too
     for run_id in run_ids:
         shown = subprocess.run(
             [sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],

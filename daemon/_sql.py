@@ -76,7 +76,8 @@ def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -
         partitions = layout.partitions(table)
     else:  # dates from the run index, a file anyone can edit: only dates name a partition
         partitions = [layout.partition(table, date) for date in dates if DATE.fullmatch(date)]
-    return sorted(str(path) for partition in partitions for path in partition.glob("*.parquet"))
+    # A folder named like a part is no part (is_file: a part gone meanwhile is not listed either).
+    return sorted(str(path) for partition in partitions for path in partition.glob("*.parquet") if path.is_file())
 
 
 def runs_being_removed(home: Path) -> list[str]:

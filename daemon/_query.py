@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon._runindex import run_dates
-from stagewatch.daemon._sql import over_arrow, quoted, schema_of, select
+from stagewatch.daemon._sql import MAX_ROWS, over_arrow, quoted, schema_of, select
 
 STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -159,9 +159,6 @@ def rows_of(home: Path, table: str, where: Where, columns: Sequence[str] | None 
     names = list(columns) if columns is not None else schema.names
     sql = f"SELECT {quoted(names)} FROM rows{where.sql} ORDER BY {order}"
     return select(home, table, sql, where.params, pa.schema([schema.field(name) for name in names]), where.dates)
-
-
-MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit: a larger page is refused with words, not by DuckDB
 
 
 def page_of(

@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 from stagewatch._home import Home
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
+    MAX_ROWS,
     damaged_parts,
     quoted,
     runs_being_removed,
@@ -123,7 +124,7 @@ def to_rows(table: pa.Table) -> list[dict[str, Any]]:
 def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
     """The most recent runs, finished (from Parquet) and still running (from the daemon)."""
     sql = f"SELECT {quoted(RUNS.names)} FROM rows ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
-    finished = to_rows(select(home, "runs", sql, [limit], RUNS))
+    finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
     runs += [_active_summary(active) for active in active_runs(home) if active["run_id"] not in known]

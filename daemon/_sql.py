@@ -29,6 +29,7 @@ from stagewatch._home import Home
 from stagewatch.daemon._store import TABLES
 
 READ_ATTEMPTS = 5
+MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit in DuckDB: more rows than any table holds
 PARTITION_COLUMN = "date"
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # the partition's UTC date (YYYY-MM-DD), from the folder's name
 

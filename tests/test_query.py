@@ -209,3 +209,10 @@ def test_pages_sort_and_cut_in_sql_and_refuse_impossible_offsets(history) -> Non
     assert logs_page(home, Filters(), 10_000, 25).rows.empty
     with pytest.raises(ValueError, match="page offset"):
         logs_page(home, Filters(), 2**70, 25)
+
+
+def test_a_limit_beyond_any_table_lists_every_run(history) -> None:
+    home, _ = history
+    result = sw("runs", "--home", str(home), "--json", "--limit", str(10**24))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 2

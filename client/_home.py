@@ -173,10 +173,6 @@ class Home:
     def run_index(self) -> Path:
         return self.index / "runs"
 
-    @property
-    def stage_stats(self) -> Path:
-        return self.index / "stage-stats"
-
     # -- runs ----------------------------------------------------------------------------
     def run(self, run_id: str) -> Path:
         return self.runs / check_run_id(run_id)
@@ -219,14 +215,6 @@ class Home:
     def quarantined_part(self, part: Path) -> Path:
         """Where a damaged part `metrics/{table}/date=D/{part}` is set aside."""
         return self.quarantined_parts / part.parent.parent.name / part.parent.name / part.name
-
-    def stage_stats_summary(self, date: str) -> Path:
-        return self.stage_stats / f"{PARTITION_PREFIX}{date}.arrow"
-
-    def stage_stats_summaries(self) -> dict[str, Path]:
-        """date -> its summary file, for the summaries there are."""
-        paths = self.stage_stats.glob(f"{PARTITION_PREFIX}*.arrow")
-        return {path.stem[len(PARTITION_PREFIX) :]: path for path in paths}
 
     # -- endpoints -----------------------------------------------------------------------
     @property

@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 from loguru import logger
 
 from stagewatch._home import Home, partition_date
-from stagewatch.daemon._readmodels import damage_of
+from stagewatch.daemon._sql import damage_of
 from stagewatch.daemon._store import DAEMON_TABLES, PART_PREFIX, TABLES, first_lsn, parquet_options
 
 ROW_GROUP_ROWS = 8192
@@ -362,7 +362,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:  # a file system without hard links, or a part another user wrote (protected_hardlinks)
-        shutil.copy2(source, target)  # mtime kept: a stage-stats summary of the part stays current
+        shutil.copy2(source, target)
 
 
 def finish_interrupted(home: Path | Home) -> None:

@@ -19,7 +19,7 @@ from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
 from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
 from stagewatch._spool import spool_owner
-from stagewatch.daemon._compaction import aged_cutoff, aged_plan, merge_steps, tier_plan, utc_now
+from stagewatch.daemon._compaction import aged_plan, merge_steps, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
 from stagewatch.daemon._diskjobs import timed
 from stagewatch.daemon._ingest import Group, Ingest
@@ -29,7 +29,6 @@ from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._scrub import scrub_next_segment
 from stagewatch.daemon._sdnotify import SystemdNotifier
 from stagewatch.daemon._settings import DiskSection, RetentionSection
-from stagewatch.daemon._stagestats import refresh_summaries
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 
 MERGE_BUDGET_S = 2.0  # the time one pass of tier merging spends in its swaps (row writes run between them)
@@ -181,7 +180,7 @@ class Maintenance:
                 len(freed["segments"]),
                 freed["segment_bytes"],
             )
-        self.background.after_checkpoint(self._compact_aged, "compact aged partitions or summarize them")
+        self.background.after_checkpoint(self._compact_aged, "compact aged partitions")
 
     def _record_expiry(self, runs: list[FinishedRun]) -> bool:
         """Commit a run_expired event per run before retention removes it (even below the
@@ -202,9 +201,6 @@ class Maintenance:
             yield groups
         if compacted:
             logger.info("compacted {} group(s) of aged Parquet parts", compacted)
-        summarized = refresh_summaries(self.home.root, aged_cutoff(now))  # an OSError: reported, retried next hour
-        if summarized:
-            logger.info("summarized {} aged partition(s) for stats", summarized)
 
     def merge_small_parts(self) -> None:
         """Merge parts of the same size tier (today's partition too), so no query opens a

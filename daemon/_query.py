@@ -1,13 +1,15 @@
-"""Queries over the read models: by run, time range, stage, status, log level and text.
+"""Queries over the tables: by run, time range, stage, status, log level and text.
 
-Filters become pyarrow dataset expressions (date partitions are pruned by the time range),
-aggregates are Arrow compute kernels; Python only loops over the few stages.
+Filters become SQL terms with bound parameters (`_sql.select` runs them on DuckDB over the
+table's snapshot); a time range also names the date partitions, so DuckDB opens only the
+files of those days. Statistics are exact aggregates in the same SQL (`quantile_cont`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from stagewatch.daemon._readmodels import read_table, runs_being_removed
 from stagewatch.daemon._runindex import run_dates
-from stagewatch.daemon._stagestats import STATS_COLUMNS, current_summaries, partition_dates, stats_of, summarize
+from stagewatch.daemon._sql import MAX_ROWS, over_arrow, quoted, schema_of, select
 
 STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -81,144 +81,184 @@ class Filters:
             )
 
 
-def _time_filter(column: str, filters: Filters) -> ds.Expression | None:
-    expression = None
-    for bound, op in ((filters.since, "ge"), (filters.until, "le")):
-        if bound is not None:
-            scalar = pa.scalar(bound, pa.timestamp("ns", tz="UTC"))
-            term = getattr(pc, {"ge": "greater_equal", "le": "less_equal"}[op])(ds.field(column), scalar)
-            date = pa.scalar(bound.strftime("%Y-%m-%d"))
-            term = term & (ds.field("date") >= date if op == "ge" else ds.field("date") <= date)  # prunes files
-            expression = term if expression is None else expression & term
-    return expression
+# What timestamp[ns] can hold (a day inside its limits): every stored time is in this range.
+STORED_TIMES = (datetime(1677, 9, 22, tzinfo=UTC), datetime(2262, 4, 10, tzinfo=UTC))
 
 
-def _and(*terms: ds.Expression | None) -> ds.Expression | None:
-    present = [t for t in terms if t is not None]
-    expression = present[0] if present else None
-    for term in present[1:]:
-        expression = expression & term
-    return expression
+@dataclass
+class Where:
+    """SQL terms joined by AND, and the values bound to their placeholders in order."""
+
+    terms: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    dates: list[str] | None = None  # the only date partitions that can hold a match (None: any)
+
+    def add(self, term: str, *params: Any) -> Where:
+        self.terms.append(term)
+        self.params.extend(params)
+        return self
+
+    def equals(self, column: str, value: str | None) -> Where:
+        return self.add(f'"{column}" = ?', value) if value else self
+
+    @property
+    def sql(self) -> str:
+        return f" WHERE {' AND '.join(self.terms)}" if self.terms else ""
 
 
-def _contains(column: str, filters: Filters) -> ds.Expression | None:
+def _common(where: Where, home: Path, time_column: str, filters: Filters) -> Where:
+    """The time range (and the date partitions it spans, so other days' files stay closed),
+    the run (and the partitions the run index says hold its rows: a random run id says
+    nothing to Parquet's statistics until a file is opened) and the pipeline."""
+    for bound, op in ((filters.since, ">="), (filters.until, "<=")):
+        if bound is None or (bound < STORED_TIMES[0] if op == ">=" else bound > STORED_TIMES[1]):
+            continue  # every stored time is inside: no term (the bound has no nanosecond form)
+        if bound > STORED_TIMES[1] if op == ">=" else bound < STORED_TIMES[0]:
+            where.add("false")  # no stored time is inside
+            continue
+        where.add(f'"{time_column}" {op} ?', bound).add(f"date {op} ?", bound.strftime("%Y-%m-%d"))
+    if filters.run:
+        where.dates = run_dates(home, filters.run)
+    return where.equals("run_id", filters.run).equals("pipeline", filters.pipeline)
+
+
+def _contains(where: Where, column: str, filters: Filters) -> Where:
+    """--grep: case-insensitive text, or an RE2 regular expression with --regex."""
     if not filters.grep:
-        return None
-    match = pc.match_substring_regex if filters.regex else pc.match_substring
-    return match(ds.field(column), filters.grep, ignore_case=True)
+        return where
+    if filters.regex:
+        return where.add(f"regexp_matches(\"{column}\", ?, 'i')", filters.grep)
+    return where.add(f'contains(lower("{column}"), ?)', filters.grep.lower())
 
 
-def _equals(column: str, value: str | None) -> ds.Expression | None:
-    return ds.field(column) == value if value else None
+def run_where(home: Path, filters: Filters) -> Where:
+    where = _common(Where(), home, "start_time", filters)
+    where.equals("status", filters.status).equals("host", filters.host).equals("failed_stage", filters.failed_stage)
+    return _contains(where, "error_message", filters)
 
 
-def _dates_of(home: Path, filters: Filters) -> list[str] | None:
-    """With --run, only the run's date partitions (from the run index) are read."""
-    return run_dates(home, filters.run) if filters.run else None
+def stage_where(home: Path, filters: Filters) -> Where:
+    where = _common(Where(), home, "start_time", filters)
+    where.equals("stage", filters.stage).equals("status", filters.status)
+    return _contains(where, "error_message", filters)
+
+
+def log_where(home: Path, filters: Filters) -> Where:
+    where = _common(Where(), home, "time", filters).equals("stage", filters.stage)
+    if filters.level:
+        levels = LEVELS[LEVELS.index(filters.level.upper()) :]
+        where.add(f"level IN ({', '.join('?' * len(levels))})", *levels)
+    if filters.logger:  # "app." names a family of loggers, "app" one logger
+        where.add("starts_with(logger, ?)" if filters.logger.endswith(".") else "logger = ?", filters.logger)
+    return _contains(where, "message", filters)
+
+
+def rows_of(home: Path, table: str, where: Where, columns: Sequence[str] | None = None, order: str = "lsn") -> pa.Table:
+    """The rows of `table` that `where` lets through, in `order`, as the table's types."""
+    schema = schema_of(table)
+    names = list(columns) if columns is not None else schema.names
+    sql = f"SELECT {quoted(names)} FROM rows{where.sql} ORDER BY {order}"
+    return select(home, table, sql, where.params, pa.schema([schema.field(name) for name in names]), where.dates)
+
+
+def page_of(
+    home: Path, table: str, where: Where, columns: Sequence[str], order: str, offset: int, limit: int
+) -> tuple[pa.Table, int]:
+    """Rows offset..offset+limit of those `where` lets through, in `order` (SQL of our own:
+    column names and directions, never a user's text), and how many match in all."""
+    if not (0 <= offset < MAX_ROWS and 0 < limit < MAX_ROWS):
+        raise ValueError(f"expected a page offset >= 0 and a page size > 0 below 2**62, got {offset} and {limit}")
+    schema = schema_of(table)
+    sql = f"SELECT {quoted(columns)} FROM rows{where.sql} ORDER BY {order} LIMIT ? OFFSET ?"
+    page_schema = pa.schema([schema.field(c) for c in columns])
+    page = select(home, table, sql, [*where.params, limit, offset], page_schema, where.dates)
+    total = select(home, table, f"SELECT count(*) AS n FROM rows{where.sql}", where.params, None, where.dates)
+    return page, total["n"][0].as_py()
+
+
+def distinct_values(home: Path, table: str, column: str) -> list[str]:
+    """The column's distinct non-empty values, sorted (whatever encoding each part uses)."""
+    sql = f'SELECT DISTINCT "{column}" AS v FROM rows WHERE "{column}" IS NOT NULL AND "{column}" <> \'\' ORDER BY v'
+    return select(home, table, sql)["v"].to_pylist()
 
 
 def query_runs(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
-    expression = _and(
-        _time_filter("start_time", filters),
-        _equals("run_id", filters.run),
-        _equals("status", filters.status),
-        _equals("pipeline", filters.pipeline),
-        _equals("host", filters.host),
-        _equals("failed_stage", filters.failed_stage),
-        _contains("error_message", filters),
-    )
-    return read_table(home, "runs", expression, _dates_of(home, filters), columns)
+    return rows_of(home, "runs", run_where(home, filters), columns)
 
 
 def query_stages(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
-    return read_table(home, "stage_executions", _stage_expression(filters), _dates_of(home, filters), columns)
-
-
-def _stage_expression(filters: Filters) -> ds.Expression | None:
-    return _and(
-        _time_filter("start_time", filters),
-        _equals("run_id", filters.run),
-        _equals("stage", filters.stage),
-        _equals("status", filters.status),
-        _equals("pipeline", filters.pipeline),
-        _contains("error_message", filters),
-    )
+    return rows_of(home, "stage_executions", stage_where(home, filters), columns)
 
 
 def query_logs(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
-    return read_table(home, "logs", _log_expression(filters), _dates_of(home, filters), columns)
+    return rows_of(home, "logs", log_where(home, filters), columns)
 
 
-def _log_expression(filters: Filters) -> ds.Expression | None:
-    levels = LEVELS[LEVELS.index(filters.level.upper()) :] if filters.level else None
-    logger = None
-    if filters.logger:  # "app." names a family of loggers, "app" one logger
-        logger = (
-            pc.starts_with(ds.field("logger"), filters.logger)
-            if filters.logger.endswith(".")
-            else ds.field("logger") == filters.logger
-        )
-    return _and(
-        _time_filter("time", filters),
-        _equals("run_id", filters.run),
-        _equals("stage", filters.stage),
-        _equals("pipeline", filters.pipeline),
-        ds.field("level").isin(levels) if levels else None,
-        logger,
-        _contains("message", filters),
+MEASURES = ("duration_ms", "rss_peak_mb", "gpu_peak_mb")
+STATS_COLUMNS = ["stage", "status", *MEASURES]  # what stage_stats needs of each row
+PERCENTILES = (0.5, 0.95, 0.99)
+
+
+def _stats_sql(where: str) -> str:
+    """Per stage: rows, failures, and per measure its values' count, sum, exact quantiles
+    (linear interpolation, as numpy.percentile's default) and maximum (NULL is no reading)."""
+    measures = []
+    for name in MEASURES:
+        measures += [f"count({name})", f"sum({name})", f"quantile_cont({name}, {list(PERCENTILES)})", f"max({name})"]
+    return (
+        f"SELECT stage, count(*), count(*) FILTER (WHERE status IS DISTINCT FROM 'ok'), {', '.join(measures)} "
+        f"FROM rows{where} GROUP BY stage ORDER BY stage"
     )
 
 
 def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:
     """Per stage: count, failure rate, mean/median/p95/p99/max of duration and memory peaks,
-    and each stage's share of the total time (the largest is the bottleneck)."""
-    return stats_of(summarize(stages))
+    and each stage's share of the total time (the largest is the bottleneck). The daemon
+    never stores NaN (validation refuses it); in rows in hand it counts as no reading."""
+    rows = stages.select(STATS_COLUMNS)
+    for name in MEASURES:
+        column = rows[name]
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(pc.is_nan(column), None, column))
+    return _stats_of(over_arrow(rows, _stats_sql("")))
 
 
 def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
-    """stage_stats of the stage executions that match `filters`. Whole days in the range come
-    from the summaries the daemon keeps of compacted partitions (docs/queries.md); the other
-    days, and any query by run or text, are read row by row."""
-    if filters.run is not None or filters.grep is not None or runs_being_removed(home):
-        return stage_stats(_stats_rows(home, filters, _dates_of(home, filters)))
-    dates = [date for date in partition_dates(home) if _overlaps(filters, date)]
-    summaries = current_summaries(home, [date for date in dates if _covers(filters, date)])
-    groups = [
-        g
-        for date_groups in summaries.values()
-        for g in date_groups
-        if filters.stage in (None, g.stage) and filters.status in (None, g.status)
-    ]
-    rest = [date for date in dates if date not in summaries]
-    return stats_of([*groups, *summarize(_stats_rows(home, filters, rest))])
+    """stage_stats of the stage executions that match `filters`, in one aggregate query."""
+    where = stage_where(home, filters)
+    return _stats_of(select(home, "stage_executions", _stats_sql(where.sql), where.params, None, where.dates))
 
 
-def _stats_rows(home: Path, filters: Filters, dates: list[str] | None) -> pa.Table:
-    # Stage and status as dictionaries: no string per row, and summarize needs their codes.
-    return read_table(home, "stage_executions", _stage_expression(filters), dates, STATS_COLUMNS, ("stage", "status"))
+def _stats_of(aggregates: pa.Table) -> list[dict[str, Any]]:
+    result = []
+    for row in aggregates.to_pylist():
+        stage, count, failed, *cells = row.values()
+        entry: dict[str, Any] = {"stage": stage, "count": count, "failure_rate": failed / count}
+        for index, name in enumerate(MEASURES):
+            values, total, quantiles, peak = cells[4 * index : 4 * index + 4]
+            entry[name] = _distribution(values, total, quantiles, peak)
+        result.append(entry)
+    total = sum(entry["duration_ms"]["sum"] for entry in result)
+    for entry in result:
+        entry["share_of_time"] = entry["duration_ms"]["sum"] / total if total else 0.0
+        for name in MEASURES:
+            del entry[name]["sum"]
+    if result:
+        max(result, key=lambda e: e["share_of_time"])["bottleneck"] = True
+    return result
 
 
-def _overlaps(filters: Filters, date: str) -> bool:
-    return (filters.since is None or filters.since.strftime("%Y-%m-%d") <= date) and (
-        filters.until is None or date <= filters.until.strftime("%Y-%m-%d")
-    )
-
-
-def _covers(filters: Filters, date: str) -> bool:
-    """Whether the time range holds all of `date` (UTC), so its rows need no time filter."""
-    midnight = datetime.fromisoformat(date).replace(tzinfo=UTC)
-    return (filters.since is None or filters.since <= midnight) and (
-        filters.until is None or filters.until >= midnight + timedelta(days=1)
-    )
+def _distribution(values: int, total: float | None, quantiles: list[float] | None, peak: float | None) -> dict:
+    if not values:
+        return {"mean": None, "median": None, "p95": None, "p99": None, "max": None, "sum": 0.0}
+    median, p95, p99 = quantiles
+    return {"mean": total / values, "median": median, "p95": p95, "p99": p99, "max": peak, "sum": total}
 
 
 def query_gpu_devices(home: Path, filters: Filters) -> dict[str, dict[str, Any]]:
     """Per stage with GPU readings: the sources they came from and, per device, the count, median
     and max of the stages' peaks (MB); the per-device view beside `query_stats`'s totals."""
-    expression = _and(_stage_expression(filters), ds.field("gpu_devices").is_valid())
-    rows = read_table(
-        home, "stage_executions", expression, _dates_of(home, filters), ["stage", "gpu_source", "gpu_devices"]
-    )
+    where = stage_where(home, filters).add("gpu_devices IS NOT NULL")
+    rows = rows_of(home, "stage_executions", where, ["stage", "gpu_source", "gpu_devices"])
     found: dict[str, dict[str, Any]] = {}
     if not rows.num_rows:
         return found

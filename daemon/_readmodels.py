@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from stagewatch._home import Home
 from stagewatch.daemon._runindex import runs_with_prefix
-from stagewatch.daemon._store import RUNS, TABLES
+from stagewatch.daemon._sql import (
+    MAX_ROWS,
+    damaged_parts,
+    quoted,
+    runs_being_removed,
+    schema_of,
+    select,
+    snapshot_files,
+)
+from stagewatch.daemon._store import RUNS
 
 READ_ATTEMPTS = 5
 
@@ -61,18 +68,12 @@ def _read_once(
     folder = Home.of(home).table(table)
     # Settled before any early return: a table not written yet (a pipeline that never logs
     # has no logs table) answers with the same types as one that holds rows.
-    schema = _as_dictionaries(_with_date(TABLES[table]), dictionary)
-    if not folder.is_dir():
+    schema = _as_dictionaries(schema_of(table), dictionary)
+    files = snapshot_files(home, table, dates)
+    if not files:
         return _select(schema.empty_table(), columns)
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
-    if dates is None:
-        dataset = ds.dataset(folder, format=file_format, partitioning="hive", schema=schema)
-    else:
-        partitions = [Home.of(home).partition(table, date) for date in dates]
-        files = sorted(str(path) for partition in partitions for path in partition.glob("*.parquet"))
-        if not files:
-            return _select(schema.empty_table(), columns)
-        dataset = _files_dataset(files, folder, file_format, schema)
+    dataset = _files_dataset(files, folder, file_format, schema)
     being_removed = runs_being_removed(home)
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
         hidden = ~ds.field("run_id").isin(being_removed)
@@ -82,14 +83,11 @@ def _read_once(
     except FileNotFoundError:
         raise  # a part swapped away by compaction as we read: the caller lists again
     except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
-        readable = _without_damaged_parts(dataset.files)
-        if readable is None:
+        damaged = damaged_parts(files)
+        if not damaged:
             raise
+        readable = [path for path in files if path not in damaged]
         return _files_dataset(readable, folder, file_format, schema).to_table(filter=expression, columns=columns)
-
-
-class DamagedPartWarning(UserWarning):
-    """A Parquet part that cannot be read: its rows are left out of the answer."""
 
 
 def _as_dictionaries(schema: pa.Schema, dictionary: tuple[str, ...]) -> pa.Schema:
@@ -103,41 +101,8 @@ def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, s
     )
 
 
-def _without_damaged_parts(files: list[str]) -> list[str] | None:
-    """The files that read, warning of each that does not; None if all do (the error was
-    something else). The event log still holds their rows: `stagewatch rebuild`."""
-    damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
-    for path, damage in damaged.items():
-        warnings.warn(
-            f"skipped the damaged Parquet part {path} ({damage}); its rows are missing from this "
-            "answer until `stagewatch rebuild` regenerates the tables from the event log",
-            DamagedPartWarning,
-            stacklevel=4,
-        )
-    return [path for path in files if path not in damaged] if damaged else None
-
-
-def damage_of(part: Path) -> str | None:
-    """Why a Parquet part cannot be read, or None if it can (a whole read: this runs only
-    after a read failed)."""
-    try:
-        pq.read_table(part)
-    except FileNotFoundError:
-        return None  # gone (compaction): not damaged
-    except (pa.ArrowInvalid, OSError) as error:
-        return str(error)
-    return None
-
-
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
     return table.select(columns) if columns is not None else table
-
-
-def runs_being_removed(home: Path) -> list[str]:
-    try:
-        return json.loads(Home.of(home).gc_intent.read_text())["runs"]
-    except (OSError, ValueError, KeyError):
-        return []
 
 
 def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
@@ -158,13 +123,10 @@ def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def _with_date(schema: pa.Schema) -> pa.Schema:
-    return schema.append(pa.field("date", pa.string()))
-
-
 def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
     """The most recent runs, finished (from Parquet) and still running (from the daemon)."""
-    finished = to_rows(read_table(home, "runs").select(RUNS.names))
+    sql = f"SELECT {quoted(RUNS.names)} FROM rows ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
+    finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
     runs += [_active_summary(active) for active in active_runs(home) if active["run_id"] not in known]

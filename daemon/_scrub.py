@@ -18,7 +18,7 @@ from typing import Any
 from stagewatch._home import Home
 from stagewatch._records import ScanStats, scan_records
 from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._readmodels import damage_of
+from stagewatch.daemon._sql import damage_of
 from stagewatch.daemon._store import atomic_write
 
 

@@ -99,7 +99,6 @@ LAYOUT_NAMES = (
     "parts",
     "authorized",
     "clients",
-    "stage-stats",
     "audit.json",
     "stages.jsonl",
     "accuracy.json",

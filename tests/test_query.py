@@ -144,3 +144,75 @@ def test_export_round_trips(history, tmp_path: Path) -> None:
                 loaded[item["table"]].append(item["row"])
         expected = q(home, "--stage", "detection")
         assert loaded == expected
+
+
+@pytest.mark.parametrize(
+    "args, runs",
+    [
+        (["--until", "9999-12-31"], 2),  # past what a nanosecond timestamp holds: every run is before it
+        (["--since", "0001-01-02"], 2),
+        (["--since", "2300-01-01"], 0),
+        (["--until", "1000-01-01"], 0),
+        (["--grep", "'; DROP TABLE runs; --"], 0),  # a value, never SQL
+        (["--grep", "%_"], 0),  # no LIKE wildcards either
+        (["--grep", "(a+)+b", "--regex"], 0),  # RE2: no backtracking blow-up
+        (["--grep", "calibration.*missing", "--regex"], 1),
+        (["--pipeline", "clean' OR '1'='1"], 0),
+    ],
+)
+def test_hostile_and_extreme_values_are_values(history, args, runs) -> None:
+    home, _ = history
+    result = sw("query", "--home", str(home), "--json", *args)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["runs"]) == runs
+
+
+def test_a_regex_too_large_for_re2_is_a_clear_error(history) -> None:
+    home, _ = history
+    result = sw("query", "--home", str(home), "--grep", "(x{1000}){1000}", "--regex")
+    assert result.returncode == 2 and "regular expression" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_threads_share_the_query_layer_and_each_gets_its_own_answer(history) -> None:
+    """The dashboard's server is threaded: concurrent queries (each thread on its own cursor)
+    answer as the same queries one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stagewatch.daemon import Filters, query_logs, query_stages, query_stats
+
+    home, ids = history
+    questions = [
+        lambda: query_stages(home, Filters(run=ids["broken"])).num_rows,
+        lambda: query_stages(home, Filters(stage="detection", status="failed")).num_rows,
+        lambda: query_logs(home, Filters(level="ERROR")).num_rows,
+        lambda: [(s["stage"], s["count"]) for s in query_stats(home, Filters())],
+    ] * 8
+    serial = [ask() for ask in questions]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda ask: ask(), questions)) == serial
+
+
+def test_pages_sort_and_cut_in_sql_and_refuse_impossible_offsets(history) -> None:
+    from stagewatch.daemon import Filters
+    from stagewatch.ui._data import logs_page, runs_page
+
+    home, ids = history
+    by_duration = runs_page(home, Filters(), "duration_ms", False, 0, 1)
+    assert by_duration.total == 2 and len(by_duration.rows) == 1
+    assert (
+        runs_page(home, Filters(), "duration_ms", False, 1, 1).rows["run_id"].tolist()
+        != by_duration.rows["run_id"].tolist()
+    )
+    logs = logs_page(home, Filters(run=ids["broken"]), 70, 25)
+    assert logs.total == 80 and len(logs.rows) == 10
+    assert logs.rows["time"].is_monotonic_decreasing
+    assert logs_page(home, Filters(), 10_000, 25).rows.empty
+    with pytest.raises(ValueError, match="page offset"):
+        logs_page(home, Filters(), 2**70, 25)
+
+
+def test_a_limit_beyond_any_table_lists_every_run(history) -> None:
+    home, _ = history
+    result = sw("runs", "--home", str(home), "--json", "--limit", str(10**24))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 2

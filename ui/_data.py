@@ -27,17 +27,16 @@ from stagewatch.daemon import (
     Filters,
     query_gpu_devices,
     query_logs,
-    query_runs,
     query_stages,
     stage_stats,
 )
 from stagewatch.daemon._export import export_chunks, matching
+from stagewatch.daemon._query import distinct_values, log_where, page_of, run_where
 from stagewatch.daemon._readmodels import (
     RunNotFound,
     active_runs,
     load_accuracy,
     load_audit,
-    read_table,
     resolve_run_id,
 )
 from stagewatch.daemon._store import RUNS
@@ -95,23 +94,31 @@ def top_rows(
     return chosen.take(pc.sort_indices(chosen, sort_keys=keys)).slice(offset, limit)
 
 
+def _order(sort: str, descending: bool, newest: str) -> str:
+    """ORDER BY of a page: the sort column (one of ours), ties newest first, empty cells last."""
+    direction = "DESC" if descending else "ASC"
+    ties = f', "{newest}" DESC NULLS LAST' if sort != newest else ""
+    return f'"{sort}" {direction} NULLS LAST{ties}, lsn DESC'
+
+
 def runs_page(
     home: Path, filters: Filters, sort: str = "start_time", descending: bool = True, offset: int = 0, limit: int = 25
 ) -> Page:
     """The runs that match `filters` (finished from Parquet, running from the daemon), one page of them.
 
-    The page's columns are read for every matching run and select_k keeps the first
-    offset+limit (linear, no full sort): ~0.2 s at a million runs unfiltered, tens of ms once
-    a filter prunes partitions or rows (docs/benchmarks.md). Reading only the keys first and
-    the page's rows after was tried: the run_id column alone costs as much."""
+    The finished runs' page is SQL (filter, sort, limit, offset); the few runs in progress,
+    if any, are placed among the first offset+limit finished ones, and the page cut from those."""
     if sort not in RUN_SORTS:
         raise ValueError(f"expected a sort column of {', '.join(RUN_SORTS)}, got {sort!r}")
-    finished = query_runs(home, filters, RUN_COLUMNS)
+    where = run_where(home, filters)
+    order = _order(sort, descending, "start_time")
     running = _running_runs(home, filters)
-    table = pa.concat_tables([finished.select(RUN_COLUMNS), running]) if running.num_rows else finished
-    table = table.select(RUN_COLUMNS)
-    page = top_rows(table, sort, descending, offset, limit)
-    return Page(page.to_pandas(), table.num_rows, offset, limit)
+    if not running.num_rows:
+        page, total = page_of(home, "runs", where, RUN_COLUMNS, order, offset, limit)
+        return Page(page.to_pandas(), total, offset, limit)
+    finished, total = page_of(home, "runs", where, RUN_COLUMNS, order, 0, offset + limit)
+    page = top_rows(pa.concat_tables([finished, running]), sort, descending, offset, limit)
+    return Page(page.to_pandas(), total + running.num_rows, offset, limit)
 
 
 def runs_signature(home: Path) -> tuple:
@@ -178,36 +185,16 @@ def facets(home: Path) -> dict[str, list[str]]:
 
 
 def _read_facets(home: Path) -> dict[str, list[str]]:
-    runs = read_table(
-        home, "runs", columns=["pipeline", "host", "failed_stage"], dictionary=("pipeline", "host", "failed_stage")
-    )
-    logs = read_table(home, "logs", columns=["logger"], dictionary=("logger",))
-    stages = read_table(home, "stage_executions", columns=["stage"], dictionary=("stage",))
-    found = {
-        "pipeline": runs["pipeline"],
-        "host": runs["host"],
-        "failed_stage": runs["failed_stage"],
-        "stage": stages["stage"],
-        "logger": logs["logger"],
-    }
-    return {name: sorted(v for v in distinct_strings(column) if v) for name, column in found.items()}
-
-
-def distinct_strings(column: pa.ChunkedArray) -> set[str | None]:
-    """The values of a string column, read as dictionaries (each chunk's dictionary, no pass
-    over the rows) or plain (a chunk's unique values): a reader must not assume either."""
-    found: set[str | None] = set()
-    for chunk in column.chunks:
-        values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else pc.unique(chunk)
-        found.update(values.to_pylist())
-    return found
+    where = {"pipeline": "runs", "host": "runs", "failed_stage": "runs", "stage": "stage_executions", "logger": "logs"}
+    return {column: distinct_values(home, table, column) for column, table in where.items()}
 
 
 def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) -> Page:
     """The log lines that match `filters`, newest first, one page of them."""
-    table = query_logs(home, filters, LOG_COLUMNS)
-    page = top_rows(table.select(LOG_COLUMNS), "time", True, offset, limit, newest="time")
-    return Page(page.to_pandas(), table.num_rows, offset, limit)
+    page, total = page_of(
+        home, "logs", log_where(home, filters), LOG_COLUMNS, _order("time", True, "time"), offset, limit
+    )
+    return Page(page.to_pandas(), total, offset, limit)
 
 
 def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:

@@ -18,7 +18,6 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from stagewatch._home import Home
-from stagewatch.daemon._query import _and, _equals, _time_filter
 from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, read_table
 from stagewatch.daemon.groundtruth.diff import (
     DiffError,
@@ -59,6 +58,32 @@ CLASS_COLOURS = np.array(
     ],
     np.uint8,
 )
+
+
+# The failure browser still filters with pyarrow dataset expressions over `read_table`
+# (its own reads: samples, and the crashed stage executions beside them).
+def _time_filter(column: str, filters: CaseFilters) -> ds.Expression | None:
+    expression = None
+    for bound, op in ((filters.since, "ge"), (filters.until, "le")):
+        if bound is not None:
+            scalar = pa.scalar(bound, pa.timestamp("ns", tz="UTC"))
+            term = getattr(pc, {"ge": "greater_equal", "le": "less_equal"}[op])(ds.field(column), scalar)
+            date = pa.scalar(bound.strftime("%Y-%m-%d"))
+            term = term & (ds.field("date") >= date if op == "ge" else ds.field("date") <= date)  # prunes files
+            expression = term if expression is None else expression & term
+    return expression
+
+
+def _and(*terms: ds.Expression | None) -> ds.Expression | None:
+    present = [t for t in terms if t is not None]
+    expression = present[0] if present else None
+    for term in present[1:]:
+        expression = expression & term
+    return expression
+
+
+def _equals(column: str, value: str | None) -> ds.Expression | None:
+    return ds.field(column) == value if value else None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import stagewatch
+from stagewatch.daemon import Filters, query_runs, query_stats
 from stagewatch.daemon._ingest import RECEIVED_MARK_INTERVAL_NS
 from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon._retention import (
@@ -121,6 +122,7 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
         collect_garbage(home, RetentionSection(runs="1s"))
     assert intent_path(home).exists()
     assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
+    assert query_runs(home, Filters()).num_rows == 0 and query_stats(home, Filters()) == []  # the SQL layer too
     for run_id in run_ids:
         shown = subprocess.run(
             [sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],

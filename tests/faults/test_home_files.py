@@ -114,3 +114,19 @@ def test_a_part_damaged_inside_a_compressed_page_is_read_around(daemon: DaemonPr
     assert sw("rebuild", "--home", str(daemon.home)).returncode == 0
     assert read_table(daemon.home, "stage_executions").num_rows == 80
     assert first
+
+
+def test_stray_files_among_the_parts_leave_the_rest_answering(daemon: DaemonProcess) -> None:
+    """An empty part, garbage under a part's name and a folder named like a part: every
+    command answers from the parts that read, and names the ones that do not."""
+    _stages(daemon, 40)
+    assert daemon.stop() == 0
+    (partition,) = Home(daemon.home).partitions("stage_executions")
+    (partition / "part-99999999999999999991.parquet").write_bytes(b"")
+    (partition / "part-99999999999999999992.parquet").write_bytes(b"not parquet" * 100)
+    (partition / "part-99999999999999999993.parquet").mkdir()
+    for command in (["query", "--json"], ["stats", "--json"], ["export", "--output", "-"]):
+        result = sw(*command, "--home", str(daemon.home))
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("damaged Parquet part") == 2 and "Traceback" not in result.stderr
+    assert json.loads(sw("stats", "--json", "--home", str(daemon.home)).stdout)[0]["count"] == 40

@@ -1,4 +1,4 @@
-"""The dashboard's artifact check, without a browser: only real artifacts inside the home."""
+"""The dashboard's data, without a browser: only real artifacts inside the home; the filter menus' values."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._store import Store
-from stagewatch.ui._data import ArtifactRefused, distinct_strings, facets, resolve_artifact
+from stagewatch.daemon._store import TABLES, Store
+from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, resolve_artifact
 from tests.daemon.test_compaction import T0, _rows
 
 
@@ -127,8 +128,31 @@ def test_a_table_not_written_yet_reads_as_dictionaries_when_asked(tmp_path: Path
     assert read.num_rows == 0 and pa.types.is_dictionary(read.schema.field(column).type)
 
 
-def test_distinct_strings_of_dictionary_and_plain_chunks_alike() -> None:
-    plain = pa.chunked_array([pa.array(["a", None, "b", "a"]), pa.array(["c"])])
-    assert distinct_strings(plain) == {"a", "b", "c", None}
-    encoded = pa.chunked_array([pa.array(["a", "b"]).dictionary_encode(), pa.array(["c", "a"]).dictionary_encode()])
-    assert distinct_strings(encoded) == {"a", "b", "c"}
+def _part(home: Path, table: str, date: str, columns: dict[str, list], dictionary: bool) -> None:
+    schema = pa.schema([TABLES[table].field(name) for name in columns])
+    folder = home / "metrics" / table / f"date={date}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(columns, schema),
+        folder / f"part-{len(list(folder.iterdir())):020d}.parquet",
+        use_dictionary=dictionary,
+    )
+
+
+def test_the_filter_menus_read_parts_of_any_encoding_and_an_empty_home(tmp_path: Path) -> None:
+    """Merged parts write their strings plain: the menus' values never assume a dictionary
+    (issue 29: AttributeError 'StringArray' object has no attribute 'dictionary')."""
+    home = tmp_path / "home"
+    assert _read_facets(home) == {"pipeline": [], "host": [], "failed_stage": [], "stage": [], "logger": []}
+    for dictionary, day in ((False, "2026-11-01"), (True, "2026-11-02")):
+        runs = {"pipeline": [f"p-{day}", None], "host": ["h", ""], "failed_stage": [None, "detection"]}
+        _part(home, "runs", day, runs, dictionary)
+        _part(home, "stage_executions", day, {"stage": ["detection", "tracking"]}, dictionary)
+    _part(home, "logs", "2026-11-02", {"logger": ["app.io", None]}, False)  # logs of one day only
+    assert _read_facets(home) == {
+        "pipeline": ["p-2026-11-01", "p-2026-11-02"],
+        "host": ["h"],
+        "failed_stage": ["detection"],
+        "stage": ["detection", "tracking"],
+        "logger": ["app.io"],
+    }

@@ -222,9 +222,11 @@ def test_rebuild_and_restart_leave_out_the_runs_that_retention_removed(home: Pat
     daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0"}).start()  # runs leave memory
     try:
         expiring = [_judged_run(home, golden, f"old{i}") for i in range(3)]
+        for run_id in expiring:  # a run's age counts from when the daemon received its last event
+            daemon.audit(run_id)
         boundary_ns = time.time_ns()  # a frozen clock one hour on: the runs before it have expired
-        # Age counts from the daemon's `received` markers, written at most once a marker interval:
-        # the kept runs must arrive under a marker of their own, after the boundary.
+        # Receive times come from the daemon's `received` markers, written at most once a marker
+        # interval: the kept runs must arrive under a marker of their own, after the boundary.
         time.sleep(RECEIVED_MARK_INTERVAL_NS / NS + 0.1)
         kept = [_judged_run(home, golden, f"new{i}") for i in range(2)]
         for run_id in expiring + kept:

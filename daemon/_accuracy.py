@@ -29,6 +29,7 @@ from loguru import logger
 
 from stagewatch._home import Home
 from stagewatch.daemon._decode import Rejected, decode_event
+from stagewatch.daemon._derived import ACCURACY_CHECKPOINT, WORKER_FILES, load, repair
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
@@ -222,7 +223,7 @@ class AccuracyWorker:
 
     def recover(self) -> None:
         """Rebuild the state of the runs open at the checkpoint; emit rows only past it."""
-        checkpoint = self.store.read_checkpoint() or {}
+        checkpoint = load(ACCURACY_CHECKPOINT, Home.of(self.home)) or {}  # damaged: set aside, judged again
         self.lsn = checkpoint.get("lsn", 0)
         open_runs: dict[str, int] = checkpoint.get("open_runs", {})
         self.store.drop_parts_from(self.lsn, ("samples",))
@@ -244,6 +245,7 @@ class AccuracyWorker:
     def serve(self, parent: int, poll_s: float = 0.1) -> None:
         """Follow the log until SIGTERM or until `parent` (the daemon) is gone."""
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
+        repair(WORKER_FILES, Home.of(self.home))  # before its lock: a folder in the lock's place is damage
         if not self._take_lock(parent):
             return
         self.recover()

@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from stagewatch._home import Home
+from stagewatch.daemon._derived import GC_INTENT, STATUS, peek
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._store import RUNS, TABLES
 
@@ -132,10 +133,8 @@ def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
 
 
 def runs_being_removed(home: Path) -> list[str]:
-    try:
-        return json.loads(Home.of(home).gc_intent.read_text())["runs"]
-    except (OSError, ValueError, KeyError):
-        return []
+    intent = peek(GC_INTENT, Home.of(home))  # damaged: nothing is being removed that it could say
+    return intent["runs"] if intent is not None else []
 
 
 def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
@@ -201,10 +200,8 @@ def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
 
 def active_runs(home: Path) -> list[dict[str, Any]]:
     """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
-    try:
-        return json.loads(Home.of(home).status.read_text())["active_runs"]
-    except (OSError, ValueError, KeyError):
-        return []
+    status = peek(STATUS, Home.of(home)) or {}
+    return [run for run in status.get("active_runs", []) if isinstance(run, dict)]
 
 
 def resolve_run_id(home: Path, prefix: str) -> str:

@@ -428,10 +428,3 @@ class Store:
 
     def write_checkpoint_bytes(self, data: bytes) -> None:
         atomic_write(self.checkpoint_path, data, durable=True)
-
-    def read_checkpoint(self) -> dict[str, Any] | None:
-        try:
-            data = self.checkpoint_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -36,7 +36,6 @@ from stagewatch.daemon._throttle import CostThrottle
 from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
-CHECKPOINT = "accuracy.msgpack"
 WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost")
 SUMMARY_INTERVAL_S = 0.5  # how often a running run's accuracy.json and live numbers are refreshed
 
@@ -211,7 +210,7 @@ class AccuracyWorker:
         """`artifacts`: the home whose saved predictions are judged, when it is not `home`
         (a rebuild writes its read models beside the home's)."""
         self.home = home
-        self.store = Store(home, CHECKPOINT)
+        self.store = Store(home, ACCURACY_CHECKPOINT)
         self.log = EventLog(Home.of(home).events)
         self.projection = AccuracyProjection(artifacts or home, dataset_roots=dataset_roots)
         self.live_endpoint = live_endpoint

@@ -82,12 +82,18 @@ def _check_mapping(value: Any, fields: dict[str, type | tuple[type, ...]], requi
 
 
 def check_daemon_checkpoint(state: Any, home: Home) -> None:
-    """The top of the daemon's checkpoint; what lies deeper is checked as it is loaded
-    (`Daemon.recover` sets the file aside when loading it fails)."""
+    """The daemon's checkpoint, as deep as its maps go (a field of a run's state is checked as
+    the state is loaded: `Daemon.recover` sets the file aside when loading it fails)."""
     _check_mapping(
         state, {"lsn": int, "projector": dict, "dedup": dict, "daemon_seq": int, "stage_bytes": dict}, ("lsn",)
     )
     _expect(_is_count(state["lsn"]), "'lsn' is negative")
+    projector, dedup = state.get("projector", {}), state.get("dedup", {})
+    _check_mapping(projector, {"runs": dict, "closed": dict, "late_events": int, "foreign": int})
+    _expect(all(isinstance(run, dict) for run in projector.get("runs", {}).values()), "a run's state is no map")
+    _check_mapping(dedup, {"watermark": dict, "above": dict})
+    _expect(all(isinstance(seen, list) for seen in dedup.get("above", {}).values()), "a client's seqs are no list")
+    _expect(all(_is_count(size) for size in state.get("stage_bytes", {}).values()), "a stage_bytes is no size")
 
 
 def check_accuracy_checkpoint(state: Any, home: Home) -> None:
@@ -165,8 +171,9 @@ ACCURACY_LOCK = DerivedFile("state/accuracy.lock", "the accuracy worker makes a 
 RUN_INDEX = DerivedFile("index/runs", "the daemon indexes the tables again", None, check_run_index)
 
 DERIVED_FILES = (DAEMON_CHECKPOINT, ACCURACY_CHECKPOINT, GC_INTENT, SCRUB_RECORD, STATUS, ACCURACY_LOCK, RUN_INDEX)
-# What the daemon sets aside on start (under its lock); the accuracy worker owns its own two.
-DAEMON_FILES = (DAEMON_CHECKPOINT, GC_INTENT, SCRUB_RECORD, STATUS, RUN_INDEX)
+# What the daemon sets aside on start (under its lock; its checkpoint as it loads it, read once);
+# the accuracy worker owns its own two.
+DAEMON_FILES = (GC_INTENT, SCRUB_RECORD, STATUS, RUN_INDEX)
 WORKER_FILES = (ACCURACY_LOCK, ACCURACY_CHECKPOINT)
 FOLDERS = frozenset({RUN_INDEX})
 
@@ -250,6 +257,15 @@ def repair(specs: tuple[DerivedFile, ...], home: Home) -> list[Path]:
         if wrong is not None:
             moved.append(set_aside(spec, home, wrong))
     return moved
+
+
+def clear_way(spec: DerivedFile, home: Home) -> None:
+    """Before its owner replaces the file: a folder (or other non-file) put in its place while
+    the owner runs is set aside, so the rename succeeds (it would fail on every write, and a
+    refused write holds back every write queued after it)."""
+    path = spec.path(home)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        set_aside(spec, home, "a folder (or other non-file) in its place")
 
 
 def set_aside_copies(home: Home) -> list[Path]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from stagewatch._home import Home
 from stagewatch._records import ScanStats, scan_records
-from stagewatch.daemon._derived import SCRUB_RECORD, peek
+from stagewatch.daemon._derived import SCRUB_RECORD, clear_way, peek
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._readmodels import damage_of
 from stagewatch.daemon._store import atomic_write
@@ -46,6 +46,7 @@ def load(home: Home) -> dict[str, Any]:
 
 
 def save(home: Home, found: dict[str, Any]) -> None:
+    clear_way(SCRUB_RECORD, home)
     atomic_write(home.scrub, json.dumps(found, indent=1).encode())
 
 

@@ -129,6 +129,11 @@ def check_lock_file(content: Any, home: Home) -> None:
     """A lock file's content is never read: only a file that is no regular file is damaged."""
 
 
+def check_folder(folder: Any, home: Home) -> None:
+    """A folder of derived state: only one that is no folder is damaged (its files are checked
+    one by one)."""
+
+
 def check_run_index(folder: Any, home: Home) -> None:
     """index/runs: bucket files of whole "run_id<TAB>date" lines (an appended write is whole
     lines, so a bucket that is empty or ends inside a line was cut short)."""
@@ -142,6 +147,8 @@ def check_run_index(folder: Any, home: Home) -> None:
         _expect(all(line.count("\t") == 1 for line in text.splitlines()), f"{entry.name} holds a line of no pair")
 
 
+STATE_FOLDER = DerivedFile("state", "the state files in it are made again", None, check_folder)
+INDEX_FOLDER = DerivedFile("index", "the run index and stage-stats summaries are made again", None, check_folder)
 DAEMON_CHECKPOINT = DerivedFile(
     "state/checkpoint.msgpack",
     "replaying the whole event log into the read models",
@@ -170,12 +177,23 @@ STATUS = DerivedFile("state/status.json", "the daemon writes it again at its nex
 ACCURACY_LOCK = DerivedFile("state/accuracy.lock", "the accuracy worker makes a new one", None, check_lock_file)
 RUN_INDEX = DerivedFile("index/runs", "the daemon indexes the tables again", None, check_run_index)
 
-DERIVED_FILES = (DAEMON_CHECKPOINT, ACCURACY_CHECKPOINT, GC_INTENT, SCRUB_RECORD, STATUS, ACCURACY_LOCK, RUN_INDEX)
+# Folders before the files in them: a file in a folder's place hides every file inside.
+DERIVED_FILES = (
+    STATE_FOLDER,
+    INDEX_FOLDER,
+    DAEMON_CHECKPOINT,
+    ACCURACY_CHECKPOINT,
+    GC_INTENT,
+    SCRUB_RECORD,
+    STATUS,
+    ACCURACY_LOCK,
+    RUN_INDEX,
+)
 # What the daemon sets aside on start (under its lock; its checkpoint as it loads it, read once);
 # the accuracy worker owns its own two.
-DAEMON_FILES = (GC_INTENT, SCRUB_RECORD, STATUS, RUN_INDEX)
+DAEMON_FILES = (STATE_FOLDER, INDEX_FOLDER, GC_INTENT, SCRUB_RECORD, STATUS, RUN_INDEX)
 WORKER_FILES = (ACCURACY_LOCK, ACCURACY_CHECKPOINT)
-FOLDERS = frozenset({RUN_INDEX})
+FOLDERS = frozenset({STATE_FOLDER, INDEX_FOLDER, RUN_INDEX})
 
 
 def _read(spec: DerivedFile, home: Home) -> tuple[Any, str | None]:
@@ -185,13 +203,13 @@ def _read(spec: DerivedFile, home: Home) -> tuple[Any, str | None]:
         if spec in FOLDERS:
             if not path.exists():
                 return None, None
-            if not path.is_dir() or path.is_symlink():
+            if not path.is_dir():  # (a link to a folder elsewhere is one: a home may span disks)
                 return None, "not a folder"
             spec.check(path, home)
             return path, None
         if not path.exists() and not path.is_symlink():
             return None, None
-        if not path.is_file() or path.is_symlink():
+        if not path.is_file():
             return None, "a folder (or other non-file) in its place" if path.is_dir() else "not a regular file"
         data = path.read_bytes()
         if spec.decode is None:
@@ -264,7 +282,7 @@ def clear_way(spec: DerivedFile, home: Home) -> None:
     the owner runs is set aside, so the rename succeeds (it would fail on every write, and a
     refused write holds back every write queued after it)."""
     path = spec.path(home)
-    if path.is_symlink() or (path.exists() and not path.is_file()):
+    if path.exists() and not path.is_file():
         set_aside(spec, home, "a folder (or other non-file) in its place")
 
 

@@ -75,7 +75,7 @@ def damage(path: Path, how: str, valid: bytes, wrong_shape: bytes) -> None:
     data = {
         "empty": b"",
         "garbage": b"\xc1\xff\x00garbage\xde\xad" * 7,
-        "truncated": valid[: len(valid) // 2],
+        "truncated": valid[: len(valid) // 2 - 1],  # inside a line of a run index bucket too
         "wrong-shape": wrong_shape,
     }[how]
     path.write_bytes(data)
@@ -113,6 +113,8 @@ def test_a_damaged_state_file_is_set_aside_and_rebuilt(
     assert daemon.stop() == 0
     path = where(daemon.home)
     damage(path, how, template(daemon.home) if template else b"", wrong_shape)
+    if name == "run-index-bucket":  # the index is set aside and made again as a whole
+        path = Home(daemon.home).run_index
     code, checks = _doctor(daemon.home)
     if name != "checkpoint-run-state":  # found before any start
         assert code == 1 and str(path) in checks["state"]["detail"], checks["state"]
@@ -148,3 +150,19 @@ def test_doctor_says_the_daemon_s_socket_is_gone(daemon: DaemonProcess) -> None:
     code, checks = _doctor(daemon.home)
     assert code == 1 and not checks["daemon"]["ok"]
     assert str(daemon.socket_path) in checks["daemon"]["detail"] and "restart" in checks["daemon"]["detail"]
+
+
+def test_a_gc_intent_naming_a_file_outside_the_log_deletes_nothing(daemon: DaemonProcess) -> None:
+    """A well-formed intent is still the wrong shape when it names what no gc removes: the
+    interrupted removal it would finish deletes only run folders and the log's segments."""
+    outside = daemon.home.parent / "precious.txt"
+    outside.write_text("keep me")
+    assert daemon.stop() == 0
+    intent = Home(daemon.home).gc_intent
+    intent.write_text(json.dumps({"runs": [], "segments": [str(outside)]}))
+    daemon.start()
+    wait_for(lambda: "set aside as" in daemon.log(), 30)
+    assert f"{intent} is damaged" in daemon.log() and "not in the event log" in daemon.log()
+    assert daemon.stop() == 0
+    assert outside.read_text() == "keep me"
+    assert not intent.exists() and len(list(intent.parent.glob("gc-intent.json.damaged-*"))) == 1

@@ -4,7 +4,7 @@ None of them is a source of truth: each can be made again from the event log.
 
 So a damaged one (0 bytes after a power cut, garbage, cut short, a directory in its place,
 valid msgpack or JSON of the wrong shape) is never fatal. Its owner, on start, sets it aside
-as `<file>.damaged-<UTC time>` (kept as evidence, never read again), logs which file and what
+as `quarantine/derived/<file>.damaged-<UTC time>` (evidence, never read again), logs which file and what
 was done, and goes on without it: the state it held is rebuilt from the event log. Readers
 (`runs`, `doctor`, the dashboard) that meet a damaged file use nothing of it and move nothing.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,30 +252,26 @@ def load(spec: DerivedFile, home: Home) -> Any | None:
 
 
 def set_aside(spec: DerivedFile, home: Home, wrong: str) -> Path:
-    """Move the damaged file (or folder) out of its owner's way, as `<path>.damaged-<time>`,
-    and say so; returns where it went."""
+    """Move the damaged file (or folder) out of its owner's way, to
+    quarantine/derived/{its path}.damaged-{time} (where a rebuild, which replaces index/ and
+    state/ files, leaves it), and say so; returns where it went."""
     path = spec.path(home)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}{SET_ASIDE_MARK}{stamp}")
+    aside = copy_path(home, spec, stamp)
     serial = 1
     while aside.exists() or aside.is_symlink():  # damaged twice in one second
         serial += 1
-        aside = path.with_name(f"{path.name}{SET_ASIDE_MARK}{stamp}-{serial}")
-    os.replace(path, aside)
+        aside = copy_path(home, spec, f"{stamp}-{serial}")
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, aside)  # a rename, or a copy where state/ is a link to another disk
     logger.error(
         "{} is damaged ({}): set aside as {}, rebuilding from the event log: {}", path, wrong, aside, spec.remedy
     )
     return aside
 
 
-def repair(specs: tuple[DerivedFile, ...], home: Home) -> list[Path]:
-    """Set aside each of `specs` that is damaged (its owner, on start); where they went."""
-    moved = []
-    for spec in specs:
-        wrong = problem(spec, home)
-        if wrong is not None:
-            moved.append(set_aside(spec, home, wrong))
-    return moved
+def copy_path(home: Home, spec: DerivedFile, stamp: str) -> Path:
+    return home.quarantined_state / f"{spec.relative}{SET_ASIDE_MARK}{stamp}"
 
 
 def clear_way(spec: DerivedFile, home: Home) -> None:
@@ -288,9 +285,11 @@ def clear_way(spec: DerivedFile, home: Home) -> None:
 
 def set_aside_copies(home: Home) -> list[Path]:
     """Every damaged file set aside and not yet deleted, oldest first."""
-    folders = {spec.path(home).parent for spec in DERIVED_FILES}
-    found = [path for folder in folders if folder.is_dir() for path in folder.glob(f"*{SET_ASIDE_MARK}*")]
-    return sorted(found, key=lambda path: path.name.rsplit(SET_ASIDE_MARK, 1)[-1])
+    found = home.quarantined_state.rglob(f"*{SET_ASIDE_MARK}*") if home.quarantined_state.is_dir() else []
+    copies = [
+        path for path in found if SET_ASIDE_MARK not in path.parent.relative_to(home.quarantined_state).as_posix()
+    ]
+    return sorted(copies, key=lambda path: path.name.rsplit(SET_ASIDE_MARK, 1)[-1])
 
 
 def damaged_in_place(home: Home) -> list[tuple[DerivedFile, str]]:

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
+import stagewatch
 from stagewatch._home import Home
 from stagewatch.daemon._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, wait_for
@@ -91,6 +92,12 @@ def _everything(home: Path) -> dict[str, Any]:
     return {**_read_models(home), "samples": _samples(home), "accuracy": accuracy}
 
 
+def _copies(home: Path, path: Path) -> list[Path]:
+    """Where `path`'s damaged copies were set aside."""
+    folder = Home(home).quarantined_state / path.relative_to(home).parent
+    return list(folder.glob(f"{path.name}.damaged-*"))
+
+
 def _doctor(home: Path) -> tuple[int, dict[str, Any]]:
     result = sw("doctor", "--home", str(home), "--json")
     assert "Traceback" not in result.stderr, result.stderr
@@ -129,7 +136,7 @@ def test_a_damaged_state_file_is_set_aside_and_rebuilt(
     assert runs.returncode == 0 and "Traceback" not in runs.stderr, runs.stderr
     assert {first.id, second.id} <= {run["run_id"] for run in json.loads(runs.stdout)}
     code, checks = _doctor(daemon.home)
-    copies = list(path.parent.glob(f"{path.name}.damaged-*"))
+    copies = _copies(daemon.home, path)
     assert len(copies) == 1 and code == 1 and str(copies[0]) in checks["state"]["detail"]
     assert checks["daemon"]["ok"]
     assert daemon.stop() == 0
@@ -165,4 +172,24 @@ def test_a_gc_intent_naming_a_file_outside_the_log_deletes_nothing(daemon: Daemo
     assert f"{intent} is damaged" in daemon.log() and "not in the event log" in daemon.log()
     assert daemon.stop() == 0
     assert outside.read_text() == "keep me"
-    assert not intent.exists() and len(list(intent.parent.glob("gc-intent.json.damaged-*"))) == 1
+    assert not intent.exists() and len(_copies(daemon.home, intent)) == 1
+
+
+@pytest.mark.parametrize("folder", ["state", "index"])
+def test_a_file_in_place_of_a_state_folder_is_set_aside(daemon: DaemonProcess, folder: str) -> None:
+    with stagewatch.init(pipeline="p", home=daemon.home) as run, run.stage("s"):
+        pass
+    daemon.audit(run.id)
+    assert daemon.stop() == 0
+    live = _read_models(daemon.home)
+    path = daemon.home / folder
+    shutil.rmtree(path)
+    path.write_bytes(b"")
+    daemon.start()
+    wait_for(lambda: "set aside as" in daemon.log(), 30)
+    assert f"{path} is damaged" in daemon.log()
+    wait_for(lambda: (daemon.home / "state" / "status.json").is_file(), 30)
+    code, checks = _doctor(daemon.home)
+    assert code == 1 and str(_copies(daemon.home, path)[0]) in checks["state"]["detail"] and checks["daemon"]["ok"]
+    assert daemon.stop() == 0
+    assert _read_models(daemon.home) == live

@@ -274,6 +274,16 @@ def copy_path(home: Home, spec: DerivedFile, stamp: str) -> Path:
     return home.quarantined_state / f"{spec.relative}{SET_ASIDE_MARK}{stamp}"
 
 
+def repair(specs: tuple[DerivedFile, ...], home: Home) -> list[Path]:
+    """Set aside each of `specs` that is damaged (its owner, on start); where they went."""
+    moved = []
+    for spec in specs:
+        wrong = problem(spec, home)
+        if wrong is not None:
+            moved.append(set_aside(spec, home, wrong))
+    return moved
+
+
 def clear_way(spec: DerivedFile, home: Home) -> None:
     """Before its owner replaces the file: a folder (or other non-file) put in its place while
     the owner runs is set aside, so the rename succeeds (it would fail on every write, and a

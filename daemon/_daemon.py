@@ -38,6 +38,7 @@ from stagewatch.daemon._derived import (
     DAEMON_CHECKPOINT,
     DAEMON_FILES,
     DAMAGE_ERRORS,
+    WrongShape,
     describe,
     load,
     repair,
@@ -257,6 +258,10 @@ class Daemon:
         its start."""
         checkpoint = load(DAEMON_CHECKPOINT, self.home) or {}
         try:
+            # Past the end, it would skip every event logged from now on. (A log that holds nothing
+            # was emptied by hand: its read models are kept rather than replaced by nothing.)
+            if 0 < self.log.end_lsn < checkpoint.get("lsn", 0):
+                raise WrongShape(f"'lsn' {checkpoint['lsn']} is past the event log's end ({self.log.end_lsn})")
             self._restore(checkpoint)
         except DAMAGE_ERRORS as error:
             set_aside(DAEMON_CHECKPOINT, self.home, describe(error))

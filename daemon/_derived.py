@@ -88,7 +88,7 @@ def check_daemon_checkpoint(state: Any, home: Home) -> None:
     _check_mapping(
         state, {"lsn": int, "projector": dict, "dedup": dict, "daemon_seq": int, "stage_bytes": dict}, ("lsn",)
     )
-    _expect(_is_count(state["lsn"]), "'lsn' is negative")
+    _expect(_is_count(state["lsn"]), "'lsn' is no log position")
     projector, dedup = state.get("projector", {}), state.get("dedup", {})
     _check_mapping(projector, {"runs": dict, "closed": dict, "late_events": int, "foreign": int})
     _expect(all(isinstance(run, dict) for run in projector.get("runs", {}).values()), "a run's state is no map")
@@ -99,7 +99,7 @@ def check_daemon_checkpoint(state: Any, home: Home) -> None:
 
 def check_accuracy_checkpoint(state: Any, home: Home) -> None:
     _check_mapping(state, {"lsn": int, "open_runs": dict}, ("lsn",))
-    _expect(_is_count(state["lsn"]), "'lsn' is negative")
+    _expect(_is_count(state["lsn"]), "'lsn' is no log position")
     for run_id, lsn in state.get("open_runs", {}).items():
         _expect(isinstance(run_id, str) and is_run_id(run_id) and _is_count(lsn), "an open run is no (run id, lsn)")
 

@@ -39,7 +39,9 @@ def _bucket(home: Path) -> Path:
 FILES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], bytes] | None, bytes]] = {
     "checkpoint": (lambda h: Home(h).checkpoint(), None, msgpack.packb([1, 2, 3])),
     "checkpoint-runs": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 5, "projector": {"runs": [1]}})),
-    # Right as far as doctor looks; a run's state fails to load (found when the daemon starts).
+    # Right as far as doctor looks; a run's state fails to load, or the lsn lies past the log's
+    # end (found when the daemon starts).
+    "checkpoint-past-the-log": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 2**63})),
     "checkpoint-run-state": (
         lambda h: Home(h).checkpoint(),
         None,
@@ -60,7 +62,12 @@ FILES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], bytes] | None, b
     "run-index-bucket": (_bucket, None, b"no tab on this line\n"),
 }
 DAMAGES = ("empty", "garbage", "truncated", "directory", "wrong-shape")
-ONLY_WRONG_SHAPE = {"checkpoint-runs", "checkpoint-run-state"}  # their other damages are "checkpoint"'s
+ONLY_WRONG_SHAPE = {
+    "checkpoint-runs",
+    "checkpoint-run-state",
+    "checkpoint-past-the-log",
+}  # their other damages are "checkpoint"'s
+FOUND_AT_START = {"checkpoint-run-state", "checkpoint-past-the-log"}
 CASES = [(name, how) for name in FILES for how in DAMAGES if name not in ONLY_WRONG_SHAPE or how == "wrong-shape"]
 
 
@@ -123,7 +130,7 @@ def test_a_damaged_state_file_is_set_aside_and_rebuilt(
     if name == "run-index-bucket":  # the index is set aside and made again as a whole
         path = Home(daemon.home).run_index
     code, checks = _doctor(daemon.home)
-    if name != "checkpoint-run-state":  # found before any start
+    if name not in FOUND_AT_START:  # found before any start
         assert code == 1 and str(path) in checks["state"]["detail"], checks["state"]
 
     daemon.start()

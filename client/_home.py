@@ -94,6 +94,11 @@ class Home:
         return self.quarantine / "parts"
 
     @property
+    def quarantined_state(self) -> Path:
+        """Damaged derived state files set aside, as quarantine/derived/{path}.damaged-{time}."""
+        return self.quarantine / "derived"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

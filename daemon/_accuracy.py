@@ -30,13 +30,13 @@ from loguru import logger
 
 from stagewatch._home import Home
 from stagewatch.daemon._decode import Rejected, decode_event
+from stagewatch.daemon._derived import ACCURACY_CHECKPOINT, WORKER_FILES, load, repair
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
 
-CHECKPOINT = "accuracy.msgpack"
 WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost", b"run_expired")
 # Runs ended by their owner's loss kept in memory for the owner's return (a pause): each holds
 # its stages' accumulated verdicts. A worker restarted meanwhile has forgotten them.
@@ -242,7 +242,7 @@ class AccuracyWorker:
         """`artifacts`: the home whose saved predictions are judged, when it is not `home`
         (a rebuild writes its read models beside the home's)."""
         self.home = home
-        self.store = Store(home, CHECKPOINT)
+        self.store = Store(home, ACCURACY_CHECKPOINT)
         self.log = EventLog(Home.of(home).events)
         self.projection = AccuracyProjection(artifacts or home, dataset_roots=dataset_roots)
         self.live_endpoint = live_endpoint
@@ -254,7 +254,7 @@ class AccuracyWorker:
 
     def recover(self) -> None:
         """Rebuild the state of the runs open at the checkpoint; emit rows only past it."""
-        checkpoint = self.store.read_checkpoint() or {}
+        checkpoint = load(ACCURACY_CHECKPOINT, Home.of(self.home)) or {}  # damaged: set aside, judged again
         self.lsn = checkpoint.get("lsn", 0)
         open_runs: dict[str, int] = checkpoint.get("open_runs", {})
         self.store.drop_parts_from(self.lsn, ("samples",))
@@ -276,6 +276,7 @@ class AccuracyWorker:
     def serve(self, parent: int, poll_s: float = 0.1) -> None:
         """Follow the log until SIGTERM or until `parent` (the daemon) is gone."""
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
+        repair(WORKER_FILES, Home.of(self.home))  # before its lock: a folder in the lock's place is damage
         if not self._take_lock(parent):
             return
         self.recover()

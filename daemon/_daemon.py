@@ -34,6 +34,16 @@ from stagewatch._records import ScanStats
 from stagewatch.daemon._compaction import finish_interrupted
 from stagewatch.daemon._decode import Rejected, decode_event
 from stagewatch.daemon._dedup import Deduplicator
+from stagewatch.daemon._derived import (
+    DAEMON_CHECKPOINT,
+    DAEMON_FILES,
+    DAMAGE_ERRORS,
+    WrongShape,
+    describe,
+    load,
+    repair,
+    set_aside,
+)
 from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._ingest import Ingest, IngestSettings
@@ -224,14 +234,8 @@ class Daemon:
         """Open the log (cutting a torn tail), load the checkpoint, replay what follows it.
         `progress(bytes replayed, bytes to replay)` is called as the replay goes."""
         report = self.log.open(set_aside=self.home.quarantined_segments)
-        checkpoint = self.writer.store.read_checkpoint() or {}
-        self.projector = Projector.from_state(checkpoint.get("projector", {}))
-        # A checkpoint may be on disk ahead of a running run's audit trail (a long trail's copy
-        # lets it pass, DiskJobs): every run it holds has its trail written again.
-        self.projector.dirty.update(self.projector.runs)
-        self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
-        self.ingest.daemon_seq = checkpoint.get("daemon_seq", 0)
-        self.writer.load(checkpoint)
+        repair(DAEMON_FILES, self.home)  # damaged derived state: set aside, rebuilt from the log
+        checkpoint = self._load_checkpoint()
         start_lsn = checkpoint.get("lsn", 0)
         finish_interrupted(self.home)
         dropped_parts = self.writer.store.drop_parts_from(start_lsn)
@@ -252,6 +256,32 @@ class Daemon:
             logger.warning("event log recovery: {}", self.stats.recovery)
         self.maintenance.track_open_clients()
         self.flush()
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        """Restore the state the checkpoint holds; one that fails to load (a wrong shape
+        deeper than `check_daemon_checkpoint` looks) is set aside: the log is replayed from
+        its start."""
+        checkpoint = load(DAEMON_CHECKPOINT, self.home) or {}
+        try:
+            # Past the end, it would skip every event logged from now on. (A log that holds nothing
+            # was emptied by hand: its read models are kept rather than replaced by nothing.)
+            if 0 < self.log.end_lsn < checkpoint.get("lsn", 0):
+                raise WrongShape(f"'lsn' {checkpoint['lsn']} is past the event log's end ({self.log.end_lsn})")
+            self._restore(checkpoint)
+        except DAMAGE_ERRORS as error:
+            set_aside(DAEMON_CHECKPOINT, self.home, describe(error))
+            checkpoint = {}
+            self._restore(checkpoint)
+        return checkpoint
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.projector = Projector.from_state(checkpoint.get("projector", {}))
+        # A checkpoint may be on disk ahead of a running run's audit trail (a long trail's copy
+        # lets it pass, DiskJobs): every run it holds has its trail written again.
+        self.projector.dirty.update(self.projector.runs)
+        self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
+        self.ingest.daemon_seq = checkpoint.get("daemon_seq", 0)
+        self.writer.load(checkpoint)
 
     def _replay(self, start_lsn: int, progress: Callable[[int, int], object]) -> tuple[int, ScanStats]:
         scan, replayed, end_lsn = ScanStats(), 0, self.log.end_lsn

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import Home
+from stagewatch._home import Home, ipc_path
+from stagewatch.daemon._derived import STATUS, damaged_in_place, peek, set_aside_copies
 from stagewatch.daemon._disk import OK, disk_state, read_disk
 from stagewatch.daemon._scrub import load as load_scrub
 from stagewatch.daemon._settings import Config
@@ -23,7 +23,13 @@ def examine(home: Path, config: Config, scrub: Callable[[], object] | None = Non
     if scrub is not None:
         scrub()
     status = _status(home)
-    checks = [_daemon_check(home, status), _disk_check(home, config), *_data_checks(home, status), _scrub_check(home)]
+    checks = [
+        _daemon_check(home, status),
+        _disk_check(home, config),
+        *_data_checks(home, status),
+        _scrub_check(home),
+        _derived_check(Home.of(home)),
+    ]
     return {"home": str(home), "healthy": all(c["ok"] for c in checks), "checks": checks}
 
 
@@ -32,10 +38,26 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
 
 
 def _status(home: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Home.of(home).status.read_text())
-    except (OSError, ValueError):
-        return {}
+    return peek(STATUS, Home.of(home)) or {}
+
+
+def _derived_check(home: Home) -> dict[str, Any]:
+    """Damaged derived state: in place (its owner sets it aside when it next starts), or set
+    aside and rebuilt, reported until someone has looked and deleted the copies."""
+    found = [
+        f"{spec.path(home)} is damaged ({wrong}); the daemon sets it aside when it next starts, {spec.remedy}"
+        for spec, wrong in damaged_in_place(home)
+    ]
+    copies = set_aside_copies(home)
+    if copies:
+        shown = ", ".join(str(path) for path in copies[:5]) + (" ..." if len(copies) > 5 else "")
+        found.append(
+            f"{len(copies)} damaged state file(s) were set aside and their state rebuilt from the event log: "
+            f"{shown} (the daemon's log says why); a disk or power problem? delete them to clear this"
+        )
+    if not found:
+        return _check("state", True, "every derived state file reads whole")
+    return _check("state", False, "; ".join(found))
 
 
 def _scrub_check(home: Path) -> dict[str, Any]:
@@ -79,10 +101,25 @@ def daemon_running(home: Path) -> bool:
 def _daemon_check(home: Path, status: dict[str, Any]) -> dict[str, Any]:
     if not daemon_running(home):
         return _check("daemon", False, f"no daemon runs on {home}; start one with `stagewatch daemon --home {home}`")
+    socket = _missing_socket(home, status)
+    if socket is not None:
+        return _check(
+            "daemon",
+            False,
+            f"running (pid {status.get('pid')}) but its socket {socket} is gone (deleted?): no pipeline can reach "
+            "it; restart it (`systemctl --user restart stagewatch`, or stop it and run `stagewatch daemon`)",
+        )
     age = time.time() - status.get("updated_at", 0)
     if age > STALE_STATUS_S:
         return _check("daemon", False, f"running (pid {status.get('pid')}) but its status is {age:.0f}s old: stuck?")
     return _check("daemon", True, f"running, pid {status.get('pid')}, endpoint {status.get('endpoint')}")
+
+
+def _missing_socket(home: Path, status: dict[str, Any]) -> Path | None:
+    """The ipc socket file the running daemon listens on, if it is not there."""
+    endpoint = status.get("endpoint") or Home.of(home).ingest_endpoint
+    path = ipc_path(endpoint)
+    return path if path is not None and not path.is_socket() else None
 
 
 def _disk_check(home: Path, config: Config) -> dict[str, Any]:

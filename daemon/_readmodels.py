@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from stagewatch._home import Home
+from stagewatch.daemon._derived import STATUS, peek
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
     MAX_ROWS,
@@ -165,10 +166,8 @@ def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
 
 def active_runs(home: Path) -> list[dict[str, Any]]:
     """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
-    try:
-        return json.loads(Home.of(home).status.read_text())["active_runs"]
-    except (OSError, ValueError, KeyError):
-        return []
+    status = peek(STATUS, Home.of(home)) or {}
+    return [run for run in status.get("active_runs", []) if isinstance(run, dict)]
 
 
 def resolve_run_id(home: Path, prefix: str) -> str:

@@ -17,9 +17,17 @@ from typing import Any
 
 from stagewatch._home import Home
 from stagewatch._names import is_run_id
-from stagewatch.daemon._accuracy import CHECKPOINT, AccuracyWorker
+from stagewatch.daemon._accuracy import AccuracyWorker
 from stagewatch.daemon._compaction import exchange_paths
 from stagewatch.daemon._daemon import Daemon, DaemonSettings
+from stagewatch.daemon._derived import (
+    ACCURACY_CHECKPOINT,
+    DAEMON_CHECKPOINT,
+    DERIVED_FILES,
+    SCRUB_RECORD,
+    STATUS,
+    repair,
+)
 from stagewatch.daemon._lock import HomeLock
 from stagewatch.daemon._retention import remove_recorded
 
@@ -37,6 +45,7 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
     lock = HomeLock(layout)
     lock.take()
     try:
+        repair(DERIVED_FILES, layout)  # a folder in a state file's place would refuse the swap
         staging = _fresh_staging(layout)
         report = _build(staging, layout, progress)
         report["read_model_files_removed"] = _swap_in(staging, layout)
@@ -82,7 +91,8 @@ def _swap_in(staging: Home, home: Home) -> int:
     for folder in (home.metrics, home.index, home.quarantined_parts):
         replaced += sum(1 for _ in folder.rglob("*") if _.is_file()) if folder.is_dir() else 0
         _replace_folder(_staged(staging, home, folder), folder)
-    for path in (home.checkpoint(), home.checkpoint(CHECKPOINT), home.status, home.scrub):  # parts are new
+    for spec in (DAEMON_CHECKPOINT, ACCURACY_CHECKPOINT, STATUS, SCRUB_RECORD):  # parts are new
+        path = spec.path(home)
         replaced += _replace_file(_staged(staging, home, path), path)
     staged_runs = set(_run_ids(staging))
     for run_id in set(_run_ids(home)) | staged_runs:

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 
 from stagewatch import _protocol as protocol
 from stagewatch._home import Home
-from stagewatch.daemon._store import PART_PREFIX, Store, atomic_write, parquet_options
+from stagewatch.daemon._derived import DAEMON_CHECKPOINT, GC_INTENT, load, peek
+from stagewatch.daemon._store import PART_PREFIX, atomic_write, parquet_options
 
 Progress = Callable[[int, int], object]
 
@@ -108,7 +109,6 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     """The finished runs (runs table), the log's segments and the checkpoint's lsn."""
     from stagewatch.daemon._eventlog import EventLog
     from stagewatch.daemon._readmodels import read_table
-    from stagewatch.daemon._store import Store
 
     table = read_table(home, "runs")
     # A run's age counts from when the daemon received its last event, by the daemon's clock
@@ -124,7 +124,7 @@ def gather(home: Path) -> tuple[list[FinishedRun], list[Segment], int]:
     if listed:
         base, path = listed[-1]
         segments.append(Segment(path, base + path.stat().st_size, path.stat().st_mtime_ns))
-    checkpoint = Store(home).read_checkpoint() or {}
+    checkpoint = peek(DAEMON_CHECKPOINT, Home.of(home)) or {}  # damaged: lsn 0, no segment removable
     return runs, segments, checkpoint.get("lsn", 0)
 
 
@@ -180,7 +180,7 @@ def apply_retention(
 # -- the decision in the log ------------------------------------------------------------------
 def recorded_expiries(home: Path) -> list[str]:
     """The runs whose run_expired event the checkpoint's fold holds (oldest first)."""
-    checkpoint = Store(home).read_checkpoint() or {}
+    checkpoint = peek(DAEMON_CHECKPOINT, Home.of(home)) or {}  # damaged: the next start replays every record
     return list(checkpoint.get("projector", {}).get("expired", []))
 
 
@@ -296,9 +296,8 @@ def remove(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[st
 
 def resume_interrupted(home: Path) -> dict[str, Any] | None:
     """Finish a removal that a crash interrupted (every step is idempotent)."""
-    try:
-        intent = json.loads(intent_path(home).read_text())
-    except (FileNotFoundError, ValueError):
+    intent = load(GC_INTENT, Home.of(home))  # damaged: set aside, its runs selected again when expired
+    if intent is None:
         return None
     freed = _carry_out(home, Plan(intent["runs"], [Path(p) for p in intent["segments"]]))
     intent_path(home).unlink(missing_ok=True)

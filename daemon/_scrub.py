@@ -17,6 +17,7 @@ from typing import Any
 
 from stagewatch._home import Home
 from stagewatch._records import ScanStats, scan_records
+from stagewatch.daemon._derived import SCRUB_RECORD, clear_way, peek
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._sql import damage_of
 from stagewatch.daemon._store import atomic_write
@@ -39,13 +40,13 @@ def sealed_segments(home: Home) -> list[Path]:
 
 
 def load(home: Home) -> dict[str, Any]:
-    try:
-        return json.loads(home.scrub.read_text())
-    except (OSError, ValueError):
-        return {"segments": {}, "parts": {}}
+    """The record; an empty one when there is none or it is damaged (the daemon sets a damaged
+    one aside on start, `_derived`)."""
+    return peek(SCRUB_RECORD, home) or {"segments": {}, "parts": {}}
 
 
 def save(home: Home, found: dict[str, Any]) -> None:
+    clear_way(SCRUB_RECORD, home)
     atomic_write(home.scrub, json.dumps(found, indent=1).encode())
 
 

@@ -13,7 +13,6 @@ is threaded).
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import warnings
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stagewatch._home import Home
+from stagewatch.daemon._derived import GC_INTENT, peek
 from stagewatch.daemon._store import TABLES
 
 READ_ATTEMPTS = 5
@@ -83,11 +83,8 @@ def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -
 
 def runs_being_removed(home: Path) -> list[str]:
     """The runs an interrupted gc was removing (state/gc-intent.json): hidden from every read."""
-    try:
-        runs = json.loads(Home.of(home).gc_intent.read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [run for run in runs if isinstance(run, str)] if isinstance(runs, list) else []
+    intent = peek(GC_INTENT, Home.of(home))  # damaged: nothing is being removed that it could say
+    return intent["runs"] if intent is not None else []
 
 
 def schema_of(table: str) -> pa.Schema:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from loguru import logger
 
 from stagewatch._home import Home
+from stagewatch.daemon._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
 from stagewatch.daemon._projection import RunState, audit_json, stage_lines_bytes
 from stagewatch.daemon._runindex import RunIndex
 
@@ -283,9 +284,10 @@ class AuditDocument:
 class Store:
     """Writes the read models under a stagewatch home."""
 
-    def __init__(self, home: Path | Home, checkpoint: str = "checkpoint.msgpack") -> None:
+    def __init__(self, home: Path | Home, checkpoint: DerivedFile = DAEMON_CHECKPOINT) -> None:
         self.home = Home.of(home)
-        self.checkpoint_path = self.home.checkpoint(checkpoint)
+        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint.path(self.home)
         self.run_index = RunIndex(self.home)
         # Held while a part is written into a partition: a merge (on a thread of its own) holds
         # it while it links a partition's parts into the folder it swaps in (_compaction).
@@ -469,11 +471,5 @@ class Store:
         self.write_checkpoint_bytes(msgpack.packb(state, use_bin_type=True))
 
     def write_checkpoint_bytes(self, data: bytes) -> None:
+        clear_way(self.checkpoint, self.home)
         atomic_write(self.checkpoint_path, data, durable=True)
-
-    def read_checkpoint(self) -> dict[str, Any] | None:
-        try:
-            data = self.checkpoint_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)

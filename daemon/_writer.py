@@ -26,6 +26,7 @@ import msgpack
 from loguru import logger
 
 from stagewatch._home import Home
+from stagewatch.daemon._derived import STATUS, clear_way
 from stagewatch.daemon._disk import DiskStatus
 from stagewatch.daemon._diskjobs import DiskJobs, PassThread, timed
 from stagewatch.daemon._eventlog import EventLog
@@ -399,4 +400,5 @@ class ReadModelWriter:
             "late_events": projector.late_events,
             "foreign_events": projector.foreign_events,
         }
+        clear_way(STATUS, self.home)
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import stagewatch
+from stagewatch._home import Home
 from stagewatch.daemon import Filters, query_runs, query_stats
+from stagewatch.daemon._derived import DAEMON_CHECKPOINT, peek
 from stagewatch.daemon._ingest import RECEIVED_MARK_INTERVAL_NS
 from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon._retention import (
@@ -27,7 +29,6 @@ from stagewatch.daemon._retention import (
     select_expired,
 )
 from stagewatch.daemon._settings import RetentionSection
-from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
 from tests.daemon.test_rebuild import _read_models
@@ -258,7 +259,7 @@ def test_gc_while_the_daemon_is_stopped_leaves_no_ghost_of_a_run_it_still_held(h
     daemon.audit(run_id)
     wait_for(lambda: read_table(home, "runs").num_rows == 1)
     assert daemon.stop() == 0
-    assert run_id in Store(home).read_checkpoint()["projector"]["runs"]
+    assert run_id in peek(DAEMON_CHECKPOINT, Home.of(home))["projector"]["runs"]
     time.sleep(1.1)  # older than retention.runs = 1s
     gc = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
     assert gc.returncode == 0, gc.stderr

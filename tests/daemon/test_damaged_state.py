@@ -1,0 +1,202 @@
+"""Damaged derived state never bricks a home: every state file the daemon or the accuracy
+worker derives, damaged each way a disk or a person damages it, is set aside with a message
+naming it, its state is rebuilt from the event log (equal to `stagewatch rebuild`), the
+worker judges runs again, `runs` and `doctor` show no traceback, and `doctor` exits 1 until
+the set-aside copy is deleted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+import stagewatch
+from stagewatch._home import Home
+from stagewatch.daemon._readmodels import read_table, to_rows
+from tests.conftest import DaemonProcess, wait_for
+from tests.daemon.test_rebuild import _read_models
+from tests.groundtruth.builders import write_dataset
+from tests.groundtruth.test_live_accuracy import final_accuracy, run_pipeline
+
+
+def sw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def _bucket(home: Path) -> Path:
+    return sorted(Home(home).run_index.glob("*.tsv"))[0]
+
+
+# file -> (where it is, its valid content when the daemon leaves none, its wrong shape)
+FILES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], bytes] | None, bytes]] = {
+    "checkpoint": (lambda h: Home(h).checkpoint(), None, msgpack.packb([1, 2, 3])),
+    "checkpoint-runs": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 5, "projector": {"runs": [1]}})),
+    # Right as far as doctor looks; a run's state fails to load, or the lsn lies past the log's
+    # end (found when the daemon starts).
+    "checkpoint-past-the-log": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 2**63})),
+    "checkpoint-run-state": (
+        lambda h: Home(h).checkpoint(),
+        None,
+        msgpack.packb({"lsn": 5, "projector": {"runs": {"r": {"x": 1}}}}),
+    ),
+    "accuracy-checkpoint": (
+        lambda h: Home(h).checkpoint("accuracy.msgpack"),
+        None,
+        msgpack.packb({"lsn": 0, "open_runs": {"../x": "y"}}),
+    ),
+    "gc-intent": (
+        lambda h: Home(h).gc_intent,
+        lambda h: json.dumps({"runs": [], "segments": []}).encode(),
+        json.dumps({"runs": 7, "segments": ["/etc/hostname"]}).encode(),
+    ),
+    "scrub-record": (lambda h: Home(h).scrub, None, json.dumps({"segments": [1], "parts": "x"}).encode()),
+    "status": (lambda h: Home(h).status, None, json.dumps([{"active_runs": 1}]).encode()),
+    "run-index-bucket": (_bucket, None, b"no tab on this line\n"),
+}
+DAMAGES = ("empty", "garbage", "truncated", "directory", "wrong-shape")
+ONLY_WRONG_SHAPE = {
+    "checkpoint-runs",
+    "checkpoint-run-state",
+    "checkpoint-past-the-log",
+}  # their other damages are "checkpoint"'s
+FOUND_AT_START = {"checkpoint-run-state", "checkpoint-past-the-log"}
+CASES = [(name, how) for name in FILES for how in DAMAGES if name not in ONLY_WRONG_SHAPE or how == "wrong-shape"]
+
+
+def damage(path: Path, how: str, valid: bytes, wrong_shape: bytes) -> None:
+    if path.is_file():
+        valid = path.read_bytes()
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "directory":
+        path.mkdir()
+        (path / "inside").write_bytes(b"x")
+        return
+    data = {
+        "empty": b"",
+        "garbage": b"\xc1\xff\x00garbage\xde\xad" * 7,
+        "truncated": valid[: len(valid) // 2 - 1],  # inside a line of a run index bucket too
+        "wrong-shape": wrong_shape,
+    }[how]
+    path.write_bytes(data)
+
+
+def _samples(home: Path) -> list[dict[str, Any]]:
+    rows = to_rows(read_table(home, "samples").drop(["date"]))
+    return sorted(rows, key=lambda r: (r["run_id"], r["stage"], r["sample_id"]))
+
+
+def _everything(home: Path) -> dict[str, Any]:
+    accuracy = {p.parent.name: json.loads(p.read_text()) for p in home.glob("runs/*/accuracy.json")}
+    return {**_read_models(home), "samples": _samples(home), "accuracy": accuracy}
+
+
+def _copies(home: Path, path: Path) -> list[Path]:
+    """Where `path`'s damaged copies were set aside."""
+    folder = Home(home).quarantined_state / path.relative_to(home).parent
+    return list(folder.glob(f"{path.name}.damaged-*"))
+
+
+def _doctor(home: Path) -> tuple[int, dict[str, Any]]:
+    result = sw("doctor", "--home", str(home), "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+
+
+@pytest.fixture
+def dataset(home: Path) -> Path:
+    return write_dataset(home.parent / "golden", 10)
+
+
+@pytest.mark.parametrize(("name", "how"), CASES)
+def test_a_damaged_state_file_is_set_aside_and_rebuilt(
+    daemon: DaemonProcess, dataset: Path, name: str, how: str
+) -> None:
+    where, template, wrong_shape = FILES[name]
+    first = run_pipeline(daemon, dataset)
+    final_accuracy(daemon.home, first.id)
+    daemon.audit(first.id)
+    assert daemon.stop() == 0
+    path = where(daemon.home)
+    damage(path, how, template(daemon.home) if template else b"", wrong_shape)
+    if name == "run-index-bucket":  # the index is set aside and made again as a whole
+        path = Home(daemon.home).run_index
+    code, checks = _doctor(daemon.home)
+    if name not in FOUND_AT_START:  # found before any start
+        assert code == 1 and str(path) in checks["state"]["detail"], checks["state"]
+
+    daemon.start()
+    wait_for(lambda: "set aside as" in daemon.log(), 30)
+    assert f"{path} is damaged" in daemon.log()
+    second = run_pipeline(daemon, dataset)  # the worker judges runs again
+    final_accuracy(daemon.home, second.id)
+    daemon.audit(second.id)
+    runs = sw("runs", "--home", str(daemon.home), "--json")
+    assert runs.returncode == 0 and "Traceback" not in runs.stderr, runs.stderr
+    assert {first.id, second.id} <= {run["run_id"] for run in json.loads(runs.stdout)}
+    code, checks = _doctor(daemon.home)
+    copies = _copies(daemon.home, path)
+    assert len(copies) == 1 and code == 1 and str(copies[0]) in checks["state"]["detail"]
+    assert checks["daemon"]["ok"]
+    assert daemon.stop() == 0
+
+    live = _everything(daemon.home)
+    rebuilt = sw("rebuild", "--home", str(daemon.home), "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert _everything(daemon.home) == live
+    copies[0].unlink() if copies[0].is_file() else shutil.rmtree(copies[0])
+    code, checks = _doctor(daemon.home)
+    assert checks["state"]["ok"], checks["state"]
+
+
+def test_doctor_says_the_daemon_s_socket_is_gone(daemon: DaemonProcess) -> None:
+    code, checks = _doctor(daemon.home)
+    assert checks["daemon"]["ok"]
+    os.unlink(daemon.socket_path)
+    code, checks = _doctor(daemon.home)
+    assert code == 1 and not checks["daemon"]["ok"]
+    assert str(daemon.socket_path) in checks["daemon"]["detail"] and "restart" in checks["daemon"]["detail"]
+
+
+def test_a_gc_intent_naming_a_file_outside_the_log_deletes_nothing(daemon: DaemonProcess) -> None:
+    """A well-formed intent is still the wrong shape when it names what no gc removes: the
+    interrupted removal it would finish deletes only run folders and the log's segments."""
+    outside = daemon.home.parent / "precious.txt"
+    outside.write_text("keep me")
+    assert daemon.stop() == 0
+    intent = Home(daemon.home).gc_intent
+    intent.write_text(json.dumps({"runs": [], "segments": [str(outside)]}))
+    daemon.start()
+    wait_for(lambda: "set aside as" in daemon.log(), 30)
+    assert f"{intent} is damaged" in daemon.log() and "not in the event log" in daemon.log()
+    assert daemon.stop() == 0
+    assert outside.read_text() == "keep me"
+    assert not intent.exists() and len(_copies(daemon.home, intent)) == 1
+
+
+@pytest.mark.parametrize("folder", ["state", "index"])
+def test_a_file_in_place_of_a_state_folder_is_set_aside(daemon: DaemonProcess, folder: str) -> None:
+    with stagewatch.init(pipeline="p", home=daemon.home) as run, run.stage("s"):
+        pass
+    daemon.audit(run.id)
+    assert daemon.stop() == 0
+    live = _read_models(daemon.home)
+    path = daemon.home / folder
+    shutil.rmtree(path)
+    path.write_bytes(b"")
+    daemon.start()
+    wait_for(lambda: "set aside as" in daemon.log(), 30)
+    assert f"{path} is damaged" in daemon.log()
+    wait_for(lambda: (daemon.home / "state" / "status.json").is_file(), 30)
+    code, checks = _doctor(daemon.home)
+    assert code == 1 and str(_copies(daemon.home, path)[0]) in checks["state"]["detail"] and checks["daemon"]["ok"]
+    assert daemon.stop() == 0
+    assert _read_models(daemon.home) == live

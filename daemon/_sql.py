@@ -171,10 +171,17 @@ def _execute(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table, query: 
         con.unregister(name)
 
 
+# DuckDB's own refusals name their kind ("Invalid Input Error: …" for a regular expression RE2
+# refuses, "Conversion Error: …"); what a damaged file's Thrift header raises comes through bare
+# ("invalid TType", "TProtocolException: Invalid data", "don't know what type").
+DUCKDB_ERROR = re.compile(r"[A-Z][A-Za-z ]* Error: ")
+
+
 def _about_files(error: duckdb.Error) -> bool:
     """Whether reading a file failed (not the query: a regular expression RE2 refused, a value
     out of range), so that finding the damaged part is worth reading each one."""
-    return isinstance(error, duckdb.IOException) or "parquet" in str(error).lower()
+    message = str(error).strip()
+    return isinstance(error, duckdb.IOException) or "parquet" in message.lower() or not DUCKDB_ERROR.match(message)
 
 
 def _first_line(error: Exception) -> str:

@@ -23,6 +23,7 @@ SET_TO_2100 = 4_102_444_800 * NS  # 2100-01-01T00:00Z
 
 
 def _gc(home: Path, keep_runs: str) -> dict[str, Any]:
+    """`stagewatch gc` (no daemon may run: it applies retention itself)."""
     env = {**os.environ, "STAGEWATCH_RETENTION_RUNS": keep_runs}
     command = [sys.executable, "-m", "stagewatch.cli", "gc", "--home", str(home), "--json"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
@@ -34,6 +35,7 @@ def test_a_run_stamped_in_1970_is_kept_and_its_skew_is_in_the_audit_trail(daemon
     run_id = run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970)
     audit = daemon.audit(run_id)
     assert audit["started_at"].startswith("1970-01-01")  # as the pipeline stamped it
+    assert daemon.stop() == 0
     freed = _gc(daemon.home, keep_runs="1h")
     assert freed["runs"] == []
     assert (daemon.home / "runs" / run_id / "audit.json").exists()
@@ -46,7 +48,7 @@ def test_a_run_stamped_in_1970_is_kept_and_its_skew_is_in_the_audit_trail(daemon
     received = read_table(daemon.home, "runs")["received_time"].cast("int64").to_pylist()
     assert len(received) == 1 and abs(received[0] - time.time_ns()) < 3600 * NS  # the daemon's clock
 
-    assert daemon.stop() == 0  # the receive times come from the event log: a rebuild reads the same
+    # The receive times come from the event log: a rebuild reads the same.
     live = _read_models(daemon.home)
     rebuild = [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home), "--json"]
     result = subprocess.run(rebuild, capture_output=True, text=True, timeout=120)
@@ -57,6 +59,7 @@ def test_a_run_stamped_in_1970_is_kept_and_its_skew_is_in_the_audit_trail(daemon
 def test_a_run_stamped_in_2100_ages_by_the_daemon_s_clock(daemon: DaemonProcess) -> None:
     run_id = run_pipeline(daemon.home, clock_ns=SET_TO_2100)
     daemon.audit(run_id)
+    assert daemon.stop() == 0
     assert _gc(daemon.home, keep_runs="1h")["runs"] == []
     time.sleep(2.5)  # older than 2 s by the daemon's clock; 75 years younger by its own
     assert _gc(daemon.home, keep_runs="2s")["runs"] == [run_id]
@@ -79,9 +82,9 @@ def test_a_run_spooled_while_no_daemon_ran_is_late_not_skewed(home: Path) -> Non
         assert audit["clock_skew"] is None  # received an hour after it was emitted: late, not skewed
         assert audit["clock_offset_ns"] is None  # nothing came live
         assert audit["received_first_ns"] > an_hour_ago + 3500 * NS
-        assert _gc(home, keep_runs="30m")["runs"] == []  # its age counts from when it arrived
     finally:
         daemon.stop()
+    assert _gc(home, keep_runs="30m")["runs"] == []  # its age counts from when it arrived
 
 
 def test_a_clock_a_few_seconds_off_is_not_reported(daemon: DaemonProcess) -> None:

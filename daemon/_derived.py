@@ -45,15 +45,18 @@ class WrongShape(ValueError):
 
 @dataclass(frozen=True)
 class DerivedFile:
-    """A file (or folder) of derived state, relative to the home."""
+    """A file (or folder) of derived state; where it lies is the home's to say (`Home`)."""
 
-    relative: str
+    locate: Callable[[Home], Path]
     remedy: str  # what its owner does without it, for the messages
     decode: Callable[[bytes], Any] | None  # None: a folder, checked by `check` alone
     check: Callable[[Any, Home], None]  # raises WrongShape (or any DAMAGE_ERRORS) on a wrong shape
 
     def path(self, home: Home) -> Path:
-        return home.root / self.relative
+        return self.locate(home)
+
+    def relative(self, home: Home) -> str:
+        return self.path(home).relative_to(home.root).as_posix()
 
 
 def _msgpack(data: bytes) -> Any:
@@ -136,7 +139,7 @@ def check_folder(folder: Any, home: Home) -> None:
 
 
 def check_run_index(folder: Any, home: Home) -> None:
-    """index/runs: bucket files of whole "run_id<TAB>date" lines (an appended write is whole
+    """The run index: bucket files of whole "run_id<TAB>date" lines (an appended write is whole
     lines, so a bucket that is empty or ends inside a line was cut short)."""
     for entry in os.scandir(home.run_index):
         _expect(entry.is_file(follow_symlinks=False), f"{entry.name} is not a file")
@@ -148,35 +151,37 @@ def check_run_index(folder: Any, home: Home) -> None:
         _expect(all(line.count("\t") == 1 for line in text.splitlines()), f"{entry.name} holds a line of no pair")
 
 
-STATE_FOLDER = DerivedFile("state", "the state files in it are made again", None, check_folder)
-INDEX_FOLDER = DerivedFile("index", "the run index and stage-stats summaries are made again", None, check_folder)
+STATE_FOLDER = DerivedFile(lambda home: home.state, "the state files in it are made again", None, check_folder)
+INDEX_FOLDER = DerivedFile(lambda home: home.index, "the run index is made again", None, check_folder)
 DAEMON_CHECKPOINT = DerivedFile(
-    "state/checkpoint.msgpack",
+    lambda home: home.checkpoint(),
     "replaying the whole event log into the read models",
     _msgpack,
     check_daemon_checkpoint,
 )
 ACCURACY_CHECKPOINT = DerivedFile(
-    "state/accuracy.msgpack",
+    lambda home: home.checkpoint("accuracy.msgpack"),
     "judging every run's sample results in the event log again",
     _msgpack,
     check_accuracy_checkpoint,
 )
 GC_INTENT = DerivedFile(
-    "state/gc-intent.json",
+    lambda home: home.gc_intent,
     "a removal it recorded is not finished; the next retention pass selects what has expired again",
     _json,
     check_gc_intent,
 )
 SCRUB_RECORD = DerivedFile(
-    "state/scrub.json",
+    lambda home: home.scrub,
     "damage it recorded is found again by the next scrub (`stagewatch doctor --scrub`: now)",
     _json,
     check_scrub_record,
 )
-STATUS = DerivedFile("state/status.json", "the daemon writes it again at its next flush", _json, check_status)
-ACCURACY_LOCK = DerivedFile("state/accuracy.lock", "the accuracy worker makes a new one", None, check_lock_file)
-RUN_INDEX = DerivedFile("index/runs", "the daemon indexes the tables again", None, check_run_index)
+STATUS = DerivedFile(lambda home: home.status, "the daemon writes it again at its next flush", _json, check_status)
+ACCURACY_LOCK = DerivedFile(
+    lambda home: home.accuracy_lock, "the accuracy worker makes a new one", None, check_lock_file
+)
+RUN_INDEX = DerivedFile(lambda home: home.run_index, "the daemon indexes the tables again", None, check_run_index)
 
 # Folders before the files in them: a file in a folder's place hides every file inside.
 DERIVED_FILES = (
@@ -271,7 +276,7 @@ def set_aside(spec: DerivedFile, home: Home, wrong: str) -> Path:
 
 
 def copy_path(home: Home, spec: DerivedFile, stamp: str) -> Path:
-    return home.quarantined_state / f"{spec.relative}{SET_ASIDE_MARK}{stamp}"
+    return home.quarantined_state / f"{spec.relative(home)}{SET_ASIDE_MARK}{stamp}"
 
 
 def repair(specs: tuple[DerivedFile, ...], home: Home) -> list[Path]:

@@ -138,13 +138,16 @@ def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, mon
     assert not intent_path(home).exists()
 
 
+# A daemon that keeps runs a second, checks twice a second and forgets finished runs at once.
+QUICK_RETENTION = {
+    "STAGEWATCH_RETENTION_RUNS": "1s",
+    "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
+    "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2",
+}
+
+
 def test_the_daemon_applies_retention_by_itself_and_finishes_an_interrupted_gc(home: Path) -> None:
-    env = {
-        "STAGEWATCH_RETENTION_RUNS": "1s",
-        "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
-        "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2",
-    }
-    daemon = DaemonProcess(home, env=env).start()
+    daemon = DaemonProcess(home, env=QUICK_RETENTION).start()
     try:
         running = stagewatch.init(pipeline="ongoing", home=home)
         with running.stage("detection"):
@@ -298,12 +301,7 @@ def test_gc_clears_the_ghost_folders_an_older_daemon_left(home: Path) -> None:
 
 
 def test_a_run_the_daemon_removed_stays_removed_after_a_kill_and_a_rebuild(home: Path) -> None:
-    env = {
-        "STAGEWATCH_RETENTION_RUNS": "1s",
-        "STAGEWATCH_RETENTION_CHECK_INTERVAL_S": "0.5",
-        "STAGEWATCH_DAEMON_LATE_EVENT_GRACE_S": "0.2",
-    }
-    daemon = DaemonProcess(home, env=env).start()
+    daemon = DaemonProcess(home, env=QUICK_RETENTION).start()
     kept = _finished_run(home, "kept")  # before the policy is a day: stays
     removed = _finished_run(home, "short-lived")
     daemon.audit(removed)

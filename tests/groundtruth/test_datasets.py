@@ -26,6 +26,11 @@ def validate(spec: Path) -> tuple[int, dict]:
     return result.returncode, json.loads(result.stdout) if result.stdout else {"stderr": result.stderr}
 
 
+def eval_coco(truth: Path, detections: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "stagewatch.cli", "eval", "coco", str(truth), str(detections)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def test_a_mixed_format_dataset_validates_with_counts_per_format(tmp_path: Path) -> None:
     spec = write_dataset(tmp_path, 12)
     (tmp_path / "masks" / "s0005.npy").unlink()  # a sample without a mask: unlabeled, not an error
@@ -96,20 +101,7 @@ def test_an_id_used_twice_in_a_coco_file_is_refused_naming_both(tmp_path: Path, 
     assert code == 2 and "coco.json" in report["stderr"] and "Traceback" not in report["stderr"]
     assert all(part in report["stderr"] for part in said), report["stderr"]
     (tmp_path / "detections.json").write_text("[]")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stagewatch.cli",
-            "eval",
-            "coco",
-            str(tmp_path / "coco.json"),
-            str(tmp_path / "detections.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = eval_coco(tmp_path / "coco.json", tmp_path / "detections.json")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert all(part in result.stderr for part in said), result.stderr
 
@@ -126,20 +118,7 @@ def test_coco_ids_that_are_unique_or_absent_pass(tmp_path: Path) -> None:
     assert code == 0 and report["ok"], report
     detections = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}] * 2
     (tmp_path / "detections.json").write_text(json.dumps(detections))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stagewatch.cli",
-            "eval",
-            "coco",
-            str(tmp_path / "coco.json"),
-            str(tmp_path / "detections.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = eval_coco(tmp_path / "coco.json", tmp_path / "detections.json")
     assert result.returncode == 0, result.stderr
 
 

@@ -165,7 +165,7 @@ def test_the_daemon_applies_retention_by_itself_and_finishes_an_interrupted_gc(h
     victim = _finished_run_offline(home)
     (home / "runs" / victim).rename(home / "runs" / f".expired-{victim}")
     intent_path(home).write_text(json.dumps({"runs": [victim], "segments": []}))
-    daemon = DaemonProcess(home, env=env).start()
+    daemon = DaemonProcess(home, env=QUICK_RETENTION).start()
     try:
         wait_for(lambda: not intent_path(home).exists(), timeout_s=30)
         assert not (home / "runs" / f".expired-{victim}").exists()

@@ -46,6 +46,7 @@ FINISHED_KEPT_S = 600.0  # a run that ended stays on the Live page for 10 min
 MAX_RUNS = 200  # beyond this many runs the oldest ended ones are forgotten first
 RECONCILE_S = 1.0  # a joined run's new stored rows are read once a second
 STORED_COLUMNS = [
+    "pipeline",
     "stage",
     "status",
     "sample_id",
@@ -154,6 +155,8 @@ class LiveBoard:
         run = self.runs.get(run_id)
         if run is None or run.counted is None:
             return
+        if rows and run.pipeline is None:  # a short run can end before status.json lists it
+            run.pipeline = rows[0]["pipeline"]
         for row in rows:
             event = _stored_end(run_id, row)
             if _first_count(run, event):

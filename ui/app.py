@@ -15,6 +15,7 @@ from pathlib import Path
 
 import holoviews as hv
 import panel as pn
+from panel.theme import Fast
 
 from stagewatch._home import Home
 from stagewatch.ui import _widgets
@@ -33,6 +34,19 @@ VIEWS = {
     "failures": failures.view,
     "case": case.view,
 }
+
+
+class OfflineFast(Fast):
+    """Panel's Fast design without the web font it links on every page (fonts.googleapis.com):
+    an offline machine would wait on it, and nothing of the dashboard may leave the machine.
+    The template's `font` names system fonts instead."""
+
+    _resources = {**Fast._resources, "font": {}}
+
+
+# Panel finds a design's bundled files under its class's name ("fast/js/fast_design.js"): under
+# another name the page would load none of them.
+OfflineFast.__name__ = Fast.__name__
 
 
 def configured_home() -> Path:
@@ -60,7 +74,8 @@ def page() -> pn.template.FastListTemplate:
         sidebar=[_widgets.navigation(name), pn.pane.Markdown(f"home: `{home}`", styles={"font-size": "12px"})],
         main=[pn.Column(*_widgets.banners(home), content, sizing_mode="stretch_width")],
         sidebar_width=200,
-        font_url="",  # no web font: the dashboard must load fast with no internet (system fonts)
+        design=OfflineFast,
+        font_url="",
         font="system-ui, -apple-system, Segoe UI, Roboto, sans-serif",
         header_background="#1f3a5f",
         accent_base_color="#1f3a5f",

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,6 +349,21 @@ def test_the_dashboard_listens_on_the_loopback_only(served) -> None:
         20,
     )
     assert listening and all(address.ip in ("127.0.0.1", "::1") for address in listening)
+
+
+def test_no_page_asks_anything_of_another_host(served, page) -> None:
+    """An offline machine (or one whose users must not be tracked) loads every page from the
+    dashboard alone: no web font, no CDN (it once asked fonts.googleapis.com on every page)."""
+    _, _, ui, run_id = served
+    asked: set[str] = set()
+    page.on("request", lambda request: asked.add(urllib.parse.urlsplit(request.url).netloc))
+    for view in ("live", "runs", "performance", "logs", "accuracy", "failures"):
+        page.goto(f"{ui.url}?page={view}")
+        page.wait_for_load_state("networkidle")
+    page.goto(f"{ui.url}?page=run&run={run_id}")
+    page.wait_for_load_state("networkidle")
+    own = urllib.parse.urlsplit(ui.url).netloc
+    assert asked - {own, ""} == set()  # "": blob: and data: URLs the page makes itself
 
 
 def _tree(pid: int) -> list[psutil.Process]:

@@ -19,15 +19,23 @@ FORMATS = ("json", "jsonl")
 
 
 def matching(home: Path, filters: Filters) -> dict[str, list[dict[str, Any]]]:
-    """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs."""
+    """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs. A
+    filter only log lines have (a level, a logger) matches log lines alone: runs and stage
+    executions have no level, so none of them is "of level WARNING"."""
+    logs = query_logs(home, filters)
+    if filters.level or filters.logger:
+        return {"runs": [], "stages": [], "logs": _rows(logs)}
     stages = query_stages(home, filters)
     if filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
         runs = query_runs(home, replace(filters, status=None))
         runs = runs.filter(pc.is_in(runs["run_id"], value_set=pc.unique(stages["run_id"])))
     else:
         runs = query_runs(home, filters)
-    tables = {"runs": runs, "stages": stages, "logs": query_logs(home, filters)}
-    return {name: [_jsonable(row) for row in to_rows(_without_date(table))] for name, table in tables.items()}
+    return {"runs": _rows(runs), "stages": _rows(stages), "logs": _rows(logs)}
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    return [_jsonable(row) for row in to_rows(_without_date(table))]
 
 
 def _without_date(table: pa.Table) -> pa.Table:

@@ -191,7 +191,9 @@ def query_stages(home: Path, filters: Filters, columns: list[str] | None = None)
 
 
 def query_logs(home: Path, filters: Filters, columns: list[str] | None = None) -> pa.Table:
-    return rows_of(home, "logs", log_where(home, filters), columns)
+    """Matching log lines in time order (the log's order where times tie): several clients'
+    lines reach the event log interleaved by delivery, not by when they were logged."""
+    return rows_of(home, "logs", log_where(home, filters), columns, order="time, lsn")
 
 
 MEASURES = ("duration_ms", "rss_peak_mb", "gpu_peak_mb")

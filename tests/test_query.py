@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import stagewatch
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import FAKE_CLOCK, DaemonProcess, run_python, wait_for
 
 
 def sw(*args: str) -> subprocess.CompletedProcess[str]:
@@ -216,3 +216,34 @@ def test_a_limit_beyond_any_table_lists_every_run(history) -> None:
     result = sw("runs", "--home", str(home), "--json", "--limit", str(10**24))
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 2
+
+
+LOGGING_PIPELINE = """
+import logging, stagewatch
+run = stagewatch.init(pipeline="logged", home={home!r})
+log = logging.getLogger("pipeline")
+log.addHandler(stagewatch.LoggingHandler())
+with run.stage("detection", sample_id="f0"):
+    log.warning({message!r})
+run.finish()
+assert run.flush(10)
+"""
+
+
+def test_a_level_matches_log_lines_alone_in_the_order_they_were_logged(daemon: DaemonProcess) -> None:
+    """`query --level WARNING` once said "2 stage execution(s)" (the level filters log lines
+    only) and listed the lines in the order they reached the log: a pipeline whose line came
+    second was logged an hour earlier."""
+    home = str(daemon.home)
+    for message, clock in (("logged now", None), ("logged an hour ago", time.time_ns() - 3600 * 10**9)):
+        code = (FAKE_CLOCK.format(clock_ns=clock) if clock else "") + LOGGING_PIPELINE.format(
+            home=home, message=message
+        )
+        assert run_python(code).returncode == 0
+    wait_for(lambda: len(q(daemon.home, "--level", "warning")["logs"]) == 2)
+    matched = q(daemon.home, "--level", "warning")
+    assert matched["runs"] == [] and matched["stages"] == []
+    assert [line["message"] for line in matched["logs"]] == ["logged an hour ago", "logged now"]
+    text = sw("query", "--home", home, "--level", "warning").stdout
+    assert text.startswith("0 run(s), 0 stage execution(s), 2 log line(s)")
+    assert text.index("logged an hour ago") < text.index("logged now")

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from loguru import logger
 
 from stagewatch._home import Home
+from stagewatch._shared import make_dirs
 from stagewatch.daemon._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
 from stagewatch.daemon._projection import RunState, audit_json, stage_lines_bytes
 from stagewatch.daemon._runindex import RunIndex
@@ -195,7 +196,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
 def replacing(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
     """A file handle whose content replaces `path` when the block ends without an error; on
     an error the temporary file goes (nothing else would ever remove it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)  # a run's folder the daemon makes first is the group's too (--group-access)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as handle:
@@ -429,7 +430,7 @@ class Store:
         checkpoint: replaying the log appends them again, exactly once.
         """
         path = self.home.stage_lines(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         with open(path, "ab") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size < accounted_bytes:

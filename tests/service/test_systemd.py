@@ -84,5 +84,11 @@ def test_group_access_shares_the_socket_and_the_folders_pipelines_write(home: Pa
         for folder in (home / "runs" / run.id, home / "runs" / run.id / "stages" / "detection"):
             assert stat.S_IMODE(folder.stat().st_mode) == 0o2770  # the daemon's group may write here
         assert daemon.audit(run.id)["status"] == "ok"
+        quiet = stagewatch.init(pipeline="shared", home=home)  # saves nothing: the daemon makes its folder
+        with quiet.stage("detection"):
+            pass
+        quiet.finish()
+        assert daemon.audit(quiet.id)["status"] == "ok"
+        assert stat.S_IMODE((home / "runs" / quiet.id).stat().st_mode) == 0o2770
     finally:
         daemon.stop()

@@ -29,7 +29,7 @@ from loguru import logger
 
 from stagewatch._gpu import host_gpu_problem
 from stagewatch._home import Home
-from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT, RUN_EXPIRED
+from stagewatch._protocol import DAEMON_CLIENT_ID, RUN_EXPIRED
 from stagewatch._records import ScanStats
 from stagewatch.daemon._compaction import finish_interrupted
 from stagewatch.daemon._decode import Rejected, decode_event
@@ -72,9 +72,12 @@ MAX_PENDING_ROWS = 2_500
 IDLE_FLUSH_ROWS = 500
 
 
-# Events that do not give a closed run back to the projection: a heartbeat holds no run state,
-# and retention's run_expired forgets the run (reopening it would read its trail for nothing).
-NOT_REOPENING = frozenset({HEARTBEAT, RUN_EXPIRED})
+# Events that do not give a closed run back to the projection: retention's run_expired forgets
+# the run (reopening it would read its trail for nothing). A heartbeat does reopen one: clients
+# send them for open runs only, so a closed run hears one only from a client it lost (paused),
+# and the heartbeat's reading and its end of the loss must fold as a replay folds them, with
+# the run in memory (a rebuild once differed from the live trail in `last_rss_mb`).
+NOT_REOPENING = frozenset({RUN_EXPIRED})
 
 
 @dataclass(frozen=True)

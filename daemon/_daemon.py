@@ -270,6 +270,9 @@ class Daemon:
             # was emptied by hand: its read models are kept rather than replaced by nothing.)
             if 0 < self.log.end_lsn < checkpoint.get("lsn", 0):
                 raise WrongShape(f"'lsn' {checkpoint['lsn']} is past the event log's end ({self.log.end_lsn})")
+            # Inside a record (a flipped bit), the replay would skip that record and call the log damaged.
+            if self.log.end_lsn > 0 and not self.log.starts_a_record(checkpoint.get("lsn", 0)):
+                raise WrongShape(f"'lsn' {checkpoint['lsn']} is no record's start in the event log")
             self._restore(checkpoint)
         except DAMAGE_ERRORS as error:
             set_aside(DAEMON_CHECKPOINT, self.home, describe(error))

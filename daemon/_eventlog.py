@@ -160,6 +160,14 @@ class EventLog:
             self._fd = None
 
     # -- reading -------------------------------------------------------------------------
+    def starts_a_record(self, lsn: int) -> bool:
+        """Whether an intact record starts at `lsn` or the log ends there: `read` trusts its
+        `from_lsn` to be a record boundary, and a damaged checkpoint's lsn may be none."""
+        if lsn >= self.end_lsn:
+            return lsn == self.end_lsn
+        first = next(self.read(lsn), None)
+        return first is not None and first[0] == lsn
+
     def read(self, from_lsn: int = 0, stats: ScanStats | None = None) -> Iterator[tuple[int, bytes]]:
         """Yield (lsn, payload) for every intact record at or after `from_lsn`."""
         stats = stats if stats is not None else ScanStats()

@@ -309,7 +309,7 @@ def ended_has(ended: dict[str, list[int]], client_id: str, span: int) -> bool:
 def ended_add(ended: dict[str, list[int]], client_id: str, span: int) -> None:
     """Record that `span` of `client_id` ended (ranges merge; at most `MAX_ENDED_RANGES`)."""
     bounds = ended.get(client_id)
-    if bounds is None:
+    if not bounds:  # none yet, or emptied by `ended_remove` (a crash withdrawn)
         ended[client_id] = [span, span + 1]
         return
     if bounds[-1] == span:  # the common case: the span after the last range

@@ -42,6 +42,9 @@ FILES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], bytes] | None, b
     # Right as far as doctor looks; a run's state fails to load, or the lsn lies past the log's
     # end (found when the daemon starts).
     "checkpoint-past-the-log": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 2**63})),
+    # An lsn inside the log's first record (a flipped bit): replayed from there, the record was
+    # skipped and the intact log reported damaged.
+    "checkpoint-inside-a-record": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 1})),
     "checkpoint-run-state": (
         lambda h: Home(h).checkpoint(),
         None,
@@ -66,8 +69,9 @@ ONLY_WRONG_SHAPE = {
     "checkpoint-runs",
     "checkpoint-run-state",
     "checkpoint-past-the-log",
+    "checkpoint-inside-a-record",
 }  # their other damages are "checkpoint"'s
-FOUND_AT_START = {"checkpoint-run-state", "checkpoint-past-the-log"}
+FOUND_AT_START = {"checkpoint-run-state", "checkpoint-past-the-log", "checkpoint-inside-a-record"}
 EVERY_CASE = [(name, how) for name in FILES for how in DAMAGES if name not in ONLY_WRONG_SHAPE or how == "wrong-shape"]
 # In CI: the daemon's checkpoint damaged every way, every other file one way (each way at least
 # once among them); STAGEWATCH_FAULTS_LONG=1: every file every way (about 35 daemon lives).
@@ -157,7 +161,7 @@ def test_a_damaged_state_file_is_set_aside_and_rebuilt(
     code, checks = _doctor(daemon.home)
     copies = _copies(daemon.home, path)
     assert len(copies) == 1 and code == 1 and str(copies[0]) in checks["state"]["detail"]
-    assert checks["daemon"]["ok"]
+    assert checks["daemon"]["ok"] and checks["event log"]["ok"], checks["event log"]
     assert daemon.stop() == 0
 
     live = _everything(daemon.home)

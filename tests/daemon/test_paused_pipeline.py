@@ -133,3 +133,48 @@ def _one_row_per_stage_with_its_real_status(home: Path, run_id: str) -> None:
     ]
     runs = read_table(home, "runs")
     assert runs["run_id"].to_pylist() == [run_id] and runs["status"].to_pylist() == ["ok"]
+
+
+# Stopped twice inside its first stage; between the stops it waits for the test's go (a line on
+# stdin) so that the daemon has seen it send again.
+TWICE = """
+import os, signal, sys
+import stagewatch
+run = stagewatch.init(pipeline="paused", home={home!r})
+print(run.id, flush=True)
+with run.stage("detection", sample_id="f0"):
+    assert run.flush(10)  # the daemon has the stage's start
+    for pause in range(2):
+        os.kill(os.getpid(), signal.SIGSTOP)
+        sys.stdin.readline()
+run.finish()
+assert run.flush(10)
+"""
+
+
+def test_a_stage_stopped_twice_past_the_client_timeout_keeps_its_row(daemon: DaemonProcess) -> None:
+    """The second loss of a client whose only ended stage was a withdrawn crash failed in
+    projection: it and the stage's real end were set aside, the stage had no row."""
+    code = TWICE.format(home=str(daemon.home))
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id = pipeline.stdout.readline().strip()
+        for gaps in (1, 2):
+            wait_for(lambda: _stopped(pipeline), 30)
+            assert daemon.audit(run_id, timeout_s=30)["status"] == "crashed"
+            os.kill(pipeline.pid, signal.SIGCONT)
+            wait_for(lambda: len(daemon.audit(run_id, complete=False)["gaps"]) == gaps, 30)  # noqa: B023 (sent again)
+            pipeline.stdin.write("go\n")
+            pipeline.stdin.flush()
+        assert pipeline.wait(60) == 0, pipeline.stderr.read()
+    finally:
+        if pipeline.poll() is None:
+            os.kill(pipeline.pid, signal.SIGCONT)
+            pipeline.kill()
+    audit = wait_for(lambda: (a := daemon.audit(run_id)) and a["status"] != "crashed" and a)
+    assert audit["status"] == "ok" and [(s["stage"], s["status"]) for s in audit["stages"]] == [("detection", "ok")]
+    assert len(audit["gaps"]) == 2 and "failed in projection" not in daemon.log()
+    stages = read_table(daemon.home, "stage_executions")
+    assert stages["status"].to_pylist() == ["ok"]

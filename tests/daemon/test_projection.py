@@ -331,3 +331,20 @@ def test_a_checkpoint_from_before_ranges_is_read_into_them() -> None:
     run = RunState.from_state({"run_id": RUN, "ended": {"c1:3": None, "c1:4": None, "c2:9": None}})
     assert run.ended == {"c1": [3, 5], "c2": [9, 10]}
     assert RunState.from_state(run.to_state()).ended == run.ended
+
+
+def test_a_stage_open_through_two_losses_of_its_client_crashes_and_ends_each_time() -> None:
+    """Paused past the client timeout twice inside its first stage (a long C call that holds the
+    GIL, Ctrl-Z twice): the first withdrawal left the client's ended ranges empty, and the second
+    loss failed in projection (set aside in quarantine): the run was not crashed."""
+    lost = ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)
+    heartbeat = ev("heartbeat", 5, rss_mb=10.0)
+    again = ev("client_lost", 2, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 6_000_000)
+    events = [history()[0], ev("stage_started", 2, stage="detection", span=1), lost, heartbeat, again]
+    projector = fold(events)
+    assert projector.runs[RUN].status == "crashed" and projector.runs[RUN].counts["crashed"] == 1
+    projector.apply(heartbeat, len(events))  # it sent again: the stage runs on, then ends
+    projector.apply(finished(9, 1), len(events) + 1)
+    projector.apply(ev("run_finished", 10, status="ok", duration_ms=9.0), len(events) + 2)
+    assert projector.runs[RUN].status == "ok" and projector.runs[RUN].counts["crashed"] == 0
+    assert [s["status"] for s in ended(projector)] == ["ok"]

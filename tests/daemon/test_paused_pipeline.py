@@ -5,10 +5,12 @@ and the audit trail notes the gap."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,20 @@ with run.stage("postprocessing", sample_id="f0"):
 run.finish()
 assert run.flush(10)
 """
+
+
+@contextlib.contextmanager
+def _stoppable(code: str) -> Iterator[subprocess.Popen]:
+    """A pipeline process that stops itself: whatever happens, it is resumed and ended."""
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield pipeline
+    finally:
+        if pipeline.poll() is None:
+            os.kill(pipeline.pid, signal.SIGCONT)
+            pipeline.kill()
 
 
 def _stopped(process: subprocess.Popen) -> bool:
@@ -81,9 +97,7 @@ def _forgotten(home: Path, run_id: str) -> bool:
 
 
 def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool, restarted: bool) -> None:
-    code = PIPELINE.format(home=str(daemon.home), inside=inside)
-    pipeline = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _stoppable(PIPELINE.format(home=str(daemon.home), inside=inside)) as pipeline:
         run_id = pipeline.stdout.readline().strip()
         wait_for(lambda: _stopped(pipeline), 30)
         crashed = daemon.audit(run_id, timeout_s=30)  # declared lost: the run and its open stage crashed
@@ -100,10 +114,6 @@ def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool, rest
             daemon.start()
         os.kill(pipeline.pid, signal.SIGCONT)  # `fg`
         assert pipeline.wait(60) == 0, pipeline.stderr.read()
-    finally:
-        if pipeline.poll() is None:
-            os.kill(pipeline.pid, signal.SIGCONT)
-            pipeline.kill()
     audit = wait_for(lambda: (a := daemon.audit(run_id)) and a["status"] != "crashed" and a)
     assert audit["status"] == "ok" and audit["error"] is None and audit["errors"] == []
     assert sorted((s["stage"], s["status"]) for s in audit["stages"]) == [
@@ -155,11 +165,7 @@ assert run.flush(10)
 def test_a_stage_stopped_twice_past_the_client_timeout_keeps_its_row(daemon: DaemonProcess) -> None:
     """The second loss of a client whose only ended stage was a withdrawn crash failed in
     projection: it and the stage's real end were set aside, the stage had no row."""
-    code = TWICE.format(home=str(daemon.home))
-    pipeline = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
+    with _stoppable(TWICE.format(home=str(daemon.home))) as pipeline:
         run_id = pipeline.stdout.readline().strip()
         for gaps in (1, 2):
             wait_for(lambda: _stopped(pipeline), 30)
@@ -169,10 +175,6 @@ def test_a_stage_stopped_twice_past_the_client_timeout_keeps_its_row(daemon: Dae
             pipeline.stdin.write("go\n")
             pipeline.stdin.flush()
         assert pipeline.wait(60) == 0, pipeline.stderr.read()
-    finally:
-        if pipeline.poll() is None:
-            os.kill(pipeline.pid, signal.SIGCONT)
-            pipeline.kill()
     audit = wait_for(lambda: (a := daemon.audit(run_id)) and a["status"] != "crashed" and a)
     assert audit["status"] == "ok" and [(s["stage"], s["status"]) for s in audit["stages"]] == [("detection", "ok")]
     assert len(audit["gaps"]) == 2 and "failed in projection" not in daemon.log()

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from stagewatch import _protocol as protocol
 from stagewatch._home import Home
 from stagewatch.daemon._derived import DAEMON_CHECKPOINT, GC_INTENT, load, peek
-from stagewatch.daemon._store import PART_PREFIX, atomic_write, parquet_options
+from stagewatch.daemon._store import PART_PREFIX, atomic_write, rewrite_part_without
 
 Progress = Callable[[int, int], object]
 
@@ -338,18 +337,7 @@ def _drop_rows(parts: list[Path], expired: set[str], step: Callable[[], object])
     dropped = 0
     for part in parts:
         step()
-        table = pq.read_table(part)
-        keep = pc.invert(pc.is_in(table["run_id"], value_set=_string_array(expired)))
-        kept = table.filter(keep)
-        if kept.num_rows == table.num_rows:
-            continue
-        dropped += table.num_rows - kept.num_rows
-        if kept.num_rows == 0:
-            part.unlink()
-            continue
-        temporary = part.with_name(f".{part.name}.gc")
-        pq.write_table(kept, temporary, **parquet_options(kept.schema))
-        os.replace(temporary, part)  # readers see the old part or the new one, never half
+        dropped += rewrite_part_without(part, lambda table: pc.is_in(table["run_id"], value_set=_string_array(expired)))
     return dropped
 
 

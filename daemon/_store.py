@@ -13,7 +13,7 @@ import functools
 import os
 import threading
 from collections import defaultdict, deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,6 +282,32 @@ class AuditDocument:
         return cls(run.run_id, _date_of(run.start_ns), head, running)
 
 
+def write_part(path: Path, table: pa.Table) -> Path:
+    """Write a Parquet part whole: to a temporary name, fsync'd, then renamed over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary, **parquet_options(table.schema))
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def rewrite_part_without(part: Path, doomed: Callable[[pa.Table], Any]) -> int:
+    """Replace `part` by its rows where `doomed(table)` is not true (removed when none is left):
+    readers see the old part or the new one, never half. Returns the rows removed."""
+    table = pq.read_table(part)
+    dropped = pc.fill_null(doomed(table), False)
+    count = pc.sum(dropped).as_py() or 0
+    if count:
+        kept = table.filter(pc.invert(dropped))
+        if kept.num_rows:
+            write_part(part, kept)
+        else:
+            part.unlink()
+    return count
+
+
 class Store:
     """Writes the read models under a stagewatch home."""
 
@@ -362,17 +388,8 @@ class Store:
         if arrow.num_rows:
             first_lsn = pc.min(arrow["lsn"]).as_py()
             with self.parts_lock:
-                self._write_part(self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet", arrow)
+                write_part(self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet", arrow)
             self.run_index.add({(run_id, date) for run_id in arrow["run_id"].unique().to_pylist()})
-
-    def _write_part(self, path: Path, table: pa.Table) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, temporary, **parquet_options(table.schema))
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        return path
 
     def drop_rows_of(self, run_id: str, lsns: set[int], dates: list[str] | None) -> int:
         """Delete the rows of `run_id` whose lsn is in `lsns` from the daemon's tables (a loss's
@@ -389,22 +406,16 @@ class Store:
         return deleted
 
     def _drop_from_part(self, part: Path, run_id: str, lsns: set[int]) -> int:
+        def doomed(table: pa.Table) -> pa.ChunkedArray:
+            withdrawn = pa.array(sorted(lsns), pa.int64())
+            return pc.and_(pc.equal(table["run_id"], run_id), pc.is_in(table["lsn"], withdrawn))
+
         try:
-            table = pq.read_table(part)
+            with self.parts_lock:
+                return rewrite_part_without(part, doomed)
         except pa.ArrowInvalid as error:  # a damaged part: its rows are unreadable anyway (doctor names it)
             logger.warning("cannot read {} to delete withdrawn crash rows ({})", part, error)
             return 0
-        doomed = pc.and_(pc.equal(table["run_id"], run_id), pc.is_in(table["lsn"], pa.array(sorted(lsns), pa.int64())))
-        doomed = pc.fill_null(doomed, False)
-        count = pc.sum(doomed).as_py() or 0
-        if count:
-            kept = table.filter(pc.invert(doomed))
-            with self.parts_lock:
-                if kept.num_rows:
-                    self._write_part(part, kept)
-                else:
-                    part.unlink()
-        return count
 
     def drop_parts_from(self, lsn: int, tables: tuple[str, ...] = DAEMON_TABLES) -> int:
         """Delete the tables' parts whose rows come from lsn onwards (written after the checkpoint)."""

@@ -26,10 +26,11 @@ import msgspec
 
 from stagewatch._gpu import SOURCE_NOTES
 from stagewatch._protocol import DAEMON_CLIENT_ID
+from stagewatch.daemon._rows import DAEMON_TABLES, DEFINITIONS, Source, Table
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
-TABLE_NAMES = ("stage_executions", "runs", "logs")
+TABLE_NAMES = DAEMON_TABLES
 MAX_ERRORS_PER_RUN = 10_000
 # Per client of a run: ranges of ended spans kept, so that a start that comes after its end
 # never reopens the stage (the span is crashed at the run's end: its row twice). Spans end
@@ -174,111 +175,163 @@ def _span_words(seconds: float) -> str:
 
 
 _RUN_FIELDS = [f.name for f in fields(RunState)]
-MEMORY_FIELDS = ("rss_start_mb", "rss_peak_mb", "rss_end_mb", "gpu_peak_mb", "gpu_source", "gpu_devices")
 _AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended", "provisional")]
 
 
-def _new_stage(event: Any) -> dict[str, Any]:
+# -- a stage's audit line and row, compiled from their definitions (_rows) -------------------
+# The fold builds a line and a row for every stage (100k a second under load): each builder is
+# one literal, compiled once from the definitions (as dataclasses compiles `__init__`), so a
+# column is named in _rows alone and costs no more than a hand-written literal. A STAGE or
+# MEMORY column is read by its name from the stage's event or entry; a RUN column from the
+# run's state; what the fold works out itself (the FOLD columns, the line's own keys) is below.
+# `help(builder)` shows a builder's code.
+_IDENTITY = ("stage", "span", "client_id")  # set by a stage's first event; its end changes none of them
+_LINE_OF_END = {  # the stage line's own keys, of a stage that sent only its end
+    "status": '"ok"',
+    "start_ns": "event.start_ts_ns",
+    "started_at": "iso(event.start_ts_ns)",
+    "finished_at": "iso(end_ns)",
+    "error": "None",
+    "artifacts": "[]",
+}
+_LINE_OF_START = {  # ... of a stage's entry as its first event opens it
+    "status": '"running"',
+    "start_ns": "None",
+    "started_at": "None",
+    "finished_at": "None",
+    "error": "None",
+    "artifacts": "[]",
+}
+_LINE_AT_END = {  # ... that the end sets in its entry (`status` given; error and artifacts are the fold's)
+    "status": "status",
+    "start_ns": "event.start_ts_ns",
+    "started_at": "iso(event.start_ts_ns)",
+    "finished_at": "iso(end_ns)",
+}
+_ROW_OF_END = {  # the FOLD columns, of a stage that sent only its end
+    "status": '"ok"',
+    "start_time": "event.start_ts_ns",
+    "end_time": "end_ns",
+    "error_type": "None",
+    "error_message": "None",
+    "lsn": "lsn",
+}
+_ROW_OF_ENTRY = {  # ... of an ended stage's entry
+    "status": 'entry["status"]',
+    "start_time": 'entry["start_ns"]',
+    "end_time": "end_ns",
+    "error_type": '(entry["error"] or {}).get("type")',
+    "error_message": '(entry["error"] or {}).get("message")',
+    "lsn": "lsn",
+}
+
+
+@dataclass(frozen=True)
+class StageBuilders:
+    """A table's stage lines and rows, built from its definition (`stage_builders`)."""
+
+    row_fields: tuple[str, ...]  # a row tuple's columns, in order (the schema's)
+    memory_fields: tuple[str, ...]  # the keys of a line's "memory"
+    line: type[msgspec.Struct]  # a line of a stage whose end came first: `new_stage` + `finish`, key for key
+    memory: type[msgspec.Struct]  # its "memory"
+    new_stage: Callable[[Any], dict[str, Any]]  # (event) -> the entry its first event opens
+    finish: Callable[[Any, str, int], dict[str, Any]]  # (event, status, end_ns) -> what the end sets in it
+    ended_line: Callable[[Any, int], msgspec.Struct]  # (end event, end_ns) -> its line, no entry
+    row_of_end: Callable[[Any, Any, int, int], tuple]  # (run, end event, end_ns, lsn) -> its row
+    stage_row: Callable[[Any, dict, int, int], tuple]  # (run, ended entry, end_ns, lsn) -> its row
+
+
+def stage_builders(table: Table) -> StageBuilders:
+    """The fold's builders of `table`'s rows and stage lines (stage_executions', or a variant's:
+    tests/daemon/test_rows.py adds a column and sees it arrive)."""
+    _check_definitions(table)
+    memory_fields = table.of(Source.MEMORY)
+    # A struct is encoded as a dict of the same keys would be (msgspec writes fields in order).
+    line = msgspec.defstruct("EndedStage", table.line, gc=False)
+    memory = msgspec.defstruct("StageMemory", memory_fields, gc=False)
+    names = {"iso": iso, "EndedStage": line, "StageMemory": memory, "memory_fields": memory_fields}
+    code = {**_line_code(table), **_row_code(table)}
+    builders = {name: _compiled(name, parameters, result, names) for name, (parameters, result) in code.items()}
+    return StageBuilders(table.names, memory_fields, line, memory, **builders)
+
+
+def _check_definitions(table: Table) -> None:
+    """Refuse a definition the builders cannot serve (at import: a column forgotten in one place)."""
+    stage, own = set(table.of(Source.STAGE)), {*_LINE_OF_END, "memory"}
+    problems = [
+        f"{sorted(stage - set(table.line))}: STAGE columns missing from its stage line",
+        f"{sorted(set(table.line) - stage - own)}: stage line keys that are neither STAGE columns nor the line's own",
+        f"{sorted(set(table.of(Source.FOLD)) - set(_ROW_OF_END))}: FOLD columns without the fold's expressions",
+        f"{sorted(c.name for c in table.columns if c.source is None)}: columns without a source",
+    ]
+    problems = [problem for problem in problems if not problem.startswith("[]")]
+    if problems:
+        raise ValueError(f"{table.name}'s definition: " + "; ".join(problems))
+
+
+def _line_code(table: Table) -> dict[str, tuple[str, str]]:
+    """Builder name -> (parameters, expression) of a stage's line and entry."""
+    stage, memory_fields = table.of(Source.STAGE), table.of(Source.MEMORY)
+    lists = {column.name for column in table.columns if column.is_list}  # empty until the stage's end
+
+    def at_start(name: str) -> str:  # the first event may be a start or an artifact: it has some fields
+        return f"event.{name}" if name in _IDENTITY else "[]" if name in lists else f"getattr(event, {name!r}, None)"
+
+    def line(own: dict[str, str], memory: str, value: Callable[[str], str]) -> dict[str, str]:
+        return {key: own[key] if key in own else memory if key == "memory" else value(key) for key in table.line}
+
+    end_memory = "StageMemory(" + ", ".join(f"event.{name}" for name in memory_fields) + ")"
+    ended = line(_LINE_OF_END, end_memory, lambda name: f"event.{name}")
+    at_end = {**_LINE_AT_END, **{name: f"event.{name}" for name in stage if name not in _IDENTITY}}
+    at_end["memory"] = _dict({name: f"event.{name}" for name in memory_fields})
     return {
-        "stage": event.stage,
-        "span": event.span,
-        "client_id": event.client_id,
-        "status": "running",
-        "start_ns": None,
-        "started_at": None,
-        "finished_at": None,
-        "duration_ms": None,
-        "input_path": getattr(event, "input_path", None),
-        "sample_id": event.sample_id,
-        "parent_span": getattr(event, "parent_span", None),
-        "output_paths": [],
-        "memory": dict.fromkeys(MEMORY_FIELDS),
-        "error": None,
-        "artifacts": [],
+        "new_stage": ("event", _dict(line(_LINE_OF_START, "dict.fromkeys(memory_fields)", at_start))),
+        "finish": ("event, status, end_ns", _dict(at_end)),
+        "ended_line": ("event, end_ns", f"EndedStage({', '.join(ended.values())})"),
     }
 
 
-class StageMemory(msgspec.Struct, gc=False):
-    """An ended stage's "memory" in its audit line (the keys of MEMORY_FIELDS, in order)."""
+def _row_code(table: Table) -> dict[str, tuple[str, str]]:
+    """Builder name -> (parameters, expression) of a stage's row, a tuple in the columns' order."""
 
-    rss_start_mb: float | None
-    rss_peak_mb: float | None
-    rss_end_mb: float | None
-    gpu_peak_mb: float | None
-    gpu_source: str | None
-    gpu_devices: dict[str, float] | None
+    def row(fold: dict[str, str], value: Callable[[str], str], memory: Callable[[str], str]) -> str:
+        read = {Source.FOLD: fold.__getitem__, Source.RUN: "run.{}".format, Source.STAGE: value, Source.MEMORY: memory}
+        return "(" + ", ".join(read[column.source](column.name) for column in table.columns) + ",)"
 
-
-class EndedStage(msgspec.Struct, gc=False):
-    """The audit line of a stage whose end came first (the common case: a short stage sends
-    only its end): the same JSON as `_new_stage`'s entry with `_finish` applied, key for key,
-    built in one call (a struct costs a third of the two dicts and encodes faster)."""
-
-    stage: str
-    span: int
-    client_id: str
-    status: str
-    start_ns: int
-    started_at: str | None
-    finished_at: str | None
-    duration_ms: float
-    input_path: str | None
-    sample_id: str | None
-    parent_span: int | None
-    output_paths: list[str]
-    memory: StageMemory
-    error: None
-    artifacts: list[Any]
-
-
-def _ended_line(event: Any, end_ns: int) -> EndedStage:
-    memory = StageMemory(
-        event.rss_start_mb, event.rss_peak_mb, event.rss_end_mb, event.gpu_peak_mb, event.gpu_source, event.gpu_devices
-    )
-    return EndedStage(
-        event.stage,
-        event.span,
-        event.client_id,
-        "ok",
-        event.start_ts_ns,
-        iso(event.start_ts_ns),
-        iso(end_ns),
-        event.duration_ms,
-        event.input_path,
-        event.sample_id,
-        event.parent_span,
-        event.output_paths,  # read-only here and in the row: no copy
-        memory,
-        None,
-        [],
-    )
-
-
-def _finish(event: Any, status: str, end_ns: int) -> dict[str, Any]:
-    """What a stage's end sets in its entry: `_new_stage`'s keys from "status" to "memory"."""
+    event = "event.{}".format
     return {
-        "status": status,
-        "start_ns": event.start_ts_ns,
-        "started_at": iso(event.start_ts_ns),
-        "finished_at": iso(end_ns),
-        "duration_ms": event.duration_ms,
-        "input_path": event.input_path,
-        "sample_id": event.sample_id,
-        "parent_span": event.parent_span,
-        "output_paths": list(event.output_paths),
-        "memory": _memory(event),
+        "row_of_end": ("run, event, end_ns, lsn", row(_ROW_OF_END, event, event)),
+        "stage_row": (
+            "run, entry, end_ns, lsn",
+            row(_ROW_OF_ENTRY, "entry[{!r}]".format, 'entry["memory"][{!r}]'.format),
+        ),
     }
 
 
-def _memory(event: Any) -> dict[str, Any]:
-    return {
-        "rss_start_mb": event.rss_start_mb,
-        "rss_peak_mb": event.rss_peak_mb,
-        "rss_end_mb": event.rss_end_mb,
-        "gpu_peak_mb": event.gpu_peak_mb,
-        "gpu_source": event.gpu_source,
-        "gpu_devices": event.gpu_devices,
-    }
+def _dict(values: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{key!r}: {value}" for key, value in values.items()) + "}"
+
+
+def _compiled(name: str, parameters: str, expression: str, names: dict[str, Any]) -> Callable:
+    """`def {name}({parameters}): return {expression}` with `names` in scope, compiled; its code is its docstring."""
+    source = f"def {name}({parameters}):\n    return {expression}\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<stage builder {name}>", "exec"), names, namespace)
+    function = namespace[name]
+    function.__doc__ = source
+    return function
+
+
+_STAGE = stage_builders(DEFINITIONS["stage_executions"])
+# A stage_executions row is a tuple of these columns (the store's schema, in its order): the
+# fold makes 100k of them a second under load, and a tuple costs less than a dict to build and
+# to turn into Arrow columns (Store.write_rows).
+STAGE_ROW_FIELDS = _STAGE.row_fields
+MEMORY_FIELDS = _STAGE.memory_fields
+EndedStage = _STAGE.line  # the line of a stage whose end came first (the common case: a short stage sends only its end)
+StageMemory = _STAGE.memory
+_new_stage, _finish, _ended_line = _STAGE.new_stage, _STAGE.finish, _STAGE.ended_line
+_row_of_end, _stage_row = _STAGE.row_of_end, _STAGE.stage_row
 
 
 # The one encoder of the audit trail, stages.jsonl lines and audit.json alike (a running
@@ -643,7 +696,7 @@ class Projector:
         """Take back the rows a loss (the client_lost at `lsn`) wrote: those still pending here,
         and, through the writer, those already in parts."""
         stage_rows = self.rows["stage_executions"]
-        stage_rows[:] = [row for row in stage_rows if not (row[_STAGE_LSN] == lsn and row[0] == run_id)]
+        stage_rows[:] = [row for row in stage_rows if not (row[_STAGE_LSN] == lsn and row[_STAGE_RUN] == run_id)]
         run_rows = self.rows["runs"]
         run_rows[:] = [row for row in run_rows if not (row["lsn"] == lsn and row["run_id"] == run_id)]
         self.withdrawn.append((run_id, lsn))
@@ -770,97 +823,13 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-# A stage_executions row is a tuple of these columns (the store's schema, in its order):
-# the fold makes 100k of them a second under load, and a tuple costs less than a dict to
-# build and to turn into Arrow columns (Store.write_rows).
-STAGE_ROW_FIELDS = (
-    "run_id",
-    "pipeline",
-    "stage",
-    "status",
-    "sample_id",
-    "client_id",
-    "span",
-    "parent_span",
-    "start_time",
-    "end_time",
-    "duration_ms",
-    "rss_start_mb",
-    "rss_peak_mb",
-    "rss_end_mb",
-    "gpu_peak_mb",
-    "input_path",
-    "output_paths",
-    "error_type",
-    "error_message",
-    "lsn",
-    "gpu_source",
-    "gpu_devices",
-)
 ROW_FIELDS: dict[str, tuple[str, ...]] = {"stage_executions": STAGE_ROW_FIELDS}  # tables of tuple rows
-_STAGE_LSN = STAGE_ROW_FIELDS.index("lsn")
+_STAGE_RUN, _STAGE_LSN = STAGE_ROW_FIELDS.index("run_id"), STAGE_ROW_FIELDS.index("lsn")
 
 
 def _run_of(row: tuple | dict[str, Any]) -> str:
-    """A pending row's run id (a stage_executions tuple holds it first)."""
-    return row[0] if isinstance(row, tuple) else row["run_id"]
-
-
-def _stage_row(run: RunState, entry: dict, end_ns: int, lsn: int) -> tuple:
-    error = entry["error"] or {}
-    memory = entry["memory"]
-    return (
-        run.run_id,
-        run.pipeline,
-        entry["stage"],
-        entry["status"],
-        entry["sample_id"],
-        entry["client_id"],
-        entry["span"],
-        entry["parent_span"],
-        entry["start_ns"],
-        end_ns,
-        entry["duration_ms"],
-        memory["rss_start_mb"],
-        memory["rss_peak_mb"],
-        memory["rss_end_mb"],
-        memory["gpu_peak_mb"],
-        entry["input_path"],
-        entry["output_paths"],
-        error.get("type"),
-        error.get("message"),
-        lsn,
-        memory["gpu_source"],
-        memory["gpu_devices"],
-    )
-
-
-def _row_of_end(run: RunState, event: Any, end_ns: int, lsn: int) -> tuple:
-    """`_stage_row` of an `EndedStage`, from its event (no entry to read it from)."""
-    return (
-        run.run_id,
-        run.pipeline,
-        event.stage,
-        "ok",
-        event.sample_id,
-        event.client_id,
-        event.span,
-        event.parent_span,
-        event.start_ts_ns,
-        end_ns,
-        event.duration_ms,
-        event.rss_start_mb,
-        event.rss_peak_mb,
-        event.rss_end_mb,
-        event.gpu_peak_mb,
-        event.input_path,
-        event.output_paths,
-        None,
-        None,
-        lsn,
-        event.gpu_source,
-        event.gpu_devices,
-    )
+    """A pending row's run id."""
+    return row[_STAGE_RUN] if isinstance(row, tuple) else row["run_id"]
 
 
 def _run_row(run: RunState, lsn: int) -> dict[str, Any]:

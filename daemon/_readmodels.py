@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 
 from stagewatch._home import Home
 from stagewatch.daemon._derived import STATUS, peek
+from stagewatch.daemon._rows import RUNS
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
     MAX_ROWS,
@@ -26,7 +27,6 @@ from stagewatch.daemon._sql import (
     select,
     snapshot_files,
 )
-from stagewatch.daemon._store import RUNS
 
 READ_ATTEMPTS = 5
 

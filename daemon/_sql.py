@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from stagewatch._home import Home
 from stagewatch.daemon._derived import GC_INTENT, peek
-from stagewatch.daemon._store import TABLES
+from stagewatch.daemon._rows import TABLES
 
 READ_ATTEMPTS = 5
 MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit in DuckDB: more rows than any table holds

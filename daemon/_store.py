@@ -29,125 +29,19 @@ from stagewatch._home import Home
 from stagewatch._shared import make_dirs
 from stagewatch.daemon._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
 from stagewatch.daemon._projection import RunState, audit_json, stage_lines_bytes
+
+# The tables' rows are defined in _rows; their names stay importable from here.
+from stagewatch.daemon._rows import DAEMON_TABLES as DAEMON_TABLES
+from stagewatch.daemon._rows import DICTIONARY_COLUMNS, TABLES
+from stagewatch.daemon._rows import LOGS as LOGS
+from stagewatch.daemon._rows import RUNS as RUNS
+from stagewatch.daemon._rows import SAMPLES as SAMPLES
+from stagewatch.daemon._rows import STAGE_EXECUTIONS as STAGE_EXECUTIONS
 from stagewatch.daemon._runindex import RunIndex
 
-TIMESTAMP = pa.timestamp("ns", tz="UTC")
 # An audit trail's copy pauses this often for the row writes queued behind it (DiskJobs):
 # 10-40 ms of copying on this machine under a flood (16 MB steps took 170 ms).
 COPY_STEP_BYTES = 4 << 20
-MB = pa.float64()
-
-STAGE_EXECUTIONS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("pipeline", pa.string()),
-        ("stage", pa.string()),
-        ("status", pa.string()),
-        ("sample_id", pa.string()),
-        ("client_id", pa.string()),
-        ("span", pa.int64()),
-        ("parent_span", pa.int64()),
-        ("start_time", TIMESTAMP),
-        ("end_time", TIMESTAMP),
-        ("duration_ms", pa.float64()),
-        ("rss_start_mb", MB),
-        ("rss_peak_mb", MB),
-        ("rss_end_mb", MB),
-        ("gpu_peak_mb", MB),
-        ("input_path", pa.string()),
-        ("output_paths", pa.list_(pa.string())),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("lsn", pa.int64()),
-        # Added later (older parts read them as nulls): where gpu_peak_mb came from, and per device.
-        ("gpu_source", pa.string()),
-        ("gpu_devices", pa.map_(pa.string(), MB)),
-    ]
-)
-RUNS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("pipeline", pa.string()),
-        ("status", pa.string()),
-        ("host", pa.string()),
-        ("pid", pa.int64()),
-        ("start_time", TIMESTAMP),
-        ("end_time", TIMESTAMP),
-        ("duration_ms", pa.float64()),
-        ("stages", pa.int64()),
-        ("stages_failed", pa.int64()),
-        ("stages_crashed", pa.int64()),
-        ("failed_stage", pa.string()),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("dataset", pa.string()),
-        ("lsn", pa.int64()),
-        # Added later (older parts read it as null): the daemon's clock when the run's last event
-        # arrived, from which retention counts the run's age (a pipeline's clock may be wrong).
-        ("received_time", TIMESTAMP),
-    ]
-)
-LOGS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("pipeline", pa.string()),
-        ("time", TIMESTAMP),
-        ("level", pa.string()),
-        ("stage", pa.string()),
-        ("sample_id", pa.string()),
-        ("logger", pa.string()),
-        ("message", pa.string()),
-        ("extra", pa.string()),
-        ("client_id", pa.string()),
-        ("lsn", pa.int64()),
-    ]
-)
-# One row per (run, stage, sample) judged against ground truth; written by the accuracy worker.
-SAMPLES = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("pipeline", pa.string()),
-        ("stage", pa.string()),
-        ("sample_id", pa.string()),
-        ("time", TIMESTAMP),
-        ("status", pa.string()),
-        ("value", pa.float64()),
-        ("severity", pa.float64()),
-        ("error_types", pa.list_(pa.string())),
-        ("errors", pa.string()),
-        ("reason", pa.string()),
-        ("scores", pa.string()),
-        ("prediction_path", pa.string()),
-        ("label_path", pa.string()),
-        ("lsn", pa.int64()),
-        # Added later; parts written before read them as nulls.
-        ("classes", pa.list_(pa.string())),
-        ("confidence", pa.float64()),
-        ("boxes", pa.string()),  # JSON {"predicted": [[x, y, w, h, class, score, outcome]], "truth": [...]}
-        ("input_path", pa.string()),  # the sample's input image in the golden dataset
-    ]
-)
-TABLES = {"stage_executions": STAGE_EXECUTIONS, "runs": RUNS, "logs": LOGS, "samples": SAMPLES}
-# Columns of few distinct values, which queries filter on or read as dictionaries (facets):
-# dictionary-encoded in Parquet. Every other column is written plain: against pyarrow's
-# dictionary-everything default a part takes 0.44-0.70x the CPU to write and is 0.76-0.78x
-# the size, and reads no slower (benchmarks/parquet_parts.py, docs/benchmarks.md).
-DICTIONARY_COLUMNS = frozenset(
-    {
-        "run_id",
-        "pipeline",
-        "stage",
-        "status",
-        "client_id",
-        "host",
-        "failed_stage",
-        "error_type",
-        "level",
-        "logger",
-        "gpu_source",
-        "dataset",
-    }
-)
 
 
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
@@ -155,7 +49,6 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     return {"compression": "zstd", "use_dictionary": [name for name in schema.names if name in DICTIONARY_COLUMNS]}
 
 
-DAEMON_TABLES = ("stage_executions", "runs", "logs")  # the daemon's own; samples are the accuracy worker's
 PART_PREFIX = "part-"
 NS_PER_DAY = 86_400 * 1_000_000_000
 

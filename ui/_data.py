@@ -39,7 +39,7 @@ from stagewatch.daemon._readmodels import (
     load_audit,
     resolve_run_id,
 )
-from stagewatch.daemon._store import RUNS
+from stagewatch.daemon._rows import RUNS
 
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
 PAGE_SIZES = (25, 50, 100)

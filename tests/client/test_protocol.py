@@ -94,6 +94,32 @@ def test_a_stage_end_is_its_start_and_then_the_end_s_fields_gpu_fields_only_with
     assert with_gpu["gpu_source"] == "torch" and with_gpu["gpu_devices"] == {}
 
 
+def test_a_stage_end_without_a_gpu_reading_is_accepted_with_its_gpu_fields_null() -> None:
+    """The builder leaves the GPU fields out without a reading; the decoder's defaults fill them."""
+    no_gpu = {**FINISH, "gpu_peak_mb": None, "gpu_source": None, "gpu_devices": None}
+    typed = validate_event({"seq": 1, **protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **no_gpu)})
+    assert (typed.gpu_peak_mb, typed.gpu_source, typed.gpu_devices) == (None, None, None)
+
+
+def test_the_columns_the_fold_reads_from_a_stage_s_end_are_on_the_wire_in_types_they_store() -> None:
+    """stage_executions' STAGE and MEMORY columns are read by name from the decoded end
+    (daemon/_rows.py): the builder makes each, the decoder keeps each, and its value goes
+    into the column's Arrow type unchanged."""
+    import pyarrow as pa
+
+    from stagewatch.daemon._rows import DEFINITIONS, Source
+
+    table = DEFINITIONS["stage_executions"]
+    read = [*table.of(Source.STAGE), *table.of(Source.MEMORY)]
+    for event_type in ("stage_finished", "stage_failed"):
+        built = _examples()[event_type]
+        typed = validate_event({"seq": 1, **built})
+        assert set(read) <= set(built) and set(read) <= field_names(EVENT_MODELS[event_type])
+        for name in read:
+            (stored,) = pa.array([getattr(typed, name)], table.schema.field(name).type).to_pylist()
+            assert (dict(stored) if name == "gpu_devices" else stored) == built[name], name  # a map reads as pairs
+
+
 def test_there_is_a_builder_for_every_event_type() -> None:
     assert sorted(_examples()) == sorted(protocol.EVENT_TYPES) == sorted(EVENT_MODELS)
 

@@ -85,12 +85,12 @@ def test_the_stage_line_s_keys_are_the_definition_s() -> None:
 
 # -- a column added to stage_executions ------------------------------------------------------
 CAMERA = Column("camera", pa.string(), "the camera the frame came from", source=Source.STAGE)
-GPU_NAME = Column("gpu_name", pa.string(), "the GPU's model", source=Source.MEMORY)
+GPU_MODEL = Column("gpu_model", pa.string(), "the GPU's model", source=Source.MEMORY)
 
 
 def _with_new_columns() -> _rows.Table:
     line = (*STAGES.line[:3], "camera", *STAGES.line[3:])
-    return dataclasses.replace(STAGES, columns=(*STAGES.columns, CAMERA, GPU_NAME), line=line)
+    return dataclasses.replace(STAGES, columns=(*STAGES.columns, CAMERA, GPU_MODEL), line=line)
 
 
 class _EndWithNewFields:
@@ -99,7 +99,7 @@ class _EndWithNewFields:
     def __init__(self, **fields: Any) -> None:
         end = ev("stage_finished", 3, stage="detection", span=1, start_ts_ns=T0, duration_ms=2.0, **fields)
         self.__dict__.update({name: getattr(end, name) for name in end.__struct_fields__})
-        self.type, self.camera, self.gpu_name = end.type, "left", "H100"
+        self.type, self.camera, self.gpu_model = end.type, "left", "H100"
 
 
 def test_a_column_added_to_the_definition_arrives_in_the_rows_the_lines_the_schema_and_the_docs() -> None:
@@ -108,19 +108,19 @@ def test_a_column_added_to_the_definition_arrives_in_the_rows_the_lines_the_sche
     table = _with_new_columns()
     builders, end, run = stage_builders(table), _EndWithNewFields(rss_peak_mb=3.0), RunState(RUN, pipeline="p")
     row = dict(zip(builders.row_fields, builders.row_of_end(run, end, T0 + 2_000_000, 7), strict=True))
-    assert (row["camera"], row["gpu_name"], row["rss_peak_mb"], row["lsn"]) == ("left", "H100", 3.0, 7)
+    assert (row["camera"], row["gpu_model"], row["rss_peak_mb"], row["lsn"]) == ("left", "H100", 3.0, 7)
     line = json.loads(audit_json(builders.ended_line(end, T0 + 2_000_000)))
-    assert (line["camera"], line["memory"]["gpu_name"]) == ("left", "H100") and list(line) == list(table.line)
+    assert (line["camera"], line["memory"]["gpu_model"]) == ("left", "H100") and list(line) == list(table.line)
     # A stage that sent its start first: its entry, then its end's fields, then its row.
     start = ev("stage_started", 2, stage="detection", span=1)
     entry = builders.new_stage(start)
-    assert (entry["camera"], entry["memory"]["gpu_name"]) == (None, None)
+    assert (entry["camera"], entry["memory"]["gpu_model"]) == (None, None)
     entry.update(builders.finish(end, "ok", T0 + 2_000_000))
     entry_row = builders.stage_row(run, entry, T0 + 2_000_000, 7)
     assert dict(zip(builders.row_fields, entry_row, strict=True)) == row
     assert json.loads(audit_json(entry)) == line
     assert table.schema.field("camera").type == pa.string()
-    assert "| gpu_name | string | the GPU's model |" in _rows.column_table(table)
+    assert "| gpu_model | string | the GPU's model |" in _rows.column_table(table)
 
 
 @pytest.mark.parametrize(

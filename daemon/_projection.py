@@ -140,6 +140,8 @@ class RunState:
                 for stage in state.get("stages", [])
                 if stage.get("status") == "crashed" and stage.get("client_id") in run.lost
             }
+        run.open = {key: _with_every_key(entry) for key, entry in run.open.items()}
+        run.provisional = {key: _with_every_key(entry) for key, entry in run.provisional.items()}
         return run
 
     def audit_summary(self) -> dict[str, Any]:
@@ -323,6 +325,16 @@ def _compiled(name: str, parameters: str, expression: str, names: dict[str, Any]
 
 
 _STAGE = stage_builders(DEFINITIONS["stage_executions"])
+_LINE_KEYS = DEFINITIONS["stage_executions"].line
+
+
+def _with_every_key(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stage's entry as an earlier version kept it (a checkpoint's, an audit trail's), with
+    the keys of columns added since, null: a row built from it finds every column."""
+    memory = {**dict.fromkeys(MEMORY_FIELDS), **(entry.get("memory") or {})}
+    return {**dict.fromkeys(_LINE_KEYS), **entry, "memory": memory}
+
+
 # A stage_executions row is a tuple of these columns (the store's schema, in its order): the
 # fold makes 100k of them a second under load, and a tuple costs less than a dict to build and
 # to turn into Arrow columns (Store.write_rows).

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 
 from stagewatch.daemon import _rows
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS, RunState, audit_json, stage_builders
+from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, audit_json, stage_builders
 from stagewatch.daemon._rows import DEFINITIONS, Column, Source
 from stagewatch.daemon._sql import schema_of
 from stagewatch.daemon._store import Store, parquet_options
-from tests.daemon.test_projection import RUN, T0, ev, fold, history
+from tests.daemon.test_projection import RUN, T0, ev, finished, fold, history
 
 DOCS = Path(__file__).parents[2] / "docs" / "storage.md"
 STAGES = DEFINITIONS["stage_executions"]
@@ -169,3 +169,25 @@ def test_every_field_of_a_stage_s_end_is_a_column_or_named_as_kept_elsewhere() -
         "traceback": "the audit trail's error",
     }
     assert field_names(StageFailed) - set(STAGES.names) == set(kept_elsewhere)
+
+
+@pytest.mark.parametrize("ends_by", ["its end", "its client's loss"])
+def test_a_stage_open_in_a_checkpoint_from_before_a_column_came_still_ends(ends_by: str) -> None:
+    """A checkpoint written before gpu_source and gpu_devices existed holds an open stage
+    without them: its end or its client's loss still makes its row (a loss's crash row is
+    built from the entry alone; it raised KeyError and the client_lost went to quarantine)."""
+    state = fold(history()[:2]).to_state()  # run_started, preprocessing's stage_started
+    (entry,) = state["runs"][RUN]["open"].values()
+    del entry["memory"]["gpu_source"], entry["memory"]["gpu_devices"], entry["output_paths"]
+    projector = Projector.from_state(state)
+    if ends_by == "its end":
+        projector.apply(finished(3, 1, "preprocessing"), 9)
+    else:
+        projector.apply(ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000), 9)
+    (row,) = projector.take_output()[0]["stage_executions"]
+    row = dict(zip(STAGE_ROW_FIELDS, row, strict=True))
+    assert (row["stage"], row["status"], row["gpu_source"]) == (
+        "preprocessing",
+        "ok" if ends_by == "its end" else "crashed",
+        None,
+    )

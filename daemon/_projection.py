@@ -186,6 +186,7 @@ _AUDIT_FIELDS = [name for name in _RUN_FIELDS if name not in ("open", "ended", "
 # column is named in _rows alone and costs no more than a hand-written literal. A STAGE or
 # MEMORY column is read by its name from the stage's event or entry; a RUN column from the
 # run's state; what the fold works out itself (the FOLD columns, the line's own keys) is below.
+# A list (output_paths) is shared by the event, the line and the row: read-only, never copied.
 # `help(builder)` shows a builder's code.
 _IDENTITY = ("stage", "span", "client_id")  # set by a stage's first event; its end changes none of them
 _LINE_OF_END = {  # the stage line's own keys, of a stage that sent only its end
@@ -234,7 +235,10 @@ class StageBuilders:
 
     row_fields: tuple[str, ...]  # a row tuple's columns, in order (the schema's)
     memory_fields: tuple[str, ...]  # the keys of a line's "memory"
-    line: type[msgspec.Struct]  # a line of a stage whose end came first: `new_stage` + `finish`, key for key
+    # The line of a stage whose end came first (the common case: a short stage sends only its
+    # end): the JSON of `new_stage`'s entry with `finish` applied, key for key, built in one call
+    # (a struct costs a third of the two dicts and encodes faster).
+    line: type[msgspec.Struct]
     memory: type[msgspec.Struct]  # its "memory"
     new_stage: Callable[[Any], dict[str, Any]]  # (event) -> the entry its first event opens
     finish: Callable[[Any, str, int], dict[str, Any]]  # (event, status, end_ns) -> what the end sets in it

@@ -269,7 +269,13 @@ def column_table(table: Table) -> str:
 
 def document(text: str) -> str:
     """`text` (docs/storage.md) with each `<!-- columns of {table} -->` block generated anew."""
-    return DOCS_BLOCK.sub(lambda m: m[1] + column_table(DEFINITIONS[m[2]]) + m[4], text)
+
+    def generated(block: re.Match) -> str:
+        if block[2] not in DEFINITIONS:
+            raise ValueError(f"the docs list the columns of {block[2]!r}, which is no table ({', '.join(DEFINITIONS)})")
+        return block[1] + column_table(DEFINITIONS[block[2]]) + block[4]
+
+    return DOCS_BLOCK.sub(generated, text)
 
 
 def rewrite_docs(path: str | Path) -> None:

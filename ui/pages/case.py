@@ -95,8 +95,10 @@ class CaseKeys(pn.reactive.ReactiveHTML):
           const url = {j: next, ArrowRight: next, k: back, ArrowLeft: back}[event.key];
           if (!url) return;
           event.preventDefault();
+          const unescape = document.createElement('textarea');  // Panel sends string parameters escaped
+          unescape.innerHTML = url;
           const link = document.createElement('a');
-          link.href = url;
+          link.href = unescape.value;
           link.style.display = 'none';
           document.body.appendChild(link);
           link.click();

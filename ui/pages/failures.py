@@ -51,21 +51,22 @@ class FailuresPage:
         self.show = pn.widgets.RadioButtonGroup(name="Show", options=list(SHOW), value="table", width=180)
         self.gallery = pn.pane.HTML("", visible=False, css_classes=["sw-gallery"], sizing_mode="stretch_width")
         self.rows = pd.DataFrame()
+        self.named = {  # URL parameter -> filter (the pager restores them from the URL as it starts)
+            "stage": self.stage,
+            "status": self.status,
+            "kind": self.kind,
+            "class": self.class_name,
+            "severity": self.severity,
+            "confidence": self.confidence,
+            "when": self.when,
+            "run": self.run,
+            "q": self.text,
+            "sort": self.sort,
+        }
         self.query = _widgets.PagedQuery(
             "failures",
             "failure cases",
-            {
-                "stage": self.stage,
-                "status": self.status,
-                "kind": self.kind,
-                "class": self.class_name,
-                "severity": self.severity,
-                "confidence": self.confidence,
-                "when": self.when,
-                "run": self.run,
-                "q": self.text,
-                "sort": self.sort,
-            },
+            self.named,
             self._page,
             self._display,
             lambda: "No failure case matches these filters." if self.filters() != _failures.CaseFilters() else EMPTY,
@@ -104,7 +105,7 @@ class FailuresPage:
 
     def carried(self) -> str:
         """This view's filters and sort as a URL query, for a Case page's next/previous."""
-        values = {name: _url_value(widget.value) for name, widget in self.query.filters.items()}
+        values = {name: _url_value(widget.value) for name, widget in self.named.items()}
         return urllib.parse.urlencode({k: v for k, v in values.items() if v not in ("", "0", "0,1")})
 
     def _display(self, rows: pd.DataFrame) -> pd.DataFrame:

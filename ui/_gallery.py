@@ -81,6 +81,13 @@ def _key_of(row: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def _picture(home: Path, row: dict[str, Any], case: dict[str, Any] | None) -> np.ndarray:
+    try:
+        return _case_picture(home, row, case)
+    except Exception as error:  # one case's damaged files must not blank the gallery: its tile says why
+        return _tile(f"no picture: {type(error).__name__}: {error}", _GREY)
+
+
+def _case_picture(home: Path, row: dict[str, Any], case: dict[str, Any] | None) -> np.ndarray:
     if row["status"] == "crashed":
         return _tile(str(row.get("reason") or "crashed"), _CRASH_RED)
     if case is None:

@@ -99,9 +99,9 @@ def _case_picture(home: Path, row: dict[str, Any], case: dict[str, Any] | None) 
         arrays = found["arrays"]
         return mask_picture(found.get("image"), found["pictures"][2][1], arrays["predicted"], arrays["truth"])
     if found["kind"] == "points":
-        return found["pictures"][2][1]  # label mismatch in red, seen from above
+        return _content(found["pictures"][2][1])  # label mismatch in red, seen from above
     if found["kind"] == "distances":
-        return found["pictures"][0][1]  # distance to the ground truth, seen from above
+        return _content(found["pictures"][0][1])  # distance to the ground truth, seen from above
     return _tile(found.get("problem") or "no picture", _GREY)
 
 
@@ -132,6 +132,20 @@ def mask_picture(
     if image is None or image.shape[:2] != difference.shape[:2]:
         return difference
     return blend(image, difference, 0.55, keep=(np.asarray(predicted) != 0) | (np.asarray(truth) != 0))
+
+
+def _content(picture: np.ndarray) -> np.ndarray:
+    """A cloud from above cut to where most of its points are (a street's sweep is long and narrow,
+    with a few returns far off through gaps: the square picture would leave it a thin strip)."""
+    rows, columns = np.nonzero((picture < 250).any(axis=2))
+    if len(rows) < 10:
+        return picture
+    (top, bottom), (left, right) = (np.percentile(v, [4, 96]).astype(int) for v in (rows, columns))
+    wide = round((bottom - top + 1) * 4 / 3)  # a thumbnail's shape, around where most points are
+    if right - left + 1 > wide:
+        middle = int(np.median(columns))
+        left, right = max(middle - wide // 2, 0), min(middle + wide // 2, picture.shape[1] - 1)
+    return picture[top : bottom + 1, left : right + 1]
 
 
 def _tile(text: str, colour: tuple[int, int, int]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The error browser: failure cases filtered at 500 / 100k / 1M, image and mask differences at
-4K, cloud distances at 100k and 1M points.
+4K, cloud distances at 100k and 1M points, the failure gallery's page of 24 thumbnails.
 
     python benchmarks/error_browser.py [--cases 500 100000 1000000] [--points 100000 1000000]
+    python benchmarks/error_browser.py --only gallery --cases 100000 --demo-home output
 
 Cases: a home whose `samples` table holds N judged failures (Parquet in the daemon's schema,
 spread over 30 days; 3 stages, 6 error kinds). Reference, in the same run: the whole table
@@ -34,6 +35,7 @@ from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon._store import SAMPLES
 from stagewatch.daemon.groundtruth.diff import cloud_distances, image_difference, mask_difference
 from stagewatch.ui._failures import CaseFilters, failures_page
+from stagewatch.ui._gallery import ThumbnailCache, thumbnails
 
 KINDS = ["missed", "localization", "false_positive", "class_confusion", "mask_mismatch", "point_label_mismatch"]
 CLASSES = ["car", "pedestrian", "cyclist"]
@@ -232,13 +234,56 @@ def cloud_render(sizes: list[int]) -> list[list[object]]:
     return rows
 
 
+GALLERY_PAGE = 24
+
+
+def gallery_page(home: Path, label: str) -> list[list[object]]:
+    """A page of 24 cases as the gallery shows them: the page's query, then its thumbnails cold
+    (an empty cache: every case read and drawn) and warm (the same page again)."""
+
+    def cold() -> object:
+        rows = failures_page(home, CaseFilters(), limit=GALLERY_PAGE).rows.to_dict("records")
+        return thumbnails(home, rows, ThumbnailCache())
+
+    warm_cache = ThumbnailCache()
+
+    def warm() -> object:
+        rows = failures_page(home, CaseFilters(), limit=GALLERY_PAGE).rows.to_dict("records")
+        return thumbnails(home, rows, warm_cache)
+
+    query = median_ms(lambda: failures_page(home, CaseFilters(), limit=GALLERY_PAGE), 7, warm=True)
+    return [[label, f"{query:.0f}", f"{median_ms(cold, 5, warm=True):.0f}", f"{median_ms(warm, 7, warm=True):.0f}"]]
+
+
+def gallery(cases: list[int], demo_home: Path | None) -> list[list[object]]:
+    rows = []
+    if demo_home is not None:  # real pictures: boxes on camera frames, masks, clouds from above
+        rows += gallery_page(demo_home, f"demo home {demo_home}")
+    for count in cases:  # judged samples without files: the reads of a page at scale, tiles drawn
+        home = case_home(count)
+        try:
+            rows += gallery_page(home, f"{count:,} cases (no pictures on disk)")
+        finally:
+            shutil.rmtree(home.parent, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, nargs="+", default=[500, 100_000, 1_000_000])
     parser.add_argument("--points", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--render", type=int, nargs="+", default=[1_000_000, 5_000_000])
-    parser.add_argument("--only", choices=["cases", "images", "clouds", "render"])
+    parser.add_argument("--only", choices=["cases", "images", "clouds", "render", "gallery"])
+    parser.add_argument("--demo-home", type=Path, help="a home `stagewatch demo` filled (gallery)")
     args = parser.parse_args()
+    if args.only in (None, "gallery"):
+        print_table(
+            f"Failure gallery: a page of {GALLERY_PAGE} cases (median, ms)",
+            ["home", "page query", "query + thumbnails, cold", "query + thumbnails, warm"],
+            gallery(args.cases, args.demo_home),
+        )
+    if args.only == "gallery":
+        return
     if args.only in (None, "render"):
         print_table(
             "A cloud pair opened in Chromium (software WebGL): page built on the server, then drawn (median of 3, s)",

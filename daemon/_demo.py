@@ -1,18 +1,23 @@
-"""The demo pipeline: synthetic camera frames and lidar sweeps through five stages, checked
-against a golden dataset that the demo writes first.
+"""The demo pipeline: a street camera's frames and a lidar's sweeps (daemon/_street.py: sky,
+facades, a road with lane marks, cars and pedestrians, drawn and cast procedurally) through five
+stages, checked against a golden dataset that the demo writes first.
 
 preprocessing → detection (boxes) → segmentation (class mask) → lidar_segmentation
-(per-point labels) → postprocessing, with real numpy work. The scene has cars (wide) and
-pedestrians (tall); the detector classifies blobs by shape and brightness, so it confuses
-squarish objects, merges neighbours, misses faint ones and fires on glare; the segmenter
-blurs edges; the lidar labeller loses low points to the ground and merges nearby
-objects. Frame 47 gets a corrupt image (NaN pixels), so the audit trail has an error to
-find. The golden dataset (`datasets/demo/golden.yaml` under the home) labels 50 frames in
-all three formats, mixing PNG/NPY masks and PLY/PCD clouds; later frames are unlabeled.
+(per-point labels) → postprocessing, with real numpy work. The camera does not move, so the
+pipeline finds objects as a traffic camera does, against the empty street: what differs from it
+is foreground. That makes the mistakes real ones: a car the colour of asphalt is missed, a car
+and its shadow make one loose box, neighbours that overlap merge into one, the sun's glint on a
+window fires as an object, and the segmenter blurs edges. The lidar labeller calls everything
+low ground (and so loses the bottom of every car), splits the sweep into 1.5 m cells and names a
+cell by its extent, so a pedestrian beside a car or a wall takes their label. Frame 47 gets a
+corrupt image (NaN pixels), so the audit trail has an error to find. The golden dataset
+(`datasets/demo/golden.yaml` under the home) labels 50 frames in all three formats, mixing
+PNG/NPY masks and PLY/PCD clouds; later frames are unlabeled.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -25,11 +30,14 @@ from loguru import logger
 import stagewatch
 from stagewatch._home import Home
 from stagewatch._saver import write_ply, write_png
+from stagewatch.daemon import _street
+from stagewatch.daemon._street import HEIGHT, WIDTH
 
 FAILING_FRAME = 47
 LABELED_FRAMES = 50
-HEIGHT, WIDTH, GROUND_POINTS = 240, 320, 3000
+STREET = 7  # the street the camera and the lidar stand in: the same for every demo, as a mast's is
 CLASSES = ["background", "car", "pedestrian"]  # index = mask value = point label = COCO id
+FOREGROUND_SCALE = 0.1  # a difference from the empty street of 0.1 (of full brightness) reads 1.0
 
 
 @dataclass
@@ -40,45 +48,32 @@ class Frame:
     boxes: list[tuple[int, list[float]]] = field(default_factory=list)  # (class, [x, y, w, h])
     mask: np.ndarray = field(default_factory=lambda: np.zeros((HEIGHT, WIDTH), np.uint8))
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    glare: bool = False  # a bright spot that is no object: the detector's false positives
+    glare: bool = False  # the sun's glint on a window: the detector's false positives
+    plate: np.ndarray | None = None  # the empty street (the camera's background model)
+
+
+@functools.cache
+def street_view(seed: int = STREET) -> tuple[list[_street.Facade], np.ndarray]:
+    """The street's buildings and the camera's picture of it empty (made once: it does not move)."""
+    facades = _street.street(seed)
+    return facades, _street.plate(facades)
 
 
 def synthetic_frame(index: int, rng: np.random.Generator) -> Frame:
-    """A noisy camera frame with cars and pedestrians, and a lidar sweep of the same kinds."""
-    image = rng.normal(0.2, 0.05, (HEIGHT, WIDTH, 3)).astype(np.float32)
-    frame = Frame(f"frame_{index:03d}", image, np.zeros((0, 3), np.float32))
-    for _ in range(rng.integers(2, 6)):
-        kind = int(rng.integers(1, 3))
-        w, h = (
-            (rng.integers(36, 70), rng.integers(18, 34)) if kind == 1 else (rng.integers(10, 18), rng.integers(26, 46))
-        )
-        x, y = int(rng.integers(0, WIDTH - w)), int(rng.integers(0, HEIGHT - h))
-        faint = rng.random() < 0.08  # low contrast: the detector will likely miss it
-        image[y : y + h, x : x + w] += rng.uniform(0.12, 0.2) if faint else rng.uniform(0.5, 0.8)
-        frame.boxes.append((kind, [float(x), float(y), float(w), float(h)]))
-        frame.mask[y : y + h, x : x + w] = kind
-    if rng.random() < 0.25:  # glare: a bright spot that is no object
-        y, x = rng.integers(0, HEIGHT - 12), rng.integers(0, WIDTH - 12)
-        image[y : y + 10, x : x + 10] += 0.9
+    """A street camera frame with cars and pedestrians, and a lidar sweep of the same world."""
+    facades, background = street_view()
+    things = _street.traffic(rng)
+    image, mask, boxes = _street.camera(things, background, rng)
+    frame = Frame(f"frame_{index:03d}", image, np.zeros((0, 3), np.float32), boxes, mask, plate=background)
+    if rng.random() < 0.25:  # the sun's glint on a window: bright, and no object
+        y, x = int(rng.integers(15, _street.HORIZON - 10)), int(rng.integers(0, WIDTH - 12))
+        image[y : y + 7, x : x + 9] = 1.0
         frame.glare = True
-    frame.cloud, frame.point_labels = _sweep(rng)
+    frame.cloud, frame.point_labels = _street.lidar(things, facades, rng)
     if index == FAILING_FRAME:
         image[10:50, 10:50] = np.nan  # a corrupt readout from the camera
     frame.image = np.clip(image, 0, None)
     return frame
-
-
-def _sweep(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    parts = [rng.uniform([-20, -20, -0.05], [20, 20, 0.05], (GROUND_POINTS, 3))]
-    labels = [np.zeros(GROUND_POINTS, np.int32)]
-    for _ in range(rng.integers(2, 6)):
-        kind = int(rng.integers(1, 3))
-        center = rng.uniform([-15, -15, 0], [15, 15, 0])
-        spread, height, count = ([1.0, 0.5], (0.15, 1.6), 500) if kind == 1 else ([0.2, 0.2], (0.15, 1.8), 150)
-        points = np.column_stack([center[:2] + rng.normal(0, spread, (count, 2)), rng.uniform(*height, count)])
-        parts.append(points)
-        labels.append(np.full(count, kind, np.int32))
-    return np.concatenate(parts).astype(np.float32), np.concatenate(labels)
 
 
 # -- the golden dataset ---------------------------------------------------------------------------
@@ -161,14 +156,17 @@ def _write_cloud(stem: Path, frame: Frame, as_pcd: bool) -> None:
 
 # -- the pipeline's stages -------------------------------------------------------------------------
 def preprocess(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    """The foreground (how far each pixel is from the empty street, after the frame's overall
+    brightness is matched to it, blurred, in FOREGROUND_SCALE units) and the sweep within range."""
     bad = int(np.isnan(frame.image).any(axis=2).sum())
     if bad:
         raise ValueError(f"{frame.sample_id}: input image has {bad} NaN pixels (corrupt readout)")
-    grey = frame.image.mean(axis=2)
-    blurred = _box_blur(grey, 2)
-    normalized = (blurred - blurred.mean()) / (blurred.std() + 1e-6)
-    keep = np.linalg.norm(frame.cloud[:, :2], axis=1) < 30.0  # the sweep's range: keeps every point
-    return normalized.astype(np.float32), frame.cloud[keep]
+    background = frame.plate if frame.plate is not None else street_view()[1]
+    gain = float(background.mean()) / max(float(frame.image.mean()), 1e-6)  # the light of the hour
+    difference = np.abs(frame.image * gain - background).mean(axis=2)
+    foreground = _box_blur(difference, 1) / FOREGROUND_SCALE
+    keep = np.linalg.norm(frame.cloud[:, :2], axis=1) < _street.LIDAR_RANGE  # the sweep's range: every point
+    return foreground.astype(np.float32), frame.cloud[keep]
 
 
 def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
@@ -195,7 +193,7 @@ def _blobs(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def _class_of(width: float, height: float) -> int:
-    return 1 if width >= 1.1 * height else 2  # wide: car; tall: pedestrian
+    return 1 if width >= 0.7 * height else 2  # a car seen from behind is about square, a person tall
 
 
 def detect(image: np.ndarray) -> dict[str, list]:
@@ -223,17 +221,23 @@ def segment(image: np.ndarray) -> np.ndarray:
 
 
 def label_points(cloud: np.ndarray, cell: float = 1.5) -> np.ndarray:
-    """0 for ground; above it, 1.5 m cells grouped into objects, labelled car or pedestrian by extent."""
+    """0 for ground (below 0.25 m) and for buildings (a cell with points above 2.5 m); the rest
+    grouped by 1.5 m cells, a cell labelled car or pedestrian by its extent."""
     labels = np.zeros(len(cloud), np.int32)
     above = np.flatnonzero(cloud[:, 2] > 0.25)
     if not above.size:
         return labels
     cells = np.floor(cloud[above, :2] / cell).astype(np.int64)
     _, group = np.unique(cells[:, 0] * 100_003 + cells[:, 1], return_inverse=True)
-    for g in np.unique(group):
-        members = above[group == g]
-        extent = np.ptp(cloud[members, :2], axis=0).max() if len(members) > 1 else 0.0
-        labels[members] = 1 if extent > 1.0 else 2
+    groups, points = int(group.max()) + 1, cloud[above]
+    top = np.full(groups, -np.inf)
+    np.maximum.at(top, group, points[:, 2])
+    low, high = np.full((groups, 2), np.inf), np.full((groups, 2), -np.inf)
+    np.minimum.at(low, group, points[:, :2])
+    np.maximum.at(high, group, points[:, :2])
+    extent = (high - low).max(axis=1)
+    named = np.where(top > 2.5, 0, np.where(extent > 1.0, 1, 2))  # a building is taller than any car or person
+    labels[above] = named[group]
     return labels
 
 

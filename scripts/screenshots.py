@@ -3,7 +3,7 @@ runs and a pipeline still running (so the Live page has something to show).
 
     python scripts/screenshots.py
 
-writes docs/images/{live,runs,run,performance,logs,accuracy,failures,case-boxes,case}.png
+writes docs/images/{live,runs,run,performance,logs,accuracy,failures,gallery,case-boxes,case}.png
 """
 
 from __future__ import annotations
@@ -47,13 +47,24 @@ def main() -> None:
             live = subprocess.Popen([sys.executable, "-c", RUNNING, str(home)])
             try:
                 time.sleep(8)
-                shoot(url, failed)
+                shoot(url, failed, failing_samples(home, failed))
             finally:
                 live.kill()
                 live.wait()
 
 
-def shoot(url: str, run_id: str) -> None:
+def failing_samples(home: Path, run_id: str) -> dict[str, str]:
+    """Per stage, the most severe wrong sample of the run: the cases worth a screenshot."""
+    from stagewatch.daemon._readmodels import read_table
+
+    rows = read_table(home, "samples", None, None, ["run_id", "stage", "sample_id", "status", "severity"]).to_pylist()
+    wrong = sorted((r for r in rows if r["run_id"] == run_id and r["status"] == "wrong"), key=lambda r: -r["severity"])
+    return {
+        stage: next(r["sample_id"] for r in wrong if r["stage"] == stage) for stage in ("detection", "segmentation")
+    }
+
+
+def shoot(url: str, run_id: str, samples: dict[str, str]) -> None:
     from playwright.sync_api import sync_playwright
 
     pages = {
@@ -64,8 +75,9 @@ def shoot(url: str, run_id: str) -> None:
         "logs": "?page=logs&level=WARNING",
         "accuracy": f"?page=accuracy&run={run_id}",
         "failures": "?page=failures&stage=detection&kind=missed&class=pedestrian",
-        "case-boxes": f"?page=case&run={run_id}&stage=detection&sample=frame_003",
-        "case": f"?page=case&run={run_id}&stage=segmentation&sample=frame_000",
+        "gallery": f"?page=failures&show=gallery&run={run_id}",
+        "case-boxes": f"?page=case&run={run_id}&stage=detection&sample={samples['detection']}",
+        "case": f"?page=case&run={run_id}&stage=segmentation&sample={samples['segmentation']}",
     }
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)

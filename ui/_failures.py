@@ -35,7 +35,7 @@ from stagewatch.daemon.groundtruth.formats import (
     load_point_labels,
     load_points,
 )
-from stagewatch.ui._data import PREVIEW_BYTES, Page, top_rows
+from stagewatch.ui._data import PREVIEW_BYTES, Page
 from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
 FAILURE_STATUSES = ("wrong", "invalid", "crashed")
@@ -133,6 +133,12 @@ def failures_page(
     invalid, and stage executions that failed or crashed (severity 1: nothing was produced)."""
     if sort not in CASE_SORTS:
         raise ValueError(f"expected a sort column of {', '.join(CASE_SORTS)}, got {sort!r}")
+    cases = matching_cases(home, filters)
+    return Page(_ordered_page(cases, sort, descending, offset, limit).to_pandas(), cases.num_rows, offset, limit)
+
+
+def matching_cases(home: Path, filters: CaseFilters) -> pa.Table:
+    """Every failure case the filters keep, in no order."""
     cases = pa.concat_tables([_judged(home, filters), _crashed(home, filters)])
     if filters.kind:
         cases = cases.filter(_holds(cases["error_types"], filters.kind))
@@ -148,8 +154,65 @@ def failures_page(
             ),
         )
         cases = cases.filter(found)
-    page = top_rows(cases, sort, descending, offset, limit, newest="time")
-    return Page(page.to_pandas(), cases.num_rows, offset, limit)
+    return cases
+
+
+def case_order(sort: str, descending: bool) -> list[tuple[str, str]]:
+    """The failure browser's total order: the chosen column, then newest first, then the case's
+    own key, so that equal severities or times page, and step from case to case, the same way
+    every time (the table, the gallery and a Case page's next/previous share it)."""
+    keys = [(sort, "descending" if descending else "ascending")]
+    keys += [(column, "descending" if column == "time" else "ascending") for column in CASE_KEY if column != sort]
+    return keys
+
+
+CASE_KEY = ("time", "run_id", "stage", "sample_id")
+
+
+def _ordered_page(cases: pa.Table, sort: str, descending: bool, offset: int, limit: int) -> pa.Table:
+    """Rows offset..offset+limit in case_order, sorting only the first offset+limit (select_k)."""
+    keep = min(offset + limit, cases.num_rows)
+    if keep <= 0 or offset >= cases.num_rows:
+        return cases.slice(0, 0)
+    keys = case_order(sort, descending)
+    chosen = cases.take(pc.select_k_unstable(cases, k=keep, sort_keys=keys))
+    return chosen.take(pc.sort_indices(chosen, sort_keys=keys)).slice(offset, limit)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Where a case stands in the failure browser's order: its place (1-based, 0 when the filters
+    leave it out), how many match, and the cases before and after it ((run, stage, sample) or None)."""
+
+    position: int
+    total: int
+    previous: tuple[str, str, str] | None
+    following: tuple[str, str, str] | None
+
+
+def neighbours(
+    home: Path, filters: CaseFilters, sort: str, descending: bool, run_id: str, stage: str, sample_id: str
+) -> Neighbours:
+    """The cases before and after one case in the order the Failures page lists them."""
+    if sort not in CASE_SORTS:
+        raise ValueError(f"expected a sort column of {', '.join(CASE_SORTS)}, got {sort!r}")
+    cases = matching_cases(home, filters)
+    ordered = cases.take(pc.sort_indices(cases, sort_keys=case_order(sort, descending)))
+    here = pc.and_(
+        pc.and_(pc.equal(ordered["run_id"], run_id), pc.equal(ordered["stage"], stage)),
+        pc.equal(ordered["sample_id"].fill_null(""), sample_id),
+    )
+    found = np.flatnonzero(np.asarray(here.fill_null(False)))
+    if not len(found):
+        return Neighbours(0, ordered.num_rows, None, None)
+    index = int(found[0])
+
+    def key(at: int) -> tuple[str, str, str] | None:
+        if not 0 <= at < ordered.num_rows:
+            return None
+        return (ordered["run_id"][at].as_py(), ordered["stage"][at].as_py(), ordered["sample_id"][at].as_py() or "")
+
+    return Neighbours(index + 1, ordered.num_rows, key(index - 1), key(index + 1))
 
 
 _SCHEMA = pa.schema(
@@ -261,6 +324,21 @@ def case_rows(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, 
         return rows[-1]
     crashed = read_table(home, "stage_executions", expression & (ds.field("status") != "ok")).to_pylist()
     return crashed[-1] if crashed else None
+
+
+def case_rows_of(home: Path, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """case_rows of many cases ((run, stage, sample) each) in one read of each table: a page of them."""
+    if not keys:
+        return {}
+    runs, stages, samples = (sorted({key[i] for key in keys}) for i in range(3))
+    expression = ds.field("run_id").isin(runs) & ds.field("stage").isin(stages) & ds.field("sample_id").isin(samples)
+    wanted, found = set(keys), {}
+    for table, extra in (("stage_executions", ds.field("status") != "ok"), ("samples", None)):
+        for row in read_table(home, table, expression if extra is None else expression & extra).to_pylist():
+            key = (row["run_id"], row["stage"], row["sample_id"] or "")
+            if key in wanted:
+                found[key] = row  # the last row wins, judged samples over crashes, as in case_rows
+    return found
 
 
 def case_pictures(home: Path, case: dict[str, Any]) -> dict[str, Any]:

@@ -212,6 +212,11 @@ class CocoEvaluator:
         """The 12 COCO summary numbers (-1 where undefined, as pycocotools prints)."""
         return summarize(*self.accumulate())
 
+    def compute_with_categories(self) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+        """The 12 summary numbers and, per category id, its AP, AP50 and AR100 (one accumulation)."""
+        precision, recall = self.accumulate()
+        return summarize(precision, recall), per_category(precision, recall, self.categories)
+
 
 def _precision_recall(matched: np.ndarray, ignored: np.ndarray, ground_truth: np.ndarray) -> tuple[np.ndarray, ...]:
     """COCOeval's accumulate for one category: (a, T, N) matches in score order → (a, T, R), (a, T)."""
@@ -235,6 +240,29 @@ def _precision_recall(matched: np.ndarray, ignored: np.ndarray, ground_truth: np
     valid = index < detections
     precision = np.where(valid, np.take_along_axis(envelope, np.minimum(index, detections - 1), axis=2), 0.0)
     return precision, recall_curve[:, :, -1]
+
+
+CATEGORY_STAT_NAMES = ("AP", "AP50", "AR100")
+
+
+def per_category(precision: np.ndarray, recall: np.ndarray, categories: np.ndarray) -> dict[int, dict[str, float]]:
+    """Per category, what pycocotools' summarize gives when its precision and recall arrays are cut
+    to that category: AP (IoU .50:.95), AP50 and AR100, area "all", 100 detections (-1 where the
+    category has no ground truth)."""
+    area, most = list(AREA_RANGES).index("all"), MAX_DETECTIONS.index(100)
+
+    def mean(values: np.ndarray) -> float:
+        defined = values[values > -1]
+        return float(np.mean(defined)) if defined.size else -1.0
+
+    return {
+        int(category): {
+            "AP": mean(precision[:, :, k, area, most]),
+            "AP50": mean(precision[0, :, k, area, most]),
+            "AR100": mean(recall[:, k, area, most]),
+        }
+        for k, category in enumerate(categories)
+    }
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:

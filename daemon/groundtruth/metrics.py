@@ -10,7 +10,7 @@ replaces its earlier contribution, so a re-sent result never counts twice.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -98,18 +98,23 @@ class DetectionAccuracy:
         iou_threshold: float = 0.5,
         score_threshold: float = 0.0,
         iou_type: str = "bbox",
+        names: Mapping[int, str] | None = None,
     ) -> None:
         self.iou_threshold = iou_threshold
         self.score_threshold = score_threshold
         self.coco = CocoEvaluator(categories, iou_type)
+        self.names = {int(c): str((names or {}).get(c, c)) for c in self.coco.categories}
         self._outcomes: dict[Any, BoxOutcome] = {}
-        self._last_coco: tuple[dict[str, float], int] | None = None  # numbers, samples they cover
+        self._per_class: dict[Any, Counter[tuple[int, str]]] = {}  # per image: (category, tp/fp/missed) -> count
+        # numbers, per-category numbers, samples they cover
+        self._last_coco: tuple[dict[str, float], dict[int, dict[str, float]], int] | None = None
 
     def update(self, image_id: Any, truth: Objects, predicted: Objects) -> BoxOutcome:
         self.coco.update(image_id, truth, predicted)  # COCO ranks every prediction, whatever its score
         confident = np.flatnonzero(predicted.scores >= self.score_threshold)
         outcome = match_boxes(truth, predicted.take(confident), self.iou_threshold)
         self._outcomes[image_id] = replace(outcome, predicted=[], truth=[])  # counts are all it keeps
+        self._per_class[image_id] = class_counts(truth, predicted.take(confident), outcome)
         per_box = ["below_threshold"] * len(predicted)
         for index, kind in zip(confident.tolist(), outcome.predicted, strict=True):
             per_box[index] = kind
@@ -118,13 +123,14 @@ class DetectionAccuracy:
     def forget(self, image_id: Any) -> None:
         self.coco.forget(image_id)
         self._outcomes.pop(image_id, None)
+        self._per_class.pop(image_id, None)
 
     def compute(self, coco: bool = True) -> dict[str, Any]:
         """Counts and scores; the COCO numbers are recomputed when `coco`, else the last ones are
         repeated with `coco_samples` saying how many samples they cover (a live view may
         refresh counts often and the costlier COCO accumulation less often)."""
         if coco:
-            self._last_coco = (self.coco.compute(), len(self.coco))
+            self._last_coco = (*self.coco.compute_with_categories(), len(self.coco))
         totals = [
             sum(getattr(o, key) for o in self._outcomes.values())
             for key in ("true_positives", "false_positives", "missed")
@@ -139,8 +145,39 @@ class DetectionAccuracy:
             "errors": dict(errors),
         }
         if self._last_coco is not None:
-            found |= {"coco": self._last_coco[0], "coco_samples": self._last_coco[1]}
+            found |= {"coco": self._last_coco[0], "coco_samples": self._last_coco[2]}
+        found["per_class"] = self._per_class_figures()
         return found
+
+    def _per_class_figures(self) -> dict[str, dict[str, Any]]:
+        """Per class name: precision, recall and F1 at this stage's thresholds (the counts above,
+        split by class) and, once computed, the class's COCO AP, AP50 and AR100."""
+        counts = sum(self._per_class.values(), Counter())
+        coco = self._last_coco[1] if self._last_coco is not None else {}
+        figures = {}
+        for category, name in self.names.items():
+            tp, fp, missed = (counts[(category, key)] for key in ("tp", "fp", "missed"))
+            figures[name] = {
+                **coco.get(category, {}),
+                **precision_recall_f1(tp, fp, missed),
+                "true_positives": tp,
+                "false_positives": fp,
+                "missed": missed,
+            }
+        return figures
+
+
+def class_counts(truth: Objects, predicted: Objects, outcome: BoxOutcome) -> Counter[tuple[int, str]]:
+    """One image's true positives and false positives by predicted class, misses by true class
+    (boxes in crowd regions count for nothing, as in the totals)."""
+    counts: Counter[tuple[int, str]] = Counter()
+    for category, kind in zip(predicted.categories.tolist(), outcome.predicted, strict=True):
+        if kind != "crowd":
+            counts[(int(category), "tp" if kind == "matched" else "fp")] += 1
+    for category, kind in zip(truth.categories.tolist(), outcome.truth, strict=True):
+        if kind == "missed":
+            counts[(int(category), "missed")] += 1
+    return counts
 
 
 def scores_from_confusion(

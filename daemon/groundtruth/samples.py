@@ -202,7 +202,11 @@ class StageAccuracy:
         if self.labels.kind == "boxes":
             coco = dataset.coco(stage)
             self.metric: DetectionAccuracy | ConfusionAccuracy = DetectionAccuracy(
-                list(coco.categories), self.labels.iou_threshold, self.labels.score_threshold, self.labels.iou_type
+                list(coco.categories),
+                self.labels.iou_threshold,
+                self.labels.score_threshold,
+                self.labels.iou_type,
+                names=coco.categories,
             )
         else:
             self.metric = ConfusionAccuracy(self.labels.classes or [], self.labels.ignore_index)

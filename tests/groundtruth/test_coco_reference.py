@@ -229,3 +229,57 @@ def test_a_segmentation_too_big_to_rasterize_is_refused_not_allocated(image: dic
     }
     with pytest.raises(CocoFormatError, match=message):
         parse_coco_ground_truth(document, source="gt.json", iou_type="segm")
+
+
+def reference_per_category(ground_truth: dict[str, Any], detections: list[dict[str, Any]]) -> dict[int, list]:
+    """pycocotools' own per-category figures: COCOeval run with params.catIds cut to one category,
+    its summarize's AP, AP50 and AR100."""
+    found = {}
+    for category in [c["id"] for c in ground_truth["categories"]]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO()
+            coco.dataset = copy.deepcopy(ground_truth)
+            coco.createIndex()
+            evaluation = COCOeval(coco, coco.loadRes(copy.deepcopy(detections)), "bbox")
+            evaluation.params.catIds = [category]
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+        found[category] = [evaluation.stats[0], evaluation.stats[1], evaluation.stats[8]]
+    return found
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_per_class_ap_ap50_ar100_equal_pycocotools_per_category(seed: int) -> None:
+    """The Accuracy page's per-class table comes from DetectionAccuracy: its figures per class
+    against COCOeval restricted to that category."""
+    from stagewatch.daemon.groundtruth.metrics import DetectionAccuracy
+
+    rng = np.random.default_rng(100 + seed)
+    ground_truth = coco_ground_truth(
+        rng, images=int(rng.integers(1, 25)), categories=int(rng.integers(1, 5)), max_objects=10, crowd_rate=0.1
+    )
+    detections = noisy_detections(rng, ground_truth, false_positives=2.0, duplicate_rate=0.2, confusion_rate=0.2)
+    if not detections:
+        pytest.skip("loadRes cannot take an empty result list")
+    parsed = parse_coco_ground_truth(ground_truth)
+    by_image = parse_coco_detections(detections, parsed)
+    names = {c: f"class {c}" for c in parsed.categories}
+    metric = DetectionAccuracy(list(parsed.categories), names=names)
+    for image_id in parsed.images:
+        truth = parsed.objects.get(image_id)
+        predicted = by_image.get(image_id)
+        metric.update(image_id, truth if truth is not None else _no_objects(), predicted or _no_objects())
+    per_class = metric.compute()["per_class"]
+    for category, expected in reference_per_category(ground_truth, detections).items():
+        ours = per_class[names[category]]
+        np.testing.assert_allclose([ours["AP"], ours["AP50"], ours["AR100"]], expected, rtol=0, atol=1e-9)
+    found = metric.compute()
+    for key in ("true_positives", "false_positives", "missed"):  # the per-class split adds up to the totals
+        assert sum(figures[key] for figures in per_class.values()) == found[key]
+
+
+def _no_objects() -> Any:
+    from stagewatch.daemon.groundtruth.coco import Objects
+
+    return Objects.empty()

@@ -90,6 +90,9 @@ def sections(run_id: str, summary: dict[str, Any]) -> list[Any]:
         ]
     for stage, entry in stages.items():
         metrics = entry.get("metrics") or {}
+        if metrics.get("per_class") and entry.get("kind") == "boxes":
+            shown.append(pn.pane.Markdown(f"### {stage}: detection accuracy per class"))
+            shown.append(_widgets.table(per_class_boxes(metrics["per_class"]), f"box-classes-{stage}"))
         if metrics.get("per_class_iou"):
             shown.append(pn.pane.Markdown(f"### {stage}: per class"))
             shown.append(_widgets.table(per_class(metrics["per_class_iou"]), f"classes-{stage}"))
@@ -151,6 +154,28 @@ def error_kinds(run_id: str, stages: dict[str, Any]) -> pd.DataFrame:
 
 def per_class(iou: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([{"class": name, "IoU": _number(value)} for name, value in iou.items()])
+
+
+def per_class_boxes(figures: dict[str, Any]) -> pd.DataFrame:
+    """Per class: COCO AP (IoU .50:.95), AP50 and AR100 as pycocotools gives them for that category,
+    and precision, recall and F1 at the stage's IoU and score thresholds."""
+    return pd.DataFrame(
+        [
+            {
+                "class": name,
+                "AP": _number(entry.get("AP")),
+                "AP50": _number(entry.get("AP50")),
+                "AR100": _number(entry.get("AR100")),
+                "precision": _number(entry.get("precision")),
+                "recall": _number(entry.get("recall")),
+                "F1": _number(entry.get("f1")),
+                "found": f"{entry.get('true_positives', 0):,}",
+                "false positives": f"{entry.get('false_positives', 0):,}",
+                "missed": f"{entry.get('missed', 0):,}",
+            }
+            for name, entry in figures.items()
+        ]
+    )
 
 
 def confusion_html(stage: str, confusion: dict[str, Any]) -> str:

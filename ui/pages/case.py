@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import panel as pn
+import param
 from PIL import Image
 
 from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS, viridis
 from stagewatch.ui import _data, _failures, _widgets
 from stagewatch.ui._cloud3d import cloud_views, pair
 from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
+from stagewatch.ui.pages import failures
 
 PICTURE_WIDTH = 320
 
@@ -30,8 +32,12 @@ class CasePage:
         self.run = pn.widgets.TextInput(name="Run")
         self.stage = pn.widgets.TextInput(name="Stage")
         self.sample = pn.widgets.TextInput(name="Sample")
+        self.origin = pn.widgets.TextInput(name="From", visible=False)  # the Failures view it came from
         self.body = pn.Column()
-        refused = _widgets.sync_url({"run": self.run, "stage": self.stage, "sample": self.sample})
+        self.steps = pn.Column()
+        refused = _widgets.sync_url(
+            {"run": self.run, "stage": self.stage, "sample": self.sample, failures.FROM: self.origin}
+        )
         self.url_problems = _widgets.url_alert(refused)
         for widget in (self.run, self.stage, self.sample):
             widget.param.watch(lambda _: self.show(), "value")
@@ -39,10 +45,14 @@ class CasePage:
 
     def layout(self) -> pn.Column:
         return pn.Column(
-            self.url_problems, _widgets.filter_bar(self.run, self.stage, self.sample, width=300), self.body
+            self.url_problems,
+            _widgets.filter_bar(self.run, self.stage, self.sample, width=300),
+            self.steps,
+            self.body,
         )
 
     def show(self) -> None:
+        self.steps.objects = []
         if not (self.run.value and self.stage.value):
             self.body.objects = [pn.pane.Markdown("Open a case from the [Failures](?page=failures) page.")]
             return
@@ -62,6 +72,63 @@ class CasePage:
             ]
             return
         self.body.objects = case_sections(self.home, run_id, case)
+        self.steps.objects = case_steps(self.home, self.origin.value, run_id, self.stage.value, self.sample.value)
+
+
+class CaseKeys(pn.reactive.ReactiveHTML):
+    """j / → opens the next case, k / ← the previous one, unless a key goes to a field or a
+    slider (the mask opacity takes arrows). The link is followed as a click, so the page
+    switches the way a click on the next/previous link would."""
+
+    previous = param.String(default="", doc="URL of the previous case ('' at the first)")
+    following = param.String(default="", doc="URL of the next case ('' at the last)")
+
+    _template = '<div id="keys" class="sw-case-keys" style="display:none"></div>'
+    _scripts = {
+        "render": """
+        state.onkey = (event) => {
+          if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey) return;
+          const target = event.composedPath()[0];
+          if (target && target.closest && (target.isContentEditable ||
+              target.closest('input, textarea, select, [role=slider], .noUi-handle, .noUi-target'))) return;
+          const next = data.following, back = data.previous;
+          const url = {j: next, ArrowRight: next, k: back, ArrowLeft: back}[event.key];
+          if (!url) return;
+          event.preventDefault();
+          const unescape = document.createElement('textarea');  // Panel sends string parameters escaped
+          unescape.innerHTML = url;
+          const link = document.createElement('a');
+          link.href = unescape.value;
+          link.style.display = 'none';
+          document.body.appendChild(link);
+          link.click();
+          link.remove();
+        };
+        document.addEventListener('keydown', state.onkey);
+        """,
+        "remove": "document.removeEventListener('keydown', state.onkey);",
+    }
+
+
+def case_steps(home: Path, origin: str, run_id: str, stage: str, sample: str) -> list[Any]:
+    """Previous / next case in the Failures view this case was opened from (or all failure
+    cases, most severe first), as links and on the keyboard."""
+    try:
+        filters, sort, descending = failures.carried_view(home, origin)
+        found = _failures.neighbours(home, filters, sort, descending, run_id, stage, sample)
+    except (ValueError, _data.RunNotFound) as error:
+        return [pn.pane.Alert(f"No next or previous case: {error}", alert_type="info")]
+    if not found.position:
+        return [pn.pane.Markdown(f"This case is not among the {found.total:,} the failures view lists.")]
+    urls = [failures.case_url(*key, origin) if key is not None else "" for key in (found.previous, found.following)]
+    links = [
+        f'<a class="sw-case-{name}" href="{html.escape(url, quote=True)}">{label}</a>' if url else label
+        for name, label, url in (("previous", "◀ previous (k)", urls[0]), ("next", "next (j) ▶", urls[1]))
+    ]
+    where = f"case <b>{found.position:,}</b> of {found.total:,} in the failures view"
+    back = html.escape("?" + "&".join(p for p in ("page=failures", origin) if p), quote=True)
+    text = f"{links[0]} · {where} (<a href='{back}'>back to it</a>) · {links[1]}"
+    return [pn.pane.HTML(text, css_classes=["sw-case-steps"]), CaseKeys(previous=urls[0], following=urls[1])]
 
 
 def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:

@@ -3,14 +3,17 @@ a case opens prediction beside ground truth with the difference map (ui/pages/ca
 
 from __future__ import annotations
 
+import base64
 import html
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import panel as pn
 
 from stagewatch.daemon import parse_time
-from stagewatch.ui import _data, _failures, _format, _widgets
+from stagewatch.ui import _data, _failures, _format, _gallery, _widgets
 
 WHEN = {"any time": "", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}
 SORTS = {
@@ -25,6 +28,8 @@ EMPTY = (
     "and failed stages as crashed (see docs/ground-truth.md)."
 )
 SEVERITIES = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9]
+SHOW = ("table", "gallery")
+FROM = "from"  # a Case page's parameter: the Failures view it was opened from (its filters and sort)
 
 
 class FailuresPage:
@@ -43,68 +48,196 @@ class FailuresPage:
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
         self.text = pn.widgets.TextInput(name="Search", placeholder="sample id, reason")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
+        self.show = pn.widgets.RadioButtonGroup(name="Show", options=list(SHOW), value="table", width=180)
+        self.gallery = pn.pane.HTML("", visible=False, css_classes=["sw-gallery"], sizing_mode="stretch_width")
+        self.rows = pd.DataFrame()
+        self.named = {  # URL parameter -> filter (the pager restores them from the URL as it starts)
+            "stage": self.stage,
+            "status": self.status,
+            "kind": self.kind,
+            "class": self.class_name,
+            "severity": self.severity,
+            "confidence": self.confidence,
+            "when": self.when,
+            "run": self.run,
+            "q": self.text,
+            "sort": self.sort,
+        }
         self.query = _widgets.PagedQuery(
             "failures",
             "failure cases",
-            {
-                "stage": self.stage,
-                "status": self.status,
-                "kind": self.kind,
-                "class": self.class_name,
-                "severity": self.severity,
-                "confidence": self.confidence,
-                "when": self.when,
-                "run": self.run,
-                "q": self.text,
-                "sort": self.sort,
-            },
+            self.named,
             self._page,
-            display,
+            self._display,
             lambda: "No failure case matches these filters." if self.filters() != _failures.CaseFilters() else EMPTY,
             html_columns=("case", "run", "when"),
             turns=("◀ previous", "next ▶"),
         )
+        refused = _widgets.sync_url({"show": self.show})
+        if self.show.value not in SHOW:  # a radio group takes any value: a link's typo shows the table
+            refused.append(f"show={str(self.show.value)[:80]}")
+            self.show.value = "table"
+        self.show_problems = _widgets.url_alert(refused)
+        self.show.param.watch(lambda _: self._show_view(), "value")
         self.query.refresh()
+        self._show_view()
 
     def layout(self) -> pn.Column:
-        return self.query.layout(list(self.query.filters.values()))
+        return self.query.layout(list(self.query.filters.values()), self.show_problems, self.show, self.gallery)
 
     def filters(self) -> _failures.CaseFilters:
-        run = _data.find_run(self.home, self.run.value) if self.run.value.strip() else None
-        return _failures.CaseFilters(
-            stage=self.stage.value or None,
-            status=self.status.value or None,
-            kind=self.kind.value or None,
-            run=run,
-            since=parse_time(self.when.value) if self.when.value else None,
-            min_severity=float(self.severity.value),
-            text=self.text.value.strip() or None,
-            class_name=self.class_name.value or None,
-            min_confidence=self.confidence.value[0],
-            max_confidence=self.confidence.value[1],
+        return case_filters(
+            self.home,
+            self.stage.value,
+            self.status.value,
+            self.kind.value,
+            self.class_name.value,
+            float(self.severity.value),
+            self.confidence.value,
+            self.when.value,
+            self.run.value,
+            self.text.value,
         )
 
     def _page(self, offset: int, limit: int) -> _data.Page:
         sort, descending = SORTS[self.sort.value]
         return _failures.failures_page(self.home, self.filters(), sort, descending, offset, limit)
 
+    def carried(self) -> str:
+        """This view's filters and sort as a URL query, for a Case page's next/previous."""
+        values = {name: _url_value(widget.value) for name, widget in self.named.items()}
+        return urllib.parse.urlencode({k: v for k, v in values.items() if v not in ("", "0", "0,1")})
 
-def case_link(run_id: str, stage: str, sample: str | None, text: str) -> str:
-    query = "&".join(
-        f"{k}={html.escape(str(v), quote=True)}"
-        for k, v in (("page", "case"), ("run", run_id), ("stage", stage), ("sample", sample or ""))
+    def _display(self, rows: pd.DataFrame) -> pd.DataFrame:
+        self.rows = rows
+        if self.show.value == "gallery":
+            self.gallery.object = gallery_html(self.home, rows, self.carried())
+        return display(rows, self.carried())
+
+    def _show_view(self) -> None:
+        """The same page of cases as a table or as thumbnails (made only when shown)."""
+        as_gallery = self.show.value == "gallery"
+        if as_gallery:
+            self.gallery.object = gallery_html(self.home, self.rows, self.carried())
+        self.gallery.visible = as_gallery
+        self.query.table.visible = not as_gallery
+
+
+def case_filters(
+    home: Path,
+    stage: str,
+    status: str,
+    kind: str,
+    class_name: str,
+    severity: float,
+    confidence: tuple[float, float],
+    when: str,
+    run: str,
+    text: str,
+) -> _failures.CaseFilters:
+    """The Failures page's filters, from its widgets or from a Case page's `from` link alike."""
+    found = _data.find_run(home, run) if run.strip() else None
+    return _failures.CaseFilters(
+        stage=stage or None,
+        status=status or None,
+        kind=kind or None,
+        run=found,
+        since=parse_time(when) if when else None,
+        min_severity=severity,
+        text=text.strip() or None,
+        class_name=class_name or None,
+        min_confidence=confidence[0],
+        max_confidence=confidence[1],
     )
-    return f'<a href="?{query}">{html.escape(text)}</a>'
 
 
-def display(rows: pd.DataFrame) -> pd.DataFrame:
+def carried_view(home: Path, query: str) -> tuple[_failures.CaseFilters, str, bool]:
+    """A Case page's `from` (the Failures view's query) -> its filters and sort; ValueError or
+    RunNotFound when it does not read as one."""
+    values = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    try:
+        severity = float(values.get("severity") or 0.0)
+        low, high = (float(v) for v in (values.get("confidence") or "0,1").split(","))
+    except ValueError:
+        raise ValueError(f"the failures view in this link does not read as one: {query[:200]!r}") from None
+    if values.get("when", "") not in WHEN.values():
+        raise ValueError(
+            f"expected a time window of {', '.join(v for v in WHEN.values() if v)}, got {values['when']!r}"
+        )
+    sort_label = values.get("sort") or next(iter(SORTS))
+    if sort_label not in SORTS:
+        raise ValueError(f"expected a sort of {', '.join(SORTS)}, got {sort_label!r}")
+    filters = case_filters(
+        home,
+        values.get("stage", ""),
+        values.get("status", ""),
+        values.get("kind", ""),
+        values.get("class", ""),
+        severity,
+        (low, high),
+        values.get("when", ""),
+        values.get("run", ""),
+        values.get("q", ""),
+    )
+    return (filters, *SORTS[sort_label])
+
+
+def _url_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{part:g}" for part in value)
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def case_url(run_id: str, stage: str, sample: str | None, carried: str = "") -> str:
+    """?page=case&… of one case; `carried`: the Failures view it is opened from (for next/previous)."""
+    parameters = [("page", "case"), ("run", run_id), ("stage", stage), ("sample", sample or "")]
+    return "?" + urllib.parse.urlencode(parameters + ([(FROM, carried)] if carried else []))
+
+
+def case_link(run_id: str, stage: str, sample: str | None, text: str, carried: str = "") -> str:
+    return f'<a href="{html.escape(case_url(run_id, stage, sample, carried), quote=True)}">{html.escape(text)}</a>'
+
+
+def gallery_html(home: Path, rows: pd.DataFrame, carried: str = "") -> str:
+    """One page of cases as thumbnails, each a link to its Case page, in the table's order."""
+    if rows.empty:
+        return ""
+    records = rows.to_dict("records")
+    cards = [
+        _card(row, picture, carried) for row, picture in zip(records, _gallery.thumbnails(home, records), strict=True)
+    ]
+    return (
+        "<div class='sw-gallery-grid' style='display:grid;gap:10px;"
+        f"grid-template-columns:repeat(auto-fill,minmax({_gallery.THUMBNAIL_SIDE + 12}px,1fr))'>"
+        + "".join(cards)
+        + "</div>"
+    )
+
+
+def _card(row: dict[str, Any], jpeg: bytes, carried: str) -> str:
+    picture = base64.b64encode(jpeg).decode("ascii")
+    kinds = ", ".join(row["error_types"]) if row.get("error_types") is not None else ""
+    caption = f"{row['stage']} · {row.get('sample_id') or '-'}"
+    title = f"{caption}: {row['status']} {kinds} (severity {row['severity']:.2f}) {(row.get('reason') or '')[:200]}"
+    href = case_url(row["run_id"], row["stage"], row.get("sample_id"), carried)
+    return (
+        f'<a class="sw-thumb sw-thumb-{html.escape(str(row["status"]))}" href="{html.escape(href, quote=True)}" '
+        f'title="{html.escape(title, quote=True)}" style="text-decoration:none;color:inherit;font-size:12px">'
+        f'<img src="data:image/jpeg;base64,{picture}" style="width:{_gallery.THUMBNAIL_SIDE}px;display:block;'
+        f'border:1px solid #999"><div>{html.escape(caption)}</div>'
+        f"<div><b>{html.escape(str(row['status']))}</b> {html.escape(kinds.replace('_', ' '))} · "
+        f"{row['severity']:.2f} · {html.escape(row['run_id'][:8])}</div></a>"
+    )
+
+
+def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
     columns = ["case", "stage", "outcome", "error kinds", "classes", "confidence", "severity", "reason", "run", "when"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(
         {
             "case": [
-                case_link(r, s, x, x or "-")
+                case_link(r, s, x, x or "-", carried)
                 for r, s, x in zip(rows["run_id"], rows["stage"], rows["sample_id"], strict=True)
             ],
             "stage": rows["stage"],

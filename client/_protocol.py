@@ -90,9 +90,12 @@ def run_started(
     pid: int,
     dataset: str | None,
     argv: list[str],
+    environment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     event = envelope(RUN_STARTED, client_id, run_id, ts_ns)
     event.update(pipeline=pipeline, config=config, host=host, pid=pid, dataset=dataset, argv=argv)
+    if environment is not None:
+        event["environment"] = environment
     return event
 
 

@@ -94,8 +94,7 @@ def run_started(
 ) -> dict[str, Any]:
     event = envelope(RUN_STARTED, client_id, run_id, ts_ns)
     event.update(pipeline=pipeline, config=config, host=host, pid=pid, dataset=dataset, argv=argv)
-    if environment is not None:
-        event["environment"] = environment
+    event["environment"] = environment or {}  # what the run starts on (client/_environment.py)
     return event
 
 

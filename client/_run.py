@@ -412,13 +412,13 @@ def _internal_error(error: BaseException) -> None:
         _log.warning("stagewatch internal error (the pipeline goes on): %r", error, exc_info=error)
 
 
-def _environment() -> dict[str, Any] | None:
-    """What the run starts on (client/_environment.py); None if it cannot be read: the run still starts."""
+def _environment() -> dict[str, Any]:
+    """What the run starts on (client/_environment.py); {} if it cannot be read: the run still starts."""
     try:
         return protocol.bounded_json(environment(), protocol.MAX_CONFIG_CHARS)
     except Exception as error:  # never the pipeline's problem
         _internal_error(error)
-        return None
+        return {}
 
 
 def _snapshot(config: Mapping[str, Any] | None) -> dict:

@@ -133,8 +133,9 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         seconds = int(window.group(1)) * _SECONDS[window.group(2)]
         if seconds <= 0:
             raise CompareError(f"expected a window longer than 0 (7d, 24h), got {spec!r}")
-        since = (now or datetime.now(UTC)) - timedelta(seconds=min(seconds, 10**11))
-        rows = _run_rows(home, f"{terms} AND start_time >= ?", [*params, _bounded(since)], "ORDER BY start_time DESC")
+        rows = _run_rows(
+            home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
+        )
         rows = rows[:MAX_BASELINE_RUNS]
         label = f"the runs of {target.pipeline} in the last {spec}"
     if not rows:
@@ -147,8 +148,15 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     )
 
 
-def _bounded(moment: datetime) -> datetime:
-    return max(moment, datetime(1678, 1, 1, tzinfo=UTC))  # inside timestamp[ns]
+EARLIEST = datetime(1678, 1, 1, tzinfo=UTC)  # inside timestamp[ns]: every stored time is later
+
+
+def _window_start(now: datetime | None, seconds: int) -> datetime:
+    """`seconds` before now; a window longer than the calendar reaches back to EARLIEST."""
+    try:
+        return max((now or datetime.now(UTC)) - timedelta(seconds=seconds), EARLIEST)
+    except OverflowError:
+        return EARLIEST
 
 
 def _run_rows(home: Path, where: str, params: list[Any], tail: str = "") -> list[dict[str, Any]]:

@@ -149,6 +149,8 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert shift["stage"] == "infer" and shift["started_run"] == runs[10] and shift["ongoing"]
     assert {s["stage"] for s in found["shifts"]} == {"infer"}
     assert compared(daemon.home, runs[-1], "--baseline", "30d")["a"]["runs"] == runs[:-1]
+    # a window longer than the calendar reaches back to the oldest time a table can hold
+    assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
 
 
 def detection_prediction(index: int, wrong: set[int]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ dataset where the second gets two samples wrong, reached from Runs (two ticked) 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,7 @@ def test_a_run_page_compares_with_the_previous_run(served, page) -> None:
     assert shown(page, "Unchanged.")  # neither config nor environment changed
     page.goto(f"{ui.url}?page=compare&a=ffffffff&b={after}")
     wait_for(lambda: shown(page, "no run with id 'ffffffff'"), 30)
+    hostile = "<img src=x onerror=window.__pwned=1>"  # a link's run id is shown as text, never run
+    page.goto(f"{ui.url}?page=compare&b={urllib.parse.quote(hostile)}")
+    wait_for(lambda: shown(page, "no run with id"), 30)
+    assert page.evaluate("window.__pwned") is None and shown(page, hostile)

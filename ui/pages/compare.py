@@ -67,7 +67,7 @@ class ComparePage:
                 raise CompareError("the baseline and the run compared are the same run")
             document = compare(self.home, a, b, Options(threshold=float(self.threshold.value)))
         except (CompareError, QueryError) as error:
-            self.body.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            self.body.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
             self.cases.objects = []
             return
         self.sides = (a, b)

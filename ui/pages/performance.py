@@ -107,7 +107,7 @@ class PerformancePage:
             a = baseline_side(self.home, self.first.value or "last:1", b)
             document = compare(self.home, a, b)
         except (CompareError, QueryError) as error:
-            self.comparison.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            self.comparison.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
             return
         link = f"?page=compare&a={quote(self.first.value or 'last:1', safe='')}&b={quote(b.runs[0], safe='')}"
         self.comparison.objects = [

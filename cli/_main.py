@@ -8,11 +8,11 @@ import sys
 import warnings
 from typing import Any
 
-from stagewatch.cli import dashboard, demo, diff, groundtruth, history, service
+from stagewatch.cli import compare, dashboard, demo, diff, groundtruth, history, service
 from stagewatch.cli._options import EXIT_NOT_FOUND, EXIT_USAGE, global_options
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE
-GROUPS = (service, demo, history, dashboard, groundtruth, diff)
+GROUPS = (service, demo, history, dashboard, groundtruth, diff, compare)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,9 +90,11 @@ def run_started(
     pid: int,
     dataset: str | None,
     argv: list[str],
+    environment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     event = envelope(RUN_STARTED, client_id, run_id, ts_ns)
     event.update(pipeline=pipeline, config=config, host=host, pid=pid, dataset=dataset, argv=argv)
+    event["environment"] = environment or {}  # what the run starts on (client/_environment.py)
     return event
 
 

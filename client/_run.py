@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from stagewatch import _protocol as protocol
+from stagewatch._environment import environment
 from stagewatch._gpu import GpuMemory, gpu_values
 from stagewatch._home import Home, artifact_relpath, resolve_endpoint
 from stagewatch._memory import BYTES_PER_MB, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
@@ -411,6 +412,15 @@ def _internal_error(error: BaseException) -> None:
         _log.warning("stagewatch internal error (the pipeline goes on): %r", error, exc_info=error)
 
 
+def _environment() -> dict[str, Any]:
+    """What the run starts on (client/_environment.py); {} if it cannot be read: the run still starts."""
+    try:
+        return protocol.bounded_json(environment(), protocol.MAX_CONFIG_CHARS)
+    except Exception as error:  # never the pipeline's problem
+        _internal_error(error)
+        return {}
+
+
 def _snapshot(config: Mapping[str, Any] | None) -> dict:
     """A JSON-safe copy of the pipeline's config within the wire's limits (a huge, deep or
     unserialisable one is replaced by a note saying so: the run still starts)."""
@@ -461,6 +471,7 @@ class Run:
                 pid=process.pid,
                 dataset=self.dataset,
                 argv=sys.argv[:64],
+                environment=_environment(),
             )
         )
 

@@ -85,6 +85,7 @@ class RunState:
     client_id: str | None = None
     argv: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # Python, packages, GPUs (client/_environment.py)
     dataset: str | None = None
     error: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=_new_counts)
@@ -535,6 +536,7 @@ class Projector:
             return
         run.pipeline, run.host, run.pid, run.client_id = event.pipeline, event.host, event.pid, event.client_id
         run.argv, run.config, run.dataset = list(event.argv), event.config, event.dataset
+        run.environment = event.environment
         run.start_ns, run.started_at = event.ts_ns, iso(event.ts_ns)
 
     def _open_entry(self, run: RunState, event: Any, key: str) -> dict[str, Any]:

@@ -130,10 +130,13 @@ class RunStarted(Envelope, tag="run_started", kw_only=True):
     pid: Count = 0
     dataset: PathText | None = None
     argv: Annotated[list[Text], Meta(max_length=1024)] = []
+    # Added later (older clients send none): Python, platform, package versions, GPU models.
+    environment: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_storable(self.config, "config")
+        _check_storable(self.environment, "environment")
 
 
 class StageStarted(Envelope, tag="stage_started", kw_only=True):

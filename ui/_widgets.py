@@ -21,8 +21,9 @@ PAGES = {
     "failures": "Failures",
     "run": "Run",
     "case": "Case",
+    "compare": "Compare",
 }
-NAVIGATION = ("live", "runs", "performance", "logs", "accuracy", "failures")  # run and case: from links
+NAVIGATION = ("live", "runs", "performance", "logs", "accuracy", "failures")  # run, case, compare: from links
 
 
 def navigation(current: str) -> pn.pane.HTML:

@@ -19,7 +19,7 @@ from panel.theme import Fast
 
 from stagewatch._home import Home
 from stagewatch.ui import _widgets
-from stagewatch.ui.pages import accuracy, case, failures, live, logs, performance, run, runs
+from stagewatch.ui.pages import accuracy, case, compare, failures, live, logs, performance, run, runs
 
 pn.extension("tabulator", sizing_mode="stretch_width", notifications=False)
 hv.extension("bokeh")
@@ -33,6 +33,7 @@ VIEWS = {
     "accuracy": accuracy.view,
     "failures": failures.view,
     "case": case.view,
+    "compare": compare.view,
 }
 
 

@@ -253,8 +253,8 @@ class StageAccuracy:
             drawn = {"classes": short}
         value = scores.get(metric_name)
         value = 1.0 if value is None else float(value)  # nothing labeled in the sample: nothing to get wrong
-        if value >= minimum:
-            return Verdict("correct", value, scores=scores)
+        if value >= minimum:  # its boxes too: a flip to wrong in another run is drawn beside this one
+            return Verdict("correct", value, scores=scores, boxes=drawn.get("boxes"))
         if not errors:
             errors = {"mask_mismatch" if self.labels.kind == "mask" else "point_label_mismatch": 1}
         return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), scores=scores, **drawn)

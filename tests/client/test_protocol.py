@@ -37,7 +37,16 @@ def _examples() -> dict[str, dict[str, Any]]:
     artifact = f"runs/{RUN}/stages/detection/overlay.png"
     return {
         "run_started": protocol.run_started(
-            CLIENT, RUN, TS, pipeline="perception", config={"a": 1}, host="h", pid=7, dataset=None, argv=["x"]
+            CLIENT,
+            RUN,
+            TS,
+            pipeline="perception",
+            config={"a": 1},
+            host="h",
+            pid=7,
+            dataset=None,
+            argv=["x"],
+            environment={"python": "3.11.7", "packages": {"numpy": "2.4.6"}, "gpus": []},
         ),
         "stage_started": protocol.stage_started(CLIENT, RUN, TS, **STAGE),
         "stage_finished": protocol.stage_finished(CLIENT, RUN, TS, **STAGE, **FINISH),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
@@ -14,7 +15,10 @@ from bokeh.models import ColumnDataSource, HoverTool, OpenURL, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
+from stagewatch.daemon._compare import CompareError, baseline_side, compare, run_side
+from stagewatch.daemon._sql import QueryError
 from stagewatch.ui import _data, _format, _trends, _widgets
+from stagewatch.ui.pages.compare import stage_table_html
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 WINDOWS = {"last 7 days": "7d", "last 30 days": "30d", "last 90 days": "90d", "last 24 hours": "24h", "all time": ""}
@@ -27,8 +31,8 @@ class PerformancePage:
         self.window = pn.widgets.Select(name="Window", options=WINDOWS, value="30d")
         self.pipeline = pn.widgets.Select(name="Pipeline", options=_widgets.choices(facets["pipeline"]))
         self.measure = pn.widgets.Select(name="Trend of", options={"p95": "p95_ms", "median": "median_ms"})
-        self.first = pn.widgets.TextInput(name="Compare run", placeholder="run id or prefix")
-        self.second = pn.widgets.TextInput(name="with run", placeholder="run id or prefix")
+        self.first = pn.widgets.TextInput(name="Baseline", placeholder="run id, last:20, 7d (empty: previous)")
+        self.second = pn.widgets.TextInput(name="Compare run", placeholder="run id or prefix")
         self.callouts = pn.Column()
         self.trend = pn.Column()
         self.memory = pn.Column()
@@ -91,18 +95,26 @@ class PerformancePage:
         self.stats.objects = [_widgets.table(stats_display(query_stats(self.home, filters), order), "window-stats")]
 
     def compare(self) -> None:
-        if not (self.first.value.strip() and self.second.value.strip()):
-            self.comparison.objects = [pn.pane.Markdown("Give two run ids (or prefixes) to see per-stage deltas.")]
+        """The two runs' per-stage table (daemon/_compare, as the Compare page shows it), with a
+        link to the whole comparison there."""
+        if not self.second.value.strip():
+            self.comparison.objects = [
+                pn.pane.Markdown("Give a run (and a baseline run, last:N or 7d; empty: the run before it).")
+            ]
             return
         try:
-            a, b = (_data.find_run(self.home, w.value) for w in (self.first, self.second))
-        except _data.RunNotFound as error:
-            self.comparison.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            b = run_side(self.home, self.second.value)
+            a = baseline_side(self.home, self.first.value or "last:1", b)
+            document = compare(self.home, a, b)
+        except (CompareError, QueryError) as error:
+            self.comparison.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
             return
-        frame = _trends.compare_runs(self.home, a, b)
+        link = f"?page=compare&a={quote(self.first.value or 'last:1', safe='')}&b={quote(b.runs[0], safe='')}"
         self.comparison.objects = [
-            pn.pane.HTML(f"{_widgets.run_link(a)} → {_widgets.run_link(b)}"),
-            _widgets.table(comparison_display(frame), "comparison"),
+            pn.pane.HTML(
+                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · <a href='{link}'>open in Compare</a>"
+            ),
+            pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
         ]
 
 
@@ -164,11 +176,14 @@ def trend_chart(
     return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name=name)
 
 
-def regression_alert(regression: _trends.Regression) -> pn.pane.Alert:
+def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:
+    measure = "p95" if shift.measure == "p95_ms" else "median"
     return pn.pane.Alert(
-        f"**{html.escape(regression.stage)}** p95 **+{regression.change:.0%}** against the previous 7 days: "
-        f"{_format.ms(regression.before_ms)} → {_format.ms(regression.after_ms)}; first seen in run "
-        f"[{regression.first_run[:8]}](?page=run&run={regression.first_run})",
+        f"**{html.escape(shift.stage)}** {measure} **{shift.change:+.0%}**, a persistent shift (change-point "
+        f"test over the runs' {measure}s): {_format.ms(shift.before)} → {_format.ms(shift.after)}; it started in run "
+        f"[{shift.started_run[:8]}](?page=run&run={shift.started_run}) and was found at run "
+        f"[{shift.found_run[:8]}](?page=run&run={shift.found_run})"
+        + (" · [compare](?page=compare&a=last:20&b=" + shift.found_run + ")"),
         alert_type="warning",
     )
 
@@ -187,24 +202,6 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "max": [_format.ms(e["duration_ms"]["max"]) for e in stats],
             "CPU peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
-        }
-    )
-
-
-def comparison_display(frame: pd.DataFrame) -> pd.DataFrame:
-    def change(value: Any) -> str:
-        return f"{value:+.1%}" if value is not None and pd.notna(value) else "-"
-
-    return pd.DataFrame(
-        {
-            "stage": frame["stage"],
-            "executions": [f"{a:,} → {b:,}" for a, b in zip(frame["count_a"], frame["count_b"], strict=True)],
-            "median": [
-                f"{_format.ms(a)} → {_format.ms(b)}" for a, b in zip(frame["median_a"], frame["median_b"], strict=True)
-            ],
-            "median change": [change(v) for v in frame["median_change"]],
-            "p95": [f"{_format.ms(a)} → {_format.ms(b)}" for a, b in zip(frame["p95_a"], frame["p95_b"], strict=True)],
-            "p95 change": [change(v) for v in frame["p95_change"]],
         }
     )
 

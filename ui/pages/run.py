@@ -228,7 +228,7 @@ def header(audit: dict[str, Any]) -> pn.Column:
         f"<h2 style='margin:4px 0'>Run <code>{run_id}</code></h2>"
         f'<a href="?page=logs&run={run_id}">its log lines</a> · '
         f'<a href="?page=failures&run={run_id}">its failure cases</a> · '
-        f'<a href="?page=performance&a={run_id}">compare it with another run</a>'
+        f'<a class="sw-compare-previous" href="?page=compare&b={run_id}">compare with… the previous run</a>'
     )
     return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))
 

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
@@ -26,6 +28,7 @@ SORTS = {
 
 
 REFRESH_MS = 3000
+PICK_TWO = "Tick two runs to compare them."
 
 
 class RunsPage:
@@ -60,6 +63,10 @@ class RunsPage:
             lambda: _empty_message(self.home, self.filters()),
             html_columns=("run", "started"),
         )
+        # Tick two runs to compare them: the link below the filters opens the Compare page.
+        self.query.table.param.update(selectable="checkbox", hidden_columns=["run_id", "start"])
+        self.pick = pn.pane.HTML(PICK_TWO, css_classes=["sw-compare-selected"])
+        self.query.table.param.watch(lambda _: self._picked(), ["selection", "value"])
         self.seen = _data.runs_signature(home)
         self.query.refresh()
         _widgets.every(REFRESH_MS, self._refresh_first_page)
@@ -84,7 +91,18 @@ class RunsPage:
             self.until,
             self.sort,
         ]
-        return self.query.layout(shown)
+        return self.query.layout(shown, self.pick)
+
+    def _picked(self) -> None:
+        """Two runs ticked: a link comparing them (the older is the baseline)."""
+        rows = self.query.table.value
+        chosen = [i for i in self.query.table.selection if 0 <= i < len(rows)]
+        if len(chosen) != 2 or "run_id" not in rows:
+            self.pick.object = PICK_TWO
+            return
+        older, newer = rows.iloc[chosen].sort_values("start", kind="stable")["run_id"]  # the older is A
+        href = f"?page=compare&a={quote(older, safe='')}&b={quote(newer, safe='')}"
+        self.pick.object = f"<a href='{html.escape(href, quote=True)}'>Compare the two ticked runs</a>"
 
     def filters(self) -> Filters:
         since = self.since.value.strip() or self.when.value
@@ -127,6 +145,8 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
                 "failed stage",
                 "error",
                 "host",
+                "run_id",
+                "start",
             ]
         )
     return pd.DataFrame(
@@ -141,6 +161,8 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             "failed stage": rows["failed_stage"].fillna(""),
             "error": [_error_text(t, m) for t, m in zip(rows["error_type"], rows["error_message"], strict=True)],
             "host": rows["host"],
+            "run_id": rows["run_id"],  # hidden: which runs are ticked, and which is older
+            "start": rows["start_time"],
         }
     )
 

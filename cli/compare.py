@@ -1,0 +1,175 @@
+"""`stagewatch compare`: two runs, or a run against a baseline of runs, stage by stage.
+
+    stagewatch compare A B [--json] [--threshold 5%] [--fail-on-regression] [--accuracy-drop 2%]
+    stagewatch compare B --baseline last:20 | 7d | RUN      (one run: against the run before it)
+
+Exit codes: 0 compared (and, with --fail-on-regression, nothing regressed); 1 with
+--fail-on-regression when a stage regressed, a shift is ongoing in the baseline's history, or
+accuracy fell by more than --accuracy-drop (the reasons are printed); 2 for arguments that
+name nothing to compare (an unknown run, an empty baseline) or cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_of, home_options, json_option
+
+EXIT_REGRESSED = 1
+MAX_LISTED_FLIPS = 50
+
+
+def add_commands(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="compare two runs (or a run and a baseline): per-stage changes, flips, config and environment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="[A] B: run ids or unique prefixes (A: a baseline)")
+    compare.add_argument(
+        "--baseline", help="what B is compared with: a run, last:N (runs of B's pipeline before it, pooled) or 7d"
+    )
+    compare.add_argument("--threshold", type=fraction, default="5%", help="smallest change called out (5%%)")
+    compare.add_argument(
+        "--confidence", type=float, default=0.99, help="confidence of each test (0.99: p < 0.01 is significant)"
+    )
+    compare.add_argument(
+        "--accuracy-drop", type=fraction, help="with --fail-on-regression: fail when a stage's accuracy falls more"
+    )
+    compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
+    json_option(compare, "print the comparison as JSON")
+    home_options(compare, endpoint=False)
+    compare.set_defaults(handler=cmd_compare)
+
+
+def fraction(text: str) -> float:
+    """'5%' or 0.05 -> 0.05 (argparse turns the ValueError into a usage error, exit 2)."""
+    cleaned = text.strip()
+    try:
+        value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share like 5% or 0.05, got {text!r}") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"expected a share between 0% and 1000%, got {text!r}")
+    return value
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from stagewatch.daemon._compare import CompareError, Options, baseline_side, compare, run_side
+    from stagewatch.daemon._sql import QueryError
+
+    if isinstance(args.threshold, str):  # argparse does not convert a default given as text
+        args.threshold = fraction(args.threshold)
+    if len(args.runs) > 2 or (len(args.runs) == 2 and args.baseline):
+        return fail("expected `compare A B` or `compare B [--baseline SPEC]`, not both", EXIT_USAGE)
+    if not 0.5 <= args.confidence < 1:
+        return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)
+    home = home_of(args).root
+    options = Options(threshold=args.threshold, confidence=args.confidence, accuracy_drop=args.accuracy_drop)
+    try:
+        target = run_side(home, args.runs[-1])
+        spec = args.runs[0] if len(args.runs) == 2 else (args.baseline or "last:1")
+        baseline = baseline_side(home, spec, target)
+        if baseline.runs == target.runs:
+            return fail(f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE)
+        document = compare(home, baseline, target, options)
+    except (CompareError, QueryError) as error:
+        return fail(str(error), EXIT_USAGE)
+    except OSError as error:  # exit 1 is the gate's: a home that cannot be read is an argument problem
+        return fail(f"{error.strerror or error}: {error.filename or ''}", EXIT_USAGE)
+    document["regressed"] = bool(document["failures"])
+    if args.json:
+        print(json.dumps(document, indent=1, default=str))
+    else:
+        print_comparison(document)
+    if args.fail_on_regression and document["failures"]:
+        for reason in document["failures"]:
+            print(f"stagewatch: regression: {reason}", file=sys.stderr)
+        return EXIT_REGRESSED
+    return EXIT_OK
+
+
+def print_comparison(document: dict[str, Any]) -> None:
+    a, b = document["a"], document["b"]
+    print(f"A: {a['label']}\nB: {b['label']}")
+    print(
+        f"called out: significant at {document['confidence']:.0%} confidence and larger than "
+        f"{document['threshold']:.0%}\n"
+    )
+    header = f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB':<18}{'failed':<16}"
+    print(header)
+    for stage in document["stages"]:
+        flag = "  REGRESSED" if stage["regressed"] else ("  changed" if stage["reasons"] else "")
+        executions = f"{stage['executions']['a']}->{stage['executions']['b']}"
+        print(
+            f"{stage['stage'][:21]:<22}{executions:>14}  {_cell(stage['median_ms']):<26}{_cell(stage['p95_ms']):<26}"
+            f"{_cell(stage['own_memory_mb']):<18}{_rate(stage['failure_rate']):<16}{flag}"
+        )
+        for reason in stage["reasons"]:
+            print(f"    {reason}")
+    _print_shifts(document.get("shifts"))
+    _print_flips(document["flips"])
+    _print_accuracy(document["accuracy"])
+    for name in ("config", "environment"):
+        changes = document[name]
+        print(f"\n{name}: {'unchanged' if not changes else f'{len(changes)} changed'}")
+        for change in changes[:100]:
+            print(f"  {change['key']}: {change['from']!r} -> {change['to']!r}")
+    verdict = "REGRESSED: " + "; ".join(document["failures"]) if document["failures"] else "no regression"
+    print(f"\n{verdict}")
+
+
+def _cell(measure: dict[str, Any]) -> str:
+    if measure["a"] is None or measure["b"] is None:
+        return f"{_num(measure['a'])} -> {_num(measure['b'])}"
+    change = f" {measure['change']:+.0%}" if measure["change"] is not None else ""
+    mark = "*" if measure["called_out"] else ""
+    return f"{_num(measure['a'])}->{_num(measure['b'])}{change}{mark}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _rate(measure: dict[str, Any]) -> str:
+    if measure["a"] is None or measure["b"] is None:
+        return "-"
+    return f"{measure['a']:.0%}->{measure['b']:.0%}{'*' if measure['called_out'] else ''}"
+
+
+def _print_shifts(shifts: list[dict[str, Any]] | None) -> None:
+    if shifts is None:
+        return
+    print(f"\nshifts in the history (change-point test): {len(shifts) or 'none'}")
+    for shift in shifts:
+        state = "ongoing" if shift["ongoing"] else "earlier"
+        print(
+            f"  {shift['stage']} {shift['measure']} {shift['change']:+.1%} ({shift['before']:.3g} -> "
+            f"{shift['after']:.3g} ms) since run {shift['started_run'][:8]}, "
+            f"found at {shift['found_run'][:8]} ({state})"
+        )
+
+
+def _print_flips(flips: list[dict[str, str]]) -> None:
+    print(f"\nflips (verdict changed): {len(flips) or 'none'}")
+    for flip in flips[:MAX_LISTED_FLIPS]:
+        print(f"  {flip['stage']} {flip['sample_id']}: {flip['from']} -> {flip['to']}")
+    if len(flips) > MAX_LISTED_FLIPS:
+        print(f"  ... {len(flips) - MAX_LISTED_FLIPS} more (--json lists them all)")
+
+
+def _print_accuracy(accuracy: list[dict[str, Any]]) -> None:
+    if not accuracy:
+        return
+    print("\naccuracy (correct / judged):")
+    for entry in accuracy:
+        a = "-" if entry["a"] is None else f"{entry['a']:.1%}"
+        b = "-" if entry["b"] is None else f"{entry['b']:.1%}"
+        print(f"  {entry['stage']}: {a} -> {b}")
+        for metric, classes in entry["per_class"].items():
+            cells = ", ".join(f"{name} {_num(v.get('a'))}->{_num(v.get('b'))}" for name, v in classes.items())
+            print(f"    {metric}: {cells}")

@@ -1,0 +1,254 @@
+"""`stagewatch compare` through the real daemon: pipelines run in processes of their own (their
+stage durations set through their monotonic clock, the system edge), the tables the daemon
+writes, the CLI as a CI job runs it; its statistics checked against scipy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._shifts import detect
+from stagewatch.daemon._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from tests.conftest import DaemonProcess, run_python, wait_for
+from tests.groundtruth.builders import scene, write_dataset
+
+# The pipeline's monotonic clock, patched in its own process: `work(ms)` makes the stage around
+# it take `ms` more (a stage's duration is read from time.monotonic_ns).
+TIMED_PIPELINE = """
+import time
+import numpy as np
+import stagewatch
+_real_monotonic_ns = time.monotonic_ns
+_offset = [0]
+time.monotonic_ns = lambda: _real_monotonic_ns() + _offset[0]
+def work(ms):
+    _offset[0] += int(ms * 1e6)
+rng = np.random.default_rng({seed})
+run = stagewatch.init(pipeline={pipeline!r}, home={home!r}, config={config!r})
+for frame in range({frames}):
+    with run.stage("decode", sample_id=f"f{{frame}}"):
+        work(20 * rng.lognormal(0, 0.2))
+    with run.stage("infer", sample_id=f"f{{frame}}"):
+        work(40 * {infer_factor} * rng.lognormal(0, 0.2))
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+
+
+def timed_run(
+    home: Path, seed: int, infer_factor: float = 1.0, pipeline: str = "timed", config: Any = None, frames: int = 60
+) -> str:
+    code = TIMED_PIPELINE.format(
+        seed=seed,
+        pipeline=pipeline,
+        home=str(home),
+        config=config or {"model": "v1"},
+        frames=frames,
+        infer_factor=infer_factor,
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[-1]
+
+
+def stagewatch_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "compare", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def rows_stored(daemon: DaemonProcess, run_id: str, table: str, count: int) -> None:
+    wait_for(lambda: sum(r == run_id for r in read_table(daemon.home, table)["run_id"].to_pylist()) >= count, 30)
+
+
+def compared(home: Path, *args: str) -> dict[str, Any]:
+    done = stagewatch_cli(home, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_only_the_slower_stage_is_flagged_and_a_repeat_flags_nothing(daemon: DaemonProcess) -> None:
+    first = timed_run(daemon.home, seed=1)
+    slower = timed_run(daemon.home, seed=2, infer_factor=1.3, config={"model": "v2"})
+    again = timed_run(daemon.home, seed=3)
+    for run_id in (first, slower, again):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "stage_executions", 120)
+
+    found = compared(daemon.home, first, slower)
+    stages = {s["stage"]: s for s in found["stages"]}
+    assert stages["infer"]["regressed"] and not stages["decode"]["regressed"]
+    assert stages["infer"]["median_ms"]["called_out"] and stages["infer"]["p95_ms"]["called_out"]
+    assert stages["infer"]["median_ms"]["change"] == pytest.approx(0.3, abs=0.12)
+    low, high = stages["infer"]["median_ms"]["interval"]
+    assert 0 < low < high  # the bootstrap interval of the difference excludes 0
+    assert stages["decode"]["reasons"] == [] and stages["decode"]["executions"] == {"a": 60, "b": 60}
+    assert found["config"] == [{"key": "model", "from": "v1", "to": "v2"}]
+    assert found["environment"] == []  # the same interpreter and host
+    assert found["flips"] == []
+
+    repeat = compared(daemon.home, first, again)
+    assert [s["regressed"] for s in repeat["stages"]] == [False, False]
+    assert all(not s["reasons"] for s in repeat["stages"]) and repeat["failures"] == []
+
+
+def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: DaemonProcess) -> None:
+    first = timed_run(daemon.home, seed=1)
+    slower = timed_run(daemon.home, seed=2, infer_factor=1.3)
+    for run_id in (first, slower):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "stage_executions", 120)
+
+    gated = stagewatch_cli(daemon.home, first, slower, "--fail-on-regression")
+    assert gated.returncode == 1, gated.stderr
+    assert "regression: infer: median time" in gated.stderr and "REGRESSED" in gated.stdout
+    assert "decode" not in gated.stderr
+    passed = stagewatch_cli(daemon.home, slower, first, "--fail-on-regression")  # faster: not a regression
+    assert passed.returncode == 0, passed.stderr
+    assert "median time" in passed.stdout and "better" in passed.stdout
+    as_json = stagewatch_cli(daemon.home, first, slower, "--fail-on-regression", "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["regressed"] is True
+    loose = stagewatch_cli(daemon.home, first, slower, "--fail-on-regression", "--threshold", "90%")
+    assert loose.returncode == 0, loose.stderr  # significant, but under the practical threshold
+
+    # `compare B` alone: against the run before it (last:1)
+    assert compared(daemon.home, slower)["a"]["runs"] == [first]
+    for args, message in (
+        (["ffffffff", slower], "no run with id 'ffffffff'"),
+        ([first, "--baseline", "last:3"], "holds no finished run"),
+        ([slower, "--baseline", "last:0"], "between 1 and"),
+        ([first, slower, "--baseline", "7d"], "not both"),
+        ([first, first], "same run"),
+        ([first, slower, "--threshold", "lots"], "expected a share"),
+    ):
+        done = stagewatch_cli(daemon.home, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: DaemonProcess) -> None:
+    runs = [timed_run(daemon.home, seed=seed, frames=20) for seed in range(10)]
+    runs += [timed_run(daemon.home, seed=10 + seed, infer_factor=1.3, frames=20) for seed in range(3)]
+    for run_id in runs:
+        rows_stored(daemon, run_id, "stage_executions", 40)
+    found = compared(daemon.home, runs[-1], "--baseline", "last:12")
+    assert found["a"]["runs"] == runs[:-1] and found["a"]["kind"] == "last"
+    (shift,) = [s for s in found["shifts"] if s["measure"] == "median_ms"]
+    assert shift["stage"] == "infer" and shift["started_run"] == runs[10] and shift["ongoing"]
+    assert {s["stage"] for s in found["shifts"]} == {"infer"}
+    assert compared(daemon.home, runs[-1], "--baseline", "30d")["a"]["runs"] == runs[:-1]
+    # a window longer than the calendar reaches back to the oldest time a table can hold
+    assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
+
+
+def detection_prediction(index: int, wrong: set[int]) -> dict[str, Any]:
+    labels = scene(index)
+    boxes = [box for _, box in labels["boxes"]]
+    names = ["car" if kind == 1 else "pedestrian" for kind, _ in labels["boxes"]]
+    if index in wrong:  # one object missed: judged wrong
+        return {"boxes": boxes[:1], "scores": [0.9], "labels": names[:1]}
+    return {"boxes": boxes, "scores": [0.9, 0.8], "labels": names}
+
+
+def judged_run(daemon: DaemonProcess, dataset: Path, wrong: set[int], samples: int) -> str:
+    import stagewatch
+
+    with stagewatch.init(pipeline="golden", home=daemon.home, dataset=dataset) as run:
+        for index in range(samples):
+            sample = f"s{index:04d}"
+            with run.stage("detection", sample_id=sample) as stage:
+                stage.result(sample, detection_prediction(index, wrong))
+    assert run.flush(10)
+    rows_stored(daemon, run.id, "samples", samples)
+    return run.id
+
+
+def test_the_flip_list_holds_exactly_the_samples_b_got_wrong(daemon: DaemonProcess) -> None:
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    before = judged_run(daemon, dataset, {3}, 8)
+    after = judged_run(daemon, dataset, {3, 1, 6}, 8)
+    found = compared(daemon.home, before, after)
+    assert found["flips"] == [
+        {"stage": "detection", "sample_id": "s0001", "from": "correct", "to": "wrong"},
+        {"stage": "detection", "sample_id": "s0006", "from": "correct", "to": "wrong"},
+    ]
+    (accuracy,) = found["accuracy"]
+    assert accuracy["a"] == pytest.approx(7 / 8) and accuracy["b"] == pytest.approx(5 / 8)
+    gated = stagewatch_cli(daemon.home, before, after, "--fail-on-regression", "--accuracy-drop", "10%")
+    assert gated.returncode == 1 and "detection: accuracy 87.5% -> 62.5%" in gated.stderr
+    assert stagewatch_cli(daemon.home, before, after, "--fail-on-regression", "--accuracy-drop", "30%").returncode == 0
+    back = compared(daemon.home, after, before)
+    assert {(f["sample_id"], f["from"], f["to"]) for f in back["flips"]} == {
+        ("s0001", "wrong", "correct"),
+        ("s0006", "wrong", "correct"),
+    }
+
+
+def test_the_run_start_records_its_environment(daemon: DaemonProcess) -> None:
+    run_id = timed_run(daemon.home, seed=1, frames=1)
+    environment = daemon.audit(run_id)["environment"]
+    assert environment["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert environment["packages"]["numpy"] == np.__version__
+    assert "torch" not in environment["packages"] or environment["packages"]["torch"]
+
+
+# -- the statistics against their reference -------------------------------------------------------
+
+
+def test_the_rank_test_and_the_rate_test_agree_with_scipy() -> None:
+    rng = np.random.default_rng(7)
+    for n1, n2, shift in ((8, 11, 0.0), (40, 60, 0.3), (200, 150, 0.1), (30, 30, 2.0)):
+        a = np.round(rng.lognormal(0, 0.5, n1), 1)  # rounded: ties, as timer readings have
+        b = np.round(rng.lognormal(shift, 0.5, n2), 1)
+        reference = scipy.stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue
+        assert mann_whitney_p(a, b) == pytest.approx(reference, rel=1e-9, abs=1e-300)
+    for hits in ((0, 50, 5, 50), (3, 40, 4, 45), (10, 100, 30, 90)):
+        table = [[hits[0], hits[1] - hits[0]], [hits[2], hits[3] - hits[2]]]
+        reference = scipy.stats.chi2_contingency(table, correction=False).pvalue  # = the pooled z-test
+        assert two_proportions_p(*hits) == pytest.approx(reference, rel=1e-9)
+
+
+def test_the_bootstrap_interval_agrees_with_scipy() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.lognormal(3, 0.3, 80), rng.lognormal(3.1, 0.3, 90)
+    for q in (0.5, 0.95):
+
+        def difference(x: np.ndarray, y: np.ndarray, axis: int = -1, q: float = q) -> np.ndarray:
+            return np.quantile(y, q, axis=axis) - np.quantile(x, q, axis=axis)
+
+        reference = scipy.stats.bootstrap(
+            (a, b), difference, method="percentile", confidence_level=0.99, n_resamples=20000, random_state=1
+        ).confidence_interval
+        low, high = bootstrap_interval(a, b, q, 0.99)
+        width = reference.high - reference.low
+        assert low == pytest.approx(reference.low, abs=0.12 * width)
+        assert high == pytest.approx(reference.high, abs=0.12 * width)
+
+
+def test_the_change_point_test_needs_a_persistent_shift_and_names_where_it_began() -> None:
+    rng = np.random.default_rng(11)
+    steady = 20 * np.exp(rng.normal(0, 0.01, 40))
+    assert detect(steady) == []
+    spikes = steady.copy()
+    spikes[[15, 25, 26]] *= 3  # one run, then two in a row, on a busy machine: no regression
+    assert detect(spikes) == []
+    small = steady.copy()
+    small[30:] *= 1.03  # significant, but under the practical threshold
+    assert detect(small) == []
+    stepped = steady.copy()
+    stepped[30:] *= 1.10
+    (found,) = detect(stepped)
+    assert found.start == 30 and found.found <= 32
+    assert found.after / found.before == pytest.approx(1.10, abs=0.02)

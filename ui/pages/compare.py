@@ -1,0 +1,242 @@
+"""Compare: a run against another run or a baseline of runs (`stagewatch compare`'s numbers,
+daemon/_compare): the per-stage table with the rows that changed flagged, the shifts of the
+history when the baseline is one, the flip list (each flip opens both cases side by side, as
+the Case page draws them), accuracy, and the config and environment diffs.
+
+    ?page=compare&a=<run, last:N or 7d>&b=<run>[&threshold=0.05][&flip=<stage>/<sample>]
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import panel as pn
+
+from stagewatch.daemon._compare import CompareError, Options, Side, baseline_side, compare, run_side
+from stagewatch.daemon._sql import QueryError
+from stagewatch.ui import _failures, _widgets
+from stagewatch.ui.pages.case import case_sections
+
+THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
+MAX_FLIPS_SHOWN = 200
+MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
+
+
+class ComparePage:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.first = pn.widgets.TextInput(name="Baseline", placeholder="run id, last:20 or 7d (empty: previous run)")
+        self.second = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
+        self.threshold = pn.widgets.Select(name="Practical threshold", options=THRESHOLDS, value="0.05")
+        self.flip = pn.widgets.TextInput(name="Flip", placeholder="stage/sample")
+        self.body = pn.Column()
+        self.cases = pn.Column(css_classes=["sw-compare-cases"])
+        self.sides: tuple[Side, Side] | None = None
+        refused = _widgets.sync_url({"a": self.first, "b": self.second, "threshold": self.threshold, "flip": self.flip})
+        self.url_problems = _widgets.url_alert(refused)
+        for widget in (self.first, self.second, self.threshold):
+            widget.param.watch(lambda _: self.show(), "value")
+        self.flip.param.watch(lambda _: self.show_flip(), "value")
+        self.show()
+
+    def layout(self) -> pn.Column:
+        return pn.Column(
+            self.url_problems,
+            _widgets.filter_bar(self.first, self.second, self.threshold, width=300),
+            self.body,
+            self.cases,
+        )
+
+    def show(self) -> None:
+        if not self.second.value.strip():
+            self.body.objects = [
+                pn.pane.Markdown(
+                    "Pick two runs: tick them on [Runs](?page=runs), or open a run and follow "
+                    "*compare with the previous run*."
+                )
+            ]
+            self.cases.objects = []
+            return
+        try:
+            b = run_side(self.home, self.second.value)
+            a = baseline_side(self.home, self.first.value or "last:1", b)
+            if a.runs == b.runs:
+                raise CompareError("the baseline and the run compared are the same run")
+            document = compare(self.home, a, b, Options(threshold=float(self.threshold.value)))
+        except (CompareError, QueryError) as error:
+            self.body.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
+            self.cases.objects = []
+            return
+        self.sides = (a, b)
+        self.body.objects = sections(document, self.link_of)
+        self.show_flip()
+
+    def link_of(self, flip: dict[str, str]) -> str:
+        """The flip's link: this comparison with its two cases open."""
+        parts = {"page": "compare", "a": self.first.value, "b": self.second.value, "threshold": self.threshold.value}
+        parts["flip"] = f"{flip['stage']}/{flip['sample_id']}"
+        return "?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in parts.items())
+
+    def show_flip(self) -> None:
+        stage, _, sample = self.flip.value.partition("/")
+        if self.sides is None or not (stage and sample):
+            self.cases.objects = []
+            return
+        columns = []
+        for side, title in zip(self.sides, ("A", "B"), strict=True):
+            found = _newest_case(self.home, side, stage, sample)
+            if found is None:
+                body: list[Any] = [pn.pane.Alert(f"No case of {stage} on {sample} in {side.label}.", alert_type="info")]
+            else:
+                body = case_sections(self.home, *found)
+            columns.append(pn.Column(pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}"), *body))
+        self.cases.objects = [
+            pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
+            pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),
+        ]
+
+
+def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:
+    for run_id in reversed(side.runs[-MAX_RUNS_SEARCHED:]):
+        case = _failures.case_rows(home, run_id, stage, sample)
+        if case is not None:
+            return run_id, case
+    return None
+
+
+def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
+    a, b = document["a"], document["b"]
+    verdict = (
+        pn.pane.Alert("Regressed: " + html.escape("; ".join(document["failures"])), alert_type="danger")
+        if document["failures"]
+        else pn.pane.Alert("No regression.", alert_type="success")
+    )
+    shown: list[Any] = [
+        pn.pane.HTML(f"<b>A</b>: {_side_html(a)} &nbsp;→&nbsp; <b>B</b>: {_side_html(b)}"),
+        verdict,
+        pn.pane.Markdown(
+            f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
+            f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%}."
+        ),
+        pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
+    ]
+    if "shifts" in document:
+        shown += [pn.pane.Markdown("### Shifts in the history"), pn.pane.HTML(shifts_html(document["shifts"]))]
+    shown += [
+        pn.pane.Markdown(f"### Flips ({len(document['flips'])})"),
+        pn.pane.HTML(flips_html(document["flips"], link_of), css_classes=["sw-compare-flips"]),
+    ]
+    if document["accuracy"]:
+        shown += [pn.pane.Markdown("### Accuracy (correct / judged)"), pn.pane.HTML(accuracy_html(document))]
+    for name in ("config", "environment"):
+        shown += [pn.pane.Markdown(f"### {name.capitalize()}"), pn.pane.HTML(diff_html(document[name]))]
+    return shown
+
+
+def _side_html(side: dict[str, Any]) -> str:
+    if side["kind"] == "run":
+        return _widgets.run_link(side["runs"][0])
+    return f"{html.escape(side['label'])} (newest {_widgets.run_link(side['runs'][-1])})"
+
+
+COLUMNS = (("median_ms", "median ms"), ("p95_ms", "p95 ms"), ("own_memory_mb", "own MB"), ("gpu_peak_mb", "GPU MB"))
+
+
+def stage_table_html(stages: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{title}</th>" for title in ("stage", "executions", *[t for _, t in COLUMNS], "failed", ""))
+    rows = []
+    for stage in stages:
+        flag = "regressed" if stage["regressed"] else ("changed" if stage["reasons"] else "")
+        colour = {"regressed": "#fde2e1", "changed": "#e6f4ea"}.get(flag, "transparent")
+        cells = [html.escape(stage["stage"]), f"{stage['executions']['a']:,} → {stage['executions']['b']:,}"]
+        cells += [_measure_html(stage[key]) for key, _ in COLUMNS]
+        cells += [_rate_html(stage["failure_rate"]), f"<b>{flag}</b>"]
+        title = html.escape("; ".join(stage["reasons"]), quote=True)
+        rows.append(
+            f"<tr class='sw-stage-{flag or 'same'}' style='background:{colour}' title='{title}'>"
+            + "".join(f"<td>{cell}</td>" for cell in cells)
+            + "</tr>"
+        )
+    return f"<table class='sw-compare-table'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.3g}"
+
+
+def _measure_html(measure: dict[str, Any]) -> str:
+    text = f"{_number(measure['a'])} → {_number(measure['b'])}"
+    if measure["change"] is not None:
+        text += f" ({measure['change']:+.1%})"
+    if measure.get("interval"):
+        low, high = measure["interval"]
+        text += f"<br><small>CI of the difference [{low:,.3g}, {high:,.3g}]</small>"
+    return f"<b>{text}</b>" if measure["called_out"] else text
+
+
+def _rate_html(measure: dict[str, Any]) -> str:
+    if measure["a"] is None or measure["b"] is None:
+        return "-"
+    text = f"{measure['a']:.1%} → {measure['b']:.1%}"
+    return f"<b>{text}</b>" if measure["called_out"] else text
+
+
+def shifts_html(shifts: list[dict[str, Any]]) -> str:
+    if not shifts:
+        return "No persistent shift in the baseline's runs and this one."
+    items = [
+        f"<li><b>{html.escape(s['stage'])}</b> {s['measure'].replace('_ms', '')} {s['change']:+.1%} "
+        f"({s['before']:,.3g} → {s['after']:,.3g} ms) since run {_widgets.run_link(s['started_run'])}, "
+        f"found at {_widgets.run_link(s['found_run'])}{' (ongoing)' if s['ongoing'] else ''}</li>"
+        for s in shifts
+    ]
+    return f"<ul>{''.join(items)}</ul>"
+
+
+def flips_html(flips: list[dict[str, str]], link_of: Any) -> str:
+    if not flips:
+        return "No sample's verdict changed."
+    items = [
+        f"<li><a class='sw-flip' href='{html.escape(link_of(flip), quote=True)}'>{html.escape(flip['stage'])} on "
+        f"<code>{html.escape(flip['sample_id'])}</code></a>: {html.escape(flip['from'])} → "
+        f"<b>{html.escape(flip['to'])}</b></li>"
+        for flip in flips[:MAX_FLIPS_SHOWN]
+    ]
+    more = (
+        f"<li>… {len(flips) - MAX_FLIPS_SHOWN} more (`stagewatch compare --json`)</li>"
+        if len(flips) > MAX_FLIPS_SHOWN
+        else ""
+    )
+    return f"<ul>{''.join(items)}{more}</ul>"
+
+
+def accuracy_html(document: dict[str, Any]) -> str:
+    rows = []
+    for entry in document["accuracy"]:
+        a = "-" if entry["a"] is None else f"{entry['a']:.1%}"
+        b = "-" if entry["b"] is None else f"{entry['b']:.1%}"
+        per_class = "; ".join(
+            f"{html.escape(metric)}: "
+            + ", ".join(f"{html.escape(n)} {_number(v.get('a'))} → {_number(v.get('b'))}" for n, v in classes.items())
+            for metric, classes in entry["per_class"].items()
+        )
+        rows.append(f"<tr><td>{html.escape(entry['stage'])}</td><td>{a} → {b}</td><td>{per_class}</td></tr>")
+    return f"<table><tr><th>stage</th><th>accuracy</th><th>per class</th></tr>{''.join(rows)}</table>"
+
+
+def diff_html(changes: list[dict[str, Any]]) -> str:
+    if not changes:
+        return "Unchanged."
+    rows = "".join(
+        f"<tr><td><code>{html.escape(c['key'])}</code></td><td>{html.escape(repr(c['from'])[:300])}</td>"
+        f"<td>{html.escape(repr(c['to'])[:300])}</td></tr>"
+        for c in changes[:500]
+    )
+    return f"<table><tr><th>key</th><th>A</th><th>B</th></tr>{rows}</table>"
+
+
+def view(home: Path) -> pn.viewable.Viewable:
+    return ComparePage(home).layout()

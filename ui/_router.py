@@ -115,17 +115,25 @@ class Navigator(pn.custom.JSComponent):
     """The browser half of the router: turns clicks on the dashboard's own links and back/forward
     into messages to the server, and applies the server's URL updates to the history.
 
-    A click is taken over only when it would have opened this page of this server in the same
-    tab: a plain left click (Ctrl, Shift, Alt, Meta or the middle button still open a new tab
-    or window), on a link without `target` or `download`, to the same origin and path. Each
-    navigation carries a number, and the server's URL updates name the navigation they belong
-    to: an update of a page already left never lands in the next page's history entry."""
+    A click is taken over only while the session is connected, and when it would have opened
+    this page of this server in the same tab: a plain left click (Ctrl, Shift, Alt, Meta or the
+    middle button still open a new tab or window), on a link without `target` or `download`, to
+    the same origin and path. Each navigation carries a number, and the server's URL updates
+    name the navigation they belong to: an update of a page already left never lands in the
+    next page's history entry."""
 
     _esm = """
-export function render({ model }) {
+export function render({ model, view }) {
   let sequence = 0;
+  let connected = true;  // without the server (it stopped, the session expired) links load whole pages
+  view.model.document.on_event("connection_lost", () => { connected = false; });
   const navigate = (href, push) => {
     const target = new URL(href, window.location.href);
+    if (!connected) {
+      if (push) window.location.href = target.href;
+      else window.location.reload();
+      return;
+    }
     if (push && target.href !== window.location.href) {
       window.history.pushState({ stagewatch: true }, "", target.href);
     }
@@ -144,14 +152,14 @@ export function render({ model }) {
     if (event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
     // Panel draws inside shadow roots: the composed path reaches the link the click is in.
     const link = event.composedPath().find((node) => node instanceof HTMLAnchorElement && node.href);
-    if (!link || !ours(link)) return;
+    if (!link || !ours(link) || !connected) return;
     event.preventDefault();
     navigate(link.href, true);
   };
   const onPopState = () => navigate(window.location.href, false);
   document.addEventListener("click", onClick);
   window.addEventListener("popstate", onPopState);
-  window.stagewatch = { navigate: (href) => navigate(href, true) };
+  window.stagewatch = { navigate: (href) => navigate(href, true), connected: () => connected };
   model.on("msg:custom", (message) => {
     if (message.sequence !== sequence) return;  // about a page the browser has left
     if (message.replace !== undefined && message.replace !== window.location.search) {

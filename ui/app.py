@@ -83,11 +83,11 @@ def builder(home: Path, sidebar: pn.pane.HTML) -> _router.Build:
     def build(arguments: _router.Arguments) -> tuple[str, list[Any]]:
         name = page_name(arguments)
         try:
-            content = ROUTES[name].view(home)
+            content = [*_widgets.banners(home), ROUTES[name].view(home)]
         except Exception as error:  # a page that cannot be built says why; the others still work
-            content = _widgets.failure(f"The {name} page could not be shown", error)
+            content = [_widgets.failure(f"The {name} page could not be shown", error)]
         sidebar.object = _widgets.navigation(name, SIDEBAR)
-        return f"stagewatch · {ROUTES[name].title}", [*_widgets.banners(home), content]
+        return f"stagewatch · {ROUTES[name].title}", content
 
     return build
 

@@ -50,8 +50,8 @@ def free_port() -> int:
 
 
 class Ui:
-    def __init__(self, home: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, home: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--port", str(self.port), *extra],
             stdout=subprocess.DEVNULL,

@@ -17,7 +17,7 @@ from bokeh.server.callbacks import PeriodicCallback
 from tests.conftest import wait_for
 from tests.ui import test_dashboard
 from tests.ui.conftest import CHROMIUM
-from tests.ui.test_dashboard import free_port, shown
+from tests.ui.test_dashboard import Ui, free_port, shown
 
 served = test_dashboard.served  # the demo home, served (one a module)
 
@@ -120,6 +120,29 @@ def test_ctrl_click_on_a_link_still_opens_a_new_tab(served, page) -> None:
     tab.wait_for_selector(".sw-table-stages .tabulator-row")
     assert f"run={run_id}" in tab.url
     assert _here(page) == "?page=runs" and page.locator(".sw-table-stages").count() == 0
+
+
+def test_after_the_dashboard_restarts_a_link_loads_the_whole_page(served, page) -> None:
+    home, _, _, run_id = served
+    ui = Ui(home)
+    try:
+        page.goto(f"{ui.url}?page=runs")
+        page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+        _mark(page)
+        ui.stop()  # the session is gone with the server: a switch in place would wait forever
+        page.wait_for_function("() => !window.stagewatch.connected()")
+        ui = Ui(home, port=ui.port)
+        _in_sidebar(page, "logs").click()
+        page.wait_for_selector(".sw-table-logs .tabulator-row")  # a new document, a new session
+        assert _here(page) == "?page=logs" and page.evaluate("() => window.__marker") is None
+        _in_sidebar(page, "runs").click()  # and the new session switches in place again
+        page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+        _mark(page)
+        _in_sidebar(page, "live").click()
+        page.wait_for_selector("text=No run is in progress")
+        assert _same_document(page)
+    finally:
+        ui.stop()
 
 
 # --- the server's side of it: served in this process, so the session's callbacks can be counted

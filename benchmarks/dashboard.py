@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -95,6 +94,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @contextlib.contextmanager
 def dashboard(home: Path) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
@@ -105,15 +109,12 @@ def dashboard(home: Path) -> Iterator[tuple[str, psutil.Process]]:
     )
     url = f"http://127.0.0.1:{port}/app"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        deadline = time.monotonic() + 120
+        # Listening is enough: a GET of the app would build a whole session, slow on a busy machine.
+        while not _listens(port):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the dashboard did not start")
+            time.sleep(0.2)
         server = next(
             p
             for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
@@ -245,7 +246,10 @@ PAGES = {
     "run": ("?page=run&run={run}", ".sw-table-stages .tabulator-row"),
     "performance": ("?page=performance", ".sw-table-window-stats .tabulator-row"),
     "logs": ("?page=logs", ".sw-table-logs .tabulator-row"),
-    "accuracy": ("?page=accuracy&run={run}", ".sw-table-accuracy-stages .tabulator-row, text=No sample of this run has been judged"),
+    "accuracy": (
+        "?page=accuracy&run={run}",
+        ".sw-table-accuracy-stages .tabulator-row, text=No sample of this run has been judged",
+    ),
     "failures": ("?page=failures", ".sw-table-failures .tabulator-row"),
 }
 CLICK = """(href) => {

@@ -1,14 +1,17 @@
 """The dashboard: query answers at a million runs, the Performance page rendered in Chromium,
-live latency (stage end -> the page's DOM), and the server's memory over many sessions.
+live latency (stage end -> the page's DOM), page switches in place against full page loads,
+and the server's memory over many sessions and over many page switches in one session.
 
     python benchmarks/dashboard.py --keep /tmp/sw-hist          [homes built once by history.py's builder]
-    python benchmarks/dashboard.py --keep /tmp/sw-hist --only queries|render|live|memory
+    python benchmarks/dashboard.py --keep /tmp/sw-hist --only queries|render|live|navigation|memory
 
 Homes: generated runs replayed through the daemon's own ingest (benchmarks/history.py: 4
 stages a run, 3% failing at detection, one log line a run, starts over 30 days), 100, 10k
 and 1M runs. References, in the same run: for queries, the obvious way (the whole table read
 into pandas, filtered, sorted, the first page taken); for rendering and latency, the issue's
-targets; for memory, the server's RSS after 20 sessions against after 200.
+targets; for page switches, the same page opened by a full load (what every click cost before
+pages switched in place) and the issue's targets; for memory, the server's RSS after 20
+sessions (switches) against after 200.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,6 +94,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @contextlib.contextmanager
 def dashboard(home: Path) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
@@ -102,15 +109,12 @@ def dashboard(home: Path) -> Iterator[tuple[str, psutil.Process]]:
     )
     url = f"http://127.0.0.1:{port}/app"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        deadline = time.monotonic() + 120
+        # Listening is enough: a GET of the app would build a whole session, slow on a busy machine.
+        while not _listens(port):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the dashboard did not start")
+            time.sleep(0.2)
         server = next(
             p
             for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
@@ -235,6 +239,135 @@ def _shown_count(page: object, stage: str) -> int | None:
     return int(done.replace(",", "")) if done else None
 
 
+# Each page and what shows that its data is drawn (a table's rows, or the page's words for none).
+PAGES = {
+    "live": ("?page=live", "text=No run is in progress"),
+    "runs": ("?page=runs", ".sw-table-runs .tabulator-row"),
+    "run": ("?page=run&run={run}", ".sw-table-stages .tabulator-row"),
+    "performance": ("?page=performance", ".sw-table-window-stats .tabulator-row"),
+    "logs": ("?page=logs", ".sw-table-logs .tabulator-row"),
+    "accuracy": (
+        "?page=accuracy&run={run}",
+        ".sw-table-accuracy-stages .tabulator-row, text=No sample of this run has been judged",
+    ),
+    "failures": ("?page=failures", ".sw-table-failures .tabulator-row"),
+}
+CLICK = """(href) => {
+    const link = document.createElement("a");  // a link of the page, clicked as a person would
+    link.href = href;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+}"""
+
+
+def _drawn(page: object, shows: str) -> None:
+    """Wait until `shows` (CSS, or text=) is on the page; a comma joins alternatives."""
+    found = None
+    for part in shows.split(", "):
+        locator = page.locator(part)
+        found = locator if found is None else found.or_(locator)
+    found.first.wait_for()
+
+
+@contextlib.contextmanager
+def demo_home() -> Iterator[Path]:
+    """`stagewatch demo` (its default frames) on a fresh home: the demo home."""
+    with running_daemon() as home:
+        subprocess.run(
+            [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--no-ui"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        yield home
+
+
+def newest_run(home: Path) -> str:
+    return str(_data.runs_page(home, Filters()).rows["run_id"].iloc[0])
+
+
+def page_switches(browser: object, url: str, run_id: str, repeats: int = 5) -> list[list[object]]:
+    """Per page: a full load (goto, warm cache: what a click cost before) against a switch in place
+    (a link clicked in an open session), navigation -> the page's data drawn, median of `repeats`."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    full: dict[str, list[float]] = {name: [] for name in PAGES}
+    switch: dict[str, list[float]] = {name: [] for name in PAGES}
+    page.goto(f"{url}?page=live")  # the server's first session pays for imports, the browser's cache fills
+    _drawn(page, PAGES["live"][1])
+    for _ in range(repeats):
+        for name, (query, shows) in PAGES.items():
+            started = time.perf_counter()
+            page.goto(url + query.format(run=run_id))
+            _drawn(page, shows)
+            full[name].append(time.perf_counter() - started)
+    page.evaluate("() => { window.__marker = 1; }")
+    for _ in range(repeats):
+        for name, (query, shows) in PAGES.items():  # consecutive pages differ: no old table to match
+            started = time.perf_counter()
+            page.evaluate(CLICK, query.format(run=run_id))
+            _drawn(page, shows)
+            switch[name].append(time.perf_counter() - started)
+    assert page.evaluate("() => window.__marker") == 1, "a switch reloaded the document"
+    context.close()
+    rows = []
+    for name in PAGES:
+        before, after = statistics.median(full[name]) * 1000, statistics.median(switch[name]) * 1000
+        rows.append([name, f"{before:.0f}", f"{after:.0f}", f"{before / after:.1f}x"])
+    return rows
+
+
+def first_load_s(browser: object, url: str) -> float:
+    """A new browser context (empty cache) opening the Runs page until its rows are drawn."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    started = time.perf_counter()
+    page.goto(f"{url}?page=runs")
+    _drawn(page, PAGES["runs"][1])
+    elapsed = time.perf_counter() - started
+    context.close()
+    return elapsed
+
+
+SWITCH_TARGETS_MS = {"demo home": 300, "10,000 runs": 500}
+
+
+def navigation(label: str, home: Path) -> tuple[list[list[object]], list[object]]:
+    """Page switches in place against full loads on one home, and its first load."""
+    with chromium() as browser, dashboard(home) as (url, _):
+        first_load_s(browser, url)  # the server's first session pays for imports
+        first = [label, f"{statistics.median(first_load_s(browser, url) for _ in range(5)):.2f}", "1.5"]
+        switches = [[label, *row, SWITCH_TARGETS_MS[label]] for row in page_switches(browser, url, newest_run(home))]
+    return switches, first
+
+
+def memory_over_switches(home: Path, switches: int = 200) -> list[list[object]]:
+    """The server's RSS after 20 page switches in one session, against after `switches`."""
+    readings = {}
+    run_id = newest_run(home)
+    order = list(PAGES.values())
+    with dashboard(home) as (url, server), chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(f"{url}?page=live")
+        _drawn(page, PAGES["live"][1])
+        for i in range(1, switches + 1):
+            query, shows = order[i % len(order)]
+            page.evaluate(CLICK, query.format(run=run_id))
+            _drawn(page, shows)
+            if i in (20, switches):
+                time.sleep(10)
+                readings[i] = server.memory_info().rss / 2**20
+    ratio = readings[switches] / readings[20]
+    return [
+        ["after 20 switches", f"{readings[20]:.0f}", ""],
+        [f"after {switches}", f"{readings[switches]:.0f}", f"{ratio:.3f}"],
+    ]
+
+
 def memory(home: Path, sessions: int = 200) -> list[list[object]]:
     """The server's RSS after 20 sessions opened and closed, against after `sessions`."""
     readings = {}
@@ -262,9 +395,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="build the homes there once and reuse them")
     parser.add_argument("--large", type=int, default=1_000_000, help="runs in the large home (1,000,000)")
-    parser.add_argument("--only", choices=["queries", "render", "live", "memory"])
+    parser.add_argument("--only", choices=["queries", "render", "live", "navigation", "memory"])
     args = parser.parse_args()
-    sizes = {"queries": [args.large], "render": [100, 10_000], "memory": [10_000], "live": []}
+    sizes = {"queries": [args.large], "render": [100, 10_000], "memory": [10_000], "live": [], "navigation": [10_000]}
     wanted = [args.only] if args.only else list(sizes)
     homes = {n: prepared_home(n, args.keep)[0] for part in wanted for n in sizes[part]}
     if "queries" in wanted:
@@ -285,8 +418,23 @@ def main() -> None:
             ["load", "executions", "p50", "p95", "target p95", "ratio"],
             [live_latency(False), live_latency(True)],
         )
+    if "navigation" in wanted:
+        with demo_home() as demo:
+            for label, home in (("demo home", demo), ("10,000 runs", homes[10_000])):
+                switches, first = navigation(label, home)  # printed home by home: the second takes long
+                print_table(
+                    "A click on a link -> the page's data drawn: full load against a switch in place (median of 5, ms)",
+                    ["home", "page", "full load", "switch in place", "ratio", "target"],
+                    switches,
+                )
+                print_table("First load, empty browser cache (median of 5, s)", ["home", "s", "target"], [first])
     if "memory" in wanted:
         print_table("Dashboard server memory over sessions (RSS, MB)", ["", "RSS MB", "ratio"], memory(homes[10_000]))
+        print_table(
+            "Dashboard server memory over page switches in one session (RSS, MB)",
+            ["", "RSS MB", "ratio"],
+            memory_over_switches(homes[10_000]),
+        )
 
 
 if __name__ == "__main__":

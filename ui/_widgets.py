@@ -9,30 +9,18 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
+from bokeh.models import CustomJS
 
-from stagewatch.ui import _data
-
-PAGES = {
-    "live": "Live",
-    "runs": "Runs",
-    "performance": "Performance",
-    "logs": "Logs",
-    "accuracy": "Accuracy",
-    "failures": "Failures",
-    "run": "Run",
-    "case": "Case",
-    "compare": "Compare",
-}
-NAVIGATION = ("live", "runs", "performance", "logs", "accuracy", "failures")  # run, case, compare: from links
+from stagewatch.ui import _data, _router
 
 
-def navigation(current: str) -> pn.pane.HTML:
-    links = [
-        f'<a href="?page={name}" style="display:block;padding:6px 4px;font-size:15px;'
-        f'{"font-weight:700;" if name == current else ""}">{PAGES[name]}</a>'
-        for name in NAVIGATION
-    ]
-    return pn.pane.HTML("".join(links), sizing_mode="stretch_width")
+def navigation(current: str, pages: dict[str, str]) -> str:
+    """The sidebar's links (page name -> what it is called), the current page in bold."""
+    return "".join(
+        f'<a href="?page={name}" class="sw-nav-{name}" style="display:block;padding:6px 4px;font-size:15px;'
+        f'{"font-weight:700;" if name == current else ""}">{html.escape(title)}</a>'
+        for name, title in pages.items()
+    )
 
 
 def run_link(run_id: str, text: str | None = None) -> str:
@@ -176,13 +164,15 @@ def sync_url(widgets: dict[str, Any]) -> list[str]:
     the session starts, written on every change. One way each, so a late echo of the URL from
     the browser can never undo a choice just made. Returns the parameters it refused."""
     refused = []
-    arguments = pn.state.session_args if pn.state.curdoc is not None else {}
+    arguments = _router.session_arguments()
+    scope = _router.current_scope()
     for parameter, widget in widgets.items():
         if parameter in arguments:
-            text = arguments[parameter][0].decode(errors="replace")
+            text = arguments[parameter][0]
             if not _restore(widget, text):
                 refused.append(f"{parameter}={text[:80]}")
-        widget.param.watch(lambda event, name=parameter: _write_query(name, event.new), "value")
+        if scope is not None:
+            widget.param.watch(lambda event, name=parameter: scope.write(name, _query_text(event.new)), "value")
     return refused
 
 
@@ -224,14 +214,37 @@ def _range(text: str, start: float, end: float) -> tuple[float, float] | None:
     return (low, high) if start <= low <= high <= end else None
 
 
-def _write_query(parameter: str, value: Any) -> None:
+def _query_text(value: Any) -> str:
     if isinstance(value, tuple):
-        value = ",".join(f"{part:g}" for part in value)
-    if pn.state.location is not None:
-        pn.state.location.update_query(**{parameter: value if value is not None else ""})
+        return ",".join(f"{part:g}" for part in value)
+    return "" if value is None else str(value)
 
 
 def every(period_ms: int, callback: Callable[[], None]) -> None:
-    """A periodic callback of this session (none outside a server, as in tests)."""
-    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-        pn.state.add_periodic_callback(callback, period_ms)
+    """A periodic callback of the page being built, stopped when the session leaves the page
+    (none outside a server, as in tests)."""
+    scope = _router.current_scope()
+    if scope is not None:
+        scope.every(period_ms, callback)
+
+
+def on_leave(cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` when the session leaves the page being built (another page, or the tab closed)."""
+    scope = _router.current_scope()
+    if scope is not None:
+        scope.cleanups.append(cleanup)
+
+
+def tap_opens(url: str) -> CustomJS:
+    """A chart's tap that opens a page of the dashboard in place, as a link does: `url` names the
+    tapped point's columns as `@column` (Bokeh's OpenURL, which would reload the whole page)."""
+    return CustomJS(
+        args={"url": url},
+        code="""
+const source = cb_data.source;
+const index = source.selected.indices[0];
+if (index === undefined) return;
+const href = url.replace(/@(\\w+)/g, (_, column) => encodeURIComponent(String(source.data[column][index])));
+if (window.stagewatch) window.stagewatch.navigate(href); else window.location.href = href;
+""",
+    )

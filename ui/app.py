@@ -11,30 +11,46 @@ so any view can be pasted into a ticket. Read-only: nothing here writes to the h
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import holoviews as hv
 import panel as pn
 from panel.theme import Fast
 
 from stagewatch._home import Home
-from stagewatch.ui import _widgets
+from stagewatch.ui import _router, _widgets
 from stagewatch.ui.pages import accuracy, case, compare, failures, live, logs, performance, run, runs
 
 pn.extension("tabulator", sizing_mode="stretch_width", notifications=False)
 hv.extension("bokeh")
 
-VIEWS = {
-    "live": live.view,
-    "runs": runs.view,
-    "run": run.view,
-    "performance": performance.view,
-    "logs": logs.view,
-    "accuracy": accuracy.view,
-    "failures": failures.view,
-    "case": case.view,
-    "compare": compare.view,
+
+@dataclass(frozen=True)
+class Route:
+    """A page: its title, the function that builds it for a home, and whether the sidebar links it."""
+
+    title: str
+    view: Callable[[Path], pn.viewable.Viewable]
+    in_sidebar: bool = True
+
+
+# The routing table: a page is one line here (and its module under ui/pages). `?page=<key>`
+# opens it, in place after the first load; the sidebar lists those with in_sidebar, in this order.
+ROUTES = {
+    "live": Route("Live", live.view),
+    "runs": Route("Runs", runs.view),
+    "performance": Route("Performance", performance.view),
+    "logs": Route("Logs", logs.view),
+    "accuracy": Route("Accuracy", accuracy.view),
+    "failures": Route("Failures", failures.view),
+    "run": Route("Run", run.view, in_sidebar=False),  # opened from links
+    "case": Route("Case", case.view, in_sidebar=False),
+    "compare": Route("Compare", compare.view, in_sidebar=False),
 }
+SIDEBAR = {name: route.title for name, route in ROUTES.items() if route.in_sidebar}
 
 
 class OfflineFast(Fast):
@@ -54,26 +70,39 @@ def configured_home() -> Path:
     return Home.resolve().root
 
 
-def page_name() -> str:
+def page_name(arguments: _router.Arguments) -> str:
     """?page=…; a bare ?run=… or ?artifact=… link (older links, the demo's) opens the run page."""
-    arguments = pn.state.session_args if pn.state.curdoc is not None else {}
-    asked = (arguments.get("page") or [b""])[0].decode(errors="replace")
-    if asked in VIEWS:
+    asked = (arguments.get("page") or [""])[0]
+    if asked in ROUTES:
         return asked
     return "run" if "run" in arguments or "artifact" in arguments else "runs"
 
 
+def builder(home: Path, sidebar: pn.pane.HTML) -> _router.Build:
+    """What the router calls for each page a session opens: the page's title and main content."""
+
+    def build(arguments: _router.Arguments) -> tuple[str, list[Any]]:
+        name = page_name(arguments)
+        try:
+            content = [*_widgets.banners(home), ROUTES[name].view(home)]
+        except Exception as error:  # a page that cannot be built says why; the others still work
+            content = [_widgets.failure(f"The {name} page could not be shown", error)]
+        sidebar.object = _widgets.navigation(name, SIDEBAR)
+        return f"stagewatch · {ROUTES[name].title}", content
+
+    return build
+
+
 def page() -> pn.template.FastListTemplate:
+    """A session's template around its router, showing the page its URL names."""
     home = configured_home()
-    name = page_name()
-    try:
-        content = VIEWS[name](home)
-    except Exception as error:  # a page that cannot be built says why; the others still work
-        content = _widgets.failure(f"The {name} page could not be shown", error)
-    return pn.template.FastListTemplate(
-        title=f"stagewatch · {_widgets.PAGES[name]}",
-        sidebar=[_widgets.navigation(name), pn.pane.Markdown(f"home: `{home}`", styles={"font-size": "12px"})],
-        main=[pn.Column(*_widgets.banners(home), content, sizing_mode="stretch_width")],
+    sidebar = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["sw-sidebar"])
+    router = _router.Router(builder(home, sidebar))
+    router.start(_router.session_arguments())
+    template = pn.template.FastListTemplate(
+        title="stagewatch",
+        sidebar=[router.navigator, sidebar, pn.pane.Markdown(f"home: `{home}`", styles={"font-size": "12px"})],
+        main=[router.main],
         sidebar_width=200,
         design=OfflineFast,
         font_url="",
@@ -81,6 +110,7 @@ def page() -> pn.template.FastListTemplate:
         header_background="#1f3a5f",
         accent_base_color="#1f3a5f",
     )
+    return template
 
 
 if __name__.startswith("bokeh_app"):  # run by `panel serve`

@@ -50,20 +50,21 @@ def free_port() -> int:
 
 
 class Ui:
-    def __init__(self, home: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, home: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(home), "--port", str(self.port), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}/app"
-        wait_for(self._answers, 60, 0.2)
+        wait_for(self._answers, 120, 0.2)
 
     def _answers(self) -> bool:
         assert self.process.poll() is None, "stagewatch ui exited"
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2)
+            # a GET builds a whole session: seconds on a busy machine
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=30)
             return True
         except OSError as error:
             return getattr(error, "code", None) is not None  # an HTTP error answers too (login redirect)

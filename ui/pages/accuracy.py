@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, OpenURL, TapTool
+from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.ui import _data, _failures, _format, _widgets
@@ -231,7 +231,7 @@ def trend_chart(trend: pd.DataFrame) -> Any:
         figure.scatter("run_start", "value", source=source, color=colours[stage], size=7, legend_label=str(stage))
     figure.add_tools(
         HoverTool(tooltips=[("run", "@run_id"), ("@metric", "@value{0.000}")]),
-        TapTool(callback=OpenURL(url="?page=accuracy&run=@run_id", same_tab=True)),
+        TapTool(callback=_widgets.tap_opens("?page=accuracy&run=@run_id")),
     )
     figure.add_layout(figure.legend[0], "right")
     return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="accuracy-trend")

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, OpenURL, TapTool
+from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
@@ -168,7 +168,7 @@ def trend_chart(
             ],
             formatters={"@run_start": "datetime"},
         ),
-        TapTool(callback=OpenURL(url="?page=run&run=@run_id", same_tab=True)),
+        TapTool(callback=_widgets.tap_opens("?page=run&run=@run_id")),
     )
     figure.legend.location = "top_left"
     figure.legend.click_policy = "hide"

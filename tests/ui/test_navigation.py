@@ -1,0 +1,202 @@
+"""One browser session, pages switched in place (ui/_router.py): the sidebar, the links between
+pages and back/forward change the main area without loading the document again, the URL says
+where you are, and a page's periodic callbacks stop when it is left.
+
+A document that survives a navigation keeps `window.__marker`; a reload would lose it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bokeh.server.callbacks import PeriodicCallback
+
+from tests.conftest import wait_for
+from tests.ui import test_dashboard
+from tests.ui.conftest import CHROMIUM
+from tests.ui.test_dashboard import Ui, free_port, shown
+
+served = test_dashboard.served  # the demo home, served (one a module)
+
+pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def _mark(page) -> None:
+    page.evaluate("() => { window.__marker = 1; }")
+
+
+def _same_document(page) -> bool:
+    return page.evaluate("() => window.__marker") == 1
+
+
+def _here(page) -> str:
+    """The address bar now (Playwright's page.url lags history.replaceState)."""
+    return page.evaluate("() => window.location.search")
+
+
+def _in_sidebar(page, name: str):
+    return page.locator(f"a.sw-nav-{name}")
+
+
+def test_the_sidebar_and_links_between_pages_switch_in_place(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    _mark(page)
+    _in_sidebar(page, "logs").click()
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert _here(page) == "?page=logs" and _same_document(page)
+    assert page.title() == "stagewatch · Logs" or wait_for(lambda: page.title() == "stagewatch · Logs", 10)
+    _in_sidebar(page, "runs").click()
+    page.locator(f".sw-table-runs a[title='{run_id}']").click()  # a link in a table
+    page.wait_for_selector(".sw-table-stages .tabulator-row")
+    assert _here(page) == f"?page=run&run={run_id}" and _same_document(page)
+    page.get_by_text("its failure cases").click()  # a link in a markdown pane: run -> its failures
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    assert _here(page) == f"?page=failures&run={run_id}" and _same_document(page)
+    assert page.locator(".sw-run input").input_value() == run_id  # the page read its filter from the link
+    page.locator(".sw-table-failures a[href*='page=case']").first.click()  # Failures -> Case
+    page.wait_for_selector("text=/This sample in the run|The run's page/")
+    assert _here(page).startswith(f"?page=case&run={run_id}") and _same_document(page)
+    assert _in_sidebar(page, "live").count() == 1 and not shown(page, "could not be shown")
+
+
+def test_back_and_forward_step_through_the_pages_seen_without_a_reload(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    _mark(page)
+    page.locator(f".sw-table-runs a[title='{run_id}']").click()
+    page.wait_for_selector(".sw-table-stages .tabulator-row")
+    page.get_by_text("its log lines").click()
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert _here(page) == f"?page=logs&run={run_id}"
+    page.go_back()
+    page.wait_for_selector(".sw-table-stages .tabulator-row")
+    assert _here(page) == f"?page=run&run={run_id}" and page.locator(".sw-table-logs").count() == 0
+    page.go_back()
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    assert _here(page) == "?page=runs" and page.locator(".sw-table-stages").count() == 0
+    page.go_forward()
+    page.wait_for_selector(".sw-table-stages .tabulator-row")
+    assert _here(page) == f"?page=run&run={run_id}"
+    assert _same_document(page)
+
+
+def test_a_filter_changed_after_an_in_place_switch_is_in_the_url_and_a_pasted_link_opens_it(served, page) -> None:
+    _, _, ui, _ = served
+    page.goto(f"{ui.url}?page=live")
+    page.wait_for_selector("text=Runs")
+    _mark(page)
+    _in_sidebar(page, "runs").click()
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    page.locator(".sw-failed-stage select").select_option(label="detection")
+    wait_for(lambda: "failed_stage=detection" in _here(page), 20)
+    assert _here(page).startswith("?page=runs&")  # the filter joined the page's own query
+    wait_for(lambda: len(page.locator(".sw-table-runs a").all()) == 1, 20)
+    (failed,) = page.locator(".sw-table-runs a").evaluate_all("links => links.map(link => link.title)")
+    pasted = page.evaluate("() => window.location.href")
+    other = page.context.new_page()  # the link pasted into another tab opens the same view
+    other.goto(pasted)
+    other.wait_for_selector(f".sw-table-runs a[title='{failed}']")
+    assert len(other.locator(".sw-table-runs a").all()) == 1
+    assert other.locator(".sw-failed-stage select").input_value() == "detection"
+    page.go_back()  # the filter changed the entry it was made in: back leaves the Runs page
+    page.wait_for_selector("text=No run is in progress")
+    assert _here(page) == "?page=live" and _same_document(page)
+
+
+def test_ctrl_click_on_a_link_still_opens_a_new_tab(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    with page.context.expect_page() as opened:
+        page.locator(f".sw-table-runs a[title='{run_id}']").click(modifiers=["Control"])
+    tab = opened.value
+    tab.wait_for_selector(".sw-table-stages .tabulator-row")
+    assert f"run={run_id}" in tab.url
+    assert _here(page) == "?page=runs" and page.locator(".sw-table-stages").count() == 0
+
+
+def test_after_the_dashboard_restarts_a_link_loads_the_whole_page(served, page) -> None:
+    home, _, _, run_id = served
+    ui = Ui(home)
+    try:
+        page.goto(f"{ui.url}?page=runs")
+        page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+        _mark(page)
+        ui.stop()  # the session is gone with the server: a switch in place would wait forever
+        page.wait_for_function("() => !window.stagewatch.connected()")
+        ui = Ui(home, port=ui.port)
+        _in_sidebar(page, "logs").click()
+        page.wait_for_selector(".sw-table-logs .tabulator-row")  # a new document, a new session
+        assert _here(page) == "?page=logs" and page.evaluate("() => window.__marker") is None
+        _in_sidebar(page, "runs").click()  # and the new session switches in place again
+        page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+        _mark(page)
+        _in_sidebar(page, "live").click()
+        page.wait_for_selector("text=No run is in progress")
+        assert _same_document(page)
+    finally:
+        ui.stop()
+
+
+# --- the server's side of it: served in this process, so the session's callbacks can be counted
+
+
+@pytest.fixture
+def in_process(served) -> Iterator[str]:
+    """The dashboard's own app served by Panel in this process (a thread), on the demo home."""
+    import panel as pn
+
+    from stagewatch.ui import app
+
+    home = served[0]
+    previous = os.environ.get("STAGEWATCH_HOME")
+    os.environ["STAGEWATCH_HOME"] = str(home)
+    port = free_port()
+    server = pn.serve({"app": app.page}, port=port, address="127.0.0.1", show=False, threaded=True)
+    wait_for(lambda: _listens(port), 30)
+    try:
+        yield f"http://127.0.0.1:{port}/app"
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("STAGEWATCH_HOME", None)
+        else:
+            os.environ["STAGEWATCH_HOME"] = previous
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _periodic_callbacks() -> list[int]:
+    """Per open session of this process's server: its periodic callbacks now running."""
+    from stagewatch.ui import _router
+
+    return [
+        sum(isinstance(callback, PeriodicCallback) for callback in document.session_callbacks)
+        for document in list(_router._SCOPES)
+        if document.session_context is not None
+    ]
+
+
+def test_periodic_callbacks_do_not_pile_up_over_many_switches(in_process, page) -> None:
+    page.goto(f"{in_process}?page=runs")
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    (on_runs,) = wait_for(lambda: _periodic_callbacks() or None, 20)
+    assert on_runs >= 1  # the Runs page looks for new runs every few seconds
+    _mark(page)
+    drawn = {"live": "text=No run is in progress", "logs": ".sw-table-logs .tabulator-row", "runs": ".sw-table-runs a"}
+    for _ in range(10):  # pages that each start one: Live (the feed), Logs (its tail), Runs (new runs)
+        for name, data in drawn.items():
+            _in_sidebar(page, name).click()
+            page.wait_for_selector(data)
+    assert _here(page) == "?page=runs" and _same_document(page)
+    assert wait_for(lambda: _periodic_callbacks() == [on_runs], 20), _periodic_callbacks()

@@ -1,0 +1,252 @@
+"""One browser session, pages switched in place.
+
+The document (Bokeh, Panel, Tabulator and the template) loads once. After that a click on a
+link of the dashboard (`?page=…`, in the sidebar, a table, a markdown pane or a chart's tap)
+and the browser's back/forward reach the server as a navigation message, and the `Router`
+swaps the content of the template's main area. The URL still says where you are: a link
+click pushes a history entry, a filter change replaces the current one, so a pasted link
+opens the same view and back/forward step through the pages seen.
+
+Each page is built inside a `PageScope`: what it starts (periodic callbacks, cleanups) is
+stopped when the session leaves it, so a session that switched pages 200 times runs the
+callbacks of one page, not of 200.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+import weakref
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import panel as pn
+import param
+from bokeh.document import Document
+from panel.io.callbacks import PeriodicCallback
+from panel.io.state import set_curdoc
+
+_log = logging.getLogger(__name__)
+
+Arguments = dict[str, list[str]]  # the URL's query as parse_qs gives it
+
+
+class PageScope:
+    """What one page of one session started, and the URL's query it was opened with."""
+
+    def __init__(self, router: Router | None, arguments: Arguments) -> None:
+        self.router = router
+        self.arguments = arguments
+        self.building = True  # widgets restored from the URL while building do not write it back
+        self.active = True
+        self.callbacks: list[Any] = []
+        self.cleanups: list[Callable[[], None]] = []
+
+    def every(self, period_ms: int, callback: Callable[[], None]) -> None:
+        # Not pn.state.add_periodic_callback: its session list keeps every callback (and through
+        # it the page) until the session ends, stopped or not.
+        periodic = PeriodicCallback(callback=partial(self._while_shown, callback), period=period_ms)
+        self.callbacks.append(periodic)
+        periodic.start()
+
+    def _while_shown(self, callback: Callable[[], None]) -> None:
+        if self.active:
+            callback()
+
+    def write(self, parameter: str, value: str) -> None:
+        """Put one parameter into the URL (the current history entry), if this page is still shown."""
+        if self.active and not self.building and self.router is not None:
+            self.router.write_query(parameter, value)
+
+    def close(self, session_ended: bool = False) -> None:
+        self.active = False
+        for periodic in self.callbacks:
+            periodic.stop()
+        document = pn.state.curdoc
+        if self.callbacks and not session_ended and document is not None and document.session_context is not None:
+            # A start that Panel deferred to the next tick (the document was busy) would run after
+            # this stop: stop them once more after it.
+            document.add_next_tick_callback(partial(_stop_all, list(self.callbacks)))
+        self.callbacks.clear()
+        for cleanup in self.cleanups:
+            try:
+                cleanup()
+            except Exception:  # one page's failing cleanup must not keep the next page from showing
+                _log.exception("a page's cleanup failed")
+        self.cleanups.clear()
+
+
+def _stop_all(callbacks: list[PeriodicCallback]) -> None:
+    for periodic in callbacks:
+        periodic.stop()
+
+
+_SCOPES: weakref.WeakKeyDictionary[Document, PageScope] = weakref.WeakKeyDictionary()
+
+
+def current_scope() -> PageScope | None:
+    """The scope of the page this session shows (None outside a server session, as in tests)."""
+    document = pn.state.curdoc
+    if document is None or document.session_context is None:
+        return None
+    return _SCOPES.get(document)
+
+
+def session_arguments() -> Arguments:
+    """The query of the page being built or shown: the navigation's, else the session's first URL."""
+    scope = current_scope()
+    if scope is not None:
+        return scope.arguments
+    if pn.state.curdoc is None:
+        return {}
+    return {key: [value.decode(errors="replace") for value in values] for key, values in pn.state.session_args.items()}
+
+
+def parse_query(search: str) -> Arguments:
+    return urllib.parse.parse_qs(search.lstrip("?"), keep_blank_values=True)
+
+
+def encode_query(arguments: Arguments) -> str:
+    return "?" + urllib.parse.urlencode([(key, value) for key, values in arguments.items() for value in values])
+
+
+class Navigator(pn.custom.JSComponent):
+    """The browser half of the router: turns clicks on the dashboard's own links and back/forward
+    into messages to the server, and applies the server's URL updates to the history.
+
+    A click is taken over only while the session is connected, and when it would have opened
+    this page of this server in the same tab: a plain left click (Ctrl, Shift, Alt, Meta or the
+    middle button still open a new tab or window), on a link without `target` or `download`, to
+    the same origin and path. Each navigation carries a number, and the server's URL updates
+    name the navigation they belong to: an update of a page already left never lands in the
+    next page's history entry."""
+
+    _esm = """
+export function render({ model, view }) {
+  let sequence = 0;
+  let connected = true;  // without the server (it stopped, the session expired) links load whole pages
+  view.model.document.on_event("connection_lost", () => { connected = false; });
+  const navigate = (href, push) => {
+    const target = new URL(href, window.location.href);
+    if (!connected) {
+      if (push) window.location.href = target.href;
+      else window.location.reload();
+      return;
+    }
+    if (push && target.href !== window.location.href) {
+      window.history.pushState({ stagewatch: true }, "", target.href);
+    }
+    sequence += 1;
+    model.send_msg({ search: window.location.search, sequence });
+    if (push) window.scrollTo(0, 0);
+  };
+  const ours = (link) => {
+    if (link.target && link.target !== "_self") return false;
+    if (link.hasAttribute("download")) return false;
+    if (link.origin !== window.location.origin || link.pathname !== window.location.pathname) return false;
+    return !(link.hash && link.search === window.location.search);  // an anchor within this page
+  };
+  const onClick = (event) => {
+    if (event.defaultPrevented || event.button !== 0) return;
+    if (event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+    // Panel draws inside shadow roots: the composed path reaches the link the click is in.
+    const link = event.composedPath().find((node) => node instanceof HTMLAnchorElement && node.href);
+    if (!link || !ours(link) || !connected) return;
+    event.preventDefault();
+    navigate(link.href, true);
+  };
+  const onPopState = () => navigate(window.location.href, false);
+  document.addEventListener("click", onClick);
+  window.addEventListener("popstate", onPopState);
+  window.stagewatch = { navigate: (href) => navigate(href, true), connected: () => connected };
+  model.on("msg:custom", (message) => {
+    if (message.sequence !== sequence) return;  // about a page the browser has left
+    if (message.replace !== undefined && message.replace !== window.location.search) {
+      const url = window.location.pathname + message.replace + window.location.hash;
+      window.history.replaceState(window.history.state, "", url);
+    }
+  });
+  const showTitle = () => {
+    if (model.title) document.title = model.title;
+  };
+  showTitle();
+  model.on("title", showTitle);
+  model.on("remove", () => {
+    document.removeEventListener("click", onClick);
+    window.removeEventListener("popstate", onPopState);
+  });
+  const element = document.createElement("span");
+  element.className = "sw-navigator";
+  return element;
+}
+"""
+
+    title = param.String(default="", doc="the browser tab's title: the page shown")
+
+    def __init__(self, on_navigate: Callable[[str, int], None], **params: Any) -> None:
+        super().__init__(height=0, margin=0, sizing_mode="fixed", width=0, **params)
+        self._on_navigate = on_navigate
+
+    def _handle_msg(self, data: Any) -> None:
+        if not isinstance(data, dict) or not isinstance(data.get("search"), str):
+            return
+        sequence = data.get("sequence")
+        self._on_navigate(data["search"], sequence if isinstance(sequence, int) else 0)
+
+    def replace(self, sequence: int, search: str) -> None:
+        """The current history entry's query becomes `search`, unless the browser has left navigation `sequence`."""
+        self._send_msg({"sequence": sequence, "replace": search})
+
+
+Build = Callable[[Arguments], tuple[str, list[Any]]]  # a query -> (the page's title, the main area's content)
+
+
+class Router:
+    """One a session: builds the page a query names into `main`, again at each navigation."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        self.main = pn.Column(sizing_mode="stretch_width", css_classes=["sw-main"])
+        self.navigator = Navigator(self.navigate)
+        self.document = pn.state.curdoc if pn.state.curdoc is not None else None
+        self.sequence = 0
+        self.arguments: Arguments = {}
+        self.scope: PageScope | None = None
+        if self.document is not None and self.document.session_context is not None:
+            self.document.on_session_destroyed(self._leave)
+
+    def _leave(self, _: Any) -> None:
+        if self.scope is not None:
+            self.scope.close(session_ended=True)
+
+    def start(self, arguments: Arguments) -> None:
+        """The session's first page, from the URL it was opened with."""
+        self._show(arguments)
+
+    def navigate(self, search: str, sequence: int) -> None:
+        """A navigation from the browser: a link click, back or forward."""
+        if sequence < self.sequence:
+            return  # an older navigation arriving after a newer one
+        self.sequence = sequence
+        with set_curdoc(self.document):
+            self._show(parse_query(search))
+
+    def write_query(self, parameter: str, value: str) -> None:
+        self.arguments[parameter] = [value]
+        self.navigator.replace(self.sequence, encode_query(self.arguments))
+
+    def _show(self, arguments: Arguments) -> None:
+        if self.scope is not None:
+            self.scope.close()
+        self.arguments = dict(arguments)
+        scope = PageScope(self, self.arguments)
+        self.scope = scope
+        if self.document is not None:
+            _SCOPES[self.document] = scope
+        try:
+            title, content = self.build(arguments)
+        finally:
+            scope.building = False
+        self.main.objects = content
+        self.navigator.title = title

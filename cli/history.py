@@ -136,7 +136,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(
         f"{'stage':<18}{'count':>8}{'failed':>8}{'mean':>9}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}"
-        f"{'peak RSS':>10}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
+        f"{'own MB':>9}{'proc. peak':>11}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
     )
     for entry in stats:
         d = entry["duration_ms"]
@@ -144,15 +144,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
         gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
             f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{cells}"
-            f"{entry['rss_peak_mb']['max'] or 0:>10.1f}{entry['share_of_time']:>8.1%}"
+            f"{_mb_cell(entry['own_mb']['max'], 9)}{_mb_cell(entry['rss_peak_mb']['max'], 11)}"
+            f"{entry['share_of_time']:>8.1%}"
             + ((f"{gpu_peak:>10.1f}" if gpu_peak is not None else f"{'-':>10}") if gpu else "")
             + ("  <- bottleneck" if entry.get("bottleneck") else "")
         )
         if entry["gpu"]:
             print("  " + gpu_line(entry["gpu"]))
+    print("own MB: the most a stage's RSS rose above its start; proc. peak: the process's peak RSS during it")
     if not gpu:
         print("no GPU readings in these stages (a host without a GPU, or no framework on one: docs/gpu.md)")
     return EXIT_OK
+
+
+def _mb_cell(value: float | None, width: int) -> str:
+    return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
 
 
 def gpu_line(gpu: dict[str, Any]) -> str:

@@ -291,7 +291,6 @@ def pipeline_order(executions: pd.DataFrame) -> list[str]:
 def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Per stage, in pipeline order: counts, failure rate, duration percentiles, time share,
     CPU peak and the stage's own memory (its peak above its start), GPU peak."""
-    own = (executions["rss_peak_mb"] - executions["rss_start_mb"]).groupby(executions["stage"]).max()
     rank = {stage: i for i, stage in enumerate(order)}
     entries = stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS))
     with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in entries)
@@ -310,7 +309,7 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
                 "max_ms": duration["max"],
                 "share": entry["share_of_time"],
                 "cpu_peak_mb": entry["rss_peak_mb"]["max"],
-                "own_mb": _finite(own.get(entry["stage"])),
+                "own_mb": entry["own_mb"]["max"],
                 "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
@@ -318,10 +317,6 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
         )
     rows.sort(key=lambda row: rank.get(row["stage"], len(rank)))
     return pd.DataFrame(rows)
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def bottleneck_sentence(stats: pd.DataFrame) -> str | None:

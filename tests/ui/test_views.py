@@ -47,13 +47,15 @@ def test_megabytes_percent_and_relative_times() -> None:
     assert 'title="2026-12-02 11:55:00.000 UTC"' in _format.when_html(now - timedelta(minutes=5), now)
 
 
-def test_each_stage_keeps_one_colour_and_a_home_s_stages_differ() -> None:
-    stages = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing", "tracking"]
-    colours = _format.stage_colours(stages)
-    assert len(set(colours.values())) == len(stages)  # no two stages alike while the palette lasts
-    assert _format.stage_colours(list(reversed(stages))) == colours  # the order they are given in does not matter
-    many = [f"stage{i}" for i in range(40)]
-    assert set(_format.stage_colours(many).values()) == set(_format.PALETTE)  # beyond the palette: reused, not lost
+def test_a_stage_s_colour_comes_from_its_name_alone() -> None:
+    demo = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
+    colours = _format.stage_colours(demo)
+    assert len(set(colours.values())) == len(demo)  # the demo's stages differ
+    # Another pipeline's stages recorded later (any names, sorting before or after) move no colour.
+    others = ["a", "aa", "batch_decode", "detection2", "tracking", *[f"stage{i}" for i in range(40)]]
+    assert {stage: _format.stage_colours([*others, *demo])[stage] for stage in demo} == colours
+    assert all(_format.stage_colours([stage]) == {stage: colours[stage]} for stage in demo)
+    assert set(_format.stage_colours([f"stage{i}" for i in range(200)]).values()) == set(_format.PALETTE)
 
 
 @pytest.mark.parametrize("descending", [True, False])

@@ -85,7 +85,7 @@ def stage_frame(run: LiveRun) -> pd.DataFrame:
                 "failed": f"{stage.failed:,}",
                 "median": _format.ms(stage.median_ms),
                 "latest": _format.ms(stage.latest_ms),
-                "CPU peak": _format.mb(stage.rss_peak_mb),
+                "process peak": _format.mb(stage.rss_peak_mb),
                 "GPU peak": _format.mb(stage.gpu_peak_mb) if stage.gpu_peak_mb is not None else "no GPU readings",
                 "correct / wrong / invalid": " / ".join(str(counts.get(k, 0)) for k in ("correct", "wrong", "invalid"))
                 if counts

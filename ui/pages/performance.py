@@ -59,7 +59,10 @@ class PerformancePage:
             self.callouts,
             pn.pane.Markdown("### Stage durations per run"),
             self.trend,
-            pn.pane.Markdown("### Memory per run (CPU peak of each stage)"),
+            pn.pane.Markdown(
+                "### Memory per run (each stage's own: the most its RSS rose above its start; "
+                "the process's peak is in the table below)"
+            ),
             self.memory,
             pn.pane.Markdown("### Over the window"),
             self.stats,
@@ -87,7 +90,7 @@ class PerformancePage:
         colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
         self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
         self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
-        self.memory.objects = [trend_chart(points, order, colours, "rss_peak_mb", "MB", "memory")]
+        self.memory.objects = [trend_chart(points, order, colours, "own_mb", "MB", "memory")]
         self.stats.objects = [_widgets.table(stats_display(query_stats(self.home, filters), order), "window-stats")]
 
     def compare(self) -> None:
@@ -185,7 +188,8 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "p95": [_format.ms(e["duration_ms"]["p95"]) for e in stats],
             "p99": [_format.ms(e["duration_ms"]["p99"]) for e in stats],
             "max": [_format.ms(e["duration_ms"]["max"]) for e in stats],
-            "CPU peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
+            "own memory": [_format.mb(e["own_mb"]["max"]) for e in stats],
+            "process peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
         }
     )

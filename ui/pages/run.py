@@ -261,8 +261,8 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
             "p99": [_format.ms(v) for v in stats["p99_ms"]],
             "max": [_format.ms(v) for v in stats["max_ms"]],
             "share of time": (stats["share"] * 100).round(1),
-            "CPU peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "own memory": [_format.mb(v) for v in stats["own_mb"]],
+            "process peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "GPU peak": [
                 gpu_cell(peak, gpu) if peak is not None and pd.notna(peak) else gpu_reason
                 for peak, gpu in zip(stats["gpu_peak_mb"], stats["gpu"], strict=True)

@@ -27,6 +27,17 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     audit = json.loads((run_dir / "audit.json").read_text())
     assert audit["complete"] and audit["status"] == "failed"
     assert [(e["stage"], e["sample_id"]) for e in audit["errors"]] == [("preprocessing", "frame_047")]
+    failing_input = Path(audit["errors"][0]["input_path"])  # the file the frame was read from
+    assert failing_input == (home / "datasets" / "demo" / "images" / "frame_047.png").resolve()
+    assert failing_input.is_file()
+    # The pipeline logs the failure where it catches it: the line still belongs to the stage and
+    # sample, and names the pipeline's logger, not a module of stagewatch.
+    errors = json.loads(
+        sw("query", "--home", str(home), "--stage", "preprocessing", "--level", "ERROR", "--json").stdout
+    )
+    assert [(r["stage"], r["sample_id"], r["logger"]) for r in errors["logs"]] == [
+        ("preprocessing", "frame_047", "perception")
+    ]
     assert audit["counts"]["stages"] == 50 + 4 * 49  # preprocessing fails on frame 47, the rest skip it
     cloud = o3d.t.io.read_point_cloud(str(run_dir / "stages" / "lidar_segmentation" / "frame_000_points.ply"))
     assert cloud.point["label"].numpy().max() > 0  # the detector clustered some objects
@@ -57,7 +68,7 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     glare = [line for line in logs if line["level"] == "WARNING"]
     assert glare and all("glare" in line["message"] and line["sample_id"] for line in glare)
     errors = [line for line in logs if line["level"] == "ERROR"]
-    assert [e["message"][:19] for e in errors] == ["frame_047 skipped: "] and errors[0]["stage"] is None
+    assert [e["message"][:19] for e in errors] == ["frame_047 skipped: "] and errors[0]["stage"] == "preprocessing"
     assert "objects detected" not in result.stdout + result.stderr  # logged to stagewatch, not over the summary
     validated = sw("gt", "validate", str(home / "datasets" / "demo" / "golden.yaml"), "--json")
     assert validated.returncode == 0 and json.loads(validated.stdout)["stages"]["segmentation"]["formats"] == {

@@ -170,7 +170,7 @@ def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, pag
     medians = page.locator(".sw-table-stages .tabulator-cell[tabulator-field='median']").all_inner_texts()
     assert all(re.fullmatch(r"\d+(\.\d{1,3})? (ms|s)", text) for text in medians), medians
     assert shown(page, "no GPU readings on")  # the reason, not a blank
-    assert shown(page, "synthetic://camera0/frame_047")  # the failing frame's input path
+    assert shown(page, "datasets/demo/images/frame_047.png")  # the failing frame's input: the file it is
     assert shown(page, "Bottleneck:")
     page.get_by_text("Traceback").first.click()
     page.wait_for_selector("text=Traceback (most recent call last)")

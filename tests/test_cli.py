@@ -42,6 +42,8 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     cloud = o3d.t.io.read_point_cloud(str(run_dir / "stages" / "lidar_segmentation" / "frame_000_points.ply"))
     assert cloud.point["label"].numpy().max() > 0  # the detector clustered some objects
     assert not (home / "run" / "ingest.sock").exists()  # the demo's daemon was stopped
+    doctor = sw("doctor", "--home", str(home))  # a home at rest, fresh from the demo, is healthy
+    assert doctor.returncode == 0 and "PROBLEM" not in doctor.stdout, doctor.stdout
 
     runs = json.loads(sw("runs", "--home", str(home), "--json").stdout)
     assert runs[0]["run_id"] == run_dir.name and runs[0]["failed_stage"] == "preprocessing"

@@ -105,17 +105,37 @@ def cmd_query(args: argparse.Namespace) -> int:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         print(json.dumps(limited, indent=1, default=str))
         return EXIT_OK
-    counts = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
-    print(f"{counts['runs']} run(s), {counts['stages']} stage execution(s), {counts['logs']} log line(s)")
-    for row in matched["stages"][: args.limit]:
-        if row["status"] != "ok" or args.stage or args.run:
+    logs = matched["logs"]
+    if args.level or args.logger:  # filters of log lines alone: no run or stage execution has a level
+        print(f"{len(logs)} log line(s){_of_level(args)}, in time order")
+    else:
+        stages = matched["stages"]
+        shown = [row for row in stages if row["status"] != "ok" or args.stage or args.run][: args.limit]
+        print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(logs)} log line(s)")
+        if shown:
+            print("stage executions" + ("" if args.stage or args.run else " that did not end ok") + ":")
+        for row in shown:
             print(
                 f"  {row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} {row['status']:<8} "
                 f"{row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  {row['error_message'] or ''}"
             )
-    for row in matched["logs"][: args.limit]:
-        print(f"  {row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} {row['message']}")
+        if logs:
+            print("log lines, in time order:")
+    for row in logs[: args.limit]:
+        print(
+            f"  {row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} {row['sample_id'] or '-':<12} "
+            f"{row['message']}"
+        )
+    if len(logs) > args.limit:
+        print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
+
+
+def _of_level(args: argparse.Namespace) -> str:
+    """' at WARNING or above from logger x' as the filters say."""
+    return (f" at {args.level.upper()} or above" if args.level else "") + (
+        f" from logger {args.logger}" if args.logger else ""
+    )
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -50,25 +50,34 @@ def add_commands(commands: Any) -> None:
 
     export = commands.add_parser("export", help="write the matching runs, stages and logs to a file")
     filter_options(export)
+    export.add_argument(
+        "--table",
+        action="append",
+        choices=["runs", "stages", "logs"],
+        help="only this table (repeat for more); `--table logs` is the Logs page's download",
+    )
     export.add_argument("--output", required=True, help="the file to write ('-' for stdout)")
     export.add_argument("--format", choices=["json", "jsonl"], default="json", help="json (default) or JSON Lines")
     export.set_defaults(handler=cmd_export)
 
 
 def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | None:
-    """Rows of every table that match the filters, as JSON-ready dicts; None if the run is unknown."""
+    """Rows of every table (or those --table names) that match the filters, as JSON-ready dicts;
+    None if the run is unknown."""
     from stagewatch.daemon import RunNotFound
-    from stagewatch.daemon._export import matching
+    from stagewatch.daemon._export import TABLES, matching
 
     home = home_of(args).root
+    tables = tuple(name for name in TABLES if name in (getattr(args, "table", None) or TABLES))
     try:
-        return matching(home, filters_of(args, home))
+        return matching(home, filters_of(args, home), tables)
     except RunNotFound as error:
         fail(str(error), EXIT_NOT_FOUND)
         return None
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from stagewatch.daemon import _outcomes as outcomes
     from stagewatch.daemon import list_runs
 
     home = home_of(args)
@@ -81,13 +90,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs yet in {home.root}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
         print("another home: --home PATH or STAGEWATCH_HOME")
         return EXIT_OK
-    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<9}failed stage")
+    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<23}failed stage")
     for run in runs:
         duration = f"{run['duration_ms'] / 1000:.2f}" if run["duration_ms"] is not None else "-"
         started = (run["started_at"] or "-")[:19].replace("T", " ")
         print(
             f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
-            f"{run['status']:<9}{run['failed_stage'] or ''}"
+            f"{outcomes.label(run['status']):<23}{run['failed_stage'] or ''}"
         )
     return EXIT_OK
 

@@ -518,14 +518,16 @@ class Run:
         return target
 
     def finish(self, status: str | None = None, error: BaseException | None = None) -> None:
-        """End the run (also done at interpreter exit). Status: "ok" or "failed"."""
+        """End the run (also done at interpreter exit). Status: "failed" says the run failed; left
+        out, it failed if it ends on `error`, else the daemon says "ok" or, where some stage
+        failed on the way, "finished with failures" (daemon/_outcomes.py)."""
         if self.finished or os.getpid() != self._owner_pid:
             return
         self.finished = True
         try:
             process = _process_for_run(self)
             if status is None:
-                status = "failed" if (error is not None or self._failed_stages) else "ok"
+                status = "failed" if error is not None else "ok"
             process.sender.emit(
                 protocol.run_finished(
                     process.client_id,

@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stagewatch.daemon._outcomes import RUN_STATUSES
 from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._sql import MAX_ROWS, over_arrow, quoted, schema_of, select
 
-STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
+STATUSES = RUN_STATUSES  # a run's; a stage execution's are fewer (daemon/_outcomes.py)
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

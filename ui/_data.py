@@ -212,9 +212,10 @@ def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
     return counts[["time", "level", "count"]]
 
 
-def export_bytes(home: Path, filters: Filters, form: str) -> Iterator[bytes]:
-    """`stagewatch export` of the same filters, piece by piece."""
-    for chunk in export_chunks(matching(home, filters), form):
+def export_bytes(home: Path, filters: Filters, form: str, tables: tuple[str, ...] = ("logs",)) -> Iterator[bytes]:
+    """`stagewatch export --table logs` (by default) of the same filters, piece by piece: every
+    matching line, not the page in view."""
+    for chunk in export_chunks(matching(home, filters, tables), form):
         yield chunk.encode()
 
 

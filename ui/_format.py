@@ -30,7 +30,13 @@ PALETTE = (
     "#B6992D",
     "#79706E",
 )
-STATUS_COLOURS = {"ok": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "crashed": "#6a1b9a"}
+STATUS_COLOURS = {
+    "ok": "#2e7d32",
+    "running": "#1565c0",
+    "finished_with_failures": "#e65100",
+    "failed": "#c62828",
+    "crashed": "#6a1b9a",
+}
 
 
 def stage_colour(stage: str) -> str:
@@ -42,6 +48,17 @@ def stage_colour(stage: str) -> str:
 
 def stage_colours(stages: list[str]) -> dict[str, str]:
     return {stage: stage_colour(stage) for stage in stages}
+
+
+def share_bar_html(share: float | None) -> str:
+    """A share as a bar with its percentage beside it (drawn over the bar, the number was lost in it)."""
+    width = min(max(share, 0.0), 1.0) * 100 if share is not None and math.isfinite(share) else 0.0
+    return (
+        '<span class="sw-share" style="display:inline-flex;align-items:center;gap:6px">'
+        '<span style="display:inline-block;width:64px;height:9px;border:1px solid #7aa6d6">'
+        f'<span style="display:block;width:{width:.1f}%;height:100%;background:#7aa6d6"></span></span>'
+        f"<span>{pct(share)}</span></span>"
+    )
 
 
 def ms(value: float | None) -> str:
@@ -99,6 +116,14 @@ def exact(moment: datetime | None) -> str:
 def when_html(moment: datetime | None, now: datetime | None = None) -> str:
     """A relative time with the exact time on hover."""
     return f'<span title="{exact(moment)}">{html.escape(relative(moment, now))}</span>'
+
+
+def moment_html(moment: datetime | None, now: datetime | None = None) -> str:
+    """The exact time to the millisecond (UTC), the relative one on hover: where lines are
+    told apart by their times (logs), '15 min ago' for all of them says nothing."""
+    if moment is None:
+        return "-"
+    return f'<span title="{html.escape(relative(moment, now))}">{exact(moment)}</span>'
 
 
 def parse_moment(text: str | None) -> datetime | None:

@@ -64,6 +64,11 @@ def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
     return pn.FlexBox(*widgets, flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
 
 
+# What a time filter takes, in the form and not as a date that is soon past.
+SINCE_HINT = "7d, 24h, 30m or YYYY-MM-DD[Thh:mm]"
+UNTIL_HINT = "YYYY-MM-DD[Thh:mm] or 1d (ago)"
+
+
 class PagedQuery:
     """Filters above a table answered a page at a time on the server, with a pager: the shape
     of the Runs, Logs and Failures pages. A changed filter goes back to page 1; the filters,
@@ -117,7 +122,10 @@ class PagedQuery:
         try:
             found = self.query((self.page.value - 1) * limit, limit)
         except (ValueError, _data.RunNotFound) as error:
+            # The rows of the filters before would read as the answer to these: none are shown.
             self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            self.count.object = f"no {self.noun}: a filter above is not valid"
+            self.table.value = self.table.value.iloc[0:0]
             return
         self.count.object = f"{self.noun} {found.label}"
         self.message.objects = [] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]

@@ -160,7 +160,7 @@ def test_the_live_board_folds_events_and_ignores_odd_ones() -> None:
     assert run.samples_per_s(time.time_ns()) > 0
     assert len(run.sample_times) == 5  # f0..f3 and f9: a sample counts once, not per stage event
     board.take(_event("run_finished", status="failed"))
-    assert board.visible()[0].status == "failed"
+    assert board.visible()[0].status == "failed"  # the pipeline said so
     assert board.visible(now=time.monotonic() + 3600) == []  # an ended run leaves the page after a while
 
 

@@ -15,7 +15,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool, OpenURL, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
-from stagewatch.ui import _data, _failures, _format, _widgets
+from stagewatch.ui import _axes, _data, _failures, _format, _widgets
 from stagewatch.ui._live import LiveFeed
 
 REDRAW_MS = 1000
@@ -208,6 +208,7 @@ def trend_chart(trend: pd.DataFrame) -> Any:
         HoverTool(tooltips=[("run", "@run_id"), ("@metric", "@value{0.000}")]),
         TapTool(callback=OpenURL(url="?page=accuracy&run=@run_id", same_tab=True)),
     )
+    _axes.time_axis(figure, trend["run_start"])
     figure.add_layout(figure.legend[0], "right")
     return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="accuracy-trend")
 

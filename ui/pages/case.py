@@ -66,7 +66,7 @@ class CasePage:
 
 def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
     status = case.get("status")
-    kinds = ", ".join(case.get("error_types") or []) or ("crashed" if "error_type" in case else "")
+    kinds = ", ".join(case.get("error_types") or []) or (case.get("status") or "" if "error_type" in case else "")
     reason = case.get("reason") or (
         f"{case.get('error_type')}: {case.get('error_message')}" if "error_type" in case else ""
     )

@@ -22,7 +22,8 @@ SORTS = {
 }
 EMPTY = (
     "No failure case yet: runs judged against a golden dataset list their wrong and invalid samples here, "
-    "and failed stages as crashed (see docs/ground-truth.md)."
+    "and stage executions that failed (raised an exception) or crashed (their process was lost) "
+    "(see docs/ground-truth.md)."
 )
 SEVERITIES = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9]
 
@@ -33,7 +34,9 @@ class FailuresPage:
         self.stage = pn.widgets.Select(name="Stage", options=_widgets.choices(_data.facets(home)["stage"]))
         self.status = pn.widgets.Select(name="Outcome", options=_widgets.choices(list(_failures.FAILURE_STATUSES)))
         choices = _failures.case_choices(home)
-        self.kind = pn.widgets.Select(name="Error kind", options=_widgets.choices(choices["kind"]))
+        # Error kinds read as the Accuracy page and the case page write them: "mask mismatch".
+        kinds = {"any": "", **{kind_words(kind): kind for kind in choices["kind"]}}
+        self.kind = pn.widgets.Select(name="Error kind", options=kinds)
         self.class_name = pn.widgets.Select(name="Class", options=_widgets.choices(choices["class"]))
         self.severity = pn.widgets.Select(name="Severity at least", options=SEVERITIES, value=0.0)
         self.confidence = pn.widgets.RangeSlider(
@@ -97,6 +100,11 @@ def case_link(run_id: str, stage: str, sample: str | None, text: str) -> str:
     return f'<a href="?{query}">{html.escape(text)}</a>'
 
 
+def kind_words(kind: str) -> str:
+    """An error kind as people read it: 'mask_mismatch' -> 'mask mismatch' (the token stays in URLs)."""
+    return kind.replace("_", " ")
+
+
 def display(rows: pd.DataFrame) -> pd.DataFrame:
     columns = ["case", "stage", "outcome", "error kinds", "classes", "confidence", "severity", "reason", "run", "when"]
     if rows.empty:
@@ -109,7 +117,9 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             ],
             "stage": rows["stage"],
             "outcome": rows["status"],
-            "error kinds": [", ".join(kinds) if kinds is not None else "" for kinds in rows["error_types"]],
+            "error kinds": [
+                ", ".join(map(kind_words, kinds)) if kinds is not None else "" for kinds in rows["error_types"]
+            ],
             "classes": [", ".join(names) if names is not None else "" for names in rows["classes"]],
             "confidence": ["" if pd.isna(v) else f"{v:.2f}" for v in rows["confidence"]],
             "severity": [f"{v:.2f}" for v in rows["severity"]],

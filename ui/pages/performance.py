@@ -5,6 +5,7 @@ regressions found from the data, and two runs compared stage by stage."""
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from bokeh.models import ColumnDataSource, HoverTool, OpenURL, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
-from stagewatch.ui import _data, _format, _trends, _widgets
+from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 WINDOWS = {"last 7 days": "7d", "last 30 days": "30d", "last 90 days": "90d", "last 24 hours": "24h", "all time": ""}
@@ -91,7 +92,7 @@ class PerformancePage:
         self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
         self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
         self.memory.objects = [trend_chart(points, order, colours, "own_mb", "MB", "memory")]
-        self.stats.objects = [_widgets.table(stats_display(query_stats(self.home, filters), order), "window-stats")]
+        self.stats.objects = [_widgets.table(window_stats(self.home, filters, points, order), "window-stats")]
 
     def compare(self) -> None:
         if not (self.first.value.strip() and self.second.value.strip()):
@@ -161,6 +162,7 @@ def trend_chart(
         ),
         TapTool(callback=OpenURL(url="?page=run&run=@run_id", same_tab=True)),
     )
+    _axes.time_axis(figure, frame["run_start"])
     figure.legend.location = "top_left"
     figure.legend.click_policy = "hide"
     figure.add_layout(figure.legend[0], "right")
@@ -174,6 +176,21 @@ def regression_alert(regression: _trends.Regression) -> pn.pane.Alert:
         f"[{regression.first_run[:8]}](?page=run&run={regression.first_run})",
         alert_type="warning",
     )
+
+
+def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The window's numbers per stage; where the window holds several pipelines (pipeline: any),
+    per pipeline and stage, with a pipeline column: two pipelines' "detection" are not one stage."""
+    pipelines = sorted(points["pipeline"].dropna().unique()) if filters.pipeline is None else []
+    if len(pipelines) < 2:
+        return stats_display(query_stats(home, filters), order)
+    return pd.concat(
+        [
+            stats_display(query_stats(home, replace(filters, pipeline=name)), order).assign(pipeline=name)
+            for name in pipelines
+        ],
+        ignore_index=True,
+    )[["pipeline", *STATS_HEADERS]]
 
 
 def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
@@ -191,8 +208,23 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "own memory": [_format.mb(e["own_mb"]["max"]) for e in stats],
             "process peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
-        }
+        },
+        columns=STATS_HEADERS,
     )
+
+
+STATS_HEADERS = [
+    "stage",
+    "executions",
+    "failed",
+    "median",
+    "p95",
+    "p99",
+    "max",
+    "own memory",
+    "process peak",
+    "share of time",
+]
 
 
 def comparison_display(frame: pd.DataFrame) -> pd.DataFrame:

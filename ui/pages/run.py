@@ -16,6 +16,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch._home import ARTIFACT_FORM
+from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.daemon.groundtruth.diff import viridis
 from stagewatch.ui import _data, _format, _trends, _widgets
 
@@ -168,15 +169,7 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
         _widgets.table(
             stage_display(stats, audit),
             "stages",
-            formatters={
-                "share of time": {
-                    "type": "progress",
-                    "max": 100,
-                    "legend": True,
-                    "legendAlign": "center",
-                    "color": "#7aa6d6",
-                }
-            },
+            html_columns=("share of time",),
         ),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(executions, data["order"], data["colours"]),
@@ -214,7 +207,8 @@ def header(audit: dict[str, Any]) -> pn.Column:
     status = audit.get("status", "unknown")
     colour = _format.STATUS_COLOURS.get(status, "#555")
     facts = [
-        f'<b style="color:{colour};font-size:18px">{html.escape(status)}</b>',
+        f'<b style="color:{colour};font-size:18px" title="{html.escape(outcomes.MEANINGS.get(status, ""))}">'
+        f"{html.escape(outcomes.label(status))}</b>",
         f"pipeline <b>{html.escape(str(audit.get('pipeline')))}</b>",
         f"took {_format.ms(audit.get('duration_ms'))}" if audit.get("duration_ms") else "running",
         f"started {_format.when_html(started)}",
@@ -254,13 +248,13 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "stage": stats["stage"],
-            "runs": [f"{n:,}" for n in stats["runs"]],
+            "executions": [f"{n:,}" for n in stats["runs"]],
             "failed": [_format.pct(v) for v in stats["failure_rate"]],
             "median": [_format.ms(v) for v in stats["median_ms"]],
             "p95": [_format.ms(v) for v in stats["p95_ms"]],
             "p99": [_format.ms(v) for v in stats["p99_ms"]],
             "max": [_format.ms(v) for v in stats["max_ms"]],
-            "share of time": (stats["share"] * 100).round(1),
+            "share of time": [_format.share_bar_html(v) for v in stats["share"]],
             "own memory": [_format.mb(v) for v in stats["own_mb"]],
             "process peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "GPU peak": [

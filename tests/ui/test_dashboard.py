@@ -263,7 +263,9 @@ def test_performance_draws_one_point_per_run_and_stage(served, page) -> None:
     runs = {run for points in sources for run in points}
     assert run_id in runs and len(runs) >= 3, runs  # the demo's and the two batch runs (and a live one)
     window = page.locator(".sw-table-window-stats .tabulator-cell[tabulator-field='stage']").all_inner_texts()
-    assert window[:2] == ["preprocessing", "detection"]
+    pipelines = page.locator(".sw-table-window-stats .tabulator-cell[tabulator-field='pipeline']").all_inner_texts()
+    demo = [stage for stage, pipeline in zip(window, pipelines, strict=True) if pipeline == "perception"]
+    assert demo == ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
 
 
 def test_logs_filter_narrows_and_the_download_equals_the_cli_export(served, page) -> None:

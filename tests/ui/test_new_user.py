@@ -1,0 +1,138 @@
+"""What a new user met on the demo home, each in the browser (issue 31, item 2): the numbers
+and words of every page, served by `stagewatch ui` over the demo's home and two batch runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.ui import test_dashboard
+from tests.ui.conftest import CHROMIUM
+from tests.ui.test_dashboard import _choose, _pager_total, shown
+
+served = test_dashboard.served  # the demo's home and two batch runs, served (a fixture of this module too)
+
+pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+DEMO_STAGES = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
+
+
+def _cells(page, table: str, field: str) -> list[str]:
+    return page.locator(f".sw-table-{table} .tabulator-cell[tabulator-field='{field}']").all_inner_texts()
+
+
+def _headers(page, table: str) -> list[str]:
+    titles = page.locator(f".sw-table-{table} .tabulator-col-title").all_inner_texts()
+    return [title for title in titles if title.strip()]
+
+
+def _export(home: Path, *filters: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "export", "--home", str(home), *filters, "--output", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_performance_lists_stages_in_pipeline_order_by_pipeline_with_their_own_memory(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=performance&window=30d&a={run_id}&b={run_id}")
+    page.wait_for_selector(".sw-table-window-stats .tabulator-row")
+    headers = _headers(page, "window-stats")
+    assert headers[0] == "pipeline" and "own memory" in headers and "process peak" in headers
+    assert "CPU peak" not in headers
+    rows = list(zip(_cells(page, "window-stats", "pipeline"), _cells(page, "window-stats", "stage"), strict=True))
+    assert [stage for pipeline, stage in rows if pipeline == "perception"] == DEMO_STAGES
+    assert [stage for pipeline, stage in rows if pipeline == "batch"] == ["preprocessing", "detection"]
+    assert all(share.endswith("%") for share in _cells(page, "window-stats", "share of time"))
+    assert shown(page, "each stage's own")  # the memory chart's title says what it draws
+    page.wait_for_selector(".sw-table-comparison .tabulator-row")
+    assert _cells(page, "comparison", "stage") == DEMO_STAGES  # the comparison too, not the alphabet's
+
+
+def test_a_run_says_how_it_ended_and_its_share_of_time_reads_as_a_percentage(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=run&run={run_id}")
+    page.wait_for_selector(".sw-table-stages .tabulator-row")
+    assert shown(page, "finished with failures")  # frame 47 failed; the run went on to its end
+    headers = _headers(page, "stages")
+    assert {"executions", "own memory", "process peak"} <= set(headers) and "runs" not in headers
+    shares = _cells(page, "stages", "share of time")
+    assert all(re.fullmatch(r"\d+\.\d+%", share.strip()) for share in shares), shares
+    # The percentage is beside its bar, not drawn over it.
+    label = page.locator(".sw-table-stages .sw-share > span:last-child").first.bounding_box()
+    bar = page.locator(".sw-table-stages .sw-share > span:first-child").first.bounding_box()
+    assert label["x"] >= bar["x"] + bar["width"]
+
+
+def test_runs_count_executions_and_say_each_run_s_end_in_words(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    headers = _headers(page, "runs")
+    assert "executions" in headers and "stages" not in headers
+    assert "finished with failures" in _cells(page, "runs", "status")
+    placeholders = page.locator(".sw-since input, .sw-until input").evaluate_all(
+        "inputs => inputs.map(input => input.placeholder)"
+    )
+    assert placeholders and not any(re.search(r"20\d\d", p) for p in placeholders), placeholders
+    page.locator(".sw-since input").fill("last tuesday")  # not a time: a warning, and no rows of before
+    page.locator(".sw-since input").press("Enter")
+    page.wait_for_selector("text=expected a time like")
+    wait_for(lambda: page.locator(".sw-table-runs .tabulator-row").count() == 0, 20)
+
+
+def test_frame_47_s_error_is_among_its_stage_s_logs_and_the_download_is_the_matching_lines(served, page) -> None:
+    home, _, ui, _ = served
+    page.goto(f"{ui.url}?page=logs&stage=preprocessing&level=ERROR")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert _cells(page, "logs", "sample") == ["frame_047"]
+    time_cell = page.locator(".sw-table-logs .tabulator-cell[tabulator-field='time'] span").first
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC", time_cell.inner_text())  # the time, to the ms
+    assert time_cell.get_attribute("title").endswith("ago")  # and how long ago, on hover
+    # Every matching line, past the page in view, and nothing but lines: `export --table logs`.
+    page.goto(f"{ui.url}?page=logs&stage=detection&size=25")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert page.locator(".sw-table-logs .tabulator-row").count() == 25
+    with page.expect_download() as download:
+        page.get_by_text("Download JSON", exact=True).click()
+    downloaded = json.loads(Path(download.value.path()).read_text())
+    assert downloaded == _export(home, "--table", "logs", "--stage", "detection")
+    assert list(downloaded) == ["logs"] and len(downloaded["logs"]) == wait_for(lambda: _pager_total(page)) > 25
+
+
+def test_an_invalid_since_on_logs_clears_the_old_rows_and_the_histogram(served, page) -> None:
+    _, _, ui, _ = served
+    page.goto(f"{ui.url}?page=logs")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    page.locator(".sw-since input").fill("yesterday-ish")
+    page.locator(".sw-since input").press("Enter")
+    page.wait_for_selector("text=expected a time like")
+    wait_for(lambda: page.locator(".sw-table-logs .tabulator-row").count() == 0, 20)
+    assert not shown(page, "log lines 1-")
+
+
+def test_failures_say_failed_for_an_exception_and_never_leave_a_reason_empty(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=failures&run={run_id}&size=100")
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    wait_for(lambda: _pager_total(page), 20)
+    outcomes = _cells(page, "failures", "outcome")
+    samples = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='case']").all_inner_texts()
+    assert dict(zip(samples, outcomes, strict=True))["frame_047"] == "failed"  # a ValueError: not "crashed"
+    assert "crashed" not in outcomes
+    assert all(reason.strip() for reason in _cells(page, "failures", "reason"))
+    kinds = ", ".join(_cells(page, "failures", "error kinds"))
+    assert "mask mismatch" in kinds and "_" not in kinds  # spelled as the Accuracy page spells them
+    _choose(page, "Error kind", "mask mismatch")
+    page.wait_for_url(re.compile("kind=mask_mismatch"))

@@ -76,7 +76,9 @@ class PagedQuery:
 
     `query(offset, limit)` returns a `_data.Page` or raises ValueError / RunNotFound (said in
     words above the table); `display` turns its rows into what people read; `empty()` says
-    what to do when nothing matches; `changed()` runs after each filter change."""
+    what to do when nothing matches; `changed()` runs after each filter change. The pager
+    turns to the previous and next page (of whichever sort: "newer" would be wrong for the
+    slowest first); `table_options` go to the table (its layout, its wrapping columns)."""
 
     def __init__(
         self,
@@ -88,8 +90,9 @@ class PagedQuery:
         empty: Callable[[], str],
         html_columns: tuple[str, ...] = (),
         page_size: int = 25,
-        turns: tuple[str, str] = ("◀ newer", "older ▶"),
+        turns: tuple[str, str] = ("◀ previous", "next ▶"),
         changed: Callable[[], None] | None = None,
+        **table_options: Any,
     ) -> None:
         self.noun, self.filters, self.query, self.display, self.empty = noun, filters, query, display, empty
         self.changed = changed
@@ -98,7 +101,7 @@ class PagedQuery:
         self.previous, self.next = pn.widgets.Button(name=turns[0]), pn.widgets.Button(name=turns[1])
         self.count = pn.pane.Markdown("")
         self.message = pn.Column()
-        self.table = table(pd.DataFrame(), name, html_columns=html_columns)
+        self.table = table(pd.DataFrame(), name, html_columns=html_columns, **table_options)
         for widget in [*filters.values(), self.size]:
             widget.param.watch(self._filters_changed, "value")
         self.page.param.watch(lambda _: self.refresh(), "value")

@@ -52,7 +52,9 @@ class Verdict:
 def wrong_reason(metric: str, value: float, minimum: float, errors: dict[str, int], classes: list[str]) -> str:
     """Why a sample is wrong, in words: 'F1 0.286 below 0.5: 4 missed, 1 localization (car,
     pedestrian)'; a wrong sample's reason is never empty."""
-    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(errors.items(), key=lambda item: -item[1]))
+    kinds = ", ".join(
+        f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(errors.items(), key=lambda item: -item[1])
+    )
     involved = f" ({', '.join(classes)})" if classes else ""
     return f"{metric} {value:.3f} below {minimum:g}: {kinds}{involved}"
 

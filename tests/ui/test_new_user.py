@@ -136,3 +136,57 @@ def test_failures_say_failed_for_an_exception_and_never_leave_a_reason_empty(ser
     assert "mask mismatch" in kinds and "_" not in kinds  # spelled as the Accuracy page spells them
     _choose(page, "Error kind", "mask mismatch")
     page.wait_for_url(re.compile("kind=mask_mismatch"))
+
+
+# The contrast of a link's text with the first opaque background behind it (across shadow roots).
+LINK_CONTRAST = """a => {
+  const rgb = s => s.match(/[\\d.]+/g).map(Number).map((v, i) => s.startsWith("color(") && i < 3 ? v * 255 : v);
+  const opaque = c => c && !(rgb(c).length === 4 && rgb(c)[3] === 0);
+  let el = a, behind = "rgb(255, 255, 255)";
+  while (el) {
+    const colour = getComputedStyle(el).backgroundColor;
+    if (opaque(colour)) { behind = colour; break; }
+    el = el.parentElement || (el.getRootNode() instanceof ShadowRoot ? el.getRootNode().host : null);
+  }
+  const luminance = c => {
+    const [r, g, b] = rgb(c).slice(0, 3).map(v => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [high, low] = [luminance(getComputedStyle(a).color), luminance(behind)].sort((x, y) => y - x);
+  return (high + 0.05) / (low + 0.05);
+}"""
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_every_page_s_links_read_in_both_themes(served, page, theme) -> None:
+    """WCAG's 4.5:1 for text: the dark theme once drew the sidebar's links navy on near-black."""
+    _, _, ui, run_id = served
+    for view in [
+        "live",
+        "runs",
+        "performance",
+        "logs",
+        "accuracy",
+        "failures",
+        f"run&run={run_id}",
+        f"case&run={run_id}&stage=segmentation&sample=frame_000",
+    ]:
+        page.goto(f"{ui.url}?page={view}&theme={theme}")
+        page.wait_for_selector("a[href='?page=failures']")
+        page.wait_for_timeout(500)  # the tables' links drawn
+        links = page.locator("a[href^='?page=']")
+        contrasts = [links.nth(i).evaluate(LINK_CONTRAST) for i in range(min(links.count(), 30))]
+        assert min(contrasts) >= 4.5, (view, theme, contrasts)
+
+
+@pytest.mark.parametrize("width", [1280, 1440])
+def test_the_failures_table_fits_the_page(served, page, width) -> None:
+    _, _, ui, _ = served
+    page.set_viewport_size({"width": width, "height": 1000})
+    page.goto(f"{ui.url}?page=failures")
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    run_cell = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='run']").first
+    box = run_cell.bounding_box()
+    assert box["x"] + box["width"] <= width  # the run column, which tells two runs' cases apart, in view
+    holder = page.locator(".sw-table-failures .tabulator-tableholder").first
+    assert holder.evaluate("h => h.scrollWidth <= h.clientWidth + 1")  # nothing to scroll sideways

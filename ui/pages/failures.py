@@ -65,7 +65,11 @@ class FailuresPage:
             display,
             lambda: "No failure case matches these filters." if self.filters() != _failures.CaseFilters() else EMPTY,
             html_columns=("case", "run", "when"),
-            turns=("◀ previous", "next ▶"),
+            # Every column within the page at 1,280 px: long text wraps rather than pushing the
+            # run column (which tells two runs' cases of one sample apart) off the page.
+            layout="fit_columns",
+            formatters={"reason": {"type": "textarea"}, "error kinds": {"type": "textarea"}},
+            widths={"case": 90, "stage": 120, "outcome": 80, "confidence": 85, "severity": 70, "run": 80, "when": 95},
         )
         self.query.refresh()
 

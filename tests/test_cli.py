@@ -109,7 +109,39 @@ def test_runs_on_an_empty_home_says_so(home: Path) -> None:
 
 def test_a_second_daemon_on_the_same_home_is_refused(daemon: DaemonProcess) -> None:
     second = sw("daemon", "--home", str(daemon.home), timeout_s=30)
-    assert second.returncode == 1 and "another stagewatch daemon is running" in second.stderr
+    assert (
+        second.returncode == 1 and f"another stagewatch daemon (pid {daemon.process.pid}) is running" in second.stderr
+    )
+
+
+def test_a_refused_command_names_what_holds_the_home_and_a_rebuild_says_nothing_of_nothing(home: Path) -> None:
+    """A daemon refused while a rebuild runs is told a rebuild holds the home (it once read
+    "another stagewatch daemon"); the rebuild itself logs no "run index: 0 pairs"."""
+    import os
+
+    from stagewatch._home import Home
+    from stagewatch.daemon._lock import HomeLock
+
+    run = stagewatch.init(pipeline="p", home=home)  # no daemon: spooled, then a daemon takes it
+    with run.stage("s"):
+        pass
+    run.finish()
+    stagewatch.shutdown()
+    daemon = DaemonProcess(home).start()
+    daemon.stop()
+    rebuilt = sw("rebuild", "--home", str(home))
+    assert rebuilt.returncode == 0 and "0 (run, date) pairs" not in rebuilt.stderr + rebuilt.stdout, rebuilt.stderr
+    held = HomeLock(Home.of(home), "rebuild")
+    held.take()  # as a rebuild holds it while it runs
+    try:
+        refused = sw("daemon", "--home", str(home), timeout_s=30)
+        assert refused.returncode == 1, refused.stderr
+        assert f"`stagewatch rebuild` (pid {os.getpid()}) is running on" in refused.stderr, refused.stderr
+        assert "another stagewatch daemon" not in refused.stderr
+        again = sw("rebuild", "--home", str(home))
+        assert again.returncode == 1 and "`stagewatch rebuild`" in again.stderr and "daemon" not in again.stderr
+    finally:
+        held.release()
 
 
 def test_show_survives_a_damaged_audit_and_marks_the_run_incomplete(daemon: DaemonProcess) -> None:

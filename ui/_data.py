@@ -336,6 +336,27 @@ def errors_of(stages: list[dict[str, Any]], errors: list[dict[str, Any]]) -> lis
     return [{**e, "traceback": tracebacks.get((e.get("client_id"), e.get("span")))} for e in errors]
 
 
+def stage_error(home: Path, run_id: str, execution: dict[str, Any]) -> dict[str, Any]:
+    """The error of one failed or crashed stage execution (a row of stage_executions) as the run
+    page shows it: the audit trail's entry with its traceback, else what the row itself holds
+    (a crashed process left no traceback)."""
+    where = (execution.get("client_id"), execution.get("span"))
+    audit = load_audit(home, run_id)
+    for error in errors_of(audit.get("stages", []), audit.get("errors", [])):
+        if (error.get("client_id"), error.get("span")) == where:
+            return error
+    start = execution.get("start_time")
+    return {
+        "type": execution.get("error_type") or execution.get("status"),
+        "message": execution.get("error_message") or "",
+        "stage": execution.get("stage"),
+        "sample_id": execution.get("sample_id"),
+        "input_path": execution.get("input_path"),
+        "at": start.isoformat() if hasattr(start, "isoformat") else start,
+        "traceback": None,
+    }
+
+
 def outputs_of(stages: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Saved outputs grouped by stage (pipeline order of the audit) and sample."""
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}

@@ -190,3 +190,20 @@ def test_the_failures_table_fits_the_page(served, page, width) -> None:
     assert box["x"] + box["width"] <= width  # the run column, which tells two runs' cases apart, in view
     holder = page.locator(".sw-table-failures .tabulator-tableholder").first
     assert holder.evaluate("h => h.scrollWidth <= h.clientWidth + 1")  # nothing to scroll sideways
+
+
+def test_a_failed_sample_s_case_shows_its_input_and_traceback_and_pictures_name_their_classes(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=preprocessing&sample=frame_047")
+    page.wait_for_selector("text=datasets/demo/images/frame_047.png")  # the input, on the case itself
+    page.get_by_text("Traceback").first.click()
+    page.wait_for_selector("text=Traceback (most recent call last)")
+    assert shown(page, "raise ValueError")
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
+    legend = page.locator(".sw-class-legend").first
+    legend.wait_for()
+    assert all(name in legend.inner_text() for name in ("background", "car", "pedestrian"))
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=lidar_segmentation&sample=frame_000")
+    page.wait_for_selector(".sw-class-legend")
+    texts = page.locator(".sw-class-legend").all_inner_texts()
+    assert len(texts) == 2 and all("ground" in t and "car" in t for t in texts)  # from above, and in 3D

@@ -207,3 +207,20 @@ def test_a_failed_sample_s_case_shows_its_input_and_traceback_and_pictures_name_
     page.wait_for_selector(".sw-class-legend")
     texts = page.locator(".sw-class-legend").all_inner_texts()
     assert len(texts) == 2 and all("ground" in t and "car" in t for t in texts)  # from above, and in 3D
+
+
+def test_accuracy_s_error_kinds_say_how_many_samples_their_link_lists(served, page) -> None:
+    """ "missed 35 → list them" opened 19 cases: 35 boxes in 19 samples. The count says boxes,
+    the link says how many samples it lists, and the Failures page lists that many."""
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=accuracy&run={run_id}")
+    page.wait_for_selector(".sw-table-accuracy-kinds .tabulator-row")
+    kinds = _cells(page, "accuracy-kinds", "error kind")
+    counts = _cells(page, "accuracy-kinds", "count")
+    links = _cells(page, "accuracy-kinds", "cases")
+    missed = kinds.index("missed")
+    assert re.fullmatch(r"\d+ box(es)?", counts[missed]), counts
+    listed = int(re.fullmatch(r"list the (\d+) samples?", links[missed]).group(1))
+    page.locator(".sw-table-accuracy-kinds a").nth(missed).click()
+    page.wait_for_url(re.compile("kind=missed"))
+    assert wait_for(lambda: _pager_total(page), 30) == listed

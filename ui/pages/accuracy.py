@@ -148,17 +148,18 @@ def error_kinds(run_id: str, stages: dict[str, Any], home: Path | None = None) -
                 {
                     "stage": stage,
                     "error kind": kind.replace("_", " "),
-                    "count": f"{count:,} " + ("boxes" if entry.get("kind") == "boxes" else "samples"),
+                    "count": _counted(count, "box" if entry.get("kind") == "boxes" else "sample"),
                     "cases": f'<a href="{query}">'
-                    + (
-                        f"list the {samples:,} sample{'' if samples == 1 else 's'}"
-                        if samples is not None
-                        else "list them"
-                    )
+                    + (f"list the {_counted(samples, 'sample')}" if samples is not None else "list them")
                     + "</a>",
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _counted(count: int, noun: str) -> str:
+    """'1 box', '35 boxes', '19 samples'."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")
 
 
 def _samples_with(home: Path, run_id: str, stage: str, kind: str) -> int:

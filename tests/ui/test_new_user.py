@@ -224,3 +224,14 @@ def test_accuracy_s_error_kinds_say_how_many_samples_their_link_lists(served, pa
     page.locator(".sw-table-accuracy-kinds a").nth(missed).click()
     page.wait_for_url(re.compile("kind=missed"))
     assert wait_for(lambda: _pager_total(page), 30) == listed
+
+
+def test_a_chosen_output_opens_where_one_looks_and_large_enough_to_see(served, page) -> None:
+    """A thumbnail's output once opened 2,000 px below, at its native 160x120, out of sight."""
+    _, _, ui, run_id = served
+    overlay = f"runs/{run_id}/stages/postprocessing/frame_000_overlay.png"
+    page.goto(f"{ui.url}?page=run&run={run_id}&artifact={overlay}")
+    image = page.wait_for_selector(".sw-preview img")
+    box = image.bounding_box()
+    assert box["y"] < page.viewport_size["height"]  # in view without scrolling
+    assert box["width"] >= 480

@@ -14,6 +14,7 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+from PIL import Image
 
 from stagewatch._home import ARTIFACT_FORM
 from stagewatch.daemon import _outcomes as outcomes
@@ -50,7 +51,9 @@ class RunPage:
         _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
 
     def layout(self) -> pn.Column:
-        return pn.Column(self.url_problems, self.run_id, self.body, self.artifact, self.compare, self.preview)
+        # The chosen output above the run's story: where a person looks after clicking a
+        # thumbnail (below the outputs it opened 2,000 px lower, out of sight).
+        return pn.Column(self.url_problems, self.run_id, self.artifact, self.compare, self.preview, self.body)
 
     def _refresh_if_running(self) -> None:
         """Redraw a run in progress when its audit trail moved (a redraw resets zoom and cards)."""
@@ -107,7 +110,9 @@ class RunPage:
         elif kind == "png":
             self.preview.objects = [
                 title,
-                pn.pane.PNG(io.BytesIO(content), sizing_mode="fixed", css_classes=["sw-preview"]),
+                pn.pane.PNG(
+                    io.BytesIO(content), width=shown_width(content), sizing_mode="fixed", css_classes=["sw-preview"]
+                ),
             ]
         else:
             self.preview.objects = [title, pn.pane.JSON(content, depth=3)]
@@ -135,6 +140,18 @@ class RunPage:
                 f"by more than {found.threshold}"
             ),
         ]
+
+
+PREVIEW_WIDTHS = (480, 1200)  # a 160x120 output drawn at least this wide (pixels kept sharp), at most that
+
+
+def shown_width(png: bytes) -> int:
+    """The width to draw a saved PNG at: its own within PREVIEW_WIDTHS, scaled up or down into it."""
+    try:
+        native = Image.open(io.BytesIO(png)).width
+    except (OSError, SyntaxError):  # PIL says SyntaxError for some damaged files
+        return PREVIEW_WIDTHS[0]
+    return min(max(native, PREVIEW_WIDTHS[0]), PREVIEW_WIDTHS[1])
 
 
 def _png(picture: np.ndarray) -> io.BytesIO:

@@ -394,6 +394,12 @@ def test_boxes_are_drawn_by_outcome_with_escaped_hover_text_and_switchable_layer
     assert re.findall(r"sw-box-(\w+)", predictions_only) == ["matched"] and "<image" not in predictions_only
     assert 'viewBox="0 0 68 49"' in predictions_only  # no image: a canvas as large as the boxes reach
     assert parse_boxes_column("not json") == {"predicted": [], "truth": []}
+    # The legend counts boxes per side: one matched pair is not "2 matched".
+    from stagewatch.ui._overlay import legend_html
+
+    legend = re.sub(r"<[^>]+>", "", legend_html(boxes))
+    assert "matched (prediction and its ground truth) 1 ground truth · 1 predicted" in legend
+    assert "missed: a ground-truth object no prediction found 1" in legend
 
 
 def test_a_mask_over_its_image_blends_classes_and_leaves_background_clear() -> None:

@@ -440,3 +440,21 @@ def test_a_big_input_image_is_sent_scaled_down_with_boxes_in_its_own_coordinates
     assert 'viewBox="0 0 6000 3000"' in svg and 'width="6000" height="3000"/>' in svg
     outside = _input_of(tmp_path / "home", {"run_id": run_id, "input_path": "/etc/hostname"})
     assert outside["image"] is None and "not a file in the dataset's folder" in outside["problem"]
+
+
+def test_time_axes_tick_as_a_clock_and_one_run_spans_an_hour() -> None:
+    """A chart of one run ticked "401500us" (an axis spanning nothing); the log histogram's
+    sub-second ticks read "400ms … 0ms … 200ms"."""
+    from bokeh.plotting import figure
+
+    from stagewatch.ui import _axes
+
+    one = figure(x_axis_type="datetime")
+    moment = pd.Timestamp("2026-12-06 08:42:46.963", tz="UTC")
+    _axes.time_axis(one, [moment, moment])
+    assert (one.x_range.end - one.x_range.start) >= pd.Timedelta(hours=1)
+    ticks = one.xaxis[0].formatter
+    assert ticks.milliseconds == "%H:%M:%S.%3N" and ticks.microseconds.startswith("%H:%M:%S")
+    many = figure(x_axis_type="datetime")
+    _axes.time_axis(many, [moment, moment + pd.Timedelta(days=3)])
+    assert type(many.x_range).__name__ == "DataRange1d"  # a real span: the data's own range

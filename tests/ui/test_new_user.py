@@ -235,3 +235,22 @@ def test_a_chosen_output_opens_where_one_looks_and_large_enough_to_see(served, p
     box = image.bounding_box()
     assert box["y"] < page.viewport_size["height"]  # in view without scrolling
     assert box["width"] >= 480
+
+
+def test_a_run_that_ends_leaves_live_s_running_list_at_once(served, page) -> None:
+    """It stayed among the running as "failed … 0.0 samples/s" for 30 s and more."""
+    import stagewatch
+
+    home, _, ui, _ = served
+    run = stagewatch.init(pipeline="ends-soon", home=home)
+    with run.stage("a", sample_id="s0"):
+        pass
+    assert run.flush(10)
+    page.goto(f"{ui.url}?page=live")
+    page.wait_for_selector(f".sw-table-live-stages, a[title='{run.id}']")
+    run.finish()
+    assert run.flush(10)
+    page.wait_for_selector(f".sw-ended a[title='{run.id}']", timeout=30_000)  # listed as ended, in words
+    assert "ok" in page.locator(".sw-ended li", has=page.locator(f"a[title='{run.id}']")).inner_text()
+    assert page.locator(f".sw-table-live-stages a[title='{run.id}']").count() == 0
+    stagewatch.shutdown()

@@ -58,7 +58,11 @@ class Ui:
             stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}/app"
-        wait_for(self._answers, 60, 0.2)
+        try:
+            wait_for(self._answers, 60, 0.2)
+        except BaseException:
+            self.stop()  # a server that did not answer in time is not left running
+            raise
 
     def _answers(self) -> bool:
         assert self.process.poll() is None, "stagewatch ui exited"
@@ -87,11 +91,13 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, DaemonProcess, Ui, str]]:
     assert demo.returncode == 0, demo.stderr
     (run_id,) = [p.name for p in (home / "runs").iterdir()]
     _other_runs(home)
-    ui = Ui(home)
+    ui = None
     try:
+        ui = Ui(home)  # inside: a UI that never answers still leaves no daemon behind
         yield home, daemon, ui, run_id
     finally:
-        ui.stop()
+        if ui is not None:
+            ui.stop()
         daemon.stop()
 
 

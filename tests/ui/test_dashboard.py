@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -65,12 +66,17 @@ class Ui:
             raise
 
     def _answers(self) -> bool:
+        """The server answers "/" (its redirect to the app, or a login's): ready. Not following the
+        redirect: rendering a page can take longer than a probe's timeout on a loaded machine."""
         assert self.process.poll() is None, "stagewatch ui exited"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2)
-            return True
-        except OSError as error:
-            return getattr(error, "code", None) is not None  # an HTTP error answers too (login redirect)
+            connection.request("GET", "/")
+            return connection.getresponse().status > 0
+        except OSError:
+            return False
+        finally:
+            connection.close()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -88,7 +88,10 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", help="ISO date/time or relative (7d, 24h, 30m)")
     parser.add_argument("--until", help="ISO date/time or relative (7d, 24h, 30m)")
     parser.add_argument("--stage", help="a stage name")
-    parser.add_argument("--status", help="ok, failed or crashed")
+    parser.add_argument(
+        "--status",
+        help="a run's: ok, finished_with_failures, failed, crashed, running; a stage execution's: ok, failed, crashed",
+    )
     parser.add_argument("--level", help="lowest log level: DEBUG, INFO, WARNING, ERROR, ...")
     parser.add_argument("--grep", help="text in error messages and log lines (case-insensitive)")
     parser.add_argument("--regex", action="store_true", help="--grep is a regular expression (RE2 syntax)")

@@ -33,23 +33,25 @@ def _number(value: float | None) -> str:
 
 
 def stage_table(stages: list[dict[str, Any]], host: str | None = None) -> str:
-    """Per stage, in the order stages first ran: runs, failures, median and max ms, peak RSS, and
-    the GPU peak with a line per stage of its peaks by device (or one line: no GPU on `host`)."""
+    """Per stage, in the order stages first ran: runs, failures, median and max ms, the stage's
+    own memory (the most its RSS rose above its start), the process's peak RSS, and the GPU peak
+    with a line per stage of its peaks by device (or one line: no GPU on `host`)."""
     names = list(dict.fromkeys(s["stage"] for s in stages))
     gpu_seen = any((s.get("memory") or {}).get("gpu_peak_mb") is not None for s in stages)
     lines = [
-        f"  {'stage':<20}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'peak RSS MB':>13}"
+        f"  {'stage':<20}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'own MB':>9}{'proc. peak MB':>15}"
         + (f"{'GPU peak MB':>13}" if gpu_seen else "")
     ]
     for name in names:
         rows = [s for s in stages if s["stage"] == name]
         durations = [s["duration_ms"] for s in rows if s["duration_ms"] is not None] or [0.0]
         peaks = [s["memory"]["rss_peak_mb"] or 0.0 for s in rows]
+        own = [_own_mb(s["memory"]) for s in rows]
         failed = sum(s["status"] != "ok" for s in rows)
         gpu = [s["memory"]["gpu_peak_mb"] for s in rows if s["memory"].get("gpu_peak_mb") is not None]
         lines.append(
             f"  {name:<20}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
-            f"{max(durations):>10.2f}{max(peaks):>13.1f}"
+            f"{max(durations):>10.2f}{max(own):>9.1f}{max(peaks):>15.1f}"
             + ((f"{max(gpu):>13.1f}" if gpu else f"{'-':>13}") if gpu_seen else "")
         )
         by_device = _device_peaks(rows)
@@ -58,6 +60,12 @@ def stage_table(stages: list[dict[str, Any]], host: str | None = None) -> str:
     if stages and not gpu_seen:
         lines.append(f"  no GPU readings on {host or 'this host'} (docs/gpu.md)")
     return "\n".join(lines)
+
+
+def _own_mb(memory: dict[str, Any]) -> float:
+    """What a stage's RSS rose above its start (0 without both readings)."""
+    peak, start = memory.get("rss_peak_mb"), memory.get("rss_start_mb")
+    return peak - start if peak is not None and start is not None else 0.0
 
 
 def _device_peaks(rows: list[dict[str, Any]]) -> dict[str, float]:

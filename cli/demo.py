@@ -122,7 +122,7 @@ def wait_for_document(path: Path, flag: str, timeout_s: float) -> dict[str, Any]
 
 def _print_summary(home: Home, audit: dict[str, Any]) -> None:
     run_id = audit["run_id"]
-    print(f"\nrun {run_id}  pipeline={audit.get('pipeline')}  status={audit['status']}")
+    print(f"\nrun {run_id}  pipeline={audit.get('pipeline')}  status={audit['status'].replace('_', ' ')}")
     print(stage_table(audit.get("stages", []), audit.get("host")))
     for error in audit.get("errors", [])[:3]:
         print(f"\nerror in {error['stage']} on {error['sample_id']}: {error['type']}: {error['message']}")

@@ -50,25 +50,34 @@ def add_commands(commands: Any) -> None:
 
     export = commands.add_parser("export", help="write the matching runs, stages and logs to a file")
     filter_options(export)
+    export.add_argument(
+        "--table",
+        action="append",
+        choices=["runs", "stages", "logs"],
+        help="only this table (repeat for more); `--table logs` is the Logs page's download",
+    )
     export.add_argument("--output", required=True, help="the file to write ('-' for stdout)")
     export.add_argument("--format", choices=["json", "jsonl"], default="json", help="json (default) or JSON Lines")
     export.set_defaults(handler=cmd_export)
 
 
 def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | None:
-    """Rows of every table that match the filters, as JSON-ready dicts; None if the run is unknown."""
+    """Rows of every table (or those --table names) that match the filters, as JSON-ready dicts;
+    None if the run is unknown."""
     from stagewatch.daemon import RunNotFound
-    from stagewatch.daemon._export import matching
+    from stagewatch.daemon._export import TABLES, matching
 
     home = home_of(args).root
+    tables = tuple(name for name in TABLES if name in (getattr(args, "table", None) or TABLES))
     try:
-        return matching(home, filters_of(args, home))
+        return matching(home, filters_of(args, home), tables)
     except RunNotFound as error:
         fail(str(error), EXIT_NOT_FOUND)
         return None
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from stagewatch.daemon import _outcomes as outcomes
     from stagewatch.daemon import list_runs
 
     home = home_of(args)
@@ -81,13 +90,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs yet in {home.root}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
         print("another home: --home PATH or STAGEWATCH_HOME")
         return EXIT_OK
-    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<9}failed stage")
+    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<23}failed stage")
     for run in runs:
         duration = f"{run['duration_ms'] / 1000:.2f}" if run["duration_ms"] is not None else "-"
         started = (run["started_at"] or "-")[:19].replace("T", " ")
         print(
             f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
-            f"{run['status']:<9}{run['failed_stage'] or ''}"
+            f"{outcomes.label(run['status']):<23}{run['failed_stage'] or ''}"
         )
     return EXIT_OK
 
@@ -105,17 +114,37 @@ def cmd_query(args: argparse.Namespace) -> int:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         print(json.dumps(limited, indent=1, default=str))
         return EXIT_OK
-    counts = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
-    print(f"{counts['runs']} run(s), {counts['stages']} stage execution(s), {counts['logs']} log line(s)")
-    for row in matched["stages"][: args.limit]:
-        if row["status"] != "ok" or args.stage or args.run:
+    logs = matched["logs"]
+    if args.level or args.logger:  # filters of log lines alone: no run or stage execution has a level
+        print(f"{len(logs)} log line(s){_of_level(args)}, in time order")
+    else:
+        stages = matched["stages"]
+        shown = [row for row in stages if row["status"] != "ok" or args.stage or args.run][: args.limit]
+        print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(logs)} log line(s)")
+        if shown:
+            print("stage executions" + ("" if args.stage or args.run else " that did not end ok") + ":")
+        for row in shown:
             print(
                 f"  {row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} {row['status']:<8} "
                 f"{row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  {row['error_message'] or ''}"
             )
-    for row in matched["logs"][: args.limit]:
-        print(f"  {row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} {row['message']}")
+        if logs:
+            print("log lines, in time order:")
+    for row in logs[: args.limit]:
+        print(
+            f"  {row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} {row['sample_id'] or '-':<12} "
+            f"{row['message']}"
+        )
+    if len(logs) > args.limit:
+        print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
+
+
+def _of_level(args: argparse.Namespace) -> str:
+    """' at WARNING or above from logger x' as the filters say."""
+    return (f" at {args.level.upper()} or above" if args.level else "") + (
+        f" from logger {args.logger}" if args.logger else ""
+    )
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -136,7 +165,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(
         f"{'stage':<18}{'count':>8}{'failed':>8}{'mean':>9}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}"
-        f"{'peak RSS':>10}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
+        f"{'own MB':>9}{'proc. peak':>11}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
     )
     for entry in stats:
         d = entry["duration_ms"]
@@ -144,15 +173,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
         gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
             f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{cells}"
-            f"{entry['rss_peak_mb']['max'] or 0:>10.1f}{entry['share_of_time']:>8.1%}"
+            f"{_mb_cell(entry['own_mb']['max'], 9)}{_mb_cell(entry['rss_peak_mb']['max'], 11)}"
+            f"{entry['share_of_time']:>8.1%}"
             + ((f"{gpu_peak:>10.1f}" if gpu_peak is not None else f"{'-':>10}") if gpu else "")
             + ("  <- bottleneck" if entry.get("bottleneck") else "")
         )
         if entry["gpu"]:
             print("  " + gpu_line(entry["gpu"]))
+    print("own MB: the most a stage's RSS rose above its start; proc. peak: the process's peak RSS during it")
     if not gpu:
         print("no GPU readings in these stages (a host without a GPU, or no framework on one: docs/gpu.md)")
     return EXIT_OK
+
+
+def _mb_cell(value: float | None, width: int) -> str:
+    return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
 
 
 def gpu_line(gpu: dict[str, Any]) -> str:

@@ -150,6 +150,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         with progress(args, "removing expired runs", "runs") as update:
             result = collect_garbage(home.root, config.retention, dry_run=args.dry_run, progress=update)
     except DaemonAlreadyRunning as error:
+        if "daemon" not in str(error):  # a rebuild holds the home
+            return fail(f"{error}; run gc when it has ended", EXIT_NOT_FOUND)
         interval = config.retention.check_interval_s
         return fail(
             f"{error}: it applies retention itself, at start and every {interval:g} s "
@@ -187,7 +189,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         with progress(args, "replaying the event log", "B") as update:
             report = rebuild(home.root, progress=update)
     except DaemonAlreadyRunning as error:
-        return fail(f"{error}; stop it before a rebuild", EXIT_NOT_FOUND)
+        return fail(f"{error}; a rebuild needs the home to itself: let it end (or stop it) first", EXIT_NOT_FOUND)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -10,22 +10,35 @@ enqueues: it never blocks and never raises.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 from stagewatch import _protocol as protocol
-from stagewatch._run import _internal_error, _process_for_run, current_run, current_stage
+from stagewatch._run import _internal_error, _process_for_run, current_run, current_stage, failed_in
 
 MAX_MESSAGE_CHARS = 60_000
 
 
-def forward(level: str, message: str, logger_name: str | None, extra: dict[str, Any], ts_ns: int | None = None) -> None:
-    """Send one log record as a `log` event of the current run (if there is one)."""
+def forward(
+    level: str,
+    message: str,
+    logger_name: str | None,
+    extra: dict[str, Any],
+    ts_ns: int | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Send one log record as a `log` event of the current run (if there is one).
+
+    Outside every stage, a record about an exception that failed a stage (`error`, else the
+    one being handled: the pipeline's `except` around the stage) carries that stage and
+    sample, so the stage's failure shows among its own lines."""
     try:
         stage = current_stage()
         run = stage.run if stage is not None else current_run()
         if run is None:
             return
+        where = (stage.name, stage.sample_id) if stage is not None else failed_in(error or sys.exc_info()[1])
         process = _process_for_run(run)
         event = protocol.log(
             process.client_id,
@@ -33,8 +46,8 @@ def forward(level: str, message: str, logger_name: str | None, extra: dict[str, 
             ts_ns or time.time_ns(),
             level=level[:16],
             message=message[:MAX_MESSAGE_CHARS],
-            stage=stage.name if stage is not None else None,
-            sample_id=stage.sample_id if stage is not None else None,
+            stage=where[0] if where else None,
+            sample_id=where[1] if where else None,
             logger=(logger_name or "")[:256] or None,
             extra=_json_safe(extra),
         )
@@ -56,6 +69,7 @@ def loguru_sink(message: Any) -> None:
         record["name"],
         dict(record["extra"]),
         int(record["time"].timestamp() * 1e9),
+        record["exception"].value if record["exception"] is not None else None,
     )
 
 
@@ -72,4 +86,5 @@ class LoggingHandler(logging.Handler):
         if record.name == "stagewatch":  # our own warnings describe the transport; keep them local
             return
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES}
-        forward(record.levelname, record.getMessage(), record.name, extra, int(record.created * 1e9))
+        error = record.exc_info[1] if record.exc_info else None
+        forward(record.levelname, record.getMessage(), record.name, extra, int(record.created * 1e9), error)

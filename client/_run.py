@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -226,6 +227,7 @@ class Stage:
                 "".join(traceback.format_exception(error))[-MAX_TRACEBACK_CHARS:],
             )
             self.run._failed_stages += 1
+            _mark_failed_in(error, self.name, self.sample_id)
         self._end_ts = time.time_ns()  # from here on `current_stage()` passes over this stage
         process.sender.emit(self._end_event)
         if self._rss_peak is not None and self._rss_peak > process.memory_warn_bytes:
@@ -400,6 +402,31 @@ class _ForkedAway:
         return None
 
 
+_FAILED_IN = "__stagewatch_failed_in__"
+_MAX_CHAIN = 32  # exceptions followed through __cause__/__context__ (a cycle or a deep chain ends there)
+
+
+def _mark_failed_in(error: BaseException, stage: str, sample_id: str | None) -> None:
+    """Remember on the exception the stage (and sample) it failed first, the innermost one: a
+    record logged where the pipeline catches it, outside every stage, still belongs there."""
+    if getattr(error, _FAILED_IN, None) is None:
+        with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
+            setattr(error, _FAILED_IN, (stage, sample_id))
+
+
+def failed_in(error: BaseException | None) -> tuple[str, str | None] | None:
+    """(stage, sample id) where `error`, or an exception it was raised from or while handling,
+    failed a stage; None if none did."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen and len(seen) < _MAX_CHAIN:
+        seen.add(id(error))
+        found = getattr(error, _FAILED_IN, None)
+        if found is not None:
+            return found
+        error = error.__cause__ or error.__context__
+    return None
+
+
 _internal_errors = 0
 _checked_stage_names: set[str] = set()
 
@@ -502,14 +529,16 @@ class Run:
         return target
 
     def finish(self, status: str | None = None, error: BaseException | None = None) -> None:
-        """End the run (also done at interpreter exit). Status: "ok" or "failed"."""
+        """End the run (also done at interpreter exit). Status: "failed" says the run failed; left
+        out, it failed if it ends on `error`, else the daemon says "ok" or, where some stage
+        failed on the way, "finished with failures" (daemon/_outcomes.py)."""
         if self.finished or os.getpid() != self._owner_pid:
             return
         self.finished = True
         try:
             process = _process_for_run(self)
             if status is None:
-                status = "failed" if (error is not None or self._failed_stages) else "ok"
+                status = "failed" if error is not None else "ok"
             process.sender.emit(
                 protocol.run_finished(
                     process.client_id,

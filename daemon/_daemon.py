@@ -244,7 +244,9 @@ class Daemon:
         dropped_parts = self.writer.store.drop_parts_from(start_lsn)
         run_index = self.writer.store.run_index
         if not run_index.complete:  # a new home, a rebuild, or data from before the index
-            logger.info("run index: {} (run, date) pairs from the existing tables", run_index.build_from_tables())
+            indexed = run_index.build_from_tables()
+            if indexed:  # a new home or a rebuild has no tables yet: the replay indexes as it goes
+                logger.info("run index: {} (run, date) pairs from the existing tables", indexed)
         replayed, scan = self._replay(start_lsn, progress)
         self.stats.replayed = replayed
         self.stats.recovery = {

@@ -258,14 +258,14 @@ def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagew
     # The pipeline logs as a real one does, through stagewatch's Loguru sink: every record
     # lands in the run's `logs` table, tagged with the stage and sample it came from.
     sink = logger.add(stagewatch.loguru_sink, level="INFO", filter=lambda record: record["extra"].get("demo"))
-    log = logger.bind(demo=True)
+    log = pipeline_logger()
     try:
         with stagewatch.init(pipeline="perception", config=config, home=home, dataset=dataset) as run:
             log.info("perception pipeline: {} frames, golden dataset {}", frames, dataset)
             # the rest made as they are processed: a long demo streams from its first second
             for frame in itertools.chain(labeled, (_scene(i, seed) for i in range(len(labeled), frames))):
                 try:
-                    process_frame(run, frame, log)
+                    process_frame(run, frame, log, dataset.parent)
                 except ValueError as error:  # the audit trail records it; the pipeline moves on
                     log.error("{} skipped: {}", frame.sample_id, error)
     finally:
@@ -277,9 +277,25 @@ def _scene(index: int, seed: int) -> Frame:
     return synthetic_frame(index, np.random.default_rng([seed, index]))
 
 
-def process_frame(run: stagewatch.Run, frame: Frame, log: Any = None) -> None:
-    log = log or logger.bind(demo=True)
-    source = f"synthetic://camera0/{frame.sample_id}"
+def pipeline_logger() -> Any:
+    """The demo pipeline's logger: its records name the pipeline, as a user's name their module,
+    not this module of stagewatch's."""
+    return logger.bind(demo=True).patch(lambda record: record.update(name="perception"))
+
+
+def input_files(dataset: Path | None, sample_id: str) -> tuple[str, str]:
+    """The camera image and lidar sweep a frame is read from: the golden dataset's files where
+    it wrote them (a failure's input is then a file one can open), else the synthetic source."""
+    images = sorted(dataset.glob(f"images/{sample_id}.png")) if dataset else []
+    clouds = sorted(dataset.glob(f"clouds/{sample_id}.p[cl][yd]")) if dataset else []
+    camera = str(images[0].resolve()) if images else f"synthetic://camera0/{sample_id}"
+    return camera, str(clouds[0].resolve()) if clouds else f"synthetic://lidar0/{sample_id}"
+
+
+def process_frame(run: stagewatch.Run, frame: Frame, log: Any = None, dataset: Path | None = None) -> None:
+    """The five stages on one frame; `dataset`: the golden dataset's folder its files are in."""
+    log = log or pipeline_logger()
+    source, sweep = input_files(dataset, frame.sample_id)
     with run.stage("preprocessing", input_path=source, sample_id=frame.sample_id):
         image, cloud = preprocess(frame)
     with run.stage("detection", input_path=source, sample_id=frame.sample_id) as st:
@@ -292,9 +308,7 @@ def process_frame(run: stagewatch.Run, frame: Frame, log: Any = None) -> None:
         log.info("{}: {} objects detected", frame.sample_id, len(detections["boxes"]))
     with run.stage("segmentation", input_path=source, sample_id=frame.sample_id) as st:
         st.result(frame.sample_id, segment(image))
-    with run.stage(
-        "lidar_segmentation", input_path=f"synthetic://lidar0/{frame.sample_id}", sample_id=frame.sample_id
-    ) as st:
+    with run.stage("lidar_segmentation", input_path=sweep, sample_id=frame.sample_id) as st:
         labels = label_points(cloud)
         st.save(f"{frame.sample_id}_points.ply", {"points": cloud, "label": labels})
         st.result(frame.sample_id, labels)

@@ -73,6 +73,18 @@ def _scrub_check(home: Path) -> dict[str, Any]:
     return _check("scrub", True, "no damage found (the daemon checks a sealed segment a minute; doctor --scrub all)")
 
 
+def _spool_check(home: Path, spools: list[Path]) -> dict[str, Any]:
+    """Spooled events wait for a daemon: while one runs it catches up, without one they wait on."""
+    if spools and not daemon_running(home):
+        return _check(
+            "spool",
+            False,
+            f"{len(spools)} spool file(s) of events wait and no daemon runs to take them: "
+            f"`stagewatch daemon --home {home}`",
+        )
+    return _check("spool", True, f"{len(spools)} spool file(s) waiting (clients still running or daemon catching up)")
+
+
 def _quarantine_check(layout: Home, quarantined: int, stats: dict[str, Any]) -> dict[str, Any]:
     """Rejected events are data a client lost: a problem to look at, not a detail."""
     dropped = stats.get("quarantine_dropped", 0)
@@ -100,7 +112,9 @@ def daemon_running(home: Path) -> bool:
 
 def _daemon_check(home: Path, status: dict[str, Any]) -> dict[str, Any]:
     if not daemon_running(home):
-        return _check("daemon", False, f"no daemon runs on {home}; start one with `stagewatch daemon --home {home}`")
+        # A home at rest is healthy: pipelines keep their events (spool) until a daemon starts;
+        # events waiting for one are the spool check's problem.
+        return _check("daemon", True, f"not running on {home} (to record pipelines: `stagewatch daemon --home {home}`)")
     socket = _missing_socket(home, status)
     if socket is not None:
         return _check(
@@ -167,6 +181,6 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),
         _check("internal", stats.get("internal_errors", 0) == 0, f"{stats.get('internal_errors', 0)} internal errors"),
-        _check("spool", True, f"{len(spools)} spool file(s) waiting (clients still running or daemon catching up)"),
+        _spool_check(home, spools),
         _quarantine_check(layout, quarantined, stats),
     ]

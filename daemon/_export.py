@@ -12,26 +12,40 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stagewatch.daemon._outcomes import RUN_ONLY
 from stagewatch.daemon._query import Filters, query_logs, query_runs, query_stages
 from stagewatch.daemon._readmodels import to_rows
 
 FORMATS = ("json", "jsonl")
+TABLES = ("runs", "stages", "logs")
 
 
-def matching(home: Path, filters: Filters) -> dict[str, list[dict[str, Any]]]:
+def matching(home: Path, filters: Filters, tables: tuple[str, ...] = TABLES) -> dict[str, list[dict[str, Any]]]:
     """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs. A
     filter only log lines have (a level, a logger) matches log lines alone: runs and stage
-    executions have no level, so none of them is "of level WARNING"."""
+    executions have no level, so none of them is "of level WARNING". `tables`: only those
+    (the Logs page downloads its log lines, `export --table logs` the same)."""
+    unknown = [name for name in tables if name not in TABLES]
+    if unknown:
+        raise ValueError(f"expected tables of {', '.join(TABLES)}, got {', '.join(map(repr, unknown))}")
     logs = query_logs(home, filters)
+    if tables == ("logs",):
+        return {"logs": _rows(logs)}
     if filters.level or filters.logger:
-        return {"runs": [], "stages": [], "logs": _rows(logs)}
-    stages = query_stages(home, filters)
-    if filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
+        return {name: _rows(logs) if name == "logs" else [] for name in tables}
+    if filters.status in RUN_ONLY:  # a status no stage execution has: the runs of it, and their stages
+        runs = query_runs(home, filters)
+        stages = query_stages(home, replace(filters, status=None))
+        stages = stages.filter(pc.is_in(stages["run_id"], value_set=runs["run_id"].combine_chunks()))
+    elif filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
+        stages = query_stages(home, filters)
         runs = query_runs(home, replace(filters, status=None))
         runs = runs.filter(pc.is_in(runs["run_id"], value_set=pc.unique(stages["run_id"])))
     else:
+        stages = query_stages(home, filters)
         runs = query_runs(home, filters)
-    return {"runs": _rows(runs), "stages": _rows(stages), "logs": _rows(logs)}
+    every = {"runs": runs, "stages": stages, "logs": logs}
+    return {name: _rows(every[name]) for name in tables}
 
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:

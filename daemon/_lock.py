@@ -26,9 +26,16 @@ def lock_endpoint(endpoint_file: Path) -> int:
     return fd
 
 
+HOLDERS = {"daemon": "a stagewatch daemon", "rebuild": "`stagewatch rebuild`", "gc": "`stagewatch gc`"}
+
+
 class HomeLock:
-    def __init__(self, home: Home) -> None:
+    """The home's one writer: the daemon, or a rebuild or gc while no daemon runs. The lock file
+    says which holds it (its pid and role), so the one refused is told who is in the way."""
+
+    def __init__(self, home: Home, role: str = "daemon") -> None:
         self.home = home
+        self.role = role
         self._fd: int | None = None
 
     def take(self) -> None:
@@ -38,13 +45,26 @@ class HomeLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder(fd)
             os.close(fd)
-            raise DaemonAlreadyRunning(f"another stagewatch daemon is running on {self.home.root}") from None
+            raise DaemonAlreadyRunning(f"{holder} is running on {self.home.root}") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self.role}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _holder(fd: int) -> str:
+    """'`stagewatch rebuild` (pid 4242)' from the lock file; a daemon where it says no role (a
+    daemon of a version before roles) or cannot be read."""
+    try:
+        words = os.pread(fd, 256, 0).decode(errors="replace").split()
+    except OSError:
+        words = []
+    pid = f" (pid {words[0]})" if words and words[0].isdigit() else ""
+    role = words[1] if len(words) > 1 and words[1] in HOLDERS else "daemon"
+    return ("another stagewatch daemon" if role == "daemon" else HOLDERS[role]) + pid

@@ -27,6 +27,7 @@ import msgspec
 from stagewatch._gpu import SOURCE_NOTES
 from stagewatch._protocol import DAEMON_CLIENT_ID
 from stagewatch.daemon._rows import DAEMON_TABLES, DEFINITIONS, Source, Table
+from stagewatch.daemon._outcomes import FINISHED_WITH_FAILURES, run_end_status
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000
@@ -628,9 +629,9 @@ class Projector:
             return
         if run.complete:
             return
-        failed = event.status == "failed" or run.counts["failed"] > 0
         error = {"type": event.error_type, "message": event.error_message} if event.error_type else None
-        self._close_run(run, "failed" if failed else "ok", event.ts_ns, lsn, error, event.duration_ms)
+        status = run_end_status(event.status, event.error_type, run.counts["failed"], run.counts["crashed"])
+        self._close_run(run, status, event.ts_ns, lsn, error, event.duration_ms)
 
     def _on_events_lost(self, run: RunState, event: Any, lsn: int) -> None:
         # From any client of the run: a forked worker's events are lost on its own account.
@@ -723,7 +724,7 @@ class Projector:
         self, run: RunState, status: str, end_ns: int, lsn: int, error: dict | None, duration_ms: float | None = None
     ) -> None:
         if status == "ok" and run.counts["crashed"]:
-            status = "failed"
+            status = FINISHED_WITH_FAILURES
         start = run.start_ns or end_ns
         if duration_ms is None:  # no monotonic reading from the client: use wall clock
             duration_ms = (end_ns - start) / 1e6

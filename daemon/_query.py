@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stagewatch.daemon._outcomes import RUN_STATUSES
 from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._sql import MAX_ROWS, over_arrow, quoted, schema_of, select
 
-STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
+STATUSES = RUN_STATUSES  # a run's; a stage execution's are fewer (daemon/_outcomes.py)
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -196,29 +197,45 @@ def query_logs(home: Path, filters: Filters, columns: list[str] | None = None) -
     return rows_of(home, "logs", log_where(home, filters), columns, order="time, lsn")
 
 
-MEASURES = ("duration_ms", "rss_peak_mb", "gpu_peak_mb")
-STATS_COLUMNS = ["stage", "status", *MEASURES]  # what stage_stats needs of each row
+# Each measure and the SQL of its value per execution. "own_mb" is the stage's own memory: its
+# peak above the process's RSS when it began (the peak is the process's, the same for every stage
+# that runs beside a large process; what a stage allocated is the figure that tells them apart).
+MEASURES = {
+    "duration_ms": "duration_ms",
+    "rss_peak_mb": "rss_peak_mb",
+    "own_mb": "rss_peak_mb - rss_start_mb",
+    "gpu_peak_mb": "gpu_peak_mb",
+}
+STATS_COLUMNS = ["stage", "status", "start_time", "duration_ms", "rss_start_mb", "rss_peak_mb", "gpu_peak_mb"]
 PERCENTILES = (0.5, 0.95, 0.99)
 
 
 def _stats_sql(where: str) -> str:
-    """Per stage: rows, failures, and per measure its values' count, sum, exact quantiles
-    (linear interpolation, as numpy.percentile's default) and maximum (NULL is no reading)."""
+    """Per stage, in pipeline order (the order stages first ran; the name where none has a start):
+    rows, failures, and per measure its values' count, sum, exact quantiles (linear interpolation,
+    as numpy.percentile's default) and maximum (NULL is no reading)."""
     measures = []
-    for name in MEASURES:
-        measures += [f"count({name})", f"sum({name})", f"quantile_cont({name}, {list(PERCENTILES)})", f"max({name})"]
+    for value in MEASURES.values():
+        quantiles = f"quantile_cont({value}, {list(PERCENTILES)})"
+        measures += [f"count({value})", f"sum({value})", quantiles, f"max({value})"]
     return (
         f"SELECT stage, count(*), count(*) FILTER (WHERE status IS DISTINCT FROM 'ok'), {', '.join(measures)} "
-        f"FROM rows{where} GROUP BY stage ORDER BY stage"
+        f"FROM rows{where} GROUP BY stage ORDER BY min(start_time) NULLS LAST, stage"
     )
 
 
 def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:
-    """Per stage: count, failure rate, mean/median/p95/p99/max of duration and memory peaks,
-    and each stage's share of the total time (the largest is the bottleneck). The daemon
-    never stores NaN (validation refuses it); in rows in hand it counts as no reading."""
-    rows = stages.select(STATS_COLUMNS)
-    for name in MEASURES:
+    """Per stage: count, failure rate, mean/median/p95/p99/max of duration and memory (the
+    process's peak and the stage's own), and each stage's share of the total time (the largest
+    is the bottleneck). The daemon never stores NaN (validation refuses it); in rows in hand it
+    counts as no reading, and so does a column the rows lack."""
+    rows = stages
+    for name in STATS_COLUMNS:
+        if name not in rows.column_names:
+            kind = pa.timestamp("ns", tz="UTC") if name == "start_time" else pa.float64()
+            rows = rows.append_column(name, pa.nulls(rows.num_rows, kind))
+    rows = rows.select(STATS_COLUMNS)
+    for name in ("duration_ms", "rss_start_mb", "rss_peak_mb", "gpu_peak_mb"):
         column = rows[name]
         rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(pc.is_nan(column), None, column))
     return _stats_of(over_arrow(rows, _stats_sql("")))

@@ -42,7 +42,7 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
     replayed, bytes)` is called as it goes.
     """
     layout = Home.of(home)
-    lock = HomeLock(layout)
+    lock = HomeLock(layout, "rebuild")
     lock.take()
     try:
         repair(DERIVED_FILES, layout)  # a folder in a state file's place would refuse the swap

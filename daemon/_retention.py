@@ -249,7 +249,7 @@ def collect_garbage(
         }
     from stagewatch.daemon._lock import HomeLock
 
-    lock = HomeLock(Home.of(home))
+    lock = HomeLock(Home.of(home), "gc")
     lock.take()
     recorder = LogRecorder(home)
     try:

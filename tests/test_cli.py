@@ -25,12 +25,25 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     assert "frame_047" in result.stdout and "audit trail" in result.stdout
     (run_dir,) = (home / "runs").iterdir()
     audit = json.loads((run_dir / "audit.json").read_text())
-    assert audit["complete"] and audit["status"] == "failed"
+    assert audit["complete"] and audit["status"] == "finished_with_failures"  # frame 47 failed; it went on
     assert [(e["stage"], e["sample_id"]) for e in audit["errors"]] == [("preprocessing", "frame_047")]
+    failing_input = Path(audit["errors"][0]["input_path"])  # the file the frame was read from
+    assert failing_input == (home / "datasets" / "demo" / "images" / "frame_047.png").resolve()
+    assert failing_input.is_file()
+    # The pipeline logs the failure where it catches it: the line still belongs to the stage and
+    # sample, and names the pipeline's logger, not a module of stagewatch.
+    errors = json.loads(
+        sw("query", "--home", str(home), "--stage", "preprocessing", "--level", "ERROR", "--json").stdout
+    )
+    assert [(r["stage"], r["sample_id"], r["logger"]) for r in errors["logs"]] == [
+        ("preprocessing", "frame_047", "perception")
+    ]
     assert audit["counts"]["stages"] == 50 + 4 * 49  # preprocessing fails on frame 47, the rest skip it
     cloud = o3d.t.io.read_point_cloud(str(run_dir / "stages" / "lidar_segmentation" / "frame_000_points.ply"))
     assert cloud.point["label"].numpy().max() > 0  # the detector clustered some objects
     assert not (home / "run" / "ingest.sock").exists()  # the demo's daemon was stopped
+    doctor = sw("doctor", "--home", str(home))  # a home at rest, fresh from the demo, is healthy
+    assert doctor.returncode == 0 and "PROBLEM" not in doctor.stdout, doctor.stdout
 
     runs = json.loads(sw("runs", "--home", str(home), "--json").stdout)
     assert runs[0]["run_id"] == run_dir.name and runs[0]["failed_stage"] == "preprocessing"
@@ -57,7 +70,7 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     glare = [line for line in logs if line["level"] == "WARNING"]
     assert glare and all("glare" in line["message"] and line["sample_id"] for line in glare)
     errors = [line for line in logs if line["level"] == "ERROR"]
-    assert [e["message"][:19] for e in errors] == ["frame_047 skipped: "] and errors[0]["stage"] is None
+    assert [e["message"][:19] for e in errors] == ["frame_047 skipped: "] and errors[0]["stage"] == "preprocessing"
     assert "objects detected" not in result.stdout + result.stderr  # logged to stagewatch, not over the summary
     validated = sw("gt", "validate", str(home / "datasets" / "demo" / "golden.yaml"), "--json")
     assert validated.returncode == 0 and json.loads(validated.stdout)["stages"]["segmentation"]["formats"] == {
@@ -96,7 +109,39 @@ def test_runs_on_an_empty_home_says_so(home: Path) -> None:
 
 def test_a_second_daemon_on_the_same_home_is_refused(daemon: DaemonProcess) -> None:
     second = sw("daemon", "--home", str(daemon.home), timeout_s=30)
-    assert second.returncode == 1 and "another stagewatch daemon is running" in second.stderr
+    assert (
+        second.returncode == 1 and f"another stagewatch daemon (pid {daemon.process.pid}) is running" in second.stderr
+    )
+
+
+def test_a_refused_command_names_what_holds_the_home_and_a_rebuild_says_nothing_of_nothing(home: Path) -> None:
+    """A daemon refused while a rebuild runs is told a rebuild holds the home (it once read
+    "another stagewatch daemon"); the rebuild itself logs no "run index: 0 pairs"."""
+    import os
+
+    from stagewatch._home import Home
+    from stagewatch.daemon._lock import HomeLock
+
+    run = stagewatch.init(pipeline="p", home=home)  # no daemon: spooled, then a daemon takes it
+    with run.stage("s"):
+        pass
+    run.finish()
+    stagewatch.shutdown()
+    daemon = DaemonProcess(home).start()
+    daemon.stop()
+    rebuilt = sw("rebuild", "--home", str(home))
+    assert rebuilt.returncode == 0 and "0 (run, date) pairs" not in rebuilt.stderr + rebuilt.stdout, rebuilt.stderr
+    held = HomeLock(Home.of(home), "rebuild")
+    held.take()  # as a rebuild holds it while it runs
+    try:
+        refused = sw("daemon", "--home", str(home), timeout_s=30)
+        assert refused.returncode == 1, refused.stderr
+        assert f"`stagewatch rebuild` (pid {os.getpid()}) is running on" in refused.stderr, refused.stderr
+        assert "another stagewatch daemon" not in refused.stderr
+        again = sw("rebuild", "--home", str(home))
+        assert again.returncode == 1 and "`stagewatch rebuild`" in again.stderr and "daemon" not in again.stderr
+    finally:
+        held.release()
 
 
 def test_show_survives_a_damaged_audit_and_marks_the_run_incomplete(daemon: DaemonProcess) -> None:

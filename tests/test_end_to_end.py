@@ -71,7 +71,7 @@ def test_a_failing_stage_reraises_unchanged_and_is_audited(daemon: DaemonProcess
     assert caught.value is error
     run.finish()
     audit = daemon.audit(run.id)
-    assert audit["status"] == "failed"
+    assert audit["status"] == "finished_with_failures"  # it went on to its end: not "failed"
     (stage,) = audit["stages"]
     assert stage["status"] == "failed" and stage["input_path"] == "/data/f47.png"
     assert stage["error"]["type"] == "KeyError" and "missing calibration" in stage["error"]["message"]
@@ -79,6 +79,42 @@ def test_a_failing_stage_reraises_unchanged_and_is_audited(daemon: DaemonProcess
     assert audit["errors"][0]["sample_id"] == "frame_047"
     (run_row,) = _rows(daemon.home, "runs", run.id, 1)
     assert run_row["failed_stage"] == "detection"
+
+
+def test_one_vocabulary_for_how_runs_end(daemon: DaemonProcess) -> None:
+    """ok; finished with failures (a stage raised, the pipeline caught it and went on); failed
+    (the run ended on an exception, or the pipeline said so): the daemon's rows, the audit trail
+    and `stagewatch runs` say the same words (docs: README "How runs and samples end")."""
+    from tests.test_cli import sw
+
+    ended = {}
+    for how in ("ok", "caught", "raised", "declared"):
+        run = stagewatch.init(pipeline=how, home=daemon.home)
+        try:
+            with run:
+                for frame in range(3):
+                    try:
+                        with run.stage("detection", sample_id=f"f{frame}"):
+                            if how != "ok" and frame == 1:
+                                raise ValueError("bad frame")
+                    except ValueError:
+                        if how == "raised":
+                            raise
+                if how == "declared":
+                    run.finish(status="failed")
+        except ValueError:
+            pass
+        ended[how] = run.id
+    statuses = {how: daemon.audit(run_id)["status"] for how, run_id in ended.items()}
+    assert statuses == {"ok": "ok", "caught": "finished_with_failures", "raised": "failed", "declared": "failed"}
+    rows = {r["run_id"]: r["status"] for r in json.loads(sw("runs", "--home", str(daemon.home), "--json").stdout)}
+    assert {how: rows[run_id] for how, run_id in ended.items()} == statuses
+    text = sw("runs", "--home", str(daemon.home)).stdout
+    assert "finished with failures" in text
+    listed = json.loads(  # a filter by the status: the runs of it
+        sw("query", "--home", str(daemon.home), "--status", "finished_with_failures", "--json").stdout
+    )["runs"]
+    assert [r["run_id"] for r in listed] == [ended["caught"]]
 
 
 def test_decorator_context_manager_and_instrument(daemon: DaemonProcess) -> None:

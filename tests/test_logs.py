@@ -47,3 +47,47 @@ def test_loguru_and_stdlib_records_are_tagged_and_tabled(daemon: DaemonProcess) 
     assert '"boxes": 3' in rows[1]["extra"] and '"camera": "front"' in rows[2]["extra"]
     assert rows[2]["logger"] == "pipeline.detector" and rows[0]["pipeline"] == "perception"
     assert daemon.audit(run.id)["counts"]["logs"] == 4
+
+
+def test_a_record_about_a_stage_s_failure_logged_outside_it_carries_that_stage_and_sample(
+    daemon: DaemonProcess,
+) -> None:
+    """The pipeline catches a stage's exception around the stage and logs it (as the demo does
+    for frame 47): the line belongs to that stage and sample, whichever door it came through."""
+    sink_id = logger.add(stagewatch.loguru_sink, level="INFO")
+    handler = stagewatch.LoggingHandler()
+    std = logging.getLogger("pipeline.loop")
+    std.addHandler(handler)
+    std.setLevel(logging.INFO)
+    try:
+        run = stagewatch.init(pipeline="perception", home=daemon.home)
+        for frame in ("frame_046", "frame_047"):
+            try:
+                with run.stage("preprocessing", sample_id=frame), run.stage("decode", sample_id=frame):
+                    if frame == "frame_047":
+                        raise ValueError("corrupt readout")
+            except ValueError as error:
+                logger.error("{} skipped: {}", frame, error)  # loguru: the exception being handled
+                std.error("skipped", exc_info=True)  # stdlib: the record's exc_info
+                try:
+                    raise RuntimeError("giving up on the frame") from error
+                except RuntimeError:
+                    logger.exception("wrapped")  # raised from it: still that stage
+        logger.error("a later error of no stage")  # nothing being handled: the run's only
+        run.finish()
+    finally:
+        logger.remove(sink_id)
+        std.removeHandler(handler)
+
+    def logged():
+        table = read_table(daemon.home, "logs")
+        table = table.filter(pc.equal(table["run_id"], run.id))
+        return to_rows(table.sort_by("time")) if table.num_rows >= 4 else None
+
+    seen = [(r["message"].splitlines()[0], r["stage"], r["sample_id"]) for r in wait_for(logged)]
+    assert seen == [
+        ("frame_047 skipped: corrupt readout", "decode", "frame_047"),  # the innermost stage it failed
+        ("skipped", "decode", "frame_047"),
+        ("wrapped", "decode", "frame_047"),
+        ("a later error of no stage", None, None),
+    ]

@@ -219,3 +219,30 @@ def test_stats_equal_numpy_over_whole_partial_and_fresh_days(
         _assert_percentiles(d, durations)
         assert got[name]["count"] == len(durations) and d["max"] == durations.max()
         assert d["mean"] == pytest.approx(durations.mean(), rel=1e-12)
+
+
+def test_stats_list_stages_in_pipeline_order_with_each_stage_s_own_memory(daemon: DaemonProcess) -> None:
+    """`stagewatch stats` (text and JSON) lists stages in the order they ran, not the alphabet's;
+    the stage that allocates shows it in its own memory, while the process's peak, labelled as
+    such, is what every stage after it sees too."""
+    import stagewatch
+    from tests.test_cli import sw
+
+    run = stagewatch.init(pipeline="order", home=daemon.home)
+    held = []
+    for frame in range(3):
+        with run.stage("zeta_decode", sample_id=f"f{frame}"):
+            held.append(b"\1" * (64 << 20))  # 64 MB touched: the RSS rises by it
+        with run.stage("alpha_infer", sample_id=f"f{frame}"), run.stage("mid_nested", sample_id=f"f{frame}"):
+            pass
+        held.clear()
+    run.finish()
+    assert run.flush(10)
+    wait_for(lambda: len(read_table(daemon.home, "stage_executions")) == 9 or None)
+    stats = json.loads(sw("stats", "--home", str(daemon.home), "--json").stdout)
+    assert [s["stage"] for s in stats] == ["zeta_decode", "alpha_infer", "mid_nested"]
+    own = {s["stage"]: s["own_mb"]["max"] for s in stats}
+    assert own["zeta_decode"] >= 60 and own["alpha_infer"] < 30 and own["mid_nested"] < 30
+    text = sw("stats", "--home", str(daemon.home)).stdout.splitlines()
+    assert [line.split()[0] for line in text[1:4]] == ["zeta_decode", "alpha_infer", "mid_nested"]
+    assert "own MB" in text[0] and "proc. peak" in text[0] and "peak RSS" not in text[0]

@@ -212,9 +212,10 @@ def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
     return counts[["time", "level", "count"]]
 
 
-def export_bytes(home: Path, filters: Filters, form: str) -> Iterator[bytes]:
-    """`stagewatch export` of the same filters, piece by piece."""
-    for chunk in export_chunks(matching(home, filters), form):
+def export_bytes(home: Path, filters: Filters, form: str, tables: tuple[str, ...] = ("logs",)) -> Iterator[bytes]:
+    """`stagewatch export --table logs` (by default) of the same filters, piece by piece: every
+    matching line, not the page in view."""
+    for chunk in export_chunks(matching(home, filters, tables), form):
         yield chunk.encode()
 
 
@@ -291,7 +292,6 @@ def pipeline_order(executions: pd.DataFrame) -> list[str]:
 def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Per stage, in pipeline order: counts, failure rate, duration percentiles, time share,
     CPU peak and the stage's own memory (its peak above its start), GPU peak."""
-    own = (executions["rss_peak_mb"] - executions["rss_start_mb"]).groupby(executions["stage"]).max()
     rank = {stage: i for i, stage in enumerate(order)}
     entries = stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS))
     with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in entries)
@@ -310,7 +310,7 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
                 "max_ms": duration["max"],
                 "share": entry["share_of_time"],
                 "cpu_peak_mb": entry["rss_peak_mb"]["max"],
-                "own_mb": _finite(own.get(entry["stage"])),
+                "own_mb": entry["own_mb"]["max"],
                 "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
@@ -318,10 +318,6 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
         )
     rows.sort(key=lambda row: rank.get(row["stage"], len(rank)))
     return pd.DataFrame(rows)
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def bottleneck_sentence(stats: pd.DataFrame) -> str | None:
@@ -338,6 +334,27 @@ def errors_of(stages: list[dict[str, Any]], errors: list[dict[str, Any]]) -> lis
     """Every error with its stage, sample, input path, time, type, message and traceback."""
     tracebacks = {(s.get("client_id"), s.get("span")): (s.get("error") or {}).get("traceback") for s in stages}
     return [{**e, "traceback": tracebacks.get((e.get("client_id"), e.get("span")))} for e in errors]
+
+
+def stage_error(home: Path, run_id: str, execution: dict[str, Any]) -> dict[str, Any]:
+    """The error of one failed or crashed stage execution (a row of stage_executions) as the run
+    page shows it: the audit trail's entry with its traceback, else what the row itself holds
+    (a crashed process left no traceback)."""
+    where = (execution.get("client_id"), execution.get("span"))
+    audit = load_audit(home, run_id)
+    for error in errors_of(audit.get("stages", []), audit.get("errors", [])):
+        if (error.get("client_id"), error.get("span")) == where:
+            return error
+    start = execution.get("start_time")
+    return {
+        "type": execution.get("error_type") or execution.get("status"),
+        "message": execution.get("error_message") or "",
+        "stage": execution.get("stage"),
+        "sample_id": execution.get("sample_id"),
+        "input_path": execution.get("input_path"),
+        "at": start.isoformat() if hasattr(start, "isoformat") else start,
+        "traceback": None,
+    }
 
 
 def outputs_of(stages: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from stagewatch._home import Home
+from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, read_table
 from stagewatch.daemon.groundtruth.diff import (
     DiffError,
@@ -38,7 +39,10 @@ from stagewatch.daemon.groundtruth.formats import (
 from stagewatch.ui._data import PREVIEW_BYTES, Page
 from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
-FAILURE_STATUSES = ("wrong", "invalid", "crashed")
+# A judged sample is wrong or invalid; a stage execution that produced nothing failed (raised an
+# exception) or crashed (its process was lost): the words of daemon/_outcomes.py.
+EXECUTION_FAILURES = ("failed", "crashed")
+FAILURE_STATUSES = ("wrong", "invalid", *EXECUTION_FAILURES)
 MAX_INPUT_SIDE = 1600  # an input image is scaled down to this for the page
 CASE_SORTS = ("severity", "time", "confidence", "stage", "sample_id")
 # One colour per class index in the side-by-side pictures (class 0, background, light grey).
@@ -242,7 +246,7 @@ def _common(filters: CaseFilters, time_column: str) -> ds.Expression | None:
 
 
 def _judged(home: Path, filters: CaseFilters) -> pa.Table:
-    if filters.status == "crashed" or (filters.kind == "crashed"):
+    if filters.status in EXECUTION_FAILURES or filters.kind in EXECUTION_FAILURES:
         return _SCHEMA.empty_table()
     statuses = [filters.status] if filters.status else ["wrong", "invalid"]
     expression = _and(_common(filters, "time"), ds.field("status").isin(statuses))
@@ -258,15 +262,18 @@ def _judged(home: Path, filters: CaseFilters) -> pa.Table:
 
 def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
     if (
-        filters.status not in (None, "crashed")
-        or filters.kind not in (None, "crashed")
+        filters.status not in (None, *EXECUTION_FAILURES)
+        or filters.kind not in (None, *EXECUTION_FAILURES)
+        or (filters.status and filters.kind and filters.status != filters.kind)
         or filters.max_severity < 1
         or filters.class_name
         or filters.confidence_narrowed
     ):
         return _SCHEMA.empty_table()  # a crash has no class or confidence
-    expression = _and(_common(filters, "start_time"), ds.field("status") != "ok")
-    columns = ["start_time", "run_id", "stage", "sample_id", "error_type", "error_message"]
+    wanted = filters.status or filters.kind
+    status = ds.field("status") == wanted if wanted else ds.field("status") != "ok"
+    expression = _and(_common(filters, "start_time"), status)
+    columns = ["start_time", "run_id", "stage", "sample_id", "status", "error_type", "error_message"]
     rows = read_table(home, "stage_executions", expression, None, columns)
     n = rows.num_rows
     return pa.table(
@@ -275,11 +282,17 @@ def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
             "run_id": rows["run_id"],
             "stage": rows["stage"],
             "sample_id": rows["sample_id"],
-            "status": pa.array(["crashed"] * n, pa.string()),
+            "status": rows["status"],
             "severity": pa.array(np.ones(n)),
-            "error_types": pa.array([["crashed"]] * n, pa.list_(pa.string())),
-            "reason": pc.binary_join_element_wise(
-                rows["error_type"].fill_null(""), rows["error_message"].fill_null(""), ": "
+            "error_types": pa.array([[status] for status in rows["status"].to_pylist()], pa.list_(pa.string())),
+            "reason": pa.array(
+                [
+                    _execution_reason(*row)
+                    for row in zip(
+                        *(rows[c].to_pylist() for c in ("status", "error_type", "error_message")), strict=True
+                    )
+                ],
+                pa.string(),
             ),
             "errors": pa.array([None] * n, pa.string()),
             "classes": pa.nulls(n, pa.list_(pa.string())),
@@ -287,6 +300,17 @@ def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
         },
         schema=_SCHEMA,
     )
+
+
+REASON_COLUMNS = ("status", "error_type", "error_message")
+
+
+def _execution_reason(status: str, error_type: str | None, message: str | None) -> str:
+    """'ValueError: frame_047: ...'; what is known where the type or the message is missing,
+    never an empty reason."""
+    if error_type and message:
+        return f"{error_type}: {message}"
+    return error_type or message or f"{status}: {outcomes.MEANINGS.get(status, 'no error was recorded')}"
 
 
 def _holds(lists: pa.ChunkedArray, value: str) -> pa.Array:
@@ -310,7 +334,7 @@ def case_choices(home: Path) -> dict[str, list[str]]:
             return []
         return sorted(v for v in pc.unique(pc.list_flatten(table[column].combine_chunks())).to_pylist() if v)
 
-    return {"kind": [*listed("error_types"), "crashed"], "class": listed("classes")}
+    return {"kind": [*listed("error_types"), *EXECUTION_FAILURES], "class": listed("classes")}
 
 
 # -- one case ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import html
 import math
 from datetime import UTC, datetime
 
-# Tableau 10: ten hues people tell apart at a glance, on white as in a legend.
+# Tableau 10 and ten more hues of middle lightness (visible on the light and the dark theme).
 PALETTE = (
     "#4E79A7",
     "#F28E2B",
@@ -19,25 +19,46 @@ PALETTE = (
     "#9C755F",
     "#FF9DA7",
     "#BAB0AC",
+    "#17BECF",
+    "#BCBD22",
+    "#E7298A",
+    "#7570B3",
+    "#1B9E77",
+    "#A6761D",
+    "#D37295",
+    "#D95F02",
+    "#B6992D",
+    "#79706E",
 )
-STATUS_COLOURS = {"ok": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "crashed": "#6a1b9a"}
+STATUS_COLOURS = {
+    "ok": "#2e7d32",
+    "running": "#1565c0",
+    "finished_with_failures": "#e65100",
+    "failed": "#c62828",
+    "crashed": "#6a1b9a",
+}
+
+
+def stage_colour(stage: str) -> str:
+    """A stage's colour from its name alone: the same on every page, in every session and over
+    time, whatever other stages (of this pipeline or another) the home holds. Two names may share
+    a colour; a colour that moved when another pipeline's stages came would mislead more."""
+    return PALETTE[int.from_bytes(hashlib.blake2s(stage.encode(), digest_size=2).digest(), "big") % len(PALETTE)]
 
 
 def stage_colours(stages: list[str]) -> dict[str, str]:
-    """A colour per stage, the same on every page and session: each stage takes the palette slot
-    its name hashes to, or the next free one (in name order), so a home's stages differ in colour
-    while it has no more stages than the palette has colours."""
-    taken: dict[int, str] = {}
-    colours = {}
-    for stage in sorted(set(stages)):
-        slot = int.from_bytes(hashlib.blake2s(stage.encode(), digest_size=2).digest(), "big") % len(PALETTE)
-        for step in range(len(PALETTE)):
-            if (slot + step) % len(PALETTE) not in taken:
-                slot = (slot + step) % len(PALETTE)
-                break
-        taken[slot] = stage
-        colours[stage] = PALETTE[slot]
-    return colours
+    return {stage: stage_colour(stage) for stage in stages}
+
+
+def share_bar_html(share: float | None) -> str:
+    """A share as a bar with its percentage beside it (drawn over the bar, the number was lost in it)."""
+    width = min(max(share, 0.0), 1.0) * 100 if share is not None and math.isfinite(share) else 0.0
+    return (
+        '<span class="sw-share" style="display:inline-flex;align-items:center;gap:6px">'
+        '<span style="display:inline-block;width:64px;height:9px;border:1px solid #7aa6d6">'
+        f'<span style="display:block;width:{width:.1f}%;height:100%;background:#7aa6d6"></span></span>'
+        f"<span>{pct(share)}</span></span>"
+    )
 
 
 def ms(value: float | None) -> str:
@@ -95,6 +116,14 @@ def exact(moment: datetime | None) -> str:
 def when_html(moment: datetime | None, now: datetime | None = None) -> str:
     """A relative time with the exact time on hover."""
     return f'<span title="{exact(moment)}">{html.escape(relative(moment, now))}</span>'
+
+
+def moment_html(moment: datetime | None, now: datetime | None = None) -> str:
+    """The exact time to the millisecond (UTC), the relative one on hover: where lines are
+    told apart by their times (logs), '15 min ago' for all of them says nothing."""
+    if moment is None:
+        return "-"
+    return f'<span title="{html.escape(relative(moment, now))}">{exact(moment)}</span>'
 
 
 def parse_moment(text: str | None) -> datetime | None:

@@ -37,6 +37,7 @@ import pyarrow.dataset as ds
 from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT, RECEIVED
 from stagewatch._records import scan_records
+from stagewatch.daemon._outcomes import run_end_status
 from stagewatch.daemon._readmodels import active_runs, read_table
 from stagewatch.daemon._runindex import run_dates
 
@@ -316,7 +317,10 @@ def _keep_failure(run: LiveRun, failure: dict[str, Any]) -> None:
 
 
 def _on_run_finished(run: LiveRun, event: dict[str, Any]) -> None:
-    run.status = str(event.get("status") or "ok")
+    # The daemon's words for the same end (daemon/_outcomes.py): stages that failed on the way
+    # make a run that went on "finished with failures", not "failed".
+    failed = sum(stage.failed for stage in run.stages.values())
+    run.status = run_end_status(str(event.get("status") or "ok"), event.get("error_type"), failed, 0)
     run.ended_at = time.monotonic()
 
 

@@ -5,6 +5,7 @@ arrays and the samples row's `boxes` JSON; the Case page shows what they return.
 from __future__ import annotations
 
 import base64
+import collections
 import html
 import io
 import json
@@ -98,19 +99,24 @@ def _extent(boxes: dict[str, list[list[Any]]]) -> tuple[int, int]:
 
 
 def legend_html(boxes: dict[str, list[list[Any]]]) -> str:
-    """Each outcome present, with its colour, meaning and count."""
-    counts: dict[str, int] = {}
-    for b in boxes["truth"]:
-        counts[b[5]] = counts.get(b[5], 0) + 1
-    for b in boxes["predicted"]:
-        counts[b[6]] = counts.get(b[6], 0) + 1
+    """Each outcome present, with its colour, meaning and count of boxes on each side: a matched
+    pair is one ground-truth box and one prediction, not "2"."""
+    truth = collections.Counter(b[5] for b in boxes["truth"])
+    predicted = collections.Counter(b[6] for b in boxes["predicted"])
     items = [
         f'<span style="display:inline-block;width:14px;height:10px;border:2px solid {colour};'
-        f'margin:0 4px -2px 12px"></span>{html.escape(meaning)} <b>{counts[outcome]}</b>'
+        f'margin:0 4px -2px 12px"></span>{html.escape(meaning)} <b>{_sides(truth[outcome], predicted[outcome])}</b>'
         for outcome, (colour, meaning) in BOX_OUTCOMES.items()
-        if outcome in counts
+        if truth[outcome] or predicted[outcome]
     ]
     return "<div class='sw-legend'>ground truth dashed, predictions solid:" + "".join(items) + "</div>"
+
+
+def _sides(truth: int, predicted: int) -> str:
+    """'3' where one side has the outcome; '3 ground truth · 3 predicted' where both do."""
+    if truth and predicted:
+        return f"{truth} ground truth · {predicted} predicted"
+    return str(truth or predicted)
 
 
 def blend(image: np.ndarray, colours: np.ndarray, opacity: float, keep: np.ndarray | None = None) -> np.ndarray:

@@ -53,6 +53,11 @@ def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
     return pn.FlexBox(*widgets, flex_wrap="wrap", gap="4px 12px", sizing_mode="stretch_width")
 
 
+# What a time filter takes, in the form and not as a date that is soon past.
+SINCE_HINT = "7d, 24h, 30m or YYYY-MM-DD[Thh:mm]"
+UNTIL_HINT = "YYYY-MM-DD[Thh:mm] or 1d (ago)"
+
+
 class PagedQuery:
     """Filters above a table answered a page at a time on the server, with a pager: the shape
     of the Runs, Logs and Failures pages. A changed filter goes back to page 1; the filters,
@@ -60,7 +65,9 @@ class PagedQuery:
 
     `query(offset, limit)` returns a `_data.Page` or raises ValueError / RunNotFound (said in
     words above the table); `display` turns its rows into what people read; `empty()` says
-    what to do when nothing matches; `changed()` runs after each filter change."""
+    what to do when nothing matches; `changed()` runs after each filter change. The pager
+    turns to the previous and next page (of whichever sort: "newer" would be wrong for the
+    slowest first); `table_options` go to the table (its layout, its wrapping columns)."""
 
     def __init__(
         self,
@@ -72,8 +79,9 @@ class PagedQuery:
         empty: Callable[[], str],
         html_columns: tuple[str, ...] = (),
         page_size: int = 25,
-        turns: tuple[str, str] = ("◀ newer", "older ▶"),
+        turns: tuple[str, str] = ("◀ previous", "next ▶"),
         changed: Callable[[], None] | None = None,
+        **table_options: Any,
     ) -> None:
         self.noun, self.filters, self.query, self.display, self.empty = noun, filters, query, display, empty
         self.changed = changed
@@ -82,7 +90,7 @@ class PagedQuery:
         self.previous, self.next = pn.widgets.Button(name=turns[0]), pn.widgets.Button(name=turns[1])
         self.count = pn.pane.Markdown("")
         self.message = pn.Column()
-        self.table = table(pd.DataFrame(), name, html_columns=html_columns)
+        self.table = table(pd.DataFrame(), name, html_columns=html_columns, **table_options)
         for widget in [*filters.values(), self.size]:
             widget.param.watch(self._filters_changed, "value")
         self.page.param.watch(lambda _: self.refresh(), "value")
@@ -106,7 +114,10 @@ class PagedQuery:
         try:
             found = self.query((self.page.value - 1) * limit, limit)
         except (ValueError, _data.RunNotFound) as error:
+            # The rows of the filters before would read as the answer to these: none are shown.
             self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
+            self.count.object = f"no {self.noun}: a filter above is not valid"
+            self.table.value = self.table.value.iloc[0:0]
             return
         self.count.object = f"{self.noun} {found.label}"
         self.message.objects = [] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]

@@ -19,6 +19,7 @@ from typing import Any
 import holoviews as hv
 import panel as pn
 from panel.theme import Fast
+from panel.viewable import Viewable
 
 from stagewatch._home import Home
 from stagewatch.ui import _router, _widgets
@@ -59,6 +60,20 @@ class OfflineFast(Fast):
     The template's `font` names system fonts instead."""
 
     _resources = {**Fast._resources, "font": {}}
+    # Links: the accent's foreground shade (which the design computes against the theme's
+    # background) mixed with the theme's text colour, so they read on every row of either theme:
+    # the fill shade Fast gives links is navy on the dark theme's near-black. Every component's
+    # shadow root takes the rule, as it takes the design's own sheet.
+    modifiers = {
+        **Fast.modifiers,
+        Viewable: {
+            "stylesheets": [
+                *Fast.modifiers[Viewable]["stylesheets"],
+                "a, .tabulator .tabulator-cell a {"
+                " color: color-mix(in srgb, var(--accent-foreground-rest) 60%, var(--neutral-foreground-rest)); }",
+            ]
+        },
+    }
 
 
 # Panel finds a design's bundled files under its class's name ("fast/js/fast_design.js"): under

@@ -49,6 +49,16 @@ class Verdict:
     boxes: dict[str, list[list[Any]]] | None = None  # boxes: each box with its outcome, for drawing
 
 
+def wrong_reason(metric: str, value: float, minimum: float, errors: dict[str, int], classes: list[str]) -> str:
+    """Why a sample is wrong, in words: 'F1 0.286 below 0.5: 4 missed, 1 localization (car,
+    pedestrian)'; a wrong sample's reason is never empty."""
+    kinds = ", ".join(
+        f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(errors.items(), key=lambda item: -item[1])
+    )
+    involved = f" ({', '.join(classes)})" if classes else ""
+    return f"{metric} {value:.3f} below {minimum:g}: {kinds}{involved}"
+
+
 MAX_DRAWN_BOXES = 1000  # per side of a sample kept for drawing; the counts cover them all
 
 
@@ -257,7 +267,8 @@ class StageAccuracy:
             return Verdict("correct", value, scores=scores, boxes=drawn.get("boxes"))
         if not errors:
             errors = {"mask_mismatch" if self.labels.kind == "mask" else "point_label_mismatch": 1}
-        return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), scores=scores, **drawn)
+        reason = wrong_reason(metric_name, value, minimum, errors, drawn.get("classes") or [])
+        return Verdict("wrong", value, errors, severity=round(1.0 - value, 6), reason=reason, scores=scores, **drawn)
 
     def _update_labels(self, sample_id: str, truth: Any, predicted: np.ndarray | PointLabels) -> dict[str, Any]:
         """The metric's scores of one mask or labelled cloud; InvalidPrediction for a wrong shape

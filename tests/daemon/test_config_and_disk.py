@@ -13,7 +13,7 @@ import pytest
 import stagewatch
 from stagewatch.daemon._disk import FLOOR, OK, WARNING, DiskReading, disk_state
 from stagewatch.daemon._settings import ConfigError, DiskSection, load_config
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, wait_for
 
 GIB = 1024**3
 
@@ -122,6 +122,16 @@ def test_doctor_on_a_healthy_home(daemon: DaemonProcess) -> None:
     )
     assert result.returncode == 0, result.stdout
     assert "running, pid" in result.stdout
+
+
+def test_doctor_without_a_daemon_is_healthy_until_events_wait_for_one(home: Path) -> None:
+    at_rest = sw("doctor", "--home", str(home))
+    assert at_rest.returncode == 0 and "not running on" in at_rest.stdout, at_rest.stdout
+    run_pipeline(home, wait_for_daemon=False)  # no daemon: the pipeline spools its events
+    waiting = sw("doctor", "--home", str(home), "--json")
+    checks = {c["name"]: c for c in json.loads(waiting.stdout)["checks"]}
+    assert waiting.returncode == 1 and checks["daemon"]["ok"], waiting.stdout
+    assert not checks["spool"]["ok"] and "no daemon runs to take them" in checks["spool"]["detail"]
 
 
 def test_every_key_is_documented() -> None:

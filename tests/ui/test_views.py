@@ -47,13 +47,15 @@ def test_megabytes_percent_and_relative_times() -> None:
     assert 'title="2026-12-02 11:55:00.000 UTC"' in _format.when_html(now - timedelta(minutes=5), now)
 
 
-def test_each_stage_keeps_one_colour_and_a_home_s_stages_differ() -> None:
-    stages = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing", "tracking"]
-    colours = _format.stage_colours(stages)
-    assert len(set(colours.values())) == len(stages)  # no two stages alike while the palette lasts
-    assert _format.stage_colours(list(reversed(stages))) == colours  # the order they are given in does not matter
-    many = [f"stage{i}" for i in range(40)]
-    assert set(_format.stage_colours(many).values()) == set(_format.PALETTE)  # beyond the palette: reused, not lost
+def test_a_stage_s_colour_comes_from_its_name_alone() -> None:
+    demo = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
+    colours = _format.stage_colours(demo)
+    assert len(set(colours.values())) == len(demo)  # the demo's stages differ
+    # Another pipeline's stages recorded later (any names, sorting before or after) move no colour.
+    others = ["a", "aa", "batch_decode", "detection2", "tracking", *[f"stage{i}" for i in range(40)]]
+    assert {stage: _format.stage_colours([*others, *demo])[stage] for stage in demo} == colours
+    assert all(_format.stage_colours([stage]) == {stage: colours[stage]} for stage in demo)
+    assert set(_format.stage_colours([f"stage{i}" for i in range(200)]).values()) == set(_format.PALETTE)
 
 
 @pytest.mark.parametrize("descending", [True, False])
@@ -159,7 +161,7 @@ def test_the_live_board_folds_events_and_ignores_odd_ones() -> None:
     assert run.samples_per_s(time.time_ns()) > 0
     assert len(run.sample_times) == 5  # f0..f3 and f9: a sample counts once, not per stage event
     board.take(_event("run_finished", status="failed"))
-    assert board.visible()[0].status == "failed"
+    assert board.visible()[0].status == "failed"  # the pipeline said so
     assert board.visible(now=time.monotonic() + 3600) == []  # an ended run leaves the page after a while
 
 
@@ -393,6 +395,12 @@ def test_boxes_are_drawn_by_outcome_with_escaped_hover_text_and_switchable_layer
     assert re.findall(r"sw-box-(\w+)", predictions_only) == ["matched"] and "<image" not in predictions_only
     assert 'viewBox="0 0 68 49"' in predictions_only  # no image: a canvas as large as the boxes reach
     assert parse_boxes_column("not json") == {"predicted": [], "truth": []}
+    # The legend counts boxes per side: one matched pair is not "2 matched".
+    from stagewatch.ui._overlay import legend_html
+
+    legend = re.sub(r"<[^>]+>", "", legend_html(boxes))
+    assert "matched (prediction and its ground truth) 1 ground truth · 1 predicted" in legend
+    assert "missed: a ground-truth object no prediction found 1" in legend
 
 
 def test_a_mask_over_its_image_blends_classes_and_leaves_background_clear() -> None:
@@ -433,3 +441,21 @@ def test_a_big_input_image_is_sent_scaled_down_with_boxes_in_its_own_coordinates
     assert 'viewBox="0 0 6000 3000"' in svg and 'width="6000" height="3000"/>' in svg
     outside = _input_of(tmp_path / "home", {"run_id": run_id, "input_path": "/etc/hostname"})
     assert outside["image"] is None and "not a file in the dataset's folder" in outside["problem"]
+
+
+def test_time_axes_tick_as_a_clock_and_one_run_spans_an_hour() -> None:
+    """A chart of one run ticked "401500us" (an axis spanning nothing); the log histogram's
+    sub-second ticks read "400ms … 0ms … 200ms"."""
+    from bokeh.plotting import figure
+
+    from stagewatch.ui import _axes
+
+    one = figure(x_axis_type="datetime")
+    moment = pd.Timestamp("2026-12-06 08:42:46.963", tz="UTC")
+    _axes.time_axis(one, [moment, moment])
+    assert (one.x_range.end - one.x_range.start) >= pd.Timedelta(hours=1)
+    ticks = one.xaxis[0].formatter
+    assert ticks.milliseconds == "%H:%M:%S.%3N" and ticks.microseconds.startswith("%H:%M:%S")
+    many = figure(x_axis_type="datetime")
+    _axes.time_axis(many, [moment, moment + pd.Timedelta(days=3)])
+    assert type(many.x_range).__name__ == "DataRange1d"  # a real span: the data's own range

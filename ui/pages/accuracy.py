@@ -15,7 +15,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
-from stagewatch.ui import _data, _failures, _format, _widgets
+from stagewatch.ui import _axes, _data, _failures, _format, _widgets
 from stagewatch.ui._live import LiveFeed
 
 REDRAW_MS = 1000
@@ -64,14 +64,14 @@ class AccuracyPage:
         if not force and key == self.shown:
             return
         self.shown = key
-        self.summary.objects = sections(run_id, summary)
+        self.summary.objects = sections(run_id, summary, self.home)
 
     def _newest(self) -> str | None:
         running = [r for r in self.feed.board.visible() if r.accuracy and r.ended_at is None]
         return running[0].run_id if running else next(iter(self.runs), None)
 
 
-def sections(run_id: str, summary: dict[str, Any]) -> list[Any]:
+def sections(run_id: str, summary: dict[str, Any], home: Path | None = None) -> list[Any]:
     stages = summary.get("stages") or {}
     shown: list[Any] = [
         pn.pane.HTML(
@@ -82,10 +82,14 @@ def sections(run_id: str, summary: dict[str, Any]) -> list[Any]:
     if not stages:
         return [*shown, pn.pane.Markdown("No sample of this run has been judged yet.")]
     shown.append(_widgets.table(stage_table(stages), "accuracy-stages"))
-    kinds = error_kinds(run_id, stages)
+    kinds = error_kinds(run_id, stages, home)
     if not kinds.empty:
         shown += [
-            pn.pane.Markdown("### Error kinds (a link lists the cases)"),
+            pn.pane.Markdown(
+                "### Error kinds (a link lists the cases)\n"
+                "A count is of mistakes (boxes for detection: one sample can miss several); a link lists "
+                "the samples with at least one."
+            ),
             _widgets.table(kinds, "accuracy-kinds", html_columns=("cases",)),
         ]
     for stage, entry in stages.items():
@@ -127,8 +131,9 @@ def stage_table(stages: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def error_kinds(run_id: str, stages: dict[str, Any]) -> pd.DataFrame:
-    """Box errors by kind (from the matcher), and wrong masks and clouds; each links to its cases."""
+def error_kinds(run_id: str, stages: dict[str, Any], home: Path | None = None) -> pd.DataFrame:
+    """Box errors by kind (from the matcher), and wrong masks and clouds; each links to its cases,
+    saying how many samples it lists (with `home`): 35 missed boxes may be in 19 samples."""
     rows = []
     for stage, entry in stages.items():
         metrics, counts = entry.get("metrics") or {}, entry.get("counts") or {}
@@ -141,15 +146,33 @@ def error_kinds(run_id: str, stages: dict[str, Any]) -> pd.DataFrame:
         for kind, count in sorted(found.items(), key=lambda item: -item[1]):
             query = f"?page=failures&run={run_id}&stage={html.escape(stage)}"
             query += "&status=invalid" if kind == "invalid prediction" else f"&kind={html.escape(kind)}"
+            samples = _samples_with(home, run_id, stage, kind) if home is not None else None
             rows.append(
                 {
                     "stage": stage,
                     "error kind": kind.replace("_", " "),
-                    "count": f"{count:,}",
-                    "cases": f'<a href="{query}">list them</a>',
+                    "count": _counted(count, "box" if entry.get("kind") == "boxes" else "sample"),
+                    "cases": f'<a href="{query}">'
+                    + (f"list the {_counted(samples, 'sample')}" if samples is not None else "list them")
+                    + "</a>",
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _counted(count: int, noun: str) -> str:
+    """'1 box', '35 boxes', '19 samples'."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")
+
+
+def _samples_with(home: Path, run_id: str, stage: str, kind: str) -> int:
+    """How many failure cases the link lists: samples, however many mistakes each holds."""
+    filters = (
+        _failures.CaseFilters(run=run_id, stage=stage, status="invalid")
+        if kind == "invalid prediction"
+        else _failures.CaseFilters(run=run_id, stage=stage, kind=kind)
+    )
+    return _failures.failures_page(home, filters, limit=1).total
 
 
 def per_class(iou: dict[str, Any]) -> pd.DataFrame:
@@ -233,6 +256,7 @@ def trend_chart(trend: pd.DataFrame) -> Any:
         HoverTool(tooltips=[("run", "@run_id"), ("@metric", "@value{0.000}")]),
         TapTool(callback=_widgets.tap_opens("?page=accuracy&run=@run_id")),
     )
+    _axes.time_axis(figure, trend["run_start"])
     figure.add_layout(figure.legend[0], "right")
     return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="accuracy-trend")
 

@@ -19,9 +19,10 @@ from PIL import Image
 
 from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS, viridis
 from stagewatch.ui import _data, _failures, _widgets
-from stagewatch.ui._cloud3d import cloud_views, pair
+from stagewatch.ui._cloud3d import LABEL_COLOURS, cloud_views, pair
 from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
 from stagewatch.ui.pages import failures
+from stagewatch.ui.pages.run import error_card
 
 PICTURE_WIDTH = 320
 
@@ -133,7 +134,7 @@ def case_steps(home: Path, origin: str, run_id: str, stage: str, sample: str) ->
 
 def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
     status = case.get("status")
-    kinds = ", ".join(case.get("error_types") or []) or ("crashed" if "error_type" in case else "")
+    kinds = ", ".join(case.get("error_types") or []) or (case.get("status") or "" if "error_type" in case else "")
     reason = case.get("reason") or (
         f"{case.get('error_type')}: {case.get('error_message')}" if "error_type" in case else ""
     )
@@ -150,8 +151,9 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
         shown.append(
             pn.pane.HTML("errors: " + ", ".join(f"<b>{html.escape(str(k))}</b> {v}" for k, v in errors.items()))
         )
-    if "error_type" in case:  # a crashed stage: nothing was produced to compare
-        shown.append(pn.pane.Markdown(f"[The run's page]({_run_url(run_id, case)}) has this error's traceback."))
+    if "error_type" in case:  # a failed or crashed stage: nothing was produced; its input and traceback
+        shown.append(error_card(_data.stage_error(home, run_id, case)))
+        shown.append(pn.pane.Markdown(f"[This sample in the run]({_run_url(run_id, case)})"))
         return shown
     found = _failures.case_pictures(home, case)
     if found["kind"] == "none":
@@ -160,6 +162,9 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
         shown += boxes_view(found)
     else:
         shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
+        if found["kind"] in ("mask", "points"):  # the pictures colour each class: which is which
+            colours = [tuple(int(v) for v in c) for c in _failures.CLASS_COLOURS]
+            shown.append(class_legend(class_names(case), [f"rgb{c}" for c in colours]))
         shown += legend_and_numbers(found, class_names(case))
         if found["kind"] == "mask" and found.get("image") is not None:
             shown += mask_overlays(found["image"], found["size"], found["arrays"])
@@ -175,7 +180,11 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
                 *distances,
                 attributes=arrays.get("attributes"),
             )
-            shown += [pn.pane.Markdown("### In 3D (drag to turn: both views follow)"), cloud_views(cloud)]
+            shown += [
+                pn.pane.Markdown("### In 3D (drag to turn: both views follow)"),
+                class_legend(class_names(case), LABEL_COLOURS, "coloured by label"),
+                cloud_views(cloud),
+            ]
     scores = case.get("scores")
     if scores:
         shown.append(pn.Card(pn.pane.JSON(json.loads(scores), depth=2), title="Scores", collapsed=True))
@@ -249,6 +258,17 @@ def _picture(title: str, picture: Any) -> pn.Column:
         sizing_mode="fixed",
         width=PICTURE_WIDTH + 20,
     )
+
+
+def class_legend(names: list[str], colours: list[str], what: str = "classes") -> pn.pane.HTML:
+    """Each class's colour and name, in index order (a class past the palette takes its colour
+    again, as the pictures do)."""
+    swatches = "".join(
+        f'<span style="display:inline-block;width:14px;height:14px;background:{colours[index % len(colours)]};'
+        f'border:1px solid #999;margin:0 4px -2px 12px"></span>{html.escape(name)}'
+        for index, name in enumerate(names)
+    )
+    return pn.pane.HTML(f"<div class='sw-class-legend'>{what}: {swatches}</div>" if names else "")
 
 
 def class_names(case: dict[str, Any]) -> list[str]:

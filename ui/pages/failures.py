@@ -25,7 +25,8 @@ SORTS = {
 }
 EMPTY = (
     "No failure case yet: runs judged against a golden dataset list their wrong and invalid samples here, "
-    "and failed stages as crashed (see docs/ground-truth.md)."
+    "and stage executions that failed (raised an exception) or crashed (their process was lost) "
+    "(see docs/ground-truth.md)."
 )
 SEVERITIES = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9]
 SHOW = ("table", "gallery")
@@ -38,7 +39,9 @@ class FailuresPage:
         self.stage = pn.widgets.Select(name="Stage", options=_widgets.choices(_data.facets(home)["stage"]))
         self.status = pn.widgets.Select(name="Outcome", options=_widgets.choices(list(_failures.FAILURE_STATUSES)))
         choices = _failures.case_choices(home)
-        self.kind = pn.widgets.Select(name="Error kind", options=_widgets.choices(choices["kind"]))
+        # Error kinds read as the Accuracy page and the case page write them: "mask mismatch".
+        kinds = {"any": "", **{kind_words(kind): kind for kind in choices["kind"]}}
+        self.kind = pn.widgets.Select(name="Error kind", options=kinds)
         self.class_name = pn.widgets.Select(name="Class", options=_widgets.choices(choices["class"]))
         self.severity = pn.widgets.Select(name="Severity at least", options=SEVERITIES, value=0.0)
         self.confidence = pn.widgets.RangeSlider(
@@ -71,7 +74,11 @@ class FailuresPage:
             self._display,
             lambda: "No failure case matches these filters." if self.filters() != _failures.CaseFilters() else EMPTY,
             html_columns=("case", "run", "when"),
-            turns=("◀ previous", "next ▶"),
+            # Every column within the page at 1,280 px: long text wraps rather than pushing the
+            # run column (which tells two runs' cases of one sample apart) off the page.
+            layout="fit_columns",
+            formatters={"reason": {"type": "textarea"}, "error kinds": {"type": "textarea"}},
+            widths={"case": 90, "stage": 120, "outcome": 80, "confidence": 85, "severity": 70, "run": 80, "when": 95},
         )
         refused = _widgets.sync_url({"show": self.show})
         if self.show.value not in SHOW:  # a radio group takes any value: a link's typo shows the table
@@ -230,6 +237,11 @@ def _card(row: dict[str, Any], jpeg: bytes, carried: str) -> str:
     )
 
 
+def kind_words(kind: str) -> str:
+    """An error kind as people read it: 'mask_mismatch' -> 'mask mismatch' (the token stays in URLs)."""
+    return kind.replace("_", " ")
+
+
 def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
     columns = ["case", "stage", "outcome", "error kinds", "classes", "confidence", "severity", "reason", "run", "when"]
     if rows.empty:
@@ -242,7 +254,9 @@ def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
             ],
             "stage": rows["stage"],
             "outcome": rows["status"],
-            "error kinds": [", ".join(kinds) if kinds is not None else "" for kinds in rows["error_types"]],
+            "error kinds": [
+                ", ".join(map(kind_words, kinds)) if kinds is not None else "" for kinds in rows["error_types"]
+            ],
             "classes": [", ".join(names) if names is not None else "" for names in rows["classes"]],
             "confidence": ["" if pd.isna(v) else f"{v:.2f}" for v in rows["confidence"]],
             "severity": [f"{v:.2f}" for v in rows["severity"]],

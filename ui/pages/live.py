@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
+from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.ui import _format, _widgets
 from stagewatch.ui._live import LiveFeed, LiveRun
 
@@ -40,9 +41,13 @@ class LivePage:
         with board.lock:
             self.seen_version = board.version
             now_ns = time.time_ns()
-            shown = [(run, summary(run, now_ns), stage_frame(run), failures_html(run)) for run in board.visible()]
+            visible = board.visible()
+            shown = [(r, summary(r, now_ns), stage_frame(r), failures_html(r)) for r in visible if r.ended_at is None]
+            ended = ended_html([r for r in visible if r.ended_at is not None])
+        # A run leaves the running list the moment its end arrives; it stays below, in words.
+        after = [pn.pane.HTML(ended, name="ended")] if ended else []
         if not shown:
-            self.runs.objects = [self.empty]
+            self.runs.objects = [self.empty, *after]
             return
         for run, header, frame, failures in shown:
             card = self.cards.get(run.run_id)
@@ -52,7 +57,10 @@ class LivePage:
             else:
                 card[1].object, card[3].object = header, failures
                 card[2].value = frame
-        self.runs.objects = [self.cards[run.run_id][0] for run, *_ in shown]
+        running = {run.run_id for run, *_ in shown}
+        for gone in [run_id for run_id in self.cards if run_id not in running]:
+            del self.cards[gone]  # an ended run's card is not kept (nor redrawn) any longer
+        self.runs.objects = [*(self.cards[run.run_id][0] for run, *_ in shown), *after]
 
 
 _CARD = {"border": "1px solid #d0d7de", "border-radius": "6px", "padding": "8px", "margin-bottom": "10px"}
@@ -64,11 +72,29 @@ def summary(run: LiveRun, now_ns: int) -> str:
     total = sum(s.done for s in run.stages.values())
     failed = sum(s.failed for s in run.stages.values())
     return (
-        f'<b style="color:{colour}">{html.escape(run.status)}</b> · {_widgets.run_link(run.run_id)} · pipeline '
+        f'<b style="color:{colour}">{html.escape(outcomes.label(run.status))}</b> · '
+        f"{_widgets.run_link(run.run_id)} · pipeline "
         f"<b>{html.escape(str(run.pipeline or '?'))}</b> on {html.escape(str(run.host or '?'))}{started} · "
         f"<b>{total:,}</b> stage executions, <b>{failed:,}</b> failed · "
         f"<b>{run.samples_per_s(now_ns):.1f}</b> samples/s"
     )
+
+
+def ended_html(runs: list[LiveRun]) -> str:
+    """The runs that ended in the last minutes, a line each: how each ended, its counts."""
+    if not runs:
+        return ""
+    lines = []
+    for run in runs:
+        colour = _format.STATUS_COLOURS.get(run.status, "#555")
+        total = sum(s.done for s in run.stages.values())
+        failed = sum(s.failed for s in run.stages.values())
+        lines.append(
+            f'<li><b style="color:{colour}">{html.escape(outcomes.label(run.status))}</b> · '
+            f"{_widgets.run_link(run.run_id)} · pipeline <b>{html.escape(str(run.pipeline or '?'))}</b> · "
+            f"{total:,} stage executions, {failed:,} failed</li>"
+        )
+    return f'<div class="sw-ended"><h3>Ended in the last 10 minutes</h3><ul>{"".join(lines)}</ul></div>'
 
 
 def stage_frame(run: LiveRun) -> pd.DataFrame:
@@ -85,7 +111,7 @@ def stage_frame(run: LiveRun) -> pd.DataFrame:
                 "failed": f"{stage.failed:,}",
                 "median": _format.ms(stage.median_ms),
                 "latest": _format.ms(stage.latest_ms),
-                "CPU peak": _format.mb(stage.rss_peak_mb),
+                "process peak": _format.mb(stage.rss_peak_mb),
                 "GPU peak": _format.mb(stage.gpu_peak_mb) if stage.gpu_peak_mb is not None else "no GPU readings",
                 "correct / wrong / invalid": " / ".join(str(counts.get(k, 0)) for k in ("correct", "wrong", "invalid"))
                 if counts

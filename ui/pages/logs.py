@@ -15,7 +15,7 @@ from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import LEVELS, Filters, parse_time
-from stagewatch.ui import _data, _format, _widgets
+from stagewatch.ui import _axes, _data, _format, _widgets
 
 LEVEL_COLOURS = {
     "TRACE": "#9e9e9e",
@@ -34,8 +34,8 @@ class LogsPage:
     def __init__(self, home: Path) -> None:
         self.home = home
         facets = _data.facets(home)
-        self.since = pn.widgets.TextInput(name="Since", placeholder="7d or 2026-11-20T08:00")
-        self.until = pn.widgets.TextInput(name="Until", placeholder="2026-11-21")
+        self.since = pn.widgets.TextInput(name="Since", placeholder=_widgets.SINCE_HINT)
+        self.until = pn.widgets.TextInput(name="Until", placeholder=_widgets.UNTIL_HINT)
         self.stage = pn.widgets.Select(name="Stage", options=_widgets.choices(facets["stage"]))
         self.level = pn.widgets.Select(name="Lowest level", options=_widgets.choices(list(LEVELS)))
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
@@ -46,14 +46,14 @@ class LogsPage:
         self.histogram = pn.Column()
         self.download_json = pn.widgets.FileDownload(
             callback=lambda: self._export("json"),
-            filename="stagewatch-export.json",
+            filename="stagewatch-logs.json",
             label="Download JSON",
             button_type="primary",
             width=180,
         )
         self.download_jsonl = pn.widgets.FileDownload(
             callback=lambda: self._export("jsonl"),
-            filename="stagewatch-export.jsonl",
+            filename="stagewatch-logs.jsonl",
             label="Download JSON Lines",
             width=200,
         )
@@ -108,7 +108,8 @@ class LogsPage:
         try:
             filters = self.filters()
         except (ValueError, _data.RunNotFound):
-            return  # the table above says why
+            self.histogram.objects = []  # the message above says why; the old range's bars would mislead
+            return
         self.histogram.objects = [self._histogram(filters)]
 
     def _histogram(self, filters: Filters) -> Any:
@@ -143,6 +144,7 @@ class LogsPage:
                 formatters={"@time": "datetime"},
             )
         )
+        figure.xaxis.formatter = _axes.clock_ticks()
         figure.add_layout(figure.legend[0], "right")
         figure.on_event(SelectionGeometry, self._brushed)
         return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="histogram")
@@ -166,7 +168,7 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["time", "level", "stage", "sample", "message", "logger", "run"])
     return pd.DataFrame(
         {
-            "time": [_format.when_html(t.to_pydatetime()) for t in rows["time"]],
+            "time": [_format.moment_html(t.to_pydatetime()) for t in rows["time"]],
             "level": rows["level"],
             "stage": rows["stage"].fillna(""),
             "sample": rows["sample_id"].fillna(""),

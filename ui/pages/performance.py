@@ -5,6 +5,7 @@ regressions found from the data, and two runs compared stage by stage."""
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +18,7 @@ from bokeh.plotting import figure as bokeh_figure
 from stagewatch.daemon import Filters, parse_time, query_stats
 from stagewatch.daemon._compare import CompareError, baseline_side, compare, run_side
 from stagewatch.daemon._sql import QueryError
-from stagewatch.ui import _data, _format, _trends, _widgets
+from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui.pages.compare import stage_table_html
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
@@ -63,7 +64,10 @@ class PerformancePage:
             self.callouts,
             pn.pane.Markdown("### Stage durations per run"),
             self.trend,
-            pn.pane.Markdown("### Memory per run (CPU peak of each stage)"),
+            pn.pane.Markdown(
+                "### Memory per run (each stage's own: the most its RSS rose above its start; "
+                "the process's peak is in the table below)"
+            ),
             self.memory,
             pn.pane.Markdown("### Over the window"),
             self.stats,
@@ -91,8 +95,8 @@ class PerformancePage:
         colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
         self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
         self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
-        self.memory.objects = [trend_chart(points, order, colours, "rss_peak_mb", "MB", "memory")]
-        self.stats.objects = [_widgets.table(stats_display(query_stats(self.home, filters), order), "window-stats")]
+        self.memory.objects = [trend_chart(points, order, colours, "own_mb", "MB", "memory")]
+        self.stats.objects = [_widgets.table(window_stats(self.home, filters, points, order), "window-stats")]
 
     def compare(self) -> None:
         """The two runs' per-stage table (daemon/_compare, as the Compare page shows it), with a
@@ -170,6 +174,7 @@ def trend_chart(
         ),
         TapTool(callback=_widgets.tap_opens("?page=run&run=@run_id")),
     )
+    _axes.time_axis(figure, frame["run_start"])
     figure.legend.location = "top_left"
     figure.legend.click_policy = "hide"
     figure.add_layout(figure.legend[0], "right")
@@ -188,6 +193,21 @@ def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:
     )
 
 
+def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The window's numbers per stage; where the window holds several pipelines (pipeline: any),
+    per pipeline and stage, with a pipeline column: two pipelines' "detection" are not one stage."""
+    pipelines = sorted(points["pipeline"].dropna().unique()) if filters.pipeline is None else []
+    if len(pipelines) < 2:
+        return stats_display(query_stats(home, filters), order)
+    return pd.concat(
+        [
+            stats_display(query_stats(home, replace(filters, pipeline=name)), order).assign(pipeline=name)
+            for name in pipelines
+        ],
+        ignore_index=True,
+    )[["pipeline", *STATS_HEADERS]]
+
+
 def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
     rank = {stage: i for i, stage in enumerate(order)}
     stats = sorted(stats, key=lambda e: rank.get(e["stage"], len(rank)))
@@ -200,10 +220,26 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "p95": [_format.ms(e["duration_ms"]["p95"]) for e in stats],
             "p99": [_format.ms(e["duration_ms"]["p99"]) for e in stats],
             "max": [_format.ms(e["duration_ms"]["max"]) for e in stats],
-            "CPU peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
+            "own memory": [_format.mb(e["own_mb"]["max"]) for e in stats],
+            "process peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
-        }
+        },
+        columns=STATS_HEADERS,
     )
+
+
+STATS_HEADERS = [
+    "stage",
+    "executions",
+    "failed",
+    "median",
+    "p95",
+    "p99",
+    "max",
+    "own memory",
+    "process peak",
+    "share of time",
+]
 
 
 def view(home: Path) -> pn.viewable.Viewable:

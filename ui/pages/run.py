@@ -14,8 +14,10 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+from PIL import Image
 
 from stagewatch._home import ARTIFACT_FORM
+from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.daemon.groundtruth.diff import viridis
 from stagewatch.ui import _data, _format, _trends, _widgets
 
@@ -49,7 +51,9 @@ class RunPage:
         _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
 
     def layout(self) -> pn.Column:
-        return pn.Column(self.url_problems, self.run_id, self.body, self.artifact, self.compare, self.preview)
+        # The chosen output above the run's story: where a person looks after clicking a
+        # thumbnail (below the outputs it opened 2,000 px lower, out of sight).
+        return pn.Column(self.url_problems, self.run_id, self.artifact, self.compare, self.preview, self.body)
 
     def _refresh_if_running(self) -> None:
         """Redraw a run in progress when its audit trail moved (a redraw resets zoom and cards)."""
@@ -106,7 +110,9 @@ class RunPage:
         elif kind == "png":
             self.preview.objects = [
                 title,
-                pn.pane.PNG(io.BytesIO(content), sizing_mode="fixed", css_classes=["sw-preview"]),
+                pn.pane.PNG(
+                    io.BytesIO(content), width=shown_width(content), sizing_mode="fixed", css_classes=["sw-preview"]
+                ),
             ]
         else:
             self.preview.objects = [title, pn.pane.JSON(content, depth=3)]
@@ -134,6 +140,18 @@ class RunPage:
                 f"by more than {found.threshold}"
             ),
         ]
+
+
+PREVIEW_WIDTHS = (480, 1200)  # a 160x120 output drawn at least this wide (pixels kept sharp), at most that
+
+
+def shown_width(png: bytes) -> int:
+    """The width to draw a saved PNG at: its own within PREVIEW_WIDTHS, scaled up or down into it."""
+    try:
+        native = Image.open(io.BytesIO(png)).width
+    except (OSError, SyntaxError):  # PIL says SyntaxError for some damaged files
+        return PREVIEW_WIDTHS[0]
+    return min(max(native, PREVIEW_WIDTHS[0]), PREVIEW_WIDTHS[1])
 
 
 def _png(picture: np.ndarray) -> io.BytesIO:
@@ -168,15 +186,7 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
         _widgets.table(
             stage_display(stats, audit),
             "stages",
-            formatters={
-                "share of time": {
-                    "type": "progress",
-                    "max": 100,
-                    "legend": True,
-                    "legendAlign": "center",
-                    "color": "#7aa6d6",
-                }
-            },
+            html_columns=("share of time",),
         ),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(executions, data["order"], data["colours"]),
@@ -214,7 +224,8 @@ def header(audit: dict[str, Any]) -> pn.Column:
     status = audit.get("status", "unknown")
     colour = _format.STATUS_COLOURS.get(status, "#555")
     facts = [
-        f'<b style="color:{colour};font-size:18px">{html.escape(status)}</b>',
+        f'<b style="color:{colour};font-size:18px" title="{html.escape(outcomes.MEANINGS.get(status, ""))}">'
+        f"{html.escape(outcomes.label(status))}</b>",
         f"pipeline <b>{html.escape(str(audit.get('pipeline')))}</b>",
         f"took {_format.ms(audit.get('duration_ms'))}" if audit.get("duration_ms") else "running",
         f"started {_format.when_html(started)}",
@@ -254,15 +265,15 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "stage": stats["stage"],
-            "runs": [f"{n:,}" for n in stats["runs"]],
+            "executions": [f"{n:,}" for n in stats["runs"]],
             "failed": [_format.pct(v) for v in stats["failure_rate"]],
             "median": [_format.ms(v) for v in stats["median_ms"]],
             "p95": [_format.ms(v) for v in stats["p95_ms"]],
             "p99": [_format.ms(v) for v in stats["p99_ms"]],
             "max": [_format.ms(v) for v in stats["max_ms"]],
-            "share of time": (stats["share"] * 100).round(1),
-            "CPU peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
+            "share of time": [_format.share_bar_html(v) for v in stats["share"]],
             "own memory": [_format.mb(v) for v in stats["own_mb"]],
+            "process peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "GPU peak": [
                 gpu_cell(peak, gpu) if peak is not None and pd.notna(peak) else gpu_reason
                 for peak, gpu in zip(stats["gpu_peak_mb"], stats["gpu"], strict=True)

@@ -14,6 +14,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch.daemon import Filters, parse_time
+from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.ui import _data, _format, _widgets
 
 WHEN = {"any time": "", "last hour": "1h", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}
@@ -36,11 +37,13 @@ class RunsPage:
         self.home = home
         facets = _data.facets(home)
         self.pipeline = pn.widgets.Select(name="Pipeline", options=_widgets.choices(facets["pipeline"]))
-        self.status = pn.widgets.Select(name="Status", options=_widgets.choices(["ok", "failed", "crashed", "running"]))
+        self.status = pn.widgets.Select(
+            name="Status", options={"any": "", **{outcomes.label(s): s for s in outcomes.RUN_STATUSES}}
+        )
         self.failed_stage = pn.widgets.Select(name="Failed stage", options=_widgets.choices(facets["failed_stage"]))
         self.when = pn.widgets.Select(name="When", options=WHEN)
-        self.since = pn.widgets.TextInput(name="Since", placeholder="2026-11-20 or 7d")
-        self.until = pn.widgets.TextInput(name="Until", placeholder="2026-11-27T18:00")
+        self.since = pn.widgets.TextInput(name="Since", placeholder=_widgets.SINCE_HINT)
+        self.until = pn.widgets.TextInput(name="Until", placeholder=_widgets.UNTIL_HINT)
         self.host = pn.widgets.Select(name="Host", options=_widgets.choices(facets["host"]))
         self.text = pn.widgets.TextInput(name="Error text", placeholder="NaN pixels")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
@@ -140,7 +143,7 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
                 "status",
                 "started",
                 "duration",
-                "stages",
+                "executions",
                 "failed",
                 "failed stage",
                 "error",
@@ -153,10 +156,11 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
         {
             "run": [_widgets.run_link(r) for r in rows["run_id"]],
             "pipeline": rows["pipeline"],
-            "status": rows["status"],
+            "status": [outcomes.label(s) for s in rows["status"]],
             "started": [_format.when_html(t.to_pydatetime() if pd.notna(t) else None) for t in rows["start_time"]],
             "duration": [_format.ms(v if pd.notna(v) else None) for v in rows["duration_ms"]],
-            "stages": [f"{int(v):,}" if pd.notna(v) else "-" for v in rows["stages"]],
+            # stage executions (a count of stages would be 5 for the demo, not 296)
+            "executions": [f"{int(v):,}" if pd.notna(v) else "-" for v in rows["stages"]],
             "failed": [f"{int(v):,}" if pd.notna(v) else "-" for v in rows["stages_failed"]],
             "failed stage": rows["failed_stage"].fillna(""),
             "error": [_error_text(t, m) for t, m in zip(rows["error_type"], rows["error_message"], strict=True)],

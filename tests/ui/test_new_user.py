@@ -1,0 +1,257 @@
+"""What a new user met on the demo home, each in the browser (issue 31, item 2): the numbers
+and words of every page, served by `stagewatch ui` over the demo's home and two batch runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.ui import test_dashboard
+from tests.ui.conftest import CHROMIUM
+from tests.ui.test_dashboard import _choose, _pager_total, shown
+
+served = test_dashboard.served  # the demo's home and two batch runs, served (a fixture of this module too)
+
+pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+DEMO_STAGES = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
+
+
+def _cells(page, table: str, field: str) -> list[str]:
+    return page.locator(f".sw-table-{table} .tabulator-cell[tabulator-field='{field}']").all_inner_texts()
+
+
+def _headers(page, table: str) -> list[str]:
+    titles = page.locator(f".sw-table-{table} .tabulator-col-title").all_inner_texts()
+    return [title for title in titles if title.strip()]
+
+
+def _export(home: Path, *filters: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "export", "--home", str(home), *filters, "--output", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_performance_lists_stages_in_pipeline_order_by_pipeline_with_their_own_memory(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=performance&window=30d&a={run_id}&b={run_id}")
+    page.wait_for_selector(".sw-table-window-stats .tabulator-row")
+    headers = _headers(page, "window-stats")
+    assert headers[0] == "pipeline" and "own memory" in headers and "process peak" in headers
+    assert "CPU peak" not in headers
+    rows = list(zip(_cells(page, "window-stats", "pipeline"), _cells(page, "window-stats", "stage"), strict=True))
+    assert [stage for pipeline, stage in rows if pipeline == "perception"] == DEMO_STAGES
+    assert [stage for pipeline, stage in rows if pipeline == "batch"] == ["preprocessing", "detection"]
+    assert all(share.endswith("%") for share in _cells(page, "window-stats", "share of time"))
+    assert shown(page, "each stage's own")  # the memory chart's title says what it draws
+    page.wait_for_selector(".sw-table-comparison .tabulator-row")
+    assert _cells(page, "comparison", "stage") == DEMO_STAGES  # the comparison too, not the alphabet's
+
+
+def test_a_run_says_how_it_ended_and_its_share_of_time_reads_as_a_percentage(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=run&run={run_id}")
+    page.wait_for_selector(".sw-table-stages .tabulator-row")
+    assert shown(page, "finished with failures")  # frame 47 failed; the run went on to its end
+    headers = _headers(page, "stages")
+    assert {"executions", "own memory", "process peak"} <= set(headers) and "runs" not in headers
+    shares = _cells(page, "stages", "share of time")
+    assert all(re.fullmatch(r"\d+\.\d+%", share.strip()) for share in shares), shares
+    # The percentage is beside its bar, not drawn over it.
+    label = page.locator(".sw-table-stages .sw-share > span:last-child").first.bounding_box()
+    bar = page.locator(".sw-table-stages .sw-share > span:first-child").first.bounding_box()
+    assert label["x"] >= bar["x"] + bar["width"]
+
+
+def test_runs_count_executions_and_say_each_run_s_end_in_words(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(f".sw-table-runs a[title='{run_id}']")
+    headers = _headers(page, "runs")
+    assert "executions" in headers and "stages" not in headers
+    assert "finished with failures" in _cells(page, "runs", "status")
+    placeholders = page.locator(".sw-since input, .sw-until input").evaluate_all(
+        "inputs => inputs.map(input => input.placeholder)"
+    )
+    assert placeholders and not any(re.search(r"20\d\d", p) for p in placeholders), placeholders
+    page.locator(".sw-since input").fill("last tuesday")  # not a time: a warning, and no rows of before
+    page.locator(".sw-since input").press("Enter")
+    page.wait_for_selector("text=expected a time like")
+    wait_for(lambda: page.locator(".sw-table-runs .tabulator-row").count() == 0, 20)
+
+
+def test_frame_47_s_error_is_among_its_stage_s_logs_and_the_download_is_the_matching_lines(served, page) -> None:
+    home, _, ui, _ = served
+    page.goto(f"{ui.url}?page=logs&stage=preprocessing&level=ERROR")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert _cells(page, "logs", "sample") == ["frame_047"]
+    time_cell = page.locator(".sw-table-logs .tabulator-cell[tabulator-field='time'] span").first
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC", time_cell.inner_text())  # the time, to the ms
+    assert time_cell.get_attribute("title").endswith("ago")  # and how long ago, on hover
+    # Every matching line, past the page in view, and nothing but lines: `export --table logs`.
+    page.goto(f"{ui.url}?page=logs&stage=detection&size=25")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert page.locator(".sw-table-logs .tabulator-row").count() == 25
+    with page.expect_download() as download:
+        page.get_by_text("Download JSON", exact=True).click()
+    downloaded = json.loads(Path(download.value.path()).read_text())
+    assert downloaded == _export(home, "--table", "logs", "--stage", "detection")
+    assert list(downloaded) == ["logs"] and len(downloaded["logs"]) == wait_for(lambda: _pager_total(page)) > 25
+
+
+def test_an_invalid_since_on_logs_clears_the_old_rows_and_the_histogram(served, page) -> None:
+    _, _, ui, _ = served
+    page.goto(f"{ui.url}?page=logs")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    page.locator(".sw-since input").fill("yesterday-ish")
+    page.locator(".sw-since input").press("Enter")
+    page.wait_for_selector("text=expected a time like")
+    wait_for(lambda: page.locator(".sw-table-logs .tabulator-row").count() == 0, 20)
+    assert not shown(page, "log lines 1-")
+
+
+def test_failures_say_failed_for_an_exception_and_never_leave_a_reason_empty(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=failures&run={run_id}&size=100")
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    wait_for(lambda: _pager_total(page), 20)
+    outcomes = _cells(page, "failures", "outcome")
+    samples = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='case']").all_inner_texts()
+    assert dict(zip(samples, outcomes, strict=True))["frame_047"] == "failed"  # a ValueError: not "crashed"
+    assert "crashed" not in outcomes
+    assert all(reason.strip() for reason in _cells(page, "failures", "reason"))
+    kinds = ", ".join(_cells(page, "failures", "error kinds"))
+    assert "mask mismatch" in kinds and "_" not in kinds  # spelled as the Accuracy page spells them
+    _choose(page, "Error kind", "mask mismatch")
+    page.wait_for_url(re.compile("kind=mask_mismatch"))
+
+
+# The contrast of a link's text with the first opaque background behind it (across shadow roots).
+LINK_CONTRAST = """a => {
+  const rgb = s => s.match(/[\\d.]+/g).map(Number).map((v, i) => s.startsWith("color(") && i < 3 ? v * 255 : v);
+  const opaque = c => c && !(rgb(c).length === 4 && rgb(c)[3] === 0);
+  let el = a, behind = "rgb(255, 255, 255)";
+  while (el) {
+    const colour = getComputedStyle(el).backgroundColor;
+    if (opaque(colour)) { behind = colour; break; }
+    el = el.parentElement || (el.getRootNode() instanceof ShadowRoot ? el.getRootNode().host : null);
+  }
+  const luminance = c => {
+    const [r, g, b] = rgb(c).slice(0, 3).map(v => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [high, low] = [luminance(getComputedStyle(a).color), luminance(behind)].sort((x, y) => y - x);
+  return (high + 0.05) / (low + 0.05);
+}"""
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_every_page_s_links_read_in_both_themes(served, page, theme) -> None:
+    """WCAG's 4.5:1 for text: the dark theme once drew the sidebar's links navy on near-black."""
+    _, _, ui, run_id = served
+    for view in [
+        "live",
+        "runs",
+        "performance",
+        "logs",
+        "accuracy",
+        "failures",
+        f"run&run={run_id}",
+        f"case&run={run_id}&stage=segmentation&sample=frame_000",
+    ]:
+        page.goto(f"{ui.url}?page={view}&theme={theme}")
+        page.wait_for_selector("a[href='?page=failures']")
+        page.wait_for_timeout(500)  # the tables' links drawn
+        links = page.locator("a[href^='?page=']")
+        contrasts = [links.nth(i).evaluate(LINK_CONTRAST) for i in range(min(links.count(), 30))]
+        assert min(contrasts) >= 4.5, (view, theme, contrasts)
+
+
+@pytest.mark.parametrize("width", [1280, 1440])
+def test_the_failures_table_fits_the_page(served, page, width) -> None:
+    _, _, ui, _ = served
+    page.set_viewport_size({"width": width, "height": 1000})
+    page.goto(f"{ui.url}?page=failures")
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    run_cell = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='run']").first
+    box = run_cell.bounding_box()
+    assert box["x"] + box["width"] <= width  # the run column, which tells two runs' cases apart, in view
+    holder = page.locator(".sw-table-failures .tabulator-tableholder").first
+    assert holder.evaluate("h => h.scrollWidth <= h.clientWidth + 1")  # nothing to scroll sideways
+
+
+def test_a_failed_sample_s_case_shows_its_input_and_traceback_and_pictures_name_their_classes(served, page) -> None:
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=preprocessing&sample=frame_047")
+    page.wait_for_selector("text=datasets/demo/images/frame_047.png")  # the input, on the case itself
+    page.get_by_text("Traceback").first.click()
+    page.wait_for_selector("text=Traceback (most recent call last)")
+    assert shown(page, "raise ValueError")
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
+    legend = page.locator(".sw-class-legend").first
+    legend.wait_for()
+    assert all(name in legend.inner_text() for name in ("background", "car", "pedestrian"))
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=lidar_segmentation&sample=frame_000")
+    page.wait_for_selector(".sw-class-legend")
+    texts = page.locator(".sw-class-legend").all_inner_texts()
+    assert len(texts) == 2 and all("ground" in t and "car" in t for t in texts)  # from above, and in 3D
+
+
+def test_accuracy_s_error_kinds_say_how_many_samples_their_link_lists(served, page) -> None:
+    """ "missed 35 → list them" opened 19 cases: 35 boxes in 19 samples. The count says boxes,
+    the link says how many samples it lists, and the Failures page lists that many."""
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=accuracy&run={run_id}")
+    page.wait_for_selector(".sw-table-accuracy-kinds .tabulator-row")
+    kinds = _cells(page, "accuracy-kinds", "error kind")
+    counts = _cells(page, "accuracy-kinds", "count")
+    links = _cells(page, "accuracy-kinds", "cases")
+    missed = kinds.index("missed")
+    assert re.fullmatch(r"\d+ box(es)?", counts[missed]), counts
+    listed = int(re.fullmatch(r"list the (\d+) samples?", links[missed]).group(1))
+    page.locator(".sw-table-accuracy-kinds a").nth(missed).click()
+    page.wait_for_url(re.compile("kind=missed"))
+    assert wait_for(lambda: _pager_total(page), 30) == listed
+
+
+def test_a_chosen_output_opens_where_one_looks_and_large_enough_to_see(served, page) -> None:
+    """A thumbnail's output once opened 2,000 px below, at its native 160x120, out of sight."""
+    _, _, ui, run_id = served
+    overlay = f"runs/{run_id}/stages/postprocessing/frame_000_overlay.png"
+    page.goto(f"{ui.url}?page=run&run={run_id}&artifact={overlay}")
+    image = page.wait_for_selector(".sw-preview img")
+    box = image.bounding_box()
+    assert box["y"] < page.viewport_size["height"]  # in view without scrolling
+    assert box["width"] >= 480
+
+
+def test_a_run_that_ends_leaves_live_s_running_list_at_once(served, page) -> None:
+    """It stayed among the running as "failed … 0.0 samples/s" for 30 s and more."""
+    import stagewatch
+
+    home, _, ui, _ = served
+    run = stagewatch.init(pipeline="ends-soon", home=home)
+    with run.stage("a", sample_id="s0"):
+        pass
+    assert run.flush(10)
+    page.goto(f"{ui.url}?page=live")
+    page.wait_for_selector(f".sw-table-live-stages, a[title='{run.id}']")
+    run.finish()
+    assert run.flush(10)
+    page.wait_for_selector(f".sw-ended a[title='{run.id}']", timeout=30_000)  # listed as ended, in words
+    assert "ok" in page.locator(".sw-ended li", has=page.locator(f"a[title='{run.id}']")).inner_text()
+    every = page.locator(f"a[title='{run.id}']").count()
+    assert every == page.locator(f".sw-ended a[title='{run.id}']").count() == 1  # no card of it left
+    stagewatch.shutdown()

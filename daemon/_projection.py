@@ -26,8 +26,8 @@ import msgspec
 
 from stagewatch._gpu import SOURCE_NOTES
 from stagewatch._protocol import DAEMON_CLIENT_ID
-from stagewatch.daemon._rows import DAEMON_TABLES, DEFINITIONS, Source, Table
 from stagewatch.daemon._outcomes import FINISHED_WITH_FAILURES, run_end_status
+from stagewatch.daemon._rows import DAEMON_TABLES, DEFINITIONS, Source, Table
 
 AUDIT_SCHEMA = "stagewatch.audit/1"
 MAX_CLOSED_RUNS = 100_000

@@ -27,7 +27,11 @@ import msgspec
 from stagewatch._gpu import SOURCE_NOTES
 from stagewatch._protocol import DAEMON_CLIENT_ID
 
-AUDIT_SCHEMA = "stagewatch.audit/1"
+AUDIT_SCHEMA = "stagewatch.audit/1"  # the whole trail, as `load_audit` assembles it (`stagewatch show --json --all`)
+# runs/{id}/audit.json: the trail's head. Its ended stages are not in it: they are the first
+# `stages_bytes` bytes of stages.jsonl (each stage is on disk once); `running` holds the stages
+# still running (and those a lost client's crash ended provisionally).
+AUDIT_HEAD_SCHEMA = "stagewatch.audit-head/1"
 MAX_CLOSED_RUNS = 100_000
 TABLE_NAMES = ("stage_executions", "runs", "logs")
 MAX_ERRORS_PER_RUN = 10_000
@@ -133,21 +137,31 @@ class RunState:
                 client_id, _, span = key.rpartition(":")
                 ended_add(run.ended, client_id, int(span))
         run.counts = {key: value for key, value in run.counts.items() if key != "running"}
-        if "provisional" not in state:  # an audit trail: its crashed stages of clients still lost
+        if "provisional" not in state:  # an audit trail's head: its crashed stages of clients still lost
             run.provisional = {
                 f"{stage['client_id']}:{stage['span']}": stage
-                for stage in state.get("stages", [])
+                for stage in state.get("running", state.get("stages", []))  # "stages": a whole trail (audit/1)
                 if stage.get("status") == "crashed" and stage.get("client_id") in run.lost
             }
         return run
 
     def audit_summary(self) -> dict[str, Any]:
-        """The run's part of audit.json (its stages are added by the writer)."""
+        """The run's part of its audit trail: everything but the stages."""
         summary = {"schema": AUDIT_SCHEMA}
         summary.update((name, getattr(self, name)) for name in _AUDIT_FIELDS)
         summary["counts"] = {**self.counts, "running": len(self.open)}
         summary["clock_skew"] = clock_skew(self.clock_offset_ns)
         return summary
+
+    def audit_head(self, stages_bytes: int) -> bytes:
+        """audit.json: the summary, how much of stages.jsonl holds its ended stages, and the
+        stages still running (and those a lost client's crash ended provisionally: never a
+        stages.jsonl line, so that the real end can take its place if the client comes back)."""
+        head = self.audit_summary()
+        head["schema"] = AUDIT_HEAD_SCHEMA
+        head["stages_bytes"] = stages_bytes
+        head["running"] = [*self.open.values(), *self.provisional.values()]
+        return audit_json(head)
 
 
 def clock_skew(offset_ns: int | None) -> dict[str, Any] | None:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from stagewatch._home import Home
 from stagewatch.daemon._derived import STATUS, peek
+from stagewatch.daemon._projection import AUDIT_SCHEMA
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
     MAX_ROWS,
@@ -192,45 +195,156 @@ def resolve_run_id(home: Path, prefix: str) -> str:
     raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
 
 
-def load_audit(home: Path, run_id: str) -> dict[str, Any]:
-    """The run's audit trail; `problems` lists what is missing or damaged, if anything.
+def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+    """The run's audit trail as one document (`AUDIT_SCHEMA`): its head (audit.json) with the
+    stages from `offset` on, at most `limit` of them (all if None): the ended stages (lines of
+    stages.jsonl, in the order they ended: the part the head accounts for) then the running
+    ones. A page (`limit` given) says where it is in `stages_page` (offset, limit, total).
+    `problems` lists what is missing or damaged, if anything.
 
-    If audit.json is missing or damaged, the ended stages still come from stages.jsonl
-    (whose damaged lines are skipped and counted).
-    """
-    path = Home.of(home).audit(run_id)
+    Only the page's lines are decoded: a run of a million stages reads its head and counts
+    lines. If audit.json is missing or damaged, the ended stages come from the whole of
+    stages.jsonl (damaged lines skipped and counted)."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    running = audit.pop("running", [])
+    limit = MAX_ROWS if limit is None else limit
+    paged = limit < MAX_ROWS
+    if lines is None:  # a whole trail (audit/1, written by an earlier version)
+        stages = audit.get("stages", [])
+        total = len(stages)
+        audit["stages"] = stages[offset : offset + limit]
+    else:
+        total = lines.count() + len(running)
+        ended = lines.page(offset, limit, audit["problems"])
+        audit["stages"] = ended + running[max(0, offset - (total - len(running))) :][: limit - len(ended)]
+    if audit["status"] == "unknown":
+        audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
+    if paged:
+        audit["stages_page"] = {"offset": offset, "limit": limit, "total": total}
+    if not audit.get("complete"):
+        audit["problems"].append("the run has not finished (or its end was never recorded)")
+    return audit
+
+
+def audit_json_chunks(home: Path, run_id: str) -> Iterator[bytes]:
+    """The whole trail as one JSON document (what `load_audit` gives with no limit), in pieces
+    of at most a few megabytes: `stagewatch show --json --all` streams a run of any length
+    without holding it. A stage line that is not JSON is left out (and named in `problems`,
+    which comes last)."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    running = audit.pop("running", [])
+    stages = audit.pop("stages", []) if lines is None else []
+    problems = audit.pop("problems")
+    if not audit.get("complete"):
+        problems.append("the run has not finished (or its end was never recorded)")
+    yield json.dumps(audit, ensure_ascii=False)[:-1].encode() + b', "stages": ['
+    first = True
+    for piece in [*(lines.items(problems) if lines is not None else ()), *_items_of([*stages, *running])]:
+        yield piece if first else b"," + piece
+        first = False
+    yield b'], "problems": ' + json.dumps(problems, ensure_ascii=False).encode() + b"}"
+
+
+def _items_of(stages: list[dict[str, Any]]) -> Iterator[bytes]:
+    if stages:
+        yield b",".join(json.dumps(stage, ensure_ascii=False).encode() for stage in stages)
+
+
+def _trail_of(home: Home, run_id: str) -> tuple[dict[str, Any], StageLines | None]:
+    """The run's head (as a trail document, `problems` added) and its ended stages' lines
+    (None when the head is a whole trail of an earlier version, its stages inside)."""
+    path = home.audit(run_id)
+    lines = home.stage_lines(run_id)
     try:
-        audit = json.loads(path.read_text())
+        audit = json.loads(path.read_bytes())
+        if not isinstance(audit, dict) or "status" not in audit:
+            raise ValueError("not an audit trail")
         audit["problems"] = []
     except FileNotFoundError:
         audit = _unreadable(run_id, f"{path} is missing (not written yet, or deleted)")
     except (ValueError, UnicodeDecodeError) as error:
         audit = _unreadable(run_id, f"{path} is damaged ({error})")
-    if audit["status"] == "unknown":
-        audit["stages"] = _read_stage_lines(Home.of(home).stage_lines(run_id), audit["problems"])
-        audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
-    if not audit.get("complete"):
-        audit["problems"].append("the run has not finished (or its end was never recorded)")
-    return audit
+    if audit.get("schema") == AUDIT_SCHEMA and isinstance(audit.get("stages"), list):
+        return audit, None
+    if audit["status"] == "unknown":  # no head to say how far: every line there is
+        audit["problems"].append(f"stages recovered from {lines}")
+        return audit, StageLines(lines, None)
+    audit["schema"] = AUDIT_SCHEMA
+    return audit, StageLines(lines, audit.pop("stages_bytes", 0))
 
 
 def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
     return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [], "problems": [problem]}
 
 
-def _read_stage_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    stages, damaged = [], 0
-    for line in lines:
+class StageLines:
+    """The ended stages of a run: the first `size` bytes of its stages.jsonl (all of it if
+    None), complete lines only, read a chunk at a time. Lines lost by hand are spaces (the
+    writer keeps the offsets): JSON allows them before the next line's value."""
+
+    CHUNK = 4 << 20
+
+    def __init__(self, path: Path, size: int | None) -> None:
+        self.path = path
+        self.size = size
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The file's bytes up to `size`, in chunks that each end at a line's end."""
         try:
-            stages.append(json.loads(line))
-        except ValueError:
-            damaged += 1
-    problems.append(f"stages recovered from {path}" + (f" ({damaged} damaged lines skipped)" if damaged else ""))
-    return stages
+            handle = open(self.path, "rb")  # noqa: SIM115 (closed below; a generator)
+        except FileNotFoundError:
+            return
+        with handle:
+            left = os.fstat(handle.fileno()).st_size if self.size is None else self.size
+            rest = b""
+            while left > 0 and (data := handle.read(min(self.CHUNK, left))):
+                left -= len(data)
+                data = rest + data
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    yield data[:cut]
+
+    def count(self) -> int:
+        return sum(chunk.count(b"\n") for chunk in self._chunks())
+
+    def page(self, offset: int, limit: int, problems: list[str]) -> list[dict[str, Any]]:
+        """Stages `offset` to `offset + limit`, decoded; damaged lines are skipped and counted."""
+        stages, seen, damaged = [], 0, 0
+        for chunk in self._chunks():
+            if len(stages) >= limit:
+                break
+            if seen + (count := chunk.count(b"\n")) <= offset:
+                seen += count
+                continue
+            lines = chunk.split(b"\n")[:-1]
+            for line in lines[max(0, offset - seen) :][: limit - len(stages)]:
+                try:
+                    stages.append(json.loads(line))
+                except ValueError:
+                    damaged += 1
+            seen += len(lines)
+        if damaged:
+            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        return stages
+
+    def items(self, problems: list[str]) -> Iterator[bytes]:
+        """The stages as JSON array items, a chunk's worth joined by commas."""
+        damaged = 0
+        for chunk in self._chunks():
+            good = []
+            for line in chunk.split(b"\n")[:-1]:
+                if not line.strip():
+                    continue
+                try:
+                    msgspec.json.decode(line, type=msgspec.Raw)  # checks it is JSON, builds nothing
+                    good.append(line)
+                except msgspec.DecodeError:
+                    damaged += 1
+            if good:
+                yield b",".join(good)
+        if damaged:
+            problems.append(f"{damaged} damaged lines of {self.path} skipped")
 
 
 def _error_of(stage: dict[str, Any]) -> dict[str, Any]:

@@ -226,7 +226,35 @@ def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = Non
     return audit
 
 
-def audit_json_chunks(home: Path, run_id: str) -> Iterator[bytes]:
+def load_audit_head(home: Path, run_id: str) -> dict[str, Any]:
+    """The run's audit trail without its ended stages (`stages` holds the running ones): what
+    `load_audit` gives, without reading or counting a line of stages.jsonl."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    audit["stages"] = audit.pop("running", []) if lines is not None else []
+    if not audit.get("complete"):
+        audit["problems"].append("the run has not finished (or its end was never recorded)")
+    return audit
+
+
+def stages_with(home: Path, run_id: str, marker: bytes, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` stages of the run's trail whose JSON holds `marker` (`FAILED`: those
+    that failed or crashed; `WITH_ARTIFACTS`: those that saved outputs), ended then running:
+    found by a byte search, only they are decoded."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    if lines is None:
+        stages = audit.get("stages", [])
+    else:
+        stages = [*lines.with_marker(marker, limit), *audit.get("running", [])]
+    key = marker.split(b":")[0].strip(b'"').decode()
+    return [stage for stage in stages if stage.get(key)][:limit]
+
+
+# What a stage line holds (compact JSON, `_projection.audit_json`) when it failed, or saved outputs.
+FAILED = b'"error":{'
+WITH_ARTIFACTS = b'"artifacts":[{'
+
+
+def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = None) -> Iterator[bytes]:
     """The whole trail as one JSON document (what `load_audit` gives with no limit), in pieces
     of at most a few megabytes: `stagewatch show --json --all` streams a run of any length
     without holding it. A stage line that is not JSON is left out (and named in `problems`,
@@ -242,7 +270,8 @@ def audit_json_chunks(home: Path, run_id: str) -> Iterator[bytes]:
     for piece in [*(lines.items(problems) if lines is not None else ()), *_items_of([*stages, *running])]:
         yield piece if first else b"," + piece
         first = False
-    yield b'], "problems": ' + json.dumps(problems, ensure_ascii=False).encode() + b"}"
+    tail = {**(extra or {}), "problems": problems}
+    yield b"], " + json.dumps(tail, ensure_ascii=False).encode()[1:]
 
 
 def _items_of(stages: list[dict[str, Any]]) -> Iterator[bytes]:
@@ -327,6 +356,23 @@ class StageLines:
         if damaged:
             problems.append(f"{damaged} damaged lines of {self.path} skipped")
         return stages
+
+    def with_marker(self, marker: bytes, limit: int) -> Iterator[dict[str, Any]]:
+        """The first `limit` stages whose line holds `marker`, decoded (a line that is not JSON, skipped)."""
+        if limit <= 0:
+            return
+        for chunk in self._chunks():
+            at = chunk.find(marker)
+            while at >= 0:
+                start, end = chunk.rfind(b"\n", 0, at) + 1, chunk.find(b"\n", at)
+                try:
+                    yield json.loads(chunk[start:end])
+                    limit -= 1
+                except ValueError:
+                    pass
+                if limit <= 0:
+                    return
+                at = chunk.find(marker, end)
 
     def items(self, problems: list[str]) -> Iterator[bytes]:
         """The stages as JSON array items, a chunk's worth joined by commas."""

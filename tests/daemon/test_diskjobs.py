@@ -178,7 +178,8 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
     daemon.flush(final=True)
     assert not daemon.writer.jobs.halted
     audit = load_audit(home, RUN_ID)
-    assert [stage["span"] for stage in audit["stages"]] == list(range(11, 21)) and not any("damaged" in p for p in audit["problems"])
+    assert [stage["span"] for stage in audit["stages"]] == list(range(11, 21))
+    assert not any("damaged" in problem for problem in audit["problems"])
     lines = Home(home).stage_lines(RUN_ID).read_text().splitlines()
     assert [json.loads(line)["span"] for line in lines] == list(range(11, 21))
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
@@ -194,7 +195,8 @@ def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Pat
     _ingest(daemon, range(21, 31))
     daemon.flush(final=True)
     audit = load_audit(home, RUN_ID)
-    assert [stage["span"] for stage in audit["stages"]] == list(range(21, 31)) and not any("damaged" in p for p in audit["problems"])
+    assert [stage["span"] for stage in audit["stages"]] == list(range(21, 31))
+    assert not any("damaged" in problem for problem in audit["problems"])
     daemon.release()
 
 

@@ -113,11 +113,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     matched = _matching(args)
     if matched is None:
         return EXIT_NOT_FOUND
-    if args.run:  # the run's complete execution history: audit trail and every log line
+    if args.run:  # the run's execution history: its audit trail (--limit stages of it) and its log lines
         from stagewatch.daemon import load_audit
 
         run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
-        matched["audit"] = load_audit(home_of(args).root, run_id) if run_id else None
+        matched["audit"] = load_audit(home_of(args).root, run_id, limit=args.limit) if run_id else None
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         print(json.dumps(limited, indent=1, default=str))

@@ -153,13 +153,14 @@ class RunState:
         summary["clock_skew"] = clock_skew(self.clock_offset_ns)
         return summary
 
-    def audit_head(self, stages_bytes: int) -> bytes:
+    def audit_head(self, stages_bytes: int, stages_ended: int | None) -> bytes:
         """audit.json: the summary, how much of stages.jsonl holds its ended stages, and the
         stages still running (and those a lost client's crash ended provisionally: never a
         stages.jsonl line, so that the real end can take its place if the client comes back)."""
         head = self.audit_summary()
         head["schema"] = AUDIT_HEAD_SCHEMA
         head["stages_bytes"] = stages_bytes
+        head["stages_ended"] = stages_ended  # the lines in those bytes (None: not known, readers count them)
         head["running"] = [*self.open.values(), *self.provisional.values()]
         return audit_json(head)
 

@@ -6,6 +6,7 @@ half-written or edited audit.json. They report what is missing instead of failin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -215,8 +216,8 @@ def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = Non
         audit["stages"] = stages[offset : offset + limit]
     else:
         total = lines.count() + len(running)
-        ended = lines.page(offset, limit, audit["problems"])
-        audit["stages"] = ended + running[max(0, offset - (total - len(running))) :][: limit - len(ended)]
+        page = lines.page(offset, limit, audit["problems"])
+        audit["stages"] = page + running[max(0, offset - (total - len(running))) :][: limit - len(page)]
     if audit["status"] == "unknown":
         audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
     if paged:
@@ -267,7 +268,7 @@ def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = No
         problems.append("the run has not finished (or its end was never recorded)")
     yield json.dumps(audit, ensure_ascii=False)[:-1].encode() + b', "stages": ['
     first = True
-    for piece in [*(lines.items(problems) if lines is not None else ()), *_items_of([*stages, *running])]:
+    for piece in itertools.chain(lines.items(problems) if lines is not None else (), _items_of([*stages, *running])):
         yield piece if first else b"," + piece
         first = False
     tail = {**(extra or {}), "problems": problems}
@@ -299,7 +300,12 @@ def _trail_of(home: Home, run_id: str) -> tuple[dict[str, Any], StageLines | Non
         audit["problems"].append(f"stages recovered from {lines}")
         return audit, StageLines(lines, None)
     audit["schema"] = AUDIT_SCHEMA
-    return audit, StageLines(lines, audit.pop("stages_bytes", 0))
+    return audit, StageLines(lines, audit.pop("stages_bytes", 0), audit.pop("stages_ended", None))
+
+
+def count_lines(path: Path, size: int) -> int:
+    """The lines in the first `size` bytes of a JSON-lines file (0 if there is none)."""
+    return StageLines(path, size).count()
 
 
 def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
@@ -313,9 +319,10 @@ class StageLines:
 
     CHUNK = 4 << 20
 
-    def __init__(self, path: Path, size: int | None) -> None:
+    def __init__(self, path: Path, size: int | None, count: int | None = None) -> None:
         self.path = path
         self.size = size
+        self.known_count = count  # the head's count of the lines in `size` (None: count them)
 
     def _chunks(self) -> Iterator[bytes]:
         """The file's bytes up to `size`, in chunks that each end at a line's end."""
@@ -335,6 +342,8 @@ class StageLines:
                     yield data[:cut]
 
     def count(self) -> int:
+        if self.known_count is not None:
+            return self.known_count
         return sum(chunk.count(b"\n") for chunk in self._chunks())
 
     def page(self, offset: int, limit: int, problems: list[str]) -> list[dict[str, Any]]:

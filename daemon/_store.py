@@ -403,11 +403,11 @@ class Store:
             handle.write(data)
         return accounted_bytes + len(data)
 
-    def write_audit(self, run: RunState, ended_bytes: int) -> None:
+    def write_audit(self, run: RunState, ended_bytes: int, ended: int | None = None) -> None:
         """audit.json: the run's head (`RunState.audit_head`), replaced whole. Its ended
         stages stay where they are, the first `ended_bytes` of stages.jsonl: a trail's size
         no longer grows with the run, and no stage is on disk twice."""
-        self.write_audit_head(run.run_id, run.start_ns, run.audit_head(ended_bytes))
+        self.write_audit_head(run.run_id, run.start_ns, run.audit_head(ended_bytes, ended))
 
     def write_audit_head(self, run_id: str, start_ns: int | None, head: bytes) -> None:
         atomic_write(self.home.audit(run_id), head)

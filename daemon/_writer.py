@@ -32,6 +32,7 @@ from stagewatch.daemon._diskjobs import DiskJobs, PassThread
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
+from stagewatch.daemon._readmodels import count_lines
 from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
 from stagewatch.daemon._store import Store, atomic_write
@@ -76,6 +77,9 @@ class ReadModelWriter:
         self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
         self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
         self.stage_bytes: dict[str, int] = {}  # run -> bytes of stages.jsonl its state accounts for
+        # run -> the lines in those bytes (its ended stages), for the head: readers page without
+        # counting 500 MB of lines. Unknown for runs of a checkpoint written before it (readers count).
+        self.stage_lines: dict[str, int] = {}
         self.jobs = DiskJobs(MAX_QUEUED_ROWS)
         self.passes = PassThread("stagewatch-merges")  # maintenance passes behind a checkpoint
         # What the disk thread leaves for the loop's thread (quarantining refused rows, costs):
@@ -92,6 +96,7 @@ class ReadModelWriter:
         runs = checkpoint.get("projector", {}).get("runs", {})
         legacy = {run_id: run["stages_bytes"] for run_id, run in runs.items() if "stages_bytes" in run}
         self.stage_bytes = dict(checkpoint.get("stage_bytes", legacy))
+        self.stage_lines = dict(checkpoint.get("stage_lines", {}))
 
     def reopen(self, projector: Projector, run_id: str) -> bool:
         """Give a closed run back to the projection from its audit trail (written before it
@@ -107,6 +112,7 @@ class ReadModelWriter:
             return False
         projector.reopen(run)
         self.stage_bytes[run_id] = written
+        self.stage_lines[run_id] = count_lines(lines, written)
         self._finished_at.pop(run_id, None)
         return True
 
@@ -234,6 +240,8 @@ class ReadModelWriter:
         for run_id, data in lines.items():
             start = self.stage_bytes.get(run_id, 0)
             self.stage_bytes[run_id] = start + len(data)
+            if start == 0 or run_id in self.stage_lines:
+                self.stage_lines[run_id] = self.stage_lines.get(run_id, 0) + data.count(b"\n")
             write = functools.partial(self.store.write_stage_lines, run_id, start, data)
             self.jobs.submit(functools.partial(self._run_file_write, run_id, "stage lines", write))
         for table, table_rows in rows.items():
@@ -280,7 +288,7 @@ class ReadModelWriter:
         accounts for (queued before it), and for a finished run before the checkpoint that may
         forget the run (recovery rewrites the head of every run its checkpoint holds)."""
         started = time.monotonic()
-        head = run.audit_head(self.stage_bytes.get(run.run_id, 0))
+        head = run.audit_head(self.stage_bytes.get(run.run_id, 0), self.stage_lines.get(run.run_id))
         encoded_s = time.monotonic() - started
         run_id, start_ns = run.run_id, run.start_ns
 
@@ -321,6 +329,7 @@ class ReadModelWriter:
             "lsn": self.log.end_lsn,
             "projector": projector.to_state(),
             "stage_bytes": self.stage_bytes,
+            "stage_lines": self.stage_lines,
             **self.checkpoint_extras(),
         }
         data = msgpack.packb(state, use_bin_type=True)
@@ -360,11 +369,13 @@ class ReadModelWriter:
         projector.evict(run_ids)
         for run_id in run_ids:
             self.stage_bytes.pop(run_id, None)
+            self.stage_lines.pop(run_id, None)
             self._throttle.forget(run_id)
 
     def _forget(self, run_id: str) -> None:
         """Retention removed the run: nothing of it is written again."""
         self.stage_bytes.pop(run_id, None)
+        self.stage_lines.pop(run_id, None)
         self._finished_at.pop(run_id, None)
         self._dirty.discard(run_id)
         self._throttle.forget(run_id)

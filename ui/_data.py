@@ -249,6 +249,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
     stages = run_stages(home, run_id)
     points, executions = duration_points(home, run_id, DURATION_SLICES, FAILURES_DRAWN)
     errors = audit.get("errors", [])
+    saved = (audit.get("counts") or {}).get("artifacts", 1)  # none: no line to look for (unknown: look)
     return {
         "audit": audit,
         "order": [stage["stage"] for stage in stages],
@@ -259,7 +260,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "errors": errors_of(stages_with(home, run_id, FAILED, ERRORS_SHOWN), errors[:ERRORS_SHOWN]),
         "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
         "accuracy": load_accuracy(home, run_id),
-        "outputs": outputs_of(stages_with(home, run_id, WITH_ARTIFACTS, OUTPUTS_LISTED)),
+        "outputs": outputs_of(stages_with(home, run_id, WITH_ARTIFACTS, OUTPUTS_LISTED) if saved else []),
     }
 
 

@@ -153,7 +153,7 @@ def test_a_loss_is_withdrawn_also_for_a_run_reopened_from_its_audit_trail() -> N
     """Past the grace period a crashed run is forgotten but for its audit trail; the client's
     next event reopens it from there (`ReadModelWriter.reopen`), and the crash is still provisional."""
     events = [*history()[:4], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
-    audit = json.loads(fold(events).runs[RUN].audit_head(0))
+    audit = json.loads(fold(events).runs[RUN].audit_head(0, 0))
     projector = Projector()
     projector.reopen(RunState.from_state(audit))
     projector.apply(finished(9, 2), 10)

@@ -122,7 +122,7 @@ def test_show_pages_a_runs_executions_and_streams_its_whole_trail(daemon: Daemon
 
     shown = sw("show", run.id, *home, "--limit", "5").stdout
     assert "stage executions 1-5 of 60 (failures first" in shown
-    listed = [line.split()[4] for line in shown.splitlines() if line.startswith("  20")]  # the sample column
+    listed = [line.split()[2] for line in shown.splitlines() if line.startswith("  20")]  # the sample column
     assert listed[:2] == ["s07", "s21"] and len(listed) == 5
     assert "decode" in shown and "Traceback" in shown and "nothing in s21" in shown
     by_time = sw("show", run.id, *home, "--order", "time", "--page", "12", "--limit", "5").stdout

@@ -13,9 +13,15 @@ included), the median of 3: `stagewatch show RUN`, `show RUN --json` (the bytes 
 Run page's data (`ui._data.run_view`, the function the page calls).
 
 `--before DIR`: the same figures for another version of stagewatch on a home it builds itself
-(`{home}-before`): DIR holds that version's packages as installed (`DIR/stagewatch/` = its
-client/, with daemon/, ui/ and cli/ inside), made from a git revision by
-`scripts/package_tree.sh REV DIR` (or by hand: `git archive REV | tar -x -C SRC` and links).
+(`{home}-before`; `show --json --all` is then `show --json`, which printed everything): DIR
+holds that version's packages as installed, made from a git revision:
+
+    mkdir -p /tmp/sw-main-src /tmp/sw-main && git archive main | tar -x -C /tmp/sw-main-src
+    cp -r /tmp/sw-main-src/client /tmp/sw-main/stagewatch
+    for d in daemon ui cli; do cp -r /tmp/sw-main-src/$d /tmp/sw-main/stagewatch/$d; done
+
+Times are given as wall seconds and, beside them, CPU seconds: on a shared machine the wall
+time is mostly waiting for a core.
 """
 
 from __future__ import annotations
@@ -63,9 +69,9 @@ RUN_VIEW = textwrap.dedent(
     from pathlib import Path
     started = time.perf_counter()
     from stagewatch.ui import _data
-    imported = time.perf_counter()
+    imported, cpu = time.perf_counter(), time.process_time()
     data = _data.run_view(Path(sys.argv[1]), sys.argv[2])
-    print(time.perf_counter() - imported, imported - started)
+    print(time.perf_counter() - imported, time.process_time() - cpu, imported - started)
     """
 )
 
@@ -111,8 +117,9 @@ def build(home: Path, executions: int, packages: Path | None) -> str:
     return run_id
 
 
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """Seconds, bytes printed and peak RSS (MB) of `command`, the median of REPEATS runs."""
+def _timed(command: list[str], env: dict[str, str]) -> tuple[str, int, int]:
+    """Seconds (wall, and CPU: on a busy machine wall time is mostly waiting for a core), bytes
+    printed and peak RSS (MB) of `command`, medians of REPEATS runs."""
     runs = []
     for _ in range(REPEATS):
         started = time.perf_counter()
@@ -125,19 +132,22 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        runs.append((time.perf_counter() - started, printed, usage.ru_maxrss // 1024))
-    return statistics.median(r[0] for r in runs), runs[0][1], max(r[2] for r in runs)
+        cpu = usage.ru_utime + usage.ru_stime
+        runs.append((time.perf_counter() - started, printed, usage.ru_maxrss // 1024, cpu))
+    wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[3] for r in runs)
+    return f"{wall:.2f} s ({cpu:.2f} s CPU)", runs[0][1], max(r[2] for r in runs)
 
 
-def _run_view(home: Path, run_id: str, env: dict[str, str]) -> tuple[float, float]:
-    """The Run page's data load (`run_view`) and, apart, its imports: seconds, medians."""
+def _run_view(home: Path, run_id: str, env: dict[str, str]) -> str:
+    """The Run page's data load (`run_view`: wall and CPU seconds) and, apart, its imports: medians."""
     runs = []
     for _ in range(REPEATS):
         done = subprocess.run(
             [sys.executable, "-c", RUN_VIEW, str(home), run_id], env=env, capture_output=True, text=True, check=True
         )
         runs.append(tuple(map(float, done.stdout.split())))
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    wall, cpu, imports = (statistics.median(r[i] for r in runs) for i in range(3))
+    return f"{wall:.2f} s ({cpu:.2f} s CPU; + {imports:.2f} s of imports)"
 
 
 def _size(paths: list[Path]) -> int:
@@ -152,15 +162,15 @@ def measure(home: Path, run_id: str, packages: Path | None) -> dict[str, str]:
     json_s, json_bytes, json_mb = _timed(_cli("show", run_id, "--home", str(home), "--json"), env)
     every = _cli("show", run_id, "--home", str(home), "--json", "--all")
     all_s, all_bytes, all_mb = _timed(every, env) if packages is None else (json_s, json_bytes, json_mb)
-    view_s, imports_s = _run_view(home, run_id, env)
+    view = _run_view(home, run_id, env)
     return {
         "stages.jsonl": f"{_size([run / 'stages.jsonl']) / 1e6:,.1f} MB",
         "audit.json": f"{_size([run / 'audit.json']) / 1e6:,.3f} MB",
         "stage_executions rows (Parquet)": f"{rows / 1e6:,.1f} MB",
-        "`show RUN`": f"{show_s:.2f} s, {show_mb} MB RSS",
-        "`show RUN --json`": f"{json_s:.2f} s, {json_bytes / 1e6:,.2f} MB printed, {json_mb} MB RSS",
-        "`show RUN --json --all`": f"{all_s:.2f} s, {all_bytes / 1e6:,.1f} MB printed, {all_mb} MB RSS",
-        "Run page data (`run_view`)": f"{view_s:.2f} s (+ {imports_s:.2f} s of imports)",
+        "`show RUN`": f"{show_s}, {show_mb} MB RSS",
+        "`show RUN --json`": f"{json_s}, {json_bytes / 1e6:,.2f} MB printed, {json_mb} MB RSS",
+        "`show RUN --json --all`": f"{all_s}, {all_bytes / 1e6:,.1f} MB printed, {all_mb} MB RSS",
+        "Run page data (`run_view`)": view,
     }
 
 

@@ -353,9 +353,9 @@ def executions_display(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def waterfall(executions: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
-    """The sample's stage spans on one time axis, one colour a stage, failures outlined red."""
-    rows = executions[executions["sample_id"] == sample]
+def waterfall(rows: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
+    """The sample's stage spans (`_data.sample_frame`) on one time axis, one colour a stage,
+    failures outlined red."""
     if rows.empty:
         return pn.pane.Markdown("No stage of this sample has ended.")
     rows = rows.assign(

@@ -287,12 +287,11 @@ def _trail_of(home: Home, run_id: str) -> tuple[dict[str, Any], StageLines | Non
     lines = home.stage_lines(run_id)
     try:
         audit = json.loads(path.read_bytes())
-        if not isinstance(audit, dict) or "status" not in audit:
-            raise ValueError("not an audit trail")
+        _check_head(audit)
         audit["problems"] = []
     except FileNotFoundError:
         audit = _unreadable(run_id, f"{path} is missing (not written yet, or deleted)")
-    except (ValueError, UnicodeDecodeError) as error:
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # OSError: a directory in its place, say
         audit = _unreadable(run_id, f"{path} is damaged ({error})")
     if audit.get("schema") == AUDIT_SCHEMA and isinstance(audit.get("stages"), list):
         return audit, None
@@ -300,7 +299,23 @@ def _trail_of(home: Home, run_id: str) -> tuple[dict[str, Any], StageLines | Non
         audit["problems"].append(f"stages recovered from {lines}")
         return audit, StageLines(lines, None)
     audit["schema"] = AUDIT_SCHEMA
-    return audit, StageLines(lines, audit.pop("stages_bytes", 0), audit.pop("stages_ended", None))
+    size = audit.pop("stages_bytes", 0)
+    on_disk = lines.stat().st_size if lines.is_file() else 0
+    if on_disk < size:  # cut short or deleted by hand: its stages are in the tables and the log
+        audit["problems"].append(f"{lines} holds {on_disk:,} of the {size:,} bytes of stages its head counts")
+    return audit, StageLines(lines, size, audit.pop("stages_ended", None) if on_disk >= size else None)
+
+
+def _check_head(audit: Any) -> None:
+    """ValueError unless `audit` has a head's shape (a hand edit may leave any JSON)."""
+    if not isinstance(audit, dict) or not isinstance(audit.get("status"), str):
+        raise ValueError("not an audit trail")
+    counts = {key: audit.get(key, 0) for key in ("stages_bytes", "stages_ended")}
+    if not all(value is None or (type(value) is int and value >= 0) for value in counts.values()):
+        raise ValueError(f"stages_bytes and stages_ended are no sizes: {counts}")
+    if not isinstance(audit.get("running", []), list) or not isinstance(audit.get("errors", []), list):
+        raise ValueError("running and errors are no lists")
+    audit["stages_bytes"] = audit.get("stages_bytes") or 0
 
 
 def count_lines(path: Path, size: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 
@@ -32,46 +31,64 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def stage_table(stages: list[dict[str, Any]], host: str | None = None) -> str:
-    """Per stage, in the order stages first ran: runs, failures, median and max ms, the stage's
-    own memory (the most its RSS rose above its start), the process's peak RSS, and the GPU peak
-    with a line per stage of its peaks by device (or one line: no GPU on `host`)."""
-    names = list(dict.fromkeys(s["stage"] for s in stages))
-    gpu_seen = any((s.get("memory") or {}).get("gpu_peak_mb") is not None for s in stages)
+def stats_table(stages: list[dict[str, Any]], gpu: dict[str, dict[str, Any]], host: str | None = None) -> str:
+    """Per stage, in the order given (`_query.run_stages`: the order stages first ran): runs,
+    failures, median, p95 and max ms, the stage's own memory (the most its RSS rose above its
+    start), the process's peak RSS, and the GPU peak with a line per stage of its
+    peaks by device (`query_gpu_devices`, when a stage used several), or one line: no GPU on `host`."""
+    gpu_seen = any(stage["gpu_peak_mb"]["max"] is not None for stage in stages)
     lines = [
-        f"  {'stage':<20}{'runs':>6}{'failed':>8}{'median ms':>12}{'max ms':>10}{'own MB':>9}{'proc. peak MB':>15}"
-        + (f"{'GPU peak MB':>13}" if gpu_seen else "")
+        f"  {'stage':<20}{'runs':>10}{'failed':>8}{'median ms':>12}{'p95 ms':>10}{'max ms':>10}"
+        f"{'own MB':>9}{'proc. peak MB':>15}" + (f"{'GPU peak MB':>13}" if gpu_seen else "")
     ]
-    for name in names:
-        rows = [s for s in stages if s["stage"] == name]
-        durations = [s["duration_ms"] for s in rows if s["duration_ms"] is not None] or [0.0]
-        peaks = [s["memory"]["rss_peak_mb"] or 0.0 for s in rows]
-        own = [_own_mb(s["memory"]) for s in rows]
-        failed = sum(s["status"] != "ok" for s in rows)
-        gpu = [s["memory"]["gpu_peak_mb"] for s in rows if s["memory"].get("gpu_peak_mb") is not None]
+    for stage in stages:
+        duration, failed = stage["duration_ms"], round(stage["failure_rate"] * stage["count"])
+        gpu_peak = stage["gpu_peak_mb"]["max"]
         lines.append(
-            f"  {name:<20}{len(rows):>6}{failed:>8}{statistics.median(durations):>12.2f}"
-            f"{max(durations):>10.2f}{max(own):>9.1f}{max(peaks):>15.1f}"
-            + ((f"{max(gpu):>13.1f}" if gpu else f"{'-':>13}") if gpu_seen else "")
+            f"  {stage['stage']:<20}{stage['count']:>10,}{failed:>8,}{_ms(duration['median']):>12}"
+            f"{_ms(duration['p95']):>10}{_ms(duration['max']):>10}{_mb(_own_mb(stage)):>9}"
+            f"{_mb(stage['rss_peak_mb']['max']):>15}" + ((f"{_mb(gpu_peak):>13}") if gpu_seen else "")
         )
-        by_device = _device_peaks(rows)
-        if by_device:
-            lines.append("    GPU by device: " + " · ".join(f"{d} max {mb:.1f} MB" for d, mb in by_device.items()))
+        devices = (gpu.get(stage["stage"]) or {}).get("devices", {})
+        if len(devices) > 1:
+            peaks = " · ".join(f"{device} max {_mb(found['max'])} MB" for device, found in devices.items())
+            lines.append(f"    GPU by device: {peaks}")
     if stages and not gpu_seen:
         lines.append(f"  no GPU readings on {host or 'this host'} (docs/gpu.md)")
     return "\n".join(lines)
 
 
-def _own_mb(memory: dict[str, Any]) -> float:
-    """What a stage's RSS rose above its start (0 without both readings)."""
-    peak, start = memory.get("rss_peak_mb"), memory.get("rss_start_mb")
-    return peak - start if peak is not None and start is not None else 0.0
-
-
-def _device_peaks(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The highest peak each device saw in these stage executions, when they touched more than one."""
-    peaks: dict[str, float] = {}
+def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order: str) -> str:
+    """A page of a run's stage executions (`_query.executions_page`), and where it is in all of them."""
+    if not total:
+        return "\nno stage execution has ended yet"
+    if offset >= total:
+        return f"\npast the last page: the run has {total:,} stage executions"
+    first = f"{offset + 1:,}-{offset + len(rows):,} of {total:,}"
+    how = "failures first, then by start" if order == "failures" else "by start"
+    lines = [
+        f"\nstage executions {first} ({how}; --page N for more)",
+        f"  {'started':<34}{'stage':<16}{'sample':<20}{'status':<9}{'ms':>10}  error",
+    ]
     for row in rows:
-        for device, mb in ((row.get("memory") or {}).get("gpu_devices") or {}).items():
-            peaks[device] = max(peaks.get(device, 0.0), mb)
-    return dict(sorted(peaks.items(), key=lambda item: int(item[0]))) if len(peaks) > 1 else {}
+        started = row["start_time"].isoformat() if row["start_time"] is not None else "-"
+        error = f"{row['error_type']}: {row['error_message']}" if row["error_type"] else ""
+        lines.append(
+            f"  {started:<34}{row['stage']:<16}{row['sample_id'] or '-'!s:<20}{row['status']:<9}"
+            f"{_ms(row['duration_ms']):>10}  {error[:200]}"
+        )
+    return "\n".join(lines)
+
+
+def _own_mb(stage: dict[str, Any]) -> float | None:
+    """The stage's own memory: `run_stages` gives the largest value, `query_stats` its distribution."""
+    own = stage.get("own_mb")
+    return own.get("max") if isinstance(own, dict) else own
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

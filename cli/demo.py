@@ -13,7 +13,7 @@ from typing import Any
 
 from stagewatch._home import PARTITION_PREFIX, Home, ipc_path, resolve_endpoint
 from stagewatch.cli._options import EXIT_OK, home_of, home_options, port, positive_int
-from stagewatch.cli._report import format_accuracy, stage_table
+from stagewatch.cli._report import format_accuracy, stats_table
 from stagewatch.cli.dashboard import serve_dashboard
 
 DEMO_LOG = "daemon-demo.log"  # beside the home's own folders: the demo daemon's stderr
@@ -39,8 +39,8 @@ def _frames(text: str) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from loguru import logger
 
-    from stagewatch.daemon import load_audit
     from stagewatch.daemon._demo import run_demo
+    from stagewatch.daemon._readmodels import load_audit_head
 
     home = home_of(args)
     endpoint = resolve_endpoint(home, args.endpoint)
@@ -51,9 +51,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"stagewatch demo: running the perception pipeline ({args.frames} frames) ...", flush=True)
         run = run_demo(args.frames, home=str(home.root))
         run.flush(30.0)
-        audit = wait_for_document(home.audit(run.id), "complete", timeout_s=60.0)
+        wait_for_document(home.audit(run.id), "complete", timeout_s=60.0)  # the head; its stages: load_audit
         accuracy = wait_for_document(home.accuracy(run.id), "finished", timeout_s=60.0)
-        _print_summary(home, audit or load_audit(home.root, run.id))
+        _print_summary(home, load_audit_head(home.root, run.id))
         if accuracy:
             print(f"\naccuracy against {accuracy['dataset']}:")
             print(format_accuracy(accuracy))
@@ -121,9 +121,11 @@ def wait_for_document(path: Path, flag: str, timeout_s: float) -> dict[str, Any]
 
 
 def _print_summary(home: Home, audit: dict[str, Any]) -> None:
+    from stagewatch.daemon._query import run_stages
+
     run_id = audit["run_id"]
     print(f"\nrun {run_id}  pipeline={audit.get('pipeline')}  status={audit['status'].replace('_', ' ')}")
-    print(stage_table(audit.get("stages", []), audit.get("host")))
+    print(stats_table(run_stages(home.root, run_id), {}, audit.get("host")))
     for error in audit.get("errors", [])[:3]:
         print(f"\nerror in {error['stage']} on {error['sample_id']}: {error['type']}: {error['message']}")
     print("\nresults:")

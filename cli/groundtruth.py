@@ -100,7 +100,7 @@ def _read_json(path: Path) -> Any:
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
     from stagewatch.daemon._accuracy import fold_log
-    from stagewatch.daemon._readmodels import RunNotFound, load_audit, resolve_run_id
+    from stagewatch.daemon._readmodels import RunNotFound, load_audit_head, resolve_run_id
     from stagewatch.daemon.groundtruth.spec import DatasetError, load_dataset
 
     if not args.run:
@@ -110,7 +110,7 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
         run_id = resolve_run_id(home, args.run)
     except RunNotFound as error:
         return fail(str(error), EXIT_NOT_FOUND)
-    dataset_path = args.dataset or load_audit(home, run_id).get("dataset")
+    dataset_path = args.dataset or load_audit_head(home, run_id).get("dataset")
     if not dataset_path:
         return fail(f"run {run_id} started without a golden dataset; give --dataset", EXIT_USAGE)
     try:

@@ -21,7 +21,11 @@ from stagewatch.cli._options import (
     json_option,
     positive_int,
 )
-from stagewatch.cli._report import format_accuracy, stage_table
+from stagewatch.cli._report import executions_table, format_accuracy, stats_table
+
+SHOW_LIMIT = 100  # stages of the trail that `show --json` prints a page (--all: every one)
+SHOW_ROWS = 20  # executions `show` lists a page
+SHOW_ERRORS = 10  # errors `show` prints with their tracebacks (the others: counted)
 
 
 def add_commands(commands: Any) -> None:
@@ -31,10 +35,23 @@ def add_commands(commands: Any) -> None:
     json_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
-    show = commands.add_parser("show", help="show a run's audit trail")
+    show = commands.add_parser(
+        "show", help="show a run: its summary, per-stage statistics, its errors and a page of its stage executions"
+    )
     home_options(show, endpoint=False)
     show.add_argument("run_id", help="a run id or a unique prefix of one")
-    json_option(show, "print the full audit trail as JSON")
+    json_option(show, f"print the audit trail as JSON: its head and a page of its stages ({SHOW_LIMIT} a page)")
+    show.add_argument("--all", action="store_true", help="with --json: every stage, streamed (a run of any length)")
+    show.add_argument("--page", type=positive_int, default=1, help="which page of stage executions (1)")
+    show.add_argument(
+        "--limit", type=positive_int, help=f"stage executions a page ({SHOW_LIMIT} with --json, else {SHOW_ROWS})"
+    )
+    show.add_argument(
+        "--order",
+        choices=["failures", "time"],
+        default="failures",
+        help="the executions listed: failures first, then by start (default), or by start alone",
+    )
     show.set_defaults(handler=cmd_show)
 
     query = commands.add_parser("query", help="runs, stage executions and log lines matching filters")
@@ -105,11 +122,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     matched = _matching(args)
     if matched is None:
         return EXIT_NOT_FOUND
-    if args.run:  # the run's complete execution history: audit trail and every log line
+    if args.run:  # the run's execution history: its audit trail (--limit stages of it) and its log lines
         from stagewatch.daemon import load_audit
 
         run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
-        matched["audit"] = load_audit(home_of(args).root, run_id) if run_id else None
+        matched["audit"] = load_audit(home_of(args).root, run_id, limit=args.limit) if run_id else None
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         print(json.dumps(limited, indent=1, default=str))
@@ -220,42 +237,86 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from stagewatch.daemon import RunNotFound, load_audit, resolve_run_id
+    from stagewatch.daemon import RunNotFound, resolve_run_id
     from stagewatch.daemon._readmodels import load_accuracy
 
     home = home_of(args).root
+    if args.all and not args.json:
+        return fail("--all goes with --json (the whole trail as one JSON document)", EXIT_USAGE)
     try:
         run_id = resolve_run_id(home, args.run_id)
     except RunNotFound as error:
         return fail(str(error), EXIT_NOT_FOUND)
-    audit = load_audit(home, run_id)
     accuracy = load_accuracy(home, run_id)
     if args.json:
-        print(json.dumps(audit | ({"accuracy": accuracy} if accuracy else {}), indent=1))
-        return EXIT_OK
-    _print_audit(audit, Home.of(home))
+        return _show_json(home, run_id, args, {"accuracy": accuracy} if accuracy else {})
+    try:
+        _print_run(home, run_id, args)
+    except ValueError as error:  # QueryError: the tables could not answer
+        return fail(str(error), EXIT_USAGE)
     if accuracy:
         print(f"\naccuracy against {accuracy['dataset']}{'' if accuracy['finished'] else ' (so far)'}:")
         print(format_accuracy(accuracy))
     return EXIT_OK
 
 
-def _print_audit(audit: dict[str, Any], home: Home) -> None:
+def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[str, Any]) -> int:
+    """The trail as JSON: a page of its stages (`stages_page` says which), or with --all every
+    stage, streamed a few megabytes at a time (a run of a million stages is 450 MB of JSON)."""
+    from stagewatch.daemon._readmodels import audit_json_chunks, load_audit
+
+    if args.all:
+        for chunk in audit_json_chunks(home, run_id, extra):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.write(b"\n")
+        return EXIT_OK
+    limit = args.limit or SHOW_LIMIT
+    audit = load_audit(home, run_id, offset=(args.page - 1) * limit, limit=limit)
+    print(json.dumps(audit | extra, indent=1))
+    return EXIT_OK
+
+
+def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
+    """The run's head, its per-stage statistics (SQL over its rows), its first errors with their
+    tracebacks, and a page of its executions: whatever the run's length, nothing of it is read whole."""
+    from stagewatch.daemon._query import Filters, executions_page, query_gpu_devices, run_stages
+    from stagewatch.daemon._readmodels import FAILED, load_audit_head, stages_with, to_rows
+
+    audit = load_audit_head(home, run_id)
     print(f"{'run':<13}{audit['run_id']}")
     for key in ("pipeline", "status", "started_at", "finished_at", "duration_ms", "host", "pid", "dataset"):
         if audit.get(key) is not None:
             print(f"{key:<13}{audit[key]}")
     for problem in audit.get("problems", []):
         print(f"INCOMPLETE: {problem}")
-    print(stage_table(audit.get("stages", []), audit.get("host")))
+    stages = run_stages(home, run_id)
+    gpu = (
+        query_gpu_devices(home, Filters(run=run_id)) if any(s["gpu_peak_mb"]["max"] is not None for s in stages) else {}
+    )
+    print(stats_table(stages, gpu, audit.get("host")))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
-    for error in audit.get("errors", []):
-        where = f"{error['stage']} failed on {error['sample_id']} at {error['at']}"
-        print(f"\n{where}: {error['type']}: {error['message']}")
+    _print_errors(audit, stages_with(home, run_id, FAILED, SHOW_ERRORS))
+    limit = args.limit or SHOW_ROWS
+    page, total = executions_page(home, run_id, args.order, (args.page - 1) * limit, limit)
+    print(executions_table(to_rows(page), (args.page - 1) * limit, total, args.order))
+    counts = audit.get("counts") or {}
+    print(f"\n{counts.get('artifacts', 0)} saved outputs under {Home.of(home).stage_outputs(run_id)}/")
+    print("--json prints the trail (a page of its stages; --json --all every one)")
+
+
+def _print_errors(audit: dict[str, Any], failed: list[dict[str, Any]]) -> None:
+    """The run's first errors, each with its traceback (from its stage line)."""
+    tracebacks = {(s.get("client_id"), s.get("span")): (s.get("error") or {}).get("traceback") for s in failed}
+    errors = audit.get("errors", [])
+    for error in errors[:SHOW_ERRORS]:
+        print(
+            f"\n{error['stage']} failed on {error['sample_id']} at {error['at']}: {error['type']}: {error['message']}"
+        )
         print(f"  input: {error.get('input_path')}")
-        stage = next((s for s in audit["stages"] if (s["span"], s["stage"]) == (error["span"], error["stage"])), None)
-        if stage and stage.get("error") and stage["error"].get("traceback"):
-            print("  " + stage["error"]["traceback"].rstrip().replace("\n", "\n  "))
-    artifacts = sum(len(s.get("artifacts", [])) for s in audit.get("stages", []))
-    print(f"\n{artifacts} saved outputs under {home.stage_outputs(audit['run_id'])}/; --json prints everything")
+        traceback = tracebacks.get((error.get("client_id"), error.get("span")))
+        if traceback:
+            print("  " + traceback.rstrip().replace("\n", "\n  "))
+    more = len(errors) - SHOW_ERRORS + (audit.get("errors_dropped") or 0)
+    if more > 0:
+        print(f"\n... and {more:,} more errors: the executions below list them (--order failures)")

@@ -284,8 +284,9 @@ class Daemon:
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.projector = Projector.from_state(checkpoint.get("projector", {}))
-        # A checkpoint may be on disk ahead of a running run's audit trail (a long trail's copy
-        # lets it pass, DiskJobs): every run it holds has its trail written again.
+        # A checkpoint may be on disk ahead of a running run's audit.json (a head is rewritten
+        # at most every REWRITE_INTERVAL_S, and which runs changed is not checkpointed): every
+        # run it holds has its head written again.
         self.projector.dirty.update(self.projector.runs)
         self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
         self.ingest.daemon_seq = checkpoint.get("daemon_seq", 0)

@@ -89,7 +89,9 @@ def check_daemon_checkpoint(state: Any, home: Home) -> None:
     """The daemon's checkpoint, as deep as its maps go (a field of a run's state is checked as
     the state is loaded: `Daemon.recover` sets the file aside when loading it fails)."""
     _check_mapping(
-        state, {"lsn": int, "projector": dict, "dedup": dict, "daemon_seq": int, "stage_bytes": dict}, ("lsn",)
+        state,
+        {"lsn": int, "projector": dict, "dedup": dict, "daemon_seq": int, "stage_bytes": dict, "stage_lines": dict},
+        ("lsn",),
     )
     _expect(_is_count(state["lsn"]), "'lsn' is no log position")
     projector, dedup = state.get("projector", {}), state.get("dedup", {})
@@ -98,6 +100,7 @@ def check_daemon_checkpoint(state: Any, home: Home) -> None:
     _check_mapping(dedup, {"watermark": dict, "above": dict})
     _expect(all(isinstance(seen, list) for seen in dedup.get("above", {}).values()), "a client's seqs are no list")
     _expect(all(_is_count(size) for size in state.get("stage_bytes", {}).values()), "a stage_bytes is no size")
+    _expect(all(_is_count(count) for count in state.get("stage_lines", {}).values()), "a stage_lines is no count")
 
 
 def check_accuracy_checkpoint(state: Any, home: Home) -> None:

@@ -1,9 +1,9 @@
 """The read models' disk writes, in order, on one thread beside the ingest loop.
 
 Why a thread: a flush's writes (a Parquet part with its fsync, a long run's audit trail
-copied whole, the checkpoint with its fsync) held the one ingest loop for 15-370 ms at
-20,000 events/s, and every batch that arrived meanwhile waited for its acknowledgement.
-The loop now encodes what to write (the state it reads is its own) and hands the bytes or
+copied whole, as it once was, the checkpoint with its fsync) held the one ingest loop for
+15-370 ms at 20,000 events/s, and every batch that arrived meanwhile waited for its
+acknowledgement. The loop now encodes what to write (the state it reads is its own) and hands the bytes or
 rows over; pyarrow, file copies and fsync release the GIL, so acknowledgements go on.
 
 Order is the contract: jobs run one at a time in the order submitted, so a checkpoint is
@@ -12,19 +12,11 @@ disk) halts the queue at that job: nothing after it runs, and the writer retries
 once it has reported the error (`take_error`). Memory stays bounded: `submit` waits while
 the queued jobs weigh more than `max_weight` (rows, for row jobs).
 
-Long jobs give way. A running run's audit trail copied whole (300 MB for a million stages)
-or a pass of Parquet merges held the thread for up to a second; the row writes queued behind
-them reached `max_weight` and the loop stopped acknowledging. Such a job is queued as steps
-(`submit_steps`: a generator, each `next` a short step), and a job submitted with
-`passes=True` (row parts, stage lines, the checkpoint: none of them reads what a long job
-writes, and a long job reads nothing they write: see its submitter) runs before the long
-jobs queued ahead of it, between their steps. A job that may not pass (one written at once,
-like a finished run's audit trail) stops the passing: it and what is behind it wait for
-everything ahead of it, as before, so order holds wherever it matters.
-
-Even in steps, a pass of Parquet merges kept the queue waiting (one swap of a higher tier's
-group is a single step of up to 1.5 s): a pass runs on a thread of its own (`PassThread`),
-started by a job of the queue once the checkpoint queued before it is on disk.
+No job is long: a run's audit trail is written as its head (its ended stages stay in
+stages.jsonl, appended once), so nothing of a run's size is copied here. A pass of Parquet
+merges is long (one swap of a higher tier's group took up to 1.5 s): it runs on a thread of
+its own (`PassThread`), started by a job of the queue once the checkpoint queued before it is
+on disk.
 """
 
 from __future__ import annotations
@@ -36,18 +28,11 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
-# A long job that is being passed still gets a step this often, so a flood of row writes
-# cannot starve it (a step: 4 MB of a running run's audit trail copied).
-STEP_AT_LEAST_EVERY_S = 0.25
-
 
 @dataclass
 class _Job:
-    run: Callable[[], object] | None  # a job done in one go, or
-    make_steps: Callable[[], Iterator[object]] | None  # a long one, in steps
+    run: Callable[[], object]
     weight: int
-    passes: bool  # may run before the long jobs queued before it
-    steps: Iterator[object] | None = None  # the long job under way
 
 
 class DiskJobs:
@@ -60,18 +45,9 @@ class DiskJobs:
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def submit(self, job: Callable[[], object], weight: int = 1, *, passes: bool = False) -> None:
-        """Queue `job` after every job submitted before it (waits while the queue is full).
-        `passes`: it may run before the long jobs (`submit_steps`) queued before it."""
-        self._queue(_Job(job, None, weight, passes))
-
-    def submit_steps(self, make_steps: Callable[[], Iterator[object]]) -> None:
-        """Queue a long job as steps: `make_steps()` is called when its turn comes and each
-        `next` on what it returns is one step. If a step raises, the queue halts on the job
-        and the retry starts it over with a new `make_steps()`."""
-        self._queue(_Job(None, make_steps, 1, False))
-
-    def _queue(self, job: _Job) -> None:
+    def submit(self, run: Callable[[], object], weight: int = 1) -> None:
+        """Queue `run` after every job submitted before it (waits while the queue is full)."""
+        job = _Job(run, weight)
         with self._changed:
             while self._weight >= self.max_weight and self._error is None and self._jobs:
                 self._changed.wait()
@@ -115,55 +91,25 @@ class DiskJobs:
             self._thread = None
 
     def _run(self) -> None:
-        last_step = time.monotonic()
         while True:
             with self._changed:
                 while not self._closed and (not self._jobs or self._error is not None):
                     self._changed.wait()
                 if not self._jobs or self._error is not None:
                     return  # closed
-                index = self._next_index(last_step)
-                job = self._jobs[index]
+                job = self._jobs[0]
             try:
-                done = self._work(job)
+                job.run()
                 failed = None
             except Exception as error:  # halt: the writer reports it and retries from here
-                done, failed = False, error
-                job.steps = None  # a long job starts over
-            if job.make_steps is not None:
-                last_step = time.monotonic()
+                failed = error
             with self._changed:
                 if failed is not None:
                     self._error = failed
-                elif done:
-                    del self._jobs[index]
+                else:
+                    self._jobs.popleft()
                     self._weight -= job.weight
                 self._changed.notify_all()
-
-    def _next_index(self, last_step: float) -> int:
-        """The first job that may pass, if only long jobs are ahead of it and none of them has
-        waited for a step for `STEP_AT_LEAST_EVERY_S`; else the head."""
-        index = next((i for i, job in enumerate(self._jobs) if job.make_steps is None), 0)
-        if index == 0 or not self._jobs[index].passes or time.monotonic() - last_step >= STEP_AT_LEAST_EVERY_S:
-            return 0
-        return index
-
-    @staticmethod
-    def _work(job: _Job) -> bool:
-        """Do `job`, or one step of it; True once it is done."""
-        if job.run is not None:
-            job.run()
-            return True
-        if job.steps is None:
-            assert job.make_steps is not None
-            job.steps = job.make_steps()
-        if next(job.steps, _DONE) is _DONE:
-            job.steps = None
-            return True
-        return False
-
-
-_DONE = object()
 
 
 class PassThread:
@@ -211,7 +157,7 @@ class PassThread:
 
 def timed(steps: Iterator[object], into: list[float]) -> Iterator[object]:
     """`steps`, with the time each took appended to `into` (not the time between them, when
-    other jobs may pass): what a long job's own cost is."""
+    other work may run): what a pass's own cost is."""
     while True:
         started = time.monotonic()
         step = next(steps, _DONE)
@@ -219,3 +165,6 @@ def timed(steps: Iterator[object], into: list[float]) -> Iterator[object]:
         if step is _DONE:
             return
         yield step
+
+
+_DONE = object()

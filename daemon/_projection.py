@@ -29,7 +29,11 @@ from stagewatch._protocol import DAEMON_CLIENT_ID
 from stagewatch.daemon._outcomes import FINISHED_WITH_FAILURES, run_end_status
 from stagewatch.daemon._rows import DAEMON_TABLES, DEFINITIONS, Source, Table
 
-AUDIT_SCHEMA = "stagewatch.audit/1"
+AUDIT_SCHEMA = "stagewatch.audit/1"  # the whole trail, as `load_audit` assembles it (`stagewatch show --json --all`)
+# runs/{id}/audit.json: the trail's head. Its ended stages are not in it: they are the first
+# `stages_bytes` bytes of stages.jsonl (each stage is on disk once); `running` holds the stages
+# still running (and those a lost client's crash ended provisionally).
+AUDIT_HEAD_SCHEMA = "stagewatch.audit-head/1"
 MAX_CLOSED_RUNS = 100_000
 TABLE_NAMES = DAEMON_TABLES
 MAX_ERRORS_PER_RUN = 10_000
@@ -136,10 +140,10 @@ class RunState:
                 client_id, _, span = key.rpartition(":")
                 ended_add(run.ended, client_id, int(span))
         run.counts = {key: value for key, value in run.counts.items() if key != "running"}
-        if "provisional" not in state:  # an audit trail: its crashed stages of clients still lost
+        if "provisional" not in state:  # an audit trail's head: its crashed stages of clients still lost
             run.provisional = {
                 f"{stage['client_id']}:{stage['span']}": stage
-                for stage in state.get("stages", [])
+                for stage in state.get("running", state.get("stages", []))  # "stages": a whole trail (audit/1)
                 if stage.get("status") == "crashed" and stage.get("client_id") in run.lost
             }
         run.open = {key: _with_every_key(entry) for key, entry in run.open.items()}
@@ -147,12 +151,23 @@ class RunState:
         return run
 
     def audit_summary(self) -> dict[str, Any]:
-        """The run's part of audit.json (its stages are added by the writer)."""
+        """The run's part of its audit trail: everything but the stages."""
         summary = {"schema": AUDIT_SCHEMA}
         summary.update((name, getattr(self, name)) for name in _AUDIT_FIELDS)
         summary["counts"] = {**self.counts, "running": len(self.open)}
         summary["clock_skew"] = clock_skew(self.clock_offset_ns)
         return summary
+
+    def audit_head(self, stages_bytes: int, stages_ended: int | None) -> bytes:
+        """audit.json: the summary, how much of stages.jsonl holds its ended stages, and the
+        stages still running (and those a lost client's crash ended provisionally: never a
+        stages.jsonl line, so that the real end can take its place if the client comes back)."""
+        head = self.audit_summary()
+        head["schema"] = AUDIT_HEAD_SCHEMA
+        head["stages_bytes"] = stages_bytes
+        head["stages_ended"] = stages_ended  # the lines in those bytes (None: not known, readers count them)
+        head["running"] = [*self.open.values(), *self.provisional.values()]
+        return audit_json(head)
 
 
 def clock_skew(offset_ns: int | None) -> dict[str, Any] | None:

@@ -303,3 +303,103 @@ def query_gpu_devices(home: Path, filters: Filters) -> dict[str, dict[str, Any]]
         entry["sources"].sort()
         entry["devices"] = dict(sorted(entry["devices"].items(), key=lambda item: int(item[0])))
     return found
+
+
+# -- one run's stage executions (`stagewatch show`, the Run page): SQL, whatever the run's length
+EXECUTION_COLUMNS = [
+    "stage",
+    "sample_id",
+    "status",
+    "start_time",
+    "duration_ms",
+    "rss_start_mb",
+    "rss_peak_mb",
+    "gpu_peak_mb",
+    "input_path",
+    "error_type",
+    "error_message",
+    "span",
+    "client_id",
+]
+# Our own SQL (never a user's text): failures first (then by time), or by time alone.
+EXECUTION_ORDERS = {
+    "failures": "status = 'ok', start_time, lsn",
+    "time": "start_time, lsn",
+}
+
+
+def executions_page(
+    home: Path, run_id: str, order: str = "failures", offset: int = 0, limit: int = 50
+) -> tuple[pa.Table, int]:
+    """A page of the run's stage executions in `order` (EXECUTION_ORDERS), and how many it has."""
+    if order not in EXECUTION_ORDERS:
+        raise ValueError(f"expected an order of {', '.join(EXECUTION_ORDERS)}, got {order!r}")
+    where = stage_where(home, Filters(run=run_id))
+    return page_of(home, "stage_executions", where, EXECUTION_COLUMNS, EXECUTION_ORDERS[order], offset, limit)
+
+
+def run_stages(home: Path, run_id: str) -> list[dict[str, Any]]:
+    """Per stage of the run, in the order stages first ran (the pipeline's, not the alphabet's):
+    `query_stats`' entry, with `own_mb` (the largest peak above its start: the stage's own
+    memory) and `first_ms` (its first start, in ms since the run's first stage started)."""
+    where = stage_where(home, Filters(run=run_id))
+    sql = (
+        "SELECT stage, min(start_time) AS first, max(rss_peak_mb - rss_start_mb) AS own_mb "
+        f"FROM rows{where.sql} GROUP BY stage ORDER BY first NULLS LAST, stage"
+    )
+    extras = select(home, "stage_executions", sql, where.params, None, where.dates).to_pylist()
+    stats = {entry["stage"]: entry for entry in query_stats(home, Filters(run=run_id))}
+    origin = min((row["first"] for row in extras if row["first"] is not None), default=None)
+    return [
+        {
+            **stats[row["stage"]],
+            "own_mb": row["own_mb"],
+            "first_ms": (row["first"] - origin).total_seconds() * 1e3 if row["first"] is not None else None,
+        }
+        for row in extras
+        if row["stage"] in stats
+    ]
+
+
+def duration_points(home: Path, run_id: str, slices: int, failures: int) -> tuple[pa.Table, int]:
+    """What a chart of the run's durations over time can show: per stage, the slowest execution
+    of each of `slices` equal slices of the run, and up to `failures` executions that did not
+    end ok (every one, unless there are more); and how many executions have a duration. Columns:
+    stage, sample_id, status, duration_ms, start_ms (since the run's first stage started)."""
+    where = stage_where(home, Filters(run=run_id)).add("duration_ms IS NOT NULL")
+    sql = f"""SELECT * FROM (
+        WITH timed AS (SELECT stage, sample_id, status, duration_ms, epoch_ns(start_time) AS t, lsn
+                       FROM rows{where.sql}),
+             span AS (SELECT min(t) AS low, greatest(max(t) - min(t), 1) AS width, count(*) AS n FROM timed)
+        SELECT stage, sample_id, status, duration_ms, (t - low) / 1e6 AS start_ms, n FROM (
+            SELECT stage, arg_max(sample_id, duration_ms) AS sample_id, 'ok' AS status,
+                   max(duration_ms) AS duration_ms, arg_max(t, duration_ms) AS t
+            FROM timed, span WHERE status = 'ok'
+            GROUP BY stage, least(floor((t - low) * ? / width), ? - 1)
+            UNION ALL
+            (SELECT stage, sample_id, status, duration_ms, t FROM timed
+             WHERE status IS DISTINCT FROM 'ok' ORDER BY t, lsn LIMIT ?)
+        ), span) ORDER BY start_ms"""
+    points = select(home, "stage_executions", sql, [*where.params, slices, slices, failures], None, where.dates)
+    total = points["n"][0].as_py() if points.num_rows else 0
+    return points.drop(["n"]), total
+
+
+def sample_executions(home: Path, run_id: str, sample_id: str) -> pa.Table:
+    """The run's stage executions of one sample (its waterfall), in time order."""
+    where = stage_where(home, Filters(run=run_id)).equals("sample_id", sample_id)
+    if not sample_id:
+        where.add("false")
+    return rows_of(home, "stage_executions", where, EXECUTION_COLUMNS, order="start_time, lsn")
+
+
+def run_samples(home: Path, run_id: str, limit: int) -> list[str]:
+    """The run's samples that had a failure, then the first others, `limit` in all (a picker
+    of a million samples is no picker)."""
+    where = stage_where(home, Filters(run=run_id)).add("sample_id IS NOT NULL")
+    sql = (
+        "SELECT sample_id, bool_or(status IS DISTINCT FROM 'ok') AS failed, min(start_time) AS first "
+        f"FROM rows{where.sql} GROUP BY sample_id ORDER BY failed DESC, first, sample_id LIMIT ?"
+    )
+    found = select(home, "stage_executions", sql, [*where.params, limit], None, where.dates)
+    return found["sample_id"].to_pylist()

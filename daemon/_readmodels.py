@@ -6,16 +6,20 @@ half-written or edited audit.json. They report what is missing instead of failin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from stagewatch._home import Home
 from stagewatch.daemon._derived import STATUS, peek
+from stagewatch.daemon._projection import AUDIT_SCHEMA
 from stagewatch.daemon._rows import RUNS
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
@@ -192,45 +196,225 @@ def resolve_run_id(home: Path, prefix: str) -> str:
     raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
 
 
-def load_audit(home: Path, run_id: str) -> dict[str, Any]:
-    """The run's audit trail; `problems` lists what is missing or damaged, if anything.
+def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+    """The run's audit trail as one document (`AUDIT_SCHEMA`): its head (audit.json) with the
+    stages from `offset` on, at most `limit` of them (all if None): the ended stages (lines of
+    stages.jsonl, in the order they ended: the part the head accounts for) then the running
+    ones. A page (`limit` given) says where it is in `stages_page` (offset, limit, total).
+    `problems` lists what is missing or damaged, if anything.
 
-    If audit.json is missing or damaged, the ended stages still come from stages.jsonl
-    (whose damaged lines are skipped and counted).
-    """
-    path = Home.of(home).audit(run_id)
-    try:
-        audit = json.loads(path.read_text())
-        audit["problems"] = []
-    except FileNotFoundError:
-        audit = _unreadable(run_id, f"{path} is missing (not written yet, or deleted)")
-    except (ValueError, UnicodeDecodeError) as error:
-        audit = _unreadable(run_id, f"{path} is damaged ({error})")
+    Only the page's lines are decoded: a run of a million stages reads its head and counts
+    lines. If audit.json is missing or damaged, the ended stages come from the whole of
+    stages.jsonl (damaged lines skipped and counted)."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    running = audit.pop("running", [])
+    limit = MAX_ROWS if limit is None else limit
+    paged = limit < MAX_ROWS
+    if lines is None:  # a whole trail (audit/1, written by an earlier version)
+        stages = audit.get("stages", [])
+        total = len(stages)
+        audit["stages"] = stages[offset : offset + limit]
+    else:
+        total = lines.count() + len(running)
+        page = lines.page(offset, limit, audit["problems"])
+        audit["stages"] = page + running[max(0, offset - (total - len(running))) :][: limit - len(page)]
     if audit["status"] == "unknown":
-        audit["stages"] = _read_stage_lines(Home.of(home).stage_lines(run_id), audit["problems"])
         audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
+    if paged:
+        audit["stages_page"] = {"offset": offset, "limit": limit, "total": total}
     if not audit.get("complete"):
         audit["problems"].append("the run has not finished (or its end was never recorded)")
     return audit
+
+
+def load_audit_head(home: Path, run_id: str) -> dict[str, Any]:
+    """The run's audit trail without its ended stages (`stages` holds the running ones): what
+    `load_audit` gives, without reading or counting a line of stages.jsonl."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    audit["stages"] = audit.pop("running", []) if lines is not None else []
+    if not audit.get("complete"):
+        audit["problems"].append("the run has not finished (or its end was never recorded)")
+    return audit
+
+
+def stages_with(home: Path, run_id: str, marker: bytes, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` stages of the run's trail whose JSON holds `marker` (`FAILED`: those
+    that failed or crashed; `WITH_ARTIFACTS`: those that saved outputs), ended then running:
+    found by a byte search, only they are decoded."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    if lines is None:
+        stages = audit.get("stages", [])
+    else:
+        stages = [*lines.with_marker(marker, limit), *audit.get("running", [])]
+    key = marker.split(b":")[0].strip(b'"').decode()
+    return [stage for stage in stages if stage.get(key)][:limit]
+
+
+# What a stage line holds (compact JSON, `_projection.audit_json`) when it failed, or saved outputs.
+FAILED = b'"error":{'
+WITH_ARTIFACTS = b'"artifacts":[{'
+
+
+def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = None) -> Iterator[bytes]:
+    """The whole trail as one JSON document (what `load_audit` gives with no limit), in pieces
+    of at most a few megabytes: `stagewatch show --json --all` streams a run of any length
+    without holding it. A stage line that is not JSON is left out (and named in `problems`,
+    which comes last)."""
+    audit, lines = _trail_of(Home.of(home), run_id)
+    running = audit.pop("running", [])
+    stages = audit.pop("stages", []) if lines is None else []
+    problems = audit.pop("problems")
+    if not audit.get("complete"):
+        problems.append("the run has not finished (or its end was never recorded)")
+    yield json.dumps(audit, ensure_ascii=False)[:-1].encode() + b', "stages": ['
+    first = True
+    for piece in itertools.chain(lines.items(problems) if lines is not None else (), _items_of([*stages, *running])):
+        yield piece if first else b"," + piece
+        first = False
+    tail = {**(extra or {}), "problems": problems}
+    yield b"], " + json.dumps(tail, ensure_ascii=False).encode()[1:]
+
+
+def _items_of(stages: list[dict[str, Any]]) -> Iterator[bytes]:
+    if stages:
+        yield b",".join(json.dumps(stage, ensure_ascii=False).encode() for stage in stages)
+
+
+def _trail_of(home: Home, run_id: str) -> tuple[dict[str, Any], StageLines | None]:
+    """The run's head (as a trail document, `problems` added) and its ended stages' lines
+    (None when the head is a whole trail of an earlier version, its stages inside)."""
+    path = home.audit(run_id)
+    lines = home.stage_lines(run_id)
+    try:
+        audit = json.loads(path.read_bytes())
+        _check_head(audit)
+        audit["problems"] = []
+    except FileNotFoundError:
+        audit = _unreadable(run_id, f"{path} is missing (not written yet, or deleted)")
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # OSError: a directory in its place, say
+        audit = _unreadable(run_id, f"{path} is damaged ({error})")
+    if audit.get("schema") == AUDIT_SCHEMA and isinstance(audit.get("stages"), list):
+        return audit, None
+    if audit["status"] == "unknown":  # no head to say how far: every line there is
+        audit["problems"].append(f"stages recovered from {lines}")
+        return audit, StageLines(lines, None)
+    audit["schema"] = AUDIT_SCHEMA
+    size = audit.pop("stages_bytes", 0)
+    on_disk = lines.stat().st_size if lines.is_file() else 0
+    if on_disk < size:  # cut short or deleted by hand: its stages are in the tables and the log
+        audit["problems"].append(f"{lines} holds {on_disk:,} of the {size:,} bytes of stages its head counts")
+    return audit, StageLines(lines, size, audit.pop("stages_ended", None) if on_disk >= size else None)
+
+
+def _check_head(audit: Any) -> None:
+    """ValueError unless `audit` has a head's shape (a hand edit may leave any JSON)."""
+    if not isinstance(audit, dict) or not isinstance(audit.get("status"), str):
+        raise ValueError("not an audit trail")
+    counts = {key: audit.get(key, 0) for key in ("stages_bytes", "stages_ended")}
+    if not all(value is None or (type(value) is int and value >= 0) for value in counts.values()):
+        raise ValueError(f"stages_bytes and stages_ended are no sizes: {counts}")
+    if not isinstance(audit.get("running", []), list) or not isinstance(audit.get("errors", []), list):
+        raise ValueError("running and errors are no lists")
+    audit["stages_bytes"] = audit.get("stages_bytes") or 0
+
+
+def count_lines(path: Path, size: int) -> int:
+    """The lines in the first `size` bytes of a JSON-lines file (0 if there is none)."""
+    return StageLines(path, size).count()
 
 
 def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
     return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [], "problems": [problem]}
 
 
-def _read_stage_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    stages, damaged = [], 0
-    for line in lines:
+class StageLines:
+    """The ended stages of a run: the first `size` bytes of its stages.jsonl (all of it if
+    None), complete lines only, read a chunk at a time. Lines lost by hand are spaces (the
+    writer keeps the offsets): JSON allows them before the next line's value."""
+
+    CHUNK = 4 << 20
+
+    def __init__(self, path: Path, size: int | None, count: int | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.known_count = count  # the head's count of the lines in `size` (None: count them)
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The file's bytes up to `size`, in chunks that each end at a line's end."""
         try:
-            stages.append(json.loads(line))
-        except ValueError:
-            damaged += 1
-    problems.append(f"stages recovered from {path}" + (f" ({damaged} damaged lines skipped)" if damaged else ""))
-    return stages
+            handle = open(self.path, "rb")  # noqa: SIM115 (closed below; a generator)
+        except FileNotFoundError:
+            return
+        with handle:
+            left = os.fstat(handle.fileno()).st_size if self.size is None else self.size
+            rest = b""
+            while left > 0 and (data := handle.read(min(self.CHUNK, left))):
+                left -= len(data)
+                data = rest + data
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    yield data[:cut]
+
+    def count(self) -> int:
+        if self.known_count is not None:
+            return self.known_count
+        return sum(chunk.count(b"\n") for chunk in self._chunks())
+
+    def page(self, offset: int, limit: int, problems: list[str]) -> list[dict[str, Any]]:
+        """Stages `offset` to `offset + limit`, decoded; damaged lines are skipped and counted."""
+        stages, seen, damaged = [], 0, 0
+        for chunk in self._chunks():
+            if len(stages) >= limit:
+                break
+            if seen + (count := chunk.count(b"\n")) <= offset:
+                seen += count
+                continue
+            lines = chunk.split(b"\n")[:-1]
+            for line in lines[max(0, offset - seen) :][: limit - len(stages)]:
+                try:
+                    stages.append(json.loads(line))
+                except ValueError:
+                    damaged += 1
+            seen += len(lines)
+        if damaged:
+            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        return stages
+
+    def with_marker(self, marker: bytes, limit: int) -> Iterator[dict[str, Any]]:
+        """The first `limit` stages whose line holds `marker`, decoded (a line that is not JSON, skipped)."""
+        if limit <= 0:
+            return
+        for chunk in self._chunks():
+            at = chunk.find(marker)
+            while at >= 0:
+                start, end = chunk.rfind(b"\n", 0, at) + 1, chunk.find(b"\n", at)
+                try:
+                    yield json.loads(chunk[start:end])
+                    limit -= 1
+                except ValueError:
+                    pass
+                if limit <= 0:
+                    return
+                at = chunk.find(marker, end)
+
+    def items(self, problems: list[str]) -> Iterator[bytes]:
+        """The stages as JSON array items, a chunk's worth joined by commas."""
+        damaged = 0
+        for chunk in self._chunks():
+            good = []
+            for line in chunk.split(b"\n")[:-1]:
+                if not line.strip():
+                    continue
+                try:
+                    msgspec.json.decode(line, type=msgspec.Raw)  # checks it is JSON, builds nothing
+                    good.append(line)
+                except msgspec.DecodeError:
+                    damaged += 1
+            if good:
+                yield b",".join(good)
+        if damaged:
+            problems.append(f"{damaged} damaged lines of {self.path} skipped")
 
 
 def _error_of(stage: dict[str, Any]) -> dict[str, Any]:

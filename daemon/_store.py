@@ -12,9 +12,8 @@ import contextlib
 import functools
 import os
 import threading
-from collections import defaultdict, deque
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +27,7 @@ from loguru import logger
 from stagewatch._home import Home
 from stagewatch._shared import make_dirs
 from stagewatch.daemon._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
-from stagewatch.daemon._projection import RunState, audit_json, stage_lines_bytes
+from stagewatch.daemon._projection import RunState, stage_lines_bytes
 
 # The tables' rows are defined in _rows; their names stay importable from here.
 from stagewatch.daemon._rows import DAEMON_TABLES as DAEMON_TABLES
@@ -38,10 +37,6 @@ from stagewatch.daemon._rows import RUNS as RUNS
 from stagewatch.daemon._rows import SAMPLES as SAMPLES
 from stagewatch.daemon._rows import STAGE_EXECUTIONS as STAGE_EXECUTIONS
 from stagewatch.daemon._runindex import RunIndex
-
-# An audit trail's copy pauses this often for the row writes queued behind it (DiskJobs):
-# 10-40 ms of copying on this machine under a flood (16 MB steps took 170 ms).
-COPY_STEP_BYTES = 4 << 20
 
 
 def parquet_options(schema: pa.Schema) -> dict[str, Any]:
@@ -112,30 +107,6 @@ def _date_of_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
-def _copy_lines_as_items(
-    lines: BinaryIO, size: int, document: BinaryIO, chunk: int | None = None, step: int | None = None
-) -> Generator[None, None, bool]:
-    """Copy the first `size` bytes of a JSON-lines file as array items, a chunk at a time
-    (each line's newline becomes a comma), pausing (a `yield`) after every `step` bytes
-    (`COPY_STEP_BYTES`); returns True if what was written ends with a comma.
-
-    A chunk is a step unless said otherwise: each read and write gives up the GIL, and taking
-    it back from the busy ingest loop costs up to a switch interval (5 ms). In chunks of 1 MB
-    a 230 MB trail took 4 s of copying under a flood; the same copy alone, 0.26 s."""
-    step = step or COPY_STEP_BYTES
-    chunk = chunk or step
-    last, since_pause = b"", 0
-    while size > 0 and (data := lines.read(min(chunk, step, size))):
-        size -= len(data)
-        document.write(data.replace(b"\n", b","))
-        last = data[-1:]
-        since_pause += len(data)
-        if since_pause >= step and size > 0:
-            since_pause = 0
-            yield
-    return last == b"\n"
-
-
 def _pad_lost_lines(handle: BinaryIO, path: Path, missing: int, chunk: int = 1 << 20) -> None:
     """Lines the checkpoint accounts for are gone (stages.jsonl deleted or cut short by hand):
     spaces keep the offsets that the checkpoint and the audit trail count in, and keep both
@@ -154,25 +125,6 @@ def _grouped(rows: list[tuple], keys: list[int]) -> dict[int, list[tuple]]:
     for key, row in zip(keys, rows, strict=True):
         groups[key].append(row)
     return groups
-
-
-@dataclass(frozen=True)
-class AuditDocument:
-    """A run's audit.json but for its ended stages (copied from stages.jsonl when written),
-    encoded from the run's state as it is now: its summary, and its running stages."""
-
-    run_id: str
-    date: str  # the partition that finds the run by prefix while it runs
-    head: bytes  # the summary, open for the stages: {..., "stages":[
-    running: bytes  # the running stages, as array items
-
-    @classmethod
-    def of(cls, run: RunState) -> AuditDocument:
-        head = audit_json(run.audit_summary())[:-1] + b',"stages":['
-        # Running stages, and those a lost client's crash ended provisionally (never a stages.jsonl
-        # line: the real end takes their place if the client comes back).
-        running = b",".join(audit_json(entry) for entry in [*run.open.values(), *run.provisional.values()])
-        return cls(run.run_id, _date_of(run.start_ns), head, running)
 
 
 def write_part(path: Path, table: pa.Table) -> Path:
@@ -343,33 +295,15 @@ class Store:
             handle.write(data)
         return accounted_bytes + len(data)
 
-    def write_audit(self, run: RunState, ended_bytes: int) -> None:
-        self.write_audit_document(AuditDocument.of(run), ended_bytes)
+    def write_audit(self, run: RunState, ended_bytes: int, ended: int | None = None) -> None:
+        """audit.json: the run's head (`RunState.audit_head`), replaced whole. Its ended
+        stages stay where they are, the first `ended_bytes` of stages.jsonl: a trail's size
+        no longer grows with the run, and no stage is on disk twice."""
+        self.write_audit_head(run.run_id, run.start_ns, run.audit_head(ended_bytes, ended))
 
-    def write_audit_document(self, document: AuditDocument, ended_bytes: int) -> None:
-        deque(self.audit_document_steps(document, ended_bytes), maxlen=0)
-
-    def audit_document_steps(self, document: AuditDocument, ended_bytes: int) -> Iterator[None]:
-        """audit.json: the run's summary with every stage, ended (the first `ended_bytes` of
-        stages.jsonl) then running; in steps (`DiskJobs.submit_steps`), the file replaced
-        after the last.
-
-        The ended stages are copied in as bytes, a chunk at a time, so rewriting a long run's
-        trail costs a file copy, not a re-encoding of every stage, and its memory stays
-        that of one chunk (a run of a million stages has a 450 MB trail). Lines appended to
-        stages.jsonl between two steps lie past `ended_bytes`: the copy never reads them.
-        """
-        with replacing(self.home.audit(document.run_id)) as out:
-            out.write(document.head)
-            if ended_bytes:  # a run with no ended stage yet has no stages.jsonl (nor folder)
-                with open(self.home.stage_lines(document.run_id), "rb") as lines:
-                    comma = yield from _copy_lines_as_items(lines, ended_bytes, out)
-                if comma and not document.running:  # the last item's comma, with no item after it
-                    out.seek(-1, os.SEEK_CUR)
-                    out.truncate()
-            out.write(document.running)
-            out.write(b"]}")
-        self.run_index.add([(document.run_id, document.date)])  # findable by prefix while it runs
+    def write_audit_head(self, run_id: str, start_ns: int | None, head: bytes) -> None:
+        atomic_write(self.home.audit(run_id), head)
+        self.run_index.add([(run_id, _date_of(start_ns))])  # findable by prefix while it runs
 
     # -- checkpoint ----------------------------------------------------------------------
     def write_checkpoint(self, state: dict[str, Any]) -> None:

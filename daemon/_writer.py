@@ -3,7 +3,7 @@
 The writer takes what the projection produced (rows, ended-stage lines, changed runs),
 encodes it on the loop's thread (the state it reads is the loop's) and hands the writes to
 one disk thread (`_diskjobs.DiskJobs`), in order, so that ingest keeps acknowledging while
-parts are compressed and fsync'd and long audit trails are copied. What the disk refuses
+parts are compressed and fsync'd. What the disk refuses
 stays queued, in order, and is retried; the projection's state is never touched. It also
 knows how much of each run's stages.jsonl the checkpoint accounts for (`stage_bytes`), so
 that lines a crashed daemon wrote past its checkpoint are cut before replay appends them again.
@@ -28,20 +28,20 @@ from loguru import logger
 from stagewatch._home import Home
 from stagewatch.daemon._derived import STATUS, clear_way
 from stagewatch.daemon._disk import DiskStatus
-from stagewatch.daemon._diskjobs import DiskJobs, PassThread, timed
+from stagewatch.daemon._diskjobs import DiskJobs, PassThread
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
+from stagewatch.daemon._readmodels import count_lines
 from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
-from stagewatch.daemon._store import AuditDocument, Store, atomic_write
+from stagewatch.daemon._store import Store, atomic_write
 from stagewatch.daemon._throttle import CostThrottle
 
-# A running run's audit trail and the checkpoint are rewritten at most this often (and no more
-# than 10x their cost allows): at a steady 2,000 events/s into one long run, rewriting them
-# whenever the cost allowed took about a third of the daemon's CPU (benchmarks/ingest_costs.py).
-# The price: a running run's audit.json is up to this much behind (finished runs are written at
-# once), and recovery replays up to this much more of the log.
+# A running run's audit.json (its head) and the checkpoint are rewritten at most this often (and
+# no more than 10x their cost allows: a head holds up to 10,000 errors, the checkpoint every
+# running run). The price: a running run's trail, as readers assemble it, is up to this much
+# behind (finished runs are written at once), and recovery replays up to this much more of the log.
 REWRITE_INTERVAL_S = 5.0
 # Errors by which the disk itself refuses a write (full, read-only, failing): the queue halts
 # on them and retries, as every write behind would fail too. Any other error writing one
@@ -77,12 +77,14 @@ class ReadModelWriter:
         self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
         self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
         self.stage_bytes: dict[str, int] = {}  # run -> bytes of stages.jsonl its state accounts for
+        # run -> the lines in those bytes (its ended stages), for the head: readers page without
+        # counting 500 MB of lines. Unknown for runs of a checkpoint written before it (readers count).
+        self.stage_lines: dict[str, int] = {}
         self.jobs = DiskJobs(MAX_QUEUED_ROWS)
         self.passes = PassThread("stagewatch-merges")  # maintenance passes behind a checkpoint
         # What the disk thread leaves for the loop's thread (quarantining refused rows, costs):
         # deque appends and pops are atomic.
         self._done: deque[Callable[[], None]] = deque()
-        self._audits_queued: set[str] = set()
         self._checkpoint_queued = False
         self._dirty: set[str] = set()
         self._finished_at: dict[str, float] = {}
@@ -94,6 +96,7 @@ class ReadModelWriter:
         runs = checkpoint.get("projector", {}).get("runs", {})
         legacy = {run_id: run["stages_bytes"] for run_id, run in runs.items() if "stages_bytes" in run}
         self.stage_bytes = dict(checkpoint.get("stage_bytes", legacy))
+        self.stage_lines = dict(checkpoint.get("stage_lines", {}))
 
     def reopen(self, projector: Projector, run_id: str) -> bool:
         """Give a closed run back to the projection from its audit trail (written before it
@@ -109,6 +112,7 @@ class ReadModelWriter:
             return False
         projector.reopen(run)
         self.stage_bytes[run_id] = written
+        self.stage_lines[run_id] = count_lines(lines, written)
         self._finished_at.pop(run_id, None)
         return True
 
@@ -179,7 +183,7 @@ class ReadModelWriter:
                 with self._reported(what):
                     yield from steps(covered)
 
-            self.jobs.submit(functools.partial(self.passes.start, guarded_steps), passes=True)
+            self.jobs.submit(functools.partial(self.passes.start, guarded_steps))
 
     def in_background(self, job: Callable[[], object], what: str) -> None:
         """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
@@ -236,8 +240,10 @@ class ReadModelWriter:
         for run_id, data in lines.items():
             start = self.stage_bytes.get(run_id, 0)
             self.stage_bytes[run_id] = start + len(data)
+            if start == 0 or run_id in self.stage_lines:
+                self.stage_lines[run_id] = self.stage_lines.get(run_id, 0) + data.count(b"\n")
             write = functools.partial(self.store.write_stage_lines, run_id, start, data)
-            self.jobs.submit(functools.partial(self._run_file_write, run_id, "stage lines", write), passes=True)
+            self.jobs.submit(functools.partial(self._run_file_write, run_id, "stage lines", write))
         for table, table_rows in rows.items():
             if table_rows:
                 # Arrow columns here: building them holds the GIL, which the disk thread should not.
@@ -245,7 +251,7 @@ class ReadModelWriter:
                 for row, reason in refused:
                     self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
                 job = functools.partial(self.store.write_parts, table, parts)
-                self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts), passes=True)
+                self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts))
         for run_id, lsn in projector.take_withdrawn():
             self._withdrawn.setdefault(run_id, set()).add(lsn)
         if self._withdrawn:
@@ -273,41 +279,29 @@ class ReadModelWriter:
             run = projector.runs.get(run_id)
             if run is None:
                 self._dirty.discard(run_id)
-            elif run_id in self._audits_queued and not (final or run.complete):
-                continue  # rewritten once the queued rewrite is done: a long trail is not copied twice
             elif final or run.complete or self._throttle.due(run_id, now):
-                self._queue_audit(run, at_once=final or run.complete)
+                self._queue_audit(run)
                 self._dirty.discard(run_id)
 
-    def _queue_audit(self, run: RunState, at_once: bool) -> None:
-        """Queue the rewrite of a run's audit trail. A running run's is copied in steps that
-        the row writes and the checkpoint may run between (recovery rewrites the trails of the
-        runs it finds running, so a checkpoint ahead of one loses nothing); a finished run's,
-        at once and before the checkpoint that may forget the run."""
+    def _queue_audit(self, run: RunState) -> None:
+        """Queue the rewrite of a run's audit.json, its head: after the stage lines it
+        accounts for (queued before it), and for a finished run before the checkpoint that may
+        forget the run (recovery rewrites the head of every run its checkpoint holds)."""
         started = time.monotonic()
-        document = AuditDocument.of(run)
+        head = run.audit_head(self.stage_bytes.get(run.run_id, 0), self.stage_lines.get(run.run_id))
         encoded_s = time.monotonic() - started
-        ended_bytes = self.stage_bytes.get(run.run_id, 0)
-        self._audits_queued.add(run.run_id)
+        run_id, start_ns = run.run_id, run.start_ns
 
-        def steps() -> Iterator[object]:  # on the disk thread; its cost: its own steps, not those between
-            costs = [encoded_s]
+        def job() -> None:  # on the disk thread
+            started = time.monotonic()
             try:
-                yield from timed(self.store.audit_document_steps(document, ended_bytes), costs)
+                self.store.write_audit_head(run_id, start_ns, head)
             except OSError as error:
-                self._refused_run_file(run.run_id, "audit trail", error)  # rewritten at the run's next change
-                self._done.append(functools.partial(self._audits_queued.discard, run.run_id))
+                self._refused_run_file(run_id, "audit trail", error)  # rewritten at the run's next change
                 return
-            self._done.append(functools.partial(self._audit_written, run.run_id, sum(costs)))
+            self._done.append(functools.partial(self._spent, run_id, encoded_s + time.monotonic() - started))
 
-        if at_once:
-            self.jobs.submit(lambda: deque(steps(), maxlen=0))
-        else:
-            self.jobs.submit_steps(steps)
-
-    def _audit_written(self, run_id: str, cost_s: float) -> None:
-        self._audits_queued.discard(run_id)
-        self._spent(run_id, cost_s)
+        self.jobs.submit(job)
 
     def _run_file_write(self, run_id: str, what: str, write: Callable[[], object]) -> None:  # on the disk thread
         try:
@@ -335,6 +329,7 @@ class ReadModelWriter:
             "lsn": self.log.end_lsn,
             "projector": projector.to_state(),
             "stage_bytes": self.stage_bytes,
+            "stage_lines": self.stage_lines,
             **self.checkpoint_extras(),
         }
         data = msgpack.packb(state, use_bin_type=True)
@@ -347,7 +342,7 @@ class ReadModelWriter:
             self.store.write_checkpoint_bytes(data)
             self._done.append(functools.partial(self._checkpoint_written, lsn, encoded_s + time.monotonic() - started))
 
-        self.jobs.submit(job, passes=True)
+        self.jobs.submit(job)
 
     def _checkpoint_written(self, lsn: int, cost_s: float) -> None:
         self.checkpoint_lsn = lsn
@@ -374,11 +369,13 @@ class ReadModelWriter:
         projector.evict(run_ids)
         for run_id in run_ids:
             self.stage_bytes.pop(run_id, None)
+            self.stage_lines.pop(run_id, None)
             self._throttle.forget(run_id)
 
     def _forget(self, run_id: str) -> None:
         """Retention removed the run: nothing of it is written again."""
         self.stage_bytes.pop(run_id, None)
+        self.stage_lines.pop(run_id, None)
         self._finished_at.pop(run_id, None)
         self._dirty.discard(run_id)
         self._throttle.forget(run_id)

@@ -115,12 +115,13 @@ class DaemonProcess:
             return {}
 
     def audit(self, run_id: str, complete: bool = True, timeout_s: float = 20.0) -> dict[str, Any]:
-        path = Home(self.home).audit(run_id)
+        """The run's whole trail (its head and its stage lines, as `load_audit` assembles it),
+        once its head is written (and says the run is complete, with `complete`)."""
+        from stagewatch.daemon._readmodels import load_audit
 
         def ready() -> dict[str, Any] | None:
-            try:
-                audit = json.loads(path.read_text())
-            except (OSError, ValueError):
+            audit = load_audit(self.home, run_id)
+            if audit["status"] == "unknown":
                 return None
             return audit if audit["complete"] or not complete else None
 

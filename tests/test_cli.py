@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -49,8 +50,12 @@ def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> No
     assert runs[0]["run_id"] == run_dir.name and runs[0]["failed_stage"] == "preprocessing"
     shown = sw("show", run_dir.name[:6], "--home", str(home))
     assert shown.returncode == 0 and "frame_047" in shown.stdout and "Traceback" in shown.stdout
-    full = json.loads(sw("show", run_dir.name, "--home", str(home), "--json").stdout)
+    page = json.loads(sw("show", run_dir.name, "--home", str(home), "--json").stdout)
+    assert page["run_id"] == run_dir.name and len(page["stages"]) == 100  # a page of the trail
+    assert page["stages_page"] == {"offset": 0, "limit": 100, "total": 50 + 4 * 49}
+    full = json.loads(sw("show", run_dir.name, "--home", str(home), "--json", "--all").stdout)
     assert full["run_id"] == run_dir.name and len(full["stages"]) == 50 + 4 * 49
+    assert full["stages"][:100] == page["stages"]
     assert full["accuracy"]["stages"]["segmentation"]["kind"] == "mask"
 
     # Accuracy against the demo's golden dataset: live numbers equal a batch recomputation.
@@ -142,6 +147,40 @@ def test_a_refused_command_names_what_holds_the_home_and_a_rebuild_says_nothing_
         assert again.returncode == 1 and "`stagewatch rebuild`" in again.stderr and "daemon" not in again.stderr
     finally:
         held.release()
+
+
+def test_show_pages_a_runs_executions_and_streams_its_whole_trail(daemon: DaemonProcess) -> None:
+    """`show` reads a run of any length a page at a time: statistics and executions from the
+    table, the trail's JSON a page of stages (--page/--limit), or streamed whole (--all). Each
+    stage is on disk once: audit.json holds the head, the stages are stages.jsonl's lines."""
+    with stagewatch.init(pipeline="p", home=daemon.home) as run:
+        for i in range(30):
+            for stage in ("decode", "detect"):
+                with contextlib.suppress(ValueError), run.stage(stage, sample_id=f"s{i:02d}"):
+                    if stage == "detect" and i in (7, 21):
+                        raise ValueError(f"nothing in s{i:02d}")
+    whole = daemon.audit(run.id)
+    assert len(whole["stages"]) == 60 and not whole["problems"]
+    head = json.loads((daemon.home / "runs" / run.id / "audit.json").read_text())
+    assert "stages" not in head and head["stages_ended"] == 60
+    home = ["--home", str(daemon.home)]
+
+    shown = sw("show", run.id, *home, "--limit", "5").stdout
+    assert "stage executions 1-5 of 60 (failures first" in shown
+    listed = [line.split()[2] for line in shown.splitlines() if line.startswith("  20")]  # the sample column
+    assert listed[:2] == ["s07", "s21"] and len(listed) == 5
+    assert "decode" in shown and "Traceback" in shown and "nothing in s21" in shown
+    by_time = sw("show", run.id, *home, "--order", "time", "--page", "12", "--limit", "5").stdout
+    assert "stage executions 56-60 of 60 (by start" in by_time and "s29" in by_time
+    assert "past the last page" in sw("show", run.id, *home, "--page", "13", "--limit", "5").stdout
+
+    page = json.loads(sw("show", run.id, *home, "--json", "--page", "3", "--limit", "7").stdout)
+    assert page["stages_page"] == {"offset": 14, "limit": 7, "total": 60}
+    assert page["stages"] == whole["stages"][14:21]
+    streamed = json.loads(sw("show", run.id, *home, "--json", "--all").stdout)
+    assert streamed["stages"] == whole["stages"] and streamed["schema"] == "stagewatch.audit/1"
+    refused = sw("show", run.id, *home, "--all")
+    assert refused.returncode == 2 and "--all goes with --json" in refused.stderr
 
 
 def test_show_survives_a_damaged_audit_and_marks_the_run_incomplete(daemon: DaemonProcess) -> None:

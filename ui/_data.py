@@ -23,24 +23,35 @@ from PIL import Image
 
 from stagewatch._home import Home, parse_artifact_relpath
 from stagewatch.daemon import (
-    STATS_COLUMNS,
     Filters,
     query_gpu_devices,
     query_logs,
-    query_stages,
-    stage_stats,
 )
 from stagewatch.daemon._export import export_chunks, matching
-from stagewatch.daemon._query import distinct_values, log_where, page_of, run_where
+from stagewatch.daemon._query import (
+    distinct_values,
+    duration_points,
+    executions_page,
+    log_where,
+    page_of,
+    run_samples,
+    run_stages,
+    run_where,
+    sample_executions,
+)
 from stagewatch.daemon._readmodels import (
+    FAILED,
+    WITH_ARTIFACTS,
     RunNotFound,
     active_runs,
     load_accuracy,
-    load_audit,
+    load_audit_head,
     resolve_run_id,
+    stages_with,
 )
 from stagewatch.daemon._rows import RUNS
 
+MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
 PAGE_SIZES = (25, 50, 100)
 RUN_COLUMNS = [
@@ -224,80 +235,63 @@ def find_run(home: Path, text: str) -> str:
     return resolve_run_id(home, text)
 
 
+# What the Run page shows of a run of any length (a run of a million executions included):
+DURATION_SLICES = 2_000  # per stage in the durations chart: the slowest execution of each slice
+FAILURES_DRAWN = 2_000  # executions that did not end ok, drawn beside them (the first ones)
+ERRORS_SHOWN = 50  # error cards, each with its traceback (the rest: counted, and in the executions table)
+SAMPLES_LISTED = 500  # samples in the waterfall's picker: those that failed, then the first
+OUTPUTS_LISTED = 1_000  # saved outputs listed (the first ones)
+
+
 def run_view(home: Path, run_id: str) -> dict[str, Any]:
-    """Everything the run page needs, read once."""
-    audit = load_audit(home, run_id)
-    stages = audit.get("stages", [])
-    executions = executions_frame(stages)
-    order = pipeline_order(executions)
+    """Everything the run page needs, read once: the trail's head, and from the run's rows per
+    stage statistics and the durations chart's points (SQL, whatever the run's length); its
+    first errors and saved outputs from their stage lines (found by a byte search)."""
+    audit = load_audit_head(home, run_id)
+    stages = run_stages(home, run_id)
+    points, executions = duration_points(home, run_id, DURATION_SLICES, FAILURES_DRAWN)
+    errors = audit.get("errors", [])
+    saved = (audit.get("counts") or {}).get("artifacts", 1)  # none: no line to look for (unknown: look)
     return {
         "audit": audit,
-        "order": order,
-        "stats": stats_frame(home, run_id, executions, order),
+        "order": [stage["stage"] for stage in stages],
+        "stats": stats_frame(home, run_id, stages),
+        "points": points.to_pandas(),
         "executions": executions,
-        "errors": errors_of(stages, audit.get("errors", [])),
+        "samples": run_samples(home, run_id, SAMPLES_LISTED),
+        "errors": errors_of(stages_with(home, run_id, FAILED, ERRORS_SHOWN), errors[:ERRORS_SHOWN]),
+        "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
         "accuracy": load_accuracy(home, run_id),
-        "outputs": outputs_of(stages),
+        "outputs": outputs_of(stages_with(home, run_id, WITH_ARTIFACTS, OUTPUTS_LISTED) if saved else []),
     }
 
 
-def executions_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per stage execution with its start and end in ms since the run's first stage."""
-    columns = [
-        "stage",
-        "sample_id",
-        "status",
-        "duration_ms",
-        "start_ms",
-        "end_ms",
-        "rss_start_mb",
-        "rss_peak_mb",
-        "gpu_peak_mb",
-        "input_path",
-        "span",
-    ]
-    if not stages:
-        return pd.DataFrame(columns=columns)
-    origin = min(s.get("start_ns") or 0 for s in stages)
-    rows = []
-    for s in stages:
-        memory = s.get("memory") or {}
-        start = ((s.get("start_ns") or origin) - origin) / 1e6
-        duration = s.get("duration_ms")
-        rows.append(
-            {
-                "stage": s["stage"],
-                "sample_id": s.get("sample_id"),
-                "status": s.get("status"),
-                "duration_ms": duration,
-                "start_ms": start,
-                "end_ms": start + (duration or 0.0),
-                "rss_start_mb": memory.get("rss_start_mb"),
-                "rss_peak_mb": memory.get("rss_peak_mb"),
-                "gpu_peak_mb": memory.get("gpu_peak_mb"),
-                "input_path": s.get("input_path"),
-                "span": s.get("span"),
-            }
-        )
-    return pd.DataFrame(rows, columns=columns).sort_values("start_ms", kind="stable").reset_index(drop=True)
+def sample_frame(home: Path, run_id: str, sample_id: str | None) -> pd.DataFrame:
+    """One sample's stage executions (its waterfall): stage, status, duration_ms, start_ms (since
+    its first stage started)."""
+    rows = sample_executions(home, run_id, sample_id or "").to_pandas()
+    if rows.empty:
+        return pd.DataFrame(columns=["stage", "status", "duration_ms", "start_ms"])
+    starts = rows["start_time"].astype("int64")
+    return rows.assign(start_ms=(starts - starts.min()) / 1e6)[["stage", "status", "duration_ms", "start_ms"]]
 
 
-def pipeline_order(executions: pd.DataFrame) -> list[str]:
-    """Stages in the order they first ran (the pipeline's order, not the alphabet's)."""
-    if executions.empty:
-        return []
-    return list(executions.groupby("stage", sort=False)["start_ms"].min().sort_values(kind="stable").index)
+EXECUTION_ORDER_CHOICES = {"failures first": "failures", "by start": "time"}
 
 
-def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Per stage, in pipeline order: counts, failure rate, duration percentiles, time share,
-    CPU peak and the stage's own memory (its peak above its start), GPU peak."""
-    rank = {stage: i for i, stage in enumerate(order)}
-    entries = stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS))
-    with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in entries)
+def executions_of(home: Path, run_id: str, order: str, offset: int, limit: int) -> Page:
+    """A page of the run's stage executions (`EXECUTION_ORDER_CHOICES`), answered by SQL."""
+    page, total = executions_page(home, run_id, order, offset, limit)
+    return Page(page.to_pandas(), total, offset, limit)
+
+
+def stats_frame(home: Path, run_id: str, stages: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per stage, in pipeline order (`run_stages`): counts, failure rate, duration percentiles,
+    time share, CPU peak and the stage's own memory (its peak above its start), GPU peak."""
+    with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in stages)
     gpu = query_gpu_devices(home, Filters(run=run_id)) if with_gpu else {}
     rows = []
-    for entry in entries:
+    for entry in stages:
         duration = entry["duration_ms"]
         rows.append(
             {
@@ -310,14 +304,17 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
                 "max_ms": duration["max"],
                 "share": entry["share_of_time"],
                 "cpu_peak_mb": entry["rss_peak_mb"]["max"],
-                "own_mb": entry["own_mb"]["max"],
+                "own_mb": _finite(entry["own_mb"]),
                 "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
             }
         )
-    rows.sort(key=lambda row: rank.get(row["stage"], len(rank)))
     return pd.DataFrame(rows)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def bottleneck_sentence(stats: pd.DataFrame) -> str | None:
@@ -341,8 +338,8 @@ def stage_error(home: Path, run_id: str, execution: dict[str, Any]) -> dict[str,
     page shows it: the audit trail's entry with its traceback, else what the row itself holds
     (a crashed process left no traceback)."""
     where = (execution.get("client_id"), execution.get("span"))
-    audit = load_audit(home, run_id)
-    for error in errors_of(audit.get("stages", []), audit.get("errors", [])):
+    failed = stages_with(home, run_id, FAILED, MAX_ERRORS_SEARCHED)
+    for error in errors_of(failed, load_audit_head(home, run_id).get("errors", [])):
         if (error.get("client_id"), error.get("span")) == where:
             return error
     start = execution.get("start_time")

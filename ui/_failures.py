@@ -19,7 +19,7 @@ from PIL import Image
 
 from stagewatch._home import Home
 from stagewatch.daemon import _outcomes as outcomes
-from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit, read_table
+from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit_head, read_table
 from stagewatch.daemon.groundtruth.diff import (
     DiffError,
     cloud_distances,
@@ -542,7 +542,7 @@ def _label_file(home: Path, case: dict[str, Any]) -> Path:
 def _dataset_file(home: Path, case: dict[str, Any], column: str, what: str) -> Path:
     """A file the case names, only if it lies in the folder of the run's dataset file."""
     named = case.get(column)
-    dataset = load_audit(home, case["run_id"]).get("dataset")
+    dataset = load_audit_head(home, case["run_id"]).get("dataset")
     if not named or not dataset:
         raise ValueError(f"this case has no {what}")
     path, root = Path(named).resolve(), Path(dataset).resolve().parent

@@ -323,9 +323,10 @@ def test_a_merge_over_rows_past_the_checkpoint_waits_for_a_new_one(home: Path) -
 
 
 def test_parts_written_past_a_merge_passes_checkpoint_stay_out_of_its_plan(home: Path) -> None:
-    """Row writes queued after a merge pass's checkpoint may be written before the pass starts
-    (they pass long jobs on the disk thread): the pass plans over the parts its checkpoint
-    covers only, or a group across the checkpoint would hold rows that recovery replays."""
+    """Row writes queued after a merge pass's checkpoint may be written before the pass plans
+    (it runs on a thread of its own, beside the disk thread's writes): the pass plans over the
+    parts its checkpoint covers only, or a group across the checkpoint would hold rows that
+    recovery replays."""
     daemon = _in_process_daemon(home)
     checkpoints = [True]
     daemon.writer._throttle.due = lambda key, now: key != "checkpoint" or checkpoints[0]
@@ -338,19 +339,20 @@ def test_parts_written_past_a_merge_passes_checkpoint_stay_out_of_its_plan(home:
     for seq in range(1, 7):
         commit(seq)
         daemon.flush()
-    go = threading.Event()
+    parts_written, start = threading.Event(), daemon.writer.passes.start
 
-    def long_job_ahead():  # keeps the merge pass from starting while the parts below pass it
-        go.wait(10)
-        yield
+    def after_the_parts(make_steps):  # the pass plans once the parts below are on disk
+        parts_written.wait(10)
+        yield from make_steps()
 
-    daemon.writer.jobs.submit_steps(long_job_ahead)
+    daemon.writer.passes.start = lambda make_steps: start(lambda: after_the_parts(make_steps))
     daemon.maintenance.merge_small_parts()  # a checkpoint with parts 1 to 6, then the pass
     checkpoints[0] = False
     for seq in range(7, 13):
         commit(seq)
         daemon.writer.flush(daemon.projector)  # a part each, queued without waiting
-    go.set()
+    assert daemon.writer.drain(passes=False)
+    parts_written.set()
     assert daemon.writer.drain()
     merged = [name for name in _listing(home) if "-" in name[len("part-") :]]
     assert len(merged) == 1  # parts 1 to 4; not 5 to 8, across the checkpoint

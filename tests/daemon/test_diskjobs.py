@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import msgpack
 import pytest
 
 from stagewatch._home import Home
-from stagewatch.daemon import Daemon, _store
+from stagewatch.daemon import Daemon
 from stagewatch.daemon._diskjobs import DiskJobs, PassThread
 from stagewatch.daemon._ingest import Group
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._store import Store, replacing
+from stagewatch.daemon._readmodels import load_audit, read_table
+from stagewatch.daemon._store import replacing
 from tests.daemon.test_compaction import RUN_ID, _crash, _in_process_daemon, _stage_event
 
 
@@ -111,114 +110,27 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     recovered.release()
 
 
-def _steps(name: str, count: int, done: list[str], first_step_waits: threading.Event | None = None):
-    def make_steps():
-        for step in range(count):
-            if step == 0 and first_step_waits is not None:
-                first_step_waits.wait(10)
-            done.append(f"{name}{step}")
-            yield
-
-    return make_steps
-
-
-def test_jobs_that_may_pass_run_before_long_jobs_and_the_rest_wait_for_them() -> None:
-    jobs, done, go = DiskJobs(max_weight=10), [], threading.Event()
-    jobs.submit(go.wait)  # the thread busy while the queue below is built
-    jobs.submit_steps(_steps("a", 2, done))
-    jobs.submit_steps(_steps("b", 2, done))
-    jobs.submit(lambda: done.append("rows"), passes=True)
-    jobs.submit(lambda: done.append("audit"))  # may not pass: it, and what is behind it, wait
-    jobs.submit(lambda: done.append("more rows"), passes=True)
-    go.set()
-    assert jobs.drain()
-    assert done == ["rows", "a0", "a1", "b0", "b1", "audit", "more rows"]
-    jobs.close()
-
-
-def test_a_long_job_still_gets_its_steps_while_jobs_that_may_pass_keep_coming() -> None:
-    jobs, done, go = DiskJobs(max_weight=1000), [], threading.Event()
-    jobs.submit_steps(_steps("long", 3, done, first_step_waits=go))
-    for number in range(40):  # 2 s of row writes, queued behind it at once
-        jobs.submit(lambda number=number: (time.sleep(0.05), done.append(f"rows{number}")), passes=True)
-    go.set()
-    assert jobs.drain()
-    # A step at least every STEP_AT_LEAST_EVERY_S (0.25 s): the long job is done within about
-    # 0.5 s, long before the last row write, not starved until they are all done.
-    assert done.index("long2") < done.index("rows29")
-    assert done.index("long1") > done.index("rows0")  # and the row writes did pass it
-    jobs.close()
-
-
-def test_a_long_job_whose_step_fails_halts_the_queue_and_starts_over_on_retry() -> None:
-    jobs, done, starts = DiskJobs(max_weight=10), [], []
-
-    def make_steps():
-        starts.append(1)
-        done.append("step0")
-        yield
-        if len(starts) == 1:
-            raise OSError(28, "No space left on device")
-        done.append("step1")
-
-    jobs.submit_steps(make_steps)
-    jobs.submit(lambda: done.append("behind"))
-    assert not jobs.drain() and jobs.halted
-    assert done == ["step0"]
-    assert isinstance(jobs.take_error(), OSError)
-    assert jobs.drain()
-    assert done == ["step0", "step0", "step1", "behind"] and len(starts) == 2
-    jobs.close()
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the "kill -9"
-def test_rows_and_the_checkpoint_pass_a_long_audit_copy_and_recovery_rewrites_the_trail(
-    home: Path, monkeypatch
-) -> None:
-    """A running run's audit trail is copied in steps; the rows and the checkpoint queued
-    behind it are written between them. Killed mid-copy, the checkpoint is ahead of the trail:
-    recovery writes the trail again, with every stage."""
+def test_a_checkpoint_ahead_of_a_running_runs_head_and_recovery_writes_the_head_again(home: Path, monkeypatch) -> None:
+    """A running run's head is rewritten at most every REWRITE_INTERVAL_S, the checkpoint on
+    its own schedule: killed when the checkpoint covers stages the head does not count yet,
+    recovery writes the head of every run the checkpoint holds, and the trail has them all."""
     daemon = _daemon(home)
     _ingest(daemon, range(1, 201))
     daemon.flush(final=True)
     assert daemon.writer.drain()
-    copying, copied, killed = threading.Event(), threading.Event(), threading.Event()
-    original = Store.audit_document_steps
-
-    def slow_copy(store, document, ended_bytes):  # 1 KB steps of 50 ms: about 8 s for 400 stages
-        for step in original(store, document, ended_bytes):
-            if killed.is_set():
-                raise SystemExit("kill -9")  # the disk thread ends here, mid-copy
-            copying.set()
-            time.sleep(0.05)
-            yield step
-        copied.set()
-
-    monkeypatch.setattr(_store, "COPY_STEP_BYTES", 1024)
-    monkeypatch.setattr(Store, "audit_document_steps", slow_copy)
-    monkeypatch.setattr(daemon.writer._throttle, "due", lambda key, now: True)
-    _ingest(daemon, range(201, 401))
+    monkeypatch.setattr(daemon.writer._throttle, "due", lambda key, now: key == "checkpoint")
+    _ingest(daemon, range(201, 601))
     daemon.writer.flush(daemon.projector, checkpoint=True)
-    assert copying.wait(10)
-    _ingest(daemon, range(401, 601))
-    daemon.writer.flush(daemon.projector, checkpoint=True)  # lines, rows, a checkpoint: they pass it
-
-    deadline = time.monotonic() + 5
-    while _checkpoint_lsn(home) < daemon.log.end_lsn and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert daemon.writer.drain()
     assert _checkpoint_lsn(home) == daemon.log.end_lsn
-    assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 601))
-    assert not copied.is_set()  # all that while the copy went on
-    assert len(json.loads(Home(home).audit(RUN_ID).read_text())["stages"]) == 200
-    killed.set()
-    daemon.writer.jobs._thread.join(10)
+    assert len(load_audit(home, RUN_ID)["stages"]) == 200  # the head still says 200
     _crash(daemon)
     monkeypatch.undo()
     recovered = _daemon(home)  # nothing to replay: the checkpoint covers the whole log
     assert recovered.stats.replayed == 0
     assert recovered.writer.drain()
-    audit = json.loads(Home(home).audit(RUN_ID).read_text())
-    assert sorted(stage["span"] for stage in audit["stages"]) == list(range(1, 601))
+    audit = load_audit(home, RUN_ID)
+    assert [stage["span"] for stage in audit["stages"]] == list(range(1, 601))
     recovered.release()
 
 
@@ -250,7 +162,7 @@ def test_a_run_whose_audit_trail_cannot_be_written_costs_only_its_trail(home: Pa
     audit.rmdir()  # put right: the run's next change writes its trail again
     _ingest(daemon, range(31, 41))
     daemon.flush(final=True)
-    assert sorted(stage["span"] for stage in json.loads(audit.read_text())["stages"]) == list(range(1, 41))
+    assert sorted(stage["span"] for stage in load_audit(home, RUN_ID)["stages"]) == list(range(1, 41))
     daemon.release()
 
 
@@ -265,8 +177,9 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)
     assert not daemon.writer.jobs.halted
-    audit = json.loads(Home(home).audit(RUN_ID).read_text())
+    audit = load_audit(home, RUN_ID)
     assert [stage["span"] for stage in audit["stages"]] == list(range(11, 21))
+    assert not any("damaged" in problem for problem in audit["problems"])
     lines = Home(home).stage_lines(RUN_ID).read_text().splitlines()
     assert [json.loads(line)["span"] for line in lines] == list(range(11, 21))
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
@@ -281,8 +194,9 @@ def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Pat
     lines.rmdir()  # put right: the file goes on at its offsets, the lost stages as spaces
     _ingest(daemon, range(21, 31))
     daemon.flush(final=True)
-    audit = json.loads(Home(home).audit(RUN_ID).read_text())
+    audit = load_audit(home, RUN_ID)
     assert [stage["span"] for stage in audit["stages"]] == list(range(21, 31))
+    assert not any("damaged" in problem for problem in audit["problems"])
     daemon.release()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 import uuid
 from types import SimpleNamespace
@@ -15,8 +14,9 @@ from hypothesis import strategies as st
 from stagewatch._home import Home
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, ended_add, ended_has
+from stagewatch.daemon._readmodels import audit_json_chunks, load_audit
 from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import STAGE_EXECUTIONS, AuditDocument, Store, _copy_lines_as_items
+from stagewatch.daemon._store import STAGE_EXECUTIONS, Store
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -153,8 +153,7 @@ def test_a_loss_is_withdrawn_also_for_a_run_reopened_from_its_audit_trail() -> N
     """Past the grace period a crashed run is forgotten but for its audit trail; the client's
     next event reopens it from there (`ReadModelWriter.reopen`), and the crash is still provisional."""
     events = [*history()[:4], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
-    document = AuditDocument.of(fold(events).runs[RUN])
-    audit = json.loads(document.head + document.running + b"]}")
+    audit = json.loads(fold(events).runs[RUN].audit_head(0, 0))
     projector = Projector()
     projector.reopen(RunState.from_state(audit))
     projector.apply(finished(9, 2), 10)
@@ -259,28 +258,24 @@ def test_redelivery_through_the_deduplicator_changes_nothing(redelivered: list[i
 @pytest.mark.parametrize("running", [0, 1, 2])
 @pytest.mark.parametrize("ended", [0, 1, 3])
 def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, ended: int, running: int) -> None:
-    """audit.json is spliced from stages.jsonl a chunk at a time: valid JSON whatever is ended or running."""
+    """audit.json is the head alone (each stage is on disk once: its line in stages.jsonl);
+    load_audit assembles the trail, whole, paged, or streamed as one JSON document."""
     store, run = Store(Home(tmp_path)), RunState(RUN)
     entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(ended)]
     written = store.append_stage_lines(RUN, 0, entries)
+    store.append_stage_lines(RUN, written, [{"stage": "s", "span": 99}])  # past what the head accounts for
     run.open = {f"c:{span}": {"stage": "open", "span": span} for span in range(running)}
     store.write_audit(run, written)
-    stages = json.loads(Home(tmp_path).audit(RUN).read_text())["stages"]
-    assert stages == entries + list(run.open.values())
-
-
-def test_lines_are_copied_as_items_across_chunk_boundaries_pausing_between_steps() -> None:
-    lines = b"".join(b'{"n":%d}\n' % n for n in range(50))
-    document = io.BytesIO()
-    copy = _copy_lines_as_items(io.BytesIO(lines), len(lines), document, chunk=7, step=70)
-    pauses = 0
-    with pytest.raises(StopIteration) as done:
-        while True:
-            next(copy)
-            pauses += 1
-    assert done.value.value is True  # it ends with a comma
-    assert pauses == (len(lines) - 1) // 70  # a pause per 70 bytes copied, none after the last
-    assert json.loads(b"[" + document.getvalue()[:-1] + b"]") == [{"n": n} for n in range(50)]
+    head = json.loads(Home(tmp_path).audit(RUN).read_text())
+    assert "stages" not in head and head["stages_bytes"] == written
+    every = entries + list(run.open.values())
+    assert load_audit(tmp_path, RUN)["stages"] == every
+    whole = json.loads(b"".join(audit_json_chunks(tmp_path, RUN)))
+    assert whole["stages"] == every and whole["schema"] == "stagewatch.audit/1"
+    for offset in range(len(every) + 1):
+        page = load_audit(tmp_path, RUN, offset=offset, limit=2)
+        assert page["stages"] == every[offset : offset + 2]
+        assert page["stages_page"] == {"offset": offset, "limit": 2, "total": len(every)}
 
 
 @settings(max_examples=200, deadline=None)

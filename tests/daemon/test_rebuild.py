@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import stagewatch
-from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
 from tests.conftest import DaemonProcess, run_python, wait_for
 
 
@@ -19,8 +19,10 @@ def _read_models(home: Path) -> dict:
     for name in ("stage_executions", "runs"):
         rows = to_rows(read_table(home, name).drop(["date"]))
         tables[name] = sorted(rows, key=lambda r: (r["run_id"], r.get("client_id") or "", r.get("span") or 0))
-    audits = {p.parent.name: json.loads(p.read_text()) for p in home.glob("runs/*/audit.json")}
-    return {"tables": tables, "audits": audits}
+    # Each run's trail whole (its head and its stage lines, assembled), and the files themselves.
+    audits = {p.parent.name: load_audit(home, p.parent.name) for p in home.glob("runs/*/audit.json")}
+    files = {str(p.relative_to(home)): p.read_bytes() for p in home.glob("runs/*/*") if p.suffix in {".json", ".jsonl"}}
+    return {"tables": tables, "audits": audits, "files": files}
 
 
 def test_rebuild_equals_what_the_live_daemon_produced(daemon: DaemonProcess) -> None:
@@ -47,6 +49,7 @@ with run.stage("detection"):
     assert daemon.audit(crashed_run, timeout_s=30)["status"] == "crashed"
     assert daemon.stop() == 0
     live = _read_models(daemon.home)
+    assert len(live["audits"][run.id]["stages"]) == 301 and not live["audits"][run.id]["problems"]
 
     result = subprocess.run(
         [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home), "--json"],

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from stagewatch.daemon._readmodels import audit_json_chunks, load_audit
 from tests.conftest import DaemonProcess, wait_for
 from tests.faults.conftest import fill_disk
 from tests.faults.tally import LONG, run_id_of, start_pipeline, tally
@@ -63,6 +64,15 @@ def test_kill_9_of_the_daemon_during_a_stream_loses_and_duplicates_nothing(daemo
         daemon, daemon.home, run_id, stages, result, f"kill -9 daemon x{kills}", median_restart_s=median_restart_s
     )
     assert counts.in_log == counts.in_read_model == stages
+    _trail_holds_each_stage_once(daemon.home, run_id, stages)
+
+
+def _trail_holds_each_stage_once(home: Path, run_id: str, stages: int) -> None:
+    """The run's trail (head + stages.jsonl), assembled and streamed, lists every stage once."""
+    trail = load_audit(home, run_id)
+    assert not trail["problems"] and trail["counts"]["stages"] == stages
+    assert len({(stage["client_id"], stage["span"]) for stage in trail["stages"]}) == len(trail["stages"]) == stages
+    assert json.loads(b"".join(audit_json_chunks(home, run_id)))["stages"] == trail["stages"]
 
 
 def test_no_daemon_for_the_whole_run_then_a_daemon_starts(home: Path) -> None:

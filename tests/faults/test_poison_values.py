@@ -18,7 +18,7 @@ from stagewatch import _protocol as protocol
 from stagewatch._home import Home
 from stagewatch._protocol import pack_batch, pack_event
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS
-from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
 from stagewatch.daemon._schema import validate_event
 from stagewatch.daemon._store import Store
 from tests.conftest import DaemonProcess, wait_for
@@ -239,7 +239,6 @@ def test_an_event_for_a_closed_and_evicted_run_is_applied_and_rebuild_agrees(hom
     from stagewatch.daemon._rebuild import rebuild
     from tests.daemon.test_rebuild import _read_models
 
-    layout = Home(home)
     daemon = _in_process_daemon(home, bind=False, finished_run_grace_s=0)
     run_id, client = str(uuid.uuid4()), "poisoner"
     start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
@@ -264,7 +263,7 @@ def test_an_event_for_a_closed_and_evicted_run_is_applied_and_rebuild_agrees(hom
     assert daemon.projector.late_events == 0
     daemon.flush(final=True)
     daemon.release()
-    audit = json.loads(layout.audit(run_id).read_text())
+    audit = load_audit(home, run_id)
     assert audit["counts"]["ok"] == 2 and audit["status"] == "ok" and len(audit["stages"]) == 2
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == [2, 4]
     live = _read_models(home)

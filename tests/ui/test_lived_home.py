@@ -142,6 +142,9 @@ def _run(page, lived: Lived) -> None:
     assert shown(page, f"no detections in s{FAILING_EVERY + 7}")
     # Not a point per execution: the browser would stall on the run's 100,000.
     assert shown(page, f"of {SAMPLES * len(STAGES):,} executions drawn")
+    # Its executions a page at a time, answered on the server: the failures first.
+    page.wait_for_selector(f"text=stage executions 1-25 of {SAMPLES * len(STAGES):,}")
+    assert set(_stage_cells(page, "executions", "status")) == {"failed"}
 
 
 def _performance(page, lived: Lived) -> None:

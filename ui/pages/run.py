@@ -19,10 +19,9 @@ from PIL import Image
 from stagewatch._home import ARTIFACT_FORM
 from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.daemon.groundtruth.diff import viridis
-from stagewatch.ui import _data, _format, _trends, _widgets
+from stagewatch.ui import _data, _format, _widgets
 
 THUMBNAILS = 12  # per stage and page view; the rest are listed
-DURATION_POINTS = 2_000  # per stage in the durations chart: past that, the slowest of each slice
 LIVE_REFRESH_MS = 2000
 
 
@@ -39,6 +38,16 @@ class RunPage:
         self.waterfall = pn.Column()
         self.preview = pn.Column()
         self.view_data: dict[str, Any] | None = None
+        self.order = pn.widgets.Select(name="Order", options=_data.EXECUTION_ORDER_CHOICES, value="failures")
+        self.executions = _widgets.PagedQuery(
+            "executions",
+            "stage executions",
+            {"order": self.order},
+            self._executions_page,
+            executions_display,
+            lambda: "No stage of this run has ended yet.",
+            turns=("◀ earlier", "later ▶"),
+        )
         self.run_id.param.watch(lambda _: self.show(), "value")
         self.sample.param.watch(lambda _: self._draw_waterfall(), "value")
         self.artifact.param.watch(lambda _: self.show_artifact(), "value")
@@ -59,7 +68,7 @@ class RunPage:
         """Redraw a run in progress when its audit trail moved (a redraw resets zoom and cards)."""
         if self.view_data is None or self.view_data["audit"].get("complete"):
             return
-        audit = _data.load_audit(self.home, self.view_data["audit"]["run_id"])
+        audit = _data.load_audit_head(self.home, self.view_data["audit"]["run_id"])
         if (audit.get("last_lsn"), audit.get("complete")) != (
             self.view_data["audit"].get("last_lsn"),
             self.view_data["audit"].get("complete"),
@@ -79,19 +88,25 @@ class RunPage:
             return
         data["colours"] = _format.stage_colours([*_data.facets(self.home)["stage"], *data["order"]])
         self.view_data = data
-        samples = list(dict.fromkeys(s for s in data["executions"]["sample_id"].dropna()))
-        failing = [e.get("sample_id") for e in data["errors"] if e.get("sample_id") in samples]
+        samples = data["samples"]  # those that failed first
         self.sample.options = samples
         if self.sample.value not in samples and samples:
-            self.sample.value = failing[0] if failing else samples[0]
+            self.sample.value = samples[0]
         self._draw_waterfall()
-        self.body.objects = sections(self.home, data, self.sample, self.waterfall)
+        self.executions.refresh()
+        executions = self.executions.layout([self.order])
+        self.body.objects = sections(self.home, data, self.sample, self.waterfall, executions)
 
     def _draw_waterfall(self) -> None:
         if self.view_data is not None:
-            self.waterfall.objects = [
-                waterfall(self.view_data["executions"], self.sample.value, self.view_data["colours"])
-            ]
+            run_id = self.view_data["audit"]["run_id"]
+            rows = _data.sample_frame(self.home, run_id, self.sample.value)
+            self.waterfall.objects = [waterfall(rows, self.sample.value, self.view_data["colours"])]
+
+    def _executions_page(self, offset: int, limit: int) -> _data.Page:
+        if self.view_data is None:
+            raise ValueError("Pick a run first.")
+        return _data.executions_of(self.home, self.view_data["audit"]["run_id"], self.order.value, offset, limit)
 
     def show_artifact(self) -> None:
         text = self.artifact.value.strip()
@@ -163,8 +178,10 @@ def _png(picture: np.ndarray) -> io.BytesIO:
     return out
 
 
-def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterfall_pane: pn.Column) -> list[Any]:
-    audit, stats, executions = data["audit"], data["stats"], data["executions"]
+def sections(
+    home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterfall_pane: pn.Column, executions: pn.Column
+) -> list[Any]:
+    audit, stats = data["audit"], data["stats"]
     shown: list[Any] = [header(audit)]
     skew = audit.get("clock_skew")
     if isinstance(skew, dict) and skew.get("message"):
@@ -173,8 +190,10 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
         if "has not finished" not in problem or audit.get("status") != "running":
             shown.append(pn.pane.Alert(f"Incomplete record: {problem}", alert_type="warning"))
     shown += [error_card(error) for error in data["errors"]]
-    if audit.get("errors_dropped"):
-        shown.append(pn.pane.Markdown(f"… and {audit['errors_dropped']} more errors (only the first are kept)."))
+    if data["errors_more"]:
+        shown.append(
+            pn.pane.Markdown(f"… and {data['errors_more']:,} more errors: the stage executions below list them all.")
+        )
     if stats.empty:
         shown.append(pn.pane.Markdown("No stage has ended in this run yet."))
         return shown
@@ -189,10 +208,12 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
             html_columns=("share of time",),
         ),
         pn.pane.Markdown("### Durations over the run"),
-        durations_chart(executions, data["order"], data["colours"]),
+        durations_chart(data["points"], data["executions"], data["order"], data["colours"]),
         pn.pane.Markdown("### One sample through the pipeline"),
         sample,
         waterfall_pane,
+        pn.pane.Markdown("### Stage executions"),
+        executions,
     ]
     accuracy = _data.accuracy_frame(data["accuracy"])
     if accuracy.empty:
@@ -291,16 +312,12 @@ def gpu_cell(peak: float, gpu: dict[str, Any] | None) -> str:
     return f"{_format.mb(peak)}{f' ({split})' if split else ''} · {', '.join(gpu['sources'])}"
 
 
-def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[str, str]) -> pn.Column:
+def durations_chart(points: pd.DataFrame, total: int, order: list[str], colours: dict[str, str]) -> pn.Column:
     """Each execution's duration against when it started in the run; hover names the sample.
-    A run of many executions draws, per stage, the slowest of each slice of the run and every
-    one that did not end ok (a browser given a point per execution of a long run stalls)."""
-    frame = executions.dropna(subset=["duration_ms"]).assign(sample=lambda f: f["sample_id"].fillna("-"))
-    total = len(frame)
-    ended_ok = frame["status"] == "ok"
-    frame = pd.concat(
-        [_trends.thin(frame[ended_ok], "duration_ms", DURATION_POINTS, time="start_ms"), frame[~ended_ok]]
-    )
+    `points` (`_data.run_view`, from SQL) holds, per stage, the slowest of each slice of the run
+    and the first executions that did not end ok: a browser given a point per execution of a
+    long run stalls. `total`: how many executions there are."""
+    frame = points.assign(sample=points["sample_id"].fillna("-"))
     overlay = hv.Overlay(
         [
             hv.Scatter(
@@ -314,11 +331,11 @@ def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[st
     )
     drawn = (
         []
-        if len(frame) == total
+        if len(frame) >= total
         else [
             pn.pane.Markdown(
                 f"{len(frame):,} of {total:,} executions drawn: per stage, the slowest of each "
-                f"{DURATION_POINTS:,}th of the run and every one that did not end ok.",
+                f"{_data.DURATION_SLICES:,}th of the run and the first {_data.FAILURES_DRAWN:,} that did not end ok.",
                 css_classes=["sw-durations-thinned"],
             )
         ]
@@ -326,9 +343,30 @@ def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[st
     return pn.Column(*drawn, pn.pane.HoloViews(chart, sizing_mode="stretch_width", name="durations"))
 
 
-def waterfall(executions: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
-    """The sample's stage spans on one time axis, one colour a stage, failures outlined red."""
-    rows = executions[executions["sample_id"] == sample]
+def executions_display(rows: pd.DataFrame) -> pd.DataFrame:
+    """A page of stage executions as people read it."""
+    if rows.empty:
+        return pd.DataFrame()
+    errors = [
+        f"{kind}: {message}" if kind else ""
+        for kind, message in zip(rows["error_type"], rows["error_message"], strict=True)
+    ]
+    return pd.DataFrame(
+        {
+            "started": [_format.exact(moment if pd.notna(moment) else None) for moment in rows["start_time"]],
+            "stage": rows["stage"],
+            "sample": rows["sample_id"].fillna("-"),
+            "status": rows["status"],
+            "duration": [_format.ms(value) for value in rows["duration_ms"]],
+            "CPU peak": [_format.mb(value) for value in rows["rss_peak_mb"]],
+            "error": errors,
+        }
+    )
+
+
+def waterfall(rows: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
+    """The sample's stage spans (`_data.sample_frame`) on one time axis, one colour a stage,
+    failures outlined red."""
     if rows.empty:
         return pn.pane.Markdown("No stage of this sample has ended.")
     rows = rows.assign(

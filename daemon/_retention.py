@@ -172,8 +172,16 @@ def apply_retention(
             "segments": [p.name for p in plan.segments],
             "segment_bytes": sum(_size(p) for p in plan.segments),
         }
+    hidden = _clear_hidden_folders(home)
     if not (plan.runs or plan.segments):
-        return {"dry_run": False, "runs": [], "run_bytes": 0, "parquet_rows": 0, "segments": [], "segment_bytes": 0}
+        return {
+            "dry_run": False,
+            "runs": [],
+            "run_bytes": hidden,
+            "parquet_rows": 0,
+            "segments": [],
+            "segment_bytes": 0,
+        }
     return {"dry_run": False, **remove(home, plan, progress)}
 
 
@@ -308,6 +316,17 @@ def remove(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[st
         "segments": [p.name for p in plan.segments],
         "segment_bytes": segment_bytes,
     }
+
+
+def _clear_hidden_folders(home: Path) -> int:
+    """Delete the run folders a removal hid (`.expired-<run>`) but was killed before deleting;
+    the bytes freed."""
+    runs = Home.of(home).runs
+    freed = 0
+    for hidden in runs.glob(".expired-*") if runs.is_dir() else ():
+        freed += _size(hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+    return freed
 
 
 def _remove_run_folder(home: Path, run_id: str) -> int:

@@ -35,7 +35,7 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError
 from loguru import logger
 
-from stagewatch._home import Home
+from stagewatch._home import PARTITION_PREFIX, Home
 
 DAEMON_APP = "stagewatch-daemon"  # the application transaction of the daemon's rows
 ACCURACY_APP = "stagewatch-accuracy"  # and of the accuracy worker's (samples)
@@ -88,7 +88,7 @@ def has_log(folder: Path) -> bool:
 
 def old_layout(folder: Path) -> bool:
     """Parquet parts of the layout before Delta tables, and no Delta log."""
-    return not has_log(folder) and folder.is_dir() and next(folder.glob("date=*/*.parquet"), None) is not None
+    return not has_log(folder) and next(folder.glob(f"{PARTITION_PREFIX}*/*.parquet"), None) is not None
 
 
 def first_line(error: BaseException) -> str:
@@ -224,7 +224,7 @@ class _Cache:
             try:
                 delta = self._fresh(folder)
                 filters = None if dates is None else [(PARTITION_COLUMN, "in", list(dates))]
-                return sorted(delta.file_uris(filters))
+                return sorted(delta.file_uris(file_pruning_predicate=filters))
             except DAMAGE as error:
                 self._tables.pop(key, None)
                 raise DamagedTable(table, first_line(error)) from None

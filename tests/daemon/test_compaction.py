@@ -4,7 +4,6 @@ of a compaction, damaged data files; rows are neither lost nor doubled."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -338,15 +337,3 @@ def test_a_damaged_data_file_is_skipped_with_a_warning_naming_it_and_rebuild(hom
         warnings.simplefilter("always")
         assert read_table(home, "stage_executions").num_rows == 20
     assert any(damaged in str(warning.message) for warning in caught)
-
-
-def test_the_daemon_applies_the_table_options_zstd_and_few_dictionaries(home: Path) -> None:
-    import pyarrow.parquet as pq
-
-    _small_files(home, 1)
-    metadata = pq.read_metadata(snapshot_files(home, "stage_executions")[0])
-    columns = {metadata.schema.column(i).name: metadata.row_group(0).column(i) for i in range(metadata.num_columns)}
-    assert all(column.compression == "ZSTD" for column in columns.values())
-    assert "RLE_DICTIONARY" in columns["pipeline"].encodings
-    assert "RLE_DICTIONARY" not in columns["duration_ms"].encodings
-    assert os.path.basename(snapshot_files(home, "stage_executions")[0]).endswith(".parquet")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -86,9 +87,16 @@ def has_log(folder: Path) -> bool:
     return (folder / "_delta_log").is_dir()
 
 
+# A part of the layout before Delta tables: named by its first lsn (merged: first-last). Not the
+# name of a data file delta-rs writes, which a first commit writes before it makes the log.
+OLD_PART = re.compile(r"part-\d{20}(-\d{20})?\.parquet")
+
+
 def old_layout(folder: Path) -> bool:
     """Parquet parts of the layout before Delta tables, and no Delta log."""
-    return not has_log(folder) and next(folder.glob(f"{PARTITION_PREFIX}*/*.parquet"), None) is not None
+    if has_log(folder):
+        return False
+    return any(OLD_PART.fullmatch(path.name) for path in folder.glob(f"{PARTITION_PREFIX}*/part-*.parquet"))
 
 
 def first_line(error: BaseException) -> str:

@@ -210,7 +210,6 @@ class Home:
         table's, only its Delta log says)."""
         return sorted(self.table(table).glob(f"{PARTITION_PREFIX}*"))
 
-
     # -- endpoints -----------------------------------------------------------------------
     @property
     def ingest_endpoint(self) -> str:

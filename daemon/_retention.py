@@ -35,6 +35,8 @@ from stagewatch.daemon._tables import delete, sql_strings
 
 # The runs table last: while a removed run's row is there, the next pass removes it again.
 TABLES_IN_REMOVAL_ORDER = ("stage_executions", "logs", "samples", "runs")
+# Runs per delete: a predicate naming a day's worth of expired runs at once stays a size SQL parses quickly.
+DELETE_BATCH_RUNS = 1_000
 
 Progress = Callable[[int, int], object]
 
@@ -296,9 +298,9 @@ def remove(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[st
     total = (len(TABLES_IN_REMOVAL_ORDER) if plan.runs else 0) + len(plan.runs) + len(plan.segments)
     rows = 0
     if plan.runs:
-        predicate = f"run_id IN ({sql_strings(plan.runs)})"
+        batches = [plan.runs[i : i + DELETE_BATCH_RUNS] for i in range(0, len(plan.runs), DELETE_BATCH_RUNS)]
         for table in TABLES_IN_REMOVAL_ORDER:
-            rows += delete(home, table, predicate)
+            rows += sum(delete(home, table, f"run_id IN ({sql_strings(batch)})") for batch in batches)
             progress(next(steps), total)
     run_bytes = 0
     for run_id in plan.runs:

@@ -1,6 +1,6 @@
 """The read models' disk writes, in order, on one thread beside the ingest loop.
 
-Why a thread: a flush's writes (a Parquet part with its fsync, a long run's audit trail
+Why a thread: a flush's writes (a table commit, a long run's audit trail
 copied whole, the checkpoint with its fsync) held the one ingest loop for 15-370 ms at
 20,000 events/s, and every batch that arrived meanwhile waited for its acknowledgement.
 The loop now encodes what to write (the state it reads is its own) and hands the bytes or
@@ -13,18 +13,17 @@ once it has reported the error (`take_error`). Memory stays bounded: `submit` wa
 the queued jobs weigh more than `max_weight` (rows, for row jobs).
 
 Long jobs give way. A running run's audit trail copied whole (300 MB for a million stages)
-or a pass of Parquet merges held the thread for up to a second; the row writes queued behind
+held the thread for up to a second; the row writes queued behind
 them reached `max_weight` and the loop stopped acknowledging. Such a job is queued as steps
 (`submit_steps`: a generator, each `next` a short step), and a job submitted with
-`passes=True` (row parts, stage lines, the checkpoint: none of them reads what a long job
+`passes=True` (row commits, stage lines, the checkpoint: none of them reads what a long job
 writes, and a long job reads nothing they write: see its submitter) runs before the long
 jobs queued ahead of it, between their steps. A job that may not pass (one written at once,
 like a finished run's audit trail) stops the passing: it and what is behind it wait for
 everything ahead of it, as before, so order holds wherever it matters.
 
-Even in steps, a pass of Parquet merges kept the queue waiting (one swap of a higher tier's
-group is a single step of up to 1.5 s): a pass runs on a thread of its own (`PassThread`),
-started by a job of the queue once the checkpoint queued before it is on disk.
+Maintenance passes (compaction, vacuum of the Delta tables) are not in the queue: they run on
+a thread of their own (`PassThread`), their commits rebasing over the queue's.
 """
 
 from __future__ import annotations
@@ -168,10 +167,9 @@ _DONE = object()
 
 class PassThread:
     """Long maintenance passes beside the disk queue, one at a time, each on a thread of its
-    own: a pass of tier merges reads, sorts and writes Parquet, which release the GIL, so it
-    takes the other core instead of the disk thread's turns. As a job in the queue, one swap
-    of a higher tier's group under a 3M-event flood took 1.5 s, and the row writes queued
-    behind it filled the queue: the loop stopped acknowledging for 0.74 s."""
+    own: a compaction reads and writes Parquet in delta-rs, which releases the GIL, so it
+    takes the other core instead of the disk thread's turns (as a job in the queue, a pass of
+    the merges it replaced held the row writes behind it and the loop stopped acknowledging)."""
 
     def __init__(self, name: str) -> None:
         self.name = name

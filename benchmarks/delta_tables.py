@@ -148,13 +148,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    rows = []
+    header = ["measure", "value"]
     with tempfile.TemporaryDirectory() as folder:
-        rows += commit_costs(Path(folder) / "a")
-        rows += listing_costs(Path(folder) / "b")
-        rows += storage(Path(folder) / "c")
-    rows += visible_latency(args.rate, args.seconds)
-    print_table(["measure", "value"], rows)
+        print_table("Commits", header, commit_costs(Path(folder) / "a"))
+        print_table("Listing a snapshot", header, listing_costs(Path(folder) / "b"))
+        print_table("Storage", header, storage(Path(folder) / "c"))
+    print_table("Visible in the table", header, visible_latency(args.rate, args.seconds))
 
 
 if __name__ == "__main__":

@@ -188,9 +188,9 @@ class Daemon:
         try:
             self.recover()
             gc.freeze()
-            self.ingest.bind()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT):  # before the socket exists: a stop asked then is heard
                 signal.signal(signum, lambda *_: self.stop())
+            self.ingest.bind()
             self.ingest.ingest_spools()
             self.worker.start()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home.root, self.settings.endpoint)

@@ -8,9 +8,9 @@ truth, and every replay of it (a rebuild, a restart past the checkpoint) drops t
 retention did, whatever the clock or the policy is then. What a replay wrote of a recorded run
 again (rows, a folder) is removed by the next pass or by the rebuild itself (`remove_recorded`).
 Every step of a removal is idempotent and atomic (a Delta delete is one commit; a run folder is
-renamed out of sight before it is deleted), and the runs table's row goes after the other
-tables' rows and before the folder: a kill at any point leaves the run in the runs table or its
-folder in place, so the next pass (`left_by_replay`) finishes the job.
+renamed out of sight before it is deleted), and the runs table's row goes last, after the other
+tables' rows and the folder: a kill at any point leaves the run in the runs table, so the next
+pass selects it again and finishes the job (a hidden folder left behind is cleared by any pass).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from stagewatch.daemon._derived import DAEMON_CHECKPOINT, peek
 from stagewatch.daemon._tables import delete, sql_strings
 
 # The runs table last: while a removed run's row is there, the next pass removes it again.
-TABLES_IN_REMOVAL_ORDER = ("stage_executions", "logs", "samples", "runs")
+TABLES_IN_REMOVAL_ORDER = ("stage_executions", "logs", "samples", "runs")  # the run folders just before "runs"
 # Runs per delete: a predicate naming a day's worth of expired runs at once stays a size SQL parses quickly.
 DELETE_BATCH_RUNS = 1_000
 
@@ -296,15 +296,14 @@ def remove(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[st
     that held the rows go at the next vacuum (readers may still be on a snapshot with them)."""
     steps = itertools.count(1)
     total = (len(TABLES_IN_REMOVAL_ORDER) if plan.runs else 0) + len(plan.runs) + len(plan.segments)
-    rows = 0
-    if plan.runs:
-        batches = [plan.runs[i : i + DELETE_BATCH_RUNS] for i in range(0, len(plan.runs), DELETE_BATCH_RUNS)]
-        for table in TABLES_IN_REMOVAL_ORDER:
-            rows += sum(delete(home, table, f"run_id IN ({sql_strings(batch)})") for batch in batches)
-            progress(next(steps), total)
-    run_bytes = 0
-    for run_id in plan.runs:
-        run_bytes += _remove_run_folder(home, run_id)
+    batches = [plan.runs[i : i + DELETE_BATCH_RUNS] for i in range(0, len(plan.runs), DELETE_BATCH_RUNS)]
+    rows, run_bytes = 0, 0
+    for table in TABLES_IN_REMOVAL_ORDER:
+        if table == "runs":  # the folders before the runs table's rows: while a row is left, a pass redoes it all
+            for run_id in plan.runs:
+                run_bytes += _remove_run_folder(home, run_id)
+                progress(next(steps), total)
+        rows += sum(delete(home, table, f"run_id IN ({sql_strings(batch)})") for batch in batches)
         progress(next(steps), total)
     segment_bytes = 0
     for path in plan.segments:

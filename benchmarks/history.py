@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,10 @@ from stagewatch.daemon import (
     query_stages,
     query_stats,
 )
-from stagewatch.daemon._compaction import carry_out, compact, tier_plan
 from stagewatch.daemon._ingest import Group
 from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
+from stagewatch.daemon._store import TABLES, table_writer_properties
+from stagewatch.daemon._tables import compact, snapshot_files
 from stagewatch.ui._data import logs_page, runs_page
 
 STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("postprocessing", 6.0))
@@ -116,15 +116,15 @@ def build(home: Path, runs: int) -> tuple[list[str], float]:
                 daemon.flush()
     daemon.ingest.commit(group)
     daemon.flush(final=True)
-    compact(home, datetime.now(UTC) + timedelta(days=3))  # as the daemon does over time
+    _compact_all(home)  # as the daemon does over time
     elapsed = time.perf_counter() - started
     _closed(daemon)
     return run_ids, elapsed
 
 
 def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
-    """Today's partition after an hour of one flush a second: a part per flush and table,
-    as the daemon wrote them before tier merging (the reference), then merged by tier."""
+    """Today's partition after an hour of one flush a second: a file per commit and table
+    (the reference), then compacted as the daemon does."""
     home = Path(tempfile.mkdtemp(prefix="sw-busy-", dir="/tmp")) / "home"
     try:
         daemon, run_ids, group = _opened(home), [], Group()
@@ -140,8 +140,7 @@ def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
         target = run_ids[len(run_ids) // 2]
         parts_before = _parts(home)
         unmerged_ms = median_ms(lambda: _by_id(home, target))
-        while plan := tier_plan(home):  # as the daemon's passes do, to the end
-            carry_out(home, plan)
+        _compact_all(home)  # as the daemon's passes do
         merged_ms = median_ms(lambda: _by_id(home, target))
         return [
             [
@@ -156,8 +155,13 @@ def busy_hour(runs: int, runs_per_flush: int) -> list[list[str]]:
         shutil.rmtree(home.parent, ignore_errors=True)
 
 
+def _compact_all(home: Path) -> None:
+    for table in TABLES:
+        compact(home, table, table_writer_properties(table))
+
+
 def _parts(home: Path) -> int:
-    return sum(1 for _ in (home / "metrics").glob("*/date=*/*.parquet"))
+    return sum(len(snapshot_files(home, table)) for table in TABLES)
 
 
 def _by_id(home: Path, run_id: str) -> tuple:

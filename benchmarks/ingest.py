@@ -5,7 +5,7 @@
 Ours: a producer process sends stage_finished events in the client's wire format
 (batches of 1,000, a window of batches in flight, each acknowledged only after the group
 fsync) to a `stagewatch daemon` subprocess; the clock stops when the daemon reports
-every event accepted and every one projected into the stage_executions Parquet table.
+every event accepted and every one visible in the stage_executions Delta table (committed).
 Reference: raw PUSH/PULL with msgpack over ipc between two processes on the same
 machine, one event per message and 100 per message, with no validation or disk.
 
@@ -124,8 +124,6 @@ def produce(
 
 
 def measure_daemon(events: int, dataset: str | None = None, results: list | None = None, worker: bool = True) -> float:
-    import pyarrow.dataset as ds
-
     env = {"STAGEWATCH_DAEMON_ACCURACY_WORKER": "true" if worker else "false"}
     with running_daemon(env=env) as home:
         context = mp.get_context("spawn")
@@ -139,15 +137,14 @@ def measure_daemon(events: int, dataset: str | None = None, results: list | None
         go.set()
         producer.join()
         acked = time.perf_counter()
-        folder = home / "metrics" / "stage_executions"
         deadline = time.monotonic() + 600
         expected = events if dataset is None else events - 1 - events // 4  # minus run_started and results
-        while not folder.exists() or ds.dataset(folder, format="parquet").count_rows() < expected:
+        while _visible(home, "stage_executions") < expected:
             if time.monotonic() > deadline:
                 raise RuntimeError("the daemon did not project every event within 600 s")
             time.sleep(0.02)
         projected = time.perf_counter()
-        rows = ds.dataset(folder, format="parquet").count_rows()
+        rows = _visible(home, "stage_executions")
         if dataset is not None and worker:
             _wait_for_samples(home, events // 4, start)
     assert rows == expected, f"expected {expected} rows, got {rows}"
@@ -155,11 +152,19 @@ def measure_daemon(events: int, dataset: str | None = None, results: list | None
     return events / (projected - start)
 
 
-def _wait_for_samples(home, count: int, start: float) -> None:
+def _visible(home, table: str) -> int:
+    """Rows of the table's current Delta snapshot (what every reader sees)."""
     import pyarrow.dataset as ds
 
-    folder, deadline = home / "metrics" / "samples", time.monotonic() + 900
-    while not folder.exists() or ds.dataset(folder, format="parquet", partitioning="hive").count_rows() < count:
+    from stagewatch.daemon._tables import snapshot_files
+
+    files = snapshot_files(home, table)
+    return ds.dataset(files, format="parquet").count_rows() if files else 0
+
+
+def _wait_for_samples(home, count: int, start: float) -> None:
+    deadline = time.monotonic() + 900
+    while _visible(home, "samples") < count:
         if time.monotonic() > deadline:
             raise RuntimeError("the accuracy worker did not judge every result within 900 s")
         time.sleep(0.1)

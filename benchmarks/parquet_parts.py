@@ -1,4 +1,4 @@
-"""How a metrics part is written: our options (`_store.parquet_options`: zstd, dictionary
+"""How a table's data file is written: our options (`_store.table_writer_properties`: zstd, dictionary
 encoding only for the columns of few values) against pyarrow's defaults (zstd, every column
 dictionary-encoded), on the same stage_executions rows.
 
@@ -31,7 +31,13 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 
-from stagewatch.daemon._store import STAGE_EXECUTIONS, parquet_options
+from stagewatch.daemon._store import DICTIONARY_COLUMNS, STAGE_EXECUTIONS
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """Our encoding choice (`_store.table_writer_properties`, for delta-rs) as pyarrow options."""
+    return {"compression": "zstd", "use_dictionary": [name for name in schema.names if name in DICTIONARY_COLUMNS]}
+
 
 STAGES = ("load", "preprocessing", "detection", "segmentation", "postprocessing")
 

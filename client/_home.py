@@ -8,7 +8,7 @@ daemon started in the same environment find each other with no configuration at 
     events/                                   event log segments
     runs/{run_id}/audit.json                  the run's audit trail (+ stages.jsonl, accuracy.json)
     runs/{run_id}/stages/{stage}/{file}       saved stage outputs
-    metrics/{table}/date=YYYY-MM-DD/*.parquet the tables
+    metrics/{table}/_delta_log, date=.../    the tables (Delta)
     index/, state/, logs/, quarantine/, spool/, run/ (sockets), keys/, datasets/
 """
 
@@ -89,9 +89,9 @@ class Home:
         return self.quarantine / "segments"
 
     @property
-    def quarantined_parts(self) -> Path:
-        """Damaged Parquet parts set aside, as quarantine/parts/{table}/date=D/{part}."""
-        return self.quarantine / "parts"
+    def quarantined_tables(self) -> Path:
+        """Tables set aside whole (a damaged Delta log, the layout of an earlier version)."""
+        return self.quarantine / "tables"
 
     @property
     def quarantined_state(self) -> Path:
@@ -160,10 +160,6 @@ class Home:
         return self.state / "scrub.json"
 
     @property
-    def gc_intent(self) -> Path:
-        return self.state / "gc-intent.json"
-
-    @property
     def accuracy_lock(self) -> Path:
         return self.state / "accuracy.lock"
 
@@ -210,16 +206,9 @@ class Home:
         return self.table(table) / f"{PARTITION_PREFIX}{date}"
 
     def partitions(self, table: str) -> list[Path]:
-        """The table's date partitions, oldest first (not the hidden folders of a merge)."""
+        """The table's date partition folders, oldest first (which of their files are the
+        table's, only its Delta log says)."""
         return sorted(self.table(table).glob(f"{PARTITION_PREFIX}*"))
-
-    def all_partitions(self) -> list[Path]:
-        """Every table's partitions."""
-        return sorted(self.metrics.glob(f"*/{PARTITION_PREFIX}*"))
-
-    def quarantined_part(self, part: Path) -> Path:
-        """Where a damaged part `metrics/{table}/date=D/{part}` is set aside."""
-        return self.quarantined_parts / part.parent.parent.name / part.parent.name / part.name
 
     # -- endpoints -----------------------------------------------------------------------
     @property

@@ -4,13 +4,15 @@ It runs beside the daemon (started and watched by it) so that evaluation never s
 ingestion: it tails the log's segments, folds run_started / sample_result / run_finished
 (and client_lost: a crashed run is finished too) into per-stage metrics (groundtruth.samples.StageAccuracy), and writes
 
-    metrics/samples/date=.../part-{lsn}.parquet   one row per judged sample
+    metrics/samples/ (a Delta table)              one row per judged sample
     runs/{run_id}/accuracy.json                   per-stage counts and metrics, rewritten live
     state/accuracy.msgpack                        its checkpoint
 
 and publishes [b"accuracy", json] on its own PUB socket (a UI subscriber connects to both
 feeds). On restart it replays the runs still open at its checkpoint without re-emitting the
-rows it already wrote. `stagewatch rebuild` and `stagewatch eval --run` use the same fold.
+rows it already wrote: each commit of samples carries the lsn of its last row's event (its own
+application transaction in the table, `ACCURACY_APP`), so rows up to it are not written again.
+`stagewatch rebuild` and `stagewatch eval --run` use the same fold.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from stagewatch.daemon._decode import Rejected, decode_event
 from stagewatch.daemon._derived import ACCURACY_CHECKPOINT, WORKER_FILES, load, repair
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._store import Store, atomic_write
+from stagewatch.daemon._tables import ACCURACY_APP, committed_lsn
 from stagewatch.daemon._throttle import CostThrottle
 from stagewatch.daemon.groundtruth.samples import StageAccuracy
 from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load_dataset
@@ -242,7 +245,7 @@ class AccuracyWorker:
         """`artifacts`: the home whose saved predictions are judged, when it is not `home`
         (a rebuild writes its read models beside the home's)."""
         self.home = home
-        self.store = Store(home, ACCURACY_CHECKPOINT)
+        self.store = Store(home, ACCURACY_CHECKPOINT, ACCURACY_APP)
         self.log = EventLog(Home.of(home).events)
         self.projection = AccuracyProjection(artifacts or home, dataset_roots=dataset_roots)
         self.live_endpoint = live_endpoint
@@ -251,18 +254,21 @@ class AccuracyWorker:
         self._started_at: dict[str, int] = {}  # open run → lsn of its run_started (replay from there)
         self._throttle = CostThrottle(min_interval_s=SUMMARY_INTERVAL_S)
         self.lsn = 0
+        self.committed = -1  # the lsn up to which `samples` holds this worker's rows
 
     def recover(self) -> None:
-        """Rebuild the state of the runs open at the checkpoint; emit rows only past it."""
+        """Rebuild the state of the runs open at the checkpoint; emit rows only past it and past
+        what the samples table holds (its rows are committed before the checkpoint is written,
+        and a kill between the two leaves rows past the checkpoint in the table)."""
         checkpoint = load(ACCURACY_CHECKPOINT, Home.of(self.home)) or {}  # damaged: set aside, judged again
         self.lsn = checkpoint.get("lsn", 0)
+        self.committed = committed_lsn(self.home, "samples", ACCURACY_APP)
         open_runs: dict[str, int] = checkpoint.get("open_runs", {})
-        self.store.drop_parts_from(self.lsn, ("samples",))
         start = min([self.lsn, *open_runs.values()])
         for lsn, payload in self.log.read(start):
             if lsn < self.lsn and not any(run_id.encode() in payload for run_id in open_runs):
                 continue
-            self._apply(lsn, payload, emit=lsn >= self.lsn)
+            self._apply(lsn, payload, emit=lsn >= self.lsn and lsn > self.committed)
         self.flush(final=True)
 
     def _apply(self, lsn: int, payload: bytes, emit: bool = True) -> None:

@@ -2,9 +2,10 @@
 
     ingest       (_ingest.py)      bind; decode → de-duplicate → log → fsync → acknowledge
     projection   (_projection.py)  the pure fold of events into run state and rows
-    writer       (_writer.py)      Parquet parts, audit trails, checkpoint, status.json
+    writer       (_writer.py)      table commits, audit trails, checkpoint, status.json
+    tables       (_tables.py)      the Delta tables: appends, deletes, compaction, snapshots
     disk thread  (_diskjobs.py)    the writer's writes, in order, beside the loop
-    maintenance  (_maintenance.py) liveness, disk, retention, compaction, merges, watchdog
+    maintenance  (_maintenance.py) liveness, disk, retention, compaction, vacuum, watchdog
     worker       (_worker.py)      the accuracy worker, a child process
 
 One loop: each turn ingests what the socket holds, then runs the periodic tasks that are
@@ -31,10 +32,10 @@ from stagewatch._gpu import host_gpu_problem
 from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, RUN_EXPIRED
 from stagewatch._records import ScanStats
-from stagewatch.daemon._compaction import finish_interrupted
 from stagewatch.daemon._decode import Rejected, decode_event
 from stagewatch.daemon._dedup import Deduplicator
 from stagewatch.daemon._derived import (
+    ACCURACY_CHECKPOINT,
     DAEMON_CHECKPOINT,
     DAEMON_FILES,
     DAMAGE_ERRORS,
@@ -54,6 +55,9 @@ from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._sdnotify import SystemdNotifier
 from stagewatch.daemon._settings import DiskSection, RetentionSection
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
+from stagewatch.daemon._store import DAEMON_TABLES, TABLES
+from stagewatch.daemon._tables import DAEMON_APP, committed_lsn, unusable_tables
+from stagewatch.daemon._tables import set_aside as set_table_aside
 from stagewatch.daemon._worker import WorkerProcess
 from stagewatch.daemon._writer import ReadModelWriter
 
@@ -62,13 +66,12 @@ POLL_MS = 100
 # Rows waiting for the next flush are queued for writing at once past this many. Memory: at
 # 50k events/s a second of ended stages held about 90 MB (benchmarks/flood.py's RSS). Latency:
 # encoding them holds the loop 4-7 us a row, so at 10,000 events/s a flush a second held it
-# 30-50 ms and ack p99 was 30-37 ms; in steps of 2,500 rows it is 11-12 ms (the parts this
-# adds are merged by size tier on the disk thread; benchmarks/ingest_costs.py).
+# 30-50 ms and ack p99 was 30-37 ms; in steps of 2,500 rows it is 11-12 ms (they are committed
+# together, `_writer.COMMIT_ROWS`; benchmarks/ingest_costs.py).
 MAX_PENDING_ROWS = 2_500
-# After a burst, the rows left pending are queued for writing once the loop has waited a poll
-# (POLL_MS) with nothing to do, rather than at the next periodic flush (up to a second later).
-# A trickle below this many rows waits for the periodic flush: a part file per quiet poll
-# would only make more small parts to merge.
+# After a burst, the rows left pending are encoded once the loop has waited a poll (POLL_MS)
+# with nothing to do, rather than at the next periodic flush; a trickle below this many rows
+# waits for the periodic flush.
 IDLE_FLUSH_ROWS = 500
 
 
@@ -93,9 +96,8 @@ class DaemonSettings:
     # A finished run stays in memory this long, so that events that come late (a worker's
     # spool, say) still reach its audit trail.
     finished_run_grace_s: float = 120.0
-    # How often a partition's small parts are merged by size tier (stagewatch.daemon._compaction).
-    # Merges run on the disk thread (the loop does not wait), so they can run often: at a steady
-    # 10,000 events/s for 90 s a partition held 100-173 parts with 30 s passes, 35-66 with 10 s ones.
+    # How often the tables' small files are compacted (a pass beside the loop; the partitions
+    # holding many small files only, `_tables.compact`), and old files vacuumed.
     merge_interval_s: float = 10.0
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
@@ -147,11 +149,7 @@ class Daemon:
             self.ingest,
             lambda: self.projector,
             lambda: self.writer.checkpoint_all(self.projector),
-            Background(
-                self.writer.in_background,
-                lambda job, what: self.writer.after_checkpoint(self.projector, job, what),
-                self.writer.store.parts_lock,
-            ),
+            Background(self.writer.in_background, self.writer.beside),
             self.disk,
             self.stats,
             write_error,
@@ -190,9 +188,9 @@ class Daemon:
         try:
             self.recover()
             gc.freeze()
-            self.ingest.bind()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT):  # before the socket exists: a stop asked then is heard
                 signal.signal(signum, lambda *_: self.stop())
+            self.ingest.bind()
             self.ingest.ingest_spools()
             self.worker.start()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home.root, self.settings.endpoint)
@@ -218,7 +216,7 @@ class Daemon:
         self.writer.flush(self.projector)
 
     def _close(self) -> None:
-        self.writer.stop_passes()  # a merge pass ends after its current swap: the next daemon merges the rest
+        self.writer.stop_passes()  # a compaction pass ends after its current table: the next daemon does the rest
         with contextlib.suppress(Exception):
             self.flush(final=True)
         self.writer.close()
@@ -239,9 +237,13 @@ class Daemon:
         report = self.log.open(set_aside=self.home.quarantined_segments)
         repair(DAEMON_FILES, self.home)  # damaged derived state: set aside, rebuilt from the log
         checkpoint = self._load_checkpoint()
+        if self._set_aside_unusable_tables() and checkpoint:
+            logger.warning("rebuilding the tables set aside: the event log is replayed from its start")
+            checkpoint = {}
+            self._restore(checkpoint)
         start_lsn = checkpoint.get("lsn", 0)
-        finish_interrupted(self.home)
-        dropped_parts = self.writer.store.drop_parts_from(start_lsn)
+        for table in DAEMON_TABLES:  # what each table holds already: its replayed rows are not written again
+            self.writer.committed_lsn[table] = committed_lsn(self.home, table, DAEMON_APP)
         run_index = self.writer.store.run_index
         if not run_index.complete:  # a new home, a rebuild, or data from before the index
             indexed = run_index.build_from_tables()
@@ -254,13 +256,25 @@ class Daemon:
             "replay_corrupt_regions": scan.corrupt_regions,
             "replay_corrupt_bytes": scan.corrupt_bytes,
             "replay_duplicates": self.stats.replay_duplicates,
-            "dropped_parts": dropped_parts,
+            "tables_committed_lsn": dict(self.writer.committed_lsn),
             "from_lsn": start_lsn,
         }
         if not report.clean or scan.corrupt_regions or self.stats.replay_duplicates:
             logger.warning("event log recovery: {}", self.stats.recovery)
         self.maintenance.track_open_clients()
         self.flush()
+
+    def _set_aside_unusable_tables(self) -> list[str]:
+        """Move the tables that cannot be used out of the way (a damaged Delta log; the plain
+        Parquet parts of an earlier version: the upgrade), to be rebuilt from the event log.
+        The accuracy worker's checkpoint goes with `samples`: it judges every run again."""
+        moved = []
+        for table, why in unusable_tables(self.home, TABLES):
+            set_table_aside(self.home, table, why)
+            moved.append(table)
+        if "samples" in moved:
+            ACCURACY_CHECKPOINT.path(self.home).unlink(missing_ok=True)
+        return moved
 
     def _load_checkpoint(self) -> dict[str, Any]:
         """Restore the state the checkpoint holds; one that fails to load (a wrong shape
@@ -325,7 +339,7 @@ class Daemon:
         tasks.every(1.0, self.worker.watch, first_in_s=1.0)
         tasks.every(settings.disk.check_interval_s, maintenance.check_disk)
         tasks.every(settings.retention.check_interval_s, maintenance.apply_retention)
-        tasks.every(settings.merge_interval_s, maintenance.merge_small_parts, first_in_s=settings.merge_interval_s)
+        tasks.every(settings.merge_interval_s, maintenance.compact_tables, first_in_s=settings.merge_interval_s)
         tasks.every(SCRUB_INTERVAL_S, maintenance.scrub, first_in_s=SCRUB_INTERVAL_S)
         if self.systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
             tasks.every(self.systemd.watchdog_interval_s, maintenance.alive)

@@ -110,17 +110,6 @@ def check_accuracy_checkpoint(state: Any, home: Home) -> None:
         _expect(isinstance(run_id, str) and is_run_id(run_id) and _is_count(lsn), "an open run is no (run id, lsn)")
 
 
-def check_gc_intent(intent: Any, home: Home) -> None:
-    """A removal to finish: only run ids and segments of this home's log (a hostile or stray
-    intent must not delete anything else)."""
-    _check_mapping(intent, {"runs": list, "segments": list}, ("runs", "segments"))
-    _expect(all(isinstance(r, str) and is_run_id(r) for r in intent["runs"]), "a run is no run id")
-    events = home.events.resolve()
-    for segment in intent["segments"]:
-        _expect(isinstance(segment, str), "a segment is no path")
-        _expect(Path(segment).parent.resolve() == events, f"{segment} is not in the event log")
-
-
 def check_scrub_record(found: Any, home: Home) -> None:
     _check_mapping(found, {"segments": dict, "parts": dict, "checked": dict, "last_segment": str})
     for name in ("segments", "parts"):
@@ -168,12 +157,6 @@ ACCURACY_CHECKPOINT = DerivedFile(
     _msgpack,
     check_accuracy_checkpoint,
 )
-GC_INTENT = DerivedFile(
-    lambda home: home.gc_intent,
-    "a removal it recorded is not finished; the next retention pass selects what has expired again",
-    _json,
-    check_gc_intent,
-)
 SCRUB_RECORD = DerivedFile(
     lambda home: home.scrub,
     "damage it recorded is found again by the next scrub (`stagewatch doctor --scrub`: now)",
@@ -192,7 +175,6 @@ DERIVED_FILES = (
     INDEX_FOLDER,
     DAEMON_CHECKPOINT,
     ACCURACY_CHECKPOINT,
-    GC_INTENT,
     SCRUB_RECORD,
     STATUS,
     ACCURACY_LOCK,
@@ -200,7 +182,7 @@ DERIVED_FILES = (
 )
 # What the daemon sets aside on start (under its lock; its checkpoint as it loads it, read once);
 # the accuracy worker owns its own two.
-DAEMON_FILES = (STATE_FOLDER, INDEX_FOLDER, GC_INTENT, SCRUB_RECORD, STATUS, RUN_INDEX)
+DAEMON_FILES = (STATE_FOLDER, INDEX_FOLDER, SCRUB_RECORD, STATUS, RUN_INDEX)
 WORKER_FILES = (ACCURACY_LOCK, ACCURACY_CHECKPOINT)
 FOLDERS = frozenset({STATE_FOLDER, INDEX_FOLDER, RUN_INDEX})
 

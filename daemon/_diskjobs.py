@@ -1,9 +1,9 @@
 """The read models' disk writes, in order, on one thread beside the ingest loop.
 
-Why a thread: a flush's writes (a Parquet part with its fsync, a long run's audit trail
-copied whole, as it once was, the checkpoint with its fsync) held the one ingest loop for
-15-370 ms at 20,000 events/s, and every batch that arrived meanwhile waited for its
-acknowledgement. The loop now encodes what to write (the state it reads is its own) and hands the bytes or
+Why a thread: a flush's writes (a table commit, a long run's audit trail
+copied whole, as it once was, the checkpoint with its fsync) held the one ingest loop for 15-370 ms at
+20,000 events/s, and every batch that arrived meanwhile waited for its acknowledgement.
+The loop now encodes what to write (the state it reads is its own) and hands the bytes or
 rows over; pyarrow, file copies and fsync release the GIL, so acknowledgements go on.
 
 Order is the contract: jobs run one at a time in the order submitted, so a checkpoint is
@@ -13,10 +13,10 @@ once it has reported the error (`take_error`). Memory stays bounded: `submit` wa
 the queued jobs weigh more than `max_weight` (rows, for row jobs).
 
 No job is long: a run's audit trail is written as its head (its ended stages stay in
-stages.jsonl, appended once), so nothing of a run's size is copied here. A pass of Parquet
-merges is long (one swap of a higher tier's group took up to 1.5 s): it runs on a thread of
-its own (`PassThread`), started by a job of the queue once the checkpoint queued before it is
-on disk.
+stages.jsonl, appended once), so nothing of a run's size is copied here.
+
+Maintenance passes (compaction, vacuum of the Delta tables) are not in the queue: they run on
+a thread of their own (`PassThread`), their commits rebasing over the queue's.
 """
 
 from __future__ import annotations
@@ -114,10 +114,9 @@ class DiskJobs:
 
 class PassThread:
     """Long maintenance passes beside the disk queue, one at a time, each on a thread of its
-    own: a pass of tier merges reads, sorts and writes Parquet, which release the GIL, so it
-    takes the other core instead of the disk thread's turns. As a job in the queue, one swap
-    of a higher tier's group under a 3M-event flood took 1.5 s, and the row writes queued
-    behind it filled the queue: the loop stopped acknowledging for 0.74 s."""
+    own: a compaction reads and writes Parquet in delta-rs, which releases the GIL, so it
+    takes the other core instead of the disk thread's turns (as a job in the queue, a pass of
+    the merges it replaced held the row writes behind it and the loop stopped acknowledging)."""
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -14,6 +14,8 @@ from stagewatch.daemon._derived import STATUS, damaged_in_place, peek, set_aside
 from stagewatch.daemon._disk import OK, disk_state, read_disk
 from stagewatch.daemon._scrub import load as load_scrub
 from stagewatch.daemon._settings import Config
+from stagewatch.daemon._store import TABLES
+from stagewatch.daemon._tables import damage_of_table
 
 STALE_STATUS_S = 30.0
 
@@ -65,7 +67,10 @@ def _scrub_check(home: Path) -> dict[str, Any]:
     damaged = [*found.get("segments", {}), *found.get("parts", {})]
     if damaged:
         shown = ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else "")
-        detail = f"damage found by scrubbing, remembered until repaired: {shown}; `stagewatch rebuild` rewrites parts"
+        detail = (
+            f"damage found by scrubbing, remembered until repaired: {shown}; `stagewatch rebuild` "
+            "rebuilds the tables from the event log"
+        )
         return _check("scrub", False, detail)
     checked = found.get("checked")
     if checked:
@@ -83,6 +88,27 @@ def _spool_check(home: Path, spools: list[Path]) -> dict[str, Any]:
             f"`stagewatch daemon --home {home}`",
         )
     return _check("spool", True, f"{len(spools)} spool file(s) waiting (clients still running or daemon catching up)")
+
+
+def _tables_check(layout: Home) -> dict[str, Any]:
+    """Each table's Delta log reads; tables the daemon set aside (a damaged log, an earlier
+    version's layout) are named until someone has looked and deleted them."""
+    problems = [
+        f"the {table} table cannot be read ({damage})" for table in TABLES if (damage := damage_of_table(layout, table))
+    ]
+    if problems:
+        problems.append(
+            "restart the daemon (it sets a damaged table aside and rebuilds it from the event log) "
+            "or run `stagewatch rebuild` (daemon stopped)"
+        )
+    folder = layout.quarantined_tables
+    aside = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+    if aside:
+        problems.append(
+            f"{len(aside)} table(s) set aside in {folder} and rebuilt from the event log: {', '.join(aside[:5])} "
+            "(the daemon's log says why); delete them to clear this"
+        )
+    return _check("tables", not problems, "; ".join(problems) or "every table's Delta log reads")
 
 
 def _quarantine_check(layout: Home, quarantined: int, stats: dict[str, Any]) -> dict[str, Any]:
@@ -155,17 +181,8 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     spools = list(layout.spool.glob("*.spool")) if layout.spool.is_dir() else []
     quarantine = layout.quarantine
     quarantined = sum(1 for p in quarantine.glob("*.jsonl") for _ in p.open()) if quarantine.is_dir() else 0
-    set_aside = list(layout.quarantined_parts.rglob("*.parquet"))
     return [
-        _check(
-            "tables",
-            not set_aside,
-            f"{len(set_aside)} damaged Parquet part(s) set aside in "
-            f"{layout.quarantined_parts}: their rows are missing from queries; `stagewatch rebuild` "
-            "(daemon stopped) regenerates them from the event log"
-            if set_aside
-            else "no damaged Parquet part set aside",
-        ),
+        _tables_check(layout),
         _check(
             "event log",
             damaged == 0,

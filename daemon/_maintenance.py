@@ -1,12 +1,11 @@
 """Maintenance beside the append path, as periodic tasks on one small scheduler: liveness
-(a silent client's open work is crashed), disk checks, retention with compaction and stage
-summaries, merging of small Parquet parts, the accuracy worker's health, systemd's watchdog."""
+(a silent client's open work is crashed), disk checks, retention, compaction and vacuum of
+the tables, the accuracy worker's health, systemd's watchdog."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +18,7 @@ from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, pack_event
 from stagewatch._spool import SUFFIX as SPOOL_SUFFIX
 from stagewatch._spool import spool_owner
-from stagewatch.daemon._compaction import aged_plan, merge_steps, tier_plan, utc_now
 from stagewatch.daemon._disk import OK, DiskStatus, disk_state, read_disk
-from stagewatch.daemon._diskjobs import timed
 from stagewatch.daemon._ingest import Group, Ingest
 from stagewatch.daemon._projection import Projector
 from stagewatch.daemon._retention import FinishedRun, apply_retention
@@ -30,8 +27,12 @@ from stagewatch.daemon._scrub import scrub_next_segment
 from stagewatch.daemon._sdnotify import SystemdNotifier
 from stagewatch.daemon._settings import DiskSection, RetentionSection
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
+from stagewatch.daemon._store import TABLES, table_writer_properties
+from stagewatch.daemon._tables import compact, vacuum
 
-MERGE_BUDGET_S = 2.0  # the time one pass of tier merging spends in its swaps (row writes run between them)
+# Files that a compaction or a delete replaced are deleted this often (those older than
+# `_tables.VACUUM_RETENTION_HOURS`: a reader's snapshot may still use the newer ones).
+VACUUM_INTERVAL_S = 600.0
 HOME_MEASURE_INTERVAL_S = 300.0
 SCRUB_INTERVAL_S = 60.0  # one sealed segment a minute: a 100-segment log is checked in under 2 hours
 
@@ -63,12 +64,11 @@ class Scheduler:
 class Background:
     """Where maintenance that reads or rewrites files runs: on the writer's disk thread, after
     the writes queued before it (`ReadModelWriter.in_background`), or on a thread of its own
-    behind a checkpoint of everything so far (`after_checkpoint`), so that the loop goes on
-    acknowledging; there, `parts_lock` is what each Parquet part's write holds."""
+    (`beside`: compaction, whose commits rebase over the appends), so that the loop goes on
+    acknowledging."""
 
     after_writes: Callable[[Callable[[], object], str], None]
-    after_checkpoint: Callable[[Callable[[int], Iterator[object]], str], None]
-    parts_lock: AbstractContextManager[object]
+    beside: Callable[[Callable[[], Iterator[object]], str], None]
 
 
 class Maintenance:
@@ -100,6 +100,7 @@ class Maintenance:
         self.disk_limits = disk_limits
         self.retention = retention
         self._next_home_measure = 0.0
+        self._next_vacuum = time.monotonic() + VACUUM_INTERVAL_S
 
     # -- liveness ------------------------------------------------------------------------
     def track_open_clients(self) -> None:
@@ -162,11 +163,9 @@ class Maintenance:
     # -- retention and compaction ------------------------------------------------------------
     def apply_retention(self) -> None:
         """Remove what has expired (a run the projection still holds waits for the next pass),
-        here, with the disk thread and any merge pass idle (the checkpoint waits for them; a
-        halted queue retries only from the next flush on); then compact aged partitions and
-        summarize them for stats on the passes' thread, behind a checkpoint (a busy day's
-        compaction held the loop, and every acknowledgement, for seconds)."""
-        self.checkpoint_all()  # nothing else writes parts while retention rewrites them
+        here, after a checkpoint of everything so far (the runs table it selects from holds
+        every finished run the fold knows of)."""
+        self.checkpoint_all()
         freed = apply_retention(
             self.home.root, self.retention, self._record_expiry, exclude=set(self.projection().runs)
         )
@@ -180,7 +179,6 @@ class Maintenance:
                 len(freed["segments"]),
                 freed["segment_bytes"],
             )
-        self.background.after_checkpoint(self._compact_aged, "compact aged partitions")
 
     def _record_expiry(self, runs: list[FinishedRun]) -> bool:
         """Commit a run_expired event per run before retention removes it (even below the
@@ -192,37 +190,26 @@ class Maintenance:
         group = Group(payloads=[pack_event(e) for e in events], events=[validate_event(e) for e in events])
         return self.ingest.commit(group, below_floor=True)
 
-    def _compact_aged(self, covered_lsn: int) -> Iterator[int]:  # steps on the pass's thread
-        now = utc_now()
-        plan = aged_plan(self.home, now, before_lsn=covered_lsn)
-        compacted = 0
-        for groups in merge_steps(self.home, plan, by_status=True, exchange_lock=self.background.parts_lock):
-            compacted += groups
-            yield groups
-        if compacted:
-            logger.info("compacted {} group(s) of aged Parquet parts", compacted)
+    def compact_tables(self) -> None:
+        """Compact the partitions crowded with small files (a file per commit), and now and
+        then vacuum the files replaced: on a thread of its own (`Background.beside`)."""
+        now = time.monotonic()
+        with_vacuum = now >= self._next_vacuum
+        if with_vacuum:
+            self._next_vacuum = now + VACUUM_INTERVAL_S
+        self.background.beside(lambda: self._compact(with_vacuum), "compact the tables")
 
-    def merge_small_parts(self) -> None:
-        """Merge parts of the same size tier (today's partition too), so no query opens a
-        file per flush: on a thread of its own, behind a checkpoint (a pass took up to a second
-        on the loop at 10,000 events/s, and every ack waited; on the disk thread, the row
-        writes queued behind one swap did)."""
-        if tier_plan(self.home):
-            self.background.after_checkpoint(self._merge, "merge Parquet parts")
-
-    def _merge(self, covered_lsn: int) -> Iterator[int]:  # steps on the pass's thread
-        # Planned at its first step, over the parts its checkpoint covers: row parts written
-        # after the checkpoint hold rows past it. A bounded pass (its own steps' time, not the
-        # waits between them): the rest waits for the next one.
-        spent: list[float] = []
-        merged = 0
-        plan = tier_plan(self.home, before_lsn=covered_lsn)
-        for groups in timed(merge_steps(self.home, plan, exchange_lock=self.background.parts_lock), spent):
-            merged += groups
-            yield groups
-            if sum(spent) >= MERGE_BUDGET_S:
-                break
-        logger.debug("merged {} group(s) of small Parquet parts", merged)
+    def _compact(self, with_vacuum: bool) -> Iterator[str]:  # steps on the pass's thread, a table each
+        for table in TABLES:
+            removed = compact(self.home, table, table_writer_properties(table))
+            if removed:
+                logger.debug("compacted {} small file(s) of the {} table", removed, table)
+            yield table
+        for table in TABLES if with_vacuum else ():
+            deleted = vacuum(self.home, table)
+            if deleted:
+                logger.debug("vacuumed {} file(s) of the {} table", deleted, table)
+            yield table
 
     def scrub(self) -> None:
         """Re-check one sealed segment of the log, on the disk thread; damage found stays in

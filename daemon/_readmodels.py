@@ -22,17 +22,7 @@ from stagewatch.daemon._derived import STATUS, peek
 from stagewatch.daemon._projection import AUDIT_SCHEMA
 from stagewatch.daemon._rows import RUNS
 from stagewatch.daemon._runindex import runs_with_prefix
-from stagewatch.daemon._sql import (
-    MAX_ROWS,
-    damaged_parts,
-    quoted,
-    runs_being_removed,
-    schema_of,
-    select,
-    snapshot_files,
-)
-
-READ_ATTEMPTS = 5
+from stagewatch.daemon._sql import MAX_ROWS, damaged_parts, quoted, schema_of, select, snapshot_files
 
 
 class RunNotFound(LookupError):
@@ -51,25 +41,7 @@ def read_table(
     with the right schema if there are none. `dates` limits the read to those partitions
     (the run index's answer for one run) without listing the others; `columns` reads only those,
     and string columns named in `dictionary` come as dictionary arrays (no string per row).
-
-    Compaction may swap a partition's files between listing and reading them: the read then
-    fails on a vanished file (never sees a row twice) and is tried again on a fresh listing."""
-    for _ in range(READ_ATTEMPTS - 1):
-        try:
-            return _read_once(home, table, expression, dates, columns, dictionary)
-        except FileNotFoundError:
-            continue
-    return _read_once(home, table, expression, dates, columns, dictionary)
-
-
-def _read_once(
-    home: Path,
-    table: str,
-    expression: ds.Expression | None,
-    dates: list[str] | None,
-    columns: list[str] | None,
-    dictionary: tuple[str, ...],
-) -> pa.Table:
+    The files read are those of the table's Delta snapshot (`snapshot_files`)."""
     folder = Home.of(home).table(table)
     # Settled before any early return: a table not written yet (a pipeline that never logs
     # has no logs table) answers with the same types as one that holds rows.
@@ -79,14 +51,8 @@ def _read_once(
         return _select(schema.empty_table(), columns)
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
     dataset = _files_dataset(files, folder, file_format, schema)
-    being_removed = runs_being_removed(home)
-    if being_removed:  # a gc was interrupted: its runs are already gone for readers
-        hidden = ~ds.field("run_id").isin(being_removed)
-        expression = hidden if expression is None else expression & hidden
     try:
         return dataset.to_table(filter=expression, columns=columns)
-    except FileNotFoundError:
-        raise  # a part swapped away by compaction as we read: the caller lists again
     except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
         damaged = damaged_parts(files)
         if not damaged:
@@ -187,7 +153,6 @@ def resolve_run_id(home: Path, prefix: str) -> str:
             names = [entry.name for entry in os.scandir(Home.of(home).runs) if entry.name.startswith(prefix)]
         except FileNotFoundError:
             names = []
-    names = [name for name in names if name not in runs_being_removed(home)]
     if len(names) == 1:
         return names[0]
     if not names:

@@ -18,7 +18,6 @@ from typing import Any
 from stagewatch._home import Home
 from stagewatch._names import is_run_id
 from stagewatch.daemon._accuracy import AccuracyWorker
-from stagewatch.daemon._compaction import exchange_paths
 from stagewatch.daemon._daemon import Daemon, DaemonSettings
 from stagewatch.daemon._derived import (
     ACCURACY_CHECKPOINT,
@@ -88,7 +87,7 @@ def _build(staging: Home, home: Home, progress: Callable[[int, int], object]) ->
 def _swap_in(staging: Home, home: Home) -> int:
     """Put the staged read models in place; returns how many old read-model files went."""
     replaced = 0
-    for folder in (home.metrics, home.index, home.quarantined_parts):
+    for folder in (home.metrics, home.index, home.quarantined_tables):
         replaced += sum(1 for _ in folder.rglob("*") if _.is_file()) if folder.is_dir() else 0
         _replace_folder(_staged(staging, home, folder), folder)
     for spec in (DAEMON_CHECKPOINT, ACCURACY_CHECKPOINT, STATUS, SCRUB_RECORD):  # parts are new
@@ -106,16 +105,16 @@ def _staged(staging: Home, home: Home, path: Path) -> Path:
 
 
 def _replace_folder(new: Path, old: Path) -> None:
-    """`new` in place of `old` (one atomic exchange where Linux offers it)."""
-    if not new.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    old.parent.mkdir(parents=True, exist_ok=True)
-    if old.exists() and exchange_paths(new, old):
-        shutil.rmtree(new)
-        return
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(new, old)
+    """`new` in place of `old`: the old one renamed aside, then deleted (the old tables go
+    whole; a reader holds a snapshot whose files may vanish, and reads again)."""
+    aside = old.with_name(f".{old.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    if old.exists():
+        os.replace(old, aside)
+    if new.exists():
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new, old)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _replace_file(new: Path, old: Path) -> int:

@@ -7,15 +7,15 @@ daemon commits it; `stagewatch gc` appends it holding the home's lock): the log 
 truth, and every replay of it (a rebuild, a restart past the checkpoint) drops the run where
 retention did, whatever the clock or the policy is then. What a replay wrote of a recorded run
 again (rows, a folder) is removed by the next pass or by the rebuild itself (`remove_recorded`).
-Removal writes an intent file first and every step is idempotent: a kill at any point leaves
-nothing half-visible (a run folder is renamed out of sight before it is deleted; Parquet parts
-are replaced atomically), and the next gc finishes the job.
+Every step of a removal is idempotent and atomic (a Delta delete is one commit; a run folder is
+renamed out of sight before it is deleted), and the runs table's row goes last, after the other
+tables' rows and the folder: a kill at any point leaves the run in the runs table, so the next
+pass selects it again and finishes the job (a hidden folder left behind is cleared by any pass).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import shutil
@@ -30,8 +30,13 @@ import pyarrow.compute as pc
 
 from stagewatch import _protocol as protocol
 from stagewatch._home import Home
-from stagewatch.daemon._derived import DAEMON_CHECKPOINT, GC_INTENT, load, peek
-from stagewatch.daemon._store import PART_PREFIX, atomic_write, rewrite_part_without
+from stagewatch.daemon._derived import DAEMON_CHECKPOINT, peek
+from stagewatch.daemon._tables import delete, sql_strings
+
+# The runs table last: while a removed run's row is there, the next pass removes it again.
+TABLES_IN_REMOVAL_ORDER = ("stage_executions", "logs", "samples", "runs")  # the run folders just before "runs"
+# Runs per delete: a predicate naming a day's worth of expired runs at once stays a size SQL parses quickly.
+DELETE_BATCH_RUNS = 1_000
 
 Progress = Callable[[int, int], object]
 
@@ -141,12 +146,10 @@ def apply_retention(
     now_ns: int | None = None,
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
-    """Finish an interrupted removal, select what has expired, record it in the log (`record`;
-    None only for a dry run) and remove it, with what a replay left of runs recorded before
-    (unless dry_run). `progress(steps done, steps)` is called as the removal goes (a part
-    rewritten, a run folder or a segment deleted)."""
-    if not dry_run:
-        resume_interrupted(home)
+    """Select what has expired, record it in the log (`record`; None only for a dry run) and
+    remove it, with what a replay or an interrupted removal left of runs recorded before
+    (unless dry_run). `progress(steps done, steps)` is called as the removal goes (a table's
+    rows deleted, a run folder or a segment deleted)."""
     runs, segments, checkpoint_lsn = gather(home)
     plan = select_expired(
         [r for r in runs if r.run_id not in exclude],
@@ -171,8 +174,16 @@ def apply_retention(
             "segments": [p.name for p in plan.segments],
             "segment_bytes": sum(_size(p) for p in plan.segments),
         }
+    hidden = _clear_hidden_folders(home)
     if not (plan.runs or plan.segments):
-        return {"dry_run": False, "runs": [], "run_bytes": 0, "parquet_rows": 0, "segments": [], "segment_bytes": 0}
+        return {
+            "dry_run": False,
+            "runs": [],
+            "run_bytes": hidden,
+            "parquet_rows": 0,
+            "segments": [],
+            "segment_bytes": 0,
+        }
     return {"dry_run": False, **remove(home, plan, progress)}
 
 
@@ -280,38 +291,19 @@ def debris_folders(home: Path) -> list[str]:
 
 
 # -- removal ---------------------------------------------------------------------------------
-def intent_path(home: Path) -> Path:
-    return Home.of(home).gc_intent
-
-
 def remove(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[str, Any]:
-    """Carry out a plan: record the intent, then remove; returns what was freed."""
-    intent = {"runs": plan.runs, "segments": [str(path) for path in plan.segments]}
-    atomic_write(intent_path(home), json.dumps(intent).encode(), durable=True)
-    freed = _carry_out(home, plan, progress)
-    intent_path(home).unlink(missing_ok=True)
-    return freed
-
-
-def resume_interrupted(home: Path) -> dict[str, Any] | None:
-    """Finish a removal that a crash interrupted (every step is idempotent)."""
-    intent = load(GC_INTENT, Home.of(home))  # damaged: set aside, its runs selected again when expired
-    if intent is None:
-        return None
-    freed = _carry_out(home, Plan(intent["runs"], [Path(p) for p in intent["segments"]]))
-    intent_path(home).unlink(missing_ok=True)
-    return freed
-
-
-def _carry_out(home: Path, plan: Plan, progress: Progress = _no_progress) -> dict[str, Any]:
-    expired = set(plan.runs)
-    parts = _parts(home) if expired else []
+    """Carry out a plan (every step idempotent); returns what was freed. The tables' files
+    that held the rows go at the next vacuum (readers may still be on a snapshot with them)."""
     steps = itertools.count(1)
-    total = len(parts) + len(plan.runs) + len(plan.segments)
-    rows = _drop_rows(parts, expired, lambda: progress(next(steps), total))
-    run_bytes = 0
-    for run_id in plan.runs:
-        run_bytes += _remove_run_folder(home, run_id)
+    total = (len(TABLES_IN_REMOVAL_ORDER) if plan.runs else 0) + len(plan.runs) + len(plan.segments)
+    batches = [plan.runs[i : i + DELETE_BATCH_RUNS] for i in range(0, len(plan.runs), DELETE_BATCH_RUNS)]
+    rows, run_bytes = 0, 0
+    for table in TABLES_IN_REMOVAL_ORDER:
+        if table == "runs":  # the folders before the runs table's rows: while a row is left, a pass redoes it all
+            for run_id in plan.runs:
+                run_bytes += _remove_run_folder(home, run_id)
+                progress(next(steps), total)
+        rows += sum(delete(home, table, f"run_id IN ({sql_strings(batch)})") for batch in batches)
         progress(next(steps), total)
     segment_bytes = 0
     for path in plan.segments:
@@ -327,24 +319,15 @@ def _carry_out(home: Path, plan: Plan, progress: Progress = _no_progress) -> dic
     }
 
 
-def _parts(home: Path) -> list[Path]:
-    partitions = Home.of(home).all_partitions()
-    return sorted(part for partition in partitions for part in partition.glob(f"{PART_PREFIX}*.parquet"))
-
-
-def _drop_rows(parts: list[Path], expired: set[str], step: Callable[[], object]) -> int:
-    """Rewrite every Parquet part that holds rows of expired runs, without them."""
-    dropped = 0
-    for part in parts:
-        step()
-        dropped += rewrite_part_without(part, lambda table: pc.is_in(table["run_id"], value_set=_string_array(expired)))
-    return dropped
-
-
-def _string_array(values: set[str]) -> Any:
-    import pyarrow as pa
-
-    return pa.array(sorted(values), pa.string())
+def _clear_hidden_folders(home: Path) -> int:
+    """Delete the run folders a removal hid (`.expired-<run>`) but was killed before deleting;
+    the bytes freed."""
+    runs = Home.of(home).runs
+    freed = 0
+    for hidden in runs.glob(".expired-*") if runs.is_dir() else ():
+        freed += _size(hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+    return freed
 
 
 def _remove_run_folder(home: Path, run_id: str) -> int:

@@ -19,8 +19,6 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.dataset as ds
-
 from stagewatch._home import Home
 
 BUCKET_DIGITS = 3
@@ -62,14 +60,14 @@ class RunIndex:
         (self.folder / "complete").touch()
 
     def build_from_tables(self) -> int:
-        """Index every row already in metrics/ (a home written before the index existed)."""
+        """Index every row already in the tables (a home written before the index existed)."""
+        from stagewatch.daemon._sql import select  # reads through the tables' snapshots
+        from stagewatch.daemon._store import TABLES
+
         pairs: set[tuple[str, str]] = set()
-        metrics = self.home.metrics
-        for table in metrics.iterdir() if metrics.is_dir() else []:
-            dataset = ds.dataset(table, format="parquet", partitioning="hive") if table.is_dir() else None
-            if dataset is not None and dataset.files:  # a table whose parts are all gone has no columns
-                found = dataset.to_table(columns=["run_id", "date"])
-                pairs.update(zip(found["run_id"].to_pylist(), found["date"].to_pylist(), strict=True))
+        for table in TABLES:
+            found = select(self.home.root, table, "SELECT DISTINCT run_id, date FROM rows WHERE run_id IS NOT NULL")
+            pairs.update(zip(found["run_id"].to_pylist(), found["date"].to_pylist(), strict=True))
         self.add(sorted(pairs))
         self.mark_complete()
         return len(pairs)

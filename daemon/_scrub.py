@@ -3,8 +3,8 @@ rebuild trips on it, and remembering it (state/scrub.json) until a clean scrub s
 
 The daemon scrubs one sealed segment of the event log per pass (round robin, a 64 MiB
 segment costs tens of milliseconds of CRC), so the whole log is checked over time without
-holding ingest up; `stagewatch doctor --scrub` checks every segment and every Parquet part
-at once, with a progress bar.
+holding ingest up; `stagewatch doctor --scrub` checks every segment, every table's Delta log
+and every data file of its snapshot at once, with a progress bar.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from stagewatch._records import ScanStats, scan_records
 from stagewatch.daemon._derived import SCRUB_RECORD, clear_way, peek
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._sql import damage_of
-from stagewatch.daemon._store import atomic_write
+from stagewatch.daemon._store import TABLES, atomic_write
+from stagewatch.daemon._tables import DamagedTable, snapshot_files
 
 
 def segment_damage(path: Path) -> dict[str, Any] | None:
@@ -72,20 +73,30 @@ def scrub_next_segment(home: Home) -> dict[str, Any] | None:
 
 
 def scrub_all(home: Home, progress: Callable[[int, int], object] = lambda done, total: None) -> dict[str, Any]:
-    """Every sealed segment and every Parquet part, now (`doctor --scrub`)."""
+    """Every sealed segment, every table's log and the data files of its snapshot, now
+    (`doctor --scrub`)."""
     segments = sealed_segments(home)
-    parts = sorted(path for partition in home.all_partitions() for path in partition.glob("*.parquet"))
-    total, found = len(segments) + len(parts), {"segments": {}, "parts": {}, "scrubbed_at": time.time()}
+    found: dict[str, Any] = {"segments": {}, "parts": {}, "scrubbed_at": time.time()}
+    files = []
+    for table in TABLES:
+        try:
+            files += snapshot_files(home, table)
+        except DamagedTable as error:
+            found["parts"][str(home.table(table).relative_to(home.root))] = {
+                "error": str(error)[:500],
+                "found_at": time.time(),
+            }
+    total = len(segments) + len(files)
     for done, path in enumerate(segments, 1):
         damage = segment_damage(path)
         if damage is not None:
             found["segments"][path.name] = damage | {"found_at": time.time()}
         progress(done, total)
-    for done, path in enumerate(parts, len(segments) + 1):
-        damage = damage_of(path)
+    for done, file in enumerate(files, len(segments) + 1):
+        damage = damage_of(Path(file))
         if damage is not None:
-            found["parts"][str(path.relative_to(home.root))] = {"error": damage[:500], "found_at": time.time()}
+            found["parts"][str(Path(file).relative_to(home.root))] = {"error": damage[:500], "found_at": time.time()}
         progress(done, total)
-    found["checked"] = {"segments": len(segments), "parts": len(parts)}
+    found["checked"] = {"segments": len(segments), "parts": len(files)}
     save(home, found)
     return found

@@ -29,7 +29,10 @@ class DaemonSection(_Section):
     )
     flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often rows and audit trails are written")
     merge_interval_s: float = Field(
-        10.0, gt=0, le=3600, description="how often small Parquet parts are merged (docs/storage.md, compaction)"
+        10.0,
+        gt=0,
+        le=3600,
+        description="how often the tables' small files are compacted (docs/storage.md, Compaction and vacuum)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the daemon's own log level")
     group_access: bool = Field(False, description="let users in the home's group connect and write runs")

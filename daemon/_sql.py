@@ -3,8 +3,11 @@
 Every reader of the tables (the CLI, the dashboard, the query API) goes through `select`:
 filters, sorting, paging and aggregates are SQL, user values are bound as parameters and
 never formatted into the text. Which files make up a table is `snapshot_files`' business
-alone: DuckDB reads exactly the list it gets (`read_parquet([...])`), so the day the table
-is kept elsewhere only that function changes.
+alone (the Delta log's current snapshot, `_tables`): DuckDB reads exactly the list it gets
+(`read_parquet([...])`; DuckDB's own Delta extension is downloaded at run time, which an
+offline host cannot do). A file of a snapshot stays on disk for an hour after a compaction or
+a delete replaced it (`_tables.VACUUM_RETENTION_HOURS`), so a listed file does not vanish
+under a query.
 
 One DuckDB connection per process; each thread queries through a cursor of its own (a
 connection is not safe to share between threads, its cursors are: the dashboard's server
@@ -24,13 +27,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stagewatch._home import Home
-from stagewatch.daemon._derived import GC_INTENT, peek
 from stagewatch.daemon._rows import TABLES
+from stagewatch.daemon._tables import PARTITION_COLUMN
+from stagewatch.daemon._tables import snapshot_files as delta_snapshot_files
 
-READ_ATTEMPTS = 5
 MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit in DuckDB: more rows than any table holds
-PARTITION_COLUMN = "date"
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # the partition's UTC date (YYYY-MM-DD), from the folder's name
 
 _connection: duckdb.DuckDBPyConnection | None = None
@@ -44,7 +45,7 @@ class QueryError(ValueError):
 
 
 class DamagedPartWarning(UserWarning):
-    """A Parquet part that cannot be read: its rows are left out of the answer."""
+    """A data file of a table that cannot be read: its rows are left out of the answer."""
 
 
 def cursor() -> duckdb.DuckDBPyConnection:
@@ -68,23 +69,13 @@ def cursor() -> duckdb.DuckDBPyConnection:
 
 
 def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -> list[str]:
-    """The Parquet files that make up `table` now, sorted: the parts in its date partitions
-    (only those of `dates`, if given: the run index's answer for one run). The only function
-    that knows how a table's files are found. A folder being prepared by a merge
-    (`.date=D.new`) is not a partition: its name does not start with `date=`."""
-    layout = Home.of(home)
-    if dates is None:
-        partitions = layout.partitions(table)
-    else:  # dates from the run index, a file anyone can edit: only dates name a partition
-        partitions = [layout.partition(table, date) for date in dates if DATE.fullmatch(date)]
-    # A folder named like a part is no part (is_file: a part gone meanwhile is not listed either).
-    return sorted(str(path) for partition in partitions for path in partition.glob("*.parquet") if path.is_file())
-
-
-def runs_being_removed(home: Path) -> list[str]:
-    """The runs an interrupted gc was removing (state/gc-intent.json): hidden from every read."""
-    intent = peek(GC_INTENT, Home.of(home))  # damaged: nothing is being removed that it could say
-    return intent["runs"] if intent is not None else []
+    """The Parquet files that make up `table` now, sorted: its Delta snapshot's (only those
+    of the partitions of `dates`, if given: the run index's answer for one run). The only
+    function that knows how a table's files are found. `_tables.DamagedTable` (a ValueError
+    that says what to do) if its log cannot be read."""
+    if dates is not None:  # dates from the run index, a file anyone can edit: only dates name a partition
+        dates = [date for date in dates if DATE.fullmatch(date)]
+    return delta_snapshot_files(home, table, dates)
 
 
 def schema_of(table: str) -> pa.Schema:
@@ -101,28 +92,21 @@ def select(
     dates: Sequence[str] | None = None,
 ) -> pa.Table:
     """The answer of `sql`, a query over the view `rows` (every column of `table`, the
-    partition date included, no matter which parts lack a column); with `schema`, cast to it;
-    with `dates`, over those date partitions only.
-
-    The snapshot's file list is taken, DuckDB reads it; if a part vanished in between (a merge
-    swapped its folder, retention rewrote it) the read is tried again on a fresh list, never
-    seeing a row twice. A part that cannot be read is left out with a warning."""
-    skipped: set[str] = set()  # damaged parts, warned of
-    for attempt in range(READ_ATTEMPTS):
-        files = [path for path in snapshot_files(home, table, dates) if path not in skipped]
+    partition date included, no matter which files lack a column); with `schema`, cast to it;
+    with `dates`, over those date partitions only. A data file that cannot be read is left
+    out with a warning (`damaged_parts`)."""
+    files = snapshot_files(home, table, dates)
+    try:
+        result = _run(files, table, sql, params)
+    except duckdb.Error as error:
+        damaged = damaged_parts(files) if _about_files(error) else []
+        if not damaged:
+            raise QueryError(_first_line(error)) from None
         try:
-            result = _run(home, files, table, sql, params)
-        except duckdb.Error as error:
-            last = attempt == READ_ATTEMPTS - 1
-            if not last and _some_vanished(files):
-                continue
-            damaged = damaged_parts(files) if not last and _about_files(error) else []
-            if not damaged:
-                raise QueryError(_first_line(error)) from None
-            skipped.update(damaged)
-            continue
-        return result.cast(schema) if schema is not None else result
-    raise AssertionError("unreachable: the last attempt returns or raises")
+            result = _run([path for path in files if path not in damaged], table, sql, params)
+        except duckdb.Error as again:
+            raise QueryError(_first_line(again)) from None
+    return result.cast(schema) if schema is not None else result
 
 
 def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table:
@@ -134,17 +118,13 @@ def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table
         raise QueryError(_first_line(error)) from None
 
 
-def _run(home: Path, files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
+def _run(files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
     # Every column of the table, typed as the table declares it, even where no part has it yet
     # (an empty home, parts written before a column came): the empty typed rows join by name.
     schema = schema_of(table)
     scan = f"SELECT * FROM {_scan()} UNION ALL BY NAME " if files else ""
     view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM typed_empty)"
     view_params: list[Any] = [files] if files else []
-    being_removed = runs_being_removed(home)
-    if being_removed:  # a gc was interrupted: its runs are already gone for readers
-        view += " WHERE coalesce(NOT list_contains(?::VARCHAR[], run_id), true)"
-        view_params.append(being_removed)
     query = f"WITH rows AS ({view}) {sql}"
     return _execute(cursor(), "typed_empty", schema.empty_table(), query, [*view_params, *params])
 
@@ -188,18 +168,14 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
 
 
-def _some_vanished(files: list[str]) -> bool:
-    return any(not Path(path).exists() for path in files)
-
-
 def damaged_parts(files: list[str]) -> list[str]:
     """The files that do not read, warning of each (this reads every file whole: only after a
     read failed). The event log still holds their rows: `stagewatch rebuild`."""
     damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
     for path, damage in damaged.items():
         warnings.warn(
-            f"skipped the damaged Parquet part {path} ({damage}); its rows are missing from this "
-            "answer until `stagewatch rebuild` regenerates the tables from the event log",
+            f"skipped the damaged data file {path} ({damage}); its rows are missing from this "
+            "answer until `stagewatch rebuild` (daemon stopped) rebuilds the tables from the event log",
             DamagedPartWarning,
             stacklevel=5,
         )
@@ -207,12 +183,12 @@ def damaged_parts(files: list[str]) -> list[str]:
 
 
 def damage_of(part: Path) -> str | None:
-    """Why a Parquet part cannot be read, or None if it can (a whole read: this runs only
-    after a read failed)."""
+    """Why a table's data file cannot be read, or None if it can (a whole read: this runs
+    only after a read failed)."""
     try:
         pq.read_table(part)
     except FileNotFoundError:
-        return None  # gone (compaction): not damaged
+        return "missing (deleted by hand?)"
     except (pa.ArrowInvalid, OSError) as error:
         return str(error)
     return None

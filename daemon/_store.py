@@ -1,9 +1,8 @@
-"""Persisting read models: Parquet tables, audit JSON files and the projection checkpoint.
+"""Persisting read models: the Delta tables, audit JSON files and the projection checkpoint.
 
-Everything here is written to a temporary name and renamed, so a reader (or a daemon
-restarted after kill -9) never sees half a file. Parquet parts are named by the lowest
-event-log position (lsn) of their rows: parts at or past the checkpoint are rewritten
-on recovery, so a crash between a part and its checkpoint cannot duplicate rows.
+Files are written to a temporary name and renamed, so a reader (or a daemon restarted after
+kill -9) never sees half a file. Table rows go in as Delta commits (`_tables`), each carrying
+the lsn of its last row's event: recovery reads it back and skips the rows the table holds.
 """
 
 from __future__ import annotations
@@ -11,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,7 +19,6 @@ from typing import Any, BinaryIO
 import msgpack
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from loguru import logger
 
 from stagewatch._home import Home
@@ -37,21 +34,21 @@ from stagewatch.daemon._rows import RUNS as RUNS
 from stagewatch.daemon._rows import SAMPLES as SAMPLES
 from stagewatch.daemon._rows import STAGE_EXECUTIONS as STAGE_EXECUTIONS
 from stagewatch.daemon._runindex import RunIndex
+from stagewatch.daemon._tables import DAEMON_APP, PARTITION_COLUMN, append, delete, sql_strings, writer_properties
 
 
-def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """How every Parquet part of a metrics table is written (new parts, merges, compaction, gc)."""
-    return {"compression": "zstd", "use_dictionary": [name for name in schema.names if name in DICTIONARY_COLUMNS]}
+def table_writer_properties(table: str) -> Any:
+    """How every file of a metrics table is written (appends, compaction, deletes): zstd,
+    dictionaries for `DICTIONARY_COLUMNS` only."""
+    return _writer_properties(table)
 
 
-PART_PREFIX = "part-"
+@functools.cache
+def _writer_properties(table: str) -> Any:
+    return writer_properties(TABLES[table], DICTIONARY_COLUMNS)
+
+
 NS_PER_DAY = 86_400 * 1_000_000_000
-
-
-def first_lsn(part: Path) -> int:
-    """The lowest event-log position of a part's rows, from its name: `part-{lsn}.parquet`
-    as flushed, `part-{first lsn}-{last lsn}.parquet` as merged by compaction."""
-    return int(part.stem[len(PART_PREFIX) :].split("-")[0])
 
 
 Refused = tuple[dict[str, Any], str]  # a row that could not be stored, and why
@@ -127,52 +124,38 @@ def _grouped(rows: list[tuple], keys: list[int]) -> dict[int, list[tuple]]:
     return groups
 
 
-def write_part(path: Path, table: pa.Table) -> Path:
-    """Write a Parquet part whole: to a temporary name, fsync'd, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, **parquet_options(table.schema))
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
-
-
-def rewrite_part_without(part: Path, doomed: Callable[[pa.Table], Any]) -> int:
-    """Replace `part` by its rows where `doomed(table)` is not true (removed when none is left):
-    readers see the old part or the new one, never half. Returns the rows removed."""
-    table = pq.read_table(part)
-    dropped = pc.fill_null(doomed(table), False)
-    count = pc.sum(dropped).as_py() or 0
-    if count:
-        kept = table.filter(pc.invert(dropped))
-        if kept.num_rows:
-            write_part(part, kept)
-        else:
-            part.unlink()
-    return count
+def with_dates(parts: list[tuple[str, pa.Table]]) -> pa.Table | None:
+    """`arrow_parts`' tables as one, each row with its partition's date; None if no rows."""
+    tables = [
+        arrow.append_column(PARTITION_COLUMN, pa.array([date] * arrow.num_rows, pa.string())) for date, arrow in parts
+    ]
+    tables = [table for table in tables if table.num_rows]
+    return pa.concat_tables(tables) if tables else None
 
 
 class Store:
     """Writes the read models under a stagewatch home."""
 
-    def __init__(self, home: Path | Home, checkpoint: DerivedFile = DAEMON_CHECKPOINT) -> None:
+    def __init__(
+        self, home: Path | Home, checkpoint: DerivedFile = DAEMON_CHECKPOINT, app_id: str = DAEMON_APP
+    ) -> None:
         self.home = Home.of(home)
         self.checkpoint = checkpoint
         self.checkpoint_path = checkpoint.path(self.home)
         self.run_index = RunIndex(self.home)
-        # Held while a part is written into a partition: a merge (on a thread of its own) holds
-        # it while it links a partition's parts into the folder it swaps in (_compaction).
-        self.parts_lock = threading.Lock()
+        self.app_id = app_id  # whose progress marker the commits carry
 
-    # -- Parquet -------------------------------------------------------------------------
+    # -- tables --------------------------------------------------------------------------
     def write_rows(
         self, table: str, rows: list[dict[str, Any]] | list[tuple], fields: tuple[str, ...] | None = None
     ) -> list[Refused]:
-        """Append rows as new part files, one per date partition (by start_time); returns the
-        rows that cannot be stored, with the reason (`arrow_parts`)."""
+        """Append rows in one commit (partitioned by the date of their start_time) that marks
+        the table as holding this writer's rows up to the last row's lsn; returns the rows that
+        cannot be stored, with the reason (`arrow_parts`)."""
         parts, refused = self.arrow_parts(table, rows, fields)
-        self.write_parts(table, parts)
+        dated = with_dates(parts)
+        if dated is not None:
+            self.commit(table, dated, pc.max(dated["lsn"]).as_py())
         return refused
 
     def arrow_parts(
@@ -224,54 +207,19 @@ class Store:
             parts.append((dates[day], arrow))
         return parts, refused
 
-    def write_parts(self, table: str, parts: list[tuple[str, pa.Table]]) -> None:
-        """Write `arrow_parts`' tables, a part file each (pyarrow's writing releases the GIL)."""
-        for date, arrow in parts:
-            self._write_partition(table, date, arrow)
+    def commit(self, table: str, rows: pa.Table, lsn: int) -> None:
+        """Append `rows` (`with_dates`) in one commit that records `lsn`: every row of this
+        writer up to that event's is in the table from this commit on (pyarrow and delta-rs
+        release the GIL while they encode and write)."""
+        append(self.home, table, rows, self.app_id, lsn, table_writer_properties(table))
+        pairs = rows.select(["run_id", PARTITION_COLUMN]).group_by(["run_id", PARTITION_COLUMN]).aggregate([])
+        self.run_index.add(zip(pairs["run_id"].to_pylist(), pairs[PARTITION_COLUMN].to_pylist(), strict=True))
 
-    def _write_partition(self, table: str, date: str, arrow: pa.Table) -> None:
-        if arrow.num_rows:
-            first_lsn = pc.min(arrow["lsn"]).as_py()
-            with self.parts_lock:
-                write_part(self.home.partition(table, date) / f"{PART_PREFIX}{first_lsn:020d}.parquet", arrow)
-            self.run_index.add({(run_id, date) for run_id in arrow["run_id"].unique().to_pylist()})
-
-    def drop_rows_of(self, run_id: str, lsns: set[int], dates: list[str] | None) -> int:
+    def delete_rows_of(self, run_id: str, lsns: set[int]) -> int:
         """Delete the rows of `run_id` whose lsn is in `lsns` from the daemon's tables (a loss's
-        crash rows, withdrawn): each part that holds some is replaced, whole, without them.
-        `dates`: the run's partitions (the run index's answer), None for all. Returns the rows
-        deleted. The caller keeps merges away (they swap parts in under `parts_lock`)."""
-        deleted = 0
-        for table in ("stage_executions", "runs"):
-            home = self.home
-            partitions = home.partitions(table) if dates is None else [home.partition(table, d) for d in dates]
-            for part in sorted(p for partition in partitions for p in partition.glob(f"{PART_PREFIX}*.parquet")):
-                if first_lsn(part) <= max(lsns):  # a part holds no row below its name's lsn
-                    deleted += self._drop_from_part(part, run_id, lsns)
-        return deleted
-
-    def _drop_from_part(self, part: Path, run_id: str, lsns: set[int]) -> int:
-        def doomed(table: pa.Table) -> pa.ChunkedArray:
-            withdrawn = pa.array(sorted(lsns), pa.int64())
-            return pc.and_(pc.equal(table["run_id"], run_id), pc.is_in(table["lsn"], withdrawn))
-
-        try:
-            with self.parts_lock:
-                return rewrite_part_without(part, doomed)
-        except pa.ArrowInvalid as error:  # a damaged part: its rows are unreadable anyway (doctor names it)
-            logger.warning("cannot read {} to delete withdrawn crash rows ({})", part, error)
-            return 0
-
-    def drop_parts_from(self, lsn: int, tables: tuple[str, ...] = DAEMON_TABLES) -> int:
-        """Delete the tables' parts whose rows come from lsn onwards (written after the checkpoint)."""
-        dropped = 0
-        partitions = [partition for table in tables for partition in self.home.partitions(table)]
-        paths = [path for partition in partitions for path in partition.glob(f"{PART_PREFIX}*.parquet")]
-        for path in paths:
-            if first_lsn(path) >= lsn:
-                path.unlink()
-                dropped += 1
-        return dropped
+        crash rows, withdrawn); the rows deleted. Idempotent: a replay deletes nothing twice."""
+        predicate = f"run_id = {sql_strings([run_id])} AND lsn IN ({', '.join(str(int(lsn)) for lsn in sorted(lsns))})"
+        return sum(delete(self.home, table, predicate) for table in ("stage_executions", "runs"))
 
     # -- audit trails --------------------------------------------------------------------
     def append_stage_lines(self, run_id: str, accounted_bytes: int, entries: list[dict[str, Any]]) -> int:

@@ -1,9 +1,16 @@
-"""Read-model writing: Parquet parts, audit trails, the checkpoint and status.json.
+"""Read-model writing: table commits, audit trails, the checkpoint and status.json.
 
 The writer takes what the projection produced (rows, ended-stage lines, changed runs),
 encodes it on the loop's thread (the state it reads is the loop's) and hands the writes to
 one disk thread (`_diskjobs.DiskJobs`), in order, so that ingest keeps acknowledging while
-parts are compressed and fsync'd. What the disk refuses
+rows are compressed and committed.
+
+The invariant that makes recovery exact: a checkpoint at lsn C is queued only after the
+commits of every row produced by the events before C (`flush` commits what it holds before
+it queues the checkpoint, and the disk thread runs jobs in order, halting on a refused one),
+and each commit records the lsn of its last row's event, V. Rows are produced in log order,
+so a table holds exactly its rows of events up to V. Recovery replays from C (C <= V + 1 by
+the order above) and drops the replayed rows of lsn <= V: none is lost, none is doubled. What the disk refuses
 stays queued, in order, and is retried; the projection's state is never touched. It also
 knows how much of each run's stages.jsonl the checkpoint accounts for (`stage_bytes`), so
 that lines a crashed daemon wrote past its checkpoint are cut before replay appends them again.
@@ -23,6 +30,9 @@ from dataclasses import asdict
 from typing import Any
 
 import msgpack
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake.exceptions import DeltaError
 from loguru import logger
 
 from stagewatch._home import Home
@@ -33,9 +43,8 @@ from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon._quarantine import Quarantine
 from stagewatch.daemon._readmodels import count_lines
-from stagewatch.daemon._runindex import run_dates
 from stagewatch.daemon._stats import DaemonStats, WriteErrors
-from stagewatch.daemon._store import Store, atomic_write
+from stagewatch.daemon._store import Store, atomic_write, with_dates
 from stagewatch.daemon._throttle import CostThrottle
 
 # A running run's audit.json (its head) and the checkpoint are rewritten at most this often (and
@@ -50,6 +59,10 @@ DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 # Rows queued for the disk thread before the loop waits for it: four groups' worth under a
 # flood (a turn takes up to 10,000 events), about 70 MB of tuples.
 MAX_QUEUED_ROWS = 40_000
+# A table's rows are committed at every flush (a second apart: a row is in the table about a
+# second after its event) and, under a flood, whenever this many wait: each commit costs a log
+# entry and a file per partition, so fewer and bigger ones keep the table and its log small.
+COMMIT_ROWS = 25_000
 
 
 class ReadModelWriter:
@@ -81,7 +94,7 @@ class ReadModelWriter:
         # counting 500 MB of lines. Unknown for runs of a checkpoint written before it (readers count).
         self.stage_lines: dict[str, int] = {}
         self.jobs = DiskJobs(MAX_QUEUED_ROWS)
-        self.passes = PassThread("stagewatch-merges")  # maintenance passes behind a checkpoint
+        self.passes = PassThread("stagewatch-compaction")  # compaction and vacuum, beside the loop
         # What the disk thread leaves for the loop's thread (quarantining refused rows, costs):
         # deque appends and pops are atomic.
         self._done: deque[Callable[[], None]] = deque()
@@ -90,6 +103,10 @@ class ReadModelWriter:
         self._finished_at: dict[str, float] = {}
         self._throttle = CostThrottle(min_interval_s=REWRITE_INTERVAL_S)
         self._withdrawn: dict[str, set[int]] = {}  # run -> lsns of losses whose rows are still to delete
+        # Rows encoded for the next commit of each table; and per table, the lsn up to which it
+        # already holds the rows (read at recovery: replayed rows up to it are dropped).
+        self._uncommitted: dict[str, list[pa.Table]] = {}
+        self.committed_lsn: dict[str, int] = {}
 
     def load(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's part of the writer's state (older checkpoints kept it per run)."""
@@ -128,20 +145,20 @@ class ReadModelWriter:
         """
         try:
             self._collect()
-            self._write_output(projector)
+            self._write_output(projector, commit=True)
             self._write_audits(projector, final)
             self._evict_finished_runs(projector)
             self._write_checkpoint(projector, final or checkpoint)
             self._write_status(projector)
-        except OSError as error:
+        except (OSError, DeltaError) as error:  # a full disk; a commit that kept conflicting
             self.write_error("cannot write read models ({}); will retry", error)
             return False
         return True
 
     def drain(self, passes: bool = True) -> bool:
         """Wait for every queued write, and with `passes` for the maintenance pass under way
-        (`after_checkpoint`); False if a write failed (the queue stays halted on it until the
-        next flush reports the error and retries)."""
+        (`beside`); False if a write failed (the queue stays halted on it until the next flush
+        reports the error and retries)."""
         drained = self.jobs.drain()
         if passes:
             self.passes.wait()
@@ -163,27 +180,20 @@ class ReadModelWriter:
         self._write_output(projector)
 
     def checkpoint_all(self, projector: Projector) -> None:
-        """Flush everything with a checkpoint and wait for it and for the maintenance pass under
-        way: until the loop queues more, nothing else writes parts (retention rewrites them)."""
+        """Flush everything with a checkpoint and wait for it."""
         self.flush(projector, final=True)
-        self.drain()
+        self.drain(passes=False)
 
-    def after_checkpoint(self, projector: Projector, steps: Callable[[int], Iterator[object]], what: str) -> None:
-        """Run `steps(lsn)` (a maintenance pass) on a thread of its own (`PassThread`), started
-        by the disk thread once a checkpoint of everything before `lsn` is on disk, without the
-        loop waiting. Merging parts needs that: recovery drops the parts past its checkpoint and
-        replays their rows, so a merged part (named by its lowest lsn) must never hold rows past
-        it; and the queue halts at a refused write, so no pass starts before its checkpoint is
-        on disk. Row parts written meanwhile hold rows from `lsn` on. While a pass runs, the
-        next one is not started."""
-        if self.flush(projector, checkpoint=True):
-            covered = self.log.end_lsn
+    def beside(self, steps: Callable[[], Iterator[object]], what: str) -> None:
+        """Run `steps()` (a maintenance pass: compaction, vacuum) on a thread of its own
+        (`PassThread`), without the loop or the disk queue waiting: Delta commits of both
+        threads rebase over each other. While a pass runs, the next one is not started."""
 
-            def guarded_steps() -> Generator[object, None, None]:
-                with self._reported(what):
-                    yield from steps(covered)
+        def guarded_steps() -> Generator[object, None, None]:
+            with self._reported(what):
+                yield from steps()
 
-            self.jobs.submit(functools.partial(self.passes.start, guarded_steps))
+        self.passes.start(guarded_steps)
 
     def in_background(self, job: Callable[[], object], what: str) -> None:
         """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
@@ -199,7 +209,7 @@ class ReadModelWriter:
     def _reported(self, what: str) -> Iterator[None]:  # on the disk thread, or a pass's
         try:
             yield
-        except OSError as error:  # a full disk, say: the next pass tries again
+        except (OSError, DeltaError) as error:  # a full disk, say: the next pass tries again
             self._done.append(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
         except Exception:  # a bug: logged and counted, and the writes behind it go on
             logger.exception("internal error in the disk thread's {} (the daemon keeps running)", what)
@@ -214,7 +224,7 @@ class ReadModelWriter:
         depend on how fast the replay runs). A refused write stops the replay (raised here),
         rather than the rest of the log queueing up in memory behind it."""
         self._collect()
-        self._write_output(projector)
+        self._write_output(projector, commit=False)
         self._write_audits(projector, final=False)
         grace_ns = int(self.finished_run_grace_s * 1e9)
         runs = projector.runs
@@ -232,8 +242,9 @@ class ReadModelWriter:
         while self._done:
             self._done.popleft()()
 
-    def _write_output(self, projector: Projector) -> None:
-        """Queue ended stages and table rows; the stages first, as the rows point at them."""
+    def _write_output(self, projector: Projector, commit: bool = False) -> None:
+        """Queue ended stages and table rows; the stages first, as the rows point at them.
+        Rows are committed with `commit`, or where `COMMIT_ROWS` of a table wait."""
         rows, lines = projector.take_output()
         for run_id in projector.take_expired():
             self._forget(run_id)
@@ -246,28 +257,47 @@ class ReadModelWriter:
             self.jobs.submit(functools.partial(self._run_file_write, run_id, "stage lines", write))
         for table, table_rows in rows.items():
             if table_rows:
-                # Arrow columns here: building them holds the GIL, which the disk thread should not.
-                parts, refused = self.store.arrow_parts(table, table_rows, ROW_FIELDS.get(table))
-                for row, reason in refused:
-                    self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
-                job = functools.partial(self.store.write_parts, table, parts)
-                self.jobs.submit(job, weight=sum(arrow.num_rows for _, arrow in parts))
-        for run_id, lsn in projector.take_withdrawn():
+                self._encode(table, table_rows)
+        withdrawn = projector.take_withdrawn()
+        for run_id, lsn in withdrawn:
             self._withdrawn.setdefault(run_id, set()).add(lsn)
+        for table, pending in list(self._uncommitted.items()):
+            if commit or self._withdrawn or sum(t.num_rows for t in pending) >= COMMIT_ROWS:
+                self._commit(table)
         if self._withdrawn:
             self._delete_withdrawn_rows()
 
+    def _encode(self, table: str, table_rows: list) -> None:
+        """The rows as Arrow (building the columns holds the GIL, which the disk thread should
+        not), less those the table holds already (a replay after a crash past its commit)."""
+        parts, refused = self.store.arrow_parts(table, table_rows, ROW_FIELDS.get(table))
+        for row, reason in refused:
+            self.quarantine.keep_unprojectable(f"writing the {table} table", row["lsn"], row, reason)
+        dated = with_dates(parts)
+        held = self.committed_lsn.get(table, -1)
+        if dated is not None and held >= 0:
+            dated = dated.filter(pc.greater(dated["lsn"], held))
+        if dated is not None and dated.num_rows:
+            self._uncommitted.setdefault(table, []).append(dated)
+
+    def _commit(self, table: str) -> None:
+        """Queue one commit of the table's encoded rows, marked with their last lsn."""
+        rows = pa.concat_tables(self._uncommitted.pop(table))
+        lsn = pc.max(rows["lsn"]).as_py()
+        self.jobs.submit(functools.partial(self.store.commit, table, rows, lsn), weight=rows.num_rows)
+
     def _delete_withdrawn_rows(self) -> None:
         """Delete the crash rows of losses withdrawn (a client declared lost sent again), once
-        the rows queued before are written and no merge runs: here, on the loop (it is rare: a
-        pipeline that was stopped or suspended past the client timeout). Until they are gone no
-        checkpoint is written, so a restart replays the withdrawal and deletes them then."""
-        if not self.drain():
+        the rows queued before are committed: here, on the loop (it is rare: a pipeline that
+        was stopped or suspended past the client timeout). Until they are gone no checkpoint
+        is written, so a restart replays the withdrawal and deletes them then (a delete of
+        rows already gone deletes nothing)."""
+        if not self.drain(passes=False):
             return  # the disk refused a write: the next flush retries
         for run_id in sorted(self._withdrawn):
             try:
-                self.store.drop_rows_of(run_id, self._withdrawn[run_id], run_dates(self.home.root, run_id))
-            except OSError as error:  # a full disk, say: retried at the next flush, no checkpoint meanwhile
+                self.store.delete_rows_of(run_id, self._withdrawn[run_id])
+            except (OSError, DeltaError) as error:  # a full disk, say: retried at the next flush
                 self.write_error(f"cannot delete the withdrawn crash rows of run {run_id} ({{}}); will retry", error)
                 return
             del self._withdrawn[run_id]
@@ -322,6 +352,8 @@ class ReadModelWriter:
     def _write_checkpoint(self, projector: Projector, final: bool) -> None:
         if self._withdrawn:
             return  # a checkpoint past a withdrawal whose rows are not yet deleted would keep them for good
+        for table in list(self._uncommitted):
+            self._commit(table)  # the invariant (module docstring): every row before the checkpoint committed
         if not final and (self._checkpoint_queued or not self._throttle.due("checkpoint", time.monotonic())):
             return
         started = time.monotonic()

@@ -133,18 +133,16 @@ def runs_page(
 
 
 def runs_signature(home: Path) -> tuple:
-    """Changes whenever the runs a page could show change: a part file added to or removed
-    from any partition of the runs table (a folder's mtime moves), or the daemon's list of
-    runs in progress. A few hundred stat calls, so a page can look every few seconds without
-    reading a million rows for nothing."""
-    partitions = []
-    for folder in Home.of(home).partitions("runs"):
-        try:
-            partitions.append((folder.name, folder.stat().st_mtime_ns))
-        except FileNotFoundError:  # removed by retention while we listed
-            continue
+    """Changes whenever the runs a page could show change: a commit to the runs table (each
+    adds a file to its Delta log, whose folder's mtime moves), or the daemon's list of runs in
+    progress. One stat call, so a page can look every few seconds without reading a million
+    rows for nothing."""
+    try:
+        committed = (Home.of(home).table("runs") / "_delta_log").stat().st_mtime_ns
+    except FileNotFoundError:  # no run finished yet
+        committed = None
     active = tuple(sorted((str(r.get("run_id")), str(r.get("status"))) for r in active_runs(home)))
-    return tuple(partitions), active
+    return committed, active
 
 
 def _running_runs(home: Path, filters: Filters) -> pa.Table:

@@ -55,11 +55,6 @@ FILES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], bytes] | None, b
         None,
         msgpack.packb({"lsn": 0, "open_runs": {"../x": "y"}}),
     ),
-    "gc-intent": (
-        lambda h: Home(h).gc_intent,
-        lambda h: json.dumps({"runs": [], "segments": []}).encode(),
-        json.dumps({"runs": 7, "segments": ["/etc/hostname"]}).encode(),
-    ),
     "scrub-record": (lambda h: Home(h).scrub, None, json.dumps({"segments": [1], "parts": "x"}).encode()),
     "status": (lambda h: Home(h).status, None, json.dumps([{"active_runs": 1}]).encode()),
     "run-index-bucket": (_bucket, None, b"no tab on this line\n"),
@@ -79,7 +74,6 @@ SHORT_CASES = [
     *((name, how) for name, how in EVERY_CASE if name.startswith("checkpoint")),
     ("accuracy-checkpoint", "empty"),
     ("accuracy-checkpoint", "wrong-shape"),
-    ("gc-intent", "wrong-shape"),
     ("scrub-record", "garbage"),
     ("status", "directory"),
     ("run-index-bucket", "truncated"),
@@ -180,22 +174,6 @@ def test_doctor_says_the_daemon_s_socket_is_gone(daemon: DaemonProcess) -> None:
     code, checks = _doctor(daemon.home)
     assert code == 1 and not checks["daemon"]["ok"]
     assert str(daemon.socket_path) in checks["daemon"]["detail"] and "restart" in checks["daemon"]["detail"]
-
-
-def test_a_gc_intent_naming_a_file_outside_the_log_deletes_nothing(daemon: DaemonProcess) -> None:
-    """A well-formed intent is still the wrong shape when it names what no gc removes: the
-    interrupted removal it would finish deletes only run folders and the log's segments."""
-    outside = daemon.home.parent / "precious.txt"
-    outside.write_text("keep me")
-    assert daemon.stop() == 0
-    intent = Home(daemon.home).gc_intent
-    intent.write_text(json.dumps({"runs": [], "segments": [str(outside)]}))
-    daemon.start()
-    wait_for(lambda: "set aside as" in daemon.log(), 30)
-    assert f"{intent} is damaged" in daemon.log() and "not in the event log" in daemon.log()
-    assert daemon.stop() == 0
-    assert outside.read_text() == "keep me"
-    assert not intent.exists() and len(_copies(daemon.home, intent)) == 1
 
 
 @pytest.mark.parametrize("folder", ["state", "index"])

@@ -1,5 +1,5 @@
-"""How metrics parts are encoded: dictionaries only for the columns of few values, and parts
-written the old way (every column a dictionary) read together with new ones."""
+"""How the tables' data files are encoded: zstd, dictionaries only for the columns of few
+values; rows go to their day's partition."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stagewatch._home import Home
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._store import DICTIONARY_COLUMNS, STAGE_EXECUTIONS, Store, parquet_options
+from stagewatch.daemon._store import DICTIONARY_COLUMNS, Store
+from stagewatch.daemon._tables import snapshot_files
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 from parquet_parts import rows_of
@@ -32,25 +31,12 @@ def test_a_new_part_dictionary_encodes_only_the_columns_of_few_values(home: Path
     Store(home).write_rows(
         "stage_executions", list(zip(*(c.to_pylist() for c in columns), strict=True)), STAGE_ROW_FIELDS
     )
-    (part,) = Home(home).table("stage_executions").rglob("part-*.parquet")
-    encoded = _dictionary_encoded(part)
+    (part,) = snapshot_files(home, "stage_executions")
+    encoded = _dictionary_encoded(Path(part))
+    assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD"
     assert encoded["stage"] and encoded["run_id"] and encoded["status"]
     assert not encoded["sample_id"] and not encoded["input_path"] and not encoded["duration_ms"]
     assert {name for name, yes in encoded.items() if yes} <= DICTIONARY_COLUMNS
-
-
-def test_parts_written_the_old_way_and_the_new_read_as_one_table(home: Path) -> None:
-    rows = rows_of(3_000)
-    partition = Home(home).partition("stage_executions", "2026-12-02")
-    partition.mkdir(parents=True)
-    pq.write_table(rows.slice(0, 1_500), partition / "part-00000000000000000000.parquet", compression="zstd")
-    new = partition / "part-00000000000000300000.parquet"
-    pq.write_table(rows.slice(1_500), new, **parquet_options(STAGE_EXECUTIONS))
-    assert not _dictionary_encoded(new)["sample_id"]
-    table = read_table(home, "stage_executions").sort_by("span")
-    assert table["sample_id"].to_pylist() == rows["sample_id"].to_pylist()
-    facet = read_table(home, "stage_executions", columns=["stage"], dictionary=("stage",))
-    assert sorted(facet["stage"].unique().to_pylist()) == sorted(set(rows["stage"].to_pylist()))
 
 
 def test_a_flush_across_midnight_splits_by_day_and_an_unplaceable_row_costs_only_itself(home: Path) -> None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 
 import stagewatch
 from stagewatch._home import Home
-from stagewatch.daemon import Filters, query_runs, query_stats
 from stagewatch.daemon._derived import DAEMON_CHECKPOINT, peek
 from stagewatch.daemon._ingest import RECEIVED_MARK_INTERVAL_NS
 from stagewatch.daemon._readmodels import read_table
@@ -23,12 +24,11 @@ from stagewatch.daemon._retention import (
     FinishedRun,
     Segment,
     collect_garbage,
-    intent_path,
     parse_duration,
-    resume_interrupted,
     select_expired,
 )
 from stagewatch.daemon._settings import RetentionSection
+from stagewatch.daemon._store import TABLES
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
 from tests.daemon.test_rebuild import _read_models
@@ -105,37 +105,49 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
     running.finish()
 
 
-def test_a_crash_in_the_middle_of_gc_leaves_nothing_half_visible(home: Path, monkeypatch) -> None:
+GC = """
+import sys
+from stagewatch.daemon._retention import collect_garbage
+from stagewatch.daemon._settings import RetentionSection
+from stagewatch.daemon._store import TABLES
+print("collecting", flush=True)
+collect_garbage(sys.argv[1], RetentionSection(runs="1h"), now_ns=int(sys.argv[2]))
+print("done", flush=True)
+"""
+
+
+def test_kill_9_during_a_retention_pass_loses_and_doubles_no_row_and_the_next_pass_finishes(home: Path) -> None:
+    """gc killed at points along its removal (each table's delete is one commit; the runs
+    table's goes last, then the folders): the kept runs' rows are each there once, and the
+    next pass removes what is left of the expired ones."""
     daemon = DaemonProcess(home).start()
-    run_ids = [_finished_run(home, f"p{i}") for i in range(3)]
-    for run_id in run_ids:
+    expired = [_finished_run(home, f"p{i}") for i in range(3)]
+    for run_id in expired:
         daemon.audit(run_id)
     wait_for(lambda: read_table(home, "runs").num_rows == 3)
+    now_ns = time.time_ns() + 3600 * NS  # a frozen clock an hour on: the runs before now have expired
+    time.sleep(RECEIVED_MARK_INTERVAL_NS / NS + 0.1)  # the kept run arrives under a `received` marker of its own
+    kept = _finished_run(home, "kept")
+    daemon.audit(kept)
+    wait_for(lambda: read_table(home, "runs").num_rows == 4)
     daemon.stop()
-    time.sleep(1.1)
-    import shutil
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed during rmtree")  # the process dies here
-
-    monkeypatch.setattr(shutil, "rmtree", killed)
-    with pytest.raises(KeyboardInterrupt):
-        collect_garbage(home, RetentionSection(runs="1s"))
-    assert intent_path(home).exists()
-    assert read_table(home, "runs").num_rows == 0  # readers see every run of the interrupted gc gone
-    assert query_runs(home, Filters()).num_rows == 0 and query_stats(home, Filters()) == []  # the SQL layer too
-    for run_id in run_ids:
-        shown = subprocess.run(
-            [sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],
-            capture_output=True,
-            text=True,
-        )
-        assert shown.returncode == 1
-    monkeypatch.undo()
-    freed = resume_interrupted(home)
-    assert sorted(freed["runs"]) == sorted(run_ids)
-    assert list((home / "runs").iterdir()) == [] and read_table(home, "runs").num_rows == 0
-    assert not intent_path(home).exists()
+    kept_rows = {table: read_table(home, table).filter(pc.field("run_id") == kept).num_rows for table in TABLES}
+    repo = Path(__file__).resolve().parents[2]
+    for delay_s in (0.0, 0.05, 0.1, 0.2, 0.4):
+        command = [sys.executable, "-c", GC, str(home), str(now_ns)]
+        gc = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, text=True)
+        assert gc.stdout.readline() == "collecting\n"
+        time.sleep(delay_s)
+        gc.send_signal(signal.SIGKILL)
+        gc.wait()
+        for table, rows in kept_rows.items():  # nothing of a kept run lost or doubled
+            found = read_table(home, table).filter(pc.field("run_id") == kept)
+            assert found.num_rows == rows and found.num_rows == len(set(found["lsn"].to_pylist()))
+    freed = collect_garbage(home, RetentionSection(runs="1h"), now_ns=now_ns)
+    assert set(freed["runs"]) <= set(expired)
+    for table in TABLES:
+        assert not set(expired) & set(read_table(home, table)["run_id"].to_pylist())
+    assert sorted(path.name for path in (home / "runs").iterdir()) == [kept]
 
 
 # A daemon that keeps runs a second, checks twice a second and forgets finished runs at once.
@@ -146,7 +158,7 @@ QUICK_RETENTION = {
 }
 
 
-def test_the_daemon_applies_retention_by_itself_and_finishes_an_interrupted_gc(home: Path) -> None:
+def test_the_daemon_applies_retention_by_itself_and_clears_what_a_killed_gc_hid(home: Path) -> None:
     daemon = DaemonProcess(home, env=QUICK_RETENTION).start()
     try:
         running = stagewatch.init(pipeline="ongoing", home=home)
@@ -161,14 +173,12 @@ def test_the_daemon_applies_retention_by_itself_and_finishes_an_interrupted_gc(h
         running.finish()
     finally:
         daemon.stop()
-    # As if a gc had been killed after writing its intent and hiding one folder:
+    # As if a gc had been killed after its deletes, having hidden one folder:
     victim = _finished_run_offline(home)
     (home / "runs" / victim).rename(home / "runs" / f".expired-{victim}")
-    intent_path(home).write_text(json.dumps({"runs": [victim], "segments": []}))
     daemon = DaemonProcess(home, env=QUICK_RETENTION).start()
     try:
-        wait_for(lambda: not intent_path(home).exists(), timeout_s=30)
-        assert not (home / "runs" / f".expired-{victim}").exists()
+        wait_for(lambda: not (home / "runs" / f".expired-{victim}").exists(), timeout_s=30)
     finally:
         daemon.stop()
 

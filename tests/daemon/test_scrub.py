@@ -11,6 +11,9 @@ from pathlib import Path
 from stagewatch._home import Home
 from stagewatch.daemon._eventlog import EventLog
 from stagewatch.daemon._scrub import load, scrub_next_segment
+from stagewatch.daemon._store import Store
+from stagewatch.daemon._tables import snapshot_files
+from tests.daemon.test_compaction import T0, _rows
 
 
 def _log_of_segments(home: Path) -> list[Path]:
@@ -57,8 +60,8 @@ def test_the_periodic_pass_checks_one_sealed_segment_at_a_time_and_remembers(tmp
 def test_doctor_scrub_checks_every_segment_and_part(tmp_path: Path) -> None:
     segments = _log_of_segments(tmp_path)
     _flip(segments[2], 300)
-    part = Home(tmp_path).partition("stage_executions", "2026-12-01") / "part-00000000000000000001.parquet"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"PAR1" + b"\x00" * 100 + b"PAR1")
+    Store(tmp_path).write_rows("stage_executions", _rows(0, 10, T0))
+    (part,) = snapshot_files(tmp_path, "stage_executions")
+    Path(part).write_bytes(b"PAR1" + b"\x00" * 100 + b"PAR1")
     check = _doctor(tmp_path, "--scrub")["scrub"]
-    assert not check["ok"] and segments[2].name in check["detail"] and "part-00000000000000000001" in check["detail"]
+    assert not check["ok"] and segments[2].name in check["detail"] and Path(part).name in check["detail"]

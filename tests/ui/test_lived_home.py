@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from stagewatch._home import Home
-from stagewatch.daemon._compaction import BY_STATUS, LAYOUT_KEY
 from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
 from tests.ui.test_dashboard import Ui, pytestmark, shown  # noqa: F401 (the skip mark: no Chromium, no test)
 
@@ -75,22 +75,20 @@ def _pipeline(home: Path, name: str, runs: int, samples: int, days: int) -> list
     return done.stdout.split()
 
 
-def _parts(home: Path, table: str) -> dict[str, list[Path]]:
-    return {folder.name: sorted(folder.glob("part-*.parquet")) for folder in Home.of(home).partitions(table)}
-
-
-def _compacted(parts: list[Path]) -> bool:
-    """One part, in the aged layout (its footer says so)."""
-    return len(parts) == 1 and (pq.read_metadata(parts[0]).metadata or {}).get(LAYOUT_KEY) == BY_STATUS
+def _parts(home: Path, table: str) -> dict[str, list[str]]:
+    """The files of the table's snapshot, by partition."""
+    files: dict[str, list[str]] = {}
+    for path in snapshot_files(home, table):
+        files.setdefault(Path(path).parent.name, []).append(path)
+    return files
 
 
 def _lived_enough(home: Path, runs: int) -> bool:
-    """The aged day compacted, today's parts merged, and every run's row stored."""
-    partitions = sorted(_parts(home, "stage_executions").items())
-    if len(partitions) != 2 or read_table(home, "runs", columns=["run_id"]).num_rows != runs:
+    """Two days of rows, every run's row stored, and the daemon has compacted the table."""
+    if len(_parts(home, "stage_executions")) != 2 or read_table(home, "runs", columns=["run_id"]).num_rows != runs:
         return False
-    (_, aged), (_, today) = partitions
-    return _compacted(aged) and any("-" in part.stem.removeprefix("part-") for part in today)
+    history = DeltaTable(str(Home.of(home).table("stage_executions"))).history()
+    return any(entry["operation"] == "OPTIMIZE" for entry in history)
 
 
 @pytest.fixture(scope="module")

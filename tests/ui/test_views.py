@@ -292,29 +292,22 @@ def test_a_page_past_the_end_says_so() -> None:
     assert Page(pd.DataFrame(), 0, 0, 25).label == "no rows match"
 
 
-def test_the_runs_signature_moves_with_a_new_part_and_only_then(tmp_path) -> None:
-    import os
-
-    from stagewatch._home import Home
+def test_the_runs_signature_moves_with_a_commit_and_only_then(tmp_path) -> None:
+    from stagewatch.daemon._store import Store
+    from stagewatch.daemon._tables import delete
     from stagewatch.ui._data import runs_signature
 
-    home = Home.of(tmp_path)
     before = runs_signature(tmp_path)
     assert runs_signature(tmp_path) == before  # nothing happened
-    folder = home.partition("runs", "2026-12-01")
-    folder.mkdir(parents=True)
-    (folder / "part-1.parquet").write_bytes(b"")
+    Store(tmp_path).write_rows("runs", [{"run_id": "r", "start_time": 0, "lsn": 1}])
     after = runs_signature(tmp_path)
     assert after != before and runs_signature(tmp_path) == after
-    os.utime(folder, ns=(1, 1))  # stand-in for a part removed later: the folder's mtime moves
+    delete(tmp_path, "runs", "run_id = 'r'")  # a run removed: a commit that adds no file
     assert runs_signature(tmp_path) != after
 
 
 def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
-    import pyarrow.parquet as pq
-
-    from stagewatch._home import Home
-    from stagewatch.daemon._store import SAMPLES
+    from stagewatch.daemon._store import Store
     from stagewatch.ui._failures import CaseFilters, failures_page
 
     now = datetime(2026, 12, 2, 12, tzinfo=UTC)
@@ -326,7 +319,7 @@ def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
                 "pipeline": "p",
                 "stage": "detection",
                 "sample_id": f"d{day}s{i}",
-                "time": moment,
+                "time": int(moment.timestamp() * 1e9),
                 "status": "wrong",
                 "value": 0.5,
                 "severity": 0.2 + 0.3 * i,
@@ -342,11 +335,9 @@ def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
             }
             for i, kind in enumerate(kinds)
         ]
-        folder = Home.of(tmp_path).partition("samples", moment.strftime("%Y-%m-%d"))
-        folder.mkdir(parents=True)
-        # The older day's part was written before classes and confidence were columns.
-        schema = SAMPLES if day == 0 else pa.schema([f for f in SAMPLES if f.name in OLD_SAMPLE_COLUMNS])
-        pq.write_table(pa.Table.from_pylist(rows, schema), folder / "part-0.parquet")
+        if day:  # the older day's rows came before classes and confidence: nulls
+            rows = [{name: value for name, value in row.items() if name in OLD_SAMPLE_COLUMNS} for row in rows]
+        Store(tmp_path).write_rows("samples", rows)
     assert failures_page(tmp_path, CaseFilters()).total == 3
     assert failures_page(tmp_path, CaseFilters(since=now - timedelta(days=1))).total == 2
     assert failures_page(tmp_path, CaseFilters(until=now - timedelta(days=1))).total == 1

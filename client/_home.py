@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Self
 
 from stagewatch._names import check_name, check_run_id
 
@@ -37,20 +38,22 @@ class Home:
         self.root = Path(root)
 
     @classmethod
-    def of(cls, home: str | os.PathLike[str] | Home) -> Home:
-        """`home` as a Home (a path is taken as it is, not resolved)."""
-        return home if isinstance(home, Home) else cls(home)
+    def of(cls, home: str | os.PathLike[str] | Home) -> Self:
+        """`home` as this class (a path is taken as it is, not resolved)."""
+        if isinstance(home, cls):
+            return home
+        return cls(home.root if isinstance(home, Home) else home)
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike[str] | Home | None = None) -> Home:
+    def resolve(cls, home: str | os.PathLike[str] | Home | None = None) -> Self:
         """The argument, else $STAGEWATCH_HOME, else ./output; absolute."""
         if isinstance(home, Home):
-            return home
+            return cls.of(home)
         chosen = home if home is not None else os.environ.get("STAGEWATCH_HOME") or DEFAULT_HOME
         return cls(Path(chosen).expanduser().resolve())
 
     def __repr__(self) -> str:
-        return f"Home({str(self.root)!r})"
+        return f"{type(self).__name__}({str(self.root)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Home) and other.root == self.root

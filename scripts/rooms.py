@@ -86,6 +86,7 @@ MAPPING: dict[str, str] = {
     "_throttle": "base",
     "_sdnotify": "base",
     "_projection": "projection",
+    "_outcomes": "projection",  # how a run ended, in words: the fold decides it, the UI and CLI say it
     "_schema": "projection",
     "_rows": "projection",
     "_ingest": "ingest",
@@ -116,7 +117,7 @@ MAPPING: dict[str, str] = {
 }
 # What stays at daemon/'s top: the public API, the two ways of running the rooms (live and
 # replayed from the log), the demo pipeline.
-STAYS = frozenset({"__init__", "_daemon", "_rebuild", "_demo"})
+STAYS = frozenset({"__init__", "_daemon", "_rebuild", "_demo", "_street"})
 # Packages of daemon/ that are no room of this script's making.
 OTHER_PACKAGES = frozenset({"groundtruth"})
 

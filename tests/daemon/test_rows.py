@@ -16,7 +16,7 @@ from stagewatch.daemon import _rows
 from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, audit_json, stage_builders
 from stagewatch.daemon._rows import DEFINITIONS, Column, Source
 from stagewatch.daemon._sql import schema_of
-from stagewatch.daemon._store import Store, parquet_options
+from stagewatch.daemon._store import Store, table_writer_properties
 from tests.daemon.test_projection import RUN, T0, ev, finished, fold, history
 
 DOCS = Path(__file__).parents[2] / "docs" / "storage.md"
@@ -43,12 +43,14 @@ def test_the_docs_check_fails_on_a_table_that_disagrees_or_that_is_no_table() ->
 def test_the_store_and_the_query_layer_use_the_definition(table: str) -> None:
     definition = DEFINITIONS[table]
     assert schema_of(table).equals(definition.schema.append(pa.field("date", pa.string())))
-    encoded = parquet_options(definition.schema)["use_dictionary"]
+    properties = table_writer_properties(table)
+    assert not properties.default_column_properties.dictionary_enabled
+    encoded = [name for name, column in properties.column_properties.items() if column.dictionary_enabled]
     assert encoded == [column.name for column in definition.columns if column.dictionary]
 
 
 def test_a_name_is_dictionary_encoded_in_every_table_that_has_it_or_in_none() -> None:
-    """Write options go by name (`parquet_options` of any part's schema): one verdict a name."""
+    """Write options go by name (`table_writer_properties` names the columns): one verdict a name."""
     verdicts: dict[str, set[bool]] = {}
     for definition in DEFINITIONS.values():
         for column in definition.columns:

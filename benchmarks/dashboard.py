@@ -35,7 +35,7 @@ from _common import median_ms, print_table, running_daemon
 from history import prepared_home
 
 from stagewatch.daemon import Filters, parse_time
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.ui import _data
 
 CHROMIUM = "/usr/bin/chromium"

@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import median_ms, print_table, running_daemon
 
-from stagewatch.daemon._sql import select
-from stagewatch.daemon._store import Store, with_dates
-from stagewatch.daemon._tables import _cache, snapshot_files
+from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.tables._store import Store, with_dates
+from stagewatch.daemon.tables._tables import _cache, snapshot_files
 
 T0 = 1_790_000_000 * 10**9
 

@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import median_ms, print_table
 
-from stagewatch._home import Home
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._store import SAMPLES
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.groundtruth.diff import cloud_distances, image_difference, mask_difference
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._store import SAMPLES
 from stagewatch.ui._failures import CaseFilters, failures_page
 from stagewatch.ui._gallery import ThumbnailCache, thumbnails
 
@@ -81,7 +81,7 @@ def case_home(cases: int) -> Path:
             },
             schema=SAMPLES,
         )
-        folder = Home.of(home).partition("samples", date)
+        folder = DaemonHome.of(home).partition("samples", date)
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part-0.parquet")
     return home

@@ -7,7 +7,7 @@ The history is built by replaying generated events (4 stages a run, 3% failing a
 detection, one log line a run, starts spread over 30 days) through the daemon's own ingest
 path in-process (validation, event log, projection, Parquet, audit trails), then compacted
 as aged partitions are in production. Queries run on DuckDB over the tables' files
-(daemon/_sql.py). Each timing is the median of 7. The references, in the same run: for query
+(daemon/query/_sql.py). Each timing is the median of 7. The references, in the same run: for query
 by run id, the same query with the run index switched off (every partition of three tables
 opened); for size, the same rows written as JSON (measured on a 200k-row sample per table
 above that size, and scaled; --no-size skips it).
@@ -41,10 +41,10 @@ from stagewatch.daemon import (
     query_stages,
     query_stats,
 )
-from stagewatch.daemon._ingest import Group
-from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
-from stagewatch.daemon._store import TABLES, table_writer_properties
-from stagewatch.daemon._tables import compact, snapshot_files
+from stagewatch.daemon.ingest._ingest import Group
+from stagewatch.daemon.query._readmodels import load_audit, read_table, to_rows
+from stagewatch.daemon.tables._store import TABLES, table_writer_properties
+from stagewatch.daemon.tables._tables import compact, snapshot_files
 from stagewatch.ui._data import logs_page, runs_page
 
 STAGES = (("preprocessing", 4.0), ("detection", 12.0), ("tracking", 3.0), ("postprocessing", 6.0))

@@ -156,7 +156,7 @@ def _visible(home, table: str) -> int:
     """Rows of the table's current Delta snapshot (what every reader sees)."""
     import pyarrow.dataset as ds
 
-    from stagewatch.daemon._tables import snapshot_files
+    from stagewatch.daemon.tables._tables import snapshot_files
 
     files = snapshot_files(home, table)
     return ds.dataset(files, format="parquet").count_rows() if files else 0

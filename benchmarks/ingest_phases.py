@@ -38,11 +38,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 from ingest import _event
 
-from stagewatch._home import Home
 from stagewatch._protocol import pack_event
-from stagewatch.daemon._decode import decode_event
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, _ended_line, stage_lines_bytes
-from stagewatch.daemon._store import STAGE_EXECUTIONS, Store
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.ingest._decode import decode_event
+from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS, Projector, _ended_line, stage_lines_bytes
+from stagewatch.daemon.tables._store import STAGE_EXECUTIONS, Store
 
 
 def _payloads(count: int) -> list[bytes]:
@@ -98,7 +98,7 @@ def main() -> None:
     tuples = rows["stage_executions"]
     dicts = [dict(zip(STAGE_ROW_FIELDS, row, strict=True)) for row in tuples]
     with tempfile.TemporaryDirectory(prefix="sw-phases-", dir="/tmp") as folder:
-        store = Store(Home(Path(folder)))
+        store = Store(DaemonHome(Path(folder)))
         ours_rows = _us_per_event(
             lambda: store.write_rows("stage_executions", tuples, STAGE_ROW_FIELDS), count, repeats
         )

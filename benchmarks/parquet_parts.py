@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 
-from stagewatch.daemon._store import DICTIONARY_COLUMNS, STAGE_EXECUTIONS
+from stagewatch.daemon.tables._store import DICTIONARY_COLUMNS, STAGE_EXECUTIONS
 
 
 def parquet_options(schema: pa.Schema) -> dict:

@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_table
 
 from stagewatch import _protocol as protocol
-from stagewatch._home import Home
-from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.ingest._eventlog import EventLog
 
 CLIENT = "rebuild-bench"
 
@@ -67,7 +67,7 @@ def _run_events(run_id: str, stages: int, seq: int, now: int) -> list[dict]:
 
 
 def write_log(home: Path, events: int, stages_per_run: int) -> int:
-    log = EventLog(Home(home).events)
+    log = EventLog(DaemonHome(home).events)
     log.open()
     written, seq, now = 0, 1, time.time_ns() - 3_600 * 10**9
     while written < events:
@@ -92,7 +92,7 @@ def rebuild_seconds(home: Path, python_path: str | None) -> float:
 
 def read_seconds(home: Path) -> float:
     started = time.perf_counter()
-    for _, payload in EventLog(Home(home).events).read():
+    for _, payload in EventLog(DaemonHome(home).events).read():
         msgpack.unpackb(payload, raw=False)
     return time.perf_counter() - started
 

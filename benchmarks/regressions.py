@@ -1,4 +1,4 @@
-"""Regressions without false alarms: the change-point test of daemon/_shifts on synthetic
+"""Regressions without false alarms: the change-point test of daemon/compare/_shifts on synthetic
 histories of a stage's per-run p95, with the run-to-run noise this machine shows.
 
 1. Noise: the demo pipeline runs --demo-runs times against a real daemon; per stage, the
@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import print_table, running_daemon
-from stagewatch.daemon._shifts import MAD_TO_SIGMA, MIN_REFERENCE, detect
+from stagewatch.daemon.compare._shifts import MAD_TO_SIGMA, MIN_REFERENCE, detect
 
 STEP = 0.10
 STEADY_RUNS, STEPPED_RUNS = 30, 20
@@ -38,7 +38,7 @@ def measured_histories(runs: int) -> dict[str, np.ndarray]:
     import stagewatch
     from stagewatch.daemon import Filters, query_stages
     from stagewatch.daemon._demo import run_demo
-    from stagewatch.daemon._shifts import run_points
+    from stagewatch.daemon.compare._shifts import run_points
 
     with running_daemon() as home:
         for _ in range(runs):

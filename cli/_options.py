@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import Home
+from stagewatch.daemon.base._layout import DaemonHome
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -38,9 +38,9 @@ def global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="ingest endpoint (default $STAGEWATCH_ENDPOINT or ipc in the home)")
 
 
-def home_of(args: argparse.Namespace) -> Home:
+def home_of(args: argparse.Namespace) -> DaemonHome:
     """The home the command works on; ValueError (exit 2) for a path that is not a folder."""
-    home = Home.resolve(args.home)
+    home = DaemonHome.resolve(args.home)
     if home.root.exists() and not home.root.is_dir():
         raise ValueError(f"expected --home to be a folder, got the file {home.root}")
     return home
@@ -70,7 +70,7 @@ def config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
-    from stagewatch.daemon._settings import load_config
+    from stagewatch.daemon.base._settings import load_config
 
     flags = {
         "home": args.home,
@@ -103,8 +103,8 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
 
 def filters_of(args: argparse.Namespace, home: Path) -> Any:
     """Validated filters; ValueError (exit 2) for a malformed value, RunNotFound for an unknown run."""
-    from stagewatch.daemon._query import Filters, parse_time
-    from stagewatch.daemon._readmodels import resolve_run_id
+    from stagewatch.daemon.query._query import Filters, parse_time
+    from stagewatch.daemon.query._readmodels import resolve_run_id
 
     run = resolve_run_id(home, args.run) if args.run else None
     return Filters(

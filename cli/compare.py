@@ -59,8 +59,8 @@ def fraction(text: str) -> float:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from stagewatch.daemon._compare import CompareError, Options, baseline_side, compare, run_side
-    from stagewatch.daemon._sql import QueryError
+    from stagewatch.daemon.compare._compare import CompareError, Options, baseline_side, compare, run_side
+    from stagewatch.daemon.query._sql import QueryError
 
     if isinstance(args.threshold, str):  # argparse does not convert a default given as text
         args.threshold = fraction(args.threshold)

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import Home
 from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_of, home_options, port
+from stagewatch.daemon.base._layout import DaemonHome
 
 
 def add_commands(commands: Any) -> None:
@@ -42,7 +42,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return EXIT_OK  # not reached
 
 
-def serve_dashboard(home: Home, port: int, run_id: str) -> None:
+def serve_dashboard(home: DaemonHome, port: int, run_id: str) -> None:
     """The dashboard on 127.0.0.1 until Ctrl-C (or SIGTERM); the daemon keeps running meanwhile."""
     try:
         import panel  # noqa: F401 - the [ui] extra

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import PARTITION_PREFIX, Home, ipc_path, resolve_endpoint
+from stagewatch._home import ipc_path, resolve_endpoint
 from stagewatch.cli._options import EXIT_OK, home_of, home_options, port, positive_int
 from stagewatch.cli._report import format_accuracy, stats_table
 from stagewatch.cli.dashboard import serve_dashboard
+from stagewatch.daemon.base._layout import PARTITION_PREFIX, DaemonHome
 
 DEMO_LOG = "daemon-demo.log"  # beside the home's own folders: the demo daemon's stderr
 
@@ -40,7 +41,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from loguru import logger
 
     from stagewatch.daemon._demo import run_demo
-    from stagewatch.daemon._readmodels import load_audit_head
+    from stagewatch.daemon.query._readmodels import load_audit_head
 
     home = home_of(args)
     endpoint = resolve_endpoint(home, args.endpoint)
@@ -71,9 +72,9 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def start_daemon(home: Home, endpoint: str) -> subprocess.Popen[bytes] | None:
+def start_daemon(home: DaemonHome, endpoint: str) -> subprocess.Popen[bytes] | None:
     """Start a daemon on `home` unless one already runs there; wait until it listens."""
-    from stagewatch.daemon._doctor import daemon_running
+    from stagewatch.daemon.maintenance._doctor import daemon_running
 
     if daemon_running(home.root):
         print(f"stagewatch: using the daemon already running on {home.root}")
@@ -120,8 +121,8 @@ def wait_for_document(path: Path, flag: str, timeout_s: float) -> dict[str, Any]
     return None
 
 
-def _print_summary(home: Home, audit: dict[str, Any]) -> None:
-    from stagewatch.daemon._query import run_stages
+def _print_summary(home: DaemonHome, audit: dict[str, Any]) -> None:
+    from stagewatch.daemon.query._query import run_stages
 
     run_id = audit["run_id"]
     print(f"\nrun {run_id}  pipeline={audit.get('pipeline')}  status={audit['status'].replace('_', ' ')}")

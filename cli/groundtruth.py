@@ -99,9 +99,9 @@ def _read_json(path: Path) -> Any:
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
-    from stagewatch.daemon._accuracy import fold_log
-    from stagewatch.daemon._readmodels import RunNotFound, load_audit_head, resolve_run_id
+    from stagewatch.daemon.accuracy._accuracy import fold_log
     from stagewatch.daemon.groundtruth.spec import DatasetError, load_dataset
+    from stagewatch.daemon.query._readmodels import RunNotFound, load_audit_head, resolve_run_id
 
     if not args.run:
         return fail("give --run RUN_ID (or: stagewatch eval coco GT.json DETECTIONS.json)", EXIT_USAGE)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import Home
 from stagewatch.cli._options import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -22,6 +21,7 @@ from stagewatch.cli._options import (
     positive_int,
 )
 from stagewatch.cli._report import executions_table, format_accuracy, stats_table
+from stagewatch.daemon.base._layout import DaemonHome
 
 SHOW_LIMIT = 100  # stages of the trail that `show --json` prints a page (--all: every one)
 SHOW_ROWS = 20  # executions `show` lists a page
@@ -82,7 +82,7 @@ def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | Non
     """Rows of every table (or those --table names) that match the filters, as JSON-ready dicts;
     None if the run is unknown."""
     from stagewatch.daemon import RunNotFound
-    from stagewatch.daemon._export import TABLES, matching
+    from stagewatch.daemon.query._export import TABLES, matching
 
     home = home_of(args).root
     tables = tuple(name for name in TABLES if name in (getattr(args, "table", None) or TABLES))
@@ -94,8 +94,8 @@ def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | Non
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from stagewatch.daemon import _outcomes as outcomes
     from stagewatch.daemon import list_runs
+    from stagewatch.daemon.projection import _outcomes as outcomes
 
     home = home_of(args)
     runs = list_runs(home.root, args.limit)
@@ -221,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     matched = _matching(args)
     if matched is None:
         return EXIT_NOT_FOUND
-    from stagewatch.daemon._export import export_chunks
+    from stagewatch.daemon.query._export import export_chunks
 
     text = "".join(export_chunks(matched, args.format))
     if args.output == "-":
@@ -238,7 +238,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from stagewatch.daemon import RunNotFound, resolve_run_id
-    from stagewatch.daemon._readmodels import load_accuracy
+    from stagewatch.daemon.query._readmodels import load_accuracy
 
     home = home_of(args).root
     if args.all and not args.json:
@@ -263,7 +263,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[str, Any]) -> int:
     """The trail as JSON: a page of its stages (`stages_page` says which), or with --all every
     stage, streamed a few megabytes at a time (a run of a million stages is 450 MB of JSON)."""
-    from stagewatch.daemon._readmodels import audit_json_chunks, load_audit
+    from stagewatch.daemon.query._readmodels import audit_json_chunks, load_audit
 
     if args.all:
         for chunk in audit_json_chunks(home, run_id, extra):
@@ -279,8 +279,8 @@ def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[st
 def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     """The run's head, its per-stage statistics (SQL over its rows), its first errors with their
     tracebacks, and a page of its executions: whatever the run's length, nothing of it is read whole."""
-    from stagewatch.daemon._query import Filters, executions_page, query_gpu_devices, run_stages
-    from stagewatch.daemon._readmodels import FAILED, load_audit_head, stages_with, to_rows
+    from stagewatch.daemon.query._query import Filters, executions_page, query_gpu_devices, run_stages
+    from stagewatch.daemon.query._readmodels import FAILED, load_audit_head, stages_with, to_rows
 
     audit = load_audit_head(home, run_id)
     print(f"{'run':<13}{audit['run_id']}")
@@ -301,7 +301,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     page, total = executions_page(home, run_id, args.order, (args.page - 1) * limit, limit)
     print(executions_table(to_rows(page), (args.page - 1) * limit, total, args.order))
     counts = audit.get("counts") or {}
-    print(f"\n{counts.get('artifacts', 0)} saved outputs under {Home.of(home).stage_outputs(run_id)}/")
+    print(f"\n{counts.get('artifacts', 0)} saved outputs under {DaemonHome.of(home).stage_outputs(run_id)}/")
     print("--json prints the trail (a page of its stages; --json --all every one)")
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import Home, resolve_endpoint
+from stagewatch._home import resolve_endpoint
 from stagewatch.cli._options import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -21,6 +21,7 @@ from stagewatch.cli._options import (
     load_config,
     progress,
 )
+from stagewatch.daemon.base._layout import DaemonHome
 
 
 def add_commands(commands: Any) -> None:
@@ -64,13 +65,13 @@ def add_commands(commands: Any) -> None:
     keys.set_defaults(handler=cmd_keys)
 
 
-def _configured_home(config: Any) -> Home:
+def _configured_home(config: Any) -> DaemonHome:
     return home_of(argparse.Namespace(home=config.home))
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from stagewatch.daemon import DaemonAlreadyRunning, DaemonSettings, configure_logging, serve
-    from stagewatch.daemon._retention import parse_duration
+    from stagewatch.daemon.tables._retention import parse_duration
 
     config, _ = load_config(args)  # a bad value raises ConfigError: exit 2 before anything starts
     home = _configured_home(config)
@@ -98,7 +99,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dataset_roots(config: Any, home: Home) -> tuple[Path, ...] | None:
+def _dataset_roots(config: Any, home: DaemonHome) -> tuple[Path, ...] | None:
     """Where the accuracy worker may read golden datasets: the configured folders; with
     group access and none configured, only the home's datasets/ (a pipeline of another user
     must not make the daemon read what only the daemon may)."""
@@ -125,8 +126,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from stagewatch.daemon._doctor import examine
-    from stagewatch.daemon._scrub import scrub_all
+    from stagewatch.daemon.maintenance._doctor import examine
+    from stagewatch.daemon.maintenance._scrub import scrub_all
 
     config, _ = load_config(args)
     home = _configured_home(config)
@@ -142,7 +143,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from stagewatch.daemon import DaemonAlreadyRunning
-    from stagewatch.daemon._retention import collect_garbage
+    from stagewatch.daemon.tables._retention import collect_garbage
 
     config, _ = load_config(args)
     home = _configured_home(config)

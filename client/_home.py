@@ -1,15 +1,15 @@
-"""The storage layout of a stagewatch home, and where client and daemon meet.
+"""What the client writes and finds in a stagewatch home, and where client and daemon meet.
 
-`Home` is the one owner of the layout: every path under the home (folders, files, run
-folders, table partitions, sockets) comes from it, and no other module joins the layout's
-names. Both sides resolve the home and the endpoint the same way, so a pipeline and a
-daemon started in the same environment find each other with no configuration at all.
+`Home` owns the client's side of the layout: a run's folder and its saved outputs, the
+spool, the sockets and their endpoints. Both sides resolve the home and the endpoint the
+same way, so a pipeline and a daemon started in the same environment find each other with
+no configuration at all. The daemon's side of the layout (event log, tables, state, index,
+quarantine, logs, keys, audit trails) is `DaemonHome` (daemon/base/_layout.py), a Home with
+the daemon's paths; no other module joins the layout's names.
 
-    events/                                   event log segments
-    runs/{run_id}/audit.json                  the run's audit trail (+ stages.jsonl, accuracy.json)
     runs/{run_id}/stages/{stage}/{file}       saved stage outputs
-    metrics/{table}/_delta_log, date=.../    the tables (Delta)
-    index/, state/, logs/, quarantine/, spool/, run/ (sockets), keys/, datasets/
+    spool/                                    events kept while no daemon answered
+    run/                                      the sockets (ingest, live, accuracy)
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ DEFAULT_HOME = "./output"
 # Linux limits a unix socket path to 107 bytes (sun_path is 108 with the NUL).
 MAX_IPC_PATH_BYTES = 107
 IPC = "ipc://"
-PARTITION_PREFIX = "date="
 ARTIFACT_FORM = "runs/{run_id}/stages/{stage}/{file}"  # a saved output's path, relative to the home
 
 
@@ -63,47 +62,8 @@ class Home:
 
     # -- folders -------------------------------------------------------------------------
     @property
-    def events(self) -> Path:
-        return self.root / "events"
-
-    @property
     def runs(self) -> Path:
         return self.root / "runs"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def quarantined_segments(self) -> Path:
-        """Files found among the event log's segments that are no segment of it."""
-        return self.quarantine / "segments"
-
-    @property
-    def quarantined_tables(self) -> Path:
-        """Tables set aside whole (a damaged Delta log, the layout of an earlier version)."""
-        return self.quarantine / "tables"
-
-    @property
-    def quarantined_state(self) -> Path:
-        """Damaged derived state files set aside, as quarantine/derived/{path}.damaged-{time}."""
-        return self.quarantine / "derived"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
 
     @property
     def spool(self) -> Path:
@@ -113,86 +73,13 @@ class Home:
     def sockets(self) -> Path:
         return self.root / "run"
 
-    @property
-    def keys(self) -> Path:
-        return self.root / "keys"
-
-    @property
-    def datasets(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def server_secret_key(self) -> Path:
-        """The daemon's CURVE key pair (public and secret in one file)."""
-        return self.keys / "server.key_secret"
-
-    @property
-    def server_public_key(self) -> Path:
-        """What a client names in STAGEWATCH_CURVE_SERVER_KEY."""
-        return self.keys / "server.key"
-
-    @property
-    def client_keys(self) -> Path:
-        """Key pairs made by `stagewatch keys add`, one per client name."""
-        return self.keys / "clients"
-
-    @property
-    def authorized_keys(self) -> Path:
-        """The public keys of the clients a TCP endpoint accepts."""
-        return self.keys / "authorized"
-
     def shared_folders(self) -> tuple[Path, ...]:
         """What pipelines of the home's group write into (spool files, run folders)."""
         return self.spool, self.runs
 
-    # -- files ---------------------------------------------------------------------------
-    @property
-    def lock(self) -> Path:
-        return self.root / "daemon.lock"
-
-    @property
-    def status(self) -> Path:
-        return self.state / "status.json"
-
-    def checkpoint(self, name: str = "checkpoint.msgpack") -> Path:
-        return self.state / check_name(name, "checkpoint name")
-
-    @property
-    def scrub(self) -> Path:
-        """What the last scrubs found damaged (remembered until a clean scrub)."""
-        return self.state / "scrub.json"
-
-    @property
-    def accuracy_lock(self) -> Path:
-        return self.state / "accuracy.lock"
-
-    @property
-    def daemon_log(self) -> Path:
-        return self.logs / "daemon.jsonl"
-
-    def quarantine_file(self, date: str) -> Path:
-        return self.quarantine / f"{check_name(date, 'date')}.jsonl"
-
-    @property
-    def run_index(self) -> Path:
-        return self.index / "runs"
-
     # -- runs ----------------------------------------------------------------------------
     def run(self, run_id: str) -> Path:
         return self.runs / check_run_id(run_id)
-
-    def expired_run(self, run_id: str) -> Path:
-        """Where retention moves a run folder before deleting it (invisible to readers)."""
-        return self.runs / f".expired-{check_run_id(run_id)}"
-
-    def audit(self, run_id: str) -> Path:
-        return self.run(run_id) / "audit.json"
-
-    def stage_lines(self, run_id: str) -> Path:
-        return self.run(run_id) / "stages.jsonl"
-
-    def accuracy(self, run_id: str) -> Path:
-        return self.run(run_id) / "accuracy.json"
 
     def stage_outputs(self, run_id: str) -> Path:
         """The folder of a run's saved outputs, one folder per stage inside."""
@@ -200,18 +87,6 @@ class Home:
 
     def artifact(self, run_id: str, stage: str, filename: str) -> Path:
         return self.root / artifact_relpath(run_id, stage, filename)
-
-    # -- tables --------------------------------------------------------------------------
-    def table(self, name: str) -> Path:
-        return self.metrics / check_name(name, "table name")
-
-    def partition(self, table: str, date: str) -> Path:
-        return self.table(table) / f"{PARTITION_PREFIX}{date}"
-
-    def partitions(self, table: str) -> list[Path]:
-        """The table's date partition folders, oldest first (which of their files are the
-        table's, only its Delta log says)."""
-        return sorted(self.table(table).glob(f"{PARTITION_PREFIX}*"))
 
     # -- endpoints -----------------------------------------------------------------------
     @property
@@ -244,11 +119,6 @@ def parse_artifact_relpath(relative: str) -> tuple[str, str, str]:
     if len(parts) != 5 or artifact_relpath(parts[1], parts[3], parts[4]) != relative:
         raise ValueError(f"expected {ARTIFACT_FORM}")
     return parts[1], parts[3], parts[4]
-
-
-def partition_date(folder: Path) -> str | None:
-    """The date of a partition folder (`date=YYYY-MM-DD`), or None for another folder."""
-    return folder.name[len(PARTITION_PREFIX) :] if folder.name.startswith(PARTITION_PREFIX) else None
 
 
 def ipc_path(endpoint: str) -> Path | None:

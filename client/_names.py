@@ -11,7 +11,7 @@ import uuid
 
 MAX_NAME_CHARS = 128
 # The one statement of each rule: the client checks with these, and the daemon's event
-# schema (stagewatch.daemon._schema) checks the same patterns, once per distinct value.
+# schema (stagewatch.daemon.projection._schema) checks the same patterns, once per distinct value.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 RUN_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"

@@ -1,7 +1,7 @@
 """The wire protocol between client and daemon: event types, the envelope, one builder per
 event type, and the frames that carry them. Every event anyone sends is built here (the
 client, its logging sink, the daemon's own `client_lost` and `received`); the daemon's pydantic models
-(stagewatch.daemon._schema) validate what these builders make, and a test holds the two,
+(stagewatch.daemon.projection._schema) validate what these builders make, and a test holds the two,
 and docs/events.md, to the same fields.
 
 Frames (one ZeroMQ frame each way):

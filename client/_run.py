@@ -531,7 +531,7 @@ class Run:
     def finish(self, status: str | None = None, error: BaseException | None = None) -> None:
         """End the run (also done at interpreter exit). Status: "failed" says the run failed; left
         out, it failed if it ends on `error`, else the daemon says "ok" or, where some stage
-        failed on the way, "finished with failures" (daemon/_outcomes.py)."""
+        failed on the way, "finished with failures" (daemon/projection/_outcomes.py)."""
         if self.finished or os.getpid() != self._owner_pid:
             return
         self.finished = True

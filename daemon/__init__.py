@@ -6,9 +6,9 @@ stats = query_stats(Path("output"), Filters(since=parse_time("30d")))   # per st
 """
 
 from stagewatch.daemon._daemon import Daemon, DaemonSettings, serve
-from stagewatch.daemon._lock import DaemonAlreadyRunning
-from stagewatch.daemon._logging import configure_logging
-from stagewatch.daemon._query import (
+from stagewatch.daemon.base._lock import DaemonAlreadyRunning
+from stagewatch.daemon.base._logging import configure_logging
+from stagewatch.daemon.query._query import (
     LEVELS,
     STATS_COLUMNS,
     Filters,
@@ -20,7 +20,7 @@ from stagewatch.daemon._query import (
     query_stats,
     stage_stats,
 )
-from stagewatch.daemon._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
+from stagewatch.daemon.query._readmodels import RunNotFound, list_runs, load_audit, resolve_run_id
 
 __all__ = [
     "LEVELS",

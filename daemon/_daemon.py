@@ -29,12 +29,10 @@ from typing import Any
 from loguru import logger
 
 from stagewatch._gpu import host_gpu_problem
-from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, RUN_EXPIRED
 from stagewatch._records import ScanStats
-from stagewatch.daemon._decode import Rejected, decode_event
-from stagewatch.daemon._dedup import Deduplicator
-from stagewatch.daemon._derived import (
+from stagewatch.daemon.accuracy._worker import WorkerProcess
+from stagewatch.daemon.base._derived import (
     ACCURACY_CHECKPOINT,
     DAEMON_CHECKPOINT,
     DAEMON_FILES,
@@ -45,21 +43,23 @@ from stagewatch.daemon._derived import (
     repair,
     set_aside,
 )
-from stagewatch.daemon._disk import DiskStatus
-from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._ingest import Ingest, IngestSettings
-from stagewatch.daemon._lock import HomeLock
-from stagewatch.daemon._maintenance import SCRUB_INTERVAL_S, Background, Maintenance, Scheduler
-from stagewatch.daemon._projection import Projector
-from stagewatch.daemon._quarantine import Quarantine
-from stagewatch.daemon._sdnotify import SystemdNotifier
-from stagewatch.daemon._settings import DiskSection, RetentionSection
-from stagewatch.daemon._stats import DaemonStats, WriteErrors
-from stagewatch.daemon._store import DAEMON_TABLES, TABLES
-from stagewatch.daemon._tables import DAEMON_APP, committed_lsn, unusable_tables
-from stagewatch.daemon._tables import set_aside as set_table_aside
-from stagewatch.daemon._worker import WorkerProcess
-from stagewatch.daemon._writer import ReadModelWriter
+from stagewatch.daemon.base._disk import DiskStatus
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.base._lock import HomeLock
+from stagewatch.daemon.base._sdnotify import SystemdNotifier
+from stagewatch.daemon.base._settings import DiskSection, RetentionSection
+from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
+from stagewatch.daemon.ingest._decode import Rejected, decode_event
+from stagewatch.daemon.ingest._dedup import Deduplicator
+from stagewatch.daemon.ingest._eventlog import EventLog
+from stagewatch.daemon.ingest._ingest import Ingest, IngestSettings
+from stagewatch.daemon.ingest._quarantine import Quarantine
+from stagewatch.daemon.maintenance._maintenance import SCRUB_INTERVAL_S, Background, Maintenance, Scheduler
+from stagewatch.daemon.projection._projection import Projector
+from stagewatch.daemon.tables._store import DAEMON_TABLES, TABLES
+from stagewatch.daemon.tables._tables import DAEMON_APP, committed_lsn, unusable_tables
+from stagewatch.daemon.tables._tables import set_aside as set_table_aside
+from stagewatch.daemon.tables._writer import ReadModelWriter
 
 REPLAY_FLUSH_EVENTS = 100_000
 POLL_MS = 100
@@ -101,7 +101,7 @@ class DaemonSettings:
     merge_interval_s: float = 10.0
     # Pipelines of other users in the home's group may connect and write (systemd service).
     group_access: bool = False
-    # The accuracy worker (stagewatch.daemon._accuracy) judges sample results in its own
+    # The accuracy worker (stagewatch.daemon.accuracy._accuracy) judges sample results in its own
     # process and publishes live accuracy here; None: no worker (tests of ingest alone).
     accuracy_endpoint: str | None = None
     # Where golden datasets may be read from (the worker refuses others); None: anywhere.
@@ -113,7 +113,7 @@ class DaemonSettings:
 class Daemon:
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
-        self.home = Home.of(settings.home)
+        self.home = DaemonHome.of(settings.home)
         self.stats = DaemonStats()
         self.disk = DiskStatus()
         self.log = EventLog(self.home.events)

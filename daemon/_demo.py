@@ -28,10 +28,10 @@ import numpy as np
 from loguru import logger
 
 import stagewatch
-from stagewatch._home import Home
 from stagewatch._saver import write_ply, write_png
 from stagewatch.daemon import _street
 from stagewatch.daemon._street import HEIGHT, WIDTH
+from stagewatch.daemon.base._layout import DaemonHome
 
 FAILING_FRAME = 47
 LABELED_FRAMES = 50
@@ -251,9 +251,9 @@ def postprocess(detections: dict[str, list], frame: Frame) -> np.ndarray:
 
 def run_demo(frames: int = 60, seed: int = 7, home: str | None = None) -> stagewatch.Run:
     """Write the golden dataset, then run the pipeline checked against it; returns the run."""
-    home_path = Home.resolve(home).root
+    home_path = DaemonHome.resolve(home).root
     labeled = [_scene(index, seed) for index in range(min(frames, LABELED_FRAMES))]
-    dataset = write_golden_dataset(Home.of(home_path).datasets / "demo", labeled)
+    dataset = write_golden_dataset(DaemonHome.of(home_path).datasets / "demo", labeled)
     config = {"frames": frames, "seed": seed, "image": [HEIGHT, WIDTH], "classes": CLASSES}
     # The pipeline logs as a real one does, through stagewatch's Loguru sink: every record
     # lands in the run's `logs` table, tagged with the stage and sample it came from.

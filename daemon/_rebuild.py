@@ -15,11 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagewatch._home import Home
 from stagewatch._names import is_run_id
-from stagewatch.daemon._accuracy import AccuracyWorker
 from stagewatch.daemon._daemon import Daemon, DaemonSettings
-from stagewatch.daemon._derived import (
+from stagewatch.daemon.accuracy._accuracy import AccuracyWorker
+from stagewatch.daemon.base._derived import (
     ACCURACY_CHECKPOINT,
     DAEMON_CHECKPOINT,
     DERIVED_FILES,
@@ -27,8 +26,9 @@ from stagewatch.daemon._derived import (
     STATUS,
     repair,
 )
-from stagewatch.daemon._lock import HomeLock
-from stagewatch.daemon._retention import remove_recorded
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.base._lock import HomeLock
+from stagewatch.daemon.tables._retention import remove_recorded
 
 STAGING = ".rebuild"  # inside the home, hidden (a name no run id or table can have)
 
@@ -40,7 +40,7 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
     outputs (runs/*/stages/) are evidence, not read models: they are kept. `progress(bytes
     replayed, bytes)` is called as it goes.
     """
-    layout = Home.of(home)
+    layout = DaemonHome.of(home)
     lock = HomeLock(layout, "rebuild")
     lock.take()
     try:
@@ -54,15 +54,15 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
         lock.release()
 
 
-def _fresh_staging(home: Home) -> Home:
-    staging = Home(home.root / STAGING)
+def _fresh_staging(home: DaemonHome) -> DaemonHome:
+    staging = DaemonHome(home.root / STAGING)
     shutil.rmtree(staging.root, ignore_errors=True)  # what an interrupted rebuild left
     staging.root.mkdir()
     staging.events.symlink_to(home.events.resolve(), target_is_directory=True)
     return staging
 
 
-def _build(staging: Home, home: Home, progress: Callable[[int, int], object]) -> dict[str, Any]:
+def _build(staging: DaemonHome, home: DaemonHome, progress: Callable[[int, int], object]) -> dict[str, Any]:
     settings = DaemonSettings(home=staging.root, endpoint=home.ingest_endpoint, live_endpoint=home.live_endpoint)
     daemon = Daemon(settings)
     try:
@@ -84,7 +84,7 @@ def _build(staging: Home, home: Home, progress: Callable[[int, int], object]) ->
         daemon.release()
 
 
-def _swap_in(staging: Home, home: Home) -> int:
+def _swap_in(staging: DaemonHome, home: DaemonHome) -> int:
     """Put the staged read models in place; returns how many old read-model files went."""
     replaced = 0
     for folder in (home.metrics, home.index, home.quarantined_tables):
@@ -100,7 +100,7 @@ def _swap_in(staging: Home, home: Home) -> int:
     return replaced
 
 
-def _staged(staging: Home, home: Home, path: Path) -> Path:
+def _staged(staging: DaemonHome, home: DaemonHome, path: Path) -> Path:
     return staging.root / path.relative_to(home.root)
 
 
@@ -128,5 +128,5 @@ def _replace_file(new: Path, old: Path) -> int:
     return int(existed)
 
 
-def _run_ids(home: Home) -> list[str]:
+def _run_ids(home: DaemonHome) -> list[str]:
     return [entry.name for entry in os.scandir(home.runs) if is_run_id(entry.name)] if home.runs.is_dir() else []

@@ -55,7 +55,7 @@ def main() -> None:
 
 def failing_samples(home: Path, run_id: str) -> dict[str, str]:
     """Per stage, the most severe wrong sample of the run: the cases worth a screenshot."""
-    from stagewatch.daemon._readmodels import read_table
+    from stagewatch.daemon.query._readmodels import read_table
 
     rows = read_table(home, "samples", None, None, ["run_id", "stage", "sample_id", "status", "severity"]).to_pylist()
     wrong = sorted((r for r in rows if r["run_id"] == run_id and r["status"] == "wrong"), key=lambda r: -r["severity"])

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 import stagewatch
-from stagewatch._home import Home, ipc_path
+from stagewatch._home import ipc_path
+from stagewatch.daemon.base._layout import DaemonHome
 
 CLIENT_TIMEOUT_S = 2.0
 
@@ -66,7 +67,7 @@ class DaemonProcess:
 
     @property
     def socket_path(self) -> Path:
-        return ipc_path(Home(self.home).ingest_endpoint)
+        return ipc_path(DaemonHome(self.home).ingest_endpoint)
 
     def start(self) -> DaemonProcess:
         """Start the daemon and wait until this process has recovered and listens."""
@@ -110,14 +111,14 @@ class DaemonProcess:
 
     def status(self) -> dict[str, Any]:
         try:
-            return json.loads(Home(self.home).status.read_text())
+            return json.loads(DaemonHome(self.home).status.read_text())
         except (OSError, ValueError):
             return {}
 
     def audit(self, run_id: str, complete: bool = True, timeout_s: float = 20.0) -> dict[str, Any]:
         """The run's whole trail (its head and its stage lines, as `load_audit` assembles it),
         once its head is written (and says the run is complete, with `complete`)."""
-        from stagewatch.daemon._readmodels import load_audit
+        from stagewatch.daemon.query._readmodels import load_audit
 
         def ready() -> dict[str, Any] | None:
             audit = load_audit(self.home, run_id)

@@ -124,8 +124,8 @@ def test_a_refused_command_names_what_holds_the_home_and_a_rebuild_says_nothing_
     "another stagewatch daemon"); the rebuild itself logs no "run index: 0 pairs"."""
     import os
 
-    from stagewatch._home import Home
-    from stagewatch.daemon._lock import HomeLock
+    from stagewatch.daemon.base._layout import DaemonHome
+    from stagewatch.daemon.base._lock import HomeLock
 
     run = stagewatch.init(pipeline="p", home=home)  # no daemon: spooled, then a daemon takes it
     with run.stage("s"):
@@ -136,7 +136,7 @@ def test_a_refused_command_names_what_holds_the_home_and_a_rebuild_says_nothing_
     daemon.stop()
     rebuilt = sw("rebuild", "--home", str(home))
     assert rebuilt.returncode == 0 and "0 (run, date) pairs" not in rebuilt.stderr + rebuilt.stdout, rebuilt.stderr
-    held = HomeLock(Home.of(home), "rebuild")
+    held = HomeLock(DaemonHome.of(home), "rebuild")
     held.take()  # as a rebuild holds it while it runs
     try:
         refused = sw("daemon", "--home", str(home), timeout_s=30)

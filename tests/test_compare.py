@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._shifts import detect
-from stagewatch.daemon._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from stagewatch.daemon.compare._shifts import detect
+from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.groundtruth.builders import scene, write_dataset
 

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 import stagewatch
-from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon.query._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, run_python, wait_for
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stagewatch._gpu import host_gpu_problem
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.test_cli import sw
 

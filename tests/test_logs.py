@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from loguru import logger
 
 import stagewatch
-from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon.query._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, wait_for
 
 

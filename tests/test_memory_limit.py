@@ -8,7 +8,7 @@ import json
 import pytest
 
 from stagewatch._memory import memory_limit_bytes, memory_warn_fraction
-from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon.query._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, run_python, wait_for
 
 

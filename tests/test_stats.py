@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from stagewatch._protocol import pack_batch, pack_event
 from stagewatch.daemon import stage_stats
-from stagewatch.daemon._readmodels import read_table, to_rows
-from stagewatch.daemon._tables import snapshot_files
+from stagewatch.daemon.query._readmodels import read_table, to_rows
+from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e300, max_value=1e300)

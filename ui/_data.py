@@ -21,14 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from stagewatch._home import Home, parse_artifact_relpath
+from stagewatch._home import parse_artifact_relpath
 from stagewatch.daemon import (
     Filters,
     query_gpu_devices,
     query_logs,
 )
-from stagewatch.daemon._export import export_chunks, matching
-from stagewatch.daemon._query import (
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.projection._rows import RUNS
+from stagewatch.daemon.query._export import export_chunks, matching
+from stagewatch.daemon.query._query import (
     distinct_values,
     duration_points,
     executions_page,
@@ -39,7 +41,7 @@ from stagewatch.daemon._query import (
     run_where,
     sample_executions,
 )
-from stagewatch.daemon._readmodels import (
+from stagewatch.daemon.query._readmodels import (
     FAILED,
     WITH_ARTIFACTS,
     RunNotFound,
@@ -49,7 +51,6 @@ from stagewatch.daemon._readmodels import (
     resolve_run_id,
     stages_with,
 )
-from stagewatch.daemon._rows import RUNS
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -138,7 +139,7 @@ def runs_signature(home: Path) -> tuple:
     progress. One stat call, so a page can look every few seconds without reading a million
     rows for nothing."""
     try:
-        committed = (Home.of(home).table("runs") / "_delta_log").stat().st_mtime_ns
+        committed = (DaemonHome.of(home).table("runs") / "_delta_log").stat().st_mtime_ns
     except FileNotFoundError:  # no run finished yet
         committed = None
     active = tuple(sorted((str(r.get("run_id")), str(r.get("status"))) for r in active_runs(home)))
@@ -407,7 +408,7 @@ def daemon_problem(home: Path, stale_after_s: float = 30.0) -> str | None:
 
 def _status(home: Path) -> dict[str, Any]:
     try:
-        status = json.loads(Home.of(home).status.read_text())
+        status = json.loads(DaemonHome.of(home).status.read_text())
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
@@ -416,10 +417,10 @@ def _status(home: Path) -> dict[str, Any]:
 def resolve_artifact(home: Path, relative: str) -> Path:
     """The file behind an artifact link, or ArtifactRefused: nothing outside the home's runs/."""
     try:
-        path = Home.of(home).artifact(*parse_artifact_relpath(relative)).resolve()
+        path = DaemonHome.of(home).artifact(*parse_artifact_relpath(relative)).resolve()
     except (ValueError, TypeError) as error:
         raise ArtifactRefused(f"refused {relative!r:.200}: {error}") from None
-    runs = Home.of(home).runs.resolve()
+    runs = DaemonHome.of(home).runs.resolve()
     if not path.is_relative_to(runs):
         raise ArtifactRefused(f"refused {relative!r}: it leads outside the home (a symlink?)")
     if not path.is_file():

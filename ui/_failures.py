@@ -17,9 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from PIL import Image
 
-from stagewatch._home import Home
-from stagewatch.daemon import _outcomes as outcomes
-from stagewatch.daemon._readmodels import RunNotFound, load_accuracy, load_audit_head, read_table
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.groundtruth.diff import (
     DiffError,
     cloud_distances,
@@ -36,11 +34,13 @@ from stagewatch.daemon.groundtruth.formats import (
     load_point_labels,
     load_points,
 )
+from stagewatch.daemon.projection import _outcomes as outcomes
+from stagewatch.daemon.query._readmodels import RunNotFound, load_accuracy, load_audit_head, read_table
 from stagewatch.ui._data import PREVIEW_BYTES, Page
 from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
 # A judged sample is wrong or invalid; a stage execution that produced nothing failed (raised an
-# exception) or crashed (its process was lost): the words of daemon/_outcomes.py.
+# exception) or crashed (its process was lost): the words of daemon/projection/_outcomes.py.
 EXECUTION_FAILURES = ("failed", "crashed")
 FAILURE_STATUSES = ("wrong", "invalid", *EXECUTION_FAILURES)
 MAX_INPUT_SIDE = 1600  # an input image is scaled down to this for the page
@@ -583,7 +583,7 @@ def runs_with_accuracy(home: Path, limit: int = 200) -> dict[str, Any]:
     runs = read_table(home, "runs", ds.field("dataset").is_valid(), None, ["run_id", "start_time"])
     newest = runs.take(pc.sort_indices(runs, sort_keys=[("start_time", "descending")])).slice(0, limit)
     starts = zip(newest["run_id"].to_pylist(), newest["start_time"].to_pylist(), strict=True)
-    return {run_id: start for run_id, start in starts if Home.of(home).accuracy(run_id).exists()}
+    return {run_id: start for run_id, start in starts if DaemonHome.of(home).accuracy(run_id).exists()}
 
 
 def errors_of(case: dict[str, Any]) -> dict[str, Any]:

@@ -34,12 +34,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from stagewatch._home import Home
 from stagewatch._protocol import DAEMON_CLIENT_ID, HEARTBEAT, RECEIVED
 from stagewatch._records import scan_records
-from stagewatch.daemon._outcomes import run_end_status
-from stagewatch.daemon._readmodels import active_runs, read_table
-from stagewatch.daemon._runindex import run_dates
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.projection._outcomes import run_end_status
+from stagewatch.daemon.query._readmodels import active_runs, read_table
+from stagewatch.daemon.tables._runindex import run_dates
 
 RECENT_DURATIONS = 512  # the running median is over a stage's last 512 executions
 RATE_WINDOW_S = 10.0  # samples/s over the last 10 s
@@ -317,7 +317,7 @@ def _keep_failure(run: LiveRun, failure: dict[str, Any]) -> None:
 
 
 def _on_run_finished(run: LiveRun, event: dict[str, Any]) -> None:
-    # The daemon's words for the same end (daemon/_outcomes.py): stages that failed on the way
+    # The daemon's words for the same end (daemon/projection/_outcomes.py): stages that failed on the way
     # make a run that went on "finished with failures", not "failed".
     failed = sum(stage.failed for stage in run.stages.values())
     run.status = run_end_status(str(event.get("status") or "ok"), event.get("error_type"), failed, 0)
@@ -347,7 +347,7 @@ class LiveFeed:
     _guard = threading.Lock()
 
     def __init__(self, home: Path) -> None:
-        self.home = Home.of(home)
+        self.home = DaemonHome.of(home)
         self.board = LiveBoard()
         self.connected = False
         self._status_read_at = 0.0

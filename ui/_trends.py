@@ -1,5 +1,5 @@
 """Performance across runs, as pure functions of the stage_executions table: per-run points
-for the trend charts (daemon/_shifts.run_points) and the regressions found in them."""
+for the trend charts (daemon/compare/_shifts.run_points) and the regressions found in them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 
 from stagewatch.daemon import Filters, query_stages
-from stagewatch.daemon._shifts import Shift, run_points, shifts
+from stagewatch.daemon.compare._shifts import Shift, run_points, shifts
 
 __all__ = ["Shift", "regressions", "run_points", "stage_rows", "thin"]
 
@@ -43,6 +43,6 @@ def thin(points: pd.DataFrame, measure: str, max_points: int, time: str = "run_s
 
 def regressions(rows: pa.Table) -> list[Shift]:
     """The shifts of each stage's per-run p95 and median found in the window's runs, by the
-    change-point test of daemon/_shifts (significant and persistent), with the run where each
+    change-point test of daemon/compare/_shifts (significant and persistent), with the run where each
     started; the largest first."""
     return shifts(run_points(rows))

@@ -21,7 +21,7 @@ import panel as pn
 from panel.theme import Fast
 from panel.viewable import Viewable
 
-from stagewatch._home import Home
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.ui import _router, _widgets
 from stagewatch.ui.pages import accuracy, case, compare, failures, live, logs, performance, run, runs
 
@@ -82,7 +82,7 @@ OfflineFast.__name__ = Fast.__name__
 
 
 def configured_home() -> Path:
-    return Home.resolve().root
+    return DaemonHome.resolve().root
 
 
 def page_name(arguments: _router.Arguments) -> str:

@@ -202,7 +202,7 @@ def test_a_stage_event_carries_the_source_and_the_devices(home, monkeypatch) -> 
         "torch",
         {"0": 100.0, "1": 50.0},
     )
-    from stagewatch.daemon._schema import validate_event
+    from stagewatch.daemon.projection._schema import validate_event
 
     assert validate_event({**finished, "seq": 1}).gpu_devices == {"0": 100.0, "1": 50.0}
 

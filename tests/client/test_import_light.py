@@ -45,7 +45,7 @@ import atexit, os, sys, threading
 hooks = []
 atexit.register = lambda f, *a, **k: hooks.append(str(getattr(f, "__module__", "")))
 os.register_at_fork = lambda **k: hooks.extend(str(getattr(f, "__module__", "")) for f in k.values())
-import stagewatch.daemon, stagewatch.daemon._schema
+import stagewatch.daemon, stagewatch.daemon.projection._schema
 print(sorted(m for m in ("stagewatch._run", "stagewatch._transport") if m in sys.modules), threading.active_count())
 import stagewatch._run, stagewatch._logging
 print([m for m in hooks if m.startswith("stagewatch")])

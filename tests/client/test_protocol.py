@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from stagewatch import _protocol as protocol
-from stagewatch.daemon._schema import EVENT_MODELS, as_dict, field_names, validate_event
+from stagewatch.daemon.projection._schema import EVENT_MODELS, as_dict, field_names, validate_event
 
 RUN = str(uuid.uuid4())
 CLIENT = "c0ffee"
@@ -112,11 +112,11 @@ def test_a_stage_end_without_a_gpu_reading_is_accepted_with_its_gpu_fields_null(
 
 def test_the_columns_the_fold_reads_from_a_stage_s_end_are_on_the_wire_in_types_they_store() -> None:
     """stage_executions' STAGE and MEMORY columns are read by name from the decoded end
-    (daemon/_rows.py): the builder makes each, the decoder keeps each, and its value goes
+    (daemon/projection/_rows.py): the builder makes each, the decoder keeps each, and its value goes
     into the column's Arrow type unchanged."""
     import pyarrow as pa
 
-    from stagewatch.daemon._rows import DEFINITIONS, Source
+    from stagewatch.daemon.projection._rows import DEFINITIONS, Source
 
     table = DEFINITIONS["stage_executions"]
     read = [*table.of(Source.STAGE), *table.of(Source.MEMORY)]
@@ -183,7 +183,7 @@ def test_the_daemon_refuses_what_the_client_never_makes(field: str, value: objec
 def test_remembered_names_stay_bounded_and_still_checked() -> None:
     """Names that passed are remembered so their regex runs once; past the bound the memory
     starts over, and every name is still checked."""
-    from stagewatch.daemon._schema import MAX_KNOWN_STRINGS, StageFinished
+    from stagewatch.daemon.projection._schema import MAX_KNOWN_STRINGS, StageFinished
 
     rule = dict(StageFinished.checked_fields)["stage"]
     for number in range(MAX_KNOWN_STRINGS + 10):
@@ -196,7 +196,7 @@ def test_remembered_names_stay_bounded_and_still_checked() -> None:
 def test_msgpack_extension_types_are_refused() -> None:
     import msgpack
 
-    from stagewatch.daemon._decode import Rejected, decode_event
+    from stagewatch.daemon.ingest._decode import Rejected, decode_event
 
     event = {"seq": 1, **_examples()["log"], "extra": {"k": msgpack.ExtType(5, b"x")}}
     rejected = decode_event(msgpack.packb(event))

@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 import stagewatch
-from stagewatch._home import Home
 from stagewatch._protocol import pack_event
 from stagewatch.daemon import Daemon, DaemonSettings
-from stagewatch.daemon._ingest import Group
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._sql import select
-from stagewatch.daemon._store import Store, table_writer_properties
-from stagewatch.daemon._tables import ACCURACY_APP, DAEMON_APP, committed_lsn, compact, snapshot_files, vacuum
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.ingest._ingest import Group
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.tables._store import Store, table_writer_properties
+from stagewatch.daemon.tables._tables import ACCURACY_APP, DAEMON_APP, committed_lsn, compact, snapshot_files, vacuum
 from tests.conftest import DaemonProcess, wait_for
 
 DAY_NS = 86_400 * 10**9
@@ -132,9 +132,9 @@ def test_a_reader_during_compactions_sees_every_row_once(home: Path) -> None:
 
 APPENDER = """
 import sys
-from stagewatch.daemon._store import Store
-from stagewatch.daemon._derived import ACCURACY_CHECKPOINT
-from stagewatch.daemon._tables import ACCURACY_APP
+from stagewatch.daemon.tables._store import Store
+from stagewatch.daemon.base._derived import ACCURACY_CHECKPOINT
+from stagewatch.daemon.tables._tables import ACCURACY_APP
 from tests.daemon.test_compaction import T0, _sample_rows
 store = Store(sys.argv[1], ACCURACY_CHECKPOINT, ACCURACY_APP)
 for commit in range(int(sys.argv[2])):
@@ -168,8 +168,8 @@ def test_the_accuracy_worker_appends_while_the_daemon_compacts_its_table(home: P
 
 COMPACTOR = """
 import sys
-from stagewatch.daemon._store import table_writer_properties
-from stagewatch.daemon._tables import compact
+from stagewatch.daemon.tables._store import table_writer_properties
+from stagewatch.daemon.tables._tables import compact
 print("compacting", flush=True)
 while True:
     compact(sys.argv[1], "stage_executions", table_writer_properties("stage_executions"))
@@ -222,7 +222,7 @@ def test_the_daemon_compacts_as_rows_come_and_a_kill_keeps_each_row_once(home: P
 
 def _in_process_daemon(home: Path, bind: bool = True, **settings: object) -> Daemon:
     """A daemon in this process, recovered (and bound): its parts can be driven one by one."""
-    layout = Home(home)
+    layout = DaemonHome(home)
     daemon = Daemon(
         DaemonSettings(home=home, endpoint=layout.ingest_endpoint, live_endpoint=layout.live_endpoint, **settings)
     )
@@ -283,7 +283,7 @@ def test_rows_committed_past_the_checkpoint_are_not_written_again_by_recovery(ho
 
 def test_compaction_runs_beside_the_loop_while_rows_are_committed(home: Path, monkeypatch) -> None:
     """A compaction pass on its own thread while the loop commits rows; recovery keeps each once."""
-    from stagewatch.daemon import _tables
+    from stagewatch.daemon.tables import _tables
 
     daemon = _in_process_daemon(home)
     for seq in range(1, 25):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import stagewatch
-from stagewatch.daemon._disk import FLOOR, OK, WARNING, DiskReading, disk_state
-from stagewatch.daemon._settings import ConfigError, DiskSection, load_config
+from stagewatch.daemon.base._disk import FLOOR, OK, WARNING, DiskReading, disk_state
+from stagewatch.daemon.base._settings import ConfigError, DiskSection, load_config
 from tests.conftest import DaemonProcess, run_pipeline, wait_for
 
 GIB = 1024**3
@@ -135,7 +135,7 @@ def test_doctor_without_a_daemon_is_healthy_until_events_wait_for_one(home: Path
 
 
 def test_every_key_is_documented() -> None:
-    from stagewatch.daemon._settings import describe_keys
+    from stagewatch.daemon.base._settings import describe_keys
 
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in doc]

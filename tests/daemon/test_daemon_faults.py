@@ -104,7 +104,7 @@ for i in range(20000):
     assert pipeline.wait(60) == 0
     audit = daemon.audit(run_id, timeout_s=60)
     assert audit["counts"]["ok"] == 20000 and audit["counts"]["stages"] == 20000
-    from stagewatch.daemon._readmodels import read_table
+    from stagewatch.daemon.query._readmodels import read_table
 
     table = wait_for(lambda: (t := read_table(daemon.home, "stage_executions")).num_rows >= 20000 and t)
     assert table.num_rows == 20000
@@ -222,10 +222,10 @@ def test_a_burst_at_full_rate_then_kill_9_loses_nothing_acknowledged(daemon: Dae
     its fsync) with the daemon killed -9 in the middle of it: every acknowledged event is in the
     log once; the batches never acknowledged, resent to the restarted daemon as a client would,
     go in once too, and the read model ends with every event exactly once."""
-    from stagewatch._home import Home
-    from stagewatch.daemon._decode import decode_event
-    from stagewatch.daemon._eventlog import EventLog
-    from stagewatch.daemon._readmodels import read_table
+    from stagewatch.daemon.base._layout import DaemonHome
+    from stagewatch.daemon.ingest._decode import decode_event
+    from stagewatch.daemon.ingest._eventlog import EventLog
+    from stagewatch.daemon.query._readmodels import read_table
 
     run_id, size, window, batches = str(uuid.uuid4()), 1_000, 16, 60
     frames = [_burst_batch(run_id, number, size) for number in range(batches)]
@@ -249,7 +249,7 @@ def test_a_burst_at_full_rate_then_kill_9_loses_nothing_acknowledged(daemon: Dae
     socket.close()
     context.term()
 
-    logged = [decode_event(payload) for _, payload in EventLog(Home(daemon.home).events).read()]
+    logged = [decode_event(payload) for _, payload in EventLog(DaemonHome(daemon.home).events).read()]
     seqs = [event.seq for event in logged if event.client_id == "burst"]
     assert len(seqs) == len(set(seqs)), "an event was logged twice"
     acked_seqs = {span for number in acked for span in range(number * size + 1, (number + 1) * size + 1)}
@@ -261,7 +261,7 @@ def test_a_burst_at_full_rate_then_kill_9_loses_nothing_acknowledged(daemon: Dae
     table = wait_for(lambda: (t := read_table(daemon.home, "stage_executions")).num_rows >= total and t, 60)
     spans = table["span"].to_pylist()
     assert len(spans) == total and set(spans) == set(range(1, total + 1))  # each once, none lost
-    logged = [decode_event(payload) for _, payload in EventLog(Home(daemon.home).events).read()]
+    logged = [decode_event(payload) for _, payload in EventLog(DaemonHome(daemon.home).events).read()]
     assert sorted(event.seq for event in logged if event.client_id == "burst") == list(range(1, total + 1))
 
 
@@ -269,7 +269,7 @@ def test_a_flood_between_two_flushes_is_written_once_enough_rows_wait(home) -> N
     """With a flush a minute away, 25,000 stage ends still reach Parquet at once: past
     MAX_PENDING_ROWS the daemon writes what waits instead of holding it (memory under a flood)."""
     from stagewatch.daemon._daemon import MAX_PENDING_ROWS
-    from stagewatch.daemon._readmodels import read_table
+    from stagewatch.daemon.query._readmodels import read_table
 
     daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "60"}).start()
     try:

@@ -19,8 +19,8 @@ import msgpack
 import pytest
 
 import stagewatch
-from stagewatch._home import Home
-from stagewatch.daemon._readmodels import read_table, to_rows
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.query._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
@@ -32,31 +32,35 @@ def sw(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _bucket(home: Path) -> Path:
-    return sorted(Home(home).run_index.glob("*.tsv"))[0]
+    return sorted(DaemonHome(home).run_index.glob("*.tsv"))[0]
 
 
 # file -> (where it is, its valid content when the daemon leaves none, its wrong shape)
 FILES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], bytes] | None, bytes]] = {
-    "checkpoint": (lambda h: Home(h).checkpoint(), None, msgpack.packb([1, 2, 3])),
-    "checkpoint-runs": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 5, "projector": {"runs": [1]}})),
+    "checkpoint": (lambda h: DaemonHome(h).checkpoint(), None, msgpack.packb([1, 2, 3])),
+    "checkpoint-runs": (
+        lambda h: DaemonHome(h).checkpoint(),
+        None,
+        msgpack.packb({"lsn": 5, "projector": {"runs": [1]}}),
+    ),
     # Right as far as doctor looks; a run's state fails to load, or the lsn lies past the log's
     # end (found when the daemon starts).
-    "checkpoint-past-the-log": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 2**63})),
+    "checkpoint-past-the-log": (lambda h: DaemonHome(h).checkpoint(), None, msgpack.packb({"lsn": 2**63})),
     # An lsn inside the log's first record (a flipped bit): replayed from there, the record was
     # skipped and the intact log reported damaged.
-    "checkpoint-inside-a-record": (lambda h: Home(h).checkpoint(), None, msgpack.packb({"lsn": 1})),
+    "checkpoint-inside-a-record": (lambda h: DaemonHome(h).checkpoint(), None, msgpack.packb({"lsn": 1})),
     "checkpoint-run-state": (
-        lambda h: Home(h).checkpoint(),
+        lambda h: DaemonHome(h).checkpoint(),
         None,
         msgpack.packb({"lsn": 5, "projector": {"runs": {"r": {"x": 1}}}}),
     ),
     "accuracy-checkpoint": (
-        lambda h: Home(h).checkpoint("accuracy.msgpack"),
+        lambda h: DaemonHome(h).checkpoint("accuracy.msgpack"),
         None,
         msgpack.packb({"lsn": 0, "open_runs": {"../x": "y"}}),
     ),
-    "scrub-record": (lambda h: Home(h).scrub, None, json.dumps({"segments": [1], "parts": "x"}).encode()),
-    "status": (lambda h: Home(h).status, None, json.dumps([{"active_runs": 1}]).encode()),
+    "scrub-record": (lambda h: DaemonHome(h).scrub, None, json.dumps({"segments": [1], "parts": "x"}).encode()),
+    "status": (lambda h: DaemonHome(h).status, None, json.dumps([{"active_runs": 1}]).encode()),
     "run-index-bucket": (_bucket, None, b"no tab on this line\n"),
 }
 DAMAGES = ("empty", "garbage", "truncated", "directory", "wrong-shape")
@@ -111,7 +115,7 @@ def _everything(home: Path) -> dict[str, Any]:
 
 def _copies(home: Path, path: Path) -> list[Path]:
     """Where `path`'s damaged copies were set aside."""
-    folder = Home(home).quarantined_state / path.relative_to(home).parent
+    folder = DaemonHome(home).quarantined_state / path.relative_to(home).parent
     return list(folder.glob(f"{path.name}.damaged-*"))
 
 
@@ -138,7 +142,7 @@ def test_a_damaged_state_file_is_set_aside_and_rebuilt(
     path = where(daemon.home)
     damage(path, how, template(daemon.home) if template else b"", wrong_shape)
     if name == "run-index-bucket":  # the index is set aside and made again as a whole
-        path = Home(daemon.home).run_index
+        path = DaemonHome(daemon.home).run_index
     code, checks = _doctor(daemon.home)
     if name not in FOUND_AT_START:  # found before any start
         assert code == 1 and str(path) in checks["state"]["detail"], checks["state"]

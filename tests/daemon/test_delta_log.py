@@ -15,10 +15,10 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from stagewatch._home import Home
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._sql import select
-from stagewatch.daemon._store import TABLES
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.tables._store import TABLES
 from tests.conftest import DaemonProcess, run_pipeline, wait_for
 from tests.daemon.test_retention import _judged_run
 from tests.groundtruth.builders import write_dataset
@@ -64,7 +64,7 @@ def test_deltalake_duckdb_and_the_query_api_see_the_same_rows(home: Path) -> Non
     query = json.loads(_cli(home, "query", "--json", "--limit", "100000").stdout)
     runs = json.loads(_cli(home, "runs", "--json", "--limit", "100").stdout)
     for table in TABLES:
-        by_delta = DeltaTable(str(Home(home).table(table))).to_pyarrow_table()
+        by_delta = DeltaTable(str(DaemonHome(home).table(table))).to_pyarrow_table()
         by_duckdb = select(home, table, "SELECT * FROM rows")
         assert by_delta.num_rows == by_duckdb.num_rows > 0
         assert sorted(by_delta["lsn"].to_pylist()) == sorted(by_duckdb["lsn"].to_pylist())
@@ -72,12 +72,12 @@ def test_deltalake_duckdb_and_the_query_api_see_the_same_rows(home: Path) -> Non
     assert sorted(map(str, zip(stages["run_id"].to_pylist(), stages["span"].to_pylist(), strict=True))) == sorted(
         str((row["run_id"], row["span"])) for row in query["stages"]
     )
-    run_ids = DeltaTable(str(Home(home).table("runs"))).to_pyarrow_table()["run_id"].to_pylist()
+    run_ids = DeltaTable(str(DaemonHome(home).table("runs"))).to_pyarrow_table()["run_id"].to_pylist()
     assert sorted(run_ids) == sorted(row["run_id"] for row in query["runs"]) == sorted(r["run_id"] for r in runs)
 
 
 def _last_commit(home: Path, table: str) -> Path:
-    return sorted((Home(home).table(table) / "_delta_log").glob("*.json"))[-1]
+    return sorted((DaemonHome(home).table(table) / "_delta_log").glob("*.json"))[-1]
 
 
 def test_a_truncated_commit_gives_a_clear_message_and_rebuild_recovers(home: Path) -> None:
@@ -104,9 +104,9 @@ def test_the_daemon_sets_a_table_with_a_damaged_log_aside_and_rebuilds_it(home: 
     """A missing checkpoint of the Delta log (its hint says there is one): the daemon starts,
     moves the table to quarantine/tables/ and rebuilds it from the event log."""
     before = _history(home)
-    table = DeltaTable(str(Home(home).table("runs")))
+    table = DeltaTable(str(DaemonHome(home).table("runs")))
     table.create_checkpoint()
-    (checkpoint,) = (Home(home).table("runs") / "_delta_log").glob("*.checkpoint.parquet")
+    (checkpoint,) = (DaemonHome(home).table("runs") / "_delta_log").glob("*.checkpoint.parquet")
     checkpoint.unlink()
     assert "the runs table cannot be read" in _cli(home, "runs").stderr
     daemon = DaemonProcess(home).start()
@@ -116,7 +116,7 @@ def test_the_daemon_sets_a_table_with_a_damaged_log_aside_and_rebuilds_it(home: 
         assert "has a damaged Delta log" in daemon.log()
     finally:
         assert daemon.stop() == 0
-    (aside,) = Home(home).quarantined_tables.iterdir()
+    (aside,) = DaemonHome(home).quarantined_tables.iterdir()
     assert aside.name.startswith("runs-")
     doctor = json.loads(_cli(home, "doctor", "--json").stdout)
     tables = {check["name"]: check for check in doctor["checks"]}["tables"]
@@ -128,10 +128,10 @@ def _to_old_layout(home: Path) -> None:
     `part-{first lsn:020d}.parquet` under metrics/{table}/date=D/, no log."""
     for table in TABLES:
         rows = read_table(home, table)
-        shutil.rmtree(Home(home).table(table))
+        shutil.rmtree(DaemonHome(home).table(table))
         for date in pc.unique(rows["date"]).to_pylist():
             part = rows.filter(pc.field("date") == date).drop(["date"])
-            folder = Home(home).partition(table, date)
+            folder = DaemonHome(home).partition(table, date)
             folder.mkdir(parents=True)
             pq.write_table(part, folder / f"part-{pc.min(part['lsn']).as_py():020d}.parquet", compression="zstd")
 
@@ -139,7 +139,7 @@ def _to_old_layout(home: Path) -> None:
 def test_a_home_of_the_layout_before_delta_tables_upgrades_on_the_first_start(home: Path) -> None:
     before = _history(home)
     _to_old_layout(home)
-    assert not any(Home(home).metrics.glob("*/_delta_log"))
+    assert not any(DaemonHome(home).metrics.glob("*/_delta_log"))
     old = _cli(home, "stats")
     assert old.returncode != 0 and "earlier version" in old.stderr and "Traceback" not in old.stderr
     daemon = DaemonProcess(home).start()
@@ -151,7 +151,7 @@ def test_a_home_of_the_layout_before_delta_tables_upgrades_on_the_first_start(ho
         assert "was written by an earlier version of stagewatch" in log and "replayed from its start" in log
     finally:
         assert daemon.stop() == 0
-    assert all((Home(home).table(table) / "_delta_log").is_dir() for table in TABLES)
+    assert all((DaemonHome(home).table(table) / "_delta_log").is_dir() for table in TABLES)
     assert _seen(home) == before  # and the next start keeps them as they are
     daemon.start()
     try:
@@ -167,8 +167,8 @@ def test_an_unchanged_table_is_listed_from_the_cached_snapshot(home: Path) -> No
     commit gone, a table opened anew cannot be read; the cached one still lists its files)."""
     _history(home)
     listed = select(home, "stage_executions", "SELECT count(*) AS n FROM rows")["n"][0].as_py()
-    first = Home(home).table("stage_executions") / "_delta_log" / f"{0:020d}.json"
+    first = DaemonHome(home).table("stage_executions") / "_delta_log" / f"{0:020d}.json"
     first.rename(home.parent / "first-commit.json")
     with pytest.raises(DeltaError):
-        DeltaTable(str(Home(home).table("stage_executions")))
+        DeltaTable(str(DaemonHome(home).table("stage_executions")))
     assert select(home, "stage_executions", "SELECT count(*) AS n FROM rows")["n"][0].as_py() == listed > 0

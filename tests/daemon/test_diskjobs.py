@@ -11,12 +11,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from stagewatch._home import Home
 from stagewatch.daemon import Daemon
-from stagewatch.daemon._diskjobs import DiskJobs, PassThread
-from stagewatch.daemon._ingest import Group
-from stagewatch.daemon._readmodels import load_audit, read_table
-from stagewatch.daemon._store import replacing
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.ingest._ingest import Group
+from stagewatch.daemon.query._readmodels import load_audit, read_table
+from stagewatch.daemon.tables._diskjobs import DiskJobs, PassThread
+from stagewatch.daemon.tables._store import replacing
 from tests.daemon.test_compaction import RUN_ID, _crash, _in_process_daemon, _stage_event
 
 
@@ -79,7 +79,7 @@ def _ingest(daemon: Daemon, seqs: range) -> None:
 
 
 def _checkpoint_lsn(home: Path) -> int:
-    return msgpack.unpackb(Home(home).checkpoint("checkpoint.msgpack").read_bytes())["lsn"]
+    return msgpack.unpackb(DaemonHome(home).checkpoint("checkpoint.msgpack").read_bytes())["lsn"]
 
 
 def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_retry(home: Path) -> None:
@@ -89,14 +89,14 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     covered = _checkpoint_lsn(home)
     assert covered == daemon.log.end_lsn
     # A file where the table's folder goes: every part write is refused by the file system.
-    table = Home(home).metrics / "stage_executions"
+    table = DaemonHome(home).metrics / "stage_executions"
     shutil.move(table, home / "moved-away")
     table.write_bytes(b"")
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)  # rows, audit trail, checkpoint: queued behind the refused part
     assert daemon.writer.jobs.halted
     # status.json says what waits: the refused part, the audit trail and the checkpoint behind it
-    assert json.loads(Home(home).status.read_text())["disk_writes_queued"] >= 3
+    assert json.loads(DaemonHome(home).status.read_text())["disk_writes_queued"] >= 3
     assert _checkpoint_lsn(home) == covered  # not past rows that are not on disk
     table.unlink()
     shutil.move(home / "moved-away", table)
@@ -151,7 +151,7 @@ def test_a_run_whose_audit_trail_cannot_be_written_costs_only_its_trail(home: Pa
     """A directory where a run's audit.json goes (or its stages.jsonl deleted by hand) is that
     run's problem: reported and counted, while every other write goes on. It halted the whole
     queue, retrying the trail forever, and no row of any run reached Parquet again."""
-    audit = Home(home).audit(RUN_ID)
+    audit = DaemonHome(home).audit(RUN_ID)
     daemon = _with_a_directory_in_place_of(home, audit)
     _ingest(daemon, range(21, 31))
     daemon.flush(final=True)
@@ -173,21 +173,21 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
     daemon = _daemon(home)
     _ingest(daemon, range(1, 11))
     daemon.flush(final=True)
-    Home(home).stage_lines(RUN_ID).unlink()
+    DaemonHome(home).stage_lines(RUN_ID).unlink()
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)
     assert not daemon.writer.jobs.halted
     audit = load_audit(home, RUN_ID)
     assert [stage["span"] for stage in audit["stages"]] == list(range(11, 21))
     assert not any("damaged" in problem for problem in audit["problems"])
-    lines = Home(home).stage_lines(RUN_ID).read_text().splitlines()
+    lines = DaemonHome(home).stage_lines(RUN_ID).read_text().splitlines()
     assert [json.loads(line)["span"] for line in lines] == list(range(11, 21))
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
     daemon.release()
 
 
 def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Path) -> None:
-    lines = Home(home).stage_lines(RUN_ID)
+    lines = DaemonHome(home).stage_lines(RUN_ID)
     daemon = _with_a_directory_in_place_of(home, lines)
     assert not daemon.writer.jobs.halted and daemon.stats.write_errors >= 1
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
@@ -225,7 +225,7 @@ def test_one_pass_runs_at_a_time_and_a_stopped_thread_starts_none() -> None:
 def test_a_write_that_fails_leaves_no_temporary_file(home: Path) -> None:
     """An audit trail whose stages.jsonl is gone (its run removed meanwhile) is not written, and
     its .audit.json.tmp does not stay behind (nothing would ever remove it)."""
-    target = Home(home).audit("5b0c3f5e-8a51-4c2b-9d0e-6f1a2b3c4d5e")
+    target = DaemonHome(home).audit("5b0c3f5e-8a51-4c2b-9d0e-6f1a2b3c4d5e")
     with pytest.raises(FileNotFoundError), replacing(target) as out:
         out.write(b"{")
         target.with_name("stages.jsonl").read_bytes()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewatch.daemon._eventlog import EventLog
+from stagewatch.daemon.ingest._eventlog import EventLog
 
 PAYLOADS = [f"payload-{i}".encode() for i in range(100)]
 

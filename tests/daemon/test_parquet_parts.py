@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS
-from stagewatch.daemon._store import DICTIONARY_COLUMNS, Store
-from stagewatch.daemon._tables import snapshot_files
+from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS
+from stagewatch.daemon.tables._store import DICTIONARY_COLUMNS, Store
+from stagewatch.daemon.tables._tables import snapshot_files
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 from parquet_parts import rows_of

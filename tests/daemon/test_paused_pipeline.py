@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from stagewatch._home import Home
-from stagewatch.daemon._derived import DAEMON_CHECKPOINT, peek
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, peek
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_rebuild import _read_models
 
@@ -93,7 +93,7 @@ def test_a_pipeline_stopped_past_the_client_timeout_ends_as_it_really_did(
 
 def _forgotten(home: Path, run_id: str) -> bool:
     """Has the daemon forgotten the run but for its audit trail (its checkpoint says so)?"""
-    return run_id in ((peek(DAEMON_CHECKPOINT, Home.of(home)) or {}).get("projector", {}).get("closed") or {})
+    return run_id in ((peek(DAEMON_CHECKPOINT, DaemonHome.of(home)) or {}).get("projector", {}).get("closed") or {})
 
 
 def _pause_and_resume(daemon: DaemonProcess, inside: bool, forgotten: bool, restarted: bool) -> None:

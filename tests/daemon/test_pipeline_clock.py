@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, run_pipeline
 from tests.daemon.test_rebuild import _read_models
 

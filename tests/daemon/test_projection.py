@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagewatch._home import Home
-from stagewatch.daemon._dedup import Deduplicator
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, ended_add, ended_has
-from stagewatch.daemon._readmodels import audit_json_chunks, load_audit
-from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import STAGE_EXECUTIONS, Store
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.ingest._dedup import Deduplicator
+from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS, Projector, RunState, ended_add, ended_has
+from stagewatch.daemon.projection._schema import validate_event
+from stagewatch.daemon.query._readmodels import audit_json_chunks, load_audit
+from stagewatch.daemon.tables._store import STAGE_EXECUTIONS, Store
 
 RUN = str(uuid.UUID(int=7))
 T0 = 1_790_000_000_000_000_000
@@ -260,13 +260,13 @@ def test_redelivery_through_the_deduplicator_changes_nothing(redelivered: list[i
 def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, ended: int, running: int) -> None:
     """audit.json is the head alone (each stage is on disk once: its line in stages.jsonl);
     load_audit assembles the trail, whole, paged, or streamed as one JSON document."""
-    store, run = Store(Home(tmp_path)), RunState(RUN)
+    store, run = Store(DaemonHome(tmp_path)), RunState(RUN)
     entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(ended)]
     written = store.append_stage_lines(RUN, 0, entries)
     store.append_stage_lines(RUN, written, [{"stage": "s", "span": 99}])  # past what the head accounts for
     run.open = {f"c:{span}": {"stage": "open", "span": span} for span in range(running)}
     store.write_audit(run, written)
-    head = json.loads(Home(tmp_path).audit(RUN).read_text())
+    head = json.loads(DaemonHome(tmp_path).audit(RUN).read_text())
     assert "stages" not in head and head["stages_bytes"] == written
     every = entries + list(run.open.values())
     assert load_audit(tmp_path, RUN)["stages"] == every

@@ -9,21 +9,21 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from stagewatch._home import Home
-from stagewatch.daemon._decode import Rejected
-from stagewatch.daemon._quarantine import KEEP_DAYS, Quarantine
-from stagewatch.daemon._stats import DaemonStats, WriteErrors
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
+from stagewatch.daemon.ingest._decode import Rejected
+from stagewatch.daemon.ingest._quarantine import KEEP_DAYS, Quarantine
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_daemon_faults import _send_raw
 
 
 def _quarantine(home: Path, max_bytes: int) -> Quarantine:
     stats = DaemonStats()
-    return Quarantine(Home(home), stats, WriteErrors(stats), max_bytes=max_bytes)
+    return Quarantine(DaemonHome(home), stats, WriteErrors(stats), max_bytes=max_bytes)
 
 
 def test_the_oldest_days_make_room_then_records_are_counted_not_kept(tmp_path: Path) -> None:
-    layout = Home(tmp_path)
+    layout = DaemonHome(tmp_path)
     layout.quarantine.mkdir()
     for day in ("2026-11-01", "2026-11-02"):
         layout.quarantine_file(day).write_bytes(b"x" * 40_000)
@@ -41,7 +41,7 @@ def test_the_oldest_days_make_room_then_records_are_counted_not_kept(tmp_path: P
 
 
 def test_days_past_retention_are_removed(tmp_path: Path) -> None:
-    layout = Home(tmp_path)
+    layout = DaemonHome(tmp_path)
     layout.quarantine.mkdir()
     now = datetime(2026, 12, 2, tzinfo=UTC)
     old, recent = now - timedelta(days=KEEP_DAYS + 1), now - timedelta(days=1)

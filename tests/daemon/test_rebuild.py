@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import stagewatch
-from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
+from stagewatch.daemon.query._readmodels import load_audit, read_table, to_rows
 from tests.conftest import DaemonProcess, run_python, wait_for
 
 

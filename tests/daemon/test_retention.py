@@ -15,11 +15,12 @@ import pyarrow.compute as pc
 import pytest
 
 import stagewatch
-from stagewatch._home import Home
-from stagewatch.daemon._derived import DAEMON_CHECKPOINT, peek
-from stagewatch.daemon._ingest import RECEIVED_MARK_INTERVAL_NS
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._retention import (
+from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, peek
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.base._settings import RetentionSection
+from stagewatch.daemon.ingest._ingest import RECEIVED_MARK_INTERVAL_NS
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._retention import (
     NS,
     FinishedRun,
     Segment,
@@ -27,8 +28,7 @@ from stagewatch.daemon._retention import (
     parse_duration,
     select_expired,
 )
-from stagewatch.daemon._settings import RetentionSection
-from stagewatch.daemon._store import TABLES
+from stagewatch.daemon.tables._store import TABLES
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
 from tests.daemon.test_rebuild import _read_models
@@ -107,9 +107,9 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
 
 GC = """
 import sys
-from stagewatch.daemon._retention import collect_garbage
-from stagewatch.daemon._settings import RetentionSection
-from stagewatch.daemon._store import TABLES
+from stagewatch.daemon.tables._retention import collect_garbage
+from stagewatch.daemon.base._settings import RetentionSection
+from stagewatch.daemon.tables._store import TABLES
 print("collecting", flush=True)
 collect_garbage(sys.argv[1], RetentionSection(runs="1h"), now_ns=int(sys.argv[2]))
 print("done", flush=True)
@@ -272,7 +272,7 @@ def test_gc_while_the_daemon_is_stopped_leaves_no_ghost_of_a_run_it_still_held(h
     daemon.audit(run_id)
     wait_for(lambda: read_table(home, "runs").num_rows == 1)
     assert daemon.stop() == 0
-    assert run_id in peek(DAEMON_CHECKPOINT, Home.of(home))["projector"]["runs"]
+    assert run_id in peek(DAEMON_CHECKPOINT, DaemonHome.of(home))["projector"]["runs"]
     time.sleep(1.1)  # older than retention.runs = 1s
     gc = _cli(home, "gc", "--json", env={"STAGEWATCH_RETENTION_RUNS": "1s"})
     assert gc.returncode == 0, gc.stderr
@@ -348,8 +348,8 @@ def test_the_daemon_numbers_its_events_after_those_a_crash_left_past_its_checkpo
 def test_the_accuracy_fold_forgets_an_expired_run(tmp_path: Path) -> None:
     """A worker behind its log replays a run's results, then its run_expired: nothing of the run
     is written (no samples rows, no accuracy.json bringing its folder back)."""
-    from stagewatch.daemon._accuracy import AccuracyProjection
-    from stagewatch.daemon._schema import validate_event
+    from stagewatch.daemon.accuracy._accuracy import AccuracyProjection
+    from stagewatch.daemon.projection._schema import validate_event
 
     def event(kind: str, seq: int, client: str = "c1", **fields: object) -> object:
         envelope = {"v": 1, "type": kind, "client_id": client, "seq": seq, "ts_ns": T0 + seq, "run_id": RUN_ID}

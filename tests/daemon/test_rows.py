@@ -1,4 +1,4 @@
-"""Each table's row is defined once (daemon/_rows.py): the store's and the query layer's schemas,
+"""Each table's row is defined once (daemon/projection/_rows.py): the store's and the query layer's schemas,
 the rows every writer makes, the projection's stage lines and docs/storage.md derive from it,
 and a column added to the definition arrives in all of them."""
 
@@ -12,11 +12,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from stagewatch.daemon import _rows
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS, Projector, RunState, audit_json, stage_builders
-from stagewatch.daemon._rows import DEFINITIONS, Column, Source
-from stagewatch.daemon._sql import schema_of
-from stagewatch.daemon._store import Store, table_writer_properties
+from stagewatch.daemon.projection import _rows
+from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS, Projector, RunState, audit_json, stage_builders
+from stagewatch.daemon.projection._rows import DEFINITIONS, Column, Source
+from stagewatch.daemon.query._sql import schema_of
+from stagewatch.daemon.tables._store import Store, table_writer_properties
 from tests.daemon.test_projection import RUN, T0, ev, finished, fold, history
 
 DOCS = Path(__file__).parents[2] / "docs" / "storage.md"
@@ -27,8 +27,8 @@ def test_docs_storage_lists_each_table_s_columns_as_defined() -> None:
     text = DOCS.read_text()
     assert sorted(m[2] for m in _rows.DOCS_BLOCK.finditer(text)) == sorted(DEFINITIONS)
     assert _rows.document(text) == text, (
-        "docs/storage.md's column tables differ from daemon/_rows.py: "
-        "python -c \"from stagewatch.daemon._rows import rewrite_docs; rewrite_docs('docs/storage.md')\""
+        "docs/storage.md's column tables differ from daemon/projection/_rows.py: "
+        "python -c \"from stagewatch.daemon.projection._rows import rewrite_docs; rewrite_docs('docs/storage.md')\""
     )
 
 
@@ -69,7 +69,7 @@ def test_the_daemon_s_rows_hold_exactly_their_tables_columns() -> None:
 
 
 def test_the_accuracy_worker_s_rows_hold_exactly_the_samples_columns(tmp_path: Path) -> None:
-    from stagewatch.daemon._accuracy import AccuracyProjection
+    from stagewatch.daemon.accuracy._accuracy import AccuracyProjection
     from tests.groundtruth.builders import write_dataset
 
     golden = write_dataset(tmp_path / "golden", 1)
@@ -162,7 +162,7 @@ def test_a_new_column_s_rows_are_written_with_its_type(tmp_path: Path) -> None:
 def test_every_field_of_a_stage_s_end_is_a_column_or_named_as_kept_elsewhere() -> None:
     """A new field on the wire is stored in stage_executions (a STAGE or MEMORY column), or it
     is named here with where it goes instead: none is dropped unnoticed."""
-    from stagewatch.daemon._schema import StageFailed, field_names
+    from stagewatch.daemon.projection._schema import StageFailed, field_names
 
     kept_elsewhere = {
         "type": "the status column",

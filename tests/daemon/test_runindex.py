@@ -11,8 +11,8 @@ from pathlib import Path
 
 import stagewatch
 from stagewatch.daemon import Filters, query_logs, query_runs, query_stages
-from stagewatch.daemon._readmodels import resolve_run_id
-from stagewatch.daemon._runindex import RunIndex, run_dates, runs_with_prefix
+from stagewatch.daemon.query._readmodels import resolve_run_id
+from stagewatch.daemon.tables._runindex import RunIndex, run_dates, runs_with_prefix
 from tests.conftest import DaemonProcess, wait_for
 
 

@@ -8,21 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stagewatch._home import Home
-from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._scrub import load, scrub_next_segment
-from stagewatch.daemon._store import Store
-from stagewatch.daemon._tables import snapshot_files
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.ingest._eventlog import EventLog
+from stagewatch.daemon.maintenance._scrub import load, scrub_next_segment
+from stagewatch.daemon.tables._store import Store
+from stagewatch.daemon.tables._tables import snapshot_files
 from tests.daemon.test_compaction import T0, _rows
 
 
 def _log_of_segments(home: Path) -> list[Path]:
-    log = EventLog(Home(home).events, segment_bytes=4096)
+    log = EventLog(DaemonHome(home).events, segment_bytes=4096)
     log.open()
     for index in range(200):
         log.append([b"record %05d " % index + b"x" * 100])
     log.close()
-    return [path for _, path in EventLog(Home(home).events).segments()]
+    return [path for _, path in EventLog(DaemonHome(home).events).segments()]
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -45,7 +45,7 @@ def test_the_periodic_pass_checks_one_sealed_segment_at_a_time_and_remembers(tmp
     segments = _log_of_segments(tmp_path)
     assert len(segments) > 3
     _flip(segments[1], 500)
-    home = Home(tmp_path)
+    home = DaemonHome(tmp_path)
     found = [scrub_next_segment(home) for _ in range(len(segments) - 1)]  # every sealed one, once
     assert [d["segment"] for d in found if d] == [segments[1].name]
     assert segments[-1].name not in {d["segment"] for d in found if d}  # the open one is left alone

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from stagewatch.daemon._decode import Rejected, decode_event
-from stagewatch.daemon._eventlog import EventLog
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.ingest._decode import Rejected, decode_event
+from stagewatch.daemon.ingest._eventlog import EventLog
+from stagewatch.daemon.query._readmodels import read_table
 
 LONG = os.environ.get("STAGEWATCH_FAULTS_LONG") == "1"
 

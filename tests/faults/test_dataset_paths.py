@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewatch._home import Home
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.groundtruth.spec import DatasetError, load_dataset
 from tests.conftest import DaemonProcess, wait_for
 from tests.groundtruth.builders import write_dataset
@@ -57,13 +57,13 @@ def test_a_hostile_dataset_costs_only_its_own_run(daemon: DaemonProcess, tmp_pat
     honest = run_pipeline(daemon, spec)
     assert final_accuracy(daemon.home, honest.id)["finished"]
     assert "sEcReT" not in daemon.log()
-    for path in Home(daemon.home).logs.glob("*"):
+    for path in DaemonHome(daemon.home).logs.glob("*"):
         assert "sEcReT" not in path.read_text(errors="replace")
 
 
 def _accuracy(home: Path, run_id: str) -> dict | None:
     try:
-        document = json.loads(Home(home).accuracy(run_id).read_text())
+        document = json.loads(DaemonHome(home).accuracy(run_id).read_text())
     except (OSError, ValueError):
         return None
     return document if document.get("dataset_problem") else None

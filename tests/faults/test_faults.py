@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from stagewatch.daemon._readmodels import audit_json_chunks, load_audit
+from stagewatch.daemon.query._readmodels import audit_json_chunks, load_audit
 from tests.conftest import DaemonProcess, wait_for
 from tests.faults.conftest import fill_disk
 from tests.faults.tally import LONG, run_id_of, start_pipeline, tally
@@ -120,7 +120,7 @@ def test_the_pipeline_killed_mid_run_keeps_what_it_recorded(daemon: DaemonProces
 
 @pytest.mark.parametrize("damage", ["torn_tail", "flipped_bytes", "zero_tail", "missing_segment"])
 def test_event_log_damage_is_recovered_counted_and_reported(home: Path, damage: str) -> None:
-    from stagewatch.daemon._eventlog import EventLog
+    from stagewatch.daemon.ingest._eventlog import EventLog
 
     # Small segments so a missing segment is one of several.
     log = EventLog(home / "events", segment_bytes=4096)

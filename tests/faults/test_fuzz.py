@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagewatch._protocol import pack_batch
-from stagewatch.daemon._decode import Batch, Rejected, decode_batch, decode_event
-from stagewatch.daemon._projection import Projector
+from stagewatch.daemon.ingest._decode import Batch, Rejected, decode_batch, decode_event
+from stagewatch.daemon.projection._projection import Projector
 from tests.conftest import DaemonProcess, wait_for
 
 RUN_ID = str(uuid.UUID(int=42))
@@ -138,7 +138,7 @@ def test_the_real_daemon_survives_a_fuzz_storm_and_writes_nothing_outside_its_ho
     )
 )
 def test_malformed_config_files_get_a_config_error_and_nothing_else(tmp_path_factory, text: str) -> None:
-    from stagewatch.daemon._settings import ConfigError, load_config
+    from stagewatch.daemon.base._settings import ConfigError, load_config
 
     path = tmp_path_factory.mktemp("config") / "stagewatch.toml"
     path.write_text(text, errors="surrogateescape") if "\ud800" not in text else path.write_bytes(b"\xff")

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import stagewatch
-from stagewatch._home import Home
 from stagewatch._records import scan_records
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._tables import snapshot_files
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
 
 
@@ -38,18 +38,18 @@ def _doctor(home: Path) -> dict:
 
 
 def _segments(home: Path) -> list[Path]:
-    return sorted(Home(home).events.glob("*.seg"))
+    return sorted(DaemonHome(home).events.glob("*.seg"))
 
 
 def test_a_stray_segment_past_64_bits_is_set_aside_and_rows_keep_coming(daemon: DaemonProcess) -> None:
     _stages(daemon, 50)
     assert daemon.stop() == 0
-    (Home(daemon.home).events / "09999999999999999999.seg").write_bytes(b"123456789")
+    (DaemonHome(daemon.home).events / "09999999999999999999.seg").write_bytes(b"123456789")
     daemon.start()
     _stages(daemon, 30, "after")
     rows = wait_for(lambda: (t := read_table(daemon.home, "stage_executions")).num_rows >= 80 and t)
     assert rows.num_rows == 80
-    assert [p.name for p in Home(daemon.home).quarantined_segments.iterdir()] == ["09999999999999999999.seg"]
+    assert [p.name for p in DaemonHome(daemon.home).quarantined_segments.iterdir()] == ["09999999999999999999.seg"]
     assert not _doctor(daemon.home)["segments"]["ok"]
     daemon.stop()
     assert sw("rebuild", "--home", str(daemon.home)).returncode == 0
@@ -65,7 +65,7 @@ def test_a_copied_segment_adds_no_row_twice_and_doctor_says_so(daemon: DaemonPro
     records = sum(1 for _ in scan_records(segment.read_bytes()))
     assert records >= 202
     shutil.copy(segment, segment.with_name(f"{end:020d}.seg"))  # the same records again, further on
-    Home(daemon.home).checkpoint().unlink()  # no checkpoint: the whole log is replayed
+    DaemonHome(daemon.home).checkpoint().unlink()  # no checkpoint: the whole log is replayed
     daemon.start()
     assert wait_for(lambda: daemon.status()["stats"]["recovery"].get("replay_duplicates")) == records
     assert daemon.audit(run_id)["counts"]["ok"] == 200
@@ -79,7 +79,7 @@ def test_a_segment_that_overlaps_another_is_set_aside(daemon: DaemonProcess) -> 
     (segment,) = _segments(daemon.home)
     shutil.copy(segment, segment.with_name(f"{int(segment.stem) + 10:020d}.seg"))
     daemon.start()
-    assert [p.name for p in Home(daemon.home).quarantined_segments.iterdir()] == [f"{10:020d}.seg"]
+    assert [p.name for p in DaemonHome(daemon.home).quarantined_segments.iterdir()] == [f"{10:020d}.seg"]
     assert read_table(daemon.home, "stage_executions").num_rows == 20
 
 
@@ -95,7 +95,7 @@ def test_a_symlinked_segment_is_never_followed(daemon: DaemonProcess, tmp_path: 
     _stages(daemon, 10, "after")
     assert outside.read_bytes() == b"not yours" * 100  # neither truncated nor appended to
     assert wait_for(lambda: read_table(daemon.home, "stage_executions").num_rows == 30)
-    assert [p.is_symlink() for p in Home(daemon.home).quarantined_segments.iterdir()] == [True]
+    assert [p.is_symlink() for p in DaemonHome(daemon.home).quarantined_segments.iterdir()] == [True]
 
 
 def test_a_part_damaged_inside_a_compressed_page_is_read_around(daemon: DaemonProcess) -> None:
@@ -122,7 +122,7 @@ def test_stray_files_among_the_parts_leave_the_rest_answering(daemon: DaemonProc
     partition: no commit names them, so they are no part of the table and nothing reads them."""
     _stages(daemon, 40)
     assert daemon.stop() == 0
-    (partition,) = Home(daemon.home).partitions("stage_executions")
+    (partition,) = DaemonHome(daemon.home).partitions("stage_executions")
     (partition / "part-99999999999999999991.parquet").write_bytes(b"")
     (partition / "part-99999999999999999992.parquet").write_bytes(b"not parquet" * 100)
     (partition / "part-99999999999999999993.parquet").mkdir()

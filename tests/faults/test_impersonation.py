@@ -13,7 +13,7 @@ import zmq
 import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._protocol import pack_batch, pack_event, unpack_ack
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, wait_for
 from tests.faults.test_poison_values import _stage
 

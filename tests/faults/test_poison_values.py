@@ -15,12 +15,12 @@ import pytest
 
 import stagewatch
 from stagewatch import _protocol as protocol
-from stagewatch._home import Home
 from stagewatch._protocol import pack_batch, pack_event
-from stagewatch.daemon._projection import STAGE_ROW_FIELDS
-from stagewatch.daemon._readmodels import load_audit, read_table, to_rows
-from stagewatch.daemon._schema import validate_event
-from stagewatch.daemon._store import Store
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS
+from stagewatch.daemon.projection._schema import validate_event
+from stagewatch.daemon.query._readmodels import load_audit, read_table, to_rows
+from stagewatch.daemon.tables._store import Store
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_compaction import _in_process_daemon
 from tests.daemon.test_daemon_faults import _send_raw
@@ -148,7 +148,7 @@ def test_a_path_that_is_not_utf8_is_kept_escaped(daemon: DaemonProcess) -> None:
 
 @pytest.mark.parametrize("as_tuples", [False, True], ids=["dict rows", "tuple rows (the fold's)"])
 def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path, as_tuples: bool) -> None:
-    store = Store(Home(tmp_path))
+    store = Store(DaemonHome(tmp_path))
     rows = [
         {"run_id": "r", "stage": "s", "status": "ok", "span": span, "start_time": NOW, "end_time": NOW, "lsn": lsn}
         for lsn, span in enumerate([1, 2**64, 3])
@@ -165,14 +165,14 @@ def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path, as_tuples: bool
 
 
 def test_an_event_that_fails_in_projection_is_set_aside_and_the_rest_fold(home, monkeypatch) -> None:
-    from stagewatch.daemon._ingest import Group
-    from stagewatch.daemon._projection import HANDLERS
+    from stagewatch.daemon.ingest._ingest import Group
+    from stagewatch.daemon.projection._projection import HANDLERS
 
     def broken(projector, run, event, lsn) -> None:
         raise ZeroDivisionError("a bug in a handler")
 
     monkeypatch.setitem(HANDLERS, "log", broken)
-    layout = Home(home)
+    layout = DaemonHome(home)
     daemon = _in_process_daemon(home, bind=False)
     run_id = str(uuid.uuid4())
     events = [
@@ -211,9 +211,9 @@ def test_times_out_of_range_are_refused_in_words(home, args: list[str]) -> None:
 def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
     """A full disk keeps a finished client's spool out of the log; its run must end as its
     events say once they go in, not as crashed because the client went quiet meanwhile."""
-    from stagewatch.daemon._ingest import Group
+    from stagewatch.daemon.ingest._ingest import Group
 
-    layout = Home(home)
+    layout = DaemonHome(home)
     daemon = _in_process_daemon(home, bind=False, client_timeout_s=0.01)
     run_id, client = str(uuid.uuid4()), "spooler"
     start = protocol.run_started(client, run_id, NOW, pipeline="p", config={}, host="h", pid=1, dataset=None, argv=[])
@@ -235,8 +235,8 @@ def test_a_client_whose_spool_waits_is_not_declared_lost(home) -> None:
 def test_an_event_for_a_closed_and_evicted_run_is_applied_and_rebuild_agrees(home) -> None:
     """A worker's spool, say, that arrives after its run was closed and forgotten: the run is
     reopened from its audit trail, the stage counted and its row written, as a replay does."""
-    from stagewatch.daemon._ingest import Group
     from stagewatch.daemon._rebuild import rebuild
+    from stagewatch.daemon.ingest._ingest import Group
     from tests.daemon.test_rebuild import _read_models
 
     daemon = _in_process_daemon(home, bind=False, finished_run_grace_s=0)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stagewatch._home import Home
+from stagewatch.daemon.base._layout import DaemonHome
 from tests.conftest import DaemonProcess, wait_for
 from tests.faults.conftest import fill_disk
 from tests.faults.tally import logged_events
@@ -86,7 +86,7 @@ def test_a_full_disk_and_no_daemon_at_the_deadline_count_exactly_what_is_lost(sm
         assert stderr.count(LOSS_WARNING) == 1 and f"{result['lost']} events" in stderr
         assert audit["events_lost"] == result["lost"] and "No space left" in audit["events_lost_reason"]
         assert audit["status"] == "ok"  # the run's end was kept: it says how the run ended
-        assert not list(Home(small_disk).spool.glob("*.spool"))  # the spool was ingested
+        assert not list(DaemonHome(small_disk).spool.glob("*.spool"))  # the spool was ingested
     finally:
         daemon.stop()
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._protocol import MAX_DURATION_MS, MAX_INT, MAX_MEGABYTES, MAX_TS_NS, pack_batch, pack_event
-from stagewatch.daemon._readmodels import read_table, to_rows
-from stagewatch.daemon._schema import validate_event
+from stagewatch.daemon.projection._schema import validate_event
+from stagewatch.daemon.query._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, wait_for
 from tests.daemon.test_rebuild import _read_models
 

@@ -11,8 +11,8 @@ import pytest
 
 import stagewatch
 from stagewatch._saver import write_ply
-from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon.groundtruth.formats import load_point_attributes, load_point_labels, load_points
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, wait_for
 from tests.groundtruth.builders import scene, write_dataset
 from tests.groundtruth.test_datasets import validate

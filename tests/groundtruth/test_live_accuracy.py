@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 import stagewatch
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.groundtruth.builders import scene, write_dataset
 
@@ -291,8 +291,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_samples_after_a_paused_owner_s_loss_are_still_judged(tmp_path: Path) -> None:
     """A pipeline stopped past the client timeout is declared lost, which ends its run for the
     accuracy fold too; when it sends again (the daemon withdraws the loss) its samples count."""
-    from stagewatch.daemon._accuracy import AccuracyProjection
-    from stagewatch.daemon._schema import validate_event
+    from stagewatch.daemon.accuracy._accuracy import AccuracyProjection
+    from stagewatch.daemon.projection._schema import validate_event
 
     golden = write_dataset(tmp_path / "golden", 2)
     run_id = "00000000-0000-0000-0000-00000000002a"

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 import stagewatch
-from stagewatch.daemon._readmodels import read_table
 from stagewatch.daemon.groundtruth.formats import load_point_attributes, load_point_labels
+from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.ui._widgets import css_name
 from tests.conftest import DaemonProcess, run_pipeline, wait_for
 from tests.ui.conftest import CHROMIUM

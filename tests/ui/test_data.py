@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._store import Store
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._store import Store
 from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, resolve_artifact
 from tests.daemon.test_compaction import T0, _rows
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import wait_for
 from tests.ui.conftest import CHROMIUM
 from tests.ui.test_dashboard import _choose, _pager_total, served  # noqa: F401 (a fixture)

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._records import encode_records
-from stagewatch.daemon._readmodels import read_table
+from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.ui._live import LiveFeed
 from tests.conftest import DaemonProcess, wait_for
 

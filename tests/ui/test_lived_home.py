@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from stagewatch._home import Home
-from stagewatch.daemon._readmodels import read_table
-from stagewatch.daemon._tables import snapshot_files
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
 from tests.ui.test_dashboard import Ui, pytestmark, shown  # noqa: F401 (the skip mark: no Chromium, no test)
 
@@ -87,7 +87,7 @@ def _lived_enough(home: Path, runs: int) -> bool:
     """Two days of rows, every run's row stored, and the daemon has compacted the table."""
     if len(_parts(home, "stage_executions")) != 2 or read_table(home, "runs", columns=["run_id"]).num_rows != runs:
         return False
-    history = DeltaTable(str(Home.of(home).table("stage_executions"))).history()
+    history = DeltaTable(str(DaemonHome.of(home).table("stage_executions"))).history()
     return any(entry["operation"] == "OPTIMIZE" for entry in history)
 
 

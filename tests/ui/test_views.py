@@ -293,8 +293,8 @@ def test_a_page_past_the_end_says_so() -> None:
 
 
 def test_the_runs_signature_moves_with_a_commit_and_only_then(tmp_path) -> None:
-    from stagewatch.daemon._store import Store
-    from stagewatch.daemon._tables import delete
+    from stagewatch.daemon.tables._store import Store
+    from stagewatch.daemon.tables._tables import delete
     from stagewatch.ui._data import runs_signature
 
     before = runs_signature(tmp_path)
@@ -307,7 +307,7 @@ def test_the_runs_signature_moves_with_a_commit_and_only_then(tmp_path) -> None:
 
 
 def test_failure_cases_narrow_by_time_kind_and_severity(tmp_path) -> None:
-    from stagewatch.daemon._store import Store
+    from stagewatch.daemon.tables._store import Store
     from stagewatch.ui._failures import CaseFilters, failures_page
 
     now = datetime(2026, 12, 2, 12, tzinfo=UTC)

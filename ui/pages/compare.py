@@ -1,5 +1,5 @@
 """Compare: a run against another run or a baseline of runs (`stagewatch compare`'s numbers,
-daemon/_compare): the per-stage table with the rows that changed flagged, the shifts of the
+daemon/compare/_compare): the per-stage table with the rows that changed flagged, the shifts of the
 history when the baseline is one, the flip list (each flip opens both cases side by side, as
 the Case page draws them), accuracy, and the config and environment diffs.
 
@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import panel as pn
 
-from stagewatch.daemon._compare import CompareError, Options, Side, baseline_side, compare, run_side
-from stagewatch.daemon._sql import QueryError
+from stagewatch.daemon.compare._compare import CompareError, Options, Side, baseline_side, compare, run_side
+from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
 from stagewatch.ui.pages.case import case_sections
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
-from stagewatch.daemon import _outcomes as outcomes
+from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _format, _widgets
 from stagewatch.ui._live import LiveFeed, LiveRun
 

@@ -16,8 +16,8 @@ from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
-from stagewatch.daemon._compare import CompareError, baseline_side, compare, run_side
-from stagewatch.daemon._sql import QueryError
+from stagewatch.daemon.compare._compare import CompareError, baseline_side, compare, run_side
+from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui.pages.compare import stage_table_html
 
@@ -99,7 +99,7 @@ class PerformancePage:
         self.stats.objects = [_widgets.table(window_stats(self.home, filters, points, order), "window-stats")]
 
     def compare(self) -> None:
-        """The two runs' per-stage table (daemon/_compare, as the Compare page shows it), with a
+        """The two runs' per-stage table (daemon/compare/_compare, as the Compare page shows it), with a
         link to the whole comparison there."""
         if not self.second.value.strip():
             self.comparison.objects = [

@@ -17,8 +17,8 @@ import panel as pn
 from PIL import Image
 
 from stagewatch._home import ARTIFACT_FORM
-from stagewatch.daemon import _outcomes as outcomes
 from stagewatch.daemon.groundtruth.diff import viridis
+from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _data, _format, _widgets
 
 THUMBNAILS = 12  # per stage and page view; the rest are listed

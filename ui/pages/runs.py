@@ -14,7 +14,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch.daemon import Filters, parse_time
-from stagewatch.daemon import _outcomes as outcomes
+from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _data, _format, _widgets
 
 WHEN = {"any time": "", "last hour": "1h", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}

@@ -1,0 +1,482 @@
+"""Two runs compared, or a run against a baseline of several (`stagewatch compare`, the Compare
+page): per stage, what changed and whether it is a change at all.
+
+A side is one run, the last N finished runs of the target's pipeline before it (`last:N`,
+pooled) or a window of them (`7d`). Per stage and side: executions, the median and p95 of the
+duration of its `ok` executions, its own memory (rss_peak - rss_start: what the stage itself
+added), its GPU peak and its failure rate. A difference is called out only when it is both
+significant and larger than the practical threshold:
+
+- median: the Mann-Whitney U test finds a shift (p < 1 - confidence) AND the bootstrap interval
+  of the difference of medians excludes 0;
+- p95, own memory (median), GPU peak (median): the bootstrap interval of the difference
+  excludes 0 (see _stattests);
+- failure rate: the two-proportion z-test (p < 1 - confidence);
+- and the change is larger than the threshold: relative for times and memory (and at least
+  MIN_MEMORY_MB for memory, whose readings move by pages), in rate points for failures.
+
+A stage `regressed` when something got worse that way. The flip list holds the samples whose
+verdict changed: judged ones (`samples`: correct, wrong, invalid), and executions that failed
+or crashed where the baseline's did not (new failures). All reads go through the query layer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from stagewatch.daemon.query._query import _RELATIVE, _SECONDS
+from stagewatch.daemon.query._readmodels import RunNotFound, load_accuracy, load_audit, resolve_run_id
+from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.tables._runindex import run_dates
+
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_CONFIDENCE = 0.99  # per test: a stage has several measures, a run many stages
+MIN_EXECUTIONS = 5  # fewer on either side: figures, but nothing called out
+MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: smaller is no change
+MAX_BASELINE_RUNS = 1000
+LAST = re.compile(r"^last:(\d+)$")
+FINISHED = ("ok", "failed")  # runs a baseline may hold: ended, with their stages complete
+EXECUTION_COLUMNS = [
+    "run_id",
+    "pipeline",
+    "stage",
+    "status",
+    "sample_id",
+    "start_time",
+    "duration_ms",
+    "rss_start_mb",
+    "rss_peak_mb",
+    "gpu_peak_mb",
+]
+BAD_EXECUTION = ("failed", "crashed")
+
+
+class CompareError(ValueError):
+    """Arguments that name nothing to compare (an unknown run, an empty baseline): the message
+    says which (the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """The runs one side of a comparison pools, oldest first, and how it was asked for."""
+
+    label: str
+    runs: list[str]
+    kind: str  # "run", "last" or "window"
+    pipeline: str | None = None
+
+    @property
+    def is_history(self) -> bool:
+        return self.kind != "run"
+
+
+@dataclass
+class Options:
+    threshold: float = DEFAULT_THRESHOLD
+    confidence: float = DEFAULT_CONFIDENCE
+    accuracy_drop: float | None = None  # a stage's accuracy falling by more (rate points) fails the gate
+    seed: int = 0
+    now: datetime | None = None  # for windows; None: the clock
+
+
+# -- the sides ------------------------------------------------------------------------------------
+
+
+def run_side(home: Path, text: str) -> Side:
+    try:
+        run_id = resolve_run_id(home, text)
+    except RunNotFound as error:
+        raise CompareError(str(error)) from None
+    row = _run_rows(home, "run_id = ?", [run_id])
+    pipeline = row[0]["pipeline"] if row else load_audit(home, run_id).get("pipeline")
+    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline)
+
+
+def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = None) -> Side:
+    """The baseline `spec` names against the target run: a run id (or prefix), `last:N` (the
+    last N finished runs of its pipeline that started before it) or a window (`7d`, `24h`:
+    the finished runs of its pipeline that started in it, before the target)."""
+    spec = spec.strip()
+    last = LAST.match(spec)
+    window = _RELATIVE.match(spec)
+    if not last and not window:
+        return run_side(home, spec)
+    if target.pipeline is None:
+        raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
+    started = _run_rows(home, "run_id = ?", [target.runs[-1]])
+    if not started:
+        raise CompareError(f"run {target.runs[-1][:8]} is not in the runs table yet (still running?)")
+    before = started[0]["start_time"]
+    terms, params = (
+        "pipeline = ? AND start_time < ? AND run_id <> ? AND status IN ('ok', 'failed')",
+        [
+            target.pipeline,
+            before,
+            target.runs[-1],
+        ],
+    )
+    if last:
+        count = int(last.group(1))
+        if not 1 <= count <= MAX_BASELINE_RUNS:
+            raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
+        rows = _run_rows(home, terms, params, f"ORDER BY start_time DESC LIMIT {count}")
+        label = f"the last {count} runs of {target.pipeline}"
+    else:
+        seconds = int(window.group(1)) * _SECONDS[window.group(2)]
+        if seconds <= 0:
+            raise CompareError(f"expected a window longer than 0 (7d, 24h), got {spec!r}")
+        rows = _run_rows(
+            home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
+        )
+        rows = rows[:MAX_BASELINE_RUNS]
+        label = f"the runs of {target.pipeline} in the last {spec}"
+    if not rows:
+        raise CompareError(f"the baseline {spec!r} holds no finished run of {target.pipeline} before the target run")
+    return Side(
+        f"{label} ({len(rows)} runs)",
+        [r["run_id"] for r in reversed(rows)],
+        "last" if last else "window",
+        target.pipeline,
+    )
+
+
+EARLIEST = datetime(1678, 1, 1, tzinfo=UTC)  # inside timestamp[ns]: every stored time is later
+
+
+def _window_start(now: datetime | None, seconds: int) -> datetime:
+    """`seconds` before now; a window longer than the calendar reaches back to EARLIEST."""
+    try:
+        return max((now or datetime.now(UTC)) - timedelta(seconds=seconds), EARLIEST)
+    except OverflowError:
+        return EARLIEST
+
+
+def _run_rows(home: Path, where: str, params: list[Any], tail: str = "") -> list[dict[str, Any]]:
+    sql = f"SELECT run_id, pipeline, status, start_time FROM rows WHERE {where} {tail}"
+    return select(home, "runs", sql, params).to_pylist()
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def executions_of(home: Path, runs: list[str]) -> pa.Table:
+    """The stage executions of `runs` (through the query layer; only their date partitions
+    when the run index knows them)."""
+    return _rows_of_runs(home, "stage_executions", EXECUTION_COLUMNS, runs)
+
+
+def judged_of(home: Path, runs: list[str]) -> pa.Table:
+    """The judged samples of `runs`: each (run, stage, sample)'s last verdict."""
+    return _rows_of_runs(home, "samples", ["run_id", "stage", "sample_id", "status", "time"], runs, "time, lsn")
+
+
+def _rows_of_runs(home: Path, table: str, columns: list[str], runs: list[str], order: str = "lsn") -> pa.Table:
+    names = ", ".join(f'"{c}"' for c in columns)
+    dates = _dates(home, runs)
+    sql = f"SELECT {names} FROM rows WHERE list_contains(?::VARCHAR[], run_id) ORDER BY {order}"
+    return select(home, table, sql, [runs], None, dates)
+
+
+def _dates(home: Path, runs: list[str]) -> list[str] | None:
+    found: set[str] = set()
+    for run_id in runs:
+        dates = run_dates(home, run_id)
+        if dates is None:
+            return None
+        found.update(dates)
+    return sorted(found)
+
+
+# -- per stage ------------------------------------------------------------------------------------
+
+
+def stage_figures(before: pa.Table, after: pa.Table, options: Options) -> list[dict[str, Any]]:
+    """One entry per stage of either side, in the order the target ran them."""
+    a, b = _by_stage(before), _by_stage(after)
+    order = list(dict.fromkeys([*b, *a]))
+    return [_stage_entry(stage, a.get(stage), b.get(stage), options) for stage in order]
+
+
+def _by_stage(rows: pa.Table) -> dict[str, dict[str, np.ndarray]]:
+    if rows.num_rows == 0:
+        return {}
+    frame = rows.sort_by("start_time").to_pandas()
+    grouped: dict[str, dict[str, np.ndarray]] = {}
+    for stage, part in frame.groupby("stage", sort=False):
+        ok = part[part["status"] == "ok"]
+        grouped[str(stage)] = {
+            "executions": np.asarray(len(part)),
+            "failed": np.asarray(int(part["status"].isin(BAD_EXECUTION).sum())),
+            "duration_ms": _finite(ok["duration_ms"]),
+            "own_memory_mb": _finite(ok["rss_peak_mb"] - ok["rss_start_mb"]),
+            "gpu_peak_mb": _finite(ok["gpu_peak_mb"]),
+        }
+    return grouped
+
+
+def _finite(values: Any) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    return array[np.isfinite(array)]
+
+
+def _stage_entry(stage: str, a: dict | None, b: dict | None, options: Options) -> dict[str, Any]:
+    empty = {"executions": np.asarray(0), "failed": np.asarray(0)} | {
+        name: np.zeros(0) for name in ("duration_ms", "own_memory_mb", "gpu_peak_mb")
+    }
+    a, b = a or empty, b or empty
+    seed = options.seed
+    entry: dict[str, Any] = {
+        "stage": stage,
+        "executions": {"a": int(a["executions"]), "b": int(b["executions"])},
+        "median_ms": _measure(a["duration_ms"], b["duration_ms"], 0.5, options, seed, rank_test=True),
+        "p95_ms": _measure(a["duration_ms"], b["duration_ms"], 0.95, options, seed + 1),
+        "own_memory_mb": _measure(a["own_memory_mb"], b["own_memory_mb"], 0.5, options, seed + 2, floor=MIN_MEMORY_MB),
+        "gpu_peak_mb": _measure(a["gpu_peak_mb"], b["gpu_peak_mb"], 0.5, options, seed + 3, floor=MIN_MEMORY_MB),
+        "failure_rate": _failures(a, b, options),
+    }
+    for name in ("gpu_peak_mb",):
+        entry[name]["max"] = {
+            side: (float(values.max()) if values.size else None) for side, values in (("a", a[name]), ("b", b[name]))
+        }
+    reasons = [_reason(name, entry[name]) for name in MEASURE_NAMES if entry[name]["called_out"]]
+    entry["reasons"] = reasons
+    entry["regressed"] = any(entry[name]["called_out"] and entry[name]["worse"] for name in MEASURE_NAMES)
+    return entry
+
+
+MEASURE_NAMES = ("median_ms", "p95_ms", "own_memory_mb", "gpu_peak_mb", "failure_rate")
+WORDS = {
+    "median_ms": "median time",
+    "p95_ms": "p95 time",
+    "own_memory_mb": "own memory (median)",
+    "gpu_peak_mb": "GPU peak (median)",
+    "failure_rate": "failure rate",
+}
+
+
+def _measure(
+    a: np.ndarray, b: np.ndarray, q: float, options: Options, seed: int, rank_test: bool = False, floor: float = 0.0
+) -> dict[str, Any]:
+    """A quantile of both sides, the relative change, the bootstrap interval of the difference
+    and (for the median) the rank test's p-value; called out when significant and larger than
+    the threshold (and than `floor`, in the measure's unit)."""
+    found: dict[str, Any] = {
+        "a": float(np.quantile(a, q)) if a.size else None,
+        "b": float(np.quantile(b, q)) if b.size else None,
+        "change": None,
+        "interval": None,
+        "p_value": None,
+        "significant": False,
+        "called_out": False,
+        "worse": False,
+    }
+    if found["a"] is None or found["b"] is None:
+        return found
+    difference = found["b"] - found["a"]
+    found["change"] = difference / found["a"] if found["a"] > 0 else None
+    if min(a.size, b.size) < MIN_EXECUTIONS:
+        return found
+    low, high = bootstrap_interval(a, b, q, options.confidence, seed)
+    found["interval"] = [low, high]
+    significant = low > 0 or high < 0
+    if rank_test:
+        found["p_value"] = mann_whitney_p(a, b)
+        significant = significant and found["p_value"] < 1 - options.confidence
+    large = abs(difference) > floor and (found["change"] is None or abs(found["change"]) > options.threshold)
+    found["significant"] = significant
+    found["called_out"] = significant and large
+    found["worse"] = difference > 0
+    return found
+
+
+def _failures(a: dict, b: dict, options: Options) -> dict[str, Any]:
+    na, nb, fa, fb = int(a["executions"]), int(b["executions"]), int(a["failed"]), int(b["failed"])
+    rate_a, rate_b = (fa / na if na else None), (fb / nb if nb else None)
+    found: dict[str, Any] = {"a": rate_a, "b": rate_b, "change": None, "p_value": None}
+    found.update(significant=False, called_out=False, worse=False)
+    if rate_a is None or rate_b is None:
+        return found
+    found["change"] = rate_b - rate_a
+    found["p_value"] = two_proportions_p(fa, na, fb, nb)
+    found["significant"] = found["p_value"] < 1 - options.confidence
+    found["called_out"] = found["significant"] and abs(found["change"]) > options.threshold
+    found["worse"] = found["change"] > 0
+    return found
+
+
+def _reason(name: str, measure: dict[str, Any]) -> str:
+    direction = "worse" if measure["worse"] else "better"
+    if name == "failure_rate":
+        return f"{WORDS[name]} {measure['a']:.1%} -> {measure['b']:.1%} ({direction}, p={measure['p_value']:.2g})"
+    change = f"{measure['change']:+.1%}" if measure["change"] is not None else "new"
+    return f"{WORDS[name]} {measure['a']:.4g} -> {measure['b']:.4g} ({change}, {direction})"
+
+
+# -- flips, accuracy, config and environment --------------------------------------------------------
+
+
+def verdicts(executions: pa.Table, judged: pa.Table) -> dict[tuple[str, str], str]:
+    """(stage, sample) -> its verdict on one side: the judgement (correct, wrong, invalid,
+    unlabeled) where the sample was judged, else `failed`/`crashed` where its execution was
+    not ok, else `ok`. On a pooled side, the newest run's word counts."""
+    found: dict[tuple[str, str], str] = {}
+    rows = executions.filter(executions["sample_id"].is_valid()).sort_by("start_time")
+    for stage, sample, status in zip(
+        rows["stage"].to_pylist(), rows["sample_id"].to_pylist(), rows["status"].to_pylist(), strict=True
+    ):
+        found[(stage, sample)] = status if status in BAD_EXECUTION else "ok"
+    for stage, sample, status in zip(
+        judged["stage"].to_pylist(), judged["sample_id"].to_pylist(), judged["status"].to_pylist(), strict=True
+    ):
+        if found.get((stage, sample)) not in BAD_EXECUTION:
+            found[(stage, sample)] = status
+    return found
+
+
+def flips(before: dict[tuple[str, str], str], after: dict[tuple[str, str], str]) -> list[dict[str, str]]:
+    """The samples both sides hold whose verdict changed, worst news first (correct -> wrong,
+    new failures, then the rest)."""
+    changed = [
+        {"stage": stage, "sample_id": sample, "from": before[(stage, sample)], "to": verdict}
+        for (stage, sample), verdict in after.items()
+        if (stage, sample) in before and before[(stage, sample)] != verdict
+    ]
+    return sorted(changed, key=lambda f: (not _is_worse(f), f["stage"], f["sample_id"]))
+
+
+GOOD = ("correct", "ok")
+
+
+def _is_worse(flip: dict[str, str]) -> bool:
+    return flip["from"] in GOOD and flip["to"] not in GOOD
+
+
+def accuracy_figures(before: pa.Table, after: pa.Table, a_runs: list[str], b_runs: list[str], home: Path) -> list:
+    """Per stage with judged samples: the share judged correct on each side (correct / judged,
+    `unlabeled` left out) and its change; per class the metrics accuracy.json holds per class
+    (`per_class_*`), where each side is one run."""
+    a, b = _accuracy_by_stage(before), _accuracy_by_stage(after)
+    per_class = {}
+    if len(a_runs) == 1 and len(b_runs) == 1:
+        per_class = _per_class(load_accuracy(home, a_runs[0]), load_accuracy(home, b_runs[0]))
+    found = []
+    for stage in dict.fromkeys([*b, *a]):
+        rate_a, rate_b = a.get(stage), b.get(stage)
+        found.append(
+            {
+                "stage": stage,
+                "a": rate_a,
+                "b": rate_b,
+                "change": rate_b - rate_a if rate_a is not None and rate_b is not None else None,
+                "per_class": per_class.get(stage, {}),
+            }
+        )
+    return found
+
+
+def _accuracy_by_stage(judged: pa.Table) -> dict[str, float]:
+    if judged.num_rows == 0:
+        return {}
+    frame = judged.to_pandas().drop_duplicates(["run_id", "stage", "sample_id"], keep="last")
+    frame = frame[frame["status"] != "unlabeled"]
+    return {str(s): float((part["status"] == "correct").mean()) for s, part in frame.groupby("stage", sort=False)}
+
+
+def _per_class(a: dict | None, b: dict | None) -> dict[str, dict[str, dict[str, dict[str, float | None]]]]:
+    found: dict[str, Any] = {}
+    for side, document in (("a", a), ("b", b)):
+        for stage, summary in ((document or {}).get("stages") or {}).items():
+            for metric, values in (summary.get("metrics") or {}).items():
+                if not (metric.startswith("per_class") and isinstance(values, dict)):
+                    continue
+                for name, value in values.items():
+                    if isinstance(value, int | float) or value is None:
+                        cell = found.setdefault(stage, {}).setdefault(metric, {}).setdefault(str(name), {})
+                        cell[side] = value
+    return found
+
+
+def dict_diff(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """The keys (dotted paths into nested mappings) whose values differ: {"key", "from", "to"};
+    a key on one side only has None on the other."""
+    a, b = _flatten(before), _flatten(after)
+    return [
+        {"key": key, "from": a.get(key), "to": b.get(key)}
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key) != b.get(key)
+    ]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value} if prefix else {}
+
+
+def setting_of(home: Path, run_id: str) -> dict[str, Any]:
+    """What the run started with: its config snapshot and its environment (host, Python,
+    packages, GPU), from the audit trail."""
+    audit = load_audit(home, run_id)
+    environment = dict(audit.get("environment") or {})
+    environment.setdefault("host", audit.get("host"))
+    return {"config": audit.get("config") or {}, "environment": environment}
+
+
+# -- all together ---------------------------------------------------------------------------------
+
+
+def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dict[str, Any]:
+    """Everything `stagewatch compare` prints, as one JSON-ready document."""
+    options = options or Options()
+    before, after = executions_of(home, a.runs), executions_of(home, b.runs)
+    judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
+    stages = stage_figures(before, after, options)
+    accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home)
+    setting_a, setting_b = setting_of(home, a.runs[-1]), setting_of(home, b.runs[-1])
+    document: dict[str, Any] = {
+        "a": {"label": a.label, "runs": a.runs, "kind": a.kind},
+        "b": {"label": b.label, "runs": b.runs, "kind": b.kind},
+        "threshold": options.threshold,
+        "confidence": options.confidence,
+        "stages": stages,
+        "flips": flips(verdicts(before, judged_a), verdicts(after, judged_b)),
+        "accuracy": accuracy,
+        "config": dict_diff(setting_a["config"], setting_b["config"]),
+        "environment": dict_diff(setting_a["environment"], setting_b["environment"]),
+    }
+    if a.is_history:
+        from stagewatch.daemon.compare._shifts import history_shifts
+
+        document["shifts"] = history_shifts(pa.concat_tables([before, after]), options.threshold)
+    document["failures"] = gate_failures(document, options)
+    return document
+
+
+def gate_failures(document: dict[str, Any], options: Options) -> list[str]:
+    """Why a CI gate fails on this comparison: each regressed stage with its reasons, each
+    stage whose accuracy fell by more than `accuracy_drop`; empty: it passes."""
+    found = [f"{s['stage']}: {'; '.join(s['reasons'])}" for s in document["stages"] if s["regressed"]]
+    found += [
+        f"{shift['stage']}: {shift['measure']} shifted {shift['change']:+.1%} since run {shift['started_run'][:8]}"
+        for shift in document.get("shifts", [])
+        if shift["ongoing"]
+    ]
+    if options.accuracy_drop is not None:
+        found += [
+            f"{entry['stage']}: accuracy {entry['a']:.1%} -> {entry['b']:.1%} (fell by more than "
+            f"{options.accuracy_drop:.1%})"
+            for entry in document["accuracy"]
+            if entry["change"] is not None and entry["change"] < -options.accuracy_drop
+        ]
+    return found

@@ -1,0 +1,1 @@
+"""Upkeep while the daemon runs: the scheduler, liveness, disk checks, scrubbing, `doctor`."""

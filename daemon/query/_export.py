@@ -1,0 +1,72 @@
+"""The rows that match filters, as JSON: what `stagewatch export` writes and the dashboard's
+download sends (one function, so both give the same bytes for the same filters)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stagewatch.daemon.projection._outcomes import RUN_ONLY
+from stagewatch.daemon.query._query import Filters, query_logs, query_runs, query_stages
+from stagewatch.daemon.query._readmodels import to_rows
+
+FORMATS = ("json", "jsonl")
+TABLES = ("runs", "stages", "logs")
+
+
+def matching(home: Path, filters: Filters, tables: tuple[str, ...] = TABLES) -> dict[str, list[dict[str, Any]]]:
+    """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs. A
+    filter only log lines have (a level, a logger) matches log lines alone: runs and stage
+    executions have no level, so none of them is "of level WARNING". `tables`: only those
+    (the Logs page downloads its log lines, `export --table logs` the same)."""
+    unknown = [name for name in tables if name not in TABLES]
+    if unknown:
+        raise ValueError(f"expected tables of {', '.join(TABLES)}, got {', '.join(map(repr, unknown))}")
+    logs = query_logs(home, filters)
+    if tables == ("logs",):
+        return {"logs": _rows(logs)}
+    if filters.level or filters.logger:
+        return {name: _rows(logs) if name == "logs" else [] for name in tables}
+    if filters.status in RUN_ONLY:  # a status no stage execution has: the runs of it, and their stages
+        runs = query_runs(home, filters)
+        stages = query_stages(home, replace(filters, status=None))
+        stages = stages.filter(pc.is_in(stages["run_id"], value_set=runs["run_id"].combine_chunks()))
+    elif filters.stage or filters.status:  # runs that had such a stage execution, not runs of that status alone
+        stages = query_stages(home, filters)
+        runs = query_runs(home, replace(filters, status=None))
+        runs = runs.filter(pc.is_in(runs["run_id"], value_set=pc.unique(stages["run_id"])))
+    else:
+        stages = query_stages(home, filters)
+        runs = query_runs(home, filters)
+    every = {"runs": runs, "stages": stages, "logs": logs}
+    return {name: _rows(every[name]) for name in tables}
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    return [_jsonable(row) for row in to_rows(_without_date(table))]
+
+
+def _without_date(table: pa.Table) -> pa.Table:
+    return table.drop(["date"]) if "date" in table.column_names else table
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in row.items()}
+
+
+def export_chunks(matched: dict[str, list[dict[str, Any]]], form: str) -> Iterator[str]:
+    """The export as text pieces: one JSON object of tables, or JSON Lines tagged with their table."""
+    if form not in FORMATS:
+        raise ValueError(f"expected an export format of {', '.join(FORMATS)}, got {form!r}")
+    if form == "json":
+        yield json.dumps(matched, default=str)
+        return
+    for name, rows in matched.items():
+        for row in rows:
+            yield json.dumps({"table": name, "row": row}, default=str) + "\n"

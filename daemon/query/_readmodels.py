@@ -1,0 +1,394 @@
+"""Reading the read models back: run listings and audit trails, for the CLI and the UI.
+
+Readers tolerate what a crash or a hand edit can leave behind: a missing table, a
+half-written or edited audit.json. They report what is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from stagewatch.daemon.base._derived import STATUS, peek
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.projection._projection import AUDIT_SCHEMA
+from stagewatch.daemon.projection._rows import RUNS
+from stagewatch.daemon.query._sql import MAX_ROWS, damaged_parts, quoted, schema_of, select, snapshot_files
+from stagewatch.daemon.tables._runindex import runs_with_prefix
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def read_table(
+    home: Path,
+    table: str,
+    expression: ds.Expression | None = None,
+    dates: list[str] | None = None,
+    columns: list[str] | None = None,
+    dictionary: tuple[str, ...] = (),
+) -> pa.Table:
+    """The rows of a metrics table that match `expression` (all if None); an empty table
+    with the right schema if there are none. `dates` limits the read to those partitions
+    (the run index's answer for one run) without listing the others; `columns` reads only those,
+    and string columns named in `dictionary` come as dictionary arrays (no string per row).
+    The files read are those of the table's Delta snapshot (`snapshot_files`)."""
+    folder = DaemonHome.of(home).table(table)
+    # Settled before any early return: a table not written yet (a pipeline that never logs
+    # has no logs table) answers with the same types as one that holds rows.
+    schema = _as_dictionaries(schema_of(table), dictionary)
+    files = snapshot_files(home, table, dates)
+    if not files:
+        return _select(schema.empty_table(), columns)
+    file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
+    dataset = _files_dataset(files, folder, file_format, schema)
+    try:
+        return dataset.to_table(filter=expression, columns=columns)
+    except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
+        damaged = damaged_parts(files)
+        if not damaged:
+            raise
+        readable = [path for path in files if path not in damaged]
+        return _files_dataset(readable, folder, file_format, schema).to_table(filter=expression, columns=columns)
+
+
+def _as_dictionaries(schema: pa.Schema, dictionary: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f for f in schema])
+
+
+def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, schema: pa.Schema) -> ds.Dataset:
+    partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+    return ds.dataset(
+        files, format=file_format, partitioning=partitioning, schema=schema, partition_base_dir=str(folder)
+    )
+
+
+def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    return table.select(columns) if columns is not None else table
+
+
+def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
+    """The run's accuracy.json (written for runs with a golden dataset), or None."""
+    try:
+        return json.loads(DaemonHome.of(home).accuracy(run_id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def to_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as dicts; timestamps become datetimes (microseconds: what Python holds)."""
+    for index, column in enumerate(table.schema):
+        if pa.types.is_timestamp(column.type):
+            table = table.set_column(
+                index, column.name, table[column.name].cast(pa.timestamp("us", tz=column.type.tz), safe=False)
+            )
+    return table.to_pylist()
+
+
+def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent runs, finished (from Parquet) and still running (from the daemon)."""
+    sql = f"SELECT {quoted(RUNS.names)} FROM rows ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
+    finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
+    known = {row["run_id"] for row in finished}
+    runs = [_run_summary(row) for row in finished]
+    runs += [_active_summary(active) for active in active_runs(home) if active["run_id"] not in known]
+    runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
+    return runs[:limit]
+
+
+def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
+    start = row["start_time"]
+    return {
+        "run_id": row["run_id"],
+        "pipeline": row["pipeline"],
+        "started_at": start.isoformat() if start is not None else None,
+        "duration_ms": row["duration_ms"],
+        "status": row["status"],
+        "stages": row["stages"],
+        "stages_failed": row["stages_failed"],
+        "failed_stage": row["failed_stage"],
+        "error_message": row["error_message"],
+    }
+
+
+def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": active["run_id"],
+        "pipeline": active["pipeline"],
+        "started_at": active["started_at"],
+        "duration_ms": None,
+        "status": active["status"],
+        "stages": None,
+        "stages_failed": None,
+        "failed_stage": None,
+        "error_message": None,
+    }
+
+
+def active_runs(home: Path) -> list[dict[str, Any]]:
+    """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
+    status = peek(STATUS, DaemonHome.of(home)) or {}
+    return [run for run in status.get("active_runs", []) if isinstance(run, dict)]
+
+
+def resolve_run_id(home: Path, prefix: str) -> str:
+    """The one run id that starts with `prefix`; RunNotFound if none or several do."""
+    prefix = prefix.strip().lower()
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise RunNotFound(f"expected a run id or a unique prefix of one, got {prefix!r}")
+    # The run index answers from one small file; listing runs/ (a million entries) is the fallback.
+    indexed = runs_with_prefix(home, prefix) or []
+    names = [name for name in indexed if DaemonHome.of(home).run(name).is_dir()]
+    if not names:
+        try:
+            names = [entry.name for entry in os.scandir(DaemonHome.of(home).runs) if entry.name.startswith(prefix)]
+        except FileNotFoundError:
+            names = []
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise RunNotFound(f"no run with id {prefix!r} under {home}; `stagewatch runs` lists recent runs")
+    shown = ", ".join(sorted(names)[:5])
+    raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
+
+
+def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+    """The run's audit trail as one document (`AUDIT_SCHEMA`): its head (audit.json) with the
+    stages from `offset` on, at most `limit` of them (all if None): the ended stages (lines of
+    stages.jsonl, in the order they ended: the part the head accounts for) then the running
+    ones. A page (`limit` given) says where it is in `stages_page` (offset, limit, total).
+    `problems` lists what is missing or damaged, if anything.
+
+    Only the page's lines are decoded: a run of a million stages reads its head and counts
+    lines. If audit.json is missing or damaged, the ended stages come from the whole of
+    stages.jsonl (damaged lines skipped and counted)."""
+    audit, lines = _trail_of(DaemonHome.of(home), run_id)
+    running = audit.pop("running", [])
+    limit = MAX_ROWS if limit is None else limit
+    paged = limit < MAX_ROWS
+    if lines is None:  # a whole trail (audit/1, written by an earlier version)
+        stages = audit.get("stages", [])
+        total = len(stages)
+        audit["stages"] = stages[offset : offset + limit]
+    else:
+        total = lines.count() + len(running)
+        page = lines.page(offset, limit, audit["problems"])
+        audit["stages"] = page + running[max(0, offset - (total - len(running))) :][: limit - len(page)]
+    if audit["status"] == "unknown":
+        audit["errors"] = [_error_of(stage) for stage in audit["stages"] if stage.get("error")]
+    if paged:
+        audit["stages_page"] = {"offset": offset, "limit": limit, "total": total}
+    if not audit.get("complete"):
+        audit["problems"].append("the run has not finished (or its end was never recorded)")
+    return audit
+
+
+def load_audit_head(home: Path, run_id: str) -> dict[str, Any]:
+    """The run's audit trail without its ended stages (`stages` holds the running ones): what
+    `load_audit` gives, without reading or counting a line of stages.jsonl."""
+    audit, lines = _trail_of(DaemonHome.of(home), run_id)
+    audit["stages"] = audit.pop("running", []) if lines is not None else []
+    if not audit.get("complete"):
+        audit["problems"].append("the run has not finished (or its end was never recorded)")
+    return audit
+
+
+def stages_with(home: Path, run_id: str, marker: bytes, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` stages of the run's trail whose JSON holds `marker` (`FAILED`: those
+    that failed or crashed; `WITH_ARTIFACTS`: those that saved outputs), ended then running:
+    found by a byte search, only they are decoded."""
+    audit, lines = _trail_of(DaemonHome.of(home), run_id)
+    if lines is None:
+        stages = audit.get("stages", [])
+    else:
+        stages = [*lines.with_marker(marker, limit), *audit.get("running", [])]
+    key = marker.split(b":")[0].strip(b'"').decode()
+    return [stage for stage in stages if stage.get(key)][:limit]
+
+
+# What a stage line holds (compact JSON, `_projection.audit_json`) when it failed, or saved outputs.
+FAILED = b'"error":{'
+WITH_ARTIFACTS = b'"artifacts":[{'
+
+
+def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = None) -> Iterator[bytes]:
+    """The whole trail as one JSON document (what `load_audit` gives with no limit), in pieces
+    of at most a few megabytes: `stagewatch show --json --all` streams a run of any length
+    without holding it. A stage line that is not JSON is left out (and named in `problems`,
+    which comes last)."""
+    audit, lines = _trail_of(DaemonHome.of(home), run_id)
+    running = audit.pop("running", [])
+    stages = audit.pop("stages", []) if lines is None else []
+    problems = audit.pop("problems")
+    if not audit.get("complete"):
+        problems.append("the run has not finished (or its end was never recorded)")
+    yield json.dumps(audit, ensure_ascii=False)[:-1].encode() + b', "stages": ['
+    first = True
+    for piece in itertools.chain(lines.items(problems) if lines is not None else (), _items_of([*stages, *running])):
+        yield piece if first else b"," + piece
+        first = False
+    tail = {**(extra or {}), "problems": problems}
+    yield b"], " + json.dumps(tail, ensure_ascii=False).encode()[1:]
+
+
+def _items_of(stages: list[dict[str, Any]]) -> Iterator[bytes]:
+    if stages:
+        yield b",".join(json.dumps(stage, ensure_ascii=False).encode() for stage in stages)
+
+
+def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines | None]:
+    """The run's head (as a trail document, `problems` added) and its ended stages' lines
+    (None when the head is a whole trail of an earlier version, its stages inside)."""
+    path = home.audit(run_id)
+    lines = home.stage_lines(run_id)
+    try:
+        audit = json.loads(path.read_bytes())
+        _check_head(audit)
+        audit["problems"] = []
+    except FileNotFoundError:
+        audit = _unreadable(run_id, f"{path} is missing (not written yet, or deleted)")
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # OSError: a directory in its place, say
+        audit = _unreadable(run_id, f"{path} is damaged ({error})")
+    if audit.get("schema") == AUDIT_SCHEMA and isinstance(audit.get("stages"), list):
+        return audit, None
+    if audit["status"] == "unknown":  # no head to say how far: every line there is
+        audit["problems"].append(f"stages recovered from {lines}")
+        return audit, StageLines(lines, None)
+    audit["schema"] = AUDIT_SCHEMA
+    size = audit.pop("stages_bytes", 0)
+    on_disk = lines.stat().st_size if lines.is_file() else 0
+    if on_disk < size:  # cut short or deleted by hand: its stages are in the tables and the log
+        audit["problems"].append(f"{lines} holds {on_disk:,} of the {size:,} bytes of stages its head counts")
+    return audit, StageLines(lines, size, audit.pop("stages_ended", None) if on_disk >= size else None)
+
+
+def _check_head(audit: Any) -> None:
+    """ValueError unless `audit` has a head's shape (a hand edit may leave any JSON)."""
+    if not isinstance(audit, dict) or not isinstance(audit.get("status"), str):
+        raise ValueError("not an audit trail")
+    counts = {key: audit.get(key, 0) for key in ("stages_bytes", "stages_ended")}
+    if not all(value is None or (type(value) is int and value >= 0) for value in counts.values()):
+        raise ValueError(f"stages_bytes and stages_ended are no sizes: {counts}")
+    if not isinstance(audit.get("running", []), list) or not isinstance(audit.get("errors", []), list):
+        raise ValueError("running and errors are no lists")
+    audit["stages_bytes"] = audit.get("stages_bytes") or 0
+
+
+def count_lines(path: Path, size: int) -> int:
+    """The lines in the first `size` bytes of a JSON-lines file (0 if there is none)."""
+    return StageLines(path, size).count()
+
+
+def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
+    return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [], "problems": [problem]}
+
+
+class StageLines:
+    """The ended stages of a run: the first `size` bytes of its stages.jsonl (all of it if
+    None), complete lines only, read a chunk at a time. Lines lost by hand are spaces (the
+    writer keeps the offsets): JSON allows them before the next line's value."""
+
+    CHUNK = 4 << 20
+
+    def __init__(self, path: Path, size: int | None, count: int | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.known_count = count  # the head's count of the lines in `size` (None: count them)
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The file's bytes up to `size`, in chunks that each end at a line's end."""
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 (closed below; a generator)
+        except FileNotFoundError:
+            return
+        with handle:
+            left = os.fstat(handle.fileno()).st_size if self.size is None else self.size
+            rest = b""
+            while left > 0 and (data := handle.read(min(self.CHUNK, left))):
+                left -= len(data)
+                data = rest + data
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    yield data[:cut]
+
+    def count(self) -> int:
+        if self.known_count is not None:
+            return self.known_count
+        return sum(chunk.count(b"\n") for chunk in self._chunks())
+
+    def page(self, offset: int, limit: int, problems: list[str]) -> list[dict[str, Any]]:
+        """Stages `offset` to `offset + limit`, decoded; damaged lines are skipped and counted."""
+        stages, seen, damaged = [], 0, 0
+        for chunk in self._chunks():
+            if len(stages) >= limit:
+                break
+            if seen + (count := chunk.count(b"\n")) <= offset:
+                seen += count
+                continue
+            lines = chunk.split(b"\n")[:-1]
+            for line in lines[max(0, offset - seen) :][: limit - len(stages)]:
+                try:
+                    stages.append(json.loads(line))
+                except ValueError:
+                    damaged += 1
+            seen += len(lines)
+        if damaged:
+            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        return stages
+
+    def with_marker(self, marker: bytes, limit: int) -> Iterator[dict[str, Any]]:
+        """The first `limit` stages whose line holds `marker`, decoded (a line that is not JSON, skipped)."""
+        if limit <= 0:
+            return
+        for chunk in self._chunks():
+            at = chunk.find(marker)
+            while at >= 0:
+                start, end = chunk.rfind(b"\n", 0, at) + 1, chunk.find(b"\n", at)
+                try:
+                    yield json.loads(chunk[start:end])
+                    limit -= 1
+                except ValueError:
+                    pass
+                if limit <= 0:
+                    return
+                at = chunk.find(marker, end)
+
+    def items(self, problems: list[str]) -> Iterator[bytes]:
+        """The stages as JSON array items, a chunk's worth joined by commas."""
+        damaged = 0
+        for chunk in self._chunks():
+            good = []
+            for line in chunk.split(b"\n")[:-1]:
+                if not line.strip():
+                    continue
+                try:
+                    msgspec.json.decode(line, type=msgspec.Raw)  # checks it is JSON, builds nothing
+                    good.append(line)
+                except msgspec.DecodeError:
+                    damaged += 1
+            if good:
+                yield b",".join(good)
+        if damaged:
+            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+
+
+def _error_of(stage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": stage.get("stage"),
+        "span": stage.get("span"),
+        "sample_id": stage.get("sample_id"),
+        "type": stage["error"].get("type"),
+        "message": stage["error"].get("message"),
+        "at": stage.get("finished_at"),
+        "input_path": stage.get("input_path"),
+    }

@@ -1,0 +1,194 @@
+"""The query layer: SQL on DuckDB over the Parquet files of a table's snapshot.
+
+Every reader of the tables (the CLI, the dashboard, the query API) goes through `select`:
+filters, sorting, paging and aggregates are SQL, user values are bound as parameters and
+never formatted into the text. Which files make up a table is `snapshot_files`' business
+alone (the Delta log's current snapshot, `_tables`): DuckDB reads exactly the list it gets
+(`read_parquet([...])`; DuckDB's own Delta extension is downloaded at run time, which an
+offline host cannot do). A file of a snapshot stays on disk for an hour after a compaction or
+a delete replaced it (`_tables.VACUUM_RETENTION_HOURS`), so a listed file does not vanish
+under a query.
+
+One DuckDB connection per process; each thread queries through a cursor of its own (a
+connection is not safe to share between threads, its cursors are: the dashboard's server
+is threaded).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stagewatch.daemon.projection._rows import TABLES
+from stagewatch.daemon.tables._tables import PARTITION_COLUMN
+from stagewatch.daemon.tables._tables import snapshot_files as delta_snapshot_files
+
+MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit in DuckDB: more rows than any table holds
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # the partition's UTC date (YYYY-MM-DD), from the folder's name
+
+_connection: duckdb.DuckDBPyConnection | None = None
+_connection_lock = threading.Lock()
+_local = threading.local()
+
+
+class QueryError(ValueError):
+    """A query DuckDB refused for a value it was given (a regular expression too large, a
+    number out of range): the message says which, for the user."""
+
+
+class DamagedPartWarning(UserWarning):
+    """A data file of a table that cannot be read: its rows are left out of the answer."""
+
+
+def cursor() -> duckdb.DuckDBPyConnection:
+    """This thread's cursor on the process's one DuckDB connection."""
+    global _connection
+    found = getattr(_local, "cursor", None)
+    if found is not None:
+        return found
+    with _connection_lock:
+        if _connection is None:
+            connection = duckdb.connect(":memory:")
+            # GLOBAL: the cursors (sessions of their own) see these too.
+            connection.execute("SET GLOBAL TimeZone = 'UTC'")  # timestamps come back as UTC, as written
+            # Footers of parts already read are kept (DuckDB reads one again when its file changed).
+            connection.execute("SET GLOBAL parquet_metadata_cache = true")
+            # Parquet and ICU are built in; nothing is fetched from the network (offline hosts).
+            connection.execute("SET GLOBAL autoinstall_known_extensions = false")
+            _connection = connection
+        _local.cursor = _connection.cursor()
+    return _local.cursor
+
+
+def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -> list[str]:
+    """The Parquet files that make up `table` now, sorted: its Delta snapshot's (only those
+    of the partitions of `dates`, if given: the run index's answer for one run). The only
+    function that knows how a table's files are found. `_tables.DamagedTable` (a ValueError
+    that says what to do) if its log cannot be read."""
+    if dates is not None:  # dates from the run index, a file anyone can edit: only dates name a partition
+        dates = [date for date in dates if DATE.fullmatch(date)]
+    return delta_snapshot_files(home, table, dates)
+
+
+def schema_of(table: str) -> pa.Schema:
+    """The table's columns as readers get them: the stored ones and the partition's date."""
+    return TABLES[table].append(pa.field(PARTITION_COLUMN, pa.string()))
+
+
+def select(
+    home: Path,
+    table: str,
+    sql: str,
+    params: Sequence[Any] = (),
+    schema: pa.Schema | None = None,
+    dates: Sequence[str] | None = None,
+) -> pa.Table:
+    """The answer of `sql`, a query over the view `rows` (every column of `table`, the
+    partition date included, no matter which files lack a column); with `schema`, cast to it;
+    with `dates`, over those date partitions only. A data file that cannot be read is left
+    out with a warning (`damaged_parts`)."""
+    files = snapshot_files(home, table, dates)
+    try:
+        result = _run(files, table, sql, params)
+    except duckdb.Error as error:
+        damaged = damaged_parts(files) if _about_files(error) else []
+        if not damaged:
+            raise QueryError(_first_line(error)) from None
+        try:
+            result = _run([path for path in files if path not in damaged], table, sql, params)
+        except duckdb.Error as again:
+            raise QueryError(_first_line(again)) from None
+    return result.cast(schema) if schema is not None else result
+
+
+def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    """The answer of `sql` over `rows` (rows in hand) as the view `rows`: the same SQL that
+    `select` runs over a table's files."""
+    try:
+        return _execute(cursor(), "rows", rows, sql, params)
+    except duckdb.Error as error:
+        raise QueryError(_first_line(error)) from None
+
+
+def _run(files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
+    # Every column of the table, typed as the table declares it, even where no part has it yet
+    # (an empty home, parts written before a column came): the empty typed rows join by name.
+    schema = schema_of(table)
+    scan = f"SELECT * FROM {_scan()} UNION ALL BY NAME " if files else ""
+    view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM typed_empty)"
+    view_params: list[Any] = [files] if files else []
+    query = f"WITH rows AS ({view}) {sql}"
+    return _execute(cursor(), "typed_empty", schema.empty_table(), query, [*view_params, *params])
+
+
+def _scan() -> str:
+    # hive_types: the date stays text, as the partition's name writes it.
+    return (
+        "read_parquet(?, hive_partitioning = true, union_by_name = true, "
+        f"hive_types = {{'{PARTITION_COLUMN}': 'VARCHAR'}})"
+    )
+
+
+def quoted(names: Sequence[str]) -> str:
+    """Column names as SQL identifiers (ours, from the schema: never a user's value)."""
+    return ", ".join(f'"{name}"' for name in names)
+
+
+def _execute(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table, query: str, params: Sequence[Any]) -> pa.Table:
+    con.register(name, arrow)
+    try:
+        relation = con.sql(query, params=list(params)) if params else con.sql(query)
+        return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+    finally:
+        con.unregister(name)
+
+
+# DuckDB's own refusals name their kind ("Invalid Input Error: …" for a regular expression RE2
+# refuses, "Conversion Error: …"); what a damaged file's Thrift header raises comes through bare
+# ("invalid TType", "TProtocolException: Invalid data", "don't know what type").
+DUCKDB_ERROR = re.compile(r"[A-Z][A-Za-z ]* Error: ")
+
+
+def _about_files(error: duckdb.Error) -> bool:
+    """Whether reading a file failed (not the query: a regular expression RE2 refused, a value
+    out of range), so that finding the damaged part is worth reading each one."""
+    message = str(error).strip()
+    return isinstance(error, duckdb.IOException) or "parquet" in message.lower() or not DUCKDB_ERROR.match(message)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
+
+
+def damaged_parts(files: list[str]) -> list[str]:
+    """The files that do not read, warning of each (this reads every file whole: only after a
+    read failed). The event log still holds their rows: `stagewatch rebuild`."""
+    damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
+    for path, damage in damaged.items():
+        warnings.warn(
+            f"skipped the damaged data file {path} ({damage}); its rows are missing from this "
+            "answer until `stagewatch rebuild` (daemon stopped) rebuilds the tables from the event log",
+            DamagedPartWarning,
+            stacklevel=5,
+        )
+    return list(damaged)
+
+
+def damage_of(part: Path) -> str | None:
+    """Why a table's data file cannot be read, or None if it can (a whole read: this runs
+    only after a read failed)."""
+    try:
+        pq.read_table(part)
+    except FileNotFoundError:
+        return "missing (deleted by hand?)"
+    except (pa.ArrowInvalid, OSError) as error:
+        return str(error)
+    return None

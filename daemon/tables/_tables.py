@@ -1,0 +1,316 @@
+"""The metrics tables as Delta tables (delta-rs): `metrics/{table}/` holds hive-style date
+partitions of Parquet files and `_delta_log/`, the commits that say which files make up the table.
+
+Every append is one atomic commit that also carries how far in the event log the writer's rows
+go (a Delta application transaction: app id -> the lsn of the last row's event), so a writer
+restarted after kill -9 reads from the table itself what it already holds. Deletes, compaction
+and vacuum are the library's; readers take one snapshot's file list (`snapshot_files`).
+
+Two processes commit to these tables (the daemon; the accuracy worker, to `samples`): delta-rs
+rebases a commit over concurrent ones that do not touch the same files and raises
+CommitFailedError when they do (a compaction and a delete of the same file): such a commit is
+tried again on a fresh snapshot, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+from deltalake.exceptions import CommitFailedError, DeltaError
+from loguru import logger
+
+from stagewatch.daemon.base._layout import PARTITION_PREFIX, DaemonHome
+
+DAEMON_APP = "stagewatch-daemon"  # the application transaction of the daemon's rows
+ACCURACY_APP = "stagewatch-accuracy"  # and of the accuracy worker's (samples)
+PARTITION_COLUMN = "date"
+COMMIT_ATTEMPTS = 8
+# Files a compaction or a delete removed stay this long for readers still on an older snapshot.
+VACUUM_RETENTION_HOURS = 1
+# A file smaller than this is small: compaction bins a partition's small files into files of
+# about `COMPACT_TARGET_BYTES`, and only where a partition holds at least `MIN_SMALL_FILES`.
+SMALL_FILE_BYTES = 16 << 20
+COMPACT_TARGET_BYTES = 64 << 20
+MIN_SMALL_FILES = 8
+# Log entries are kept this long (readers never travel back in time; a reader far behind
+# reopens the table). Past them, delta-rs's own checkpoints (every 100 commits) hold the state.
+TABLE_CONFIGURATION = {
+    "delta.logRetentionDuration": "interval 2 hours",
+    "delta.deletedFileRetentionDuration": f"interval {VACUUM_RETENTION_HOURS} hours",
+}
+DAMAGE = (DeltaError, OSError, ValueError)
+
+T = TypeVar("T")
+
+
+class DamagedTable(ValueError):
+    """A table whose Delta log cannot be read (a truncated commit, a missing checkpoint): the
+    message names the table and the way back (the event log holds every row)."""
+
+    def __init__(self, table: str, problem: str) -> None:
+        self.table = table
+        super().__init__(
+            f"the {table} table cannot be read ({problem}); its rows are all in the event log: "
+            "restart the daemon (it sets the table aside and rebuilds it) or run `stagewatch rebuild`"
+        )
+
+
+class OldLayout(DamagedTable):
+    """A table written by a stagewatch before Delta tables (plain Parquet parts, no log)."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table, "written by an earlier version of stagewatch, without a Delta log")
+
+
+def table_path(home: Path | DaemonHome, table: str) -> Path:
+    return DaemonHome.of(home).table(table)
+
+
+def has_log(folder: Path) -> bool:
+    return (folder / "_delta_log").is_dir()
+
+
+# A part of the layout before Delta tables: named by its first lsn (merged: first-last). Not the
+# name of a data file delta-rs writes, which a first commit writes before it makes the log.
+OLD_PART = re.compile(r"part-\d{20}(-\d{20})?\.parquet")
+
+
+def old_layout(folder: Path) -> bool:
+    """Parquet parts of the layout before Delta tables, and no Delta log."""
+    if has_log(folder):
+        return False
+    return any(OLD_PART.fullmatch(path.name) for path in folder.glob(f"{PARTITION_PREFIX}*/part-*.parquet"))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+# -- writing ----------------------------------------------------------------------------------
+def writer_properties(schema: pa.Schema, dictionary_columns: Iterable[str]) -> WriterProperties:
+    """zstd, dictionary encoding only for the columns of few values (`_store.DICTIONARY_COLUMNS`)."""
+    wanted = set(dictionary_columns)
+    return WriterProperties(
+        compression="ZSTD",
+        default_column_properties=ColumnProperties(dictionary_enabled=False),
+        column_properties={name: ColumnProperties(dictionary_enabled=True) for name in schema.names if name in wanted},
+    )
+
+
+def append(
+    home: Path | DaemonHome, table: str, rows: pa.Table, app_id: str, lsn: int, properties: WriterProperties
+) -> None:
+    """Append `rows` (with their `date` column) as one commit that also records `lsn` as how
+    far in the event log `app_id`'s rows in this table go."""
+    path = table_path(home, table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    commit = CommitProperties(app_transactions=[Transaction(app_id, version=lsn)])
+
+    def write() -> None:
+        write_deltalake(
+            str(path),
+            rows,
+            mode="append",
+            partition_by=[PARTITION_COLUMN],
+            configuration=None if has_log(path) else TABLE_CONFIGURATION,
+            writer_properties=properties,
+            commit_properties=commit,
+        )
+
+    retried(write, f"append to the {table} table")
+
+
+def committed_lsn(home: Path | DaemonHome, table: str, app_id: str) -> int:
+    """The lsn of the last event whose rows `app_id` committed to `table`; -1 if none."""
+    path = table_path(home, table)
+    if not has_log(path):
+        return -1
+    try:
+        version = DeltaTable(str(path)).transaction_version(app_id)
+    except DAMAGE as error:
+        raise DamagedTable(table, first_line(error)) from None
+    return -1 if version is None else version
+
+
+def retried(action: Callable[[], T], what: str) -> T:
+    """`action`, tried again on a fresh snapshot when a concurrent commit conflicts with it."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return action()
+        except CommitFailedError as error:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            logger.info(
+                "{}: commit conflict ({}); trying again ({}/{})", what, first_line(error), attempt, COMMIT_ATTEMPTS
+            )
+            time.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+def delete(home: Path | DaemonHome, table: str, predicate: str) -> int:
+    """Delete the rows matching `predicate` (SQL); the rows deleted. Idempotent."""
+    path = table_path(home, table)
+    if not has_log(path):
+        return 0
+    result = retried(lambda: DeltaTable(str(path)).delete(predicate), f"delete from the {table} table")
+    return int(result.get("num_deleted_rows", 0))
+
+
+def sql_strings(values: Iterable[str]) -> str:
+    """Values as a SQL list of string literals (quotes doubled)."""
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in sorted(values))
+
+
+def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -> int:
+    """Bin the small files of each partition that holds many into bigger ones; the files removed."""
+    path = table_path(home, table)
+    if not has_log(path):
+        return 0
+    removed = 0
+    for date in crowded_partitions(DeltaTable(str(path))):
+
+        def optimize(date: str = date) -> dict[str, Any]:
+            return DeltaTable(str(path)).optimize.compact(
+                partition_filters=[(PARTITION_COLUMN, "=", date)],
+                target_size=COMPACT_TARGET_BYTES,
+                writer_properties=properties,
+            )
+
+        removed += int(retried(optimize, f"compact the {table} table")["numFilesRemoved"])
+    return removed
+
+
+def crowded_partitions(delta: DeltaTable) -> list[str]:
+    """The partitions holding at least `MIN_SMALL_FILES` small files."""
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    small = actions.filter(pa.compute.less(actions["size_bytes"], SMALL_FILE_BYTES))
+    counts = small.group_by(f"partition.{PARTITION_COLUMN}").aggregate([("size_bytes", "count")]).to_pylist()
+    return sorted(row[f"partition.{PARTITION_COLUMN}"] for row in counts if row["size_bytes_count"] >= MIN_SMALL_FILES)
+
+
+def vacuum(home: Path | DaemonHome, table: str) -> int:
+    """Delete the files no snapshot of the last `VACUUM_RETENTION_HOURS` uses; how many."""
+    path = table_path(home, table)
+    if not has_log(path):
+        return 0
+    delta = DeltaTable(str(path))
+    deleted = delta.vacuum(VACUUM_RETENTION_HOURS, dry_run=False, enforce_retention_duration=False)
+    return len(deleted)
+
+
+# -- reading ----------------------------------------------------------------------------------
+class _Cache:
+    """One DeltaTable per table folder per process, brought up to date before each listing
+    (reading only the commits since: an unchanged table costs a directory listing). A table
+    replaced whole (a rebuild, a table set aside) has a new log folder: it is read anew."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, tuple[int, DeltaTable]] = {}  # folder -> (its log's inode, table)
+        self._lock = threading.Lock()  # a DeltaTable is not shared between threads at once
+
+    def files(self, folder: Path, table: str, dates: Sequence[str] | None) -> list[str]:
+        if dates is not None and not dates:
+            return []
+        key = str(folder)
+        with self._lock:
+            try:
+                delta = self._fresh(folder)
+                filters = None if dates is None else [(PARTITION_COLUMN, "in", list(dates))]
+                return sorted(delta.file_uris(file_pruning_predicate=filters))
+            except DAMAGE as error:
+                self._tables.pop(key, None)
+                raise DamagedTable(table, first_line(error)) from None
+
+    def _fresh(self, folder: Path) -> DeltaTable:
+        key, log = str(folder), (folder / "_delta_log").stat().st_ino
+        cached = self._tables.get(key)
+        if cached is not None and cached[0] == log:
+            try:
+                cached[1].update_incremental()
+                return cached[1]
+            except DeltaError:  # far behind: the log entries it needs were cleaned up; read it anew
+                pass
+        delta = DeltaTable(key)
+        self._tables[key] = (log, delta)
+        return delta
+
+    def forget(self, folder: Path) -> None:
+        with self._lock:
+            self._tables.pop(str(folder), None)
+
+
+_cache = _Cache()
+
+
+def snapshot_files(home: Path | DaemonHome, table: str, dates: Sequence[str] | None = None) -> list[str]:
+    """The Parquet files of the table's current snapshot, sorted (of `dates`' partitions only,
+    if given); none for a table not written yet. DamagedTable if its log cannot be read."""
+    folder = table_path(home, table)
+    if not has_log(folder):
+        if old_layout(folder):
+            raise OldLayout(table)
+        return []
+    return _cache.files(folder, table, dates)
+
+
+def damage_of_table(home: Path | DaemonHome, table: str) -> str | None:
+    """Why the table's log cannot be read, or None (a table not written yet reads)."""
+    folder = table_path(home, table)
+    if old_layout(folder):
+        return "written by an earlier version of stagewatch, without a Delta log"
+    if not has_log(folder):
+        return None
+    try:
+        DeltaTable(str(folder)).file_uris()
+    except DAMAGE as error:
+        return first_line(error)
+    return None
+
+
+# -- setting aside ------------------------------------------------------------------------------
+def set_aside(home: Path | DaemonHome, table: str, why: str) -> Path:
+    """Move a table that cannot be used (damaged, or of the old layout) out of the way, to
+    quarantine/tables/ (kept, for a look); the caller rebuilds it from the event log."""
+    layout = DaemonHome.of(home)
+    folder = table_path(layout, table)
+    target = layout.quarantined_tables / f"{table}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(folder, target)
+    _cache.forget(folder)
+    logger.warning("the {} table {}: moved to {}; it is rebuilt from the event log", table, why, target)
+    return target
+
+
+def unusable_tables(home: Path | DaemonHome, tables: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(table, why) for each table of the old layout or with a damaged log."""
+    for table in tables:
+        folder = table_path(home, table)
+        if old_layout(folder):
+            yield table, "was written by an earlier version of stagewatch (plain Parquet parts)"
+        elif (damage := damage_of_table(home, table)) is not None:
+            yield table, f"has a damaged Delta log ({damage})"
+
+
+def remove(home: Path | DaemonHome, table: str) -> None:
+    folder = table_path(home, table)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(folder)
+    _cache.forget(folder)

@@ -1,4 +1,4 @@
-"""Ingest: bind, then decode → de-duplicate → append to the event log → fsync → acknowledge.
+"""Ingest: bind (daemon/ingest/_sockets.py), then decode → de-duplicate → append to the event log → fsync → acknowledge.
 
 Each turn takes a group of batches from the ROUTER socket, appends every new valid event
 to the log, fsyncs once (group commit), acknowledges the batches, hands the events to the
@@ -9,7 +9,6 @@ quarantine; nothing here raises on input.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,24 +19,20 @@ import zmq
 from loguru import logger
 
 from stagewatch import _protocol as protocol
-from stagewatch._home import check_endpoint, ipc_path
 from stagewatch._protocol import DAEMON_CLIENT_ID, DAEMON_EVENT_TYPES, pack_ack, pack_event
 from stagewatch._records import encode_records
-from stagewatch._shared import SHARED_FOLDER_MODE
 from stagewatch._spool import claim_spool_files, spool_owner
 from stagewatch.daemon.base._disk import DiskStatus
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.base._lock import DaemonAlreadyRunning, lock_endpoint
 from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
 from stagewatch.daemon.ingest._decode import Rejected, decode_batch, decode_event
 from stagewatch.daemon.ingest._dedup import Deduplicator
 from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.ingest._quarantine import Quarantine
+from stagewatch.daemon.ingest._sockets import IngestSettings, Sockets
 from stagewatch.daemon.projection._schema import validate_event
 
-RECEIVE_HWM_FRAMES = 64
 MAX_BOUND_CLIENTS = 100_000
-LIVE_HWM_MESSAGES = 16
 # A `received` marker goes into the log before a group when the last one is this old: receive
 # times are known to a second (retention and clock skew need minutes), at most one small
 # record a second.
@@ -52,41 +47,6 @@ class Group:
     events: list[Any] = field(default_factory=list)
     acks: list[tuple[bytes, int]] = field(default_factory=list)
     keys: set[tuple[str, int]] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    endpoint: str
-    live_endpoint: str
-    accuracy_endpoint: str | None
-    max_frame_bytes: int
-    max_group_events: int
-    group_access: bool
-
-
-def _require_curve(context: zmq.Context, router: zmq.Socket, home: DaemonHome) -> Any:
-    """Serve with CURVE: clients whose public key is not authorized are refused."""
-    import zmq.auth
-    from zmq.auth.thread import ThreadAuthenticator
-
-    authenticator = ThreadAuthenticator(context)
-    authenticator.start()
-    authenticator.configure_curve(domain="*", location=str(home.authorized_keys))
-    public, secret = zmq.auth.load_certificate(str(home.server_secret_key))
-    router.curve_server = True
-    router.curve_publickey = public
-    router.curve_secretkey = secret
-    return authenticator
-
-
-def _principal(identity: bytes, frame: zmq.Frame) -> bytes:
-    """Who sent a frame over an authenticated (CURVE) socket: its public key, stable across
-    reconnects; else its connection's routing id."""
-    try:
-        user = frame.get("User-Id")
-    except zmq.ZMQError:
-        user = None
-    return user.encode() if user else identity
 
 
 def _impersonation(event: Any, sender: str) -> str:
@@ -120,86 +80,20 @@ class Ingest:
         self.daemon_seq = 0  # numbers the daemon's own events (client_lost, received)
         self._marked: tuple[int, bool] | None = None  # the last `received` marker: (its time, spooled)
         self.owners: OrderedDict[str, bytes] = OrderedDict()  # client id -> its connection (or CURVE key)
-        self._context = zmq.Context()
-        self._authenticator: Any = None
-        self.router: zmq.Socket | None = None
-        self.live: zmq.Socket | None = None
-        self._bound: list[str] = []  # endpoints this daemon bound (whose socket files it removes)
-        self._endpoint_locks: list[int] = []
+        self.sockets = Sockets(home, settings)
 
-    # -- sockets -------------------------------------------------------------------------
-    def endpoints(self) -> list[str]:
-        settings = self.settings
-        return [e for e in (settings.endpoint, settings.live_endpoint, settings.accuracy_endpoint) if e]
-
+    # -- the sockets (daemon/ingest/_sockets.py) ------------------------------------------
     def bind(self) -> None:
-        # Only the owner may connect, or with group access the home's group too. The setgid
-        # bit makes what clients create inherit the group (and tells them to share it).
-        folder_mode = SHARED_FOLDER_MODE if self.settings.group_access else 0o700
-        if self.settings.group_access:
-            for folder in self.home.shared_folders():
-                folder.mkdir(exist_ok=True)
-                folder.chmod(folder_mode)
-        for endpoint in self.endpoints():
-            check_endpoint(endpoint)
-            socket_file = ipc_path(endpoint)
-            if socket_file is not None:
-                socket_file.parent.mkdir(parents=True, exist_ok=True)
-                socket_file.parent.chmod(folder_mode)
-                if endpoint != self.settings.accuracy_endpoint:  # the worker binds that one
-                    self._endpoint_locks.append(lock_endpoint(socket_file))
-        self._bind_router()
-        self.live = self._context.socket(zmq.PUB)
-        # A message is a whole group (up to 10k events): a stalled subscriber may hold back
-        # 16 of them, then it misses messages; the daemon never waits and never grows.
-        self.live.setsockopt(zmq.SNDHWM, LIVE_HWM_MESSAGES)
-        self.live.setsockopt(zmq.LINGER, 0)
-        self.live.bind(self.settings.live_endpoint)
-        self._bound.append(self.settings.live_endpoint)
-        if self.settings.group_access:
-            for endpoint in (self.settings.endpoint, self.settings.live_endpoint):
-                socket_file = ipc_path(endpoint)
-                if socket_file is not None:
-                    socket_file.chmod(0o660)
-
-    def _bind_router(self) -> None:
-        if self.settings.endpoint.startswith("tcp://") and not self.home.server_secret_key.exists():
-            raise ValueError(f"a TCP endpoint needs CURVE keys: run `stagewatch keys init --home {self.home.root}`")
-        router = self.router = self._context.socket(zmq.ROUTER)  # closed by close(), whatever fails next
-        if self.settings.endpoint.startswith("tcp://"):  # TCP is served with CURVE only
-            self._authenticator = _require_curve(self._context, router, self.home)
-        router.setsockopt(zmq.MAXMSGSIZE, self.settings.max_frame_bytes)
-        # Per client, at most this many frames wait in memory; a flooding client is slowed
-        # by its own send queue filling up, and the daemon's memory stays bounded.
-        router.setsockopt(zmq.RCVHWM, RECEIVE_HWM_FRAMES)
-        router.setsockopt(zmq.LINGER, 0)
-        try:
-            router.bind(self.settings.endpoint)
-        except zmq.ZMQError as error:
-            if error.errno == zmq.EADDRINUSE:
-                raise DaemonAlreadyRunning(f"{self.settings.endpoint} is in use (another daemon?)") from None
-            raise
-        self._bound.append(self.settings.endpoint)
+        self.sockets.bind()
 
     def close(self) -> None:
-        """Close the sockets and the context; remove the ipc socket files (a stale one would
-        look like a daemon)."""
-        for socket in (self.router, self.live):
-            if socket is not None:
-                socket.close(0)
-        if self._authenticator is not None:
-            self._authenticator.stop()
-        for endpoint in self._bound:
-            socket_file = ipc_path(endpoint)
-            if socket_file is not None:
-                socket_file.unlink(missing_ok=True)
-        for fd in self._endpoint_locks:
-            os.close(fd)
-        self._endpoint_locks = []
-        self._context.term()
+        self.sockets.close()
 
     def wait(self, timeout_ms: int) -> bool:
-        return bool(self.router.poll(timeout_ms, zmq.POLLIN))
+        return self.sockets.wait(timeout_ms)
+
+    def publish(self, topic: bytes, body: bytes) -> None:
+        self.sockets.publish(topic, body)
 
     # -- the path of an event ------------------------------------------------------------
     def receive(self, now: float) -> None:
@@ -207,7 +101,7 @@ class Ingest:
         group = Group()
         while len(group.payloads) < self.settings.max_group_events:
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.sockets.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             if len(frames) != 2:  # not one of ours
@@ -218,8 +112,7 @@ class Ingest:
             if isinstance(batch, Rejected):
                 self.quarantine.keep([batch])
                 continue
-            # Only an authenticated socket has a User-Id; asking another raises, every batch.
-            principal = identity if self._authenticator is None else _principal(identity, frame)
+            principal = self.sockets.principal(identity, frame)
             if not self._owned_by(batch.client_id, principal):
                 reason = f"client id {batch.client_id!r} is bound to another connection: batch refused"
                 self.quarantine.keep([Rejected(reason, frame.bytes[:4096], batch.client_id)])
@@ -304,7 +197,7 @@ class Ingest:
         # the projection of the whole group.
         for identity, batch_no in group.acks:
             with contextlib.suppress(zmq.ZMQError):
-                self.router.send_multipart([identity, pack_ack(batch_no)], zmq.NOBLOCK)
+                self.sockets.router.send_multipart([identity, pack_ack(batch_no)], zmq.NOBLOCK)
         if group.payloads:
             self.on_durable(group.events, lsns)
             # To live-feed subscribers as one message, [b"events", the log's records] (heartbeats
@@ -312,11 +205,6 @@ class Ingest:
             # misses messages; ingest never waits.
             self.publish(b"events", records)
         return True
-
-    def publish(self, topic: bytes, body: bytes) -> None:
-        if self.live is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.live.send_multipart([topic, body], zmq.NOBLOCK)
 
     def ingest_spools(self) -> None:
         """Ingest spool files left by clients that have exited, then delete them."""

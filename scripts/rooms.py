@@ -222,7 +222,7 @@ def contracts_toml(client_modules: list[str], present: list[str]) -> str:
     contract naming a module that does not exist is an error to import-linter)."""
     rooms = [room for room in ROOMS if room in present]
     all_rooms = [_room(room) for room in rooms]
-    top = ["stagewatch.daemon._daemon", "stagewatch.daemon._rebuild", "stagewatch.daemon._demo"]
+    top = [f"stagewatch.daemon.{name}" for name in ("_daemon", "_rebuild", "_demo", "_street")]
 
     def some(*names: str) -> list[str]:
         return [_room(name) for name in names if name in present]

@@ -283,11 +283,6 @@ def _check_head(audit: Any) -> None:
     audit["stages_bytes"] = audit.get("stages_bytes") or 0
 
 
-def count_lines(path: Path, size: int) -> int:
-    """The lines in the first `size` bytes of a JSON-lines file (0 if there is none)."""
-    return StageLines(path, size).count()
-
-
 def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
     return {"run_id": run_id, "status": "unknown", "complete": False, "stages": [], "errors": [], "problems": [problem]}
 

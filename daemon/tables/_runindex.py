@@ -61,8 +61,8 @@ class RunIndex:
 
     def build_from_tables(self) -> int:
         """Index every row already in the tables (a home written before the index existed)."""
+        from stagewatch.daemon.projection._rows import TABLES
         from stagewatch.daemon.query._sql import select  # reads through the tables' snapshots
-        from stagewatch.daemon.tables._store import TABLES
 
         pairs: set[tuple[str, str]] = set()
         for table in TABLES:

@@ -140,6 +140,16 @@ def with_dates(parts: list[tuple[str, pa.Table]]) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
+def count_lines(path: Path, size: int, chunk: int = 4 << 20) -> int:
+    """The complete lines in the first `size` bytes of a JSON-lines file (0 if there is none)."""
+    lines = 0
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+        while size > 0 and (data := handle.read(min(chunk, size))):
+            lines += data.count(b"\n")
+            size -= len(data)
+    return lines
+
+
 class Store:
     """Writes the read models under a stagewatch home."""
 

@@ -43,9 +43,8 @@ from stagewatch.daemon.base._throttle import CostThrottle
 from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.ingest._quarantine import Quarantine
 from stagewatch.daemon.projection._projection import ROW_FIELDS, Projector, RunState
-from stagewatch.daemon.query._readmodels import count_lines
 from stagewatch.daemon.tables._diskjobs import DiskJobs, PassThread
-from stagewatch.daemon.tables._store import Store, atomic_write, with_dates
+from stagewatch.daemon.tables._store import Store, atomic_write, count_lines, with_dates
 
 # A running run's audit.json (its head) and the checkpoint are rewritten at most this often (and
 # no more than 10x their cost allows: a head holds up to 10,000 errors, the checkpoint every

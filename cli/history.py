@@ -120,6 +120,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from stagewatch.daemon import RunNotFound, query_gpu_devices, query_stats
+    from stagewatch.daemon._gaps import with_outside_stages
 
     home = home_of(args).root
     try:
@@ -131,6 +132,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_NOT_FOUND)
     for entry in stats:  # per device beside the totals: {"sources": [...], "devices": {"0": {...}}}
         entry["gpu"] = gpu.get(entry["stage"])
+    stats = with_outside_stages(home, filters, stats)
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
@@ -139,6 +141,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"{'peak RSS':>10}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
     )
     for entry in stats:
+        if entry.get("outside_stages"):
+            print(outside_line(entry))
+            continue
         d = entry["duration_ms"]
         cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
         gpu_peak = entry["gpu_peak_mb"]["max"]
@@ -153,6 +158,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if not gpu:
         print("no GPU readings in these stages (a host without a GPU, or no framework on one: docs/gpu.md)")
     return EXIT_OK
+
+
+def outside_line(entry: dict[str, Any]) -> str:
+    """The time outside stages as a row of the stats table (per sample), then the wall time it
+    completes: 'wall 1234.00 ms over 2 run(s) = stages 1000.00 ms + outside stages 234.00 ms'."""
+    d, wall = entry["duration_ms"], entry["wall"]
+    cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
+    return (
+        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{cells}{'-':>10}{entry['share_of_time']:>8.1%}\n"
+        f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
+        f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"
+    )
 
 
 def gpu_line(gpu: dict[str, Any]) -> str:
@@ -205,6 +222,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _outside_stages_of(home: Path, run_id: str) -> str:
+    """The run's time outside stages, the row beside the stage table, and its wall time split."""
+    from stagewatch.daemon import Filters
+    from stagewatch.daemon._gaps import OUTSIDE_STAGES, outside_stages_stats, run_time_split
+
+    row = outside_stages_stats(home, Filters(run=run_id))
+    if row is None:
+        return f"  {OUTSIDE_STAGES:<20}(no wall time recorded yet)"
+    d = row["duration_ms"]
+    line = f"  {OUTSIDE_STAGES:<20}{row['count']:>6}{'-':>8}{d['median']:>12.2f}{d['max']:>10.2f}  (per sample)"
+    for split in run_time_split(home, Filters(run=run_id)):
+        line += (
+            f"\n  wall {split['wall_ms']:.2f} ms = top-level stages {split['stages_ms']:.2f} ms"
+            f" + outside stages {split['outside_ms']:.2f} ms (data loading, I/O, the pipeline's glue)"
+        )
+    return line
+
+
 def _print_audit(audit: dict[str, Any], home: Home) -> None:
     print(f"{'run':<13}{audit['run_id']}")
     for key in ("pipeline", "status", "started_at", "finished_at", "duration_ms", "host", "pid", "dataset"):
@@ -213,6 +248,7 @@ def _print_audit(audit: dict[str, Any], home: Home) -> None:
     for problem in audit.get("problems", []):
         print(f"INCOMPLETE: {problem}")
     print(stage_table(audit.get("stages", []), audit.get("host")))
+    print(_outside_stages_of(home.root, audit["run_id"]))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
     for error in audit.get("errors", []):

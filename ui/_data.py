@@ -31,6 +31,7 @@ from stagewatch.daemon import (
     stage_stats,
 )
 from stagewatch.daemon._export import export_chunks, matching
+from stagewatch.daemon._gaps import OUTSIDE_STAGES, gap_spans, with_outside_stages
 from stagewatch.daemon._query import distinct_values, log_where, page_of, run_where
 from stagewatch.daemon._readmodels import (
     RunNotFound,
@@ -234,6 +235,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "order": order,
         "stats": stats_frame(home, run_id, executions, order),
         "executions": executions,
+        "gaps": gaps_frame(home, run_id, stages),
         "errors": errors_of(stages, audit.get("errors", [])),
         "accuracy": load_accuracy(home, run_id),
         "outputs": outputs_of(stages),
@@ -281,6 +283,25 @@ def executions_frame(stages: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).sort_values("start_ms", kind="stable").reset_index(drop=True)
 
 
+def gaps_frame(home: Path, run_id: str, stages: list[dict[str, Any]]) -> pd.DataFrame:
+    """The run's stretches outside stages (sample_id: the sample whose stage follows; none for
+    the tail) with start and end in ms on `executions_frame`'s axis (since the first stage)."""
+    columns = ["sample_id", "start_ms", "end_ms", "gap_ms"]
+    spans = gap_spans(home, run_id).to_pandas()
+    if spans.empty or not stages:
+        return pd.DataFrame(columns=columns)
+    origin = min(s.get("start_ns") or 0 for s in stages)
+    return pd.DataFrame(
+        {
+            "sample_id": spans["sample_id"],
+            "start_ms": (spans["gap_start"] - origin) / 1e6,
+            "end_ms": (spans["gap_end"] - origin) / 1e6,
+            "gap_ms": spans["gap_ms"],
+        },
+        columns=columns,
+    )
+
+
 def pipeline_order(executions: pd.DataFrame) -> list[str]:
     """Stages in the order they first ran (the pipeline's order, not the alphabet's)."""
     if executions.empty:
@@ -295,6 +316,7 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
     rank = {stage: i for i, stage in enumerate(order)}
     entries = stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS))
     with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in entries)
+    entries = with_outside_stages(home, Filters(run=run_id), entries)  # the last row: time no stage covers
     gpu = query_gpu_devices(home, Filters(run=run_id)) if with_gpu else {}
     rows = []
     for entry in entries:
@@ -309,9 +331,9 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
                 "p99_ms": duration["p99"],
                 "max_ms": duration["max"],
                 "share": entry["share_of_time"],
-                "cpu_peak_mb": entry["rss_peak_mb"]["max"],
+                "cpu_peak_mb": entry["rss_peak_mb"]["max"] if "rss_peak_mb" in entry else None,
                 "own_mb": _finite(own.get(entry["stage"])),
-                "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
+                "gpu_peak_mb": entry["gpu_peak_mb"]["max"] if "gpu_peak_mb" in entry else None,
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
             }
@@ -326,6 +348,7 @@ def _finite(value: Any) -> float | None:
 
 def bottleneck_sentence(stats: pd.DataFrame) -> str | None:
     """'postprocessing takes 49.2% of this run's stage time; p95 18.7 ms' (None without stages)."""
+    stats = stats[stats["stage"] != OUTSIDE_STAGES]  # a stage's share of the stages' time
     if stats.empty or not stats["share"].max() > 0:
         return None
     row = stats.loc[stats["share"].idxmax()]

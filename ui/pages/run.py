@@ -86,7 +86,9 @@ class RunPage:
     def _draw_waterfall(self) -> None:
         if self.view_data is not None:
             self.waterfall.objects = [
-                waterfall(self.view_data["executions"], self.sample.value, self.view_data["colours"])
+                waterfall(
+                    self.view_data["executions"], self.sample.value, self.view_data["colours"], self.view_data["gaps"]
+                )
             ]
 
     def show_artifact(self) -> None:
@@ -264,8 +266,10 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
             "CPU peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "own memory": [_format.mb(v) for v in stats["own_mb"]],
             "GPU peak": [
-                gpu_cell(peak, gpu) if peak is not None and pd.notna(peak) else gpu_reason
-                for peak, gpu in zip(stats["gpu_peak_mb"], stats["gpu"], strict=True)
+                gpu_cell(peak, gpu)
+                if peak is not None and pd.notna(peak)
+                else ("-" if stage == _data.OUTSIDE_STAGES else gpu_reason)
+                for stage, peak, gpu in zip(stats["stage"], stats["gpu_peak_mb"], stats["gpu"], strict=True)
             ],
         }
     )
@@ -315,17 +319,31 @@ def durations_chart(executions: pd.DataFrame, order: list[str], colours: dict[st
     return pn.Column(*drawn, pn.pane.HoloViews(chart, sizing_mode="stretch_width", name="durations"))
 
 
-def waterfall(executions: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
-    """The sample's stage spans on one time axis, one colour a stage, failures outlined red."""
+OUTSIDE_COLOUR = "#bdbdbd"
+
+
+def waterfall(
+    executions: pd.DataFrame, sample: str | None, colours: dict[str, str], gaps: pd.DataFrame | None = None
+) -> Any:
+    """The sample's stage spans on one time axis, one colour a stage, failures outlined red; the
+    time outside stages charged to the sample (loading it, the glue between its stages) in grey
+    on a row of its own."""
     rows = executions[executions["sample_id"] == sample]
     if rows.empty:
         return pn.pane.Markdown("No stage of this sample has ended.")
     rows = rows.assign(
-        offset=rows["start_ms"] - rows["start_ms"].min(),
-        end=lambda f: f["offset"] + f["duration_ms"].fillna(0.0),
+        end_ms=rows["start_ms"] + rows["duration_ms"].fillna(0.0),
         colour=[colours.get(s, "#555") for s in rows["stage"]],
         line=["#c62828" if s != "ok" else "#ffffff" for s in rows["status"]],
     )
+    outside = gaps[gaps["sample_id"] == sample] if gaps is not None else pd.DataFrame()
+    if not outside.empty:
+        outside = outside.assign(
+            stage=_data.OUTSIDE_STAGES, duration_ms=outside["gap_ms"], status="outside stages", colour=OUTSIDE_COLOUR
+        ).assign(line="#ffffff")
+        rows = pd.concat([rows, outside[[*rows.columns.intersection(outside.columns)]]], ignore_index=True)
+    origin = rows["start_ms"].min()
+    rows = rows.assign(offset=rows["start_ms"] - origin, end=rows["end_ms"] - origin)
     bars = hv.Segments(rows, ["offset", "stage", "end", "stage"], ["colour", "duration_ms", "status", "line"]).opts(
         color="colour",
         line_width=18,

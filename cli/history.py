@@ -120,6 +120,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from stagewatch.daemon import RunNotFound, query_gpu_devices, query_stats
+    from stagewatch.daemon._exemplars import query_exemplars
     from stagewatch.daemon._gaps import with_outside_stages
 
     home = home_of(args).root
@@ -132,6 +133,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_NOT_FOUND)
     for entry in stats:  # per device beside the totals: {"sources": [...], "devices": {"0": {...}}}
         entry["gpu"] = gpu.get(entry["stage"])
+    exemplars = query_exemplars(home, filters)
+    for entry in stats:  # the executions behind p95, p99 and max, with links to their sample and logs
+        entry["exemplars"] = exemplars.get(entry["stage"])
     stats = with_outside_stages(home, filters, stats)
     if args.json:
         print(json.dumps(stats, indent=1))

@@ -90,3 +90,19 @@ def test_show_and_stats_print_the_outside_row(sleepy) -> None:
     assert "(outside stages)" in printed.stdout and "wall " in printed.stdout
     by_stage = sw("stats", "--home", str(home), "--stage", "detection", "--json")  # a stage asked for: no row
     assert not [e for e in json.loads(by_stage.stdout) if e.get("outside_stages")]
+
+
+def test_the_max_exemplar_is_the_execution_that_slept_longest(sleepy) -> None:
+    home, run_id = sleepy
+    result = sw("stats", "--home", str(home), "--json")
+    stats = {entry["stage"]: entry for entry in json.loads(result.stdout)}
+    slowest = stats["detection"]["exemplars"]["max"]
+    assert (slowest["run_id"], slowest["sample_id"], slowest["input_path"]) == (run_id, SLOWEST, f"/data/{SLOWEST}.png")
+    assert slowest["duration_ms"] == stats["detection"]["duration_ms"]["max"]
+    assert slowest["links"]["case"] == f"?page=run&run={run_id}&sample={SLOWEST}"
+    durations = {
+        s["sample_id"]: s["duration_ms"] for s in query_stages(home, Filters(run=run_id, stage="detection")).to_pylist()
+    }
+    p95 = stats["detection"]["duration_ms"]["p95"]
+    nearest = min(durations.values(), key=lambda d: abs(d - p95))
+    assert stats["detection"]["exemplars"]["p95"]["duration_ms"] == nearest

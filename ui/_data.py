@@ -30,6 +30,7 @@ from stagewatch.daemon import (
     query_stages,
     stage_stats,
 )
+from stagewatch.daemon._exemplars import EXEMPLARS, query_exemplars
 from stagewatch.daemon._export import export_chunks, matching
 from stagewatch.daemon._gaps import OUTSIDE_STAGES, gap_spans, with_outside_stages
 from stagewatch.daemon._query import distinct_values, log_where, page_of, run_where
@@ -316,6 +317,7 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
     rank = {stage: i for i, stage in enumerate(order)}
     entries = stage_stats(query_stages(home, Filters(run=run_id), STATS_COLUMNS))
     with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in entries)
+    exemplars = query_exemplars(home, Filters(run=run_id))
     entries = with_outside_stages(home, Filters(run=run_id), entries)  # the last row: time no stage covers
     gpu = query_gpu_devices(home, Filters(run=run_id)) if with_gpu else {}
     rows = []
@@ -336,10 +338,32 @@ def stats_frame(home: Path, run_id: str, executions: pd.DataFrame, order: list[s
                 "gpu_peak_mb": entry["gpu_peak_mb"]["max"] if "gpu_peak_mb" in entry else None,
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
+                "exemplars": exemplars.get(entry["stage"]),
             }
         )
     rows.sort(key=lambda row: rank.get(row["stage"], len(rank)))
     return pd.DataFrame(rows)
+
+
+def exemplar_links(exemplars: dict[str, dict[str, Any]] | None) -> str:
+    """'p95 · p99 · max' as links to the executions behind them (markup of our own: values are
+    escaped), each hovering its sample, input path and duration, with a link to its logs."""
+    if not exemplars:
+        return ""
+    from html import escape
+
+    from stagewatch.ui._format import ms
+
+    links = []
+    for name in EXEMPLARS:
+        row = exemplars[name]
+        hover = f"{row['sample_id'] or '-'} · {row['input_path'] or 'no input path'} · {ms(row['duration_ms'])}"
+        links.append(
+            f'<a class="sw-exemplar sw-exemplar-{name}" href="{escape(row["links"]["case"], quote=True)}" '
+            f'title="{escape(hover, quote=True)}">{name}: {escape(row["sample_id"] or "-")}</a>'
+        )
+    logs = escape(exemplars["max"]["links"]["logs"], quote=True)
+    return " · ".join(links) + f' (<a class="sw-exemplar-logs" href="{logs}">logs</a>)'
 
 
 def _finite(value: Any) -> float | None:

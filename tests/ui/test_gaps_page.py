@@ -3,6 +3,7 @@ time outside stages is a row beside the stages and grey bars in the sample's wat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from stagewatch.ui import _data
 from stagewatch.ui.pages.run import waterfall
 from tests.conftest import wait_for
-from tests.test_gaps import SAMPLES, SLEEP_S, sleepy  # noqa: F401 (the module's fixture)
+from tests.test_gaps import SAMPLES, SLEEP_S, SLOWEST, sleepy  # noqa: F401 (the module's fixture)
 from tests.ui.conftest import CHROMIUM
 from tests.ui.test_dashboard import Ui
 
@@ -49,3 +50,14 @@ def test_the_run_page_shows_the_outside_row(served, page) -> None:
     rows = page.locator(".sw-table-stages .tabulator-row")
     wait_for(lambda: rows.count() == 4, 60)  # preprocessing, detection, nms and the time outside them
     assert "(outside stages)" in rows.nth(3).inner_text()
+
+
+def test_an_exemplar_link_opens_its_sample(served, page) -> None:
+    ui, _home, run_id = served
+    page.goto(f"{ui.url}?page=run&run={run_id}")
+    link = page.locator(".sw-table-stages a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
+    wait_for(lambda: link.count() == 1, 60)  # detection's slowest execution: the sample that slept longest
+    link.click()
+    page.wait_for_url(re.compile(f"sample={SLOWEST}"))
+    chosen = page.locator("select").filter(has=page.locator(f"option[value='{SLOWEST}']"))
+    wait_for(lambda: chosen.count() == 1 and chosen.first.input_value() == SLOWEST, 60)

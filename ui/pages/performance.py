@@ -16,6 +16,7 @@ from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
 from stagewatch.daemon._compare import CompareError, baseline_side, compare, run_side
+from stagewatch.daemon._exemplars import query_exemplars
 from stagewatch.daemon._sql import QueryError
 from stagewatch.ui import _data, _format, _trends, _widgets
 from stagewatch.ui.pages.compare import stage_table_html
@@ -92,7 +93,11 @@ class PerformancePage:
         self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
         self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
         self.memory.objects = [trend_chart(points, order, colours, "rss_peak_mb", "MB", "memory")]
-        self.stats.objects = [_widgets.table(stats_display(query_stats(self.home, filters), order), "window-stats")]
+        stats = query_stats(self.home, filters)
+        exemplars = query_exemplars(self.home, filters)  # the executions behind p95, p99 and max
+        for entry in stats:
+            entry["exemplars"] = exemplars.get(entry["stage"])
+        self.stats.objects = [_widgets.table(stats_display(stats, order), "window-stats", html_columns=("exemplars",))]
 
     def compare(self) -> None:
         """The two runs' per-stage table (daemon/_compare, as the Compare page shows it), with a
@@ -202,6 +207,7 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "max": [_format.ms(e["duration_ms"]["max"]) for e in stats],
             "CPU peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
+            "exemplars": [_data.exemplar_links(e.get("exemplars")) for e in stats],
         }
     )
 

@@ -170,6 +170,7 @@ def sections(home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterf
         _widgets.table(
             stage_display(stats, audit),
             "stages",
+            html_columns=("exemplars",),
             formatters={
                 "share of time": {
                     "type": "progress",
@@ -271,6 +272,7 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
                 else ("-" if stage == _data.OUTSIDE_STAGES else gpu_reason)
                 for stage, peak, gpu in zip(stats["stage"], stats["gpu_peak_mb"], stats["gpu"], strict=True)
             ],
+            "exemplars": [_data.exemplar_links(e) for e in stats["exemplars"]],
         }
     )
 

@@ -18,6 +18,8 @@ from stagewatch.cli._options import (
     filters_of,
     home_of,
     home_options,
+    home_or_homes,
+    homes_of,
     json_option,
     positive_int,
 )
@@ -60,7 +62,7 @@ def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | Non
     from stagewatch.daemon import RunNotFound
     from stagewatch.daemon._export import matching
 
-    home = home_of(args).root
+    home = home_or_homes(args)
     try:
         return matching(home, filters_of(args, home))
     except RunNotFound as error:
@@ -71,22 +73,26 @@ def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | Non
 def cmd_runs(args: argparse.Namespace) -> int:
     from stagewatch.daemon import list_runs
 
-    home = home_of(args)
-    runs = list_runs(home.root, args.limit)
+    home = home_or_homes(args)
+    runs = list_runs(home, args.limit)
     if args.json:
         print(json.dumps(runs, indent=1))
         return EXIT_OK
     if not runs:
-        where = "" if home.root.is_dir() else " (it does not exist yet)"
-        print(f"no runs yet in {home.root}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
+        homes = home if isinstance(home, list) else [home]
+        where = "" if all(one.is_dir() for one in homes) else " (not every one exists yet)"
+        named = ", ".join(str(one) for one in homes)
+        print(f"no runs yet in {named}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
         print("another home: --home PATH or STAGEWATCH_HOME")
         return EXIT_OK
-    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<9}failed stage")
+    print(
+        f"{'run id':<38}{'pipeline':<14}{'host':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<9}failed stage"
+    )
     for run in runs:
         duration = f"{run['duration_ms'] / 1000:.2f}" if run["duration_ms"] is not None else "-"
         started = (run["started_at"] or "-")[:19].replace("T", " ")
         print(
-            f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
+            f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{(run['host'] or '-'):<14}{started:<21}{duration:>11}  "
             f"{run['status']:<9}{run['failed_stage'] or ''}"
         )
     return EXIT_OK
@@ -100,7 +106,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         from stagewatch.daemon import load_audit
 
         run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
-        matched["audit"] = load_audit(home_of(args).root, run_id) if run_id else None
+        holder = next((h for h in homes_of(args) if run_id and Home.of(h).run(run_id).is_dir()), None)
+        matched["audit"] = load_audit(holder, run_id) if holder else None
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         print(json.dumps(limited, indent=1, default=str))
@@ -123,7 +130,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from stagewatch.daemon._exemplars import query_exemplars
     from stagewatch.daemon._gaps import with_outside_stages
 
-    home = home_of(args).root
+    home = home_or_homes(args)
     try:
         filters = filters_of(args, home)
         stats = query_stats(home, filters)

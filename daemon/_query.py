@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon._runindex import run_dates
-from stagewatch.daemon._sql import MAX_ROWS, over_arrow, quoted, schema_of, select
+from stagewatch.daemon._sql import MAX_ROWS, homes_of, over_arrow, quoted, schema_of, select
 
 STATUSES = ("ok", "failed", "crashed", "running")  # running: runs in progress only
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -118,8 +118,14 @@ def _common(where: Where, home: Path, time_column: str, filters: Filters) -> Whe
             continue
         where.add(f'"{time_column}" {op} ?', bound).add(f"date {op} ?", bound.strftime("%Y-%m-%d"))
     if filters.run:
-        where.dates = run_dates(home, filters.run)
+        where.dates = _run_dates(homes_of(home), filters.run)
     return where.equals("run_id", filters.run).equals("pipeline", filters.pipeline)
+
+
+def _run_dates(homes: list[Path], run_id: str) -> list[str] | None:
+    """The date partitions that hold the run's rows in any of the homes (None: some home cannot say)."""
+    found = [run_dates(home, run_id) for home in homes]
+    return None if any(dates is None for dates in found) else sorted({date for dates in found for date in dates})
 
 
 def _contains(where: Where, column: str, filters: Filters) -> Where:

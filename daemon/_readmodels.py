@@ -19,7 +19,9 @@ from stagewatch.daemon._derived import STATUS, peek
 from stagewatch.daemon._runindex import runs_with_prefix
 from stagewatch.daemon._sql import (
     MAX_ROWS,
+    Homes,
     damaged_parts,
+    homes_of,
     quoted,
     runs_being_removed,
     schema_of,
@@ -124,13 +126,15 @@ def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent runs, finished (from Parquet) and still running (from the daemon)."""
+def list_runs(home: Homes, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent runs, finished (from Parquet) and still running (from the daemon), of one
+    home or of several (each row names its host)."""
     sql = f"SELECT {quoted(RUNS.names)} FROM rows ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
     finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
-    runs += [_active_summary(active) for active in active_runs(home) if active["run_id"] not in known]
+    active = [run for one in homes_of(home) for run in active_runs(one)]  # each home's daemon's
+    runs += [_active_summary(run) for run in active if run["run_id"] not in known]
     runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
     return runs[:limit]
 
@@ -143,6 +147,7 @@ def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
         "started_at": start.isoformat() if start is not None else None,
         "duration_ms": row["duration_ms"],
         "status": row["status"],
+        "host": row["host"],
         "stages": row["stages"],
         "stages_failed": row["stages_failed"],
         "failed_stage": row["failed_stage"],
@@ -157,6 +162,7 @@ def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
         "started_at": active["started_at"],
         "duration_ms": None,
         "status": active["status"],
+        "host": active.get("host"),
         "stages": None,
         "stages_failed": None,
         "failed_stage": None,

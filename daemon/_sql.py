@@ -81,6 +81,21 @@ def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -
     return sorted(str(path) for partition in partitions for path in partition.glob("*.parquet") if path.is_file())
 
 
+# Many homes as one: every reader that takes a home also takes a list of them (one per host,
+# on a shared file system): a table is then the union of each home's files.
+Homes = Path | Sequence[Path]
+
+
+def homes_of(home: Homes) -> list[Path]:
+    """The homes a reader reads: `home` itself, or each of a list."""
+    return [Path(home)] if isinstance(home, (str, Path)) else [Path(one) for one in home]
+
+
+def table_files(home: Homes, table: str, dates: Sequence[str] | None = None) -> list[str]:
+    """`snapshot_files` of each home, together: the union of the homes' tables."""
+    return [path for one in homes_of(home) for path in snapshot_files(one, table, dates)]
+
+
 def runs_being_removed(home: Path) -> list[str]:
     """The runs an interrupted gc was removing (state/gc-intent.json): hidden from every read."""
     intent = peek(GC_INTENT, Home.of(home))  # damaged: nothing is being removed that it could say
@@ -93,7 +108,7 @@ def schema_of(table: str) -> pa.Schema:
 
 
 def select(
-    home: Path,
+    home: Homes,
     table: str,
     sql: str,
     params: Sequence[Any] = (),
@@ -109,7 +124,7 @@ def select(
     seeing a row twice. A part that cannot be read is left out with a warning."""
     skipped: set[str] = set()  # damaged parts, warned of
     for attempt in range(READ_ATTEMPTS):
-        files = [path for path in snapshot_files(home, table, dates) if path not in skipped]
+        files = [path for path in table_files(home, table, dates) if path not in skipped]
         try:
             result = _run(home, files, table, sql, params)
         except duckdb.Error as error:
@@ -134,14 +149,14 @@ def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table
         raise QueryError(_first_line(error)) from None
 
 
-def _run(home: Path, files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
+def _run(home: Homes, files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
     # Every column of the table, typed as the table declares it, even where no part has it yet
     # (an empty home, parts written before a column came): the empty typed rows join by name.
     schema = schema_of(table)
     scan = f"SELECT * FROM {_scan()} UNION ALL BY NAME " if files else ""
     view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM typed_empty)"
     view_params: list[Any] = [files] if files else []
-    being_removed = runs_being_removed(home)
+    being_removed = [run for one in homes_of(home) for run in runs_being_removed(one)]
     if being_removed:  # a gc was interrupted: its runs are already gone for readers
         view += " WHERE coalesce(NOT list_contains(?::VARCHAR[], run_id), true)"
         view_params.append(being_removed)

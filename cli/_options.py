@@ -142,8 +142,9 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
 def filters_of(args: argparse.Namespace, home: Path | list[Path]) -> Any:
     """Validated filters; ValueError (exit 2) for a malformed value, RunNotFound for an unknown run."""
     from stagewatch.daemon._query import Filters, parse_time
+    from stagewatch.daemon._readmodels import resolve_run_in
 
-    run = resolve_in(home, args.run) if args.run else None
+    run = resolve_run_in(home, args.run) if args.run else None
     return Filters(
         run=run,
         since=parse_time(args.since) if args.since else None,
@@ -158,23 +159,6 @@ def filters_of(args: argparse.Namespace, home: Path | list[Path]) -> Any:
         failed_stage=args.failed_stage,
         logger=args.logger,
     )
-
-
-def resolve_in(home: Path | list[Path], prefix: str) -> str:
-    """The run id `prefix` names in the home, or in the one of several homes that holds it."""
-    from stagewatch.daemon._readmodels import RunNotFound, resolve_run_id
-
-    if not isinstance(home, list):
-        return resolve_run_id(home, prefix)
-    found = []
-    for one in home:
-        try:
-            found.append(resolve_run_id(one, prefix))
-        except RunNotFound:
-            continue
-    if len(set(found)) != 1:
-        raise RunNotFound(f"expected --run to name one run in the {len(home)} homes, got {len(set(found))} matches")
-    return found[0]
 
 
 def positive(text: str) -> float:

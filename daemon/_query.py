@@ -118,11 +118,11 @@ def _common(where: Where, home: Path, time_column: str, filters: Filters) -> Whe
             continue
         where.add(f'"{time_column}" {op} ?', bound).add(f"date {op} ?", bound.strftime("%Y-%m-%d"))
     if filters.run:
-        where.dates = _run_dates(homes_of(home), filters.run)
+        where.dates = run_dates_in(homes_of(home), filters.run)
     return where.equals("run_id", filters.run).equals("pipeline", filters.pipeline)
 
 
-def _run_dates(homes: list[Path], run_id: str) -> list[str] | None:
+def run_dates_in(homes: list[Path], run_id: str) -> list[str] | None:
     """The date partitions that hold the run's rows in any of the homes (None: some home cannot say)."""
     found = [run_dates(home, run_id) for home in homes]
     return None if any(dates is None for dates in found) else sorted({date for dates in found for date in dates})

@@ -198,6 +198,30 @@ def resolve_run_id(home: Path, prefix: str) -> str:
     raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
 
 
+def resolve_run_in(home: Homes, prefix: str) -> str:
+    """`resolve_run_id` in one home, or in the one of several homes that holds the run."""
+    homes = homes_of(home)
+    if len(homes) == 1:
+        return resolve_run_id(homes[0], prefix)
+    found = set()
+    for one in homes:
+        try:
+            found.add(resolve_run_id(one, prefix))
+        except RunNotFound:
+            continue
+    if len(found) != 1:
+        where = f"the {len(homes)} homes"
+        raise RunNotFound(f"expected {prefix!r} to name one run in {where}, got {len(found)}: {sorted(found)[:5]}")
+    return found.pop()
+
+
+def holding(home: Homes, run_id: str) -> Path:
+    """The home (of one or several) whose runs/ holds `run_id`: where its audit trail and
+    accuracy are read (the first home when none does: the reader then says what is missing)."""
+    homes = homes_of(home)
+    return next((one for one in homes if Home.of(one).run(run_id).is_dir()), homes[0])
+
+
 def load_audit(home: Path, run_id: str) -> dict[str, Any]:
     """The run's audit trail; `problems` lists what is missing or damaged, if anything.
 

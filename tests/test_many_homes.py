@@ -78,3 +78,15 @@ def test_bad_homes_get_a_clear_error(fleet) -> None:
     assert nothing.returncode == 2 and "got no folder" in nothing.stderr
     several = sw("show", "--home", str(base / "host01"), "--home", str(base / "host02"), "deadbeef")
     assert several.returncode == 2 and "expected one --home" in several.stderr
+
+
+def test_compare_reads_two_runs_from_two_homes(fleet) -> None:
+    base, runs = fleet
+    by_host = {host: run_id for run_id, host in runs.items()}
+    a, b = by_host["camera-01"], by_host["camera-02"]
+    compared = sw("compare", "--home", str(base / "host*"), a[:8], b[:8], "--json")
+    assert compared.returncode == 0, compared.stderr
+    document = json.loads(compared.stdout)
+    assert [stage["stage"] for stage in document["stages"]] == ["detection"]
+    assert {change["key"] if isinstance(change, dict) and "key" in change else str(change) for change in
+            document["environment"]} and any("camera-0" in str(change) for change in document["environment"])

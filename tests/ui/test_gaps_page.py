@@ -55,9 +55,19 @@ def test_the_run_page_shows_the_outside_row(served, page) -> None:
 def test_an_exemplar_link_opens_its_sample(served, page) -> None:
     ui, _home, run_id = served
     page.goto(f"{ui.url}?page=run&run={run_id}")
-    link = page.locator(".sw-table-stages a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
+    detection = page.locator(".sw-table-stages .tabulator-row", has_text="detection")
+    link = detection.locator("a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
     wait_for(lambda: link.count() == 1, 60)  # detection's slowest execution: the sample that slept longest
     link.click()
     page.wait_for_url(re.compile(f"sample={SLOWEST}"))
     chosen = page.locator("select").filter(has=page.locator(f"option[value='{SLOWEST}']"))
     wait_for(lambda: chosen.count() == 1 and chosen.first.input_value() == SLOWEST, 60)
+
+
+def test_the_performance_page_links_its_percentiles_to_their_executions(served, page) -> None:
+    ui, _home, run_id = served
+    page.goto(f"{ui.url}?page=performance&window=30d")
+    detection = page.locator(".sw-table-window-stats .tabulator-row", has_text="detection")
+    link = detection.locator("a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
+    wait_for(lambda: link.count() == 1, 60)
+    assert link.get_attribute("href") == f"?page=run&run={run_id}&sample={SLOWEST}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,11 @@ def home_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None
     """--home (and --endpoint); also accepted before the command (`stagewatch --home H runs`),
     so here they default to 'not given' and leave the global value alone."""
     parser.add_argument(
-        "--home", default=argparse.SUPPRESS, help="stagewatch home (default $STAGEWATCH_HOME or ./output)"
+        "--home",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="stagewatch home (default $STAGEWATCH_HOME or ./output); runs, query, stats, compare and ui "
+        "take several (--home a --home b, or a glob: 'homes/*'), read as one",
     )
     if endpoint:
         parser.add_argument(
@@ -34,16 +40,51 @@ def home_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None
 
 
 def global_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", help="stagewatch home (default $STAGEWATCH_HOME or ./output)")
+    parser.add_argument(
+        "--home", action="append", help="stagewatch home (default $STAGEWATCH_HOME or ./output); repeatable"
+    )
     parser.add_argument("--endpoint", help="ingest endpoint (default $STAGEWATCH_ENDPOINT or ipc in the home)")
+
+
+def one_home(value: str | list[str] | None) -> str | None:
+    """The one --home of a command that works on one home (the last given, as a single-valued
+    option would keep); ValueError (exit 2) for several."""
+    if not isinstance(value, list):
+        return value
+    if len(value) > 1:
+        raise ValueError(f"expected one --home for this command, got {len(value)}: {', '.join(value)}")
+    return value[0]
 
 
 def home_of(args: argparse.Namespace) -> DaemonHome:
     """The home the command works on; ValueError (exit 2) for a path that is not a folder."""
-    home = DaemonHome.resolve(args.home)
+    home = DaemonHome.resolve(one_home(args.home))
     if home.root.exists() and not home.root.is_dir():
         raise ValueError(f"expected --home to be a folder, got the file {home.root}")
     return home
+
+
+def homes_of(args: argparse.Namespace) -> list[Path]:
+    """The homes a reading command reads as one: each --home, a glob expanded to the folders it
+    matches (sorted); the default home when none is given. ValueError (exit 2) for a glob that
+    matches no folder or a path that is not a folder."""
+    given = args.home if isinstance(args.home, list) else [args.home]
+    homes: list[Path] = []
+    for text in given:
+        if text is not None and glob.has_magic(text):
+            matched = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if Path(p).is_dir())
+            if not matched:
+                raise ValueError(f"expected --home {text!r} to match stagewatch homes, got no folder")
+            homes += [DaemonHome.resolve(path).root for path in matched]
+        else:
+            homes.append(home_of(argparse.Namespace(home=text)).root)
+    return list(dict.fromkeys(homes))  # a home given twice is read once
+
+
+def home_or_homes(args: argparse.Namespace) -> Path | list[Path]:
+    """One home as a Path (the usual case: every reader takes it), several as a list."""
+    homes = homes_of(args)
+    return homes[0] if len(homes) == 1 else homes
 
 
 def json_option(parser: argparse.ArgumentParser, text: str = "print JSON") -> None:
@@ -73,7 +114,7 @@ def load_config(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     from stagewatch.daemon.base._settings import load_config
 
     flags = {
-        "home": args.home,
+        "home": one_home(args.home),
         "endpoint": args.endpoint,
         "daemon.client_timeout_s": args.client_timeout,
         "daemon.log_level": args.log_level,
@@ -101,12 +142,12 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logger", help="log lines of this logger (or, ending in '.', of its family)")
 
 
-def filters_of(args: argparse.Namespace, home: Path) -> Any:
+def filters_of(args: argparse.Namespace, home: Path | list[Path]) -> Any:
     """Validated filters; ValueError (exit 2) for a malformed value, RunNotFound for an unknown run."""
     from stagewatch.daemon.query._query import Filters, parse_time
-    from stagewatch.daemon.query._readmodels import resolve_run_id
+    from stagewatch.daemon.query._readmodels import resolve_run_in
 
-    run = resolve_run_id(home, args.run) if args.run else None
+    run = resolve_run_in(home, args.run) if args.run else None
     return Filters(
         run=run,
         since=parse_time(args.since) if args.since else None,

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_of, home_options, json_option
+from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, home_or_homes, json_option
 
 EXIT_REGRESSED = 1
 MAX_LISTED_FLIPS = 50
@@ -68,7 +68,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return fail("expected `compare A B` or `compare B [--baseline SPEC]`, not both", EXIT_USAGE)
     if not 0.5 <= args.confidence < 1:
         return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)
-    home = home_of(args).root
+    home = home_or_homes(args)  # several homes: read as one
     options = Options(threshold=args.threshold, confidence=args.confidence, accuracy_drop=args.accuracy_drop)
     try:
         target = run_side(home, args.runs[-1])

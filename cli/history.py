@@ -17,6 +17,8 @@ from stagewatch.cli._options import (
     filters_of,
     home_of,
     home_options,
+    home_or_homes,
+    homes_of,
     json_option,
     positive_int,
 )
@@ -84,7 +86,7 @@ def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | Non
     from stagewatch.daemon import RunNotFound
     from stagewatch.daemon.query._export import TABLES, matching
 
-    home = home_of(args).root
+    home = home_or_homes(args)
     tables = tuple(name for name in TABLES if name in (getattr(args, "table", None) or TABLES))
     try:
         return matching(home, filters_of(args, home), tables)
@@ -97,22 +99,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from stagewatch.daemon import list_runs
     from stagewatch.daemon.projection import _outcomes as outcomes
 
-    home = home_of(args)
-    runs = list_runs(home.root, args.limit)
+    home = home_or_homes(args)
+    runs = list_runs(home, args.limit)
     if args.json:
         print(json.dumps(runs, indent=1))
         return EXIT_OK
     if not runs:
-        where = "" if home.root.is_dir() else " (it does not exist yet)"
-        print(f"no runs yet in {home.root}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
+        homes = home if isinstance(home, list) else [home]
+        where = "" if all(one.is_dir() for one in homes) else " (not every one exists yet)"
+        named = ", ".join(str(one) for one in homes)
+        print(f"no runs yet in {named}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
         print("another home: --home PATH or STAGEWATCH_HOME")
         return EXIT_OK
-    print(f"{'run id':<38}{'pipeline':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<23}failed stage")
+    print(
+        f"{'run id':<38}{'pipeline':<14}{'host':<14}{'started (UTC)':<21}{'duration s':>11}  {'status':<23}failed stage"
+    )
     for run in runs:
         duration = f"{run['duration_ms'] / 1000:.2f}" if run["duration_ms"] is not None else "-"
         started = (run["started_at"] or "-")[:19].replace("T", " ")
         print(
-            f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{started:<21}{duration:>11}  "
+            f"{run['run_id']:<38}{(run['pipeline'] or '-'):<14}{(run['host'] or '-'):<14}{started:<21}{duration:>11}  "
             f"{outcomes.label(run['status']):<23}{run['failed_stage'] or ''}"
         )
     return EXIT_OK
@@ -126,7 +132,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         from stagewatch.daemon import load_audit
 
         run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
-        matched["audit"] = load_audit(home_of(args).root, run_id, limit=args.limit) if run_id else None
+        holder = next((h for h in homes_of(args) if run_id and DaemonHome.of(h).run(run_id).is_dir()), None)
+        matched["audit"] = load_audit(holder, run_id, limit=args.limit) if holder else None
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         print(json.dumps(limited, indent=1, default=str))
@@ -166,8 +173,10 @@ def _of_level(args: argparse.Namespace) -> str:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from stagewatch.daemon import RunNotFound, query_gpu_devices, query_stats
+    from stagewatch.daemon.query._exemplars import query_exemplars
+    from stagewatch.daemon.query._gaps import with_outside_stages
 
-    home = home_of(args).root
+    home = home_or_homes(args)
     try:
         filters = filters_of(args, home)
         stats = query_stats(home, filters)
@@ -177,6 +186,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_NOT_FOUND)
     for entry in stats:  # per device beside the totals: {"sources": [...], "devices": {"0": {...}}}
         entry["gpu"] = gpu.get(entry["stage"])
+    exemplars = query_exemplars(home, filters)
+    for entry in stats:  # the executions behind p95, p99 and max, with links to their sample and logs
+        entry["exemplars"] = exemplars.get(entry["stage"])
+    stats = with_outside_stages(home, filters, stats)
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
@@ -185,6 +198,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"{'own MB':>9}{'proc. peak':>11}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
     )
     for entry in stats:
+        if entry.get("outside_stages"):
+            print(outside_line(entry))
+            continue
         d = entry["duration_ms"]
         cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
         gpu_peak = entry["gpu_peak_mb"]["max"]
@@ -205,6 +221,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _mb_cell(value: float | None, width: int) -> str:
     return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
+
+
+def outside_line(entry: dict[str, Any]) -> str:
+    """The time outside stages as a row of the stats table (per sample), then the wall time it
+    completes: 'wall 1234.00 ms over 2 run(s) = stages 1000.00 ms + outside stages 234.00 ms'."""
+    d, wall = entry["duration_ms"], entry["wall"]
+    cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
+    return (
+        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{cells}{'-':>10}{entry['share_of_time']:>8.1%}\n"
+        f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
+        f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"
+    )
 
 
 def gpu_line(gpu: dict[str, Any]) -> str:
@@ -260,6 +288,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _outside_stages_of(home: Path, run_id: str) -> str:
+    """The run's time outside stages, the row beside the stage table, and its wall time split."""
+    from stagewatch.daemon import Filters
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages_stats, run_time_split
+
+    row = outside_stages_stats(home, Filters(run=run_id))
+    if row is None:
+        return f"  {OUTSIDE_STAGES:<20}(no wall time recorded yet)"
+    d = row["duration_ms"]
+    line = f"  {OUTSIDE_STAGES:<20}{row['count']:>6}{'-':>8}{d['median']:>12.2f}{d['max']:>10.2f}  (per sample)"
+    for split in run_time_split(home, Filters(run=run_id)):
+        line += (
+            f"\n  wall {split['wall_ms']:.2f} ms = top-level stages {split['stages_ms']:.2f} ms"
+            f" + outside stages {split['outside_ms']:.2f} ms (data loading, I/O, the pipeline's glue)"
+        )
+    return line
+
+
 def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[str, Any]) -> int:
     """The trail as JSON: a page of its stages (`stages_page` says which), or with --all every
     stage, streamed a few megabytes at a time (a run of a million stages is 450 MB of JSON)."""
@@ -294,6 +340,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
         query_gpu_devices(home, Filters(run=run_id)) if any(s["gpu_peak_mb"]["max"] is not None for s in stages) else {}
     )
     print(stats_table(stages, gpu, audit.get("host")))
+    print(_outside_stages_of(home, run_id))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
     _print_errors(audit, stages_with(home, run_id, FAILED, SHOW_ERRORS))

@@ -86,6 +86,8 @@ MAPPING: dict[str, str] = {
     "_throttle": "base",
     "_sdnotify": "base",
     "_projection": "projection",
+    "_gaps": "query",  # the time outside stages, in SQL
+    "_exemplars": "query",  # the executions behind a percentile, in SQL
     "_outcomes": "projection",  # how a run ended, in words: the fold decides it, the UI and CLI say it
     "_schema": "projection",
     "_rows": "projection",

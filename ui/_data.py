@@ -29,7 +29,9 @@ from stagewatch.daemon import (
 )
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
+from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
 from stagewatch.daemon.query._export import export_chunks, matching
+from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, gap_spans, with_outside_stages
 from stagewatch.daemon.query._query import (
     distinct_values,
     duration_points,
@@ -284,10 +286,33 @@ def executions_of(home: Path, run_id: str, order: str, offset: int, limit: int) 
     return Page(page.to_pandas(), total, offset, limit)
 
 
+def sample_gaps(home: Path, run_id: str, sample_id: str | None) -> pd.DataFrame:
+    """The stretches outside stages charged to one sample (loading it, the glue between its
+    stages): sample_id, start_ms, end_ms, gap_ms on `sample_frame`'s axis (since its first stage started)."""
+    columns = ["sample_id", "start_ms", "end_ms", "gap_ms"]
+    spans = gap_spans(home, run_id).to_pandas()
+    spans = spans[spans["sample_id"] == sample_id]
+    starts = sample_executions(home, run_id, sample_id or "").column("start_time")
+    if spans.empty or not len(starts):
+        return pd.DataFrame(columns=columns)
+    origin = pd.Timestamp(min(starts.to_pylist())).value
+    return pd.DataFrame(
+        {
+            "sample_id": spans["sample_id"],
+            "start_ms": (spans["gap_start"] - origin) / 1e6,
+            "end_ms": (spans["gap_end"] - origin) / 1e6,
+            "gap_ms": spans["gap_ms"],
+        },
+        columns=columns,
+    )
+
+
 def stats_frame(home: Path, run_id: str, stages: list[dict[str, Any]]) -> pd.DataFrame:
     """Per stage, in pipeline order (`run_stages`): counts, failure rate, duration percentiles,
     time share, CPU peak and the stage's own memory (its peak above its start), GPU peak."""
     with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in stages)
+    exemplars = query_exemplars(home, Filters(run=run_id))
+    stages = with_outside_stages(home, Filters(run=run_id), stages)  # the last row: time no stage covers
     gpu = query_gpu_devices(home, Filters(run=run_id)) if with_gpu else {}
     rows = []
     for entry in stages:
@@ -302,14 +327,36 @@ def stats_frame(home: Path, run_id: str, stages: list[dict[str, Any]]) -> pd.Dat
                 "p99_ms": duration["p99"],
                 "max_ms": duration["max"],
                 "share": entry["share_of_time"],
-                "cpu_peak_mb": entry["rss_peak_mb"]["max"],
-                "own_mb": _finite(entry["own_mb"]),
-                "gpu_peak_mb": entry["gpu_peak_mb"]["max"],
+                "cpu_peak_mb": entry["rss_peak_mb"]["max"] if "rss_peak_mb" in entry else None,
+                "own_mb": _finite(entry.get("own_mb")) if not isinstance(entry.get("own_mb"), dict) else None,
+                "gpu_peak_mb": entry["gpu_peak_mb"]["max"] if "gpu_peak_mb" in entry else None,
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),
+                "exemplars": exemplars.get(entry["stage"]),
             }
         )
     return pd.DataFrame(rows)
+
+
+def exemplar_links(exemplars: dict[str, dict[str, Any]] | None) -> str:
+    """'p95 · p99 · max' as links to the executions behind them (markup of our own: values are
+    escaped), each hovering its sample, input path and duration, with a link to its logs."""
+    if not exemplars:
+        return ""
+    from html import escape
+
+    from stagewatch.ui._format import ms
+
+    links = []
+    for name in EXEMPLARS:
+        row = exemplars[name]
+        hover = f"{row['sample_id'] or '-'} · {row['input_path'] or 'no input path'} · {ms(row['duration_ms'])}"
+        links.append(
+            f'<a class="sw-exemplar sw-exemplar-{name}" href="{escape(row["links"]["case"], quote=True)}" '
+            f'title="{escape(hover, quote=True)}">{name}: {escape(row["sample_id"] or "-")}</a>'
+        )
+    logs = escape(exemplars["max"]["links"]["logs"], quote=True)
+    return " · ".join(links) + f' (<a class="sw-exemplar-logs" href="{logs}">logs</a>)'
 
 
 def _finite(value: Any) -> float | None:
@@ -318,6 +365,7 @@ def _finite(value: Any) -> float | None:
 
 def bottleneck_sentence(stats: pd.DataFrame) -> str | None:
     """'postprocessing takes 49.2% of this run's stage time; p95 18.7 ms' (None without stages)."""
+    stats = stats[stats["stage"] != OUTSIDE_STAGES]  # a stage's share of the stages' time
     if stats.empty or not stats["share"].max() > 0:
         return None
     row = stats.loc[stats["share"].idxmax()]

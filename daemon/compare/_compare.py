@@ -32,10 +32,9 @@ import numpy as np
 import pyarrow as pa
 
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
-from stagewatch.daemon.query._query import _RELATIVE, _SECONDS
-from stagewatch.daemon.query._readmodels import RunNotFound, load_accuracy, load_audit, resolve_run_id
-from stagewatch.daemon.query._sql import select
-from stagewatch.daemon.tables._runindex import run_dates
+from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
+from stagewatch.daemon.query._readmodels import RunNotFound, holding, load_accuracy, load_audit, resolve_run_in
+from stagewatch.daemon.query._sql import homes_of, select
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_CONFIDENCE = 0.99  # per test: a stage has several measures, a run many stages
@@ -92,11 +91,11 @@ class Options:
 
 def run_side(home: Path, text: str) -> Side:
     try:
-        run_id = resolve_run_id(home, text)
+        run_id = resolve_run_in(home, text)
     except RunNotFound as error:
         raise CompareError(str(error)) from None
     row = _run_rows(home, "run_id = ?", [run_id])
-    pipeline = row[0]["pipeline"] if row else load_audit(home, run_id).get("pipeline")
+    pipeline = row[0]["pipeline"] if row else load_audit(holding(home, run_id), run_id).get("pipeline")
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline)
 
 
@@ -188,7 +187,7 @@ def _rows_of_runs(home: Path, table: str, columns: list[str], runs: list[str], o
 def _dates(home: Path, runs: list[str]) -> list[str] | None:
     found: set[str] = set()
     for run_id in runs:
-        dates = run_dates(home, run_id)
+        dates = run_dates_in(homes_of(home), run_id)
         if dates is None:
             return None
         found.update(dates)
@@ -366,7 +365,9 @@ def accuracy_figures(before: pa.Table, after: pa.Table, a_runs: list[str], b_run
     a, b = _accuracy_by_stage(before), _accuracy_by_stage(after)
     per_class = {}
     if len(a_runs) == 1 and len(b_runs) == 1:
-        per_class = _per_class(load_accuracy(home, a_runs[0]), load_accuracy(home, b_runs[0]))
+        per_class = _per_class(
+            load_accuracy(holding(home, a_runs[0]), a_runs[0]), load_accuracy(holding(home, b_runs[0]), b_runs[0])
+        )
     found = []
     for stage in dict.fromkeys([*b, *a]):
         rate_a, rate_b = a.get(stage), b.get(stage)
@@ -427,7 +428,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def setting_of(home: Path, run_id: str) -> dict[str, Any]:
     """What the run started with: its config snapshot and its environment (host, Python,
     packages, GPU), from the audit trail."""
-    audit = load_audit(home, run_id)
+    audit = load_audit(holding(home, run_id), run_id)
     environment = dict(audit.get("environment") or {})
     environment.setdefault("host", audit.get("host"))
     return {"config": audit.get("config") or {}, "environment": environment}

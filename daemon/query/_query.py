@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon.projection._outcomes import RUN_STATUSES
-from stagewatch.daemon.query._sql import MAX_ROWS, over_arrow, quoted, schema_of, select
+from stagewatch.daemon.query._sql import MAX_ROWS, homes_of, over_arrow, quoted, schema_of, select
 from stagewatch.daemon.tables._runindex import run_dates
 
 STATUSES = RUN_STATUSES  # a run's; a stage execution's are fewer (daemon/projection/_outcomes.py)
@@ -119,8 +119,14 @@ def _common(where: Where, home: Path, time_column: str, filters: Filters) -> Whe
             continue
         where.add(f'"{time_column}" {op} ?', bound).add(f"date {op} ?", bound.strftime("%Y-%m-%d"))
     if filters.run:
-        where.dates = run_dates(home, filters.run)
+        where.dates = run_dates_in(homes_of(home), filters.run)
     return where.equals("run_id", filters.run).equals("pipeline", filters.pipeline)
+
+
+def run_dates_in(homes: list[Path], run_id: str) -> list[str] | None:
+    """The date partitions that hold the run's rows in any of the homes (None: some home cannot say)."""
+    found = [run_dates(home, run_id) for home in homes]
+    return None if any(dates is None for dates in found) else sorted({date for dates in found for date in dates})
 
 
 def _contains(where: Where, column: str, filters: Filters) -> Where:

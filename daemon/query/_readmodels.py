@@ -21,7 +21,16 @@ from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._projection import AUDIT_SCHEMA
 from stagewatch.daemon.projection._rows import RUNS
-from stagewatch.daemon.query._sql import MAX_ROWS, damaged_parts, quoted, schema_of, select, snapshot_files
+from stagewatch.daemon.query._sql import (
+    MAX_ROWS,
+    Homes,
+    damaged_parts,
+    homes_of,
+    quoted,
+    schema_of,
+    select,
+    snapshot_files,
+)
 from stagewatch.daemon.tables._runindex import runs_with_prefix
 
 
@@ -94,13 +103,15 @@ def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def list_runs(home: Path, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent runs, finished (from Parquet) and still running (from the daemon)."""
+def list_runs(home: Homes, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent runs, finished (from the runs table) and still running (from the daemon),
+    of one home or of several (each row names its host)."""
     sql = f"SELECT {quoted(RUNS.names)} FROM rows ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
     finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
-    runs += [_active_summary(active) for active in active_runs(home) if active["run_id"] not in known]
+    active = [run for one in homes_of(home) for run in active_runs(one)]  # each home's daemon's
+    runs += [_active_summary(run) for run in active if run["run_id"] not in known]
     runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
     return runs[:limit]
 
@@ -113,6 +124,7 @@ def _run_summary(row: dict[str, Any]) -> dict[str, Any]:
         "started_at": start.isoformat() if start is not None else None,
         "duration_ms": row["duration_ms"],
         "status": row["status"],
+        "host": row["host"],
         "stages": row["stages"],
         "stages_failed": row["stages_failed"],
         "failed_stage": row["failed_stage"],
@@ -127,6 +139,7 @@ def _active_summary(active: dict[str, Any]) -> dict[str, Any]:
         "started_at": active["started_at"],
         "duration_ms": None,
         "status": active["status"],
+        "host": active.get("host"),
         "stages": None,
         "stages_failed": None,
         "failed_stage": None,
@@ -159,6 +172,30 @@ def resolve_run_id(home: Path, prefix: str) -> str:
         raise RunNotFound(f"no run with id {prefix!r} under {home}; `stagewatch runs` lists recent runs")
     shown = ", ".join(sorted(names)[:5])
     raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
+
+
+def resolve_run_in(home: Homes, prefix: str) -> str:
+    """`resolve_run_id` in one home, or in the one of several homes that holds the run."""
+    homes = homes_of(home)
+    if len(homes) == 1:
+        return resolve_run_id(homes[0], prefix)
+    found = set()
+    for one in homes:
+        try:
+            found.add(resolve_run_id(one, prefix))
+        except RunNotFound:
+            continue
+    if len(found) != 1:
+        where = f"the {len(homes)} homes"
+        raise RunNotFound(f"expected {prefix!r} to name one run in {where}, got {len(found)}: {sorted(found)[:5]}")
+    return found.pop()
+
+
+def holding(home: Homes, run_id: str) -> Path:
+    """The home (of one or several) whose runs/ holds `run_id`: where its audit trail and
+    accuracy are read (the first home when none does: the reader then says what is missing)."""
+    homes = homes_of(home)
+    return next((one for one in homes if DaemonHome.of(one).run(run_id).is_dir()), homes[0])
 
 
 def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:

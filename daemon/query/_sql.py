@@ -78,13 +78,28 @@ def snapshot_files(home: Path, table: str, dates: Sequence[str] | None = None) -
     return delta_snapshot_files(home, table, dates)
 
 
+# Many homes as one: every reader that takes a home also takes a list of them (one per host,
+# on a shared file system): a table is then the union of each home's files.
+Homes = Path | Sequence[Path]
+
+
+def homes_of(home: Homes) -> list[Path]:
+    """The homes a reader reads: `home` itself, or each of a list."""
+    return [Path(home)] if isinstance(home, (str, Path)) else [Path(one) for one in home]
+
+
+def table_files(home: Homes, table: str, dates: Sequence[str] | None = None) -> list[str]:
+    """`snapshot_files` of each home, together: the union of the homes' tables."""
+    return [path for one in homes_of(home) for path in snapshot_files(one, table, dates)]
+
+
 def schema_of(table: str) -> pa.Schema:
     """The table's columns as readers get them: the stored ones and the partition's date."""
     return TABLES[table].append(pa.field(PARTITION_COLUMN, pa.string()))
 
 
 def select(
-    home: Path,
+    home: Homes,
     table: str,
     sql: str,
     params: Sequence[Any] = (),
@@ -95,7 +110,7 @@ def select(
     partition date included, no matter which files lack a column); with `schema`, cast to it;
     with `dates`, over those date partitions only. A data file that cannot be read is left
     out with a warning (`damaged_parts`)."""
-    files = snapshot_files(home, table, dates)
+    files = table_files(home, table, dates)
     try:
         result = _run(files, table, sql, params)
     except duckdb.Error as error:

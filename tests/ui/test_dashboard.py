@@ -178,7 +178,8 @@ def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, pag
     page.wait_for_selector("text=Accuracy against")
     assert f"run={run_id}" in page.url  # the page state is in the URL
     cells = page.locator(".sw-table-stages .tabulator-cell[tabulator-field='stage']").all_inner_texts()
-    assert cells == ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]  # run order
+    stages = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]  # run order
+    assert cells == [*stages, "(outside stages)"]  # then the time no stage covers
     medians = page.locator(".sw-table-stages .tabulator-cell[tabulator-field='median']").all_inner_texts()
     assert all(re.fullmatch(r"\d+(\.\d{1,3})? (ms|s)", text) for text in medians), medians
     assert shown(page, "no GPU readings on")  # the reason, not a blank

@@ -17,6 +17,7 @@ from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, parse_time, query_stats
 from stagewatch.daemon.compare._compare import CompareError, baseline_side, compare, run_side
+from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui.pages.compare import stage_table_html
@@ -96,7 +97,9 @@ class PerformancePage:
         self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
         self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
         self.memory.objects = [trend_chart(points, order, colours, "own_mb", "MB", "memory")]
-        self.stats.objects = [_widgets.table(window_stats(self.home, filters, points, order), "window-stats")]
+        self.stats.objects = [
+            _widgets.table(window_stats(self.home, filters, points, order), "window-stats", html_columns=("exemplars",))
+        ]
 
     def compare(self) -> None:
         """The two runs' per-stage table (daemon/compare/_compare, as the Compare page shows it), with a
@@ -198,14 +201,21 @@ def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list
     per pipeline and stage, with a pipeline column: two pipelines' "detection" are not one stage."""
     pipelines = sorted(points["pipeline"].dropna().unique()) if filters.pipeline is None else []
     if len(pipelines) < 2:
-        return stats_display(query_stats(home, filters), order)
+        return stats_display(_stats_with_exemplars(home, filters), order)
     return pd.concat(
         [
-            stats_display(query_stats(home, replace(filters, pipeline=name)), order).assign(pipeline=name)
+            stats_display(_stats_with_exemplars(home, replace(filters, pipeline=name)), order).assign(pipeline=name)
             for name in pipelines
         ],
         ignore_index=True,
     )[["pipeline", *STATS_HEADERS]]
+
+
+def _stats_with_exemplars(home: Path, filters: Filters) -> list[dict[str, Any]]:
+    """`query_stats`, each stage with the executions behind its p95, p99 and max."""
+    stats = query_stats(home, filters)
+    exemplars = query_exemplars(home, filters)
+    return [entry | {"exemplars": exemplars.get(entry["stage"])} for entry in stats]
 
 
 def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
@@ -223,6 +233,7 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "own memory": [_format.mb(e["own_mb"]["max"]) for e in stats],
             "process peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
+            "exemplars": [_data.exemplar_links(e.get("exemplars")) for e in stats],
         },
         columns=STATS_HEADERS,
     )
@@ -239,6 +250,7 @@ STATS_HEADERS = [
     "own memory",
     "process peak",
     "share of time",
+    "exemplars",
 ]
 
 

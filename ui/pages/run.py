@@ -101,7 +101,8 @@ class RunPage:
         if self.view_data is not None:
             run_id = self.view_data["audit"]["run_id"]
             rows = _data.sample_frame(self.home, run_id, self.sample.value)
-            self.waterfall.objects = [waterfall(rows, self.sample.value, self.view_data["colours"])]
+            gaps = _data.sample_gaps(self.home, run_id, self.sample.value)
+            self.waterfall.objects = [waterfall(rows, self.sample.value, self.view_data["colours"], gaps)]
 
     def _executions_page(self, offset: int, limit: int) -> _data.Page:
         if self.view_data is None:
@@ -205,7 +206,7 @@ def sections(
         _widgets.table(
             stage_display(stats, audit),
             "stages",
-            html_columns=("share of time",),
+            html_columns=("share of time", "exemplars"),
         ),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(data["points"], data["executions"], data["order"], data["colours"]),
@@ -296,9 +297,12 @@ def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
             "own memory": [_format.mb(v) for v in stats["own_mb"]],
             "process peak": [_format.mb(v) for v in stats["cpu_peak_mb"]],
             "GPU peak": [
-                gpu_cell(peak, gpu) if peak is not None and pd.notna(peak) else gpu_reason
-                for peak, gpu in zip(stats["gpu_peak_mb"], stats["gpu"], strict=True)
+                gpu_cell(peak, gpu)
+                if peak is not None and pd.notna(peak)
+                else ("-" if stage == _data.OUTSIDE_STAGES else gpu_reason)
+                for stage, peak, gpu in zip(stats["stage"], stats["gpu_peak_mb"], stats["gpu"], strict=True)
             ],
+            "exemplars": [_data.exemplar_links(e) for e in stats["exemplars"]],
         }
     )
 
@@ -364,17 +368,28 @@ def executions_display(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def waterfall(rows: pd.DataFrame, sample: str | None, colours: dict[str, str]) -> Any:
+OUTSIDE_COLOUR = "#bdbdbd"
+
+
+def waterfall(rows: pd.DataFrame, sample: str | None, colours: dict[str, str], gaps: pd.DataFrame | None = None) -> Any:
     """The sample's stage spans (`_data.sample_frame`) on one time axis, one colour a stage,
-    failures outlined red."""
+    failures outlined red; the time outside stages charged to the sample (`_data.sample_gaps`:
+    loading it, the glue between its stages) in grey on a row of its own."""
     if rows.empty:
         return pn.pane.Markdown("No stage of this sample has ended.")
     rows = rows.assign(
-        offset=rows["start_ms"] - rows["start_ms"].min(),
-        end=lambda f: f["offset"] + f["duration_ms"].fillna(0.0),
+        end_ms=rows["start_ms"] + rows["duration_ms"].fillna(0.0),
         colour=[colours.get(s, "#555") for s in rows["stage"]],
         line=["#c62828" if s != "ok" else "#ffffff" for s in rows["status"]],
     )
+    outside = gaps[gaps["sample_id"] == sample] if gaps is not None else pd.DataFrame()
+    if not outside.empty:
+        outside = outside.assign(
+            stage=_data.OUTSIDE_STAGES, duration_ms=outside["gap_ms"], status="outside stages", colour=OUTSIDE_COLOUR
+        ).assign(line="#ffffff")
+        rows = pd.concat([rows, outside[[*rows.columns.intersection(outside.columns)]]], ignore_index=True)
+    origin = rows["start_ms"].min()
+    rows = rows.assign(offset=rows["start_ms"] - origin, end=rows["end_ms"] - origin)
     bars = hv.Segments(rows, ["offset", "stage", "end", "stage"], ["colour", "duration_ms", "status", "line"]).opts(
         color="colour",
         line_width=18,

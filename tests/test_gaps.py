@@ -1,0 +1,108 @@
+"""The time outside stages (data loading, I/O, glue) and each percentile's exemplar, through a
+real daemon and the real CLI: a pipeline that sleeps between its stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stagewatch.daemon import Filters, query_stages
+from tests.conftest import DaemonProcess, run_python
+
+SAMPLES = 4
+SLEEP_S = 0.05  # between stages: twice per sample
+SLOWEST = "f2"  # its detection sleeps longest
+
+PIPELINE = """
+import time, stagewatch
+run = stagewatch.init(pipeline="gaps", home={home!r})
+for frame in range({samples}):
+    sample = f"f{{frame}}"
+    time.sleep({sleep})  # "loading" the sample: no stage runs
+    with run.stage("preprocessing", sample_id=sample, input_path=f"/data/{{sample}}.png"):
+        time.sleep(0.005)
+    time.sleep({sleep})  # glue between stages
+    with run.stage("detection", sample_id=sample, input_path=f"/data/{{sample}}.png"):
+        with run.stage("nms", sample_id=sample):  # nested: inside its parent, no time of its own
+            time.sleep(0.002)
+        time.sleep(0.04 if sample == {slowest!r} else 0.01)
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+
+
+def sw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def sleepy(tmp_path_factory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("g") / "home"
+    daemon = DaemonProcess(home).start()
+    try:
+        code = PIPELINE.format(home=str(home), samples=SAMPLES, sleep=SLEEP_S, slowest=SLOWEST)
+        result = run_python(code)
+        assert result.returncode == 0, result.stderr
+        run_id = result.stdout.split()[-1]
+        daemon.audit(run_id)
+    finally:
+        daemon.stop()
+    return home, run_id
+
+
+def _outside(stats: list[dict]) -> dict:
+    (row,) = [entry for entry in stats if entry.get("outside_stages")]
+    return row
+
+
+def test_time_outside_stages_is_the_sleeps_and_completes_the_wall_time(sleepy) -> None:
+    home, run_id = sleepy
+    result = sw("stats", "--home", str(home), "--json")
+    assert result.returncode == 0, result.stderr
+    row = _outside(json.loads(result.stdout))
+    slept_ms = 2 * SAMPLES * SLEEP_S * 1000
+    assert row["stage"] == "(outside stages)" and row["wall"]["runs"] == 1
+    assert row["total_ms"] >= 0.8 * slept_ms  # without the gaps there is nothing near this
+    # Per sample: both sleeps of that sample (the first sample also carries the run's start-up).
+    assert row["count"] == SAMPLES + 1  # the samples and the run's tail after its last stage
+    assert row["duration_ms"]["median"] >= 0.8 * 2 * SLEEP_S * 1000
+    # The top-level stages do not overlap: their union is the sum of their wall spans, and
+    # with the time outside them it is the run's wall time.
+    stages = query_stages(home, Filters(run=run_id)).to_pylist()
+    spans_ms = sum((s["end_time"] - s["start_time"]).total_seconds() * 1000 for s in stages if s["parent_span"] is None)
+    wall = row["wall"]
+    assert wall["stages_ms"] == pytest.approx(spans_ms, abs=0.01)
+    assert wall["stages_ms"] + wall["outside_ms"] == pytest.approx(wall["wall_ms"])
+    assert wall["outside_ms"] == pytest.approx(row["total_ms"])
+
+
+def test_show_and_stats_print_the_outside_row(sleepy) -> None:
+    home, run_id = sleepy
+    shown = sw("show", "--home", str(home), run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "(outside stages)" in shown.stdout and "+ outside stages" in shown.stdout
+    printed = sw("stats", "--home", str(home), "--run", run_id)
+    assert "(outside stages)" in printed.stdout and "wall " in printed.stdout
+    by_stage = sw("stats", "--home", str(home), "--stage", "detection", "--json")  # a stage asked for: no row
+    assert not [e for e in json.loads(by_stage.stdout) if e.get("outside_stages")]
+
+
+def test_the_max_exemplar_is_the_execution_that_slept_longest(sleepy) -> None:
+    home, run_id = sleepy
+    result = sw("stats", "--home", str(home), "--json")
+    stats = {entry["stage"]: entry for entry in json.loads(result.stdout)}
+    slowest = stats["detection"]["exemplars"]["max"]
+    assert (slowest["run_id"], slowest["sample_id"], slowest["input_path"]) == (run_id, SLOWEST, f"/data/{SLOWEST}.png")
+    assert slowest["duration_ms"] == stats["detection"]["duration_ms"]["max"]
+    assert slowest["links"]["case"] == f"?page=run&run={run_id}&sample={SLOWEST}"
+    durations = {
+        s["sample_id"]: s["duration_ms"] for s in query_stages(home, Filters(run=run_id, stage="detection")).to_pylist()
+    }
+    p95 = stats["detection"]["duration_ms"]["p95"]
+    nearest = min(durations.values(), key=lambda d: abs(d - p95))
+    assert stats["detection"]["exemplars"]["p95"]["duration_ms"] == nearest

@@ -68,13 +68,13 @@ def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order:
     how = "failures first, then by start" if order == "failures" else "by start"
     lines = [
         f"\nstage executions {first} ({how}; --page N for more)",
-        f"  {'started':<34}{'stage':<16}{'sample':<20}{'status':<9}{'ms':>10}  error",
+        f"  {'started':<34}{'stage':<22}{'sample':<22}{'status':<9}{'ms':>10}  error",
     ]
     for row in rows:
         started = row["start_time"].isoformat() if row["start_time"] is not None else "-"
         error = f"{row['error_type']}: {row['error_message']}" if row["error_type"] else ""
         lines.append(
-            f"  {started:<34}{row['stage']:<16}{row['sample_id'] or '-'!s:<20}{row['status']:<9}"
+            f"  {started:<34}{row['stage']:<21} {row['sample_id'] or '-'!s:<21} {row['status']:<9}"
             f"{_ms(row['duration_ms']):>10}  {error[:200]}"
         )
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from stagewatch._home import ipc_path, resolve_endpoint
 from stagewatch.cli._options import EXIT_OK, home_of, home_options, port, positive_int
 from stagewatch.cli._report import format_accuracy, stats_table
 from stagewatch.cli.dashboard import serve_dashboard
-from stagewatch.daemon.base._layout import PARTITION_PREFIX, DaemonHome
+from stagewatch.daemon.base._layout import DaemonHome
 
 DEMO_LOG = "daemon-demo.log"  # beside the home's own folders: the demo daemon's stderr
 
@@ -133,6 +133,6 @@ def _print_summary(home: DaemonHome, audit: dict[str, Any]) -> None:
     print(f"  audit trail     {home.audit(run_id)}")
     print(f"  stage outputs   {home.stage_outputs(run_id)}/")
     print(f"  accuracy        {home.accuracy(run_id)}")
-    print(f"  metrics         {home.metrics}/{{stage_executions,runs,logs,samples}}/{PARTITION_PREFIX}*/*.parquet")
+    print(f"  metrics         {home.metrics}/{{stage_executions,runs,logs,samples}}/ (Delta tables)")
     print(f"  event log       {home.events}/")
     print(f"\nnext: stagewatch show {run_id[:8]} --home {home.root}    stagewatch runs --home {home.root}")

@@ -136,6 +136,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         matched["audit"] = load_audit(holder, run_id, limit=args.limit) if holder else None
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
+        # how many each list holds, so a reader knows when --limit cut one
+        limited["counts"] = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
         print(json.dumps(limited, indent=1, default=str))
         return EXIT_OK
     logs = matched["logs"]
@@ -152,6 +154,9 @@ def cmd_query(args: argparse.Namespace) -> int:
                 f"  {row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} {row['status']:<8} "
                 f"{row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  {row['error_message'] or ''}"
             )
+        listed = [row for row in stages if row["status"] != "ok" or args.stage or args.run]
+        if len(listed) > len(shown):
+            print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
         if logs:
             print("log lines, in time order:")
     for row in logs[: args.limit]:

@@ -53,6 +53,11 @@ class Frame:
 
 
 @functools.cache
+def _count(number: int, noun: str) -> str:
+    """'1 object', '3 objects'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def street_view(seed: int = STREET) -> tuple[list[_street.Facade], np.ndarray]:
     """The street's buildings and the camera's picture of it empty (made once: it does not move)."""
     facades = _street.street(seed)
@@ -305,7 +310,7 @@ def process_frame(run: stagewatch.Run, frame: Frame, log: Any = None, dataset: P
             log.bind(boxes=len(detections["boxes"])).warning(
                 "{}: glare in the image; a bright spot may be reported as an object", frame.sample_id
             )
-        log.info("{}: {} objects detected", frame.sample_id, len(detections["boxes"]))
+        log.info("{}: {} detected", frame.sample_id, _count(len(detections["boxes"]), "object"))
     with run.stage("segmentation", input_path=source, sample_id=frame.sample_id) as st:
         st.result(frame.sample_id, segment(image))
     with run.stage("lidar_segmentation", input_path=sweep, sample_id=frame.sample_id) as st:

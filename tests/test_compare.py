@@ -153,6 +153,40 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
 
 
+CAUGHT_FAILURE = """
+import stagewatch
+run = stagewatch.init(pipeline="caught", home={home!r})
+for frame in range(5):
+    try:
+        with run.stage("decode", sample_id=f"f{{frame}}"):
+            if frame == 2:
+                raise ValueError("a bad frame")
+    except ValueError:
+        pass
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+
+
+def test_runs_that_finished_with_failures_are_a_baseline(daemon: DaemonProcess) -> None:
+    """A run that caught a stage's exception and went on to its end (the demo's frame 47) is a
+    finished run: the run before B, `last:N` and a window pool it."""
+    runs = []
+    for _ in range(2):
+        result = run_python(CAUGHT_FAILURE.format(home=str(daemon.home)))
+        assert result.returncode == 0, result.stderr
+        runs.append(result.stdout.split()[-1])
+    for run_id in runs:
+        rows_stored(daemon, run_id, "runs", 1)
+    statuses = dict(zip(*(read_table(daemon.home, "runs")[c].to_pylist() for c in ("run_id", "status")), strict=True))
+    assert [statuses[run_id] for run_id in runs] == ["finished_with_failures"] * 2
+    assert compared(daemon.home, runs[-1])["a"]["runs"] == runs[:1]
+    assert compared(daemon.home, runs[-1], "--baseline", "last:5")["a"]["runs"] == runs[:1]
+    gate = stagewatch_cli(daemon.home, runs[-1], "--baseline", "7d", "--fail-on-regression")
+    assert gate.returncode in (0, 1), gate.stderr  # judged, not refused (2)
+
+
 def detection_prediction(index: int, wrong: set[int]) -> dict[str, Any]:
     labels = scene(index)
     boxes = [box for _, box in labels["boxes"]]

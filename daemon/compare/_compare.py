@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from stagewatch.daemon.projection._outcomes import FAILED, FINISHED_WITH_FAILURES, OK
 from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
 from stagewatch.daemon.query._readmodels import RunNotFound, holding, load_accuracy, load_audit, resolve_run_in
 from stagewatch.daemon.query._sql import homes_of, select
@@ -42,7 +43,7 @@ MIN_EXECUTIONS = 5  # fewer on either side: figures, but nothing called out
 MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: smaller is no change
 MAX_BASELINE_RUNS = 1000
 LAST = re.compile(r"^last:(\d+)$")
-FINISHED = ("ok", "failed")  # runs a baseline may hold: ended, with their stages complete
+FINISHED = (OK, FINISHED_WITH_FAILURES, FAILED)  # runs a baseline may hold: ended, with their stages complete
 EXECUTION_COLUMNS = [
     "run_id",
     "pipeline",
@@ -115,11 +116,12 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         raise CompareError(f"run {target.runs[-1][:8]} is not in the runs table yet (still running?)")
     before = started[0]["start_time"]
     terms, params = (
-        "pipeline = ? AND start_time < ? AND run_id <> ? AND status IN ('ok', 'failed')",
+        "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)",
         [
             target.pipeline,
             before,
             target.runs[-1],
+            list(FINISHED),
         ],
     )
     if last:

@@ -74,7 +74,8 @@ class Filters:
             try:
                 pc.match_substring_regex(pa.array([""]), self.grep, ignore_case=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-                problem = f"expected --grep as a regular expression (RE2 syntax), got {self.grep!r:.200}: {error}"
+                problem = f"expected the text filter as a regular expression (RE2 syntax), got {self.grep!r:.200}"
+                problem += f": {error}"
                 raise ValueError(problem) from None
         if self.since and self.until and self.since > self.until:
             raise ValueError(

@@ -351,8 +351,8 @@ def executions_display(rows: pd.DataFrame) -> pd.DataFrame:
     """A page of stage executions as people read it."""
     if rows.empty:
         return pd.DataFrame()
-    errors = [
-        f"{kind}: {message}" if kind else ""
+    errors = [  # a row without an error holds nulls (NaN in pandas), not empty strings
+        f"{kind}: {message if isinstance(message, str) else ''}" if isinstance(kind, str) and kind else ""
         for kind, message in zip(rows["error_type"], rows["error_message"], strict=True)
     ]
     return pd.DataFrame(
@@ -362,7 +362,7 @@ def executions_display(rows: pd.DataFrame) -> pd.DataFrame:
             "sample": rows["sample_id"].fillna("-"),
             "status": rows["status"],
             "duration": [_format.ms(value) for value in rows["duration_ms"]],
-            "CPU peak": [_format.mb(value) for value in rows["rss_peak_mb"]],
+            "process peak": [_format.mb(value) for value in rows["rss_peak_mb"]],
             "error": errors,
         }
     )

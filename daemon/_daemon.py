@@ -241,9 +241,20 @@ class Daemon:
             logger.warning("rebuilding the tables set aside: the event log is replayed from its start")
             checkpoint = {}
             self._restore(checkpoint)
+        held = {table: committed_lsn(self.home, table, DAEMON_APP) for table in DAEMON_TABLES}
+        counted = checkpoint.get("tables") or {}
+        behind = [t for t, lsn in counted.items() if isinstance(lsn, int) and held.get(t, lsn) < lsn]
+        if behind:  # a table deleted, or its log reset, by hand: only a replay from the start gives its rows back
+            logger.warning(
+                "the {} table(s) hold fewer rows than the checkpoint counted (deleted or reset by hand?): "
+                "the event log is replayed from its start to rebuild them",
+                ", ".join(behind),
+            )
+            checkpoint = {}
+            self._restore(checkpoint)
         start_lsn = checkpoint.get("lsn", 0)
         for table in DAEMON_TABLES:  # what each table holds already: its replayed rows are not written again
-            self.writer.committed_lsn[table] = committed_lsn(self.home, table, DAEMON_APP)
+            self.writer.committed_lsn[table] = held[table]
         run_index = self.writer.store.run_index
         if not run_index.complete:  # a new home, a rebuild, or data from before the index
             indexed = run_index.build_from_tables()

@@ -284,6 +284,7 @@ class ReadModelWriter:
         rows = pa.concat_tables(self._uncommitted.pop(table))
         lsn = pc.max(rows["lsn"]).as_py()
         self.jobs.submit(functools.partial(self.store.commit, table, rows, lsn), weight=rows.num_rows)
+        self.committed_lsn[table] = lsn  # once the queue reaches the checkpoint queued after it
 
     def _delete_withdrawn_rows(self) -> None:
         """Delete the crash rows of losses withdrawn (a client declared lost sent again), once
@@ -361,6 +362,7 @@ class ReadModelWriter:
             "projector": projector.to_state(),
             "stage_bytes": self.stage_bytes,
             "stage_lines": self.stage_lines,
+            "tables": dict(self.committed_lsn),  # how far each table goes: a table found behind it lost rows
             **self.checkpoint_extras(),
         }
         data = msgpack.packb(state, use_bin_type=True)

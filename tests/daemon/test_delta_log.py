@@ -123,6 +123,21 @@ def test_the_daemon_sets_a_table_with_a_damaged_log_aside_and_rebuilds_it(home: 
     assert not tables["ok"] and aside.name in tables["detail"]  # until someone looks and deletes it
 
 
+@pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log"])
+def test_a_table_removed_by_hand_is_rebuilt_on_the_next_start(home: Path, removed: str) -> None:
+    """A table (or its log) deleted while the daemon was stopped: it holds fewer rows than the
+    checkpoint counted, so the daemon replays the event log from its start and every run is back."""
+    before = _history(home)
+    shutil.rmtree(DaemonHome(home).metrics / removed)
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert "hold fewer rows than the checkpoint counted" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+
+
 def _to_old_layout(home: Path) -> None:
     """Rewrite every table as the layout before Delta tables wrote it: plain Parquet parts
     `part-{first lsn:020d}.parquet` under metrics/{table}/date=D/, no log."""

@@ -239,8 +239,11 @@ def stages_with_by_name(
         counts[name] = seen + 1
         return name == stage and offset <= seen < offset + limit
 
+    names: dict[bytes, str | None] = {}  # a stage's name as its lines spell it, decoded once
     for line in lines.marked(marker) if lines is not None else ():
-        name = _stage_name(line)
+        found = _STAGE_NAME.search(line)
+        spelled = found.group(1) if found else b""
+        name = names[spelled] if spelled in names else names.setdefault(spelled, _json_string(spelled))
         if name is not None and on_page(name) and (decoded := _decoded(line)) is not None:
             page.append(decoded)
     ended = audit.get("stages", []) if lines is None else []  # a whole trail of an earlier version
@@ -251,10 +254,9 @@ def stages_with_by_name(
     return counts, page
 
 
-def _stage_name(line: bytes) -> str | None:
-    found = _STAGE_NAME.search(line)
+def _json_string(spelled: bytes) -> str | None:
     try:
-        name = json.loads(found.group(1)) if found else None
+        name = json.loads(spelled) if spelled else None
     except ValueError:
         return None
     return name if isinstance(name, str) else None

@@ -421,7 +421,8 @@ class OutputsBrowser:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.run_id: str | None = None
-        self.stage = pn.widgets.Select(name="Saved outputs of", options=[])
+        self.stage = pn.widgets.Select(name="Saved outputs of", options=[], width=320)
+        self.stage.css_classes = [_widgets.css_name(self.stage.name)]
         self.page = pn.widgets.IntInput(name="Page", value=1, start=1)
         self.previous, self.next = pn.widgets.Button(name="◀ previous"), pn.widgets.Button(name="next ▶")
         self.count = pn.pane.Markdown("")

@@ -59,6 +59,8 @@ class CloudPair:
     def shown(self) -> str:
         if self.single:
             drawn, total = len(self.prediction), self.total[0]
+            if not total:
+                return "the cloud is empty: no points to show"
             if drawn == total:
                 return f"showing all {total:,} points"
             return f"showing {drawn:,} of {total:,} points (a uniform random subsample)"

@@ -443,10 +443,10 @@ class OutputsBrowser:
         stages = [*[s for s in order if s in counts], *[s for s in counts if s not in order]]
         options = {f"{stage} ({counts[stage]:,} executions)": stage for stage in stages}
         chosen = self.stage.value if self.stage.value in stages else stages[0]
-        if (self.stage.options, self.stage.value) == (options, chosen):
-            self.refresh()  # a run in progress redrawn: its new outputs
-        else:
-            self.stage.param.update(options=options, value=chosen)  # which refreshes
+        before = self.stage.value
+        self.stage.param.update(options=options, value=chosen)  # a new stage: its watcher refreshes
+        if before == chosen:
+            self.refresh()  # the same stage (a run in progress redrawn): its new outputs
         return [pn.pane.Markdown("### Saved outputs"), self.stage, self.pager, self.grid]
 
     def _stage_changed(self, _: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.ui import test_dashboard
 from tests.ui.conftest import CHROMIUM
-from tests.ui.test_dashboard import _choose, _pager_total, shown
+from tests.ui.test_dashboard import _choose, shown
 
 served = test_dashboard.served  # the demo's home (50 frames) and two batch runs, served
 
@@ -30,21 +30,40 @@ def _outputs_of(page, stage: str) -> None:
     wait_for(lambda: all(stage in href for href in _thumbnails(page)) and _thumbnails(page), 30)
 
 
+def _outputs_total(page) -> int | None:
+    """How many executions the outputs' pager says saved outputs (None while it says nothing yet)."""
+    found = re.search(r" of ([\d,]+)", page.locator(".sw-outputs-pager .sw-count p").first.inner_text())
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def _next_outputs(page) -> None:
+    before = _thumbnails(page)
+    page.locator(".sw-outputs-pager button", has_text="next").click()
+    wait_for(lambda: _thumbnails(page) and _thumbnails(page) != before, 20)
+
+
+MAIN_SCROLL = "() => document.getElementById('main').scrollTop"  # the template's main area scrolls, not the window
+
+
 def test_a_thumbnail_opens_its_output_in_place_at_the_top_of_the_view(served, page) -> None:
     _, _, ui, run_id = served
     page.goto(f"{ui.url}?page=run&run={run_id}")
     page.wait_for_selector(".sw-table-stages .tabulator-row")
     _outputs_of(page, "postprocessing")
+    _next_outputs(page)  # page 2: executions 25-48
     page.evaluate("() => { window.__marker = 1; }")
-    thumbnail = page.locator(".sw-outputs a[href*='frame_001_overlay.png'] img").first
+    thumbnail = page.locator(".sw-outputs a[href*='frame_030_overlay.png'] img").first
     thumbnail.scroll_into_view_if_needed()
-    assert page.evaluate("() => window.scrollY") > 0  # the outputs are far down the page
+    assert page.evaluate(MAIN_SCROLL) > 0  # the outputs are far down the page
     thumbnail.click()
     image = page.wait_for_selector(".sw-preview img[src^='data:image/png']")
     assert page.evaluate("() => window.__marker") == 1  # the same document: no reload
-    assert "frame_001_overlay.png" in page.evaluate("() => window.location.search")
+    assert "frame_030_overlay.png" in page.evaluate("() => window.location.search")
     wait_for(lambda: 0 <= image.bounding_box()["y"] < page.viewport_size["height"], 20)  # in view
     assert image.bounding_box()["width"] >= 480
+    # The list of outputs is where it was: the same stage, page 2, the output just opened among them.
+    assert page.locator(".sw-outputs-pager input").first.input_value() == "2"
+    assert any("frame_030_overlay.png" in href for href in _thumbnails(page))
 
 
 def test_every_saved_output_of_a_stage_is_reachable_as_a_thumbnail_a_page_at_a_time(served, page) -> None:
@@ -52,7 +71,7 @@ def test_every_saved_output_of_a_stage_is_reachable_as_a_thumbnail_a_page_at_a_t
     page.goto(f"{ui.url}?page=run&run={run_id}")
     page.wait_for_selector(".sw-table-stages .tabulator-row")
     _outputs_of(page, "postprocessing")
-    total = wait_for(lambda: _pager_total(page), 20)
+    total = wait_for(lambda: _outputs_total(page), 20)
     assert total == 49  # frame 47 failed before postprocessing saved anything
     seen: set[str] = set()
     while True:
@@ -61,9 +80,8 @@ def test_every_saved_output_of_a_stage_is_reachable_as_a_thumbnail_a_page_at_a_t
         seen |= set(shown_now)
         if len(seen) >= total:
             break
-        page.locator(".sw-outputs-pager button", has_text="next").click()
-        wait_for(lambda: _thumbnails(page) and _thumbnails(page) != shown_now, 20)  # noqa: B023
-    overlays = {href for href in seen if href.endswith("_overlay.png")}
+        _next_outputs(page)
+    overlays = {href for href in seen if href.split("&outputs=")[0].endswith("_overlay.png")}
     assert len(overlays) == 49 > 12  # every overlay as a thumbnail, not the first 12
     assert {re.search(r"frame_\d+", href).group() for href in overlays} == {
         f"frame_{i:03d}" for i in range(50) if i != 47

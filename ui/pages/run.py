@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,11 @@ class RunPage:
         refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
         self.show()
         self.show_artifact()
-        refused += _widgets.sync_url({"sample": self.sample})  # its options are the run's samples
+        # Their options are the run's samples and stages. A thumbnail's link names the outputs'
+        # stage and page, so the page it opens (and back) lists the outputs where they were.
+        refused += _widgets.sync_url(
+            {"sample": self.sample, "outputs": self.outputs.stage, "outputs_page": self.outputs.page}
+        )
         self.url_problems = _widgets.url_alert(refused)
         _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
 
@@ -464,16 +469,17 @@ class OutputsBrowser:
         offset = (self.page.value - 1) * OUTPUTS_PAGE
         _, found = _data.outputs_page(self.home, self.run_id, self.stage.value, offset, OUTPUTS_PAGE)
         self.count.object = f"executions {found.label}"
+        where = f"&outputs={urllib.parse.quote(self.stage.value)}&outputs_page={self.page.value}"
         self.grid.object = "".join(
-            _output_item(self.home, self.run_id, sample, path, thumbnail=i < THUMBNAILS_A_PAGE)
+            _output_item(self.home, self.run_id, sample, path, where, thumbnail=i < THUMBNAILS_A_PAGE)
             for i, (sample, path) in enumerate(zip(found.rows["sample_id"], found.rows["path"], strict=True))
         )
 
 
-def _output_item(home: Path, run_id: str, sample: str, path: str, thumbnail: bool) -> str:
+def _output_item(home: Path, run_id: str, sample: str, path: str, where: str, thumbnail: bool) -> str:
     """One saved output: a PNG as its thumbnail, any other file as its name; a link that opens it
-    at the top of this page, in place."""
-    link = f"?page=run&run={html.escape(run_id)}&artifact={html.escape(path, quote=True)}"
+    at the top of this page, in place, the outputs' list kept `where` it is (their stage and page)."""
+    link = html.escape(f"?page=run&run={run_id}&artifact={path}{where}", quote=True)
     name = html.escape(path.rsplit("/", 1)[-1])
     if thumbnail and path.lower().endswith(".png") and (data := _thumbnail(home, path)) is not None:
         image = f'<img src="data:image/png;base64,{data}" style="height:72px;border:1px solid #ccc"/>'

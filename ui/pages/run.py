@@ -466,6 +466,9 @@ class OutputsBrowser:
     def refresh(self) -> None:
         if self.run_id is None or not self.stage.value:
             return
+        if self.page.value is None or self.page.value < 1:  # a link's outputs_page=0, or a cleared field
+            self.page.value = 1  # which refreshes
+            return
         offset = (self.page.value - 1) * OUTPUTS_PAGE
         _, found = _data.outputs_page(self.home, self.run_id, self.stage.value, offset, OUTPUTS_PAGE)
         self.count.object = f"executions {found.label}"

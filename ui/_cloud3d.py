@@ -209,7 +209,7 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 &nbsp; point size <input id="size" type="range" min="1" max="8" value="2">
 <span id="scale" hidden>&nbsp; colours from <input id="low" type="number" step="any" style="width:6em">
 <span id="ramp"></span> to <input id="high" type="number" step="any" style="width:6em"></span>
-&nbsp; <span style="color:#666">drag to turn, wheel to zoom: both views follow</span></div>
+&nbsp; <span style="color:#666">drag to turn, wheel to zoom__FOLLOW__</span></div>
 __VIEWS__
 <script>
 "use strict";
@@ -385,7 +385,8 @@ def cloud_page(cloud: CloudPair) -> str:
     )
     # "</" inside the data would end the script element early; JSON allows "<\/".
     data = json.dumps(page_data(cloud)).replace("</", "<\\/")
-    parts = {"__OPTIONS__": options, "__VIEWS__": views, "__DATA__": data}
+    follow = "" if cloud.single else ": both views follow"
+    parts = {"__OPTIONS__": options, "__VIEWS__": views, "__FOLLOW__": follow, "__DATA__": data}
     # One pass: a file or attribute named "__DATA__" stays a name.
     return re.sub("|".join(parts), lambda found: parts[found.group()], _PAGE)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ MAX_DRAWN = 100_000
 LABEL_COLOURS = ["#b4b4b4", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
 MODES = ("label", "correctness", "distance error", "height")  # and "attribute: NAME" for each the files carry
 ATTRIBUTE = "attribute: "
+SIDES = ("left", "right")  # the views' canvases, in the order of CloudPair.titles
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,21 @@ class CloudPair:
     # Per-point numbers the files carry (intensity ...): name -> (drawn predicted, drawn truth),
     # None for a side that lacks it.
     attributes: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = field(default_factory=dict)
+    titles: tuple[str, ...] = ("prediction", "ground truth")  # one title: one view, of `prediction` (`single`)
+
+    @property
+    def single(self) -> bool:
+        return len(self.titles) == 1
 
     @property
     def shown(self) -> str:
+        if self.single:
+            drawn, total = len(self.prediction), self.total[0]
+            if not total:
+                return "the cloud is empty: no points to show"
+            if drawn == total:
+                return f"showing all {total:,} points"
+            return f"showing {drawn:,} of {total:,} points (a uniform random subsample)"
         drawn = (len(self.prediction), len(self.truth))
         if drawn == self.total:
             return f"showing all {self.total[0]:,} predicted and {self.total[1]:,} ground-truth points"
@@ -101,11 +115,28 @@ def pair(
     )
 
 
+def single(points: np.ndarray, labels: np.ndarray | None, attributes: dict[str, np.ndarray], title: str) -> CloudPair:
+    """One cloud (a saved output) for one view: the drawn subsample, its labels and the other
+    per-point numbers of the file (one whose length is not the cloud's is left out)."""
+    keep = subsample(len(points))
+    kept = {
+        name: (np.asarray(values, np.float64)[keep], None)
+        for name, values in attributes.items()
+        if len(values) == len(points)
+    }
+    drawn_labels = labels[keep] if labels is not None and len(labels) == len(points) else None
+    nowhere = np.zeros((0, 3), np.float32)
+    return CloudPair(
+        points[keep].astype(np.float32), nowhere, drawn_labels, None, None, (len(points), 0), None, kept, (title,)
+    )
+
+
 def colours(cloud: CloudPair, mode: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The values each view is coloured by for `mode`, and their scale: {"palette": [hex, ...]}
     (value i takes colour i mod its length) or {"ramp": "viridis", "low", "high", "bar"}."""
-    if mode == "label" and cloud.predicted_labels is not None and cloud.truth_labels is not None:
-        return cloud.predicted_labels, cloud.truth_labels, {"palette": LABEL_COLOURS}
+    if mode == "label" and "label" in available_modes(cloud):
+        truth = cloud.truth_labels if cloud.truth_labels is not None else np.zeros(0)  # one view: none
+        return cloud.predicted_labels, truth, {"palette": LABEL_COLOURS}
     if mode == "correctness" and "correctness" in available_modes(cloud):
         wrong = (cloud.predicted_labels != cloud.truth_labels).astype(np.float32)
         return wrong, wrong, {"palette": ["#c8c8c8", "#d62728"]}
@@ -127,9 +158,9 @@ def colours(cloud: CloudPair, mode: str) -> tuple[np.ndarray, np.ndarray, dict[s
 
 def available_modes(cloud: CloudPair) -> list[str]:
     modes = []
-    if cloud.predicted_labels is not None and cloud.truth_labels is not None:
+    if cloud.predicted_labels is not None and (cloud.truth_labels is not None or cloud.single):
         modes.append("label")
-        if len(cloud.predicted_labels) == len(cloud.truth_labels):
+        if cloud.truth_labels is not None and len(cloud.predicted_labels) == len(cloud.truth_labels):
             modes.append("correctness")
     if cloud.distance is not None:
         modes.append("distance error")
@@ -153,13 +184,16 @@ def page_data(cloud: CloudPair) -> dict[str, Any]:
     """What the browser gets: coordinates (x, y, z interleaved) and every colouring as base64
     float32 arrays, the viridis table, and the centre and size the camera orbits."""
     both = np.concatenate([cloud.prediction, cloud.truth])
+    both = both[np.isfinite(both).all(axis=1)]  # a NaN point would put the camera nowhere
     low, high = (both.min(axis=0), both.max(axis=0)) if len(both) else (np.zeros(3), np.ones(3))
+    sides = SIDES[: len(cloud.titles)]
     modes = {}
     for mode in available_modes(cloud):
-        left, right, scale = colours(cloud, mode)
-        modes[mode] = {"left": _b64(left), "right": _b64(right), "scale": scale}
+        *values, scale = colours(cloud, mode)
+        modes[mode] = {side: _b64(side_values) for side, side_values in zip(sides, values, strict=False)}
+        modes[mode]["scale"] = scale
     return {
-        "sides": {side: _b64(points) for side, points in (("left", cloud.prediction), ("right", cloud.truth))},
+        "sides": {side: _b64(points) for side, points in zip(sides, (cloud.prediction, cloud.truth), strict=False)},
         "modes": modes,
         "viridis": _b64(viridis(np.linspace(0.0, 1.0, 256), 0.0, 1.0), np.uint8),
         "centre": ((low + high) / 2).tolist(),
@@ -175,9 +209,8 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 &nbsp; point size <input id="size" type="range" min="1" max="8" value="2">
 <span id="scale" hidden>&nbsp; colours from <input id="low" type="number" step="any" style="width:6em">
 <span id="ramp"></span> to <input id="high" type="number" step="any" style="width:6em"></span>
-&nbsp; <span style="color:#666">drag to turn, wheel to zoom: both views follow</span></div>
-<div class="view"><div class="title">prediction</div><canvas id="left"></canvas></div>
-<div class="view"><div class="title">ground truth</div><canvas id="right"></canvas></div>
+&nbsp; <span style="color:#666">drag to turn, wheel to zoom__FOLLOW__</span></div>
+__VIEWS__
 <script>
 "use strict";
 const DATA = __DATA__;
@@ -304,7 +337,7 @@ function showMode(mode) {
   redraw();
 }
 
-for (const side of ["left", "right"]) { const view = makeView(side); if (view) views[side] = view; }
+for (const side of Object.keys(DATA.sides)) { const view = makeView(side); if (view) views[side] = view; }
 const stops = [0, 64, 128, 192, 255].map(k => `rgb(${VIRIDIS[3 * k]},${VIRIDIS[3 * k + 1]},${VIRIDIS[3 * k + 2]})`);
 $("ramp").style.background = `linear-gradient(to right, ${stops.join(",")})`;
 for (const input of [$("low"), $("high")]) input.addEventListener("change", () => {
@@ -345,8 +378,17 @@ def cloud_page(cloud: CloudPair) -> str:
     """The two views as one HTML document (for an iframe): the colour modes switch and the
     cameras follow each other in the browser, with no trip to the server."""
     options = "".join(f'<option value="{html.escape(m)}">{html.escape(m)}</option>' for m in available_modes(cloud))
+    width = ' style="width:100%"' if cloud.single else ""
+    views = "".join(
+        f'<div class="view"{width}><div class="title">{html.escape(title)}</div><canvas id="{side}"></canvas></div>'
+        for side, title in zip(SIDES, cloud.titles, strict=False)
+    )
     # "</" inside the data would end the script element early; JSON allows "<\/".
-    return _PAGE.replace("__OPTIONS__", options).replace("__DATA__", json.dumps(page_data(cloud)).replace("</", "<\\/"))
+    data = json.dumps(page_data(cloud)).replace("</", "<\\/")
+    follow = "" if cloud.single else ": both views follow"
+    parts = {"__OPTIONS__": options, "__VIEWS__": views, "__FOLLOW__": follow, "__DATA__": data}
+    # One pass: a file or attribute named "__DATA__" stays a name.
+    return re.sub("|".join(parts), lambda found: parts[found.group()], _PAGE)
 
 
 def cloud_views(cloud: CloudPair) -> pn.Column:

@@ -52,6 +52,7 @@ from stagewatch.daemon.query._readmodels import (
     load_audit_head,
     resolve_run_id,
     stages_with,
+    stages_with_by_name,
 )
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
@@ -241,18 +242,17 @@ DURATION_SLICES = 2_000  # per stage in the durations chart: the slowest executi
 FAILURES_DRAWN = 2_000  # executions that did not end ok, drawn beside them (the first ones)
 ERRORS_SHOWN = 50  # error cards, each with its traceback (the rest: counted, and in the executions table)
 SAMPLES_LISTED = 500  # samples in the waterfall's picker: those that failed, then the first
-OUTPUTS_LISTED = 1_000  # saved outputs listed (the first ones)
 
 
 def run_view(home: Path, run_id: str) -> dict[str, Any]:
     """Everything the run page needs, read once: the trail's head, and from the run's rows per
     stage statistics and the durations chart's points (SQL, whatever the run's length); its
-    first errors and saved outputs from their stage lines (found by a byte search)."""
+    first errors from their stage lines (found by a byte search); its saved outputs a page at a
+    time (`outputs_page`)."""
     audit = load_audit_head(home, run_id)
     stages = run_stages(home, run_id)
     points, executions = duration_points(home, run_id, DURATION_SLICES, FAILURES_DRAWN)
     errors = audit.get("errors", [])
-    saved = (audit.get("counts") or {}).get("artifacts", 1)  # none: no line to look for (unknown: look)
     return {
         "audit": audit,
         "order": [stage["stage"] for stage in stages],
@@ -263,7 +263,6 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "errors": errors_of(stages_with(home, run_id, FAILED, ERRORS_SHOWN), errors[:ERRORS_SHOWN]),
         "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
         "accuracy": load_accuracy(home, run_id),
-        "outputs": outputs_of(stages_with(home, run_id, WITH_ARTIFACTS, OUTPUTS_LISTED) if saved else []),
     }
 
 
@@ -401,15 +400,28 @@ def stage_error(home: Path, run_id: str, execution: dict[str, Any]) -> dict[str,
     }
 
 
-def outputs_of(stages: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Saved outputs grouped by stage (pipeline order of the audit) and sample."""
-    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for s in stages:
-        for artifact in s.get("artifacts") or []:
-            if isinstance(artifact, dict) and "path" in artifact:
-                sample = artifact.get("sample_id") or s.get("sample_id") or "-"
-                grouped.setdefault(s["stage"], {}).setdefault(sample, []).append(artifact)
-    return grouped
+OUTPUT_COLUMNS = ["sample_id", "path"]
+
+
+def outputs_page(home: Path, run_id: str, stage: str | None, offset: int, limit: int) -> tuple[dict[str, int], Page]:
+    """Per stage, how many of its executions saved outputs; and `stage`'s outputs (sample,
+    path) of its executions `offset` to `offset + limit` in the trail's order: one page, read
+    on the server whatever the run saved (`stages_with_by_name`). A run whose head says it saved
+    nothing is not searched."""
+    audit = load_audit_head(home, run_id)
+    if not (audit.get("counts") or {}).get("artifacts", 1):  # none: no line to look for (unknown: look)
+        return {}, Page(pd.DataFrame(columns=OUTPUT_COLUMNS), 0, offset, limit)
+    counts, stages = stages_with_by_name(home, run_id, WITH_ARTIFACTS, stage, offset, limit)
+    rows = [
+        {
+            "sample_id": str(artifact.get("sample_id") or execution.get("sample_id") or "-"),
+            "path": str(artifact["path"]),
+        }
+        for execution in stages
+        for artifact in execution.get("artifacts") or []
+        if isinstance(artifact, dict) and isinstance(artifact.get("path"), str)
+    ]
+    return counts, Page(pd.DataFrame(rows, columns=OUTPUT_COLUMNS), counts.get(stage or "", 0), offset, limit)
 
 
 def accuracy_frame(accuracy: dict[str, Any] | None) -> pd.DataFrame:
@@ -548,6 +560,17 @@ def _cloud_summary(path: Path, size: int) -> dict[str, Any]:
     finite = positions[np.isfinite(positions).all(axis=1)]
     bounds = [finite.min(0).round(2).tolist(), finite.max(0).round(2).tolist()] if len(finite) else None
     return {**summary, "points": len(positions), "bounds": bounds}
+
+
+def saved_cloud(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """A saved PLY or PCD output's points (N x 3), labels (None without) and the other per-point
+    numbers it carries, for its 3D view; LabelError or OSError when it cannot be read."""
+    from stagewatch.daemon.groundtruth.formats import load_point_attributes, load_points
+
+    if path.stat().st_size > PREVIEW_BYTES:
+        raise ValueError(f"{path.name} is too large to draw here")
+    positions, labels = load_points(path)
+    return positions, labels, load_point_attributes(path)
 
 
 def _array_summary(name: str, array: np.ndarray) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,55 @@ def stages_with(home: Path, run_id: str, marker: bytes, limit: int) -> list[dict
 # What a stage line holds (compact JSON, `_projection.audit_json`) when it failed, or saved outputs.
 FAILED = b'"error":{'
 WITH_ARTIFACTS = b'"artifacts":[{'
+_STAGE_NAME = re.compile(rb'"stage":("(?:[^"\\]|\\.)*")')  # a stage line's first key: its stage
+
+
+def stages_with_by_name(
+    home: Path, run_id: str, marker: bytes, stage: str | None, offset: int, limit: int
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Per stage name (in the order first met), how many stages of the run's trail hold `marker`
+    (`WITH_ARTIFACTS`: saved outputs); and `stage`'s such stages from `offset` on, at most
+    `limit`, ended then running. One byte search of the trail that decodes the page's lines
+    only: a run that saved outputs 100k times is paged without building 100k documents."""
+    audit, lines = _trail_of(DaemonHome.of(home), run_id)
+    key = marker.split(b":")[0].strip(b'"').decode()
+    counts: dict[str, int] = {}
+    page: list[dict[str, Any]] = []
+
+    def on_page(name: str) -> bool:
+        seen = counts.get(name, 0)
+        counts[name] = seen + 1
+        return name == stage and offset <= seen < offset + limit
+
+    names: dict[bytes, str | None] = {}  # a stage's name as its lines spell it, decoded once
+    for line in lines.marked(marker) if lines is not None else ():
+        found = _STAGE_NAME.search(line)
+        spelled = found.group(1) if found else b""
+        name = names[spelled] if spelled in names else names.setdefault(spelled, _json_string(spelled))
+        if name is not None and on_page(name) and (decoded := _decoded(line)) is not None:
+            page.append(decoded)
+    ended = audit.get("stages", []) if lines is None else []  # a whole trail of an earlier version
+    for entry in [*ended, *audit.get("running", [])]:
+        named = isinstance(entry, dict) and entry.get(key) and isinstance(entry.get("stage"), str)
+        if named and on_page(entry["stage"]):
+            page.append(entry)
+    return counts, page
+
+
+def _json_string(spelled: bytes) -> str | None:
+    try:
+        name = json.loads(spelled) if spelled else None
+    except ValueError:
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _decoded(line: bytes) -> dict[str, Any] | None:
+    try:
+        decoded = json.loads(line)
+    except ValueError:  # a damaged line: skipped, as by every reader of the trail
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = None) -> Iterator[bytes]:
@@ -382,17 +432,22 @@ class StageLines:
         """The first `limit` stages whose line holds `marker`, decoded (a line that is not JSON, skipped)."""
         if limit <= 0:
             return
+        for line in self.marked(marker):
+            try:
+                yield json.loads(line)
+                limit -= 1
+            except ValueError:
+                pass
+            if limit <= 0:
+                return
+
+    def marked(self, marker: bytes) -> Iterator[bytes]:
+        """The lines that hold `marker`, undecoded (a byte search of each chunk)."""
         for chunk in self._chunks():
             at = chunk.find(marker)
             while at >= 0:
                 start, end = chunk.rfind(b"\n", 0, at) + 1, chunk.find(b"\n", at)
-                try:
-                    yield json.loads(chunk[start:end])
-                    limit -= 1
-                except ValueError:
-                    pass
-                if limit <= 0:
-                    return
+                yield chunk[start:end]
                 at = chunk.find(marker, end)
 
     def items(self, problems: list[str]) -> Iterator[bytes]:

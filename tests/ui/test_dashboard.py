@@ -189,7 +189,7 @@ def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, pag
     page.wait_for_selector("text=Traceback (most recent call last)")
     assert shown(page, "raise ValueError")
     assert page.locator(".sw-sample-for-the-waterfall select, select").count() > 0
-    page.get_by_text("postprocessing: 49 samples").click()  # outputs by stage, then sample
+    _choose(page, "Saved outputs of", "postprocessing (49 executions)")  # outputs by stage, a page at a time
     overlay = f"runs/{run_id}/stages/postprocessing/frame_000_overlay.png"
     page.locator("a[href*='frame_000_overlay.png'] img").first.click()  # a thumbnail opens the image
     image = page.wait_for_selector(".sw-preview img[src^='data:image/png']")

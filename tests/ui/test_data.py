@@ -13,6 +13,7 @@ import pytest
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.tables._store import Store
 from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, resolve_artifact
+from tests.conftest import wait_for
 from tests.daemon.test_compaction import T0, _rows
 
 
@@ -157,3 +158,34 @@ def test_the_filter_menus_read_parts_of_any_encoding_and_an_empty_home(tmp_path:
         "stage": ["detection", "tracking"],
         "logger": ["app.io"],
     }
+
+
+def test_saved_outputs_are_paged_per_stage_and_each_is_on_exactly_one_page(home: Path, daemon) -> None:
+    """The Run page reads a page of a stage's outputs from the trail (a run may save 100k): the
+    counts per stage, and pages that together hold every output once, in the order saved."""
+    import stagewatch
+    from stagewatch.ui._data import outputs_page
+
+    run = stagewatch.init(pipeline="outputs", home=home)
+    for frame in range(30):
+        with run.stage("render", sample_id=f"f{frame:02d}") as stage:
+            stage.save(f"f{frame:02d}.png", np.zeros((4, 4), np.uint8))
+            stage.save(f"f{frame:02d}.json", {"frame": frame})
+        with run.stage("plain", sample_id=f"f{frame:02d}"):
+            pass  # saved nothing: not a stage of the menu
+    with run.stage("x.y-2", sample_id="only") as stage:
+        stage.save("cloud.ply", np.zeros((3, 3)))
+    run.finish()
+    assert run.flush(10)
+    stagewatch.shutdown()
+    expected = {"render": 30, "x.y-2": 1}  # the trail is written as the daemon folds the events: wait for all
+    wait_for(lambda: outputs_page(home, run.id, None, 0, 0)[0] == expected, 30)
+    seen = []
+    for offset in range(0, 40, 7):
+        _, page = outputs_page(home, run.id, "render", offset, 7)
+        assert page.total == 30 and len(page.rows) == 2 * len(range(offset, min(offset + 7, 30)))
+        seen += list(page.rows["path"])
+    assert seen == [f"runs/{run.id}/stages/render/f{i:02d}.{kind}" for i in range(30) for kind in ("png", "json")]
+    _, other = outputs_page(home, run.id, "x.y-2", 0, 7)
+    assert list(other.rows["sample_id"]) == ["only"] and other.label == "1-1 of 1"
+    assert outputs_page(home, run.id, "plain", 0, 7)[1].total == 0

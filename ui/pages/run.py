@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from PIL import Image
 
 from stagewatch._home import ARTIFACT_FORM
 from stagewatch.daemon.groundtruth.diff import viridis
+from stagewatch.daemon.groundtruth.formats import LabelError
 from stagewatch.daemon.projection import _outcomes as outcomes
-from stagewatch.ui import _data, _format, _widgets
+from stagewatch.ui import _cloud3d, _data, _format, _widgets
 
-THUMBNAILS = 12  # per stage and page view; the rest are listed
+OUTPUTS_PAGE = 24  # executions of a stage whose saved outputs one page shows
+THUMBNAILS_A_PAGE = 96  # an execution may save many outputs: past this many on a page, links
 LIVE_REFRESH_MS = 2000
 
 
@@ -38,6 +41,7 @@ class RunPage:
         self.waterfall = pn.Column()
         self.preview = pn.Column()
         self.view_data: dict[str, Any] | None = None
+        self.outputs = OutputsBrowser(home)
         self.order = pn.widgets.Select(name="Order", options=_data.EXECUTION_ORDER_CHOICES, value="failures")
         self.executions = _widgets.PagedQuery(
             "executions",
@@ -55,7 +59,11 @@ class RunPage:
         refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
         self.show()
         self.show_artifact()
-        refused += _widgets.sync_url({"sample": self.sample})  # its options are the run's samples
+        # Their options are the run's samples and stages. A thumbnail's link names the outputs'
+        # stage and page, so the page it opens (and back) lists the outputs where they were.
+        refused += _widgets.sync_url(
+            {"sample": self.sample, "outputs": self.outputs.stage, "outputs_page": self.outputs.page}
+        )
         self.url_problems = _widgets.url_alert(refused)
         _widgets.every(LIVE_REFRESH_MS, self._refresh_if_running)
 
@@ -95,7 +103,8 @@ class RunPage:
         self._draw_waterfall()
         self.executions.refresh()
         executions = self.executions.layout([self.order])
-        self.body.objects = sections(self.home, data, self.sample, self.waterfall, executions)
+        saved = self.outputs.show(data["audit"]["run_id"], data["order"])
+        self.body.objects = sections(data, self.sample, self.waterfall, executions, saved)
 
     def _draw_waterfall(self) -> None:
         if self.view_data is not None:
@@ -123,6 +132,8 @@ class RunPage:
         title = pn.pane.Markdown(f"`{text}`")
         if kind == "unreadable":
             self.preview.objects = [title, pn.pane.Alert(content, alert_type="warning")]
+        elif path.suffix.lower() in (".ply", ".pcd") and kind == "summary" and "points" in content:
+            self.preview.objects = [title, *cloud_preview(path, content)]
         elif kind == "png":
             self.preview.objects = [
                 title,
@@ -144,8 +155,9 @@ class RunPage:
             return [pn.pane.Alert(f"Cannot compare with `{other}`: {error}", alert_type="warning")]
         low, high = found.scale
         bar = "".join(
-            f'<span style="display:inline-block;width:3px;height:12px;background:rgb{tuple(c)}"></span>'
-            for c in viridis(np.linspace(0, 1, 64), 0.0, 1.0)
+            # ints: numpy 2 spells a uint8 as np.uint8(68), which no browser reads as a colour
+            f'<span style="display:inline-block;width:3px;height:12px;background:rgb({r:d},{g:d},{b:d})"></span>'
+            for r, g, b in viridis(np.linspace(0, 1, 64), 0.0, 1.0).tolist()
         )
         return [
             pn.pane.Markdown(f"### Difference with `{other}`"),
@@ -156,6 +168,22 @@ class RunPage:
                 f"by more than {found.threshold}"
             ),
         ]
+
+
+def cloud_preview(path: Path, summary: dict[str, Any]) -> list[Any]:
+    """A saved PLY/PCD output as a cloud in 3D (the Case page's view, one side), its point count
+    and how many of them are drawn; the file's summary stays below, collapsed."""
+    try:
+        points, labels, attributes = _data.saved_cloud(path)
+    except (OSError, ValueError, LabelError) as error:
+        return [pn.pane.Alert(f"{path.name} cannot be drawn: {error}", alert_type="warning")]
+    counted = f"**{len(points):,} points**" + (f", labels {summary['values']}" if summary.get("values") else "")
+    view = _cloud3d.cloud_views(_cloud3d.single(points, labels, attributes, path.name))
+    return [
+        pn.pane.Markdown(counted),
+        pn.Column(view, sizing_mode="stretch_width", css_classes=["sw-preview-cloud"]),
+        pn.Card(pn.pane.JSON(summary, depth=2), title="The file", collapsed=True),
+    ]
 
 
 PREVIEW_WIDTHS = (480, 1200)  # a 160x120 output drawn at least this wide (pixels kept sharp), at most that
@@ -180,7 +208,11 @@ def _png(picture: np.ndarray) -> io.BytesIO:
 
 
 def sections(
-    home: Path, data: dict[str, Any], sample: pn.widgets.Select, waterfall_pane: pn.Column, executions: pn.Column
+    data: dict[str, Any],
+    sample: pn.widgets.Select,
+    waterfall_pane: pn.Column,
+    executions: pn.Column,
+    saved_outputs: list[Any],
 ) -> list[Any]:
     audit, stats = data["audit"], data["stats"]
     shown: list[Any] = [header(audit)]
@@ -237,8 +269,7 @@ def sections(
             _widgets.table(accuracy.round(3), "accuracy"),
             pn.pane.HTML(f"failure cases, each beside its ground truth: {cases}", css_classes=["sw-run-cases"]),
         ]
-    shown += outputs(home, data["outputs"], data["order"], data["audit"]["run_id"])
-    return shown
+    return shown + saved_outputs
 
 
 def header(audit: dict[str, Any]) -> pn.Column:
@@ -403,30 +434,72 @@ def waterfall(rows: pd.DataFrame, sample: str | None, colours: dict[str, str], g
     return pn.pane.HoloViews(bars, sizing_mode="stretch_width", name="waterfall")
 
 
-def outputs(
-    home: Path, grouped: dict[str, dict[str, list[dict[str, Any]]]], order: list[str], run_id: str
-) -> list[Any]:
-    """Saved outputs by stage and sample: images as thumbnails, other files as links to their summary."""
-    if not grouped:
-        return [pn.pane.Markdown("### Saved outputs\nThis run saved no outputs.")]
-    cards = []
-    for stage in [*[s for s in order if s in grouped], *[s for s in grouped if s not in order]]:
-        samples = grouped[stage]
-        items = []
-        for i, (sample, artifacts) in enumerate(samples.items()):
-            for artifact in artifacts:
-                items.append(_output_item(home, run_id, sample, artifact, thumbnail=i < THUMBNAILS))
-        cards.append(
-            pn.Card(pn.pane.HTML("".join(items)), title=f"{stage}: {len(samples)} samples", collapsed=len(cards) > 0)
+class OutputsBrowser:
+    """A run's saved outputs, one stage a page at a time, read from its trail on the server
+    (`_data.outputs_page`): a run that saved 100k outputs sends one page of thumbnails."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.run_id: str | None = None
+        self.stage = pn.widgets.Select(name="Saved outputs of", options=[], width=320)
+        self.stage.css_classes = [_widgets.css_name(self.stage.name)]
+        self.page = pn.widgets.IntInput(name="Page", value=1, start=1)
+        self.previous, self.next = pn.widgets.Button(name="◀ previous"), pn.widgets.Button(name="next ▶")
+        self.count = pn.pane.Markdown("")
+        self.grid = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["sw-outputs"])
+        self.pager = _widgets.pager(self.previous, self.page, self.next, self.count)
+        self.pager.css_classes = ["sw-outputs-pager"]
+        self.stage.param.watch(self._stage_changed, "value")
+        self.page.param.watch(lambda _: self.refresh(), "value")
+        self.previous.on_click(lambda _: self._turn(-1))
+        self.next.on_click(lambda _: self._turn(1))
+
+    def show(self, run_id: str, order: list[str]) -> list[Any]:
+        """The section of `run_id`: a menu of the stages that saved outputs (pipeline order), a page of them."""
+        self.run_id = run_id
+        counts, _ = _data.outputs_page(self.home, run_id, None, 0, 0)
+        if not counts:
+            return [pn.pane.Markdown("### Saved outputs\nThis run saved no outputs.")]
+        stages = [*[s for s in order if s in counts], *[s for s in counts if s not in order]]
+        options = {f"{stage} ({counts[stage]:,} executions)": stage for stage in stages}
+        chosen = self.stage.value if self.stage.value in stages else stages[0]
+        before = self.stage.value
+        self.stage.param.update(options=options, value=chosen)  # a new stage: its watcher refreshes
+        if before == chosen:
+            self.refresh()  # the same stage (a run in progress redrawn): its new outputs
+        return [pn.pane.Markdown("### Saved outputs"), self.stage, self.pager, self.grid]
+
+    def _stage_changed(self, _: Any) -> None:
+        if self.page.value != 1:
+            self.page.value = 1  # which refreshes
+        else:
+            self.refresh()
+
+    def _turn(self, step: int) -> None:
+        self.page.value = max(1, self.page.value + step)
+
+    def refresh(self) -> None:
+        if self.run_id is None or not self.stage.value:
+            return
+        if self.page.value is None or self.page.value < 1:  # a link's outputs_page=0, or a cleared field
+            self.page.value = 1  # which refreshes
+            return
+        offset = (self.page.value - 1) * OUTPUTS_PAGE
+        _, found = _data.outputs_page(self.home, self.run_id, self.stage.value, offset, OUTPUTS_PAGE)
+        self.count.object = f"executions {found.label}"
+        where = f"&outputs={urllib.parse.quote(self.stage.value)}&outputs_page={self.page.value}"
+        self.grid.object = "".join(
+            _output_item(self.home, self.run_id, sample, path, where, thumbnail=i < THUMBNAILS_A_PAGE)
+            for i, (sample, path) in enumerate(zip(found.rows["sample_id"], found.rows["path"], strict=True))
         )
-    return [pn.pane.Markdown("### Saved outputs"), *cards]
 
 
-def _output_item(home: Path, run_id: str, sample: str, artifact: dict[str, Any], thumbnail: bool) -> str:
-    path = str(artifact["path"])
-    link = f"?page=run&run={html.escape(run_id)}&artifact={html.escape(path, quote=True)}"
+def _output_item(home: Path, run_id: str, sample: str, path: str, where: str, thumbnail: bool) -> str:
+    """One saved output: a PNG as its thumbnail, any other file as its name; a link that opens it
+    at the top of this page, in place, the outputs' list kept `where` it is (their stage and page)."""
+    link = html.escape(f"?page=run&run={run_id}&artifact={path}{where}", quote=True)
     name = html.escape(path.rsplit("/", 1)[-1])
-    if thumbnail and path.lower().endswith(".png") and (data := _thumbnail(home, artifact)) is not None:
+    if thumbnail and path.lower().endswith(".png") and (data := _thumbnail(home, path)) is not None:
         image = f'<img src="data:image/png;base64,{data}" style="height:72px;border:1px solid #ccc"/>'
         return (
             f'<a href="{link}" title="{name}" style="display:inline-block;margin:3px;text-align:center;'
@@ -437,9 +510,9 @@ def _output_item(home: Path, run_id: str, sample: str, artifact: dict[str, Any],
     )
 
 
-def _thumbnail(home: Path, artifact: dict[str, Any]) -> str | None:
+def _thumbnail(home: Path, relative: str) -> str | None:
     try:
-        path = _data.resolve_artifact(home, str(artifact["path"]))
+        path = _data.resolve_artifact(home, relative)
         return base64.b64encode(_data.thumbnail_png(path)).decode()
     except (_data.ArtifactRefused, OSError, ValueError, SyntaxError):  # PIL says SyntaxError for a bad PNG
         return None

@@ -190,7 +190,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         with progress(args, "replaying the event log", "B") as update:
             report = rebuild(home.root, progress=update)
     except DaemonAlreadyRunning as error:
-        return fail(f"{error}; a rebuild needs the home to itself: let it end (or stop it) first", EXIT_NOT_FOUND)
+        return fail(
+            f"{error}; a rebuild needs the home to itself: stop it before a rebuild "
+            "(`kill <pid>` ends it cleanly; the systemd service: `sudo systemctl stop stagewatch`)",
+            EXIT_NOT_FOUND,
+        )
     if args.json:
         print(json.dumps(report, indent=1))
     else:

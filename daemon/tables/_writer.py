@@ -151,6 +151,10 @@ class ReadModelWriter:
             self._write_status(projector)
         except (OSError, DeltaError) as error:  # a full disk; a commit that kept conflicting
             self.write_error("cannot write read models ({}); will retry", error)
+            # status.json still says so (doctor and `runs` read it): it lies beside the tables, and
+            # its write is a small file of its own, not behind the halted queue.
+            with contextlib.suppress(OSError):
+                self._write_status(projector)
             return False
         return True
 

@@ -102,6 +102,8 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     shutil.move(home / "moved-away", table)
     daemon.flush(final=True)  # reports the refusal, retries from the refused part on
     assert daemon.stats.write_errors == 1
+    # and status.json says so at once (doctor reads it), though the refusal halted the queue
+    assert json.loads(DaemonHome(home).status.read_text())["stats"]["write_errors"] == 1
     assert _checkpoint_lsn(home) == daemon.log.end_lsn
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
     daemon.release()  # as kill -9: a recovery replays nothing twice

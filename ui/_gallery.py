@@ -8,6 +8,7 @@ thumbnail costs milliseconds to make again after a restart.
 from __future__ import annotations
 
 import io
+import textwrap
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from stagewatch.daemon.projection._outcomes import CRASHED, FAILED
 from stagewatch.ui import _failures
 from stagewatch.ui._overlay import BOX_OUTCOMES, blend
 
@@ -88,8 +90,8 @@ def _picture(home: Path, row: dict[str, Any], case: dict[str, Any] | None) -> np
 
 
 def _case_picture(home: Path, row: dict[str, Any], case: dict[str, Any] | None) -> np.ndarray:
-    if row["status"] == "crashed":
-        return _tile(str(row.get("reason") or "crashed"), _CRASH_RED)
+    if row["status"] in (FAILED, CRASHED):  # a stage that raised or whose process was lost: no picture
+        return _tile(str(row.get("reason") or row["status"]), _CRASH_RED)
     if case is None:
         return _tile("case not found", _GREY)
     found = _failures.case_pictures(home, case)
@@ -153,8 +155,8 @@ def _tile(text: str, colour: tuple[int, int, int]) -> np.ndarray:
     tile = Image.new("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE * 3 // 4), (245, 245, 245))
     draw = ImageDraw.Draw(tile)
     draw.rectangle([0, 0, tile.width - 1, tile.height - 1], outline=colour, width=3)
-    for line, start in enumerate(range(0, min(len(text), 96), 24)):
-        draw.text((8, 8 + 14 * line), text[start : start + 24], fill=(40, 40, 40))
+    for line, words in enumerate(textwrap.wrap(text, 24, break_long_words=True)[:6]):  # whole words a line
+        draw.text((8, 8 + 14 * line), words, fill=(40, 40, 40))
     return np.asarray(tile)
 
 

@@ -450,3 +450,14 @@ def test_time_axes_tick_as_a_clock_and_one_run_spans_an_hour() -> None:
     many = figure(x_axis_type="datetime")
     _axes.time_axis(many, [moment, moment + pd.Timedelta(days=3)])
     assert type(many.x_range).__name__ == "DataRange1d"  # a real span: the data's own range
+
+
+@pytest.mark.parametrize("status", ["failed", "crashed"])
+def test_a_stage_that_raised_or_crashed_has_a_tile_saying_so_in_the_gallery(status: str) -> None:
+    """A failed (an exception) or crashed stage execution has no prediction to draw: its
+    thumbnail is the red tile naming the failure, not a picture of a prediction."""
+    from stagewatch.ui import _gallery
+
+    row = {"status": status, "reason": "ValueError: frame_047 has NaN pixels", "run_id": "r", "stage": "pre"}
+    tile = _gallery._case_picture(None, row, None)  # no home needed: nothing is read
+    assert tuple(tile[0, tile.shape[1] // 2]) == _gallery._CRASH_RED  # the border says: a failure

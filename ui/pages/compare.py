@@ -156,9 +156,9 @@ def stage_table_html(stages: list[dict[str, Any]]) -> str:
         cells += [_rate_html(stage["failure_rate"]), f"<b>{flag}</b>"]
         title = html.escape("; ".join(stage["reasons"]), quote=True)
         rows.append(
-            f"<tr class='sw-stage-{flag or 'same'}' style='background:{colour}' title='{title}'>"
-            + "".join(f"<td>{cell}</td>" for cell in cells)
-            + "</tr>"
+            # a light background carries its own dark text: the dark theme's white text on it was unreadable
+            f"<tr class='sw-stage-{flag or 'same'}' style='background:{colour}{';color:#1b1b1b' if flag else ''}' "
+            f"title='{title}'>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
         )
     return f"<table class='sw-compare-table'><tr>{head}</tr>{''.join(rows)}</table>"
 

@@ -129,6 +129,8 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
         (["ffffffff", slower], "no run with id 'ffffffff'"),
         ([first, "--baseline", "last:3"], "holds no finished run"),
         ([slower, "--baseline", "last:0"], "between 1 and"),
+        ([slower, "--baseline=last:-1"], "between 1 and"),  # not "no run with id 'last:-1'"
+        ([slower, "--baseline", "last:abc"], "between 1 and"),
         ([first, slower, "--baseline", "7d"], "not both"),
         ([first, first], "same run"),
         ([first, slower, "--threshold", "lots"], "expected a share"),

@@ -107,6 +107,8 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     spec = spec.strip()
     last = LAST.match(spec)
     window = _RELATIVE.match(spec)
+    if not last and spec.lower().startswith("last:"):  # last:-1, last:abc, last: — not a run id either
+        raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
     if not last and not window:
         return run_side(home, spec)
     if target.pipeline is None:

@@ -202,7 +202,7 @@ def page_data(cloud: CloudPair) -> dict[str, Any]:
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8">
-<style>body{margin:0;font:13px system-ui,sans-serif}#bar{padding:4px 0 6px}
+<style>body{margin:0;font:13px system-ui,sans-serif;background:#fff;color:#222}#bar{padding:4px 6px 6px}
 .view{display:inline-block;width:49.5%;vertical-align:top}.view canvas{width:100%;height:440px;cursor:grab}
 .title{text-align:center;padding:2px}#ramp{display:inline-block;width:140px;height:10px;vertical-align:middle}</style>
 </head><body><div id="bar">colour by <select id="mode">__OPTIONS__</select>

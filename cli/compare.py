@@ -100,7 +100,7 @@ def print_comparison(document: dict[str, Any]) -> None:
         f"called out: significant at {document['confidence']:.0%} confidence and larger than "
         f"{document['threshold']:.0%}\n"
     )
-    header = f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB':<18}{'failed':<16}"
+    header = f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB, median':<18}{'failed':<16}"
     print(header)
     for stage in document["stages"]:
         flag = "  REGRESSED" if stage["regressed"] else ("  changed" if stage["reasons"] else "")

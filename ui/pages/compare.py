@@ -142,7 +142,12 @@ def _side_html(side: dict[str, Any]) -> str:
     return f"{html.escape(side['label'])} (newest {_widgets.run_link(side['runs'][-1])})"
 
 
-COLUMNS = (("median_ms", "median ms"), ("p95_ms", "p95 ms"), ("own_memory_mb", "own MB"), ("gpu_peak_mb", "GPU MB"))
+COLUMNS = (
+    ("median_ms", "median ms"),
+    ("p95_ms", "p95 ms"),
+    ("own_memory_mb", "own MB, median"),
+    ("gpu_peak_mb", "GPU MB, median"),
+)
 
 
 def stage_table_html(stages: list[dict[str, Any]]) -> str:

@@ -106,7 +106,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not runs:
         homes = home if isinstance(home, list) else [home]
-        where = "" if all(one.is_dir() for one in homes) else " (not every one exists yet)"
+        missing = [str(one) for one in homes if not one.is_dir()]
+        where = (
+            ""
+            if not missing
+            else " (it does not exist yet)"
+            if len(homes) == 1
+            else f" ({', '.join(missing)} does not exist yet)"
+        )
         named = ", ".join(str(one) for one in homes)
         print(f"no runs yet in {named}{where}: run a pipeline with stagewatch.init(), or `stagewatch demo`;")
         print("another home: --home PATH or STAGEWATCH_HOME")

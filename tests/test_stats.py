@@ -242,6 +242,7 @@ def test_stats_list_stages_in_pipeline_order_with_each_stage_s_own_memory(daemon
     assert run.flush(10)
     wait_for(lambda: len(read_table(daemon.home, "stage_executions")) == 9 or None)
     stats = json.loads(sw("stats", "--home", str(daemon.home), "--json").stdout)
+    stats = [s for s in stats if not s.get("outside_stages")]  # the time outside stages comes last
     assert [s["stage"] for s in stats] == ["zeta_decode", "alpha_infer", "mid_nested"]
     own = {s["stage"]: s["own_mb"]["max"] for s in stats}
     assert own["zeta_decode"] >= 60 and own["alpha_infer"] < 30 and own["mid_nested"] < 30

@@ -66,6 +66,12 @@ def test_the_gallery_shows_the_cases_as_thumbnails_filtered_and_paged_like_the_t
     assert in_table == in_gallery
 
 
+def at_case(page, position: int) -> None:
+    """Wait for the Case page of that position in its view, its keys listening."""
+    assert wait_for(lambda: page.get_by_text(f"case {position} of").count() > 0, 30)
+    page.locator(".sw-case-keys").wait_for(state="attached")
+
+
 def test_a_case_steps_to_the_next_and_previous_case_of_its_view_by_keyboard(served, page) -> None:  # noqa: F811
     _, _, ui, _ = served
     page.goto(f"{ui.url}?page=failures&show=gallery&stage=segmentation&sort=sample")
@@ -75,12 +81,13 @@ def test_a_case_steps_to_the_next_and_previous_case_of_its_view_by_keyboard(serv
     page.locator(".sw-gallery a.sw-thumb").nth(1).click()
     page.wait_for_url(re.compile(f"page=case.*sample={order[1]}"))
     page.locator(".sw-case-keys").wait_for(state="attached")
+    at_case(page, 2)
     page.keyboard.press("j")
     page.wait_for_url(re.compile(f"sample={order[2]}&"))
-    page.locator(".sw-case-keys").wait_for(state="attached")
+    at_case(page, 3)  # the page switched in place: its own keys, not the last page's, take the next press
     page.keyboard.press("ArrowLeft")
     page.wait_for_url(re.compile(f"sample={order[1]}&"))
-    page.locator(".sw-case-keys").wait_for(state="attached")
+    at_case(page, 2)
     page.keyboard.press("k")
     page.wait_for_url(re.compile(f"sample={order[0]}&"))
     assert wait_for(lambda: page.get_by_text("case 1 of").count() > 0, 30)

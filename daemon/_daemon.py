@@ -361,7 +361,7 @@ class Daemon:
                     if self.projector.pending_rows() >= MAX_PENDING_ROWS:
                         self.writer.flush_output(self.projector)
                 elif self.projector.pending_rows() >= IDLE_FLUSH_ROWS:
-                    self.writer.flush_output(self.projector)
+                    self.writer.flush_output(self.projector, commit=True)
                 tasks.run_due(time.monotonic())
             except Exception:  # a bug must not take the daemon down: log it, count it, go on
                 self.stats.internal_errors += 1

@@ -177,10 +177,11 @@ class ReadModelWriter:
         self.passes.stop()
         self.jobs.close()
 
-    def flush_output(self, projector: Projector) -> None:
+    def flush_output(self, projector: Projector, commit: bool = False) -> None:
         """Queue only the ended stages and rows: between two flushes under a flood, this is
-        what keeps the projection's pending output (about 1.7 KB a stage) bounded."""
-        self._write_output(projector)
+        what keeps the projection's pending output (about 1.7 KB a stage) bounded; with
+        `commit` (the loop idle after a burst) the rows are committed too, visible at once."""
+        self._write_output(projector, commit=commit)
 
     def checkpoint_all(self, projector: Projector) -> None:
         """Flush everything with a checkpoint and wait for it."""

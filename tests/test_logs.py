@@ -12,6 +12,13 @@ from stagewatch.daemon.query._readmodels import read_table, to_rows
 from tests.conftest import DaemonProcess, wait_for
 
 
+def _logged(home, run_id: str, at_least: int):
+    """The run's log rows in time order, once at least `at_least` are in the table (else None)."""
+    table = read_table(home, "logs")
+    table = table.filter(pc.equal(table["run_id"], run_id))
+    return to_rows(table.sort_by("time")) if table.num_rows >= at_least else None
+
+
 def test_loguru_and_stdlib_records_are_tagged_and_tabled(daemon: DaemonProcess) -> None:
     sink_id = logger.add(stagewatch.loguru_sink, level="DEBUG")
     handler = stagewatch.LoggingHandler()
@@ -31,12 +38,7 @@ def test_loguru_and_stdlib_records_are_tagged_and_tabled(daemon: DaemonProcess) 
         logger.remove(sink_id)
         std.removeHandler(handler)
 
-    def logged():
-        table = read_table(daemon.home, "logs")
-        table = table.filter(pc.equal(table["run_id"], run.id))
-        return to_rows(table.sort_by("time")) if table.num_rows >= 4 else None
-
-    rows = wait_for(logged)
+    rows = wait_for(lambda: _logged(daemon.home, run.id, 4))
     seen = [(r["level"], r["message"], r["stage"], r["sample_id"]) for r in rows]
     assert seen == [
         ("INFO", "run started", None, None),
@@ -79,12 +81,8 @@ def test_a_record_about_a_stage_s_failure_logged_outside_it_carries_that_stage_a
         logger.remove(sink_id)
         std.removeHandler(handler)
 
-    def logged():
-        table = read_table(daemon.home, "logs")
-        table = table.filter(pc.equal(table["run_id"], run.id))
-        return to_rows(table.sort_by("time")) if table.num_rows >= 4 else None
-
-    seen = [(r["message"].splitlines()[0], r["stage"], r["sample_id"]) for r in wait_for(logged)]
+    rows = wait_for(lambda: _logged(daemon.home, run.id, 4))
+    seen = [(r["message"].splitlines()[0], r["stage"], r["sample_id"]) for r in rows]
     assert seen == [
         ("frame_047 skipped: corrupt readout", "decode", "frame_047"),  # the innermost stage it failed
         ("skipped", "decode", "frame_047"),

@@ -69,9 +69,9 @@ POLL_MS = 100
 # 30-50 ms and ack p99 was 30-37 ms; in steps of 2,500 rows it is 11-12 ms (they are committed
 # together, `_writer.COMMIT_ROWS`; benchmarks/ingest_costs.py).
 MAX_PENDING_ROWS = 2_500
-# After a burst, the rows left pending are encoded once the loop has waited a poll (POLL_MS)
-# with nothing to do, rather than at the next periodic flush; a trickle below this many rows
-# waits for the periodic flush.
+# After a burst, the rows left pending (produced, or encoded and not committed yet) are committed
+# once the loop has waited a poll (POLL_MS) with nothing to do, rather than at the next periodic
+# flush; a trickle below this many rows waits for the periodic flush.
 IDLE_FLUSH_ROWS = 500
 
 
@@ -360,7 +360,7 @@ class Daemon:
                     self.ingest.receive(time.monotonic())
                     if self.projector.pending_rows() >= MAX_PENDING_ROWS:
                         self.writer.flush_output(self.projector)
-                elif self.projector.pending_rows() >= IDLE_FLUSH_ROWS:
+                elif self.projector.pending_rows() + self.writer.uncommitted_rows() >= IDLE_FLUSH_ROWS:
                     self.writer.flush_output(self.projector, commit=True)
                 tasks.run_due(time.monotonic())
             except Exception:  # a bug must not take the daemon down: log it, count it, go on

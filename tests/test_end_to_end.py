@@ -308,9 +308,11 @@ def test_a_run_whose_first_flush_has_no_ended_stage_is_written_without_errors(da
     assert daemon.status()["stats"]["write_errors"] == 0
 
 
-def test_rows_left_after_a_burst_are_written_once_the_daemon_idles(home: Path) -> None:
+@pytest.mark.parametrize("burst_size", [600, 2_600], ids=["pending", "mostly-encoded"])
+def test_rows_left_after_a_burst_are_written_once_the_daemon_idles(home: Path, burst_size: int) -> None:
     """With the periodic flush a minute away, a burst's rows (500 or more left pending) reach
-    Parquet once the daemon has waited a poll with nothing to do; a trickle below that waits."""
+    the table once the daemon has waited a poll with nothing to do; a trickle below that waits.
+    2,600 rows: 2,500 are encoded during the burst (and wait for a commit), 100 stay pending."""
     daemon = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "60"}).start()
     burst, trickle = "6a1f8e1e-0d0c-4f55-8d5e-3c1f6a0b7e01", "6a1f8e1e-0d0c-4f55-8d5e-3c1f6a0b7e02"
     try:
@@ -318,8 +320,8 @@ def test_rows_left_after_a_burst_are_written_once_the_daemon_idles(home: Path) -
         # once that is behind us, the next is a minute away.
         first = wait_for(daemon.status)["updated_at"]
         wait_for(lambda: daemon.status().get("updated_at", first) > first)
-        _send_batches(daemon, "burst", [_stage_ends("burst", burst, range(1, 601))])
-        assert len(_rows(home, "stage_executions", burst, 600)) == 600  # waits up to 20 s
+        _send_batches(daemon, "burst", [_stage_ends("burst", burst, range(1, burst_size + 1))])
+        assert len(_rows(home, "stage_executions", burst, burst_size)) == burst_size  # waits up to 20 s
         _send_batches(daemon, "trickle", [_stage_ends("trickle", trickle, range(1, 11))])
         time.sleep(1.0)
         data = read_table(home, "stage_executions")

@@ -158,6 +158,10 @@ class ReadModelWriter:
             return False
         return True
 
+    def uncommitted_rows(self) -> int:
+        """Rows encoded and waiting for their table's next commit."""
+        return sum(part.num_rows for parts in self._uncommitted.values() for part in parts)
+
     def drain(self, passes: bool = True) -> bool:
         """Wait for every queued write, and with `passes` for the maintenance pass under way
         (`beside`); False if a write failed (the queue stays halted on it until the next flush

@@ -91,12 +91,14 @@ class PagedQuery:
         self.count = pn.pane.Markdown("")
         self.message = pn.Column()
         self.table = table(pd.DataFrame(), name, html_columns=html_columns, **table_options)
+        # The link's values first: restored before the watchers, they do not each redraw the
+        # table (the page draws it once, `refresh`).
+        self.url_problems = url_alert(sync_url({**filters, "size": self.size, "p": self.page}))
         for widget in [*filters.values(), self.size]:
             widget.param.watch(self._filters_changed, "value")
         self.page.param.watch(lambda _: self.refresh(), "value")
         self.previous.on_click(lambda _: self._turn(-1))
         self.next.on_click(lambda _: self._turn(1))
-        self.url_problems = url_alert(sync_url({**filters, "size": self.size, "p": self.page}))
 
     def layout(self, shown: list[Any], *between: Any) -> pn.Column:
         """The filter widgets in `shown` order, anything `between` them and the table, the pager."""

@@ -461,3 +461,39 @@ def test_a_stage_that_raised_or_crashed_has_a_tile_saying_so_in_the_gallery(stat
     row = {"status": status, "reason": "ValueError: frame_047 has NaN pixels", "run_id": "r", "stage": "pre"}
     tile = _gallery._case_picture(None, row, None)  # no home needed: nothing is read
     assert tuple(tile[0, tile.shape[1] // 2]) == _gallery._CRASH_RED  # the border says: a failure
+
+
+@pytest.mark.parametrize(
+    ("page", "arguments", "reader"),
+    [
+        ("run", {"order": ["slowest"], "size": ["20"]}, "run_view"),
+        ("run", {"order": ["slowest"], "size": ["20"]}, "executions_of"),
+        ("logs", {"level": ["ERROR"], "stage": ["detection"], "size": ["20"]}, "logs_page"),
+        ("performance", {"window": ["7d"], "measure": ["p95"]}, "stage_rows"),
+    ],
+)
+def test_a_page_opened_from_a_link_reads_its_data_once(daemon, monkeypatch, page, arguments, reader) -> None:
+    """Each value the link restores used to redraw the page before the page drew itself: the
+    Run page read the run twice, a filtered Logs page its lines once per filter and again."""
+    from loguru import logger
+
+    import stagewatch
+    from stagewatch.ui import _data, _router, _trends
+    from stagewatch.ui.app import ROUTES
+
+    sink = logger.add(stagewatch.loguru_sink, level="DEBUG")
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            for frame in range(3):
+                with run.stage("detection", sample_id=f"frame_{frame}"):
+                    logger.error("frame {} is dark", frame)
+    finally:
+        logger.remove(sink)
+    daemon.audit(run.id)
+    module = _trends if reader == "stage_rows" else _data
+    calls = []
+    original = getattr(module, reader)
+    monkeypatch.setattr(module, reader, lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(_router, "session_arguments", lambda: {**arguments, "run": [run.id]})
+    ROUTES[page].view(daemon.home)
+    assert len(calls) == 1

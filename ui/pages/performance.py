@@ -40,10 +40,7 @@ class PerformancePage:
         self.memory = pn.Column()
         self.stats = pn.Column()
         self.comparison = pn.Column()
-        for widget in (self.window, self.pipeline, self.measure):
-            widget.param.watch(lambda _: self.refresh(), "value")
-        for widget in (self.first, self.second):
-            widget.param.watch(lambda _: self.compare(), "value")
+        # The link's values first, then the watchers: the page is drawn once, here.
         self.url_problems = _widgets.url_alert(
             _widgets.sync_url(
                 {
@@ -55,6 +52,10 @@ class PerformancePage:
                 }
             )
         )
+        for widget in (self.window, self.pipeline, self.measure):
+            widget.param.watch(lambda _: self.refresh(), "value")
+        for widget in (self.first, self.second):
+            widget.param.watch(lambda _: self.compare(), "value")
         self.refresh()
         self.compare()
 

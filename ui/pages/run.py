@@ -52,11 +52,12 @@ class RunPage:
             lambda: "No stage of this run has ended yet.",
             turns=("◀ earlier", "later ▶"),
         )
+        # The link's run first, then the watchers: the page is drawn once, here.
+        refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
         self.run_id.param.watch(lambda _: self.show(), "value")
         self.sample.param.watch(lambda _: self._draw_waterfall(), "value")
         self.artifact.param.watch(lambda _: self.show_artifact(), "value")
         self.compare.param.watch(lambda _: self.show_artifact(), "value")
-        refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
         self.show()
         self.show_artifact()
         # Their options are the run's samples and stages. A thumbnail's link names the outputs'

@@ -288,3 +288,16 @@ def test_the_change_point_test_needs_a_persistent_shift_and_names_where_it_began
     (found,) = detect(stepped)
     assert found.start == 30 and found.found <= 32
     assert found.after / found.before == pytest.approx(1.10, abs=0.02)
+
+
+def test_a_step_is_called_on_its_third_run_though_high_runs_before_it_started_the_sum() -> None:
+    """Runs a little high before the step start the sum; the level the step reached is measured
+    from where it began, not over those runs too (which put it under the threshold, so the call
+    waited three more runs)."""
+    history = np.full(40, 20.0)
+    history[::2] *= 1.005  # timer noise: a steady history
+    history[[28, 29]] *= 1.025  # high, not a shift (2.5 robust sd each)
+    history[30:] *= 1.10
+    (found,) = detect(history)
+    assert found.start == 30 and found.found <= 32
+    assert found.after / found.before == pytest.approx(1.10, abs=0.02)

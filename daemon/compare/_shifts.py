@@ -66,23 +66,32 @@ def detect(values: np.ndarray, threshold: float = 0.05) -> list[Found]:
         start = t if start is None else start
         if total <= LIMIT:
             continue
-        after = float(np.median(logs[start : t + 1]))
-        if z > SLACK and math.exp(after - centre) - 1 > threshold:
-            start = _onset(logs[start : t + 1], centre, after) + start
-            found.append(Found(start, t, math.exp(centre), math.exp(float(np.median(logs[start : t + 1])))))
-            level_start = start
-        # Called, or significant but too small to matter (a drift under the threshold): the
-        # sum starts again, so that a later shift is measured from where it began.
+        onset = start + _onset(logs[start : t + 1], centre)
+        after = float(np.median(logs[onset : t + 1]))
+        if z > SLACK and math.exp(after - centre) - 1 <= threshold:
+            # Above the level and significant, but not by enough yet: high runs before a step
+            # that started the sum hold the new level's median down; the next runs decide.
+            continue
+        if z > SLACK:
+            found.append(Found(onset, t, math.exp(centre), math.exp(after)))
+            level_start = onset
+        # Called, or not above the level any more: the sum starts again, so that a later shift
+        # is measured from where it began.
         total, start = 0.0, None
     return found
 
 
-def _onset(excursion: np.ndarray, before: float, after: float) -> int:
+def _onset(excursion: np.ndarray, before: float) -> int:
     """Where in the excursion (the runs since the sum left 0) the new level began: the split
-    that maximises the runs' sum above the midpoint of the two levels. A run before the step
-    that happened to sit a little high started the sum, but lies below the midpoint."""
-    above = excursion - (before + after) / 2
-    return int(np.argmax(np.cumsum(above[::-1])[::-1]))
+    that maximises the runs' sum above the midpoint of the two levels. Runs before the step that
+    happened to sit a little high started the sum, but lie below the midpoint. The new level is
+    first taken as the excursion's median, then as the median from the split it gives (noisy runs
+    before the step pull the first guess down, and with it the midpoint)."""
+    split = 0
+    for _ in range(2):
+        midpoint = (before + float(np.median(excursion[split:]))) / 2
+        split = int(np.argmax(np.cumsum((excursion - midpoint)[::-1])[::-1]))
+    return split
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ is threaded).
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,14 @@ def select(
     with `dates`, over those date partitions only. A data file that cannot be read is left
     out with a warning (`damaged_parts`)."""
     files = table_files(home, table, dates)
+    key = _answer_key(files, table, sql, params)
+    result = _answers.get(key) if key is not None else None
+    if result is not None:
+        return result.cast(schema) if schema is not None else result
     try:
         result = _run(files, table, sql, params)
+        if key is not None:
+            _answers.put(key, result)
     except duckdb.Error as error:
         damaged = damaged_parts(files) if _about_files(error) else []
         if not damaged:
@@ -122,6 +130,51 @@ def select(
         except duckdb.Error as again:
             raise QueryError(_first_line(again)) from None
     return result.cast(schema) if schema is not None else result
+
+
+class _Answers:
+    """The answers of recent queries, by the files they read (their sizes and modification
+    times too) and the query: a snapshot's data files are never rewritten (Delta adds files and
+    drops old ones from its log), so the same query over the same files has the same answer. A
+    page switched back to, or a filter set back, answers from here; a commit, a compaction or a
+    file changed by hand is a new key. Bounded in bytes, the least recently used dropped first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._answers: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._lock = threading.Lock()  # the dashboard's server queries from several threads
+
+    def get(self, key: tuple) -> pa.Table | None:
+        with self._lock:
+            found = self._answers.get(key)
+            if found is not None:
+                self._answers.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, answer: pa.Table) -> None:
+        if answer.nbytes > self.max_bytes // 8:  # a bulk read (an export, a whole table): not kept
+            return
+        with self._lock:
+            if key in self._answers:
+                return
+            self._answers[key] = answer
+            self.bytes += answer.nbytes
+            while self.bytes > self.max_bytes:
+                self.bytes -= self._answers.popitem(last=False)[1].nbytes
+
+
+ANSWERS_MAX_BYTES = 64 << 20
+_answers = _Answers(ANSWERS_MAX_BYTES)
+
+
+def _answer_key(files: list[str], table: str, sql: str, params: Sequence[Any]) -> tuple | None:
+    """What an answer depends on; None where a file cannot be looked at (gone: the query reads,
+    and says so)."""
+    try:
+        stamps = tuple((path, (stat := os.stat(path)).st_size, stat.st_mtime_ns) for path in files)
+    except OSError:
+        return None
+    return stamps, table, sql, repr(tuple(params))
 
 
 def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -12,10 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import stagewatch
 from stagewatch._records import scan_records
+from stagewatch.daemon import Filters, query_stages
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.query._sql import DamagedPartWarning
 from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
 
@@ -115,6 +119,23 @@ def test_a_part_damaged_inside_a_compressed_page_is_read_around(daemon: DaemonPr
     assert sw("rebuild", "--home", str(daemon.home)).returncode == 0
     assert read_table(daemon.home, "stage_executions").num_rows == 80
     assert first
+
+
+def test_a_part_damaged_after_a_query_is_read_again_not_answered_from_memory(daemon: DaemonProcess) -> None:
+    """Answers are kept by the files they read: the same query over a file rewritten since (the
+    same name and size) reads it again, and says it is damaged."""
+    _stages(daemon, 40)
+    _stages(daemon, 40, "second")
+    assert daemon.stop() == 0
+    assert query_stages(daemon.home, Filters()).num_rows == 80
+    assert query_stages(daemon.home, Filters()).num_rows == 80  # the kept answer
+    parts = [Path(path) for path in snapshot_files(daemon.home, "stage_executions")]
+    data = bytearray(parts[-1].read_bytes())
+    quarter = len(data) // 4
+    data[quarter : 3 * quarter] = random.Random(12).randbytes(2 * quarter)
+    parts[-1].write_bytes(bytes(data))
+    with pytest.warns(DamagedPartWarning, match=str(parts[-1])):
+        assert query_stages(daemon.home, Filters()).num_rows < 80
 
 
 def test_stray_files_among_the_parts_leave_the_rest_answering(daemon: DaemonProcess) -> None:

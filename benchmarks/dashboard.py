@@ -303,6 +303,9 @@ def page_switches(browser: object, url: str, run_id: str, repeats: int = 5) -> l
             page.goto(url + query.format(run=run_id))
             _drawn(page, shows)
             full[name].append(time.perf_counter() - started)
+    # The router's half in the browser renders after the page's table: a click before it is a
+    # full load (what a person clicking that fast gets), which would end the session measured.
+    page.wait_for_function("() => window.stagewatch && window.stagewatch.connected()")
     page.evaluate("() => { window.__marker = 1; }")
     for _ in range(repeats):
         for name, (query, shows) in PAGES.items():  # consecutive pages differ: no old table to match

@@ -3,7 +3,8 @@ runs and a pipeline still running (so the Live page has something to show).
 
     python scripts/screenshots.py
 
-writes docs/images/{live,runs,run,performance,logs,accuracy,failures,gallery,case-boxes,case}.png
+writes docs/images/{live,runs,run,performance,logs,accuracy,failures,gallery,case-boxes,case,compare,
+output}.png
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-        failed = sorted((home / "runs").iterdir(), key=lambda p: p.stat().st_mtime)[-1].name
+        runs = sorted((home / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+        first, failed = runs[0].name, runs[-1].name
         with dashboard(home) as (url, _):
             live = subprocess.Popen([sys.executable, "-c", RUNNING, str(home)])
             try:
                 time.sleep(8)
-                shoot(url, failed, failing_samples(home, failed))
+                shoot(url, first, failed, failing_samples(home, failed))
             finally:
                 live.kill()
                 live.wait()
@@ -64,7 +66,7 @@ def failing_samples(home: Path, run_id: str) -> dict[str, str]:
     }
 
 
-def shoot(url: str, run_id: str, samples: dict[str, str]) -> None:
+def shoot(url: str, first: str, run_id: str, samples: dict[str, str]) -> None:
     from playwright.sync_api import sync_playwright
 
     pages = {
@@ -78,6 +80,8 @@ def shoot(url: str, run_id: str, samples: dict[str, str]) -> None:
         "gallery": f"?page=failures&show=gallery&run={run_id}",
         "case-boxes": f"?page=case&run={run_id}&stage=detection&sample={samples['detection']}",
         "case": f"?page=case&run={run_id}&stage=segmentation&sample={samples['segmentation']}",
+        "compare": f"?page=compare&a={first}&b={run_id}",
+        "output": f"?page=run&run={run_id}&artifact=runs/{run_id}/stages/postprocessing/frame_047_overlay.png",
     }
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)

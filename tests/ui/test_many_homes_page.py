@@ -50,8 +50,7 @@ def test_a_run_of_the_glob_s_home_opens_with_its_stages(fleet_ui, page) -> None:
     run_id = by_host["camera-03"]  # in host03: its trail is read there
     page.goto(f"{ui.url}?page=runs")
     page.locator(f".sw-table-runs a[title='{run_id}']").click()
-    page.wait_for_selector(".sw-table-stages .tabulator-row")
-    assert _cells(page, "stages", "stage") == ["detection", "(outside stages)"]
+    wait_for(lambda: _cells(page, "stages", "stage") == ["detection", "(outside stages)"], 60)
     assert shown(page, "camera-03")  # "on host camera-03", from the run's own home
     assert not shown(page, "is missing")  # its audit head was found
 

@@ -163,9 +163,12 @@ def test_a_run_in_progress_carries_its_host_from_its_audit_head(fleet, daemon) -
     try:
         run_id = pipeline.stdout.readline().strip()
         homes = ("--home", str(daemon.home), "--home", str(base / "host01"))
-        found = wait_for(
-            lambda: (rows := _query_found(*homes, "--run", run_id)) and rows["stages"] and rows["logs"] and rows, 60, 0.5
-        )
+
+        def stored() -> dict | None:  # its stage and log rows, once written
+            rows = _query_found(*homes, "--run", run_id)
+            return rows if rows and rows["stages"] and rows["logs"] else None
+
+        found = wait_for(stored, 60, 0.5)
         assert found["runs"] == []  # not ended: no row of its own yet
         assert [row["host"] for row in found["stages"]] == ["camera-live"]
         assert [row["host"] for row in found["logs"]] == ["camera-live"]

@@ -32,8 +32,18 @@ def hosts_of(home: Homes, run_ids: Iterable[str | None]) -> dict[str, str | None
     hosts = dict(zip(found["run_id"].to_pylist(), found["host"].to_pylist(), strict=True))
     for run_id in wanted:
         if hosts.get(run_id) is None:
-            hosts[run_id] = load_audit_head(holding(home, run_id), run_id).get("host")
+            hosts[run_id] = _head_host(home, run_id)
     return hosts
+
+
+def _head_host(home: Homes, run_id: str) -> str | None:
+    """The host the run's audit head names (None without a readable head, or for a run id that
+    names no folder: a row edited by hand costs only its own host)."""
+    try:
+        host = load_audit_head(holding(home, run_id), run_id).get("host")
+    except ValueError:
+        return None
+    return host if isinstance(host, str) else None
 
 
 def with_hosts(home: Homes, rows: pa.Table) -> pa.Table:

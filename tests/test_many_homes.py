@@ -4,6 +4,7 @@ apart), read by one `stagewatch runs` / `stats` / `query` with --home given ten 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,16 @@ def test_a_run_in_progress_carries_its_host_from_its_audit_head(fleet, daemon) -
     finally:
         pipeline.stdin.close()
         pipeline.wait(30)
+
+
+def test_the_dashboard_learns_its_homes_from_its_environment(tmp_path: Path) -> None:
+    """`stagewatch ui` tells `panel serve` its homes in STAGEWATCH_HOMES; one home reads as a
+    Path (the single-home path of every reader), a home named twice once, empty parts none."""
+    from stagewatch.ui._serve import HOMES_VARIABLE, configured_homes, homes_environment
+
+    homes = [tmp_path / "a", tmp_path / "b"]
+    assert configured_homes(homes_environment(homes)) == homes
+    assert configured_homes(homes_environment(homes[:1])) == homes[0]
+    twice = {HOMES_VARIABLE: os.pathsep.join([str(homes[1]), "", str(homes[1])]), "STAGEWATCH_HOME": str(homes[0])}
+    assert configured_homes(twice) == homes[1]
+    assert configured_homes({"STAGEWATCH_HOME": str(homes[0])}) == homes[0]  # plain `panel serve`, as before

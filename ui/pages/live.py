@@ -20,8 +20,7 @@ REDRAW_MS = 250  # a session looks at the board 4 times a second and redraws onl
 
 class LivePage:
     def __init__(self, home: Homes) -> None:
-        # Each home's daemon's feed (several hosts' homes: the runs in progress of every one
-        # whose daemon this machine can reach; ipc sockets are local to a machine).
+        # Each home's daemon's feed: several hosts' homes show the runs in progress of every one.
         self.feeds = [LiveFeed.of(one) for one in homes_of(home)]
         self.runs = pn.Column()
         self.cards: dict[str, tuple[pn.Column, pn.pane.HTML, pn.widgets.Tabulator, pn.pane.HTML]] = {}

@@ -137,7 +137,7 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grep", help="text in error messages and log lines (case-insensitive)")
     parser.add_argument("--regex", action="store_true", help="--grep is a regular expression (RE2 syntax)")
     parser.add_argument("--pipeline", help="a pipeline name")
-    parser.add_argument("--host", help="runs on this host")
+    parser.add_argument("--host", help="runs on this host, and their stage executions and log lines")
     parser.add_argument("--failed-stage", help="runs whose first failure was in this stage")
     parser.add_argument("--logger", help="log lines of this logger (or, ending in '.', of its family)")
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_of, home_options, port
+from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, homes_of, port
 from stagewatch.daemon.base._layout import DaemonHome
 
 
@@ -27,7 +27,7 @@ def add_commands(commands: Any) -> None:
 def cmd_ui(args: argparse.Namespace) -> int:
     """Replace this process with `panel serve` of the dashboard (signals reach Panel directly)."""
     try:
-        from stagewatch.ui._serve import UiArgumentError, ui_command
+        from stagewatch.ui._serve import UiArgumentError, homes_environment, ui_command
     except ImportError as error:
         return fail(f"the dashboard needs the [ui] extra ({error})", EXIT_USAGE)
     try:
@@ -36,9 +36,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
     if args.basic_auth and not Path(args.basic_auth).is_file():
         return fail(f"--basic-auth {args.basic_auth}: no such file (a JSON map of user to password)", EXIT_USAGE)
-    home = home_of(args)
-    print(f"stagewatch ui: http://{args.address}:{args.port}/app  (home {home.root})", flush=True)
-    os.execve(sys.executable, command, {**os.environ, "STAGEWATCH_HOME": str(home.root)})
+    homes = homes_of(args)  # several (--home a --home b, a glob): one dashboard over them all
+    where = f"home {homes[0]}" if len(homes) == 1 else f"{len(homes)} homes: {', '.join(map(str, homes))}"
+    print(f"stagewatch ui: http://{args.address}:{args.port}/app  ({where})", flush=True)
+    os.execve(sys.executable, command, {**os.environ, **homes_environment(homes)})
     return EXIT_OK  # not reached
 
 
@@ -49,11 +50,11 @@ def serve_dashboard(home: DaemonHome, port: int, run_id: str) -> None:
     except ImportError:
         print("\n(no dashboard: install the [ui] extra, then run `stagewatch ui`)")
         return
-    from stagewatch.ui._serve import ui_command
+    from stagewatch.ui._serve import homes_environment, ui_command
 
     process = subprocess.Popen(
         ui_command(port=port),
-        env={**os.environ, "STAGEWATCH_HOME": str(home.root)},
+        env={**os.environ, **homes_environment([home.root])},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -158,8 +158,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             print("stage executions" + ("" if args.stage or args.run else " that did not end ok") + ":")
         for row in shown:
             print(
-                f"  {row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} {row['status']:<8} "
-                f"{row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  {row['error_message'] or ''}"
+                f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
+                f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
+                f"{row['error_message'] or ''}"
             )
         listed = [row for row in stages if row["status"] != "ok" or args.stage or args.run]
         if len(listed) > len(shown):
@@ -168,12 +169,17 @@ def cmd_query(args: argparse.Namespace) -> int:
             print("log lines, in time order:")
     for row in logs[: args.limit]:
         print(
-            f"  {row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} {row['sample_id'] or '-':<12} "
-            f"{row['message']}"
+            f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
+            f"{row['sample_id'] or '-':<12} {row['message']}"
         )
     if len(logs) > args.limit:
         print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
+
+
+def _host_cell(row: dict[str, Any]) -> str:
+    """The row's host first, when it has one (rows read over several homes)."""
+    return f"{row['host'] or '-':<14} " if "host" in row else ""
 
 
 def _of_level(args: argparse.Namespace) -> str:

@@ -4,27 +4,52 @@ apart), read by one `stagewatch runs` / `stats` / `query` with --home given ten 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, run_python
+from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.test_gaps import sw
 
 HOMES = 10
 
 # The host's name, patched at the system edge in the pipeline's own process: ten machines' homes.
+# Each stage logs a line (through the stdlib handler), so log rows are read over the homes too.
 PIPELINE = """
-import socket
+import logging, socket
 socket.gethostname = lambda: {host!r}
 import stagewatch
+log = logging.getLogger("fleet")
+log.setLevel(logging.INFO)
+log.addHandler(stagewatch.LoggingHandler())
 run = stagewatch.init(pipeline="fleet", home={home!r})
 for frame in range(2):
     with run.stage("detection", sample_id=f"f{{frame}}"):
-        pass
+        log.info("frame %s seen", frame)
 run.finish()
 assert run.flush(10), "the daemon did not acknowledge the run"
 print(run.id)
+"""
+
+# A run in progress (no row in the runs table until it ends): it waits for its stdin to close.
+IN_PROGRESS = """
+import logging, socket, sys
+socket.gethostname = lambda: {host!r}
+import stagewatch
+log = logging.getLogger("fleet")
+log.setLevel(logging.INFO)
+log.addHandler(stagewatch.LoggingHandler())
+run = stagewatch.init(pipeline="fleet", home={home!r})
+with run.stage("detection", sample_id="f0"):
+    log.info("frame 0 seen")
+assert run.flush(10), "the daemon did not acknowledge the stage"
+print(run.id, flush=True)
+sys.stdin.read()
+run.finish()
+run.flush(10)
 """
 
 
@@ -90,3 +115,79 @@ def test_compare_reads_two_runs_from_two_homes(fleet) -> None:
     assert [stage["stage"] for stage in document["stages"]] == ["detection"]
     environment = json.dumps(document["environment"])  # the hosts differ, each from its own home's run
     assert "camera-01" in environment and "camera-02" in environment
+
+
+def _query(*arguments: str) -> dict:
+    found = sw("query", *arguments, "--json", "--limit", "1000")
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)
+
+
+def _query_found(*arguments: str) -> dict | None:
+    """`_query`, None while the run it names is not found yet (its folder not written yet)."""
+    found = sw("query", *arguments, "--json", "--limit", "1000")
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def test_stage_and_log_rows_carry_their_host_over_several_homes(fleet) -> None:
+    """Only a run's row names its host: over several homes, its stage executions and log lines
+    say it too (joined by run id), and --host narrows them as it narrows the runs."""
+    base, runs = fleet
+    every = _query("--home", str(base / "host*"))
+    assert sorted((row["run_id"], row["host"]) for row in every["stages"]) == sorted(2 * [*runs.items()])
+    assert sorted((row["run_id"], row["host"]) for row in every["logs"]) == sorted(2 * [*runs.items()])
+    narrowed = _query("--home", str(base / "host*"), "--host", "camera-07")
+    assert [row["host"] for row in narrowed["runs"]] == ["camera-07"]
+    assert [row["host"] for row in narrowed["stages"]] == ["camera-07"] * 2
+    assert [row["host"] for row in narrowed["logs"]] == ["camera-07"] * 2
+    one = _query("--home", str(base / "host03"))
+    assert len(one["stages"]) == 2 and "host" not in one["stages"][0]  # one home: the rows as stored
+    stats = json.loads(sw("stats", "--home", str(base / "host*"), "--json").stdout)
+    (detection,) = [entry for entry in stats if entry["stage"] == "detection"]
+    for exemplar in detection["exemplars"].values():  # the executions behind p95, p99, max: their host
+        assert exemplar["host"] == runs[exemplar["run_id"]]
+    printed = sw("query", "--home", str(base / "host*"), "--host", "camera-07", "--stage", "detection")
+    rows = [line for line in printed.stdout.splitlines() if line.startswith("  ")]  # 2 executions, 2 log lines
+    assert len(rows) == 4 and all(line.startswith("  camera-07 ") for line in rows), printed.stdout
+
+
+def test_a_run_in_progress_carries_its_host_from_its_audit_head(fleet, daemon) -> None:
+    """A run in progress has no runs row yet: its rows' host is its audit head's, and --host
+    finds it among the daemon's runs in progress."""
+    base, _runs = fleet
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", IN_PROGRESS.format(host="camera-live", home=str(daemon.home))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = pipeline.stdout.readline().strip()
+        homes = ("--home", str(daemon.home), "--home", str(base / "host01"))
+
+        def stored() -> dict | None:  # its stage and log rows, once written
+            rows = _query_found(*homes, "--run", run_id)
+            return rows if rows and rows["stages"] and rows["logs"] else None
+
+        found = wait_for(stored, 60, 0.5)
+        assert found["runs"] == []  # not ended: no row of its own yet
+        assert [row["host"] for row in found["stages"]] == ["camera-live"]
+        assert [row["host"] for row in found["logs"]] == ["camera-live"]
+        live = wait_for(lambda: _query(*homes, "--host", "camera-live")["stages"], 30, 0.5)  # status.json: each second
+        assert [row["run_id"] for row in live] == [run_id]
+    finally:
+        pipeline.stdin.close()
+        pipeline.wait(30)
+
+
+def test_the_dashboard_learns_its_homes_from_its_environment(tmp_path: Path) -> None:
+    """`stagewatch ui` tells `panel serve` its homes in STAGEWATCH_HOMES; one home reads as a
+    Path (the single-home path of every reader), a home named twice once, empty parts none."""
+    from stagewatch.ui._serve import HOMES_VARIABLE, configured_homes, homes_environment
+
+    homes = [tmp_path / "a", tmp_path / "b"]
+    assert configured_homes(homes_environment(homes)) == homes
+    assert configured_homes(homes_environment(homes[:1])) == homes[0]
+    twice = {HOMES_VARIABLE: os.pathsep.join([str(homes[1]), "", str(homes[1])]), "STAGEWATCH_HOME": str(homes[0])}
+    assert configured_homes(twice) == homes[1]
+    assert configured_homes({"STAGEWATCH_HOME": str(homes[0])}) == homes[0]  # plain `panel serve`, as before

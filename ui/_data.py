@@ -1,5 +1,9 @@
 """What the dashboard shows, as pure functions of a home's read models (tested without a browser).
 
+Every function takes the dashboard's home, or its homes (several hosts' homes read as one, a
+list: `Homes`): the tables are then the union of each home's, and a run's own files (its audit
+trail, accuracy, saved outputs) are read in the home that holds the run (`holding`).
+
 Nothing here writes, and nothing reads outside the home: an artifact is opened only if its
 path has the shape the client writes (runs/{run_id}/stages/{stage}/{file}, every part a
 checked name) and resolves, symlinks followed, inside the home's runs/ folder.
@@ -32,6 +36,7 @@ from stagewatch.daemon.projection._rows import RUNS
 from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
 from stagewatch.daemon.query._export import export_chunks, matching
 from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, gap_spans, with_outside_stages
+from stagewatch.daemon.query._hosts import hosts_in, with_hosts
 from stagewatch.daemon.query._query import (
     distinct_values,
     duration_points,
@@ -48,12 +53,14 @@ from stagewatch.daemon.query._readmodels import (
     WITH_ARTIFACTS,
     RunNotFound,
     active_runs,
-    load_accuracy,
-    load_audit_head,
-    resolve_run_id,
+    holding,
+    resolve_run_in,
     stages_with,
     stages_with_by_name,
 )
+from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
+from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
+from stagewatch.daemon.query._sql import Homes, homes_of
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -141,6 +148,10 @@ def runs_signature(home: Path) -> tuple:
     adds a file to its Delta log, whose folder's mtime moves), or the daemon's list of runs in
     progress. One stat call, so a page can look every few seconds without reading a million
     rows for nothing."""
+    return tuple(_home_signature(one) for one in homes_of(home))
+
+
+def _home_signature(home: Path) -> tuple:
     try:
         committed = (DaemonHome.of(home).table("runs") / "_delta_log").stat().st_mtime_ns
     except FileNotFoundError:  # no run finished yet
@@ -149,11 +160,11 @@ def runs_signature(home: Path) -> tuple:
     return committed, active
 
 
-def _running_runs(home: Path, filters: Filters) -> pa.Table:
-    """Runs in progress (from the daemon's status.json) that `filters` let through."""
+def _running_runs(home: Homes, filters: Filters) -> pa.Table:
+    """Runs in progress (from each home's daemon's status.json) that `filters` let through."""
     rows = []
     if filters.status in (None, "running") and not (filters.failed_stage or filters.grep):
-        for run in active_runs(home):
+        for run in (run for one in homes_of(home) for run in active_runs(one)):
             started = _timestamp(run.get("started_at"))
             wanted = {"run": run.get("run_id"), "pipeline": run.get("pipeline"), "host": run.get("host")}
             if any(getattr(filters, key) not in (None, value) for key, value in wanted.items()):
@@ -182,24 +193,26 @@ class ArtifactRefused(ValueError):
 
 
 FACETS_TTL_S = 30.0
-_facets_cache: dict[Path, tuple[float, dict[str, list[str]]]] = {}
+_facets_cache: dict[tuple[Path, ...], tuple[float, dict[str, list[str]]]] = {}
 
 
-def facets(home: Path) -> dict[str, list[str]]:
+def facets(home: Homes) -> dict[str, list[str]]:
     """The values the filter menus offer: pipelines, hosts, stages that failed first, stages,
     loggers. Read at most every 30 s per server process: a scan of whole columns is too slow
     for every page view of a big home."""
-    cached = _facets_cache.get(home)
+    key = tuple(homes_of(home))
+    cached = _facets_cache.get(key)
     if cached is not None and time.monotonic() - cached[0] < FACETS_TTL_S:
         return cached[1]
     found = _read_facets(home)
-    _facets_cache[home] = (time.monotonic(), found)
+    _facets_cache[key] = (time.monotonic(), found)
     return found
 
 
-def _read_facets(home: Path) -> dict[str, list[str]]:
-    where = {"pipeline": "runs", "host": "runs", "failed_stage": "runs", "stage": "stage_executions", "logger": "logs"}
-    return {column: distinct_values(home, table, column) for column, table in where.items()}
+def _read_facets(home: Homes) -> dict[str, list[str]]:
+    where = {"pipeline": "runs", "failed_stage": "runs", "stage": "stage_executions", "logger": "logs"}
+    found = {column: distinct_values(home, table, column) for column, table in where.items()}
+    return {**found, "host": hosts_in(home)}  # a run in progress has no row yet: its host is the daemon's word
 
 
 def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) -> Page:
@@ -207,7 +220,7 @@ def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) ->
     page, total = page_of(
         home, "logs", log_where(home, filters), LOG_COLUMNS, _order("time", True, "time"), offset, limit
     )
-    return Page(page.to_pandas(), total, offset, limit)
+    return Page(with_hosts(home, page).to_pandas(), total, offset, limit)  # over several homes, with the host
 
 
 def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
@@ -232,9 +245,19 @@ def export_bytes(home: Path, filters: Filters, form: str, tables: tuple[str, ...
         yield chunk.encode()
 
 
-def find_run(home: Path, text: str) -> str:
-    """A run id from an id or a unique prefix; RunNotFound says why not."""
-    return resolve_run_id(home, text)
+def find_run(home: Homes, text: str) -> str:
+    """A run id from an id or a unique prefix (in any of the homes); RunNotFound says why not."""
+    return resolve_run_in(home, text)
+
+
+def load_audit_head(home: Homes, run_id: str) -> dict[str, Any]:
+    """The run's audit head, from the home that holds the run."""
+    return _load_audit_head(holding(home, run_id), run_id)
+
+
+def load_accuracy(home: Homes, run_id: str) -> dict[str, Any] | None:
+    """The run's accuracy.json, from the home that holds the run (None without one)."""
+    return _load_accuracy(holding(home, run_id), run_id)
 
 
 # What the Run page shows of a run of any length (a run of a million executions included):
@@ -250,6 +273,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
     first errors from their stage lines (found by a byte search); its saved outputs a page at a
     time (`outputs_page`)."""
     audit = load_audit_head(home, run_id)
+    holder = holding(home, run_id)  # the run's trail: in the home that holds its folder
     stages = run_stages(home, run_id)
     points, executions = duration_points(home, run_id, DURATION_SLICES, FAILURES_DRAWN)
     errors = audit.get("errors", [])
@@ -260,7 +284,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "points": points.to_pandas(),
         "executions": executions,
         "samples": run_samples(home, run_id, SAMPLES_LISTED),
-        "errors": errors_of(stages_with(home, run_id, FAILED, ERRORS_SHOWN), errors[:ERRORS_SHOWN]),
+        "errors": errors_of(stages_with(holder, run_id, FAILED, ERRORS_SHOWN), errors[:ERRORS_SHOWN]),
         "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
         "accuracy": load_accuracy(home, run_id),
     }
@@ -384,7 +408,7 @@ def stage_error(home: Path, run_id: str, execution: dict[str, Any]) -> dict[str,
     page shows it: the audit trail's entry with its traceback, else what the row itself holds
     (a crashed process left no traceback)."""
     where = (execution.get("client_id"), execution.get("span"))
-    failed = stages_with(home, run_id, FAILED, MAX_ERRORS_SEARCHED)
+    failed = stages_with(holding(home, run_id), run_id, FAILED, MAX_ERRORS_SEARCHED)
     for error in errors_of(failed, load_audit_head(home, run_id).get("errors", [])):
         if (error.get("client_id"), error.get("span")) == where:
             return error
@@ -411,7 +435,7 @@ def outputs_page(home: Path, run_id: str, stage: str | None, offset: int, limit:
     audit = load_audit_head(home, run_id)
     if not (audit.get("counts") or {}).get("artifacts", 1):  # none: no line to look for (unknown: look)
         return {}, Page(pd.DataFrame(columns=OUTPUT_COLUMNS), 0, offset, limit)
-    counts, stages = stages_with_by_name(home, run_id, WITH_ARTIFACTS, stage, offset, limit)
+    counts, stages = stages_with_by_name(holding(home, run_id), run_id, WITH_ARTIFACTS, stage, offset, limit)
     rows = [
         {
             "sample_id": str(artifact.get("sample_id") or execution.get("sample_id") or "-"),
@@ -474,13 +498,16 @@ def _status(home: Path) -> dict[str, Any]:
     return status if isinstance(status, dict) else {}
 
 
-def resolve_artifact(home: Path, relative: str) -> Path:
-    """The file behind an artifact link, or ArtifactRefused: nothing outside the home's runs/."""
+def resolve_artifact(home: Homes, relative: str) -> Path:
+    """The file behind an artifact link, or ArtifactRefused: nothing outside the runs/ of the
+    home that holds its run."""
     try:
-        path = DaemonHome.of(home).artifact(*parse_artifact_relpath(relative)).resolve()
+        parts = parse_artifact_relpath(relative)
+        holder = holding(home, parts[0])
+        path = DaemonHome.of(holder).artifact(*parts).resolve()
     except (ValueError, TypeError) as error:
         raise ArtifactRefused(f"refused {relative!r:.200}: {error}") from None
-    runs = DaemonHome.of(home).runs.resolve()
+    runs = DaemonHome.of(holder).runs.resolve()
     if not path.is_relative_to(runs):
         raise ArtifactRefused(f"refused {relative!r}: it leads outside the home (a symlink?)")
     if not path.is_file():

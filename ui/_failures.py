@@ -35,8 +35,10 @@ from stagewatch.daemon.groundtruth.formats import (
     load_points,
 )
 from stagewatch.daemon.projection import _outcomes as outcomes
-from stagewatch.daemon.query._readmodels import RunNotFound, load_accuracy, load_audit_head, read_table
-from stagewatch.ui._data import PREVIEW_BYTES, Page
+from stagewatch.daemon.query._hosts import runs_on_host, with_hosts
+from stagewatch.daemon.query._readmodels import RunNotFound, holding, read_table
+from stagewatch.daemon.query._sql import Homes
+from stagewatch.ui._data import PREVIEW_BYTES, Page, load_accuracy, load_audit_head
 from stagewatch.ui._overlay import blend, parse_boxes_column, rgb
 
 # A judged sample is wrong or invalid; a stage execution that produced nothing failed (raised an
@@ -106,6 +108,7 @@ class CaseFilters:
     # (masks, point labels, crashes).
     min_confidence: float = 0.0
     max_confidence: float = 1.0
+    host: str | None = None  # cases of the runs of this host (several hosts' homes read as one)
 
     @property
     def confidence_narrowed(self) -> bool:
@@ -138,7 +141,8 @@ def failures_page(
     if sort not in CASE_SORTS:
         raise ValueError(f"expected a sort column of {', '.join(CASE_SORTS)}, got {sort!r}")
     cases = matching_cases(home, filters)
-    return Page(_ordered_page(cases, sort, descending, offset, limit).to_pandas(), cases.num_rows, offset, limit)
+    page = with_hosts(home, _ordered_page(cases, sort, descending, offset, limit))  # several homes: the host
+    return Page(page.to_pandas(), cases.num_rows, offset, limit)
 
 
 def matching_cases(home: Path, filters: CaseFilters) -> pa.Table:
@@ -236,12 +240,13 @@ _SCHEMA = pa.schema(
 )
 
 
-def _common(filters: CaseFilters, time_column: str) -> ds.Expression | None:
-    """Stage, run and the time range (date partitions pruned), as the query API builds them."""
+def _common(home: Homes, filters: CaseFilters, time_column: str) -> ds.Expression | None:
+    """Stage, run, host and the time range (date partitions pruned), as the query API builds them."""
     return _and(
         _time_filter(time_column, filters),
         _equals("stage", filters.stage),
         _equals("run_id", filters.run),
+        ds.field("run_id").isin(runs_on_host(home, filters.host)) if filters.host else None,
     )
 
 
@@ -249,7 +254,7 @@ def _judged(home: Path, filters: CaseFilters) -> pa.Table:
     if filters.status in EXECUTION_FAILURES or filters.kind in EXECUTION_FAILURES:
         return _SCHEMA.empty_table()
     statuses = [filters.status] if filters.status else ["wrong", "invalid"]
-    expression = _and(_common(filters, "time"), ds.field("status").isin(statuses))
+    expression = _and(_common(home, filters, "time"), ds.field("status").isin(statuses))
     expression = (
         expression & (ds.field("severity") >= filters.min_severity) & (ds.field("severity") <= filters.max_severity)
     )
@@ -272,7 +277,7 @@ def _crashed(home: Path, filters: CaseFilters) -> pa.Table:
         return _SCHEMA.empty_table()  # a crash has no class or confidence
     wanted = filters.status or filters.kind
     status = ds.field("status") == wanted if wanted else ds.field("status") != "ok"
-    expression = _and(_common(filters, "start_time"), status)
+    expression = _and(_common(home, filters, "start_time"), status)
     columns = ["start_time", "run_id", "stage", "sample_id", "status", "error_type", "error_message"]
     rows = read_table(home, "stage_executions", expression, None, columns)
     n = rows.num_rows
@@ -583,7 +588,7 @@ def runs_with_accuracy(home: Path, limit: int = 200) -> dict[str, Any]:
     runs = read_table(home, "runs", ds.field("dataset").is_valid(), None, ["run_id", "start_time"])
     newest = runs.take(pc.sort_indices(runs, sort_keys=[("start_time", "descending")])).slice(0, limit)
     starts = zip(newest["run_id"].to_pylist(), newest["start_time"].to_pylist(), strict=True)
-    return {run_id: start for run_id, start in starts if DaemonHome.of(home).accuracy(run_id).exists()}
+    return {run_id: start for run_id, start in starts if DaemonHome.of(holding(home, run_id)).accuracy(run_id).exists()}
 
 
 def errors_of(case: dict[str, Any]) -> dict[str, Any]:

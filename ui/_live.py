@@ -172,6 +172,13 @@ class LiveBoard:
         self._forget_old(keep=run_id)
         return run
 
+    def end(self, run_id: str, status: str) -> None:
+        """A run ended as its stored row says (its end did not come through the feed)."""
+        run = self.runs.get(run_id)
+        if run is not None and run.ended_at is None:
+            run.status, run.ended_at = status, time.monotonic()
+            self.version += 1
+
     def take_accuracy(self, summary: dict[str, Any]) -> None:
         run_id = summary.get("run_id")
         if isinstance(run_id, str) and isinstance(summary.get("stages"), dict):
@@ -229,11 +236,12 @@ def stored_ends(home: Path, run_id: str, after_lsn: int) -> list[dict[str, Any]]
     return rows.to_pylist()
 
 
-def run_stored(home: Path, run_id: str) -> bool:
-    """Is the run's row in the runs table (it has ended and its stage rows are written: the
-    daemon writes them first)?"""
+def stored_status(home: Path, run_id: str) -> str | None:
+    """How the run ended, as its row in the runs table says; None while it has no row (its row
+    is written once it has ended and its stage rows are written: the daemon writes them first)."""
     expression = ds.field("run_id") == run_id
-    return read_table(home, "runs", expression, run_dates(home, run_id), ["run_id"]).num_rows > 0
+    rows = read_table(home, "runs", expression, run_dates(home, run_id), ["status"])
+    return str(rows["status"][-1].as_py() or "ok") if rows.num_rows else None
 
 
 def _describe(run: LiveRun, active: dict[str, Any] | None) -> None:
@@ -400,26 +408,41 @@ class LiveFeed:
 
     def _join_active(self) -> None:
         """The runs in progress as this feed starts, joined with what is stored of them."""
-        for active in active_runs(self.home.root):
-            if isinstance(active, dict) and isinstance(active.get("run_id"), str):
-                with self.board.lock:
-                    _describe(self.board.join(active["run_id"]), active)
         self._reconcile()
 
+    def _join_listed(self) -> set[str]:
+        """The runs the daemon lists in progress (its status.json, rewritten each second); those
+        the board has not met are joined. So a daemon whose feed this process cannot reach (one
+        on another machine writing its home to a shared file system: its socket is local to it)
+        still shows its runs, from what it stores. Returns the ids listed."""
+        listed = {run["run_id"]: run for run in active_runs(self.home.root) if isinstance(run.get("run_id"), str)}
+        with self.board.lock:
+            for run_id, active in listed.items():
+                if run_id not in self.board.runs:
+                    _describe(self.board.join(run_id), active)
+        return set(listed)
+
     def _reconcile(self) -> None:
-        """Fold the joined runs' stage rows stored since the last read. A run that has ended
-        and whose row is stored is complete after this read: its identities are let go.
-        A read that fails (a damaged part, a file swapped away) is tried again next time."""
+        """Join the runs the daemon lists that the board has not met, and fold the joined runs'
+        stage rows stored since the last read. A run that has ended and whose row is stored is
+        complete after this read: its identities are let go. A joined run whose end the feed
+        did not bring ends when the daemon lists it no longer and its row is stored (with that
+        row's status). A read that fails (a damaged part, a file swapped away) is tried again
+        next time."""
+        listed = self._join_listed()
         with self.board.lock:
             joined = [(run.run_id, run.stored_lsn, run.ended_at is not None) for run in self.board.joined()]
         for run_id, after_lsn, ended in joined:
             try:
-                complete = ended and run_stored(self.home.root, run_id)  # before the rows: they are written first
+                # Before the rows: the daemon writes them first.
+                status = stored_status(self.home.root, run_id) if ended or run_id not in listed else None
                 rows = stored_ends(self.home.root, run_id, after_lsn)
             except (OSError, ValueError, pa.ArrowException):  # ValueError: ArrowInvalid, an odd name
                 continue
             with self.board.lock:
-                self.board.take_stored(run_id, rows, complete)
+                self.board.take_stored(run_id, rows, status is not None)
+                if status is not None and not ended:
+                    self.board.end(run_id, status)
 
     def _take(self, frames: list[bytes]) -> None:
         """Fold one message; anything undecodable costs only itself."""

@@ -8,13 +8,18 @@ cookie secret. The command refuses a non-loopback address without it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 APP = Path(__file__).with_name("app.py")
 STARTUP = Path(__file__).with_name("_startup.py")
 DEFAULT_PORT = 5006
+# The dashboard's homes, os.pathsep between them (`stagewatch ui --home a --home b` sets it):
+# one dashboard over several hosts' homes. Without it, the one home of STAGEWATCH_HOME.
+HOMES_VARIABLE = "STAGEWATCH_HOMES"
 
 
 class UiArgumentError(ValueError):
@@ -63,3 +68,22 @@ def ui_command(
     if basic_auth:
         command += ["--basic-auth", basic_auth, "--cookie-secret", cookie_secret or secrets.token_hex(32)]
     return command
+
+
+def homes_environment(homes: Sequence[Path]) -> dict[str, str]:
+    """The variables that tell the dashboard's process its homes: every one in STAGEWATCH_HOMES,
+    the first in STAGEWATCH_HOME. Both are set, so a value inherited from the shell never adds
+    homes the command was not given."""
+    return {"STAGEWATCH_HOME": str(homes[0]), HOMES_VARIABLE: os.pathsep.join(str(home) for home in homes)}
+
+
+def configured_homes(environ: Mapping[str, str] = os.environ) -> Path | list[Path]:
+    """The homes the dashboard reads, as the query layer takes them: one home as a Path (the
+    usual case, read exactly as before), several as a list (STAGEWATCH_HOMES)."""
+    from stagewatch.daemon.base._layout import DaemonHome
+
+    named = [part for part in environ.get(HOMES_VARIABLE, "").split(os.pathsep) if part.strip()]
+    homes = list(dict.fromkeys(DaemonHome.resolve(part).root for part in named))
+    if len(homes) > 1:
+        return homes
+    return homes[0] if homes else DaemonHome.resolve(environ.get("STAGEWATCH_HOME") or None).root

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import panel as pn
 from bokeh.models import CustomJS
 
+from stagewatch.daemon.query._sql import Homes, homes_of
 from stagewatch.ui import _data, _router
 
 
@@ -155,16 +155,27 @@ def choices(values: list[str], anything: str = "any") -> dict[str, str]:
     return {anything: "", **{value: value for value in values}}
 
 
-def banners(home: Path) -> list[pn.pane.Alert]:
-    """The daemon's state and disk warnings, in words."""
+def banners(home: Homes) -> list[pn.pane.Alert]:
+    """The daemon's state and disk warnings, in words (of each home's daemon)."""
     shown = []
-    problem = _data.daemon_problem(home)
-    if problem:
-        shown.append(pn.pane.Alert(problem, alert_type="warning"))
-    disk = _data.disk_problems(home)
-    if disk:
-        shown.append(pn.pane.Alert("**Disk:** " + "; ".join(disk), alert_type="warning"))
+    homes = homes_of(home)
+    for one in homes:
+        problem = _data.daemon_problem(one)
+        if problem:
+            shown.append(pn.pane.Alert(problem, alert_type="warning"))
+        disk = _data.disk_problems(one)
+        if disk:
+            whose = f" of {one}" if len(homes) > 1 else ""
+            shown.append(pn.pane.Alert(f"**Disk{whose}:** " + "; ".join(disk), alert_type="warning"))
     return shown
+
+
+def host_filter(home: Homes) -> pn.widgets.Select:
+    """The host menu of a page (Runs, Performance, Logs, Failures), shown when the homes hold runs
+    of more than one host (several hosts' homes read as one). A link's host is checked as every
+    menu's value is: one the homes do not know is said to be ignored (`sync_url`), not taken."""
+    hosts = _data.facets(home)["host"]
+    return pn.widgets.Select(name="Host", options=choices(hosts), visible=len(hosts) > 1)
 
 
 def failure(what: str, error: BaseException) -> pn.pane.Alert:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import holoviews as hv
@@ -21,8 +20,9 @@ import panel as pn
 from panel.theme import Fast
 from panel.viewable import Viewable
 
-from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.query._sql import Homes, homes_of
 from stagewatch.ui import _router, _widgets
+from stagewatch.ui._serve import configured_homes
 from stagewatch.ui.pages import accuracy, case, compare, failures, live, logs, performance, run, runs
 
 pn.extension("tabulator", sizing_mode="stretch_width", notifications=False)
@@ -34,7 +34,7 @@ class Route:
     """A page: its title, the function that builds it for a home, and whether the sidebar links it."""
 
     title: str
-    view: Callable[[Path], pn.viewable.Viewable]
+    view: Callable[[Homes], pn.viewable.Viewable]
     in_sidebar: bool = True
 
 
@@ -81,10 +81,6 @@ class OfflineFast(Fast):
 OfflineFast.__name__ = Fast.__name__
 
 
-def configured_home() -> Path:
-    return DaemonHome.resolve().root
-
-
 def page_name(arguments: _router.Arguments) -> str:
     """?page=…; a bare ?run=… or ?artifact=… link (older links, the demo's) opens the run page."""
     asked = (arguments.get("page") or [""])[0]
@@ -93,7 +89,7 @@ def page_name(arguments: _router.Arguments) -> str:
     return "run" if "run" in arguments or "artifact" in arguments else "runs"
 
 
-def builder(home: Path, sidebar: pn.pane.HTML) -> _router.Build:
+def builder(home: Homes, sidebar: pn.pane.HTML) -> _router.Build:
     """What the router calls for each page a session opens: the page's title and main content."""
 
     def build(arguments: _router.Arguments) -> tuple[str, list[Any]]:
@@ -108,15 +104,23 @@ def builder(home: Path, sidebar: pn.pane.HTML) -> _router.Build:
     return build
 
 
+def homes_note(home: Homes) -> str:
+    """The sidebar's footnote: the home read, or each of the homes read as one."""
+    homes = homes_of(home)
+    if len(homes) == 1:
+        return f"home: `{homes[0]}`"
+    return f"{len(homes)} homes, read as one: " + ", ".join(f"`{one}`" for one in homes)
+
+
 def page() -> pn.template.FastListTemplate:
     """A session's template around its router, showing the page its URL names."""
-    home = configured_home()
+    home = configured_homes()  # one, or several read as one (`stagewatch ui --home a --home b`)
     sidebar = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["sw-sidebar"])
     router = _router.Router(builder(home, sidebar))
     router.start(_router.session_arguments())
     template = pn.template.FastListTemplate(
         title="stagewatch",
-        sidebar=[router.navigator, sidebar, pn.pane.Markdown(f"home: `{home}`", styles={"font-size": "12px"})],
+        sidebar=[router.navigator, sidebar, pn.pane.Markdown(homes_note(home), styles={"font-size": "12px"})],
         main=[router.main],
         sidebar_width=200,
         design=OfflineFast,

@@ -9,11 +9,11 @@ the answer does not change between reads) and the row of the largest (`arg_max`)
 from __future__ import annotations
 
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
+from stagewatch.daemon.query._hosts import hosts_of
 from stagewatch.daemon.query._query import Filters, stage_where
-from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.query._sql import Homes, homes_of, select
 
 EXEMPLARS = ("p95", "p99", "max")
 _ROW = "struct_pack(run_id := m.run_id, sample_id := m.sample_id, input_path := m.input_path, duration_ms := m.duration_ms, status := m.status)"  # noqa: E501
@@ -44,11 +44,16 @@ def links_of(row: dict[str, Any], stage: str) -> dict[str, str]:
     }
 
 
-def query_exemplars(home: Path, filters: Filters) -> dict[str, dict[str, dict[str, Any]]]:
+def query_exemplars(home: Homes, filters: Filters) -> dict[str, dict[str, dict[str, Any]]]:
     """Per stage: for p95, p99 and max, the execution behind it (run_id, sample_id, input_path,
-    duration_ms, status) and its links."""
+    duration_ms, status; read over several homes, its run's host too) and its links."""
     where = stage_where(home, filters)
     rows = select(home, "stage_executions", _SQL.format(where=where.sql), where.params, None, where.dates).to_pylist()
+    if len(homes_of(home)) > 1:
+        hosts = hosts_of(home, [row[name]["run_id"] for row in rows for name in EXEMPLARS])
+        for row in rows:
+            for name in EXEMPLARS:
+                row[name]["host"] = hosts.get(row[name]["run_id"])
     return {
         row["stage"]: {name: row[name] | {"links": links_of(row[name], row["stage"])} for name in EXEMPLARS}
         for row in rows

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon.projection._outcomes import RUN_ONLY
+from stagewatch.daemon.query._hosts import with_hosts
 from stagewatch.daemon.query._query import Filters, query_logs, query_runs, query_stages
 from stagewatch.daemon.query._readmodels import to_rows
 
@@ -24,11 +25,12 @@ def matching(home: Path, filters: Filters, tables: tuple[str, ...] = TABLES) -> 
     """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs. A
     filter only log lines have (a level, a logger) matches log lines alone: runs and stage
     executions have no level, so none of them is "of level WARNING". `tables`: only those
-    (the Logs page downloads its log lines, `export --table logs` the same)."""
+    (the Logs page downloads its log lines, `export --table logs` the same). Read over several
+    homes, stage executions and log lines name their run's host too (`_hosts.with_hosts`)."""
     unknown = [name for name in tables if name not in TABLES]
     if unknown:
         raise ValueError(f"expected tables of {', '.join(TABLES)}, got {', '.join(map(repr, unknown))}")
-    logs = query_logs(home, filters)
+    logs = with_hosts(home, query_logs(home, filters))
     if tables == ("logs",):
         return {"logs": _rows(logs)}
     if filters.level or filters.logger:
@@ -44,7 +46,7 @@ def matching(home: Path, filters: Filters, tables: tuple[str, ...] = TABLES) -> 
     else:
         stages = query_stages(home, filters)
         runs = query_runs(home, filters)
-    every = {"runs": runs, "stages": stages, "logs": logs}
+    every = {"runs": runs, "stages": with_hosts(home, stages), "logs": logs}
     return {name: _rows(every[name]) for name in tables}
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon.projection._outcomes import RUN_STATUSES
+from stagewatch.daemon.query._hosts import runs_on_host
 from stagewatch.daemon.query._sql import MAX_ROWS, homes_of, over_arrow, quoted, schema_of, select
 from stagewatch.daemon.tables._runindex import run_dates
 
@@ -145,14 +146,22 @@ def run_where(home: Path, filters: Filters) -> Where:
     return _contains(where, "error_message", filters)
 
 
+def _on_host(where: Where, home: Path, filters: Filters) -> Where:
+    """--host for the rows of runs (stage executions, log lines): their run is one of the host's
+    (only a run's row names its host; `_hosts.runs_on_host`)."""
+    if not filters.host:
+        return where
+    return where.add("run_id IN (SELECT unnest(?::VARCHAR[]))", runs_on_host(home, filters.host))
+
+
 def stage_where(home: Path, filters: Filters) -> Where:
-    where = _common(Where(), home, "start_time", filters)
+    where = _on_host(_common(Where(), home, "start_time", filters), home, filters)
     where.equals("stage", filters.stage).equals("status", filters.status)
     return _contains(where, "error_message", filters)
 
 
 def log_where(home: Path, filters: Filters) -> Where:
-    where = _common(Where(), home, "time", filters).equals("stage", filters.stage)
+    where = _on_host(_common(Where(), home, "time", filters), home, filters).equals("stage", filters.stage)
     if filters.level:
         levels = LEVELS[LEVELS.index(filters.level.upper()) :]
         where.add(f"level IN ({', '.join('?' * len(levels))})", *levels)

@@ -40,7 +40,7 @@ class RunNotFound(LookupError):
 
 
 def read_table(
-    home: Path,
+    home: Homes,
     table: str,
     expression: ds.Expression | None = None,
     dates: list[str] | None = None,
@@ -51,7 +51,14 @@ def read_table(
     with the right schema if there are none. `dates` limits the read to those partitions
     (the run index's answer for one run) without listing the others; `columns` reads only those,
     and string columns named in `dictionary` come as dictionary arrays (no string per row).
-    The files read are those of the table's Delta snapshot (`snapshot_files`)."""
+    The files read are those of the table's Delta snapshot (`snapshot_files`); of several
+    homes, each home's rows in turn."""
+    if not isinstance(home, (str, Path)):
+        homes = homes_of(home)
+        if len(homes) > 1:
+            parts = [read_table(one, table, expression, dates, columns, dictionary) for one in homes]
+            return pa.concat_tables(parts)
+        home = homes[0]
     folder = DaemonHome.of(home).table(table)
     # Settled before any early return: a table not written yet (a pipeline that never logs
     # has no logs table) answers with the same types as one that holds rows.
@@ -196,6 +203,8 @@ def holding(home: Homes, run_id: str) -> Path:
     """The home (of one or several) whose runs/ holds `run_id`: where its audit trail and
     accuracy are read (the first home when none does: the reader then says what is missing)."""
     homes = homes_of(home)
+    if len(homes) == 1:  # the one home: nothing to look for
+        return homes[0]
     return next((one for one in homes if DaemonHome.of(one).run(run_id).is_dir()), homes[0])
 
 

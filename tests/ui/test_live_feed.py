@@ -10,10 +10,13 @@ import pyarrow.dataset as ds
 
 import stagewatch
 from stagewatch import _protocol as protocol
+from stagewatch._home import ipc_path
 from stagewatch._records import encode_records
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.ui._live import LiveFeed
 from tests.conftest import DaemonProcess, wait_for
+from tests.test_many_homes import IN_PROGRESS
 
 
 def test_the_board_sees_every_stage_end_and_failure_of_a_real_run(daemon: DaemonProcess) -> None:
@@ -117,12 +120,43 @@ def test_a_board_that_joins_a_run_mid_way_shows_its_whole_count_and_failures(dae
         with contextlib.suppress(AssertionError):  # the stored rows' last read follows the run's end
             wait_for(lambda: _counts(live) == expected, 30)
         assert _counts(live) == expected
-        assert _stored_count(daemon.home, run_id) == 2 * samples
+        # The feed carries a group when it is committed to the event log, before its rows are
+        # written to the tables: the board may be whole before the last rows are stored.
+        wait_for(lambda: _stored_count(daemon.home, run_id) == 2 * samples, 30)
         (stored,) = read_table(daemon.home, "runs", ds.field("run_id") == run_id, None, ["status"]).to_pylist()
         assert live.status == stored["status"] and live.pipeline == "joined"
         assert live.failures[0]["sample_id"] == f"s{max(s for s in range(samples) if s % 97 == 5)}"
     finally:
         if feed is not None:
             feed.stop()
+        pipeline.kill()
+        pipeline.wait(10)
+
+
+def test_a_daemon_whose_feed_is_out_of_reach_still_shows_its_runs_and_their_ends(daemon: DaemonProcess) -> None:
+    """A home on a shared file system whose daemon runs on another machine: its feed's socket
+    cannot be reached from here (removed here: the daemon keeps listening, nothing new can
+    connect). Its runs in progress still join the board, from its status.json and stored rows,
+    and end when their row is stored, as that row says."""
+    ipc_path(DaemonHome(daemon.home).live_endpoint).unlink()
+    feed = LiveFeed(daemon.home)
+    pipeline = subprocess.Popen(
+        [sys.executable, "-c", IN_PROGRESS.format(host="camera-far", home=str(daemon.home))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: feed.connected, 10)
+        run_id = pipeline.stdout.readline().strip()
+        live = wait_for(lambda: (r := feed.board.runs.get(run_id)) and "detection" in r.stages and r, 30)
+        wait_for(lambda: live.stages["detection"].done == 1, 30)
+        assert (live.host, live.status, live.ended_at) == ("camera-far", "running", None)
+        pipeline.stdin.close()
+        assert pipeline.wait(30) == 0
+        wait_for(lambda: live.ended_at is not None, 30)
+        assert live.status == "ok" and live.stages["detection"].done == 1
+    finally:
+        feed.stop()
         pipeline.kill()
         pipeline.wait(10)

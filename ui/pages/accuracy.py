@@ -15,6 +15,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
+from stagewatch.daemon.query._sql import homes_of
 from stagewatch.ui import _axes, _data, _failures, _format, _widgets
 from stagewatch.ui._live import LiveFeed
 
@@ -26,7 +27,7 @@ TREND_RUNS = 200
 class AccuracyPage:
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.feed = LiveFeed.of(home)
+        self.feeds = [LiveFeed.of(one) for one in homes_of(home)]  # each home's daemon's
         runs = _failures.runs_with_accuracy(home, TREND_RUNS)
         self.runs = runs
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix (default: the newest judged)")
@@ -57,7 +58,7 @@ class AccuracyPage:
                 )
             ]
             return
-        live = self.feed.board.runs.get(run_id)
+        live = next((run for feed in self.feeds if (run := feed.board.runs.get(run_id)) is not None), None)
         stages = live.accuracy if live is not None and live.accuracy else None
         summary = {"stages": stages} if stages else _data.load_accuracy(self.home, run_id) or {}
         key = (run_id, repr(summary.get("stages")))
@@ -67,7 +68,7 @@ class AccuracyPage:
         self.summary.objects = sections(run_id, summary, self.home)
 
     def _newest(self) -> str | None:
-        running = [r for r in self.feed.board.visible() if r.accuracy and r.ended_at is None]
+        running = [r for feed in self.feeds for r in feed.board.visible() if r.accuracy and r.ended_at is None]
         return running[0].run_id if running else next(iter(self.runs), None)
 
 

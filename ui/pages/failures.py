@@ -49,6 +49,7 @@ class FailuresPage:
         )
         self.when = pn.widgets.Select(name="When", options=WHEN)
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
+        self.host = _widgets.host_filter(home)  # shown when the homes hold runs of several hosts
         self.text = pn.widgets.TextInput(name="Search", placeholder="sample id, reason")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
         self.show = pn.widgets.RadioButtonGroup(name="Show", options=list(SHOW), value="table", width=180)
@@ -63,6 +64,7 @@ class FailuresPage:
             "confidence": self.confidence,
             "when": self.when,
             "run": self.run,
+            "host": self.host,
             "q": self.text,
             "sort": self.sort,
         }
@@ -104,6 +106,7 @@ class FailuresPage:
             self.when.value,
             self.run.value,
             self.text.value,
+            self.host.value,
         )
 
     def _page(self, offset: int, limit: int) -> _data.Page:
@@ -141,6 +144,7 @@ def case_filters(
     when: str,
     run: str,
     text: str,
+    host: str = "",
 ) -> _failures.CaseFilters:
     """The Failures page's filters, from its widgets or from a Case page's `from` link alike."""
     found = _data.find_run(home, run) if run.strip() else None
@@ -155,6 +159,7 @@ def case_filters(
         class_name=class_name or None,
         min_confidence=confidence[0],
         max_confidence=confidence[1],
+        host=host or None,
     )
 
 
@@ -185,6 +190,7 @@ def carried_view(home: Path, query: str) -> tuple[_failures.CaseFilters, str, bo
         values.get("when", ""),
         values.get("run", ""),
         values.get("q", ""),
+        values.get("host", ""),
     )
     return (filters, *SORTS[sort_label])
 
@@ -243,7 +249,10 @@ def kind_words(kind: str) -> str:
 
 
 def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
+    """The cases as people read them; read over several homes, each with its run's host."""
+    hosts = {"host": rows["host"].fillna("")} if "host" in rows else {}
     columns = ["case", "stage", "outcome", "error kinds", "classes", "confidence", "severity", "reason", "run", "when"]
+    columns += list(hosts)
     if rows.empty:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(
@@ -263,6 +272,7 @@ def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
             "reason": [(r or "")[:200] for r in rows["reason"]],
             "run": [_widgets.run_link(r) for r in rows["run_id"]],
             "when": [_format.when_html(t.to_pydatetime()) for t in rows["time"]],
+            **hosts,
         }
     )
 

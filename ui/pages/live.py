@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import html
 import time
-from pathlib import Path
 
 import pandas as pd
 import panel as pn
 
 from stagewatch.daemon.projection import _outcomes as outcomes
+from stagewatch.daemon.query._sql import Homes, homes_of
 from stagewatch.ui import _format, _widgets
 from stagewatch.ui._live import LiveFeed, LiveRun
 
@@ -19,15 +19,16 @@ REDRAW_MS = 250  # a session looks at the board 4 times a second and redraws onl
 
 
 class LivePage:
-    def __init__(self, home: Path) -> None:
-        self.feed = LiveFeed.of(home)
+    def __init__(self, home: Homes) -> None:
+        # Each home's daemon's feed: several hosts' homes show the runs in progress of every one.
+        self.feeds = [LiveFeed.of(one) for one in homes_of(home)]
         self.runs = pn.Column()
         self.cards: dict[str, tuple[pn.Column, pn.pane.HTML, pn.widgets.Tabulator, pn.pane.HTML]] = {}
         self.empty = pn.pane.Markdown(
             "No run is in progress. Start a pipeline (`stagewatch demo` runs one) and it appears here as it runs; "
             "finished runs are on the [Runs](?page=runs) page."
         )
-        self.seen_version = -1
+        self.seen_version: tuple[int, ...] = ()
         self.redraw()
         _widgets.every(REDRAW_MS, self.redraw)
 
@@ -35,15 +36,23 @@ class LivePage:
         return pn.Column(self.runs)
 
     def redraw(self) -> None:
-        board = self.feed.board
-        if board.version == self.seen_version:
+        versions = tuple(feed.board.version for feed in self.feeds)
+        if versions == self.seen_version:
             return
-        with board.lock:
-            self.seen_version = board.version
-            now_ns = time.time_ns()
-            visible = board.visible()
-            shown = [(r, summary(r, now_ns), stage_frame(r), failures_html(r)) for r in visible if r.ended_at is None]
-            ended = ended_html([r for r in visible if r.ended_at is not None])
+        self.seen_version = versions
+        now_ns = time.time_ns()
+        shown, ended_lines = [], []
+        for feed in self.feeds:
+            with feed.board.lock:
+                visible = feed.board.visible()
+                shown += [
+                    (r, summary(r, now_ns), stage_frame(r), failures_html(r), r.started_ns or r.last_event_ns)
+                    for r in visible
+                    if r.ended_at is None
+                ]
+                ended_lines += [ended_line(r) for r in visible if r.ended_at is not None]
+        shown = [drawn[:4] for drawn in sorted(shown, key=lambda drawn: -drawn[4])]  # newest first, of every home
+        ended = ended_html(ended_lines)
         # A run leaves the running list the moment its end arrives; it stays below, in words.
         after = [pn.pane.HTML(ended, name="ended")] if ended else []
         if not shown:
@@ -80,21 +89,23 @@ def summary(run: LiveRun, now_ns: int) -> str:
     )
 
 
-def ended_html(runs: list[LiveRun]) -> str:
-    """The runs that ended in the last minutes, a line each: how each ended, its counts."""
-    if not runs:
+def ended_html(lines: list[str]) -> str:
+    """The runs that ended in the last minutes, a line each (`ended_line`)."""
+    if not lines:
         return ""
-    lines = []
-    for run in runs:
-        colour = _format.STATUS_COLOURS.get(run.status, "#555")
-        total = sum(s.done for s in run.stages.values())
-        failed = sum(s.failed for s in run.stages.values())
-        lines.append(
-            f'<li><b style="color:{colour}">{html.escape(outcomes.label(run.status))}</b> · '
-            f"{_widgets.run_link(run.run_id)} · pipeline <b>{html.escape(str(run.pipeline or '?'))}</b> · "
-            f"{total:,} stage executions, {failed:,} failed</li>"
-        )
     return f'<div class="sw-ended"><h3>Ended in the last 10 minutes</h3><ul>{"".join(lines)}</ul></div>'
+
+
+def ended_line(run: LiveRun) -> str:
+    """A run that ended in the last minutes: how it ended, its counts."""
+    colour = _format.STATUS_COLOURS.get(run.status, "#555")
+    total = sum(s.done for s in run.stages.values())
+    failed = sum(s.failed for s in run.stages.values())
+    return (
+        f'<li><b style="color:{colour}">{html.escape(outcomes.label(run.status))}</b> · '
+        f"{_widgets.run_link(run.run_id)} · pipeline <b>{html.escape(str(run.pipeline or '?'))}</b> · "
+        f"{total:,} stage executions, {failed:,} failed</li>"
+    )
 
 
 def stage_frame(run: LiveRun) -> pd.DataFrame:
@@ -132,5 +143,5 @@ def failures_html(run: LiveRun) -> str:
     return f'<div style="color:#c62828">Latest failures:<ul style="margin:2px 0">{items}</ul></div>'
 
 
-def view(home: Path) -> pn.viewable.Viewable:
+def view(home: Homes) -> pn.viewable.Viewable:
     return LivePage(home).layout()

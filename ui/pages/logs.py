@@ -5,7 +5,6 @@ download of exactly the filtered set, equal to `stagewatch export` with the same
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -15,6 +14,7 @@ from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import LEVELS, Filters, parse_time
+from stagewatch.daemon.query._sql import Homes
 from stagewatch.ui import _axes, _data, _format, _widgets
 
 LEVEL_COLOURS = {
@@ -31,7 +31,7 @@ EMPTY = "No log lines yet: log through `logger.add(stagewatch.loguru_sink)` or t
 
 
 class LogsPage:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Homes) -> None:
         self.home = home
         facets = _data.facets(home)
         self.since = pn.widgets.TextInput(name="Since", placeholder=_widgets.SINCE_HINT)
@@ -40,6 +40,7 @@ class LogsPage:
         self.level = pn.widgets.Select(name="Lowest level", options=_widgets.choices(list(LEVELS)))
         self.run = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
         self.logger = pn.widgets.Select(name="Logger", options=_widgets.choices(facets["logger"]))
+        self.host = _widgets.host_filter(home)
         self.text = pn.widgets.TextInput(name="Search", placeholder="text in the message")
         self.regex = pn.widgets.Checkbox(name="regular expression", width=160)
         self.tail = pn.widgets.Checkbox(name="live tail (every second)", width=190)
@@ -67,6 +68,7 @@ class LogsPage:
                 "level": self.level,
                 "run": self.run,
                 "logger": self.logger,
+                "host": self.host,
                 "q": self.text,
                 "regex": self.regex,
                 "tail": self.tail,
@@ -83,7 +85,7 @@ class LogsPage:
         _widgets.every(TAIL_MS, self._tail)
 
     def layout(self) -> pn.Column:
-        shown = [self.since, self.until, self.stage, self.level, self.run, self.logger, self.text]
+        shown = [self.since, self.until, self.stage, self.level, self.run, self.logger, self.host, self.text]
         downloads = pn.Row(self.regex, self.tail, self.download_json, self.download_jsonl, sizing_mode="stretch_width")
         return self.query.layout(shown, downloads, self.histogram)
 
@@ -96,6 +98,7 @@ class LogsPage:
             stage=self.stage.value or None,
             level=self.level.value or None,
             logger=self.logger.value or None,
+            host=self.host.value or None,
             grep=self.text.value or None,
             regex=self.regex.value,
         )
@@ -164,8 +167,10 @@ class LogsPage:
 
 
 def display(rows: pd.DataFrame) -> pd.DataFrame:
+    """The log lines as people read them; read over several homes, each with its run's host."""
+    hosts = {"host": rows["host"].fillna("")} if "host" in rows else {}
     if rows.empty:
-        return pd.DataFrame(columns=["time", "level", "stage", "sample", "message", "logger", "run"])
+        return pd.DataFrame(columns=["time", "level", "stage", "sample", "message", "logger", "run", *hosts])
     return pd.DataFrame(
         {
             "time": [_format.moment_html(t.to_pydatetime()) for t in rows["time"]],
@@ -175,9 +180,10 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             "message": rows["message"],
             "logger": rows["logger"],
             "run": [_widgets.run_link(r) if isinstance(r, str) else "" for r in rows["run_id"]],
+            **hosts,
         }
     )
 
 
-def view(home: Path) -> pn.viewable.Viewable:
+def view(home: Homes) -> pn.viewable.Viewable:
     return LogsPage(home).layout()

@@ -33,6 +33,7 @@ class PerformancePage:
         self.window = pn.widgets.Select(name="Window", options=WINDOWS, value="30d")
         self.pipeline = pn.widgets.Select(name="Pipeline", options=_widgets.choices(facets["pipeline"]))
         self.measure = pn.widgets.Select(name="Trend of", options={"p95": "p95_ms", "median": "median_ms"})
+        self.host = _widgets.host_filter(home)  # shown when the homes hold runs of several hosts
         self.first = pn.widgets.TextInput(name="Baseline", placeholder="run id, last:20, 7d (empty: previous)")
         self.second = pn.widgets.TextInput(name="Compare run", placeholder="run id or prefix")
         self.callouts = pn.Column()
@@ -47,12 +48,13 @@ class PerformancePage:
                     "window": self.window,
                     "pipeline": self.pipeline,
                     "measure": self.measure,
+                    "host": self.host,
                     "a": self.first,
                     "b": self.second,
                 }
             )
         )
-        for widget in (self.window, self.pipeline, self.measure):
+        for widget in (self.window, self.pipeline, self.measure, self.host):
             widget.param.watch(lambda _: self.refresh(), "value")
         for widget in (self.first, self.second):
             widget.param.watch(lambda _: self.compare(), "value")
@@ -62,7 +64,7 @@ class PerformancePage:
     def layout(self) -> pn.Column:
         return pn.Column(
             self.url_problems,
-            _widgets.filter_bar(self.window, self.pipeline, self.measure),
+            _widgets.filter_bar(self.window, self.pipeline, self.host, self.measure),
             self.callouts,
             pn.pane.Markdown("### Stage durations per run"),
             self.trend,
@@ -80,7 +82,9 @@ class PerformancePage:
 
     def filters(self) -> Filters:
         return Filters(
-            since=parse_time(self.window.value) if self.window.value else None, pipeline=self.pipeline.value or None
+            since=parse_time(self.window.value) if self.window.value else None,
+            pipeline=self.pipeline.value or None,
+            host=self.host.value or None,
         )
 
     def refresh(self) -> None:

@@ -44,7 +44,7 @@ class RunsPage:
         self.when = pn.widgets.Select(name="When", options=WHEN)
         self.since = pn.widgets.TextInput(name="Since", placeholder=_widgets.SINCE_HINT)
         self.until = pn.widgets.TextInput(name="Until", placeholder=_widgets.UNTIL_HINT)
-        self.host = pn.widgets.Select(name="Host", options=_widgets.choices(facets["host"]))
+        self.host = _widgets.host_filter(home)  # shown when the homes hold runs of several hosts
         self.text = pn.widgets.TextInput(name="Error text", placeholder="NaN pixels")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
         self.query = _widgets.PagedQuery(

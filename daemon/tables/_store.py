@@ -224,11 +224,12 @@ class Store:
             parts.append((dates[day], arrow))
         return parts, refused
 
-    def commit(self, table: str, rows: pa.Table, lsn: int) -> None:
+    def commit(self, table: str, rows: pa.Table, lsn: int, existing: bool = False) -> None:
         """Append `rows` (`with_dates`) in one commit that records `lsn`: every row of this
         writer up to that event's is in the table from this commit on (pyarrow and delta-rs
-        release the GIL while they encode and write)."""
-        append(self.home, table, rows, self.app_id, lsn, table_writer_properties(table))
+        release the GIL while they encode and write). `existing`: this writer committed to the
+        table before (one found gone raises `_tables.TableGone`)."""
+        append(self.home, table, rows, self.app_id, lsn, table_writer_properties(table), existing)
         pairs = rows.select(["run_id", PARTITION_COLUMN]).group_by(["run_id", PARTITION_COLUMN]).aggregate([])
         self.run_index.add(zip(pairs["run_id"].to_pylist(), pairs[PARTITION_COLUMN].to_pylist(), strict=True))
 

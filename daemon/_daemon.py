@@ -297,6 +297,7 @@ class Daemon:
         needs the accuracy worker to judge every run again."""
         self.worker.stop()  # it commits to `samples`: not while tables are moved
         self.writer.drain()  # the writes that can be done (a queue halted on the damaged table stays so)
+        unusable = {**self.writer.take_unusable(), **unusable}  # what the pass under way found too
         for table, why in unusable.items():
             set_table_aside(self.home, table, why)
         if "samples" in unusable:
@@ -313,6 +314,7 @@ class Daemon:
             self.maintenance.track_open_clients()
             self.flush()
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
+        self.writer.take_unusable()  # what was found meanwhile is of the tables set aside
         self.worker.start()
 
     def _load_checkpoint(self) -> dict[str, Any]:

@@ -101,8 +101,8 @@ def _tables_check(layout: DaemonHome) -> dict[str, Any]:
     ]
     if problems:
         problems.append(
-            "restart the daemon (it sets a damaged table aside and rebuilds it from the event log) "
-            "or run `stagewatch rebuild` (daemon stopped)"
+            "the daemon sets a damaged table aside and rebuilds it from the event log (running: when it next "
+            "writes or compacts the table; stopped: when it starts), or run `stagewatch rebuild` (daemon stopped)"
         )
     strays = [entry for table in TABLES for entry in stray_log_entries(layout, table)]
     if strays:

@@ -164,15 +164,19 @@ class Store:
 
     # -- tables --------------------------------------------------------------------------
     def write_rows(
-        self, table: str, rows: list[dict[str, Any]] | list[tuple], fields: tuple[str, ...] | None = None
+        self,
+        table: str,
+        rows: list[dict[str, Any]] | list[tuple],
+        fields: tuple[str, ...] | None = None,
+        existing: bool = False,
     ) -> list[Refused]:
         """Append rows in one commit (partitioned by the date of their start_time) that marks
         the table as holding this writer's rows up to the last row's lsn; returns the rows that
-        cannot be stored, with the reason (`arrow_parts`)."""
+        cannot be stored, with the reason (`arrow_parts`). `existing`: as for `commit`."""
         parts, refused = self.arrow_parts(table, rows, fields)
         dated = with_dates(parts)
         if dated is not None:
-            self.commit(table, dated, pc.max(dated["lsn"]).as_py())
+            self.commit(table, dated, pc.max(dated["lsn"]).as_py(), existing)
         return refused
 
     def arrow_parts(

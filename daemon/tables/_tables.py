@@ -70,7 +70,8 @@ class DamagedTable(ValueError):
         self.why = f"cannot be read ({problem})"
         super().__init__(
             f"the {table} table cannot be read ({problem}); its rows are all in the event log: "
-            "restart the daemon (it sets the table aside and rebuilds it) or run `stagewatch rebuild`"
+            "a running daemon sets the table aside and rebuilds it when it next writes or compacts it "
+            "(a stopped one when it starts), or run `stagewatch rebuild`"
         )
 
 

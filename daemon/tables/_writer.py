@@ -44,7 +44,7 @@ from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.ingest._quarantine import Quarantine
 from stagewatch.daemon.projection._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon.tables._diskjobs import DiskJobs, PassThread
-from stagewatch.daemon.tables._store import Store, atomic_write, count_lines, with_dates
+from stagewatch.daemon.tables._store import TABLES, Store, atomic_write, count_lines, with_dates
 from stagewatch.daemon.tables._tables import DamagedTable, TableGone, has_log, table_path
 
 # A running run's audit.json (its head) and the checkpoint are rewritten at most this often (and
@@ -110,6 +110,7 @@ class ReadModelWriter:
         # Tables found damaged or deleted while the daemon runs (table -> why): the daemon sets
         # them aside and rebuilds them from the event log (`take_unusable`, `start_over`).
         self.unusable: dict[str, str] = {}
+        self._tables_present: set[str] = set()  # the tables with a log at the last flush
 
     def load(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's part of the writer's state (older checkpoints kept it per run)."""
@@ -451,21 +452,21 @@ class ReadModelWriter:
 
     # -- tables damaged or deleted while the daemon runs ----------------------------------
     def _find_deleted_tables(self) -> None:
-        """A table this writer committed to whose log is gone (deleted by hand): readers find
-        it empty. Looked for when no write is queued (a commit queued may be the table's first;
-        a commit finds it too, `_tables.TableGone`): a few stat calls a flush."""
-        if self.jobs.queued:
-            return
-        for table, lsn in self.committed_lsn.items():
-            if lsn >= 0 and table not in self.unusable and not has_log(table_path(self.home, table)):
-                self._table_unusable(TableGone(table))
+        """A table whose log was there at the last flush and is gone now was deleted by hand
+        (readers find it empty): a few stat calls a flush. (A commit finds it too: TableGone.)"""
+        present = {table for table in TABLES if has_log(table_path(self.home, table))}
+        for table in sorted(self._tables_present - present):
+            self._table_unusable(TableGone(table))
+        self._tables_present = present
 
     def _table_unusable(self, error: DamagedTable) -> None:
         self.unusable.setdefault(error.table, error.why)  # said in the log once, when it is set aside
 
     def take_unusable(self) -> dict[str, str]:
-        """The tables found damaged or deleted since last asked (table -> what is wrong)."""
+        """The tables found damaged or deleted since last asked (table -> what is wrong). The
+        caller sets them aside: which tables have a log is recorded anew at the next flush."""
         unusable, self.unusable = self.unusable, {}
+        self._tables_present = set()
         return unusable
 
     def start_over(self) -> None:

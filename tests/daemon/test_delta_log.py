@@ -273,16 +273,22 @@ def test_a_file_named_like_a_future_commit_makes_the_daemon_rebuild_the_table_wh
     assert not tables["ok"] and "stage_executions-" in tables["detail"]
 
 
-@pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log", "logs"])
+def _counts(home: Path) -> dict[str, int]:
+    return {table: read_table(home, table).num_rows for table in TABLES}
+
+
+@pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log", "logs", "samples"])
 def test_a_table_removed_while_the_daemon_runs_is_rebuilt_without_a_restart(home: Path, removed: str) -> None:
     """rm -rf of a table (or its log) under a running daemon: at its next flush the daemon
-    finds the table it wrote gone, and rebuilds it from the event log: every row is back,
-    and the rows of runs that come later are written once."""
+    finds the table gone, and rebuilds it from the event log (`samples`: the accuracy worker
+    judges every run again): every row is back, and the rows of runs that come later are
+    written once."""
     daemon, before = _running_history(home)
     try:
-        pid = daemon.process.pid
+        pid, counts = daemon.process.pid, _counts(home)
         shutil.rmtree(DaemonHome(home).metrics / removed)
-        wait_for(lambda: _seen(home) == before, timeout_s=60)
+        wait_for(lambda: _counts(home) == counts, timeout_s=60)
+        assert _seen(home) == before
         assert "was deleted while the daemon ran" in daemon.log()
         later = run_pipeline(home, frames=3)
         daemon.audit(later)

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -324,3 +325,27 @@ def test_a_commit_whose_log_checkpoint_fails_is_not_made_twice(home: Path) -> No
 
 def _stage_rows(lsn: int) -> list[dict]:
     return _rows(lsn, 1, T0)
+
+
+def test_kill_9_while_the_daemon_rebuilds_a_deleted_table_loses_and_doubles_no_row(home: Path) -> None:
+    """The table deleted under the running daemon, which is killed at points along its
+    rebuild: each start after finds the table behind its checkpoint (or holding its rows up to
+    its marker) and every row is there once."""
+    daemon = DaemonProcess(home).start()
+    run_ids = [run_pipeline(home, frames=3000) for _ in range(2)]
+    for run_id in run_ids:
+        daemon.audit(run_id)
+    assert daemon.stop() == 0
+    before = _seen(home)
+    for delay_s in (0.5, 1.0, 1.5, 2.5):
+        daemon.start()
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        shutil.rmtree(DaemonHome(home).table("stage_executions"))
+        time.sleep(delay_s)
+        daemon.kill()
+    daemon.start()
+    try:
+        wait_for(lambda: _seen(home) == before, timeout_s=60)
+        _rows_once(home, run_ids)
+    finally:
+        assert daemon.stop() == 0

@@ -98,6 +98,12 @@ def has_log(folder: Path) -> bool:
     return (folder / "_delta_log").is_dir()
 
 
+def deleted(folder: Path) -> bool:
+    """A table's folder, or its log, is gone (deleted by hand, say). Not a file in the folder's
+    place: every write there is refused by the file system, reported and retried."""
+    return not has_log(folder) and (folder.is_dir() or not os.path.lexists(folder))
+
+
 # A part of the layout before Delta tables: named by its first lsn (merged: first-last). Not the
 # name of a data file delta-rs writes, which a first commit writes before it makes the log.
 OLD_PART = re.compile(r"part-\d{20}(-\d{20})?\.parquet")
@@ -143,7 +149,7 @@ def append(
     its log checkpoint after the commit, and that can fail) is found by its marker and not
     made twice. DamagedTable where the table's log cannot be read."""
     path = table_path(home, table)
-    if existing and not has_log(path):
+    if existing and deleted(path):
         raise TableGone(table)
     path.parent.mkdir(parents=True, exist_ok=True)
     commit = CommitProperties(app_transactions=[Transaction(app_id, version=lsn)])

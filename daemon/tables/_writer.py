@@ -45,7 +45,7 @@ from stagewatch.daemon.ingest._quarantine import Quarantine
 from stagewatch.daemon.projection._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon.tables._diskjobs import DiskJobs, PassThread
 from stagewatch.daemon.tables._store import TABLES, Store, atomic_write, count_lines, with_dates
-from stagewatch.daemon.tables._tables import DamagedTable, TableGone, has_log, table_path
+from stagewatch.daemon.tables._tables import DamagedTable, TableGone, deleted, has_log, table_path
 
 # A running run's audit.json (its head) and the checkpoint are rewritten at most this often (and
 # no more than 10x their cost allows: a head holds up to 10,000 errors, the checkpoint every
@@ -456,7 +456,8 @@ class ReadModelWriter:
         (readers find it empty): a few stat calls a flush. (A commit finds it too: TableGone.)"""
         present = {table for table in TABLES if has_log(table_path(self.home, table))}
         for table in sorted(self._tables_present - present):
-            self._table_unusable(TableGone(table))
+            if deleted(table_path(self.home, table)):
+                self._table_unusable(TableGone(table))
         self._tables_present = present
 
     def _table_unusable(self, error: DamagedTable) -> None:

@@ -180,6 +180,8 @@ def append(
         if set_aside_strays(home, table):
             retried(write, f"append to the {table} table")
             return
+        if existing and deleted(path):  # under the commit
+            raise TableGone(table) from None
         if (damage := damage_of_table(home, table)) is not None:
             raise DamagedTable(table, damage) from None
         raise

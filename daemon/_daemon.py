@@ -214,6 +214,8 @@ class Daemon:
     def _flush_in_background(self) -> None:
         """The loop's periodic flush: the disk thread writes while ingest goes on."""
         self.writer.flush(self.projector)
+        if self.writer.unusable:
+            self._rebuild_tables_while_running(self.writer.take_unusable())
 
     def _close(self) -> None:
         self.writer.stop_passes()  # a compaction pass ends after its current table: the next daemon does the rest
@@ -286,6 +288,34 @@ class Daemon:
         if "samples" in moved:
             ACCURACY_CHECKPOINT.path(self.home).unlink(missing_ok=True)
         return moved
+
+    def _rebuild_tables_while_running(self, unusable: dict[str, str]) -> None:
+        """Tables found damaged or deleted while the daemon runs (table -> what is wrong): set
+        aside and rebuilt from the event log now, as a start would (`recover`), so that readers
+        see every row again without a restart. The daemon's tables need the log replayed from
+        its start (ingest waits meanwhile: clients keep what is not acknowledged); `samples`
+        needs the accuracy worker to judge every run again."""
+        self.worker.stop()  # it commits to `samples`: not while tables are moved
+        self.writer.drain()  # the writes that can be done (a queue halted on the damaged table stays so)
+        unusable = {**self.writer.take_unusable(), **unusable}  # what the pass under way found too
+        for table, why in unusable.items():
+            set_table_aside(self.home, table, why)
+        if "samples" in unusable:
+            ACCURACY_CHECKPOINT.path(self.home).unlink(missing_ok=True)
+        moved = {*unusable, *self._set_aside_unusable_tables()}  # and any other table damaged by now
+        if moved & set(DAEMON_TABLES):
+            self.writer.start_over()
+            self._restore({})
+            for table in DAEMON_TABLES:
+                self.writer.committed_lsn[table] = committed_lsn(self.home, table, DAEMON_APP)
+            names = ", ".join(sorted(moved))
+            logger.warning("rebuilding the {} table(s): the event log is replayed from its start", names)
+            replayed, _ = self._replay(0, lambda done, total: self.maintenance.alive())
+            self.maintenance.track_open_clients()
+            self.flush()
+            logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
+        self.writer.take_unusable()  # what was found meanwhile is of the tables set aside
+        self.worker.start()
 
     def _load_checkpoint(self) -> dict[str, Any]:
         """Restore the state the checkpoint holds; one that fails to load (a wrong shape

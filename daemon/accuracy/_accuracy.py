@@ -38,12 +38,14 @@ from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, load
 from stagewatch.daemon.ingest._decode import Rejected, decode_event
 from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.tables._store import Store, atomic_write
-from stagewatch.daemon.tables._tables import ACCURACY_APP, committed_lsn
+from stagewatch.daemon.tables._tables import ACCURACY_APP, DamagedTable, committed_lsn
 
 WANTED = (b"sample_result", b"run_started", b"run_finished", b"client_lost", b"run_expired")
 # Runs ended by their owner's loss kept in memory for the owner's return (a pause): each holds
 # its stages' accumulated verdicts. A worker restarted meanwhile has forgotten them.
 MAX_PARKED_RUNS = 100
+# The worker's exit status when `samples` cannot be used (damaged, or deleted under it).
+TABLE_UNUSABLE = 3
 SUMMARY_INTERVAL_S = 0.5  # how often a running run's accuracy.json and live numbers are refreshed
 
 
@@ -330,7 +332,7 @@ class AccuracyWorker:
         """Rows, then summaries of changed runs, then the checkpoint (so a crash re-emits, never loses)."""
         projection = self.projection
         if projection.rows:
-            for row, reason in self.store.write_rows("samples", projection.rows):
+            for row, reason in self._write_samples(projection.rows):
                 logger.error("samples row of lsn {} not stored: {}", row["lsn"], reason)
             projection.rows = []
         for run_id in sorted(projection.dirty):
@@ -350,6 +352,18 @@ class AccuracyWorker:
             self._throttle.forget(run_id)
         open_runs = {r: self._started_at.get(r, 0) for r in projection.runs}
         self.store.write_checkpoint({"lsn": self.lsn, "open_runs": open_runs})
+
+    def _write_samples(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Commit the rows; the refused ones, with why. A table damaged, or deleted since this
+        worker wrote to it (made anew, it would hold only the rows from now on): the worker
+        stops, the daemon sets the table aside and starts a worker that judges every run again."""
+        try:
+            refused = self.store.write_rows("samples", rows, existing=self.committed >= 0)
+        except DamagedTable as error:
+            logger.warning("the accuracy worker stops: {}", error)
+            raise SystemExit(TABLE_UNUSABLE) from None
+        self.committed = max(self.committed, *(row["lsn"] for row in rows))
+        return refused
 
     def _publish(self, summary: dict[str, Any]) -> None:
         if self._publisher is not None:

@@ -14,9 +14,10 @@ from stagewatch.daemon.base._derived import STATUS, damaged_in_place, peek, set_
 from stagewatch.daemon.base._disk import OK, disk_state, read_disk
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.base._settings import Config
+from stagewatch.daemon.maintenance._scrub import damaged_data_files
 from stagewatch.daemon.maintenance._scrub import load as load_scrub
 from stagewatch.daemon.tables._store import TABLES
-from stagewatch.daemon.tables._tables import damage_of_table
+from stagewatch.daemon.tables._tables import STRAY_MARK, damage_of_table, stray_log_entries
 
 STALE_STATUS_S = 30.0
 
@@ -92,24 +93,54 @@ def _spool_check(home: Path, spools: list[Path]) -> dict[str, Any]:
 
 
 def _tables_check(layout: DaemonHome) -> dict[str, Any]:
-    """Each table's Delta log reads; tables the daemon set aside (a damaged log, an earlier
-    version's layout) are named until someone has looked and deleted them."""
+    """Each table's Delta log reads and holds no stray entry; what the daemon set aside (a
+    damaged or deleted table, an earlier version's layout, a stray log entry) is named until
+    someone has looked and deleted it."""
     problems = [
         f"the {table} table cannot be read ({damage})" for table in TABLES if (damage := damage_of_table(layout, table))
     ]
     if problems:
         problems.append(
-            "restart the daemon (it sets a damaged table aside and rebuilds it from the event log) "
-            "or run `stagewatch rebuild` (daemon stopped)"
+            "the daemon sets a damaged table aside and rebuilds it from the event log (running: when it next "
+            "writes or compacts the table; stopped: when it starts), or run `stagewatch rebuild` (daemon stopped)"
+        )
+    strays = [entry for table in TABLES for entry in stray_log_entries(layout, table)]
+    if strays:
+        problems.append(
+            f"{', '.join(map(str, strays))}: no file of its table's Delta log (a folder named like a commit?), it "
+            "stands where a commit or checkpoint goes; the daemon moves it aside when it next commits to the table"
         )
     folder = layout.quarantined_tables
     aside = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
-    if aside:
+    tables = [name for name in aside if STRAY_MARK not in name]
+    if tables:
         problems.append(
-            f"{len(aside)} table(s) set aside in {folder} and rebuilt from the event log: {', '.join(aside[:5])} "
+            f"{len(tables)} table(s) set aside in {folder} and rebuilt from the event log: {', '.join(tables[:5])} "
             "(the daemon's log says why); delete them to clear this"
         )
+    moved = [name for name in aside if STRAY_MARK in name]
+    if moved:
+        problems.append(
+            f"{len(moved)} stray entr(y/ies) of a table's Delta log moved to {folder}: {', '.join(moved[:5])} (they "
+            "stood where commits go; the tables kept every row); delete them to clear this"
+        )
     return _check("tables", not problems, "; ".join(problems) or "every table's Delta log reads")
+
+
+def _data_files_check(layout: DaemonHome) -> dict[str, Any]:
+    """Every data file of the tables' snapshots is there, of the size its log says, with a
+    footer that reads (no whole read: `doctor --scrub` does that)."""
+    damaged = damaged_data_files(layout)
+    if not damaged:
+        return _check("data files", True, "every data file of the tables is whole (size and footer)")
+    shown = "; ".join(f"{path}: {damage}" for path, damage in sorted(damaged.items())[:5])
+    more = f" (and {len(damaged) - 5} more)" if len(damaged) > 5 else ""
+    return _check(
+        "data files",
+        False,
+        f"{len(damaged)} damaged data file(s): {shown}{more}. Their rows are left out of every answer (with a "
+        "warning); the event log holds them all: stop the daemon, then `stagewatch rebuild`",
+    )
 
 
 def _quarantine_check(layout: DaemonHome, quarantined: int, stats: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +215,7 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     quarantined = sum(1 for p in quarantine.glob("*.jsonl") for _ in p.open()) if quarantine.is_dir() else 0
     return [
         _tables_check(layout),
+        _data_files_check(layout),
         _check(
             "event log",
             damaged == 0,

@@ -15,13 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from stagewatch._records import ScanStats, scan_records
 from stagewatch.daemon.base._derived import SCRUB_RECORD, clear_way, peek
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.query._sql import damage_of
 from stagewatch.daemon.tables._store import TABLES, atomic_write
-from stagewatch.daemon.tables._tables import DamagedTable, snapshot_files
+from stagewatch.daemon.tables._tables import DamagedTable, first_line, snapshot_files, snapshot_sizes
 
 
 def segment_damage(path: Path) -> dict[str, Any] | None:
@@ -70,6 +73,40 @@ def scrub_next_segment(home: DaemonHome) -> dict[str, Any] | None:
     found["last_segment"] = path.name
     save(home, found)
     return damage
+
+
+def quick_damage_of(part: Path, size: int) -> str | None:
+    """What is wrong with a data file that its size and its footer show (not a whole read:
+    `doctor` runs this on every file, `doctor --scrub` reads them through): gone, of another
+    size than its table's log says (cut short, say), or a footer Parquet cannot read."""
+    try:
+        found = part.stat().st_size
+    except FileNotFoundError:
+        return "missing (deleted by hand?)"
+    except OSError as error:
+        return str(error)
+    if found != size:
+        return f"{found:,} bytes where its table's log says {size:,} (cut short or overwritten?)"
+    try:
+        pq.read_metadata(part)
+    except (pa.ArrowException, OSError) as error:
+        return f"its footer does not read ({first_line(error)})"
+    return None
+
+
+def damaged_data_files(home: DaemonHome) -> dict[str, str]:
+    """Data file (relative to the home) -> what is wrong, of every table's snapshot
+    (`quick_damage_of`); a table whose log cannot be read is the tables check's business."""
+    damaged = {}
+    for table in TABLES:
+        try:
+            files = snapshot_sizes(home, table)
+        except DamagedTable:
+            continue
+        for path, size in files:
+            if (damage := quick_damage_of(path, size)) is not None:
+                damaged[str(path.relative_to(home.root))] = damage
+    return damaged
 
 
 def scrub_all(home: DaemonHome, progress: Callable[[int, int], object] = lambda done, total: None) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class DiskJobs:
         self._weight = 0
         self._error: Exception | None = None  # the queue is halted on its first job
         self._closed = False
+        self._running = False  # the first job is running (it stays in the queue until done)
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -81,6 +82,20 @@ class DiskJobs:
                 self._changed.wait()
             return not self._jobs
 
+    def discard(self) -> int:
+        """Drop every job not yet run, and the error the queue halted on (once the job running,
+        if any, is done): a daemon that replays the event log from its start writes again what
+        they held. How many were dropped."""
+        with self._changed:
+            while self._running:
+                self._changed.wait()
+            dropped = len(self._jobs)
+            self._jobs.clear()
+            self._weight = 0
+            self._error = None
+            self._changed.notify_all()
+        return dropped
+
     def close(self) -> None:
         """Stop the thread once the jobs it can run are done (a halted queue is left as it is)."""
         with self._changed:
@@ -98,12 +113,14 @@ class DiskJobs:
                 if not self._jobs or self._error is not None:
                     return  # closed
                 job = self._jobs[0]
+                self._running = True
             try:
                 job.run()
                 failed = None
             except Exception as error:  # halt: the writer reports it and retries from here
                 failed = error
             with self._changed:
+                self._running = False
                 if failed is not None:
                     self._error = failed
                 else:

@@ -164,15 +164,19 @@ class Store:
 
     # -- tables --------------------------------------------------------------------------
     def write_rows(
-        self, table: str, rows: list[dict[str, Any]] | list[tuple], fields: tuple[str, ...] | None = None
+        self,
+        table: str,
+        rows: list[dict[str, Any]] | list[tuple],
+        fields: tuple[str, ...] | None = None,
+        existing: bool = False,
     ) -> list[Refused]:
         """Append rows in one commit (partitioned by the date of their start_time) that marks
         the table as holding this writer's rows up to the last row's lsn; returns the rows that
-        cannot be stored, with the reason (`arrow_parts`)."""
+        cannot be stored, with the reason (`arrow_parts`). `existing`: as for `commit`."""
         parts, refused = self.arrow_parts(table, rows, fields)
         dated = with_dates(parts)
         if dated is not None:
-            self.commit(table, dated, pc.max(dated["lsn"]).as_py())
+            self.commit(table, dated, pc.max(dated["lsn"]).as_py(), existing)
         return refused
 
     def arrow_parts(
@@ -224,11 +228,12 @@ class Store:
             parts.append((dates[day], arrow))
         return parts, refused
 
-    def commit(self, table: str, rows: pa.Table, lsn: int) -> None:
+    def commit(self, table: str, rows: pa.Table, lsn: int, existing: bool = False) -> None:
         """Append `rows` (`with_dates`) in one commit that records `lsn`: every row of this
         writer up to that event's is in the table from this commit on (pyarrow and delta-rs
-        release the GIL while they encode and write)."""
-        append(self.home, table, rows, self.app_id, lsn, table_writer_properties(table))
+        release the GIL while they encode and write). `existing`: this writer committed to the
+        table before (one found gone raises `_tables.TableGone`)."""
+        append(self.home, table, rows, self.app_id, lsn, table_writer_properties(table), existing)
         pairs = rows.select(["run_id", PARTITION_COLUMN]).group_by(["run_id", PARTITION_COLUMN]).aggregate([])
         self.run_index.add(zip(pairs["run_id"].to_pylist(), pairs[PARTITION_COLUMN].to_pylist(), strict=True))
 

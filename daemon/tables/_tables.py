@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import (
@@ -66,10 +67,20 @@ class DamagedTable(ValueError):
 
     def __init__(self, table: str, problem: str) -> None:
         self.table = table
+        self.why = f"cannot be read ({problem})"
         super().__init__(
             f"the {table} table cannot be read ({problem}); its rows are all in the event log: "
-            "restart the daemon (it sets the table aside and rebuilds it) or run `stagewatch rebuild`"
+            "a running daemon sets the table aside and rebuilds it when it next writes or compacts it "
+            "(a stopped one when it starts), or run `stagewatch rebuild`"
         )
+
+
+class TableGone(DamagedTable):
+    """A table the daemon committed to whose Delta log is gone (the table, or its log, deleted
+    by hand while the daemon ran): a new table in its place would hold only the rows from then on."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table, "its folder or its Delta log was deleted while the daemon ran")
 
 
 class OldLayout(DamagedTable):
@@ -85,6 +96,12 @@ def table_path(home: Path | DaemonHome, table: str) -> Path:
 
 def has_log(folder: Path) -> bool:
     return (folder / "_delta_log").is_dir()
+
+
+def deleted(folder: Path) -> bool:
+    """A table's folder, or its log, is gone (deleted by hand, say). Not a file in the folder's
+    place: every write there is refused by the file system, reported and retried."""
+    return not has_log(folder) and (folder.is_dir() or not os.path.lexists(folder))
 
 
 # A part of the layout before Delta tables: named by its first lsn (merged: first-last). Not the
@@ -116,15 +133,33 @@ def writer_properties(schema: pa.Schema, dictionary_columns: Iterable[str]) -> W
 
 
 def append(
-    home: Path | DaemonHome, table: str, rows: pa.Table, app_id: str, lsn: int, properties: WriterProperties
+    home: Path | DaemonHome,
+    table: str,
+    rows: pa.Table,
+    app_id: str,
+    lsn: int,
+    properties: WriterProperties,
+    existing: bool = False,
 ) -> None:
     """Append `rows` (with their `date` column) as one commit that also records `lsn` as how
-    far in the event log `app_id`'s rows in this table go."""
+    far in the event log `app_id`'s rows in this table go. With `existing` (the writer
+    committed to it before), a table whose log is gone is not made anew: TableGone.
+
+    Safe to call again after it raised: a commit that went in before an error (delta-rs makes
+    its log checkpoint after the commit, and that can fail) is found by its marker and not
+    made twice. DamagedTable where the table's log cannot be read."""
     path = table_path(home, table)
+    if existing and deleted(path):
+        raise TableGone(table)
     path.parent.mkdir(parents=True, exist_ok=True)
     commit = CommitProperties(app_transactions=[Transaction(app_id, version=lsn)])
+    tries = 0
 
     def write() -> None:
+        nonlocal tries
+        tries += 1
+        if tries > 1 and committed(home, table, app_id, lsn):
+            return
         write_deltalake(
             str(path),
             rows,
@@ -135,7 +170,30 @@ def append(
             commit_properties=commit,
         )
 
-    retried(write, f"append to the {table} table")
+    try:
+        retried(write, f"append to the {table} table", strays_of(home, table))
+    except (DeltaError, OSError) as error:
+        if committed(home, table, app_id, lsn):  # what failed came after the commit (its log checkpoint, say)
+            logger.warning("the {} table: a commit went in, then delta-rs failed ({})", table, first_line(error))
+            set_aside_strays(home, table)
+            return
+        if set_aside_strays(home, table):
+            retried(write, f"append to the {table} table")
+            return
+        if existing and deleted(path):  # under the commit
+            raise TableGone(table) from None
+        if (damage := damage_of_table(home, table)) is not None:
+            raise DamagedTable(table, damage) from None
+        raise
+
+
+def committed(home: Path | DaemonHome, table: str, app_id: str, lsn: int) -> bool:
+    """Whether `app_id` committed its rows up to `lsn` to `table` already (asked only after an
+    append failed: reading the log costs about what a commit does)."""
+    try:
+        return committed_lsn(home, table, app_id) >= lsn
+    except DamagedTable:
+        return False
 
 
 def committed_lsn(home: Path | DaemonHome, table: str, app_id: str) -> int:
@@ -150,12 +208,15 @@ def committed_lsn(home: Path | DaemonHome, table: str, app_id: str) -> int:
     return -1 if version is None else version
 
 
-def retried(action: Callable[[], T], what: str) -> T:
-    """`action`, tried again on a fresh snapshot when a concurrent commit conflicts with it."""
+def retried(action: Callable[[], T], what: str, on_conflict: Callable[[], object] = lambda: None) -> T:
+    """`action`, tried again on a fresh snapshot when a concurrent commit conflicts with it;
+    `on_conflict` first (a conflict with no commit behind it is a stray entry in the table's
+    log in the way of the next commit's name: `set_aside_strays`)."""
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             return action()
         except CommitFailedError as error:
+            on_conflict()
             if attempt == COMMIT_ATTEMPTS:
                 raise
             logger.info(
@@ -170,7 +231,9 @@ def delete(home: Path | DaemonHome, table: str, predicate: str) -> int:
     path = table_path(home, table)
     if not has_log(path):
         return 0
-    result = retried(lambda: DeltaTable(str(path)).delete(predicate), f"delete from the {table} table")
+    result = retried(
+        lambda: DeltaTable(str(path)).delete(predicate), f"delete from the {table} table", strays_of(home, table)
+    )
     return int(result.get("num_deleted_rows", 0))
 
 
@@ -184,8 +247,14 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
     path = table_path(home, table)
     if not has_log(path):
         return 0
+    try:
+        crowded = crowded_partitions(DeltaTable(str(path)))
+    except DAMAGE as error:
+        if (damage := damage_of_table(home, table)) is not None:
+            raise DamagedTable(table, damage) from None
+        raise error from None
     removed = 0
-    for date in crowded_partitions(DeltaTable(str(path))):
+    for date in crowded:
 
         def optimize(date: str = date) -> dict[str, Any]:
             return DeltaTable(str(path)).optimize.compact(
@@ -194,7 +263,7 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
                 writer_properties=properties,
             )
 
-        removed += int(retried(optimize, f"compact the {table} table")["numFilesRemoved"])
+        removed += int(retried(optimize, f"compact the {table} table", strays_of(home, table))["numFilesRemoved"])
     return removed
 
 
@@ -271,6 +340,20 @@ def snapshot_files(home: Path | DaemonHome, table: str, dates: Sequence[str] | N
     return _cache.files(folder, table, dates)
 
 
+def snapshot_sizes(home: Path | DaemonHome, table: str) -> list[tuple[Path, int]]:
+    """Each data file of the table's current snapshot with the size its log gives it; none for
+    a table not written yet. DamagedTable if its log cannot be read."""
+    folder = table_path(home, table)
+    if not has_log(folder):
+        return []
+    try:
+        actions = pa.table(DeltaTable(str(folder)).get_add_actions(flatten=True)).select(["path", "size_bytes"])
+    except DAMAGE as error:
+        raise DamagedTable(table, first_line(error)) from None
+    paths, sizes = actions["path"].to_pylist(), actions["size_bytes"].to_pylist()
+    return [(folder / unquote(path), size) for path, size in zip(paths, sizes, strict=True)]
+
+
 def damage_of_table(home: Path | DaemonHome, table: str) -> str | None:
     """Why the table's log cannot be read, or None (a table not written yet reads)."""
     folder = table_path(home, table)
@@ -286,6 +369,53 @@ def damage_of_table(home: Path | DaemonHome, table: str) -> str | None:
 
 
 # -- setting aside ------------------------------------------------------------------------------
+# What delta-rs writes in a table's `_delta_log/`: commits, checkpoints, checksums, the
+# checkpoint hint. An entry of such a name that is not a file (a folder made by hand, say) is
+# never read as the log (delta-rs lists files), but stands where delta-rs writes: a commit of
+# that version never goes in (it reads as a conflict), and neither does a checkpoint.
+LOG_ENTRY = re.compile(r"\d{20}\..+|_last_checkpoint|_last_vacuum_info")
+STRAY_MARK = "-_delta_log-"  # in the name of a stray entry set aside (doctor tells them from tables)
+
+
+def stray_log_entries(home: Path | DaemonHome, table: str) -> list[Path]:
+    """Entries of the table's log named as delta-rs names its files that are no file."""
+    log = table_path(home, table) / "_delta_log"
+    try:
+        entries = list(log.iterdir())
+    except OSError:  # no log (yet), or no folder
+        return []
+    return sorted(entry for entry in entries if LOG_ENTRY.fullmatch(entry.name) and not entry.is_file())
+
+
+def set_aside_strays(home: Path | DaemonHome, table: str) -> list[Path]:
+    """Move the table's stray log entries (`stray_log_entries`) to quarantine/tables/, saying
+    so in the daemon's log (once: each is moved once); the table keeps every row."""
+    layout = DaemonHome.of(home)
+    moved = []
+    for entry in stray_log_entries(layout, table):
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        target = layout.quarantined_tables / f"{table}{STRAY_MARK}{entry.name}-{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(entry, target)
+        except OSError as error:  # gone meanwhile (another process moved it), or cannot be moved
+            logger.warning("the {} table: cannot move the stray {} out of its log ({})", table, entry, error)
+            continue
+        logger.warning(
+            "the {} table: {} in its Delta log is no file of the log (made by hand?) and stood in the way of its "
+            "commits; moved to {} (the table keeps every row)",
+            table,
+            entry,
+            target,
+        )
+        moved.append(target)
+    return moved
+
+
+def strays_of(home: Path | DaemonHome, table: str) -> Callable[[], object]:
+    return lambda: set_aside_strays(home, table)
+
+
 def set_aside(home: Path | DaemonHome, table: str, why: str) -> Path:
     """Move a table that cannot be used (damaged, or of the old layout) out of the way, to
     quarantine/tables/ (kept, for a look); the caller rebuilds it from the event log."""
@@ -293,7 +423,12 @@ def set_aside(home: Path | DaemonHome, table: str, why: str) -> Path:
     folder = table_path(layout, table)
     target = layout.quarantined_tables / f"{table}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(folder, target)
+    try:
+        os.replace(folder, target)
+    except FileNotFoundError:  # deleted whole: what is set aside is the note of why (doctor names it)
+        target.mkdir()
+    with contextlib.suppress(OSError):
+        (target / "why.txt").write_text(f"the {table} table {why}; rebuilt from the event log\n")
     _cache.forget(folder)
     logger.warning("the {} table {}: moved to {}; it is rebuilt from the event log", table, why, target)
     return target

@@ -44,7 +44,8 @@ from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.ingest._quarantine import Quarantine
 from stagewatch.daemon.projection._projection import ROW_FIELDS, Projector, RunState
 from stagewatch.daemon.tables._diskjobs import DiskJobs, PassThread
-from stagewatch.daemon.tables._store import Store, atomic_write, count_lines, with_dates
+from stagewatch.daemon.tables._store import TABLES, Store, atomic_write, count_lines, with_dates
+from stagewatch.daemon.tables._tables import DamagedTable, TableGone, deleted, has_log, table_path
 
 # A running run's audit.json (its head) and the checkpoint are rewritten at most this often (and
 # no more than 10x their cost allows: a head holds up to 10,000 errors, the checkpoint every
@@ -106,6 +107,10 @@ class ReadModelWriter:
         # already holds the rows (read at recovery: replayed rows up to it are dropped).
         self._uncommitted: dict[str, list[pa.Table]] = {}
         self.committed_lsn: dict[str, int] = {}
+        # Tables found damaged or deleted while the daemon runs (table -> why): the daemon sets
+        # them aside and rebuilds them from the event log (`take_unusable`, `start_over`).
+        self.unusable: dict[str, str] = {}
+        self._tables_present: set[str] = set()  # the tables with a log at the last flush
 
     def load(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's part of the writer's state (older checkpoints kept it per run)."""
@@ -143,6 +148,7 @@ class ReadModelWriter:
         (reported; the queue retries it from now on) and this flush queued nothing after it.
         """
         try:
+            self._find_deleted_tables()
             self._collect()
             self._write_output(projector, commit=True)
             self._write_audits(projector, final)
@@ -155,6 +161,9 @@ class ReadModelWriter:
             # its write is a small file of its own, not behind the halted queue.
             with contextlib.suppress(OSError):
                 self._write_status(projector)
+            return False
+        except DamagedTable as error:  # the queue stays halted on it until the daemon rebuilds the table
+            self._table_unusable(error)
             return False
         return True
 
@@ -219,6 +228,8 @@ class ReadModelWriter:
             yield
         except (OSError, DeltaError) as error:  # a full disk, say: the next pass tries again
             self._done.append(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
+        except DamagedTable as error:  # found by a compaction: rebuilt by the daemon
+            self._done.append(functools.partial(self._table_unusable, error))
         except Exception:  # a bug: logged and counted, and the writes behind it go on
             logger.exception("internal error in the disk thread's {} (the daemon keeps running)", what)
             self._done.append(self._count_internal_error)
@@ -292,7 +303,8 @@ class ReadModelWriter:
         """Queue one commit of the table's encoded rows, marked with their last lsn."""
         rows = pa.concat_tables(self._uncommitted.pop(table))
         lsn = pc.max(rows["lsn"]).as_py()
-        self.jobs.submit(functools.partial(self.store.commit, table, rows, lsn), weight=rows.num_rows)
+        existing = self.committed_lsn.get(table, -1) >= 0  # a commit before it made the table (jobs run in order)
+        self.jobs.submit(functools.partial(self.store.commit, table, rows, lsn, existing), weight=rows.num_rows)
         self.committed_lsn[table] = lsn  # once the queue reaches the checkpoint queued after it
 
     def _delete_withdrawn_rows(self) -> None:
@@ -441,3 +453,39 @@ class ReadModelWriter:
         }
         clear_way(STATUS, self.home)
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())
+
+    # -- tables damaged or deleted while the daemon runs ----------------------------------
+    def _find_deleted_tables(self) -> None:
+        """A table whose log was there at the last flush and is gone now was deleted by hand
+        (readers find it empty): a few stat calls a flush. (A commit finds it too: TableGone.)"""
+        present = {table for table in TABLES if has_log(table_path(self.home, table))}
+        for table in sorted(self._tables_present - present):
+            if deleted(table_path(self.home, table)):
+                self._table_unusable(TableGone(table))
+        self._tables_present = present
+
+    def _table_unusable(self, error: DamagedTable) -> None:
+        self.unusable.setdefault(error.table, error.why)  # said in the log once, when it is set aside
+
+    def take_unusable(self) -> dict[str, str]:
+        """The tables found damaged or deleted since last asked (table -> what is wrong). The
+        caller sets them aside: which tables have a log is recorded anew at the next flush."""
+        unusable, self.unusable = self.unusable, {}
+        self._tables_present = set()
+        return unusable
+
+    def start_over(self) -> None:
+        """Before the event log is replayed from its start in a running daemon (a table is
+        rebuilt): the writes that can be done are waited for, and the rest dropped with
+        everything encoded but not written (the replay writes them again, from a state read
+        back from the tables: `committed_lsn` is the caller's to set)."""
+        self.passes.wait()
+        self.jobs.drain()
+        self.jobs.discard()
+        self._take_done()
+        self._uncommitted.clear()
+        self._withdrawn.clear()
+        self._dirty.clear()
+        self._finished_at.clear()
+        self._checkpoint_queued = False
+        self.committed_lsn.clear()

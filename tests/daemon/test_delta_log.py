@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -18,8 +19,10 @@ from deltalake.exceptions import DeltaError
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
-from stagewatch.daemon.tables._store import TABLES
+from stagewatch.daemon.tables._store import TABLES, Store
+from stagewatch.daemon.tables._tables import DamagedTable
 from tests.conftest import DaemonProcess, run_pipeline, wait_for
+from tests.daemon.test_compaction import T0, _rows
 from tests.daemon.test_retention import _judged_run
 from tests.groundtruth.builders import write_dataset
 
@@ -187,3 +190,169 @@ def test_an_unchanged_table_is_listed_from_the_cached_snapshot(home: Path) -> No
     with pytest.raises(DeltaError):
         DeltaTable(str(DaemonHome(home).table("stage_executions")))
     assert select(home, "stage_executions", "SELECT count(*) AS n FROM rows")["n"][0].as_py() == listed > 0
+
+
+def _running_history(home: Path) -> tuple[DaemonProcess, dict[str, object]]:
+    """`_history`'s home, its daemon started again (as it is left running)."""
+    before = _history(home)
+    daemon = DaemonProcess(home).start()
+    wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+    return daemon, before
+
+
+def _doctor_tables(home: Path) -> dict[str, object]:
+    return {check["name"]: check for check in json.loads(_cli(home, "doctor", "--json").stdout)["checks"]}["tables"]
+
+
+def _run_ids(home: Path, table: str) -> list[str]:
+    """The run ids of the table's rows; none while the table cannot be read."""
+    try:
+        return read_table(home, table)["run_id"].to_pylist()
+    except DamagedTable:
+        return []
+
+
+def _rows_once(home: Path, run_ids: list[str]) -> None:
+    """Each run listed, and no row of any table twice."""
+    assert set(run_ids) <= set(read_table(home, "runs")["run_id"].to_pylist())
+    for table in TABLES:
+        lsns = read_table(home, table)["lsn"].to_pylist()
+        assert len(lsns) == len(set(lsns)), table
+
+
+@pytest.mark.parametrize("table", ["stage_executions", "runs"])
+def test_folders_named_like_the_next_commits_are_moved_aside_and_the_daemon_keeps_writing(
+    home: Path, table: str
+) -> None:
+    """Folders made by hand where the next commits of a table go (delta-rs reads only files,
+    so the table reads, but no commit of that version can go in): the daemon moves them out of
+    the log, says so once, writes on, and doctor names them until they are deleted."""
+    daemon, before = _running_history(home)
+    try:
+        log = DaemonHome(home).table(table) / "_delta_log"
+        version = DeltaTable(str(log.parent)).version()
+        strays = [log / f"{version + step:020d}.json" for step in (1, 2, 3)]
+        for stray in strays:
+            stray.mkdir()
+        assert all(stray.name in _doctor_tables(home)["detail"] for stray in strays)
+        later = [run_pipeline(home, frames=3) for _ in range(2)]
+        for run_id in later:
+            daemon.audit(run_id)
+        wait_for(lambda: set(later) <= set(read_table(home, "runs")["run_id"].to_pylist()))
+        _rows_once(home, later)
+        assert daemon.status()["stats"]["write_errors"] == 0
+        assert not any(stray.is_dir() for stray in strays)  # commits of those versions are there now
+        for stray in strays:  # said once each
+            assert daemon.log().count(f"{stray} in its Delta log is no file of the log") == 1
+    finally:
+        assert daemon.stop() == 0
+    tables = _doctor_tables(home)
+    assert not tables["ok"] and "3 stray entr" in tables["detail"] and strays[0].name in tables["detail"]
+    assert _seen(home)["runs"] != before["runs"]  # the later runs are listed with the earlier ones
+
+
+def test_a_file_named_like_a_future_commit_makes_the_daemon_rebuild_the_table_while_it_runs(home: Path) -> None:
+    """A stray file past the table's last commit (a gap: the log cannot be read): the daemon
+    finds it at its next commit, sets the table aside and rebuilds it from the event log
+    without a restart; readers see every row again, doctor names the table set aside."""
+    daemon, before = _running_history(home)
+    try:
+        log = DaemonHome(home).table("stage_executions") / "_delta_log"
+        (log / f"{DeltaTable(str(log.parent)).version() + 5:020d}.json").write_text("garbage")
+        assert "the stage_executions table cannot be read" in _cli(home, "stats").stderr
+        later = run_pipeline(home, frames=4)
+        daemon.audit(later)
+        wait_for(lambda: later in _run_ids(home, "stage_executions"), timeout_s=60)
+        _rows_once(home, [later])
+        shown = _seen(home)
+        assert len(shown["query"]["stages"]) == len(before["query"]["stages"]) + 4
+        assert daemon.log().count("moved to") == 1 and "replayed from its start" in daemon.log()
+        assert daemon.status()["pid"] == daemon.process.pid  # no restart
+    finally:
+        assert daemon.stop() == 0
+    tables = _doctor_tables(home)
+    assert not tables["ok"] and "stage_executions-" in tables["detail"]
+
+
+def _counts(home: Path) -> dict[str, int]:
+    return {table: read_table(home, table).num_rows for table in TABLES}
+
+
+@pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log", "samples"])
+def test_a_table_removed_while_the_daemon_runs_is_rebuilt_without_a_restart(home: Path, removed: str) -> None:
+    """rm -rf of a table (or its log) under a running daemon: at its next flush the daemon
+    finds the table gone, and rebuilds it from the event log (`samples`: the accuracy worker
+    judges every run again): every row is back, and the rows of runs that come later are
+    written once."""
+    daemon, before = _running_history(home)
+    try:
+        pid, counts = daemon.process.pid, _counts(home)
+        shutil.rmtree(DaemonHome(home).metrics / removed)
+        wait_for(lambda: _counts(home) == counts, timeout_s=60)
+        assert _seen(home) == before
+        assert "was deleted while the daemon ran" in daemon.log()
+        later = run_pipeline(home, frames=3)
+        daemon.audit(later)
+        wait_for(lambda: later in read_table(home, "runs")["run_id"].to_pylist())
+        _rows_once(home, [later])
+        assert daemon.status()["pid"] == pid and daemon.status()["stats"]["write_errors"] == 0
+    finally:
+        assert daemon.stop() == 0
+    table = removed.split("/")[0]
+    tables = _doctor_tables(home)
+    assert not tables["ok"] and f"{table}-" in tables["detail"]
+    (aside,) = DaemonHome(home).quarantined_tables.iterdir()
+    assert "deleted while the daemon ran" in (aside / "why.txt").read_text()
+
+
+def test_a_commit_whose_log_checkpoint_fails_is_not_made_twice(home: Path) -> None:
+    """A folder in place of `_delta_log/_last_checkpoint`: delta-rs makes a log checkpoint
+    after every 100th commit, which fails there after the commit went in. The disk queue
+    tries a failed write again: the rows must not be appended twice."""
+    store = Store(home)
+    store.write_rows("stage_executions", _stage_rows(0))
+    hint = DaemonHome(home).table("stage_executions") / "_delta_log" / "_last_checkpoint"
+    hint.mkdir()
+    for commit in range(1, 110):
+        try:
+            store.write_rows("stage_executions", _stage_rows(commit))
+        except OSError:  # as the disk queue does: the same write again
+            store.write_rows("stage_executions", _stage_rows(commit))
+    lsns = read_table(home, "stage_executions")["lsn"].to_pylist()
+    assert sorted(lsns) == list(range(110))
+    assert not hint.exists()  # moved: the next log checkpoint goes in
+
+
+def _stage_rows(lsn: int) -> list[dict]:
+    return _rows(lsn, 1, T0)
+
+
+def test_kill_9_while_the_daemon_rebuilds_a_deleted_table_loses_and_doubles_no_row(home: Path) -> None:
+    """The table deleted under the running daemon, which is killed at points along its
+    rebuild: each start after finds the table behind its checkpoint (or holding its rows up to
+    its marker) and every row is there once."""
+    daemon = DaemonProcess(home).start()
+    run_ids = [run_pipeline(home, frames=3000) for _ in range(2)]
+    for run_id in run_ids:
+        daemon.audit(run_id)
+    assert daemon.stop() == 0
+    before = _seen(home)
+    for delay_s in (0.5, 1.0, 1.5, 2.5):
+        daemon.start()
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        shutil.rmtree(DaemonHome(home).table("stage_executions"))
+        time.sleep(delay_s)
+        daemon.kill()
+    daemon.start()
+    try:
+        try:
+            wait_for(lambda: _seen(home) == before, timeout_s=60)
+        except AssertionError:
+            after = _seen(home)
+            raise AssertionError(
+                [(k, str(before[k])[:3000], str(after[k])[:3000]) for k in before if before[k] != after[k]]
+                + [daemon.log()[-5000:]]
+            ) from None
+        _rows_once(home, run_ids)
+    finally:
+        assert daemon.stop() == 0

@@ -50,6 +50,34 @@ def test_a_failed_job_halts_the_queue_until_its_error_is_taken_then_is_retried_f
     jobs.close()
 
 
+def test_discard_drops_what_a_halted_queue_holds_after_the_running_job_and_the_queue_goes_on() -> None:
+    jobs, done, running, release = DiskJobs(max_weight=10), [], threading.Event(), threading.Event()
+
+    def slow() -> None:
+        running.set()
+        release.wait()
+        done.append("slow")
+
+    def refused() -> None:
+        raise OSError(5, "Input/output error")
+
+    jobs.submit(slow)
+    jobs.submit(refused)
+    jobs.submit(lambda: done.append("behind the refused one"))
+    running.wait()
+    dropping = threading.Thread(target=lambda: done.append(("dropped", jobs.discard())))
+    dropping.start()
+    dropping.join(0.2)
+    assert dropping.is_alive()  # it waits for the job under way
+    release.set()
+    dropping.join(10)
+    assert done[:2] == ["slow", ("dropped", 2)]
+    assert not jobs.halted and jobs.queued == 0
+    jobs.submit(lambda: done.append("next"))
+    assert jobs.drain() and done[-1] == "next"
+    jobs.close()
+
+
 def test_submit_waits_while_the_queue_is_full() -> None:
     jobs, release, returned = DiskJobs(max_weight=100), threading.Event(), threading.Event()
     jobs.submit(release.wait, weight=100)  # the thread is busy with it, and it fills the queue

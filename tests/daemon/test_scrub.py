@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.maintenance._scrub import load, scrub_next_segment
 from stagewatch.daemon.tables._store import Store
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.daemon.test_compaction import T0, _rows
+from tests.daemon.test_compaction import T0, _damage, _rows
 
 
 def _log_of_segments(home: Path) -> list[Path]:
@@ -65,3 +68,26 @@ def test_doctor_scrub_checks_every_segment_and_part(tmp_path: Path) -> None:
     Path(part).write_bytes(b"PAR1" + b"\x00" * 100 + b"PAR1")
     check = _doctor(tmp_path, "--scrub")["scrub"]
     assert not check["ok"] and segments[2].name in check["detail"] and Path(part).name in check["detail"]
+
+
+def _cut_short(part: Path) -> None:
+    part.write_bytes(part.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [(_cut_short, "cut short"), (_damage, "footer does not read"), (Path.unlink, "missing")],
+)
+def test_plain_doctor_names_a_damaged_data_file_what_is_wrong_and_the_way_back(
+    tmp_path: Path, damage: Callable[[Path], object], said: str
+) -> None:
+    store = Store(tmp_path)
+    for commit in range(3):
+        store.write_rows("stage_executions", _rows(commit * 10, 10, T0))
+    assert _doctor(tmp_path)["data files"]["ok"]
+    part = Path(snapshot_files(tmp_path, "stage_executions")[1])
+    damage(part)
+    check = _doctor(tmp_path)["data files"]
+    assert not check["ok"]
+    assert str(part.relative_to(tmp_path)) in check["detail"] and said in check["detail"]
+    assert "stop the daemon, then `stagewatch rebuild`" in check["detail"]

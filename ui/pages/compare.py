@@ -1,7 +1,8 @@
 """Compare: a run against another run or a baseline of runs (`stagewatch compare`'s numbers,
 daemon/compare/_compare): the per-stage table with the rows that changed flagged, the shifts of the
 history when the baseline is one, the flip list (each flip opens both cases side by side, as
-the Case page draws them), accuracy, and the config and environment diffs.
+the Case page draws them, their clouds under one camera), accuracy, and the config and
+environment diffs. What the figures cannot say (a run not ended, two pipelines) comes first.
 
     ?page=compare&a=<run, last:N or 7d>&b=<run>[&threshold=0.05][&flip=<stage>/<sample>]
 """
@@ -9,6 +10,7 @@ the Case page draws them), accuracy, and the config and environment diffs.
 from __future__ import annotations
 
 import html
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -87,12 +89,13 @@ class ComparePage:
             self.cases.objects = []
             return
         columns = []
+        camera_group = secrets.token_hex(8)  # one camera for both cases' clouds (this view's only)
         for side, title in zip(self.sides, ("A", "B"), strict=True):
             found = _newest_case(self.home, side, stage, sample)
             if found is None:
                 body: list[Any] = [pn.pane.Alert(f"No case of {stage} on {sample} in {side.label}.", alert_type="info")]
             else:
-                body = case_sections(self.home, *found)
+                body = case_sections(self.home, *found, camera_group=camera_group)
             columns.append(pn.Column(pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}"), *body))
         self.cases.objects = [
             pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),

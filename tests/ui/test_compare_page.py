@@ -148,6 +148,7 @@ def test_a_flip_of_clouds_opens_both_cases_under_one_camera(tmp_path, page) -> N
         assert turned["camera"]["yaw"] != -0.9 and _camera(a)["camera"] == turned["camera"]
 
         box = b.locator("#right").bounding_box()  # B's view zoomed: A's follow
+        assert box["x"] + box["width"] <= page.viewport_size["width"]  # both cases fit the page side by side
         page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
         page.mouse.wheel(0, -400)
         zoomed = wait_for(lambda: (x := _camera(a)) and x["camera"]["zoom"] > 1 and x, 20)

@@ -163,7 +163,9 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any], camera_group: s
     elif found["kind"] == "boxes":
         shown += boxes_view(found)
     else:
-        shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
+        # wrapping: in the Compare page's half of the width the pictures go under each other
+        pictures = [_picture(title, picture) for title, picture in found["pictures"]]
+        shown.append(pn.FlexBox(*pictures, flex_wrap="wrap", sizing_mode="stretch_width"))
         if found["kind"] in ("mask", "points"):  # the pictures colour each class: which is which
             colours = [tuple(int(v) for v in c) for c in _failures.CLASS_COLOURS]
             shown.append(class_legend(class_names(case), [f"rgb{c}" for c in colours]))

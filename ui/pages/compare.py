@@ -26,6 +26,7 @@ from stagewatch.ui.pages.case import case_sections
 THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
 MAX_FLIPS_SHOWN = 200
 MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
+HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half the row, never wider
 
 
 class ComparePage:
@@ -96,7 +97,9 @@ class ComparePage:
                 body: list[Any] = [pn.pane.Alert(f"No case of {stage} on {sample} in {side.label}.", alert_type="info")]
             else:
                 body = case_sections(self.home, *found, camera_group=camera_group)
-            columns.append(pn.Column(pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}"), *body))
+            heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}")
+            # each case half of the width (its wide parts wrap), so both fit the page side by side
+            columns.append(pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF))
         self.cases.objects = [
             pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
             pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),

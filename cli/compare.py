@@ -114,7 +114,7 @@ def print_comparison(document: dict[str, Any]) -> None:
     )
     header = (
         f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB (median)':<20}"
-        f"{'own MB (max)':<16}{'failed':<16}"
+        f"{'own MB (max)':<18} {'failed':<16}"
     )
     print(header)
     for stage in document["stages"]:
@@ -123,7 +123,7 @@ def print_comparison(document: dict[str, Any]) -> None:
         executions = f"{stage['executions']['a']}->{stage['executions']['b']}"
         print(
             f"{stage['stage'][:21]:<22}{executions:>14}  {_cell(stage['median_ms']):<26}{_cell(stage['p95_ms']):<26}"
-            f"{_cell(stage['own_memory_mb']):<20}{_largest(stage['own_memory_mb']):<16}"
+            f"{_cell(stage['own_memory_mb']):<20}{_largest(stage['own_memory_mb']):<18} "
             f"{_rate(stage['failure_rate']):<16}{flag}{only}"
         )
         for reason in stage["reasons"]:

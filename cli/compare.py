@@ -4,9 +4,15 @@
     stagewatch compare B --baseline last:20 | 7d | RUN      (one run: against the run before it)
 
 Exit codes: 0 compared (and, with --fail-on-regression, nothing regressed); 1 with
---fail-on-regression when a stage regressed, a shift is ongoing in the baseline's history, or
-accuracy fell by more than --accuracy-drop (the reasons are printed); 2 for arguments that
-name nothing to compare (an unknown run, an empty baseline) or cannot be read.
+--fail-on-regression when a stage regressed (slower, more memory, more failures, or it ran in
+A and not in B), a shift is ongoing in the baseline's history, or accuracy fell by more than
+--accuracy-drop (the reasons are printed); 2 for arguments that name nothing to compare (an
+unknown run, an empty baseline) or cannot be read, and with --fail-on-regression for a run that
+has not ended: its figures are partial, the gate neither passes nor fails it (compare again
+once it has ended).
+
+Warnings (a run not ended, a crashed run, runs of different pipelines) come first, and in
+--json as `warnings` (with `partial`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, home_or_homes, json_option
 
 EXIT_REGRESSED = 1
+EXIT_NOT_JUDGED = EXIT_USAGE  # a side has not ended: neither a pass nor a regression
 MAX_LISTED_FLIPS = 50
 
 
@@ -81,11 +88,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return fail(str(error), EXIT_USAGE)
     except OSError as error:  # exit 1 is the gate's: a home that cannot be read is an argument problem
         return fail(f"{error.strerror or error}: {error.filename or ''}", EXIT_USAGE)
-    document["regressed"] = bool(document["failures"])
     if args.json:
         print(json.dumps(document, indent=1, default=str))
+        for warning in document["warnings"]:  # for the person reading the job's log (the text has them on top)
+            print(f"stagewatch: warning: {warning}", file=sys.stderr)
     else:
         print_comparison(document)
+    if args.fail_on_regression and document["partial"]:
+        return fail("not judged: a run compared has not ended, its figures are partial", EXIT_NOT_JUDGED)
     if args.fail_on_regression and document["failures"]:
         for reason in document["failures"]:
             print(f"stagewatch: regression: {reason}", file=sys.stderr)
@@ -95,22 +105,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def print_comparison(document: dict[str, Any]) -> None:
     a, b = document["a"], document["b"]
-    print(f"A: {a['label']}\nB: {b['label']}")
+    for warning in document["warnings"]:
+        print(f"WARNING: {warning}")
+    print(f"A: {_side_line(a)}\nB: {_side_line(b)}")
     print(
         f"called out: significant at {document['confidence']:.0%} confidence and larger than "
         f"{document['threshold']:.0%}\n"
     )
-    header = f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB, median':<18}{'failed':<16}"
+    header = (
+        f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB (median)':<20}"
+        f"{'own MB (max)':<18} {'failed':<16}"
+    )
     print(header)
     for stage in document["stages"]:
         flag = "  REGRESSED" if stage["regressed"] else ("  changed" if stage["reasons"] else "")
+        only = {"a": "  only in A", "b": "  only in B"}.get(stage["only_in"] or "", "")
         executions = f"{stage['executions']['a']}->{stage['executions']['b']}"
         print(
             f"{stage['stage'][:21]:<22}{executions:>14}  {_cell(stage['median_ms']):<26}{_cell(stage['p95_ms']):<26}"
-            f"{_cell(stage['own_memory_mb']):<18}{_rate(stage['failure_rate']):<16}{flag}"
+            f"{_cell(stage['own_memory_mb']):<20}{_largest(stage['own_memory_mb']):<18} "
+            f"{_rate(stage['failure_rate']):<16}{flag}{only}"
         )
         for reason in stage["reasons"]:
             print(f"    {reason}")
+    print(OWN_MEMORY)
     _print_shifts(document.get("shifts"))
     _print_flips(document["flips"])
     _print_accuracy(document["accuracy"])
@@ -119,8 +137,32 @@ def print_comparison(document: dict[str, Any]) -> None:
         print(f"\n{name}: {'unchanged' if not changes else f'{len(changes)} changed'}")
         for change in changes[:100]:
             print(f"  {change['key']}: {change['from']!r} -> {change['to']!r}")
-    verdict = "REGRESSED: " + "; ".join(document["failures"]) if document["failures"] else "no regression"
-    print(f"\n{verdict}")
+    print(f"\n{verdict_line(document)}")
+
+
+# The stage's own memory is read per execution; compare tests the median of those readings (one
+# reading, the largest, cannot be tested against its own noise) and shows the largest beside it.
+OWN_MEMORY = (
+    "own MB: the most a stage's RSS rose above its start, per execution; (median) is the median of its "
+    "executions, the figure tested; (max) the largest, as `stats` and the Run page show it"
+)
+
+
+def verdict_line(document: dict[str, Any]) -> str:
+    if document["partial"]:
+        found = f" (so far: {'; '.join(document['failures'])})" if document["failures"] else ""
+        return f"NOT JUDGED: a run has not ended, its figures are partial{found}"
+    return "REGRESSED: " + "; ".join(document["failures"]) if document["failures"] else "no regression"
+
+
+def _side_line(side: dict[str, Any]) -> str:
+    status = f", {side['status']}" if side.get("status") and side["kind"] == "run" else ""
+    return f"{side['label']} (pipeline {side.get('pipeline') or 'none recorded'}{status})"
+
+
+def _largest(measure: dict[str, Any]) -> str:
+    largest = measure.get("max") or {}
+    return f"{_num(largest.get('a'))}->{_num(largest.get('b'))}"
 
 
 def _cell(measure: dict[str, Any]) -> str:

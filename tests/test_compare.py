@@ -4,9 +4,11 @@ writes, the CLI as a CI job runs it; its statistics checked against scipy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +36,66 @@ def work(ms):
 rng = np.random.default_rng({seed})
 run = stagewatch.init(pipeline={pipeline!r}, home={home!r}, config={config!r})
 for frame in range({frames}):
-    with run.stage("decode", sample_id=f"f{{frame}}"):
-        work(20 * rng.lognormal(0, 0.2))
-    with run.stage("infer", sample_id=f"f{{frame}}"):
-        work(40 * {infer_factor} * rng.lognormal(0, 0.2))
+    for stage, ms in {stages!r}.items():
+        with run.stage(stage, sample_id=f"f{{frame}}"):
+            work(ms * rng.lognormal(0, 0.2))
+if {held!r}:  # the run stays open (not ended) until the test sends a line
+    assert run.flush(10), "the daemon did not acknowledge the stages"
+    print(run.id, flush=True)
+    sys.stdin.readline()
 run.finish()
 assert run.flush(10), "the daemon did not acknowledge the run"
 print(run.id)
 """
 
 
-def timed_run(
-    home: Path, seed: int, infer_factor: float = 1.0, pipeline: str = "timed", config: Any = None, frames: int = 60
+def timed_code(
+    home: Path,
+    seed: int,
+    infer_factor: float = 1.0,
+    pipeline: str = "timed",
+    config: Any = None,
+    frames: int = 60,
+    stages: dict[str, float] | None = None,
+    held: bool = False,
 ) -> str:
-    code = TIMED_PIPELINE.format(
+    """The timed pipeline's code: `stages` (name -> its typical ms, in the order they run; by
+    default decode 20 ms, infer 40 ms x infer_factor) on each frame; `held`: it stays open after
+    its stages until a line comes on its stdin."""
+    return "import sys\n" + TIMED_PIPELINE.format(
         seed=seed,
         pipeline=pipeline,
         home=str(home),
         config=config or {"model": "v1"},
         frames=frames,
-        infer_factor=infer_factor,
+        stages=stages or {"decode": 20, "infer": 40 * infer_factor},
+        held=held,
     )
-    result = run_python(code)
+
+
+def timed_run(home: Path, seed: int, **options: Any) -> str:
+    result = run_python(timed_code(home, seed, **options))
     assert result.returncode == 0, result.stderr
     return result.stdout.split()[-1]
+
+
+@contextlib.contextmanager
+def held_run(home: Path, seed: int, **options: Any) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A timed run whose stages have ended and which is still open: (its id, its process). Send a
+    line to its stdin to end it; whatever happens, the process is gone afterwards."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", timed_code(home, seed, held=True, **options)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process.stdout.readline().strip(), process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def stagewatch_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -153,6 +191,103 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert compared(daemon.home, runs[-1], "--baseline", "30d")["a"]["runs"] == runs[:-1]
     # a window longer than the calendar reaches back to the oldest time a table can hold
     assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
+
+
+def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(daemon: DaemonProcess) -> None:
+    """B's stages so far are compared, said to be partial (text and --json), and the gate exits 2
+    (neither a pass nor a regression); once B has ended the same comparison is judged."""
+    first = timed_run(daemon.home, seed=1, frames=20)
+    rows_stored(daemon, first, "stage_executions", 40)
+    with held_run(daemon.home, seed=2, frames=20, infer_factor=1.5) as (running, process):
+        rows_stored(daemon, running, "stage_executions", 40)
+        found = compared(daemon.home, first, running)
+        assert found["partial"] is True and found["b"]["partial"] is True and found["a"]["partial"] is False
+        assert found["b"]["status"] == "running" and found["regressed"] is None  # not judged, not a pass
+        assert any("has not ended" in warning and "partial" in warning for warning in found["warnings"])
+        assert {s["stage"] for s in found["stages"]} == {"decode", "infer"}  # its figures so far
+        text = stagewatch_cli(daemon.home, first, running)
+        assert text.returncode == 0 and text.stdout.startswith("WARNING: B (run ")
+        assert "NOT JUDGED" in text.stdout and "no regression" not in text.stdout
+        for extra in ([], ["--json"]):
+            gate = stagewatch_cli(daemon.home, first, running, "--fail-on-regression", *extra)
+            assert gate.returncode == 2, (gate.stdout, gate.stderr)
+            assert "not judged" in gate.stderr and "regression: infer" not in gate.stderr
+        process.stdin.write("end\n")
+        process.stdin.flush()
+        assert process.wait(60) == 0, process.stderr.read()
+    rows_stored(daemon, running, "runs", 1)
+    ended = compared(daemon.home, first, running)
+    assert ended["partial"] is False and ended["warnings"] == [] and ended["regressed"] is True
+    assert stagewatch_cli(daemon.home, first, running, "--fail-on-regression").returncode == 1
+
+
+def test_a_stage_of_one_run_only_is_listed_and_a_vanished_one_fails_the_gate(daemon: DaemonProcess) -> None:
+    with_tracking = {"decode": 20, "track": 10, "infer": 40}
+    first = timed_run(daemon.home, seed=1, frames=20, stages=with_tracking)
+    second = timed_run(daemon.home, seed=2, frames=20)  # the same, without its track stage
+    rows_stored(daemon, first, "stage_executions", 60)
+    rows_stored(daemon, second, "stage_executions", 40)
+
+    found = compared(daemon.home, first, second)
+    stages = {s["stage"]: s for s in found["stages"]}
+    assert list(stages) == ["decode", "infer", "track"]  # B's order, then A's own
+    track = stages["track"]
+    assert track["only_in"] == "a" and track["executions"] == {"a": 20, "b": 0} and track["regressed"]
+    assert track["median_ms"]["a"] == pytest.approx(10, rel=0.5) and track["median_ms"]["b"] is None
+    assert track["reasons"] == ["only in A (20 executions): it did not run in B"]
+    assert stages["decode"]["only_in"] is None and not stages["decode"]["regressed"]
+    gate = stagewatch_cli(daemon.home, first, second, "--fail-on-regression")
+    assert gate.returncode == 1 and "regression: track: only in A" in gate.stderr
+    assert "only in A" in gate.stdout and "decode" not in gate.stderr
+
+    back = compared(daemon.home, second, first)  # a new stage is listed, not a regression
+    (new,) = [s for s in back["stages"] if s["stage"] == "track"]
+    assert new["only_in"] == "b" and not new["regressed"]
+    assert new["reasons"] == ["only in B (20 executions): a new stage"]
+    assert new["median_ms"]["b"] is not None
+    assert stagewatch_cli(daemon.home, second, first, "--fail-on-regression").returncode == 0
+
+
+def test_runs_of_two_pipelines_are_compared_with_a_warning_and_baselines_keep_to_one(daemon: DaemonProcess) -> None:
+    """Runs of another pipeline between those of one: a baseline of the run before, last:N or a
+    window pools only B's pipeline; A and B named of two pipelines say so on top."""
+    runs = []
+    for seed, pipeline in enumerate(("timed", "other", "timed", "other", "timed")):
+        runs.append((timed_run(daemon.home, seed=seed, frames=10, pipeline=pipeline), pipeline))
+    for run_id, _ in runs:
+        rows_stored(daemon, run_id, "runs", 1)
+    timed = [run_id for run_id, pipeline in runs if pipeline == "timed"]
+    target = timed[-1]
+    assert compared(daemon.home, target)["a"]["runs"] == [timed[1]]  # not the other pipeline's run between
+    for spec in ("last:10", "7d"):
+        found = compared(daemon.home, target, "--baseline", spec)
+        assert found["a"]["runs"] == timed[:2] and found["a"]["pipeline"] == "timed", spec
+        assert found["warnings"] == []
+
+    other = runs[3][0]
+    found = compared(daemon.home, other, target)
+    assert found["a"]["pipeline"] == "other" and found["b"]["pipeline"] == "timed"
+    (warning,) = found["warnings"]
+    assert "different pipelines (other and timed)" in warning
+    text = stagewatch_cli(daemon.home, other, target)
+    assert text.returncode == 0 and text.stdout.splitlines()[0] == f"WARNING: {warning}"
+
+
+def test_own_memory_is_labelled_median_and_its_largest_is_shown_beside_it(daemon: DaemonProcess) -> None:
+    first = timed_run(daemon.home, seed=1, frames=10)
+    second = timed_run(daemon.home, seed=2, frames=10)
+    for run_id in (first, second):
+        rows_stored(daemon, run_id, "stage_executions", 20)
+    found = compared(daemon.home, first, second)
+    stages = read_table(daemon.home, "stage_executions").to_pandas()
+    stages = stages[(stages["run_id"] == first) & (stages["stage"] == "infer")]
+    own = stages["rss_peak_mb"] - stages["rss_start_mb"]
+    (infer,) = [s for s in found["stages"] if s["stage"] == "infer"]
+    assert infer["own_memory_mb"]["a"] == pytest.approx(own.median())
+    assert infer["own_memory_mb"]["max"]["a"] == pytest.approx(own.max())  # the figure of stats and the Run page
+    text = stagewatch_cli(daemon.home, first, second).stdout
+    assert "own MB (median)" in text and "own MB (max)" in text and "own MB, median" not in text
+    assert "as `stats` and the Run page show it" in text
 
 
 CAUGHT_FAILURE = """

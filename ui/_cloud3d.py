@@ -5,7 +5,8 @@ control; computed on the full clouds, drawn from a faithful subsample.
 A small WebGL point renderer of our own (one draw call of GL_POINTS a view, colours from a
 palette or the viridis table) in an iframe the page fills once: coordinates and every colouring
 travel as base64 float32 arrays, never JSON lists; colour mode, point size, the colour range
-and the one camera both views share work in the browser alone. (plotly.js's scatter3d came
+and the one camera both views share (and the views of the other frames of a camera group: the
+Compare page's two cases) work in the browser alone. (plotly.js's scatter3d came
 first: about 57 us a point in Chromium's software WebGL, 6.7 s to open a 50k-point pair; and
 Panel's Plotly pane re-rendered the scenes on every server update, after which they took no
 more mouse input.)
@@ -198,6 +199,8 @@ def page_data(cloud: CloudPair) -> dict[str, Any]:
         "viridis": _b64(viridis(np.linspace(0.0, 1.0, 256), 0.0, 1.0), np.uint8),
         "centre": ((low + high) / 2).tolist(),
         "radius": float(np.linalg.norm(high - low) / 2) or 1.0,
+        # the box the points fill (None: no finite point), for views of other frames that share the camera
+        "bounds": [low.tolist(), high.tolist()] if len(both) else None,
     }
 
 
@@ -219,9 +222,10 @@ const floats = s => new Float32Array(bytes(s).buffer);
 const VIRIDIS = bytes(DATA.viridis);  // 256 colours, RGB
 const $ = id => document.getElementById(id);
 const camera = {yaw: -0.9, pitch: 0.55, zoom: 1};  // one camera, both views: they are locked
+const orbit = {centre: DATA.centre, radius: DATA.radius};  // what the camera turns around
 const range = {low: 0, high: 1};
 const views = {};
-window.camera = camera; window.range = range; window.views = views;
+window.camera = camera; window.range = range; window.views = views; window.orbit = orbit;
 
 const VERTEX = `attribute vec3 position; attribute vec3 colour; uniform mat4 matrix; uniform float size;
   varying vec3 shade; void main() { gl_Position = matrix * vec4(position, 1.0); gl_PointSize = size; shade = colour; }`;
@@ -284,13 +288,13 @@ function multiply(a, b) {  // column-major 4x4
   return out;
 }
 function eye() {
-  const distance = DATA.radius * 2.6 / camera.zoom, c = Math.cos(camera.pitch);
+  const distance = orbit.radius * 2.6 / camera.zoom, c = Math.cos(camera.pitch);
   return [Math.cos(camera.yaw) * c, Math.sin(camera.yaw) * c, Math.sin(camera.pitch)].map(
-    (v, i) => DATA.centre[i] + distance * v);
+    (v, i) => orbit.centre[i] + distance * v);
 }
 function matrix(aspect) {
-  const from = eye(), distance = DATA.radius * 2.6 / camera.zoom;
-  const f = unit(sub(DATA.centre, from)), s = unit(cross(f, [0, 0, 1])), u = cross(s, f);
+  const from = eye(), distance = orbit.radius * 2.6 / camera.zoom;
+  const f = unit(sub(orbit.centre, from)), s = unit(cross(f, [0, 0, 1])), u = cross(s, f);
   const look = [s[0], u[0], -f[0], 0, s[1], u[1], -f[1], 0, s[2], u[2], -f[2], 0,
                 -dot(s, from), -dot(u, from), dot(f, from), 1];
   const near = distance / 100, far = distance * 10, t = 1 / Math.tan(0.35);
@@ -361,22 +365,51 @@ for (const view of Object.values(views)) {
     camera.yaw -= (e.clientX - last[0]) * 0.01;
     camera.pitch = Math.max(-1.5, Math.min(1.5, camera.pitch + (e.clientY - last[1]) * 0.01));
     last = [e.clientX, e.clientY];
-    redraw();
+    moved();
   });
   view.canvas.addEventListener("wheel", e => {
     e.preventDefault();
     camera.zoom = Math.max(0.2, Math.min(50, camera.zoom * Math.exp(-e.deltaY * 0.001)));
-    redraw();
+    moved();
   }, {passive: false});
+}
+
+// The views of other frames in the same camera group (the Compare page's two cases: one camera
+// for their clouds) follow this camera and it follows theirs; all of them turn around the box
+// that holds every cloud of the group, so that the same camera shows the same place.
+const GROUP = __GROUP__;
+const channel = GROUP && window.BroadcastChannel ? new BroadcastChannel("stagewatch-camera:" + GROUP) : null;
+let box = DATA.bounds;
+function widen(other) {  // the group's box: this frame's and every one heard of
+  if (!other) return;
+  box = box ? [box[0].map((v, i) => Math.min(v, other[0][i])), box[1].map((v, i) => Math.max(v, other[1][i]))]
+            : other;
+  orbit.centre = box[0].map((v, i) => (v + box[1][i]) / 2);
+  orbit.radius = Math.hypot(...box[1].map((v, i) => v - box[0][i])) / 2 || 1;
+}
+function moved() {
+  redraw();
+  if (channel) channel.postMessage({kind: "camera", camera: {...camera}});
+}
+if (channel) {
+  channel.onmessage = ({data}) => {
+    if (data.kind === "hello" || data.kind === "here") widen(data.bounds);
+    if (data.kind === "hello") channel.postMessage({kind: "here", bounds: DATA.bounds, camera: {...camera}});
+    if (data.kind === "here" || data.kind === "camera") Object.assign(camera, data.camera);
+    redraw();
+  };
+  channel.postMessage({kind: "hello", bounds: DATA.bounds});
+  window.cameraGroup = GROUP;
 }
 window.addEventListener("resize", redraw);
 showMode($("mode").value);
 </script></body></html>"""
 
 
-def cloud_page(cloud: CloudPair) -> str:
+def cloud_page(cloud: CloudPair, camera_group: str | None = None) -> str:
     """The two views as one HTML document (for an iframe): the colour modes switch and the
-    cameras follow each other in the browser, with no trip to the server."""
+    cameras follow each other in the browser, with no trip to the server. Documents of the same
+    `camera_group` in one browser share their camera too (a BroadcastChannel of that name)."""
     options = "".join(f'<option value="{html.escape(m)}">{html.escape(m)}</option>' for m in available_modes(cloud))
     width = ' style="width:100%"' if cloud.single else ""
     views = "".join(
@@ -386,13 +419,17 @@ def cloud_page(cloud: CloudPair) -> str:
     # "</" inside the data would end the script element early; JSON allows "<\/".
     data = json.dumps(page_data(cloud)).replace("</", "<\\/")
     follow = "" if cloud.single else ": both views follow"
-    parts = {"__OPTIONS__": options, "__VIEWS__": views, "__FOLLOW__": follow, "__DATA__": data}
+    if camera_group:
+        follow += ", and the other case's views" if follow else ": the other case's views follow"
+    group = json.dumps(camera_group).replace("</", "<\\/")
+    parts = {"__OPTIONS__": options, "__VIEWS__": views, "__FOLLOW__": follow, "__DATA__": data, "__GROUP__": group}
     # One pass: a file or attribute named "__DATA__" stays a name.
     return re.sub("|".join(parts), lambda found: parts[found.group()], _PAGE)
 
 
-def cloud_views(cloud: CloudPair) -> pn.Column:
-    document = html.escape(cloud_page(cloud), quote=True)
+def cloud_views(cloud: CloudPair, camera_group: str | None = None) -> pn.Column:
+    """The views in an iframe; those of the same `camera_group` (the two cases of a flip) share one camera."""
+    document = html.escape(cloud_page(cloud, camera_group), quote=True)
     frame = f'<iframe srcdoc="{document}" style="width:100%;height:510px;border:0"></iframe>'
     return pn.Column(
         pn.pane.Markdown(cloud.shown, css_classes=["sw-cloud-count"]),

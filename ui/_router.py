@@ -213,6 +213,7 @@ class Router:
         self.sequence = 0
         self.arguments: Arguments = {}
         self.scope: PageScope | None = None
+        self.builds = 0  # pages built in this session: one at the start, one a navigation (tests read it)
         if self.document is not None and self.document.session_context is not None:
             self.document.on_session_destroyed(self._leave)
 
@@ -244,6 +245,7 @@ class Router:
         self.scope = scope
         if self.document is not None:
             _SCOPES[self.document] = scope
+        self.builds += 1
         try:
             title, content = self.build(arguments)
         finally:

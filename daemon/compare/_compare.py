@@ -15,9 +15,16 @@ significant and larger than the practical threshold:
 - and the change is larger than the threshold: relative for times and memory (and at least
   MIN_MEMORY_MB for memory, whose readings move by pages), in rate points for failures.
 
-A stage `regressed` when something got worse that way. The flip list holds the samples whose
-verdict changed: judged ones (`samples`: correct, wrong, invalid), and executions that failed
-or crashed where the baseline's did not (new failures). All reads go through the query layer.
+A stage `regressed` when something got worse that way, or when it ran in the baseline (its
+newest run) and not at all in the run compared (a stage that vanished). A stage of one side
+only is listed with its figures (`only_in`), never dropped. The flip list holds the samples
+whose verdict changed: judged ones (`samples`: correct, wrong, invalid), and executions that
+failed or crashed where the baseline's did not (new failures). All reads go through the query
+layer.
+
+What the figures cannot say is said in `warnings`: a side whose run has not ended (its figures
+are partial: `partial`, and the comparison is not judged), a side that crashed, two runs of
+different pipelines.
 """
 
 from __future__ import annotations
@@ -30,11 +37,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
-from stagewatch.daemon.projection._outcomes import FAILED, FINISHED_WITH_FAILURES, OK
+from stagewatch.daemon.projection._outcomes import CRASHED, FAILED, FINISHED_WITH_FAILURES, OK
 from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
-from stagewatch.daemon.query._readmodels import RunNotFound, holding, load_accuracy, load_audit, resolve_run_in
+from stagewatch.daemon.query._readmodels import (
+    RunNotFound,
+    holding,
+    load_accuracy,
+    load_audit_head,
+    resolve_run_in,
+)
 from stagewatch.daemon.query._sql import homes_of, select
 
 DEFAULT_THRESHOLD = 0.05
@@ -44,6 +58,7 @@ MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: small
 MAX_BASELINE_RUNS = 1000
 LAST = re.compile(r"^last:(\d+)$")
 FINISHED = (OK, FINISHED_WITH_FAILURES, FAILED)  # runs a baseline may hold: ended, with their stages complete
+ENDED = (*FINISHED, CRASHED)  # a run in any other state (running, no trail) has partial figures
 EXECUTION_COLUMNS = [
     "run_id",
     "pipeline",
@@ -72,10 +87,26 @@ class Side:
     runs: list[str]
     kind: str  # "run", "last" or "window"
     pipeline: str | None = None
+    status: str | None = None  # the newest run's: a history holds finished runs only
 
     @property
     def is_history(self) -> bool:
         return self.kind != "run"
+
+    @property
+    def partial(self) -> bool:
+        """The side's run has not ended (running, or no end recorded): its figures are those so far."""
+        return self.status not in ENDED
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "runs": self.runs,
+            "kind": self.kind,
+            "pipeline": self.pipeline,
+            "status": self.status,
+            "partial": self.partial,
+        }
 
 
 @dataclass
@@ -95,9 +126,13 @@ def run_side(home: Path, text: str) -> Side:
         run_id = resolve_run_in(home, text)
     except RunNotFound as error:
         raise CompareError(str(error)) from None
-    row = _run_rows(home, "run_id = ?", [run_id])
-    pipeline = row[0]["pipeline"] if row else load_audit(holding(home, run_id), run_id).get("pipeline")
-    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline)
+    rows = _run_rows(home, "run_id = ?", [run_id], "ORDER BY lsn")
+    if rows:  # ended: its last row (a crash withdrawn when its client came back has none)
+        pipeline, status = rows[-1]["pipeline"], rows[-1]["status"]
+    else:  # not in the runs table: still running, or its end not recorded (the trail says which)
+        head = load_audit_head(holding(home, run_id), run_id)
+        pipeline, status = head.get("pipeline"), head.get("status")
+    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
 
 
 def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = None) -> Side:
@@ -148,6 +183,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         [r["run_id"] for r in reversed(rows)],
         "last" if last else "window",
         target.pipeline,
+        rows[0]["status"],
     )
 
 
@@ -234,10 +270,12 @@ def _stage_entry(stage: str, a: dict | None, b: dict | None, options: Options) -
     empty = {"executions": np.asarray(0), "failed": np.asarray(0)} | {
         name: np.zeros(0) for name in ("duration_ms", "own_memory_mb", "gpu_peak_mb")
     }
+    only_in = "a" if b is None else "b" if a is None else None
     a, b = a or empty, b or empty
     seed = options.seed
     entry: dict[str, Any] = {
         "stage": stage,
+        "only_in": only_in,
         "executions": {"a": int(a["executions"]), "b": int(b["executions"])},
         "median_ms": _measure(a["duration_ms"], b["duration_ms"], 0.5, options, seed, rank_test=True),
         "p95_ms": _measure(a["duration_ms"], b["duration_ms"], 0.95, options, seed + 1),
@@ -245,7 +283,7 @@ def _stage_entry(stage: str, a: dict | None, b: dict | None, options: Options) -
         "gpu_peak_mb": _measure(a["gpu_peak_mb"], b["gpu_peak_mb"], 0.5, options, seed + 3, floor=MIN_MEMORY_MB),
         "failure_rate": _failures(a, b, options),
     }
-    for name in ("gpu_peak_mb",):
+    for name in ("own_memory_mb", "gpu_peak_mb"):  # the largest too: what `stats` and the Run page show
         entry[name]["max"] = {
             side: (float(values.max()) if values.size else None) for side, values in (("a", a[name]), ("b", b[name]))
         }
@@ -259,7 +297,7 @@ MEASURE_NAMES = ("median_ms", "p95_ms", "own_memory_mb", "gpu_peak_mb", "failure
 WORDS = {
     "median_ms": "median time",
     "p95_ms": "p95 time",
-    "own_memory_mb": "own memory (median)",
+    "own_memory_mb": "own memory (median of its executions)",
     "gpu_peak_mb": "GPU peak (median)",
     "failure_rate": "failure rate",
 }
@@ -432,7 +470,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def setting_of(home: Path, run_id: str) -> dict[str, Any]:
     """What the run started with: its config snapshot and its environment (host, Python,
     packages, GPU), from the audit trail."""
-    audit = load_audit(holding(home, run_id), run_id)
+    audit = load_audit_head(holding(home, run_id), run_id)  # the head holds both: no stage line is read
     environment = dict(audit.get("environment") or {})
     environment.setdefault("host", audit.get("host"))
     return {"config": audit.get("config") or {}, "environment": environment}
@@ -447,11 +485,14 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
     before, after = executions_of(home, a.runs), executions_of(home, b.runs)
     judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
     stages = stage_figures(before, after, options)
+    _judge_one_sided(stages, _stages_of_run(before, a.runs[-1]), b)
     accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home)
     setting_a, setting_b = setting_of(home, a.runs[-1]), setting_of(home, b.runs[-1])
     document: dict[str, Any] = {
-        "a": {"label": a.label, "runs": a.runs, "kind": a.kind},
-        "b": {"label": b.label, "runs": b.runs, "kind": b.kind},
+        "a": a.summary(),
+        "b": b.summary(),
+        "partial": a.partial or b.partial,
+        "warnings": side_warnings(a, b),
         "threshold": options.threshold,
         "confidence": options.confidence,
         "stages": stages,
@@ -465,7 +506,49 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
 
         document["shifts"] = history_shifts(pa.concat_tables([before, after]), options.threshold)
     document["failures"] = gate_failures(document, options)
+    # Partial figures are not judged: `regressed` is null then, neither a pass nor a regression.
+    document["regressed"] = None if document["partial"] else bool(document["failures"])
     return document
+
+
+def _stages_of_run(executions: pa.Table, run_id: str) -> set[str]:
+    return set(executions.filter(pc.equal(executions["run_id"], run_id))["stage"].to_pylist())
+
+
+def _judge_one_sided(stages: list[dict[str, Any]], baseline_newest: set[str], b: Side) -> None:
+    """A stage of one side only, in words; one that ran in the baseline's newest run and not in
+    B vanished: a regression (unless B has not ended: it may still come)."""
+    for entry in stages:
+        executions = entry["executions"]
+        if entry["only_in"] == "b":
+            entry["reasons"].append(f"only in B ({executions['b']} executions): a new stage")
+        elif entry["only_in"] == "a" and b.partial:
+            entry["reasons"].append(f"only in A ({executions['a']} executions): not in B so far (B has not ended)")
+        elif entry["only_in"] == "a" and entry["stage"] in baseline_newest:
+            entry["reasons"].append(f"only in A ({executions['a']} executions): it did not run in B")
+            entry["regressed"] = True
+        elif entry["only_in"] == "a":
+            entry["reasons"].append(f"only in A ({executions['a']} executions), not in its newest run nor in B")
+
+
+def side_warnings(a: Side, b: Side) -> list[str]:
+    """What the figures cannot say on their own: a side still running (partial figures), a side
+    that crashed, runs of different pipelines."""
+    found = []
+    if a.pipeline != b.pipeline:
+        found.append(
+            f"A and B are runs of different pipelines ({a.pipeline or 'none recorded'} and "
+            f"{b.pipeline or 'none recorded'}): their stages are matched by name only"
+        )
+    for name, side in (("A", a), ("B", b)):
+        if side.partial:
+            found.append(
+                f"{name} ({side.label}) has not ended ({side.status or 'no status recorded'}): its figures are "
+                "partial, those recorded so far; the comparison is not judged"
+            )
+        elif side.status == CRASHED:
+            found.append(f"{name} ({side.label}) crashed: its figures stop where its process was lost")
+    return found
 
 
 def gate_failures(document: dict[str, Any], options: Options) -> list[str]:

@@ -1,6 +1,6 @@
 """The Compare page in a real Chromium over a home a real daemon filled: two runs of a golden
 dataset where the second gets two samples wrong, reached from Runs (two ticked) and from Run
-(compare with the previous run); a flip opens both cases side by side."""
+(compare with the previous run); a flip opens both cases side by side, clouds under one camera."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import stagewatch
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, wait_for
 from tests.groundtruth.builders import write_dataset
 from tests.test_compare import judged_run
 from tests.ui.conftest import CHROMIUM
-from tests.ui.test_dashboard import Ui, shown
+from tests.ui.test_dashboard import LIDAR_GOLDEN, Ui, shown
 
 pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -49,15 +52,20 @@ def test_two_ticked_runs_open_the_comparison_and_a_flip_opens_both_cases(served,
     assert link.get_attribute("href") == f"?page=compare&a={before}&b={after}"  # the older is the baseline
     link.click()
     page.wait_for_url(re.compile("page=compare"))
-    flips = page.locator(".sw-compare-flips a.sw-flip:visible")  # the page as drawn once the switch settles
+    # Every flip link in the page, hidden ones included: Panel draws an HTML pane hidden until it
+    # is laid out (its links then read ""), so this waits for exactly one copy, drawn.
+    flips = page.locator(".sw-compare-flips a.sw-flip")
     texts = ["detection on s0001", "detection on s0006"]
-    wait_for(lambda: [text for text in flips.all_inner_texts() if text] == texts, 60)
+    wait_for(lambda: flips.all_inner_texts() == texts, 60)
+    assert page.locator(".sw-compare-flips").count() == 1
     assert shown(page, "correct → ")
     assert page.locator(".sw-compare-stages tr.sw-stage-regressed").count() == 0  # nothing timed slower
     flips.nth(1).click()
     page.wait_for_url(re.compile("flip=detection%2Fs0006"))
     pictures = page.locator(".sw-compare-side-by-side .sw-case-boxes")
     wait_for(lambda: pictures.count() == 2, 60)  # A's case and B's, each drawn as the Case page draws it
+    wait_for(lambda: flips.all_inner_texts() == texts, 60)  # the page switched in place: still one copy
+    assert page.locator(".sw-compare-flips").count() == 1
     boxes = [p.bounding_box() for p in pictures.all()]
     assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"] + 1  # side by side
     assert shown(page, "detection on s0006: correct") and shown(page, "detection on s0006: wrong")
@@ -77,3 +85,81 @@ def test_a_run_page_compares_with_the_previous_run(served, page) -> None:
     page.goto(f"{ui.url}?page=compare&b={urllib.parse.quote(hostile)}")
     wait_for(lambda: shown(page, "no run with id"), 30)
     assert page.evaluate("window.__pwned") is None and shown(page, hostile)
+
+
+def labelled_run(home: Path, dataset: Path, labels: np.ndarray) -> str:
+    """One run of the lidar golden dataset: its registration stage labels scan_000's points."""
+    run = stagewatch.init(pipeline="lidar", home=home, dataset=dataset)
+    with run.stage("registration", sample_id="scan_000") as stage:
+        stage.result("scan_000", labels)
+    run.finish()
+    assert run.flush(10)
+    stagewatch.shutdown()
+    return run.id
+
+
+def _camera(frame) -> dict | None:
+    """A case's 3D views, as its frame holds them: the camera, the left view's eye, the group."""
+    return frame.locator("body").evaluate(
+        "() => window.views && views.left && views.left.frames > 0 ? "
+        "{camera: {...camera}, eye: views.left.eye, group: window.cameraGroup || null} : null"
+    )
+
+
+def _drag(page, frame, side: str) -> None:
+    box = frame.locator(f"#{side}").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.3, steps=10)
+    page.mouse.up()
+
+
+def test_a_flip_of_clouds_opens_both_cases_under_one_camera(tmp_path, page) -> None:
+    """A turns and B follows, B zooms and A follows: the two cases' 3D views share one camera
+    (each case's two views were already locked together)."""
+    from stagewatch._saver import write_ply
+
+    home = tmp_path / "home"
+    dataset = home / "datasets" / "lidar"
+    (dataset / "clouds").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(-20, 20, (3000, 3)).astype(np.float32)
+    labels = (truth[:, 2] > 0).astype(np.int32)
+    write_ply(dataset / "clouds" / "scan_000.ply", {"points": truth, "label": labels})
+    (dataset / "golden.yaml").write_text(LIDAR_GOLDEN)
+    mislabelled = np.where(rng.random(len(labels)) < 0.2, 1 - labels, labels).astype(np.int32)
+    daemon = DaemonProcess(home).start()
+    ui = None
+    try:
+        before = labelled_run(home, dataset / "golden.yaml", labels)
+        after = labelled_run(home, dataset / "golden.yaml", mislabelled)
+        wait_for(lambda: read_table(home, "samples").num_rows == 2, 30)
+        ui = Ui(home)
+        page.goto(f"{ui.url}?page=compare&a={before}&b={after}")
+        flips = page.locator(".sw-compare-flips a.sw-flip")
+        wait_for(lambda: flips.all_inner_texts() == ["registration on scan_000"], 60)
+        flips.first.click()
+        page.wait_for_url(re.compile("flip=registration%2Fscan_000"))
+        frames = ".sw-compare-side-by-side .sw-cloud-3d iframe"
+        wait_for(lambda: page.locator(frames).count() == 2, 60)
+        a, b = page.frame_locator(frames).nth(0), page.frame_locator(frames).nth(1)
+        first = wait_for(lambda: (x := _camera(a)) and (y := _camera(b)) and x["eye"] == y["eye"] and (x, y), 60)
+
+        a.locator("#left").scroll_into_view_if_needed()
+        _drag(page, a, "left")  # A's view turned: B's follow
+        turned = wait_for(lambda: (y := _camera(b)) and y["camera"] != first[1]["camera"] and y, 20)
+        wait_for(lambda: _camera(a) == _camera(b), 20)
+        assert turned["camera"]["yaw"] != -0.9 and _camera(a)["camera"] == turned["camera"]
+
+        box = b.locator("#right").bounding_box()  # B's view zoomed: A's follow
+        assert box["x"] + box["width"] <= page.viewport_size["width"]  # both cases fit the page side by side
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.mouse.wheel(0, -400)
+        zoomed = wait_for(lambda: (x := _camera(a)) and x["camera"]["zoom"] > 1 and x, 20)
+        wait_for(lambda: _camera(a) == _camera(b), 20)
+        assert zoomed["camera"]["yaw"] == turned["camera"]["yaw"]
+        assert first[0]["group"] and first[0]["group"] == first[1]["group"]  # one group: this view's own
+    finally:
+        if ui is not None:
+            ui.stop()
+        daemon.stop()

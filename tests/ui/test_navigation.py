@@ -200,3 +200,39 @@ def test_periodic_callbacks_do_not_pile_up_over_many_switches(in_process, page) 
             page.wait_for_selector(data)
     assert _here(page) == "?page=runs" and _same_document(page)
     assert wait_for(lambda: _periodic_callbacks() == [on_runs], 20), _periodic_callbacks()
+
+
+def _routers() -> list:
+    """The router of each open session of this process's server."""
+    from stagewatch.ui import _router
+
+    return [
+        scope.router
+        for document, scope in list(_router._SCOPES.items())
+        if document.session_context is not None and scope.router is not None
+    ]
+
+
+def test_each_navigation_builds_its_page_once(served, in_process, page) -> None:
+    """A click, back and forward each build the page they open once (a page built twice would
+    leave a hidden copy of its content beside the drawn one), the Compare page included."""
+    run_id = served[3]
+    earlier = {id(router) for router in _routers()}  # sessions of the tests before, not yet collected
+    page.goto(f"{in_process}?page=runs")
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    (router,) = wait_for(lambda: [r for r in _routers() if id(r) not in earlier] or None, 20)
+    assert router.builds == 1
+    _mark(page)
+    drawn = {"live": "text=No run is in progress", "logs": ".sw-table-logs .tabulator-row", "runs": ".sw-table-runs a"}
+    for name, data in drawn.items():
+        _in_sidebar(page, name).click()
+        page.wait_for_selector(data)
+    page.go_back()
+    page.wait_for_selector(drawn["logs"])
+    page.go_forward()
+    page.wait_for_selector(drawn["runs"])
+    page.evaluate("href => window.stagewatch.navigate(href)", f"?page=compare&b={run_id}")
+    wait_for(lambda: shown(page, "holds no finished run"), 30)  # the demo's run is the first of its pipeline
+    _in_sidebar(page, "live").click()  # behind this last one, any second build of those before has come
+    page.wait_for_selector(drawn["live"])
+    assert router.builds == 1 + 3 + 2 + 1 + 1 and _same_document(page)

@@ -132,7 +132,9 @@ def case_steps(home: Path, origin: str, run_id: str, stage: str, sample: str) ->
     return [pn.pane.HTML(text, css_classes=["sw-case-steps"]), CaseKeys(previous=urls[0], following=urls[1])]
 
 
-def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
+def case_sections(home: Path, run_id: str, case: dict[str, Any], camera_group: str | None = None) -> list[Any]:
+    """What the Case page shows of one case; the 3D views of the cases drawn with the same
+    `camera_group` (the Compare page's two sides of a flip) share one camera."""
     status = case.get("status")
     kinds = ", ".join(case.get("error_types") or []) or (case.get("status") or "" if "error_type" in case else "")
     reason = case.get("reason") or (
@@ -161,7 +163,9 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
     elif found["kind"] == "boxes":
         shown += boxes_view(found)
     else:
-        shown.append(pn.Row(*[_picture(title, picture) for title, picture in found["pictures"]]))
+        # wrapping: in the Compare page's half of the width the pictures go under each other
+        pictures = [_picture(title, picture) for title, picture in found["pictures"]]
+        shown.append(pn.FlexBox(*pictures, flex_wrap="wrap", sizing_mode="stretch_width"))
         if found["kind"] in ("mask", "points"):  # the pictures colour each class: which is which
             colours = [tuple(int(v) for v in c) for c in _failures.CLASS_COLOURS]
             shown.append(class_legend(class_names(case), [f"rgb{c}" for c in colours]))
@@ -180,10 +184,11 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any]) -> list[Any]:
                 *distances,
                 attributes=arrays.get("attributes"),
             )
+            follow = "both views and the other case's follow" if camera_group else "both views follow"
             shown += [
-                pn.pane.Markdown("### In 3D (drag to turn: both views follow)"),
+                pn.pane.Markdown(f"### In 3D (drag to turn: {follow})"),
                 class_legend(class_names(case), LABEL_COLOURS, "coloured by label"),
-                cloud_views(cloud),
+                cloud_views(cloud, camera_group),
             ]
     scores = case.get("scores")
     if scores:

@@ -1,7 +1,8 @@
 """Compare: a run against another run or a baseline of runs (`stagewatch compare`'s numbers,
 daemon/compare/_compare): the per-stage table with the rows that changed flagged, the shifts of the
 history when the baseline is one, the flip list (each flip opens both cases side by side, as
-the Case page draws them), accuracy, and the config and environment diffs.
+the Case page draws them, their clouds under one camera), accuracy, and the config and
+environment diffs. What the figures cannot say (a run not ended, two pipelines) comes first.
 
     ?page=compare&a=<run, last:N or 7d>&b=<run>[&threshold=0.05][&flip=<stage>/<sample>]
 """
@@ -9,6 +10,7 @@ the Case page draws them), accuracy, and the config and environment diffs.
 from __future__ import annotations
 
 import html
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +18,7 @@ from urllib.parse import quote
 import panel as pn
 
 from stagewatch.daemon.compare._compare import CompareError, Options, Side, baseline_side, compare, run_side
+from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
 from stagewatch.ui.pages.case import case_sections
@@ -23,6 +26,7 @@ from stagewatch.ui.pages.case import case_sections
 THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
 MAX_FLIPS_SHOWN = 200
 MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
+HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half the row, never wider
 
 
 class ComparePage:
@@ -86,13 +90,16 @@ class ComparePage:
             self.cases.objects = []
             return
         columns = []
+        camera_group = secrets.token_hex(8)  # one camera for both cases' clouds (this view's only)
         for side, title in zip(self.sides, ("A", "B"), strict=True):
             found = _newest_case(self.home, side, stage, sample)
             if found is None:
                 body: list[Any] = [pn.pane.Alert(f"No case of {stage} on {sample} in {side.label}.", alert_type="info")]
             else:
-                body = case_sections(self.home, *found)
-            columns.append(pn.Column(pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}"), *body))
+                body = case_sections(self.home, *found, camera_group=camera_group)
+            heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}")
+            # each case half of the width (its wide parts wrap), so both fit the page side by side
+            columns.append(pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF))
         self.cases.objects = [
             pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
             pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),
@@ -109,17 +116,14 @@ def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, 
 
 def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
     a, b = document["a"], document["b"]
-    verdict = (
-        pn.pane.Alert("Regressed: " + html.escape("; ".join(document["failures"])), alert_type="danger")
-        if document["failures"]
-        else pn.pane.Alert("No regression.", alert_type="success")
-    )
     shown: list[Any] = [
+        *warnings_alert(document),
         pn.pane.HTML(f"<b>A</b>: {_side_html(a)} &nbsp;→&nbsp; <b>B</b>: {_side_html(b)}"),
-        verdict,
+        verdict_alert(document),
         pn.pane.Markdown(
             f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
-            f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%}."
+            f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%}. "
+            f"{OWN_MEMORY}"
         ),
         pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
     ]
@@ -137,35 +141,74 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
 
 
 def _side_html(side: dict[str, Any]) -> str:
+    pipeline = f" · pipeline <b>{html.escape(side.get('pipeline') or 'none recorded')}</b>"
     if side["kind"] == "run":
-        return _widgets.run_link(side["runs"][0])
-    return f"{html.escape(side['label'])} (newest {_widgets.run_link(side['runs'][-1])})"
+        status = f" ({html.escape(label(side['status']))})" if side.get("status") else ""
+        return _widgets.run_link(side["runs"][0]) + status + pipeline
+    return f"{html.escape(side['label'])} (newest {_widgets.run_link(side['runs'][-1])}){pipeline}"
 
 
+def warnings_alert(document: dict[str, Any]) -> list[pn.pane.Alert]:
+    """What the figures cannot say on their own (a run not ended, a crash, two pipelines), on top."""
+    if not document.get("warnings"):
+        return []
+    text = "<br>".join(f"⚠ {html.escape(warning)}" for warning in document["warnings"])
+    return [pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-warnings"])]
+
+
+def verdict_alert(document: dict[str, Any]) -> pn.pane.Alert:
+    if document.get("partial"):
+        text = "Not judged: a run compared has not ended, its figures are partial."
+        if document["failures"]:
+            text += " So far: " + html.escape("; ".join(document["failures"]))
+        return pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-verdict"])
+    if document["failures"]:
+        text = "Regressed: " + html.escape("; ".join(document["failures"]))
+        return pn.pane.Alert(text, alert_type="danger", css_classes=["sw-compare-verdict"])
+    return pn.pane.Alert("No regression.", alert_type="success", css_classes=["sw-compare-verdict"])
+
+
+# compare tests the median of a stage's own memory over its executions (one reading, the largest,
+# cannot be tested against its own noise) and shows the largest beside it, the figure of
+# `stagewatch stats` and the Run page.
+OWN_MEMORY = (
+    "*Own MB* is the most a stage's RSS rose above its start, per execution: *(median)* is the median over its "
+    "executions, the figure tested; *(max)* the largest, as `stagewatch stats` and the Run page show it."
+)
 COLUMNS = (
     ("median_ms", "median ms"),
     ("p95_ms", "p95 ms"),
-    ("own_memory_mb", "own MB, median"),
-    ("gpu_peak_mb", "GPU MB, median"),
+    ("own_memory_mb", "own MB (median)"),
+    ("gpu_peak_mb", "GPU MB (median)"),
 )
+ONLY_IN = {"a": "only in A", "b": "only in B"}
 
 
 def stage_table_html(stages: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{title}</th>" for title in ("stage", "executions", *[t for _, t in COLUMNS], "failed", ""))
+    titles = ("stage", "executions", *[t for _, t in COLUMNS[:3]], "own MB (max)", COLUMNS[3][1], "failed", "")
+    head = "".join(f"<th>{title}</th>" for title in titles)
     rows = []
     for stage in stages:
         flag = "regressed" if stage["regressed"] else ("changed" if stage["reasons"] else "")
         colour = {"regressed": "#fde2e1", "changed": "#e6f4ea"}.get(flag, "transparent")
+        only = stage.get("only_in")
         cells = [html.escape(stage["stage"]), f"{stage['executions']['a']:,} → {stage['executions']['b']:,}"]
-        cells += [_measure_html(stage[key]) for key, _ in COLUMNS]
-        cells += [_rate_html(stage["failure_rate"]), f"<b>{flag}</b>"]
+        cells += [_measure_html(stage[key]) for key, _ in COLUMNS[:3]]
+        cells += [_largest_html(stage["own_memory_mb"]), _measure_html(stage[COLUMNS[3][0]])]
+        cells += [_rate_html(stage["failure_rate"]), " · ".join(f"<b>{w}</b>" for w in (flag, ONLY_IN.get(only)) if w)]
         title = html.escape("; ".join(stage["reasons"]), quote=True)
+        classes = f"sw-stage-{flag or 'same'}" + (f" sw-stage-only-{only}" if only else "")
         rows.append(
             # a light background carries its own dark text: the dark theme's white text on it was unreadable
-            f"<tr class='sw-stage-{flag or 'same'}' style='background:{colour}{';color:#1b1b1b' if flag else ''}' "
+            f"<tr class='{classes}' style='background:{colour}{';color:#1b1b1b' if flag else ''}' "
             f"title='{title}'>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
         )
     return f"<table class='sw-compare-table'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _largest_html(measure: dict[str, Any]) -> str:
+    largest = measure.get("max") or {}
+    return f"{_number(largest.get('a'))} → {_number(largest.get('b'))}"
 
 
 def _number(value: float | None) -> str:

@@ -20,7 +20,7 @@ from stagewatch.daemon.compare._compare import CompareError, baseline_side, comp
 from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
-from stagewatch.ui.pages.compare import stage_table_html
+from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 WINDOWS = {"last 7 days": "7d", "last 30 days": "30d", "last 90 days": "90d", "last 24 hours": "24h", "all time": ""}
@@ -123,6 +123,7 @@ class PerformancePage:
             return
         link = f"?page=compare&a={quote(self.first.value or 'last:1', safe='')}&b={quote(b.runs[0], safe='')}"
         self.comparison.objects = [
+            *warnings_alert(document),  # a run not ended, two pipelines: as the Compare page says them
             pn.pane.HTML(
                 f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · <a href='{link}'>open in Compare</a>"
             ),

@@ -9,7 +9,9 @@ A and not in B), a shift is ongoing in the baseline's history, or accuracy fell 
 --accuracy-drop (the reasons are printed); 2 for arguments that name nothing to compare (an
 unknown run, an empty baseline) or cannot be read, and with --fail-on-regression for a run that
 has not ended: its figures are partial, the gate neither passes nor fails it (compare again
-once it has ended).
+once it has ended). A run that has not ended is waited for up to --wait seconds (10) first: a
+CI job's gate right after its pipeline finished meets the run's end before the daemon's next
+flush has written it.
 
 Warnings (a run not ended, a crashed run, runs of different pipelines) come first, and in
 --json as `warnings` (with `partial`).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, home_or_homes, json_option
@@ -27,6 +30,7 @@ from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, hom
 EXIT_REGRESSED = 1
 EXIT_NOT_JUDGED = EXIT_USAGE  # a side has not ended: neither a pass nor a regression
 MAX_LISTED_FLIPS = 50
+WAIT_STEP_S = 0.5  # how often a run not ended yet is looked for again
 
 
 def add_commands(commands: Any) -> None:
@@ -48,6 +52,13 @@ def add_commands(commands: Any) -> None:
         "--accuracy-drop", type=fraction, help="with --fail-on-regression: fail when a stage's accuracy falls more"
     )
     compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
+    compare.add_argument(
+        "--wait",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for a run that has not ended to be recorded as ended (10; 0: not at all)",
+    )
     json_option(compare, "print the comparison as JSON")
     home_options(compare, endpoint=False)
     compare.set_defaults(handler=cmd_compare)
@@ -65,8 +76,26 @@ def fraction(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    """'10' -> 10.0 seconds, at most an hour (argparse turns the ValueError into exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds like 10, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected between 0 and 3600 seconds, got {text!r}")
+    return value
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from stagewatch.daemon.compare._compare import CompareError, Options, baseline_side, compare, run_side
+    from stagewatch.daemon.compare._compare import (
+        CompareError,
+        Options,
+        RunNotEnded,
+        baseline_side,
+        compare,
+        run_side,
+    )
     from stagewatch.daemon.query._sql import QueryError
 
     if isinstance(args.threshold, str):  # argparse does not convert a default given as text
@@ -77,13 +106,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)
     home = home_or_homes(args)  # several homes: read as one
     options = Options(threshold=args.threshold, confidence=args.confidence, accuracy_drop=args.accuracy_drop)
+    deadline = time.monotonic() + args.wait
     try:
-        target = run_side(home, args.runs[-1])
-        spec = args.runs[0] if len(args.runs) == 2 else (args.baseline or "last:1")
-        baseline = baseline_side(home, spec, target)
-        if baseline.runs == target.runs:
-            return fail(f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE)
-        document = compare(home, baseline, target, options)
+        while True:
+            try:
+                target = run_side(home, args.runs[-1])
+                spec = args.runs[0] if len(args.runs) == 2 else (args.baseline or "last:1")
+                baseline = baseline_side(home, spec, target)
+                if baseline.runs == target.runs:
+                    return fail(
+                        f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE
+                    )
+                document = compare(home, baseline, target, options)
+            except RunNotEnded:
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if not document["partial"] or time.monotonic() >= deadline:
+                    break
+            time.sleep(WAIT_STEP_S)
     except (CompareError, QueryError) as error:
         return fail(str(error), EXIT_USAGE)
     except OSError as error:  # exit 1 is the gate's: a home that cannot be read is an argument problem

@@ -193,32 +193,45 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
 
 
-def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(daemon: DaemonProcess) -> None:
+@pytest.fixture
+def slow_flushing_daemon(home: Path) -> Iterator[DaemonProcess]:
+    """A daemon whose periodic flush is 8 s apart: a run's end reaches the runs table that late."""
+    process = DaemonProcess(home, env={"STAGEWATCH_DAEMON_FLUSH_INTERVAL_S": "8"}).start()
+    yield process
+    process.stop()
+
+
+def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(
+    slow_flushing_daemon: DaemonProcess,
+) -> None:
     """B's stages so far are compared, said to be partial (text and --json), and the gate exits 2
-    (neither a pass nor a regression); once B has ended the same comparison is judged."""
+    (neither a pass nor a regression). The gate run as soon as B's pipeline has ended (before the
+    daemon's flush wrote its end) waits for the end and judges it."""
+    daemon = slow_flushing_daemon
     first = timed_run(daemon.home, seed=1, frames=20)
-    rows_stored(daemon, first, "stage_executions", 40)
+    rows_stored(daemon, first, "runs", 1)
+    no_wait = ("--wait", "0")
     with held_run(daemon.home, seed=2, frames=20, infer_factor=1.5) as (running, process):
         rows_stored(daemon, running, "stage_executions", 40)
-        found = compared(daemon.home, first, running)
+        found = compared(daemon.home, first, running, *no_wait)
         assert found["partial"] is True and found["b"]["partial"] is True and found["a"]["partial"] is False
         assert found["b"]["status"] == "running" and found["regressed"] is None  # not judged, not a pass
         assert any("has not ended" in warning and "partial" in warning for warning in found["warnings"])
         assert {s["stage"] for s in found["stages"]} == {"decode", "infer"}  # its figures so far
-        text = stagewatch_cli(daemon.home, first, running)
+        text = stagewatch_cli(daemon.home, first, running, *no_wait)
         assert text.returncode == 0 and text.stdout.startswith("WARNING: B (run ")
         assert "NOT JUDGED" in text.stdout and "no regression" not in text.stdout
         for extra in ([], ["--json"]):
-            gate = stagewatch_cli(daemon.home, first, running, "--fail-on-regression", *extra)
+            gate = stagewatch_cli(daemon.home, first, running, "--fail-on-regression", *no_wait, *extra)
             assert gate.returncode == 2, (gate.stdout, gate.stderr)
             assert "not judged" in gate.stderr and "regression: infer" not in gate.stderr
         process.stdin.write("end\n")
         process.stdin.flush()
         assert process.wait(60) == 0, process.stderr.read()
-    rows_stored(daemon, running, "runs", 1)
-    ended = compared(daemon.home, first, running)
+    gate = stagewatch_cli(daemon.home, first, running, "--fail-on-regression", "--json")
+    assert gate.returncode == 1, (gate.stdout, gate.stderr)
+    ended = json.loads(gate.stdout)
     assert ended["partial"] is False and ended["warnings"] == [] and ended["regressed"] is True
-    assert stagewatch_cli(daemon.home, first, running, "--fail-on-regression").returncode == 1
 
 
 def test_a_stage_of_one_run_only_is_listed_and_a_vanished_one_fails_the_gate(daemon: DaemonProcess) -> None:
@@ -436,3 +449,36 @@ def test_a_step_is_called_on_its_third_run_though_high_runs_before_it_started_th
     (found,) = detect(history)
     assert found.start == 30 and found.found <= 32
     assert found.after / found.before == pytest.approx(1.10, abs=0.02)
+
+
+def test_a_sub_millisecond_stage_that_doubles_is_no_regression_a_slower_real_one_is() -> None:
+    """A stage of a tenth of a millisecond moves by as much when the scheduler looks away: a
+    change under MIN_TIME_MS is not called out, however significant; the same ratio on a stage
+    of ten milliseconds is."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from stagewatch.daemon.compare._compare import Options, stage_figures
+
+    def rows(durations: dict[str, float]) -> pa.Table:
+        rng = np.random.default_rng(3)
+        records = [
+            {
+                "stage": stage,
+                "status": "ok",
+                "start_time": datetime(2026, 12, 6, tzinfo=UTC),
+                "duration_ms": ms * (1 + 0.01 * rng.standard_normal()),
+                "rss_peak_mb": 100.0,
+                "rss_start_mb": 100.0,
+                "gpu_peak_mb": 0.0,
+            }
+            for stage, ms in durations.items()
+            for _ in range(200)
+        ]
+        return pa.Table.from_pylist(records)
+
+    figures = stage_figures(rows({"tiny": 0.12, "real": 10.0}), rows({"tiny": 0.25, "real": 20.8}), Options())
+    called = {entry["stage"]: entry["median_ms"]["called_out"] for entry in figures}
+    assert called == {"tiny": False, "real": True}
+    assert {entry["stage"]: entry["regressed"] for entry in figures} == {"tiny": False, "real": True}

@@ -13,7 +13,8 @@ significant and larger than the practical threshold:
   excludes 0 (see _stattests);
 - failure rate: the two-proportion z-test (p < 1 - confidence);
 - and the change is larger than the threshold: relative for times and memory (and at least
-  MIN_MEMORY_MB for memory, whose readings move by pages), in rate points for failures.
+  MIN_TIME_MS for times, which a busy machine's scheduler moves by that much, MIN_MEMORY_MB for
+  memory, whose readings move by pages), in rate points for failures.
 
 A stage `regressed` when something got worse that way, or when it ran in the baseline (its
 newest run) and not at all in the run compared (a stage that vanished). A stage of one side
@@ -55,6 +56,7 @@ DEFAULT_THRESHOLD = 0.05
 DEFAULT_CONFIDENCE = 0.99  # per test: a stage has several measures, a run many stages
 MIN_EXECUTIONS = 5  # fewer on either side: figures, but nothing called out
 MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: smaller is no change
+MIN_TIME_MS = 0.5  # a stage of a tenth of a millisecond doubles when the scheduler looks away
 MAX_BASELINE_RUNS = 1000
 LAST = re.compile(r"^last:(\d+)$")
 FINISHED = (OK, FINISHED_WITH_FAILURES, FAILED)  # runs a baseline may hold: ended, with their stages complete
@@ -77,6 +79,10 @@ BAD_EXECUTION = ("failed", "crashed")
 class CompareError(ValueError):
     """Arguments that name nothing to compare (an unknown run, an empty baseline): the message
     says which (the CLI exits 2)."""
+
+
+class RunNotEnded(CompareError):
+    """A run's end is not in the runs table yet (still running, or ended and not yet flushed)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
     started = _run_rows(home, "run_id = ?", [target.runs[-1]])
     if not started:
-        raise CompareError(f"run {target.runs[-1][:8]} is not in the runs table yet (still running?)")
+        raise RunNotEnded(f"run {target.runs[-1][:8]} is not in the runs table yet (still running?)")
     before = started[0]["start_time"]
     terms, params = (
         "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)",
@@ -277,8 +283,10 @@ def _stage_entry(stage: str, a: dict | None, b: dict | None, options: Options) -
         "stage": stage,
         "only_in": only_in,
         "executions": {"a": int(a["executions"]), "b": int(b["executions"])},
-        "median_ms": _measure(a["duration_ms"], b["duration_ms"], 0.5, options, seed, rank_test=True),
-        "p95_ms": _measure(a["duration_ms"], b["duration_ms"], 0.95, options, seed + 1),
+        "median_ms": _measure(
+            a["duration_ms"], b["duration_ms"], 0.5, options, seed, rank_test=True, floor=MIN_TIME_MS
+        ),
+        "p95_ms": _measure(a["duration_ms"], b["duration_ms"], 0.95, options, seed + 1, floor=MIN_TIME_MS),
         "own_memory_mb": _measure(a["own_memory_mb"], b["own_memory_mb"], 0.5, options, seed + 2, floor=MIN_MEMORY_MB),
         "gpu_peak_mb": _measure(a["gpu_peak_mb"], b["gpu_peak_mb"], 0.5, options, seed + 3, floor=MIN_MEMORY_MB),
         "failure_rate": _failures(a, b, options),

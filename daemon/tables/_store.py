@@ -24,7 +24,6 @@ from loguru import logger
 from stagewatch._shared import make_dirs
 from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._projection import RunState, stage_lines_bytes
 
 # The tables' rows are defined in _rows; their names stay importable from here.
 from stagewatch.daemon.projection._rows import DAEMON_TABLES as DAEMON_TABLES
@@ -33,6 +32,8 @@ from stagewatch.daemon.projection._rows import LOGS as LOGS
 from stagewatch.daemon.projection._rows import RUNS as RUNS
 from stagewatch.daemon.projection._rows import SAMPLES as SAMPLES
 from stagewatch.daemon.projection._rows import STAGE_EXECUTIONS as STAGE_EXECUTIONS
+from stagewatch.daemon.projection._runstate import RunState
+from stagewatch.daemon.projection._stages import stage_lines_bytes
 from stagewatch.daemon.tables._runindex import RunIndex
 from stagewatch.daemon.tables._tables import (
     DAEMON_APP,

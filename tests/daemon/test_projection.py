@@ -16,7 +16,7 @@ from stagewatch.daemon.ingest._dedup import Deduplicator
 from stagewatch.daemon.projection._projection import Projector
 from stagewatch.daemon.projection._runstate import RunState, ended_add, ended_has
 from stagewatch.daemon.projection._schema import validate_event
-from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS
+from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS, stage_lines_bytes
 from stagewatch.daemon.query._readmodels import audit_json_chunks, load_audit
 from stagewatch.daemon.tables._store import STAGE_EXECUTIONS, Store
 
@@ -264,10 +264,10 @@ def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, 
     load_audit assembles the trail, whole, paged, or streamed as one JSON document."""
     store, run = Store(DaemonHome(tmp_path)), RunState(RUN)
     entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(ended)]
-    written = store.append_stage_lines(RUN, 0, entries)
-    store.append_stage_lines(RUN, written, [{"stage": "s", "span": 99}])  # past what the head accounts for
+    written = store.write_stage_lines(RUN, 0, stage_lines_bytes(entries))
+    store.write_stage_lines(RUN, written, stage_lines_bytes([{"stage": "s", "span": 99}]))  # past the head's bytes
     run.open = {f"c:{span}": {"stage": "open", "span": span} for span in range(running)}
-    store.write_audit(run, written)
+    store.write_audit_head(RUN, run.start_ns, run.audit_head(written, None))
     head = json.loads(DaemonHome(tmp_path).audit(RUN).read_text())
     assert "stages" not in head and head["stages_bytes"] == written
     every = entries + list(run.open.values())

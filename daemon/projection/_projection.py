@@ -88,11 +88,12 @@ class Projector:
             self._received(run, event, self.received)
         if run.lost and event.client_id in run.lost:
             self._resume(run, event.client_id, event.ts_ns)
+        output = self.output
         if kind in OWNER_EVENTS and run.client_id not in (None, event.client_id):
             self.foreign_events += 1
         else:
-            HANDLERS[kind](run, event, lsn, self.output)
-        self.output.dirty.add(run_id)
+            HANDLERS[kind](run, event, lsn, output)
+        output.dirty.add(run_id)
 
     def _expire(self, run_id: str) -> None:
         """Retention removed the run: forget it, and drop what of it waits to be written."""

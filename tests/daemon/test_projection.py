@@ -97,6 +97,22 @@ def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
     assert run_rows[0]["failed_stage"] == "detection" and run_rows[0]["error_message"] == "bad"
 
 
+def test_only_the_client_that_started_a_run_starts_or_finishes_it() -> None:
+    """Another client's run_started takes nothing over and its run_finished ends nothing: both
+    are counted as foreign, and the run's own events fold as before."""
+    events = history()
+    foreign = [
+        ev("run_started", 8, client="c2", pipeline="other", host="x", pid=2),
+        ev("run_finished", 9, client="c2", status="failed", duration_ms=1.0),
+    ]
+    projector = fold([events[0], *foreign, *events[1:]])
+    run = projector.runs[RUN]
+    assert projector.foreign_events == 2
+    assert (run.pipeline, run.client_id, run.status) == ("perception", "c1", "finished_with_failures")
+    assert run.counts["events"] == len(events) + 2
+    assert [row["status"] for row in projector.output.take()[0]["runs"]] == ["finished_with_failures"]
+
+
 def test_a_finish_that_arrives_before_its_start_is_not_undone() -> None:
     events = history()
     events[2], events[1] = events[1], events[2]

@@ -41,7 +41,8 @@ from ingest import _event
 from stagewatch._protocol import pack_event
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.ingest._decode import decode_event
-from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS, Projector, _ended_line, stage_lines_bytes
+from stagewatch.daemon.projection._projection import Projector
+from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS, ended_line, stage_lines_bytes
 from stagewatch.daemon.tables._store import STAGE_EXECUTIONS, Store
 
 
@@ -86,9 +87,9 @@ def main() -> None:
         return projector
 
     folding = _us_per_event(fold, count, repeats)
-    rows, lines = fold().take_output()
+    rows, lines = fold().output.take()
     # The lines of stages that sent only their end, as the fold builds them before encoding.
-    entries = [_ended_line(e, e.start_ts_ns + int(e.duration_ms * 1e6)) for e in events[1:]]
+    entries = [ended_line(e, e.start_ts_ns + int(e.duration_ms * 1e6)) for e in events[1:]]
     assert stage_lines_bytes(entries) == next(iter(lines.values()))
     ours_lines = _us_per_event(lambda: stage_lines_bytes(entries), count, repeats)
     as_dicts = [json.loads(line) for line in stage_lines_bytes(entries).splitlines()]

@@ -46,7 +46,7 @@ def stats_table(stages: list[dict[str, Any]], gpu: dict[str, dict[str, Any]], ho
         gpu_peak = stage["gpu_peak_mb"]["max"]
         lines.append(
             f"  {stage['stage']:<20}{stage['count']:>10,}{failed:>8,}{_ms(duration['median']):>12}"
-            f"{_ms(duration['p95']):>10}{_ms(duration['max']):>10}{_mb(_own_mb(stage)):>9}"
+            f"{_ms(duration['p95']):>10}{_ms(duration['max']):>10}{_mb(stage['own_mb']['max']):>9}"
             f"{_mb(stage['rss_peak_mb']['max']):>15}" + ((f"{_mb(gpu_peak):>13}") if gpu_seen else "")
         )
         devices = (gpu.get(stage["stage"]) or {}).get("devices", {})
@@ -78,12 +78,6 @@ def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order:
             f"{_ms(row['duration_ms']):>10}  {error[:200]}"
         )
     return "\n".join(lines)
-
-
-def _own_mb(stage: dict[str, Any]) -> float | None:
-    """The stage's own memory: `run_stages` gives the largest value, `query_stats` its distribution."""
-    own = stage.get("own_mb")
-    return own.get("max") if isinstance(own, dict) else own
 
 
 def _ms(value: float | None) -> str:

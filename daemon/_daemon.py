@@ -18,6 +18,7 @@ it replayed, so a restart costs only the events since the last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import signal
 import time
@@ -29,45 +30,36 @@ from typing import Any
 from loguru import logger
 
 from stagewatch._gpu import host_gpu_problem
-from stagewatch._protocol import DAEMON_CLIENT_ID, RUN_EXPIRED
-from stagewatch._records import ScanStats
+from stagewatch._protocol import RUN_EXPIRED
 from stagewatch.daemon.accuracy._worker import WorkerProcess
-from stagewatch.daemon.base._derived import (
-    ACCURACY_CHECKPOINT,
-    DAEMON_CHECKPOINT,
-    DAEMON_FILES,
-    DAMAGE_ERRORS,
-    WrongShape,
-    describe,
-    load,
-    repair,
-    set_aside,
-)
+from stagewatch.daemon.base._derived import DAEMON_FILES, repair
 from stagewatch.daemon.base._disk import DiskStatus
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.base._lock import HomeLock
 from stagewatch.daemon.base._sdnotify import SystemdNotifier
 from stagewatch.daemon.base._settings import DiskSection, RetentionSection
 from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
-from stagewatch.daemon.ingest._decode import Rejected, decode_event
 from stagewatch.daemon.ingest._dedup import Deduplicator
 from stagewatch.daemon.ingest._eventlog import EventLog
 from stagewatch.daemon.ingest._ingest import Ingest, IngestSettings
 from stagewatch.daemon.ingest._quarantine import Quarantine
 from stagewatch.daemon.maintenance._maintenance import SCRUB_INTERVAL_S, Background, Maintenance, Scheduler
 from stagewatch.daemon.projection._projection import Projector
-from stagewatch.daemon.tables._store import DAEMON_TABLES, TABLES
-from stagewatch.daemon.tables._tables import DAEMON_APP, committed_lsn, unusable_tables
-from stagewatch.daemon.tables._tables import set_aside as set_table_aside
+from stagewatch.daemon.tables._checkpoint import (
+    load_checkpoint,
+    set_aside_while_running,
+    tables_committed,
+    tables_held,
+)
+from stagewatch.daemon.tables._store import DAEMON_TABLES
 from stagewatch.daemon.tables._writer import ReadModelWriter
 
-REPLAY_FLUSH_EVENTS = 100_000
 POLL_MS = 100
 # Rows waiting for the next flush are queued for writing at once past this many. Memory: at
 # 50k events/s a second of ended stages held about 90 MB (benchmarks/flood.py's RSS). Latency:
 # encoding them holds the loop 4-7 us a row, so at 10,000 events/s a flush a second held it
 # 30-50 ms and ack p99 was 30-37 ms; in steps of 2,500 rows it is 11-12 ms (they are committed
-# together, `_writer.COMMIT_ROWS`; benchmarks/ingest_costs.py).
+# together, `_commits.COMMIT_ROWS`; benchmarks/ingest_costs.py).
 MAX_PENDING_ROWS = 2_500
 # After a burst, the rows left pending (produced, or encoded and not committed yet) are committed
 # once the loop has waited a poll (POLL_MS) with nothing to do, rather than at the next periodic
@@ -149,7 +141,7 @@ class Daemon:
             self.ingest,
             lambda: self.projector,
             lambda: self.writer.checkpoint_all(self.projector),
-            Background(self.writer.in_background, self.writer.beside),
+            Background(self.writer.threads.in_background, self.writer.threads.beside),
             self.disk,
             self.stats,
             write_error,
@@ -214,14 +206,15 @@ class Daemon:
     def _flush_in_background(self) -> None:
         """The loop's periodic flush: the disk thread writes while ingest goes on."""
         self.writer.flush(self.projector)
-        if self.writer.unusable:
-            self._rebuild_tables_while_running(self.writer.take_unusable())
+        if self.writer.watch.unusable:
+            self._rebuild_tables_while_running(self.writer.watch.take())
 
     def _close(self) -> None:
-        self.writer.stop_passes()  # a compaction pass ends after its current table: the next daemon does the rest
+        # A compaction pass ends after its current table: the next daemon does the rest.
+        self.writer.threads.stop_passes()
         with contextlib.suppress(Exception):
             self.flush(final=True)
-        self.writer.close()
+        self.writer.threads.close()
         self.worker.stop()
         self.release()
         logger.info("stagewatch daemon stopped: {}", self.stats.line())
@@ -238,38 +231,27 @@ class Daemon:
         `progress(bytes replayed, bytes to replay)` is called as the replay goes."""
         report = self.log.open(set_aside=self.home.quarantined_segments)
         repair(DAEMON_FILES, self.home)  # damaged derived state: set aside, rebuilt from the log
-        checkpoint = self._load_checkpoint()
-        if self._set_aside_unusable_tables() and checkpoint:
-            logger.warning("rebuilding the tables set aside: the event log is replayed from its start")
-            checkpoint = {}
-            self._restore(checkpoint)
-        held = {table: committed_lsn(self.home, table, DAEMON_APP) for table in DAEMON_TABLES}
-        counted = checkpoint.get("tables") or {}
-        behind = [t for t, lsn in counted.items() if isinstance(lsn, int) and held.get(t, lsn) < lsn]
-        if behind:  # a table deleted, or its log reset, by hand: only a replay from the start gives its rows back
-            logger.warning(
-                "the {} table(s) hold fewer rows than the checkpoint counted (deleted or reset by hand?): "
-                "the event log is replayed from its start to rebuild them",
-                ", ".join(behind),
-            )
+        checkpoint = load_checkpoint(self.home, self.log, self._restore)
+        held, replay_all = tables_held(self.home, checkpoint)
+        if replay_all:
+            logger.warning(replay_all)
             checkpoint = {}
             self._restore(checkpoint)
         start_lsn = checkpoint.get("lsn", 0)
-        for table in DAEMON_TABLES:  # what each table holds already: its replayed rows are not written again
-            self.writer.committed_lsn[table] = held[table]
+        self.writer.commits.committed_lsn.update(held)  # what each table holds: its replayed rows are not written again
         run_index = self.writer.store.run_index
         if not run_index.complete:  # a new home, a rebuild, or data from before the index
             indexed = run_index.build_from_tables()
             if indexed:  # a new home or a rebuild has no tables yet: the replay indexes as it goes
                 logger.info("run index: {} (run, date) pairs from the existing tables", indexed)
-        replayed, scan = self._replay(start_lsn, progress)
-        self.stats.replayed = replayed
+        flush = functools.partial(self.writer.flush_during_replay, self.projector)
+        self.stats.replayed, scan = self.ingest.replay(start_lsn, flush, progress)
         self.stats.recovery = {
             **asdict(report),
             "replay_corrupt_regions": scan.corrupt_regions,
             "replay_corrupt_bytes": scan.corrupt_bytes,
             "replay_duplicates": self.stats.replay_duplicates,
-            "tables_committed_lsn": dict(self.writer.committed_lsn),
+            "tables_committed_lsn": dict(self.writer.commits.committed_lsn),
             "from_lsn": start_lsn,
         }
         if not report.clean or scan.corrupt_regions or self.stats.replay_duplicates:
@@ -277,97 +259,37 @@ class Daemon:
         self.maintenance.track_open_clients()
         self.flush()
 
-    def _set_aside_unusable_tables(self) -> list[str]:
-        """Move the tables that cannot be used out of the way (a damaged Delta log; the plain
-        Parquet parts of an earlier version: the upgrade), to be rebuilt from the event log.
-        The accuracy worker's checkpoint goes with `samples`: it judges every run again."""
-        moved = []
-        for table, why in unusable_tables(self.home, TABLES):
-            set_table_aside(self.home, table, why)
-            moved.append(table)
-        if "samples" in moved:
-            ACCURACY_CHECKPOINT.path(self.home).unlink(missing_ok=True)
-        return moved
-
     def _rebuild_tables_while_running(self, unusable: dict[str, str]) -> None:
-        """Tables found damaged or deleted while the daemon runs (table -> what is wrong): set
-        aside and rebuilt from the event log now, as a start would (`recover`), so that readers
-        see every row again without a restart. The daemon's tables need the log replayed from
-        its start (ingest waits meanwhile: clients keep what is not acknowledged); `samples`
-        needs the accuracy worker to judge every run again."""
+        """Tables found damaged or deleted while the daemon runs: set aside and rebuilt from the
+        event log now, as a start would, so that readers see every row again without a restart
+        (ingest waits meanwhile: clients keep what is not acknowledged); `samples` is judged
+        again by a new accuracy worker."""
         self.worker.stop()  # it commits to `samples`: not while tables are moved
         self.writer.drain()  # the writes that can be done (a queue halted on the damaged table stays so)
-        unusable = {**self.writer.take_unusable(), **unusable}  # what the pass under way found too
-        for table, why in unusable.items():
-            set_table_aside(self.home, table, why)
-        if "samples" in unusable:
-            ACCURACY_CHECKPOINT.path(self.home).unlink(missing_ok=True)
-        moved = {*unusable, *self._set_aside_unusable_tables()}  # and any other table damaged by now
+        moved = set_aside_while_running(self.home, {**self.writer.watch.take(), **unusable})
         if moved & set(DAEMON_TABLES):
-            self.writer.start_over()
-            self._restore({})
-            for table in DAEMON_TABLES:
-                self.writer.committed_lsn[table] = committed_lsn(self.home, table, DAEMON_APP)
             names = ", ".join(sorted(moved))
             logger.warning("rebuilding the {} table(s): the event log is replayed from its start", names)
-            replayed, _ = self._replay(0, lambda done, total: self.maintenance.alive())
+            self.writer.start_over()
+            self._restore({})
+            self.writer.commits.committed_lsn.update(tables_committed(self.home))
+            flush = functools.partial(self.writer.flush_during_replay, self.projector)
+            replayed, _ = self.ingest.replay(0, flush, lambda done, total: self.maintenance.alive())
             self.maintenance.track_open_clients()
             self.flush()
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
-        self.writer.take_unusable()  # what was found meanwhile is of the tables set aside
+        self.writer.watch.take()  # what was found meanwhile is of the tables set aside
         self.worker.start()
-
-    def _load_checkpoint(self) -> dict[str, Any]:
-        """Restore the state the checkpoint holds; one that fails to load (a wrong shape
-        deeper than `check_daemon_checkpoint` looks) is set aside: the log is replayed from
-        its start."""
-        checkpoint = load(DAEMON_CHECKPOINT, self.home) or {}
-        try:
-            # Past the end, it would skip every event logged from now on. (A log that holds nothing
-            # was emptied by hand: its read models are kept rather than replaced by nothing.)
-            if 0 < self.log.end_lsn < checkpoint.get("lsn", 0):
-                raise WrongShape(f"'lsn' {checkpoint['lsn']} is past the event log's end ({self.log.end_lsn})")
-            # Inside a record (a flipped bit), the replay would skip that record and call the log damaged.
-            if self.log.end_lsn > 0 and not self.log.starts_a_record(checkpoint.get("lsn", 0)):
-                raise WrongShape(f"'lsn' {checkpoint['lsn']} is no record's start in the event log")
-            self._restore(checkpoint)
-        except DAMAGE_ERRORS as error:
-            set_aside(DAEMON_CHECKPOINT, self.home, describe(error))
-            checkpoint = {}
-            self._restore(checkpoint)
-        return checkpoint
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.projector = Projector.from_state(checkpoint.get("projector", {}))
         # A checkpoint may be on disk ahead of a running run's audit.json (a head is rewritten
         # at most every REWRITE_INTERVAL_S, and which runs changed is not checkpointed): every
         # run it holds has its head written again.
-        self.projector.dirty.update(self.projector.runs)
+        self.projector.output.dirty.update(self.projector.runs)
         self.ingest.dedup = Deduplicator.from_state(checkpoint.get("dedup", {}))
         self.ingest.daemon_seq = checkpoint.get("daemon_seq", 0)
-        self.writer.load(checkpoint)
-
-    def _replay(self, start_lsn: int, progress: Callable[[int, int], object]) -> tuple[int, ScanStats]:
-        scan, replayed, end_lsn = ScanStats(), 0, self.log.end_lsn
-        for lsn, payload in self.log.read(start_lsn, scan):
-            event = decode_event(payload)
-            if isinstance(event, Rejected):
-                continue
-            if self.ingest.dedup.seen(event.client_id, event.seq):
-                # Ingest never logs an event twice: a record seen again is a copied segment.
-                self.stats.replay_duplicates += 1
-                continue
-            self.ingest.dedup.mark(event.client_id, event.seq)
-            if event.client_id == DAEMON_CLIENT_ID:  # written after the checkpoint: numbered past it
-                self.ingest.daemon_seq = max(self.ingest.daemon_seq, event.seq)
-            self._apply((event,), (lsn,))
-            replayed += 1
-            if replayed % REPLAY_FLUSH_EVENTS == 0:
-                self.writer.flush_during_replay(self.projector, event.ts_ns)
-                logger.info("replayed {:,} events (lsn {:,} of {:,})", replayed, lsn, end_lsn)
-                progress(lsn - start_lsn, end_lsn - start_lsn)
-        progress(end_lsn - start_lsn, end_lsn - start_lsn)
-        return replayed, scan
+        self.writer.audits.load(checkpoint)
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -388,9 +310,9 @@ class Daemon:
             try:
                 if self.ingest.wait(POLL_MS):
                     self.ingest.receive(time.monotonic())
-                    if self.projector.pending_rows() >= MAX_PENDING_ROWS:
+                    if self.projector.output.pending_rows() >= MAX_PENDING_ROWS:
                         self.writer.flush_output(self.projector)
-                elif self.projector.pending_rows() + self.writer.uncommitted_rows() >= IDLE_FLUSH_ROWS:
+                elif self.projector.output.pending_rows() + self.writer.commits.uncommitted_rows() >= IDLE_FLUSH_ROWS:
                     self.writer.flush_output(self.projector, commit=True)
                 tasks.run_due(time.monotonic())
             except Exception:  # a bug must not take the daemon down: log it, count it, go on

@@ -351,7 +351,7 @@ def stats_frame(home: Path, run_id: str, stages: list[dict[str, Any]]) -> pd.Dat
                 "max_ms": duration["max"],
                 "share": entry["share_of_time"],
                 "cpu_peak_mb": entry["rss_peak_mb"]["max"] if "rss_peak_mb" in entry else None,
-                "own_mb": _finite(entry.get("own_mb")) if not isinstance(entry.get("own_mb"), dict) else None,
+                "own_mb": _finite(entry["own_mb"]["max"]) if "own_mb" in entry else None,
                 "gpu_peak_mb": entry["gpu_peak_mb"]["max"] if "gpu_peak_mb" in entry else None,
                 "gpu": gpu.get(entry["stage"]),
                 "bottleneck": bool(entry.get("bottleneck")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from loguru import logger
 
 from stagewatch import _protocol as protocol
 from stagewatch._protocol import DAEMON_CLIENT_ID, DAEMON_EVENT_TYPES, pack_ack, pack_event
-from stagewatch._records import encode_records
+from stagewatch._records import ScanStats, encode_records
 from stagewatch._spool import claim_spool_files, spool_owner
 from stagewatch.daemon.base._disk import DiskStatus
 from stagewatch.daemon.base._layout import DaemonHome
@@ -37,6 +37,7 @@ MAX_BOUND_CLIENTS = 100_000
 # times are known to a second (retention and clock skew need minutes), at most one small
 # record a second.
 RECEIVED_MARK_INTERVAL_NS = 1_000_000_000
+REPLAY_FLUSH_EVENTS = 100_000
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Ingest:
         stats: DaemonStats,
         write_error: WriteErrors,
         quarantine: Quarantine,
-        on_durable: Callable[[list[Any], list[int]], None],
+        on_durable: Callable[[Sequence[Any], Sequence[int]], None],
     ) -> None:
         self.home = home
         self.settings = settings
@@ -205,6 +206,33 @@ class Ingest:
             # misses messages; ingest never waits.
             self.publish(b"events", records)
         return True
+
+    def replay(
+        self, start_lsn: int, flush: Callable[[int], object], progress: Callable[[int, int], object]
+    ) -> tuple[int, ScanStats]:
+        """Hand the logged events from `start_lsn` on to `on_durable` again, de-duplicated as
+        when they came; `flush(event time)` every REPLAY_FLUSH_EVENTS of them, and `progress(bytes
+        replayed, bytes to replay)`. The events replayed, and what the log's scan met."""
+        scan, replayed, end_lsn = ScanStats(), 0, self.log.end_lsn
+        for lsn, payload in self.log.read(start_lsn, scan):
+            event = decode_event(payload)
+            if isinstance(event, Rejected):
+                continue
+            if self.dedup.seen(event.client_id, event.seq):
+                # Ingest never logs an event twice: a record seen again is a copied segment.
+                self.stats.replay_duplicates += 1
+                continue
+            self.dedup.mark(event.client_id, event.seq)
+            if event.client_id == DAEMON_CLIENT_ID:  # written after the checkpoint: numbered past it
+                self.daemon_seq = max(self.daemon_seq, event.seq)
+            self.on_durable((event,), (lsn,))
+            replayed += 1
+            if replayed % REPLAY_FLUSH_EVENTS == 0:
+                flush(event.ts_ns)
+                logger.info("replayed {:,} events (lsn {:,} of {:,})", replayed, lsn, end_lsn)
+                progress(lsn - start_lsn, end_lsn - start_lsn)
+        progress(end_lsn - start_lsn, end_lsn - start_lsn)
+        return replayed, scan
 
     def ingest_spools(self) -> None:
         """Ingest spool files left by clients that have exited, then delete them."""

@@ -355,26 +355,9 @@ def executions_page(
 
 
 def run_stages(home: Path, run_id: str) -> list[dict[str, Any]]:
-    """Per stage of the run, in the order stages first ran (the pipeline's, not the alphabet's):
-    `query_stats`' entry, with `own_mb` (the largest peak above its start: the stage's own
-    memory) and `first_ms` (its first start, in ms since the run's first stage started)."""
-    where = stage_where(home, Filters(run=run_id))
-    sql = (
-        "SELECT stage, min(start_time) AS first, max(rss_peak_mb - rss_start_mb) AS own_mb "
-        f"FROM rows{where.sql} GROUP BY stage ORDER BY first NULLS LAST, stage"
-    )
-    extras = select(home, "stage_executions", sql, where.params, None, where.dates).to_pylist()
-    stats = {entry["stage"]: entry for entry in query_stats(home, Filters(run=run_id))}
-    origin = min((row["first"] for row in extras if row["first"] is not None), default=None)
-    return [
-        {
-            **stats[row["stage"]],
-            "own_mb": row["own_mb"],
-            "first_ms": (row["first"] - origin).total_seconds() * 1e3 if row["first"] is not None else None,
-        }
-        for row in extras
-        if row["stage"] in stats
-    ]
+    """`query_stats` of the run: per stage, in the order stages first ran (the pipeline's, not
+    the alphabet's)."""
+    return query_stats(home, Filters(run=run_id))
 
 
 def duration_points(home: Path, run_id: str, slices: int, failures: int) -> tuple[pa.Table, int]:

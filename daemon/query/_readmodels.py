@@ -20,8 +20,8 @@ import pyarrow.dataset as ds
 
 from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._projection import AUDIT_SCHEMA
 from stagewatch.daemon.projection._rows import RUNS
+from stagewatch.daemon.projection._runstate import AUDIT_SCHEMA
 from stagewatch.daemon.query._sql import (
     MAX_ROWS,
     Homes,

@@ -22,11 +22,24 @@ a thread of their own (`PassThread`), their commits rebasing over the queue's.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+
+from deltalake.exceptions import DeltaError
+from loguru import logger
+
+from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
+from stagewatch.daemon.tables._tables import DamagedTable
+
+# Errors by which the disk itself refuses a write (full, read-only, failing): the queue halts
+# on them and retries, as every write behind would fail too. Any other error writing one
+# run's audit trail or stage lines is that run's file: reported, and the writes behind it go on.
+DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 @dataclass
@@ -169,6 +182,129 @@ class PassThread:
         """End the pass under way after its current step, and start no other."""
         self._stopping.set()
         self.wait()
+
+
+class DiskThreads:
+    """The writer's two threads, the ordered disk queue (`DiskJobs`) and the maintenance passes
+    (`PassThread`), and what they leave for the loop's thread (errors to report, costs to
+    count: `then`), run there by `take_done`. Deque appends and pops are atomic."""
+
+    def __init__(self, max_weight: int, stats: DaemonStats, write_error: WriteErrors) -> None:
+        self.jobs = DiskJobs(max_weight)
+        self.passes = PassThread("stagewatch-compaction")  # compaction and vacuum, beside the loop
+        self.stats = stats
+        self.write_error = write_error
+        self.damaged: Callable[[DamagedTable], None] = lambda error: None  # the writer's table watch
+        self._done: deque[Callable[[], None]] = deque()
+
+    def start_over(self) -> None:
+        """Wait for the writes that can be done and the pass under way; drop the rest (the
+        event log is replayed from its start: its writes are queued again)."""
+        self.passes.wait()
+        self.jobs.drain()
+        self.jobs.discard()
+        self.take_done()
+
+    def submit(self, job: Callable[[], object], weight: int = 1) -> None:
+        """Queue `job` on the disk thread after every job queued before it."""
+        self.jobs.submit(job, weight)
+
+    def then(self, action: Callable[[], None]) -> None:
+        """From the disk thread or a pass: run `action` on the loop's thread (`take_done`)."""
+        self._done.append(action)
+
+    def take_done(self) -> None:
+        while self._done:
+            self._done.popleft()()
+
+    def collect(self) -> None:
+        """Take in what the threads finished; raise the error the queue halted on (it retries
+        that write from now on)."""
+        self.take_done()
+        error = self.jobs.take_error()
+        if error is not None:
+            raise error
+
+    def drain(self, passes: bool = True) -> bool:
+        """Wait for every queued write, and with `passes` for the maintenance pass under way
+        (`beside`); False if a write failed (the queue stays halted on it until the next flush
+        reports the error and retries)."""
+        drained = self.jobs.drain()
+        if passes:
+            self.passes.wait()
+        self.take_done()
+        return drained
+
+    def stop_passes(self) -> None:
+        """End the maintenance pass under way after its current step, and start no other."""
+        self.passes.stop()
+        self.take_done()
+
+    def close(self) -> None:
+        self.passes.stop()
+        self.jobs.close()
+
+    def submit_run_file(
+        self, run_id: str, what: str, write: Callable[[], object], then: Callable[[float], None] | None = None
+    ) -> None:
+        """Queue a write to one run's files; `then(seconds it took)` on the loop's thread once
+        done. If the disk refuses it, the queue halts and retries, as every write behind it
+        would fail too. Otherwise it is that run's file (a directory where its audit.json goes,
+        its stages.jsonl deleted by hand): reported, and the writes behind it go on
+        (stages.jsonl keeps its offsets: `Store.write_stage_lines`)."""
+
+        def job() -> None:  # on the disk thread
+            started = time.monotonic()
+            try:
+                write()
+            except OSError as error:
+                if error.errno in DISK_REFUSALS:
+                    raise
+                message = (
+                    f"cannot write the {what} of run {run_id} ({{}}); its stages are in the event log and the tables"
+                )
+                self.then(functools.partial(self.write_error, message, error))
+                return
+            if then is not None:
+                self.then(functools.partial(then, time.monotonic() - started))
+
+        self.jobs.submit(job)
+
+    def beside(self, steps: Callable[[], Iterator[object]], what: str) -> None:
+        """Run `steps()` (a maintenance pass: compaction, vacuum) on a thread of its own
+        (`PassThread`), without the loop or the disk queue waiting: Delta commits of both
+        threads rebase over each other. While a pass runs, the next one is not started."""
+
+        def guarded_steps() -> Generator[object, None, None]:
+            with self._reported(what):
+                yield from steps()
+
+        self.passes.start(guarded_steps)
+
+    def in_background(self, job: Callable[[], object], what: str) -> None:
+        """Run maintenance (`job`) on the disk thread after the writes queued so far. What it
+        raises is reported from the loop and never halts the writes queued behind it."""
+
+        def guarded() -> None:
+            with self._reported(what):
+                job()
+
+        self.jobs.submit(guarded)
+
+    @contextlib.contextmanager
+    def _reported(self, what: str) -> Iterator[None]:  # on the disk thread, or a pass's
+        try:
+            yield
+        except (OSError, DeltaError) as error:  # a full disk, say: the next pass tries again
+            self.then(functools.partial(self.write_error, f"cannot {what} ({{}}); will retry", error))
+        except DamagedTable as error:  # found by a compaction: the daemon rebuilds the table
+            self.then(functools.partial(self.damaged, error))
+        except Exception:  # a bug: logged and counted, and the writes behind it go on
+            logger.exception("internal error in the disk thread's {} (the daemon keeps running)", what)
+            self.then(self._count_internal_error)
+
+    def _count_internal_error(self) -> None:
+        self.stats.internal_errors += 1
 
 
 def timed(steps: Iterator[object], into: list[float]) -> Iterator[object]:

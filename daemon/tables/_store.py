@@ -24,7 +24,6 @@ from loguru import logger
 from stagewatch._shared import make_dirs
 from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._projection import RunState, stage_lines_bytes
 
 # The tables' rows are defined in _rows; their names stay importable from here.
 from stagewatch.daemon.projection._rows import DAEMON_TABLES as DAEMON_TABLES
@@ -182,7 +181,7 @@ class Store:
     def arrow_parts(
         self, table: str, rows: list[dict[str, Any]] | list[tuple], fields: tuple[str, ...] | None = None
     ) -> ArrowParts:
-        """Rows as one Arrow table per date partition (by start_time), for `write_parts`.
+        """Rows as one Arrow table per date partition (by start_time), for `commit` (`with_dates`).
 
         Rows are dicts, or with `fields` tuples of those columns: the fold's hot table, whose
         tuples are transposed into one Arrow array per column (building the table took 2.6 us
@@ -244,11 +243,6 @@ class Store:
         return sum(delete(self.home, table, predicate) for table in ("stage_executions", "runs"))
 
     # -- audit trails --------------------------------------------------------------------
-    def append_stage_lines(self, run_id: str, accounted_bytes: int, entries: list[dict[str, Any]]) -> int:
-        """Append ended stages to the run's stages.jsonl after its first `accounted_bytes`
-        (what the checkpointed state accounts for); returns the file's new size."""
-        return self.write_stage_lines(run_id, accounted_bytes, stage_lines_bytes(entries))
-
     def write_stage_lines(self, run_id: str, accounted_bytes: int, data: bytes | bytearray) -> int:
         """Write encoded stage lines (`stage_lines_bytes`) at `accounted_bytes`; the new size.
 
@@ -265,13 +259,9 @@ class Store:
             handle.write(data)
         return accounted_bytes + len(data)
 
-    def write_audit(self, run: RunState, ended_bytes: int, ended: int | None = None) -> None:
-        """audit.json: the run's head (`RunState.audit_head`), replaced whole. Its ended
-        stages stay where they are, the first `ended_bytes` of stages.jsonl: a trail's size
-        no longer grows with the run, and no stage is on disk twice."""
-        self.write_audit_head(run.run_id, run.start_ns, run.audit_head(ended_bytes, ended))
-
     def write_audit_head(self, run_id: str, start_ns: int | None, head: bytes) -> None:
+        """audit.json: the run's head (`RunState.audit_head`), replaced whole. Its ended
+        stages stay where they are, in stages.jsonl: no stage is on disk twice."""
         atomic_write(self.home.audit(run_id), head)
         self.run_index.add([(run_id, _date_of(start_ns))])  # findable by prefix while it runs
 

@@ -303,7 +303,7 @@ def test_compaction_runs_beside_the_loop_while_rows_are_committed(home: Path, mo
     for seq in range(25, 31):
         _commit_and_flush(daemon, seq)
     assert daemon.writer.drain(passes=False)  # committed while the pass is held
-    assert daemon.writer.passes.running
+    assert daemon.writer.threads.passes.running
     go.set()
     assert daemon.writer.drain()
     assert len(snapshot_files(home, "stage_executions")) < 10

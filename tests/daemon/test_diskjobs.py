@@ -122,7 +122,7 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     table.write_bytes(b"")
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)  # rows, audit trail, checkpoint: queued behind the refused part
-    assert daemon.writer.jobs.halted
+    assert daemon.writer.threads.jobs.halted
     # status.json says what waits: the refused part, the audit trail and the checkpoint behind it
     assert json.loads(DaemonHome(home).status.read_text())["disk_writes_queued"] >= 3
     assert _checkpoint_lsn(home) == covered  # not past rows that are not on disk
@@ -185,7 +185,7 @@ def test_a_run_whose_audit_trail_cannot_be_written_costs_only_its_trail(home: Pa
     daemon = _with_a_directory_in_place_of(home, audit)
     _ingest(daemon, range(21, 31))
     daemon.flush(final=True)
-    assert not daemon.writer.jobs.halted
+    assert not daemon.writer.threads.jobs.halted
     assert daemon.stats.write_errors == 2  # the trail, at each flush that rewrote it
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 31))
     assert _checkpoint_lsn(home) == daemon.log.end_lsn
@@ -206,7 +206,7 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
     DaemonHome(home).stage_lines(RUN_ID).unlink()
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)
-    assert not daemon.writer.jobs.halted
+    assert not daemon.writer.threads.jobs.halted
     audit = load_audit(home, RUN_ID)
     assert [stage["span"] for stage in audit["stages"]] == list(range(11, 21))
     assert not any("damaged" in problem for problem in audit["problems"])
@@ -219,7 +219,7 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
 def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Path) -> None:
     lines = DaemonHome(home).stage_lines(RUN_ID)
     daemon = _with_a_directory_in_place_of(home, lines)
-    assert not daemon.writer.jobs.halted and daemon.stats.write_errors >= 1
+    assert not daemon.writer.threads.jobs.halted and daemon.stats.write_errors >= 1
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
     lines.rmdir()  # put right: the file goes on at its offsets, the lost stages as spaces
     _ingest(daemon, range(21, 31))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS
+from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS
 from stagewatch.daemon.tables._store import DICTIONARY_COLUMNS, Store
 from stagewatch.daemon.tables._tables import snapshot_files
 

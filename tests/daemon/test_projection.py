@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.ingest._dedup import Deduplicator
-from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS, Projector, RunState, ended_add, ended_has
+from stagewatch.daemon.projection._projection import Projector
+from stagewatch.daemon.projection._runstate import RunState, ended_add, ended_has
 from stagewatch.daemon.projection._schema import validate_event
+from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS, stage_lines_bytes
 from stagewatch.daemon.query._readmodels import audit_json_chunks, load_audit
 from stagewatch.daemon.tables._store import STAGE_EXECUTIONS, Store
 
@@ -72,7 +74,7 @@ def fold(events: list) -> Projector:
 
 def ended(projector: Projector) -> list[dict]:
     """The ended stages as their stages.jsonl lines hold them."""
-    return [json.loads(line) for line in projector.stage_lines.get(RUN, b"").splitlines()]
+    return [json.loads(line) for line in projector.output.stage_lines.get(RUN, b"").splitlines()]
 
 
 def stage_rows(rows: dict[str, list]) -> list[dict]:
@@ -89,10 +91,26 @@ def test_a_run_folds_into_an_audit_trail_and_rows() -> None:
     assert run.status == "finished_with_failures" and run.complete and run.open == {}  # it went on to its end
     assert [s["status"] for s in ended(projector)] == ["ok", "failed"]
     assert ended(projector)[1]["artifacts"][0]["kind"] == "png"
-    rows, _ = projector.take_output()
+    rows, _ = projector.output.take()
     assert [r["stage"] for r in stage_rows(rows)] == ["preprocessing", "detection"]
     run_rows = rows["runs"]
     assert run_rows[0]["failed_stage"] == "detection" and run_rows[0]["error_message"] == "bad"
+
+
+def test_only_the_client_that_started_a_run_starts_or_finishes_it() -> None:
+    """Another client's run_started takes nothing over and its run_finished ends nothing: both
+    are counted as foreign, and the run's own events fold as before."""
+    events = history()
+    foreign = [
+        ev("run_started", 8, client="c2", pipeline="other", host="x", pid=2),
+        ev("run_finished", 9, client="c2", status="failed", duration_ms=1.0),
+    ]
+    projector = fold([events[0], *foreign, *events[1:]])
+    run = projector.runs[RUN]
+    assert projector.foreign_events == 2
+    assert (run.pipeline, run.client_id, run.status) == ("perception", "c1", "finished_with_failures")
+    assert run.counts["events"] == len(events) + 2
+    assert [row["status"] for row in projector.output.take()[0]["runs"]] == ["finished_with_failures"]
 
 
 def test_a_finish_that_arrives_before_its_start_is_not_undone() -> None:
@@ -110,7 +128,7 @@ def test_a_lost_client_crashes_its_open_stages_and_its_run() -> None:
     assert ended(projector) == []  # no stages.jsonl line: the crash is provisional (`_resume`)
     (crashed,) = projector.runs[RUN].provisional.values()
     assert crashed["status"] == "crashed" and crashed["duration_ms"] == 3.0
-    assert [row["status"] for row in stage_rows(projector.take_output()[0])] == ["crashed"]
+    assert [row["status"] for row in stage_rows(projector.output.take()[0])] == ["crashed"]
     assert projector.open_work() == {}
 
 
@@ -119,10 +137,10 @@ def _paused(take_between: bool) -> tuple[Projector, list[dict], list[dict]]:
     stage's real end and the run's end. `take_between`: the writer took the crash rows first."""
     events = [*history()[:4], ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000)]
     projector = fold(events)
-    taken = projector.take_output()[0] if take_between else {"stage_executions": [], "runs": []}
+    taken = projector.output.take()[0] if take_between else {"stage_executions": [], "runs": []}
     for lsn, event in enumerate([finished(9, 2), ev("run_finished", 10, status="ok", duration_ms=9.0)], start=10):
         projector.apply(event, lsn)
-    rows = projector.take_output()[0]
+    rows = projector.output.take()[0]
     return projector, stage_rows(taken) + stage_rows(rows), taken["runs"] + rows["runs"]
 
 
@@ -131,7 +149,7 @@ def test_a_lost_client_that_sends_again_gets_its_real_ends_and_the_gap_noted() -
     run = projector.runs[RUN]
     assert [(row["stage"], row["status"]) for row in stages] == [("preprocessing", "ok"), ("detection", "ok")]
     assert [row["status"] for row in runs] == ["ok"]  # the crashed run row never left the projection
-    assert projector.take_withdrawn() == [(RUN, 4)]
+    assert projector.output.take_withdrawn() == [(RUN, 4)]
     assert run.status == "ok" and run.counts["crashed"] == 0 and run.errors == [] and run.lost == {}
     assert run.provisional == {} and not run.open
     (gap,) = run.gaps
@@ -146,7 +164,7 @@ def test_crash_rows_already_written_are_withdrawn_by_the_loss_s_position() -> No
         ("detection", "ok", 10),
     ]
     assert [(row["status"], row["lsn"]) for row in runs] == [("crashed", 4), ("ok", 11)]
-    assert projector.take_withdrawn() == [(RUN, 4)] and projector.take_withdrawn() == []
+    assert projector.output.take_withdrawn() == [(RUN, 4)] and projector.output.take_withdrawn() == []
 
 
 def test_a_loss_is_withdrawn_also_for_a_run_reopened_from_its_audit_trail() -> None:
@@ -159,7 +177,7 @@ def test_a_loss_is_withdrawn_also_for_a_run_reopened_from_its_audit_trail() -> N
     projector.apply(finished(9, 2), 10)
     projector.apply(ev("run_finished", 10, status="ok", duration_ms=9.0), 11)
     assert [s["status"] for s in ended(projector)] == ["ok"] and projector.runs[RUN].status == "ok"
-    assert projector.take_withdrawn() == [(RUN, 4)]
+    assert projector.output.take_withdrawn() == [(RUN, 4)]
 
 
 def test_a_lost_worker_crashes_only_its_own_stages() -> None:
@@ -180,14 +198,14 @@ def test_an_expired_run_is_forgotten_with_its_pending_output_and_never_comes_bac
         ev("run_finished", 9, run_id=other, status="ok", duration_ms=1.0),
     ]
     projector = fold([*history(), *another, ev("run_expired", 1, client="daemon", ended_ns=T0)])
-    assert RUN not in projector.runs and other in projector.runs and projector.take_expired() == [RUN]
-    rows, lines = projector.take_output()  # what the replay had not written yet of it is dropped
+    assert RUN not in projector.runs and other in projector.runs and projector.output.take_expired() == [RUN]
+    rows, lines = projector.output.take()  # what the replay had not written yet of it is dropped
     assert {row["run_id"] for row in rows["runs"]} == {other} and rows["stage_executions"] == [] and RUN not in lines
     assert [row["message"] for row in rows["logs"]] == ["kept"]
     restored = Projector.from_state(copy.deepcopy(projector.to_state()))
     for later in (projector, restored):  # a worker's spool that comes after the removal, say
         later.apply(finished(20, 9), 20)
-        assert RUN not in later.runs and later.late_events == 1 and later.take_output()[0]["stage_executions"] == []
+        assert RUN not in later.runs and later.late_events == 1 and later.output.take()[0]["stage_executions"] == []
 
 
 def test_state_round_trips_through_the_checkpoint() -> None:
@@ -197,7 +215,7 @@ def test_state_round_trips_through_the_checkpoint() -> None:
         projector.apply(event, lsn)
         restored.apply(event, lsn)
     assert restored.runs == projector.runs
-    assert [r["stage"] for r in stage_rows(restored.take_output()[0])] == ["detection"]  # the rows after it
+    assert [r["stage"] for r in stage_rows(restored.output.take()[0])] == ["detection"]  # the rows after it
 
 
 _MEGABYTES = st.none() | st.floats(0, 1e6, allow_nan=False)
@@ -232,14 +250,14 @@ def test_a_stage_that_sends_only_its_end_is_recorded_as_one_that_sent_both(field
     both, alone = fold([history()[0], start, end]), fold([history()[0], end])
     assert ended(alone) == ended(both) and len(ended(alone)) == 1
     assert stage_bytes(alone) == stage_bytes(both)
-    (row_alone,), (row_both,) = stage_rows(alone.take_output()[0]), stage_rows(both.take_output()[0])
+    (row_alone,), (row_both,) = stage_rows(alone.output.take()[0]), stage_rows(both.output.take()[0])
     assert (row_alone.pop("lsn"), row_both.pop("lsn")) == (1, 2)  # the positions of the ends
     assert row_alone == row_both
     assert alone.runs[RUN].counts == {**both.runs[RUN].counts, "events": 2}
 
 
 def stage_bytes(projector: Projector) -> bytes:
-    return bytes(projector.stage_lines[RUN])
+    return bytes(projector.output.stage_lines[RUN])
 
 
 @settings(max_examples=50, deadline=None)
@@ -262,10 +280,10 @@ def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, 
     load_audit assembles the trail, whole, paged, or streamed as one JSON document."""
     store, run = Store(DaemonHome(tmp_path)), RunState(RUN)
     entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(ended)]
-    written = store.append_stage_lines(RUN, 0, entries)
-    store.append_stage_lines(RUN, written, [{"stage": "s", "span": 99}])  # past what the head accounts for
+    written = store.write_stage_lines(RUN, 0, stage_lines_bytes(entries))
+    store.write_stage_lines(RUN, written, stage_lines_bytes([{"stage": "s", "span": 99}]))  # past the head's bytes
     run.open = {f"c:{span}": {"stage": "open", "span": span} for span in range(running)}
-    store.write_audit(run, written)
+    store.write_audit_head(RUN, run.start_ns, run.audit_head(written, None))
     head = json.loads(DaemonHome(tmp_path).audit(RUN).read_text())
     assert "stages" not in head and head["stages_bytes"] == written
     every = entries + list(run.open.values())
@@ -302,7 +320,7 @@ def test_a_start_that_comes_long_after_its_end_never_reopens_the_stage() -> None
     events.append(ev("run_finished", 20_001, status="ok", duration_ms=9.0))
     events.append(ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 30_000_000_000))
     projector = fold(events)
-    rows = projector.take_output()[0]["stage_executions"]
+    rows = projector.output.take()[0]["stage_executions"]
     assert len(rows) == 10_001 and projector.runs[RUN].open == {}  # the lost client crashed nothing
     assert projector.runs[RUN].status == "ok"
 

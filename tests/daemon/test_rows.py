@@ -13,8 +13,10 @@ import pyarrow as pa
 import pytest
 
 from stagewatch.daemon.projection import _rows
-from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS, Projector, RunState, audit_json, stage_builders
+from stagewatch.daemon.projection._projection import Projector
 from stagewatch.daemon.projection._rows import DEFINITIONS, Column, Source
+from stagewatch.daemon.projection._runstate import RunState
+from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS, audit_json, stage_builders
 from stagewatch.daemon.query._sql import schema_of
 from stagewatch.daemon.tables._store import Store, table_writer_properties
 from tests.daemon.test_projection import RUN, T0, ev, finished, fold, history
@@ -60,7 +62,7 @@ def test_a_name_is_dictionary_encoded_in_every_table_that_has_it_or_in_none() ->
 
 def test_the_daemon_s_rows_hold_exactly_their_tables_columns() -> None:
     log = ev("log", 8, level="INFO", message="hello", stage="detection", extra={"k": 1})
-    rows, _ = fold([*history(), log]).take_output()
+    rows, _ = fold([*history(), log]).output.take()
     assert STAGES.names == STAGE_ROW_FIELDS
     assert {len(row) for row in rows["stage_executions"]} == {len(STAGES.names)}
     assert [list(row) for row in rows["runs"]] == [list(DEFINITIONS["runs"].names)]
@@ -81,7 +83,7 @@ def test_the_accuracy_worker_s_rows_hold_exactly_the_samples_columns(tmp_path: P
 
 
 def test_the_stage_line_s_keys_are_the_definition_s() -> None:
-    line = json.loads(bytes(fold(history()).stage_lines[RUN]).splitlines()[0])
+    line = json.loads(bytes(fold(history()).output.stage_lines[RUN]).splitlines()[0])
     assert list(line) == list(STAGES.line)
     assert list(line["memory"]) == list(STAGES.of(Source.MEMORY))
     assert {name: line[name] for name in STAGES.of(Source.STAGE)}["stage"] == "preprocessing"
@@ -154,7 +156,7 @@ def test_a_new_column_s_rows_are_written_with_its_type(tmp_path: Path) -> None:
     arrow = pa.Table.from_arrays([pa.array(v, table.schema.field(n).type) for n, v in columns], names=list(table.names))
     assert arrow.schema.equals(table.schema) and arrow.to_pylist()[0]["camera"] == "left"
     # The real table's rows, through the real store.
-    rows = fold(history()).take_output()[0]["stage_executions"]
+    rows = fold(history()).output.take()[0]["stage_executions"]
     ((_, written),), refused = Store(tmp_path).arrow_parts("stage_executions", rows, STAGE_ROW_FIELDS)
     assert refused == [] and written.schema.equals(STAGES.schema) and written.num_rows == 2
 
@@ -188,7 +190,7 @@ def test_a_stage_open_in_a_checkpoint_from_before_a_column_came_still_ends(ends_
         projector.apply(finished(3, 1, "preprocessing"), 9)
     else:
         projector.apply(ev("client_lost", 1, client="daemon", lost_client_id="c1", last_seen_ns=T0 + 5_000_000), 9)
-    (row,) = projector.take_output()[0]["stage_executions"]
+    (row,) = projector.output.take()[0]["stage_executions"]
     row = dict(zip(STAGE_ROW_FIELDS, row, strict=True))
     assert (row["stage"], row["status"], row["gpu_source"]) == (
         "preprocessing",

@@ -17,8 +17,8 @@ import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._protocol import pack_batch, pack_event
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._projection import STAGE_ROW_FIELDS
 from stagewatch.daemon.projection._schema import validate_event
+from stagewatch.daemon.projection._stages import STAGE_ROW_FIELDS
 from stagewatch.daemon.query._readmodels import load_audit, read_table, to_rows
 from stagewatch.daemon.tables._store import Store
 from tests.conftest import DaemonProcess, wait_for
@@ -166,9 +166,9 @@ def test_a_row_that_cannot_be_stored_costs_only_itself(tmp_path, as_tuples: bool
 
 def test_an_event_that_fails_in_projection_is_set_aside_and_the_rest_fold(home, monkeypatch) -> None:
     from stagewatch.daemon.ingest._ingest import Group
-    from stagewatch.daemon.projection._projection import HANDLERS
+    from stagewatch.daemon.projection._handlers import HANDLERS
 
-    def broken(projector, run, event, lsn) -> None:
+    def broken(run, event, lsn, output) -> None:
         raise ZeroDivisionError("a bug in a handler")
 
     monkeypatch.setitem(HANDLERS, "log", broken)

@@ -1,0 +1,35 @@
+"""Tables damaged or deleted while the daemon runs: found at each flush (a table whose Delta
+log was there at the last flush and is gone), by a commit (`_tables.TableGone`) or by a
+compaction (`_tables.DamagedTable`); the daemon sets them aside and rebuilds them from the
+event log (`Daemon._rebuild_tables_while_running`)."""
+
+from __future__ import annotations
+
+from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.tables._store import TABLES
+from stagewatch.daemon.tables._tables import DamagedTable, TableGone, deleted, has_log, table_path
+
+
+class TableWatch:
+    def __init__(self, home: DaemonHome) -> None:
+        self.home = home
+        self.unusable: dict[str, str] = {}  # table -> what is wrong, said in the log when set aside
+        self._present: set[str] = set()  # the tables with a log at the last flush
+
+    def find_deleted(self) -> None:
+        """A few stat calls a flush (a commit finds a deleted table too: TableGone)."""
+        present = {table for table in TABLES if has_log(table_path(self.home, table))}
+        for table in sorted(self._present - present):
+            if deleted(table_path(self.home, table)):
+                self.found(TableGone(table))
+        self._present = present
+
+    def found(self, error: DamagedTable) -> None:
+        self.unusable.setdefault(error.table, error.why)
+
+    def take(self) -> dict[str, str]:
+        """The tables found since last asked; the caller sets them aside (which tables have a
+        log is recorded anew at the next flush)."""
+        unusable, self.unusable = self.unusable, {}
+        self._present = set()
+        return unusable

@@ -31,6 +31,7 @@ from loguru import logger
 
 from stagewatch._gpu import host_gpu_problem
 from stagewatch._protocol import RUN_EXPIRED
+from stagewatch._records import ScanStats
 from stagewatch.daemon.accuracy._worker import WorkerProcess
 from stagewatch.daemon.base._derived import DAEMON_FILES, repair
 from stagewatch.daemon.base._disk import DiskStatus
@@ -51,6 +52,7 @@ from stagewatch.daemon.tables._checkpoint import (
     tables_committed,
     tables_held,
 )
+from stagewatch.daemon.tables._runindex import RunIndex
 from stagewatch.daemon.tables._store import DAEMON_TABLES
 from stagewatch.daemon.tables._writer import ReadModelWriter
 
@@ -102,6 +104,24 @@ class DaemonSettings:
     retention: RetentionSection = field(default_factory=RetentionSection)
 
 
+def _complete(run_index: RunIndex) -> None:
+    if not run_index.complete:  # a new home, a rebuild, or data from before the index
+        indexed = run_index.build_from_tables()
+        if indexed:  # a new home or a rebuild has no tables yet: the replay indexes as it goes
+            logger.info("run index: {} (run, date) pairs from the existing tables", indexed)
+
+
+def _ingest_settings(settings: DaemonSettings) -> IngestSettings:
+    return IngestSettings(
+        settings.endpoint,
+        settings.live_endpoint,
+        settings.accuracy_endpoint,
+        settings.max_frame_bytes,
+        settings.max_group_events,
+        settings.group_access,
+    )
+
+
 class Daemon:
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
@@ -114,14 +134,7 @@ class Daemon:
         self.systemd = SystemdNotifier()
         write_error = WriteErrors(self.stats)
         self.quarantine = Quarantine(self.home, self.stats, write_error)
-        ingest_settings = IngestSettings(
-            settings.endpoint,
-            settings.live_endpoint,
-            settings.accuracy_endpoint,
-            settings.max_frame_bytes,
-            settings.max_group_events,
-            settings.group_access,
-        )
+        ingest_settings = _ingest_settings(settings)
         self.ingest = Ingest(
             self.home, ingest_settings, self.log, self.disk, self.stats, write_error, self.quarantine, self._apply
         )
@@ -239,13 +252,8 @@ class Daemon:
             self._restore(checkpoint)
         start_lsn = checkpoint.get("lsn", 0)
         self.writer.commits.committed_lsn.update(held)  # what each table holds: its replayed rows are not written again
-        run_index = self.writer.store.run_index
-        if not run_index.complete:  # a new home, a rebuild, or data from before the index
-            indexed = run_index.build_from_tables()
-            if indexed:  # a new home or a rebuild has no tables yet: the replay indexes as it goes
-                logger.info("run index: {} (run, date) pairs from the existing tables", indexed)
-        flush = functools.partial(self.writer.flush_during_replay, self.projector)
-        self.stats.replayed, scan = self.ingest.replay(start_lsn, flush, progress)
+        _complete(self.writer.store.run_index)
+        self.stats.replayed, scan = self._replay_from(start_lsn, progress)
         self.stats.recovery = {
             **asdict(report),
             "replay_corrupt_regions": scan.corrupt_regions,
@@ -256,8 +264,13 @@ class Daemon:
         }
         if not report.clean or scan.corrupt_regions or self.stats.replay_duplicates:
             logger.warning("event log recovery: {}", self.stats.recovery)
-        self.maintenance.track_open_clients()
         self.flush()
+
+    def _replay_from(self, start_lsn: int, progress: Callable[[int, int], object]) -> tuple[int, ScanStats]:
+        flush = functools.partial(self.writer.flush_during_replay, self.projector)
+        replayed, scan = self.ingest.replay(start_lsn, flush, progress)
+        self.maintenance.track_open_clients()
+        return replayed, scan
 
     def _rebuild_tables_while_running(self, unusable: dict[str, str]) -> None:
         """Tables found damaged or deleted while the daemon runs: set aside and rebuilt from the
@@ -273,9 +286,7 @@ class Daemon:
             self.writer.start_over()
             self._restore({})
             self.writer.commits.committed_lsn.update(tables_committed(self.home))
-            flush = functools.partial(self.writer.flush_during_replay, self.projector)
-            replayed, _ = self.ingest.replay(0, flush, lambda done, total: self.maintenance.alive())
-            self.maintenance.track_open_clients()
+            replayed, _ = self._replay_from(0, lambda done, total: self.maintenance.alive())
             self.flush()
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
         self.writer.watch.take()  # what was found meanwhile is of the tables set aside
@@ -293,19 +304,7 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
-        settings, tasks, maintenance = self.settings, Scheduler(), self.maintenance
-        tasks.every(settings.flush_interval_s, self._flush_in_background)
-        tasks.every(1.0, maintenance.check_liveness)
-        tasks.every(
-            settings.spool_scan_interval_s, self.ingest.ingest_spools, first_in_s=settings.spool_scan_interval_s
-        )
-        tasks.every(1.0, self.worker.watch, first_in_s=1.0)
-        tasks.every(settings.disk.check_interval_s, maintenance.check_disk)
-        tasks.every(settings.retention.check_interval_s, maintenance.apply_retention)
-        tasks.every(settings.merge_interval_s, maintenance.compact_tables, first_in_s=settings.merge_interval_s)
-        tasks.every(SCRUB_INTERVAL_S, maintenance.scrub, first_in_s=SCRUB_INTERVAL_S)
-        if self.systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
-            tasks.every(self.systemd.watchdog_interval_s, maintenance.alive)
+        tasks = _periodic_tasks(self)
         while not self._stopping:
             try:
                 if self.ingest.wait(POLL_MS):
@@ -319,6 +318,22 @@ class Daemon:
                 self.stats.internal_errors += 1
                 logger.exception("internal error in the daemon loop (it keeps running)")
                 time.sleep(0.1)
+
+
+def _periodic_tasks(daemon: Daemon) -> Scheduler:
+    """What the daemon's loop runs between receiving events, and how often."""
+    settings, tasks, maintenance = daemon.settings, Scheduler(), daemon.maintenance
+    tasks.every(settings.flush_interval_s, daemon._flush_in_background)
+    tasks.every(1.0, maintenance.check_liveness)
+    tasks.every(settings.spool_scan_interval_s, daemon.ingest.ingest_spools, first_in_s=settings.spool_scan_interval_s)
+    tasks.every(1.0, daemon.worker.watch, first_in_s=1.0)
+    tasks.every(settings.disk.check_interval_s, maintenance.check_disk)
+    tasks.every(settings.retention.check_interval_s, maintenance.apply_retention)
+    tasks.every(settings.merge_interval_s, maintenance.compact_tables, first_in_s=settings.merge_interval_s)
+    tasks.every(SCRUB_INTERVAL_S, maintenance.scrub, first_in_s=SCRUB_INTERVAL_S)
+    if daemon.systemd.watchdog_interval_s:  # only a loop that turns pings the watchdog
+        tasks.every(daemon.systemd.watchdog_interval_s, maintenance.alive)
+    return tasks
 
 
 def serve(settings: DaemonSettings) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from stagewatch import _protocol as protocol
 from stagewatch.daemon.projection._schema import EVENT_MODELS, as_dict, field_names, validate_event
 
-RUN = str(uuid.uuid4())
+RUN = "97e6a9e9-9d32-44f7-8151-5964cbf8ee95"  # fixed: test ids name it (parallel workers collect alike)
 CLIENT = "c0ffee"
 STAGE = {"stage": "detection", "span": 3, "parent_span": 1, "sample_id": "frame_047", "input_path": "/data/47.png"}
 FINISH = {

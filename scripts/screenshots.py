@@ -81,7 +81,7 @@ def shoot(url: str, first: str, run_id: str, samples: dict[str, str]) -> None:
         "case-boxes": f"?page=case&run={run_id}&stage=detection&sample={samples['detection']}",
         "case": f"?page=case&run={run_id}&stage=segmentation&sample={samples['segmentation']}",
         "compare": f"?page=compare&a={first}&b={run_id}",
-        "output": f"?page=run&run={run_id}&artifact=runs/{run_id}/stages/postprocessing/frame_047_overlay.png",
+        "output": f"?page=run&run={run_id}&artifact=runs/{run_id}/stages/postprocessing/frame_048_overlay.png",
     }
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -194,7 +194,7 @@ def test_periodic_callbacks_do_not_pile_up_over_many_switches(in_process, page) 
     assert on_runs >= 1  # the Runs page looks for new runs every few seconds
     _mark(page)
     drawn = {"live": "text=No run is in progress", "logs": ".sw-table-logs .tabulator-row", "runs": ".sw-table-runs a"}
-    for _ in range(10):  # pages that each start one: Live (the feed), Logs (its tail), Runs (new runs)
+    for _ in range(4):  # pages that each start one: Live (the feed), Logs (its tail), Runs (new runs)
         for name, data in drawn.items():
             _in_sidebar(page, name).click()
             page.wait_for_selector(data)

@@ -4,7 +4,6 @@ apart), read by one `stagewatch runs` / `stats` / `query` with --home given ten 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +187,10 @@ def test_the_dashboard_learns_its_homes_from_its_environment(tmp_path: Path) -> 
     homes = [tmp_path / "a", tmp_path / "b"]
     assert configured_homes(homes_environment(homes)) == homes
     assert configured_homes(homes_environment(homes[:1])) == homes[0]
-    twice = {HOMES_VARIABLE: os.pathsep.join([str(homes[1]), "", str(homes[1])]), "STAGEWATCH_HOME": str(homes[0])}
+    twice = {HOMES_VARIABLE: json.dumps([str(homes[1]), "", str(homes[1])]), "STAGEWATCH_HOME": str(homes[0])}
     assert configured_homes(twice) == homes[1]
+    colon = tmp_path / "x:y"  # a path holding os.pathsep is one home
+    assert configured_homes(homes_environment([colon])) == colon
+    assert configured_homes(homes_environment([colon, homes[0]])) == [colon, homes[0]]
+    assert configured_homes({HOMES_VARIABLE: "not json", "STAGEWATCH_HOME": str(homes[0])}) == homes[0]
     assert configured_homes({"STAGEWATCH_HOME": str(homes[0])}) == homes[0]  # plain `panel serve`, as before

@@ -8,6 +8,7 @@ cookie secret. The command refuses a non-loopback address without it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 import sys
@@ -17,8 +18,9 @@ from pathlib import Path
 APP = Path(__file__).with_name("app.py")
 STARTUP = Path(__file__).with_name("_startup.py")
 DEFAULT_PORT = 5006
-# The dashboard's homes, os.pathsep between them (`stagewatch ui --home a --home b` sets it):
-# one dashboard over several hosts' homes. Without it, the one home of STAGEWATCH_HOME.
+# The dashboard's homes, a JSON list of paths (`stagewatch ui --home a --home b` sets it; JSON,
+# as a path may hold os.pathsep): one dashboard over several hosts' homes. Without it, the one
+# home of STAGEWATCH_HOME.
 HOMES_VARIABLE = "STAGEWATCH_HOMES"
 
 
@@ -74,7 +76,7 @@ def homes_environment(homes: Sequence[Path]) -> dict[str, str]:
     """The variables that tell the dashboard's process its homes: every one in STAGEWATCH_HOMES,
     the first in STAGEWATCH_HOME. Both are set, so a value inherited from the shell never adds
     homes the command was not given."""
-    return {"STAGEWATCH_HOME": str(homes[0]), HOMES_VARIABLE: os.pathsep.join(str(home) for home in homes)}
+    return {"STAGEWATCH_HOME": str(homes[0]), HOMES_VARIABLE: json.dumps([str(home) for home in homes])}
 
 
 def configured_homes(environ: Mapping[str, str] = os.environ) -> Path | list[Path]:
@@ -82,7 +84,11 @@ def configured_homes(environ: Mapping[str, str] = os.environ) -> Path | list[Pat
     usual case, read exactly as before), several as a list (STAGEWATCH_HOMES)."""
     from stagewatch.daemon.base._layout import DaemonHome
 
-    named = [part for part in environ.get(HOMES_VARIABLE, "").split(os.pathsep) if part.strip()]
+    try:
+        listed = json.loads(environ.get(HOMES_VARIABLE) or "[]")
+    except ValueError:
+        listed = []  # not ours (set by hand): the one home of STAGEWATCH_HOME
+    named = [part for part in listed if isinstance(part, str) and part.strip()] if isinstance(listed, list) else []
     homes = list(dict.fromkeys(DaemonHome.resolve(part).root for part in named))
     if len(homes) > 1:
         return homes

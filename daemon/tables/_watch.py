@@ -18,18 +18,22 @@ class TableWatch:
 
     def find_deleted(self) -> None:
         """A few stat calls a flush (a commit finds a deleted table too: TableGone)."""
-        present = {table for table in TABLES if has_log(table_path(self.home, table))}
+        present = self._with_log()
         for table in sorted(self._present - present):
             if deleted(table_path(self.home, table)):
                 self.found(TableGone(table))
         self._present = present
 
+    def _with_log(self) -> set[str]:
+        return {table for table in TABLES if has_log(table_path(self.home, table))}
+
     def found(self, error: DamagedTable) -> None:
         self.unusable.setdefault(error.table, error.why)
 
     def take(self) -> dict[str, str]:
-        """The tables found since last asked; the caller sets them aside (which tables have a
-        log is recorded anew at the next flush)."""
+        """The tables found since last asked; the caller sets them aside. Which tables have a
+        log is recorded anew now: after the daemon rebuilt them, a table deleted again is found
+        at the next flush (with nothing recorded, it went unnoticed)."""
         unusable, self.unusable = self.unusable, {}
-        self._present = set()
+        self._present = self._with_log()
         return unusable

@@ -15,8 +15,29 @@ EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPI
 GROUPS = (service, demo, history, dashboard, groundtruth, diff, compare)
 
 
+# Control characters (but tab and newline), C0 and C1: a value a pipeline recorded (a host name, an
+# error message) holding ESC sequences would otherwise retitle, recolour or clear the terminal.
+_UNPRINTABLE = {code: f"\\x{code:02x}" for code in [*range(0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+class _PrintableOnTerminal:
+    """stdout when it is a terminal: control characters are shown escaped, never run. (A pipe
+    or a file gets the bytes as they are: `export` and `--json` keep every value exact.)"""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.translate(_UNPRINTABLE))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    if sys.stdout is not None and sys.stdout.isatty() and not isinstance(sys.stdout, _PrintableOnTerminal):
+        sys.stdout = _PrintableOnTerminal(sys.stdout)
     args = parser().parse_args(argv)
     try:
         code = args.handler(args)

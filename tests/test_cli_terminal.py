@@ -100,3 +100,49 @@ def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
     spec = write_dataset(tmp_path, 12)
     result = sw("gt", "validate", str(spec))
     assert result.returncode == 0 and "reading labels" not in result.stderr
+
+
+def _stdout_on_a_terminal(args: list[str], timeout_s: float = 120) -> tuple[int, str]:
+    """Run with stdout on a pseudo-terminal: (exit code, what the terminal showed)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([*COMMAND, *args], stdout=terminal, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    os.close(terminal)
+    shown = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    return process.wait(30), shown.decode(errors="replace")
+
+
+def test_escape_sequences_a_pipeline_recorded_are_shown_not_run_on_a_terminal(daemon) -> None:
+    """An error message holding ESC sequences (set the terminal's title, clear the screen) is
+    printed escaped on a terminal, and as it is into a pipe (`--json` keeps it exact)."""
+    import stagewatch
+
+    message = "bad\x1b]0;OWNED\x07\x1b[2Jcleared"
+    run = stagewatch.init(pipeline="p", home=daemon.home)
+    try:
+        with run.stage("detection", sample_id="f1"):
+            raise ValueError(message)
+    except ValueError:
+        pass
+    run.finish()
+    daemon.audit(run.id)
+    code, shown = _stdout_on_a_terminal(["query", "--home", str(daemon.home), "--run", run.id])
+    assert code == 0, shown
+    assert "\x1b]0;OWNED" not in shown and "\x1b[2J" not in shown
+    assert "bad\\x1b]0;OWNED\\x07\\x1b[2Jcleared" in shown
+    command = [*COMMAND, "query", "--home", str(daemon.home), "--run", run.id, "--json"]
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert json.dumps(message)[1:-1] in piped.stdout  # the value exact, as JSON writes it

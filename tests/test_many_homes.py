@@ -194,3 +194,18 @@ def test_the_dashboard_learns_its_homes_from_its_environment(tmp_path: Path) -> 
     assert configured_homes(homes_environment([colon, homes[0]])) == [colon, homes[0]]
     assert configured_homes({HOMES_VARIABLE: "not json", "STAGEWATCH_HOME": str(homes[0])}) == homes[0]
     assert configured_homes({"STAGEWATCH_HOME": str(homes[0])}) == homes[0]  # plain `panel serve`, as before
+
+
+def test_a_prefix_ambiguous_in_one_home_is_ambiguous_over_them_all(tmp_path: Path) -> None:
+    """'c' names two runs of home B: over A and B it is ambiguous (it named A's only run)."""
+    from stagewatch.daemon.query._readmodels import AmbiguousRun, resolve_run_in
+
+    runs = {"A": ["c583fdfe-0000-4000-8000-000000000001"], "B": ["c34f57f0-0000-4000-8000-000000000002"]}
+    runs["B"].append("c6464f69-0000-4000-8000-000000000003")
+    for home, ids in runs.items():
+        for run_id in ids:
+            (tmp_path / home / "runs" / run_id).mkdir(parents=True)
+    homes = [tmp_path / "A", tmp_path / "B"]
+    with pytest.raises(AmbiguousRun, match="ambiguous"):
+        resolve_run_in(homes, "c")
+    assert resolve_run_in(homes, "c5") == runs["A"][0]

@@ -39,6 +39,10 @@ class RunNotFound(LookupError):
     pass
 
 
+class AmbiguousRun(RunNotFound):
+    """A prefix that names more than one run."""
+
+
 def read_table(
     home: Homes,
     table: str,
@@ -179,7 +183,7 @@ def resolve_run_id(home: Path, prefix: str) -> str:
     if not names:
         raise RunNotFound(f"no run with id {prefix!r} under {home}; `stagewatch runs` lists recent runs")
     shown = ", ".join(sorted(names)[:5])
-    raise RunNotFound(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
+    raise AmbiguousRun(f"run id prefix {prefix!r} is ambiguous ({len(names)} runs: {shown}...); give more characters")
 
 
 def resolve_run_in(home: Homes, prefix: str) -> str:
@@ -191,6 +195,8 @@ def resolve_run_in(home: Homes, prefix: str) -> str:
     for one in homes:
         try:
             found.add(resolve_run_id(one, prefix))
+        except AmbiguousRun:
+            raise  # ambiguous in one home: ambiguous in them all (another home's match is no answer)
         except RunNotFound:
             continue
     if len(found) != 1:

@@ -170,17 +170,17 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
     """The log lines as people read them; read over several homes, each with its run's host."""
     hosts = {"host": rows["host"].fillna("")} if "host" in rows else {}
     if rows.empty:
-        return pd.DataFrame(columns=["time", "level", "stage", "sample", "message", "logger", "run", *hosts])
+        return pd.DataFrame(columns=["time", *hosts, "level", "stage", "sample", "message", "logger", "run"])
     return pd.DataFrame(
         {
             "time": [_format.moment_html(t.to_pydatetime()) for t in rows["time"]],
+            **hosts,  # beside the time: in view at 1,280 px
             "level": rows["level"],
             "stage": rows["stage"].fillna(""),
             "sample": rows["sample_id"].fillna(""),
             "message": rows["message"],
             "logger": rows["logger"],
             "run": [_widgets.run_link(r) if isinstance(r, str) else "" for r in rows["run_id"]],
-            **hosts,
         }
     )
 

@@ -140,6 +140,7 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             columns=[
                 "run",
                 "pipeline",
+                "host",
                 "status",
                 "started",
                 "duration",
@@ -147,7 +148,6 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
                 "failed",
                 "failed stage",
                 "error",
-                "host",
                 "run_id",
                 "start",
             ]
@@ -156,6 +156,7 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
         {
             "run": [_widgets.run_link(r) for r in rows["run_id"]],
             "pipeline": rows["pipeline"],
+            "host": rows["host"],  # before the long error text: in view at 1,280 px
             "status": [outcomes.label(s) for s in rows["status"]],
             "started": [_format.when_html(t.to_pydatetime() if pd.notna(t) else None) for t in rows["start_time"]],
             "duration": [_format.ms(v if pd.notna(v) else None) for v in rows["duration_ms"]],
@@ -164,7 +165,6 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
             "failed": [f"{int(v):,}" if pd.notna(v) else "-" for v in rows["stages_failed"]],
             "failed stage": rows["failed_stage"].fillna(""),
             "error": [_error_text(t, m) for t, m in zip(rows["error_type"], rows["error_message"], strict=True)],
-            "host": rows["host"],
             "run_id": rows["run_id"],  # hidden: which runs are ticked, and which is older
             "start": rows["start_time"],
         }

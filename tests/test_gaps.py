@@ -79,6 +79,10 @@ def test_time_outside_stages_is_the_sleeps_and_completes_the_wall_time(sleepy) -
     assert wall["stages_ms"] == pytest.approx(spans_ms, abs=0.01)
     assert wall["stages_ms"] + wall["outside_ms"] == pytest.approx(wall["wall_ms"])
     assert wall["outside_ms"] == pytest.approx(row["total_ms"])
+    # The share column adds up: the stages' shares and this row's, of the wall time.
+    every = json.loads(result.stdout)
+    assert sum(entry["share_of_time"] for entry in every) == pytest.approx(1.0)
+    assert row["share_of_time"] == pytest.approx(wall["outside_ms"] / wall["wall_ms"])
 
 
 def test_show_and_stats_print_the_outside_row(sleepy) -> None:

@@ -387,14 +387,14 @@ def _finite(value: Any) -> float | None:
 
 
 def bottleneck_sentence(stats: pd.DataFrame) -> str | None:
-    """'postprocessing takes 49.2% of this run's stage time; p95 18.7 ms' (None without stages)."""
-    stats = stats[stats["stage"] != OUTSIDE_STAGES]  # a stage's share of the stages' time
+    """'postprocessing takes 49.2% of this run's time; p95 18.7 ms' (None without stages)."""
+    stats = stats[stats["stage"] != OUTSIDE_STAGES]  # a stage's share of the run's wall time
     if stats.empty or not stats["share"].max() > 0:
         return None
     row = stats.loc[stats["share"].idxmax()]
     from stagewatch.ui._format import ms, pct
 
-    return f"{row['stage']} takes {pct(row['share'])} of this run's stage time; p95 {ms(row['p95_ms'])}"
+    return f"{row['stage']} takes {pct(row['share'])} of this run's time; p95 {ms(row['p95_ms'])}"
 
 
 def errors_of(stages: list[dict[str, Any]], errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

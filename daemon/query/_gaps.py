@@ -140,4 +140,7 @@ def with_outside_stages(home: Path, filters: Filters, stats: list[dict[str, Any]
     row["total_ms"] = row["duration_ms"].pop("sum")
     row["share_of_time"] = outside / wall if wall else 0.0  # of the wall time of the finished runs
     row["wall"] = {"runs": len(split), "wall_ms": wall, "stages_ms": wall - outside, "outside_ms": outside}
-    return [*stats, row]
+    # The stages' shares (of the stages' time) become shares of the wall time too: the column
+    # adds up to 100% with this row (it added up to 100% without it, and this row on top).
+    covered = 1.0 - row["share_of_time"]
+    return [{**entry, "share_of_time": entry["share_of_time"] * covered} for entry in stats] + [row]

@@ -60,11 +60,13 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
     assert stderr == ""
 
 
-def _on_a_terminal(args: list[str], timeout_s: float = 120) -> tuple[int, str, str]:
-    """Run with stderr on a pseudo-terminal (stdout a pipe): (exit code, stdout, what the terminal showed)."""
+def _on_a_terminal(args: list[str], timeout_s: float = 120, stream: str = "stderr") -> tuple[int, str, str]:
+    """Run with `stream` (stderr or stdout) on a pseudo-terminal, the other a pipe: (exit code,
+    what the pipe got, what the terminal showed)."""
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
-    process = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE, stderr=terminal, stdin=subprocess.DEVNULL)
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: terminal}
+    process = subprocess.Popen([*COMMAND, *args], **streams, stdin=subprocess.DEVNULL)
     os.close(terminal)
     shown = b""
     deadline = time.monotonic() + timeout_s
@@ -81,8 +83,8 @@ def _on_a_terminal(args: list[str], timeout_s: float = 120) -> tuple[int, str, s
         elif process.poll() is not None:
             break
     os.close(controller)
-    stdout = process.stdout.read().decode()
-    return process.wait(30), stdout, shown.decode(errors="replace")
+    piped = (process.stderr if stream == "stdout" else process.stdout).read().decode()
+    return process.wait(30), piped, shown.decode(errors="replace")
 
 
 def test_a_long_job_shows_progress_on_a_terminal_and_not_under_json(tmp_path: Path) -> None:
@@ -102,29 +104,6 @@ def test_no_progress_bar_in_a_pipe(tmp_path: Path) -> None:
     assert result.returncode == 0 and "reading labels" not in result.stderr
 
 
-def _stdout_on_a_terminal(args: list[str], timeout_s: float = 120) -> tuple[int, str]:
-    """Run with stdout on a pseudo-terminal: (exit code, what the terminal showed)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([*COMMAND, *args], stdout=terminal, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    os.close(terminal)
-    shown = b""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-        elif process.poll() is not None:
-            break
-    os.close(controller)
-    return process.wait(30), shown.decode(errors="replace")
-
-
 def test_escape_sequences_a_pipeline_recorded_are_shown_not_run_on_a_terminal(daemon) -> None:
     """An error message holding ESC sequences (set the terminal's title, clear the screen) is
     printed escaped on a terminal, and as it is into a pipe (`--json` keeps it exact)."""
@@ -139,7 +118,7 @@ def test_escape_sequences_a_pipeline_recorded_are_shown_not_run_on_a_terminal(da
         pass
     run.finish()
     daemon.audit(run.id)
-    code, shown = _stdout_on_a_terminal(["query", "--home", str(daemon.home), "--run", run.id])
+    code, _, shown = _on_a_terminal(["query", "--home", str(daemon.home), "--run", run.id], stream="stdout")
     assert code == 0, shown
     assert "\x1b]0;OWNED" not in shown and "\x1b[2J" not in shown
     assert "bad\\x1b]0;OWNED\\x07\\x1b[2Jcleared" in shown

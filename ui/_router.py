@@ -50,6 +50,19 @@ class PageScope:
         self.callbacks.append(periodic)
         periodic.start()
 
+    def soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the next tick, once what the page changed so far has gone to the
+        browser, unless the session has left the page by then."""
+        document = self.router.document if self.router is not None else None
+        if document is None:
+            callback()
+            return
+        document.add_next_tick_callback(partial(self._soon, document, callback))
+
+    def _soon(self, document: Document, callback: Callable[[], None]) -> None:
+        with set_curdoc(document):
+            self._while_shown(callback)
+
     def _while_shown(self, callback: Callable[[], None]) -> None:
         if self.active:
             callback()

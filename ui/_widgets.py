@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import html
+import logging
+import operator
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +15,8 @@ from bokeh.models import CustomJS
 
 from stagewatch.daemon.query._sql import Homes, homes_of
 from stagewatch.ui import _data, _router
+
+_log = logging.getLogger(__name__)
 
 
 def navigation(current: str, pages: dict[str, str]) -> str:
@@ -250,6 +255,84 @@ def every(period_ms: int, callback: Callable[[], None]) -> None:
     scope = _router.current_scope()
     if scope is not None:
         scope.every(period_ms, callback)
+
+
+_PENDING: weakref.WeakKeyDictionary[pn.Column, object] = weakref.WeakKeyDictionary()
+
+
+def soon(callback: Callable[[], None]) -> None:
+    """`callback` on the next tick, after what the page drew so far (see fill_soon); at once
+    outside a server."""
+    scope = _router.current_scope()
+    if scope is None:
+        callback()
+    else:
+        scope.soon(callback)
+
+
+def fill_soon(column: pn.Column, rest: Callable[[], list[Any]], now: list[Any] | None = None) -> None:
+    """`column` shows `now` at once and `rest()` below it on the next tick, once `now` has gone to
+    the browser: a page's table is drawn before its charts are built, sent and laid out (the
+    charts cost most of a switch). A later fill, or anything else put into the column, wins
+    over a fill still pending.
+    Outside a server (as in tests) all at once."""
+    now = list(now or [])
+    scope = _router.current_scope()
+    if scope is None:
+        column.objects = [*now, *rest()]
+        return
+    column.objects = now
+    token = _PENDING[column] = object()
+
+    def draw_rest() -> None:
+        unchanged = len(column.objects) == len(now) and all(map(operator.is_, column.objects, now))
+        if _PENDING.get(column) is not token or not unchanged:
+            return  # filled again, or set to something else (a message) meanwhile
+        try:
+            column.objects = [*now, *rest()]
+        except Exception as error:  # the table above stays; the rest says why it is missing
+            _log.exception("a page's lower part failed")
+            column.objects = [*now, pn.pane.Alert(f"This part could not be drawn: {error}", alert_type="danger")]
+
+    scope.soon(draw_rest)
+
+
+def show_now(column: pn.Column, objects: list[Any]) -> None:
+    """`objects` into `column` at once, a fill still pending there dropped."""
+    _PENDING.pop(column, None)
+    column.objects = objects
+
+
+def table_first(column: pn.Column, parts: list[Any]) -> None:
+    """`parts` into `column`: up to and including the first table now, what follows on the next tick."""
+    first = next((i + 1 for i, part in enumerate(parts) if isinstance(part, pn.widgets.Tabulator)), len(parts))
+    fill_soon(column, lambda: parts[first:], parts[:first])
+
+
+def refill(column: pn.Column, parts: list[Any]) -> None:
+    """`parts` into `column` (the table first, as `table_first`), unless the column shows parts of
+    the same kinds already: then each takes the new one's value in place, and the browser patches
+    its tables' rows instead of building every table and chart again (a page redrawn each second
+    while a run streams)."""
+    shown = list(column.objects)
+    if len(shown) != len(parts) or not all(map(_same_kind, shown, parts)):
+        table_first(column, parts)
+        return
+    for old, new in zip(shown, parts, strict=True):
+        if isinstance(old, pn.widgets.Tabulator):
+            old.value = new.value
+        elif old.object != new.object:
+            old.object = new.object
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    if type(old) is not type(new):
+        return False
+    if isinstance(old, pn.widgets.Tabulator):
+        return old.name == new.name
+    if isinstance(old, pn.pane.Alert):
+        return old.alert_type == new.alert_type
+    return isinstance(old, pn.pane.Markdown | pn.pane.HTML)
 
 
 def on_leave(cleanup: Callable[[], None]) -> None:

@@ -37,7 +37,7 @@ class AccuracyPage:
         self.url_problems = _widgets.url_alert(_widgets.sync_url({"run": self.run}))
         self.run.param.watch(lambda _: self.redraw(force=True), "value")
         self.redraw(force=True)
-        self.trend.objects = [trend_chart(_failures.accuracy_trend(home, runs))]
+        _widgets.fill_soon(self.trend, lambda: [trend_chart(_failures.accuracy_trend(home, runs))])
         _widgets.every(REDRAW_MS, self.redraw)
 
     def layout(self) -> pn.Column:
@@ -65,7 +65,7 @@ class AccuracyPage:
         if not force and key == self.shown:
             return
         self.shown = key
-        self.summary.objects = sections(run_id, summary, self.home)
+        _widgets.refill(self.summary, sections(run_id, summary, self.home))
 
     def _newest(self) -> str | None:
         running = [r for feed in self.feeds for r in feed.board.visible() if r.accuracy and r.ended_at is None]

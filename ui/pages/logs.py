@@ -27,6 +27,7 @@ LEVEL_COLOURS = {
     "CRITICAL": "#6a1b9a",
 }
 TAIL_MS = 1000
+HISTOGRAM_HEIGHT = 170
 EMPTY = "No log lines yet: log through `logger.add(stagewatch.loguru_sink)` or the logging handler (see the README)."
 
 
@@ -44,7 +45,7 @@ class LogsPage:
         self.text = pn.widgets.TextInput(name="Search", placeholder="text in the message")
         self.regex = pn.widgets.Checkbox(name="regular expression", width=160)
         self.tail = pn.widgets.Checkbox(name="live tail (every second)", width=190)
-        self.histogram = pn.Column()
+        self.histogram = pn.Column(min_height=HISTOGRAM_HEIGHT)  # drawn a tick after the table
         self.download_json = pn.widgets.FileDownload(
             callback=lambda: self._export("json"),
             filename="stagewatch-logs.json",
@@ -111,9 +112,9 @@ class LogsPage:
         try:
             filters = self.filters()
         except (ValueError, _data.RunNotFound):
-            self.histogram.objects = []  # the message above says why; the old range's bars would mislead
+            _widgets.show_now(self.histogram, [])  # the message above says why; the old range's bars would mislead
             return
-        self.histogram.objects = [self._histogram(filters)]
+        _widgets.fill_soon(self.histogram, lambda: [self._histogram(filters)])
 
     def _histogram(self, filters: Filters) -> Any:
         """Lines per time bin, stacked by level; a drag across it (box select) narrows the range."""
@@ -126,7 +127,7 @@ class LogsPage:
         width_ms = (times[1] - times[0]).total_seconds() * 1000 * 0.9 if len(times) > 1 else 1000.0
         source = ColumnDataSource({"time": times, **{level: wide[level].to_numpy() for level in levels}})
         figure = bokeh_figure(
-            height=170,
+            height=HISTOGRAM_HEIGHT,
             sizing_mode="stretch_width",
             x_axis_type="datetime",
             y_axis_label="lines",

@@ -23,6 +23,7 @@ from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
+CHART_HEIGHT = 320
 WINDOWS = {"last 7 days": "7d", "last 30 days": "30d", "last 90 days": "90d", "last 24 hours": "24h", "all time": ""}
 
 
@@ -37,8 +38,9 @@ class PerformancePage:
         self.first = pn.widgets.TextInput(name="Baseline", placeholder="run id, last:20, 7d (empty: previous)")
         self.second = pn.widgets.TextInput(name="Compare run", placeholder="run id or prefix")
         self.callouts = pn.Column()
-        self.trend = pn.Column()
-        self.memory = pn.Column()
+        # The charts come a tick after the table (_widgets.fill_soon): their room is kept meanwhile.
+        self.trend = pn.Column(min_height=CHART_HEIGHT)
+        self.memory = pn.Column(min_height=CHART_HEIGHT)
         self.stats = pn.Column()
         self.comparison = pn.Column()
         # The link's values first, then the watchers: the page is drawn once, here.
@@ -59,7 +61,7 @@ class PerformancePage:
         for widget in (self.first, self.second):
             widget.param.watch(lambda _: self.compare(), "value")
         self.refresh()
-        self.compare()
+        _widgets.soon(self.compare)
 
     def layout(self) -> pn.Column:
         return pn.Column(
@@ -94,17 +96,18 @@ class PerformancePage:
         if points.empty:
             message = "No stage executions in this window." if rows.num_rows == 0 else "No timed stage executions."
             for pane in (self.trend, self.memory, self.stats):
-                pane.objects = [pn.pane.Markdown(message)]
-            self.callouts.objects = []
+                _widgets.show_now(pane, [pn.pane.Markdown(message)])
+            _widgets.show_now(self.callouts, [])
             return
         order = stage_order(points)
         colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
-        self.callouts.objects = [regression_alert(r) for r in _trends.regressions(rows)]
-        self.trend.objects = [trend_chart(points, order, colours, self.measure.value, "ms", "trend")]
-        self.memory.objects = [trend_chart(points, order, colours, "own_mb", "MB", "memory")]
         self.stats.objects = [
             _widgets.table(window_stats(self.home, filters, points, order), "window-stats", html_columns=("exemplars",))
         ]
+        measure = self.measure.value
+        _widgets.fill_soon(self.callouts, lambda: [regression_alert(r) for r in _trends.regressions(rows)])
+        _widgets.fill_soon(self.trend, lambda: [trend_chart(points, order, colours, measure, "ms", "trend")])
+        _widgets.fill_soon(self.memory, lambda: [trend_chart(points, order, colours, "own_mb", "MB", "memory")])
 
     def compare(self) -> None:
         """The two runs' per-stage table (daemon/compare/_compare, as the Compare page shows it), with a
@@ -150,7 +153,7 @@ def trend_chart(
         f": the slowest of {runs:,} runs in each of {MAX_POINTS} slices" if shown < runs else ""
     )
     figure = bokeh_figure(
-        height=320,
+        height=CHART_HEIGHT,
         sizing_mode="stretch_width",
         x_axis_type="datetime",
         x_axis_label=label,

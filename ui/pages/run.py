@@ -105,7 +105,7 @@ class RunPage:
         self.executions.refresh()
         executions = self.executions.layout([self.order])
         saved = self.outputs.show(data["audit"]["run_id"], data["order"])
-        self.body.objects = sections(data, self.sample, self.waterfall, executions, saved)
+        _widgets.table_first(self.body, sections(data, self.sample, self.waterfall, executions, saved))
 
     def _draw_waterfall(self) -> None:
         if self.view_data is not None:

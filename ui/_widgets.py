@@ -51,6 +51,21 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
     )
 
 
+def chart(plot: Any, name: str) -> Any:
+    """A Bokeh figure or HoloViews element across the page, marked `sw-chart-{name}` for the
+    tests and benchmarks that wait for it."""
+    return pn.panel(plot, sizing_mode="stretch_width", name=name, css_classes=[f"sw-chart-{name}"])
+
+
+# A button group whose pressed buttons are filled and readable (with the default style a layer
+# shown and one hidden looked alike; the outline style's pressed text stayed dark on dark blue).
+BUTTON_GROUP: dict[str, Any] = {
+    "button_type": "primary",
+    "button_style": "outline",
+    "stylesheets": [".bk-btn.bk-active{color:#fff !important}"],
+}
+
+
 def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
     """Filters side by side, wrapping on a narrow screen."""
     for widget in widgets:

@@ -131,6 +131,8 @@ def test_failures_say_failed_for_an_exception_and_never_leave_a_reason_empty(ser
     outcomes = _cells(page, "failures", "outcome")
     samples = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='case']").all_inner_texts()
     assert dict(zip(samples, outcomes, strict=True))["frame_047"] == "failed"  # a ValueError: not "crashed"
+    # its kind says what it raised, not its outcome again ("failed failed")
+    assert dict(zip(samples, _cells(page, "failures", "error kinds"), strict=True))["frame_047"] == "raised ValueError"
     assert "crashed" not in outcomes
     assert all(reason.strip() for reason in _cells(page, "failures", "reason"))
     kinds = ", ".join(_cells(page, "failures", "error kinds"))

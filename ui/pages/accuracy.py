@@ -259,7 +259,7 @@ def trend_chart(trend: pd.DataFrame) -> Any:
     )
     _axes.time_axis(figure, trend["run_start"])
     figure.add_layout(figure.legend[0], "right")
-    return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="accuracy-trend")
+    return _widgets.chart(figure, "accuracy-trend")
 
 
 def view(home: Path) -> pn.viewable.Viewable:

@@ -201,7 +201,9 @@ def boxes_view(found: dict[str, Any]) -> list[Any]:
     """The input image with ground-truth and predicted boxes by outcome (hover: class, score,
     outcome), layers switched on and off, and every box in a table, mistakes first."""
     boxes, image = found["boxes"], found["image"]
-    layers = pn.widgets.CheckButtonGroup(name="Show", options=list(LAYERS), value=list(LAYERS[:2]))
+    layers = pn.widgets.CheckButtonGroup(
+        name="Show", options=list(LAYERS), value=list(LAYERS[:2]), **_widgets.BUTTON_GROUP
+    )
     size = found.get("size")
 
     def draw(shown: tuple[str, ...]) -> str:

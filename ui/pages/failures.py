@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,9 @@ class FailuresPage:
         self.host = _widgets.host_filter(home)  # shown when the homes hold runs of several hosts
         self.text = pn.widgets.TextInput(name="Search", placeholder="sample id, reason")
         self.sort = pn.widgets.Select(name="Sort", options=list(SORTS))
-        self.show = pn.widgets.RadioButtonGroup(name="Show", options=list(SHOW), value="table", width=180)
+        self.show = pn.widgets.RadioButtonGroup(
+            name="Show", options=list(SHOW), value="table", width=180, **_widgets.BUTTON_GROUP
+        )
         self.gallery = pn.pane.HTML("", visible=False, css_classes=["sw-gallery"], sizing_mode="stretch_width")
         self.rows = pd.DataFrame()
         self.named = {  # URL parameter -> filter (the pager restores them from the URL as it starts)
@@ -229,7 +232,7 @@ def gallery_html(home: Path, rows: pd.DataFrame, carried: str = "") -> str:
 
 def _card(row: dict[str, Any], jpeg: bytes, carried: str) -> str:
     picture = base64.b64encode(jpeg).decode("ascii")
-    kinds = ", ".join(row["error_types"]) if row.get("error_types") is not None else ""
+    kinds = case_kinds(row["status"], row.get("error_types"), row.get("reason"))
     caption = f"{row['stage']} · {row.get('sample_id') or '-'}"
     title = f"{caption}: {row['status']} {kinds} (severity {row['severity']:.2f}) {(row.get('reason') or '')[:200]}"
     href = case_url(row["run_id"], row["stage"], row.get("sample_id"), carried)
@@ -238,7 +241,7 @@ def _card(row: dict[str, Any], jpeg: bytes, carried: str) -> str:
         f'title="{html.escape(title, quote=True)}" style="text-decoration:none;color:inherit;font-size:12px">'
         f'<img src="data:image/jpeg;base64,{picture}" style="width:{_gallery.THUMBNAIL_SIDE}px;display:block;'
         f'border:1px solid #999"><div>{html.escape(caption)}</div>'
-        f"<div><b>{html.escape(str(row['status']))}</b> {html.escape(kinds.replace('_', ' '))} · "
+        f"<div><b>{html.escape(str(row['status']))}</b> {html.escape(kinds)} · "
         f"{row['severity']:.2f} · {html.escape(row['run_id'][:8])}</div></a>"
     )
 
@@ -246,6 +249,21 @@ def _card(row: dict[str, Any], jpeg: bytes, carried: str) -> str:
 def kind_words(kind: str) -> str:
     """An error kind as people read it: 'mask_mismatch' -> 'mask mismatch' (the token stays in URLs)."""
     return kind.replace("_", " ")
+
+
+EXCEPTION_TYPE = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
+
+
+def case_kinds(status: str, kinds: Any, reason: str | None) -> str:
+    """A case's error kinds in words. A stage that failed has the kind "failed", its outcome
+    already ("failed failed"): it says what it raised instead, as its reason starts."""
+    words = [kind_words(kind) for kind in (kinds if kinds is not None else []) if kind != status]
+    if words or status not in ("failed", "crashed"):
+        return ", ".join(words)
+    if status == "crashed":
+        return "process lost"
+    raised = EXCEPTION_TYPE.match(reason or "")
+    return f"raised {raised.group(1)}" if raised else "raised an exception"
 
 
 def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
@@ -264,7 +282,7 @@ def display(rows: pd.DataFrame, carried: str = "") -> pd.DataFrame:
             "stage": rows["stage"],
             "outcome": rows["status"],
             "error kinds": [
-                ", ".join(map(kind_words, kinds)) if kinds is not None else "" for kinds in rows["error_types"]
+                case_kinds(*case) for case in zip(rows["status"], rows["error_types"], rows["reason"], strict=True)
             ],
             "classes": [", ".join(names) if names is not None else "" for names in rows["classes"]],
             "confidence": ["" if pd.isna(v) else f"{v:.2f}" for v in rows["confidence"]],

@@ -151,7 +151,7 @@ class LogsPage:
         figure.xaxis.formatter = _axes.clock_ticks()
         figure.add_layout(figure.legend[0], "right")
         figure.on_event(SelectionGeometry, self._brushed)
-        return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name="histogram")
+        return _widgets.chart(figure, "histogram")
 
     def _brushed(self, event: SelectionGeometry) -> None:
         """A final box selection narrows since/until to the brushed span (times in UTC ms)."""

@@ -190,7 +190,7 @@ def trend_chart(
     figure.legend.location = "top_left"
     figure.legend.click_policy = "hide"
     figure.add_layout(figure.legend[0], "right")
-    return pn.pane.Bokeh(figure, sizing_mode="stretch_width", name=name)
+    return _widgets.chart(figure, name)
 
 
 def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:

@@ -376,7 +376,7 @@ def durations_chart(points: pd.DataFrame, total: int, order: list[str], colours:
             )
         ]
     )
-    return pn.Column(*drawn, pn.pane.HoloViews(chart, sizing_mode="stretch_width", name="durations"))
+    return pn.Column(*drawn, _widgets.chart(chart, "durations"))
 
 
 def executions_display(rows: pd.DataFrame) -> pd.DataFrame:
@@ -432,7 +432,7 @@ def waterfall(rows: pd.DataFrame, sample: str | None, colours: dict[str, str], g
         ylabel="",
         invert_yaxis=True,
     )
-    return pn.pane.HoloViews(bars, sizing_mode="stretch_width", name="waterfall")
+    return _widgets.chart(bars, "waterfall")
 
 
 class OutputsBrowser:

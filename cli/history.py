@@ -247,7 +247,8 @@ def outside_line(entry: dict[str, Any]) -> str:
     d, wall = entry["duration_ms"], entry["wall"]
     cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
     return (
-        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{cells}{'-':>10}{entry['share_of_time']:>8.1%}\n"
+        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{cells}{_mb_cell(None, 9)}{_mb_cell(None, 11)}"
+        f"{entry['share_of_time']:>8.1%}\n"
         f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
         f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"
     )

@@ -92,6 +92,10 @@ def test_show_and_stats_print_the_outside_row(sleepy) -> None:
     assert "(outside stages)" in shown.stdout and "+ outside stages" in shown.stdout
     printed = sw("stats", "--home", str(home), "--run", run_id)
     assert "(outside stages)" in printed.stdout and "wall " in printed.stdout
+    header, *rows = printed.stdout.splitlines()
+    outside = next(row for row in rows if row.startswith("(outside stages)"))
+    # its share of time under "time %", as the stages' (it sat one column to the left)
+    assert outside.rstrip().endswith("%") and len(outside.rstrip()) == len(header.rstrip())
     by_stage = sw("stats", "--home", str(home), "--stage", "detection", "--json")  # a stage asked for: no row
     assert not [e for e in json.loads(by_stage.stdout) if e.get("outside_stages")]
 

@@ -225,6 +225,18 @@ const camera = {yaw: -0.9, pitch: 0.55, zoom: 1};  // one camera, both views: th
 const orbit = {centre: DATA.centre, radius: DATA.radius};  // what the camera turns around
 const range = {low: 0, high: 1};
 const views = {};
+// The dashboard's colours (its dark theme too): the frame's own would stay white on a dark page.
+const THEME = (() => {
+  try {
+    const style = parent.getComputedStyle(parent.document.body);
+    const rgb = (style.backgroundColor.match(/[0-9.]+/g) || []).slice(0, 3).map(Number);
+    if (rgb.length !== 3) return null;
+    return {background: style.backgroundColor, text: style.color, clear: rgb.map(c => c / 255)};
+  } catch (error) { return null; }  // a frame of another origin: stays light
+})();
+const CLEAR = THEME ? THEME.clear : [1, 1, 1];
+if (THEME) { document.body.style.background = THEME.background; document.body.style.color = THEME.text; }
+window.CLEAR = CLEAR;
 window.camera = camera; window.range = range; window.views = views; window.orbit = orbit;
 
 const VERTEX = `attribute vec3 position; attribute vec3 colour; uniform mat4 matrix; uniform float size;
@@ -307,7 +319,7 @@ function draw(view) {
   const {gl, canvas, program} = view;
   canvas.width = canvas.clientWidth; canvas.height = canvas.clientHeight;
   gl.viewport(0, 0, canvas.width, canvas.height);
-  gl.clearColor(1, 1, 1, 1); gl.enable(gl.DEPTH_TEST);
+  gl.clearColor(CLEAR[0], CLEAR[1], CLEAR[2], 1); gl.enable(gl.DEPTH_TEST);
   gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
   gl.useProgram(program);
   for (const [name, buffer] of [["position", view.position], ["colour", view.colour]]) {

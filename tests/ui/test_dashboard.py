@@ -591,6 +591,14 @@ def test_a_point_cloud_case_opens_in_two_locked_3d_views(served, page) -> None:
         page.mouse.up()
         wait_for(lambda before=before: plot("JSON.stringify(views.right.eye)") != before, 20)
         assert plot("JSON.stringify(views.right.eye)") == plot("JSON.stringify(views.left.eye)")
+    # the dark theme: the views' background is the page's, not white
+    page.goto(f"{ui.url}?page=case&run={run_id}&stage=lidar_segmentation&sample=frame_000&theme=dark")
+    views.locator("#left").wait_for()
+    wait_for(lambda: plot("window.views && views.left && views.left.frames > 0"))
+    dark = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    assert dark != "rgb(255, 255, 255)"
+    assert plot("getComputedStyle(document.body).backgroundColor") == dark
+    assert plot("window.CLEAR.map(c => Math.round(c * 255))") == [int(c) for c in re.findall(r"\d+", dark)[:3]]
 
 
 LIDAR_GOLDEN = """\

@@ -16,12 +16,14 @@ is threaded).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,7 @@ def select(
     """The answer of `sql`, a query over the view `rows` (every column of `table`, the
     partition date included, no matter which files lack a column); with `schema`, cast to it;
     with `dates`, over those date partitions only. A data file that cannot be read is left
-    out with a warning (`damaged_parts`)."""
+    out with a warning (`damaged_parts`), and named to the caller's `skipped_files()`."""
     files = table_files(home, table, dates)
     key = _answer_key(files, table, sql, params)
     result = _answers.get(key) if key is not None else None
@@ -236,10 +238,35 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
 
 
+# The damaged files the reads of the caller's `skipped_files()` block left out (None: no block).
+_skipped: ContextVar[list[str] | None] = ContextVar("skipped_files", default=None)
+
+
+@contextlib.contextmanager
+def skipped_files() -> Iterator[list[str]]:
+    """The data files that the reads inside the block (`select`, `read_table`) left out for
+    damage, in the order met, each once: a caller whose answer must be whole (a CI gate) asks
+    this, not the warnings (shown once per place by Python's default filter; not per thread)."""
+    found: list[str] = []
+    token = _skipped.set(found)
+    try:
+        yield found
+    finally:
+        _skipped.reset(token)
+        _note_skipped(found)  # an enclosing block's too
+
+
+def _note_skipped(paths: Sequence[str]) -> None:
+    if (noted := _skipped.get()) is not None:
+        noted += [path for path in paths if path not in noted]
+
+
 def damaged_parts(files: list[str]) -> list[str]:
-    """The files that do not read, warning of each (this reads every file whole: only after a
-    read failed). The event log still holds their rows: `stagewatch rebuild`."""
+    """The files that do not read, warning of each and noting them for `skipped_files` (this
+    reads every file whole: only after a read failed). The event log still holds their rows:
+    `stagewatch rebuild`."""
     damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
+    _note_skipped(list(damaged))
     for path, damage in damaged.items():
         warnings.warn(
             f"skipped the damaged data file {path} ({damage}); its rows are missing from this "

@@ -512,3 +512,13 @@ def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_ju
     as_text = stagewatch_cli(daemon.home, first, slower)
     assert as_text.returncode == 0, as_text.stderr
     assert "WARNING: " in as_text.stdout and holding_b in as_text.stdout and "NOT JUDGED" in as_text.stdout
+
+    # B's end in a damaged file of the runs table: not "still running?" alone, and no wait for it
+    holding_end = next(
+        path
+        for path in snapshot_files(daemon.home, "runs")
+        if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
+    )
+    damage(Path(holding_end))
+    baseline = stagewatch_cli(daemon.home, slower, "--baseline", "last:1", "--wait", "0")
+    assert baseline.returncode == 2 and holding_end in baseline.stderr.splitlines()[-1], baseline.stderr

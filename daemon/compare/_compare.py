@@ -139,7 +139,12 @@ def _noting_skipped(make: Callable[..., Side]) -> Callable[..., Side]:
     @functools.wraps(make)
     def made(*args: Any, **kwargs: Any) -> Side:
         with skipped_files() as skipped:
-            side = make(*args, **kwargs)
+            try:
+                side = make(*args, **kwargs)
+            except CompareError as error:  # "not in the runs table", "holds no run": maybe for the rows left out
+                if not skipped:
+                    raise
+                raise CompareError(f"{error}; {skipped_warnings(skipped)[0]}") from None
         return replace(side, skipped=tuple(dict.fromkeys([*side.skipped, *skipped])))
 
     return made

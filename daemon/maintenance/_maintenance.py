@@ -101,6 +101,7 @@ class Maintenance:
         self.retention = retention
         self._next_home_measure = 0.0
         self._next_vacuum = time.monotonic() + VACUUM_INTERVAL_S
+        self._failing: dict[tuple[str, str], str] = {}  # (step, table) -> its error, logged once
 
     # -- liveness ------------------------------------------------------------------------
     def track_open_clients(self) -> None:
@@ -220,10 +221,16 @@ class Maintenance:
         try:
             done = step(table)
         except Exception as error:  # the other tables go on; raised after them
-            damaged = damaged_files_of(self.home, table)
-            named = f"; damaged data file(s): {', '.join(damaged)}, `stagewatch rebuild` rebuilds it" if damaged else ""
-            logger.error("cannot {} the {} table ({}){}; the other tables go on", what, table, first_line(error), named)
+            if self._failing.get((what, table)) != (problem := first_line(error)):  # said once, not every pass
+                self._failing[what, table] = problem
+                damaged = damaged_files_of(self.home, table)
+                named = (
+                    f"; damaged data file(s): {', '.join(damaged)}, `stagewatch rebuild` rebuilds it" if damaged else ""
+                )
+                logger.error("cannot {} the {} table ({}){}; the other tables go on", what, table, problem, named)
             return [error]
+        if self._failing.pop((what, table), None) is not None:
+            logger.info("{} of the {} table works again", what, table)
         if done:
             logger.debug("{} {} file(s) of the {} table", "compacted" if what == "compact" else "vacuumed", done, table)
         return []

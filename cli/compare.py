@@ -9,12 +9,13 @@ A and not in B), a shift is ongoing in the baseline's history, or accuracy fell 
 --accuracy-drop (the reasons are printed); 2 for arguments that name nothing to compare (an
 unknown run, an empty baseline) or cannot be read, and with --fail-on-regression for a run that
 has not ended: its figures are partial, the gate neither passes nor fails it (compare again
-once it has ended). A run that has not ended is waited for up to --wait seconds (10) first: a
-CI job's gate right after its pipeline finished meets the run's end before the daemon's next
-flush has written it.
+once it has ended); the same when rows were left out for a damaged data file (named in the
+warnings; `stagewatch rebuild` brings them back). A run that has not ended is waited for up to
+--wait seconds (10) first: a CI job's gate right after its pipeline finished meets the run's end
+before the daemon's next flush has written it.
 
-Warnings (a run not ended, a crashed run, runs of different pipelines) come first, and in
---json as `warnings` (with `partial`).
+Warnings (a run not ended, a crashed run, runs of different pipelines, damaged data files left
+out) come first, and in --json as `warnings` (with `partial`, `skipped_files` and `not_judged`).
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"stagewatch: warning: {warning}", file=sys.stderr)
     else:
         print_comparison(document)
-    if args.fail_on_regression and document["partial"]:
-        return fail("not judged: a run compared has not ended, its figures are partial", EXIT_NOT_JUDGED)
+    if args.fail_on_regression and document["not_judged"]:
+        return fail(f"not judged: {document['not_judged']}", EXIT_NOT_JUDGED)
     if args.fail_on_regression and document["failures"]:
         for reason in document["failures"]:
             print(f"stagewatch: regression: {reason}", file=sys.stderr)
@@ -190,9 +191,9 @@ OWN_MEMORY = (
 
 
 def verdict_line(document: dict[str, Any]) -> str:
-    if document["partial"]:
+    if document["not_judged"]:
         found = f" (so far: {'; '.join(document['failures'])})" if document["failures"] else ""
-        return f"NOT JUDGED: a run has not ended, its figures are partial{found}"
+        return f"NOT JUDGED: {document['not_judged']}{found}"
     return "REGRESSED: " + "; ".join(document["failures"]) if document["failures"] else "no regression"
 
 

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 
 from stagewatch.daemon.compare._shifts import detect
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
 from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, run_python, wait_for
+from tests.daemon.test_compaction import _damage as damage
 from tests.groundtruth.builders import scene, write_dataset
 
 # The pipeline's monotonic clock, patched in its own process: `work(ms)` makes the stage around
@@ -482,3 +485,40 @@ def test_a_sub_millisecond_stage_that_doubles_is_no_regression_a_slower_real_one
     called = {entry["stage"]: entry["median_ms"]["called_out"] for entry in figures}
     assert called == {"tiny": False, "real": True}
     assert {entry["stage"]: entry["regressed"] for entry in figures} == {"tiny": False, "real": True}
+
+
+def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_judge(daemon: DaemonProcess) -> None:
+    """The query layer skips a data file that does not read; compare names it in its warnings
+    (text and --json) and the gate neither passes nor fails on the rows it could read (exit 2)."""
+    first = timed_run(daemon.home, seed=1)
+    slower = timed_run(daemon.home, seed=2, infer_factor=1.3)
+    for run_id in (first, slower):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "stage_executions", 120)
+    daemon.stop()
+    holding_b = next(
+        path
+        for path in snapshot_files(daemon.home, "stage_executions")
+        if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
+    )
+    damage(Path(holding_b))
+
+    gated = stagewatch_cli(daemon.home, first, slower, "--fail-on-regression", "--json")
+    assert gated.returncode == 2, gated.stderr
+    document = json.loads(gated.stdout)
+    assert document["skipped_files"] == [holding_b] and document["regressed"] is None
+    assert any(holding_b in warning and "stagewatch rebuild" in warning for warning in document["warnings"])
+    assert "not judged" in gated.stderr and "Traceback" not in gated.stderr
+    as_text = stagewatch_cli(daemon.home, first, slower)
+    assert as_text.returncode == 0, as_text.stderr
+    assert "WARNING: " in as_text.stdout and holding_b in as_text.stdout and "NOT JUDGED" in as_text.stdout
+
+    # B's end in a damaged file of the runs table: not "still running?" alone, and no wait for it
+    holding_end = next(
+        path
+        for path in snapshot_files(daemon.home, "runs")
+        if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
+    )
+    damage(Path(holding_end))
+    baseline = stagewatch_cli(daemon.home, slower, "--baseline", "last:1", "--wait", "0")
+    assert baseline.returncode == 2 and holding_end in baseline.stderr.splitlines()[-1], baseline.stderr

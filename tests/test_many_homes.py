@@ -4,6 +4,7 @@ apart), read by one `stagewatch runs` / `stats` / `query` with --home given ten 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,42 @@ def test_a_prefix_ambiguous_in_one_home_is_ambiguous_over_them_all(tmp_path: Pat
     with pytest.raises(AmbiguousRun, match="ambiguous"):
         resolve_run_in(homes, "c")
     assert resolve_run_in(homes, "c5") == runs["A"][0]
+
+
+def test_a_copy_of_a_home_given_with_it_shows_each_run_once_and_the_bigger_copy_wins(fleet, tmp_path: Path) -> None:
+    """A run id is a UUID: the same run in two homes (a copy made with cp -r) is one run. Its
+    rows are read from the copy that holds more of it (its longer stages.jsonl: a copy made
+    while it ran stops short), the home given first on a tie; the other copy's rows are not read."""
+    from deltalake import DeltaTable
+
+    from stagewatch.daemon.query._readmodels import holding, read_table
+    from stagewatch.daemon.query._sql import select
+
+    base, runs = fleet
+    original = base / "host01"
+    run_id = next(run for run, host in runs.items() if host == "camera-01")
+    shutil.copytree(original, tmp_path / "whole", symlinks=True)
+    shutil.copytree(original, tmp_path / "short", symlinks=True)
+    short = tmp_path / "short"  # a copy that holds less of the run: one stage row and line fewer
+    DeltaTable(str(short / "metrics" / "stage_executions")).delete("sample_id = 'f1'")
+    lines = (short / "runs" / run_id / "stages.jsonl").read_text().splitlines(keepends=True)
+    (short / "runs" / run_id / "stages.jsonl").write_text("".join(lines[:1]))
+    other = next(run for run, host in runs.items() if host == "camera-02")
+
+    homes = [original, tmp_path / "whole", base / "host02"]
+    listed = json.loads(sw("runs", *(f"--home={home}" for home in homes), "--json").stdout)
+    assert sorted(run["run_id"] for run in listed) == sorted([run_id, other])
+    found = _query(*(f"--home={home}" for home in homes), "--run", run_id[:8])
+    assert len(found["runs"]) == 1 and len(found["stages"]) == 2 and len(found["logs"]) == 2
+    stats = json.loads(sw("stats", *(f"--home={home}" for home in homes), "--json").stdout)
+    assert [entry["count"] for entry in stats if entry["stage"] == "detection"] == [4]
+    for table in ("runs", "stage_executions", "logs"):
+        assert select(homes, table, "SELECT count(*) AS n FROM rows WHERE run_id = ?", [run_id])["n"][0].as_py() > 0
+        counted = select(homes, table, "SELECT count(*) AS n FROM rows")["n"][0].as_py()
+        assert counted == read_table(homes, table).num_rows == read_table(homes[::2], table).num_rows
+
+    shorter_first = [short, original]  # the bigger copy wins, though given second
+    assert holding(shorter_first, run_id) == original
+    rows = select(shorter_first, "stage_executions", "SELECT sample_id FROM rows ORDER BY sample_id")
+    assert rows["sample_id"].to_pylist() == ["f0", "f1"]
+    assert sorted(read_table(shorter_first, "stage_executions")["sample_id"].to_pylist()) == ["f0", "f1"]

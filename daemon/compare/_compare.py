@@ -24,14 +24,17 @@ failed or crashed where the baseline's did not (new failures). All reads go thro
 layer.
 
 What the figures cannot say is said in `warnings`: a side whose run has not ended (its figures
-are partial: `partial`, and the comparison is not judged), a side that crashed, two runs of
+are partial: `partial`, and the comparison is not judged), rows the query layer left out for a
+damaged data file (`skipped_files`: not judged either), a side that crashed, two runs of
 different pipelines.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ from stagewatch.daemon.query._readmodels import (
     load_audit_head,
     resolve_run_in,
 )
-from stagewatch.daemon.query._sql import homes_of, select
+from stagewatch.daemon.query._sql import homes_of, select, skipped_files
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_CONFIDENCE = 0.99  # per test: a stage has several measures, a run many stages
@@ -94,6 +97,7 @@ class Side:
     kind: str  # "run", "last" or "window"
     pipeline: str | None = None
     status: str | None = None  # the newest run's: a history holds finished runs only
+    skipped: tuple[str, ...] = ()  # damaged data files left out of finding its runs (`skipped_files`)
 
     @property
     def is_history(self) -> bool:
@@ -112,6 +116,7 @@ class Side:
             "pipeline": self.pipeline,
             "status": self.status,
             "partial": self.partial,
+            "skipped_files": list(self.skipped),
         }
 
 
@@ -127,6 +132,25 @@ class Options:
 # -- the sides ------------------------------------------------------------------------------------
 
 
+def _noting_skipped(make: Callable[..., Side]) -> Callable[..., Side]:
+    """`make`, whose Side names the damaged data files its reads left out (a baseline's runs
+    found without them may not be the runs asked for)."""
+
+    @functools.wraps(make)
+    def made(*args: Any, **kwargs: Any) -> Side:
+        with skipped_files() as skipped:
+            try:
+                side = make(*args, **kwargs)
+            except CompareError as error:  # "not in the runs table", "holds no run": maybe for the rows left out
+                if not skipped:
+                    raise
+                raise CompareError(f"{error}; {skipped_warnings(skipped)[0]}") from None
+        return replace(side, skipped=tuple(dict.fromkeys([*side.skipped, *skipped])))
+
+    return made
+
+
+@_noting_skipped
 def run_side(home: Path, text: str) -> Side:
     try:
         run_id = resolve_run_in(home, text)
@@ -141,6 +165,7 @@ def run_side(home: Path, text: str) -> Side:
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
 
 
+@_noting_skipped
 def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = None) -> Side:
     """The baseline `spec` names against the target run: a run id (or prefix), `last:N` (the
     last N finished runs of its pipeline that started before it) or a window (`7d`, `24h`:
@@ -490,17 +515,20 @@ def setting_of(home: Path, run_id: str) -> dict[str, Any]:
 def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dict[str, Any]:
     """Everything `stagewatch compare` prints, as one JSON-ready document."""
     options = options or Options()
-    before, after = executions_of(home, a.runs), executions_of(home, b.runs)
-    judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
+    with skipped_files() as skipped:
+        before, after = executions_of(home, a.runs), executions_of(home, b.runs)
+        judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
+        accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home)
+    skipped = list(dict.fromkeys([*a.skipped, *b.skipped, *skipped]))
     stages = stage_figures(before, after, options)
     _judge_one_sided(stages, _stages_of_run(before, a.runs[-1]), b)
-    accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home)
     setting_a, setting_b = setting_of(home, a.runs[-1]), setting_of(home, b.runs[-1])
     document: dict[str, Any] = {
         "a": a.summary(),
         "b": b.summary(),
         "partial": a.partial or b.partial,
-        "warnings": side_warnings(a, b),
+        "warnings": side_warnings(a, b) + skipped_warnings(skipped),
+        "skipped_files": skipped,
         "threshold": options.threshold,
         "confidence": options.confidence,
         "stages": stages,
@@ -514,9 +542,30 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
 
         document["shifts"] = history_shifts(pa.concat_tables([before, after]), options.threshold)
     document["failures"] = gate_failures(document, options)
+    document["not_judged"] = not_judged(document)
     # Partial figures are not judged: `regressed` is null then, neither a pass nor a regression.
-    document["regressed"] = None if document["partial"] else bool(document["failures"])
+    document["regressed"] = None if document["not_judged"] else bool(document["failures"])
     return document
+
+
+def not_judged(document: dict[str, Any]) -> str | None:
+    """Why the figures cannot be judged (the gate neither passes nor fails them), or None."""
+    if document["partial"]:
+        return "a run compared has not ended, its figures are partial"
+    if document["skipped_files"]:
+        return f"rows were left out for {len(document['skipped_files'])} damaged data file(s)"
+    return None
+
+
+def skipped_warnings(skipped: list[str]) -> list[str]:
+    """Rows the query layer could not read, named by their files."""
+    if not skipped:
+        return []
+    return [
+        f"rows were left out: the damaged data file(s) {', '.join(skipped)} could not be read; the figures are "
+        "those of the rows read and the comparison is not judged until `stagewatch rebuild` (daemon stopped) "
+        "rebuilds the tables from the event log"
+    ]
 
 
 def _stages_of_run(executions: pa.Table, run_id: str) -> set[str]:

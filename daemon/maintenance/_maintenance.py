@@ -23,12 +23,12 @@ from stagewatch.daemon.base._sdnotify import SystemdNotifier
 from stagewatch.daemon.base._settings import DiskSection, RetentionSection
 from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
 from stagewatch.daemon.ingest._ingest import Group, Ingest
-from stagewatch.daemon.maintenance._scrub import scrub_next_segment
+from stagewatch.daemon.maintenance._scrub import damaged_files_of, scrub_next_segment
 from stagewatch.daemon.projection._projection import Projector
 from stagewatch.daemon.projection._schema import validate_event
 from stagewatch.daemon.tables._retention import FinishedRun, apply_retention
 from stagewatch.daemon.tables._store import TABLES, table_writer_properties
-from stagewatch.daemon.tables._tables import compact, vacuum
+from stagewatch.daemon.tables._tables import DamagedTable, compact, first_line, vacuum
 
 # Files that a compaction or a delete replaced are deleted this often (those older than
 # `_tables.VACUUM_RETENTION_HOURS`: a reader's snapshot may still use the newer ones).
@@ -101,6 +101,7 @@ class Maintenance:
         self.retention = retention
         self._next_home_measure = 0.0
         self._next_vacuum = time.monotonic() + VACUUM_INTERVAL_S
+        self._failing: dict[tuple[str, str], str] = {}  # (step, table) -> its error, logged once
 
     # -- liveness ------------------------------------------------------------------------
     def track_open_clients(self) -> None:
@@ -200,16 +201,39 @@ class Maintenance:
         self.background.beside(lambda: self._compact(with_vacuum), "compact the tables")
 
     def _compact(self, with_vacuum: bool) -> Iterator[str]:  # steps on the pass's thread, a table each
+        """Each table on its own: one that fails (a damaged data file) is logged, naming the
+        table and the file, the others are still compacted and vacuumed, and the first error is
+        raised at the end for `Background.beside` to report (a damaged log first: the daemon
+        rebuilds that table)."""
+        failed: list[Exception] = []
         for table in TABLES:
-            removed = compact(self.home, table, table_writer_properties(table))
-            if removed:
-                logger.debug("compacted {} small file(s) of the {} table", removed, table)
+            failed += self._table_step(table, "compact", lambda t: compact(self.home, t, table_writer_properties(t)))
             yield table
         for table in TABLES if with_vacuum else ():
-            deleted = vacuum(self.home, table)
-            if deleted:
-                logger.debug("vacuumed {} file(s) of the {} table", deleted, table)
+            failed += self._table_step(table, "vacuum", lambda t: vacuum(self.home, t))
             yield table
+        if failed:
+            raise next((error for error in failed if isinstance(error, DamagedTable)), failed[0])
+
+    def _table_step(self, table: str, what: str, step: Callable[[str], int]) -> list[Exception]:
+        """`step(table)`, logged; the error it raised (none: []), logged with the table's damaged
+        data files named."""
+        try:
+            done = step(table)
+        except Exception as error:  # the other tables go on; raised after them
+            if self._failing.get((what, table)) != (problem := first_line(error)):  # said once, not every pass
+                self._failing[what, table] = problem
+                damaged = damaged_files_of(self.home, table)
+                named = (
+                    f"; damaged data file(s): {', '.join(damaged)}, `stagewatch rebuild` rebuilds it" if damaged else ""
+                )
+                logger.error("cannot {} the {} table ({}){}; the other tables go on", what, table, problem, named)
+            return [error]
+        if self._failing.pop((what, table), None) is not None:
+            logger.info("{} of the {} table works again", what, table)
+        if done:
+            logger.debug("{} {} file(s) of the {} table", "compacted" if what == "compact" else "vacuumed", done, table)
+        return []
 
     def scrub(self) -> None:
         """Re-check one sealed segment of the log, on the disk thread; damage found stays in

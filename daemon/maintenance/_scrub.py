@@ -97,15 +97,19 @@ def quick_damage_of(part: Path, size: int) -> str | None:
 def damaged_data_files(home: DaemonHome) -> dict[str, str]:
     """Data file (relative to the home) -> what is wrong, of every table's snapshot
     (`quick_damage_of`); a table whose log cannot be read is the tables check's business."""
+    return {path: damage for table in TABLES for path, damage in damaged_files_of(home, table).items()}
+
+
+def damaged_files_of(home: DaemonHome, table: str) -> dict[str, str]:
+    """`damaged_data_files` of one table."""
+    try:
+        files = snapshot_sizes(home, table)
+    except DamagedTable:
+        return {}
     damaged = {}
-    for table in TABLES:
-        try:
-            files = snapshot_sizes(home, table)
-        except DamagedTable:
-            continue
-        for path, size in files:
-            if (damage := quick_damage_of(path, size)) is not None:
-                damaged[str(path.relative_to(home.root))] = damage
+    for path, size in files:
+        if (damage := quick_damage_of(path, size)) is not None:
+            damaged[str(path.relative_to(home.root))] = damage
     return damaged
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stagewatch.daemon.query._readmodels import active_runs, holding, load_audit_head
+from stagewatch.daemon.query._readmodels import active_runs_in, holding, load_audit_head
 from stagewatch.daemon.query._sql import Homes, homes_of, select
 
 HOST = "host"
@@ -62,7 +62,7 @@ def runs_on_host(home: Homes, host: str) -> list[str]:
     """The ids of the runs of `host`: its finished runs (the runs table) and those in progress
     (each home's daemon lists its runs in progress with their host)."""
     finished = select(home, "runs", "SELECT run_id FROM rows WHERE host = ?", [host])["run_id"].to_pylist()
-    running = [run.get("run_id") for one in homes_of(home) for run in active_runs(one) if run.get("host") == host]
+    running = [run.get("run_id") for run in active_runs_in(home) if run.get("host") == host]
     return sorted({*finished, *(run_id for run_id in running if isinstance(run_id, str))})
 
 
@@ -70,5 +70,5 @@ def hosts_in(home: Homes) -> list[str]:
     """Every host the homes hold a run of (finished or in progress), sorted."""
     sql = "SELECT DISTINCT host FROM rows WHERE host IS NOT NULL AND host <> ''"
     finished = select(home, "runs", sql)["host"].to_pylist()
-    running = [run.get("host") for one in homes_of(home) for run in active_runs(one)]
+    running = [run.get("host") for run in active_runs_in(home)]
     return sorted({*finished, *(host for host in running if isinstance(host, str) and host)})

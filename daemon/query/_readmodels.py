@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from stagewatch.daemon.base._derived import STATUS, peek
@@ -26,8 +27,10 @@ from stagewatch.daemon.query._sql import (
     MAX_ROWS,
     Homes,
     damaged_parts,
+    home_of_run,
     homes_of,
     quoted,
+    runs_read_elsewhere,
     schema_of,
     select,
     snapshot_files,
@@ -59,8 +62,13 @@ def read_table(
     homes, each home's rows in turn."""
     if not isinstance(home, (str, Path)):
         homes = homes_of(home)
-        if len(homes) > 1:
-            parts = [read_table(one, table, expression, dates, columns, dictionary) for one in homes]
+        if len(homes) > 1:  # each home's rows but those of the runs another home's copy stands for
+            parts = []
+            for one, elsewhere in zip(homes, runs_read_elsewhere(homes), strict=True):
+                rows = read_table(one, table, expression, dates, columns, dictionary)
+                if elsewhere and "run_id" in rows.column_names:
+                    rows = rows.filter(pc.invert(pc.is_in(rows["run_id"], pa.array(sorted(elsewhere), pa.string()))))
+                parts.append(rows)
             return pa.concat_tables(parts)
         home = homes[0]
     folder = DaemonHome.of(home).table(table)
@@ -122,8 +130,7 @@ def list_runs(home: Homes, limit: int = 20) -> list[dict[str, Any]]:
     finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
-    active = [run for one in homes_of(home) for run in active_runs(one)]  # each home's daemon's
-    runs += [_active_summary(run) for run in active if run["run_id"] not in known]
+    runs += [_active_summary(run) for run in active_runs_in(home) if run["run_id"] not in known]
     runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
     return runs[:limit]
 
@@ -163,6 +170,18 @@ def active_runs(home: Path) -> list[dict[str, Any]]:
     """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
     status = peek(STATUS, DaemonHome.of(home)) or {}
     return [run for run in status.get("active_runs", []) if isinstance(run, dict)]
+
+
+def active_runs_in(home: Homes) -> list[dict[str, Any]]:
+    """`active_runs` of each home, a run once: that of the home whose copy of it is read
+    (`runs_read_elsewhere`: a copy of a home lists the runs its daemon had in progress too)."""
+    homes = homes_of(home)
+    return [
+        run
+        for one, elsewhere in zip(homes, runs_read_elsewhere(homes), strict=True)
+        for run in active_runs(one)
+        if run.get("run_id") not in elsewhere
+    ]
 
 
 def resolve_run_id(home: Path, prefix: str) -> str:
@@ -211,7 +230,7 @@ def holding(home: Homes, run_id: str) -> Path:
     homes = homes_of(home)
     if len(homes) == 1:  # the one home: nothing to look for
         return homes[0]
-    return next((one for one in homes if DaemonHome.of(one).run(run_id).is_dir()), homes[0])
+    return home_of_run(homes, run_id) or homes[0]
 
 
 def load_audit(home: Path, run_id: str, offset: int = 0, limit: int | None = None) -> dict[str, Any]:

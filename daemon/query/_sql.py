@@ -16,12 +16,14 @@ is threaded).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import TABLES
 from stagewatch.daemon.tables._tables import PARTITION_COLUMN
 from stagewatch.daemon.tables._tables import snapshot_files as delta_snapshot_files
@@ -90,9 +93,83 @@ def homes_of(home: Homes) -> list[Path]:
     return [Path(home)] if isinstance(home, (str, Path)) else [Path(one) for one in home]
 
 
-def table_files(home: Homes, table: str, dates: Sequence[str] | None = None) -> list[str]:
-    """`snapshot_files` of each home, together: the union of the homes' tables."""
-    return [path for one in homes_of(home) for path in snapshot_files(one, table, dates)]
+def table_parts(home: Homes, table: str, dates: Sequence[str] | None = None) -> list[tuple[list[str], list[str]]]:
+    """The union of the homes' tables: per home, its `snapshot_files` and the ids of the runs
+    whose rows are read from another home (`runs_read_elsewhere`), to leave out of its rows."""
+    homes = homes_of(home)
+    return [
+        (snapshot_files(one, table, dates), sorted(elsewhere))
+        for one, elsewhere in zip(homes, runs_read_elsewhere(homes), strict=True)
+    ]
+
+
+# -- the same run in several homes --------------------------------------------------------------
+# A run id is a UUID: the same run in two homes (a copy of a home, `cp -r`, given with it) is one
+# run. Its rows and its folder are read from the copy that holds more of it, the one whose
+# stages.jsonl is the longer (a copy made while the run went on stops short of the original,
+# which holds its end), and from the home given first on a tie (a whole copy: the same rows).
+
+
+def runs_read_elsewhere(homes: Sequence[Path]) -> list[set[str]]:
+    """Per home, in order: the ids of its runs that another home's copy stands for. Over one
+    home nothing is looked at; over several, each home's runs/ is listed (cached until it
+    changes) and only a run found in two of them costs more (its stages.jsonl's size in each)."""
+    elsewhere: list[set[str]] = [set() for _ in homes]
+    if len(homes) < 2:
+        return elsewhere
+    ids = [_run_folders(one) for one in homes]
+    seen: set[str] = set()
+    shared = {run_id for found in ids for run_id in found if run_id in seen or seen.add(run_id)}
+    for run_id in shared:
+        holders = [index for index, found in enumerate(ids) if run_id in found]
+        winner = _copy_that_wins(homes, holders, run_id)
+        for index in holders:
+            if index != winner:
+                elsewhere[index].add(run_id)
+    return elsewhere
+
+
+def home_of_run(homes: Sequence[Path], run_id: str) -> Path | None:
+    """The home (of several) whose copy of the run is read, None if none holds its folder."""
+    holders = [index for index, one in enumerate(homes) if run_id in _run_folders(one)]
+    return homes[_copy_that_wins(homes, holders, run_id)] if holders else None
+
+
+def _copy_that_wins(homes: Sequence[Path], holders: list[int], run_id: str) -> int:
+    """Of the homes (by index) holding the run: the one whose stages.jsonl is the longest, the
+    first given on a tie."""
+    return max(holders, key=lambda index: (_size(DaemonHome.of(homes[index]).stage_lines(run_id)), -index))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+_folders: dict[Path, tuple[int, frozenset[str]]] = {}  # home -> (its runs/'s mtime, the names in it)
+_folders_lock = threading.Lock()
+
+
+def _run_folders(home: Path) -> frozenset[str]:
+    """The run ids of `home` (the folders under runs/), listed again only when runs/ changed."""
+    runs = DaemonHome.of(home).runs
+    try:
+        stamp = runs.stat().st_mtime_ns
+    except OSError:
+        return frozenset()
+    with _folders_lock:
+        cached = _folders.get(runs)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        names = frozenset(entry.name for entry in os.scandir(runs) if entry.is_dir())
+    except OSError:
+        return frozenset()
+    with _folders_lock:
+        _folders[runs] = (stamp, names)
+    return names
 
 
 def schema_of(table: str) -> pa.Schema:
@@ -111,22 +188,26 @@ def select(
     """The answer of `sql`, a query over the view `rows` (every column of `table`, the
     partition date included, no matter which files lack a column); with `schema`, cast to it;
     with `dates`, over those date partitions only. A data file that cannot be read is left
-    out with a warning (`damaged_parts`)."""
-    files = table_files(home, table, dates)
-    key = _answer_key(files, table, sql, params)
+    out with a warning (`damaged_parts`), and named to the caller's `skipped_files()`."""
+    parts = table_parts(home, table, dates)
+    files = [path for part_files, _ in parts for path in part_files]
+    key = _answer_key(files, table, sql, [*params, [elsewhere for _, elsewhere in parts]])
     result = _answers.get(key) if key is not None else None
     if result is not None:
         return result.cast(schema) if schema is not None else result
     try:
-        result = _run(files, table, sql, params)
+        result = _run(parts, table, sql, params)
         if key is not None:
             _answers.put(key, result)
     except duckdb.Error as error:
         damaged = damaged_parts(files) if _about_files(error) else []
         if not damaged:
             raise QueryError(_first_line(error)) from None
+        readable = [
+            ([path for path in part_files if path not in damaged], elsewhere) for part_files, elsewhere in parts
+        ]
         try:
-            result = _run([path for path in files if path not in damaged], table, sql, params)
+            result = _run(readable, table, sql, params)
         except duckdb.Error as again:
             raise QueryError(_first_line(again)) from None
     return result.cast(schema) if schema is not None else result
@@ -186,13 +267,20 @@ def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table
         raise QueryError(_first_line(error)) from None
 
 
-def _run(files: list[str], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
+def _run(parts: list[tuple[list[str], list[str]]], table: str, sql: str, params: Sequence[Any]) -> pa.Table:
     # Every column of the table, typed as the table declares it, even where no part has it yet
     # (an empty home, parts written before a column came): the empty typed rows join by name.
+    # A home's files are read but for the runs another home's copy stands for (`table_parts`).
     schema = schema_of(table)
-    scan = f"SELECT * FROM {_scan()} UNION ALL BY NAME " if files else ""
+    scan, view_params = "", []
+    for files, elsewhere in (part for part in parts if part[0]):
+        if elsewhere:
+            scan += f"SELECT * FROM {_scan()} WHERE run_id NOT IN (SELECT unnest(?::VARCHAR[])) UNION ALL BY NAME "
+            view_params += [files, elsewhere]
+        else:
+            scan += f"SELECT * FROM {_scan()} UNION ALL BY NAME "
+            view_params.append(files)
     view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM typed_empty)"
-    view_params: list[Any] = [files] if files else []
     query = f"WITH rows AS ({view}) {sql}"
     return _execute(cursor(), "typed_empty", schema.empty_table(), query, [*view_params, *params])
 
@@ -236,10 +324,35 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0][:500] if str(error).strip() else type(error).__name__
 
 
+# The damaged files the reads of the caller's `skipped_files()` block left out (None: no block).
+_skipped: ContextVar[list[str] | None] = ContextVar("skipped_files", default=None)
+
+
+@contextlib.contextmanager
+def skipped_files() -> Iterator[list[str]]:
+    """The data files that the reads inside the block (`select`, `read_table`) left out for
+    damage, in the order met, each once: a caller whose answer must be whole (a CI gate) asks
+    this, not the warnings (shown once per place by Python's default filter; not per thread)."""
+    found: list[str] = []
+    token = _skipped.set(found)
+    try:
+        yield found
+    finally:
+        _skipped.reset(token)
+        _note_skipped(found)  # an enclosing block's too
+
+
+def _note_skipped(paths: Sequence[str]) -> None:
+    if (noted := _skipped.get()) is not None:
+        noted += [path for path in paths if path not in noted]
+
+
 def damaged_parts(files: list[str]) -> list[str]:
-    """The files that do not read, warning of each (this reads every file whole: only after a
-    read failed). The event log still holds their rows: `stagewatch rebuild`."""
+    """The files that do not read, warning of each and noting them for `skipped_files` (this
+    reads every file whole: only after a read failed). The event log still holds their rows:
+    `stagewatch rebuild`."""
     damaged = {path: damage for path in files if (damage := damage_of(Path(path)))}
+    _note_skipped(list(damaged))
     for path, damage in damaged.items():
         warnings.warn(
             f"skipped the damaged data file {path} ({damage}); its rows are missing from this "

@@ -243,7 +243,9 @@ def sql_strings(values: Iterable[str]) -> str:
 
 
 def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -> int:
-    """Bin the small files of each partition that holds many into bigger ones; the files removed."""
+    """Bin the small files of each partition that holds many into bigger ones; the files removed.
+    Each partition on its own: one that fails (a damaged data file in it) leaves the others
+    compacted, and its error is raised after them."""
     path = table_path(home, table)
     if not has_log(path):
         return 0
@@ -253,7 +255,7 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
         if (damage := damage_of_table(home, table)) is not None:
             raise DamagedTable(table, damage) from None
         raise error from None
-    removed = 0
+    removed, failed = 0, None
     for date in crowded:
 
         def optimize(date: str = date) -> dict[str, Any]:
@@ -263,7 +265,12 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
                 writer_properties=properties,
             )
 
-        removed += int(retried(optimize, f"compact the {table} table", strays_of(home, table))["numFilesRemoved"])
+        try:
+            removed += int(retried(optimize, f"compact the {table} table", strays_of(home, table))["numFilesRemoved"])
+        except DAMAGE as error:
+            failed = failed or error
+    if failed is not None:
+        raise failed
     return removed
 
 

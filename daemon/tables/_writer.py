@@ -232,13 +232,3 @@ class ReadModelWriter:
         }
         clear_way(STATUS, self.home)
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())
-
-
-def _active(run: RunState) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "pipeline": run.pipeline,
-        "host": run.host,
-        "started_at": run.started_at,
-        "status": run.status,
-    }

@@ -19,6 +19,7 @@ from deltalake import DeltaTable
 import stagewatch
 from stagewatch._protocol import pack_event
 from stagewatch.daemon import Daemon, DaemonSettings
+from stagewatch.daemon.base._derived import ACCURACY_CHECKPOINT
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.ingest._ingest import Group
 from stagewatch.daemon.query._readmodels import read_table
@@ -337,3 +338,29 @@ def test_a_damaged_data_file_is_skipped_with_a_warning_naming_it_and_rebuild(hom
         warnings.simplefilter("always")
         assert read_table(home, "stage_executions").num_rows == 20
     assert any(damaged in str(warning.message) for warning in caught)
+
+
+def test_a_damaged_data_file_leaves_the_other_partitions_and_tables_compacted(home: Path) -> None:
+    """One damaged file in the first table's oldest partition: the daemon's compaction passes
+    still bin the small files of that table's other days and of every other table, and its
+    log names the table and the file."""
+    store = Store(home)
+    for commit in range(24):  # 12 small files on each of two days
+        store.write_rows("stage_executions", _rows(commit * 10, 10, T0 + (commit % 2) * DAY_NS))
+    Store(home, ACCURACY_CHECKPOINT, ACCURACY_APP).write_rows("samples", _sample_rows(1000, 5, T0))
+    for commit in range(1, 12):
+        Store(home, ACCURACY_CHECKPOINT, ACCURACY_APP).write_rows("samples", _sample_rows(1000 + commit * 5, 5, T0))
+    damaged = next(path for path in snapshot_files(home, "stage_executions") if "date=2026-09-21" in path)
+    _damage(Path(damaged))
+    env = {"STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "0.3"}
+    daemon = DaemonProcess(home, env=env).start()
+    try:
+        wait_for(lambda: len(snapshot_files(home, "samples")) == 1)
+        wait_for(lambda: len([f for f in snapshot_files(home, "stage_executions") if "date=2026-09-22" in f]) == 1)
+        assert len([f for f in snapshot_files(home, "stage_executions") if "date=2026-09-21" in f]) == 12
+        wait_for(lambda: "cannot compact the stage_executions table" in daemon.log())
+        assert str(Path(damaged).relative_to(home)) in daemon.log() and "stagewatch rebuild" in daemon.log()
+        assert daemon.process.poll() is None
+    finally:
+        daemon.kill()
+    assert sorted(read_table(home, "samples")["lsn"].to_pylist()) == list(range(1000, 1060))

@@ -53,6 +53,7 @@ from stagewatch.daemon.query._readmodels import (
     WITH_ARTIFACTS,
     RunNotFound,
     active_runs,
+    active_runs_in,
     holding,
     resolve_run_in,
     stages_with,
@@ -164,7 +165,7 @@ def _running_runs(home: Homes, filters: Filters) -> pa.Table:
     """Runs in progress (from each home's daemon's status.json) that `filters` let through."""
     rows = []
     if filters.status in (None, "running") and not (filters.failed_stage or filters.grep):
-        for run in (run for one in homes_of(home) for run in active_runs(one)):
+        for run in active_runs_in(home):  # a run in two homes (a copy given with its home) once
             started = _timestamp(run.get("started_at"))
             wanted = {"run": run.get("run_id"), "pipeline": run.get("pipeline"), "host": run.get("host")}
             if any(getattr(filters, key) not in (None, value) for key, value in wanted.items()):

@@ -10,13 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import stagewatch
 from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
+from tests.daemon.test_compaction import _damage as damage
 from tests.groundtruth.builders import write_dataset
-from tests.test_compare import judged_run
+from tests.test_compare import judged_run, rows_stored, timed_run
 from tests.ui.conftest import CHROMIUM
 from tests.ui.test_dashboard import LIDAR_GOLDEN, Ui, shown
 
@@ -69,6 +72,32 @@ def test_two_ticked_runs_open_the_comparison_and_a_flip_opens_both_cases(served,
     boxes = [p.bounding_box() for p in pictures.all()]
     assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"] + 1  # side by side
     assert shown(page, "detection on s0006: correct") and shown(page, "detection on s0006: wrong")
+
+
+def test_rows_left_out_for_a_damaged_file_leave_the_comparison_not_judged(daemon: DaemonProcess, page) -> None:
+    """The page says what `compare` says: not judged, the file named (it said "Regressed" or "No
+    regression." over the rows it could read)."""
+    first = timed_run(daemon.home, seed=1)
+    slower = timed_run(daemon.home, seed=2, infer_factor=1.3)
+    for run_id in (first, slower):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "stage_executions", 120)
+    daemon.stop()
+    holding = next(
+        path
+        for path in snapshot_files(daemon.home, "stage_executions")
+        if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
+    )
+    damage(Path(holding))
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a={first}&b={slower}")
+        page.locator(".sw-compare-verdict").wait_for()
+        assert wait_for(lambda: shown(page, "Not judged: rows were left out for 1 damaged data file"), 20)
+        assert not shown(page, "No regression.") and not shown(page, "Regressed:")
+        assert shown(page, Path(holding).name)
+    finally:
+        ui.stop()
 
 
 def test_a_run_page_compares_with_the_previous_run(served, page) -> None:

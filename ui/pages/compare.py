@@ -157,8 +157,9 @@ def warnings_alert(document: dict[str, Any]) -> list[pn.pane.Alert]:
 
 
 def verdict_alert(document: dict[str, Any]) -> pn.pane.Alert:
-    if document.get("partial"):
-        text = "Not judged: a run compared has not ended, its figures are partial."
+    reason = document.get("not_judged")
+    if reason:
+        text = f"Not judged: {html.escape(reason)}."
         if document["failures"]:
             text += " So far: " + html.escape("; ".join(document["failures"]))
         return pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-verdict"])

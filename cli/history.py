@@ -34,6 +34,7 @@ def add_commands(commands: Any) -> None:
     runs = commands.add_parser("runs", help="list recent runs")
     home_options(runs, endpoint=False)
     runs.add_argument("--limit", type=positive_int, default=20)
+    runs.add_argument("--host", help="runs on this host (several homes read as one: each row names its host)")
     json_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
@@ -100,7 +101,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from stagewatch.daemon.projection import _outcomes as outcomes
 
     home = home_or_homes(args)
-    runs = list_runs(home, args.limit)
+    runs = list_runs(home, args.limit, args.host)
     if args.json:
         print(json.dumps(runs, indent=1))
         return EXIT_OK

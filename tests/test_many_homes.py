@@ -81,6 +81,11 @@ def test_runs_over_ten_homes_lists_every_run_with_its_host(fleet) -> None:
     assert all(run_id in printed.stdout and host in printed.stdout for run_id, host in runs.items())
     one = sw("runs", "--home", str(base / "host03"), "--json")
     assert [run["host"] for run in json.loads(one.stdout)] == ["camera-03"]
+    of_host = sw("runs", "--home", str(base / "host*"), "--host", "camera-07", "--limit", "1", "--json")
+    assert [(run["run_id"], run["host"]) for run in json.loads(of_host.stdout)] == [
+        next((run_id, host) for run_id, host in runs.items() if host == "camera-07")
+    ]  # the host's run, though runs of other hosts started after it; none of an unknown host
+    assert json.loads(sw("runs", "--home", str(base / "host*"), "--host", "x' OR '1'='1", "--json").stdout) == []
 
 
 def test_stats_and_query_over_ten_homes(fleet) -> None:

@@ -123,14 +123,17 @@ def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def list_runs(home: Homes, limit: int = 20) -> list[dict[str, Any]]:
+def list_runs(home: Homes, limit: int = 20, host: str | None = None) -> list[dict[str, Any]]:
     """The most recent runs, finished (from the runs table) and still running (from the daemon),
-    of one home or of several (each row names its host)."""
-    sql = f"SELECT {quoted(RUNS.names)} FROM rows ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
-    finished = to_rows(select(home, "runs", sql, [min(limit, MAX_ROWS)], RUNS))  # a larger limit: all of them
+    of one home or of several (each row names its host), of one host if `host` is given."""
+    where = "WHERE host = ?" if host is not None else ""
+    sql = f"SELECT {quoted(RUNS.names)} FROM rows {where} ORDER BY start_time DESC NULLS LAST, lsn DESC LIMIT ?"
+    arguments = [*([host] if host is not None else []), min(limit, MAX_ROWS)]  # a larger limit: all of them
+    finished = to_rows(select(home, "runs", sql, arguments, RUNS))
     known = {row["run_id"] for row in finished}
     runs = [_run_summary(row) for row in finished]
-    runs += [_active_summary(run) for run in active_runs_in(home) if run["run_id"] not in known]
+    active = [run for run in active_runs_in(home) if run["run_id"] not in known]
+    runs += [_active_summary(run) for run in active if host is None or run.get("host") == host]
     runs.sort(key=lambda run: run["started_at"] or "", reverse=True)
     return runs[:limit]
 

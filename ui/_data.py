@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from PIL import Image
 from stagewatch._home import parse_artifact_relpath
 from stagewatch.daemon import (
     Filters,
+    parse_time,
     query_gpu_devices,
     query_logs,
 )
@@ -142,6 +144,14 @@ def runs_page(
     finished, total = page_of(home, "runs", where, RUN_COLUMNS, order, 0, offset + limit)
     page = top_rows(pa.concat_tables([finished, running]), sort, descending, offset, limit)
     return Page(page.to_pandas(), total + running.num_rows, offset, limit)
+
+
+def filter_time(text: str) -> datetime:
+    """A time filter's value (`parse_time`), a relative one ('30d', '24h') counted back from the
+    start of the current minute: the same window asked again within the minute is the same
+    query, answered from memory (the query layer keeps answers by their query), where the
+    microsecond's `now` made every page switch a new query."""
+    return parse_time(text, now=datetime.now(UTC).replace(second=0, microsecond=0))
 
 
 def runs_signature(home: Path) -> tuple:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import pytest
 
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.tables._store import Store
-from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, resolve_artifact
+from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, filter_time, resolve_artifact
 from tests.conftest import wait_for
 from tests.daemon.test_compaction import T0, _rows
 
@@ -189,3 +189,15 @@ def test_saved_outputs_are_paged_per_stage_and_each_is_on_exactly_one_page(home:
     _, other = outputs_page(home, run.id, "x.y-2", 0, 7)
     assert list(other.rows["sample_id"]) == ["only"] and other.label == "1-1 of 1"
     assert outputs_page(home, run.id, "plain", 0, 7)[1].total == 0
+
+
+def test_a_relative_time_filter_asked_again_within_the_minute_is_the_same_query() -> None:
+    """The dashboard's '30d' counts back from the minute's start: a page switched back to asks
+    the same query (answered from memory), not one a few microseconds later."""
+    for _ in range(3):  # a minute may turn between the two readings: then again
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
+        first, again = filter_time("30d"), filter_time("30d")
+        if datetime.now(UTC).replace(second=0, microsecond=0) == minute:
+            break
+    assert first == again == minute - timedelta(days=30)
+    assert filter_time("2026-11-20T08:00") == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)  # absolute: as given

@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 import panel as pn
 
-from stagewatch.daemon import parse_time
 from stagewatch.ui import _data, _failures, _format, _gallery, _widgets
 
 WHEN = {"any time": "", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}
@@ -156,7 +155,7 @@ def case_filters(
         status=status or None,
         kind=kind or None,
         run=found,
-        since=parse_time(when) if when else None,
+        since=_data.filter_time(when) if when else None,
         min_severity=severity,
         text=text.strip() or None,
         class_name=class_name or None,

@@ -13,7 +13,7 @@ from bokeh.events import SelectionGeometry
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure as bokeh_figure
 
-from stagewatch.daemon import LEVELS, Filters, parse_time
+from stagewatch.daemon import LEVELS, Filters
 from stagewatch.daemon.query._sql import Homes
 from stagewatch.ui import _axes, _data, _format, _widgets
 
@@ -94,8 +94,8 @@ class LogsPage:
         run = _data.find_run(self.home, self.run.value) if self.run.value.strip() else None
         return Filters(
             run=run,
-            since=parse_time(self.since.value) if self.since.value.strip() else None,
-            until=parse_time(self.until.value) if self.until.value.strip() else None,
+            since=_data.filter_time(self.since.value) if self.since.value.strip() else None,
+            until=_data.filter_time(self.until.value) if self.until.value.strip() else None,
             stage=self.stage.value or None,
             level=self.level.value or None,
             logger=self.logger.value or None,

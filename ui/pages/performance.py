@@ -15,7 +15,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
-from stagewatch.daemon import Filters, parse_time, query_stats
+from stagewatch.daemon import Filters, query_stats
 from stagewatch.daemon.compare._compare import CompareError, baseline_side, compare, run_side
 from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._sql import QueryError
@@ -84,7 +84,7 @@ class PerformancePage:
 
     def filters(self) -> Filters:
         return Filters(
-            since=parse_time(self.window.value) if self.window.value else None,
+            since=_data.filter_time(self.window.value) if self.window.value else None,
             pipeline=self.pipeline.value or None,
             host=self.host.value or None,
         )

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pandas as pd
 import panel as pn
 
-from stagewatch.daemon import Filters, parse_time
+from stagewatch.daemon import Filters
 from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _data, _format, _widgets
 
@@ -110,8 +110,8 @@ class RunsPage:
     def filters(self) -> Filters:
         since = self.since.value.strip() or self.when.value
         return Filters(
-            since=parse_time(since) if since else None,
-            until=parse_time(self.until.value) if self.until.value.strip() else None,
+            since=_data.filter_time(since) if since else None,
+            until=_data.filter_time(self.until.value) if self.until.value.strip() else None,
             status=self.status.value or None,
             pipeline=self.pipeline.value or None,
             failed_stage=self.failed_stage.value or None,

@@ -487,21 +487,28 @@ def test_a_sub_millisecond_stage_that_doubles_is_no_regression_a_slower_real_one
     assert {entry["stage"]: entry["regressed"] for entry in figures} == {"tiny": False, "real": True}
 
 
-def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_judge(daemon: DaemonProcess) -> None:
-    """The query layer skips a data file that does not read; compare names it in its warnings
-    (text and --json) and the gate neither passes nor fails on the rows it could read (exit 2)."""
+def slower_run_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:
+    """Two runs, the second 30% slower at inference, the daemon stopped and the data file
+    holding the second's stage rows damaged: (first, slower, the damaged file)."""
     first = timed_run(daemon.home, seed=1)
     slower = timed_run(daemon.home, seed=2, infer_factor=1.3)
     for run_id in (first, slower):
         daemon.audit(run_id)
         rows_stored(daemon, run_id, "stage_executions", 120)
     daemon.stop()
-    holding_b = next(
+    holding = next(
         path
         for path in snapshot_files(daemon.home, "stage_executions")
         if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
     )
-    damage(Path(holding_b))
+    damage(Path(holding))
+    return first, slower, holding
+
+
+def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_judge(daemon: DaemonProcess) -> None:
+    """The query layer skips a data file that does not read; compare names it in its warnings
+    (text and --json) and the gate neither passes nor fails on the rows it could read (exit 2)."""
+    first, slower, holding_b = slower_run_in_a_damaged_file(daemon)
 
     gated = stagewatch_cli(daemon.home, first, slower, "--fail-on-regression", "--json")
     assert gated.returncode == 2, gated.stderr

@@ -10,16 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 import stagewatch
 from stagewatch.daemon.query._readmodels import read_table
-from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, wait_for
-from tests.daemon.test_compaction import _damage as damage
 from tests.groundtruth.builders import write_dataset
-from tests.test_compare import judged_run, rows_stored, timed_run
+from tests.test_compare import judged_run, slower_run_in_a_damaged_file
 from tests.ui.conftest import CHROMIUM
 from tests.ui.test_dashboard import LIDAR_GOLDEN, Ui, shown
 
@@ -77,18 +74,7 @@ def test_two_ticked_runs_open_the_comparison_and_a_flip_opens_both_cases(served,
 def test_rows_left_out_for_a_damaged_file_leave_the_comparison_not_judged(daemon: DaemonProcess, page) -> None:
     """The page says what `compare` says: not judged, the file named (it said "Regressed" or "No
     regression." over the rows it could read)."""
-    first = timed_run(daemon.home, seed=1)
-    slower = timed_run(daemon.home, seed=2, infer_factor=1.3)
-    for run_id in (first, slower):
-        daemon.audit(run_id)
-        rows_stored(daemon, run_id, "stage_executions", 120)
-    daemon.stop()
-    holding = next(
-        path
-        for path in snapshot_files(daemon.home, "stage_executions")
-        if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
-    )
-    damage(Path(holding))
+    first, slower, holding = slower_run_in_a_damaged_file(daemon)
     ui = Ui(daemon.home)
     try:
         page.goto(f"{ui.url}?page=compare&a={first}&b={slower}")

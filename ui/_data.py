@@ -235,10 +235,13 @@ def logs_page(home: Path, filters: Filters, offset: int = 0, limit: int = 50) ->
 
 
 def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
-    """Log lines per time bin and level over the filtered range: columns time, level, count."""
+    """Log lines per time bin and level over the filtered range: columns time (the bin's start),
+    level, count and width_ms (the bins' width: bins without lines are left out, so the gap
+    between two rows is no bin's width)."""
     table = query_logs(home, filters, ["time", "level"])
     if table.num_rows == 0:
-        return pd.DataFrame({"time": pd.Series(dtype="datetime64[ns, UTC]"), "level": [], "count": []})
+        empty = {"time": pd.Series(dtype="datetime64[ns, UTC]"), "level": [], "count": [], "width_ms": []}
+        return pd.DataFrame(empty)
     times = table["time"].cast(pa.int64()).to_numpy()
     low, high = int(times.min()), int(times.max())
     width = max((high - low) // bins + 1, 1_000_000)  # at least 1 ms a bin
@@ -246,7 +249,8 @@ def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
     frame = pd.DataFrame({"start": starts, "level": table["level"].to_numpy(zero_copy_only=False)})
     counts = frame.groupby(["start", "level"]).size().reset_index(name="count")
     counts["time"] = pd.to_datetime(counts["start"] // 1000 * 1000, utc=True)  # Bokeh's axes hold microseconds
-    return counts[["time", "level", "count"]]
+    counts["width_ms"] = width / 1e6
+    return counts[["time", "level", "count", "width_ms"]]
 
 
 def export_bytes(home: Path, filters: Filters, form: str, tables: tuple[str, ...] = ("logs",)) -> Iterator[bytes]:

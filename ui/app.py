@@ -17,7 +17,7 @@ from typing import Any
 
 import holoviews as hv
 import panel as pn
-from panel.theme import Fast
+from panel.theme import THEMES, Fast
 from panel.viewable import Viewable
 
 from stagewatch.daemon.query._sql import Homes, homes_of
@@ -112,8 +112,18 @@ def homes_note(home: Homes) -> str:
     return f"{len(homes)} homes, read as one: " + ", ".join(f"`{one}`" for one in homes)
 
 
+def known_theme() -> None:
+    """The URL's `theme=` as the template can take it: 'light' (the word people guess) and any
+    other name Panel lacks are its default theme (the template failed on them: a blank page)."""
+    arguments = pn.state.session_args
+    asked = (arguments.get("theme") or [b""])[0].decode("utf-8", "replace").strip("'\"")
+    if asked and asked not in THEMES:
+        arguments["theme"] = [b"default"]
+
+
 def page() -> pn.template.FastListTemplate:
     """A session's template around its router, showing the page its URL names."""
+    known_theme()
     home = configured_homes()  # one, or several read as one (`stagewatch ui --home a --home b`)
     sidebar = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["sw-sidebar"])
     router = _router.Router(builder(home, sidebar))

@@ -278,7 +278,8 @@ def test_performance_draws_one_point_per_run_and_stage(served, page) -> None:
     window = page.locator(".sw-table-window-stats .tabulator-cell[tabulator-field='stage']").all_inner_texts()
     pipelines = page.locator(".sw-table-window-stats .tabulator-cell[tabulator-field='pipeline']").all_inner_texts()
     demo = [stage for stage, pipeline in zip(window, pipelines, strict=True) if pipeline == "perception"]
-    assert demo == ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
+    stages = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
+    assert demo == [*stages, "(outside stages)"]  # as `stagewatch stats` prints them
 
 
 def test_logs_filter_narrows_and_the_download_equals_the_cli_export(served, page) -> None:
@@ -381,6 +382,15 @@ def test_no_page_asks_anything_of_another_host(served, page) -> None:
     page.wait_for_load_state("networkidle")
     own = urllib.parse.urlsplit(ui.url).netloc
     assert asked - {own, ""} == set()  # "": blob: and data: URLs the page makes itself
+
+
+@pytest.mark.parametrize("theme", ["light", "<b>x</b>"])
+def test_a_theme_the_template_lacks_opens_the_default_one(served, page, theme: str) -> None:
+    """?theme=light (the word people guess: Panel's is 'default') was a blank page."""
+    _, _, ui, _ = served
+    page.goto(f"{ui.url}?page=runs&theme={urllib.parse.quote(theme)}")
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    assert page.evaluate("() => getComputedStyle(document.body).backgroundColor") != "rgb(24, 24, 24)"
 
 
 def _tree(pid: int) -> list[psutil.Process]:

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from stagewatch.daemon import Filters
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.tables._store import Store
-from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, filter_time, resolve_artifact
+from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, filter_time, log_histogram, resolve_artifact
 from tests.conftest import wait_for
 from tests.daemon.test_compaction import T0, _rows
 
@@ -201,3 +202,21 @@ def test_a_relative_time_filter_asked_again_within_the_minute_is_the_same_query(
             break
     assert first == again == minute - timedelta(days=30)
     assert filter_time("2026-11-20T08:00") == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)  # absolute: as given
+
+
+def test_the_log_histogram_says_its_bin_width_where_bins_between_are_empty(tmp_path: Path) -> None:
+    """Two bursts of lines minutes apart: the bars are a bin wide, not as wide as the gap between
+    the first two bins that hold lines (they overlapped and hid when the lines were written)."""
+    home = tmp_path / "home"
+    start = int(datetime(2026, 11, 20, 8, 0, tzinfo=UTC).timestamp() * 1e9)
+    moments = [start + i * 10**9 for i in range(4)] + [start + 600 * 10**9 + i * 10**9 for i in range(4)]
+    rows = [
+        {"run_id": "r", "time": moment, "level": "INFO", "message": "m", "lsn": i} for i, moment in enumerate(moments)
+    ]
+    Store(home).write_rows("logs", rows)
+    counts = log_histogram(home, Filters(), bins=60)
+    width_ms = (603 * 10**9 // 60 + 1) / 1e6  # the span over 60 bins
+    assert counts["width_ms"].tolist() == [width_ms] * len(counts)
+    assert counts["count"].sum() == 8 and len(counts) == 2  # two bins hold lines; the 58 between none
+    gap_ms = (counts["time"].iloc[1] - counts["time"].iloc[0]).total_seconds() * 1000
+    assert gap_ms > 50 * width_ms  # the gap is no bin's width

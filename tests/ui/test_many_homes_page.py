@@ -70,10 +70,10 @@ def test_logs_say_their_host_and_narrow_to_one(fleet_ui, page) -> None:
 def test_performance_and_failures_narrow_to_one_host(fleet_ui, page) -> None:
     _by_host, ui = fleet_ui
     page.goto(f"{ui.url}?page=performance")
-    wait_for(lambda: _cells(page, "window-stats", "executions") == [str(2 * len(SERVED))], 60)
+    wait_for(lambda: _cells(page, "window-stats", "executions")[:1] == [str(2 * len(SERVED))], 60)
     _choose(page, "Host", "camera-02")
     page.wait_for_url(re.compile("host=camera-02"))
-    wait_for(lambda: _cells(page, "window-stats", "executions") == ["2"], 30)  # the chart's rows, the same filter
+    wait_for(lambda: _cells(page, "window-stats", "executions")[:1] == ["2"], 30)  # the chart's rows, the same filter
     page.goto(f"{ui.url}?page=failures&host=camera-02")
     page.wait_for_selector(".sw-host select")
     assert page.locator(".sw-host select").input_value() == "camera-02"

@@ -52,9 +52,16 @@ def test_performance_lists_stages_in_pipeline_order_by_pipeline_with_their_own_m
     assert headers[0] == "pipeline" and "own memory" in headers and "process peak" in headers
     assert "CPU peak" not in headers
     rows = list(zip(_cells(page, "window-stats", "pipeline"), _cells(page, "window-stats", "stage"), strict=True))
-    assert [stage for pipeline, stage in rows if pipeline == "perception"] == DEMO_STAGES
-    assert [stage for pipeline, stage in rows if pipeline == "batch"] == ["preprocessing", "detection"]
-    assert all(share.endswith("%") for share in _cells(page, "window-stats", "share of time"))
+    outside = "(outside stages)"
+    assert [stage for pipeline, stage in rows if pipeline == "perception"] == [*DEMO_STAGES, outside]
+    assert [stage for pipeline, stage in rows if pipeline == "batch"] == ["preprocessing", "detection", outside]
+    shares = _cells(page, "window-stats", "share of time")
+    assert all(share.endswith("%") for share in shares)
+    # shares of the wall time, the time outside stages a row beside them: they add up, as in `stats`
+    perception = [
+        float(share[:-1]) for (pipeline, _), share in zip(rows, shares, strict=True) if pipeline == "perception"
+    ]
+    assert sum(perception) == pytest.approx(100, abs=0.5)
     assert shown(page, "each stage's own")  # the memory chart's title says what it draws
     page.wait_for_selector(".sw-compare-stages tr td")
     first_cells = page.locator(".sw-compare-stages tr td:first-child").all_inner_texts()

@@ -124,7 +124,7 @@ class LogsPage:
         wide = counts.pivot_table(index="time", columns="level", values="count", fill_value=0)
         levels = [level for level in LEVELS if level in wide.columns]
         times = wide.index.tz_localize(None)
-        width_ms = (times[1] - times[0]).total_seconds() * 1000 * 0.9 if len(times) > 1 else 1000.0
+        width_ms = float(counts["width_ms"].iloc[0]) * 0.9  # a gap between the bars
         source = ColumnDataSource({"time": times, **{level: wide[level].to_numpy() for level in levels}})
         figure = bokeh_figure(
             height=HISTOGRAM_HEIGHT,

@@ -18,6 +18,7 @@ from bokeh.plotting import figure as bokeh_figure
 from stagewatch.daemon import Filters, query_stats
 from stagewatch.daemon.compare._compare import CompareError, baseline_side, compare, run_side
 from stagewatch.daemon.query._exemplars import query_exemplars
+from stagewatch.daemon.query._gaps import with_outside_stages
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
@@ -221,15 +222,17 @@ def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list
 
 
 def _stats_with_exemplars(home: Path, filters: Filters) -> list[dict[str, Any]]:
-    """`query_stats`, each stage with the executions behind its p95, p99 and max."""
-    stats = query_stats(home, filters)
+    """`query_stats`, each stage with the executions behind its p95, p99 and max, and the row of
+    the time outside stages, as `stagewatch stats` prints them: the shares are of the wall time
+    (without that row they were of the stages' time, and disagreed with stats and the Run page)."""
+    stats = with_outside_stages(home, filters, query_stats(home, filters))
     exemplars = query_exemplars(home, filters)
     return [entry | {"exemplars": exemplars.get(entry["stage"])} for entry in stats]
 
 
 def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
     rank = {stage: i for i, stage in enumerate(order)}
-    stats = sorted(stats, key=lambda e: rank.get(e["stage"], len(rank)))
+    stats = sorted(stats, key=lambda e: (bool(e.get("outside_stages")), rank.get(e["stage"], len(rank))))
     return pd.DataFrame(
         {
             "stage": [e["stage"] for e in stats],
@@ -239,8 +242,8 @@ def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame
             "p95": [_format.ms(e["duration_ms"]["p95"]) for e in stats],
             "p99": [_format.ms(e["duration_ms"]["p99"]) for e in stats],
             "max": [_format.ms(e["duration_ms"]["max"]) for e in stats],
-            "own memory": [_format.mb(e["own_mb"]["max"]) for e in stats],
-            "process peak": [_format.mb(e["rss_peak_mb"]["max"]) for e in stats],
+            "own memory": [_format.mb(e.get("own_mb", {}).get("max")) for e in stats],  # none outside stages
+            "process peak": [_format.mb(e.get("rss_peak_mb", {}).get("max")) for e in stats],
             "share of time": [_format.pct(e["share_of_time"]) for e in stats],
             "exemplars": [_data.exemplar_links(e.get("exemplars")) for e in stats],
         },

@@ -193,6 +193,42 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
 
 
+NAMED_RUN = """
+from stagewatch._run import Run
+run = Run("timed", home={home!r}, run_id={run_id!r})
+for frame in range(5):
+    with run.stage("decode", sample_id=f"f{{frame}}"):
+        pass
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+"""
+
+
+def test_a_run_prefix_is_never_read_as_a_window_nor_a_window_as_a_run(daemon: DaemonProcess) -> None:
+    """Run ids whose prefixes read as windows too ("7d": seven days; "12d"): A of `compare A B`
+    is a run, always; a --baseline that is both a window and a run prefix is refused with both
+    readings named; an empty window (0d) is refused as such."""
+    first, second = "7d5e0c1a-0000-4000-8000-000000000001", "12d00000-0000-4000-8000-000000000002"
+    for run_id in (first, second):
+        result = run_python(NAMED_RUN.format(home=str(daemon.home), run_id=run_id))
+        assert result.returncode == 0, result.stderr
+        rows_stored(daemon, run_id, "runs", 1)
+
+    found = compared(daemon.home, "7d", "12d")
+    assert found["a"]["kind"] == "run" and found["a"]["runs"] == [first] and found["b"]["runs"] == [second]
+    assert compared(daemon.home, "12d", "--baseline", "7 d")["a"]["kind"] == "window"  # the window, spaced
+    assert compared(daemon.home, "12d", "--baseline", "7d5e")["a"]["kind"] == "run"  # the run, longer
+    for args, message in (
+        (["12d", "--baseline", "7d"], "both a window (7d) and the start of run 7d5e0c1a"),
+        (["12d", "--baseline", "0d"], "an empty window"),
+        (["12d", "--baseline", "0 h"], "an empty window"),
+        (["3d", "12d"], "no run with id '3d'"),  # A is a run, never a window
+    ):
+        done = stagewatch_cli(daemon.home, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
 @pytest.fixture
 def slow_flushing_daemon(home: Path) -> Iterator[DaemonProcess]:
     """A daemon whose periodic flush is 8 s apart: a run's end reaches the runs table that late."""

@@ -36,6 +36,9 @@ MIN_SCALE = 0.01  # log units (1%): a perfectly steady history still has timer n
 FRESH_RUNS = 3  # a shift found within the last FRESH_RUNS runs is `ongoing` (new news)
 MAD_TO_SIGMA = 1.4826
 MEASURES = ("p95_ms", "median_ms")
+QUANTILES = {"p95_ms": 0.95, "median_ms": 0.5}
+CONFIDENCE = 0.95  # one-sided: a confirmed shift's bootstrap lower bound is above no change
+RESAMPLES = 400
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Found:
     found: int  # index of the run at which it was called
     before: float  # the level before (median of the reference)
     after: float  # the level since (median of the runs since start, up to `found`)
+    reference_start: int = 0  # index of the reference's first run (the runs start - WINDOW .. start)
 
 
 def detect(values: np.ndarray, threshold: float = 0.05) -> list[Found]:
@@ -73,7 +77,8 @@ def detect(values: np.ndarray, threshold: float = 0.05) -> list[Found]:
             # that started the sum hold the new level's median down; the next runs decide.
             continue
         if z > SLACK:
-            found.append(Found(onset, t, math.exp(centre), math.exp(after)))
+            reference_start = max(level_start, onset - WINDOW)
+            found.append(Found(onset, t, math.exp(centre), math.exp(after), reference_start))
             level_start = onset
         # Called, or not above the level any more: the sum starts again, so that a later shift
         # is measured from where it began.
@@ -112,25 +117,85 @@ class Shift:
         return {**asdict(self), "change": self.change}
 
 
-def shifts(points: pd.DataFrame, threshold: float = 0.05, measures: tuple[str, ...] = MEASURES) -> list[Shift]:
-    """Every shift of every stage in per-run points (ui/_trends.run_points' frame: run_id, stage,
-    count and the measures, sorted by the run's start), largest first."""
+def shifts(rows: pa.Table, threshold: float = 0.05) -> list[Shift]:
+    """Every shift of every stage in a history of stage executions (run_id, stage, start_time,
+    duration_ms; runs in the order they started), largest first (see `judge_stage`)."""
     found = []
-    for stage, rows in points[points["count"] >= MIN_EXECUTIONS].groupby("stage", sort=False):
-        runs = rows["run_id"].to_numpy()
-        for measure in measures:
-            for shift in detect(rows[measure].to_numpy(), threshold):
-                ongoing = shift.found >= len(rows) - FRESH_RUNS
-                found.append(
-                    Shift(str(stage), measure, runs[shift.start], runs[shift.found], shift.before, shift.after, ongoing)
-                )
+    for stage, runs in stage_histories(rows).items():
+        run_ids = [run_id for run_id, _ in runs]
+        for measure, call in judge_stage([durations for _, durations in runs], threshold):
+            ongoing = call.found >= len(runs) - FRESH_RUNS
+            found.append(
+                Shift(stage, measure, run_ids[call.start], run_ids[call.found], call.before, call.after, ongoing)
+            )
     return sorted(found, key=lambda s: -s.change)
 
 
 def history_shifts(executions: pa.Table, threshold: float = 0.05) -> list[dict[str, Any]]:
     """`shifts` of a history of stage executions (a baseline and the run judged, its newest),
     `ongoing` when found at one of the last FRESH_RUNS runs."""
-    return [shift.to_json() for shift in shifts(run_points(executions), threshold)]
+    return [shift.to_json() for shift in shifts(executions, threshold)]
+
+
+def stage_histories(rows: pa.Table) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Per stage, (run id, its executions' durations in ms) for each run with at least
+    MIN_EXECUTIONS of them, the runs in the order they started."""
+    rows = rows.filter(pc.is_valid(rows["duration_ms"]))
+    frame = rows.select(["run_id", "stage", "start_time", "duration_ms"]).to_pandas()
+    frame["run_start"] = frame["run_id"].map(frame.groupby("run_id")["start_time"].min())
+    frame = frame.sort_values(["run_start", "run_id"], kind="stable")
+    histories = {}
+    for stage, of_stage in frame.groupby("stage", sort=False):
+        runs = [(str(run_id), one["duration_ms"].to_numpy()) for run_id, one in of_stage.groupby("run_id", sort=False)]
+        histories[str(stage)] = [(run_id, durations) for run_id, durations in runs if len(durations) >= MIN_EXECUTIONS]
+    return histories
+
+
+def judge_stage(runs: list[np.ndarray], threshold: float = 0.05) -> list[tuple[str, Found]]:
+    """The shifts of one stage, from each run's durations (run order): (measure, the call).
+
+    Where: the CUSUM (`detect`) on each run's median, the statistic that varies least from run
+    to run (a run's p95 rests on its few slowest executions: its sampling noise alone exceeds a
+    10% step), and on each run's p95 (a shift of the tail alone). Whether: each call is confirmed
+    on the executions themselves, per measure, by `confirmed`; a call of the median's series
+    reports the median and the p95 that moved, the p95 series' only its p95."""
+    medians = np.array([np.median(durations) for durations in runs])
+    tails = np.array([np.quantile(durations, QUANTILES["p95_ms"]) for durations in runs])
+    calls: list[tuple[str, Found]] = []
+    for series, measures in ((medians, MEASURES), (tails, ("p95_ms",))):
+        for candidate in detect(series, threshold):
+            for measure in measures:
+                call = confirmed(runs, candidate, QUANTILES[measure], threshold)
+                if call is not None and not any(m == measure and _overlap(c, call) for m, c in calls):
+                    calls.append((measure, call))
+    return calls
+
+
+def confirmed(runs: list[np.ndarray], candidate: Found, q: float, threshold: float) -> Found | None:
+    """The candidate's shift of quantile `q`, measured on the executions: the runs since it
+    started pooled against its reference runs pooled (a quantile of hundreds of executions, not
+    of one run's), kept when larger than the threshold and significant with the runs as the unit
+    (the lower bound of a bootstrap that resamples whole runs on each side, so that the level
+    runs move by together, machine load, widens it: A/A histories stay quiet)."""
+    reference = runs[candidate.reference_start : candidate.start]
+    since = runs[candidate.start : candidate.found + 1]
+    before, after = float(np.quantile(np.concatenate(reference), q)), float(np.quantile(np.concatenate(since), q))
+    if after / before - 1 <= threshold:
+        return None
+    rng = np.random.default_rng(0)  # seeded: the same history reads the same
+    ratios = [_pooled_quantile(since, rng, q) / _pooled_quantile(reference, rng, q) for _ in range(RESAMPLES)]
+    if np.quantile(ratios, 1 - CONFIDENCE) <= 1:
+        return None
+    return Found(candidate.start, candidate.found, before, after, candidate.reference_start)
+
+
+def _pooled_quantile(runs: list[np.ndarray], rng: np.random.Generator, q: float) -> float:
+    picked = rng.integers(0, len(runs), len(runs))
+    return float(np.quantile(np.concatenate([runs[i] for i in picked]), q))
+
+
+def _overlap(a: Found, b: Found) -> bool:
+    return a.start <= b.found and b.start <= a.found
 
 
 # -- per-run points: what the Performance page's trend charts draw and `shifts` judges ----------------

@@ -87,6 +87,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def baseline_run(home: Any, text: str) -> Any:
+    """A of `compare A B`: a run (id or prefix), never a window nor last:N (they go in
+    --baseline), though a prefix such as "7d" reads as both."""
+    from stagewatch.daemon.compare._compare import CompareError, run_side
+
+    try:
+        return run_side(home, text)
+    except CompareError as error:
+        raise CompareError(f"{error} (A of `compare A B` is a run: a window or last:N goes in --baseline)") from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from stagewatch.daemon.compare._compare import (
         CompareError,
@@ -111,8 +122,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         while True:
             try:
                 target = run_side(home, args.runs[-1])
-                spec = args.runs[0] if len(args.runs) == 2 else (args.baseline or "last:1")
-                baseline = baseline_side(home, spec, target)
+                if len(args.runs) == 2:
+                    baseline = baseline_run(home, args.runs[0])
+                else:
+                    baseline = baseline_side(home, args.baseline or "last:1", target)
                 if baseline.runs == target.runs:
                     return fail(
                         f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE

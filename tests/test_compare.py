@@ -229,6 +229,33 @@ def test_a_run_prefix_is_never_read_as_a_window_nor_a_window_as_a_run(daemon: Da
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
 
 
+def test_a_p95_step_of_10_percent_is_called_within_3_runs_and_an_a_a_history_is_not(daemon: DaemonProcess) -> None:
+    """Two histories of the same generator through the real daemon (100 frames a run, each
+    execution's time drawn around its stage's): in one, nothing changes (A/A); in the other,
+    infer becomes 10% slower (its p95 too) for the last 3 runs. The step is called on its p95
+    by the third run; the A/A history has no shift at all."""
+    frames, steady, stepped = 100, 10, 3
+    same = [timed_run(daemon.home, seed=seed, frames=frames, pipeline="same") for seed in range(steady + stepped)]
+    step = [timed_run(daemon.home, seed=seed, frames=frames, pipeline="step") for seed in range(steady)]
+    step += [
+        timed_run(daemon.home, seed=steady + seed, frames=frames, pipeline="step", infer_factor=1.1)
+        for seed in range(stepped)
+    ]
+    for run_id in same + step:
+        rows_stored(daemon, run_id, "stage_executions", 2 * frames)
+
+    found = compared(daemon.home, step[-1], "--baseline", f"last:{steady + stepped}")
+    (shift,) = [s for s in found["shifts"] if s["measure"] == "p95_ms"]
+    assert shift["stage"] == "infer" and shift["ongoing"]
+    # found by the step's third run; where it started, within a run: the run before the step
+    # happens to be the slowest of the steady ones here (its median 5% above the level)
+    assert step.index(shift["found_run"]) <= steady + 2
+    assert step.index(shift["started_run"]) in (steady - 1, steady)
+    assert shift["change"] == pytest.approx(0.10, abs=0.05)
+    assert {s["stage"] for s in found["shifts"]} == {"infer"}
+    assert compared(daemon.home, same[-1], "--baseline", f"last:{steady + stepped}")["shifts"] == []
+
+
 @pytest.fixture
 def slow_flushing_daemon(home: Path) -> Iterator[DaemonProcess]:
     """A daemon whose periodic flush is 8 s apart: a run's end reaches the runs table that late."""

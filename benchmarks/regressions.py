@@ -159,11 +159,15 @@ def calls_of(runs: list[np.ndarray]) -> list[list[int]]:
 def judge_model(
     rng: np.random.Generator, noise: Noise, histories: int, length: int, executions: int, between_scale: float
 ) -> list[str]:
-    """False alarms per 100 judged runs on A/A, and the share of +10% steps found within 3 runs:
-    ours / the reference (their ratio) / the code before ours."""
-    alarms = np.zeros(3)
+    """The model's robust sd of log p95 and log median across runs (against the measured: the
+    model's check), false alarms per 100 judged runs on A/A, and the share of +10% steps found
+    within 3 runs: ours / the reference (their ratio) / the code before ours."""
+    alarms, p95_sd, median_sd = np.zeros(3), [], []
     for _ in range(histories):
-        alarms += [len(c) for c in calls_of(synthetic_runs(rng, noise, length, None, executions, between_scale))]
+        runs = synthetic_runs(rng, noise, length, None, executions, between_scale)
+        alarms += [len(c) for c in calls_of(runs)]
+        p95_sd.append(robust_sd(np.log([np.quantile(d, 0.95) for d in runs])))
+        median_sd.append(robust_sd(np.log([np.median(d) for d in runs])))
     judged = histories * (length - MIN_REFERENCE)
     within3 = np.zeros(3)
     for _ in range(histories):
@@ -173,6 +177,7 @@ def judge_model(
             within3[i] += bool(after) and after[0] <= 3
     rate, share = alarms / judged * 100, within3 / histories
     return [
+        f"{np.median(p95_sd):.3f} / {np.median(median_sd):.3f}",
         f"{rate[0]:.2f} / {rate[1]:.2f} ({_ratio(rate)}) / {rate[2]:.2f}",
         f"{share[0]:.1%} / {share[1]:.1%} ({_ratio(share)}) / {share[2]:.1%}",
     ]
@@ -220,6 +225,7 @@ def main() -> None:
             "stage",
             "executions a run",
             "between-run sd of log level",
+            "model's sd log p95 / log median",
             "false alarms per 100 runs",
             "+10% found within 3 runs",
         ],

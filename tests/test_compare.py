@@ -34,11 +34,13 @@ time.monotonic_ns = lambda: _real_monotonic_ns() + _offset[0]
 def work(ms):
     _offset[0] += int(ms * 1e6)
 rng = np.random.default_rng({seed})
+def busy():  # with a tail: one execution in ten meets a busy moment, 1 + exponential({tail}) times slower
+    return 1 + rng.exponential({tail}) if {tail} and rng.random() < 0.1 else 1
 run = stagewatch.init(pipeline={pipeline!r}, home={home!r}, config={config!r})
 for frame in range({frames}):
     for stage, ms in {stages!r}.items():
         with run.stage(stage, sample_id=f"f{{frame}}"):
-            work(ms * rng.lognormal(0, 0.2))
+            work(ms * rng.lognormal(0, 0.2) * busy())
 if {held!r}:  # the run stays open (not ended) until the test sends a line
     assert run.flush(10), "the daemon did not acknowledge the stages"
     print(run.id, flush=True)
@@ -58,10 +60,11 @@ def timed_code(
     frames: int = 60,
     stages: dict[str, float] | None = None,
     held: bool = False,
+    tail: float = 0.0,
 ) -> str:
     """The timed pipeline's code: `stages` (name -> its typical ms, in the order they run; by
     default decode 20 ms, infer 40 ms x infer_factor) on each frame; `held`: it stays open after
-    its stages until a line comes on its stdin."""
+    its stages until a line comes on its stdin; `tail`: a heavy tail of slow executions."""
     return "import sys\n" + TIMED_PIPELINE.format(
         seed=seed,
         pipeline=pipeline,
@@ -70,6 +73,7 @@ def timed_code(
         frames=frames,
         stages=stages or {"decode": 20, "infer": 40 * infer_factor},
         held=held,
+        tail=tail,
     )
 
 
@@ -254,6 +258,23 @@ def test_a_p95_step_of_10_percent_is_called_within_3_runs_and_an_a_a_history_is_
     assert shift["change"] == pytest.approx(0.10, abs=0.05)
     assert {s["stage"] for s in found["shifts"]} == {"infer"}
     assert compared(daemon.home, same[-1], "--baseline", f"last:{steady + stepped}")["shifts"] == []
+
+
+def test_an_a_a_history_whose_p95_cusum_cries_wolf_is_not_called(daemon: DaemonProcess) -> None:
+    """An A/A history with a heavy tail (one execution in ten slowed by a busy moment): the
+    per-run p95 rests on a run's few slowest executions, and its CUSUM calls a shift in this
+    history (checked below: the history is one where it does). The call is not confirmed on the
+    executions, the runs as the unit: no shift."""
+    frames, runs = 100, 13
+    same = [
+        timed_run(daemon.home, seed=1456 + seed, frames=frames, pipeline="tailed", tail=1.5) for seed in range(runs)
+    ]
+    for run_id in same:
+        rows_stored(daemon, run_id, "stage_executions", 2 * frames)
+    infer = read_table(daemon.home, "stage_executions").to_pandas().query("stage == 'infer'")
+    p95 = infer.groupby("run_id")["duration_ms"].quantile(0.95)
+    assert detect(p95[same].to_numpy()), "the per-run p95 CUSUM calls no shift in this history"
+    assert compared(daemon.home, same[-1], "--baseline", f"last:{runs}")["shifts"] == []
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ MEASURES = ("p95_ms", "median_ms")
 QUANTILES = {"p95_ms": 0.95, "median_ms": 0.5}
 CONFIDENCE = 0.95  # one-sided: a confirmed shift's bootstrap lower bound is above no change
 RESAMPLES = 400
+FLOOR_MS = 1e-6  # a level of zero (a stage that took no measurable time) is read as this
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,12 @@ def history_shifts(executions: pa.Table, threshold: float = 0.05) -> list[dict[s
 def stage_histories(rows: pa.Table) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Per stage, (run id, its executions' durations in ms) for each run with at least
     MIN_EXECUTIONS of them, the runs in the order they started."""
-    rows = rows.filter(pc.is_valid(rows["duration_ms"]))
     frame = rows.select(["run_id", "stage", "start_time", "duration_ms"]).to_pandas()
+    # A duration that is not a finite time (null, NaN, infinite, negative: a damaged row) says
+    # nothing of a level: left out, as run_points leaves out the nulls.
+    frame = frame[np.isfinite(frame["duration_ms"].to_numpy(dtype=np.float64)) & (frame["duration_ms"] >= 0)]
+    if frame.empty:
+        return {}
     frame["run_start"] = frame["run_id"].map(frame.groupby("run_id")["start_time"].min())
     frame = frame.sort_values(["run_start", "run_id"], kind="stable")
     histories = {}
@@ -179,7 +184,7 @@ def confirmed(runs: list[np.ndarray], candidate: Found, q: float, threshold: flo
     runs move by together, machine load, widens it: A/A histories stay quiet)."""
     reference = runs[candidate.reference_start : candidate.start]
     since = runs[candidate.start : candidate.found + 1]
-    before, after = float(np.quantile(np.concatenate(reference), q)), float(np.quantile(np.concatenate(since), q))
+    before, after = _pooled_quantile(reference, None, q), _pooled_quantile(since, None, q)
     if after / before - 1 <= threshold:
         return None
     rng = np.random.default_rng(0)  # seeded: the same history reads the same
@@ -189,9 +194,11 @@ def confirmed(runs: list[np.ndarray], candidate: Found, q: float, threshold: flo
     return Found(candidate.start, candidate.found, before, after, candidate.reference_start)
 
 
-def _pooled_quantile(runs: list[np.ndarray], rng: np.random.Generator, q: float) -> float:
-    picked = rng.integers(0, len(runs), len(runs))
-    return float(np.quantile(np.concatenate([runs[i] for i in picked]), q))
+def _pooled_quantile(runs: list[np.ndarray], rng: np.random.Generator | None, q: float) -> float:
+    """Quantile q of the runs' executions pooled (of as many runs drawn with replacement, with
+    `rng`), at least FLOOR_MS: a stage of zero time has a level to divide by."""
+    picked = rng.integers(0, len(runs), len(runs)) if rng is not None else range(len(runs))
+    return max(float(np.quantile(np.concatenate([runs[i] for i in picked]), q)), FLOOR_MS)
 
 
 def _overlap(a: Found, b: Found) -> bool:

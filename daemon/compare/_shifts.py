@@ -1,18 +1,23 @@
-"""Regressions judged against a pipeline's own history, without crying wolf: per stage, the
-series of each run's p95 (and median) in run order goes through a one-sided CUSUM of robust
-z-scores, and a shift is called only when it is significant and persists.
+"""Regressions judged against a pipeline's own history, without crying wolf: per stage, a
+change-point test finds where each run's median (or p95) moved, and the executions confirm it;
+a shift is called only when it is significant and persists.
 
-For each run, the reference is the WINDOW runs before it (before the suspected shift, once one
-is suspected, so a shift never hides in its own reference) and inside the current level (after
-the last shift found). Its median and MAD give a z-score of the run's log value, clipped to
-±CLIP so that one wild run adds at most CLIP to the sum: a single spike, however large, never
-makes a regression; several runs above the level do. The sum S = max(0, S + z - SLACK) calls a
-shift when S > LIMIT, the run judged is itself above the level (z > SLACK: it persists), and the
-runs since the sum left 0 (the run where it started) are slower by more than the practical
+`detect`: for each run, the reference is the WINDOW runs before it (before the suspected shift,
+once one is suspected, so a shift never hides in its own reference) and inside the current level
+(after the last shift found). Its median and MAD give a z-score of the run's log value, clipped
+to ±CLIP so that one wild run adds at most CLIP to the sum: a single spike, however large, never
+makes a regression; several runs above the level do. The sum S = max(0, S + z - SLACK) makes a
+candidate when S > LIMIT, the run judged is itself above the level (z > SLACK: it persists), and
+the runs since the sum left 0 (the run where it started) are slower by more than the practical
 threshold. After a call, the new level is the reference from where the shift started.
 
-benchmarks/regressions.py measures false alarms on A/A histories and how soon a +10% p95 step is
-found, with this machine's run-to-run noise (docs/benchmarks.md).
+`judge_stage`: `detect` on each run's median (the run's figure with the least noise from run to
+run) and on each run's p95 (a shift of the tail alone); `confirmed`: each candidate measured on
+the executions pooled since it started against the reference runs' pooled, significant with the
+run as the unit (a bootstrap that resamples whole runs).
+
+benchmarks/regressions.py measures false alarms on A/A histories and how soon a +10% step is
+found, with the noise this machine shows (docs/benchmarks.md).
 """
 
 from __future__ import annotations

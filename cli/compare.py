@@ -23,9 +23,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, home_or_homes, json_option
+
+if TYPE_CHECKING:
+    from stagewatch.daemon.compare._compare import Side
 
 EXIT_REGRESSED = 1
 EXIT_NOT_JUDGED = EXIT_USAGE  # a side has not ended: neither a pass nor a regression
@@ -87,7 +91,7 @@ def seconds(text: str) -> float:
     return value
 
 
-def baseline_run(home: Any, text: str) -> Any:
+def baseline_run(home: Path | list[Path], text: str) -> Side:
     """A of `compare A B`: a run (id or prefix), never a window nor last:N (they go in
     --baseline), though a prefix such as "7d" reads as both."""
     from stagewatch.daemon.compare._compare import CompareError, run_side

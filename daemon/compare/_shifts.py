@@ -34,8 +34,12 @@ import pyarrow.compute as pc
 WINDOW = 20  # runs in the reference
 MIN_REFERENCE = 8  # fewer runs before: nothing is judged yet
 MIN_EXECUTIONS = 5  # a run with fewer executions of a stage says little of its p95: left out
-SLACK = 1.0  # in robust standard deviations: drift below this never accumulates
-LIMIT = 4.0  # with CLIP 3 and SLACK 1: three runs above the level at the least
+# In robust standard deviations: drift below this never accumulates. 1.5 rather than 1: on this
+# machine a run's level moves with the load and stays moved for a few runs (the runs are not
+# independent), and with 1 such episodes made more than one false alarm in 100 runs
+# (benchmarks/regressions.py, where 1 is kept for the reference).
+SLACK = 1.5
+LIMIT = 4.0  # with CLIP 3: three runs above the level at the least
 CLIP = 3.0
 MIN_SCALE = 0.01  # log units (1%): a perfectly steady history still has timer noise
 FRESH_RUNS = 3  # a shift found within the last FRESH_RUNS runs is `ongoing` (new news)
@@ -56,7 +60,7 @@ class Found:
     reference_start: int = 0  # index of the reference's first run (the runs start - WINDOW .. start)
 
 
-def detect(values: np.ndarray, threshold: float = 0.05) -> list[Found]:
+def detect(values: np.ndarray, threshold: float = 0.05, slack: float = SLACK) -> list[Found]:
     """The upward shifts of a positive series, in order (see the module's docstring)."""
     logs = np.log(np.maximum(np.asarray(values, dtype=np.float64), 1e-9))
     found: list[Found] = []
@@ -69,7 +73,7 @@ def detect(values: np.ndarray, threshold: float = 0.05) -> list[Found]:
         centre = float(np.median(reference))
         scale = max(MAD_TO_SIGMA * float(np.median(np.abs(reference - centre))), MIN_SCALE)
         z = min(max((logs[t] - centre) / scale, -CLIP), CLIP)
-        total = max(0.0, total + z - SLACK)
+        total = max(0.0, total + z - slack)
         if total == 0.0:
             start = None
             continue
@@ -78,11 +82,11 @@ def detect(values: np.ndarray, threshold: float = 0.05) -> list[Found]:
             continue
         onset = start + _onset(logs[start : t + 1], centre)
         after = float(np.median(logs[onset : t + 1]))
-        if z > SLACK and math.exp(after - centre) - 1 <= threshold:
+        if z > slack and math.exp(after - centre) - 1 <= threshold:
             # Above the level and significant, but not by enough yet: high runs before a step
             # that started the sum hold the new level's median down; the next runs decide.
             continue
-        if z > SLACK:
+        if z > slack:
             reference_start = max(level_start, onset - WINDOW)
             found.append(Found(onset, t, math.exp(centre), math.exp(after), reference_start))
             level_start = onset

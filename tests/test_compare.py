@@ -213,7 +213,7 @@ def test_a_run_prefix_is_never_read_as_a_window_nor_a_window_as_a_run(daemon: Da
     is a run, always; a --baseline that is both a window and a run prefix is refused with both
     readings named; an empty window (0d) is refused as such."""
     first, second = "7d5e0c1a-0000-4000-8000-000000000001", "12d00000-0000-4000-8000-000000000002"
-    for run_id in (first, second):
+    for run_id in (first, second, "0d000000-0000-4000-8000-000000000003"):
         result = run_python(NAMED_RUN.format(home=str(daemon.home), run_id=run_id))
         assert result.returncode == 0, result.stderr
         rows_stored(daemon, run_id, "runs", 1)
@@ -224,8 +224,9 @@ def test_a_run_prefix_is_never_read_as_a_window_nor_a_window_as_a_run(daemon: Da
     assert compared(daemon.home, "12d", "--baseline", "7d5e")["a"]["kind"] == "run"  # the run, longer
     for args, message in (
         (["12d", "--baseline", "7d"], "both a window (7d) and the start of run 7d5e0c1a"),
-        (["12d", "--baseline", "0d"], "an empty window"),
-        (["12d", "--baseline", "0 h"], "an empty window"),
+        (["12d", "--baseline", "0d"], "both a window (0d) and the start of run 0d000000"),
+        (["12d", "--baseline", "0 d"], "an empty window"),
+        (["12d", "--baseline", "0h"], "an empty window"),
         (["3d", "12d"], "no run with id '3d'"),  # A is a run, never a window
     ):
         done = stagewatch_cli(daemon.home, *args)

@@ -146,13 +146,15 @@ def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None
     """A window spec that is empty (0d: it holds no run), or that is also the start of a run id
     (run ids are hex: "7d", "12d" begin some), is refused with what it could mean: a run is
     never taken for a window nor a window for a run."""
-    if int(window.group(1)) == 0:
-        raise CompareError(f"expected a window longer than 0 (7d, 24h), got {spec!r}: an empty window holds no run")
     try:
         run_id = resolve_run_in(home, spec)
     except AmbiguousRun:
         run_id = None
     except RunNotFound:
+        if int(window.group(1)) == 0:
+            raise CompareError(
+                f"expected a window longer than 0 (7d, 24h), got {spec!r}: an empty window holds no run"
+            ) from None
         return
     named = f"the start of run {run_id[:8]}" if run_id else "the start of several run ids"
     raise CompareError(

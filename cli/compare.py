@@ -24,9 +24,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, home_or_homes, json_option
+
+if TYPE_CHECKING:
+    from stagewatch.daemon.compare._compare import Side
 
 EXIT_REGRESSED = 1
 EXIT_NOT_JUDGED = EXIT_USAGE  # a side has not ended: neither a pass nor a regression
@@ -88,6 +92,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def baseline_run(home: Path | list[Path], text: str) -> Side:
+    """A of `compare A B`: a run (id or prefix), never a window nor last:N (they go in
+    --baseline), though a prefix such as "7d" reads as both."""
+    from stagewatch.daemon.compare._compare import CompareError, run_side
+
+    try:
+        return run_side(home, text)
+    except CompareError as error:
+        raise CompareError(f"{error} (A of `compare A B` is a run: a window or last:N goes in --baseline)") from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from stagewatch.daemon.compare._compare import (
         CompareError,
@@ -112,8 +127,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         while True:
             try:
                 target = run_side(home, args.runs[-1])
-                spec = args.runs[0] if len(args.runs) == 2 else (args.baseline or "last:1")
-                baseline = baseline_side(home, spec, target)
+                if len(args.runs) == 2:
+                    baseline = baseline_run(home, args.runs[0])
+                else:
+                    baseline = baseline_side(home, args.baseline or "last:1", target)
                 if baseline.runs == target.runs:
                     return fail(
                         f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE

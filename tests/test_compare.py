@@ -37,11 +37,13 @@ time.monotonic_ns = lambda: _real_monotonic_ns() + _offset[0]
 def work(ms):
     _offset[0] += int(ms * 1e6)
 rng = np.random.default_rng({seed})
+def busy():  # with a tail: one execution in ten meets a busy moment, 1 + exponential({tail}) times slower
+    return 1 + rng.exponential({tail}) if {tail} and rng.random() < 0.1 else 1
 run = stagewatch.init(pipeline={pipeline!r}, home={home!r}, config={config!r})
 for frame in range({frames}):
     for stage, ms in {stages!r}.items():
         with run.stage(stage, sample_id=f"f{{frame}}"):
-            work(ms * rng.lognormal(0, 0.2))
+            work(ms * rng.lognormal(0, 0.2) * busy())
 if {held!r}:  # the run stays open (not ended) until the test sends a line
     assert run.flush(10), "the daemon did not acknowledge the stages"
     print(run.id, flush=True)
@@ -61,10 +63,11 @@ def timed_code(
     frames: int = 60,
     stages: dict[str, float] | None = None,
     held: bool = False,
+    tail: float = 0.0,
 ) -> str:
     """The timed pipeline's code: `stages` (name -> its typical ms, in the order they run; by
     default decode 20 ms, infer 40 ms x infer_factor) on each frame; `held`: it stays open after
-    its stages until a line comes on its stdin."""
+    its stages until a line comes on its stdin; `tail`: a heavy tail of slow executions."""
     return "import sys\n" + TIMED_PIPELINE.format(
         seed=seed,
         pipeline=pipeline,
@@ -73,6 +76,7 @@ def timed_code(
         frames=frames,
         stages=stages or {"decode": 20, "infer": 40 * infer_factor},
         held=held,
+        tail=tail,
     )
 
 
@@ -196,6 +200,88 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
 
 
+NAMED_RUN = """
+from stagewatch._run import Run
+run = Run("timed", home={home!r}, run_id={run_id!r})
+for frame in range(5):
+    with run.stage("decode", sample_id=f"f{{frame}}"):
+        pass
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+"""
+
+
+def test_a_run_prefix_is_never_read_as_a_window_nor_a_window_as_a_run(daemon: DaemonProcess) -> None:
+    """Run ids whose prefixes read as windows too ("7d": seven days; "12d"): A of `compare A B`
+    is a run, always; a --baseline that is both a window and a run prefix is refused with both
+    readings named; an empty window (0d) is refused as such."""
+    first, second = "7d5e0c1a-0000-4000-8000-000000000001", "12d00000-0000-4000-8000-000000000002"
+    for run_id in (first, second, "0d000000-0000-4000-8000-000000000003"):
+        result = run_python(NAMED_RUN.format(home=str(daemon.home), run_id=run_id))
+        assert result.returncode == 0, result.stderr
+        rows_stored(daemon, run_id, "runs", 1)
+
+    found = compared(daemon.home, "7d", "12d")
+    assert found["a"]["kind"] == "run" and found["a"]["runs"] == [first] and found["b"]["runs"] == [second]
+    assert compared(daemon.home, "12d", "--baseline", "7 d")["a"]["kind"] == "window"  # the window, spaced
+    assert compared(daemon.home, "12d", "--baseline", "7d5e")["a"]["kind"] == "run"  # the run, longer
+    for args, message in (
+        (["12d", "--baseline", "7d"], "both a window (7d) and the start of run 7d5e0c1a"),
+        (["12d", "--baseline", "0d"], "both a window (0d) and the start of run 0d000000"),
+        (["12d", "--baseline", "0 d"], "an empty window"),
+        (["12d", "--baseline", "0h"], "an empty window"),
+        (["3d", "12d"], "no run with id '3d'"),  # A is a run, never a window
+    ):
+        done = stagewatch_cli(daemon.home, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_a_p95_step_of_10_percent_is_called_within_3_runs_and_an_a_a_history_is_not(daemon: DaemonProcess) -> None:
+    """Two histories of the same generator through the real daemon (100 frames a run, each
+    execution's time drawn around its stage's): in one, nothing changes (A/A); in the other,
+    infer becomes 10% slower (its p95 too) for the last 3 runs. The step is called on its p95
+    by the third run; the A/A history has no shift at all."""
+    frames, steady, stepped = 100, 10, 3
+    same = [timed_run(daemon.home, seed=seed, frames=frames, pipeline="same") for seed in range(steady + stepped)]
+    step = [timed_run(daemon.home, seed=seed, frames=frames, pipeline="step") for seed in range(steady)]
+    step += [
+        timed_run(daemon.home, seed=steady + seed, frames=frames, pipeline="step", infer_factor=1.1)
+        for seed in range(stepped)
+    ]
+    for run_id in same + step:
+        rows_stored(daemon, run_id, "stage_executions", 2 * frames)
+
+    found = compared(daemon.home, step[-1], "--baseline", f"last:{steady + stepped}")
+    (shift,) = [s for s in found["shifts"] if s["measure"] == "p95_ms"]
+    assert shift["stage"] == "infer" and shift["ongoing"]
+    # found by the step's third run; where it started, within a run: the run before the step
+    # happens to be the slowest of the steady ones here (its median 5% above the level)
+    assert step.index(shift["found_run"]) <= steady + 2
+    assert step.index(shift["started_run"]) in (steady - 1, steady)
+    assert shift["change"] == pytest.approx(0.10, abs=0.05)
+    assert {s["stage"] for s in found["shifts"]} == {"infer"}
+    assert compared(daemon.home, same[-1], "--baseline", f"last:{steady + stepped}")["shifts"] == []
+
+
+def test_an_a_a_history_whose_p95_cusum_cries_wolf_is_not_called(daemon: DaemonProcess) -> None:
+    """An A/A history with a heavy tail (one execution in ten slowed by a busy moment): the
+    per-run p95 rests on a run's few slowest executions, and its CUSUM calls a shift in this
+    history (checked below: the history is one where it does). The call is not confirmed on the
+    executions, the runs as the unit: no shift."""
+    frames, runs = 100, 13
+    same = [
+        timed_run(daemon.home, seed=1456 + seed, frames=frames, pipeline="tailed", tail=1.5) for seed in range(runs)
+    ]
+    for run_id in same:
+        rows_stored(daemon, run_id, "stage_executions", 2 * frames)
+    infer = read_table(daemon.home, "stage_executions").to_pandas().query("stage == 'infer'")
+    p95 = infer.groupby("run_id")["duration_ms"].quantile(0.95)
+    # the CUSUM of each run's p95 as it was judged before (slack 1) calls a shift here
+    assert detect(p95[same].to_numpy(), slack=1.0), "the per-run p95 CUSUM calls no shift in this history"
+    assert compared(daemon.home, same[-1], "--baseline", f"last:{runs}")["shifts"] == []
+
+
 @pytest.fixture
 def slow_flushing_daemon(home: Path) -> Iterator[DaemonProcess]:
     """A daemon whose periodic flush is 8 s apart: a run's end reaches the runs table that late."""
@@ -224,6 +310,7 @@ def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(
         text = stagewatch_cli(daemon.home, first, running, *no_wait)
         assert text.returncode == 0 and text.stdout.startswith("WARNING: B (run ")
         assert "NOT JUDGED" in text.stdout and "no regression" not in text.stdout
+        assert "REGRESSED" not in text.stdout.splitlines()[-1] and "  REGRESSED" not in text.stdout  # no row either
         for extra in ([], ["--json"]):
             gate = stagewatch_cli(daemon.home, first, running, "--fail-on-regression", *no_wait, *extra)
             assert gate.returncode == 2, (gate.stdout, gate.stderr)
@@ -514,6 +601,7 @@ def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_ju
     assert gated.returncode == 2, gated.stderr
     document = json.loads(gated.stdout)
     assert document["skipped_files"] == [holding_b] and document["regressed"] is None
+    assert [stage["regressed"] for stage in document["stages"]] == [None] * len(document["stages"])
     assert any(holding_b in warning and "stagewatch rebuild" in warning for warning in document["warnings"])
     assert "not judged" in gated.stderr and "Traceback" not in gated.stderr
     as_text = stagewatch_cli(daemon.home, first, slower)

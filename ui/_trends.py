@@ -45,4 +45,4 @@ def regressions(rows: pa.Table) -> list[Shift]:
     """The shifts of each stage's per-run p95 and median found in the window's runs, by the
     change-point test of daemon/compare/_shifts (significant and persistent), with the run where each
     started; the largest first."""
-    return shifts(run_points(rows))
+    return shifts(rows)

@@ -47,6 +47,7 @@ from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitne
 from stagewatch.daemon.projection._outcomes import CRASHED, FAILED, FINISHED_WITH_FAILURES, OK
 from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
 from stagewatch.daemon.query._readmodels import (
+    AmbiguousRun,
     RunNotFound,
     holding,
     load_accuracy,
@@ -165,6 +166,27 @@ def run_side(home: Path, text: str) -> Side:
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
 
 
+def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None:
+    """A window spec that is empty (0d: it holds no run), or that is also the start of a run id
+    (run ids are hex: "7d", "12d" begin some), is refused with what it could mean: a run is
+    never taken for a window nor a window for a run."""
+    try:
+        run_id = resolve_run_in(home, spec)
+    except AmbiguousRun:
+        run_id = None
+    except RunNotFound:
+        if int(window.group(1)) == 0:
+            raise CompareError(
+                f"expected a window longer than 0 (7d, 24h), got {spec!r}: an empty window holds no run"
+            ) from None
+        return
+    named = f"the start of run {run_id[:8]}" if run_id else "the start of several run ids"
+    raise CompareError(
+        f"{spec!r} is both a window ({window.group(1)}{window.group(2)}) and {named}: for the run, give more of "
+        f"its id; for the window, write it with a space ('{window.group(1)} {window.group(2)}')"
+    )
+
+
 @_noting_skipped
 def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = None) -> Side:
     """The baseline `spec` names against the target run: a run id (or prefix), `last:N` (the
@@ -177,6 +199,8 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
     if not last and not window:
         return run_side(home, spec)
+    if window:
+        _refuse_unclear_window(home, spec, window)
     if target.pipeline is None:
         raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
     started = _run_rows(home, "run_id = ?", [target.runs[-1]])
@@ -200,8 +224,6 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         label = f"the last {count} runs of {target.pipeline}"
     else:
         seconds = int(window.group(1)) * _SECONDS[window.group(2)]
-        if seconds <= 0:
-            raise CompareError(f"expected a window longer than 0 (7d, 24h), got {spec!r}")
         rows = _run_rows(
             home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
         )
@@ -543,8 +565,12 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         document["shifts"] = history_shifts(pa.concat_tables([before, after]), options.threshold)
     document["failures"] = gate_failures(document, options)
     document["not_judged"] = not_judged(document)
-    # Partial figures are not judged: `regressed` is null then, neither a pass nor a regression.
+    # Partial figures are not judged: `regressed` is null then, neither a pass nor a regression,
+    # the comparison's and each stage's (a stage marked regressed under "not judged" said both).
     document["regressed"] = None if document["not_judged"] else bool(document["failures"])
+    if document["not_judged"]:
+        for stage in stages:
+            stage["regressed"] = None
     return document
 
 

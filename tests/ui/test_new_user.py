@@ -209,6 +209,7 @@ def test_a_failed_sample_s_case_shows_its_input_and_traceback_and_pictures_name_
     page.get_by_text("Traceback").first.click()
     page.wait_for_selector("text=Traceback (most recent call last)")
     assert shown(page, "raise ValueError")
+    assert shown(page, "error kinds raised ValueError")  # as the Failures page says it, not "failed" again
     page.goto(f"{ui.url}?page=case&run={run_id}&stage=segmentation&sample=frame_000")
     legend = page.locator(".sw-class-legend").first
     legend.wait_for()

@@ -136,10 +136,10 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any], camera_group: s
     """What the Case page shows of one case; the 3D views of the cases drawn with the same
     `camera_group` (the Compare page's two sides of a flip) share one camera."""
     status = case.get("status")
-    kinds = ", ".join(case.get("error_types") or []) or (case.get("status") or "" if "error_type" in case else "")
     reason = case.get("reason") or (
         f"{case.get('error_type')}: {case.get('error_message')}" if "error_type" in case else ""
     )
+    kinds = failures.case_kinds(str(status), case.get("error_types"), reason)  # as the Failures page says them
     head = (
         f"<h3 style='margin:4px 0'>{html.escape(str(case.get('stage')))} on "
         f"<code>{html.escape(str(case.get('sample_id')))}</code>: {html.escape(str(status))}</h3>"

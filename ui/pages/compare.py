@@ -17,7 +17,15 @@ from urllib.parse import quote
 
 import panel as pn
 
-from stagewatch.daemon.compare._compare import CompareError, Options, Side, baseline_side, compare, run_side
+from stagewatch.daemon.compare._compare import (
+    MIN_TIME_MS,
+    CompareError,
+    Options,
+    Side,
+    baseline_side,
+    compare,
+    run_side,
+)
 from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
@@ -122,7 +130,8 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
         verdict_alert(document),
         pn.pane.Markdown(
             f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
-            f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%}. "
+            f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%} "
+            f"(and than {MIN_TIME_MS:g} ms for times: a scheduler moves a sub-millisecond stage by that much). "
             f"{OWN_MEMORY}"
         ),
         pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),

@@ -51,10 +51,12 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
     )
 
 
-def chart(plot: Any, name: str) -> Any:
-    """A Bokeh figure or HoloViews element across the page, marked `sw-chart-{name}` for the
-    tests and benchmarks that wait for it."""
-    return pn.panel(plot, sizing_mode="stretch_width", name=name, css_classes=[f"sw-chart-{name}"])
+def chart(plot: Any, name: str) -> pn.Column:
+    """A Bokeh figure or HoloViews element across the page, in a column marked `sw-chart-{name}`
+    for the tests and benchmarks that wait for it (a Bokeh pane's own classes go to the figure,
+    not to an element of the page)."""
+    pane = pn.panel(plot, sizing_mode="stretch_width", name=name)
+    return pn.Column(pane, sizing_mode="stretch_width", css_classes=[f"sw-chart-{name}"])
 
 
 # A button group whose pressed buttons are filled and readable (with the default style a layer

@@ -201,10 +201,11 @@ class Maintenance:
         self.background.beside(lambda: self._compact(with_vacuum), "compact the tables")
 
     def _compact(self, with_vacuum: bool) -> Iterator[str]:  # steps on the pass's thread, a table each
-        """Each table on its own: one that fails (a damaged data file) is logged, naming the
-        table and the file, the others are still compacted and vacuumed, and the first error is
-        raised at the end for `Background.beside` to report (a damaged log first: the daemon
-        rebuilds that table)."""
+        """Each table on its own: one that fails (a damaged data file) is logged once, naming
+        the table and the file, and the others are still compacted and vacuumed. A damaged log
+        is raised at the end for `Background.beside`: the daemon rebuilds that table. Other
+        failures are not: no write was refused (they were counted as refused writes and said
+        again every pass), and the data file's damage stays named by doctor until a rebuild."""
         failed: list[Exception] = []
         for table in TABLES:
             failed += self._table_step(table, "compact", lambda t: compact(self.home, t, table_writer_properties(t)))
@@ -212,8 +213,9 @@ class Maintenance:
         for table in TABLES if with_vacuum else ():
             failed += self._table_step(table, "vacuum", lambda t: vacuum(self.home, t))
             yield table
-        if failed:
-            raise next((error for error in failed if isinstance(error, DamagedTable)), failed[0])
+        damaged_log = next((error for error in failed if isinstance(error, DamagedTable)), None)
+        if damaged_log is not None:
+            raise damaged_log
 
     def _table_step(self, table: str, what: str, step: Callable[[str], int]) -> list[Exception]:
         """`step(table)`, logged; the error it raised (none: []), logged with the table's damaged

@@ -361,6 +361,9 @@ def test_a_damaged_data_file_leaves_the_other_partitions_and_tables_compacted(ho
         wait_for(lambda: "cannot compact the stage_executions table" in daemon.log())
         assert str(Path(damaged).relative_to(home)) in daemon.log() and "stagewatch rebuild" in daemon.log()
         assert daemon.process.poll() is None
+        time.sleep(2)  # several passes more: the damage is said once, and no write was refused
+        assert daemon.log().count("cannot compact the stage_executions table") == 1
+        assert "refused writes" not in daemon.log() and "cannot compact the tables" not in daemon.log()
     finally:
         daemon.kill()
     assert sorted(read_table(home, "samples")["lsn"].to_pylist()) == list(range(1000, 1060))

@@ -4,11 +4,15 @@ ten real daemons filled (tests/test_many_homes.py's fleet, one run a host), driv
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from stagewatch.daemon.query._readmodels import active_runs
+from tests.conftest import DaemonProcess, wait_for
+from tests.test_compare import held_run
 from tests.test_many_homes import fleet  # noqa: F401 (the module's fixture: ten homes, ten daemons)
 from tests.ui.test_dashboard import Ui, _choose, _runs_shown, pytestmark, shown  # noqa: F401 (the skip mark)
 
@@ -88,5 +92,28 @@ def test_one_home_shows_no_host_filter(fleet, page) -> None:  # noqa: F811 (the 
         page.wait_for_selector(".sw-table-logs .tabulator-row")
         assert "host" not in page.locator(".sw-table-logs .tabulator-col").all_inner_texts()
         assert not page.locator(".sw-host select").is_visible()
+    finally:
+        ui.stop()
+
+
+def test_a_copy_made_while_a_run_went_on_does_not_keep_it_running_on_live(tmp_path: Path, page) -> None:
+    """`cp -r` of a home while a run streams, the run then finished in the original: Live over
+    both homes shows it ended (the copy's status.json lists it in progress for ever)."""
+    home, copy = tmp_path / "home", tmp_path / "copy"
+    daemon = DaemonProcess(home).start()
+    try:
+        with held_run(home, seed=1, frames=5) as (run_id, process):
+            wait_for(lambda: run_id in {run.get("run_id") for run in active_runs(home)}, 30)
+            shutil.copytree(home, copy, ignore=shutil.ignore_patterns("*.sock", "*.lock"))
+            process.communicate("end\n", timeout=60)
+        daemon.audit(run_id)
+    finally:
+        daemon.stop()
+    ui = Ui(home, "--home", str(copy))
+    try:
+        page.goto(f"{ui.url}?page=live")
+        page.wait_for_selector("text=No run is in progress")
+        assert page.locator(f"a[title='{run_id}']").count() <= 1  # at most its line among the ended ones
+        assert not shown(page, "running ·")
     finally:
         ui.stop()

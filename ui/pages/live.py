@@ -11,7 +11,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch.daemon.projection import _outcomes as outcomes
-from stagewatch.daemon.query._sql import Homes, homes_of
+from stagewatch.daemon.query._sql import Homes, homes_of, runs_read_elsewhere
 from stagewatch.ui import _format, _widgets
 from stagewatch.ui._live import LiveFeed, LiveRun
 
@@ -42,9 +42,12 @@ class LivePage:
         self.seen_version = versions
         now_ns = time.time_ns()
         shown, ended_lines = [], []
-        for feed in self.feeds:
+        # A run in two homes (a copy of a home, made while it ran) is shown from the copy the
+        # query layer reads: the copy's daemon lists it in progress for ever (its status.json).
+        elsewhere = runs_read_elsewhere([feed.home.root for feed in self.feeds])
+        for feed, read_elsewhere in zip(self.feeds, elsewhere, strict=True):
             with feed.board.lock:
-                visible = feed.board.visible()
+                visible = [run for run in feed.board.visible() if run.run_id not in read_elsewhere]
                 shown += [
                     (r, summary(r, now_ns), stage_frame(r), failures_html(r), r.started_ns or r.last_event_ns)
                     for r in visible

@@ -181,7 +181,8 @@ def print_comparison(document: dict[str, Any]) -> None:
         only = {"a": "  only in A", "b": "  only in B"}.get(stage["only_in"] or "", "")
         executions = f"{stage['executions']['a']}->{stage['executions']['b']}"
         print(
-            f"{stage['stage'][:21]:<22}{executions:>14}  {_cell(stage['median_ms']):<26}{_cell(stage['p95_ms']):<26}"
+            f"{_clipped(stage['stage'], 21):<22}{executions:>14}  "
+            f"{_cell(stage['median_ms']):<26}{_cell(stage['p95_ms']):<26}"
             f"{_cell(stage['own_memory_mb']):<20}{_largest(stage['own_memory_mb']):<18} "
             f"{_rate(stage['failure_rate']):<16}{flag}{only}"
         )
@@ -215,7 +216,9 @@ def verdict_line(document: dict[str, Any]) -> str:
 
 
 def _side_line(side: dict[str, Any]) -> str:
-    status = f", {side['status']}" if side.get("status") and side["kind"] == "run" else ""
+    from stagewatch.daemon.projection import _outcomes as outcomes
+
+    status = f", {outcomes.label(side['status'])}" if side.get("status") and side["kind"] == "run" else ""
     return f"{side['label']} (pipeline {side.get('pipeline') or 'none recorded'}{status})"
 
 
@@ -232,6 +235,11 @@ def _cell(measure: dict[str, Any]) -> str:
     return f"{_num(measure['a'])}->{_num(measure['b'])}{change}{mark}"
 
 
+def _clipped(name: str, width: int) -> str:
+    """A stage name in `width` characters, a cut one ending in an ellipsis (not silently cut)."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -239,7 +247,8 @@ def _num(value: float | None) -> str:
 def _rate(measure: dict[str, Any]) -> str:
     if measure["a"] is None or measure["b"] is None:
         return "-"
-    return f"{measure['a']:.0%}->{measure['b']:.0%}{'*' if measure['called_out'] else ''}"
+    # as the Compare page and `stats` write a rate: one failure in 1,500 is 0.1%, not 0%
+    return f"{measure['a']:.1%}->{measure['b']:.1%}{'*' if measure['called_out'] else ''}"
 
 
 def _print_shifts(shifts: list[dict[str, Any]] | None) -> None:

@@ -425,6 +425,9 @@ def test_runs_that_finished_with_failures_are_a_baseline(daemon: DaemonProcess) 
     assert compared(daemon.home, runs[-1], "--baseline", "last:5")["a"]["runs"] == runs[:1]
     gate = stagewatch_cli(daemon.home, runs[-1], "--baseline", "7d", "--fail-on-regression")
     assert gate.returncode in (0, 1), gate.stderr  # judged, not refused (2)
+    text = stagewatch_cli(daemon.home, runs[-1]).stdout
+    assert "finished with failures" in text and "finished_with_failures" not in text  # the words of every page
+    assert "20.0%->20.0%" in text  # its failure rate as stats writes it (1 in 1,500 is 0.1%, not 0%)
 
 
 def detection_prediction(index: int, wrong: set[int]) -> dict[str, Any]:

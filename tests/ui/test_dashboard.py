@@ -185,6 +185,10 @@ def test_a_run_its_stages_error_traceback_accuracy_and_a_saved_image(served, pag
     assert shown(page, "no GPU readings on")  # the reason, not a blank
     assert shown(page, "datasets/demo/images/frame_047.png")  # the failing frame's input: the file it is
     assert shown(page, "Bottleneck:")
+    page.locator(".sw-chart-durations canvas").first.wait_for()
+    axis = """() => Array.from(Bokeh.documents[0].all_models)
+        .filter(model => model.axis_label === "ms since the run's first stage").map(axis => axis.formatter.format)"""
+    assert page.evaluate(axis) == ["0,0"]  # the durations chart's time axis in plain ms (it read 5.000e+4)
     page.get_by_text("Traceback").first.click()
     page.wait_for_selector("text=Traceback (most recent call last)")
     assert shown(page, "raise ValueError")

@@ -15,6 +15,7 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
+from bokeh.models import NumeralTickFormatter
 from PIL import Image
 
 from stagewatch._home import ARTIFACT_FORM
@@ -363,7 +364,12 @@ def durations_chart(points: pd.DataFrame, total: int, order: list[str], colours:
         ]
     )
     chart = overlay.opts(
-        height=280, responsive=True, xlabel="ms since the run's first stage", ylabel="ms", legend_position="right"
+        height=280,
+        responsive=True,
+        xlabel="ms since the run's first stage",
+        ylabel="ms",
+        legend_position="right",
+        xformatter=NumeralTickFormatter(format="0,0"),  # 50,000, not 5.000e+4
     )
     drawn = (
         []

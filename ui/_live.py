@@ -94,6 +94,7 @@ class LiveRun:
     sample_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
     samples_seen: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     accuracy: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None  # the golden dataset it is judged against (the accuracy feed's)
     last_event_ns: int = 0
     # A run joined mid-way: the stage ends counted so far (feed and stored rows), until its
     # stored rows are complete; None for a run seen from its start (the feed carries it all).
@@ -182,7 +183,9 @@ class LiveBoard:
     def take_accuracy(self, summary: dict[str, Any]) -> None:
         run_id = summary.get("run_id")
         if isinstance(run_id, str) and isinstance(summary.get("stages"), dict):
-            self.runs.setdefault(run_id, LiveRun(run_id)).accuracy = summary["stages"]
+            run = self.runs.setdefault(run_id, LiveRun(run_id))
+            run.accuracy = summary["stages"]
+            run.dataset = summary.get("dataset") if isinstance(summary.get("dataset"), str) else run.dataset
             self.version += 1
 
     def visible(self, now: float | None = None) -> list[LiveRun]:

@@ -808,6 +808,7 @@ def test_accuracy_counters_move_while_a_run_streams(served, page) -> None:
         first = wait_for(lambda: (n := judged()) is not None and shown_run() == streaming and 0 < n < 1400 and n, 30)
         later = wait_for(lambda: (n := judged()) is not None and shown_run() == streaming and n > first and n, 30)
         assert later > first and demo.poll() is None  # seen while the run was still streaming
+        assert shown(page, "in progress") and shown(page, "golden.yaml")  # said so, and against what
     finally:
         demo.kill()
         demo.wait(30)

@@ -60,7 +60,10 @@ class AccuracyPage:
             return
         live = next((run for feed in self.feeds if (run := feed.board.runs.get(run_id)) is not None), None)
         stages = live.accuracy if live is not None and live.accuracy else None
-        summary = {"stages": stages} if stages else _data.load_accuracy(self.home, run_id) or {}
+        if stages:
+            summary = {"stages": stages, "dataset": live.dataset, "in_progress": live.ended_at is None}
+        else:
+            summary = _data.load_accuracy(self.home, run_id) or {}
         key = (run_id, repr(summary.get("stages")))
         if not force and key == self.shown:
             return
@@ -78,6 +81,7 @@ def sections(run_id: str, summary: dict[str, Any], home: Path | None = None) -> 
         pn.pane.HTML(
             f"Run {_widgets.run_link(run_id)}"
             + (f" against <code>{html.escape(str(summary['dataset']))}</code>" if summary.get("dataset") else "")
+            + (" · <b>in progress</b>: the counts move as its samples are judged" if summary.get("in_progress") else "")
         )
     ]
     if not stages:

@@ -446,6 +446,22 @@ class LiveFeed:
                 self.board.take_stored(run_id, rows, status is not None)
                 if status is not None and not ended:
                     self.board.end(run_id, status)
+        self._end_unlisted(listed)
+
+    def _end_unlisted(self, listed: set[str]) -> None:
+        """A run seen from its start whose end the feed did not bring (a subscriber that fell
+        behind on a busy machine loses messages past its queue): ended once the daemon lists it
+        no longer and its row is stored, as a joined run is; it stayed running for ever."""
+        with self.board.lock:
+            open_runs = [r.run_id for r in self.board.runs.values() if r.ended_at is None and r.counted is None]
+        for run_id in (run_id for run_id in open_runs if run_id not in listed):
+            try:
+                status = stored_status(self.home.root, run_id)
+            except (OSError, ValueError, pa.ArrowException):
+                continue
+            if status is not None:
+                with self.board.lock:
+                    self.board.end(run_id, status)
 
     def _take(self, frames: list[bytes]) -> None:
         """Fold one message; anything undecodable costs only itself."""

@@ -36,7 +36,7 @@ def test_the_waterfall_draws_the_time_outside_stages(sleepy) -> None:  # noqa: F
 
     data = _data.run_view(home, run_id)
     rows, gaps = _data.sample_frame(home, run_id, "f1"), _data.sample_gaps(home, run_id, "f1")
-    drawn = waterfall(rows, "f1", {}, gaps).object.data
+    drawn = waterfall(rows, "f1", {}, gaps)[0].object.data  # the chart, in its marked column
     outside = drawn[drawn["stage"] == _data.OUTSIDE_STAGES]
     assert len(outside) == 2  # loading the sample, and the glue between its two stages
     assert (outside["duration_ms"] >= 0.8 * SLEEP_S * 1000).all()

@@ -80,4 +80,10 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    print(f"stagewatch: warning: {message}", file=sys.stderr)  # what a user reads, not where it came from
+    text = f"stagewatch: warning: {message}"  # what a user reads, not where it came from
+    if text not in _SAID:  # one damaged file read by three queries is one warning
+        _SAID.add(text)
+        print(text, file=sys.stderr)
+
+
+_SAID: set[str] = set()

@@ -610,6 +610,13 @@ def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_ju
     as_text = stagewatch_cli(daemon.home, first, slower)
     assert as_text.returncode == 0, as_text.stderr
     assert "WARNING: " in as_text.stdout and holding_b in as_text.stdout and "NOT JUDGED" in as_text.stdout
+    stats = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(daemon.home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stats.returncode == 0 and stats.stderr.count(f"skipped the damaged data file {holding_b}") == 1  # not 3
 
     # B's end in a damaged file of the runs table: not "still running?" alone, and no wait for it
     holding_end = next(

@@ -133,13 +133,26 @@ class Navigator(pn.custom.JSComponent):
     middle button still open a new tab or window), on a link without `target` or `download`, to
     the same origin and path. Each navigation carries a number, and the server's URL updates
     name the navigation they belong to: an update of a page already left never lands in the
-    next page's history entry."""
+    next page's history entry. One navigation is built at a time: those that come while the
+    server builds one fold into the newest, sent when the server says it has built the last."""
 
     _esm = """
 export function render({ model, view }) {
   let sequence = 0;
   let connected = true;  // without the server (it stopped, the session expired) links load whole pages
   view.model.document.on_event("connection_lost", () => { connected = false; });
+  // One navigation at a time on the server: clicks that come while it builds a page are folded
+  // into the newest, sent once it says "built" (twenty fast clicks built twenty pages, one
+  // after another, and a tab closed meanwhile left them queued for a session that was gone).
+  // A "built" that never comes (a lost message) holds the next one back BUILT_WAIT_MS at most.
+  const BUILT_WAIT_MS = 5000;
+  let sentAt = null;
+  let waiting = false;
+  const send = () => {
+    waiting = false;
+    sentAt = Date.now();
+    model.send_msg({ search: window.location.search, sequence });
+  };
   const navigate = (href, push) => {
     const target = new URL(href, window.location.href);
     if (!connected) {
@@ -151,7 +164,8 @@ export function render({ model, view }) {
       window.history.pushState({ stagewatch: true }, "", target.href);
     }
     sequence += 1;
-    model.send_msg({ search: window.location.search, sequence });
+    if (sentAt !== null && Date.now() - sentAt < BUILT_WAIT_MS) waiting = true;
+    else send();
     if (push) window.scrollTo(0, 0);
   };
   const ours = (link) => {
@@ -174,6 +188,11 @@ export function render({ model, view }) {
   window.addEventListener("popstate", onPopState);
   window.stagewatch = { navigate: (href) => navigate(href, true), connected: () => connected };
   model.on("msg:custom", (message) => {
+    if (message.built !== undefined) {
+      sentAt = null;
+      if (waiting) send();
+      return;
+    }
     if (message.sequence !== sequence) return;  // about a page the browser has left
     if (message.replace !== undefined && message.replace !== window.location.search) {
       const url = window.location.pathname + message.replace + window.location.hash;
@@ -204,8 +223,11 @@ export function render({ model, view }) {
     def _handle_msg(self, data: Any) -> None:
         if not isinstance(data, dict) or not isinstance(data.get("search"), str):
             return
-        sequence = data.get("sequence")
-        self._on_navigate(data["search"], sequence if isinstance(sequence, int) else 0)
+        sequence = data.get("sequence") if isinstance(data.get("sequence"), int) else 0
+        try:
+            self._on_navigate(data["search"], sequence)
+        finally:
+            self._send_msg({"built": sequence})  # the browser's next navigation may come
 
     def replace(self, sequence: int, search: str) -> None:
         """The current history entry's query becomes `search`, unless the browser has left navigation `sequence`."""

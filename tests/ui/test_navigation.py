@@ -236,3 +236,22 @@ def test_each_navigation_builds_its_page_once(served, in_process, page) -> None:
     _in_sidebar(page, "live").click()  # behind this last one, any second build of those before has come
     page.wait_for_selector(drawn["live"])
     assert router.builds == 1 + 3 + 2 + 1 + 1 and _same_document(page)
+
+
+def test_clicks_faster_than_the_server_builds_open_the_newest_page_once(served, in_process, page) -> None:
+    """Twenty navigations at once: the one sent first is built, the others fold into the newest,
+    built after it (each was built in turn: twenty pages, and a tab closed meanwhile left them
+    queued for a session that was gone)."""
+    earlier = {id(router) for router in _routers()}
+    page.goto(f"{in_process}?page=runs")
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    (router,) = wait_for(lambda: [r for r in _routers() if id(r) not in earlier] or None, 20)
+    _mark(page)
+    hrefs = [f"?page={name}" for name in ("live", "logs", "runs", "failures") * 5]
+    page.evaluate("hrefs => hrefs.forEach(href => window.stagewatch.navigate(href))", hrefs)
+    page.wait_for_selector(".sw-table-failures .tabulator-row")
+    assert _here(page) == "?page=failures" and _same_document(page)
+    assert wait_for(lambda: router.builds == 1 + 2, 20)  # the first page, the first click, the newest
+    page.go_back()  # history keeps every entry: back is the click before the last
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    assert _here(page) == "?page=runs" and router.builds == 1 + 2 + 1

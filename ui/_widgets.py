@@ -13,7 +13,7 @@ import pandas as pd
 import panel as pn
 from bokeh.models import CustomJS
 
-from stagewatch.daemon.query._sql import Homes, homes_of, skipped_files
+from stagewatch.daemon.query._sql import Homes, homes_of
 from stagewatch.ui import _data, _router
 
 _log = logging.getLogger(__name__)
@@ -66,22 +66,6 @@ BUTTON_GROUP: dict[str, Any] = {
     "button_style": "outline",
     "stylesheets": [".bk-btn.bk-active{color:#fff !important}"],
 }
-
-
-def damage_alerts(skipped: list[str]) -> list[pn.pane.Alert]:
-    """What a table shows when the query layer left damaged data files out (`skipped_files`):
-    its rows are not all there, and how to get them back."""
-    if not skipped:
-        return []
-    files = ", ".join(f"`{path}`" for path in skipped)
-    return [
-        pn.pane.Alert(
-            f"Rows are missing: the damaged data file(s) {files} could not be read. `stagewatch rebuild` "
-            "restores their rows from the event log.",
-            alert_type="warning",
-            css_classes=["sw-damaged"],
-        )
-    ]
 
 
 def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
@@ -152,8 +136,7 @@ class PagedQuery:
     def refresh(self) -> None:
         limit = int(self.size.value)
         try:
-            with skipped_files() as skipped:
-                found = self.query((self.page.value - 1) * limit, limit)
+            found = self.query((self.page.value - 1) * limit, limit)
         except (ValueError, _data.RunNotFound) as error:
             # The rows of the filters before would read as the answer to these: none are shown.
             self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
@@ -161,10 +144,7 @@ class PagedQuery:
             self.table.value = self.table.value.iloc[0:0]
             return
         self.count.object = f"{self.noun} {found.label}"
-        self.message.objects = [
-            *damage_alerts(skipped),
-            *([] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]),
-        ]
+        self.message.objects = [] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]
         self.table.value = self.display(found.rows)
 
     def _filters_changed(self, _: Any) -> None:

@@ -81,7 +81,7 @@ def test_gc_removes_expired_runs_everywhere_and_leaves_running_ones(daemon: Daem
     daemon.audit(expired)
     wait_for(lambda: read_table(daemon.home, "runs").num_rows == 1)
     wait_for(lambda: read_table(daemon.home, "samples").num_rows == 1)
-    assert (daemon.home / "runs" / expired / "accuracy.json").exists()
+    wait_for(lambda: (daemon.home / "runs" / expired / "accuracy.json").exists())  # written after its rows
     running = stagewatch.init(pipeline="ongoing", home=daemon.home)
     with running.stage("detection"):
         pass

@@ -63,7 +63,7 @@ from stagewatch.daemon.query._readmodels import (
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
-from stagewatch.daemon.query._sql import Homes, homes_of
+from stagewatch.daemon.query._sql import Homes, homes_of, skipped_files, skipped_for_run
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -634,5 +634,7 @@ __all__ = [
     "resolve_artifact",
     "run_view",
     "runs_page",
+    "skipped_files",
+    "skipped_for_run",
     "stats_frame",
 ]

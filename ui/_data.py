@@ -265,6 +265,18 @@ def find_run(home: Homes, text: str) -> str:
     return resolve_run_in(home, text)
 
 
+def missing_for_run_filter(home: Homes, skipped: list[str], run_text: str) -> list[str]:
+    """Of the damaged files a paged table's query left out, those whose rows it would have shown:
+    with a run filter (an id or a unique prefix), those that may hold that run's rows
+    (`skipped_for_run`); else, or when the filter names no run, all of them."""
+    if not run_text.strip():
+        return skipped
+    try:
+        return skipped_for_run(home, skipped, find_run(home, run_text))
+    except RunNotFound:
+        return skipped
+
+
 def load_audit_head(home: Homes, run_id: str) -> dict[str, Any]:
     """The run's audit head, from the home that holds the run."""
     return _load_audit_head(holding(home, run_id), run_id)

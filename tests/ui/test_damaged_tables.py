@@ -65,6 +65,10 @@ def test_a_table_missing_a_damaged_files_rows_says_so_until_a_rebuild(tmp_path: 
         page.goto(f"{ui.url}?page=failures")
         assert wait_for(lambda: damaged.count() > 0 and shown(page, Path(holding).name), 120)
 
+        # ... but not filtered to the other run: the file's log entry says it holds none of its rows
+        page.goto(f"{ui.url}?page=failures&run={whole}")
+        assert wait_for(lambda: page.locator(".sw-count").get_by_text("failure cases").count() > 0, 120)
+        assert damaged.count() == 0
         # the other run's rows are all shown: nothing said (twice: the second answer is a kept one)
         for _ in range(2):
             run_drawn(page, ui, whole)

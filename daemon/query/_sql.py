@@ -371,7 +371,13 @@ def skipped_for_run(home: Homes, skipped: Sequence[str], run_id: str) -> list[st
             if any(Path(path).is_relative_to(folder) for path in skipped):
                 with contextlib.suppress(DamagedTable):
                     ranges |= logged_ranges(one, table, "run_id")
-    return [path for path in skipped if (span := ranges.get(path)) is None or span[0] <= run_id <= span[1]]
+    return [path for path in skipped if (span := ranges.get(path)) is None or _within(run_id, *span)]
+
+
+def _within(value: str, low: Any, high: Any) -> bool:
+    """`value` between a file's logged lowest and highest: a writer may cut long strings in its
+    statistics to a prefix (never more than the value), so the highest is compared over its length."""
+    return str(low) <= value and value[: len(str(high))] <= str(high)
 
 
 def damaged_parts(files: list[str]) -> list[str]:

@@ -269,7 +269,7 @@ def missing_for_run_filter(home: Homes, skipped: list[str], run_text: str) -> li
     """Of the damaged files a paged table's query left out, those whose rows it would have shown:
     with a run filter (an id or a unique prefix), those that may hold that run's rows
     (`skipped_for_run`); else, or when the filter names no run, all of them."""
-    if not run_text.strip():
+    if not (skipped and run_text.strip()):
         return skipped
     try:
         return skipped_for_run(home, skipped, find_run(home, run_text))

@@ -190,7 +190,7 @@ def print_comparison(document: dict[str, Any]) -> None:
             print(f"    {reason}")
     print(OWN_MEMORY)
     _print_shifts(document.get("shifts"))
-    _print_flips(document["flips"])
+    _print_flips(document)
     _print_accuracy(document["accuracy"])
     for name in ("config", "environment"):
         changes = document[name]
@@ -264,7 +264,13 @@ def _print_shifts(shifts: list[dict[str, Any]] | None) -> None:
         )
 
 
-def _print_flips(flips: list[dict[str, str]]) -> None:
+def _print_flips(document: dict[str, Any]) -> None:
+    from stagewatch.daemon.compare._compare import flips_not_judged_text
+
+    if document["flips_not_judged"] is not None:  # then no flip is given: over rows left out, they may be invented
+        print(f"\nflips (verdict changed): NOT JUDGED: {flips_not_judged_text(document['flips_not_judged'])}")
+        return
+    flips: list[dict[str, str]] = document["flips"]
     print(f"\nflips (verdict changed): {len(flips) or 'none'}")
     for flip in flips[:MAX_LISTED_FLIPS]:
         print(f"  {flip['stage']} {flip['sample_id']}: {flip['from']} -> {flip['to']}")

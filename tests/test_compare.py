@@ -473,6 +473,39 @@ def test_the_flip_list_holds_exactly_the_samples_b_got_wrong(daemon: DaemonProce
     }
 
 
+def judged_runs_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:
+    """Two judged runs of 8 samples (B gets s0001 and s0006 wrong too), the daemon stopped and
+    the data file holding B's verdicts (the samples table's) damaged: (A, B, the damaged file)."""
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    before = judged_run(daemon, dataset, {3}, 8)
+    after = judged_run(daemon, dataset, {3, 1, 6}, 8)
+    daemon.stop()
+    holding = next(
+        path
+        for path in snapshot_files(daemon.home, "samples")
+        if after in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
+    )
+    damage(Path(holding))
+    return before, after, holding
+
+
+def test_flips_over_left_out_verdicts_are_not_judged(daemon: DaemonProcess) -> None:
+    """B's verdicts in a damaged file: its samples read as merely run ("ok"), each a flip from
+    A's verdict that B never had. The flips are said to be not judged, and why (text and --json)."""
+    before, after, holding = judged_runs_in_a_damaged_file(daemon)
+    document = json.loads(stagewatch_cli(daemon.home, before, after, "--json").stdout)
+    assert document["flips"] is None
+    assert document["flips_not_judged"] == {
+        "reason": "rows were left out for 1 damaged data file(s)",
+        "skipped_files": [holding],
+    }
+    as_text = stagewatch_cli(daemon.home, before, after)
+    assert as_text.returncode == 0, as_text.stderr
+    flips = as_text.stdout.split("\nflips (verdict changed): ", 1)[1].splitlines()
+    assert flips[0].startswith("NOT JUDGED: rows were left out for 1 damaged data file(s)") and holding in flips[0]
+    assert " -> " not in flips[1]  # no flip listed
+
+
 def test_the_run_start_records_its_environment(daemon: DaemonProcess) -> None:
     run_id = timed_run(daemon.home, seed=1, frames=1)
     environment = daemon.audit(run_id)["environment"]

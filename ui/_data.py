@@ -63,7 +63,7 @@ from stagewatch.daemon.query._readmodels import (
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
-from stagewatch.daemon.query._sql import Homes, homes_of
+from stagewatch.daemon.query._sql import Homes, homes_of, skipped_files, skipped_for_run
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -263,6 +263,18 @@ def export_bytes(home: Path, filters: Filters, form: str, tables: tuple[str, ...
 def find_run(home: Homes, text: str) -> str:
     """A run id from an id or a unique prefix (in any of the homes); RunNotFound says why not."""
     return resolve_run_in(home, text)
+
+
+def missing_for_run_filter(home: Homes, skipped: list[str], run_text: str) -> list[str]:
+    """Of the damaged files a paged table's query left out, those whose rows it would have shown:
+    with a run filter (an id or a unique prefix), those that may hold that run's rows
+    (`skipped_for_run`); else, or when the filter names no run, all of them."""
+    if not (skipped and run_text.strip()):
+        return skipped
+    try:
+        return skipped_for_run(home, skipped, find_run(home, run_text))
+    except RunNotFound:
+        return skipped
 
 
 def load_audit_head(home: Homes, run_id: str) -> dict[str, Any]:
@@ -634,5 +646,7 @@ __all__ = [
     "resolve_artifact",
     "run_view",
     "runs_page",
+    "skipped_files",
+    "skipped_for_run",
     "stats_frame",
 ]

@@ -13,7 +13,7 @@ import pandas as pd
 import panel as pn
 from bokeh.models import CustomJS
 
-from stagewatch.daemon.query._sql import Homes, homes_of
+from stagewatch.daemon.query._sql import Homes, homes_of, skipped_files
 from stagewatch.ui import _data, _router
 
 _log = logging.getLogger(__name__)
@@ -68,6 +68,24 @@ BUTTON_GROUP: dict[str, Any] = {
 }
 
 
+def damage_alerts(damaged: list[str]) -> list[pn.pane.Alert]:
+    """What a table shows above its rows when a damaged data file its query read was left out
+    (`skipped_files`): that rows are missing, which file, and how to get them back. None when
+    no file was left out."""
+    if not damaged:
+        return []
+    files = ", ".join(f"`{path}`" for path in damaged)
+    return [
+        pn.pane.Alert(
+            f"**Rows are missing:** the damaged data file{'s' if len(damaged) > 1 else ''} {files} could not be "
+            "read, and what it held is not shown. The event log still holds those rows: stop the daemon and run "
+            "`stagewatch rebuild` to write the tables again (`stagewatch doctor` lists every damaged file).",
+            alert_type="warning",
+            css_classes=["sw-damaged"],
+        )
+    ]
+
+
 def filter_bar(*widgets: Any, width: int = 185) -> pn.FlexBox:
     """Filters side by side, wrapping on a narrow screen."""
     for widget in widgets:
@@ -89,7 +107,10 @@ class PagedQuery:
     words above the table); `display` turns its rows into what people read; `empty()` says
     what to do when nothing matches; `changed()` runs after each filter change. The pager
     turns to the previous and next page (of whichever sort: "newer" would be wrong for the
-    slowest first); `table_options` go to the table (its layout, its wrapping columns)."""
+    slowest first); `table_options` go to the table (its layout, its wrapping columns).
+
+    A damaged data file the query left out is said above the table (`damage_alerts`); `missing`
+    keeps of those the files whose rows the table would have shown (all, by default)."""
 
     def __init__(
         self,
@@ -103,10 +124,11 @@ class PagedQuery:
         page_size: int = 25,
         turns: tuple[str, str] = ("◀ previous", "next ▶"),
         changed: Callable[[], None] | None = None,
+        missing: Callable[[list[str]], list[str]] = list,
         **table_options: Any,
     ) -> None:
         self.noun, self.filters, self.query, self.display, self.empty = noun, filters, query, display, empty
-        self.changed = changed
+        self.changed, self.missing = changed, missing
         self.size = pn.widgets.Select(name="Rows a page", options=list(_data.PAGE_SIZES), value=page_size)
         self.page = pn.widgets.IntInput(name="Page", value=1, start=1)
         self.previous, self.next = pn.widgets.Button(name=turns[0]), pn.widgets.Button(name=turns[1])
@@ -136,7 +158,8 @@ class PagedQuery:
     def refresh(self) -> None:
         limit = int(self.size.value)
         try:
-            found = self.query((self.page.value - 1) * limit, limit)
+            with skipped_files() as skipped:
+                found = self.query((self.page.value - 1) * limit, limit)
         except (ValueError, _data.RunNotFound) as error:
             # The rows of the filters before would read as the answer to these: none are shown.
             self.message.objects = [pn.pane.Alert(str(error), alert_type="warning")]
@@ -144,7 +167,10 @@ class PagedQuery:
             self.table.value = self.table.value.iloc[0:0]
             return
         self.count.object = f"{self.noun} {found.label}"
-        self.message.objects = [] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]
+        self.message.objects = [
+            *damage_alerts(self.missing(skipped)),
+            *([] if found.total else [pn.pane.Alert(self.empty(), alert_type="info")]),
+        ]
         self.table.value = self.display(found.rows)
 
     def _filters_changed(self, _: Any) -> None:

@@ -20,8 +20,9 @@ A stage `regressed` when something got worse that way, or when it ran in the bas
 newest run) and not at all in the run compared (a stage that vanished). A stage of one side
 only is listed with its figures (`only_in`), never dropped. The flip list holds the samples
 whose verdict changed: judged ones (`samples`: correct, wrong, invalid), and executions that
-failed or crashed where the baseline's did not (new failures). All reads go through the query
-layer.
+failed or crashed where the baseline's did not (new failures); over rows a damaged data file
+left out it is not given (`flips_not_judged`: a sample whose row is missing would look changed).
+All reads go through the query layer.
 
 What the figures cannot say is said in `warnings`: a side whose run has not ended (its figures
 are partial: `partial`, and the comparison is not judged), rows the query layer left out for a
@@ -555,6 +556,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "confidence": options.confidence,
         "stages": stages,
         "flips": flips(verdicts(before, judged_a), verdicts(after, judged_b)),
+        "flips_not_judged": None,
         "accuracy": accuracy,
         "config": dict_diff(setting_a["config"], setting_b["config"]),
         "environment": dict_diff(setting_a["environment"], setting_b["environment"]),
@@ -571,6 +573,10 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
     if document["not_judged"]:
         for stage in stages:
             stage["regressed"] = None
+    if left_out := rows_left_out(skipped):
+        # A sample whose verdict row was left out reads as merely run ("ok"), or as not run: each
+        # such sample a flip that never happened. The flips over the rows read are not given.
+        document["flips"], document["flips_not_judged"] = None, {"reason": left_out, "skipped_files": skipped}
     return document
 
 
@@ -578,9 +584,22 @@ def not_judged(document: dict[str, Any]) -> str | None:
     """Why the figures cannot be judged (the gate neither passes nor fails them), or None."""
     if document["partial"]:
         return "a run compared has not ended, its figures are partial"
-    if document["skipped_files"]:
-        return f"rows were left out for {len(document['skipped_files'])} damaged data file(s)"
-    return None
+    return rows_left_out(document["skipped_files"])
+
+
+def rows_left_out(skipped: list[str]) -> str | None:
+    """Why figures over rows read without those of the damaged data files `skipped` are not
+    judged (the stages' verdict, the flips), or None when no file was left out."""
+    return f"rows were left out for {len(skipped)} damaged data file(s)" if skipped else None
+
+
+def flips_not_judged_text(not_judged: dict[str, Any]) -> str:
+    """Why the flips are not given (`flips_not_judged`), in words, for the CLI and the page."""
+    return (
+        f"{not_judged['reason']} ({', '.join(not_judged['skipped_files'])}): a sample whose row was left out "
+        "would look changed, so no flip is listed until `stagewatch rebuild` (daemon stopped) rebuilds the "
+        "tables from the event log"
+    )
 
 
 def skipped_warnings(skipped: list[str]) -> list[str]:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import TABLES
-from stagewatch.daemon.tables._tables import PARTITION_COLUMN
+from stagewatch.daemon.tables._tables import PARTITION_COLUMN, DamagedTable, logged_ranges
 from stagewatch.daemon.tables._tables import snapshot_files as delta_snapshot_files
 
 MAX_ROWS = 2**62  # LIMIT and OFFSET are 64-bit in DuckDB: more rows than any table holds
@@ -192,25 +192,32 @@ def select(
     parts = table_parts(home, table, dates)
     files = [path for part_files, _ in parts for path in part_files]
     key = _answer_key(files, table, sql, [*params, [elsewhere for _, elsewhere in parts]])
-    result = _answers.get(key) if key is not None else None
-    if result is not None:
+    kept = _answers.get(key) if key is not None else None
+    if kept is not None:
+        result, damaged = kept
+        _note_skipped(damaged)  # a kept answer lacks the rows its query left out: said again
         return result.cast(schema) if schema is not None else result
+    result, damaged = _read(parts, files, table, sql, params)
+    if key is not None:
+        _answers.put(key, (result, damaged))
+    return result.cast(schema) if schema is not None else result
+
+
+def _read(
+    parts: list[tuple[list[str], list[str]]], files: list[str], table: str, sql: str, params: Sequence[Any]
+) -> tuple[pa.Table, list[str]]:
+    """The answer, and the damaged files left out of it (none if every file read)."""
     try:
-        result = _run(parts, table, sql, params)
-        if key is not None:
-            _answers.put(key, result)
+        return _run(parts, table, sql, params), []
     except duckdb.Error as error:
         damaged = damaged_parts(files) if _about_files(error) else []
         if not damaged:
             raise QueryError(_first_line(error)) from None
-        readable = [
-            ([path for path in part_files if path not in damaged], elsewhere) for part_files, elsewhere in parts
-        ]
-        try:
-            result = _run(readable, table, sql, params)
-        except duckdb.Error as again:
-            raise QueryError(_first_line(again)) from None
-    return result.cast(schema) if schema is not None else result
+    readable = [([path for path in part_files if path not in damaged], elsewhere) for part_files, elsewhere in parts]
+    try:
+        return _run(readable, table, sql, params), damaged
+    except duckdb.Error as again:
+        raise QueryError(_first_line(again)) from None
 
 
 class _Answers:
@@ -218,30 +225,32 @@ class _Answers:
     times too) and the query: a snapshot's data files are never rewritten (Delta adds files and
     drops old ones from its log), so the same query over the same files has the same answer. A
     page switched back to, or a filter set back, answers from here; a commit, a compaction or a
-    file changed by hand is a new key. Bounded in bytes, the least recently used dropped first."""
+    file changed by hand (damaged, repaired) is a new key. Each answer is kept with the damaged
+    files its query left out, for `skipped_files` to hear of them from a kept answer too.
+    Bounded in bytes, the least recently used dropped first."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
-        self._answers: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._answers: OrderedDict[tuple, tuple[pa.Table, list[str]]] = OrderedDict()
         self._lock = threading.Lock()  # the dashboard's server queries from several threads
 
-    def get(self, key: tuple) -> pa.Table | None:
+    def get(self, key: tuple) -> tuple[pa.Table, list[str]] | None:
         with self._lock:
             found = self._answers.get(key)
             if found is not None:
                 self._answers.move_to_end(key)
             return found
 
-    def put(self, key: tuple, answer: pa.Table) -> None:
-        if answer.nbytes > self.max_bytes // 8:  # a bulk read (an export, a whole table): not kept
+    def put(self, key: tuple, kept: tuple[pa.Table, list[str]]) -> None:
+        if kept[0].nbytes > self.max_bytes // 8:  # a bulk read (an export, a whole table): not kept
             return
         with self._lock:
             if key in self._answers:
                 return
-            self._answers[key] = answer
-            self.bytes += answer.nbytes
+            self._answers[key] = kept
+            self.bytes += kept[0].nbytes
             while self.bytes > self.max_bytes:
-                self.bytes -= self._answers.popitem(last=False)[1].nbytes
+                self.bytes -= self._answers.popitem(last=False)[1][0].nbytes
 
 
 ANSWERS_MAX_BYTES = 64 << 20
@@ -345,6 +354,30 @@ def skipped_files() -> Iterator[list[str]]:
 def _note_skipped(paths: Sequence[str]) -> None:
     if (noted := _skipped.get()) is not None:
         noted += [path for path in paths if path not in noted]
+
+
+def skipped_for_run(home: Homes, skipped: Sequence[str], run_id: str) -> list[str]:
+    """Of the damaged files a read left out (`skipped_files`), those that may have held rows of
+    the run: a file whose table's Delta log records run ids for it (the lowest and the highest,
+    written with the file, so still there when the file is damaged) that leave this run's out
+    held none of its rows. A file of no table of `home`, or that the log gives no figures for,
+    may have."""
+    if not skipped:
+        return []
+    ranges: dict[str, tuple[Any, Any]] = {}
+    for one in homes_of(home):
+        for table in TABLES:
+            folder = DaemonHome.of(one).table(table)
+            if any(Path(path).is_relative_to(folder) for path in skipped):
+                with contextlib.suppress(DamagedTable):
+                    ranges |= logged_ranges(one, table, "run_id")
+    return [path for path in skipped if (span := ranges.get(path)) is None or _within(run_id, *span)]
+
+
+def _within(value: str, low: Any, high: Any) -> bool:
+    """`value` between a file's logged lowest and highest: a writer may cut long strings in its
+    statistics to a prefix (never more than the value), so the highest is compared over its length."""
+    return str(low) <= value and value[: len(str(high))] <= str(high)
 
 
 def damaged_parts(files: list[str]) -> list[str]:

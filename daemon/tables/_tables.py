@@ -315,6 +315,22 @@ class _Cache:
                 self._tables.pop(key, None)
                 raise DamagedTable(table, first_line(error)) from None
 
+    def value_ranges(self, folder: Path, column: str) -> dict[str, tuple[Any, Any]]:
+        """Per data file of the snapshot (its path, as `files` gives it): the lowest and highest
+        value of `column` its log entry's statistics record; a file without them is left out."""
+        with self._lock:
+            delta = self._fresh(folder)
+            actions = pa.table(delta.get_add_actions(flatten=True))
+        names = ("path", f"min.{column}", f"max.{column}")
+        if not all(name in actions.column_names for name in names):
+            return {}
+        paths, lows, highs = (actions[name].to_pylist() for name in names)
+        return {
+            str(folder / unquote(path)): (low, high)
+            for path, low, high in zip(paths, lows, highs, strict=True)
+            if low is not None and high is not None
+        }
+
     def _fresh(self, folder: Path) -> DeltaTable:
         key, log = str(folder), (folder / "_delta_log").stat().st_ino
         cached = self._tables.get(key)
@@ -345,6 +361,20 @@ def snapshot_files(home: Path | DaemonHome, table: str, dates: Sequence[str] | N
             raise OldLayout(table)
         return []
     return _cache.files(folder, table, dates)
+
+
+def logged_ranges(home: Path | DaemonHome, table: str, column: str) -> dict[str, tuple[Any, Any]]:
+    """Per data file of the table's snapshot: the lowest and highest value of `column` in it, as
+    its Delta log's statistics record them (written with the file: read without opening it, so
+    also for a file damaged since). A file whose log entry has no such statistics is absent.
+    DamagedTable if the log cannot be read."""
+    folder = table_path(home, table)
+    if not has_log(folder):
+        return {}
+    try:
+        return _cache.value_ranges(folder, column)
+    except DAMAGE as error:
+        raise DamagedTable(table, first_line(error)) from None
 
 
 def snapshot_sizes(home: Path | DaemonHome, table: str) -> list[tuple[Path, int]]:

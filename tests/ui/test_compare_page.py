@@ -16,7 +16,7 @@ import stagewatch
 from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, wait_for
 from tests.groundtruth.builders import write_dataset
-from tests.test_compare import judged_run, slower_run_in_a_damaged_file
+from tests.test_compare import judged_run, judged_runs_in_a_damaged_file, slower_run_in_a_damaged_file
 from tests.ui.conftest import CHROMIUM
 from tests.ui.test_dashboard import LIDAR_GOLDEN, Ui, shown
 
@@ -82,6 +82,21 @@ def test_rows_left_out_for_a_damaged_file_leave_the_comparison_not_judged(daemon
         assert wait_for(lambda: shown(page, "Not judged: rows were left out for 1 damaged data file"), 20)
         assert not shown(page, "No regression.") and not shown(page, "Regressed:")
         assert shown(page, Path(holding).name)
+    finally:
+        ui.stop()
+
+
+def test_flips_over_verdicts_a_damaged_file_left_out_are_not_listed(daemon: DaemonProcess, page) -> None:
+    """B's verdicts in a damaged file: the Flips section says they are not judged and names the
+    file (it listed every sample of B as flipped from A's verdict to "ok")."""
+    before, after, holding = judged_runs_in_a_damaged_file(daemon)
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a={before}&b={after}")
+        said = page.locator(".sw-compare-flips-not-judged")
+        assert wait_for(lambda: said.get_by_text("Not judged: rows were left out").count() > 0, 60)
+        assert said.get_by_text(Path(holding).name).count() > 0 and said.get_by_text("stagewatch rebuild").count() > 0
+        assert page.locator("a.sw-flip").count() == 0 and page.locator(".sw-compare-flips").count() == 0
     finally:
         ui.stop()
 

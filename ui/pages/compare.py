@@ -24,6 +24,7 @@ from stagewatch.daemon.compare._compare import (
     Side,
     baseline_side,
     compare,
+    flips_not_judged_text,
     run_side,
 )
 from stagewatch.daemon.projection._outcomes import label
@@ -138,10 +139,7 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
     ]
     if "shifts" in document:
         shown += [pn.pane.Markdown("### Shifts in the history"), pn.pane.HTML(shifts_html(document["shifts"]))]
-    shown += [
-        pn.pane.Markdown(f"### Flips ({len(document['flips'])})"),
-        pn.pane.HTML(flips_html(document["flips"], link_of), css_classes=["sw-compare-flips"]),
-    ]
+    shown += flips_section(document, link_of)
     if document["accuracy"]:
         shown += [pn.pane.Markdown("### Accuracy (correct / judged)"), pn.pane.HTML(accuracy_html(document))]
     for name in ("config", "environment"):
@@ -252,6 +250,22 @@ def shifts_html(shifts: list[dict[str, Any]]) -> str:
         for s in shifts
     ]
     return f"<ul>{''.join(items)}</ul>"
+
+
+def flips_section(document: dict[str, Any], link_of: Any) -> list[Any]:
+    """The flip list; over rows a damaged data file left out, why none is listed (the list
+    would hold samples that only look changed)."""
+    not_judged = document["flips_not_judged"]
+    if not_judged is not None:
+        text = f"Not judged: {html.escape(flips_not_judged_text(not_judged))}."
+        return [
+            pn.pane.Markdown("### Flips"),
+            pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-flips-not-judged"]),
+        ]
+    return [
+        pn.pane.Markdown(f"### Flips ({len(document['flips'])})"),
+        pn.pane.HTML(flips_html(document["flips"], link_of), css_classes=["sw-compare-flips"]),
+    ]
 
 
 def flips_html(flips: list[dict[str, str]], link_of: Any) -> str:

@@ -78,6 +78,7 @@ class FailuresPage:
             self._display,
             lambda: "No failure case matches these filters." if self.filters() != _failures.CaseFilters() else EMPTY,
             html_columns=("case", "run", "when"),
+            missing=lambda skipped: _data.missing_for_run_filter(self.home, skipped, self.run.value),
             # Every column within the page at 1,280 px: long text wraps rather than pushing the
             # run column (which tells two runs' cases of one sample apart) off the page.
             layout="fit_columns",

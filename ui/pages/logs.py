@@ -78,6 +78,7 @@ class LogsPage:
             display,
             lambda: "No log lines match these filters." if self.filters() != Filters() else EMPTY,
             html_columns=("time", "run"),
+            missing=lambda skipped: _data.missing_for_run_filter(self.home, skipped, self.run.value),
             page_size=50,
             changed=self._draw_histogram,
         )

@@ -52,6 +52,7 @@ class RunPage:
             executions_display,
             lambda: "No stage of this run has ended yet.",
             turns=("◀ earlier", "later ▶"),
+            missing=self._missing_rows,
         )
         # The link's run first, then the watchers: the page is drawn once, here.
         refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
@@ -92,11 +93,13 @@ class RunPage:
             return
         try:
             run_id = _data.find_run(self.home, text)
-            data = _data.run_view(self.home, run_id)
+            with _data.skipped_files() as skipped:
+                data = _data.run_view(self.home, run_id)
         except _data.RunNotFound as error:
             self.body.objects = [pn.pane.Alert(str(error), alert_type="danger")]
             return
         data["colours"] = _format.stage_colours([*_data.facets(self.home)["stage"], *data["order"]])
+        data["damaged"] = _data.skipped_for_run(self.home, skipped, run_id)
         self.view_data = data
         samples = data["samples"]  # those that failed first
         self.sample.options = samples
@@ -114,6 +117,12 @@ class RunPage:
             rows = _data.sample_frame(self.home, run_id, self.sample.value)
             gaps = _data.sample_gaps(self.home, run_id, self.sample.value)
             self.waterfall.objects = [waterfall(rows, self.sample.value, self.view_data["colours"], gaps)]
+
+    def _missing_rows(self, skipped: list[str]) -> list[str]:
+        """The damaged files left out of the executions' query that may have held this run's rows."""
+        if self.view_data is None:
+            return skipped
+        return _data.skipped_for_run(self.home, skipped, self.view_data["audit"]["run_id"])
 
     def _executions_page(self, offset: int, limit: int) -> _data.Page:
         if self.view_data is None:
@@ -217,7 +226,8 @@ def sections(
     saved_outputs: list[Any],
 ) -> list[Any]:
     audit, stats = data["audit"], data["stats"]
-    shown: list[Any] = [header(audit)]
+    # Its stages, chart and executions lack the rows of a damaged data file: said first.
+    shown: list[Any] = [header(audit), *_widgets.damage_alerts(data.get("damaged", []))]
     skew = audit.get("clock_skew")
     if isinstance(skew, dict) and skew.get("message"):
         shown.append(pn.pane.Alert(f"**Clock skew:** {html.escape(str(skew['message']))}", alert_type="warning"))
@@ -230,7 +240,8 @@ def sections(
             pn.pane.Markdown(f"… and {data['errors_more']:,} more errors: the stage executions below list them all.")
         )
     if stats.empty:
-        shown.append(pn.pane.Markdown("No stage has ended in this run yet."))
+        if not data.get("damaged"):  # else its rows may all be in the damaged file, said above
+            shown.append(pn.pane.Markdown("No stage has ended in this run yet."))
         return shown
     sentence = _data.bottleneck_sentence(stats)
     if sentence:

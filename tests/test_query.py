@@ -7,12 +7,15 @@ import logging
 import subprocess
 import sys
 import time
+import tracemalloc
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import stagewatch
+from stagewatch.daemon.query._sql import select
 from tests.conftest import FAKE_CLOCK, DaemonProcess, run_python, wait_for
 
 
@@ -249,3 +252,21 @@ def test_a_level_matches_log_lines_alone_in_the_order_they_were_logged(daemon: D
     text = sw("query", "--home", home, "--level", "warning").stdout
     assert text.startswith("2 log line(s) at WARNING or above, in time order") and "stage execution" not in text
     assert text.index("logged an hour ago") < text.index("logged now")
+
+
+def test_the_kept_answers_stay_within_their_bound_whatever_their_queries_parameters(history) -> None:
+    """The query layer keeps answers up to a number of bytes; a query's key (every file's path, its
+    parameters: thousands of run ids) must not outweigh the small answer it stands for, or a
+    dashboard open all day grows without bound."""
+    home, _ = history
+    run_ids = [str(uuid.UUID(int=i)) for i in range(20_000)]
+    sql = "SELECT count(*) AS n FROM rows WHERE list_contains(?::VARCHAR[], run_id) OR ? < 0"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for variant in range(50):  # 50 queries, each kept: a count of one row
+            assert select(home, "stage_executions", sql, [run_ids, variant])["n"][0].as_py() == 0
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 5 * 2**20, f"{held / 2**20:.1f} MB held for 50 kept answers of one row"

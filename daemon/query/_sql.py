@@ -17,6 +17,7 @@ is threaded).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -231,17 +232,17 @@ class _Answers:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
-        self._answers: OrderedDict[tuple, tuple[pa.Table, list[str]]] = OrderedDict()
+        self._answers: OrderedDict[bytes, tuple[pa.Table, list[str]]] = OrderedDict()
         self._lock = threading.Lock()  # the dashboard's server queries from several threads
 
-    def get(self, key: tuple) -> tuple[pa.Table, list[str]] | None:
+    def get(self, key: bytes) -> tuple[pa.Table, list[str]] | None:
         with self._lock:
             found = self._answers.get(key)
             if found is not None:
                 self._answers.move_to_end(key)
             return found
 
-    def put(self, key: tuple, kept: tuple[pa.Table, list[str]]) -> None:
+    def put(self, key: bytes, kept: tuple[pa.Table, list[str]]) -> None:
         if kept[0].nbytes > self.max_bytes // 8:  # a bulk read (an export, a whole table): not kept
             return
         with self._lock:
@@ -257,14 +258,16 @@ ANSWERS_MAX_BYTES = 64 << 20
 _answers = _Answers(ANSWERS_MAX_BYTES)
 
 
-def _answer_key(files: list[str], table: str, sql: str, params: Sequence[Any]) -> tuple | None:
-    """What an answer depends on; None where a file cannot be looked at (gone: the query reads,
-    and says so)."""
+def _answer_key(files: list[str], table: str, sql: str, params: Sequence[Any]) -> bytes | None:
+    """A digest of what an answer depends on; None where a file cannot be looked at (gone: the
+    query reads, and says so). A digest, not the values: the answers are bounded by their bytes,
+    and a key of every file's path and of a query's parameters (thousands of run ids) can
+    outweigh the small answer it stands for."""
     try:
         stamps = tuple((path, (stat := os.stat(path)).st_size, stat.st_mtime_ns) for path in files)
     except OSError:
         return None
-    return stamps, table, sql, repr(tuple(params))
+    return hashlib.blake2b(repr((stamps, table, sql, tuple(params))).encode(), digest_size=32).digest()
 
 
 def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -255,6 +255,9 @@ class Router:
     def _leave(self, _: Any) -> None:
         if self.scope is not None:
             self.scope.close(session_ended=True)
+        # The scope holds this router, which holds the document: left in the map, its weak key
+        # would never die, and every closed session's pages would stay in the server's memory.
+        _SCOPES.pop(self.document, None)
 
     def start(self, arguments: Arguments) -> None:
         """The session's first page, from the URL it was opened with."""

@@ -6,8 +6,10 @@ A document that survives a navigation keeps `window.__marker`; a reload would lo
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,7 +161,17 @@ def in_process(served) -> Iterator[str]:
     previous = os.environ.get("STAGEWATCH_HOME")
     os.environ["STAGEWATCH_HOME"] = str(home)
     port = free_port()
-    server = pn.serve({"app": app.page}, port=port, address="127.0.0.1", show=False, threaded=True)
+    server = pn.serve(
+        {"app": app.page},
+        port=port,
+        address="127.0.0.1",
+        show=False,
+        threaded=True,
+        # A closed tab's session is dropped after a second (Bokeh's default: 15 s unused, checked
+        # every 17 s), so that a test can see what it leaves behind.
+        check_unused_sessions=500,
+        unused_session_lifetime=1000,
+    )
     wait_for(lambda: _listens(port), 30)
     try:
         yield f"http://127.0.0.1:{port}/app"
@@ -255,3 +267,23 @@ def test_clicks_faster_than_the_server_builds_open_the_newest_page_once(served, 
     page.go_back()  # history keeps every entry: back is the click before the last
     page.wait_for_selector(".sw-table-runs .tabulator-row")
     assert _here(page) == "?page=runs" and router.builds == 1 + 2 + 1
+
+
+def test_a_closed_session_leaves_nothing_behind_on_the_server(in_process, browser) -> None:
+    """A session's router, its pages and what they hold go when Bokeh drops the session (a
+    dashboard open for weeks serves thousands: each kept made the server grow by about a MB)."""
+    kept = []
+    for name in ("runs", "performance", "logs"):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{in_process}?page={name}")
+        page.wait_for_selector(f".sw-table-{name if name != 'performance' else 'window-stats'} .tabulator-row")
+        kept += [weakref.ref(router) for router in _routers() if all(router is not ref() for ref in kept)]
+        context.close()
+    assert len(kept) == 3
+
+    def freed() -> bool:
+        gc.collect()
+        return not any(ref() is not None for ref in kept)
+
+    assert wait_for(freed, 60), [ref() for ref in kept]

@@ -22,7 +22,8 @@ _log = logging.getLogger(__name__)
 def navigation(current: str, pages: dict[str, str]) -> str:
     """The sidebar's links (page name -> what it is called), the current page in bold."""
     return "".join(
-        f'<a href="?page={name}" class="sw-nav-{name}" style="display:block;padding:6px 4px;font-size:15px;'
+        f'<a href="{html.escape(_router.link(f"?page={name}"), quote=True)}" class="sw-nav-{name}" '
+        'style="display:block;padding:6px 4px;font-size:15px;'
         f'{"font-weight:700;" if name == current else ""}">{html.escape(title)}</a>'
         for name, title in pages.items()
     )
@@ -30,7 +31,8 @@ def navigation(current: str, pages: dict[str, str]) -> str:
 
 def run_link(run_id: str, text: str | None = None) -> str:
     safe = html.escape(run_id, quote=True)
-    return f'<a href="?page=run&run={safe}" title="{safe}">{html.escape(text or run_id[:8])}</a>'
+    href = html.escape(_router.link(f"?page=run&run={run_id}"), quote=True)
+    return f'<a href="{href}" title="{safe}">{html.escape(text or run_id[:8])}</a>'
 
 
 def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **options: Any) -> pn.widgets.Tabulator:
@@ -363,7 +365,7 @@ def tap_opens(url: str) -> CustomJS:
     """A chart's tap that opens a page of the dashboard in place, as a link does: `url` names the
     tapped point's columns as `@column` (Bokeh's OpenURL, which would reload the whole page)."""
     return CustomJS(
-        args={"url": url},
+        args={"url": _router.link(url)},
         code="""
 const source = cb_data.source;
 const index = source.selected.indices[0];

@@ -14,6 +14,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch.ui import _data, _failures, _format, _gallery, _widgets
+from stagewatch.ui._router import link
 
 WHEN = {"any time": "", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}
 SORTS = {
@@ -206,7 +207,7 @@ def _url_value(value: Any) -> str:
 def case_url(run_id: str, stage: str, sample: str | None, carried: str = "") -> str:
     """?page=case&… of one case; `carried`: the Failures view it is opened from (for next/previous)."""
     parameters = [("page", "case"), ("run", run_id), ("stage", stage), ("sample", sample or "")]
-    return "?" + urllib.parse.urlencode(parameters + ([(FROM, carried)] if carried else []))
+    return link("?" + urllib.parse.urlencode(parameters + ([(FROM, carried)] if carried else [])))
 
 
 def case_link(run_id: str, stage: str, sample: str | None, text: str, carried: str = "") -> str:

@@ -34,6 +34,7 @@ from stagewatch.daemon.groundtruth.formats import (
     load_point_labels,
     load_points,
 )
+from stagewatch.daemon.groundtruth.spec import METRIC_NAMES
 from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.daemon.query._hosts import runs_on_host, with_hosts
 from stagewatch.daemon.query._readmodels import RunNotFound, holding, read_table
@@ -575,7 +576,7 @@ def accuracy_trend(home: Path, runs: dict[str, Any]) -> pd.DataFrame:
                     "run_id": run_id,
                     "run_start": pd.Timestamp(start) if start is not None else pd.NaT,
                     "stage": stage,
-                    "metric": "F1" if entry.get("kind") == "boxes" else "mIoU",
+                    "metric": METRIC_NAMES["f1" if entry.get("kind") == "boxes" else "miou"],
                     "value": metrics.get("f1") if entry.get("kind") == "boxes" else metrics.get("miou"),
                     "correct": counts.get("correct", 0) / judged if judged else None,
                 }

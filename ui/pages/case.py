@@ -17,7 +17,7 @@ import panel as pn
 import param
 from PIL import Image
 
-from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS, viridis
+from stagewatch.daemon.groundtruth.diff import CLASS_COLOURS, OUTCOME_COLOURS, viridis
 from stagewatch.ui import _data, _failures, _widgets
 from stagewatch.ui._cloud3d import LABEL_COLOURS, cloud_views, pair
 from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
@@ -168,8 +168,7 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any], camera_group: s
         pictures = [_picture(title, picture) for title, picture in found["pictures"]]
         shown.append(pn.FlexBox(*pictures, flex_wrap="wrap", sizing_mode="stretch_width"))
         if found["kind"] in ("mask", "points"):  # the pictures colour each class: which is which
-            colours = [tuple(int(v) for v in c) for c in _failures.CLASS_COLOURS]
-            shown.append(class_legend(class_names(case), [f"rgb{c}" for c in colours]))
+            shown.append(class_legend(class_names(case), [f"rgb{c}" for c in CLASS_COLOURS]))
         shown += legend_and_numbers(found, class_names(case))
         if found["kind"] == "mask" and found.get("image") is not None:
             shown += mask_overlays(found["image"], found["size"], found["arrays"])

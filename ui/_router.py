@@ -120,12 +120,17 @@ def session_arguments() -> Arguments:
 # so they hold for every page the session shows, and every link and URL the dashboard makes
 # carries them (a link pasted elsewhere opens in the same theme). No other parameter of a page
 # goes to the next.
-DOCUMENT_PARAMETERS = ("theme",)
+DOCUMENT_PARAMETERS = {"theme": "default"}  # each with its default value, which a link need not say
 
 
 def document_arguments(arguments: Arguments) -> Arguments:
-    """The document's own parameters among a URL's query (the theme it was drawn in)."""
-    return {key: arguments[key][:1] for key in DOCUMENT_PARAMETERS if arguments.get(key)}
+    """The document's own parameters among a URL's query (the theme it was drawn in), those that
+    differ from their default."""
+    return {
+        key: arguments[key][:1]
+        for key, default in DOCUMENT_PARAMETERS.items()
+        if arguments.get(key) and arguments[key][0] != default
+    }
 
 
 def link(query: str) -> str:

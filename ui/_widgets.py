@@ -53,6 +53,21 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
     )
 
 
+def fitted(widths: dict[str, int], wrapped: tuple[str, ...]) -> dict[str, Any]:
+    """Options of a table that fits the page at 1,280 px (the sidebar beside it), in either theme:
+    the columns of `widths` that wide, the others sharing what is left, and the headings and the
+    `wrapped` columns' text wrapping (a long word, a path or a logger name broken anywhere) where
+    it was cut at the column's edge. A value that cannot wrap holds its whole text on hover (a run
+    link's title)."""
+    cells = ", ".join(f'.tabulator-cell[tabulator-field="{column}"]' for column in wrapped)
+    return {
+        "layout": "fit_columns",
+        "widths": widths,
+        # !important: Tabulator's own rule for every cell (nowrap, cut with an ellipsis) is as specific.
+        "stylesheets": [f"{cells}, .tabulator-col-title {{ white-space: normal !important; overflow-wrap: anywhere }}"],
+    }
+
+
 def chart(plot: Any, name: str) -> pn.Column:
     """A Bokeh figure or HoloViews element across the page, in a column marked `sw-chart-{name}`
     for the tests and benchmarks that wait for it (a Bokeh pane's own classes go to the figure,

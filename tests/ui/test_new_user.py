@@ -186,24 +186,47 @@ def test_every_page_s_links_read_in_both_themes(served, page, theme) -> None:
         f"case&run={run_id}&stage=segmentation&sample=frame_000",
     ]:
         page.goto(f"{ui.url}?page={view}&theme={theme}")
-        page.wait_for_selector("a[href='?page=failures']")
+        page.wait_for_selector("a[href^='?page=failures']")
         page.wait_for_timeout(500)  # the tables' links drawn
         links = page.locator("a[href^='?page=']")
         contrasts = [links.nth(i).evaluate(LINK_CONTRAST) for i in range(min(links.count(), 30))]
         assert min(contrasts) >= 4.5, (view, theme, contrasts)
 
 
+# Each cell of a table whose text is cut (an ellipsis, or hidden past its edge) and that holds no
+# other way to read it (its whole text in a title, on hover): "column: text" for each.
+CUT_CELLS = """table => [...table.querySelectorAll('.tabulator-cell, .tabulator-col-title')]
+  .filter(cell => cell.innerText.trim() && cell.scrollWidth > cell.clientWidth + 1)  // text, and cut
+  .filter(cell => ![cell, ...cell.querySelectorAll('[title]')].some(e => e.title.includes(cell.innerText.trim())))
+  .map(cell => (cell.getAttribute('tabulator-field') || 'heading') + ': ' + cell.innerText)"""
+
+TABLES = {  # a page's table, the view that shows it
+    "runs": "runs",
+    "logs": "logs",
+    "window-stats": "performance&window=30d",
+    "failures": "failures",
+}
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
 @pytest.mark.parametrize("width", [1280, 1440])
-def test_the_failures_table_fits_the_page(served, page, width) -> None:
+@pytest.mark.parametrize("table", list(TABLES))
+def test_the_tables_fit_the_page_and_cut_nothing(served, page, table, width, theme) -> None:
+    """At a laptop's 1,280 px and at 1,440, in both themes: each table within the page (its last
+    column in view, nothing to scroll sideways) and no cell cut without its full text on hover
+    (the Runs table's error, the Logs table's logger and run, Performance's exemplars were cut)."""
     _, _, ui, _ = served
     page.set_viewport_size({"width": width, "height": 1000})
-    page.goto(f"{ui.url}?page=failures")
-    page.wait_for_selector(".sw-table-failures .tabulator-row")
-    run_cell = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='run']").first
-    box = run_cell.bounding_box()
-    assert box["x"] + box["width"] <= width  # the run column, which tells two runs' cases apart, in view
-    holder = page.locator(".sw-table-failures .tabulator-tableholder").first
+    page.goto(f"{ui.url}?page={TABLES[table]}&theme={theme}")
+    rows = page.locator(f".sw-table-{table} .tabulator-row")
+    rows.first.wait_for()
+    page.wait_for_timeout(500)  # the columns laid out
+    last = rows.first.locator(".tabulator-cell").last
+    box = last.bounding_box()
+    assert box["x"] + box["width"] <= width  # the last column in view
+    holder = page.locator(f".sw-table-{table} .tabulator-tableholder").first
     assert holder.evaluate("h => h.scrollWidth <= h.clientWidth + 1")  # nothing to scroll sideways
+    assert page.locator(f".sw-table-{table} .tabulator").first.evaluate(CUT_CELLS) == []
 
 
 def test_a_failed_sample_s_case_shows_its_input_and_traceback_and_pictures_name_their_classes(served, page) -> None:

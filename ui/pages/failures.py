@@ -81,9 +81,10 @@ class FailuresPage:
             html_columns=("case", "run", "when"),
             # Every column within the page at 1,280 px: long text wraps rather than pushing the
             # run column (which tells two runs' cases of one sample apart) off the page.
-            layout="fit_columns",
-            formatters={"reason": {"type": "textarea"}, "error kinds": {"type": "textarea"}},
-            widths={"case": 90, "stage": 120, "outcome": 80, "confidence": 85, "severity": 70, "run": 80, "when": 95},
+            **_widgets.fitted(
+                {"case": 90, "stage": 120, "outcome": 80, "confidence": 85, "severity": 70, "run": 80, "when": 95},
+                wrapped=("case", "stage", "outcome", "error kinds", "classes", "reason"),
+            ),
         )
         refused = _widgets.sync_url({"show": self.show})
         if self.show.value not in SHOW:  # a radio group takes any value: a link's typo shows the table

@@ -104,7 +104,12 @@ class PerformancePage:
         order = stage_order(points)
         colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
         self.stats.objects = [
-            _widgets.table(window_stats(self.home, filters, points, order), "window-stats", html_columns=("exemplars",))
+            _widgets.table(
+                window_stats(self.home, filters, points, order),
+                "window-stats",
+                html_columns=("exemplars",),
+                **STATS_FIT,
+            )
         ]
         measure = self.measure.value
         _widgets.fill_soon(self.callouts, lambda: [regression_alert(r) for r in _trends.regressions(rows)])
@@ -206,6 +211,14 @@ def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:
         f" · [compare]({link(f'?page=compare&a=last:20&b={shift.found_run}')})",
         alert_type="warning",
     )
+
+
+# Within the page at 1,280 px: the exemplars' links (and a long stage name) wrap.
+STATS_FIT = _widgets.fitted(
+    {"pipeline": 80, "stage": 120, "executions": 90, "failed": 60, "median": 70, "p95": 70, "p99": 70, "max": 70}
+    | {"own memory": 80, "process peak": 80, "share of time": 70},
+    wrapped=("pipeline", "stage", "exemplars"),
+)
 
 
 def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list[str]) -> pd.DataFrame:

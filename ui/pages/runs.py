@@ -66,6 +66,12 @@ class RunsPage:
             display,
             lambda: _empty_message(self.home, self.filters()),
             html_columns=("run", "started"),
+            # Within the page at 1,280 px: the error (and any long name) wraps.
+            **_widgets.fitted(
+                {"run": 75, "pipeline": 85, "host": 80, "status": 95, "started": 85, "duration": 75, "executions": 90}
+                | {"failed": 55, "failed stage": 95},
+                wrapped=("pipeline", "host", "status", "failed stage", "error"),
+            ),
         )
         # Tick two runs to compare them: the link below the filters opens the Compare page.
         self.query.table.param.update(selectable="checkbox", hidden_columns=["run_id", "start"])

@@ -58,14 +58,22 @@ def fitted(widths: dict[str, int], wrapped: tuple[str, ...]) -> dict[str, Any]:
     the columns of `widths` that wide, the others sharing what is left, and the headings and the
     `wrapped` columns' text wrapping (a long word, a path or a logger name broken anywhere) where
     it was cut at the column's edge. A value that cannot wrap holds its whole text on hover (a run
-    link's title)."""
+    link's title). A wrapped cell stops growing at WRAPPED_MAX_HEIGHT and scrolls within itself (a
+    60,000-character log message made one row of the page 9,000 px tall)."""
     cells = ", ".join(f'.tabulator-cell[tabulator-field="{column}"]' for column in wrapped)
+    # !important: Tabulator's own rule for every cell (nowrap, cut with an ellipsis) is as specific.
+    wrap = "white-space: normal !important; overflow-wrap: anywhere"
     return {
         "layout": "fit_columns",
         "widths": widths,
-        # !important: Tabulator's own rule for every cell (nowrap, cut with an ellipsis) is as specific.
-        "stylesheets": [f"{cells}, .tabulator-col-title {{ white-space: normal !important; overflow-wrap: anywhere }}"],
+        "stylesheets": [
+            f".tabulator-col-title {{ {wrap} }}",
+            f"{cells} {{ {wrap}; max-height: {WRAPPED_MAX_HEIGHT}; overflow-y: auto !important }}",
+        ],
     }
+
+
+WRAPPED_MAX_HEIGHT = "10.5em"  # seven lines of a wrapped cell; the rest scrolls within it
 
 
 def chart(plot: Any, name: str) -> pn.Column:

@@ -293,3 +293,37 @@ def test_a_run_that_ends_leaves_live_s_running_list_at_once(served, page) -> Non
     every = page.locator(f"a[title='{run.id}']").count()
     assert every == page.locator(f".sw-ended a[title='{run.id}']").count() == 1  # no card of it left
     stagewatch.shutdown()
+
+
+def test_a_huge_log_line_wraps_in_a_row_of_bounded_height(served, page) -> None:
+    """A 20,000-character message and a 200-character logger name: cut at the column's edge they
+    were unreadable, wrapped whole they made one row 9,000 px tall. The cell holds a few lines and
+    scrolls within itself; nothing is cut."""
+    import logging
+
+    import stagewatch
+
+    home, _, ui, _ = served
+    run = stagewatch.init(pipeline="hostile-log", home=home)
+    handler, logger = stagewatch.LoggingHandler(), logging.getLogger("very." * 40 + "long")
+    logger.addHandler(handler)
+    try:
+        with run.stage("loader", sample_id="s" * 128):
+            logger.error("x" * 20_000 + " the end")
+    finally:
+        logger.removeHandler(handler)
+    run.finish()
+    assert run.flush(10)
+    stagewatch.shutdown()
+    from stagewatch.daemon.query._readmodels import read_table
+
+    wait_for(lambda: run.id in read_table(home, "logs").column("run_id").to_pylist(), 30)  # stored
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.goto(f"{ui.url}?page=logs&run={run.id}")
+    row = page.locator(".sw-table-logs .tabulator-row").first
+    row.wait_for()
+    page.wait_for_timeout(500)  # the columns laid out
+    assert row.evaluate("r => r.offsetHeight") < 400
+    message = row.locator(".tabulator-cell[tabulator-field='message']")
+    assert message.evaluate("m => m.scrollHeight > m.clientHeight + 1")  # the rest of it scrolls within the cell
+    assert page.locator(".sw-table-logs .tabulator").first.evaluate(CUT_CELLS) == []

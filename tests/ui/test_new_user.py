@@ -205,6 +205,8 @@ TABLES = {  # a page's table, the view that shows it
     "logs": "logs",
     "window-stats": "performance&window=30d",
     "failures": "failures",
+    "stages": "run&run={run}",
+    "executions": "run&run={run}",
 }
 
 
@@ -214,10 +216,11 @@ TABLES = {  # a page's table, the view that shows it
 def test_the_tables_fit_the_page_and_cut_nothing(served, page, table, width, theme) -> None:
     """At a laptop's 1,280 px and at 1,440, in both themes: each table within the page (its last
     column in view, nothing to scroll sideways) and no cell cut without its full text on hover
-    (the Runs table's error, the Logs table's logger and run, Performance's exemplars were cut)."""
-    _, _, ui, _ = served
+    (the Runs table's error, the Logs table's logger and run, Performance's and the Run page's
+    exemplars were cut)."""
+    _, _, ui, run_id = served
     page.set_viewport_size({"width": width, "height": 1000})
-    page.goto(f"{ui.url}?page={TABLES[table]}&theme={theme}")
+    page.goto(f"{ui.url}?page={TABLES[table].format(run=run_id)}&theme={theme}")
     rows = page.locator(f".sw-table-{table} .tabulator-row")
     rows.first.wait_for()
     page.wait_for_timeout(500)  # the columns laid out

@@ -217,7 +217,7 @@ def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:
 STATS_FIT = _widgets.fitted(
     {"pipeline": 80, "stage": 120, "executions": 90, "failed": 60, "median": 70, "p95": 70, "p99": 70, "max": 70}
     | {"own memory": 80, "process peak": 80, "share of time": 70},
-    wrapped=("pipeline", "stage", "exemplars"),
+    wrapped=("pipeline", "stage", "median", "p95", "p99", "max", "own memory", "process peak", "exemplars"),
 )
 
 

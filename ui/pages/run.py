@@ -53,6 +53,11 @@ class RunPage:
             executions_display,
             lambda: "No stage of this run has ended yet.",
             turns=("◀ earlier", "later ▶"),
+            # Within the page at 1,280 px: the error (up to 4,096 characters) wraps.
+            **_widgets.fitted(
+                {"started": 200, "stage": 120, "sample": 100, "status": 80, "duration": 80, "process peak": 100},
+                wrapped=("started", "stage", "sample", "error"),
+            ),
         )
         # The link's run first, then the watchers: the page is drawn once, here.
         refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
@@ -242,6 +247,7 @@ def sections(
             stage_display(stats, audit),
             "stages",
             html_columns=("share of time", "exemplars"),
+            **STAGES_FIT,
         ),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(data["points"], data["executions"], data["order"], data["colours"]),
@@ -314,6 +320,14 @@ def error_card(error: dict[str, Any]) -> pn.Column:
             pn.pane.HTML(f"<pre style='font-size:12px'>{html.escape(trace)}</pre>"), title="Traceback", collapsed=True
         ),
     )
+
+
+# Within the page at 1,280 px: the GPU peak's words, the exemplars' links and a long stage name wrap.
+STAGES_FIT = _widgets.fitted(
+    {"stage": 105, "executions": 85, "failed": 55, "median": 68, "p95": 68, "p99": 68, "max": 68}
+    | {"share of time": 120, "own memory": 75, "process peak": 75, "GPU peak": 75},
+    wrapped=("stage", "median", "p95", "p99", "max", "own memory", "process peak", "GPU peak", "exemplars"),
+)
 
 
 def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:

@@ -212,22 +212,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=1))
         return EXIT_OK
+    # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
     print(
-        f"{'stage':<18}{'count':>8}{'failed':>8}{'mean':>9}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}"
-        f"{'own MB':>9}{'proc. peak':>11}{'time %':>8}" + (f"{'GPU peak':>10}" if gpu else "")
+        f"{'stage':<18}{'count':>8}{'failed':>8}"
+        + "".join(f"{name + ' ms':>{MS_WIDTH}}" for name in DURATIONS)
+        + f"{'own MB':>9}{'proc. peak MB':>{PEAK_WIDTH}}{'time %':>8}"
+        + (f"{'GPU peak MB':>{GPU_WIDTH}}" if gpu else "")
     )
     for entry in stats:
         if entry.get("outside_stages"):
             print(outside_line(entry))
             continue
-        d = entry["duration_ms"]
-        cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
         gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
-            f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{cells}"
-            f"{_mb_cell(entry['own_mb']['max'], 9)}{_mb_cell(entry['rss_peak_mb']['max'], 11)}"
+            f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{_ms_cells(entry)}"
+            f"{_mb_cell(entry['own_mb']['max'], 9)}{_mb_cell(entry['rss_peak_mb']['max'], PEAK_WIDTH)}"
             f"{entry['share_of_time']:>8.1%}"
-            + ((f"{gpu_peak:>10.1f}" if gpu_peak is not None else f"{'-':>10}") if gpu else "")
+            + (_mb_cell(gpu_peak, GPU_WIDTH) if gpu else "")
             + ("  <- bottleneck" if entry.get("bottleneck") else "")
         )
         if entry["gpu"]:
@@ -238,6 +239,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DURATIONS = ("mean", "median", "p95", "p99", "max")  # the stats table's columns of milliseconds
+MS_WIDTH, PEAK_WIDTH, GPU_WIDTH = 12, 15, 13  # wide enough for their headings with the unit
+
+
+def _ms_cells(entry: dict[str, Any]) -> str:
+    durations = entry["duration_ms"]
+    return "".join(f"{durations[k] or 0.0:>{MS_WIDTH}.2f}" for k in DURATIONS)
+
+
 def _mb_cell(value: float | None, width: int) -> str:
     return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
 
@@ -245,10 +255,10 @@ def _mb_cell(value: float | None, width: int) -> str:
 def outside_line(entry: dict[str, Any]) -> str:
     """The time outside stages as a row of the stats table (per sample), then the wall time it
     completes: 'wall 1234.00 ms over 2 run(s) = stages 1000.00 ms + outside stages 234.00 ms'."""
-    d, wall = entry["duration_ms"], entry["wall"]
-    cells = "".join(f"{d[k] or 0.0:>9.2f}" for k in ("mean", "median", "p95", "p99", "max"))
+    wall = entry["wall"]
     return (
-        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{cells}{_mb_cell(None, 9)}{_mb_cell(None, 11)}"
+        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{_ms_cells(entry)}{_mb_cell(None, 9)}"
+        f"{_mb_cell(None, PEAK_WIDTH)}"
         f"{entry['share_of_time']:>8.1%}\n"
         f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
         f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"

@@ -249,3 +249,7 @@ def test_stats_list_stages_in_pipeline_order_with_each_stage_s_own_memory(daemon
     text = sw("stats", "--home", str(daemon.home)).stdout.splitlines()
     assert [line.split()[0] for line in text[1:4]] == ["zeta_decode", "alpha_infer", "mid_nested"]
     assert "own MB" in text[0] and "proc. peak" in text[0] and "peak RSS" not in text[0]
+    headings = ["mean ms", "median ms", "p95 ms", "p99 ms", "max ms", "own MB", "proc. peak MB", "time %"]
+    for heading in headings:  # each column says its unit, and its values end where its heading ends
+        end = text[0].index(heading) + len(heading)
+        assert text[1][end - 1] != " " and text[1][end : end + 1] in ("", " "), (heading, text[:2])

@@ -25,12 +25,19 @@ from typing import Any
 import numpy as np
 import panel as pn
 
-from stagewatch.daemon.groundtruth.diff import viridis
+from stagewatch.daemon.groundtruth.diff import CLASS_COLOURS, MISMATCH_COLOURS, viridis
 
 # Points per view sent to the browser (the numbers use every point): see docs/benchmarks.md
 # (benchmarks/error_browser.py --only render) for what a pair costs to open here.
 MAX_DRAWN = 100_000
-LABEL_COLOURS = ["#b4b4b4", "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#EDC948", "#76B7B2", "#E15759", "#9C755F"]
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+# The class colours of the pictures (the background a darker grey, to show against the light page).
+LABEL_COLOURS = ["#b4b4b4", *(hex_colour(rgb) for rgb in CLASS_COLOURS[1:])]
 MODES = ("label", "correctness", "distance error", "height")  # and "attribute: NAME" for each the files carry
 ATTRIBUTE = "attribute: "
 SIDES = ("left", "right")  # the views' canvases, in the order of CloudPair.titles
@@ -140,7 +147,7 @@ def colours(cloud: CloudPair, mode: str) -> tuple[np.ndarray, np.ndarray, dict[s
         return cloud.predicted_labels, truth, {"palette": LABEL_COLOURS}
     if mode == "correctness" and "correctness" in available_modes(cloud):
         wrong = (cloud.predicted_labels != cloud.truth_labels).astype(np.float32)
-        return wrong, wrong, {"palette": ["#c8c8c8", "#d62728"]}
+        return wrong, wrong, {"palette": [hex_colour(rgb) for rgb in MISMATCH_COLOURS]}
     if mode == "distance error" and cloud.distance is not None:
         high = float(np.percentile(cloud.distance, 99)) if len(cloud.distance) else 1.0
         truth = cloud.truth_distance if cloud.truth_distance is not None else np.zeros(len(cloud.truth))

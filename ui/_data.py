@@ -396,16 +396,17 @@ def exemplar_links(exemplars: dict[str, dict[str, Any]] | None) -> str:
     from html import escape
 
     from stagewatch.ui._format import ms
+    from stagewatch.ui._router import link
 
     links = []
     for name in EXEMPLARS:
         row = exemplars[name]
         hover = f"{row['sample_id'] or '-'} · {row['input_path'] or 'no input path'} · {ms(row['duration_ms'])}"
         links.append(
-            f'<a class="sw-exemplar sw-exemplar-{name}" href="{escape(row["links"]["case"], quote=True)}" '
+            f'<a class="sw-exemplar sw-exemplar-{name}" href="{escape(link(row["links"]["case"]), quote=True)}" '
             f'title="{escape(hover, quote=True)}">{name}: {escape(row["sample_id"] or "-")}</a>'
         )
-    logs = escape(exemplars["max"]["links"]["logs"], quote=True)
+    logs = escape(link(exemplars["max"]["links"]["logs"]), quote=True)
     return " · ".join(links) + f' (<a class="sw-exemplar-logs" href="{logs}">logs</a>)'
 
 

@@ -19,6 +19,8 @@ from PIL import Image
 
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.groundtruth.diff import (
+    CLASS_COLOURS,
+    MISMATCH_COLOURS,
     DiffError,
     cloud_distances,
     empty_clouds_line,
@@ -34,6 +36,7 @@ from stagewatch.daemon.groundtruth.formats import (
     load_point_labels,
     load_points,
 )
+from stagewatch.daemon.groundtruth.spec import METRIC_NAMES
 from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.daemon.query._hosts import runs_on_host, with_hosts
 from stagewatch.daemon.query._readmodels import RunNotFound, holding, read_table
@@ -47,23 +50,7 @@ EXECUTION_FAILURES = ("failed", "crashed")
 FAILURE_STATUSES = ("wrong", "invalid", *EXECUTION_FAILURES)
 MAX_INPUT_SIDE = 1600  # an input image is scaled down to this for the page
 CASE_SORTS = ("severity", "time", "confidence", "stage", "sample_id")
-# One colour per class index in the side-by-side pictures (class 0, background, light grey).
-CLASS_COLOURS = np.array(
-    [
-        (230, 230, 230),
-        (78, 121, 167),
-        (242, 142, 43),
-        (89, 161, 79),
-        (176, 122, 161),
-        (237, 201, 72),
-        (118, 183, 178),
-        (225, 87, 89),
-        (156, 117, 95),
-        (255, 157, 167),
-        (186, 176, 172),
-    ],
-    np.uint8,
-)
+CLASS_PALETTE = np.array(CLASS_COLOURS, np.uint8)  # one colour per class index, as a lookup table
 
 
 # The failure browser still filters with pyarrow dataset expressions over `read_table`
@@ -466,7 +453,7 @@ def _cloud_case(predicted_labels: np.ndarray, truth: Any) -> dict[str, Any]:
     predicted_labels = predicted_labels.reshape(-1)
     missing = len(predicted_labels) == 0 and len(truth.labels) > 0  # an empty prediction misses every point
     wrong = np.ones(len(truth.labels), bool) if missing else label_mismatch(predicted_labels, truth.labels)
-    mismatch = np.where(wrong[:, None], np.array([(214, 39, 40)], np.uint8), np.array([(200, 200, 200)], np.uint8))
+    mismatch = np.array(MISMATCH_COLOURS, np.uint8)[wrong.astype(np.intp)]
     predicted_positions = truth.positions[:0] if missing else truth.positions
     return {
         "kind": "points",
@@ -525,7 +512,7 @@ def cloud_distance_case(positions: np.ndarray, labels: np.ndarray | None, truth:
 
 def _classes(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels).astype(np.int64)
-    return CLASS_COLOURS[np.where(labels >= 0, labels % len(CLASS_COLOURS), 0)]
+    return CLASS_PALETTE[np.where(labels >= 0, labels % len(CLASS_PALETTE), 0)]
 
 
 def _prediction_file(home: Path, case: dict[str, Any]) -> Path:
@@ -575,7 +562,7 @@ def accuracy_trend(home: Path, runs: dict[str, Any]) -> pd.DataFrame:
                     "run_id": run_id,
                     "run_start": pd.Timestamp(start) if start is not None else pd.NaT,
                     "stage": stage,
-                    "metric": "F1" if entry.get("kind") == "boxes" else "mIoU",
+                    "metric": METRIC_NAMES["f1" if entry.get("kind") == "boxes" else "miou"],
                     "value": metrics.get("f1") if entry.get("kind") == "boxes" else metrics.get("miou"),
                     "correct": counts.get("correct", 0) / judged if judged else None,
                 }

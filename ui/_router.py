@@ -116,6 +116,35 @@ def session_arguments() -> Arguments:
     return {key: [value.decode(errors="replace") for value in values] for key, values in pn.state.session_args.items()}
 
 
+# Parameters of the document, not of a page: the template is drawn once with them (the theme),
+# so they hold for every page the session shows, and every link and URL the dashboard makes
+# carries them (a link pasted elsewhere opens in the same theme). No other parameter of a page
+# goes to the next.
+DOCUMENT_PARAMETERS = {"theme": "default"}  # each with its default value, which a link need not say
+
+
+def document_arguments(arguments: Arguments) -> Arguments:
+    """The document's own parameters among a URL's query (the theme it was drawn in), those that
+    differ from their default."""
+    return {
+        key: arguments[key][:1]
+        for key, default in DOCUMENT_PARAMETERS.items()
+        if arguments.get(key) and arguments[key][0] != default
+    }
+
+
+def link(query: str) -> str:
+    """A link of the dashboard (`?page=…`) as this session writes it: with the parameters its
+    document was drawn with (`&theme=dark`). Outside a session (tests, the CLI) unchanged."""
+    scope = current_scope()
+    kept = scope.router.kept if scope is not None and scope.router is not None else {}
+    missing = [(key, values[0]) for key, values in kept.items() if key not in parse_query(query)]
+    if not missing:
+        return query
+    joiner = "&" if query.lstrip("?") else ""
+    return "?" + query.lstrip("?") + joiner + urllib.parse.urlencode(missing)
+
+
 def parse_query(search: str) -> Arguments:
     return urllib.parse.parse_qs(search.lstrip("?"), keep_blank_values=True)
 
@@ -247,6 +276,7 @@ class Router:
         self.document = pn.state.curdoc if pn.state.curdoc is not None else None
         self.sequence = 0
         self.arguments: Arguments = {}
+        self.kept: Arguments = {}  # the document's parameters (the theme), set by the first page
         self.scope: PageScope | None = None
         self.builds = 0  # pages built in this session: one at the start, one a navigation (tests read it)
         if self.document is not None and self.document.session_context is not None:
@@ -261,6 +291,7 @@ class Router:
 
     def start(self, arguments: Arguments) -> None:
         """The session's first page, from the URL it was opened with."""
+        self.kept = document_arguments(arguments)
         self._show(arguments)
 
     def navigate(self, search: str, sequence: int) -> None:
@@ -268,8 +299,12 @@ class Router:
         if sequence < self.sequence:
             return  # an older navigation arriving after a newer one
         self.sequence = sequence
+        arguments = {**parse_query(search), **self.kept}  # the document's theme, whatever the link said
         with set_curdoc(self.document):
-            self._show(parse_query(search))
+            self._show(arguments)
+        if encode_query(arguments) != encode_query(parse_query(search)):
+            # A link that lacked them (a chart's tap, a link of user text): the address bar gets them.
+            self.navigator.replace(sequence, encode_query(self.arguments))
 
     def write_query(self, parameter: str, value: str) -> None:
         self.arguments[parameter] = [value]

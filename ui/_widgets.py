@@ -22,7 +22,8 @@ _log = logging.getLogger(__name__)
 def navigation(current: str, pages: dict[str, str]) -> str:
     """The sidebar's links (page name -> what it is called), the current page in bold."""
     return "".join(
-        f'<a href="?page={name}" class="sw-nav-{name}" style="display:block;padding:6px 4px;font-size:15px;'
+        f'<a href="{html.escape(_router.link(f"?page={name}"), quote=True)}" class="sw-nav-{name}" '
+        'style="display:block;padding:6px 4px;font-size:15px;'
         f'{"font-weight:700;" if name == current else ""}">{html.escape(title)}</a>'
         for name, title in pages.items()
     )
@@ -30,7 +31,8 @@ def navigation(current: str, pages: dict[str, str]) -> str:
 
 def run_link(run_id: str, text: str | None = None) -> str:
     safe = html.escape(run_id, quote=True)
-    return f'<a href="?page=run&run={safe}" title="{safe}">{html.escape(text or run_id[:8])}</a>'
+    href = html.escape(_router.link(f"?page=run&run={run_id}"), quote=True)
+    return f'<a href="{href}" title="{safe}">{html.escape(text or run_id[:8])}</a>'
 
 
 def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **options: Any) -> pn.widgets.Tabulator:
@@ -49,6 +51,29 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
         configuration={"columnDefaults": {"headerSort": False}},
         **options,
     )
+
+
+def fitted(widths: dict[str, int], wrapped: tuple[str, ...]) -> dict[str, Any]:
+    """Options of a table that fits the page at 1,280 px (the sidebar beside it), in either theme:
+    the columns of `widths` that wide, the others sharing what is left, and the headings and the
+    `wrapped` columns' text wrapping (a long word, a path or a logger name broken anywhere) where
+    it was cut at the column's edge. A value that cannot wrap holds its whole text on hover (a run
+    link's title). A wrapped cell stops growing at WRAPPED_MAX_HEIGHT and scrolls within itself (a
+    60,000-character log message made one row of the page 9,000 px tall)."""
+    cells = ", ".join(f'.tabulator-cell[tabulator-field="{column}"]' for column in wrapped)
+    # !important: Tabulator's own rule for every cell (nowrap, cut with an ellipsis) is as specific.
+    wrap = "white-space: normal !important; overflow-wrap: anywhere"
+    return {
+        "layout": "fit_columns",
+        "widths": widths,
+        "stylesheets": [
+            f".tabulator-col-title {{ {wrap} }}",
+            f"{cells} {{ {wrap}; max-height: {WRAPPED_MAX_HEIGHT}; overflow-y: auto !important }}",
+        ],
+    }
+
+
+WRAPPED_MAX_HEIGHT = "10.5em"  # seven lines of a wrapped cell; the rest scrolls within it
 
 
 def chart(plot: Any, name: str) -> pn.Column:
@@ -389,7 +414,7 @@ def tap_opens(url: str) -> CustomJS:
     """A chart's tap that opens a page of the dashboard in place, as a link does: `url` names the
     tapped point's columns as `@column` (Bokeh's OpenURL, which would reload the whole page)."""
     return CustomJS(
-        args={"url": url},
+        args={"url": _router.link(url)},
         code="""
 const source = cb_data.source;
 const index = source.selected.indices[0];

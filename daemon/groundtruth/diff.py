@@ -14,13 +14,32 @@ from typing import Any
 
 import numpy as np
 
-OUTCOME_COLOURS = {  # RGB of each pixel outcome in a mask difference map
-    "true_positive": (46, 160, 67),
-    "false_positive": (214, 39, 40),
-    "false_negative": (31, 119, 180),
+# One colour per class index (Tableau 10; class 0, background, light grey): the mask pictures,
+# the clouds from above and in 3D, and their legends all take a class's colour from here.
+CLASS_COLOURS = (
+    (230, 230, 230),
+    (78, 121, 167),
+    (242, 142, 43),
+    (89, 161, 79),
+    (176, 122, 161),
+    (237, 201, 72),
+    (118, 183, 178),
+    (225, 87, 89),
+    (156, 117, 95),
+    (255, 157, 167),
+    (186, 176, 172),
+)
+# RGB of each pixel outcome in a mask difference map. The outcomes' colours are far (CIEDE2000
+# over 20, tested) from every class colour: a false negative in Tableau's blue read as the class
+# drawn in that blue (car, in the demo). Light and dark apart too, for colour-blind eyes.
+OUTCOME_COLOURS = {
+    "true_positive": (0, 240, 0),
+    "false_positive": (150, 0, 0),
+    "false_negative": (0, 0, 170),
     "true_negative": (235, 235, 235),
     "ignored": (150, 150, 150),
 }
+MISMATCH_COLOURS = ((200, 200, 200), OUTCOME_COLOURS["false_positive"])  # a cloud's points: right, wrong label
 # Viridis as a polynomial (Matt Zucker's CC0 fit, within ~1% of matplotlib's table): a
 # perceptual, colour-blind safe map without a plotting library.
 _VIRIDIS = np.array(

@@ -27,7 +27,7 @@ from stagewatch.daemon.groundtruth.formats import (
     load_point_labels,
 )
 from stagewatch.daemon.groundtruth.metrics import ConfusionAccuracy, DetectionAccuracy
-from stagewatch.daemon.groundtruth.spec import DatasetError, GoldenDataset, StageLabels
+from stagewatch.daemon.groundtruth.spec import METRIC_NAMES, DatasetError, GoldenDataset, StageLabels
 
 STATUSES = ("correct", "wrong", "invalid", "unlabeled")
 
@@ -56,7 +56,7 @@ def wrong_reason(metric: str, value: float, minimum: float, errors: dict[str, in
         f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(errors.items(), key=lambda item: -item[1])
     )
     involved = f" ({', '.join(classes)})" if classes else ""
-    return f"{metric} {value:.3f} below {minimum:g}: {kinds}{involved}"
+    return f"{METRIC_NAMES.get(metric, metric)} {value:.3f} below {minimum:g}: {kinds}{involved}"
 
 
 MAX_DRAWN_BOXES = 1000  # per side of a sample kept for drawing; the counts cover them all

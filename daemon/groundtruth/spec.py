@@ -52,6 +52,8 @@ METRICS_BY_KIND = {
     "mask": ("miou", "accuracy"),
     "point_labels": ("miou", "accuracy"),
 }
+# How people read each metric's key (as the dashboard's columns and the CLI's tables spell them).
+METRIC_NAMES = {"f1": "F1", "precision": "precision", "recall": "recall", "miou": "mIoU", "accuracy": "accuracy"}
 MAX_DATASET_FILE_BYTES = 16 * 1024**2
 DEFAULT_PASS = {"boxes": ("f1", 1.0), "mask": ("miou", 0.75), "point_labels": ("accuracy", 0.9)}
 Fraction = Annotated[float, Field(ge=0, le=1)]

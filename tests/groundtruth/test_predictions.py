@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stagewatch.daemon.groundtruth.formats import PointLabels
-from stagewatch.daemon.groundtruth.samples import InvalidPrediction, labels_on_truth_points, parse_boxes
+from stagewatch.daemon.groundtruth.samples import InvalidPrediction, labels_on_truth_points, parse_boxes, wrong_reason
+from stagewatch.daemon.groundtruth.spec import METRIC_NAMES, METRICS_BY_KIND
 
 CATEGORIES = {1: "car", 2: "pedestrian"}
 
@@ -56,3 +57,12 @@ def test_point_labels_in_order_or_by_nearest_neighbour() -> None:
     assert labels_on_truth_points(truth, moved).tolist() == truth.labels.tolist()
     with pytest.raises(InvalidPrediction, match="49 labels for a cloud of 50 points"):
         labels_on_truth_points(truth, np.zeros(49, np.int64))
+
+
+@pytest.mark.parametrize("kind", sorted(METRICS_BY_KIND))
+def test_a_wrong_sample_s_reason_spells_its_metric_as_the_dashboard_does(kind: str) -> None:
+    """'mIoU 0.412 below 0.75: …' as the Accuracy page's columns and the CLI say it (it read 'miou', 'f1')."""
+    for metric in METRICS_BY_KIND[kind]:
+        reason = wrong_reason(metric, 0.412, 0.75, {"mask_mismatch": 1}, ["car"])
+        assert reason == f"{METRIC_NAMES[metric]} 0.412 below 0.75: 1 mask mismatch (car)"
+    assert {"miou": "mIoU", "f1": "F1"}.items() <= METRIC_NAMES.items()

@@ -112,6 +112,60 @@ def test_a_filter_changed_after_an_in_place_switch_is_in_the_url_and_a_pasted_li
     assert _here(page) == "?page=live" and _same_document(page)
 
 
+def _links_without(page, parameter: str) -> list[str]:
+    """The dashboard's own links on the page (`?…`, in every shadow root) that lack `parameter`."""
+    hrefs = page.locator("a[href^='?']").evaluate_all("links => links.map(link => link.getAttribute('href'))")
+    assert hrefs, "no link of the dashboard on the page"
+    return [href for href in hrefs if parameter not in href]
+
+
+def _follow(page, link, drawn: str) -> str:
+    """Click `link`, wait for `drawn`, and return the address bar: the page's own links checked on the way."""
+    link.click()
+    page.wait_for_selector(drawn)
+    assert _links_without(page, "theme=dark") == []
+    return _here(page)
+
+
+def test_the_theme_stays_in_every_link_and_in_the_url_across_pages(served, page) -> None:
+    """A session opened with ?theme=dark keeps it in every link the pages make (sidebar, tables,
+    markdown, the case's next/previous), in the URL after a switch in place, after back and
+    forward, and after a navigation whose link lacked it (a chart's tap): a copied URL opens
+    in the same theme. No other parameter of a page goes to the next."""
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=runs&theme=dark")
+    run_link = page.locator(f".sw-table-runs a[title='{run_id}']")
+    run_link.wait_for()
+    _mark(page)
+    assert _links_without(page, "theme=dark") == []
+    assert _follow(page, run_link, ".sw-table-stages .tabulator-row") == f"?page=run&run={run_id}&theme=dark"
+    logs = page.get_by_text("its log lines")
+    assert _follow(page, logs, ".sw-table-logs .tabulator-row") == f"?page=logs&run={run_id}&theme=dark"
+    assert _follow(page, _in_sidebar(page, "live"), "text=No run is in progress") == "?page=live&theme=dark"
+    page.go_back()
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert _here(page) == f"?page=logs&run={run_id}&theme=dark"
+    page.go_forward()
+    page.wait_for_selector("text=No run is in progress")
+    assert _here(page) == "?page=live&theme=dark"
+    # Accuracy -> Failures -> Case -> its next case
+    _follow(page, _in_sidebar(page, "accuracy"), ".sw-table-accuracy-kinds .tabulator-row")
+    listed = page.locator(".sw-table-accuracy-kinds a").first
+    assert "theme=dark" in _follow(page, listed, ".sw-table-failures .tabulator-row")
+    case = page.locator(".sw-table-failures a[href*='page=case']").first
+    assert _follow(page, case, ".sw-case-steps").startswith(f"?page=case&run={run_id}")
+    assert _here(page).endswith("&theme=dark")
+    # Performance: the exemplars' links
+    _follow(page, _in_sidebar(page, "performance"), ".sw-table-window-stats a.sw-exemplar-max")
+    exemplar = page.locator(".sw-table-window-stats a.sw-exemplar-max").first
+    assert _follow(page, exemplar, ".sw-table-stages .tabulator-row").endswith("&theme=dark")
+    # A link that lacks it (a chart's tap builds its own): the address bar still gets it.
+    page.evaluate("href => window.stagewatch.navigate(href)", "?page=logs")
+    page.wait_for_selector(".sw-table-logs .tabulator-row")
+    assert wait_for(lambda: _here(page) == "?page=logs&theme=dark", 20), _here(page)
+    assert _same_document(page)
+
+
 def test_ctrl_click_on_a_link_still_opens_a_new_tab(served, page) -> None:
     _, _, ui, run_id = served
     page.goto(f"{ui.url}?page=runs")

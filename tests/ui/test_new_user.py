@@ -141,7 +141,11 @@ def test_failures_say_failed_for_an_exception_and_never_leave_a_reason_empty(ser
     # its kind says what it raised, not its outcome again ("failed failed")
     assert dict(zip(samples, _cells(page, "failures", "error kinds"), strict=True))["frame_047"] == "raised ValueError"
     assert "crashed" not in outcomes
-    assert all(reason.strip() for reason in _cells(page, "failures", "reason"))
+    reasons = _cells(page, "failures", "reason")
+    assert all(reason.strip() for reason in reasons)
+    # metrics spelled as every other part of the dashboard spells them ("mIoU 0.61 below 0.75")
+    assert any(reason.startswith("mIoU ") for reason in reasons), reasons
+    assert not [reason for reason in reasons if re.match(r"(miou|f1) ", reason)]
     kinds = ", ".join(_cells(page, "failures", "error kinds"))
     assert "mask mismatch" in kinds and "_" not in kinds  # spelled as the Accuracy page spells them
     _choose(page, "Error kind", "mask mismatch")
@@ -182,24 +186,50 @@ def test_every_page_s_links_read_in_both_themes(served, page, theme) -> None:
         f"case&run={run_id}&stage=segmentation&sample=frame_000",
     ]:
         page.goto(f"{ui.url}?page={view}&theme={theme}")
-        page.wait_for_selector("a[href='?page=failures']")
+        page.wait_for_selector("a[href^='?page=failures']")
         page.wait_for_timeout(500)  # the tables' links drawn
         links = page.locator("a[href^='?page=']")
         contrasts = [links.nth(i).evaluate(LINK_CONTRAST) for i in range(min(links.count(), 30))]
         assert min(contrasts) >= 4.5, (view, theme, contrasts)
 
 
+# Each cell of a table whose text is cut (an ellipsis, or hidden past its edge) and that holds no
+# other way to read it (its whole text in a title, on hover): "column: text" for each.
+CUT_CELLS = """table => [...table.querySelectorAll('.tabulator-cell, .tabulator-col-title')]
+  .filter(cell => cell.innerText.trim() && cell.scrollWidth > cell.clientWidth + 1)  // text, and cut
+  .filter(cell => ![cell, ...cell.querySelectorAll('[title]')].some(e => e.title.includes(cell.innerText.trim())))
+  .map(cell => (cell.getAttribute('tabulator-field') || 'heading') + ': ' + cell.innerText)"""
+
+TABLES = {  # a page's table, the view that shows it
+    "runs": "runs",
+    "logs": "logs",
+    "window-stats": "performance&window=30d",
+    "failures": "failures",
+    "stages": "run&run={run}",
+    "executions": "run&run={run}",
+}
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
 @pytest.mark.parametrize("width", [1280, 1440])
-def test_the_failures_table_fits_the_page(served, page, width) -> None:
-    _, _, ui, _ = served
+@pytest.mark.parametrize("table", list(TABLES))
+def test_the_tables_fit_the_page_and_cut_nothing(served, page, table, width, theme) -> None:
+    """At a laptop's 1,280 px and at 1,440, in both themes: each table within the page (its last
+    column in view, nothing to scroll sideways) and no cell cut without its full text on hover
+    (the Runs table's error, the Logs table's logger and run, Performance's and the Run page's
+    exemplars were cut)."""
+    _, _, ui, run_id = served
     page.set_viewport_size({"width": width, "height": 1000})
-    page.goto(f"{ui.url}?page=failures")
-    page.wait_for_selector(".sw-table-failures .tabulator-row")
-    run_cell = page.locator(".sw-table-failures .tabulator-cell[tabulator-field='run']").first
-    box = run_cell.bounding_box()
-    assert box["x"] + box["width"] <= width  # the run column, which tells two runs' cases apart, in view
-    holder = page.locator(".sw-table-failures .tabulator-tableholder").first
+    page.goto(f"{ui.url}?page={TABLES[table].format(run=run_id)}&theme={theme}")
+    rows = page.locator(f".sw-table-{table} .tabulator-row")
+    rows.first.wait_for()
+    page.wait_for_timeout(500)  # the columns laid out
+    last = rows.first.locator(".tabulator-cell").last
+    box = last.bounding_box()
+    assert box["x"] + box["width"] <= width  # the last column in view
+    holder = page.locator(f".sw-table-{table} .tabulator-tableholder").first
     assert holder.evaluate("h => h.scrollWidth <= h.clientWidth + 1")  # nothing to scroll sideways
+    assert page.locator(f".sw-table-{table} .tabulator").first.evaluate(CUT_CELLS) == []
 
 
 def test_a_failed_sample_s_case_shows_its_input_and_traceback_and_pictures_name_their_classes(served, page) -> None:
@@ -266,3 +296,37 @@ def test_a_run_that_ends_leaves_live_s_running_list_at_once(served, page) -> Non
     every = page.locator(f"a[title='{run.id}']").count()
     assert every == page.locator(f".sw-ended a[title='{run.id}']").count() == 1  # no card of it left
     stagewatch.shutdown()
+
+
+def test_a_huge_log_line_wraps_in_a_row_of_bounded_height(served, page) -> None:
+    """A 20,000-character message and a 200-character logger name: cut at the column's edge they
+    were unreadable, wrapped whole they made one row 9,000 px tall. The cell holds a few lines and
+    scrolls within itself; nothing is cut."""
+    import logging
+
+    import stagewatch
+
+    home, _, ui, _ = served
+    run = stagewatch.init(pipeline="hostile-log", home=home)
+    handler, logger = stagewatch.LoggingHandler(), logging.getLogger("very." * 40 + "long")
+    logger.addHandler(handler)
+    try:
+        with run.stage("loader", sample_id="s" * 128):
+            logger.error("x" * 20_000 + " the end")
+    finally:
+        logger.removeHandler(handler)
+    run.finish()
+    assert run.flush(10)
+    stagewatch.shutdown()
+    from stagewatch.daemon.query._readmodels import read_table
+
+    wait_for(lambda: run.id in read_table(home, "logs").column("run_id").to_pylist(), 30)  # stored
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.goto(f"{ui.url}?page=logs&run={run.id}")
+    row = page.locator(".sw-table-logs .tabulator-row").first
+    row.wait_for()
+    page.wait_for_timeout(500)  # the columns laid out
+    assert row.evaluate("r => r.offsetHeight") < 400
+    message = row.locator(".tabulator-cell[tabulator-field='message']")
+    assert message.evaluate("m => m.scrollHeight > m.clientHeight + 1")  # the rest of it scrolls within the cell
+    assert page.locator(".sw-table-logs .tabulator").first.evaluate(CUT_CELLS) == []

@@ -6,6 +6,7 @@ across runs."""
 from __future__ import annotations
 
 import html
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from bokeh.plotting import figure as bokeh_figure
 from stagewatch.daemon.query._sql import homes_of
 from stagewatch.ui import _axes, _data, _failures, _format, _widgets
 from stagewatch.ui._live import LiveFeed
+from stagewatch.ui._router import link
 
 REDRAW_MS = 1000
 CELL = "padding:2px 8px;text-align:right;"
@@ -149,15 +151,15 @@ def error_kinds(run_id: str, stages: dict[str, Any], home: Path | None = None) -
         if counts.get("invalid"):
             found["invalid prediction"] = counts["invalid"]
         for kind, count in sorted(found.items(), key=lambda item: -item[1]):
-            query = f"?page=failures&run={run_id}&stage={html.escape(stage)}"
-            query += "&status=invalid" if kind == "invalid prediction" else f"&kind={html.escape(kind)}"
+            which = ("status", "invalid") if kind == "invalid prediction" else ("kind", kind)
+            query = "?" + urllib.parse.urlencode([("page", "failures"), ("run", run_id), ("stage", stage), which])
             samples = _samples_with(home, run_id, stage, kind) if home is not None else None
             rows.append(
                 {
                     "stage": stage,
                     "error kind": kind.replace("_", " "),
                     "count": _counted(count, "box" if entry.get("kind") == "boxes" else "sample"),
-                    "cases": f'<a href="{query}">'
+                    "cases": f'<a href="{html.escape(link(query), quote=True)}">'
                     + (f"list the {_counted(samples, 'sample')}" if samples is not None else "list them")
                     + "</a>",
                 }

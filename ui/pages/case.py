@@ -17,10 +17,11 @@ import panel as pn
 import param
 from PIL import Image
 
-from stagewatch.daemon.groundtruth.diff import OUTCOME_COLOURS, viridis
+from stagewatch.daemon.groundtruth.diff import CLASS_COLOURS, OUTCOME_COLOURS, viridis
 from stagewatch.ui import _data, _failures, _widgets
 from stagewatch.ui._cloud3d import LABEL_COLOURS, cloud_views, pair
 from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
+from stagewatch.ui._router import link
 from stagewatch.ui.pages import failures
 from stagewatch.ui.pages.run import error_card
 
@@ -55,7 +56,7 @@ class CasePage:
     def show(self) -> None:
         self.steps.objects = []
         if not (self.run.value and self.stage.value):
-            self.body.objects = [pn.pane.Markdown("Open a case from the [Failures](?page=failures) page.")]
+            self.body.objects = [pn.pane.Markdown(f"Open a case from the [Failures]({link('?page=failures')}) page.")]
             return
         try:
             run_id = _data.find_run(self.home, self.run.value)
@@ -127,7 +128,7 @@ def case_steps(home: Path, origin: str, run_id: str, stage: str, sample: str) ->
         for name, label, url in (("previous", "◀ previous (k)", urls[0]), ("next", "next (j) ▶", urls[1]))
     ]
     where = f"case <b>{found.position:,}</b> of {found.total:,} in the failures view"
-    back = html.escape("?" + "&".join(p for p in ("page=failures", origin) if p), quote=True)
+    back = html.escape(link("?" + "&".join(p for p in ("page=failures", origin) if p)), quote=True)
     text = f"{links[0]} · {where} (<a href='{back}'>back to it</a>) · {links[1]}"
     return [pn.pane.HTML(text, css_classes=["sw-case-steps"]), CaseKeys(previous=urls[0], following=urls[1])]
 
@@ -167,8 +168,7 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any], camera_group: s
         pictures = [_picture(title, picture) for title, picture in found["pictures"]]
         shown.append(pn.FlexBox(*pictures, flex_wrap="wrap", sizing_mode="stretch_width"))
         if found["kind"] in ("mask", "points"):  # the pictures colour each class: which is which
-            colours = [tuple(int(v) for v in c) for c in _failures.CLASS_COLOURS]
-            shown.append(class_legend(class_names(case), [f"rgb{c}" for c in colours]))
+            shown.append(class_legend(class_names(case), [f"rgb{c}" for c in CLASS_COLOURS]))
         shown += legend_and_numbers(found, class_names(case))
         if found["kind"] == "mask" and found.get("image") is not None:
             shown += mask_overlays(found["image"], found["size"], found["arrays"])
@@ -253,7 +253,7 @@ def mask_overlays(image: Any, size: tuple[int, int], arrays: dict[str, Any]) -> 
 
 
 def _run_url(run_id: str, case: dict[str, Any]) -> str:
-    return f"?page=run&run={run_id}&sample={case.get('sample_id') or ''}"
+    return link(f"?page=run&run={run_id}&sample={case.get('sample_id') or ''}")
 
 
 def _picture(title: str, picture: Any) -> pn.Column:

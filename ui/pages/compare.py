@@ -30,6 +30,7 @@ from stagewatch.daemon.compare._compare import (
 from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
+from stagewatch.ui._router import link
 from stagewatch.ui.pages.case import case_sections
 
 THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
@@ -67,7 +68,7 @@ class ComparePage:
         if not self.second.value.strip():
             self.body.objects = [
                 pn.pane.Markdown(
-                    "Pick two runs: tick them on [Runs](?page=runs), or open a run and follow "
+                    f"Pick two runs: tick them on [Runs]({link('?page=runs')}), or open a run and follow "
                     "*compare with the previous run*."
                 )
             ]
@@ -91,7 +92,7 @@ class ComparePage:
         """The flip's link: this comparison with its two cases open."""
         parts = {"page": "compare", "a": self.first.value, "b": self.second.value, "threshold": self.threshold.value}
         parts["flip"] = f"{flip['stage']}/{flip['sample_id']}"
-        return "?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in parts.items())
+        return link("?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in parts.items()))
 
     def show_flip(self) -> None:
         stage, _, sample = self.flip.value.partition("/")

@@ -14,6 +14,7 @@ import pandas as pd
 import panel as pn
 
 from stagewatch.ui import _data, _failures, _format, _gallery, _widgets
+from stagewatch.ui._router import link
 
 WHEN = {"any time": "", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}
 SORTS = {
@@ -81,9 +82,10 @@ class FailuresPage:
             missing=lambda skipped: _data.missing_for_run_filter(self.home, skipped, self.run.value),
             # Every column within the page at 1,280 px: long text wraps rather than pushing the
             # run column (which tells two runs' cases of one sample apart) off the page.
-            layout="fit_columns",
-            formatters={"reason": {"type": "textarea"}, "error kinds": {"type": "textarea"}},
-            widths={"case": 90, "stage": 120, "outcome": 80, "confidence": 85, "severity": 70, "run": 80, "when": 95},
+            **_widgets.fitted(
+                {"case": 90, "stage": 120, "outcome": 80, "confidence": 85, "severity": 70, "run": 80, "when": 95},
+                wrapped=("case", "stage", "outcome", "error kinds", "classes", "reason"),
+            ),
         )
         refused = _widgets.sync_url({"show": self.show})
         if self.show.value not in SHOW:  # a radio group takes any value: a link's typo shows the table
@@ -207,7 +209,7 @@ def _url_value(value: Any) -> str:
 def case_url(run_id: str, stage: str, sample: str | None, carried: str = "") -> str:
     """?page=case&… of one case; `carried`: the Failures view it is opened from (for next/previous)."""
     parameters = [("page", "case"), ("run", run_id), ("stage", stage), ("sample", sample or "")]
-    return "?" + urllib.parse.urlencode(parameters + ([(FROM, carried)] if carried else []))
+    return link("?" + urllib.parse.urlencode(parameters + ([(FROM, carried)] if carried else [])))
 
 
 def case_link(run_id: str, stage: str, sample: str | None, text: str, carried: str = "") -> str:

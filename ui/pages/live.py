@@ -14,6 +14,7 @@ from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.daemon.query._sql import Homes, homes_of, runs_read_elsewhere
 from stagewatch.ui import _format, _widgets
 from stagewatch.ui._live import LiveFeed, LiveRun
+from stagewatch.ui._router import link
 
 REDRAW_MS = 250  # a session looks at the board 4 times a second and redraws only when it moved
 
@@ -26,7 +27,7 @@ class LivePage:
         self.cards: dict[str, tuple[pn.Column, pn.pane.HTML, pn.widgets.Tabulator, pn.pane.HTML]] = {}
         self.empty = pn.pane.Markdown(
             "No run is in progress. Start a pipeline (`stagewatch demo` runs one) and it appears here as it runs; "
-            "finished runs are on the [Runs](?page=runs) page."
+            f"finished runs are on the [Runs]({link('?page=runs')}) page."
         )
         self.seen_version: tuple[int, ...] = ()
         self.redraw()

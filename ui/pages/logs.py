@@ -80,6 +80,11 @@ class LogsPage:
             html_columns=("time", "run"),
             missing=lambda skipped: _data.missing_for_run_filter(self.home, skipped, self.run.value),
             page_size=50,
+            # Within the page at 1,280 px: the message, the logger's dotted name and the rest wrap.
+            **_widgets.fitted(
+                {"time": 190, "host": 85, "level": 80, "stage": 105, "sample": 90, "logger": 120, "run": 75},
+                wrapped=("time", "host", "stage", "sample", "message", "logger"),
+            ),
             changed=self._draw_histogram,
         )
         self.query.refresh()

@@ -21,6 +21,7 @@ from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._gaps import with_outside_stages
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
+from stagewatch.ui._router import link
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
@@ -103,7 +104,12 @@ class PerformancePage:
         order = stage_order(points)
         colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
         self.stats.objects = [
-            _widgets.table(window_stats(self.home, filters, points, order), "window-stats", html_columns=("exemplars",))
+            _widgets.table(
+                window_stats(self.home, filters, points, order),
+                "window-stats",
+                html_columns=("exemplars",),
+                **STATS_FIT,
+            )
         ]
         measure = self.measure.value
         _widgets.fill_soon(self.callouts, lambda: [regression_alert(r) for r in _trends.regressions(rows)])
@@ -125,11 +131,12 @@ class PerformancePage:
         except (CompareError, QueryError) as error:
             self.comparison.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
             return
-        link = f"?page=compare&a={quote(self.first.value or 'last:1', safe='')}&b={quote(b.runs[0], safe='')}"
+        baseline = quote(self.first.value or "last:1", safe="")
+        href = html.escape(link(f"?page=compare&a={baseline}&b={quote(b.runs[0], safe='')}"), quote=True)
         self.comparison.objects = [
             *warnings_alert(document),  # a run not ended, two pipelines: as the Compare page says them
             pn.pane.HTML(
-                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · <a href='{link}'>open in Compare</a>"
+                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · <a href='{href}'>open in Compare</a>"
             ),
             pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
         ]
@@ -199,11 +206,19 @@ def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:
     return pn.pane.Alert(
         f"**{html.escape(shift.stage)}** {measure} **{shift.change:+.0%}**, a persistent shift (change-point "
         f"test over the runs' {measure}s): {_format.ms(shift.before)} → {_format.ms(shift.after)}; it started in run "
-        f"[{shift.started_run[:8]}](?page=run&run={shift.started_run}) and was found at run "
-        f"[{shift.found_run[:8]}](?page=run&run={shift.found_run})"
-        + (" · [compare](?page=compare&a=last:20&b=" + shift.found_run + ")"),
+        f"[{shift.started_run[:8]}]({link(f'?page=run&run={shift.started_run}')}) and was found at run "
+        f"[{shift.found_run[:8]}]({link(f'?page=run&run={shift.found_run}')})"
+        f" · [compare]({link(f'?page=compare&a=last:20&b={shift.found_run}')})",
         alert_type="warning",
     )
+
+
+# Within the page at 1,280 px: the exemplars' links (and a long stage name) wrap.
+STATS_FIT = _widgets.fitted(
+    {"pipeline": 80, "stage": 120, "executions": 90, "failed": 60, "median": 70, "p95": 70, "p99": 70, "max": 70}
+    | {"own memory": 80, "process peak": 80, "share of time": 70},
+    wrapped=("pipeline", "stage", "median", "p95", "p99", "max", "own memory", "process peak", "exemplars"),
+)
 
 
 def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list[str]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from stagewatch.daemon.groundtruth.diff import viridis
 from stagewatch.daemon.groundtruth.formats import LabelError
 from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _cloud3d, _data, _format, _widgets
+from stagewatch.ui._router import link
 
 OUTPUTS_PAGE = 24  # executions of a stage whose saved outputs one page shows
 THUMBNAILS_A_PAGE = 96  # an execution may save many outputs: past this many on a page, links
@@ -53,6 +54,11 @@ class RunPage:
             lambda: "No stage of this run has ended yet.",
             turns=("◀ earlier", "later ▶"),
             missing=self._missing_rows,
+            # Within the page at 1,280 px: the error (up to 4,096 characters) wraps.
+            **_widgets.fitted(
+                {"started": 200, "stage": 120, "sample": 100, "status": 80, "duration": 80, "process peak": 100},
+                wrapped=("started", "stage", "sample", "error"),
+            ),
         )
         # The link's run first, then the watchers: the page is drawn once, here.
         refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
@@ -89,7 +95,7 @@ class RunPage:
     def show(self) -> None:
         text = self.run_id.value.strip()
         if not text:
-            self.body.objects = [pn.pane.Markdown("Pick a run on the [Runs](?page=runs) page.")]
+            self.body.objects = [pn.pane.Markdown(f"Pick a run on the [Runs]({link('?page=runs')}) page.")]
             return
         try:
             run_id = _data.find_run(self.home, text)
@@ -252,6 +258,7 @@ def sections(
             stage_display(stats, audit),
             "stages",
             html_columns=("share of time", "exemplars"),
+            **STAGES_FIT,
         ),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(data["points"], data["executions"], data["order"], data["colours"]),
@@ -272,9 +279,8 @@ def sections(
             )
         )
     else:
-        run_id = html.escape(audit["run_id"])
         cases = " · ".join(
-            f'<a href="?page=failures&run={run_id}&stage={html.escape(stage, quote=True)}">{html.escape(stage)}</a>'
+            f'<a href="{_href(_query(page="failures", run=audit["run_id"], stage=stage))}">{html.escape(stage)}</a>'
             for stage in accuracy["stage"]
         )
         shown += [
@@ -303,9 +309,10 @@ def header(audit: dict[str, Any]) -> pn.Column:
     run_id = html.escape(audit["run_id"])
     title = pn.pane.HTML(
         f"<h2 style='margin:4px 0'>Run <code>{run_id}</code></h2>"
-        f'<a href="?page=logs&run={run_id}">its log lines</a> · '
-        f'<a href="?page=failures&run={run_id}">its failure cases</a> · '
-        f'<a class="sw-compare-previous" href="?page=compare&b={run_id}">compare with… the previous run</a>'
+        f'<a href="{_href(_query(page="logs", run=audit["run_id"]))}">its log lines</a> · '
+        f'<a href="{_href(_query(page="failures", run=audit["run_id"]))}">its failure cases</a> · '
+        f'<a class="sw-compare-previous" href="{_href(_query(page="compare", b=audit["run_id"]))}">'
+        "compare with… the previous run</a>"
     )
     return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))
 
@@ -324,6 +331,14 @@ def error_card(error: dict[str, Any]) -> pn.Column:
             pn.pane.HTML(f"<pre style='font-size:12px'>{html.escape(trace)}</pre>"), title="Traceback", collapsed=True
         ),
     )
+
+
+# Within the page at 1,280 px: the GPU peak's words, the exemplars' links and a long stage name wrap.
+STAGES_FIT = _widgets.fitted(
+    {"stage": 105, "executions": 85, "failed": 55, "median": 68, "p95": 68, "p99": 68, "max": 68}
+    | {"share of time": 120, "own memory": 75, "process peak": 75, "GPU peak": 75},
+    wrapped=("stage", "median", "p95", "p99", "max", "own memory", "process peak", "GPU peak", "exemplars"),
+)
 
 
 def stage_display(stats: pd.DataFrame, audit: dict[str, Any]) -> pd.DataFrame:
@@ -515,17 +530,26 @@ class OutputsBrowser:
 def _output_item(home: Path, run_id: str, sample: str, path: str, where: str, thumbnail: bool) -> str:
     """One saved output: a PNG as its thumbnail, any other file as its name; a link that opens it
     at the top of this page, in place, the outputs' list kept `where` it is (their stage and page)."""
-    link = html.escape(f"?page=run&run={run_id}&artifact={path}{where}", quote=True)
+    href = _href(f"?page=run&run={run_id}&artifact={path}{where}")
     name = html.escape(path.rsplit("/", 1)[-1])
     if thumbnail and path.lower().endswith(".png") and (data := _thumbnail(home, path)) is not None:
         image = f'<img src="data:image/png;base64,{data}" style="height:72px;border:1px solid #ccc"/>'
         return (
-            f'<a href="{link}" title="{name}" style="display:inline-block;margin:3px;text-align:center;'
+            f'<a href="{href}" title="{name}" style="display:inline-block;margin:3px;text-align:center;'
             f'font-size:11px">{image}<br>{html.escape(sample)}</a>'
         )
     return (
-        f'<a href="{link}" style="display:inline-block;margin:3px 8px;font-size:12px">{html.escape(sample)}: {name}</a>'
+        f'<a href="{href}" style="display:inline-block;margin:3px 8px;font-size:12px">{html.escape(sample)}: {name}</a>'
     )
+
+
+def _query(**parameters: str) -> str:
+    return "?" + urllib.parse.urlencode(parameters)
+
+
+def _href(query: str) -> str:
+    """A link of the dashboard as an href attribute (escaped), carrying the session's theme."""
+    return html.escape(link(query), quote=True)
 
 
 def _thumbnail(home: Path, relative: str) -> str | None:

@@ -16,6 +16,7 @@ import panel as pn
 from stagewatch.daemon import Filters
 from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _data, _format, _widgets
+from stagewatch.ui._router import link
 
 WHEN = {"any time": "", "last hour": "1h", "last 24 hours": "24h", "last 7 days": "7d", "last 30 days": "30d"}
 SORTS = {
@@ -65,6 +66,12 @@ class RunsPage:
             display,
             lambda: _empty_message(self.home, self.filters()),
             html_columns=("run", "started"),
+            # Within the page at 1,280 px: the error (and any long name) wraps.
+            **_widgets.fitted(
+                {"run": 75, "pipeline": 85, "host": 80, "status": 95, "started": 85, "duration": 75, "executions": 90}
+                | {"failed": 55, "failed stage": 95},
+                wrapped=("pipeline", "host", "status", "failed stage", "error"),
+            ),
         )
         # Tick two runs to compare them: the link below the filters opens the Compare page.
         self.query.table.param.update(selectable="checkbox", hidden_columns=["run_id", "start"])
@@ -104,7 +111,7 @@ class RunsPage:
             self.pick.object = PICK_TWO
             return
         older, newer = rows.iloc[chosen].sort_values("start", kind="stable")["run_id"]  # the older is A
-        href = f"?page=compare&a={quote(older, safe='')}&b={quote(newer, safe='')}"
+        href = link(f"?page=compare&a={quote(older, safe='')}&b={quote(newer, safe='')}")
         self.pick.object = f"<a href='{html.escape(href, quote=True)}'>Compare the two ticked runs</a>"
 
     def filters(self) -> Filters:

@@ -480,13 +480,7 @@ def judged_runs_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]
     before = judged_run(daemon, dataset, {3}, 8)
     after = judged_run(daemon, dataset, {3, 1, 6}, 8)
     daemon.stop()
-    holding = next(
-        path
-        for path in snapshot_files(daemon.home, "samples")
-        if after in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
-    )
-    damage(Path(holding))
-    return before, after, holding
+    return before, after, damage_the_file_holding(daemon.home, "samples", after)
 
 
 def test_flips_over_left_out_verdicts_are_not_judged(daemon: DaemonProcess) -> None:
@@ -619,13 +613,18 @@ def slower_run_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:
         daemon.audit(run_id)
         rows_stored(daemon, run_id, "stage_executions", 120)
     daemon.stop()
+    return first, slower, damage_the_file_holding(daemon.home, "stage_executions", slower)
+
+
+def damage_the_file_holding(home: Path, table: str, run_id: str) -> str:
+    """Damage the data file of `table` that holds rows of `run_id` (the daemon stopped): its path."""
     holding = next(
         path
-        for path in snapshot_files(daemon.home, "stage_executions")
-        if slower in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
+        for path in snapshot_files(home, table)
+        if run_id in pq.read_table(path, columns=["run_id"])["run_id"].to_pylist()
     )
     damage(Path(holding))
-    return first, slower, holding
+    return holding
 
 
 def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_judge(daemon: DaemonProcess) -> None:

@@ -396,17 +396,17 @@ def exemplar_links(exemplars: dict[str, dict[str, Any]] | None) -> str:
     from html import escape
 
     from stagewatch.ui._format import ms
-    from stagewatch.ui._router import link
+    from stagewatch.ui._router import href
 
     links = []
     for name in EXEMPLARS:
         row = exemplars[name]
         hover = f"{row['sample_id'] or '-'} · {row['input_path'] or 'no input path'} · {ms(row['duration_ms'])}"
         links.append(
-            f'<a class="sw-exemplar sw-exemplar-{name}" href="{escape(link(row["links"]["case"]), quote=True)}" '
+            f'<a class="sw-exemplar sw-exemplar-{name}" href="{href(row["links"]["case"])}" '
             f'title="{escape(hover, quote=True)}">{name}: {escape(row["sample_id"] or "-")}</a>'
         )
-    logs = escape(link(exemplars["max"]["links"]["logs"]), quote=True)
+    logs = href(exemplars["max"]["links"]["logs"])
     return " · ".join(links) + f' (<a class="sw-exemplar-logs" href="{logs}">logs</a>)'
 
 

@@ -14,6 +14,7 @@ callbacks of one page, not of 200.
 
 from __future__ import annotations
 
+import html
 import logging
 import urllib.parse
 import weakref
@@ -143,6 +144,11 @@ def link(query: str) -> str:
         return query
     joiner = "&" if query.lstrip("?") else ""
     return "?" + query.lstrip("?") + joiner + urllib.parse.urlencode(missing)
+
+
+def href(query: str) -> str:
+    """`link(query)` as an HTML attribute's value (escaped): what a page's `<a href="…">` holds."""
+    return html.escape(link(query), quote=True)
 
 
 def parse_query(search: str) -> Arguments:

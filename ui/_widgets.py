@@ -22,7 +22,7 @@ _log = logging.getLogger(__name__)
 def navigation(current: str, pages: dict[str, str]) -> str:
     """The sidebar's links (page name -> what it is called), the current page in bold."""
     return "".join(
-        f'<a href="{html.escape(_router.link(f"?page={name}"), quote=True)}" class="sw-nav-{name}" '
+        f'<a href="{_router.href(f"?page={name}")}" class="sw-nav-{name}" '
         'style="display:block;padding:6px 4px;font-size:15px;'
         f'{"font-weight:700;" if name == current else ""}">{html.escape(title)}</a>'
         for name, title in pages.items()
@@ -31,7 +31,7 @@ def navigation(current: str, pages: dict[str, str]) -> str:
 
 def run_link(run_id: str, text: str | None = None) -> str:
     safe = html.escape(run_id, quote=True)
-    href = html.escape(_router.link(f"?page=run&run={run_id}"), quote=True)
+    href = _router.href(f"?page=run&run={run_id}")
     return f'<a href="{href}" title="{safe}">{html.escape(text or run_id[:8])}</a>'
 
 

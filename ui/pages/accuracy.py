@@ -19,7 +19,7 @@ from bokeh.plotting import figure as bokeh_figure
 from stagewatch.daemon.query._sql import homes_of
 from stagewatch.ui import _axes, _data, _failures, _format, _widgets
 from stagewatch.ui._live import LiveFeed
-from stagewatch.ui._router import link
+from stagewatch.ui._router import href
 
 REDRAW_MS = 1000
 CELL = "padding:2px 8px;text-align:right;"
@@ -159,7 +159,7 @@ def error_kinds(run_id: str, stages: dict[str, Any], home: Path | None = None) -
                     "stage": stage,
                     "error kind": kind.replace("_", " "),
                     "count": _counted(count, "box" if entry.get("kind") == "boxes" else "sample"),
-                    "cases": f'<a href="{html.escape(link(query), quote=True)}">'
+                    "cases": f'<a href="{href(query)}">'
                     + (f"list the {_counted(samples, 'sample')}" if samples is not None else "list them")
                     + "</a>",
                 }

@@ -21,7 +21,7 @@ from stagewatch.daemon.groundtruth.diff import CLASS_COLOURS, OUTCOME_COLOURS, v
 from stagewatch.ui import _data, _failures, _widgets
 from stagewatch.ui._cloud3d import LABEL_COLOURS, cloud_views, pair
 from stagewatch.ui._overlay import LAYERS, box_rows, boxes_svg, legend_html
-from stagewatch.ui._router import link
+from stagewatch.ui._router import href, link
 from stagewatch.ui.pages import failures
 from stagewatch.ui.pages.run import error_card
 
@@ -128,7 +128,7 @@ def case_steps(home: Path, origin: str, run_id: str, stage: str, sample: str) ->
         for name, label, url in (("previous", "◀ previous (k)", urls[0]), ("next", "next (j) ▶", urls[1]))
     ]
     where = f"case <b>{found.position:,}</b> of {found.total:,} in the failures view"
-    back = html.escape(link("?" + "&".join(p for p in ("page=failures", origin) if p)), quote=True)
+    back = href("?" + "&".join(p for p in ("page=failures", origin) if p))
     text = f"{links[0]} · {where} (<a href='{back}'>back to it</a>) · {links[1]}"
     return [pn.pane.HTML(text, css_classes=["sw-case-steps"]), CaseKeys(previous=urls[0], following=urls[1])]
 

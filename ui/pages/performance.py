@@ -21,7 +21,7 @@ from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._gaps import with_outside_stages
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
-from stagewatch.ui._router import link
+from stagewatch.ui._router import href, link
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
@@ -132,11 +132,12 @@ class PerformancePage:
             self.comparison.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
             return
         baseline = quote(self.first.value or "last:1", safe="")
-        href = html.escape(link(f"?page=compare&a={baseline}&b={quote(b.runs[0], safe='')}"), quote=True)
+        compare_href = href(f"?page=compare&a={baseline}&b={quote(b.runs[0], safe='')}")
         self.comparison.objects = [
             *warnings_alert(document),  # a run not ended, two pipelines: as the Compare page says them
             pn.pane.HTML(
-                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · <a href='{href}'>open in Compare</a>"
+                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · "
+                f"<a href='{compare_href}'>open in Compare</a>"
             ),
             pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
         ]

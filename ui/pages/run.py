@@ -23,7 +23,7 @@ from stagewatch.daemon.groundtruth.diff import viridis
 from stagewatch.daemon.groundtruth.formats import LabelError
 from stagewatch.daemon.projection import _outcomes as outcomes
 from stagewatch.ui import _cloud3d, _data, _format, _widgets
-from stagewatch.ui._router import link
+from stagewatch.ui._router import href, link
 
 OUTPUTS_PAGE = 24  # executions of a stage whose saved outputs one page shows
 THUMBNAILS_A_PAGE = 96  # an execution may save many outputs: past this many on a page, links
@@ -280,7 +280,7 @@ def sections(
         )
     else:
         cases = " · ".join(
-            f'<a href="{_href(_query(page="failures", run=audit["run_id"], stage=stage))}">{html.escape(stage)}</a>'
+            f'<a href="{href(_query(page="failures", run=audit["run_id"], stage=stage))}">{html.escape(stage)}</a>'
             for stage in accuracy["stage"]
         )
         shown += [
@@ -309,9 +309,9 @@ def header(audit: dict[str, Any]) -> pn.Column:
     run_id = html.escape(audit["run_id"])
     title = pn.pane.HTML(
         f"<h2 style='margin:4px 0'>Run <code>{run_id}</code></h2>"
-        f'<a href="{_href(_query(page="logs", run=audit["run_id"]))}">its log lines</a> · '
-        f'<a href="{_href(_query(page="failures", run=audit["run_id"]))}">its failure cases</a> · '
-        f'<a class="sw-compare-previous" href="{_href(_query(page="compare", b=audit["run_id"]))}">'
+        f'<a href="{href(_query(page="logs", run=audit["run_id"]))}">its log lines</a> · '
+        f'<a href="{href(_query(page="failures", run=audit["run_id"]))}">its failure cases</a> · '
+        f'<a class="sw-compare-previous" href="{href(_query(page="compare", b=audit["run_id"]))}">'
         "compare with… the previous run</a>"
     )
     return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))
@@ -530,26 +530,21 @@ class OutputsBrowser:
 def _output_item(home: Path, run_id: str, sample: str, path: str, where: str, thumbnail: bool) -> str:
     """One saved output: a PNG as its thumbnail, any other file as its name; a link that opens it
     at the top of this page, in place, the outputs' list kept `where` it is (their stage and page)."""
-    href = _href(f"?page=run&run={run_id}&artifact={path}{where}")
+    url = href(f"?page=run&run={run_id}&artifact={path}{where}")
     name = html.escape(path.rsplit("/", 1)[-1])
     if thumbnail and path.lower().endswith(".png") and (data := _thumbnail(home, path)) is not None:
         image = f'<img src="data:image/png;base64,{data}" style="height:72px;border:1px solid #ccc"/>'
         return (
-            f'<a href="{href}" title="{name}" style="display:inline-block;margin:3px;text-align:center;'
+            f'<a href="{url}" title="{name}" style="display:inline-block;margin:3px;text-align:center;'
             f'font-size:11px">{image}<br>{html.escape(sample)}</a>'
         )
     return (
-        f'<a href="{href}" style="display:inline-block;margin:3px 8px;font-size:12px">{html.escape(sample)}: {name}</a>'
+        f'<a href="{url}" style="display:inline-block;margin:3px 8px;font-size:12px">{html.escape(sample)}: {name}</a>'
     )
 
 
 def _query(**parameters: str) -> str:
     return "?" + urllib.parse.urlencode(parameters)
-
-
-def _href(query: str) -> str:
-    """A link of the dashboard as an href attribute (escaped), carrying the session's theme."""
-    return html.escape(link(query), quote=True)
 
 
 def _thumbnail(home: Path, relative: str) -> str | None:

@@ -321,14 +321,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _outside_stages_of(home: Path, run_id: str) -> str:
     """The run's time outside stages, the row beside the stage table, and its wall time split."""
     from stagewatch.daemon import Filters
-    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages_stats, run_time_split
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages
 
-    row = outside_stages_stats(home, Filters(run=run_id))
+    row, splits = outside_stages(home, Filters(run=run_id))
     if row is None:
         return f"  {OUTSIDE_STAGES:<20}(no wall time recorded yet)"
     d = row["duration_ms"]
-    line = f"  {OUTSIDE_STAGES:<20}{row['count']:>6}{'-':>8}{d['median']:>12.2f}{d['max']:>10.2f}  (per sample)"
-    for split in run_time_split(home, Filters(run=run_id)):
+    line = (
+        f"  {OUTSIDE_STAGES:<20}{row['count']:>10,}{'-':>8}{d['median']:>12.2f}{d['p95']:>10.2f}{d['max']:>10.2f}"
+        "  (per sample)"
+    )
+    for split in splits:
         line += (
             f"\n  wall {split['wall_ms']:.2f} ms = top-level stages {split['stages_ms']:.2f} ms"
             f" + outside stages {split['outside_ms']:.2f} ms (data loading, I/O, the pipeline's glue)"

@@ -90,6 +90,14 @@ def test_show_and_stats_print_the_outside_row(sleepy) -> None:
     shown = sw("show", "--home", str(home), run_id)
     assert shown.returncode == 0, shown.stderr
     assert "(outside stages)" in shown.stdout and "+ outside stages" in shown.stdout
+    # each figure under its own heading (the max once sat under "p95 ms")
+    lines = shown.stdout.splitlines()
+    heading = next(line for line in lines if "median ms" in line)
+    outside = next(line for line in lines if line.strip().startswith("(outside stages)"))
+    row = _outside(json.loads(sw("stats", "--home", str(home), "--run", run_id, "--json").stdout))
+    for column, figure in (("median ms", "median"), ("p95 ms", "p95"), ("max ms", "max")):
+        printed_value = outside[: heading.index(column) + len(column)].split()[-1]
+        assert float(printed_value) == pytest.approx(row["duration_ms"][figure], abs=0.01), column
     printed = sw("stats", "--home", str(home), "--run", run_id)
     assert "(outside stages)" in printed.stdout and "wall " in printed.stdout
     header, *rows = printed.stdout.splitlines()

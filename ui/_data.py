@@ -11,10 +11,12 @@ checked name) and resolves, symlinks followed, inside the home's runs/ folder.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +39,7 @@ from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
 from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
 from stagewatch.daemon.query._export import export_chunks, matching
-from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, gap_spans, with_outside_stages
+from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, gap_spans, joined_with_outside, outside_stages
 from stagewatch.daemon.query._hosts import hosts_in, with_hosts
 from stagewatch.daemon.query._query import (
     distinct_values,
@@ -298,23 +300,46 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
     """Everything the run page needs, read once: the trail's head, and from the run's rows per
     stage statistics and the durations chart's points (SQL, whatever the run's length); its
     first errors from their stage lines (found by a byte search); its saved outputs a page at a
-    time (`outputs_page`)."""
-    audit = load_audit_head(home, run_id)
+    time (`outputs_page`). The reads are independent and overlap (`concurrently`)."""
     holder = holding(home, run_id)  # the run's trail: in the home that holds its folder
-    stages = run_stages(home, run_id)
-    points, executions = duration_points(home, run_id, DURATION_SLICES, FAILURES_DRAWN)
+    run = Filters(run=run_id)
+    audit, stages, exemplars, outside, (points, executions), samples, failed, accuracy = concurrently(
+        (load_audit_head, home, run_id),
+        (run_stages, home, run_id),
+        (query_exemplars, home, run),
+        (outside_stages, home, run),
+        (duration_points, home, run_id, DURATION_SLICES, FAILURES_DRAWN),
+        (run_samples, home, run_id, SAMPLES_LISTED),
+        (stages_with, holder, run_id, FAILED, ERRORS_SHOWN),
+        (load_accuracy, home, run_id),
+    )
+    with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in stages)
+    gpu = query_gpu_devices(home, run) if with_gpu else {}
     errors = audit.get("errors", [])
     return {
         "audit": audit,
         "order": [stage["stage"] for stage in stages],
-        "stats": stats_frame(home, run_id, stages),
+        "stats": stats_frame(joined_with_outside(stages, *outside), exemplars, gpu),
         "points": points.to_pandas(),
         "executions": executions,
-        "samples": run_samples(home, run_id, SAMPLES_LISTED),
-        "errors": errors_of(stages_with(holder, run_id, FAILED, ERRORS_SHOWN), errors[:ERRORS_SHOWN]),
+        "samples": samples,
+        "errors": errors_of(failed, errors[:ERRORS_SHOWN]),
         "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
-        "accuracy": load_accuracy(home, run_id),
+        "accuracy": accuracy,
     }
+
+
+_readers = ThreadPoolExecutor(8, thread_name_prefix="stagewatch-read")
+
+
+def concurrently(*calls: tuple[Any, ...]) -> list[Any]:
+    """The results of `calls` (each a function and its arguments), run on reader threads: DuckDB
+    answers each on the thread's own cursor without holding the GIL, so a page's independent
+    queries overlap. Each runs in a copy of the caller's context, so the damaged files a read
+    left out reach the caller's `skipped_files`. Only a page's top level calls this (a call
+    from a reader thread could wait on a pool it fills)."""
+    futures = [_readers.submit(contextvars.copy_context().run, *call) for call in calls]
+    return [future.result() for future in futures]
 
 
 def sample_frame(home: Path, run_id: str, sample_id: str | None) -> pd.DataFrame:
@@ -357,13 +382,12 @@ def sample_gaps(home: Path, run_id: str, sample_id: str | None) -> pd.DataFrame:
     )
 
 
-def stats_frame(home: Path, run_id: str, stages: list[dict[str, Any]]) -> pd.DataFrame:
-    """Per stage, in pipeline order (`run_stages`): counts, failure rate, duration percentiles,
-    time share, CPU peak and the stage's own memory (its peak above its start), GPU peak."""
-    with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in stages)
-    exemplars = query_exemplars(home, Filters(run=run_id))
-    stages = with_outside_stages(home, Filters(run=run_id), stages)  # the last row: time no stage covers
-    gpu = query_gpu_devices(home, Filters(run=run_id)) if with_gpu else {}
+def stats_frame(
+    stages: list[dict[str, Any]], exemplars: dict[str, dict[str, Any]], gpu: dict[str, dict[str, Any]]
+) -> pd.DataFrame:
+    """Per stage, in pipeline order (`run_stages`, the time outside stages last): counts, failure
+    rate, duration percentiles, time share, CPU peak and the stage's own memory (its peak above
+    its start), GPU peak; each stage's exemplars (`query_exemplars`) and GPU devices."""
     rows = []
     for entry in stages:
         duration = entry["duration_ms"]

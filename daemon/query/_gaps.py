@@ -25,40 +25,55 @@ from stagewatch.daemon.query._sql import select
 # collides with a stage's row beside it.
 OUTSIDE_STAGES = "(outside stages)"
 
+# A run is partitioned by its number in the list, not its id: a window sorts its partition key
+# with the spans, and an integer sorts much faster than a UUID's text.
 _RUNS = """runs_in AS (
-    SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::BIGINT[]) AS run_start, unnest(?::BIGINT[]) AS run_end
+    SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::BIGINT[]) AS run_start, unnest(?::BIGINT[]) AS run_end,
+           unnest(?::BIGINT[]) AS run_number
 )"""
 
 # Per top-level stage: the uncovered stretch before it, from the furthest end of the stages
-# that started earlier (or the run's start), clipped to the run; then the tail of each run.
+# that started earlier (or the run's start), clipped to the run (a live run has no end yet:
+# `least` skips a null); then the tail of each run, after its last stage.
 _GAPS = f"""WITH {_RUNS},
 spans AS (
-    SELECT s.run_id, s.sample_id, epoch_ns(s.start_time) AS span_start, epoch_ns(s.end_time) AS span_end,
-           r.run_start, coalesce(r.run_end, max(epoch_ns(s.end_time)) OVER (PARTITION BY s.run_id)) AS run_end
+    SELECT r.run_number, s.sample_id, epoch_ns(s.start_time) AS span_start, epoch_ns(s.end_time) AS span_end,
+           r.run_start, r.run_end
     FROM rows AS s JOIN runs_in AS r USING (run_id)
     {{where}}
 ),
-ordered AS (
-    SELECT *, greatest(run_start, coalesce(max(span_end) OVER (
-        PARTITION BY run_id ORDER BY span_start, span_end ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-    ), run_start)) AS covered_until
+before_stages AS (
+    SELECT run_number, sample_id, greatest(run_start, coalesce(max(span_end) OVER (
+        PARTITION BY run_number ORDER BY span_start, span_end ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+    ), run_start)) AS gap_start, least(span_start, run_end) AS gap_end
     FROM spans
 ),
-before_stages AS (
-    SELECT run_id, sample_id, covered_until AS gap_start, least(span_start, run_end) AS gap_end FROM ordered
-),
 tails AS (
-    SELECT r.run_id, NULL::VARCHAR AS sample_id,
-           greatest(r.run_start, coalesce(max(o.span_end), r.run_start)) AS gap_start,
-           coalesce(r.run_end, max(o.span_end)) AS gap_end
-    FROM runs_in AS r LEFT JOIN ordered AS o USING (run_id)
-    GROUP BY r.run_id, r.run_start, r.run_end
+    SELECT r.run_number, NULL::VARCHAR AS sample_id,
+           greatest(r.run_start, coalesce(e.last_end, r.run_start)) AS gap_start,
+           coalesce(r.run_end, e.last_end) AS gap_end
+    FROM runs_in AS r LEFT JOIN (SELECT run_number, max(span_end) AS last_end FROM spans GROUP BY run_number) AS e
+    USING (run_number)
 ),
 gaps AS (
-    SELECT run_id, sample_id, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
+    SELECT run_number, sample_id, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
     FROM (SELECT * FROM before_stages UNION ALL SELECT * FROM tails)
     WHERE gap_end IS NOT NULL
 )"""
+
+# Both answers of the time outside stages in one pass over the spans: the distribution of the
+# uncovered ms per sample of each run (and each run's tail), and per finished run its wall time
+# and the part of it outside stages.
+_OUTSIDE = f"""
+, per_sample AS MATERIALIZED (SELECT run_number, sample_id, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
+SELECT
+    (SELECT {{'n': count(*), 'total': sum(gap_ms), 'peak': max(gap_ms),
+              'quantiles': quantile_cont(gap_ms, {list(PERCENTILES)})}} FROM per_sample) AS samples,
+    (SELECT list({{'run_id': r.run_id, 'wall_ms': (r.run_end - r.run_start) / 1e6, 'outside_ms': p.outside_ms}}
+                 ORDER BY r.run_id)
+     FROM (SELECT run_number, sum(gap_ms) AS outside_ms FROM per_sample GROUP BY run_number) AS p
+     JOIN runs_in AS r USING (run_number) WHERE r.run_end IS NOT NULL) AS runs
+"""
 
 
 def _runs_of(home: Path, filters: Filters) -> tuple[list[str], list[int], list[int | None]]:
@@ -79,7 +94,8 @@ def _gaps_query(home: Path, filters: Filters, final: str) -> pa.Table:
     where: Where = stage_where(home, scope)
     where.add("parent_span IS NULL").add("start_time IS NOT NULL").add("end_time IS NOT NULL")
     sql = f"SELECT * FROM ({_GAPS.format(where=where.sql)} {final})"  # after the query layer's WITH rows
-    return select(home, "stage_executions", sql, [run_ids, starts, ends, *where.params], None, where.dates)
+    params = [run_ids, starts, ends, list(range(len(run_ids))), *where.params]
+    return select(home, "stage_executions", sql, params, None, where.dates)
 
 
 def gap_spans(home: Path, run_id: str) -> pa.Table:
@@ -92,51 +108,47 @@ def gap_spans(home: Path, run_id: str) -> pa.Table:
     )
 
 
-def run_time_split(home: Path, filters: Filters) -> list[dict[str, Any]]:
-    """Per run: wall_ms (start to end), outside_ms (no stage running) and stages_ms (the
-    union of its top-level stages: wall minus outside)."""
-    final = (
-        "SELECT g.run_id, (any_value(r.run_end) - any_value(r.run_start)) / 1e6 AS wall_ms, "
-        "sum(g.gap_ms) AS outside_ms FROM gaps AS g JOIN runs_in AS r USING (run_id) "
-        "WHERE r.run_end IS NOT NULL GROUP BY g.run_id ORDER BY g.run_id"
-    )
-    rows = _gaps_query(home, filters, final).to_pylist()
-    return [row | {"stages_ms": row["wall_ms"] - row["outside_ms"]} for row in rows]
-
-
-def outside_stages_stats(home: Path, filters: Filters) -> dict[str, Any] | None:
-    """A `query_stats` row for the time outside stages: per sample of each run (and each run's
-    tail), the uncovered ms, as count/mean/median/p95/p99/max; `sum` the total. None when the
-    filters pick out stages by name or status (then the wall time is not what is asked)."""
+def outside_stages(home: Path, filters: Filters) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The time outside stages of the runs `filters` selects, from one query: a `query_stats`
+    row (per sample of each run, and each run's tail, the uncovered ms as count/mean/median/p95/
+    p99/max; `sum` the total), None when there is none or the filters pick out stages by name or
+    status (then the wall time is not what is asked); and per finished run its run_id, wall_ms
+    (start to end), outside_ms (no stage running) and stages_ms (the union of its top-level
+    stages: wall minus outside)."""
     if filters.stage or filters.status:
-        return None
-    final = (
-        "SELECT count(*) AS n, sum(gap_ms) AS total, "
-        f"quantile_cont(gap_ms, {list(PERCENTILES)}) AS quantiles, max(gap_ms) AS peak "
-        "FROM (SELECT run_id, sample_id, sum(gap_ms) AS gap_ms FROM gaps GROUP BY run_id, sample_id)"
-    )
-    (row,) = _gaps_query(home, filters, final).to_pylist()
-    if not row["n"]:
-        return None
-    return {
+        return None, []
+    (answer,) = _gaps_query(home, filters, _OUTSIDE).to_pylist()
+    split = [run | {"stages_ms": run["wall_ms"] - run["outside_ms"]} for run in answer["runs"] or []]
+    samples = answer["samples"]
+    if not samples["n"]:
+        return None, split
+    row = {
         "stage": OUTSIDE_STAGES,
         "outside_stages": True,
-        "count": row["n"],
+        "count": samples["n"],
         "failure_rate": 0.0,
-        "duration_ms": _distribution(row["n"], row["total"], row["quantiles"], row["peak"]),
+        "duration_ms": _distribution(samples["n"], samples["total"], samples["quantiles"], samples["peak"]),
     }
+    return row, split
 
 
 def with_outside_stages(home: Path, filters: Filters, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`stats` (query_stats' rows) and, after them, the row of the time outside stages with
     the runs' wall time split into stages and outside (so they add up); `stats` alone when
     there is none to show."""
-    row = outside_stages_stats(home, filters)
+    return joined_with_outside(stats, *outside_stages(home, filters))
+
+
+def joined_with_outside(
+    stats: list[dict[str, Any]], row: dict[str, Any] | None, split: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`with_outside_stages` of an `outside_stages` answer in hand."""
     if row is None:
         return stats
-    split = run_time_split(home, filters)
+    row = dict(row)
     wall = sum(run["wall_ms"] for run in split)
     outside = sum(run["outside_ms"] for run in split)
+    row["duration_ms"] = dict(row["duration_ms"])
     row["total_ms"] = row["duration_ms"].pop("sum")
     row["share_of_time"] = outside / wall if wall else 0.0  # of the wall time of the finished runs
     row["wall"] = {"runs": len(split), "wall_ms": wall, "stages_ms": wall - outside, "outside_ms": outside}

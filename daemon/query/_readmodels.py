@@ -11,13 +11,13 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
@@ -27,6 +27,7 @@ from stagewatch.daemon.query._sql import (
     MAX_ROWS,
     Homes,
     damaged_parts,
+    empty_table,
     home_of_run,
     homes_of,
     quoted,
@@ -36,6 +37,9 @@ from stagewatch.daemon.query._sql import (
     snapshot_files,
 )
 from stagewatch.daemon.tables._runindex import runs_with_prefix
+
+if TYPE_CHECKING:  # imported where a table is read whole: pyarrow.dataset brings pandas
+    import pyarrow.dataset as ds
 
 
 class RunNotFound(LookupError):
@@ -77,7 +81,9 @@ def read_table(
     schema = _as_dictionaries(schema_of(table), dictionary)
     files = snapshot_files(home, table, dates)
     if not files:
-        return _select(schema.empty_table(), columns)
+        return _select(empty_table(schema), columns)
+    import pyarrow.dataset as ds
+
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
     dataset = _files_dataset(files, folder, file_format, schema)
     try:
@@ -95,6 +101,8 @@ def _as_dictionaries(schema: pa.Schema, dictionary: tuple[str, ...]) -> pa.Schem
 
 
 def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, schema: pa.Schema) -> ds.Dataset:
+    import pyarrow.dataset as ds
+
     partitioning = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
     return ds.dataset(
         files, format=file_format, partitioning=partitioning, schema=schema, partition_base_dir=str(folder)
@@ -115,12 +123,26 @@ def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
 
 def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as dicts; timestamps become datetimes (microseconds: what Python holds)."""
-    for index, column in enumerate(table.schema):
-        if pa.types.is_timestamp(column.type):
-            table = table.set_column(
-                index, column.name, table[column.name].cast(pa.timestamp("us", tz=column.type.tz), safe=False)
-            )
-    return table.to_pylist()
+    columns = {name: _python_values(table[name]) for name in table.column_names}
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    """The column's values as Python objects. Timestamps are made here from their microseconds:
+    pyarrow makes a datetime through pandas, and importing pandas would cost a CLI command that
+    prints a few rows more than its query."""
+    if not pa.types.is_timestamp(column.type):
+        return column.to_pylist()
+    zone = column.type.tz
+    micros = column.cast(pa.timestamp("us", tz=zone), safe=False).cast(pa.int64()).to_pylist()
+    naive = [None if us is None else _EPOCH + timedelta(microseconds=us) for us in micros]
+    if zone is None:
+        return naive
+    tzinfo = pa.lib.string_to_tzinfo(zone)  # the zone object pyarrow itself gives
+    return [None if at is None else at.replace(tzinfo=UTC).astimezone(tzinfo) for at in naive]
 
 
 def list_runs(home: Homes, limit: int = 20, host: str | None = None) -> list[dict[str, Any]]:

@@ -294,7 +294,13 @@ def _run(parts: list[tuple[list[str], list[str]]], table: str, sql: str, params:
             view_params.append(files)
     view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM typed_empty)"
     query = f"WITH rows AS ({view}) {sql}"
-    return _execute(cursor(), "typed_empty", schema.empty_table(), query, [*view_params, *params])
+    return _execute(cursor(), "typed_empty", empty_table(schema), query, [*view_params, *params])
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """No rows of `schema` (pyarrow's `Schema.empty_table` imports pandas: a CLI command that
+    reads the tables would pay for it at every start)."""
+    return pa.Table.from_batches([], schema=schema)
 
 
 def _scan() -> str:

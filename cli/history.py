@@ -318,12 +318,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _outside_stages_of(home: Path, run_id: str) -> str:
-    """The run's time outside stages, the row beside the stage table, and its wall time split."""
-    from stagewatch.daemon import Filters
-    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages
+def _outside_stages_line(row: dict[str, Any] | None, splits: list[dict[str, Any]]) -> str:
+    """The run's time outside stages (`outside_stages`), the row beside the stage table, and its
+    wall time split."""
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES
 
-    row, splits = outside_stages(home, Filters(run=run_id))
     if row is None:
         return f"  {OUTSIDE_STAGES:<20}(no wall time recorded yet)"
     d = row["duration_ms"]
@@ -358,8 +357,10 @@ def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[st
 def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     """The run's head, its per-stage statistics (SQL over its rows), its first errors with their
     tracebacks, and a page of its executions: whatever the run's length, nothing of it is read whole."""
+    from stagewatch.daemon.query._gaps import outside_stages
     from stagewatch.daemon.query._query import Filters, executions_page, query_gpu_devices, run_stages
     from stagewatch.daemon.query._readmodels import FAILED, load_audit_head, stages_with, to_rows
+    from stagewatch.daemon.query._sql import concurrently
 
     audit = load_audit_head(home, run_id)
     print(f"{'run':<13}{audit['run_id']}")
@@ -368,17 +369,21 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
             print(f"{key:<13}{audit[key]}")
     for problem in audit.get("problems", []):
         print(f"INCOMPLETE: {problem}")
-    stages = run_stages(home, run_id)
+    limit = args.limit or SHOW_ROWS
+    stages, outside, failed, (page, total) = concurrently(  # independent reads, overlapping
+        (run_stages, home, run_id),
+        (outside_stages, home, Filters(run=run_id)),
+        (stages_with, home, run_id, FAILED, SHOW_ERRORS),
+        (executions_page, home, run_id, args.order, (args.page - 1) * limit, limit),
+    )
     gpu = (
         query_gpu_devices(home, Filters(run=run_id)) if any(s["gpu_peak_mb"]["max"] is not None for s in stages) else {}
     )
     print(stats_table(stages, gpu, audit.get("host")))
-    print(_outside_stages_of(home, run_id))
+    print(_outside_stages_line(*outside))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
-    _print_errors(audit, stages_with(home, run_id, FAILED, SHOW_ERRORS))
-    limit = args.limit or SHOW_ROWS
-    page, total = executions_page(home, run_id, args.order, (args.page - 1) * limit, limit)
+    _print_errors(audit, failed)
     print(executions_table(to_rows(page), (args.page - 1) * limit, total, args.order))
     counts = audit.get("counts") or {}
     print(f"\n{counts.get('artifacts', 0)} saved outputs under {DaemonHome.of(home).stage_outputs(run_id)}/")

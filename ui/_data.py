@@ -11,12 +11,10 @@ checked name) and resolves, symlinks followed, inside the home's runs/ folder.
 
 from __future__ import annotations
 
-import contextvars
 import io
 import json
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +63,7 @@ from stagewatch.daemon.query._readmodels import (
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
-from stagewatch.daemon.query._sql import Homes, homes_of, skipped_files, skipped_for_run
+from stagewatch.daemon.query._sql import Homes, concurrently, homes_of, skipped_files, skipped_for_run
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -327,19 +325,6 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
         "accuracy": accuracy,
     }
-
-
-_readers = ThreadPoolExecutor(8, thread_name_prefix="stagewatch-read")
-
-
-def concurrently(*calls: tuple[Any, ...]) -> list[Any]:
-    """The results of `calls` (each a function and its arguments), run on reader threads: DuckDB
-    answers each on the thread's own cursor without holding the GIL, so a page's independent
-    queries overlap. Each runs in a copy of the caller's context, so the damaged files a read
-    left out reach the caller's `skipped_files`. Only a page's top level calls this (a call
-    from a reader thread could wait on a pool it fills)."""
-    futures = [_readers.submit(contextvars.copy_context().run, *call) for call in calls]
-    return [future.result() for future in futures]
 
 
 def sample_frame(home: Path, run_id: str, sample_id: str | None) -> pd.DataFrame:

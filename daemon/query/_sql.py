@@ -17,6 +17,7 @@ is threaded).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 import re
@@ -24,6 +25,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -268,6 +270,19 @@ def _answer_key(files: list[str], table: str, sql: str, params: Sequence[Any]) -
     except OSError:
         return None
     return hashlib.blake2b(repr((stamps, table, sql, tuple(params))).encode(), digest_size=32).digest()
+
+
+_readers = ThreadPoolExecutor(8, thread_name_prefix="stagewatch-read")
+
+
+def concurrently(*calls: tuple[Any, ...]) -> list[Any]:
+    """The results of `calls` (each a function and its arguments), run on reader threads: DuckDB
+    answers each on the thread's own cursor without holding the GIL, so a page's independent
+    queries overlap. Each runs in a copy of the caller's context, so the damaged files a read
+    left out reach the caller's `skipped_files`. Only a page's top level calls this (a call
+    from a reader thread could wait on a pool it fills)."""
+    futures = [_readers.submit(contextvars.copy_context().run, *call) for call in calls]
+    return [future.result() for future in futures]
 
 
 def over_arrow(rows: pa.Table, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -270,3 +270,24 @@ def test_the_kept_answers_stay_within_their_bound_whatever_their_queries_paramet
     finally:
         tracemalloc.stop()
     assert held < 5 * 2**20, f"{held / 2**20:.1f} MB held for 50 kept answers of one row"
+
+
+def test_reads_made_at_once_tell_their_caller_which_damaged_file_they_left_out(history, tmp_path: Path) -> None:
+    """`concurrently` runs reads on reader threads: a damaged data file one of them skipped is
+    still named to the caller's `skipped_files` (a page's warning, a gate's refusal rest on it)."""
+    import shutil
+
+    from stagewatch.daemon import Filters, query_stages
+    from stagewatch.daemon.query._sql import concurrently, skipped_files
+    from tests.test_compare import damage_the_file_holding
+
+    home, ids = history
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("*.sock", "daemon.lock"))
+    holding = damage_the_file_holding(copy, "stage_executions", ids["broken"])
+    with skipped_files() as skipped:
+        broken, _ = concurrently(
+            (query_stages, copy, Filters(run=ids["broken"])), (query_stages, copy, Filters(run=ids["clean"]))
+        )
+    assert skipped == [holding]
+    assert broken.num_rows < query_stages(home, Filters(run=ids["broken"])).num_rows

@@ -4,7 +4,7 @@
     python benchmarks/history.py --runs 1000000 --keep /tmp/sw-hist   [built once, reused after]
 
 The history is built by replaying generated events (4 stages a run, 3% failing at
-detection, one log line a run, starts spread over 30 days) through the daemon's own ingest
+detection, one log line a run, starts spread over 30 days or `--days`) through the daemon's own ingest
 path in-process (validation, event log, projection, Parquet, audit trails), then compacted
 as aged partitions are in production. Queries run on DuckDB over the tables' files
 (daemon/query/_sql.py). Each timing is the median of 7. The references, in the same run: for query
@@ -103,10 +103,10 @@ def _closed(daemon: Daemon) -> None:
     daemon.release()
 
 
-def build(home: Path, runs: int) -> tuple[list[str], float]:
+def build(home: Path, runs: int, days: int = 30) -> tuple[list[str], float]:
     daemon = _opened(home)
     started, run_ids, group = time.perf_counter(), [], Group()
-    for index, (run_id, events) in enumerate(generated_runs(runs, np.random.default_rng(1))):
+    for index, (run_id, events) in enumerate(generated_runs(runs, np.random.default_rng(1), days * 86400)):
         run_ids.append(run_id)
         daemon.ingest.take(group, events, f"c{index}")
         if len(group.payloads) >= 10_000:
@@ -178,23 +178,23 @@ def json_size(table, sample_rows: int = 200_000) -> int:
     return int(len(json.dumps(to_rows(sample), default=str)) * table.num_rows / sample.num_rows)
 
 
-def prepared_home(runs: int, keep: Path | None) -> tuple[Path, list[str], float | None]:
-    """A home holding `runs` generated runs: built now, or reused from `keep` (built there once)."""
+def prepared_home(runs: int, keep: Path | None, days: int = 30) -> tuple[Path, list[str], float | None]:
+    """A home holding `runs` generated runs over `days`: built now, or reused from `keep` (built there once)."""
     if keep is None:
         home = Path(tempfile.mkdtemp(prefix="sw-hist-", dir="/tmp")) / "home"
     else:
-        home = keep / f"runs-{runs}"
-        ids = home.parent / f"runs-{runs}.ids"
+        name = f"runs-{runs}" if days == 30 else f"runs-{runs}-{days}d"
+        home, ids = keep / name, keep / f"{name}.ids"
         if ids.exists():
             return home, ids.read_text().split(), None
-    run_ids, build_s = build(home, runs)
+    run_ids, build_s = build(home, runs, days)
     if keep is not None:
         ids.write_text("\n".join(run_ids))
     return home, run_ids, build_s
 
 
-def measure(runs: int, keep: Path | None = None, size: bool = True) -> list[list[str]]:
-    home, run_ids, build_s = prepared_home(runs, keep)
+def measure(runs: int, keep: Path | None = None, size: bool = True, days: int = 30) -> list[list[str]]:
+    home, run_ids, build_s = prepared_home(runs, keep, days)
     try:
         target = run_ids[len(run_ids) // 2]
 
@@ -269,8 +269,9 @@ def main() -> None:
         help="also: today's partition after RUNS runs in an hour of 1 s flushes",
     )
     parser.add_argument("--no-size", action="store_true", help="skip the Parquet-vs-JSON size comparison")
+    parser.add_argument("--days", type=int, default=30, help="the runs' starts spread over this many days (30)")
     args = parser.parse_args()
-    rows = [row for runs in args.runs for row in measure(runs, args.keep, not args.no_size)]
+    rows = [row for runs in args.runs for row in measure(runs, args.keep, not args.no_size, args.days)]
     if args.busy_hour:
         rows += busy_hour(args.busy_hour, max(1, args.busy_hour // 3600))
     print_table("History queries (median of 7)", ["runs", "measure", "ours", "target", "reference"], rows)

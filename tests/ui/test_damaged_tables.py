@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, run_python, wait_for
 from tests.daemon.test_compaction import _damage as damage
 from tests.test_cli import sw
 from tests.test_compare import rows_stored, timed_run
@@ -87,3 +87,44 @@ def test_a_table_missing_a_damaged_files_rows_says_so_until_a_rebuild(tmp_path: 
             ui.stop()
         if daemon.process is not None:
             daemon.stop()
+
+
+def test_runs_and_logs_over_a_damaged_data_file_say_which_rows_they_lack(tmp_path: Path, page) -> None:
+    """The Runs and Logs pages read their own tables: a damaged file of each is said above the
+    rows, named, with the way back; the rows of the other run are still listed."""
+    daemon = DaemonProcess(tmp_path / "home", env={"STAGEWATCH_DAEMON_MERGE_INTERVAL_S": "3600"}).start()
+    ui = None
+    try:
+        whole, hit = (logged_run(daemon, host) for host in ("cam-a", "cam-b"))
+        daemon.stop()
+        damaged = {}
+        for table in ("runs", "logs"):
+            damaged[table] = next(path for path in snapshot_files(daemon.home, table) if hit in runs_of(path))
+            assert whole not in runs_of(damaged[table])
+            damage(Path(damaged[table]))
+        ui = Ui(daemon.home)
+        alert = page.locator(".sw-damaged")
+        for table, still_listed in (("runs", whole[:8]), ("logs", "frame 1 seen")):
+            page.goto(f"{ui.url}?page={table}")
+            name = Path(damaged[table]).name
+            assert wait_for(lambda: alert.count() > 0 and shown(page, name), 120), table  # noqa: B023
+            assert shown(page, "stagewatch rebuild") and shown(page, still_listed), table
+    finally:
+        if ui is not None:
+            ui.stop()
+        if daemon.process is not None:
+            daemon.stop()
+
+
+def logged_run(daemon: DaemonProcess, host: str) -> str:
+    """A run of two stages, each logging a line (tests/test_many_homes.py's pipeline), its rows
+    committed before it returns (each run's rows in files of their own)."""
+    from tests.test_many_homes import PIPELINE
+
+    result = run_python(PIPELINE.format(host=host, home=str(daemon.home)))
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.split()[-1]
+    rows_stored(daemon, run_id, "logs", 2)
+    rows_stored(daemon, run_id, "runs", 1)
+    daemon.audit(run_id)
+    return run_id

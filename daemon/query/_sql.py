@@ -245,7 +245,7 @@ class _Answers:
             return found
 
     def put(self, key: bytes, kept: tuple[pa.Table, list[str]]) -> None:
-        if kept[0].nbytes > self.max_bytes // 8:  # a bulk read (an export, a whole table): not kept
+        if kept[0].nbytes > self.max_bytes // 6:  # a bulk read (an export, a whole table): not kept
             return
         with self._lock:
             if key in self._answers:
@@ -256,7 +256,9 @@ class _Answers:
                 self.bytes -= self._answers.popitem(last=False)[1][0].nbytes
 
 
-ANSWERS_MAX_BYTES = 64 << 20
+# Small beside the dashboard server's own memory: the kept answers fill up to this over the first
+# sessions (a relative window's answers are new every minute) and the server then stays flat.
+ANSWERS_MAX_BYTES = 24 << 20
 _answers = _Answers(ANSWERS_MAX_BYTES)
 
 

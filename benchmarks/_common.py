@@ -36,6 +36,20 @@ def running_daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[P
         shutil.rmtree(home, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def answers_not_kept() -> Iterator[None]:
+    """Every query inside reads its files anew: the query layer keeps its recent answers, so a
+    repeat of the same query (a benchmark's median) would time a lookup in memory, not a read."""
+    from stagewatch.daemon.query import _sql
+
+    kept = _sql._answers
+    _sql._answers = _sql._Answers(0)
+    try:
+        yield
+    finally:
+        _sql._answers = kept
+
+
 def median_ms(action: Callable[[], object], repeats: int = 7, warm: bool = False) -> float:
     """The median wall time of `action` in ms over `repeats` calls (after one unmeasured call if `warm`)."""
     if warm:

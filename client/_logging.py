@@ -40,10 +40,13 @@ def forward(
             return
         where = (stage.name, stage.sample_id) if stage is not None else failed_in(error or sys.exc_info()[1])
         process = _process_for_run(run)
+        at = run.now_ns()
+        if ts_ns is not None:  # the record's age, on the run's clock (its stages' timeline)
+            at += ts_ns - time.time_ns()
         event = protocol.log(
             process.client_id,
             run.id,
-            ts_ns or time.time_ns(),
+            at,
             level=level[:16],
             message=message[:MAX_MESSAGE_CHARS],
             stage=where[0] if where else None,

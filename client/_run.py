@@ -58,7 +58,7 @@ class _Process:
             return None
         # The last reading a crashed stage will be left with (an OOM kill gives no warning).
         rss_mb = self.rss[0].current() / BYTES_PER_MB if self.rss is not None else None
-        return protocol.heartbeat(self.client_id, _runs[-1].id, time.time_ns(), rss_mb=rss_mb)
+        return protocol.heartbeat(self.client_id, _runs[-1].id, _runs[-1].now_ns(), rss_mb=rss_mb)
 
 
 _process: _Process | None = None
@@ -197,7 +197,7 @@ class Stage:
         rss = process.rss
         self._rss = rss[1].begin() if rss is not None else None
         self._gpu = process.gpu.begin()
-        self._ts = time.time_ns()
+        self._ts = self.run.now_ns()
         process.sender.emit(self._start_event)
         self._t0 = time.monotonic_ns()
 
@@ -228,7 +228,7 @@ class Stage:
             )
             self.run._failed_stages += 1
             _mark_failed_in(error, self.name, self.sample_id)
-        self._end_ts = time.time_ns()  # from here on `current_stage()` passes over this stage
+        self._end_ts = self.run.now_ns()  # from here on `current_stage()` passes over this stage
         process.sender.emit(self._end_event)
         if self._rss_peak is not None and self._rss_peak > process.memory_warn_bytes:
             process.sender.emit(self._memory_warning)
@@ -331,7 +331,7 @@ class Stage:
             event = protocol.artifact_saved(
                 process.client_id,
                 self.run.id,
-                time.time_ns(),
+                self.run.now_ns(),
                 stage=self.name,
                 span=self.span,
                 path=relpath,
@@ -375,7 +375,7 @@ class Stage:
         event = protocol.sample_result(
             process.client_id,
             self.run.id,
-            time.time_ns(),
+            self.run.now_ns(),
             stage=self.name,
             sample_id=sample_id,
             path=path,
@@ -483,7 +483,7 @@ class Run:
         self.finished = False
         self._failed_stages = 0
         self._owner_pid = os.getpid()
-        self._t0 = time.monotonic_ns()
+        self._t0, self._wall0 = time.monotonic_ns(), time.time_ns()
         snapshot = _snapshot(config)
         process = _process_for(self._home, self.endpoint, self.settings)
         _runs.append(self)
@@ -491,7 +491,7 @@ class Run:
             protocol.run_started(
                 process.client_id,
                 self.id,
-                time.time_ns(),
+                self._wall0,
                 pipeline=self.pipeline,
                 config=snapshot,
                 host=process.host,
@@ -501,6 +501,13 @@ class Run:
                 environment=_environment(),
             )
         )
+
+    def now_ns(self) -> int:
+        """The run's clock: the wall clock at its start plus the monotonic time since. A wall
+        clock stepped during the run (NTP's first sync on a board that booted in 1970, a hand
+        set) moves none of its stages: their starts, ends and the run's end stay on one
+        timeline with their durations (the next run starts from the new wall clock)."""
+        return self._wall0 + time.monotonic_ns() - self._t0
 
     def stage(
         self, name: str, *, input_path: str | os.PathLike[str] | None = None, sample_id: str | None = None
@@ -543,7 +550,7 @@ class Run:
                 protocol.run_finished(
                     process.client_id,
                     self.id,
-                    time.time_ns(),
+                    self.now_ns(),
                     status=status,
                     duration_ms=(time.monotonic_ns() - self._t0) / 1e6,
                     stages_failed=self._failed_stages,

@@ -131,9 +131,10 @@ def on_client_lost(run: RunState, event: Any, lsn: int, output: PendingOutput) -
             "lsn": lsn,
             "closed_run": closes_run,
         }
+    last_seen = run.pipeline_time(event.last_seen_ns)
     for key, entry in [(k, e) for k, e in run.open.items() if e["client_id"] == lost]:
-        start = entry["start_ns"] or event.last_seen_ns
-        end = max(start, event.last_seen_ns)
+        start = entry["start_ns"] or last_seen
+        end = max(start, last_seen)
         last_rss = run.last_rss_mb.get(lost)
         message = "the process died during this stage" + (
             f" (last RSS reading {last_rss:.0f} MB)" if last_rss is not None else ""
@@ -155,7 +156,7 @@ def on_client_lost(run: RunState, event: Any, lsn: int, output: PendingOutput) -
         output.rows["stage_executions"].append(stage_row(run, entry, end, lsn))
     if closes_run:
         error = {"type": "ClientLost", "message": "the pipeline process stopped sending heartbeats (killed or crashed)"}
-        output.rows["runs"].append(run.close("crashed", event.last_seen_ns, lsn, error))
+        output.rows["runs"].append(run.close("crashed", max(last_seen, run.start_ns or last_seen), lsn, error))
 
 
 def resume_client(run: RunState, client_id: str, resumed_ns: int, output: PendingOutput) -> None:

@@ -132,6 +132,14 @@ class RunState:
         head["running"] = [*self.open.values(), *self.provisional.values()]
         return audit_json(head)
 
+    def pipeline_time(self, daemon_ns: int) -> int:
+        """A moment of the daemon's clock (when it last heard from a client it declared lost) on
+        the pipeline's clock, the one every other time of the run is on: corrected by the
+        measured offset once it is large enough to report (below that, the estimate's own error
+        would move a crash's end more than the clocks differ)."""
+        offset = self.clock_offset_ns
+        return daemon_ns + offset if clock_skew(offset) is not None else daemon_ns
+
     def record_error(self, entry: dict, end_ns: int) -> None:
         """An ended stage's error, in the trail's summary (every error stays in stages.jsonl)."""
         self.first_failed_stage = self.first_failed_stage or entry["stage"]

@@ -374,7 +374,7 @@ def duration_points(home: Path, run_id: str, slices: int, failures: int) -> tupl
             SELECT stage, arg_max(sample_id, duration_ms) AS sample_id, 'ok' AS status,
                    max(duration_ms) AS duration_ms, arg_max(t, duration_ms) AS t
             FROM timed, span WHERE status = 'ok'
-            GROUP BY stage, least(floor((t - low) * ? / width), ? - 1)
+            GROUP BY stage, least(floor((t - low)::DOUBLE * ? / width), ? - 1)  -- ns x slices: past BIGINT in months
             UNION ALL
             (SELECT stage, sample_id, status, duration_ms, t FROM timed
              WHERE status IS DISTINCT FROM 'ok' ORDER BY t, lsn LIMIT ?)

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stagewatch.daemon.query._readmodels import read_table
-from tests.conftest import DaemonProcess, run_pipeline
+from tests.conftest import FAKE_CLOCK, DaemonProcess, run_pipeline, run_python
 from tests.daemon.test_rebuild import _read_models
 
 NS = 1_000_000_000
@@ -109,3 +111,117 @@ def test_receive_times_survive_a_kill_9_and_a_rebuild_reads_the_same(daemon: Dae
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["events_replayed"] > 0
     assert _read_models(daemon.home) == live
+
+
+# The wall clock stepped in the middle of a run (NTP's first sync, a hand set), then the run goes on.
+STEPPED_MID_RUN = """
+import time
+_real_time_ns = time.time_ns
+_step = [0]
+time.time_ns = lambda: _real_time_ns() + _step[0]
+time.time = lambda: time.time_ns() / 1e9
+import stagewatch
+run = stagewatch.init(pipeline="stepped", home={home!r})
+for frame in range(6):
+    if frame == 3:
+        _step[0] = {step_ns}
+    time.sleep(0.02)  # "loading" the frame: time outside stages
+    with run.stage("detection", sample_id=f"f{{frame}}"):
+        time.sleep(0.01)
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+
+
+def _show(home: Path, run_id: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", "show", run_id, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_clock_stepped_mid_run_moves_none_of_its_stages(daemon: DaemonProcess) -> None:
+    """The run's times are its start's wall clock plus the monotonic time since: a step back an
+    hour or forward 60 days in the middle leaves one timeline, whose stages and time outside them
+    add up to the run's own duration (a step back made the wall time negative, a step forward
+    an hour of 'time outside stages', and 60 days overflowed the Run page's durations chart)."""
+    from stagewatch.daemon import Filters
+    from stagewatch.daemon.query._gaps import outside_stages
+    from stagewatch.ui._data import run_view
+
+    for step_ns in (-3600 * NS, 60 * 86_400 * NS):
+        result = run_python(STEPPED_MID_RUN.format(home=str(daemon.home), step_ns=step_ns))
+        assert result.returncode == 0, result.stderr
+        run_id = result.stdout.split()[-1]
+        audit = daemon.audit(run_id)
+        _, (split,) = outside_stages(daemon.home, Filters(run=run_id))
+        assert 0 < split["stages_ms"] <= split["wall_ms"] and split["outside_ms"] >= 0
+        assert split["wall_ms"] == pytest.approx(audit["duration_ms"], abs=50)  # no hour, no 60 days
+        assert "wall -" not in _show(daemon.home, run_id)
+        view = run_view(daemon.home, run_id)  # the page's data: its durations chart among it
+        assert len(view["points"]) == 6 and view["points"]["start_ms"].max() < 10_000
+
+
+def test_a_run_spanning_months_draws_its_durations_chart(daemon: DaemonProcess) -> None:
+    """A run whose stages are 60 days apart (a service recording for months): the chart's slices
+    of its time span are computed without overflowing."""
+    from stagewatch.ui._data import run_view
+
+    code = f"""
+import time
+_real_monotonic_ns = time.monotonic_ns
+_later = [0]
+time.monotonic_ns = lambda: _real_monotonic_ns() + _later[0]
+import stagewatch
+run = stagewatch.init(pipeline="months", home={str(daemon.home)!r})
+for frame in range(4):
+    if frame == 2:
+        _later[0] = 60 * 86_400 * 10**9
+    with run.stage("detection", sample_id=f"f{{frame}}"):
+        pass
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.split()[-1]
+    daemon.audit(run_id)
+    points = run_view(daemon.home, run_id)["points"]  # the slowest of each slice: two slices hold them
+    assert len(points) == 2 and points["start_ms"].max() > 59 * 86_400_000
+
+
+def test_a_crashed_run_of_a_clock_hours_off_ends_on_its_own_clock(tmp_path: Path) -> None:
+    """The daemon crashes a silent client's open stage at when it last heard from it, on the
+    daemon's clock: carried onto the pipeline's clock (by the offset it measured), the stage
+    lasts what it lasted, not hours or nothing, and the run does not end before it started."""
+    daemon = DaemonProcess(tmp_path / "home", client_timeout_s=2.0).start()
+    try:
+        for offset_ns in (2 * 3600 * NS, -2 * 3600 * NS):
+            code = (
+                FAKE_CLOCK.format(clock_ns=time.time_ns() + offset_ns)
+                + f"""
+import os, signal, stagewatch
+run = stagewatch.init(pipeline="doomed", home={str(daemon.home)!r})
+with run.stage("preprocessing"):
+    pass
+print(run.id, flush=True)
+run.flush(5)
+with run.stage("hang", sample_id="f0"):
+    run.flush(5)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+            )
+            result = run_python(code)
+            assert result.returncode == -9
+            audit = daemon.audit(result.stdout.split()[0], timeout_s=60)
+            assert audit["status"] == "crashed" and 0 <= audit["duration_ms"] < 60_000, audit["duration_ms"]
+            (hang,) = [stage for stage in audit["stages"] if stage["stage"] == "hang"]
+            assert hang["status"] == "crashed" and 0 <= hang["duration_ms"] < 60_000, hang["duration_ms"]
+    finally:
+        daemon.stop()

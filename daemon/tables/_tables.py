@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -293,13 +294,28 @@ def vacuum(home: Path | DaemonHome, table: str) -> int:
 
 
 # -- reading ----------------------------------------------------------------------------------
+@dataclass
+class _Opened:
+    table: DeltaTable
+    log_inode: int  # a table replaced whole (a rebuild, a table set aside) has a new log folder
+    log_mtime_ns: int  # the log folder's modification time when the table was last brought up to date
+    checked_ns: int  # the wall clock just before it was
+
+
+# A commit, a checkpoint or a log cleanup adds or removes a file in `_delta_log`, which sets the
+# folder's modification time; a file system stamps it in ticks (coarse on some), so an unchanged
+# time proves nothing new only once it is older than any tick by the time the table was checked.
+SETTLED_NS = 2_000_000_000
+
+
 class _Cache:
     """One DeltaTable per table folder per process, brought up to date before each listing
-    (reading only the commits since: an unchanged table costs a directory listing). A table
-    replaced whole (a rebuild, a table set aside) has a new log folder: it is read anew."""
+    (reading only the commits since). An unchanged log folder is not listed again (its
+    modification time, settled before the last check, says no file came or went since). A
+    table replaced whole (a rebuild, a table set aside) has a new log folder: it is read anew."""
 
     def __init__(self) -> None:
-        self._tables: dict[str, tuple[int, DeltaTable]] = {}  # folder -> (its log's inode, table)
+        self._tables: dict[str, _Opened] = {}  # by the table's folder
         self._lock = threading.Lock()  # a DeltaTable is not shared between threads at once
 
     def files(self, folder: Path, table: str, dates: Sequence[str] | None) -> list[str]:
@@ -332,16 +348,19 @@ class _Cache:
         }
 
     def _fresh(self, folder: Path) -> DeltaTable:
-        key, log = str(folder), (folder / "_delta_log").stat().st_ino
+        key, log, checked_ns = str(folder), (folder / "_delta_log").stat(), time.time_ns()
         cached = self._tables.get(key)
-        if cached is not None and cached[0] == log:
+        if cached is not None and cached.log_inode == log.st_ino:
+            if log.st_mtime_ns == cached.log_mtime_ns and cached.checked_ns - cached.log_mtime_ns > SETTLED_NS:
+                return cached.table
             try:
-                cached[1].update_incremental()
-                return cached[1]
+                cached.table.update_incremental()
+                cached.log_mtime_ns, cached.checked_ns = log.st_mtime_ns, checked_ns
+                return cached.table
             except DeltaError:  # far behind: the log entries it needs were cleaned up; read it anew
                 pass
         delta = DeltaTable(key)
-        self._tables[key] = (log, delta)
+        self._tables[key] = _Opened(delta, log.st_ino, log.st_mtime_ns, checked_ns)
         return delta
 
     def forget(self, folder: Path) -> None:

@@ -1,0 +1,113 @@
+"""`stagewatch show RUN`, its JSON and the Run page over a run trail damaged by hand: an
+audit.json of the wrong shape, a stages.jsonl that cannot be read. Each is said as a problem
+(INCOMPLETE ...) and what can be shown still is (the stage rows come from the tables)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stagewatch
+from tests.conftest import DaemonProcess
+from tests.test_cli import sw
+
+
+@pytest.fixture(scope="module")
+def trail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A stopped daemon's home holding one finished run: three stages, one failed."""
+    daemon = DaemonProcess(tmp_path_factory.mktemp("trail") / "home").start()
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            for i in range(3):
+                try:
+                    with run.stage("detection", sample_id=f"s{i}"):
+                        if i == 1:
+                            raise RuntimeError("boom")
+                except RuntimeError:
+                    pass
+        daemon.audit(run.id)
+    finally:
+        daemon.stop()
+    yield daemon.home, run.id
+
+
+def _page_text(home: Path, run_id: str) -> str:
+    """The Run page's sections as the server builds them (its header, problems, errors, tables)."""
+    import holoviews.plotting.bokeh  # noqa: F401 (the page's plotting extension, as the server loads it)
+    import panel as pn
+
+    from stagewatch.ui import _data
+    from stagewatch.ui.pages.run import sections
+
+    data = _data.run_view(home, run_id)
+    data["colours"] = {}
+    shown = sections(data, pn.Column(), pn.Column(), pn.Column(), [])
+    assert data["stats"]["stage"].tolist()[0] == "detection"  # the stage rows, from the tables
+    return "\n".join(_texts(shown))
+
+
+def _texts(panes: list[Any]) -> Iterator[str]:
+    for pane in panes:
+        if isinstance(getattr(pane, "object", None), str):
+            yield pane.object
+        yield from _texts(getattr(pane, "objects", []))
+
+
+def _shown_everywhere(home: Path, run_id: str, problem: str) -> None:
+    """`show`, `show --json`, `--json --all`, `query --run` and the Run page say `problem` and
+    still show the run's stages."""
+    shown = sw("show", run_id, "--home", str(home))
+    assert shown.returncode == 0, shown.stderr
+    assert "INCOMPLETE" in shown.stdout and problem in shown.stdout, shown.stdout
+    assert "detection" in shown.stdout and "3 of 3" in shown.stdout  # its stage table and executions
+    for json_args in (("--json",), ("--json", "--all")):
+        page = sw("show", run_id, "--home", str(home), *json_args)
+        assert page.returncode == 0, page.stderr
+        assert any(problem in p for p in json.loads(page.stdout)["problems"])
+    queried = sw("query", "--home", str(home), "--run", run_id, "--json")
+    assert queried.returncode == 0, queried.stderr
+    assert any(problem in p for p in json.loads(queried.stdout)["audit"]["problems"])
+    assert problem in _page_text(home, run_id)
+
+
+WRONG_SHAPES: list[dict[str, Any]] = [
+    {"drop": "run_id"},
+    {"errors": [1]},
+    {"gpu_sources": [1]},
+    {"counts": []},
+    {"config": "x"},
+    {"started_at": 12},
+    {"duration_ms": "abc"},
+]
+
+
+@pytest.mark.parametrize("edit", WRONG_SHAPES, ids=[json.dumps(e) for e in WRONG_SHAPES])
+def test_an_audit_json_of_the_wrong_shape_is_a_damaged_one(trail: tuple[Path, str], edit: dict[str, Any]) -> None:
+    home, run_id = trail
+    path = home / "runs" / run_id / "audit.json"
+    kept = path.read_bytes()
+    head = json.loads(kept)
+    head.pop(edit.pop("drop", "-"), None)
+    path.write_text(json.dumps(head | edit))
+    try:
+        _shown_everywhere(home, run_id, f"{path} is damaged")
+    finally:
+        path.write_bytes(kept)
+
+
+def test_a_directory_in_place_of_stages_jsonl_is_said_and_the_rest_shown(trail: tuple[Path, str]) -> None:
+    home, run_id = trail
+    path = home / "runs" / run_id / "stages.jsonl"
+    kept = path.read_bytes()
+    path.unlink()
+    path.mkdir()
+    try:
+        _shown_everywhere(home, run_id, f"{path} is damaged")
+    finally:
+        shutil.rmtree(path)
+        path.write_bytes(kept)

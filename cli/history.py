@@ -193,7 +193,9 @@ def _of_level(args: argparse.Namespace) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     from stagewatch.daemon import RunNotFound, query_gpu_devices, query_stats
     from stagewatch.daemon.query._exemplars import query_exemplars
-    from stagewatch.daemon.query._gaps import with_outside_stages
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, with_outside_stages
+    from stagewatch.daemon.query._readmodels import table_not_read
+    from stagewatch.daemon.tables._tables import DamagedTable
 
     home = home_or_homes(args)
     try:
@@ -208,9 +210,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     exemplars = query_exemplars(home, filters)
     for entry in stats:  # the executions behind p95, p99 and max, with links to their sample and logs
         entry["exemplars"] = exemplars.get(entry["stage"])
-    stats = with_outside_stages(home, filters, stats)
+    try:
+        stats = with_outside_stages(home, filters, stats)
+        unread = None
+    except DamagedTable as error:  # the runs table, read for that row alone: the stages are shown still
+        unread = f"{OUTSIDE_STAGES} not shown: {table_not_read(error)}"
     if args.json:
-        print(json.dumps(stats, indent=1))
+        print(json.dumps(stats if unread is None else [*stats, {"stage": OUTSIDE_STAGES, "problem": unread}], indent=1))
         return EXIT_OK
     # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
     print(
@@ -233,6 +239,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
         if entry["gpu"]:
             print("  " + gpu_line(entry["gpu"]))
+    if unread is not None:
+        print(unread)
     print("own MB: the most a stage's RSS rose above its start; proc. peak: the process's peak RSS during it")
     if not gpu:
         print("no GPU readings in these stages (a host without a GPU, or no framework on one: docs/gpu.md)")
@@ -338,6 +346,19 @@ def _outside_stages_line(row: dict[str, Any] | None, splits: list[dict[str, Any]
     return line
 
 
+def _outside_stages_or_damage(home: Path, filters: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | str:
+    """`outside_stages`, or the line said in place of its row when the runs table it reads
+    cannot be read (the run's stages, errors and executions are shown still)."""
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages
+    from stagewatch.daemon.query._readmodels import table_not_read
+    from stagewatch.daemon.tables._tables import DamagedTable
+
+    try:
+        return outside_stages(home, filters)
+    except DamagedTable as error:
+        return f"  {OUTSIDE_STAGES:<20}not shown: {table_not_read(error)}"
+
+
 def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[str, Any]) -> int:
     """The trail as JSON: a page of its stages (`stages_page` says which), or with --all every
     stage, streamed a few megabytes at a time (a run of a million stages is 450 MB of JSON)."""
@@ -357,7 +378,6 @@ def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[st
 def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     """The run's head, its per-stage statistics (SQL over its rows), its first errors with their
     tracebacks, and a page of its executions: whatever the run's length, nothing of it is read whole."""
-    from stagewatch.daemon.query._gaps import outside_stages
     from stagewatch.daemon.query._query import Filters, executions_page, query_gpu_devices, run_stages
     from stagewatch.daemon.query._readmodels import FAILED, load_audit_head, stages_with, to_rows
     from stagewatch.daemon.query._sql import concurrently
@@ -372,7 +392,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     limit = args.limit or SHOW_ROWS
     stages, outside, failed, (page, total) = concurrently(  # independent reads, overlapping
         (run_stages, home, run_id),
-        (outside_stages, home, Filters(run=run_id)),
+        (_outside_stages_or_damage, home, Filters(run=run_id)),
         (stages_with, home, run_id, FAILED, SHOW_ERRORS),
         (executions_page, home, run_id, args.order, (args.page - 1) * limit, limit),
     )
@@ -380,7 +400,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
         query_gpu_devices(home, Filters(run=run_id)) if any(s["gpu_peak_mb"]["max"] is not None for s in stages) else {}
     )
     print(stats_table(stages, gpu, audit.get("host")))
-    print(_outside_stages_line(*outside))
+    print(outside if isinstance(outside, str) else _outside_stages_line(*outside))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
     _print_errors(audit, failed)

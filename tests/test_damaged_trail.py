@@ -19,7 +19,7 @@ from tests.test_cli import sw
 
 @pytest.fixture(scope="module")
 def trail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A stopped daemon's home holding one finished run: three stages, one failed."""
+    """A stopped daemon's home holding a finished run (three stages, one failed), and a later one."""
     daemon = DaemonProcess(tmp_path_factory.mktemp("trail") / "home").start()
     try:
         with stagewatch.init(pipeline="p", home=daemon.home) as run:
@@ -31,6 +31,10 @@ def trail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
                 except RuntimeError:
                     pass
         daemon.audit(run.id)
+        with stagewatch.init(pipeline="p", home=daemon.home) as later:  # the runs table's second commit
+            with later.stage("detection", sample_id="s0"):
+                pass
+        daemon.audit(later.id)
     finally:
         daemon.stop()
     yield daemon.home, run.id
@@ -111,3 +115,26 @@ def test_a_directory_in_place_of_stages_jsonl_is_said_and_the_rest_shown(trail: 
     finally:
         shutil.rmtree(path)
         path.write_bytes(kept)
+
+
+def test_a_damaged_runs_table_leaves_out_the_outside_row_alone(trail: tuple[Path, str], tmp_path: Path) -> None:
+    """The runs table is read for the row of the time outside stages alone: its Delta log cut
+    short, show, stats and the Run page show the stages, errors and executions, and say which
+    table cannot be read and to run `stagewatch rebuild` in that row's place."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    run_id = trail[1]
+    commit = max((home / "metrics" / "runs" / "_delta_log").glob("*.json"))  # its last commit
+    commit.write_bytes(commit.read_bytes()[:40])
+    said = "not shown: the runs table cannot be read"
+
+    shown = sw("show", run_id, "--home", str(home))
+    assert shown.returncode == 0, shown.stderr
+    assert said in shown.stdout and "stagewatch rebuild" in shown.stdout
+    assert "boom" in shown.stdout and "3 of 3" in shown.stdout  # its errors and executions
+    stats = sw("stats", "--home", str(home))
+    assert stats.returncode == 0, stats.stderr
+    assert said in stats.stdout and "detection" in stats.stdout
+    stats_json = json.loads(sw("stats", "--home", str(home), "--json").stdout)
+    assert stats_json[0]["stage"] == "detection" and said in stats_json[-1]["problem"]
+    assert said in _page_text(home, run_id)

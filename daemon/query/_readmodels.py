@@ -37,6 +37,7 @@ from stagewatch.daemon.query._sql import (
     snapshot_files,
 )
 from stagewatch.daemon.tables._runindex import runs_with_prefix
+from stagewatch.daemon.tables._tables import DamagedTable
 
 if TYPE_CHECKING:  # imported where a table is read whole: pyarrow.dataset brings pandas
     import pyarrow.dataset as ds
@@ -111,6 +112,11 @@ def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, s
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
     return table.select(columns) if columns is not None else table
+
+
+def table_not_read(error: DamagedTable) -> str:
+    """What a view says in place of the part of it that a damaged table held (the rest is shown)."""
+    return f"the {error.table} table {error.why}: run `stagewatch rebuild` (its rows are all in the event log)"
 
 
 def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ regressions found from the data, and two runs compared stage by stage."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from stagewatch.daemon.compare._compare import CompareError, baseline_side, comp
 from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._gaps import with_outside_stages
 from stagewatch.daemon.query._sql import QueryError
+from stagewatch.daemon.tables._tables import DamagedTable
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui._router import href, link
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
@@ -241,7 +243,9 @@ def _stats_with_exemplars(home: Path, filters: Filters) -> list[dict[str, Any]]:
     """`query_stats`, each stage with the executions behind its p95, p99 and max, and the row of
     the time outside stages, as `stagewatch stats` prints them: the shares are of the wall time
     (without that row they were of the stages' time, and disagreed with stats and the Run page)."""
-    stats = with_outside_stages(home, filters, query_stats(home, filters))
+    stats = query_stats(home, filters)
+    with contextlib.suppress(DamagedTable):  # the runs table, read for that row alone: the stages are shown still
+        stats = with_outside_stages(home, filters, stats)
     exemplars = query_exemplars(home, filters)
     return [entry | {"exemplars": exemplars.get(entry["stage"])} for entry in stats]
 

@@ -174,9 +174,15 @@ def positive(text: str) -> float:
     return value
 
 
+# The most a count or a page number may be: a page's offset ((page - 1) * limit) then stays
+# below the 2**62 rows that a query may skip or return (`_sql.MAX_ROWS`), refused before anything is printed.
+MAX_WHOLE_NUMBER = 2**31 - 1
+
+
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    """A whole number from 1 to `MAX_WHOLE_NUMBER`, in ASCII digits (str.isdigit takes '١٢' and int reads it)."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WHOLE_NUMBER:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WHOLE_NUMBER:,}, got {text!r}")
     return int(text)
 
 

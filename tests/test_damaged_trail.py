@@ -31,9 +31,9 @@ def trail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
                 except RuntimeError:
                     pass
         daemon.audit(run.id)
-        with stagewatch.init(pipeline="p", home=daemon.home) as later:  # the runs table's second commit
-            with later.stage("detection", sample_id="s0"):
-                pass
+        later = stagewatch.init(pipeline="p", home=daemon.home)  # the runs table's second commit
+        with later, later.stage("detection", sample_id="s0"):
+            pass
         daemon.audit(later.id)
     finally:
         daemon.stop()

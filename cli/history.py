@@ -22,7 +22,7 @@ from stagewatch.cli._options import (
     json_option,
     positive_int,
 )
-from stagewatch.cli._report import executions_table, format_accuracy, stats_table
+from stagewatch.cli._report import cell, executions_table, format_accuracy, name_cell, stats_table
 from stagewatch.daemon.base._layout import DaemonHome
 
 SHOW_LIMIT = 100  # stages of the trail that `show --json` prints a page (--all: every one)
@@ -220,10 +220,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
     # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
     print(
-        f"{'stage':<18}{'count':>8}{'failed':>8}"
-        + "".join(f"{name + ' ms':>{MS_WIDTH}}" for name in DURATIONS)
-        + f"{'own MB':>9}{'proc. peak MB':>{PEAK_WIDTH}}{'time %':>8}"
-        + (f"{'GPU peak MB':>{GPU_WIDTH}}" if gpu else "")
+        f"{'stage':<18}{cell('count', 8)}{cell('failed', 8)}"
+        + "".join(cell(name + " ms", MS_WIDTH) for name in DURATIONS)
+        + f"{cell('own MB', 9)}{cell('proc. peak MB', PEAK_WIDTH)}{cell('time %', 8)}"
+        + (cell("GPU peak MB", GPU_WIDTH) if gpu else "")
     )
     for entry in stats:
         if entry.get("outside_stages"):
@@ -231,9 +231,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             continue
         gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
-            f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{_ms_cells(entry)}"
-            f"{_mb_cell(entry['own_mb']['max'], 9)}{_mb_cell(entry['rss_peak_mb']['max'], PEAK_WIDTH)}"
-            f"{entry['share_of_time']:>8.1%}"
+            f"{name_cell(entry['stage'], 18)}{cell(str(entry['count']), 8)}"
+            f"{cell(format(entry['failure_rate'], '.1%'), 8)}{_ms_cells(entry)}{_mb_cell(entry['own_mb']['max'], 9)}"
+            f"{_mb_cell(entry['rss_peak_mb']['max'], PEAK_WIDTH)}{cell(format(entry['share_of_time'], '.1%'), 8)}"
             + (_mb_cell(gpu_peak, GPU_WIDTH) if gpu else "")
             + ("  <- bottleneck" if entry.get("bottleneck") else "")
         )
@@ -253,11 +253,11 @@ MS_WIDTH, PEAK_WIDTH, GPU_WIDTH = 12, 15, 13  # wide enough for their headings w
 
 def _ms_cells(entry: dict[str, Any]) -> str:
     durations = entry["duration_ms"]
-    return "".join(f"{durations[k] or 0.0:>{MS_WIDTH}.2f}" for k in DURATIONS)
+    return "".join(cell(f"{durations[k] or 0.0:.2f}", MS_WIDTH) for k in DURATIONS)
 
 
 def _mb_cell(value: float | None, width: int) -> str:
-    return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
+    return cell(f"{value:.1f}" if value is not None else "-", width)
 
 
 def outside_line(entry: dict[str, Any]) -> str:
@@ -265,9 +265,8 @@ def outside_line(entry: dict[str, Any]) -> str:
     completes: 'wall 1234.00 ms over 2 run(s) = stages 1000.00 ms + outside stages 234.00 ms'."""
     wall = entry["wall"]
     return (
-        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{_ms_cells(entry)}{_mb_cell(None, 9)}"
-        f"{_mb_cell(None, PEAK_WIDTH)}"
-        f"{entry['share_of_time']:>8.1%}\n"
+        f"{name_cell(entry['stage'], 18)}{cell(str(entry['count']), 8)}{cell('-', 8)}{_ms_cells(entry)}"
+        f"{_mb_cell(None, 9)}{_mb_cell(None, PEAK_WIDTH)}{cell(format(entry['share_of_time'], '.1%'), 8)}\n"
         f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
         f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"
     )
@@ -335,7 +334,8 @@ def _outside_stages_line(row: dict[str, Any] | None, splits: list[dict[str, Any]
         return f"  {OUTSIDE_STAGES:<20}(no wall time recorded yet)"
     d = row["duration_ms"]
     line = (
-        f"  {OUTSIDE_STAGES:<20}{row['count']:>10,}{'-':>8}{d['median']:>12.2f}{d['p95']:>10.2f}{d['max']:>10.2f}"
+        f"  {name_cell(OUTSIDE_STAGES, 20)}{cell(format(row['count'], ','), 10)}{cell('-', 8)}"
+        f"{cell(format(d['median'], '.2f'), 12)}{cell(format(d['p95'], '.2f'), 10)}{cell(format(d['max'], '.2f'), 10)}"
         "  (per sample)"
     )
     for split in splits:

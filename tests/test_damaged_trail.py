@@ -5,6 +5,7 @@ audit.json of the wrong shape, a stages.jsonl that cannot be read. Each is said 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,16 +105,18 @@ def test_an_audit_json_of_the_wrong_shape_is_a_damaged_one(trail: tuple[Path, st
         path.write_bytes(kept)
 
 
-def test_a_directory_in_place_of_stages_jsonl_is_said_and_the_rest_shown(trail: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("put", [Path.mkdir, os.mkfifo], ids=["directory", "fifo"])
+def test_stages_jsonl_that_is_no_file_is_said_and_the_rest_shown(trail: tuple[Path, str], put: Any) -> None:
+    """A directory in its place failed with "Is a directory"; a FIFO's open would wait for ever."""
     home, run_id = trail
     path = home / "runs" / run_id / "stages.jsonl"
     kept = path.read_bytes()
     path.unlink()
-    path.mkdir()
+    put(path)
     try:
         _shown_everywhere(home, run_id, f"{path} is damaged")
     finally:
-        shutil.rmtree(path)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
         path.write_bytes(kept)
 
 

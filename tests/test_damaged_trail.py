@@ -141,3 +141,16 @@ def test_a_damaged_runs_table_leaves_out_the_outside_row_alone(trail: tuple[Path
     stats_json = json.loads(sw("stats", "--home", str(home), "--json").stdout)
     assert stats_json[0]["stage"] == "detection" and said in stats_json[-1]["problem"]
     assert said in _page_text(home, run_id)
+    assert said in _performance_stats(home)
+
+
+def _performance_stats(home: Path) -> str:
+    """What the Performance page says beside its table of the window's stages."""
+    from stagewatch.daemon.query._query import Filters
+    from stagewatch.ui import _trends
+    from stagewatch.ui.pages.performance import stage_order, window_stats
+
+    points = _trends.run_points(_trends.stage_rows(home, Filters()))
+    stats, unread = window_stats(home, Filters(), points, stage_order(points))
+    assert stats["stage"].tolist() == ["detection"]
+    return unread or ""

@@ -20,6 +20,7 @@ from stagewatch.cli._options import (
     home_or_homes,
     homes_of,
     json_option,
+    paging_int,
     positive_int,
 )
 from stagewatch.cli._report import cell, executions_table, format_accuracy, name_cell, stats_table
@@ -45,9 +46,9 @@ def add_commands(commands: Any) -> None:
     show.add_argument("run_id", help="a run id or a unique prefix of one")
     json_option(show, f"print the audit trail as JSON: its head and a page of its stages ({SHOW_LIMIT} a page)")
     show.add_argument("--all", action="store_true", help="with --json: every stage, streamed (a run of any length)")
-    show.add_argument("--page", type=positive_int, default=1, help="which page of stage executions (1)")
+    show.add_argument("--page", type=paging_int, default=1, help="which page of stage executions (1)")
     show.add_argument(
-        "--limit", type=positive_int, help=f"stage executions a page ({SHOW_LIMIT} with --json, else {SHOW_ROWS})"
+        "--limit", type=paging_int, help=f"stage executions a page ({SHOW_LIMIT} with --json, else {SHOW_ROWS})"
     )
     show.add_argument(
         "--order",

@@ -175,9 +175,25 @@ def positive(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    """A whole number from 1, in ASCII digits (str.isdigit takes '١٢', and int reads it as 12).
+    A count past any table's rows is taken: a limit beyond them all lists every row."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
+
+
+# The most a page number or a page's size may be: a page's offset ((page - 1) * size) then
+# stays below the 2**62 rows that a query may skip (`_sql.MAX_ROWS`).
+MAX_PAGING = 2**31 - 1
+
+
+def paging_int(text: str) -> int:
+    """A page number or a page's size (`show --page`, `--limit`): `positive_int` up to
+    `MAX_PAGING`, refused by argparse, before anything is printed, with --json or without."""
+    value = positive_int(text)
+    if value > MAX_PAGING:
+        raise argparse.ArgumentTypeError(f"expected a page number or size from 1 to {MAX_PAGING:,}, got {text!r}")
+    return value
 
 
 def port(text: str) -> int:

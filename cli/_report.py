@@ -38,16 +38,18 @@ def stats_table(stages: list[dict[str, Any]], gpu: dict[str, dict[str, Any]], ho
     peaks by device (`query_gpu_devices`, when a stage used several), or one line: no GPU on `host`."""
     gpu_seen = any(stage["gpu_peak_mb"]["max"] is not None for stage in stages)
     lines = [
-        f"  {'stage':<20}{'runs':>10}{'failed':>8}{'median ms':>12}{'p95 ms':>10}{'max ms':>10}"
-        f"{'own MB':>9}{'proc. peak MB':>15}" + (f"{'GPU peak MB':>13}" if gpu_seen else "")
+        f"  {'stage':<20}{cell('runs', 10)}{cell('failed', 8)}{cell('median ms', 12)}{cell('p95 ms', 10)}"
+        f"{cell('max ms', 10)}{cell('own MB', 9)}{cell('proc. peak MB', 15)}"
+        + (cell("GPU peak MB", 13) if gpu_seen else "")
     ]
     for stage in stages:
-        duration, failed = stage["duration_ms"], round(stage["failure_rate"] * stage["count"])
-        gpu_peak = stage["gpu_peak_mb"]["max"]
+        duration, count = stage["duration_ms"], stage["count"]
+        failed, gpu_peak = round(stage["failure_rate"] * count), stage["gpu_peak_mb"]["max"]
         lines.append(
-            f"  {stage['stage']:<20}{stage['count']:>10,}{failed:>8,}{_ms(duration['median']):>12}"
-            f"{_ms(duration['p95']):>10}{_ms(duration['max']):>10}{_mb(stage['own_mb']['max']):>9}"
-            f"{_mb(stage['rss_peak_mb']['max']):>15}" + ((f"{_mb(gpu_peak):>13}") if gpu_seen else "")
+            f"  {name_cell(stage['stage'], 20)}{cell(f'{count:,}', 10)}{cell(f'{failed:,}', 8)}"
+            f"{cell(_ms(duration['median']), 12)}{cell(_ms(duration['p95']), 10)}{cell(_ms(duration['max']), 10)}"
+            f"{cell(_mb(stage['own_mb']['max']), 9)}{cell(_mb(stage['rss_peak_mb']['max']), 15)}"
+            + (cell(_mb(gpu_peak), 13) if gpu_seen else "")
         )
         devices = (gpu.get(stage["stage"]) or {}).get("devices", {})
         if len(devices) > 1:
@@ -75,9 +77,20 @@ def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order:
         error = f"{row['error_type']}: {row['error_message']}" if row["error_type"] else ""
         lines.append(
             f"  {started:<34}{row['stage']:<21} {row['sample_id'] or '-'!s:<21} {row['status']:<9}"
-            f"{_ms(row['duration_ms']):>10}  {error[:200]}"
+            f"{cell(_ms(row['duration_ms']), 10)}  {error[:200]}"
         )
     return "\n".join(lines)
+
+
+def cell(text: str, width: int) -> str:
+    """`text` right-aligned in a column `width` wide, after at least one space: a value wider than
+    its column (a duration of 10**7 ms) pushes the rest of its row on, never runs into its neighbour."""
+    return f" {text:>{width - 1}}"
+
+
+def name_cell(text: str, width: int) -> str:
+    """`text` left-aligned in a column `width` wide, at least one space before the next."""
+    return f"{text:<{width - 1}} "
 
 
 def _ms(value: float | None) -> str:

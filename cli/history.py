@@ -20,9 +20,10 @@ from stagewatch.cli._options import (
     home_or_homes,
     homes_of,
     json_option,
+    paging_int,
     positive_int,
 )
-from stagewatch.cli._report import executions_table, format_accuracy, stats_table
+from stagewatch.cli._report import cell, executions_table, format_accuracy, name_cell, stats_table
 from stagewatch.daemon.base._layout import DaemonHome
 
 SHOW_LIMIT = 100  # stages of the trail that `show --json` prints a page (--all: every one)
@@ -45,9 +46,9 @@ def add_commands(commands: Any) -> None:
     show.add_argument("run_id", help="a run id or a unique prefix of one")
     json_option(show, f"print the audit trail as JSON: its head and a page of its stages ({SHOW_LIMIT} a page)")
     show.add_argument("--all", action="store_true", help="with --json: every stage, streamed (a run of any length)")
-    show.add_argument("--page", type=positive_int, default=1, help="which page of stage executions (1)")
+    show.add_argument("--page", type=paging_int, default=1, help="which page of stage executions (1)")
     show.add_argument(
-        "--limit", type=positive_int, help=f"stage executions a page ({SHOW_LIMIT} with --json, else {SHOW_ROWS})"
+        "--limit", type=paging_int, help=f"stage executions a page ({SHOW_LIMIT} with --json, else {SHOW_ROWS})"
     )
     show.add_argument(
         "--order",
@@ -193,7 +194,9 @@ def _of_level(args: argparse.Namespace) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     from stagewatch.daemon import RunNotFound, query_gpu_devices, query_stats
     from stagewatch.daemon.query._exemplars import query_exemplars
-    from stagewatch.daemon.query._gaps import with_outside_stages
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, with_outside_stages
+    from stagewatch.daemon.query._readmodels import table_not_read
+    from stagewatch.daemon.tables._tables import DamagedTable
 
     home = home_or_homes(args)
     try:
@@ -208,16 +211,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
     exemplars = query_exemplars(home, filters)
     for entry in stats:  # the executions behind p95, p99 and max, with links to their sample and logs
         entry["exemplars"] = exemplars.get(entry["stage"])
-    stats = with_outside_stages(home, filters, stats)
+    try:
+        stats = with_outside_stages(home, filters, stats)
+        unread = None
+    except DamagedTable as error:  # the runs table, read for that row alone: the stages are shown still
+        unread = f"{OUTSIDE_STAGES} not shown: {table_not_read(error)}"
     if args.json:
-        print(json.dumps(stats, indent=1))
+        print(json.dumps(stats if unread is None else [*stats, {"stage": OUTSIDE_STAGES, "problem": unread}], indent=1))
         return EXIT_OK
     # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
     print(
-        f"{'stage':<18}{'count':>8}{'failed':>8}"
-        + "".join(f"{name + ' ms':>{MS_WIDTH}}" for name in DURATIONS)
-        + f"{'own MB':>9}{'proc. peak MB':>{PEAK_WIDTH}}{'time %':>8}"
-        + (f"{'GPU peak MB':>{GPU_WIDTH}}" if gpu else "")
+        f"{'stage':<18}{cell('count', 8)}{cell('failed', 8)}"
+        + "".join(cell(name + " ms", MS_WIDTH) for name in DURATIONS)
+        + f"{cell('own MB', 9)}{cell('proc. peak MB', PEAK_WIDTH)}{cell('time %', 8)}"
+        + (cell("GPU peak MB", GPU_WIDTH) if gpu else "")
     )
     for entry in stats:
         if entry.get("outside_stages"):
@@ -225,14 +232,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
             continue
         gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
-            f"{entry['stage']:<18}{entry['count']:>8}{entry['failure_rate']:>8.1%}{_ms_cells(entry)}"
-            f"{_mb_cell(entry['own_mb']['max'], 9)}{_mb_cell(entry['rss_peak_mb']['max'], PEAK_WIDTH)}"
-            f"{entry['share_of_time']:>8.1%}"
+            f"{name_cell(entry['stage'], 18)}{cell(str(entry['count']), 8)}"
+            f"{cell(format(entry['failure_rate'], '.1%'), 8)}{_ms_cells(entry)}{_mb_cell(entry['own_mb']['max'], 9)}"
+            f"{_mb_cell(entry['rss_peak_mb']['max'], PEAK_WIDTH)}{cell(format(entry['share_of_time'], '.1%'), 8)}"
             + (_mb_cell(gpu_peak, GPU_WIDTH) if gpu else "")
             + ("  <- bottleneck" if entry.get("bottleneck") else "")
         )
         if entry["gpu"]:
             print("  " + gpu_line(entry["gpu"]))
+    if unread is not None:
+        print(unread)
     print("own MB: the most a stage's RSS rose above its start; proc. peak: the process's peak RSS during it")
     if not gpu:
         print("no GPU readings in these stages (a host without a GPU, or no framework on one: docs/gpu.md)")
@@ -245,11 +254,11 @@ MS_WIDTH, PEAK_WIDTH, GPU_WIDTH = 12, 15, 13  # wide enough for their headings w
 
 def _ms_cells(entry: dict[str, Any]) -> str:
     durations = entry["duration_ms"]
-    return "".join(f"{durations[k] or 0.0:>{MS_WIDTH}.2f}" for k in DURATIONS)
+    return "".join(cell(f"{durations[k] or 0.0:.2f}", MS_WIDTH) for k in DURATIONS)
 
 
 def _mb_cell(value: float | None, width: int) -> str:
-    return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
+    return cell(f"{value:.1f}" if value is not None else "-", width)
 
 
 def outside_line(entry: dict[str, Any]) -> str:
@@ -257,9 +266,8 @@ def outside_line(entry: dict[str, Any]) -> str:
     completes: 'wall 1234.00 ms over 2 run(s) = stages 1000.00 ms + outside stages 234.00 ms'."""
     wall = entry["wall"]
     return (
-        f"{entry['stage']:<18}{entry['count']:>8}{'-':>8}{_ms_cells(entry)}{_mb_cell(None, 9)}"
-        f"{_mb_cell(None, PEAK_WIDTH)}"
-        f"{entry['share_of_time']:>8.1%}\n"
+        f"{name_cell(entry['stage'], 18)}{cell(str(entry['count']), 8)}{cell('-', 8)}{_ms_cells(entry)}"
+        f"{_mb_cell(None, 9)}{_mb_cell(None, PEAK_WIDTH)}{cell(format(entry['share_of_time'], '.1%'), 8)}\n"
         f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
         f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"
     )
@@ -327,7 +335,8 @@ def _outside_stages_line(row: dict[str, Any] | None, splits: list[dict[str, Any]
         return f"  {OUTSIDE_STAGES:<20}(no wall time recorded yet)"
     d = row["duration_ms"]
     line = (
-        f"  {OUTSIDE_STAGES:<20}{row['count']:>10,}{'-':>8}{d['median']:>12.2f}{d['p95']:>10.2f}{d['max']:>10.2f}"
+        f"  {name_cell(OUTSIDE_STAGES, 20)}{cell(format(row['count'], ','), 10)}{cell('-', 8)}"
+        f"{cell(format(d['median'], '.2f'), 12)}{cell(format(d['p95'], '.2f'), 10)}{cell(format(d['max'], '.2f'), 10)}"
         "  (per sample)"
     )
     for split in splits:
@@ -336,6 +345,19 @@ def _outside_stages_line(row: dict[str, Any] | None, splits: list[dict[str, Any]
             f" + outside stages {split['outside_ms']:.2f} ms (data loading, I/O, the pipeline's glue)"
         )
     return line
+
+
+def _outside_stages_or_damage(home: Path, filters: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | str:
+    """`outside_stages`, or the line said in place of its row when the runs table it reads
+    cannot be read (the run's stages, errors and executions are shown still)."""
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages
+    from stagewatch.daemon.query._readmodels import table_not_read
+    from stagewatch.daemon.tables._tables import DamagedTable
+
+    try:
+        return outside_stages(home, filters)
+    except DamagedTable as error:
+        return f"  {OUTSIDE_STAGES:<20}not shown: {table_not_read(error)}"
 
 
 def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[str, Any]) -> int:
@@ -357,7 +379,6 @@ def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[st
 def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     """The run's head, its per-stage statistics (SQL over its rows), its first errors with their
     tracebacks, and a page of its executions: whatever the run's length, nothing of it is read whole."""
-    from stagewatch.daemon.query._gaps import outside_stages
     from stagewatch.daemon.query._query import Filters, executions_page, query_gpu_devices, run_stages
     from stagewatch.daemon.query._readmodels import FAILED, load_audit_head, stages_with, to_rows
     from stagewatch.daemon.query._sql import concurrently
@@ -372,7 +393,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     limit = args.limit or SHOW_ROWS
     stages, outside, failed, (page, total) = concurrently(  # independent reads, overlapping
         (run_stages, home, run_id),
-        (outside_stages, home, Filters(run=run_id)),
+        (_outside_stages_or_damage, home, Filters(run=run_id)),
         (stages_with, home, run_id, FAILED, SHOW_ERRORS),
         (executions_page, home, run_id, args.order, (args.page - 1) * limit, limit),
     )
@@ -380,7 +401,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
         query_gpu_devices(home, Filters(run=run_id)) if any(s["gpu_peak_mb"]["max"] is not None for s in stages) else {}
     )
     print(stats_table(stages, gpu, audit.get("host")))
-    print(_outside_stages_line(*outside))
+    print(outside if isinstance(outside, str) else _outside_stages_line(*outside))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
     _print_errors(audit, failed)

@@ -197,3 +197,21 @@ def test_show_survives_a_damaged_audit_and_marks_the_run_incomplete(daemon: Daem
     assert "INCOMPLETE" in shown.stdout and "damaged" in shown.stdout
     full = json.loads(sw("show", run.id, "--home", str(daemon.home), "--json").stdout)
     assert [s["sample_id"] for s in full["stages"]] == ["s0", "s1", "s2"]
+
+
+def test_a_page_or_limit_past_what_a_query_takes_or_not_in_ascii_digits_is_refused_first(home: Path) -> None:
+    """`show RUN --page 10**20` printed the run's head then failed; with --json the same page (and
+    `--limit 10**20`: every stage) was taken; `--page ١٢` (Arabic-Indic digits) was read as 12."""
+    for args in (
+        ("--page", "100000000000000000000"),
+        ("--page", "100000000000000000000", "--json"),
+        ("--limit", "99999999999999999999", "--json"),
+        ("--page", "2147483647", "--limit", "2147483648"),
+        ("--page", "١٢"),
+        ("--limit", "²"),
+        ("--page", "0"),
+    ):
+        refused = sw("show", "some-run", "--home", str(home), *args)
+        assert refused.returncode == 2 and refused.stdout == "", (args, refused.stdout)
+        assert "argument --" in refused.stderr and "expected a p" in refused.stderr, refused.stderr  # positive, page
+    assert sw("runs", "--home", str(home), "--limit", "١٢").returncode == 2

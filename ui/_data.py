@@ -60,10 +60,12 @@ from stagewatch.daemon.query._readmodels import (
     resolve_run_in,
     stages_with,
     stages_with_by_name,
+    table_not_read,
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
 from stagewatch.daemon.query._sql import Homes, concurrently, homes_of, skipped_files, skipped_for_run
+from stagewatch.daemon.tables._tables import DamagedTable
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page
@@ -305,7 +307,7 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         (load_audit_head, home, run_id),
         (run_stages, home, run_id),
         (query_exemplars, home, run),
-        (outside_stages, home, run),
+        (_outside_stages_or_damage, home, run),
         (duration_points, home, run_id, DURATION_SLICES, FAILURES_DRAWN),
         (run_samples, home, run_id, SAMPLES_LISTED),
         (stages_with, holder, run_id, FAILED, ERRORS_SHOWN),
@@ -314,10 +316,12 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
     with_gpu = any(entry["gpu_peak_mb"]["max"] is not None for entry in stages)
     gpu = query_gpu_devices(home, run) if with_gpu else {}
     errors = audit.get("errors", [])
+    *outside, outside_problem = outside
     return {
         "audit": audit,
         "order": [stage["stage"] for stage in stages],
         "stats": stats_frame(joined_with_outside(stages, *outside), exemplars, gpu),
+        "outside_problem": outside_problem,
         "points": points.to_pandas(),
         "executions": executions,
         "samples": samples,
@@ -325,6 +329,15 @@ def run_view(home: Path, run_id: str) -> dict[str, Any]:
         "errors_more": max(0, len(errors) - ERRORS_SHOWN) + (audit.get("errors_dropped") or 0),
         "accuracy": accuracy,
     }
+
+
+def _outside_stages_or_damage(home: Path, filters: Filters) -> tuple[dict[str, Any] | None, list[Any], str | None]:
+    """`outside_stages`, and None; or, when the runs table it reads cannot be read, no row and
+    the sentence said in its place (the stages, errors and executions are shown still)."""
+    try:
+        return (*outside_stages(home, filters), None)
+    except DamagedTable as error:
+        return None, [], f"{OUTSIDE_STAGES} not shown: {table_not_read(error)}"
 
 
 def sample_frame(home: Path, run_id: str, sample_id: str | None) -> pd.DataFrame:

@@ -10,10 +10,11 @@ import itertools
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import pyarrow as pa
@@ -37,6 +38,7 @@ from stagewatch.daemon.query._sql import (
     snapshot_files,
 )
 from stagewatch.daemon.tables._runindex import runs_with_prefix
+from stagewatch.daemon.tables._tables import DamagedTable
 
 if TYPE_CHECKING:  # imported where a table is read whole: pyarrow.dataset brings pandas
     import pyarrow.dataset as ds
@@ -111,6 +113,11 @@ def _files_dataset(files: list[str], folder: Path, file_format: ds.FileFormat, s
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
     return table.select(columns) if columns is not None else table
+
+
+def table_not_read(error: DamagedTable) -> str:
+    """What a view says in place of the part of it that a damaged table held (the rest is shown)."""
+    return f"the {error.table} table {error.why}: run `stagewatch rebuild` (its rows are all in the event log)"
 
 
 def load_accuracy(home: Path, run_id: str) -> dict[str, Any] | None:
@@ -406,27 +413,85 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
         audit = _unreadable(run_id, f"{path} is damaged ({error})")
     if audit.get("schema") == AUDIT_SCHEMA and isinstance(audit.get("stages"), list):
         return audit, None
+    unreadable = _unreadable_lines(lines)
+    if unreadable:  # its stages are in the tables and the log: what can be shown still is
+        audit["problems"].append(unreadable)
     if audit["status"] == "unknown":  # no head to say how far: every line there is
         audit["problems"].append(f"stages recovered from {lines}")
         return audit, StageLines(lines, None)
     audit["schema"] = AUDIT_SCHEMA
     size = audit.pop("stages_bytes", 0)
     on_disk = lines.stat().st_size if lines.is_file() else 0
-    if on_disk < size:  # cut short or deleted by hand: its stages are in the tables and the log
+    if on_disk < size and not unreadable:  # cut short or deleted by hand: its stages are in the tables and the log
         audit["problems"].append(f"{lines} holds {on_disk:,} of the {size:,} bytes of stages its head counts")
     return audit, StageLines(lines, size, audit.pop("stages_ended", None) if on_disk >= size else None)
 
 
+_Size = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Error(msgspec.Struct):
+    """An entry of a head's `errors` (`RunState.record_error`): the keys `show` and the Run page print."""
+
+    stage: Any
+    sample_id: Any
+    type: Any
+    message: Any
+    at: str | None
+
+
+class _Head(msgspec.Struct):
+    """The shape of a run's head (`RunState.audit_head`; a whole trail of an earlier version,
+    `AUDIT_SCHEMA`, has `stages` too) as far as readers rely on it: a hand edit may leave any
+    JSON, and a head of another shape is a damaged one (checked once, here, where it is read).
+    Keys it does not name are kept as they are; those it names may be absent (an earlier version)."""
+
+    run_id: str
+    status: str
+    complete: bool = False
+    pipeline: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    dataset: str | None = None
+    argv: list[Any] = []
+    config: dict[str, Any] = {}
+    environment: dict[str, Any] = {}
+    error: dict[str, Any] | None = None
+    counts: dict[str, int] = {}
+    errors: list[_Error] = []
+    errors_dropped: int = 0
+    events_lost: int = 0
+    gpu_sources: dict[str, str] = {}
+    lost: dict[str, dict[str, Any]] = {}
+    gaps: list[dict[str, Any]] = []
+    clock_skew: dict[str, Any] | None = None
+    running: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = []
+    stages_bytes: _Size | None = None
+    stages_ended: _Size | None = None
+
+
 def _check_head(audit: Any) -> None:
-    """ValueError unless `audit` has a head's shape (a hand edit may leave any JSON)."""
-    if not isinstance(audit, dict) or not isinstance(audit.get("status"), str):
-        raise ValueError("not an audit trail")
-    counts = {key: audit.get(key, 0) for key in ("stages_bytes", "stages_ended")}
-    if not all(value is None or (type(value) is int and value >= 0) for value in counts.values()):
-        raise ValueError(f"stages_bytes and stages_ended are no sizes: {counts}")
-    if not isinstance(audit.get("running", []), list) or not isinstance(audit.get("errors", []), list):
-        raise ValueError("running and errors are no lists")
+    """ValueError (msgspec's ValidationError is one) unless `audit` has a head's shape (`_Head`)."""
+    msgspec.convert(audit, _Head)
     audit["stages_bytes"] = audit.get("stages_bytes") or 0
+
+
+def _unreadable_lines(path: Path) -> str | None:
+    """What keeps the run's stages.jsonl from being read (a directory in its place, say), None
+    if it can be read or is missing (a run with no ended stage has none)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a directory, or a FIFO (whose open would wait for ever)
+            return f"{path} is damaged (not a file): its stages are left out"
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # no permission to read it, say
+        return f"{path} is damaged ({error.strerror or error}): its stages are left out"
 
 
 def _unreadable(run_id: str, problem: str) -> dict[str, Any]:
@@ -447,9 +512,11 @@ class StageLines:
 
     def _chunks(self) -> Iterator[bytes]:
         """The file's bytes up to `size`, in chunks that each end at a line's end."""
+        if _unreadable_lines(self.path) is not None:  # `_trail_of` said so
+            return
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 (closed below; a generator)
-        except FileNotFoundError:
+        except OSError:  # missing
             return
         with handle:
             left = os.fstat(handle.fileno()).st_size if self.size is None else self.size

@@ -18,8 +18,10 @@ from bokeh.plotting import figure as bokeh_figure
 from stagewatch.daemon import Filters, query_stats
 from stagewatch.daemon.compare._compare import CompareError, baseline_side, compare, run_side
 from stagewatch.daemon.query._exemplars import query_exemplars
-from stagewatch.daemon.query._gaps import with_outside_stages
+from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, with_outside_stages
+from stagewatch.daemon.query._readmodels import table_not_read
 from stagewatch.daemon.query._sql import QueryError
+from stagewatch.daemon.tables._tables import DamagedTable
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui._router import href, link
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
@@ -103,13 +105,10 @@ class PerformancePage:
             return
         order = stage_order(points)
         colours = _format.stage_colours([*_data.facets(self.home)["stage"], *order])
+        stats, unread = window_stats(self.home, filters, points, order)
         self.stats.objects = [
-            _widgets.table(
-                window_stats(self.home, filters, points, order),
-                "window-stats",
-                html_columns=("exemplars",),
-                **STATS_FIT,
-            )
+            _widgets.table(stats, "window-stats", html_columns=("exemplars",), **STATS_FIT),
+            *([pn.pane.Alert(unread, alert_type="warning")] if unread else []),
         ]
         measure = self.measure.value
         _widgets.fill_soon(self.callouts, lambda: [regression_alert(r) for r in _trends.regressions(rows)])
@@ -222,28 +221,36 @@ STATS_FIT = _widgets.fitted(
 )
 
 
-def window_stats(home: Path, filters: Filters, points: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+def window_stats(
+    home: Path, filters: Filters, points: pd.DataFrame, order: list[str]
+) -> tuple[pd.DataFrame, str | None]:
     """The window's numbers per stage; where the window holds several pipelines (pipeline: any),
-    per pipeline and stage, with a pipeline column: two pipelines' "detection" are not one stage."""
+    per pipeline and stage, with a pipeline column: two pipelines' "detection" are not one stage.
+    And what is said in place of the row of the time outside stages when the runs table that
+    row is read from cannot be read (None when it can)."""
     pipelines = sorted(points["pipeline"].dropna().unique()) if filters.pipeline is None else []
     if len(pipelines) < 2:
-        return stats_display(_stats_with_exemplars(home, filters), order)
-    return pd.concat(
-        [
-            stats_display(_stats_with_exemplars(home, replace(filters, pipeline=name)), order).assign(pipeline=name)
-            for name in pipelines
-        ],
-        ignore_index=True,
-    )[["pipeline", *STATS_HEADERS]]
+        stats, unread = _stats_with_exemplars(home, filters)
+        return stats_display(stats, order), unread
+    frames, unread = [], None
+    for name in pipelines:
+        stats, unread = _stats_with_exemplars(home, replace(filters, pipeline=name))
+        frames.append(stats_display(stats, order).assign(pipeline=name))
+    return pd.concat(frames, ignore_index=True)[["pipeline", *STATS_HEADERS]], unread
 
 
-def _stats_with_exemplars(home: Path, filters: Filters) -> list[dict[str, Any]]:
+def _stats_with_exemplars(home: Path, filters: Filters) -> tuple[list[dict[str, Any]], str | None]:
     """`query_stats`, each stage with the executions behind its p95, p99 and max, and the row of
     the time outside stages, as `stagewatch stats` prints them: the shares are of the wall time
-    (without that row they were of the stages' time, and disagreed with stats and the Run page)."""
-    stats = with_outside_stages(home, filters, query_stats(home, filters))
+    (without that row they were of the stages' time, and disagreed with stats and the Run page).
+    A damaged runs table (read for that row alone) leaves the row out, said instead."""
+    stats, unread = query_stats(home, filters), None
+    try:
+        stats = with_outside_stages(home, filters, stats)
+    except DamagedTable as error:
+        unread = f"{OUTSIDE_STAGES} not shown: {table_not_read(error)}"
     exemplars = query_exemplars(home, filters)
-    return [entry | {"exemplars": exemplars.get(entry["stage"])} for entry in stats]
+    return [entry | {"exemplars": exemplars.get(entry["stage"])} for entry in stats], unread
 
 
 def stats_display(stats: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:

@@ -260,6 +260,7 @@ def sections(
             html_columns=("share of time", "exemplars"),
             **STAGES_FIT,
         ),
+        *([pn.pane.Alert(data["outside_problem"], alert_type="warning")] if data.get("outside_problem") else []),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(data["points"], data["executions"], data["order"], data["colours"]),
         pn.pane.Markdown("### One sample through the pipeline"),

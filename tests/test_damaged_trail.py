@@ -1,0 +1,156 @@
+"""`stagewatch show RUN`, its JSON and the Run page over a run trail damaged by hand: an
+audit.json of the wrong shape, a stages.jsonl that cannot be read. Each is said as a problem
+(INCOMPLETE ...) and what can be shown still is (the stage rows come from the tables)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stagewatch
+from tests.conftest import DaemonProcess
+from tests.test_cli import sw
+
+
+@pytest.fixture(scope="module")
+def trail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A stopped daemon's home holding a finished run (three stages, one failed), and a later one."""
+    daemon = DaemonProcess(tmp_path_factory.mktemp("trail") / "home").start()
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            for i in range(3):
+                try:
+                    with run.stage("detection", sample_id=f"s{i}"):
+                        if i == 1:
+                            raise RuntimeError("boom")
+                except RuntimeError:
+                    pass
+        daemon.audit(run.id)
+        later = stagewatch.init(pipeline="p", home=daemon.home)  # the runs table's second commit
+        with later, later.stage("detection", sample_id="s0"):
+            pass
+        daemon.audit(later.id)
+    finally:
+        daemon.stop()
+    yield daemon.home, run.id
+
+
+def _page_text(home: Path, run_id: str) -> str:
+    """The Run page's sections as the server builds them (its header, problems, errors, tables)."""
+    import holoviews.plotting.bokeh  # noqa: F401 (the page's plotting extension, as the server loads it)
+    import panel as pn
+
+    from stagewatch.ui import _data
+    from stagewatch.ui.pages.run import sections
+
+    data = _data.run_view(home, run_id)
+    data["colours"] = {}
+    shown = sections(data, pn.Column(), pn.Column(), pn.Column(), [])
+    assert data["stats"]["stage"].tolist()[0] == "detection"  # the stage rows, from the tables
+    return "\n".join(_texts(shown))
+
+
+def _texts(panes: list[Any]) -> Iterator[str]:
+    for pane in panes:
+        if isinstance(getattr(pane, "object", None), str):
+            yield pane.object
+        yield from _texts(getattr(pane, "objects", []))
+
+
+def _shown_everywhere(home: Path, run_id: str, problem: str) -> None:
+    """`show`, `show --json`, `--json --all`, `query --run` and the Run page say `problem` and
+    still show the run's stages."""
+    shown = sw("show", run_id, "--home", str(home))
+    assert shown.returncode == 0, shown.stderr
+    assert "INCOMPLETE" in shown.stdout and problem in shown.stdout, shown.stdout
+    assert "detection" in shown.stdout and "3 of 3" in shown.stdout  # its stage table and executions
+    for json_args in (("--json",), ("--json", "--all")):
+        page = sw("show", run_id, "--home", str(home), *json_args)
+        assert page.returncode == 0, page.stderr
+        assert any(problem in p for p in json.loads(page.stdout)["problems"])
+    queried = sw("query", "--home", str(home), "--run", run_id, "--json")
+    assert queried.returncode == 0, queried.stderr
+    assert any(problem in p for p in json.loads(queried.stdout)["audit"]["problems"])
+    assert problem in _page_text(home, run_id)
+
+
+WRONG_SHAPES: list[dict[str, Any]] = [
+    {"drop": "run_id"},
+    {"errors": [1]},
+    {"gpu_sources": [1]},
+    {"counts": []},
+    {"config": "x"},
+    {"started_at": 12},
+    {"duration_ms": "abc"},
+]
+
+
+@pytest.mark.parametrize("edit", WRONG_SHAPES, ids=[json.dumps(e) for e in WRONG_SHAPES])
+def test_an_audit_json_of_the_wrong_shape_is_a_damaged_one(trail: tuple[Path, str], edit: dict[str, Any]) -> None:
+    home, run_id = trail
+    path = home / "runs" / run_id / "audit.json"
+    kept = path.read_bytes()
+    head = json.loads(kept)
+    head.pop(edit.pop("drop", "-"), None)
+    path.write_text(json.dumps(head | edit))
+    try:
+        _shown_everywhere(home, run_id, f"{path} is damaged")
+    finally:
+        path.write_bytes(kept)
+
+
+@pytest.mark.parametrize("put", [Path.mkdir, os.mkfifo], ids=["directory", "fifo"])
+def test_stages_jsonl_that_is_no_file_is_said_and_the_rest_shown(trail: tuple[Path, str], put: Any) -> None:
+    """A directory in its place failed with "Is a directory"; a FIFO's open would wait for ever."""
+    home, run_id = trail
+    path = home / "runs" / run_id / "stages.jsonl"
+    kept = path.read_bytes()
+    path.unlink()
+    put(path)
+    try:
+        _shown_everywhere(home, run_id, f"{path} is damaged")
+    finally:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        path.write_bytes(kept)
+
+
+def test_a_damaged_runs_table_leaves_out_the_outside_row_alone(trail: tuple[Path, str], tmp_path: Path) -> None:
+    """The runs table is read for the row of the time outside stages alone: its Delta log cut
+    short, show, stats and the Run page show the stages, errors and executions, and say which
+    table cannot be read and to run `stagewatch rebuild` in that row's place."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    run_id = trail[1]
+    commit = max((home / "metrics" / "runs" / "_delta_log").glob("*.json"))  # its last commit
+    commit.write_bytes(commit.read_bytes()[:40])
+    said = "not shown: the runs table cannot be read"
+
+    shown = sw("show", run_id, "--home", str(home))
+    assert shown.returncode == 0, shown.stderr
+    assert said in shown.stdout and "stagewatch rebuild" in shown.stdout
+    assert "boom" in shown.stdout and "3 of 3" in shown.stdout  # its errors and executions
+    stats = sw("stats", "--home", str(home))
+    assert stats.returncode == 0, stats.stderr
+    assert said in stats.stdout and "detection" in stats.stdout
+    stats_json = json.loads(sw("stats", "--home", str(home), "--json").stdout)
+    assert stats_json[0]["stage"] == "detection" and said in stats_json[-1]["problem"]
+    assert said in _page_text(home, run_id)
+    assert said in _performance_stats(home)
+
+
+def _performance_stats(home: Path) -> str:
+    """What the Performance page says beside its table of the window's stages."""
+    from stagewatch.daemon.query._query import Filters
+    from stagewatch.ui import _trends
+    from stagewatch.ui.pages.performance import stage_order, window_stats
+
+    points = _trends.run_points(_trends.stage_rows(home, Filters()))
+    stats, unread = window_stats(home, Filters(), points, stage_order(points))
+    assert stats["stage"].tolist() == ["detection"]
+    return unread or ""

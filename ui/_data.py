@@ -34,7 +34,7 @@ from stagewatch.daemon import (
     query_logs,
 )
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._rows import RUNS, TABLES
+from stagewatch.daemon.projection._rows import RUNS
 from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
 from stagewatch.daemon.query._export import export_chunks, matching
 from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, gap_spans, joined_with_outside, outside_stages
@@ -160,20 +160,6 @@ def runs_signature(home: Path) -> tuple:
     progress. One stat call, so a page can look every few seconds without reading a million
     rows for nothing."""
     return tuple(_home_signature(one) for one in homes_of(home))
-
-
-def tables_signature(home: Homes) -> tuple:
-    """Changes whenever any table of the homes took a commit (its Delta log's folder mtime), or
-    the daemons' lists of runs in progress changed: what every page reads. One stat a table, so
-    a session can ask it at each switch (a page kept from before is shown again while it holds)."""
-    return tuple((tuple(_committed(one, table) for table in TABLES), _home_signature(one)[1]) for one in homes_of(home))
-
-
-def _committed(home: Path, table: str) -> int | None:
-    try:
-        return (DaemonHome.of(home).table(table) / "_delta_log").stat().st_mtime_ns
-    except FileNotFoundError:  # nothing written to it yet
-        return None
 
 
 def _home_signature(home: Path) -> tuple:

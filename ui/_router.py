@@ -10,26 +10,15 @@ opens the same view and back/forward step through the pages seen.
 Each page is built inside a `PageScope`: what it starts (periodic callbacks, cleanups) is
 stopped when the session leaves it, so a session that switched pages 200 times runs the
 callbacks of one page, not of 200.
-
-A session keeps the pages it has seen, one per page name (`Router.slot_of`), in a `PageDeck`:
-the browser keeps their views and shows one at a time, the others detached from the document
-(so nothing of a hidden page is found in the page, clicked or laid out). Opening a kept page
-again with the same query shows it again (its periodic callbacks resume, each run once at
-once) instead of building it: building the page's widgets and models on the server and their
-views in the browser is most of what a switch costs. A kept page is built again when the home's
-data moved since it was built (`Router.freshness`), when it is older than `KEPT_FRESH_S`, or
-when the query differs.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import time
 import urllib.parse
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -38,7 +27,6 @@ import param
 from bokeh.document import Document
 from panel.io.callbacks import PeriodicCallback
 from panel.io.state import set_curdoc
-from panel.viewable import Children
 
 _log = logging.getLogger(__name__)
 
@@ -55,8 +43,6 @@ class PageScope:
         self.active = True
         self.callbacks: list[Any] = []
         self.cleanups: list[Callable[[], None]] = []
-        self.missed: list[Callable[[], None]] = []  # `soon` work that came while the page was hidden
-        self.closed = False
 
     def every(self, period_ms: int, callback: Callable[[], None]) -> None:
         # Not pn.state.add_periodic_callback: its session list keeps every callback (and through
@@ -76,28 +62,7 @@ class PageScope:
 
     def _soon(self, document: Document, callback: Callable[[], None]) -> None:
         with set_curdoc(document):
-            if self.active:
-                callback()
-            elif not self.closed:
-                self.missed.append(callback)  # the page was left before its charts came: drawn when shown again
-
-    def pause(self) -> None:
-        """The session shows another page and keeps this one: its periodic callbacks stop until `resume`."""
-        self.active = False
-        _stop_all(self.callbacks)
-        self._stop_again_next_tick()
-
-    def resume(self) -> None:
-        """This kept page is shown again: each periodic callback runs once now (what it would have
-        redrawn meanwhile), then on its period again; work left undone while hidden is done."""
-        self.active = True
-        for periodic in self.callbacks:
-            periodic.start()
-        for periodic in self.callbacks:
-            periodic.callback()
-        missed, self.missed = self.missed, []
-        for callback in missed:
-            self.soon(callback)
+            self._while_shown(callback)
 
     def _while_shown(self, callback: Callable[[], None]) -> None:
         if self.active:
@@ -110,11 +75,13 @@ class PageScope:
 
     def close(self, session_ended: bool = False) -> None:
         self.active = False
-        self.closed = True
-        self.missed.clear()
-        _stop_all(self.callbacks)
-        if not session_ended:
-            self._stop_again_next_tick()
+        for periodic in self.callbacks:
+            periodic.stop()
+        document = pn.state.curdoc
+        if self.callbacks and not session_ended and document is not None and document.session_context is not None:
+            # A start that Panel deferred to the next tick (the document was busy) would run after
+            # this stop: stop them once more after it.
+            document.add_next_tick_callback(partial(_stop_all, list(self.callbacks)))
         self.callbacks.clear()
         for cleanup in self.cleanups:
             try:
@@ -122,17 +89,6 @@ class PageScope:
             except Exception:  # one page's failing cleanup must not keep the next page from showing
                 _log.exception("a page's cleanup failed")
         self.cleanups.clear()
-
-    def _stop_again_next_tick(self) -> None:
-        # A start that Panel deferred to the next tick (the document was busy) would run after
-        # this stop: stop them once more after it, unless the page is shown again by then.
-        document = pn.state.curdoc
-        if self.callbacks and document is not None and document.session_context is not None:
-            document.add_next_tick_callback(partial(self._stop_if_hidden, list(self.callbacks)))
-
-    def _stop_if_hidden(self, callbacks: list[PeriodicCallback]) -> None:
-        if not self.active:
-            _stop_all(callbacks)
 
 
 def _stop_all(callbacks: list[PeriodicCallback]) -> None:
@@ -313,116 +269,28 @@ export function render({ model, view }) {
         self._send_msg({"sequence": sequence, "replace": search})
 
 
-class PageDeck(pn.custom.JSComponent):
-    """The main area: the session's kept pages, one shown. The browser builds each page's views
-    once and keeps them; the pages not shown are detached from the document (not hidden in it),
-    so they cost no layout and nothing of them is found or clicked in the page.
-
-    Which page is shown goes to the browser as a message (`show`), not as a parameter: Panel
-    walks every model of a component with children at each change of any of its parameters,
-    which grew a switch with every page kept. `shown` is sent with `objects` only (a page added
-    or replaced), for the browser's first render of them."""
-
-    objects = Children(doc="the kept pages, each a Column")
-    shown = param.Integer(default=-1, doc="the index in `objects` of the page shown when they last changed")
-
-    _esm = """
-export function render({ model, el, view }) {
-  const show = () => {
-    const page = model.get_child("objects")[view.swShown ?? model.shown];
-    if (!page) {
-      el.replaceChildren();  // its view is still being built: shown once it is (a new render)
-      return;
-    }
-    // A page attached again re-inserts the <link> stylesheets of its every view, each of which
-    // fires "load" again, and Panel redrew each table once per load (a storm of full table
-    // redraws): those views have their stylesheets already, so they stop listening for them.
-    const pageView = view.child_views.find((child) => child.el === page);
-    if (pageView && view.swDrawn?.has(page)) {
-      const quiet = (one) => {
-        one._stylesheets_watcher?.abort();
-        one._stylesheets_watcher = null;
-        for (const child of one.child_views ?? []) quiet(child);
-      };
-      quiet(pageView);
-    }
-    el.replaceChildren(page);
-    view.swDrawn = view.swDrawn ?? new WeakSet();
-    if (!view.swDrawn.has(page)) {
-      view.swDrawn.add(page);
-      view.render_children();  // a page attached for the first time is drawn now (once: it walks every page)
-    }
-  };
-  show();
-  model.on("msg:custom", (message) => {
-    view.swShown = message.shown;
-    show();
-  });
-}
-"""
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(sizing_mode="stretch_width", css_classes=["sw-main"], **params)
-
-    def show(self, pages: list[pn.Column], index: int) -> None:
-        """`pages` kept (the browser builds the new ones), `pages[index]` shown."""
-        if len(pages) != len(self.objects) or not all(map(_is, pages, self.objects)):
-            self.param.update(objects=pages, shown=index)
-        self._send_msg({"shown": index})
-
-
 Build = Callable[[Arguments], tuple[str, list[Any]]]  # a query -> (the page's title, the main area's content)
-Revisit = Callable[[Arguments, list[Any]], str]  # a kept page shown again -> its title (the frame redrawn)
-
-KEPT_FRESH_S = 600.0  # a kept page older than this is built again (its relative times, "5 min ago")
-
-
-@dataclass
-class KeptPage:
-    """A page the session has built: shown again while its query and the home's data are the same."""
-
-    scope: PageScope
-    content: pn.Column
-    title: str
-    freshness: Any
-    built_at: float
-
-
-def _same_query(one: Arguments, other: Arguments) -> bool:
-    return sorted(one.items()) == sorted(other.items())
 
 
 class Router:
-    """One a session: shows the page a query names in `main`, built, or kept from before."""
+    """One a session: builds the page a query names into `main`, again at each navigation."""
 
-    def __init__(
-        self,
-        build: Build,
-        slot_of: Callable[[Arguments], str | None] = lambda _: None,
-        revisit: Revisit | None = None,
-        freshness: Callable[[], Any] = lambda: None,
-    ) -> None:
+    def __init__(self, build: Build) -> None:
         self.build = build
-        self.slot_of = slot_of  # the name a page is kept under (one a name), None: not kept
-        self.revisit = revisit
-        self.freshness = freshness  # changes when the home's data moved: kept pages are built again
-        self.main = PageDeck()
-        self.pages: dict[str | None, KeptPage] = {}  # None: the page shown, not kept once left
+        self.main = pn.Column(sizing_mode="stretch_width", css_classes=["sw-main"])
         self.navigator = Navigator(self.navigate)
         self.document = pn.state.curdoc if pn.state.curdoc is not None else None
         self.sequence = 0
         self.arguments: Arguments = {}
         self.kept: Arguments = {}  # the document's parameters (the theme), set by the first page
         self.scope: PageScope | None = None
-        self.builds = 0  # pages built in this session (tests read it)
-        self.shows = 0  # pages shown: one at the start, one a navigation
+        self.builds = 0  # pages built in this session: one at the start, one a navigation (tests read it)
         if self.document is not None and self.document.session_context is not None:
             self.document.on_session_destroyed(self._leave)
 
     def _leave(self, _: Any) -> None:
-        for page in self.pages.values():
-            page.scope.close(session_ended=True)
-        self.pages.clear()
+        if self.scope is not None:
+            self.scope.close(session_ended=True)
         # The scope holds this router, which holds the document: left in the map, its weak key
         # would never die, and every closed session's pages would stay in the server's memory.
         _SCOPES.pop(self.document, None)
@@ -449,48 +317,8 @@ class Router:
         self.navigator.replace(self.sequence, encode_query(self.arguments))
 
     def _show(self, arguments: Arguments) -> None:
-        self.shows += 1
-        self._leave_shown()
-        slot = self.slot_of(arguments)
-        freshness = self.freshness()
-        kept = self.pages.get(slot) if slot is not None else None
-        if kept is not None and self._still_good(kept, arguments, freshness):
-            self._enter(kept)
-            title = self.revisit(kept.scope.arguments, kept.content.objects) if self.revisit else kept.title
-        else:
-            if kept is not None:
-                kept.scope.close()
-            kept = self.pages[slot] = self._built(arguments, freshness)
-            title = kept.title
-        self._display(kept)
-        self.navigator.title = title
-
-    def _still_good(self, kept: KeptPage, arguments: Arguments, freshness: Any) -> bool:
-        return (
-            _same_query(kept.scope.arguments, arguments)
-            and kept.freshness == freshness
-            and time.monotonic() - kept.built_at < KEPT_FRESH_S
-        )
-
-    def _leave_shown(self) -> None:
-        """The page shown is left: kept (paused), or closed if it is not kept."""
-        if self.scope is None:
-            return
-        transient = self.pages.get(None)
-        if transient is not None and transient.scope is self.scope:
-            del self.pages[None]
+        if self.scope is not None:
             self.scope.close()
-        else:
-            self.scope.pause()
-
-    def _enter(self, page: KeptPage) -> None:
-        self.arguments = page.scope.arguments
-        self.scope = page.scope
-        if self.document is not None:
-            _SCOPES[self.document] = page.scope
-        page.scope.resume()
-
-    def _built(self, arguments: Arguments, freshness: Any) -> KeptPage:
         self.arguments = dict(arguments)
         scope = PageScope(self, self.arguments)
         self.scope = scope
@@ -501,13 +329,5 @@ class Router:
             title, content = self.build(arguments)
         finally:
             scope.building = False
-        return KeptPage(scope, pn.Column(*content, sizing_mode="stretch_width"), title, freshness, time.monotonic())
-
-    def _display(self, page: KeptPage) -> None:
-        """The deck holds the kept pages (a page dropped or replaced leaves it) and shows `page`."""
-        contents = [kept.content for kept in self.pages.values()]
-        self.main.show(contents, contents.index(page.content))
-
-
-def _is(one: Any, other: Any) -> bool:
-    return one is other
+        self.main.objects = content
+        self.navigator.title = title

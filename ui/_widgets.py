@@ -47,10 +47,8 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
         css_classes=[f"sw-table-{name}"],
         formatters=formatters,
         sizing_mode="stretch_width",
-        # Sorting happens on the server (a page sorted alone in the browser would mislead). A page
-        # holds at most 100 rows: all are drawn at once ("basic"), not a virtual window, whose
-        # every redraw measured each row's height again (most of a table's time in the browser).
-        configuration={"columnDefaults": {"headerSort": False}, "renderVertical": "basic"},
+        # Sorting happens on the server (a page sorted alone in the browser would mislead).
+        configuration={"columnDefaults": {"headerSort": False}},
         **options,
     )
 

@@ -21,7 +21,7 @@ from panel.theme import THEMES, Fast
 from panel.viewable import Viewable
 
 from stagewatch.daemon.query._sql import Homes, homes_of
-from stagewatch.ui import _data, _router, _widgets
+from stagewatch.ui import _router, _widgets
 from stagewatch.ui._serve import configured_homes
 from stagewatch.ui.pages import accuracy, case, compare, failures, live, logs, performance, run, runs
 
@@ -36,10 +36,6 @@ class Route:
     title: str
     view: Callable[[Homes], pn.viewable.Viewable]
     in_sidebar: bool = True
-    # Kept in the session once seen and shown again while its query and data are the same
-    # (ui/_router.py). Not the pages opened with a new query each time (a case, a comparison):
-    # the Case page's keys (j/k) listen on the whole document.
-    kept: bool = True
 
 
 # The routing table: a page is one line here (and its module under ui/pages). `?page=<key>`
@@ -52,8 +48,8 @@ ROUTES = {
     "accuracy": Route("Accuracy", accuracy.view),
     "failures": Route("Failures", failures.view),
     "run": Route("Run", run.view, in_sidebar=False),  # opened from links
-    "case": Route("Case", case.view, in_sidebar=False, kept=False),
-    "compare": Route("Compare", compare.view, in_sidebar=False, kept=False),
+    "case": Route("Case", case.view, in_sidebar=False),
+    "compare": Route("Compare", compare.view, in_sidebar=False),
 }
 SIDEBAR = {name: route.title for name, route in ROUTES.items() if route.in_sidebar}
 
@@ -94,45 +90,18 @@ def page_name(arguments: _router.Arguments) -> str:
 
 
 def builder(home: Homes, sidebar: pn.pane.HTML) -> _router.Build:
-    """What the router calls for each page a session opens: the page's title and main content
-    (the daemon's banners above the page)."""
+    """What the router calls for each page a session opens: the page's title and main content."""
 
     def build(arguments: _router.Arguments) -> tuple[str, list[Any]]:
         name = page_name(arguments)
         try:
-            content = [pn.Column(*_widgets.banners(home)), ROUTES[name].view(home)]
+            content = [*_widgets.banners(home), ROUTES[name].view(home)]
         except Exception as error:  # a page that cannot be built says why; the others still work
             content = [_widgets.failure(f"The {name} page could not be shown", error)]
-        return mark(sidebar, name), content
+        sidebar.object = _widgets.navigation(name, SIDEBAR)
+        return f"stagewatch · {ROUTES[name].title}", content
 
     return build
-
-
-def revisitor(home: Homes, sidebar: pn.pane.HTML) -> _router.Revisit:
-    """What the router calls when it shows a kept page again: the sidebar marks it, and the
-    daemon's banners above it are those of now."""
-
-    def revisit(arguments: _router.Arguments, content: list[Any]) -> str:
-        banners = content[0] if content and isinstance(content[0], pn.Column) else None
-        if banners is not None:
-            now = _widgets.banners(home)
-            if [b.object for b in now] != [b.object for b in banners.objects]:
-                banners.objects = now
-        return mark(sidebar, page_name(arguments))
-
-    return revisit
-
-
-def mark(sidebar: pn.pane.HTML, name: str) -> str:
-    """The sidebar's links with `name` in bold; the tab's title for that page."""
-    sidebar.object = _widgets.navigation(name, SIDEBAR)
-    return f"stagewatch · {ROUTES[name].title}"
-
-
-def kept_slot(arguments: _router.Arguments) -> str | None:
-    """The name a session keeps a page under (one a page), None for a page not kept."""
-    name = page_name(arguments)
-    return name if ROUTES[name].kept else None
 
 
 def homes_note(home: Homes) -> str:
@@ -157,12 +126,7 @@ def page() -> pn.template.FastListTemplate:
     known_theme()
     home = configured_homes()  # one, or several read as one (`stagewatch ui --home a --home b`)
     sidebar = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["sw-sidebar"])
-    router = _router.Router(
-        builder(home, sidebar),
-        slot_of=kept_slot,
-        revisit=revisitor(home, sidebar),
-        freshness=lambda: _data.tables_signature(home),
-    )
+    router = _router.Router(builder(home, sidebar))
     router.start(_router.session_arguments())
     template = pn.template.FastListTemplate(
         title="stagewatch",

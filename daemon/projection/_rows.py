@@ -136,12 +136,13 @@ def _stage_executions() -> Table:
 def _runs() -> Table:
     return Table(
         "runs",
-        "one row per ended run (`ok`, `failed` — a stage failed or the run raised —, `crashed`).",
+        "one row per ended run (`ok`; `finished_with_failures`: stages failed, the run went on to its end; "
+        "`failed`: the run ended on an exception; `crashed`: its process was lost; daemon/projection/_outcomes.py).",
         "daemon",
         (
             Column("run_id", STRING, "the run (a UUID)", True),
             Column("pipeline", STRING, "the pipeline's name", True),
-            Column("status", STRING, "`ok`, `failed` or `crashed`", True),
+            Column("status", STRING, "`ok`, `finished_with_failures`, `failed` or `crashed`", True),
             Column("host", STRING, "the host it ran on", True),
             Column("pid", INT, "the pipeline's process id"),
             Column("start_time", TIMESTAMP, "its run_started (the pipeline's clock)"),

@@ -222,20 +222,31 @@ MEASURES = {
     "own_mb": "rss_peak_mb - rss_start_mb",
     "gpu_peak_mb": "gpu_peak_mb",
 }
-STATS_COLUMNS = ["stage", "status", "start_time", "duration_ms", "rss_start_mb", "rss_peak_mb", "gpu_peak_mb"]
+STATS_COLUMNS = [
+    "stage",
+    "status",
+    "start_time",
+    "duration_ms",
+    "rss_start_mb",
+    "rss_peak_mb",
+    "gpu_peak_mb",
+    "parent_span",
+]
 PERCENTILES = (0.5, 0.95, 0.99)
 
 
 def _stats_sql(where: str) -> str:
     """Per stage, in pipeline order (the order stages first ran; the name where none has a start):
-    rows, failures, and per measure its values' count, sum, exact quantiles (linear interpolation,
-    as numpy.percentile's default) and maximum (NULL is no reading)."""
+    rows, failures, the time of its executions at the top level (no enclosing stage), and per
+    measure its values' count, sum, exact quantiles (linear interpolation, as numpy.percentile's
+    default) and maximum (NULL is no reading)."""
     measures = []
     for value in MEASURES.values():
         quantiles = f"quantile_cont({value}, {list(PERCENTILES)})"
         measures += [f"count({value})", f"sum({value})", quantiles, f"max({value})"]
     return (
-        f"SELECT stage, count(*), count(*) FILTER (WHERE status IS DISTINCT FROM 'ok'), {', '.join(measures)} "
+        "SELECT stage, count(*), count(*) FILTER (WHERE status IS DISTINCT FROM 'ok'), "
+        f"coalesce(sum(duration_ms) FILTER (WHERE parent_span IS NULL), 0), {', '.join(measures)} "
         f"FROM rows{where} GROUP BY stage ORDER BY min(start_time) NULLS LAST, stage"
     )
 
@@ -248,7 +259,7 @@ def stage_stats(stages: pa.Table) -> list[dict[str, Any]]:
     rows = stages
     for name in STATS_COLUMNS:
         if name not in rows.column_names:
-            kind = pa.timestamp("ns", tz="UTC") if name == "start_time" else pa.float64()
+            kind = {"start_time": pa.timestamp("ns", tz="UTC"), "parent_span": pa.int64()}.get(name, pa.float64())
             rows = rows.append_column(name, pa.nulls(rows.num_rows, kind))
     rows = rows.select(STATS_COLUMNS)
     for name in ("duration_ms", "rss_start_mb", "rss_peak_mb", "gpu_peak_mb"):
@@ -264,17 +275,21 @@ def query_stats(home: Path, filters: Filters) -> list[dict[str, Any]]:
 
 
 def _stats_of(aggregates: pa.Table) -> list[dict[str, Any]]:
-    result = []
+    result, top_level_ms = [], 0.0
     for row in aggregates.to_pylist():
-        stage, count, failed, *cells = row.values()
+        stage, count, failed, at_top_level_ms, *cells = row.values()
         entry: dict[str, Any] = {"stage": stage, "count": count, "failure_rate": failed / count}
         for index, name in enumerate(MEASURES):
             values, total, quantiles, peak = cells[4 * index : 4 * index + 4]
             entry[name] = _distribution(values, total, quantiles, peak)
         result.append(entry)
-    total = sum(entry["duration_ms"]["sum"] for entry in result)
+        top_level_ms += at_top_level_ms
+    # A stage's share is of the time the top-level stages took: a nested stage's time is inside
+    # its parent's already, and counted twice it shrank every share (the top-level ones no longer
+    # added up to the whole). Nested stages alone (a filter picked them): of their own time.
+    whole = top_level_ms or sum(entry["duration_ms"]["sum"] for entry in result)
     for entry in result:
-        entry["share_of_time"] = entry["duration_ms"]["sum"] / total if total else 0.0
+        entry["share_of_time"] = entry["duration_ms"]["sum"] / whole if whole else 0.0
         for name in MEASURES:
             del entry[name]["sum"]
     if result:

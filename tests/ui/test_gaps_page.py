@@ -72,3 +72,33 @@ def test_the_performance_page_links_its_percentiles_to_their_executions(served, 
     link = detection.locator("a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
     wait_for(lambda: link.count() == 1, 60)
     assert link.get_attribute("href") == f"?page=run&run={run_id}&sample={SLOWEST}"
+
+
+def test_a_linked_sample_past_the_listed_ones_is_the_one_drawn(daemon) -> None:
+    """The waterfall's picker lists the run's first samples (failures first); a link to another
+    (an exemplar's, deep in a long run) opens that sample, not the first listed."""
+    import holoviews.plotting.bokeh  # noqa: F401 (the page's plotting extension, as the server loads it)
+
+    from stagewatch.ui.pages.run import RunPage
+    from tests.conftest import run_python
+
+    code = f"""
+import stagewatch
+run = stagewatch.init(pipeline="long", home={str(daemon.home)!r})
+for frame in range({_data.SAMPLES_LISTED + 100}):
+    with run.stage("detection", sample_id=f"f{{frame:04d}}"):
+        pass
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.split()[-1]
+    daemon.audit(run_id)
+    wanted = f"f{_data.SAMPLES_LISTED + 50:04d}"
+    page = RunPage(daemon.home)
+    page.run_id.value, page.sample.value = run_id, wanted
+    page.show()
+    assert wanted not in _data.run_view(daemon.home, run_id)["samples"]  # past the listed ones
+    assert page.sample.value == wanted and wanted in page.sample.options

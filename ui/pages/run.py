@@ -108,6 +108,9 @@ class RunPage:
         data["damaged"] = _data.skipped_for_run(self.home, skipped, run_id)
         self.view_data = data
         samples = data["samples"]  # those that failed first
+        wanted = self.sample.value  # a link's sample (an exemplar's) may be past the listed ones
+        if wanted and wanted not in samples and not _data.sample_frame(self.home, run_id, wanted).empty:
+            samples = [wanted, *samples]
         self.sample.options = samples
         if self.sample.value not in samples and samples:
             self.sample.value = samples[0]

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import hypothesis.strategies as st
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
@@ -157,6 +158,7 @@ def _first_difference(live: dict, rebuilt: dict, where: str = "") -> str:
     return f"{where}: live {str(live)[:300]!r} != rebuilt {str(rebuilt)[:300]!r}"
 
 
+@pytest.mark.timeout(1500 if LONG else 300)  # the long version sends five times the examples
 def test_extreme_valid_values_cost_nothing_and_rebuild_equals_live(home) -> None:
     # Retention off: a run whose events say 1970 has expired, and retention rightly removes
     # it from the live read models, which a rebuild (no retention) would then not equal.

@@ -64,8 +64,7 @@ from stagewatch.daemon.query._readmodels import (
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
-from stagewatch.daemon.query._sql import Homes, concurrently, homes_of, skipped_files, skipped_for_run
-from stagewatch.daemon.tables._tables import DamagedTable
+from stagewatch.daemon.query._sql import DamagedTable, Homes, concurrently, homes_of, skipped_files, skipped_for_run
 
 MAX_ERRORS_SEARCHED = 100_000  # a case's error is looked up among this many failed stages of its run
 PREVIEW_BYTES = 32 * 1024 * 1024  # larger files are listed, not loaded into the page

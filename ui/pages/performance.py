@@ -20,8 +20,7 @@ from stagewatch.daemon.compare._compare import CompareError, baseline_side, comp
 from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, with_outside_stages
 from stagewatch.daemon.query._readmodels import table_not_read
-from stagewatch.daemon.query._sql import QueryError
-from stagewatch.daemon.tables._tables import DamagedTable
+from stagewatch.daemon.query._sql import DamagedTable, QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui._router import href, link
 from stagewatch.ui.pages.compare import stage_table_html, warnings_alert

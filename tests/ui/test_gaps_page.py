@@ -80,23 +80,11 @@ def test_a_linked_sample_past_the_listed_ones_is_the_one_drawn(daemon) -> None:
     import holoviews.plotting.bokeh  # noqa: F401 (the page's plotting extension, as the server loads it)
 
     from stagewatch.ui.pages.run import RunPage
-    from tests.conftest import run_python
+    from tests.conftest import run_pipeline
 
-    code = f"""
-import stagewatch
-run = stagewatch.init(pipeline="long", home={str(daemon.home)!r})
-for frame in range({_data.SAMPLES_LISTED + 100}):
-    with run.stage("detection", sample_id=f"f{{frame:04d}}"):
-        pass
-run.finish()
-assert run.flush(10), "the daemon did not acknowledge the run"
-print(run.id)
-"""
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr
-    run_id = result.stdout.split()[-1]
+    run_id = run_pipeline(daemon.home, frames=_data.SAMPLES_LISTED + 100)  # samples f0, f1, ... in order
     daemon.audit(run_id)
-    wanted = f"f{_data.SAMPLES_LISTED + 50:04d}"
+    wanted = f"f{_data.SAMPLES_LISTED + 50}"
     page = RunPage(daemon.home)
     page.run_id.value, page.sample.value = run_id, wanted
     page.show()

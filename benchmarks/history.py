@@ -6,8 +6,9 @@
 The history is built by replaying generated events (4 stages a run, 3% failing at
 detection, one log line a run, starts spread over 30 days or `--days`) through the daemon's own ingest
 path in-process (validation, event log, projection, Parquet, audit trails), then compacted
-as aged partitions are in production. Queries run on DuckDB over the tables' files
-(daemon/query/_sql.py). Each timing is the median of 7. The references, in the same run: for query
+as aged partitions are in production (a past day's partition sorted by run id). Queries run on
+DuckDB over the tables' files (daemon/query/_sql.py); query by run id is what
+`stagewatch query --run ID` reads. Each timing is the median of 7. The references, in the same run: for query
 by run id, the same query with the run index switched off (every partition of three tables
 opened); for size, the same rows written as JSON (measured on a 200k-row sample per table
 above that size, and scaled; --no-size skips it).
@@ -36,13 +37,12 @@ from stagewatch.daemon import (
     DaemonSettings,
     Filters,
     parse_time,
-    query_logs,
-    query_runs,
     query_stages,
     query_stats,
 )
 from stagewatch.daemon.ingest._ingest import Group
-from stagewatch.daemon.query._readmodels import load_audit, read_table, to_rows
+from stagewatch.daemon.query._export import matching
+from stagewatch.daemon.query._readmodels import read_table, to_rows
 from stagewatch.daemon.tables._store import TABLES, table_writer_properties
 from stagewatch.daemon.tables._tables import compact, snapshot_files
 from stagewatch.ui._data import logs_page, runs_page
@@ -164,9 +164,9 @@ def _parts(home: Path) -> int:
     return sum(len(snapshot_files(home, table)) for table in TABLES)
 
 
-def _by_id(home: Path, run_id: str) -> tuple:
-    filters = Filters(run=run_id)
-    return query_runs(home, filters), query_stages(home, filters), query_logs(home, filters), load_audit(home, run_id)
+def _by_id(home: Path, run_id: str) -> dict:
+    """What `stagewatch query --run ID` reads: the run's rows of the three tables, as rows."""
+    return matching(home, Filters(run=run_id))
 
 
 def json_size(table, sample_rows: int = 200_000) -> int:

@@ -309,9 +309,30 @@ def _run(parts: list[tuple[list[str], list[str]]], table: str, sql: str, params:
         else:
             scan += f"SELECT * FROM {_scan()} UNION ALL BY NAME "
             view_params.append(files)
-    view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM typed_empty)"
+    view = f"SELECT {quoted(schema.names)} FROM ({scan}SELECT * FROM {_typed_empty(table)})"
     query = f"WITH rows AS ({view}) {sql}"
-    return _execute(cursor(), "typed_empty", empty_table(schema), query, [*view_params, *params])
+    all_params = [*view_params, *params]
+    return _answer(cursor().sql(query, params=all_params) if all_params else cursor().sql(query))
+
+
+_typed_empties: set[str] = set()
+
+
+def _typed_empty(table: str) -> str:
+    """The name of a table of no rows with `table`'s columns and types, made once a process in
+    the connection's database (registering Arrow rows for each query costs more than the read)."""
+    name = f"typed_empty_{table}"
+    if name not in _typed_empties:
+        con = cursor()  # before the lock: a thread's first cursor takes it
+        with _connection_lock:
+            if name not in _typed_empties:
+                con.register("typed_empty", empty_table(schema_of(table)))
+                try:
+                    con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM typed_empty')
+                finally:
+                    con.unregister("typed_empty")
+                _typed_empties.add(name)
+    return name
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:
@@ -336,10 +357,13 @@ def quoted(names: Sequence[str]) -> str:
 def _execute(con: duckdb.DuckDBPyConnection, name: str, arrow: pa.Table, query: str, params: Sequence[Any]) -> pa.Table:
     con.register(name, arrow)
     try:
-        relation = con.sql(query, params=list(params)) if params else con.sql(query)
-        return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+        return _answer(con.sql(query, params=list(params)) if params else con.sql(query))
     finally:
         con.unregister(name)
+
+
+def _answer(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
 
 
 # DuckDB's own refusals name their kind ("Invalid Input Error: …" for a regular expression RE2

@@ -15,6 +15,8 @@ tried again on a fresh snapshot, a bounded number of times.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import re
 import shutil
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -51,6 +54,13 @@ VACUUM_RETENTION_HOURS = 1
 SMALL_FILE_BYTES = 16 << 20
 COMPACT_TARGET_BYTES = 64 << 20
 MIN_SMALL_FILES = 8
+# A past day's partition is rewritten once in run id order (z-order on `SORT_COLUMN`), in row
+# groups of `ROW_GROUP_ROWS`: a lookup by run id (random UUIDs) then reads the one row group
+# whose run id range holds it, where an unsorted partition is read whole.
+SORT_COLUMN = "run_id"
+ROW_GROUP_ROWS = 8192
+# Memory the sort may hold before it spills to disk (the daemon's peak stays bounded).
+SORT_MEMORY_BYTES = 256 << 20
 # Log entries are kept this long (readers never travel back in time; a reader far behind
 # reopens the table). Past them, delta-rs's own checkpoints (every 100 commits) hold the state.
 TABLE_CONFIGURATION = {
@@ -128,6 +138,7 @@ def writer_properties(schema: pa.Schema, dictionary_columns: Iterable[str]) -> W
     wanted = set(dictionary_columns)
     return WriterProperties(
         compression="ZSTD",
+        max_row_group_size=ROW_GROUP_ROWS,
         default_column_properties=ColumnProperties(dictionary_enabled=False),
         column_properties={name: ColumnProperties(dictionary_enabled=True) for name in schema.names if name in wanted},
     )
@@ -244,26 +255,35 @@ def sql_strings(values: Iterable[str]) -> str:
 
 
 def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -> int:
-    """Bin the small files of each partition that holds many into bigger ones; the files removed.
-    Each partition on its own: one that fails (a damaged data file in it) leaves the others
+    """Bin the small files of each partition that holds many into bigger ones, and sort each
+    past day's partition by run id once (`unsorted_past_days`); the files removed. Each
+    partition on its own: one that fails (a damaged data file in it) leaves the others
     compacted, and its error is raised after them."""
     path = table_path(home, table)
     if not has_log(path):
         return 0
     try:
-        crowded = crowded_partitions(DeltaTable(str(path)))
+        delta = DeltaTable(str(path))
+        crowded, unsorted = crowded_partitions(delta), unsorted_past_days(delta, _today())
     except DAMAGE as error:
         if (damage := damage_of_table(home, table)) is not None:
             raise DamagedTable(table, damage) from None
         raise error from None
     removed, failed = 0, None
-    for date in crowded:
+    for date in sorted({*crowded, *unsorted}):
 
         def optimize(date: str = date) -> dict[str, Any]:
-            return DeltaTable(str(path)).optimize.compact(
-                partition_filters=[(PARTITION_COLUMN, "=", date)],
-                target_size=COMPACT_TARGET_BYTES,
-                writer_properties=properties,
+            optimizer, where = DeltaTable(str(path)).optimize, [(PARTITION_COLUMN, "=", date)]
+            if date in unsorted:
+                return optimizer.z_order(
+                    [SORT_COLUMN],
+                    partition_filters=where,
+                    target_size=COMPACT_TARGET_BYTES,
+                    max_spill_size=SORT_MEMORY_BYTES,
+                    writer_properties=properties,
+                )
+            return optimizer.compact(
+                partition_filters=where, target_size=COMPACT_TARGET_BYTES, writer_properties=properties
             )
 
         try:
@@ -273,6 +293,58 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
     if failed is not None:
         raise failed
     return removed
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def unsorted_past_days(delta: DeltaTable, today: str) -> list[str]:
+    """The partitions of days before `today` whose row groups' run id ranges overlap: written
+    in commit order (or binned by a compaction), not yet sorted. Today's partition still
+    grows: sorting it would rewrite it at every pass."""
+    by_date: dict[str, list[str]] = {}
+    for uri in delta.file_uris():
+        found = _PARTITION_IN_PATH.search(uri)
+        if found and found.group(1) < today:
+            by_date.setdefault(found.group(1), []).append(uri)
+    return sorted(date for date, uris in by_date.items() if not _sorted_by_run(tuple(sorted(uris))))
+
+
+@functools.lru_cache(maxsize=4096)  # data files are never rewritten: a partition's files, judged once
+def _sorted_by_run(uris: tuple[str, ...]) -> bool:
+    """Whether the files' row groups hold disjoint run id ranges, each group at most
+    `ROW_GROUP_ROWS` rows (or one run's), from their footers. A file that cannot be read, or has
+    no such statistics, is left as it is (sorting would not help)."""
+    groups: list[tuple[str, str, int]] = []
+    for uri in uris:
+        found = _row_groups(uri)
+        if found is None:
+            return True
+        groups += found
+    groups.sort()
+    small = all(rows <= ROW_GROUP_ROWS or low == high for low, high, rows in groups)
+    return small and all(high <= low for (_, high, _), (low, _, _) in itertools.pairwise(groups))
+
+
+def _row_groups(uri: str) -> tuple[tuple[str, str, int], ...] | None:
+    """Each row group's lowest and highest run id and its row count (None: unknown)."""
+    try:
+        metadata = pq.ParquetFile(uri).metadata
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    leaves = [metadata.schema.column(index).path for index in range(metadata.num_columns)]
+    if SORT_COLUMN not in leaves:
+        return None
+    column = leaves.index(SORT_COLUMN)
+    groups = []
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        groups.append((str(stats.min), str(stats.max), group.num_rows))
+    return tuple(groups)
 
 
 def crowded_partitions(delta: DeltaTable) -> list[str]:
@@ -300,6 +372,22 @@ class _Opened:
     log_inode: int  # a table replaced whole (a rebuild, a table set aside) has a new log folder
     log_mtime_ns: int  # the log folder's modification time when the table was last brought up to date
     checked_ns: int  # the wall clock just before it was
+    listed: tuple[int, dict[str, list[str]]] | None = None  # (version, its files by partition date)
+
+    def files_by_date(self) -> dict[str, list[str]]:
+        """The snapshot's data files by partition date, listed once a version: the listing with
+        a partition predicate walks every file of the log each time."""
+        version = self.table.version()
+        if self.listed is None or self.listed[0] != version:
+            by_date: dict[str, list[str]] = {}
+            for uri in self.table.file_uris():
+                found = _PARTITION_IN_PATH.search(uri)
+                by_date.setdefault(found.group(1) if found else "", []).append(uri)
+            self.listed = (version, {date: sorted(uris) for date, uris in by_date.items()})
+        return self.listed[1]
+
+
+_PARTITION_IN_PATH = re.compile(rf"/{PARTITION_COLUMN}=([^/]*)/")
 
 
 # A commit, a checkpoint or a log cleanup adds or removes a file in `_delta_log`, which sets the
@@ -324,19 +412,18 @@ class _Cache:
         key = str(folder)
         with self._lock:
             try:
-                delta = self._fresh(folder)
-                filters = None if dates is None else [(PARTITION_COLUMN, "in", list(dates))]
-                return sorted(delta.file_uris(file_pruning_predicate=filters))
+                by_date = self._fresh(folder).files_by_date()
             except DAMAGE as error:
                 self._tables.pop(key, None)
                 raise DamagedTable(table, first_line(error)) from None
+        wanted = sorted(by_date) if dates is None else sorted(set(dates))
+        return sorted(uri for date in wanted for uri in by_date.get(date, ()))
 
     def value_ranges(self, folder: Path, column: str) -> dict[str, tuple[Any, Any]]:
         """Per data file of the snapshot (its path, as `files` gives it): the lowest and highest
         value of `column` its log entry's statistics record; a file without them is left out."""
         with self._lock:
-            delta = self._fresh(folder)
-            actions = pa.table(delta.get_add_actions(flatten=True))
+            actions = pa.table(self._fresh(folder).table.get_add_actions(flatten=True))
         names = ("path", f"min.{column}", f"max.{column}")
         if not all(name in actions.column_names for name in names):
             return {}
@@ -347,21 +434,21 @@ class _Cache:
             if low is not None and high is not None
         }
 
-    def _fresh(self, folder: Path) -> DeltaTable:
+    def _fresh(self, folder: Path) -> _Opened:
         key, log, checked_ns = str(folder), (folder / "_delta_log").stat(), time.time_ns()
         cached = self._tables.get(key)
         if cached is not None and cached.log_inode == log.st_ino:
             if log.st_mtime_ns == cached.log_mtime_ns and cached.checked_ns - cached.log_mtime_ns > SETTLED_NS:
-                return cached.table
+                return cached
             try:
                 cached.table.update_incremental()
                 cached.log_mtime_ns, cached.checked_ns = log.st_mtime_ns, checked_ns
-                return cached.table
+                return cached
             except DeltaError:  # far behind: the log entries it needs were cleaned up; read it anew
                 pass
-        delta = DeltaTable(key)
-        self._tables[key] = _Opened(delta, log.st_ino, log.st_mtime_ns, checked_ns)
-        return delta
+        opened = _Opened(DeltaTable(key), log.st_ino, log.st_mtime_ns, checked_ns)
+        self._tables[key] = opened
+        return opened
 
     def forget(self, folder: Path) -> None:
         with self._lock:

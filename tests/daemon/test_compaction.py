@@ -3,17 +3,20 @@ of a compaction, damaged data files; rows are neither lost nor doubled."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 
 import msgpack
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 import stagewatch
@@ -89,8 +92,47 @@ def test_compaction_bins_the_small_files_of_crowded_partitions_and_keeps_every_r
 
 
 def test_a_partition_with_few_small_files_is_left_as_it_is(home: Path) -> None:
-    _small_files(home, 4, days=1)
+    store = Store(home)
+    for commit in range(4):  # today's partition: still growing, not sorted yet
+        store.write_rows("stage_executions", _rows(commit * 10, 10, time.time_ns()))
     assert _compact(home) == 0 and len(snapshot_files(home, "stage_executions")) == 4
+
+
+def _row_groups(home: Path, table: str = "stage_executions") -> list[tuple[str, str, int]]:
+    groups = []
+    for path in snapshot_files(home, table):
+        metadata = pq.ParquetFile(path).metadata
+        for index in range(metadata.num_row_groups):
+            stats = metadata.row_group(index).column(0).statistics  # run_id
+            groups.append((stats.min, stats.max, metadata.row_group(index).num_rows))
+    return sorted(groups)
+
+
+def test_a_past_days_partition_is_sorted_by_run_once_so_a_lookup_reads_one_row_group(home: Path) -> None:
+    """Random run ids (UUIDs) spread over every file of a day: a lookup by run id reads the
+    whole partition, unless the compaction sorted it into row groups of disjoint run ids."""
+    store, rows, lsn = Store(home), [], 0
+    for _ in range(3):  # three commits, each with runs of the whole id range
+        batch = _rows(lsn, 6000, T0)
+        for row in batch:
+            row["run_id"] = str(uuid.uuid4())
+        store.write_rows("stage_executions", batch)
+        rows += batch
+        lsn += len(batch)
+    today = _rows(lsn, 10, time.time_ns())
+    store.write_rows("stage_executions", today)
+    groups = _row_groups(home)
+    assert any(high > low for (_, high, _), (low, _, _) in itertools.pairwise(groups))  # overlapping as written
+
+    assert _compact(home) == 3  # the past day's three files, sorted into one; today's left
+    groups = _row_groups(home)
+    assert len(groups) > 3 and all(count <= 8192 for _, _, count in groups)
+    assert all(high <= low for (_, high, _), (low, _, _) in itertools.pairwise(groups))
+    assert _lsns(home) == list(range(lsn + 10))
+    wanted = rows[4321]["run_id"]
+    found = select(home, "stage_executions", "SELECT lsn FROM rows WHERE run_id = ?", [wanted])
+    assert found["lsn"].to_pylist() == [4321]
+    assert _compact(home) == 0  # sorted once: the next pass leaves it
 
 
 def test_vacuum_keeps_the_files_a_recent_snapshot_still_uses(home: Path) -> None:

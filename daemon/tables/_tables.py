@@ -61,6 +61,9 @@ SORT_COLUMN = "run_id"
 ROW_GROUP_ROWS = 8192
 # Memory the sort may hold before it spills to disk (the daemon's peak stays bounded).
 SORT_MEMORY_BYTES = 256 << 20
+# Partitions sorted a pass and table, the most recent days first: a home of an earlier version
+# has every past day to sort, and a pass must end soon after a stop is asked.
+SORTS_PER_PASS = 2
 # Log entries are kept this long (readers never travel back in time; a reader far behind
 # reopens the table). Past them, delta-rs's own checkpoints (every 100 commits) hold the state.
 TABLE_CONFIGURATION = {
@@ -255,16 +258,16 @@ def sql_strings(values: Iterable[str]) -> str:
 
 
 def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -> int:
-    """Bin the small files of each partition that holds many into bigger ones, and sort each
-    past day's partition by run id once (`unsorted_past_days`); the files removed. Each
-    partition on its own: one that fails (a damaged data file in it) leaves the others
-    compacted, and its error is raised after them."""
+    """Bin the small files of each partition that holds many into bigger ones, and sort the
+    latest `SORTS_PER_PASS` unsorted past days' partitions by run id (`unsorted_past_days`);
+    the files removed (none: nothing left to do). Each partition on its own: one that fails (a
+    damaged data file in it) leaves the others compacted, and its error is raised after them."""
     path = table_path(home, table)
     if not has_log(path):
         return 0
     try:
         delta = DeltaTable(str(path))
-        crowded, unsorted = crowded_partitions(delta), unsorted_past_days(delta, _today())
+        crowded, unsorted = crowded_partitions(delta), unsorted_past_days(delta, _today())[-SORTS_PER_PASS:]
     except DAMAGE as error:
         if (damage := damage_of_table(home, table)) is not None:
             raise DamagedTable(table, damage) from None

@@ -135,6 +135,26 @@ def test_a_past_days_partition_is_sorted_by_run_once_so_a_lookup_reads_one_row_g
     assert _compact(home) == 0  # sorted once: the next pass leaves it
 
 
+def test_a_pass_sorts_the_latest_unsorted_days_first_and_a_few_at_a_time(home: Path) -> None:
+    """A home of an earlier version has every past day unsorted: a pass must still end soon."""
+    store = Store(home)
+    for commit in range(6):  # two files a day over three past days, each of random run ids
+        batch = _rows(commit * 50, 50, T0 + (commit % 3) * DAY_NS)
+        for row in batch:
+            row["run_id"] = str(uuid.uuid4())
+        store.write_rows("stage_executions", batch)
+    days = sorted(p.name for p in (home / "metrics" / "stage_executions").glob("date=*"))
+
+    def files_of(day: str) -> int:
+        return sum(f"/{day}/" in path for path in snapshot_files(home, "stage_executions"))
+
+    assert _compact(home) == 4  # the two latest days
+    assert [files_of(day) for day in days] == [2, 1, 1]
+    assert _compact(home) == 2 and [files_of(day) for day in days] == [1, 1, 1]
+    assert _compact(home) == 0
+    assert _lsns(home) == list(range(300))
+
+
 def test_vacuum_keeps_the_files_a_recent_snapshot_still_uses(home: Path) -> None:
     """Readers may hold the file list of an older snapshot: the files a compaction replaced
     stay on disk for the vacuum's retention (an hour)."""

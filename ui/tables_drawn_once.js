@@ -14,7 +14,15 @@
 // Panel's bundle: installed once the head's scripts have run, before Bokeh draws any view.
 (() => {
   const install = () => {
-    const View = window.Bokeh.Models.get("panel.models.tabulator.DataTabulator").prototype.default_view;
+    const Model = window.Bokeh.Models.get("panel.models.tabulator.DataTabulator");
+    const View = Model == null ? null : Model.prototype.default_view;
+    const hooks = ["render", "tableBuilt", "redraw", "_resize_redraw", "getData"];
+    if (View == null || window.Tabulator == null || typeof window.Tabulator.prototype._create !== "function" ||
+        hooks.some((name) => typeof View.prototype[name] !== "function")) {
+      // Another Panel or Tabulator than this was written against: tables drawn as Panel draws them.
+      console.warn("stagewatch: Panel's Tabulator view is not the one expected; tables are drawn as Panel does");
+      return;
+    }
     if (View.prototype.stagewatchDrawnOnce) return;
     View.prototype.stagewatchDrawnOnce = true;
     const drawnSize = (view) => [view.container.clientWidth, view.container.clientHeight];

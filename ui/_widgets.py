@@ -56,7 +56,8 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
 class TablesDrawnOnce(pn.custom.JSComponent):
     """Never shown: the class carries tables_drawn_once.js (each table of a page drawn once, not
     three times, in the browser) into every page's head, where Panel puts the `__javascript__` of
-    each custom component class, after its own bundle. Served by the dashboard itself."""
+    each custom component class (served by the dashboard itself, at /components/...). The script
+    installs itself once the head's scripts, Panel's bundle among them, have run."""
 
     __javascript__ = ["tables_drawn_once.js"]  # beside this module
 

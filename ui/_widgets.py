@@ -53,6 +53,15 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
     )
 
 
+class TablesDrawnOnce(pn.custom.JSComponent):
+    """Never shown: the class carries tables_drawn_once.js (each table of a page drawn once, not
+    three times, in the browser) into every page's head, where Panel puts the `__javascript__` of
+    each custom component class (served by the dashboard itself, at /components/...). The script
+    installs itself once the head's scripts, Panel's bundle among them, have run."""
+
+    __javascript__ = ["tables_drawn_once.js"]  # beside this module
+
+
 def fitted(widths: dict[str, int], wrapped: tuple[str, ...]) -> dict[str, Any]:
     """Options of a table that fits the page at 1,280 px (the sidebar beside it), in either theme:
     the columns of `widths` that wide, the others sharing what is left, and the headings and the

@@ -21,11 +21,12 @@ from panel.theme import THEMES, Fast
 from panel.viewable import Viewable
 
 from stagewatch.daemon.query._sql import Homes, homes_of
-from stagewatch.ui import _router, _widgets
+from stagewatch.ui import _bundles, _router, _widgets
 from stagewatch.ui._serve import configured_homes
 from stagewatch.ui.pages import accuracy, case, compare, failures, live, logs, performance, run, runs
 
 pn.extension("tabulator", sizing_mode="stretch_width", notifications=False)
+_bundles.load_only_used()
 hv.extension("bokeh")
 
 

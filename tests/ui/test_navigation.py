@@ -201,6 +201,80 @@ def test_after_the_dashboard_restarts_a_link_loads_the_whole_page(served, page) 
         ui.stop()
 
 
+# --- what a switch costs in the browser: each table drawn once, no bundle nobody uses
+
+# Counts, per table (its `sw-table-*` class), the views Panel's Tabulator made (`built`) and the
+# full redraws of a built table (`redrawn`: those Panel's `redraw` does not return from at once,
+# each measuring every row again), for the views made from now on.
+COUNT_TABLE_DRAWS = """() => {
+  const View = window.Bokeh.Models.get("panel.models.tabulator.DataTabulator").prototype.default_view;
+  window.__tables = {};
+  window.__tableViews = [];
+  const tally = (view) => {
+    const name = view.model.css_classes.find((css) => css.startsWith("sw-table-"));
+    return (window.__tables[name] ??= { built: 0, redrawn: 0 });
+  };
+  const render = View.prototype.render;
+  View.prototype.render = function (...args) {
+    window.__tableViews.push(this);
+    tally(this).built += 1;
+    return render.apply(this, args);
+  };
+  const redraw = View.prototype.redraw;
+  View.prototype.redraw = function (...args) {
+    if (!(this._building || this.tabulator == null || this._redrawing)) tally(this).redrawn += 1;
+    return redraw.apply(this, args);
+  };
+}"""
+
+# Resolves once every table on the page is built and has no redraw pending (Panel's resize redraw
+# waits for the table's stylesheets and the document; a stylesheet's redraw comes a frame after
+# its load), then three frames more: what any of those would have redrawn, it has by then.
+TABLES_SETTLED = """async () => {
+  const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
+  const settled = (view) => !view.el.isConnected || view.tabulator == null || (
+    view.tabulator.initialized && !view._building && !view._resize_pending && view._resize_flush === null);
+  while (!window.__tableViews.every(settled)) await frame();
+  for (let i = 0; i < 3; i += 1) await frame();
+}"""
+
+
+def test_a_switch_draws_each_table_of_the_page_once(served, page) -> None:
+    """Panel's Tabulator built each table before its stylesheets had loaded, then redrew it in
+    full twice (once they had, and once more when built, its size unchanged): three times a
+    page's rows measured, most of a switch's time in the browser (docs/benchmarks.md)."""
+    _, _, ui, run_id = served
+    page.goto(f"{ui.url}?page=live")
+    page.wait_for_selector("text=No run is in progress")
+    page.wait_for_function("() => window.stagewatch && window.stagewatch.connected()")
+    _mark(page)
+    page.evaluate(COUNT_TABLE_DRAWS)
+    tables = {"logs": ["logs"], "failures": ["failures"], f"run&run={run_id}": ["stages"], "runs": ["runs"]}
+    for query, names in tables.items():
+        page.evaluate("href => window.stagewatch.navigate(href)", f"?page={query}")
+        page.wait_for_selector(f".sw-table-{names[0]} .tabulator-row")
+        page.evaluate(TABLES_SETTLED)
+    drawn = page.evaluate("() => window.__tables")
+    assert _same_document(page)
+    for name in (f"sw-table-{name}" for names in tables.values() for name in names):
+        assert drawn[name]["built"] == 1 and drawn[name]["redrawn"] <= 1, (name, drawn)
+
+
+def test_the_first_load_asks_for_no_mathjax_or_webgl_bundle(served, page) -> None:
+    """No page renders TeX or draws a chart with Bokeh's WebGL: the first load fetched both
+    bundles (the larger of them the largest script of the page), each time a Markdown pane was
+    on the first page."""
+    _, _, ui, _ = served
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(f"{ui.url}?page=runs")
+    page.wait_for_selector(".sw-table-runs .tabulator-row")
+    page.wait_for_load_state("networkidle")
+    scripts = [url for url in asked if ".js" in url]
+    assert any("bokeh.min.js" in url for url in scripts), scripts  # the requests were seen
+    assert not [url for url in scripts if "mathjax" in url or "bokeh-gl" in url]
+
+
 # --- the server's side of it: served in this process, so the session's callbacks can be counted
 
 

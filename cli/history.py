@@ -416,10 +416,10 @@ def _print_errors(audit: dict[str, Any], failed: list[dict[str, Any]]) -> None:
     tracebacks = {(s.get("client_id"), s.get("span")): (s.get("error") or {}).get("traceback") for s in failed}
     errors = audit.get("errors", [])
     for error in errors[:SHOW_ERRORS]:
-        print(
-            f"\n{error['stage']} failed on {error['sample_id']} at {error['at']}: {error['type']}: {error['message']}"
-        )
-        print(f"  input: {error.get('input_path')}")
+        sample = f" on {error['sample_id']}" if error.get("sample_id") is not None else ""
+        print(f"\n{error['stage']} failed{sample} at {error['at']}: {error['type']}: {error['message']}")
+        if error.get("input_path") is not None:  # a stage the pipeline gave no input has none to show
+            print(f"  input: {error['input_path']}")
         traceback = tracebacks.get((error.get("client_id"), error.get("span")))
         if traceback:
             print("  " + traceback.rstrip().replace("\n", "\n  "))

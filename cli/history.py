@@ -134,6 +134,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from stagewatch.daemon.query._export import holds
+
     matched = _matching(args)
     if matched is None:
         return EXIT_NOT_FOUND
@@ -143,32 +145,21 @@ def cmd_query(args: argparse.Namespace) -> int:
         run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
         holder = next((h for h in homes_of(args) if run_id and DaemonHome.of(h).run(run_id).is_dir()), None)
         matched["audit"] = load_audit(holder, run_id, limit=args.limit) if holder else None
+    held = holds(filters_of(args, home_or_homes(args)))
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         # how many each list holds, so a reader knows when --limit cut one
         limited["counts"] = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
+        limited["holds"] = held  # what each list is, in words (a status filters runs or executions)
         print(json.dumps(limited, indent=1, default=str))
         return EXIT_OK
     logs = matched["logs"]
     if args.level or args.logger:  # filters of log lines alone: no run or stage execution has a level
         print(f"{len(logs)} log line(s){_of_level(args)}, in time order")
     else:
-        stages = matched["stages"]
-        shown = [row for row in stages if row["status"] != "ok" or args.stage or args.run][: args.limit]
-        print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(logs)} log line(s)")
-        if shown:
-            print("stage executions" + ("" if args.stage or args.run else " that did not end ok") + ":")
-        for row in shown:
-            print(
-                f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
-                f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
-                f"{row['error_message'] or ''}"
-            )
-        listed = [row for row in stages if row["status"] != "ok" or args.stage or args.run]
-        if len(listed) > len(shown):
-            print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
+        _print_stages(matched, held, args)
         if logs:
-            print("log lines, in time order:")
+            print(f"{held['logs']}, in time order:")
     for row in logs[: args.limit]:
         print(
             f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
@@ -177,6 +168,28 @@ def cmd_query(args: argparse.Namespace) -> int:
     if len(logs) > args.limit:
         print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
+
+
+def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.Namespace) -> None:
+    """The counts, and the stage executions: those the filters name (a stage, a status, a run),
+    else those that did not end ok (the ok ones are counted)."""
+    stages = matched["stages"]
+    named = bool(args.stage or args.run or args.status)
+    listed = [row for row in stages if row["status"] != "ok" or named]
+    shown = listed[: args.limit]
+    print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(matched['logs'])} log line(s)")
+    if args.status:
+        print(f"  ({held['runs']}; {held['stages']}; {held['logs']})")
+    if shown:
+        print(f"{held['stages'] if named else 'stage executions that did not end ok'}:")
+    for row in shown:
+        print(
+            f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
+            f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
+            f"{row['error_message'] or ''}"
+        )
+    if len(listed) > len(shown):
+        print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
 
 
 def _host_cell(row: dict[str, Any]) -> str:

@@ -228,6 +228,8 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.flush(final=True)
         self.writer.threads.close()
+        with contextlib.suppress(OSError):  # a full disk: readers see a silent daemon, not a stopped one
+            self.writer.write_stopped(self.projector)
         self.worker.stop()
         self.release()
         logger.info("stagewatch daemon stopped: {}", self.stats.line())

@@ -530,13 +530,31 @@ def daemon_problem(home: Path, stale_after_s: float = 30.0) -> str | None:
         return (
             f"No daemon has run on {home} yet: start one with `stagewatch daemon --home {home}` (or `stagewatch demo`)."
         )
-    age = time.time() - float(status.get("updated_at") or 0)
-    if age > stale_after_s:
+    stored = "what you see is what was stored until then"
+    at = _utc_second(status.get("stopped_at"))  # its last word, when it stopped cleanly
+    if at is not None:
         return (
-            f"The daemon of {home} last reported {int(age)} s ago: it is stopped or stuck "
-            "(`stagewatch doctor`), so what you see is what was stored until then."
+            f"The daemon of {home} stopped at {at}: {stored}. "
+            f"Start it again to record pipelines (`stagewatch daemon --home {home}`)."
+        )
+    age = time.time() - float(status.get("updated_at") or 0)
+    if age > stale_after_s:  # no word of a stop: killed, crashed, or hung
+        return (
+            f"The daemon of {home} last reported {int(age)} s ago and did not say it stopped: it was killed "
+            f"or is stuck (`stagewatch doctor`), so {stored}."
         )
     return None
+
+
+def _utc_second(seconds: Any) -> str | None:
+    """A time stamp (seconds since the epoch) as ISO text to the second; None for anything else
+    (status.json is a file a person can edit)."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # NaN, past year 9999
+        return None
 
 
 def _status(home: Path) -> dict[str, Any]:

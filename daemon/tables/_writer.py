@@ -208,7 +208,12 @@ class ReadModelWriter:
         now = time.monotonic()
         self._throttle.spent("checkpoint", now - cost_s, now)
 
-    def _write_status(self, projector: Projector) -> None:
+    def write_stopped(self, projector: Projector) -> None:
+        """status.json's last word from a daemon that stops cleanly: when it stopped, so that a
+        reader tells a daemon that stopped from one that went silent (killed, or stuck)."""
+        self._write_status(projector, stopped_at=time.time())
+
+    def _write_status(self, projector: Projector, stopped_at: float | None = None) -> None:
         status = {
             "pid": os.getpid(),
             "endpoint": self.status_endpoint,
@@ -230,5 +235,7 @@ class ReadModelWriter:
             "late_events": projector.late_events,
             "foreign_events": projector.foreign_events,
         }
+        if stopped_at is not None:
+            status["stopped_at"] = stopped_at
         clear_way(STATUS, self.home)
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())

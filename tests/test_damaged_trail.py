@@ -88,6 +88,9 @@ WRONG_SHAPES: list[dict[str, Any]] = [
     {"config": "x"},
     {"started_at": 12},
     {"duration_ms": "abc"},
+    {"duration_ms": float("nan")},  # json.dumps writes NaN, which Python's json reads back
+    {"duration_ms": 1e308},  # printed as a 300-digit number of hours on the Run page
+    {"config": {"gain": float("inf")}},
 ]
 
 
@@ -154,3 +157,38 @@ def _performance_stats(home: Path) -> str:
     stats, unread = window_stats(home, Filters(), points, stage_order(points))
     assert stats["stage"].tolist() == ["detection"]
     return unread or ""
+
+
+BAD_LINE_VALUES: list[tuple[str, Any]] = [
+    ("duration_ms", float("nan")),
+    ("duration_ms", 1e308),
+    ("duration_ms", -5.0),
+    ("memory", {"rss_peak_mb": float("inf")}),
+    ("status", 7),
+]
+
+
+@pytest.mark.parametrize("key, value", BAD_LINE_VALUES, ids=[f"{k}={v}" for k, v in BAD_LINE_VALUES])
+def test_a_stage_line_of_values_no_stage_has_is_named_and_left_out(
+    trail: tuple[Path, str], tmp_path: Path, key: str, value: Any
+) -> None:
+    """A hand-edited line of stages.jsonl with NaN or 1e308 ms was decoded and printed as it was
+    (`show --json` wrote NaN, which is no JSON): each line is checked where it is read, and a line
+    of another shape is left out and named in `problems`, with what is wrong with it."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    run_id = trail[1]
+    path = home / "runs" / run_id / "stages.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    stage = json.loads(lines[0])
+    edited = json.dumps({**stage, key: value}, separators=(",", ":")).encode()
+    assert len(edited) <= len(lines[0])  # the head counts the file's bytes: the line keeps its length
+    lines[0] = edited.ljust(len(lines[0]))
+    path.write_bytes(b"\n".join(lines))
+    for json_args in (("--json",), ("--json", "--all")):
+        shown = sw("show", run_id, "--home", str(home), *json_args)
+        assert shown.returncode == 0, shown.stderr
+        trail_json = json.loads(shown.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+        assert [s["sample_id"] for s in trail_json["stages"]] == ["s1", "s2"]
+        said = [p for p in trail_json["problems"] if f"1 damaged lines of {path} skipped" in p]
+        assert said and "line 1: " in said[0] and "e+308" not in shown.stdout, trail_json["problems"]

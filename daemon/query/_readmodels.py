@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import stat
@@ -20,6 +21,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stagewatch._protocol import MAX_DURATION_MS, MAX_MEGABYTES
 from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
@@ -347,7 +349,7 @@ def stages_with_by_name(
         found = _STAGE_NAME.search(line)
         spelled = found.group(1) if found else b""
         name = names[spelled] if spelled in names else names.setdefault(spelled, _json_string(spelled))
-        if name is not None and on_page(name) and (decoded := _decoded(line)) is not None:
+        if name is not None and on_page(name) and (decoded := _stage_line(line)) is not None:
             page.append(decoded)
     ended = audit.get("stages", []) if lines is None else []  # a whole trail of an earlier version
     for entry in [*ended, *audit.get("running", [])]:
@@ -363,14 +365,6 @@ def _json_string(spelled: bytes) -> str | None:
     except ValueError:
         return None
     return name if isinstance(name, str) else None
-
-
-def _decoded(line: bytes) -> dict[str, Any] | None:
-    try:
-        decoded = json.loads(line)
-    except ValueError:  # a damaged line: skipped, as by every reader of the trail
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = None) -> Iterator[bytes]:
@@ -404,7 +398,7 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
     path = home.audit(run_id)
     lines = home.stage_lines(run_id)
     try:
-        audit = json.loads(path.read_bytes())
+        audit = _strict_json(path.read_bytes())
         _check_head(audit)
         audit["problems"] = []
     except FileNotFoundError:
@@ -428,6 +422,11 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
 
 
 _Size = Annotated[int, msgspec.Meta(ge=0)]
+# What the daemon can have written (its event schema's bounds): a hand edit may leave 1e308 or NaN,
+# which a reader would print in full. A run's duration: signed, as heads of earlier versions were.
+_Milliseconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION_MS)]
+_RunMilliseconds = Annotated[float, msgspec.Meta(ge=-MAX_DURATION_MS, le=MAX_DURATION_MS)]
+_Megabytes = Annotated[float, msgspec.Meta(ge=0, le=MAX_MEGABYTES)]
 
 
 class _Error(msgspec.Struct):
@@ -452,7 +451,7 @@ class _Head(msgspec.Struct):
     pipeline: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    duration_ms: float | None = None
+    duration_ms: _RunMilliseconds | None = None
     host: str | None = None
     pid: int | None = None
     dataset: str | None = None
@@ -478,6 +477,87 @@ def _check_head(audit: Any) -> None:
     """ValueError (msgspec's ValidationError is one) unless `audit` has a head's shape (`_Head`)."""
     msgspec.convert(audit, _Head)
     audit["stages_bytes"] = audit.get("stages_bytes") or 0
+
+
+class _Memory(msgspec.Struct):
+    rss_start_mb: _Megabytes | None = None
+    rss_peak_mb: _Megabytes | None = None
+    rss_end_mb: _Megabytes | None = None
+    gpu_peak_mb: _Megabytes | None = None
+
+
+class _StageLine(msgspec.Struct):
+    """The shape of a line of stages.jsonl (`_projection.audit_json`) as far as readers rely on
+    it, checked where each line is read: a line of another shape, or of values no stage has, is a
+    damaged line (skipped and counted in `problems`, never printed). Keys it does not name are kept."""
+
+    stage: str
+    status: str | None = None
+    span: int | None = None
+    client_id: str | None = None
+    start_ns: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: _Milliseconds | None = None
+    sample_id: str | None = None
+    input_path: str | None = None
+    parent_span: int | None = None
+    memory: _Memory | None = None
+    error: dict[str, Any] | None = None
+    artifacts: list[dict[str, Any]] = []
+
+
+def _stage_line(line: bytes) -> dict[str, Any] | None:
+    """A stage line decoded, or None where it is damaged (not JSON, or not of `_StageLine`'s shape)."""
+    if _line_problem(line) is not None:
+        return None
+    return _strict_json(line)
+
+
+def _line_problem(line: bytes) -> str | None:
+    """What is wrong with a stage line (msgspec's words), None if it is JSON of `_StageLine`'s
+    shape (msgspec refuses NaN and Infinity, as JSON does), building nothing but the checked fields."""
+    try:
+        msgspec.json.decode(line, type=_StageLine)
+    except msgspec.DecodeError as error:  # ValidationError is one
+        return str(error)
+    return None
+
+
+class _DamagedLines:
+    """The damaged lines a read of stages.jsonl skipped: how many, and the first (its number and
+    what is wrong with it), said in the trail's `problems`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.first = ""
+
+    def skipped(self, number: int, problem: str) -> None:
+        if not self.count:
+            self.first = f"line {number}: {problem}"
+        self.count += 1
+
+    def say(self, problems: list[str]) -> None:
+        if self.count:
+            problems.append(f"{self.count} damaged lines of {self.path} skipped (the first, {self.first})")
+
+
+def _strict_json(data: bytes) -> Any:
+    """JSON as the daemon writes it: NaN, Infinity and numbers past a float's range (1e999), which
+    Python's json module takes and writes again, are refused (ValueError)."""
+    return json.loads(data, parse_constant=_refused_constant, parse_float=_finite_float)
+
+
+def _refused_constant(name: str) -> float:
+    raise ValueError(f"{name} is no JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is past a float's range")
+    return value
 
 
 def _unreadable_lines(path: Path) -> str | None:
@@ -536,7 +616,8 @@ class StageLines:
 
     def page(self, offset: int, limit: int, problems: list[str]) -> list[dict[str, Any]]:
         """Stages `offset` to `offset + limit`, decoded; damaged lines are skipped and counted."""
-        stages, seen, damaged = [], 0, 0
+        stages: list[dict[str, Any]] = []
+        seen, damaged = 0, _DamagedLines(self.path)
         for chunk in self._chunks():
             if len(stages) >= limit:
                 break
@@ -544,14 +625,15 @@ class StageLines:
                 seen += count
                 continue
             lines = chunk.split(b"\n")[:-1]
-            for line in lines[max(0, offset - seen) :][: limit - len(stages)]:
-                try:
-                    stages.append(json.loads(line))
-                except ValueError:
-                    damaged += 1
+            first = max(0, offset - seen)
+            for number, line in enumerate(lines[first:][: limit - len(stages)], seen + first + 1):
+                problem = _line_problem(line)
+                if problem is None:
+                    stages.append(_strict_json(line))
+                else:
+                    damaged.skipped(number, problem)
             seen += len(lines)
-        if damaged:
-            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        damaged.say(problems)
         return stages
 
     def with_marker(self, marker: bytes, limit: int) -> Iterator[dict[str, Any]]:
@@ -559,11 +641,10 @@ class StageLines:
         if limit <= 0:
             return
         for line in self.marked(marker):
-            try:
-                yield json.loads(line)
+            stage = _stage_line(line)  # a damaged line: skipped (`page` and `items` count them)
+            if stage is not None:
+                yield stage
                 limit -= 1
-            except ValueError:
-                pass
             if limit <= 0:
                 return
 
@@ -578,21 +659,22 @@ class StageLines:
 
     def items(self, problems: list[str]) -> Iterator[bytes]:
         """The stages as JSON array items, a chunk's worth joined by commas."""
-        damaged = 0
+        seen, damaged = 0, _DamagedLines(self.path)
         for chunk in self._chunks():
             good = []
-            for line in chunk.split(b"\n")[:-1]:
+            lines = chunk.split(b"\n")[:-1]
+            for number, line in enumerate(lines, seen + 1):
                 if not line.strip():
                     continue
-                try:
-                    msgspec.json.decode(line, type=msgspec.Raw)  # checks it is JSON, builds nothing
+                problem = _line_problem(line)
+                if problem is None:
                     good.append(line)
-                except msgspec.DecodeError:
-                    damaged += 1
+                else:
+                    damaged.skipped(number, problem)
+            seen += len(lines)
             if good:
                 yield b",".join(good)
-        if damaged:
-            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        damaged.say(problems)
 
 
 def _error_of(stage: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,10 @@ A run's wall time is its start to its end (the runs table); its top-level stages
 (`parent_span` null: a nested stage lies inside its parent) cover the union of their
 intervals. What they leave is data loading, I/O and the pipeline's own glue. Each gap is
 charged to the sample whose stage follows it (the time spent getting that sample to the
-stage); the time after the last stage is the run's tail, charged to no sample. So, per run,
-the stages' union plus the gaps is the wall time.
+stage); the gaps before stages of no sample are one bucket of the run (as a sample's are); the
+time after the last stage is the run's tail, a bucket of its own (it is no stage's: added to the
+gaps before stages of no sample, it made them look slow). So, per run, the stages' union plus
+the gaps is the wall time.
 
 All in SQL over `stage_executions`: a window function gives each stage the furthest end
 of the stages that started before it; the stretch from there to its start is uncovered.
@@ -43,29 +45,29 @@ spans AS (
     {{where}}
 ),
 before_stages AS (
-    SELECT run_number, sample_id, greatest(run_start, coalesce(max(span_end) OVER (
+    SELECT run_number, sample_id, FALSE AS tail, greatest(run_start, coalesce(max(span_end) OVER (
         PARTITION BY run_number ORDER BY span_start, span_end ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
     ), run_start)) AS gap_start, least(span_start, run_end) AS gap_end
     FROM spans
 ),
 tails AS (
-    SELECT r.run_number, NULL::VARCHAR AS sample_id,
+    SELECT r.run_number, NULL::VARCHAR AS sample_id, TRUE AS tail,
            greatest(r.run_start, coalesce(e.last_end, r.run_start)) AS gap_start,
            coalesce(r.run_end, e.last_end) AS gap_end
     FROM runs_in AS r LEFT JOIN (SELECT run_number, max(span_end) AS last_end FROM spans GROUP BY run_number) AS e
     USING (run_number)
 ),
 gaps AS (
-    SELECT run_number, sample_id, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
+    SELECT run_number, sample_id, tail, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
     FROM (SELECT * FROM before_stages UNION ALL SELECT * FROM tails)
     WHERE gap_end IS NOT NULL
 )"""
 
 # Both answers of the time outside stages in one pass over the spans: the distribution of the
-# uncovered ms per sample of each run (and each run's tail), and per finished run its wall time
-# and the part of it outside stages.
+# uncovered ms per sample of each run (its stages of no sample one bucket, its tail another), and
+# per finished run its wall time and the part of it outside stages.
 _OUTSIDE = f"""
-, per_sample AS MATERIALIZED (SELECT run_number, sample_id, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
+, per_sample AS MATERIALIZED (SELECT run_number, sample_id, tail, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
 SELECT
     (SELECT {{'n': count(*), 'total': sum(gap_ms), 'peak': max(gap_ms),
               'quantiles': quantile_cont(gap_ms, {list(PERCENTILES)})}} FROM per_sample) AS samples,

@@ -16,6 +16,7 @@ import pytest
 import stagewatch
 from tests.conftest import DaemonProcess
 from tests.test_cli import sw
+from tests.test_compare import damage_the_file_holding
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,26 @@ def test_a_stage_line_of_values_no_stage_has_is_named_and_left_out(
         assert [s["sample_id"] for s in trail_json["stages"]] == ["s1", "s2"]
         said = [p for p in trail_json["problems"] if f"1 damaged lines of {path} skipped" in p]
         assert said and "line 1: " in said[0] and "e+308" not in shown.stdout, trail_json["problems"]
+
+
+def test_stages_in_a_damaged_data_file_are_not_counted_as_time_outside_stages(
+    trail: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A data file of stage_executions damaged: the query left its rows out, and the time of those
+    stages was counted in the run's `(outside stages)` row. The row is left out, the file named
+    in its place (show, stats, the Run page), as for a runs table that cannot be read."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    run_id = trail[1]
+    damaged = damage_the_file_holding(home, "stage_executions", run_id)
+    said = "not shown: the stage_executions table has damaged data files ("
+
+    shown = sw("show", run_id, "--home", str(home))
+    assert shown.returncode == 0, shown.stderr
+    assert said in shown.stdout and damaged in shown.stdout and "stagewatch rebuild" in shown.stdout
+    assert "+ outside stages" not in shown.stdout  # no wall time split claims the stages' time
+    stats_json = json.loads(sw("stats", "--home", str(home), "--run", run_id, "--json").stdout)
+    assert not [e for e in stats_json if e.get("outside_stages")] and said in stats_json[-1]["problem"]
+    from stagewatch.ui import _data
+
+    assert said in _data.run_view(home, run_id)["outside_problem"]  # the Run page's warning in the row's place

@@ -20,12 +20,26 @@ from typing import Any
 
 import pyarrow as pa
 
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._query import PERCENTILES, Filters, Where, _distribution, rows_of, run_where, stage_where
-from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.query._sql import homes_of, select, skipped_files, skipped_for_run
+from stagewatch.daemon.tables._tables import DamagedTable
 
 # Not a stage name (parentheses and a space: client/_names.py allows neither), so it never
 # collides with a stage's row beside it.
 OUTSIDE_STAGES = "(outside stages)"
+
+
+class StagesLeftOut(DamagedTable):
+    """The time outside stages is not given: damaged data files of `stage_executions` that may
+    hold rows of its runs were left out of its query, and their stages' time would look
+    uncovered (callers say `_readmodels.table_not_read` of it, as of a runs table not read)."""
+
+    def __init__(self, files: list[str]) -> None:
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        self.table = "stage_executions"
+        self.why = f"has damaged data files ({shown}) whose stages' time would count as outside stages"
+        ValueError.__init__(self, f"the {self.table} table {self.why}; stop the daemon, then `stagewatch rebuild`")
 
 # A run is partitioned by its number in the list, not its id: a window sorts its partition key
 # with the spans, and an integer sorts much faster than a UUID's text.
@@ -116,10 +130,15 @@ def outside_stages(home: Path, filters: Filters) -> tuple[dict[str, Any] | None,
     p99/max; `sum` the total), None when there is none or the filters pick out stages by name or
     status (then the wall time is not what is asked); and per finished run its run_id, wall_ms
     (start to end), outside_ms (no stage running) and stages_ms (the union of its top-level
-    stages: wall minus outside)."""
+    stages: wall minus outside). StagesLeftOut (a DamagedTable) when damaged data files of the
+    runs' stage rows were left out: their time is no time outside stages."""
     if filters.stage or filters.status:
         return None, []
-    (answer,) = _gaps_query(home, filters, _OUTSIDE).to_pylist()
+    with skipped_files() as skipped:
+        (answer,) = _gaps_query(home, filters, _OUTSIDE).to_pylist()
+    left_out = _stage_files_of(home, filters, skipped)
+    if left_out:
+        raise StagesLeftOut(left_out)
     split = [run | {"stages_ms": run["wall_ms"] - run["outside_ms"]} for run in answer["runs"] or []]
     samples = answer["samples"]
     if not samples["n"]:
@@ -132,6 +151,14 @@ def outside_stages(home: Path, filters: Filters) -> tuple[dict[str, Any] | None,
         "duration_ms": _distribution(samples["n"], samples["total"], samples["quantiles"], samples["peak"]),
     }
     return row, split
+
+
+def _stage_files_of(home: Path, filters: Filters, skipped: list[str]) -> list[str]:
+    """Of the damaged files a read left out, those of `stage_executions` that may hold rows of the
+    runs `filters` selects (one run: the files the Delta log's run-id figures do not rule out)."""
+    folders = [DaemonHome.of(one).table("stage_executions") for one in homes_of(home)]
+    files = [path for path in skipped if any(Path(path).is_relative_to(folder) for folder in folders)]
+    return skipped_for_run(home, files, filters.run) if filters.run and files else files
 
 
 def with_outside_stages(home: Path, filters: Filters, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from stagewatch.cli._options import (
     json_option,
     paging_int,
     positive_int,
+    warn_of_rebuilds,
 )
 from stagewatch.cli._report import cell, executions_table, format_accuracy, name_cell, stats_table
 from stagewatch.daemon.base._layout import DaemonHome
@@ -320,6 +321,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from stagewatch.daemon.query._readmodels import load_accuracy
 
     home = home_of(args).root
+    warn_of_rebuilds([home])
     if args.all and not args.json:
         return fail("--all goes with --json (the whole trail as one JSON document)", EXIT_USAGE)
     try:

@@ -315,3 +315,23 @@ def test_reads_made_at_once_tell_their_caller_which_damaged_file_they_left_out(h
         )
     assert skipped == [holding]
     assert broken.num_rows < query_stages(home, Filters(run=ids["broken"])).num_rows
+
+
+def test_a_whole_table_read_leaves_out_a_data_file_gone_and_names_it(history, tmp_path: Path) -> None:
+    """`read_table` (the Failures and Live pages, retention) opened every file its snapshot
+    listed before reading: one gone (deleted by hand, or moved away by a daemon that set the
+    table aside to rebuild it) raised FileNotFoundError. It is named and left out, as a damaged one."""
+    import shutil
+
+    from stagewatch.daemon.query._readmodels import read_table
+    from stagewatch.daemon.query._sql import DamagedPartWarning, skipped_files, snapshot_files
+
+    home, _ = history
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("*.sock", "daemon.lock"))
+    whole = read_table(copy, "stage_executions").num_rows
+    gone = snapshot_files(copy, "stage_executions")[0]
+    Path(gone).unlink()
+    with skipped_files() as skipped, pytest.warns(DamagedPartWarning, match="missing"):
+        rows = read_table(copy, "stage_executions")
+    assert skipped == [gone] and rows.num_rows < whole

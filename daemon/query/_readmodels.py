@@ -12,6 +12,7 @@ import math
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from stagewatch.daemon.projection._runstate import AUDIT_SCHEMA
 from stagewatch.daemon.query._sql import (
     MAX_ROWS,
     Homes,
+    QueryError,
     damaged_parts,
     empty_table,
     home_of_run,
@@ -40,7 +42,7 @@ from stagewatch.daemon.query._sql import (
     snapshot_files,
 )
 from stagewatch.daemon.tables._runindex import runs_with_prefix
-from stagewatch.daemon.tables._tables import DamagedTable
+from stagewatch.daemon.tables._tables import DamagedTable, first_line
 
 if TYPE_CHECKING:  # imported where a table is read whole: pyarrow.dataset brings pandas
     import pyarrow.dataset as ds
@@ -83,21 +85,47 @@ def read_table(
     # Settled before any early return: a table not written yet (a pipeline that never logs
     # has no logs table) answers with the same types as one that holds rows.
     schema = _as_dictionaries(schema_of(table), dictionary)
-    files = snapshot_files(home, table, dates)
-    if not files:
-        return _select(empty_table(schema), columns)
     import pyarrow.dataset as ds
 
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
-    dataset = _files_dataset(files, folder, file_format, schema)
+    files = snapshot_files(home, table, dates)
+    for again in (True, False):
+        if not files:
+            return _select(empty_table(schema), columns)
+        try:  # the dataset opens each file (a file gone raises FileNotFoundError here)
+            return _files_dataset(files, folder, file_format, schema).to_table(filter=expression, columns=columns)
+        except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page, a file gone
+            listed, files = files, snapshot_files(home, table, dates)
+            if not again or files == listed:
+                break
+            # The table changed under the read: compacted, or set aside (deleted, damaged) for the
+            # daemon to rebuild: its snapshot now is read instead (none: an empty table).
+    return _without_damaged(table, files, folder, file_format, schema, expression, columns)
+
+
+def _without_damaged(
+    table: str,
+    files: list[str],
+    folder: Path,
+    file_format: ds.FileFormat,
+    schema: pa.Schema,
+    expression: ds.Expression | None,
+    columns: list[str] | None,
+) -> pa.Table:
+    """The rows of the snapshot's files that read, each damaged one left out with a warning
+    (`damaged_parts`: deleted by hand, cut short, a bad footer); a QueryError that says what
+    failed when they do not read either (files that change under every read, say)."""
+    damaged = damaged_parts(files)
+    readable = [path for path in files if path not in damaged]
     try:
-        return dataset.to_table(filter=expression, columns=columns)
-    except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
-        damaged = damaged_parts(files)
-        if not damaged:
-            raise
-        readable = [path for path in files if path not in damaged]
+        if not readable:
+            return _select(empty_table(schema), columns)
         return _files_dataset(readable, folder, file_format, schema).to_table(filter=expression, columns=columns)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise QueryError(
+            f"the {table} table could not be read ({first_line(error)}): ask again in a moment; "
+            "if it stays so, `stagewatch doctor` says what is wrong"
+        ) from None
 
 
 def _as_dictionaries(schema: pa.Schema, dictionary: tuple[str, ...]) -> pa.Schema:
@@ -204,6 +232,40 @@ def active_runs(home: Path) -> list[dict[str, Any]]:
     """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
     status = peek(STATUS, DaemonHome.of(home)) or {}
     return [run for run in status.get("active_runs", []) if isinstance(run, dict)]
+
+
+# A rebuild reports its progress each second: a report older than this is of a daemon that died in it.
+REBUILD_SILENT_S = 30.0
+
+
+def tables_being_rebuilt(home: Homes) -> list[str]:
+    """A sentence per home whose daemon is rebuilding tables from its event log (status.json's
+    `rebuilding`, `tables._writer.Rebuilding`): those tables hold part of their rows, or none, until
+    it is done; or whose daemon stopped in such a rebuild (its next start finishes it)."""
+    said = []
+    for one in homes_of(home):
+        status = peek(STATUS, DaemonHome.of(one)) or {}
+        rebuilding = status.get("rebuilding")
+        if not isinstance(rebuilding, dict) or not isinstance(rebuilding.get("tables"), list):
+            continue
+        tables = ", ".join(str(name) for name in rebuilding["tables"])
+        if time.time() - (status.get("updated_at") or 0) > REBUILD_SILENT_S:
+            said.append(
+                f"the daemon of {one} stopped while it rebuilt the {tables} table(s) from its event log: they "
+                "lack rows until a daemon starts there again (its start finishes the rebuild)"
+            )
+            continue
+        done, total = rebuilding.get("replayed_bytes"), rebuilding.get("log_bytes")
+        how_far = f", {done / total:.0%} of the log replayed" if _is_size(done) and _is_size(total) and total else ""
+        said.append(
+            f"the daemon of {one} is rebuilding the {tables} table(s) from its event log{how_far}: their rows are "
+            "partial (or none) until it is done; ask again in a moment"
+        )
+    return said
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def active_runs_in(home: Homes) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ class StagesLeftOut(DamagedTable):
         self.why = f"has damaged data files ({shown}) whose stages' time would count as outside stages"
         ValueError.__init__(self, f"the {self.table} table {self.why}; stop the daemon, then `stagewatch rebuild`")
 
+
 # A run is partitioned by its number in the list, not its id: a window sorts its partition key
 # with the spans, and an integer sorts much faster than a UUID's text.
 _RUNS = """runs_in AS (

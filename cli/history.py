@@ -156,7 +156,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         return EXIT_OK
     logs = matched["logs"]
     if args.level or args.logger:  # filters of log lines alone: no run or stage execution has a level
-        print(f"{len(logs)} log line(s){_of_level(args)}, in time order")
+        print(f"{len(logs)} log line(s){_of_level(args)}{_of_status(args)}, in time order")
     else:
         _print_stages(matched, held, args)
         if logs:
@@ -196,6 +196,13 @@ def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.
 def _host_cell(row: dict[str, Any]) -> str:
     """The row's host first, when it has one (rows read over several homes)."""
     return f"{row['host'] or '-':<14} " if "host" in row else ""
+
+
+def _of_status(args: argparse.Namespace) -> str:
+    """' of stage executions that ended failed' as --status says (log lines logged in them)."""
+    from stagewatch.daemon.query._export import matched_by
+
+    return f" of {matched_by(args.status)}" if args.status else ""
 
 
 def _of_level(args: argparse.Namespace) -> str:

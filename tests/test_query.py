@@ -106,6 +106,12 @@ def test_a_status_brings_the_log_lines_of_what_it_matched_and_says_so(history) -
     assert "log lines at ERROR or above logged in those stage executions, in time order:" in text
     everything = q(home)
     assert len(everything["logs"]) == 160 and everything["holds"]["logs"] == "log lines"
+    # a level with a status: the lines of that level of what the status matched, not of every run
+    assert [line["message"] for line in q(home, "--status", "failed", "--level", "info")["logs"]] == [
+        "calibration missing on f7"
+    ]
+    leveled = sw("query", "--home", str(home), "--status", "failed", "--level", "info").stdout
+    assert leveled.startswith("1 log line(s) at INFO or above of stage executions that ended failed, in time order")
 
 
 def test_query_by_run_returns_the_complete_history(history) -> None:

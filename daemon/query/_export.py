@@ -27,14 +27,15 @@ def matching(home: Path, filters: Filters, tables: tuple[str, ...] = TABLES) -> 
     """Rows of every table that match `filters`, as JSON-ready dicts: runs, stages, logs (what
     each holds: `holds(filters)`). A filter only log lines have (a level, a logger) matches log
     lines alone: runs and stage executions have no level, so none of them is "of level WARNING".
-    A status matches runs or stage executions; the log lines are then theirs (`_lines_of`).
+    A status matches runs or stage executions; the log lines are then theirs (`_lines_of`), at the
+    level and of the logger asked for, if any (the runs and executions themselves are left out then).
     `tables`: only those (the Logs page downloads its log lines, `export --table logs` the same).
     Read over several homes, stage executions and log lines name their run's host too
     (`_hosts.with_hosts`)."""
     unknown = [name for name in tables if name not in TABLES]
     if unknown:
         raise ValueError(f"expected tables of {', '.join(TABLES)}, got {', '.join(map(repr, unknown))}")
-    if filters.level or filters.logger:
+    if (filters.level or filters.logger) and not filters.status:
         logs = with_hosts(home, query_logs(home, filters))
         return {name: _rows(logs) if name == "logs" else [] for name in tables}
     if tables == ("logs",) and not filters.status:
@@ -51,6 +52,8 @@ def matching(home: Path, filters: Filters, tables: tuple[str, ...] = TABLES) -> 
         stages = query_stages(home, filters)
         runs = query_runs(home, filters)
     logs = with_hosts(home, _lines_of(home, filters, runs, stages))
+    if filters.level or filters.logger:  # no run or stage execution has a level: their lines alone
+        return {name: _rows(logs) if name == "logs" else [] for name in tables}
     every = {"runs": runs, "stages": with_hosts(home, stages), "logs": logs}
     return {name: _rows(every[name]) for name in tables}
 
@@ -66,7 +69,7 @@ def _lines_of(home: Path, filters: Filters, runs: pa.Table, stages: pa.Table) ->
     if filters.status in RUN_ONLY:
         lines = query_logs(home, replace(filters, status=None))
         return lines.filter(pc.is_in(lines["run_id"], value_set=runs["run_id"].combine_chunks()))
-    lines = query_logs(home, replace(filters, status=None, level=ERROR_LINES))
+    lines = query_logs(home, replace(filters, status=None, level=filters.level or ERROR_LINES))
     executions = set(zip(*(stages[name].to_pylist() for name in EXECUTION_OF_LINE), strict=True))
     mine = [key in executions for key in zip(*(lines[name].to_pylist() for name in EXECUTION_OF_LINE), strict=True)]
     return lines.filter(pa.array(mine, pa.bool_()))
@@ -75,19 +78,30 @@ def _lines_of(home: Path, filters: Filters, runs: pa.Table, stages: pa.Table) ->
 def holds(filters: Filters) -> dict[str, str]:
     """What each list `matching(filters)` returns holds, in words (`query` says it in its text and
     its JSON: a status filters runs or stage executions, and the log lines follow them)."""
+    level = f" at {filters.level.upper()} or above" if filters.level else ""
+    level += f" from logger {filters.logger}" if filters.logger else ""
+    if filters.status in RUN_ONLY:
+        held = {"runs": matched_by(filters.status), "stages": "their stage executions"}
+        held["logs"] = f"their log lines{level}"
+    elif filters.status:
+        held = {
+            "runs": f"runs with a stage execution that ended {filters.status}",
+            "stages": matched_by(filters.status),
+            "logs": f"log lines{level or f' at {ERROR_LINES} or above'} logged in those stage executions",
+        }
+    else:
+        held = {"runs": "runs", "stages": "stage executions", "logs": f"log lines{level}"}
     if filters.level or filters.logger:
         none = "none: a log level or logger filters log lines alone"
-        return {"runs": none, "stages": none, "logs": "log lines of that level or logger"}
-    if filters.status in RUN_ONLY:
-        ended = "still running" if filters.status == "running" else f"that ended {label(filters.status)}"
-        return {"runs": f"runs {ended}", "stages": "their stage executions", "logs": "their log lines"}
-    if filters.status:
-        return {
-            "runs": f"runs with a stage execution that ended {filters.status}",
-            "stages": f"stage executions that ended {filters.status}",
-            "logs": f"log lines at {ERROR_LINES} or above logged in those stage executions",
-        }
-    return {"runs": "runs", "stages": "stage executions", "logs": "log lines"}
+        held |= {"runs": none, "stages": none}
+    return held
+
+
+def matched_by(status: str) -> str:
+    """What a status matches, in words: 'stage executions that ended failed', 'runs still running'."""
+    if status in RUN_ONLY:
+        return "runs still running" if status == "running" else f"runs that ended {label(status)}"
+    return f"stage executions that ended {status}"
 
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -92,10 +92,14 @@ WRONG_SHAPES: list[dict[str, Any]] = [
     {"duration_ms": float("nan")},  # json.dumps writes NaN, which Python's json reads back
     {"duration_ms": 1e308},  # printed as a 300-digit number of hours on the Run page
     {"config": {"gain": float("inf")}},
+    {"pid": 10**300},  # each printed in full by `show` (a 300-digit line)
+    {"counts": {"artifacts": 10**300}},
+    {"errors_dropped": 10**300},
+    {"started_at": "x" * 300},
 ]
 
 
-@pytest.mark.parametrize("edit", WRONG_SHAPES, ids=[json.dumps(e) for e in WRONG_SHAPES])
+@pytest.mark.parametrize("edit", WRONG_SHAPES, ids=[json.dumps(e)[:40] for e in WRONG_SHAPES])
 def test_an_audit_json_of_the_wrong_shape_is_a_damaged_one(trail: tuple[Path, str], edit: dict[str, Any]) -> None:
     home, run_id = trail
     path = home / "runs" / run_id / "audit.json"
@@ -166,6 +170,8 @@ BAD_LINE_VALUES: list[tuple[str, Any]] = [
     ("duration_ms", -5.0),
     ("memory", {"rss_peak_mb": float("inf")}),
     ("status", 7),
+    ("start_ns", -1),
+    ("finished_at", "yesterday"),
 ]
 
 

@@ -22,7 +22,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stagewatch._protocol import MAX_DURATION_MS, MAX_MEGABYTES
+from stagewatch._protocol import MAX_DURATION_MS, MAX_INT, MAX_MEGABYTES, MAX_TS_NS
 from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
@@ -483,7 +483,9 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
     return audit, StageLines(lines, size, audit.pop("stages_ended", None) if on_disk >= size else None)
 
 
-_Size = Annotated[int, msgspec.Meta(ge=0)]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]  # a count too: 10**300 is no count a reader prints
+_Span = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+_Nanoseconds = Annotated[int, msgspec.Meta(ge=0, lt=MAX_TS_NS)]
 # What the daemon can have written (its event schema's bounds): a hand edit may leave 1e308 or NaN,
 # which a reader would print in full. A run's duration: signed, as heads of earlier versions were.
 _Milliseconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION_MS)]
@@ -498,7 +500,7 @@ class _Error(msgspec.Struct):
     sample_id: Any
     type: Any
     message: Any
-    at: str | None
+    at: datetime | None
 
 
 class _Head(msgspec.Struct):
@@ -511,20 +513,20 @@ class _Head(msgspec.Struct):
     status: str
     complete: bool = False
     pipeline: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
+    started_at: datetime | None = None  # RFC 3339 text, as the daemon writes times
+    finished_at: datetime | None = None
     duration_ms: _RunMilliseconds | None = None
     host: str | None = None
-    pid: int | None = None
+    pid: _Size | None = None
     dataset: str | None = None
     argv: list[Any] = []
     config: dict[str, Any] = {}
     environment: dict[str, Any] = {}
     error: dict[str, Any] | None = None
-    counts: dict[str, int] = {}
+    counts: dict[str, _Size] = {}
     errors: list[_Error] = []
-    errors_dropped: int = 0
-    events_lost: int = 0
+    errors_dropped: _Size = 0
+    events_lost: _Size = 0
     gpu_sources: dict[str, str] = {}
     lost: dict[str, dict[str, Any]] = {}
     gaps: list[dict[str, Any]] = []
@@ -555,15 +557,15 @@ class _StageLine(msgspec.Struct):
 
     stage: str
     status: str | None = None
-    span: int | None = None
+    span: _Span | None = None
     client_id: str | None = None
-    start_ns: int | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
+    start_ns: _Nanoseconds | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     duration_ms: _Milliseconds | None = None
     sample_id: str | None = None
     input_path: str | None = None
-    parent_span: int | None = None
+    parent_span: _Span | None = None
     memory: _Memory | None = None
     error: dict[str, Any] | None = None
     artifacts: list[dict[str, Any]] = []

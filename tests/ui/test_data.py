@@ -24,6 +24,7 @@ from stagewatch.ui._data import (
 )
 from tests.conftest import run_pipeline, wait_for
 from tests.daemon.test_compaction import T0, _rows
+from tests.test_cli import sw
 
 
 @pytest.fixture
@@ -244,3 +245,7 @@ def test_the_banner_says_a_daemon_stopped_when_it_stopped_and_silent_when_it_was
     daemon.kill()
     silent = daemon_problem(home, stale_after_s=0)
     assert silent is not None and "did not say it stopped: it was killed or is stuck" in silent, silent
+    rebuilt = sw("rebuild", "--home", str(home))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    after_rebuild = daemon_problem(home, stale_after_s=0)  # its status.json is the rebuild's
+    assert after_rebuild is not None and "stopped at" in after_rebuild, after_rebuild

@@ -33,6 +33,7 @@ from stagewatch.daemon import (
     query_gpu_devices,
     query_logs,
 )
+from stagewatch.daemon.base._derived import STATUS, peek, problem
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
 from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
@@ -527,6 +528,9 @@ def disk_problems(home: Path) -> list[str]:
 def daemon_problem(home: Path, stale_after_s: float = 30.0) -> str | None:
     """Why nothing new will arrive, in words; None while the daemon writes its status."""
     status = _status(home)
+    damaged = problem(STATUS, DaemonHome.of(home))
+    if damaged is not None and DaemonHome.of(home).status.exists():
+        return f"The daemon's status file of {home} is damaged ({damaged}): `stagewatch doctor` says what to do."
     if not status:
         return (
             f"No daemon has run on {home} yet: start one with `stagewatch daemon --home {home}` (or `stagewatch demo`)."
@@ -559,11 +563,9 @@ def _utc_second(seconds: Any) -> str | None:
 
 
 def _status(home: Path) -> dict[str, Any]:
-    try:
-        status = json.loads(DaemonHome.of(home).status.read_text())
-    except (OSError, ValueError):
-        return {}
-    return status if isinstance(status, dict) else {}
+    """status.json as the daemon writes it; {} when it is missing or damaged (of another shape:
+    a hand edit; `daemon_problem` tells the two apart)."""
+    return peek(STATUS, DaemonHome.of(home)) or {}
 
 
 def resolve_artifact(home: Homes, relative: str) -> Path:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from stagewatch._protocol import MAX_DURATION_MS, MAX_INT, MAX_MEGABYTES, MAX_TS_NS
 from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._rows import RUNS
+from stagewatch.daemon.projection._rows import DAEMON_TABLES, RUNS
 from stagewatch.daemon.projection._runstate import AUDIT_SCHEMA
 from stagewatch.daemon.query._sql import (
     MAX_ROWS,
@@ -248,7 +248,9 @@ def tables_being_rebuilt(home: Homes) -> list[str]:
         rebuilding = status.get("rebuilding")
         if not isinstance(rebuilding, dict) or not isinstance(rebuilding.get("tables"), list):
             continue
-        tables = ", ".join(str(name) for name in rebuilding["tables"])
+        tables = ", ".join(name for name in rebuilding["tables"] if name in DAEMON_TABLES)
+        if not tables:  # a hand edit naming no table of ours
+            continue
         if time.time() - (status.get("updated_at") or 0) > REBUILD_SILENT_S:
             said.append(
                 f"the daemon of {one} stopped while it rebuilt the {tables} table(s) from its event log: they "

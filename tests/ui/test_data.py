@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from stagewatch.ui._data import (
     ArtifactRefused,
     _read_facets,
     daemon_problem,
+    disk_problems,
     facets,
     filter_time,
     log_histogram,
@@ -249,3 +251,17 @@ def test_the_banner_says_a_daemon_stopped_when_it_stopped_and_silent_when_it_was
     assert rebuilt.returncode == 0, rebuilt.stderr
     after_rebuild = daemon_problem(home, stale_after_s=0)  # its status.json is the rebuild's
     assert after_rebuild is not None and "stopped at" in after_rebuild, after_rebuild
+
+
+@pytest.mark.parametrize("edit", [{"updated_at": "x"}, {"disk": []}, {"stopped_at": "abc"}], ids=str)
+def test_a_status_json_of_the_wrong_shape_is_said_damaged_not_a_page_error(home: Path, edit: dict) -> None:
+    """status.json edited by hand: `"updated_at": "x"` raised ValueError in every page's banner."""
+    from stagewatch.daemon.base._layout import DaemonHome
+
+    path = DaemonHome(home).status
+    path.parent.mkdir(parents=True, exist_ok=True)
+    status = {"pid": 1, "endpoint": "ipc://x", "updated_at": 1.0, "stats": {}, "active_runs": [], "disk": {}}
+    path.write_text(json.dumps(status | edit))
+    said = daemon_problem(home)
+    assert said is not None and f"status file of {home} is damaged (wrong shape: " in said, said
+    assert disk_problems(home) == []

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,20 @@ def homes_of(args: argparse.Namespace) -> list[Path]:
 
 
 def home_or_homes(args: argparse.Namespace) -> Path | list[Path]:
-    """One home as a Path (the usual case: every reader takes it), several as a list."""
+    """One home as a Path (the usual case: every reader takes it), several as a list; a warning
+    first for each whose tables are being rebuilt (`warn_of_rebuilds`)."""
     homes = homes_of(args)
+    warn_of_rebuilds(homes)
     return homes[0] if len(homes) == 1 else homes
+
+
+def warn_of_rebuilds(homes: list[Path]) -> None:
+    """A warning (stderr, once) per home whose daemon is rebuilding tables from its event log:
+    what a reading command prints of them is partial until it is done."""
+    from stagewatch.daemon.query._readmodels import tables_being_rebuilt
+
+    for sentence in tables_being_rebuilt(homes):
+        warnings.warn(sentence, stacklevel=2)
 
 
 def json_option(parser: argparse.ArgumentParser, text: str = "print JSON") -> None:

@@ -22,6 +22,7 @@ from stagewatch.cli._options import (
     json_option,
     paging_int,
     positive_int,
+    warn_of_rebuilds,
 )
 from stagewatch.cli._report import cell, executions_table, format_accuracy, name_cell, stats_table
 from stagewatch.daemon.base._layout import DaemonHome
@@ -134,6 +135,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from stagewatch.daemon.query._export import holds
+
     matched = _matching(args)
     if matched is None:
         return EXIT_NOT_FOUND
@@ -143,32 +146,21 @@ def cmd_query(args: argparse.Namespace) -> int:
         run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
         holder = next((h for h in homes_of(args) if run_id and DaemonHome.of(h).run(run_id).is_dir()), None)
         matched["audit"] = load_audit(holder, run_id, limit=args.limit) if holder else None
+    held = holds(filters_of(args, home_or_homes(args)))
     if args.json:
         limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
         # how many each list holds, so a reader knows when --limit cut one
         limited["counts"] = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
+        limited["holds"] = held  # what each list is, in words (a status filters runs or executions)
         print(json.dumps(limited, indent=1, default=str))
         return EXIT_OK
     logs = matched["logs"]
     if args.level or args.logger:  # filters of log lines alone: no run or stage execution has a level
-        print(f"{len(logs)} log line(s){_of_level(args)}, in time order")
+        print(f"{len(logs)} log line(s){_of_level(args)}{_of_status(args)}, in time order")
     else:
-        stages = matched["stages"]
-        shown = [row for row in stages if row["status"] != "ok" or args.stage or args.run][: args.limit]
-        print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(logs)} log line(s)")
-        if shown:
-            print("stage executions" + ("" if args.stage or args.run else " that did not end ok") + ":")
-        for row in shown:
-            print(
-                f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
-                f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
-                f"{row['error_message'] or ''}"
-            )
-        listed = [row for row in stages if row["status"] != "ok" or args.stage or args.run]
-        if len(listed) > len(shown):
-            print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
+        _print_stages(matched, held, args)
         if logs:
-            print("log lines, in time order:")
+            print(f"{held['logs']}, in time order:")
     for row in logs[: args.limit]:
         print(
             f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
@@ -179,9 +171,38 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.Namespace) -> None:
+    """The counts, and the stage executions: those the filters name (a stage, a status, a run),
+    else those that did not end ok (the ok ones are counted)."""
+    stages = matched["stages"]
+    named = bool(args.stage or args.run or args.status)
+    listed = [row for row in stages if row["status"] != "ok" or named]
+    shown = listed[: args.limit]
+    print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(matched['logs'])} log line(s)")
+    if args.status:
+        print(f"  ({held['runs']}; {held['stages']}; {held['logs']})")
+    if shown:
+        print(f"{held['stages'] if named else 'stage executions that did not end ok'}:")
+    for row in shown:
+        print(
+            f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
+            f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
+            f"{row['error_message'] or ''}"
+        )
+    if len(listed) > len(shown):
+        print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
+
+
 def _host_cell(row: dict[str, Any]) -> str:
     """The row's host first, when it has one (rows read over several homes)."""
     return f"{row['host'] or '-':<14} " if "host" in row else ""
+
+
+def _of_status(args: argparse.Namespace) -> str:
+    """' of stage executions that ended failed' as --status says (log lines logged in them)."""
+    from stagewatch.daemon.query._export import matched_by
+
+    return f" of {matched_by(args.status)}" if args.status else ""
 
 
 def _of_level(args: argparse.Namespace) -> str:
@@ -307,6 +328,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from stagewatch.daemon.query._readmodels import load_accuracy
 
     home = home_of(args).root
+    warn_of_rebuilds([home])
     if args.all and not args.json:
         return fail("--all goes with --json (the whole trail as one JSON document)", EXIT_USAGE)
     try:
@@ -416,10 +438,10 @@ def _print_errors(audit: dict[str, Any], failed: list[dict[str, Any]]) -> None:
     tracebacks = {(s.get("client_id"), s.get("span")): (s.get("error") or {}).get("traceback") for s in failed}
     errors = audit.get("errors", [])
     for error in errors[:SHOW_ERRORS]:
-        print(
-            f"\n{error['stage']} failed on {error['sample_id']} at {error['at']}: {error['type']}: {error['message']}"
-        )
-        print(f"  input: {error.get('input_path')}")
+        sample = f" on {error['sample_id']}" if error.get("sample_id") is not None else ""
+        print(f"\n{error['stage']} failed{sample} at {error['at']}: {error['type']}: {error['message']}")
+        if error.get("input_path") is not None:  # a stage the pipeline gave no input has none to show
+            print(f"  input: {error['input_path']}")
         traceback = tracebacks.get((error.get("client_id"), error.get("span")))
         if traceback:
             print("  " + traceback.rstrip().replace("\n", "\n  "))

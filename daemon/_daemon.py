@@ -54,7 +54,7 @@ from stagewatch.daemon.tables._checkpoint import (
 )
 from stagewatch.daemon.tables._runindex import RunIndex
 from stagewatch.daemon.tables._store import DAEMON_TABLES
-from stagewatch.daemon.tables._writer import ReadModelWriter
+from stagewatch.daemon.tables._writer import ReadModelWriter, Rebuilding
 
 POLL_MS = 100
 # Rows waiting for the next flush are queued for writing at once past this many. Memory: at
@@ -228,6 +228,8 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.flush(final=True)
         self.writer.threads.close()
+        with contextlib.suppress(OSError):  # a full disk: readers see a silent daemon, not a stopped one
+            self.writer.write_stopped(self.projector)
         self.worker.stop()
         self.release()
         logger.info("stagewatch daemon stopped: {}", self.stats.line())
@@ -279,15 +281,23 @@ class Daemon:
         again by a new accuracy worker."""
         self.worker.stop()  # it commits to `samples`: not while tables are moved
         self.writer.drain()  # the writes that can be done (a queue halted on the damaged table stays so)
-        moved = set_aside_while_running(self.home, {**self.writer.watch.take(), **unusable})
+        unusable = {**self.writer.watch.take(), **unusable}
+        rebuilding = Rebuilding(sorted(set(unusable) & set(DAEMON_TABLES)), self.writer, self.projector)
+        rebuilding.said(0, 0)  # before the tables are moved: a reader meeting none knows why
+        moved = set_aside_while_running(self.home, unusable)
         if moved & set(DAEMON_TABLES):
             names = ", ".join(sorted(moved))
             logger.warning("rebuilding the {} table(s): the event log is replayed from its start", names)
             self.writer.start_over()
             self._restore({})
             self.writer.commits.committed_lsn.update(tables_committed(self.home))
-            replayed, _ = self._replay_from(0, lambda done, total: self.maintenance.alive())
-            self.flush()
+
+            def progress(done: int, total: int) -> None:
+                self.maintenance.alive()
+                rebuilding.said(done, total)
+
+            replayed, _ = self._replay_from(0, progress)
+            self.flush()  # its status says no rebuild any more
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
         self.writer.watch.take()  # what was found meanwhile is of the tables set aside
         self.worker.start()

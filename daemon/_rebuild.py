@@ -68,6 +68,7 @@ def _build(staging: DaemonHome, home: DaemonHome, progress: Callable[[int, int],
     try:
         daemon.recover(progress)
         daemon.flush(final=True)
+        daemon.writer.write_stopped(daemon.projector)  # the status swapped in: no daemon runs after a rebuild
         # From an empty checkpoint it judges every sample result again; predictions are read
         # from the home's saved outputs.
         AccuracyWorker(staging.root, artifacts=home.root).recover()

@@ -215,3 +215,17 @@ def test_a_page_or_limit_past_what_a_query_takes_or_not_in_ascii_digits_is_refus
         assert refused.returncode == 2 and refused.stdout == "", (args, refused.stdout)
         assert "argument --" in refused.stderr and "expected a p" in refused.stderr, refused.stderr  # positive, page
     assert sw("runs", "--home", str(home), "--limit", "١٢").returncode == 2
+
+
+def test_show_prints_no_input_or_sample_a_failed_stage_did_not_have(daemon: DaemonProcess) -> None:
+    """A stage that failed with no sample and no input was shown "failed on None" and "input: None"."""
+    with stagewatch.init(pipeline="p", home=daemon.home) as run:
+        with contextlib.suppress(ValueError), run.stage("calibrate"):
+            raise ValueError("no intrinsics")
+        with contextlib.suppress(ValueError), run.stage("decode", sample_id="s1", input_path="/data/s1.png"):
+            raise ValueError("bad header")
+    daemon.audit(run.id)
+    shown = sw("show", run.id, "--home", str(daemon.home)).stdout
+    assert "None" not in shown, shown
+    assert "calibrate failed at " in shown and "ValueError: no intrinsics" in shown
+    assert "decode failed on s1 at " in shown and "  input: /data/s1.png" in shown

@@ -16,6 +16,7 @@ import pytest
 import stagewatch
 from tests.conftest import DaemonProcess
 from tests.test_cli import sw
+from tests.test_compare import damage_the_file_holding
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,17 @@ WRONG_SHAPES: list[dict[str, Any]] = [
     {"config": "x"},
     {"started_at": 12},
     {"duration_ms": "abc"},
+    {"duration_ms": float("nan")},  # json.dumps writes NaN, which Python's json reads back
+    {"duration_ms": 1e308},  # printed as a 300-digit number of hours on the Run page
+    {"config": {"gain": float("inf")}},
+    {"pid": 10**300},  # each printed in full by `show` (a 300-digit line)
+    {"counts": {"artifacts": 10**300}},
+    {"errors_dropped": 10**300},
+    {"started_at": "x" * 300},
 ]
 
 
-@pytest.mark.parametrize("edit", WRONG_SHAPES, ids=[json.dumps(e) for e in WRONG_SHAPES])
+@pytest.mark.parametrize("edit", WRONG_SHAPES, ids=[json.dumps(e)[:40] for e in WRONG_SHAPES])
 def test_an_audit_json_of_the_wrong_shape_is_a_damaged_one(trail: tuple[Path, str], edit: dict[str, Any]) -> None:
     home, run_id = trail
     path = home / "runs" / run_id / "audit.json"
@@ -154,3 +162,63 @@ def _performance_stats(home: Path) -> str:
     stats, unread = window_stats(home, Filters(), points, stage_order(points))
     assert stats["stage"].tolist() == ["detection"]
     return unread or ""
+
+
+BAD_LINE_VALUES: list[tuple[str, Any]] = [
+    ("duration_ms", float("nan")),
+    ("duration_ms", 1e308),
+    ("duration_ms", -5.0),
+    ("memory", {"rss_peak_mb": float("inf")}),
+    ("status", 7),
+    ("start_ns", -1),
+    ("finished_at", "yesterday"),
+]
+
+
+@pytest.mark.parametrize("key, value", BAD_LINE_VALUES, ids=[f"{k}={v}" for k, v in BAD_LINE_VALUES])
+def test_a_stage_line_of_values_no_stage_has_is_named_and_left_out(
+    trail: tuple[Path, str], tmp_path: Path, key: str, value: Any
+) -> None:
+    """A hand-edited line of stages.jsonl with NaN or 1e308 ms was decoded and printed as it was
+    (`show --json` wrote NaN, which is no JSON): each line is checked where it is read, and a line
+    of another shape is left out and named in `problems`, with what is wrong with it."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    run_id = trail[1]
+    path = home / "runs" / run_id / "stages.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    stage = json.loads(lines[0])
+    edited = json.dumps({**stage, key: value}, separators=(",", ":")).encode()
+    assert len(edited) <= len(lines[0])  # the head counts the file's bytes: the line keeps its length
+    lines[0] = edited.ljust(len(lines[0]))
+    path.write_bytes(b"\n".join(lines))
+    for json_args in (("--json",), ("--json", "--all")):
+        shown = sw("show", run_id, "--home", str(home), *json_args)
+        assert shown.returncode == 0, shown.stderr
+        trail_json = json.loads(shown.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+        assert [s["sample_id"] for s in trail_json["stages"]] == ["s1", "s2"]
+        said = [p for p in trail_json["problems"] if f"1 damaged lines of {path} skipped" in p]
+        assert said and "line 1: " in said[0] and "e+308" not in shown.stdout, trail_json["problems"]
+
+
+def test_stages_in_a_damaged_data_file_are_not_counted_as_time_outside_stages(
+    trail: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A data file of stage_executions damaged: the query left its rows out, and the time of those
+    stages was counted in the run's `(outside stages)` row. The row is left out, the file named
+    in its place (show, stats, the Run page), as for a runs table that cannot be read."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    run_id = trail[1]
+    damaged = damage_the_file_holding(home, "stage_executions", run_id)
+    said = "not shown: the stage_executions table has damaged data files ("
+
+    shown = sw("show", run_id, "--home", str(home))
+    assert shown.returncode == 0, shown.stderr
+    assert said in shown.stdout and damaged in shown.stdout and "stagewatch rebuild" in shown.stdout
+    assert "+ outside stages" not in shown.stdout  # no wall time split claims the stages' time
+    stats_json = json.loads(sw("stats", "--home", str(home), "--run", run_id, "--json").stdout)
+    assert not [e for e in stats_json if e.get("outside_stages")] and said in stats_json[-1]["problem"]
+    from stagewatch.ui import _data
+
+    assert said in _data.run_view(home, run_id)["outside_problem"]  # the Run page's warning in the row's place

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stagewatch.daemon import Filters, query_stages
+from stagewatch.daemon.query._gaps import gap_spans
 from tests.conftest import DaemonProcess, run_python
 
 SAMPLES = 4
@@ -127,3 +128,35 @@ def test_the_max_exemplar_is_the_execution_that_slept_longest(sleepy) -> None:
     p95 = stats["detection"]["duration_ms"]["p95"]
     nearest = min(durations.values(), key=lambda d: abs(d - p95))
     assert stats["detection"]["exemplars"]["p95"]["duration_ms"] == nearest
+
+
+MIXED = """
+import time, stagewatch
+run = stagewatch.init(pipeline="mixed", home={home!r})
+time.sleep(0.03)  # before a stage of no sample (loading a model, say)
+with run.stage("calibrate"):
+    pass
+for frame in range(2):
+    with run.stage("detection", sample_id=f"f{{frame}}"):
+        time.sleep(0.002)
+time.sleep(0.2)  # the run's tail: writing results after its last stage
+run.finish()
+assert run.flush(10), "the daemon did not acknowledge the run"
+print(run.id)
+"""
+
+
+def test_the_tail_is_a_bucket_of_its_own_beside_the_time_before_stages_of_no_sample(daemon: DaemonProcess) -> None:
+    """Stages with no sample and the run's tail were one bucket of the per-sample figures (both
+    have no sample id): the tail's time was added to the gaps before the stages of no sample."""
+    result = run_python(MIXED.format(home=str(daemon.home)))
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.split()[-1]
+    daemon.audit(run_id)
+    gaps = gap_spans(daemon.home, run_id).to_pylist()
+    unnamed = [gap["gap_ms"] for gap in gaps if gap["sample_id"] is None]
+    assert len(unnamed) == 2  # before calibrate, and the tail
+    row = _outside(json.loads(sw("stats", "--home", str(daemon.home), "--run", run_id, "--json").stdout))
+    assert row["count"] == 4  # calibrate's bucket, f0, f1, the tail
+    assert row["duration_ms"]["max"] == pytest.approx(max(gap["gap_ms"] for gap in gaps))
+    assert row["total_ms"] == pytest.approx(sum(gap["gap_ms"] for gap in gaps))

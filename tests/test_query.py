@@ -85,6 +85,35 @@ def test_filters_and_their_combinations(history) -> None:
     assert len(q(home, "--since", "2000-01-01", "--until", "2100-01-01")["runs"]) == 2
 
 
+def test_a_status_brings_the_log_lines_of_what_it_matched_and_says_so(history) -> None:
+    """`query --status failed` listed every log line of the home beside the one failed execution:
+    the status filters runs or stage executions, and the lines follow them (a stage execution's
+    status: the lines at ERROR or above logged in those executions; a run's: those runs' lines)."""
+    home, ids = history
+    failed = q(home, "--status", "failed")
+    assert [(s["stage"], s["sample_id"]) for s in failed["stages"]] == [("detection", "f7")]
+    assert [r["run_id"] for r in failed["runs"]] == [ids["broken"]]
+    assert [line["message"] for line in failed["logs"]] == ["calibration missing on f7"]
+    assert failed["holds"]["logs"] == "log lines at ERROR or above logged in those stage executions"
+    assert failed["holds"]["stages"] == "stage executions that ended failed"
+    assert q(home, "--status", "crashed")["logs"] == []
+    with_failures = q(home, "--status", "finished_with_failures")
+    assert len(with_failures["logs"]) == 80 and {line["run_id"] for line in with_failures["logs"]} == {ids["broken"]}
+    assert with_failures["holds"]["logs"] == "their log lines"
+    text = sw("query", "--home", str(home), "--status", "failed").stdout
+    assert text.startswith("1 run(s), 1 stage execution(s), 1 log line(s)\n"), text
+    assert "stage executions that ended failed:" in text and "detection ok" not in text
+    assert "log lines at ERROR or above logged in those stage executions, in time order:" in text
+    everything = q(home)
+    assert len(everything["logs"]) == 160 and everything["holds"]["logs"] == "log lines"
+    # a level with a status: the lines of that level of what the status matched, not of every run
+    assert [line["message"] for line in q(home, "--status", "failed", "--level", "info")["logs"]] == [
+        "calibration missing on f7"
+    ]
+    leveled = sw("query", "--home", str(home), "--status", "failed", "--level", "info").stdout
+    assert leveled.startswith("1 log line(s) at INFO or above of stage executions that ended failed, in time order")
+
+
 def test_query_by_run_returns_the_complete_history(history) -> None:
     home, ids = history
     full = q(home, "--run", ids["broken"])
@@ -147,6 +176,7 @@ def test_export_round_trips(history, tmp_path: Path) -> None:
                 loaded[item["table"]].append(item["row"])
         expected = q(home, "--stage", "detection")
         counts = expected.pop("counts")  # query --json says how many rows each list holds
+        assert expected.pop("holds")["stages"] == "stage executions"  # and what each list is
         assert counts == {name: len(rows) for name, rows in expected.items()}
         assert loaded == expected
 
@@ -291,3 +321,23 @@ def test_reads_made_at_once_tell_their_caller_which_damaged_file_they_left_out(h
         )
     assert skipped == [holding]
     assert broken.num_rows < query_stages(home, Filters(run=ids["broken"])).num_rows
+
+
+def test_a_whole_table_read_leaves_out_a_data_file_gone_and_names_it(history, tmp_path: Path) -> None:
+    """`read_table` (the Failures and Live pages, retention) opened every file its snapshot
+    listed before reading: one gone (deleted by hand, or moved away by a daemon that set the
+    table aside to rebuild it) raised FileNotFoundError. It is named and left out, as a damaged one."""
+    import shutil
+
+    from stagewatch.daemon.query._readmodels import read_table
+    from stagewatch.daemon.query._sql import DamagedPartWarning, skipped_files, snapshot_files
+
+    home, _ = history
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("*.sock", "daemon.lock"))
+    whole = read_table(copy, "stage_executions").num_rows
+    gone = snapshot_files(copy, "stage_executions")[0]
+    Path(gone).unlink()
+    with skipped_files() as skipped, pytest.warns(DamagedPartWarning, match="missing"):
+        rows = read_table(copy, "stage_executions")
+    assert skipped == [gone] and rows.num_rows < whole

@@ -33,6 +33,7 @@ from stagewatch.daemon import (
     query_gpu_devices,
     query_logs,
 )
+from stagewatch.daemon.base._derived import STATUS, peek, problem
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
 from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
@@ -61,6 +62,7 @@ from stagewatch.daemon.query._readmodels import (
     stages_with,
     stages_with_by_name,
     table_not_read,
+    tables_being_rebuilt,
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
@@ -526,25 +528,44 @@ def disk_problems(home: Path) -> list[str]:
 def daemon_problem(home: Path, stale_after_s: float = 30.0) -> str | None:
     """Why nothing new will arrive, in words; None while the daemon writes its status."""
     status = _status(home)
+    damaged = problem(STATUS, DaemonHome.of(home))
+    if damaged is not None and DaemonHome.of(home).status.exists():
+        return f"The daemon's status file of {home} is damaged ({damaged}): `stagewatch doctor` says what to do."
     if not status:
         return (
             f"No daemon has run on {home} yet: start one with `stagewatch daemon --home {home}` (or `stagewatch demo`)."
         )
-    age = time.time() - float(status.get("updated_at") or 0)
-    if age > stale_after_s:
+    stored = "what you see is what was stored until then"
+    at = _utc_second(status.get("stopped_at"))  # its last word, when it stopped cleanly
+    if at is not None:
         return (
-            f"The daemon of {home} last reported {int(age)} s ago: it is stopped or stuck "
-            "(`stagewatch doctor`), so what you see is what was stored until then."
+            f"The daemon of {home} stopped at {at}: {stored}. "
+            f"Start it again to record pipelines (`stagewatch daemon --home {home}`)."
+        )
+    age = time.time() - float(status.get("updated_at") or 0)
+    if age > stale_after_s:  # no word of a stop: killed, crashed, or hung
+        return (
+            f"The daemon of {home} last reported {int(age)} s ago and did not say it stopped: it was killed "
+            f"or is stuck (`stagewatch doctor`), so {stored}."
         )
     return None
 
 
-def _status(home: Path) -> dict[str, Any]:
+def _utc_second(seconds: Any) -> str | None:
+    """A time stamp (seconds since the epoch) as ISO text to the second; None for anything else
+    (status.json is a file a person can edit)."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return None
     try:
-        status = json.loads(DaemonHome.of(home).status.read_text())
-    except (OSError, ValueError):
-        return {}
-    return status if isinstance(status, dict) else {}
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # NaN, past year 9999
+        return None
+
+
+def _status(home: Path) -> dict[str, Any]:
+    """status.json as the daemon writes it; {} when it is missing or damaged (of another shape:
+    a hand edit; `daemon_problem` tells the two apart)."""
+    return peek(STATUS, DaemonHome.of(home)) or {}
 
 
 def resolve_artifact(home: Homes, relative: str) -> Path:
@@ -671,4 +692,5 @@ __all__ = [
     "skipped_files",
     "skipped_for_run",
     "stats_frame",
+    "tables_being_rebuilt",
 ]

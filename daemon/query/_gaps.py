@@ -4,8 +4,10 @@ A run's wall time is its start to its end (the runs table); its top-level stages
 (`parent_span` null: a nested stage lies inside its parent) cover the union of their
 intervals. What they leave is data loading, I/O and the pipeline's own glue. Each gap is
 charged to the sample whose stage follows it (the time spent getting that sample to the
-stage); the time after the last stage is the run's tail, charged to no sample. So, per run,
-the stages' union plus the gaps is the wall time.
+stage); the gaps before stages of no sample are one bucket of the run (as a sample's are); the
+time after the last stage is the run's tail, a bucket of its own (it is no stage's: added to the
+gaps before stages of no sample, it made them look slow). So, per run, the stages' union plus
+the gaps is the wall time.
 
 All in SQL over `stage_executions`: a window function gives each stage the furthest end
 of the stages that started before it; the stretch from there to its start is uncovered.
@@ -18,12 +20,27 @@ from typing import Any
 
 import pyarrow as pa
 
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._query import PERCENTILES, Filters, Where, _distribution, rows_of, run_where, stage_where
-from stagewatch.daemon.query._sql import select
+from stagewatch.daemon.query._sql import homes_of, select, skipped_files, skipped_for_run
+from stagewatch.daemon.tables._tables import DamagedTable
 
 # Not a stage name (parentheses and a space: client/_names.py allows neither), so it never
 # collides with a stage's row beside it.
 OUTSIDE_STAGES = "(outside stages)"
+
+
+class StagesLeftOut(DamagedTable):
+    """The time outside stages is not given: damaged data files of `stage_executions` that may
+    hold rows of its runs were left out of its query, and their stages' time would look
+    uncovered (callers say `_readmodels.table_not_read` of it, as of a runs table not read)."""
+
+    def __init__(self, files: list[str]) -> None:
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        self.table = "stage_executions"
+        self.why = f"has damaged data files ({shown}) whose stages' time would count as outside stages"
+        ValueError.__init__(self, f"the {self.table} table {self.why}; stop the daemon, then `stagewatch rebuild`")
+
 
 # A run is partitioned by its number in the list, not its id: a window sorts its partition key
 # with the spans, and an integer sorts much faster than a UUID's text.
@@ -43,29 +60,29 @@ spans AS (
     {{where}}
 ),
 before_stages AS (
-    SELECT run_number, sample_id, greatest(run_start, coalesce(max(span_end) OVER (
+    SELECT run_number, sample_id, FALSE AS tail, greatest(run_start, coalesce(max(span_end) OVER (
         PARTITION BY run_number ORDER BY span_start, span_end ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
     ), run_start)) AS gap_start, least(span_start, run_end) AS gap_end
     FROM spans
 ),
 tails AS (
-    SELECT r.run_number, NULL::VARCHAR AS sample_id,
+    SELECT r.run_number, NULL::VARCHAR AS sample_id, TRUE AS tail,
            greatest(r.run_start, coalesce(e.last_end, r.run_start)) AS gap_start,
            coalesce(r.run_end, e.last_end) AS gap_end
     FROM runs_in AS r LEFT JOIN (SELECT run_number, max(span_end) AS last_end FROM spans GROUP BY run_number) AS e
     USING (run_number)
 ),
 gaps AS (
-    SELECT run_number, sample_id, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
+    SELECT run_number, sample_id, tail, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
     FROM (SELECT * FROM before_stages UNION ALL SELECT * FROM tails)
     WHERE gap_end IS NOT NULL
 )"""
 
 # Both answers of the time outside stages in one pass over the spans: the distribution of the
-# uncovered ms per sample of each run (and each run's tail), and per finished run its wall time
-# and the part of it outside stages.
+# uncovered ms per sample of each run (its stages of no sample one bucket, its tail another), and
+# per finished run its wall time and the part of it outside stages.
 _OUTSIDE = f"""
-, per_sample AS MATERIALIZED (SELECT run_number, sample_id, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
+, per_sample AS MATERIALIZED (SELECT run_number, sample_id, tail, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
 SELECT
     (SELECT {{'n': count(*), 'total': sum(gap_ms), 'peak': max(gap_ms),
               'quantiles': quantile_cont(gap_ms, {list(PERCENTILES)})}} FROM per_sample) AS samples,
@@ -114,10 +131,15 @@ def outside_stages(home: Path, filters: Filters) -> tuple[dict[str, Any] | None,
     p99/max; `sum` the total), None when there is none or the filters pick out stages by name or
     status (then the wall time is not what is asked); and per finished run its run_id, wall_ms
     (start to end), outside_ms (no stage running) and stages_ms (the union of its top-level
-    stages: wall minus outside)."""
+    stages: wall minus outside). StagesLeftOut (a DamagedTable) when damaged data files of the
+    runs' stage rows were left out: their time is no time outside stages."""
     if filters.stage or filters.status:
         return None, []
-    (answer,) = _gaps_query(home, filters, _OUTSIDE).to_pylist()
+    with skipped_files() as skipped:
+        (answer,) = _gaps_query(home, filters, _OUTSIDE).to_pylist()
+    left_out = _stage_files_of(home, filters, skipped)
+    if left_out:
+        raise StagesLeftOut(left_out)
     split = [run | {"stages_ms": run["wall_ms"] - run["outside_ms"]} for run in answer["runs"] or []]
     samples = answer["samples"]
     if not samples["n"]:
@@ -130,6 +152,14 @@ def outside_stages(home: Path, filters: Filters) -> tuple[dict[str, Any] | None,
         "duration_ms": _distribution(samples["n"], samples["total"], samples["quantiles"], samples["peak"]),
     }
     return row, split
+
+
+def _stage_files_of(home: Path, filters: Filters, skipped: list[str]) -> list[str]:
+    """Of the damaged files a read left out, those of `stage_executions` that may hold rows of the
+    runs `filters` selects (one run: the files the Delta log's run-id figures do not rule out)."""
+    folders = [DaemonHome.of(one).table("stage_executions") for one in homes_of(home)]
+    files = [path for path in skipped if any(Path(path).is_relative_to(folder) for folder in folders)]
+    return skipped_for_run(home, files, filters.run) if filters.run and files else files
 
 
 def with_outside_stages(home: Path, filters: Filters, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:

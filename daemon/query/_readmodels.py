@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,13 +22,15 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stagewatch._protocol import MAX_DURATION_MS, MAX_INT, MAX_MEGABYTES, MAX_TS_NS
 from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.projection._rows import RUNS
+from stagewatch.daemon.projection._rows import DAEMON_TABLES, RUNS
 from stagewatch.daemon.projection._runstate import AUDIT_SCHEMA
 from stagewatch.daemon.query._sql import (
     MAX_ROWS,
     Homes,
+    QueryError,
     damaged_parts,
     empty_table,
     home_of_run,
@@ -38,7 +42,7 @@ from stagewatch.daemon.query._sql import (
     snapshot_files,
 )
 from stagewatch.daemon.tables._runindex import runs_with_prefix
-from stagewatch.daemon.tables._tables import DamagedTable
+from stagewatch.daemon.tables._tables import DamagedTable, first_line
 
 if TYPE_CHECKING:  # imported where a table is read whole: pyarrow.dataset brings pandas
     import pyarrow.dataset as ds
@@ -81,21 +85,47 @@ def read_table(
     # Settled before any early return: a table not written yet (a pipeline that never logs
     # has no logs table) answers with the same types as one that holds rows.
     schema = _as_dictionaries(schema_of(table), dictionary)
-    files = snapshot_files(home, table, dates)
-    if not files:
-        return _select(empty_table(schema), columns)
     import pyarrow.dataset as ds
 
     file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(dictionary)))
-    dataset = _files_dataset(files, folder, file_format, schema)
+    files = snapshot_files(home, table, dates)
+    for again in (True, False):
+        if not files:
+            return _select(empty_table(schema), columns)
+        try:  # the dataset opens each file (a file gone raises FileNotFoundError here)
+            return _files_dataset(files, folder, file_format, schema).to_table(filter=expression, columns=columns)
+        except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page, a file gone
+            listed, files = files, snapshot_files(home, table, dates)
+            if not again or files == listed:
+                break
+            # The table changed under the read: compacted, or set aside (deleted, damaged) for the
+            # daemon to rebuild: its snapshot now is read instead (none: an empty table).
+    return _without_damaged(table, files, folder, file_format, schema, expression, columns)
+
+
+def _without_damaged(
+    table: str,
+    files: list[str],
+    folder: Path,
+    file_format: ds.FileFormat,
+    schema: pa.Schema,
+    expression: ds.Expression | None,
+    columns: list[str] | None,
+) -> pa.Table:
+    """The rows of the snapshot's files that read, each damaged one left out with a warning
+    (`damaged_parts`: deleted by hand, cut short, a bad footer); a QueryError that says what
+    failed when they do not read either (files that change under every read, say)."""
+    damaged = damaged_parts(files)
+    readable = [path for path in files if path not in damaged]
     try:
-        return dataset.to_table(filter=expression, columns=columns)
-    except (pa.ArrowInvalid, OSError):  # OSError: damage inside a compressed page ("ZSTD decompression failed")
-        damaged = damaged_parts(files)
-        if not damaged:
-            raise
-        readable = [path for path in files if path not in damaged]
+        if not readable:
+            return _select(empty_table(schema), columns)
         return _files_dataset(readable, folder, file_format, schema).to_table(filter=expression, columns=columns)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise QueryError(
+            f"the {table} table could not be read ({first_line(error)}): ask again in a moment; "
+            "if it stays so, `stagewatch doctor` says what is wrong"
+        ) from None
 
 
 def _as_dictionaries(schema: pa.Schema, dictionary: tuple[str, ...]) -> pa.Schema:
@@ -202,6 +232,42 @@ def active_runs(home: Path) -> list[dict[str, Any]]:
     """The runs in progress, as the daemon last wrote them to status.json (none if unreadable)."""
     status = peek(STATUS, DaemonHome.of(home)) or {}
     return [run for run in status.get("active_runs", []) if isinstance(run, dict)]
+
+
+# A rebuild reports its progress each second: a report older than this is of a daemon that died in it.
+REBUILD_SILENT_S = 30.0
+
+
+def tables_being_rebuilt(home: Homes) -> list[str]:
+    """A sentence per home whose daemon is rebuilding tables from its event log (status.json's
+    `rebuilding`, `tables._writer.Rebuilding`): those tables hold part of their rows, or none, until
+    it is done; or whose daemon stopped in such a rebuild (its next start finishes it)."""
+    said = []
+    for one in homes_of(home):
+        status = peek(STATUS, DaemonHome.of(one)) or {}
+        rebuilding = status.get("rebuilding")
+        if not isinstance(rebuilding, dict) or not isinstance(rebuilding.get("tables"), list):
+            continue
+        tables = ", ".join(name for name in rebuilding["tables"] if name in DAEMON_TABLES)
+        if not tables:  # a hand edit naming no table of ours
+            continue
+        if time.time() - (status.get("updated_at") or 0) > REBUILD_SILENT_S:
+            said.append(
+                f"the daemon of {one} stopped while it rebuilt the {tables} table(s) from its event log: they "
+                "lack rows until a daemon starts there again (its start finishes the rebuild)"
+            )
+            continue
+        done, total = rebuilding.get("replayed_bytes"), rebuilding.get("log_bytes")
+        how_far = f", {done / total:.0%} of the log replayed" if _is_size(done) and _is_size(total) and total else ""
+        said.append(
+            f"the daemon of {one} is rebuilding the {tables} table(s) from its event log{how_far}: their rows are "
+            "partial (or none) until it is done; ask again in a moment"
+        )
+    return said
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def active_runs_in(home: Homes) -> list[dict[str, Any]]:
@@ -347,7 +413,7 @@ def stages_with_by_name(
         found = _STAGE_NAME.search(line)
         spelled = found.group(1) if found else b""
         name = names[spelled] if spelled in names else names.setdefault(spelled, _json_string(spelled))
-        if name is not None and on_page(name) and (decoded := _decoded(line)) is not None:
+        if name is not None and on_page(name) and (decoded := _stage_line(line)) is not None:
             page.append(decoded)
     ended = audit.get("stages", []) if lines is None else []  # a whole trail of an earlier version
     for entry in [*ended, *audit.get("running", [])]:
@@ -363,14 +429,6 @@ def _json_string(spelled: bytes) -> str | None:
     except ValueError:
         return None
     return name if isinstance(name, str) else None
-
-
-def _decoded(line: bytes) -> dict[str, Any] | None:
-    try:
-        decoded = json.loads(line)
-    except ValueError:  # a damaged line: skipped, as by every reader of the trail
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def audit_json_chunks(home: Path, run_id: str, extra: dict[str, Any] | None = None) -> Iterator[bytes]:
@@ -404,7 +462,7 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
     path = home.audit(run_id)
     lines = home.stage_lines(run_id)
     try:
-        audit = json.loads(path.read_bytes())
+        audit = _strict_json(path.read_bytes())
         _check_head(audit)
         audit["problems"] = []
     except FileNotFoundError:
@@ -427,7 +485,14 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
     return audit, StageLines(lines, size, audit.pop("stages_ended", None) if on_disk >= size else None)
 
 
-_Size = Annotated[int, msgspec.Meta(ge=0)]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]  # a count too: 10**300 is no count a reader prints
+_Span = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+_Nanoseconds = Annotated[int, msgspec.Meta(ge=0, lt=MAX_TS_NS)]
+# What the daemon can have written (its event schema's bounds): a hand edit may leave 1e308 or NaN,
+# which a reader would print in full. A run's duration: signed, as heads of earlier versions were.
+_Milliseconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION_MS)]
+_RunMilliseconds = Annotated[float, msgspec.Meta(ge=-MAX_DURATION_MS, le=MAX_DURATION_MS)]
+_Megabytes = Annotated[float, msgspec.Meta(ge=0, le=MAX_MEGABYTES)]
 
 
 class _Error(msgspec.Struct):
@@ -437,7 +502,7 @@ class _Error(msgspec.Struct):
     sample_id: Any
     type: Any
     message: Any
-    at: str | None
+    at: datetime | None
 
 
 class _Head(msgspec.Struct):
@@ -450,20 +515,20 @@ class _Head(msgspec.Struct):
     status: str
     complete: bool = False
     pipeline: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    duration_ms: float | None = None
+    started_at: datetime | None = None  # RFC 3339 text, as the daemon writes times
+    finished_at: datetime | None = None
+    duration_ms: _RunMilliseconds | None = None
     host: str | None = None
-    pid: int | None = None
+    pid: _Size | None = None
     dataset: str | None = None
     argv: list[Any] = []
     config: dict[str, Any] = {}
     environment: dict[str, Any] = {}
     error: dict[str, Any] | None = None
-    counts: dict[str, int] = {}
+    counts: dict[str, _Size] = {}
     errors: list[_Error] = []
-    errors_dropped: int = 0
-    events_lost: int = 0
+    errors_dropped: _Size = 0
+    events_lost: _Size = 0
     gpu_sources: dict[str, str] = {}
     lost: dict[str, dict[str, Any]] = {}
     gaps: list[dict[str, Any]] = []
@@ -478,6 +543,87 @@ def _check_head(audit: Any) -> None:
     """ValueError (msgspec's ValidationError is one) unless `audit` has a head's shape (`_Head`)."""
     msgspec.convert(audit, _Head)
     audit["stages_bytes"] = audit.get("stages_bytes") or 0
+
+
+class _Memory(msgspec.Struct):
+    rss_start_mb: _Megabytes | None = None
+    rss_peak_mb: _Megabytes | None = None
+    rss_end_mb: _Megabytes | None = None
+    gpu_peak_mb: _Megabytes | None = None
+
+
+class _StageLine(msgspec.Struct):
+    """The shape of a line of stages.jsonl (`_projection.audit_json`) as far as readers rely on
+    it, checked where each line is read: a line of another shape, or of values no stage has, is a
+    damaged line (skipped and counted in `problems`, never printed). Keys it does not name are kept."""
+
+    stage: str
+    status: str | None = None
+    span: _Span | None = None
+    client_id: str | None = None
+    start_ns: _Nanoseconds | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: _Milliseconds | None = None
+    sample_id: str | None = None
+    input_path: str | None = None
+    parent_span: _Span | None = None
+    memory: _Memory | None = None
+    error: dict[str, Any] | None = None
+    artifacts: list[dict[str, Any]] = []
+
+
+def _stage_line(line: bytes) -> dict[str, Any] | None:
+    """A stage line decoded, or None where it is damaged (not JSON, or not of `_StageLine`'s shape)."""
+    if _line_problem(line) is not None:
+        return None
+    return _strict_json(line)
+
+
+def _line_problem(line: bytes) -> str | None:
+    """What is wrong with a stage line (msgspec's words), None if it is JSON of `_StageLine`'s
+    shape (msgspec refuses NaN and Infinity, as JSON does), building nothing but the checked fields."""
+    try:
+        msgspec.json.decode(line, type=_StageLine)
+    except msgspec.DecodeError as error:  # ValidationError is one
+        return str(error)
+    return None
+
+
+class _DamagedLines:
+    """The damaged lines a read of stages.jsonl skipped: how many, and the first (its number and
+    what is wrong with it), said in the trail's `problems`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.first = ""
+
+    def skipped(self, number: int, problem: str) -> None:
+        if not self.count:
+            self.first = f"line {number}: {problem}"
+        self.count += 1
+
+    def say(self, problems: list[str]) -> None:
+        if self.count:
+            problems.append(f"{self.count} damaged lines of {self.path} skipped (the first, {self.first})")
+
+
+def _strict_json(data: bytes) -> Any:
+    """JSON as the daemon writes it: NaN, Infinity and numbers past a float's range (1e999), which
+    Python's json module takes and writes again, are refused (ValueError)."""
+    return json.loads(data, parse_constant=_refused_constant, parse_float=_finite_float)
+
+
+def _refused_constant(name: str) -> float:
+    raise ValueError(f"{name} is no JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is past a float's range")
+    return value
 
 
 def _unreadable_lines(path: Path) -> str | None:
@@ -536,7 +682,8 @@ class StageLines:
 
     def page(self, offset: int, limit: int, problems: list[str]) -> list[dict[str, Any]]:
         """Stages `offset` to `offset + limit`, decoded; damaged lines are skipped and counted."""
-        stages, seen, damaged = [], 0, 0
+        stages: list[dict[str, Any]] = []
+        seen, damaged = 0, _DamagedLines(self.path)
         for chunk in self._chunks():
             if len(stages) >= limit:
                 break
@@ -544,14 +691,15 @@ class StageLines:
                 seen += count
                 continue
             lines = chunk.split(b"\n")[:-1]
-            for line in lines[max(0, offset - seen) :][: limit - len(stages)]:
-                try:
-                    stages.append(json.loads(line))
-                except ValueError:
-                    damaged += 1
+            first = max(0, offset - seen)
+            for number, line in enumerate(lines[first:][: limit - len(stages)], seen + first + 1):
+                problem = _line_problem(line)
+                if problem is None:
+                    stages.append(_strict_json(line))
+                else:
+                    damaged.skipped(number, problem)
             seen += len(lines)
-        if damaged:
-            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        damaged.say(problems)
         return stages
 
     def with_marker(self, marker: bytes, limit: int) -> Iterator[dict[str, Any]]:
@@ -559,11 +707,10 @@ class StageLines:
         if limit <= 0:
             return
         for line in self.marked(marker):
-            try:
-                yield json.loads(line)
+            stage = _stage_line(line)  # a damaged line: skipped (`page` and `items` count them)
+            if stage is not None:
+                yield stage
                 limit -= 1
-            except ValueError:
-                pass
             if limit <= 0:
                 return
 
@@ -578,21 +725,22 @@ class StageLines:
 
     def items(self, problems: list[str]) -> Iterator[bytes]:
         """The stages as JSON array items, a chunk's worth joined by commas."""
-        damaged = 0
+        seen, damaged = 0, _DamagedLines(self.path)
         for chunk in self._chunks():
             good = []
-            for line in chunk.split(b"\n")[:-1]:
+            lines = chunk.split(b"\n")[:-1]
+            for number, line in enumerate(lines, seen + 1):
                 if not line.strip():
                     continue
-                try:
-                    msgspec.json.decode(line, type=msgspec.Raw)  # checks it is JSON, builds nothing
+                problem = _line_problem(line)
+                if problem is None:
                     good.append(line)
-                except msgspec.DecodeError:
-                    damaged += 1
+                else:
+                    damaged.skipped(number, problem)
+            seen += len(lines)
             if good:
                 yield b",".join(good)
-        if damaged:
-            problems.append(f"{damaged} damaged lines of {self.path} skipped")
+        damaged.say(problems)
 
 
 def _error_of(stage: dict[str, Any]) -> dict[str, Any]:

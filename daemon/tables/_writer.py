@@ -208,7 +208,17 @@ class ReadModelWriter:
         now = time.monotonic()
         self._throttle.spent("checkpoint", now - cost_s, now)
 
-    def _write_status(self, projector: Projector) -> None:
+    def write_stopped(self, projector: Projector) -> None:
+        """status.json's last word from a daemon that stops cleanly: when it stopped, so that a
+        reader tells a daemon that stopped from one that went silent (killed, or stuck)."""
+        self._write_status(projector, {"stopped_at": time.time()})
+
+    def write_rebuilding(self, projector: Projector, rebuilding: dict[str, Any]) -> None:
+        """status.json while tables are rebuilt from the event log (`Rebuilding`): readers say
+        that those tables' rows are partial until it is done. The next flush's status drops it."""
+        self._write_status(projector, {"rebuilding": rebuilding})
+
+    def _write_status(self, projector: Projector, extra: dict[str, Any] | None = None) -> None:
         status = {
             "pid": os.getpid(),
             "endpoint": self.status_endpoint,
@@ -230,5 +240,31 @@ class ReadModelWriter:
             "late_events": projector.late_events,
             "foreign_events": projector.foreign_events,
         }
+        status |= extra or {}
         clear_way(STATUS, self.home)
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())
+
+
+class Rebuilding:
+    """What status.json says while the daemon rebuilds tables from its event log: which, since
+    when, and how far (bytes of the log replayed, of the bytes to replay), written at most once
+    a `REPORT_INTERVAL_S` (the replay calls `said` often). The runs it lists running are those
+    known before the rebuild (the replay's projector holds only those replayed so far)."""
+
+    REPORT_INTERVAL_S = 1.0
+
+    def __init__(self, tables: list[str], writer: ReadModelWriter, projector: Projector) -> None:
+        self.tables = tables
+        self.writer = writer
+        self.projector = projector
+        self.since = time.time()
+        self._next_report = 0.0
+
+    def said(self, replayed: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tables or now < self._next_report:
+            return
+        self._next_report = now + self.REPORT_INTERVAL_S
+        state = {"tables": self.tables, "since": self.since, "replayed_bytes": replayed, "log_bytes": total}
+        with contextlib.suppress(OSError):  # a full disk: the rebuild goes on, readers are not told
+            self.writer.write_rebuilding(self.projector, state)

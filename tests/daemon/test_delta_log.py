@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -387,5 +388,55 @@ def test_kill_9_while_the_daemon_rebuilds_a_deleted_table_loses_and_doubles_no_r
             after = _seen(home)
             raise AssertionError(f"{_first_difference(before, after)}\n{daemon.log()[-2000:]}") from None
         _rows_once(home, run_ids)
+    finally:
+        assert daemon.stop() == 0
+
+
+def _held_inside_a_rebuild(daemon: DaemonProcess) -> bool:
+    """Delete the stage_executions table under the running daemon and SIGSTOP it inside the
+    rebuild that follows (status.json says it rebuilds); False if the rebuild ended before we
+    could stop it (a rebuild of a small log takes a tenth of a second: a busy machine misses it)."""
+    table = DaemonHome(daemon.home).table("stage_executions")
+    rebuilt = daemon.log().count("rebuilt the")
+    shutil.rmtree(table)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "rebuilding" in daemon.status():
+            daemon.process.send_signal(signal.SIGSTOP)
+            if "rebuilding" in daemon.status():  # still inside it, now held
+                return True
+            daemon.process.send_signal(signal.SIGCONT)
+            return False
+        if daemon.log().count("rebuilt the") > rebuilt:
+            return False  # done before we looked
+        time.sleep(0.001)
+    return False
+
+
+def test_a_table_being_rebuilt_is_said_so_by_the_cli_and_the_dashboard(home: Path) -> None:
+    """While the daemon rebuilt a table deleted under it, `query` and the pages showed no rows or
+    part of them and said nothing: status.json says which tables are being rebuilt and how far,
+    the reading commands warn of it, the pages show it in their banners; then it is gone."""
+    from stagewatch.ui import _widgets
+
+    daemon = DaemonProcess(home).start()
+    try:
+        run_id = run_pipeline(home, frames=3000)
+        daemon.audit(run_id)
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert any(_held_inside_a_rebuild(daemon) for _ in range(5)), "never found the daemon rebuilding"
+        try:
+            said = "is rebuilding the stage_executions table(s) from its event log"
+            for command in (("query", "--run", run_id[:8]), ("stats",), ("runs",), ("show", run_id[:8])):
+                result = _cli(home, *command)
+                assert result.returncode == 0 and said in result.stderr, (command, result.stderr)
+            assert any(said in alert.object for alert in _widgets.banners(home))
+        finally:
+            daemon.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: "rebuilding" not in daemon.status(), timeout_s=60)
+        assert read_table(home, "stage_executions").num_rows == 3000
+        after = _cli(home, "query", "--run", run_id[:8])
+        assert after.returncode == 0 and "rebuilding" not in after.stderr, after.stderr
+        assert not [alert for alert in _widgets.banners(home) if "rebuild" in alert.object]
     finally:
         assert daemon.stop() == 0

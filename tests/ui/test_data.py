@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,9 +14,19 @@ import pytest
 from stagewatch.daemon import Filters
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.tables._store import Store
-from stagewatch.ui._data import ArtifactRefused, _read_facets, facets, filter_time, log_histogram, resolve_artifact
-from tests.conftest import wait_for
+from stagewatch.ui._data import (
+    ArtifactRefused,
+    _read_facets,
+    daemon_problem,
+    disk_problems,
+    facets,
+    filter_time,
+    log_histogram,
+    resolve_artifact,
+)
+from tests.conftest import run_pipeline, wait_for
 from tests.daemon.test_compaction import T0, _rows
+from tests.test_cli import sw
 
 
 @pytest.fixture
@@ -220,3 +231,37 @@ def test_the_log_histogram_says_its_bin_width_where_bins_between_are_empty(tmp_p
     assert counts["count"].sum() == 8 and len(counts) == 2  # two bins hold lines; the 58 between none
     gap_ms = (counts["time"].iloc[1] - counts["time"].iloc[0]).total_seconds() * 1000
     assert gap_ms > 50 * width_ms  # the gap is no bin's width
+
+
+def test_the_banner_says_a_daemon_stopped_when_it_stopped_and_silent_when_it_was_killed(home: Path, daemon) -> None:
+    """A daemon stopped cleanly (SIGTERM: `stagewatch daemon stop`, the demo's end) was called
+    "stopped or stuck" on every page; one killed says nothing, so the banner cannot say stopped."""
+    run_pipeline(home)
+    assert daemon_problem(home) is None  # running, and reporting
+    daemon.stop()
+    stopped = daemon_problem(home)
+    assert stopped is not None and f"The daemon of {home} stopped at 20" in stopped, stopped
+    assert "stuck" not in stopped and f"stagewatch daemon --home {home}" in stopped
+    daemon.start()
+    assert daemon_problem(home) is None  # the next daemon's status says nothing of the old stop
+    daemon.kill()
+    silent = daemon_problem(home, stale_after_s=0)
+    assert silent is not None and "did not say it stopped: it was killed or is stuck" in silent, silent
+    rebuilt = sw("rebuild", "--home", str(home))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    after_rebuild = daemon_problem(home, stale_after_s=0)  # its status.json is the rebuild's
+    assert after_rebuild is not None and "stopped at" in after_rebuild, after_rebuild
+
+
+@pytest.mark.parametrize("edit", [{"updated_at": "x"}, {"disk": []}, {"stopped_at": "abc"}], ids=str)
+def test_a_status_json_of_the_wrong_shape_is_said_damaged_not_a_page_error(home: Path, edit: dict) -> None:
+    """status.json edited by hand: `"updated_at": "x"` raised ValueError in every page's banner."""
+    from stagewatch.daemon.base._layout import DaemonHome
+
+    path = DaemonHome(home).status
+    path.parent.mkdir(parents=True, exist_ok=True)
+    status = {"pid": 1, "endpoint": "ipc://x", "updated_at": 1.0, "stats": {}, "active_runs": [], "disk": {}}
+    path.write_text(json.dumps(status | edit))
+    said = daemon_problem(home)
+    assert said is not None and f"status file of {home} is damaged (wrong shape: " in said, said
+    assert disk_problems(home) == []

@@ -78,6 +78,8 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a share like 5% or 0.05, got {text!r}") from None
     if not 0 <= value <= 10:
         raise argparse.ArgumentTypeError(f"expected a share between 0% and 1000%, got {text!r}")
+    if value >= 1 and not cleaned.endswith("%"):  # "5" meant 500%: a gate that never fires
+        raise argparse.ArgumentTypeError(f"expected a share like 5% or 0.05, got {text!r} (that is {value:.0%})")
     return value
 
 
@@ -163,13 +165,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def print_comparison(document: dict[str, Any]) -> None:
+    from stagewatch.daemon.compare._compare import run_noise_text
+
     a, b = document["a"], document["b"]
     for warning in document["warnings"]:
         print(f"WARNING: {warning}")
     print(f"A: {_side_line(a)}\nB: {_side_line(b)}")
     print(
         f"called out: significant at {document['confidence']:.0%} confidence and larger than "
-        f"{document['threshold']:.0%}\n"
+        f"{document['threshold']:.0%}\n({TESTS})\n{run_noise_text(document)}\n"
     )
     header = (
         f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB (median)':<20}"
@@ -198,6 +202,12 @@ def print_comparison(document: dict[str, Any]) -> None:
         for change in changes[:100]:
             print(f"  {change['key']}: {change['from']!r} -> {change['to']!r}")
     print(f"\n{verdict_line(document)}")
+
+
+TESTS = (
+    "median: Mann-Whitney U test and a bootstrap interval of the difference; p95 and memory: bootstrap "
+    "interval; failure rate: two-proportion z-test"
+)
 
 
 # The stage's own memory is read per execution; compare tests the median of those readings (one

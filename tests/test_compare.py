@@ -149,6 +149,29 @@ def test_only_the_slower_stage_is_flagged_and_a_repeat_flags_nothing(daemon: Dae
     assert all(not s["reasons"] for s in repeat["stages"]) and repeat["failures"] == []
 
 
+def test_a_change_within_the_run_to_run_noise_is_not_called_out_one_beyond_it_is(daemon: DaemonProcess) -> None:
+    """decode's level moves by a third from run to run (a machine whose load comes and goes);
+    infer's does not. B makes both 30% slower than A: only infer's change is beyond what two
+    runs of unchanged code differ by. Without that history both were called out."""
+    levels = (0.7, 1.0, 1.4, 0.8, 1.3, 1.0)
+    for seed, level in enumerate(levels):
+        last = timed_run(daemon.home, seed=seed, stages={"decode": 20 * level, "infer": 40})
+    slower = timed_run(daemon.home, seed=99, stages={"decode": 26, "infer": 52})
+    for run_id in (last, slower):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "stage_executions", 120)
+
+    found = compared(daemon.home, last, slower)
+    assert found["run_noise"] == {"runs": len(levels), "needed": 5, "known": True}
+    decode, infer = (next(s for s in found["stages"] if s["stage"] == name) for name in ("decode", "infer"))
+    assert decode["median_ms"]["significant"] and decode["median_ms"]["within_run_noise"]
+    assert not decode["regressed"] and decode["median_ms"]["run_noise"] > 0.3
+    assert infer["regressed"] and infer["median_ms"]["called_out"] and infer["median_ms"]["run_noise"] < 0.3
+    gated = stagewatch_cli(daemon.home, last, slower, "--fail-on-regression")
+    assert gated.returncode == 1 and "infer" in gated.stderr and "decode" not in gated.stderr, gated.stderr
+    assert "beyond the run-to-run noise" in gated.stdout
+
+
 def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: DaemonProcess) -> None:
     first = timed_run(daemon.home, seed=1)
     slower = timed_run(daemon.home, seed=2, infer_factor=1.3)
@@ -159,6 +182,7 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
     gated = stagewatch_cli(daemon.home, first, slower, "--fail-on-regression")
     assert gated.returncode == 1, gated.stderr
     assert "regression: infer: median time" in gated.stderr and "REGRESSED" in gated.stdout
+    assert "Mann-Whitney U" in gated.stdout  # which test called it out
     assert "decode" not in gated.stderr
     passed = stagewatch_cli(daemon.home, slower, first, "--fail-on-regression")  # faster: not a regression
     assert passed.returncode == 0, passed.stderr
@@ -179,6 +203,8 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
         ([first, slower, "--baseline", "7d"], "not both"),
         ([first, first], "same run"),
         ([first, slower, "--threshold", "lots"], "expected a share"),
+        ([first, slower, "--threshold", "5"], "(that is 500%)"),  # not a gate that never fires
+        ([first, slower, "--accuracy-drop", "2"], "(that is 200%)"),
     ):
         done = stagewatch_cli(daemon.home, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,12 @@ MIN_EXECUTIONS = 5  # fewer on either side: figures, but nothing called out
 MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: smaller is no change
 MIN_TIME_MS = 0.5  # a stage of a tenth of a millisecond doubles when the scheduler looks away
 MAX_BASELINE_RUNS = 1000
+# The run-to-run noise of a stage's times: the spread of its median and p95 over the pipeline's
+# last `NOISE_RUNS` finished runs before B (at least `MIN_NOISE_RUNS`); a change of times within
+# what two runs of unchanged code differ by (a busier machine, another input) is not called out.
+NOISE_RUNS = 20
+MIN_NOISE_RUNS = 5
+TIME_MEASURES = {"median_ms": 0.5, "p95_ms": 0.95}
 LAST = re.compile(r"^last:(\d+)$")
 FINISHED = (OK, FINISHED_WITH_FAILURES, FAILED)  # runs a baseline may hold: ended, with their stages complete
 ENDED = (*FINISHED, CRASHED)  # a run in any other state (running, no trail) has partial figures
@@ -291,11 +298,47 @@ def _dates(home: Path, runs: list[str]) -> list[str] | None:
 # -- per stage ------------------------------------------------------------------------------------
 
 
-def stage_figures(before: pa.Table, after: pa.Table, options: Options) -> list[dict[str, Any]]:
-    """One entry per stage of either side, in the order the target ran them."""
+def stage_figures(
+    before: pa.Table, after: pa.Table, options: Options, noise: dict[str, dict[str, float]] | None = None
+) -> list[dict[str, Any]]:
+    """One entry per stage of either side, in the order the target ran them; `noise`: per stage
+    and time measure, the band of log ratios within which two runs differ (`run_noise`)."""
     a, b = _by_stage(before), _by_stage(after)
     order = list(dict.fromkeys([*b, *a]))
-    return [_stage_entry(stage, a.get(stage), b.get(stage), options) for stage in order]
+    noise = noise or {}
+    return [_stage_entry(stage, a.get(stage), b.get(stage), options, noise.get(stage, {})) for stage in order]
+
+
+def run_noise(home: Path, b: Side, a_runs: int, confidence: float) -> tuple[dict[str, dict[str, float]], int]:
+    """Per stage and time measure, how far apart (a log ratio) two runs of unchanged code fall at
+    `confidence`: the robust spread (1.4826 x MAD) of the measure over the last `NOISE_RUNS`
+    finished runs of B's pipeline before B, for a side of `a_runs` pooled runs against one;
+    and how many runs that history held (empty below `MIN_NOISE_RUNS`: not known)."""
+    started = _run_rows(home, "run_id = ?", [b.runs[-1]]) if b.pipeline else []
+    if not started:
+        return {}, 0
+    where = "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)"
+    params = [b.pipeline, started[0]["start_time"], b.runs[-1], list(FINISHED)]
+    runs = [row["run_id"] for row in _run_rows(home, where, params, f"ORDER BY start_time DESC LIMIT {NOISE_RUNS}")]
+    if len(runs) < MIN_NOISE_RUNS:
+        return {}, len(runs)
+    levels = ", ".join(f"quantile_cont(duration_ms, {q}) AS {name}" for name, q in TIME_MEASURES.items())
+    sql = (
+        f"SELECT stage, {levels} FROM rows WHERE list_contains(?::VARCHAR[], run_id) AND status = 'ok' "
+        "AND isfinite(duration_ms) GROUP BY stage, run_id HAVING count(*) >= ?"
+    )
+    found = select(home, "stage_executions", sql, [runs, MIN_EXECUTIONS], None, _dates(home, runs)).to_pydict()
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    scale = z * float(np.sqrt(1 + 1 / max(a_runs, 1)))
+    noise: dict[str, dict[str, float]] = {}
+    for stage in set(found["stage"]):
+        for name in TIME_MEASURES:
+            values = np.array([v for s, v in zip(found["stage"], found[name], strict=True) if s == stage and v], float)
+            values = np.log(values[values > 0])
+            if values.size >= MIN_NOISE_RUNS:
+                spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+                noise.setdefault(stage, {})[name] = scale * spread
+    return noise, len(runs)
 
 
 def _by_stage(rows: pa.Table) -> dict[str, dict[str, np.ndarray]]:
@@ -320,7 +363,9 @@ def _finite(values: Any) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _stage_entry(stage: str, a: dict | None, b: dict | None, options: Options) -> dict[str, Any]:
+def _stage_entry(
+    stage: str, a: dict | None, b: dict | None, options: Options, noise: dict[str, float]
+) -> dict[str, Any]:
     empty = {"executions": np.asarray(0), "failed": np.asarray(0)} | {
         name: np.zeros(0) for name in ("duration_ms", "own_memory_mb", "gpu_peak_mb")
     }
@@ -343,6 +388,8 @@ def _stage_entry(stage: str, a: dict | None, b: dict | None, options: Options) -
         entry[name]["max"] = {
             side: (float(values.max()) if values.size else None) for side, values in (("a", a[name]), ("b", b[name]))
         }
+    for name in TIME_MEASURES:
+        _against_run_noise(entry[name], noise.get(name))
     reasons = [_reason(name, entry[name]) for name in MEASURE_NAMES if entry[name]["called_out"]]
     entry["reasons"] = reasons
     entry["regressed"] = any(entry[name]["called_out"] and entry[name]["worse"] for name in MEASURE_NAMES)
@@ -392,6 +439,17 @@ def _measure(
     found["called_out"] = significant and large
     found["worse"] = difference > 0
     return found
+
+
+def _against_run_noise(found: dict[str, Any], band: float | None) -> None:
+    """A time whose change lies within the run-to-run noise (`band`, a log ratio; None: not
+    known) is not called out, however significant against the executions' own spread."""
+    found["run_noise"] = None if band is None else float(np.expm1(band))
+    found["within_run_noise"] = False
+    if band is None or not found["called_out"] or not (found["a"] or 0) > 0 or not (found["b"] or 0) > 0:
+        return
+    if abs(float(np.log(found["b"] / found["a"]))) <= band:
+        found["called_out"], found["within_run_noise"] = False, True
 
 
 def _failures(a: dict, b: dict, options: Options) -> dict[str, Any]:
@@ -542,8 +600,9 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         before, after = executions_of(home, a.runs), executions_of(home, b.runs)
         judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
         accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home)
+        noise, noise_runs = run_noise(home, b, len(a.runs), options.confidence)
     skipped = list(dict.fromkeys([*a.skipped, *b.skipped, *skipped]))
-    stages = stage_figures(before, after, options)
+    stages = stage_figures(before, after, options, noise)
     _judge_one_sided(stages, _stages_of_run(before, a.runs[-1]), b)
     setting_a, setting_b = setting_of(home, a.runs[-1]), setting_of(home, b.runs[-1])
     document: dict[str, Any] = {
@@ -554,6 +613,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "skipped_files": skipped,
         "threshold": options.threshold,
         "confidence": options.confidence,
+        "run_noise": {"runs": noise_runs, "needed": MIN_NOISE_RUNS, "known": bool(noise)},
         "stages": stages,
         "flips": flips(verdicts(before, judged_a), verdicts(after, judged_b)),
         "flips_not_judged": None,
@@ -578,6 +638,22 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         # such sample a flip that never happened. The flips over the rows read are not given.
         document["flips"], document["flips_not_judged"] = None, {"reason": left_out, "skipped_files": skipped}
     return document
+
+
+def run_noise_text(document: dict[str, Any]) -> str:
+    """What the times were judged against besides the executions' own spread, in words (the CLI
+    and the Compare page)."""
+    noise, pipeline = document["run_noise"], document["b"]["pipeline"] or "its pipeline"
+    if noise["known"]:
+        return (
+            f"Times are called out only beyond the run-to-run noise: how far apart two of the last "
+            f"{noise['runs']} runs of {pipeline} fell (median and p95 per stage)."
+        )
+    return (
+        f"The run-to-run noise is not known ({noise['runs']} earlier finished runs of {pipeline}, "
+        f"{noise['needed']} needed): a time is judged against its executions' spread alone, and a busier "
+        "machine reads as slower code."
+    )
 
 
 def not_judged(document: dict[str, Any]) -> str | None:

@@ -25,6 +25,7 @@ from stagewatch.daemon.compare._compare import (
     baseline_side,
     compare,
     flips_not_judged_text,
+    run_noise_text,
     run_side,
 )
 from stagewatch.daemon.projection._outcomes import label
@@ -134,7 +135,7 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
             f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
             f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%} "
             f"(and than {MIN_TIME_MS:g} ms for times: a scheduler moves a sub-millisecond stage by that much). "
-            f"{OWN_MEMORY}"
+            f"{run_noise_text(document)} {OWN_MEMORY}"
         ),
         pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
     ]

@@ -78,7 +78,12 @@ def homes_of(args: argparse.Namespace) -> list[Path]:
                 raise ValueError(f"expected --home {text!r} to match stagewatch homes, got no folder")
             homes += [DaemonHome.resolve(path).root for path in matched]
         else:
-            homes.append(home_of(argparse.Namespace(home=text)).root)
+            if text is not None and not text.strip():
+                raise ValueError("expected --home to name a folder, got an empty path")
+            home = home_of(argparse.Namespace(home=text)).root
+            if len(given) > 1 and not home.is_dir():  # one home of several mistyped: said, not read as empty
+                raise ValueError(f"expected --home {text!r} to be a stagewatch home, got no such folder")
+            homes.append(home)
     return list(dict.fromkeys(homes))  # a home given twice is read once
 
 

@@ -108,6 +108,10 @@ def test_bad_homes_get_a_clear_error(fleet) -> None:
     assert nothing.returncode == 2 and "got no folder" in nothing.stderr
     several = sw("show", "--home", str(base / "host01"), "--home", str(base / "host02"), "deadbeef")
     assert several.returncode == 2 and "expected one --home" in several.stderr
+    mistyped = sw("runs", "--home", str(base / "host01"), "--home", str(base / "hots02"))
+    assert mistyped.returncode == 2 and "hots02" in mistyped.stderr and "no such folder" in mistyped.stderr
+    empty = sw("runs", "--home", "")
+    assert empty.returncode == 2 and "empty path" in empty.stderr
 
 
 def test_compare_reads_two_runs_from_two_homes(fleet) -> None:

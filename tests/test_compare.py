@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import scipy.stats
@@ -306,6 +307,25 @@ def test_an_a_a_history_whose_p95_cusum_cries_wolf_is_not_called(daemon: DaemonP
     # the CUSUM of each run's p95 as it was judged before (slack 1) calls a shift here
     assert detect(p95[same].to_numpy(), slack=1.0), "the per-run p95 CUSUM calls no shift in this history"
     assert compared(daemon.home, same[-1], "--baseline", f"last:{runs}")["shifts"] == []
+
+
+def test_a_run_that_crashed_fails_the_gate(daemon: DaemonProcess) -> None:
+    """Its figures (same code, nothing slower) are judged as they are, and the gate still fails:
+    a run whose process was lost before it ended is no pass."""
+    first = timed_run(daemon.home, seed=1, frames=20)
+    with held_run(daemon.home, seed=1, frames=20) as (lost, process):
+        rows_stored(daemon, lost, "stage_executions", 40)
+        process.kill()
+    wait_for(
+        lambda: (
+            "crashed"
+            in read_table(daemon.home, "runs").filter(pc.equal(pc.field("run_id"), lost))["status"].to_pylist()
+        ),
+        30,
+    )
+    gated = stagewatch_cli(daemon.home, first, lost, "--fail-on-regression")
+    assert gated.returncode == 1, (gated.stdout, gated.stderr)
+    assert "B crashed" in gated.stderr and "crashed" in gated.stdout
 
 
 @pytest.fixture

@@ -731,8 +731,10 @@ def side_warnings(a: Side, b: Side) -> list[str]:
 
 def gate_failures(document: dict[str, Any], options: Options) -> list[str]:
     """Why a CI gate fails on this comparison: each regressed stage with its reasons, each
-    stage whose accuracy fell by more than `accuracy_drop`; empty: it passes."""
+    stage whose accuracy fell by more than `accuracy_drop`, B crashed; empty: it passes."""
     found = [f"{s['stage']}: {'; '.join(s['reasons'])}" for s in document["stages"] if s["regressed"]]
+    if document["b"]["status"] == CRASHED:  # figures that stop where the process was lost are no pass
+        found.append("B crashed: its process was lost before the run ended")
     found += [
         f"{shift['stage']}: {shift['measure']} shifted {shift['change']:+.1%} since run {shift['started_run'][:8]}"
         for shift in document.get("shifts", [])

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -460,6 +461,28 @@ def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
     assert not (home / "run" / "ingest.sock").exists()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_the_dashboard_stops_on_sigterm_after_its_output_reader_left(tmp_path: Path) -> None:
+    """`stagewatch ui | head -3`, then SIGTERM (a timeout, systemd): Bokeh printed before it
+    stopped its loop, the print raised on the broken pipe, and the server ran on."""
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(tmp_path / "home"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = [ui.stdout.readline() for _ in range(3)]  # as `head -3` reads, then leaves
+        assert any("Bokeh app running" in line for line in lines), lines
+        ui.stdout.close()
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(30) is not None
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+            ui.wait(10)
 
 
 def test_brushing_the_log_histogram_narrows_the_time_range(served, page) -> None:

@@ -228,8 +228,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.flush(final=True)
         self.writer.threads.close()
-        with contextlib.suppress(OSError):  # a full disk: readers see a silent daemon, not a stopped one
-            self.writer.write_stopped(self.projector)
+        self.writer.write_stopped(self.projector)
         self.worker.stop()
         self.release()
         logger.info("stagewatch daemon stopped: {}", self.stats.line())
@@ -282,8 +281,8 @@ class Daemon:
         self.worker.stop()  # it commits to `samples`: not while tables are moved
         self.writer.drain()  # the writes that can be done (a queue halted on the damaged table stays so)
         unusable = {**self.writer.watch.take(), **unusable}
-        rebuilding = Rebuilding(sorted(set(unusable) & set(DAEMON_TABLES)), self.writer, self.projector)
-        rebuilding.said(0, 0)  # before the tables are moved: a reader meeting none knows why
+        tables = sorted(set(unusable) & set(DAEMON_TABLES))
+        rebuilding = Rebuilding(tables, self.writer, self.projector, self.maintenance.alive)  # said at once
         moved = set_aside_while_running(self.home, unusable)
         if moved & set(DAEMON_TABLES):
             names = ", ".join(sorted(moved))
@@ -291,12 +290,7 @@ class Daemon:
             self.writer.start_over()
             self._restore({})
             self.writer.commits.committed_lsn.update(tables_committed(self.home))
-
-            def progress(done: int, total: int) -> None:
-                self.maintenance.alive()
-                rebuilding.said(done, total)
-
-            replayed, _ = self._replay_from(0, progress)
+            replayed, _ = self._replay_from(0, rebuilding.said)
             self.flush()  # its status says no rebuild any more
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
         self.writer.watch.take()  # what was found meanwhile is of the tables set aside

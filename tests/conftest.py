@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -184,3 +185,17 @@ print(run.id)
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()[-1]
+
+
+class Close(float):
+    """A figure the CLI printed, equal to another within 1e-9 of it: a sum over the same rows in
+    another order (files written in other commits, DuckDB's threads) may differ in its last bits,
+    and rounding both to a number of digits still splits two such sums at a rounding boundary."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-12)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = float.__hash__

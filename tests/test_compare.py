@@ -408,7 +408,7 @@ def test_runs_of_two_pipelines_are_compared_with_a_warning_and_baselines_keep_to
     timed = [run_id for run_id, pipeline in runs if pipeline == "timed"]
     target = timed[-1]
     assert compared(daemon.home, target)["a"]["runs"] == [timed[1]]  # not the other pipeline's run between
-    for spec in ("last:10", "7d"):
+    for spec in ("last:10", "24h"):  # "24h" is no run id's prefix; "7d" may be (a random id)
         found = compared(daemon.home, target, "--baseline", spec)
         assert found["a"]["runs"] == timed[:2] and found["a"]["pipeline"] == "timed", spec
         assert found["warnings"] == []
@@ -469,7 +469,7 @@ def test_runs_that_finished_with_failures_are_a_baseline(daemon: DaemonProcess) 
     assert [statuses[run_id] for run_id in runs] == ["finished_with_failures"] * 2
     assert compared(daemon.home, runs[-1])["a"]["runs"] == runs[:1]
     assert compared(daemon.home, runs[-1], "--baseline", "last:5")["a"]["runs"] == runs[:1]
-    gate = stagewatch_cli(daemon.home, runs[-1], "--baseline", "7d", "--fail-on-regression")
+    gate = stagewatch_cli(daemon.home, runs[-1], "--baseline", "24h", "--fail-on-regression")  # never a run id
     assert gate.returncode in (0, 1), gate.stderr  # judged, not refused (2)
     text = stagewatch_cli(daemon.home, runs[-1]).stdout
     assert "finished with failures" in text and "finished_with_failures" not in text  # the words of every page

@@ -210,8 +210,10 @@ class ReadModelWriter:
 
     def write_stopped(self, projector: Projector) -> None:
         """status.json's last word from a daemon that stops cleanly: when it stopped, so that a
-        reader tells a daemon that stopped from one that went silent (killed, or stuck)."""
-        self._write_status(projector, {"stopped_at": time.time()})
+        reader tells a daemon that stopped from one that went silent (killed, or stuck). On a full
+        disk it is not written: readers then see a silent daemon, not a stopped one."""
+        with contextlib.suppress(OSError):
+            self._write_status(projector, {"stopped_at": time.time()})
 
     def write_rebuilding(self, projector: Projector, rebuilding: dict[str, Any]) -> None:
         """status.json while tables are rebuilt from the event log (`Rebuilding`): readers say
@@ -253,14 +255,19 @@ class Rebuilding:
 
     REPORT_INTERVAL_S = 1.0
 
-    def __init__(self, tables: list[str], writer: ReadModelWriter, projector: Projector) -> None:
+    def __init__(
+        self, tables: list[str], writer: ReadModelWriter, projector: Projector, alive: Callable[[], object]
+    ) -> None:
         self.tables = tables
         self.writer = writer
         self.projector = projector
+        self.alive = alive  # the watchdog's ping, at each step of the replay
         self.since = time.time()
         self._next_report = 0.0
+        self.said(0, 0)  # at once, before the tables are moved: a reader meeting none knows why
 
     def said(self, replayed: int, total: int) -> None:
+        self.alive()
         now = time.monotonic()
         if not self.tables or now < self._next_report:
             return

@@ -4,7 +4,6 @@ Delta tables upgrade on the daemon's first start."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import TABLES, Store
 from stagewatch.daemon.tables._tables import DamagedTable
-from tests.conftest import DaemonProcess, run_pipeline, wait_for
+from tests.conftest import Close, DaemonProcess, run_pipeline, wait_for
 from tests.daemon.test_compaction import T0, _rows
 from tests.daemon.test_retention import _judged_run
 from tests.groundtruth.builders import write_dataset
@@ -52,20 +51,6 @@ def _history(home: Path) -> dict[str, str]:
     return _seen(home)
 
 
-class _Close(float):
-    """A figure the CLI printed, equal to another within 1e-9 of it: a sum over the same rows in
-    another order (files written in other commits, DuckDB's threads) may differ in its last bits,
-    and rounding both to a number of digits still splits two such sums at a rounding boundary."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, float) and math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-12)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = float.__hash__
-
-
 def _first_difference(before: object, after: object, where: str = "") -> str:
     """Where two CLI answers first differ, and how: short enough to read in CI's output."""
     if isinstance(before, dict) and isinstance(after, dict):
@@ -82,12 +67,12 @@ def _first_difference(before: object, after: object, where: str = "") -> str:
 
 
 def _seen(home: Path) -> dict[str, object]:
-    """What the CLI shows: runs, stats (within 1e-9: `_Close`) and the matching rows."""
+    """What the CLI shows: runs, stats (within 1e-9: `Close`) and the matching rows."""
     shown = {name: _cli(home, name, "--json") for name in ("runs", "stats")}
     shown["query"] = _cli(home, "query", "--json", "--limit", "100000")
     for name, result in shown.items():
         assert result.returncode == 0, f"{name}: {result.stderr}"
-    return {name: json.loads(result.stdout, parse_float=_Close) for name, result in shown.items()}
+    return {name: json.loads(result.stdout, parse_float=Close) for name, result in shown.items()}
 
 
 def test_deltalake_duckdb_and_the_query_api_see_the_same_rows(home: Path) -> None:

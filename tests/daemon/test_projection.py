@@ -279,7 +279,8 @@ def test_the_audit_trail_holds_the_ended_stages_then_the_running_ones(tmp_path, 
     """audit.json is the head alone (each stage is on disk once: its line in stages.jsonl);
     load_audit assembles the trail, whole, paged, or streamed as one JSON document."""
     store, run = Store(DaemonHome(tmp_path)), RunState(RUN)
-    entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(ended)]
+    # spans from 1, as events give them
+    entries = [{"stage": "s", "span": span, "message": "a,b\\n"} for span in range(1, ended + 1)]
     written = store.write_stage_lines(RUN, 0, stage_lines_bytes(entries))
     store.write_stage_lines(RUN, written, stage_lines_bytes([{"stage": "s", "span": 99}]))  # past the head's bytes
     run.open = {f"c:{span}": {"stage": "open", "span": span} for span in range(running)}

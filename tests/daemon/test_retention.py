@@ -29,7 +29,7 @@ from stagewatch.daemon.tables._retention import (
     select_expired,
 )
 from stagewatch.daemon.tables._store import TABLES
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import Close, DaemonProcess, wait_for
 from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
 from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
@@ -222,8 +222,8 @@ def _what_users_see(home: Path) -> dict:
     stats = _cli(home, "stats", "--json")
     assert listing.returncode == 0 and stats.returncode == 0, listing.stderr + stats.stderr
     return {
-        "runs": json.loads(listing.stdout),
-        "stats": json.loads(stats.stdout),
+        "runs": json.loads(listing.stdout, parse_float=Close),  # sums in another order: equal within 1e-9
+        "stats": json.loads(stats.stdout, parse_float=Close),
         "folders": sorted(path.name for path in (home / "runs").iterdir()),
         "samples": sorted(read_table(home, "samples")["run_id"].to_pylist()),
         "logs": sorted(read_table(home, "logs")["run_id"].to_pylist()),

@@ -465,17 +465,20 @@ def test_the_demo_serves_the_dashboard_until_stopped(tmp_path: Path) -> None:
 
 def test_the_dashboard_stops_on_sigterm_after_its_output_reader_left(tmp_path: Path) -> None:
     """`stagewatch ui | head -3`, then SIGTERM (a timeout, systemd): Bokeh printed before it
-    stopped its loop, the print raised on the broken pipe, and the server ran on."""
+    stopped its loop, the print raised on the broken pipe, and the server ran on. Unbuffered
+    output (PYTHONUNBUFFERED, as container images set it): the print meets the pipe at once."""
     port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "stagewatch.cli", "ui", "--home", str(tmp_path / "home"), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         lines = [ui.stdout.readline() for _ in range(3)]  # as `head -3` reads, then leaves
         assert any("Bokeh app running" in line for line in lines), lines
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/app"), 60, 0.5)  # its loop runs: SIGTERM is handled
         ui.stdout.close()
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(30) is not None

@@ -229,7 +229,9 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         if not 1 <= count <= MAX_BASELINE_RUNS:
             raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
         rows = _run_rows(home, terms, params, f"ORDER BY start_time DESC LIMIT {count}")
-        label = f"the last {count} runs of {target.pipeline}"
+        label = (
+            f"the run of {target.pipeline} before it" if count == 1 else f"the last {count} runs of {target.pipeline}"
+        )
     else:
         seconds = int(window.group(1)) * _SECONDS[window.group(2)]
         rows = _run_rows(
@@ -240,7 +242,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     if not rows:
         raise CompareError(f"the baseline {spec!r} holds no finished run of {target.pipeline} before the target run")
     return Side(
-        f"{label} ({len(rows)} runs)",
+        label if len(rows) == 1 and last else f"{label} ({len(rows)} run{'s' if len(rows) > 1 else ''})",
         [r["run_id"] for r in reversed(rows)],
         "last" if last else "window",
         target.pipeline,

@@ -118,7 +118,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if isinstance(args.threshold, str):  # argparse does not convert a default given as text
         args.threshold = fraction(args.threshold)
-    if len(args.runs) > 2 or (len(args.runs) == 2 and args.baseline):
+    if len(args.runs) > 2:
+        return fail(f"expected `compare A B` or `compare B [--baseline SPEC]`, got {len(args.runs)} runs", EXIT_USAGE)
+    if len(args.runs) == 2 and args.baseline:
         return fail("expected `compare A B` or `compare B [--baseline SPEC]`, not both", EXIT_USAGE)
     if not 0.5 <= args.confidence < 1:
         return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)

@@ -205,6 +205,7 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
         ([first, first], "same run"),
         ([first, slower, "--threshold", "lots"], "expected a share"),
         ([first, slower, "--threshold", "5"], "(that is 500%)"),  # not a gate that never fires
+        ([first, slower, first], "got 3 runs"),
         ([first, slower, "--accuracy-drop", "2"], "(that is 200%)"),
     ):
         done = stagewatch_cli(daemon.home, *args)

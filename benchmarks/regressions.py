@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import print_table, running_daemon
+from stagewatch.daemon.compare._compare import NOISE_RUNS, TIME_MEASURES, Options, _stage_entry, noise_band
 from stagewatch.daemon.compare._shifts import MAD_TO_SIGMA, MIN_REFERENCE, detect, judge_stage, stage_histories
 
 STEP = 0.10
@@ -184,6 +185,42 @@ def judge_model(
     ]
 
 
+def compare_calls(runs: list[np.ndarray], t: int, with_run_noise: bool) -> bool:
+    """Whether `stagewatch compare` of run t-1 (A) and run t (B) calls the stage out as slower:
+    its per-stage judgement (daemon/compare/_compare.py), the run-to-run noise taken from the
+    runs before B, as `run_noise` does, or (without) against the executions' spread alone."""
+    history = runs[max(0, t - NOISE_RUNS) : t]
+    noise = {}
+    for name, q in TIME_MEASURES.items():
+        band = noise_band([float(np.quantile(d, q)) for d in history], 1, Options().confidence)
+        if with_run_noise and band is not None:
+            noise[name] = band
+    sides = [
+        {"executions": np.asarray(d.size), "failed": np.asarray(0), "duration_ms": d}
+        | {name: np.zeros(0) for name in ("own_memory_mb", "gpu_peak_mb")}
+        for d in (runs[t - 1], runs[t])
+    ]
+    return bool(_stage_entry("stage", *sides, Options(), noise)["regressed"])
+
+
+def judge_compare(
+    rng: np.random.Generator, noise: Noise, histories: int, executions: int, between_scale: float
+) -> list[str]:
+    """`compare` of consecutive runs: false alarms per 100 A/A pairs (each B with 20 runs of
+    history before it), and the share of +10% steps called on the step's first run; with the
+    run-to-run noise / against the executions alone."""
+    alarms, found = np.zeros(2), np.zeros(2)
+    pairs = 10
+    for _ in range(histories):
+        runs = synthetic_runs(rng, noise, NOISE_RUNS + pairs, None, executions, between_scale)
+        for t in range(NOISE_RUNS, NOISE_RUNS + pairs):
+            alarms += [compare_calls(runs, t, True), compare_calls(runs, t, False)]
+        stepped = synthetic_runs(rng, noise, NOISE_RUNS + 1, NOISE_RUNS, executions, between_scale)
+        found += [compare_calls(stepped, NOISE_RUNS, True), compare_calls(stepped, NOISE_RUNS, False)]
+    rate, share = alarms / (histories * pairs) * 100, found / histories
+    return [f"{rate[0]:.1f} / {rate[1]:.1f}", f"{share[0]:.0%} / {share[1]:.0%}"]
+
+
 def _ratio(pair: np.ndarray) -> str:
     return f"x{pair[0] / pair[1]:.2f}" if pair[1] else "-"
 
@@ -198,6 +235,7 @@ def main() -> None:
     parser.add_argument("--between-scales", default="1,0.25,0", help="the between-run sd scaled by these")
     parser.add_argument("--histories", type=int, default=100)
     parser.add_argument("--length", type=int, default=60, help="runs per A/A history")
+    parser.add_argument("--compare-histories", type=int, default=30, help="histories for `compare` of two runs")
     args = parser.parse_args()
     rng = np.random.default_rng(2026)
     executions = pq.read_table(args.load) if args.load else demo_executions(args.demo_runs, args.frames)
@@ -218,7 +256,8 @@ def main() -> None:
             for scale in (float(s) for s in args.between_scales.split(",")):
                 between = f"{noise.between_sd * scale:.3f} (x{scale:g}), persistence {noise.persistence:.2f}"
                 figures = judge_model(rng, noise, args.histories, args.length, count, scale)
-                rows.append([noise.stage, count, between, *figures])
+                compared = judge_compare(rng, noise, args.compare_histories, count, scale)
+                rows.append([noise.stage, count, between, *figures, *compared])
     print_table(
         f"Model histories (A/A: {args.histories} x {args.length} runs; +{STEP:.0%} step after {STEADY_RUNS} "
         f"runs: {args.histories} histories); ours / p95 CUSUM (ratio) / p95 and median CUSUMs unconfirmed",
@@ -229,6 +268,8 @@ def main() -> None:
             "model's sd log p95 / log median",
             "false alarms per 100 runs",
             "+10% found within 3 runs",
+            "compare A/A: false alarms per 100 pairs, with run noise / without",
+            "compare: +10% step called, with / without",
         ],
         rows,
     )

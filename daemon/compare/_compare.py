@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -330,17 +330,27 @@ def run_noise(home: Path, b: Side, a_runs: int, confidence: float) -> tuple[dict
         "AND isfinite(duration_ms) GROUP BY stage, run_id HAVING count(*) >= ?"
     )
     found = select(home, "stage_executions", sql, [runs, MIN_EXECUTIONS], None, _dates(home, runs)).to_pydict()
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    scale = z * float(np.sqrt(1 + 1 / max(a_runs, 1)))
     noise: dict[str, dict[str, float]] = {}
     for stage in set(found["stage"]):
         for name in TIME_MEASURES:
-            values = np.array([v for s, v in zip(found["stage"], found[name], strict=True) if s == stage and v], float)
-            values = np.log(values[values > 0])
-            if values.size >= MIN_NOISE_RUNS:
-                spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
-                noise.setdefault(stage, {})[name] = scale * spread
+            values = [v for s, v in zip(found["stage"], found[name], strict=True) if s == stage]
+            if (band := noise_band(values, a_runs, confidence)) is not None:
+                noise.setdefault(stage, {})[name] = band
     return noise, len(runs)
+
+
+def noise_band(levels: Sequence[float | None], a_runs: int, confidence: float) -> float | None:
+    """From a measure's value in each of a pipeline's runs (`levels`), the log ratio within
+    which a side of `a_runs` pooled runs and one run fall at `confidence` when nothing changed:
+    the robust sd (1.4826 x MAD) of the log levels, times the normal quantile and sqrt(1 + 1/k).
+    None below `MIN_NOISE_RUNS` usable levels."""
+    values = np.array([value for value in levels if value is not None and value > 0], float)
+    if values.size < MIN_NOISE_RUNS:
+        return None
+    logs = np.log(values)
+    spread = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    return z * float(np.sqrt(1 + 1 / max(a_runs, 1))) * spread
 
 
 def _by_stage(rows: pa.Table) -> dict[str, dict[str, np.ndarray]]:

@@ -378,23 +378,23 @@ def test_kill_9_while_the_daemon_rebuilds_a_deleted_table_loses_and_doubles_no_r
 
 
 def _held_inside_a_rebuild(daemon: DaemonProcess) -> bool:
-    """Delete the stage_executions table under the running daemon and SIGSTOP it inside the
-    rebuild that follows (status.json says it rebuilds); False if the rebuild ended before we
-    could stop it (a rebuild of a small log takes a tenth of a second: a busy machine misses it)."""
+    """Delete the stage_executions table under the running daemon and hold it (SIGSTOP) inside
+    the rebuild that follows (status.json says it rebuilds). The daemon runs in slices of a few
+    milliseconds, stopped between them while we look: a rebuild of a small log takes a tenth of
+    a second, which a watcher polling beside a busy daemon missed. False if it ended unseen."""
     table = DaemonHome(daemon.home).table("stage_executions")
     rebuilt = daemon.log().count("rebuilt the")
     shutil.rmtree(table)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        daemon.process.send_signal(signal.SIGSTOP)
         if "rebuilding" in daemon.status():
-            daemon.process.send_signal(signal.SIGSTOP)
-            if "rebuilding" in daemon.status():  # still inside it, now held
-                return True
-            daemon.process.send_signal(signal.SIGCONT)
-            return False
+            return True  # held inside it
         if daemon.log().count("rebuilt the") > rebuilt:
-            return False  # done before we looked
-        time.sleep(0.001)
+            daemon.process.send_signal(signal.SIGCONT)
+            return False  # done between two looks
+        daemon.process.send_signal(signal.SIGCONT)
+        time.sleep(0.002)
     return False
 
 

@@ -22,7 +22,7 @@ from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import TABLES, Store
-from stagewatch.daemon.tables._tables import DamagedTable
+from stagewatch.daemon.tables._tables import DamagedTable, has_log
 from tests.conftest import Close, DaemonProcess, run_pipeline, wait_for
 from tests.daemon.test_compaction import T0, _rows
 from tests.daemon.test_retention import _judged_run
@@ -362,7 +362,7 @@ def test_kill_9_while_the_daemon_rebuilds_a_deleted_table_loses_and_doubles_no_r
     for delay_s in (0.5, 1.0, 1.5, 2.5):
         daemon.start()
         wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
-        shutil.rmtree(DaemonHome(home).table("stage_executions"))
+        _delete_stage_executions(home)
         time.sleep(delay_s)
         daemon.kill()
     daemon.start()
@@ -377,14 +377,21 @@ def test_kill_9_while_the_daemon_rebuilds_a_deleted_table_loses_and_doubles_no_r
         assert daemon.stop() == 0
 
 
+def _delete_stage_executions(home: Path) -> None:
+    """Once its Delta log is there: the rows of a rebuild reach the table through the writer's
+    queue, after the daemon logs that the rebuild is done."""
+    table = DaemonHome(home).table("stage_executions")
+    wait_for(lambda: has_log(table), timeout_s=60)
+    shutil.rmtree(table)
+
+
 def _held_inside_a_rebuild(daemon: DaemonProcess) -> bool:
     """Delete the stage_executions table under the running daemon and hold it (SIGSTOP) inside
     the rebuild that follows (status.json says it rebuilds). The daemon runs in slices of a few
     milliseconds, stopped between them while we look: a rebuild of a small log takes a tenth of
     a second, which a watcher polling beside a busy daemon missed. False if it ended unseen."""
-    table = DaemonHome(daemon.home).table("stage_executions")
     rebuilt = daemon.log().count("rebuilt the")
-    shutil.rmtree(table)
+    _delete_stage_executions(daemon.home)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         daemon.process.send_signal(signal.SIGSTOP)

@@ -290,8 +290,11 @@ class Daemon:
             self.writer.start_over()
             self._restore({})
             self.writer.commits.committed_lsn.update(tables_committed(self.home))
-            replayed, _ = self._replay_from(0, rebuilding.said)
-            self.flush()  # its status says no rebuild any more
+            try:
+                replayed, _ = self._replay_from(0, rebuilding.said)
+                self.flush()
+            finally:
+                rebuilding.done(self.projector)
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
         self.writer.watch.take()  # what was found meanwhile is of the tables set aside
         self.worker.start()

@@ -78,6 +78,7 @@ class ReadModelWriter:
         self.status_endpoint = status_endpoint
         self.checkpoint_extras = checkpoint_extras  # what ingest and liveness keep (dedup, daemon seq)
         self.checkpoint_lsn = -1  # the log position the last written checkpoint covers
+        self.rebuilding: dict[str, Any] | None = None  # said in every status.json until the rebuilt rows are on disk
         self.threads = DiskThreads(MAX_QUEUED_ROWS, stats, write_error)
         self._throttle = CostThrottle(min_interval_s=REWRITE_INTERVAL_S)
         self.audits = AuditTrails(self.store, self.threads, self._throttle, finished_run_grace_s)
@@ -215,10 +216,11 @@ class ReadModelWriter:
         with contextlib.suppress(OSError):
             self._write_status(projector, {"stopped_at": time.time()})
 
-    def write_rebuilding(self, projector: Projector, rebuilding: dict[str, Any]) -> None:
+    def write_rebuilding(self, projector: Projector, rebuilding: dict[str, Any] | None) -> None:
         """status.json while tables are rebuilt from the event log (`Rebuilding`): readers say
-        that those tables' rows are partial until it is done. The next flush's status drops it."""
-        self._write_status(projector, {"rebuilding": rebuilding})
+        that those tables' rows are partial until it is done; None once the rows are on disk."""
+        self.rebuilding = rebuilding
+        self._write_status(projector)
 
     def _write_status(self, projector: Projector, extra: dict[str, Any] | None = None) -> None:
         status = {
@@ -242,7 +244,7 @@ class ReadModelWriter:
             "late_events": projector.late_events,
             "foreign_events": projector.foreign_events,
         }
-        status |= extra or {}
+        status |= ({"rebuilding": self.rebuilding} if self.rebuilding else {}) | (extra or {})
         clear_way(STATUS, self.home)
         atomic_write(self.home.status, json.dumps(status, indent=1).encode())
 
@@ -275,3 +277,8 @@ class Rebuilding:
         state = {"tables": self.tables, "since": self.since, "replayed_bytes": replayed, "log_bytes": total}
         with contextlib.suppress(OSError):  # a full disk: the rebuild goes on, readers are not told
             self.writer.write_rebuilding(self.projector, state)
+
+    def done(self, projector: Projector) -> None:
+        """Once the rebuilt rows are on disk (the disk thread writes them after the replay)."""
+        with contextlib.suppress(OSError):
+            self.writer.write_rebuilding(projector, None)

@@ -59,6 +59,11 @@ MIN_SMALL_FILES = 8
 # whose run id range holds it, where an unsorted partition is read whole.
 SORT_COLUMN = "run_id"
 ROW_GROUP_ROWS = 8192
+# delta-rs's z-order orders strings by their first 14 bytes (its key's width; a canonical UUID's
+# first twelve hex digits): ids alike that far come out in no order among themselves, so a
+# partition's order is judged on them (judged on whole ids, a pipeline numbering its runs kept
+# its partitions unsorted, rewritten at every pass).
+SORT_KEY_CHARS = 14
 # Memory the sort may hold before it spills to disk (the daemon's peak stays bounded).
 SORT_MEMORY_BYTES = 256 << 20
 # Partitions sorted a pass and table, the most recent days first: a home of an earlier version
@@ -316,15 +321,15 @@ def unsorted_past_days(delta: DeltaTable, today: str) -> list[str]:
 
 @functools.lru_cache(maxsize=4096)  # data files are never rewritten: a partition's files, judged once
 def _sorted_by_run(uris: tuple[str, ...]) -> bool:
-    """Whether the files' row groups hold disjoint run id ranges, each group at most
-    `ROW_GROUP_ROWS` rows (or one run's), from their footers. A file that cannot be read, or has
+    """Whether the files' row groups hold disjoint run id ranges (of their `SORT_KEY_CHARS`),
+    each group at most `ROW_GROUP_ROWS` rows (or one key's), from their footers. A file that cannot be read, or has
     no such statistics, is left as it is (sorting would not help)."""
     groups: list[tuple[str, str, int]] = []
     for uri in uris:
         found = _row_groups(uri)
         if found is None:
             return True
-        groups += found
+        groups += [(low[:SORT_KEY_CHARS], high[:SORT_KEY_CHARS], rows) for low, high, rows in found]
     groups.sort()
     small = all(rows <= ROW_GROUP_ROWS or low == high for low, high, rows in groups)
     return small and all(high <= low for (_, high, _), (low, _, _) in itertools.pairwise(groups))

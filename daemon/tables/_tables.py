@@ -322,8 +322,8 @@ def unsorted_past_days(delta: DeltaTable, today: str) -> list[str]:
 @functools.lru_cache(maxsize=4096)  # data files are never rewritten: a partition's files, judged once
 def _sorted_by_run(uris: tuple[str, ...]) -> bool:
     """Whether the files' row groups hold disjoint run id ranges (of their `SORT_KEY_CHARS`),
-    each group at most `ROW_GROUP_ROWS` rows (or one key's), from their footers. A file that cannot be read, or has
-    no such statistics, is left as it is (sorting would not help)."""
+    each group at most `ROW_GROUP_ROWS` rows (or one key's), from their footers. A file that
+    cannot be read, or has no such statistics, is left as it is (sorting would not help)."""
     groups: list[tuple[str, str, int]] = []
     for uri in uris:
         found = _row_groups(uri)

@@ -199,8 +199,7 @@ class Daemon:
             self.ingest.ingest_spools()
             self.worker.start()
             logger.info("stagewatch daemon ready: home={} endpoint={}", self.home.root, self.settings.endpoint)
-            no_gpu = host_gpu_problem()
-            if no_gpu:  # said once here, not on every pipeline's stderr
+            if no_gpu := host_gpu_problem():  # said once here, not on every pipeline's stderr
                 logger.info("no GPU on this host ({}): stages report no GPU memory", no_gpu)
             self.systemd.notify("READY=1", f"STATUS=ingesting on {self.settings.endpoint}")
             self._loop()
@@ -290,11 +289,9 @@ class Daemon:
             self.writer.start_over()
             self._restore({})
             self.writer.commits.committed_lsn.update(tables_committed(self.home))
-            try:
+            with rebuilding.until_written(lambda: self.projector):
                 replayed, _ = self._replay_from(0, rebuilding.said)
                 self.flush()
-            finally:
-                rebuilding.done(self.projector)
             logger.info("rebuilt the {} table(s) from {:,} events of the log", names, replayed)
         self.writer.watch.take()  # what was found meanwhile is of the tables set aside
         self.worker.start()

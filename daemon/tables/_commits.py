@@ -6,7 +6,7 @@ each table (`committed_lsn`); and the deletes of the crash rows that a withdrawn
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +36,7 @@ class TableCommits:
         self.committed_lsn: dict[str, int] = {}
         self._uncommitted: dict[str, list[pa.Table]] = {}
         self._withdrawn: dict[str, set[int]] = {}  # run -> lsns of losses whose rows are still to delete
+        self.written: Callable[[str], object] = lambda table: None  # told of each commit made (the table watch)
 
     @property
     def withdrawals_pending(self) -> bool:
@@ -89,7 +90,12 @@ class TableCommits:
         rows = pa.concat_tables(self._uncommitted.pop(table))
         lsn = pc.max(rows["lsn"]).as_py()
         existing = self.committed_lsn.get(table, -1) >= 0  # a commit before it made the table (jobs run in order)
-        self.threads.submit(functools.partial(self.store.commit, table, rows, lsn, existing), weight=rows.num_rows)
+
+        def commit() -> None:  # on the disk thread
+            self.store.commit(table, rows, lsn, existing)
+            self.written(table)
+
+        self.threads.submit(commit, weight=rows.num_rows)
         self.committed_lsn[table] = lsn  # once the queue reaches the checkpoint queued after it
 
     def _delete_withdrawn_rows(self) -> None:

@@ -15,12 +15,19 @@ class TableWatch:
         self.home = home
         self.unusable: dict[str, str] = {}  # table -> what is wrong, said in the log when set aside
         self._present: set[str] = set()  # the tables with a log at the last flush
+        # The tables a commit wrote since the last flush, told from the disk thread: one that a
+        # commit made between two flushes and that was deleted before the next was never seen.
+        self._written: set[str] = set()
+
+    def written(self, table: str) -> None:
+        self._written.add(table)
 
     def find_deleted(self) -> None:
         """A few stat calls a flush (a commit finds a deleted table too: TableGone)."""
+        written, self._written = self._written, set()  # taken first: a commit told after is kept
         present = self._with_log()
-        for table in sorted(self._present - present):
-            if deleted(table_path(self.home, table)):
+        for table in sorted((self._present | written) - present):
+            if deleted(table_path(self.home, table)):  # looked at again: a commit may have just made it
                 self.found(TableGone(table))
         self._present = present
 

@@ -23,7 +23,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -85,6 +85,7 @@ class ReadModelWriter:
         self.commits = TableCommits(self.store, self.threads, quarantine, write_error)
         self.watch = TableWatch(home)  # tables damaged or deleted while the daemon runs
         self.threads.damaged = self.watch.found
+        self.commits.written = self.watch.written
         self._checkpoint_queued = False
 
     def reopen(self, projector: Projector, run_id: str) -> bool:
@@ -278,7 +279,12 @@ class Rebuilding:
         with contextlib.suppress(OSError):  # a full disk: the rebuild goes on, readers are not told
             self.writer.write_rebuilding(self.projector, state)
 
-    def done(self, projector: Projector) -> None:
-        """Once the rebuilt rows are on disk (the disk thread writes them after the replay)."""
-        with contextlib.suppress(OSError):
-            self.writer.write_rebuilding(projector, None)
+    @contextlib.contextmanager
+    def until_written(self, projector: Callable[[], Projector]) -> Iterator[None]:
+        """Said until the block (the replay, then the flush that waits for its rows) has ended:
+        the rows reach the tables through the disk thread, after the replay."""
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.writer.write_rebuilding(projector(), None)

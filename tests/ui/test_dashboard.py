@@ -493,7 +493,9 @@ def test_brushing_the_log_histogram_narrows_the_time_range(served, page) -> None
     page.goto(f"{ui.url}?page=logs")
     page.wait_for_selector(".sw-table-logs .tabulator-row")
     before = _pager_total(page)
-    box = page.locator("canvas").first.bounding_box()
+    histogram = page.locator(".sw-chart-histogram canvas").first  # drawn a tick after the table
+    histogram.wait_for()
+    box = histogram.bounding_box()
     y = box["y"] + box["height"] * 0.4
     page.mouse.move(box["x"] + box["width"] * 0.25, y)
     page.mouse.down()

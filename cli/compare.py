@@ -5,8 +5,9 @@
 
 Exit codes: 0 compared (and, with --fail-on-regression, nothing regressed); 1 with
 --fail-on-regression when a stage regressed (slower, more memory, more failures, or it ran in
-A and not in B), a shift is ongoing in the baseline's history, or accuracy fell by more than
---accuracy-drop (the reasons are printed); 2 for arguments that name nothing to compare (an
+A and not in B), a shift is ongoing in the baseline's history, or a stage's accuracy fell
+significantly (two-proportion z-test) and by more than --accuracy-drop (2 points by default;
+--accuracy-drop off: never) (the reasons are printed); 2 for arguments that name nothing to compare (an
 unknown run, an empty baseline) or cannot be read, and with --fail-on-regression for a run that
 has not ended: its figures are partial, the gate neither passes nor fails it (compare again
 once it has ended); the same when rows were left out for a damaged data file (named in the
@@ -54,7 +55,12 @@ def add_commands(commands: Any) -> None:
         "--confidence", type=float, default=0.99, help="confidence of each test (0.99: p < 0.01 is significant)"
     )
     compare.add_argument(
-        "--accuracy-drop", type=fraction, help="with --fail-on-regression: fail when a stage's accuracy falls more"
+        "--accuracy-drop",
+        type=accuracy_drop,
+        default=argparse.SUPPRESS,  # not given: the comparison's default (DEFAULT_ACCURACY_DROP)
+        metavar="SHARE|off",
+        help="a stage's accuracy falling significantly and by more than this (rate points) is a regression "
+        "(2%%; off: never)",
     )
     compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
     compare.add_argument(
@@ -83,6 +89,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def accuracy_drop(text: str) -> float | None:
+    """'2%' or 0.02 -> 0.02; 'off' -> None: accuracy never fails the gate."""
+    if text.strip().lower() == "off":
+        return None
+    return fraction(text)
+
+
 def seconds(text: str) -> float:
     """'10' -> 10.0 seconds, at most an hour (argparse turns the ValueError into exit 2)."""
     try:
@@ -107,6 +120,7 @@ def baseline_run(home: Path | list[Path], text: str) -> Side:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from stagewatch.daemon.compare._compare import (
+        DEFAULT_ACCURACY_DROP,
         CompareError,
         Options,
         RunNotEnded,
@@ -125,7 +139,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0.5 <= args.confidence < 1:
         return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)
     home = home_or_homes(args)  # several homes: read as one
-    options = Options(threshold=args.threshold, confidence=args.confidence, accuracy_drop=args.accuracy_drop)
+    drop = getattr(args, "accuracy_drop", DEFAULT_ACCURACY_DROP)
+    options = Options(threshold=args.threshold, confidence=args.confidence, accuracy_drop=drop)
     deadline = time.monotonic() + args.wait
     try:
         while True:
@@ -167,7 +182,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def print_comparison(document: dict[str, Any]) -> None:
-    from stagewatch.daemon.compare._compare import run_noise_text
+    from stagewatch.daemon.compare._compare import accuracy_gate_text, run_noise_text
 
     a, b = document["a"], document["b"]
     for warning in document["warnings"]:
@@ -176,6 +191,7 @@ def print_comparison(document: dict[str, Any]) -> None:
     print(
         f"called out: significant at {document['confidence']:.0%} confidence and larger than "
         f"{document['threshold']:.0%}\n({TESTS})\n{run_noise_text(document)}\n"
+        f"{accuracy_gate_text(document['accuracy_drop'], document['confidence'])}\n"
     )
     header = (
         f"{'stage':<22}{'executions':>14}  {'median ms':<26}{'p95 ms':<26}{'own MB (median)':<20}"
@@ -297,7 +313,12 @@ def _print_accuracy(accuracy: list[dict[str, Any]]) -> None:
     for entry in accuracy:
         a = "-" if entry["a"] is None else f"{entry['a']:.1%}"
         b = "-" if entry["b"] is None else f"{entry['b']:.1%}"
-        print(f"  {entry['stage']}: {a} -> {b}")
+        fell = "  FELL" if entry.get("fell") else ""
+        print(f"  {entry['stage']}: {a} -> {b} ({_count(entry, 'a')} -> {_count(entry, 'b')}){fell}")
         for metric, classes in entry["per_class"].items():
             cells = ", ".join(f"{name} {_num(v.get('a'))}->{_num(v.get('b'))}" for name, v in classes.items())
             print(f"    {metric}: {cells}")
+
+
+def _count(entry: dict[str, Any], side: str) -> str:
+    return f"{entry['correct'][side]}/{entry['judged'][side]}"

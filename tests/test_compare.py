@@ -510,14 +510,40 @@ def test_the_flip_list_holds_exactly_the_samples_b_got_wrong(daemon: DaemonProce
     ]
     (accuracy,) = found["accuracy"]
     assert accuracy["a"] == pytest.approx(7 / 8) and accuracy["b"] == pytest.approx(5 / 8)
-    gated = stagewatch_cli(daemon.home, before, after, "--fail-on-regression", "--accuracy-drop", "10%")
-    assert gated.returncode == 1 and "detection: accuracy 87.5% -> 62.5%" in gated.stderr
-    assert stagewatch_cli(daemon.home, before, after, "--fail-on-regression", "--accuracy-drop", "30%").returncode == 0
     back = compared(daemon.home, after, before)
     assert {(f["sample_id"], f["from"], f["to"]) for f in back["flips"]} == {
         ("s0001", "wrong", "correct"),
         ("s0006", "wrong", "correct"),
     }
+
+
+def test_the_gate_fails_on_a_significant_fall_of_accuracy_without_being_asked(daemon: DaemonProcess) -> None:
+    """--fail-on-regression alone gates on accuracy: a fall that is significant (two-proportion
+    z-test) and larger than the default 2 points fails; one within the samples' noise passes;
+    the gate's accuracy rule is printed and in --json, settable, and --accuracy-drop off ends it."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    before = judged_run(daemon, dataset, set(), 60)
+    slightly = judged_run(daemon, dataset, {5, 9}, 60)  # 100% -> 96.7%: more than 2 points, p ~ 0.15
+    worse = judged_run(daemon, dataset, set(range(0, 60, 6)), 60)  # 100% -> 83.3%: p < 0.01
+    gated = stagewatch_cli(daemon.home, before, worse, "--fail-on-regression")
+    assert gated.returncode == 1, gated.stderr
+    assert "detection: accuracy 100.0% -> 83.3%" in gated.stderr
+    assert "accuracy gate: " in gated.stdout and "2.0 points" in gated.stdout
+    document = json.loads(stagewatch_cli(daemon.home, before, worse, "--json").stdout)
+    assert document["accuracy_drop"] == pytest.approx(0.02) and document["regressed"] is True
+    (entry,) = document["accuracy"]
+    assert entry["judged"] == {"a": 60, "b": 60} and entry["correct"] == {"a": 60, "b": 50}
+    assert entry["significant"] and entry["fell"] and entry["p_value"] < 0.01
+    noise = stagewatch_cli(daemon.home, before, slightly, "--fail-on-regression", "--json")
+    assert noise.returncode == 0, noise.stderr
+    (entry,) = json.loads(noise.stdout)["accuracy"]
+    assert entry["change"] < -0.02 and not entry["significant"] and not entry["fell"]
+    off = stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "off", "--json")
+    assert off.returncode == 0 and json.loads(off.stdout)["accuracy_drop"] is None
+    assert "accuracy gate: off" in stagewatch_cli(daemon.home, before, worse, "--accuracy-drop", "off").stdout
+    assert stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "20%").returncode == 0
+    assert stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "10%").returncode == 1
+    assert stagewatch_cli(daemon.home, before, worse, "--accuracy-drop", "offf").returncode == 2
 
 
 def judged_runs_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:

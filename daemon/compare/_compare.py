@@ -60,6 +60,9 @@ from stagewatch.daemon.query._sql import homes_of, select, skipped_files
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_CONFIDENCE = 0.99  # per test: a stage has several measures, a run many stages
+# A stage's accuracy falling by less (rate points) is no news to a CI gate, however significant;
+# by more, it fails the gate when the fall is also significant (two-proportion z-test).
+DEFAULT_ACCURACY_DROP = 0.02
 MIN_EXECUTIONS = 5  # fewer on either side: figures, but nothing called out
 MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: smaller is no change
 MIN_TIME_MS = 0.5  # a stage of a tenth of a millisecond doubles when the scheduler looks away
@@ -133,7 +136,8 @@ class Side:
 class Options:
     threshold: float = DEFAULT_THRESHOLD
     confidence: float = DEFAULT_CONFIDENCE
-    accuracy_drop: float | None = None  # a stage's accuracy falling by more (rate points) fails the gate
+    # A stage's accuracy falling significantly and by more (rate points) fails the gate; None: never.
+    accuracy_drop: float | None = DEFAULT_ACCURACY_DROP
     seed: int = 0
     now: datetime | None = None  # for windows; None: the clock
 
@@ -526,10 +530,12 @@ def _is_worse(flip: dict[str, str]) -> bool:
     return flip["from"] in GOOD and flip["to"] not in GOOD
 
 
-def accuracy_figures(before: pa.Table, after: pa.Table, a_runs: list[str], b_runs: list[str], home: Path) -> list:
+def accuracy_figures(
+    before: pa.Table, after: pa.Table, a_runs: list[str], b_runs: list[str], home: Path, options: Options
+) -> list:
     """Per stage with judged samples: the share judged correct on each side (correct / judged,
-    `unlabeled` left out) and its change; per class the metrics accuracy.json holds per class
-    (`per_class_*`), where each side is one run."""
+    `unlabeled` left out), its change and whether it `fell` (`accuracy_fell`); per class the
+    metrics accuracy.json holds per class (`per_class_*`), where each side is one run."""
     a, b = _accuracy_by_stage(before), _accuracy_by_stage(after)
     per_class = {}
     if len(a_runs) == 1 and len(b_runs) == 1:
@@ -538,25 +544,56 @@ def accuracy_figures(before: pa.Table, after: pa.Table, a_runs: list[str], b_run
         )
     found = []
     for stage in dict.fromkeys([*b, *a]):
-        rate_a, rate_b = a.get(stage), b.get(stage)
-        found.append(
-            {
-                "stage": stage,
-                "a": rate_a,
-                "b": rate_b,
-                "change": rate_b - rate_a if rate_a is not None and rate_b is not None else None,
-                "per_class": per_class.get(stage, {}),
-            }
-        )
+        (correct_a, judged_a), (correct_b, judged_b) = a.get(stage, (0, 0)), b.get(stage, (0, 0))
+        rate_a = correct_a / judged_a if judged_a else None
+        rate_b = correct_b / judged_b if judged_b else None
+        entry = {
+            "stage": stage,
+            "a": rate_a,
+            "b": rate_b,
+            "correct": {"a": correct_a, "b": correct_b},
+            "judged": {"a": judged_a, "b": judged_b},
+            "change": rate_b - rate_a if rate_a is not None and rate_b is not None else None,
+            "p_value": two_proportions_p(correct_a, judged_a, correct_b, judged_b) if judged_a and judged_b else None,
+            "per_class": per_class.get(stage, {}),
+        }
+        entry["significant"] = entry["p_value"] is not None and entry["p_value"] < 1 - options.confidence
+        entry["fell"] = accuracy_fell(entry, options.accuracy_drop)
+        found.append(entry)
     return found
 
 
-def _accuracy_by_stage(judged: pa.Table) -> dict[str, float]:
+def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:
+    """Whether a stage's accuracy fell past the gate: significantly (two-proportion z-test at
+    the comparison's confidence, the same test as the failure rate's; it ignores that both sides
+    may judge the same samples, which only makes it more careful) and by more than `drop` rate
+    points. A fall of a few samples on a small golden set is within its noise; `drop` None: the
+    gate does not look at accuracy."""
+    if drop is None or entry["change"] is None:
+        return False
+    return bool(entry["significant"]) and entry["change"] < -drop
+
+
+def accuracy_gate_text(drop: float | None, confidence: float) -> str:
+    """The gate's rule for accuracy, in words (the CLI prints it; --json has `accuracy_drop`)."""
+    if drop is None:
+        return "accuracy gate: off (--accuracy-drop off): a fall of accuracy is shown, never a regression"
+    return (
+        f"accuracy gate: a stage's accuracy falling by more than {drop * 100:.1f} points and significantly "
+        f"(two-proportion z-test, p < {1 - confidence:.2g}) is a regression (--accuracy-drop sets the points; "
+        "--accuracy-drop off: never)"
+    )
+
+
+def _accuracy_by_stage(judged: pa.Table) -> dict[str, tuple[int, int]]:
+    """Per stage: (samples judged correct, samples judged), `unlabeled` left out."""
     if judged.num_rows == 0:
         return {}
     frame = judged.to_pandas().drop_duplicates(["run_id", "stage", "sample_id"], keep="last")
     frame = frame[frame["status"] != "unlabeled"]
-    return {str(s): float((part["status"] == "correct").mean()) for s, part in frame.groupby("stage", sort=False)}
+    return {
+        str(s): (int((part["status"] == "correct").sum()), len(part)) for s, part in frame.groupby("stage", sort=False)
+    }
 
 
 def _per_class(a: dict | None, b: dict | None) -> dict[str, dict[str, dict[str, dict[str, float | None]]]]:
@@ -611,7 +648,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
     with skipped_files() as skipped:
         before, after = executions_of(home, a.runs), executions_of(home, b.runs)
         judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
-        accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home)
+        accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home, options)
         noise, noise_runs = run_noise(home, b, len(a.runs), options.confidence)
     skipped = list(dict.fromkeys([*a.skipped, *b.skipped, *skipped]))
     stages = stage_figures(before, after, options, noise)
@@ -625,6 +662,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "skipped_files": skipped,
         "threshold": options.threshold,
         "confidence": options.confidence,
+        "accuracy_drop": options.accuracy_drop,
         "run_noise": {"runs": noise_runs, "needed": MIN_NOISE_RUNS, "known": bool(noise)},
         "stages": stages,
         "flips": flips(verdicts(before, judged_a), verdicts(after, judged_b)),
@@ -743,7 +781,7 @@ def side_warnings(a: Side, b: Side) -> list[str]:
 
 def gate_failures(document: dict[str, Any], options: Options) -> list[str]:
     """Why a CI gate fails on this comparison: each regressed stage with its reasons, each
-    stage whose accuracy fell by more than `accuracy_drop`, B crashed; empty: it passes."""
+    stage whose accuracy fell past the gate (`accuracy_fell`), B crashed; empty: it passes."""
     found = [f"{s['stage']}: {'; '.join(s['reasons'])}" for s in document["stages"] if s["regressed"]]
     if document["b"]["status"] == CRASHED:  # figures that stop where the process was lost are no pass
         found.append("B crashed: its process was lost before the run ended")
@@ -752,11 +790,11 @@ def gate_failures(document: dict[str, Any], options: Options) -> list[str]:
         for shift in document.get("shifts", [])
         if shift["ongoing"]
     ]
-    if options.accuracy_drop is not None:
-        found += [
-            f"{entry['stage']}: accuracy {entry['a']:.1%} -> {entry['b']:.1%} (fell by more than "
-            f"{options.accuracy_drop:.1%})"
-            for entry in document["accuracy"]
-            if entry["change"] is not None and entry["change"] < -options.accuracy_drop
-        ]
+    found += [
+        f"{entry['stage']}: accuracy {entry['a']:.1%} -> {entry['b']:.1%} ({entry['correct']['b']}/"
+        f"{entry['judged']['b']} correct; fell {-entry['change'] * 100:.1f} points, more than the "
+        f"{options.accuracy_drop * 100:.1f} allowed, p={entry['p_value']:.2g})"
+        for entry in document["accuracy"]
+        if accuracy_fell(entry, options.accuracy_drop)
+    ]
     return found

@@ -22,8 +22,9 @@ from stagewatch.daemon.compare._shifts import detect
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.conftest import DaemonProcess, run_python, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, run_python, wait_for
 from tests.daemon.test_compaction import _damage as damage
+from tests.daemon.test_pipeline_clock import BOOTED_IN_1970
 from tests.groundtruth.builders import scene, write_dataset
 
 # The pipeline's monotonic clock, patched in its own process: `work(ms)` makes the stage around
@@ -544,6 +545,27 @@ def test_the_gate_fails_on_a_significant_fall_of_accuracy_without_being_asked(da
     assert stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "20%").returncode == 0
     assert stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "10%").returncode == 1
     assert stagewatch_cli(daemon.home, before, worse, "--accuracy-drop", "offf").returncode == 2
+
+
+def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess) -> None:
+    """A board that booted in 1970: its stage times (monotonic) compare as they are, but which
+    runs came before it is read from start times on the pipelines' clocks: compare says so,
+    in the text, in --json (`clock_skew`) and in the error of a baseline it could not find."""
+    first = run_pipeline(daemon.home)
+    healthy = run_pipeline(daemon.home)
+    skewed = run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970)
+    daemon.audit(skewed)
+    found = compared(daemon.home, first, skewed)
+    (skew,) = found["clock_skew"]
+    assert skew["side"] == "B" and skew["run_id"] == skewed and skew["offset_s"] < 0
+    (warning,) = [w for w in found["warnings"] if "clock" in w]
+    assert "years behind the daemon's" in warning and "monotonic" in warning
+    assert "WARNING: B (run " in stagewatch_cli(daemon.home, first, skewed).stdout
+    reversed_sides = compared(daemon.home, skewed, healthy)
+    assert [s["side"] for s in reversed_sides["clock_skew"]] == ["A"]
+    alone = stagewatch_cli(daemon.home, skewed)  # the run before it, by a start time in 1970: none
+    assert alone.returncode == 2 and "years behind the daemon's" in alone.stderr, alone.stderr
+    assert compared(daemon.home, first, healthy)["clock_skew"] == []
 
 
 def judged_runs_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:

@@ -244,7 +244,11 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         rows = rows[:MAX_BASELINE_RUNS]
         label = f"the runs of {target.pipeline} in the last {spec}"
     if not rows:
-        raise CompareError(f"the baseline {spec!r} holds no finished run of {target.pipeline} before the target run")
+        skew = run_clock_skew(home, target.runs[-1])
+        raise CompareError(
+            f"the baseline {spec!r} holds no finished run of {target.pipeline} before the target run"
+            + (f" ({skew['message']}; the runs before it are found by start time: give a baseline run)" if skew else "")
+        )
     return Side(
         label if len(rows) == 1 and last else f"{label} ({len(rows)} run{'s' if len(rows) > 1 else ''})",
         [r["run_id"] for r in reversed(rows)],
@@ -630,6 +634,41 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value} if prefix else {}
 
 
+def run_clock_skew(home: Path, run_id: str) -> dict[str, Any] | None:
+    """How far the run's pipeline clock was from the daemon's, as its audit trail says
+    (`clock_skew`: offset_s, message; None: within a minute, or not measured)."""
+    return load_audit_head(holding(home, run_id), run_id).get("clock_skew")
+
+
+CLOCK_CONSEQUENCE = {
+    "A": "whether A is among the runs before B (the run-to-run noise's history)",
+    "B": "the runs before B: a last:N or window baseline, the run before it, the run-to-run noise's history",
+}
+
+
+def clock_skews(home: Path, a: Side, b: Side) -> list[dict[str, Any]]:
+    """The runs compared whose pipeline clock was off (A's runs when it is one run, else its
+    newest; B's): each {side, run_id, offset_s, message}. Every figure compared is measured on
+    the pipeline's monotonic clock and holds; what a skewed wall clock moves is which runs are
+    taken as earlier (start times, on the pipelines' clocks) and the time windows."""
+    found = []
+    for name, side in (("A", a), ("B", b)):
+        for run_id in side.runs if side.kind == "run" else side.runs[-1:]:
+            if skew := run_clock_skew(home, run_id):
+                found.append({"side": name, "run_id": run_id, **skew})
+    return found
+
+
+def clock_warnings(skews: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{skew['side']} (run {skew['run_id'][:8]}): {skew['message']}. Its stage times, memory and failures are "
+        "measured on a monotonic clock and compare as they are; but "
+        f"which runs count as earlier ({CLOCK_CONSEQUENCE[skew['side']]}) is read from start times on the "
+        "pipelines' clocks and may be wrong"
+        for skew in skews
+    ]
+
+
 def setting_of(home: Path, run_id: str) -> dict[str, Any]:
     """What the run started with: its config snapshot and its environment (host, Python,
     packages, GPU), from the audit trail."""
@@ -654,12 +693,14 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
     stages = stage_figures(before, after, options, noise)
     _judge_one_sided(stages, _stages_of_run(before, a.runs[-1]), b)
     setting_a, setting_b = setting_of(home, a.runs[-1]), setting_of(home, b.runs[-1])
+    skews = clock_skews(home, a, b)
     document: dict[str, Any] = {
         "a": a.summary(),
         "b": b.summary(),
         "partial": a.partial or b.partial,
-        "warnings": side_warnings(a, b) + skipped_warnings(skipped),
+        "warnings": side_warnings(a, b) + clock_warnings(skews) + skipped_warnings(skipped),
         "skipped_files": skipped,
+        "clock_skew": skews,
         "threshold": options.threshold,
         "confidence": options.confidence,
         "accuracy_drop": options.accuracy_drop,

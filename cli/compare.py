@@ -48,7 +48,9 @@ def add_commands(commands: Any) -> None:
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="[A] B: run ids or unique prefixes (A: a baseline)")
     compare.add_argument(
-        "--baseline", help="what B is compared with: a run, last:N (runs of B's pipeline before it, pooled) or 7d"
+        "--baseline",
+        help="what B is compared with: a run id or prefix, last:N (runs of B's pipeline before it, pooled) or "
+        "a window (30m, 24h, 7d, 2w)",
     )
     compare.add_argument("--threshold", type=fraction, default="5%", help="smallest change called out (5%%)")
     compare.add_argument(
@@ -134,7 +136,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.threshold = fraction(args.threshold)
     if len(args.runs) > 2:
         return fail(f"expected `compare A B` or `compare B [--baseline SPEC]`, got {len(args.runs)} runs", EXIT_USAGE)
-    if len(args.runs) == 2 and args.baseline:
+    if len(args.runs) == 2 and args.baseline is not None:
         return fail("expected `compare A B` or `compare B [--baseline SPEC]`, not both", EXIT_USAGE)
     if not 0.5 <= args.confidence < 1:
         return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)
@@ -149,7 +151,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 if len(args.runs) == 2:
                     baseline = baseline_run(home, args.runs[0])
                 else:
-                    baseline = baseline_side(home, args.baseline or "last:1", target)
+                    baseline = baseline_side(home, "last:1" if args.baseline is None else args.baseline, target)
                 if baseline.runs == target.runs:
                     return fail(
                         f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE

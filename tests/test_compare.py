@@ -202,6 +202,9 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
         ([slower, "--baseline", "last:0"], "between 1 and"),
         ([slower, "--baseline=last:-1"], "between 1 and"),  # not "no run with id 'last:-1'"
         ([slower, "--baseline", "last:abc"], "between 1 and"),
+        ([slower, "--baseline", "7x"], "a baseline is a run id or unique prefix, last:N"),  # the forms, named
+        ([slower, "--baseline", "7x"], "(30m, 24h, 7d, 2w)"),
+        ([slower, "--baseline", " "], "expected a baseline: a run id"),  # not the run before it, unasked
         ([first, slower, "--baseline", "7d"], "not both"),
         ([first, first], "same run"),
         ([first, slower, "--threshold", "lots"], "expected a share"),

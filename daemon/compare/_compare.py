@@ -207,10 +207,15 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     spec = spec.strip()
     last = LAST.match(spec)
     window = _RELATIVE.match(spec)
+    if not spec:
+        raise CompareError(f"expected a baseline: {BASELINE_FORMS}; got an empty one")
     if not last and spec.lower().startswith("last:"):  # last:-1, last:abc, last: — not a run id either
         raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
     if not last and not window:
-        return run_side(home, spec)
+        try:
+            return run_side(home, spec)
+        except CompareError as error:  # 7x: no run, and no other form either: say which forms there are
+            raise CompareError(f"{error}; a baseline is {BASELINE_FORMS}") from None
     if window:
         _refuse_unclear_window(home, spec, window)
     if target.pipeline is None:
@@ -258,6 +263,10 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     )
 
 
+BASELINE_FORMS = (
+    f"a run id or unique prefix, last:N (the last N runs before it, N from 1 to {MAX_BASELINE_RUNS}) or a "
+    f"window: a number and one of {', '.join(_SECONDS)} (30m, 24h, 7d, 2w)"
+)
 EARLIEST = datetime(1678, 1, 1, tzinfo=UTC)  # inside timestamp[ns]: every stored time is later
 
 

@@ -222,3 +222,35 @@ def test_stages_in_a_damaged_data_file_are_not_counted_as_time_outside_stages(
     from stagewatch.ui import _data
 
     assert said in _data.run_view(home, run_id)["outside_problem"]  # the Run page's warning in the row's place
+
+
+TRAIL_DAMAGES = {
+    "a line overwritten": lambda lines: [*lines[:1], b"\x00" * len(lines[1]), *lines[2:]],
+    "cut short": lambda lines: [*lines[:2], lines[2][:10]],
+    "a value no stage has": lambda lines: [
+        json.dumps({**json.loads(lines[0]), "duration_ms": -5.0}).encode(),
+        *lines[1:],
+    ],
+}
+
+
+@pytest.mark.parametrize("damage", list(TRAIL_DAMAGES), ids=list(TRAIL_DAMAGES))
+def test_doctor_names_a_damaged_stages_jsonl_and_what_is_wrong(
+    trail: tuple[Path, str], tmp_path: Path, damage: str
+) -> None:
+    """stages.jsonl is the audit trail's record of each ended stage: doctor reads it as `show`
+    does, line by line, and names the file, the line and what is wrong with it (exit 1)."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    path = home / "runs" / trail[1] / "stages.jsonl"
+    assert sw("doctor", "--home", str(home)).returncode == 0
+    lines = path.read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 3
+    path.write_bytes(b"\n".join(TRAIL_DAMAGES[damage](lines)) + (b"" if damage == "cut short" else b"\n"))
+    result = sw("doctor", "--home", str(home), "--json")
+    assert result.returncode == 1, result.stdout
+    (check,) = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "audit trails"]
+    assert not check["ok"] and str(path) in check["detail"] and "stagewatch rebuild" in check["detail"]
+    assert ("holds" if damage == "cut short" else "line ") in check["detail"], check["detail"]
+    text = sw("doctor", "--home", str(home)).stdout
+    assert str(path) in text

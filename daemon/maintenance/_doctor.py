@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stagewatch._home import ipc_path
+from stagewatch._names import is_run_id
 from stagewatch.daemon.base._derived import STATUS, damaged_in_place, peek, set_aside_copies
 from stagewatch.daemon.base._disk import OK, disk_state, read_disk
 from stagewatch.daemon.base._layout import DaemonHome
@@ -143,6 +144,29 @@ def _data_files_check(layout: DaemonHome) -> dict[str, Any]:
     )
 
 
+MAX_NAMED_TRAILS = 5
+
+
+def _trails_check(layout: DaemonHome) -> dict[str, Any]:
+    """Each run's audit trail reads whole: audit.json, and every line of stages.jsonl its head
+    accounts for, checked as `show` and the Run page read them (`trail_problems`)."""
+    from stagewatch.daemon.query._readmodels import trail_problems
+
+    runs = [entry.name for entry in os.scandir(layout.runs) if is_run_id(entry.name)] if layout.runs.is_dir() else []
+    damaged = [problems for run_id in sorted(runs) if (problems := trail_problems(layout.root, run_id))]
+    if not damaged:
+        return _check("audit trails", True, f"every run's audit trail reads whole ({len(runs)} run(s))")
+    shown = "; ".join("; ".join(problems) for problems in damaged[:MAX_NAMED_TRAILS])
+    more = f" (and {len(damaged) - MAX_NAMED_TRAILS} more run(s))" if len(damaged) > MAX_NAMED_TRAILS else ""
+    return _check(
+        "audit trails",
+        False,
+        f"{len(damaged)} run(s) with a damaged audit trail: {shown}{more}. Readers leave what is damaged out "
+        "(the stages are in the tables); the event log holds it all: stop the daemon, then `stagewatch rebuild` "
+        "writes the trails again",
+    )
+
+
 def _quarantine_check(layout: DaemonHome, quarantined: int, stats: dict[str, Any]) -> dict[str, Any]:
     """Rejected events are data a client lost: a problem to look at, not a detail."""
     dropped = stats.get("quarantine_dropped", 0)
@@ -216,6 +240,7 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         _tables_check(layout),
         _data_files_check(layout),
+        _trails_check(layout),
         _check(
             "event log",
             damaged == 0,

@@ -372,6 +372,28 @@ def load_audit_head(home: Path, run_id: str) -> dict[str, Any]:
     return audit
 
 
+def trail_problems(home: Path, run_id: str) -> list[str]:
+    """What is damaged or missing in the run's audit trail in this home, in a reader's words:
+    its audit.json, its stages.jsonl (no file, cut short) and each of its lines checked as
+    `show` checks them (nothing kept: `doctor`). Empty when it reads whole."""
+    layout = DaemonHome.of(home)
+    if not layout.audit(run_id).exists() and not _has_bytes(layout.stage_lines(run_id)):
+        return []  # a run folder the daemon has just made: nothing written yet, nothing damaged
+    audit, lines = _trail_of(layout, run_id)
+    problems = audit["problems"]
+    if lines is not None:
+        for _ in lines.items(problems):  # damaged lines are counted into `problems`
+            pass
+    return problems
+
+
+def _has_bytes(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size > 0 or not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def stages_with(home: Path, run_id: str, marker: bytes, limit: int) -> list[dict[str, Any]]:
     """The first `limit` stages of the run's trail whose JSON holds `marker` (`FAILED`: those
     that failed or crashed; `WITH_ARTIFACTS`: those that saved outputs), ended then running:

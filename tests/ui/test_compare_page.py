@@ -5,6 +5,8 @@ dataset where the second gets two samples wrong, reached from Runs (two ticked) 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +195,85 @@ def test_a_flip_of_clouds_opens_both_cases_under_one_camera(tmp_path, page) -> N
         if ui is not None:
             ui.stop()
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_twice(tmp_path_factory) -> Iterator[tuple[Ui, str, str]]:
+    """Two runs of `stagewatch demo`: real camera-sized pictures (boxes on a 640 px input, masks,
+    clouds), the cases a flip of a real pipeline opens."""
+    home = Path(str(tmp_path_factory.mktemp("compare-demo"))) / "home"
+    daemon = DaemonProcess(home).start()
+    ui = None
+    try:
+        for _ in range(2):
+            demo = subprocess.run(
+                [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "48", "--no-ui"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert demo.returncode == 0, demo.stderr
+        before, after = sorted((home / "runs").iterdir(), key=lambda run: run.stat().st_mtime)
+        ui = Ui(home)
+        yield ui, before.name, after.name
+    finally:
+        if ui is not None:
+            ui.stop()
+        daemon.stop()
+
+
+# Every drawn thing of one side (pictures, 3D views, tables, sliders): where it ends, against
+# its side's column and the page. Panel draws inside shadow roots: the walk enters them.
+SIDES_OVERFLOW = """() => {
+  const all = [];
+  const walk = (root) => { for (const el of root.querySelectorAll('*')) { all.push(el); if (el.shadowRoot) walk(el.shadowRoot); } };
+  walk(document);
+  const sides = all.filter((el) => el.classList && el.classList.contains('sw-compare-side'));
+  const drawn = 'svg.sw-boxes, img, canvas, iframe, .tabulator, .noUi-target';
+  const within = (el) => { const found = []; const w = (root) => { for (const c of root.querySelectorAll('*')) { found.push(c); if (c.shadowRoot) w(c.shadowRoot); } }; w(el.shadowRoot || el); w(el); return found; };
+  const page = document.documentElement.clientWidth;
+  const out = [];
+  sides.forEach((side, index) => {
+    const box = side.getBoundingClientRect();
+    if (box.right > page + 1) out.push(`side ${index} ends at ${Math.round(box.right)} past the page's ${page}`);
+    for (const el of within(side)) {
+      if (!el.matches || !el.matches(drawn)) continue;
+      const r = el.getBoundingClientRect();
+      if (r.width === 0) continue;
+      if (r.left < box.left - 1 || r.right > box.right + 1) {
+        out.push(`side ${index}: ${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className} at ${Math.round(r.left)}-${Math.round(r.right)}, its side ${Math.round(box.left)}-${Math.round(box.right)}`);
+      }
+    }
+  });
+  return {sides: sides.length, overflow: out};
+}"""
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_a_flips_two_cases_fit_the_page_side_by_side(demo_twice, browser, theme) -> None:
+    """Boxes on the demo's 640 px input, masks with their overlays, clouds: each case within its
+    half at 1,280 and 1,920 px (the boxes' picture ran into the other case and past the page, the
+    mask overlays' row pushed B's case off the page)."""
+    ui, before, after = demo_twice
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(45_000)
+    try:
+        for stage, sample, drawn in (
+            ("detection", "frame_040", ".sw-case-boxes svg"),
+            ("segmentation", "frame_040", ".sw-case-picture img"),
+            ("lidar_segmentation", "frame_048", ".sw-cloud-3d iframe"),
+        ):
+            page.set_viewport_size({"width": 1280, "height": 1000})
+            query = f"?page=compare&a={before}&b={after}&flip={stage}%2F{sample}&theme={theme}"
+            page.goto(ui.url + query)
+            pictures = page.locator(f".sw-compare-side-by-side {drawn}")
+            wait_for(lambda: pictures.count() >= 2, 60)  # both cases drawn, then laid out
+            wait_for(lambda: all((b := p.bounding_box()) and b["width"] > 0 for p in pictures.all()), 30)
+            for width in (1280, 1920):
+                page.set_viewport_size({"width": width, "height": 1000})
+                measured = wait_for(lambda: (m := page.evaluate(SIDES_OVERFLOW))["sides"] == 2 and m, 20)
+                assert measured["overflow"] == [], (stage, width, measured["overflow"])
+                assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrollbar
+    finally:
+        context.close()

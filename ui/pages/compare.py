@@ -110,7 +110,9 @@ class ComparePage:
                 body = case_sections(self.home, *found, camera_group=camera_group)
             heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}")
             # each case half of the width (its wide parts wrap), so both fit the page side by side
-            columns.append(pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF))
+            columns.append(
+                pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF, css_classes=["sw-compare-side"])
+            )
         self.cases.objects = [
             pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
             pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),

@@ -207,7 +207,7 @@ def demo_twice(tmp_path_factory) -> Iterator[tuple[Ui, str, str]]:
     try:
         for _ in range(2):
             demo = subprocess.run(
-                [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--frames", "48", "--no-ui"],
+                [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--no-ui"],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -225,23 +225,26 @@ def demo_twice(tmp_path_factory) -> Iterator[tuple[Ui, str, str]]:
 # Every drawn thing of one side (pictures, 3D views, tables, sliders): where it ends, against
 # its side's column and the page. Panel draws inside shadow roots: the walk enters them.
 SIDES_OVERFLOW = """() => {
-  const all = [];
-  const walk = (root) => { for (const el of root.querySelectorAll('*')) { all.push(el); if (el.shadowRoot) walk(el.shadowRoot); } };
-  walk(document);
-  const sides = all.filter((el) => el.classList && el.classList.contains('sw-compare-side'));
+  const under = (root, found = []) => {
+    for (const el of root.querySelectorAll('*')) {
+      found.push(el);
+      if (el.shadowRoot) under(el.shadowRoot, found);
+    }
+    return found;
+  };
+  const sides = under(document).filter((el) => el.classList && el.classList.contains('sw-compare-side'));
   const drawn = 'svg.sw-boxes, img, canvas, iframe, .tabulator, .noUi-target';
-  const within = (el) => { const found = []; const w = (root) => { for (const c of root.querySelectorAll('*')) { found.push(c); if (c.shadowRoot) w(c.shadowRoot); } }; w(el.shadowRoot || el); w(el); return found; };
   const page = document.documentElement.clientWidth;
   const out = [];
   sides.forEach((side, index) => {
     const box = side.getBoundingClientRect();
     if (box.right > page + 1) out.push(`side ${index} ends at ${Math.round(box.right)} past the page's ${page}`);
-    for (const el of within(side)) {
-      if (!el.matches || !el.matches(drawn)) continue;
+    for (const el of under(side.shadowRoot || side, under(side))) {
       const r = el.getBoundingClientRect();
-      if (r.width === 0) continue;
+      if (!el.matches(drawn) || r.width === 0) continue;
       if (r.left < box.left - 1 || r.right > box.right + 1) {
-        out.push(`side ${index}: ${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className} at ${Math.round(r.left)}-${Math.round(r.right)}, its side ${Math.round(box.left)}-${Math.round(box.right)}`);
+        const what = `${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className}`;
+        out.push(`side ${index}: ${what} at ${Math.round(r.left)}-${Math.round(r.right)}, its side ends ${box.right}`);
       }
     }
   });
@@ -268,8 +271,8 @@ def test_a_flips_two_cases_fit_the_page_side_by_side(demo_twice, browser, theme)
             query = f"?page=compare&a={before}&b={after}&flip={stage}%2F{sample}&theme={theme}"
             page.goto(ui.url + query)
             pictures = page.locator(f".sw-compare-side-by-side {drawn}")
-            wait_for(lambda: pictures.count() >= 2, 60)  # both cases drawn, then laid out
-            wait_for(lambda: all((b := p.bounding_box()) and b["width"] > 0 for p in pictures.all()), 30)
+            wait_for(lambda pictures=pictures: pictures.count() >= 2, 60)  # both cases drawn, then laid out
+            wait_for(lambda pictures=pictures: all((b := p.bounding_box()) and b["width"] > 0 for p in pictures.all()))
             for width in (1280, 1920):
                 page.set_viewport_size({"width": width, "height": 1000})
                 measured = wait_for(lambda: (m := page.evaluate(SIDES_OVERFLOW))["sides"] == 2 and m, 20)

@@ -97,6 +97,27 @@ class RunNotEnded(CompareError):
     """A run's end is not in the runs table yet (still running, or ended and not yet flushed)."""
 
 
+MAX_SHARE = 10.0  # 1000%: past it a threshold or an accuracy drop never fires
+
+
+def share_from_text(text: str) -> float:
+    """'5%' or 0.05 -> 0.05, between 0 (every significant change) and MAX_SHARE: the threshold
+    and accuracy drop as `stagewatch compare` and the Compare page's link take them. A
+    ValueError says what was expected (a bare 5 is refused: it meant 500%, a gate that never
+    fires; so are a negative share, nan and inf)."""
+    cleaned = text.strip()
+    given = repr(text if len(text) <= 40 else text[:40] + "…")  # a link's value may be any length
+    try:
+        value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
+    except ValueError:
+        raise ValueError(f"expected a share like 5% or 0.05, got {given}") from None
+    if not 0 <= value <= MAX_SHARE:  # nan and inf too
+        raise ValueError(f"expected a share between 0% and {MAX_SHARE:.0%}, got {given}")
+    if value >= 1 and not cleaned.endswith("%"):
+        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
+    return value + 0.0  # -0 is 0
+
+
 @dataclass(frozen=True)
 class Side:
     """The runs one side of a comparison pools, oldest first, and how it was asked for."""

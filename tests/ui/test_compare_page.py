@@ -280,3 +280,28 @@ def test_a_flips_two_cases_fit_the_page_side_by_side(demo_twice, browser, theme)
                 assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrollbar
     finally:
         context.close()
+
+
+def _called_out_beyond(page) -> str:
+    """The threshold the page compared at, as it says it ("larger than 5%")."""
+    said = page.get_by_text(re.compile("and larger than")).all_inner_texts()
+    return said[0].split("and larger than ", 1)[1].split(" ", 1)[0] if said else ""
+
+
+def test_a_links_threshold_of_0_is_used_and_an_invalid_one_is_said(served, page) -> None:
+    """threshold=0 calls out every significant change (it was refused as no preset, and 5% used);
+    a negative, textual or infinite one is said on the page, why, and the default used."""
+    ui, before, after = served
+    for given, shown_as in (("0", "0%"), ("0.03", "3%"), ("12.5%25", "12%")):
+        page.goto(f"{ui.url}?page=compare&a={before}&b={after}&threshold={given}")
+        wait_for(lambda: _called_out_beyond(page), 60)
+        assert _called_out_beyond(page) == shown_as, given
+        assert not shown(page, "Ignored from the link")
+        assert f"threshold={given}" in page.evaluate("location.search")  # the URL still says it
+    for given in ("-1", "abc", "1e999", "nan", "5"):
+        page.goto(f"{ui.url}?page=compare&a={before}&b={after}&threshold={given}")
+        wait_for(lambda: _called_out_beyond(page), 60)
+        assert _called_out_beyond(page) == "5%", given
+        warning = page.get_by_text(re.compile("Ignored from the link"))
+        assert f"threshold={given}" in warning.inner_text() and "expected a share" in warning.inner_text()
+        assert not shown(page, "Traceback")

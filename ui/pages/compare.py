@@ -27,11 +27,12 @@ from stagewatch.daemon.compare._compare import (
     flips_not_judged_text,
     run_noise_text,
     run_side,
+    share_from_text,
 )
 from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
-from stagewatch.ui._router import link
+from stagewatch.ui._router import link, session_arguments
 from stagewatch.ui.pages.case import case_sections
 
 THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
@@ -45,17 +46,26 @@ class ComparePage:
         self.home = home
         self.first = pn.widgets.TextInput(name="Baseline", placeholder="run id, last:20 or 7d (empty: previous run)")
         self.second = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
-        self.threshold = pn.widgets.Select(name="Practical threshold", options=THRESHOLDS, value="0.05")
+        given, self.threshold_problem = link_threshold()
+        self.threshold = pn.widgets.Select(
+            name="Practical threshold", options=threshold_options(given), value=THRESHOLDS["5%"]
+        )
         self.flip = pn.widgets.TextInput(name="Flip", placeholder="stage/sample")
         self.body = pn.Column()
         self.cases = pn.Column(css_classes=["sw-compare-cases"])
         self.sides: tuple[Side, Side] | None = None
         refused = _widgets.sync_url({"a": self.first, "b": self.second, "threshold": self.threshold, "flip": self.flip})
-        self.url_problems = _widgets.url_alert(refused)
+        self.url_problems = _widgets.url_alert([self._explained(problem) for problem in refused])
         for widget in (self.first, self.second, self.threshold):
             widget.param.watch(lambda _: self.show(), "value")
         self.flip.param.watch(lambda _: self.show_flip(), "value")
         self.show()
+
+    def _explained(self, refused: str) -> str:
+        """A refused part of the link, with why where the page knows it."""
+        if refused.startswith("threshold=") and self.threshold_problem:
+            return f"{refused} ({self.threshold_problem}; {DEFAULT_LABEL} is used)"
+        return refused
 
     def layout(self) -> pn.Column:
         return pn.Column(
@@ -80,7 +90,7 @@ class ComparePage:
             a = baseline_side(self.home, self.first.value or "last:1", b)
             if a.runs == b.runs:
                 raise CompareError("the baseline and the run compared are the same run")
-            document = compare(self.home, a, b, Options(threshold=float(self.threshold.value)))
+            document = compare(self.home, a, b, Options(threshold=share_from_text(self.threshold.value)))
         except (CompareError, QueryError) as error:
             self.body.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
             self.cases.objects = []
@@ -117,6 +127,33 @@ class ComparePage:
             pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
             pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),
         ]
+
+
+DEFAULT_LABEL = "5%"
+
+
+def link_threshold() -> tuple[tuple[str, float] | None, str | None]:
+    """The link's `threshold` as given and as a share, if it is one; else why not (None, None
+    without one). 0 is a threshold: every significant change is called out."""
+    text = (session_arguments().get("threshold") or [None])[0]
+    if text is None:
+        return None, None
+    try:
+        return (text, share_from_text(text)), None
+    except ValueError as error:
+        return None, str(error)
+
+
+def threshold_options(given: tuple[str, float] | None) -> dict[str, str]:
+    """The preset thresholds, and the link's own (as it wrote it: the URL keeps it) when it is
+    not one of them."""
+    if given is None or given[0] in THRESHOLDS.values():
+        return dict(THRESHOLDS)
+    text, value = given
+    label = f"{value * 100:.4g}%"
+    if label in THRESHOLDS:  # a preset's share written another way (0.050, 5.0%): a label of its own
+        label = f"{label} ({text[:20]})"
+    return {**THRESHOLDS, label: text}
 
 
 def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:

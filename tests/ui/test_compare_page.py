@@ -305,3 +305,33 @@ def test_a_links_threshold_of_0_is_used_and_an_invalid_one_is_said(served, page)
         warning = page.get_by_text(re.compile("Ignored from the link"))
         assert f"threshold={given}" in warning.inner_text() and "expected a share" in warning.inner_text()
         assert not shown(page, "Traceback")
+
+
+def _fits(locator) -> bool:
+    """The element's text within its box (a long word that does not wrap scrolls past it)."""
+    return locator.count() > 0 and locator.first.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+
+
+def _open_flip_in_neither_run(page, comparison: str, sample: str) -> None:
+    page.goto(f"{comparison}&flip=detection%2F{urllib.parse.quote(sample)}")
+    heading = page.get_by_text(re.compile(", side by side$"))
+    wait_for(lambda: heading.count() == 1, 60)
+    assert heading.inner_text().startswith(f"detection on {sample[:1000]}")
+    missing = page.get_by_text(re.compile("^No case of detection on"))
+    wait_for(lambda: missing.count() == 2, 30)  # in neither run
+    wait_for(lambda: _fits(heading) and _fits(missing.nth(0)) and _fits(missing.nth(1)), 10)
+
+
+def test_a_links_odd_values_are_said_as_given_within_the_page(served, page) -> None:
+    """A 5,000-character run id and sample wrap within the page (they ran past it in one line);
+    HTML in a flip's sample reads as it is in the side by side's heading (it read '&lt;img')
+    and never runs."""
+    ui, before, after = served
+    page.goto(f"{ui.url}?page=compare&a={'a' * 5000}&b={after}")
+    unknown = page.get_by_text(re.compile("no run with id 'aaaa"))
+    wait_for(lambda: unknown.count() == 1, 60)
+    wait_for(lambda: _fits(unknown), 10)
+    for sample in ("<img src=x onerror=window.__pwned=1>", "s" * 5000):
+        _open_flip_in_neither_run(page, f"{ui.url}?page=compare&a={before}&b={after}", sample)
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]

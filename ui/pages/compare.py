@@ -39,6 +39,10 @@ THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
 MAX_FLIPS_SHOWN = 200
 MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
 HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half the row, never wider
+# What a link's values (a run id, a baseline, a stage, a sample) are echoed in: one long word
+# wraps within the page, and past MAX_ECHOED characters it is cut ("…").
+WRAPPED = {"overflow-wrap": "anywhere"}
+MAX_ECHOED = 1000
 
 
 class ComparePage:
@@ -92,7 +96,7 @@ class ComparePage:
                 raise CompareError("the baseline and the run compared are the same run")
             document = compare(self.home, a, b, Options(threshold=share_from_text(self.threshold.value)))
         except (CompareError, QueryError) as error:
-            self.body.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
+            self.body.objects = [problem_alert(error)]
             self.cases.objects = []
             return
         self.sides = (a, b)
@@ -115,7 +119,8 @@ class ComparePage:
         for side, title in zip(self.sides, ("A", "B"), strict=True):
             found = _newest_case(self.home, side, stage, sample)
             if found is None:
-                body: list[Any] = [pn.pane.Alert(f"No case of {stage} on {sample} in {side.label}.", alert_type="info")]
+                text = html.escape(f"No case of {echoed(stage)} on {echoed(sample)} in {side.label}.")
+                body: list[Any] = [pn.pane.Alert(text, alert_type="info", styles=WRAPPED)]
             else:
                 body = case_sections(self.home, *found, camera_group=camera_group)
             heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}")
@@ -124,12 +129,28 @@ class ComparePage:
                 pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF, css_classes=["sw-compare-side"])
             )
         self.cases.objects = [
-            pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
+            # HTML, not Markdown: a code span showed an escaped sample's entities as they are (&lt;)
+            pn.pane.HTML(
+                f"<h3>{html.escape(echoed(stage))} on <code>{html.escape(echoed(sample))}</code>, side by side</h3>",
+                sizing_mode="stretch_width",
+                styles=WRAPPED,
+            ),
             pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),
         ]
 
 
 DEFAULT_LABEL = "5%"
+
+
+def echoed(text: str) -> str:
+    """A link's value as the page says it: at most MAX_ECHOED characters."""
+    return text if len(text) <= MAX_ECHOED else text[:MAX_ECHOED] + "…"
+
+
+def problem_alert(error: Exception) -> pn.pane.Alert:
+    """Why nothing is compared (an unknown run, a baseline that holds none), as compare says it;
+    the link's value it quotes wraps within the page."""
+    return pn.pane.Alert(html.escape(echoed(str(error))), alert_type="warning", styles=WRAPPED)
 
 
 def link_threshold() -> tuple[tuple[str, float] | None, str | None]:

@@ -23,7 +23,7 @@ from stagewatch.daemon.query._readmodels import table_not_read
 from stagewatch.daemon.query._sql import DamagedTable, QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui._router import href, link
-from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
+from stagewatch.ui.pages.compare import problem_alert, stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 CHART_HEIGHT = 320
@@ -127,7 +127,7 @@ class PerformancePage:
             a = baseline_side(self.home, self.first.value or "last:1", b)
             document = compare(self.home, a, b)
         except (CompareError, QueryError) as error:
-            self.comparison.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
+            self.comparison.objects = [problem_alert(error)]
             return
         baseline = quote(self.first.value or "last:1", safe="")
         compare_href = href(f"?page=compare&a={baseline}&b={quote(b.runs[0], safe='')}")

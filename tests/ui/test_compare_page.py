@@ -336,3 +336,12 @@ def test_a_links_odd_values_are_said_as_given_within_the_page(served, page) -> N
         _open_flip_in_neither_run(page, f"{ui.url}?page=compare&a={before}&b={after}", sample)
     assert page.evaluate("window.__pwned") is None
     assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def test_performance_does_not_compare_a_run_with_itself(served, page) -> None:
+    """As the Compare page and `stagewatch compare` say: the same run twice is no comparison (the
+    Performance page showed its table of no change under "compare two runs")."""
+    ui, _before, after = served
+    page.goto(f"{ui.url}?page=performance&a={after[:8]}&b={after}")
+    wait_for(lambda: shown(page, f"the baseline and the run compared are the same run ({after[:8]})"), 60)
+    assert page.locator(".sw-compare-stages").count() == 0

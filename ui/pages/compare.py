@@ -90,10 +90,7 @@ class ComparePage:
             self.cases.objects = []
             return
         try:
-            b = run_side(self.home, self.second.value)
-            a = baseline_side(self.home, self.first.value or "last:1", b)
-            if a.runs == b.runs:
-                raise CompareError("the baseline and the run compared are the same run")
+            a, b = compared_sides(self.home, self.first.value, self.second.value)
             document = compare(self.home, a, b, Options(threshold=share_from_text(self.threshold.value)))
         except (CompareError, QueryError) as error:
             self.body.objects = [problem_alert(error)]
@@ -140,6 +137,17 @@ class ComparePage:
 
 
 DEFAULT_LABEL = "5%"
+
+
+def compared_sides(home: Path, baseline: str, run: str) -> tuple[Side, Side]:
+    """The two sides the fields name (an empty baseline: the run before it), as the Compare and
+    Performance pages compare them; a CompareError for a baseline that is the run itself (its
+    comparison says "No regression." of nothing compared)."""
+    b = run_side(home, run)
+    a = baseline_side(home, baseline or "last:1", b)
+    if a.runs == b.runs:
+        raise CompareError(f"the baseline and the run compared are the same run ({b.runs[0][:8]})")
+    return a, b
 
 
 def echoed(text: str) -> str:

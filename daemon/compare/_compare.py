@@ -195,6 +195,13 @@ def run_side(home: Path, text: str) -> Side:
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
 
 
+def _count(digits: str) -> int:
+    """The N of last:N or 7d. Past 18 digits any count is more than a baseline or the calendar
+    holds (and int() refuses a text of over 4,300 digits: a ValueError, not what was wrong)."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 18 else 10**18
+
+
 def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None:
     """A window spec that is empty (0d: it holds no run), or that is also the start of a run id
     (run ids are hex: "7d", "12d" begin some), is refused with what it could mean: a run is
@@ -204,7 +211,7 @@ def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None
     except AmbiguousRun:
         run_id = None
     except RunNotFound:
-        if int(window.group(1)) == 0:
+        if _count(window.group(1)) == 0:
             raise CompareError(
                 f"expected a window longer than 0 (7d, 24h), got {spec!r}: an empty window holds no run"
             ) from None
@@ -246,7 +253,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         ],
     )
     if last:
-        count = int(last.group(1))
+        count = _count(last.group(1))
         if not 1 <= count <= MAX_BASELINE_RUNS:
             raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
         rows = _run_rows(home, terms, params, f"ORDER BY start_time DESC LIMIT {count}")
@@ -254,7 +261,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
             f"the run of {target.pipeline} before it" if count == 1 else f"the last {count} runs of {target.pipeline}"
         )
     else:
-        seconds = int(window.group(1)) * _SECONDS[window.group(2)]
+        seconds = _count(window.group(1)) * _SECONDS[window.group(2)]
         rows = _run_rows(
             home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
         )

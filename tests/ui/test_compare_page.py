@@ -332,6 +332,10 @@ def test_a_links_odd_values_are_said_as_given_within_the_page(served, page) -> N
     unknown = page.get_by_text(re.compile("no run with id 'aaaa"))
     wait_for(lambda: unknown.count() == 1, 60)
     wait_for(lambda: _fits(unknown), 10)
+    page.goto(f"{ui.url}?page=compare&a=last:{'9' * 5000}&b={after}")  # past int()'s 4,300 digits: not a crash
+    wait_for(lambda: _fits(page.get_by_text(re.compile("^expected last:N with N between 1 and 1000"))), 60)
+    page.goto(f"{ui.url}?page=compare&a={'9' * 5000}d&b={after}")  # a window longer than the calendar
+    wait_for(lambda: _fits(page.get_by_text(re.compile("the runs of golden in the last 9999"))), 60)
     for sample in ("<img src=x onerror=window.__pwned=1>", "s" * 5000):
         _open_flip_in_neither_run(page, f"{ui.url}?page=compare&a={before}&b={after}", sample)
     assert page.evaluate("window.__pwned") is None

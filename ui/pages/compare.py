@@ -197,7 +197,12 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
     a, b = document["a"], document["b"]
     shown: list[Any] = [
         *warnings_alert(document),
-        pn.pane.HTML(f"<b>A</b>: {_side_html(a)} &nbsp;→&nbsp; <b>B</b>: {_side_html(b)}"),
+        pn.pane.HTML(
+            f"<b>A</b>: {_side_html(a)} &nbsp;→&nbsp; <b>B</b>: {_side_html(b)}",
+            sizing_mode="stretch_width",
+            styles=WRAPPED,
+            css_classes=["sw-compare-sides"],
+        ),
         verdict_alert(document),
         pn.pane.Markdown(
             f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
@@ -222,7 +227,7 @@ def _side_html(side: dict[str, Any]) -> str:
     if side["kind"] == "run":
         status = f" ({html.escape(label(side['status']))})" if side.get("status") else ""
         return _widgets.run_link(side["runs"][0]) + status + pipeline
-    return f"{html.escape(side['label'])} (newest {_widgets.run_link(side['runs'][-1])}){pipeline}"
+    return f"{html.escape(echoed(side['label']))} (newest {_widgets.run_link(side['runs'][-1])}){pipeline}"
 
 
 def warnings_alert(document: dict[str, Any]) -> list[pn.pane.Alert]:

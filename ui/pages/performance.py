@@ -23,7 +23,7 @@ from stagewatch.daemon.query._readmodels import table_not_read
 from stagewatch.daemon.query._sql import DamagedTable, QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui._router import href, link
-from stagewatch.ui.pages.compare import compared_sides, problem_alert, stage_table_html, warnings_alert
+from stagewatch.ui.pages.compare import WRAPPED, compared_sides, echoed, problem_alert, stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 CHART_HEIGHT = 320
@@ -133,8 +133,10 @@ class PerformancePage:
         self.comparison.objects = [
             *warnings_alert(document),  # a run not ended, two pipelines: as the Compare page says them
             pn.pane.HTML(
-                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · "
-                f"<a href='{compare_href}'>open in Compare</a>"
+                f"{html.escape(echoed(a.label))} → {_widgets.run_link(b.runs[0])} · "
+                f"<a href='{compare_href}'>open in Compare</a>",
+                sizing_mode="stretch_width",
+                styles=WRAPPED,
             ),
             pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
         ]

@@ -349,3 +349,31 @@ def test_performance_does_not_compare_a_run_with_itself(served, page) -> None:
     page.goto(f"{ui.url}?page=performance&a={after[:8]}&b={after}")
     wait_for(lambda: shown(page, f"the baseline and the run compared are the same run ({after[:8]})"), 60)
     assert page.locator(".sw-compare-stages").count() == 0
+
+
+def test_performance_compare_fields_are_in_the_url_and_a_pasted_url_opens_them(served, browser, page) -> None:
+    """The baseline and run typed on the Performance page go to the URL (as its other filters);
+    the URL opened in another tab shows the same comparison."""
+    ui, before, after = served
+    page.goto(f"{ui.url}?page=performance")
+    run, baseline = page.get_by_placeholder("run id or prefix"), page.get_by_placeholder(re.compile("^run id, last:20"))
+    run.fill(after[:8])
+    run.press("Enter")
+    page.wait_for_url(re.compile(f"b={after[:8]}"))  # (page.url moves only inside Playwright's calls)
+    baseline.fill(before[:8])
+    baseline.press("Enter")
+    page.wait_for_url(re.compile(f"a={before[:8]}"))
+    wait_for(lambda: page.locator("a", has_text="open in Compare").count() == 1, 60)
+    pasted = browser.new_page()
+    try:
+        pasted.goto(page.url)
+        wait_for(lambda: pasted.locator("a", has_text="open in Compare").count() == 1, 60)
+        fields = (
+            pasted.get_by_placeholder(re.compile("^run id, last:20")),
+            pasted.get_by_placeholder("run id or prefix"),
+        )
+        assert [field.input_value() for field in fields] == [before[:8], after[:8]]
+        opened = pasted.locator("a", has_text="open in Compare").get_attribute("href")
+        assert opened == f"?page=compare&a={before[:8]}&b={after}"
+    finally:
+        pasted.close()

@@ -233,7 +233,7 @@ SIDES_OVERFLOW = """() => {
     return found;
   };
   const sides = under(document).filter((el) => el.classList && el.classList.contains('sw-compare-side'));
-  const drawn = 'svg.sw-boxes, img, canvas, iframe, .tabulator, .noUi-target';
+  const drawn = 'svg.sw-boxes, img, canvas, iframe, .tabulator, .noUi-target, pre';
   const page = document.documentElement.clientWidth;
   const out = [];
   sides.forEach((side, index) => {
@@ -242,7 +242,8 @@ SIDES_OVERFLOW = """() => {
     for (const el of under(side.shadowRoot || side, under(side))) {
       const r = el.getBoundingClientRect();
       if (!el.matches(drawn) || r.width === 0) continue;
-      if (r.left < box.left - 1 || r.right > box.right + 1) {
+      const content = r.left + (el.scrollWidth || 0);  // text past its box (a pre's long line) is drawn on
+      if (r.left < box.left - 1 || r.right > box.right + 1 || content > box.right + 1) {
         const what = `${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className}`;
         out.push(`side ${index}: ${what} at ${Math.round(r.left)}-${Math.round(r.right)}, its side ends ${box.right}`);
       }
@@ -254,9 +255,10 @@ SIDES_OVERFLOW = """() => {
 
 @pytest.mark.parametrize("theme", ["default", "dark"])
 def test_a_flips_two_cases_fit_the_page_side_by_side(demo_twice, browser, theme) -> None:
-    """Boxes on the demo's 640 px input, masks with their overlays, clouds: each case within its
-    half at 1,280 and 1,920 px (the boxes' picture ran into the other case and past the page, the
-    mask overlays' row pushed B's case off the page)."""
+    """Boxes on the demo's 640 px input, masks with their overlays, clouds, a failed stage's
+    traceback: each case within its half at 1,280 and 1,920 px (the boxes' picture ran into the
+    other case and past the page, the mask overlays' row pushed B's case off the page, a
+    traceback's long line ran under the other case)."""
     ui, before, after = demo_twice
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
@@ -266,11 +268,17 @@ def test_a_flips_two_cases_fit_the_page_side_by_side(demo_twice, browser, theme)
             ("detection", "frame_040", ".sw-case-boxes svg"),
             ("segmentation", "frame_040", ".sw-case-picture img"),
             ("lidar_segmentation", "frame_048", ".sw-cloud-3d iframe"),
+            ("preprocessing", "frame_047", "pre"),  # failed in both: the error and its traceback, opened
         ):
             page.set_viewport_size({"width": 1280, "height": 1000})
             query = f"?page=compare&a={before}&b={after}&flip={stage}%2F{sample}&theme={theme}"
             page.goto(ui.url + query)
             pictures = page.locator(f".sw-compare-side-by-side {drawn}")
+            if stage == "preprocessing":
+                tracebacks = page.get_by_text("Traceback", exact=True)
+                wait_for(lambda tracebacks=tracebacks: tracebacks.count() == 2, 60)
+                for index in range(2):
+                    tracebacks.nth(index).click()
             wait_for(lambda pictures=pictures: pictures.count() >= 2, 60)  # both cases drawn, then laid out
             wait_for(lambda pictures=pictures: all((b := p.bounding_box()) and b["width"] > 0 for p in pictures.all()))
             for width in (1280, 1920):

@@ -78,17 +78,13 @@ def add_commands(commands: Any) -> None:
 
 
 def fraction(text: str) -> float:
-    """'5%' or 0.05 -> 0.05 (argparse turns the ValueError into a usage error, exit 2)."""
-    cleaned = text.strip()
+    """'5%' or 0.05 -> 0.05 (argparse turns the error into a usage error, exit 2)."""
+    from stagewatch.daemon.compare._compare import share_from_text
+
     try:
-        value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share like 5% or 0.05, got {text!r}") from None
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"expected a share between 0% and 1000%, got {text!r}")
-    if value >= 1 and not cleaned.endswith("%"):  # "5" meant 500%: a gate that never fires
-        raise argparse.ArgumentTypeError(f"expected a share like 5% or 0.05, got {text!r} (that is {value:.0%})")
-    return value
+        return share_from_text(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def accuracy_drop(text: str) -> float | None:

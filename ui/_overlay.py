@@ -76,7 +76,9 @@ def boxes_svg(
     on_screen = DRAWN_WIDTH  # small images scaled up to be read, big ones down to fit
     return (
         f'<svg class="sw-boxes" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'width="{on_screen}" height="{round(on_screen * height / max(width, 1))}">{background}{drawn}</svg>'
+        f'width="{on_screen}" height="{round(on_screen * height / max(width, 1))}" '
+        # never wider than its place (half the page in the Compare page's side by side): scaled down, not cut
+        f'style="max-width:100%;height:auto">{background}{drawn}</svg>'
     )
 
 

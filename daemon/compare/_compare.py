@@ -100,6 +100,27 @@ class RunNotEnded(CompareError):
     """A run's end is not in the runs table yet (still running, or ended and not yet flushed)."""
 
 
+MAX_SHARE = 10.0  # 1000%: past it a threshold or an accuracy drop never fires
+
+
+def share_from_text(text: str) -> float:
+    """'5%' or 0.05 -> 0.05, between 0 (every significant change) and MAX_SHARE: the threshold
+    and accuracy drop as `stagewatch compare` and the Compare page's link take them. A
+    ValueError says what was expected (a bare 5 is refused: it meant 500%, a gate that never
+    fires; so are a negative share, nan and inf)."""
+    cleaned = text.strip()
+    given = repr(text if len(text) <= 40 else text[:40] + "…")  # a link's value may be any length
+    try:
+        value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
+    except ValueError:
+        raise ValueError(f"expected a share like 5% or 0.05, got {given}") from None
+    if not 0 <= value <= MAX_SHARE:  # nan and inf too
+        raise ValueError(f"expected a share between 0% and {MAX_SHARE:.0%}, got {given}")
+    if value >= 1 and not cleaned.endswith("%"):
+        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
+    return value + 0.0  # -0 is 0
+
+
 @dataclass(frozen=True)
 class Side:
     """The runs one side of a comparison pools, oldest first, and how it was asked for."""
@@ -178,6 +199,13 @@ def run_side(home: Path, text: str) -> Side:
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
 
 
+def _count(digits: str) -> int:
+    """The N of last:N or 7d. Past 18 digits any count is more than a baseline or the calendar
+    holds (and int() refuses a text of over 4,300 digits: a ValueError, not what was wrong)."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 18 else 10**18
+
+
 def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None:
     """A window spec that is empty (0d: it holds no run), or that is also the start of a run id
     (run ids are hex: "7d", "12d" begin some), is refused with what it could mean: a run is
@@ -187,7 +215,7 @@ def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None
     except AmbiguousRun:
         run_id = None
     except RunNotFound:
-        if int(window.group(1)) == 0:
+        if _count(window.group(1)) == 0:
             raise CompareError(
                 f"expected a window longer than 0 (7d, 24h), got {spec!r}: an empty window holds no run"
             ) from None
@@ -234,7 +262,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         ],
     )
     if last:
-        count = int(last.group(1))
+        count = _count(last.group(1))
         if not 1 <= count <= MAX_BASELINE_RUNS:
             raise CompareError(f"expected last:N with N between 1 and {MAX_BASELINE_RUNS}, got {spec!r}")
         rows = _run_rows(home, terms, params, f"ORDER BY start_time DESC LIMIT {count}")
@@ -242,7 +270,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
             f"the run of {target.pipeline} before it" if count == 1 else f"the last {count} runs of {target.pipeline}"
         )
     else:
-        seconds = int(window.group(1)) * _SECONDS[window.group(2)]
+        seconds = _count(window.group(1)) * _SECONDS[window.group(2)]
         rows = _run_rows(
             home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
         )

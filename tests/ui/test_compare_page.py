@@ -5,6 +5,8 @@ dataset where the second gets two samples wrong, reached from Runs (two ticked) 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +195,193 @@ def test_a_flip_of_clouds_opens_both_cases_under_one_camera(tmp_path, page) -> N
         if ui is not None:
             ui.stop()
         daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_twice(tmp_path_factory) -> Iterator[tuple[Ui, str, str]]:
+    """Two runs of `stagewatch demo`: real camera-sized pictures (boxes on a 640 px input, masks,
+    clouds), the cases a flip of a real pipeline opens."""
+    home = Path(str(tmp_path_factory.mktemp("compare-demo"))) / "home"
+    daemon = DaemonProcess(home).start()
+    ui = None
+    try:
+        for _ in range(2):
+            demo = subprocess.run(
+                [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--no-ui"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert demo.returncode == 0, demo.stderr
+        before, after = sorted((home / "runs").iterdir(), key=lambda run: run.stat().st_mtime)
+        ui = Ui(home)
+        yield ui, before.name, after.name
+    finally:
+        if ui is not None:
+            ui.stop()
+        daemon.stop()
+
+
+# Every drawn thing of one side (pictures, 3D views, tables, sliders): where it ends, against
+# its side's column and the page. Panel draws inside shadow roots: the walk enters them.
+SIDES_OVERFLOW = """() => {
+  const under = (root, found = []) => {
+    for (const el of root.querySelectorAll('*')) {
+      found.push(el);
+      if (el.shadowRoot) under(el.shadowRoot, found);
+    }
+    return found;
+  };
+  const sides = under(document).filter((el) => el.classList && el.classList.contains('sw-compare-side'));
+  const drawn = 'svg.sw-boxes, img, canvas, iframe, .tabulator, .noUi-target, pre';
+  const page = document.documentElement.clientWidth;
+  const out = [];
+  sides.forEach((side, index) => {
+    const box = side.getBoundingClientRect();
+    if (box.right > page + 1) out.push(`side ${index} ends at ${Math.round(box.right)} past the page's ${page}`);
+    for (const el of under(side.shadowRoot || side, under(side))) {
+      const r = el.getBoundingClientRect();
+      if (!el.matches(drawn) || r.width === 0) continue;
+      const content = r.left + (el.scrollWidth || 0);  // text past its box (a pre's long line) is drawn on
+      if (r.left < box.left - 1 || r.right > box.right + 1 || content > box.right + 1) {
+        const what = `${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className}`;
+        out.push(`side ${index}: ${what} at ${Math.round(r.left)}-${Math.round(r.right)}, its side ends ${box.right}`);
+      }
+    }
+  });
+  return {sides: sides.length, overflow: out};
+}"""
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_a_flips_two_cases_fit_the_page_side_by_side(demo_twice, browser, theme) -> None:
+    """Boxes on the demo's 640 px input, masks with their overlays, clouds, a failed stage's
+    traceback: each case within its half at 1,280 and 1,920 px (the boxes' picture ran into the
+    other case and past the page, the mask overlays' row pushed B's case off the page, a
+    traceback's long line ran under the other case)."""
+    ui, before, after = demo_twice
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(45_000)
+    try:
+        for stage, sample, drawn in (
+            ("detection", "frame_040", ".sw-case-boxes svg"),
+            ("segmentation", "frame_040", ".sw-case-picture img"),
+            ("lidar_segmentation", "frame_048", ".sw-cloud-3d iframe"),
+            ("preprocessing", "frame_047", "pre"),  # failed in both: the error and its traceback, opened
+        ):
+            page.set_viewport_size({"width": 1280, "height": 1000})
+            query = f"?page=compare&a={before}&b={after}&flip={stage}%2F{sample}&theme={theme}"
+            page.goto(ui.url + query)
+            pictures = page.locator(f".sw-compare-side-by-side {drawn}")
+            if stage == "preprocessing":
+                tracebacks = page.get_by_text("Traceback", exact=True)
+                wait_for(lambda tracebacks=tracebacks: tracebacks.count() == 2, 60)
+                for index in range(2):
+                    tracebacks.nth(index).click()
+            wait_for(lambda pictures=pictures: pictures.count() >= 2, 60)  # both cases drawn, then laid out
+            wait_for(lambda pictures=pictures: all((b := p.bounding_box()) and b["width"] > 0 for p in pictures.all()))
+            for width in (1280, 1920):
+                page.set_viewport_size({"width": width, "height": 1000})
+                measured = wait_for(lambda: (m := page.evaluate(SIDES_OVERFLOW))["sides"] == 2 and m, 20)
+                assert measured["overflow"] == [], (stage, width, measured["overflow"])
+                assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrollbar
+    finally:
+        context.close()
+
+
+def _called_out_beyond(page) -> str:
+    """The threshold the page compared at, as it says it ("larger than 5%")."""
+    # (a pane not laid out yet reads "": Panel draws it hidden first)
+    said = [text for text in page.get_by_text(re.compile("and larger than")).all_inner_texts() if text]
+    return said[0].split("and larger than", 1)[1].split()[0] if said else ""
+
+
+def test_a_links_threshold_of_0_is_used_and_an_invalid_one_is_said(served, page) -> None:
+    """threshold=0 calls out every significant change (it was refused as no preset, and 5% used);
+    a negative, textual or infinite one is said on the page, why, and the default used."""
+    ui, before, after = served
+    for given, shown_as in (("0", "0%"), ("0.03", "3%"), ("12.5%25", "12%")):
+        page.goto(f"{ui.url}?page=compare&a={before}&b={after}&threshold={given}")
+        wait_for(lambda: _called_out_beyond(page), 60)
+        assert _called_out_beyond(page) == shown_as, given
+        assert not shown(page, "Ignored from the link")
+        assert f"threshold={given}" in page.evaluate("location.search")  # the URL still says it
+    for given in ("-1", "abc", "1e999", "nan", "5"):
+        page.goto(f"{ui.url}?page=compare&a={before}&b={after}&threshold={given}")
+        wait_for(lambda: _called_out_beyond(page), 60)
+        assert _called_out_beyond(page) == "5%", given
+        warning = page.get_by_text(re.compile("Ignored from the link"))
+        assert f"threshold={given}" in warning.inner_text() and "expected a share" in warning.inner_text()
+        assert not shown(page, "Traceback")
+
+
+def _fits(locator) -> bool:
+    """The element's text within its box (a long word that does not wrap scrolls past it)."""
+    return locator.count() > 0 and locator.first.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+
+
+def _open_flip_in_neither_run(page, comparison: str, sample: str) -> None:
+    page.goto(f"{comparison}&flip=detection%2F{urllib.parse.quote(sample)}")
+    heading = page.get_by_text(re.compile(", side by side$"))
+    wait_for(lambda: heading.count() == 1 and heading.inner_text(), 60)  # laid out: a hidden pane reads ""
+    assert heading.inner_text().startswith(f"detection on {sample[:1000]}")
+    missing = page.get_by_text(re.compile("^No case of detection on"))
+    wait_for(lambda: missing.count() == 2, 30)  # in neither run
+    wait_for(lambda: _fits(heading) and _fits(missing.nth(0)) and _fits(missing.nth(1)), 10)
+
+
+def test_a_links_odd_values_are_said_as_given_within_the_page(served, page) -> None:
+    """A 5,000-character run id and sample wrap within the page (they ran past it in one line);
+    HTML in a flip's sample reads as it is in the side by side's heading (it read '&lt;img')
+    and never runs."""
+    ui, before, after = served
+    page.goto(f"{ui.url}?page=compare&a={'a' * 5000}&b={after}")
+    unknown = page.get_by_text(re.compile("no run with id 'aaaa"))
+    wait_for(lambda: unknown.count() == 1, 60)
+    wait_for(lambda: _fits(unknown), 10)
+    page.goto(f"{ui.url}?page=compare&a=last:{'9' * 5000}&b={after}")  # past int()'s 4,300 digits: not a crash
+    wait_for(lambda: _fits(page.get_by_text(re.compile("^expected last:N with N between 1 and 1000"))), 60)
+    page.goto(f"{ui.url}?page=compare&a={'9' * 5000}d&b={after}")  # a window longer than the calendar
+    wait_for(lambda: _fits(page.get_by_text(re.compile("the runs of golden in the last 9999"))), 60)
+    for sample in ("<img src=x onerror=window.__pwned=1>", "s" * 5000):
+        _open_flip_in_neither_run(page, f"{ui.url}?page=compare&a={before}&b={after}", sample)
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def test_performance_does_not_compare_a_run_with_itself(served, page) -> None:
+    """As the Compare page and `stagewatch compare` say: the same run twice is no comparison (the
+    Performance page showed its table of no change under "compare two runs")."""
+    ui, _before, after = served
+    page.goto(f"{ui.url}?page=performance&a={after[:8]}&b={after}")
+    wait_for(lambda: shown(page, f"the baseline and the run compared are the same run ({after[:8]})"), 60)
+    assert page.locator(".sw-compare-stages").count() == 0
+
+
+def test_performance_compare_fields_are_in_the_url_and_a_pasted_url_opens_them(served, browser, page) -> None:
+    """The baseline and run typed on the Performance page go to the URL (as its other filters);
+    the URL opened in another tab shows the same comparison."""
+    ui, before, after = served
+    page.goto(f"{ui.url}?page=performance")
+    run, baseline = page.get_by_placeholder("run id or prefix"), page.get_by_placeholder(re.compile("^run id, last:20"))
+    run.fill(after[:8])
+    run.press("Enter")
+    page.wait_for_url(re.compile(f"b={after[:8]}"))  # (page.url moves only inside Playwright's calls)
+    baseline.fill(before[:8])
+    baseline.press("Enter")
+    page.wait_for_url(re.compile(f"a={before[:8]}"))
+    wait_for(lambda: page.locator("a", has_text="open in Compare").count() == 1, 60)
+    pasted = browser.new_page()
+    try:
+        pasted.goto(page.url)
+        wait_for(lambda: pasted.locator("a", has_text="open in Compare").count() == 1, 60)
+        fields = (
+            pasted.get_by_placeholder(re.compile("^run id, last:20")),
+            pasted.get_by_placeholder("run id or prefix"),
+        )
+        assert [field.input_value() for field in fields] == [before[:8], after[:8]]
+        opened = pasted.locator("a", has_text="open in Compare").get_attribute("href")
+        assert opened == f"?page=compare&a={before[:8]}&b={after}"
+    finally:
+        pasted.close()

@@ -247,7 +247,8 @@ def mask_overlays(image: Any, size: tuple[int, int], arrays: dict[str, Any]) -> 
             for title, key in (("prediction over the input", "predicted"), ("ground truth over the input", "truth"))
         ]
 
-    row = pn.Row(*panes(opacity.value))
+    # wrapping, as the pictures above: in the Compare page's half of the width they go under each other
+    row = pn.FlexBox(*panes(opacity.value), flex_wrap="wrap", sizing_mode="stretch_width")
     opacity.param.watch(lambda event: setattr(row, "objects", panes(event.new)), "value_throttled")
     return [pn.pane.Markdown("### Over the input image"), opacity, row]
 

@@ -27,17 +27,22 @@ from stagewatch.daemon.compare._compare import (
     flips_not_judged_text,
     run_noise_text,
     run_side,
+    share_from_text,
 )
 from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
-from stagewatch.ui._router import link
+from stagewatch.ui._router import link, session_arguments
 from stagewatch.ui.pages.case import case_sections
 
 THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
 MAX_FLIPS_SHOWN = 200
 MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
 HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half the row, never wider
+# What a link's values (a run id, a baseline, a stage, a sample) are echoed in: one long word
+# wraps within the page, and past MAX_ECHOED characters it is cut ("…").
+WRAPPED = {"overflow-wrap": "anywhere"}
+MAX_ECHOED = 1000
 
 
 class ComparePage:
@@ -45,17 +50,26 @@ class ComparePage:
         self.home = home
         self.first = pn.widgets.TextInput(name="Baseline", placeholder="run id, last:20 or 7d (empty: previous run)")
         self.second = pn.widgets.TextInput(name="Run", placeholder="run id or prefix")
-        self.threshold = pn.widgets.Select(name="Practical threshold", options=THRESHOLDS, value="0.05")
+        given, self.threshold_problem = link_threshold()
+        self.threshold = pn.widgets.Select(
+            name="Practical threshold", options=threshold_options(given), value=THRESHOLDS["5%"]
+        )
         self.flip = pn.widgets.TextInput(name="Flip", placeholder="stage/sample")
         self.body = pn.Column()
         self.cases = pn.Column(css_classes=["sw-compare-cases"])
         self.sides: tuple[Side, Side] | None = None
         refused = _widgets.sync_url({"a": self.first, "b": self.second, "threshold": self.threshold, "flip": self.flip})
-        self.url_problems = _widgets.url_alert(refused)
+        self.url_problems = _widgets.url_alert([self._explained(problem) for problem in refused])
         for widget in (self.first, self.second, self.threshold):
             widget.param.watch(lambda _: self.show(), "value")
         self.flip.param.watch(lambda _: self.show_flip(), "value")
         self.show()
+
+    def _explained(self, refused: str) -> str:
+        """A refused part of the link, with why where the page knows it."""
+        if refused.startswith("threshold=") and self.threshold_problem:
+            return f"{refused} ({self.threshold_problem}; {DEFAULT_LABEL} is used)"
+        return refused
 
     def layout(self) -> pn.Column:
         return pn.Column(
@@ -76,13 +90,10 @@ class ComparePage:
             self.cases.objects = []
             return
         try:
-            b = run_side(self.home, self.second.value)
-            a = baseline_side(self.home, self.first.value or "last:1", b)
-            if a.runs == b.runs:
-                raise CompareError("the baseline and the run compared are the same run")
-            document = compare(self.home, a, b, Options(threshold=float(self.threshold.value)))
+            a, b = compared_sides(self.home, self.first.value, self.second.value)
+            document = compare(self.home, a, b, Options(threshold=share_from_text(self.threshold.value)))
         except (CompareError, QueryError) as error:
-            self.body.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
+            self.body.objects = [problem_alert(error)]
             self.cases.objects = []
             return
         self.sides = (a, b)
@@ -105,16 +116,73 @@ class ComparePage:
         for side, title in zip(self.sides, ("A", "B"), strict=True):
             found = _newest_case(self.home, side, stage, sample)
             if found is None:
-                body: list[Any] = [pn.pane.Alert(f"No case of {stage} on {sample} in {side.label}.", alert_type="info")]
+                text = html.escape(f"No case of {echoed(stage)} on {echoed(sample)} in {side.label}.")
+                body: list[Any] = [pn.pane.Alert(text, alert_type="info", styles=WRAPPED)]
             else:
                 body = case_sections(self.home, *found, camera_group=camera_group)
             heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}")
             # each case half of the width (its wide parts wrap), so both fit the page side by side
-            columns.append(pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF))
+            columns.append(
+                pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF, css_classes=["sw-compare-side"])
+            )
         self.cases.objects = [
-            pn.pane.Markdown(f"### {html.escape(stage)} on `{html.escape(sample)}`, side by side"),
+            # HTML, not Markdown: a code span showed an escaped sample's entities as they are (&lt;)
+            pn.pane.HTML(
+                f"<h3>{html.escape(echoed(stage))} on <code>{html.escape(echoed(sample))}</code>, side by side</h3>",
+                sizing_mode="stretch_width",
+                styles=WRAPPED,
+            ),
             pn.Row(*columns, css_classes=["sw-compare-side-by-side"]),
         ]
+
+
+DEFAULT_LABEL = "5%"
+
+
+def compared_sides(home: Path, baseline: str, run: str) -> tuple[Side, Side]:
+    """The two sides the fields name (an empty baseline: the run before it), as the Compare and
+    Performance pages compare them; a CompareError for a baseline that is the run itself (its
+    comparison says "No regression." of nothing compared)."""
+    b = run_side(home, run)
+    a = baseline_side(home, baseline or "last:1", b)
+    if a.runs == b.runs:
+        raise CompareError(f"the baseline and the run compared are the same run ({b.runs[0][:8]})")
+    return a, b
+
+
+def echoed(text: str) -> str:
+    """A link's value as the page says it: at most MAX_ECHOED characters."""
+    return text if len(text) <= MAX_ECHOED else text[:MAX_ECHOED] + "…"
+
+
+def problem_alert(error: Exception) -> pn.pane.Alert:
+    """Why nothing is compared (an unknown run, a baseline that holds none), as compare says it;
+    the link's value it quotes wraps within the page."""
+    return pn.pane.Alert(html.escape(echoed(str(error))), alert_type="warning", styles=WRAPPED)
+
+
+def link_threshold() -> tuple[tuple[str, float] | None, str | None]:
+    """The link's `threshold` as given and as a share, if it is one; else why not (None, None
+    without one). 0 is a threshold: every significant change is called out."""
+    text = (session_arguments().get("threshold") or [None])[0]
+    if text is None:
+        return None, None
+    try:
+        return (text, share_from_text(text)), None
+    except ValueError as error:
+        return None, str(error)
+
+
+def threshold_options(given: tuple[str, float] | None) -> dict[str, str]:
+    """The preset thresholds, and the link's own (as it wrote it: the URL keeps it) when it is
+    not one of them."""
+    if given is None or given[0] in THRESHOLDS.values():
+        return dict(THRESHOLDS)
+    text, value = given
+    label = f"{value * 100:.4g}%"
+    if label in THRESHOLDS:  # a preset's share written another way (0.050, 5.0%): a label of its own
+        label = f"{label} ({text[:20]})"
+    return {**THRESHOLDS, label: text}
 
 
 def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:
@@ -129,7 +197,12 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
     a, b = document["a"], document["b"]
     shown: list[Any] = [
         *warnings_alert(document),
-        pn.pane.HTML(f"<b>A</b>: {_side_html(a)} &nbsp;→&nbsp; <b>B</b>: {_side_html(b)}"),
+        pn.pane.HTML(
+            f"<b>A</b>: {_side_html(a)} &nbsp;→&nbsp; <b>B</b>: {_side_html(b)}",
+            sizing_mode="stretch_width",
+            styles=WRAPPED,
+            css_classes=["sw-compare-sides"],
+        ),
         verdict_alert(document),
         pn.pane.Markdown(
             f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
@@ -154,7 +227,7 @@ def _side_html(side: dict[str, Any]) -> str:
     if side["kind"] == "run":
         status = f" ({html.escape(label(side['status']))})" if side.get("status") else ""
         return _widgets.run_link(side["runs"][0]) + status + pipeline
-    return f"{html.escape(side['label'])} (newest {_widgets.run_link(side['runs'][-1])}){pipeline}"
+    return f"{html.escape(echoed(side['label']))} (newest {_widgets.run_link(side['runs'][-1])}){pipeline}"
 
 
 def warnings_alert(document: dict[str, Any]) -> list[pn.pane.Alert]:

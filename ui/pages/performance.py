@@ -16,14 +16,14 @@ from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, query_stats
-from stagewatch.daemon.compare._compare import CompareError, baseline_side, compare, run_side
+from stagewatch.daemon.compare._compare import CompareError, compare
 from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, with_outside_stages
 from stagewatch.daemon.query._readmodels import table_not_read
 from stagewatch.daemon.query._sql import DamagedTable, QueryError
 from stagewatch.ui import _axes, _data, _format, _trends, _widgets
 from stagewatch.ui._router import href, link
-from stagewatch.ui.pages.compare import stage_table_html, warnings_alert
+from stagewatch.ui.pages.compare import WRAPPED, compared_sides, echoed, problem_alert, stage_table_html, warnings_alert
 
 MAX_POINTS = 600  # per stage and chart: more than a chart is wide in pixels says nothing more
 CHART_HEIGHT = 320
@@ -123,19 +123,20 @@ class PerformancePage:
             ]
             return
         try:
-            b = run_side(self.home, self.second.value)
-            a = baseline_side(self.home, self.first.value or "last:1", b)
+            a, b = compared_sides(self.home, self.first.value, self.second.value)
             document = compare(self.home, a, b)
         except (CompareError, QueryError) as error:
-            self.comparison.objects = [pn.pane.Alert(html.escape(str(error)), alert_type="warning")]
+            self.comparison.objects = [problem_alert(error)]
             return
         baseline = quote(self.first.value or "last:1", safe="")
         compare_href = href(f"?page=compare&a={baseline}&b={quote(b.runs[0], safe='')}")
         self.comparison.objects = [
             *warnings_alert(document),  # a run not ended, two pipelines: as the Compare page says them
             pn.pane.HTML(
-                f"{html.escape(a.label)} → {_widgets.run_link(b.runs[0])} · "
-                f"<a href='{compare_href}'>open in Compare</a>"
+                f"{html.escape(echoed(a.label))} → {_widgets.run_link(b.runs[0])} · "
+                f"<a href='{compare_href}'>open in Compare</a>",
+                sizing_mode="stretch_width",
+                styles=WRAPPED,
             ),
             pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
         ]

@@ -321,6 +321,9 @@ def header(audit: dict[str, Any]) -> pn.Column:
     return pn.Column(title, pn.pane.HTML(" · ".join(facts)), *([details] if details else []))
 
 
+TRACE_STYLE = "font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere"
+
+
 def error_card(error: dict[str, Any]) -> pn.Column:
     at = _format.parse_moment(error.get("at"))
     lines = [
@@ -331,8 +334,9 @@ def error_card(error: dict[str, Any]) -> pn.Column:
     trace = error.get("traceback") or "(no traceback was recorded)"
     return pn.Column(
         pn.pane.Alert("\n\n".join(lines), alert_type="danger"),
+        # a long line wraps (in the Compare page's half of the width it ran under the other case)
         pn.Card(
-            pn.pane.HTML(f"<pre style='font-size:12px'>{html.escape(trace)}</pre>"), title="Traceback", collapsed=True
+            pn.pane.HTML(f"<pre style='{TRACE_STYLE}'>{html.escape(trace)}</pre>"), title="Traceback", collapsed=True
         ),
     )
 

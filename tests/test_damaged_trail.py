@@ -224,6 +224,27 @@ def test_stages_in_a_damaged_data_file_are_not_counted_as_time_outside_stages(
     assert said in _data.run_view(home, run_id)["outside_problem"]  # the Run page's warning in the row's place
 
 
+def _link_to_dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("put", [os.mkfifo, _link_to_dev_zero], ids=["fifo", "dev-zero"])
+def test_an_audit_json_that_is_no_file_is_said_and_never_waited_for(
+    trail: tuple[Path, str], tmp_path: Path, put: Any
+) -> None:
+    """A FIFO in its place: `show`, `doctor` and the dashboard's threads waited for its other end
+    for ever (the dashboard then answered no page); a link to /dev/zero: doctor read it until
+    the machine ran out of memory."""
+    home = tmp_path / "home"
+    shutil.copytree(trail[0], home)
+    path = home / "runs" / trail[1] / "audit.json"
+    path.unlink()
+    put(path)
+    _shown_everywhere(home, trail[1], f"{path} is damaged")
+    result = sw("doctor", "--home", str(home), timeout_s=60)
+    assert result.returncode == 1 and str(path) in result.stdout, result.stdout
+
+
 TRAIL_DAMAGES = {
     "a line overwritten": lambda lines: [*lines[:1], b"\x00" * len(lines[1]), *lines[2:]],
     "cut short": lambda lines: [*lines[:2], lines[2][:10]],

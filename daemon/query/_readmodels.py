@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from stagewatch._protocol import MAX_DURATION_MS, MAX_INT, MAX_MEGABYTES, MAX_TS_NS
 from stagewatch.daemon.base._derived import STATUS, peek
+from stagewatch.daemon.base._files import MAX_HEAD_BYTES, read_plain
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import DAEMON_TABLES, RUNS
 from stagewatch.daemon.projection._runstate import AUDIT_SCHEMA
@@ -484,7 +485,7 @@ def _trail_of(home: DaemonHome, run_id: str) -> tuple[dict[str, Any], StageLines
     path = home.audit(run_id)
     lines = home.stage_lines(run_id)
     try:
-        audit = _strict_json(path.read_bytes())
+        audit = _strict_json(read_plain(path, MAX_HEAD_BYTES))
         _check_head(audit)
         audit["problems"] = []
     except FileNotFoundError:

@@ -23,6 +23,7 @@ from loguru import logger
 
 from stagewatch._shared import make_dirs
 from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, DerivedFile, clear_way
+from stagewatch.daemon.base._files import append_plain
 from stagewatch.daemon.base._layout import DaemonHome
 
 # The tables' rows are defined in _rows; their names stay importable from here.
@@ -251,7 +252,7 @@ class Store:
         """
         path = self.home.stage_lines(run_id)
         make_dirs(path.parent)
-        with open(path, "ab") as handle:
+        with os.fdopen(append_plain(path), "ab") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size < accounted_bytes:
                 _pad_lost_lines(handle, path, accounted_bytes - size)

@@ -32,6 +32,7 @@ from deltalake.exceptions import DeltaError
 
 from stagewatch.daemon.base._derived import STATUS, clear_way
 from stagewatch.daemon.base._disk import DiskStatus
+from stagewatch.daemon.base._files import MAX_HEAD_BYTES, read_plain
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.base._stats import DaemonStats, WriteErrors
 from stagewatch.daemon.base._throttle import CostThrottle
@@ -96,7 +97,7 @@ class ReadModelWriter:
             return False
         lines = self.home.stage_lines(run_id)
         try:
-            run = RunState.from_state(json.loads(self.home.audit(run_id).read_text()))
+            run = RunState.from_state(json.loads(read_plain(self.home.audit(run_id), MAX_HEAD_BYTES)))
             written = lines.stat().st_size if lines.exists() else 0
         except (OSError, ValueError, KeyError, TypeError):
             return False

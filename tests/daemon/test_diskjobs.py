@@ -4,9 +4,12 @@ retried from it, and a checkpoint never on disk ahead of a write it accounts for
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -164,14 +167,14 @@ def test_a_checkpoint_ahead_of_a_running_runs_head_and_recovery_writes_the_head_
     recovered.release()
 
 
-def _with_a_directory_in_place_of(home: Path, run_file: Path) -> Daemon:
-    """A daemon whose run has 10 stages written, then a directory where `run_file` was, then
-    10 more stages flushed."""
+def _with_a_directory_in_place_of(home: Path, run_file: Path, put: Callable[[Path], object] = Path.mkdir) -> Daemon:
+    """A daemon whose run has 10 stages written, then a directory (or what `put` makes) where
+    `run_file` was, then 10 more stages flushed."""
     daemon = _daemon(home)
     _ingest(daemon, range(1, 11))
     daemon.flush(final=True)
     run_file.unlink()
-    run_file.mkdir()
+    put(run_file)
     _ingest(daemon, range(11, 21))
     daemon.flush(final=True)
     return daemon
@@ -216,12 +219,16 @@ def test_a_stages_file_deleted_by_hand_leaves_a_valid_trail_without_its_stages(h
     daemon.release()
 
 
-def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Path) -> None:
+@pytest.mark.parametrize("put", [Path.mkdir, os.mkfifo], ids=["directory", "fifo"])
+def test_a_directory_where_a_runs_stages_file_goes_costs_only_that_run(home: Path, put: Any) -> None:
+    """A FIFO's open for writing waited for a reader for ever: the disk thread stopped there,
+    no row of any run was written again, and the daemon no longer stopped on SIGTERM."""
     lines = DaemonHome(home).stage_lines(RUN_ID)
-    daemon = _with_a_directory_in_place_of(home, lines)
+    daemon = _with_a_directory_in_place_of(home, lines, put)
     assert not daemon.writer.threads.jobs.halted and daemon.stats.write_errors >= 1
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
-    lines.rmdir()  # put right: the file goes on at its offsets, the lost stages as spaces
+    # Put right: the file goes on at its offsets, the lost stages as spaces.
+    lines.rmdir() if lines.is_dir() else lines.unlink()
     _ingest(daemon, range(21, 31))
     daemon.flush(final=True)
     audit = load_audit(home, RUN_ID)

@@ -24,6 +24,17 @@ from stagewatch.daemon.base._layout import DaemonHome
 CLIENT_TIMEOUT_S = 2.0
 
 
+def sw(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`stagewatch ARGS` as a user runs it: a process of its own, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "stagewatch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05) -> Any:
     """Poll until `predicate()` is truthy; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import open3d as o3d
 
 import stagewatch
-from tests.conftest import DaemonProcess
-
-
-def sw(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=timeout_s
-    )
+from tests.conftest import DaemonProcess, sw
 
 
 def test_demo_runs_the_pipeline_and_says_where_the_results_are(home: Path) -> None:

@@ -15,8 +15,8 @@ import termios
 import time
 from pathlib import Path
 
+from tests.conftest import sw
 from tests.groundtruth.builders import write_dataset
-from tests.test_cli import sw
 
 COMMAND = [sys.executable, "-m", "stagewatch.cli"]
 

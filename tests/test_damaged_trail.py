@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 import stagewatch
-from tests.conftest import DaemonProcess
-from tests.test_cli import sw
+from tests.conftest import DaemonProcess, sw
 from tests.test_compare import damage_the_file_holding
 
 

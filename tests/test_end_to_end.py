@@ -85,7 +85,7 @@ def test_one_vocabulary_for_how_runs_end(daemon: DaemonProcess) -> None:
     """ok; finished with failures (a stage raised, the pipeline caught it and went on); failed
     (the run ended on an exception, or the pipeline said so): the daemon's rows, the audit trail
     and `stagewatch runs` say the same words (docs: README "How runs and samples end")."""
-    from tests.test_cli import sw
+    from tests.conftest import sw
 
     ended = {}
     for how in ("ok", "caught", "raised", "declared"):

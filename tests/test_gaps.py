@@ -4,15 +4,13 @@ real daemon and the real CLI: a pipeline that sleeps between its stages."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from stagewatch.daemon import Filters, query_stages
 from stagewatch.daemon.query._gaps import gap_spans
-from tests.conftest import DaemonProcess, run_python
+from tests.conftest import DaemonProcess, run_python, sw
 
 SAMPLES = 4
 SLEEP_S = 0.05  # between stages: twice per sample
@@ -35,10 +33,6 @@ run.finish()
 assert run.flush(10), "the daemon did not acknowledge the run"
 print(run.id)
 """
-
-
-def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")

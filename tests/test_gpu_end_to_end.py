@@ -13,8 +13,7 @@ import pytest
 
 from stagewatch._gpu import host_gpu_problem
 from stagewatch.daemon.query._readmodels import read_table
-from tests.conftest import DaemonProcess, run_python, wait_for
-from tests.test_cli import sw
+from tests.conftest import DaemonProcess, run_python, sw, wait_for
 
 FAKE_TORCH = '''
 """Two CUDA devices whose caching allocators the pipeline drives through allocate()/free()."""

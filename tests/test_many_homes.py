@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, run_python, wait_for
-from tests.test_gaps import sw
+from tests.conftest import DaemonProcess, run_python, sw, wait_for
 
 HOMES = 10
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
 import tracemalloc
 import uuid
@@ -16,11 +14,7 @@ import pytest
 
 import stagewatch
 from stagewatch.daemon.query._sql import select
-from tests.conftest import FAKE_CLOCK, DaemonProcess, run_python, wait_for
-
-
-def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=60)
+from tests.conftest import FAKE_CLOCK, DaemonProcess, run_python, sw, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def test_stats_list_stages_in_pipeline_order_with_each_stage_s_own_memory(daemon
     the stage that allocates shows it in its own memory, while the process's peak, labelled as
     such, is what every stage after it sees too."""
     import stagewatch
-    from tests.test_cli import sw
+    from tests.conftest import sw
 
     run = stagewatch.init(pipeline="order", home=daemon.home)
     held = []

@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.conftest import DaemonProcess, run_python
-from tests.test_cli import sw
+from tests.conftest import DaemonProcess, run_python, sw
 
 HOURS_NS = 10**13  # 10**7 ms: how far the pipeline's clocks move while it hangs
 

@@ -29,7 +29,7 @@ from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import Store, table_writer_properties
 from stagewatch.daemon.tables._tables import ACCURACY_APP, DAEMON_APP, committed_lsn, compact, snapshot_files, vacuum
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, sw, wait_for
 
 DAY_NS = 86_400 * 10**9
 T0 = 1_790_000_000 * 10**9  # 2026-09-21
@@ -412,12 +412,7 @@ def test_a_damaged_data_file_is_skipped_with_a_warning_naming_it_and_rebuild(hom
         store.write_rows("stage_executions", _rows(flush * 10, 10, T0))
     damaged = snapshot_files(home, "stage_executions")[1]
     _damage(Path(damaged))
-    result = subprocess.run(
-        [sys.executable, "-m", "stagewatch.cli", "stats", "--home", str(home), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = sw("stats", "--home", str(home), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["count"] == 20
     assert f"skipped the damaged data file {damaged}" in result.stderr and "stagewatch rebuild" in result.stderr

@@ -13,19 +13,9 @@ import pytest
 import stagewatch
 from stagewatch.daemon.base._disk import FLOOR, OK, WARNING, DiskReading, disk_state
 from stagewatch.daemon.base._settings import ConfigError, DiskSection, load_config
-from tests.conftest import DaemonProcess, run_pipeline, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, sw, wait_for
 
 GIB = 1024**3
-
-
-def sw(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stagewatch.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,10 @@ import pytest
 import stagewatch
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._readmodels import read_table, to_rows
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, sw, wait_for
 from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
 from tests.groundtruth.test_live_accuracy import final_accuracy, run_pipeline
-
-
-def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def _bucket(home: Path) -> Path:

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,19 +22,14 @@ from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import TABLES, Store
 from stagewatch.daemon.tables._tables import DamagedTable, has_log
-from tests.conftest import Close, DaemonProcess, run_pipeline, wait_for
+from tests.conftest import Close, DaemonProcess, run_pipeline, sw, wait_for
 from tests.daemon.test_compaction import T0, _rows
 from tests.daemon.test_retention import _judged_run
 from tests.groundtruth.builders import write_dataset
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stagewatch.cli", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return sw(*args, "--home", str(home))
 
 
 def _history(home: Path) -> dict[str, str]:

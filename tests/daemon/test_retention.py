@@ -29,7 +29,7 @@ from stagewatch.daemon.tables._retention import (
     select_expired,
 )
 from stagewatch.daemon.tables._store import TABLES
-from tests.conftest import Close, DaemonProcess, wait_for
+from tests.conftest import Close, DaemonProcess, sw, wait_for
 from tests.daemon.test_compaction import RUN_ID, T0, _crash, _in_process_daemon
 from tests.daemon.test_rebuild import _read_models
 from tests.groundtruth.builders import write_dataset
@@ -191,13 +191,7 @@ def _finished_run_offline(home: Path) -> str:
 
 
 def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stagewatch.cli", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+    return sw(*args, "--home", str(home), env=env)
 
 
 def _judged_run(home: Path, golden: Path, pipeline: str) -> str:

@@ -8,8 +8,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +19,7 @@ from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import DamagedPartWarning
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.conftest import DaemonProcess, wait_for
-
-
-def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=120)
+from tests.conftest import DaemonProcess, sw, wait_for
 
 
 def _stages(daemon: DaemonProcess, count: int, pipeline: str = "p") -> str:

@@ -9,11 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import DaemonProcess, run_python, wait_for
-
-
-def sw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagewatch.cli", *args], capture_output=True, text=True, timeout=60)
+from tests.conftest import DaemonProcess, run_python, sw, wait_for
 
 
 def _free_port() -> int:

@@ -5,8 +5,6 @@ dataset where the second gets two samples wrong, reached from Runs (two ticked) 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 
 import stagewatch
 from stagewatch.daemon.query._readmodels import read_table
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, sw, wait_for
 from tests.groundtruth.builders import write_dataset
 from tests.test_compare import judged_run, judged_runs_in_a_damaged_file, slower_run_in_a_damaged_file
 from tests.ui.conftest import CHROMIUM
@@ -206,12 +204,7 @@ def demo_twice(tmp_path_factory) -> Iterator[tuple[Ui, str, str]]:
     ui = None
     try:
         for _ in range(2):
-            demo = subprocess.run(
-                [sys.executable, "-m", "stagewatch.cli", "demo", "--home", str(home), "--no-ui"],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            demo = sw("demo", "--home", str(home), "--no-ui", timeout_s=300)
             assert demo.returncode == 0, demo.stderr
         before, after = sorted((home / "runs").iterdir(), key=lambda run: run.stat().st_mtime)
         ui = Ui(home)

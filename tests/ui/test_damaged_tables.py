@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.conftest import DaemonProcess, run_python, wait_for
+from tests.conftest import DaemonProcess, run_python, sw, wait_for
 from tests.daemon.test_compaction import _damage as damage
-from tests.test_cli import sw
 from tests.test_compare import rows_stored, timed_run
 from tests.ui.conftest import CHROMIUM
 from tests.ui.test_dashboard import Ui, shown

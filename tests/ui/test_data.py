@@ -24,9 +24,8 @@ from stagewatch.ui._data import (
     log_histogram,
     resolve_artifact,
 )
-from tests.conftest import run_pipeline, wait_for
+from tests.conftest import run_pipeline, sw, wait_for
 from tests.daemon.test_compaction import T0, _rows
-from tests.test_cli import sw
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stagewatch._names import is_run_id
 from stagewatch.daemon._daemon import Daemon, DaemonSettings
 from stagewatch.daemon.accuracy._accuracy import AccuracyWorker
 from stagewatch.daemon.base._derived import (
@@ -94,8 +93,8 @@ def _swap_in(staging: DaemonHome, home: DaemonHome) -> int:
     for spec in (DAEMON_CHECKPOINT, ACCURACY_CHECKPOINT, STATUS, SCRUB_RECORD):  # parts are new
         path = spec.path(home)
         replaced += _replace_file(_staged(staging, home, path), path)
-    staged_runs = set(_run_ids(staging))
-    for run_id in set(_run_ids(home)) | staged_runs:
+    staged_runs = set(staging.run_ids())
+    for run_id in set(home.run_ids()) | staged_runs:
         for path in (home.audit(run_id), home.stage_lines(run_id), home.accuracy(run_id)):
             replaced += _replace_file(_staged(staging, home, path), path)
     return replaced
@@ -127,7 +126,3 @@ def _replace_file(new: Path, old: Path) -> int:
     elif existed:
         old.unlink()
     return int(existed)
-
-
-def _run_ids(home: DaemonHome) -> list[str]:
-    return [entry.name for entry in os.scandir(home.runs) if is_run_id(entry.name)] if home.runs.is_dir() else []

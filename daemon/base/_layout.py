@@ -10,10 +10,11 @@ spool, the sockets). It is the one owner of these paths: no other module joins t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from stagewatch._home import Home
-from stagewatch._names import check_name, check_run_id
+from stagewatch._names import check_name, check_run_id, is_run_id
 
 __all__ = ["PARTITION_PREFIX", "DaemonHome", "partition_date"]
 
@@ -127,6 +128,10 @@ class DaemonHome(Home):
         return self.index / "runs"
 
     # -- runs ------------------------------------------------------------------------------
+    def run_ids(self) -> list[str]:
+        """The run ids of the folders under runs/ (none while it is missing)."""
+        return [entry.name for entry in os.scandir(self.runs) if is_run_id(entry.name)] if self.runs.is_dir() else []
+
     def expired_run(self, run_id: str) -> Path:
         """Where retention moves a run folder before deleting it (invisible to readers)."""
         return self.runs / f".expired-{check_run_id(run_id)}"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from stagewatch._home import ipc_path
-from stagewatch._names import is_run_id
 from stagewatch.daemon.base._derived import STATUS, damaged_in_place, peek, set_aside_copies
 from stagewatch.daemon.base._disk import OK, disk_state, read_disk
 from stagewatch.daemon.base._layout import DaemonHome
@@ -152,7 +151,7 @@ def _trails_check(layout: DaemonHome) -> dict[str, Any]:
     accounts for, checked as `show` and the Run page read them (`trail_problems`)."""
     from stagewatch.daemon.query._readmodels import trail_problems
 
-    runs = [entry.name for entry in os.scandir(layout.runs) if is_run_id(entry.name)] if layout.runs.is_dir() else []
+    runs = layout.run_ids()
     damaged = [problems for run_id in sorted(runs) if (problems := trail_problems(layout.root, run_id))]
     if not damaged:
         return _check("audit trails", True, f"every run's audit trail reads whole ({len(runs)} run(s))")

@@ -390,9 +390,10 @@ def trail_problems(home: Path, run_id: str) -> list[str]:
 
 def _has_bytes(path: Path) -> bool:
     try:
-        return os.stat(path).st_size > 0 or not stat.S_ISREG(os.stat(path).st_mode)
+        found = os.stat(path)
     except OSError:
         return False
+    return found.st_size > 0 or not stat.S_ISREG(found.st_mode)
 
 
 def stages_with(home: Path, run_id: str, marker: bytes, limit: int) -> list[dict[str, Any]]:

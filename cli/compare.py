@@ -124,6 +124,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         RunNotEnded,
         baseline_side,
         compare,
+        refuse_same_run,
         run_side,
     )
     from stagewatch.daemon.query._sql import QueryError
@@ -148,10 +149,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     baseline = baseline_run(home, args.runs[0])
                 else:
                     baseline = baseline_side(home, "last:1" if args.baseline is None else args.baseline, target)
-                if baseline.runs == target.runs:
-                    return fail(
-                        f"the baseline and the run compared are the same run ({target.runs[0][:8]})", EXIT_USAGE
-                    )
+                refuse_same_run(baseline, target)
                 document = compare(home, baseline, target, options)
             except RunNotEnded:
                 if time.monotonic() >= deadline:

@@ -199,6 +199,13 @@ def run_side(home: Path, text: str) -> Side:
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
 
 
+def refuse_same_run(a: Side, b: Side) -> None:
+    """A baseline that is the run itself compares nothing (its comparison says "No regression."
+    of nothing): a CompareError, as the CLI and both pages say it."""
+    if a.runs == b.runs:
+        raise CompareError(f"the baseline and the run compared are the same run ({b.runs[0][:8]})")
+
+
 def _count(digits: str) -> int:
     """The N of last:N or 7d. Past 18 digits any count is more than a baseline or the calendar
     holds (and int() refuses a text of over 4,300 digits: a ValueError, not what was wrong)."""

@@ -25,6 +25,7 @@ from stagewatch.daemon.compare._compare import (
     baseline_side,
     compare,
     flips_not_judged_text,
+    refuse_same_run,
     run_noise_text,
     run_side,
     share_from_text,
@@ -145,8 +146,7 @@ def compared_sides(home: Path, baseline: str, run: str) -> tuple[Side, Side]:
     comparison says "No regression." of nothing compared)."""
     b = run_side(home, run)
     a = baseline_side(home, baseline or "last:1", b)
-    if a.runs == b.runs:
-        raise CompareError(f"the baseline and the run compared are the same run ({b.runs[0][:8]})")
+    refuse_same_run(a, b)
     return a, b
 
 

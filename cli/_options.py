@@ -96,11 +96,11 @@ def home_or_homes(args: argparse.Namespace) -> Path | list[Path]:
 
 
 def warn_of_rebuilds(homes: list[Path]) -> None:
-    """A warning (stderr, once) per home whose daemon is rebuilding tables from its event log:
-    what a reading command prints of them is partial until it is done."""
-    from stagewatch.daemon.query._readmodels import tables_being_rebuilt
+    """A warning (stderr, once) per table being rebuilt from its event log or gone: what a reading
+    command prints of it is partial, or empty, until the daemon has rebuilt it."""
+    from stagewatch.daemon.query._readmodels import tables_not_whole
 
-    for sentence in tables_being_rebuilt(homes):
+    for sentence in tables_not_whole(homes):
         warnings.warn(sentence, stacklevel=2)
 
 

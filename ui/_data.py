@@ -62,7 +62,7 @@ from stagewatch.daemon.query._readmodels import (
     stages_with,
     stages_with_by_name,
     table_not_read,
-    tables_being_rebuilt,
+    tables_not_whole,
 )
 from stagewatch.daemon.query._readmodels import load_accuracy as _load_accuracy
 from stagewatch.daemon.query._readmodels import load_audit_head as _load_audit_head
@@ -692,5 +692,5 @@ __all__ = [
     "skipped_files",
     "skipped_for_run",
     "stats_frame",
-    "tables_being_rebuilt",
+    "tables_not_whole",
 ]

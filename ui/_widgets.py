@@ -245,8 +245,8 @@ def banners(home: Homes) -> list[pn.pane.Alert]:
         problem = _data.daemon_problem(one)
         if problem:
             shown.append(pn.pane.Alert(problem, alert_type="warning"))
-        for rebuilding in _data.tables_being_rebuilt(one):  # the tables' rows are partial meanwhile
-            shown.append(pn.pane.Alert(rebuilding[0].upper() + rebuilding[1:] + ".", alert_type="warning"))
+        for partial in _data.tables_not_whole(one):  # being rebuilt or gone: partial rows meanwhile
+            shown.append(pn.pane.Alert(partial[0].upper() + partial[1:] + ".", alert_type="warning"))
         disk = _data.disk_problems(one)
         if disk:
             whose = f" of {one}" if len(homes) > 1 else ""

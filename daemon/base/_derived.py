@@ -119,7 +119,7 @@ def check_scrub_record(found: Any, home: DaemonHome) -> None:
 def check_status(status: Any, home: DaemonHome) -> None:
     fields = {
         **{"stats": dict, "updated_at": (int, float), "pid": int, "endpoint": str, "active_runs": list},
-        **{"disk": dict, "stopped_at": (int, float), "rebuilding": dict},  # what readers use of it too
+        **{"disk": dict, "stopped_at": (int, float), "rebuilding": dict, "tables": list},  # what readers use of it too
     }
     _check_mapping(status, fields)
 

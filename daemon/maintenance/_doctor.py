@@ -18,6 +18,7 @@ from stagewatch.daemon.maintenance._scrub import damaged_data_files
 from stagewatch.daemon.maintenance._scrub import load as load_scrub
 from stagewatch.daemon.tables._store import TABLES
 from stagewatch.daemon.tables._tables import STRAY_MARK, damage_of_table, stray_log_entries
+from stagewatch.daemon.tables._watch import gone_tables
 
 STALE_STATUS_S = 30.0
 
@@ -98,7 +99,7 @@ def _tables_check(layout: DaemonHome) -> dict[str, Any]:
     someone has looked and deleted it."""
     problems = [
         f"the {table} table cannot be read ({damage})" for table in TABLES if (damage := damage_of_table(layout, table))
-    ]
+    ] + gone_tables(layout)
     if problems:
         problems.append(
             "the daemon sets a damaged table aside and rebuilds it from the event log (running: when it next "

@@ -44,6 +44,7 @@ from stagewatch.daemon.query._sql import (
 )
 from stagewatch.daemon.tables._runindex import runs_with_prefix
 from stagewatch.daemon.tables._tables import DamagedTable, first_line
+from stagewatch.daemon.tables._watch import gone_tables
 
 if TYPE_CHECKING:  # imported where a table is read whole: pyarrow.dataset brings pandas
     import pyarrow.dataset as ds
@@ -239,12 +240,14 @@ def active_runs(home: Path) -> list[dict[str, Any]]:
 REBUILD_SILENT_S = 30.0
 
 
-def tables_being_rebuilt(home: Homes) -> list[str]:
-    """A sentence per home whose daemon is rebuilding tables from its event log (status.json's
-    `rebuilding`, `tables._writer.Rebuilding`): those tables hold part of their rows, or none, until
-    it is done; or whose daemon stopped in such a rebuild (its next start finishes it)."""
+def tables_not_whole(home: Homes) -> list[str]:
+    """A sentence per table that reads partial or empty now: of a home whose daemon is rebuilding
+    tables from its event log (status.json's `rebuilding`, `tables._writer.Rebuilding`) until it is
+    done, or that stopped in such a rebuild (its next start finishes it); a table deleted
+    (`gone_tables`)."""
     said = []
     for one in homes_of(home):
+        said += gone_tables(one)
         status = peek(STATUS, DaemonHome.of(one)) or {}
         rebuilding = status.get("rebuilding")
         if not isinstance(rebuilding, dict) or not isinstance(rebuilding.get("tables"), list):

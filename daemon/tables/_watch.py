@@ -1,10 +1,17 @@
 """Tables damaged or deleted while the daemon runs: found at each flush (a table whose Delta
 log was there at the last flush and is gone), by a commit (`_tables.TableGone`) or by a
 compaction (`_tables.DamagedTable`); the daemon sets them aside and rebuilds them from the
-event log (`Daemon._rebuild_tables_while_running`)."""
+event log (`Daemon._rebuild_tables_while_running`). status.json lists the tables the daemon
+holds (`TableWatch.held`): a reader that finds one of them gone says so (`gone_tables`) rather
+than read it as empty, whether the daemon runs (until it has found and rebuilt it) or not (until
+it starts)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from stagewatch.daemon.base._derived import STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.tables._store import TABLES
 from stagewatch.daemon.tables._tables import DamagedTable, TableGone, deleted, has_log, table_path
@@ -34,6 +41,12 @@ class TableWatch:
     def _with_log(self) -> set[str]:
         return {table for table in TABLES if has_log(table_path(self.home, table))}
 
+    def held(self) -> list[str]:
+        """The tables with a log at the last flush, and those found gone or damaged since (they
+        are rebuilt, not given up): what status.json lists, so a reader can tell a table deleted
+        from one never written."""
+        return sorted(self._present | self.unusable.keys())
+
     def found(self, error: DamagedTable) -> None:
         self.unusable.setdefault(error.table, error.why)
 
@@ -44,3 +57,22 @@ class TableWatch:
         unusable, self.unusable = self.unusable, {}
         self._present = self._with_log()
         return unusable
+
+
+def gone_tables(home: Path | DaemonHome) -> list[str]:
+    """A sentence per table that the home's status.json lists as held and whose Delta log is
+    gone (deleted by hand, say), unless the daemon says it is rebuilding it: read now, the table
+    is empty, which is no answer."""
+    layout = DaemonHome.of(home)
+    status: dict[str, Any] = peek(STATUS, layout) or {}
+    held, rebuilding = status.get("tables"), status.get("rebuilding") or {}
+    being_rebuilt = rebuilding.get("tables") if isinstance(rebuilding.get("tables"), list) else []
+    if not isinstance(held, list):  # a status.json of a version before the list, or none yet
+        return []
+    return [
+        f"the {table} table of {layout.root} is gone (its folder or Delta log deleted?): it reads empty until the "
+        "daemon rebuilds it from the event log (running: within seconds; stopped: when it starts; or run "
+        "`stagewatch rebuild` with the daemon stopped)"
+        for table in TABLES
+        if table in held and table not in being_rebuilt and deleted(table_path(layout, table))
+    ]

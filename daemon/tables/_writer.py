@@ -245,6 +245,7 @@ class ReadModelWriter:
             "disk_writes_queued": self.threads.jobs.queued,  # grows while the disk is slow or refuses writes
             "late_events": projector.late_events,
             "foreign_events": projector.foreign_events,
+            "tables": self.watch.held(),  # a reader tells a table deleted from one never written
         }
         status |= ({"rebuilding": self.rebuilding} if self.rebuilding else {}) | (extra or {})
         clear_way(STATUS, self.home)

@@ -136,14 +136,21 @@ def test_the_daemon_sets_a_table_with_a_damaged_log_aside_and_rebuilds_it(home: 
 @pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log"])
 def test_a_table_removed_by_hand_is_rebuilt_on_the_next_start(home: Path, removed: str) -> None:
     """A table (or its log) deleted while the daemon was stopped: it holds fewer rows than the
-    checkpoint counted, so the daemon replays the event log from its start and every run is back."""
+    checkpoint counted, so the daemon replays the event log from its start and every run is back.
+    Until then a reader reads the table empty: the CLI and doctor say it is gone, not "no runs"."""
     before = _history(home)
     shutil.rmtree(DaemonHome(home).metrics / removed)
+    table = removed.split("/")[0]
+    listed = _cli(home, "runs")
+    assert f"the {table} table of {home} is gone" in listed.stderr, listed.stderr
+    tables = _doctor_tables(home)
+    assert not tables["ok"] and f"the {table} table of {home} is gone" in tables["detail"]
     daemon = DaemonProcess(home).start()
     try:
         wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
         assert _seen(home) == before
         assert "hold fewer rows than the checkpoint counted" in daemon.log()
+        assert "is gone" not in _cli(home, "runs").stderr
     finally:
         assert daemon.stop() == 0
 

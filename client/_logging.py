@@ -42,7 +42,7 @@ def forward(
         process = _process_for_run(run)
         at = run.now_ns()
         if ts_ns is not None:  # the record's age, on the run's clock (its stages' timeline)
-            at += ts_ns - time.time_ns()
+            at = protocol.representable_ns(at + ts_ns - time.time_ns())
         event = protocol.log(
             process.client_id,
             run.id,

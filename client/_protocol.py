@@ -64,6 +64,7 @@ ENVELOPE_FIELDS = ("v", "type", "client_id", "seq", "ts_ns", "run_id")
 MAX_INT = 2**63 - 1
 MAX_TS_NS = 7_258_118_400 * 10**9  # 2200-01-01: a stage's end (start + duration) stays in int64 ns
 MAX_DURATION_MS = 1e12  # 31 years
+CLOCK_HEADROOM_NS = 10 * 365 * 86_400 * 10**9  # a run may last this long on a clock set past 2190
 MAX_MEGABYTES = 1e9  # a petabyte
 MAX_TEXT_CHARS = 4096  # names of things, paths, ids, error types
 MAX_LONG_TEXT_CHARS = 65_536  # messages, tracebacks
@@ -72,6 +73,13 @@ MAX_CONFIG_CHARS = 256 * 1024
 MAX_EXTRA_CHARS = 16_000
 MAX_ARTIFACT_WARNINGS = 64  # per saved file
 MAX_PREDICTION_CHARS = 512 * 1024  # an inline prediction (boxes); arrays travel as saved files
+
+
+def representable_ns(wall_ns: int) -> int:
+    """A wall clock reading moved into what every timestamp holds, with years to spare for a
+    run's length: a pipeline whose clock says 1965 or 2300 keeps its runs (their events would be
+    refused) on the nearest time it can stamp; the daemon says how far off the clock was."""
+    return min(max(wall_ns, 0), MAX_TS_NS - CLOCK_HEADROOM_NS)
 
 
 def envelope(event_type: str, client_id: str, run_id: str, ts_ns: int) -> dict[str, Any]:

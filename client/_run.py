@@ -483,7 +483,7 @@ class Run:
         self.finished = False
         self._failed_stages = 0
         self._owner_pid = os.getpid()
-        self._t0, self._wall0 = time.monotonic_ns(), time.time_ns()
+        self._t0, self._wall0 = time.monotonic_ns(), protocol.representable_ns(time.time_ns())
         snapshot = _snapshot(config)
         process = _process_for(self._home, self.endpoint, self.settings)
         _runs.append(self)

@@ -27,7 +27,15 @@ import zmq
 
 from stagewatch._curve import configure_client
 from stagewatch._home import ipc_path
-from stagewatch._protocol import RUN_FINISHED, event_type_and_run, events_lost, pack_batch, pack_event, unpack_ack
+from stagewatch._protocol import (
+    RUN_FINISHED,
+    event_type_and_run,
+    events_lost,
+    pack_batch,
+    pack_event,
+    representable_ns,
+    unpack_ack,
+)
 from stagewatch._records import encode_records
 from stagewatch._spool import SpoolFile
 
@@ -415,7 +423,7 @@ class Sender:
         return False
 
     def _loss_events(self, loss: _Loss, first_seq: int) -> list[bytes]:
-        now, payloads = time.time_ns(), []
+        now, payloads = representable_ns(time.time_ns()), []
         for seq, (run_id, count) in enumerate(sorted(loss.by_run.items()), first_seq):
             event = events_lost(self.client_id, run_id, now, events=count, reason=loss.reason or "")
             event["seq"] = seq

@@ -74,6 +74,25 @@ def test_the_audit_trail_says_a_clock_in_2100_is_ahead(daemon: DaemonProcess) ->
     assert "years ahead of the daemon's" in audit["clock_skew"]["message"]
 
 
+SET_TO_1965 = -5 * YEAR_NS  # before 1970: no timestamp field holds it
+SET_TO_2300 = 10_413_792_000 * NS  # past 2200: neither
+
+
+@pytest.mark.parametrize(("clock_ns", "said"), [(SET_TO_1965, "behind"), (SET_TO_2300, "ahead of")])
+def test_a_clock_no_timestamp_holds_keeps_its_runs_and_is_said_off(
+    daemon: DaemonProcess, clock_ns: int, said: str
+) -> None:
+    """Its events were refused at validation (out of range), so the run was lost whole: the
+    client starts such a run's clock at the nearest time a timestamp holds, and the daemon says
+    how far off the pipeline's clock was."""
+    run_id = run_pipeline(daemon.home, clock_ns=clock_ns)
+    audit = daemon.audit(run_id)
+    assert [stage["sample_id"] for stage in audit["stages"]] == ["f0", "f1", "f2"]
+    assert f"years {said} the daemon's" in audit["clock_skew"]["message"]
+    assert read_table(daemon.home, "stage_executions")["run_id"].to_pylist() == [run_id] * 3
+    assert not list(daemon.home.glob("quarantine/*.jsonl"))  # no event refused
+
+
 def test_a_run_spooled_while_no_daemon_ran_is_late_not_skewed(home: Path) -> None:
     an_hour_ago = time.time_ns() - 3600 * NS  # as if it ran an hour before a daemon started
     run_id = run_pipeline(home, clock_ns=an_hour_ago, wait_for_daemon=False)

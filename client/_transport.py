@@ -124,7 +124,8 @@ class Sender:
         self._held: collections.deque[list[bytes]] = collections.deque()  # refused by the disk
         self._spool: SpoolFile | None = None
         # (offset, payloads) of the spill's latest appends: room for the loss report is made there
-        self._spill_appends: collections.deque[tuple[int, list[bytes]]] = collections.deque(maxlen=64)
+        # The spool file's latest appends (offset, records): a run's end refused at shutdown takes their room.
+        self._appends: collections.deque[tuple[int, list[bytes]]] = collections.deque(maxlen=64)
         self._read_offset = 0
         self._acked_offset = 0
         self._next_probe = 0.0
@@ -311,12 +312,16 @@ class Sender:
         self._next_probe = now + self._settings.probe_interval_s
         if self._spool is None:
             try:
-                self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+                self._new_spool()
             except OSError as error:
                 self._disk_refused(error, batches)
                 return
-            self._read_offset = self._acked_offset = 0
         self._spool_batches(batches)
+
+    def _new_spool(self) -> None:
+        self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
+        self._read_offset = self._acked_offset = 0
+        self._appends.clear()  # offsets of the file before
 
     def _spool_batches(self, batches: list[list[bytes]]) -> None:
         """Append batches to the spool; what the disk refuses stays in memory, in order."""
@@ -335,7 +340,9 @@ class Sender:
 
     def _append_to_spool(self, payloads: list[bytes]) -> None:
         if payloads and self._spool is not None:
+            offset = self._spool.size
             self._spool.append(payloads)
+            self._appends.append((offset, payloads))
             self.stats.spooled_events += len(payloads)
 
     def _spool_what_is_left(self) -> None:
@@ -383,13 +390,10 @@ class Sender:
         """Append to the spool (made if need be); None, or why the disk refused."""
         try:
             if self._spool is None:
-                self._spool = SpoolFile(self._spool_dir, f"{self.client_id}-{next(self._spool_numbers)}")
-                self._read_offset = self._acked_offset = 0
-            offset = self._spool.size
+                self._new_spool()
             self._append_to_spool(payloads)
         except OSError as error:
             return f"the spool in {self._spool_dir} refused them: {error}"
-        self._spill_appends.append((offset, payloads))
         return None
 
     def _report_loss(self, loss: _Loss) -> None:
@@ -431,15 +435,17 @@ class Sender:
         return payloads
 
     def _make_room(self, loss: _Loss, needed: int) -> bool:
-        """Cut records (never a run's end) off the spill's latest appends until `needed` bytes
-        are free; they join the loss. False when those appends cannot free enough."""
+        """Cut records (never a run's end) off the spool's latest appends until `needed` bytes
+        are free; they join the loss. Those the spill made, and those spooled as they came (a
+        slow stream with no daemon fills the disk before the end), but never what was read to be
+        sent: the daemon may have it. False when those appends cannot free enough."""
         if self._spool is None:
             return False
         picked: list[tuple[int, list[bytes]]] = []
         given_up: list[bytes] = []
         freed = 0
-        while freed < needed and self._spill_appends:
-            offset, payloads = self._spill_appends.pop()
+        while freed < needed and self._appends and self._appends[-1][0] >= self._read_offset:
+            offset, payloads = self._appends.pop()
             picked.append((offset, payloads))
             for payload in reversed(payloads):
                 if freed >= needed:
@@ -448,7 +454,7 @@ class Sender:
                     given_up.append(payload)
                     freed += len(encode_records([payload]))
         if freed < needed:
-            self._spill_appends.extend(reversed(picked))
+            self._appends.extend(reversed(picked))
             return False
         self._spool.truncate(picked[-1][0])
         tail = [payload for _, payloads in reversed(picked) for payload in payloads]

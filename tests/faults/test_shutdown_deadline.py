@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stagewatch.daemon.base._layout import DaemonHome
 from tests.conftest import DaemonProcess, wait_for
 from tests.faults.conftest import fill_disk
@@ -20,9 +22,9 @@ LOSS_WARNING = "could be neither delivered nor spooled at shutdown"
 # Batches of 100, 4 in flight, and acks awaited longer than the test runs: at the deadline
 # most of the stream is still in the queue, the case that used to vanish.
 PIPELINE = """
-import json, sys, stagewatch
+import json, sys, time, stagewatch
 from stagewatch._transport import SenderSettings
-home, stages = sys.argv[1], int(sys.argv[2])
+home, stages, pace_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 settings = SenderSettings(batch_max_events=100, window_batches=4, ack_timeout_s=600)
 run = stagewatch.Run("deadline", home=home, settings=settings)
 assert run.flush(30)
@@ -30,16 +32,16 @@ print(json.dumps({"run_id": run.id}), flush=True)
 sys.stdin.readline()  # meanwhile the test stalls the daemon
 for i in range(stages):
     with run.stage("detection", sample_id=str(i)):
-        pass
+        time.sleep(pace_s)
 sender = stagewatch._run._process.sender
 stagewatch.shutdown(timeout_s=1.0)
 print(json.dumps({"stages": stages, "emitted": sender.stats.emitted, "lost": sender.stats.lost_at_exit}), flush=True)
 """
 
 
-def _start(home: Path, stages: int) -> tuple[subprocess.Popen[str], str]:
+def _start(home: Path, stages: int, pace_s: float = 0.0) -> tuple[subprocess.Popen[str], str]:
     pipeline = subprocess.Popen(
-        [sys.executable, "-c", PIPELINE, str(home), str(stages)],
+        [sys.executable, "-c", PIPELINE, str(home), str(stages), str(pace_s)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -68,10 +70,13 @@ def test_a_stalled_daemon_at_the_deadline_gets_every_stage_exactly_once_afterwar
     assert audit["status"] == "ok" and audit["events_lost"] == 0
 
 
-def test_a_full_disk_and_no_daemon_at_the_deadline_count_exactly_what_is_lost(small_disk: Path) -> None:
+# At full speed the stream is still queued at the deadline and the last spill fills the disk; at a
+# slow pace the sender spools it as it comes, in batches of one, and fills the disk before the end.
+@pytest.mark.parametrize("pace_s", [0.0, 0.001], ids=["queued-at-the-deadline", "spooled-as-it-came"])
+def test_a_full_disk_and_no_daemon_at_the_deadline_count_exactly_what_is_lost(small_disk: Path, pace_s: float) -> None:
     stages = 3_000
     filler = fill_disk(small_disk, leave_bytes=256 * 1024)  # room for the run's start and some stages
-    pipeline, run_id = _start(small_disk, stages)
+    pipeline, run_id = _start(small_disk, stages, pace_s)
     result = _go(pipeline)
     stderr = pipeline.stderr.read()
     filler.unlink()

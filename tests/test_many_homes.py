@@ -257,3 +257,11 @@ def test_a_copy_of_a_home_given_with_it_shows_each_run_once_and_the_bigger_copy_
     rows = select(shorter_first, "stage_executions", "SELECT sample_id FROM rows ORDER BY sample_id")
     assert rows["sample_id"].to_pylist() == ["f0", "f1"]
     assert sorted(read_table(shorter_first, "stage_executions")["sample_id"].to_pylist()) == ["f0", "f1"]
+
+    damaged = tmp_path / "damaged"  # as long a stages.jsonl, its audit.json cut in half (a copy's bad block)
+    shutil.copytree(original, damaged, symlinks=True)
+    head = damaged / "runs" / run_id / "audit.json"
+    head.write_bytes(head.read_bytes()[: head.stat().st_size // 2])
+    assert holding([damaged, original], run_id) == original  # a tie: the copy whose trail reads wins
+    head.write_bytes((original / "runs" / run_id / "audit.json").read_bytes())  # mended: first given wins again
+    assert holding([damaged, original], run_id) == damaged

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import json
 import os
 import re
 import threading
@@ -34,6 +35,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stagewatch.daemon.base._files import MAX_HEAD_BYTES, read_plain
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import TABLES
 from stagewatch.daemon.tables._tables import PARTITION_COLUMN, DamagedTable, logged_ranges
@@ -139,9 +141,14 @@ def home_of_run(homes: Sequence[Path], run_id: str) -> Path | None:
 
 
 def _copy_that_wins(homes: Sequence[Path], holders: list[int], run_id: str) -> int:
-    """Of the homes (by index) holding the run: the one whose stages.jsonl is the longest, the
-    first given on a tie."""
-    return max(holders, key=lambda index: (_size(DaemonHome.of(homes[index]).stage_lines(run_id)), -index))
+    """Of the homes (by index) holding the run: the one whose audit.json reads, then whose
+    stages.jsonl is the longest, the first given on a tie."""
+
+    def standing(index: int) -> tuple[bool, int, int]:
+        layout = DaemonHome.of(homes[index])
+        return _head_reads(layout.audit(run_id)), _size(layout.stage_lines(run_id)), -index
+
+    return max(holders, key=standing)
 
 
 def _size(path: Path) -> int:
@@ -149,6 +156,30 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+_heads_read: dict[tuple[Path, int, int], bool] = {}  # (audit.json, mtime ns, size) -> it reads as JSON
+_HEADS_KEPT = 4096
+
+
+def _head_reads(path: Path) -> bool:
+    """The run's audit.json is a JSON object: read once per version of the file (its stat is the
+    key), so a copy whose head was cut short or overwritten loses the tie to one that reads."""
+    try:
+        found = path.stat()
+    except OSError:
+        return False
+    key = (path, found.st_mtime_ns, found.st_size)
+    reads = _heads_read.get(key)
+    if reads is None:
+        try:
+            reads = isinstance(json.loads(read_plain(path, MAX_HEAD_BYTES)), dict)
+        except (OSError, ValueError):
+            reads = False
+        if len(_heads_read) >= _HEADS_KEPT:
+            _heads_read.clear()
+        _heads_read[key] = reads
+    return reads
 
 
 _folders: dict[Path, tuple[int, frozenset[str]]] = {}  # home -> (its runs/'s mtime, the names in it)

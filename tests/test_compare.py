@@ -20,7 +20,7 @@ import scipy.stats
 
 from stagewatch.daemon.compare._shifts import detect
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
-from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.query._readmodels import active_runs, read_table
 from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, run_pipeline, run_python, wait_for
 from tests.daemon.test_compaction import _damage as damage
@@ -373,6 +373,35 @@ def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(
     assert gate.returncode == 1, (gate.stdout, gate.stderr)
     ended = json.loads(gate.stdout)
     assert ended["partial"] is False and ended["warnings"] == [] and ended["regressed"] is True
+
+
+def test_a_running_run_is_compared_with_the_runs_before_it_as_partial(daemon: DaemonProcess) -> None:
+    """A run the daemon lists as running (status.json's active_runs; its stages in
+    stage_executions, its end not sent): `compare B` (the run before it), `--baseline last:N` and a
+    window find its baseline by the start its audit trail records (they said "not in the runs
+    table yet", exit 2), as `compare A B` does: its figures so far, partial, not judged, and the
+    gate exits 2. Once it has ended, the same command judges it."""
+    first = timed_run(daemon.home, seed=1, frames=20)
+    rows_stored(daemon, first, "runs", 1)
+    with held_run(daemon.home, seed=2, frames=20, infer_factor=1.5) as (running, process):
+        rows_stored(daemon, running, "stage_executions", 40)
+        wait_for(lambda: running in [run["run_id"] for run in active_runs(daemon.home)], 20)
+        for args in ([first, running], [running], [running, "--baseline", "last:5"], [running, "--baseline", "1h"]):
+            found = compared(daemon.home, *args, "--wait", "0")
+            assert found["a"]["runs"] == [first] and found["b"]["runs"] == [running], args
+            assert found["partial"] is True and found["b"]["partial"] is True and found["b"]["status"] == "running"
+            assert found["regressed"] is None and "has not ended" in found["not_judged"], args
+            assert {s["stage"] for s in found["stages"]} == {"decode", "infer"}  # its figures so far
+            text = stagewatch_cli(daemon.home, *args, "--wait", "0")
+            assert text.returncode == 0 and text.stdout.splitlines()[-1].startswith("NOT JUDGED"), text.stderr
+            gate = stagewatch_cli(daemon.home, *args, "--fail-on-regression", "--wait", "0")
+            assert gate.returncode == 2 and "not judged" in gate.stderr, (args, gate.stderr)
+        process.stdin.write("end\n")
+        process.stdin.flush()
+        assert process.wait(60) == 0, process.stderr.read()
+    ended = stagewatch_cli(daemon.home, running, "--fail-on-regression", "--json")  # waits for the end's row
+    assert ended.returncode == 1, (ended.stdout, ended.stderr)
+    assert json.loads(ended.stdout)["partial"] is False and "infer" in ended.stderr
 
 
 def test_a_stage_of_one_run_only_is_listed_and_a_vanished_one_fails_the_gate(daemon: DaemonProcess) -> None:

@@ -131,6 +131,9 @@ class Side:
     pipeline: str | None = None
     status: str | None = None  # the newest run's: a history holds finished runs only
     skipped: tuple[str, ...] = ()  # damaged data files left out of finding its runs (`skipped_files`)
+    # The newest run's start on its pipeline's clock (the runs table's, or its audit trail's while it
+    # runs): the runs before it are a baseline's and the run-to-run noise's. None: not recorded yet.
+    started: datetime | None = None
 
     @property
     def is_history(self) -> bool:
@@ -192,11 +195,23 @@ def run_side(home: Path, text: str) -> Side:
         raise CompareError(str(error)) from None
     rows = _run_rows(home, "run_id = ?", [run_id], "ORDER BY lsn")
     if rows:  # ended: its last row (a crash withdrawn when its client came back has none)
-        pipeline, status = rows[-1]["pipeline"], rows[-1]["status"]
+        pipeline, status, started = rows[-1]["pipeline"], rows[-1]["status"], rows[-1]["start_time"]
     else:  # not in the runs table: still running, or its end not recorded (the trail says which)
         head = load_audit_head(holding(home, run_id), run_id)
         pipeline, status = head.get("pipeline"), head.get("status")
-    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
+        # A running run's start is its trail's; one the trail says ended is waited for in the runs
+        # table (not flushed yet, or its row in a damaged data file: then that file is named).
+        started = _moment(head.get("started_at")) if status not in ENDED else None
+    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status, started=started)
+
+
+def _moment(text: Any) -> datetime | None:
+    """An ISO time from an audit trail (its run start, as the runs table would hold it); None for
+    none or a damaged one."""
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def refuse_same_run(a: Side, b: Side) -> None:
@@ -255,10 +270,12 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         _refuse_unclear_window(home, spec, window)
     if target.pipeline is None:
         raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
-    started = _run_rows(home, "run_id = ?", [target.runs[-1]])
-    if not started:
-        raise RunNotEnded(f"run {target.runs[-1][:8]} is not in the runs table yet (still running?)")
-    before = started[0]["start_time"]
+    if target.started is None:  # ended, its row not written yet (or in a damaged file); or no start recorded
+        missing = f"run {target.runs[-1][:8]} is not in the runs table yet (its end not written yet?)"
+        if target.skipped:  # maybe in the file left out: said now, not waited for
+            raise CompareError(f"{missing}; {skipped_warnings(list(target.skipped))[0]}")
+        raise RunNotEnded(missing)
+    before = target.started
     terms, params = (
         "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)",
         [
@@ -368,11 +385,10 @@ def run_noise(home: Path, b: Side, a_runs: int, confidence: float) -> tuple[dict
     `confidence`: the robust spread (1.4826 x MAD) of the measure over the last `NOISE_RUNS`
     finished runs of B's pipeline before B, for a side of `a_runs` pooled runs against one;
     and how many runs that history held (empty below `MIN_NOISE_RUNS`: not known)."""
-    started = _run_rows(home, "run_id = ?", [b.runs[-1]]) if b.pipeline else []
-    if not started:
+    if not b.pipeline or b.started is None:
         return {}, 0
     where = "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)"
-    params = [b.pipeline, started[0]["start_time"], b.runs[-1], list(FINISHED)]
+    params = [b.pipeline, b.started, b.runs[-1], list(FINISHED)]
     runs = [row["run_id"] for row in _run_rows(home, where, params, f"ORDER BY start_time DESC LIMIT {NOISE_RUNS}")]
     if len(runs) < MIN_NOISE_RUNS:
         return {}, len(runs)

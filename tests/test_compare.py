@@ -600,6 +600,25 @@ def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess)
     assert compared(daemon.home, first, healthy)["clock_skew"] == []
 
 
+def test_every_skewed_run_of_a_pooled_baseline_is_warned_of_in_one_warning(daemon: DaemonProcess) -> None:
+    """`--baseline last:3` pools two runs of a board that booted in 1970 and a healthy newest one:
+    both skewed runs are said (only the newest was looked at: nothing was said), in one warning
+    that names how many and which, and each is in --json's `clock_skew`."""
+    skewed = [run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970) for _ in range(2)]
+    healthy = [run_pipeline(daemon.home) for _ in range(2)]
+    for run_id in (*skewed, *healthy):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "runs", 1)
+    found = compared(daemon.home, healthy[-1], "--baseline", "last:3")
+    assert sorted(found["a"]["runs"]) == sorted([*skewed, healthy[0]])
+    assert sorted((s["side"], s["run_id"]) for s in found["clock_skew"]) == sorted(("A", r) for r in skewed)
+    (warning,) = [w for w in found["warnings"] if "clock" in w]
+    assert warning.startswith("A: 2 of its 3 runs") and all(run_id[:8] in warning for run_id in skewed)
+    assert "years behind the daemon's" in warning
+    text = stagewatch_cli(daemon.home, healthy[-1], "--baseline", "last:3").stdout
+    assert text.count("WARNING: A: 2 of its 3 runs") == 1 and text.count("clock") == warning.count("clock")
+
+
 def judged_runs_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:
     """Two judged runs of 8 samples (B gets s0001 and s0006 wrong too), the daemon stopped and
     the data file holding B's verdicts (the samples table's) damaged: (A, B, the damaged file)."""

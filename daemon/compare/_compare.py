@@ -703,30 +703,54 @@ def run_clock_skew(home: Path, run_id: str) -> dict[str, Any] | None:
 CLOCK_CONSEQUENCE = {
     "A": "whether A is among the runs before B (the run-to-run noise's history)",
     "B": "the runs before B: a last:N or window baseline, the run before it, the run-to-run noise's history",
+    "pool": "which runs the baseline pools and the run-to-run noise's history",
 }
+MAX_SKEWED_NAMED = 10  # a pooled baseline's skewed runs named in its warning (--json lists them all)
 
 
 def clock_skews(home: Path, a: Side, b: Side) -> list[dict[str, Any]]:
-    """The runs compared whose pipeline clock was off (A's runs when it is one run, else its
-    newest; B's): each {side, run_id, offset_s, message}. Every figure compared is measured on
+    """The runs compared whose pipeline clock was off (every run of each side, a pooled
+    baseline's too): each {side, run_id, offset_s, message}. Every figure compared is measured on
     the pipeline's monotonic clock and holds; what a skewed wall clock moves is which runs are
     taken as earlier (start times, on the pipelines' clocks) and the time windows."""
     found = []
     for name, side in (("A", a), ("B", b)):
-        for run_id in side.runs if side.kind == "run" else side.runs[-1:]:
+        for run_id in side.runs:
             if skew := run_clock_skew(home, run_id):
                 found.append({"side": name, "run_id": run_id, **skew})
     return found
 
 
-def clock_warnings(skews: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"{skew['side']} (run {skew['run_id'][:8]}): {skew['message']}. Its stage times, memory and failures are "
-        "measured on a monotonic clock and compare as they are; but "
-        f"which runs count as earlier ({CLOCK_CONSEQUENCE[skew['side']]}) is read from start times on the "
-        "pipelines' clocks and may be wrong"
-        for skew in skews
-    ]
+def clock_warnings(skews: list[dict[str, Any]], a: Side, b: Side) -> list[str]:
+    """One warning per side with a skewed run: the run; for a pooled side, how many of its runs
+    and which (the first MAX_SKEWED_NAMED), never a warning per run."""
+    found = []
+    for name, side in (("A", a), ("B", b)):
+        mine = [skew for skew in skews if skew["side"] == name]
+        if not mine:
+            continue
+        if side.is_history:
+            named = ", ".join(f"{skew['run_id'][:8]} ({_clock_words(skew)})" for skew in mine[:MAX_SKEWED_NAMED])
+            more = (
+                f" and {len(mine) - MAX_SKEWED_NAMED} more (--json: clock_skew)" if len(mine) > MAX_SKEWED_NAMED else ""
+            )
+            said, consequence = (
+                f"{name}: {len(mine)} of its {len(side.runs)} runs had a pipeline clock off: {named}{more}",
+                "pool",
+            )
+        else:
+            said, consequence = f"{name} (run {mine[0]['run_id'][:8]}): {mine[0]['message']}", name
+        found.append(
+            f"{said}. Stage times, memory and failures are measured on a monotonic clock and compare as they are; "
+            f"but which runs count as earlier ({CLOCK_CONSEQUENCE[consequence]}) is read from start times on the "
+            "pipelines' clocks and may be wrong"
+        )
+    return found
+
+
+def _clock_words(skew: dict[str, Any]) -> str:
+    """How far off a run's clock was, in a few words ("56.0 years behind the daemon's")."""
+    return skew["message"].split(":", 1)[0].removeprefix("the pipeline's clock was ")
 
 
 def setting_of(home: Path, run_id: str) -> dict[str, Any]:
@@ -758,7 +782,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "a": a.summary(),
         "b": b.summary(),
         "partial": a.partial or b.partial,
-        "warnings": side_warnings(a, b) + clock_warnings(skews) + skipped_warnings(skipped),
+        "warnings": side_warnings(a, b) + clock_warnings(skews, a, b) + skipped_warnings(skipped),
         "skipped_files": skipped,
         "clock_skew": skews,
         "threshold": options.threshold,

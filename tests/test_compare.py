@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ import scipy.stats
 
 from stagewatch.daemon.compare._shifts import detect
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
-from stagewatch.daemon.query._readmodels import active_runs, read_table
+from stagewatch.daemon.query._readmodels import active_runs, load_accuracy, read_table
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.conftest import DaemonProcess, run_pipeline, run_python, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, run_python, sw, wait_for
 from tests.daemon.test_compaction import _damage as damage
 from tests.daemon.test_pipeline_clock import BOOTED_IN_1970
 from tests.groundtruth.builders import scene, write_dataset
@@ -215,6 +216,50 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
         done = stagewatch_cli(daemon.home, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_odd_options_are_read_refused_or_said_as_they_are(daemon: DaemonProcess) -> None:
+    """A window or last:N in capitals is the same baseline, echoed as 7d (7D read as a run id:
+    "no run with id '7d'"); with --json an error is also a JSON object on stdout (it was text on
+    stderr only); a confidence of 0.9999999999 reads 99.99999999% (not 100%); an accuracy drop
+    over 100 points is refused (200% was taken), and a threshold over 100% says what it can
+    never call out."""
+    first = timed_run(daemon.home, seed=1, frames=10)
+    second = timed_run(daemon.home, seed=2, frames=10)
+    rows_stored(daemon, second, "runs", 1)
+    capitals = ["2W", "24 H", "LAST:1"] + (["7D"] if not any(r.startswith("7d") for r in (first, second)) else [])
+    for spec in capitals:
+        found = compared(daemon.home, second, "--baseline", spec)
+        assert found["a"]["runs"] == [first], spec
+    spaced = compared(daemon.home, second, "--baseline", "24 H")
+    assert spaced["a"]["label"] == "the runs of timed in the last 24h (1 run)"
+
+    for args, message in (
+        (["ffffffff", second], "no run with id 'ffffffff'"),
+        ([second, "--baseline", "7x"], "a baseline is a run id or unique prefix"),
+        ([first, second, "--threshold", "lots"], "expected a share"),
+        ([first, second, "--accuracy-drop", "200%"], "an accuracy drop of at most 100%"),
+        ([first, second, "--confidence", "1"], "--confidence: expected a confidence between 0.5 and 1"),
+        ([first, second, "--confidence", "0.9999999999999999"], "at most 0.999999999999"),
+        ([first, second, "--wait", "-1"], "expected between 0 and 3600 seconds"),
+        ([first, second, first], "got 3 runs"),
+    ):
+        done = stagewatch_cli(daemon.home, *args, "--json")
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        said = json.loads(done.stdout)
+        assert list(said) == ["error"] and message in said["error"], (args, said)
+        assert said["error"] in done.stderr and "Traceback" not in done.stderr
+
+    precise = stagewatch_cli(daemon.home, first, second, "--confidence", "0.9999999999")
+    assert "significant at 99.99999999% confidence" in precise.stdout, precise.stdout
+    assert "significant at 99% confidence" in stagewatch_cli(daemon.home, first, second).stdout
+    assert stagewatch_cli(daemon.home, first, second, "--accuracy-drop", "100%").returncode == 0
+    wide = compared(daemon.home, first, second, "--threshold", "1000%")
+    (warning,) = [w for w in wide["warnings"] if "threshold" in w]
+    assert "(100% or more)" in warning and "failure rate" in warning and "never called out" in warning
+    assert not [w for w in compared(daemon.home, first, second, "--threshold", "99%")["warnings"] if "threshold" in w]
+    too_wide = stagewatch_cli(daemon.home, first, second, "--threshold", "1001%")
+    assert too_wide.returncode == 2 and "between 0% and 1000%" in too_wide.stderr
 
 
 def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: DaemonProcess) -> None:
@@ -577,6 +622,53 @@ def test_the_gate_fails_on_a_significant_fall_of_accuracy_without_being_asked(da
     assert stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "20%").returncode == 0
     assert stagewatch_cli(daemon.home, before, worse, "--fail-on-regression", "--accuracy-drop", "10%").returncode == 1
     assert stagewatch_cli(daemon.home, before, worse, "--accuracy-drop", "offf").returncode == 2
+
+
+def failing_judged_run(daemon: DaemonProcess, dataset: Path) -> str:
+    """A judged run of 8 samples: s0001's stage raises before its result, s0002's just after it
+    (its result was right), s0005's result is wrong."""
+    import stagewatch
+
+    with stagewatch.init(pipeline="golden", home=daemon.home, dataset=dataset) as run:
+        for index in range(8):
+            sample = f"s{index:04d}"
+            with contextlib.suppress(RuntimeError), run.stage("detection", sample_id=sample) as stage:
+                if index == 1:
+                    raise RuntimeError("before its result")
+                stage.result(sample, detection_prediction(index, {5}))
+                if index == 2:
+                    raise RuntimeError("after its result")
+    assert run.flush(10)
+    rows_stored(daemon, run.id, "samples", 7)
+    return run.id
+
+
+def test_accuracy_says_a_fall_within_the_noise_and_counts_as_show_does(daemon: DaemonProcess) -> None:
+    """100% -> 75% on 8 golden samples is no significant fall: the accuracy line says so, with p
+    (it gave the figures alone). A sample whose stage failed before its result is judged on
+    neither side (not counted wrong), one that failed after it keeps its verdict: compare's
+    counts are accuracy.json's, as `stagewatch show` prints them; the failures are flips."""
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    before = judged_run(daemon, dataset, set(), 8)
+    after = judged_run(daemon, dataset, {1, 2}, 8)
+    text = stagewatch_cli(daemon.home, before, after).stdout
+    (line,) = [line for line in text.splitlines() if line.startswith("  detection: 100.0% -> 75.0% (8/8 -> 6/8)")]
+    assert line.endswith("fell 25.0 points, not significant (p=0.13): within the samples' noise"), line
+
+    failing = failing_judged_run(daemon, dataset)
+    accuracy = wait_for(lambda: (found := load_accuracy(daemon.home, failing)) and found.get("finished") and found)
+    counts = accuracy["stages"]["detection"]["counts"]
+    document = compared(daemon.home, before, failing)
+    (entry,) = document["accuracy"]
+    assert entry["correct"]["b"] == counts["correct"] == 6
+    assert entry["judged"]["b"] == counts["correct"] + counts["wrong"] + counts["invalid"] == 7
+    assert {(f["sample_id"], f["to"]) for f in document["flips"]} == {
+        ("s0001", "failed"),
+        ("s0002", "failed"),
+        ("s0005", "wrong"),
+    }
+    show = sw("show", failing, "--home", str(daemon.home))
+    assert re.search(r"detection\s+6\s+1\s+0\s+0\s", show.stdout), show.stdout
 
 
 def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess) -> None:

@@ -100,7 +100,7 @@ class RunNotEnded(CompareError):
     """A run's end is not in the runs table yet (still running, or ended and not yet flushed)."""
 
 
-MAX_SHARE = 10.0  # 1000%: past it a threshold or an accuracy drop never fires
+MAX_SHARE = 10.0  # 1000%: a threshold past it is refused (a time 11 times slower is called out below it)
 
 
 def share_from_text(text: str) -> float:
@@ -114,11 +114,50 @@ def share_from_text(text: str) -> float:
         value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
     except ValueError:
         raise ValueError(f"expected a share like 5% or 0.05, got {given}") from None
+    if 1 <= value <= MAX_SHARE and not cleaned.endswith("%"):
+        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
     if not 0 <= value <= MAX_SHARE:  # nan and inf too
         raise ValueError(f"expected a share between 0% and {MAX_SHARE:.0%}, got {given}")
-    if value >= 1 and not cleaned.endswith("%"):
-        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
     return value + 0.0  # -0 is 0
+
+
+def accuracy_drop_from_text(text: str) -> float:
+    """'2%' or 0.02 -> 0.02: a share of at most 100% (rate points: an accuracy cannot fall by more);
+    a ValueError says what was expected."""
+    value = share_from_text(text)
+    if value > 1:
+        given = repr(text if len(text) <= 40 else text[:40] + "…")
+        raise ValueError(
+            f"expected an accuracy drop of at most 100% (rate points: an accuracy cannot fall by more than "
+            f"100), got {given}"
+        )
+    return value
+
+
+def percent(share: float) -> str:
+    """A share as a percentage with the digits it needs (0.99: 99%, 0.995: 99.5%, 0.9999999999:
+    99.99999999%), never rounded to a 100% or 0% that it is not."""
+    value = share * 100
+    for decimals in range(18):
+        text = f"{value:.{decimals}f}"
+        rounded = float(text)
+        if rounded in (0.0, 100.0) and rounded != value:
+            continue
+        if abs(rounded - value) <= 1e-9 * abs(value):
+            break
+    return f"{text}%"
+
+
+def threshold_warnings(threshold: float) -> list[str]:
+    """What a threshold of 100% or more can never call out (it is accepted up to MAX_SHARE: a
+    rise of times or memory can pass it)."""
+    if threshold < 1:
+        return []
+    return [
+        f"a threshold of {percent(threshold)} (100% or more): a failure rate, which moves by at most 100 points, "
+        "and a fall of a time or of memory, at most -100%, are never called out; only a time or memory that "
+        f"rose by more than {percent(threshold)}"
+    ]
 
 
 @dataclass(frozen=True)
@@ -228,6 +267,11 @@ def _count(digits: str) -> int:
     return int(significant) if len(significant) <= 18 else 10**18
 
 
+def window_text(window: re.Match[str]) -> str:
+    """A window as a baseline's label echoes it, whatever its spacing, case or leading zeros: 7d."""
+    return f"{window.group(1).lstrip('0') or '0'}{window.group(2)}"
+
+
 def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None:
     """A window spec that is empty (0d: it holds no run), or that is also the start of a run id
     (run ids are hex: "7d", "12d" begin some), is refused with what it could mean: a run is
@@ -244,7 +288,7 @@ def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None
         return
     named = f"the start of run {run_id[:8]}" if run_id else "the start of several run ids"
     raise CompareError(
-        f"{spec!r} is both a window ({window.group(1)}{window.group(2)}) and {named}: for the run, give more of "
+        f"{spec!r} is both a window ({window_text(window)}) and {named}: for the run, give more of "
         f"its id; for the window, write it with a space ('{window.group(1)} {window.group(2)}')"
     )
 
@@ -255,8 +299,8 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     last N finished runs of its pipeline that started before it) or a window (`7d`, `24h`:
     the finished runs of its pipeline that started in it, before the target)."""
     spec = spec.strip()
-    last = LAST.match(spec)
-    window = _RELATIVE.match(spec)
+    last = LAST.match(spec.lower())  # LAST:20 and 7D too (a run id in capitals is resolved as one anyway)
+    window = _RELATIVE.match(spec.lower())
     if not spec:
         raise CompareError(f"expected a baseline: {BASELINE_FORMS}; got an empty one")
     if not last and spec.lower().startswith("last:"):  # last:-1, last:abc, last: — not a run id either
@@ -299,7 +343,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
             home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
         )
         rows = rows[:MAX_BASELINE_RUNS]
-        label = f"the runs of {target.pipeline} in the last {spec}"
+        label = f"the runs of {target.pipeline} in the last {window_text(window)}"
     if not rows:
         skew = run_clock_skew(home, target.runs[-1])
         raise CompareError(
@@ -638,6 +682,27 @@ def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:
     return bool(entry["significant"]) and entry["change"] < -drop
 
 
+def accuracy_words(entry: dict[str, Any], drop: float | None) -> str:
+    """How a stage's accuracy moved, in words (the CLI's accuracy line, the Compare page): the
+    points, whether the fall or rise is significant (two-proportion z-test, its p), and what the
+    gate (`drop`: rate points; None: off) makes of a fall. Empty when a side judged nothing."""
+    change = entry["change"]
+    if change is None:
+        return ""
+    if change == 0:
+        return "unchanged"
+    moved, p = f"{abs(change) * 100:.1f} points", f"p={entry['p_value']:.2g}"
+    if not entry["significant"]:
+        return f"{'rose' if change > 0 else 'fell'} {moved}, not significant ({p}): within the samples' noise"
+    if change > 0:
+        return f"rose {moved}, significant ({p})"
+    if drop is None:
+        return f"fell {moved}, significant ({p}); the accuracy gate is off"
+    if entry["fell"]:
+        return f"FELL {moved}, significant ({p}), more than the {drop * 100:.1f} allowed"
+    return f"fell {moved}, significant ({p}), within the {drop * 100:.1f} points allowed"
+
+
 def accuracy_gate_text(drop: float | None, confidence: float) -> str:
     """The gate's rule for accuracy, in words (the CLI prints it; --json has `accuracy_drop`)."""
     if drop is None:
@@ -782,7 +847,10 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "a": a.summary(),
         "b": b.summary(),
         "partial": a.partial or b.partial,
-        "warnings": side_warnings(a, b) + clock_warnings(skews, a, b) + skipped_warnings(skipped),
+        "warnings": side_warnings(a, b)
+        + clock_warnings(skews, a, b)
+        + skipped_warnings(skipped)
+        + threshold_warnings(options.threshold),
         "skipped_files": skipped,
         "clock_skew": skews,
         "threshold": options.threshold,

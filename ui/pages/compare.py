@@ -22,9 +22,11 @@ from stagewatch.daemon.compare._compare import (
     CompareError,
     Options,
     Side,
+    accuracy_words,
     baseline_side,
     compare,
     flips_not_judged_text,
+    percent,
     refuse_same_run,
     run_noise_text,
     run_side,
@@ -205,7 +207,7 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
         ),
         verdict_alert(document),
         pn.pane.Markdown(
-            f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
+            f"A change is called out when significant at {percent(document['confidence'])} confidence (Mann-Whitney U "
             f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%} "
             f"(and than {MIN_TIME_MS:g} ms for times: a scheduler moves a sub-millisecond stage by that much). "
             f"{run_noise_text(document)} {OWN_MEMORY}"
@@ -370,8 +372,12 @@ def accuracy_html(document: dict[str, Any]) -> str:
             + ", ".join(f"{html.escape(n)} {_number(v.get('a'))} → {_number(v.get('b'))}" for n, v in classes.items())
             for metric, classes in entry["per_class"].items()
         )
-        rows.append(f"<tr><td>{html.escape(entry['stage'])}</td><td>{a} → {b}</td><td>{per_class}</td></tr>")
-    return f"<table><tr><th>stage</th><th>accuracy</th><th>per class</th></tr>{''.join(rows)}</table>"
+        change = html.escape(accuracy_words(entry, document["accuracy_drop"]))
+        rows.append(
+            f"<tr><td>{html.escape(entry['stage'])}</td><td>{a} → {b}</td><td>{change}</td><td>{per_class}</td></tr>"
+        )
+    head = "<tr><th>stage</th><th>accuracy</th><th>change</th><th>per class</th></tr>"
+    return f"<table class='sw-compare-accuracy'>{head}{''.join(rows)}</table>"
 
 
 def diff_html(changes: list[dict[str, Any]]) -> str:

@@ -406,8 +406,8 @@ OVERFLOWING = """() => {
   }
   return out;
 }"""
-LONG_STAGE = "stage_" + "s" * 74  # 80 characters, none a place to break
-LONG_SAMPLE = "sample_" + "f" * 93  # 100
+LONG_STAGE = "s" * 80  # no place to break (the stage table ran 14 px past its box)
+LONG_SAMPLE = "f" * 100
 LONG_ERROR = "E" * 300
 LONG_NAMES_RUN = """
 import stagewatch

@@ -8,7 +8,8 @@ Exit codes: 0 compared (and, with --fail-on-regression, nothing regressed); 1 wi
 A and not in B), a shift is ongoing in the baseline's history, or a stage's accuracy fell
 significantly (two-proportion z-test) and by more than --accuracy-drop (2 points by default;
 --accuracy-drop off: never) (the reasons are printed); 2 for arguments that name nothing to compare (an
-unknown run, an empty baseline) or cannot be read, and with --fail-on-regression for a run that
+unknown run, an empty baseline, an option's value refused) or cannot be read (with --json also printed
+on stdout as {"error": "..."}), and with --fail-on-regression for a run that
 has not ended: its figures are partial, the gate neither passes nor fails it (compare again
 once it has ended); the same when rows were left out for a damaged data file (named in the
 warnings; `stagewatch rebuild` brings them back). A run that has not ended is waited for up to
@@ -25,13 +26,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stagewatch.cli._options import EXIT_OK, EXIT_USAGE, fail, home_options, home_or_homes, json_option
 
 if TYPE_CHECKING:
-    from stagewatch.daemon.compare._compare import Side
+    from stagewatch.daemon.compare._compare import Options, Side
 
 EXIT_REGRESSED = 1
 EXIT_NOT_JUDGED = EXIT_USAGE  # a side has not ended: neither a pass nor a regression
@@ -52,23 +54,21 @@ def add_commands(commands: Any) -> None:
         help="what B is compared with: a run id or prefix, last:N (runs of B's pipeline before it, pooled) or "
         "a window (30m, 24h, 7d, 2w)",
     )
-    compare.add_argument("--threshold", type=fraction, default="5%", help="smallest change called out (5%%)")
-    compare.add_argument(
-        "--confidence", type=float, default=0.99, help="confidence of each test (0.99: p < 0.01 is significant)"
-    )
+    # The values are text, read by the command (`settings`): with --json a value refused is a JSON
+    # error too, as an unknown run is.
+    compare.add_argument("--threshold", default="5%", help="smallest change called out (5%%; at most 1000%%)")
+    compare.add_argument("--confidence", default="0.99", help="confidence of each test (0.99: p < 0.01 is significant)")
     compare.add_argument(
         "--accuracy-drop",
-        type=accuracy_drop,
-        default=argparse.SUPPRESS,  # not given: the comparison's default (DEFAULT_ACCURACY_DROP)
+        default=None,  # not given: the comparison's default (DEFAULT_ACCURACY_DROP)
         metavar="SHARE|off",
-        help="a stage's accuracy falling significantly and by more than this (rate points) is a regression "
-        "(2%%; off: never)",
+        help="a stage's accuracy falling significantly and by more than this (rate points, at most 100%%) is a "
+        "regression (2%%; off: never)",
     )
     compare.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
     compare.add_argument(
         "--wait",
-        type=seconds,
-        default=10.0,
+        default="10",
         metavar="SECONDS",
         help="wait this long for a run that has not ended to be recorded as ended (10; 0: not at all)",
     )
@@ -77,31 +77,60 @@ def add_commands(commands: Any) -> None:
     compare.set_defaults(handler=cmd_compare)
 
 
-def fraction(text: str) -> float:
-    """'5%' or 0.05 -> 0.05 (argparse turns the error into a usage error, exit 2)."""
-    from stagewatch.daemon.compare._compare import share_from_text
+def settings(args: argparse.Namespace) -> tuple[Options, float]:
+    """The comparison's options and the seconds to wait, from the command's text; a ValueError
+    names the option and what it expected."""
+    from stagewatch.daemon.compare._compare import Options, share_from_text
 
+    options = Options(
+        threshold=_option("--threshold", share_from_text, args.threshold),
+        confidence=_option("--confidence", confidence, args.confidence),
+        accuracy_drop=_option("--accuracy-drop", accuracy_drop, args.accuracy_drop),
+    )
+    return options, _option("--wait", seconds, args.wait)
+
+
+def _option(name: str, read: Callable[[Any], Any], text: str | None) -> Any:
     try:
-        return share_from_text(text)
+        return read(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise ValueError(f"{name}: {error}") from None
 
 
-def accuracy_drop(text: str) -> float | None:
-    """'2%' or 0.02 -> 0.02; 'off' -> None: accuracy never fails the gate."""
-    if text.strip().lower() == "off":
-        return None
-    return fraction(text)
+def accuracy_drop(text: str | None) -> float | None:
+    """'2%' or 0.02 -> 0.02 (at most 100%); 'off' -> None: accuracy never fails the gate; not
+    given: the default (DEFAULT_ACCURACY_DROP)."""
+    from stagewatch.daemon.compare._compare import DEFAULT_ACCURACY_DROP, accuracy_drop_from_text
+
+    if text is None:
+        return DEFAULT_ACCURACY_DROP
+    return None if text.strip().lower() == "off" else accuracy_drop_from_text(text)
 
 
-def seconds(text: str) -> float:
-    """'10' -> 10.0 seconds, at most an hour (argparse turns the ValueError into exit 2)."""
+# A p-value below 1e-12 is past what the tests' normal approximations say (and at 1 - 1e-16 the
+# normal quantile of the confidence is infinite).
+MAX_CONFIDENCE = 1 - 1e-12
+
+
+def confidence(text: str) -> float:
+    """'0.99' -> 0.99: from 0.5 to MAX_CONFIDENCE."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds like 10, got {text!r}") from None
+        value = float("nan")
+    if not 0.5 <= value <= MAX_CONFIDENCE:  # nan too
+        raise ValueError(f"expected a confidence between 0.5 and 1 (at most {MAX_CONFIDENCE!r}), got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """'10' -> 10.0 seconds, at most an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected seconds like 10, got {text!r}") from None
     if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"expected between 0 and 3600 seconds, got {text!r}")
+        raise ValueError(f"expected between 0 and 3600 seconds, got {text!r}")
     return value
 
 
@@ -117,51 +146,15 @@ def baseline_run(home: Path | list[Path], text: str) -> Side:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from stagewatch.daemon.compare._compare import (
-        DEFAULT_ACCURACY_DROP,
-        CompareError,
-        Options,
-        RunNotEnded,
-        baseline_side,
-        compare,
-        refuse_same_run,
-        run_side,
-    )
+    from stagewatch.daemon.compare._compare import CompareError
     from stagewatch.daemon.query._sql import QueryError
 
-    if isinstance(args.threshold, str):  # argparse does not convert a default given as text
-        args.threshold = fraction(args.threshold)
-    if len(args.runs) > 2:
-        return fail(f"expected `compare A B` or `compare B [--baseline SPEC]`, got {len(args.runs)} runs", EXIT_USAGE)
-    if len(args.runs) == 2 and args.baseline is not None:
-        return fail("expected `compare A B` or `compare B [--baseline SPEC]`, not both", EXIT_USAGE)
-    if not 0.5 <= args.confidence < 1:
-        return fail(f"expected --confidence between 0.5 and 1, got {args.confidence}", EXIT_USAGE)
-    home = home_or_homes(args)  # several homes: read as one
-    drop = getattr(args, "accuracy_drop", DEFAULT_ACCURACY_DROP)
-    options = Options(threshold=args.threshold, confidence=args.confidence, accuracy_drop=drop)
-    deadline = time.monotonic() + args.wait
     try:
-        while True:
-            try:
-                target = run_side(home, args.runs[-1])
-                if len(args.runs) == 2:
-                    baseline = baseline_run(home, args.runs[0])
-                else:
-                    baseline = baseline_side(home, "last:1" if args.baseline is None else args.baseline, target)
-                refuse_same_run(baseline, target)
-                document = compare(home, baseline, target, options)
-            except RunNotEnded:
-                if time.monotonic() >= deadline:
-                    raise
-            else:
-                if not document["partial"] or time.monotonic() >= deadline:
-                    break
-            time.sleep(WAIT_STEP_S)
-    except (CompareError, QueryError) as error:
-        return fail(str(error), EXIT_USAGE)
+        document = _compared(args)
+    except (CompareError, QueryError, ValueError) as error:
+        return refuse(args, str(error))
     except OSError as error:  # exit 1 is the gate's: a home that cannot be read is an argument problem
-        return fail(f"{error.strerror or error}: {error.filename or ''}", EXIT_USAGE)
+        return refuse(args, f"{error.strerror or error}: {error.filename or ''}")
     if args.json:
         print(json.dumps(document, indent=1, default=str))
         for warning in document["warnings"]:  # for the person reading the job's log (the text has them on top)
@@ -177,15 +170,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def refuse(args: argparse.Namespace, message: str) -> int:
+    """Nothing compared (exit 2): the message on stderr, and with --json as {"error": ...} on
+    stdout too, so a job that parses the output reads why."""
+    if args.json:
+        print(json.dumps({"error": message}))
+    return fail(message, EXIT_USAGE)
+
+
+def _compared(args: argparse.Namespace) -> dict[str, Any]:
+    """The comparison the arguments ask for, once the runs have ended or `--wait` has passed; a
+    CompareError (or a ValueError) says why there is none."""
+    from stagewatch.daemon.compare._compare import (
+        CompareError,
+        RunNotEnded,
+        baseline_side,
+        compare,
+        refuse_same_run,
+        run_side,
+    )
+
+    if len(args.runs) > 2:
+        raise CompareError(f"expected `compare A B` or `compare B [--baseline SPEC]`, got {len(args.runs)} runs")
+    if len(args.runs) == 2 and args.baseline is not None:
+        raise CompareError("expected `compare A B` or `compare B [--baseline SPEC]`, not both")
+    options, wait = settings(args)
+    home = home_or_homes(args)  # several homes: read as one
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            target = run_side(home, args.runs[-1])
+            if len(args.runs) == 2:
+                baseline = baseline_run(home, args.runs[0])
+            else:
+                baseline = baseline_side(home, "last:1" if args.baseline is None else args.baseline, target)
+            refuse_same_run(baseline, target)
+            document = compare(home, baseline, target, options)
+        except RunNotEnded:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if not document["partial"] or time.monotonic() >= deadline:
+                return document
+        time.sleep(WAIT_STEP_S)
+
+
 def print_comparison(document: dict[str, Any]) -> None:
-    from stagewatch.daemon.compare._compare import accuracy_gate_text, run_noise_text
+    from stagewatch.daemon.compare._compare import accuracy_gate_text, percent, run_noise_text
 
     a, b = document["a"], document["b"]
     for warning in document["warnings"]:
         print(f"WARNING: {warning}")
     print(f"A: {_side_line(a)}\nB: {_side_line(b)}")
     print(
-        f"called out: significant at {document['confidence']:.0%} confidence and larger than "
+        f"called out: significant at {percent(document['confidence'])} confidence and larger than "
         f"{document['threshold']:.0%}\n({TESTS})\n{run_noise_text(document)}\n"
         f"{accuracy_gate_text(document['accuracy_drop'], document['confidence'])}\n"
     )
@@ -209,7 +247,7 @@ def print_comparison(document: dict[str, Any]) -> None:
     print(OWN_MEMORY)
     _print_shifts(document.get("shifts"))
     _print_flips(document)
-    _print_accuracy(document["accuracy"])
+    _print_accuracy(document["accuracy"], document["accuracy_drop"])
     for name in ("config", "environment"):
         changes = document[name]
         print(f"\n{name}: {'unchanged' if not changes else f'{len(changes)} changed'}")
@@ -302,15 +340,19 @@ def _print_flips(document: dict[str, Any]) -> None:
         print(f"  ... {len(flips) - MAX_LISTED_FLIPS} more (--json lists them all)")
 
 
-def _print_accuracy(accuracy: list[dict[str, Any]]) -> None:
+def _print_accuracy(accuracy: list[dict[str, Any]], drop: float | None) -> None:
+    from stagewatch.daemon.compare._compare import accuracy_words
+
     if not accuracy:
         return
     print("\naccuracy (correct / judged):")
     for entry in accuracy:
         a = "-" if entry["a"] is None else f"{entry['a']:.1%}"
         b = "-" if entry["b"] is None else f"{entry['b']:.1%}"
-        fell = "  FELL" if entry.get("fell") else ""
-        print(f"  {entry['stage']}: {a} -> {b} ({_count(entry, 'a')} -> {_count(entry, 'b')}){fell}")
+        words = accuracy_words(entry, drop)
+        print(
+            f"  {entry['stage']}: {a} -> {b} ({_count(entry, 'a')} -> {_count(entry, 'b')}){f': {words}' * bool(words)}"
+        )
         for metric, classes in entry["per_class"].items():
             cells = ", ".join(f"{name} {_num(v.get('a'))}->{_num(v.get('b'))}" for name, v in classes.items())
             print(f"    {metric}: {cells}")

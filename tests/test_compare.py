@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ import scipy.stats
 
 from stagewatch.daemon.compare._shifts import detect
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
-from stagewatch.daemon.query._readmodels import read_table
+from stagewatch.daemon.query._readmodels import active_runs, load_accuracy, read_table
 from stagewatch.daemon.tables._tables import snapshot_files
-from tests.conftest import DaemonProcess, run_pipeline, run_python, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, run_python, sw, wait_for
 from tests.daemon.test_compaction import _damage as damage
 from tests.daemon.test_pipeline_clock import BOOTED_IN_1970
 from tests.groundtruth.builders import scene, write_dataset
@@ -217,6 +218,50 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_odd_options_are_read_refused_or_said_as_they_are(daemon: DaemonProcess) -> None:
+    """A window or last:N in capitals is the same baseline, echoed as 7d (7D read as a run id:
+    "no run with id '7d'"); with --json an error is also a JSON object on stdout (it was text on
+    stderr only); a confidence of 0.9999999999 reads 99.99999999% (not 100%); an accuracy drop
+    over 100 points is refused (200% was taken), and a threshold over 100% says what it can
+    never call out."""
+    first = timed_run(daemon.home, seed=1, frames=10)
+    second = timed_run(daemon.home, seed=2, frames=10)
+    rows_stored(daemon, second, "runs", 1)
+    capitals = ["2W", "24 H", "LAST:1"] + (["7D"] if not any(r.startswith("7d") for r in (first, second)) else [])
+    for spec in capitals:
+        found = compared(daemon.home, second, "--baseline", spec)
+        assert found["a"]["runs"] == [first], spec
+    spaced = compared(daemon.home, second, "--baseline", "24 H")
+    assert spaced["a"]["label"] == "the runs of timed in the last 24h (1 run)"
+
+    for args, message in (
+        (["ffffffff", second], "no run with id 'ffffffff'"),
+        ([second, "--baseline", "7x"], "a baseline is a run id or unique prefix"),
+        ([first, second, "--threshold", "lots"], "expected a share"),
+        ([first, second, "--accuracy-drop", "200%"], "an accuracy drop of at most 100%"),
+        ([first, second, "--confidence", "1"], "--confidence: expected a confidence between 0.5 and 1"),
+        ([first, second, "--confidence", "0.9999999999999999"], "at most 0.999999999999"),
+        ([first, second, "--wait", "-1"], "expected between 0 and 3600 seconds"),
+        ([first, second, first], "got 3 runs"),
+    ):
+        done = stagewatch_cli(daemon.home, *args, "--json")
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        said = json.loads(done.stdout)
+        assert list(said) == ["error"] and message in said["error"], (args, said)
+        assert said["error"] in done.stderr and "Traceback" not in done.stderr
+
+    precise = stagewatch_cli(daemon.home, first, second, "--confidence", "0.9999999999")
+    assert "significant at 99.99999999% confidence" in precise.stdout, precise.stdout
+    assert "significant at 99% confidence" in stagewatch_cli(daemon.home, first, second).stdout
+    assert stagewatch_cli(daemon.home, first, second, "--accuracy-drop", "100%").returncode == 0
+    wide = compared(daemon.home, first, second, "--threshold", "1000%")
+    (warning,) = [w for w in wide["warnings"] if "threshold" in w]
+    assert "(100% or more)" in warning and "failure rate" in warning and "never called out" in warning
+    assert not [w for w in compared(daemon.home, first, second, "--threshold", "99%")["warnings"] if "threshold" in w]
+    too_wide = stagewatch_cli(daemon.home, first, second, "--threshold", "1001%")
+    assert too_wide.returncode == 2 and "between 0% and 1000%" in too_wide.stderr
+
+
 def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: DaemonProcess) -> None:
     runs = [timed_run(daemon.home, seed=seed, frames=20) for seed in range(10)]
     runs += [timed_run(daemon.home, seed=10 + seed, infer_factor=1.3, frames=20) for seed in range(3)]
@@ -373,6 +418,35 @@ def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(
     assert gate.returncode == 1, (gate.stdout, gate.stderr)
     ended = json.loads(gate.stdout)
     assert ended["partial"] is False and ended["warnings"] == [] and ended["regressed"] is True
+
+
+def test_a_running_run_is_compared_with_the_runs_before_it_as_partial(daemon: DaemonProcess) -> None:
+    """A run the daemon lists as running (status.json's active_runs; its stages in
+    stage_executions, its end not sent): `compare B` (the run before it), `--baseline last:N` and a
+    window find its baseline by the start its audit trail records (they said "not in the runs
+    table yet", exit 2), as `compare A B` does: its figures so far, partial, not judged, and the
+    gate exits 2. Once it has ended, the same command judges it."""
+    first = timed_run(daemon.home, seed=1, frames=20)
+    rows_stored(daemon, first, "runs", 1)
+    with held_run(daemon.home, seed=2, frames=20, infer_factor=1.5) as (running, process):
+        rows_stored(daemon, running, "stage_executions", 40)
+        wait_for(lambda: running in [run["run_id"] for run in active_runs(daemon.home)], 20)
+        for args in ([first, running], [running], [running, "--baseline", "last:5"], [running, "--baseline", "1h"]):
+            found = compared(daemon.home, *args, "--wait", "0")
+            assert found["a"]["runs"] == [first] and found["b"]["runs"] == [running], args
+            assert found["partial"] is True and found["b"]["partial"] is True and found["b"]["status"] == "running"
+            assert found["regressed"] is None and "has not ended" in found["not_judged"], args
+            assert {s["stage"] for s in found["stages"]} == {"decode", "infer"}  # its figures so far
+            text = stagewatch_cli(daemon.home, *args, "--wait", "0")
+            assert text.returncode == 0 and text.stdout.splitlines()[-1].startswith("NOT JUDGED"), text.stderr
+            gate = stagewatch_cli(daemon.home, *args, "--fail-on-regression", "--wait", "0")
+            assert gate.returncode == 2 and "not judged" in gate.stderr, (args, gate.stderr)
+        process.stdin.write("end\n")
+        process.stdin.flush()
+        assert process.wait(60) == 0, process.stderr.read()
+    ended = stagewatch_cli(daemon.home, running, "--fail-on-regression", "--json")  # waits for the end's row
+    assert ended.returncode == 1, (ended.stdout, ended.stderr)
+    assert json.loads(ended.stdout)["partial"] is False and "infer" in ended.stderr
 
 
 def test_a_stage_of_one_run_only_is_listed_and_a_vanished_one_fails_the_gate(daemon: DaemonProcess) -> None:
@@ -550,6 +624,53 @@ def test_the_gate_fails_on_a_significant_fall_of_accuracy_without_being_asked(da
     assert stagewatch_cli(daemon.home, before, worse, "--accuracy-drop", "offf").returncode == 2
 
 
+def failing_judged_run(daemon: DaemonProcess, dataset: Path) -> str:
+    """A judged run of 8 samples: s0001's stage raises before its result, s0002's just after it
+    (its result was right), s0005's result is wrong."""
+    import stagewatch
+
+    with stagewatch.init(pipeline="golden", home=daemon.home, dataset=dataset) as run:
+        for index in range(8):
+            sample = f"s{index:04d}"
+            with contextlib.suppress(RuntimeError), run.stage("detection", sample_id=sample) as stage:
+                if index == 1:
+                    raise RuntimeError("before its result")
+                stage.result(sample, detection_prediction(index, {5}))
+                if index == 2:
+                    raise RuntimeError("after its result")
+    assert run.flush(10)
+    rows_stored(daemon, run.id, "samples", 7)
+    return run.id
+
+
+def test_accuracy_says_a_fall_within_the_noise_and_counts_as_show_does(daemon: DaemonProcess) -> None:
+    """100% -> 75% on 8 golden samples is no significant fall: the accuracy line says so, with p
+    (it gave the figures alone). A sample whose stage failed before its result is judged on
+    neither side (not counted wrong), one that failed after it keeps its verdict: compare's
+    counts are accuracy.json's, as `stagewatch show` prints them; the failures are flips."""
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    before = judged_run(daemon, dataset, set(), 8)
+    after = judged_run(daemon, dataset, {1, 2}, 8)
+    text = stagewatch_cli(daemon.home, before, after).stdout
+    (line,) = [line for line in text.splitlines() if line.startswith("  detection: 100.0% -> 75.0% (8/8 -> 6/8)")]
+    assert line.endswith("fell 25.0 points, not significant (p=0.13): within the samples' noise"), line
+
+    failing = failing_judged_run(daemon, dataset)
+    accuracy = wait_for(lambda: (found := load_accuracy(daemon.home, failing)) and found.get("finished") and found)
+    counts = accuracy["stages"]["detection"]["counts"]
+    document = compared(daemon.home, before, failing)
+    (entry,) = document["accuracy"]
+    assert entry["correct"]["b"] == counts["correct"] == 6
+    assert entry["judged"]["b"] == counts["correct"] + counts["wrong"] + counts["invalid"] == 7
+    assert {(f["sample_id"], f["to"]) for f in document["flips"]} == {
+        ("s0001", "failed"),
+        ("s0002", "failed"),
+        ("s0005", "wrong"),
+    }
+    show = sw("show", failing, "--home", str(daemon.home))
+    assert re.search(r"detection\s+6\s+1\s+0\s+0\s", show.stdout), show.stdout
+
+
 def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess) -> None:
     """A board that booted in 1970: its stage times (monotonic) compare as they are, but which
     runs came before it is read from start times on the pipelines' clocks: compare says so,
@@ -569,6 +690,25 @@ def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess)
     alone = stagewatch_cli(daemon.home, skewed)  # the run before it, by a start time in 1970: none
     assert alone.returncode == 2 and "years behind the daemon's" in alone.stderr, alone.stderr
     assert compared(daemon.home, first, healthy)["clock_skew"] == []
+
+
+def test_every_skewed_run_of_a_pooled_baseline_is_warned_of_in_one_warning(daemon: DaemonProcess) -> None:
+    """`--baseline last:3` pools two runs of a board that booted in 1970 and a healthy newest one:
+    both skewed runs are said (only the newest was looked at: nothing was said), in one warning
+    that names how many and which, and each is in --json's `clock_skew`."""
+    skewed = [run_pipeline(daemon.home, clock_ns=BOOTED_IN_1970) for _ in range(2)]
+    healthy = [run_pipeline(daemon.home) for _ in range(2)]
+    for run_id in (*skewed, *healthy):
+        daemon.audit(run_id)
+        rows_stored(daemon, run_id, "runs", 1)
+    found = compared(daemon.home, healthy[-1], "--baseline", "last:3")
+    assert sorted(found["a"]["runs"]) == sorted([*skewed, healthy[0]])
+    assert sorted((s["side"], s["run_id"]) for s in found["clock_skew"]) == sorted(("A", r) for r in skewed)
+    (warning,) = [w for w in found["warnings"] if "clock" in w]
+    assert warning.startswith("A: 2 of its 3 runs") and all(run_id[:8] in warning for run_id in skewed)
+    assert "years behind the daemon's" in warning
+    text = stagewatch_cli(daemon.home, healthy[-1], "--baseline", "last:3").stdout
+    assert text.count("WARNING: A: 2 of its 3 runs") == 1 and text.count("clock") == warning.count("clock")
 
 
 def judged_runs_in_a_damaged_file(daemon: DaemonProcess) -> tuple[str, str, str]:

@@ -100,7 +100,7 @@ class RunNotEnded(CompareError):
     """A run's end is not in the runs table yet (still running, or ended and not yet flushed)."""
 
 
-MAX_SHARE = 10.0  # 1000%: past it a threshold or an accuracy drop never fires
+MAX_SHARE = 10.0  # 1000%: a threshold past it is refused (a time 11 times slower is called out below it)
 
 
 def share_from_text(text: str) -> float:
@@ -114,11 +114,50 @@ def share_from_text(text: str) -> float:
         value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
     except ValueError:
         raise ValueError(f"expected a share like 5% or 0.05, got {given}") from None
+    if 1 <= value <= MAX_SHARE and not cleaned.endswith("%"):
+        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
     if not 0 <= value <= MAX_SHARE:  # nan and inf too
         raise ValueError(f"expected a share between 0% and {MAX_SHARE:.0%}, got {given}")
-    if value >= 1 and not cleaned.endswith("%"):
-        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
     return value + 0.0  # -0 is 0
+
+
+def accuracy_drop_from_text(text: str) -> float:
+    """'2%' or 0.02 -> 0.02: a share of at most 100% (rate points: an accuracy cannot fall by more);
+    a ValueError says what was expected."""
+    value = share_from_text(text)
+    if value > 1:
+        given = repr(text if len(text) <= 40 else text[:40] + "…")
+        raise ValueError(
+            f"expected an accuracy drop of at most 100% (rate points: an accuracy cannot fall by more than "
+            f"100), got {given}"
+        )
+    return value
+
+
+def percent(share: float) -> str:
+    """A share as a percentage with the digits it needs (0.99: 99%, 0.995: 99.5%, 0.9999999999:
+    99.99999999%), never rounded to a 100% or 0% that it is not."""
+    value = share * 100
+    for decimals in range(18):
+        text = f"{value:.{decimals}f}"
+        rounded = float(text)
+        if rounded in (0.0, 100.0) and rounded != value:
+            continue
+        if abs(rounded - value) <= 1e-9 * abs(value):
+            break
+    return f"{text}%"
+
+
+def threshold_warnings(threshold: float) -> list[str]:
+    """What a threshold of 100% or more can never call out (it is accepted up to MAX_SHARE: a
+    rise of times or memory can pass it)."""
+    if threshold < 1:
+        return []
+    return [
+        f"a threshold of {percent(threshold)} (100% or more): a failure rate, which moves by at most 100 points, "
+        "and a fall of a time or of memory, at most -100%, are never called out; only a time or memory that "
+        f"rose by more than {percent(threshold)}"
+    ]
 
 
 @dataclass(frozen=True)
@@ -131,6 +170,9 @@ class Side:
     pipeline: str | None = None
     status: str | None = None  # the newest run's: a history holds finished runs only
     skipped: tuple[str, ...] = ()  # damaged data files left out of finding its runs (`skipped_files`)
+    # The newest run's start on its pipeline's clock (the runs table's, or its audit trail's while it
+    # runs): the runs before it are a baseline's and the run-to-run noise's. None: not recorded yet.
+    started: datetime | None = None
 
     @property
     def is_history(self) -> bool:
@@ -192,11 +234,23 @@ def run_side(home: Path, text: str) -> Side:
         raise CompareError(str(error)) from None
     rows = _run_rows(home, "run_id = ?", [run_id], "ORDER BY lsn")
     if rows:  # ended: its last row (a crash withdrawn when its client came back has none)
-        pipeline, status = rows[-1]["pipeline"], rows[-1]["status"]
+        pipeline, status, started = rows[-1]["pipeline"], rows[-1]["status"], rows[-1]["start_time"]
     else:  # not in the runs table: still running, or its end not recorded (the trail says which)
         head = load_audit_head(holding(home, run_id), run_id)
         pipeline, status = head.get("pipeline"), head.get("status")
-    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status)
+        # A running run's start is its trail's; one the trail says ended is waited for in the runs
+        # table (not flushed yet, or its row in a damaged data file: then that file is named).
+        started = _moment(head.get("started_at")) if status not in ENDED else None
+    return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status, started=started)
+
+
+def _moment(text: Any) -> datetime | None:
+    """An ISO time from an audit trail (its run start, as the runs table would hold it); None for
+    none or a damaged one."""
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def refuse_same_run(a: Side, b: Side) -> None:
@@ -211,6 +265,11 @@ def _count(digits: str) -> int:
     holds (and int() refuses a text of over 4,300 digits: a ValueError, not what was wrong)."""
     significant = digits.lstrip("0") or "0"
     return int(significant) if len(significant) <= 18 else 10**18
+
+
+def window_text(window: re.Match[str]) -> str:
+    """A window as a baseline's label echoes it, whatever its spacing, case or leading zeros: 7d."""
+    return f"{window.group(1).lstrip('0') or '0'}{window.group(2)}"
 
 
 def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None:
@@ -229,7 +288,7 @@ def _refuse_unclear_window(home: Path, spec: str, window: re.Match[str]) -> None
         return
     named = f"the start of run {run_id[:8]}" if run_id else "the start of several run ids"
     raise CompareError(
-        f"{spec!r} is both a window ({window.group(1)}{window.group(2)}) and {named}: for the run, give more of "
+        f"{spec!r} is both a window ({window_text(window)}) and {named}: for the run, give more of "
         f"its id; for the window, write it with a space ('{window.group(1)} {window.group(2)}')"
     )
 
@@ -240,8 +299,8 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     last N finished runs of its pipeline that started before it) or a window (`7d`, `24h`:
     the finished runs of its pipeline that started in it, before the target)."""
     spec = spec.strip()
-    last = LAST.match(spec)
-    window = _RELATIVE.match(spec)
+    last = LAST.match(spec.lower())  # LAST:20 and 7D too (a run id in capitals is resolved as one anyway)
+    window = _RELATIVE.match(spec.lower())
     if not spec:
         raise CompareError(f"expected a baseline: {BASELINE_FORMS}; got an empty one")
     if not last and spec.lower().startswith("last:"):  # last:-1, last:abc, last: — not a run id either
@@ -255,10 +314,12 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
         _refuse_unclear_window(home, spec, window)
     if target.pipeline is None:
         raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
-    started = _run_rows(home, "run_id = ?", [target.runs[-1]])
-    if not started:
-        raise RunNotEnded(f"run {target.runs[-1][:8]} is not in the runs table yet (still running?)")
-    before = started[0]["start_time"]
+    if target.started is None:  # ended, its row not written yet (or in a damaged file); or no start recorded
+        missing = f"run {target.runs[-1][:8]} is not in the runs table yet (its end not written yet?)"
+        if target.skipped:  # maybe in the file left out: said now, not waited for
+            raise CompareError(f"{missing}; {skipped_warnings(list(target.skipped))[0]}")
+        raise RunNotEnded(missing)
+    before = target.started
     terms, params = (
         "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)",
         [
@@ -282,7 +343,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
             home, f"{terms} AND start_time >= ?", [*params, _window_start(now, seconds)], "ORDER BY start_time DESC"
         )
         rows = rows[:MAX_BASELINE_RUNS]
-        label = f"the runs of {target.pipeline} in the last {spec}"
+        label = f"the runs of {target.pipeline} in the last {window_text(window)}"
     if not rows:
         skew = run_clock_skew(home, target.runs[-1])
         raise CompareError(
@@ -368,11 +429,10 @@ def run_noise(home: Path, b: Side, a_runs: int, confidence: float) -> tuple[dict
     `confidence`: the robust spread (1.4826 x MAD) of the measure over the last `NOISE_RUNS`
     finished runs of B's pipeline before B, for a side of `a_runs` pooled runs against one;
     and how many runs that history held (empty below `MIN_NOISE_RUNS`: not known)."""
-    started = _run_rows(home, "run_id = ?", [b.runs[-1]]) if b.pipeline else []
-    if not started:
+    if not b.pipeline or b.started is None:
         return {}, 0
     where = "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)"
-    params = [b.pipeline, started[0]["start_time"], b.runs[-1], list(FINISHED)]
+    params = [b.pipeline, b.started, b.runs[-1], list(FINISHED)]
     runs = [row["run_id"] for row in _run_rows(home, where, params, f"ORDER BY start_time DESC LIMIT {NOISE_RUNS}")]
     if len(runs) < MIN_NOISE_RUNS:
         return {}, len(runs)
@@ -622,6 +682,27 @@ def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:
     return bool(entry["significant"]) and entry["change"] < -drop
 
 
+def accuracy_words(entry: dict[str, Any], drop: float | None) -> str:
+    """How a stage's accuracy moved, in words (the CLI's accuracy line, the Compare page): the
+    points, whether the fall or rise is significant (two-proportion z-test, its p), and what the
+    gate (`drop`: rate points; None: off) makes of a fall. Empty when a side judged nothing."""
+    change = entry["change"]
+    if change is None:
+        return ""
+    if change == 0:
+        return "unchanged"
+    moved, p = f"{abs(change) * 100:.1f} points", f"p={entry['p_value']:.2g}"
+    if not entry["significant"]:
+        return f"{'rose' if change > 0 else 'fell'} {moved}, not significant ({p}): within the samples' noise"
+    if change > 0:
+        return f"rose {moved}, significant ({p})"
+    if drop is None:
+        return f"fell {moved}, significant ({p}); the accuracy gate is off"
+    if entry["fell"]:
+        return f"FELL {moved}, significant ({p}), more than the {drop * 100:.1f} allowed"
+    return f"fell {moved}, significant ({p}), within the {drop * 100:.1f} points allowed"
+
+
 def accuracy_gate_text(drop: float | None, confidence: float) -> str:
     """The gate's rule for accuracy, in words (the CLI prints it; --json has `accuracy_drop`)."""
     if drop is None:
@@ -687,30 +768,54 @@ def run_clock_skew(home: Path, run_id: str) -> dict[str, Any] | None:
 CLOCK_CONSEQUENCE = {
     "A": "whether A is among the runs before B (the run-to-run noise's history)",
     "B": "the runs before B: a last:N or window baseline, the run before it, the run-to-run noise's history",
+    "pool": "which runs the baseline pools and the run-to-run noise's history",
 }
+MAX_SKEWED_NAMED = 10  # a pooled baseline's skewed runs named in its warning (--json lists them all)
 
 
 def clock_skews(home: Path, a: Side, b: Side) -> list[dict[str, Any]]:
-    """The runs compared whose pipeline clock was off (A's runs when it is one run, else its
-    newest; B's): each {side, run_id, offset_s, message}. Every figure compared is measured on
+    """The runs compared whose pipeline clock was off (every run of each side, a pooled
+    baseline's too): each {side, run_id, offset_s, message}. Every figure compared is measured on
     the pipeline's monotonic clock and holds; what a skewed wall clock moves is which runs are
     taken as earlier (start times, on the pipelines' clocks) and the time windows."""
     found = []
     for name, side in (("A", a), ("B", b)):
-        for run_id in side.runs if side.kind == "run" else side.runs[-1:]:
+        for run_id in side.runs:
             if skew := run_clock_skew(home, run_id):
                 found.append({"side": name, "run_id": run_id, **skew})
     return found
 
 
-def clock_warnings(skews: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"{skew['side']} (run {skew['run_id'][:8]}): {skew['message']}. Its stage times, memory and failures are "
-        "measured on a monotonic clock and compare as they are; but "
-        f"which runs count as earlier ({CLOCK_CONSEQUENCE[skew['side']]}) is read from start times on the "
-        "pipelines' clocks and may be wrong"
-        for skew in skews
-    ]
+def clock_warnings(skews: list[dict[str, Any]], a: Side, b: Side) -> list[str]:
+    """One warning per side with a skewed run: the run; for a pooled side, how many of its runs
+    and which (the first MAX_SKEWED_NAMED), never a warning per run."""
+    found = []
+    for name, side in (("A", a), ("B", b)):
+        mine = [skew for skew in skews if skew["side"] == name]
+        if not mine:
+            continue
+        if side.is_history:
+            named = ", ".join(f"{skew['run_id'][:8]} ({_clock_words(skew)})" for skew in mine[:MAX_SKEWED_NAMED])
+            more = (
+                f" and {len(mine) - MAX_SKEWED_NAMED} more (--json: clock_skew)" if len(mine) > MAX_SKEWED_NAMED else ""
+            )
+            said, consequence = (
+                f"{name}: {len(mine)} of its {len(side.runs)} runs had a pipeline clock off: {named}{more}",
+                "pool",
+            )
+        else:
+            said, consequence = f"{name} (run {mine[0]['run_id'][:8]}): {mine[0]['message']}", name
+        found.append(
+            f"{said}. Stage times, memory and failures are measured on a monotonic clock and compare as they are; "
+            f"but which runs count as earlier ({CLOCK_CONSEQUENCE[consequence]}) is read from start times on the "
+            "pipelines' clocks and may be wrong"
+        )
+    return found
+
+
+def _clock_words(skew: dict[str, Any]) -> str:
+    """How far off a run's clock was, in a few words ("56.0 years behind the daemon's")."""
+    return skew["message"].split(":", 1)[0].removeprefix("the pipeline's clock was ")
 
 
 def setting_of(home: Path, run_id: str) -> dict[str, Any]:
@@ -742,7 +847,10 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "a": a.summary(),
         "b": b.summary(),
         "partial": a.partial or b.partial,
-        "warnings": side_warnings(a, b) + clock_warnings(skews) + skipped_warnings(skipped),
+        "warnings": side_warnings(a, b)
+        + clock_warnings(skews, a, b)
+        + skipped_warnings(skipped)
+        + threshold_warnings(options.threshold),
         "skipped_files": skipped,
         "clock_skew": skews,
         "threshold": options.threshold,

@@ -5,6 +5,7 @@ dataset where the second gets two samples wrong, reached from Runs (two ticked) 
 from __future__ import annotations
 
 import re
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 import stagewatch
 from stagewatch.daemon.query._readmodels import read_table
-from tests.conftest import DaemonProcess, sw, wait_for
+from tests.conftest import DaemonProcess, run_python, sw, wait_for
 from tests.groundtruth.builders import write_dataset
 from tests.test_compare import judged_run, judged_runs_in_a_damaged_file, slower_run_in_a_damaged_file
 from tests.ui.conftest import CHROMIUM
@@ -60,6 +61,9 @@ def test_two_ticked_runs_open_the_comparison_and_a_flip_opens_both_cases(served,
     assert page.locator(".sw-compare-flips").count() == 1
     assert shown(page, "correct → ")
     assert page.locator(".sw-compare-stages tr.sw-stage-regressed").count() == 0  # nothing timed slower
+    # 87.5% -> 62.5% of 8 samples: how it moved and that it is within the samples' noise (it gave the figures alone)
+    accuracy = page.locator(".sw-compare-accuracy")
+    wait_for(lambda: "fell 25.0 points, not significant (p=0.25)" in " ".join(accuracy.all_inner_texts()), 30)
     flips.nth(1).click()
     page.wait_for_url(re.compile("flip=detection%2Fs0006"))
     pictures = page.locator(".sw-compare-side-by-side .sw-case-boxes")
@@ -378,3 +382,91 @@ def test_performance_compare_fields_are_in_the_url_and_a_pasted_url_opens_them(s
         assert opened == f"?page=compare&a={before[:8]}&b={after}"
     finally:
         pasted.close()
+
+
+# Every element of the page drawn (Panel draws inside shadow roots: the walk enters them) that ends
+# past the page, or whose text runs past its own box (a long word that does not wrap).
+OVERFLOWING = """() => {
+  const under = (root, found = []) => {
+    for (const el of root.querySelectorAll('*')) {
+      found.push(el);
+      if (el.shadowRoot) under(el.shadowRoot, found);
+    }
+    return found;
+  };
+  const page = document.documentElement.clientWidth;
+  const out = [];
+  for (const el of under(document)) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    const spills = el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX === 'visible';
+    if (r.right > page + 1 || spills) {
+      const what = `${el.tagName.toLowerCase()}.${el.className.baseVal ?? el.className}`;
+      const where = `${Math.round(r.left)}-${Math.round(r.right)}`;
+      const text = (el.innerText || '').slice(0, 30);
+      out.push(`${what} at ${where} (its text ${el.scrollWidth} in ${el.clientWidth}): ${text}`);
+    }
+  }
+  return out;
+}"""
+LONG_STAGE = "s" * 80  # no place to break (the stage table ran 14 px past its box)
+LONG_SAMPLE = "f" * 100
+LONG_ERROR = "E" * 300
+LONG_NAMES_RUN = """
+import stagewatch
+run = stagewatch.init(pipeline="long", home={home!r})
+for index in range(6):
+    sample = {sample!r} if index == 0 else f"f{{index}}"
+    try:
+        with run.stage({stage!r}, sample_id=sample):
+            if {fail} and index == 0:
+                raise RuntimeError({error!r})
+    except RuntimeError:
+        pass
+run.finish()
+assert run.flush(10)
+print(run.id)
+"""
+
+
+def _overflowing_once_laid_out(page, timeout_s: float = 20) -> list[str]:
+    """OVERFLOWING once it is empty, or as it still is after `timeout_s` (Panel lays the panes out
+    one after another: a pane drawn a moment ago may not have its width yet)."""
+    deadline = time.monotonic() + timeout_s
+    while (found := page.evaluate(OVERFLOWING)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
+def test_long_names_and_an_unbroken_error_wrap_within_the_page_at_1280(daemon: DaemonProcess, browser) -> None:
+    """An 80-character stage name, a 100-character sample id and a 300-character error with no
+    space, at 1,280 px: the stage table, the flip list, B's case heading and its error card keep
+    within their boxes and the page (each ran past its box: the table by its stage cell, the
+    others by the whole word)."""
+    runs = []
+    for fail in (False, True):
+        code = LONG_NAMES_RUN.format(
+            home=str(daemon.home), stage=LONG_STAGE, sample=LONG_SAMPLE, error=LONG_ERROR, fail=fail
+        )
+        done = run_python(code)
+        assert done.returncode == 0, done.stderr
+        runs.append(done.stdout.split()[-1])
+    wait_for(lambda: set(runs) <= set(read_table(daemon.home, "runs")["run_id"].to_pylist()), 30)
+    ui = Ui(daemon.home)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(45_000)
+    try:
+        flip = urllib.parse.quote(f"{LONG_STAGE}/{LONG_SAMPLE}", safe="")
+        page.goto(f"{ui.url}?page=compare&a={runs[0]}&b={runs[1]}&flip={flip}")
+        flips = page.locator(".sw-compare-flips a.sw-flip")
+        wait_for(lambda: flips.all_inner_texts() == [f"{LONG_STAGE} on {LONG_SAMPLE}"], 60)
+        error = page.get_by_text(LONG_ERROR, exact=True)
+        wait_for(lambda: error.count() == 1 and error.bounding_box() and error.bounding_box()["width"] > 0, 60)
+        headings = page.locator(".sw-compare-side h3")
+        wait_for(lambda: headings.count() == 2 and all(h.bounding_box() for h in headings.all()), 60)
+        assert _overflowing_once_laid_out(page) == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    finally:
+        context.close()
+        ui.stop()

@@ -148,7 +148,8 @@ def case_sections(home: Path, run_id: str, case: dict[str, Any], camera_group: s
         + (f" · severity <b>{case['severity']:.2f}</b>" if case.get("severity") is not None else "")
         + (f"<br>{html.escape(reason[:500])}" if reason else "")
     )
-    shown: list[Any] = [pn.pane.HTML(head)]
+    # a long stage name, sample id or reason (one word) wraps within the page, or the Compare page's half
+    shown: list[Any] = [pn.pane.HTML(head, styles={"overflow-wrap": "anywhere"})]
     errors = _failures.errors_of(case)
     if errors:
         shown.append(

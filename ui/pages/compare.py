@@ -22,9 +22,11 @@ from stagewatch.daemon.compare._compare import (
     CompareError,
     Options,
     Side,
+    accuracy_words,
     baseline_side,
     compare,
     flips_not_judged_text,
+    percent,
     refuse_same_run,
     run_noise_text,
     run_side,
@@ -40,9 +42,12 @@ THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
 MAX_FLIPS_SHOWN = 200
 MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
 HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half the row, never wider
-# What a link's values (a run id, a baseline, a stage, a sample) are echoed in: one long word
-# wraps within the page, and past MAX_ECHOED characters it is cut ("…").
+# What a link's values (a run id, a baseline, a stage, a sample) and the names a pipeline gave
+# (a stage, a sample, a pipeline, an error) are shown in: one long word wraps within its box, and a
+# link's value past MAX_ECHOED characters is cut ("…"). In a table only the cells of names wrap
+# anywhere (a number keeps its digits together).
 WRAPPED = {"overflow-wrap": "anywhere"}
+NAME_CELL = "<td style='overflow-wrap:anywhere;min-width:6em'>"
 MAX_ECHOED = 1000
 
 
@@ -121,7 +126,7 @@ class ComparePage:
                 body: list[Any] = [pn.pane.Alert(text, alert_type="info", styles=WRAPPED)]
             else:
                 body = case_sections(self.home, *found, camera_group=camera_group)
-            heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}")
+            heading = pn.pane.Markdown(f"#### {title}: {html.escape(side.label)}", styles=WRAPPED)
             # each case half of the width (its wide parts wrap), so both fit the page side by side
             columns.append(
                 pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF, css_classes=["sw-compare-side"])
@@ -205,15 +210,17 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
         ),
         verdict_alert(document),
         pn.pane.Markdown(
-            f"A change is called out when significant at {document['confidence']:.0%} confidence (Mann-Whitney U "
-            f"for the median, bootstrap intervals for the rest) and larger than {document['threshold']:.0%} "
-            f"(and than {MIN_TIME_MS:g} ms for times: a scheduler moves a sub-millisecond stage by that much). "
-            f"{run_noise_text(document)} {OWN_MEMORY}"
+            f"A change is called out when significant at {percent(document['confidence'])} confidence "
+            "(Mann-Whitney U for the median, bootstrap intervals for the rest) and larger than "
+            f"{document['threshold']:.0%} (and than {MIN_TIME_MS:g} ms for times: a scheduler moves a "
+            f"sub-millisecond stage by that much). {run_noise_text(document)} {OWN_MEMORY}",
+            styles=WRAPPED,  # the pipeline's name, in the run-to-run noise's sentence
         ),
         pn.pane.HTML(stage_table_html(document["stages"]), css_classes=["sw-compare-stages"]),
     ]
     if "shifts" in document:
-        shown += [pn.pane.Markdown("### Shifts in the history"), pn.pane.HTML(shifts_html(document["shifts"]))]
+        shifts = pn.pane.HTML(shifts_html(document["shifts"]), styles=WRAPPED)
+        shown += [pn.pane.Markdown("### Shifts in the history"), shifts]
     shown += flips_section(document, link_of)
     if document["accuracy"]:
         shown += [pn.pane.Markdown("### Accuracy (correct / judged)"), pn.pane.HTML(accuracy_html(document))]
@@ -235,7 +242,7 @@ def warnings_alert(document: dict[str, Any]) -> list[pn.pane.Alert]:
     if not document.get("warnings"):
         return []
     text = "<br>".join(f"⚠ {html.escape(warning)}" for warning in document["warnings"])
-    return [pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-warnings"])]
+    return [pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-warnings"], styles=WRAPPED)]
 
 
 def verdict_alert(document: dict[str, Any]) -> pn.pane.Alert:
@@ -244,10 +251,10 @@ def verdict_alert(document: dict[str, Any]) -> pn.pane.Alert:
         text = f"Not judged: {html.escape(reason)}."
         if document["failures"]:
             text += " So far: " + html.escape("; ".join(document["failures"]))
-        return pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-verdict"])
-    if document["failures"]:
+        return pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-verdict"], styles=WRAPPED)
+    if document["failures"]:  # each names its stage
         text = "Regressed: " + html.escape("; ".join(document["failures"]))
-        return pn.pane.Alert(text, alert_type="danger", css_classes=["sw-compare-verdict"])
+        return pn.pane.Alert(text, alert_type="danger", css_classes=["sw-compare-verdict"], styles=WRAPPED)
     return pn.pane.Alert("No regression.", alert_type="success", css_classes=["sw-compare-verdict"])
 
 
@@ -275,8 +282,8 @@ def stage_table_html(stages: list[dict[str, Any]]) -> str:
         flag = "regressed" if stage["regressed"] else ("changed" if stage["reasons"] else "")
         colour = {"regressed": "#fde2e1", "changed": "#e6f4ea"}.get(flag, "transparent")
         only = stage.get("only_in")
-        cells = [html.escape(stage["stage"]), f"{stage['executions']['a']:,} → {stage['executions']['b']:,}"]
-        cells += [_measure_html(stage[key]) for key, _ in COLUMNS[:3]]
+        executions = f"{stage['executions']['a']:,} → {stage['executions']['b']:,}"
+        cells = [_measure_html(stage[key]) for key, _ in COLUMNS[:3]]
         cells += [_largest_html(stage["own_memory_mb"]), _measure_html(stage[COLUMNS[3][0]])]
         cells += [_rate_html(stage["failure_rate"]), " · ".join(f"<b>{w}</b>" for w in (flag, ONLY_IN.get(only)) if w)]
         title = html.escape("; ".join(stage["reasons"]), quote=True)
@@ -284,7 +291,9 @@ def stage_table_html(stages: list[dict[str, Any]]) -> str:
         rows.append(
             # a light background carries its own dark text: the dark theme's white text on it was unreadable
             f"<tr class='{classes}' style='background:{colour}{';color:#1b1b1b' if flag else ''}' "
-            f"title='{title}'>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+            f"title='{title}'>{NAME_CELL}{html.escape(stage['stage'])}</td>"
+            + "".join(f"<td>{cell}</td>" for cell in [executions, *cells])
+            + "</tr>"
         )
     return f"<table class='sw-compare-table'><tr>{head}</tr>{''.join(rows)}</table>"
 
@@ -335,11 +344,11 @@ def flips_section(document: dict[str, Any], link_of: Any) -> list[Any]:
         text = f"Not judged: {html.escape(flips_not_judged_text(not_judged))}."
         return [
             pn.pane.Markdown("### Flips"),
-            pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-flips-not-judged"]),
+            pn.pane.Alert(text, alert_type="warning", css_classes=["sw-compare-flips-not-judged"], styles=WRAPPED),
         ]
     return [
         pn.pane.Markdown(f"### Flips ({len(document['flips'])})"),
-        pn.pane.HTML(flips_html(document["flips"], link_of), css_classes=["sw-compare-flips"]),
+        pn.pane.HTML(flips_html(document["flips"], link_of), css_classes=["sw-compare-flips"], styles=WRAPPED),
     ]
 
 
@@ -370,16 +379,21 @@ def accuracy_html(document: dict[str, Any]) -> str:
             + ", ".join(f"{html.escape(n)} {_number(v.get('a'))} → {_number(v.get('b'))}" for n, v in classes.items())
             for metric, classes in entry["per_class"].items()
         )
-        rows.append(f"<tr><td>{html.escape(entry['stage'])}</td><td>{a} → {b}</td><td>{per_class}</td></tr>")
-    return f"<table><tr><th>stage</th><th>accuracy</th><th>per class</th></tr>{''.join(rows)}</table>"
+        change = html.escape(accuracy_words(entry, document["accuracy_drop"]))
+        rows.append(
+            f"<tr>{NAME_CELL}{html.escape(entry['stage'])}</td><td>{a} → {b}</td><td>{change}</td>"
+            f"{NAME_CELL}{per_class}</td></tr>"
+        )
+    head = "<tr><th>stage</th><th>accuracy</th><th>change</th><th>per class</th></tr>"
+    return f"<table class='sw-compare-accuracy'>{head}{''.join(rows)}</table>"
 
 
 def diff_html(changes: list[dict[str, Any]]) -> str:
     if not changes:
         return "Unchanged."
     rows = "".join(
-        f"<tr><td><code>{html.escape(c['key'])}</code></td><td>{html.escape(repr(c['from'])[:300])}</td>"
-        f"<td>{html.escape(repr(c['to'])[:300])}</td></tr>"
+        f"<tr>{NAME_CELL}<code>{html.escape(c['key'])}</code></td>{NAME_CELL}{html.escape(repr(c['from'])[:300])}</td>"
+        f"{NAME_CELL}{html.escape(repr(c['to'])[:300])}</td></tr>"
         for c in changes[:500]
     )
     return f"<table><tr><th>key</th><th>A</th><th>B</th></tr>{rows}</table>"

@@ -333,8 +333,9 @@ def error_card(error: dict[str, Any]) -> pn.Column:
     ]
     trace = error.get("traceback") or "(no traceback was recorded)"
     return pn.Column(
-        pn.pane.Alert("\n\n".join(lines), alert_type="danger"),
-        # a long line wraps (in the Compare page's half of the width it ran under the other case)
+        # a long word (a message, a stage name, a sample id) and a long line wrap (in the Compare
+        # page's half of the width they ran under the other case)
+        pn.pane.Alert("\n\n".join(lines), alert_type="danger", styles={"overflow-wrap": "anywhere"}),
         pn.Card(
             pn.pane.HTML(f"<pre style='{TRACE_STYLE}'>{html.escape(trace)}</pre>"), title="Traceback", collapsed=True
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import math
+import re
 from datetime import UTC, datetime
 
 # Tableau 10 and ten more hues of middle lightness (visible on the light and the dark theme).
@@ -48,6 +49,16 @@ def stage_colour(stage: str) -> str:
 
 def stage_colours(stages: list[str]) -> dict[str, str]:
     return {stage: stage_colour(stage) for stage in stages}
+
+
+# CommonMark lets a backslash make any ASCII punctuation mark plain text.
+_MARKDOWN_MARKS = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def markdown_literal(text: object) -> str:
+    """`text` shown as it is inside Markdown (an Alert, a Markdown pane): a message's
+    `__init__`, `*args` or `# of` is no bold, italics or heading."""
+    return _MARKDOWN_MARKS.sub(r"\\\1", str(text))
 
 
 def share_bar_html(share: float | None) -> str:

@@ -497,3 +497,20 @@ def test_a_page_opened_from_a_link_reads_its_data_once(daemon, monkeypatch, page
     monkeypatch.setattr(_router, "session_arguments", lambda: {**arguments, "run": [run.id]})
     ROUTES[page].view(daemon.home)
     assert len(calls) == 1
+
+
+def test_an_error_is_shown_as_it_was_raised_not_as_markdown() -> None:
+    """Python's messages hold Markdown's marks (`__init__`, `*args`, `# of`, `[0]`): the Run and
+    Case pages' error card shows them as raised, not as bold, italics or a heading."""
+    import html
+    import re
+
+    from stagewatch.ui.pages.run import error_card
+
+    message = "__init__() got *args* and **kw**; expected <class 'int'> # of frames [0](x) `n`"
+    card = error_card({"type": "Type_Error_", "stage": "pre_proc_", "sample_id": "f_1", "message": message})
+    alert = card.objects[0]
+    shown = html.unescape(alert._transform_object(alert.object)["object"])  # the HTML the browser is sent
+    text = html.unescape(re.sub(r"<[^>]+>", "", shown))
+    assert message in text and "Type_Error_" in text and "pre_proc_" in text
+    assert not re.search(r"<(em|h\d|a)\b", shown), shown

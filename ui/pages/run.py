@@ -326,9 +326,11 @@ TRACE_STYLE = "font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere"
 
 def error_card(error: dict[str, Any]) -> pn.Column:
     at = _format.parse_moment(error.get("at"))
+    plain = _format.markdown_literal  # a message's own marks (`__init__`, `*args`) are no Markdown
     lines = [
-        f"**{error.get('type')}** in stage **{error.get('stage')}** on sample `{error.get('sample_id') or '-'}`",
-        f"{error.get('message')}",
+        f"**{plain(error.get('type'))}** in stage **{plain(error.get('stage'))}** on sample "
+        f"`{error.get('sample_id') or '-'}`",
+        plain(error.get("message")),
         f"input: `{error.get('input_path') or '-'}` · at {_format.exact(at)}",
     ]
     trace = error.get("traceback") or "(no traceback was recorded)"

@@ -224,7 +224,7 @@ def print_comparison(document: dict[str, Any]) -> None:
     print(f"A: {_side_line(a)}\nB: {_side_line(b)}")
     print(
         f"called out: significant at {percent(document['confidence'])} confidence and larger than "
-        f"{document['threshold']:.0%}\n({TESTS})\n{run_noise_text(document)}\n"
+        f"{percent(document['threshold'])}\n({TESTS})\n{run_noise_text(document)}\n"
         f"{accuracy_gate_text(document['accuracy_drop'], document['confidence'])}\n"
     )
     header = (

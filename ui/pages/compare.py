@@ -212,7 +212,7 @@ def sections(document: dict[str, Any], link_of: Any) -> list[Any]:
         pn.pane.Markdown(
             f"A change is called out when significant at {percent(document['confidence'])} confidence "
             "(Mann-Whitney U for the median, bootstrap intervals for the rest) and larger than "
-            f"{document['threshold']:.0%} (and than {MIN_TIME_MS:g} ms for times: a scheduler moves a "
+            f"{percent(document['threshold'])} (and than {MIN_TIME_MS:g} ms for times: a scheduler moves a "
             f"sub-millisecond stage by that much). {run_noise_text(document)} {OWN_MEMORY}",
             styles=WRAPPED,  # the pipeline's name, in the run-to-run noise's sentence
         ),

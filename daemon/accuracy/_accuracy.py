@@ -263,8 +263,14 @@ class AccuracyWorker:
         what the samples table holds (its rows are committed before the checkpoint is written,
         and a kill between the two leaves rows past the checkpoint in the table)."""
         checkpoint = load(ACCURACY_CHECKPOINT, DaemonHome.of(self.home)) or {}  # damaged: set aside, judged again
-        self.lsn = checkpoint.get("lsn", 0)
         self.committed = committed_lsn(self.home, "samples", ACCURACY_APP)
+        if checkpoint.get("committed", -1) > self.committed:  # the table deleted or reset by hand
+            logger.warning(
+                "the samples table holds fewer rows than the accuracy worker's checkpoint counted (deleted or "
+                "reset by hand?): every run's sample results are judged again"
+            )
+            checkpoint = {}
+        self.lsn = checkpoint.get("lsn", 0)
         open_runs: dict[str, int] = checkpoint.get("open_runs", {})
         start = min([self.lsn, *open_runs.values()])
         for lsn, payload in self.log.read(start):
@@ -351,7 +357,7 @@ class AccuracyWorker:
             self._started_at.pop(run_id, None)
             self._throttle.forget(run_id)
         open_runs = {r: self._started_at.get(r, 0) for r in projection.runs}
-        self.store.write_checkpoint({"lsn": self.lsn, "open_runs": open_runs})
+        self.store.write_checkpoint({"lsn": self.lsn, "open_runs": open_runs, "committed": self.committed})
 
     def _write_samples(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Commit the rows; the refused ones, with why. A table damaged, or deleted since this

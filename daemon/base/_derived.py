@@ -104,8 +104,9 @@ def check_daemon_checkpoint(state: Any, home: DaemonHome) -> None:
 
 
 def check_accuracy_checkpoint(state: Any, home: DaemonHome) -> None:
-    _check_mapping(state, {"lsn": int, "open_runs": dict}, ("lsn",))
+    _check_mapping(state, {"lsn": int, "open_runs": dict, "committed": int}, ("lsn",))
     _expect(_is_count(state["lsn"]), "'lsn' is no log position")
+    _expect(state.get("committed", -1) >= -1, "'committed' is no log position")
     for run_id, lsn in state.get("open_runs", {}).items():
         _expect(isinstance(run_id, str) and is_run_id(run_id) and _is_count(lsn), "an open run is no (run id, lsn)")
 

@@ -70,9 +70,21 @@ def gone_tables(home: Path | DaemonHome) -> list[str]:
     if not isinstance(held, list):  # a status.json of a version before the list, or none yet
         return []
     return [
+        _gone(layout, table)
+        for table in TABLES
+        if table in held and table not in being_rebuilt and not has_log(table_path(layout, table))
+    ]
+
+
+def _gone(layout: DaemonHome, table: str) -> str:
+    folder = table_path(layout, table)
+    if not deleted(folder):  # a file or a broken link in its place: every write there is refused
+        return (
+            f"the {table} table of {layout.root} is gone: {folder} is no folder (a file or a broken link?); it reads "
+            "empty; move it away and the daemon rebuilds the table from the event log"
+        )
+    return (
         f"the {table} table of {layout.root} is gone (its folder or Delta log deleted?): it reads empty until the "
         "daemon rebuilds it from the event log (running: within seconds; stopped: when it starts; or run "
         "`stagewatch rebuild` with the daemon stopped)"
-        for table in TABLES
-        if table in held and table not in being_rebuilt and deleted(table_path(layout, table))
-    ]
+    )

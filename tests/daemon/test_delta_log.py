@@ -143,6 +143,7 @@ def test_a_table_removed_by_hand_is_rebuilt_on_the_next_start(home: Path, remove
     table = removed.split("/")[0]
     listed = _cli(home, "runs")
     assert f"the {table} table of {home} is gone" in listed.stderr, listed.stderr
+    assert "no runs yet" not in listed.stdout  # untrue: the runs are in the event log
     tables = _doctor_tables(home)
     assert not tables["ok"] and f"the {table} table of {home} is gone" in tables["detail"]
     daemon = DaemonProcess(home).start()
@@ -151,6 +152,36 @@ def test_a_table_removed_by_hand_is_rebuilt_on_the_next_start(home: Path, remove
         assert _seen(home) == before
         assert "hold fewer rows than the checkpoint counted" in daemon.log()
         assert "is gone" not in _cli(home, "runs").stderr
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_file_in_place_of_a_table_is_said(home: Path) -> None:
+    """A file or a broken link where a table's folder goes reads empty: said, with what to do."""
+    _history(home)
+    runs = DaemonHome(home).metrics / "runs"
+    shutil.rmtree(runs)
+    runs.symlink_to(home / "nowhere")
+    listed = _cli(home, "runs")
+    assert f"{runs} is no folder" in listed.stderr and "no runs yet" not in listed.stdout
+    assert f"{runs} is no folder" in _doctor_tables(home)["detail"]
+
+
+@pytest.mark.parametrize("removed", ["samples", "samples/_delta_log"])
+def test_a_samples_table_removed_by_hand_is_judged_again_on_the_next_start(home: Path, removed: str) -> None:
+    """The accuracy worker's table deleted while the daemon was stopped: its checkpoint counted
+    the rows the table held, so the worker judges every run again (it went on from its checkpoint
+    and the rows were lost for good, the warning gone once status.json no longer listed it)."""
+    _history(home)
+    judged = _run_ids(home, "samples")
+    assert len(judged) == 1
+    shutil.rmtree(DaemonHome(home).metrics / removed)
+    assert "the samples table" in _doctor_tables(home)["detail"]
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: _run_ids(home, "samples") == judged, 30)
+        wait_for(lambda: "samples" in daemon.status().get("tables", []))
+        assert _doctor_tables(home)["ok"]
     finally:
         assert daemon.stop() == 0
 

@@ -132,6 +132,8 @@ class RunsPage:
 
 
 def _empty_message(home: Path, filters: Filters) -> str:
+    if _data.tables_not_whole(home):  # the banner says why: "no runs yet" would be untrue
+        return "No runs to list now: a table is being rebuilt or is gone (the warning above)."
     if filters == Filters():
         return (
             "No runs yet. Run a pipeline with `stagewatch.init()` (two lines, see the README), "

@@ -250,6 +250,9 @@ def print_comparison(document: dict[str, Any]) -> None:
     _print_accuracy(document["accuracy"], document["accuracy_drop"])
     for name in ("config", "environment"):
         changes = document[name]
+        if changes is None:
+            print(f"\n{name}: not known (see the warnings)")
+            continue
         print(f"\n{name}: {'unchanged' if not changes else f'{len(changes)} changed'}")
         for change in changes[:100]:
             print(f"  {change['key']}: {change['from']!r} -> {change['to']!r}")

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 
+from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.compare._shifts import detect
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
 from stagewatch.daemon.query._readmodels import active_runs, load_accuracy, read_table
@@ -744,6 +745,21 @@ def test_the_run_start_records_its_environment(daemon: DaemonProcess) -> None:
     assert environment["python"] == ".".join(map(str, sys.version_info[:3]))
     assert environment["packages"]["numpy"] == np.__version__
     assert "torch" not in environment["packages"] or environment["packages"]["torch"]
+
+
+def test_a_damaged_audit_head_leaves_config_and_environment_not_known_not_changed(daemon: DaemonProcess) -> None:
+    """B's audit.json cut short (a bad block, a copy): its config and environment cannot be read;
+    compared anyway, every key read as changed to None (a false 'environment: 10 changed')."""
+    first, second = run_pipeline(daemon.home), run_pipeline(daemon.home)
+    daemon.audit(second)
+    assert compared(daemon.home, first, second)["environment"] == []
+    head = DaemonHome(daemon.home).audit(second)
+    head.write_bytes(head.read_bytes()[:100])
+    found = compared(daemon.home, first, second)
+    assert found["config"] is None and found["environment"] is None
+    (warning,) = [w for w in found["warnings"] if "not known" in w]
+    assert warning.startswith("B's config and environment are not known") and "damaged" in warning
+    assert "environment: not known" in stagewatch_cli(daemon.home, first, second).stdout
 
 
 # -- the statistics against their reference -------------------------------------------------------

@@ -818,13 +818,31 @@ def _clock_words(skew: dict[str, Any]) -> str:
     return skew["message"].split(":", 1)[0].removeprefix("the pipeline's clock was ")
 
 
-def setting_of(home: Path, run_id: str) -> dict[str, Any]:
+def setting_of(home: Path, run_id: str) -> dict[str, Any] | str:
     """What the run started with: its config snapshot and its environment (host, Python,
-    packages, GPU), from the audit trail."""
+    packages, GPU), from the audit trail; or why they are not known (its audit.json damaged or
+    missing: compared, every key would read as changed to None)."""
     audit = load_audit_head(holding(home, run_id), run_id)  # the head holds both: no stage line is read
+    if audit["status"] == "unknown":  # no head that reads
+        return audit["problems"][0]
     environment = dict(audit.get("environment") or {})
     environment.setdefault("host", audit.get("host"))
     return {"config": audit.get("config") or {}, "environment": environment}
+
+
+def setting_diffs(home: Path, a: Side, b: Side) -> tuple[dict[str, Any], list[str]]:
+    """The config and environment diffs of A's and B's newest runs (None: not known), and a
+    warning per side whose audit trail does not say them."""
+    settings = {"A": setting_of(home, a.runs[-1]), "B": setting_of(home, b.runs[-1])}
+    unknown = [
+        f"{name}'s config and environment are not known, so not compared: {why}"
+        for name, why in settings.items()
+        if isinstance(why, str)
+    ]
+    before, after = settings["A"], settings["B"]
+    if unknown or isinstance(before, str) or isinstance(after, str):
+        return {"config": None, "environment": None}, unknown
+    return {name: dict_diff(before[name], after[name]) for name in ("config", "environment")}, []
 
 
 # -- all together ---------------------------------------------------------------------------------
@@ -841,7 +859,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
     skipped = list(dict.fromkeys([*a.skipped, *b.skipped, *skipped]))
     stages = stage_figures(before, after, options, noise)
     _judge_one_sided(stages, _stages_of_run(before, a.runs[-1]), b)
-    setting_a, setting_b = setting_of(home, a.runs[-1]), setting_of(home, b.runs[-1])
+    settings, unknown_settings = setting_diffs(home, a, b)
     skews = clock_skews(home, a, b)
     document: dict[str, Any] = {
         "a": a.summary(),
@@ -850,7 +868,8 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "warnings": side_warnings(a, b)
         + clock_warnings(skews, a, b)
         + skipped_warnings(skipped)
-        + threshold_warnings(options.threshold),
+        + threshold_warnings(options.threshold)
+        + unknown_settings,
         "skipped_files": skipped,
         "clock_skew": skews,
         "threshold": options.threshold,
@@ -861,8 +880,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "flips": flips(verdicts(before, judged_a), verdicts(after, judged_b)),
         "flips_not_judged": None,
         "accuracy": accuracy,
-        "config": dict_diff(setting_a["config"], setting_b["config"]),
-        "environment": dict_diff(setting_a["environment"], setting_b["environment"]),
+        **settings,  # config, environment: the keys that differ (None: not known, said in warnings)
     }
     if a.is_history:
         from stagewatch.daemon.compare._shifts import history_shifts

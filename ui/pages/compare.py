@@ -388,7 +388,9 @@ def accuracy_html(document: dict[str, Any]) -> str:
     return f"<table class='sw-compare-accuracy'>{head}{''.join(rows)}</table>"
 
 
-def diff_html(changes: list[dict[str, Any]]) -> str:
+def diff_html(changes: list[dict[str, Any]] | None) -> str:
+    if changes is None:
+        return "Not known (see the warnings on top)."
     if not changes:
         return "Unchanged."
     rows = "".join(

@@ -284,7 +284,9 @@ def _side_line(side: dict[str, Any]) -> str:
     from stagewatch.daemon.projection import _outcomes as outcomes
 
     status = f", {outcomes.label(side['status'])}" if side.get("status") and side["kind"] == "run" else ""
-    return f"{side['label']} (pipeline {side.get('pipeline') or 'none recorded'}{status})"
+    newest = side["runs"][-1][:8]
+    named = "" if newest in side["label"] else f"run {newest}, " if len(side["runs"]) == 1 else f"newest {newest}, "
+    return f"{side['label']} ({named}pipeline {side.get('pipeline') or 'none recorded'}{status})"
 
 
 def _largest(measure: dict[str, Any]) -> str:

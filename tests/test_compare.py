@@ -274,6 +274,10 @@ def test_a_baseline_of_the_last_runs_pools_them_and_judges_the_history(daemon: D
     assert shift["stage"] == "infer" and shift["started_run"] == runs[10] and shift["ongoing"]
     assert {s["stage"] for s in found["shifts"]} == {"infer"}
     assert compared(daemon.home, runs[-1], "--baseline", "30d")["a"]["runs"] == runs[:-1]
+    said = stagewatch_cli(daemon.home, runs[-1], "--baseline", "last:12").stdout  # the runs it stands for, named
+    assert f"A: the last 12 runs of timed (newest {runs[-2][:8]}, pipeline timed)" in said, said
+    said = stagewatch_cli(daemon.home, runs[-1]).stdout
+    assert f"A: the run of timed before it (run {runs[-2][:8]}, pipeline timed)" in said, said
     # a window longer than the calendar reaches back to the oldest time a table can hold
     assert compared(daemon.home, runs[-1], "--baseline", "99999999999999d")["a"]["runs"] == runs[:-1]
 

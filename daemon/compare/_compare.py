@@ -351,7 +351,7 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
             + (f" ({skew['message']}; the runs before it are found by start time: give a baseline run)" if skew else "")
         )
     return Side(
-        label if len(rows) == 1 and last else f"{label} ({len(rows)} run{'s' if len(rows) > 1 else ''})",
+        label if last and len(rows) == count else f"{label} ({len(rows)} run{'s' if len(rows) > 1 else ''})",
         [r["run_id"] for r in reversed(rows)],
         "last" if last else "window",
         target.pipeline,
@@ -911,7 +911,8 @@ def run_noise_text(document: dict[str, Any]) -> str:
             f"{noise['runs']} runs of {pipeline} fell (median and p95 per stage)."
         )
     return (
-        f"The run-to-run noise is not known ({noise['runs']} earlier finished runs of {pipeline}, "
+        f"The run-to-run noise is not known ({noise['runs']} earlier finished run{'' if noise['runs'] == 1 else 's'} "
+        f"of {pipeline}, "
         f"{noise['needed']} needed): a time is judged against its executions' spread alone, and a busier "
         "machine reads as slower code."
     )

@@ -47,7 +47,8 @@ HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half
 # link's value past MAX_ECHOED characters is cut ("…"). In a table only the cells of names wrap
 # anywhere (a number keeps its digits together).
 WRAPPED = {"overflow-wrap": "anywhere"}
-NAME_CELL = "<td style='overflow-wrap:anywhere;min-width:6em'>"
+# Names of up to about 20 characters (lidar_segmentation) keep whole; a longer one wraps anywhere.
+NAME_CELL = "<td style='overflow-wrap:anywhere;min-width:10em'>"
 MAX_ECHOED = 1000
 
 

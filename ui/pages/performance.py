@@ -215,7 +215,7 @@ def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:
 
 # Within the page at 1,280 px: the exemplars' links (and a long stage name) wrap.
 STATS_FIT = _widgets.fitted(
-    {"pipeline": 80, "stage": 120, "executions": 90, "failed": 60, "median": 70, "p95": 70, "p99": 70, "max": 70}
+    {"pipeline": 75, "stage": 145, "executions": 80, "failed": 60, "median": 70, "p95": 70, "p99": 70, "max": 70}
     | {"own memory": 80, "process peak": 80, "share of time": 70},
     wrapped=("pipeline", "stage", "median", "p95", "p99", "max", "own memory", "process peak", "exemplars"),
 )

@@ -346,8 +346,8 @@ def error_card(error: dict[str, Any]) -> pn.Column:
 
 # Within the page at 1,280 px: the GPU peak's words, the exemplars' links and a long stage name wrap.
 STAGES_FIT = _widgets.fitted(
-    {"stage": 105, "executions": 85, "failed": 55, "median": 68, "p95": 68, "p99": 68, "max": 68}
-    | {"share of time": 120, "own memory": 75, "process peak": 75, "GPU peak": 75},
+    {"stage": 140, "executions": 80, "failed": 50, "median": 68, "p95": 68, "p99": 68, "max": 68}
+    | {"share of time": 120, "own memory": 70, "process peak": 70, "GPU peak": 75},
     wrapped=("stage", "median", "p95", "p99", "max", "own memory", "process peak", "GPU peak", "exemplars"),
 )
 

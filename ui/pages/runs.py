@@ -68,8 +68,8 @@ class RunsPage:
             html_columns=("run", "started"),
             # Within the page at 1,280 px: the error (and any long name) wraps.
             **_widgets.fitted(
-                {"run": 75, "pipeline": 85, "host": 80, "status": 95, "started": 85, "duration": 75, "executions": 90}
-                | {"failed": 55, "failed stage": 95},
+                {"run": 75, "pipeline": 85, "host": 80, "status": 95, "started": 85, "duration": 75, "executions": 80}
+                | {"failed": 55, "failed stage": 125},
                 wrapped=("pipeline", "host", "status", "failed stage", "error"),
             ),
         )

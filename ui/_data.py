@@ -426,7 +426,7 @@ def exemplar_links(exemplars: dict[str, dict[str, Any]] | None) -> str:
         row = exemplars[name]
         hover = f"{row['sample_id'] or '-'} · {row['input_path'] or 'no input path'} · {ms(row['duration_ms'])}"
         links.append(
-            f'<a class="sw-exemplar sw-exemplar-{name}" href="{href(row["links"]["case"])}" '
+            f'<a class="sw-exemplar sw-exemplar-{name}" href="{href(row["links"]["case"])}#waterfall" '
             f'title="{escape(hover, quote=True)}">{name}: {escape(row["sample_id"] or "-")}</a>'
         )
     logs = href(exemplars["max"]["links"]["logs"])

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
+import param
 from bokeh.models import CustomJS
 
 from stagewatch.daemon.query._sql import Homes, homes_of, skipped_files
@@ -51,6 +52,30 @@ def table(frame: pd.DataFrame, name: str, html_columns: tuple[str, ...] = (), **
         configuration={"columnDefaults": {"headerSort": False}},
         **options,
     )
+
+
+class Part(pn.custom.JSComponent):
+    """An invisible mark at the top of a part of a page that a link opens with `#name` (an
+    exemplar's `#waterfall`, a flip's `#side-by-side`): drawn while the URL says that name, it
+    scrolls the page to itself, so a part far below the fold is seen opened, not left out of
+    view. Drawn anew whenever its part is (a new page, a flip opened), it scrolls again then."""
+
+    name_of_part = param.String(doc="the #name of links to this part")
+
+    _esm = """
+export function render({ model }) {
+  const mark = document.createElement("span");
+  if (window.location.hash === "#" + model.name_of_part) {
+    requestAnimationFrame(() => mark.scrollIntoView({ block: "start" }));  // once laid out
+  }
+  return mark;
+}
+"""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            name_of_part=name, height=0, margin=0, sizing_mode="stretch_width", css_classes=[f"sw-at-{name}"]
+        )
 
 
 class TablesDrawnOnce(pn.custom.JSComponent):

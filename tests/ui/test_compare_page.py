@@ -64,10 +64,13 @@ def test_two_ticked_runs_open_the_comparison_and_a_flip_opens_both_cases(served,
     # 87.5% -> 62.5% of 8 samples: how it moved and that it is within the samples' noise (it gave the figures alone)
     accuracy = page.locator(".sw-compare-accuracy")
     wait_for(lambda: "fell 25.0 points, not significant (p=0.25)" in " ".join(accuracy.all_inner_texts()), 30)
+    page.set_viewport_size({"width": 1300, "height": 700})  # the side-by-side opens below the fold
     flips.nth(1).click()
     page.wait_for_url(re.compile("flip=detection%2Fs0006"))
     pictures = page.locator(".sw-compare-side-by-side .sw-case-boxes")
     wait_for(lambda: pictures.count() == 2, 60)  # A's case and B's, each drawn as the Case page draws it
+    opened = page.locator(".sw-compare-side-by-side")  # scrolled to: the page stayed at its top before
+    wait_for(lambda: 0 <= opened.bounding_box()["y"] < 300, 20)
     wait_for(lambda: flips.all_inner_texts() == texts, 60)  # the page switched in place: still one copy
     assert page.locator(".sw-compare-flips").count() == 1
     boxes = [p.bounding_box() for p in pictures.all()]

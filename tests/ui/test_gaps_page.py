@@ -59,10 +59,13 @@ def test_an_exemplar_link_opens_its_sample(served, page) -> None:
     detection = page.locator(".sw-table-stages .tabulator-row", has_text="detection")
     link = detection.locator("a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
     wait_for(lambda: link.count() == 1, 60)  # detection's slowest execution: the sample that slept longest
+    page.set_viewport_size({"width": 1300, "height": 700})
     link.click()
     page.wait_for_url(re.compile(f"sample={SLOWEST}"))
     chosen = page.locator("select").filter(has=page.locator(f"option[value='{SLOWEST}']"))
     wait_for(lambda: chosen.count() == 1 and chosen.first.input_value() == SLOWEST, 60)
+    heading = page.locator(".sw-at-waterfall")  # scrolled to the waterfall: it opened far below the fold
+    wait_for(lambda: 0 <= heading.bounding_box()["y"] < 300, 20)
 
 
 def test_the_performance_page_links_its_percentiles_to_their_executions(served, page) -> None:
@@ -71,7 +74,7 @@ def test_the_performance_page_links_its_percentiles_to_their_executions(served, 
     detection = page.locator(".sw-table-window-stats .tabulator-row", has_text="detection")
     link = detection.locator("a.sw-exemplar-max", has_text=f"max: {SLOWEST}")
     wait_for(lambda: link.count() == 1, 60)
-    assert link.get_attribute("href") == f"?page=run&run={run_id}&sample={SLOWEST}"
+    assert link.get_attribute("href") == f"?page=run&run={run_id}&sample={SLOWEST}#waterfall"
 
 
 def test_a_linked_sample_past_the_listed_ones_is_the_one_drawn(daemon) -> None:

@@ -111,7 +111,7 @@ class ComparePage:
         """The flip's link: this comparison with its two cases open."""
         parts = {"page": "compare", "a": self.first.value, "b": self.second.value, "threshold": self.threshold.value}
         parts["flip"] = f"{flip['stage']}/{flip['sample_id']}"
-        return link("?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in parts.items()))
+        return link("?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in parts.items())) + "#side-by-side"
 
     def show_flip(self) -> None:
         stage, _, sample = self.flip.value.partition("/")
@@ -133,6 +133,7 @@ class ComparePage:
                 pn.Column(heading, *body, sizing_mode="stretch_width", styles=HALF, css_classes=["sw-compare-side"])
             )
         self.cases.objects = [
+            _widgets.Part("side-by-side"),  # a flip's link opens the page here
             # HTML, not Markdown: a code span showed an escaped sample's entities as they are (&lt;)
             pn.pane.HTML(
                 f"<h3>{html.escape(echoed(stage))} on <code>{html.escape(echoed(sample))}</code>, side by side</h3>",

@@ -266,6 +266,7 @@ def sections(
         *([pn.pane.Alert(data["outside_problem"], alert_type="warning")] if data.get("outside_problem") else []),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(data["points"], data["executions"], data["order"], data["colours"]),
+        _widgets.Part("waterfall"),  # an exemplar's link opens the page here
         pn.pane.Markdown("### One sample through the pipeline"),
         sample,
         waterfall_pane,

@@ -308,7 +308,10 @@ def _clipped(name: str, width: int) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
+    """Three significant digits, their zeros kept (13.99 is 14.0, not 14), no exponent."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}"
 
 
 def _rate(measure: dict[str, Any]) -> str:

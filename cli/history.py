@@ -414,6 +414,8 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     for key in ("pipeline", "status", "started_at", "finished_at", "duration_ms", "host", "pid", "dataset"):
         if audit.get(key) is not None:
             print(f"{key:<13}{audit[key]}")
+    if isinstance(audit.get("clock_skew"), dict):  # its times are the pipeline's, as stamped
+        print(f"{'clock':<13}{audit['clock_skew'].get('message')}")
     for problem in audit.get("problems", []):
         print(f"INCOMPLETE: {problem}")
     limit = args.limit or SHOW_ROWS

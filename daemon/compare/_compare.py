@@ -73,7 +73,7 @@ MAX_BASELINE_RUNS = 1000
 NOISE_RUNS = 20
 MIN_NOISE_RUNS = 5
 TIME_MEASURES = {"median_ms": 0.5, "p95_ms": 0.95}
-LAST = re.compile(r"^last:(\d+)$")
+LAST = re.compile(r"^last:([0-9]+)$")
 FINISHED = (OK, FINISHED_WITH_FAILURES, FAILED)  # runs a baseline may hold: ended, with their stages complete
 ENDED = (*FINISHED, CRASHED)  # a run in any other state (running, no trail) has partial figures
 EXECUTION_COLUMNS = [
@@ -103,8 +103,8 @@ class RunNotEnded(CompareError):
 MAX_SHARE = 10.0  # 1000%: a threshold past it is refused (a time 11 times slower is called out below it)
 
 
-def share_from_text(text: str) -> float:
-    """'5%' or 0.05 -> 0.05, between 0 (every significant change) and MAX_SHARE: the threshold
+def share_from_text(text: str, most: float = MAX_SHARE, what: str = "a share") -> float:
+    """'5%' or 0.05 -> 0.05, between 0 (every significant change) and `most`: the threshold
     and accuracy drop as `stagewatch compare` and the Compare page's link take them. A
     ValueError says what was expected (a bare 5 is refused: it meant 500%, a gate that never
     fires; so are a negative share, nan and inf)."""
@@ -113,25 +113,18 @@ def share_from_text(text: str) -> float:
     try:
         value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
     except ValueError:
-        raise ValueError(f"expected a share like 5% or 0.05, got {given}") from None
-    if 1 <= value <= MAX_SHARE and not cleaned.endswith("%"):
-        raise ValueError(f"expected a share like 5% or 0.05, got {given} (that is {value:.0%})")
-    if not 0 <= value <= MAX_SHARE:  # nan and inf too
-        raise ValueError(f"expected a share between 0% and {MAX_SHARE:.0%}, got {given}")
+        raise ValueError(f"expected {what} like 5% or 0.05, got {given}") from None
+    if 1 <= value <= most and not cleaned.endswith("%"):
+        raise ValueError(f"expected {what} like 5% or 0.05, got {given} (that is {value:.0%})")
+    if not 0 <= value <= most:  # nan and inf too
+        raise ValueError(f"expected {what} between 0% and {most:.0%}, got {given}")
     return value + 0.0  # -0 is 0
 
 
 def accuracy_drop_from_text(text: str) -> float:
-    """'2%' or 0.02 -> 0.02: a share of at most 100% (rate points: an accuracy cannot fall by more);
-    a ValueError says what was expected."""
-    value = share_from_text(text)
-    if value > 1:
-        given = repr(text if len(text) <= 40 else text[:40] + "…")
-        raise ValueError(
-            f"expected an accuracy drop of at most 100% (rate points: an accuracy cannot fall by more than "
-            f"100), got {given}"
-        )
-    return value
+    """'2%' or 0.02 -> 0.02: a share of at most 100% (rate points: an accuracy cannot fall by
+    more); a ValueError says what was expected."""
+    return share_from_text(text, most=1.0, what="an accuracy drop (rate points)")
 
 
 def percent(share: float) -> str:

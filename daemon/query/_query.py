@@ -25,7 +25,7 @@ from stagewatch.daemon.tables._runindex import run_dates
 
 STATUSES = RUN_STATUSES  # a run's; a stage execution's are fewer (daemon/projection/_outcomes.py)
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-_RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_RELATIVE = re.compile(r"^([0-9]+)\s*(s|m|h|d|w)$")  # ASCII digits: \d takes ٢٤ too
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from stagewatch.daemon.query._readmodels import read_table
-from tests.conftest import FAKE_CLOCK, DaemonProcess, run_pipeline, run_python
+from tests.conftest import FAKE_CLOCK, DaemonProcess, run_pipeline, run_python, sw
 from tests.daemon.test_rebuild import _read_models
 
 NS = 1_000_000_000
@@ -91,6 +91,8 @@ def test_a_clock_no_timestamp_holds_keeps_its_runs_and_is_said_off(
     assert f"years {said} the daemon's" in audit["clock_skew"]["message"]
     assert read_table(daemon.home, "stage_executions")["run_id"].to_pylist() == [run_id] * 3
     assert not list(daemon.home.glob("quarantine/*.jsonl"))  # no event refused
+    shown = sw("show", run_id, "--home", str(daemon.home))
+    assert f"years {said} the daemon's" in shown.stdout, shown.stdout + shown.stderr  # said by `show` too
 
 
 def test_a_run_spooled_while_no_daemon_ran_is_late_not_skewed(home: Path) -> None:

@@ -514,3 +514,7 @@ def test_an_error_is_shown_as_it_was_raised_not_as_markdown() -> None:
     text = html.unescape(re.sub(r"<[^>]+>", "", shown))
     assert message in text and "Type_Error_" in text and "pre_proc_" in text
     assert not re.search(r"<(em|h\d|a)\b", shown), shown
+    card = error_card({"type": "E", "stage": "s", "message": "# one\n- two\n> three"})  # its lines kept
+    alert = card.objects[0]
+    shown = html.unescape(alert._transform_object(alert.object)["object"])
+    assert shown.count("<br") == 2 and "# one" in shown and "- two" in shown, shown

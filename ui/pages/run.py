@@ -331,7 +331,7 @@ def error_card(error: dict[str, Any]) -> pn.Column:
     lines = [
         f"**{plain(error.get('type'))}** in stage **{plain(error.get('stage'))}** on sample "
         f"`{error.get('sample_id') or '-'}`",
-        plain(error.get("message")),
+        plain(error.get("message")).replace("\n", "  \n"),  # its lines kept (a hard break each)
         f"input: `{error.get('input_path') or '-'}` · at {_format.exact(at)}",
     ]
     trace = error.get("traceback") or "(no traceback was recorded)"

@@ -285,6 +285,9 @@ def test_performance_draws_one_point_per_run_and_stage(served, page) -> None:
     demo = [stage for stage, pipeline in zip(window, pipelines, strict=True) if pipeline == "perception"]
     stages = ["preprocessing", "detection", "segmentation", "lidar_segmentation", "postprocessing"]
     assert demo == [*stages, "(outside stages)"]  # as `stagewatch stats` prints them
+    # A few runs: no regression can be judged yet, and the page says so (it said nothing)
+    said = page.locator(".sw-no-regressions >> text=/not judged yet: \\d+ run\\(s\\) in the window/")
+    wait_for(lambda: said.count() == 1, 30)
 
 
 def test_logs_filter_narrows_and_the_download_equals_the_cli_export(served, page) -> None:

@@ -12,11 +12,14 @@ from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
+import pyarrow as pa
+import pyarrow.compute as pc
 from bokeh.models import ColumnDataSource, HoverTool, TapTool
 from bokeh.plotting import figure as bokeh_figure
 
 from stagewatch.daemon import Filters, query_stats
 from stagewatch.daemon.compare._compare import CompareError, compare
+from stagewatch.daemon.compare._shifts import MIN_REFERENCE
 from stagewatch.daemon.query._exemplars import query_exemplars
 from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, with_outside_stages
 from stagewatch.daemon.query._readmodels import table_not_read
@@ -110,7 +113,7 @@ class PerformancePage:
             *([pn.pane.Alert(unread, alert_type="warning")] if unread else []),
         ]
         measure = self.measure.value
-        _widgets.fill_soon(self.callouts, lambda: [regression_alert(r) for r in _trends.regressions(rows)])
+        _widgets.fill_soon(self.callouts, lambda: regression_callouts(rows))
         _widgets.fill_soon(self.trend, lambda: [trend_chart(points, order, colours, measure, "ms", "trend")])
         _widgets.fill_soon(self.memory, lambda: [trend_chart(points, order, colours, "own_mb", "MB", "memory")])
 
@@ -199,6 +202,24 @@ def trend_chart(
     figure.legend.click_policy = "hide"
     figure.add_layout(figure.legend[0], "right")
     return _widgets.chart(figure, name)
+
+
+def regression_callouts(rows: pa.Table) -> list[pn.pane.Alert]:
+    """The shifts found in the window's runs; none, said with how many runs were judged (a run
+    is judged once MIN_REFERENCE runs precede it): an empty space read as "not looked"."""
+    found = [regression_alert(shift) for shift in _trends.regressions(rows)]
+    if found:
+        return found
+    runs = len(pc.unique(rows["run_id"]))
+    judged = max(0, runs - MIN_REFERENCE)
+    if not judged:
+        text = (
+            f"**Regressions:** not judged yet: {runs:,} run(s) in the window; a run is judged against the "
+            f"{MIN_REFERENCE} or more before it (a change-point test per stage)."
+        )
+    else:
+        text = f"**Regressions:** none found in the window's last {judged:,} run(s) (a change-point test per stage)."
+    return [pn.pane.Alert(text, alert_type="light", css_classes=["sw-no-regressions"])]
 
 
 def regression_alert(shift: _trends.Shift) -> pn.pane.Alert:

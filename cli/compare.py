@@ -361,9 +361,12 @@ def _print_accuracy(accuracy: list[dict[str, Any]], drop: float | None) -> None:
         print(
             f"  {entry['stage']}: {a} -> {b} ({_count(entry, 'a')} -> {_count(entry, 'b')}){f': {words}' * bool(words)}"
         )
+        if entry["metrics"]:
+            cells = ", ".join(f"{name} {_num(v['a'])}->{_num(v['b'])}" for name, v in entry["metrics"].items())
+            print(f"    {cells}")
         for metric, classes in entry["per_class"].items():
             cells = ", ".join(f"{name} {_num(v.get('a'))}->{_num(v.get('b'))}" for name, v in classes.items())
-            print(f"    {metric}: {cells}")
+            print(f"    {metric} per class: {cells}")
 
 
 def _count(entry: dict[str, Any], side: str) -> str:

@@ -595,6 +595,19 @@ def test_the_flip_list_holds_exactly_the_samples_b_got_wrong(daemon: DaemonProce
     ]
     (accuracy,) = found["accuracy"]
     assert accuracy["a"] == pytest.approx(7 / 8) and accuracy["b"] == pytest.approx(5 / 8)
+    # the detector's figures as each run's accuracy.json holds them (pycocotools' in its tests)
+    judged = {
+        side: load_accuracy(daemon.home, run)["stages"]["detection"]["metrics"]
+        for side, run in (("a", before), ("b", after))
+    }
+    for side, metrics in judged.items():
+        assert accuracy["metrics"]["mAP"][side] == metrics["coco"]["AP"]
+        assert accuracy["metrics"]["recall"][side] == metrics["recall"]
+        for name, figures in metrics["per_class"].items():
+            assert accuracy["per_class"]["AP"][name][side] == figures["AP"]
+    assert accuracy["metrics"]["recall"]["b"] < accuracy["metrics"]["recall"]["a"]  # B missed two more boxes
+    said = stagewatch_cli(daemon.home, before, after).stdout
+    assert re.search(r"recall [0-9.]+->[0-9.]+", said) and "AP per class: car" in said, said
     back = compared(daemon.home, after, before)
     assert {(f["sample_id"], f["from"], f["to"]) for f in back["flips"]} == {
         ("s0001", "wrong", "correct"),

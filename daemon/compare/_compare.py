@@ -635,14 +635,14 @@ def accuracy_figures(
     before: pa.Table, after: pa.Table, a_runs: list[str], b_runs: list[str], home: Path, options: Options
 ) -> list:
     """Per stage with judged samples: the share judged correct on each side (correct / judged,
-    `unlabeled` left out), its change and whether it `fell` (`accuracy_fell`); per class the
-    metrics accuracy.json holds per class (`per_class_*`), where each side is one run."""
+    `unlabeled` left out), its change and whether it `fell` (`accuracy_fell`); where each side is
+    one run, the stage's metrics (`STAGE_METRICS`: mAP, precision, recall, mIoU ...) and per class
+    those accuracy.json holds (a mask's IoU, a detector's AP, AP50, precision and recall)."""
     a, b = _accuracy_by_stage(before), _accuracy_by_stage(after)
-    per_class = {}
+    per_class, metrics = {}, {}
     if len(a_runs) == 1 and len(b_runs) == 1:
-        per_class = _per_class(
-            load_accuracy(holding(home, a_runs[0]), a_runs[0]), load_accuracy(holding(home, b_runs[0]), b_runs[0])
-        )
+        documents = [load_accuracy(holding(home, run), run) for run in (a_runs[0], b_runs[0])]
+        per_class, metrics = _per_class(*documents), _stage_metrics(*documents)
     found = []
     for stage in dict.fromkeys([*b, *a]):
         (correct_a, judged_a), (correct_b, judged_b) = a.get(stage, (0, 0)), b.get(stage, (0, 0))
@@ -656,6 +656,7 @@ def accuracy_figures(
             "judged": {"a": judged_a, "b": judged_b},
             "change": rate_b - rate_a if rate_a is not None and rate_b is not None else None,
             "p_value": two_proportions_p(correct_a, judged_a, correct_b, judged_b) if judged_a and judged_b else None,
+            "metrics": metrics.get(stage, {}),
             "per_class": per_class.get(stage, {}),
         }
         entry["significant"] = entry["p_value"] is not None and entry["p_value"] < 1 - options.confidence
@@ -718,17 +719,58 @@ def _accuracy_by_stage(judged: pa.Table) -> dict[str, tuple[int, int]]:
     }
 
 
-def _per_class(a: dict | None, b: dict | None) -> dict[str, dict[str, dict[str, dict[str, float | None]]]]:
+# A stage's metrics as accuracy.json holds them (a path into its `metrics`), by the name compare gives them.
+STAGE_METRICS = {
+    "mAP": ("coco", "AP"),
+    "AP50": ("coco", "AP50"),
+    "precision": ("precision",),
+    "recall": ("recall",),
+    "F1": ("f1",),
+    "mIoU": ("miou",),
+    "pixel accuracy": ("accuracy",),
+}
+CLASS_METRICS = ("AP", "AP50", "precision", "recall")  # of a detector's per-class figures (per_class)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _stage_metrics(a: dict | None, b: dict | None) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per stage, each of STAGE_METRICS that either side's accuracy.json holds: {a, b}."""
     found: dict[str, Any] = {}
+    for side, document in (("a", a), ("b", b)):
+        for stage, summary in ((document or {}).get("stages") or {}).items():
+            for name, path in STAGE_METRICS.items():
+                value: Any = summary.get("metrics") or {}
+                for key in path:
+                    value = value.get(key) if isinstance(value, dict) else None
+                if _number(value):
+                    found.setdefault(stage, {}).setdefault(name, {"a": None, "b": None})[side] = value
+    return found
+
+
+def _per_class(a: dict | None, b: dict | None) -> dict[str, dict[str, dict[str, dict[str, float | None]]]]:
+    """Per stage, metric and class: {a, b}. A mask's `per_class_iou` (class -> IoU) as it is; a
+    detector's `per_class` (class -> its figures) as CLASS_METRICS, each by class."""
+    found: dict[str, Any] = {}
+
+    def put(stage: str, metric: str, name: Any, side: str, value: Any) -> None:
+        if _number(value) or value is None:
+            found.setdefault(stage, {}).setdefault(metric, {}).setdefault(str(name), {})[side] = value
+
     for side, document in (("a", a), ("b", b)):
         for stage, summary in ((document or {}).get("stages") or {}).items():
             for metric, values in (summary.get("metrics") or {}).items():
                 if not (metric.startswith("per_class") and isinstance(values, dict)):
                     continue
                 for name, value in values.items():
-                    if isinstance(value, int | float) or value is None:
-                        cell = found.setdefault(stage, {}).setdefault(metric, {}).setdefault(str(name), {})
-                        cell[side] = value
+                    if isinstance(value, dict):
+                        for figure in CLASS_METRICS:
+                            if figure in value:
+                                put(stage, figure, name, side, value[figure])
+                    else:
+                        put(stage, metric, name, side, value)
     return found
 
 

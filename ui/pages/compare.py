@@ -381,12 +381,15 @@ def accuracy_html(document: dict[str, Any]) -> str:
             + ", ".join(f"{html.escape(n)} {_number(v.get('a'))} → {_number(v.get('b'))}" for n, v in classes.items())
             for metric, classes in entry["per_class"].items()
         )
+        metrics = ", ".join(
+            f"{html.escape(name)} {_number(v['a'])} → {_number(v['b'])}" for name, v in entry["metrics"].items()
+        )
         change = html.escape(accuracy_words(entry, document["accuracy_drop"]))
         rows.append(
             f"<tr>{NAME_CELL}{html.escape(entry['stage'])}</td><td>{a} → {b}</td><td>{change}</td>"
-            f"{NAME_CELL}{per_class}</td></tr>"
+            f"<td>{metrics}</td>{NAME_CELL}{per_class}</td></tr>"
         )
-    head = "<tr><th>stage</th><th>accuracy</th><th>change</th><th>per class</th></tr>"
+    head = "<tr><th>stage</th><th>accuracy</th><th>change</th><th>metrics</th><th>per class</th></tr>"
     return f"<table class='sw-compare-accuracy'>{head}{''.join(rows)}</table>"
 
 

@@ -282,7 +282,8 @@ def stage_table_html(stages: list[dict[str, Any]]) -> str:
     rows = []
     for stage in stages:
         flag = "regressed" if stage["regressed"] else ("changed" if stage["reasons"] else "")
-        colour = {"regressed": "#fde2e1", "changed": "#e6f4ea"}.get(flag, "transparent")
+        # translucent: a tint of either theme's background, under either theme's text colour
+        colour = {"regressed": "rgba(220, 53, 69, 0.2)", "changed": "rgba(40, 167, 69, 0.2)"}.get(flag, "transparent")
         only = stage.get("only_in")
         executions = f"{stage['executions']['a']:,} → {stage['executions']['b']:,}"
         cells = [_measure_html(stage[key]) for key, _ in COLUMNS[:3]]
@@ -291,8 +292,7 @@ def stage_table_html(stages: list[dict[str, Any]]) -> str:
         title = html.escape("; ".join(stage["reasons"]), quote=True)
         classes = f"sw-stage-{flag or 'same'}" + (f" sw-stage-only-{only}" if only else "")
         rows.append(
-            # a light background carries its own dark text: the dark theme's white text on it was unreadable
-            f"<tr class='{classes}' style='background:{colour}{';color:#1b1b1b' if flag else ''}' "
+            f"<tr class='{classes}' style='background:{colour}' "
             f"title='{title}'>{NAME_CELL}{html.escape(stage['stage'])}</td>"
             + "".join(f"<td>{cell}</td>" for cell in [executions, *cells])
             + "</tr>"

@@ -33,6 +33,7 @@ different pipelines.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -114,7 +115,7 @@ def share_from_text(text: str, most: float = MAX_SHARE, what: str = "a share") -
         value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
     except ValueError:
         raise ValueError(f"expected {what} like 5% or 0.05, got {given}") from None
-    if 1 <= value <= most and not cleaned.endswith("%"):
+    if 1 <= value < math.inf and not cleaned.endswith("%"):  # said as the share it would be, in range or not
         raise ValueError(f"expected {what} like 5% or 0.05, got {given} (that is {value:.0%})")
     if not 0 <= value <= most:  # nan and inf too
         raise ValueError(f"expected {what} between 0% and {most:.0%}, got {given}")

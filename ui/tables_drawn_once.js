@@ -8,7 +8,9 @@
 // Panel's own and the second redraw is unconditional. So, here, in the browser:
 //  - a table's build waits until its stylesheets have loaded or failed (Panel keeps the table
 //    hidden until then anyway): it is measured once, with the styles it is shown with;
-//  - a resize redraw is skipped when the table's box has kept the size it was last drawn at.
+//  - a resize redraw is skipped when the table's box has kept the size it was last drawn at;
+//  - within the build, Tabulator's second drawing of every row as the table grows is skipped
+//    while the width its columns were laid out at holds.
 // A redraw that a real change asks for (new stylesheets, another width, Panel's own calls)
 // still happens. Loaded once a document from its head (ui/_widgets.TablesDrawnOnce), before
 // Panel's bundle: installed once the head's scripts have run, before Bokeh draws any view.
@@ -31,10 +33,35 @@
     const create = window.Tabulator.prototype._create;
     window.Tabulator.prototype._create = function () {
       if (this.stagewatchAwaitsStyles) {
-        this.stagewatchBuild = () => create.call(this);
+        this.stagewatchBuild = () => createOnce(this);
         return;
       }
-      create.call(this);
+      createOnce(this);
+    };
+    // A table of no fixed height grows as its first rows are drawn, and Tabulator then draws
+    // every row again (RowManager.redraw, from adjustTableSize) in case the columns have to fit
+    // another width. While the build lasts, at the width its columns were laid out at, that
+    // second drawing is skipped: the table's size is still adjusted. A build at another width
+    // (a scrollbar came) draws them again, as Tabulator does.
+    const createOnce = (table) => {
+      const rows = table.rowManager;
+      if (rows == null || typeof rows.redraw !== "function" || typeof rows.adjustTableSize !== "function") {
+        create.call(table);
+        return;
+      }
+      const width = table.element.clientWidth;
+      const redraw = rows.redraw;
+      rows.redraw = function (force) {
+        if (force || table.element.clientWidth !== width) return redraw.call(this, force);
+        this.adjustTableSize();
+        this.table.tableWidth = width;
+        return false;
+      };
+      try {
+        create.call(table);
+      } finally {
+        rows.redraw = redraw;
+      }
     };
 
     const render = View.prototype.render;

@@ -240,37 +240,37 @@ def run_points(rows: pa.Table) -> pd.DataFrame:
     group, durations = group[order], durations[order]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     counts = np.diff(np.r_[starts, len(group)])
+    width = len(stages.dictionary)
+    run, stage = group[starts] // width, group[starts] % width
+    begins = rows["start_time"].cast(pa.int64()).to_numpy()[order]
+    run_start = np.full(len(runs.dictionary), np.iinfo(np.int64).max)
+    np.minimum.at(run_start, group // width, begins)
+    # Microseconds: what Bokeh's axes hold (nanoseconds are cut with a warning per chart).
+    run_start = run_start[run] // 1000 * 1000
+    # Within a run, stages in the order they first ran: the pipeline's order. Sorted on the
+    # numbers, before the text columns are made (sorting the frame moved them too).
+    by = np.lexsort((np.minimum.reduceat(begins, starts), run_start))
+    # Each run's pipeline, from its last row (a run has one).
+    indices = runs.indices.to_numpy()
+    last = len(indices) - 1 - np.unique(indices[::-1], return_index=True)[1]
+    pipelines = np.asarray(rows["pipeline"].take(last).to_pylist(), dtype=object)
     frame = pd.DataFrame(
         {
-            "run": group[starts] // len(stages.dictionary),
-            "stage": group[starts] % len(stages.dictionary),
-            "count": counts,
-            "median_ms": _quantile(durations, starts, counts, 0.5),
-            "p95_ms": _quantile(durations, starts, counts, 0.95),
+            "run_id": np.asarray(runs.dictionary.to_pylist(), dtype=object)[run[by]],
+            "pipeline": pipelines[run[by]],
+            "stage": np.asarray(stages.dictionary.to_pylist(), dtype=object)[stage[by]],
+            "run_start": pd.to_datetime(run_start[by], utc=True),
+            "count": counts[by],
+            "median_ms": _quantile(durations, starts, counts, 0.5)[by],
+            "p95_ms": _quantile(durations, starts, counts, 0.95)[by],
+            # fmax: a row without a reading (NaN) is skipped, as a group's max skips it.
+            "rss_peak_mb": np.fmax.reduceat(rows["rss_peak_mb"].to_numpy()[order], starts)[by],
+            "own_mb": np.fmax.reduceat(
+                (rows["rss_peak_mb"].to_numpy() - rows["rss_start_mb"].to_numpy())[order], starts
+            )[by],
         }
     )
-    per_row = pd.DataFrame(
-        {
-            "group": group,
-            "start": rows["start_time"].cast(pa.int64()).to_numpy()[order],
-            "rss": rows["rss_peak_mb"].to_numpy()[order],
-            "own": (rows["rss_peak_mb"].to_numpy() - rows["rss_start_mb"].to_numpy())[order],
-            "run": group // len(stages.dictionary),
-        }
-    )
-    by_group = per_row.groupby("group", sort=True)
-    frame["rss_peak_mb"] = by_group["rss"].max().to_numpy()
-    frame["own_mb"] = by_group["own"].max().to_numpy()
-    frame["stage_start"] = by_group["start"].min().to_numpy()
-    run_start = per_row.groupby("run")["start"].min()
-    # Microseconds: what Bokeh's axes hold (nanoseconds are cut with a warning per chart).
-    frame["run_start"] = pd.to_datetime(frame["run"].map(run_start) // 1000 * 1000, utc=True)
-    frame["run_id"] = np.asarray(runs.dictionary.to_pylist(), dtype=object)[frame["run"]]
-    frame["stage"] = np.asarray(stages.dictionary.to_pylist(), dtype=object)[frame["stage"]]
-    pipelines = dict(zip(rows["run_id"].to_pylist(), rows["pipeline"].to_pylist(), strict=True))
-    frame["pipeline"] = frame["run_id"].map(pipelines)
-    # Within a run, stages in the order they first ran: the pipeline's order.
-    return frame.sort_values(["run_start", "stage_start"], kind="stable")[columns].reset_index(drop=True)
+    return frame[columns]
 
 
 def _quantile(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:

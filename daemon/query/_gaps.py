@@ -80,16 +80,25 @@ gaps AS (
 
 # Both answers of the time outside stages in one pass over the spans: the distribution of the
 # uncovered ms per sample of each run (its stages of no sample one bucket, its tail another), and
-# per finished run its wall time and the part of it outside stages.
-_OUTSIDE = f"""
+# per finished run its wall time and the part of it outside stages (`runs`: a row each; `total`:
+# their count and sums, all that the figures of many runs need: a list of 10,000 runs' rows made
+# into Python took longer than the query).
+_PER_SAMPLE = """
 , per_sample AS MATERIALIZED (SELECT run_number, sample_id, tail, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
-SELECT
-    (SELECT {{'n': count(*), 'total': sum(gap_ms), 'peak': max(gap_ms),
-              'quantiles': quantile_cont(gap_ms, {list(PERCENTILES)})}} FROM per_sample) AS samples,
+"""
+_SAMPLES = f"""(SELECT {{'n': count(*), 'total': sum(gap_ms), 'peak': max(gap_ms),
+              'quantiles': quantile_cont(gap_ms, {list(PERCENTILES)})}} FROM per_sample) AS samples"""
+_FINISHED = """FROM (SELECT run_number, sum(gap_ms) AS outside_ms FROM per_sample GROUP BY run_number) AS p
+     JOIN runs_in AS r USING (run_number) WHERE r.run_end IS NOT NULL"""
+_OUTSIDE = f"""{_PER_SAMPLE}
+SELECT {_SAMPLES},
     (SELECT list({{'run_id': r.run_id, 'wall_ms': (r.run_end - r.run_start) / 1e6, 'outside_ms': p.outside_ms}}
-                 ORDER BY r.run_id)
-     FROM (SELECT run_number, sum(gap_ms) AS outside_ms FROM per_sample GROUP BY run_number) AS p
-     JOIN runs_in AS r USING (run_number) WHERE r.run_end IS NOT NULL) AS runs
+                 ORDER BY r.run_id) {_FINISHED}) AS runs
+"""
+_OUTSIDE_TOTAL = f"""{_PER_SAMPLE}
+SELECT {_SAMPLES},
+    (SELECT {{'runs': count(*), 'wall_ms': coalesce(sum((r.run_end - r.run_start) / 1e6), 0),
+              'outside_ms': coalesce(sum(p.outside_ms), 0)}} {_FINISHED}) AS total
 """
 
 
@@ -135,23 +144,39 @@ def outside_stages(home: Path, filters: Filters) -> tuple[dict[str, Any] | None,
     runs' stage rows were left out: their time is no time outside stages."""
     if filters.stage or filters.status:
         return None, []
+    answer = _outside_answer(home, filters, _OUTSIDE)
+    split = [run | {"stages_ms": run["wall_ms"] - run["outside_ms"]} for run in answer["runs"] or []]
+    return _outside_row(answer["samples"]), split
+
+
+def outside_total(home: Path, filters: Filters) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """`outside_stages` with, instead of a row per finished run, their count and sums: runs,
+    wall_ms and outside_ms (what `with_outside_stages` shows of them)."""
+    if filters.stage or filters.status:
+        return None, {"runs": 0, "wall_ms": 0.0, "outside_ms": 0.0}
+    answer = _outside_answer(home, filters, _OUTSIDE_TOTAL)
+    return _outside_row(answer["samples"]), answer["total"]
+
+
+def _outside_answer(home: Path, filters: Filters, final: str) -> dict[str, Any]:
     with skipped_files() as skipped:
-        (answer,) = _gaps_query(home, filters, _OUTSIDE).to_pylist()
+        (answer,) = _gaps_query(home, filters, final).to_pylist()
     left_out = _stage_files_of(home, filters, skipped)
     if left_out:
         raise StagesLeftOut(left_out)
-    split = [run | {"stages_ms": run["wall_ms"] - run["outside_ms"]} for run in answer["runs"] or []]
-    samples = answer["samples"]
+    return answer
+
+
+def _outside_row(samples: dict[str, Any]) -> dict[str, Any] | None:
     if not samples["n"]:
-        return None, split
-    row = {
+        return None
+    return {
         "stage": OUTSIDE_STAGES,
         "outside_stages": True,
         "count": samples["n"],
         "failure_rate": 0.0,
         "duration_ms": _distribution(samples["n"], samples["total"], samples["quantiles"], samples["peak"]),
     }
-    return row, split
 
 
 def _stage_files_of(home: Path, filters: Filters, skipped: list[str]) -> list[str]:
@@ -166,22 +191,33 @@ def with_outside_stages(home: Path, filters: Filters, stats: list[dict[str, Any]
     """`stats` (query_stats' rows) and, after them, the row of the time outside stages with
     the runs' wall time split into stages and outside (so they add up); `stats` alone when
     there is none to show."""
-    return joined_with_outside(stats, *outside_stages(home, filters))
+    return joined_with_total(stats, *outside_total(home, filters))
 
 
 def joined_with_outside(
     stats: list[dict[str, Any]], row: dict[str, Any] | None, split: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """`with_outside_stages` of an `outside_stages` answer in hand."""
+    total = {
+        "runs": len(split),
+        "wall_ms": sum(run["wall_ms"] for run in split),
+        "outside_ms": sum(run["outside_ms"] for run in split),
+    }
+    return joined_with_total(stats, row, total)
+
+
+def joined_with_total(
+    stats: list[dict[str, Any]], row: dict[str, Any] | None, total: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """`with_outside_stages` of an `outside_total` answer in hand."""
     if row is None:
         return stats
     row = dict(row)
-    wall = sum(run["wall_ms"] for run in split)
-    outside = sum(run["outside_ms"] for run in split)
+    wall, outside = total["wall_ms"], total["outside_ms"]
     row["duration_ms"] = dict(row["duration_ms"])
     row["total_ms"] = row["duration_ms"].pop("sum")
     row["share_of_time"] = outside / wall if wall else 0.0  # of the wall time of the finished runs
-    row["wall"] = {"runs": len(split), "wall_ms": wall, "stages_ms": wall - outside, "outside_ms": outside}
+    row["wall"] = {"runs": total["runs"], "wall_ms": wall, "stages_ms": wall - outside, "outside_ms": outside}
     # The stages' shares (of the stages' time) become shares of the wall time too: the column
     # adds up to 100% with this row (it added up to 100% without it, and this row on top).
     covered = 1.0 - row["share_of_time"]

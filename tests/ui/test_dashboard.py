@@ -843,3 +843,21 @@ def test_accuracy_counters_move_while_a_run_streams(served, page) -> None:
     finally:
         demo.kill()
         demo.wait(30)
+
+
+def test_the_accuracy_page_sends_its_stages_table_before_its_error_kinds_and_classes(served, monkeypatch) -> None:
+    """Its error kinds (a failures query each, for the samples a link lists), the per-class tables
+    and the confusion matrices were all made before the stages' table went to the browser: they
+    come a tick later now, below it."""
+    from stagewatch.ui.pages import accuracy
+    from tests.ui.test_views import _built_as_a_switch, _tables
+
+    home, _, _, run_id = served
+    counted = []
+    original = accuracy._samples_with
+    monkeypatch.setattr(accuracy, "_samples_with", lambda *a: counted.append(a) or original(*a))
+    session, page = _built_as_a_switch(monkeypatch, "accuracy", home, {"run": [run_id]})
+    assert _tables(page) == ["accuracy-stages"] and counted == []
+    session.tick()
+    assert counted and _tables(page)[:2] == ["accuracy-stages", "accuracy-kinds"]
+    assert len(_tables(page)) > 2  # the classes of its stages

@@ -518,3 +518,64 @@ def test_an_error_is_shown_as_it_was_raised_not_as_markdown() -> None:
     alert = card.objects[0]
     shown = html.unescape(alert._transform_object(alert.object)["object"])
     assert shown.count("<br") == 2 and "# one" in shown and "- two" in shown, shown
+
+
+class _Session:
+    """A server session's next ticks, run when the test says: a page built as a switch builds it."""
+
+    session_context = None
+
+    def __init__(self) -> None:
+        self.ticks: list = []
+
+    def add_next_tick_callback(self, callback) -> None:
+        self.ticks.append(callback)
+
+    def tick(self) -> None:
+        ticks, self.ticks = self.ticks, []
+        for callback in ticks:
+            callback()
+
+
+def _built_as_a_switch(monkeypatch, page: str, home, arguments: dict) -> tuple[_Session, object]:
+    """The page built inside a session's page scope (`_router.PageScope`): what it puts off to
+    the next tick waits for `_Session.tick`."""
+    from types import SimpleNamespace
+
+    from stagewatch.ui import _router
+    from stagewatch.ui.app import ROUTES
+
+    session = _Session()
+    scope = _router.PageScope(SimpleNamespace(document=session, kept={}), arguments)
+    monkeypatch.setattr(_router, "current_scope", lambda: scope)
+    return session, ROUTES[page].view(home)
+
+
+def _tables(viewable) -> list[str]:
+    """The names of the tables the page holds, top to bottom."""
+    import panel as pn
+
+    return [table.name for table in viewable.select(pn.widgets.Tabulator)]
+
+
+def test_the_run_page_sends_its_stages_table_before_making_its_charts_and_outputs(daemon, monkeypatch) -> None:
+    """The durations chart, the sample's waterfall, the executions' query and the saved outputs'
+    thumbnails were all made before the stages' table went to the browser (which drew it only
+    after): they come a tick later now, below the table."""
+    import stagewatch
+    from stagewatch.ui.pages import run as run_page
+
+    with stagewatch.init(pipeline="p", home=daemon.home) as run:
+        for frame in range(3):
+            with run.stage("detection", sample_id=f"frame_{frame}"):
+                pass
+    daemon.audit(run.id)
+    made = []
+    for name in ("durations_chart", "waterfall"):
+        original = getattr(run_page, name)
+        monkeypatch.setattr(run_page, name, lambda *a, o=original, n=name: made.append(n) or o(*a))
+    session, page = _built_as_a_switch(monkeypatch, "run", daemon.home, {"run": [run.id]})
+    assert _tables(page) == ["stages"] and made == []
+    session.tick()
+    assert sorted(made) == ["durations_chart", "waterfall"]  # the waterfall once (it was drawn twice)
+    assert _tables(page) == ["stages", "executions"]

@@ -70,7 +70,12 @@ class AccuracyPage:
         if not force and key == self.shown:
             return
         self.shown = key
-        _widgets.refill(self.summary, sections(run_id, summary, self.home))
+        if self.summary.objects:  # redrawn while the run streams: its tables' rows change in place
+            _widgets.refill(self.summary, sections(run_id, summary, self.home))
+        else:  # the stages' table first; the error kinds (a query each) and the per-class tables a tick later
+            _widgets.fill_soon(
+                self.summary, lambda: lower_sections(run_id, summary, self.home), top_sections(run_id, summary)
+            )
 
     def _newest(self) -> str | None:
         running = [r for feed in self.feeds for r in feed.board.visible() if r.accuracy and r.ended_at is None]
@@ -78,7 +83,12 @@ class AccuracyPage:
 
 
 def sections(run_id: str, summary: dict[str, Any], home: Path | None = None) -> list[Any]:
-    stages = summary.get("stages") or {}
+    """The run's accuracy: `top_sections`, then `lower_sections`."""
+    return [*top_sections(run_id, summary), *lower_sections(run_id, summary, home)]
+
+
+def top_sections(run_id: str, summary: dict[str, Any]) -> list[Any]:
+    """Which run against which dataset, and its stages' table (or that none is judged yet)."""
     shown: list[Any] = [
         pn.pane.HTML(
             f"Run {_widgets.run_link(run_id)}"
@@ -86,9 +96,16 @@ def sections(run_id: str, summary: dict[str, Any], home: Path | None = None) -> 
             + (" · <b>in progress</b>: the counts move as its samples are judged" if summary.get("in_progress") else "")
         )
     ]
+    stages = summary.get("stages") or {}
     if not stages:
         return [*shown, pn.pane.Markdown("No sample of this run has been judged yet.")]
-    shown.append(_widgets.table(stage_table(stages), "accuracy-stages"))
+    return [*shown, _widgets.table(stage_table(stages), "accuracy-stages")]
+
+
+def lower_sections(run_id: str, summary: dict[str, Any], home: Path | None = None) -> list[Any]:
+    """Below the stages' table: the error kinds, and per stage its classes and confusion matrix."""
+    stages = summary.get("stages") or {}
+    shown: list[Any] = []
     kinds = error_kinds(run_id, stages, home)
     if not kinds.empty:
         shown += [

@@ -556,26 +556,3 @@ def _tables(viewable) -> list[str]:
     import panel as pn
 
     return [table.name for table in viewable.select(pn.widgets.Tabulator)]
-
-
-def test_the_run_page_sends_its_stages_table_before_making_its_charts_and_outputs(daemon, monkeypatch) -> None:
-    """The durations chart, the sample's waterfall, the executions' query and the saved outputs'
-    thumbnails were all made before the stages' table went to the browser (which drew it only
-    after): they come a tick later now, below the table."""
-    import stagewatch
-    from stagewatch.ui.pages import run as run_page
-
-    with stagewatch.init(pipeline="p", home=daemon.home) as run:
-        for frame in range(3):
-            with run.stage("detection", sample_id=f"frame_{frame}"):
-                pass
-    daemon.audit(run.id)
-    made = []
-    for name in ("durations_chart", "waterfall"):
-        original = getattr(run_page, name)
-        monkeypatch.setattr(run_page, name, lambda *a, o=original, n=name: made.append(n) or o(*a))
-    session, page = _built_as_a_switch(monkeypatch, "run", daemon.home, {"run": [run.id]})
-    assert _tables(page) == ["stages"] and made == []
-    session.tick()
-    assert sorted(made) == ["durations_chart", "waterfall"]  # the waterfall once (it was drawn twice)
-    assert _tables(page) == ["stages", "executions"]

@@ -43,7 +43,6 @@ class RunPage:
         self.waterfall = pn.Column()
         self.preview = pn.Column()
         self.view_data: dict[str, Any] | None = None
-        self.showing = False  # the run's sections are being built: its waterfall is drawn with them
         self.outputs = OutputsBrowser(home)
         self.order = pn.widgets.Select(name="Order", options=_data.EXECUTION_ORDER_CHOICES, value="failures")
         self.executions = _widgets.PagedQuery(
@@ -64,7 +63,7 @@ class RunPage:
         # The link's run first, then the watchers: the page is drawn once, here.
         refused = _widgets.sync_url({"run": self.run_id, "artifact": self.artifact, "compare": self.compare})
         self.run_id.param.watch(lambda _: self.show(), "value")
-        self.sample.param.watch(lambda _: self._sample_chosen(), "value")
+        self.sample.param.watch(lambda _: self._draw_waterfall(), "value")
         self.artifact.param.watch(lambda _: self.show_artifact(), "value")
         self.compare.param.watch(lambda _: self.show_artifact(), "value")
         self.show()
@@ -112,27 +111,14 @@ class RunPage:
         wanted = self.sample.value  # a link's sample (an exemplar's) may be past the listed ones
         if wanted and wanted not in samples and not _data.sample_frame(self.home, run_id, wanted).empty:
             samples = [wanted, *samples]
-        self.showing = True
-        try:
-            self.sample.options = samples
-            if self.sample.value not in samples and samples:
-                self.sample.value = samples[0]
-        finally:
-            self.showing = False
-        # The stages' table goes to the browser first; the chart, the waterfall, the executions and
-        # the saved outputs (their queries, thumbnails and charts) are made a tick later.
-        _widgets.fill_soon(self.body, lambda: self._lower_sections(data), top_sections(data))
-
-    def _lower_sections(self, data: dict[str, Any]) -> list[Any]:
+        self.sample.options = samples
+        if self.sample.value not in samples and samples:
+            self.sample.value = samples[0]
         self._draw_waterfall()
         self.executions.refresh()
         executions = self.executions.layout([self.order])
         saved = self.outputs.show(data["audit"]["run_id"], data["order"])
-        return lower_sections(data, self.sample, self.waterfall, executions, saved)
-
-    def _sample_chosen(self) -> None:
-        if not self.showing:
-            self._draw_waterfall()
+        _widgets.table_first(self.body, sections(data, self.sample, self.waterfall, executions, saved))
 
     def _draw_waterfall(self) -> None:
         if self.view_data is not None:
@@ -248,13 +234,6 @@ def sections(
     executions: pn.Column,
     saved_outputs: list[Any],
 ) -> list[Any]:
-    """The run's whole page: `top_sections`, then `lower_sections`."""
-    return [*top_sections(data), *lower_sections(data, sample, waterfall_pane, executions, saved_outputs)]
-
-
-def top_sections(data: dict[str, Any]) -> list[Any]:
-    """The header, what is wrong with the run's record, its errors, the bottleneck and the stages'
-    table: what a switch to the page draws first."""
     audit, stats = data["audit"], data["stats"]
     # Its stages, chart and executions lack the rows of a damaged data file: said first.
     shown: list[Any] = [header(audit), *_widgets.damage_alerts(data.get("damaged", []))]
@@ -276,8 +255,7 @@ def top_sections(data: dict[str, Any]) -> list[Any]:
     sentence = _data.bottleneck_sentence(stats)
     if sentence:
         shown.append(pn.pane.Alert(f"**Bottleneck:** {sentence}", alert_type="info"))
-    return [
-        *shown,
+    shown += [
         pn.pane.Markdown("### Stages"),
         _widgets.table(
             stage_display(stats, audit),
@@ -285,22 +263,6 @@ def top_sections(data: dict[str, Any]) -> list[Any]:
             html_columns=("share of time", "exemplars"),
             **STAGES_FIT,
         ),
-    ]
-
-
-def lower_sections(
-    data: dict[str, Any],
-    sample: pn.widgets.Select,
-    waterfall_pane: pn.Column,
-    executions: pn.Column,
-    saved_outputs: list[Any],
-) -> list[Any]:
-    """What follows the stages' table (nothing while no stage has ended): the durations chart, one
-    sample's waterfall, the executions, accuracy and the saved outputs."""
-    audit = data["audit"]
-    if data["stats"].empty:
-        return []
-    shown = [
         *([pn.pane.Alert(data["outside_problem"], alert_type="warning")] if data.get("outside_problem") else []),
         pn.pane.Markdown("### Durations over the run"),
         durations_chart(data["points"], data["executions"], data["order"], data["colours"]),

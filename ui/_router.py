@@ -14,7 +14,6 @@ callbacks of one page, not of 200.
 
 from __future__ import annotations
 
-import gc
 import html
 import logging
 import urllib.parse
@@ -93,10 +92,6 @@ class PageScope:
             except Exception:  # one page's failing cleanup must not keep the next page from showing
                 _log.exception("a page's cleanup failed")
         self.cleanups.clear()
-
-
-def _collect() -> None:
-    gc.collect()
 
 
 def _nothing() -> None:
@@ -343,8 +338,3 @@ class Router:
             scope.building = False
         self.main.objects = content
         self.navigator.title = title
-        # The pages left behind are garbage in reference cycles (Panel's objects and their
-        # watchers) that only a full collection frees; Python's own came inside a later page's
-        # build, 60-260 ms at a time. Collected here, after what this page sent (and put off to
-        # the next tick) has gone to the browser, while the browser draws it.
-        scope.soon(_collect)

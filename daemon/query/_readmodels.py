@@ -247,8 +247,8 @@ def tables_not_whole(home: Homes) -> list[str]:
     (`gone_tables`)."""
     said = []
     for one in homes_of(home):
-        said += gone_tables(one)
-        status = peek(STATUS, DaemonHome.of(one)) or {}
+        status = peek(STATUS, DaemonHome.of(one)) or {}  # read once for both
+        said += gone_tables(one, status)
         rebuilding = status.get("rebuilding")
         if not isinstance(rebuilding, dict) or not isinstance(rebuilding.get("tables"), list):
             continue

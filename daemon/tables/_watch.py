@@ -59,12 +59,12 @@ class TableWatch:
         return unusable
 
 
-def gone_tables(home: Path | DaemonHome) -> list[str]:
-    """A sentence per table that the home's status.json lists as held and whose Delta log is
-    gone (deleted by hand, say), unless the daemon says it is rebuilding it: read now, the table
-    is empty, which is no answer."""
+def gone_tables(home: Path | DaemonHome, status: dict[str, Any] | None = None) -> list[str]:
+    """A sentence per table that the home's status.json (read here unless given) lists as held
+    and whose Delta log is gone (deleted by hand, say), unless the daemon says it is rebuilding
+    it: read now, the table is empty, which is no answer."""
     layout = DaemonHome.of(home)
-    status: dict[str, Any] = peek(STATUS, layout) or {}
+    status = (peek(STATUS, layout) or {}) if status is None else status
     held, rebuilding = status.get("tables"), status.get("rebuilding") or {}
     being_rebuilt = rebuilding.get("tables") if isinstance(rebuilding.get("tables"), list) else []
     if not isinstance(held, list):  # a status.json of a version before the list, or none yet

@@ -184,3 +184,26 @@ def test_the_totals_of_many_runs_are_the_sums_of_their_rows(daemon) -> None:
     assert shown[-1]["wall"] == pytest.approx(expected[-1]["wall"])
     none = {"runs": 0, "wall_ms": 0.0, "outside_ms": 0.0}
     assert outside_total(daemon.home, Filters(stage="detection")) == (None, none)  # a stage asked for: no row
+
+
+def test_the_same_question_gets_the_same_figures_every_time(daemon) -> None:
+    """The time outside stages is summed in integer ns: a sum of floats followed the order
+    DuckDB's threads met the runs' files, and the same query on the same rows gave figures a
+    last digit apart (`stats` and the Performance page disagreed with themselves)."""
+    import time
+
+    import stagewatch
+    from stagewatch.daemon.query._gaps import outside_stages, outside_total
+
+    for number in range(6):
+        with stagewatch.init(pipeline="gaps", home=daemon.home) as run:
+            for frame in range(5):
+                time.sleep(0.001 * (number + 1))
+                with run.stage("detection", sample_id=f"f{frame}"):
+                    pass
+        daemon.audit(run.id)
+    answers = set()
+    for _ in range(30):
+        for row, _ in (outside_stages(daemon.home, Filters()), outside_total(daemon.home, Filters())):
+            answers.add((row["duration_ms"]["sum"], row["duration_ms"]["mean"], row["duration_ms"]["p95"]))
+    assert len(answers) == 1, answers

@@ -73,7 +73,7 @@ tails AS (
     USING (run_number)
 ),
 gaps AS (
-    SELECT run_number, sample_id, tail, gap_start, gap_end, greatest(gap_end - gap_start, 0) / 1e6 AS gap_ms
+    SELECT run_number, sample_id, tail, gap_start, gap_end, greatest(gap_end - gap_start, 0) AS gap_ns
     FROM (SELECT * FROM before_stages UNION ALL SELECT * FROM tails)
     WHERE gap_end IS NOT NULL
 )"""
@@ -83,22 +83,24 @@ gaps AS (
 # per finished run its wall time and the part of it outside stages (`runs`: a row each; `total`:
 # their count and sums, all that the figures of many runs need: a list of 10,000 runs' rows made
 # into Python took longer than the query).
+# Sums are of integer ns, made ms at the end: a sum of floats depends on the order DuckDB's
+# threads meet them, and the same query gave figures a last digit apart.
 _PER_SAMPLE = """
-, per_sample AS MATERIALIZED (SELECT run_number, sample_id, tail, sum(gap_ms) AS gap_ms FROM gaps GROUP BY ALL)
+, per_sample AS MATERIALIZED (SELECT run_number, sample_id, tail, sum(gap_ns) AS gap_ns FROM gaps GROUP BY ALL)
 """
-_SAMPLES = f"""(SELECT {{'n': count(*), 'total': sum(gap_ms), 'peak': max(gap_ms),
-              'quantiles': quantile_cont(gap_ms, {list(PERCENTILES)})}} FROM per_sample) AS samples"""
-_FINISHED = """FROM (SELECT run_number, sum(gap_ms) AS outside_ms FROM per_sample GROUP BY run_number) AS p
+_SAMPLES = f"""(SELECT {{'n': count(*), 'total': sum(gap_ns) / 1e6, 'peak': max(gap_ns) / 1e6,
+              'quantiles': quantile_cont(gap_ns / 1e6, {list(PERCENTILES)})}} FROM per_sample) AS samples"""
+_FINISHED = """FROM (SELECT run_number, sum(gap_ns) AS outside_ns FROM per_sample GROUP BY run_number) AS p
      JOIN runs_in AS r USING (run_number) WHERE r.run_end IS NOT NULL"""
 _OUTSIDE = f"""{_PER_SAMPLE}
 SELECT {_SAMPLES},
-    (SELECT list({{'run_id': r.run_id, 'wall_ms': (r.run_end - r.run_start) / 1e6, 'outside_ms': p.outside_ms}}
+    (SELECT list({{'run_id': r.run_id, 'wall_ms': (r.run_end - r.run_start) / 1e6, 'outside_ms': p.outside_ns / 1e6}}
                  ORDER BY r.run_id) {_FINISHED}) AS runs
 """
 _OUTSIDE_TOTAL = f"""{_PER_SAMPLE}
 SELECT {_SAMPLES},
-    (SELECT {{'runs': count(*), 'wall_ms': coalesce(sum((r.run_end - r.run_start) / 1e6), 0),
-              'outside_ms': coalesce(sum(p.outside_ms), 0)}} {_FINISHED}) AS total
+    (SELECT {{'runs': count(*), 'wall_ms': coalesce(sum(r.run_end - r.run_start) / 1e6, 0),
+              'outside_ms': coalesce(sum(p.outside_ns) / 1e6, 0)}} {_FINISHED}) AS total
 """
 
 
@@ -130,7 +132,7 @@ def gap_spans(home: Path, run_id: str) -> pa.Table:
     return _gaps_query(
         home,
         Filters(run=run_id),
-        "SELECT sample_id, gap_start, gap_end, gap_ms FROM gaps WHERE gap_ms > 0 ORDER BY gap_start",
+        "SELECT sample_id, gap_start, gap_end, gap_ns / 1e6 AS gap_ms FROM gaps WHERE gap_ns > 0 ORDER BY gap_start",
     )
 
 

@@ -5,6 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def message_text(text: str, indent: int | None = 0) -> str:
+    """A pipeline's text (a log message, an error) inside a printed row: each further line
+    indented by `indent` spaces, so that a multi-line message stays in its row instead of looking
+    like rows of its own; `indent` None: one line, its breaks shown as ⏎. (Control characters are
+    `_main`'s: escaped on a terminal, exact in a pipe.)"""
+    text = str(text).rstrip("\n")
+    return text.replace("\n", " ⏎ ") if indent is None else text.replace("\n", "\n" + " " * indent)
+
+
 def format_accuracy(summary: dict[str, Any]) -> str:
     """Per stage: sample counts by status and the headline metrics."""
     lines = [f"  {'stage':<20}{'correct':>8}{'wrong':>7}{'invalid':>8}{'unlabeled':>10}  metrics"]
@@ -74,7 +83,7 @@ def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order:
     ]
     for row in rows:
         started = row["start_time"].isoformat() if row["start_time"] is not None else "-"
-        error = f"{row['error_type']}: {row['error_message']}" if row["error_type"] else ""
+        error = message_text(f"{row['error_type']}: {row['error_message']}", None) if row["error_type"] else ""
         lines.append(
             f"  {started:<34}{row['stage']:<21} {row['sample_id'] or '-'!s:<21} {row['status']:<9}"
             f"{cell(_ms(row['duration_ms']), 10)}  {error[:200]}"

@@ -24,7 +24,7 @@ from stagewatch.cli._options import (
     positive_int,
     warn_of_rebuilds,
 )
-from stagewatch.cli._report import cell, executions_table, format_accuracy, name_cell, stats_table
+from stagewatch.cli._report import cell, executions_table, format_accuracy, message_text, name_cell, stats_table
 from stagewatch.daemon.base._layout import DaemonHome
 
 SHOW_LIMIT = 100  # stages of the trail that `show --json` prints a page (--all: every one)
@@ -166,10 +166,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         if logs:
             print(f"{held['logs']}, in time order:")
     for row in logs[: args.limit]:
-        print(
-            f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
-            f"{row['sample_id'] or '-':<12} {row['message']}"
-        )
+        cells = f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
+        cells += f"{row['sample_id'] or '-':<12} "
+        print(cells + message_text(row["message"], len(cells)))  # its further lines under its first
     if len(logs) > args.limit:
         print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
@@ -191,7 +190,7 @@ def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.
         print(
             f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
             f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
-            f"{row['error_message'] or ''}"
+            f"{message_text(row['error_message'] or '', None)}"
         )
     if len(listed) > len(shown):
         print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
@@ -445,12 +444,13 @@ def _print_errors(audit: dict[str, Any], failed: list[dict[str, Any]]) -> None:
     errors = audit.get("errors", [])
     for error in errors[:SHOW_ERRORS]:
         sample = f" on {error['sample_id']}" if error.get("sample_id") is not None else ""
-        print(f"\n{error['stage']} failed{sample} at {error['at']}: {error['type']}: {error['message']}")
+        message = message_text(error["message"], 2)
+        print(f"\n{error['stage']} failed{sample} at {error['at']}: {error['type']}: {message}")
         if error.get("input_path") is not None:  # a stage the pipeline gave no input has none to show
             print(f"  input: {error['input_path']}")
         traceback = tracebacks.get((error.get("client_id"), error.get("span")))
         if traceback:
-            print("  " + traceback.rstrip().replace("\n", "\n  "))
+            print("  " + message_text(traceback, 2))
     more = len(errors) - SHOW_ERRORS + (audit.get("errors_dropped") or 0)
     if more > 0:
         print(f"\n... and {more:,} more errors: the executions below list them (--order failures)")

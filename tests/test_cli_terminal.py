@@ -15,7 +15,7 @@ import termios
 import time
 from pathlib import Path
 
-from tests.conftest import sw
+from tests.conftest import sw, wait_for
 from tests.groundtruth.builders import write_dataset
 
 COMMAND = [sys.executable, "-m", "stagewatch.cli"]
@@ -125,3 +125,38 @@ def test_escape_sequences_a_pipeline_recorded_are_shown_not_run_on_a_terminal(da
     command = [*COMMAND, "query", "--home", str(daemon.home), "--run", run.id, "--json"]
     piped = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert json.dumps(message)[1:-1] in piped.stdout  # the value exact, as JSON writes it
+
+
+def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
+    """A log line of three lines prints its further lines under its first, indented to the
+    message's column (not at the left edge, where they read as rows of their own); a failed
+    execution's two-line error stays on its one row, its break shown as ⏎."""
+    from loguru import logger
+
+    import stagewatch
+
+    sink = logger.add(stagewatch.loguru_sink, level="INFO")
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            logger.info("first line\nsecond line\nthird line")
+            try:
+                with run.stage("detection", sample_id="f1"):
+                    raise ValueError("bad input\nshape (3, 4)")
+            except ValueError:
+                pass
+    finally:
+        logger.remove(sink)
+    daemon.audit(run.id)
+    printed = wait_for(
+        lambda: (
+            (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and ("third line" in out and out)
+        ),
+        30,
+    )
+    shown = printed.splitlines()
+    first = next(line for line in shown if line.endswith("first line"))
+    column = first.index("first line")
+    following = shown[shown.index(first) + 1 : shown.index(first) + 3]
+    assert following == [" " * column + "second line", " " * column + "third line"], shown
+    (failed,) = [line for line in shown if "detection" in line and "failed" in line]
+    assert failed.endswith("bad input ⏎ shape (3, 4)"), shown

@@ -21,7 +21,7 @@ import scipy.stats
 
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.compare._shifts import detect
-from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, mcnemar_p, two_proportions_p
 from stagewatch.daemon.query._readmodels import active_runs, load_accuracy, read_table
 from stagewatch.daemon.tables._tables import snapshot_files
 from tests.conftest import DaemonProcess, run_pipeline, run_python, sw, wait_for
@@ -644,6 +644,35 @@ def test_the_gate_fails_on_a_significant_fall_of_accuracy_without_being_asked(da
     assert stagewatch_cli(daemon.home, before, worse, "--accuracy-drop", "offf").returncode == 2
 
 
+def test_samples_that_became_wrong_on_one_golden_set_are_judged_as_pairs(daemon: DaemonProcess) -> None:
+    """Both runs judged the same 60 samples: 10 went from correct to wrong and none back, at 50%
+    accuracy. Two shares of 60 (30 -> 20) are within a z-test's noise at 99% (p ~ 0.064), but ten
+    samples all changing the same way is not chance: McNemar's exact test (scipy's binomtest of
+    the changed samples) calls it (p ~ 0.002) and the gate fails. A run that judged fewer
+    samples (cut short) is not paired: the shares' z-test, said so."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    half_wrong = set(range(0, 60, 2))
+    before = judged_run(daemon, dataset, half_wrong, 60)
+    after = judged_run(daemon, dataset, half_wrong | set(range(1, 20, 2)), 60)
+    gated = stagewatch_cli(daemon.home, before, after, "--fail-on-regression", "--json")
+    assert gated.returncode == 1, gated.stderr
+    (entry,) = json.loads(gated.stdout)["accuracy"]
+    assert entry["test"] == "McNemar" and (entry["worse"], entry["better"]) == (10, 0)
+    assert entry["p_value"] == pytest.approx(scipy.stats.binomtest(0, 10, 0.5).pvalue, rel=1e-9)
+    assert entry["significant"] and entry["fell"]
+    assert "McNemar p=0.002" in stagewatch_cli(daemon.home, before, after).stdout
+    short = judged_run(daemon, dataset, half_wrong | set(range(1, 20, 2)), 40)
+    (entry,) = compared(daemon.home, before, short)["accuracy"]
+    assert entry["test"] == "two-proportion z-test" and "worse" not in entry
+    assert entry["p_value"] == pytest.approx(two_proportions_p(30, 60, 10, 40), rel=1e-9)
+
+
+def test_the_paired_test_agrees_with_scipy() -> None:
+    for worse, better in ((2, 0), (10, 0), (7, 3), (30, 12), (0, 9), (400, 350), (5000, 4800), (3, 4), (0, 0)):
+        reference = scipy.stats.binomtest(min(worse, better), worse + better, 0.5).pvalue if worse + better else 1.0
+        assert mcnemar_p(worse, better) == pytest.approx(reference, rel=1e-9)
+
+
 def failing_judged_run(daemon: DaemonProcess, dataset: Path) -> str:
     """A judged run of 8 samples: s0001's stage raises before its result, s0002's just after it
     (its result was right), s0005's result is wrong."""
@@ -673,7 +702,7 @@ def test_accuracy_says_a_fall_within_the_noise_and_counts_as_show_does(daemon: D
     after = judged_run(daemon, dataset, {1, 2}, 8)
     text = stagewatch_cli(daemon.home, before, after).stdout
     (line,) = [line for line in text.splitlines() if line.startswith("  detection: 100.0% -> 75.0% (8/8 -> 6/8)")]
-    assert line.endswith("fell 25.0 points, not significant (p=0.13): within the samples' noise"), line
+    assert line.endswith("fell 25.0 points, not significant (McNemar p=0.5): within the samples' noise"), line
 
     failing = failing_judged_run(daemon, dataset)
     accuracy = wait_for(lambda: (found := load_accuracy(daemon.home, failing)) and found.get("finished") and found)

@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, two_proportions_p
+from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, mcnemar_p, two_proportions_p
 from stagewatch.daemon.projection._outcomes import CRASHED, FAILED, FINISHED_WITH_FAILURES, OK
 from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
 from stagewatch.daemon.query._readmodels import (
@@ -640,13 +640,15 @@ def accuracy_figures(
     one run, the stage's metrics (`STAGE_METRICS`: mAP, precision, recall, mIoU ...) and per class
     those accuracy.json holds (a mask's IoU, a detector's AP, AP50, precision and recall)."""
     a, b = _accuracy_by_stage(before), _accuracy_by_stage(after)
+    one_run_each = len(a_runs) == 1 and len(b_runs) == 1
     per_class, metrics = {}, {}
-    if len(a_runs) == 1 and len(b_runs) == 1:
+    if one_run_each:
         documents = [load_accuracy(holding(home, run), run) for run in (a_runs[0], b_runs[0])]
         per_class, metrics = _per_class(*documents), _stage_metrics(*documents)
     found = []
     for stage in dict.fromkeys([*b, *a]):
-        (correct_a, judged_a), (correct_b, judged_b) = a.get(stage, (0, 0)), b.get(stage, (0, 0))
+        verdicts_a, verdicts_b = a.get(stage, {}), b.get(stage, {})
+        (correct_a, judged_a), (correct_b, judged_b) = _counts(verdicts_a), _counts(verdicts_b)
         rate_a = correct_a / judged_a if judged_a else None
         rate_b = correct_b / judged_b if judged_b else None
         entry = {
@@ -656,7 +658,7 @@ def accuracy_figures(
             "correct": {"a": correct_a, "b": correct_b},
             "judged": {"a": judged_a, "b": judged_b},
             "change": rate_b - rate_a if rate_a is not None and rate_b is not None else None,
-            "p_value": two_proportions_p(correct_a, judged_a, correct_b, judged_b) if judged_a and judged_b else None,
+            **_accuracy_test(verdicts_a, verdicts_b, one_run_each),
             "metrics": metrics.get(stage, {}),
             "per_class": per_class.get(stage, {}),
         }
@@ -666,12 +668,35 @@ def accuracy_figures(
     return found
 
 
+def _counts(verdicts: dict[tuple[str, str], bool]) -> tuple[int, int]:
+    return sum(verdicts.values()), len(verdicts)
+
+
+PAIRED, UNPAIRED = "McNemar", "two-proportion z-test"
+
+
+def _accuracy_test(
+    a: dict[tuple[str, str], bool], b: dict[tuple[str, str], bool], one_run_each: bool
+) -> dict[str, Any]:
+    """How significant a stage's change of accuracy is: where the two runs judged the same
+    samples, the exact McNemar test of the samples whose verdict changed (`worse`: correct ->
+    not, `better`: the other way); else (a pooled side, a run cut short, another golden set)
+    the pooled two-proportion z-test of the two shares. {test, p_value[, worse, better]};
+    p_value None when a side judged nothing."""
+    if not a or not b:
+        return {"test": None, "p_value": None}
+    paired_a, paired_b = ({sample: v for (_, sample), v in side.items()} for side in (a, b))
+    if one_run_each and paired_a.keys() == paired_b.keys():
+        worse = sum(paired_a[s] and not paired_b[s] for s in paired_a)
+        better = sum(paired_b[s] and not paired_a[s] for s in paired_a)
+        return {"test": PAIRED, "p_value": mcnemar_p(worse, better), "worse": worse, "better": better}
+    return {"test": UNPAIRED, "p_value": two_proportions_p(*_counts(a), *_counts(b))}
+
+
 def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:
-    """Whether a stage's accuracy fell past the gate: significantly (two-proportion z-test at
-    the comparison's confidence, the same test as the failure rate's; it ignores that both sides
-    may judge the same samples, which only makes it more careful) and by more than `drop` rate
-    points. A fall of a few samples on a small golden set is within its noise; `drop` None: the
-    gate does not look at accuracy."""
+    """Whether a stage's accuracy fell past the gate: significantly (`_accuracy_test` at the
+    comparison's confidence) and by more than `drop` rate points. A fall of a few samples on a
+    small golden set is within its noise; `drop` None: the gate does not look at accuracy."""
     if drop is None or entry["change"] is None:
         return False
     return bool(entry["significant"]) and entry["change"] < -drop
@@ -679,14 +704,17 @@ def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:
 
 def accuracy_words(entry: dict[str, Any], drop: float | None) -> str:
     """How a stage's accuracy moved, in words (the CLI's accuracy line, the Compare page): the
-    points, whether the fall or rise is significant (two-proportion z-test, its p), and what the
-    gate (`drop`: rate points; None: off) makes of a fall. Empty when a side judged nothing."""
+    points, whether the fall or rise is significant (the test and its p), and what the gate
+    (`drop`: rate points; None: off) makes of a fall. Empty when a side judged nothing."""
     change = entry["change"]
     if change is None:
         return ""
     if change == 0:
         return "unchanged"
-    moved, p = f"{abs(change) * 100:.1f} points", f"p={entry['p_value']:.2g}"
+    moved, p = (
+        f"{abs(change) * 100:.1f} points",
+        f"{'McNemar' if entry['test'] == PAIRED else 'z-test'} p={entry['p_value']:.2g}",
+    )
     if not entry["significant"]:
         return f"{'rose' if change > 0 else 'fell'} {moved}, not significant ({p}): within the samples' noise"
     if change > 0:
@@ -704,20 +732,23 @@ def accuracy_gate_text(drop: float | None, confidence: float) -> str:
         return "accuracy gate: off (--accuracy-drop off): a fall of accuracy is shown, never a regression"
     return (
         f"accuracy gate: a stage's accuracy falling by more than {drop * 100:.1f} points and significantly "
-        f"(two-proportion z-test, p < {1 - confidence:.2g}) is a regression (--accuracy-drop sets the points; "
+        f"(p < {1 - confidence:.2g}: McNemar's test when both runs judged the same samples, else a two-proportion "
+        "z-test) is a regression (--accuracy-drop sets the points; "
         "--accuracy-drop off: never)"
     )
 
 
-def _accuracy_by_stage(judged: pa.Table) -> dict[str, tuple[int, int]]:
-    """Per stage: (samples judged correct, samples judged), `unlabeled` left out."""
-    if judged.num_rows == 0:
-        return {}
-    frame = judged.to_pandas().drop_duplicates(["run_id", "stage", "sample_id"], keep="last")
-    frame = frame[frame["status"] != "unlabeled"]
-    return {
-        str(s): (int((part["status"] == "correct").sum()), len(part)) for s, part in frame.groupby("stage", sort=False)
-    }
+def _accuracy_by_stage(judged: pa.Table) -> dict[str, dict[tuple[str, str], bool]]:
+    """Per stage: (run, sample) -> whether it was judged correct (its last judgement in the run),
+    `unlabeled` left out."""
+    found: dict[str, dict[tuple[str, str], bool]] = {}
+    columns = (judged[name].to_pylist() for name in ("run_id", "stage", "sample_id", "status"))
+    for run, stage, sample, status in zip(*columns, strict=True):
+        if status == "unlabeled":
+            found.get(stage, {}).pop((run, sample), None)
+        else:
+            found.setdefault(stage, {})[(run, sample)] = status == "correct"
+    return {stage: verdicts for stage, verdicts in found.items() if verdicts}
 
 
 # A stage's metrics as accuracy.json holds them (a path into its `metrics`), by the name compare gives them.

@@ -7,6 +7,8 @@ dependency: tests/test_compare.py checks these against scipy.stats).
 - `bootstrap_interval`: the percentile bootstrap confidence interval of the difference of a
   quantile (median, p95) between two independent samples, each resampled on its own.
 - `two_proportions_p`: the two-sided pooled z-test of two rates (failure rates).
+- `mcnemar_p`: the exact McNemar test of two verdicts on the same samples (accuracy when both
+  runs judged one golden set): only the samples whose verdict changed say anything.
 """
 
 from __future__ import annotations
@@ -85,3 +87,18 @@ def two_proportions_p(hits_first: int, total_first: int, hits_second: int, total
         return 1.0
     z = abs(hits_second / total_second - hits_first / total_first) / spread
     return math.erfc(z / math.sqrt(2))
+
+
+def mcnemar_p(worse: int, better: int) -> float:
+    """Two-sided p-value of the exact McNemar test: `worse` samples went from correct to not,
+    `better` the other way, the rest kept their verdict; under no change each changed sample
+    went either way with even odds (scipy's `binomtest(min, worse + better, 0.5)`). 1.0 when
+    none changed."""
+    changed, fewer = worse + better, min(worse, better)
+    if changed == 0 or 2 * fewer == changed:
+        return 1.0
+    # log C(changed, k) for k = 0..fewer by its running product, in logs: exact at any size
+    steps = np.arange(1, fewer + 1)
+    log_choose = np.concatenate([[0.0], np.cumsum(np.log(changed - steps + 1) - np.log(steps))])
+    tail = np.exp(log_choose - changed * math.log(2)).sum()
+    return min(1.0, float(2 * tail))

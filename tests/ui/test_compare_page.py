@@ -63,7 +63,7 @@ def test_two_ticked_runs_open_the_comparison_and_a_flip_opens_both_cases(served,
     assert page.locator(".sw-compare-stages tr.sw-stage-regressed").count() == 0  # nothing timed slower
     # 87.5% -> 62.5% of 8 samples: how it moved and that it is within the samples' noise (it gave the figures alone)
     accuracy = page.locator(".sw-compare-accuracy")
-    wait_for(lambda: "fell 25.0 points, not significant (p=0.25)" in " ".join(accuracy.all_inner_texts()), 30)
+    wait_for(lambda: "fell 25.0 points, not significant (McNemar p=0.5)" in " ".join(accuracy.all_inner_texts()), 30)
     page.set_viewport_size({"width": 1300, "height": 700})  # the side-by-side opens below the fold
     flips.nth(1).click()
     page.wait_for_url(re.compile("flip=detection%2Fs0006"))

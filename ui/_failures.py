@@ -332,12 +332,17 @@ def case_choices(home: Path) -> dict[str, list[str]]:
 # -- one case ---------------------------------------------------------------------------------------
 
 
-def case_rows(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, Any] | None:
-    """The judged sample (or the crashed execution) behind one case."""
+def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bool = False) -> dict[str, Any] | None:
+    """The judged sample (or the crashed execution) behind one case. `last_only`: not judged,
+    the sample's last execution in the run whatever its status (as compare's verdicts read a
+    sample run twice: a failure followed by a retry that ended ok is an ok sample)."""
     expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
     rows = read_table(home, "samples", expression).to_pylist()
     if rows:
         return rows[-1]
+    if last_only:
+        executions = read_table(home, "stage_executions", expression).sort_by("start_time").to_pylist()
+        return executions[-1] if executions else None
     crashed = read_table(home, "stage_executions", expression & (ds.field("status") != "ok")).to_pylist()
     return crashed[-1] if crashed else None
 

@@ -473,3 +473,30 @@ def test_long_names_and_an_unbroken_error_wrap_within_the_page_at_1280(daemon: D
     finally:
         context.close()
         ui.stop()
+
+
+def test_a_sample_retried_ok_in_b_opens_as_ok_not_as_its_first_failure(daemon: DaemonProcess, page) -> None:
+    """A's detection failed on f1; B's failed on f1 too, then its retry ended ok. The flip says
+    "failed → ok" (B's last execution), and B's side of it says so: it drew B's first failure as
+    B's case, against the flip's word."""
+    import contextlib
+
+    runs = []
+    for retried in (False, True):
+        with stagewatch.init(pipeline="retries", home=daemon.home) as run:
+            with contextlib.suppress(RuntimeError), run.stage("detection", sample_id="f1"):
+                raise RuntimeError(f"the first try failed ({'B' if retried else 'A'})")
+            if retried:
+                with run.stage("detection", sample_id="f1"):
+                    pass
+        daemon.audit(run.id)
+        runs.append(run.id)
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a={runs[0]}&b={runs[1]}&flip=detection%2Ff1")
+        wait_for(lambda: shown(page, "failed → ok"), 60)  # the flip: B's last execution
+        b_side = page.get_by_text(re.compile("^No case of detection on f1 ended ok in"))
+        wait_for(lambda: b_side.count() == 1 and runs[1] in b_side.inner_text(), 60)
+        assert shown(page, "the first try failed (A)") and not shown(page, "the first try failed (B)")
+    finally:
+        ui.stop()

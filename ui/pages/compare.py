@@ -122,8 +122,9 @@ class ComparePage:
         camera_group = secrets.token_hex(8)  # one camera for both cases' clouds (this view's only)
         for side, title in zip(self.sides, ("A", "B"), strict=True):
             found = _newest_case(self.home, side, stage, sample)
-            if found is None:
-                text = html.escape(f"No case of {echoed(stage)} on {echoed(sample)} in {side.label}.")
+            if found is None or found[1]["status"] == "ok":  # not judged, its last execution ended ok
+                ended = f" ended ok in {found[0]}, not judged" if found else f" in {side.label}"
+                text = html.escape(f"No case of {echoed(stage)} on {echoed(sample)}{ended}.")
                 body: list[Any] = [pn.pane.Alert(text, alert_type="info", styles=WRAPPED)]
             else:
                 body = case_sections(self.home, *found, camera_group=camera_group)
@@ -193,8 +194,10 @@ def threshold_options(given: tuple[str, float] | None) -> dict[str, str]:
 
 
 def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:
+    """The run and row behind the side's verdict on the sample: the newest run that holds it,
+    its judgement or else its last execution (an execution that ended ok: no case to draw)."""
     for run_id in reversed(side.runs[-MAX_RUNS_SEARCHED:]):
-        case = _failures.case_rows(home, run_id, stage, sample)
+        case = _failures.case_rows(home, run_id, stage, sample, last_only=True)
         if case is not None:
             return run_id, case
     return None

@@ -500,3 +500,34 @@ def test_a_sample_retried_ok_in_b_opens_as_ok_not_as_its_first_failure(daemon: D
         assert shown(page, "the first try failed (A)") and not shown(page, "the first try failed (B)")
     finally:
         ui.stop()
+
+
+def test_a_sample_judged_then_failed_in_b_opens_as_its_failure(daemon: DaemonProcess, page) -> None:
+    """A judged detection on s0001 correct; B judged it correct too, then ran it again and that
+    execution failed. The flip says "correct → failed" (B's last execution failed, as compare's
+    verdicts read it), and B's side draws that failure: it drew B's earlier judged case (a
+    correct sample) against the flip's word."""
+    import contextlib
+
+    from tests.test_compare import detection_prediction
+
+    dataset = write_dataset(daemon.home.parent / "golden", 4)
+    runs = []
+    for retried in (False, True):
+        with stagewatch.init(pipeline="judged-then-failed", home=daemon.home, dataset=dataset) as run:
+            with run.stage("detection", sample_id="s0001") as stage:
+                stage.result("s0001", detection_prediction(1, set()))
+            if retried:
+                with contextlib.suppress(RuntimeError), run.stage("detection", sample_id="s0001"):
+                    raise RuntimeError("the second try failed (B)")
+        assert run.flush(10)
+        daemon.audit(run.id)
+        wait_for(lambda r=run.id: r in read_table(daemon.home, "samples")["run_id"].to_pylist(), 30)
+        runs.append(run.id)
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a={runs[0]}&b={runs[1]}&flip=detection%2Fs0001")
+        wait_for(lambda: shown(page, "correct → failed"), 60)  # the flip: B's last execution failed
+        wait_for(lambda: shown(page, "the second try failed (B)"), 60)
+    finally:
+        ui.stop()

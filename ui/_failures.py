@@ -333,6 +333,13 @@ def case_choices(home: Path) -> dict[str, list[str]]:
 # -- one case ---------------------------------------------------------------------------------------
 
 
+def judged_row(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, Any] | None:
+    """The sample's last judgement in the run; None where it was not judged."""
+    expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
+    rows = read_table(home, "samples", expression).to_pylist()
+    return rows[-1] if rows else None
+
+
 def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bool = False) -> dict[str, Any] | None:
     """The judged sample (or the crashed execution) behind one case. `last_only`: as compare's
     verdicts read a sample run twice, its last execution where that did not end ok (a judged

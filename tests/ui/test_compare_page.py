@@ -531,3 +531,33 @@ def test_a_sample_judged_then_failed_in_b_opens_as_its_failure(daemon: DaemonPro
         wait_for(lambda: shown(page, "the second try failed (B)"), 60)
     finally:
         ui.stop()
+
+
+def test_a_pooled_side_draws_the_judgement_its_flip_reads(daemon: DaemonProcess, page) -> None:
+    """A is the last 2 runs: the older judged s0001 wrong, the newer ran it ok with no golden set
+    (not judged); B judged it correct. Compare's verdicts read A's newest judgement: the flip says
+    "wrong → correct". A's side draws that wrong case; it said "ended ok ..., not judged" (the
+    newer run's execution) against the flip's word."""
+    from tests.test_compare import detection_prediction
+
+    dataset = write_dataset(daemon.home.parent / "golden", 4)
+    runs = []
+    for golden, wrong in ((dataset, {1}), (None, set()), (dataset, set())):
+        with (
+            stagewatch.init(pipeline="pooled-flip", home=daemon.home, dataset=golden) as run,
+            run.stage("detection", sample_id="s0001") as stage,
+        ):
+            stage.result("s0001", detection_prediction(1, wrong))
+        assert run.flush(10)
+        daemon.audit(run.id)
+        runs.append(run.id)
+    wait_for(lambda: {runs[0], runs[2]} <= set(read_table(daemon.home, "samples")["run_id"].to_pylist()), 30)
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a=last:2&b={runs[2]}&flip=detection%2Fs0001")
+        wait_for(lambda: shown(page, "wrong → correct"), 60)  # the flip: A's newest judgement
+        a_side = page.locator(".sw-compare-side").first.locator("h3")  # the case's heading
+        wait_for(lambda: "detection on s0001: wrong" in a_side.all_inner_texts(), 60)
+        assert not shown(page, re.compile("not judged"))
+    finally:
+        ui.stop()

@@ -167,7 +167,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"{held['logs']}, in time order:")
     for row in logs[: args.limit]:
         cells = f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
-        cells += f"{row['sample_id'] or '-':<12} "
+        cells += f"{message_text(row['sample_id'] or '-', None):<12} "
         print(cells + message_text(row["message"], len(cells)))  # its further lines under its first
     if len(logs) > args.limit:
         print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
@@ -187,8 +187,9 @@ def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.
     if shown:
         print(f"{held['stages'] if named else 'stage executions that did not end ok'}:")
     for row in shown:
+        sample = message_text(row["sample_id"] or "-", None)
         print(
-            f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
+            f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {sample:<12} "
             f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
             f"{message_text(row['error_message'] or '', None)}"
         )

@@ -160,3 +160,36 @@ def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
     assert following == [" " * column + "second line", " " * column + "third line"], shown
     (failed,) = [line for line in shown if "detection" in line and "failed" in line]
     assert failed.endswith("bad input ⏎ shape (3, 4)"), shown
+
+
+def test_a_sample_id_with_a_line_break_stays_in_its_row(daemon) -> None:
+    """A stage's sample id is the pipeline's free text (only a result's id must name a file): one
+    holding a line break ("frame\\r\\n7") printed as is broke each row it was in (query's stage
+    executions and log lines, show's executions): the rest of the row began at the left edge,
+    read as a row of its own. Each row stays one line, the break shown as ⏎."""
+    from loguru import logger
+
+    import stagewatch
+
+    sink = logger.add(stagewatch.loguru_sink, level="INFO")
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            try:
+                with run.stage("detection", sample_id="frame\r\n7"):
+                    logger.info("inside the stage")
+                    raise ValueError("bad input")
+            except ValueError:
+                pass
+    finally:
+        logger.remove(sink)
+    daemon.audit(run.id)
+    queried = wait_for(
+        lambda: (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and "inside" in out and out,
+        30,
+    )
+    shown = sw("show", "--home", str(daemon.home), run.id).stdout
+    printed = [*queried.splitlines(), *shown.splitlines()]
+    rows = [line for line in printed if "frame" in line and "failed on" not in line]  # show's error header aside
+    assert len(rows) == 3, rows  # query's execution, query's log line, show's execution
+    assert all("frame ⏎ 7" in row for row in rows), rows
+    assert all(("failed" in row and "bad input" in row) or "inside the stage" in row for row in rows), rows

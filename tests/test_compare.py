@@ -667,6 +667,22 @@ def test_samples_that_became_wrong_on_one_golden_set_are_judged_as_pairs(daemon:
     assert entry["p_value"] == pytest.approx(two_proportions_p(30, 60, 10, 40), rel=1e-9)
 
 
+def test_the_gate_line_and_the_help_name_the_test_that_called_the_fall(daemon: DaemonProcess) -> None:
+    """The accuracy line says "McNemar p=0.002"; the gate's REGRESSED line said only "p=0.002"
+    (which test: not said), and `compare --help` still said the gate's test was the z-test."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    half_wrong = set(range(0, 60, 2))
+    before = judged_run(daemon, dataset, half_wrong, 60)
+    after = judged_run(daemon, dataset, half_wrong | set(range(1, 20, 2)), 60)
+    gated = stagewatch_cli(daemon.home, before, after, "--fail-on-regression")
+    assert gated.returncode == 1, gated.stderr
+    (line,) = [line for line in gated.stdout.splitlines() if line.startswith("REGRESSED: detection: accuracy")]
+    assert line.endswith("more than the 2.0 allowed, McNemar p=0.002)"), line
+    helped = [sys.executable, "-m", "stagewatch.cli", "compare", "--help"]
+    shown = subprocess.run(helped, capture_output=True, text=True, timeout=60)
+    assert "McNemar" in " ".join(shown.stdout.split()), shown.stdout
+
+
 def test_the_paired_test_agrees_with_scipy() -> None:
     for worse, better in ((2, 0), (10, 0), (7, 3), (30, 12), (0, 9), (400, 350), (5000, 4800), (3, 4), (0, 0)):
         reference = scipy.stats.binomtest(min(worse, better), worse + better, 0.5).pvalue if worse + better else 1.0

@@ -683,6 +683,24 @@ def test_the_gate_line_and_the_help_name_the_test_that_called_the_fall(daemon: D
     assert "McNemar" in " ".join(shown.stdout.split()), shown.stdout
 
 
+def test_a_pooled_baseline_counts_each_golden_sample_once(daemon: DaemonProcess) -> None:
+    """Three runs of one golden set of 60, all correct, then B with 3 wrong. Against the last run
+    alone it is within the noise (McNemar p=0.25); against the last 3 pooled, the z-test counted
+    180 samples where there are 60 (each judged three times: the same evidence thrice) and the
+    gate failed (p=0.0025). Each sample counts once: the z-test of 60/60 against 57/60."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    for _ in range(3):
+        judged_run(daemon, dataset, set(), 60)
+    after = judged_run(daemon, dataset, {0, 1, 2}, 60)
+    for baseline in ("last:1", "last:3"):
+        gated = stagewatch_cli(daemon.home, after, "--baseline", baseline, "--fail-on-regression", "--json")
+        assert gated.returncode == 0, (baseline, gated.stdout[-2000:])
+    (entry,) = compared(daemon.home, after, "--baseline", "last:3")["accuracy"]
+    assert entry["test"] == "two-proportion z-test" and entry["judged"] == {"a": 180, "b": 60}
+    assert entry["p_value"] == pytest.approx(two_proportions_p(60, 60, 57, 60), rel=1e-9)
+    assert not entry["significant"] and not entry["fell"]
+
+
 def test_the_paired_test_agrees_with_scipy() -> None:
     for worse, better in ((2, 0), (10, 0), (7, 3), (30, 12), (0, 9), (400, 350), (5000, 4800), (3, 4), (0, 0)):
         reference = scipy.stats.binomtest(min(worse, better), worse + better, 0.5).pvalue if worse + better else 1.0

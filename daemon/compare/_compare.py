@@ -681,8 +681,9 @@ def _accuracy_test(
     """How significant a stage's change of accuracy is: where the two runs judged the same
     samples, the exact McNemar test of the samples whose verdict changed (`worse`: correct ->
     not, `better`: the other way); else (a pooled side, a run cut short, another golden set)
-    the pooled two-proportion z-test of the two shares. {test, p_value[, worse, better]};
-    p_value None when a side judged nothing."""
+    the pooled two-proportion z-test of the two shares, each sample counted once (a sample judged
+    in each of a pooled side's runs is one sample's evidence, not as many samples: its share of
+    correct verdicts). {test, p_value[, worse, better]}; p_value None when a side judged nothing."""
     if not a or not b:
         return {"test": None, "p_value": None}
     paired_a, paired_b = ({sample: v for (_, sample), v in side.items()} for side in (a, b))
@@ -690,7 +691,16 @@ def _accuracy_test(
         worse = sum(paired_a[s] and not paired_b[s] for s in paired_a)
         better = sum(paired_b[s] and not paired_a[s] for s in paired_a)
         return {"test": PAIRED, "p_value": mcnemar_p(worse, better), "worse": worse, "better": better}
-    return {"test": UNPAIRED, "p_value": two_proportions_p(*_counts(a), *_counts(b))}
+    return {"test": UNPAIRED, "p_value": two_proportions_p(*_per_sample(a), *_per_sample(b))}
+
+
+def _per_sample(verdicts: dict[tuple[str, str], bool]) -> tuple[float, int]:
+    """(the samples' shares of correct verdicts summed, distinct samples): one run's counts as
+    they are; a pooled side's samples each counted once."""
+    judged: dict[str, list[bool]] = {}
+    for (_, sample), correct in verdicts.items():
+        judged.setdefault(sample, []).append(correct)
+    return sum(sum(v) / len(v) for v in judged.values()), len(judged)
 
 
 def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 
@@ -16,6 +17,16 @@ def message_text(text: str, indent: int | None = 0) -> str:
     while lines and not lines[-1]:
         lines.pop()
     return " ⏎ ".join(lines) if indent is None else ("\n" + " " * indent).join(lines)
+
+
+def columns(text: str) -> int:
+    """The columns a terminal gives `text`: a wide character (画) two, a combining mark none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def padded(text: str, width: int) -> str:
+    """`text` left-aligned in `width` columns as a terminal counts them (`columns`), not characters."""
+    return text + " " * max(0, width - columns(text))
 
 
 def format_accuracy(summary: dict[str, Any]) -> str:
@@ -88,8 +99,9 @@ def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order:
     for row in rows:
         started = row["start_time"].isoformat() if row["start_time"] is not None else "-"
         error = message_text(f"{row['error_type']}: {row['error_message']}", None) if row["error_type"] else ""
+        sample = padded(message_text(row["sample_id"] or "-", None), 21)
         lines.append(
-            f"  {started:<34}{row['stage']:<21} {message_text(row['sample_id'] or '-', None):<21} {row['status']:<9}"
+            f"  {started:<34}{row['stage']:<21} {sample} {row['status']:<9}"
             f"{cell(_ms(row['duration_ms']), 10)}  {error[:200]}"
         )
     return "\n".join(lines)

@@ -193,3 +193,38 @@ def test_a_sample_id_with_a_line_break_stays_in_its_row(daemon) -> None:
     assert len(rows) == 3, rows  # query's execution, query's log line, show's execution
     assert all("frame ⏎ 7" in row for row in rows), rows
     assert all(("failed" in row and "bad input" in row) or "inside the stage" in row for row in rows), rows
+
+
+def test_a_wide_sample_id_keeps_the_message_column(daemon) -> None:
+    """Sample ids of wide characters (each two columns on a terminal: 画像) or with a combining
+    accent (e + U+0301: one column) were padded by their count of characters: the message's
+    first line began further right (or left) than its further lines and than the other rows'
+    messages. Every row's message, and every further line, starts at one column."""
+    import unicodedata
+
+    from loguru import logger
+
+    import stagewatch
+
+    sink = logger.add(stagewatch.loguru_sink, level="INFO")
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            for sample in ("画像画像", "cafe\u0301", "plain"):
+                with run.stage("detection", sample_id=sample):
+                    logger.info(f"first of {sample}\nsecond line")
+    finally:
+        logger.remove(sink)
+    daemon.audit(run.id)
+    printed = wait_for(
+        lambda: (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and "plain" in out and out,
+        30,
+    )
+
+    def columns(text: str) -> int:  # what a terminal gives the text: wide 2, combining 0
+        wide = ("W", "F")
+        return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in wide else 1 for c in text)
+
+    shown = printed.splitlines()
+    starts = {columns(line[: line.index("first of")]) for line in shown if "first of" in line}
+    starts |= {columns(line[: line.index("second line")]) for line in shown if "second line" in line}
+    assert len(starts) == 1, shown

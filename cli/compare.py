@@ -336,6 +336,7 @@ def _print_shifts(shifts: list[dict[str, Any]] | None) -> None:
 
 
 def _print_flips(document: dict[str, Any]) -> None:
+    from stagewatch.cli._report import message_text
     from stagewatch.daemon.compare._compare import flips_not_judged_text
 
     if document["flips_not_judged"] is not None:  # then no flip is given: over rows left out, they may be invented
@@ -344,7 +345,7 @@ def _print_flips(document: dict[str, Any]) -> None:
     flips: list[dict[str, str]] = document["flips"]
     print(f"\nflips (verdict changed): {len(flips) or 'none'}")
     for flip in flips[:MAX_LISTED_FLIPS]:
-        print(f"  {flip['stage']} {flip['sample_id']}: {flip['from']} -> {flip['to']}")
+        print(f"  {flip['stage']} {message_text(flip['sample_id'], None)}: {flip['from']} -> {flip['to']}")
     if len(flips) > MAX_LISTED_FLIPS:
         print(f"  ... {len(flips) - MAX_LISTED_FLIPS} more (--json lists them all)")
 

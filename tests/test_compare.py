@@ -995,3 +995,26 @@ def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_ju
     damage(Path(holding_end))
     baseline = stagewatch_cli(daemon.home, slower, "--baseline", "last:1", "--wait", "0")
     assert baseline.returncode == 2 and holding_end in baseline.stderr.splitlines()[-1], baseline.stderr
+
+
+def test_a_flip_of_a_sample_id_with_a_line_break_stays_on_its_line(daemon: DaemonProcess) -> None:
+    """A stage's sample id is free text: "frame\\n7" ran ok in A and failed in B. The flips'
+    list printed it as it is, its rest ("7: ok -> failed") a line of its own; it says
+    "frame ⏎ 7" on the flip's one line (--json keeps the id exact)."""
+    import stagewatch
+
+    runs = []
+    for fails in (False, True):
+        with (
+            stagewatch.init(pipeline="p", home=daemon.home) as run,
+            contextlib.suppress(RuntimeError),
+            run.stage("detection", sample_id="frame\n7"),
+        ):
+            if fails:
+                raise RuntimeError("broke")
+        daemon.audit(run.id)
+        rows_stored(daemon, run.id, "stage_executions", 1)
+        runs.append(run.id)
+    text = stagewatch_cli(daemon.home, *runs).stdout
+    assert "  detection frame ⏎ 7: ok -> failed" in text.splitlines(), text
+    assert compared(daemon.home, *runs)["flips"][0]["sample_id"] == "frame\n7"

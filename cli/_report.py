@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 
 def message_text(text: str, indent: int | None = 0) -> str:
-    """A pipeline's text (a log message, an error) inside a printed row: each further line
-    indented by `indent` spaces, so that a multi-line message stays in its row instead of looking
-    like rows of its own; `indent` None: one line, its breaks shown as ⏎. (Control characters are
-    `_main`'s: escaped on a terminal, exact in a pipe.)"""
-    text = str(text).rstrip("\n")
-    return text.replace("\n", " ⏎ ") if indent is None else text.replace("\n", "\n" + " " * indent)
+    """A pipeline's text (a log message, an error, a sample id) inside a printed row: each further
+    line indented by `indent` spaces, so that a multi-line message stays in its row instead of
+    looking like rows of its own; `indent` None: one line, its breaks shown as ⏎. A break is any
+    that Python's splitlines knows (\r\n one break; \r, \v, \f, U+0085, U+2028 too: a terminal or a
+    viewer may break there), trailing empty lines dropped. (Other control characters are `_main`'s:
+    escaped on a terminal, exact in a pipe.)"""
+    lines = str(text).splitlines()
+    while lines and not lines[-1]:
+        lines.pop()
+    return " ⏎ ".join(lines) if indent is None else ("\n" + " " * indent).join(lines)
+
+
+def columns(text: str) -> int:
+    """The columns a terminal gives `text`: a wide character (画) two, a combining mark none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def padded(text: str, width: int) -> str:
+    """`text` left-aligned in `width` columns as a terminal counts them (`columns`), not characters."""
+    return text + " " * max(0, width - columns(text))
 
 
 def format_accuracy(summary: dict[str, Any]) -> str:
@@ -84,8 +99,9 @@ def executions_table(rows: list[dict[str, Any]], offset: int, total: int, order:
     for row in rows:
         started = row["start_time"].isoformat() if row["start_time"] is not None else "-"
         error = message_text(f"{row['error_type']}: {row['error_message']}", None) if row["error_type"] else ""
+        sample = padded(message_text(row["sample_id"] or "-", None), 21)
         lines.append(
-            f"  {started:<34}{row['stage']:<21} {row['sample_id'] or '-'!s:<21} {row['status']:<9}"
+            f"  {started:<34}{row['stage']:<21} {sample} {row['status']:<9}"
             f"{cell(_ms(row['duration_ms']), 10)}  {error[:200]}"
         )
     return "\n".join(lines)

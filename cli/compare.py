@@ -6,7 +6,8 @@
 Exit codes: 0 compared (and, with --fail-on-regression, nothing regressed); 1 with
 --fail-on-regression when a stage regressed (slower, more memory, more failures, or it ran in
 A and not in B), a shift is ongoing in the baseline's history, or a stage's accuracy fell
-significantly (two-proportion z-test) and by more than --accuracy-drop (2 points by default;
+significantly (McNemar's exact test where both runs judged the same samples, else a two-proportion
+z-test) and by more than --accuracy-drop (2 points by default;
 --accuracy-drop off: never) (the reasons are printed); 2 for arguments that name nothing to compare (an
 unknown run, an empty baseline, an option's value refused) or cannot be read (with --json also printed
 on stdout as {"error": "..."}), and with --fail-on-regression for a run that
@@ -335,6 +336,7 @@ def _print_shifts(shifts: list[dict[str, Any]] | None) -> None:
 
 
 def _print_flips(document: dict[str, Any]) -> None:
+    from stagewatch.cli._report import message_text
     from stagewatch.daemon.compare._compare import flips_not_judged_text
 
     if document["flips_not_judged"] is not None:  # then no flip is given: over rows left out, they may be invented
@@ -343,7 +345,7 @@ def _print_flips(document: dict[str, Any]) -> None:
     flips: list[dict[str, str]] = document["flips"]
     print(f"\nflips (verdict changed): {len(flips) or 'none'}")
     for flip in flips[:MAX_LISTED_FLIPS]:
-        print(f"  {flip['stage']} {flip['sample_id']}: {flip['from']} -> {flip['to']}")
+        print(f"  {flip['stage']} {message_text(flip['sample_id'], None)}: {flip['from']} -> {flip['to']}")
     if len(flips) > MAX_LISTED_FLIPS:
         print(f"  ... {len(flips) - MAX_LISTED_FLIPS} more (--json lists them all)")
 

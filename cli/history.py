@@ -24,7 +24,16 @@ from stagewatch.cli._options import (
     positive_int,
     warn_of_rebuilds,
 )
-from stagewatch.cli._report import cell, executions_table, format_accuracy, message_text, name_cell, stats_table
+from stagewatch.cli._report import (
+    cell,
+    columns,
+    executions_table,
+    format_accuracy,
+    message_text,
+    name_cell,
+    padded,
+    stats_table,
+)
 from stagewatch.daemon.base._layout import DaemonHome
 
 SHOW_LIMIT = 100  # stages of the trail that `show --json` prints a page (--all: every one)
@@ -167,8 +176,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"{held['logs']}, in time order:")
     for row in logs[: args.limit]:
         cells = f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
-        cells += f"{row['sample_id'] or '-':<12} "
-        print(cells + message_text(row["message"], len(cells)))  # its further lines under its first
+        cells += padded(message_text(row["sample_id"] or "-", None), 12) + " "
+        print(cells + message_text(row["message"], columns(cells)))  # its further lines under its first
     if len(logs) > args.limit:
         print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
@@ -187,8 +196,9 @@ def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.
     if shown:
         print(f"{held['stages'] if named else 'stage executions that did not end ok'}:")
     for row in shown:
+        sample = message_text(row["sample_id"] or "-", None)
         print(
-            f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {row['sample_id'] or '-':<12} "
+            f"  {_host_cell(row)}{row['run_id'][:8]} {row['stage']:<16} {padded(sample, 12)} "
             f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
             f"{message_text(row['error_message'] or '', None)}"
         )

@@ -54,11 +54,12 @@ class _Process:
         self.sender = Sender(self.client_id, endpoint, home.spool, settings, self._heartbeat)
 
     def _heartbeat(self) -> dict | None:
-        if not _runs:
+        run = current_run()  # read once: the sender's thread; the pipeline's may end the run meanwhile
+        if run is None:
             return None
         # The last reading a crashed stage will be left with (an OOM kill gives no warning).
         rss_mb = self.rss[0].current() / BYTES_PER_MB if self.rss is not None else None
-        return protocol.heartbeat(self.client_id, _runs[-1].id, _runs[-1].now_ns(), rss_mb=rss_mb)
+        return protocol.heartbeat(self.client_id, run.id, run.now_ns(), rss_mb=rss_mb)
 
 
 _process: _Process | None = None
@@ -663,7 +664,8 @@ class StageSpec:
 
 def current_run() -> Run | None:
     """The most recently started run of this process that has not finished."""
-    return _runs[-1] if _runs else None
+    newest = _runs[-1:]  # one read (a slice is): another thread may end the run between a test and an index
+    return newest[0] if newest else None
 
 
 def current_stage() -> Stage | None:

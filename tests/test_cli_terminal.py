@@ -160,3 +160,71 @@ def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
     assert following == [" " * column + "second line", " " * column + "third line"], shown
     (failed,) = [line for line in shown if "detection" in line and "failed" in line]
     assert failed.endswith("bad input ⏎ shape (3, 4)"), shown
+
+
+def test_a_sample_id_with_a_line_break_stays_in_its_row(daemon) -> None:
+    """A stage's sample id is the pipeline's free text (only a result's id must name a file): one
+    holding a line break ("frame\\r\\n7") printed as is broke each row it was in (query's stage
+    executions and log lines, show's executions): the rest of the row began at the left edge,
+    read as a row of its own. Each row stays one line, the break shown as ⏎."""
+    from loguru import logger
+
+    import stagewatch
+
+    sink = logger.add(stagewatch.loguru_sink, level="INFO")
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            try:
+                with run.stage("detection", sample_id="frame\r\n7"):
+                    logger.info("inside the stage")
+                    raise ValueError("bad input")
+            except ValueError:
+                pass
+    finally:
+        logger.remove(sink)
+    daemon.audit(run.id)
+    queried = wait_for(
+        lambda: (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and "inside" in out and out,
+        30,
+    )
+    shown = sw("show", "--home", str(daemon.home), run.id).stdout
+    printed = [*queried.splitlines(), *shown.splitlines()]
+    rows = [line for line in printed if "frame" in line and "failed on" not in line]  # show's error header aside
+    assert len(rows) == 3, rows  # query's execution, query's log line, show's execution
+    assert all("frame ⏎ 7" in row for row in rows), rows
+    assert all(("failed" in row and "bad input" in row) or "inside the stage" in row for row in rows), rows
+
+
+def test_a_wide_sample_id_keeps_the_message_column(daemon) -> None:
+    """Sample ids of wide characters (each two columns on a terminal: 画像) or with a combining
+    accent (e + U+0301: one column) were padded by their count of characters: the message's
+    first line began further right (or left) than its further lines and than the other rows'
+    messages. Every row's message, and every further line, starts at one column."""
+    import unicodedata
+
+    from loguru import logger
+
+    import stagewatch
+
+    sink = logger.add(stagewatch.loguru_sink, level="INFO")
+    try:
+        with stagewatch.init(pipeline="p", home=daemon.home) as run:
+            for sample in ("画像画像", "cafe\u0301", "plain"):
+                with run.stage("detection", sample_id=sample):
+                    logger.info(f"first of {sample}\nsecond line")
+    finally:
+        logger.remove(sink)
+    daemon.audit(run.id)
+    printed = wait_for(
+        lambda: (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and "plain" in out and out,
+        30,
+    )
+
+    def columns(text: str) -> int:  # what a terminal gives the text: wide 2, combining 0
+        wide = ("W", "F")
+        return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in wide else 1 for c in text)
+
+    shown = printed.splitlines()
+    starts = {columns(line[: line.index("first of")]) for line in shown if "first of" in line}
+    starts |= {columns(line[: line.index("second line")]) for line in shown if "second line" in line}
+    assert len(starts) == 1, shown

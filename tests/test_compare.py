@@ -667,6 +667,40 @@ def test_samples_that_became_wrong_on_one_golden_set_are_judged_as_pairs(daemon:
     assert entry["p_value"] == pytest.approx(two_proportions_p(30, 60, 10, 40), rel=1e-9)
 
 
+def test_the_gate_line_and_the_help_name_the_test_that_called_the_fall(daemon: DaemonProcess) -> None:
+    """The accuracy line says "McNemar p=0.002"; the gate's REGRESSED line said only "p=0.002"
+    (which test: not said), and `compare --help` still said the gate's test was the z-test."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    half_wrong = set(range(0, 60, 2))
+    before = judged_run(daemon, dataset, half_wrong, 60)
+    after = judged_run(daemon, dataset, half_wrong | set(range(1, 20, 2)), 60)
+    gated = stagewatch_cli(daemon.home, before, after, "--fail-on-regression")
+    assert gated.returncode == 1, gated.stderr
+    (line,) = [line for line in gated.stdout.splitlines() if line.startswith("REGRESSED: detection: accuracy")]
+    assert line.endswith("more than the 2.0 allowed, McNemar p=0.002)"), line
+    helped = [sys.executable, "-m", "stagewatch.cli", "compare", "--help"]
+    shown = subprocess.run(helped, capture_output=True, text=True, timeout=60)
+    assert "McNemar" in " ".join(shown.stdout.split()), shown.stdout
+
+
+def test_a_pooled_baseline_counts_each_golden_sample_once(daemon: DaemonProcess) -> None:
+    """Three runs of one golden set of 60, all correct, then B with 3 wrong. Against the last run
+    alone it is within the noise (McNemar p=0.25); against the last 3 pooled, the z-test counted
+    180 samples where there are 60 (each judged three times: the same evidence thrice) and the
+    gate failed (p=0.0025). Each sample counts once: the z-test of 60/60 against 57/60."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    for _ in range(3):
+        judged_run(daemon, dataset, set(), 60)
+    after = judged_run(daemon, dataset, {0, 1, 2}, 60)
+    for baseline in ("last:1", "last:3"):
+        gated = stagewatch_cli(daemon.home, after, "--baseline", baseline, "--fail-on-regression", "--json")
+        assert gated.returncode == 0, (baseline, gated.stdout[-2000:])
+    (entry,) = compared(daemon.home, after, "--baseline", "last:3")["accuracy"]
+    assert entry["test"] == "two-proportion z-test" and entry["judged"] == {"a": 180, "b": 60}
+    assert entry["p_value"] == pytest.approx(two_proportions_p(60, 60, 57, 60), rel=1e-9)
+    assert not entry["significant"] and not entry["fell"]
+
+
 def test_the_paired_test_agrees_with_scipy() -> None:
     for worse, better in ((2, 0), (10, 0), (7, 3), (30, 12), (0, 9), (400, 350), (5000, 4800), (3, 4), (0, 0)):
         reference = scipy.stats.binomtest(min(worse, better), worse + better, 0.5).pvalue if worse + better else 1.0
@@ -961,3 +995,26 @@ def test_rows_left_out_for_a_damaged_data_file_are_said_and_the_gate_does_not_ju
     damage(Path(holding_end))
     baseline = stagewatch_cli(daemon.home, slower, "--baseline", "last:1", "--wait", "0")
     assert baseline.returncode == 2 and holding_end in baseline.stderr.splitlines()[-1], baseline.stderr
+
+
+def test_a_flip_of_a_sample_id_with_a_line_break_stays_on_its_line(daemon: DaemonProcess) -> None:
+    """A stage's sample id is free text: "frame\\n7" ran ok in A and failed in B. The flips'
+    list printed it as it is, its rest ("7: ok -> failed") a line of its own; it says
+    "frame ⏎ 7" on the flip's one line (--json keeps the id exact)."""
+    import stagewatch
+
+    runs = []
+    for fails in (False, True):
+        with (
+            stagewatch.init(pipeline="p", home=daemon.home) as run,
+            contextlib.suppress(RuntimeError),
+            run.stage("detection", sample_id="frame\n7"),
+        ):
+            if fails:
+                raise RuntimeError("broke")
+        daemon.audit(run.id)
+        rows_stored(daemon, run.id, "stage_executions", 1)
+        runs.append(run.id)
+    text = stagewatch_cli(daemon.home, *runs).stdout
+    assert "  detection frame ⏎ 7: ok -> failed" in text.splitlines(), text
+    assert compared(daemon.home, *runs)["flips"][0]["sample_id"] == "frame\n7"

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.compare._compare import BAD_EXECUTION
 from stagewatch.daemon.groundtruth.diff import (
     CLASS_COLOURS,
     MISMATCH_COLOURS,
@@ -332,17 +333,26 @@ def case_choices(home: Path) -> dict[str, list[str]]:
 # -- one case ---------------------------------------------------------------------------------------
 
 
-def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bool = False) -> dict[str, Any] | None:
-    """The judged sample (or the crashed execution) behind one case. `last_only`: not judged,
-    the sample's last execution in the run whatever its status (as compare's verdicts read a
-    sample run twice: a failure followed by a retry that ended ok is an ok sample)."""
+def judged_row(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, Any] | None:
+    """The sample's last judgement in the run; None where it was not judged."""
     expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
     rows = read_table(home, "samples", expression).to_pylist()
-    if rows:
-        return rows[-1]
+    return rows[-1] if rows else None
+
+
+def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bool = False) -> dict[str, Any] | None:
+    """The judged sample (or the crashed execution) behind one case. `last_only`: as compare's
+    verdicts read a sample run twice, its last execution where that did not end ok (a judged
+    sample run again and failed is a failed sample), else its judgement, else that execution
+    (a failure followed by a retry that ended ok is an ok sample)."""
+    expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
+    rows = read_table(home, "samples", expression).to_pylist()
     if last_only:
         executions = read_table(home, "stage_executions", expression).sort_by("start_time").to_pylist()
-        return executions[-1] if executions else None
+        last = executions[-1] if executions else None
+        return last if not rows or (last is not None and last["status"] in BAD_EXECUTION) else rows[-1]
+    if rows:
+        return rows[-1]
     crashed = read_table(home, "stage_executions", expression & (ds.field("status") != "ok")).to_pylist()
     return crashed[-1] if crashed else None
 

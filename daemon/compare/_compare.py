@@ -62,7 +62,7 @@ from stagewatch.daemon.query._sql import homes_of, select, skipped_files
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_CONFIDENCE = 0.99  # per test: a stage has several measures, a run many stages
 # A stage's accuracy falling by less (rate points) is no news to a CI gate, however significant;
-# by more, it fails the gate when the fall is also significant (two-proportion z-test).
+# by more, it fails the gate when the fall is also significant (`_accuracy_test`).
 DEFAULT_ACCURACY_DROP = 0.02
 MIN_EXECUTIONS = 5  # fewer on either side: figures, but nothing called out
 MIN_MEMORY_MB = 1.0  # memory readings move by pages and allocator arenas: smaller is no change
@@ -681,8 +681,9 @@ def _accuracy_test(
     """How significant a stage's change of accuracy is: where the two runs judged the same
     samples, the exact McNemar test of the samples whose verdict changed (`worse`: correct ->
     not, `better`: the other way); else (a pooled side, a run cut short, another golden set)
-    the pooled two-proportion z-test of the two shares. {test, p_value[, worse, better]};
-    p_value None when a side judged nothing."""
+    the pooled two-proportion z-test of the two shares, each sample counted once (a sample judged
+    in each of a pooled side's runs is one sample's evidence, not as many samples: its share of
+    correct verdicts). {test, p_value[, worse, better]}; p_value None when a side judged nothing."""
     if not a or not b:
         return {"test": None, "p_value": None}
     paired_a, paired_b = ({sample: v for (_, sample), v in side.items()} for side in (a, b))
@@ -690,7 +691,16 @@ def _accuracy_test(
         worse = sum(paired_a[s] and not paired_b[s] for s in paired_a)
         better = sum(paired_b[s] and not paired_a[s] for s in paired_a)
         return {"test": PAIRED, "p_value": mcnemar_p(worse, better), "worse": worse, "better": better}
-    return {"test": UNPAIRED, "p_value": two_proportions_p(*_counts(a), *_counts(b))}
+    return {"test": UNPAIRED, "p_value": two_proportions_p(*_per_sample(a), *_per_sample(b))}
+
+
+def _per_sample(verdicts: dict[tuple[str, str], bool]) -> tuple[float, int]:
+    """(the samples' shares of correct verdicts summed, distinct samples): one run's counts as
+    they are; a pooled side's samples each counted once."""
+    judged: dict[str, list[bool]] = {}
+    for (_, sample), correct in verdicts.items():
+        judged.setdefault(sample, []).append(correct)
+    return sum(sum(v) / len(v) for v in judged.values()), len(judged)
 
 
 def accuracy_fell(entry: dict[str, Any], drop: float | None) -> bool:
@@ -711,10 +721,7 @@ def accuracy_words(entry: dict[str, Any], drop: float | None) -> str:
         return ""
     if change == 0:
         return "unchanged"
-    moved, p = (
-        f"{abs(change) * 100:.1f} points",
-        f"{'McNemar' if entry['test'] == PAIRED else 'z-test'} p={entry['p_value']:.2g}",
-    )
+    moved, p = f"{abs(change) * 100:.1f} points", accuracy_p_text(entry)
     if not entry["significant"]:
         return f"{'rose' if change > 0 else 'fell'} {moved}, not significant ({p}): within the samples' noise"
     if change > 0:
@@ -724,6 +731,11 @@ def accuracy_words(entry: dict[str, Any], drop: float | None) -> str:
     if entry["fell"]:
         return f"FELL {moved}, significant ({p}), more than the {drop * 100:.1f} allowed"
     return f"fell {moved}, significant ({p}), within the {drop * 100:.1f} points allowed"
+
+
+def accuracy_p_text(entry: dict[str, Any]) -> str:
+    """Which test judged a stage's accuracy, and its p: "McNemar p=0.002", "z-test p=0.064"."""
+    return f"{'McNemar' if entry['test'] == PAIRED else 'z-test'} p={entry['p_value']:.2g}"
 
 
 def accuracy_gate_text(drop: float | None, confidence: float) -> str:
@@ -1072,7 +1084,7 @@ def gate_failures(document: dict[str, Any], options: Options) -> list[str]:
     found += [
         f"{entry['stage']}: accuracy {entry['a']:.1%} -> {entry['b']:.1%} ({entry['correct']['b']}/"
         f"{entry['judged']['b']} correct; fell {-entry['change'] * 100:.1f} points, more than the "
-        f"{options.accuracy_drop * 100:.1f} allowed, p={entry['p_value']:.2g})"
+        f"{options.accuracy_drop * 100:.1f} allowed, {accuracy_p_text(entry)})"
         for entry in document["accuracy"]
         if accuracy_fell(entry, options.accuracy_drop)
     ]

@@ -500,3 +500,64 @@ def test_a_sample_retried_ok_in_b_opens_as_ok_not_as_its_first_failure(daemon: D
         assert shown(page, "the first try failed (A)") and not shown(page, "the first try failed (B)")
     finally:
         ui.stop()
+
+
+def test_a_sample_judged_then_failed_in_b_opens_as_its_failure(daemon: DaemonProcess, page) -> None:
+    """A judged detection on s0001 correct; B judged it correct too, then ran it again and that
+    execution failed. The flip says "correct → failed" (B's last execution failed, as compare's
+    verdicts read it), and B's side draws that failure: it drew B's earlier judged case (a
+    correct sample) against the flip's word."""
+    import contextlib
+
+    from tests.test_compare import detection_prediction
+
+    dataset = write_dataset(daemon.home.parent / "golden", 4)
+    runs = []
+    for retried in (False, True):
+        with stagewatch.init(pipeline="judged-then-failed", home=daemon.home, dataset=dataset) as run:
+            with run.stage("detection", sample_id="s0001") as stage:
+                stage.result("s0001", detection_prediction(1, set()))
+            if retried:
+                with contextlib.suppress(RuntimeError), run.stage("detection", sample_id="s0001"):
+                    raise RuntimeError("the second try failed (B)")
+        assert run.flush(10)
+        daemon.audit(run.id)
+        wait_for(lambda r=run.id: r in read_table(daemon.home, "samples")["run_id"].to_pylist(), 30)
+        runs.append(run.id)
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a={runs[0]}&b={runs[1]}&flip=detection%2Fs0001")
+        wait_for(lambda: shown(page, "correct → failed"), 60)  # the flip: B's last execution failed
+        wait_for(lambda: shown(page, "the second try failed (B)"), 60)
+    finally:
+        ui.stop()
+
+
+def test_a_pooled_side_draws_the_judgement_its_flip_reads(daemon: DaemonProcess, page) -> None:
+    """A is the last 2 runs: the older judged s0001 wrong, the newer ran it ok with no golden set
+    (not judged); B judged it correct. Compare's verdicts read A's newest judgement: the flip says
+    "wrong → correct". A's side draws that wrong case; it said "ended ok ..., not judged" (the
+    newer run's execution) against the flip's word."""
+    from tests.test_compare import detection_prediction
+
+    dataset = write_dataset(daemon.home.parent / "golden", 4)
+    runs = []
+    for golden, wrong in ((dataset, {1}), (None, set()), (dataset, set())):
+        with (
+            stagewatch.init(pipeline="pooled-flip", home=daemon.home, dataset=golden) as run,
+            run.stage("detection", sample_id="s0001") as stage,
+        ):
+            stage.result("s0001", detection_prediction(1, wrong))
+        assert run.flush(10)
+        daemon.audit(run.id)
+        runs.append(run.id)
+    wait_for(lambda: {runs[0], runs[2]} <= set(read_table(daemon.home, "samples")["run_id"].to_pylist()), 30)
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a=last:2&b={runs[2]}&flip=detection%2Fs0001")
+        wait_for(lambda: shown(page, "wrong → correct"), 60)  # the flip: A's newest judgement
+        a_side = page.locator(".sw-compare-side").first.locator("h3")  # the case's heading
+        wait_for(lambda: "detection on s0001: wrong" in a_side.all_inner_texts(), 60)
+        assert not shown(page, re.compile("not judged"))
+    finally:
+        ui.stop()

@@ -194,13 +194,16 @@ def threshold_options(given: tuple[str, float] | None) -> dict[str, str]:
 
 
 def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:
-    """The run and row behind the side's verdict on the sample: the newest run that holds it,
-    its judgement or else its last execution (an execution that ended ok: no case to draw)."""
-    for run_id in reversed(side.runs[-MAX_RUNS_SEARCHED:]):
-        case = _failures.case_rows(home, run_id, stage, sample, last_only=True)
-        if case is not None:
-            return run_id, case
-    return None
+    """The run and row behind the side's verdict on the sample, as compare's verdicts read it: the
+    newest run that holds it, its judgement or else its last execution; where that execution
+    ended ok and was not judged (a pooled side), the newest judgement of an older run, else that
+    execution (no case to draw)."""
+    runs = list(reversed(side.runs[-MAX_RUNS_SEARCHED:]))
+    newest = next(((r, c) for r in runs if (c := _failures.case_rows(home, r, stage, sample, last_only=True))), None)
+    if newest is None or newest[1]["status"] != "ok":
+        return newest
+    judged = ((r, _failures.judged_row(home, r, stage, sample)) for r in runs[runs.index(newest[0]) + 1 :])
+    return next(((r, c) for r, c in judged if c is not None), newest)
 
 
 def sections(document: dict[str, Any], link_of: Any) -> list[Any]:

@@ -6,7 +6,7 @@
 Exit codes: 0 compared (and, with --fail-on-regression, nothing regressed); 1 with
 --fail-on-regression when a stage regressed (slower, more memory, more failures, or it ran in
 A and not in B), a shift is ongoing in the baseline's history, or a stage's accuracy fell
-significantly (McNemar's exact test where both runs judged the same samples, else a two-proportion
+significantly (McNemar's exact test of the samples both runs judged, else a two-proportion
 z-test) and by more than --accuracy-drop (2 points by default;
 --accuracy-drop off: never) (the reasons are printed); 2 for arguments that name nothing to compare (an
 unknown run, an empty baseline, an option's value refused) or cannot be read (with --json also printed

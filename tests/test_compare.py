@@ -649,7 +649,8 @@ def test_samples_that_became_wrong_on_one_golden_set_are_judged_as_pairs(daemon:
     accuracy. Two shares of 60 (30 -> 20) are within a z-test's noise at 99% (p ~ 0.064), but ten
     samples all changing the same way is not chance: McNemar's exact test (scipy's binomtest of
     the changed samples) calls it (p ~ 0.002) and the gate fails. A run that judged fewer
-    samples (cut short) is not paired: the shares' z-test, said so."""
+    samples (cut short, or a stage crashed before a result) is tested on the samples both judged:
+    it fell back to the shares' z-test, and a B strictly worse plus one sample not judged passed."""
     dataset = write_dataset(daemon.home.parent / "golden", 60)
     half_wrong = set(range(0, 60, 2))
     before = judged_run(daemon, dataset, half_wrong, 60)
@@ -662,9 +663,26 @@ def test_samples_that_became_wrong_on_one_golden_set_are_judged_as_pairs(daemon:
     assert entry["significant"] and entry["fell"]
     assert "McNemar p=0.002" in stagewatch_cli(daemon.home, before, after).stdout
     short = judged_run(daemon, dataset, half_wrong | set(range(1, 20, 2)), 40)
-    (entry,) = compared(daemon.home, before, short)["accuracy"]
-    assert entry["test"] == "two-proportion z-test" and "worse" not in entry
-    assert entry["p_value"] == pytest.approx(two_proportions_p(30, 60, 10, 40), rel=1e-9)
+    gated = stagewatch_cli(daemon.home, before, short, "--fail-on-regression", "--json")
+    assert gated.returncode == 1, gated.stderr
+    (entry,) = json.loads(gated.stdout)["accuracy"]
+    assert entry["test"] == "McNemar" and (entry["worse"], entry["better"], entry["paired"]) == (10, 0, 40)
+    assert entry["judged"] == {"a": 60, "b": 40} and entry["fell"]
+
+
+def test_a_share_that_fell_while_its_paired_samples_got_better_is_no_fall(daemon: DaemonProcess) -> None:
+    """A judged 60 samples, the first 30 wrong; B stopped after the first 30 and got 10 of them
+    right. B's share is lower (50% -> 33%: it judged only the hard ones), yet every sample both
+    judged moved up (10 better, none worse: McNemar p ~ 0.002). That p is no significant fall:
+    the gate passes."""
+    dataset = write_dataset(daemon.home.parent / "golden", 60)
+    before = judged_run(daemon, dataset, set(range(30)), 60)
+    after = judged_run(daemon, dataset, set(range(10, 30)), 30)
+    gated = stagewatch_cli(daemon.home, before, after, "--fail-on-regression", "--json")
+    assert gated.returncode == 0, gated.stdout[-2000:]
+    (entry,) = json.loads(gated.stdout)["accuracy"]
+    assert (entry["worse"], entry["better"]) == (0, 10) and entry["change"] < -0.1
+    assert entry["p_value"] < 0.01 and not entry["significant"] and not entry["fell"]
 
 
 def test_the_gate_line_and_the_help_name_the_test_that_called_the_fall(daemon: DaemonProcess) -> None:

@@ -662,7 +662,7 @@ def accuracy_figures(
             "metrics": metrics.get(stage, {}),
             "per_class": per_class.get(stage, {}),
         }
-        entry["significant"] = entry["p_value"] is not None and entry["p_value"] < 1 - options.confidence
+        entry["significant"] = _significant(entry, options.confidence)
         entry["fell"] = accuracy_fell(entry, options.accuracy_drop)
         found.append(entry)
     return found
@@ -678,20 +678,33 @@ PAIRED, UNPAIRED = "McNemar", "two-proportion z-test"
 def _accuracy_test(
     a: dict[tuple[str, str], bool], b: dict[tuple[str, str], bool], one_run_each: bool
 ) -> dict[str, Any]:
-    """How significant a stage's change of accuracy is: where the two runs judged the same
-    samples, the exact McNemar test of the samples whose verdict changed (`worse`: correct ->
-    not, `better`: the other way); else (a pooled side, a run cut short, another golden set)
+    """How significant a stage's change of accuracy is: where each side is one run and they
+    judged samples in common, the exact McNemar test of those samples whose verdict changed
+    (`worse`: correct -> not, `better`: the other way; `paired`: the samples both judged — a
+    sample one run did not judge, its stage crashed before its result say, says nothing of a
+    change and its failure is the stage's failure rate); else (a pooled side, another golden set)
     the pooled two-proportion z-test of the two shares, each sample counted once (a sample judged
     in each of a pooled side's runs is one sample's evidence, not as many samples: its share of
-    correct verdicts). {test, p_value[, worse, better]}; p_value None when a side judged nothing."""
+    correct verdicts). {test, p_value[, worse, better, paired]}; p_value None when a side judged
+    nothing."""
     if not a or not b:
         return {"test": None, "p_value": None}
     paired_a, paired_b = ({sample: v for (_, sample), v in side.items()} for side in (a, b))
-    if one_run_each and paired_a.keys() == paired_b.keys():
-        worse = sum(paired_a[s] and not paired_b[s] for s in paired_a)
-        better = sum(paired_b[s] and not paired_a[s] for s in paired_a)
-        return {"test": PAIRED, "p_value": mcnemar_p(worse, better), "worse": worse, "better": better}
+    both = paired_a.keys() & paired_b.keys()
+    if one_run_each and both:
+        worse = sum(paired_a[s] and not paired_b[s] for s in both)
+        better = sum(paired_b[s] and not paired_a[s] for s in both)
+        found = {"worse": worse, "better": better, "paired": len(both)}
+        return {"test": PAIRED, "p_value": mcnemar_p(worse, better), **found}
     return {"test": UNPAIRED, "p_value": two_proportions_p(*_per_sample(a), *_per_sample(b))}
+
+
+def _significant(entry: dict[str, Any], confidence: float) -> bool:
+    """p below 1 - confidence, and for the paired test its changed samples moving the way the
+    shares did (the shares count the samples one run alone judged too)."""
+    if entry["p_value"] is None or entry["p_value"] >= 1 - confidence:
+        return False
+    return entry["test"] != PAIRED or (entry["better"] - entry["worse"]) * (entry["change"] or 0) > 0
 
 
 def _per_sample(verdicts: dict[tuple[str, str], bool]) -> tuple[float, int]:
@@ -744,7 +757,7 @@ def accuracy_gate_text(drop: float | None, confidence: float) -> str:
         return "accuracy gate: off (--accuracy-drop off): a fall of accuracy is shown, never a regression"
     return (
         f"accuracy gate: a stage's accuracy falling by more than {drop * 100:.1f} points and significantly "
-        f"(p < {1 - confidence:.2g}: McNemar's test when both runs judged the same samples, else a two-proportion "
+        f"(p < {1 - confidence:.2g}: McNemar's test of the samples both runs judged, else a two-proportion "
         "z-test) is a regression (--accuracy-drop sets the points; "
         "--accuracy-drop off: never)"
     )

@@ -5,17 +5,21 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+MESSAGE_LINES = 20  # of one log message or error in a listing: --json prints it whole
 
-def message_text(text: str, indent: int | None = 0) -> str:
+
+def message_text(text: str, indent: int | None = 0, most_lines: int | None = None) -> str:
     """A pipeline's text (a log message, an error, a sample id) inside a printed row: each further
     line indented by `indent` spaces, so that a multi-line message stays in its row instead of
     looking like rows of its own; `indent` None: one line, its breaks shown as ⏎. A break is any
     that Python's splitlines knows (\r\n one break; \r, \v, \f, U+0085, U+2028 too: a terminal or a
     viewer may break there), trailing empty lines dropped. (Other control characters are `_main`'s:
-    escaped on a terminal, exact in a pipe.)"""
+    escaped on a terminal, exact in a pipe.) `most_lines`: the lines shown, then how many more."""
     lines = str(text).splitlines()
     while lines and not lines[-1]:
         lines.pop()
+    if most_lines is not None and len(lines) > most_lines:
+        lines = [*lines[:most_lines], f"… {len(lines) - most_lines:,} more lines (--json prints it whole)"]
     return " ⏎ ".join(lines) if indent is None else ("\n" + " " * indent).join(lines)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from stagewatch._home import ipc_path, resolve_endpoint
 from stagewatch.cli._options import EXIT_OK, home_of, home_options, port, positive_int
-from stagewatch.cli._report import format_accuracy, message_text, stats_table
+from stagewatch.cli._report import MESSAGE_LINES, format_accuracy, message_text, stats_table
 from stagewatch.cli.dashboard import serve_dashboard
 from stagewatch.daemon.base._layout import DaemonHome
 
@@ -128,8 +128,8 @@ def _print_summary(home: DaemonHome, audit: dict[str, Any]) -> None:
     print(f"\nrun {run_id}  pipeline={audit.get('pipeline')}  status={audit['status'].replace('_', ' ')}")
     print(stats_table(run_stages(home.root, run_id), {}, audit.get("host")))
     for error in audit.get("errors", [])[:3]:
-        message = message_text(error["message"], 2)
-        print(f"\nerror in {error['stage']} on {error['sample_id']}: {error['type']}: {message}")
+        message, sample = message_text(error["message"], 2, MESSAGE_LINES), message_text(str(error["sample_id"]), None)
+        print(f"\nerror in {error['stage']} on {sample}: {error['type']}: {message}")
     print("\nresults:")
     print(f"  audit trail     {home.audit(run_id)}")
     print(f"  stage outputs   {home.stage_outputs(run_id)}/")

@@ -25,6 +25,7 @@ from stagewatch.cli._options import (
     warn_of_rebuilds,
 )
 from stagewatch.cli._report import (
+    MESSAGE_LINES,
     cell,
     columns,
     executions_table,
@@ -177,7 +178,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     for row in logs[: args.limit]:
         cells = f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
         cells += padded(message_text(row["sample_id"] or "-", None), 12) + " "
-        print(cells + message_text(row["message"], columns(cells)))  # its further lines under its first
+        print(cells + message_text(row["message"], columns(cells), MESSAGE_LINES))  # its further lines under its first
     if len(logs) > args.limit:
         print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
     return EXIT_OK
@@ -453,8 +454,8 @@ def _print_errors(audit: dict[str, Any], failed: list[dict[str, Any]]) -> None:
     tracebacks = {(s.get("client_id"), s.get("span")): (s.get("error") or {}).get("traceback") for s in failed}
     errors = audit.get("errors", [])
     for error in errors[:SHOW_ERRORS]:
-        sample = f" on {error['sample_id']}" if error.get("sample_id") is not None else ""
-        message = message_text(error["message"], 2)
+        sample = f" on {message_text(error['sample_id'], None)}" if error.get("sample_id") is not None else ""
+        message = message_text(error["message"], 2, MESSAGE_LINES)
         print(f"\n{error['stage']} failed{sample} at {error['at']}: {error['type']}: {message}")
         if error.get("input_path") is not None:  # a stage the pipeline gave no input has none to show
             print(f"  input: {error['input_path']}")

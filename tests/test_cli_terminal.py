@@ -130,7 +130,8 @@ def test_escape_sequences_a_pipeline_recorded_are_shown_not_run_on_a_terminal(da
 def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
     """A log line of three lines prints its further lines under its first, indented to the
     message's column (not at the left edge, where they read as rows of their own); a failed
-    execution's two-line error stays on its one row, its break shown as ⏎."""
+    execution's two-line error stays on its one row, its break shown as ⏎; a message of 100
+    lines shows 20 and says how many more."""
     from loguru import logger
 
     import stagewatch
@@ -139,6 +140,7 @@ def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
     try:
         with stagewatch.init(pipeline="p", home=daemon.home) as run:
             logger.info("first line\nsecond line\nthird line")
+            logger.info("\n".join(f"numbered {number}" for number in range(100)))
             try:
                 with run.stage("detection", sample_id="f1"):
                     raise ValueError("bad input\nshape (3, 4)")
@@ -160,6 +162,11 @@ def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
     assert following == [" " * column + "second line", " " * column + "third line"], shown
     (failed,) = [line for line in shown if "detection" in line and "failed" in line]
     assert failed.endswith("bad input ⏎ shape (3, 4)"), shown
+    # a message of 100 lines: its first 20, then how many more (it printed all 100 in the listing)
+    assert any(line.endswith("numbered 19") for line in shown) and not any(
+        line.endswith("numbered 20") for line in shown
+    )
+    assert any(line.endswith("… 80 more lines (--json prints it whole)") for line in shown), shown
 
 
 def test_a_sample_id_with_a_line_break_stays_in_its_row(daemon) -> None:
@@ -191,6 +198,8 @@ def test_a_sample_id_with_a_line_break_stays_in_its_row(daemon) -> None:
     printed = [*queried.splitlines(), *shown.splitlines()]
     rows = [line for line in printed if "frame" in line and "failed on" not in line]  # show's error header aside
     assert len(rows) == 3, rows  # query's execution, query's log line, show's execution
+    (header,) = [line for line in shown.splitlines() if "failed on" in line]  # show's error header: one line too
+    assert "detection failed on frame ⏎ 7 at " in header, shown
     assert all("frame ⏎ 7" in row for row in rows), rows
     assert all(("failed" in row and "bad input" in row) or "inside the stage" in row for row in rows), rows
 

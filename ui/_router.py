@@ -46,8 +46,11 @@ class PageScope:
 
     def every(self, period_ms: int, callback: Callable[[], None]) -> None:
         # Not pn.state.add_periodic_callback: its session list keeps every callback (and through
-        # it the page) until the session ends, stopped or not.
-        periodic = PeriodicCallback(callback=partial(self._while_shown, callback), period=period_ms)
+        # it the page) until the session ends, stopped or not. `background`: a tick does not mark
+        # the server busy; Panel's busy state is the server's, so each tick of each open page set
+        # the busy indicator of every session twice (a patch to every browser): open pages cost
+        # each other, growing with their square.
+        periodic = PeriodicCallback(callback=partial(self._while_shown, callback), period=period_ms, background=True)
         self.callbacks.append(periodic)
         periodic.start()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -457,3 +458,29 @@ def _weak_routers_of_new_sessions(url: str, browser, pages: tuple[str, ...]) -> 
         seen |= {id(ref()) for ref in kept}
         context.close()
     return kept
+
+
+def test_open_pages_looking_for_news_do_not_set_the_busy_indicator_of_every_session(in_process, browser) -> None:
+    """A page's periodic look for news (Live four times a second) ran as a foreground callback:
+    each tick marked the whole server busy and then not, and Panel's busy state is the server's,
+    so every tick of every open page set the busy indicator of every session (idle tabs cost each
+    other with their square: eight open Live tabs kept the server at about a third of a core). Two
+    open Live tabs leave the server's busy state alone."""
+    import panel as pn
+
+    context = browser.new_context()
+    try:
+        for _ in range(2):
+            tab = context.new_page()
+            tab.goto(f"{in_process}?page=live")
+            tab.wait_for_selector("text=No run is in progress")
+        time.sleep(1)
+        changes = []
+        watcher = pn.state.param.watch(lambda event: changes.append(event.new), "busy")
+        try:
+            time.sleep(3)
+        finally:
+            pn.state.param.unwatch(watcher)
+        assert changes == [], f"the server's busy state changed {len(changes)} times in 3 s of idle tabs"
+    finally:
+        context.close()

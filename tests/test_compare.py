@@ -393,6 +393,27 @@ def slow_flushing_daemon(home: Path) -> Iterator[DaemonProcess]:
     process.stop()
 
 
+def test_a_baseline_of_a_run_just_ended_waits_for_its_record(slow_flushing_daemon: DaemonProcess) -> None:
+    """`compare B --baseline last:1` the moment B's pipeline ended, before the daemon wrote its
+    runs row or its trail: B's pipeline is not known yet, which is not "none". It said "run … has
+    no pipeline recorded: give a baseline run instead" (exit 2, also with --wait); it waits for
+    B's record and compares (and without a wait says B is not recorded yet). Before the daemon's
+    flush the run's whole id names no run at all: waited for too (a prefix is not)."""
+    import stagewatch
+
+    daemon = slow_flushing_daemon
+    first = timed_run(daemon.home, seed=1, frames=20)
+    rows_stored(daemon, first, "runs", 1)
+    with stagewatch.init(pipeline="timed", home=daemon.home) as run, run.stage("decode", sample_id="f0"):
+        pass
+    assert run.flush(10)
+    at_once = stagewatch_cli(daemon.home, run.id, "--baseline", "last:1", "--wait", "0")
+    assert at_once.returncode == 2 and " yet" in at_once.stderr, at_once.stderr  # not recorded yet: said so
+    waited = stagewatch_cli(daemon.home, run.id, "--baseline", "last:1", "--wait", "30", "--json")
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["a"]["runs"] == [first]
+
+
 def test_a_run_not_ended_is_compared_as_partial_and_the_gate_does_not_judge_it(
     slow_flushing_daemon: DaemonProcess,
 ) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -225,6 +226,12 @@ def run_side(home: Path, text: str) -> Side:
     try:
         run_id = resolve_run_in(home, text)
     except RunNotFound as error:
+        if _is_run_id(text) and not isinstance(error, AmbiguousRun):
+            # A whole id (a pipeline's own, passed on by a CI job) of a run that ended a moment ago:
+            # the daemon records it at its next flush. Waited for (--wait), like an end not written.
+            raise RunNotEnded(
+                f"{error}; none yet: a run that has just ended is recorded at the daemon's next flush"
+            ) from None
         raise CompareError(str(error)) from None
     rows = _run_rows(home, "run_id = ?", [run_id], "ORDER BY lsn")
     if rows:  # ended: its last row (a crash withdrawn when its client came back has none)
@@ -236,6 +243,14 @@ def run_side(home: Path, text: str) -> Side:
         # table (not flushed yet, or its row in a damaged data file: then that file is named).
         started = _moment(head.get("started_at")) if status not in ENDED else None
     return Side(f"run {run_id[:8]}", [run_id], "run", pipeline, status, started=started)
+
+
+def _is_run_id(text: str) -> bool:
+    """Whether `text` is a whole run id (a UUID as the client writes it), not a prefix."""
+    try:
+        return str(uuid.UUID(text.strip())) == text.strip().lower()
+    except ValueError:
+        return False
 
 
 def _moment(text: Any) -> datetime | None:
@@ -306,13 +321,15 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
             raise CompareError(f"{error}; a baseline is {BASELINE_FORMS}") from None
     if window:
         _refuse_unclear_window(home, spec, window)
-    if target.pipeline is None:
-        raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
+    # First whether the run is recorded at all: a run just ended may have neither its runs row nor
+    # its trail's head written yet, and then its pipeline is not known either (not "none").
     if target.started is None:  # ended, its row not written yet (or in a damaged file); or no start recorded
         missing = f"run {target.runs[-1][:8]} is not in the runs table yet (its end not written yet?)"
         if target.skipped:  # maybe in the file left out: said now, not waited for
             raise CompareError(f"{missing}; {skipped_warnings(list(target.skipped))[0]}")
         raise RunNotEnded(missing)
+    if target.pipeline is None:
+        raise CompareError(f"run {target.runs[-1][:8]} has no pipeline recorded: give a baseline run instead")
     before = target.started
     terms, params = (
         "pipeline = ? AND start_time < ? AND run_id <> ? AND list_contains(?::VARCHAR[], status)",

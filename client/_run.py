@@ -29,7 +29,7 @@ from stagewatch._home import Home, artifact_relpath, resolve_endpoint
 from stagewatch._memory import BYTES_PER_MB, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
 from stagewatch._names import check_name, check_run_id
 from stagewatch._saver import write_artifact
-from stagewatch._transport import Sender, SenderSettings, check_timeout, safe_close
+from stagewatch._transport import Sender, SenderSettings, check_timeout, safe_close, start_without_signals
 
 _log = logging.getLogger("stagewatch")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,9 +116,59 @@ def _register_child_exit() -> None:
     is_main = threading.current_thread() is threading.main_thread()
     if is_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _flush_then_die)
+        _watch_for_a_stranded_sigterm()
+
+
+# Set when _flush_then_die runs: the main thread acted on SIGTERM.
+_sigterm_handled = threading.Event()
+STRANDED_AFTER_S = 0.5  # a SIGTERM the main thread has not acted on by then never will be
+
+
+def _watch_for_a_stranded_sigterm() -> None:
+    """A Python handler runs only when the main thread next runs Python: a SIGTERM that lands
+    just before the main thread blocks in a C wait (a Pool worker taking its next task, on a
+    lock Pool.terminate() keeps) is stranded, and the worker, which SIG_DFL would have ended,
+    waits forever (Pool.terminate() with it). The signal also goes to a wakeup fd (written by
+    the C handler in any thread); a thread of ours reads it and, if the main thread has not
+    acted in STRANDED_AFTER_S, flushes and ends the process as SIGTERM would have. Skipped when
+    the process already has a wakeup fd (an event loop's): that one is not ours to take."""
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    if signal.set_wakeup_fd(writer, warn_on_full_buffer=False) != -1:  # someone else's: theirs back
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1))
+        os.close(reader)
+        os.close(writer)
+        return
+    watcher = threading.Thread(target=_end_if_stranded, args=(reader,), name="stagewatch-sigterm", daemon=True)
+    start_without_signals(watcher)
+
+
+def _end_if_stranded(reader: int) -> None:
+    while signal.SIGTERM not in os.read(reader, 64):
+        pass
+    if _sigterm_handled.wait(STRANDED_AFTER_S):
+        return
+    shutdown(timeout_s=1.0)
+    _die_by(signal.SIGTERM)
+
+
+def _die_by(signum: int) -> None:
+    """End the process as `signum`'s default action would, from any thread (Python's
+    signal.signal is the main thread's only: the disposition is reset through libc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        libc.signal(signum, None)  # SIG_DFL
+        os.kill(os.getpid(), signum)
+        time.sleep(1)  # delivered to a thread that does not block it
+    finally:
+        os._exit(128 + signum)
 
 
 def _flush_then_die(signum: int, frame: object) -> None:
+    _sigterm_handled.set()
     shutdown(timeout_s=1.0)
     if _closing is not None:  # SIGTERM came while an exit handler was delivering: let it finish
         safe_close(_closing, 1.0)

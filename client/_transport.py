@@ -135,7 +135,7 @@ class Sender:
         self._close_deadline = 0.0
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stagewatch-sender", daemon=True)
-        _start_without_signals(self._thread)
+        start_without_signals(self._thread)
 
     # -- the pipeline's side -------------------------------------------------------------
     def emit(self, event: dict | Callable[[], dict | None]) -> None:
@@ -530,7 +530,7 @@ def safe_close(sender: Sender | None, timeout_s: float) -> None:
             sender.close(timeout_s)
 
 
-def _start_without_signals(thread: threading.Thread) -> None:
+def start_without_signals(thread: threading.Thread) -> None:
     """Start `thread` with every signal blocked in it (a thread inherits its creator's mask).
 
     The kernel may hand a process-wide signal (SIGTERM, SIGINT) to any thread that does not

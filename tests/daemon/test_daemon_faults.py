@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,11 +11,13 @@ import time
 import uuid
 
 import msgpack
+import psutil
 import zmq
 
 import stagewatch
 from stagewatch import _protocol as protocol
 from stagewatch._protocol import pack_batch, pack_event
+from stagewatch.daemon.query._readmodels import read_table
 from tests.conftest import DaemonProcess, run_python, wait_for
 
 RUN_ID = "5f0c7a52-4b8e-4d7e-9a57-0d7f6f8f3a10"
@@ -202,6 +205,37 @@ if __name__ == "__main__":
     assert sorted(s["sample_id"] for s in detection) == sorted(f"w{i}" for i in range(30))
     assert all(s["status"] == "ok" for s in detection)
     assert len({s["client_id"] for s in detection}) >= 2  # worker clients, not the parent's
+
+
+def test_a_forked_worker_ends_on_a_sigterm_its_main_thread_cannot_act_on(daemon: DaemonProcess) -> None:
+    """A SIGTERM that lands just before a Pool worker's main thread blocks in its next task's
+    lock is taken by the C handler, and the Python handler stagewatch installs (to flush first)
+    waits for the main thread to run Python, which it never does: the worker waited forever and
+    Pool.terminate() with it (about 1 pool in 100 on a loaded machine). Made certain here: the
+    worker's main thread blocks SIGTERM and waits; a thread of its own takes the signal. The
+    worker still ends as SIGTERM ends it, and its stage is delivered first."""
+    code = f"""
+import os, signal, sys, threading, time, stagewatch
+run = stagewatch.init(pipeline="stranded", home={str(daemon.home)!r})
+if os.fork() == 0:
+    with stagewatch.stage("work", sample_id="in-the-worker"):
+        pass
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # the one thread taking SIGTERM
+    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
+    print(os.getpid(), flush=True)
+    threading.Event().wait()
+    os._exit(0)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.wait(30)
+    os.kill(worker, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(worker) and psutil.Process(worker).status() != "zombie":
+        time.sleep(0.05)
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie", "the worker never ended"
+    stages = lambda: [r for r in read_table(daemon.home, "stage_executions").to_pylist() if r["stage"] == "work"]  # noqa: E731
+    assert wait_for(stages, 20)[0]["sample_id"] == "in-the-worker"  # delivered before it ended
 
 
 def _burst_batch(run_id: str, number: int, size: int) -> bytes:

@@ -3,6 +3,7 @@ there, output piped into `head`, a progress bar on a terminal and none in a pipe
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -127,35 +128,43 @@ def test_escape_sequences_a_pipeline_recorded_are_shown_not_run_on_a_terminal(da
     assert json.dumps(message)[1:-1] in piped.stdout  # the value exact, as JSON writes it
 
 
-def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
-    """A log line of three lines prints its further lines under its first, indented to the
-    message's column (not at the left edge, where they read as rows of their own); a failed
-    execution's two-line error stays on its one row, its break shown as ⏎; a message of 100
-    lines shows 20 and says how many more."""
+def _logged_failed_run(daemon, sample_id: str, messages: list[str], error: str) -> str:
+    """A run whose detection stage on `sample_id` logs `messages` (loguru) and raises `error`."""
     from loguru import logger
 
     import stagewatch
 
     sink = logger.add(stagewatch.loguru_sink, level="INFO")
     try:
-        with stagewatch.init(pipeline="p", home=daemon.home) as run:
-            logger.info("first line\nsecond line\nthird line")
-            logger.info("\n".join(f"numbered {number}" for number in range(100)))
-            try:
-                with run.stage("detection", sample_id="f1"):
-                    raise ValueError("bad input\nshape (3, 4)")
-            except ValueError:
-                pass
+        with (
+            stagewatch.init(pipeline="p", home=daemon.home) as run,
+            contextlib.suppress(ValueError),
+            run.stage("detection", sample_id=sample_id),
+        ):
+            for message in messages:
+                logger.info(message)
+            raise ValueError(error)
     finally:
         logger.remove(sink)
     daemon.audit(run.id)
-    printed = wait_for(
-        lambda: (
-            (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and ("third line" in out and out)
-        ),
-        30,
+    return run.id
+
+
+def _queried(daemon, run_id: str, marker: str) -> str:
+    """`query --run` of the run, once its log lines (holding `marker`) are in the logs table."""
+    return wait_for(
+        lambda: (out := sw("query", "--home", str(daemon.home), "--run", run_id).stdout) and marker in out and out, 30
     )
-    shown = printed.splitlines()
+
+
+def test_a_multi_line_message_stays_in_its_row(daemon) -> None:
+    """A log line of three lines prints its further lines under its first, indented to the
+    message's column (not at the left edge, where they read as rows of their own); a failed
+    execution's two-line error stays on its one row, its break shown as ⏎; a message of 100
+    lines shows 20 and says how many more."""
+    logged = ["first line\nsecond line\nthird line", "\n".join(f"numbered {number}" for number in range(100))]
+    run_id = _logged_failed_run(daemon, "f1", logged, "bad input\nshape (3, 4)")
+    shown = _queried(daemon, run_id, "third line").splitlines()
     first = next(line for line in shown if line.endswith("first line"))
     column = first.index("first line")
     following = shown[shown.index(first) + 1 : shown.index(first) + 3]
@@ -174,27 +183,9 @@ def test_a_sample_id_with_a_line_break_stays_in_its_row(daemon) -> None:
     holding a line break ("frame\\r\\n7") printed as is broke each row it was in (query's stage
     executions and log lines, show's executions): the rest of the row began at the left edge,
     read as a row of its own. Each row stays one line, the break shown as ⏎."""
-    from loguru import logger
-
-    import stagewatch
-
-    sink = logger.add(stagewatch.loguru_sink, level="INFO")
-    try:
-        with stagewatch.init(pipeline="p", home=daemon.home) as run:
-            try:
-                with run.stage("detection", sample_id="frame\r\n7"):
-                    logger.info("inside the stage")
-                    raise ValueError("bad input")
-            except ValueError:
-                pass
-    finally:
-        logger.remove(sink)
-    daemon.audit(run.id)
-    queried = wait_for(
-        lambda: (out := sw("query", "--home", str(daemon.home), "--run", run.id).stdout) and "inside" in out and out,
-        30,
-    )
-    shown = sw("show", "--home", str(daemon.home), run.id).stdout
+    run_id = _logged_failed_run(daemon, "frame\r\n7", ["inside the stage"], "bad input")
+    queried = _queried(daemon, run_id, "inside")
+    shown = sw("show", "--home", str(daemon.home), run_id).stdout
     printed = [*queried.splitlines(), *shown.splitlines()]
     rows = [line for line in printed if "frame" in line and "failed on" not in line]  # show's error header aside
     assert len(rows) == 3, rows  # query's execution, query's log line, show's execution

@@ -144,8 +144,9 @@ def _watch_for_a_stranded_sigterm() -> None:
 
 
 def _end_if_stranded(reader: int) -> None:
-    while signal.SIGTERM not in os.read(reader, 64):
-        pass
+    while signal.SIGTERM not in (received := os.read(reader, 64)):
+        if not received:  # the pipe closed under us (a worker that closes its fds): nothing to watch
+            return
     if _sigterm_handled.wait(STRANDED_AFTER_S):
         return
     shutdown(timeout_s=1.0)

@@ -333,10 +333,13 @@ def case_choices(home: Path) -> dict[str, list[str]]:
 # -- one case ---------------------------------------------------------------------------------------
 
 
+def _case_where(run_id: str, stage: str, sample_id: str) -> ds.Expression:
+    return (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
+
+
 def judged_row(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str, Any] | None:
     """The sample's last judgement in the run; None where it was not judged."""
-    expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
-    rows = read_table(home, "samples", expression).to_pylist()
+    rows = read_table(home, "samples", _case_where(run_id, stage, sample_id)).to_pylist()
     return rows[-1] if rows else None
 
 
@@ -345,14 +348,14 @@ def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bo
     verdicts read a sample run twice, its last execution where that did not end ok (a judged
     sample run again and failed is a failed sample), else its judgement, else that execution
     (a failure followed by a retry that ended ok is an ok sample)."""
-    expression = (ds.field("run_id") == run_id) & (ds.field("stage") == stage) & (ds.field("sample_id") == sample_id)
-    rows = read_table(home, "samples", expression).to_pylist()
+    expression = _case_where(run_id, stage, sample_id)
+    judged = judged_row(home, run_id, stage, sample_id)
     if last_only:
         executions = read_table(home, "stage_executions", expression).sort_by("start_time").to_pylist()
         last = executions[-1] if executions else None
-        return last if not rows or (last is not None and last["status"] in BAD_EXECUTION) else rows[-1]
-    if rows:
-        return rows[-1]
+        return last if judged is None or (last is not None and last["status"] in BAD_EXECUTION) else judged
+    if judged is not None:
+        return judged
     crashed = read_table(home, "stage_executions", expression & (ds.field("status") != "ok")).to_pylist()
     return crashed[-1] if crashed else None
 

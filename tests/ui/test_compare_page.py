@@ -222,16 +222,19 @@ def demo_twice(tmp_path_factory) -> Iterator[tuple[Ui, str, str]]:
         daemon.stop()
 
 
-# Every drawn thing of one side (pictures, 3D views, tables, sliders): where it ends, against
-# its side's column and the page. Panel draws inside shadow roots: the walk enters them.
-SIDES_OVERFLOW = """() => {
-  const under = (root, found = []) => {
+# Every element under `root`, into the shadow roots Panel draws inside (a page script's helper).
+UNDER = """const under = (root, found = []) => {
     for (const el of root.querySelectorAll('*')) {
       found.push(el);
       if (el.shadowRoot) under(el.shadowRoot, found);
     }
     return found;
-  };
+  };"""
+
+# Every drawn thing of one side (pictures, 3D views, tables, sliders): where it ends, against
+# its side's column and the page. Panel draws inside shadow roots: the walk enters them.
+SIDES_OVERFLOW = """() => {
+  UNDER
   const sides = under(document).filter((el) => el.classList && el.classList.contains('sw-compare-side'));
   const drawn = 'svg.sw-boxes, img, canvas, iframe, .tabulator, .noUi-target, pre';
   const page = document.documentElement.clientWidth;
@@ -250,7 +253,7 @@ SIDES_OVERFLOW = """() => {
     }
   });
   return {sides: sides.length, overflow: out};
-}"""
+}""".replace("UNDER", UNDER)
 
 
 @pytest.mark.parametrize("theme", ["default", "dark"])
@@ -390,13 +393,7 @@ def test_performance_compare_fields_are_in_the_url_and_a_pasted_url_opens_them(s
 # Every element of the page drawn (Panel draws inside shadow roots: the walk enters them) that ends
 # past the page, or whose text runs past its own box (a long word that does not wrap).
 OVERFLOWING = """() => {
-  const under = (root, found = []) => {
-    for (const el of root.querySelectorAll('*')) {
-      found.push(el);
-      if (el.shadowRoot) under(el.shadowRoot, found);
-    }
-    return found;
-  };
+  UNDER
   const page = document.documentElement.clientWidth;
   const out = [];
   for (const el of under(document)) {
@@ -411,7 +408,7 @@ OVERFLOWING = """() => {
     }
   }
   return out;
-}"""
+}""".replace("UNDER", UNDER)
 LONG_STAGE = "s" * 80  # no place to break (the stage table ran 14 px past its box)
 LONG_SAMPLE = "f" * 100
 LONG_ERROR = "E" * 300

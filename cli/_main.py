@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from typing import Any
@@ -57,8 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_FOUND
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "-5%" and "-1e3" read as values: argparse's negative numbers are digits
+    only, so `--accuracy-drop -5%` failed as "expected one argument" instead of reaching the
+    option's own check, which says what it takes. (No option of ours looks like a number.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d|\.\d)[\w.+-]*%?$")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="stagewatch", description="Monitor perception pipelines.")
+    root = _Parser(prog="stagewatch", description="Monitor perception pipelines.")
     global_options(root)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import open3d as o3d
+import pytest
 
 import stagewatch
 from tests.conftest import DaemonProcess, sw
@@ -97,6 +98,13 @@ def test_bad_arguments_exit_2(home: Path) -> None:
     assert sw("demo", "--frames", "10", "--home", str(home)).returncode == 2
     bad = sw("daemon", "--home", str(home), "--endpoint", "http://example.com")
     assert bad.returncode == 2 and "expected an endpoint like ipc://" in bad.stderr
+
+
+@pytest.mark.parametrize("value", ["-5%", "-0.5", "-1e3", "-.5%"])
+def test_a_negative_share_reaches_the_options_own_check(home: Path, value: str) -> None:
+    """argparse reads "-5%" as an option; the user read "expected one argument", not what the option takes."""
+    refused = sw("compare", "abc", "--accuracy-drop", value, "--home", str(home))
+    assert refused.returncode == 2 and f"between 0% and 100%, got '{value}'" in refused.stderr, refused.stderr
 
 
 def test_runs_on_an_empty_home_says_so(home: Path) -> None:

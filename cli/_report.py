@@ -118,8 +118,9 @@ def cell(text: str, width: int) -> str:
 
 
 def name_cell(text: str, width: int) -> str:
-    """`text` left-aligned in a column `width` wide, at least one space before the next."""
-    return f"{text:<{width - 1}} "
+    """`text` left-aligned in a column `width` wide (as a terminal counts: `columns`), at least
+    one space before the next."""
+    return padded(text, width - 1) + " "
 
 
 def _ms(value: float | None) -> str:

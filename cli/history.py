@@ -255,19 +255,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats if unread is None else [*stats, {"stage": OUTSIDE_STAGES, "problem": unread}], indent=1))
         return EXIT_OK
     # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
+    stage_width = min(STAGE_WIDTH_MAX, max(STAGE_WIDTH, *(columns(entry["stage"]) + 1 for entry in stats)))
     print(
-        f"{'stage':<18}{cell('count', 8)}{cell('failed', 8)}"
+        f"{name_cell('stage', stage_width)}{cell('count', 8)}{cell('failed', 8)}"
         + "".join(cell(name + " ms", MS_WIDTH) for name in DURATIONS)
         + f"{cell('own MB', 9)}{cell('proc. peak MB', PEAK_WIDTH)}{cell('time %', 8)}"
         + (cell("GPU peak MB", GPU_WIDTH) if gpu else "")
     )
     for entry in stats:
         if entry.get("outside_stages"):
-            print(outside_line(entry))
+            print(outside_line(entry, stage_width))
             continue
         gpu_peak = entry["gpu_peak_mb"]["max"]
         print(
-            f"{name_cell(entry['stage'], 18)}{cell(str(entry['count']), 8)}"
+            f"{name_cell(entry['stage'], stage_width)}{cell(str(entry['count']), 8)}"
             f"{cell(format(entry['failure_rate'], '.1%'), 8)}{_ms_cells(entry)}{_mb_cell(entry['own_mb']['max'], 9)}"
             f"{_mb_cell(entry['rss_peak_mb']['max'], PEAK_WIDTH)}{cell(format(entry['share_of_time'], '.1%'), 8)}"
             + (_mb_cell(gpu_peak, GPU_WIDTH) if gpu else "")
@@ -284,6 +285,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 DURATIONS = ("mean", "median", "p95", "p99", "max")  # the stats table's columns of milliseconds
+# The stage column: as wide as the longest name (past the most, a longer name pushes its row on).
+STAGE_WIDTH, STAGE_WIDTH_MAX = 18, 41
 MS_WIDTH, PEAK_WIDTH, GPU_WIDTH = 12, 15, 13  # wide enough for their headings with the unit
 
 
@@ -296,12 +299,12 @@ def _mb_cell(value: float | None, width: int) -> str:
     return cell(f"{value:.1f}" if value is not None else "-", width)
 
 
-def outside_line(entry: dict[str, Any]) -> str:
+def outside_line(entry: dict[str, Any], stage_width: int = 18) -> str:
     """The time outside stages as a row of the stats table (per sample), then the wall time it
     completes: 'wall 1234.00 ms over 2 run(s) = stages 1000.00 ms + outside stages 234.00 ms'."""
     wall = entry["wall"]
     return (
-        f"{name_cell(entry['stage'], 18)}{cell(str(entry['count']), 8)}{cell('-', 8)}{_ms_cells(entry)}"
+        f"{name_cell(entry['stage'], stage_width)}{cell(str(entry['count']), 8)}{cell('-', 8)}{_ms_cells(entry)}"
         f"{_mb_cell(None, 9)}{_mb_cell(None, PEAK_WIDTH)}{cell(format(entry['share_of_time'], '.1%'), 8)}\n"
         f"  wall {wall['wall_ms']:.2f} ms over {wall['runs']} finished run(s) = top-level stages "
         f"{wall['stages_ms']:.2f} ms + outside stages {wall['outside_ms']:.2f} ms (data loading, I/O, glue)"

@@ -80,6 +80,20 @@ def test_many_values_in_one_place_and_far_apart() -> None:
     assert got["duration_ms"]["mean"] == pytest.approx(values.mean(), rel=1e-12)
 
 
+def test_the_same_rows_in_another_order_give_the_same_figures() -> None:
+    """The rows of a table compacted or rebuilt come in another order: `stats --json` gave means
+    and shares that differed in their last digits after `stagewatch rebuild`."""
+    rng = np.random.default_rng(3)
+    values = np.round(rng.lognormal(1, 1.5, 200_000), 6)
+    answers = set()
+    for _ in range(8):
+        order = rng.permutation(len(values))
+        table = pa.table({"stage": ["s"] * len(values), "status": ["ok"] * len(values), "duration_ms": values[order]})
+        (got,) = stage_stats(table)
+        answers.add((got["duration_ms"]["mean"], got["share_of_time"]))
+    assert len(answers) == 1, answers
+
+
 # -- through the real daemon -------------------------------------------------------------------
 NOW = datetime.now(UTC)
 DAYS = 8  # today and the 7 days before: 5 aged (compacted), 3 fresh
@@ -235,7 +249,8 @@ def test_stats_list_stages_in_pipeline_order_with_each_stage_s_own_memory(daemon
     for frame in range(3):
         with run.stage("zeta_decode", sample_id=f"f{frame}"):
             held.append(b"\1" * (64 << 20))  # 64 MB touched: the RSS rises by it
-        with run.stage("alpha_infer", sample_id=f"f{frame}"), run.stage("mid_nested", sample_id=f"f{frame}"):
+        nested = run.stage("mid_nested_postprocessing", sample_id=f"f{frame}")  # wider than the stage column
+        with run.stage("alpha_infer", sample_id=f"f{frame}"), nested:
             pass
         held.clear()
     run.finish()
@@ -243,13 +258,14 @@ def test_stats_list_stages_in_pipeline_order_with_each_stage_s_own_memory(daemon
     wait_for(lambda: len(read_table(daemon.home, "stage_executions")) == 9 or None)
     stats = json.loads(sw("stats", "--home", str(daemon.home), "--json").stdout)
     stats = [s for s in stats if not s.get("outside_stages")]  # the time outside stages comes last
-    assert [s["stage"] for s in stats] == ["zeta_decode", "alpha_infer", "mid_nested"]
+    assert [s["stage"] for s in stats] == ["zeta_decode", "alpha_infer", "mid_nested_postprocessing"]
     own = {s["stage"]: s["own_mb"]["max"] for s in stats}
-    assert own["zeta_decode"] >= 60 and own["alpha_infer"] < 30 and own["mid_nested"] < 30
+    assert own["zeta_decode"] >= 60 and own["alpha_infer"] < 30 and own["mid_nested_postprocessing"] < 30
     text = sw("stats", "--home", str(daemon.home)).stdout.splitlines()
-    assert [line.split()[0] for line in text[1:4]] == ["zeta_decode", "alpha_infer", "mid_nested"]
+    assert [line.split()[0] for line in text[1:4]] == ["zeta_decode", "alpha_infer", "mid_nested_postprocessing"]
     assert "own MB" in text[0] and "proc. peak" in text[0] and "peak RSS" not in text[0]
-    headings = ["mean ms", "median ms", "p95 ms", "p99 ms", "max ms", "own MB", "proc. peak MB", "time %"]
+    headings = ["count", "mean ms", "median ms", "p95 ms", "p99 ms", "max ms", "own MB", "proc. peak MB", "time %"]
     for heading in headings:  # each column says its unit, and its values end where its heading ends
         end = text[0].index(heading) + len(heading)
-        assert text[1][end - 1] != " " and text[1][end : end + 1] in ("", " "), (heading, text[:2])
+        for row in text[1:4]:  # a stage name longer than the column's default width too
+            assert row[end - 1] != " " and row[end : end + 1] in ("", " "), (heading, text[0], row)

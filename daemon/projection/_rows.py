@@ -249,9 +249,10 @@ DOCS_BLOCK = re.compile(r"(<!-- columns of (\w+) -->\n)(.*?)(<!-- end of columns
 
 
 def type_name(arrow: pa.DataType) -> str:
-    """An Arrow type as the docs write it (float64, timestamp[ns, UTC], list<string>)."""
+    """An Arrow type as a reader of the Delta table gets it (float64, timestamp[us, UTC],
+    list<string>): Delta timestamps are microseconds, whatever unit the rows were written in."""
     if pa.types.is_timestamp(arrow):
-        return f"timestamp[{arrow.unit}, {arrow.tz}]"
+        return f"timestamp[us, {arrow.tz}]"
     if pa.types.is_map(arrow):
         return f"map<{type_name(arrow.key_type)}, {type_name(arrow.item_type)}>"
     if pa.types.is_list(arrow):
@@ -263,7 +264,7 @@ def column_table(table: Table) -> str:
     """The table's columns as docs/storage.md lists them (markdown)."""
     lines = [f"`{table.name}`: {table.doc}", "", "| column | type | holds |", "|---|---|---|"]
     for column in table.columns:
-        encoded = " (dictionary-encoded)" if column.dictionary else ""
+        encoded = " (dictionary-encoded in the files)" if column.dictionary else ""
         lines.append(f"| {column.name} | {type_name(column.type)}{encoded} | {column.doc} |")
     return "\n".join(lines) + "\n"
 

@@ -239,14 +239,16 @@ def _stats_sql(where: str) -> str:
     """Per stage, in pipeline order (the order stages first ran; the name where none has a start):
     rows, failures, the time of its executions at the top level (no enclosing stage), and per
     measure its values' count, sum, exact quantiles (linear interpolation, as numpy.percentile's
-    default) and maximum (NULL is no reading)."""
+    default) and maximum (NULL is no reading). Sums are compensated (`fsum`): a plain float sum
+    follows the order DuckDB's threads meet the files, so the same rows in other files (after a
+    compaction, a rebuild) gave means that differed in their last digits."""
     measures = []
     for value in MEASURES.values():
         quantiles = f"quantile_cont({value}, {list(PERCENTILES)})"
-        measures += [f"count({value})", f"sum({value})", quantiles, f"max({value})"]
+        measures += [f"count({value})", f"fsum({value})", quantiles, f"max({value})"]
     return (
         "SELECT stage, count(*), count(*) FILTER (WHERE status IS DISTINCT FROM 'ok'), "
-        f"coalesce(sum(duration_ms) FILTER (WHERE parent_span IS NULL), 0), {', '.join(measures)} "
+        f"coalesce(fsum(duration_ms) FILTER (WHERE parent_span IS NULL), 0), {', '.join(measures)} "
         f"FROM rows{where} GROUP BY stage ORDER BY min(start_time) NULLS LAST, stage"
     )
 

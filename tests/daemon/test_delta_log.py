@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +19,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.projection._rows import DEFINITIONS, type_name
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import TABLES, Store
@@ -75,6 +77,8 @@ def test_deltalake_duckdb_and_the_query_api_see_the_same_rows(home: Path) -> Non
     runs = json.loads(_cli(home, "runs", "--json", "--limit", "100").stdout)
     for table in TABLES:
         by_delta = DeltaTable(str(DaemonHome(home).table(table))).to_pyarrow_table()
+        documented = {column.name: type_name(column.type) for column in DEFINITIONS[table].columns}
+        assert {field.name: _as_read(field.type) for field in by_delta.schema} == {**documented, "date": "string"}
         by_duckdb = select(home, table, "SELECT * FROM rows")
         assert by_delta.num_rows == by_duckdb.num_rows > 0
         assert sorted(by_delta["lsn"].to_pylist()) == sorted(by_duckdb["lsn"].to_pylist())
@@ -84,6 +88,11 @@ def test_deltalake_duckdb_and_the_query_api_see_the_same_rows(home: Path) -> Non
     )
     run_ids = DeltaTable(str(DaemonHome(home).table("runs"))).to_pyarrow_table()["run_id"].to_pylist()
     assert sorted(run_ids) == sorted(row["run_id"] for row in query["runs"]) == sorted(r["run_id"] for r in runs)
+
+
+def _as_read(arrow: pa.DataType) -> str:
+    """A reader's type as docs/storage.md writes types (its timestamps' real unit)."""
+    return f"timestamp[{arrow.unit}, {arrow.tz}]" if pa.types.is_timestamp(arrow) else type_name(arrow)
 
 
 def _last_commit(home: Path, table: str) -> Path:

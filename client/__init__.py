@@ -7,7 +7,7 @@ Two lines in a pipeline::
 
     with run.stage("detection", input_path=path, sample_id="frame_047") as st:
         boxes = detector(image)
-        st.save("overlay.png", overlay_rgb)
+        st.save("frame_047.overlay.png", overlay_rgb)
 
 Events go to the stagewatch daemon over ZeroMQ in the background. Nothing here blocks
 the pipeline or raises into it: with no daemon running, events are spooled to disk and

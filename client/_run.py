@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from stagewatch._environment import environment
 from stagewatch._gpu import GpuMemory, gpu_values
 from stagewatch._home import Home, artifact_relpath, resolve_endpoint
 from stagewatch._memory import BYTES_PER_MB, make_rss_tracker, memory_limit_bytes, memory_warn_fraction
-from stagewatch._names import check_name, check_run_id
+from stagewatch._names import check_name, check_run_id, counted_name, sample_name
 from stagewatch._saver import write_artifact
 from stagewatch._transport import Sender, SenderSettings, check_timeout, safe_close, start_without_signals
 
@@ -370,13 +370,20 @@ class Stage:
 
         The extension picks the format: .png (HxW or HxWx3/4 uint8/uint16 array), .ply (Nx3
         points, a dict of per-point arrays such as {"points", "colors", "label"}, or an Open3D
-        point cloud), .npy (any array), .json (JSON data). Returns the path relative to the
-        home, or None if the disk refused the write (logged once, the pipeline goes on).
+        point cloud), .npy (any array), .json (JSON data). A file already there is never
+        written over: where an earlier save of the run (in any process, or earlier in this
+        execution) took the name, the output goes to the sample id before the extension
+        (`overlay.frame_001.png`), else to a counter (`overlay.2.png`), said once per stage
+        and name in the log. Returns the path written, relative to the home, or None if the
+        disk refused the write (logged once, the pipeline goes on).
         """
         relpath = artifact_relpath(self.run.id, self.name, filename)
         process = _process_for_run(self.run)
         try:
-            written = write_artifact(process.home.root / relpath, value)
+            written = write_artifact(process.home.root / relpath, value, self._other_names(filename))
+            if written.name != filename:
+                self._say_renamed(filename, written.name, relpath in self.outputs)
+                relpath = relpath[: -len(filename)] + written.name
             self.outputs.append(relpath)
             for warning in written.warnings:
                 _log.warning("stagewatch: %s: %s", relpath, warning)
@@ -397,6 +404,32 @@ class Stage:
             _internal_error(error)
             return None
         return relpath
+
+    def _other_names(self, filename: str) -> Iterator[str]:
+        """The names a save of `filename` tries when it is taken (read only then): the sample's,
+        then a counter from where this process's last save of the name left it, so that the
+        n-th save of a name tries a name or two, not n."""
+        named = sample_name(filename, self.sample_id)
+        if named is not None:
+            yield named
+        counters, key = self.run._name_counters, (self.name, filename)
+        for counter in itertools.count(counters.get(key, 2)):
+            counters[key] = counter + 1
+            yield counted_name(filename, counter)
+
+    def _say_renamed(self, filename: str, written: str, by_this_execution: bool) -> None:
+        key = (self.name, filename)
+        if key in self.run._renames_said:
+            return
+        self.run._renames_said.add(key)
+        saved_by = "this execution saved it already" if by_this_execution else "an earlier execution saved it"
+        _log.warning(
+            "stagewatch: %s saved %s again (%s): saved as %s; put the sample in the name to choose it",
+            self.name,
+            filename,
+            saved_by,
+            written,
+        )
 
     def result(self, sample_id: str | None = None, prediction: Any = None) -> None:
         """Report this stage's prediction for one sample, to be judged against the run's golden dataset.
@@ -534,6 +567,8 @@ class Run:
         self.dataset = os.path.abspath(os.fspath(dataset)) if dataset is not None else None
         self.finished = False
         self._failed_stages = 0
+        self._name_counters: dict[tuple[str, str], int] = {}  # (stage, file name): the next counter to try
+        self._renames_said: set[tuple[str, str]] = set()  # (stage, file name) whose rename the log has said
         self._owner_pid = os.getpid()
         self._t0, self._wall0 = time.monotonic_ns(), protocol.representable_ns(time.time_ns())
         snapshot = _snapshot(config)

@@ -10,13 +10,17 @@ artifact in the audit trail.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import math
 import os
 import struct
+import threading
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from stagewatch._shared import make_dirs
 
@@ -25,6 +29,10 @@ PNG_COMPRESSION_LEVEL = 3  # level 3 is within 10% of level 9's size at a fracti
 
 def write_png(path: Path, image: Any) -> list[str]:
     """Write an HxW (grey) or HxWx3/HxWx4 uint8 or uint16 array as PNG."""
+    return _write(path, _png, image)
+
+
+def _png(handle: BinaryIO, image: Any) -> list[str]:
     import numpy as np
 
     array = np.asarray(image)
@@ -45,12 +53,11 @@ def write_png(path: Path, image: Any) -> list[str]:
     rows = big_endian.reshape(height, -1).view(np.uint8)
     raw = np.hstack([np.zeros((height, 1), np.uint8), rows]).tobytes()  # filter byte 0 per row
     header = struct.pack(">IIBBBBB", width, height, array.dtype.itemsize * 8, color_type, 0, 0, 0)
-    _write_bytes(
-        path,
+    handle.write(
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
         + _png_chunk(b"IDAT", zlib.compress(raw, PNG_COMPRESSION_LEVEL))
-        + _png_chunk(b"IEND", b""),
+        + _png_chunk(b"IEND", b"")
     )
     return []
 
@@ -66,6 +73,7 @@ _INT32 = (-(2**31), 2**31 - 1)
 class Written(NamedTuple):
     bytes: int
     warnings: list[str]  # what could not be kept as given (recorded with the artifact)
+    name: str  # the file name written: the one asked for, or the first free one offered
 
 
 def _point_attributes(cloud: Any) -> dict[str, Any]:
@@ -142,6 +150,10 @@ def _ply_columns(attributes: dict[str, Any]) -> tuple[list[tuple[str, Any]], lis
 def write_ply(path: Path, cloud: Any) -> list[str]:
     """Write a point cloud as binary little-endian PLY with every per-point attribute that
     Open3D and plyfile read back as given; returns what could not be kept."""
+    return _write(path, _ply, cloud)
+
+
+def _ply(handle: BinaryIO, cloud: Any) -> list[str]:
     import numpy as np
 
     columns, warnings = _ply_columns(_point_attributes(cloud))
@@ -151,27 +163,34 @@ def write_ply(path: Path, cloud: Any) -> list[str]:
         table[name] = column
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(table)}"]
     header += [f"property {_PLY_TYPES[dtype[name].str[1:]]} {name}" for name, _ in columns]
-    _write_bytes(path, ("\n".join([*header, "end_header"]) + "\n").encode() + table.tobytes())
+    handle.write(("\n".join([*header, "end_header"]) + "\n").encode() + table.tobytes())
     return warnings
 
 
 def write_npy(path: Path, array: Any) -> list[str]:
+    return _write(path, _npy, array)
+
+
+def _npy(handle: BinaryIO, array: Any) -> list[str]:
     import numpy as np
 
-    with _atomic(path) as handle:
-        np.save(handle, np.asarray(array), allow_pickle=False)
+    np.save(handle, np.asarray(array), allow_pickle=False)
     return []
 
 
 def write_json(path: Path, value: Any) -> list[str]:
     """Strict JSON (RFC 8259 has no NaN or Infinity, and most parsers refuse Python's bare
     `NaN`): each non-finite number is written as null, and the warning says how many and where."""
+    return _write(path, _json, value)
+
+
+def _json(handle: BinaryIO, value: Any) -> list[str]:
     nulled = _Nulled()
     try:
         finite = _finite_json(value, "$", nulled)
     except RecursionError:
         raise ValueError("expected JSON data without cycles and nested less than Python's recursion limit") from None
-    _write_bytes(path, json.dumps(finite, indent=2, allow_nan=False).encode())
+    handle.write(json.dumps(finite, indent=2, allow_nan=False).encode())
     if not nulled.count:
         return []
     shown = ", ".join(nulled.places) + (", ..." if nulled.count > len(nulled.places) else "")
@@ -232,18 +251,63 @@ def _json_key(key: Any) -> Any:
     return str(key) if isinstance(key, float) and not math.isfinite(key) else key
 
 
-WRITERS = {".png": write_png, ".ply": write_ply, ".npy": write_npy, ".json": write_json}
+ENCODERS = {".png": _png, ".ply": _ply, ".npy": _npy, ".json": _json}
+# link(2) refused by the file system itself (FAT, exFAT, some network shares), not by a full or read-only disk
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-def write_artifact(path: Path, value: Any) -> Written:
-    """Write `value` by the file's extension; returns the bytes written and what could not
-    be kept as given."""
-    writer = WRITERS.get(path.suffix.lower())
-    if writer is None:
-        raise ValueError(f"expected a file name ending in {sorted(WRITERS)}, got {path.name!r}")
+def write_artifact(path: Path, value: Any, other_names: Iterable[str] = ()) -> Written:
+    """Write `value` by the file's extension, never over a file already there: where `path` is
+    taken, under the first free name of `other_names` (in the same folder); FileExistsError
+    when all are taken. Another process or thread saving the same name at the same time gets
+    a name of its own too: the name is claimed by link(2), which fails when it is taken.
+    Returns the bytes written, what could not be kept as given, and the name written."""
+    encode = ENCODERS.get(path.suffix.lower())
+    if encode is None:
+        raise ValueError(f"expected a file name ending in {sorted(ENCODERS)}, got {path.name!r}")
     make_dirs(path.parent)
-    warnings = writer(path, value)
-    return Written(path.stat().st_size, warnings)
+    temporary = _temporary(path)
+    try:
+        with open(temporary, "wb") as handle:
+            warnings = encode(handle, value)
+            size = handle.tell()
+        name = _claim(temporary, path, other_names)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return Written(size, warnings, name)
+
+
+def _claim(temporary: Path, path: Path, other_names: Iterable[str]) -> str:
+    """Give the written `temporary` the first free name of `path` and `other_names`; the name."""
+    for name in itertools.chain((path.name,), other_names):
+        try:
+            _link(temporary, path.with_name(name))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "every name offered is taken", str(path))
+
+
+def _link(temporary: Path, final: Path) -> None:
+    """A second name for `temporary`, FileExistsError if it is taken. Where the file system has
+    no hard links, the name is claimed by creating it (O_EXCL), and the data renamed over it."""
+    try:
+        os.link(temporary, final)
+        return
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+    os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.replace(temporary, final)
+    except OSError:
+        final.unlink(missing_ok=True)
+        raise
+
+
+def _temporary(path: Path) -> Path:
+    """Beside `path`, of this process and thread: two threads saving one name write apart."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 class _atomic:
@@ -251,9 +315,9 @@ class _atomic:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._temporary = _temporary(path)
 
-    def __enter__(self):
+    def __enter__(self) -> BinaryIO:
         self._handle = open(self._temporary, "wb")
         return self._handle
 
@@ -265,6 +329,7 @@ class _atomic:
             self._temporary.unlink(missing_ok=True)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _write(path: Path, encode: Callable[[BinaryIO, Any], list[str]], value: Any) -> list[str]:
+    """Write `value` to `path` (replacing what is there) by `encode`; what could not be kept."""
     with _atomic(path) as handle:
-        handle.write(data)
+        return encode(handle, value)

@@ -16,12 +16,14 @@ from stagewatch._saver import write_artifact
 
 def test_png_round_trips_through_open3d(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    for image in (
-        rng.integers(0, 255, (37, 53, 3), dtype=np.uint8),
-        rng.integers(0, 255, (20, 30), dtype=np.uint8),
-        rng.integers(0, 65535, (20, 30), dtype=np.uint16),
+    for index, image in enumerate(
+        (
+            rng.integers(0, 255, (37, 53, 3), dtype=np.uint8),
+            rng.integers(0, 255, (20, 30), dtype=np.uint8),
+            rng.integers(0, 65535, (20, 30), dtype=np.uint16),
+        )
     ):
-        path = tmp_path / "image.png"
+        path = tmp_path / f"image{index}.png"  # write_artifact never writes over a file
         write_artifact(path, image)
         np.testing.assert_array_equal(np.asarray(o3d.io.read_image(str(path))), image)
 

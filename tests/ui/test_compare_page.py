@@ -558,3 +558,45 @@ def test_a_pooled_side_draws_the_judgement_its_flip_reads(daemon: DaemonProcess,
         assert not shown(page, re.compile("not judged"))
     finally:
         ui.stop()
+
+
+def test_a_pooled_side_whose_older_judgement_was_run_again_and_failed_draws_no_judged_case(
+    daemon: DaemonProcess, page
+) -> None:
+    """A is the last 2 runs: the older judged s0001 wrong and then ran it again, and that
+    execution failed; the newer ran it ok with no golden set. B judged it wrong. The older run's
+    verdict is its last execution's (`failed`): no judgement of A's stands, so A's verdict is the
+    newer run's `ok`, the flip "ok → wrong", and A's side has no judged case to draw; A's
+    accuracy leaves s0001 out (3/3 correct: 100.0% → 75.0%), as `compare` says. The page drew
+    the older run's wrong case, and counted it in A's share, against the flip (which it did not
+    list: wrong → wrong)."""
+    import contextlib
+
+    from tests.test_compare import compared, detection_prediction
+
+    dataset = write_dataset(daemon.home.parent / "golden", 4)
+    runs = []
+    for golden, samples, rerun in ((dataset, range(4), True), (None, [1], False), (dataset, range(4), False)):
+        with stagewatch.init(pipeline="pooled-failed", home=daemon.home, dataset=golden) as run:
+            for index in samples:
+                with run.stage("detection", sample_id=f"s{index:04d}") as stage:
+                    stage.result(f"s{index:04d}", detection_prediction(index, {1}))
+            if rerun:
+                with contextlib.suppress(RuntimeError), run.stage("detection", sample_id="s0001"):
+                    raise RuntimeError("the second try failed (A)")
+        assert run.flush(10)
+        daemon.audit(run.id)
+        runs.append(run.id)
+    wait_for(lambda: {runs[0], runs[2]} <= set(read_table(daemon.home, "samples")["run_id"].to_pylist()), 30)
+    (accuracy,) = compared(daemon.home, runs[2], "--baseline", "last:2")["accuracy"]
+    assert (accuracy["a"], accuracy["b"]) == (1.0, 0.75) and accuracy["judged"] == {"a": 3, "b": 4}
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a=last:2&b={runs[2]}&flip=detection%2Fs0001")
+        wait_for(lambda: shown(page, "ok → wrong"), 60)  # the flip: A's newer run, no judgement standing
+        a_side = page.get_by_text(re.compile("^No case of detection on s0001 ended ok in"))
+        wait_for(lambda: a_side.count() == 1 and runs[1] in a_side.inner_text(), 60)
+        table = page.locator(".sw-compare-accuracy")
+        wait_for(lambda: "100.0% → 75.0%" in " ".join(table.all_inner_texts()), 30)  # as compare counts
+    finally:
+        ui.stop()

@@ -32,6 +32,7 @@ from stagewatch.daemon.compare._compare import (
     run_side,
     share_from_text,
 )
+from stagewatch.daemon.compare._verdicts import side_verdict
 from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
 from stagewatch.ui import _failures, _widgets
@@ -194,16 +195,14 @@ def threshold_options(given: tuple[str, float] | None) -> dict[str, str]:
 
 
 def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:
-    """The run and row behind the side's verdict on the sample, as compare's verdicts read it: the
-    newest run that holds it, its judgement or else its last execution; where that execution
-    ended ok and was not judged (a pooled side), the newest judgement of an older run, else that
-    execution (no case to draw)."""
-    runs = list(reversed(side.runs[-MAX_RUNS_SEARCHED:]))
-    newest = next(((r, c) for r in runs if (c := _failures.case_rows(home, r, stage, sample, last_only=True))), None)
-    if newest is None or newest[1]["status"] != "ok":
-        return newest
-    judged = ((r, _failures.judged_row(home, r, stage, sample)) for r in runs[runs.index(newest[0]) + 1 :])
-    return next(((r, c) for r, c in judged if c is not None), newest)
+    """The run and row behind the side's verdict on the sample, as compare's verdicts read it
+    (`side_verdict` of each run's `verdict_row`): the newest run that holds it, its judgement or
+    else its last execution; where that execution ended ok and was not judged (a pooled side),
+    the newest judgement of an older run (one whose last execution there failed is no
+    judgement), else that execution (no case to draw)."""
+    runs = reversed(side.runs[-MAX_RUNS_SEARCHED:])
+    held = ((r, c) for r in runs if (c := _failures.case_rows(home, r, stage, sample, last_only=True)))
+    return side_verdict(held, lambda found: found[1]["status"])
 
 
 def sections(document: dict[str, Any], link_of: Any) -> list[Any]:

@@ -21,7 +21,8 @@ newest run) and not at all in the run compared (a stage that vanished). A stage 
 only is listed with its figures (`only_in`), never dropped. The flip list holds the samples
 whose verdict changed: judged ones (`samples`: correct, wrong, invalid), and executions that
 failed or crashed where the baseline's did not (new failures). A sample's verdict in a run is
-its last execution's, for the flips and the accuracy alike (`_verdicts`). Over rows a damaged
+its judgement there, else its last execution's outcome, for the flips and the accuracy alike
+(`_verdicts`). Over rows a damaged
 data file left out it is not given (`flips_not_judged`: a sample whose row is missing would
 look changed).
 All reads go through the query layer.
@@ -638,8 +639,8 @@ def accuracy_figures(
     before: dict[Key, str], after: dict[Key, str], a_runs: list[str], b_runs: list[str], home: Path, options: Options
 ) -> list:
     """Per stage with judged samples, from each side's verdicts per run (`run_verdicts`): the
-    share judged correct on each side (correct / judged; `unlabeled` left out, and a sample whose
-    last execution in a run failed is not judged in that run), its change and whether it `fell`
+    share judged correct on each side (correct / judged, `unlabeled` left out: accuracy.json's
+    counts), its change and whether it `fell`
     (`accuracy_fell`); where each side is one run, the stage's metrics (`STAGE_METRICS`: mAP,
     precision, recall, mIoU ...) and per class those accuracy.json holds (a mask's IoU, a
     detector's AP, AP50, precision and recall)."""
@@ -685,8 +686,8 @@ def _accuracy_test(
     """How significant a stage's change of accuracy is: where each side is one run and they
     judged samples in common, the exact McNemar test of those samples whose verdict changed
     (`worse`: correct -> not, `better`: the other way; `paired`: the samples both judged — a
-    sample one run did not judge, its stage crashed before its result say, or whose last
-    execution there failed, says nothing of a change and its failure is the stage's failure
+    sample one run did not judge, its stage crashed before its result say, says nothing of a
+    change and its failure is the stage's failure
     rate); else (a pooled side, another golden set) the pooled two-proportion z-test of the two
     shares, each sample counted once (a sample judged in each of a pooled side's runs is one
     sample's evidence, not as many samples: its share of correct verdicts).

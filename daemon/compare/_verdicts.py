@@ -1,10 +1,12 @@
 """The verdict of a sample: one rule for everything compare says of it (its flips, the accuracy
-shares and their tests, the Compare page's cases).
+shares and their tests, the Compare page's cases), and the rule the rest of stagewatch counts by.
 
-In one run, a sample's verdict is its last execution's: `failed` or `crashed` where the last
-execution of the stage on it did not end ok (a sample judged and then run again and failed is
-`failed`, and is not judged in that run); else the accuracy worker's last judgement of it
-(`correct`, `wrong`, `invalid`, `unlabeled`); else `ok` (it ran, and was not judged).
+In one run, a sample's verdict is the accuracy worker's last judgement of it (`correct`, `wrong`,
+`invalid`, `unlabeled`), as accuracy.json, `stagewatch show`, the Accuracy page and the failure
+browser count it: a judgement stands though the stage failed after giving its result, or a later
+execution of the sample failed (that failure is in the stage's failure rate). A sample never
+judged in the run has its last execution's outcome: `failed` or `crashed`, or `ok` (a failure
+followed by a retry that ended ok is `ok`).
 
 On a side of several runs (a pooled baseline), its verdict is the newest run's that holds it;
 where that is merely `ok` (a run without a golden set), the newest judgement of an older run.
@@ -28,10 +30,10 @@ T = TypeVar("T")
 def verdict_in_run(last_execution: str | None, judgement: str | None) -> str | None:
     """A sample's verdict in one run from the status of its last execution of the stage there
     (None: none recorded) and its last judgement there (None: not judged); None where neither."""
-    if last_execution in BAD_EXECUTION:
-        return last_execution
     if judgement is not None:
         return judgement
+    if last_execution in BAD_EXECUTION:
+        return last_execution
     return None if last_execution is None else "ok"
 
 
@@ -90,8 +92,7 @@ def side_verdicts(verdicts: Mapping[Key, str], runs: list[str]) -> dict[tuple[st
 
 def scored(verdicts: Mapping[Key, str]) -> dict[str, dict[tuple[str, str], bool]]:
     """Per stage: (run, sample) -> whether it was judged correct, for the samples a run judged
-    `correct`, `wrong` or `invalid` (its verdict there: one whose last execution failed is not
-    judged in that run, `unlabeled` is left out)."""
+    `correct`, `wrong` or `invalid` (`unlabeled` is left out): accuracy.json's counts."""
     found: dict[str, dict[tuple[str, str], bool]] = {}
     for (run, stage, sample), verdict in verdicts.items():
         if verdict in SCORED:

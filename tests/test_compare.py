@@ -862,6 +862,23 @@ def test_a_sample_judged_then_run_again_and_failed_keeps_its_judgement_in_its_fl
     assert [(f["sample_id"], f["from"], f["to"]) for f in document["flips"]] == [("s0005", "wrong", "correct")]
 
 
+def test_the_case_behind_a_pooled_side_s_verdict_is_found_however_old_its_run(daemon: DaemonProcess) -> None:
+    """A pool of 60 runs whose only judgement of the samples is in its oldest run (the 59 newer
+    ran them ok with no golden set): the side's verdict is that judgement, and `verdict_run` (what
+    the Compare page opens a flip's case by) finds that run; the page searched the newest 50."""
+    from stagewatch.daemon.compare._compare import verdict_run
+
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    runs = [judged_run(daemon, dataset, {3}, 8), *(unjudged_run(daemon) for _ in range(59))]
+    wait_for(lambda: runs[-1] in read_table(daemon.home, "runs")["run_id"].to_pylist() or None)
+    target = judged_run(daemon, dataset, set(), 8)
+    document = compared(daemon.home, target, "--baseline", "last:60")
+    assert [(f["sample_id"], f["from"], f["to"]) for f in document["flips"]] == [("s0003", "wrong", "correct")]
+    assert verdict_run(daemon.home, runs, "detection", "s0003") == runs[0]
+    assert verdict_run(daemon.home, runs[1:], "detection", "s0004") == runs[-1]  # no judgement: the newest ok
+    assert verdict_run(daemon.home, runs, "detection", "s9999") is None
+
+
 def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess) -> None:
     """A board that booted in 1970: its stage times (monotonic) compare as they are, but which
     runs came before it is read from start times on the pipelines' clocks: compare says so,

@@ -345,9 +345,8 @@ def judged_row(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str,
 
 def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bool = False) -> dict[str, Any] | None:
     """The judged sample (or the crashed execution) behind one case. `last_only`: the row behind
-    the sample's verdict in the run, as compare reads it (`verdict_row`): its last execution where
-    that did not end ok (a judged sample run again and failed is a failed sample), else its
-    judgement, else that execution (a failure followed by a retry that ended ok is an ok sample)."""
+    the sample's verdict in the run, as compare reads it (`verdict_row`): its judgement, else its
+    last execution (a failure followed by a retry that ended ok is an ok sample)."""
     expression = _case_where(run_id, stage, sample_id)
     judged = judged_row(home, run_id, stage, sample_id)
     if last_only:

@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, mcnemar_p, two_proportions_p
-from stagewatch.daemon.compare._verdicts import BAD_EXECUTION, Key, run_verdicts, scored, side_verdicts
+from stagewatch.daemon.compare._verdicts import BAD_EXECUTION, Key, run_verdicts, scored, side_verdict, side_verdicts
 from stagewatch.daemon.projection._outcomes import CRASHED, FAILED, FINISHED_WITH_FAILURES, OK
 from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
 from stagewatch.daemon.query._readmodels import (
@@ -402,17 +402,43 @@ def executions_of(home: Path, runs: list[str]) -> pa.Table:
     return _rows_of_runs(home, "stage_executions", EXECUTION_COLUMNS, runs)
 
 
+JUDGED_COLUMNS = ["run_id", "stage", "sample_id", "status", "time"]
+
+
 def judged_of(home: Path, runs: list[str]) -> pa.Table:
     """The judgements of the samples of `runs`, oldest first (each (run, stage, sample)'s last
     is its judgement there: `run_verdicts`)."""
-    return _rows_of_runs(home, "samples", ["run_id", "stage", "sample_id", "status", "time"], runs, "time, lsn")
+    return _rows_of_runs(home, "samples", JUDGED_COLUMNS, runs, "time, lsn")
 
 
-def _rows_of_runs(home: Path, table: str, columns: list[str], runs: list[str], order: str = "lsn") -> pa.Table:
+def _rows_of_runs(
+    home: Path,
+    table: str,
+    columns: list[str],
+    runs: list[str],
+    order: str = "lsn",
+    of_sample: tuple[str, str] | None = None,
+) -> pa.Table:
+    """The rows of `runs` (with `of_sample`, only those of that (stage, sample))."""
     names = ", ".join(f'"{c}"' for c in columns)
     dates = _dates(home, runs)
-    sql = f"SELECT {names} FROM rows WHERE list_contains(?::VARCHAR[], run_id) ORDER BY {order}"
-    return select(home, table, sql, [runs], None, dates)
+    terms, params = "list_contains(?::VARCHAR[], run_id)", [runs]
+    if of_sample is not None:
+        terms, params = f"{terms} AND stage = ? AND sample_id = ?", [*params, *of_sample]
+    return select(home, table, f"SELECT {names} FROM rows WHERE {terms} ORDER BY {order}", params, None, dates)
+
+
+def verdict_run(home: Path, runs: list[str], stage: str, sample: str) -> str | None:
+    """The run, of a side's `runs` (oldest first), whose verdict on the sample is the side's
+    (`side_verdict`), read from that sample's rows alone; None where no run holds it."""
+    of_sample = (stage, sample)
+    executions = _rows_of_runs(home, "stage_executions", EXECUTION_COLUMNS, runs, of_sample=of_sample)
+    judged = _rows_of_runs(home, "samples", JUDGED_COLUMNS, runs, "time, lsn", of_sample)
+    verdicts = run_verdicts(executions, judged)
+    age = {run: index for index, run in enumerate(runs)}
+    newest_first = sorted(((run, verdict) for (run, _, _), verdict in verdicts.items()), key=lambda r: -age[r[0]])
+    found = side_verdict(newest_first, lambda item: item[1])
+    return None if found is None else found[0]
 
 
 def _dates(home: Path, runs: list[str]) -> list[str] | None:

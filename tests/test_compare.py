@@ -768,8 +768,10 @@ def failing_judged_run(daemon: DaemonProcess, dataset: Path) -> str:
 def test_accuracy_says_a_fall_within_the_noise_and_counts_as_show_does(daemon: DaemonProcess) -> None:
     """100% -> 75% on 8 golden samples is no significant fall: the accuracy line says so, with p
     (it gave the figures alone). A sample whose stage failed before its result is judged on
-    neither side (not counted wrong), one that failed after it keeps its verdict: compare's
-    counts are accuracy.json's, as `stagewatch show` prints them; the failures are flips."""
+    neither side (not counted wrong) and is a flip to `failed`; one that failed after it keeps
+    its judgement, in the shares and in the flips alike (correct on both sides: no flip; its
+    failure is the stage's failure rate): compare's counts are accuracy.json's, as `stagewatch
+    show` prints them."""
     dataset = write_dataset(daemon.home.parent / "golden", 8)
     before = judged_run(daemon, dataset, set(), 8)
     after = judged_run(daemon, dataset, {1, 2}, 8)
@@ -784,13 +786,97 @@ def test_accuracy_says_a_fall_within_the_noise_and_counts_as_show_does(daemon: D
     (entry,) = document["accuracy"]
     assert entry["correct"]["b"] == counts["correct"] == 6
     assert entry["judged"]["b"] == counts["correct"] + counts["wrong"] + counts["invalid"] == 7
-    assert {(f["sample_id"], f["to"]) for f in document["flips"]} == {
-        ("s0001", "failed"),
-        ("s0002", "failed"),
-        ("s0005", "wrong"),
-    }
+    assert {(f["sample_id"], f["to"]) for f in document["flips"]} == {("s0001", "failed"), ("s0005", "wrong")}
+    assert document["stages"][0]["failure_rate"]["b"] == pytest.approx(2 / 8)  # s0001 and s0002
     show = sw("show", failing, "--home", str(daemon.home))
     assert re.search(r"detection\s+6\s+1\s+0\s+0\s", show.stdout), show.stdout
+
+
+def judged_then_failed_run(daemon: DaemonProcess, dataset: Path, wrong: set[int], rerun: set[int]) -> str:
+    """A judged run of the 8 golden samples (those in `wrong` judged wrong) that then runs the
+    samples in `rerun` again, each of those later executions failing before its result."""
+    import stagewatch
+
+    with stagewatch.init(pipeline="golden", home=daemon.home, dataset=dataset) as run:
+        for index in range(8):
+            with run.stage("detection", sample_id=f"s{index:04d}") as stage:
+                stage.result(f"s{index:04d}", detection_prediction(index, wrong))
+        for index in sorted(rerun):
+            with contextlib.suppress(RuntimeError), run.stage("detection", sample_id=f"s{index:04d}"):
+                raise RuntimeError("the second try failed")
+    assert run.flush(10)
+    rows_stored(daemon, run.id, "samples", 8)
+    return run.id
+
+
+def unjudged_run(daemon: DaemonProcess) -> str:
+    """A run of the golden pipeline's 8 samples with no golden set: each ran ok, none judged."""
+    import stagewatch
+
+    with stagewatch.init(pipeline="golden", home=daemon.home) as run:
+        for index in range(8):
+            with run.stage("detection", sample_id=f"s{index:04d}"):
+                pass
+    assert run.flush(10)
+    return run.id
+
+
+def test_a_sample_judged_then_run_again_and_failed_keeps_its_judgement_in_its_flip_and_its_accuracy(
+    daemon: DaemonProcess,
+) -> None:
+    """B judged s0003 correct (wrong in A) and s0005 wrong (correct in A), then ran both again
+    and those executions failed. Their verdicts in B are their judgements, in the flips as in the
+    accuracy (the flips said `failed` while the shares counted the judgements): flips wrong ->
+    correct and correct -> wrong, B 7/8 as accuracy.json counts it, McNemar one worse and one
+    better of 8 paired; the two failures are the stage's failure rate. A pooled baseline reads
+    each run's verdicts the same way."""
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    before = judged_run(daemon, dataset, {3}, 8)
+    after = judged_then_failed_run(daemon, dataset, {5}, {3, 5})
+    document = compared(daemon.home, before, after)
+    assert {(f["sample_id"], f["from"], f["to"]) for f in document["flips"]} == {
+        ("s0003", "wrong", "correct"),
+        ("s0005", "correct", "wrong"),
+    }
+    (entry,) = document["accuracy"]
+    accuracy = wait_for(lambda: (found := load_accuracy(daemon.home, after)) and found["stages"].get("detection"))
+    counts = accuracy["counts"]
+    assert entry["judged"] == {"a": 8, "b": 8} and entry["correct"] == {"a": 7, "b": 7} and counts["correct"] == 7
+    assert entry["test"] == "McNemar" and (entry["worse"], entry["better"], entry["paired"]) == (1, 1, 8)
+    (stage,) = document["stages"]
+    assert stage["executions"] == {"a": 8, "b": 10} and stage["failure_rate"]["b"] == pytest.approx(2 / 10)
+    text = stagewatch_cli(daemon.home, before, after).stdout
+    assert "  detection: 87.5% -> 87.5% (7/8 -> 7/8)" in text, text
+
+    unjudged_run(daemon)
+    target = judged_run(daemon, dataset, set(), 8)
+    document = compared(daemon.home, target, "--baseline", "last:2")  # B, then the unjudged run
+    (entry,) = document["accuracy"]
+    assert entry["judged"] == {"a": 8, "b": 8} and entry["correct"] == {"a": 7, "b": 8}
+    # The unjudged run ran every sample ok: the side's verdicts are B's judgements.
+    assert [(f["sample_id"], f["from"], f["to"]) for f in document["flips"]] == [("s0005", "wrong", "correct")]
+    document = compared(daemon.home, target, "--baseline", "last:3")  # A, B, the unjudged run
+    (entry,) = document["accuracy"]
+    assert entry["judged"] == {"a": 16, "b": 8} and entry["correct"] == {"a": 14, "b": 8}
+    assert entry["p_value"] == pytest.approx(two_proportions_p(7, 8, 8, 8), rel=1e-9)  # each sample once
+    assert [(f["sample_id"], f["from"], f["to"]) for f in document["flips"]] == [("s0005", "wrong", "correct")]
+
+
+def test_the_case_behind_a_pooled_side_s_verdict_is_found_however_old_its_run(daemon: DaemonProcess) -> None:
+    """A pool of 60 runs whose only judgement of the samples is in its oldest run (the 59 newer
+    ran them ok with no golden set): the side's verdict is that judgement, and `verdict_run` (what
+    the Compare page opens a flip's case by) finds that run; the page searched the newest 50."""
+    from stagewatch.daemon.compare._compare import verdict_run
+
+    dataset = write_dataset(daemon.home.parent / "golden", 8)
+    runs = [judged_run(daemon, dataset, {3}, 8), *(unjudged_run(daemon) for _ in range(59))]
+    wait_for(lambda: runs[-1] in read_table(daemon.home, "runs")["run_id"].to_pylist() or None)
+    target = judged_run(daemon, dataset, set(), 8)
+    document = compared(daemon.home, target, "--baseline", "last:60")
+    assert [(f["sample_id"], f["from"], f["to"]) for f in document["flips"]] == [("s0003", "wrong", "correct")]
+    assert verdict_run(daemon.home, runs, "detection", "s0003") == runs[0]
+    assert verdict_run(daemon.home, runs[1:], "detection", "s0004") == runs[-1]  # no judgement: the newest ok
+    assert verdict_run(daemon.home, runs, "detection", "s9999") is None
 
 
 def test_compare_says_when_a_run_s_pipeline_clock_was_off(daemon: DaemonProcess) -> None:

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from stagewatch.daemon.base._layout import DaemonHome
-from stagewatch.daemon.compare._compare import BAD_EXECUTION
+from stagewatch.daemon.compare._verdicts import verdict_row
 from stagewatch.daemon.groundtruth.diff import (
     CLASS_COLOURS,
     MISMATCH_COLOURS,
@@ -344,16 +344,14 @@ def judged_row(home: Path, run_id: str, stage: str, sample_id: str) -> dict[str,
 
 
 def case_rows(home: Path, run_id: str, stage: str, sample_id: str, last_only: bool = False) -> dict[str, Any] | None:
-    """The judged sample (or the crashed execution) behind one case. `last_only`: as compare's
-    verdicts read a sample run twice, its last execution where that did not end ok (a judged
-    sample run again and failed is a failed sample), else its judgement, else that execution
-    (a failure followed by a retry that ended ok is an ok sample)."""
+    """The judged sample (or the crashed execution) behind one case. `last_only`: the row behind
+    the sample's verdict in the run, as compare reads it (`verdict_row`): its judgement, else its
+    last execution (a failure followed by a retry that ended ok is an ok sample)."""
     expression = _case_where(run_id, stage, sample_id)
     judged = judged_row(home, run_id, stage, sample_id)
     if last_only:
         executions = read_table(home, "stage_executions", expression).sort_by("start_time").to_pylist()
-        last = executions[-1] if executions else None
-        return last if judged is None or (last is not None and last["status"] in BAD_EXECUTION) else judged
+        return verdict_row(executions[-1] if executions else None, judged)
     if judged is not None:
         return judged
     crashed = read_table(home, "stage_executions", expression & (ds.field("status") != "ok")).to_pylist()

@@ -20,8 +20,11 @@ A stage `regressed` when something got worse that way, or when it ran in the bas
 newest run) and not at all in the run compared (a stage that vanished). A stage of one side
 only is listed with its figures (`only_in`), never dropped. The flip list holds the samples
 whose verdict changed: judged ones (`samples`: correct, wrong, invalid), and executions that
-failed or crashed where the baseline's did not (new failures); over rows a damaged data file
-left out it is not given (`flips_not_judged`: a sample whose row is missing would look changed).
+failed or crashed where the baseline's did not (new failures). A sample's verdict in a run is
+its judgement there, else its last execution's outcome, for the flips and the accuracy alike
+(`_verdicts`). Over rows a damaged
+data file left out it is not given (`flips_not_judged`: a sample whose row is missing would
+look changed).
 All reads go through the query layer.
 
 What the figures cannot say is said in `warnings`: a side whose run has not ended (its figures
@@ -48,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stagewatch.daemon.compare._stattests import bootstrap_interval, mann_whitney_p, mcnemar_p, two_proportions_p
+from stagewatch.daemon.compare._verdicts import BAD_EXECUTION, Key, run_verdicts, scored, side_verdict, side_verdicts
 from stagewatch.daemon.projection._outcomes import CRASHED, FAILED, FINISHED_WITH_FAILURES, OK
 from stagewatch.daemon.query._query import _RELATIVE, _SECONDS, run_dates_in
 from stagewatch.daemon.query._readmodels import (
@@ -90,7 +94,6 @@ EXECUTION_COLUMNS = [
     "rss_peak_mb",
     "gpu_peak_mb",
 ]
-BAD_EXECUTION = ("failed", "crashed")
 
 
 class CompareError(ValueError):
@@ -399,16 +402,43 @@ def executions_of(home: Path, runs: list[str]) -> pa.Table:
     return _rows_of_runs(home, "stage_executions", EXECUTION_COLUMNS, runs)
 
 
+JUDGED_COLUMNS = ["run_id", "stage", "sample_id", "status", "time"]
+
+
 def judged_of(home: Path, runs: list[str]) -> pa.Table:
-    """The judged samples of `runs`: each (run, stage, sample)'s last verdict."""
-    return _rows_of_runs(home, "samples", ["run_id", "stage", "sample_id", "status", "time"], runs, "time, lsn")
+    """The judgements of the samples of `runs`, oldest first (each (run, stage, sample)'s last
+    is its judgement there: `run_verdicts`)."""
+    return _rows_of_runs(home, "samples", JUDGED_COLUMNS, runs, "time, lsn")
 
 
-def _rows_of_runs(home: Path, table: str, columns: list[str], runs: list[str], order: str = "lsn") -> pa.Table:
+def _rows_of_runs(
+    home: Path,
+    table: str,
+    columns: list[str],
+    runs: list[str],
+    order: str = "lsn",
+    of_sample: tuple[str, str] | None = None,
+) -> pa.Table:
+    """The rows of `runs` (with `of_sample`, only those of that (stage, sample))."""
     names = ", ".join(f'"{c}"' for c in columns)
     dates = _dates(home, runs)
-    sql = f"SELECT {names} FROM rows WHERE list_contains(?::VARCHAR[], run_id) ORDER BY {order}"
-    return select(home, table, sql, [runs], None, dates)
+    terms, params = "list_contains(?::VARCHAR[], run_id)", [runs]
+    if of_sample is not None:
+        terms, params = f"{terms} AND stage = ? AND sample_id = ?", [*params, *of_sample]
+    return select(home, table, f"SELECT {names} FROM rows WHERE {terms} ORDER BY {order}", params, None, dates)
+
+
+def verdict_run(home: Path, runs: list[str], stage: str, sample: str) -> str | None:
+    """The run, of a side's `runs` (oldest first), whose verdict on the sample is the side's
+    (`side_verdict`), read from that sample's rows alone; None where no run holds it."""
+    of_sample = (stage, sample)
+    executions = _rows_of_runs(home, "stage_executions", EXECUTION_COLUMNS, runs, of_sample=of_sample)
+    judged = _rows_of_runs(home, "samples", JUDGED_COLUMNS, runs, "time, lsn", of_sample)
+    verdicts = run_verdicts(executions, judged)
+    age = {run: index for index, run in enumerate(runs)}
+    newest_first = sorted(((run, verdict) for (run, _, _), verdict in verdicts.items()), key=lambda r: -age[r[0]])
+    found = side_verdict(newest_first, lambda item: item[1])
+    return None if found is None else found[0]
 
 
 def _dates(home: Path, runs: list[str]) -> list[str] | None:
@@ -613,24 +643,6 @@ def _reason(name: str, measure: dict[str, Any]) -> str:
 # -- flips, accuracy, config and environment --------------------------------------------------------
 
 
-def verdicts(executions: pa.Table, judged: pa.Table) -> dict[tuple[str, str], str]:
-    """(stage, sample) -> its verdict on one side: the judgement (correct, wrong, invalid,
-    unlabeled) where the sample was judged, else `failed`/`crashed` where its execution was
-    not ok, else `ok`. On a pooled side, the newest run's word counts."""
-    found: dict[tuple[str, str], str] = {}
-    rows = executions.filter(executions["sample_id"].is_valid()).sort_by("start_time")
-    for stage, sample, status in zip(
-        rows["stage"].to_pylist(), rows["sample_id"].to_pylist(), rows["status"].to_pylist(), strict=True
-    ):
-        found[(stage, sample)] = status if status in BAD_EXECUTION else "ok"
-    for stage, sample, status in zip(
-        judged["stage"].to_pylist(), judged["sample_id"].to_pylist(), judged["status"].to_pylist(), strict=True
-    ):
-        if found.get((stage, sample)) not in BAD_EXECUTION:
-            found[(stage, sample)] = status
-    return found
-
-
 def flips(before: dict[tuple[str, str], str], after: dict[tuple[str, str], str]) -> list[dict[str, str]]:
     """The samples both sides hold whose verdict changed, worst news first (correct -> wrong,
     new failures, then the rest)."""
@@ -650,13 +662,15 @@ def _is_worse(flip: dict[str, str]) -> bool:
 
 
 def accuracy_figures(
-    before: pa.Table, after: pa.Table, a_runs: list[str], b_runs: list[str], home: Path, options: Options
+    before: dict[Key, str], after: dict[Key, str], a_runs: list[str], b_runs: list[str], home: Path, options: Options
 ) -> list:
-    """Per stage with judged samples: the share judged correct on each side (correct / judged,
-    `unlabeled` left out), its change and whether it `fell` (`accuracy_fell`); where each side is
-    one run, the stage's metrics (`STAGE_METRICS`: mAP, precision, recall, mIoU ...) and per class
-    those accuracy.json holds (a mask's IoU, a detector's AP, AP50, precision and recall)."""
-    a, b = _accuracy_by_stage(before), _accuracy_by_stage(after)
+    """Per stage with judged samples, from each side's verdicts per run (`run_verdicts`): the
+    share judged correct on each side (correct / judged, `unlabeled` left out: accuracy.json's
+    counts), its change and whether it `fell`
+    (`accuracy_fell`); where each side is one run, the stage's metrics (`STAGE_METRICS`: mAP,
+    precision, recall, mIoU ...) and per class those accuracy.json holds (a mask's IoU, a
+    detector's AP, AP50, precision and recall)."""
+    a, b = scored(before), scored(after)
     one_run_each = len(a_runs) == 1 and len(b_runs) == 1
     per_class, metrics = {}, {}
     if one_run_each:
@@ -699,11 +713,11 @@ def _accuracy_test(
     judged samples in common, the exact McNemar test of those samples whose verdict changed
     (`worse`: correct -> not, `better`: the other way; `paired`: the samples both judged — a
     sample one run did not judge, its stage crashed before its result say, says nothing of a
-    change and its failure is the stage's failure rate); else (a pooled side, another golden set)
-    the pooled two-proportion z-test of the two shares, each sample counted once (a sample judged
-    in each of a pooled side's runs is one sample's evidence, not as many samples: its share of
-    correct verdicts). {test, p_value[, worse, better, paired]}; p_value None when a side judged
-    nothing."""
+    change and its failure is the stage's failure
+    rate); else (a pooled side, another golden set) the pooled two-proportion z-test of the two
+    shares, each sample counted once (a sample judged in each of a pooled side's runs is one
+    sample's evidence, not as many samples: its share of correct verdicts).
+    {test, p_value[, worse, better, paired]}; p_value None when a side judged nothing."""
     if not a or not b:
         return {"test": None, "p_value": None}
     paired_a, paired_b = ({sample: v for (_, sample), v in side.items()} for side in (a, b))
@@ -778,19 +792,6 @@ def accuracy_gate_text(drop: float | None, confidence: float) -> str:
         "z-test) is a regression (--accuracy-drop sets the points; "
         "--accuracy-drop off: never)"
     )
-
-
-def _accuracy_by_stage(judged: pa.Table) -> dict[str, dict[tuple[str, str], bool]]:
-    """Per stage: (run, sample) -> whether it was judged correct (its last judgement in the run),
-    `unlabeled` left out."""
-    found: dict[str, dict[tuple[str, str], bool]] = {}
-    columns = (judged[name].to_pylist() for name in ("run_id", "stage", "sample_id", "status"))
-    for run, stage, sample, status in zip(*columns, strict=True):
-        if status == "unlabeled":
-            found.get(stage, {}).pop((run, sample), None)
-        else:
-            found.setdefault(stage, {})[(run, sample)] = status == "correct"
-    return {stage: verdicts for stage, verdicts in found.items() if verdicts}
 
 
 # A stage's metrics as accuracy.json holds them (a path into its `metrics`), by the name compare gives them.
@@ -962,8 +963,9 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
     options = options or Options()
     with skipped_files() as skipped:
         before, after = executions_of(home, a.runs), executions_of(home, b.runs)
-        judged_a, judged_b = judged_of(home, a.runs), judged_of(home, b.runs)
-        accuracy = accuracy_figures(judged_a, judged_b, a.runs, b.runs, home, options)
+        # each sample's verdict in each run: what the flips and the accuracy both read
+        in_a, in_b = run_verdicts(before, judged_of(home, a.runs)), run_verdicts(after, judged_of(home, b.runs))
+        accuracy = accuracy_figures(in_a, in_b, a.runs, b.runs, home, options)
         noise, noise_runs = run_noise(home, b, len(a.runs), options.confidence)
     skipped = list(dict.fromkeys([*a.skipped, *b.skipped, *skipped]))
     stages = stage_figures(before, after, options, noise)
@@ -986,7 +988,7 @@ def compare(home: Path, a: Side, b: Side, options: Options | None = None) -> dic
         "accuracy_drop": options.accuracy_drop,
         "run_noise": {"runs": noise_runs, "needed": MIN_NOISE_RUNS, "known": bool(noise)},
         "stages": stages,
-        "flips": flips(verdicts(before, judged_a), verdicts(after, judged_b)),
+        "flips": flips(side_verdicts(in_a, a.runs), side_verdicts(in_b, b.runs)),
         "flips_not_judged": None,
         "accuracy": accuracy,
         **settings,  # config, environment: the keys that differ (None: not known, said in warnings)

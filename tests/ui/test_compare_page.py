@@ -499,11 +499,11 @@ def test_a_sample_retried_ok_in_b_opens_as_ok_not_as_its_first_failure(daemon: D
         ui.stop()
 
 
-def test_a_sample_judged_then_failed_in_b_opens_as_its_failure(daemon: DaemonProcess, page) -> None:
-    """A judged detection on s0001 correct; B judged it correct too, then ran it again and that
-    execution failed. The flip says "correct → failed" (B's last execution failed, as compare's
-    verdicts read it), and B's side draws that failure: it drew B's earlier judged case (a
-    correct sample) against the flip's word."""
+def test_a_sample_judged_then_failed_in_b_opens_as_its_judgement(daemon: DaemonProcess, page) -> None:
+    """A judged detection on s0001 correct; B judged it wrong, then ran it again and that
+    execution failed. A judgement stands though a later execution failed (as accuracy.json and
+    the failure browser count it): the flip says "correct → wrong" and B's side draws the judged
+    wrong case, not the later failure (the failure is in the stage's failure rate)."""
     import contextlib
 
     from tests.test_compare import detection_prediction
@@ -513,7 +513,7 @@ def test_a_sample_judged_then_failed_in_b_opens_as_its_failure(daemon: DaemonPro
     for retried in (False, True):
         with stagewatch.init(pipeline="judged-then-failed", home=daemon.home, dataset=dataset) as run:
             with run.stage("detection", sample_id="s0001") as stage:
-                stage.result("s0001", detection_prediction(1, set()))
+                stage.result("s0001", detection_prediction(1, {1} if retried else set()))
             if retried:
                 with contextlib.suppress(RuntimeError), run.stage("detection", sample_id="s0001"):
                     raise RuntimeError("the second try failed (B)")
@@ -524,8 +524,10 @@ def test_a_sample_judged_then_failed_in_b_opens_as_its_failure(daemon: DaemonPro
     ui = Ui(daemon.home)
     try:
         page.goto(f"{ui.url}?page=compare&a={runs[0]}&b={runs[1]}&flip=detection%2Fs0001")
-        wait_for(lambda: shown(page, "correct → failed"), 60)  # the flip: B's last execution failed
-        wait_for(lambda: shown(page, "the second try failed (B)"), 60)
+        wait_for(lambda: shown(page, "correct → wrong"), 60)  # the flip: B's judgement
+        b_side = page.locator(".sw-compare-side").last.locator("h3")  # the case's heading
+        wait_for(lambda: "detection on s0001: wrong" in b_side.all_inner_texts(), 60)
+        assert not shown(page, "the second try failed (B)")
     finally:
         ui.stop()
 
@@ -556,5 +558,52 @@ def test_a_pooled_side_draws_the_judgement_its_flip_reads(daemon: DaemonProcess,
         a_side = page.locator(".sw-compare-side").first.locator("h3")  # the case's heading
         wait_for(lambda: "detection on s0001: wrong" in a_side.all_inner_texts(), 60)
         assert not shown(page, re.compile("not judged"))
+    finally:
+        ui.stop()
+
+
+def test_a_pooled_side_whose_older_judgement_was_run_again_and_failed_draws_that_judgement(
+    daemon: DaemonProcess, page
+) -> None:
+    """A is the last 2 runs: the older judged s0001 wrong and then ran it again, and that
+    execution failed; the newer ran it ok with no golden set. B judged it correct. A judgement
+    stands though a later execution failed (as accuracy.json counts it): A's verdict is the older
+    run's `wrong`, the flip "wrong → correct", A's side draws that judged case (not the failure,
+    not the newer run's unjudged one), and the page's accuracy is compare's (75.0% → 100.0%)."""
+    import contextlib
+
+    from tests.test_compare import compared, detection_prediction
+
+    dataset = write_dataset(daemon.home.parent / "golden", 4)
+    runs = []
+    for golden, samples, wrong, rerun in (
+        (dataset, range(4), {1}, True),
+        (None, [1], set(), False),
+        (dataset, range(4), set(), False),
+    ):
+        with stagewatch.init(pipeline="pooled-failed", home=daemon.home, dataset=golden) as run:
+            for index in samples:
+                with run.stage("detection", sample_id=f"s{index:04d}") as stage:
+                    stage.result(f"s{index:04d}", detection_prediction(index, wrong))
+            if rerun:
+                with contextlib.suppress(RuntimeError), run.stage("detection", sample_id="s0001"):
+                    raise RuntimeError("the second try failed (A)")
+        assert run.flush(10)
+        daemon.audit(run.id)
+        runs.append(run.id)
+    wait_for(lambda: {runs[0], runs[2]} <= set(read_table(daemon.home, "samples")["run_id"].to_pylist()), 30)
+    document = compared(daemon.home, runs[2], "--baseline", "last:2")
+    (accuracy,) = document["accuracy"]
+    assert (accuracy["a"], accuracy["b"]) == (0.75, 1.0) and accuracy["judged"] == {"a": 4, "b": 4}
+    assert [(f["sample_id"], f["from"], f["to"]) for f in document["flips"]] == [("s0001", "wrong", "correct")]
+    ui = Ui(daemon.home)
+    try:
+        page.goto(f"{ui.url}?page=compare&a=last:2&b={runs[2]}&flip=detection%2Fs0001")
+        wait_for(lambda: shown(page, "wrong → correct"), 60)
+        a_side = page.locator(".sw-compare-side").first.locator("h3")  # the case's heading
+        wait_for(lambda: "detection on s0001: wrong" in a_side.all_inner_texts(), 60)
+        assert not shown(page, re.compile("not judged")) and not shown(page, "the second try failed")
+        table = page.locator(".sw-compare-accuracy")
+        wait_for(lambda: "75.0% → 100.0%" in " ".join(table.all_inner_texts()), 30)  # as compare counts
     finally:
         ui.stop()

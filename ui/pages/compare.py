@@ -31,6 +31,7 @@ from stagewatch.daemon.compare._compare import (
     run_noise_text,
     run_side,
     share_from_text,
+    verdict_run,
 )
 from stagewatch.daemon.projection._outcomes import label
 from stagewatch.daemon.query._sql import QueryError
@@ -40,7 +41,6 @@ from stagewatch.ui.pages.case import case_sections
 
 THRESHOLDS = {"5%": "0.05", "2%": "0.02", "10%": "0.1", "20%": "0.2"}
 MAX_FLIPS_SHOWN = 200
-MAX_RUNS_SEARCHED = 50  # a pooled baseline's runs searched (newest first) for a flip's case
 HALF = {"flex": "1 1 0", "min-width": "0"}  # a column of the side by side: half the row, never wider
 # What a link's values (a run id, a baseline, a stage, a sample) and the names a pipeline gave
 # (a stage, a sample, a pipeline, an error) are shown in: one long word wraps within its box, and a
@@ -194,16 +194,13 @@ def threshold_options(given: tuple[str, float] | None) -> dict[str, str]:
 
 
 def _newest_case(home: Path, side: Side, stage: str, sample: str) -> tuple[str, dict[str, Any]] | None:
-    """The run and row behind the side's verdict on the sample, as compare's verdicts read it: the
-    newest run that holds it, its judgement or else its last execution; where that execution
-    ended ok and was not judged (a pooled side), the newest judgement of an older run, else that
-    execution (no case to draw)."""
-    runs = list(reversed(side.runs[-MAX_RUNS_SEARCHED:]))
-    newest = next(((r, c) for r in runs if (c := _failures.case_rows(home, r, stage, sample, last_only=True))), None)
-    if newest is None or newest[1]["status"] != "ok":
-        return newest
-    judged = ((r, _failures.judged_row(home, r, stage, sample)) for r in runs[runs.index(newest[0]) + 1 :])
-    return next(((r, c) for r, c in judged if c is not None), newest)
+    """The run and row behind the side's verdict on the sample, as compare reads it
+    (`verdict_run`, then that run's `case_rows` by the same rule): its judgement, else its last
+    execution (one that ended ok and was not judged: no case to draw); None where no run of the
+    side holds it."""
+    run = verdict_run(home, side.runs, stage, sample)
+    found = None if run is None else _failures.case_rows(home, run, stage, sample, last_only=True)
+    return None if run is None or found is None else (run, found)
 
 
 def sections(document: dict[str, Any], link_of: Any) -> list[Any]:

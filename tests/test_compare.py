@@ -200,7 +200,8 @@ def test_the_gate_exits_1_with_the_reason_and_2_for_what_names_nothing(daemon: D
     assert compared(daemon.home, slower)["a"]["runs"] == [first]
     for args, message in (
         (["ffffffff", slower], "no run with id 'ffffffff'"),
-        ([first, "--baseline", "last:3"], "holds no finished run"),
+        ([first, "--baseline", "last:3"], "holds no finished run; give a second run"),
+        ([first], f"no finished run of timed before run {first[:8]} to compare it with"),  # the default, said
         ([slower, "--baseline", "last:0"], "between 1 and"),
         ([slower, "--baseline=last:-1"], "between 1 and"),  # not "no run with id 'last:-1'"
         ([slower, "--baseline", "last:abc"], "between 1 and"),

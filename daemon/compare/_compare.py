@@ -361,7 +361,8 @@ def baseline_side(home: Path, spec: str, target: Side, now: datetime | None = No
     if not rows:
         skew = run_clock_skew(home, target.runs[-1])
         raise CompareError(
-            f"the baseline {spec!r} holds no finished run of {target.pipeline} before the target run"
+            f"no finished run of {target.pipeline} before run {target.runs[-1][:8]} to compare it with: the "
+            f"baseline {spec!r} ({label}) holds no finished run; give a second run, or another --baseline"
             + (f" ({skew['message']}; the runs before it are found by start time: give a baseline run)" if skew else "")
         )
     return Side(

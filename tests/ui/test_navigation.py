@@ -390,7 +390,8 @@ def test_each_navigation_builds_its_page_once(served, in_process, page) -> None:
     page.go_forward()
     page.wait_for_selector(drawn["runs"])
     page.evaluate("href => window.stagewatch.navigate(href)", f"?page=compare&b={run_id}")
-    wait_for(lambda: shown(page, "holds no finished run"), 30)  # the demo's run is the first of its pipeline
+    # the demo's run is the first of its pipeline
+    wait_for(lambda: shown(page, "holds no finished run; give a second run"), 30)
     _in_sidebar(page, "live").click()  # behind this last one, any second build of those before has come
     page.wait_for_selector(drawn["live"])
     assert router.builds == 1 + 3 + 2 + 1 + 1 and _same_document(page)

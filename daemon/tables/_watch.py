@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stagewatch.daemon.base._derived import STATUS, peek
+from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, STATUS, peek
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.tables._store import TABLES
 from stagewatch.daemon.tables._tables import DamagedTable, TableGone, deleted, has_log, table_path
@@ -67,6 +67,8 @@ def gone_tables(home: Path | DaemonHome, status: dict[str, Any] | None = None) -
     status = (peek(STATUS, layout) or {}) if status is None else status
     held, rebuilding = status.get("tables"), status.get("rebuilding") or {}
     being_rebuilt = rebuilding.get("tables") if isinstance(rebuilding.get("tables"), list) else []
+    if not status:  # status.json deleted or damaged too: the checkpoint says which tables hold rows
+        held = _held_by_checkpoint(layout)
     if not isinstance(held, list):  # a status.json of a version before the list, or none yet
         return []
     return [
@@ -74,6 +76,15 @@ def gone_tables(home: Path | DaemonHome, status: dict[str, Any] | None = None) -
         for table in TABLES
         if table in held and table not in being_rebuilt and not has_log(table_path(layout, table))
     ]
+
+
+def _held_by_checkpoint(layout: DaemonHome) -> list[str] | None:
+    """The tables the daemon's checkpoint says it committed rows to (read only where status.json
+    is missing or damaged: a checkpoint holds every running run, and is no small read)."""
+    committed = (peek(DAEMON_CHECKPOINT, layout) or {}).get("tables")
+    if not isinstance(committed, dict):
+        return None
+    return [table for table, lsn in committed.items() if isinstance(lsn, int) and lsn >= 0]
 
 
 def _gone(layout: DaemonHome, table: str) -> str:

@@ -142,12 +142,16 @@ def test_the_daemon_sets_a_table_with_a_damaged_log_aside_and_rebuilds_it(home: 
     assert not tables["ok"] and aside.name in tables["detail"]  # until someone looks and deletes it
 
 
-@pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log"])
+@pytest.mark.parametrize("removed", ["runs", "stage_executions/_delta_log", "runs+status"])
 def test_a_table_removed_by_hand_is_rebuilt_on_the_next_start(home: Path, removed: str) -> None:
     """A table (or its log) deleted while the daemon was stopped: it holds fewer rows than the
     checkpoint counted, so the daemon replays the event log from its start and every run is back.
-    Until then a reader reads the table empty: the CLI and doctor say it is gone, not "no runs"."""
+    Until then a reader reads the table empty: the CLI and doctor say it is gone, not "no runs";
+    with status.json deleted too (which lists the tables held), from the checkpoint's count."""
     before = _history(home)
+    removed, _, and_status = removed.partition("+")
+    if and_status:
+        DaemonHome(home).status.unlink()
     shutil.rmtree(DaemonHome(home).metrics / removed)
     table = removed.split("/")[0]
     listed = _cli(home, "runs")

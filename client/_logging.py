@@ -48,7 +48,7 @@ def forward(
             run.id,
             at,
             level=level[:16],
-            message=message[:MAX_MESSAGE_CHARS],
+            message=protocol.bounded_text(message, MAX_MESSAGE_CHARS),  # says how long it was; packable
             stage=where[0] if where else None,
             sample_id=where[1] if where else None,
             logger=(logger_name or "")[:256] or None,

@@ -89,3 +89,22 @@ def test_a_record_about_a_stage_s_failure_logged_outside_it_carries_that_stage_a
         ("wrapped", "decode", "frame_047"),
         ("a later error of no stage", None, None),
     ]
+
+
+def test_a_message_too_long_or_not_utf8_is_kept_cut_with_a_mark(daemon: DaemonProcess) -> None:
+    """A 5,000,000-character message was stored cut to its first 60,000 characters with nothing to
+    say so (a sample id or path says how long it was); a lone surrogate (a path decoded with
+    `os.fsdecode`) cannot be packed: the record was lost."""
+    from stagewatch._logging import MAX_MESSAGE_CHARS
+
+    sink_id = logger.add(stagewatch.loguru_sink, level="INFO")
+    try:
+        run = stagewatch.init(pipeline="long-logs", home=daemon.home)
+        logger.info("x" * 5_000_000)
+        logger.info("no such file: /data/fr\udce9me.png")
+        run.finish()
+    finally:
+        logger.remove(sink_id)
+    long, odd = (row["message"] for row in wait_for(lambda: _logged(daemon.home, run.id, 2)))
+    assert len(long) == MAX_MESSAGE_CHARS and long.endswith("…[5,000,000 chars]") and long.startswith("x" * 1000)
+    assert odd == "no such file: /data/fr\\udce9me.png"

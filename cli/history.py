@@ -386,6 +386,17 @@ def _outside_stages_line(row: dict[str, Any] | None, splits: list[dict[str, Any]
     return line
 
 
+def _or_not_read(call: Any, *args: Any) -> Any:
+    """`call(*args)`, or the words said in its place when a table it reads cannot be read."""
+    from stagewatch.daemon.query._readmodels import table_not_read
+    from stagewatch.daemon.tables._tables import DamagedTable
+
+    try:
+        return call(*args)
+    except DamagedTable as error:
+        return f"not shown: {table_not_read(error)}"
+
+
 def _outside_stages_or_damage(home: Path, filters: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | str:
     """`outside_stages`, or the line said in place of its row when the runs table it reads
     cannot be read (the run's stages, errors and executions are shown still)."""
@@ -432,21 +443,27 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     for problem in audit.get("problems", []):
         print(f"INCOMPLETE: {problem}")
     limit = args.limit or SHOW_ROWS
-    stages, outside, failed, (page, total) = concurrently(  # independent reads, overlapping
-        (run_stages, home, run_id),
+    stages, outside, failed, executions = concurrently(  # independent reads, overlapping
+        (_or_not_read, run_stages, home, run_id),
         (_outside_stages_or_damage, home, Filters(run=run_id)),
         (stages_with, home, run_id, FAILED, SHOW_ERRORS),
-        (executions_page, home, run_id, args.order, (args.page - 1) * limit, limit),
+        (_or_not_read, executions_page, home, run_id, args.order, (args.page - 1) * limit, limit),
     )
-    gpu = (
-        query_gpu_devices(home, Filters(run=run_id)) if any(s["gpu_peak_mb"]["max"] is not None for s in stages) else {}
-    )
-    print(stats_table(stages, gpu, audit.get("host")))
+    if isinstance(stages, str):  # the trail is whole: the rest is shown still
+        print(f"  per-stage figures {stages}")
+    else:
+        readings = any(s["gpu_peak_mb"]["max"] is not None for s in stages)
+        gpu = query_gpu_devices(home, Filters(run=run_id)) if readings else {}
+        print(stats_table(stages, gpu, audit.get("host")))
     print(outside if isinstance(outside, str) else _outside_stages_line(*outside))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
     _print_errors(audit, failed)
-    print(executions_table(to_rows(page), (args.page - 1) * limit, total, args.order))
+    if isinstance(executions, str):
+        print(f"\nexecutions {executions} (`show --json` pages them from the trail)")
+    else:
+        page, total = executions
+        print(executions_table(to_rows(page), (args.page - 1) * limit, total, args.order))
     counts = audit.get("counts") or {}
     print(f"\n{counts.get('artifacts', 0)} saved outputs under {DaemonHome.of(home).stage_outputs(run_id)}/")
     print("--json prints the trail (a page of its stages; --json --all every one)")

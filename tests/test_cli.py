@@ -229,3 +229,18 @@ def test_show_prints_no_input_or_sample_a_failed_stage_did_not_have(daemon: Daem
     assert "None" not in shown, shown
     assert "calibrate failed at " in shown and "ValueError: no intrinsics" in shown
     assert "decode failed on s1 at " in shown and "  input: /data/s1.png" in shown
+
+
+def test_show_of_a_run_whose_stage_table_cannot_be_read_shows_its_trail_still(home: Path) -> None:
+    """The stage_executions table's newest commit cut short: `show` printed the run's head and
+    then gave up (exit 2), though the run's trail (audit.json, stages.jsonl) was whole."""
+    from tests.daemon.test_delta_log import _history, _last_commit
+
+    _history(home)
+    commit = _last_commit(home, "stage_executions")
+    commit.write_bytes(commit.read_bytes()[:40])
+    run = json.loads(sw("runs", "--json", "--home", str(home)).stdout)[0]
+    shown = sw("show", run["run_id"], "--home", str(home))
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    assert "per-stage figures not shown: the stage_executions table cannot be read" in shown.stdout, shown.stdout
+    assert "executions not shown" in shown.stdout and "saved outputs under" in shown.stdout

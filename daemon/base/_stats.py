@@ -23,6 +23,7 @@ class DaemonStats:
     spool_events: int = 0
     clients_lost: int = 0
     write_errors: int = 0
+    last_write_error: dict[str, Any] | None = None  # {"message", "at"}: what doctor names
     internal_errors: int = 0
     replayed: int = 0
     replay_duplicates: int = 0  # records the log held twice (a copied segment): skipped
@@ -45,6 +46,7 @@ class WriteErrors:
 
     def __call__(self, message: str, error: OSError) -> None:
         self.stats.write_errors += 1
+        self.stats.last_write_error = {"message": message.format(error)[:1000], "at": time.time()}
         now = time.monotonic()
         if now >= self._next_log.get(message, 0.0):
             self._next_log[message] = now + WRITE_ERROR_LOG_INTERVAL_S

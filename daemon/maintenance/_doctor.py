@@ -218,6 +218,25 @@ def _missing_socket(home: Path, status: dict[str, Any]) -> Path | None:
     return path if path is not None and not path.is_socket() else None
 
 
+def _writes_check(stats: dict[str, Any], queued: int) -> dict[str, Any]:
+    """Refused writes: a problem while writes wait for the disk (the daemon retries them); once
+    each was retried and written, said as past. The last refusal named, with when."""
+    refused = stats.get("write_errors") or 0
+    if not refused:
+        return _check("writes", True, "no refused writes")
+    last = stats.get("last_write_error") or {}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"])) if isinstance(last.get("at"), float) else "?"
+    said = f" (the last, at {when}: {last['message']})" if isinstance(last.get("message"), str) else ""
+    if queued:
+        return _check(
+            "writes",
+            False,
+            f"{refused} refused writes{said}; {queued} write(s) wait for the disk: the daemon retries them "
+            "(free space, or make the home writable again); nothing is lost, the event log holds every event",
+        )
+    return _check("writes", True, f"{refused} write(s) refused earlier, each retried and written since{said}")
+
+
 def _disk_check(home: Path, config: Config) -> dict[str, Any]:
     home.mkdir(parents=True, exist_ok=True)
     reading = read_disk(home, measure_home=config.disk.max_home_bytes is not None)
@@ -254,7 +273,7 @@ def _data_checks(home: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
             if strays
             else "every file in the log's folder is one of its segments",
         ),
-        _check("writes", stats.get("write_errors", 0) == 0, f"{stats.get('write_errors', 0)} refused writes"),
+        _writes_check(stats, status.get("disk_writes_queued") or 0),
         _check("internal", stats.get("internal_errors", 0) == 0, f"{stats.get('internal_errors', 0)} internal errors"),
         _spool_check(home, spools),
         _quarantine_check(layout, quarantined, stats),

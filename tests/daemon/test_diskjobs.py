@@ -109,6 +109,13 @@ def _ingest(daemon: Daemon, seqs: range) -> None:
     assert daemon.ingest.commit(group)
 
 
+def _doctor_check(home: Path, name: str) -> dict:
+    from stagewatch.daemon.base._settings import Config
+    from stagewatch.daemon.maintenance._doctor import examine
+
+    return {check["name"]: check for check in examine(home, Config())["checks"]}[name]
+
+
 def _checkpoint_lsn(home: Path) -> int:
     return msgpack.unpackb(DaemonHome(home).checkpoint("checkpoint.msgpack").read_bytes())["lsn"]
 
@@ -129,12 +136,19 @@ def test_a_refused_part_keeps_the_checkpoint_behind_it_and_is_written_once_on_re
     # status.json says what waits: the refused part, the audit trail and the checkpoint behind it
     assert json.loads(DaemonHome(home).status.read_text())["disk_writes_queued"] >= 3
     assert _checkpoint_lsn(home) == covered  # not past rows that are not on disk
+    daemon.flush(final=True)  # reports the refusal; the queue stays halted on it
+    writes = _doctor_check(home, "writes")  # names what was refused and why, and that writes wait
+    assert not writes["ok"] and "stage_executions" in writes["detail"] and "wait for the disk" in writes["detail"]
     table.unlink()
     shutil.move(home / "moved-away", table)
-    daemon.flush(final=True)  # reports the refusal, retries from the refused part on
-    assert daemon.stats.write_errors == 1
+    daemon.flush(final=True)  # retries from the refused part on
+    assert daemon.stats.write_errors >= 1
     # and status.json says so at once (doctor reads it), though the refusal halted the queue
-    assert json.loads(DaemonHome(home).status.read_text())["stats"]["write_errors"] == 1
+    assert json.loads(DaemonHome(home).status.read_text())["stats"]["write_errors"] == daemon.stats.write_errors
+    assert daemon.writer.drain()
+    daemon.flush()  # status.json once the queue is empty
+    writes = _doctor_check(home, "writes")  # past: every write retried and written, said so, no problem
+    assert writes["ok"] and "refused earlier, each retried and written since" in writes["detail"], writes
     assert _checkpoint_lsn(home) == daemon.log.end_lsn
     assert sorted(read_table(home, "stage_executions")["span"].to_pylist()) == list(range(1, 21))
     daemon.release()  # as kill -9: a recovery replays nothing twice

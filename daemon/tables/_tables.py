@@ -136,8 +136,32 @@ def old_layout(folder: Path) -> bool:
 
 
 def first_line(error: BaseException) -> str:
+    """The error's first line, short: a gap in a Delta log said in words (delta-rs prints the
+    commits on either side as Rust structures, cut at 300 characters before the second one's
+    version), and any other Rust structure cut off."""
     text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0]
+    if (gap := _log_gap(line)) is not None:
+        return gap
+    return _RUST_STRUCTURE.split(line, maxsplit=1)[0].rstrip(" :")[:300]
+
+
+# delta-rs: "... Expected contiguous commit files, but found gap: ParsedLogPath { ... version: 1,
+# ... } -> ParsedLogPath { ... version: 3, ... }": the commits on either side of the gap.
+_GAP_VERSIONS = re.compile(r"\bversion: (\d+)")
+_RUST_STRUCTURE = re.compile(r"\b[A-Z]\w* \{ ")
+
+
+def _log_gap(line: str) -> str | None:
+    versions = [int(found) for found in _GAP_VERSIONS.findall(line)]
+    if "found gap" not in line or len(versions) < 2 or versions[1] - versions[0] < 2:
+        return None
+    first, last = versions[0] + 1, versions[1] - 1
+    if first == last:
+        return f"its Delta log has a gap: commit {first} ({first:020d}.json) is missing"
+    return f"its Delta log has a gap: commits {first} to {last} ({first:020d}.json to {last:020d}.json) are missing"
 
 
 # -- writing ----------------------------------------------------------------------------------

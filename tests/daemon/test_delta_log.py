@@ -497,3 +497,25 @@ def test_a_table_being_rebuilt_is_said_so_by_the_cli_and_the_dashboard(home: Pat
         assert not [alert for alert in _widgets.banners(home) if "rebuild" in alert.object]
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_missing_middle_commit_is_named_in_words(home: Path) -> None:
+    """A commit deleted from the middle of a table's log: readers printed delta-rs's Rust dump,
+    cut before it named the missing version. Now they say which commit is missing."""
+    daemon = DaemonProcess(home).start()
+    log = DaemonHome(home).table("stage_executions") / "_delta_log"
+    for _ in range(5):  # a commit (or more) a run
+        daemon.audit(run_pipeline(home, frames=3))
+        if len(list(log.glob("*.json"))) >= 3:
+            break
+    assert daemon.stop() == 0
+    versions = sorted(int(path.stem) for path in log.glob("*.json"))
+    assert len(versions) >= 3
+    missing = versions[1]
+    (log / f"{missing:020d}.json").unlink()
+    for command in (("stats",), ("query",)):
+        result = _cli(home, *command)
+        assert result.returncode != 0 and "the stage_executions table cannot be read" in result.stderr
+        assert f"commit {missing} ({missing:020d}.json) is missing" in result.stderr, result.stderr
+        assert "ParsedLogPath" not in result.stderr and "Traceback" not in result.stderr
+    assert f"commit {missing} ({missing:020d}.json) is missing" in _doctor_tables(home)["detail"]

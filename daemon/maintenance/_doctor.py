@@ -17,7 +17,13 @@ from stagewatch.daemon.base._settings import Config
 from stagewatch.daemon.maintenance._scrub import damaged_data_files
 from stagewatch.daemon.maintenance._scrub import load as load_scrub
 from stagewatch.daemon.tables._store import TABLES
-from stagewatch.daemon.tables._tables import STRAY_MARK, damage_of_table, stray_log_entries
+from stagewatch.daemon.tables._tables import (
+    STRAY_MARK,
+    ForeignTable,
+    damage_of_table,
+    own_table,
+    stray_log_entries,
+)
 from stagewatch.daemon.tables._watch import gone_tables
 
 STALE_STATUS_S = 30.0
@@ -94,12 +100,10 @@ def _spool_check(home: Path, spools: list[Path]) -> dict[str, Any]:
 
 
 def _tables_check(layout: DaemonHome) -> dict[str, Any]:
-    """Each table's Delta log reads and holds no stray entry; what the daemon set aside (a
-    damaged or deleted table, an earlier version's layout, a stray log entry) is named until
-    someone has looked and deleted it."""
-    problems = [
-        f"the {table} table cannot be read ({damage})" for table in TABLES if (damage := damage_of_table(layout, table))
-    ] + gone_tables(layout)
+    """Each table's Delta log reads, is this home's and holds no stray entry; what the daemon
+    set aside (a damaged or deleted table, an earlier version's layout, a stray log entry) is
+    named until someone has looked and deleted it."""
+    problems = [problem for table in TABLES if (problem := _table_problem(layout, table))] + gone_tables(layout)
     if problems:
         problems.append(
             "the daemon sets a damaged table aside and rebuilds it from the event log (running: when it next "
@@ -126,6 +130,16 @@ def _tables_check(layout: DaemonHome) -> dict[str, Any]:
             "stood where commits go; the tables kept every row); delete them to clear this"
         )
     return _check("tables", not problems, "; ".join(problems) or "every table's Delta log reads")
+
+
+def _table_problem(layout: DaemonHome, table: str) -> str | None:
+    """What stops the table from being read: a link to another home's table, a damaged log."""
+    try:
+        own_table(layout, table)
+    except ForeignTable as error:
+        return str(error)
+    damage = damage_of_table(layout, table)
+    return None if damage is None else f"the {table} table cannot be read ({damage})"
 
 
 def _data_files_check(layout: DaemonHome) -> dict[str, Any]:

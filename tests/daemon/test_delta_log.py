@@ -499,6 +499,81 @@ def test_a_table_being_rebuilt_is_said_so_by_the_cli_and_the_dashboard(home: Pat
         assert daemon.stop() == 0
 
 
+def _other_home(home: Path, frames: int = 300) -> tuple[Path, dict[str, object]]:
+    """Another home beside `home`, its daemon stopped, holding a run of `frames` stages: an event
+    log longer than `_history`'s (its tables' commit markers lie past that log's end)."""
+    other = home.parent / "hB"
+    daemon = DaemonProcess(other).start()
+    daemon.audit(run_pipeline(other, frames=frames))
+    assert daemon.stop() == 0
+    return other, _seen(other)
+
+
+def _doctor(home: Path) -> tuple[int, dict[str, dict[str, object]]]:
+    """doctor's exit status and its checks by name."""
+    result = _cli(home, "doctor", "--json")
+    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+
+
+def test_a_table_linked_to_another_homes_table_is_refused_and_rebuilt_both_ways(home: Path) -> None:
+    """metrics/runs moved away and replaced by a link to another home's runs table: readers
+    listed the other home's runs as this home's, doctor said healthy, and the daemon read the
+    other table's commit marker (past its own log's end) and dropped this home's new rows. Now
+    readers refuse the link naming it and its target, doctor names it (exit 1), and the daemon
+    at start moves the link (never its target) aside and rebuilds its own table; the other
+    home's table is left as it was, and so the other way round."""
+    before = _history(home)
+    other, others = _other_home(home)
+    runs, theirs = DaemonHome(home).table("runs"), DaemonHome(other).table("runs")
+    runs.rename(home.parent / "x")
+    runs.symlink_to(theirs, target_is_directory=True)
+    said = f"{runs} is a link to {theirs.resolve()}, outside this home"
+    listed = _cli(home, "runs", "--json")
+    assert said in listed.stderr and "Traceback" not in listed.stderr, listed.stderr
+    assert not any(run["run_id"] in listed.stdout for run in others["runs"])
+    code, checks = _doctor(home)
+    assert code == 1 and not checks["tables"]["ok"] and said in checks["tables"]["detail"]
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert said in daemon.log()
+        later = run_pipeline(home, frames=3)  # a new run's rows go to this home's table
+        daemon.audit(later)
+        wait_for(lambda: later in read_table(home, "runs")["run_id"].to_pylist())
+    finally:
+        assert daemon.stop() == 0
+    assert runs.is_dir() and not runs.is_symlink()
+    (aside,) = DaemonHome(home).quarantined_tables.iterdir()
+    assert (aside / "runs").is_symlink() and "outside this home" in (aside / "why.txt").read_text()
+    assert _seen(other) == others and not (theirs / "why.txt").exists()  # untouched
+    mine = _seen(home)
+    shutil.rmtree(theirs)  # and the other way round
+    theirs.symlink_to(runs, target_is_directory=True)
+    daemon = DaemonProcess(other).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(other) == others
+        assert f"{theirs} is a link to {runs.resolve()}, outside this home" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+    assert _seen(home) == mine
+
+
+def test_a_table_linked_inside_the_metrics_folder_of_a_linked_home_reads(home: Path) -> None:
+    """metrics/ itself a link to another disk, and a table folder a link inside it: this home's."""
+    before = _history(home)
+    metrics = DaemonHome(home).metrics
+    disk = home.parent / "disk"
+    disk.mkdir()
+    metrics.rename(disk / "metrics")
+    metrics.symlink_to(disk / "metrics", target_is_directory=True)
+    (disk / "metrics" / "runs").rename(disk / "metrics" / "runs-real")
+    (metrics / "runs").symlink_to(disk / "metrics" / "runs-real", target_is_directory=True)
+    assert _seen(home) == before
+    assert _doctor_tables(home)["ok"]
+
+
 def test_a_missing_middle_commit_is_named_in_words(home: Path) -> None:
     """A commit deleted from the middle of a table's log: readers printed delta-rs's Rust dump,
     cut before it named the missing version. Now they say which commit is missing."""
@@ -519,3 +594,26 @@ def test_a_missing_middle_commit_is_named_in_words(home: Path) -> None:
         assert f"commit {missing} ({missing:020d}.json) is missing" in result.stderr, result.stderr
         assert "ParsedLogPath" not in result.stderr and "Traceback" not in result.stderr
     assert f"commit {missing} ({missing:020d}.json) is missing" in _doctor_tables(home)["detail"]
+
+
+def test_a_table_linked_to_another_homes_table_while_the_daemon_runs_is_rebuilt(home: Path) -> None:
+    """The link made under a running daemon: its next commit to the table wrote this home's rows
+    into the other home's table. Now the commit finds the link, and the daemon moves it aside
+    and rebuilds its own table without a restart; the other home's table is left as it was."""
+    other, others = _other_home(home)
+    daemon, before = _running_history(home)
+    try:
+        runs, theirs = DaemonHome(home).table("runs"), DaemonHome(other).table("runs")
+        runs.rename(home.parent / "x")
+        runs.symlink_to(theirs, target_is_directory=True)
+        later = run_pipeline(home, frames=3)
+        daemon.audit(later)
+        wait_for(lambda: runs.is_dir() and not runs.is_symlink(), timeout_s=60)
+        wait_for(lambda: later in _run_ids(home, "runs"), timeout_s=60)
+        assert f"{runs} is a link to {theirs.resolve()}, outside this home" in daemon.log()
+        assert daemon.status()["pid"] == daemon.process.pid  # no restart
+        _rows_once(home, [later])
+    finally:
+        assert daemon.stop() == 0
+    assert _seen(other) == others
+    assert _seen(home)["runs"] != before["runs"]  # the later run listed with the earlier ones

@@ -47,12 +47,22 @@ def load_checkpoint(home: DaemonHome, log: EventLog, restore: Callable[[dict[str
     return checkpoint
 
 
-def tables_held(home: DaemonHome, checkpoint: dict[str, Any]) -> tuple[dict[str, int], str | None]:
-    """Set the tables that cannot be used aside (to be rebuilt from the event log); then what
-    each daemon table holds (its last commit's lsn), and why the log must be replayed from its
-    start rather than from `checkpoint` (None: it need not)."""
+def tables_held(home: DaemonHome, checkpoint: dict[str, Any], log_end: int) -> tuple[dict[str, int], str | None]:
+    """Set the tables that cannot be used aside (to be rebuilt from the event log): those
+    `unusable_tables` names, and those whose last commit is past the end of the event log (which
+    ends at `log_end`); then what each daemon table holds (its last commit's lsn), and why the log
+    must be replayed from its start rather than from `checkpoint` (None: it need not)."""
     moved = _set_aside_unusable_tables(home)
     held = tables_committed(home)
+    for table in tables_past_the_log(held, log_end):
+        set_table_aside(
+            home,
+            table,
+            f"holds rows up to lsn {held[table]:,}, past the end of this home's event log (lsn {log_end:,}): it is "
+            "not this log's table (another home's, copied in?)",
+        )
+        held[table] = -1
+        moved.append(table)
     if not checkpoint:
         return held, None
     if moved:
@@ -65,6 +75,12 @@ def tables_held(home: DaemonHome, checkpoint: dict[str, Any]) -> tuple[dict[str,
             "by hand?): the event log is replayed from its start to rebuild them"
         )
     return held, None
+
+
+def tables_past_the_log(held: dict[str, int], log_end: int) -> list[str]:
+    """The tables whose last commit carries an lsn at or past `log_end`, where no event of this
+    log is (a log that holds nothing was emptied by hand: its tables are kept, as its checkpoint is)."""
+    return sorted(table for table, lsn in held.items() if 0 < log_end <= lsn)
 
 
 def tables_committed(home: DaemonHome) -> dict[str, int]:

@@ -23,7 +23,7 @@ from stagewatch.daemon.projection._rows import DEFINITIONS, type_name
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import TABLES, Store
-from stagewatch.daemon.tables._tables import DamagedTable, has_log
+from stagewatch.daemon.tables._tables import DAEMON_APP, DamagedTable, committed_lsn, has_log
 from tests.conftest import Close, DaemonProcess, run_pipeline, sw, wait_for
 from tests.daemon.test_compaction import T0, _rows
 from tests.daemon.test_retention import _judged_run
@@ -509,6 +509,11 @@ def _other_home(home: Path, frames: int = 300) -> tuple[Path, dict[str, object]]
     return other, _seen(other)
 
 
+def _log_end(home: Path) -> int:
+    """The lsn the home's event log ends at (its last segment's base plus its size)."""
+    return max(int(path.stem) + path.stat().st_size for path in (home / "events").glob("*.seg"))
+
+
 def _doctor(home: Path) -> tuple[int, dict[str, dict[str, object]]]:
     """doctor's exit status and its checks by name."""
     result = _cli(home, "doctor", "--json")
@@ -572,6 +577,27 @@ def test_a_table_linked_inside_the_metrics_folder_of_a_linked_home_reads(home: P
     (metrics / "runs").symlink_to(disk / "metrics" / "runs-real", target_is_directory=True)
     assert _seen(home) == before
     assert _doctor_tables(home)["ok"]
+
+
+def test_a_table_whose_marker_is_past_the_event_logs_end_is_rebuilt(home: Path) -> None:
+    """Another home's runs table copied in place of this home's: its commit marker lies past
+    this home's event log's end, so it cannot be this log's table; the daemon took it as
+    holding every row and listed the other home's runs. Now it is set aside and rebuilt."""
+    before = _history(home)
+    other, _ = _other_home(home)
+    assert committed_lsn(other, "runs", DAEMON_APP) >= _log_end(home)
+    runs = DaemonHome(home).table("runs")
+    shutil.rmtree(runs)
+    shutil.copytree(DaemonHome(other).table("runs"), runs)
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert "past the end of this home's event log" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+    (aside,) = DaemonHome(home).quarantined_tables.iterdir()
+    assert "past the end of this home's event log" in (aside / "why.txt").read_text()
 
 
 def test_a_missing_middle_commit_is_named_in_words(home: Path) -> None:

@@ -67,8 +67,7 @@ def tables_held(home: DaemonHome, checkpoint: dict[str, Any], log_end: int) -> t
         return held, None
     if moved:
         return held, "rebuilding the tables set aside: the event log is replayed from its start"
-    counted = checkpoint.get("tables") or {}
-    behind = [t for t, lsn in counted.items() if isinstance(lsn, int) and held.get(t, lsn) < lsn]
+    behind = tables_behind(checkpoint, held)
     if behind:  # a table deleted, or its log reset, by hand: only a replay from the start gives its rows back
         return held, (
             f"the {', '.join(behind)} table(s) hold fewer rows than the checkpoint counted (deleted or reset "
@@ -81,6 +80,17 @@ def tables_past_the_log(held: dict[str, int], log_end: int) -> list[str]:
     """The tables whose last commit carries an lsn at or past `log_end`, where no event of this
     log is (a log that holds nothing was emptied by hand: its tables are kept, as its checkpoint is)."""
     return sorted(table for table, lsn in held.items() if 0 < log_end <= lsn)
+
+
+def tables_behind(checkpoint: dict[str, Any], held: dict[str, int]) -> list[str]:
+    """The tables that hold fewer rows than `checkpoint` counted: their last commit's lsn (in
+    `held`; a table left out is not judged) short of the one the checkpoint recorded. Deleted,
+    reset or cut short (its newest commits deleted) by hand: the daemon replays the event log
+    from its start at its next start; doctor says so meanwhile."""
+    counted = checkpoint.get("tables")
+    if not isinstance(counted, dict):
+        return []
+    return sorted(t for t, lsn in counted.items() if isinstance(lsn, int) and held.get(t, lsn) < lsn)
 
 
 def tables_committed(home: DaemonHome) -> dict[str, int]:

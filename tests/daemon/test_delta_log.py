@@ -600,6 +600,33 @@ def test_a_table_whose_marker_is_past_the_event_logs_end_is_rebuilt(home: Path) 
     assert "past the end of this home's event log" in (aside / "why.txt").read_text()
 
 
+def test_doctor_says_a_table_behind_the_daemons_checkpoint(home: Path) -> None:
+    """The newest commit of a table deleted while the daemon was stopped: the table holds fewer
+    rows than the daemon's checkpoint counted. The daemon replays at its next start; doctor said
+    healthy meanwhile (and stats silently missed the rows). Now doctor says the table is behind
+    (exit 1) while no daemon runs, and is healthy again once the daemon has rebuilt it."""
+    before = _history(home)
+    table = "stage_executions"
+    marker = committed_lsn(home, table, DAEMON_APP)
+    assert len(list((DaemonHome(home).table(table) / "_delta_log").glob("*.json"))) > 1
+    _last_commit(home, table).unlink()
+    assert -1 < committed_lsn(home, table, DAEMON_APP) < marker  # reads, short of the marker
+    code, checks = _doctor(home)
+    detail = checks["tables"]["detail"]
+    assert code == 1 and not checks["tables"]["ok"]
+    assert "the stage_executions table holds fewer rows than the daemon's checkpoint counted" in detail, detail
+    assert "stagewatch rebuild" in detail and "the runs table" not in detail
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert "hold fewer rows than the checkpoint counted" in daemon.log()
+        assert _doctor_tables(home)["ok"]
+    finally:
+        assert daemon.stop() == 0
+    assert _doctor_tables(home)["ok"]
+
+
 def test_a_missing_middle_commit_is_named_in_words(home: Path) -> None:
     """A commit deleted from the middle of a table's log: readers printed delta-rs's Rust dump,
     cut before it named the missing version. Now they say which commit is missing."""

@@ -12,8 +12,9 @@ from typing import Any
 
 from stagewatch._home import ipc_path
 from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, STATUS, damaged_in_place, peek, set_aside_copies
-from stagewatch.daemon.base._disk import OK, disk_state, read_disk
+from stagewatch.daemon.base._disk import OK, disk_state, folder_bytes, read_disk
 from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.base._lock import lock_role
 from stagewatch.daemon.base._settings import Config
 from stagewatch.daemon.maintenance._scrub import damaged_data_files
 from stagewatch.daemon.maintenance._scrub import load as load_scrub
@@ -47,6 +48,7 @@ def examine(home: Path, config: Config, scrub: Callable[[], object] | None = Non
         *_data_checks(home, status),
         _scrub_check(home),
         _derived_check(DaemonHome.of(home)),
+        _rebuild_check(DaemonHome.of(home)),
     ]
     return {"home": str(home), "healthy": all(c["ok"] for c in checks), "checks": checks}
 
@@ -167,6 +169,21 @@ def _behind_checkpoint(layout: DaemonHome) -> list[str]:
         "hand?): its answers miss rows; the daemon rebuilds it at its next start, or run `stagewatch rebuild`"
         for table in tables_behind(peek(DAEMON_CHECKPOINT, layout) or {}, held)
     ]
+
+
+def _rebuild_check(layout: DaemonHome) -> dict[str, Any]:
+    """What a `stagewatch rebuild` killed before its end left: its staging folder."""
+    staging = layout.rebuild_staging
+    if not staging.is_dir():
+        return _check("rebuild", True, "no unfinished rebuild left behind")
+    if daemon_running(layout.root) and lock_role(layout) == "rebuild":
+        return _check("rebuild", True, f"a `stagewatch rebuild` is running (building in {staging})")
+    return _check(
+        "rebuild",
+        False,
+        f"{staging} ({folder_bytes(staging) / 1e6:,.1f} MB) was left by a `stagewatch rebuild` that did not finish "
+        "(killed?); the read models in use are not in it: the next `stagewatch rebuild` clears it, or delete it",
+    )
 
 
 def _data_files_check(layout: DaemonHome) -> dict[str, Any]:

@@ -245,7 +245,7 @@ class Daemon:
         report = self.log.open(set_aside=self.home.quarantined_segments)
         repair(DAEMON_FILES, self.home)  # damaged derived state: set aside, rebuilt from the log
         checkpoint = load_checkpoint(self.home, self.log, self._restore)
-        held, replay_all = tables_held(self.home, checkpoint)
+        held, replay_all = tables_held(self.home, checkpoint, self.log.end_lsn)
         if replay_all:
             logger.warning(replay_all)
             checkpoint = {}

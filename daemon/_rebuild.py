@@ -29,8 +29,6 @@ from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.base._lock import HomeLock
 from stagewatch.daemon.tables._retention import remove_recorded
 
-STAGING = ".rebuild"  # inside the home, hidden (a name no run id or table can have)
-
 
 def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, total: None) -> dict[str, Any]:
     """Replay the whole log into new read models, then put them in place of the old ones.
@@ -54,7 +52,7 @@ def rebuild(home: Path, progress: Callable[[int, int], object] = lambda done, to
 
 
 def _fresh_staging(home: DaemonHome) -> DaemonHome:
-    staging = DaemonHome(home.root / STAGING)
+    staging = DaemonHome(home.rebuild_staging)
     shutil.rmtree(staging.root, ignore_errors=True)  # what an interrupted rebuild left
     staging.root.mkdir()
     staging.events.symlink_to(home.events.resolve(), target_is_directory=True)

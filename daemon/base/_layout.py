@@ -37,6 +37,12 @@ class DaemonHome(Home):
         return self.root / "metrics"
 
     @property
+    def rebuild_staging(self) -> Path:
+        """Where `stagewatch rebuild` builds the new read models (hidden: a name no run id or
+        table can have); gone once it has swapped them in, left by one killed."""
+        return self.root / ".rebuild"
+
+    @property
     def state(self) -> Path:
         return self.root / "state"
 

@@ -66,5 +66,18 @@ def _holder(fd: int) -> str:
     except OSError:
         words = []
     pid = f" (pid {words[0]})" if words and words[0].isdigit() else ""
-    role = words[1] if len(words) > 1 and words[1] in HOLDERS else "daemon"
+    role = _role(words)
     return ("another stagewatch daemon" if role == "daemon" else HOLDERS[role]) + pid
+
+
+def lock_role(home: DaemonHome) -> str:
+    """The role the home's lock file names ('daemon', 'rebuild', 'gc'): its holder's while the
+    lock is held (its last holder's after); a daemon where it says none or cannot be read."""
+    try:
+        return _role(home.lock.read_text(errors="replace").split())
+    except OSError:
+        return "daemon"
+
+
+def _role(words: list[str]) -> str:
+    return words[1] if len(words) > 1 and words[1] in HOLDERS else "daemon"

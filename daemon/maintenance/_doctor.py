@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -10,14 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from stagewatch._home import ipc_path
-from stagewatch.daemon.base._derived import STATUS, damaged_in_place, peek, set_aside_copies
-from stagewatch.daemon.base._disk import OK, disk_state, read_disk
+from stagewatch.daemon.base._derived import DAEMON_CHECKPOINT, STATUS, damaged_in_place, peek, set_aside_copies
+from stagewatch.daemon.base._disk import OK, disk_state, folder_bytes, read_disk
 from stagewatch.daemon.base._layout import DaemonHome
+from stagewatch.daemon.base._lock import lock_role
 from stagewatch.daemon.base._settings import Config
 from stagewatch.daemon.maintenance._scrub import damaged_data_files
 from stagewatch.daemon.maintenance._scrub import load as load_scrub
-from stagewatch.daemon.tables._store import TABLES
-from stagewatch.daemon.tables._tables import STRAY_MARK, damage_of_table, stray_log_entries
+from stagewatch.daemon.tables._checkpoint import tables_behind
+from stagewatch.daemon.tables._store import DAEMON_TABLES, TABLES
+from stagewatch.daemon.tables._tables import (
+    DAEMON_APP,
+    STRAY_MARK,
+    DamagedTable,
+    ForeignTable,
+    committed_lsn,
+    damage_of_table,
+    has_log,
+    own_table,
+    stray_log_entries,
+    table_path,
+)
 from stagewatch.daemon.tables._watch import gone_tables
 
 STALE_STATUS_S = 30.0
@@ -34,6 +48,7 @@ def examine(home: Path, config: Config, scrub: Callable[[], object] | None = Non
         *_data_checks(home, status),
         _scrub_check(home),
         _derived_check(DaemonHome.of(home)),
+        _rebuild_check(DaemonHome.of(home)),
     ]
     return {"home": str(home), "healthy": all(c["ok"] for c in checks), "checks": checks}
 
@@ -94,17 +109,16 @@ def _spool_check(home: Path, spools: list[Path]) -> dict[str, Any]:
 
 
 def _tables_check(layout: DaemonHome) -> dict[str, Any]:
-    """Each table's Delta log reads and holds no stray entry; what the daemon set aside (a
-    damaged or deleted table, an earlier version's layout, a stray log entry) is named until
-    someone has looked and deleted it."""
-    problems = [
-        f"the {table} table cannot be read ({damage})" for table in TABLES if (damage := damage_of_table(layout, table))
-    ] + gone_tables(layout)
+    """Each table's Delta log reads, is this home's, holds what the daemon's checkpoint counted
+    and no stray entry; what the daemon set aside (a damaged or deleted table, an earlier
+    version's layout, a stray log entry) is named until someone has looked and deleted it."""
+    problems = [problem for table in TABLES if (problem := _table_problem(layout, table))] + gone_tables(layout)
     if problems:
         problems.append(
             "the daemon sets a damaged table aside and rebuilds it from the event log (running: when it next "
             "writes or compacts the table; stopped: when it starts), or run `stagewatch rebuild` (daemon stopped)"
         )
+    problems += _behind_checkpoint(layout)
     strays = [entry for table in TABLES for entry in stray_log_entries(layout, table)]
     if strays:
         problems.append(
@@ -126,6 +140,50 @@ def _tables_check(layout: DaemonHome) -> dict[str, Any]:
             "stood where commits go; the tables kept every row); delete them to clear this"
         )
     return _check("tables", not problems, "; ".join(problems) or "every table's Delta log reads")
+
+
+def _table_problem(layout: DaemonHome, table: str) -> str | None:
+    """What stops the table from being read: a link to another home's table, a damaged log."""
+    try:
+        own_table(layout, table)
+    except ForeignTable as error:
+        return str(error)
+    damage = damage_of_table(layout, table)
+    return None if damage is None else f"the {table} table cannot be read ({damage})"
+
+
+def _behind_checkpoint(layout: DaemonHome) -> list[str]:
+    """The daemon's tables that hold fewer rows than its checkpoint counted (their newest commits
+    deleted by hand, say), judged as the daemon judges them at its start (`tables_behind`). Only
+    while no daemon runs: a running one moves both as it flushes. A table gone, or whose log cannot
+    be read, is said as such."""
+    if daemon_running(layout.root):
+        return []
+    held = {}
+    for table in DAEMON_TABLES:
+        if has_log(table_path(layout, table)):
+            with contextlib.suppress(DamagedTable):
+                held[table] = committed_lsn(layout, table, DAEMON_APP)
+    return [
+        f"the {table} table holds fewer rows than the daemon's checkpoint counted (its newest commits deleted by "
+        "hand?): its answers miss rows; the daemon rebuilds it at its next start, or run `stagewatch rebuild`"
+        for table in tables_behind(peek(DAEMON_CHECKPOINT, layout) or {}, held)
+    ]
+
+
+def _rebuild_check(layout: DaemonHome) -> dict[str, Any]:
+    """What a `stagewatch rebuild` killed before its end left: its staging folder."""
+    staging = layout.rebuild_staging
+    if not staging.is_dir():
+        return _check("rebuild", True, "no unfinished rebuild left behind")
+    if daemon_running(layout.root) and lock_role(layout) == "rebuild":
+        return _check("rebuild", True, f"a `stagewatch rebuild` is running (building in {staging})")
+    return _check(
+        "rebuild",
+        False,
+        f"{staging} ({folder_bytes(staging) / 1e6:,.1f} MB) was left by a `stagewatch rebuild` that did not finish "
+        "(killed?); the read models in use are not in it: the next `stagewatch rebuild` clears it, or delete it",
+    )
 
 
 def _data_files_check(layout: DaemonHome) -> dict[str, Any]:

@@ -47,24 +47,50 @@ def load_checkpoint(home: DaemonHome, log: EventLog, restore: Callable[[dict[str
     return checkpoint
 
 
-def tables_held(home: DaemonHome, checkpoint: dict[str, Any]) -> tuple[dict[str, int], str | None]:
-    """Set the tables that cannot be used aside (to be rebuilt from the event log); then what
-    each daemon table holds (its last commit's lsn), and why the log must be replayed from its
-    start rather than from `checkpoint` (None: it need not)."""
+def tables_held(home: DaemonHome, checkpoint: dict[str, Any], log_end: int) -> tuple[dict[str, int], str | None]:
+    """Set the tables that cannot be used aside (to be rebuilt from the event log): those
+    `unusable_tables` names, and those whose last commit is past the end of the event log (which
+    ends at `log_end`); then what each daemon table holds (its last commit's lsn), and why the log
+    must be replayed from its start rather than from `checkpoint` (None: it need not)."""
     moved = _set_aside_unusable_tables(home)
     held = tables_committed(home)
+    for table in tables_past_the_log(held, log_end):
+        set_table_aside(
+            home,
+            table,
+            f"holds rows up to lsn {held[table]:,}, past the end of this home's event log (lsn {log_end:,}): it is "
+            "not this log's table (another home's, copied in?)",
+        )
+        held[table] = -1
+        moved.append(table)
     if not checkpoint:
         return held, None
     if moved:
         return held, "rebuilding the tables set aside: the event log is replayed from its start"
-    counted = checkpoint.get("tables") or {}
-    behind = [t for t, lsn in counted.items() if isinstance(lsn, int) and held.get(t, lsn) < lsn]
+    behind = tables_behind(checkpoint, held)
     if behind:  # a table deleted, or its log reset, by hand: only a replay from the start gives its rows back
         return held, (
             f"the {', '.join(behind)} table(s) hold fewer rows than the checkpoint counted (deleted or reset "
             "by hand?): the event log is replayed from its start to rebuild them"
         )
     return held, None
+
+
+def tables_past_the_log(held: dict[str, int], log_end: int) -> list[str]:
+    """The tables whose last commit carries an lsn at or past `log_end`, where no event of this
+    log is (a log that holds nothing was emptied by hand: its tables are kept, as its checkpoint is)."""
+    return sorted(table for table, lsn in held.items() if 0 < log_end <= lsn)
+
+
+def tables_behind(checkpoint: dict[str, Any], held: dict[str, int]) -> list[str]:
+    """The tables that hold fewer rows than `checkpoint` counted: their last commit's lsn (in
+    `held`; a table left out is not judged) short of the one the checkpoint recorded. Deleted,
+    reset or cut short (its newest commits deleted) by hand: the daemon replays the event log
+    from its start at its next start; doctor says so meanwhile."""
+    counted = checkpoint.get("tables")
+    if not isinstance(counted, dict):
+        return []
+    return sorted(t for t, lsn in counted.items() if isinstance(lsn, int) and held.get(t, lsn) < lsn)
 
 
 def tables_committed(home: DaemonHome) -> dict[str, int]:

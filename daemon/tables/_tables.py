@@ -84,11 +84,12 @@ class DamagedTable(ValueError):
     """A table whose Delta log cannot be read (a truncated commit, a missing checkpoint): the
     message names the table and the way back (the event log holds every row)."""
 
-    def __init__(self, table: str, problem: str) -> None:
+    def __init__(self, table: str, problem: str, message: str | None = None) -> None:
         self.table = table
         self.why = f"cannot be read ({problem})"
         super().__init__(
-            f"the {table} table cannot be read ({problem}); its rows are all in the event log: "
+            message
+            or f"the {table} table cannot be read ({problem}); its rows are all in the event log: "
             "a running daemon sets the table aside and rebuilds it when it next writes or compacts it "
             "(a stopped one when it starts), or run `stagewatch rebuild`"
         )
@@ -109,8 +110,48 @@ class OldLayout(DamagedTable):
         super().__init__(table, "written by an earlier version of stagewatch, without a Delta log")
 
 
+class ForeignTable(DamagedTable):
+    """A table folder that is a link to a folder outside the home's metrics folder (another
+    home's table, say): its rows are not this home's, nor is its commit marker (read as this
+    home's, it made the daemon drop this home's rows as held already). Not read, never written."""
+
+    def __init__(self, table: str, link: Path, target: str) -> None:
+        super().__init__(
+            table,
+            f"{link} is a link to {target}, outside this home",
+            f"{link} is a link to {target}, outside this home: not read; move it away, the daemon rebuilds the "
+            f"{table} table from the event log (a stopped one when it starts: it moves the link aside itself), "
+            "or run `stagewatch rebuild`",
+        )
+        self.why = foreign_why(link, target)
+
+
+def foreign_why(link: Path, target: str) -> str:
+    return f"folder {link} is a link to {target}, outside this home (another home's table?)"
+
+
+def foreign_target(folder: Path) -> str | None:
+    """Where the table folder `folder` is a link to a folder outside its home's metrics folder:
+    the link's target (real path); None for a folder, a link inside metrics/ (metrics/ itself may
+    be a link to another disk: compared as real paths), or a broken link (it reads empty)."""
+    if not folder.is_symlink():  # one lstat: every reader asks
+        return None
+    target, metrics = os.path.realpath(folder), os.path.realpath(folder.parent)
+    if not os.path.isdir(target) or (target != metrics and os.path.commonpath([target, metrics]) == metrics):
+        return None
+    return target
+
+
 def table_path(home: Path | DaemonHome, table: str) -> Path:
     return DaemonHome.of(home).table(table)
+
+
+def own_table(home: Path | DaemonHome, table: str) -> Path:
+    """The table's folder; ForeignTable if it is a link outside the home's metrics folder."""
+    folder = table_path(home, table)
+    if (target := foreign_target(folder)) is not None:
+        raise ForeignTable(table, folder, target)
+    return folder
 
 
 def has_log(folder: Path) -> bool:
@@ -136,8 +177,32 @@ def old_layout(folder: Path) -> bool:
 
 
 def first_line(error: BaseException) -> str:
+    """The error's first line, short: a gap in a Delta log said in words (delta-rs prints the
+    commits on either side as Rust structures, cut at 300 characters before the second one's
+    version), and any other Rust structure cut off."""
     text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0]
+    if (gap := _log_gap(line)) is not None:
+        return gap
+    return _RUST_STRUCTURE.split(line, maxsplit=1)[0].rstrip(" :")[:300]
+
+
+# delta-rs: "... Expected contiguous commit files, but found gap: ParsedLogPath { ... version: 1,
+# ... } -> ParsedLogPath { ... version: 3, ... }": the commits on either side of the gap.
+_GAP_VERSIONS = re.compile(r"\bversion: (\d+)")
+_RUST_STRUCTURE = re.compile(r"\b[A-Z]\w* \{ ")
+
+
+def _log_gap(line: str) -> str | None:
+    versions = [int(found) for found in _GAP_VERSIONS.findall(line)]
+    if "found gap" not in line or len(versions) < 2 or versions[1] - versions[0] < 2:
+        return None
+    first, last = versions[0] + 1, versions[1] - 1
+    if first == last:
+        return f"its Delta log has a gap: commit {first} ({first:020d}.json) is missing"
+    return f"its Delta log has a gap: commits {first} to {last} ({first:020d}.json to {last:020d}.json) are missing"
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -168,7 +233,7 @@ def append(
     Safe to call again after it raised: a commit that went in before an error (delta-rs makes
     its log checkpoint after the commit, and that can fail) is found by its marker and not
     made twice. DamagedTable where the table's log cannot be read."""
-    path = table_path(home, table)
+    path = own_table(home, table)
     if existing and deleted(path):
         raise TableGone(table)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,8 +282,9 @@ def committed(home: Path | DaemonHome, table: str, app_id: str, lsn: int) -> boo
 
 
 def committed_lsn(home: Path | DaemonHome, table: str, app_id: str) -> int:
-    """The lsn of the last event whose rows `app_id` committed to `table`; -1 if none."""
-    path = table_path(home, table)
+    """The lsn of the last event whose rows `app_id` committed to `table`; -1 if none.
+    DamagedTable if its log cannot be read (ForeignTable: a link to another home's table)."""
+    path = own_table(home, table)
     if not has_log(path):
         return -1
     try:
@@ -267,7 +333,7 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
     latest `SORTS_PER_PASS` unsorted past days' partitions by run id (`unsorted_past_days`);
     the files removed (none: nothing left to do). Each partition on its own: one that fails (a
     damaged data file in it) leaves the others compacted, and its error is raised after them."""
-    path = table_path(home, table)
+    path = own_table(home, table)
     if not has_log(path):
         return 0
     try:
@@ -468,8 +534,9 @@ _cache = _Cache()
 
 def snapshot_files(home: Path | DaemonHome, table: str, dates: Sequence[str] | None = None) -> list[str]:
     """The Parquet files of the table's current snapshot, sorted (of `dates`' partitions only,
-    if given); none for a table not written yet. DamagedTable if its log cannot be read."""
-    folder = table_path(home, table)
+    if given); none for a table not written yet. DamagedTable if its log cannot be read
+    (ForeignTable: the table's folder is a link to another home's table)."""
+    folder = own_table(home, table)
     if not has_log(folder):
         if old_layout(folder):
             raise OldLayout(table)
@@ -482,7 +549,7 @@ def logged_ranges(home: Path | DaemonHome, table: str, column: str) -> dict[str,
     its Delta log's statistics record them (written with the file: read without opening it, so
     also for a file damaged since). A file whose log entry has no such statistics is absent.
     DamagedTable if the log cannot be read."""
-    folder = table_path(home, table)
+    folder = own_table(home, table)
     if not has_log(folder):
         return {}
     try:
@@ -494,7 +561,7 @@ def logged_ranges(home: Path | DaemonHome, table: str, column: str) -> dict[str,
 def snapshot_sizes(home: Path | DaemonHome, table: str) -> list[tuple[Path, int]]:
     """Each data file of the table's current snapshot with the size its log gives it; none for
     a table not written yet. DamagedTable if its log cannot be read."""
-    folder = table_path(home, table)
+    folder = own_table(home, table)
     if not has_log(folder):
         return []
     try:
@@ -508,6 +575,8 @@ def snapshot_sizes(home: Path | DaemonHome, table: str) -> list[tuple[Path, int]
 def damage_of_table(home: Path | DaemonHome, table: str) -> str | None:
     """Why the table's log cannot be read, or None (a table not written yet reads)."""
     folder = table_path(home, table)
+    if (target := foreign_target(folder)) is not None:
+        return f"{folder} is a link to {target}, outside this home"
     if old_layout(folder):
         return "written by an earlier version of stagewatch, without a Delta log"
     if not has_log(folder):
@@ -569,15 +638,20 @@ def strays_of(home: Path | DaemonHome, table: str) -> Callable[[], object]:
 
 def set_aside(home: Path | DaemonHome, table: str, why: str) -> Path:
     """Move a table that cannot be used (damaged, or of the old layout) out of the way, to
-    quarantine/tables/ (kept, for a look); the caller rebuilds it from the event log."""
+    quarantine/tables/ (kept, for a look); the caller rebuilds it from the event log. A link in
+    the table's place is moved itself (never what it points to), into a folder of that name."""
     layout = DaemonHome.of(home)
     folder = table_path(layout, table)
     target = layout.quarantined_tables / f"{table}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(folder, target)
+        if folder.is_symlink():  # why.txt beside it: written into the link, it went to its target
+            target.mkdir()
+            os.replace(folder, target / table)
+        else:
+            os.replace(folder, target)
     except FileNotFoundError:  # deleted whole: what is set aside is the note of why (doctor names it)
-        target.mkdir()
+        target.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):
         (target / "why.txt").write_text(f"the {table} table {why}; rebuilt from the event log\n")
     _cache.forget(folder)
@@ -586,10 +660,13 @@ def set_aside(home: Path | DaemonHome, table: str, why: str) -> Path:
 
 
 def unusable_tables(home: Path | DaemonHome, tables: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """(table, why) for each table of the old layout or with a damaged log."""
+    """(table, why) for each table that is a link outside the home, of the old layout or with a
+    damaged log."""
     for table in tables:
         folder = table_path(home, table)
-        if old_layout(folder):
+        if (target := foreign_target(folder)) is not None:
+            yield table, foreign_why(folder, target)
+        elif old_layout(folder):
             yield table, "was written by an earlier version of stagewatch (plain Parquet parts)"
         elif (damage := damage_of_table(home, table)) is not None:
             yield table, f"has a damaged Delta log ({damage})"

@@ -23,7 +23,7 @@ from stagewatch.daemon.projection._rows import DEFINITIONS, type_name
 from stagewatch.daemon.query._readmodels import read_table
 from stagewatch.daemon.query._sql import select
 from stagewatch.daemon.tables._store import TABLES, Store
-from stagewatch.daemon.tables._tables import DamagedTable, has_log
+from stagewatch.daemon.tables._tables import DAEMON_APP, DamagedTable, committed_lsn, has_log
 from tests.conftest import Close, DaemonProcess, run_pipeline, sw, wait_for
 from tests.daemon.test_compaction import T0, _rows
 from tests.daemon.test_retention import _judged_run
@@ -497,3 +497,176 @@ def test_a_table_being_rebuilt_is_said_so_by_the_cli_and_the_dashboard(home: Pat
         assert not [alert for alert in _widgets.banners(home) if "rebuild" in alert.object]
     finally:
         assert daemon.stop() == 0
+
+
+def _other_home(home: Path, frames: int = 300) -> tuple[Path, dict[str, object]]:
+    """Another home beside `home`, its daemon stopped, holding a run of `frames` stages: an event
+    log longer than `_history`'s (its tables' commit markers lie past that log's end)."""
+    other = home.parent / "hB"
+    daemon = DaemonProcess(other).start()
+    daemon.audit(run_pipeline(other, frames=frames))
+    assert daemon.stop() == 0
+    return other, _seen(other)
+
+
+def _log_end(home: Path) -> int:
+    """The lsn the home's event log ends at (its last segment's base plus its size)."""
+    return max(int(path.stem) + path.stat().st_size for path in (home / "events").glob("*.seg"))
+
+
+def _doctor(home: Path) -> tuple[int, dict[str, dict[str, object]]]:
+    """doctor's exit status and its checks by name."""
+    result = _cli(home, "doctor", "--json")
+    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+
+
+def test_a_table_linked_to_another_homes_table_is_refused_and_rebuilt_both_ways(home: Path) -> None:
+    """metrics/runs moved away and replaced by a link to another home's runs table: readers
+    listed the other home's runs as this home's, doctor said healthy, and the daemon read the
+    other table's commit marker (past its own log's end) and dropped this home's new rows. Now
+    readers refuse the link naming it and its target, doctor names it (exit 1), and the daemon
+    at start moves the link (never its target) aside and rebuilds its own table; the other
+    home's table is left as it was, and so the other way round."""
+    before = _history(home)
+    other, others = _other_home(home)
+    runs, theirs = DaemonHome(home).table("runs"), DaemonHome(other).table("runs")
+    runs.rename(home.parent / "x")
+    runs.symlink_to(theirs, target_is_directory=True)
+    said = f"{runs} is a link to {theirs.resolve()}, outside this home"
+    listed = _cli(home, "runs", "--json")
+    assert said in listed.stderr and "Traceback" not in listed.stderr, listed.stderr
+    assert not any(run["run_id"] in listed.stdout for run in others["runs"])
+    code, checks = _doctor(home)
+    assert code == 1 and not checks["tables"]["ok"] and said in checks["tables"]["detail"]
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert said in daemon.log()
+        later = run_pipeline(home, frames=3)  # a new run's rows go to this home's table
+        daemon.audit(later)
+        wait_for(lambda: later in read_table(home, "runs")["run_id"].to_pylist())
+    finally:
+        assert daemon.stop() == 0
+    assert runs.is_dir() and not runs.is_symlink()
+    (aside,) = DaemonHome(home).quarantined_tables.iterdir()
+    assert (aside / "runs").is_symlink() and "outside this home" in (aside / "why.txt").read_text()
+    assert _seen(other) == others and not (theirs / "why.txt").exists()  # untouched
+    mine = _seen(home)
+    shutil.rmtree(theirs)  # and the other way round
+    theirs.symlink_to(runs, target_is_directory=True)
+    daemon = DaemonProcess(other).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(other) == others
+        assert f"{theirs} is a link to {runs.resolve()}, outside this home" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+    assert _seen(home) == mine
+
+
+def test_a_table_linked_inside_the_metrics_folder_of_a_linked_home_reads(home: Path) -> None:
+    """metrics/ itself a link to another disk, and a table folder a link inside it: this home's."""
+    before = _history(home)
+    metrics = DaemonHome(home).metrics
+    disk = home.parent / "disk"
+    disk.mkdir()
+    metrics.rename(disk / "metrics")
+    metrics.symlink_to(disk / "metrics", target_is_directory=True)
+    (disk / "metrics" / "runs").rename(disk / "metrics" / "runs-real")
+    (metrics / "runs").symlink_to(disk / "metrics" / "runs-real", target_is_directory=True)
+    assert _seen(home) == before
+    assert _doctor_tables(home)["ok"]
+
+
+def test_a_table_whose_marker_is_past_the_event_logs_end_is_rebuilt(home: Path) -> None:
+    """Another home's runs table copied in place of this home's: its commit marker lies past
+    this home's event log's end, so it cannot be this log's table; the daemon took it as
+    holding every row and listed the other home's runs. Now it is set aside and rebuilt."""
+    before = _history(home)
+    other, _ = _other_home(home)
+    assert committed_lsn(other, "runs", DAEMON_APP) >= _log_end(home)
+    runs = DaemonHome(home).table("runs")
+    shutil.rmtree(runs)
+    shutil.copytree(DaemonHome(other).table("runs"), runs)
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert "past the end of this home's event log" in daemon.log()
+    finally:
+        assert daemon.stop() == 0
+    (aside,) = DaemonHome(home).quarantined_tables.iterdir()
+    assert "past the end of this home's event log" in (aside / "why.txt").read_text()
+
+
+def test_doctor_says_a_table_behind_the_daemons_checkpoint(home: Path) -> None:
+    """The newest commit of a table deleted while the daemon was stopped: the table holds fewer
+    rows than the daemon's checkpoint counted. The daemon replays at its next start; doctor said
+    healthy meanwhile (and stats silently missed the rows). Now doctor says the table is behind
+    (exit 1) while no daemon runs, and is healthy again once the daemon has rebuilt it."""
+    before = _history(home)
+    table = "stage_executions"
+    marker = committed_lsn(home, table, DAEMON_APP)
+    assert len(list((DaemonHome(home).table(table) / "_delta_log").glob("*.json"))) > 1
+    _last_commit(home, table).unlink()
+    assert -1 < committed_lsn(home, table, DAEMON_APP) < marker  # reads, short of the marker
+    code, checks = _doctor(home)
+    detail = checks["tables"]["detail"]
+    assert code == 1 and not checks["tables"]["ok"]
+    assert "the stage_executions table holds fewer rows than the daemon's checkpoint counted" in detail, detail
+    assert "stagewatch rebuild" in detail and "the runs table" not in detail
+    daemon = DaemonProcess(home).start()
+    try:
+        wait_for(lambda: daemon.status().get("pid") == daemon.process.pid)
+        assert _seen(home) == before
+        assert "hold fewer rows than the checkpoint counted" in daemon.log()
+        assert _doctor_tables(home)["ok"]
+    finally:
+        assert daemon.stop() == 0
+    assert _doctor_tables(home)["ok"]
+
+
+def test_a_missing_middle_commit_is_named_in_words(home: Path) -> None:
+    """A commit deleted from the middle of a table's log: readers printed delta-rs's Rust dump,
+    cut before it named the missing version. Now they say which commit is missing."""
+    daemon = DaemonProcess(home).start()
+    log = DaemonHome(home).table("stage_executions") / "_delta_log"
+    for _ in range(5):  # a commit (or more) a run
+        daemon.audit(run_pipeline(home, frames=3))
+        if len(list(log.glob("*.json"))) >= 3:
+            break
+    assert daemon.stop() == 0
+    versions = sorted(int(path.stem) for path in log.glob("*.json"))
+    assert len(versions) >= 3
+    missing = versions[1]
+    (log / f"{missing:020d}.json").unlink()
+    for command in (("stats",), ("query",)):
+        result = _cli(home, *command)
+        assert result.returncode != 0 and "the stage_executions table cannot be read" in result.stderr
+        assert f"commit {missing} ({missing:020d}.json) is missing" in result.stderr, result.stderr
+        assert "ParsedLogPath" not in result.stderr and "Traceback" not in result.stderr
+    assert f"commit {missing} ({missing:020d}.json) is missing" in _doctor_tables(home)["detail"]
+
+
+def test_a_table_linked_to_another_homes_table_while_the_daemon_runs_is_rebuilt(home: Path) -> None:
+    """The link made under a running daemon: its next commit to the table wrote this home's rows
+    into the other home's table. Now the commit finds the link, and the daemon moves it aside
+    and rebuilds its own table without a restart; the other home's table is left as it was."""
+    other, others = _other_home(home)
+    daemon, before = _running_history(home)
+    try:
+        runs, theirs = DaemonHome(home).table("runs"), DaemonHome(other).table("runs")
+        runs.rename(home.parent / "x")
+        runs.symlink_to(theirs, target_is_directory=True)
+        later = run_pipeline(home, frames=3)
+        daemon.audit(later)
+        wait_for(lambda: runs.is_dir() and not runs.is_symlink(), timeout_s=60)
+        wait_for(lambda: later in _run_ids(home, "runs"), timeout_s=60)
+        assert f"{runs} is a link to {theirs.resolve()}, outside this home" in daemon.log()
+        assert daemon.status()["pid"] == daemon.process.pid  # no restart
+        _rows_once(home, [later])
+    finally:
+        assert daemon.stop() == 0
+    assert _seen(other) == others
+    assert _seen(home)["runs"] != before["runs"]  # the later run listed with the earlier ones

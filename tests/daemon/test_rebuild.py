@@ -11,7 +11,7 @@ import pytest
 
 import stagewatch
 from stagewatch.daemon.query._readmodels import load_audit, read_table, to_rows
-from tests.conftest import DaemonProcess, run_python, wait_for
+from tests.conftest import DaemonProcess, run_pipeline, run_python, wait_for
 
 
 def _read_models(home: Path) -> dict:
@@ -78,7 +78,8 @@ def test_rebuild_refuses_while_a_daemon_runs(daemon: DaemonProcess) -> None:
 def test_a_failed_rebuild_leaves_the_old_read_models_and_the_daemon_starts(daemon: DaemonProcess, monkeypatch) -> None:
     """The new read models are built beside the old ones and swapped in only when whole."""
     from stagewatch.daemon import Daemon
-    from stagewatch.daemon._rebuild import STAGING, rebuild
+    from stagewatch.daemon._rebuild import rebuild
+    from stagewatch.daemon.base._layout import DaemonHome
 
     with stagewatch.init(pipeline="perception", home=daemon.home) as run:
         for i in range(50):
@@ -97,11 +98,40 @@ def test_a_failed_rebuild_leaves_the_old_read_models_and_the_daemon_starts(daemo
         rebuild(daemon.home)
     assert _read_models(daemon.home) == live  # nothing deleted first
     assert (daemon.home / "state" / "checkpoint.msgpack").read_bytes() == checkpoint
-    assert (daemon.home / STAGING).is_dir()  # what it had built, left beside
+    assert DaemonHome(daemon.home).rebuild_staging.is_dir()  # what it had built, left beside
     monkeypatch.undo()
     daemon.start()  # the home still opens
     assert daemon.audit(run.id)["counts"]["ok"] == 50
     assert daemon.stop() == 0
     report = rebuild(daemon.home)
-    assert report["events_replayed"] >= 52 and not (daemon.home / STAGING).exists()  # 50 stages, start, end
+    assert report["events_replayed"] >= 52  # 50 stages, start, end
+    assert not DaemonHome(daemon.home).rebuild_staging.exists()
     assert _read_models(daemon.home) == live
+
+
+def test_doctor_names_what_a_killed_rebuild_left(daemon: DaemonProcess) -> None:
+    """`stagewatch rebuild` killed while it builds leaves its staging folder (tens of MB on a
+    real home): doctor said nothing of it. Now it names the folder and its size, and says the
+    next rebuild clears it (it does)."""
+    from tests.daemon.test_delta_log import _doctor
+
+    daemon.audit(run_pipeline(daemon.home, frames=3000))
+    assert daemon.stop() == 0
+    staging = daemon.home / ".rebuild"  # as docs/storage.md names it
+    command = [sys.executable, "-m", "stagewatch.cli", "rebuild", "--home", str(daemon.home)]
+    for _ in range(5):  # killed once its staging home holds tables
+        rebuild = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda r=rebuild: any(staging.glob("metrics/*/_delta_log")) or r.poll() is not None, 60, 0.005)
+        rebuild.kill()
+        if rebuild.wait(30) == -9 and staging.is_dir():
+            break
+    else:
+        pytest.fail("the rebuild always ended before it could be killed")
+    code, checks = _doctor(daemon.home)
+    detail = checks["rebuild"]["detail"]
+    assert code == 1 and not checks["rebuild"]["ok"]
+    assert str(staging) in detail and " MB" in detail and "the next `stagewatch rebuild` clears it" in detail, detail
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    code, checks = _doctor(daemon.home)
+    assert checks["rebuild"]["ok"] and not staging.exists()

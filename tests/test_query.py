@@ -335,3 +335,43 @@ def test_a_whole_table_read_leaves_out_a_data_file_gone_and_names_it(history, tm
     with skipped_files() as skipped, pytest.warns(DamagedPartWarning, match="missing"):
         rows = read_table(copy, "stage_executions")
     assert skipped == [gone] and rows.num_rows < whole
+
+
+@pytest.mark.parametrize("narrowing", [["--pipeline", "nonexistent"], ["--failed-stage", "nonexistent"]])
+def test_a_filter_of_runs_narrows_their_stages_logs_stats_and_export(history, tmp_path, narrowing) -> None:
+    """`--failed-stage nonexistent` gave 0 runs but every stage execution and log line of the home;
+    `stats` computed over every execution and `export` wrote them. It narrows them to the runs
+    that match, as `--pipeline` does."""
+    home, _ = history
+    nothing = q(home, *narrowing)
+    assert (nothing["runs"], nothing["stages"], nothing["logs"]) == ([], [], [])
+    assert nothing["counts"] == {"runs": 0, "stages": 0, "logs": 0}
+    stats = sw("stats", "--home", str(home), "--json", *narrowing)
+    assert stats.returncode == 0 and json.loads(stats.stdout) == [], stats.stdout[:500]
+    target = tmp_path / "none.json"
+    assert sw("export", "--home", str(home), "--output", str(target), *narrowing).returncode == 0
+    assert json.loads(target.read_text()) == {"runs": [], "stages": [], "logs": []}
+
+
+def test_a_failed_stage_gives_the_stages_logs_and_stats_of_its_runs_alone(history) -> None:
+    home, ids = history
+    broken = q(home, "--failed-stage", "detection")
+    assert [run["run_id"] for run in broken["runs"]] == [ids["broken"]]
+    assert len(broken["stages"]) == 80 and {s["run_id"] for s in broken["stages"]} == {ids["broken"]}
+    assert len(broken["logs"]) == 80 and {line["run_id"] for line in broken["logs"]} == {ids["broken"]}
+    stats = {
+        s["stage"]: s
+        for s in json.loads(sw("stats", "--home", str(home), "--json", "--failed-stage", "detection").stdout)
+    }
+    assert {stage: s["count"] for stage, s in stats.items() if stage != "(outside stages)"} == {
+        "preprocessing": 40,
+        "detection": 40,
+    }
+    assert stats["(outside stages)"]["wall"]["runs"] == 1  # the broken run's wall time alone
+    assert stats["detection"]["failure_rate"] == pytest.approx(1 / 40)
+
+
+def test_a_host_none_ran_on_has_no_time_outside_stages(history) -> None:
+    """`stats --host nonexistent` listed no stage but the `(outside stages)` row of every run."""
+    home, _ = history
+    assert json.loads(sw("stats", "--home", str(home), "--json", "--host", "nonexistent").stdout) == []

@@ -146,22 +146,38 @@ def run_where(home: Path, filters: Filters) -> Where:
     return _contains(where, "error_message", filters)
 
 
-def _on_host(where: Where, home: Path, filters: Filters) -> Where:
-    """--host for the rows of runs (stage executions, log lines): their run is one of the host's
-    (only a run's row names its host; `_hosts.runs_on_host`)."""
-    if not filters.host:
-        return where
-    return where.add("run_id IN (SELECT unnest(?::VARCHAR[]))", runs_on_host(home, filters.host))
+def _of_runs(where: Where, home: Path, filters: Filters) -> Where:
+    """The filters only a run's row can answer (--host, --failed-stage), for the rows of runs
+    (stage executions, log lines): their run is one of the runs that match (`_hosts.runs_on_host`;
+    the runs whose first failure was in that stage). Every row names its pipeline: --pipeline
+    needs no list (`_common`)."""
+    if filters.host:
+        in_runs(where, runs_on_host(home, filters.host))
+    if filters.failed_stage:
+        in_runs(where, run_ids(home, "runs", Where().equals("failed_stage", filters.failed_stage)))
+    return where
+
+
+def in_runs(where: Where, ids: Sequence[str]) -> Where:
+    """`where`, and the row's run one of `ids` (the list bound as one parameter)."""
+    return where.add("run_id IN (SELECT unnest(?::VARCHAR[]))", list(ids))
+
+
+def run_ids(home: Path, table: str, where: Where) -> list[str]:
+    """The distinct run ids of the rows of `table` that `where` lets through, sorted."""
+    sql = f"SELECT DISTINCT run_id FROM rows{where.sql} ORDER BY run_id"
+    found = select(home, table, sql, where.params, None, where.dates)["run_id"].to_pylist()
+    return [run_id for run_id in found if run_id is not None]
 
 
 def stage_where(home: Path, filters: Filters) -> Where:
-    where = _on_host(_common(Where(), home, "start_time", filters), home, filters)
+    where = _of_runs(_common(Where(), home, "start_time", filters), home, filters)
     where.equals("stage", filters.stage).equals("status", filters.status)
     return _contains(where, "error_message", filters)
 
 
 def log_where(home: Path, filters: Filters) -> Where:
-    where = _on_host(_common(Where(), home, "time", filters), home, filters).equals("stage", filters.stage)
+    where = _of_runs(_common(Where(), home, "time", filters), home, filters).equals("stage", filters.stage)
     if filters.level:
         levels = LEVELS[LEVELS.index(filters.level.upper()) :]
         where.add(f"level IN ({', '.join('?' * len(levels))})", *levels)

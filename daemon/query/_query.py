@@ -104,6 +104,9 @@ class Where:
     def equals(self, column: str, value: str | None) -> Where:
         return self.add(f'"{column}" = ?', value) if value else self
 
+    def copy(self) -> Where:
+        return Where(list(self.terms), list(self.params), self.dates)
+
     @property
     def sql(self) -> str:
         return f" WHERE {' AND '.join(self.terms)}" if self.terms else ""

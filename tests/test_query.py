@@ -466,3 +466,37 @@ def test_export_writes_its_rows_a_batch_at_a_time_with_the_same_bytes(history, m
         assert made and max(made) <= 16, made
         assert target.read_text() == text
     assert json.loads(expected["json"])["stages"][0]["stage"] == "preprocessing"  # rows there to batch
+
+
+def test_an_empty_run_id_is_refused_not_read_as_no_filter(history) -> None:
+    """`query --run ""` listed every run of the home."""
+    home, _ = history
+    for command in ("query", "stats", "export"):
+        output = ["--output", "-"] if command == "export" else []
+        refused = sw(command, "--home", str(home), "--run", "", *output)
+        assert refused.returncode == 2 and refused.stdout == "", (command, refused.stdout[:300])
+        assert "expected --run to name a run id or a unique prefix of one, got ''" in refused.stderr, refused.stderr
+    assert sw("query", "--home", str(home), "--run", "  ").returncode == 2
+
+
+def test_a_date_alone_as_until_is_the_end_of_that_day(history) -> None:
+    """`--since D --until D` gave nothing: a date alone was its midnight for both bounds. As an
+    upper bound it is the end of that day (its last microsecond), so a one-day window works."""
+    from datetime import UTC, datetime
+
+    from stagewatch.daemon import parse_time
+
+    home, _ = history
+    runs = q(home)["runs"]
+    for run in runs:
+        day = run["start_time"][:10]
+        on_the_day = q(home, "--since", day, "--until", day)
+        assert run["run_id"] in [r["run_id"] for r in on_the_day["runs"]]
+        assert {s["run_id"] for s in on_the_day["stages"]} >= {run["run_id"]}
+    assert parse_time("2026-12-07", until=True) == datetime(2026, 12, 7, 23, 59, 59, 999999, tzinfo=UTC)
+    assert parse_time("2026-12-07") == datetime(2026, 12, 7, tzinfo=UTC)  # a lower bound: its start
+    assert parse_time("2026-12-07T08:00", until=True) == datetime(2026, 12, 7, 8, tzinfo=UTC)  # a time: as given
+    assert parse_time("9999-12-31", until=True) == datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    day = runs[0]["start_time"][:10]
+    before = sw("query", "--home", str(home), "--since", day, "--until", "2000-01-01")
+    assert before.returncode == 2 and "expected --since before --until" in before.stderr

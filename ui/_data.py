@@ -149,12 +149,13 @@ def runs_page(
     return Page(page.to_pandas(), total + running.num_rows, offset, limit)
 
 
-def filter_time(text: str) -> datetime:
-    """A time filter's value (`parse_time`), a relative one ('30d', '24h') counted back from the
-    start of the current minute: the same window asked again within the minute is the same
-    query, answered from memory (the query layer keeps answers by their query), where the
-    microsecond's `now` made every page switch a new query."""
-    return parse_time(text, now=datetime.now(UTC).replace(second=0, microsecond=0))
+def filter_time(text: str, until: bool = False) -> datetime:
+    """A time filter's value (`parse_time`; `until`: an upper bound, a date alone its day's end),
+    a relative one ('30d', '24h') counted back from the start of the current minute: the same
+    window asked again within the minute is the same query, answered from memory (the query
+    layer keeps answers by their query), where the microsecond's `now` made every page switch a
+    new query."""
+    return parse_time(text, now=datetime.now(UTC).replace(second=0, microsecond=0), until=until)
 
 
 def runs_signature(home: Path) -> tuple:

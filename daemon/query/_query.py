@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,17 @@ _RELATIVE = re.compile(r"^([0-9]+)\s*(s|m|h|d|w)$")  # ASCII digits: \d takes ٢
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An ISO date or date-time (UTC if no zone), or a relative age: '7d', '24h', '30m'."""
+def parse_time(text: str, now: datetime | None = None, *, until: bool = False) -> datetime:
+    """An ISO date or date-time (UTC if no zone), or a relative age: '7d', '24h', '30m'. A date
+    alone is the start of that day (UTC); as an upper bound (`until`: --until, the dashboard's
+    Until) the end of it, its last microsecond, so that `--since D --until D` is the day D."""
     now = now or datetime.now(UTC)
     relative = _RELATIVE.match(text.strip())
     try:
         if relative:
             return now - timedelta(seconds=int(relative.group(1)) * _SECONDS[relative.group(2)])
+        if until and (day := _date_alone(text.strip())) is not None:
+            return datetime.combine(day, time.max, tzinfo=UTC)
         moment = datetime.fromisoformat(text.strip())
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC)  # in range as UTC too: partitions are UTC dates
@@ -44,6 +48,14 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
             f"expected a time like 2026-11-20, 2026-11-20T08:00 or 7d/24h/30m between the years 1 and 9999, "
             f"got {text!r:.80}"
         ) from None
+
+
+def _date_alone(text: str) -> date | None:
+    """The day `text` names if it is a date and no time (2026-11-20, 20261120), else None."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from stagewatch.daemon.query._query import (
 )
 from stagewatch.daemon.query._readmodels import to_rows
 from stagewatch.daemon.query._sql import MAX_ROWS, empty_table, schema_of, select
+from stagewatch.daemon.tables._tables import PARTITION_COLUMN
 
 FORMATS = ("json", "jsonl")
 TABLES = ("runs", "stages", "logs")
@@ -137,7 +138,8 @@ def count(home: Path, name: str, where: Where | None) -> int:
 
 
 def _columns(name: str) -> list[str]:
-    return [column for column in schema_of(TABLE_OF[name]).names if column != "date"]
+    """The list's columns: its table's, without the date partition (`PARTITION_COLUMN`)."""
+    return [column for column in schema_of(TABLE_OF[name]).names if column != PARTITION_COLUMN]
 
 
 def holds(filters: Filters) -> dict[str, str]:

@@ -160,15 +160,18 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
 
 
 def filters_of(args: argparse.Namespace, home: Path | list[Path]) -> Any:
-    """Validated filters; ValueError (exit 2) for a malformed value, RunNotFound for an unknown run."""
+    """Validated filters; ValueError (exit 2) for a malformed value (an empty --run too: it is no
+    run, not every run), RunNotFound for an unknown run."""
     from stagewatch.daemon.query._query import Filters, parse_time
     from stagewatch.daemon.query._readmodels import resolve_run_in
 
-    run = resolve_run_in(home, args.run) if args.run else None
+    if args.run is not None and not args.run.strip():
+        raise ValueError(f"expected --run to name a run id or a unique prefix of one, got {args.run!r}")
+    run = resolve_run_in(home, args.run) if args.run is not None else None
     return Filters(
         run=run,
         since=parse_time(args.since) if args.since else None,
-        until=parse_time(args.until) if args.until else None,
+        until=parse_time(args.until, until=True) if args.until else None,
         stage=args.stage,
         status=args.status,
         level=args.level,

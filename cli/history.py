@@ -93,16 +93,13 @@ def add_commands(commands: Any) -> None:
     export.set_defaults(handler=cmd_export)
 
 
-def _matching(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | None:
-    """Rows of every table (or those --table names) that match the filters, as JSON-ready dicts;
-    None if the run is unknown."""
+def _filters(args: argparse.Namespace) -> tuple[Path | list[Path], Any] | None:
+    """The homes read and the filters; None (said, exit 1) if the run is unknown."""
     from stagewatch.daemon import RunNotFound
-    from stagewatch.daemon.query._export import TABLES, matching
 
     home = home_or_homes(args)
-    tables = tuple(name for name in TABLES if name in (getattr(args, "table", None) or TABLES))
     try:
-        return matching(home, filters_of(args, home), tables)
+        return home, filters_of(args, home)
     except RunNotFound as error:
         fail(str(error), EXIT_NOT_FOUND)
         return None
@@ -149,49 +146,79 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from stagewatch.daemon.query._export import holds
+    """A page of each list (--limit rows, read alone: LIMIT in SQL) and how many each holds (count(*))."""
+    from stagewatch.daemon.query._export import holds, matching_wheres, page
 
-    matched = _matching(args)
-    if matched is None:
+    found = _filters(args)
+    if found is None:
         return EXIT_NOT_FOUND
-    if args.run:  # the run's execution history: its audit trail (--limit stages of it) and its log lines
-        from stagewatch.daemon import load_audit
-
-        run_id = matched["runs"][0]["run_id"] if matched["runs"] else None
-        holder = next((h for h in homes_of(args) if run_id and DaemonHome.of(h).run(run_id).is_dir()), None)
-        matched["audit"] = load_audit(holder, run_id, limit=args.limit) if holder else None
-    held = holds(filters_of(args, home_or_homes(args)))
+    home, filters = found
+    wheres = matching_wheres(home, filters)
+    held = holds(filters)  # what each list is, in words (a status filters runs or executions)
     if args.json:
-        limited = {name: rows[: args.limit] if isinstance(rows, list) else rows for name, rows in matched.items()}
-        # how many each list holds, so a reader knows when --limit cut one
-        limited["counts"] = {name: len(rows) for name, rows in matched.items() if isinstance(rows, list)}
-        limited["holds"] = held  # what each list is, in words (a status filters runs or executions)
-        print(json.dumps(limited, indent=1, default=str))
-        return EXIT_OK
-    logs = matched["logs"]
+        return _query_json(home, filters, wheres, held, args)
+    logs, logs_total = page(home, "logs", wheres["logs"], args.limit)
     if args.level or args.logger:  # filters of log lines alone: no run or stage execution has a level
-        print(f"{len(logs)} log line(s){_of_level(args)}{_of_status(args)}, in time order")
+        print(f"{logs_total} log line(s){_of_level(args)}{_of_status(args)}, in time order")
     else:
-        _print_stages(matched, held, args)
+        _print_stages(home, wheres, held, args, logs_total)
         if logs:
             print(f"{held['logs']}, in time order:")
-    for row in logs[: args.limit]:
+    for row in logs:
         cells = f"  {_host_cell(row)}{row['time'][:23]} {row['level']:<8} {row['stage'] or '-':<14} "
         cells += padded(message_text(row["sample_id"] or "-", None), 12) + " "
         print(cells + message_text(row["message"], columns(cells), MESSAGE_LINES))  # its further lines under its first
-    if len(logs) > args.limit:
-        print(f"  ... the first {args.limit} of {len(logs)}: --limit N shows more, --json all fields")
+    if logs_total > len(logs):
+        print(f"  ... the first {len(logs)} of {logs_total}: --limit N shows more, --json all fields")
     return EXIT_OK
 
 
-def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.Namespace) -> None:
+def _query_json(home: Any, filters: Any, wheres: dict[str, Any], held: dict[str, str], args: argparse.Namespace) -> int:
+    """Each list's first --limit rows, `counts` (how many each holds, so a reader knows when
+    --limit cut one) and `holds`; with --run, the run's audit trail (--limit stages of it)."""
+    from stagewatch.daemon import load_audit
+    from stagewatch.daemon.query._export import page
+
+    pages = {name: page(home, name, where, args.limit) for name, where in wheres.items()}
+    answer: dict[str, Any] = {name: rows for name, (rows, _) in pages.items()}
+    if filters.run:  # the run's execution history: its audit trail and its log lines
+        run_id = answer["runs"][0]["run_id"] if answer["runs"] else None
+        holder = next((h for h in homes_of(args) if run_id and DaemonHome.of(h).run(run_id).is_dir()), None)
+        answer["audit"] = load_audit(holder, run_id, limit=args.limit) if holder else None
+    answer["counts"] = {name: total for name, (_, total) in pages.items()}
+    answer["holds"] = held
+    _print_json(answer)
+    return EXIT_OK
+
+
+JSON_PIECES = 1 << 16  # pieces of encoded JSON written at once
+
+
+def _print_json(answer: dict[str, Any]) -> None:
+    """`answer` as indented JSON on stdout, written as it is encoded (a large --limit: the text
+    of every row is never one string)."""
+    pieces: list[str] = []
+    for piece in json.JSONEncoder(indent=1, default=str).iterencode(answer):
+        pieces.append(piece)
+        if len(pieces) >= JSON_PIECES:
+            sys.stdout.write("".join(pieces))
+            pieces.clear()
+    print("".join(pieces))
+
+
+def _print_stages(
+    home: Any, wheres: dict[str, Any], held: dict[str, str], args: argparse.Namespace, logs_total: int
+) -> None:
     """The counts, and the stage executions: those the filters name (a stage, a status, a run),
     else those that did not end ok (the ok ones are counted)."""
-    stages = matched["stages"]
+    from stagewatch.daemon.query._export import count, page
+
     named = bool(args.stage or args.run or args.status)
-    listed = [row for row in stages if row["status"] != "ok" or named]
-    shown = listed[: args.limit]
-    print(f"{len(matched['runs'])} run(s), {len(stages)} stage execution(s), {len(matched['logs'])} log line(s)")
+    stages = wheres["stages"]
+    listed = stages if named or stages is None else stages.copy().add("status IS DISTINCT FROM 'ok'")
+    shown, listed_total = page(home, "stages", listed, args.limit)
+    stages_total = listed_total if listed is stages else count(home, "stages", stages)
+    print(f"{count(home, 'runs', wheres['runs'])} run(s), {stages_total} stage execution(s), {logs_total} log line(s)")
     if args.status:
         print(f"  ({held['runs']}; {held['stages']}; {held['logs']})")
     if shown:
@@ -203,8 +230,8 @@ def _print_stages(matched: dict[str, Any], held: dict[str, str], args: argparse.
             f"{row['status']:<8} {row['start_time'][:19]} {row['duration_ms']:>9.2f} ms  "
             f"{message_text(row['error_message'] or '', None)}"
         )
-    if len(listed) > len(shown):
-        print(f"  ... the first {len(shown)} of {len(listed)}: --limit N shows more, --json all fields")
+    if listed_total > len(shown):
+        print(f"  ... the first {len(shown)} of {listed_total}: --limit N shows more, --json all fields")
 
 
 def _host_cell(row: dict[str, Any]) -> str:
@@ -320,22 +347,27 @@ def gpu_line(gpu: dict[str, Any]) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Every matching row, written a batch at a time (`export_chunks`) as it is made into JSON."""
     if args.output != "-" and (not args.output or Path(args.output).is_dir()):
         return fail(f"expected --output to name a file (or '-' for stdout), got {args.output!r}", EXIT_USAGE)
-    matched = _matching(args)
-    if matched is None:
-        return EXIT_NOT_FOUND
-    from stagewatch.daemon.query._export import export_chunks
+    from stagewatch.daemon.query._export import TABLES, export_chunks, matching_tables
 
-    text = "".join(export_chunks(matched, args.format))
+    found = _filters(args)
+    if found is None:
+        return EXIT_NOT_FOUND
+    wanted = tuple(name for name in TABLES if name in (args.table or TABLES))
+    tables = matching_tables(*found, wanted)  # read before the file is opened: a refused query writes nothing
     if args.output == "-":
-        sys.stdout.write(text)
+        for chunk in export_chunks(tables, args.format):
+            sys.stdout.write(chunk)
         return EXIT_OK
     try:
-        Path(args.output).write_text(text)
+        with open(args.output, "w", encoding="utf-8") as output:
+            for chunk in export_chunks(tables, args.format):
+                output.write(chunk)
     except OSError as error:
         return fail(f"cannot write {args.output} ({error.strerror or error})", EXIT_USAGE)
-    counts = ", ".join(f"{len(rows)} {name}" for name, rows in matched.items())
+    counts = ", ".join(f"{table.num_rows} {name}" for name, table in tables.items())
     print(f"wrote {counts} to {args.output}", file=sys.stderr)
     return EXIT_OK
 

@@ -37,7 +37,7 @@ from stagewatch.daemon.base._derived import STATUS, peek, problem
 from stagewatch.daemon.base._layout import DaemonHome
 from stagewatch.daemon.projection._rows import RUNS
 from stagewatch.daemon.query._exemplars import EXEMPLARS, query_exemplars
-from stagewatch.daemon.query._export import export_chunks, matching
+from stagewatch.daemon.query._export import export_chunks, matching_tables
 from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, gap_spans, joined_with_outside, outside_stages
 from stagewatch.daemon.query._hosts import hosts_in, with_hosts
 from stagewatch.daemon.query._query import (
@@ -149,12 +149,13 @@ def runs_page(
     return Page(page.to_pandas(), total + running.num_rows, offset, limit)
 
 
-def filter_time(text: str) -> datetime:
-    """A time filter's value (`parse_time`), a relative one ('30d', '24h') counted back from the
-    start of the current minute: the same window asked again within the minute is the same
-    query, answered from memory (the query layer keeps answers by their query), where the
-    microsecond's `now` made every page switch a new query."""
-    return parse_time(text, now=datetime.now(UTC).replace(second=0, microsecond=0))
+def filter_time(text: str, until: bool = False) -> datetime:
+    """A time filter's value (`parse_time`; `until`: an upper bound, a date alone its day's end),
+    a relative one ('30d', '24h') counted back from the start of the current minute: the same
+    window asked again within the minute is the same query, answered from memory (the query
+    layer keeps answers by their query), where the microsecond's `now` made every page switch a
+    new query."""
+    return parse_time(text, now=datetime.now(UTC).replace(second=0, microsecond=0), until=until)
 
 
 def runs_signature(home: Path) -> tuple:
@@ -259,7 +260,7 @@ def log_histogram(home: Path, filters: Filters, bins: int = 60) -> pd.DataFrame:
 def export_bytes(home: Path, filters: Filters, form: str, tables: tuple[str, ...] = ("logs",)) -> Iterator[bytes]:
     """`stagewatch export --table logs` (by default) of the same filters, piece by piece: every
     matching line, not the page in view."""
-    for chunk in export_chunks(matching(home, filters, tables), form):
+    for chunk in export_chunks(matching_tables(home, filters, tables), form):
         yield chunk.encode()
 
 

@@ -105,9 +105,17 @@ SELECT {_SAMPLES},
 
 
 def _runs_of(home: Path, filters: Filters) -> tuple[list[str], list[int], list[int | None]]:
-    """The runs `filters` select (by run, time and pipeline only: a stage's status or name says
-    nothing about its run's wall time) and their start and end as ns since the epoch."""
-    scope = Filters(run=filters.run, since=filters.since, until=filters.until, pipeline=filters.pipeline)
+    """The runs `filters` select (by what a run's row says: its id, time, pipeline, host and first
+    failed stage; a stage's status or name says nothing about its run's wall time) and their
+    start and end as ns since the epoch."""
+    scope = Filters(
+        run=filters.run,
+        since=filters.since,
+        until=filters.until,
+        pipeline=filters.pipeline,
+        host=filters.host,
+        failed_stage=filters.failed_stage,
+    )
     runs = rows_of(home, "runs", run_where(home, scope), ["run_id", "start_time", "end_time"])
     runs = runs.filter(pa.compute.is_valid(runs["start_time"]))
     starts = runs["start_time"].cast(pa.int64()).to_pylist()

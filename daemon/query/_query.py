@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,17 @@ _RELATIVE = re.compile(r"^([0-9]+)\s*(s|m|h|d|w)$")  # ASCII digits: \d takes ٢
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An ISO date or date-time (UTC if no zone), or a relative age: '7d', '24h', '30m'."""
+def parse_time(text: str, now: datetime | None = None, *, until: bool = False) -> datetime:
+    """An ISO date or date-time (UTC if no zone), or a relative age: '7d', '24h', '30m'. A date
+    alone is the start of that day (UTC); as an upper bound (`until`: --until, the dashboard's
+    Until) the end of it, its last microsecond, so that `--since D --until D` is the day D."""
     now = now or datetime.now(UTC)
     relative = _RELATIVE.match(text.strip())
     try:
         if relative:
             return now - timedelta(seconds=int(relative.group(1)) * _SECONDS[relative.group(2)])
+        if until and (day := _date_alone(text.strip())) is not None:
+            return datetime.combine(day, time.max, tzinfo=UTC)
         moment = datetime.fromisoformat(text.strip())
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC)  # in range as UTC too: partitions are UTC dates
@@ -44,6 +48,14 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
             f"expected a time like 2026-11-20, 2026-11-20T08:00 or 7d/24h/30m between the years 1 and 9999, "
             f"got {text!r:.80}"
         ) from None
+
+
+def _date_alone(text: str) -> date | None:
+    """The day `text` names if it is a date and no time (2026-11-20, 20261120), else None."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,9 @@ class Where:
     def equals(self, column: str, value: str | None) -> Where:
         return self.add(f'"{column}" = ?', value) if value else self
 
+    def copy(self) -> Where:
+        return Where(list(self.terms), list(self.params), self.dates)
+
     @property
     def sql(self) -> str:
         return f" WHERE {' AND '.join(self.terms)}" if self.terms else ""
@@ -146,22 +161,38 @@ def run_where(home: Path, filters: Filters) -> Where:
     return _contains(where, "error_message", filters)
 
 
-def _on_host(where: Where, home: Path, filters: Filters) -> Where:
-    """--host for the rows of runs (stage executions, log lines): their run is one of the host's
-    (only a run's row names its host; `_hosts.runs_on_host`)."""
-    if not filters.host:
-        return where
-    return where.add("run_id IN (SELECT unnest(?::VARCHAR[]))", runs_on_host(home, filters.host))
+def _of_runs(where: Where, home: Path, filters: Filters) -> Where:
+    """The filters only a run's row can answer (--host, --failed-stage), for the rows of runs
+    (stage executions, log lines): their run is one of the runs that match (`_hosts.runs_on_host`;
+    the runs whose first failure was in that stage). Every row names its pipeline: --pipeline
+    needs no list (`_common`)."""
+    if filters.host:
+        in_runs(where, runs_on_host(home, filters.host))
+    if filters.failed_stage:
+        in_runs(where, run_ids(home, "runs", Where().equals("failed_stage", filters.failed_stage)))
+    return where
+
+
+def in_runs(where: Where, ids: Sequence[str]) -> Where:
+    """`where`, and the row's run one of `ids` (the list bound as one parameter)."""
+    return where.add("run_id IN (SELECT unnest(?::VARCHAR[]))", list(ids))
+
+
+def run_ids(home: Path, table: str, where: Where) -> list[str]:
+    """The distinct run ids of the rows of `table` that `where` lets through, sorted."""
+    sql = f"SELECT DISTINCT run_id FROM rows{where.sql} ORDER BY run_id"
+    found = select(home, table, sql, where.params, None, where.dates)["run_id"].to_pylist()
+    return [run_id for run_id in found if run_id is not None]
 
 
 def stage_where(home: Path, filters: Filters) -> Where:
-    where = _on_host(_common(Where(), home, "start_time", filters), home, filters)
+    where = _of_runs(_common(Where(), home, "start_time", filters), home, filters)
     where.equals("stage", filters.stage).equals("status", filters.status)
     return _contains(where, "error_message", filters)
 
 
 def log_where(home: Path, filters: Filters) -> Where:
-    where = _on_host(_common(Where(), home, "time", filters), home, filters).equals("stage", filters.stage)
+    where = _of_runs(_common(Where(), home, "time", filters), home, filters).equals("stage", filters.stage)
     if filters.level:
         levels = LEVELS[LEVELS.index(filters.level.upper()) :]
         where.add(f"level IN ({', '.join('?' * len(levels))})", *levels)

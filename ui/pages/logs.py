@@ -101,7 +101,7 @@ class LogsPage:
         return Filters(
             run=run,
             since=_data.filter_time(self.since.value) if self.since.value.strip() else None,
-            until=_data.filter_time(self.until.value) if self.until.value.strip() else None,
+            until=_data.filter_time(self.until.value, until=True) if self.until.value.strip() else None,
             stage=self.stage.value or None,
             level=self.level.value or None,
             logger=self.logger.value or None,

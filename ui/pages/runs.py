@@ -118,7 +118,7 @@ class RunsPage:
         since = self.since.value.strip() or self.when.value
         return Filters(
             since=_data.filter_time(since) if since else None,
-            until=_data.filter_time(self.until.value) if self.until.value.strip() else None,
+            until=_data.filter_time(self.until.value, until=True) if self.until.value.strip() else None,
             status=self.status.value or None,
             pipeline=self.pipeline.value or None,
             failed_stage=self.failed_stage.value or None,

@@ -282,7 +282,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats if unread is None else [*stats, {"stage": OUTSIDE_STAGES, "problem": unread}], indent=1))
         return EXIT_OK
     # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
-    stage_width = min(STAGE_WIDTH_MAX, max(STAGE_WIDTH, *(columns(entry["stage"]) + 1 for entry in stats)))
+    stage_width = min(STAGE_WIDTH_MAX, max([STAGE_WIDTH, *(columns(entry["stage"]) + 1 for entry in stats)]))
     print(
         f"{name_cell('stage', stage_width)}{cell('count', 8)}{cell('failed', 8)}"
         + "".join(cell(name + " ms", MS_WIDTH) for name in DURATIONS)

@@ -380,6 +380,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     warn_of_rebuilds([home])
     if args.all and not args.json:
         return fail("--all goes with --json (the whole trail as one JSON document)", EXIT_USAGE)
+    if not args.run_id.strip():  # no run named: a usage error, as `query --run ""` is
+        return fail(f"expected a run id or a unique prefix of one, got {args.run_id!r}", EXIT_USAGE)
     try:
         run_id = resolve_run_id(home, args.run_id)
     except RunNotFound as error:

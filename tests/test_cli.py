@@ -95,6 +95,7 @@ def test_unknown_and_ambiguous_run_ids_exit_1_with_a_message(daemon: DaemonProce
 
 def test_bad_arguments_exit_2(home: Path) -> None:
     assert sw("runs", "--limit", "-3", "--home", str(home)).returncode == 2
+    assert sw("show", " ", "--home", str(home)).returncode == 2  # no run named, as `query --run ""`
     assert sw("demo", "--frames", "10", "--home", str(home)).returncode == 2
     bad = sw("daemon", "--home", str(home), "--endpoint", "http://example.com")
     assert bad.returncode == 2 and "expected an endpoint like ipc://" in bad.stderr

@@ -270,6 +270,7 @@ def append(
         if (damage := damage_of_table(home, table)) is not None:
             raise DamagedTable(table, damage) from None
         raise
+    _cache.check_moved_on(path, table)
 
 
 def committed(home: Path | DaemonHome, table: str, app_id: str, lsn: int) -> bool:
@@ -320,6 +321,8 @@ def delete(home: Path | DaemonHome, table: str, predicate: str) -> int:
     result = retried(
         lambda: DeltaTable(str(path)).delete(predicate), f"delete from the {table} table", strays_of(home, table)
     )
+    if result.get("num_removed_files") or result.get("num_deleted_rows"):  # a commit was made
+        _cache.check_moved_on(path, table)
     return int(result.get("num_deleted_rows", 0))
 
 
@@ -361,7 +364,10 @@ def compact(home: Path | DaemonHome, table: str, properties: WriterProperties) -
             )
 
         try:
-            removed += int(retried(optimize, f"compact the {table} table", strays_of(home, table))["numFilesRemoved"])
+            rewritten = int(retried(optimize, f"compact the {table} table", strays_of(home, table))["numFilesRemoved"])
+            if rewritten:  # a commit was made
+                _cache.check_moved_on(path, table)
+            removed += rewritten
         except DAMAGE as error:
             failed = failed or error
     if failed is not None:
@@ -478,6 +484,7 @@ class _Cache:
 
     def __init__(self) -> None:
         self._tables: dict[str, _Opened] = {}  # by the table's folder
+        self._versions: dict[tuple[str, int], int] = {}  # (folder, log inode) -> the newest version seen after a commit
         self._lock = threading.Lock()  # a DeltaTable is not shared between threads at once
 
     def files(self, folder: Path, table: str, dates: Sequence[str] | None) -> list[str]:
@@ -527,6 +534,24 @@ class _Cache:
     def forget(self, folder: Path) -> None:
         with self._lock:
             self._tables.pop(str(folder), None)
+
+    def check_moved_on(self, folder: Path, table: str) -> None:
+        """After a commit of this process: the table's version is past every version this
+        process saw it at, or a commit it saw is gone (the newest commit file deleted by hand:
+        the next commit takes its version, and its rows are lost): DamagedTable, and the daemon
+        rebuilds the table from the event log. A table replaced whole (a new log folder) starts
+        afresh."""
+        with self._lock:
+            opened = self._fresh(folder)
+            version, key = opened.table.version(), (str(folder), opened.log_inode)
+            seen = self._versions.get(key, -1)
+            self._versions[key] = max(version, seen)
+        if version <= seen:
+            raise DamagedTable(
+                table,
+                f"its Delta log is back at version {version} after this daemon saw version {seen}: a commit of its "
+                "rows is gone (a commit file deleted?)",
+            )
 
 
 _cache = _Cache()

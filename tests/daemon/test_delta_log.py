@@ -372,6 +372,29 @@ def test_a_table_removed_while_the_daemon_runs_is_rebuilt_without_a_restart(home
     assert all("deleted while the daemon ran" in (aside / "why.txt").read_text() for aside in set_aside)
 
 
+def test_the_newest_commit_deleted_under_a_running_daemon_is_found_at_its_next_commit(home: Path) -> None:
+    """The newest commit file of a table deleted while the daemon runs: its rows were gone for
+    good (the daemon's next commit took its version, and every later marker passed the gap; doctor
+    and a restart saw nothing). The daemon sees the table's version go back at its next commit and
+    rebuilds the table from the event log: every row once."""
+    daemon, _ = _running_history(home)
+    try:
+        first = run_pipeline(home, frames=3)  # a commit of this daemon's: the version it saw
+        daemon.audit(first)
+        wait_for(lambda: first in _run_ids(home, "stage_executions") or None)
+        _last_commit(home, "stage_executions").unlink()
+        later = run_pipeline(home, frames=3)
+        daemon.audit(later)
+        wait_for(lambda: "is back at version" in daemon.log() or None, timeout_s=60)
+        wait_for(lambda: {first, later} <= set(_run_ids(home, "stage_executions")) or None, timeout_s=60)
+        _rows_once(home, [first, later])
+    finally:
+        assert daemon.stop() == 0
+    rebuilt = _seen(home)
+    assert _cli(home, "rebuild").returncode == 0
+    assert _seen(home) == rebuilt  # the rebuilt table holds what the event log holds
+
+
 def test_a_table_deleted_before_a_flush_looked_at_it_is_found_and_rebuilt(home: Path) -> None:
     """The daemon looks for deleted tables at its periodic flush, among those it saw there last
     time. A table that a commit made between two flushes (rows committed as the loop idled) and

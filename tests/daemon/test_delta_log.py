@@ -628,7 +628,13 @@ def test_doctor_says_a_table_behind_the_daemons_checkpoint(home: Path) -> None:
     rows than the daemon's checkpoint counted. The daemon replays at its next start; doctor said
     healthy meanwhile (and stats silently missed the rows). Now doctor says the table is behind
     (exit 1) while no daemon runs, and is healthy again once the daemon has rebuilt it."""
-    before = _history(home)
+    _history(home)  # its rows may all be in one commit (a loaded machine): one more run's, in another
+    daemon = DaemonProcess(home).start()
+    later = run_pipeline(home, frames=3)
+    daemon.audit(later)
+    wait_for(lambda: later in _run_ids(home, "stage_executions") or None)
+    assert daemon.stop() == 0
+    before = _seen(home)
     table = "stage_executions"
     marker = committed_lsn(home, table, DAEMON_APP)
     assert len(list((DaemonHome(home).table(table) / "_delta_log").glob("*.json"))) > 1

@@ -282,6 +282,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats if unread is None else [*stats, {"stage": OUTSIDE_STAGES, "problem": unread}], indent=1))
         return EXIT_OK
     # Each heading says its unit (ms, MB, %), as `show`'s table and the dashboard's do.
+    if not stats:  # the heading over nothing, and a note on GPU readings, said nothing of why
+        print("no stage execution matches these filters (stagewatch runs lists what there is)")
+        if unread is not None:
+            print(unread)
+        return EXIT_OK
     stage_width = min(STAGE_WIDTH_MAX, max([STAGE_WIDTH, *(columns(entry["stage"]) + 1 for entry in stats)]))
     print(
         f"{name_cell('stage', stage_width)}{cell('count', 8)}{cell('failed', 8)}"

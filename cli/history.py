@@ -436,19 +436,6 @@ def _or_not_read(call: Any, *args: Any) -> Any:
         return f"not shown: {table_not_read(error)}"
 
 
-def _outside_stages_or_damage(home: Path, filters: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | str:
-    """`outside_stages`, or the line said in place of its row when the runs table it reads
-    cannot be read (the run's stages, errors and executions are shown still)."""
-    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages
-    from stagewatch.daemon.query._readmodels import table_not_read
-    from stagewatch.daemon.tables._tables import DamagedTable
-
-    try:
-        return outside_stages(home, filters)
-    except DamagedTable as error:
-        return f"  {OUTSIDE_STAGES:<20}not shown: {table_not_read(error)}"
-
-
 def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[str, Any]) -> int:
     """The trail as JSON: a page of its stages (`stages_page` says which), or with --all every
     stage, streamed a few megabytes at a time (a run of a million stages is 450 MB of JSON)."""
@@ -468,6 +455,7 @@ def _show_json(home: Path, run_id: str, args: argparse.Namespace, extra: dict[st
 def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     """The run's head, its per-stage statistics (SQL over its rows), its first errors with their
     tracebacks, and a page of its executions: whatever the run's length, nothing of it is read whole."""
+    from stagewatch.daemon.query._gaps import OUTSIDE_STAGES, outside_stages
     from stagewatch.daemon.query._query import Filters, executions_page, query_gpu_devices, run_stages
     from stagewatch.daemon.query._readmodels import FAILED, load_audit_head, stages_with, to_rows
     from stagewatch.daemon.query._sql import concurrently
@@ -484,7 +472,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
     limit = args.limit or SHOW_ROWS
     stages, outside, failed, executions = concurrently(  # independent reads, overlapping
         (_or_not_read, run_stages, home, run_id),
-        (_outside_stages_or_damage, home, Filters(run=run_id)),
+        (_or_not_read, outside_stages, home, Filters(run=run_id)),
         (stages_with, home, run_id, FAILED, SHOW_ERRORS),
         (_or_not_read, executions_page, home, run_id, args.order, (args.page - 1) * limit, limit),
     )
@@ -494,7 +482,7 @@ def _print_run(home: Path, run_id: str, args: argparse.Namespace) -> None:
         readings = any(s["gpu_peak_mb"]["max"] is not None for s in stages)
         gpu = query_gpu_devices(home, Filters(run=run_id)) if readings else {}
         print(stats_table(stages, gpu, audit.get("host")))
-    print(outside if isinstance(outside, str) else _outside_stages_line(*outside))
+    print(f"  {OUTSIDE_STAGES:<20}{outside}" if isinstance(outside, str) else _outside_stages_line(*outside))
     for source, sees in (audit.get("gpu_sources") or {}).items():
         print(f"GPU readings from {source}: {sees}")
     _print_errors(audit, failed)
